@@ -1,0 +1,1 @@
+"""Cairn wire contract: events, commands, queries, subjects, stream definitions."""

@@ -1,0 +1,16 @@
+"""Field types shared by every message."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["Id", "Name", "Text"]
+
+#: A subject-safe token: ids of workspaces, runs, commands, agents.
+Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+#: A free-form, user-facing name (mapped to an ``Id`` before it reaches a subject).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+#: Free text such as descriptions and error details.
+Text = Annotated[str, msgspec.Meta(max_length=16384)]

@@ -1,0 +1,148 @@
+"""Commands (imperative) and queries, with the replies they get.
+
+Commands travel as request/reply on ``cairn.cmd.<ws>.<verb>`` and queries on
+``cairn.q.<ws>.<name>``; the body is one tagged struct (``"type": "StartRun"``). Every command
+carries a client-made ``command_id``: it becomes the ``Nats-Msg-Id`` and the ``causation_id`` of
+the events it causes, so a retried command never has a second effect and gets the same reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import msgspec
+
+from cairn.proto._base import Id, Name, Text
+
+__all__ = [
+    "COMMAND_TYPES",
+    "QUERY_TYPES",
+    "Accepted",
+    "CancelRun",
+    "Command",
+    "CompleteRun",
+    "CreateExperiment",
+    "CreateRun",
+    "CreateWorkspace",
+    "ErrorReply",
+    "FailRun",
+    "GetRun",
+    "ListExperiments",
+    "ListRuns",
+    "Query",
+    "QueryResult",
+    "Reply",
+    "StartRun",
+]
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Base of every command; ``VERB`` is the subject suffix it travels on."""
+
+    VERB: ClassVar[str] = ""
+    command_id: Id
+    correlation_id: Id | None = None
+
+
+class CreateWorkspace(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "workspace.create"
+    name: Id
+    description: Text = ""
+
+
+class CreateExperiment(Command, frozen=True, kw_only=True, tag=True):
+    """Get-or-create: creating an experiment that exists returns it unchanged."""
+
+    VERB = "experiment.create"
+    name: Name
+
+
+class CreateRun(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.create"
+    run_id: Id
+    experiment_name: Name
+    display_name: Name | None = None
+    parent_run_id: Id | None = None
+
+
+class StartRun(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.start"
+    run_id: Id
+
+
+class CompleteRun(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.complete"
+    run_id: Id
+
+
+class FailRun(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.fail"
+    run_id: Id
+    error: Text = ""
+
+
+class CancelRun(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.cancel"
+    run_id: Id
+    reason: Text = ""
+
+
+class Query(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Base of every query. ``min_seq`` asks the read model to have applied that stream
+    sequence first (read-your-writes); the wait is bounded by ``wait_s``."""
+
+    NAME: ClassVar[str] = ""
+    min_seq: int = 0
+    wait_s: float = 5.0
+
+
+class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "experiment.list"
+
+
+class ListRuns(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "run.list"
+    experiment_name: Name | None = None
+    limit: int = 100
+
+
+class GetRun(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "run.get"
+    run_id: Id
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A command took effect. ``seq`` is the stream sequence of its last event (pass it as a
+    query's ``min_seq`` to read your own write); ``replayed`` is true when this reply is for a
+    command id that had already taken effect, in which case nothing new was appended."""
+
+    command_id: Id
+    aggregate_id: Id
+    seq: int
+    replayed: bool = False
+
+
+class QueryResult(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``seq`` is the last stream sequence the read model had applied when it answered."""
+
+    seq: int
+    data: Any
+
+
+class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    code: str
+    message: str
+
+
+Reply = Accepted | QueryResult | ErrorReply
+
+COMMAND_TYPES: tuple[type[Command], ...] = (
+    CreateWorkspace,
+    CreateExperiment,
+    CreateRun,
+    StartRun,
+    CompleteRun,
+    FailRun,
+    CancelRun,
+)
+QUERY_TYPES: tuple[type[Query], ...] = (ListExperiments, ListRuns, GetRun)

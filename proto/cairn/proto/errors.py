@@ -1,0 +1,113 @@
+"""The one error tree of Cairn, shared by services, the SDK and the wire.
+
+Every error that crosses the wire travels as an ``ErrorReply(code, message)`` and is raised
+again on the caller's side as the class registered for its ``code``::
+
+    CairnError                      code "internal"
+    ├── InvalidInput                code "invalid_input"      malformed or wrong-typed input
+    │   ├── InvalidName             code "invalid_name"       bad subject token / name
+    │   ├── UnknownMessageType      code "unknown_type"       no such command / query
+    │   └── PayloadTooLarge         code "payload_too_large"  checked before publishing
+    ├── NotFound                    code "not_found"          unknown workspace, run, ...
+    ├── AlreadyExists               code "already_exists"
+    ├── InvalidTransition           code "invalid_transition" e.g. completing a failed run
+    ├── ConcurrencyConflict         code "conflict"           CAS lost after bounded retries
+    ├── PermissionDenied            code "permission_denied"
+    ├── Unavailable                 code "unavailable"        bus or stream unreachable
+    └── BatchRejected               code "batch_rejected"     an atomic batch was refused
+
+``CairnError`` itself is raised for codes this version does not know, so a newer service can
+add codes without breaking older clients.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlreadyExists",
+    "BatchRejected",
+    "CairnError",
+    "ConcurrencyConflict",
+    "InvalidInput",
+    "InvalidName",
+    "InvalidTransition",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "Unavailable",
+    "UnknownMessageType",
+    "error_for_code",
+]
+
+
+class CairnError(Exception):
+    """Root of every error Cairn raises on purpose."""
+
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(CairnError):
+    code = "invalid_input"
+
+
+class InvalidName(InvalidInput):
+    code = "invalid_name"
+
+
+class UnknownMessageType(InvalidInput):
+    code = "unknown_type"
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+
+
+class NotFound(CairnError):
+    code = "not_found"
+
+
+class AlreadyExists(CairnError):
+    code = "already_exists"
+
+
+class InvalidTransition(CairnError):
+    code = "invalid_transition"
+
+
+class ConcurrencyConflict(CairnError):
+    code = "conflict"
+
+
+class PermissionDenied(CairnError):
+    code = "permission_denied"
+
+
+class Unavailable(CairnError):
+    code = "unavailable"
+
+
+class BatchRejected(CairnError):
+    code = "batch_rejected"
+
+
+def _registry() -> dict[str, type[CairnError]]:
+    found: dict[str, type[CairnError]] = {}
+    pending: list[type[CairnError]] = [CairnError]
+    while pending:
+        cls = pending.pop()
+        found[cls.code] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+_BY_CODE = _registry()
+
+
+def error_for_code(code: str, message: str) -> CairnError:
+    """The exception a caller raises for an ``ErrorReply`` it received."""
+    return _BY_CODE.get(code, CairnError)(message)

@@ -1,0 +1,164 @@
+"""Domain events and their envelope.
+
+An event is appended once and never changed. On the wire it is JSON::
+
+    {"event_id": ..., "type": "RunStarted", "schema_version": 1, "workspace": "ws",
+     "aggregate_kind": "run", "aggregate_id": "r1", "timestamp": "2026-...Z",
+     "actor": "alice", "causation_id": "<command id>", "correlation_id": "...",
+     "data": {...}}
+
+``type`` names the event class and ``schema_version`` its shape; stored events of an older
+shape are upcast (:data:`UPCASTERS`) before they are decoded, so old history stays readable.
+A shape may grow by appending fields with defaults without a new version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from cairn.proto._base import Id, Name, Text
+from cairn.proto.errors import UnknownMessageType
+
+__all__ = [
+    "EVENT_TYPES",
+    "UPCASTERS",
+    "Envelope",
+    "Event",
+    "ExperimentCreated",
+    "RunCanceled",
+    "RunCompleted",
+    "RunCreated",
+    "RunFailed",
+    "RunStarted",
+    "WorkspaceCreated",
+    "decode_envelope",
+    "encode_envelope",
+]
+
+D = TypeVar("D")
+
+
+class Envelope(msgspec.Struct, Generic[D], frozen=True, kw_only=True):
+    event_id: Id
+    type: str
+    schema_version: int
+    workspace: Id
+    aggregate_kind: Id
+    aggregate_id: Id
+    timestamp: datetime
+    actor: str
+    causation_id: str
+    correlation_id: str
+    data: D
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every domain event: past tense, frozen, versioned by ``VERSION``."""
+
+    VERSION: ClassVar[int] = 1
+    KIND: ClassVar[str] = ""
+
+
+class WorkspaceCreated(Event, frozen=True, kw_only=True):
+    KIND = "workspace"
+    name: Id
+    description: Text = ""
+
+
+class ExperimentCreated(Event, frozen=True, kw_only=True):
+    KIND = "experiment"
+    experiment_id: Id
+    name: Name
+
+
+class RunCreated(Event, frozen=True, kw_only=True):
+    """A run exists and is NotStarted."""
+
+    KIND = "run"
+    run_id: Id
+    experiment_id: Id
+    experiment_name: Name
+    display_name: Name | None = None
+    parent_run_id: Id | None = None
+
+
+class RunStarted(Event, frozen=True, kw_only=True):
+    KIND = "run"
+    run_id: Id
+
+
+class RunCompleted(Event, frozen=True, kw_only=True):
+    KIND = "run"
+    run_id: Id
+
+
+class RunFailed(Event, frozen=True, kw_only=True):
+    KIND = "run"
+    run_id: Id
+    error: Text = ""
+
+
+class RunCanceled(Event, frozen=True, kw_only=True):
+    KIND = "run"
+    run_id: Id
+    reason: Text = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkspaceCreated,
+        ExperimentCreated,
+        RunCreated,
+        RunStarted,
+        RunCompleted,
+        RunFailed,
+        RunCanceled,
+    )
+}
+
+#: ``(type, from_version) -> f(data) -> data of from_version + 1``; pure functions on dicts.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+_raw_decoder = msgspec.json.Decoder(Envelope[msgspec.Raw])
+_data_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+_encoder = msgspec.json.Encoder()
+
+
+def encode_envelope(envelope: Envelope[Event]) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode_envelope(payload: bytes) -> Envelope[Event]:
+    """Decode a stored event, upcasting an older shape first.
+
+    Raises ``msgspec.ValidationError``/``DecodeError`` for malformed input and
+    ``UnknownMessageType`` for a type this version does not know.
+    """
+    raw = _raw_decoder.decode(payload)
+    cls = EVENT_TYPES.get(raw.type)
+    if cls is None:
+        raise UnknownMessageType(f"unknown event type {raw.type!r}")
+    if raw.schema_version == cls.VERSION:
+        data: Event = _data_decoders[raw.type].decode(raw.data)
+    else:
+        data = msgspec.convert(_upcast(raw.type, raw.schema_version, raw.data), cls)
+    return msgspec.structs.replace(raw, data=data, schema_version=cls.VERSION)  # type: ignore[arg-type,return-value]
+
+
+def _upcast(type_name: str, version: int, raw: msgspec.Raw) -> dict[str, Any]:
+    target = EVENT_TYPES[type_name].VERSION
+    if version > target:
+        raise UnknownMessageType(f"{type_name} v{version} is newer than this reader (v{target})")
+    value: dict[str, Any] = msgspec.json.decode(raw)
+    while version < target:
+        step = UPCASTERS.get((type_name, version))
+        if step is None:
+            raise UnknownMessageType(f"no upcaster for {type_name} v{version}")
+        value = step(value)
+        version += 1
+    return value

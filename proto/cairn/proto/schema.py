@@ -1,0 +1,78 @@
+"""Generate the JSON Schema of every wire message into ``cairn/proto/schemas/``.
+
+``python -m cairn.proto.schema`` rewrites the files; ``python -m cairn.proto.schema --check``
+exits 1 when they differ from the code (a test runs the same check).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cairn.proto.commands import COMMAND_TYPES, QUERY_TYPES, Accepted, ErrorReply, QueryResult
+from cairn.proto.events import EVENT_TYPES, Envelope
+
+__all__ = ["SCHEMA_DIR", "check", "generate", "write"]
+
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+
+
+def _schema(cls: Any, title: str) -> dict[str, Any]:
+    (ref,), components = msgspec.json.schema_components([cls], ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": title,
+        **ref,
+        "$defs": components,
+    }
+
+
+def generate() -> dict[str, str]:
+    """File name -> JSON text for every message."""
+    out: dict[str, Any] = {"envelope.json": _schema(Envelope[dict[str, Any]], "Envelope")}
+    for name, cls in EVENT_TYPES.items():
+        schema = _schema(cls, name)
+        schema["x-cairn-schema-version"] = cls.VERSION
+        schema["x-cairn-aggregate-kind"] = cls.KIND
+        out[f"events/{name}.json"] = schema
+    for cmd in COMMAND_TYPES:
+        schema = _schema(cmd, cmd.__name__)
+        schema["x-cairn-subject"] = f"cairn.cmd.<ws>.{cmd.VERB}"
+        out[f"commands/{cmd.__name__}.json"] = schema
+    for qry in QUERY_TYPES:
+        schema = _schema(qry, qry.__name__)
+        schema["x-cairn-subject"] = f"cairn.q.<ws>.{qry.NAME}"
+        out[f"queries/{qry.__name__}.json"] = schema
+    for reply in (Accepted, QueryResult, ErrorReply):
+        out[f"replies/{reply.__name__}.json"] = _schema(reply, reply.__name__)
+    return {name: json.dumps(s, indent=2, sort_keys=True) + "\n" for name, s in out.items()}
+
+
+def write(directory: Path = SCHEMA_DIR) -> None:
+    wanted = generate()
+    for old in directory.rglob("*.json"):
+        if str(old.relative_to(directory)) not in wanted:
+            old.unlink()
+    for name, text in wanted.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def check(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of the schema files that are missing, stale or extra."""
+    wanted = generate()
+    present = {str(p.relative_to(directory)): p.read_text() for p in directory.rglob("*.json")}
+    return sorted(n for n in wanted.keys() | present.keys() if wanted.get(n) != present.get(n))
+
+
+if __name__ == "__main__":
+    if "--check" in sys.argv:
+        drift = check()
+        print("\n".join(drift) or "schemas up to date")
+        sys.exit(1 if drift else 0)
+    write()

@@ -1,0 +1,116 @@
+"""Stream, consumer and KV definitions, in the JetStream JSON API's own field names.
+
+Durations are nanoseconds, as on the wire. Why each setting (see docs/design.md):
+
+* EVENTS is the truth: no limits, ``discard: new`` (a full store refuses writes rather than
+  erase history), ``deny_delete``/``deny_purge``/no rollups, a 10 minute duplicate window for
+  client retries, direct get for aggregate reads, atomic batches for multi-event commands.
+* METRICS keeps points (batched per message) and refuses deletes too.
+* LOGS is bounded by age and size and drops the oldest chunks.
+* JOBS is a work queue; it must allow deletes, the scheduler removes dead tickets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AGENTS_BUCKET",
+    "EVENTS",
+    "JOBS",
+    "KV_BUCKETS",
+    "LOGS",
+    "MAX_EVENT_BYTES",
+    "METRICS",
+    "STREAMS",
+    "job_consumer",
+]
+
+_SECOND = 1_000_000_000
+MAX_EVENT_BYTES = 256 * 1024
+
+EVENTS: dict[str, Any] = {
+    "name": "EVENTS",
+    "subjects": ["cairn.ev.>"],
+    "storage": "file",
+    "retention": "limits",
+    "discard": "new",
+    "max_msgs": -1,
+    "max_bytes": -1,
+    "max_age": 0,
+    "max_msg_size": MAX_EVENT_BYTES,
+    "duplicate_window": 600 * _SECOND,
+    "deny_delete": True,
+    "deny_purge": True,
+    "allow_rollup_hdrs": False,
+    "allow_direct": True,
+    "allow_atomic": True,
+    "num_replicas": 1,
+}
+
+METRICS: dict[str, Any] = {
+    "name": "METRICS",
+    "subjects": ["cairn.metrics.>"],
+    "storage": "file",
+    "retention": "limits",
+    "discard": "new",
+    "max_msg_size": 1024 * 1024,
+    "duplicate_window": 600 * _SECOND,
+    "deny_delete": True,
+    "deny_purge": True,
+    "allow_direct": True,
+    "num_replicas": 1,
+}
+
+LOGS: dict[str, Any] = {
+    "name": "LOGS",
+    "subjects": ["cairn.logs.>"],
+    "storage": "file",
+    "retention": "limits",
+    "discard": "old",
+    "max_age": 30 * 24 * 3600 * _SECOND,
+    "max_bytes": 10 * 1024**3,
+    "max_msg_size": 1024 * 1024,
+    "duplicate_window": 120 * _SECOND,
+    "allow_direct": True,
+    "num_replicas": 1,
+}
+
+JOBS: dict[str, Any] = {
+    "name": "JOBS",
+    "subjects": ["cairn.jobs.>"],
+    "storage": "file",
+    "retention": "workqueue",
+    "discard": "new",
+    "max_msg_size": 256 * 1024,
+    "duplicate_window": 600 * _SECOND,
+    "deny_delete": False,
+    "num_replicas": 1,
+}
+
+STREAMS: tuple[dict[str, Any], ...] = (EVENTS, METRICS, LOGS, JOBS)
+
+AGENTS_BUCKET: dict[str, Any] = {
+    "bucket": "cairn_agents",
+    "history": 1,
+    "ttl_s": 30.0,
+    "description": "agent heartbeats and capacity; a key expires when its agent goes quiet",
+}
+
+KV_BUCKETS: tuple[dict[str, Any], ...] = (AGENTS_BUCKET,)
+
+
+def job_consumer(ws: str, compute: str, *, slots: int = 64) -> dict[str, Any]:
+    """The one durable pull consumer that every agent of a compute target shares."""
+    from cairn.proto.subjects import job, validate_token
+
+    return {
+        "durable_name": f"jobs-{validate_token(ws)}-{validate_token(compute)}",
+        "filter_subject": job(ws, compute),
+        "ack_policy": "explicit",
+        "ack_wait": 60 * _SECOND,
+        "max_deliver": 5,
+        "backoff": [10 * _SECOND, 30 * _SECOND, 120 * _SECOND, 120 * _SECOND],
+        "max_ack_pending": slots,
+        "deliver_policy": "all",
+    }

@@ -1,0 +1,115 @@
+"""Subject names and the one validator every subject token goes through.
+
+A token is ``[A-Za-z0-9_-]{1,64}``: no ``.``, ``*``, ``>`` or whitespace, so a name can never
+change which aggregate (or how many) a subject addresses. Free-form names (experiment names,
+model names) are mapped to a token by :func:`name_to_id`, never used raw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from cairn.proto.errors import InvalidName
+
+__all__ = [
+    "EVENTS_ALL",
+    "agent_key",
+    "command",
+    "command_filter",
+    "event",
+    "events_of_workspace",
+    "job",
+    "logs",
+    "metrics",
+    "name_to_id",
+    "query",
+    "query_filter",
+    "validate_token",
+]
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HASHED_PREFIX = "n-"
+
+EVENTS_ALL = "cairn.ev.>"
+
+
+def validate_token(value: object, what: str = "token") -> str:
+    """Return ``value`` if it is a safe subject token, else raise ``InvalidName``."""
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        shown = repr(value)[:80]
+        raise InvalidName(f"{what} {shown} must match [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def name_to_id(name: str) -> str:
+    """Map a free-form name to a stable subject token.
+
+    Names that are already tokens are kept as they are (readable subjects), except those that
+    start with the prefix reserved for hashed names; every other name becomes ``n-`` plus 24 hex
+    digits of its SHA-256, so two different names never share an id.
+    """
+    if not isinstance(name, str) or not name or len(name) > 256 or not name.isprintable():
+        raise InvalidName(f"name {name!r:.80} must be 1-256 printable characters")
+    if _TOKEN.fullmatch(name) and not name.startswith(_HASHED_PREFIX):
+        return name
+    return _HASHED_PREFIX + hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+def _join(*tokens: str) -> str:
+    return ".".join(tokens)
+
+
+def event(ws: str, kind: str, aggregate_id: str) -> str:
+    """``cairn.ev.<ws>.<kind>.<id>``: the subject of one aggregate's events."""
+    return _join(
+        "cairn.ev",
+        validate_token(ws, "workspace"),
+        validate_token(kind, "aggregate kind"),
+        validate_token(aggregate_id, "aggregate id"),
+    )
+
+
+def events_of_workspace(ws: str) -> str:
+    return _join("cairn.ev", validate_token(ws, "workspace"), ">")
+
+
+def metrics(ws: str, run_id: str) -> str:
+    return _join("cairn.metrics", validate_token(ws, "workspace"), validate_token(run_id, "run"))
+
+
+def logs(ws: str, run_id: str) -> str:
+    return _join("cairn.logs", validate_token(ws, "workspace"), validate_token(run_id, "run"))
+
+
+def job(ws: str, compute: str) -> str:
+    return _join("cairn.jobs", validate_token(ws, "workspace"), validate_token(compute, "compute"))
+
+
+def _verb(verb: str) -> str:
+    parts = verb.split(".")
+    for part in parts:
+        validate_token(part, "verb")
+    return verb
+
+
+def command(ws: str, verb: str) -> str:
+    """``cairn.cmd.<ws>.<verb>``; ``verb`` may have several tokens (``run.start``)."""
+    return _join("cairn.cmd", validate_token(ws, "workspace"), _verb(verb))
+
+
+def query(ws: str, name: str) -> str:
+    return _join("cairn.q", validate_token(ws, "workspace"), _verb(name))
+
+
+def command_filter(area: str) -> str:
+    """What a service subscribes to for one area of commands, across workspaces."""
+    return _join("cairn.cmd.*", validate_token(area, "area"), ">")
+
+
+def query_filter(area: str) -> str:
+    return _join("cairn.q.*", validate_token(area, "area"), ">")
+
+
+def agent_key(agent_id: str) -> str:
+    return validate_token(agent_id, "agent id")

@@ -1,0 +1,1 @@
+"""Cairn services: one folder each, all with the shape of cairn.service."""

@@ -1,0 +1,88 @@
+"""The tracking read model: workspaces, experiments and runs."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from cairn.bus import Recorded
+from cairn.domain.run import RunStatus
+from cairn.projection import Tables
+from cairn.proto.events import (
+    ExperimentCreated,
+    RunCanceled,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunStarted,
+    WorkspaceCreated,
+)
+
+__all__ = ["TrackingProjection"]
+
+_STATUS = {
+    RunStarted: RunStatus.RUNNING,
+    RunCompleted: RunStatus.COMPLETED,
+    RunFailed: RunStatus.FAILED,
+    RunCanceled: RunStatus.CANCELED,
+}
+
+
+class TrackingProjection:
+    name = "tracking"
+    version = 1
+    tables = ("workspaces", "experiments", "runs")
+
+    def create(self, db: sqlite3.Connection, t: Tables) -> None:
+        db.execute(
+            f"CREATE TABLE {t('workspaces')} (name TEXT PRIMARY KEY, description TEXT,"
+            " created_at TEXT, created_by TEXT, seq INTEGER)"
+        )
+        db.execute(
+            f"CREATE TABLE {t('experiments')} (workspace TEXT, experiment_id TEXT, name TEXT,"
+            " created_at TEXT, created_by TEXT, seq INTEGER,"
+            " PRIMARY KEY (workspace, experiment_id))"
+        )
+        db.execute(
+            f"CREATE TABLE {t('runs')} (workspace TEXT, run_id TEXT, experiment_id TEXT,"
+            " experiment_name TEXT, display_name TEXT, parent_run_id TEXT, status TEXT,"
+            " error TEXT, created_at TEXT, created_by TEXT, start_time TEXT, end_time TEXT,"
+            " seq INTEGER, PRIMARY KEY (workspace, run_id))"
+        )
+        db.execute(f"CREATE INDEX {t('runs')}_exp ON {t('runs')} (workspace, experiment_id)")
+
+    def apply(self, db: sqlite3.Connection, t: Tables, record: Recorded) -> None:
+        env, seq = record.envelope, record.seq
+        at, ws = env.timestamp.isoformat(), env.workspace
+        match env.data:
+            case WorkspaceCreated(name=name, description=description):
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('workspaces')} VALUES (?,?,?,?,?)",
+                    (name, description, at, env.actor, seq),
+                )
+            case ExperimentCreated(experiment_id=eid, name=name):
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('experiments')} VALUES (?,?,?,?,?,?)",
+                    (ws, eid, name, at, env.actor, seq),
+                )
+            case RunCreated() as ev:
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (ws, ev.run_id, ev.experiment_id, ev.experiment_name, ev.display_name,
+                     ev.parent_run_id, RunStatus.NOT_STARTED.value, "", at, env.actor,
+                     None, None, seq),
+                )
+            case RunStarted(run_id=run_id):
+                db.execute(
+                    f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
+                    " WHERE workspace=? AND run_id=?",
+                    (RunStatus.RUNNING.value, at, seq, ws, run_id),
+                )
+            case RunCompleted(run_id=run_id) | RunCanceled(run_id=run_id) | RunFailed(
+                run_id=run_id
+            ):
+                error = env.data.error if isinstance(env.data, RunFailed) else ""
+                db.execute(
+                    f"UPDATE {t('runs')} SET status=?, error=?, end_time=?, seq=?"
+                    " WHERE workspace=? AND run_id=?",
+                    (_STATUS[type(env.data)].value, error, at, seq, ws, run_id),
+                )

@@ -1,0 +1,189 @@
+"""The tracking service: workspace, experiment and run commands, and their queries."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+from cairn.bus import CommandContext, Connection, EventStore, Recorded, execute
+from cairn.domain import experiment, run, workspace
+from cairn.errors import InvalidInput, NotFound
+from cairn.projection import ProjectionRunner, Tables
+from cairn.proto import subjects
+from cairn.proto.commands import (
+    COMMAND_TYPES,
+    Accepted,
+    CreateExperiment,
+    CreateRun,
+    CreateWorkspace,
+    GetRun,
+    ListExperiments,
+    ListRuns,
+    QueryResult,
+)
+from cairn.proto.events import Event
+from cairn.rpc import Request, Responder
+from cairn.services.tracking._projection import TrackingProjection
+from cairn.settings import Settings
+
+__all__ = ["TrackingService"]
+
+_RUN_COLUMNS = (
+    "workspace", "run_id", "experiment_id", "experiment_name", "display_name", "parent_run_id",
+    "status", "error", "created_at", "created_by", "start_time", "end_time", "seq",
+)
+
+
+def _events(history: list[Recorded]) -> list[Event]:
+    return [r.envelope.data for r in history]
+
+
+class TrackingService:
+    name = "tracking"
+
+    def __init__(self, conn: Connection, settings: Settings) -> None:
+        self.conn = conn
+        self.store = EventStore(conn)
+        settings.state_path.mkdir(parents=True, exist_ok=True)
+        self.projection = ProjectionRunner(
+            conn, settings.state_path / "tracking.sqlite", TrackingProjection()
+        )
+        self._stop_projection = asyncio.Event()
+        self._projection_task: asyncio.Task[None] | None = None
+        types = tuple(t for t in COMMAND_TYPES)
+        self.commands = Responder(
+            conn,
+            subject_filter="cairn.cmd.*.>",
+            queue="tracking",
+            types=types,
+            routes={t.VERB: self._command for t in types},
+        )
+        self.queries = Responder(
+            conn,
+            subject_filter="cairn.q.*.>",
+            queue="tracking",
+            types=(ListExperiments, ListRuns, GetRun),
+            routes={
+                ListExperiments.NAME: self._list_experiments,
+                ListRuns.NAME: self._list_runs,
+                GetRun.NAME: self._get_run,
+            },
+        )
+
+    async def start(self) -> None:
+        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
+        await self.commands.start()
+        await self.queries.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await self.commands.stop()
+        await self.queries.stop()
+        self._stop_projection.set()
+        if self._projection_task is not None:
+            await self._projection_task
+        self.projection.close()
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def _require_workspace(self, ws: str) -> None:
+        history = await self.store.read(subjects.event(ws, workspace.KIND, ws))
+        if not workspace.fold(_events(history)).exists:
+            raise NotFound(f"workspace {ws} does not exist")
+
+    async def _command(self, req: Request) -> Accepted:
+        cmd: Any = req.body
+        ctx = CommandContext(
+            workspace=req.workspace,
+            command_id=cmd.command_id,
+            actor=req.actor,
+            correlation_id=cmd.correlation_id,
+        )
+        if isinstance(cmd, CreateWorkspace):
+            if cmd.name != req.workspace:
+                raise InvalidInput(f"workspace {cmd.name} must be created on its own subject")
+            return await execute(
+                self.store, ctx, kind=workspace.KIND, aggregate_id=cmd.name,
+                subject=subjects.event(cmd.name, workspace.KIND, cmd.name),
+                decide=lambda h: workspace.decide(workspace.fold(_events(h)), cmd),
+            )
+        await self._require_workspace(req.workspace)
+        if isinstance(cmd, CreateExperiment):
+            eid = subjects.name_to_id(cmd.name)
+            return await execute(
+                self.store, ctx, kind=experiment.KIND, aggregate_id=eid,
+                subject=subjects.event(req.workspace, experiment.KIND, eid),
+                decide=lambda h: experiment.decide(experiment.fold(_events(h)), cmd),
+            )
+        experiment_id = ""
+        if isinstance(cmd, CreateRun):
+            experiment_id = await self._check_run_parents(req.workspace, cmd)
+        return await execute(
+            self.store, ctx, kind=run.KIND, aggregate_id=cmd.run_id,
+            subject=subjects.event(req.workspace, run.KIND, cmd.run_id),
+            decide=lambda h: run.decide(run.fold(_events(h)), cmd, experiment_id=experiment_id),
+        )
+
+    async def _check_run_parents(self, ws: str, cmd: CreateRun) -> str:
+        eid = subjects.name_to_id(cmd.experiment_name)
+        history = await self.store.read(subjects.event(ws, experiment.KIND, eid))
+        if not experiment.fold(_events(history)).exists:
+            raise NotFound(f"experiment {cmd.experiment_name!r} does not exist")
+        if cmd.parent_run_id is not None:
+            parent = await self.store.read(subjects.event(ws, run.KIND, cmd.parent_run_id))
+            if not run.fold(_events(parent)).exists:
+                raise NotFound(f"parent run {cmd.parent_run_id} does not exist")
+        return eid
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def _read(self, req: Request, fn: Any) -> QueryResult:
+        q = req.body
+        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
+        data, seq = self.projection.read(fn)
+        return QueryResult(seq=seq, data=data)
+
+    async def _list_experiments(self, req: Request) -> QueryResult:
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            rows = db.execute(
+                f"SELECT e.experiment_id, e.name, e.created_at, e.created_by, COUNT(r.run_id)"
+                f" FROM {t('experiments')} e LEFT JOIN {t('runs')} r"
+                " ON r.workspace = e.workspace AND r.experiment_id = e.experiment_id"
+                " WHERE e.workspace = ? GROUP BY e.experiment_id ORDER BY e.name",
+                (req.workspace,),
+            )
+            keys = ("experiment_id", "name", "created_at", "created_by", "runs")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self._read(req, fn)
+
+    async def _list_runs(self, req: Request) -> QueryResult:
+        q: ListRuns = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            sql = f"SELECT * FROM {t('runs')} WHERE workspace = ?"
+            args: list[Any] = [req.workspace]
+            if q.experiment_name is not None:
+                sql += " AND experiment_id = ?"
+                args.append(subjects.name_to_id(q.experiment_name))
+            sql += " ORDER BY created_at DESC, run_id LIMIT ?"
+            args.append(max(1, min(q.limit, 10_000)))
+            return [dict(zip(_RUN_COLUMNS, row, strict=True)) for row in db.execute(sql, args)]
+
+        return await self._read(req, fn)
+
+    async def _get_run(self, req: Request) -> QueryResult:
+        q: GetRun = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any] | None:
+            row = db.execute(
+                f"SELECT * FROM {t('runs')} WHERE workspace = ? AND run_id = ?",
+                (req.workspace, q.run_id),
+            ).fetchone()
+            return dict(zip(_RUN_COLUMNS, row, strict=True)) if row else None
+
+        result = await self._read(req, fn)
+        if result.data is None:
+            raise NotFound(f"run {q.run_id} does not exist")
+        return result

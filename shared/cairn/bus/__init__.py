@@ -1,0 +1,18 @@
+"""The bus: connect, provision, the one append path, aggregate reads, command execution."""
+
+from cairn.bus._connect import Connection, connect
+from cairn.bus._execute import CommandContext, execute
+from cairn.bus._provision import ensure_stream, provision
+from cairn.bus._store import AppendResult, EventStore, Recorded
+
+__all__ = [
+    "AppendResult",
+    "CommandContext",
+    "Connection",
+    "EventStore",
+    "Recorded",
+    "connect",
+    "ensure_stream",
+    "execute",
+    "provision",
+]

@@ -1,0 +1,95 @@
+"""Connecting to NATS: reconnect forever, credentials, and permission errors made visible.
+
+nats-py reports a permissions violation only to ``error_cb`` while the request itself times
+out; :class:`Connection` remembers recent violations so a timeout on that subject becomes
+``PermissionDenied`` instead of a bare timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from cairn.errors import Unavailable
+from cairn.log import get_logger
+from cairn.settings import Settings
+
+__all__ = ["Connection", "connect"]
+
+log = get_logger("cairn.bus")
+_VIOLATION = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)"?')
+
+
+@dataclass
+class Connection:
+    nc: NATS
+    js: JetStreamContext
+    settings: Settings
+    _violations: dict[str, float] = field(default_factory=dict)
+
+    def note_error(self, err: Exception) -> None:
+        match = _VIOLATION.search(str(err))
+        if match:
+            self._violations[match.group(1)] = time.monotonic()
+
+    def denied(self, subject: str, within_s: float = 60.0) -> bool:
+        at = self._violations.get(subject)
+        return at is not None and time.monotonic() - at < within_s
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.nc.max_payload)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except Exception:  # already closing or disconnected: nothing left to flush
+                await self.nc.close()
+
+
+async def connect(settings: Settings, *, name: str = "cairn", connect_timeout: float = 5.0) -> Connection:
+    """Connect with the settings' URL and credentials; raise ``Unavailable`` if unreachable."""
+    holder: list[Connection] = []
+
+    async def error_cb(err: Exception) -> None:
+        if holder:
+            holder[0].note_error(err)
+        log.warning("nats_error", error=str(err))
+
+    async def disconnected_cb() -> None:
+        if holder and not (holder[0].nc.is_closed or holder[0].nc.is_draining):
+            log.warning("nats_disconnected", url=settings.nats_url)
+
+    async def reconnected_cb() -> None:
+        log.info("nats_reconnected")
+
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in settings.nats_url.split(",")],
+        "name": name,
+        "connect_timeout": connect_timeout,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+    }
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    elif settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    try:
+        nc = await nats.connect(**options)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+    conn = Connection(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), settings=settings)
+    holder.append(conn)
+    return conn

@@ -1,0 +1,249 @@
+"""The event store: the one append path and aggregate reads, over the EVENTS stream.
+
+Append maps JetStream outcomes to Cairn errors (see ``docs/design.md``):
+
+======================================  ===============================================
+JetStream                               Cairn
+======================================  ===============================================
+PubAck (``duplicate`` true or false)    success
+err 10071 / 10164 (wrong last seq)      ``ConcurrencyConflict`` (the caller reloads)
+err 10201 (batch repeats a msg id)      ``ConcurrencyConflict`` (same: reload, look up)
+err 10158 / no responders / timeout     retried with the same ids, then ``Unavailable``
+timeout after a permissions violation   ``PermissionDenied``
+err 10054 or encoded size over limit    ``PayloadTooLarge`` (checked before publishing)
+other batch errors                      ``BatchRejected``
+======================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from cairn.bus._connect import Connection
+from cairn.errors import (
+    BatchRejected,
+    CairnError,
+    ConcurrencyConflict,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unavailable,
+)
+from cairn.proto.events import Envelope, Event, decode_envelope, encode_envelope
+from cairn.proto.streams import EVENTS, MAX_EVENT_BYTES
+
+__all__ = ["AppendResult", "EventStore", "Recorded"]
+
+_CONFLICT = {10071, 10164, 10201}
+_IN_PROCESS = 10158
+_TOO_LARGE = 10054
+_PERMISSION = 10057
+_HEADER_ALLOWANCE = 512
+
+
+class Recorded(NamedTuple):
+    """An event as stored: its stream sequence, subject and decoded envelope."""
+
+    seq: int
+    subject: str
+    envelope: Envelope[Event]
+
+
+class AppendResult(NamedTuple):
+    seq: int
+    duplicate: bool
+
+
+def _raise_for(error: dict[str, Any], subject: str) -> None:
+    code = int(error.get("err_code", 0))
+    text = f"{error.get('description', 'error')} (err {code}) on {subject}"
+    if code in _CONFLICT:
+        raise ConcurrencyConflict(text)
+    if code == _TOO_LARGE:
+        raise PayloadTooLarge(text)
+    if code == _PERMISSION:
+        raise PermissionDenied(text)
+    if 10170 <= code <= 10210:
+        raise BatchRejected(text)
+    raise CairnError(text)
+
+
+class EventStore:
+    """Appends to and reads from one event stream. Safe to share between tasks."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        stream: str = EVENTS["name"],
+        attempts: int = 5,
+        backoff_s: float = 0.25,
+        read_batch: int = 256,
+    ) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.read_batch = read_batch
+        self.max_bytes = min(MAX_EVENT_BYTES, conn.max_payload) - _HEADER_ALLOWANCE
+
+    # -- append ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        subject: str,
+        envelopes: Sequence[Envelope[Event]],
+        *,
+        expected_seq: int | None,
+        msg_id: str,
+    ) -> AppendResult:
+        """Append events to one aggregate subject, all or nothing.
+
+        ``expected_seq`` is the aggregate's last stream sequence as the caller saw it (0: the
+        subject must be empty; None: no check). ``msg_id`` is the command id; event ``i`` is
+        published with ``Nats-Msg-Id: <msg_id>:<i>``, so a retry inside the duplicate window is
+        answered as a duplicate rather than stored twice.
+        """
+        if not envelopes:
+            raise ValueError("append needs at least one event")
+        payloads = [encode_envelope(e) for e in envelopes]
+        for payload in payloads:
+            if len(payload) > self.max_bytes:
+                raise PayloadTooLarge(
+                    f"event of {len(payload)} bytes exceeds the {self.max_bytes} byte limit"
+                )
+        if len(payloads) == 1:
+            headers = {"Nats-Msg-Id": f"{msg_id}:0"}
+            if expected_seq is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+            reply = await self._request(subject, payloads[0], headers)
+        else:
+            reply = await self._retrying(
+                subject, lambda: self._publish_batch(subject, payloads, expected_seq, msg_id)
+            )
+        return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
+
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        async def once() -> dict[str, Any]:
+            msg = await self.conn.nc.request(
+                subject, payload, timeout=self.conn.settings.request_timeout, headers=headers
+            )
+            reply: dict[str, Any] = json.loads(msg.data)
+            return reply
+
+        return await self._retrying(subject, once)
+
+    async def _retrying(self, subject: str, once: Any) -> dict[str, Any]:
+        """Run ``once`` until it gets an answer; transient failures retry the same message."""
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                reply: dict[str, Any] = await once()
+            except (NoRespondersError, NatsTimeout, asyncio.TimeoutError) as exc:
+                if self.conn.denied(subject):
+                    raise PermissionDenied(f"not allowed to publish to {subject}") from exc
+                last = exc
+            else:
+                error = reply.get("error")
+                if not error:
+                    return reply
+                if int(error.get("err_code", 0)) != _IN_PROCESS:
+                    _raise_for(error, subject)
+                last = CairnError(str(error))
+            await asyncio.sleep(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.5))
+        raise Unavailable(f"no answer from stream {self.stream} for {subject}: {last}")
+
+    async def _publish_batch(
+        self, subject: str, payloads: list[bytes], expected_seq: int | None, msg_id: str
+    ) -> dict[str, Any]:
+        """An atomic batch (ADR-50): stored all together at commit, or not at all."""
+        nc, timeout = self.conn.nc, self.conn.settings.request_timeout
+        batch_id = uuid.uuid4().hex
+        last = len(payloads) - 1
+        reply: dict[str, Any] = {}
+        for i, payload in enumerate(payloads):
+            headers = {
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(i + 1),
+                "Nats-Msg-Id": f"{msg_id}:{i}",
+            }
+            if i == 0 and expected_seq is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+            if i == last:
+                headers["Nats-Batch-Commit"] = "1"
+            if i in (0, last):
+                msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+                reply = json.loads(msg.data) if msg.data else {}
+                if "error" in reply:
+                    return reply
+            else:
+                await nc.publish(subject, payload, headers=headers)
+        return reply
+
+    # -- read -----------------------------------------------------------------------------
+
+    async def read(
+        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+    ) -> list[Recorded]:
+        """All events of one aggregate subject after ``after_seq`` (and up to ``up_to_seq``),
+        fetched with batched direct gets (ADR-31), oldest first."""
+        out: list[Recorded] = []
+        start = after_seq + 1
+        while True:
+            got, more = await self._direct_batch(subject, start, up_to_seq)
+            out.extend(got)
+            if not more or not got:
+                return out
+            start = got[-1].seq + 1
+
+    async def _direct_batch(
+        self, subject: str, start: int, up_to_seq: int | None
+    ) -> tuple[list[Recorded], bool]:
+        nc, timeout = self.conn.nc, self.conn.settings.request_timeout
+        body: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": self.read_batch}
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        got: list[Recorded] = []
+        try:
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(body).encode(), reply=inbox
+            )
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except NatsTimeout as exc:
+                    raise Unavailable(f"direct get on {self.stream} timed out") from exc
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    return got, False
+                if status == "204":
+                    return got, int(headers.get("Nats-Num-Pending", "0")) > 0
+                if status:
+                    raise CairnError(f"direct get failed: {status} {headers.get('Description')}")
+                seq = int(headers["Nats-Sequence"])
+                if up_to_seq is not None and seq > up_to_seq:
+                    return got, False
+                got.append(Recorded(seq, headers["Nats-Subject"], decode_envelope(msg.data)))
+        except msgspec.DecodeError as exc:
+            raise CairnError(f"undecodable event on {subject}: {exc}") from exc
+        finally:
+            await sub.unsubscribe()
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence (0 when empty)."""
+        msg = await self.conn.nc.request(
+            f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=self.conn.settings.request_timeout
+        )
+        info = json.loads(msg.data)
+        if "error" in info:
+            _raise_for(info["error"], self.stream)
+        return int(info["state"]["last_seq"])

@@ -1,0 +1,100 @@
+"""``cairn up``: the whole stack in one process over ``$CAIRN_HOME``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from cairn.embedded._server import SERVICE_USER, NatsServer, _write_private
+from cairn.log import get_logger
+from cairn.sdk import AsyncWorkspace, connect
+from cairn.service import ServiceFactory, install_stop_signals, run_services
+from cairn.settings import Settings
+
+__all__ = ["all_services", "run_demo", "up"]
+
+log = get_logger("cairn.up")
+
+
+def all_services() -> dict[str, ServiceFactory]:
+    from cairn.services.tracking import TrackingService
+
+    return {"tracking": TrackingService}
+
+
+def client_settings(server: NatsServer, base: Settings) -> Settings:
+    assert server.credentials is not None
+    return msgspec.structs.replace(
+        base,
+        home=str(server.home),
+        nats_url=server.url,
+        nats_user=server.credentials.client_user,
+        nats_password=server.credentials.client_password,
+    )
+
+
+def write_client_config(path: Path, settings: Settings) -> None:
+    """The file ``load_settings`` / ``Workspace.from_config()`` read: URL, user, workspace."""
+    keys = ("nats_url", "nats_user", "nats_password", "workspace")
+    body = {k: getattr(settings, k) for k in keys}
+    _write_private(path, json.dumps(body, indent=2) + "\n")
+
+
+async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> None:
+    """A small experiment: three runs through their lifecycle, then what the read model says."""
+    exp = await ws.experiment("demo")
+    for i, outcome in enumerate(("complete", "complete", "fail")):
+        run = await exp.start_run(display_name=f"demo run {i + 1}")
+        if outcome == "complete":
+            await run.complete()
+        else:
+            await run.fail("demo: a run that fails on purpose")
+    for run_row in await exp.runs():
+        say(f"  {run_row['display_name']:<12} {run_row['status']:<10} {run_row['run_id']}")
+    say("demo complete: experiment 'demo' has " + str(len(await exp.runs())) + " runs")
+
+
+async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | None = None) -> None:
+    t0 = time.monotonic()
+    home = base.home_path
+    home.mkdir(parents=True, exist_ok=True)
+    server = NatsServer(home, port=port)
+    await server.start()
+    stop = stop or asyncio.Event()
+    install_stop_signals(stop)
+    try:
+        assert server.credentials is not None
+        service_settings = msgspec.structs.replace(
+            client_settings(server, base),
+            nats_user=SERVICE_USER,
+            nats_password=server.credentials.service_password,
+        )
+        clients = client_settings(server, base)
+        write_client_config(home / "config.json", clients)
+        ready = asyncio.Event()
+        services = asyncio.create_task(
+            run_services(service_settings, list(all_services().values()), stop=stop, ready=ready)
+        )
+        await asyncio.wait([services, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED")
+        if services.done():
+            await services  # raises what made it stop
+        async with connect(clients) as ws:
+            await ws.create(description="created by cairn up")
+            print(
+                f"cairn is up in {time.monotonic() - t0:.1f}s: {server.url} "
+                f"workspace={clients.workspace} config={home / 'config.json'}",
+                flush=True,
+            )
+            if demo:
+                await run_demo(ws, lambda line: print(line, flush=True))
+        print("press Ctrl-C to stop", flush=True)
+        await services
+    finally:
+        stop.set()
+        server.stop()
+        print("cairn stopped", flush=True)

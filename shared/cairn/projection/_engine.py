@@ -1,0 +1,279 @@
+"""The projection engine.
+
+A projection follows EVENTS with an ordered consumer (ephemeral, flow-controlled, no acks; the
+position is ours) starting at ``last_seq + 1``. Each batch is applied in ONE SQLite transaction
+that also stores the new ``last_seq``, so a crash mid-batch rolls the whole batch back and the
+next start re-reads it; events at or below ``last_seq`` are skipped. Tables are named per
+generation (``<projection>__<table>__g<n>``): ``rebuild`` fills generation n+1 from sequence 1
+while generation n keeps answering queries, and swaps them when it has caught up.
+
+A watchdog re-subscribes when the stream has moved past us and nothing arrived for ``stall_s``
+(a pull or push subscription can silently stop after a server restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from cairn.bus import Connection, EventStore, Recorded
+from cairn.errors import CairnError, Unavailable
+from cairn.log import get_logger
+from cairn.proto.events import decode_envelope
+from cairn.proto.streams import EVENTS
+from cairn.proto.subjects import EVENTS_ALL
+
+__all__ = ["Projection", "ProjectionRunner", "Tables", "content_hash"]
+
+log = get_logger("cairn.projection")
+T = TypeVar("T")
+
+
+class Tables:
+    """Maps a projection's table names to the physical names of one generation."""
+
+    def __init__(self, projection: str, generation: int) -> None:
+        self.projection = projection
+        self.generation = generation
+
+    def __call__(self, table: str) -> str:
+        return f"{self.projection}__{table}__g{self.generation}"
+
+
+class Projection(Protocol):
+    """A read model. ``apply`` must be deterministic: same events, same rows."""
+
+    name: str
+    version: int
+    tables: tuple[str, ...]
+
+    def create(self, db: sqlite3.Connection, t: Tables) -> None: ...
+
+    def apply(self, db: sqlite3.Connection, t: Tables, record: Recorded) -> None: ...
+
+
+def content_hash(db: sqlite3.Connection, projection: Projection, t: Tables) -> str:
+    """SHA-256 over every row of every table of one generation, in a canonical order."""
+    digest = hashlib.sha256()
+    for table in sorted(projection.tables):
+        cols = [r[1] for r in db.execute(f"PRAGMA table_info({t(table)})")]
+        order = ", ".join(f'"{c}"' for c in cols)
+        digest.update(f"{table}:{','.join(cols)}\n".encode())
+        for row in db.execute(f'SELECT * FROM "{t(table)}" ORDER BY {order}'):
+            digest.update(json.dumps(row, default=str).encode() + b"\n")
+    return digest.hexdigest()
+
+
+_STATE_DDL = """CREATE TABLE IF NOT EXISTS projection_state (
+    name TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, version INTEGER NOT NULL,
+    generation INTEGER NOT NULL)"""
+
+
+def open_db(path: Path | str) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(_STATE_DDL)
+    return db
+
+
+class ProjectionRunner:
+    """Runs one projection into one SQLite file; answers reads against its current tables."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        db_path: Path | str,
+        projection: Projection,
+        *,
+        batch_size: int = 500,
+        stall_s: float = 10.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.conn = conn
+        self.store = EventStore(conn)
+        self.projection = projection
+        self.batch_size = batch_size
+        self.stall_s = stall_s
+        self.poll_s = poll_s
+        self.db = open_db(db_path)
+        self.skipped = 0
+        self.resubscriptions = 0
+        self._advanced = asyncio.Event()
+        self._progress_at = time.monotonic()
+        row = self.db.execute(
+            "SELECT last_seq, version, generation FROM projection_state WHERE name = ?",
+            (projection.name,),
+        ).fetchone()
+        if row is not None and row[1] == projection.version:
+            self.last_seq, self.generation = int(row[0]), int(row[2])
+        else:
+            self.last_seq, self.generation = 0, (int(row[2]) + 1 if row else 1)
+            self._start_generation(self.generation)
+            with self.db:
+                self._save_state(self.generation, 0)
+
+    @property
+    def tables(self) -> Tables:
+        return Tables(self.projection.name, self.generation)
+
+    def _start_generation(self, generation: int) -> Tables:
+        t = Tables(self.projection.name, generation)
+        for table in self.projection.tables:
+            self.db.execute(f'DROP TABLE IF EXISTS "{t(table)}"')
+        self.projection.create(self.db, t)
+        return t
+
+    def _save_state(self, generation: int, last_seq: int) -> None:
+        self.db.execute(
+            "INSERT INTO projection_state (name, last_seq, version, generation) VALUES (?,?,?,?)"
+            " ON CONFLICT(name) DO UPDATE SET last_seq=excluded.last_seq,"
+            " version=excluded.version, generation=excluded.generation",
+            (self.projection.name, last_seq, self.projection.version, generation),
+        )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, fn: Callable[[sqlite3.Connection, Tables], T]) -> tuple[T, int]:
+        """Run ``fn`` on the current tables; also return the sequence they reflect."""
+        return fn(self.db, self.tables), self.last_seq
+
+    async def wait_for(self, min_seq: int, timeout: float) -> int:
+        """Wait until ``last_seq >= min_seq`` (read-your-writes); raise ``Unavailable`` if the
+        projection has not got there within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.last_seq < min_seq:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(
+                    f"read model {self.projection.name} is at {self.last_seq}, not {min_seq}"
+                )
+            self._advanced.clear()
+            try:
+                await asyncio.wait_for(self._advanced.wait(), left)
+            except TimeoutError:
+                continue
+        return self.last_seq
+
+    def content_hash(self) -> str:
+        return content_hash(self.db, self.projection, self.tables)
+
+    # -- applying -------------------------------------------------------------------------
+
+    def _apply_batch(self, msgs: list[Any], t: Tables, last_seq: int) -> int:
+        """Apply messages past ``last_seq`` into ``t`` in one transaction; return the new seq."""
+        with self.db:  # BEGIN ... COMMIT, or ROLLBACK on any exception
+            self.db.execute("BEGIN")
+            for msg in msgs:
+                seq = int(msg.metadata.sequence.stream)
+                if seq <= last_seq:
+                    continue
+                try:
+                    record = Recorded(seq, msg.subject, decode_envelope(msg.data))
+                except (msgspec.DecodeError, msgspec.ValidationError, CairnError) as exc:
+                    self.skipped += 1
+                    log.error("projection_skipped_event", seq=seq, error=str(exc))
+                else:
+                    self.projection.apply(self.db, t, record)
+                last_seq = seq
+            if t.generation == self.generation:
+                self._save_state(t.generation, last_seq)
+        return last_seq
+
+    async def _subscribe(self, start: int) -> Any:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        return await self.conn.js.subscribe(
+            EVENTS_ALL,
+            stream=EVENTS["name"],
+            ordered_consumer=True,
+            idle_heartbeat=max(self.poll_s, 0.5),
+            config=config,
+            pending_msgs_limit=65536,
+        )
+
+    async def _next_batch(self, sub: Any) -> list[Any]:
+        """Up to ``batch_size`` messages: waits ``poll_s`` for the first, none for the rest."""
+        try:
+            first = await sub.next_msg(timeout=self.poll_s)
+        except NatsTimeout:
+            return []
+        batch = [first]
+        while len(batch) < self.batch_size and sub.pending_msgs > 0:
+            batch.append(await sub.next_msg(timeout=self.poll_s))
+        return batch
+
+    async def _stalled(self) -> bool:
+        if time.monotonic() - self._progress_at < self.stall_s:
+            return False
+        try:
+            behind = await self.store.last_seq() > self.last_seq
+        except CairnError:
+            return False
+        if behind:
+            log.warning("projection_stalled", projection=self.projection.name, seq=self.last_seq)
+        self._progress_at = time.monotonic()
+        return behind
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the log until ``stop`` is set."""
+        while not stop.is_set():
+            sub = await self._subscribe(self.last_seq + 1)
+            try:
+                while not stop.is_set():
+                    batch = await self._next_batch(sub)
+                    if batch:
+                        self.last_seq = self._apply_batch(batch, self.tables, self.last_seq)
+                        self._progress_at = time.monotonic()
+                        self._advanced.set()
+                    elif await self._stalled():
+                        self.resubscriptions += 1
+                        break
+            finally:
+                await _quietly_unsubscribe(sub)
+
+    async def rebuild(self) -> int:
+        """Rebuild from sequence 1 into fresh tables; swap them in once caught up with the live
+        generation. Queries keep being answered from the old tables until then."""
+        generation = self.generation + 1
+        t = self._start_generation(generation)
+        seq = 0
+        sub = await self._subscribe(1)
+        try:
+            while True:
+                batch = await self._next_batch(sub)
+                if batch:
+                    seq = self._apply_batch(batch, t, seq)
+                # No await between this check and the swap: the live loop cannot interleave.
+                if seq >= self.last_seq and (not batch or sub.pending_msgs == 0):
+                    old = self.tables
+                    with self.db:
+                        self.db.execute("BEGIN")
+                        self._save_state(generation, seq)
+                        for table in self.projection.tables:
+                            self.db.execute(f'DROP TABLE IF EXISTS "{old(table)}"')
+                    self.generation, self.last_seq = generation, seq
+                    self._advanced.set()
+                    log.info("projection_rebuilt", projection=self.projection.name, seq=seq)
+                    return seq
+        finally:
+            await _quietly_unsubscribe(sub)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+async def _quietly_unsubscribe(sub: Any) -> None:
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # the connection may already be closing
+        log.debug("unsubscribe_failed", error=str(exc))

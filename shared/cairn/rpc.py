@@ -1,0 +1,264 @@
+"""Commands and queries over NATS request/reply.
+
+Server side, a :class:`Responder` serves one subject filter (``cairn.cmd.*.run.>``) in a queue
+group, so any number of replicas share the load. Every request gets exactly one reply: the
+handler's result, or ``ErrorReply(code, message)`` for bad input (malformed JSON, unknown type,
+missing field, oversized payload, bad subject token) and for domain errors. A failing request
+never stops the responder. Requests run as tasks (bounded); ``stop`` unsubscribes, then waits
+for those in flight.
+
+Client side, :class:`Client` checks the size before sending, retries timeouts with the same
+bytes (commands are idempotent by ``command_id``) and raises the ``CairnError`` of a reply's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Union
+
+import msgspec
+import structlog
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from cairn.bus import Connection
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unavailable,
+    UnknownMessageType,
+    error_for_code,
+)
+from cairn.log import get_logger
+from cairn.proto.commands import Accepted, Command, ErrorReply, Query, QueryResult, Reply
+from cairn.proto.subjects import command, query, validate_token
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "PING_SUBJECT",
+    "Client",
+    "Request",
+    "Responder",
+    "answer_pings",
+    "ping_all",
+]
+
+log = get_logger("cairn.rpc")
+MAX_REQUEST_BYTES = 256 * 1024
+PING_SUBJECT = "cairn.svc.ping"
+_encoder = msgspec.json.Encoder()
+_reply_decoder = msgspec.json.Decoder(Reply)
+
+
+@dataclass(frozen=True)
+class Request:
+    workspace: str
+    verb: str
+    body: Any
+    actor: str
+
+
+Handler = Callable[[Request], Awaitable[Accepted | QueryResult]]
+
+
+def _actor(headers: dict[str, str] | None) -> str:
+    """Server-attested identity (cross-account import with ``share: true``) when present,
+    else the identity the client declared."""
+    headers = headers or {}
+    info = headers.get("Nats-Request-Info")
+    if info:
+        try:
+            user = json.loads(info).get("user")
+        except ValueError:
+            user = None
+        if isinstance(user, str) and user:
+            return user
+    declared = headers.get("Cairn-Actor", "")
+    if declared and len(declared) <= 128 and declared.isprintable():
+        return declared
+    return "anonymous"
+
+
+class Responder:
+    """Serves ``routes`` (verb -> handler) for messages of ``types`` on ``subject_filter``."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        subject_filter: str,
+        queue: str,
+        types: Iterable[type[Command]] | Iterable[type[Query]],
+        routes: dict[str, Handler],
+        max_in_flight: int = 64,
+        max_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
+        self.conn = conn
+        self.subject_filter = subject_filter
+        self.queue = queue
+        types = tuple(types)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+            types[0] if len(types) == 1 else Union[types]  # noqa: UP007
+        )
+        self._verb_of = {t: getattr(t, "VERB", "") or getattr(t, "NAME", "") for t in types}
+        self.routes = routes
+        self.max_bytes = max_bytes
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self.conn.nc.subscribe(
+            self.subject_filter, queue=self.queue, cb=self._on_msg
+        )
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=grace_s)
+
+    async def _on_msg(self, msg: Any) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    def _parse(self, msg: Any) -> Request:
+        tokens = msg.subject.split(".")
+        workspace = validate_token(tokens[2] if len(tokens) > 3 else "", "workspace")
+        verb = ".".join(tokens[3:])
+        if verb not in self.routes:
+            raise UnknownMessageType(f"no such operation {verb!r}")
+        if len(msg.data) > self.max_bytes:
+            raise PayloadTooLarge(f"request of {len(msg.data)} bytes exceeds {self.max_bytes}")
+        try:
+            body = self._decoder.decode(msg.data)
+        except msgspec.ValidationError as exc:
+            if str(exc).endswith("`$.type`"):
+                raise UnknownMessageType(f"unknown message type: {exc}") from exc
+            raise InvalidInput(f"invalid {verb} request: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"malformed JSON: {exc}") from exc
+        if self._verb_of[type(body)] != verb:
+            raise InvalidInput(f"{type(body).__name__} cannot be sent to {verb!r}")
+        return Request(workspace=workspace, verb=verb, body=body, actor=_actor(msg.headers))
+
+    async def _serve(self, msg: Any) -> None:
+        reply: Reply
+        correlation = None
+        try:
+            request = self._parse(msg)
+            correlation = getattr(request.body, "correlation_id", None) or getattr(
+                request.body, "command_id", None
+            )
+            with structlog.contextvars.bound_contextvars(
+                correlation_id=correlation, workspace=request.workspace, verb=request.verb
+            ):
+                reply = await self.routes[request.verb](request)
+        except CairnError as exc:
+            reply = ErrorReply(code=exc.code, message=exc.message)
+            log.info("request_refused", subject=msg.subject, code=exc.code, error=exc.message)
+        except Exception:
+            log.exception("request_failed", subject=msg.subject, correlation_id=correlation)
+            reply = ErrorReply(code="internal", message="internal error; see the service log")
+        if msg.reply:
+            try:
+                await msg.respond(_encoder.encode(reply))
+            except Exception as exc:  # the caller may have gone away; nothing else to do
+                log.warning("reply_failed", subject=msg.subject, error=str(exc))
+
+
+class Client:
+    """Sends commands and queries for one workspace."""
+
+    def __init__(
+        self, conn: Connection, workspace: str, *, attempts: int = 3, timeout: float | None = None
+    ) -> None:
+        self.conn = conn
+        self.workspace = validate_token(workspace, "workspace")
+        self.attempts = attempts
+        self.timeout = timeout or conn.settings.request_timeout
+        self.headers = {"Cairn-Actor": conn.settings.who}
+
+    async def send(self, cmd: Command) -> Accepted:
+        reply = await self._request(command(self.workspace, cmd.VERB), _encoder.encode(cmd))
+        if not isinstance(reply, Accepted):
+            raise CairnError(f"unexpected reply {type(reply).__name__} to {cmd.VERB}")
+        return reply
+
+    async def ask(self, q: Query) -> QueryResult:
+        timeout = max(self.timeout, q.wait_s + 2)
+        reply = await self._request(query(self.workspace, q.NAME), _encoder.encode(q), timeout)
+        if not isinstance(reply, QueryResult):
+            raise CairnError(f"unexpected reply {type(reply).__name__} to {q.NAME}")
+        return reply
+
+    async def _request(self, subject: str, payload: bytes, timeout: float | None = None) -> Reply:
+        if len(payload) > MAX_REQUEST_BYTES:
+            raise PayloadTooLarge(f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                msg = await self.conn.nc.request(
+                    subject, payload, timeout=timeout or self.timeout, headers=self.headers
+                )
+            except (NatsTimeout, NoRespondersError, asyncio.TimeoutError) as exc:
+                if self.conn.denied(subject):
+                    raise PermissionDenied(f"not allowed to send to {subject}") from exc
+                last = exc
+                await asyncio.sleep(0.2 * (attempt + 1))
+                continue
+            reply = _reply_decoder.decode(msg.data)
+            if isinstance(reply, ErrorReply):
+                raise error_for_code(reply.code, reply.message)
+            return reply
+        raise Unavailable(f"no service answered {subject}: {type(last).__name__}")
+
+
+async def answer_pings(conn: Connection, name: str, stop: asyncio.Event) -> None:
+    """Answer ``cairn.svc.ping`` with who this service instance is, until ``stop``."""
+    started = time.time()
+    identity = {"service": name, "instance": f"{socket.gethostname()}:{os.getpid()}"}
+
+    async def on_ping(msg: Any) -> None:
+        body = {**identity, "uptime_s": round(time.time() - started, 1)}
+        await msg.respond(json.dumps(body).encode())
+
+    sub = await conn.nc.subscribe(PING_SUBJECT, cb=on_ping)
+    try:
+        await stop.wait()
+    finally:
+        await sub.unsubscribe()
+
+
+async def ping_all(conn: Connection, wait_s: float = 0.5) -> list[dict[str, Any]]:
+    """Every service instance that answers a ping within ``wait_s``."""
+    inbox = conn.nc.new_inbox()
+    sub = await conn.nc.subscribe(inbox)
+    found: list[dict[str, Any]] = []
+    try:
+        await conn.nc.publish(PING_SUBJECT, b"", reply=inbox)
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except NatsTimeout:
+                break
+            found.append(json.loads(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return sorted(found, key=lambda s: (s["service"], s["instance"]))

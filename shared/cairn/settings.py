@@ -1,0 +1,75 @@
+"""One frozen settings struct per process, from an optional JSON file and ``CAIRN_*`` variables.
+
+Precedence: defaults < file < environment. The file is ``$CAIRN_CONFIG`` when set, else
+``$CAIRN_HOME/config.json`` when it exists (``cairn up`` writes it). Unknown fields in the file
+are an error, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from cairn.errors import InvalidInput
+
+__all__ = ["Settings", "default_home", "load_settings"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    home: str = "~/.cairn"
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_creds: str | None = None
+    workspace: str = "default"
+    actor: str | None = None
+    state_dir: str | None = None
+    request_timeout: float = 10.0
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "info"
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser() if self.state_dir else self.home_path / "state"
+
+    @property
+    def who(self) -> str:
+        """The declared actor: explicit setting, else the NATS user, else the OS user."""
+        return self.actor or self.nats_user or os.environ.get("USER") or "anonymous"
+
+
+def default_home(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("CAIRN_HOME", "~/.cairn")).expanduser()
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, file: Path | None = None, **overrides: Any
+) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = file or (Path(env["CAIRN_CONFIG"]) if env.get("CAIRN_CONFIG") else None)
+    if path is None and (default_home(env) / "config.json").exists():
+        path = default_home(env) / "config.json"
+    if path is not None:
+        try:
+            values.update(msgspec.json.decode(path.read_bytes()))
+        except (OSError, msgspec.DecodeError) as exc:
+            raise InvalidInput(f"cannot read settings file {path}: {exc}") from exc
+    fields = {f.name for f in msgspec.structs.fields(Settings)}
+    for key, value in env.items():
+        if key.startswith("CAIRN_") and key[6:].lower() in fields:
+            values[key[6:].lower()] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"bad settings: {exc}") from exc

