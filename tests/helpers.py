@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from cairn.proto.events import Envelope, Event, ExperimentCreated
 
 
-def envelope(ws: str, aggregate_id: str, event: Event | None = None, *, cause: str = "c") -> Envelope[Event]:
+def envelope(
+    ws: str, aggregate_id: str, event: Event | None = None, *, cause: str = "c"
+) -> Envelope[Event]:
     event = event or ExperimentCreated(experiment_id=aggregate_id, name=aggregate_id)
     return Envelope(
         event_id=uuid.uuid4().hex,

@@ -73,7 +73,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
 
     conn = await connect(settings, name="cairn-status", connect_timeout=2)
     try:
-        streams = {}
+        streams: dict[str, dict[str, Any]] = {}
         for definition in STREAMS:
             try:
                 info = await conn.js.stream_info(definition["name"])

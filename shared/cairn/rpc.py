@@ -96,7 +96,7 @@ class Responder:
         *,
         subject_filter: str,
         queue: str,
-        types: Iterable[type[Command]] | Iterable[type[Query]],
+        types: Iterable[type[Command] | type[Query]],
         routes: dict[str, Handler],
         max_in_flight: int = 64,
         max_bytes: int = MAX_REQUEST_BYTES,
@@ -104,11 +104,10 @@ class Responder:
         self.conn = conn
         self.subject_filter = subject_filter
         self.queue = queue
-        types = tuple(types)
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
-            types[0] if len(types) == 1 else Union[types]  # noqa: UP007
-        )
-        self._verb_of = {t: getattr(t, "VERB", "") or getattr(t, "NAME", "") for t in types}
+        served = tuple(types)
+        union: Any = served[0] if len(served) == 1 else Union[served]  # noqa: UP007
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+        self._verb_of = {t: getattr(t, "VERB", "") or getattr(t, "NAME", "") for t in served}
         self.routes = routes
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -166,7 +165,11 @@ class Responder:
                 request.body, "command_id", None
             )
             with structlog.contextvars.bound_contextvars(
-                correlation_id=correlation, workspace=request.workspace, verb=request.verb
+                correlation_id=correlation,
+                run_id=getattr(request.body, "run_id", None),
+                workspace=request.workspace,
+                verb=request.verb,
+                actor=request.actor,
             ):
                 reply = await self.routes[request.verb](request)
         except CairnError as exc:
@@ -216,13 +219,13 @@ class Client:
                 msg = await self.conn.nc.request(
                     subject, payload, timeout=timeout or self.timeout, headers=self.headers
                 )
-            except (NatsTimeout, NoRespondersError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, NatsTimeout, NoRespondersError) as exc:
                 if self.conn.denied(subject):
                     raise PermissionDenied(f"not allowed to send to {subject}") from exc
                 last = exc
                 await asyncio.sleep(0.2 * (attempt + 1))
                 continue
-            reply = _reply_decoder.decode(msg.data)
+            reply: Reply = _reply_decoder.decode(msg.data)
             if isinstance(reply, ErrorReply):
                 raise error_for_code(reply.code, reply.message)
             return reply

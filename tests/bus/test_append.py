@@ -26,7 +26,11 @@ async def test_twenty_concurrent_appenders_each_land_once_in_order(
     async def one(i: int) -> int:
         ctx = CommandContext(workspace=ws_name, command_id=f"cmd{i}", actor="t")
         accepted = await execute(
-            store, ctx, kind="experiment", aggregate_id="agg", subject=subject,
+            store,
+            ctx,
+            kind="experiment",
+            aggregate_id="agg",
+            subject=subject,
             decide=lambda h: [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")],
             attempts=40,
         )
@@ -49,8 +53,12 @@ async def test_retried_command_yields_one_event_and_the_same_reply(
     def decide(h: list[object]) -> list[ExperimentCreated]:
         return [ExperimentCreated(experiment_id="agg", name="once")]
 
-    first = await execute(store, ctx, kind="experiment", aggregate_id="agg", subject=subject, decide=decide)
-    again = await execute(store, ctx, kind="experiment", aggregate_id="agg", subject=subject, decide=decide)
+    first = await execute(
+        store, ctx, kind="experiment", aggregate_id="agg", subject=subject, decide=decide
+    )
+    again = await execute(
+        store, ctx, kind="experiment", aggregate_id="agg", subject=subject, decide=decide
+    )
     assert (again.seq, again.command_id) == (first.seq, first.command_id)
     assert again.replayed and not first.replayed
     assert len(await store.read(subject)) == 1
@@ -62,15 +70,25 @@ async def test_retry_with_stale_expected_sequence_is_a_conflict_not_a_duplicate(
     """On R1 the CAS is checked before dedup: the raw retry is refused, and ``execute``
     resolves it by finding the command's own event."""
     subject = _subject(ws_name)
-    first = await store.append(subject, [envelope(ws_name, "agg", cause="c1")], expected_seq=0, msg_id="c1")
+    first = await store.append(
+        subject, [envelope(ws_name, "agg", cause="c1")], expected_seq=0, msg_id="c1"
+    )
     with pytest.raises(ConcurrencyConflict):
-        await store.append(subject, [envelope(ws_name, "agg", cause="c1")], expected_seq=0, msg_id="c1")
+        await store.append(
+            subject, [envelope(ws_name, "agg", cause="c1")], expected_seq=0, msg_id="c1"
+        )
     # same id with the current expected seq: inside the duplicate window, answered as duplicate
-    dup = await store.append(subject, [envelope(ws_name, "agg", cause="c1")], expected_seq=first.seq, msg_id="c1")
+    dup = await store.append(
+        subject, [envelope(ws_name, "agg", cause="c1")], expected_seq=first.seq, msg_id="c1"
+    )
     assert dup.duplicate and dup.seq == first.seq
     ctx = CommandContext(workspace=ws_name, command_id="c1", actor="t")
     replay = await execute(
-        store, ctx, kind="experiment", aggregate_id="agg", subject=subject,
+        store,
+        ctx,
+        kind="experiment",
+        aggregate_id="agg",
+        subject=subject,
         decide=lambda h: [ExperimentCreated(experiment_id="agg", name="x")],
     )
     assert replay.replayed and replay.seq == first.seq
@@ -88,7 +106,12 @@ async def test_atomic_batch_lands_whole_and_its_retry_is_resolved(
     store: EventStore, ws_name: str
 ) -> None:
     subject = _subject(ws_name)
-    batch = [envelope(ws_name, "agg", ExperimentCreated(experiment_id="agg", name=f"b{i}"), cause="batch") for i in range(3)]
+    batch = [
+        envelope(
+            ws_name, "agg", ExperimentCreated(experiment_id="agg", name=f"b{i}"), cause="batch"
+        )
+        for i in range(3)
+    ]
     result = await store.append(subject, batch, expected_seq=0, msg_id="batch")
     history = await store.read(subject)
     assert [r.envelope.data.name for r in history] == ["b0", "b1", "b2"]  # type: ignore[attr-defined]
@@ -101,7 +124,9 @@ async def test_atomic_batch_lands_whole_and_its_retry_is_resolved(
     assert len(await store.read(subject)) == 3
 
 
-async def test_oversized_event_is_refused_before_publishing(store: EventStore, ws_name: str) -> None:
+async def test_oversized_event_is_refused_before_publishing(
+    store: EventStore, ws_name: str
+) -> None:
     subject = _subject(ws_name)
     big = envelope(ws_name, "agg", RunFailed(run_id="r", error="x" * 16384))
     # shrink the limit below the event size rather than build a huge Text field
@@ -116,14 +141,26 @@ async def test_reads_page_through_long_histories(store: EventStore, ws_name: str
     subject = _subject(ws_name)
     reader = EventStore(store.conn, read_batch=16)
     await asyncio.gather(
-        *(store.append(subject, [envelope(ws_name, "agg", cause=f"p{i}")], expected_seq=None, msg_id=f"p{i}") for i in range(50))
+        *(
+            store.append(
+                subject,
+                [envelope(ws_name, "agg", cause=f"p{i}")],
+                expected_seq=None,
+                msg_id=f"p{i}",
+            )
+            for i in range(50)
+        )
     )
     history = await reader.read(subject)
     assert len(history) == 50
     assert [r.seq for r in history] == sorted(r.seq for r in history)
     middle = history[20].seq
-    assert [r.seq for r in await reader.read(subject, after_seq=middle)] == [r.seq for r in history[21:]]
-    assert [r.seq for r in await reader.read(subject, up_to_seq=middle)] == [r.seq for r in history[:21]]
+    assert [r.seq for r in await reader.read(subject, after_seq=middle)] == [
+        r.seq for r in history[21:]
+    ]
+    assert [r.seq for r in await reader.read(subject, up_to_seq=middle)] == [
+        r.seq for r in history[:21]
+    ]
 
 
 async def test_unrelated_subjects_do_not_interfere(store: EventStore, ws_name: str) -> None:

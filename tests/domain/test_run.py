@@ -8,9 +8,7 @@ from cairn.proto.events import RunCreated, RunStarted
 
 
 def _created() -> run.RunState:
-    return run.fold(
-        [RunCreated(run_id="r", experiment_id="e", experiment_name="e")]
-    )
+    return run.fold([RunCreated(run_id="r", experiment_id="e", experiment_name="e")])
 
 
 def test_lifecycle() -> None:

@@ -39,10 +39,17 @@ def test_drift_is_detected(tmp_path: Any) -> None:
 
 def _stored(version: int, data: dict[str, Any]) -> bytes:
     env = {
-        "event_id": "e1", "type": "RunFailed", "schema_version": version, "workspace": "w",
-        "aggregate_kind": "run", "aggregate_id": "r1",
-        "timestamp": datetime.now(UTC).isoformat(), "actor": "a", "causation_id": "c",
-        "correlation_id": "c", "data": data,
+        "event_id": "e1",
+        "type": "RunFailed",
+        "schema_version": version,
+        "workspace": "w",
+        "aggregate_kind": "run",
+        "aggregate_id": "r1",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "actor": "a",
+        "causation_id": "c",
+        "correlation_id": "c",
+        "data": data,
     }
     return msgspec.json.encode(env)
 

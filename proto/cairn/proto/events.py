@@ -147,7 +147,7 @@ def decode_envelope(payload: bytes) -> Envelope[Event]:
         data: Event = _data_decoders[raw.type].decode(raw.data)
     else:
         data = msgspec.convert(_upcast(raw.type, raw.schema_version, raw.data), cls)
-    return msgspec.structs.replace(raw, data=data, schema_version=cls.VERSION)  # type: ignore[arg-type,return-value]
+    return msgspec.structs.replace(raw, data=data, schema_version=cls.VERSION)  # type: ignore[arg-type]
 
 
 def _upcast(type_name: str, version: int, raw: msgspec.Raw) -> dict[str, Any]:

@@ -47,14 +47,24 @@ class Connection:
         return int(self.nc.max_payload)
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
-            try:
+        """Drain (finish in-flight work) when connected; otherwise just close."""
+        if self.nc.is_closed:
+            return
+        try:
+            if self.nc.is_connected:
                 await self.nc.drain()
-            except Exception:  # already closing or disconnected: nothing left to flush
-                await self.nc.close()
+                return
+        except Exception as exc:  # lost mid-drain: nothing left to flush
+            log.debug("drain_failed", error=repr(exc))
+        try:
+            await self.nc.close()
+        except Exception as exc:  # the transport is already gone
+            log.debug("close_failed", error=repr(exc))
 
 
-async def connect(settings: Settings, *, name: str = "cairn", connect_timeout: float = 5.0) -> Connection:
+async def connect(
+    settings: Settings, *, name: str = "cairn", connect_timeout: float = 5.0
+) -> Connection:
     """Connect with the settings' URL and credentials; raise ``Unavailable`` if unreachable."""
     holder: list[Connection] = []
 

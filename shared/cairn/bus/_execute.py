@@ -39,7 +39,9 @@ class CommandContext:
         self.correlation_id = correlation_id or command_id
 
 
-def _envelopes(ctx: CommandContext, kind: str, aggregate_id: str, events: list[Event]) -> list[Envelope[Event]]:
+def _envelopes(
+    ctx: CommandContext, kind: str, aggregate_id: str, events: list[Event]
+) -> list[Envelope[Event]]:
     now = datetime.now(UTC)
     return [
         Envelope(
@@ -92,7 +94,9 @@ async def execute(
             return Accepted(command_id=ctx.command_id, aggregate_id=aggregate_id, seq=last)
         envelopes = _envelopes(ctx, kind, aggregate_id, events)
         try:
-            result = await store.append(subject, envelopes, expected_seq=last, msg_id=ctx.command_id)
+            result = await store.append(
+                subject, envelopes, expected_seq=last, msg_id=ctx.command_id
+            )
         except ConcurrencyConflict:
             await asyncio.sleep(random.uniform(0, 0.005 * (2 ** min(attempt, 6))))
             continue

@@ -17,7 +17,9 @@ __all__ = ["provision"]
 _STREAM_NOT_FOUND = 10059
 
 
-async def _api(conn: Connection, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+async def _api(
+    conn: Connection, subject: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     payload = json.dumps(body).encode() if body is not None else b""
     msg = await conn.nc.request(subject, payload, timeout=conn.settings.request_timeout)
     reply: dict[str, Any] = json.loads(msg.data)

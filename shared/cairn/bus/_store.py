@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
-from nats.errors import NoRespondersError
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 
 from cairn.bus._connect import Connection
@@ -47,6 +47,8 @@ _IN_PROCESS = 10158
 _TOO_LARGE = 10054
 _PERMISSION = 10057
 _HEADER_ALLOWANCE = 512
+#: failures after which the same message may be sent again: nothing or the same thing stored
+TRANSIENT = (NatsError, ConnectionError, asyncio.TimeoutError)
 
 
 class Recorded(NamedTuple):
@@ -131,7 +133,9 @@ class EventStore:
             )
         return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
 
-    async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    async def _request(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> dict[str, Any]:
         async def once() -> dict[str, Any]:
             msg = await self.conn.nc.request(
                 subject, payload, timeout=self.conn.settings.request_timeout, headers=headers
@@ -147,7 +151,7 @@ class EventStore:
         for attempt in range(self.attempts):
             try:
                 reply: dict[str, Any] = await once()
-            except (NoRespondersError, NatsTimeout, asyncio.TimeoutError) as exc:
+            except TRANSIENT as exc:
                 if self.conn.denied(subject):
                     raise PermissionDenied(f"not allowed to publish to {subject}") from exc
                 last = exc
@@ -210,7 +214,10 @@ class EventStore:
         nc, timeout = self.conn.nc, self.conn.settings.request_timeout
         body: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": self.read_batch}
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
+        try:
+            sub = await nc.subscribe(inbox)
+        except TRANSIENT as exc:
+            raise Unavailable(f"cannot read {subject}: {exc!r}") from exc
         got: list[Recorded] = []
         try:
             await nc.publish(
@@ -235,14 +242,24 @@ class EventStore:
                 got.append(Recorded(seq, headers["Nats-Subject"], decode_envelope(msg.data)))
         except msgspec.DecodeError as exc:
             raise CairnError(f"undecodable event on {subject}: {exc}") from exc
+        except TRANSIENT as exc:
+            raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
         finally:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except TRANSIENT:
+                pass
 
     async def last_seq(self) -> int:
         """The stream's last sequence (0 when empty)."""
-        msg = await self.conn.nc.request(
-            f"$JS.API.STREAM.INFO.{self.stream}", b"", timeout=self.conn.settings.request_timeout
-        )
+        try:
+            msg = await self.conn.nc.request(
+                f"$JS.API.STREAM.INFO.{self.stream}",
+                b"",
+                timeout=self.conn.settings.request_timeout,
+            )
+        except TRANSIENT as exc:
+            raise Unavailable(f"stream {self.stream} did not answer: {exc!r}") from exc
         info = json.loads(msg.data)
         if "error" in info:
             _raise_for(info["error"], self.stream)

@@ -140,18 +140,28 @@ class NatsServer:
 
     async def start(self, timeout: float = 10.0) -> None:
         if self.running_pid() is not None:
-            raise CairnError(f"a nats-server already runs on {self.home} (pid {self.running_pid()})")
-        _write_private(self.conf, self.config_text())
-        log = open(self.log, "ab")  # noqa: SIM115 - the child keeps writing to it
-        self.proc = subprocess.Popen(
-            [find_nats_server(), "-c", str(self.conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        offset = self.log.stat().st_size if self.log.exists() else 0
+            raise CairnError(
+                f"a nats-server already runs on {self.home} (pid {self.running_pid()})"
+            )
+        offset = self.spawn()
         await self._wait_ready(offset, timeout)
+
+    def spawn(self) -> int:
+        """Start the process (a few milliseconds); return the log offset its start begins at.
+
+        A plain ``Popen`` rather than an asyncio subprocess: the server must be stoppable from
+        synchronous code and outlive the event loop that started it (test fixtures do both).
+        """
+        _write_private(self.conf, self.config_text())
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [find_nats_server(), "-c", str(self.conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return offset
 
     async def _wait_ready(self, offset: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

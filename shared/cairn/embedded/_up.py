@@ -80,7 +80,9 @@ async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | Non
         services = asyncio.create_task(
             run_services(service_settings, list(all_services().values()), stop=stop, ready=ready)
         )
-        await asyncio.wait([services, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED")
+        await asyncio.wait(
+            [services, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED"
+        )
         if services.done():
             await services  # raises what made it stop
         async with connect(clients) as ws:

@@ -30,7 +30,7 @@ _STATUS = {
 class TrackingProjection:
     name = "tracking"
     version = 1
-    tables = ("workspaces", "experiments", "runs")
+    tables: tuple[str, ...] = ("workspaces", "experiments", "runs")
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
@@ -67,9 +67,21 @@ class TrackingProjection:
             case RunCreated() as ev:
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (ws, ev.run_id, ev.experiment_id, ev.experiment_name, ev.display_name,
-                     ev.parent_run_id, RunStatus.NOT_STARTED.value, "", at, env.actor,
-                     None, None, seq),
+                    (
+                        ws,
+                        ev.run_id,
+                        ev.experiment_id,
+                        ev.experiment_name,
+                        ev.display_name,
+                        ev.parent_run_id,
+                        RunStatus.NOT_STARTED.value,
+                        "",
+                        at,
+                        env.actor,
+                        None,
+                        None,
+                        seq,
+                    ),
                 )
             case RunStarted(run_id=run_id):
                 db.execute(
@@ -77,8 +89,8 @@ class TrackingProjection:
                     " WHERE workspace=? AND run_id=?",
                     (RunStatus.RUNNING.value, at, seq, ws, run_id),
                 )
-            case RunCompleted(run_id=run_id) | RunCanceled(run_id=run_id) | RunFailed(
-                run_id=run_id
+            case (
+                RunCompleted(run_id=run_id) | RunCanceled(run_id=run_id) | RunFailed(run_id=run_id)
             ):
                 error = env.data.error if isinstance(env.data, RunFailed) else ""
                 db.execute(

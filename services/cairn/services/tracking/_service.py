@@ -30,8 +30,19 @@ from cairn.settings import Settings
 __all__ = ["TrackingService"]
 
 _RUN_COLUMNS = (
-    "workspace", "run_id", "experiment_id", "experiment_name", "display_name", "parent_run_id",
-    "status", "error", "created_at", "created_by", "start_time", "end_time", "seq",
+    "workspace",
+    "run_id",
+    "experiment_id",
+    "experiment_name",
+    "display_name",
+    "parent_run_id",
+    "status",
+    "error",
+    "created_at",
+    "created_by",
+    "start_time",
+    "end_time",
+    "seq",
 )
 
 
@@ -104,7 +115,10 @@ class TrackingService:
             if cmd.name != req.workspace:
                 raise InvalidInput(f"workspace {cmd.name} must be created on its own subject")
             return await execute(
-                self.store, ctx, kind=workspace.KIND, aggregate_id=cmd.name,
+                self.store,
+                ctx,
+                kind=workspace.KIND,
+                aggregate_id=cmd.name,
                 subject=subjects.event(cmd.name, workspace.KIND, cmd.name),
                 decide=lambda h: workspace.decide(workspace.fold(_events(h)), cmd),
             )
@@ -112,7 +126,10 @@ class TrackingService:
         if isinstance(cmd, CreateExperiment):
             eid = subjects.name_to_id(cmd.name)
             return await execute(
-                self.store, ctx, kind=experiment.KIND, aggregate_id=eid,
+                self.store,
+                ctx,
+                kind=experiment.KIND,
+                aggregate_id=eid,
                 subject=subjects.event(req.workspace, experiment.KIND, eid),
                 decide=lambda h: experiment.decide(experiment.fold(_events(h)), cmd),
             )
@@ -120,7 +137,10 @@ class TrackingService:
         if isinstance(cmd, CreateRun):
             experiment_id = await self._check_run_parents(req.workspace, cmd)
         return await execute(
-            self.store, ctx, kind=run.KIND, aggregate_id=cmd.run_id,
+            self.store,
+            ctx,
+            kind=run.KIND,
+            aggregate_id=cmd.run_id,
             subject=subjects.event(req.workspace, run.KIND, cmd.run_id),
             decide=lambda h: run.decide(run.fold(_events(h)), cmd, experiment_id=experiment_id),
         )

@@ -1,0 +1,201 @@
+"""Exactly-once projections: crash mid-batch, rebuild from zero, restart of the server."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import uuid
+from pathlib import Path
+
+import msgspec
+
+from cairn.bus import Connection, EventStore, connect, provision
+from cairn.embedded import NatsServer
+from cairn.projection import ProjectionRunner
+from cairn.proto.commands import CompleteRun, CreateExperiment, CreateRun, StartRun
+from cairn.rpc import Client
+from cairn.services.tracking import TrackingProjection
+from cairn.settings import Settings
+from tests.conftest import LEAKS_SOCKETS, settings_for
+from tests.helpers import envelope
+
+CHILD = Path(__file__).with_name("_dying_child.py")
+
+
+async def _populate(client: Client, runs: int) -> None:
+    await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="exp"))
+
+    async def one(i: int) -> None:
+        rid = f"r{i}"
+        await client.send(CreateRun(command_id=uuid.uuid4().hex, run_id=rid, experiment_name="exp"))
+        await client.send(StartRun(command_id=uuid.uuid4().hex, run_id=rid))
+        if i % 3:
+            await client.send(CompleteRun(command_id=uuid.uuid4().hex, run_id=rid))
+
+    for start in range(0, runs, 20):
+        await asyncio.gather(*(one(i) for i in range(start, min(start + 20, runs))))
+
+
+async def _caught_up(runner: ProjectionRunner, store: EventStore) -> None:
+    await runner.wait_for(await store.last_seq(), timeout=30)
+
+
+async def test_killed_mid_batch_and_rebuilt_equal_live(
+    client: Client, conn: Connection, store: EventStore, service_settings: Settings, tmp_path: Path
+) -> None:
+    await _populate(client, 60)
+    live = ProjectionRunner(conn, tmp_path / "live.sqlite", TrackingProjection())
+    stop = asyncio.Event()
+    live_task = asyncio.create_task(live.run(stop))
+    try:
+        await _caught_up(live, store)
+        total = await store.last_seq()
+
+        db_path = tmp_path / "killed.sqlite"
+        kill_at = total // 2
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(CHILD),
+            msgspec.json.encode(service_settings).decode(),
+            str(db_path),
+            str(kill_at),
+            "64",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), 60)
+        assert child.returncode == -9, err.decode()
+        killed_seq = int(out.decode().split("killing at seq ")[1])
+        db = sqlite3.connect(db_path)
+        (stored_seq,) = db.execute("SELECT last_seq FROM projection_state").fetchone()
+        db.close()
+        assert stored_seq < killed_seq, "the batch in flight at the kill must be rolled back"
+
+        restarted = ProjectionRunner(conn, db_path, TrackingProjection())
+        assert restarted.last_seq == stored_seq
+        r_stop = asyncio.Event()
+        r_task = asyncio.create_task(restarted.run(r_stop))
+        await _caught_up(restarted, store)
+        assert restarted.content_hash() == live.content_hash()
+        r_stop.set()
+        await r_task
+
+        generation = live.generation
+        await live.rebuild()
+        assert live.generation == generation + 1
+        assert restarted.content_hash() == live.content_hash()
+        tables = {
+            r[0] for r in live.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert not any(name.endswith(f"__g{generation}") for name in tables)
+        (runs,), _ = live.read(
+            lambda db, t: db.execute(
+                f"SELECT COUNT(*) FROM {t('runs')} WHERE workspace=?", (client.workspace,)
+            ).fetchone()
+        )
+        assert runs == 60
+    finally:
+        stop.set()
+        await live_task
+
+
+async def test_rebuild_keeps_answering_and_catches_up_with_new_events(
+    client: Client, conn: Connection, store: EventStore, tmp_path: Path
+) -> None:
+    await _populate(client, 10)
+    runner = ProjectionRunner(conn, tmp_path / "p.sqlite", TrackingProjection(), batch_size=8)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await _caught_up(runner, store)
+        before = runner.content_hash()
+        rebuilding = asyncio.create_task(runner.rebuild())
+        await _populate_more(client)
+        (count,), _ = runner.read(
+            lambda db, t: db.execute(f"SELECT COUNT(*) FROM {t('runs')}").fetchone()
+        )
+        assert count >= 10
+        await rebuilding
+        await _caught_up(runner, store)
+        fresh = ProjectionRunner(conn, tmp_path / "fresh.sqlite", TrackingProjection())
+        f_stop = asyncio.Event()
+        f_task = asyncio.create_task(fresh.run(f_stop))
+        await _caught_up(fresh, store)
+        f_stop.set()
+        await f_task
+        assert runner.content_hash() == fresh.content_hash() != before
+    finally:
+        stop.set()
+        await task
+
+
+async def _populate_more(client: Client) -> None:
+    for i in range(5):
+        await client.send(
+            CreateRun(command_id=uuid.uuid4().hex, run_id=f"late{i}", experiment_name="exp")
+        )
+
+
+async def test_version_bump_rebuilds_from_zero(
+    conn: Connection, store: EventStore, tmp_path: Path
+) -> None:
+    class V2(TrackingProjection):
+        version = 2
+
+    path = tmp_path / "v.sqlite"
+    first = ProjectionRunner(conn, path, TrackingProjection())
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    await _caught_up(first, store)
+    stop.set()
+    await task
+    first.close()
+    second = ProjectionRunner(conn, path, V2())
+    assert second.last_seq == 0 and second.generation == first.generation + 1
+
+
+@LEAKS_SOCKETS
+async def test_follows_across_a_server_restart(tmp_path: Path, nats_py_leaks: None) -> None:
+    server = NatsServer(tmp_path / "home", port=0)
+    await server.start()
+    settings = settings_for(server, service=True, request_timeout=2.0)
+    conn = await connect(settings)
+    await provision(conn)
+    store = EventStore(conn)
+    runner = ProjectionRunner(
+        conn, tmp_path / "p.sqlite", TrackingProjection(), stall_s=2.0, poll_s=0.5
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        first = await store.append(
+            "cairn.ev.rs.experiment.a", [envelope("rs", "a")], expected_seq=0, msg_id="a"
+        )
+        await runner.wait_for(first.seq, timeout=10)
+        server.stop()
+        await asyncio.sleep(0.5)
+        server = NatsServer(tmp_path / "home", port=server.port)
+        await server.start()
+        second = None
+        for _ in range(50):  # the client reconnects on its own
+            try:
+                second = await store.append(
+                    "cairn.ev.rs.experiment.b", [envelope("rs", "b")], expected_seq=0, msg_id="b"
+                )
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        assert second is not None
+        await runner.wait_for(second.seq, timeout=20)
+        (names,), _ = runner.read(
+            lambda db, t: db.execute(
+                f"SELECT group_concat(name) FROM {t('experiments')}"
+            ).fetchone()
+        )
+        assert names == "a,b"
+    finally:
+        stop.set()
+        await task
+        await conn.close()
+        server.stop()

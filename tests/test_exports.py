@@ -1,0 +1,55 @@
+"""The public faces are pinned: changing one is a deliberate act."""
+
+import importlib
+
+import pytest
+
+PINNED = {
+    "cairn.bus": [
+        "AppendResult",
+        "CommandContext",
+        "Connection",
+        "EventStore",
+        "Recorded",
+        "connect",
+        "ensure_stream",
+        "execute",
+        "provision",
+    ],
+    "cairn.projection": ["Projection", "ProjectionRunner", "Tables", "content_hash"],
+    "cairn.sdk": ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"],
+    "cairn.errors": [
+        "AlreadyExists",
+        "BatchRejected",
+        "CairnError",
+        "ConcurrencyConflict",
+        "InvalidInput",
+        "InvalidName",
+        "InvalidTransition",
+        "NotFound",
+        "PayloadTooLarge",
+        "PermissionDenied",
+        "Unavailable",
+        "UnknownMessageType",
+        "error_for_code",
+    ],
+    "cairn.embedded": ["Credentials", "NatsServer", "find_nats_server", "free_port"],
+}
+
+
+@pytest.mark.parametrize("module", PINNED)
+def test_exports(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == PINNED[module]
+    for name in mod.__all__:
+        assert hasattr(mod, name), name
+
+
+def test_every_error_code_round_trips() -> None:
+    from cairn import errors
+
+    for name in PINNED["cairn.errors"][:-1]:
+        cls = getattr(errors, name)
+        rebuilt = errors.error_for_code(cls.code, "m")
+        assert type(rebuilt) is cls and rebuilt.message == "m"
+    assert type(errors.error_for_code("from-the-future", "m")) is errors.CairnError

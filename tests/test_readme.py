@@ -1,0 +1,47 @@
+"""The README's commands and code are what a user runs: keep them working."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from cairn.rpc import Client
+from cairn.settings import Settings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_readme_opens_with_one_sentence_and_the_two_commands() -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    commands = blocks[0].strip().splitlines()
+    assert len(commands) == 2
+    assert commands[0].endswith("cairn up --demo")
+    assert commands[1].endswith("pytest")
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert commands[1] in ci
+
+
+async def test_readme_python_example_runs(client: Client, client_settings: Settings) -> None:
+    (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
+    env = {
+        **os.environ,
+        "CAIRN_HOME": "/nonexistent",
+        "CAIRN_NATS_URL": client_settings.nats_url,
+        "CAIRN_NATS_USER": client_settings.nats_user or "",
+        "CAIRN_NATS_PASSWORD": client_settings.nats_password or "",
+        "CAIRN_WORKSPACE": client.workspace,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "Completed"
