@@ -199,3 +199,10 @@ async def test_follows_across_a_server_restart(tmp_path: Path, nats_py_leaks: No
         await task
         await conn.close()
         server.stop()
+
+
+def test_stream_seq_reads_both_reply_forms() -> None:
+    from cairn.projection._engine import stream_seq
+
+    assert stream_seq("$JS.ACK.EVENTS.c1.1.42.7.1732312312312312312.0") == 42
+    assert stream_seq("$JS.ACK.hub.ACCHASH.EVENTS.c1.1.42.7.1732312312312312312.0.tok") == 42

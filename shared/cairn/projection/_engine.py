@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cairn.bus import Connection, EventStore, Recorded
@@ -85,6 +84,15 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(_STATE_DDL)
     return db
+
+
+def stream_seq(reply: str) -> int:
+    """The stream sequence from a JetStream delivery's reply subject, in either form:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or, with a domain
+    and account hash, ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...``.
+    (nats-py's ``msg.metadata`` builds four objects per message to get the same number.)"""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
 class ProjectionRunner:
@@ -175,7 +183,7 @@ class ProjectionRunner:
         with self.db:  # BEGIN ... COMMIT, or ROLLBACK on any exception
             self.db.execute("BEGIN")
             for msg in msgs:
-                seq = int(msg.metadata.sequence.stream)
+                seq = stream_seq(msg.reply)
                 if seq <= last_seq:
                     continue
                 try:
@@ -190,26 +198,38 @@ class ProjectionRunner:
                 self._save_state(t.generation, last_seq)
         return last_seq
 
-    async def _subscribe(self, start: int) -> Any:
+    async def _subscribe(self, start: int) -> _Feed:
+        feed = _Feed(self.batch_size * 4)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-        return await self.conn.js.subscribe(
+        feed.sub = await self.conn.js.subscribe(
             EVENTS_ALL,
             stream=EVENTS["name"],
+            cb=feed.put,
             ordered_consumer=True,
             idle_heartbeat=max(self.poll_s, 0.5),
             config=config,
-            pending_msgs_limit=65536,
         )
+        return feed
 
-    async def _next_batch(self, sub: Any) -> list[Any]:
-        """Up to ``batch_size`` messages: waits ``poll_s`` for the first, none for the rest."""
-        try:
-            first = await sub.next_msg(timeout=self.poll_s)
-        except NatsTimeout:
-            return []
-        batch = [first]
-        while len(batch) < self.batch_size and sub.pending_msgs > 0:
-            batch.append(await sub.next_msg(timeout=self.poll_s))
+    async def _next_batch(self, feed: _Feed, stop: asyncio.Event | None = None) -> list[Any]:
+        """Up to ``batch_size`` messages: waits up to ``poll_s`` for the first (returning early,
+        empty, when ``stop`` is set), and not at all for the rest."""
+        if feed.queue.empty():
+            waiters = [asyncio.ensure_future(feed.queue.get())]
+            if stop is not None:
+                waiters.append(asyncio.ensure_future(stop.wait()))
+            done, _ = await asyncio.wait(
+                waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in waiters:
+                waiter.cancel()
+            if waiters[0] not in done:
+                return []
+            batch = [waiters[0].result()]
+        else:
+            batch = [feed.queue.get_nowait()]
+        while len(batch) < self.batch_size and not feed.queue.empty():
+            batch.append(feed.queue.get_nowait())
         return batch
 
     async def _stalled(self) -> bool:
@@ -227,10 +247,10 @@ class ProjectionRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log until ``stop`` is set."""
         while not stop.is_set():
-            sub = await self._subscribe(self.last_seq + 1)
+            feed = await self._subscribe(self.last_seq + 1)
             try:
                 while not stop.is_set():
-                    batch = await self._next_batch(sub)
+                    batch = await self._next_batch(feed, stop)
                     if batch:
                         self.last_seq = self._apply_batch(batch, self.tables, self.last_seq)
                         self._progress_at = time.monotonic()
@@ -239,7 +259,7 @@ class ProjectionRunner:
                         self.resubscriptions += 1
                         break
             finally:
-                await _quietly_unsubscribe(sub)
+                await _quietly_unsubscribe(feed)
 
     async def rebuild(self) -> int:
         """Rebuild from sequence 1 into fresh tables; swap them in once caught up with the live
@@ -247,14 +267,14 @@ class ProjectionRunner:
         generation = self.generation + 1
         t = self._start_generation(generation)
         seq = 0
-        sub = await self._subscribe(1)
+        feed = await self._subscribe(1)
         try:
             while True:
-                batch = await self._next_batch(sub)
+                batch = await self._next_batch(feed)
                 if batch:
                     seq = self._apply_batch(batch, t, seq)
                 # No await between this check and the swap: the live loop cannot interleave.
-                if seq >= self.last_seq and (not batch or sub.pending_msgs == 0):
+                if seq >= self.last_seq and (not batch or feed.queue.empty()):
                     old = self.tables
                     with self.db:
                         self.db.execute("BEGIN")
@@ -266,14 +286,30 @@ class ProjectionRunner:
                     log.info("projection_rebuilt", projection=self.projection.name, seq=seq)
                     return seq
         finally:
-            await _quietly_unsubscribe(sub)
+            await _quietly_unsubscribe(feed)
 
     def close(self) -> None:
         self.db.close()
 
 
-async def _quietly_unsubscribe(sub: Any) -> None:
+class _Feed:
+    """An ordered-consumer subscription whose callback fills a bounded queue.
+
+    A callback (run by nats-py in one task per subscription) is much cheaper per message than
+    ``next_msg``, which starts a task per call. When the queue is full the callback waits, the
+    client stops reporting deliveries and JetStream flow control holds the rest back.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(size)
+        self.sub: Any = None
+
+    async def put(self, msg: Any) -> None:
+        await self.queue.put(msg)
+
+
+async def _quietly_unsubscribe(feed: _Feed) -> None:
     try:
-        await sub.unsubscribe()
+        await feed.sub.unsubscribe()
     except Exception as exc:  # the connection may already be closing
         log.debug("unsubscribe_failed", error=str(exc))
