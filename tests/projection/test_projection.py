@@ -206,3 +206,28 @@ def test_stream_seq_reads_both_reply_forms() -> None:
 
     assert stream_seq("$JS.ACK.EVENTS.c1.1.42.7.1732312312312312312.0") == 42
     assert stream_seq("$JS.ACK.hub.ACCHASH.EVENTS.c1.1.42.7.1732312312312312312.0.tok") == 42
+
+
+async def test_watchdog_resubscribes_a_silent_subscription(
+    conn: Connection, store: EventStore, tmp_path: Path, ws_name: str
+) -> None:
+    runner = ProjectionRunner(
+        conn, tmp_path / "w.sqlite", TrackingProjection(), stall_s=1.0, poll_s=0.2
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await _caught_up(runner, store)
+        assert runner._feed is not None
+        await runner._feed.sub.unsubscribe()  # the subscription goes quiet behind its back
+        result = await store.append(
+            f"cairn.ev.{ws_name}.experiment.w",
+            [envelope(ws_name, "w")],
+            expected_seq=0,
+            msg_id=uuid.uuid4().hex,
+        )
+        await runner.wait_for(result.seq, timeout=15)
+        assert runner.resubscriptions >= 1
+    finally:
+        stop.set()
+        await task

@@ -119,6 +119,7 @@ class ProjectionRunner:
         self.resubscriptions = 0
         self._advanced = asyncio.Event()
         self._progress_at = time.monotonic()
+        self._feed: _Feed | None = None
         row = self.db.execute(
             "SELECT last_seq, version, generation FROM projection_state WHERE name = ?",
             (projection.name,),
@@ -247,7 +248,7 @@ class ProjectionRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log until ``stop`` is set."""
         while not stop.is_set():
-            feed = await self._subscribe(self.last_seq + 1)
+            feed = self._feed = await self._subscribe(self.last_seq + 1)
             try:
                 while not stop.is_set():
                     batch = await self._next_batch(feed, stop)
