@@ -7,6 +7,7 @@ import asyncio
 import gc
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -34,6 +35,19 @@ def settings_for(server: NatsServer, *, service: bool, **extra: object) -> Setti
         },
         Settings,
     )
+
+
+async def own_server(
+    home: Path, *, request_timeout: float
+) -> tuple[NatsServer, Settings, Connection]:
+    """A server of the test's own (for tests that kill or restart it), provisioned and
+    connected as the services connect."""
+    server = NatsServer(home, port=0)
+    await server.start()
+    settings = settings_for(server, service=True, request_timeout=request_timeout)
+    conn = await connect(settings)
+    await provision(conn)
+    return server, settings, conn
 
 
 @pytest.fixture(scope="session")

@@ -1,33 +1,5 @@
-"""Cairn's exceptions; the tree is drawn in :mod:`cairn.proto.errors`."""
+"""Cairn's exceptions; the tree is drawn in :mod:`cairn.proto.errors`, where they live because
+their codes are part of the wire contract."""
 
-from cairn.proto.errors import (
-    AlreadyExists,
-    BatchRejected,
-    CairnError,
-    ConcurrencyConflict,
-    InvalidInput,
-    InvalidName,
-    InvalidTransition,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    Unavailable,
-    UnknownMessageType,
-    error_for_code,
-)
-
-__all__ = [
-    "AlreadyExists",
-    "BatchRejected",
-    "CairnError",
-    "ConcurrencyConflict",
-    "InvalidInput",
-    "InvalidName",
-    "InvalidTransition",
-    "NotFound",
-    "PayloadTooLarge",
-    "PermissionDenied",
-    "Unavailable",
-    "UnknownMessageType",
-    "error_for_code",
-]
+from cairn.proto.errors import *  # noqa: F403
+from cairn.proto.errors import __all__ as __all__

@@ -8,11 +8,11 @@ import collections
 import json
 from pathlib import Path
 
-from cairn.bus import EventStore, connect, provision
+from cairn.bus import EventStore, connect
 from cairn.embedded import NatsServer
 from cairn.errors import CairnError
 from cairn.proto.subjects import event as event_subject
-from tests.conftest import LEAKS_SOCKETS, settings_for
+from tests.conftest import LEAKS_SOCKETS, own_server
 from tests.helpers import envelope
 
 
@@ -32,11 +32,7 @@ async def _read_all(store: EventStore) -> list[tuple[int, str]]:
 
 @LEAKS_SOCKETS
 async def test_acknowledged_appends_survive_kill_9(tmp_path: Path, nats_py_leaks: None) -> None:
-    server = NatsServer(tmp_path / "home", port=0)
-    await server.start()
-    settings = settings_for(server, service=True, request_timeout=1.0)
-    conn = await connect(settings)
-    await provision(conn)
+    server, settings, conn = await own_server(tmp_path / "home", request_timeout=1.0)
     store = EventStore(conn, attempts=1)
     acked: dict[str, int] = {}
     stop, enough = asyncio.Event(), asyncio.Event()

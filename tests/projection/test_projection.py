@@ -10,14 +10,14 @@ from pathlib import Path
 
 import msgspec
 
-from cairn.bus import Connection, EventStore, connect, provision
+from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
 from cairn.projection import ProjectionRunner
 from cairn.proto.commands import CompleteRun, CreateExperiment, CreateRun, StartRun
 from cairn.rpc import Client
 from cairn.services.tracking import TrackingProjection
 from cairn.settings import Settings
-from tests.conftest import LEAKS_SOCKETS, settings_for
+from tests.conftest import LEAKS_SOCKETS, own_server
 from tests.helpers import envelope
 
 CHILD = Path(__file__).with_name("_dying_child.py")
@@ -157,11 +157,7 @@ async def test_version_bump_rebuilds_from_zero(
 
 @LEAKS_SOCKETS
 async def test_follows_across_a_server_restart(tmp_path: Path, nats_py_leaks: None) -> None:
-    server = NatsServer(tmp_path / "home", port=0)
-    await server.start()
-    settings = settings_for(server, service=True, request_timeout=2.0)
-    conn = await connect(settings)
-    await provision(conn)
+    server, _, conn = await own_server(tmp_path / "home", request_timeout=2.0)
     store = EventStore(conn)
     runner = ProjectionRunner(
         conn, tmp_path / "p.sqlite", TrackingProjection(), stall_s=2.0, poll_s=0.5

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from cairn.domain import fold as fold_events
 from cairn.proto.commands import CreateExperiment
 from cairn.proto.events import Event, ExperimentCreated
 from cairn.proto.subjects import name_to_id
@@ -29,10 +30,7 @@ def evolve(state: ExperimentState, event: Event) -> ExperimentState:
 
 
 def fold(events: Iterable[Event]) -> ExperimentState:
-    state = ExperimentState()
-    for event in events:
-        state = evolve(state, event)
-    return state
+    return fold_events(ExperimentState(), evolve, events)
 
 
 def decide(state: ExperimentState, command: CreateExperiment) -> list[Event]:

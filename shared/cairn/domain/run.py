@@ -11,6 +11,7 @@ from enum import StrEnum
 
 import msgspec
 
+from cairn.domain import fold as fold_events
 from cairn.errors import AlreadyExists, InvalidTransition, NotFound
 from cairn.proto.commands import CancelRun, CompleteRun, CreateRun, FailRun, StartRun
 from cairn.proto.events import (
@@ -65,10 +66,7 @@ def evolve(state: RunState, event: Event) -> RunState:
 
 
 def fold(events: Iterable[Event]) -> RunState:
-    state = RunState()
-    for event in events:
-        state = evolve(state, event)
-    return state
+    return fold_events(RunState(), evolve, events)
 
 
 def _target(command: RunCommand) -> tuple[RunStatus, Event]:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from cairn.domain import fold as fold_events
 from cairn.proto.commands import CreateWorkspace
 from cairn.proto.events import Event, WorkspaceCreated
 
@@ -28,10 +29,7 @@ def evolve(state: WorkspaceState, event: Event) -> WorkspaceState:
 
 
 def fold(events: Iterable[Event]) -> WorkspaceState:
-    state = WorkspaceState()
-    for event in events:
-        state = evolve(state, event)
-    return state
+    return fold_events(WorkspaceState(), evolve, events)
 
 
 def decide(state: WorkspaceState, command: CreateWorkspace) -> list[Event]:
