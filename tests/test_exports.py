@@ -16,7 +16,15 @@ PINNED = {
         "execute",
         "provision",
     ],
-    "cairn.projection": ["Projection", "ProjectionRunner", "Tables", "content_hash"],
+    "cairn.projection": [
+        "Delivered",
+        "EVENTS_SOURCE",
+        "Projection",
+        "ProjectionRunner",
+        "Source",
+        "Tables",
+        "content_hash",
+    ],
     "cairn.sdk": ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"],
     "cairn.errors": [
         "AlreadyExists",

@@ -10,11 +10,12 @@ import os
 import signal
 import sqlite3
 import sys
+from typing import Any
 
 import msgspec
 
-from cairn.bus import Recorded, connect
-from cairn.projection import ProjectionRunner, Tables
+from cairn.bus import connect
+from cairn.projection import Delivered, ProjectionRunner, Tables
 from cairn.services.tracking import TrackingProjection
 from cairn.settings import Settings
 
@@ -24,11 +25,11 @@ class DyingProjection(TrackingProjection):
         self.applied = 0
         self.kill_at = kill_at
 
-    def apply(self, db: sqlite3.Connection, t: Tables, record: Recorded) -> None:
-        super().apply(db, t, record)
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Any]) -> None:
+        super().apply(db, t, item)
         self.applied += 1
         if self.applied == self.kill_at:
-            print(f"killing at seq {record.seq}", flush=True)
+            print(f"killing at seq {item.seq}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -1,5 +1,21 @@
-"""Read models projected from the event log into SQLite, exactly once."""
+"""Read models projected from a stream into SQLite, exactly once."""
 
-from cairn.projection._engine import Projection, ProjectionRunner, Tables, content_hash
+from cairn.projection._engine import (
+    EVENTS_SOURCE,
+    Delivered,
+    Projection,
+    ProjectionRunner,
+    Source,
+    Tables,
+    content_hash,
+)
 
-__all__ = ["Projection", "ProjectionRunner", "Tables", "content_hash"]
+__all__ = [
+    "EVENTS_SOURCE",
+    "Delivered",
+    "Projection",
+    "ProjectionRunner",
+    "Source",
+    "Tables",
+    "content_hash",
+]

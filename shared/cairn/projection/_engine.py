@@ -19,23 +19,53 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from cairn.bus import Connection, EventStore, Recorded
+from cairn.bus import Connection, EventStore
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 from cairn.proto.events import decode_envelope
 from cairn.proto.streams import EVENTS
 from cairn.proto.subjects import EVENTS_ALL
 
-__all__ = ["Projection", "ProjectionRunner", "Tables", "content_hash"]
+__all__ = [
+    "EVENTS_SOURCE",
+    "Delivered",
+    "Projection",
+    "ProjectionRunner",
+    "Source",
+    "Tables",
+    "content_hash",
+]
 
 log = get_logger("cairn.projection")
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+class Source(NamedTuple):
+    """What a projection follows: a stream, a subject filter, and how to decode a message."""
+
+    stream: str
+    subjects: str
+    decode: Callable[[bytes], Any]
+
+
+EVENTS_SOURCE = Source(EVENTS["name"], EVENTS_ALL, decode_envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered(Generic[V]):
+    """One decoded message and where it sits in its stream."""
+
+    seq: int
+    subject: str
+    value: V
 
 
 class Tables:
@@ -49,19 +79,20 @@ class Tables:
         return f"{self.projection}__{table}__g{self.generation}"
 
 
-class Projection(Protocol):
-    """A read model. ``apply`` must be deterministic: same events, same rows."""
+class Projection(Protocol[V]):
+    """A read model. ``apply`` must be deterministic: same messages, same rows."""
 
     name: str
     version: int
     tables: tuple[str, ...]
+    source: Source
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None: ...
 
-    def apply(self, db: sqlite3.Connection, t: Tables, record: Recorded) -> None: ...
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[V]) -> None: ...
 
 
-def content_hash(db: sqlite3.Connection, projection: Projection, t: Tables) -> str:
+def content_hash(db: sqlite3.Connection, projection: Projection[Any], t: Tables) -> str:
     """SHA-256 over every row of every table of one generation, in a canonical order."""
     digest = hashlib.sha256()
     for table in sorted(projection.tables):
@@ -95,21 +126,21 @@ def stream_seq(reply: str) -> int:
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
-class ProjectionRunner:
+class ProjectionRunner(Generic[V]):
     """Runs one projection into one SQLite file; answers reads against its current tables."""
 
     def __init__(
         self,
         conn: Connection,
         db_path: Path | str,
-        projection: Projection,
+        projection: Projection[V],
         *,
         batch_size: int = 500,
         stall_s: float = 10.0,
         poll_s: float = 1.0,
     ) -> None:
         self.conn = conn
-        self.store = EventStore(conn)
+        self.store = EventStore(conn, stream=projection.source.stream)
         self.projection = projection
         self.batch_size = batch_size
         self.stall_s = stall_s
@@ -188,12 +219,12 @@ class ProjectionRunner:
                 if seq <= last_seq:
                     continue
                 try:
-                    record = Recorded(seq, msg.subject, decode_envelope(msg.data))
+                    value = self.projection.source.decode(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError, CairnError) as exc:
                     self.skipped += 1
-                    log.error("projection_skipped_event", seq=seq, error=str(exc))
+                    log.error("projection_skipped_message", seq=seq, error=str(exc))
                 else:
-                    self.projection.apply(self.db, t, record)
+                    self.projection.apply(self.db, t, Delivered(seq, msg.subject, value))
                 last_seq = seq
             if t.generation == self.generation:
                 self._save_state(t.generation, last_seq)
@@ -203,8 +234,8 @@ class ProjectionRunner:
         feed = _Feed(self.batch_size * 4)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
         feed.sub = await self.conn.js.subscribe(
-            EVENTS_ALL,
-            stream=EVENTS["name"],
+            self.projection.source.subjects,
+            stream=self.projection.source.stream,
             cb=feed.put,
             ordered_consumer=True,
             idle_heartbeat=max(self.poll_s, 0.5),

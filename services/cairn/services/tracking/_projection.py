@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
-from cairn.bus import Recorded
 from cairn.domain.run import RunStatus
-from cairn.projection import Tables
+from cairn.projection import EVENTS_SOURCE, Delivered, Tables
 from cairn.proto.events import (
+    Envelope,
+    Event,
     ExperimentCreated,
     RunCanceled,
     RunCompleted,
@@ -31,6 +32,7 @@ class TrackingProjection:
     name = "tracking"
     version = 1
     tables: tuple[str, ...] = ("workspaces", "experiments", "runs")
+    source = EVENTS_SOURCE
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
@@ -50,8 +52,8 @@ class TrackingProjection:
         )
         db.execute(f"CREATE INDEX {t('runs')}_exp ON {t('runs')} (workspace, experiment_id)")
 
-    def apply(self, db: sqlite3.Connection, t: Tables, record: Recorded) -> None:
-        env, seq = record.envelope, record.seq
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
+        env, seq = item.value, item.seq
         at, ws = env.timestamp.isoformat(), env.workspace
         match env.data:
             case WorkspaceCreated(name=name, description=description):
