@@ -38,7 +38,15 @@ from cairn.errors import (
     error_for_code,
 )
 from cairn.log import get_logger
-from cairn.proto.commands import Accepted, Command, ErrorReply, Query, QueryResult, Reply
+from cairn.proto.commands import (
+    Accepted,
+    Command,
+    ErrorReply,
+    Opened,
+    Query,
+    QueryResult,
+    Reply,
+)
 from cairn.proto.subjects import command, query, validate_token
 
 __all__ = [
@@ -66,7 +74,7 @@ class Request:
     actor: str
 
 
-Handler = Callable[[Request], Awaitable[Accepted | QueryResult]]
+Handler = Callable[[Request], Awaitable[Accepted | QueryResult | Opened]]
 
 
 def _actor(headers: dict[str, str] | None) -> str:
@@ -88,13 +96,14 @@ def _actor(headers: dict[str, str] | None) -> str:
 
 
 class Responder:
-    """Serves ``routes`` (verb -> handler) for messages of ``types`` on ``subject_filter``."""
+    """Serves ``routes`` (verb -> handler) for messages of ``types`` on ``subjects`` (filters
+    such as ``cairn.cmd.*.run.>``; each service subscribes to its own areas only)."""
 
     def __init__(
         self,
         conn: Connection,
         *,
-        subject_filter: str,
+        subjects: Iterable[str],
         queue: str,
         types: Iterable[type[Command] | type[Query]],
         routes: dict[str, Handler],
@@ -102,7 +111,7 @@ class Responder:
         max_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self.conn = conn
-        self.subject_filter = subject_filter
+        self.subjects = tuple(subjects)
         self.queue = queue
         served = tuple(types)
         union: Any = served[0] if len(served) == 1 else Union[served]  # noqa: UP007
@@ -112,17 +121,17 @@ class Responder:
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sub: Any = None
+        self._subs: list[Any] = []
 
     async def start(self) -> None:
-        self._sub = await self.conn.nc.subscribe(
-            self.subject_filter, queue=self.queue, cb=self._on_msg
-        )
+        for subject in self.subjects:
+            self._subs.append(
+                await self.conn.nc.subscribe(subject, queue=self.queue, cb=self._on_msg)
+            )
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        while self._subs:
+            await self._subs.pop().unsubscribe()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace_s)
 

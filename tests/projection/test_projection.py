@@ -141,7 +141,7 @@ async def test_version_bump_rebuilds_from_zero(
     conn: Connection, store: EventStore, tmp_path: Path
 ) -> None:
     class V2(TrackingProjection):
-        version = 2
+        version = TrackingProjection.version + 1
 
     path = tmp_path / "v.sqlite"
     first = ProjectionRunner(conn, path, TrackingProjection())

@@ -12,12 +12,13 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from cairn.proto._base import Id, Name, Text
+from cairn.proto._base import Id, Name, TagKey, TagValue, Text
 
 __all__ = [
     "COMMAND_TYPES",
     "QUERY_TYPES",
     "Accepted",
+    "AddRunProperties",
     "CancelRun",
     "Command",
     "CompleteRun",
@@ -29,9 +30,11 @@ __all__ = [
     "GetRun",
     "ListExperiments",
     "ListRuns",
+    "Opened",
     "Query",
     "QueryResult",
     "Reply",
+    "SetRunTags",
     "StartRun",
 ]
 
@@ -87,6 +90,18 @@ class CancelRun(Command, frozen=True, kw_only=True, tag=True):
     reason: Text = ""
 
 
+class SetRunTags(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.tag"
+    run_id: Id
+    tags: dict[TagKey, TagValue]
+
+
+class AddRunProperties(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "run.properties"
+    run_id: Id
+    properties: dict[TagKey, TagValue]
+
+
 class Query(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Base of every query. ``min_seq`` asks the read model to have applied that stream
     sequence first (read-your-writes); the wait is bounded by ``wait_s``."""
@@ -134,7 +149,15 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     message: str
 
 
-Reply = Accepted | QueryResult | ErrorReply
+class Opened(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A session opened on one service instance (an upload): send the rest to ``subject``."""
+
+    session_id: Id
+    subject: str
+    chunk_bytes: int
+
+
+Reply = Accepted | QueryResult | Opened | ErrorReply
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
     CreateWorkspace,
@@ -144,5 +167,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     CompleteRun,
     FailRun,
     CancelRun,
+    SetRunTags,
+    AddRunProperties,
 )
 QUERY_TYPES: tuple[type[Query], ...] = (ListExperiments, ListRuns, GetRun)

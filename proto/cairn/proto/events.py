@@ -20,12 +20,13 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from cairn.proto._base import Id, Name, Text
+from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.errors import UnknownMessageType
 
 __all__ = [
     "EVENT_TYPES",
     "UPCASTERS",
+    "ArtifactCommitted",
     "Envelope",
     "Event",
     "ExperimentCreated",
@@ -33,7 +34,9 @@ __all__ = [
     "RunCompleted",
     "RunCreated",
     "RunFailed",
+    "RunPropertiesAdded",
     "RunStarted",
+    "RunTagsSet",
     "WorkspaceCreated",
     "decode_envelope",
     "encode_envelope",
@@ -108,6 +111,32 @@ class RunCanceled(Event, frozen=True, kw_only=True):
     reason: Text = ""
 
 
+class RunTagsSet(Event, frozen=True, kw_only=True):
+    """Tags are mutable labels: a later value for a key replaces the earlier one."""
+
+    KIND = "run"
+    run_id: Id
+    tags: dict[TagKey, TagValue]
+
+
+class RunPropertiesAdded(Event, frozen=True, kw_only=True):
+    """Properties are write-once facts about a run (a key, once set, keeps its value)."""
+
+    KIND = "run"
+    run_id: Id
+    properties: dict[TagKey, TagValue]
+
+
+class ArtifactCommitted(Event, frozen=True, kw_only=True):
+    """A run file: ``path`` inside the run, the SHA-256 of its bytes in the artifact store."""
+
+    KIND = "run"
+    run_id: Id
+    path: Text
+    digest: Digest
+    size: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -118,6 +147,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunCompleted,
         RunFailed,
         RunCanceled,
+        RunTagsSet,
+        RunPropertiesAdded,
+        ArtifactCommitted,
     )
 }
 

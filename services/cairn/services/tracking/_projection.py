@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from cairn.domain.run import RunStatus
 from cairn.projection import EVENTS_SOURCE, Delivered, Tables
 from cairn.proto.events import (
+    ArtifactCommitted,
     Envelope,
     Event,
     ExperimentCreated,
@@ -14,7 +16,9 @@ from cairn.proto.events import (
     RunCompleted,
     RunCreated,
     RunFailed,
+    RunPropertiesAdded,
     RunStarted,
+    RunTagsSet,
     WorkspaceCreated,
 )
 
@@ -30,8 +34,8 @@ _STATUS = {
 
 class TrackingProjection:
     name = "tracking"
-    version = 1
-    tables: tuple[str, ...] = ("workspaces", "experiments", "runs")
+    version = 2
+    tables: tuple[str, ...] = ("workspaces", "experiments", "runs", "files")
     source = EVENTS_SOURCE
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
@@ -48,7 +52,13 @@ class TrackingProjection:
             f"CREATE TABLE {t('runs')} (workspace TEXT, run_id TEXT, experiment_id TEXT,"
             " experiment_name TEXT, display_name TEXT, parent_run_id TEXT, status TEXT,"
             " error TEXT, created_at TEXT, created_by TEXT, start_time TEXT, end_time TEXT,"
-            " seq INTEGER, PRIMARY KEY (workspace, run_id))"
+            " seq INTEGER, tags TEXT NOT NULL DEFAULT '{}', properties TEXT NOT NULL DEFAULT '{}',"
+            " PRIMARY KEY (workspace, run_id))"
+        )
+        db.execute(
+            f"CREATE TABLE {t('files')} (workspace TEXT, run_id TEXT, path TEXT, digest TEXT,"
+            " size INTEGER, created_at TEXT, created_by TEXT, seq INTEGER,"
+            " PRIMARY KEY (workspace, run_id, path))"
         )
         db.execute(f"CREATE INDEX {t('runs')}_exp ON {t('runs')} (workspace, experiment_id)")
 
@@ -68,7 +78,8 @@ class TrackingProjection:
                 )
             case RunCreated() as ev:
                 db.execute(
-                    f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR IGNORE INTO {t('runs')} VALUES"
+                    " (?,?,?,?,?,?,?,?,?,?,?,?,?,'{}','{}')",
                     (
                         ws,
                         ev.run_id,
@@ -90,6 +101,21 @@ class TrackingProjection:
                     f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
                     " WHERE workspace=? AND run_id=?",
                     (RunStatus.RUNNING.value, at, seq, ws, run_id),
+                )
+            case (
+                RunTagsSet(run_id=run_id, tags=values)
+                | RunPropertiesAdded(run_id=run_id, properties=values)
+            ):
+                column = "tags" if isinstance(env.data, RunTagsSet) else "properties"
+                db.execute(
+                    f"UPDATE {t('runs')} SET {column} = json_patch({column}, ?), seq=?"
+                    " WHERE workspace=? AND run_id=?",
+                    (json.dumps(values), seq, ws, run_id),
+                )
+            case ArtifactCommitted(run_id=run_id, path=path, digest=digest, size=size):
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('files')} VALUES (?,?,?,?,?,?,?,?)",
+                    (ws, run_id, path, digest, size, at, env.actor, seq),
                 )
             case (
                 RunCompleted(run_id=run_id) | RunCanceled(run_id=run_id) | RunFailed(run_id=run_id)

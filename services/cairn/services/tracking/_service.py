@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from typing import Any
 
@@ -11,6 +12,7 @@ from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import ProjectionRunner, Tables
 from cairn.proto import subjects
+from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.commands import (
     COMMAND_TYPES,
     Accepted,
@@ -30,20 +32,17 @@ from cairn.settings import Settings
 __all__ = ["TrackingService"]
 
 _RUN_COLUMNS = (
-    "workspace",
-    "run_id",
-    "experiment_id",
-    "experiment_name",
-    "display_name",
-    "parent_run_id",
-    "status",
-    "error",
-    "created_at",
-    "created_by",
-    "start_time",
-    "end_time",
-    "seq",
-)
+    "workspace", "run_id", "experiment_id", "experiment_name", "display_name", "parent_run_id",
+    "status", "error", "created_at", "created_by", "start_time", "end_time", "seq", "tags",
+    "properties",
+)  # fmt: skip
+_FILE_COLUMNS = ("path", "digest", "size", "created_at", "created_by")
+
+
+def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    out = dict(zip(_RUN_COLUMNS, row, strict=True))
+    out["tags"], out["properties"] = json.loads(out["tags"]), json.loads(out["properties"])
+    return out
 
 
 def _events(history: list[Recorded]) -> list[Event]:
@@ -62,23 +61,25 @@ class TrackingService:
         )
         self._stop_projection = asyncio.Event()
         self._projection_task: asyncio.Task[None] | None = None
-        types = tuple(t for t in COMMAND_TYPES)
+        types = COMMAND_TYPES
         self.commands = Responder(
             conn,
-            subject_filter="cairn.cmd.*.>",
+            subjects=[f"cairn.cmd.*.{area}.>" for area in ("workspace", "experiment", "run")],
             queue="tracking",
             types=types,
             routes={t.VERB: self._command for t in types},
         )
         self.queries = Responder(
             conn,
-            subject_filter="cairn.q.*.>",
+            subjects=[f"cairn.q.*.{area}.>" for area in ("experiment", "run", "artifact")],
             queue="tracking",
-            types=(ListExperiments, ListRuns, GetRun),
+            types=(ListExperiments, ListRuns, GetRun, ListRunFiles, GetRunFile),
             routes={
                 ListExperiments.NAME: self._list_experiments,
                 ListRuns.NAME: self._list_runs,
                 GetRun.NAME: self._get_run,
+                ListRunFiles.NAME: self._list_files,
+                GetRunFile.NAME: self._get_file,
             },
         )
 
@@ -189,7 +190,7 @@ class TrackingService:
                 args.append(subjects.name_to_id(q.experiment_name))
             sql += " ORDER BY created_at DESC, run_id LIMIT ?"
             args.append(max(1, min(q.limit, 10_000)))
-            return [dict(zip(_RUN_COLUMNS, row, strict=True)) for row in db.execute(sql, args)]
+            return [_run_row(row) for row in db.execute(sql, args)]
 
         return await self._read(req, fn)
 
@@ -201,9 +202,38 @@ class TrackingService:
                 f"SELECT * FROM {t('runs')} WHERE workspace = ? AND run_id = ?",
                 (req.workspace, q.run_id),
             ).fetchone()
-            return dict(zip(_RUN_COLUMNS, row, strict=True)) if row else None
+            return _run_row(row) if row else None
 
         result = await self._read(req, fn)
         if result.data is None:
             raise NotFound(f"run {q.run_id} does not exist")
+        return result
+
+    async def _list_files(self, req: Request) -> QueryResult:
+        q: ListRunFiles = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            rows = db.execute(
+                f"SELECT path, digest, size, created_at, created_by FROM {t('files')}"
+                " WHERE workspace = ? AND run_id = ? AND substr(path, 1, ?) = ? ORDER BY path",
+                (req.workspace, q.run_id, len(q.prefix), q.prefix),
+            )
+            return [dict(zip(_FILE_COLUMNS, row, strict=True)) for row in rows]
+
+        return await self._read(req, fn)
+
+    async def _get_file(self, req: Request) -> QueryResult:
+        q: GetRunFile = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any] | None:
+            row = db.execute(
+                f"SELECT path, digest, size, created_at, created_by FROM {t('files')}"
+                " WHERE workspace = ? AND run_id = ? AND path = ?",
+                (req.workspace, q.run_id, q.path),
+            ).fetchone()
+            return dict(zip(_FILE_COLUMNS, row, strict=True)) if row else None
+
+        result = await self._read(req, fn)
+        if result.data is None:
+            raise NotFound(f"run {q.run_id} has no file {q.path!r}")
         return result

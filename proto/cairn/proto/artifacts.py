@@ -1,0 +1,59 @@
+"""Run files: uploads in chunks over NATS to an artifact service instance, downloads by digest.
+
+1. ``OpenUpload`` on ``cairn.cmd.<ws>.artifact.upload`` (any instance) checks the run and the
+   path, and answers ``Opened`` with a subject that reaches that instance alone.
+2. The client sends the bytes as requests on ``<subject>`` with a ``Cairn-Offset`` header, in
+   order; each is answered once written.
+3. ``CommitUpload`` on ``<subject>.commit`` compares the digest the service computed with the
+   client's, stores the blob (once per content), and appends ``ArtifactCommitted``.
+
+Downloads: ``GetRunFile`` (query ``artifact.get``) names the digest and size; ``ReadBlob`` on
+``cairn.q.<ws>.blob.read`` returns up to ``length`` bytes from ``offset``.
+"""
+
+from __future__ import annotations
+
+from cairn.proto._base import Digest, Id, Text
+from cairn.proto.commands import Command, Query
+
+__all__ = [
+    "CHUNK_BYTES",
+    "CommitUpload",
+    "GetRunFile",
+    "ListRunFiles",
+    "OpenUpload",
+    "ReadBlob",
+]
+
+CHUNK_BYTES = 256 * 1024
+
+
+class OpenUpload(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "artifact.upload"
+    run_id: Id
+    path: Text
+    size: int
+
+
+class CommitUpload(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "artifact.commit"
+    digest: Digest
+
+
+class ListRunFiles(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "artifact.list"
+    run_id: Id
+    prefix: Text = ""
+
+
+class GetRunFile(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "artifact.get"
+    run_id: Id
+    path: Text
+
+
+class ReadBlob(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "blob.read"
+    digest: Digest
+    offset: int = 0
+    length: int = CHUNK_BYTES

@@ -1,0 +1,96 @@
+"""Metric points: what ``run.log*`` produce, how they travel, and how they are stored.
+
+A point is ``[name, kind, value, step, time]`` (an array, to keep 100k-point histories small):
+
+=======  ==========================================  ==================================
+kind     value                                       from
+=======  ==========================================  ==================================
+scalar   number, bool or string                      ``run.log``
+list     list of scalars                             ``run.log_list``
+row      {column: scalar}                            ``run.log_row``
+table    {column: [scalars]}                         ``run.log_table``
+image    the run file path of the image              ``run.log_image``
+=======  ==========================================  ==================================
+
+JSON has no NaN or infinity: such values travel as the strings ``"NaN"``, ``"Infinity"`` and
+``"-Infinity"``, and the ingester's policy decides whether they are kept or refused.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from cairn.proto._base import Id, MetricName
+from cairn.proto.commands import Command, Query
+
+__all__ = [
+    "NONFINITE",
+    "CompareMetric",
+    "GetMetrics",
+    "LogMetrics",
+    "MetricHistory",
+    "MetricKind",
+    "MetricPoint",
+    "MetricsLogged",
+    "Value",
+]
+
+MetricKind = Literal["scalar", "list", "row", "table", "image"]
+Scalar = float | int | bool | Annotated[str, msgspec.Meta(max_length=4096)]
+Value = Scalar | list[Scalar] | dict[str, Scalar | list[Scalar]]
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+class MetricPoint(msgspec.Struct, frozen=True, array_like=True):
+    name: MetricName
+    kind: MetricKind
+    value: Value
+    step: int
+    time: float
+
+
+class LogMetrics(Command, frozen=True, kw_only=True, tag=True):
+    """One batch of points for one run; ``command_id`` is the batch id (dedupe key)."""
+
+    VERB = "metrics.log"
+    run_id: Id
+    points: list[MetricPoint]
+
+
+class MetricsLogged(msgspec.Struct, frozen=True, kw_only=True):
+    """What the ingester stores on ``cairn.metrics.<ws>.<run>`` after validating a batch."""
+
+    batch_id: Id
+    workspace: Id
+    run_id: Id
+    experiment_id: Id
+    actor: str
+    points: list[MetricPoint]
+
+
+class GetMetrics(Query, frozen=True, kw_only=True, tag=True):
+    """Azure-shaped: repeated scalars as lists, rows and tables as {column: [values]}."""
+
+    NAME = "metrics.get"
+    run_id: Id
+    name: MetricName | None = None
+
+
+class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
+    """Points of one scalar metric by step; longer series are downsampled to ``max_points``
+    buckets, each keeping its last point and its min and max."""
+
+    NAME = "metrics.history"
+    run_id: Id
+    name: MetricName
+    max_points: int = 0
+
+
+class CompareMetric(Query, frozen=True, kw_only=True, tag=True):
+    """One metric across every run of an experiment: last, min, max, count per run."""
+
+    NAME = "metrics.compare"
+    experiment_id: Id
+    name: MetricName
