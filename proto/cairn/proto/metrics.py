@@ -79,13 +79,16 @@ class GetMetrics(Query, frozen=True, kw_only=True, tag=True):
 
 
 class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
-    """Points of one scalar metric by step; longer series are downsampled to ``max_points``
-    buckets, each keeping its last point and its min and max."""
+    """Points ``[step, time, value]`` of one scalar metric by step, a page (``offset``,
+    ``limit``) at a time with ``next`` the next offset; with ``max_points`` > 0 a longer series
+    is downsampled to that many buckets, each ``[step, time, value, min, max]``."""
 
     NAME = "metrics.history"
     run_id: Id
     name: MetricName
     max_points: int = 0
+    offset: int = 0
+    limit: int = 10_000
 
 
 class CompareMetric(Query, frozen=True, kw_only=True, tag=True):

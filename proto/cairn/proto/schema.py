@@ -13,7 +13,17 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto.commands import COMMAND_TYPES, QUERY_TYPES, Accepted, ErrorReply, QueryResult
+from cairn.proto import artifacts, metrics
+from cairn.proto.commands import (
+    COMMAND_TYPES,
+    QUERY_TYPES,
+    Accepted,
+    Command,
+    ErrorReply,
+    Opened,
+    Query,
+    QueryResult,
+)
 from cairn.proto.events import EVENT_TYPES, Envelope
 
 __all__ = ["SCHEMA_DIR", "check", "generate", "write"]
@@ -39,15 +49,31 @@ def generate() -> dict[str, str]:
         schema["x-cairn-schema-version"] = cls.VERSION
         schema["x-cairn-aggregate-kind"] = cls.KIND
         out[f"events/{name}.json"] = schema
-    for cmd in COMMAND_TYPES:
+    commands: tuple[type[Command], ...] = (
+        *COMMAND_TYPES,
+        metrics.LogMetrics,
+        artifacts.OpenUpload,
+        artifacts.CommitUpload,
+    )
+    queries: tuple[type[Query], ...] = (
+        *QUERY_TYPES,
+        metrics.GetMetrics,
+        metrics.MetricHistory,
+        metrics.CompareMetric,
+        artifacts.ListRunFiles,
+        artifacts.GetRunFile,
+        artifacts.ReadBlob,
+    )
+    out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
+    for cmd in commands:
         schema = _schema(cmd, cmd.__name__)
         schema["x-cairn-subject"] = f"cairn.cmd.<ws>.{cmd.VERB}"
         out[f"commands/{cmd.__name__}.json"] = schema
-    for qry in QUERY_TYPES:
+    for qry in queries:
         schema = _schema(qry, qry.__name__)
         schema["x-cairn-subject"] = f"cairn.q.<ws>.{qry.NAME}"
         out[f"queries/{qry.__name__}.json"] = schema
-    for reply in (Accepted, QueryResult, ErrorReply):
+    for reply in (Accepted, QueryResult, Opened, ErrorReply):
         out[f"replies/{reply.__name__}.json"] = _schema(reply, reply.__name__)
     return {name: json.dumps(s, indent=2, sort_keys=True) + "\n" for name, s in out.items()}
 

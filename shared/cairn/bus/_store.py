@@ -38,7 +38,7 @@ from cairn.errors import (
     Unavailable,
 )
 from cairn.proto.events import Envelope, Event, decode_envelope, encode_envelope
-from cairn.proto.streams import EVENTS, MAX_EVENT_BYTES
+from cairn.proto.streams import EVENTS, STREAMS
 
 __all__ = ["AppendResult", "EventStore", "Recorded"]
 
@@ -95,7 +95,9 @@ class EventStore:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.read_batch = read_batch
-        self.max_bytes = min(MAX_EVENT_BYTES, conn.max_payload) - _HEADER_ALLOWANCE
+        limit = next((d.get("max_msg_size", -1) for d in STREAMS if d["name"] == stream), -1)
+        limit = conn.max_payload if limit <= 0 else min(limit, conn.max_payload)
+        self.max_bytes = limit - _HEADER_ALLOWANCE
 
     # -- append ---------------------------------------------------------------------------
 
@@ -123,14 +125,25 @@ class EventStore:
                     f"event of {len(payload)} bytes exceeds the {self.max_bytes} byte limit"
                 )
         if len(payloads) == 1:
-            headers = {"Nats-Msg-Id": f"{msg_id}:0"}
-            if expected_seq is not None:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
-            reply = await self._request(subject, payloads[0], headers)
-        else:
-            reply = await self._retrying(
-                subject, lambda: self._publish_batch(subject, payloads, expected_seq, msg_id)
+            return await self.publish(
+                subject, payloads[0], msg_id=f"{msg_id}:0", expected_seq=expected_seq
             )
+        reply = await self._retrying(
+            subject, lambda: self._publish_batch(subject, payloads, expected_seq, msg_id)
+        )
+        return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
+
+    async def publish(
+        self, subject: str, payload: bytes, *, msg_id: str, expected_seq: int | None = None
+    ) -> AppendResult:
+        """Store one message with a dedupe id (and optionally the subject CAS), with the same
+        outcome mapping and transient retries as :meth:`append`."""
+        if len(payload) > self.max_bytes:
+            raise PayloadTooLarge(f"{len(payload)} bytes exceed the {self.max_bytes} byte limit")
+        headers = {"Nats-Msg-Id": msg_id}
+        if expected_seq is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+        reply = await self._request(subject, payload, headers)
         return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
 
     async def _request(

@@ -22,9 +22,10 @@ log = get_logger("cairn.up")
 
 
 def all_services() -> dict[str, ServiceFactory]:
+    from cairn.services.ingester import IngesterService
     from cairn.services.tracking import TrackingService
 
-    return {"tracking": TrackingService}
+    return {"tracking": TrackingService, "ingester": IngesterService}
 
 
 def client_settings(server: NatsServer, base: Settings) -> Settings:

@@ -1,0 +1,229 @@
+"""The metrics ingester: validates batches, stores them on METRICS, answers metric queries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import OrderedDict
+from typing import Any
+
+import msgspec
+
+from cairn.bus import Connection, EventStore
+from cairn.domain import run
+from cairn.errors import NotFound
+from cairn.projection import ProjectionRunner, Tables
+from cairn.proto import subjects
+from cairn.proto.commands import Accepted, QueryResult
+from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricsLogged
+from cairn.proto.streams import METRICS
+from cairn.rpc import Request, Responder
+from cairn.services.ingester._projection import MetricsProjection
+from cairn.services.ingester._validate import validate_batch
+from cairn.settings import Settings
+
+__all__ = ["INLINE_POINTS", "MAX_PAGE", "IngesterService"]
+
+#: get_metrics returns series up to this length inline; longer ones are read page by page
+INLINE_POINTS = 1000
+MAX_PAGE = 10_000
+_encoder = msgspec.json.Encoder()
+
+
+class IngesterService:
+    name = "ingester"
+
+    def __init__(self, conn: Connection, settings: Settings) -> None:
+        self.conn = conn
+        self.policy = settings.metrics_nonfinite
+        self.events = EventStore(conn)
+        self.metrics = EventStore(conn, stream=METRICS["name"])
+        settings.state_path.mkdir(parents=True, exist_ok=True)
+        self.projection = ProjectionRunner(
+            conn, settings.state_path / "metrics.sqlite", MetricsProjection()
+        )
+        self._experiments: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._stop_projection = asyncio.Event()
+        self._projection_task: asyncio.Task[None] | None = None
+        self.commands = Responder(
+            conn,
+            subjects=["cairn.cmd.*.metrics.>"],
+            queue="ingester",
+            types=(LogMetrics,),
+            routes={LogMetrics.VERB: self._log},
+        )
+        self.queries = Responder(
+            conn,
+            subjects=["cairn.q.*.metrics.>"],
+            queue="ingester",
+            types=(GetMetrics, MetricHistory, CompareMetric),
+            routes={
+                GetMetrics.NAME: self._get_metrics,
+                MetricHistory.NAME: self._history,
+                CompareMetric.NAME: self._compare,
+            },
+        )
+
+    async def start(self) -> None:
+        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
+        await self.commands.start()
+        await self.queries.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await self.commands.stop()
+        await self.queries.stop()
+        self._stop_projection.set()
+        if self._projection_task is not None:
+            await self._projection_task
+        self.projection.close()
+
+    async def _experiment_of(self, ws: str, run_id: str) -> str:
+        key = (ws, run_id)
+        if key not in self._experiments:
+            history = await self.events.read(subjects.event(ws, run.KIND, run_id))
+            state = run.fold(r.envelope.data for r in history)
+            if not state.exists:
+                raise NotFound(f"run {run_id} does not exist")
+            self._experiments[key] = state.experiment_id
+            if len(self._experiments) > 100_000:
+                self._experiments.popitem(last=False)
+        return self._experiments[key]
+
+    async def _log(self, req: Request) -> Accepted:
+        cmd: LogMetrics = req.body
+        validate_batch(cmd, self.policy)
+        stored = MetricsLogged(
+            batch_id=cmd.command_id,
+            workspace=req.workspace,
+            run_id=cmd.run_id,
+            experiment_id=await self._experiment_of(req.workspace, cmd.run_id),
+            actor=req.actor,
+            points=cmd.points,
+        )
+        result = await self.metrics.publish(
+            subjects.metrics(req.workspace, cmd.run_id),
+            _encoder.encode(stored),
+            msg_id=cmd.command_id,
+        )
+        return Accepted(
+            command_id=cmd.command_id,
+            aggregate_id=cmd.run_id,
+            seq=result.seq,
+            replayed=result.duplicate,
+        )
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def _read(self, req: Request, fn: Any) -> QueryResult:
+        q = req.body
+        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
+        data, seq = self.projection.read(fn)
+        return QueryResult(seq=seq, data=data)
+
+    async def _get_metrics(self, req: Request) -> QueryResult:
+        q: GetMetrics = req.body
+        return await self._read(req, lambda db, t: _azure_metrics(db, t, req.workspace, q))
+
+    async def _history(self, req: Request) -> QueryResult:
+        q: MetricHistory = req.body
+        return await self._read(req, lambda db, t: _history(db, t, req.workspace, q))
+
+    async def _compare(self, req: Request) -> QueryResult:
+        q: CompareMetric = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            rows = db.execute(
+                f"SELECT run_id, count, last_json, min, max, last_step FROM {t('summary')}"
+                " WHERE workspace = ? AND experiment_id = ? AND name = ? ORDER BY run_id",
+                (req.workspace, q.experiment_id, q.name),
+            )
+            keys = ("run_id", "count", "last", "min", "max", "last_step")
+            return [
+                dict(zip(keys, (r[0], r[1], json.loads(r[2]), *r[3:]), strict=True)) for r in rows
+            ]
+
+        return await self._read(req, fn)
+
+
+def _azure_metrics(
+    db: sqlite3.Connection, t: Tables, ws: str, q: GetMetrics
+) -> dict[str, dict[str, Any]]:
+    """{name: {"kind", "count", "value"}}: ``value`` shaped as Azure ML returns it, or absent
+    (with ``count``) for series longer than INLINE_POINTS, which the client pages through."""
+    sql = f"SELECT name, kind, count FROM {t('summary')} WHERE workspace = ? AND run_id = ?"
+    args: list[Any] = [ws, q.run_id]
+    if q.name is not None:
+        sql += " AND name = ?"
+        args.append(q.name)
+    out: dict[str, dict[str, Any]] = {}
+    for name, kind, count in db.execute(sql, args).fetchall():
+        entry: dict[str, Any] = {"kind": kind, "count": count}
+        if count <= INLINE_POINTS or kind != "scalar":
+            values = [
+                json.loads(v)
+                for (v,) in db.execute(
+                    f"SELECT json FROM {t('points')} WHERE workspace = ? AND run_id = ?"
+                    " AND name = ? ORDER BY step, seq, idx",
+                    (ws, q.run_id, name),
+                )
+            ]
+            entry["value"] = _shape(kind, values)
+        out[name] = entry
+    return out
+
+
+def _shape(kind: str, values: list[Any]) -> Any:
+    if kind == "scalar":
+        return values[0] if len(values) == 1 else values
+    if kind == "row":
+        table: dict[str, list[Any]] = {}
+        for row in values:
+            for column, v in row.items():
+                table.setdefault(column, []).append(v)
+        return table
+    return values[-1]  # list, table, image: the latest
+
+
+def _history(db: sqlite3.Connection, t: Tables, ws: str, q: MetricHistory) -> dict[str, Any]:
+    where = " FROM {} WHERE workspace = ? AND run_id = ? AND name = ? AND kind = 'scalar'"
+    where = where.format(t("points"))
+    args = (ws, q.run_id, q.name)
+    (total,) = db.execute("SELECT COUNT(*)" + where, args).fetchone()
+    if q.max_points <= 0 or total <= q.max_points:
+        limit = max(1, min(q.limit, MAX_PAGE))
+        rows = db.execute(
+            "SELECT step, time, json" + where + " ORDER BY step, seq, idx LIMIT ? OFFSET ?",
+            (*args, limit, q.offset),
+        ).fetchall()
+        points = [[s, tm, json.loads(v)] for s, tm, v in rows]
+        following = q.offset + len(points)
+        return {"total": total, "points": points, "next": following if following < total else None}
+    return {
+        "total": total,
+        "points": _downsample(db, where, args, total, q.max_points),
+        "next": None,
+    }
+
+
+def _downsample(
+    db: sqlite3.Connection, where: str, args: tuple[Any, ...], total: int, buckets: int
+) -> list[list[Any]]:
+    """``buckets`` points: for each consecutive bucket its last point plus its min and max,
+    as ``[step, time, value, min, max]``."""
+    out: list[list[Any]] = []
+    size = total / buckets
+    bucket: list[tuple[Any, ...]] = []
+    edge, index = size, 0
+    rows = db.execute("SELECT step, time, json, value" + where + " ORDER BY step, seq, idx", args)
+    for row in rows:
+        bucket.append(row)
+        index += 1
+        if index >= edge or index == total:
+            numbers = [r[3] for r in bucket if r[3] is not None]
+            last = bucket[-1]
+            out.append([last[0], last[1], json.loads(last[2]), min(numbers, default=None),
+                        max(numbers, default=None)])  # fmt: skip
+            bucket, edge = [], edge + size
+    return out
