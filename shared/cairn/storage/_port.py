@@ -14,7 +14,8 @@ __all__ = ["BlobStore", "blob_key", "digest_of_file"]
 def blob_key(digest: str) -> str:
     """``sha256:<hex>`` -> ``sha256/ab/cd/<hex>`` (fan-out keeps directories small)."""
     algo, _, hexdigest = digest.partition(":")
-    if algo != "sha256" or len(hexdigest) != 64 or not all(c in "0123456789abcdef" for c in hexdigest):
+    hex_ok = len(hexdigest) == 64 and all(c in "0123456789abcdef" for c in hexdigest)
+    if algo != "sha256" or not hex_ok:
         raise InvalidInput(f"not a sha256 digest: {digest!r}")
     return f"sha256/{hexdigest[:2]}/{hexdigest[2:4]}/{hexdigest}"
 

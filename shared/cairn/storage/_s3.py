@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from cairn.storage._port import blob_key
 __all__ = ["S3BlobStore", "S3Config"]
 
 PART_BYTES = 16 * 1024 * 1024
+
+
+def _read_part(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
 
 
 class S3Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,22 +72,21 @@ class S3BlobStore:
         if await self.size(digest) is not None:
             return False
         key, bucket = self._key(digest), self.config.bucket
-        total = path.stat().st_size
+        total = (await asyncio.to_thread(path.stat)).st_size
         if total <= PART_BYTES:
-            await self.client.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            body = await asyncio.to_thread(path.read_bytes)
+            await self.client.put_object(Bucket=bucket, Key=key, Body=body)
             return True
         upload = await self.client.create_multipart_upload(Bucket=bucket, Key=key)
         upload_id = upload["UploadId"]
         try:
             parts = []
-            with open(path, "rb") as f:
-                number = 1
-                while chunk := f.read(PART_BYTES):
-                    part = await self.client.upload_part(
-                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                    )
-                    parts.append({"ETag": part["ETag"], "PartNumber": number})
-                    number += 1
+            for number, offset in enumerate(range(0, total, PART_BYTES), start=1):
+                chunk = await asyncio.to_thread(_read_part, path, offset, PART_BYTES)
+                part = await self.client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
             await self.client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
