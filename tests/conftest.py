@@ -15,9 +15,9 @@ import pytest
 from cairn.bus import Connection, EventStore, connect, provision
 from cairn.embedded import NatsServer
 from cairn.embedded._server import SERVICE_USER
+from cairn.embedded._up import all_services
 from cairn.rpc import Client
 from cairn.service import run_services
-from cairn.services.tracking import TrackingService
 from cairn.settings import Settings
 from tests.seaweed import SeaweedFS, find_weed
 
@@ -83,12 +83,12 @@ async def store(conn: Connection) -> EventStore:
 
 
 @pytest.fixture(scope="session")
-async def tracking(service_settings: Settings, conn: Connection) -> AsyncIterator[None]:
-    """The tracking service, running in this process as ``cairn up`` runs it."""
+async def services(service_settings: Settings, conn: Connection) -> AsyncIterator[None]:
+    """Every service, running in this process as ``cairn up`` runs them (the ingester with the
+    strict non-finite policy, which the tests of that policy need)."""
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        run_services(service_settings, [TrackingService], stop=stop, ready=ready)
-    )
+    factories = list(all_services().values())
+    task = asyncio.create_task(run_services(service_settings, factories, stop=stop, ready=ready))
     await asyncio.wait_for(ready.wait(), 10)
     yield
     stop.set()
@@ -109,7 +109,7 @@ def ws_name() -> str:
 
 
 @pytest.fixture
-async def client(tracking: None, client_conn: Connection, ws_name: str) -> Client:
+async def client(services: None, client_conn: Connection, ws_name: str) -> Client:
     from cairn.proto.commands import CreateWorkspace
 
     c = Client(client_conn, ws_name)

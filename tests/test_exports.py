@@ -25,7 +25,17 @@ PINNED = {
         "Tables",
         "content_hash",
     ],
-    "cairn.sdk": ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"],
+    "cairn.sdk": [
+        "AsyncExperiment",
+        "AsyncRun",
+        "AsyncWorkspace",
+        "Experiment",
+        "OfflineRun",
+        "Run",
+        "Workspace",
+        "connect",
+        "new_id",
+    ],
     "cairn.errors": [
         "AlreadyExists",
         "BatchRejected",

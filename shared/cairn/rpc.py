@@ -53,6 +53,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "PING_SUBJECT",
     "Client",
+    "RawReply",
     "Request",
     "Responder",
     "answer_pings",
@@ -74,7 +75,14 @@ class Request:
     actor: str
 
 
-Handler = Callable[[Request], Awaitable[Accepted | QueryResult | Opened]]
+@dataclass(frozen=True)
+class RawReply:
+    """Bytes answered as they are (blob reads), marked with the ``Cairn-Reply: raw`` header."""
+
+    data: bytes
+
+
+Handler = Callable[[Request], Awaitable[Accepted | QueryResult | Opened | RawReply]]
 
 
 def _actor(headers: dict[str, str] | None) -> str:
@@ -166,7 +174,7 @@ class Responder:
         return Request(workspace=workspace, verb=verb, body=body, actor=_actor(msg.headers))
 
     async def _serve(self, msg: Any) -> None:
-        reply: Reply
+        reply: Reply | RawReply
         correlation = None
         try:
             request = self._parse(msg)
@@ -189,9 +197,24 @@ class Responder:
             reply = ErrorReply(code="internal", message="internal error; see the service log")
         if msg.reply:
             try:
-                await msg.respond(_encoder.encode(reply))
+                await self._respond(msg, reply)
             except Exception as exc:  # the caller may have gone away; nothing else to do
                 log.warning("reply_failed", subject=msg.subject, error=str(exc))
+
+    async def _respond(self, msg: Any, reply: Reply | RawReply) -> None:
+        if isinstance(reply, RawReply):
+            await self.conn.nc.publish(msg.reply, reply.data, headers={"Cairn-Reply": "raw"})
+            return
+        payload = _encoder.encode(reply)
+        if len(payload) > self.conn.max_payload - 1024:
+            payload = _encoder.encode(
+                ErrorReply(
+                    code=PayloadTooLarge.code,
+                    message=f"the reply ({len(payload)} bytes) exceeds the server's message size;"
+                    " ask for less (a page, a filter)",
+                )
+            )
+        await msg.respond(payload)
 
 
 class Client:
@@ -211,6 +234,10 @@ class Client:
         if not isinstance(reply, Accepted):
             raise CairnError(f"unexpected reply {type(reply).__name__} to {cmd.VERB}")
         return reply
+
+    async def send_any(self, cmd: Command) -> Reply:
+        """A command whose reply is not ``Accepted`` (an upload opens a session)."""
+        return await self._request(command(self.workspace, cmd.VERB), _encoder.encode(cmd))
 
     async def ask(self, q: Query) -> QueryResult:
         timeout = max(self.timeout, q.wait_s + 2)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from cairn.errors import InvalidInput
+from cairn.storage._s3 import S3Config
 
 __all__ = ["Settings", "default_home", "load_settings"]
 
@@ -30,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     state_dir: str | None = None
     request_timeout: float = 10.0
     metrics_nonfinite: Literal["allow", "reject"] = "allow"
+    artifacts_dir: str | None = None
+    artifact_s3: S3Config | None = None
+    max_artifact_bytes: int = 100 * 1024**3
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 
@@ -40,6 +44,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else self.home_path / "state"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (
+            Path(self.artifacts_dir).expanduser()
+            if self.artifacts_dir
+            else self.home_path / "artifacts"
+        )
 
     @property
     def who(self) -> str:

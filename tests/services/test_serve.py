@@ -18,7 +18,7 @@ async def _instances(conn: Connection) -> list[str]:
 
 
 async def test_serve_runs_one_service_and_stops_on_sigterm(
-    tracking: None, conn: Connection, service_settings: Settings, tmp_path: Path
+    services: None, conn: Connection, service_settings: Settings, tmp_path: Path
 ) -> None:
     env = {
         **os.environ,
@@ -68,4 +68,4 @@ async def test_serve_refuses_an_unknown_service() -> None:
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
-    assert proc.returncode == 2 and b"choose from tracking" in err
+    assert proc.returncode == 2 and b"choose from tracking, ingester, artifacts" in err

@@ -82,7 +82,7 @@ async def test_domain_errors_are_typed(client: Client) -> None:
         await client.ask(GetRun(run_id="never"))
 
 
-async def test_unknown_workspace_is_refused(tracking: None, client_conn: Connection) -> None:
+async def test_unknown_workspace_is_refused(services: None, client_conn: Connection) -> None:
     with pytest.raises(NotFound):
         await Client(client_conn, "no-such-ws").send(CreateExperiment(command_id=cid(), name="e"))
 

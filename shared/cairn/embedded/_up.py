@@ -22,10 +22,11 @@ log = get_logger("cairn.up")
 
 
 def all_services() -> dict[str, ServiceFactory]:
+    from cairn.services.artifacts import ArtifactsService
     from cairn.services.ingester import IngesterService
     from cairn.services.tracking import TrackingService
 
-    return {"tracking": TrackingService, "ingester": IngesterService}
+    return {"tracking": TrackingService, "ingester": IngesterService, "artifacts": ArtifactsService}
 
 
 def client_settings(server: NatsServer, base: Settings) -> Settings:

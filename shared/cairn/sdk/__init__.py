@@ -1,5 +1,17 @@
-"""The Python SDK: an async core (``async with connect() as ws``)."""
+"""The Python SDK: an async core (``async with connect() as ws``) and a sync facade with the
+Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``)."""
 
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
+from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
 
-__all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"]
+__all__ = [
+    "AsyncExperiment",
+    "AsyncRun",
+    "AsyncWorkspace",
+    "Experiment",
+    "OfflineRun",
+    "Run",
+    "Workspace",
+    "connect",
+    "new_id",
+]

@@ -1,16 +1,25 @@
-"""The async core of the SDK. Every call is one idempotent command or one query."""
+"""The async core of the SDK. Every call is one idempotent command or one query; commands that
+record a run's progress go through the outbox, so an outage spools them instead of failing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
+from cairn.errors import CairnError
+from cairn.log import get_logger
+from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import (
+    Accepted,
+    AddRunProperties,
     CancelRun,
+    Command,
     CompleteRun,
     CreateExperiment,
     CreateRun,
@@ -19,12 +28,19 @@ from cairn.proto.commands import (
     GetRun,
     ListExperiments,
     ListRuns,
+    SetRunTags,
     StartRun,
 )
+from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
 from cairn.rpc import Client
+from cairn.sdk._files import download_file, upload_file
+from cairn.sdk._metrics import MetricBuffer, batches
+from cairn.sdk._outbox import Outbox
 from cairn.settings import Settings, load_settings
 
 __all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"]
+
+log = get_logger("cairn.sdk")
 
 
 def new_id() -> str:
@@ -32,31 +48,75 @@ def new_id() -> str:
 
 
 class AsyncWorkspace:
-    def __init__(self, conn: Connection, name: str) -> None:
+    def __init__(self, conn: Connection, name: str, settings: Settings | None = None) -> None:
         self.conn = conn
         self.name = name
+        self.settings = settings or conn.settings
         self.client = Client(conn, name)
-        #: the highest stream sequence this client has caused; queries wait for it
+        self.outbox = Outbox(self.client, self.settings.home_path / "spool")
+        #: highest EVENTS / METRICS sequences this client caused; its queries wait for them
         self.seen_seq = 0
+        self.seen_metrics_seq = 0
+        self._runs: set[AsyncRun] = set()
+        self._replayer: asyncio.Task[None] | None = None
 
-    def _saw(self, seq: int) -> None:
-        self.seen_seq = max(self.seen_seq, seq)
+    def _saw(self, reply: Accepted | None, *, metrics: bool = False) -> None:
+        if reply is None:
+            return
+        if metrics:
+            self.seen_metrics_seq = max(self.seen_metrics_seq, reply.seq)
+        else:
+            self.seen_seq = max(self.seen_seq, reply.seq)
+
+    async def record(self, command: Command, *, metrics: bool = False) -> Accepted | None:
+        """Send through the outbox (spooled while the bus is away)."""
+        reply = await self.outbox.send(command)
+        self._saw(reply, metrics=metrics)
+        if reply is None and self._replayer is None:
+            self._replayer = asyncio.create_task(self._replay_when_back())
+        return reply
+
+    async def _replay_when_back(self, every_s: float = 1.0) -> None:
+        try:
+            # polling: the outage may be on the far side of a live connection
+            while not await self.outbox.replay():  # noqa: ASYNC110
+                await asyncio.sleep(every_s)
+        finally:
+            self._replayer = None
 
     async def create(self, description: str = "") -> None:
         reply = await self.client.send(
             CreateWorkspace(command_id=new_id(), name=self.name, description=description)
         )
-        self._saw(reply.seq)
+        self._saw(reply)
 
     async def experiment(self, name: str) -> AsyncExperiment:
         """Get or create the experiment called ``name``."""
         reply = await self.client.send(CreateExperiment(command_id=new_id(), name=name))
-        self._saw(reply.seq)
+        self._saw(reply)
         return AsyncExperiment(self, name, reply.aggregate_id)
 
     async def experiments(self) -> list[dict[str, Any]]:
-        result = await self.client.ask(ListExperiments(min_seq=self.seen_seq))
-        return list(result.data)
+        return list((await self.client.ask(ListExperiments(min_seq=self.seen_seq))).data)
+
+    def run(self, run_id: str, experiment_name: str = "") -> AsyncRun:
+        """An existing run, by id (no round trip)."""
+        return AsyncRun(self, run_id, experiment_name)
+
+    async def compare(self, experiment_id: str, name: str) -> list[dict[str, Any]]:
+        q = CompareMetric(experiment_id=experiment_id, name=name, min_seq=self.seen_metrics_seq)
+        return list((await self.client.ask(q)).data)
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Flush every open run's metrics; leave what cannot be sent in the spool."""
+        for run in list(self._runs):
+            with contextlib.suppress(CairnError, TimeoutError):
+                await asyncio.wait_for(run.flush(), timeout)
+            await run.stop_flusher()
+        if self._replayer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._replayer), timeout)
+        self.outbox.close()
 
 
 class AsyncExperiment:
@@ -66,10 +126,14 @@ class AsyncExperiment:
         self.id = experiment_id
 
     async def create_run(
-        self, *, display_name: str | None = None, parent_run_id: str | None = None
+        self,
+        *,
+        display_name: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
     ) -> AsyncRun:
-        run_id = new_id()
-        reply = await self.workspace.client.send(
+        run_id = run_id or new_id()
+        await self.workspace.record(
             CreateRun(
                 command_id=new_id(),
                 run_id=run_id,
@@ -78,8 +142,7 @@ class AsyncExperiment:
                 parent_run_id=parent_run_id,
             )
         )
-        self.workspace._saw(reply.seq)
-        return AsyncRun(self.workspace, run_id)
+        return AsyncRun(self.workspace, run_id, self.name)
 
     async def start_run(self, *, display_name: str | None = None) -> AsyncRun:
         run = await self.create_run(display_name=display_name)
@@ -92,44 +155,170 @@ class AsyncExperiment:
 
 
 class AsyncRun:
-    def __init__(self, workspace: AsyncWorkspace, run_id: str) -> None:
+    def __init__(self, workspace: AsyncWorkspace, run_id: str, experiment_name: str = "") -> None:
         self.workspace = workspace
         self.id = run_id
+        self.experiment_name = experiment_name
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self.buffer = MetricBuffer(self._wake_up)
+        self.flush_interval_s = 1.0
+        self._send_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+        self.errors: list[CairnError] = []
 
-    async def _send(self, cmd: Any) -> None:
-        reply = await self.workspace.client.send(cmd)
-        self.workspace._saw(reply.seq)
+    def _wake_up(self) -> None:
+        self.loop.call_soon_threadsafe(self._wake.set)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def _send(self, cmd: Command) -> None:
+        await self.workspace.record(cmd)
 
     async def start(self) -> None:
         await self._send(StartRun(command_id=new_id(), run_id=self.id))
 
     async def complete(self) -> None:
+        """Returns once every logged point is stored (or spooled) and the run is Completed."""
+        await self.flush()
         await self._send(CompleteRun(command_id=new_id(), run_id=self.id))
+        await self.stop_flusher()
 
     async def fail(self, error: str = "") -> None:
-        await self._send(FailRun(command_id=new_id(), run_id=self.id, error=error))
+        with contextlib.suppress(CairnError):
+            await self.flush()
+        await self._send(FailRun(command_id=new_id(), run_id=self.id, error=error[:16384]))
+        await self.stop_flusher()
 
     async def cancel(self, reason: str = "") -> None:
+        with contextlib.suppress(CairnError):
+            await self.flush()
         await self._send(CancelRun(command_id=new_id(), run_id=self.id, reason=reason))
+        await self.stop_flusher()
+
+    async def set_tags(self, tags: dict[str, str]) -> None:
+        await self._send(SetRunTags(command_id=new_id(), run_id=self.id, tags=tags))
+
+    async def add_properties(self, properties: dict[str, str]) -> None:
+        cmd = AddRunProperties(command_id=new_id(), run_id=self.id, properties=properties)
+        await self.workspace.client.send(cmd)
+
+    async def child(self, display_name: str | None = None) -> AsyncRun:
+        exp = AsyncExperiment(self.workspace, self.experiment_name, "")
+        run = await exp.create_run(display_name=display_name, parent_run_id=self.id)
+        await run.start()
+        return run
 
     async def details(self) -> dict[str, Any]:
-        result = await self.workspace.client.ask(
-            GetRun(min_seq=self.workspace.seen_seq, run_id=self.id)
-        )
-        return dict(result.data)
+        q = GetRun(min_seq=self.workspace.seen_seq, run_id=self.id)
+        return dict((await self.workspace.client.ask(q)).data)
 
     async def get_status(self) -> str:
         return str((await self.details())["status"])
 
+    # -- metrics --------------------------------------------------------------------------
 
-@asynccontextmanager
+    def log(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
+        """Buffer one point; never waits on the network. Safe from any thread."""
+        self.buffer.add(name, kind, value, step)
+        if self._flusher is None:
+            self.loop.call_soon_threadsafe(self._ensure_flusher)
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = self.loop.create_task(self._flush_loop())
+            self.workspace._runs.add(self)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except CairnError as exc:
+                log.warning("metrics_refused", run_id=self.id, code=exc.code, error=exc.message)
+
+    async def stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        self.workspace._runs.discard(self)
+
+    async def flush(self) -> None:
+        """Send every buffered point; raise the first refusal (a typed error) if any."""
+        async with self._send_lock:
+            for batch in batches(self.buffer.take()):
+                cmd = LogMetrics(command_id=new_id(), run_id=self.id, points=batch)
+                try:
+                    await self.workspace.record(cmd, metrics=True)
+                except CairnError as exc:
+                    self.errors.append(exc)
+        if self.errors:
+            first, self.errors = self.errors[0], []
+            raise first
+
+    async def get_metrics(self, name: str | None = None) -> dict[str, Any]:
+        """Azure-shaped metrics; long scalar series are fetched page by page."""
+        await self.flush()
+        client = self.workspace.client
+        q = GetMetrics(run_id=self.id, name=name, min_seq=self.workspace.seen_metrics_seq)
+        found: dict[str, Any] = (await client.ask(q)).data
+        out: dict[str, Any] = {}
+        for metric, entry in found.items():
+            if "value" in entry:
+                out[metric] = entry["value"]
+            else:
+                out[metric] = [p[2] for p in await self.history(metric)]
+        return out
+
+    async def history(self, name: str, max_points: int = 0) -> list[list[Any]]:
+        """``[step, time, value]`` for every point, or ``max_points`` downsampled buckets."""
+        points: list[list[Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            q = MetricHistory(
+                run_id=self.id, name=name, max_points=max_points, offset=offset,
+                min_seq=self.workspace.seen_metrics_seq,
+            )  # fmt: skip
+            page = (await self.workspace.client.ask(q)).data
+            points.extend(page["points"])
+            offset = page["next"]
+        return points
+
+    # -- files ----------------------------------------------------------------------------
+
+    async def upload_file(self, name: str, path: Path, show_progress: bool | None = None) -> None:
+        reply = await upload_file(
+            self.workspace.client, self.id, name, path, show_progress=show_progress
+        )
+        self.workspace._saw(reply)
+
+    async def files(self, prefix: str = "") -> list[dict[str, Any]]:
+        q = ListRunFiles(run_id=self.id, prefix=prefix, min_seq=self.workspace.seen_seq)
+        return list((await self.workspace.client.ask(q)).data)
+
+    async def download_file(
+        self, name: str, target: Path, show_progress: bool | None = None
+    ) -> Path:
+        return await download_file(
+            self.workspace.client, self.id, name, target,
+            min_seq=self.workspace.seen_seq, show_progress=show_progress,
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
 async def connect(
     settings: Settings | None = None, *, workspace: str | None = None
 ) -> AsyncIterator[AsyncWorkspace]:
     """Connect to the workspace named by the settings (``cairn up`` writes them)."""
     settings = settings or load_settings()
     conn = await bus_connect(settings, name="cairn-sdk")
+    ws = AsyncWorkspace(conn, workspace or settings.workspace, settings)
     try:
-        yield AsyncWorkspace(conn, workspace or settings.workspace)
+        yield ws
     finally:
+        await ws.close()
         await conn.close()

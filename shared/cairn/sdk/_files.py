@@ -1,0 +1,150 @@
+"""Run files over NATS: chunked, pipelined, digest-checked uploads and downloads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from tqdm import tqdm
+
+from cairn.errors import CairnError, InvalidInput, Unavailable, error_for_code
+from cairn.proto.artifacts import CommitUpload, GetRunFile, OpenUpload, ReadBlob
+from cairn.proto.commands import Accepted, ErrorReply, Opened, Reply
+from cairn.proto.paths import validate_run_path
+from cairn.proto.subjects import query
+from cairn.rpc import Client
+
+__all__ = ["download_file", "upload_file"]
+
+WINDOW = 8
+READ_BYTES = 512 * 1024
+PROGRESS_FROM = 8 * 1024 * 1024
+_reply = msgspec.json.Decoder(Reply)
+_encoder = msgspec.json.Encoder()
+
+
+def _check(reply_data: bytes) -> Reply:
+    reply: Reply = _reply.decode(reply_data)
+    if isinstance(reply, ErrorReply):
+        raise error_for_code(reply.code, reply.message)
+    return reply
+
+
+def _bar(total: int, show: bool | None, name: str) -> tqdm[Any]:
+    enabled = show if show is not None else False
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc=name, disable=not enabled or total == 0
+    )
+
+
+async def _send_chunks(client: Client, opened: Opened, path: Path, bar: tqdm[Any]) -> str:
+    nc, timeout = client.conn.nc, client.timeout
+    digest = hashlib.sha256()
+    in_flight: deque[asyncio.Task[Any]] = deque()
+    with open(path, "rb") as f:
+        offset = 0
+        while chunk := f.read(opened.chunk_bytes):
+            digest.update(chunk)
+            headers = {"Cairn-Offset": str(offset)}
+            in_flight.append(
+                asyncio.ensure_future(nc.request(opened.subject, chunk, timeout, headers=headers))
+            )
+            offset += len(chunk)
+            if len(in_flight) >= WINDOW:
+                _check((await in_flight.popleft()).data)
+            bar.update(len(chunk))
+    while in_flight:
+        _check((await in_flight.popleft()).data)
+    return "sha256:" + digest.hexdigest()
+
+
+async def upload_file(
+    client: Client, run_id: str, name: str, path: Path, *, show_progress: bool | None = None
+) -> Accepted:
+    """Upload ``path`` as run file ``name``; returns when ``ArtifactCommitted`` is stored."""
+    validate_run_path(name)
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file")
+    commit_id = uuid.uuid4().hex  # one id for every attempt: a retried commit takes effect once
+    last: Exception | None = None
+    for _ in range(3):
+        size = path.stat().st_size
+        with _bar(size, show_progress if size >= PROGRESS_FROM else False, name) as bar:
+            opened = await client.send_any(
+                OpenUpload(command_id=uuid.uuid4().hex, run_id=run_id, path=name, size=size)
+            )
+            if not isinstance(opened, Opened):
+                raise CairnError(f"unexpected reply {type(opened).__name__} to an upload")
+            try:
+                digest = await _send_chunks(client, opened, path, bar)
+                commit = CommitUpload(command_id=commit_id, digest=digest)
+                msg = await client.conn.nc.request(
+                    opened.subject + ".commit", _encoder.encode(commit), client.timeout,
+                    headers=client.headers,
+                )  # fmt: skip
+            except (TimeoutError, Unavailable) as exc:
+                last = exc
+                continue
+            except Exception as exc:
+                if "timeout" in type(exc).__name__.lower():
+                    last = exc
+                    continue
+                raise
+        reply = _check(msg.data)
+        if not isinstance(reply, Accepted):
+            raise CairnError(f"unexpected reply {type(reply).__name__} to a commit")
+        return reply
+    raise Unavailable(f"upload of {name} failed three times: {last!r}")
+
+
+async def download_file(
+    client: Client,
+    run_id: str,
+    name: str,
+    target: Path,
+    *,
+    min_seq: int = 0,
+    show_progress: bool | None = None,
+) -> Path:
+    """Download run file ``name`` to ``target``, verifying its digest; returns ``target``."""
+    info = (await client.ask(GetRunFile(run_id=run_id, path=name, min_seq=min_seq))).data
+    digest, size = info["digest"], int(info["size"])
+    subject = query(client.workspace, ReadBlob.NAME)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    h = hashlib.sha256()
+    nc = client.conn.nc
+    try:
+        with (
+            open(partial, "wb") as out,
+            _bar(size, show_progress if size >= PROGRESS_FROM else False, name) as bar,
+        ):
+            offsets = deque(range(0, size, READ_BYTES))
+            in_flight: deque[asyncio.Task[Any]] = deque()
+            while offsets or in_flight:
+                while offsets and len(in_flight) < WINDOW:
+                    body = _encoder.encode(
+                        ReadBlob(digest=digest, offset=offsets.popleft(), length=READ_BYTES)
+                    )
+                    in_flight.append(
+                        asyncio.ensure_future(nc.request(subject, body, client.timeout))
+                    )
+                msg = await in_flight.popleft()
+                if (msg.headers or {}).get("Cairn-Reply") != "raw":
+                    _check(msg.data)
+                    raise CairnError("unexpected reply to a blob read")
+                out.write(msg.data)
+                h.update(msg.data)
+                bar.update(len(msg.data))
+        if "sha256:" + h.hexdigest() != digest:
+            raise CairnError(f"downloaded bytes of {name} do not match {digest}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target

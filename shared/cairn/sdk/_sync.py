@@ -1,0 +1,406 @@
+"""The sync facade, with the names data scientists know from the Azure ML v1 SDK.
+
+All network work runs on one background event loop per process (a daemon thread); the facade's
+methods hand coroutines to it and wait. ``run.log*`` only append to a buffer, from any thread.
+After ``fork`` the child starts a loop of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import io
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+from cairn.errors import InvalidInput
+from cairn.proto.paths import validate_run_path
+from cairn.sdk._async import AsyncRun, AsyncWorkspace
+from cairn.sdk._metrics import scalar
+from cairn.settings import Settings, load_settings
+
+__all__ = ["Experiment", "OfflineRun", "Run", "Workspace"]
+
+T = TypeVar("T")
+
+
+class _Runtime:
+    """One event loop thread per process."""
+
+    _lock = threading.Lock()
+    _instance: _Runtime | None = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="cairn-sdk", daemon=True)
+        self.thread.start()
+        self.workspaces: list[AsyncWorkspace] = []
+
+    @classmethod
+    def get(cls) -> _Runtime:
+        with cls._lock:
+            if cls._instance is None or cls._instance.pid != os.getpid():
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("the sync SDK cannot be called from its own event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def shutdown(self) -> None:
+        """At exit: flush what runs still hold (bounded), leave the rest in the spool."""
+
+        async def close_all() -> None:
+            for ws in self.workspaces:
+                await ws.close(timeout=20)
+                await ws.conn.close()
+
+        if self.pid == os.getpid() and self.workspaces:
+            try:
+                self.run(close_all(), timeout=60)
+            except Exception as exc:  # exiting: report, never raise
+                print(f"cairn: could not flush at exit: {exc!r}", file=sys.stderr)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _Runtime._instance is not None:
+        _Runtime._instance.shutdown()
+
+
+class Workspace:
+    """A workspace, connected on first use. ``Workspace.from_config()`` reads the file that
+    ``cairn up`` writes (``$CAIRN_HOME/config.json``) or a given path; ``CAIRN_*`` variables
+    override it."""
+
+    def __init__(self, settings: Settings | None = None, name: str | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.name = name or self.settings.workspace
+        self._core: AsyncWorkspace | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None = None, **_: Any) -> Workspace:
+        return cls(load_settings(file=Path(path) if path else None))
+
+    @property
+    def core(self) -> AsyncWorkspace:
+        with self._lock:
+            if self._core is None:
+                from cairn.bus import connect
+
+                runtime = _Runtime.get()
+
+                async def open_core() -> AsyncWorkspace:
+                    conn = await connect(self.settings, name="cairn-sdk")
+                    return AsyncWorkspace(conn, self.name, self.settings)
+
+                self._core = runtime.run(open_core())
+                runtime.workspaces.append(self._core)
+            return self._core
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        _ = self.core
+        return _Runtime.get().run(coro)
+
+    @property
+    def experiments(self) -> dict[str, Experiment]:
+        return {e.name: e for e in Experiment.list(self)}
+
+    def __repr__(self) -> str:
+        return f"Workspace(name={self.name!r})"
+
+
+class Experiment:
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+        self._core = workspace._run(workspace.core.experiment(name))
+        self.id = self._core.id
+
+    def start_logging(
+        self, *args: Any, display_name: str | None = None, outputs: str | None = None, **_: Any
+    ) -> Run:
+        """A new run, already Running. As a context manager it completes on exit, or fails
+        with the exception that left the block."""
+        core = self.workspace._run(self._core.start_run(display_name=display_name))
+        return Run(self, core.id, _core=core, outputs=outputs)
+
+    def get_runs(self) -> Iterator[Run]:
+        for row in self.workspace._run(self._core.runs(limit=10_000)):
+            yield Run(self, row["run_id"])
+
+    @staticmethod
+    def list(workspace: Workspace) -> list[Experiment]:
+        rows = workspace._run(workspace.core.experiments())
+        return [Experiment(workspace, row["name"]) for row in rows]
+
+    def __repr__(self) -> str:
+        return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"
+
+
+class Run:
+    """A run bound to Cairn. Obtain one from ``experiment.start_logging()`` or, inside a job,
+    ``Run.get_context()``."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_id: str,
+        *,
+        _core: AsyncRun | None = None,
+        outputs: str | None = None,
+    ) -> None:
+        self.experiment = experiment
+        self.id = run_id
+        ws = experiment.workspace
+        self._ws = ws
+        self._core = _core or ws._run(_bind(ws.core, run_id, experiment.name))
+        self.outputs = outputs
+
+    @classmethod
+    def get_context(cls, allow_offline: bool = True, **_: Any) -> Run | OfflineRun:
+        """The run this process runs as (``CAIRN_RUN_ID`` and friends set by the agent), or an
+        offline run that prints what it would log and never fails."""
+        run_id = os.environ.get("CAIRN_RUN_ID")
+        if not run_id:
+            if not allow_offline:
+                raise InvalidInput("not inside a Cairn job (CAIRN_RUN_ID is not set)")
+            return OfflineRun()
+        ws = Workspace()
+        return cls(Experiment(ws, os.environ.get("CAIRN_EXPERIMENT", "default")), run_id)
+
+    # -- metrics (never wait on the network) ----------------------------------------------
+
+    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
+        self._core.log(name, "scalar", scalar(value), step)
+
+    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
+        self._core.log(name, "list", [scalar(v) for v in value])
+
+    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
+        self._core.log(name, "row", {k: scalar(v) for k, v in kwargs.items()})
+
+    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
+        self._core.log(name, "table", {k: [scalar(v) for v in col] for k, col in value.items()})
+
+    def log_image(
+        self, name: str, path: str | None = None, plot: Any = None, description: str = ""
+    ) -> None:
+        """Store the image (a file, or a matplotlib figure as PNG) as a run file and log it."""
+        if (path is None) == (plot is None):
+            raise InvalidInput("log_image takes exactly one of path= and plot=")
+        suffix = Path(path).suffix if path else ".png"
+        target = f"logged_images/{name}{suffix}"
+        validate_run_path(target)
+        if plot is not None:
+            buf = io.BytesIO()
+            plot.savefig(buf, format="png")
+            self.upload_file(target, buf)
+        else:
+            self.upload_file(target, str(path))
+        self._core.log(name, "image", target)
+
+    def flush(self) -> None:
+        """Wait until every logged point is stored (or spooled)."""
+        self._ws._run(self._core.flush())
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def complete(self, _set_status: bool = True) -> None:
+        self._ws._run(self._core.complete())
+
+    def fail(self, error_details: Any = None, error_code: str | None = None, **_: Any) -> None:
+        self._ws._run(self._core.fail(str(error_details or error_code or "")))
+
+    def cancel(self) -> None:
+        self._ws._run(self._core.cancel())
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.complete()
+        else:
+            self.fail("".join(traceback.format_exception(kind, exc, tb))[-16384:])
+
+    def child_run(self, name: str | None = None, **_: Any) -> Run:
+        core = self._ws._run(self._core.child(display_name=name))
+        return Run(self.experiment, core.id, _core=core)
+
+    def tag(self, key: str, value: str | None = None) -> None:
+        self.set_tags({key: "" if value is None else str(value)})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._ws._run(self._core.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def get_tags(self) -> dict[str, str]:
+        return dict(self.get_details()["tags"])
+
+    def add_properties(self, properties: dict[str, Any]) -> None:
+        self._ws._run(self._core.add_properties({k: str(v) for k, v in properties.items()}))
+
+    def get_properties(self) -> dict[str, str]:
+        return dict(self.get_details()["properties"])
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get_metrics(self, name: str | None = None, **_: Any) -> dict[str, Any]:
+        return self._ws._run(self._core.get_metrics(name))
+
+    def get_details(self) -> dict[str, Any]:
+        details = self._ws._run(self._core.details())
+        details["runId"] = details["run_id"]
+        details["startTimeUtc"], details["endTimeUtc"] = details["start_time"], details["end_time"]
+        return details
+
+    def get_status(self) -> str:
+        return self._ws._run(self._core.get_status())
+
+    # -- files ----------------------------------------------------------------------------
+
+    def upload_file(
+        self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes],
+        show_progress: bool | None = None, **_: Any,
+    ) -> None:  # fmt: skip
+        """Store a file (or the rest of a binary stream) as run file ``name``."""
+        validate_run_path(name)
+        if isinstance(path_or_stream, (str, os.PathLike)):
+            self._ws._run(self._core.upload_file(name, Path(path_or_stream), show_progress))
+            return
+        with tempfile.NamedTemporaryFile(prefix="cairn-upload-") as tmp:
+            shutil.copyfileobj(path_or_stream, tmp)
+            tmp.flush()
+            self._ws._run(self._core.upload_file(name, Path(tmp.name), show_progress))
+
+    def upload_files(self, names: list[str], paths: list[str], **kwargs: Any) -> None:
+        for name, path in zip(names, paths, strict=True):
+            self.upload_file(name, path, **kwargs)
+
+    def upload_folder(self, name: str, path: str, **kwargs: Any) -> None:
+        root = Path(path)
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            self.upload_file(
+                f"{name.rstrip('/')}/{file.relative_to(root).as_posix()}", file, **kwargs
+            )
+
+    def get_file_names(self) -> list[str]:
+        return [f["path"] for f in self._ws._run(self._core.files())]
+
+    def download_file(
+        self, name: str, output_file_path: str | None = None, show_progress: bool | None = None,
+        **_: Any,
+    ) -> str:  # fmt: skip
+        target = Path(output_file_path or Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        self._ws._run(self._core.download_file(name, target, show_progress))
+        return str(target)
+
+    def download_files(
+        self, prefix: str | None = None, output_directory: str | None = None,
+        append_prefix: bool = True, show_progress: bool | None = None, **_: Any,
+    ) -> list[str]:  # fmt: skip
+        out = Path(output_directory or ".")
+        done = []
+        for f in self._ws._run(self._core.files(prefix or "")):
+            relative = f["path"] if append_prefix or not prefix else f["path"][len(prefix) :]
+            target = out / relative.lstrip("/")
+            self._ws._run(self._core.download_file(f["path"], target, show_progress))
+            done.append(str(target))
+        return done
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, experiment={self.experiment.name!r})"
+
+
+async def _bind(ws: AsyncWorkspace, run_id: str, experiment_name: str) -> AsyncRun:
+    return ws.run(run_id, experiment_name)  # AsyncRun needs the SDK loop to be running
+
+
+class OfflineRun:
+    """What ``Run.get_context()`` returns outside a job: prints, keeps values, never fails."""
+
+    id = "OfflineRun"
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Any] = {}
+        self._tags: dict[str, str] = {}
+        print("cairn: not inside a job; this run logs offline to stdout", file=sys.stderr)
+
+    def _keep(self, kind: str, name: str, value: Any) -> None:
+        print(f"Attempted to log {kind} metric {name}:\n{value}")
+        if kind == "scalar":
+            existing = self._metrics.get(name)
+            if existing is None:
+                self._metrics[name] = value
+            elif isinstance(existing, list):
+                existing.append(value)
+            else:
+                self._metrics[name] = [existing, value]
+        else:
+            self._metrics[name] = value
+
+    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
+        self._keep("scalar", name, value)
+
+    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
+        self._keep("list", name, value)
+
+    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
+        self._keep("row", name, kwargs)
+
+    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
+        self._keep("table", name, value)
+
+    def log_image(self, name: str, path: str | None = None, plot: Any = None, **_: Any) -> None:
+        self._keep("image", name, path or "<plot>")
+
+    def tag(self, key: str, value: str | None = None) -> None:
+        self._tags[key] = value or ""
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._tags.update({k: str(v) for k, v in tags.items()})
+
+    def get_tags(self) -> dict[str, str]:
+        return dict(self._tags)
+
+    def get_metrics(self, name: str | None = None, **_: Any) -> dict[str, Any]:
+        return {k: v for k, v in self._metrics.items() if name in (None, k)}
+
+    def upload_file(self, name: str, path_or_stream: Any, **_: Any) -> None:
+        print(f"Attempted to upload file {name}")
+
+    def get_status(self) -> str:
+        return "Running"
+
+    def flush(self) -> None:
+        return None
+
+    def complete(self, *_: Any, **__: Any) -> None:
+        return None
+
+    def fail(self, *_: Any, **__: Any) -> None:
+        return None
+
+    def cancel(self) -> None:
+        return None
+
+    def __enter__(self) -> OfflineRun:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
