@@ -113,6 +113,145 @@ def status(as_json: bool) -> None:
         click.echo(f"service   {svc['service']:<10} {svc['instance']}")
 
 
+# -- tracking -----------------------------------------------------------------------------
+
+
+def _emit(data: Any, as_json: bool, columns: list[tuple[str, str]]) -> None:
+    """``--json`` prints the data; otherwise an aligned table of ``columns`` (key, header)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    cells = [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
+    click.echo("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip())
+    for row_cells in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row_cells, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)[:60]
+    return str(value)
+
+
+async def _with_workspace(fn: Any) -> Any:
+    from cairn.sdk import connect
+
+    async with connect(_settings()) as ws:
+        return await fn(ws)
+
+
+def _json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(f)
+
+
+@cli.group()
+def experiment() -> None:
+    """Experiments of the workspace."""
+
+
+@experiment.command("list")
+@_json_option
+def experiment_list(as_json: bool) -> None:
+    rows = _run(_with_workspace(lambda ws: ws.experiments()))
+    _emit(rows, as_json, [("name", "NAME"), ("runs", "RUNS"), ("created_at", "CREATED"),
+                          ("created_by", "BY")])  # fmt: skip
+
+
+@cli.group("run")
+def run_group() -> None:
+    """Runs: list, show, metrics, files, download."""
+
+
+_RUN_COLUMNS = [("run_id", "RUN"), ("display_name", "NAME"), ("status", "STATUS"),
+                ("start_time", "STARTED"), ("end_time", "ENDED")]  # fmt: skip
+
+
+@run_group.command("list")
+@click.option("--experiment", "-e", "experiment_name", default=None)
+@click.option("--limit", default=100, show_default=True)
+@_json_option
+def run_list(experiment_name: str | None, limit: int, as_json: bool) -> None:
+    from cairn.proto.commands import ListRuns
+
+    q = ListRuns(experiment_name=experiment_name, limit=limit)
+    rows = _run(_with_workspace(lambda ws: ws.client.ask(q))).data
+    _emit(rows, as_json, [*_RUN_COLUMNS[:1], ("experiment_name", "EXPERIMENT"), *_RUN_COLUMNS[1:]])
+
+
+@run_group.command("show")
+@click.argument("run_id")
+@_json_option
+def run_show(run_id: str, as_json: bool) -> None:
+    details = _run(_with_workspace(lambda ws: ws.run(run_id).details()))
+    if as_json:
+        _emit(details, True, [])
+        return
+    for key, value in details.items():
+        click.echo(f"{key:<16} {_cell(value) if isinstance(value, (dict, list)) else value}")
+
+
+@run_group.command("metrics")
+@click.argument("run_id")
+@click.option("--name", "-n", default=None)
+@_json_option
+def run_metrics(run_id: str, name: str | None, as_json: bool) -> None:
+    metrics = _run(_with_workspace(lambda ws: ws.run(run_id).get_metrics(name)))
+    if as_json:
+        _emit(metrics, True, [])
+        return
+    rows = [{"name": k, "value": v} for k, v in sorted(metrics.items())]
+    _emit(rows, False, [("name", "METRIC"), ("value", "VALUE")])
+
+
+@run_group.command("files")
+@click.argument("run_id")
+@_json_option
+def run_files(run_id: str, as_json: bool) -> None:
+    files = _run(_with_workspace(lambda ws: ws.run(run_id).files()))
+    _emit(files, as_json, [("path", "PATH"), ("size", "SIZE"), ("digest", "DIGEST")])
+
+
+@run_group.command("download")
+@click.argument("run_id")
+@click.argument("path")
+@click.option("--output", "-o", default=None, help="file or directory (default: ./<name>)")
+@click.option("--progress/--no-progress", default=None)
+def run_download(run_id: str, path: str, output: str | None, progress: bool | None) -> None:
+    from pathlib import Path
+
+    target = Path(output or Path(path).name)
+    if target.is_dir():
+        target = target / Path(path).name
+    got = _run(_with_workspace(lambda ws: ws.run(run_id).download_file(path, target, progress)))
+    click.echo(str(got))
+
+
+@cli.command()
+def sync() -> None:
+    """Send what training scripts spooled while the bus was unreachable."""
+    from cairn.bus import connect
+    from cairn.rpc import Client
+    from cairn.sdk._outbox import replay_spool_dir
+
+    settings = _settings()
+
+    async def go() -> tuple[int, int]:
+        conn = await connect(settings, name="cairn-sync")
+        try:
+            return await replay_spool_dir(
+                settings.home_path / "spool", lambda entry: Client(conn, entry.workspace)
+            )
+        finally:
+            await conn.close()
+
+    files, commands = _run(go())
+    click.echo(f"synced {commands} spooled commands from {files} files")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

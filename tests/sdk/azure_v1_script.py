@@ -2,7 +2,7 @@
 import json
 import sys
 
-from cairn.sdk import Experiment, Run, Workspace  # was: from azureml.core import ...
+from cairn.sdk import Experiment, Workspace  # was: from azureml.core import ...
 
 ws = Workspace.from_config()
 experiment = Experiment(workspace=ws, name=sys.argv[1])

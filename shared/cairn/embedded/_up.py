@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,17 +49,31 @@ def write_client_config(path: Path, settings: Settings) -> None:
 
 
 async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> None:
-    """A small experiment: three runs through their lifecycle, then what the read model says."""
+    """A small experiment: three runs that log a loss curve and a file, one of which fails,
+    then what the read models say about them."""
     exp = await ws.experiment("demo")
-    for i, outcome in enumerate(("complete", "complete", "fail")):
+    for i, lr in enumerate((0.1, 0.03, 0.3)):
         run = await exp.start_run(display_name=f"demo run {i + 1}")
-        if outcome == "complete":
+        await run.set_tags({"learning_rate": str(lr)})
+        loss = 1.0
+        for step in range(200):
+            loss *= 1 - lr / 10
+            run.log("loss", "scalar", round(loss, 5), step)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = Path(tmp) / "summary.txt"
+            summary.write_text(f"learning rate {lr}: final loss {loss:.4f}\n")
+            await run.upload_file("outputs/summary.txt", summary)
+        if lr < 0.3:
             await run.complete()
         else:
-            await run.fail("demo: a run that fails on purpose")
-    for run_row in await exp.runs():
-        say(f"  {run_row['display_name']:<12} {run_row['status']:<10} {run_row['run_id']}")
-    say("demo complete: experiment 'demo' has " + str(len(await exp.runs())) + " runs")
+            await run.fail("demo: diverged on purpose")
+    for row in await exp.runs():
+        final = (await ws.run(row["run_id"]).get_metrics("loss"))["loss"][-1]
+        say(
+            f"  {row['display_name']:<12} {row['status']:<10} lr={row['tags']['learning_rate']:<5}"
+            f" final loss {final:.4f}  {row['run_id']}"
+        )
+    say(f"demo complete: experiment 'demo' has {len(await exp.runs())} runs")
 
 
 async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | None = None) -> None:
