@@ -61,7 +61,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 @pytest.fixture(scope="session")
 def service_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return settings_for(nats_server, service=True, state_dir=str(tmp_path_factory.mktemp("state")))
+    return settings_for(
+        nats_server,
+        service=True,
+        state_dir=str(tmp_path_factory.mktemp("state")),
+        artifacts_dir=str(tmp_path_factory.mktemp("artifacts")),
+        metrics_nonfinite="reject",
+    )
 
 
 @pytest.fixture(scope="session")
