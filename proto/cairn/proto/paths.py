@@ -11,6 +11,7 @@ is used.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from urllib.parse import unquote
 
@@ -18,6 +19,7 @@ from cairn.proto.errors import InvalidName
 
 __all__ = ["MAX_PATH_BYTES", "MAX_SEGMENT_BYTES", "validate_run_path"]
 
+_SCHEME_OR_DRIVE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 MAX_PATH_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
 
@@ -26,7 +28,7 @@ def _structure(path: str, shown: str) -> None:
     if path.startswith("/") or "\\" in path:
         raise InvalidName(f"run file path {shown} must be relative and use '/' separators")
     segments = path.split("/")
-    if ":" in segments[0]:
+    if _SCHEME_OR_DRIVE.match(segments[0]):
         raise InvalidName(f"run file path {shown} must not name a drive or a URI scheme")
     for segment in segments:
         if segment in ("", ".", ".."):

@@ -114,8 +114,10 @@ class AsyncWorkspace:
                 await asyncio.wait_for(run.flush(), timeout)
             await run.stop_flusher()
         if self._replayer is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._replayer), timeout)
+            if self.conn.nc.is_connected:  # the bus is back: give the spool a chance to drain
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._replayer), timeout)
+            self._replayer.cancel()
         self.outbox.close()
 
 
@@ -165,6 +167,7 @@ class AsyncRun:
         self.flush_interval_s = 1.0
         self._send_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
         self.errors: list[CairnError] = []
 
     def _wake_up(self) -> None:
@@ -230,21 +233,24 @@ class AsyncRun:
             self.workspace._runs.add(self)
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
+            if self._closing:
+                return
             try:
                 await self.flush()
             except CairnError as exc:
                 log.warning("metrics_refused", run_id=self.id, code=exc.code, error=exc.message)
 
     async def stop_flusher(self) -> None:
+        """Stop the background flusher (by flag, not cancellation: it may be mid-send)."""
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+            self._closing = True
+            self._wake.set()
+            await self._flusher
+            self._flusher, self._closing = None, False
         self.workspace._runs.discard(self)
 
     async def flush(self) -> None:

@@ -1,0 +1,104 @@
+"""Run files: the path chokepoint, uploads and downloads through the artifact service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from cairn.bus import Connection
+from cairn.errors import AlreadyExists, InvalidName
+from cairn.proto.commands import CreateExperiment, CreateRun, ErrorReply, Reply
+from cairn.proto.paths import validate_run_path
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
+from cairn.settings import Settings
+
+_reply = msgspec.json.Decoder(Reply)
+
+# reliability.md §3.5, every entry of the path list
+HOSTILE_PATHS = [
+    "", ".", "..", "../x", "a/../../x", "a/..", "/etc/passwd", "//etc/passwd",
+    "file:///etc/passwd", "s3://bucket/x", "C:\\x", "C:/x", "\\\\server\\share\\x",
+    "a\\..\\..\\x", "%2e%2e/x", "%2e%2e%2fx", "..%2fx", "%252e%252e%252fx",
+    "%25252e%25252e%25252fx", "..%c0%af", "a#/../../x", "a?x=../../y", "a;/../x", "a/\x00b",
+    "a/\x1bb", "line\nbreak", "\uff0e\uff0e\uff0fx", "x" * 256, "/".join(["abcdefgh"] * 120),
+    "a//b", "a/./b", "trailing/",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_hostile_paths_are_refused(path: str) -> None:
+    with pytest.raises(InvalidName):
+        validate_run_path(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["model.pkl", "outputs/model.pkl", "100%.txt", "a b/c d.txt", "résumé.txt", "10:30.log"]
+)
+def test_ordinary_paths_pass_unchanged(path: str) -> None:
+    assert validate_run_path(path) == path
+
+
+@pytest.fixture
+async def ws(client: Client, client_settings: Settings, tmp_path: Path) -> AsyncWorkspace:
+    settings = msgspec.structs.replace(client_settings, home=str(tmp_path / "home"))
+    return AsyncWorkspace(client.conn, client.workspace, settings)
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS[:24])
+async def test_the_service_refuses_hostile_paths_and_keeps_nothing(
+    client: Client, client_conn: Connection, service_settings: Settings, path: str
+) -> None:
+    await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="e"))
+    await client.send(CreateRun(command_id=uuid.uuid4().hex, run_id="f1", experiment_name="e"))
+    body = json.dumps(
+        {"type": "OpenUpload", "command_id": uuid.uuid4().hex, "run_id": "f1", "path": path,
+         "size": 4}
+    ).encode()  # fmt: skip
+    msg = await client_conn.nc.request(f"cairn.cmd.{client.workspace}.artifact.upload", body, 5)
+    reply = _reply.decode(msg.data)
+    assert isinstance(reply, ErrorReply) and reply.code in ("invalid_name", "invalid_input")
+    assert list((service_settings.state_path / "uploads").iterdir()) == []
+
+
+async def test_upload_download_round_trip_and_dedupe(
+    ws: AsyncWorkspace, tmp_path: Path, service_settings: Settings
+) -> None:
+    run = await (await ws.experiment("files")).start_run()
+    data = os.urandom(3 * 1024 * 1024 + 17)  # several chunks, not a multiple of any
+    src = tmp_path / "weights.bin"
+    src.write_bytes(data)
+    await run.upload_file("outputs/weights.bin", src)
+    await run.upload_file("outputs/copy.bin", src)  # same bytes: one blob
+    await run.upload_file("outputs/weights.bin", src)  # same path, same bytes: a no-op
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"different")
+    with pytest.raises(AlreadyExists):
+        await run.upload_file("outputs/weights.bin", other)
+    files = await run.files()
+    assert [(f["path"], f["size"]) for f in files] == [
+        ("outputs/copy.bin", len(data)),
+        ("outputs/weights.bin", len(data)),
+    ]
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert {f["digest"] for f in files} == {digest}
+    blobs = [p for p in service_settings.artifacts_path.rglob("*") if p.is_file()]
+    assert sum(1 for p in blobs if p.name == digest[7:]) == 1
+    got = await run.download_file("outputs/copy.bin", tmp_path / "out" / "copy.bin")
+    assert got.read_bytes() == data
+    assert (await run.files("outputs/w"))[0]["path"] == "outputs/weights.bin"
+
+
+async def test_upload_to_an_unknown_run_is_refused(ws: AsyncWorkspace, tmp_path: Path) -> None:
+    from cairn.errors import NotFound
+
+    src = tmp_path / "x.txt"
+    src.write_text("x")
+    with pytest.raises(NotFound):
+        await ws.run("no-such-run").upload_file("x.txt", src)
