@@ -56,3 +56,24 @@ async def test_azure_v1_script_runs_with_only_the_import_changed(
     assert got["downloaded"] == "age,bmi\n32,22.5\n41,27.1\n"
     assert got["tags"] == {"stage": "baseline"}
     assert got["runs"] == [got["run_id"]]
+
+
+async def test_the_rest_of_the_sync_surface(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    got = await run_script("sdk_extras_script.py", "extras", env=env, cwd=tmp_path)
+    assert got["parent_status"] == "Completed"
+    assert got["details"]["status"] == "Completed" and got["details"]["display_name"] == "parent"
+    assert got["child_parent"] == got["details"]["runId"]
+    assert got["properties_write_once"] and got["properties"] == {"git": "abc123"}
+    assert got["tags"] == {"team": "vision", "stage": "prod"}
+    assert got["files"] == ["inputs/a.txt", "inputs/sub/b.txt", "logged_images/confusion.png"]
+    assert got["threads"] == {"0": True, "1": True, "2": True, "3": True}
+    assert got["image"] == "logged_images/confusion.png"
+    assert got["downloaded"] == ["dl/inputs/a.txt", "dl/inputs/sub/b.txt"]
+    assert (tmp_path / "dl/inputs/sub/b.txt").read_text() == "folder/sub/b.txt"
+    assert got["failed_status"] == "Failed" and got["failed_error"]
+    assert got["offline"] and got["offline_metrics"] == {"a": [1, 2]}
+    assert got["bound"]
+    assert got["experiments"] == ["extras"]

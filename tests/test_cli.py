@@ -1,0 +1,77 @@
+"""The tracking commands of the CLI, as a script would call them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import msgspec
+
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
+from cairn.settings import Settings
+from tests.sdk.test_sync_sdk import sdk_env
+
+CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
+
+
+async def cli(*args: str, env: dict[str, str], cwd: Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *CAIRN, *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
+async def test_tracking_commands(client: Client, client_settings: Settings, tmp_path: Path) -> None:
+    settings = msgspec.structs.replace(client_settings, home=str(tmp_path / "sdk"))
+    ws = AsyncWorkspace(client.conn, client.workspace, settings)
+    run = await (await ws.experiment("cli exp")).start_run(display_name="first")
+    for step in range(5):
+        run.log("acc", "scalar", step / 10, step)
+    src = tmp_path / "model.txt"
+    src.write_text("weights")
+    await run.upload_file("outputs/model.txt", src)
+    await run.complete()
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+
+    table = await cli("experiment", "list", env=env, cwd=tmp_path)
+    assert table.splitlines()[0].split() == ["NAME", "RUNS", "CREATED", "BY"]
+    assert "cli exp" in table
+    runs = json.loads(
+        await cli("run", "list", "--experiment", "cli exp", "--json", env=env, cwd=tmp_path)
+    )
+    assert [(r["run_id"], r["status"]) for r in runs] == [(run.id, "Completed")]
+    human = await cli("run", "list", "-e", "cli exp", env=env, cwd=tmp_path)
+    assert run.id in human and "Completed" in human
+    shown = json.loads(await cli("run", "show", run.id, "--json", env=env, cwd=tmp_path))
+    assert shown["display_name"] == "first"
+    metrics = json.loads(await cli("run", "metrics", run.id, "--json", env=env, cwd=tmp_path))
+    assert metrics == {"acc": [0.0, 0.1, 0.2, 0.3, 0.4]}
+    one = json.loads(
+        await cli("run", "metrics", run.id, "-n", "acc", "--json", env=env, cwd=tmp_path)
+    )
+    assert one == metrics
+    files = json.loads(await cli("run", "files", run.id, "--json", env=env, cwd=tmp_path))
+    assert [f["path"] for f in files] == ["outputs/model.txt"]
+    got = await cli(
+        "run", "download", run.id, "outputs/model.txt", "-o", "m.txt", env=env, cwd=tmp_path
+    )
+    assert got.strip() == "m.txt" and (tmp_path / "m.txt").read_text() == "weights"
+    assert "synced 0 spooled commands" in await cli("sync", env=env, cwd=tmp_path)
+
+
+async def test_errors_are_printed_with_their_code(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    proc = await asyncio.create_subprocess_exec(
+        *CAIRN, "run", "show", "no-such-run", env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 1 and b"error [not_found]" in err
