@@ -79,16 +79,16 @@ class GetMetrics(Query, frozen=True, kw_only=True, tag=True):
 
 
 class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
-    """Points ``[step, time, value]`` of one scalar metric by step, a page (``offset``,
-    ``limit``) at a time with ``next`` the next offset; with ``max_points`` > 0 a longer series
-    is downsampled to that many buckets, each ``[step, time, value, min, max]``."""
+    """Points ``[step, time, value]`` of one scalar metric by step, a page at a time: pass the
+    reply's ``next`` cursor as ``after`` until it is null. With ``max_points`` > 0 a longer
+    series is downsampled to that many buckets, each ``[step, time, value, min, max]``."""
 
     NAME = "metrics.history"
     run_id: Id
     name: MetricName
     max_points: int = 0
-    offset: int = 0
-    limit: int = 10_000
+    after: tuple[int, int, int] | None = None
+    limit: int = 200_000
 
 
 class CompareMetric(Query, frozen=True, kw_only=True, tag=True):

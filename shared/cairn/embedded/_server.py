@@ -109,7 +109,7 @@ class NatsServer:
             "server_name: cairn-embedded",
             f"listen: 127.0.0.1:{self.port}",
             f'pid_file: "{self.pid_file}"',
-            "max_payload: 1MB",
+            "max_payload: 8MB",
             "jetstream {",
             f'  store_dir: "{self.dir / "store"}"',
             "  sync_interval: always",

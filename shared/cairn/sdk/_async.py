@@ -41,6 +41,7 @@ from cairn.settings import Settings, load_settings
 __all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"]
 
 log = get_logger("cairn.sdk")
+FLUSH_WINDOW = 4
 
 
 def new_id() -> str:
@@ -254,17 +255,24 @@ class AsyncRun:
         self.workspace._runs.discard(self)
 
     async def flush(self) -> None:
-        """Send every buffered point; raise the first refusal (a typed error) if any."""
+        """Send every buffered point (a few batches in flight at once); raise the first
+        refusal (a typed error) if any."""
         async with self._send_lock:
-            for batch in batches(self.buffer.take()):
-                cmd = LogMetrics(command_id=new_id(), run_id=self.id, points=batch)
-                try:
-                    await self.workspace.record(cmd, metrics=True)
-                except CairnError as exc:
-                    self.errors.append(exc)
+            pending = batches(self.buffer.take())
+            for start in range(0, len(pending), FLUSH_WINDOW):
+                await asyncio.gather(
+                    *(self._send_batch(b) for b in pending[start : start + FLUSH_WINDOW])
+                )
         if self.errors:
             first, self.errors = self.errors[0], []
             raise first
+
+    async def _send_batch(self, batch: list[Any]) -> None:
+        cmd = LogMetrics(command_id=new_id(), run_id=self.id, points=batch)
+        try:
+            await self.workspace.record(cmd, metrics=True)
+        except CairnError as exc:
+            self.errors.append(exc)
 
     async def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         """Azure-shaped metrics; long scalar series are fetched page by page."""
@@ -283,16 +291,17 @@ class AsyncRun:
     async def history(self, name: str, max_points: int = 0) -> list[list[Any]]:
         """``[step, time, value]`` for every point, or ``max_points`` downsampled buckets."""
         points: list[list[Any]] = []
-        offset: int | None = 0
-        while offset is not None:
+        after: tuple[int, int, int] | None = None
+        while True:
             q = MetricHistory(
-                run_id=self.id, name=name, max_points=max_points, offset=offset,
+                run_id=self.id, name=name, max_points=max_points, after=after,
                 min_seq=self.workspace.seen_metrics_seq,
             )  # fmt: skip
             page = (await self.workspace.client.ask(q)).data
             points.extend(page["points"])
-            offset = page["next"]
-        return points
+            if page["next"] is None:
+                return points
+            after = tuple(page["next"])
 
     # -- files ----------------------------------------------------------------------------
 

@@ -121,15 +121,16 @@ class Outbox:
         return self.spool.pending
 
     async def send(self, command: Command) -> Accepted | None:
-        """The reply, or None when the command was spooled."""
+        """The reply, or None when the command was spooled. Sends may overlap (metric batches
+        are pipelined); a caller that needs order awaits one send before the next."""
+        if not self.offline and self.client.conn.nc.is_connected:
+            try:
+                return await self.client.send(command)
+            except Unavailable as exc:
+                log.warning("bus_unreachable_spooling", error=exc.message)
         async with self._lock:
-            if not self.offline and self.client.conn.nc.is_connected:
-                try:
-                    return await self.client.send(command)
-                except Unavailable as exc:
-                    log.warning("bus_unreachable_spooling", error=exc.message)
             self.spool.append(self.client.workspace, command)
-            return None
+        return None
 
     async def replay(self) -> bool:
         """Send what was spooled; True when nothing is left."""

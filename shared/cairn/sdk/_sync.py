@@ -32,6 +32,15 @@ __all__ = ["Experiment", "OfflineRun", "Run", "Workspace"]
 T = TypeVar("T")
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class _Runtime:
     """One event loop thread per process."""
 
@@ -40,7 +49,7 @@ class _Runtime:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="cairn-sdk", daemon=True)
         self.thread.start()
         self.workspaces: list[AsyncWorkspace] = []

@@ -1,4 +1,9 @@
-"""The metrics read model: every point once, and a summary per (run, name)."""
+"""The metrics read model: every point once, clustered by series, and a summary per series.
+
+``points`` is a WITHOUT ROWID table keyed by (series, step, seq, idx): the points of one
+metric of one run sit together in step order, so reading a history is one range scan. The
+``series`` row per (workspace, run, name) carries the summary (count, last, min, max).
+"""
 
 from __future__ import annotations
 
@@ -10,54 +15,49 @@ from typing import Any
 import msgspec
 
 from cairn.projection import Delivered, Source, Tables
-from cairn.proto.metrics import NONFINITE, MetricsLogged
+from cairn.proto.metrics import MetricPoint, MetricsLogged
 from cairn.proto.streams import METRICS
 
-__all__ = ["MetricsProjection", "numeric"]
+__all__ = ["MetricsProjection", "stored_value"]
 
 _decoder = msgspec.json.Decoder(MetricsLogged)
 
 
-def numeric(value: Any) -> float | None:
-    """The number a scalar stands for (non-finite tokens included), or None for strings."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value in NONFINITE:
-        return NONFINITE[value]
-    return None
+def stored_value(number: int | float | None, text: str | None) -> Any:
+    """A point's value from its two columns (``value`` for finite numbers, ``json`` else)."""
+    return number if text is None else json.loads(text)
 
 
-def _sql_number(value: float | None) -> float | None:
-    # SQLite stores NaN as NULL; keep it out of REAL columns and in the JSON column instead
-    return None if value is None or math.isnan(value) else value
+def _columns(value: Any) -> tuple[int | float | None, str | None]:
+    """(value, json): finite ints and floats go in ``value`` (NUMERIC keeps an int an int),
+    anything else (strings, bools, lists, non-finite tokens) in ``json``."""
+    kind = type(value)
+    if kind is int or (kind is float and math.isfinite(value)):
+        return value, None
+    return None, json.dumps(value)
 
 
 class MetricsProjection:
     name = "metrics"
-    version = 1
-    tables: tuple[str, ...] = ("batches", "points", "summary")
+    version = 2
+    tables: tuple[str, ...] = ("batches", "series", "points")
     source = Source(METRICS["name"], "cairn.metrics.>", _decoder.decode)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY, seq INTEGER)")
         db.execute(
-            f"CREATE TABLE {t('points')} (workspace TEXT, run_id TEXT, name TEXT, kind TEXT,"
-            " step INTEGER, time REAL, value REAL, json TEXT, seq INTEGER, idx INTEGER,"
-            " PRIMARY KEY (seq, idx))"
+            f"CREATE TABLE {t('series')} (series_id INTEGER PRIMARY KEY, workspace TEXT,"
+            " run_id TEXT, name TEXT, experiment_id TEXT, kind TEXT, count INTEGER,"
+            " last_json TEXT, min REAL, max REAL, last_step INTEGER, last_time REAL,"
+            " UNIQUE (workspace, run_id, name))"
         )
         db.execute(
-            f"CREATE INDEX {t('points')}_series ON {t('points')} (workspace, run_id, name, step)"
+            f"CREATE INDEX {t('series')}_exp ON {t('series')} (workspace, experiment_id, name)"
         )
         db.execute(
-            f"CREATE TABLE {t('summary')} (workspace TEXT, run_id TEXT, experiment_id TEXT,"
-            " name TEXT, kind TEXT, count INTEGER, last REAL, last_json TEXT, min REAL,"
-            " max REAL, last_step INTEGER, last_time REAL,"
-            " PRIMARY KEY (workspace, run_id, name))"
-        )
-        db.execute(
-            f"CREATE INDEX {t('summary')}_exp ON {t('summary')} (workspace, experiment_id, name)"
+            f"CREATE TABLE {t('points')} (series_id INTEGER, step INTEGER, seq INTEGER,"
+            " idx INTEGER, time REAL, value NUMERIC, json TEXT,"
+            " PRIMARY KEY (series_id, step, seq, idx)) WITHOUT ROWID"
         )
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[MetricsLogged]) -> None:
@@ -67,39 +67,50 @@ class MetricsProjection:
         ).rowcount
         if not fresh:  # the same batch stored again after the dedupe window: apply once
             return
-        rows = []
-        for idx, p in enumerate(batch.points):
-            number = numeric(p.value) if p.kind == "scalar" else None
-            rows.append(
-                (batch.workspace, batch.run_id, p.name, p.kind, p.step, p.time,
-                 _sql_number(number), json.dumps(p.value), seq, idx)
-            )  # fmt: skip
-        db.executemany(f"INSERT INTO {t('points')} VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        self._summarise(db, t, batch, rows)
+        by_name: dict[str, list[tuple[int, MetricPoint]]] = {}
+        for idx, point in enumerate(batch.points):
+            by_name.setdefault(point.name, []).append((idx, point))
+        for name, points in by_name.items():
+            series = self._series(db, t, batch, name, points[-1][1].kind)
+            rows = []
+            for idx, p in points:
+                number, text = (
+                    _columns(p.value) if p.kind == "scalar" else (None, json.dumps(p.value))
+                )
+                rows.append((series, p.step, seq, idx, p.time, number, text))
+            db.executemany(f"INSERT INTO {t('points')} VALUES (?,?,?,?,?,?,?)", rows)
+            self._summarise(db, t, series, rows)
+
+    def _series(
+        self, db: sqlite3.Connection, t: Tables, batch: MetricsLogged, name: str, kind: str
+    ) -> int:
+        key = (batch.workspace, batch.run_id, name)
+        row = db.execute(
+            f"SELECT series_id FROM {t('series')} WHERE workspace=? AND run_id=? AND name=?", key
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        cursor = db.execute(
+            f"INSERT INTO {t('series')} (workspace, run_id, name, experiment_id, kind, count,"
+            " last_step) VALUES (?,?,?,?,?,0,-1)",
+            (*key, batch.experiment_id, kind),
+        )
+        return int(cursor.lastrowid or 0)
 
     def _summarise(
-        self, db: sqlite3.Connection, t: Tables, batch: MetricsLogged, rows: list[tuple[Any, ...]]
+        self, db: sqlite3.Connection, t: Tables, series: int, rows: list[tuple[Any, ...]]
     ) -> None:
-        per_name: dict[str, list[tuple[Any, ...]]] = {}
-        for row in rows:
-            per_name.setdefault(row[2], []).append(row)
-        for name, points in per_name.items():
-            last = max(points, key=lambda r: (r[4], r[9]))
-            numbers = [r[6] for r in points if r[6] is not None]
-            db.execute(
-                f"INSERT INTO {t('summary')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (workspace, run_id, name) DO UPDATE SET"
-                " count = count + excluded.count,"
-                " last = CASE WHEN excluded.last_step >= last_step"
-                " THEN excluded.last ELSE last END,"
-                " last_json = CASE WHEN excluded.last_step >= last_step"
-                " THEN excluded.last_json ELSE last_json END,"
-                " last_time = CASE WHEN excluded.last_step >= last_step"
-                " THEN excluded.last_time ELSE last_time END,"
-                " min = min(coalesce(min, excluded.min), coalesce(excluded.min, min)),"
-                " max = max(coalesce(max, excluded.max), coalesce(excluded.max, max)),"
-                " last_step = max(last_step, excluded.last_step)",
-                (batch.workspace, batch.run_id, batch.experiment_id, name, last[3], len(points),
-                 last[6], last[7], min(numbers, default=None), max(numbers, default=None),
-                 last[4], last[5]),
-            )  # fmt: skip
+        last = max(rows, key=lambda r: (r[1], r[3]))
+        numbers = [r[5] for r in rows if r[5] is not None]
+        last_json = last[6] if last[6] is not None else json.dumps(last[5])
+        db.execute(
+            f"UPDATE {t('series')} SET count = count + ?,"
+            " last_json = CASE WHEN ? >= last_step THEN ? ELSE last_json END,"
+            " last_time = CASE WHEN ? >= last_step THEN ? ELSE last_time END,"
+            " min = min(coalesce(min, ?), coalesce(?, min)),"
+            " max = max(coalesce(max, ?), coalesce(?, max)),"
+            " last_step = max(last_step, ?) WHERE series_id = ?",
+            (len(rows), last[1], last_json, last[1], last[4],
+             min(numbers, default=None), min(numbers, default=None),
+             max(numbers, default=None), max(numbers, default=None), last[1], series),
+        )  # fmt: skip

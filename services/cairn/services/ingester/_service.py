@@ -19,7 +19,7 @@ from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricsLogged
 from cairn.proto.streams import METRICS
 from cairn.rpc import Request, Responder
-from cairn.services.ingester._projection import MetricsProjection
+from cairn.services.ingester._projection import MetricsProjection, stored_value
 from cairn.services.ingester._validate import validate_batch
 from cairn.settings import Settings
 
@@ -27,7 +27,7 @@ __all__ = ["INLINE_POINTS", "MAX_PAGE", "IngesterService"]
 
 #: get_metrics returns series up to this length inline; longer ones are read page by page
 INLINE_POINTS = 1000
-MAX_PAGE = 10_000
+MAX_PAGE = 200_000
 _encoder = msgspec.json.Encoder()
 
 
@@ -128,14 +128,15 @@ class IngesterService:
 
     async def _history(self, req: Request) -> QueryResult:
         q: MetricHistory = req.body
-        return await self._read(req, lambda db, t: _history(db, t, req.workspace, q))
+        budget = int(self.conn.max_payload * 0.7)  # a page stays well under the message limit
+        return await self._read(req, lambda db, t: _history(db, t, req.workspace, q, budget))
 
     async def _compare(self, req: Request) -> QueryResult:
         q: CompareMetric = req.body
 
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             rows = db.execute(
-                f"SELECT run_id, count, last_json, min, max, last_step FROM {t('summary')}"
+                f"SELECT run_id, count, last_json, min, max, last_step FROM {t('series')}"
                 " WHERE workspace = ? AND experiment_id = ? AND name = ? ORDER BY run_id",
                 (req.workspace, q.experiment_id, q.name),
             )
@@ -152,21 +153,21 @@ def _azure_metrics(
 ) -> dict[str, dict[str, Any]]:
     """{name: {"kind", "count", "value"}}: ``value`` shaped as Azure ML returns it, or absent
     (with ``count``) for series longer than INLINE_POINTS, which the client pages through."""
-    sql = f"SELECT name, kind, count FROM {t('summary')} WHERE workspace = ? AND run_id = ?"
+    sql = f"SELECT series_id, name, kind, count FROM {t('series')} WHERE workspace=? AND run_id=?"
     args: list[Any] = [ws, q.run_id]
     if q.name is not None:
         sql += " AND name = ?"
         args.append(q.name)
     out: dict[str, dict[str, Any]] = {}
-    for name, kind, count in db.execute(sql, args).fetchall():
+    for series, name, kind, count in db.execute(sql, args).fetchall():
         entry: dict[str, Any] = {"kind": kind, "count": count}
         if count <= INLINE_POINTS or kind != "scalar":
             values = [
-                json.loads(v)
-                for (v,) in db.execute(
-                    f"SELECT json FROM {t('points')} WHERE workspace = ? AND run_id = ?"
-                    " AND name = ? ORDER BY step, seq, idx",
-                    (ws, q.run_id, name),
+                stored_value(v, j)
+                for v, j in db.execute(
+                    f"SELECT value, json FROM {t('points')} WHERE series_id = ?"
+                    " ORDER BY step, seq, idx",
+                    (series,),
                 )
             ]
             entry["value"] = _shape(kind, values)
@@ -186,29 +187,48 @@ def _shape(kind: str, values: list[Any]) -> Any:
     return values[-1]  # list, table, image: the latest
 
 
-def _history(db: sqlite3.Connection, t: Tables, ws: str, q: MetricHistory) -> dict[str, Any]:
-    where = " FROM {} WHERE workspace = ? AND run_id = ? AND name = ? AND kind = 'scalar'"
-    where = where.format(t("points"))
-    args = (ws, q.run_id, q.name)
-    (total,) = db.execute("SELECT COUNT(*)" + where, args).fetchone()
-    if q.max_points <= 0 or total <= q.max_points:
-        limit = max(1, min(q.limit, MAX_PAGE))
-        rows = db.execute(
-            "SELECT step, time, json" + where + " ORDER BY step, seq, idx LIMIT ? OFFSET ?",
-            (*args, limit, q.offset),
-        ).fetchall()
-        points = [[s, tm, json.loads(v)] for s, tm, v in rows]
-        following = q.offset + len(points)
-        return {"total": total, "points": points, "next": following if following < total else None}
-    return {
-        "total": total,
-        "points": _downsample(db, where, args, total, q.max_points),
-        "next": None,
-    }
+def _series_id(
+    db: sqlite3.Connection, t: Tables, ws: str, run_id: str, name: str
+) -> tuple[int, int]:
+    row = db.execute(
+        f"SELECT series_id, count FROM {t('series')} WHERE workspace=? AND run_id=? AND name=?"
+        " AND kind = 'scalar'",
+        (ws, run_id, name),
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def _history(
+    db: sqlite3.Connection, t: Tables, ws: str, q: MetricHistory, budget: int
+) -> dict[str, Any]:
+    series, total = _series_id(db, t, ws, q.run_id, q.name)
+    if q.max_points > 0 and total > q.max_points:
+        buckets = _downsample(db, t, series, total, q.max_points)
+        return {"total": total, "points": buckets, "next": None}
+    limit = max(1, min(q.limit, MAX_PAGE, budget // 40))
+    after = "" if q.after is None else " AND (step, seq, idx) > (?, ?, ?)"
+    args = (series,) if q.after is None else (series, *q.after)
+    rows = db.execute(
+        f"SELECT step, time, value, json, seq, idx FROM {t('points')} WHERE series_id = ?"
+        f"{after} ORDER BY step, seq, idx LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    points: list[Any] = []
+    for step, tm, number, text, _, _ in rows:  # a tight loop: no call for plain numbers
+        points.append((step, tm, number) if text is None else (step, tm, json.loads(text)))
+        budget -= 40 if text is None else 40 + len(text)
+        if budget <= 0:
+            break
+    more = len(points) < len(rows) or len(rows) == limit
+    cursor = None
+    if more and points:
+        last = rows[len(points) - 1]
+        cursor = [last[0], last[4], last[5]]  # (step, seq, idx) of the last point sent
+    return {"total": total, "points": points, "next": cursor}
 
 
 def _downsample(
-    db: sqlite3.Connection, where: str, args: tuple[Any, ...], total: int, buckets: int
+    db: sqlite3.Connection, t: Tables, series: int, total: int, buckets: int
 ) -> list[list[Any]]:
     """``buckets`` points: for each consecutive bucket its last point plus its min and max,
     as ``[step, time, value, min, max]``."""
@@ -216,14 +236,18 @@ def _downsample(
     size = total / buckets
     bucket: list[tuple[Any, ...]] = []
     edge, index = size, 0
-    rows = db.execute("SELECT step, time, json, value" + where + " ORDER BY step, seq, idx", args)
+    rows = db.execute(
+        f"SELECT step, time, value, json FROM {t('points')} WHERE series_id = ?"
+        " ORDER BY step, seq, idx",
+        (series,),
+    )
     for row in rows:
         bucket.append(row)
         index += 1
         if index >= edge or index == total:
-            numbers = [r[3] for r in bucket if r[3] is not None]
+            numbers = [r[2] for r in bucket if r[2] is not None]
             last = bucket[-1]
-            out.append([last[0], last[1], json.loads(last[2]), min(numbers, default=None),
-                        max(numbers, default=None)])  # fmt: skip
+            out.append([last[0], last[1], stored_value(last[2], last[3]),
+                        min(numbers, default=None), max(numbers, default=None)])  # fmt: skip
             bucket, edge = [], edge + size
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from cairn.errors import InvalidInput, PayloadTooLarge
@@ -14,6 +15,7 @@ MAX_POINTS = 10_000
 MAX_LIST = 10_000
 MAX_COLUMNS = 256
 NonFinite = Literal["allow", "reject"]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _scalar(value: Any, where: str, policy: NonFinite) -> None:
@@ -58,10 +60,22 @@ def _check_point(i: int, p: MetricPoint, policy: NonFinite) -> None:
 
 def validate_batch(cmd: LogMetrics, policy: NonFinite) -> None:
     """Raise a typed error for the first thing wrong with a batch (types per kind, non-finite
-    numbers under a strict policy, sizes); names were checked when the batch was decoded."""
+    numbers under a strict policy, control characters in names, sizes)."""
     if not cmd.points:
         raise InvalidInput("a metric batch needs at least one point")
     if len(cmd.points) > MAX_POINTS:
         raise PayloadTooLarge(f"{len(cmd.points)} points in one batch; at most {MAX_POINTS}")
+    names: set[str] = set()
     for i, point in enumerate(cmd.points):
+        names.add(point.name)
+        value = point.value
+        if point.kind == "scalar" and (
+            type(value) is int or (isinstance(value, float) and math.isfinite(value))
+        ):
+            if point.step < 0 or not math.isfinite(point.time):
+                raise InvalidInput(f"point {i}: step must be >= 0 and time finite")
+            continue  # the common case, checked inline
         _check_point(i, point, policy)
+    for name in names:
+        if _CONTROL.search(name):
+            raise InvalidInput(f"metric name {name[:80]!r} contains a control character")

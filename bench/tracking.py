@@ -1,0 +1,193 @@
+"""Tracking benchmark: Cairn's embedded stack beside MLflow with a SQLite backend store.
+
+In one run:
+
+* metric points logged until all of them are queryable: Cairn ``run.log`` + ``flush`` + read
+  back, vs MLflow ``log_batch`` (1,000 metrics per call, its limit);
+* per-call cost of ``run.log`` vs ``mlflow.log_metric`` (median and p99);
+* reading back a 100k-point history: Cairn ``run.get_metrics(name)`` vs MLflow
+  ``get_metric_history``;
+* runs created with 10 tags and completed, per second.
+
+MLflow is installed only in the benchmark environment:
+
+    python3 -m venv .bench && .bench/bin/pip install -e . -r bench/requirements.txt
+    .bench/bin/python bench/tracking.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cairn.embedded import free_port
+from cairn.sdk import Experiment, Workspace
+
+
+def _count_in_read_model(run: Any, name: str) -> int:
+    """How many points of ``name`` the metrics read model holds, once it has applied
+    everything this client logged (read-your-writes through ``min_seq``)."""
+    from cairn.proto.metrics import GetMetrics
+
+    core = run._core.workspace
+    q = GetMetrics(run_id=run.id, name=name, min_seq=core.seen_metrics_seq)
+    return int(run._ws._run(core.client.ask(q)).data[name]["count"])
+
+
+def _p99(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=100)[98]
+
+
+class EmbeddedStack:
+    """``cairn up`` in a subprocess over a temporary home, as a user runs it."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
+        env = {**os.environ, "CAIRN_HOME": str(self.home), "CAIRN_LOG_FORMAT": "json",
+               "CAIRN_LOG_LEVEL": "warning"}  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from cairn.cli import main; main()", "up", "--port",
+             str(free_port())],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "cairn is up" in line:
+                break
+        else:
+            raise RuntimeError("cairn up did not start")
+
+    def workspace(self) -> Workspace:
+        return Workspace.from_config(self.home / "config.json")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+
+
+def cairn_side(points: int, calls: int, runs: int) -> dict[str, float]:
+    stack = EmbeddedStack()
+    r: dict[str, float] = {}
+    try:
+        exp = Experiment(stack.workspace(), "bench")
+        run = exp.start_logging()
+        t0 = time.perf_counter()
+        for step in range(points):
+            run.log("loss", 1.0 / (step + 1), step=step)
+        run.flush()  # every point acknowledged as stored; then the read model must have them
+        assert _count_in_read_model(run, "loss") == points
+        r["ingest_points_per_s"] = points / (time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        history = run.get_metrics("loss")["loss"]
+        r["history_read_s"] = time.perf_counter() - t0
+        assert len(history) == points
+
+        samples = []
+        for i in range(calls):
+            t = time.perf_counter_ns()
+            run.log("per_call", i)
+            samples.append((time.perf_counter_ns() - t) / 1000)
+        run.complete()
+        r["log_call_median_us"], r["log_call_p99_us"] = statistics.median(samples), _p99(samples)
+
+        tags = {f"tag{i}": f"value{i}" for i in range(10)}
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            each = exp.start_logging()
+            each.set_tags(tags)
+            each.complete()
+        r["runs_per_s"] = runs / (time.perf_counter() - t0)
+    finally:
+        stack.stop()
+    return r
+
+
+def mlflow_side(points: int, calls: int, runs: int) -> dict[str, float]:
+    import logging
+
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-bench-"))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("bench", artifact_location=str(folder / "artifacts"))
+    run_id = client.create_run(exp_id).info.run_id
+    r: dict[str, float] = {}
+
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    for start in range(0, points, 1000):
+        batch = [
+            Metric("loss", 1.0 / (s + 1), now, s) for s in range(start, min(start + 1000, points))
+        ]
+        client.log_batch(run_id, metrics=batch)
+    got = client.get_metric_history(run_id, "loss")
+    r["ingest_points_per_s"] = points / (time.perf_counter() - t0)
+    assert len(got) == points
+
+    t0 = time.perf_counter()
+    history = client.get_metric_history(run_id, "loss")
+    r["history_read_s"] = time.perf_counter() - t0
+    assert len(history) == points
+
+    samples = []
+    with mlflow.start_run(run_id=run_id):
+        for i in range(calls):
+            t = time.perf_counter_ns()
+            mlflow.log_metric("per_call", i, step=i)
+            samples.append((time.perf_counter_ns() - t) / 1000)
+    r["log_call_median_us"], r["log_call_p99_us"] = statistics.median(samples), _p99(samples)
+
+    tags = [RunTag(f"tag{i}", f"value{i}") for i in range(10)]
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        each = client.create_run(exp_id, tags={t.key: t.value for t in tags}).info.run_id
+        client.set_terminated(each)
+    r["runs_per_s"] = runs / (time.perf_counter() - t0)
+    return r
+
+
+def report(cairn: dict[str, float], mlflow: dict[str, float], args: argparse.Namespace) -> None:
+    rows = [
+        ("points logged until queryable (pts/s)", "ingest_points_per_s", True),
+        (f"read {args.points:,}-point history (s)", "history_read_s", False),
+        ("log call, median (µs)", "log_call_median_us", False),
+        ("log call, p99 (µs)", "log_call_p99_us", False),
+        ("runs with 10 tags, completed (runs/s)", "runs_per_s", True),
+    ]
+    print(f"{'':<40} {'cairn':>12} {'mlflow':>12} {'cairn advantage':>16}")
+    for label, key, higher_better in rows:
+        c, m = cairn[key], mlflow[key]
+        advantage = c / m if higher_better else m / c
+        print(f"{label:<40} {c:>12,.2f} {m:>12,.2f} {advantage:>15,.1f}x")
+    print(json.dumps({"cairn": cairn, "mlflow": mlflow, "args": vars(args)}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+    # each side in a fresh process: neither pays for the other's heap (garbage collection)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        mlflow_result = pool.submit(mlflow_side, args.points, args.calls, args.runs).result()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        cairn_result = pool.submit(cairn_side, args.points, args.calls, args.runs).result()
+    report(cairn_result, mlflow_result, args)
