@@ -24,11 +24,13 @@ def test_readme_opens_with_one_sentence_and_the_two_commands() -> None:
     assert commands[1] in ci
 
 
-async def test_readme_python_example_runs(client: Client, client_settings: Settings) -> None:
+async def test_readme_python_example_runs(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
     (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
     env = {
         **os.environ,
-        "CAIRN_HOME": "/nonexistent",
+        "CAIRN_HOME": str(tmp_path),
         "CAIRN_NATS_URL": client_settings.nats_url,
         "CAIRN_NATS_USER": client_settings.nats_user or "",
         "CAIRN_NATS_PASSWORD": client_settings.nats_password or "",
@@ -44,4 +46,4 @@ async def test_readme_python_example_runs(client: Client, client_settings: Setti
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
-    assert out.decode().strip() == "Completed"
+    assert out.decode().strip() == "Completed 0.1"
