@@ -102,3 +102,18 @@ async def test_upload_to_an_unknown_run_is_refused(ws: AsyncWorkspace, tmp_path:
     src.write_text("x")
     with pytest.raises(NotFound):
         await ws.run("no-such-run").upload_file("x.txt", src)
+
+
+async def test_large_transfers_show_progress(
+    ws: AsyncWorkspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = await (await ws.experiment("progress")).start_run()
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(9 * 1024 * 1024))
+    await run.upload_file("big.bin", src, show_progress=True)
+    await run.download_file("big.bin", tmp_path / "back.bin", show_progress=True)
+    err = capsys.readouterr().err
+    assert err.count("100%") == 2 and "9.44M" in err
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    await run.cancel("not needed")
+    assert await run.get_status() == "Canceled"
