@@ -30,6 +30,7 @@ PINNED = {
         "AsyncRun",
         "AsyncWorkspace",
         "Experiment",
+        "Model",
         "OfflineRun",
         "Run",
         "Workspace",

@@ -29,10 +29,14 @@ CHUNK_BYTES = 256 * 1024
 
 
 class OpenUpload(Command, frozen=True, kw_only=True, tag=True):
+    """``run_id`` names the run the file belongs to; with ``staging`` it names a staging area
+    instead (files uploaded to register a model from local disk), which needs no run."""
+
     VERB = "artifact.upload"
     run_id: Id
     path: Text
     size: int
+    staging: bool = False
 
 
 class CommitUpload(Command, frozen=True, kw_only=True, tag=True):

@@ -30,6 +30,11 @@ __all__ = [
     "Envelope",
     "Event",
     "ExperimentCreated",
+    "ModelAliasSet",
+    "ModelFile",
+    "ModelVersionArchived",
+    "ModelVersionRegistered",
+    "ModelVersionRestored",
     "RunCanceled",
     "RunCompleted",
     "RunCreated",
@@ -137,6 +142,49 @@ class ArtifactCommitted(Event, frozen=True, kw_only=True):
     size: int
 
 
+class ModelFile(msgspec.Struct, frozen=True, kw_only=True):
+    path: Text
+    digest: Digest
+    size: int
+
+
+class ModelVersionRegistered(Event, frozen=True, kw_only=True):
+    """Version ``version`` of model ``name``: the run (or staging) files it was made from, as
+    the artifact service committed them."""
+
+    KIND = "model"
+    name: Name
+    version: int
+    files: list[ModelFile]
+    source_run_id: Id | None = None
+    source_path: Text = ""
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    properties: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    framework: Name | None = None
+    framework_version: Name | None = None
+    datasets: list[Text] = msgspec.field(default_factory=list)
+    environment: Text | None = None
+
+
+class ModelAliasSet(Event, frozen=True, kw_only=True):
+    """``alias`` now points at ``version`` (moved from wherever it pointed before)."""
+
+    KIND = "model"
+    alias: Id
+    version: int
+
+
+class ModelVersionArchived(Event, frozen=True, kw_only=True):
+    KIND = "model"
+    version: int
+
+
+class ModelVersionRestored(Event, frozen=True, kw_only=True):
+    KIND = "model"
+    version: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -150,14 +198,21 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunTagsSet,
         RunPropertiesAdded,
         ArtifactCommitted,
+        ModelVersionRegistered,
+        ModelAliasSet,
+        ModelVersionArchived,
+        ModelVersionRestored,
     )
 }
 
 #: ``(type, from_version) -> f(data) -> data of from_version + 1``; pure functions on dicts.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
+
 _raw_decoder = msgspec.json.Decoder(Envelope[msgspec.Raw])
-_data_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+_data_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()
+}
 _encoder = msgspec.json.Encoder()
 
 

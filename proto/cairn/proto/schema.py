@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, metrics
+from cairn.proto import artifacts, metrics, registry
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -63,6 +63,9 @@ def generate() -> dict[str, str]:
         artifacts.ListRunFiles,
         artifacts.GetRunFile,
         artifacts.ReadBlob,
+        registry.GetModel,
+        registry.ListModels,
+        registry.ModelLineage,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     for cmd in commands:

@@ -25,9 +25,15 @@ log = get_logger("cairn.up")
 def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.artifacts import ArtifactsService
     from cairn.services.ingester import IngesterService
+    from cairn.services.registry import RegistryService
     from cairn.services.tracking import TrackingService
 
-    return {"tracking": TrackingService, "ingester": IngesterService, "artifacts": ArtifactsService}
+    return {
+        "tracking": TrackingService,
+        "ingester": IngesterService,
+        "artifacts": ArtifactsService,
+        "registry": RegistryService,
+    }
 
 
 def client_settings(server: NatsServer, base: Settings) -> Settings:

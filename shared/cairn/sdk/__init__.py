@@ -2,6 +2,7 @@
 Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``)."""
 
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
+from cairn.sdk._models import Model
 from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "AsyncRun",
     "AsyncWorkspace",
     "Experiment",
+    "Model",
     "OfflineRun",
     "Run",
     "Workspace",

@@ -20,7 +20,7 @@ from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import query
 from cairn.rpc import Client
 
-__all__ = ["download_file", "upload_file"]
+__all__ = ["download_blob", "download_file", "upload_file"]
 
 WINDOW = 8
 READ_BYTES = 512 * 1024
@@ -65,9 +65,16 @@ async def _send_chunks(client: Client, opened: Opened, path: Path, bar: tqdm[Any
 
 
 async def upload_file(
-    client: Client, run_id: str, name: str, path: Path, *, show_progress: bool | None = None
+    client: Client,
+    run_id: str,
+    name: str,
+    path: Path,
+    *,
+    show_progress: bool | None = None,
+    staging: bool = False,
 ) -> Accepted:
-    """Upload ``path`` as run file ``name``; returns when ``ArtifactCommitted`` is stored."""
+    """Upload ``path`` as run file ``name`` (or into staging area ``run_id``); returns when
+    ``ArtifactCommitted`` is stored."""
     validate_run_path(name)
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file")
@@ -77,7 +84,13 @@ async def upload_file(
         size = path.stat().st_size
         with _bar(size, show_progress if size >= PROGRESS_FROM else False, name) as bar:
             opened = await client.send_any(
-                OpenUpload(command_id=uuid.uuid4().hex, run_id=run_id, path=name, size=size)
+                OpenUpload(
+                    command_id=uuid.uuid4().hex,
+                    run_id=run_id,
+                    path=name,
+                    size=size,
+                    staging=staging,
+                )
             )
             if not isinstance(opened, Opened):
                 raise CairnError(f"unexpected reply {type(opened).__name__} to an upload")
@@ -114,7 +127,21 @@ async def download_file(
 ) -> Path:
     """Download run file ``name`` to ``target``, verifying its digest; returns ``target``."""
     info = (await client.ask(GetRunFile(run_id=run_id, path=name, min_seq=min_seq))).data
-    digest, size = info["digest"], int(info["size"])
+    return await download_blob(
+        client, info["digest"], int(info["size"]), target, name=name, show_progress=show_progress
+    )
+
+
+async def download_blob(
+    client: Client,
+    digest: str,
+    size: int,
+    target: Path,
+    *,
+    name: str = "",
+    show_progress: bool | None = None,
+) -> Path:
+    """Read blob ``digest`` in ranges (several in flight) into ``target``, then check it."""
     subject = query(client.workspace, ReadBlob.NAME)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
@@ -123,7 +150,9 @@ async def download_file(
     try:
         with (
             open(partial, "wb") as out,
-            _bar(size, show_progress if size >= PROGRESS_FROM else False, name) as bar,
+            _bar(
+                size, show_progress if size >= PROGRESS_FROM else False, name or digest[:19]
+            ) as bar,
         ):
             offsets = deque(range(0, size, READ_BYTES))
             in_flight: deque[asyncio.Task[Any]] = deque()
@@ -143,7 +172,7 @@ async def download_file(
                 h.update(msg.data)
                 bar.update(len(msg.data))
         if "sha256:" + h.hexdigest() != digest:
-            raise CairnError(f"downloaded bytes of {name} do not match {digest}")
+            raise CairnError(f"downloaded bytes of {name or digest} do not match {digest}")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

@@ -19,13 +19,16 @@ import traceback
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from cairn.errors import InvalidInput
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._async import AsyncRun, AsyncWorkspace
 from cairn.sdk._metrics import scalar
 from cairn.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from cairn.sdk._models import Model
 
 __all__ = ["Experiment", "OfflineRun", "Run", "Workspace"]
 
@@ -125,6 +128,13 @@ class Workspace:
     @property
     def experiments(self) -> dict[str, Experiment]:
         return {e.name: e for e in Experiment.list(self)}
+
+    @property
+    def models(self) -> dict[str, Model]:
+        """The latest version of every model, by name (read-only)."""
+        from cairn.sdk._models import Model
+
+        return {m.name: m for m in Model.list(self, latest=True)}
 
     def __repr__(self) -> str:
         return f"Workspace(name={self.name!r})"
@@ -305,6 +315,26 @@ class Run:
             self.upload_file(
                 f"{name.rstrip('/')}/{file.relative_to(root).as_posix()}", file, **kwargs
             )
+
+    def register_model(
+        self,
+        model_name: str,
+        model_path: str,
+        tags: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
+        description: str | None = None,
+        model_framework: str | None = None,
+        model_framework_version: str | None = None,
+        **_: Any,
+    ) -> Model:
+        """Register this run's file (or folder) ``model_path`` as the next model version."""
+        from cairn.sdk._models import Model
+
+        return Model._register(
+            self._ws, model_name, model_path, run_id=self.id, tags=tags, properties=properties,
+            description=description, framework=model_framework,
+            framework_version=model_framework_version,
+        )  # fmt: skip
 
     def get_file_names(self) -> list[str]:
         return [f["path"] for f in self._ws._run(self._core.files())]

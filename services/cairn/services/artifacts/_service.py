@@ -38,10 +38,11 @@ _commit_decoder = msgspec.json.Decoder(CommitUpload)
 
 
 class _Upload:
-    def __init__(self, workspace: str, run_id: str, path: str, size: int, tmp: Path) -> None:
-        self.workspace, self.run_id, self.path, self.size, self.tmp = (
-            workspace, run_id, path, size, tmp,
-        )  # fmt: skip
+    def __init__(
+        self, workspace: str, owner: tuple[str, str], path: str, size: int, tmp: Path
+    ) -> None:
+        self.workspace, self.path, self.size, self.tmp = workspace, path, size, tmp
+        self.kind, self.owner = owner  # ("run", run id) or ("staging", staging id)
         self.file = open(tmp, "wb")
         self.hash = hashlib.sha256()
         self.received = 0
@@ -149,10 +150,12 @@ class ArtifactsService:
             raise PayloadTooLarge(
                 f"a run file may hold 0 to {self.settings.max_artifact_bytes} bytes"
             )
-        await self._run_state(req.workspace, cmd.run_id)
+        if not cmd.staging:
+            await self._run_state(req.workspace, cmd.run_id)
         session = uuid.uuid4().hex
         tmp = self.uploads_dir / session
-        self.uploads[session] = _Upload(req.workspace, cmd.run_id, path, cmd.size, tmp)
+        owner = ("staging" if cmd.staging else runs.KIND, cmd.run_id)
+        self.uploads[session] = _Upload(req.workspace, owner, path, cmd.size, tmp)
         return Opened(
             session_id=session, subject=f"{self.session_prefix}.{session}", chunk_bytes=CHUNK_BYTES
         )
@@ -195,15 +198,20 @@ class ArtifactsService:
             actor=_actor(msg.headers),
             correlation_id=cmd.correlation_id,
         )
+
+        def decide(history: list[Any]) -> list[Any]:
+            state = runs.fold(r.envelope.data for r in history)
+            if upload.kind == "staging":  # a staging area exists once something is put in it
+                state = msgspec.structs.replace(state, exists=True, run_id=upload.owner)
+            return runs.decide_commit(state, upload.path, digest, upload.size)
+
         return await execute(
             self.store,
             ctx,
-            kind=runs.KIND,
-            aggregate_id=upload.run_id,
-            subject=subjects.event(upload.workspace, runs.KIND, upload.run_id),
-            decide=lambda h: runs.decide_commit(
-                runs.fold(r.envelope.data for r in h), upload.path, digest, upload.size
-            ),
+            kind=upload.kind,
+            aggregate_id=upload.owner,
+            subject=subjects.event(upload.workspace, upload.kind, upload.owner),
+            decide=decide,
         )
 
     # -- download -------------------------------------------------------------------------

@@ -112,7 +112,9 @@ class TrackingProjection:
                     " WHERE workspace=? AND run_id=?",
                     (json.dumps(values), seq, ws, run_id),
                 )
-            case ArtifactCommitted(run_id=run_id, path=path, digest=digest, size=size):
+            case ArtifactCommitted(run_id=run_id, path=path, digest=digest, size=size) if (
+                env.aggregate_kind == "run"
+            ):
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('files')} VALUES (?,?,?,?,?,?,?,?)",
                     (ws, run_id, path, digest, size, at, env.actor, seq),

@@ -1,0 +1,68 @@
+"""The registry read model: model versions and current aliases, for listing and filtering."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from cairn.projection import EVENTS_SOURCE, Delivered, Tables
+from cairn.proto.events import (
+    Envelope,
+    Event,
+    ModelAliasSet,
+    ModelVersionArchived,
+    ModelVersionRegistered,
+    ModelVersionRestored,
+)
+
+__all__ = ["RegistryProjection"]
+
+
+class RegistryProjection:
+    name = "registry"
+    version = 1
+    tables: tuple[str, ...] = ("models", "aliases")
+    source = EVENTS_SOURCE
+
+    def create(self, db: sqlite3.Connection, t: Tables) -> None:
+        db.execute(
+            f"CREATE TABLE {t('models')} (workspace TEXT, model_id TEXT, name TEXT,"
+            " version INTEGER, description TEXT, tags TEXT, properties TEXT, framework TEXT,"
+            " framework_version TEXT, run_id TEXT, files TEXT, archived INTEGER,"
+            " created_at TEXT, created_by TEXT, seq INTEGER,"
+            " PRIMARY KEY (workspace, model_id, version))"
+        )
+        db.execute(
+            f"CREATE TABLE {t('aliases')} (workspace TEXT, model_id TEXT, alias TEXT,"
+            " version INTEGER, PRIMARY KEY (workspace, model_id, alias))"
+        )
+
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
+        env = item.value
+        if env.aggregate_kind != "model":
+            return
+        key = (env.workspace, env.aggregate_id)
+        match env.data:
+            case ModelVersionRegistered() as ev:
+                files = json.dumps([{"path": f.path, "digest": f.digest, "size": f.size}
+                                    for f in ev.files])  # fmt: skip
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('models')} VALUES"
+                    " (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)",
+                    (*key, ev.name, ev.version, ev.description, json.dumps(ev.tags),
+                     json.dumps(ev.properties), ev.framework, ev.framework_version,
+                     ev.source_run_id, files, env.timestamp.isoformat(), env.actor, item.seq),
+                )  # fmt: skip
+            case ModelAliasSet(alias=alias, version=version):
+                db.execute(
+                    f"INSERT INTO {t('aliases')} VALUES (?,?,?,?) ON CONFLICT"
+                    " (workspace, model_id, alias) DO UPDATE SET version = excluded.version",
+                    (*key, alias, version),
+                )
+            case ModelVersionArchived(version=v) | ModelVersionRestored(version=v):
+                archived = int(isinstance(env.data, ModelVersionArchived))
+                db.execute(
+                    f"UPDATE {t('models')} SET archived = ? WHERE workspace = ? AND model_id = ?"
+                    " AND version = ?",
+                    (archived, *key, v),
+                )

@@ -1,0 +1,229 @@
+"""The registry service: model versions (subject CAS), aliases, archive; queries answered from
+the aggregate itself (exact, and "as of" any sequence or moment) or from the read model
+(listing with tag filters)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from typing import Any
+
+from cairn.bus import CommandContext, Connection, EventStore, Recorded, execute
+from cairn.domain import model, run
+from cairn.errors import InvalidInput, NotFound
+from cairn.projection import ProjectionRunner, Tables
+from cairn.proto import subjects
+from cairn.proto.commands import Accepted, QueryResult
+from cairn.proto.events import ArtifactCommitted, ModelFile
+from cairn.proto.paths import validate_run_path
+from cairn.proto.registry import (
+    ArchiveModelVersion,
+    GetModel,
+    ListModels,
+    ModelLineage,
+    RegisterModelVersion,
+    SetModelAlias,
+)
+from cairn.rpc import Request, Responder
+from cairn.services.registry._projection import RegistryProjection
+from cairn.settings import Settings
+
+__all__ = ["RegistryService", "version_view"]
+
+
+def version_view(state: model.ModelState, version: int) -> dict[str, Any]:
+    ev = state.versions[version]
+    return {
+        "name": ev.name,
+        "version": version,
+        "description": ev.description,
+        "tags": ev.tags,
+        "properties": ev.properties,
+        "framework": ev.framework,
+        "framework_version": ev.framework_version,
+        "run_id": ev.source_run_id,
+        "source_path": ev.source_path,
+        "files": [{"path": f.path, "digest": f.digest, "size": f.size} for f in ev.files],
+        "archived": version in state.archived,
+        "aliases": sorted(a for a, v in state.aliases.items() if v == version),
+    }
+
+
+class RegistryService:
+    name = "registry"
+
+    def __init__(self, conn: Connection, settings: Settings) -> None:
+        self.conn = conn
+        self.store = EventStore(conn)
+        settings.state_path.mkdir(parents=True, exist_ok=True)
+        self.projection = ProjectionRunner(
+            conn, settings.state_path / "registry.sqlite", RegistryProjection()
+        )
+        self._stop_projection = asyncio.Event()
+        self._projection_task: asyncio.Task[None] | None = None
+        commands = (RegisterModelVersion, SetModelAlias, ArchiveModelVersion)
+        self.commands = Responder(
+            conn,
+            subjects=["cairn.cmd.*.model.>"],
+            queue="registry",
+            types=commands,
+            routes={c.VERB: self._command for c in commands},
+        )
+        self.queries = Responder(
+            conn,
+            subjects=["cairn.q.*.model.>"],
+            queue="registry",
+            types=(GetModel, ListModels, ModelLineage),
+            routes={
+                GetModel.NAME: self._get,
+                ListModels.NAME: self._list,
+                ModelLineage.NAME: self._lineage,
+            },
+        )
+
+    async def start(self) -> None:
+        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
+        await self.commands.start()
+        await self.queries.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await self.commands.stop()
+        await self.queries.stop()
+        self._stop_projection.set()
+        if self._projection_task is not None:
+            await self._projection_task
+        self.projection.close()
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def _source_files(self, ws: str, cmd: RegisterModelVersion) -> list[ModelFile]:
+        """The committed files ``cmd.path`` names in its run or staging area: never a URI, a
+        local path or a digest the client made up."""
+        if (cmd.run_id is None) == (cmd.staging_id is None):
+            raise InvalidInput("name exactly one of run_id and staging_id as the source")
+        path = validate_run_path(cmd.path)
+        kind, owner = ("run", cmd.run_id) if cmd.run_id else ("staging", cmd.staging_id)
+        assert owner is not None
+        history = await self.store.read(subjects.event(ws, kind, owner))
+        if kind == "run" and not run.fold(r.envelope.data for r in history).exists:
+            raise NotFound(f"run {owner} does not exist")
+        files = [
+            ModelFile(path=e.path, digest=e.digest, size=e.size)
+            for e in (r.envelope.data for r in history)
+            if isinstance(e, ArtifactCommitted)
+            and (e.path == path or e.path.startswith(path + "/"))
+        ]
+        if not files:
+            raise NotFound(f"no file committed at {path!r} in {kind} {owner}")
+        return files
+
+    async def _command(self, req: Request) -> Accepted:
+        cmd: Any = req.body
+        model_id = subjects.name_to_id(cmd.name)
+        ctx = CommandContext(
+            workspace=req.workspace, command_id=cmd.command_id, actor=req.actor,
+            correlation_id=cmd.correlation_id,
+        )  # fmt: skip
+        if isinstance(cmd, RegisterModelVersion):
+            files = await self._source_files(req.workspace, cmd)
+
+            def decide(h: list[Recorded]) -> list[Any]:
+                return model.decide_register(_fold(h), cmd, files)
+        elif isinstance(cmd, SetModelAlias):
+
+            def decide(h: list[Recorded]) -> list[Any]:
+                return model.decide_alias(_fold(h), cmd)
+        else:
+
+            def decide(h: list[Recorded]) -> list[Any]:
+                return model.decide_archive(_fold(h), cmd)
+
+        return await execute(
+            self.store, ctx, kind=model.KIND, aggregate_id=model_id,
+            subject=subjects.event(req.workspace, model.KIND, model_id), decide=decide,
+            attempts=64,
+        )  # fmt: skip
+
+    # -- queries --------------------------------------------------------------------------
+
+    async def _state(
+        self, ws: str, name: str, as_of_seq: int | None = None, as_of_time: Any = None
+    ) -> tuple[model.ModelState, int]:
+        history = await self.store.read(
+            subjects.event(ws, model.KIND, subjects.name_to_id(name)), up_to_seq=as_of_seq
+        )
+        if as_of_time is not None:
+            history = [r for r in history if r.envelope.timestamp <= as_of_time]
+        if not history:
+            raise NotFound(
+                f"no model called {name!r}" + (" at that point" if as_of_seq or as_of_time else "")
+            )
+        return _fold(history), history[-1].seq
+
+    async def _get(self, req: Request) -> QueryResult:
+        q: GetModel = req.body
+        state, seq = await self._state(req.workspace, q.name, q.as_of_seq, q.as_of_time)
+        version = model.resolve(state, q.name, q.version, q.alias)
+        return QueryResult(seq=seq, data=version_view(state, version))
+
+    async def _lineage(self, req: Request) -> QueryResult:
+        q: ModelLineage = req.body
+        state, seq = await self._state(req.workspace, q.name)
+        view = version_view(state, model.resolve(state, q.name, q.version, None))
+        lineage: dict[str, Any] = {"model": view, "run": None, "datasets": [], "environment": None}
+        if view["run_id"]:
+            history = await self.store.read(subjects.event(req.workspace, run.KIND, view["run_id"]))
+            r = run.fold(e.envelope.data for e in history)
+            lineage["run"] = {"run_id": r.run_id, "experiment_id": r.experiment_id,
+                              "status": r.status.value}  # fmt: skip
+            ev = state.versions[q.version]
+            lineage["datasets"], lineage["environment"] = ev.datasets, ev.environment
+        return QueryResult(seq=seq, data=lineage)
+
+    async def _list(self, req: Request) -> QueryResult:
+        q: ListModels = req.body
+        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
+
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            sql = (
+                f"SELECT m.name, m.version, m.description, m.tags, m.properties, m.framework,"
+                f" m.framework_version, m.run_id, m.archived, m.created_at, m.created_by,"
+                f" (SELECT json_group_array(a.alias) FROM {t('aliases')} a"
+                "   WHERE a.workspace = m.workspace AND a.model_id = m.model_id"
+                "   AND a.version = m.version)"
+                f" FROM {t('models')} m WHERE m.workspace = ?"
+            )
+            args: list[Any] = [req.workspace]
+            if q.name is not None:
+                sql += " AND m.model_id = ?"
+                args.append(subjects.name_to_id(q.name))
+            if not q.include_archived:
+                sql += " AND m.archived = 0"
+            for key, value in q.tags.items():
+                sql += " AND json_extract(m.tags, '$.' || json_quote(?)) = ?"
+                args += [key, value]
+            if q.latest:
+                sql += (f" AND m.version = (SELECT max(version) FROM {t('models')} x"
+                        " WHERE x.workspace = m.workspace AND x.model_id = m.model_id"
+                        + ("" if q.include_archived else " AND x.archived = 0") + ")")  # fmt: skip
+            sql += " ORDER BY m.name, m.version"
+            keys = ("name", "version", "description", "tags", "properties", "framework",
+                    "framework_version", "run_id", "archived", "created_at", "created_by",
+                    "aliases")  # fmt: skip
+            out = []
+            for row in db.execute(sql, args):
+                item = dict(zip(keys, row, strict=True))
+                for k in ("tags", "properties", "aliases"):
+                    item[k] = json.loads(item[k])
+                item["archived"] = bool(item["archived"])
+                out.append(item)
+            return out
+
+        data, seq = self.projection.read(fn)
+        return QueryResult(seq=seq, data=data)
+
+
+def _fold(history: list[Recorded]) -> model.ModelState:
+    return model.fold(r.envelope.data for r in history)

@@ -1,0 +1,111 @@
+"""The model aggregate: one per registered name; versions 1, 2, 3... allocated by the subject
+CAS (two registrations racing get N and N+1, never two N), aliases moved by events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from cairn.domain import fold as fold_events
+from cairn.errors import InvalidInput, NotFound
+from cairn.proto.events import (
+    Event,
+    ModelAliasSet,
+    ModelFile,
+    ModelVersionArchived,
+    ModelVersionRegistered,
+    ModelVersionRestored,
+)
+from cairn.proto.registry import ArchiveModelVersion, RegisterModelVersion, SetModelAlias
+
+__all__ = ["KIND", "ModelState", "decide_alias", "decide_archive", "decide_register", "evolve",
+           "fold", "resolve"]  # fmt: skip
+
+KIND = "model"
+
+
+class ModelState(msgspec.Struct, frozen=True, kw_only=True):
+    versions: dict[int, ModelVersionRegistered] = msgspec.field(default_factory=dict)
+    archived: frozenset[int] = frozenset()
+    aliases: dict[str, int] = msgspec.field(default_factory=dict)
+
+    @property
+    def latest(self) -> int:
+        return max(self.versions, default=0)
+
+
+def evolve(state: ModelState, event: Event) -> ModelState:
+    match event:
+        case ModelVersionRegistered(version=version):
+            return msgspec.structs.replace(state, versions={**state.versions, version: event})
+        case ModelAliasSet(alias=alias, version=version):
+            return msgspec.structs.replace(state, aliases={**state.aliases, alias: version})
+        case ModelVersionArchived(version=version):
+            return msgspec.structs.replace(state, archived=state.archived | {version})
+        case ModelVersionRestored(version=version):
+            return msgspec.structs.replace(state, archived=state.archived - {version})
+    return state
+
+
+def fold(events: Iterable[Event]) -> ModelState:
+    return fold_events(ModelState(), evolve, events)
+
+
+def decide_register(
+    state: ModelState, cmd: RegisterModelVersion, files: list[ModelFile]
+) -> list[Event]:
+    """The next version. ``files`` are the committed files the caller resolved the source to."""
+    return [
+        ModelVersionRegistered(
+            name=cmd.name,
+            version=state.latest + 1,
+            files=files,
+            source_run_id=cmd.run_id,
+            source_path=cmd.path,
+            description=cmd.description,
+            tags=cmd.tags,
+            properties=cmd.properties,
+            framework=cmd.framework,
+            framework_version=cmd.framework_version,
+        )
+    ]
+
+
+def _existing(state: ModelState, name: str, version: int) -> None:
+    if version not in state.versions:
+        raise NotFound(f"model {name!r} has no version {version}")
+
+
+def decide_alias(state: ModelState, cmd: SetModelAlias) -> list[Event]:
+    _existing(state, cmd.name, cmd.version)
+    if cmd.version in state.archived:
+        raise InvalidInput(f"version {cmd.version} of {cmd.name!r} is archived")
+    if state.aliases.get(cmd.alias) == cmd.version:
+        return []
+    return [ModelAliasSet(alias=cmd.alias, version=cmd.version)]
+
+
+def decide_archive(state: ModelState, cmd: ArchiveModelVersion) -> list[Event]:
+    _existing(state, cmd.name, cmd.version)
+    archived = cmd.version in state.archived
+    if cmd.restore:
+        return [ModelVersionRestored(version=cmd.version)] if archived else []
+    if cmd.version in state.aliases.values():
+        raise InvalidInput(f"version {cmd.version} of {cmd.name!r} still has an alias")
+    return [] if archived else [ModelVersionArchived(version=cmd.version)]
+
+
+def resolve(state: ModelState, name: str, version: int | None, alias: str | None) -> int:
+    """A version number from a number, an alias, or neither (the latest not archived)."""
+    if version is not None:
+        _existing(state, name, version)
+        return version
+    if alias is not None:
+        if alias not in state.aliases:
+            raise NotFound(f"model {name!r} has no alias {alias!r}")
+        return state.aliases[alias]
+    live = [v for v in state.versions if v not in state.archived]
+    if not live:
+        raise NotFound(f"no model called {name!r}")
+    return max(live)

@@ -1,0 +1,34 @@
+"""The model registry through the sync SDK, against the real services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cairn.rpc import Client
+from cairn.settings import Settings
+from tests.sdk.test_sync_sdk import run_script, sdk_env
+
+
+async def test_model_registry(client: Client, client_settings: Settings, tmp_path: Path) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    got = await run_script("registry_script.py", "registry", env=env, cwd=tmp_path, timeout=180)
+    assert got["race_versions"] == list(range(1, 21)), "20 racing registrations: 1..20"
+    assert got["race_tags_unique"] == 20
+    assert got["from_run"] == [1, True, "ScikitLearn"]
+    assert got["lineage"] == [True, "Completed", [], None]
+    assert got["download_single"] == "pickled"
+    assert got["download_folder"] == ["model_dir/sub/config.json", "model_dir/weights.bin"]
+    assert got["as_of"] == [1, 2, 3]
+    assert got["alias_now"] == 3 and got["latest"] == 3
+    assert got["latest_after_archive"] == 3
+    assert got["listed"] == [["classifier", 1], ["classifier", 3]]
+    assert got["tag_filter"] == []  # v2 (the only candidate) is archived
+    assert ["classifier", 3] in got["models_mapping"] and ["race", 20] in got["models_mapping"]
+    assert got["refused"] == {
+        "uri": "invalid_name",
+        "absolute": "invalid_name",
+        "digest": "invalid_name",
+        "not committed": "not_found",
+        "control": "invalid_input",
+        "long": "invalid_input",
+    }
