@@ -75,3 +75,28 @@ async def test_errors_are_printed_with_their_code(
     )  # fmt: skip
     _, err = await proc.communicate()
     assert proc.returncode == 1 and b"error [not_found]" in err
+
+
+async def test_model_commands(client: Client, client_settings: Settings, tmp_path: Path) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    (tmp_path / "m.bin").write_bytes(b"model bytes")
+    args = ["model", "register", "cli-model", "m.bin", "--tag", "k=v", "--framework", "Custom"]
+    first = json.loads(await cli(*args, "--json", env=env, cwd=tmp_path))
+    assert (first["version"], first["tags"], first["framework"]) == (1, {"k": "v"}, "Custom")
+    await cli("model", "register", "cli-model", "m.bin", env=env, cwd=tmp_path)
+    assert "cli-model@production -> 1" in await cli(
+        "model", "alias", "cli-model", "production", "1", env=env, cwd=tmp_path
+    )
+    listed = json.loads(
+        await cli("model", "list", "--name", "cli-model", "--json", env=env, cwd=tmp_path)
+    )
+    assert [(m["version"], m["aliases"]) for m in listed] == [(1, ["production"]), (2, [])]
+    table = await cli("model", "list", "--latest", env=env, cwd=tmp_path)
+    assert table.splitlines()[0].split()[:2] == ["NAME", "VERSION"] and "cli-model" in table
+    shown = json.loads(await cli("model", "show", "cli-model", "--alias", "production", "--json",
+                                 env=env, cwd=tmp_path))  # fmt: skip
+    assert shown["version"] == 1 and shown["files"][0]["path"] == "m.bin"
+    out = await cli(
+        "model", "download", "cli-model", "--version", "2", "-o", "got", env=env, cwd=tmp_path
+    )
+    assert (tmp_path / out.strip()).read_bytes() == b"model bytes"

@@ -230,6 +230,105 @@ def run_download(run_id: str, path: str, output: str | None, progress: bool | No
     click.echo(str(got))
 
 
+# -- models ---------------------------------------------------------------------------------
+
+
+def _sync_workspace() -> Any:
+    from cairn.sdk import Workspace
+
+    return Workspace(_settings())
+
+
+_MODEL_COLUMNS = [("name", "NAME"), ("version", "VERSION"), ("aliases", "ALIASES"),
+                  ("framework", "FRAMEWORK"), ("run_id", "RUN"), ("tags", "TAGS")]  # fmt: skip
+
+
+@cli.group()
+def model() -> None:
+    """Registered models: register, list, show, download, alias."""
+
+
+@model.command("register")
+@click.argument("name")
+@click.argument("path")
+@click.option("--run", "run_id", default=None, help="PATH is a file (or folder) of this run")
+@click.option("--description", default="")
+@click.option("--framework", default=None)
+@click.option("--framework-version", default=None)
+@click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
+@_json_option
+def model_register(
+    name: str, path: str, run_id: str | None, description: str, framework: str | None,
+    framework_version: str | None, tags: tuple[str, ...], as_json: bool,
+) -> None:  # fmt: skip
+    """Register PATH (a local file or folder, or with --run a run file) as NAME's next version."""
+    from cairn.sdk import Model
+
+    ws = _sync_workspace()
+    tag_map = dict(t.split("=", 1) for t in tags)
+    if run_id:
+        registered = Model._register(
+            ws, name, path, run_id=run_id, tags=tag_map, description=description,
+            framework=framework, framework_version=framework_version,
+        )  # fmt: skip
+    else:
+        registered = Model.register(
+            ws, path, name, tags=tag_map, description=description,
+            model_framework=framework, model_framework_version=framework_version,
+        )  # fmt: skip
+    _emit(registered._data, as_json, _MODEL_COLUMNS)
+
+
+@model.command("list")
+@click.option("--name", default=None)
+@click.option("--latest", is_flag=True, help="only the latest version of each name")
+@_json_option
+def model_list(name: str | None, latest: bool, as_json: bool) -> None:
+    from cairn.sdk import Model
+
+    rows = [m._data for m in Model.list(_sync_workspace(), name=name, latest=latest)]
+    _emit(rows, as_json, _MODEL_COLUMNS)
+
+
+@model.command("show")
+@click.argument("name")
+@click.option("--version", type=int, default=None)
+@click.option("--alias", default=None)
+@_json_option
+def model_show(name: str, version: int | None, alias: str | None, as_json: bool) -> None:
+    from cairn.sdk import Model
+
+    data = Model(_sync_workspace(), name, version, alias=alias)._data
+    if as_json:
+        _emit(data, True, [])
+        return
+    for key, value in data.items():
+        click.echo(f"{key:<18} {_cell(value) if isinstance(value, (dict, list)) else value}")
+
+
+@model.command("download")
+@click.argument("name")
+@click.option("--version", type=int, default=None)
+@click.option("--alias", default=None)
+@click.option("--output", "-o", default=".", show_default=True)
+def model_download(name: str, version: int | None, alias: str | None, output: str) -> None:
+    from cairn.sdk import Model
+
+    click.echo(Model(_sync_workspace(), name, version, alias=alias).download(output))
+
+
+@model.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+def model_alias(name: str, alias: str, version: int) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    from cairn.sdk import Model
+
+    Model(_sync_workspace(), name, version).set_alias(alias)
+    click.echo(f"{name}@{alias} -> {version}")
+
+
 @cli.command()
 def sync() -> None:
     """Send what training scripts spooled while the bus was unreachable."""

@@ -92,7 +92,12 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(up_home: tuple[Path, in
     )
     report = json.loads(status.stdout)
     assert report["streams"]["EVENTS"]["messages"] >= 11
-    assert [s["service"] for s in report["services"]] == ["artifacts", "ingester", "registry", "tracking"]
+    assert [s["service"] for s in report["services"]] == [
+        "artifacts",
+        "ingester",
+        "registry",
+        "tracking",
+    ]
     assert up.interrupt() == 0
 
     again = Up(home, port, "--demo")
