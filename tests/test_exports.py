@@ -6,6 +6,7 @@ import pytest
 
 PINNED = {
     "cairn.bus": [
+        "AggregateCache",
         "AppendResult",
         "CommandContext",
         "Connection",

@@ -1,11 +1,12 @@
 """The bus: connect, provision, the one append path, aggregate reads, command execution."""
 
 from cairn.bus._connect import Connection, connect
-from cairn.bus._execute import CommandContext, execute
+from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._provision import ensure_stream, provision
 from cairn.bus._store import AppendResult, EventStore, Recorded
 
 __all__ = [
+    "AggregateCache",
     "AppendResult",
     "CommandContext",
     "Connection",

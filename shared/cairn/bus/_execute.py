@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cairn.bus._store import EventStore, Recorded
-from cairn.errors import ConcurrencyConflict
+from cairn.errors import CairnError, ConcurrencyConflict
 from cairn.proto.commands import Accepted
 from cairn.proto.events import Envelope, Event
 
-__all__ = ["CommandContext", "execute"]
+__all__ = ["AggregateCache", "CommandContext", "execute"]
 
 Decide = Callable[[list[Recorded]], list[Event]]
 
@@ -66,6 +68,64 @@ def _already_done(history: list[Recorded], command_id: str) -> Recorded | None:
     return caused[-1] if caused else None
 
 
+class AggregateCache:
+    """Histories of recently used aggregates, per process (least recently used dropped).
+
+    A cached history may be stale: another replica may have appended since. That is safe for
+    writing, because the append carries the cached last sequence and the subject CAS refuses it
+    if anything came after; ``execute`` then reads only the new events and decides again. Used
+    for reading, a caller asks :meth:`refresh` for the events it has not seen.
+    """
+
+    def __init__(self, store: EventStore, size: int = 10_000) -> None:
+        self.store = store
+        self.size = size
+        self._histories: OrderedDict[str, list[Recorded]] = OrderedDict()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def lock(self, subject: str) -> asyncio.Lock:
+        """One writer per aggregate in this process: concurrent commands on one aggregate take
+        turns instead of racing each other into CAS conflicts (other processes still can, and
+        the CAS still settles those)."""
+        lock = self._locks.get(subject)
+        if lock is None:
+            lock = self._locks[subject] = asyncio.Lock()
+        return lock
+
+    def get(self, subject: str) -> list[Recorded] | None:
+        history = self._histories.get(subject)
+        if history is not None:
+            self._histories.move_to_end(subject)
+        return history
+
+    def put(self, subject: str, history: list[Recorded]) -> None:
+        self._histories[subject] = history
+        self._histories.move_to_end(subject)
+        while len(self._histories) > self.size:
+            self._histories.popitem(last=False)
+
+    async def read(
+        self, subject: str, enough: Callable[[list[Recorded]], bool] | None = None
+    ) -> list[Recorded]:
+        """The cached history when ``enough`` says it answers the question (a fact that
+        cannot be undone, such as "this run exists"), else a refreshed one."""
+        history = self.get(subject)
+        if history is not None and enough is not None and enough(history):
+            return history
+        return await self.refresh(subject)
+
+    async def refresh(self, subject: str) -> list[Recorded]:
+        """The cached history plus whatever was appended since (all of it if not cached)."""
+        history = self.get(subject)
+        if history is None:
+            history = await self.store.read(subject)
+        else:
+            after = history[-1].seq if history else 0
+            history = history + await self.store.read(subject, after_seq=after)
+        self.put(subject, history)
+        return history
+
+
 async def execute(
     store: EventStore,
     ctx: CommandContext,
@@ -75,31 +135,66 @@ async def execute(
     subject: str,
     decide: Decide,
     attempts: int = 10,
+    cache: AggregateCache | None = None,
 ) -> Accepted:
     """Decide ``decide(history)`` on the aggregate at ``subject`` and append what it returns.
 
     ``decide`` is pure: it folds the history and returns new events (none: nothing to do), or
-    raises a ``CairnError`` that the caller sends back as an ``ErrorReply``.
+    raises a ``CairnError`` that the caller sends back as an ``ErrorReply``. With a ``cache``,
+    the first attempt decides on the cached history without reading (the CAS catches a stale
+    one); a refusal or a conflict is only believed after a fresh read.
     """
+    if cache is None:
+        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, None)
+    async with cache.lock(subject):
+        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, cache)
+
+
+async def _execute(
+    store: EventStore,
+    ctx: CommandContext,
+    kind: str,
+    aggregate_id: str,
+    subject: str,
+    decide: Decide,
+    attempts: int,
+    cache: AggregateCache | None,
+) -> Accepted:
+    cached = cache.get(subject) if cache is not None else None
+    history = cached if cached is not None else await store.read(subject)
+    fresh = cached is None
     for attempt in range(attempts):
-        history = await store.read(subject)
         done = _already_done(history, ctx.command_id)
-        if done is not None:
+        if done is not None:  # in the log for good, cached or not: the command took effect
             return Accepted(
                 command_id=ctx.command_id, aggregate_id=aggregate_id, seq=done.seq, replayed=True
             )
-        events = decide(history)
-        last = history[-1].seq if history else 0
-        if not events:
-            return Accepted(command_id=ctx.command_id, aggregate_id=aggregate_id, seq=last)
-        envelopes = _envelopes(ctx, kind, aggregate_id, events)
         try:
+            events = decide(history)
+            last = history[-1].seq if history else 0
+            if not events:
+                if not fresh:
+                    raise ConcurrencyConflict("stale cache")
+                return Accepted(command_id=ctx.command_id, aggregate_id=aggregate_id, seq=last)
+            envelopes = _envelopes(ctx, kind, aggregate_id, events)
             result = await store.append(
                 subject, envelopes, expected_seq=last, msg_id=ctx.command_id
             )
-        except ConcurrencyConflict:
-            await asyncio.sleep(random.uniform(0, 0.005 * (2 ** min(attempt, 6))))
+        except CairnError as exc:
+            if fresh and not isinstance(exc, ConcurrencyConflict):
+                raise  # decided on the log as it is: a real refusal
+            if fresh:
+                await asyncio.sleep(random.uniform(0, 0.005 * (2 ** min(attempt, 6))))
+            history = (
+                await cache.refresh(subject) if cache is not None else await store.read(subject)
+            )
+            fresh = True
             continue
+        if cache is not None and not result.duplicate:
+            first = result.seq - len(envelopes) + 1  # an atomic batch is stored contiguously
+            cache.put(subject, history + [
+                Recorded(first + i, subject, env) for i, env in enumerate(envelopes)
+            ])  # fmt: skip
         return Accepted(
             command_id=ctx.command_id,
             aggregate_id=aggregate_id,

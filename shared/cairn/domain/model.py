@@ -7,7 +7,6 @@ from collections.abc import Iterable
 
 import msgspec
 
-from cairn.domain import fold as fold_events
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.events import (
     Event,
@@ -49,7 +48,22 @@ def evolve(state: ModelState, event: Event) -> ModelState:
 
 
 def fold(events: Iterable[Event]) -> ModelState:
-    return fold_events(ModelState(), evolve, events)
+    """The same state as folding ``evolve`` over ``events``, built in one pass: a model can
+    have thousands of versions, and copying its dictionaries per event would be quadratic."""
+    versions: dict[int, ModelVersionRegistered] = {}
+    aliases: dict[str, int] = {}
+    archived: set[int] = set()
+    for event in events:
+        match event:
+            case ModelVersionRegistered(version=version):
+                versions[version] = event
+            case ModelAliasSet(alias=alias, version=version):
+                aliases[alias] = version
+            case ModelVersionArchived(version=version):
+                archived.add(version)
+            case ModelVersionRestored(version=version):
+                archived.discard(version)
+    return ModelState(versions=versions, archived=frozenset(archived), aliases=aliases)
 
 
 def decide_register(

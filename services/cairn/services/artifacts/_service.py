@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.bus import CommandContext, Connection, EventStore, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, execute
 from cairn.domain import run as runs
 from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge
 from cairn.log import get_logger
@@ -72,6 +72,7 @@ class ArtifactsService:
         self.settings = settings
         self.instance = uuid.uuid4().hex[:16]
         self.store = EventStore(conn)
+        self.cache = AggregateCache(self.store)
         self.blobs: BlobStore | None = None
         self.uploads_dir = settings.state_path / "uploads"
         self.uploads: dict[str, _Upload] = {}
@@ -137,7 +138,7 @@ class ArtifactsService:
     # -- upload ---------------------------------------------------------------------------
 
     async def _run_state(self, ws: str, run_id: str) -> runs.RunState:
-        history = await self.store.read(subjects.event(ws, runs.KIND, run_id))
+        history = await self.cache.read(subjects.event(ws, runs.KIND, run_id), bool)
         state = runs.fold(r.envelope.data for r in history)
         if not state.exists:
             raise NotFound(f"run {run_id} does not exist")
@@ -212,6 +213,7 @@ class ArtifactsService:
             aggregate_id=upload.owner,
             subject=subjects.event(upload.workspace, upload.kind, upload.owner),
             decide=decide,
+            cache=self.cache,
         )
 
     # -- download -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import json
 import sqlite3
 from typing import Any
 
-from cairn.bus import CommandContext, Connection, EventStore, Recorded, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
 from cairn.domain import model, run
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import ProjectionRunner, Tables
@@ -56,6 +56,7 @@ class RegistryService:
     def __init__(self, conn: Connection, settings: Settings) -> None:
         self.conn = conn
         self.store = EventStore(conn)
+        self.cache = AggregateCache(self.store)
         settings.state_path.mkdir(parents=True, exist_ok=True)
         self.projection = ProjectionRunner(
             conn, settings.state_path / "registry.sqlite", RegistryProjection()
@@ -143,7 +144,7 @@ class RegistryService:
         return await execute(
             self.store, ctx, kind=model.KIND, aggregate_id=model_id,
             subject=subjects.event(req.workspace, model.KIND, model_id), decide=decide,
-            attempts=64,
+            attempts=64, cache=self.cache,
         )  # fmt: skip
 
     # -- queries --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any
 
-from cairn.bus import CommandContext, Connection, EventStore, Recorded, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import ProjectionRunner, Tables
@@ -45,6 +45,11 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
+def _exists(history: list[Recorded]) -> bool:
+    """Workspaces, experiments and runs are never deleted: once seen, they exist."""
+    return bool(history)
+
+
 def _events(history: list[Recorded]) -> list[Event]:
     return [r.envelope.data for r in history]
 
@@ -55,6 +60,7 @@ class TrackingService:
     def __init__(self, conn: Connection, settings: Settings) -> None:
         self.conn = conn
         self.store = EventStore(conn)
+        self.cache = AggregateCache(self.store)
         settings.state_path.mkdir(parents=True, exist_ok=True)
         self.projection = ProjectionRunner(
             conn, settings.state_path / "tracking.sqlite", TrackingProjection()
@@ -100,7 +106,7 @@ class TrackingService:
     # -- commands -------------------------------------------------------------------------
 
     async def _require_workspace(self, ws: str) -> None:
-        history = await self.store.read(subjects.event(ws, workspace.KIND, ws))
+        history = await self.cache.read(subjects.event(ws, workspace.KIND, ws), _exists)
         if not workspace.fold(_events(history)).exists:
             raise NotFound(f"workspace {ws} does not exist")
 
@@ -121,6 +127,7 @@ class TrackingService:
                 kind=workspace.KIND,
                 aggregate_id=cmd.name,
                 subject=subjects.event(cmd.name, workspace.KIND, cmd.name),
+                cache=self.cache,
                 decide=lambda h: workspace.decide(workspace.fold(_events(h)), cmd),
             )
         await self._require_workspace(req.workspace)
@@ -132,6 +139,7 @@ class TrackingService:
                 kind=experiment.KIND,
                 aggregate_id=eid,
                 subject=subjects.event(req.workspace, experiment.KIND, eid),
+                cache=self.cache,
                 decide=lambda h: experiment.decide(experiment.fold(_events(h)), cmd),
             )
         experiment_id = ""
@@ -143,16 +151,17 @@ class TrackingService:
             kind=run.KIND,
             aggregate_id=cmd.run_id,
             subject=subjects.event(req.workspace, run.KIND, cmd.run_id),
+            cache=self.cache,
             decide=lambda h: run.decide(run.fold(_events(h)), cmd, experiment_id=experiment_id),
         )
 
     async def _check_run_parents(self, ws: str, cmd: CreateRun) -> str:
         eid = subjects.name_to_id(cmd.experiment_name)
-        history = await self.store.read(subjects.event(ws, experiment.KIND, eid))
+        history = await self.cache.read(subjects.event(ws, experiment.KIND, eid), _exists)
         if not experiment.fold(_events(history)).exists:
             raise NotFound(f"experiment {cmd.experiment_name!r} does not exist")
         if cmd.parent_run_id is not None:
-            parent = await self.store.read(subjects.event(ws, run.KIND, cmd.parent_run_id))
+            parent = await self.cache.read(subjects.event(ws, run.KIND, cmd.parent_run_id), _exists)
             if not run.fold(_events(parent)).exists:
                 raise NotFound(f"parent run {cmd.parent_run_id} does not exist")
         return eid
