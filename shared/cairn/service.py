@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from cairn.bus import Connection, connect, provision
+from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
 from cairn.log import get_logger
-from cairn.rpc import answer_pings
+from cairn.projection import Projection, ProjectionRunner, Tables
+from cairn.proto.commands import QueryResult
+from cairn.rpc import Request, Responder, answer_pings
 from cairn.settings import Settings
 
-__all__ = ["Service", "ServiceFactory", "install_stop_signals", "run_services"]
+__all__ = [
+    "ProjectedService",
+    "Service",
+    "ServiceFactory",
+    "install_stop_signals",
+    "run_services",
+]
 
 log = get_logger("cairn.service")
 
@@ -66,3 +74,44 @@ async def run_services(
     finally:
         log.info("services_stopping")
         await conn.close()
+
+
+class ProjectedService:
+    """The shape of a service that answers from a read model: responders (commands, queries)
+    plus one projection following its stream, an event store and an aggregate cache.
+    Subclasses set ``name`` and fill ``responders`` in their ``__init__``."""
+
+    name = "service"
+
+    def __init__(self, conn: Connection, settings: Settings, projection: Projection[Any]) -> None:
+        self.conn = conn
+        self.store = EventStore(conn)
+        self.cache = AggregateCache(self.store)
+        settings.state_path.mkdir(parents=True, exist_ok=True)
+        self.projection = ProjectionRunner(
+            conn, settings.state_path / f"{projection.name}.sqlite", projection
+        )
+        self.responders: list[Responder] = []
+        self._stop_projection = asyncio.Event()
+        self._projection_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
+        for responder in self.responders:
+            await responder.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        for responder in self.responders:
+            await responder.stop()
+        self._stop_projection.set()
+        if self._projection_task is not None:
+            await self._projection_task
+        self.projection.close()
+
+    async def read(self, req: Request, fn: Callable[[Any, Tables], Any]) -> QueryResult:
+        """Answer a query from the read model once it has applied the query's ``min_seq``."""
+        q = req.body
+        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
+        data, seq = self.projection.read(fn)
+        return QueryResult(seq=seq, data=data)

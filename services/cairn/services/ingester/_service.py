@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from collections import OrderedDict
@@ -13,12 +12,13 @@ import msgspec
 from cairn.bus import Connection, EventStore
 from cairn.domain import run
 from cairn.errors import NotFound
-from cairn.projection import ProjectionRunner, Tables
+from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricsLogged
 from cairn.proto.streams import METRICS
 from cairn.rpc import Request, Responder
+from cairn.service import ProjectedService
 from cairn.services.ingester._projection import MetricsProjection, stored_value
 from cairn.services.ingester._validate import validate_batch
 from cairn.settings import Settings
@@ -31,29 +31,22 @@ MAX_PAGE = 200_000
 _encoder = msgspec.json.Encoder()
 
 
-class IngesterService:
+class IngesterService(ProjectedService):
     name = "ingester"
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
-        self.conn = conn
+        super().__init__(conn, settings, MetricsProjection())
         self.policy = settings.metrics_nonfinite
-        self.events = EventStore(conn)
         self.metrics = EventStore(conn, stream=METRICS["name"])
-        settings.state_path.mkdir(parents=True, exist_ok=True)
-        self.projection = ProjectionRunner(
-            conn, settings.state_path / "metrics.sqlite", MetricsProjection()
-        )
         self._experiments: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._stop_projection = asyncio.Event()
-        self._projection_task: asyncio.Task[None] | None = None
-        self.commands = Responder(
+        commands = Responder(
             conn,
             subjects=["cairn.cmd.*.metrics.>"],
             queue="ingester",
             types=(LogMetrics,),
             routes={LogMetrics.VERB: self._log},
         )
-        self.queries = Responder(
+        queries = Responder(
             conn,
             subjects=["cairn.q.*.metrics.>"],
             queue="ingester",
@@ -64,25 +57,12 @@ class IngesterService:
                 CompareMetric.NAME: self._compare,
             },
         )
-
-    async def start(self) -> None:
-        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
-        await self.commands.start()
-        await self.queries.start()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        await self.commands.stop()
-        await self.queries.stop()
-        self._stop_projection.set()
-        if self._projection_task is not None:
-            await self._projection_task
-        self.projection.close()
+        self.responders = [commands, queries]
 
     async def _experiment_of(self, ws: str, run_id: str) -> str:
         key = (ws, run_id)
         if key not in self._experiments:
-            history = await self.events.read(subjects.event(ws, run.KIND, run_id))
+            history = await self.store.read(subjects.event(ws, run.KIND, run_id))
             state = run.fold(r.envelope.data for r in history)
             if not state.exists:
                 raise NotFound(f"run {run_id} does not exist")
@@ -116,20 +96,14 @@ class IngesterService:
 
     # -- queries --------------------------------------------------------------------------
 
-    async def _read(self, req: Request, fn: Any) -> QueryResult:
-        q = req.body
-        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
-        data, seq = self.projection.read(fn)
-        return QueryResult(seq=seq, data=data)
-
     async def _get_metrics(self, req: Request) -> QueryResult:
         q: GetMetrics = req.body
-        return await self._read(req, lambda db, t: _azure_metrics(db, t, req.workspace, q))
+        return await self.read(req, lambda db, t: _azure_metrics(db, t, req.workspace, q))
 
     async def _history(self, req: Request) -> QueryResult:
         q: MetricHistory = req.body
         budget = int(self.conn.max_payload * 0.7)  # a page stays well under the message limit
-        return await self._read(req, lambda db, t: _history(db, t, req.workspace, q, budget))
+        return await self.read(req, lambda db, t: _history(db, t, req.workspace, q, budget))
 
     async def _compare(self, req: Request) -> QueryResult:
         q: CompareMetric = req.body
@@ -145,7 +119,7 @@ class IngesterService:
                 dict(zip(keys, (r[0], r[1], json.loads(r[2]), *r[3:]), strict=True)) for r in rows
             ]
 
-        return await self._read(req, fn)
+        return await self.read(req, fn)
 
 
 def _azure_metrics(

@@ -4,15 +4,14 @@ the aggregate itself (exact, and "as of" any sequence or moment) or from the rea
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from typing import Any
 
-from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
+from cairn.bus import CommandContext, Connection, Recorded, execute
 from cairn.domain import model, run
 from cairn.errors import InvalidInput, NotFound
-from cairn.projection import ProjectionRunner, Tables
+from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.events import ArtifactCommitted, ModelFile
@@ -26,6 +25,7 @@ from cairn.proto.registry import (
     SetModelAlias,
 )
 from cairn.rpc import Request, Responder
+from cairn.service import ProjectedService
 from cairn.services.registry._projection import RegistryProjection
 from cairn.settings import Settings
 
@@ -50,28 +50,20 @@ def version_view(state: model.ModelState, version: int) -> dict[str, Any]:
     }
 
 
-class RegistryService:
+class RegistryService(ProjectedService):
     name = "registry"
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
-        self.conn = conn
-        self.store = EventStore(conn)
-        self.cache = AggregateCache(self.store)
-        settings.state_path.mkdir(parents=True, exist_ok=True)
-        self.projection = ProjectionRunner(
-            conn, settings.state_path / "registry.sqlite", RegistryProjection()
-        )
-        self._stop_projection = asyncio.Event()
-        self._projection_task: asyncio.Task[None] | None = None
-        commands = (RegisterModelVersion, SetModelAlias, ArchiveModelVersion)
-        self.commands = Responder(
+        super().__init__(conn, settings, RegistryProjection())
+        types = (RegisterModelVersion, SetModelAlias, ArchiveModelVersion)
+        commands = Responder(
             conn,
             subjects=["cairn.cmd.*.model.>"],
             queue="registry",
-            types=commands,
-            routes={c.VERB: self._command for c in commands},
+            types=types,
+            routes={c.VERB: self._command for c in types},
         )
-        self.queries = Responder(
+        queries = Responder(
             conn,
             subjects=["cairn.q.*.model.>"],
             queue="registry",
@@ -82,20 +74,7 @@ class RegistryService:
                 ModelLineage.NAME: self._lineage,
             },
         )
-
-    async def start(self) -> None:
-        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
-        await self.commands.start()
-        await self.queries.start()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        await self.commands.stop()
-        await self.queries.stop()
-        self._stop_projection.set()
-        if self._projection_task is not None:
-            await self._projection_task
-        self.projection.close()
+        self.responders = [commands, queries]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -185,7 +164,6 @@ class RegistryService:
 
     async def _list(self, req: Request) -> QueryResult:
         q: ListModels = req.body
-        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
 
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             sql = (
@@ -222,8 +200,7 @@ class RegistryService:
                 out.append(item)
             return out
 
-        data, seq = self.projection.read(fn)
-        return QueryResult(seq=seq, data=data)
+        return await self.read(req, fn)
 
 
 def _fold(history: list[Recorded]) -> model.ModelState:

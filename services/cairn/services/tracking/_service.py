@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from typing import Any
 
-from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
+from cairn.bus import CommandContext, Connection, Recorded, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, NotFound
-from cairn.projection import ProjectionRunner, Tables
+from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.commands import (
@@ -26,6 +25,7 @@ from cairn.proto.commands import (
 )
 from cairn.proto.events import Event
 from cairn.rpc import Request, Responder
+from cairn.service import ProjectedService
 from cairn.services.tracking._projection import TrackingProjection
 from cairn.settings import Settings
 
@@ -54,28 +54,20 @@ def _events(history: list[Recorded]) -> list[Event]:
     return [r.envelope.data for r in history]
 
 
-class TrackingService:
+class TrackingService(ProjectedService):
     name = "tracking"
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
-        self.conn = conn
-        self.store = EventStore(conn)
-        self.cache = AggregateCache(self.store)
-        settings.state_path.mkdir(parents=True, exist_ok=True)
-        self.projection = ProjectionRunner(
-            conn, settings.state_path / "tracking.sqlite", TrackingProjection()
-        )
-        self._stop_projection = asyncio.Event()
-        self._projection_task: asyncio.Task[None] | None = None
+        super().__init__(conn, settings, TrackingProjection())
         types = COMMAND_TYPES
-        self.commands = Responder(
+        commands = Responder(
             conn,
             subjects=[f"cairn.cmd.*.{area}.>" for area in ("workspace", "experiment", "run")],
             queue="tracking",
             types=types,
             routes={t.VERB: self._command for t in types},
         )
-        self.queries = Responder(
+        queries = Responder(
             conn,
             subjects=[f"cairn.q.*.{area}.>" for area in ("experiment", "run", "artifact")],
             queue="tracking",
@@ -88,20 +80,7 @@ class TrackingService:
                 GetRunFile.NAME: self._get_file,
             },
         )
-
-    async def start(self) -> None:
-        self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
-        await self.commands.start()
-        await self.queries.start()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        await self.commands.stop()
-        await self.queries.stop()
-        self._stop_projection.set()
-        if self._projection_task is not None:
-            await self._projection_task
-        self.projection.close()
+        self.responders = [commands, queries]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -168,12 +147,6 @@ class TrackingService:
 
     # -- queries --------------------------------------------------------------------------
 
-    async def _read(self, req: Request, fn: Any) -> QueryResult:
-        q = req.body
-        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
-        data, seq = self.projection.read(fn)
-        return QueryResult(seq=seq, data=data)
-
     async def _list_experiments(self, req: Request) -> QueryResult:
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             rows = db.execute(
@@ -186,7 +159,7 @@ class TrackingService:
             keys = ("experiment_id", "name", "created_at", "created_by", "runs")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
-        return await self._read(req, fn)
+        return await self.read(req, fn)
 
     async def _list_runs(self, req: Request) -> QueryResult:
         q: ListRuns = req.body
@@ -201,7 +174,7 @@ class TrackingService:
             args.append(max(1, min(q.limit, 10_000)))
             return [_run_row(row) for row in db.execute(sql, args)]
 
-        return await self._read(req, fn)
+        return await self.read(req, fn)
 
     async def _get_run(self, req: Request) -> QueryResult:
         q: GetRun = req.body
@@ -213,7 +186,7 @@ class TrackingService:
             ).fetchone()
             return _run_row(row) if row else None
 
-        result = await self._read(req, fn)
+        result = await self.read(req, fn)
         if result.data is None:
             raise NotFound(f"run {q.run_id} does not exist")
         return result
@@ -229,7 +202,7 @@ class TrackingService:
             )
             return [dict(zip(_FILE_COLUMNS, row, strict=True)) for row in rows]
 
-        return await self._read(req, fn)
+        return await self.read(req, fn)
 
     async def _get_file(self, req: Request) -> QueryResult:
         q: GetRunFile = req.body
@@ -242,7 +215,7 @@ class TrackingService:
             ).fetchone()
             return dict(zip(_FILE_COLUMNS, row, strict=True)) if row else None
 
-        result = await self._read(req, fn)
+        result = await self.read(req, fn)
         if result.data is None:
             raise NotFound(f"run {q.run_id} has no file {q.path!r}")
         return result
