@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     artifacts_dir: str | None = None
     artifact_s3: S3Config | None = None
     max_artifact_bytes: int = 100 * 1024**3
+    roles_file: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 

@@ -21,12 +21,15 @@ from typing import Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
+from cairn.proto.assets import AssetSpec
 from cairn.proto.errors import UnknownMessageType
 
 __all__ = [
     "EVENT_TYPES",
     "UPCASTERS",
     "ArtifactCommitted",
+    "AssetDeleted",
+    "AssetRegistered",
     "Envelope",
     "Event",
     "ExperimentCreated",
@@ -185,6 +188,23 @@ class ModelVersionRestored(Event, frozen=True, kw_only=True):
     version: int
 
 
+class AssetRegistered(Event, frozen=True, kw_only=True):
+    """Version ``version`` of an environment, datastore or compute target (the aggregate kind
+    says which); ``spec_hash`` is the SHA-256 of the normalised spec."""
+
+    KIND = "asset"
+    name: Name
+    version: int
+    spec: AssetSpec
+    spec_hash: str
+    description: Text = ""
+
+
+class AssetDeleted(Event, frozen=True, kw_only=True):
+    KIND = "asset"
+    name: Name
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -202,6 +222,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelAliasSet,
         ModelVersionArchived,
         ModelVersionRestored,
+        AssetRegistered,
+        AssetDeleted,
     )
 }
 

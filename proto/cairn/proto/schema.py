@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, metrics, registry
+from cairn.proto import artifacts, assets, metrics, registry
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -41,6 +41,15 @@ def _schema(cls: Any, title: str) -> dict[str, Any]:
     }
 
 
+def assets_commands() -> tuple[type[Command], ...]:
+    return (
+        assets.RegisterEnvironment,
+        assets.RegisterDatastore,
+        assets.CreateCompute,
+        assets.DeleteCompute,
+    )
+
+
 def generate() -> dict[str, str]:
     """File name -> JSON text for every message."""
     out: dict[str, Any] = {"envelope.json": _schema(Envelope[dict[str, Any]], "Envelope")}
@@ -66,6 +75,8 @@ def generate() -> dict[str, str]:
         registry.GetModel,
         registry.ListModels,
         registry.ModelLineage,
+        assets.GetAsset,
+        assets.ListAssets,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     for cmd in commands:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
+
+import msgspec
 
 from cairn.projection import EVENTS_SOURCE, Delivered, Tables
+from cairn.proto.assets import ASSET_KINDS, AssetSpec, DatastoreSpec
 from cairn.proto.events import (
+    AssetDeleted,
+    AssetRegistered,
     Envelope,
     Event,
     ModelAliasSet,
@@ -15,13 +21,13 @@ from cairn.proto.events import (
     ModelVersionRestored,
 )
 
-__all__ = ["RegistryProjection"]
+__all__ = ["RegistryProjection", "public_spec"]
 
 
 class RegistryProjection:
     name = "registry"
-    version = 1
-    tables: tuple[str, ...] = ("models", "aliases")
+    version = 2
+    tables: tuple[str, ...] = ("models", "aliases", "assets")
     source = EVENTS_SOURCE
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
@@ -36,9 +42,17 @@ class RegistryProjection:
             f"CREATE TABLE {t('aliases')} (workspace TEXT, model_id TEXT, alias TEXT,"
             " version INTEGER, PRIMARY KEY (workspace, model_id, alias))"
         )
+        db.execute(
+            f"CREATE TABLE {t('assets')} (workspace TEXT, kind TEXT, asset_id TEXT, name TEXT,"
+            " version INTEGER, spec TEXT, description TEXT, deleted INTEGER, created_at TEXT,"
+            " created_by TEXT, PRIMARY KEY (workspace, kind, asset_id, version))"
+        )
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
         env = item.value
+        if env.aggregate_kind in ASSET_KINDS:
+            self._apply_asset(db, t, env)
+            return
         if env.aggregate_kind != "model":
             return
         key = (env.workspace, env.aggregate_id)
@@ -66,3 +80,27 @@ class RegistryProjection:
                     " AND version = ?",
                     (archived, *key, v),
                 )
+
+    def _apply_asset(self, db: sqlite3.Connection, t: Tables, env: Envelope[Event]) -> None:
+        key = (env.workspace, env.aggregate_kind, env.aggregate_id)
+        match env.data:
+            case AssetRegistered() as ev:
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('assets')} VALUES (?,?,?,?,?,?,?,0,?,?)",
+                    (*key, ev.name, ev.version, json.dumps(public_spec(ev.spec)),
+                     ev.description, env.timestamp.isoformat(), env.actor),
+                )  # fmt: skip
+            case AssetDeleted():
+                db.execute(
+                    f"UPDATE {t('assets')} SET deleted = 1 WHERE workspace=? AND kind=?"
+                    " AND asset_id=?",
+                    key,
+                )
+
+
+def public_spec(spec: AssetSpec) -> dict[str, Any]:
+    """A spec as replies show it: sealed credentials replaced by whether there are any."""
+    out: dict[str, Any] = msgspec.to_builtins(spec)
+    if isinstance(spec, DatastoreSpec):
+        out["has_credentials"] = out.pop("sealed_credentials", None) is not None
+    return out

@@ -13,6 +13,7 @@ from cairn.domain import model, run
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import Tables
 from cairn.proto import subjects
+from cairn.proto.assets import ASSET_KINDS, GetAsset, ListAssets
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.events import ArtifactCommitted, ModelFile
 from cairn.proto.paths import validate_run_path
@@ -26,6 +27,7 @@ from cairn.proto.registry import (
 )
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
+from cairn.services.registry._assets import ASSET_COMMANDS, AssetHandlers
 from cairn.services.registry._projection import RegistryProjection
 from cairn.settings import Settings
 
@@ -55,6 +57,7 @@ class RegistryService(ProjectedService):
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, RegistryProjection())
+        self.assets = AssetHandlers(self.store, self.cache, settings)
         types = (RegisterModelVersion, SetModelAlias, ArchiveModelVersion)
         commands = Responder(
             conn,
@@ -62,6 +65,20 @@ class RegistryService(ProjectedService):
             queue="registry",
             types=types,
             routes={c.VERB: self._command for c in types},
+        )
+        asset_commands = Responder(
+            conn,
+            subjects=[f"cairn.cmd.*.{kind}.>" for kind in ASSET_KINDS],
+            queue="registry",
+            types=ASSET_COMMANDS,
+            routes={c.VERB: self.assets.command for c in ASSET_COMMANDS},
+        )
+        asset_queries = Responder(
+            conn,
+            subjects=["cairn.q.*.asset.>"],
+            queue="registry",
+            types=(GetAsset, ListAssets),
+            routes={GetAsset.NAME: self._get_asset, ListAssets.NAME: self._list_assets},
         )
         queries = Responder(
             conn,
@@ -74,7 +91,7 @@ class RegistryService(ProjectedService):
                 ModelLineage.NAME: self._lineage,
             },
         )
-        self.responders = [commands, queries]
+        self.responders = [commands, queries, asset_commands, asset_queries]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -161,6 +178,13 @@ class RegistryService(ProjectedService):
             ev = state.versions[q.version]
             lineage["datasets"], lineage["environment"] = ev.datasets, ev.environment
         return QueryResult(seq=seq, data=lineage)
+
+    async def _get_asset(self, req: Request) -> QueryResult:
+        data, seq = await self.assets.get(req)
+        return QueryResult(seq=seq, data=data)
+
+    async def _list_assets(self, req: Request) -> QueryResult:
+        return await self.read(req, lambda db, t: self.assets.list(req, db, t))
 
     async def _list(self, req: Request) -> QueryResult:
         q: ListModels = req.body

@@ -1,0 +1,112 @@
+"""Workspace assets other than models: environments, datastores and compute targets.
+
+Each asset is an aggregate per name (``cairn.ev.<ws>.<kind>.<id>``) whose events are
+``AssetRegistered`` (a new version of its spec) and ``AssetDeleted``. Datastore credentials
+never appear here in clear: the registry seals them with the workspace key before they reach an
+event, and replies show only whether a datastore has any.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from cairn.proto._base import Id, Name, TagKey, TagValue, Text
+from cairn.proto.commands import Command, Query
+
+__all__ = [
+    "ASSET_KINDS",
+    "CURATED_PREFIX",
+    "AssetSpec",
+    "ComputeSpec",
+    "CreateCompute",
+    "DatastoreSpec",
+    "DeleteCompute",
+    "EnvironmentSpec",
+    "GetAsset",
+    "ListAssets",
+    "RegisterDatastore",
+    "RegisterEnvironment",
+]
+
+ASSET_KINDS = ("environment", "datastore", "compute")
+#: names under this prefix are the curated environments; users cannot register them
+CURATED_PREFIX = "cairn-"
+
+
+class EnvironmentSpec(msgspec.Struct, frozen=True, kw_only=True, tag="environment"):
+    python: Name | None = None
+    pip: list[Text] = msgspec.field(default_factory=list)
+    conda: list[Text] = msgspec.field(default_factory=list)
+    channels: list[Text] = msgspec.field(default_factory=list)
+    env_vars: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    docker_image: Text | None = None
+
+
+class DatastoreSpec(msgspec.Struct, frozen=True, kw_only=True, tag="datastore"):
+    kind: Literal["local", "s3"]
+    path: Text | None = None
+    endpoint_url: Text | None = None
+    bucket: Text | None = None
+    prefix: Text = ""
+    region: Text | None = None
+    #: a Fernet token of the credentials under the workspace key; never the credentials
+    sealed_credentials: str | None = None
+
+
+class ComputeSpec(msgspec.Struct, frozen=True, kw_only=True, tag="compute"):
+    kind: Literal["local", "cluster", "instance", "attached"]
+    min_nodes: int = 0
+    max_nodes: int = 1
+    vm_size: Text | None = None
+    labels: list[Id] = msgspec.field(default_factory=list)
+
+
+AssetSpec = EnvironmentSpec | DatastoreSpec | ComputeSpec
+
+
+class RegisterEnvironment(Command, frozen=True, kw_only=True, tag=True):
+    """A new version when the spec differs from the latest; the same spec again is a no-op."""
+
+    VERB = "environment.register"
+    name: Name
+    spec: EnvironmentSpec
+    description: Text = ""
+
+
+class RegisterDatastore(Command, frozen=True, kw_only=True, tag=True):
+    """``credentials`` (e.g. access and secret keys) travel in this request only; the registry
+    seals them before anything is stored."""
+
+    VERB = "datastore.register"
+    name: Id
+    spec: DatastoreSpec
+    credentials: dict[TagKey, TagValue] | None = None
+    description: Text = ""
+
+
+class CreateCompute(Command, frozen=True, kw_only=True, tag=True):
+    """Only actors with the compute-operator role may create or delete compute targets."""
+
+    VERB = "compute.create"
+    name: Id
+    spec: ComputeSpec
+    description: Text = ""
+
+
+class DeleteCompute(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "compute.delete"
+    name: Id
+
+
+class GetAsset(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "asset.get"
+    asset_kind: Literal["environment", "datastore", "compute"]
+    name: Name
+    version: int | None = None
+
+
+class ListAssets(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "asset.list"
+    asset_kind: Literal["environment", "datastore", "compute"]

@@ -1,0 +1,152 @@
+"""Environments, datastores and compute targets in the registry service."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from cairn.bus import AggregateCache, CommandContext, EventStore, Recorded, execute
+from cairn.domain import asset
+from cairn.errors import InvalidInput, NotFound
+from cairn.projection import Tables
+from cairn.proto import subjects
+from cairn.proto.assets import (
+    CURATED_PREFIX,
+    AssetSpec,
+    ComputeSpec,
+    CreateCompute,
+    DatastoreSpec,
+    DeleteCompute,
+    EnvironmentSpec,
+    GetAsset,
+    ListAssets,
+    RegisterDatastore,
+    RegisterEnvironment,
+)
+from cairn.proto.commands import Accepted
+from cairn.rpc import Request
+from cairn.secrets import require_role, seal
+from cairn.services.registry._projection import public_spec
+from cairn.settings import Settings
+
+__all__ = ["ASSET_COMMANDS", "AssetHandlers", "builtin_assets"]
+
+ASSET_COMMANDS = (RegisterEnvironment, RegisterDatastore, CreateCompute, DeleteCompute)
+COMPUTE_OPERATORS = "compute_operators"
+
+#: curated environments every workspace has (users cannot register the prefix)
+CURATED: dict[str, EnvironmentSpec] = {
+    "cairn-python-3.11": EnvironmentSpec(python="3.11"),
+    "cairn-sklearn": EnvironmentSpec(python="3.11", pip=["scikit-learn", "pandas", "numpy"]),
+}
+
+
+def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpec]:
+    """What every workspace has without registering it: curated environments, the two
+    default datastores (local folders under ``$CAIRN_HOME/datastores/<ws>``), local compute."""
+    if kind == "environment":
+        return dict(CURATED)
+    if kind == "datastore":
+        root = settings.home_path / "datastores" / ws
+        return {
+            "workspaceblobstore": DatastoreSpec(kind="local", path=str(root / "blob")),
+            "workspacefilestore": DatastoreSpec(kind="local", path=str(root / "file")),
+        }
+    return {"local": asset_spec_local()}
+
+
+def asset_spec_local() -> AssetSpec:
+    return ComputeSpec(kind="local", max_nodes=1)
+
+
+def _view(
+    name: str, version: int, spec: AssetSpec, builtin: bool, description: str = ""
+) -> dict[str, Any]:
+    return {"name": name, "version": version, "spec": public_spec(spec),
+            "description": description, "builtin": builtin}  # fmt: skip
+
+
+class AssetHandlers:
+    def __init__(self, store: EventStore, cache: AggregateCache, settings: Settings) -> None:
+        self.store, self.cache, self.settings = store, cache, settings
+
+    async def command(self, req: Request) -> Accepted:
+        cmd: Any = req.body
+        kind = cmd.VERB.split(".")[0]
+        spec: AssetSpec | None = getattr(cmd, "spec", None)
+        if isinstance(cmd, RegisterEnvironment) and cmd.name.startswith(CURATED_PREFIX):
+            raise InvalidInput(
+                f"the {CURATED_PREFIX!r} prefix is reserved for curated environments"
+            )
+        if isinstance(cmd, (CreateCompute, DeleteCompute)):
+            require_role(self.settings, req.actor, COMPUTE_OPERATORS)
+        if isinstance(cmd, RegisterDatastore):
+            if cmd.spec.kind == "s3" and not cmd.spec.bucket:
+                raise InvalidInput("an S3 datastore needs a bucket")
+            if cmd.spec.kind == "local" and not cmd.spec.path:
+                raise InvalidInput("a local datastore needs a path")
+            sealed = (
+                seal(self.settings, req.workspace, cmd.credentials) if cmd.credentials else None
+            )
+            spec = DatastoreSpec(**{**_fields(cmd.spec), "sealed_credentials": sealed})
+        aggregate_id = subjects.name_to_id(cmd.name)
+        ctx = CommandContext(workspace=req.workspace, command_id=cmd.command_id,
+                             actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
+
+        def decide(history: list[Recorded]) -> list[Any]:
+            state = asset.fold(r.envelope.data for r in history)
+            if isinstance(cmd, DeleteCompute):
+                return asset.decide_delete(state, cmd.name)
+            assert spec is not None
+            return asset.decide_register(state, cmd.name, spec, cmd.description)
+
+        return await execute(
+            self.store, ctx, kind=kind, aggregate_id=aggregate_id,
+            subject=subjects.event(req.workspace, kind, aggregate_id), decide=decide,
+            cache=self.cache,
+        )  # fmt: skip
+
+    async def get(self, req: Request) -> tuple[dict[str, Any], int]:
+        q: GetAsset = req.body
+        subject = subjects.event(req.workspace, q.asset_kind, subjects.name_to_id(q.name))
+        history = await self.cache.refresh(subject)
+        state = asset.fold(r.envelope.data for r in history)
+        seq = history[-1].seq if history else 0
+        if state.latest is not None and not state.deleted:
+            ev = state.versions.get(q.version or state.latest.version)
+            if ev is None:
+                raise NotFound(f"{q.asset_kind} {q.name!r} has no version {q.version}")
+            return _view(ev.name, ev.version, ev.spec, False, ev.description), seq
+        builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(q.name)
+        if builtin is None or q.version not in (None, 1):
+            raise NotFound(f"no {q.asset_kind} called {q.name!r}")
+        return _view(q.name, 1, builtin, True), seq
+
+    def list(self, req: Request, db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+        q: ListAssets = req.body
+        rows = db.execute(
+            f"SELECT name, max(version), spec, description FROM {t('assets')} a"
+            " WHERE workspace = ? AND kind = ? AND deleted = 0"
+            f" AND version = (SELECT max(version) FROM {t('assets')} b WHERE"
+            " b.workspace = a.workspace AND b.kind = a.kind AND b.asset_id = a.asset_id)"
+            " GROUP BY asset_id ORDER BY name",
+            (req.workspace, q.asset_kind),
+        ).fetchall()
+        found = {
+            name: {
+                "name": name,
+                "version": v,
+                "spec": json.loads(spec),
+                "description": d,
+                "builtin": False,
+            }
+            for name, v, spec, d in rows
+        }
+        for name, spec in builtin_assets(self.settings, req.workspace, q.asset_kind).items():
+            found.setdefault(name, _view(name, 1, spec, True))
+        return [found[n] for n in sorted(found)]
+
+
+def _fields(spec: DatastoreSpec) -> dict[str, Any]:
+    return {f: getattr(spec, f) for f in spec.__struct_fields__}

@@ -1,0 +1,63 @@
+"""Environments, datastores and compute targets: an aggregate per name, versions of a spec."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import msgspec
+
+from cairn.errors import AlreadyExists, NotFound
+from cairn.proto.assets import AssetSpec, ComputeSpec
+from cairn.proto.events import AssetDeleted, AssetRegistered, Event
+
+__all__ = ["AssetState", "decide_delete", "decide_register", "fold", "spec_hash"]
+
+
+class AssetState(msgspec.Struct, frozen=True, kw_only=True):
+    versions: dict[int, AssetRegistered] = msgspec.field(default_factory=dict)
+    deleted: bool = False
+
+    @property
+    def latest(self) -> AssetRegistered | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+def fold(events: Iterable[Event]) -> AssetState:
+    versions: dict[int, AssetRegistered] = {}
+    deleted = False
+    for event in events:
+        if isinstance(event, AssetRegistered):
+            versions[event.version], deleted = event, False
+        elif isinstance(event, AssetDeleted):
+            deleted = True
+    return AssetState(versions=versions, deleted=deleted)
+
+
+def spec_hash(spec: AssetSpec) -> str:
+    """SHA-256 of the spec with mapping keys sorted: equal specs, equal hashes."""
+    normal = msgspec.json.encode(msgspec.to_builtins(spec), order="sorted")
+    return "sha256:" + hashlib.sha256(normal).hexdigest()
+
+
+def decide_register(
+    state: AssetState, name: str, spec: AssetSpec, description: str = ""
+) -> list[Event]:
+    """The next version; none when the latest live version has this very spec. A compute
+    target is created once (delete it to create it again)."""
+    digest = spec_hash(spec)
+    latest = state.latest
+    if latest is not None and not state.deleted:
+        if isinstance(spec, ComputeSpec):
+            raise AlreadyExists(f"compute target {name!r} exists")
+        if latest.spec_hash == digest:
+            return []
+    version = max(state.versions, default=0) + 1
+    return [AssetRegistered(name=name, version=version, spec=spec, spec_hash=digest,
+                            description=description)]  # fmt: skip
+
+
+def decide_delete(state: AssetState, name: str) -> list[Event]:
+    if state.latest is None:
+        raise NotFound(f"{name!r} does not exist")
+    return [] if state.deleted else [AssetDeleted(name=name)]

@@ -1,0 +1,64 @@
+"""Workspace keys and roles: what the registry needs to seal secrets and authorise actors.
+
+A workspace key (Fernet: AES-128-CBC with HMAC-SHA256) lives in ``$CAIRN_HOME/keys/<ws>.key``
+(mode 0600), is made on first use, and never leaves the processes that move data. Roles come
+from ``$CAIRN_HOME/roles.json`` (``{"compute_operators": ["olga"]}``) until they become NATS
+permissions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from cairn.errors import CairnError, PermissionDenied
+from cairn.proto.subjects import validate_token
+from cairn.settings import Settings
+
+__all__ = ["require_role", "seal", "unseal"]
+
+
+def _key(settings: Settings, workspace: str) -> Fernet:
+    folder = settings.home_path / "keys"
+    path = folder / f"{validate_token(workspace, 'workspace')}.key"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(Fernet.generate_key())
+    return Fernet(path.read_bytes())
+
+
+def seal(settings: Settings, workspace: str, secret: dict[str, Any]) -> str:
+    return _key(settings, workspace).encrypt(json.dumps(secret).encode()).decode()
+
+
+def unseal(settings: Settings, workspace: str, token: str) -> dict[str, Any]:
+    try:
+        value: dict[str, Any] = json.loads(_key(settings, workspace).decrypt(token.encode()))
+    except InvalidToken as exc:
+        raise CairnError("sealed credentials do not open with this workspace's key") from exc
+    return value
+
+
+def _roles(settings: Settings) -> dict[str, list[str]]:
+    path = Path(settings.roles_file).expanduser() if settings.roles_file else None
+    path = path or settings.home_path / "roles.json"
+    try:
+        roles: dict[str, list[str]] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return roles
+
+
+def require_role(settings: Settings, actor: str, role: str) -> None:
+    if actor not in _roles(settings).get(role, []):
+        raise PermissionDenied(f"{actor!r} does not have the {role.rstrip('s')} role")
