@@ -32,3 +32,29 @@ async def test_model_registry(client: Client, client_settings: Settings, tmp_pat
         "control": "invalid_input",
         "long": "invalid_input",
     }
+
+
+async def test_environments_datastores_and_compute_from_the_sdk(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    env["CAIRN_ACTOR"] = "dana"  # a data scientist: not a compute operator
+    got = await run_script("assets_script.py", env=env, cwd=tmp_path)
+    envs = got["envs"]
+    assert envs["pip"] == ["numpy==2.1", "pandas>=2"]
+    assert envs["conda"] == [["scipy"], ["torch==2.4"], "3.11", {"OMP_NUM_THREADS": "1"}]
+    assert envs["manual"] == ["cairn-base:bookworm", {"MODE": "train"}, 1]
+    assert envs["same_spec_same_version"]
+    assert envs["listed"] == [
+        "cairn-python-3.11",
+        "cairn-sklearn",
+        "conda-env",
+        "manual",
+        "pip-env",
+    ]
+    ds = got["datastores"]
+    assert ds["default"] == ["workspaceblobstore", "local"]
+    assert ds["local"] == ["local", True] and ds["s3"] == ["cairn-lake", True, True]
+    assert ds["listed"] == ["lake", "scratch", "workspaceblobstore", "workspacefilestore"]
+    assert got["compute_as_scientist"] == "denied"
+    assert got["compute_listed"] == ["local"]

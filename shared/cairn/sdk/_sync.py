@@ -130,6 +130,29 @@ class Workspace:
         return {e.name: e for e in Experiment.list(self)}
 
     @property
+    def environments(self) -> dict[str, Any]:
+        from cairn.sdk._assets import Environment
+
+        return Environment.list(self)
+
+    @property
+    def datastores(self) -> dict[str, Any]:
+        from cairn.sdk._assets import Datastore
+
+        return Datastore.list(self)
+
+    @property
+    def compute_targets(self) -> dict[str, Any]:
+        from cairn.sdk._assets import ComputeTarget
+
+        return ComputeTarget.list(self)
+
+    def get_default_datastore(self) -> Any:
+        from cairn.sdk._assets import Datastore
+
+        return Datastore.get(self, "workspaceblobstore")
+
+    @property
     def models(self) -> dict[str, Model]:
         """The latest version of every model, by name (read-only)."""
         from cairn.sdk._models import Model

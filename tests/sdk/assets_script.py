@@ -1,0 +1,58 @@
+# Environments, datastores and compute targets through the sync SDK.
+import json
+
+from cairn.errors import PermissionDenied
+from cairn.sdk import ComputeTarget, CondaDependencies, Datastore, Environment, Workspace
+
+ws = Workspace.from_config()
+out = {}
+with open("requirements.txt", "w") as f:
+    f.write("numpy==2.1  # arrays\n\npandas>=2\n")
+with open("environment.yml", "w") as f:
+    f.write(
+        "name: x\nchannels: [conda-forge]\ndependencies:\n  - python=3.11\n  - scipy\n"
+        "  - pip:\n    - torch==2.4\nvariables:\n  OMP_NUM_THREADS: '1'\n"
+    )
+pip_env = Environment.from_pip_requirements("pip-env", "requirements.txt").register(ws)
+conda_env = Environment.from_conda_specification("conda-env", "environment.yml").register(ws)
+manual = Environment("manual")
+manual.python.conda_dependencies = CondaDependencies.create(pip_packages=["requests"])
+manual.docker.base_image = "cairn-base:bookworm"
+manual.environment_variables = {"MODE": "train"}
+manual = manual.register(ws)
+again = Environment.from_pip_requirements("pip-env", "requirements.txt").register(ws)
+got = Environment.get(ws, "conda-env")
+out["envs"] = {
+    "pip": pip_env.python.conda_dependencies.pip_packages,
+    "conda": [
+        got.python.conda_dependencies.conda_packages,
+        got.python.conda_dependencies.pip_packages,
+        got.python.conda_dependencies.python_version,
+        got.environment_variables,
+    ],
+    "manual": [manual.docker.base_image, manual.environment_variables, manual.version],
+    "same_spec_same_version": again.version == pip_env.version == 1,
+    "listed": sorted(ws.environments),
+}
+local = Datastore.register_local(ws, "scratch", "data_root")
+s3 = Datastore.register_s3(
+    ws,
+    "lake",
+    bucket_name="cairn-lake",
+    endpoint_url="http://127.0.0.1:1",
+    access_key_id="AK-9",
+    secret_access_key="SK-9",
+)
+out["datastores"] = {
+    "default": [ws.get_default_datastore().name, ws.get_default_datastore().datastore_type],
+    "local": [local.datastore_type, local.path.endswith("data_root")],
+    "s3": [s3.bucket_name, s3.has_credentials, "SK-9" not in repr(vars(s3))],
+    "listed": sorted(ws.datastores),
+}
+try:
+    ComputeTarget.create(ws, "gpus", max_nodes=2, labels=["gpu"])
+    out["compute_as_scientist"] = "created"
+except PermissionDenied:
+    out["compute_as_scientist"] = "denied"
+out["compute_listed"] = sorted(ws.compute_targets)
+print(json.dumps(out))
