@@ -32,6 +32,7 @@ PINNED = {
         "AsyncWorkspace",
         "ComputeTarget",
         "CondaDependencies",
+        "Dataset",
         "Datastore",
         "Environment",
         "Experiment",

@@ -55,4 +55,43 @@ try:
 except PermissionDenied:
     out["compute_as_scientist"] = "denied"
 out["compute_listed"] = sorted(ws.compute_targets)
+
+# datasets: definitions and versions (the seeds' registration flow)
+from cairn.errors import AlreadyExists  # noqa: E402
+from cairn.sdk import Dataset  # noqa: E402
+
+ds = ws.get_default_datastore()
+tab = Dataset.Tabular.from_delimited_files(
+    path=[(ds, "data/files/current_data.csv"), (ds, "data/files/archive/*.csv")]
+)
+v1 = tab.register(
+    workspace=ws, name="diabetes", description="diabetes data", tags={"format": "CSV"}
+)
+other = Dataset.Tabular.from_delimited_files(path=[(ds, "data/files/current_data.csv")])
+try:
+    other.register(workspace=ws, name="diabetes")
+    refused = "accepted"
+except AlreadyExists:
+    refused = "already_exists"
+v2 = other.register(workspace=ws, name="diabetes", create_new_version=True)
+files = Dataset.File.from_files(path=(ds, "data/files/images/*.jpg")).register(ws, "images")
+hostile = {}
+for label, path in {"traversal": (ds, "../outside/*.csv"), "absolute": (ds, "/etc/*"),
+                    "unknown store": ("nope", "x.csv")}.items():  # fmt: skip
+    try:
+        Dataset.File.from_files(path=path).register(ws, "hostile")
+        hostile[label] = "accepted"
+    except Exception as exc:
+        hostile[label] = getattr(exc, "code", repr(exc))
+out["datasets"] = {
+    "versions": [v1.version, v2.version],
+    "refused": refused,
+    "v1_paths": [
+        [p.datastore, p.pattern] for p in Dataset.get_by_name(ws, "diabetes", version=1).spec.paths
+    ],
+    "latest": Dataset.get_by_name(ws, "diabetes").version,
+    "file_kind": type(files).__name__,
+    "listed": sorted(ws.datasets),
+    "hostile": hostile,
+}
 print(json.dumps(out))

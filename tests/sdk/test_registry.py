@@ -58,3 +58,16 @@ async def test_environments_datastores_and_compute_from_the_sdk(
     assert ds["listed"] == ["lake", "scratch", "workspaceblobstore", "workspacefilestore"]
     assert got["compute_as_scientist"] == "denied"
     assert got["compute_listed"] == ["local"]
+    data = got["datasets"]
+    assert data["versions"] == [1, 2] and data["refused"] == "already_exists"
+    assert data["v1_paths"] == [
+        ["workspaceblobstore", "data/files/current_data.csv"],
+        ["workspaceblobstore", "data/files/archive/*.csv"],
+    ]
+    assert data["latest"] == 2 and data["file_kind"] == "FileDataset"
+    assert data["listed"] == ["diabetes", "images"]
+    assert data["hostile"] == {
+        "traversal": "invalid_name",
+        "absolute": "invalid_name",
+        "unknown store": "not_found",
+    }

@@ -21,16 +21,19 @@ __all__ = [
     "AssetSpec",
     "ComputeSpec",
     "CreateCompute",
+    "DataPath",
+    "DatasetSpec",
     "DatastoreSpec",
     "DeleteCompute",
     "EnvironmentSpec",
     "GetAsset",
     "ListAssets",
+    "RegisterDataset",
     "RegisterDatastore",
     "RegisterEnvironment",
 ]
 
-ASSET_KINDS = ("environment", "datastore", "compute")
+ASSET_KINDS = ("environment", "datastore", "compute", "dataset")
 #: names under this prefix are the curated environments; users cannot register them
 CURATED_PREFIX = "cairn-"
 
@@ -63,7 +66,25 @@ class ComputeSpec(msgspec.Struct, frozen=True, kw_only=True, tag="compute"):
     labels: list[Id] = msgspec.field(default_factory=list)
 
 
-AssetSpec = EnvironmentSpec | DatastoreSpec | ComputeSpec
+class DataPath(msgspec.Struct, frozen=True, array_like=True):
+    """``[datastore, pattern]``: a path inside a datastore, ``*`` and ``?`` wildcards allowed."""
+
+    datastore: Id
+    pattern: Text
+
+
+class DatasetSpec(msgspec.Struct, frozen=True, kw_only=True, tag="dataset"):
+    """What a dataset version refers to (reading the data and fingerprinting it come with the
+    data work): tabular (delimited files) or file datasets over datastore paths."""
+
+    kind: Literal["tabular", "file"]
+    paths: list[DataPath]
+    separator: str = ","
+    header: bool = True
+    infer_column_types: bool = True
+
+
+AssetSpec = EnvironmentSpec | DatastoreSpec | ComputeSpec | DatasetSpec
 
 
 class RegisterEnvironment(Command, frozen=True, kw_only=True, tag=True):
@@ -100,13 +121,27 @@ class DeleteCompute(Command, frozen=True, kw_only=True, tag=True):
     name: Id
 
 
+class RegisterDataset(Command, frozen=True, kw_only=True, tag=True):
+    """Registering a name that exists is refused unless ``create_new_version``; then the spec
+    becomes the next version (the same spec again is a no-op)."""
+
+    VERB = "dataset.register"
+    name: Name
+    spec: DatasetSpec
+    description: Text = ""
+    create_new_version: bool = False
+
+
+AssetKind = Literal["environment", "datastore", "compute", "dataset"]
+
+
 class GetAsset(Query, frozen=True, kw_only=True, tag=True):
     NAME = "asset.get"
-    asset_kind: Literal["environment", "datastore", "compute"]
+    asset_kind: AssetKind
     name: Name
     version: int | None = None
 
 
 class ListAssets(Query, frozen=True, kw_only=True, tag=True):
     NAME = "asset.list"
-    asset_kind: Literal["environment", "datastore", "compute"]
+    asset_kind: AssetKind

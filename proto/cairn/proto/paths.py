@@ -26,28 +26,28 @@ MAX_SEGMENT_BYTES = 255
 
 def _structure(path: str, shown: str) -> None:
     if path.startswith("/") or "\\" in path:
-        raise InvalidName(f"run file path {shown} must be relative and use '/' separators")
+        raise InvalidName(f"path {shown} must be relative and use '/' separators")
     segments = path.split("/")
     if _SCHEME_OR_DRIVE.match(segments[0]):
-        raise InvalidName(f"run file path {shown} must not name a drive or a URI scheme")
+        raise InvalidName(f"path {shown} must not name a drive or a URI scheme")
     for segment in segments:
         if segment in ("", ".", ".."):
-            raise InvalidName(f"run file path {shown} has an empty, '.' or '..' segment")
+            raise InvalidName(f"path {shown} has an empty, '.' or '..' segment")
         if len(segment.encode()) > MAX_SEGMENT_BYTES:
-            raise InvalidName(f"run file path {shown} has a segment over {MAX_SEGMENT_BYTES} bytes")
+            raise InvalidName(f"path {shown} has a segment over {MAX_SEGMENT_BYTES} bytes")
 
 
 def validate_run_path(path: object) -> str:
     """Return ``path`` if it is a safe relative run file path, else raise ``InvalidName``."""
     if not isinstance(path, str) or not path:
-        raise InvalidName("a run file path must be a non-empty string")
+        raise InvalidName("a path must be a non-empty string")
     shown = repr(path)[:120]
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise InvalidName(f"run file path {shown} is over {MAX_PATH_BYTES} bytes")
+        raise InvalidName(f"path {shown} is over {MAX_PATH_BYTES} bytes")
     if any(unicodedata.category(c) in ("Cc", "Cs") for c in path):
-        raise InvalidName(f"run file path {shown} contains a control character")
+        raise InvalidName(f"path {shown} contains a control character")
     if unquote(path, errors="replace") != path:
-        raise InvalidName(f"run file path {shown} contains percent-encoding")
+        raise InvalidName(f"path {shown} contains percent-encoding")
     _structure(path, shown)
     normal = unicodedata.normalize("NFKC", path)
     if normal != path:

@@ -47,6 +47,7 @@ def assets_commands() -> tuple[type[Command], ...]:
         assets.RegisterDatastore,
         assets.CreateCompute,
         assets.DeleteCompute,
+        assets.RegisterDataset,
     )
 
 

@@ -1,7 +1,7 @@
 """The Python SDK: an async core (``async with connect() as ws``) and a sync facade with the
 Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``)."""
 
-from cairn.sdk._assets import ComputeTarget, CondaDependencies, Datastore, Environment
+from cairn.sdk._assets import ComputeTarget, CondaDependencies, Dataset, Datastore, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
 from cairn.sdk._models import Model
 from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
@@ -12,6 +12,7 @@ __all__ = [
     "AsyncWorkspace",
     "ComputeTarget",
     "CondaDependencies",
+    "Dataset",
     "Datastore",
     "Environment",
     "Experiment",

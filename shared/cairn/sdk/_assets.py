@@ -15,11 +15,14 @@ from cairn.errors import InvalidInput
 from cairn.proto.assets import (
     ComputeSpec,
     CreateCompute,
+    DataPath,
+    DatasetSpec,
     DatastoreSpec,
     DeleteCompute,
     EnvironmentSpec,
     GetAsset,
     ListAssets,
+    RegisterDataset,
     RegisterDatastore,
     RegisterEnvironment,
 )
@@ -27,7 +30,15 @@ from cairn.proto.assets import (
 if TYPE_CHECKING:
     from cairn.sdk._sync import Workspace
 
-__all__ = ["ComputeTarget", "CondaDependencies", "Datastore", "Environment"]
+__all__ = [
+    "ComputeTarget",
+    "CondaDependencies",
+    "Dataset",
+    "Datastore",
+    "Environment",
+    "FileDataset",
+    "TabularDataset",
+]
 
 
 def _id() -> str:
@@ -260,3 +271,98 @@ class ComputeTarget:
 
     def __repr__(self) -> str:
         return f"ComputeTarget(name={self.name!r}, type={self.type!r})"
+
+
+def _data_paths(path: Any) -> builtins.list[DataPath]:
+    """``(datastore, 'pattern')`` or a list of them; a datastore given by object or name."""
+    items = path if isinstance(path, builtins.list) else [path]
+    out = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise InvalidInput("a dataset path is (datastore, 'path/with/*.wildcards')")
+        store, pattern = item
+        out.append(DataPath(str(getattr(store, "name", store)), str(pattern)))
+    return out
+
+
+class _Dataset:
+    KIND: str = ""
+
+    def __init__(self, spec: DatasetSpec, data: dict[str, Any] | None = None) -> None:
+        self.spec = spec
+        self.name: str | None = data["name"] if data else None
+        self.version: int | None = data["version"] if data else None
+        self.description: str = data.get("description", "") if data else ""
+
+    def register(
+        self,
+        workspace: Workspace,
+        name: str,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        create_new_version: bool = False,
+    ) -> _Dataset:
+        cmd = RegisterDataset(command_id=_id(), name=name, spec=self.spec,
+                              description=description or "",
+                              create_new_version=create_new_version)  # fmt: skip
+        reply = workspace._run(workspace.core.client.send(cmd))
+        return Dataset.get_by_name(workspace, name, min_seq=reply.seq)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, version={self.version})"
+
+
+class TabularDataset(_Dataset):
+    pass
+
+
+class FileDataset(_Dataset):
+    pass
+
+
+class _Tabular:
+    @staticmethod
+    def from_delimited_files(
+        path: Any, separator: str = ",", header: bool = True, infer_column_types: bool = True,
+        **_: Any,
+    ) -> TabularDataset:  # fmt: skip
+        spec = DatasetSpec(kind="tabular", paths=_data_paths(path), separator=separator,
+                           header=bool(header), infer_column_types=infer_column_types)  # fmt: skip
+        return TabularDataset(spec)
+
+
+class _File:
+    @staticmethod
+    def from_files(path: Any, **_: Any) -> FileDataset:
+        return FileDataset(DatasetSpec(kind="file", paths=_data_paths(path)))
+
+
+class Dataset:
+    """``Dataset.Tabular.from_delimited_files(...)``, ``Dataset.File.from_files(...)``,
+    ``Dataset.get_by_name(ws, name, version='latest')``. This registers definitions and their
+    versions; reading the data is the data work's."""
+
+    Tabular = _Tabular
+    File = _File
+
+    @staticmethod
+    def get_by_name(
+        workspace: Workspace, name: str, version: int | str = "latest", min_seq: int = 0
+    ) -> _Dataset:
+        number = None if version == "latest" else int(version)
+        q = GetAsset(asset_kind="dataset", name=name, version=number, min_seq=min_seq)
+        data = workspace._run(workspace.core.client.ask(q)).data
+        spec = DatasetSpec(
+            kind=data["spec"]["kind"],
+            paths=[DataPath(*p) for p in data["spec"]["paths"]],
+            separator=data["spec"]["separator"],
+            header=data["spec"]["header"],
+            infer_column_types=data["spec"]["infer_column_types"],
+        )
+        cls = TabularDataset if spec.kind == "tabular" else FileDataset
+        return cls(spec, data)
+
+    @staticmethod
+    def list(workspace: Workspace) -> dict[str, _Dataset]:
+        rows = workspace._run(workspace.core.client.ask(ListAssets(asset_kind="dataset"))).data
+        return {r["name"]: Dataset.get_by_name(workspace, r["name"]) for r in rows}

@@ -147,6 +147,12 @@ class Workspace:
 
         return ComputeTarget.list(self)
 
+    @property
+    def datasets(self) -> dict[str, Any]:
+        from cairn.sdk._assets import Dataset
+
+        return Dataset.list(self)
+
     def get_default_datastore(self) -> Any:
         from cairn.sdk._assets import Datastore
 

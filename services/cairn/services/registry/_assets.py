@@ -8,7 +8,7 @@ from typing import Any
 
 from cairn.bus import AggregateCache, CommandContext, EventStore, Recorded, execute
 from cairn.domain import asset
-from cairn.errors import InvalidInput, NotFound
+from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.assets import (
@@ -16,15 +16,18 @@ from cairn.proto.assets import (
     AssetSpec,
     ComputeSpec,
     CreateCompute,
+    DatasetSpec,
     DatastoreSpec,
     DeleteCompute,
     EnvironmentSpec,
     GetAsset,
     ListAssets,
+    RegisterDataset,
     RegisterDatastore,
     RegisterEnvironment,
 )
 from cairn.proto.commands import Accepted
+from cairn.proto.paths import validate_run_path
 from cairn.rpc import Request
 from cairn.secrets import require_role, seal
 from cairn.services.registry._projection import public_spec
@@ -32,7 +35,13 @@ from cairn.settings import Settings
 
 __all__ = ["ASSET_COMMANDS", "AssetHandlers", "builtin_assets"]
 
-ASSET_COMMANDS = (RegisterEnvironment, RegisterDatastore, CreateCompute, DeleteCompute)
+ASSET_COMMANDS = (
+    RegisterEnvironment,
+    RegisterDatastore,
+    CreateCompute,
+    DeleteCompute,
+    RegisterDataset,
+)
 COMPUTE_OPERATORS = "compute_operators"
 
 #: curated environments every workspace has (users cannot register the prefix)
@@ -47,6 +56,8 @@ def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpe
     default datastores (local folders under ``$CAIRN_HOME/datastores/<ws>``), local compute."""
     if kind == "environment":
         return dict(CURATED)
+    if kind == "dataset":
+        return {}
     if kind == "datastore":
         root = settings.home_path / "datastores" / ws
         return {
@@ -90,6 +101,8 @@ class AssetHandlers:
                 seal(self.settings, req.workspace, cmd.credentials) if cmd.credentials else None
             )
             spec = DatastoreSpec(**{**_fields(cmd.spec), "sealed_credentials": sealed})
+        if isinstance(cmd, RegisterDataset):
+            await self._check_dataset_paths(req.workspace, cmd.spec)
         aggregate_id = subjects.name_to_id(cmd.name)
         ctx = CommandContext(workspace=req.workspace, command_id=cmd.command_id,
                              actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
@@ -98,6 +111,11 @@ class AssetHandlers:
             state = asset.fold(r.envelope.data for r in history)
             if isinstance(cmd, DeleteCompute):
                 return asset.decide_delete(state, cmd.name)
+            if isinstance(cmd, RegisterDataset) and state.latest and not cmd.create_new_version:
+                if state.latest.spec_hash != asset.spec_hash(cmd.spec):
+                    raise AlreadyExists(
+                        f"dataset {cmd.name!r} exists; register with create_new_version=True"
+                    )
             assert spec is not None
             return asset.decide_register(state, cmd.name, spec, cmd.description)
 
@@ -106,6 +124,19 @@ class AssetHandlers:
             subject=subjects.event(req.workspace, kind, aggregate_id), decide=decide,
             cache=self.cache,
         )  # fmt: skip
+
+    async def _check_dataset_paths(self, ws: str, spec: DatasetSpec) -> None:
+        """Every path names a known datastore and stays inside it (wildcards allowed)."""
+        if not spec.paths:
+            raise InvalidInput("a dataset needs at least one path")
+        for path in spec.paths:
+            validate_run_path(path.pattern)
+            subject = subjects.event(ws, "datastore", subjects.name_to_id(path.datastore))
+            history = await self.cache.read(subject, bool)
+            known = asset.fold(r.envelope.data for r in history)
+            builtin = builtin_assets(self.settings, ws, "datastore")
+            if (known.latest is None or known.deleted) and path.datastore not in builtin:
+                raise NotFound(f"no datastore called {path.datastore!r}")
 
     async def get(self, req: Request) -> tuple[dict[str, Any], int]:
         q: GetAsset = req.body
