@@ -100,3 +100,41 @@ async def test_model_commands(client: Client, client_settings: Settings, tmp_pat
         "model", "download", "cli-model", "--version", "2", "-o", "got", env=env, cwd=tmp_path
     )
     assert (tmp_path / out.strip()).read_bytes() == b"model bytes"
+
+
+async def test_environment_datastore_compute_commands(
+    client: Client, client_settings: Settings, service_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    (tmp_path / "req.txt").write_text("numpy\n")
+    made = json.loads(await cli("environment", "create", "cli-env", "--pip-requirements",
+                                "req.txt", "--json", env=env, cwd=tmp_path))  # fmt: skip
+    assert made["spec"]["pip"] == ["numpy"] and made["version"] == 1
+    assert "cli-env" in await cli("environment", "list", env=env, cwd=tmp_path)
+    shown = json.loads(await cli("environment", "show", "cli-env", "--json", env=env, cwd=tmp_path))
+    assert shown == made
+    secret_env = {**env, "CAIRN_S3_ACCESS_KEY_ID": "AK-CLI", "CAIRN_S3_SECRET_ACCESS_KEY": "SK-CLI"}
+    out = await cli("datastore", "create", "cli-lake", "--bucket", "b-cli", "--json",
+                    env=secret_env, cwd=tmp_path)  # fmt: skip
+    assert json.loads(out)["spec"]["has_credentials"] is True and "SK-CLI" not in out
+    listed = await cli("datastore", "list", "--json", env=env, cwd=tmp_path)
+    assert [d["name"] for d in json.loads(listed)] == [
+        "cli-lake",
+        "workspaceblobstore",
+        "workspacefilestore",
+    ]
+    (service_settings.home_path / "roles.json").write_text(
+        json.dumps({"compute_operators": ["olga"]})
+    )
+    operator = {**env, "CAIRN_ACTOR": "olga"}
+    made = json.loads(await cli("compute", "create", "cpu", "--max-nodes", "3", "--label", "cpu",
+                                "--json", env=operator, cwd=tmp_path))  # fmt: skip
+    assert made["spec"]["max_nodes"] == 3 and made["spec"]["labels"] == ["cpu"]
+    assert "cpu" in await cli("compute", "list", env=env, cwd=tmp_path)
+    denied = await asyncio.create_subprocess_exec(
+        *CAIRN, "compute", "delete", "cpu", env={**env, "CAIRN_ACTOR": "dana"}, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await denied.communicate()
+    assert denied.returncode == 1 and b"permission_denied" in err
+    assert "deleted" in await cli("compute", "delete", "cpu", env=operator, cwd=tmp_path)

@@ -329,6 +329,150 @@ def model_alias(name: str, alias: str, version: int) -> None:
     click.echo(f"{name}@{alias} -> {version}")
 
 
+# -- environments, datastores, compute ---------------------------------------------------------
+
+_ASSET_COLUMNS = [("name", "NAME"), ("version", "VERSION"), ("builtin", "BUILT-IN"),
+                  ("spec", "SPEC")]  # fmt: skip
+
+
+def _assets(kind: str, as_json: bool) -> None:
+    from cairn.proto.assets import ListAssets
+
+    ws = _sync_workspace()
+    rows = ws._run(ws.core.client.ask(ListAssets(asset_kind=kind))).data  # type: ignore[arg-type]
+    _emit(rows, as_json, _ASSET_COLUMNS)
+
+
+def _asset(kind: str, name: str, version: int | None, as_json: bool) -> None:
+    from cairn.proto.assets import GetAsset
+
+    ws = _sync_workspace()
+    q = GetAsset(asset_kind=kind, name=name, version=version)  # type: ignore[arg-type]
+    _emit(ws._run(ws.core.client.ask(q)).data, as_json, _ASSET_COLUMNS)
+
+
+@cli.group()
+def environment() -> None:
+    """Environments: create (from pip requirements or a conda file), list, show."""
+
+
+@environment.command("create")
+@click.argument("name")
+@click.option("--pip-requirements", type=click.Path(exists=True), default=None)
+@click.option("--conda-file", type=click.Path(exists=True), default=None)
+@click.option("--image", default=None, help="Docker base image")
+@_json_option
+def environment_create(
+    name: str, pip_requirements: str | None, conda_file: str | None, image: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    from cairn.sdk import Environment
+
+    if conda_file:
+        env = Environment.from_conda_specification(name, conda_file)
+    elif pip_requirements:
+        env = Environment.from_pip_requirements(name, pip_requirements)
+    else:
+        env = Environment(name)
+    env.docker.base_image = image
+    registered = env.register(_sync_workspace())
+    _asset("environment", name, registered.version, as_json)
+
+
+@environment.command("list")
+@_json_option
+def environment_list(as_json: bool) -> None:
+    _assets("environment", as_json)
+
+
+@environment.command("show")
+@click.argument("name")
+@click.option("--version", type=int, default=None)
+@_json_option
+def environment_show(name: str, version: int | None, as_json: bool) -> None:
+    _asset("environment", name, version, as_json)
+
+
+@cli.group()
+def datastore() -> None:
+    """Datastores: create (a local directory or an S3 bucket), list."""
+
+
+@datastore.command("create")
+@click.argument("name")
+@click.option("--path", default=None, help="a local directory")
+@click.option("--bucket", default=None)
+@click.option("--endpoint-url", default=None)
+@click.option("--prefix", default="")
+@click.option("--access-key-id", envvar="CAIRN_S3_ACCESS_KEY_ID", default=None)
+@click.option("--secret-access-key", envvar="CAIRN_S3_SECRET_ACCESS_KEY", default=None)
+@_json_option
+def datastore_create(
+    name: str, path: str | None, bucket: str | None, endpoint_url: str | None, prefix: str,
+    access_key_id: str | None, secret_access_key: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Credentials come from options or CAIRN_S3_* variables and are sealed by the registry."""
+    from cairn.sdk import Datastore
+
+    ws = _sync_workspace()
+    if bool(path) == bool(bucket):
+        raise click.BadParameter("give --path (local) or --bucket (S3)")
+    if path:
+        Datastore.register_local(ws, name, path)
+    else:
+        assert bucket is not None
+        Datastore.register_s3(
+            ws, name, bucket, endpoint_url=endpoint_url, prefix=prefix,
+            access_key_id=access_key_id, secret_access_key=secret_access_key,
+        )  # fmt: skip
+    _asset("datastore", name, None, as_json)
+
+
+@datastore.command("list")
+@_json_option
+def datastore_list(as_json: bool) -> None:
+    _assets("datastore", as_json)
+
+
+@cli.group()
+def compute() -> None:
+    """Compute targets: create, list, delete (create and delete need the operator role)."""
+
+
+@compute.command("create")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["cluster", "instance", "attached", "local"]),
+              default="cluster", show_default=True)  # fmt: skip
+@click.option("--min-nodes", type=int, default=0, show_default=True)
+@click.option("--max-nodes", type=int, default=1, show_default=True)
+@click.option("--vm-size", default=None)
+@click.option("--label", "labels", multiple=True, help="e.g. gpu; repeatable")
+@_json_option
+def compute_create(
+    name: str, kind: str, min_nodes: int, max_nodes: int, vm_size: str | None,
+    labels: tuple[str, ...], as_json: bool,
+) -> None:  # fmt: skip
+    from cairn.sdk import ComputeTarget
+
+    ComputeTarget.create(_sync_workspace(), name, kind, min_nodes, max_nodes, vm_size, list(labels))
+    _asset("compute", name, None, as_json)
+
+
+@compute.command("list")
+@_json_option
+def compute_list(as_json: bool) -> None:
+    _assets("compute", as_json)
+
+
+@compute.command("delete")
+@click.argument("name")
+def compute_delete(name: str) -> None:
+    from cairn.sdk import ComputeTarget
+
+    ComputeTarget(_sync_workspace(), name).delete()
+    click.echo(f"deleted compute target {name}")
+
+
 @cli.command()
 def sync() -> None:
     """Send what training scripts spooled while the bus was unreachable."""
