@@ -45,6 +45,19 @@ def _id() -> str:
     return uuid.uuid4().hex
 
 
+def _get(workspace: Workspace, kind: str, name: str, **query: Any) -> dict[str, Any]:
+    q = GetAsset(asset_kind=kind, name=name, **query)  # type: ignore[arg-type]
+    data: dict[str, Any] = workspace._run(workspace.core.client.ask(q)).data
+    return data
+
+
+def _rows(workspace: Workspace, kind: str) -> builtins.list[dict[str, Any]]:
+    rows: builtins.list[dict[str, Any]] = workspace._run(
+        workspace.core.client.ask(ListAssets(asset_kind=kind))  # type: ignore[arg-type]
+    ).data
+    return rows
+
+
 class CondaDependencies:
     def __init__(self) -> None:
         self.pip_packages: list[str] = []
@@ -152,13 +165,13 @@ class Environment:
     def get(
         workspace: Workspace, name: str, version: int | None = None, min_seq: int = 0
     ) -> Environment:
-        q = GetAsset(asset_kind="environment", name=name, version=version, min_seq=min_seq)
-        return Environment._from(workspace._run(workspace.core.client.ask(q)).data)
+        return Environment._from(
+            _get(workspace, "environment", name, version=version, min_seq=min_seq)
+        )
 
     @staticmethod
     def list(workspace: Workspace) -> dict[str, Environment]:
-        q = ListAssets(asset_kind="environment")
-        rows = workspace._run(workspace.core.client.ask(q)).data
+        rows = _rows(workspace, "environment")
         return {r["name"]: Environment._from(r) for r in rows}
 
     def __repr__(self) -> str:
@@ -172,11 +185,8 @@ class Datastore:
     def __init__(
         self, workspace: Workspace, name: str, _data: dict[str, Any] | None = None
     ) -> None:
-        if _data is None:
-            q = GetAsset(asset_kind="datastore", name=name)
-            _data = workspace._run(workspace.core.client.ask(q)).data
         self.workspace, self.name = workspace, name
-        spec = _data["spec"]
+        spec = (_data or _get(workspace, "datastore", name))["spec"]
         self.datastore_type = spec["kind"]
         self.path, self.bucket_name = spec.get("path"), spec.get("bucket")
         self.endpoint, self.prefix = spec.get("endpoint_url"), spec.get("prefix", "")
@@ -221,7 +231,7 @@ class Datastore:
 
     @staticmethod
     def list(workspace: Workspace) -> dict[str, Datastore]:
-        rows = workspace._run(workspace.core.client.ask(ListAssets(asset_kind="datastore"))).data
+        rows = _rows(workspace, "datastore")
         return {r["name"]: Datastore(workspace, r["name"], _data=r) for r in rows}
 
     def __repr__(self) -> str:
@@ -235,11 +245,8 @@ class ComputeTarget:
     def __init__(
         self, workspace: Workspace, name: str, _data: dict[str, Any] | None = None
     ) -> None:
-        if _data is None:
-            q = GetAsset(asset_kind="compute", name=name)
-            _data = workspace._run(workspace.core.client.ask(q)).data
         self.workspace, self.name = workspace, name
-        spec = _data["spec"]
+        spec = (_data or _get(workspace, "compute", name))["spec"]
         self.type, self.vm_size, self.labels = spec["kind"], spec.get("vm_size"), spec["labels"]
         self.min_nodes, self.max_nodes = spec["min_nodes"], spec["max_nodes"]
 
@@ -266,7 +273,7 @@ class ComputeTarget:
 
     @staticmethod
     def list(workspace: Workspace) -> dict[str, ComputeTarget]:
-        rows = workspace._run(workspace.core.client.ask(ListAssets(asset_kind="compute"))).data
+        rows = _rows(workspace, "compute")
         return {r["name"]: ComputeTarget(workspace, r["name"], _data=r) for r in rows}
 
     def __repr__(self) -> str:
@@ -350,8 +357,7 @@ class Dataset:
         workspace: Workspace, name: str, version: int | str = "latest", min_seq: int = 0
     ) -> _Dataset:
         number = None if version == "latest" else int(version)
-        q = GetAsset(asset_kind="dataset", name=name, version=number, min_seq=min_seq)
-        data = workspace._run(workspace.core.client.ask(q)).data
+        data = _get(workspace, "dataset", name, version=number, min_seq=min_seq)
         spec = DatasetSpec(
             kind=data["spec"]["kind"],
             paths=[DataPath(*p) for p in data["spec"]["paths"]],
@@ -364,5 +370,5 @@ class Dataset:
 
     @staticmethod
     def list(workspace: Workspace) -> dict[str, _Dataset]:
-        rows = workspace._run(workspace.core.client.ask(ListAssets(asset_kind="dataset"))).data
+        rows = _rows(workspace, "dataset")
         return {r["name"]: Dataset.get_by_name(workspace, r["name"]) for r in rows}
