@@ -56,6 +56,7 @@ __all__ = [
     "RawReply",
     "Request",
     "Responder",
+    "actor_of",
     "answer_pings",
     "ping_all",
 ]
@@ -85,7 +86,7 @@ class RawReply:
 Handler = Callable[[Request], Awaitable[Accepted | QueryResult | Opened | RawReply]]
 
 
-def _actor(headers: dict[str, str] | None) -> str:
+def actor_of(headers: dict[str, str] | None) -> str:
     """Server-attested identity (cross-account import with ``share: true``) when present,
     else the identity the client declared."""
     headers = headers or {}
@@ -171,7 +172,7 @@ class Responder:
             raise InvalidInput(f"malformed JSON: {exc}") from exc
         if self._verb_of[type(body)] != verb:
             raise InvalidInput(f"{type(body).__name__} cannot be sent to {verb!r}")
-        return Request(workspace=workspace, verb=verb, body=body, actor=_actor(msg.headers))
+        return Request(workspace=workspace, verb=verb, body=body, actor=actor_of(msg.headers))
 
     async def _serve(self, msg: Any) -> None:
         reply: Reply | RawReply

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import msgspec
 
 from cairn.errors import InvalidInput
-from cairn.storage._s3 import S3Config
+from cairn.storage import S3Config
 
 __all__ = ["Settings", "default_home", "load_settings"]
 

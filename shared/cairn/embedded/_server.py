@@ -57,7 +57,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -80,7 +80,7 @@ class Credentials:
             client_user=user if user.isalnum() and user != SERVICE_USER else "user",
             client_password=secrets.token_urlsafe(24),
         )
-        _write_private(path, json.dumps(creds.__dict__, indent=2))
+        write_private(path, json.dumps(creds.__dict__, indent=2))
         return creds
 
 
@@ -152,7 +152,7 @@ class NatsServer:
         A plain ``Popen`` rather than an asyncio subprocess: the server must be stoppable from
         synchronous code and outlive the event loop that started it (test fixtures do both).
         """
-        _write_private(self.conf, self.config_text())
+        write_private(self.conf, self.config_text())
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

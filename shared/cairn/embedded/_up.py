@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from cairn.embedded._server import SERVICE_USER, NatsServer, _write_private
+from cairn.embedded._server import SERVICE_USER, NatsServer, write_private
 from cairn.log import get_logger
 from cairn.sdk import AsyncWorkspace, connect
 from cairn.service import ServiceFactory, install_stop_signals, run_services
@@ -51,7 +51,7 @@ def write_client_config(path: Path, settings: Settings) -> None:
     """The file ``load_settings`` / ``Workspace.from_config()`` read: URL, user, workspace."""
     keys = ("nats_url", "nats_user", "nats_password", "workspace")
     body = {k: getattr(settings, k) for k in keys}
-    _write_private(path, json.dumps(body, indent=2) + "\n")
+    write_private(path, json.dumps(body, indent=2) + "\n")
 
 
 async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> None:

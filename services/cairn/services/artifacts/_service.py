@@ -25,7 +25,7 @@ from cairn.proto import subjects
 from cairn.proto.artifacts import CHUNK_BYTES, CommitUpload, OpenUpload, ReadBlob
 from cairn.proto.commands import ErrorReply, Opened, QueryResult
 from cairn.proto.paths import validate_run_path
-from cairn.rpc import RawReply, Request, Responder, _actor
+from cairn.rpc import RawReply, Request, Responder, actor_of
 from cairn.settings import Settings
 from cairn.storage import BlobStore, LocalBlobStore, S3BlobStore
 
@@ -196,7 +196,7 @@ class ArtifactsService:
         ctx = CommandContext(
             workspace=upload.workspace,
             command_id=cmd.command_id,
-            actor=_actor(msg.headers),
+            actor=actor_of(msg.headers),
             correlation_id=cmd.correlation_id,
         )
 
