@@ -1,0 +1,26 @@
+"""The ``cairn`` command line: one group, its commands in a module per area."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cairn.cli import _registry, _stack, _tracking  # noqa: F401  (they register the commands)
+from cairn.cli._base import cli
+from cairn.errors import CairnError
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CairnError as exc:
+        click.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        sys.exit(1)

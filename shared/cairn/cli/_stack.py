@@ -1,0 +1,110 @@
+"""The stack: up, serve, status, sync."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import click
+
+from cairn.cli._base import cli, run, settings
+from cairn.settings import Settings
+
+
+@cli.command()
+@click.option("--home", envvar="CAIRN_HOME", default="~/.cairn", show_default=True)
+@click.option("--port", default=4222, show_default=True, help="0 picks a free port")
+@click.option("--demo", is_flag=True, help="run a demo experiment once the stack is up")
+def up(home: str, port: int, demo: bool) -> None:
+    """Start nats-server and every service in this process; Ctrl-C stops them."""
+    from cairn.embedded._up import up as run_up
+
+    run(run_up(settings(home=home), port=port, demo=demo))
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
+def serve(service: str, nats_url: str | None) -> None:
+    """Run one service alone against a NATS server."""
+    from cairn.embedded._up import all_services
+
+    if service not in all_services():
+        raise click.BadParameter(f"choose from {', '.join(all_services())}", param_hint="SERVICE")
+    module = importlib.import_module(f"cairn.services.{service}")
+    run(module.main(settings(nats_url=nats_url)))
+
+
+def _version(conn: Any) -> str:
+    v = conn.nc.connected_server_version
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
+async def _status(settings: Settings) -> dict[str, Any]:
+    from cairn.bus import connect
+    from cairn.proto.streams import STREAMS
+    from cairn.rpc import ping_all
+
+    conn = await connect(settings, name="cairn-status", connect_timeout=2)
+    try:
+        streams: dict[str, dict[str, Any]] = {}
+        for definition in STREAMS:
+            try:
+                info = await conn.js.stream_info(definition["name"])
+                streams[definition["name"]] = {
+                    "messages": info.state.messages,
+                    "bytes": info.state.bytes,
+                    "last_seq": info.state.last_seq,
+                }
+            except Exception as exc:  # a missing stream is reported, not fatal
+                streams[definition["name"]] = {"error": str(exc)}
+        return {
+            "server": {
+                "url": conn.nc.connected_url.geturl() if conn.nc.connected_url else None,
+                "version": _version(conn),
+            },
+            "streams": streams,
+            "services": await ping_all(conn),
+        }
+    finally:
+        await conn.close()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Show the server, the streams (message counts) and the running services."""
+    report = run(_status(settings()))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    server = report["server"]
+    click.echo(f"server    {server['url']}  nats-server {server['version']}")
+    for name, s in report["streams"].items():
+        detail = s.get("error") or f"{s['messages']:>8} msgs {s['bytes']:>12} bytes"
+        click.echo(f"stream    {name:<8} {detail}")
+    for svc in report["services"] or [{"service": "(none answering)", "instance": ""}]:
+        click.echo(f"service   {svc['service']:<10} {svc['instance']}")
+
+
+@cli.command()
+def sync() -> None:
+    """Send what training scripts spooled while the bus was unreachable."""
+    from cairn.bus import connect
+    from cairn.rpc import Client
+    from cairn.sdk._outbox import replay_spool_dir
+
+    loaded = settings()
+
+    async def go() -> tuple[int, int]:
+        conn = await connect(loaded, name="cairn-sync")
+        try:
+            return await replay_spool_dir(
+                loaded.home_path / "spool", lambda entry: Client(conn, entry.workspace)
+            )
+        finally:
+            await conn.close()
+
+    files, commands = run(go())
+    click.echo(f"synced {commands} spooled commands from {files} files")
