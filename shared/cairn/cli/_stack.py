@@ -108,3 +108,51 @@ def sync() -> None:
 
     files, commands = run(go())
     click.echo(f"synced {commands} spooled commands from {files} files")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--compute", default=None, help="the compute target this agent serves")
+@click.option("--slots", type=int, default=1, show_default=True)
+@click.option("--label", "labels", multiple=True, help="e.g. gpu; repeatable")
+@click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
+@click.pass_context
+def agent(
+    ctx: click.Context, compute: str | None, slots: int, labels: tuple[str, ...],
+    nats_url: str | None,
+) -> None:  # fmt: skip
+    """Run a compute agent (``cairn agent --compute NAME``), or list agents (``agent list``)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if compute is None:
+        raise click.UsageError("give --compute NAME (or a subcommand: list)")
+    from cairn.services.agent import main as agent_main
+
+    run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels)))
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def agent_list(as_json: bool) -> None:
+    """Agents with a live heartbeat: compute, capacity, slots, last heartbeat."""
+    import time
+
+    import msgspec
+
+    from cairn.bus import connect
+    from cairn.cli._base import emit
+    from cairn.services.agent import list_agents
+
+    async def go() -> list[dict[str, Any]]:
+        conn = await connect(settings(), name="cairn-agent-list")
+        try:
+            return [msgspec.to_builtins(a) for a in await list_agents(conn)]
+        finally:
+            await conn.close()
+
+    rows = run(go())
+    for row in rows:
+        row["gpu_count"] = len(row["gpus"])
+        row["heartbeat_age_s"] = round(time.time() - row["heartbeat_at"], 1)
+    emit(rows, as_json, [("agent_id", "AGENT"), ("compute", "COMPUTE"), ("cpus", "CPUS"),
+                         ("gpu_count", "GPUS"), ("free_slots", "FREE"), ("slots", "SLOTS"),
+                         ("labels", "LABELS"), ("heartbeat_age_s", "BEAT AGO (s)")])  # fmt: skip

@@ -1,0 +1,24 @@
+"""The compute agent (capacity and heartbeats so far)."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from cairn.services.agent._capacity import AgentInfo, Gpu, detect, detect_gpus
+from cairn.services.agent._service import AgentService, list_agents
+from cairn.settings import Settings
+
+__all__ = ["AgentInfo", "AgentService", "Gpu", "detect", "detect_gpus", "list_agents", "main"]
+
+
+async def main(
+    settings: Settings, compute: str = "local", slots: int = 1, labels: list[str] | None = None
+) -> None:
+    """Run one agent until SIGTERM/SIGINT."""
+    from cairn.service import install_stop_signals, run_services
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    factory = partial(AgentService, compute=compute, slots=slots, labels=labels)
+    await run_services(settings, [factory], stop=stop)

@@ -1,0 +1,107 @@
+"""Agents register their capacity (GPUs through nvidia-smi) and heartbeat into cairn_agents."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from cairn.bus import Connection
+from cairn.services.agent import AgentService, detect_gpus, list_agents
+from cairn.settings import Settings
+from tests.sdk.test_sync_sdk import sdk_env
+
+CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
+
+# what `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits`
+# prints on a two-GPU machine, plus a line it never prints, to show it is skipped
+FAKE_SMI = """#!/bin/sh
+echo "0, GPU-11111111-2222-3333-4444-555555555555, NVIDIA H100 80GB HBM3, 81559"
+echo "1, GPU-66666666-7777-8888-9999-000000000000, NVIDIA H100 80GB HBM3, 81559"
+echo "garbage"
+"""
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text(FAKE_SMI)
+    tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    return tool
+
+
+def test_gpus_come_from_nvidia_smi(fake_nvidia_smi: Path) -> None:
+    gpus = detect_gpus()
+    assert [(g.index, g.name, g.memory_mib) for g in gpus] == [
+        (0, "NVIDIA H100 80GB HBM3", 81559),
+        (1, "NVIDIA H100 80GB HBM3", 81559),
+    ]
+
+
+def test_no_nvidia_smi_means_no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert detect_gpus() == []
+
+
+async def test_agent_heartbeats_and_leaves(
+    conn: Connection, service_settings: Settings, fake_nvidia_smi: Path
+) -> None:
+    stop = asyncio.Event()
+    agent = AgentService(conn, service_settings, compute="gpu-pool", slots=2, labels=["a100"])
+    agent.interval_s = 0.2
+    await agent.start()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        first = {a.agent_id: a for a in await list_agents(conn)}[agent.agent_id]
+        assert (first.compute, first.slots, first.free_slots) == ("gpu-pool", 2, 2)
+        assert first.labels == ["a100", "gpu"] and len(first.gpus) == 2 and first.cpus >= 1
+        await asyncio.sleep(0.5)
+        later = {a.agent_id: a for a in await list_agents(conn)}[agent.agent_id]
+        assert later.heartbeat_at > first.heartbeat_at
+    finally:
+        stop.set()
+        await task
+    assert agent.agent_id not in {a.agent_id for a in await list_agents(conn)}
+
+
+async def test_cairn_agent_runs_lists_and_stops(
+    client_settings: Settings, service_settings: Settings, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ, "CAIRN_HOME": str(tmp_path), "CAIRN_NATS_URL": service_settings.nats_url,
+        "CAIRN_NATS_USER": service_settings.nats_user or "",
+        "CAIRN_NATS_PASSWORD": service_settings.nats_password or "", "CAIRN_LOG_FORMAT": "json",
+    }  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *CAIRN, "agent", "--compute", "cpu-pool", "--slots", "3", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    listing_env = sdk_env(client_settings, "default", tmp_path / "client")
+    try:
+        mine: list[dict[str, object]] = []
+        for _ in range(100):
+            lister = await asyncio.create_subprocess_exec(
+                *CAIRN, "agent", "list", "--json", env=listing_env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await lister.communicate()
+            mine = [a for a in json.loads(out) if a["compute"] == "cpu-pool"]
+            if mine:
+                break
+            await asyncio.sleep(0.1)
+        assert mine and mine[0]["slots"] == 3 and mine[0]["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
