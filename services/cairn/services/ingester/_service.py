@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -38,7 +37,6 @@ class IngesterService(ProjectedService):
         super().__init__(conn, settings, MetricsProjection())
         self.policy = settings.metrics_nonfinite
         self.metrics = EventStore(conn, stream=METRICS["name"])
-        self._experiments: OrderedDict[tuple[str, str], str] = OrderedDict()
         commands = Responder(
             conn,
             subjects=["cairn.cmd.*.metrics.>"],
@@ -60,16 +58,12 @@ class IngesterService(ProjectedService):
         self.responders = [commands, queries]
 
     async def _experiment_of(self, ws: str, run_id: str) -> str:
-        key = (ws, run_id)
-        if key not in self._experiments:
-            history = await self.store.read(subjects.event(ws, run.KIND, run_id))
-            state = run.fold(r.envelope.data for r in history)
-            if not state.exists:
-                raise NotFound(f"run {run_id} does not exist")
-            self._experiments[key] = state.experiment_id
-            if len(self._experiments) > 100_000:
-                self._experiments.popitem(last=False)
-        return self._experiments[key]
+        # a run, once created, exists for good: a cached history that has it is enough
+        history = await self.cache.read(subjects.event(ws, run.KIND, run_id), bool)
+        state = run.fold(r.envelope.data for r in history)
+        if not state.exists:
+            raise NotFound(f"run {run_id} does not exist")
+        return state.experiment_id
 
     async def _log(self, req: Request) -> Accepted:
         cmd: LogMetrics = req.body
