@@ -64,11 +64,7 @@ def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpe
             "workspaceblobstore": DatastoreSpec(kind="local", path=str(root / "blob")),
             "workspacefilestore": DatastoreSpec(kind="local", path=str(root / "file")),
         }
-    return {"local": asset_spec_local()}
-
-
-def asset_spec_local() -> AssetSpec:
-    return ComputeSpec(kind="local", max_nodes=1)
+    return {"local": ComputeSpec(kind="local", max_nodes=1)}
 
 
 def _view(
