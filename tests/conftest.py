@@ -21,6 +21,14 @@ from cairn.service import run_services
 from cairn.settings import Settings
 from tests.seaweed import SeaweedFS, find_weed
 
+#: short leases and few deliveries, so the tests of lost agents take seconds, not minutes
+JOB_SETTINGS: dict[str, object] = {
+    "job_ticket_window": 1,
+    "job_lease_s": 2.0,
+    "job_max_deliver": 3,
+    "job_cancel_grace_s": 2.0,
+}
+
 
 def settings_for(server: NatsServer, *, service: bool, **extra: object) -> Settings:
     assert server.credentials is not None
@@ -67,12 +75,13 @@ def service_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathF
         state_dir=str(tmp_path_factory.mktemp("state")),
         artifacts_dir=str(tmp_path_factory.mktemp("artifacts")),
         metrics_nonfinite="reject",
+        **JOB_SETTINGS,
     )
 
 
 @pytest.fixture(scope="session")
 def client_settings(nats_server: NatsServer) -> Settings:
-    return settings_for(nats_server, service=False)
+    return settings_for(nats_server, service=False, **JOB_SETTINGS)
 
 
 @pytest.fixture(scope="session")

@@ -56,11 +56,15 @@ async def run_services(
     *,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
+    provision_streams: bool = True,
 ) -> None:
+    """``provision_streams=False`` for processes that connect as clients (agents): they use
+    the streams but may not create them."""
     stop = stop or asyncio.Event()
     conn = await connect(settings, name="cairn-services")
     try:
-        await provision(conn)
+        if provision_streams:
+            await provision(conn)
         services = [factory(conn, settings) for factory in factories]
         for service in services:
             await service.start()

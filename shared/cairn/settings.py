@@ -35,6 +35,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     artifact_s3: S3Config | None = None
     max_artifact_bytes: int = 100 * 1024**3
     roles_file: str | None = None
+    #: how long an agent may stay silent before its job is taken back and re-queued
+    job_lease_s: float = 30.0
+    #: deliveries of one job ticket before JetStream gives up on it (the run then fails)
+    job_max_deliver: int = 5
+    #: unclaimed tickets per compute target; queued runs beyond it wait in priority order
+    job_ticket_window: int = 16
+    #: seconds between SIGTERM and SIGKILL when a job is canceled
+    job_cancel_grace_s: float = 10.0
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
 

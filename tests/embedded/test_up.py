@@ -78,7 +78,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(up_home: tuple[Path, in
     home, port = up_home
     up = Up(home, port, "--demo")
     up.wait_for("cairn is up", timeout=10)  # the readiness bound on this 2-core machine
-    up.wait_for("demo complete: experiment 'demo' has 3 runs", timeout=20)
+    up.wait_for("demo complete: experiment 'demo' has 4 runs", timeout=20)
     up.wait_for("press Ctrl-C", timeout=5)
 
     for name in ("config.json", "credentials.json", "nats/nats.conf"):
@@ -93,15 +93,17 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(up_home: tuple[Path, in
     report = json.loads(status.stdout)
     assert report["streams"]["EVENTS"]["messages"] >= 11
     assert [s["service"] for s in report["services"]] == [
+        "agent",
         "artifacts",
         "ingester",
         "registry",
+        "scheduler",
         "tracking",
     ]
     assert up.interrupt() == 0
 
     again = Up(home, port, "--demo")
-    again.wait_for("demo complete: experiment 'demo' has 6 runs", timeout=20)
+    again.wait_for("demo complete: experiment 'demo' has 8 runs", timeout=20)
     assert again.interrupt() == 0
 
 

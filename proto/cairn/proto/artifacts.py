@@ -37,6 +37,8 @@ class OpenUpload(Command, frozen=True, kw_only=True, tag=True):
     path: Text
     size: int
     staging: bool = False
+    #: set by an agent uploading a job's outputs: refused unless still the current attempt
+    attempt: int = 0
 
 
 class CommitUpload(Command, frozen=True, kw_only=True, tag=True):

@@ -14,7 +14,8 @@ again on the caller's side as the class registered for its ``code``::
     ├── ConcurrencyConflict         code "conflict"           CAS lost after bounded retries
     ├── PermissionDenied            code "permission_denied"
     ├── Unavailable                 code "unavailable"        bus or stream unreachable
-    └── BatchRejected               code "batch_rejected"     an atomic batch was refused
+    ├── BatchRejected               code "batch_rejected"     an atomic batch was refused
+    └── StaleAttempt                code "stale_attempt"      a job attempt that lost its lease
 
 ``CairnError`` itself is raised for codes this version does not know, so a newer service can
 add codes without breaking older clients.
@@ -35,6 +36,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
+    "StaleAttempt",
     "Unavailable",
     "UnknownMessageType",
     "error_for_code",
@@ -93,6 +95,13 @@ class Unavailable(CairnError):
 
 class BatchRejected(CairnError):
     code = "batch_rejected"
+
+
+class StaleAttempt(CairnError):
+    """A report or claim from a job attempt that is no longer the run's current one (its lease
+    was lost and the run re-queued, or the run ended): the sender must stop."""
+
+    code = "stale_attempt"
 
 
 def _registry() -> dict[str, type[CairnError]]:

@@ -23,6 +23,7 @@ import msgspec
 from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec
 from cairn.proto.errors import UnknownMessageType
+from cairn.proto.jobs import JobSpec
 
 __all__ = [
     "EVENT_TYPES",
@@ -38,12 +39,16 @@ __all__ = [
     "ModelVersionArchived",
     "ModelVersionRegistered",
     "ModelVersionRestored",
+    "RunAssigned",
+    "RunCancelRequested",
     "RunCanceled",
     "RunCompleted",
     "RunCreated",
     "RunFailed",
     "RunPropertiesAdded",
+    "RunRequeued",
     "RunStarted",
+    "RunSubmitted",
     "RunTagsSet",
     "WorkspaceCreated",
     "decode_envelope",
@@ -98,22 +103,70 @@ class RunCreated(Event, frozen=True, kw_only=True):
 
 
 class RunStarted(Event, frozen=True, kw_only=True):
+    """``attempt`` is the job attempt whose process started (0: a run logged interactively)."""
+
     KIND = "run"
     run_id: Id
+    attempt: int = 0
 
 
 class RunCompleted(Event, frozen=True, kw_only=True):
     KIND = "run"
     run_id: Id
+    attempt: int = 0
 
 
 class RunFailed(Event, frozen=True, kw_only=True):
     KIND = "run"
     run_id: Id
     error: Text = ""
+    attempt: int = 0
+    exit_code: int | None = None
 
 
 class RunCanceled(Event, frozen=True, kw_only=True):
+    KIND = "run"
+    run_id: Id
+    reason: Text = ""
+    attempt: int = 0
+
+
+class RunSubmitted(Event, frozen=True, kw_only=True):
+    """The run is a job queued on ``compute`` (queue number 1)."""
+
+    KIND = "run"
+    run_id: Id
+    compute: Id
+    job: JobSpec
+
+
+class RunAssigned(Event, frozen=True, kw_only=True):
+    """Attempt ``attempt`` of the run belongs to ``agent_id``; every earlier attempt is void.
+    ``lease_s``: how long the agent may stay silent before the run is taken back."""
+
+    KIND = "run"
+    run_id: Id
+    attempt: int
+    queue_n: int
+    agent_id: Id
+    lease_s: float
+
+
+class RunRequeued(Event, frozen=True, kw_only=True):
+    """Attempt ``attempt`` was lost (its agent went silent or could not run it); the run is
+    queued again under the next queue number, not before ``delay_s`` has passed."""
+
+    KIND = "run"
+    run_id: Id
+    attempt: int
+    reason: Text
+    delay_s: float = 0.0
+
+
+class RunCancelRequested(Event, frozen=True, kw_only=True):
+    """The run's agent is asked to stop it; ``RunCanceled`` (or ``RunFailed`` for a timeout)
+    follows when it has."""
+
     KIND = "run"
     run_id: Id
     reason: Text = ""
@@ -215,6 +268,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RunCompleted,
         RunFailed,
         RunCanceled,
+        RunSubmitted,
+        RunAssigned,
+        RunRequeued,
+        RunCancelRequested,
         RunTagsSet,
         RunPropertiesAdded,
         ArtifactCommitted,

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, assets, metrics, registry
+from cairn.proto import artifacts, assets, jobs, metrics, registry
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -64,6 +64,7 @@ def generate() -> dict[str, str]:
         metrics.LogMetrics,
         artifacts.OpenUpload,
         artifacts.CommitUpload,
+        *jobs.JOB_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -78,8 +79,10 @@ def generate() -> dict[str, str]:
         registry.ModelLineage,
         assets.GetAsset,
         assets.ListAssets,
+        *jobs.JOB_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
+    out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")
     for cmd in commands:
         schema = _schema(cmd, cmd.__name__)
         schema["x-cairn-subject"] = f"cairn.cmd.<ws>.{cmd.VERB}"
@@ -88,7 +91,7 @@ def generate() -> dict[str, str]:
         schema = _schema(qry, qry.__name__)
         schema["x-cairn-subject"] = f"cairn.q.<ws>.{qry.NAME}"
         out[f"queries/{qry.__name__}.json"] = schema
-    for reply in (Accepted, QueryResult, Opened, ErrorReply):
+    for reply in (Accepted, QueryResult, Opened, ErrorReply, jobs.Assignment, jobs.JobStatus):
         out[f"replies/{reply.__name__}.json"] = _schema(reply, reply.__name__)
     return {name: json.dumps(s, indent=2, sort_keys=True) + "\n" for name, s in out.items()}
 

@@ -100,17 +100,28 @@ AGENTS_BUCKET: dict[str, Any] = {
 KV_BUCKETS: tuple[dict[str, Any], ...] = (AGENTS_BUCKET,)
 
 
-def job_consumer(ws: str, compute: str, *, slots: int = 64) -> dict[str, Any]:
-    """The one durable pull consumer that every agent of a compute target shares."""
+def job_consumer(
+    ws: str, compute: str, *, ack_wait_s: float = 30.0, max_deliver: int = 5, slots: int = 1024
+) -> dict[str, Any]:
+    """The one durable pull consumer that every agent of a compute target shares.
+
+    A ticket is only a wake-up: an agent acknowledges it once its claim is recorded, and the
+    run's lease lives in the event log, not in the ack timer. ``ack_wait`` covers an agent
+    that pulled a ticket and died before claiming it; redelivery backs off, and after
+    ``max_deliver`` deliveries the server emits the MAX_DELIVERIES advisory that the scheduler
+    turns into a failed run.
+    """
     from cairn.proto.subjects import job, validate_token
 
+    wait = int(ack_wait_s * _SECOND)
     return {
         "durable_name": f"jobs-{validate_token(ws)}-{validate_token(compute)}",
         "filter_subject": job(ws, compute),
         "ack_policy": "explicit",
-        "ack_wait": 60 * _SECOND,
-        "max_deliver": 5,
-        "backoff": [10 * _SECOND, 30 * _SECOND, 120 * _SECOND, 120 * _SECOND],
+        "ack_wait": wait,
+        "max_deliver": max_deliver,
+        "backoff": [wait * (2**i) for i in range(max(max_deliver - 1, 1))],
         "max_ack_pending": slots,
+        "max_waiting": 512,
         "deliver_policy": "all",
     }

@@ -2,7 +2,7 @@
 
 from cairn.bus._connect import Connection, connect
 from cairn.bus._execute import AggregateCache, CommandContext, execute
-from cairn.bus._provision import ensure_stream, provision
+from cairn.bus._provision import ensure_consumer, ensure_stream, provision
 from cairn.bus._store import AppendResult, EventStore, Recorded
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "EventStore",
     "Recorded",
     "connect",
+    "ensure_consumer",
     "ensure_stream",
     "execute",
     "provision",

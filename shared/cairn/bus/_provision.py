@@ -12,7 +12,7 @@ from cairn.bus._connect import Connection
 from cairn.errors import CairnError
 from cairn.proto.streams import KV_BUCKETS, STREAMS
 
-__all__ = ["provision"]
+__all__ = ["ensure_consumer", "ensure_stream", "provision"]
 
 _STREAM_NOT_FOUND = 10059
 
@@ -42,6 +42,16 @@ async def ensure_stream(conn: Connection, definition: dict[str, Any]) -> str:
     if "error" in reply:
         raise CairnError(f"cannot provision stream {name}: {reply['error'].get('description')}")
     return action
+
+
+async def ensure_consumer(conn: Connection, stream: str, config: dict[str, Any]) -> None:
+    """Create the durable consumer, or update it to ``config``; safe to repeat."""
+    name = config["durable_name"]
+    reply = await _api(
+        conn, f"$JS.API.CONSUMER.CREATE.{stream}.{name}", {"stream_name": stream, "config": config}
+    )
+    if "error" in reply:
+        raise CairnError(f"cannot provision consumer {name}: {reply['error'].get('description')}")
 
 
 async def provision(conn: Connection) -> dict[str, str]:

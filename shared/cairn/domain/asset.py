@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from pathlib import Path
 
 import msgspec
 
 from cairn.errors import AlreadyExists, NotFound
-from cairn.proto.assets import AssetSpec, ComputeSpec
+from cairn.proto.assets import AssetSpec, ComputeSpec, DatastoreSpec, EnvironmentSpec
 from cairn.proto.events import AssetDeleted, AssetRegistered, Event
 
-__all__ = ["AssetState", "decide_delete", "decide_register", "fold", "spec_hash"]
+__all__ = [
+    "CURATED",
+    "AssetState",
+    "builtin_assets",
+    "decide_delete",
+    "decide_register",
+    "fold",
+    "resolve",
+    "spec_hash",
+]
 
 
 class AssetState(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,3 +71,41 @@ def decide_delete(state: AssetState, name: str) -> list[Event]:
     if state.latest is None:
         raise NotFound(f"{name!r} does not exist")
     return [] if state.deleted else [AssetDeleted(name=name)]
+
+
+#: curated environments every workspace has (users cannot register the prefix)
+CURATED: dict[str, EnvironmentSpec] = {
+    "cairn-python-3.11": EnvironmentSpec(python="3.11"),
+    "cairn-sklearn": EnvironmentSpec(python="3.11", pip=["scikit-learn", "pandas", "numpy"]),
+}
+
+
+def builtin_assets(home: Path, ws: str, kind: str) -> dict[str, AssetSpec]:
+    """What every workspace has without registering it: curated environments, the two
+    default datastores (local folders under ``<home>/datastores/<ws>``), local compute."""
+    if kind == "environment":
+        return dict(CURATED)
+    if kind == "dataset":
+        return {}
+    if kind == "datastore":
+        root = home / "datastores" / ws
+        return {
+            "workspaceblobstore": DatastoreSpec(kind="local", path=str(root / "blob")),
+            "workspacefilestore": DatastoreSpec(kind="local", path=str(root / "file")),
+        }
+    return {"local": ComputeSpec(kind="local", max_nodes=1)}
+
+
+def resolve(
+    state: AssetState, builtin: AssetSpec | None, kind: str, name: str, version: int | None
+) -> AssetRegistered:
+    """Version ``version`` (default: the latest) of a registered asset, else the built-in one
+    of that name (which has version 1 only)."""
+    if state.latest is not None and not state.deleted:
+        ev = state.versions.get(version or state.latest.version)
+        if ev is None:
+            raise NotFound(f"{kind} {name!r} has no version {version}")
+        return ev
+    if builtin is None or version not in (None, 1):
+        raise NotFound(f"no {kind} called {name!r}")
+    return AssetRegistered(name=name, version=1, spec=builtin, spec_hash=spec_hash(builtin))

@@ -1,7 +1,13 @@
-"""The run aggregate: NotStarted -> Running -> Completed | Failed | Canceled.
+"""The run aggregate.
+
+A run logged interactively goes NotStarted -> Running -> Completed | Failed | Canceled.
+A job goes NotStarted -> Queued -> Preparing (assigned to an agent, attempt n) -> Running ->
+Completed | Failed | Canceled, back to Queued when its attempt is lost, and through
+CancelRequested when it is canceled while an agent holds it.
 
 Repeating a transition into the state a run is already in is a no-op, so a client that lost a
-reply can send the command again under a new id; leaving a terminal state is refused.
+reply can send the command again under a new id; leaving a terminal state is refused. Reports
+from job attempts are fenced by attempt number: only the current attempt may move the run.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from enum import StrEnum
 import msgspec
 
 from cairn.domain import fold as fold_events
-from cairn.errors import AlreadyExists, InvalidTransition, NotFound
+from cairn.errors import AlreadyExists, InvalidTransition, NotFound, StaleAttempt
 from cairn.proto.commands import (
     AddRunProperties,
     CancelRun,
@@ -25,14 +31,19 @@ from cairn.proto.commands import (
 from cairn.proto.events import (
     ArtifactCommitted,
     Event,
+    RunAssigned,
     RunCanceled,
+    RunCancelRequested,
     RunCompleted,
     RunCreated,
     RunFailed,
     RunPropertiesAdded,
+    RunRequeued,
     RunStarted,
+    RunSubmitted,
     RunTagsSet,
 )
+from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
 
 __all__ = [
     "KIND",
@@ -40,7 +51,15 @@ __all__ = [
     "RunState",
     "RunStatus",
     "decide",
+    "decide_cancel",
+    "decide_claim",
     "decide_commit",
+    "decide_finish",
+    "decide_lost",
+    "decide_report",
+    "decide_submit",
+    "decide_timeout",
+    "decide_undeliverable",
     "evolve",
     "fold",
 ]
@@ -54,7 +73,10 @@ RunCommand = (
 
 class RunStatus(StrEnum):
     NOT_STARTED = "NotStarted"
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
     RUNNING = "Running"
+    CANCEL_REQUESTED = "CancelRequested"
     COMPLETED = "Completed"
     FAILED = "Failed"
     CANCELED = "Canceled"
@@ -62,6 +84,11 @@ class RunStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
+
+    @property
+    def held(self) -> bool:
+        """An agent holds the run (its current attempt)."""
+        return self in (RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.CANCEL_REQUESTED)
 
 
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +100,16 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     properties: dict[str, str] = msgspec.field(default_factory=dict)
     files: dict[str, str] = msgspec.field(default_factory=dict)
+    # -- jobs --
+    compute: str = ""
+    job: JobSpec | None = None
+    queue_n: int = 0
+    attempt: int = 0
+    agent_id: str = ""
+    lease_s: float = 0.0
+    lost: int = 0
+    started: bool = False
+    cancel_reason: str = ""
 
 
 def evolve(state: RunState, event: Event) -> RunState:
@@ -80,7 +117,35 @@ def evolve(state: RunState, event: Event) -> RunState:
         case RunCreated(run_id=run_id, experiment_id=experiment_id):
             return RunState(exists=True, run_id=run_id, experiment_id=experiment_id)
         case RunStarted():
-            return msgspec.structs.replace(state, status=RunStatus.RUNNING)
+            status = (
+                state.status if state.status == RunStatus.CANCEL_REQUESTED else RunStatus.RUNNING
+            )
+            return msgspec.structs.replace(state, status=status, started=True)
+        case RunSubmitted(compute=compute, job=job):
+            return msgspec.structs.replace(
+                state, status=RunStatus.QUEUED, compute=compute, job=job, queue_n=1
+            )
+        case RunAssigned(attempt=attempt, agent_id=agent_id, lease_s=lease_s):
+            return msgspec.structs.replace(
+                state,
+                status=RunStatus.PREPARING,
+                attempt=attempt,
+                agent_id=agent_id,
+                lease_s=lease_s,
+                started=False,
+            )
+        case RunRequeued():
+            return msgspec.structs.replace(
+                state,
+                status=RunStatus.QUEUED,
+                agent_id="",
+                queue_n=state.queue_n + 1,
+                lost=state.lost + 1,
+            )
+        case RunCancelRequested(reason=reason):
+            return msgspec.structs.replace(
+                state, status=RunStatus.CANCEL_REQUESTED, cancel_reason=reason
+            )
         case RunCompleted():
             return msgspec.structs.replace(state, status=RunStatus.COMPLETED)
         case RunFailed(error=error):
@@ -130,6 +195,11 @@ def decide(state: RunState, command: RunCommand, *, experiment_id: str = "") -> 
         ]
     if not state.exists:
         raise NotFound(f"run {command.run_id} does not exist")
+    if state.job is not None and not isinstance(command, (SetRunTags, AddRunProperties)):
+        if isinstance(command, CancelRun):
+            return decide_cancel(state, command.reason)
+        if not state.status.terminal:
+            raise InvalidTransition(f"run {state.run_id} is a job; its agent starts and ends it")
     if isinstance(command, SetRunTags):
         changed = {k: v for k, v in command.tags.items() if state.tags.get(k) != v}
         return [RunTagsSet(run_id=state.run_id, tags=changed)] if changed else []
@@ -162,3 +232,122 @@ def decide_commit(state: RunState, path: str, digest: str, size: int) -> list[Ev
     if existing is not None:
         raise AlreadyExists(f"run {state.run_id} already has a different file at {path!r}")
     return [ArtifactCommitted(run_id=state.run_id, path=path, digest=digest, size=size)]
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def decide_submit(
+    state: RunState, command: SubmitJob, *, experiment_id: str, job: JobSpec
+) -> list[Event]:
+    """``job`` is ``command.job`` with its environment resolved by the caller."""
+    if state.exists:
+        raise AlreadyExists(f"run {command.run_id} already exists")
+    events: list[Event] = [
+        RunCreated(run_id=command.run_id, experiment_id=experiment_id,
+                   experiment_name=command.experiment_name, display_name=command.display_name),
+        RunSubmitted(run_id=command.run_id, compute=command.compute, job=job),
+    ]  # fmt: skip
+    if command.tags:
+        events.append(RunTagsSet(run_id=command.run_id, tags=command.tags))
+    return events
+
+
+def _require_job(state: RunState, run_id: str) -> JobSpec:
+    if not state.exists:
+        raise NotFound(f"run {run_id} does not exist")
+    if state.job is None:
+        raise InvalidTransition(f"run {run_id} is not a job")
+    return state.job
+
+
+def decide_claim(state: RunState, command: ClaimJob, *, lease_s: float) -> list[Event]:
+    """A ticket is good only while the run waits under that queue number; anything else is a
+    leftover (a redelivered or duplicated ticket, a run canceled or re-queued since)."""
+    _require_job(state, command.run_id)
+    if state.status != RunStatus.QUEUED or command.queue_n != state.queue_n:
+        raise StaleAttempt(
+            f"ticket {command.queue_n} of run {state.run_id} is stale (run is {state.status},"
+            f" queue number {state.queue_n})"
+        )
+    return [RunAssigned(run_id=state.run_id, attempt=state.attempt + 1, queue_n=state.queue_n,
+                        agent_id=command.agent_id, lease_s=lease_s)]  # fmt: skip
+
+
+def _require_current(state: RunState, run_id: str, attempt: int) -> None:
+    _require_job(state, run_id)
+    if attempt != state.attempt or not state.status.held:
+        raise StaleAttempt(
+            f"attempt {attempt} of run {run_id} is not current (run is {state.status},"
+            f" attempt {state.attempt})"
+        )
+
+
+def decide_report(state: RunState, command: ReportJob) -> list[Event]:
+    _require_current(state, command.run_id, command.attempt)
+    if command.phase == "running" and not state.started:
+        return [RunStarted(run_id=state.run_id, attempt=command.attempt)]
+    return []
+
+
+def decide_finish(state: RunState, command: FinishJob) -> list[Event]:
+    _require_current(state, command.run_id, command.attempt)
+    run_id, attempt = state.run_id, command.attempt
+    match command.outcome:
+        case "completed":
+            return [RunCompleted(run_id=run_id, attempt=attempt)]
+        case "failed":
+            return [RunFailed(run_id=run_id, attempt=attempt, error=command.error,
+                              exit_code=command.exit_code)]  # fmt: skip
+        case "canceled":
+            if state.cancel_reason.startswith("timeout"):
+                return [RunFailed(run_id=run_id, attempt=attempt, error=state.cancel_reason,
+                                  exit_code=command.exit_code)]  # fmt: skip
+            return [RunCanceled(run_id=run_id, attempt=attempt, reason=state.cancel_reason)]
+    return decide_lost(state, attempt, command.error or "the agent could not run the job")
+
+
+#: seconds to wait before the n-th re-queue of a run (infrastructure failures)
+REQUEUE_BACKOFF_S = (0.0, 2.0, 10.0, 30.0, 120.0)
+
+
+def decide_lost(state: RunState, attempt: int, reason: str) -> list[Event]:
+    """Attempt ``attempt`` is lost (lease expired, agent failure): re-queue it while the budget
+    lasts, else fail the run. A run whose cancel was requested is canceled instead."""
+    if state.job is None or attempt != state.attempt or not state.status.held:
+        return []
+    if state.status == RunStatus.CANCEL_REQUESTED:
+        if state.cancel_reason.startswith("timeout"):
+            return [RunFailed(run_id=state.run_id, attempt=attempt, error=state.cancel_reason)]
+        return [RunCanceled(run_id=state.run_id, attempt=attempt, reason=state.cancel_reason)]
+    if state.lost + 1 >= state.job.max_attempts:
+        error = f"gave up after {state.lost + 1} lost attempts; the last: {reason}"
+        return [RunFailed(run_id=state.run_id, attempt=attempt, error=error)]
+    delay = REQUEUE_BACKOFF_S[min(state.lost, len(REQUEUE_BACKOFF_S) - 1)]
+    return [RunRequeued(run_id=state.run_id, attempt=attempt, reason=reason, delay_s=delay)]
+
+
+def decide_cancel(state: RunState, reason: str) -> list[Event]:
+    if state.status.terminal:
+        if state.status == RunStatus.CANCELED:
+            return []
+        raise InvalidTransition(f"run {state.run_id} is {state.status}; cannot be canceled")
+    if state.status.held:
+        if state.status == RunStatus.CANCEL_REQUESTED:
+            return []
+        return [RunCancelRequested(run_id=state.run_id, reason=reason or "canceled")]
+    return [RunCanceled(run_id=state.run_id, reason=reason)]
+
+
+def decide_timeout(state: RunState, attempt: int, timeout_s: float) -> list[Event]:
+    if attempt != state.attempt or state.status not in (RunStatus.PREPARING, RunStatus.RUNNING):
+        return []
+    return [RunCancelRequested(run_id=state.run_id, reason=f"timeout: ran past {timeout_s:g} s")]
+
+
+def decide_undeliverable(state: RunState, queue_n: int, deliveries: int) -> list[Event]:
+    """JetStream gave up delivering the run's ticket (its agents failed before claiming)."""
+    if state.job is None or state.status != RunStatus.QUEUED or queue_n != state.queue_n:
+        return []
+    error = f"no agent could take the job: its ticket was delivered {deliveries} times"
+    return [RunFailed(run_id=state.run_id, attempt=state.attempt, error=error)]

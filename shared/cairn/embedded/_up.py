@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.artifacts import ArtifactsService
     from cairn.services.ingester import IngesterService
     from cairn.services.registry import RegistryService
+    from cairn.services.scheduler import SchedulerService
     from cairn.services.tracking import TrackingService
 
     return {
@@ -33,6 +35,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "ingester": IngesterService,
         "artifacts": ArtifactsService,
         "registry": RegistryService,
+        "scheduler": SchedulerService,
     }
 
 
@@ -73,6 +76,7 @@ async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> No
             await run.complete()
         else:
             await run.fail("demo: diverged on purpose")
+    await demo_job(ws, say)
     for row in await exp.runs():
         final = (await ws.run(row["run_id"]).get_metrics("loss"))["loss"][-1]
         say(
@@ -80,6 +84,49 @@ async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> No
             f" final loss {final:.4f}  {row['run_id']}"
         )
     say(f"demo complete: experiment 'demo' has {len(await exp.runs())} runs")
+
+
+async def run_local_agent(settings: Settings, stop: asyncio.Event) -> None:
+    """The agent of the ``local`` compute target: a client of the bus like any agent, one
+    slot per CPU."""
+    from functools import partial
+
+    from cairn.services.agent import AgentService
+
+    factory = partial(AgentService, compute="local", slots=os.cpu_count() or 1)
+    await run_services(settings, [factory], stop=stop, provision_streams=False)
+
+
+DEMO_SCRIPT = """\
+import argparse
+from cairn.sdk import Run
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--learning_rate", type=float, default=0.1)
+lr = parser.parse_args().learning_rate
+run = Run.get_context()
+loss = 1.0
+for step in range(200):
+    loss *= 1 - lr / 10
+    run.log("loss", round(loss, 5), step=step)
+run.tag("learning_rate", str(lr))
+print(f"trained on the local agent: final loss {loss:.4f}")
+"""
+
+
+async def demo_job(ws: AsyncWorkspace, say: Callable[[str], None]) -> None:
+    """The same training as a job: snapshot, queue, the local agent runs it, output streamed."""
+    from cairn.sdk import ScriptRunConfig
+    from cairn.sdk._jobs import follow, submit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "train.py").write_text(DEMO_SCRIPT)
+        config = ScriptRunConfig(source_directory=tmp, script="train.py",
+                                 arguments=["--learning_rate", 0.05])  # fmt: skip
+        run_id = await submit(ws, "demo", config, display_name="demo job")
+    say(f"  submitted job {run_id} to compute 'local'; its output:")
+    details = await follow(ws, run_id, out=lambda text: say("    " + text.rstrip()), timeout=120)
+    say(f"  demo job {details['status']}")
 
 
 async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | None = None) -> None:
@@ -108,6 +155,7 @@ async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | Non
         )
         if services.done():
             await services  # raises what made it stop
+        agent = asyncio.create_task(run_local_agent(clients, stop))
         async with connect(clients) as ws:
             await ws.create(description="created by cairn up")
             print(
@@ -119,6 +167,7 @@ async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | Non
                 await run_demo(ws, lambda line: print(line, flush=True))
         print("press Ctrl-C to stop", flush=True)
         await services
+        await agent
     finally:
         stop.set()
         server.stop()

@@ -3,6 +3,7 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``)."""
 
 from cairn.sdk._assets import ComputeTarget, CondaDependencies, Dataset, Datastore, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
+from cairn.sdk._jobs import Estimator, RunFailedError, ScriptRunConfig
 from cairn.sdk._models import Model
 from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
 
@@ -15,10 +16,13 @@ __all__ = [
     "Dataset",
     "Datastore",
     "Environment",
+    "Estimator",
     "Experiment",
     "Model",
     "OfflineRun",
     "Run",
+    "RunFailedError",
+    "ScriptRunConfig",
     "Workspace",
     "connect",
     "new_id",

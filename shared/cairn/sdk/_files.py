@@ -72,6 +72,7 @@ async def upload_file(
     *,
     show_progress: bool | None = None,
     staging: bool = False,
+    attempt: int = 0,
 ) -> Accepted:
     """Upload ``path`` as run file ``name`` (or into staging area ``run_id``); returns when
     ``ArtifactCommitted`` is stored."""
@@ -90,6 +91,7 @@ async def upload_file(
                     path=name,
                     size=size,
                     staging=staging,
+                    attempt=attempt,
                 )
             )
             if not isinstance(opened, Opened):

@@ -184,6 +184,22 @@ class Experiment:
         core = self.workspace._run(self._core.start_run(display_name=display_name))
         return Run(self, core.id, _core=core, outputs=outputs)
 
+    def submit(
+        self, config: Any, tags: dict[str, Any] | None = None, display_name: str | None = None,
+        **_: Any,
+    ) -> Run:  # fmt: skip
+        """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
+        target; returns the queued run at once."""
+        from cairn.sdk._jobs import submit
+
+        tag_values = {k: str(v) for k, v in (tags or {}).items()}
+        run_id = self.workspace._run(
+            submit(
+                self.workspace.core, self.name, config, tags=tag_values, display_name=display_name
+            )
+        )
+        return Run(self, run_id)
+
     def get_runs(self) -> Iterator[Run]:
         for row in self.workspace._run(self._core.runs(limit=10_000)):
             yield Run(self, row["run_id"])
@@ -265,11 +281,39 @@ class Run:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    @property
+    def _agent_owned(self) -> bool:
+        """Inside a job the agent ends the run from the script's exit code."""
+        return bool(os.environ.get("CAIRN_ATTEMPT")) and os.environ.get("CAIRN_RUN_ID") == self.id
+
     def complete(self, _set_status: bool = True) -> None:
+        if self._agent_owned:
+            self.flush()
+            return
         self._ws._run(self._core.complete())
 
     def fail(self, error_details: Any = None, error_code: str | None = None, **_: Any) -> None:
+        if self._agent_owned:  # the job fails when the script exits non-zero
+            self.flush()
+            return
         self._ws._run(self._core.fail(str(error_details or error_code or "")))
+
+    def wait_for_completion(
+        self, show_output: bool = False, wait_post_processing: bool = False,
+        raise_on_error: bool = True, timeout: float | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Wait until the run has ended, printing the job's output live with ``show_output``;
+        raises ``RunFailedError`` for a run that failed or was canceled (``raise_on_error``)."""
+        from cairn.sdk._jobs import RunFailedError, follow, print_out
+
+        out = print_out if show_output else None
+        details = self._ws._run(follow(self._ws.core, self.id, out=out, timeout=timeout))
+        if raise_on_error and details["status"] != "Completed":
+            raise RunFailedError(
+                f"run {self.id} ended {details['status']}: {details.get('error') or ''}".strip()
+            )
+        details["runId"] = details["run_id"]
+        return details
 
     def cancel(self) -> None:
         self._ws._run(self._core.cancel())

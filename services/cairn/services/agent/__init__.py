@@ -1,4 +1,4 @@
-"""The compute agent (capacity and heartbeats so far)."""
+"""The compute agent: capacity and heartbeats, jobs pulled and run."""
 
 from __future__ import annotations
 
@@ -13,12 +13,16 @@ __all__ = ["AgentInfo", "AgentService", "Gpu", "detect", "detect_gpus", "list_ag
 
 
 async def main(
-    settings: Settings, compute: str = "local", slots: int = 1, labels: list[str] | None = None
+    settings: Settings,
+    compute: str = "local",
+    slots: int = 1,
+    labels: list[str] | None = None,
+    drain: bool = False,
 ) -> None:
     """Run one agent until SIGTERM/SIGINT."""
     from cairn.service import install_stop_signals, run_services
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    factory = partial(AgentService, compute=compute, slots=slots, labels=labels)
-    await run_services(settings, [factory], stop=stop)
+    factory = partial(AgentService, compute=compute, slots=slots, labels=labels, drain=drain)
+    await run_services(settings, [factory], stop=stop, provision_streams=False)

@@ -75,12 +75,20 @@ def _memory_bytes() -> int:
 
 
 def detect(
-    agent_id: str, compute: str, slots: int, labels: list[str], started_at: float, now: float
+    agent_id: str,
+    compute: str,
+    slots: int,
+    labels: list[str],
+    started_at: float,
+    now: float,
+    *,
+    free_slots: int | None = None,
 ) -> AgentInfo:
     gpus = detect_gpus()
     all_labels = sorted(set(labels) | ({"gpu"} if gpus else set()))
     return AgentInfo(
         agent_id=agent_id, compute=compute, hostname=socket.gethostname(), pid=os.getpid(),
         cpus=os.cpu_count() or 1, memory_bytes=_memory_bytes(), gpus=gpus, labels=all_labels,
-        slots=slots, free_slots=slots, started_at=started_at, heartbeat_at=now,
+        slots=slots, free_slots=slots if free_slots is None else free_slots,
+        started_at=started_at, heartbeat_at=now,
     )  # fmt: skip

@@ -1,6 +1,11 @@
-"""The compute agent, as far as it goes today: it registers its capacity and heartbeats into
-the ``cairn_agents`` bucket (a key per agent, expiring when the agent goes quiet). Pulling and
-running jobs comes with the scheduler."""
+"""The compute agent: capacity and heartbeats in ``cairn_agents``, and jobs pulled from JOBS.
+
+It pulls tickets from its compute target's durable consumer only while it has free slots,
+claims each with the scheduler, acknowledges the ticket once the claim is recorded (the lease
+lives in the event log from then on) and runs the attempt. A stale ticket (the run moved on)
+is terminated. On stop it either drains (``drain=True``: finishes running jobs, takes no new
+ones) or stops its jobs and reports them lost, so they are re-queued at once.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,27 @@ import asyncio
 import contextlib
 import time
 import uuid
+from typing import Any
 
 import msgspec
 
-from cairn.bus import Connection
+from cairn.bus import Connection, ensure_consumer
+from cairn.errors import CairnError, InvalidTransition, NotFound, StaleAttempt
 from cairn.log import get_logger
-from cairn.proto.streams import AGENTS_BUCKET
+from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket
+from cairn.proto.streams import AGENTS_BUCKET, JOBS, job_consumer
 from cairn.proto.subjects import agent_key, validate_token
-from cairn.services.agent._capacity import AgentInfo, detect
+from cairn.rpc import Client
+from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
+from cairn.services.agent._env import Environments
+from cairn.services.agent._runner import Attempt
 from cairn.settings import Settings
 
 __all__ = ["AgentService", "list_agents"]
 
 log = get_logger("cairn.agent")
 _encoder = msgspec.json.Encoder()
+_ticket_decoder = msgspec.json.Decoder(Ticket)
 
 
 class AgentService:
@@ -36,16 +48,30 @@ class AgentService:
         slots: int = 1,
         labels: list[str] | None = None,
         agent_id: str | None = None,
+        drain: bool = False,
     ) -> None:
         self.conn = conn
+        self.settings = settings
         self.compute = validate_token(compute, "compute")
-        self.slots = slots
+        self.workspace = validate_token(settings.workspace, "workspace")
+        self.slots = max(1, slots)
         self.labels = [validate_token(label, "label") for label in labels or []]
         self.agent_id = agent_key(agent_id or f"{self.compute}-{uuid.uuid4().hex[:12]}")
+        self.drain = drain
         self.interval_s = float(AGENTS_BUCKET["ttl_s"]) / 3
         self.started_at = time.time()
         self.info: AgentInfo | None = None
-        self._kv: object = None
+        self._kv: Any = None
+        self.client = Client(conn, self.workspace)
+        root = settings.state_path / "agent"
+        self.work_root = root / "work" / self.agent_id
+        self.snapshots = root / "snapshots"
+        self.envs = Environments(root / "envs")
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.attempts: dict[str, Attempt] = {}
+        self.gpus = [g.index for g in detect_gpus()]
+        self.free_gpus = list(self.gpus)
+        self._slot_freed = asyncio.Event()
 
     async def heartbeat(self) -> AgentInfo:
         """Write the agent's key (capacity, free slots, time); the bucket's TTL drops it if
@@ -53,16 +79,24 @@ class AgentService:
         if self._kv is None:
             self._kv = await self.conn.js.key_value(AGENTS_BUCKET["bucket"])
         self.info = detect(self.agent_id, self.compute, self.slots, self.labels,
-                           self.started_at, time.time())  # fmt: skip
-        await self._kv.put(self.agent_id, _encoder.encode(self.info))  # type: ignore[attr-defined]
+                           self.started_at, time.time(),
+                           free_slots=self.slots - len(self.running))  # fmt: skip
+        await self._kv.put(self.agent_id, _encoder.encode(self.info))
         return self.info
 
     async def start(self) -> None:
         info = await self.heartbeat()
         log.info("agent_registered", agent_id=self.agent_id, compute=self.compute,
-                 gpus=len(info.gpus), labels=info.labels)  # fmt: skip
+                 gpus=len(info.gpus), labels=info.labels, slots=self.slots)  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._beat(stop))
+            tg.create_task(self._pull(stop))
+        with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
+            await self._kv.delete(self.agent_id)
+
+    async def _beat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
@@ -71,8 +105,118 @@ class AgentService:
                     await self.heartbeat()
                 except Exception as exc:  # the bus may be away; the next beat tries again
                     log.warning("heartbeat_failed", error=str(exc))
-        with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
-            await self._kv.delete(self.agent_id)  # type: ignore[attr-defined]
+
+    # -- pulling -------------------------------------------------------------------------
+
+    async def _subscribe(self) -> Any:
+        config = job_consumer(self.workspace, self.compute, ack_wait_s=self.settings.job_lease_s,
+                              max_deliver=self.settings.job_max_deliver)  # fmt: skip
+        try:
+            await self.conn.js.consumer_info(JOBS["name"], config["durable_name"])
+        except Exception:  # not there yet: the first agent (or the scheduler) makes it
+            await ensure_consumer(self.conn, JOBS["name"], config)
+        return await self.conn.js.pull_subscribe_bind(
+            durable=config["durable_name"], stream=JOBS["name"]
+        )
+
+    async def _pull(self, stop: asyncio.Event) -> None:
+        psub = await self._subscribe()
+        try:
+            while not stop.is_set():
+                free = self.slots - len(self.running)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_freed.wait(), 1.0)
+                    continue
+                try:
+                    msgs = await psub.fetch(free, timeout=1.0)
+                except Exception as exc:  # nothing to do (timeout) or the bus is away
+                    if "timeout" not in type(exc).__name__.lower():
+                        log.warning("fetch_failed", error=repr(exc))
+                        await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await self._take(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
+            await self._wind_down()
+
+    async def _wind_down(self) -> None:
+        if not self.running:
+            return
+        if not self.drain:
+            for attempt in self.attempts.values():
+                attempt.abandon(f"agent {self.agent_id} stopped")
+        log.info("agent_winding_down", jobs=len(self.running), drain=self.drain)
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    async def _take(self, msg: Any) -> None:
+        try:
+            ticket = _ticket_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            await msg.term()
+            return
+        claim = ClaimJob(command_id=f"claim-{ticket.run_id}-{ticket.queue_n}-{self.agent_id}",
+                         run_id=ticket.run_id, queue_n=ticket.queue_n,
+                         agent_id=self.agent_id)  # fmt: skip
+        try:
+            reply = await self.client.send_any(claim)
+            assignment = msgspec.convert(getattr(reply, "data", None), Assignment)
+        except (StaleAttempt, NotFound, InvalidTransition) as exc:
+            log.info("ticket_stale", run_id=ticket.run_id, reason=str(exc))
+            await msg.term()
+            return
+        except (CairnError, msgspec.ValidationError) as exc:
+            log.warning("claim_failed", run_id=ticket.run_id, error=repr(exc))
+            await msg.nak(delay=1)
+            return
+        with contextlib.suppress(Exception):  # a lost ack only means a stale ticket later
+            await msg.ack_sync(timeout=5)
+        self._start(assignment)
+
+    def _start(self, assignment: Assignment) -> None:
+        gpus: list[int] = []
+        if assignment.job.gpus:
+            gpus, self.free_gpus = (
+                self.free_gpus[: assignment.job.gpus],
+                self.free_gpus[assignment.job.gpus :],
+            )
+        attempt = Attempt(
+            client=self.client,
+            settings=self.settings,
+            assignment=assignment,
+            agent_id=self.agent_id,
+            workdir=self.work_root / f"{assignment.run_id}-{assignment.attempt}",
+            snapshots=self.snapshots,
+            python_for=self.envs.python_for,
+            gpus=gpus,
+        )
+        key = f"{assignment.run_id}-{assignment.attempt}"
+        self.attempts[key] = attempt
+        self.running[key] = asyncio.create_task(self._run_attempt(key, attempt, gpus))
+
+    async def _run_attempt(self, key: str, attempt: Attempt, gpus: list[int]) -> None:
+        try:
+            await attempt.run()
+        except Exception as exc:
+            log.error("attempt_crashed", key=key, error=repr(exc))
+            with contextlib.suppress(Exception):
+                await self.client.send(
+                    FinishJob(
+                        command_id=f"finish-{attempt.a.run_id}-{attempt.a.attempt}",
+                        run_id=attempt.a.run_id,
+                        attempt=attempt.a.attempt,
+                        outcome="lost",
+                        error=f"agent error: {exc!r}",
+                    )
+                )
+        finally:
+            self.free_gpus += gpus
+            self.running.pop(key, None)
+            self.attempts.pop(key, None)
+            self._slot_freed.set()
 
 
 async def list_agents(conn: Connection) -> list[AgentInfo]:

@@ -19,7 +19,7 @@ import msgspec
 
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, execute
 from cairn.domain import run as runs
-from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge
+from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge, StaleAttempt
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.artifacts import CHUNK_BYTES, CommitUpload, OpenUpload, ReadBlob
@@ -47,6 +47,7 @@ class _Upload:
         self.hash = hashlib.sha256()
         self.received = 0
         self.touched = time.monotonic()
+        self.attempt = 0  # a job attempt's upload is refused once that attempt is stale
 
     def write(self, offset: int, data: bytes) -> int:
         if offset != self.received:
@@ -156,7 +157,8 @@ class ArtifactsService:
         session = uuid.uuid4().hex
         tmp = self.uploads_dir / session
         owner = ("staging" if cmd.staging else runs.KIND, cmd.run_id)
-        self.uploads[session] = _Upload(req.workspace, owner, path, cmd.size, tmp)
+        upload = self.uploads[session] = _Upload(req.workspace, owner, path, cmd.size, tmp)
+        upload.attempt = cmd.attempt
         return Opened(
             session_id=session, subject=f"{self.session_prefix}.{session}", chunk_bytes=CHUNK_BYTES
         )
@@ -204,6 +206,8 @@ class ArtifactsService:
             state = runs.fold(r.envelope.data for r in history)
             if upload.kind == "staging":  # a staging area exists once something is put in it
                 state = msgspec.structs.replace(state, exists=True, run_id=upload.owner)
+            elif upload.attempt and (upload.attempt != state.attempt or not state.status.held):
+                raise StaleAttempt(f"attempt {upload.attempt} of run {upload.owner} is stale")
             return runs.decide_commit(state, upload.path, digest, upload.size)
 
         return await execute(

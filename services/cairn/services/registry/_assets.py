@@ -14,12 +14,10 @@ from cairn.proto import subjects
 from cairn.proto.assets import (
     CURATED_PREFIX,
     AssetSpec,
-    ComputeSpec,
     CreateCompute,
     DatasetSpec,
     DatastoreSpec,
     DeleteCompute,
-    EnvironmentSpec,
     GetAsset,
     ListAssets,
     RegisterDataset,
@@ -44,27 +42,9 @@ ASSET_COMMANDS = (
 )
 COMPUTE_OPERATORS = "compute_operators"
 
-#: curated environments every workspace has (users cannot register the prefix)
-CURATED: dict[str, EnvironmentSpec] = {
-    "cairn-python-3.11": EnvironmentSpec(python="3.11"),
-    "cairn-sklearn": EnvironmentSpec(python="3.11", pip=["scikit-learn", "pandas", "numpy"]),
-}
-
 
 def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpec]:
-    """What every workspace has without registering it: curated environments, the two
-    default datastores (local folders under ``$CAIRN_HOME/datastores/<ws>``), local compute."""
-    if kind == "environment":
-        return dict(CURATED)
-    if kind == "dataset":
-        return {}
-    if kind == "datastore":
-        root = settings.home_path / "datastores" / ws
-        return {
-            "workspaceblobstore": DatastoreSpec(kind="local", path=str(root / "blob")),
-            "workspacefilestore": DatastoreSpec(kind="local", path=str(root / "file")),
-        }
-    return {"local": ComputeSpec(kind="local", max_nodes=1)}
+    return asset.builtin_assets(settings.home_path, ws, kind)
 
 
 def _view(
@@ -140,15 +120,10 @@ class AssetHandlers:
         history = await self.cache.refresh(subject)
         state = asset.fold(r.envelope.data for r in history)
         seq = history[-1].seq if history else 0
-        if state.latest is not None and not state.deleted:
-            ev = state.versions.get(q.version or state.latest.version)
-            if ev is None:
-                raise NotFound(f"{q.asset_kind} {q.name!r} has no version {q.version}")
-            return _view(ev.name, ev.version, ev.spec, False, ev.description), seq
         builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(q.name)
-        if builtin is None or q.version not in (None, 1):
-            raise NotFound(f"no {q.asset_kind} called {q.name!r}")
-        return _view(q.name, 1, builtin, True), seq
+        ev = asset.resolve(state, builtin, q.asset_kind, q.name, q.version)
+        return _view(ev.name, ev.version, ev.spec, state.latest is None or state.deleted,
+                     ev.description), seq  # fmt: skip
 
     def list(self, req: Request, db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
         q: ListAssets = req.body

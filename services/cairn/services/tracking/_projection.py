@@ -12,12 +12,16 @@ from cairn.proto.events import (
     Envelope,
     Event,
     ExperimentCreated,
+    RunAssigned,
     RunCanceled,
+    RunCancelRequested,
     RunCompleted,
     RunCreated,
     RunFailed,
     RunPropertiesAdded,
+    RunRequeued,
     RunStarted,
+    RunSubmitted,
     RunTagsSet,
     WorkspaceCreated,
 )
@@ -29,12 +33,16 @@ _STATUS = {
     RunCompleted: RunStatus.COMPLETED,
     RunFailed: RunStatus.FAILED,
     RunCanceled: RunStatus.CANCELED,
+    RunSubmitted: RunStatus.QUEUED,
+    RunAssigned: RunStatus.PREPARING,
+    RunRequeued: RunStatus.QUEUED,
+    RunCancelRequested: RunStatus.CANCEL_REQUESTED,
 }
 
 
 class TrackingProjection:
     name = "tracking"
-    version = 2
+    version = 3
     tables: tuple[str, ...] = ("workspaces", "experiments", "runs", "files")
     source = EVENTS_SOURCE
 
@@ -112,8 +120,18 @@ class TrackingProjection:
                     " WHERE workspace=? AND run_id=?",
                     (json.dumps(values), seq, ws, run_id),
                 )
+            case (
+                RunSubmitted(run_id=run_id)
+                | RunAssigned(run_id=run_id)
+                | RunRequeued(run_id=run_id)
+                | RunCancelRequested(run_id=run_id)
+            ):
+                db.execute(
+                    f"UPDATE {t('runs')} SET status=?, seq=? WHERE workspace=? AND run_id=?",
+                    (_STATUS[type(env.data)].value, seq, ws, run_id),
+                )
             case ArtifactCommitted(run_id=run_id, path=path, digest=digest, size=size) if (
-                env.aggregate_kind == "run"
+                env.aggregate_kind in ("run", "staging")  # staging: snapshots, model sources
             ):
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('files')} VALUES (?,?,?,?,?,?,?,?)",

@@ -6,6 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
+from cairn import lookup
 from cairn.bus import CommandContext, Connection, Recorded, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, NotFound
@@ -84,11 +85,6 @@ class TrackingService(ProjectedService):
 
     # -- commands -------------------------------------------------------------------------
 
-    async def _require_workspace(self, ws: str) -> None:
-        history = await self.cache.read(subjects.event(ws, workspace.KIND, ws), _exists)
-        if not workspace.fold(_events(history)).exists:
-            raise NotFound(f"workspace {ws} does not exist")
-
     async def _command(self, req: Request) -> Accepted:
         cmd: Any = req.body
         ctx = CommandContext(
@@ -109,7 +105,7 @@ class TrackingService(ProjectedService):
                 cache=self.cache,
                 decide=lambda h: workspace.decide(workspace.fold(_events(h)), cmd),
             )
-        await self._require_workspace(req.workspace)
+        await lookup.require_workspace(self.cache, req.workspace)
         if isinstance(cmd, CreateExperiment):
             eid = subjects.name_to_id(cmd.name)
             return await execute(
@@ -135,14 +131,9 @@ class TrackingService(ProjectedService):
         )
 
     async def _check_run_parents(self, ws: str, cmd: CreateRun) -> str:
-        eid = subjects.name_to_id(cmd.experiment_name)
-        history = await self.cache.read(subjects.event(ws, experiment.KIND, eid), _exists)
-        if not experiment.fold(_events(history)).exists:
-            raise NotFound(f"experiment {cmd.experiment_name!r} does not exist")
+        eid = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         if cmd.parent_run_id is not None:
-            parent = await self.cache.read(subjects.event(ws, run.KIND, cmd.parent_run_id), _exists)
-            if not run.fold(_events(parent)).exists:
-                raise NotFound(f"parent run {cmd.parent_run_id} does not exist")
+            await lookup.run_state(self.cache, ws, cmd.parent_run_id)
         return eid
 
     # -- queries --------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""Jobs: runs that a compute agent executes.
+
+1. ``SubmitJob`` (``cairn.cmd.<ws>.job.submit``, the scheduler) records ``RunCreated`` and
+   ``RunSubmitted`` as one batch; the run is ``Queued``.
+2. The scheduler publishes a ``Ticket`` on ``cairn.jobs.<ws>.<compute>`` (message id
+   ``ticket:<run>:<queue_n>``). An agent with a free slot pulls it and sends ``ClaimJob``;
+   the scheduler appends ``RunAssigned{attempt}`` and answers ``Assignment``, or refuses with
+   ``StaleAttempt`` when the ticket is not the run's current one (the agent then drops it).
+3. The agent reports ``ReportJob`` (the first one records ``RunStarted``; each one renews the
+   lease) and ends with ``FinishJob``. Every report names its attempt, and a report from any
+   attempt but the current one is refused as stale: acknowledgements in JetStream are not
+   fencing tokens, attempt numbers in the log are.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
+from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.commands import Command, Query
+
+__all__ = [
+    "JOB_COMMAND_TYPES",
+    "JOB_QUERY_TYPES",
+    "SNAPSHOT_FILE",
+    "Assignment",
+    "ClaimJob",
+    "FinishJob",
+    "GetJob",
+    "JobEnvironment",
+    "JobSpec",
+    "JobStatus",
+    "ListJobs",
+    "Outcome",
+    "ReportJob",
+    "SubmitJob",
+    "Ticket",
+]
+
+#: the name of a job's source archive inside its staging area
+SNAPSHOT_FILE = "snapshot.tar.gz"
+
+Outcome = Literal["completed", "failed", "canceled", "lost"]
+
+
+class JobEnvironment(msgspec.Struct, frozen=True, kw_only=True):
+    """The environment a job runs in, resolved at submission so the run records what ran:
+    a registered name and version (or ``None`` for an inline spec), the spec and its hash."""
+
+    name: Name | None = None
+    version: int | None = None
+    spec: EnvironmentSpec = msgspec.field(default_factory=EnvironmentSpec)
+    spec_hash: str = ""
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What an agent needs to run a job.
+
+    ``command`` is an argv list; a first word ``python`` means the environment's interpreter.
+    ``snapshot`` is the digest of the source archive, committed in the staging area
+    ``snapshot_area`` as ``snapshot.tar.gz``. ``max_attempts`` bounds how often a run is
+    re-queued after its agent was lost; ``timeout_s`` bounds how long it may run.
+    """
+
+    command: list[Text]
+    snapshot: Digest | None = None
+    snapshot_area: Id | None = None
+    environment: JobEnvironment | None = None
+    env_vars: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    timeout_s: float | None = None
+    max_attempts: int = 3
+    priority: int = 0
+    gpus: int = 0
+
+
+class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
+    """Create a run and queue it on ``compute``. The environment is named (``name`` and
+    optional version, resolved by the scheduler) or given inline in ``job.environment``."""
+
+    VERB = "job.submit"
+    run_id: Id
+    experiment_name: Name
+    compute: Id = "local"
+    job: JobSpec
+    environment_name: Name | None = None
+    environment_version: int | None = None
+    display_name: Name | None = None
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class ClaimJob(Command, frozen=True, kw_only=True, tag=True):
+    VERB = "job.claim"
+    run_id: Id
+    queue_n: int
+    agent_id: Id
+
+
+class ReportJob(Command, frozen=True, kw_only=True, tag=True):
+    """``running``: the job's process started (recorded once); ``progress``: still alive."""
+
+    VERB = "job.report"
+    run_id: Id
+    attempt: int
+    phase: Literal["running", "progress"] = "progress"
+
+
+class FinishJob(Command, frozen=True, kw_only=True, tag=True):
+    """``lost`` is an infrastructure failure (the agent could not run the job): the run is
+    re-queued while its attempt budget lasts."""
+
+    VERB = "job.finish"
+    run_id: Id
+    attempt: int
+    outcome: Outcome
+    exit_code: int | None = None
+    error: Text = ""
+
+
+class Ticket(msgspec.Struct, frozen=True, kw_only=True):
+    """The work-queue message: a wake-up naming a run and its queue number, nothing more."""
+
+    workspace: Id
+    run_id: Id
+    queue_n: int
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    run_id: Id
+    attempt: int
+    experiment_name: Name
+    job: JobSpec
+    lease_s: float
+
+
+class JobStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The answer to a report: ``cancel`` asks the agent to stop the job (canceled, or timed
+    out when ``reason`` says so)."""
+
+    run_id: Id
+    attempt: int
+    status: str
+    cancel: bool = False
+    reason: Text = ""
+
+
+class ListJobs(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "job.list"
+    compute: Id | None = None
+    active: bool = False
+    limit: int = 100
+
+
+class GetJob(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "job.get"
+    run_id: Id
+
+
+JOB_COMMAND_TYPES: tuple[type[Command], ...] = (SubmitJob, ClaimJob, ReportJob, FinishJob)
+JOB_QUERY_TYPES: tuple[type[Query], ...] = (ListJobs, GetJob)

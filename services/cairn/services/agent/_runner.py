@@ -1,0 +1,370 @@
+"""One attempt of one job on an agent: prepare, run, stream logs, upload outputs, report.
+
+The attempt watches its run's event subject while it runs: ``RunCancelRequested`` stops the
+process tree (SIGTERM to its process group, SIGKILL after the grace period), and any sign
+that the attempt is no longer current (a newer ``RunAssigned``, a ``RunRequeued`` of this
+attempt, an end) stops it too. Progress reports renew the lease and are the backstop for
+a missed event: their reply says whether the attempt is still current and whether to cancel.
+A stale attempt reports nothing more and uploads nothing (the artifact service refuses an
+upload from a stale attempt as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from cairn.errors import CairnError, InvalidInput, NotFound, StaleAttempt
+from cairn.log import get_logger
+from cairn.proto import subjects
+from cairn.proto.artifacts import GetRunFile
+from cairn.proto.events import (
+    RunAssigned,
+    RunCanceled,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunRequeued,
+    decode_envelope,
+)
+from cairn.proto.jobs import SNAPSHOT_FILE, Assignment, FinishJob, JobStatus, Outcome, ReportJob
+from cairn.rpc import Client
+from cairn.sdk._files import download_blob, upload_file
+from cairn.settings import Settings
+from cairn.snapshot import unpack
+
+__all__ = ["LOG_FILE", "Attempt"]
+
+log = get_logger("cairn.agent")
+LOG_FILE = "user_logs/std_log.txt"
+_LOG_FLUSH_S = 0.1
+_LOG_BATCH = 64 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the job's process gets SIGKILL when the agent dies (kill -9 included)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Attempt:
+    def __init__(
+        self,
+        *,
+        client: Client,
+        settings: Settings,
+        assignment: Assignment,
+        agent_id: str,
+        workdir: Path,
+        snapshots: Path,
+        python_for: Callable[[Any], Awaitable[Path]],
+        gpus: list[int],
+    ) -> None:
+        self.client, self.settings, self.a = client, settings, assignment
+        self.agent_id, self.workdir, self.snapshots = agent_id, workdir, snapshots
+        self.python_for, self.gpus = python_for, gpus
+        self.ws = client.workspace
+        self.stale = False
+        self.cancel_reason: str | None = None
+        self.lost_reason: str | None = None
+        self.stopping = asyncio.Event()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log_seq = 0
+        self._log_file: Any = None
+
+    # -- signals from the log ------------------------------------------------------------
+
+    def _on_event(self, payload: bytes) -> None:
+        try:
+            ev = decode_envelope(payload).data
+        except Exception:  # an event this agent cannot read says nothing about its attempt
+            return
+        attempt = self.a.attempt
+        match ev:
+            case RunCancelRequested(reason=reason):
+                self._stop(cancel=reason or "canceled")
+            case RunAssigned(attempt=n) if n > attempt:
+                self._stop(stale=True)
+            case RunRequeued(attempt=n) if n == attempt:
+                self._stop(stale=True)
+            case RunCompleted(attempt=n) | RunFailed(attempt=n) | RunCanceled(attempt=n) if (
+                n != attempt
+            ):
+                self._stop(stale=True)
+
+    def _stop(self, *, cancel: str | None = None, stale: bool = False) -> None:
+        if stale:
+            self.stale = True
+        if cancel is not None and self.cancel_reason is None:
+            self.cancel_reason = cancel
+        self.stopping.set()
+
+    def abandon(self, reason: str) -> None:
+        """The agent is going away: stop the job and report the attempt lost (re-queued)."""
+        self.lost_reason = reason
+        self.stopping.set()
+
+    async def _report(self, phase: Literal["running", "progress"]) -> None:
+        reply = await self.client.send_any(
+            ReportJob(
+                command_id=f"report-{self.a.run_id}-{self.a.attempt}-{phase}-{time.monotonic_ns()}",
+                run_id=self.a.run_id,
+                attempt=self.a.attempt,
+                phase=phase,
+            )
+        )
+        status = msgspec.convert(getattr(reply, "data", None), JobStatus)
+        if status.cancel:
+            self._stop(cancel=status.reason or "canceled")
+
+    async def _keep_lease(self) -> None:
+        every = max(self.a.lease_s / 3, 0.2)
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), every)
+            if self.stopping.is_set():
+                return
+            try:
+                await self._report("progress")
+            except (StaleAttempt, NotFound):
+                self._stop(stale=True)
+            except Exception as exc:  # the scheduler may be restarting; the lease has slack
+                log.warning("report_failed", run_id=self.a.run_id, error=repr(exc))
+
+    # -- the attempt ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        nc = self.client.conn.nc
+        watch = await nc.subscribe(subjects.event(self.ws, "run", self.a.run_id), cb=self._on_watch)
+        lease = asyncio.create_task(self._keep_lease())
+        try:
+            outcome, exit_code, error = await self._run()
+        finally:
+            self.stopping.set()
+            await lease
+            with contextlib.suppress(Exception):
+                await watch.unsubscribe()
+        if self.stale:
+            log.info("attempt_stale", run_id=self.a.run_id, attempt=self.a.attempt)
+            return
+        await self._finish(outcome, exit_code, error)
+
+    async def _on_watch(self, msg: Any) -> None:
+        self._on_event(msg.data)
+
+    async def _finish(self, outcome: Outcome, exit_code: int | None, error: str) -> None:
+        cmd = FinishJob(command_id=f"finish-{self.a.run_id}-{self.a.attempt}",
+                        run_id=self.a.run_id, attempt=self.a.attempt, outcome=outcome,
+                        exit_code=exit_code, error=error[-16000:])  # fmt: skip
+        for delay in (0.5, 1, 2, 4, 8, 15, 30):  # the same command id: a retry is idempotent
+            try:
+                await self.client.send(cmd)
+                log.info("attempt_finished", run_id=self.a.run_id, attempt=self.a.attempt,
+                         outcome=outcome, exit_code=exit_code)  # fmt: skip
+                return
+            except StaleAttempt:
+                return
+            except CairnError as exc:
+                if exc.code not in ("unavailable", "conflict", "internal"):
+                    log.warning("finish_refused", run_id=self.a.run_id, error=exc.message)
+                    return
+                await asyncio.sleep(delay)
+        log.warning("finish_undelivered", run_id=self.a.run_id)
+
+    async def _run(self) -> tuple[Outcome, int | None, str]:
+        try:
+            src, python = await self._prepare()
+        except InvalidInput as exc:  # the job's own fault: a bad snapshot or environment
+            return "failed", None, str(exc)
+        except Exception as exc:  # the agent's fault: let another attempt try
+            log.warning("prepare_failed", run_id=self.a.run_id, error=repr(exc))
+            return "lost", None, f"agent {self.agent_id} could not prepare the job: {exc!r}"
+        if self.lost_reason is not None:
+            return "lost", None, self.lost_reason
+        if self.stopping.is_set():
+            return self._stopped_outcome(None)
+        try:
+            await self._report("running")
+        except (StaleAttempt, NotFound):
+            self._stop(stale=True)
+            return "lost", None, "stale"
+        except CairnError as exc:
+            return "lost", None, f"agent {self.agent_id} could not report the start: {exc}"
+        code = await self._execute(src, python)
+        if self.lost_reason is not None:
+            return "lost", code, self.lost_reason
+        if self.cancel_reason is not None:
+            return self._stopped_outcome(code)
+        if not self.stale:
+            await self._upload_outputs(src)
+        if code == 0:
+            return "completed", 0, ""
+        return "failed", code, f"the job's process exited with code {code}"
+
+    def _stopped_outcome(self, code: int | None) -> tuple[Outcome, int | None, str]:
+        return "canceled", code, self.cancel_reason or "canceled"
+
+    async def _prepare(self) -> tuple[Path, Path]:
+        job = self.a.job
+        if job.gpus > len(self.gpus):
+            raise InvalidInput(
+                f"the job needs {job.gpus} GPUs; agent {self.agent_id} could give it"
+                f" {len(self.gpus)}"
+            )
+        src = self.workdir / "src"
+        src.mkdir(parents=True, exist_ok=True)
+        if job.snapshot is not None:
+            archive = self.snapshots / (job.snapshot.removeprefix("sha256:") + ".tar.gz")
+            if not archive.exists():  # cached by digest: one download per agent
+                size = await self._blob_size(job.snapshot)
+                await download_blob(self.client, job.snapshot, size, archive, show_progress=False)
+            await asyncio.to_thread(unpack, archive, src)
+        python = await self.python_for(job.environment)
+        return src, python
+
+    async def _blob_size(self, digest: str) -> int:
+        area = self.a.job.snapshot_area or ""
+        info = (await self.client.ask(GetRunFile(run_id=area, path=SNAPSHOT_FILE))).data
+        if info["digest"] != digest:
+            raise InvalidInput(f"staging area {area} holds another snapshot")
+        return int(info["size"])
+
+    def _environ(self, python: Path) -> dict[str, str]:
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        job_env = self.a.job.environment
+        if job_env is not None:
+            env.update(job_env.spec.env_vars)
+        env.update(self.a.job.env_vars)
+        env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(
+            PYTHONUNBUFFERED="1",
+            CAIRN_HOME=str(s.home_path),
+            CAIRN_NATS_URL=s.nats_url,
+            CAIRN_WORKSPACE=self.ws,
+            CAIRN_RUN_ID=self.a.run_id,
+            CAIRN_EXPERIMENT=self.a.experiment_name,
+            CAIRN_ATTEMPT=str(self.a.attempt),
+        )
+        for key, value in (("CAIRN_NATS_USER", s.nats_user),
+                           ("CAIRN_NATS_PASSWORD", s.nats_password),
+                           ("CAIRN_NATS_CREDS", s.nats_creds)):  # fmt: skip
+            if value:
+                env[key] = value
+        if self.a.job.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+        return env
+
+    async def _execute(self, src: Path, python: Path) -> int | None:
+        argv = list(self.a.job.command)
+        if argv[0] == "python":
+            argv[0] = str(python)
+        (src / "outputs").mkdir(exist_ok=True)
+        log_path = src / LOG_FILE
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(log_path, "ab")  # noqa: ASYNC230 - local disk, written in chunks
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=src,
+                env=self._environ(python),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a cancel reaches the tree
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        except OSError as exc:
+            self._log_file.close()
+            self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
+            return 127
+        pump = asyncio.create_task(self._pump_logs())
+        waiter = asyncio.create_task(self.proc.wait())
+        stopper = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            await self._kill_tree(waiter)
+        stopper.cancel()
+        await pump
+        self._log_file.close()
+        return waiter.result()
+
+    async def _kill_tree(self, waiter: asyncio.Task[int]) -> None:
+        assert self.proc is not None
+        pgid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.settings.job_cancel_grace_s)
+        except TimeoutError:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # stragglers of the group, too
+            os.killpg(pgid, signal.SIGKILL)
+        await waiter
+
+    def _write_log(self, data: bytes) -> None:
+        if self._log_file is not None and not self._log_file.closed:
+            self._log_file.write(data)
+
+    async def _pump_logs(self) -> None:
+        """Ship the job's output to LOGS in batches (at most every 100 ms or 64 KiB)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        stream = self.proc.stdout
+        subject = subjects.logs(self.ws, self.a.run_id)
+        pending = bytearray()
+        last = time.monotonic()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.read(_LOG_BATCH), _LOG_FLUSH_S)
+            except TimeoutError:
+                chunk = None
+            if chunk:
+                pending += chunk
+                self._write_log(chunk)
+            done = chunk == b""
+            if pending and (done or chunk is None or len(pending) >= _LOG_BATCH
+                            or time.monotonic() - last >= _LOG_FLUSH_S):  # fmt: skip
+                await self._ship(subject, bytes(pending))
+                pending.clear()
+                last = time.monotonic()
+            if done:
+                return
+
+    async def _ship(self, subject: str, data: bytes) -> None:
+        self._log_seq += 1
+        headers = {"Nats-Msg-Id": f"{self.a.run_id}:{self.a.attempt}:{self._log_seq}",
+                   "Cairn-Attempt": str(self.a.attempt)}  # fmt: skip
+        try:
+            await self.client.conn.js.publish(subject, data, headers=headers, timeout=5)
+        except Exception as exc:  # logs are best effort; the run file keeps all of them
+            log.warning("log_ship_failed", run_id=self.a.run_id, error=repr(exc))
+
+    async def _upload_outputs(self, src: Path) -> None:
+        """``./outputs`` and the job's log become run files, fenced by the attempt."""
+        files = [p for p in sorted((src / "outputs").rglob("*")) if p.is_file()]
+        log_path = src / LOG_FILE
+        named = [(p.relative_to(src).as_posix(), p) for p in files]
+        if log_path.exists():
+            named.append((LOG_FILE, log_path))
+        for name, path in named:
+            try:
+                await upload_file(self.client, self.a.run_id, name, path, show_progress=False,
+                                  attempt=self.a.attempt)  # fmt: skip
+            except StaleAttempt:
+                self._stop(stale=True)
+                return
+            except CairnError as exc:
+                self._write_log(f"cairn: could not upload {name}: {exc}\n".encode())
+                log.warning("output_upload_failed", run_id=self.a.run_id, path=name,
+                            error=str(exc))  # fmt: skip

@@ -1,0 +1,435 @@
+"""The scheduler: a process manager that follows EVENTS and leases jobs to agents.
+
+It answers the job commands (submit, claim, report, finish) and, in a loop, turns what the log
+says into the next decision: publish a ticket for each queued run (highest priority first,
+at most ``job_ticket_window`` unclaimed tickets per compute target, the next ones released as
+tickets are claimed), take back runs whose agent stopped
+reporting (``RunRequeued`` or, past the attempt budget, ``RunFailed``), ask for runs past
+their timeout to be stopped, and fail runs whose ticket JetStream gave up delivering (the
+MAX_DELIVERIES advisory), deleting that ticket.
+
+Every decision goes through the run aggregate with a command id derived from what caused it
+(``lost-<run>-<attempt>``), so a repeated decision is a no-op and a stale view of the read
+model can never move a run wrongly. Leases are in memory: after a restart every held run
+gets a fresh lease, and a run whose agent is gone is taken back one lease later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from cairn import lookup
+from cairn.bus import CommandContext, Connection, ensure_consumer, execute
+from cairn.domain import asset
+from cairn.domain import run as runs
+from cairn.errors import InvalidInput, NotFound, StaleAttempt
+from cairn.log import get_logger
+from cairn.projection import Tables
+from cairn.proto import subjects
+from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.commands import Accepted, QueryResult
+from cairn.proto.events import Event
+from cairn.proto.jobs import (
+    JOB_COMMAND_TYPES,
+    SNAPSHOT_FILE,
+    Assignment,
+    ClaimJob,
+    FinishJob,
+    GetJob,
+    JobEnvironment,
+    JobSpec,
+    JobStatus,
+    ListJobs,
+    ReportJob,
+    SubmitJob,
+    Ticket,
+)
+from cairn.proto.streams import JOBS, job_consumer
+from cairn.rpc import Request, Responder
+from cairn.service import ProjectedService
+from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
+from cairn.settings import Settings
+
+__all__ = ["SchedulerService"]
+
+log = get_logger("cairn.scheduler")
+_encoder = msgspec.json.Encoder()
+MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.*"
+
+
+def _job_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(JOB_COLUMNS, row, strict=True))
+
+
+class SchedulerService(ProjectedService):
+    name = "scheduler"
+
+    def __init__(self, conn: Connection, settings: Settings) -> None:
+        super().__init__(conn, settings, JobsProjection())
+        self.settings = settings
+        self.window = max(1, settings.job_ticket_window)
+        self.tick_s = min(0.5, settings.job_lease_s / 4)
+        self.leases: dict[tuple[str, str], tuple[int, float]] = {}
+        self.published: dict[tuple[str, str, int], str] = {}  # ticket -> compute
+        self.claimed: set[tuple[str, str, int]] = set()  # claimed, maybe not yet projected
+        self.consumers: set[tuple[str, str]] = set()
+        self._advisories: Any = None
+        self.responders = [
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("job")],
+                queue="scheduler",
+                types=JOB_COMMAND_TYPES,
+                routes={
+                    SubmitJob.VERB: self._submit,
+                    ClaimJob.VERB: self._claim,
+                    ReportJob.VERB: self._report,
+                    FinishJob.VERB: self._finish,
+                },
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("job")],
+                queue="scheduler",
+                types=(ListJobs, GetJob),
+                routes={ListJobs.NAME: self._list, GetJob.NAME: self._get},
+            ),
+        ]
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        self._advisories = await self.conn.nc.subscribe(MAX_DELIVERIES, cb=self._on_max_deliveries)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):  # decide on a caught-up view where possible
+            await self.projection.wait_for(await self.store.last_seq(), timeout=30)
+        loop = asyncio.create_task(self._loop(stop))
+        try:
+            await super().run(stop)
+        finally:
+            await loop
+            with contextlib.suppress(Exception):
+                await self._advisories.unsubscribe()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.reconcile()
+            except Exception as exc:  # the bus may be away; the next pass tries again
+                log.warning("reconcile_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tick_s)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    async def _decide(
+        self, ws: str, run_id: str, command_id: str, decide: Callable[[runs.RunState], list[Event]]
+    ) -> Accepted:
+        ctx = CommandContext(workspace=ws, command_id=command_id, actor="cairn-scheduler")
+        return await execute(
+            self.store,
+            ctx,
+            kind=runs.KIND,
+            aggregate_id=run_id,
+            subject=subjects.event(ws, runs.KIND, run_id),
+            cache=self.cache,
+            decide=lambda h: decide(runs.fold(r.envelope.data for r in h)),
+        )
+
+    async def reconcile(self) -> None:
+        """One pass over the active jobs: tickets, leases, timeouts."""
+
+        def active(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            marks = ",".join("?" * len(ACTIVE))
+            rows = db.execute(
+                f"SELECT * FROM {t('jobs')} WHERE status IN ({marks}) ORDER BY priority DESC, seq",
+                ACTIVE,
+            )
+            return [_job_row(row) for row in rows]
+
+        jobs, _ = self.projection.read(active)
+        now, mono = time.time(), time.monotonic()
+        queued = {(j["workspace"], j["run_id"], j["queue_n"]) for j in jobs
+                  if j["status"] == runs.RunStatus.QUEUED}  # fmt: skip
+        self.published = {k: c for k, c in self.published.items() if k in queued}
+        self.claimed &= queued
+        held = {(j["workspace"], j["run_id"]) for j in jobs if j["status"] != "Queued"}
+        self.leases = {k: v for k, v in self.leases.items() if k in held}
+        for job in jobs:
+            if job["status"] == runs.RunStatus.QUEUED:
+                if job["not_before"] <= now:
+                    await self._publish(job["workspace"], job["run_id"], job["queue_n"],
+                                        job["compute"])  # fmt: skip
+                continue
+            await self._check_lease(job, mono)
+            timeout = job["timeout_s"]
+            started = job["started_at"]
+            if timeout and started and job["status"] == runs.RunStatus.RUNNING:
+                if now > started + timeout:
+                    attempt = job["attempt"]
+                    await self._decide(
+                        job["workspace"],
+                        job["run_id"],
+                        f"timeout-{job['run_id']}-{attempt}",
+                        functools.partial(runs.decide_timeout, attempt=attempt, timeout_s=timeout),
+                    )
+
+    async def _check_lease(self, job: dict[str, Any], mono: float) -> None:
+        ws, run_id, attempt = job["workspace"], job["run_id"], job["attempt"]
+        lease = self.leases.get((ws, run_id))
+        if lease is None or lease[0] != attempt:
+            self.leases[(ws, run_id)] = (attempt, mono + job["lease_s"])
+        elif mono > lease[1]:
+            reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
+            log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
+            await self._decide(
+                ws,
+                run_id,
+                f"lost-{run_id}-{attempt}",
+                lambda s: runs.decide_lost(s, attempt, reason),
+            )
+
+    async def _release(self, ws: str, compute: str) -> None:
+        """A ticket was claimed: hand out the next ones (highest priority first)."""
+
+        def queued(db: sqlite3.Connection, t: Tables) -> list[tuple[str, int]]:
+            rows = db.execute(
+                f"SELECT run_id, queue_n FROM {t('jobs')} WHERE workspace=? AND compute=?"
+                " AND status=? AND not_before<=? ORDER BY priority DESC, seq LIMIT ?",
+                (ws, compute, runs.RunStatus.QUEUED.value, time.time(), self.window * 4),
+            )
+            return [(str(r), int(n)) for r, n in rows]
+
+        for run_id, queue_n in self.projection.read(queued)[0]:
+            if not await self._publish(ws, run_id, queue_n, compute):
+                return
+
+    async def _publish(self, ws: str, run_id: str, queue_n: int, compute: str) -> bool:
+        """Publish the run's ticket unless it is out already; False when the compute target
+        has ``window`` unclaimed tickets (the run waits, and priority can still reorder it)."""
+        key = (ws, run_id, queue_n)
+        if key in self.published or key in self.claimed:
+            return True
+        if sum(1 for c in self.published.values() if c == compute) >= self.window:
+            return False
+        if (ws, compute) not in self.consumers:
+            config = job_consumer(ws, compute, ack_wait_s=self.settings.job_lease_s,
+                                  max_deliver=self.settings.job_max_deliver)  # fmt: skip
+            await ensure_consumer(self.conn, JOBS["name"], config)
+            self.consumers.add((ws, compute))
+        ticket = Ticket(workspace=ws, run_id=run_id, queue_n=queue_n)
+        await self.conn.js.publish(
+            subjects.job(ws, compute),
+            _encoder.encode(ticket),
+            headers={"Nats-Msg-Id": f"ticket:{run_id}:{queue_n}"},
+        )
+        self.published[key] = compute
+        return True
+
+    async def _on_max_deliveries(self, msg: Any) -> None:
+        """JetStream stopped delivering a ticket: fail its run (if the ticket is still the
+        run's current one) and delete the ticket, which a work queue would otherwise keep."""
+        try:
+            advisory = json.loads(msg.data)
+            seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
+            stored = await self.conn.js.get_msg(JOBS["name"], seq)
+            ticket = msgspec.json.decode(stored.data or b"", type=Ticket)
+            await self._decide(
+                ticket.workspace,
+                ticket.run_id,
+                f"undeliverable-{ticket.run_id}-{ticket.queue_n}",
+                lambda s: runs.decide_undeliverable(s, ticket.queue_n, deliveries),
+            )
+            await self.conn.js.delete_msg(JOBS["name"], seq)
+            log.warning("ticket_undeliverable", run_id=ticket.run_id, deliveries=deliveries)
+        except Exception as exc:  # already gone, or not a ticket: nothing to fail
+            log.warning("max_deliveries_unhandled", error=repr(exc))
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _ctx(self, req: Request) -> CommandContext:
+        cmd: Any = req.body
+        return CommandContext(workspace=req.workspace, command_id=cmd.command_id,
+                              actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
+
+    async def _submit(self, req: Request) -> Accepted:
+        cmd: SubmitJob = req.body
+        ws = req.workspace
+        await lookup.require_workspace(self.cache, ws)
+        experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
+        await self._require_compute(ws, cmd.compute)
+        job = await self._resolve(ws, cmd)
+        accepted = await execute(
+            self.store,
+            self._ctx(req),
+            kind=runs.KIND,
+            aggregate_id=cmd.run_id,
+            subject=subjects.event(ws, runs.KIND, cmd.run_id),
+            cache=self.cache,
+            decide=lambda h: runs.decide_submit(
+                runs.fold(r.envelope.data for r in h), cmd, experiment_id=experiment_id, job=job
+            ),
+        )
+        if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
+            with contextlib.suppress(Exception):
+                await self._publish(ws, cmd.run_id, 1, cmd.compute)
+        return accepted
+
+    async def _require_compute(self, ws: str, name: str) -> None:
+        history = await self.cache.refresh(subjects.event(ws, "compute", subjects.name_to_id(name)))
+        state = asset.fold(r.envelope.data for r in history)
+        builtin = asset.builtin_assets(self.settings.home_path, ws, "compute").get(name)
+        asset.resolve(state, builtin, "compute", name, None)
+
+    async def _resolve(self, ws: str, cmd: SubmitJob) -> JobSpec:
+        """Check the job and pin its environment: the run records the spec it ran with."""
+        job = cmd.job
+        if not job.command or not job.command[0]:
+            raise InvalidInput("a job needs a command")
+        if not 1 <= job.max_attempts <= 10:
+            raise InvalidInput("max_attempts must be between 1 and 10")
+        if job.timeout_s is not None and job.timeout_s <= 0:
+            raise InvalidInput("timeout_s must be positive")
+        if not -1000 <= job.priority <= 1000 or job.gpus < 0:
+            raise InvalidInput("priority must be within -1000..1000 and gpus >= 0")
+        if job.snapshot is not None:
+            await self._check_snapshot(ws, job)
+        env = job.environment
+        if cmd.environment_name is not None:
+            name = cmd.environment_name
+            subject = subjects.event(ws, "environment", subjects.name_to_id(name))
+            state = asset.fold(r.envelope.data for r in await self.cache.refresh(subject))
+            builtin = asset.builtin_assets(self.settings.home_path, ws, "environment").get(name)
+            ev = asset.resolve(state, builtin, "environment", name, cmd.environment_version)
+            assert isinstance(ev.spec, EnvironmentSpec)
+            env = JobEnvironment(name=name, version=ev.version, spec=ev.spec,
+                                 spec_hash=ev.spec_hash)  # fmt: skip
+        elif env is not None:
+            env = msgspec.structs.replace(env, spec_hash=asset.spec_hash(env.spec))
+        return msgspec.structs.replace(job, environment=env)
+
+    async def _check_snapshot(self, ws: str, job: JobSpec) -> None:
+        if job.snapshot_area is None:
+            raise InvalidInput("a snapshot needs the staging area it was uploaded to")
+        history = await self.cache.refresh(subjects.event(ws, "staging", job.snapshot_area))
+        files = runs.fold(r.envelope.data for r in history).files
+        if files.get(SNAPSHOT_FILE) != job.snapshot:
+            raise InvalidInput(
+                f"snapshot {job.snapshot} was not uploaded to staging area {job.snapshot_area}"
+            )
+
+    async def _claim(self, req: Request) -> QueryResult:
+        cmd: ClaimJob = req.body
+        accepted = await execute(
+            self.store,
+            self._ctx(req),
+            kind=runs.KIND,
+            aggregate_id=cmd.run_id,
+            subject=subjects.event(req.workspace, runs.KIND, cmd.run_id),
+            cache=self.cache,
+            decide=lambda h: runs.decide_claim(
+                runs.fold(r.envelope.data for r in h), cmd, lease_s=self.settings.job_lease_s
+            ),
+        )
+        state = await lookup.run_state(self.cache, req.workspace, cmd.run_id, fresh=True)
+        if state.agent_id != cmd.agent_id or state.queue_n != cmd.queue_n or state.job is None:
+            raise StaleAttempt(f"run {cmd.run_id} moved on before this claim was answered")
+        self.leases[(req.workspace, cmd.run_id)] = (
+            state.attempt,
+            time.monotonic() + state.lease_s,
+        )
+        key = (req.workspace, cmd.run_id, cmd.queue_n)
+        self.claimed.add(key)
+        if self.published.pop(key, None) is not None:
+            with contextlib.suppress(Exception):  # the reconcile loop retries
+                await self._release(req.workspace, state.compute)
+        assignment = Assignment(run_id=state.run_id, attempt=state.attempt,
+                                experiment_name=await self._experiment_name(req.workspace, state),
+                                job=state.job, lease_s=state.lease_s)  # fmt: skip
+        return QueryResult(seq=accepted.seq, data=assignment)
+
+    async def _experiment_name(self, ws: str, state: runs.RunState) -> str:
+        history = await self.cache.read(subjects.event(ws, runs.KIND, state.run_id), bool)
+        for r in history:
+            name = getattr(r.envelope.data, "experiment_name", None)
+            if name:
+                return str(name)
+        raise NotFound(f"run {state.run_id} has no experiment")
+
+    async def _report(self, req: Request) -> QueryResult:
+        cmd: ReportJob = req.body
+        accepted = await execute(
+            self.store,
+            self._ctx(req),
+            kind=runs.KIND,
+            aggregate_id=cmd.run_id,
+            subject=subjects.event(req.workspace, runs.KIND, cmd.run_id),
+            cache=self.cache,
+            decide=lambda h: runs.decide_report(runs.fold(r.envelope.data for r in h), cmd),
+        )
+        state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
+        self.leases[(req.workspace, cmd.run_id)] = (cmd.attempt, time.monotonic() + state.lease_s)
+        cancel = state.status == runs.RunStatus.CANCEL_REQUESTED
+        status = JobStatus(run_id=cmd.run_id, attempt=cmd.attempt, status=state.status.value,
+                           cancel=cancel, reason=state.cancel_reason)  # fmt: skip
+        return QueryResult(seq=accepted.seq, data=status)
+
+    async def _finish(self, req: Request) -> Accepted:
+        cmd: FinishJob = req.body
+        accepted = await execute(
+            self.store,
+            self._ctx(req),
+            kind=runs.KIND,
+            aggregate_id=cmd.run_id,
+            subject=subjects.event(req.workspace, runs.KIND, cmd.run_id),
+            cache=self.cache,
+            decide=lambda h: runs.decide_finish(runs.fold(r.envelope.data for r in h), cmd),
+        )
+        self.leases.pop((req.workspace, cmd.run_id), None)
+        return accepted
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def _list(self, req: Request) -> QueryResult:
+        q: ListJobs = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            sql = f"SELECT * FROM {t('jobs')} WHERE workspace = ?"
+            args: list[Any] = [req.workspace]
+            if q.compute is not None:
+                sql += " AND compute = ?"
+                args.append(q.compute)
+            if q.active:
+                sql += f" AND status IN ({','.join('?' * len(ACTIVE))})"
+                args.extend(ACTIVE)
+            sql += " ORDER BY submitted_at DESC, run_id LIMIT ?"
+            args.append(max(1, min(q.limit, 10_000)))
+            return [_job_row(row) for row in db.execute(sql, args)]
+
+        return await self.read(req, fn)
+
+    async def _get(self, req: Request) -> QueryResult:
+        q: GetJob = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any] | None:
+            row = db.execute(
+                f"SELECT * FROM {t('jobs')} WHERE workspace = ? AND run_id = ?",
+                (req.workspace, q.run_id),
+            ).fetchone()
+            return _job_row(row) if row else None
+
+        result = await self.read(req, fn)
+        if result.data is None:
+            raise NotFound(f"no job {q.run_id}")
+        return result

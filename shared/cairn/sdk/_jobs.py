@@ -1,0 +1,238 @@
+"""Submitting jobs and following them: ``ScriptRunConfig``, ``Estimator``, snapshots, logs.
+
+``experiment.submit(config)`` snapshots ``source_directory`` (see :mod:`cairn.snapshot`),
+uploads the archive into a staging area named after its digest unless that area already holds
+it, and sends ``SubmitJob`` to the scheduler. ``run.wait_for_completion(show_output=True)``
+prints the job's output from the LOGS stream as it arrives, until the run has ended and its
+last log chunk was printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cairn.errors import CairnError, InvalidInput, NotFound
+from cairn.proto import subjects
+from cairn.proto.artifacts import GetRunFile
+from cairn.proto.commands import GetRun
+from cairn.proto.jobs import SNAPSHOT_FILE, JobEnvironment, JobSpec, SubmitJob
+from cairn.rpc import Client
+from cairn.sdk._async import AsyncWorkspace, new_id
+from cairn.sdk._files import upload_file
+from cairn.snapshot import digest_of, pack
+
+__all__ = [
+    "Estimator",
+    "RunFailedError",
+    "ScriptRunConfig",
+    "follow",
+    "submit",
+    "upload_snapshot",
+]
+
+TERMINAL = ("Completed", "Failed", "Canceled")
+
+
+class RunFailedError(CairnError):
+    """``wait_for_completion(raise_on_error=True)`` on a run that did not complete."""
+
+    code = "run_failed"
+
+
+class ScriptRunConfig:
+    """What to run and where, with the Azure ML v1 names: a script in ``source_directory``
+    with ``arguments``, or a ``command`` (a list, or a string split like a shell would),
+    on ``compute_target`` (a name or a ``ComputeTarget``) in ``environment``."""
+
+    def __init__(
+        self,
+        source_directory: str | Path = ".",
+        script: str | None = None,
+        arguments: list[Any] | None = None,
+        compute_target: Any = "local",
+        environment: Any = None,
+        *,
+        command: list[str] | str | None = None,
+        max_run_duration_seconds: float | None = None,
+        max_attempts: int = 3,
+        priority: int = 0,
+        gpus: int = 0,
+        environment_variables: dict[str, str] | None = None,
+        **_: Any,
+    ) -> None:
+        if (script is None) == (command is None):
+            raise InvalidInput("a ScriptRunConfig takes exactly one of script= and command=")
+        self.source_directory = Path(source_directory)
+        self.script = script
+        self.arguments = [str(a) for a in arguments or []]
+        self.command = command
+        self.compute_target = compute_target
+        self.environment = environment
+        self.max_run_duration_seconds = max_run_duration_seconds
+        self.max_attempts = max_attempts
+        self.priority = priority
+        self.gpus = gpus
+        self.environment_variables = dict(environment_variables or {})
+
+    def argv(self) -> list[str]:
+        if self.script is not None:
+            return ["python", self.script, *self.arguments]
+        if isinstance(self.command, str):
+            import shlex
+
+            return [*shlex.split(self.command), *self.arguments]
+        return [*(self.command or []), *self.arguments]
+
+    @property
+    def compute_name(self) -> str:
+        target = self.compute_target
+        return str(getattr(target, "name", target) or "local")
+
+
+class Estimator(ScriptRunConfig):
+    """The older Azure ML shape: ``entry_script`` with a ``script_params`` dict
+    (``{"--reg_rate": 0.01}`` becomes ``--reg_rate 0.01``; a value of ``""`` or ``True``
+    passes the flag alone)."""
+
+    def __init__(
+        self,
+        source_directory: str | Path = ".",
+        entry_script: str = "train.py",
+        script_params: dict[str, Any] | None = None,
+        compute_target: Any = "local",
+        environment_definition: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        arguments: list[Any] = []
+        for key, value in (script_params or {}).items():
+            arguments.append(key)
+            if value not in ("", True, None):
+                arguments.append(value)
+        super().__init__(source_directory, entry_script, arguments, compute_target,
+                         environment_definition, **kwargs)  # fmt: skip
+
+
+async def upload_snapshot(client: Client, source: Path) -> tuple[str, str]:
+    """Archive ``source`` and upload it unless its staging area already holds those bytes;
+    returns the digest and the staging area."""
+    data = await asyncio.to_thread(pack, source)
+    digest = digest_of(data)
+    area = "snap-" + digest.removeprefix("sha256:")[:40]
+    try:
+        found = (await client.ask(GetRunFile(run_id=area, path=SNAPSHOT_FILE, wait_s=0))).data
+        if found["digest"] == digest:
+            return digest, area
+    except NotFound:
+        pass
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / SNAPSHOT_FILE
+        archive.write_bytes(data)
+        await upload_file(client, area, SNAPSHOT_FILE, archive, staging=True, show_progress=False)
+    return digest, area
+
+
+async def submit(
+    ws: AsyncWorkspace,
+    experiment_name: str,
+    config: ScriptRunConfig,
+    *,
+    tags: dict[str, str] | None = None,
+    display_name: str | None = None,
+) -> str:
+    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+    digest, area = await upload_snapshot(ws.client, config.source_directory)
+    env_name, env_version, inline = None, None, None
+    env = config.environment
+    if isinstance(env, str):
+        env_name = env
+    elif env is not None:
+        if getattr(env, "version", None) is None and not env.name.startswith("cairn-"):
+            inline = JobEnvironment(name=None, spec=env.spec())
+        else:
+            env_name, env_version = env.name, env.version
+    job = JobSpec(command=config.argv(), snapshot=digest, snapshot_area=area, environment=inline,
+                  env_vars=config.environment_variables,
+                  timeout_s=config.max_run_duration_seconds, max_attempts=config.max_attempts,
+                  priority=config.priority, gpus=config.gpus)  # fmt: skip
+    run_id = new_id()
+    await ws.experiment(experiment_name)  # get-or-create, as start_logging does
+    reply = await ws.client.send(
+        SubmitJob(
+            command_id=new_id(),
+            run_id=run_id,
+            experiment_name=experiment_name,
+            compute=config.compute_name,
+            job=job,
+            environment_name=env_name,
+            environment_version=env_version,
+            display_name=display_name,
+            tags=tags or {},
+        )
+    )
+    ws._saw(reply)
+    return run_id
+
+
+async def follow(
+    ws: AsyncWorkspace,
+    run_id: str,
+    *,
+    out: Callable[[str], None] | None = None,
+    timeout: float | None = None,
+    poll_s: float = 0.25,
+) -> dict[str, Any]:
+    """Wait for the run to end, printing its output to ``out`` as it arrives when given;
+    returns the run's details."""
+    js = ws.conn.js
+    subject = subjects.logs(ws.name, run_id)
+    printed = 0
+    attempt = ""
+    wanted = 0
+    caught_up = asyncio.Event()
+
+    async def on_log(msg: Any) -> None:
+        nonlocal printed, attempt
+        printed = max(printed, msg.metadata.sequence.stream)
+        n = (msg.headers or {}).get("Cairn-Attempt", "")
+        if out is not None:
+            if attempt and n != attempt:
+                out(f"\n--- attempt {n} ---\n")
+            out(msg.data.decode("utf-8", errors="replace"))
+        attempt = n
+        if wanted and printed >= wanted:
+            caught_up.set()
+
+    sub = await js.subscribe(subject, cb=on_log, ordered_consumer=True) if out else None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            details: dict[str, Any] = (
+                await ws.client.ask(GetRun(run_id=run_id, min_seq=ws.seen_seq))
+            ).data
+            if details["status"] in TERMINAL:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} is still {details['status']}")
+            await asyncio.sleep(poll_s)
+        if sub is not None:  # print what was logged before the end
+            with contextlib.suppress(Exception):
+                wanted = (await js.get_last_msg("LOGS", subject)).seq or 0
+                if printed < wanted:
+                    await asyncio.wait_for(caught_up.wait(), 5)
+    finally:
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+    return details
+
+
+def print_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -1,0 +1,291 @@
+"""Jobs end to end with in-process agents: submit, run, logs, outputs, cancel, timeout,
+priority, bad submissions; the scheduler's decisions read back from the run's history."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from cairn.bus import EventStore, connect
+from cairn.errors import InvalidInput, NotFound, StaleAttempt
+from cairn.proto import subjects
+from cairn.proto.commands import GetRun
+from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace, ScriptRunConfig
+from cairn.sdk._jobs import follow, submit
+from cairn.service import run_services
+from cairn.services.agent import AgentService
+from cairn.settings import Settings
+
+
+class Agents:
+    """Agents for one workspace, each in this process on its own connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stops: list[asyncio.Event] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, compute: str = "local", slots: int = 2, **kw: Any) -> asyncio.Event:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        factory = partial(AgentService, compute=compute, slots=slots, **kw)
+        self.tasks.append(asyncio.create_task(
+            run_services(self.settings, [factory], stop=stop, ready=ready,
+                         provision_streams=False)
+        ))  # fmt: skip
+        await asyncio.wait_for(ready.wait(), 10)
+        self.stops.append(stop)
+        return stop
+
+    async def close(self) -> None:
+        for stop in self.stops:
+            stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def ws(client: Client, client_settings: Settings) -> AsyncIterator[AsyncWorkspace]:
+    conn = await connect(client_settings)
+    workspace = AsyncWorkspace(conn, client.workspace, client_settings)
+    yield workspace
+    await workspace.close()
+    await conn.close()
+
+
+@pytest.fixture
+async def agents(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> AsyncIterator[Agents]:
+    settings = msgspec.structs.replace(
+        client_settings, workspace=client.workspace, state_dir=str(tmp_path / "agent-state")
+    )
+    pool = Agents(settings)
+    yield pool
+    await pool.close()
+
+
+def source(tmp_path: Path, body: str, name: str = "job.py") -> Path:
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(textwrap.dedent(body))
+    return folder
+
+
+async def history(store: EventStore, ws: str, run_id: str) -> list[Any]:
+    return [r.envelope.data for r in await store.read(subjects.event(ws, "run", run_id))]
+
+
+async def wait_status(ws: AsyncWorkspace, run_id: str, wanted: Callable[[str], bool]) -> str:
+    for _ in range(400):
+        status = (await ws.client.ask(GetRun(run_id=run_id, wait_s=0))).data["status"]
+        if wanted(status):
+            return str(status)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} stayed {status}")
+
+
+async def test_a_script_job_runs_streams_logs_and_keeps_outputs(
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+) -> None:
+    src = source(tmp_path, """
+        import os, sys
+        from cairn.sdk import Run
+        run = Run.get_context()
+        for i in range(3):
+            run.log("loss", 1.0 / (i + 1))
+            print("step", i, flush=True)
+        print("to stderr", file=sys.stderr)
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/result.txt", "w").write("args=" + " ".join(sys.argv[1:]))
+        run.complete()
+    """)  # fmt: skip
+    (src / "data").mkdir()
+    (src / "data" / "big.bin").write_bytes(b"x" * 1000)
+    (src / ".cairnignore").write_text("data/\n")
+    await agents.start()
+    config = ScriptRunConfig(source_directory=src, script="job.py", arguments=["--alpha", 0.5])
+    run_id = await submit(ws, "jobs", config)
+    printed: list[str] = []
+    details = await follow(ws, run_id, out=printed.append, timeout=60)
+    assert details["status"] == "Completed", details
+    output = "".join(printed)
+    assert "step 0\nstep 1\nstep 2\n" in output and "to stderr" in output
+    run = ws.run(run_id)
+    files = {f["path"] for f in await run.files()}
+    assert files == {"outputs/result.txt", "user_logs/std_log.txt"}
+    target = await run.download_file("outputs/result.txt", tmp_path / "result.txt")
+    assert target.read_text() == "args=--alpha 0.5"
+    metrics = await run.get_metrics("loss")
+    assert metrics["loss"] == [1.0, 0.5, 1.0 / 3]
+    events = [type(e).__name__ for e in await history(store, ws.name, run_id)]
+    assert events[:4] == ["RunCreated", "RunSubmitted", "RunAssigned", "RunStarted"]
+    assert events[-1] == "RunCompleted"
+
+
+async def test_a_failing_script_fails_the_run_with_its_exit_code(
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+) -> None:
+    src = source(tmp_path, "import sys; print('bad'); sys.exit(3)\n")
+    await agents.start()
+    run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
+    details = await follow(ws, run_id, timeout=60)
+    assert details["status"] == "Failed" and "code 3" in details["error"]
+    last = (await history(store, ws.name, run_id))[-1]
+    assert last.exit_code == 3 and last.attempt == 1
+
+
+def _descendants(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry.name)) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+async def test_cancel_kills_the_process_tree_within_the_grace(
+    ws: AsyncWorkspace, agents: Agents, client_settings: Settings, tmp_path: Path
+) -> None:
+    src = source(tmp_path, """
+        import os, signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stubborn: only SIGKILL ends it
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        open("pids", "w").write(f"{os.getpid()} {child.pid}")
+        print("ready", flush=True)
+        time.sleep(600)
+    """)  # fmt: skip
+    await agents.start()
+    run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
+    printed: list[str] = []
+    waiter = asyncio.create_task(follow(ws, run_id, out=printed.append, timeout=60))
+    for _ in range(400):
+        if "ready" in "".join(printed):
+            break
+        await asyncio.sleep(0.05)
+    pids_file = next((tmp_path / "agent-state").rglob("pids"))
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert all(_alive(p) for p in pids)
+    t0 = time.monotonic()
+    await ws.run(run_id).cancel("enough")
+    details = await waiter
+    assert details["status"] == "Canceled"
+    for _ in range(100):
+        if not any(_alive(p) for p in pids):
+            break
+        await asyncio.sleep(0.05)
+    took = time.monotonic() - t0
+    assert not any(_alive(p) for p in pids), "the job's process tree survived the cancel"
+    assert took < client_settings.job_cancel_grace_s + 1 + 1.5  # grace + 1 s, + test polling
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_a_job_past_its_timeout_is_stopped_and_fails(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    src = source(tmp_path, "import time; time.sleep(600)\n")
+    await agents.start()
+    config = ScriptRunConfig(source_directory=src, script="job.py", max_run_duration_seconds=1)
+    run_id = await submit(ws, "jobs", config)
+    details = await follow(ws, run_id, timeout=60)
+    assert details["status"] == "Failed" and "timeout" in details["error"]
+
+
+async def test_higher_priority_runs_first_and_a_queued_cancel_never_runs(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """One slot, one ticket out at a time (the test scheduler's window): while a blocker
+    runs, a high-priority run submitted after a low one still goes first."""
+    src = source(tmp_path, "import time, sys; time.sleep(float(sys.argv[2]))\n")
+    runs = {}
+    for name, priority, sleep in (("blocker", 0, 1.0), ("low", 0, 0), ("high", 10, 0),
+                                  ("dropped", 5, 0)):  # fmt: skip
+        config = ScriptRunConfig(source_directory=src, script="job.py", arguments=[name, sleep],
+                                 priority=priority)  # fmt: skip
+        runs[name] = await submit(ws, "jobs", config)
+    await ws.run(runs["dropped"]).cancel()
+    await agents.start(slots=1)
+    started = {}
+    for name in ("blocker", "low", "high"):
+        details = await follow(ws, runs[name], timeout=60)
+        assert details["status"] == "Completed"
+        started[name] = details["start_time"]
+    assert started["blocker"] < started["high"] < started["low"]
+    dropped = await follow(ws, runs["dropped"], timeout=5)
+    assert dropped["status"] == "Canceled" and dropped["start_time"] is None
+
+
+async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Path) -> None:
+    await ws.experiment("jobs")
+    job = JobSpec(command=["python", "x.py"])
+
+    def cmd(**kw: Any) -> SubmitJob:
+        fields: dict[str, Any] = {"command_id": os.urandom(8).hex(), "run_id": os.urandom(8).hex(),
+                                  "experiment_name": "jobs", "job": job, **kw}  # fmt: skip
+        return SubmitJob(**fields)
+
+    with pytest.raises(NotFound, match="compute"):
+        await ws.client.send(cmd(compute="nowhere"))
+    with pytest.raises(NotFound, match="experiment"):
+        await ws.client.send(cmd(experiment_name="never-made"))
+    with pytest.raises(NotFound, match="environment"):
+        await ws.client.send(cmd(environment_name="no-such-env"))
+    with pytest.raises(InvalidInput, match="command"):
+        await ws.client.send(cmd(job=JobSpec(command=[])))
+    with pytest.raises(InvalidInput, match="not uploaded"):
+        digest = "sha256:" + "0" * 64
+        await ws.client.send(cmd(job=JobSpec(command=["x"], snapshot=digest, snapshot_area="a")))
+    with pytest.raises(InvalidInput, match="max_attempts"):
+        await ws.client.send(cmd(job=JobSpec(command=["x"], max_attempts=0)))
+    with pytest.raises(InvalidInput, match="exactly one"):
+        ScriptRunConfig(source_directory=tmp_path)
+    # nothing was created by any of them
+    assert await ws.experiment("jobs") and (await (await ws.experiment("jobs")).runs()) == []
+
+
+async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> None:
+    """The fencing itself, with no agent: claim, lose the lease, claim again; the first
+    attempt can neither report nor finish."""
+    await ws.experiment("jobs")
+    run_id = os.urandom(8).hex()
+    await ws.client.send(SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id,
+                                   experiment_name="jobs", compute="local",
+                                   job=JobSpec(command=["true"])))  # fmt: skip
+
+    async def claim(agent: str, queue_n: int) -> int:
+        reply = await ws.client.send_any(ClaimJob(command_id=os.urandom(8).hex(), run_id=run_id,
+                                                  queue_n=queue_n, agent_id=agent))  # fmt: skip
+        return int(reply.data["attempt"])  # type: ignore[union-attr]
+
+    assert await claim("a", 1) == 1
+    with pytest.raises(StaleAttempt):  # the same ticket again
+        await claim("b", 1)
+    await wait_status(ws, run_id, lambda s: s == "Queued")  # lease (2 s) expired: re-queued
+    assert await claim("b", 2) == 2
+    for stale in (
+        ReportJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=1),
+        FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=1, outcome="completed"),
+    ):
+        with pytest.raises(StaleAttempt):
+            await ws.client.send_any(stale)
+    await ws.client.send(FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2,
+                                   outcome="completed"))  # fmt: skip
+    assert (await follow(ws, run_id, timeout=10))["status"] == "Completed"
