@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 import msgspec
@@ -38,10 +39,19 @@ __all__ = [
     "ReportJob",
     "SubmitJob",
     "Ticket",
+    "derived_id",
 ]
 
 #: the name of a job's source archive inside its staging area
 SNAPSHOT_FILE = "snapshot.tar.gz"
+
+
+def derived_id(kind: str, *parts: object) -> str:
+    """The command id of a decision that follows from a fact (``lost`` of run r, attempt n):
+    every replica or retry that takes it derives the same id, so it takes effect once."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return f"{kind[:16]}-{digest[:40]}"
+
 
 Outcome = Literal["completed", "failed", "canceled", "lost"]
 

@@ -114,10 +114,15 @@ def sync() -> None:
 @click.option("--compute", default=None, help="the compute target this agent serves")
 @click.option("--slots", type=int, default=1, show_default=True)
 @click.option("--label", "labels", multiple=True, help="e.g. gpu; repeatable")
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="on SIGTERM finish running jobs (take no new ones) instead of handing them back",
+)
 @click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
 @click.pass_context
 def agent(
-    ctx: click.Context, compute: str | None, slots: int, labels: tuple[str, ...],
+    ctx: click.Context, compute: str | None, slots: int, labels: tuple[str, ...], drain: bool,
     nats_url: str | None,
 ) -> None:  # fmt: skip
     """Run a compute agent (``cairn agent --compute NAME``), or list agents (``agent list``)."""
@@ -127,7 +132,7 @@ def agent(
         raise click.UsageError("give --compute NAME (or a subcommand: list)")
     from cairn.services.agent import main as agent_main
 
-    run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels)))
+    run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels), drain))
 
 
 @agent.command("list")

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,15 @@ from cairn.proto.events import (
     RunRequeued,
     decode_envelope,
 )
-from cairn.proto.jobs import SNAPSHOT_FILE, Assignment, FinishJob, JobStatus, Outcome, ReportJob
+from cairn.proto.jobs import (
+    SNAPSHOT_FILE,
+    Assignment,
+    FinishJob,
+    JobStatus,
+    Outcome,
+    ReportJob,
+    derived_id,
+)
 from cairn.rpc import Client
 from cairn.sdk._files import download_blob, upload_file
 from cairn.settings import Settings
@@ -118,7 +127,11 @@ class Attempt:
     async def _report(self, phase: Literal["running", "progress"]) -> None:
         reply = await self.client.send_any(
             ReportJob(
-                command_id=f"report-{self.a.run_id}-{self.a.attempt}-{phase}-{time.monotonic_ns()}",
+                command_id=(
+                    derived_id("start", self.a.run_id, self.a.attempt)
+                    if phase == "running"
+                    else uuid.uuid4().hex
+                ),
                 run_id=self.a.run_id,
                 attempt=self.a.attempt,
                 phase=phase,
@@ -164,7 +177,7 @@ class Attempt:
         self._on_event(msg.data)
 
     async def _finish(self, outcome: Outcome, exit_code: int | None, error: str) -> None:
-        cmd = FinishJob(command_id=f"finish-{self.a.run_id}-{self.a.attempt}",
+        cmd = FinishJob(command_id=derived_id("finish", self.a.run_id, self.a.attempt),
                         run_id=self.a.run_id, attempt=self.a.attempt, outcome=outcome,
                         exit_code=exit_code, error=error[-16000:])  # fmt: skip
         for delay in (0.5, 1, 2, 4, 8, 15, 30):  # the same command id: a retry is idempotent

@@ -20,7 +20,7 @@ import msgspec
 from cairn.bus import Connection, ensure_consumer
 from cairn.errors import CairnError, InvalidTransition, NotFound, StaleAttempt
 from cairn.log import get_logger
-from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket
+from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket, derived_id
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, job_consumer
 from cairn.proto.subjects import agent_key, validate_token
 from cairn.rpc import Client
@@ -158,7 +158,8 @@ class AgentService:
         except msgspec.DecodeError:
             await msg.term()
             return
-        claim = ClaimJob(command_id=f"claim-{ticket.run_id}-{ticket.queue_n}-{self.agent_id}",
+        claim_id = derived_id("claim", ticket.run_id, ticket.queue_n, self.agent_id)
+        claim = ClaimJob(command_id=claim_id,
                          run_id=ticket.run_id, queue_n=ticket.queue_n,
                          agent_id=self.agent_id)  # fmt: skip
         try:
@@ -205,7 +206,7 @@ class AgentService:
             with contextlib.suppress(Exception):
                 await self.client.send(
                     FinishJob(
-                        command_id=f"finish-{attempt.a.run_id}-{attempt.a.attempt}",
+                        command_id=derived_id("finish", attempt.a.run_id, attempt.a.attempt),
                         run_id=attempt.a.run_id,
                         attempt=attempt.a.attempt,
                         outcome="lost",

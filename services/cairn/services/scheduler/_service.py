@@ -9,8 +9,8 @@ their timeout to be stopped, and fail runs whose ticket JetStream gave up delive
 MAX_DELIVERIES advisory), deleting that ticket.
 
 Every decision goes through the run aggregate with a command id derived from what caused it
-(``lost-<run>-<attempt>``), so a repeated decision is a no-op and a stale view of the read
-model can never move a run wrongly. Leases are in memory: after a restart every held run
+(``derived_id("lost", run, attempt)``), so a repeated decision is a no-op and a stale view of
+the read model can never move a run wrongly. Leases are in memory: after a restart every held run
 gets a fresh lease, and a run whose agent is gone is taken back one lease later.
 """
 
@@ -52,6 +52,7 @@ from cairn.proto.jobs import (
     ReportJob,
     SubmitJob,
     Ticket,
+    derived_id,
 )
 from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import Request, Responder
@@ -181,7 +182,7 @@ class SchedulerService(ProjectedService):
                     await self._decide(
                         job["workspace"],
                         job["run_id"],
-                        f"timeout-{job['run_id']}-{attempt}",
+                        derived_id("timeout", job["run_id"], attempt),
                         functools.partial(runs.decide_timeout, attempt=attempt, timeout_s=timeout),
                     )
 
@@ -196,7 +197,7 @@ class SchedulerService(ProjectedService):
             await self._decide(
                 ws,
                 run_id,
-                f"lost-{run_id}-{attempt}",
+                derived_id("lost", run_id, attempt),
                 lambda s: runs.decide_lost(s, attempt, reason),
             )
 
@@ -248,7 +249,7 @@ class SchedulerService(ProjectedService):
             await self._decide(
                 ticket.workspace,
                 ticket.run_id,
-                f"undeliverable-{ticket.run_id}-{ticket.queue_n}",
+                derived_id("undeliverable", ticket.run_id, ticket.queue_n),
                 lambda s: runs.decide_undeliverable(s, ticket.queue_n, deliveries),
             )
             await self.conn.js.delete_msg(JOBS["name"], seq)
