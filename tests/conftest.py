@@ -7,7 +7,9 @@ import asyncio
 import gc
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -18,6 +20,7 @@ from cairn.embedded._server import SERVICE_USER
 from cairn.embedded._up import all_services
 from cairn.rpc import Client
 from cairn.service import run_services
+from cairn.services.agent import AgentService
 from cairn.settings import Settings
 from tests.seaweed import SeaweedFS, find_weed
 
@@ -130,6 +133,43 @@ async def client(services: None, client_conn: Connection, ws_name: str) -> Clien
     c = Client(client_conn, ws_name)
     await c.send(CreateWorkspace(command_id=uuid.uuid4().hex, name=ws_name))
     return c
+
+
+class Agents:
+    """Agents for one workspace, each in this process on its own connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stops: list[asyncio.Event] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, compute: str = "local", slots: int = 2, **kw: Any) -> asyncio.Event:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        factory = partial(AgentService, compute=compute, slots=slots, **kw)
+        self.tasks.append(asyncio.create_task(
+            run_services(self.settings, [factory], stop=stop, ready=ready,
+                         provision_streams=False)
+        ))  # fmt: skip
+        await asyncio.wait_for(ready.wait(), 10)
+        self.stops.append(stop)
+        return stop
+
+    async def close(self) -> None:
+        for stop in self.stops:
+            stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def agents(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> AsyncIterator[Agents]:
+    settings = msgspec.structs.replace(
+        client_settings, workspace=client.workspace, state_dir=str(tmp_path / "agent-state")
+    )
+    pool = Agents(settings)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,9 @@ import os
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from cairn.bus import EventStore, connect
@@ -24,34 +22,8 @@ from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
-from cairn.service import run_services
-from cairn.services.agent import AgentService
 from cairn.settings import Settings
-
-
-class Agents:
-    """Agents for one workspace, each in this process on its own connection."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.stops: list[asyncio.Event] = []
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def start(self, compute: str = "local", slots: int = 2, **kw: Any) -> asyncio.Event:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        factory = partial(AgentService, compute=compute, slots=slots, **kw)
-        self.tasks.append(asyncio.create_task(
-            run_services(self.settings, [factory], stop=stop, ready=ready,
-                         provision_streams=False)
-        ))  # fmt: skip
-        await asyncio.wait_for(ready.wait(), 10)
-        self.stops.append(stop)
-        return stop
-
-    async def close(self) -> None:
-        for stop in self.stops:
-            stop.set()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+from tests.conftest import Agents
 
 
 @pytest.fixture
@@ -61,18 +33,6 @@ async def ws(client: Client, client_settings: Settings) -> AsyncIterator[AsyncWo
     yield workspace
     await workspace.close()
     await conn.close()
-
-
-@pytest.fixture
-async def agents(
-    client: Client, client_settings: Settings, tmp_path: Path
-) -> AsyncIterator[Agents]:
-    settings = msgspec.structs.replace(
-        client_settings, workspace=client.workspace, state_dir=str(tmp_path / "agent-state")
-    )
-    pool = Agents(settings)
-    yield pool
-    await pool.close()
 
 
 def source(tmp_path: Path, body: str, name: str = "job.py") -> Path:
@@ -289,3 +249,61 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
     await ws.client.send(FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2,
                                    outcome="completed"))  # fmt: skip
     assert (await follow(ws, run_id, timeout=10))["status"] == "Completed"
+
+
+def _wheel(folder: Path, name: str = "tinypkg", value: str = "from-wheel") -> Path:
+    """A pure-Python wheel built by hand: installing it needs no index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value!r}\n",
+        f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{name}-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\n"
+        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{name}-0.1.dist-info/RECORD,,")
+    files[f"{name}-0.1.dist-info/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+async def test_an_environment_with_packages_gets_one_cached_virtualenv(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """Two jobs of one environment at once: the virtualenv is built once (uv), has the
+    environment's package, and still sees the agent's Cairn SDK."""
+    from cairn.sdk import Environment
+
+    wheel = _wheel(tmp_path)
+    src = source(tmp_path, """
+        import sys, tinypkg
+        from cairn.sdk import Run
+        print(tinypkg.VALUE, sys.prefix != sys.base_prefix, Run.__name__)
+    """)  # fmt: skip
+    env = Environment("tiny-env")
+    env.python.conda_dependencies.pip_packages = [str(wheel)]
+    await agents.start(slots=2)
+    config = ScriptRunConfig(source_directory=src, script="job.py", environment=env)
+    run_ids = [await submit(ws, "jobs", config) for _ in range(2)]
+    for run_id in run_ids:
+        printed: list[str] = []
+        details = await follow(ws, run_id, out=printed.append, timeout=120)
+        assert details["status"] == "Completed", "".join(printed)
+        assert "from-wheel True Run" in "".join(printed)
+    envs = tmp_path / "agent-state" / "agent" / "envs"
+    built = [p for p in envs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(built) == 1 and (built[0] / ".ready").exists()
+    bad = Environment("broken-env")
+    bad.python.conda_dependencies.pip_packages = [str(tmp_path / "missing-0.1-py3-none-any.whl")]
+    config = ScriptRunConfig(source_directory=src, script="job.py", environment=bad)
+    details = await follow(ws, await submit(ws, "jobs", config), timeout=120)
+    assert details["status"] == "Failed" and "building environment" in details["error"]

@@ -45,6 +45,9 @@ class EnvironmentSpec(msgspec.Struct, frozen=True, kw_only=True, tag="environmen
     channels: list[Text] = msgspec.field(default_factory=list)
     env_vars: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
     docker_image: Text | None = None
+    #: install nothing: the job runs on the agent's interpreter (Azure's
+    #: ``python.user_managed_dependencies``)
+    user_managed: bool = False
 
 
 class DatastoreSpec(msgspec.Struct, frozen=True, kw_only=True, tag="datastore"):

@@ -45,8 +45,16 @@ def fold(events: Iterable[Event]) -> AssetState:
 
 
 def spec_hash(spec: AssetSpec) -> str:
-    """SHA-256 of the spec with mapping keys sorted: equal specs, equal hashes."""
-    normal = msgspec.json.encode(msgspec.to_builtins(spec), order="sorted")
+    """SHA-256 of the spec with mapping keys sorted and fields at their defaults left out:
+    equal specs, equal hashes, and a field added later (with a default) changes no hash."""
+    builtins: dict[str, object] = msgspec.to_builtins(spec)
+    for field in msgspec.structs.fields(spec):
+        default = field.default
+        if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        if field.encode_name in builtins and builtins[field.encode_name] == default:
+            del builtins[field.encode_name]
+    normal = msgspec.json.encode(builtins, order="sorted")
     return "sha256:" + hashlib.sha256(normal).hexdigest()
 
 

@@ -88,6 +88,8 @@ class CondaDependencies:
 class _Python:
     def __init__(self) -> None:
         self.conda_dependencies = CondaDependencies()
+        #: run on the agent's own interpreter, installing nothing
+        self.user_managed_dependencies = False
 
 
 class _Docker:
@@ -142,6 +144,7 @@ class Environment:
             python=deps.python_version, pip=deps.pip_packages, conda=deps.conda_packages,
             channels=deps.channels, env_vars=self.environment_variables,
             docker_image=self.docker.base_image,
+            user_managed=self.python.user_managed_dependencies,
         )  # fmt: skip
 
     def register(self, workspace: Workspace) -> Environment:
@@ -159,6 +162,7 @@ class Environment:
         deps.conda_packages, deps.channels = spec.get("conda", []), spec.get("channels", [])
         env.environment_variables = spec.get("env_vars", {})
         env.docker.base_image = spec.get("docker_image")
+        env.python.user_managed_dependencies = bool(spec.get("user_managed", False))
         return env
 
     @staticmethod

@@ -57,7 +57,7 @@ class Environments:
 
     @staticmethod
     def needs_build(env: JobEnvironment | None) -> bool:
-        if env is None:
+        if env is None or env.spec.user_managed:
             return False
         spec = env.spec
         other_python = spec.python is not None and spec.python != _agent_python()
