@@ -233,6 +233,30 @@ async def follow(
     return details
 
 
+async def print_logs(ws: AsyncWorkspace, run_id: str, out: Callable[[str], None]) -> int:
+    """Print what the LOGS stream holds for the run now; returns the number of chunks."""
+    js = ws.conn.js
+    subject = subjects.logs(ws.name, run_id)
+    try:
+        last = (await js.get_last_msg("LOGS", subject)).seq or 0
+    except Exception:  # nothing logged (yet)
+        return 0
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    chunks, attempt = 0, ""
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            n = (msg.headers or {}).get("Cairn-Attempt", "")
+            if attempt and n != attempt:
+                out(f"\n--- attempt {n} ---\n")
+            out(msg.data.decode("utf-8", errors="replace"))
+            attempt, chunks = n, chunks + 1
+            if msg.metadata.sequence.stream >= last:
+                return chunks
+    finally:
+        await sub.unsubscribe()
+
+
 def print_out(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()

@@ -1,0 +1,103 @@
+"""Jobs: create from YAML, list, show, logs, cancel; and the agents that run them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
+
+
+@cli.group()
+def job() -> None:
+    """Jobs: create (from a YAML file), list, show, logs, cancel."""
+
+
+@job.command("create")
+@click.option(
+    "--file", "-f", "path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--stream", is_flag=True, help="print the job's output until it ends")
+@json_option
+def job_create(path: Path, stream: bool, as_json: bool) -> None:
+    """Submit a command job described in the Azure ML CLI v2 shape."""
+    from cairn.sdk._jobfile import load_job_file
+    from cairn.sdk._jobs import follow, print_out, submit
+
+    spec, config = load_job_file(path)
+
+    async def go(ws: Any) -> dict[str, Any]:
+        tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.tags.items()}
+        run_id = await submit(ws, spec.experiment_name or "default", config, tags=tags,
+                              display_name=spec.display_name)  # fmt: skip
+        if not stream:
+            return {"run_id": run_id, "status": "Queued"}
+        if not as_json:
+            click.echo(f"run {run_id} queued on {config.compute_name}", err=True)
+        details: dict[str, Any] = await follow(ws, run_id, out=None if as_json else print_out)
+        return details
+
+    result = run(with_workspace(go))
+    if as_json:
+        emit(result, True, [])
+    elif not stream:
+        click.echo(result["run_id"])
+    elif result["status"] != "Completed":
+        click.echo(f"run {result['run_id']} {result['status']}: {result['error']}", err=True)
+        sys.exit(1)
+
+
+_JOB_COLUMNS = [("run_id", "RUN"), ("experiment_name", "EXPERIMENT"), ("compute", "COMPUTE"),
+                ("status", "STATUS"), ("attempt", "ATTEMPT"), ("agent_id", "AGENT"),
+                ("priority", "PRIO"), ("command", "COMMAND")]  # fmt: skip
+
+
+@job.command("list")
+@click.option("--compute", default=None)
+@click.option("--active", is_flag=True, help="only queued and running jobs")
+@click.option("--limit", default=100, show_default=True)
+@json_option
+def job_list(compute: str | None, active: bool, limit: int, as_json: bool) -> None:
+    from cairn.proto.jobs import ListJobs
+
+    q = ListJobs(compute=compute, active=active, limit=limit)
+    emit(run(with_workspace(lambda ws: ws.client.ask(q))).data, as_json, _JOB_COLUMNS)
+
+
+@job.command("show")
+@click.argument("run_id")
+@json_option
+def job_show(run_id: str, as_json: bool) -> None:
+    from cairn.proto.jobs import GetJob
+
+    async def go(ws: Any) -> dict[str, Any]:
+        details: dict[str, Any] = await ws.run(run_id).details()
+        details.update((await ws.client.ask(GetJob(run_id=run_id))).data)
+        return details
+
+    show(run(with_workspace(go)), as_json)
+
+
+@job.command("logs")
+@click.argument("run_id")
+@click.option("--follow", "-f", "follow_", is_flag=True, help="keep printing until the job ends")
+def job_logs(run_id: str, follow_: bool) -> None:
+    """The job's output (from the LOGS stream)."""
+    from cairn.sdk._jobs import follow, print_logs, print_out
+
+    if follow_:
+        run(with_workspace(lambda ws: follow(ws, run_id, out=print_out)))
+    else:
+        run(with_workspace(lambda ws: print_logs(ws, run_id, print_out)))
+
+
+@job.command("cancel")
+@click.argument("run_id")
+@click.option("--reason", default="canceled from the command line")
+def job_cancel(run_id: str, reason: str) -> None:
+    """Cancel a job: a queued one never runs; a running one is stopped by its agent."""
+    run(with_workspace(lambda ws: ws.run(run_id).cancel(reason)))
+    click.echo(f"cancel of {run_id} recorded")

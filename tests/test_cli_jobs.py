@@ -1,0 +1,143 @@
+"""Job files and the job commands of the CLI, against the real services and an agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cairn.errors import InvalidInput
+from cairn.rpc import Client
+from cairn.sdk._jobfile import load_job_file
+from cairn.settings import Settings
+from tests.conftest import Agents
+from tests.sdk.test_sync_sdk import sdk_env
+from tests.test_cli import CAIRN, cli
+
+JOB = """\
+$schema: https://azuremlschemas.azureedge.net/latest/commandJob.schema.json
+type: command
+code: ./src
+command: >-
+  python train.py --reg_rate ${{inputs.reg_rate}} --name ${{inputs.who}}
+  --out ${{outputs.model}}
+environment: azureml:cairn-python-3.11@latest
+compute: azureml:local
+inputs:
+  reg_rate: 0.25
+  who: "two words"
+outputs:
+  model:
+    type: uri_folder
+experiment_name: yaml-jobs
+display_name: from yaml
+tags: {source: cli}
+"""
+
+TRAIN = """\
+import argparse, os
+p = argparse.ArgumentParser()
+p.add_argument("--reg_rate", type=float)
+p.add_argument("--name")
+p.add_argument("--out")
+a = p.parse_args()
+print(f"rate={a.reg_rate} name={a.name}")
+open(os.path.join(a.out, "model.txt"), "w").write(str(a.reg_rate))
+"""
+
+
+def _job_dir(tmp_path: Path, text: str = JOB) -> Path:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "train.py").write_text(TRAIN)
+    (tmp_path / "job.yml").write_text(text)
+    return tmp_path / "job.yml"
+
+
+async def test_job_yaml_runs_and_the_job_commands_show_it(
+    client: Client, client_settings: Settings, agents: Agents, tmp_path: Path
+) -> None:
+    await agents.start()
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    path = _job_dir(tmp_path)
+    out = await cli("job", "create", "--file", str(path), "--stream", env=env, cwd=tmp_path)
+    assert "rate=0.25 name=two words" in out
+    jobs = json.loads(await cli("job", "list", "--json", env=env, cwd=tmp_path))
+    assert [(j["status"], j["compute"], j["experiment_name"]) for j in jobs] == [
+        ("Completed", "local", "yaml-jobs")
+    ]
+    run_id = jobs[0]["run_id"]
+    shown = json.loads(await cli("job", "show", run_id, "--json", env=env, cwd=tmp_path))
+    assert shown["display_name"] == "from yaml" and shown["tags"] == {"source": "cli"}
+    assert shown["attempt"] == 1
+    logs = await cli("job", "logs", run_id, env=env, cwd=tmp_path)
+    assert "rate=0.25 name=two words" in logs
+    files = json.loads(await cli("run", "files", run_id, "--json", env=env, cwd=tmp_path))
+    assert "outputs/model/model.txt" in [f["path"] for f in files]
+    table = await cli("agent", "list", env=env, cwd=tmp_path)
+    assert table.splitlines()[0].split()[:3] == ["AGENT", "COMPUTE", "CPUS"]
+
+
+async def test_cancel_from_the_cli_stops_a_queued_job(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    path = _job_dir(tmp_path)
+    run_id = (await cli("job", "create", "-f", str(path), env=env, cwd=tmp_path)).strip()
+    await cli("job", "cancel", run_id, env=env, cwd=tmp_path)
+    shown = json.loads(await cli("job", "show", run_id, "--json", env=env, cwd=tmp_path))
+    assert shown["status"] == "Canceled"
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (
+            ("compute: azureml:local", "compute: local\nresources: {instance_count: 2}"),
+            "unknown field `resources`",
+        ),
+        (("type: command", "type: sweep"), "type"),
+        (("${{inputs.who}}", "${{inputs.nobody}}"), "inputs.nobody"),
+        (("${{outputs.model}}", "${{outputs.nothing}}"), "outputs.nothing"),
+        (("@latest", ":two"), "a version is a number"),
+        (("  reg_rate: 0.25", "  reg_rate: [1, 2]"), "inputs.reg_rate"),
+    ],
+)
+def test_bad_job_files_name_what_is_wrong(
+    tmp_path: Path, change: tuple[str, str], error: str
+) -> None:
+    path = _job_dir(tmp_path, JOB.replace(*change))
+    with pytest.raises(InvalidInput, match=error.replace("$", r"\$").replace(".", r"\.")):
+        load_job_file(path)
+
+
+async def test_the_cli_reports_a_bad_job_file_and_exits_non_zero(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    path = _job_dir(tmp_path, JOB + "retries: 3\n")
+    proc = await asyncio.create_subprocess_exec(
+        *CAIRN, "job", "create", "-f", str(path), env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "error [invalid_input]" in err.decode() and "`retries`" in err.decode()
+
+
+def test_job_file_paths_and_environments(tmp_path: Path) -> None:
+    (tmp_path / "env.yml").write_text(textwrap.dedent("""
+        dependencies: [python=3.11, numpy, {pip: [tinypkg]}]
+    """))  # fmt: skip
+    text = JOB.replace("environment: azureml:cairn-python-3.11@latest",
+                       "environment: {conda_file: env.yml, image: base:1}")  # fmt: skip
+    _, config = load_job_file(_job_dir(tmp_path, text))
+    assert config.source_directory == tmp_path / "src"
+    assert config.environment.spec().pip == ["tinypkg"]
+    assert config.environment.docker.base_image == "base:1"
+    assert config.argv()[:2] == ["/bin/sh", "-c"]
+    assert "'two words'" in config.argv()[2] and "mkdir -p outputs/model" in config.argv()[2]
+    _, pinned = load_job_file(_job_dir(tmp_path, JOB.replace("@latest", ":3")))
+    assert (pinned.environment.name, pinned.environment.version) == ("cairn-python-3.11", 3)
