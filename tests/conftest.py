@@ -173,6 +173,16 @@ async def agents(
 
 
 @pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A Docker engine with the base image, installed and started when missing."""
+    from tests.docker_engine import ensure_engine
+
+    reason = ensure_engine(tmp_path_factory.mktemp("docker"))
+    if reason is not None:
+        pytest.skip(f"no Docker engine: {reason}")
+
+
+@pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """A real SeaweedFS S3 gateway for the whole session (started on first use)."""
     if find_weed() is None:

@@ -307,3 +307,41 @@ async def test_an_environment_with_packages_gets_one_cached_virtualenv(
     config = ScriptRunConfig(source_directory=src, script="job.py", environment=bad)
     details = await follow(ws, await submit(ws, "jobs", config), timeout=120)
     assert details["status"] == "Failed" and "building environment" in details["error"]
+
+
+async def test_docker_backend_runs_a_job_in_a_locally_built_image(
+    docker_engine: None, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """In the local base image: logs, outputs and metrics come back; an environment with a
+    package gets an image built from its spec (the wheel copied into the build)."""
+    from cairn.sdk import Environment
+
+    src = source(tmp_path, """
+        import os, platform, sys
+        from cairn.sdk import Run
+        run = Run.get_context()
+        run.log("in_container", 1)
+        print("python", platform.python_version(), "in", os.getcwd(), flush=True)
+        try:
+            import tinypkg
+            print("package", tinypkg.VALUE)
+        except ImportError:
+            print("no package")
+        os.makedirs("outputs", exist_ok=True)
+        open("outputs/where.txt", "w").write(open("/etc/os-release").read())
+    """)  # fmt: skip
+    await agents.start(backend="docker", slots=2)
+    plain = await submit(ws, "docker", ScriptRunConfig(source_directory=src, script="job.py"))
+    env = Environment("docker-tiny")
+    env.python.conda_dependencies.pip_packages = [str(_wheel(tmp_path, value="in-image"))]
+    config = ScriptRunConfig(source_directory=src, script="job.py", environment=env)
+    built = await submit(ws, "docker", config)
+    for run_id, package in ((plain, "no package"), (built, "package in-image")):
+        printed: list[str] = []
+        details = await follow(ws, run_id, out=printed.append, timeout=300)
+        output = "".join(printed)
+        assert details["status"] == "Completed", output
+        assert "in /workspace" in output and package in output
+        target = await ws.run(run_id).download_file("outputs/where.txt", tmp_path / "w.txt")
+        assert "bookworm" in target.read_text()
+        assert (await ws.run(run_id).get_metrics("in_container"))["in_container"] == 1

@@ -119,11 +119,18 @@ def sync() -> None:
     is_flag=True,
     help="on SIGTERM finish running jobs (take no new ones) instead of handing them back",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["process", "docker"]),
+    default="process",
+    show_default=True,
+    help="run jobs as local processes or in Docker containers",
+)
 @click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
 @click.pass_context
 def agent(
     ctx: click.Context, compute: str | None, slots: int, labels: tuple[str, ...], drain: bool,
-    nats_url: str | None,
+    backend: str, nats_url: str | None,
 ) -> None:  # fmt: skip
     """Run a compute agent (``cairn agent --compute NAME``), or list agents (``agent list``)."""
     if ctx.invoked_subcommand is not None:
@@ -132,7 +139,7 @@ def agent(
         raise click.UsageError("give --compute NAME (or a subcommand: list)")
     from cairn.services.agent import main as agent_main
 
-    run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels), drain))
+    run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels), drain, backend))
 
 
 @agent.command("list")

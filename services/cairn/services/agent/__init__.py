@@ -18,11 +18,14 @@ async def main(
     slots: int = 1,
     labels: list[str] | None = None,
     drain: bool = False,
+    backend: str = "process",
 ) -> None:
     """Run one agent until SIGTERM/SIGINT."""
     from cairn.service import install_stop_signals, run_services
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    factory = partial(AgentService, compute=compute, slots=slots, labels=labels, drain=drain)
+    factory = partial(
+        AgentService, compute=compute, slots=slots, labels=labels, drain=drain, backend=backend
+    )
     await run_services(settings, [factory], stop=stop, provision_streams=False)

@@ -13,13 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import os
-import signal
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +44,7 @@ from cairn.proto.jobs import (
 )
 from cairn.rpc import Client
 from cairn.sdk._files import download_blob, upload_file
+from cairn.services.agent._backends import Backend, Launched, Runtime
 from cairn.settings import Settings
 from cairn.snapshot import unpack
 
@@ -58,13 +54,6 @@ log = get_logger("cairn.agent")
 LOG_FILE = "user_logs/std_log.txt"
 _LOG_FLUSH_S = 0.1
 _LOG_BATCH = 64 * 1024
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the job's process gets SIGKILL when the agent dies (kill -9 included)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Attempt:
@@ -77,18 +66,18 @@ class Attempt:
         agent_id: str,
         workdir: Path,
         snapshots: Path,
-        python_for: Callable[[Any], Awaitable[Path]],
+        backend: Backend,
         gpus: list[int],
     ) -> None:
         self.client, self.settings, self.a = client, settings, assignment
         self.agent_id, self.workdir, self.snapshots = agent_id, workdir, snapshots
-        self.python_for, self.gpus = python_for, gpus
+        self.backend, self.gpus = backend, gpus
         self.ws = client.workspace
         self.stale = False
         self.cancel_reason: str | None = None
         self.lost_reason: str | None = None
         self.stopping = asyncio.Event()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.launched: Launched | None = None
         self._log_seq = 0
         self._log_file: Any = None
 
@@ -197,7 +186,7 @@ class Attempt:
 
     async def _run(self) -> tuple[Outcome, int | None, str]:
         try:
-            src, python = await self._prepare()
+            src, runtime = await self._prepare()
         except InvalidInput as exc:  # the job's own fault: a bad snapshot or environment
             return "failed", None, str(exc)
         except Exception as exc:  # the agent's fault: let another attempt try
@@ -214,7 +203,7 @@ class Attempt:
             return "lost", None, "stale"
         except CairnError as exc:
             return "lost", None, f"agent {self.agent_id} could not report the start: {exc}"
-        code = await self._execute(src, python)
+        code = await self._execute(src, runtime)
         if self.lost_reason is not None:
             return "lost", code, self.lost_reason
         if self.cancel_reason is not None:
@@ -228,7 +217,7 @@ class Attempt:
     def _stopped_outcome(self, code: int | None) -> tuple[Outcome, int | None, str]:
         return "canceled", code, self.cancel_reason or "canceled"
 
-    async def _prepare(self) -> tuple[Path, Path]:
+    async def _prepare(self) -> tuple[Path, Runtime]:
         job = self.a.job
         if job.gpus > len(self.gpus):
             raise InvalidInput(
@@ -243,8 +232,7 @@ class Attempt:
                 size = await self._blob_size(job.snapshot)
                 await download_blob(self.client, job.snapshot, size, archive, show_progress=False)
             await asyncio.to_thread(unpack, archive, src)
-        python = await self.python_for(job.environment)
-        return src, python
+        return src, await self.backend.runtime(job.environment)
 
     async def _blob_size(self, digest: str) -> int:
         area = self.a.job.snapshot_area or ""
@@ -253,14 +241,15 @@ class Attempt:
             raise InvalidInput(f"staging area {area} holds another snapshot")
         return int(info["size"])
 
-    def _environ(self, python: Path) -> dict[str, str]:
+    def _environ(self) -> dict[str, str]:
+        """What the job's process sees besides the machine's environment: the environment's
+        and the job's variables, and where its run is (``Run.get_context()`` binds to it)."""
         s = self.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        env: dict[str, str] = {}
         job_env = self.a.job.environment
         if job_env is not None:
             env.update(job_env.spec.env_vars)
         env.update(self.a.job.env_vars)
-        env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
         env.update(
             PYTHONUNBUFFERED="1",
             CAIRN_HOME=str(s.home_path),
@@ -279,61 +268,54 @@ class Attempt:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
         return env
 
-    async def _execute(self, src: Path, python: Path) -> int | None:
+    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
         argv = list(self.a.job.command)
         if argv[0] == "python":
-            argv[0] = str(python)
+            argv[0] = runtime.python
         (src / "outputs").mkdir(exist_ok=True)
         log_path = src / LOG_FILE
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_path, "ab")  # noqa: ASYNC230 - local disk, written in chunks
+        labels = {"cairn.run": self.a.run_id, "cairn.attempt": str(self.a.attempt),
+                  "cairn.agent": self.agent_id}  # fmt: skip
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=src,
-                env=self._environ(python),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # its own process group: a cancel reaches the tree
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            self.launched = launched = await self.backend.launch(
+                runtime, argv, src, self._environ(), labels, self.gpus
             )
-        except OSError as exc:
-            self._log_file.close()
+        except (OSError, CairnError) as exc:
             self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
+            self._log_file.close()
             return 127
-        pump = asyncio.create_task(self._pump_logs())
-        waiter = asyncio.create_task(self.proc.wait())
-        stopper = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        if not waiter.done():
-            await self._kill_tree(waiter)
-        stopper.cancel()
-        await pump
-        self._log_file.close()
-        return waiter.result()
+        try:
+            pump = asyncio.create_task(self._pump_logs(launched.output))
+            waiter = asyncio.ensure_future(launched.wait)
+            stopper = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():
+                await self._stop_job(launched, waiter)
+            stopper.cancel()
+            await pump
+            return waiter.result()
+        finally:
+            self._log_file.close()
+            await asyncio.to_thread(launched.cleanup)
 
-    async def _kill_tree(self, waiter: asyncio.Task[int]) -> None:
-        assert self.proc is not None
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
+    async def _stop_job(self, launched: Launched, waiter: asyncio.Future[int]) -> None:
+        """SIGTERM, the grace period, then SIGKILL (to the whole group or container)."""
+        launched.terminate()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self.settings.job_cancel_grace_s)
         except TimeoutError:
             pass
-        with contextlib.suppress(ProcessLookupError):  # stragglers of the group, too
-            os.killpg(pgid, signal.SIGKILL)
+        launched.kill()  # stragglers of the group, too
         await waiter
 
     def _write_log(self, data: bytes) -> None:
         if self._log_file is not None and not self._log_file.closed:
             self._log_file.write(data)
 
-    async def _pump_logs(self) -> None:
+    async def _pump_logs(self, stream: asyncio.StreamReader) -> None:
         """Ship the job's output to LOGS in batches (at most every 100 ms or 64 KiB)."""
-        assert self.proc is not None and self.proc.stdout is not None
-        stream = self.proc.stdout
         subject = subjects.logs(self.ws, self.a.run_id)
         pending = bytearray()
         last = time.monotonic()

@@ -18,12 +18,13 @@ from typing import Any
 import msgspec
 
 from cairn.bus import Connection, ensure_consumer
-from cairn.errors import CairnError, InvalidTransition, NotFound, StaleAttempt
+from cairn.errors import CairnError, InvalidInput, InvalidTransition, NotFound, StaleAttempt
 from cairn.log import get_logger
 from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket, derived_id
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, job_consumer
 from cairn.proto.subjects import agent_key, validate_token
 from cairn.rpc import Client
+from cairn.services.agent._backends import Backend, DockerBackend, ProcessBackend
 from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
 from cairn.services.agent._env import Environments
 from cairn.services.agent._runner import Attempt
@@ -49,6 +50,7 @@ class AgentService:
         labels: list[str] | None = None,
         agent_id: str | None = None,
         drain: bool = False,
+        backend: str = "process",
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -66,7 +68,13 @@ class AgentService:
         root = settings.state_path / "agent"
         self.work_root = root / "work" / self.agent_id
         self.snapshots = root / "snapshots"
-        self.envs = Environments(root / "envs")
+        self.backend: Backend
+        if backend == "docker":
+            self.backend = DockerBackend(root / "docker")
+        elif backend == "process":
+            self.backend = ProcessBackend(Environments(root / "envs").python_for)
+        else:
+            raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")
         self.running: dict[str, asyncio.Task[None]] = {}
         self.attempts: dict[str, Attempt] = {}
         self.gpus = [g.index for g in detect_gpus()]
@@ -87,7 +95,8 @@ class AgentService:
     async def start(self) -> None:
         info = await self.heartbeat()
         log.info("agent_registered", agent_id=self.agent_id, compute=self.compute,
-                 gpus=len(info.gpus), labels=info.labels, slots=self.slots)  # fmt: skip
+                 gpus=len(info.gpus), labels=info.labels, slots=self.slots,
+                 backend=self.backend.name)  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -191,7 +200,7 @@ class AgentService:
             agent_id=self.agent_id,
             workdir=self.work_root / f"{assignment.run_id}-{assignment.attempt}",
             snapshots=self.snapshots,
-            python_for=self.envs.python_for,
+            backend=self.backend,
             gpus=gpus,
         )
         key = f"{assignment.run_id}-{assignment.attempt}"

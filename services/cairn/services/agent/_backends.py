@@ -1,0 +1,269 @@
+"""Where a job's process runs: a local process group, or a Docker container.
+
+Both give the attempt the same handle: the output as one ``StreamReader`` (stdout and stderr
+merged, in order), the exit code, and ``terminate``/``kill`` for a cancel.
+
+Docker: the image is the environment's ``docker_image`` (default ``cairn-base:bookworm``, a
+Debian image built locally, see ``ops/README.md``), or, when the environment installs
+packages, an image built from it with the docker SDK (``cairn-env:<spec hash>``, built once;
+local wheel files named in the spec are copied into the build). Containers run with the host
+network (the job's SDK reaches NATS like the agent does), the job's folder mounted at
+``/workspace``, the agent's own Python packages mounted read-only and added *after* the
+image's (so ``from cairn.sdk import Run`` works and the image's pins win), as the agent's
+uid, labelled with run and attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import io
+import os
+import signal
+import sys
+import tarfile
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from cairn.errors import InvalidInput, Unavailable
+from cairn.log import get_logger
+from cairn.proto.jobs import JobEnvironment
+
+__all__ = [
+    "BASE_IMAGE",
+    "Backend",
+    "DockerBackend",
+    "Launched",
+    "ProcessBackend",
+    "Runtime",
+    "docker_client",
+]
+
+log = get_logger("cairn.agent")
+BASE_IMAGE = "cairn-base:bookworm"
+_PR_SET_PDEATHSIG = 1
+_SKIP_ENV = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+class Runtime:
+    """What a job of one environment runs with: the interpreter ``python`` stands for, and
+    the image (Docker only)."""
+
+    def __init__(self, python: str, image: str | None = None) -> None:
+        self.python, self.image = python, image
+
+
+class Launched:
+    """A started job: its output, its exit, and how to stop it."""
+
+    def __init__(
+        self,
+        output: asyncio.StreamReader,
+        wait: Awaitable[int],
+        terminate: Callable[[], None],
+        kill: Callable[[], None],
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        self.output, self.wait, self.terminate, self.kill = output, wait, terminate, kill
+        self.cleanup = cleanup or (lambda: None)
+
+
+class Backend(Protocol):
+    name: str
+
+    async def runtime(self, env: JobEnvironment | None) -> Runtime: ...
+
+    async def launch(
+        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
+        labels: dict[str, str], gpus: list[int],
+    ) -> Launched: ...  # fmt: skip
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the job's process gets SIGKILL when the agent dies (kill -9 included)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ProcessBackend:
+    """The job runs as a process group of its own, so a cancel reaches its whole tree."""
+
+    name = "process"
+
+    def __init__(self, python_for: Callable[[JobEnvironment | None], Awaitable[Path]]) -> None:
+        self._python_for = python_for
+
+    async def runtime(self, env: JobEnvironment | None) -> Runtime:
+        return Runtime(str(await self._python_for(env)))
+
+    async def launch(
+        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
+        labels: dict[str, str], gpus: list[int],
+    ) -> Launched:  # fmt: skip
+        python_dir = str(Path(runtime.python).parent)  # `python` in a shell command is it too
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}, **env}
+        env["PATH"] = f"{python_dir}{os.pathsep}{env.get('PATH', '')}"
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )  # fmt: skip
+        assert proc.stdout is not None
+
+        def signal_group(sig: int) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+        return Launched(proc.stdout, proc.wait(), lambda: signal_group(signal.SIGTERM),
+                        lambda: signal_group(signal.SIGKILL))  # fmt: skip
+
+
+def docker_client() -> Any:
+    """A client of the local Docker engine, or ``Unavailable`` with the reason."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except Exception as exc:
+        raise Unavailable(f"no Docker engine answers: {exc}") from exc
+    return client
+
+
+def _sdk_paths() -> list[str]:
+    """The agent's import path minus the interpreter's own library."""
+    stdlib = {os.path.dirname(os.__file__)}
+    return [p for p in sys.path if p and os.path.isdir(p) and p not in stdlib
+            and not p.endswith((".zip", "lib-dynload"))]  # fmt: skip
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, state: Path, base_image: str = BASE_IMAGE) -> None:
+        self.client = docker_client()
+        self.base_image = base_image
+        self.sdk_dir = state / "sdk"
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._write_sitecustomize()
+
+    def _write_sitecustomize(self) -> None:
+        self.sdk_dir.mkdir(parents=True, exist_ok=True)
+        lines = ["import site"] + [f"site.addsitedir({p!r})" for p in _sdk_paths()]
+        (self.sdk_dir / "sitecustomize.py").write_text("\n".join(lines) + "\n")
+
+    async def runtime(self, env: JobEnvironment | None) -> Runtime:
+        """The image to run in; ``python`` is the image's: the environment's virtualenv in a
+        built image, else ``python3``."""
+        image = await self.image_for(env)
+        built = image.startswith("cairn-env:")
+        return Runtime("/opt/cairn-env/bin/python" if built else "python3", image)
+
+    async def image_for(self, env: JobEnvironment | None) -> str:
+        base = (env.spec.docker_image if env is not None else None) or self.base_image
+        packages = list(env.spec.pip) if env is not None and not env.spec.user_managed else []
+        if not packages:
+            await asyncio.to_thread(self._require_image, base)
+            return base
+        assert env is not None
+        tag = f"cairn-env:{env.spec_hash.removeprefix('sha256:')[:24]}"
+        async with self._locks.setdefault(tag, asyncio.Lock()):
+            await asyncio.to_thread(self._build, tag, base, packages)
+        return tag
+
+    def _require_image(self, image: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound as exc:
+            raise InvalidInput(f"image {image!r} is not on this agent's Docker engine") from exc
+
+    def _build(self, tag: str, base: str, packages: list[str]) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            self.client.images.get(tag)
+            return
+        self._require_image(base)
+        context = io.BytesIO()
+        requirements = []
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            for spec in packages:
+                if os.path.isfile(spec):  # a local wheel or sdist travels in the context
+                    tar.add(spec, arcname=f"wheels/{os.path.basename(spec)}")
+                    requirements.append(f"/tmp/wheels/{os.path.basename(spec)}")
+                else:
+                    requirements.append(spec)
+            dockerfile = "\n".join([
+                f"FROM {base}",
+                "COPY wheels/ /tmp/wheels/",
+                "RUN python3 -m venv /opt/cairn-env && /opt/cairn-env/bin/pip install"
+                " --no-cache-dir --disable-pip-version-check "
+                + " ".join(f"'{r}'" for r in requirements),
+                "RUN rm -rf /tmp/wheels",
+            ]).encode()  # fmt: skip
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+            keep = tarfile.TarInfo("wheels/.keep")
+            tar.addfile(keep, io.BytesIO(b""))
+        context.seek(0)
+        log.info("image_build", tag=tag, base=base, packages=packages)
+        try:
+            self.client.images.build(fileobj=context, custom_context=True, tag=tag,
+                                     network_mode="host", rm=True, forcerm=True)  # fmt: skip
+        except docker.errors.BuildError as exc:
+            tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)
+            raise InvalidInput(f"building image {tag} failed: {tail[-4000:]}") from exc
+
+    async def launch(
+        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
+        labels: dict[str, str], gpus: list[int],
+    ) -> Launched:  # fmt: skip
+        import docker.types
+
+        environment = {k: v for k, v in env.items() if k not in _SKIP_ENV}
+        environment["PYTHONPATH"] = "/opt/cairn-sdk"
+        volumes = {str(cwd): {"bind": "/workspace", "mode": "rw"},
+                   str(self.sdk_dir): {"bind": "/opt/cairn-sdk", "mode": "ro"}}  # fmt: skip
+        for path in _sdk_paths():
+            volumes[path] = {"bind": path, "mode": "ro"}
+        requests = []
+        if gpus:  # the devices this job was given, through the NVIDIA container toolkit
+            ids = [str(i) for i in gpus]
+            requests.append(docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]]))
+        container = await asyncio.to_thread(
+            self.client.containers.run, runtime.image, argv, detach=True, network_mode="host",
+            working_dir="/workspace", volumes=volumes, environment=environment,
+            labels=labels, user=f"{os.getuid()}:{os.getgid()}", device_requests=requests,
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        output = asyncio.StreamReader()
+
+        def stream() -> None:
+            try:
+                for chunk in container.logs(stream=True, follow=True):
+                    loop.call_soon_threadsafe(output.feed_data, chunk)
+            finally:
+                loop.call_soon_threadsafe(output.feed_eof)
+
+        threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
+
+        async def wait() -> int:
+            result = await asyncio.to_thread(container.wait)
+            return int(result.get("StatusCode", -1))
+
+        def send(sig: str) -> None:
+            with contextlib.suppress(Exception):  # already gone
+                container.kill(signal=sig)
+
+        def remove() -> None:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+        return Launched(output, wait(), lambda: send("SIGTERM"), lambda: send("SIGKILL"), remove)
