@@ -52,13 +52,13 @@ def _p99(samples: list[float]) -> float:
 class EmbeddedStack:
     """``cairn up`` in a subprocess over a temporary home, as a user runs it."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: list[str] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
         env = {**os.environ, "CAIRN_HOME": str(self.home), "CAIRN_LOG_FORMAT": "json",
                "CAIRN_LOG_LEVEL": "warning"}  # fmt: skip
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from cairn.cli import main; main()", "up", "--port",
-             str(free_port())],
+             str(free_port()), *(extra or [])],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         assert self.proc.stdout is not None

@@ -43,7 +43,10 @@ from cairn.proto.streams import EVENTS, STREAMS
 __all__ = ["AppendResult", "EventStore", "Recorded"]
 
 _CONFLICT = {10071, 10164, 10201}
+#: answers that mean "not now": the same message may be sent again after a pause
 _IN_PROCESS = 10158
+_TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream
+_BUSY = {_IN_PROCESS, _TOO_MANY_BATCHES}
 _TOO_LARGE = 10054
 _PERMISSION = 10057
 _HEADER_ALLOWANCE = 512
@@ -172,7 +175,7 @@ class EventStore:
                 error = reply.get("error")
                 if not error:
                     return reply
-                if int(error.get("err_code", 0)) != _IN_PROCESS:
+                if int(error.get("err_code", 0)) not in _BUSY:
                     _raise_for(error, subject)
                 last = CairnError(str(error))
             await asyncio.sleep(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.5))

@@ -16,11 +16,18 @@ from cairn.settings import Settings
 @click.option("--home", envvar="CAIRN_HOME", default="~/.cairn", show_default=True)
 @click.option("--port", default=4222, show_default=True, help="0 picks a free port")
 @click.option("--demo", is_flag=True, help="run a demo experiment once the stack is up")
-def up(home: str, port: int, demo: bool) -> None:
-    """Start nats-server and every service in this process; Ctrl-C stops them."""
+@click.option(
+    "--local-slots",
+    type=int,
+    default=None,
+    help="job slots of the local agent (default: one per CPU; 0: no local agent)",
+)
+def up(home: str, port: int, demo: bool, local_slots: int | None) -> None:
+    """Start nats-server, every service and the local agent in this process; Ctrl-C stops
+    them."""
     from cairn.embedded._up import up as run_up
 
-    run(run_up(settings(home=home), port=port, demo=demo))
+    run(run_up(settings(home=home), port=port, demo=demo, local_slots=local_slots))
 
 
 @cli.command()

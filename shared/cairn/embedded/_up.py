@@ -86,14 +86,16 @@ async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> No
     say(f"demo complete: experiment 'demo' has {len(await exp.runs())} runs")
 
 
-async def run_local_agent(settings: Settings, stop: asyncio.Event) -> None:
-    """The agent of the ``local`` compute target: a client of the bus like any agent, one
-    slot per CPU."""
+async def run_local_agent(settings: Settings, stop: asyncio.Event, slots: int) -> None:
+    """The agent of the ``local`` compute target: a client of the bus like any agent."""
     from functools import partial
 
     from cairn.services.agent import AgentService
 
-    factory = partial(AgentService, compute="local", slots=os.cpu_count() or 1)
+    if slots <= 0:
+        await stop.wait()
+        return
+    factory = partial(AgentService, compute="local", slots=slots)
     await run_services(settings, [factory], stop=stop, provision_streams=False)
 
 
@@ -129,7 +131,14 @@ async def demo_job(ws: AsyncWorkspace, say: Callable[[str], None]) -> None:
     say(f"  demo job {details['status']}")
 
 
-async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | None = None) -> None:
+async def up(
+    base: Settings,
+    *,
+    port: int,
+    demo: bool,
+    stop: asyncio.Event | None = None,
+    local_slots: int | None = None,
+) -> None:
     t0 = time.monotonic()
     home = base.home_path
     home.mkdir(parents=True, exist_ok=True)
@@ -155,7 +164,8 @@ async def up(base: Settings, *, port: int, demo: bool, stop: asyncio.Event | Non
         )
         if services.done():
             await services  # raises what made it stop
-        agent = asyncio.create_task(run_local_agent(clients, stop))
+        slots = (os.cpu_count() or 1) if local_slots is None else local_slots
+        agent = asyncio.create_task(run_local_agent(clients, stop, slots))
         async with connect(clients) as ws:
             await ws.create(description="created by cairn up")
             print(

@@ -59,6 +59,8 @@ class AsyncWorkspace:
         self.seen_seq = 0
         self.seen_metrics_seq = 0
         self._runs: set[AsyncRun] = set()
+        #: snapshot digests this client knows are uploaded (they are never deleted)
+        self.snapshots: set[str] = set()
         self._replayer: asyncio.Task[None] | None = None
 
     def _saw(self, reply: Accepted | None, *, metrics: bool = False) -> None:

@@ -119,15 +119,21 @@ class Estimator(ScriptRunConfig):
                          environment_definition, **kwargs)  # fmt: skip
 
 
-async def upload_snapshot(client: Client, source: Path) -> tuple[str, str]:
-    """Archive ``source`` and upload it unless its staging area already holds those bytes;
-    returns the digest and the staging area."""
+async def upload_snapshot(
+    client: Client, source: Path, known: set[str] | None = None
+) -> tuple[str, str]:
+    """Archive ``source`` and upload it unless its staging area already holds those bytes
+    (``known``: digests this client has seen uploaded); returns the digest and the area."""
     data = await asyncio.to_thread(pack, source)
     digest = digest_of(data)
     area = "snap-" + digest.removeprefix("sha256:")[:40]
+    if known is not None and digest in known:
+        return digest, area
     try:
         found = (await client.ask(GetRunFile(run_id=area, path=SNAPSHOT_FILE, wait_s=0))).data
         if found["digest"] == digest:
+            if known is not None:
+                known.add(digest)
             return digest, area
     except NotFound:
         pass
@@ -135,6 +141,8 @@ async def upload_snapshot(client: Client, source: Path) -> tuple[str, str]:
         archive = Path(tmp) / SNAPSHOT_FILE
         archive.write_bytes(data)
         await upload_file(client, area, SNAPSHOT_FILE, archive, staging=True, show_progress=False)
+    if known is not None:
+        known.add(digest)
     return digest, area
 
 
@@ -147,7 +155,7 @@ async def submit(
     display_name: str | None = None,
 ) -> str:
     """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
-    digest, area = await upload_snapshot(ws.client, config.source_directory)
+    digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
     env_name, env_version, inline = None, None, None
     env = config.environment
     if isinstance(env, str):

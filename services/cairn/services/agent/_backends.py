@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import io
 import os
+import shutil
 import signal
 import sys
 import tarfile
@@ -46,6 +47,7 @@ log = get_logger("cairn.agent")
 BASE_IMAGE = "cairn-base:bookworm"
 _PR_SET_PDEATHSIG = 1
 _SKIP_ENV = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
+_SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 
 
 class Runtime:
@@ -106,11 +108,17 @@ class ProcessBackend:
         python_dir = str(Path(runtime.python).parent)  # `python` in a shell command is it too
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}, **env}
         env["PATH"] = f"{python_dir}{os.pathsep}{env.get('PATH', '')}"
+        # dies with the agent (kill -9 included): through setpriv when it is there, which
+        # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork
+        preexec = None
+        if _SETPRIV is not None:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        elif sys.platform == "linux":
+            preexec = _die_with_parent
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            start_new_session=True, preexec_fn=preexec,
         )  # fmt: skip
         assert proc.stdout is not None
 

@@ -343,7 +343,9 @@ class SchedulerService(ProjectedService):
                 runs.fold(r.envelope.data for r in h), cmd, lease_s=self.settings.job_lease_s
             ),
         )
-        state = await lookup.run_state(self.cache, req.workspace, cmd.run_id, fresh=True)
+        # the cache holds what this claim appended; a replayed claim may be behind the log
+        fresh = accepted.replayed
+        state = await lookup.run_state(self.cache, req.workspace, cmd.run_id, fresh=fresh)
         if state.agent_id != cmd.agent_id or state.queue_n != cmd.queue_n or state.job is None:
             raise StaleAttempt(f"run {cmd.run_id} moved on before this claim was answered")
         self.leases[(req.workspace, cmd.run_id)] = (
