@@ -105,3 +105,34 @@ async def test_cairn_agent_runs_lists_and_stops(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_gpu_jobs_get_the_devices_they_were_given(
+    fake_nvidia_smi: Path, client: object, agents: object, tmp_path: Path,
+    client_settings: Settings,
+) -> None:  # fmt: skip
+    """Two GPUs on the agent: a job asking for one sees exactly one in CUDA_VISIBLE_DEVICES,
+    a job asking for three fails with the reason."""
+    from cairn.bus import connect
+    from cairn.sdk import AsyncWorkspace, ScriptRunConfig
+    from cairn.sdk._jobs import follow, submit
+
+    await agents.start(slots=2)  # type: ignore[attr-defined]
+    conn = await connect(client_settings)
+    ws = AsyncWorkspace(conn, client.workspace, client_settings)  # type: ignore[attr-defined]
+    try:
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "job.py").write_text(
+            "import os; print('devices', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+        )
+        one = ScriptRunConfig(source_directory=src, script="job.py", gpus=1)
+        printed: list[str] = []
+        details = await follow(ws, await submit(ws, "gpu", one), out=printed.append, timeout=60)
+        assert details["status"] == "Completed" and "devices 0\n" in "".join(printed)
+        three = ScriptRunConfig(source_directory=src, script="job.py", gpus=3)
+        details = await follow(ws, await submit(ws, "gpu", three), timeout=60)
+        assert details["status"] == "Failed" and "needs 3 GPUs" in details["error"]
+    finally:
+        await ws.close()
+        await conn.close()

@@ -345,3 +345,39 @@ async def test_docker_backend_runs_a_job_in_a_locally_built_image(
         target = await ws.run(run_id).download_file("outputs/where.txt", tmp_path / "w.txt")
         assert "bookworm" in target.read_text()
         assert (await ws.run(run_id).get_metrics("in_container"))["in_container"] == 1
+
+
+async def test_a_hostile_snapshot_fails_the_run_and_writes_nothing(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """A snapshot archive uploaded by hand with a member that climbs out: the agent refuses
+    it before extracting anything, and the run fails saying why."""
+    import io
+    import tarfile
+
+    from cairn.proto.jobs import SNAPSHOT_FILE
+    from cairn.sdk._files import upload_file
+    from cairn.snapshot import digest_of
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name in ("job.py", "../../escaped.py"):
+            info = tarfile.TarInfo(name)
+            data = b"print('hi')\n"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / SNAPSHOT_FILE
+    archive.write_bytes(raw.getvalue())
+    digest, area = digest_of(raw.getvalue()), "snap-hostile"
+    await upload_file(ws.client, area, SNAPSHOT_FILE, archive, staging=True)
+    await ws.experiment("jobs")
+    run_id = os.urandom(8).hex()
+    await ws.client.send(SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id,
+                                   experiment_name="jobs",
+                                   job=JobSpec(command=["python", "job.py"], snapshot=digest,
+                                               snapshot_area=area)))  # fmt: skip
+    await agents.start()
+    details = await follow(ws, run_id, timeout=60)
+    assert details["status"] == "Failed" and "leaves the target folder" in details["error"]
+    work = tmp_path / "agent-state" / "agent" / "work"
+    assert not list(work.rglob("*.py")) and not list(tmp_path.rglob("escaped.py"))  # noqa: ASYNC240
