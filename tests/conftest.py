@@ -19,6 +19,7 @@ from cairn.embedded import NatsServer
 from cairn.embedded._server import SERVICE_USER
 from cairn.embedded._up import all_services
 from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
 from cairn.services.agent import AgentService
 from cairn.settings import Settings
@@ -170,6 +171,15 @@ async def agents(
     pool = Agents(settings)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def ws(client: Client, client_settings: Settings) -> AsyncIterator[AsyncWorkspace]:
+    conn = await connect(client_settings)
+    workspace = AsyncWorkspace(conn, client.workspace, client_settings)
+    yield workspace
+    await workspace.close()
+    await conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cairn.rpc import Client
 from cairn.settings import Settings
+from tests.conftest import Agents
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -27,7 +28,7 @@ def test_readme_opens_with_one_sentence_and_the_two_commands() -> None:
 async def test_readme_python_example_runs(
     client: Client, client_settings: Settings, tmp_path: Path
 ) -> None:
-    (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[0]
     env = {
         **os.environ,
         "CAIRN_HOME": str(tmp_path),
@@ -47,3 +48,37 @@ async def test_readme_python_example_runs(
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "Completed 0.1"
+
+
+async def test_readme_job_example_runs(
+    client: Client, client_settings: Settings, agents: Agents, tmp_path: Path
+) -> None:
+    """The jobs example, in a folder with a training script and a requirements file (naming
+    a local wheel, so the environment builds without an index)."""
+    from tests.services.test_jobs import _wheel
+
+    code = re.findall(r"```python\n(.*?)```", README, re.S)[1]
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "train.py").write_text(
+        "import argparse, os, tinypkg\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--reg_rate', type=float)\n"
+        "rate = p.parse_args().reg_rate\n"
+        "print('training with', rate, tinypkg.VALUE)\n"
+        "os.makedirs('outputs', exist_ok=True)\n"
+        "open('outputs/model.pkl', 'w').write(str(rate))\n"
+    )
+    (tmp_path / "requirements.txt").write_text(f"{_wheel(tmp_path)}\n")
+    await agents.start()
+    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "home"),
+           "CAIRN_NATS_URL": client_settings.nats_url,
+           "CAIRN_NATS_USER": client_settings.nats_user or "",
+           "CAIRN_NATS_PASSWORD": client_settings.nats_password or "",
+           "CAIRN_WORKSPACE": client.workspace}  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    assert "training with 0.1 from-wheel" in out.decode()
+    assert (tmp_path / "model.pkl").read_text() == "0.1"

@@ -18,7 +18,7 @@ from cairn.bus import EventStore, connect
 from cairn.proto import subjects
 from cairn.proto.commands import CreateWorkspace
 from cairn.proto.events import RunAssigned, RunCompleted, RunFailed, RunRequeued
-from cairn.rpc import Client, ping_all
+from cairn.rpc import ping_all
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
 from cairn.settings import Settings
@@ -69,15 +69,6 @@ async def procs() -> AsyncIterator[Procs]:
     p = Procs()
     yield p
     await p.close()
-
-
-@pytest.fixture
-async def ws(client: Client, client_settings: Settings) -> AsyncIterator[AsyncWorkspace]:
-    conn = await connect(client_settings)
-    workspace = AsyncWorkspace(conn, client.workspace, client_settings)
-    yield workspace
-    await workspace.close()
-    await conn.close()
 
 
 def script(tmp_path: Path, body: str) -> Path:

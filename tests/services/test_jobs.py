@@ -8,31 +8,21 @@ import contextlib
 import os
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cairn.bus import EventStore, connect
+from cairn.bus import EventStore
 from cairn.errors import InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
 from cairn.proto.commands import GetRun
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
-from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
 from cairn.settings import Settings
 from tests.conftest import Agents
-
-
-@pytest.fixture
-async def ws(client: Client, client_settings: Settings) -> AsyncIterator[AsyncWorkspace]:
-    conn = await connect(client_settings)
-    workspace = AsyncWorkspace(conn, client.workspace, client_settings)
-    yield workspace
-    await workspace.close()
-    await conn.close()
 
 
 def source(tmp_path: Path, body: str, name: str = "job.py") -> Path:

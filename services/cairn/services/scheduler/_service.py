@@ -259,6 +259,20 @@ class SchedulerService(ProjectedService):
 
     # -- commands ------------------------------------------------------------------------
 
+    async def _on_run(
+        self, req: Request, run_id: str, decide: Callable[[runs.RunState], list[Event]]
+    ) -> Accepted:
+        """Decide a request's command on the run it names."""
+        return await execute(
+            self.store,
+            self._ctx(req),
+            kind=runs.KIND,
+            aggregate_id=run_id,
+            subject=subjects.event(req.workspace, runs.KIND, run_id),
+            cache=self.cache,
+            decide=lambda h: decide(runs.fold(r.envelope.data for r in h)),
+        )
+
     def _ctx(self, req: Request) -> CommandContext:
         cmd: Any = req.body
         return CommandContext(workspace=req.workspace, command_id=cmd.command_id,
@@ -271,16 +285,10 @@ class SchedulerService(ProjectedService):
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         await self._require_compute(ws, cmd.compute)
         job = await self._resolve(ws, cmd)
-        accepted = await execute(
-            self.store,
-            self._ctx(req),
-            kind=runs.KIND,
-            aggregate_id=cmd.run_id,
-            subject=subjects.event(ws, runs.KIND, cmd.run_id),
-            cache=self.cache,
-            decide=lambda h: runs.decide_submit(
-                runs.fold(r.envelope.data for r in h), cmd, experiment_id=experiment_id, job=job
-            ),
+        accepted = await self._on_run(
+            req,
+            cmd.run_id,
+            lambda state: runs.decide_submit(state, cmd, experiment_id=experiment_id, job=job),
         )
         if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
             with contextlib.suppress(Exception):
@@ -332,16 +340,9 @@ class SchedulerService(ProjectedService):
 
     async def _claim(self, req: Request) -> QueryResult:
         cmd: ClaimJob = req.body
-        accepted = await execute(
-            self.store,
-            self._ctx(req),
-            kind=runs.KIND,
-            aggregate_id=cmd.run_id,
-            subject=subjects.event(req.workspace, runs.KIND, cmd.run_id),
-            cache=self.cache,
-            decide=lambda h: runs.decide_claim(
-                runs.fold(r.envelope.data for r in h), cmd, lease_s=self.settings.job_lease_s
-            ),
+        lease_s = self.settings.job_lease_s
+        accepted = await self._on_run(
+            req, cmd.run_id, lambda state: runs.decide_claim(state, cmd, lease_s=lease_s)
         )
         # the cache holds what this claim appended; a replayed claim may be behind the log
         fresh = accepted.replayed
@@ -372,15 +373,7 @@ class SchedulerService(ProjectedService):
 
     async def _report(self, req: Request) -> QueryResult:
         cmd: ReportJob = req.body
-        accepted = await execute(
-            self.store,
-            self._ctx(req),
-            kind=runs.KIND,
-            aggregate_id=cmd.run_id,
-            subject=subjects.event(req.workspace, runs.KIND, cmd.run_id),
-            cache=self.cache,
-            decide=lambda h: runs.decide_report(runs.fold(r.envelope.data for r in h), cmd),
-        )
+        accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_report(state, cmd))
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
         self.leases[(req.workspace, cmd.run_id)] = (cmd.attempt, time.monotonic() + state.lease_s)
         cancel = state.status == runs.RunStatus.CANCEL_REQUESTED
@@ -390,15 +383,7 @@ class SchedulerService(ProjectedService):
 
     async def _finish(self, req: Request) -> Accepted:
         cmd: FinishJob = req.body
-        accepted = await execute(
-            self.store,
-            self._ctx(req),
-            kind=runs.KIND,
-            aggregate_id=cmd.run_id,
-            subject=subjects.event(req.workspace, runs.KIND, cmd.run_id),
-            cache=self.cache,
-            decide=lambda h: runs.decide_finish(runs.fold(r.envelope.data for r in h), cmd),
-        )
+        accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_finish(state, cmd))
         self.leases.pop((req.workspace, cmd.run_id), None)
         return accepted
 
