@@ -320,7 +320,14 @@ async def test_docker_backend_runs_a_job_in_a_locally_built_image(
         os.makedirs("outputs", exist_ok=True)
         open("outputs/where.txt", "w").write(open("/etc/os-release").read())
     """)  # fmt: skip
+    import docker
+
+    engine = docker.from_env()
+    labels = {"cairn.agent": "gone-agent", "cairn.run": "r-orphan"}  # a job of a dead agent
+    orphan = engine.containers.run("cairn-base:bookworm", ["sleep", "600"], detach=True,
+                                   network_mode="none", labels=labels)  # fmt: skip
     await agents.start(backend="docker", slots=2)
+    assert orphan.id not in {c.id for c in engine.containers.list(all=True)}, "orphan kept"
     plain = await submit(ws, "docker", ScriptRunConfig(source_directory=src, script="job.py"))
     env = Environment("docker-tiny")
     env.python.conda_dependencies.pip_packages = [str(_wheel(tmp_path, value="in-image"))]

@@ -159,6 +159,18 @@ class DockerBackend:
         self._locks: dict[str, asyncio.Lock] = {}
         self._write_sitecustomize()
 
+    def reap(self, alive: set[str]) -> list[str]:
+        """Remove the job containers of agents that are gone (a killed agent cannot stop its
+        containers; the next agent on the machine does). Returns the runs they belonged to."""
+        reaped = []
+        for container in self.client.containers.list(all=True, filters={"label": "cairn.agent"}):
+            labels = container.labels or {}
+            if labels.get("cairn.agent") not in alive:
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                    reaped.append(labels.get("cairn.run", "?"))
+        return reaped
+
     def _write_sitecustomize(self) -> None:
         self.sdk_dir.mkdir(parents=True, exist_ok=True)
         lines = ["import site"] + [f"site.addsitedir({p!r})" for p in _sdk_paths()]

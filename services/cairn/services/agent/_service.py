@@ -94,6 +94,11 @@ class AgentService:
 
     async def start(self) -> None:
         info = await self.heartbeat()
+        if isinstance(self.backend, DockerBackend):
+            alive = {a.agent_id for a in await list_agents(self.conn)}
+            reaped = await asyncio.to_thread(self.backend.reap, alive)
+            if reaped:
+                log.warning("orphan_containers_removed", runs=reaped)
         log.info("agent_registered", agent_id=self.agent_id, compute=self.compute,
                  gpus=len(info.gpus), labels=info.labels, slots=self.slots,
                  backend=self.backend.name)  # fmt: skip
