@@ -52,6 +52,7 @@ PINNED = {
         "BatchRejected",
         "CairnError",
         "ConcurrencyConflict",
+        "DataChanged",
         "InvalidInput",
         "InvalidName",
         "InvalidTransition",

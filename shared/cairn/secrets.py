@@ -22,9 +22,16 @@ from cairn.settings import Settings
 __all__ = ["require_role", "seal", "unseal"]
 
 
-def _key(settings: Settings, workspace: str) -> Fernet:
-    folder = settings.home_path / "keys"
+def _key(settings: Settings, workspace: str, *, create: bool = True) -> Fernet:
+    folder = (
+        Path(settings.keys_dir).expanduser() if settings.keys_dir else settings.home_path / "keys"
+    )
     path = folder / f"{validate_token(workspace, 'workspace')}.key"
+    if not path.exists() and not create:
+        raise PermissionDenied(
+            f"this machine has no key for workspace {workspace} ({path}): it cannot open the"
+            " workspace's datastore credentials"
+        )
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -43,7 +50,8 @@ def seal(settings: Settings, workspace: str, secret: dict[str, Any]) -> str:
 
 def unseal(settings: Settings, workspace: str, token: str) -> dict[str, Any]:
     try:
-        value: dict[str, Any] = json.loads(_key(settings, workspace).decrypt(token.encode()))
+        key = _key(settings, workspace, create=False)
+        value: dict[str, Any] = json.loads(key.decrypt(token.encode()))
     except InvalidToken as exc:
         raise CairnError("sealed credentials do not open with this workspace's key") from exc
     return value

@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     artifact_s3: S3Config | None = None
     max_artifact_bytes: int = 100 * 1024**3
     roles_file: str | None = None
+    #: where workspace keys live (default ``<home>/keys``); a process that moves datastore
+    #: bytes (the SDK, an agent) needs the key to open the datastore's credentials
+    keys_dir: str | None = None
     #: how long an agent may stay silent before its job is taken back and re-queued
     job_lease_s: float = 30.0
     #: deliveries of one job ticket before JetStream gives up on it (the run then fails)

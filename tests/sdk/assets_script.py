@@ -45,7 +45,7 @@ s3 = Datastore.register_s3(
 )
 out["datastores"] = {
     "default": [ws.get_default_datastore().name, ws.get_default_datastore().datastore_type],
-    "local": [local.datastore_type, local.path.endswith("data_root")],
+    "local": [local.datastore_type, local.local_path.endswith("data_root")],
     "s3": [s3.bucket_name, s3.has_credentials, "SK-9" not in repr(vars(s3))],
     "listed": sorted(ws.datastores),
 }

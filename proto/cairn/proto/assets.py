@@ -12,15 +12,17 @@ from typing import Literal
 
 import msgspec
 
-from cairn.proto._base import Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
 
 __all__ = [
     "ASSET_KINDS",
     "CURATED_PREFIX",
+    "MAX_UPLOAD_RECORD",
     "AssetSpec",
     "ComputeSpec",
     "CreateCompute",
+    "DataFile",
     "DataPath",
     "DatasetSpec",
     "DatastoreSpec",
@@ -28,6 +30,7 @@ __all__ = [
     "EnvironmentSpec",
     "GetAsset",
     "ListAssets",
+    "RecordUpload",
     "RegisterDataset",
     "RegisterDatastore",
     "RegisterEnvironment",
@@ -76,15 +79,30 @@ class DataPath(msgspec.Struct, frozen=True, array_like=True):
     pattern: Text
 
 
+class DataFile(msgspec.Struct, frozen=True, array_like=True):
+    """One file of a dataset version: ``[datastore, path, size, etag]`` — ``etag`` is the
+    SHA-256 (local datastores) or the ETag (S3) the bytes had at registration — and, for a
+    snapshot version, the digest of the copy in the artifact store."""
+
+    datastore: Id
+    path: Text
+    size: int
+    etag: str
+    blob: Digest | None = None
+
+
 class DatasetSpec(msgspec.Struct, frozen=True, kw_only=True, tag="dataset"):
-    """What a dataset version refers to (reading the data and fingerprinting it come with the
-    data work): tabular (delimited files) or file datasets over datastore paths."""
+    """What a dataset version is: tabular (delimited files) or file datasets over datastore
+    paths with wildcards, and the fingerprint of every file they matched at registration, so
+    a version means the same bytes forever (or, with ``snapshot``, copies of them)."""
 
     kind: Literal["tabular", "file"]
     paths: list[DataPath]
     separator: str = ","
     header: bool = True
     infer_column_types: bool = True
+    files: list[DataFile] = msgspec.field(default_factory=list)
+    snapshot: bool = False
 
 
 AssetSpec = EnvironmentSpec | DatastoreSpec | ComputeSpec | DatasetSpec
@@ -124,6 +142,19 @@ class DeleteCompute(Command, frozen=True, kw_only=True, tag=True):
     name: Id
 
 
+class RecordUpload(Command, frozen=True, kw_only=True, tag=True):
+    """What a client wrote into a datastore (paths, sizes, digests or ETags), at most
+    ``MAX_UPLOAD_RECORD`` files per command."""
+
+    VERB = "datastore.uploaded"
+    name: Id
+    files: list[DataFile]
+
+
+#: files per RecordUpload (keeps its event well under the event size limit)
+MAX_UPLOAD_RECORD = 1000
+
+
 class RegisterDataset(Command, frozen=True, kw_only=True, tag=True):
     """Registering a name that exists is refused unless ``create_new_version``; then the spec
     becomes the next version (the same spec again is a no-op)."""
@@ -139,10 +170,14 @@ AssetKind = Literal["environment", "datastore", "compute", "dataset"]
 
 
 class GetAsset(Query, frozen=True, kw_only=True, tag=True):
+    """``sealed``: a datastore's reply also carries its sealed credentials (the token, which
+    only a holder of the workspace key can open), for a process that moves its data."""
+
     NAME = "asset.get"
     asset_kind: AssetKind
     name: Name
     version: int | None = None
+    sealed: bool = False
 
 
 class ListAssets(Query, frozen=True, kw_only=True, tag=True):

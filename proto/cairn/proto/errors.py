@@ -15,6 +15,7 @@ again on the caller's side as the class registered for its ``code``::
     ├── PermissionDenied            code "permission_denied"
     ├── Unavailable                 code "unavailable"        bus or stream unreachable
     ├── BatchRejected               code "batch_rejected"     an atomic batch was refused
+    ├── DataChanged                 code "data_changed"       a dataset version's bytes moved
     └── StaleAttempt                code "stale_attempt"      a job attempt that lost its lease
 
 ``CairnError`` itself is raised for codes this version does not know, so a newer service can
@@ -30,6 +31,7 @@ __all__ = [
     "BatchRejected",
     "CairnError",
     "ConcurrencyConflict",
+    "DataChanged",
     "InvalidInput",
     "InvalidName",
     "InvalidTransition",
@@ -95,6 +97,12 @@ class Unavailable(CairnError):
 
 class BatchRejected(CairnError):
     code = "batch_rejected"
+
+
+class DataChanged(CairnError):
+    """The files behind a dataset version are not the bytes it was registered with."""
+
+    code = "data_changed"
 
 
 class StaleAttempt(CairnError):

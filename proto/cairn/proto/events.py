@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
-from cairn.proto.assets import AssetSpec
+from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec
 
@@ -31,6 +31,7 @@ __all__ = [
     "ArtifactCommitted",
     "AssetDeleted",
     "AssetRegistered",
+    "DatastoreFilesUploaded",
     "Envelope",
     "Event",
     "ExperimentCreated",
@@ -258,6 +259,14 @@ class AssetDeleted(Event, frozen=True, kw_only=True):
     name: Name
 
 
+class DatastoreFilesUploaded(Event, frozen=True, kw_only=True):
+    """Files a client wrote into the datastore ``name``: who wrote which bytes where."""
+
+    KIND = "asset"
+    name: Id
+    files: list[DataFile]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -281,6 +290,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ModelVersionRestored,
         AssetRegistered,
         AssetDeleted,
+        DatastoreFilesUploaded,
     )
 }
 

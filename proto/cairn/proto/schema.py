@@ -48,6 +48,7 @@ def assets_commands() -> tuple[type[Command], ...]:
         assets.CreateCompute,
         assets.DeleteCompute,
         assets.RegisterDataset,
+        assets.RecordUpload,
     )
 
 
@@ -65,6 +66,7 @@ def generate() -> dict[str, str]:
         artifacts.OpenUpload,
         artifacts.CommitUpload,
         *jobs.JOB_COMMAND_TYPES,
+        *assets_commands(),
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,

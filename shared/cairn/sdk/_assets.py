@@ -1,5 +1,5 @@
-"""``Environment``, ``CondaDependencies``, ``Datastore`` and ``ComputeTarget`` with the Azure ML v1
-names; each call is one registry command or query."""
+"""``Environment``, ``CondaDependencies`` and ``ComputeTarget`` with the Azure ML v1 names; each
+call is one registry command or query (datastores and datasets: ``_data``)."""
 
 from __future__ import annotations
 
@@ -15,30 +15,17 @@ from cairn.errors import InvalidInput
 from cairn.proto.assets import (
     ComputeSpec,
     CreateCompute,
-    DataPath,
-    DatasetSpec,
-    DatastoreSpec,
     DeleteCompute,
     EnvironmentSpec,
     GetAsset,
     ListAssets,
-    RegisterDataset,
-    RegisterDatastore,
     RegisterEnvironment,
 )
 
 if TYPE_CHECKING:
     from cairn.sdk._sync import Workspace
 
-__all__ = [
-    "ComputeTarget",
-    "CondaDependencies",
-    "Dataset",
-    "Datastore",
-    "Environment",
-    "FileDataset",
-    "TabularDataset",
-]
+__all__ = ["ComputeTarget", "CondaDependencies", "Environment"]
 
 
 def _id() -> str:
@@ -182,66 +169,6 @@ class Environment:
         return f"Environment(name={self.name!r}, version={self.version})"
 
 
-class Datastore:
-    """A registered place data lives: a local directory or an S3 bucket. Credentials are
-    sealed by the registry; this object never holds them."""
-
-    def __init__(
-        self, workspace: Workspace, name: str, _data: dict[str, Any] | None = None
-    ) -> None:
-        self.workspace, self.name = workspace, name
-        spec = (_data or _get(workspace, "datastore", name))["spec"]
-        self.datastore_type = spec["kind"]
-        self.path, self.bucket_name = spec.get("path"), spec.get("bucket")
-        self.endpoint, self.prefix = spec.get("endpoint_url"), spec.get("prefix", "")
-        self.has_credentials = bool(spec.get("has_credentials"))
-
-    @staticmethod
-    def get(workspace: Workspace, datastore_name: str) -> Datastore:
-        return Datastore(workspace, datastore_name)
-
-    @staticmethod
-    def _register(workspace: Workspace, name: str, spec: DatastoreSpec, creds: Any) -> Datastore:
-        cmd = RegisterDatastore(command_id=_id(), name=name, spec=spec, credentials=creds)
-        workspace._run(workspace.core.client.send(cmd))
-        return Datastore(workspace, name)
-
-    @staticmethod
-    def register_local(workspace: Workspace, datastore_name: str, path: str) -> Datastore:
-        spec = DatastoreSpec(kind="local", path=str(Path(path).resolve()))
-        return Datastore._register(workspace, datastore_name, spec, None)
-
-    @staticmethod
-    def register_s3(
-        workspace: Workspace,
-        datastore_name: str,
-        bucket_name: str,
-        endpoint_url: str | None = None,
-        prefix: str = "",
-        access_key_id: str | None = None,
-        secret_access_key: str | None = None,
-        region: str | None = None,
-        **_: Any,
-    ) -> Datastore:
-        spec = DatastoreSpec(kind="s3", bucket=bucket_name, endpoint_url=endpoint_url,
-                             prefix=prefix, region=region)  # fmt: skip
-        creds = None
-        if access_key_id or secret_access_key:
-            creds = {
-                "access_key_id": access_key_id or "",
-                "secret_access_key": secret_access_key or "",
-            }
-        return Datastore._register(workspace, datastore_name, spec, creds)
-
-    @staticmethod
-    def list(workspace: Workspace) -> dict[str, Datastore]:
-        rows = _rows(workspace, "datastore")
-        return {r["name"]: Datastore(workspace, r["name"], _data=r) for r in rows}
-
-    def __repr__(self) -> str:
-        return f"Datastore(name={self.name!r}, type={self.datastore_type!r})"
-
-
 class ComputeTarget:
     """A compute target: ``local``, a cluster (a pool of agents), an instance, an attached
     machine. Creating and deleting needs the compute-operator role."""
@@ -282,97 +209,3 @@ class ComputeTarget:
 
     def __repr__(self) -> str:
         return f"ComputeTarget(name={self.name!r}, type={self.type!r})"
-
-
-def _data_paths(path: Any) -> builtins.list[DataPath]:
-    """``(datastore, 'pattern')`` or a list of them; a datastore given by object or name."""
-    items = path if isinstance(path, builtins.list) else [path]
-    out = []
-    for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise InvalidInput("a dataset path is (datastore, 'path/with/*.wildcards')")
-        store, pattern = item
-        out.append(DataPath(str(getattr(store, "name", store)), str(pattern)))
-    return out
-
-
-class _Dataset:
-    KIND: str = ""
-
-    def __init__(self, spec: DatasetSpec, data: dict[str, Any] | None = None) -> None:
-        self.spec = spec
-        self.name: str | None = data["name"] if data else None
-        self.version: int | None = data["version"] if data else None
-        self.description: str = data.get("description", "") if data else ""
-
-    def register(
-        self,
-        workspace: Workspace,
-        name: str,
-        description: str | None = None,
-        tags: dict[str, str] | None = None,
-        create_new_version: bool = False,
-    ) -> _Dataset:
-        cmd = RegisterDataset(command_id=_id(), name=name, spec=self.spec,
-                              description=description or "",
-                              create_new_version=create_new_version)  # fmt: skip
-        reply = workspace._run(workspace.core.client.send(cmd))
-        return Dataset.get_by_name(workspace, name, min_seq=reply.seq)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, version={self.version})"
-
-
-class TabularDataset(_Dataset):
-    pass
-
-
-class FileDataset(_Dataset):
-    pass
-
-
-class _Tabular:
-    @staticmethod
-    def from_delimited_files(
-        path: Any, separator: str = ",", header: bool = True, infer_column_types: bool = True,
-        **_: Any,
-    ) -> TabularDataset:  # fmt: skip
-        spec = DatasetSpec(kind="tabular", paths=_data_paths(path), separator=separator,
-                           header=bool(header), infer_column_types=infer_column_types)  # fmt: skip
-        return TabularDataset(spec)
-
-
-class _File:
-    @staticmethod
-    def from_files(path: Any, **_: Any) -> FileDataset:
-        return FileDataset(DatasetSpec(kind="file", paths=_data_paths(path)))
-
-
-class Dataset:
-    """``Dataset.Tabular.from_delimited_files(...)``, ``Dataset.File.from_files(...)``,
-    ``Dataset.get_by_name(ws, name, version='latest')``. This registers definitions and their
-    versions; reading the data is the data work's."""
-
-    Tabular = _Tabular
-    File = _File
-
-    @staticmethod
-    def get_by_name(
-        workspace: Workspace, name: str, version: int | str = "latest", min_seq: int = 0
-    ) -> _Dataset:
-        number = None if version == "latest" else int(version)
-        data = _get(workspace, "dataset", name, version=number, min_seq=min_seq)
-        spec = DatasetSpec(
-            kind=data["spec"]["kind"],
-            paths=[DataPath(*p) for p in data["spec"]["paths"]],
-            separator=data["spec"]["separator"],
-            header=data["spec"]["header"],
-            infer_column_types=data["spec"]["infer_column_types"],
-        )
-        cls = TabularDataset if spec.kind == "tabular" else FileDataset
-        return cls(spec, data)
-
-    @staticmethod
-    def list(workspace: Workspace) -> dict[str, _Dataset]:
-        rows = _rows(workspace, "dataset")
-        return {r["name"]: Dataset.get_by_name(workspace, r["name"]) for r in rows}

@@ -137,7 +137,7 @@ class Workspace:
 
     @property
     def datastores(self) -> dict[str, Any]:
-        from cairn.sdk._assets import Datastore
+        from cairn.sdk._data import Datastore
 
         return Datastore.list(self)
 
@@ -149,12 +149,12 @@ class Workspace:
 
     @property
     def datasets(self) -> dict[str, Any]:
-        from cairn.sdk._assets import Dataset
+        from cairn.sdk._data import Dataset
 
         return Dataset.list(self)
 
     def get_default_datastore(self) -> Any:
-        from cairn.sdk._assets import Datastore
+        from cairn.sdk._data import Datastore
 
         return Datastore.get(self, "workspaceblobstore")
 

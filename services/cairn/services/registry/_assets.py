@@ -13,6 +13,7 @@ from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.assets import (
     CURATED_PREFIX,
+    MAX_UPLOAD_RECORD,
     AssetSpec,
     CreateCompute,
     DatasetSpec,
@@ -20,11 +21,13 @@ from cairn.proto.assets import (
     DeleteCompute,
     GetAsset,
     ListAssets,
+    RecordUpload,
     RegisterDataset,
     RegisterDatastore,
     RegisterEnvironment,
 )
 from cairn.proto.commands import Accepted
+from cairn.proto.events import DatastoreFilesUploaded
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import Request
 from cairn.secrets import require_role, seal
@@ -36,6 +39,7 @@ __all__ = ["ASSET_COMMANDS", "AssetHandlers", "builtin_assets"]
 ASSET_COMMANDS = (
     RegisterEnvironment,
     RegisterDatastore,
+    RecordUpload,
     CreateCompute,
     DeleteCompute,
     RegisterDataset,
@@ -61,6 +65,33 @@ class AssetHandlers:
     async def command(self, req: Request) -> Accepted:
         cmd: Any = req.body
         kind = cmd.VERB.split(".")[0]
+        spec = await self._checked_spec(req, cmd)
+        aggregate_id = subjects.name_to_id(cmd.name)
+        ctx = CommandContext(workspace=req.workspace, command_id=cmd.command_id,
+                             actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
+
+        def decide(history: list[Recorded]) -> list[Any]:
+            state = asset.fold(r.envelope.data for r in history)
+            if isinstance(cmd, DeleteCompute):
+                return asset.decide_delete(state, cmd.name)
+            if isinstance(cmd, RecordUpload):
+                return [DatastoreFilesUploaded(name=cmd.name, files=cmd.files)]
+            if isinstance(cmd, RegisterDataset) and state.latest and not cmd.create_new_version:
+                if state.latest.spec_hash != asset.spec_hash(cmd.spec):
+                    raise AlreadyExists(
+                        f"dataset {cmd.name!r} exists; register with create_new_version=True"
+                    )
+            assert spec is not None
+            return asset.decide_register(state, cmd.name, spec, cmd.description)
+
+        return await execute(
+            self.store, ctx, kind=kind, aggregate_id=aggregate_id,
+            subject=subjects.event(req.workspace, kind, aggregate_id), decide=decide,
+            cache=self.cache,
+        )  # fmt: skip
+
+    async def _checked_spec(self, req: Request, cmd: Any) -> AssetSpec | None:
+        """Refuse what may not be registered; the spec as it will be stored."""
         spec: AssetSpec | None = getattr(cmd, "spec", None)
         if isinstance(cmd, RegisterEnvironment) and cmd.name.startswith(CURATED_PREFIX):
             raise InvalidInput(
@@ -79,40 +110,33 @@ class AssetHandlers:
             spec = DatastoreSpec(**{**_fields(cmd.spec), "sealed_credentials": sealed})
         if isinstance(cmd, RegisterDataset):
             await self._check_dataset_paths(req.workspace, cmd.spec)
-        aggregate_id = subjects.name_to_id(cmd.name)
-        ctx = CommandContext(workspace=req.workspace, command_id=cmd.command_id,
-                             actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
-
-        def decide(history: list[Recorded]) -> list[Any]:
-            state = asset.fold(r.envelope.data for r in history)
-            if isinstance(cmd, DeleteCompute):
-                return asset.decide_delete(state, cmd.name)
-            if isinstance(cmd, RegisterDataset) and state.latest and not cmd.create_new_version:
-                if state.latest.spec_hash != asset.spec_hash(cmd.spec):
-                    raise AlreadyExists(
-                        f"dataset {cmd.name!r} exists; register with create_new_version=True"
-                    )
-            assert spec is not None
-            return asset.decide_register(state, cmd.name, spec, cmd.description)
-
-        return await execute(
-            self.store, ctx, kind=kind, aggregate_id=aggregate_id,
-            subject=subjects.event(req.workspace, kind, aggregate_id), decide=decide,
-            cache=self.cache,
-        )  # fmt: skip
+        if isinstance(cmd, RecordUpload):
+            await self._require_datastore(req.workspace, cmd.name)
+            if not 0 < len(cmd.files) <= MAX_UPLOAD_RECORD:
+                raise InvalidInput(f"record 1 to {MAX_UPLOAD_RECORD} files at a time")
+            for f in cmd.files:
+                validate_run_path(f.path)
+        return spec
 
     async def _check_dataset_paths(self, ws: str, spec: DatasetSpec) -> None:
         """Every path names a known datastore and stays inside it (wildcards allowed)."""
         if not spec.paths:
             raise InvalidInput("a dataset needs at least one path")
+        for f in spec.files:
+            validate_run_path(f.path)
+            if f.size < 0 or f.datastore not in {p.datastore for p in spec.paths}:
+                raise InvalidInput(f"dataset file {f.path!r} is outside the dataset's paths")
         for path in spec.paths:
             validate_run_path(path.pattern)
-            subject = subjects.event(ws, "datastore", subjects.name_to_id(path.datastore))
-            history = await self.cache.read(subject, bool)
-            known = asset.fold(r.envelope.data for r in history)
-            builtin = builtin_assets(self.settings, ws, "datastore")
-            if (known.latest is None or known.deleted) and path.datastore not in builtin:
-                raise NotFound(f"no datastore called {path.datastore!r}")
+            await self._require_datastore(ws, path.datastore)
+
+    async def _require_datastore(self, ws: str, name: str) -> None:
+        subject = subjects.event(ws, "datastore", subjects.name_to_id(name))
+        history = await self.cache.read(subject, bool)
+        known = asset.fold(r.envelope.data for r in history)
+        builtin = builtin_assets(self.settings, ws, "datastore")
+        if (known.latest is None or known.deleted) and name not in builtin:
+            raise NotFound(f"no datastore called {name!r}")
 
     async def get(self, req: Request) -> tuple[dict[str, Any], int]:
         q: GetAsset = req.body
@@ -122,8 +146,11 @@ class AssetHandlers:
         seq = history[-1].seq if history else 0
         builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(q.name)
         ev = asset.resolve(state, builtin, q.asset_kind, q.name, q.version)
-        return _view(ev.name, ev.version, ev.spec, state.latest is None or state.deleted,
-                     ev.description), seq  # fmt: skip
+        view = _view(ev.name, ev.version, ev.spec, state.latest is None or state.deleted,
+                     ev.description)  # fmt: skip
+        if q.sealed and isinstance(ev.spec, DatastoreSpec):
+            view["sealed_credentials"] = ev.spec.sealed_credentials
+        return view, seq
 
     def list(self, req: Request, db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
         q: ListAssets = req.body

@@ -1,0 +1,306 @@
+"""Reading and writing the files of a datastore: a local directory or an S3 bucket (prefix).
+
+Every path a caller names goes through the run-path chokepoint first (relative, no ``..``, no
+encodings); a local datastore also resolves the final path and refuses one that leaves its
+root through a symlink. Wildcard patterns are matched against a listing, segment by segment
+(``*`` and ``?`` never cross a ``/``), so a pattern cannot reach outside the datastore either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from cairn.errors import InvalidName, NotFound, Unavailable
+from cairn.proto.assets import DatastoreSpec
+from cairn.proto.paths import validate_run_path
+
+__all__ = [
+    "Entry",
+    "LocalStore",
+    "S3Store",
+    "Store",
+    "match",
+    "open_store",
+    "sha256_file",
+]
+
+_BUFFER = 1024 * 1024
+PART_BYTES = 16 * 1024 * 1024
+
+
+class Entry(msgspec.Struct, frozen=True, array_like=True):
+    """A file in a datastore: its path, size and ``etag``: the object's ETag in S3; for a
+    local datastore empty in listings (hashing every file to list a folder would read it all)
+    and the SHA-256 from :meth:`Store.fingerprint`."""
+
+    path: str
+    size: int
+    etag: str
+
+
+class Store(Protocol):
+    name: str
+
+    async def list(self, prefix: str = "") -> list[Entry]: ...
+
+    async def stat(self, path: str) -> Entry | None: ...
+
+    async def fingerprint(self, entry: Entry) -> Entry: ...
+
+    async def put(self, path: str, source: Path) -> Entry: ...
+
+    async def get(self, path: str, target: Path) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_BUFFER):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _prefix_ok(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    if prefix:
+        validate_run_path(prefix)
+    return prefix
+
+
+class LocalStore:
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.root = root.resolve()
+
+    def _path(self, path: str) -> Path:
+        full = (self.root / validate_run_path(path)).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise InvalidName(f"{path!r} leads out of datastore {self.name}")
+        return full
+
+    async def list(self, prefix: str = "") -> list[Entry]:
+        prefix = _prefix_ok(prefix)
+
+        def walk() -> list[Entry]:
+            base = self._path(prefix) if prefix else self.root
+            if base.is_file():
+                return [self._entry(base)]
+            out = []
+            for folder, dirs, files in os.walk(base):
+                dirs.sort()
+                for f in sorted(files):
+                    full = Path(folder) / f
+                    if full.is_symlink() and self.root not in full.resolve().parents:
+                        continue  # never follow a link out of the datastore
+                    out.append(self._entry(full))
+            return out
+
+        return await asyncio.to_thread(walk)
+
+    def _entry(self, full: Path) -> Entry:
+        return Entry(full.relative_to(self.root).as_posix(), full.stat().st_size, "")
+
+    async def fingerprint(self, entry: Entry) -> Entry:
+        full = self._path(entry.path)
+        digest = await asyncio.to_thread(sha256_file, full)
+        return Entry(entry.path, (await asyncio.to_thread(full.stat)).st_size, digest)
+
+    async def stat(self, path: str) -> Entry | None:
+        full = self._path(path)
+        return await asyncio.to_thread(lambda: self._entry(full) if full.is_file() else None)
+
+    async def put(self, path: str, source: Path) -> Entry:
+        target = self._path(path)
+
+        def copy() -> Entry:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.part")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+            return self._entry(target)
+
+        return await asyncio.to_thread(copy)
+
+    async def get(self, path: str, target: Path) -> None:
+        full = self._path(path)
+        if not full.is_file():
+            raise NotFound(f"datastore {self.name} has no file {path!r}")
+        await asyncio.to_thread(_copy_into, full, target)
+
+    async def close(self) -> None:
+        return None
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+class S3Store:
+    def __init__(self, name: str, spec: DatastoreSpec, client: Any, stack: Any) -> None:
+        self.name, self.spec, self.client, self._stack = name, spec, client, stack
+        self.bucket = spec.bucket or ""
+        self.prefix = spec.prefix.strip("/") + "/" if spec.prefix.strip("/") else ""
+
+    @classmethod
+    async def open(cls, name: str, spec: DatastoreSpec, creds: dict[str, Any]) -> S3Store:
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
+        stack = contextlib.AsyncExitStack()
+        client = await stack.enter_async_context(
+            get_session().create_client(
+                "s3",
+                endpoint_url=spec.endpoint_url,
+                region_name=spec.region or "us-east-1",
+                aws_access_key_id=creds.get("access_key_id"),
+                aws_secret_access_key=creds.get("secret_access_key"),
+                config=AioConfig(max_pool_connections=32),
+            )
+        )
+        return cls(name, spec, client, stack)
+
+    def _key(self, path: str) -> str:
+        return self.prefix + validate_run_path(path)
+
+    async def list(self, prefix: str = "") -> list[Entry]:
+        prefix = _prefix_ok(prefix)
+        out = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(self.prefix) :]
+                    if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
+                        continue
+                    out.append(Entry(rel, int(obj["Size"]), str(obj["ETag"]).strip('"')))
+        except self.client.exceptions.ClientError as exc:
+            raise Unavailable(f"listing datastore {self.name} failed: {exc}") from exc
+        return sorted(out, key=lambda e: e.path)
+
+    async def fingerprint(self, entry: Entry) -> Entry:
+        return entry if entry.etag else (await self.stat(entry.path)) or entry
+
+    async def stat(self, path: str) -> Entry | None:
+        try:
+            head = await self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise Unavailable(f"datastore {self.name}: {exc}") from exc
+        return Entry(path, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
+
+    async def put(self, path: str, source: Path) -> Entry:
+        key = self._key(path)
+        size = (await asyncio.to_thread(source.stat)).st_size
+        if size <= PART_BYTES:
+            body = await asyncio.to_thread(source.read_bytes)
+            reply = await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            return Entry(path, size, str(reply["ETag"]).strip('"'))
+        upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload_id = upload["UploadId"]
+        try:
+            sem = asyncio.Semaphore(4)
+
+            async def part(number: int, offset: int) -> dict[str, Any]:
+                async with sem:
+                    chunk = await asyncio.to_thread(_read_part, source, offset, PART_BYTES)
+                    got = await self.client.upload_part(Bucket=self.bucket, Key=key,
+                                                        UploadId=upload_id, PartNumber=number,
+                                                        Body=chunk)  # fmt: skip
+                    return {"ETag": got["ETag"], "PartNumber": number}
+
+            parts = await asyncio.gather(*(
+                part(n, off) for n, off in enumerate(range(0, size, PART_BYTES), start=1)
+            ))  # fmt: skip
+            done = await self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": list(parts)},
+            )  # fmt: skip
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+            raise
+        return Entry(path, size, str(done["ETag"]).strip('"'))
+
+    async def get(self, path: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        try:
+            got = await self.client.get_object(Bucket=self.bucket, Key=self._key(path))
+        except self.client.exceptions.NoSuchKey as exc:
+            raise NotFound(f"datastore {self.name} has no file {path!r}") from exc
+        try:
+            with open(tmp, "wb") as out:  # noqa: ASYNC230 - written chunk by chunk
+                async with got["Body"] as body:
+                    async for chunk in _chunks(body):
+                        out.write(chunk)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def _chunks(body: Any) -> AsyncIterator[bytes]:
+    while chunk := await body.read(_BUFFER):
+        yield chunk
+
+
+def _read_part(path: Path, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+async def open_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | None) -> Store:
+    if spec.kind == "local":
+        if not spec.path:
+            raise NotFound(f"datastore {name} has no path")
+        return LocalStore(name, Path(spec.path))
+    return await S3Store.open(name, spec, creds or {})
+
+
+def _literal_prefix(pattern: str) -> str:
+    parts = []
+    for segment in pattern.split("/"):
+        if any(c in segment for c in "*?["):
+            break
+        parts.append(segment)
+    return "/".join(parts)
+
+
+async def match(store: Store, pattern: str) -> list[Entry]:
+    """The files of ``store`` that ``pattern`` names (``*``/``?`` within one segment; a
+    pattern naming a folder takes every file below it)."""
+    validate_run_path(pattern)
+    prefix = _literal_prefix(pattern)
+    entries = await store.list(prefix)
+    if prefix == pattern:  # no wildcard: that file, or everything under that folder
+        return entries
+    wanted = pattern.split("/")
+    found = []
+    for entry in entries:
+        parts = entry.path.split("/")
+        if len(parts) == len(wanted) and all(
+            fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True)
+        ):
+            found.append(entry)
+    return found

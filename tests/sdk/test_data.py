@@ -1,0 +1,93 @@
+"""Datastores and datasets through the sync SDK against the real services and a real
+SeaweedFS; versions that mean the same bytes; hostile paths refused."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cairn.bus import EventStore
+from cairn.embedded import NatsServer
+from cairn.proto import subjects
+from cairn.proto.events import DatastoreFilesUploaded
+from cairn.rpc import Client
+from cairn.settings import Settings
+from tests.sdk.test_sync_sdk import run_script, sdk_env
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
+
+
+def data_env(settings: Settings, server: NatsServer, ws: str, home: Path) -> dict[str, str]:
+    """An SDK process that moves data: it holds the workspace key (here: the server's)."""
+    return {**sdk_env(settings, ws, home), "CAIRN_KEYS_DIR": str(server.home / "keys")}
+
+
+def _files(tmp_path: Path) -> None:
+    (tmp_path / "data" / "archive").mkdir(parents=True)
+    (tmp_path / "data" / "current_data.csv").write_text(
+        "id,glucose,diabetic\n1,148,1\n2,85,0\n3,183,1\n"
+    )
+    (tmp_path / "data" / "archive" / "2026-01.csv").write_text("id,glucose,diabetic\n4,89,0\n")
+    (tmp_path / "data" / "archive" / "2026-02.csv").write_text(
+        "id,glucose,diabetic\n5,137,1\n6,116,0\n"
+    )
+    (tmp_path / "data" / "archive" / "notes.txt").write_text("not a csv\n")
+
+
+async def test_the_seeds_datastore_and_dataset_code(
+    client: Client, client_settings: Settings, nats_server: NatsServer, seaweed: SeaweedFS,
+    store: EventStore, tmp_path: Path,
+) -> None:  # fmt: skip
+    bucket = "data-" + uuid.uuid4().hex[:10]
+    s3 = await _bucket(seaweed, bucket)
+    _files(tmp_path)
+    env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
+    got = await run_script("data_script.py", seaweed.endpoint, bucket, ACCESS_KEY, SECRET_KEY,
+                           env=env, cwd=tmp_path, timeout=180)  # fmt: skip
+    assert got["take2"] == {"id": [1, 2], "glucose": [148, 85], "diabetic": [1, 0]}
+    assert got["v1_rows"] == 6 and got["v2_rows"] == 8
+    assert got["v2_ids"] == [1, 2, 3, 4, 5, 6, 7, 8]  # current_data first, then the archive
+    assert got["columns"] == ["id", "glucose", "diabetic"]
+    assert got["dtypes"] == ["int64", "int64", "int64"]
+    assert got["keep"] == ["id"] and got["drop"] == ["id", "diabetic"]
+    assert got["skip"] == [6, 7, 8]
+    assert got["versions"] == [1, 2]
+    assert got["to_path"] == ["/2026-01.csv", "/2026-02.csv", "/2026-03.csv"]
+    assert got["downloaded"] == ["2026-01.csv", "2026-02.csv", "2026-03.csv"]
+    assert got["mount"] == [["2026-01.csv", "2026-02.csv", "2026-03.csv"], False]
+    assert "data/files/archive/notes.txt" in got["listed"]
+    assert got["by_mapping"] == ["diabetes dataset", "diabetes files"]
+    objects = await s3.list_objects_v2(Bucket=bucket)
+    assert len(objects["Contents"]) == 5
+    history = await store.read(subjects.event(client.workspace, "datastore",
+                                              subjects.name_to_id("blob_data")))  # fmt: skip
+    uploads = [r.envelope.data for r in history if isinstance(r.envelope.data,
+                                                              DatastoreFilesUploaded)]  # fmt: skip
+    recorded = sorted(f.path for u in uploads for f in u.files)
+    assert recorded == ["data/files/archive/2026-01.csv", "data/files/archive/2026-02.csv",
+                        "data/files/archive/2026-03.csv", "data/files/archive/notes.txt",
+                        "data/files/current_data.csv"]  # fmt: skip
+    await s3.close()
+
+
+async def _bucket(seaweed: SeaweedFS, bucket: str) -> object:
+    from cairn.storage import S3BlobStore
+
+    blobs = await S3BlobStore.open(seaweed.config(bucket))
+    await blobs.client.create_bucket(Bucket=bucket)
+    return _Client(blobs)
+
+
+class _Client:
+    def __init__(self, blobs: object) -> None:
+        self.blobs = blobs
+
+    async def list_objects_v2(self, **kw: object) -> dict[str, object]:
+        return await self.blobs.client.list_objects_v2(**kw)  # type: ignore[attr-defined, no-any-return]
+
+    async def close(self) -> None:
+        await self.blobs.close()  # type: ignore[attr-defined]
+
+
+_ = pytest
