@@ -91,3 +91,27 @@ class _Client:
 
 
 _ = pytest
+
+
+async def test_versions_mean_the_same_bytes_and_hostile_paths_are_refused(
+    client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
+    got = await run_script("data_versions_script.py", str(tmp_path / "lake" / "root"),
+                           env=env, cwd=tmp_path)  # fmt: skip
+    assert got["before"] == [1, 3]
+    assert got["changed"] == ["data_changed", True]
+    assert got["frozen"] == [1, 3], "a snapshot version reads the bytes it was registered with"
+    assert got["gone"] == ["data_changed", True]
+    assert got["exists"] == "already_exists"
+    assert got["new_version"] == 2
+    assert got["refused"] == {
+        "pattern_dotdot": "invalid_name",
+        "pattern_absolute": "invalid_name",
+        "upload_target": "invalid_name",
+        "download_prefix": "invalid_name",
+        "list_prefix": "invalid_name",
+        "symlink_read": "invalid_name",
+    }
+    assert got["listed"] == ["t/b.csv"], "a link out of the datastore is not listed"
+    assert not (tmp_path / "got").exists() or not any((tmp_path / "got").rglob("*"))
