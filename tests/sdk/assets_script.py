@@ -1,5 +1,7 @@
 # Environments, datastores and compute targets through the sync SDK.
 import json
+import tempfile
+from pathlib import Path
 
 from cairn.errors import PermissionDenied
 from cairn.sdk import ComputeTarget, CondaDependencies, Datastore, Environment, Workspace
@@ -61,6 +63,13 @@ from cairn.errors import AlreadyExists  # noqa: E402
 from cairn.sdk import Dataset  # noqa: E402
 
 ds = ws.get_default_datastore()
+src = Path(tempfile.mkdtemp())
+(src / "archive").mkdir()
+(src / "images").mkdir()
+(src / "current_data.csv").write_text("a\n1\n")
+(src / "archive" / "2026-01.csv").write_text("a\n2\n")
+(src / "images" / "x.jpg").write_bytes(b"\xff\xd8\xff")
+ds.upload(str(src), target_path="data/files", overwrite=True, show_progress=False)
 tab = Dataset.Tabular.from_delimited_files(
     path=[(ds, "data/files/current_data.csv"), (ds, "data/files/archive/*.csv")]
 )

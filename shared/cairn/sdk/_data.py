@@ -436,6 +436,16 @@ class _Dataset:
         reply = workspace._run(core.client.send(cmd))
         return Dataset.get_by_name(workspace, name, min_seq=reply.seq)
 
+    def download(
+        self, target_path: str | os.PathLike[str] | None = None, overwrite: bool = False
+    ) -> builtins.list[str]:
+        """The version's files into ``target_path`` (relative to their common folder)."""
+        target = Path(target_path or tempfile.mkdtemp(prefix="cairn-dataset-"))
+        existing = [p for p in target.rglob("*") if p.is_file()] if target.exists() else []
+        if existing and not overwrite:
+            raise InvalidInput(f"{target} is not empty (pass overwrite=True)")
+        return [str(p) for p in self._local_files(target)]
+
     def _local_files(self, target: Path) -> builtins.list[Path]:
         ws = self._ws()
         return ws._run(materialise(ws.core, self.spec, target, label=self._label))
@@ -502,15 +512,6 @@ class FileDataset(_Dataset):
             files = ws._run(_fingerprint(ws.core, self.spec))
         base = _common_dir([f.path for f in files])
         return ["/" + f.path[len(base) :].lstrip("/") for f in files]
-
-    def download(
-        self, target_path: str | os.PathLike[str] | None = None, overwrite: bool = False
-    ) -> builtins.list[str]:
-        target = Path(target_path or tempfile.mkdtemp(prefix="cairn-dataset-"))
-        existing = [p for p in target.rglob("*") if p.is_file()] if target.exists() else []
-        if existing and not overwrite:
-            raise InvalidInput(f"{target} is not empty (pass overwrite=True)")
-        return [str(p) for p in self._local_files(target)]
 
     @contextlib.contextmanager
     def mount(self, mount_point: str | os.PathLike[str] | None = None) -> Iterator[_Mount]:
