@@ -62,7 +62,7 @@ class SeaweedFS:
             "-ip.bind=127.0.0.1",
             f"-dir={data}",
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=16",
+            "-volume.max=200",  # each bucket is a collection that grows volumes of its own
             "-filer",
             "-s3",
             "-s3.port.iceberg=0",
