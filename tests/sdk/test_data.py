@@ -14,6 +14,7 @@ from cairn.proto import subjects
 from cairn.proto.events import DatastoreFilesUploaded
 from cairn.rpc import Client
 from cairn.settings import Settings
+from tests.conftest import Agents
 from tests.sdk.test_sync_sdk import run_script, sdk_env
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
@@ -115,3 +116,23 @@ async def test_versions_mean_the_same_bytes_and_hostile_paths_are_refused(
     }
     assert got["listed"] == ["t/b.csv"], "a link out of the datastore is not listed"
     assert not (tmp_path / "got").exists() or not any((tmp_path / "got").rglob("*"))
+
+
+async def test_a_job_reads_a_named_dataset_input_and_its_model_lists_the_version(
+    client: Client, client_settings: Settings, nats_server: NatsServer, agents: Agents,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.csv").write_text("x,y\n1,2\n3,4\n")
+    (tmp_path / "raw" / "b.csv").write_text("x,y\n5,6\n")
+    await agents.start()
+    env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
+    folder = Path(__file__).with_name("training_data")
+    got = await run_script("data_jobs_script.py", str(folder), env=env, cwd=tmp_path,
+                           timeout=180)  # fmt: skip
+    assert got["status"] == "Completed"
+    assert got["metrics"]["rows"] == 3 and got["metrics"]["mounted_files"] == 2
+    assert got["lineage"] == ["raw data:1"]
+    assert got["used_by"] == [[1, True]]
+    assert got["uploaded"] == ["job-out/models/weights.bin"]
+    assert got["model"] == "trained on 3 rows"

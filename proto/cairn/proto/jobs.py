@@ -29,9 +29,12 @@ __all__ = [
     "SNAPSHOT_FILE",
     "Assignment",
     "ClaimJob",
+    "DatasetRuns",
     "FinishJob",
     "GetJob",
     "JobEnvironment",
+    "JobInput",
+    "JobOutput",
     "JobSpec",
     "JobStatus",
     "ListJobs",
@@ -66,6 +69,33 @@ class JobEnvironment(msgspec.Struct, frozen=True, kw_only=True):
     spec_hash: str = ""
 
 
+class JobInput(msgspec.Struct, frozen=True, kw_only=True):
+    """Data a job reads, made a local path on the agent before the job starts: a folder or
+    file of a datastore, or a registered dataset version (pinned at submission). ``mount``
+    gives a read-only copy; ``download`` a writable one. ``path_on_compute`` is relative to
+    the job's folder (default ``inputs/<name>``). Arguments ``${{inputs.<name>}}`` become it."""
+
+    name: Id
+    mode: Literal["download", "mount"] = "download"
+    datastore: Id | None = None
+    path: Text = ""
+    dataset: Name | None = None
+    version: int | None = None
+    path_on_compute: Text | None = None
+
+
+class JobOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """A folder the job writes (``path_on_compute``, default ``outputs/<name>``), uploaded to
+    ``datastore:path`` when it ends, and registered as a version of dataset ``register_as``
+    when named. Arguments ``${{outputs.<name>}}`` become it."""
+
+    name: Id
+    datastore: Id | None = None
+    path: Text = ""
+    path_on_compute: Text | None = None
+    register_as: Name | None = None
+
+
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     """What an agent needs to run a job.
 
@@ -84,6 +114,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 3
     priority: int = 0
     gpus: int = 0
+    inputs: list[JobInput] = msgspec.field(default_factory=list)
+    outputs: list[JobOutput] = msgspec.field(default_factory=list)
 
 
 class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
@@ -156,6 +188,14 @@ class JobStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     reason: Text = ""
 
 
+class DatasetRuns(Query, frozen=True, kw_only=True, tag=True):
+    """The runs that read a dataset (one version, or all)."""
+
+    NAME = "job.dataset_runs"
+    dataset: Name
+    version: int | None = None
+
+
 class ListJobs(Query, frozen=True, kw_only=True, tag=True):
     NAME = "job.list"
     compute: Id | None = None
@@ -169,4 +209,4 @@ class GetJob(Query, frozen=True, kw_only=True, tag=True):
 
 
 JOB_COMMAND_TYPES: tuple[type[Command], ...] = (SubmitJob, ClaimJob, ReportJob, FinishJob)
-JOB_QUERY_TYPES: tuple[type[Query], ...] = (ListJobs, GetJob)
+JOB_QUERY_TYPES: tuple[type[Query], ...] = (ListJobs, GetJob, DatasetRuns)

@@ -67,9 +67,15 @@ def fold(events: Iterable[Event]) -> ModelState:
 
 
 def decide_register(
-    state: ModelState, cmd: RegisterModelVersion, files: list[ModelFile]
+    state: ModelState,
+    cmd: RegisterModelVersion,
+    files: list[ModelFile],
+    *,
+    datasets: list[str] | None = None,
+    environment: str | None = None,
 ) -> list[Event]:
-    """The next version. ``files`` are the committed files the caller resolved the source to."""
+    """The next version. ``files`` are the committed files the caller resolved the source to;
+    ``datasets`` (``name:version``) and ``environment`` what the source run read and ran in."""
     return [
         ModelVersionRegistered(
             name=cmd.name,
@@ -82,6 +88,8 @@ def decide_register(
             properties=cmd.properties,
             framework=cmd.framework,
             framework_version=cmd.framework_version,
+            datasets=datasets or [],
+            environment=environment,
         )
     ]
 

@@ -49,7 +49,15 @@ if TYPE_CHECKING:
     from cairn.sdk._async import AsyncWorkspace
     from cairn.sdk._sync import Workspace
 
-__all__ = ["DataReference", "Dataset", "Datastore", "FileDataset", "TabularDataset"]
+__all__ = [
+    "DataBinding",
+    "DataReference",
+    "Dataset",
+    "Datastore",
+    "FileDataset",
+    "TabularDataset",
+    "bindings_of",
+]
 
 _PARALLEL = 8
 
@@ -166,13 +174,50 @@ async def _download(
     return sorted(done)
 
 
-class DataReference:
-    """A path in a datastore (``datastore.path('data/files')``)."""
+class DataBinding:
+    """A datastore path or dataset version bound to a job: read (``download``/``mount``) or
+    written (``upload``). In a job's arguments it stands for the local path it becomes on the
+    agent."""
 
-    def __init__(self, datastore: Datastore, path_on_datastore: str | None) -> None:
+    def __init__(self, name: str, mode: str, path_on_compute: str | None, *,
+                 reference: DataReference | None = None,
+                 dataset: _Dataset | None = None) -> None:  # fmt: skip
+        from cairn.proto.subjects import validate_token
+
+        self.name = validate_token(name, "data reference name")
+        self.mode, self.reference, self.dataset = mode, reference, dataset
+        self.path_on_compute = validate_run_path(path_on_compute) if path_on_compute else None
+
+    def __str__(self) -> str:
+        kind = "outputs" if self.mode == "upload" else "inputs"
+        return f"${{{{{kind}.{self.name}}}}}"
+
+
+def _reference_name(path: str) -> str:
+    import re
+
+    return (re.sub(r"[^A-Za-z0-9_-]+", "_", path).strip("_") or "root")[:64]
+
+
+class DataReference:
+    """A path in a datastore (``datastore.path('data/files')``); ``as_download()``,
+    ``as_mount()`` and ``as_upload()`` bind it to a job."""
+
+    def __init__(self, datastore: Datastore, path_on_datastore: str | None,
+                 data_reference_name: str | None = None) -> None:  # fmt: skip
         if path_on_datastore:
             validate_run_path(path_on_datastore.strip("/"))
         self.datastore, self.path_on_datastore = datastore, path_on_datastore or ""
+        self.data_reference_name = data_reference_name or _reference_name(self.path_on_datastore)
+
+    def as_download(self, path_on_compute: str | None = None) -> DataBinding:
+        return DataBinding(self.data_reference_name, "download", path_on_compute, reference=self)
+
+    def as_mount(self) -> DataBinding:
+        return DataBinding(self.data_reference_name, "mount", None, reference=self)
+
+    def as_upload(self, path_on_compute: str | None = None) -> DataBinding:
+        return DataBinding(self.data_reference_name, "upload", path_on_compute, reference=self)
 
     def __repr__(self) -> str:
         return f"DataReference({self.datastore.name}:{self.path_on_datastore or '/'})"
@@ -446,6 +491,12 @@ class _Dataset:
             raise InvalidInput(f"{target} is not empty (pass overwrite=True)")
         return [str(p) for p in self._local_files(target)]
 
+    def as_named_input(self, name: str) -> _NamedInput:
+        """This registered version as input ``name`` of a job (``run.input_datasets[name]``)."""
+        if self.name is None or self.version is None:
+            raise InvalidInput("register the dataset before using it as a job's input")
+        return _NamedInput(self, name)
+
     def _local_files(self, target: Path) -> builtins.list[Path]:
         ws = self._ws()
         return ws._run(materialise(ws.core, self.spec, target, label=self._label))
@@ -535,6 +586,17 @@ class FileDataset(_Dataset):
             shutil.rmtree(point, ignore_errors=True)
 
 
+class _NamedInput:
+    def __init__(self, dataset: _Dataset, name: str) -> None:
+        self.dataset, self.name = dataset, name
+
+    def as_download(self, path_on_compute: str | None = None) -> DataBinding:
+        return DataBinding(self.name, "download", path_on_compute, dataset=self.dataset)
+
+    def as_mount(self, path_on_compute: str | None = None) -> DataBinding:
+        return DataBinding(self.name, "mount", path_on_compute, dataset=self.dataset)
+
+
 class _Mount:
     def __init__(self, mount_point: Path) -> None:
         self.mount_point = str(mount_point)
@@ -590,3 +652,29 @@ class Dataset:
     def list(workspace: Workspace) -> dict[str, _Dataset]:
         rows = workspace._run(workspace.core.client.ask(ListAssets(asset_kind="dataset"))).data
         return {r["name"]: Dataset.get_by_name(workspace, r["name"]) for r in rows}
+
+
+def bindings_of(arguments: builtins.list[Any]) -> tuple[builtins.list[Any], builtins.list[Any]]:
+    """The job inputs and outputs that ``arguments`` bind (as ``JobInput``/``JobOutput``)."""
+    from cairn.proto.jobs import JobInput, JobOutput
+
+    inputs, outputs = [], []
+    for arg in arguments:
+        if not isinstance(arg, DataBinding):
+            continue
+        ref, ds = arg.reference, arg.dataset
+        if arg.mode == "upload":
+            assert ref is not None
+            outputs.append(JobOutput(name=arg.name, datastore=ref.datastore.name,
+                                     path=ref.path_on_datastore,
+                                     path_on_compute=arg.path_on_compute))  # fmt: skip
+        elif ds is not None:
+            inputs.append(JobInput(name=arg.name, mode=arg.mode,  # type: ignore[arg-type]
+                                   dataset=ds.name, version=ds.version,
+                                   path_on_compute=arg.path_on_compute))  # fmt: skip
+        else:
+            assert ref is not None
+            inputs.append(JobInput(name=arg.name, mode=arg.mode,  # type: ignore[arg-type]
+                                   datastore=ref.datastore.name, path=ref.path_on_datastore,
+                                   path_on_compute=arg.path_on_compute))  # fmt: skip
+    return inputs, outputs

@@ -71,6 +71,7 @@ class ScriptRunConfig:
             raise InvalidInput("a ScriptRunConfig takes exactly one of script= and command=")
         self.source_directory = Path(source_directory)
         self.script = script
+        self.bindings = [a for a in arguments or [] if _is_binding(a)]
         self.arguments = [str(a) for a in arguments or []]
         self.command = command
         self.compute_target = compute_target
@@ -94,6 +95,12 @@ class ScriptRunConfig:
     def compute_name(self) -> str:
         target = self.compute_target
         return str(getattr(target, "name", target) or "local")
+
+
+def _is_binding(value: Any) -> bool:
+    from cairn.sdk._data import DataBinding
+
+    return isinstance(value, DataBinding)
 
 
 class Estimator(ScriptRunConfig):
@@ -165,7 +172,11 @@ async def submit(
             inline = JobEnvironment(name=None, spec=env.spec())
         else:
             env_name, env_version = env.name, env.version
+    from cairn.sdk._data import bindings_of
+
+    inputs, outputs = bindings_of(config.bindings)
     job = JobSpec(command=config.argv(), snapshot=digest, snapshot_area=area, environment=inline,
+                  inputs=inputs, outputs=outputs,
                   env_vars=config.environment_variables,
                   timeout_s=config.max_run_duration_seconds, max_attempts=config.max_attempts,
                   priority=config.priority, gpus=config.gpus)  # fmt: skip

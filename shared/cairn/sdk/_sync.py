@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import io
+import json
 import os
 import shutil
 import sys
@@ -285,6 +286,14 @@ class Run:
     def _agent_owned(self) -> bool:
         """Inside a job the agent ends the run from the script's exit code."""
         return bool(os.environ.get("CAIRN_ATTEMPT")) and os.environ.get("CAIRN_RUN_ID") == self.id
+
+    @property
+    def input_datasets(self) -> dict[str, str]:
+        """Inside a job: each named input (``as_named_input(name)``, or a datastore path) and
+        the local path the agent made it."""
+        raw = os.environ.get("CAIRN_INPUT_DATASETS") if self._agent_owned else None
+        staged = json.loads(raw) if raw else {}
+        return {name: os.path.abspath(item["path"]) for name, item in staged.items()}
 
     def complete(self, _set_status: bool = True) -> None:
         if self._agent_owned:

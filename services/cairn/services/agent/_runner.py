@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from cairn.errors import CairnError, InvalidInput, NotFound, StaleAttempt
+from cairn.errors import CairnError, DataChanged, InvalidInput, NotFound, StaleAttempt
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile
@@ -43,8 +44,10 @@ from cairn.proto.jobs import (
     derived_id,
 )
 from cairn.rpc import Client
+from cairn.sdk._async import AsyncWorkspace
 from cairn.sdk._files import download_blob, upload_file
 from cairn.services.agent._backends import Backend, Launched, Runtime
+from cairn.services.agent._data import Staged, deliver_outputs, output_path, stage_inputs
 from cairn.settings import Settings
 from cairn.snapshot import unpack
 
@@ -54,6 +57,7 @@ log = get_logger("cairn.agent")
 LOG_FILE = "user_logs/std_log.txt"
 _LOG_FLUSH_S = 0.1
 _LOG_BATCH = 64 * 1024
+_REF = re.compile(r"\$\{\{\s*((?:inputs|outputs)\.[A-Za-z0-9_-]+)\s*\}\}")
 
 
 class Attempt:
@@ -66,11 +70,14 @@ class Attempt:
         agent_id: str,
         workdir: Path,
         snapshots: Path,
+        data_cache: Path,
         backend: Backend,
         gpus: list[int],
     ) -> None:
         self.client, self.settings, self.a = client, settings, assignment
         self.agent_id, self.workdir, self.snapshots = agent_id, workdir, snapshots
+        self.data_cache = data_cache
+        self.inputs: dict[str, Staged] = {}
         self.backend, self.gpus = backend, gpus
         self.ws = client.workspace
         self.stale = False
@@ -187,8 +194,8 @@ class Attempt:
     async def _run(self) -> tuple[Outcome, int | None, str]:
         try:
             src, runtime = await self._prepare()
-        except InvalidInput as exc:  # the job's own fault: a bad snapshot or environment
-            return "failed", None, str(exc)
+        except (InvalidInput, NotFound, DataChanged) as exc:  # the job's own fault: a bad
+            return "failed", None, str(exc)  # snapshot, environment or input
         except Exception as exc:  # the agent's fault: let another attempt try
             log.warning("prepare_failed", run_id=self.a.run_id, error=repr(exc))
             return "lost", None, f"agent {self.agent_id} could not prepare the job: {exc!r}"
@@ -210,6 +217,11 @@ class Attempt:
             return self._stopped_outcome(code)
         if not self.stale:
             await self._upload_outputs(src)
+        if code == 0 and not self.stale and self.a.job.outputs:
+            try:
+                await deliver_outputs(self._data_ws(), self.a.job.outputs, src, self.a.run_id)
+            except CairnError as exc:
+                return "failed", code, f"delivering the outputs failed: {exc}"
         if code == 0:
             return "completed", 0, ""
         return "failed", code, f"the job's process exited with code {code}"
@@ -232,7 +244,12 @@ class Attempt:
                 size = await self._blob_size(job.snapshot)
                 await download_blob(self.client, job.snapshot, size, archive, show_progress=False)
             await asyncio.to_thread(unpack, archive, src)
+        if job.inputs:
+            self.inputs = await stage_inputs(self._data_ws(), job.inputs, src, self.data_cache)
         return src, await self.backend.runtime(job.environment)
+
+    def _data_ws(self) -> AsyncWorkspace:
+        return AsyncWorkspace(self.client.conn, self.ws, self.settings)
 
     async def _blob_size(self, digest: str) -> int:
         area = self.a.job.snapshot_area or ""
@@ -266,13 +283,28 @@ class Attempt:
                 env[key] = value
         if self.a.job.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
+        if self.inputs:
+            env["CAIRN_INPUT_DATASETS"] = msgspec.json.encode(self.inputs).decode()
         return env
 
-    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
-        argv = list(self.a.job.command)
+    def _argv(self, python: str) -> list[str]:
+        """The command with ``python`` and ``${{inputs|outputs.<name>}}`` made concrete."""
+        paths = {f"inputs.{n}": s.path for n, s in self.inputs.items()}
+        paths.update({f"outputs.{o.name}": output_path(o) for o in self.a.job.outputs})
+
+        def sub(match: re.Match[str]) -> str:
+            return paths.get(match.group(1), match.group(0))
+
+        argv = [_REF.sub(sub, arg) for arg in self.a.job.command]
         if argv[0] == "python":
-            argv[0] = runtime.python
+            argv[0] = python
+        return argv
+
+    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
+        argv = self._argv(runtime.python)
         (src / "outputs").mkdir(exist_ok=True)
+        for out in self.a.job.outputs:
+            (src / output_path(out)).mkdir(parents=True, exist_ok=True)
         log_path = src / LOG_FILE
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_path, "ab")  # noqa: ASYNC230 - local disk, written in chunks

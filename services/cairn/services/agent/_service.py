@@ -68,6 +68,7 @@ class AgentService:
         root = settings.state_path / "agent"
         self.work_root = root / "work" / self.agent_id
         self.snapshots = root / "snapshots"
+        self.data_cache = root / "data"
         self.backend: Backend
         if backend == "docker":
             self.backend = DockerBackend(root / "docker")
@@ -205,6 +206,7 @@ class AgentService:
             agent_id=self.agent_id,
             workdir=self.work_root / f"{assignment.run_id}-{assignment.attempt}",
             snapshots=self.snapshots,
+            data_cache=self.data_cache,
             backend=self.backend,
             gpus=gpus,
         )

@@ -116,6 +116,22 @@ class RegistryService(ProjectedService):
             raise NotFound(f"no file committed at {path!r} in {kind} {owner}")
         return files
 
+    async def _run_lineage(self, ws: str, run_id: str | None) -> tuple[list[str], str | None]:
+        """The dataset versions a run read and the environment it ran in (a job's; none for
+        a run logged interactively)."""
+        if run_id is None:
+            return [], None
+        history = await self.cache.read(subjects.event(ws, run.KIND, run_id), bool)
+        job = run.fold(r.envelope.data for r in history).job
+        if job is None:
+            return [], None
+        datasets = [f"{i.dataset}:{i.version}" for i in job.inputs if i.dataset]
+        env = job.environment
+        environment = None
+        if env is not None:
+            environment = f"{env.name}:{env.version}" if env.name else env.spec_hash
+        return datasets, environment
+
     async def _command(self, req: Request) -> Accepted:
         cmd: Any = req.body
         model_id = subjects.name_to_id(cmd.name)
@@ -125,9 +141,11 @@ class RegistryService(ProjectedService):
         )  # fmt: skip
         if isinstance(cmd, RegisterModelVersion):
             files = await self._source_files(req.workspace, cmd)
+            datasets, environment = await self._run_lineage(req.workspace, cmd.run_id)
 
             def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_register(_fold(h), cmd, files)
+                return model.decide_register(_fold(h), cmd, files, datasets=datasets,
+                                             environment=environment)  # fmt: skip
         elif isinstance(cmd, SetModelAlias):
 
             def decide(h: list[Recorded]) -> list[Any]:

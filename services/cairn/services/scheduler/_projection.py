@@ -41,8 +41,8 @@ _END = {RunCompleted: RunStatus.COMPLETED, RunFailed: RunStatus.FAILED,
 
 class JobsProjection:
     name = "scheduler"
-    version = 1
-    tables: tuple[str, ...] = ("jobs", "names")
+    version = 2
+    tables: tuple[str, ...] = ("jobs", "names", "inputs")
     source = EVENTS_SOURCE
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
@@ -54,6 +54,10 @@ class JobsProjection:
             " command TEXT, seq INTEGER, PRIMARY KEY (workspace, run_id))"
         )
         db.execute(f"CREATE INDEX {t('jobs')}_status ON {t('jobs')} (status)")
+        db.execute(
+            f"CREATE TABLE {t('inputs')} (workspace TEXT, dataset TEXT, version INTEGER,"
+            " run_id TEXT, PRIMARY KEY (workspace, dataset, version, run_id))"
+        )
         # run names arrive in RunCreated, before RunSubmitted says the run is a job
         db.execute(
             f"CREATE TABLE {t('names')} (workspace TEXT, run_id TEXT, experiment_name TEXT,"
@@ -82,6 +86,10 @@ class JobsProjection:
                     (*key, *names, compute, RunStatus.QUEUED.value, job.priority, job.timeout_s,
                      at, " ".join(job.command)[:500], seq),
                 )  # fmt: skip
+                db.executemany(
+                    f"INSERT OR IGNORE INTO {t('inputs')} VALUES (?,?,?,?)",
+                    [(ws, i.dataset, i.version, env.aggregate_id) for i in job.inputs if i.dataset],
+                )
             case RunAssigned(attempt=attempt, agent_id=agent_id, lease_s=lease_s):
                 db.execute(update + "status=?, attempt=?, agent_id=?, lease_s=?, started_at=NULL"
                            + where, (seq, RunStatus.PREPARING.value, attempt, agent_id, lease_s,

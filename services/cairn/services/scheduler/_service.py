@@ -31,22 +31,19 @@ from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
 from cairn.domain import asset
 from cairn.domain import run as runs
-from cairn.errors import InvalidInput, NotFound, StaleAttempt
+from cairn.errors import NotFound, StaleAttempt
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
-from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.events import Event
 from cairn.proto.jobs import (
     JOB_COMMAND_TYPES,
-    SNAPSHOT_FILE,
     Assignment,
     ClaimJob,
+    DatasetRuns,
     FinishJob,
     GetJob,
-    JobEnvironment,
-    JobSpec,
     JobStatus,
     ListJobs,
     ReportJob,
@@ -58,6 +55,7 @@ from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
+from cairn.services.scheduler._resolve import resolve_job
 from cairn.settings import Settings
 
 __all__ = ["SchedulerService"]
@@ -101,8 +99,12 @@ class SchedulerService(ProjectedService):
                 conn,
                 subjects=[subjects.query_filter("job")],
                 queue="scheduler",
-                types=(ListJobs, GetJob),
-                routes={ListJobs.NAME: self._list, GetJob.NAME: self._get},
+                types=(ListJobs, GetJob, DatasetRuns),
+                routes={
+                    ListJobs.NAME: self._list,
+                    GetJob.NAME: self._get,
+                    DatasetRuns.NAME: self._dataset_runs,
+                },
             ),
         ]
 
@@ -284,7 +286,7 @@ class SchedulerService(ProjectedService):
         await lookup.require_workspace(self.cache, ws)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         await self._require_compute(ws, cmd.compute)
-        job = await self._resolve(ws, cmd)
+        job = await resolve_job(self.cache, self.settings, ws, cmd)
         accepted = await self._on_run(
             req,
             cmd.run_id,
@@ -300,43 +302,6 @@ class SchedulerService(ProjectedService):
         state = asset.fold(r.envelope.data for r in history)
         builtin = asset.builtin_assets(self.settings.home_path, ws, "compute").get(name)
         asset.resolve(state, builtin, "compute", name, None)
-
-    async def _resolve(self, ws: str, cmd: SubmitJob) -> JobSpec:
-        """Check the job and pin its environment: the run records the spec it ran with."""
-        job = cmd.job
-        if not job.command or not job.command[0]:
-            raise InvalidInput("a job needs a command")
-        if not 1 <= job.max_attempts <= 10:
-            raise InvalidInput("max_attempts must be between 1 and 10")
-        if job.timeout_s is not None and job.timeout_s <= 0:
-            raise InvalidInput("timeout_s must be positive")
-        if not -1000 <= job.priority <= 1000 or job.gpus < 0:
-            raise InvalidInput("priority must be within -1000..1000 and gpus >= 0")
-        if job.snapshot is not None:
-            await self._check_snapshot(ws, job)
-        env = job.environment
-        if cmd.environment_name is not None:
-            name = cmd.environment_name
-            subject = subjects.event(ws, "environment", subjects.name_to_id(name))
-            state = asset.fold(r.envelope.data for r in await self.cache.refresh(subject))
-            builtin = asset.builtin_assets(self.settings.home_path, ws, "environment").get(name)
-            ev = asset.resolve(state, builtin, "environment", name, cmd.environment_version)
-            assert isinstance(ev.spec, EnvironmentSpec)
-            env = JobEnvironment(name=name, version=ev.version, spec=ev.spec,
-                                 spec_hash=ev.spec_hash)  # fmt: skip
-        elif env is not None:
-            env = msgspec.structs.replace(env, spec_hash=asset.spec_hash(env.spec))
-        return msgspec.structs.replace(job, environment=env)
-
-    async def _check_snapshot(self, ws: str, job: JobSpec) -> None:
-        if job.snapshot_area is None:
-            raise InvalidInput("a snapshot needs the staging area it was uploaded to")
-        history = await self.cache.refresh(subjects.event(ws, "staging", job.snapshot_area))
-        files = runs.fold(r.envelope.data for r in history).files
-        if files.get(SNAPSHOT_FILE) != job.snapshot:
-            raise InvalidInput(
-                f"snapshot {job.snapshot} was not uploaded to staging area {job.snapshot_area}"
-            )
 
     async def _claim(self, req: Request) -> QueryResult:
         cmd: ClaimJob = req.body
@@ -421,3 +386,20 @@ class SchedulerService(ProjectedService):
         if result.data is None:
             raise NotFound(f"no job {q.run_id}")
         return result
+
+    async def _dataset_runs(self, req: Request) -> QueryResult:
+        q: DatasetRuns = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            sql = (f"SELECT i.version, i.run_id, j.status, j.experiment_name FROM {t('inputs')} i"
+                   f" JOIN {t('jobs')} j ON j.workspace = i.workspace AND j.run_id = i.run_id"
+                   " WHERE i.workspace = ? AND i.dataset = ?")  # fmt: skip
+            args: list[Any] = [req.workspace, q.dataset]
+            if q.version is not None:
+                sql += " AND i.version = ?"
+                args.append(q.version)
+            rows = db.execute(sql + " ORDER BY i.version, j.submitted_at", args)
+            keys = ("version", "run_id", "status", "experiment_name")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self.read(req, fn)

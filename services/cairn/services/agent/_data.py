@@ -1,0 +1,171 @@
+"""A job's data on the agent: inputs made local paths before it starts, outputs delivered
+when it ends.
+
+Inputs are cached by fingerprint under ``<state>/agent/data/<key>``: a dataset version by the
+digests its registration recorded (checked against the datastore when first fetched), a
+datastore folder by the ETags of its objects. A ``mount`` input is that cached copy itself,
+read-only; a ``download`` input is a writable copy in the job's folder. A local datastore's
+files have no cheap fingerprint, so they are copied each time (they are local already).
+
+An output folder is uploaded to its datastore path (recorded like any upload) and, when the
+job names ``register_as``, registered as the next version of that file dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+
+from cairn.errors import InvalidInput
+from cairn.proto.assets import DataPath, DatasetSpec, GetAsset, RegisterDataset
+from cairn.proto.jobs import JobInput, JobOutput
+from cairn.proto.paths import validate_run_path
+from cairn.sdk._async import AsyncWorkspace
+from cairn.sdk._data import _store, download_prefix, materialise, upload_pairs
+
+__all__ = ["Staged", "deliver_outputs", "input_path", "output_path", "stage_inputs"]
+
+
+class Staged(msgspec.Struct, frozen=True):
+    """Where an input landed, relative to the job's folder, and what it was."""
+
+    path: str
+    dataset: str | None = None
+    version: int | None = None
+
+
+def input_path(item: JobInput) -> str:
+    return validate_run_path(item.path_on_compute or f"inputs/{item.name}")
+
+
+def output_path(item: JobOutput) -> str:
+    return validate_run_path(item.path_on_compute or f"outputs/{item.name}")
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _read_only(folder: Path) -> None:
+    for root, dirs, files in os.walk(folder):
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o444)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o555)
+
+
+async def _cached(cache: Path, key: str, fill: Callable[[Path], Awaitable[None]]) -> Path:
+    """``cache/key``, filled once by ``fill(tmp)`` (renamed into place when complete)."""
+    target = cache / key
+    if (target / ".ready").exists():
+        return target
+    tmp = cache / f".{key}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        await fill(tmp)
+        (tmp / ".ready").write_text("")
+        _read_only(tmp)
+        if not (target / ".ready").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            os.chmod(tmp, 0o755)
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+async def _dataset_copy(ws: AsyncWorkspace, item: JobInput, cache: Path) -> tuple[Path, bool]:
+    q = GetAsset(asset_kind="dataset", name=item.dataset or "", version=item.version)
+    spec = msgspec.convert((await ws.client.ask(q)).data["spec"], DatasetSpec)
+    label = f"dataset {item.dataset!r} version {item.version}"
+
+    async def fill(tmp: Path) -> None:
+        await materialise(ws, spec, tmp, label=label)
+
+    key = _key("dataset", [msgspec.to_builtins(f) for f in spec.files])
+    return await _cached(cache, key, fill), True
+
+
+async def _datastore_copy(ws: AsyncWorkspace, item: JobInput, cache: Path) -> tuple[Path, bool]:
+    store_name, prefix = item.datastore or "", item.path.strip("/")
+    async with _store(ws, store_name) as store:
+        entries = await store.list(prefix)
+    if not entries:
+        raise InvalidInput(f"input {item.name}: nothing at {store_name}:{prefix or '/'}")
+
+    async def fill(tmp: Path) -> None:
+        await download_prefix(ws, store_name, prefix, tmp, overwrite=True, show_progress=False)
+
+    if all(e.etag for e in entries):
+        key = _key("datastore", store_name, [msgspec.to_builtins(e) for e in entries])
+        return await _cached(cache, key, fill), True
+    tmp = cache / f".direct-{uuid.uuid4().hex}"
+    await fill(tmp)
+    return tmp, False
+
+
+async def stage_inputs(
+    ws: AsyncWorkspace, inputs: list[JobInput], src: Path, cache: Path
+) -> dict[str, Staged]:
+    staged: dict[str, Staged] = {}
+    for item in inputs:
+        if item.dataset is not None:
+            copy, cached = await _dataset_copy(ws, item, cache)
+            inner = copy
+        else:
+            copy, cached = await _datastore_copy(ws, item, cache)
+            inner = copy / item.path.strip("/") if item.path.strip("/") else copy
+        where = src / input_path(item)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        if item.mode == "mount" and cached:
+            os.symlink(inner, where, target_is_directory=inner.is_dir())
+        elif inner.is_dir():
+            await asyncio.to_thread(shutil.copytree, inner, where,
+                                    ignore=shutil.ignore_patterns(".ready"))  # fmt: skip
+            await asyncio.to_thread(_writable, where)
+        else:
+            await asyncio.to_thread(shutil.copyfile, inner, where)
+        if not cached:
+            shutil.rmtree(copy, ignore_errors=True)
+        staged[item.name] = Staged(input_path(item), item.dataset, item.version)
+    return staged
+
+
+def _writable(folder: Path) -> None:
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+
+
+async def deliver_outputs(
+    ws: AsyncWorkspace, outputs: list[JobOutput], src: Path, run_id: str
+) -> None:
+    for item in outputs:
+        folder = src / output_path(item)
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else []
+        if not files:
+            continue
+        assert item.datastore is not None
+        pairs = [(p, f"{item.path}/{p.relative_to(folder).as_posix()}") for p in files]
+        written = await upload_pairs(ws, item.datastore, pairs, overwrite=True,
+                                     show_progress=False)  # fmt: skip
+        if item.register_as:
+            spec = DatasetSpec(kind="file", paths=[DataPath(item.datastore, item.path)],
+                               files=sorted(written, key=lambda f: f.path))  # fmt: skip
+            command_id = "out-" + _key(run_id, item.name)  # a retried delivery registers once
+            cmd = RegisterDataset(command_id=command_id, name=item.register_as, spec=spec,
+                                  create_new_version=True,
+                                  description=f"output {item.name} of run {run_id}")  # fmt: skip
+            await ws.client.send(cmd)

@@ -1,0 +1,115 @@
+"""Checking a submitted job and pinning what it refers to, so the run records what it ran
+with: the environment (name, version, spec, hash), the snapshot (committed in its staging
+area), dataset inputs (a version number, never "latest"), datastores (they exist)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+
+from cairn.bus import AggregateCache
+from cairn.domain import asset
+from cairn.domain import run as runs
+from cairn.errors import InvalidInput
+from cairn.proto import subjects
+from cairn.proto.assets import DatasetSpec, EnvironmentSpec
+from cairn.proto.events import AssetRegistered
+from cairn.proto.jobs import SNAPSHOT_FILE, JobEnvironment, JobInput, JobOutput, JobSpec, SubmitJob
+from cairn.proto.paths import validate_run_path
+from cairn.proto.subjects import validate_token
+from cairn.settings import Settings
+
+__all__ = ["DEFAULT_DATASTORE", "resolve_job"]
+
+_Item = TypeVar("_Item", JobInput, JobOutput)
+
+DEFAULT_DATASTORE = "workspaceblobstore"
+
+
+async def _asset(
+    cache: AggregateCache, settings: Settings, ws: str, kind: str, name: str, version: int | None
+) -> AssetRegistered:
+    history = await cache.refresh(subjects.event(ws, kind, subjects.name_to_id(name)))
+    state = asset.fold(r.envelope.data for r in history)
+    builtin = asset.builtin_assets(settings.home_path, ws, kind).get(name)
+    return asset.resolve(state, builtin, kind, name, version)
+
+
+def _check_basics(job: JobSpec) -> None:
+    if not job.command or not job.command[0]:
+        raise InvalidInput("a job needs a command")
+    if not 1 <= job.max_attempts <= 10:
+        raise InvalidInput("max_attempts must be between 1 and 10")
+    if job.timeout_s is not None and job.timeout_s <= 0:
+        raise InvalidInput("timeout_s must be positive")
+    if not -1000 <= job.priority <= 1000 or job.gpus < 0:
+        raise InvalidInput("priority must be within -1000..1000 and gpus >= 0")
+    names = [i.name for i in job.inputs] + [o.name for o in job.outputs]
+    if len(names) != len(set(names)):
+        raise InvalidInput("input and output names must be unique")
+    for where in [i.path_on_compute for i in job.inputs] + [o.path_on_compute for o in job.outputs]:
+        if where is not None:
+            validate_run_path(where)
+
+
+async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobInput) -> JobInput:
+    if (item.dataset is None) == (item.datastore is None):
+        raise InvalidInput(f"input {item.name}: name a dataset or a datastore path")
+    if item.dataset is not None:
+        ev = await _asset(cache, settings, ws, "dataset", item.dataset, item.version)
+        assert isinstance(ev.spec, DatasetSpec)
+        return msgspec.structs.replace(item, version=ev.version)
+    assert item.datastore is not None
+    await _asset(cache, settings, ws, "datastore", item.datastore, None)
+    if item.path:
+        validate_run_path(item.path.strip("/"))
+    return item
+
+
+async def _output(
+    cache: AggregateCache, settings: Settings, ws: str, run_id: str, item: JobOutput
+) -> JobOutput:
+    store = item.datastore or DEFAULT_DATASTORE
+    await _asset(cache, settings, ws, "datastore", store, None)
+    path = item.path.strip("/") or f"job-outputs/{run_id}/{item.name}"
+    validate_run_path(path)
+    return msgspec.structs.replace(item, datastore=store, path=path)
+
+
+async def resolve_job(
+    cache: AggregateCache, settings: Settings, ws: str, cmd: SubmitJob
+) -> JobSpec:
+    job = cmd.job
+    _check_basics(job)
+    if job.snapshot is not None:
+        await _check_snapshot(cache, ws, job)
+    env = job.environment
+    if cmd.environment_name is not None:
+        ev = await _asset(cache, settings, ws, "environment", cmd.environment_name,
+                          cmd.environment_version)  # fmt: skip
+        assert isinstance(ev.spec, EnvironmentSpec)
+        env = JobEnvironment(name=cmd.environment_name, version=ev.version, spec=ev.spec,
+                             spec_hash=ev.spec_hash)  # fmt: skip
+    elif env is not None:
+        env = msgspec.structs.replace(env, spec_hash=asset.spec_hash(env.spec))
+    inputs = [await _input(cache, settings, ws, validate_item(i)) for i in job.inputs]
+    outputs = [await _output(cache, settings, ws, cmd.run_id, validate_item(o))
+               for o in job.outputs]  # fmt: skip
+    return msgspec.structs.replace(job, environment=env, inputs=inputs, outputs=outputs)
+
+
+def validate_item(item: _Item) -> _Item:
+    validate_token(item.name, "input or output name")
+    return item
+
+
+async def _check_snapshot(cache: AggregateCache, ws: str, job: JobSpec) -> None:
+    if job.snapshot_area is None:
+        raise InvalidInput("a snapshot needs the staging area it was uploaded to")
+    history = await cache.refresh(subjects.event(ws, "staging", job.snapshot_area))
+    files = runs.fold(r.envelope.data for r in history).files
+    if files.get(SNAPSHOT_FILE) != job.snapshot:
+        raise InvalidInput(
+            f"snapshot {job.snapshot} was not uploaded to staging area {job.snapshot_area}"
+        )
