@@ -138,6 +138,58 @@ def test_job_file_paths_and_environments(tmp_path: Path) -> None:
     assert config.environment.spec().pip == ["tinypkg"]
     assert config.environment.docker.base_image == "base:1"
     assert config.argv()[:2] == ["/bin/sh", "-c"]
-    assert "'two words'" in config.argv()[2] and "mkdir -p outputs/model" in config.argv()[2]
+    assert "'two words'" in config.argv()[2] and "${{outputs.model}}" in config.argv()[2]
+    assert [o.name for o in config.job_outputs] == ["model"]
     _, pinned = load_job_file(_job_dir(tmp_path, JOB.replace("@latest", ":3")))
     assert (pinned.environment.name, pinned.environment.version) == ("cairn-python-3.11", 3)
+
+
+DATA_JOB = """\
+type: command
+code: ./src
+command: >-
+  python count.py ${{inputs.local_data}} ${{inputs.registered}} ${{inputs.folder}}
+  ${{outputs.counts}}
+inputs:
+  local_data: {type: uri_folder, path: ./local-data, mode: download}
+  registered: {type: uri_folder, path: "azureml:yaml-raw:1"}
+  folder: {type: uri_folder, path: "azureml://datastores/workspaceblobstore/paths/yaml-raw"}
+outputs:
+  counts: {type: uri_folder, name: line-counts}
+experiment_name: yaml-data
+"""
+
+COUNT = """\
+import os, sys
+*inputs, out = sys.argv[1:]
+for i, folder in enumerate(inputs):
+    n = sum(len(open(os.path.join(folder, f)).read().splitlines())
+            for f in sorted(os.listdir(folder)))
+    print(f"input {i}: {n} lines")
+    open(os.path.join(out, f"input{i}.txt"), "w").write(str(n))
+"""
+
+
+async def test_job_yaml_data_inputs_and_a_registered_output(
+    client: Client, client_settings: Settings, agents: Agents, tmp_path: Path
+) -> None:
+    await agents.start()
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "count.py").write_text(COUNT)
+    (tmp_path / "local-data").mkdir()
+    (tmp_path / "local-data" / "one.txt").write_text("a\nb\n")
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "r.csv").write_text("x\n1\n2\n")
+    (tmp_path / "job.yml").write_text(DATA_JOB)
+
+    async def run(*args: str) -> str:
+        return await cli(*args, env=env, cwd=tmp_path)
+
+    await run("datastore", "upload", "workspaceblobstore", "raw", "-t", "yaml-raw",
+              "--no-progress")  # fmt: skip
+    await run("dataset", "create", "yaml-raw", "--path", "workspaceblobstore:yaml-raw/*.csv")
+    out = await run("job", "create", "--file", "job.yml", "--stream")
+    assert "input 0: 2 lines" in out and "input 1: 3 lines" in out and "input 2: 3 lines" in out
+    made = json.loads(await run("dataset", "show", "line-counts", "--json"))
+    assert made["version"] == 1 and len(made["files"]) == 3

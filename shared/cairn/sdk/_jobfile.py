@@ -13,8 +13,12 @@
     display_name: first try
 
 Every key is checked: an unknown one is an error that names it. ``${{inputs.x}}`` becomes the
-literal value (shell-quoted); ``${{outputs.x}}`` becomes ``outputs/x``, a folder the agent
-uploads with the run's files. Paths are relative to the YAML file.
+literal value (shell-quoted) or, for a data input (``{type: uri_folder, path: ...}``: a
+dataset ``cairn:name@version`` / ``azureml:name:version``, a datastore path
+``azureml://datastores/<name>/paths/<path>``, or a local path uploaded with the job), the
+local path the agent made it; ``${{outputs.x}}`` becomes ``outputs/x``, uploaded with the
+run's files and to its datastore path (registered as dataset ``name`` when given). Paths are
+relative to the YAML file.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import msgspec
 import yaml
 
 from cairn.errors import InvalidInput
+from cairn.proto.jobs import JobInput, JobOutput
 from cairn.sdk._jobs import ScriptRunConfig
 
 __all__ = ["JobFile", "load_job_file"]
@@ -47,7 +52,23 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class Output(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Written by the job under ``outputs/<name>``; uploaded to ``path`` (a datastore URI,
+    default a folder of the run's own) and registered as dataset ``name`` when given."""
+
     type: Literal["uri_folder", "uri_file"] = "uri_folder"
+    path: str | None = None
+    name: str | None = None
+    mode: Literal["upload", "rw_mount"] = "upload"
+    description: str | None = None
+
+
+class DataInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A dataset (``cairn:name@version``, ``azureml:name:version``), a datastore path
+    (``azureml://datastores/<name>/paths/<path>``) or a local path (uploaded with the job)."""
+
+    type: Literal["uri_folder", "uri_file"]
+    path: str
+    mode: Literal["ro_mount", "download"] = "ro_mount"
     description: str | None = None
 
 
@@ -98,7 +119,10 @@ def _environment(value: str | InlineEnvironment | None, base: Path) -> Any:
     return env
 
 
-def _command(job: JobFile) -> str:
+def _command(job: JobFile, data: set[str]) -> str:
+    """Literal inputs substituted; data inputs and outputs left for the agent, which knows
+    where it put them."""
+
     def sub(match: re.Match[str]) -> str:
         kind, name = match.group(1), match.group(2)
         if kind == "inputs":
@@ -106,13 +130,42 @@ def _command(job: JobFile) -> str:
                 raise InvalidInput(
                     f"the command uses ${{{{inputs.{name}}}}}, which is not an input"
                 )
+            if name in data:
+                return match.group(0)
             value = job.inputs[name]
             return shlex.quote(str(value).lower() if isinstance(value, bool) else str(value))
         if name not in job.outputs:
             raise InvalidInput(f"the command uses ${{{{outputs.{name}}}}}, which is not an output")
-        return shlex.quote(f"outputs/{name}")
+        return match.group(0)
 
     return _REF.sub(sub, job.command)
+
+
+_DATASTORE_URI = re.compile(r"^(?:azureml|cairn)://datastores/([^/]+)/paths/(.*)$")
+_DATASET_REF = re.compile(r"^(?:azureml|cairn):([^:@/][^:@]*)(?:[:@](latest|\d+))?$")
+
+
+def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path, str]:
+    """A job input, or a local path to upload (with its mode)."""
+    mode: Literal["mount", "download"] = "mount" if item.mode == "ro_mount" else "download"
+    if m := _DATASTORE_URI.match(item.path):
+        return JobInput(name=name, mode=mode, datastore=m.group(1), path=m.group(2))
+    if m := _DATASET_REF.match(item.path):
+        version = None if m.group(2) in (None, "latest") else int(m.group(2))
+        return JobInput(name=name, mode=mode, dataset=m.group(1), version=version)
+    local = (base / item.path).resolve()
+    if not local.exists():
+        raise InvalidInput(f"inputs.{name}: {item.path} is neither a data reference nor a path")
+    return local, mode
+
+
+def _data_output(name: str, item: Output | None) -> JobOutput:
+    if item is None or item.path is None:
+        return JobOutput(name=name, register_as=item.name if item else None)
+    m = _DATASTORE_URI.match(item.path)
+    if not m:
+        raise InvalidInput(f"outputs.{name}.path: use azureml://datastores/<name>/paths/<path>")
+    return JobOutput(name=name, datastore=m.group(1), path=m.group(2), register_as=item.name)
 
 
 def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
@@ -127,17 +180,26 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         job = msgspec.convert(doc, JobFile)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"{path}: {exc}") from exc
-    for key, value in job.inputs.items():
-        if not isinstance(value, (str, int, float, bool)):
-            raise InvalidInput(
-                f"{path}: inputs.{key} must be a literal (string, number, boolean); data"
-                " inputs (uri_file, uri_folder) come with datasets"
-            )
     base = path.parent
-    command = _command(job)
-    outputs = " ".join(shlex.quote(f"outputs/{name}") for name in job.outputs)
-    if outputs:  # the output folders exist before the command runs
-        command = f"mkdir -p {outputs} && {command}"
+    data_inputs: list[JobInput] = []
+    local_inputs: dict[str, tuple[Path, str]] = {}
+    for key, value in job.inputs.items():
+        if isinstance(value, dict):
+            try:
+                item = msgspec.convert(value, DataInput)
+            except msgspec.ValidationError as exc:
+                raise InvalidInput(f"{path}: inputs.{key}: {exc}") from exc
+            made = _data_input(key, item, base)
+            if isinstance(made, JobInput):
+                data_inputs.append(made)
+            else:
+                local_inputs[key] = made
+        elif not isinstance(value, (str, int, float, bool)):
+            raise InvalidInput(
+                f"{path}: inputs.{key} must be a literal (string, number, boolean) or a data"
+                " input ({type: uri_folder, path: ...})"
+            )
+    command = _command(job, {i.name for i in data_inputs} | set(local_inputs))
     config = ScriptRunConfig(
         source_directory=base / job.code,
         command=["/bin/sh", "-c", command],
@@ -146,4 +208,7 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         max_run_duration_seconds=job.limits.timeout if job.limits else None,
         environment_variables={k: str(v) for k, v in job.environment_variables.items()},
     )
+    config.job_inputs = data_inputs
+    config.job_outputs = [_data_output(k, v) for k, v in job.outputs.items()]
+    config.local_inputs = local_inputs
     return job, config

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sys
 import tempfile
 import time
@@ -22,7 +23,14 @@ from cairn.errors import CairnError, InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile
 from cairn.proto.commands import GetRun
-from cairn.proto.jobs import SNAPSHOT_FILE, JobEnvironment, JobSpec, SubmitJob
+from cairn.proto.jobs import (
+    SNAPSHOT_FILE,
+    JobEnvironment,
+    JobInput,
+    JobOutput,
+    JobSpec,
+    SubmitJob,
+)
 from cairn.rpc import Client
 from cairn.sdk._async import AsyncWorkspace, new_id
 from cairn.sdk._files import upload_file
@@ -81,6 +89,11 @@ class ScriptRunConfig:
         self.priority = priority
         self.gpus = gpus
         self.environment_variables = dict(environment_variables or {})
+        #: data inputs and outputs given directly (a job file's), besides argument bindings
+        self.job_inputs: list[JobInput] = []
+        self.job_outputs: list[JobOutput] = []
+        #: local files or folders uploaded to the default datastore as inputs: name -> (path, mode)
+        self.local_inputs: dict[str, tuple[Path, str]] = {}
 
     def argv(self) -> list[str]:
         if self.script is not None:
@@ -175,6 +188,11 @@ async def submit(
     from cairn.sdk._data import bindings_of
 
     inputs, outputs = bindings_of(config.bindings)
+    inputs += config.job_inputs + [
+        await _upload_local_input(ws, name, local, mode)
+        for name, (local, mode) in config.local_inputs.items()
+    ]
+    outputs += config.job_outputs
     job = JobSpec(command=config.argv(), snapshot=digest, snapshot_area=area, environment=inline,
                   inputs=inputs, outputs=outputs,
                   env_vars=config.environment_variables,
@@ -197,6 +215,23 @@ async def submit(
     )
     ws._saw(reply)
     return run_id
+
+
+async def _upload_local_input(ws: AsyncWorkspace, name: str, local: Path, mode: str) -> JobInput:
+    """A local file or folder, uploaded once per content into the default datastore."""
+    from cairn.sdk._data import upload_pairs
+
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    base = local.parent if local.is_file() else local
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(base).as_posix().encode() + b"\0")
+        h.update(await asyncio.to_thread(f.read_bytes))
+    folder = f"job-inputs/{h.hexdigest()[:32]}"
+    pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
+    await upload_pairs(ws, "workspaceblobstore", pairs, overwrite=False, show_progress=False)
+    path = pairs[0][1] if local.is_file() else folder
+    return JobInput(name=name, mode=mode, datastore="workspaceblobstore", path=path)  # type: ignore[arg-type]
 
 
 async def follow(
