@@ -193,3 +193,5 @@ async def test_job_yaml_data_inputs_and_a_registered_output(
     assert "input 0: 2 lines" in out and "input 1: 3 lines" in out and "input 2: 3 lines" in out
     made = json.loads(await run("dataset", "show", "line-counts", "--json"))
     assert made["version"] == 1 and len(made["files"]) == 3
+    raw = json.loads(await run("dataset", "show", "yaml-raw", "--json"))
+    assert len(raw["read_by_runs"]) == 1, "the job read version 1 of yaml-raw"

@@ -95,13 +95,17 @@ def dataset_create(name: str, paths: tuple[str, ...], tabular: bool, separator: 
 
 
 def _show_dataset(name: str, version: int | None, as_json: bool) -> None:
+    """A version, its files, and the runs that read it."""
     from cairn.proto.assets import GetAsset
+    from cairn.proto.jobs import DatasetRuns
 
     ws = sync_workspace()
     data = ws._run(ws.core.client.ask(GetAsset(asset_kind="dataset", name=name, version=version)))
     row = dict(data.data)
     row["files"] = [f"{f[0]}:{f[1]} ({f[2]} B)" for f in row["spec"].get("files", [])]
     row["spec"] = {k: v for k, v in row["spec"].items() if k != "files"}
+    runs = ws._run(ws.core.client.ask(DatasetRuns(dataset=name, version=row["version"])))
+    row["read_by_runs"] = [r["run_id"] for r in runs.data]
     show(row, as_json)
 
 
