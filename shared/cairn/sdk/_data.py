@@ -22,7 +22,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -38,12 +37,12 @@ from cairn.proto.assets import (
     DatasetSpec,
     DatastoreSpec,
     GetAsset,
-    ListAssets,
     RecordUpload,
     RegisterDataset,
     RegisterDatastore,
 )
 from cairn.proto.paths import validate_run_path
+from cairn.sdk._assets import _get, _id, _rows
 
 if TYPE_CHECKING:
     from cairn.sdk._async import AsyncWorkspace
@@ -60,16 +59,6 @@ __all__ = [
 ]
 
 _PARALLEL = 8
-
-
-def _id() -> str:
-    return uuid.uuid4().hex
-
-
-def _get(workspace: Workspace, kind: str, name: str, **query: Any) -> dict[str, Any]:
-    q = GetAsset(asset_kind=kind, name=name, **query)  # type: ignore[arg-type]
-    data: dict[str, Any] = workspace._run(workspace.core.client.ask(q)).data
-    return data
 
 
 # -- datastores -----------------------------------------------------------------------------
@@ -276,8 +265,7 @@ class Datastore:
 
     @staticmethod
     def list(workspace: Workspace) -> dict[str, Datastore]:
-        q = ListAssets(asset_kind="datastore")
-        rows = workspace._run(workspace.core.client.ask(q)).data
+        rows = _rows(workspace, "datastore")
         return {r["name"]: Datastore(workspace, r["name"], _data=r) for r in rows}
 
     # -- moving files ---------------------------------------------------------------------
@@ -650,7 +638,7 @@ class Dataset:
 
     @staticmethod
     def list(workspace: Workspace) -> dict[str, _Dataset]:
-        rows = workspace._run(workspace.core.client.ask(ListAssets(asset_kind="dataset"))).data
+        rows = _rows(workspace, "dataset")
         return {r["name"]: Dataset.get_by_name(workspace, r["name"]) for r in rows}
 
 
