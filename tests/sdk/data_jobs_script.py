@@ -6,7 +6,7 @@ import sys
 
 from cairn.proto.jobs import DatasetRuns
 from cairn.proto.registry import ModelLineage
-from cairn.sdk import Dataset, Environment, Experiment, ScriptRunConfig, Workspace
+from cairn.sdk import Dataset, Environment, Estimator, Experiment, ScriptRunConfig, Workspace
 
 training_folder = sys.argv[1]
 ws = Workspace.from_config()
@@ -32,9 +32,23 @@ run.wait_for_completion(show_output=True)
 model = run.register_model(model_name="from-data", model_path="outputs/model.txt")
 lineage = ws._run(ws.core.client.ask(ModelLineage(name="from-data", version=model.version)))
 used = ws._run(ws.core.client.ask(DatasetRuns(dataset="raw data", min_seq=0)))
+estimator = Estimator(
+    source_directory=training_folder, entry_script="train.py",
+    script_params={
+        "--data": raw.as_named_input("raw").as_download(path_on_compute="training_data"),
+        "--extra": ds.path("raw-data", data_reference_name="extra").as_download(),
+        "--out": ds.path("job-out/estimator", data_reference_name="models").as_upload(),
+    },
+    environment_definition=env,
+)  # fmt: skip
+second = Experiment(ws, "data-jobs").submit(estimator)
+second.wait_for_completion()
+estimated = [second.get_status(), second.get_metrics()["rows"],
+             [f["path"] for f in ds.list_files("job-out/estimator")]]  # fmt: skip
 print(
     json.dumps(
         {
+            "estimator": estimated,
             "status": run.get_status(),
             "metrics": run.get_metrics(),
             "lineage": lineage.data["datasets"],

@@ -136,3 +136,4 @@ async def test_a_job_reads_a_named_dataset_input_and_its_model_lists_the_version
     assert got["used_by"] == [[1, True]]
     assert got["uploaded"] == ["job-out/models/weights.bin"]
     assert got["model"] == "trained on 3 rows"
+    assert got["estimator"] == ["Completed", 3, ["job-out/estimator/weights.bin"]]
