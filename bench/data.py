@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from cairn.sdk import connect  # noqa: E402
-from cairn.sdk._data import download_prefix, upload_pairs  # noqa: E402
+from cairn.sdk._datastores import download_prefix, upload_pairs  # noqa: E402
 from cairn.settings import load_settings  # noqa: E402
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS  # noqa: E402
 from tracking import EmbeddedStack  # noqa: E402

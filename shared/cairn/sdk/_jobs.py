@@ -111,7 +111,7 @@ class ScriptRunConfig:
 
 
 def _is_binding(value: Any) -> bool:
-    from cairn.sdk._data import DataBinding
+    from cairn.sdk._datastores import DataBinding
 
     return isinstance(value, DataBinding)
 
@@ -185,7 +185,7 @@ async def submit(
             inline = JobEnvironment(name=None, spec=env.spec())
         else:
             env_name, env_version = env.name, env.version
-    from cairn.sdk._data import bindings_of
+    from cairn.sdk._datasets import bindings_of
 
     inputs, outputs = bindings_of(config.bindings)
     inputs += config.job_inputs + [
@@ -219,7 +219,7 @@ async def submit(
 
 async def _upload_local_input(ws: AsyncWorkspace, name: str, local: Path, mode: str) -> JobInput:
     """A local file or folder, uploaded once per content into the default datastore."""
-    from cairn.sdk._data import upload_pairs
+    from cairn.sdk._datastores import upload_pairs
 
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     base = local.parent if local.is_file() else local

@@ -138,7 +138,7 @@ class Workspace:
 
     @property
     def datastores(self) -> dict[str, Any]:
-        from cairn.sdk._data import Datastore
+        from cairn.sdk._datastores import Datastore
 
         return Datastore.list(self)
 
@@ -150,12 +150,12 @@ class Workspace:
 
     @property
     def datasets(self) -> dict[str, Any]:
-        from cairn.sdk._data import Dataset
+        from cairn.sdk._datasets import Dataset
 
         return Dataset.list(self)
 
     def get_default_datastore(self) -> Any:
-        from cairn.sdk._data import Datastore
+        from cairn.sdk._datastores import Datastore
 
         return Datastore.get(self, "workspaceblobstore")
 

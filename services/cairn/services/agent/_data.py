@@ -29,7 +29,8 @@ from cairn.proto.assets import DataPath, DatasetSpec, GetAsset, RegisterDataset
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._async import AsyncWorkspace
-from cairn.sdk._data import _store, download_prefix, materialise, upload_pairs
+from cairn.sdk._datasets import materialise
+from cairn.sdk._datastores import _store, download_prefix, upload_pairs
 
 __all__ = ["Staged", "deliver_outputs", "input_path", "output_path", "stage_inputs"]
 
