@@ -61,6 +61,7 @@ class AsyncWorkspace:
         self._runs: set[AsyncRun] = set()
         #: snapshot digests this client knows are uploaded (they are never deleted)
         self.snapshots: set[str] = set()
+        self._experiments: dict[str, str] = {}
         self._replayer: asyncio.Task[None] | None = None
 
     def _saw(self, reply: Accepted | None, *, metrics: bool = False) -> None:
@@ -94,9 +95,14 @@ class AsyncWorkspace:
         self._saw(reply)
 
     async def experiment(self, name: str) -> AsyncExperiment:
-        """Get or create the experiment called ``name``."""
+        """Get or create the experiment called ``name`` (experiments are never deleted, so
+        one this client has seen is not asked for again)."""
+        known = self._experiments.get(name)
+        if known is not None:
+            return AsyncExperiment(self, name, known)
         reply = await self.client.send(CreateExperiment(command_id=new_id(), name=name))
         self._saw(reply)
+        self._experiments[name] = reply.aggregate_id
         return AsyncExperiment(self, name, reply.aggregate_id)
 
     async def experiments(self) -> list[dict[str, Any]]:

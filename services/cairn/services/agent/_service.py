@@ -189,7 +189,7 @@ class AgentService:
             await msg.nak(delay=1)
             return
         with contextlib.suppress(Exception):  # a lost ack only means a stale ticket later
-            await msg.ack_sync(timeout=5)
+            await msg.ack()
         self._start(assignment)
 
     def _start(self, assignment: Assignment) -> None:

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import msgspec
 
-from cairn.bus import AggregateCache
+from cairn.bus import AggregateCache, Recorded
 from cairn.domain import asset
 from cairn.domain import run as runs
 from cairn.errors import InvalidInput
@@ -107,7 +107,11 @@ def validate_item(item: _Item) -> _Item:
 async def _check_snapshot(cache: AggregateCache, ws: str, job: JobSpec) -> None:
     if job.snapshot_area is None:
         raise InvalidInput("a snapshot needs the staging area it was uploaded to")
-    history = await cache.refresh(subjects.event(ws, "staging", job.snapshot_area))
+
+    def committed(history: list[Recorded]) -> bool:  # a commit is for good: trust the cache
+        return runs.fold(r.envelope.data for r in history).files.get(SNAPSHOT_FILE) == job.snapshot
+
+    history = await cache.read(subjects.event(ws, "staging", job.snapshot_area), committed)
     files = runs.fold(r.envelope.data for r in history).files
     if files.get(SNAPSHOT_FILE) != job.snapshot:
         raise InvalidInput(
