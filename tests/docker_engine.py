@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,13 +16,30 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "cairn-base:bookworm"
 
 
-def _ping() -> bool:
-    try:
-        import docker
+def _socket_path() -> str:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    return host.removeprefix("unix://")
 
-        docker.from_env(timeout=5).ping()
+
+def _ping() -> bool:
+    """An engine answers on its socket (tried with a socket of our own first: docker-py
+    leaves a refused one unclosed)."""
+    import docker
+
+    path = _socket_path()
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(2)
+            probe.connect(path)
+    except OSError:
+        return False
+    client = docker.from_env(timeout=5)
+    try:
+        client.ping()
     except Exception:
         return False
+    finally:
+        client.close()
     return True
 
 
@@ -42,9 +60,9 @@ def _install() -> str | None:
 def _start_daemon(log: Path) -> str | None:
     if os.geteuid() != 0:
         return "no Docker engine answers, and only root can start dockerd here"
-    with open(log, "ab") as out:
-        subprocess.Popen(["dockerd", "--iptables=false", "--bridge=none"], stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    # detached (the daemon outlives the tests, like a service would); its log goes to `log`
+    subprocess.run(["sh", "-c", f"setsid dockerd --iptables=false --bridge=none >>'{log}' 2>&1 &"],
+                   check=True, timeout=30)  # fmt: skip
     for _ in range(120):
         if _ping():
             return None

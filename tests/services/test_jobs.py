@@ -299,6 +299,7 @@ async def test_an_environment_with_packages_gets_one_cached_virtualenv(
     assert details["status"] == "Failed" and "building environment" in details["error"]
 
 
+@pytest.mark.timeout(1200)  # a first run installs docker.io and debootstraps the base image
 async def test_docker_backend_runs_a_job_in_a_locally_built_image(
     docker_engine: None, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
 ) -> None:

@@ -132,12 +132,16 @@ class ProcessBackend:
 
 def docker_client() -> Any:
     """A client of the local Docker engine, or ``Unavailable`` with the reason."""
-    try:
-        import docker
+    import docker
 
+    try:
         client = docker.from_env(timeout=60)
+    except Exception as exc:
+        raise Unavailable(f"no Docker engine answers: {exc}") from exc
+    try:
         client.ping()
     except Exception as exc:
+        client.close()
         raise Unavailable(f"no Docker engine answers: {exc}") from exc
     return client
 
