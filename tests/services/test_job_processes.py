@@ -248,3 +248,32 @@ async def test_an_undeliverable_ticket_fails_its_run_and_is_deleted(
 
 
 _ = (CreateWorkspace, Any)
+
+
+@LEAKS_SOCKETS
+async def test_two_scheduler_replicas_share_leases(
+    ws: AsyncWorkspace, agents: Any, service_settings: Settings, store: EventStore,
+    tmp_path: Path, nats_py_leaks: None,
+) -> None:  # fmt: skip
+    """A second scheduler in the queue group answers some of the agent's reports; a job that
+    runs for three leases is still never taken back by either replica."""
+    import msgspec
+
+    from cairn.service import run_services
+    from cairn.services.scheduler import SchedulerService
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    second = msgspec.structs.replace(service_settings, state_dir=str(tmp_path / "second"))
+    task = asyncio.create_task(run_services(second, [SchedulerService], stop=stop, ready=ready))
+    await asyncio.wait_for(ready.wait(), 15)
+    try:
+        await agents.start()
+        src = script(tmp_path, "import time; time.sleep(3 * 2.0 + 1); print('done')\n")
+        run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
+        assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
+        events = await history(store, ws.name, run_id)
+        assert not [e for e in events if isinstance(e, RunRequeued)], "a live job was taken back"
+        assert [e.attempt for e in events if isinstance(e, RunAssigned)] == [1]
+    finally:
+        stop.set()
+        await task

@@ -19,6 +19,7 @@ __all__ = [
     "EVENTS",
     "JOBS",
     "KV_BUCKETS",
+    "LEASES_BUCKET",
     "LOGS",
     "MAX_EVENT_BYTES",
     "METRICS",
@@ -97,7 +98,14 @@ AGENTS_BUCKET: dict[str, Any] = {
     "description": "agent heartbeats and capacity; a key expires when its agent goes quiet",
 }
 
-KV_BUCKETS: tuple[dict[str, Any], ...] = (AGENTS_BUCKET,)
+LEASES_BUCKET: dict[str, Any] = {
+    "bucket": "cairn_job_leases",
+    "history": 1,
+    "ttl_s": 0.0,
+    "description": "the last renewal of each held job's lease, shared by scheduler replicas",
+}
+
+KV_BUCKETS: tuple[dict[str, Any], ...] = (AGENTS_BUCKET, LEASES_BUCKET)
 
 
 def job_consumer(

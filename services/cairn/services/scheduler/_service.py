@@ -10,8 +10,8 @@ MAX_DELIVERIES advisory), deleting that ticket.
 
 Every decision goes through the run aggregate with a command id derived from what caused it
 (``derived_id("lost", run, attempt)``), so a repeated decision is a no-op and a stale view of
-the read model can never move a run wrongly. Leases are in memory: after a restart every held run
-gets a fresh lease, and a run whose agent is gone is taken back one lease later.
+the read model can never move a run wrongly. Lease renewals live in a KV bucket that every
+replica mirrors (see ``_leases``), so several replicas can share the work.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from cairn.proto.jobs import (
 from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
+from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
 from cairn.services.scheduler._resolve import resolve_job
 from cairn.settings import Settings
@@ -77,7 +78,7 @@ class SchedulerService(ProjectedService):
         self.settings = settings
         self.window = max(1, settings.job_ticket_window)
         self.tick_s = min(0.5, settings.job_lease_s / 4)
-        self.leases: dict[tuple[str, str], tuple[int, float]] = {}
+        self.leases = Leases(conn, settings.job_lease_s)
         self.published: dict[tuple[str, str, int], str] = {}  # ticket -> compute
         self.claimed: set[tuple[str, str, int]] = set()  # claimed, maybe not yet projected
         self.consumers: set[tuple[str, str]] = set()
@@ -111,6 +112,7 @@ class SchedulerService(ProjectedService):
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.leases.start()
         await super().start()
         self._advisories = await self.conn.nc.subscribe(MAX_DELIVERIES, cb=self._on_max_deliveries)
 
@@ -122,6 +124,7 @@ class SchedulerService(ProjectedService):
             await super().run(stop)
         finally:
             await loop
+            await self.leases.stop()
             with contextlib.suppress(Exception):
                 await self._advisories.unsubscribe()
 
@@ -162,20 +165,18 @@ class SchedulerService(ProjectedService):
             return [_job_row(row) for row in rows]
 
         jobs, _ = self.projection.read(active)
-        now, mono = time.time(), time.monotonic()
+        now = time.time()
         queued = {(j["workspace"], j["run_id"], j["queue_n"]) for j in jobs
                   if j["status"] == runs.RunStatus.QUEUED}  # fmt: skip
         self.published = {k: c for k, c in self.published.items() if k in queued}
         self.claimed &= queued
-        held = {(j["workspace"], j["run_id"]) for j in jobs if j["status"] != "Queued"}
-        self.leases = {k: v for k, v in self.leases.items() if k in held}
         for job in jobs:
             if job["status"] == runs.RunStatus.QUEUED:
                 if job["not_before"] <= now:
                     await self._publish(job["workspace"], job["run_id"], job["queue_n"],
                                         job["compute"])  # fmt: skip
                 continue
-            await self._check_lease(job, mono)
+            await self._check_lease(job)
             timeout = job["timeout_s"]
             started = job["started_at"]
             if timeout and started and job["status"] == runs.RunStatus.RUNNING:
@@ -188,12 +189,9 @@ class SchedulerService(ProjectedService):
                         functools.partial(runs.decide_timeout, attempt=attempt, timeout_s=timeout),
                     )
 
-    async def _check_lease(self, job: dict[str, Any], mono: float) -> None:
+    async def _check_lease(self, job: dict[str, Any]) -> None:
         ws, run_id, attempt = job["workspace"], job["run_id"], job["attempt"]
-        lease = self.leases.get((ws, run_id))
-        if lease is None or lease[0] != attempt:
-            self.leases[(ws, run_id)] = (attempt, mono + job["lease_s"])
-        elif mono > lease[1]:
+        if await self.leases.expired(ws, run_id, attempt, job["lease_s"]):
             reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
             await self._decide(
@@ -314,10 +312,7 @@ class SchedulerService(ProjectedService):
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id, fresh=fresh)
         if state.agent_id != cmd.agent_id or state.queue_n != cmd.queue_n or state.job is None:
             raise StaleAttempt(f"run {cmd.run_id} moved on before this claim was answered")
-        self.leases[(req.workspace, cmd.run_id)] = (
-            state.attempt,
-            time.monotonic() + state.lease_s,
-        )
+        await self.leases.renew(req.workspace, cmd.run_id, state.attempt)
         key = (req.workspace, cmd.run_id, cmd.queue_n)
         self.claimed.add(key)
         if self.published.pop(key, None) is not None:
@@ -340,7 +335,7 @@ class SchedulerService(ProjectedService):
         cmd: ReportJob = req.body
         accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_report(state, cmd))
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
-        self.leases[(req.workspace, cmd.run_id)] = (cmd.attempt, time.monotonic() + state.lease_s)
+        await self.leases.renew(req.workspace, cmd.run_id, cmd.attempt)
         cancel = state.status == runs.RunStatus.CANCEL_REQUESTED
         status = JobStatus(run_id=cmd.run_id, attempt=cmd.attempt, status=state.status.value,
                            cancel=cancel, reason=state.cancel_reason)  # fmt: skip
@@ -349,7 +344,7 @@ class SchedulerService(ProjectedService):
     async def _finish(self, req: Request) -> Accepted:
         cmd: FinishJob = req.body
         accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_finish(state, cmd))
-        self.leases.pop((req.workspace, cmd.run_id), None)
+        await self.leases.end(req.workspace, cmd.run_id)
         return accepted
 
     # -- queries -------------------------------------------------------------------------
