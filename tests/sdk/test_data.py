@@ -3,6 +3,7 @@ SeaweedFS; versions that mean the same bytes; hostile paths refused."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -137,3 +138,8 @@ async def test_a_job_reads_a_named_dataset_input_and_its_model_lists_the_version
     assert got["uploaded"] == ["job-out/models/weights.bin"]
     assert got["model"] == "trained on 3 rows"
     assert got["estimator"] == ["Completed", 3, ["job-out/estimator/weights.bin"]]
+    cache = tmp_path / "agent-state" / "agent" / "data"
+    copies = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(copies) == 1, "both jobs read dataset version 1: fetched once, by fingerprint"
+    assert (copies[0] / ".ready").exists() and sorted(os.listdir(copies[0])) == [
+        ".ready", "a.csv", "b.csv"]  # fmt: skip

@@ -14,6 +14,7 @@ job names ``register_as``, registered as the next version of that file dataset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -64,7 +65,9 @@ def _read_only(folder: Path) -> None:
 
 
 async def _cached(cache: Path, key: str, fill: Callable[[Path], Awaitable[None]]) -> Path:
-    """``cache/key``, filled once by ``fill(tmp)`` (renamed into place when complete)."""
+    """``cache/key``, filled once by ``fill(tmp)``: a copy is complete (``.ready`` inside)
+    before it is renamed into place, so the target either does not exist or is whole; a
+    fill that loses the race to another slot or agent on this machine is thrown away."""
     target = cache / key
     if (target / ".ready").exists():
         return target
@@ -74,12 +77,11 @@ async def _cached(cache: Path, key: str, fill: Callable[[Path], Awaitable[None]]
         await fill(tmp)
         (tmp / ".ready").write_text("")
         _read_only(tmp)
-        if not (target / ".ready").exists():
-            shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):  # taken: someone else's complete copy is there
             os.rename(tmp, target)
     finally:
         if tmp.exists():
-            os.chmod(tmp, 0o755)
+            _writable(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
