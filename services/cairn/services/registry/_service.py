@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
 from typing import Any
 
 from cairn.bus import CommandContext, Connection, Recorded, execute
@@ -58,6 +59,8 @@ class RegistryService(ProjectedService):
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, RegistryProjection())
         self.assets = AssetHandlers(self.store, self.cache, settings)
+        #: the last folded state per model subject, extended by the events after it
+        self._folds: OrderedDict[str, tuple[int, model.ModelState]] = OrderedDict()
         types = (RegisterModelVersion, SetModelAlias, ArchiveModelVersion)
         commands = Responder(
             conn,
@@ -103,7 +106,14 @@ class RegistryService(ProjectedService):
         path = validate_run_path(cmd.path)
         kind, owner = ("run", cmd.run_id) if cmd.run_id else ("staging", cmd.staging_id)
         assert owner is not None
-        history = await self.store.read(subjects.event(ws, kind, owner))
+
+        def names_the_file(h: list[Recorded]) -> bool:
+            # a committed file is for good: a cached history that has it is enough (a folder
+            # may still be growing, so naming one reads the log)
+            return any(isinstance(r.envelope.data, ArtifactCommitted)
+                       and r.envelope.data.path == path for r in h)  # fmt: skip
+
+        history = await self.cache.read(subjects.event(ws, kind, owner), names_the_file)
         if kind == "run" and not run.fold(r.envelope.data for r in history).exists:
             raise NotFound(f"run {owner} does not exist")
         files = [
@@ -132,9 +142,31 @@ class RegistryService(ProjectedService):
             environment = f"{env.name}:{env.version}" if env.name else env.spec_hash
         return datasets, environment
 
+    def _fold(self, subject: str, history: list[Recorded]) -> model.ModelState:
+        """The model's state, folding only the events after the last state folded for this
+        subject (registrations of one busy name would otherwise refold every version)."""
+        last = history[-1].seq if history else 0
+        cached = self._folds.get(subject)
+        state = None
+        if cached is not None and cached[0] <= last:
+            done = cached[0]
+            tail = [r for r in history if r.seq > done]
+            if len(tail) < len(history) and (done == 0 or any(r.seq == done for r in history)):
+                state = cached[1]
+                for r in tail:
+                    state = model.evolve(state, r.envelope.data)
+        if state is None:
+            state = _fold(history)
+        self._folds[subject] = (last, state)
+        self._folds.move_to_end(subject)
+        while len(self._folds) > 1024:
+            self._folds.popitem(last=False)
+        return state
+
     async def _command(self, req: Request) -> Accepted:
         cmd: Any = req.body
         model_id = subjects.name_to_id(cmd.name)
+        subject = subjects.event(req.workspace, model.KIND, model_id)
         ctx = CommandContext(
             workspace=req.workspace, command_id=cmd.command_id, actor=req.actor,
             correlation_id=cmd.correlation_id,
@@ -144,21 +176,20 @@ class RegistryService(ProjectedService):
             datasets, environment = await self._run_lineage(req.workspace, cmd.run_id)
 
             def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_register(_fold(h), cmd, files, datasets=datasets,
+                return model.decide_register(self._fold(subject, h), cmd, files, datasets=datasets,
                                              environment=environment)  # fmt: skip
         elif isinstance(cmd, SetModelAlias):
 
             def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_alias(_fold(h), cmd)
+                return model.decide_alias(self._fold(subject, h), cmd)
         else:
 
             def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_archive(_fold(h), cmd)
+                return model.decide_archive(self._fold(subject, h), cmd)
 
         return await execute(
             self.store, ctx, kind=model.KIND, aggregate_id=model_id,
-            subject=subjects.event(req.workspace, model.KIND, model_id), decide=decide,
-            attempts=64, cache=self.cache,
+            subject=subject, decide=decide, attempts=64, cache=self.cache,
         )  # fmt: skip
 
     # -- queries --------------------------------------------------------------------------
