@@ -149,11 +149,12 @@ class RegistryService(ProjectedService):
         cached = self._folds.get(subject)
         state = None
         if cached is not None and cached[0] <= last:
-            done = cached[0]
-            tail = [r for r in history if r.seq > done]
-            if len(tail) < len(history) and (done == 0 or any(r.seq == done for r in history)):
+            done, i = cached[0], len(history)
+            while i and history[i - 1].seq > done:  # from the end: the tail is short
+                i -= 1
+            if i and history[i - 1].seq == done:
                 state = cached[1]
-                for r in tail:
+                for r in history[i:]:
                     state = model.evolve(state, r.envelope.data)
         if state is None:
             state = _fold(history)
