@@ -23,6 +23,7 @@ import msgspec
 from cairn.errors import InvalidName, NotFound, Unavailable
 from cairn.proto.assets import DatastoreSpec
 from cairn.proto.paths import validate_run_path
+from cairn.storage import put_s3_file
 
 __all__ = [
     "Entry",
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 _BUFFER = 1024 * 1024
-PART_BYTES = 16 * 1024 * 1024
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):
@@ -205,39 +205,8 @@ class S3Store:
         return Entry(path, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
 
     async def put(self, path: str, source: Path) -> Entry:
-        key = self._key(path)
-        size = (await asyncio.to_thread(source.stat)).st_size
-        if size <= PART_BYTES:
-            body = await asyncio.to_thread(source.read_bytes)
-            reply = await self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-            return Entry(path, size, str(reply["ETag"]).strip('"'))
-        upload = await self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
-        upload_id = upload["UploadId"]
-        try:
-            sem = asyncio.Semaphore(4)
-
-            async def part(number: int, offset: int) -> dict[str, Any]:
-                async with sem:
-                    chunk = await asyncio.to_thread(_read_part, source, offset, PART_BYTES)
-                    got = await self.client.upload_part(Bucket=self.bucket, Key=key,
-                                                        UploadId=upload_id, PartNumber=number,
-                                                        Body=chunk)  # fmt: skip
-                    return {"ETag": got["ETag"], "PartNumber": number}
-
-            parts = await asyncio.gather(*(
-                part(n, off) for n, off in enumerate(range(0, size, PART_BYTES), start=1)
-            ))  # fmt: skip
-            done = await self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": list(parts)},
-            )  # fmt: skip
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id
-                )
-            raise
-        return Entry(path, size, str(done["ETag"]).strip('"'))
+        size, etag = await put_s3_file(self.client, self.bucket, self._key(path), source)
+        return Entry(path, size, etag)
 
     async def get(self, path: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -262,12 +231,6 @@ class S3Store:
 async def _chunks(body: Any) -> AsyncIterator[bytes]:
     while chunk := await body.read(_BUFFER):
         yield chunk
-
-
-def _read_part(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
 
 
 async def open_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | None) -> Store:

@@ -1,4 +1,5 @@
-"""Blobs in an S3 bucket through aiobotocore: single PUT up to 16 MiB, multipart above."""
+"""Blobs in an S3 bucket through aiobotocore: single PUT up to 16 MiB, multipart above
+(``put_s3_file``, which datastores use too)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import msgspec
 from cairn.errors import NotFound, Unavailable
 from cairn.storage._port import blob_key
 
-__all__ = ["S3BlobStore", "S3Config"]
+__all__ = ["PART_BYTES", "S3BlobStore", "S3Config", "put_s3_file"]
 
 PART_BYTES = 16 * 1024 * 1024
 
@@ -21,6 +22,40 @@ def _read_part(path: Path, offset: int, length: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(length)
+
+
+async def put_s3_file(
+    client: Any, bucket: str, key: str, path: Path, parallel: int = 4
+) -> tuple[int, str]:
+    """Write the file at ``path`` to ``key``: one PUT up to ``PART_BYTES``, above that a
+    multipart upload with ``parallel`` parts in flight (aborted if anything fails). Returns
+    the size written and the object's ETag."""
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if size <= PART_BYTES:
+        body = await asyncio.to_thread(path.read_bytes)
+        reply = await client.put_object(Bucket=bucket, Key=key, Body=body)
+        return size, str(reply["ETag"]).strip('"')
+    upload_id = (await client.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+    gate = asyncio.Semaphore(parallel)
+
+    async def part(number: int, offset: int) -> dict[str, Any]:
+        async with gate:
+            chunk = await asyncio.to_thread(_read_part, path, offset, PART_BYTES)
+            got = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                           PartNumber=number, Body=chunk)  # fmt: skip
+            return {"ETag": got["ETag"], "PartNumber": number}
+
+    try:
+        offsets = enumerate(range(0, size, PART_BYTES), start=1)
+        parts = await asyncio.gather(*(part(n, off) for n, off in offsets))
+        done = await client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": list(parts)}
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
+    return size, str(done["ETag"]).strip('"')
 
 
 class S3Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -71,28 +106,7 @@ class S3BlobStore:
     async def put_file(self, digest: str, path: Path) -> bool:
         if await self.size(digest) is not None:
             return False
-        key, bucket = self._key(digest), self.config.bucket
-        total = (await asyncio.to_thread(path.stat)).st_size
-        if total <= PART_BYTES:
-            body = await asyncio.to_thread(path.read_bytes)
-            await self.client.put_object(Bucket=bucket, Key=key, Body=body)
-            return True
-        upload = await self.client.create_multipart_upload(Bucket=bucket, Key=key)
-        upload_id = upload["UploadId"]
-        try:
-            parts = []
-            for number, offset in enumerate(range(0, total, PART_BYTES), start=1):
-                chunk = await asyncio.to_thread(_read_part, path, offset, PART_BYTES)
-                part = await self.client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                )
-                parts.append({"ETag": part["ETag"], "PartNumber": number})
-            await self.client.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-            )
-        except BaseException:
-            await self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            raise
+        await put_s3_file(self.client, self.config.bucket, self._key(digest), path)
         return True
 
     async def read(self, digest: str, offset: int, length: int) -> bytes:
