@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import hashlib
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -23,7 +22,7 @@ import msgspec
 from cairn.errors import InvalidName, NotFound, Unavailable
 from cairn.proto.assets import DatastoreSpec
 from cairn.proto.paths import validate_run_path
-from cairn.storage import put_s3_file
+from cairn.storage import digest_of_file, put_s3_file
 
 __all__ = [
     "Entry",
@@ -32,7 +31,9 @@ __all__ = [
     "Store",
     "match",
     "open_store",
-    "sha256_file",
+    "read_only_tree",
+    "sha256_hex",
+    "writable_tree",
 ]
 
 _BUFFER = 1024 * 1024
@@ -64,12 +65,28 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_BUFFER):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256_hex(path: Path) -> str:
+    """The SHA-256 of a file, hex (the form S3 ETags and local fingerprints share)."""
+    return digest_of_file(path).removeprefix("sha256:")
+
+
+def read_only_tree(folder: Path) -> None:
+    """Files 0444, folders 0555: a copy a job may read but (short of root) not change."""
+    for root, dirs, files in os.walk(folder):
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o444)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o555)
+
+
+def writable_tree(folder: Path) -> None:
+    """Undo :func:`read_only_tree` (before removing or handing out a writable copy)."""
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
 
 
 def _prefix_ok(prefix: str) -> str:
@@ -114,7 +131,7 @@ class LocalStore:
 
     async def fingerprint(self, entry: Entry) -> Entry:
         full = self._path(entry.path)
-        digest = await asyncio.to_thread(sha256_file, full)
+        digest = await asyncio.to_thread(sha256_hex, full)
         return Entry(entry.path, (await asyncio.to_thread(full.stat)).st_size, digest)
 
     async def stat(self, path: str) -> Entry | None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from cairn.data import match
+from cairn.data import match, read_only_tree, writable_tree
 from cairn.errors import DataChanged, InvalidInput, NotFound
 from cairn.proto.assets import (
     DataFile,
@@ -29,7 +29,8 @@ from cairn.proto.assets import (
 )
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import _get, _id, _rows
-from cairn.sdk._datastores import DataBinding, DataReference, Datastore, _digest, _store
+from cairn.sdk._datastores import DataBinding, DataReference, Datastore, _store
+from cairn.storage import digest_of_file
 
 if TYPE_CHECKING:
     from cairn.sdk._async import AsyncWorkspace
@@ -86,7 +87,7 @@ async def _snapshot(ws: AsyncWorkspace, files: builtins.list[DataFile]) -> built
                 await store.get(f.path, local)
             await upload_file(ws.client, area, f"{i}", local, staging=True, show_progress=False)
             out.append(DataFile(f.datastore, f.path, f.size, f.etag,
-                                "sha256:" + await asyncio.to_thread(_digest, local)))  # fmt: skip
+                                await asyncio.to_thread(digest_of_file, local)))  # fmt: skip
     return out
 
 
@@ -263,18 +264,11 @@ class FileDataset(_Dataset):
         local disk, wrong for a dataset far larger than it."""
         point = Path(mount_point or tempfile.mkdtemp(prefix="cairn-mount-"))
         self._local_files(point)
-        for folder, dirs, files in os.walk(point):
-            for f in files:
-                os.chmod(os.path.join(folder, f), 0o444)
-            for d in dirs:
-                os.chmod(os.path.join(folder, d), 0o555)
+        read_only_tree(point)
         try:
             yield _Mount(point)
         finally:
-            for folder, dirs, _ in os.walk(point):
-                os.chmod(folder, 0o755)
-                for d in dirs:
-                    os.chmod(os.path.join(folder, d), 0o755)
+            writable_tree(point)
             shutil.rmtree(point, ignore_errors=True)
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from cairn.data import Entry, Store, open_store
+from cairn.data import Entry, Store, open_store, sha256_hex
 from cairn.errors import InvalidInput
 from cairn.proto.assets import (
     MAX_UPLOAD_RECORD,
@@ -78,14 +77,6 @@ async def _record(ws: AsyncWorkspace, datastore: str, files: builtins.list[DataF
         ws._saw(await ws.client.send(cmd))
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 async def upload_pairs(
     ws: AsyncWorkspace, datastore: str, pairs: builtins.list[tuple[Path, str]], *,
     overwrite: bool, show_progress: bool,
@@ -106,7 +97,7 @@ async def upload_pairs(
                         bar.update(source.stat().st_size)
                         return
                     entry = await store.put(target, source)
-                    etag = entry.etag or await asyncio.to_thread(_digest, source)
+                    etag = entry.etag or await asyncio.to_thread(sha256_hex, source)
                     written.append(DataFile(datastore, target, entry.size, etag))
                     bar.update(entry.size)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from cairn.data import read_only_tree, writable_tree
 from cairn.errors import InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec, GetAsset, RegisterDataset
 from cairn.proto.jobs import JobInput, JobOutput
@@ -56,14 +57,6 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _read_only(folder: Path) -> None:
-    for root, dirs, files in os.walk(folder):
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o444)
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o555)
-
-
 async def _cached(cache: Path, key: str, fill: Callable[[Path], Awaitable[None]]) -> Path:
     """``cache/key``, filled once by ``fill(tmp)``: a copy is complete (``.ready`` inside)
     before it is renamed into place, so the target either does not exist or is whole; a
@@ -76,12 +69,12 @@ async def _cached(cache: Path, key: str, fill: Callable[[Path], Awaitable[None]]
     try:
         await fill(tmp)
         (tmp / ".ready").write_text("")
-        _read_only(tmp)
+        read_only_tree(tmp)
         with contextlib.suppress(OSError):  # taken: someone else's complete copy is there
             os.rename(tmp, target)
     finally:
         if tmp.exists():
-            _writable(tmp)
+            writable_tree(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     return target
 
@@ -134,22 +127,13 @@ async def stage_inputs(
         elif inner.is_dir():
             await asyncio.to_thread(shutil.copytree, inner, where,
                                     ignore=shutil.ignore_patterns(".ready"))  # fmt: skip
-            await asyncio.to_thread(_writable, where)
+            await asyncio.to_thread(writable_tree, where)
         else:
             await asyncio.to_thread(shutil.copyfile, inner, where)
         if not cached:
             shutil.rmtree(copy, ignore_errors=True)
         staged[item.name] = Staged(input_path(item), item.dataset, item.version)
     return staged
-
-
-def _writable(folder: Path) -> None:
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, 0o755)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o644)
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
 
 
 async def deliver_outputs(
