@@ -95,6 +95,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     exists: bool = False
     run_id: str = ""
     experiment_id: str = ""
+    experiment_name: str = ""
     status: RunStatus = RunStatus.NOT_STARTED
     error: str = ""
     tags: dict[str, str] = msgspec.field(default_factory=dict)
@@ -114,8 +115,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
 def evolve(state: RunState, event: Event) -> RunState:
     match event:
-        case RunCreated(run_id=run_id, experiment_id=experiment_id):
-            return RunState(exists=True, run_id=run_id, experiment_id=experiment_id)
+        case RunCreated(run_id=run_id, experiment_id=experiment_id, experiment_name=name):
+            return RunState(exists=True, run_id=run_id, experiment_id=experiment_id,
+                            experiment_name=name)  # fmt: skip
         case RunStarted():
             status = (
                 state.status if state.status == RunStatus.CANCEL_REQUESTED else RunStatus.RUNNING

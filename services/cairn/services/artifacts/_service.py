@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, execute
 from cairn.domain import run as runs
 from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge, StaleAttempt
@@ -138,13 +139,6 @@ class ArtifactsService:
 
     # -- upload ---------------------------------------------------------------------------
 
-    async def _run_state(self, ws: str, run_id: str) -> runs.RunState:
-        history = await self.cache.read(subjects.event(ws, runs.KIND, run_id), bool)
-        state = runs.fold(r.envelope.data for r in history)
-        if not state.exists:
-            raise NotFound(f"run {run_id} does not exist")
-        return state
-
     async def _open(self, req: Request) -> Opened:
         cmd: OpenUpload = req.body
         path = validate_run_path(cmd.path)
@@ -153,7 +147,7 @@ class ArtifactsService:
                 f"a run file may hold 0 to {self.settings.max_artifact_bytes} bytes"
             )
         if not cmd.staging:
-            await self._run_state(req.workspace, cmd.run_id)
+            await lookup.run_state(self.cache, req.workspace, cmd.run_id)
         session = uuid.uuid4().hex
         tmp = self.uploads_dir / session
         owner = ("staging" if cmd.staging else runs.KIND, cmd.run_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 from cairn.bus import AggregateCache, CommandContext, EventStore, Recorded, execute
 from cairn.domain import asset
-from cairn.errors import AlreadyExists, InvalidInput, NotFound
+from cairn.errors import AlreadyExists, InvalidInput
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.assets import (
@@ -133,10 +133,10 @@ class AssetHandlers:
     async def _require_datastore(self, ws: str, name: str) -> None:
         subject = subjects.event(ws, "datastore", subjects.name_to_id(name))
         history = await self.cache.read(subject, bool)
-        known = asset.fold(r.envelope.data for r in history)
-        builtin = builtin_assets(self.settings, ws, "datastore")
-        if (known.latest is None or known.deleted) and name not in builtin:
-            raise NotFound(f"no datastore called {name!r}")
+        builtin = builtin_assets(self.settings, ws, "datastore").get(name)
+        asset.resolve(
+            asset.fold(r.envelope.data for r in history), builtin, "datastore", name, None
+        )
 
     async def get(self, req: Request) -> tuple[dict[str, Any], int]:
         q: GetAsset = req.body

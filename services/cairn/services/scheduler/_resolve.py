@@ -20,16 +20,17 @@ from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import validate_token
 from cairn.settings import Settings
 
-__all__ = ["DEFAULT_DATASTORE", "resolve_job"]
+__all__ = ["DEFAULT_DATASTORE", "resolve_asset", "resolve_job"]
 
 _Item = TypeVar("_Item", JobInput, JobOutput)
 
 DEFAULT_DATASTORE = "workspaceblobstore"
 
 
-async def _asset(
+async def resolve_asset(
     cache: AggregateCache, settings: Settings, ws: str, kind: str, name: str, version: int | None
 ) -> AssetRegistered:
+    """Version ``version`` (default: latest) of a registered or built-in asset, read fresh."""
     history = await cache.refresh(subjects.event(ws, kind, subjects.name_to_id(name)))
     state = asset.fold(r.envelope.data for r in history)
     builtin = asset.builtin_assets(settings.home_path, ws, kind).get(name)
@@ -57,11 +58,11 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
     if (item.dataset is None) == (item.datastore is None):
         raise InvalidInput(f"input {item.name}: name a dataset or a datastore path")
     if item.dataset is not None:
-        ev = await _asset(cache, settings, ws, "dataset", item.dataset, item.version)
+        ev = await resolve_asset(cache, settings, ws, "dataset", item.dataset, item.version)
         assert isinstance(ev.spec, DatasetSpec)
         return msgspec.structs.replace(item, version=ev.version)
     assert item.datastore is not None
-    await _asset(cache, settings, ws, "datastore", item.datastore, None)
+    await resolve_asset(cache, settings, ws, "datastore", item.datastore, None)
     if item.path:
         validate_run_path(item.path.strip("/"))
     return item
@@ -71,7 +72,7 @@ async def _output(
     cache: AggregateCache, settings: Settings, ws: str, run_id: str, item: JobOutput
 ) -> JobOutput:
     store = item.datastore or DEFAULT_DATASTORE
-    await _asset(cache, settings, ws, "datastore", store, None)
+    await resolve_asset(cache, settings, ws, "datastore", store, None)
     path = item.path.strip("/") or f"job-outputs/{run_id}/{item.name}"
     validate_run_path(path)
     return msgspec.structs.replace(item, datastore=store, path=path)
@@ -86,7 +87,7 @@ async def resolve_job(
         await _check_snapshot(cache, ws, job)
     env = job.environment
     if cmd.environment_name is not None:
-        ev = await _asset(cache, settings, ws, "environment", cmd.environment_name,
+        ev = await resolve_asset(cache, settings, ws, "environment", cmd.environment_name,
                           cmd.environment_version)  # fmt: skip
         assert isinstance(ev.spec, EnvironmentSpec)
         env = JobEnvironment(name=cmd.environment_name, version=ev.version, spec=ev.spec,

@@ -29,7 +29,6 @@ import msgspec
 
 from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
-from cairn.domain import asset
 from cairn.domain import run as runs
 from cairn.errors import NotFound, StaleAttempt
 from cairn.log import get_logger
@@ -56,7 +55,7 @@ from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
-from cairn.services.scheduler._resolve import resolve_job
+from cairn.services.scheduler._resolve import resolve_asset, resolve_job
 from cairn.settings import Settings
 
 __all__ = ["SchedulerService"]
@@ -283,7 +282,7 @@ class SchedulerService(ProjectedService):
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
-        await self._require_compute(ws, cmd.compute)
+        await resolve_asset(self.cache, self.settings, ws, "compute", cmd.compute, None)
         job = await resolve_job(self.cache, self.settings, ws, cmd)
         accepted = await self._on_run(
             req,
@@ -294,12 +293,6 @@ class SchedulerService(ProjectedService):
             with contextlib.suppress(Exception):
                 await self._publish(ws, cmd.run_id, 1, cmd.compute)
         return accepted
-
-    async def _require_compute(self, ws: str, name: str) -> None:
-        history = await self.cache.refresh(subjects.event(ws, "compute", subjects.name_to_id(name)))
-        state = asset.fold(r.envelope.data for r in history)
-        builtin = asset.builtin_assets(self.settings.home_path, ws, "compute").get(name)
-        asset.resolve(state, builtin, "compute", name, None)
 
     async def _claim(self, req: Request) -> QueryResult:
         cmd: ClaimJob = req.body
@@ -319,17 +312,9 @@ class SchedulerService(ProjectedService):
             with contextlib.suppress(Exception):  # the reconcile loop retries
                 await self._release(req.workspace, state.compute)
         assignment = Assignment(run_id=state.run_id, attempt=state.attempt,
-                                experiment_name=await self._experiment_name(req.workspace, state),
+                                experiment_name=state.experiment_name,
                                 job=state.job, lease_s=state.lease_s)  # fmt: skip
         return QueryResult(seq=accepted.seq, data=assignment)
-
-    async def _experiment_name(self, ws: str, state: runs.RunState) -> str:
-        history = await self.cache.read(subjects.event(ws, runs.KIND, state.run_id), bool)
-        for r in history:
-            name = getattr(r.envelope.data, "experiment_name", None)
-            if name:
-                return str(name)
-        raise NotFound(f"run {state.run_id} has no experiment")
 
     async def _report(self, req: Request) -> QueryResult:
         cmd: ReportJob = req.body

@@ -46,11 +46,6 @@ def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def _exists(history: list[Recorded]) -> bool:
-    """Workspaces, experiments and runs are never deleted: once seen, they exist."""
-    return bool(history)
-
-
 def _events(history: list[Recorded]) -> list[Event]:
     return [r.envelope.data for r in history]
 
