@@ -29,7 +29,7 @@ from cairn.proto.assets import (
 )
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import _get, _id, _rows
-from cairn.sdk._datastores import DataBinding, DataReference, Datastore, _store
+from cairn.sdk._datastores import DataBinding, DataReference, Datastore, _store, _Stores
 from cairn.storage import digest_of_file
 
 if TYPE_CHECKING:
@@ -81,13 +81,14 @@ async def _snapshot(ws: AsyncWorkspace, files: builtins.list[DataFile]) -> built
 
     area, out = f"dataset-{_id()}", []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, f in enumerate(files):
-            local = Path(tmp) / str(i)
-            async with _store(ws, f.datastore) as store:
-                await store.get(f.path, local)
-            await upload_file(ws.client, area, f"{i}", local, staging=True, show_progress=False)
-            out.append(DataFile(f.datastore, f.path, f.size, f.etag,
-                                await asyncio.to_thread(digest_of_file, local)))  # fmt: skip
+        async with _Stores(ws) as stores:
+            for i, f in enumerate(files):
+                local = Path(tmp) / str(i)
+                await (await stores.get(f.datastore)).get(f.path, local)
+                await upload_file(ws.client, area, f"{i}", local, staging=True,
+                                  show_progress=False)  # fmt: skip
+                out.append(DataFile(f.datastore, f.path, f.size, f.etag,
+                                    await asyncio.to_thread(digest_of_file, local)))  # fmt: skip
     return out
 
 
@@ -101,23 +102,25 @@ async def materialise(
     files = spec.files or await _fingerprint(ws, spec)
     base = _common_dir([f.path for f in files])
     out = []
-    for f in files:
-        local = target / f.path[len(base) :].lstrip("/")
-        if f.blob is not None:  # a snapshot: the copy in the artifact store
-            if not local.exists():
-                await download_blob(ws.client, f.blob, f.size, local, show_progress=show)
-        else:
-            async with _store(ws, f.datastore) as store:
-                if spec.files:
-                    now = await store.stat(f.path)
-                    now = await store.fingerprint(now) if now is not None else None
-                    if now is None or (now.size, now.etag) != (f.size, f.etag):
-                        what = "is gone" if now is None else "changed"
-                        raise DataChanged(
-                            f"{label}: {f.datastore}:{f.path} {what} since it was registered"
-                        )
-                await store.get(f.path, local)
-        out.append(local)
+    async with _Stores(ws) as stores:
+        for f in files:
+            local = target / f.path[len(base) :].lstrip("/")
+            if f.blob is not None:  # a snapshot: the copy in the artifact store
+                if not local.exists():
+                    await download_blob(ws.client, f.blob, f.size, local, show_progress=show)
+                out.append(local)
+                continue
+            store = await stores.get(f.datastore)
+            if spec.files:
+                now = await store.stat(f.path)
+                now = await store.fingerprint(now) if now is not None else None
+                if now is None or (now.size, now.etag) != (f.size, f.etag):
+                    what = "is gone" if now is None else "changed"
+                    raise DataChanged(
+                        f"{label}: {f.datastore}:{f.path} {what} since it was registered"
+                    )
+            await store.get(f.path, local)
+            out.append(local)
     return out
 
 

@@ -37,7 +37,14 @@ if TYPE_CHECKING:
     from cairn.sdk._datasets import _Dataset
     from cairn.sdk._sync import Workspace
 
-__all__ = ["DataBinding", "DataReference", "Datastore", "download_prefix", "upload_pairs"]
+__all__ = [
+    "DataBinding",
+    "DataReference",
+    "Datastore",
+    "download_entries",
+    "download_prefix",
+    "upload_pairs",
+]
 
 _PARALLEL = 8
 
@@ -64,6 +71,27 @@ async def _store(ws: AsyncWorkspace, name: str) -> Any:
         yield store
     finally:
         await store.close()
+
+
+class _Stores:
+    """The stores of a loop over files of several datastores, each opened once (opening one
+    asks the registry, opens its credentials and builds a client)."""
+
+    def __init__(self, ws: AsyncWorkspace) -> None:
+        self.ws = ws
+        self.opened: dict[str, Store] = {}
+
+    async def get(self, name: str) -> Store:
+        if name not in self.opened:
+            self.opened[name] = await _open(self.ws, name)
+        return self.opened[name]
+
+    async def __aenter__(self) -> _Stores:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for store in self.opened.values():
+            await store.close()
 
 
 def _bar(total: int, show: bool, what: str) -> tqdm[Any]:
@@ -113,19 +141,21 @@ async def download_prefix(
 ) -> builtins.list[Path]:  # fmt: skip
     async with _store(ws, datastore) as store:
         entries = await store.list(prefix)
-        return await _download(store, entries, target, overwrite=overwrite, show=show_progress)
+        return await download_entries(
+            store, entries, target, overwrite=overwrite, show=show_progress
+        )
 
 
-async def _download(
-    store: Store, entries: builtins.list[Entry], target: Path, *, overwrite: bool, show: bool,
-    strip: str = "",
-) -> builtins.list[Path]:  # fmt: skip
+async def download_entries(
+    store: Store, entries: builtins.list[Entry], target: Path, *, overwrite: bool, show: bool
+) -> builtins.list[Path]:
+    """The listed files of ``store`` under ``target/<their path>``, 8 at a time."""
     gate = asyncio.Semaphore(_PARALLEL)
     done: builtins.list[Path] = []
     with _bar(sum(e.size for e in entries), show, f"download from {store.name}") as bar:
 
         async def one(entry: Entry) -> None:
-            local = target / entry.path[len(strip) :].lstrip("/")
+            local = target / validate_run_path(entry.path)  # a key may not climb out
             async with gate:
                 if overwrite or not local.exists():
                     await store.get(entry.path, local)

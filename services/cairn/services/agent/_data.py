@@ -32,7 +32,7 @@ from cairn.proto.jobs import JobInput, JobOutput
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._async import AsyncWorkspace
 from cairn.sdk._datasets import materialise
-from cairn.sdk._datastores import _store, download_prefix, upload_pairs
+from cairn.sdk._datastores import _store, download_entries, upload_pairs
 
 __all__ = ["Staged", "deliver_outputs", "input_path", "output_path", "stage_inputs"]
 
@@ -95,18 +95,18 @@ async def _datastore_copy(ws: AsyncWorkspace, item: JobInput, cache: Path) -> tu
     store_name, prefix = item.datastore or "", item.path.strip("/")
     async with _store(ws, store_name) as store:
         entries = await store.list(prefix)
-    if not entries:
-        raise InvalidInput(f"input {item.name}: nothing at {store_name}:{prefix or '/'}")
+        if not entries:
+            raise InvalidInput(f"input {item.name}: nothing at {store_name}:{prefix or '/'}")
 
-    async def fill(tmp: Path) -> None:
-        await download_prefix(ws, store_name, prefix, tmp, overwrite=True, show_progress=False)
+        async def fill(tmp: Path) -> None:  # the files just listed, through the same store
+            await download_entries(store, entries, tmp, overwrite=True, show=False)
 
-    if all(e.etag for e in entries):
-        key = _key("datastore", store_name, [msgspec.to_builtins(e) for e in entries])
-        return await _cached(cache, key, fill), True
-    tmp = cache / f".direct-{uuid.uuid4().hex}"
-    await fill(tmp)
-    return tmp, False
+        if all(e.etag for e in entries):
+            key = _key("datastore", store_name, [msgspec.to_builtins(e) for e in entries])
+            return await _cached(cache, key, fill), True
+        tmp = cache / f".direct-{uuid.uuid4().hex}"
+        await fill(tmp)
+        return tmp, False
 
 
 async def stage_inputs(
