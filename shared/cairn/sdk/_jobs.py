@@ -234,6 +234,20 @@ async def _upload_local_input(ws: AsyncWorkspace, name: str, local: Path, mode: 
     return JobInput(name=name, mode=mode, datastore="workspaceblobstore", path=path)  # type: ignore[arg-type]
 
 
+class _LogPrinter:
+    """Writes LOGS chunks to ``out``, with a marker where a new attempt's output begins."""
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self.out, self.attempt = out, ""
+
+    def __call__(self, msg: Any) -> None:
+        n = (msg.headers or {}).get("Cairn-Attempt", "")
+        if self.attempt and n != self.attempt:
+            self.out(f"\n--- attempt {n} ---\n")
+        self.out(msg.data.decode("utf-8", errors="replace"))
+        self.attempt = n
+
+
 async def follow(
     ws: AsyncWorkspace,
     run_id: str,
@@ -247,19 +261,15 @@ async def follow(
     js = ws.conn.js
     subject = subjects.logs(ws.name, run_id)
     printed = 0
-    attempt = ""
     wanted = 0
     caught_up = asyncio.Event()
+    show = _LogPrinter(out) if out is not None else None
 
     async def on_log(msg: Any) -> None:
-        nonlocal printed, attempt
+        nonlocal printed
         printed = max(printed, msg.metadata.sequence.stream)
-        n = (msg.headers or {}).get("Cairn-Attempt", "")
-        if out is not None:
-            if attempt and n != attempt:
-                out(f"\n--- attempt {n} ---\n")
-            out(msg.data.decode("utf-8", errors="replace"))
-        attempt = n
+        if show is not None:
+            show(msg)
         if wanted and printed >= wanted:
             caught_up.set()
 
@@ -296,15 +306,12 @@ async def print_logs(ws: AsyncWorkspace, run_id: str, out: Callable[[str], None]
     except Exception:  # nothing logged (yet)
         return 0
     sub = await js.subscribe(subject, ordered_consumer=True)
-    chunks, attempt = 0, ""
+    show, chunks = _LogPrinter(out), 0
     try:
         while True:
             msg = await sub.next_msg(timeout=5)
-            n = (msg.headers or {}).get("Cairn-Attempt", "")
-            if attempt and n != attempt:
-                out(f"\n--- attempt {n} ---\n")
-            out(msg.data.decode("utf-8", errors="replace"))
-            attempt, chunks = n, chunks + 1
+            show(msg)
+            chunks += 1
             if msg.metadata.sequence.stream >= last:
                 return chunks
     finally:
