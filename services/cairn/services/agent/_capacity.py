@@ -83,8 +83,11 @@ def detect(
     now: float,
     *,
     free_slots: int | None = None,
+    gpus: list[Gpu] | None = None,
 ) -> AgentInfo:
-    gpus = detect_gpus()
+    """The agent's key; ``gpus`` when the caller found them already (else ``nvidia-smi`` is
+    asked now)."""
+    gpus = detect_gpus() if gpus is None else gpus
     all_labels = sorted(set(labels) | ({"gpu"} if gpus else set()))
     return AgentInfo(
         agent_id=agent_id, compute=compute, hostname=socket.gethostname(), pid=os.getpid(),

@@ -78,7 +78,8 @@ class AgentService:
             raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")
         self.running: dict[str, asyncio.Task[None]] = {}
         self.attempts: dict[str, Attempt] = {}
-        self.gpus = [g.index for g in detect_gpus()]
+        self.gpu_info = detect_gpus()  # once: the devices do not change under a running agent
+        self.gpus = [g.index for g in self.gpu_info]
         self.free_gpus = list(self.gpus)
         self._slot_freed = asyncio.Event()
 
@@ -89,7 +90,8 @@ class AgentService:
             self._kv = await self.conn.js.key_value(AGENTS_BUCKET["bucket"])
         self.info = detect(self.agent_id, self.compute, self.slots, self.labels,
                            self.started_at, time.time(),
-                           free_slots=self.slots - len(self.running))  # fmt: skip
+                           free_slots=self.slots - len(self.running),
+                           gpus=self.gpu_info)  # fmt: skip
         await self._kv.put(self.agent_id, _encoder.encode(self.info))
         return self.info
 
