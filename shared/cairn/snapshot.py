@@ -100,7 +100,10 @@ def pack(root: Path, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> bytes:
     if not root.is_dir():
         raise InvalidInput(f"source directory {root} is not a directory")
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):  # compressed as it is written: the archive is held once, not twice
         for rel, path in _members(root, max_bytes):
             info = tarfile.TarInfo(rel)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -119,7 +122,7 @@ def pack(root: Path, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> bytes:
                 with open(path, "rb") as fh:
                     tar.addfile(info, fh)
             # sockets, fifos and devices are skipped: they are not source code
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+    return raw.getvalue()
 
 
 def digest_of(data: bytes) -> str:
