@@ -27,7 +27,7 @@ import structlog
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from cairn.bus import Connection
+from cairn.bus import CommandContext, Connection
 from cairn.errors import (
     CairnError,
     InvalidInput,
@@ -74,6 +74,15 @@ class Request:
     verb: str
     body: Any
     actor: str
+
+    def context(self) -> CommandContext:
+        """Who sent this command and why, for the events it causes."""
+        return CommandContext(
+            workspace=self.workspace,
+            command_id=self.body.command_id,
+            actor=self.actor,
+            correlation_id=self.body.correlation_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from cairn.bus import AggregateCache, CommandContext, EventStore, Recorded, execute
+from cairn.bus import AggregateCache, EventStore, Recorded, execute
 from cairn.domain import asset
 from cairn.errors import AlreadyExists, InvalidInput
 from cairn.projection import Tables
@@ -67,8 +67,7 @@ class AssetHandlers:
         kind = cmd.VERB.split(".")[0]
         spec = await self._checked_spec(req, cmd)
         aggregate_id = subjects.name_to_id(cmd.name)
-        ctx = CommandContext(workspace=req.workspace, command_id=cmd.command_id,
-                             actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
+        ctx = req.context()
 
         def decide(history: list[Recorded]) -> list[Any]:
             state = asset.fold(r.envelope.data for r in history)

@@ -9,7 +9,7 @@ import sqlite3
 from collections import OrderedDict
 from typing import Any
 
-from cairn.bus import CommandContext, Connection, Recorded, execute
+from cairn.bus import Connection, Recorded, execute
 from cairn.domain import model, run
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import Tables
@@ -168,10 +168,7 @@ class RegistryService(ProjectedService):
         cmd: Any = req.body
         model_id = subjects.name_to_id(cmd.name)
         subject = subjects.event(req.workspace, model.KIND, model_id)
-        ctx = CommandContext(
-            workspace=req.workspace, command_id=cmd.command_id, actor=req.actor,
-            correlation_id=cmd.correlation_id,
-        )  # fmt: skip
+        ctx = req.context()
         if isinstance(cmd, RegisterModelVersion):
             files = await self._source_files(req.workspace, cmd)
             datasets, environment = await self._run_lineage(req.workspace, cmd.run_id)

@@ -264,18 +264,13 @@ class SchedulerService(ProjectedService):
         """Decide a request's command on the run it names."""
         return await execute(
             self.store,
-            self._ctx(req),
+            req.context(),
             kind=runs.KIND,
             aggregate_id=run_id,
             subject=subjects.event(req.workspace, runs.KIND, run_id),
             cache=self.cache,
             decide=lambda h: decide(runs.fold(r.envelope.data for r in h)),
         )
-
-    def _ctx(self, req: Request) -> CommandContext:
-        cmd: Any = req.body
-        return CommandContext(workspace=req.workspace, command_id=cmd.command_id,
-                              actor=req.actor, correlation_id=cmd.correlation_id)  # fmt: skip
 
     async def _submit(self, req: Request) -> Accepted:
         cmd: SubmitJob = req.body

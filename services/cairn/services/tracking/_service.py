@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from cairn import lookup
-from cairn.bus import CommandContext, Connection, Recorded, execute
+from cairn.bus import Connection, Recorded, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import Tables
@@ -82,12 +82,7 @@ class TrackingService(ProjectedService):
 
     async def _command(self, req: Request) -> Accepted:
         cmd: Any = req.body
-        ctx = CommandContext(
-            workspace=req.workspace,
-            command_id=cmd.command_id,
-            actor=req.actor,
-            correlation_id=cmd.correlation_id,
-        )
+        ctx = req.context()
         if isinstance(cmd, CreateWorkspace):
             if cmd.name != req.workspace:
                 raise InvalidInput(f"workspace {cmd.name} must be created on its own subject")
