@@ -277,3 +277,43 @@ async def test_two_scheduler_replicas_share_leases(
     finally:
         stop.set()
         await task
+
+
+@LEAKS_SOCKETS
+async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
+    tmp_path: Path, procs: Procs, nats_py_leaks: None
+) -> None:
+    """The job ends while the scheduler is down for three leases: its agent keeps the lease
+    until its finish is recorded, so the restarted scheduler does not re-queue it."""
+    stack = Stack(tmp_path / "stack", ["tracking", "ingester", "artifacts", "registry"])
+    await stack.start()
+    try:
+        service_env = {**stack.service_env(),
+                       **{f"CAIRN_{k.upper()}": str(v) for k, v in JOB_SETTINGS.items()},
+                       "CAIRN_STATE_DIR": str(tmp_path / "sch")}  # fmt: skip
+        scheduler = await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
+        client_settings = settings_for(stack.server, service=False)
+        await procs.agent(job_env(client_settings, "ws1", tmp_path / "agent"))
+        conn = await connect(client_settings)
+        ws = AsyncWorkspace(conn, "ws1", client_settings)
+        await _until_serving(conn, "scheduler")
+        mark = tmp_path / "ran"
+        src = script(tmp_path, f"""
+            import time
+            time.sleep(1.0)
+            open({str(mark)!r}, "a").write("x")
+        """)  # fmt: skip
+        run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
+        await wait_status(ws, run_id, lambda s: s == "Running")
+        scheduler.kill()
+        await scheduler.wait()
+        await asyncio.sleep(3 * 2.0)  # the job ends meanwhile; its finish cannot be recorded
+        await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
+        assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
+        events = await history(EventStore(stack.conn), "ws1", run_id)
+        assert not [e for e in events if isinstance(e, RunRequeued)], "a finished job re-queued"
+        assert mark.read_text() == "x"
+        await ws.close()
+        await conn.close()
+    finally:
+        await stack.close()

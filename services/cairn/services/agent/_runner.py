@@ -83,7 +83,8 @@ class Attempt:
         self.stale = False
         self.cancel_reason: str | None = None
         self.lost_reason: str | None = None
-        self.stopping = asyncio.Event()
+        self.stopping = asyncio.Event()  # the job's process must stop
+        self.finished = asyncio.Event()  # the attempt's end is recorded (or it went stale)
         self.launched: Launched | None = None
         self._log_seq = 0
         self._log_file: Any = None
@@ -138,16 +139,20 @@ class Attempt:
             self._stop(cancel=status.reason or "canceled")
 
     async def _keep_lease(self) -> None:
+        """Report every lease/3 until the attempt's end is recorded: through the job, its
+        stopping, its uploads and the retries of its finish (a scheduler that restarts
+        meanwhile must not take back a run whose only missing piece is that report)."""
         every = max(self.a.lease_s / 3, 0.2)
-        while not self.stopping.is_set():
+        while not self.finished.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), every)
-            if self.stopping.is_set():
+                await asyncio.wait_for(self.finished.wait(), every)
+            if self.finished.is_set():
                 return
             try:
                 await self._report("progress")
             except (StaleAttempt, NotFound):
                 self._stop(stale=True)
+                return
             except Exception as exc:  # the scheduler may be restarting; the lease has slack
                 log.warning("report_failed", run_id=self.a.run_id, error=repr(exc))
 
@@ -158,16 +163,19 @@ class Attempt:
         watch = await nc.subscribe(subjects.event(self.ws, "run", self.a.run_id), cb=self._on_watch)
         lease = asyncio.create_task(self._keep_lease())
         try:
-            outcome, exit_code, error = await self._run()
+            try:
+                outcome, exit_code, error = await self._run()
+            finally:
+                self.stopping.set()
+            if self.stale:
+                log.info("attempt_stale", run_id=self.a.run_id, attempt=self.a.attempt)
+                return
+            await self._finish(outcome, exit_code, error)
         finally:
-            self.stopping.set()
+            self.finished.set()
             await lease
             with contextlib.suppress(Exception):
                 await watch.unsubscribe()
-        if self.stale:
-            log.info("attempt_stale", run_id=self.a.run_id, attempt=self.a.attempt)
-            return
-        await self._finish(outcome, exit_code, error)
 
     async def _on_watch(self, msg: Any) -> None:
         self._on_event(msg.data)
