@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -136,3 +137,59 @@ async def test_gpu_jobs_get_the_devices_they_were_given(
     finally:
         await ws.close()
         await conn.close()
+
+
+GPU_JOB = """\
+import os
+
+import torch
+
+from cairn.sdk import Run
+
+run = Run.get_context()
+torch.manual_seed(0)
+a = torch.randn(4096, 4096, device="cuda")
+on_gpu = (a @ a.T).trace().item()
+on_cpu = (a.cpu() @ a.cpu().T).trace().item()
+run.log("relative_error", abs(on_gpu - on_cpu) / on_cpu)
+print("visible", os.environ["CUDA_VISIBLE_DEVICES"], torch.cuda.device_count())
+print("device", torch.cuda.get_device_name(0))
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no nvidia-smi: no NVIDIA GPU here")
+async def test_a_real_gpu_is_advertised_and_runs_a_job(
+    conn: Connection, client: object, agents: object, tmp_path: Path,
+    client_settings: Settings,
+) -> None:  # fmt: skip
+    """On a machine with an NVIDIA GPU: the agent advertises what nvidia-smi reports, and a job
+    asking for one GPU computes on it with PyTorch, logging through its run."""
+    pytest.importorskip("torch", reason="PyTorch is not installed: the GPU job needs it")
+    from cairn.bus import connect
+    from cairn.sdk import AsyncWorkspace, ScriptRunConfig
+    from cairn.sdk._jobs import follow, submit
+
+    found = detect_gpus()
+    assert found, "nvidia-smi is present but reported no GPU"
+    await agents.start(slots=1)  # type: ignore[attr-defined]
+    mine = [a for a in await list_agents(conn) if a.pid == os.getpid()]
+    assert len(mine) == 1 and mine[0].gpus == found and "gpu" in mine[0].labels
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "job.py").write_text(GPU_JOB)
+    client_conn = await connect(client_settings)
+    ws = AsyncWorkspace(client_conn, client.workspace, client_settings)  # type: ignore[attr-defined]
+    try:
+        config = ScriptRunConfig(source_directory=src, script="job.py", gpus=1)
+        printed: list[str] = []
+        run_id = await submit(ws, "gpu", config)
+        details = await follow(ws, run_id, out=printed.append, timeout=300)
+        output = "".join(printed)
+        assert details["status"] == "Completed", output[-3000:]
+        assert f"visible {found[0].index} 1\n" in output
+        assert f"device {found[0].name}\n" in output
+        metrics = await ws.run(run_id).get_metrics()
+        assert metrics["relative_error"] < 1e-3
+    finally:
+        await ws.close()
+        await client_conn.close()
