@@ -26,6 +26,7 @@ PINNED = {
         "Source",
         "Tables",
         "content_hash",
+        "events_of",
     ],
     "cairn.sdk": [
         "AsyncExperiment",

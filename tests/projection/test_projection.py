@@ -227,3 +227,24 @@ async def test_watchdog_resubscribes_a_silent_subscription(
     finally:
         stop.set()
         await task
+
+
+async def test_events_of_other_kinds_are_passed_over_undecoded(
+    conn: Connection, store: EventStore, tmp_path: Path, ws_name: str
+) -> None:
+    """Tracking applies runs and experiments, not models: a model event is never decoded (here
+    it could not be), yet the runner's position moves past it, so a read-your-writes wait on
+    it returns. And a stop is seen at once, not after the poll interval."""
+    runner = ProjectionRunner(conn, tmp_path / "k.sqlite", TrackingProjection(), poll_s=60.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await _caught_up(runner, store)
+        await conn.js.publish(f"cairn.ev.{ws_name}.model.m", b"not an envelope")
+        await conn.js.publish(f"cairn.ev.{ws_name}.experiment.bad", b"not an envelope")
+        last = await conn.js.publish(f"cairn.ev.{ws_name}.model.m", b"not one either")
+        assert await runner.wait_for(last.seq, timeout=15) == last.seq
+        assert runner.skipped == 1  # only the experiment's: its kind is one tracking applies
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

@@ -8,6 +8,7 @@ from cairn.projection._engine import (
     Source,
     Tables,
     content_hash,
+    events_of,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "Source",
     "Tables",
     "content_hash",
+    "events_of",
 ]

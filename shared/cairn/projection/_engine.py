@@ -14,6 +14,7 @@ A watchdog re-subscribes when the stream has moved past us and nothing arrived f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -41,6 +42,7 @@ __all__ = [
     "Source",
     "Tables",
     "content_hash",
+    "events_of",
 ]
 
 log = get_logger("cairn.projection")
@@ -49,14 +51,25 @@ V = TypeVar("V")
 
 
 class Source(NamedTuple):
-    """What a projection follows: a stream, a subject filter, and how to decode a message."""
+    """What a projection follows: a stream, a subject filter, and how to decode a message.
+
+    ``kinds``, for EVENTS, names the aggregate kinds (``cairn.ev.<ws>.<kind>.<id>``) whose
+    events the projection applies; the others are passed over undecoded. The filter stays on
+    our side: the consumer still sees every sequence, so ``last_seq`` can answer any
+    read-your-writes wait, whichever aggregate the write was to."""
 
     stream: str
     subjects: str
     decode: Callable[[bytes], Any]
+    kinds: frozenset[str] | None = None
 
 
 EVENTS_SOURCE = Source(EVENTS["name"], EVENTS_ALL, decode_envelope)
+
+
+def events_of(*kinds: str) -> Source:
+    """EVENTS, applying only the events of these aggregate kinds."""
+    return EVENTS_SOURCE._replace(kinds=frozenset(kinds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,13 +224,25 @@ class ProjectionRunner(Generic[V]):
     # -- applying -------------------------------------------------------------------------
 
     def _apply_batch(self, msgs: list[Any], t: Tables, last_seq: int) -> int:
-        """Apply messages past ``last_seq`` into ``t`` in one transaction; return the new seq."""
+        """Apply messages past ``last_seq`` into ``t`` in one transaction; return the new seq.
+
+        A batch with nothing of the source's kinds is not written at all: its sequence is only
+        remembered here, and a restart passes over the same events again."""
+        kinds = self.projection.source.kinds
+        todo: list[tuple[int, Any]] = []
+        end = last_seq
+        for msg in msgs:
+            seq = stream_seq(msg.reply)
+            if seq <= end:
+                continue
+            end = seq
+            if kinds is None or _kind(msg.subject) in kinds:
+                todo.append((seq, msg))
+        if not todo:
+            return end
         with self.db:  # BEGIN ... COMMIT, or ROLLBACK on any exception
             self.db.execute("BEGIN")
-            for msg in msgs:
-                seq = stream_seq(msg.reply)
-                if seq <= last_seq:
-                    continue
+            for seq, msg in todo:
                 try:
                     value = self.projection.source.decode(msg.data)
                 except (msgspec.DecodeError, msgspec.ValidationError, CairnError) as exc:
@@ -225,10 +250,9 @@ class ProjectionRunner(Generic[V]):
                     log.error("projection_skipped_message", seq=seq, error=str(exc))
                 else:
                     self.projection.apply(self.db, t, Delivered(seq, msg.subject, value))
-                last_seq = seq
             if t.generation == self.generation:
-                self._save_state(t.generation, last_seq)
-        return last_seq
+                self._save_state(t.generation, end)
+        return end
 
     async def _subscribe(self, start: int) -> _Feed:
         feed = _Feed(self.batch_size * 4)
@@ -243,25 +267,25 @@ class ProjectionRunner(Generic[V]):
         )
         return feed
 
-    async def _next_batch(self, feed: _Feed, stop: asyncio.Event | None = None) -> list[Any]:
+    async def _next_batch(self, feed: _Feed) -> list[Any]:
         """Up to ``batch_size`` messages: waits up to ``poll_s`` for the first (returning early,
-        empty, when ``stop`` is set), and not at all for the rest."""
-        if feed.queue.empty():
-            waiters = [asyncio.ensure_future(feed.queue.get())]
-            if stop is not None:
-                waiters.append(asyncio.ensure_future(stop.wait()))
-            done, _ = await asyncio.wait(
-                waiters, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in waiters:
-                waiter.cancel()
-            if waiters[0] not in done:
+        empty, when the feed is woken), and not at all for the rest."""
+        queue = feed.queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout(self.poll_s):
+                    first = await queue.get()
+            except TimeoutError:
                 return []
-            batch = [waiters[0].result()]
+            if first is _WAKE:
+                return []
+            batch = [first]
         else:
-            batch = [feed.queue.get_nowait()]
-        while len(batch) < self.batch_size and not feed.queue.empty():
-            batch.append(feed.queue.get_nowait())
+            batch = []
+        while len(batch) < self.batch_size and not queue.empty():
+            msg = queue.get_nowait()
+            if msg is not _WAKE:
+                batch.append(msg)
         return batch
 
     async def _stalled(self) -> bool:
@@ -280,9 +304,11 @@ class ProjectionRunner(Generic[V]):
         """Follow the log until ``stop`` is set."""
         while not stop.is_set():
             feed = self._feed = await self._subscribe(self.last_seq + 1)
+            stopped = asyncio.ensure_future(stop.wait())
+            stopped.add_done_callback(feed.wake)
             try:
                 while not stop.is_set():
-                    batch = await self._next_batch(feed, stop)
+                    batch = await self._next_batch(feed)
                     if batch:
                         self.last_seq = self._apply_batch(batch, self.tables, self.last_seq)
                         self._progress_at = time.monotonic()
@@ -291,6 +317,7 @@ class ProjectionRunner(Generic[V]):
                         self.resubscriptions += 1
                         break
             finally:
+                stopped.cancel()
                 await _quietly_unsubscribe(feed)
 
     async def rebuild(self) -> int:
@@ -338,6 +365,20 @@ class _Feed:
 
     async def put(self, msg: Any) -> None:
         await self.queue.put(msg)
+
+    def wake(self, _: object = None) -> None:
+        """Make a waiting ``_next_batch`` return now (a full queue needs no waking)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_WAKE)
+
+
+_WAKE = object()
+
+
+def _kind(subject: str) -> str:
+    """The aggregate kind of an event subject ``cairn.ev.<ws>.<kind>.<id>``."""
+    tokens = subject.split(".", 4)
+    return tokens[3] if len(tokens) == 5 else ""
 
 
 async def _quietly_unsubscribe(feed: _Feed) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.projection import EVENTS_SOURCE, Delivered, Tables
+from cairn.projection import Delivered, Tables, events_of
 from cairn.proto.assets import ASSET_KINDS, AssetSpec, DatastoreSpec
 from cairn.proto.events import (
     AssetDeleted,
@@ -28,7 +28,7 @@ class RegistryProjection:
     name = "registry"
     version = 2
     tables: tuple[str, ...] = ("models", "aliases", "assets")
-    source = EVENTS_SOURCE
+    source = events_of("model", *ASSET_KINDS)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from cairn.domain.run import RunStatus
-from cairn.projection import EVENTS_SOURCE, Delivered, Tables
+from cairn.projection import Delivered, Tables, events_of
 from cairn.proto.events import (
     Envelope,
     Event,
@@ -43,7 +43,7 @@ class JobsProjection:
     name = "scheduler"
     version = 2
     tables: tuple[str, ...] = ("jobs", "names", "inputs")
-    source = EVENTS_SOURCE
+    source = events_of("run")
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(

@@ -6,7 +6,7 @@ import json
 import sqlite3
 
 from cairn.domain.run import RunStatus
-from cairn.projection import EVENTS_SOURCE, Delivered, Tables
+from cairn.projection import Delivered, Tables, events_of
 from cairn.proto.events import (
     ArtifactCommitted,
     Envelope,
@@ -44,7 +44,7 @@ class TrackingProjection:
     name = "tracking"
     version = 3
     tables: tuple[str, ...] = ("workspaces", "experiments", "runs", "files")
-    source = EVENTS_SOURCE
+    source = events_of("workspace", "experiment", "run", "staging")
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
