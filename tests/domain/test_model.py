@@ -50,3 +50,13 @@ def test_one_pass_fold_equals_folding_evolve() -> None:
                ModelVersionArchived(version=1), ModelVersionArchived(version=3),
                ModelVersionRestored(version=1)]  # fmt: skip
     assert model.fold(events) == fold_events(model.ModelState(), model.evolve, events)
+
+
+def test_fold_continues_from_a_state() -> None:
+    """The registry folds a busy model's new events onto its last state: same result."""
+    events = [model.decide_register(model.ModelState(latest=v), RegisterModelVersion(
+        command_id="c", name="m", path="p", run_id="r"), [])[0] for v in range(4)]  # fmt: skip
+    events += [ModelAliasSet(alias="a", version=2), ModelVersionArchived(version=3)]
+    start = model.fold(events[:3])
+    assert model.fold(events[3:], onto=start) == model.fold(events)
+    assert model.fold(events).latest == 4

@@ -68,6 +68,17 @@ def _already_done(history: list[Recorded], command_id: str) -> Recorded | None:
     return caused[-1] if caused else None
 
 
+class _Cached:
+    """A cached history and, for finding a retried command's effect without a scan, the last
+    event each command caused in it."""
+
+    __slots__ = ("caused", "history")
+
+    def __init__(self, history: list[Recorded], caused: dict[str, Recorded]) -> None:
+        self.history = history
+        self.caused = caused
+
+
 class AggregateCache:
     """Histories of recently used aggregates, per process (least recently used dropped).
 
@@ -80,7 +91,7 @@ class AggregateCache:
     def __init__(self, store: EventStore, size: int = 10_000) -> None:
         self.store = store
         self.size = size
-        self._histories: OrderedDict[str, list[Recorded]] = OrderedDict()
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     def lock(self, subject: str) -> asyncio.Lock:
@@ -93,16 +104,33 @@ class AggregateCache:
         return lock
 
     def get(self, subject: str) -> list[Recorded] | None:
-        history = self._histories.get(subject)
-        if history is not None:
-            self._histories.move_to_end(subject)
-        return history
+        entry = self._entries.get(subject)
+        if entry is None:
+            return None
+        self._entries.move_to_end(subject)
+        return entry.history
 
     def put(self, subject: str, history: list[Recorded]) -> None:
-        self._histories[subject] = history
-        self._histories.move_to_end(subject)
-        while len(self._histories) > self.size:
-            self._histories.popitem(last=False)
+        """Cache ``history``; when it extends the cached one, only its new tail is indexed."""
+        old = self._entries.get(subject)
+        n = len(old.history) if old is not None else 0
+        if old is not None and n <= len(history) and (n == 0 or history[n - 1] is old.history[-1]):
+            caused, tail = old.caused, history[n:]
+        else:
+            caused, tail = {}, history
+        for r in tail:
+            caused[r.envelope.causation_id] = r
+        self._entries[subject] = _Cached(history, caused)
+        self._entries.move_to_end(subject)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def caused_by(self, subject: str, history: list[Recorded], command_id: str) -> Recorded | None:
+        """The last event in ``history`` that ``command_id`` caused, if any."""
+        entry = self._entries.get(subject)
+        if entry is not None and entry.history is history:
+            return entry.caused.get(command_id)
+        return _already_done(history, command_id)
 
     async def read(
         self, subject: str, enough: Callable[[list[Recorded]], bool] | None = None
@@ -161,10 +189,16 @@ async def _execute(
     cache: AggregateCache | None,
 ) -> Accepted:
     cached = cache.get(subject) if cache is not None else None
-    history = cached if cached is not None else await store.read(subject)
     fresh = cached is None
+    if cached is not None:
+        history = cached
+    else:
+        history = await (cache.refresh(subject) if cache is not None else store.read(subject))
     for attempt in range(attempts):
-        done = _already_done(history, ctx.command_id)
+        if cache is not None:
+            done = cache.caused_by(subject, history, ctx.command_id)
+        else:
+            done = _already_done(history, ctx.command_id)
         if done is not None:  # in the log for good, cached or not: the command took effect
             return Accepted(
                 command_id=ctx.command_id, aggregate_id=aggregate_id, seq=done.seq, replayed=True

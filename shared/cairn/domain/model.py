@@ -28,16 +28,15 @@ class ModelState(msgspec.Struct, frozen=True, kw_only=True):
     versions: dict[int, ModelVersionRegistered] = msgspec.field(default_factory=dict)
     archived: frozenset[int] = frozenset()
     aliases: dict[str, int] = msgspec.field(default_factory=dict)
-
-    @property
-    def latest(self) -> int:
-        return max(self.versions, default=0)
+    #: the highest version registered (0: none yet)
+    latest: int = 0
 
 
 def evolve(state: ModelState, event: Event) -> ModelState:
     match event:
         case ModelVersionRegistered(version=version):
-            return msgspec.structs.replace(state, versions={**state.versions, version: event})
+            return msgspec.structs.replace(state, versions={**state.versions, version: event},
+                                           latest=max(state.latest, version))  # fmt: skip
         case ModelAliasSet(alias=alias, version=version):
             return msgspec.structs.replace(state, aliases={**state.aliases, alias: version})
         case ModelVersionArchived(version=version):
@@ -47,23 +46,29 @@ def evolve(state: ModelState, event: Event) -> ModelState:
     return state
 
 
-def fold(events: Iterable[Event]) -> ModelState:
-    """The same state as folding ``evolve`` over ``events``, built in one pass: a model can
-    have thousands of versions, and copying its dictionaries per event would be quadratic."""
-    versions: dict[int, ModelVersionRegistered] = {}
-    aliases: dict[str, int] = {}
-    archived: set[int] = set()
+def fold(events: Iterable[Event], onto: ModelState | None = None) -> ModelState:
+    """The same state as folding ``evolve`` over ``events`` (from ``onto``, or from nothing),
+    built in one pass: a model can have thousands of versions, and copying its dictionaries per
+    event would be quadratic. ``onto``'s dictionaries are extended in place, so pass only a
+    state that nothing else still reads (the registry's own fold of a busy model)."""
+    versions: dict[int, ModelVersionRegistered] = onto.versions if onto else {}
+    aliases: dict[str, int] = onto.aliases if onto else {}
+    archived: set[int] = set(onto.archived) if onto else set()
+    latest = onto.latest if onto else 0
     for event in events:
         match event:
             case ModelVersionRegistered(version=version):
                 versions[version] = event
+                latest = max(latest, version)
             case ModelAliasSet(alias=alias, version=version):
                 aliases[alias] = version
             case ModelVersionArchived(version=version):
                 archived.add(version)
             case ModelVersionRestored(version=version):
                 archived.discard(version)
-    return ModelState(versions=versions, archived=frozenset(archived), aliases=aliases)
+    return ModelState(
+        versions=versions, archived=frozenset(archived), aliases=aliases, latest=latest
+    )
 
 
 def decide_register(

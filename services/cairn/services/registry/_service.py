@@ -144,22 +144,20 @@ class RegistryService(ProjectedService):
 
     def _fold(self, subject: str, history: list[Recorded]) -> model.ModelState:
         """The model's state, folding only the events after the last state folded for this
-        subject (registrations of one busy name would otherwise refold every version)."""
+        subject, in place (registrations of one busy name would otherwise refold, or copy,
+        every version each time)."""
         last = history[-1].seq if history else 0
-        cached = self._folds.get(subject)
+        cached = self._folds.pop(subject, None)
         state = None
         if cached is not None and cached[0] <= last:
             done, i = cached[0], len(history)
             while i and history[i - 1].seq > done:  # from the end: the tail is short
                 i -= 1
             if i and history[i - 1].seq == done:
-                state = cached[1]
-                for r in history[i:]:
-                    state = model.evolve(state, r.envelope.data)
+                state = model.fold((r.envelope.data for r in history[i:]), onto=cached[1])
         if state is None:
             state = _fold(history)
         self._folds[subject] = (last, state)
-        self._folds.move_to_end(subject)
         while len(self._folds) > 1024:
             self._folds.popitem(last=False)
         return state
