@@ -39,6 +39,26 @@ SCRIPT = "print('first line', flush=True)\n"
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
 
 
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process itself, and of its children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _processes(stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
+    nats = subprocess.run(["pgrep", "-P", str(stack.proc.pid), "nats-server"],
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    return {"nats-server": [int(p) for p in nats], "services": [stack.proc.pid],
+            "agents": [a.pid for a in agents], "submitter": [os.getpid()]}  # fmt: skip
+
+
+def _cpu_by_part(procs: dict[str, list[int]]) -> dict[str, float]:
+    out = {part: sum(_cpu_s(p)[0] for p in pids) for part, pids in procs.items()}
+    out["job processes"] = sum(_cpu_s(p)[1] for p in procs["agents"])
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -135,6 +155,8 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
                         all_done.set()
 
             sub = await ws.conn.nc.subscribe(f"cairn.ev.{ws.name}.run.>", cb=on_event)
+            procs = _processes(stack, agents)
+            cpu0 = _cpu_by_part(procs)
             t0 = time.perf_counter()
             gate = asyncio.Semaphore(16)  # a busy submitter, not a thundering herd
 
@@ -146,6 +168,9 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
             r["submit_per_s"] = jobs / (time.perf_counter() - t0)
             await asyncio.wait_for(all_done.wait(), 600)
             r["jobs_per_s"] = jobs / (time.perf_counter() - t0)
+            cpu1 = _cpu_by_part(procs)
+            for part in cpu1:  # where a job's CPU goes, in ms per job
+                r[f"cpu_ms_per_job_{part}"] = (cpu1[part] - cpu0[part]) / jobs * 1e3
             await sub.unsubscribe()
             assert set(run_ids) == set(ended) and set(ended.values()) == {"RunCompleted"}
             r["throughput_vs_ceiling"] = r["jobs_per_s"] / r["ceiling_jobs_per_s"]
@@ -178,6 +203,8 @@ def main() -> None:
         f"throughput: {r['jobs_per_s']:.1f} jobs/s over 4 agents vs {r['ceiling_jobs_per_s']:.1f}"
         f" bare spawns/s: {r['throughput_vs_ceiling']:.0%} (goal >= 50%)"
     )
+    parts = [(k.removeprefix("cpu_ms_per_job_"), v) for k, v in r.items() if k.startswith("cpu_")]
+    print("CPU per job: " + ", ".join(f"{part} {ms:.1f} ms" for part, ms in parts))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ contended case: every client races for the next version number), against Cairn's
 (``cairn up`` in its own process) and MLflow's ``create_model_version`` with a SQLite store.
 Afterwards each side's versions are listed and duplicates counted (must be zero).
 
+Beside them, the floor of any registry that stores a version as one fsynced event: a bare
+responder (its own process, nothing but nats-py) that answers each request after one
+compare-and-set publish to one subject of a stream on the same nats-server configuration
+(``sync_interval: always``).
+
     python3 -m venv .bench && .bench/bin/pip install -e . -r bench/requirements.txt
     .bench/bin/python bench/registry.py [--versions 200]
 """
@@ -82,6 +87,82 @@ async def _cairn_rates(settings: Any, run_id: str, versions: int) -> dict[str, A
     return r
 
 
+def _floor_responder(url: str, ready: Any) -> None:
+    import nats
+
+    async def serve() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        await js.add_stream(name="FLOOR", subjects=["floor.>"])
+        last = {"seq": 0}
+        lock = asyncio.Lock()  # one writer per subject, as in the registry
+
+        async def handle(msg: Any) -> None:
+            async with lock:
+                ack = await js.publish("floor.ev.model", msg.data, headers={
+                    "Nats-Msg-Id": uuid.uuid4().hex,
+                    "Nats-Expected-Last-Subject-Sequence": str(last["seq"]),
+                })  # fmt: skip
+                last["seq"] = ack.seq
+            await msg.respond(json.dumps({"seq": ack.seq}).encode())
+
+        await nc.subscribe("floor.cmd", "floor", cb=lambda m: _spawn(handle(m)))
+        await nc.flush()
+        ready.set()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+def floor_side(versions: int) -> dict[str, Any]:
+    import tempfile
+
+    import nats
+
+    from cairn.embedded import NatsServer, free_port
+
+    async def rates() -> dict[str, Any]:
+        server = NatsServer(Path(tempfile.mkdtemp(prefix="floor-bench-")), port=free_port(),
+                            auth=False)  # fmt: skip
+        await server.start()
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        responder = ctx.Process(target=_floor_responder, args=(server.url, ready), daemon=True)
+        responder.start()
+        r: dict[str, Any] = {}
+        try:
+            await asyncio.to_thread(ready.wait, 60)
+            conns = [await nats.connect(server.url) for _ in range(8)]
+            body = json.dumps({"name": "m", "path": "outputs/model.bin"}).encode()
+            for n_clients in (1, 8):
+
+                async def worker(nc: Any, count: int) -> None:
+                    for _ in range(count):
+                        await nc.request("floor.cmd", body, timeout=10)
+
+                t0 = time.perf_counter()
+                shares = zip(conns, _split(versions, n_clients), strict=False)
+                await asyncio.gather(*(worker(c, k) for c, k in shares))
+                r[f"versions_per_s_{n_clients}"] = versions / (time.perf_counter() - t0)
+            for c in conns:
+                await c.close()
+        finally:
+            responder.terminate()
+            server.stop()
+        return r
+
+    return asyncio.run(rates())
+
+
 def mlflow_side(versions: int) -> dict[str, Any]:
     import logging
     import tempfile
@@ -128,15 +209,16 @@ def mlflow_side(versions: int) -> dict[str, Any]:
     return r
 
 
-def report(cairn: dict[str, Any], mlflow: dict[str, Any]) -> None:
-    print(f"{'':<34} {'cairn':>10} {'mlflow':>10} {'ratio':>8}")
+def report(cairn: dict[str, Any], mlflow: dict[str, Any], floor: dict[str, Any]) -> None:
+    print(f"{'':<34} {'cairn':>10} {'mlflow':>10} {'ratio':>8} {'floor':>10} {'of floor':>9}")
     for n in (1, 8):
-        c, m = cairn[f"versions_per_s_{n}"], mlflow[f"versions_per_s_{n}"]
-        print(f"{f'versions/s, {n} client(s)':<34} {c:>10,.1f} {m:>10,.1f} {c / m:>7.1f}x")
+        c, m, f = (side[f"versions_per_s_{n}"] for side in (cairn, mlflow, floor))
+        print(f"{f'versions/s, {n} client(s)':<34} {c:>10,.1f} {m:>10,.1f} {c / m:>7.1f}x"
+              f" {f:>10,.1f} {c / f:>8.0%}")  # fmt: skip
         print(f"{f'  duplicates / gapless, {n}':<34} {cairn[f'duplicates_{n}']:>5} "
               f"{cairn[f'gapless_{n}']!s:>4} {mlflow[f'duplicates_{n}']:>5} "
               f"{mlflow[f'gapless_{n}']!s:>4}  mlflow errors: {mlflow[f'errors_{n}']}")  # fmt: skip
-    print(json.dumps({"cairn": cairn, "mlflow": mlflow}))
+    print(json.dumps({"cairn": cairn, "mlflow": mlflow, "floor": floor}))
 
 
 if __name__ == "__main__":
@@ -151,4 +233,6 @@ if __name__ == "__main__":
         mlflow_result = pool.submit(mlflow_side, args.versions).result()
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         cairn_result = pool.submit(cairn_side, args.versions).result()
-    report(cairn_result, mlflow_result)
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        floor_result = pool.submit(floor_side, args.versions).result()
+    report(cairn_result, mlflow_result, floor_result)
