@@ -121,11 +121,29 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
     ws: AsyncWorkspace, client_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
 ) -> None:
     """Attempt 1 finishes while its agent is SIGSTOPped; attempt 2 runs elsewhere. Resumed,
-    the first agent's outputs and completion are refused: the run ends as attempt 2 says."""
-    src = script(tmp_path, """
-        import os, time
+    the first agent's outputs and completion are refused: the run ends as attempt 2 says.
+    Attempt 1's script, running on while its agent is stopped, logs a metric after attempt 2
+    has started: refused too."""
+    started, tried = tmp_path / "attempt-2-started", tmp_path / "attempt-1-logged"
+    src = script(tmp_path, f"""
+        import os, pathlib, time
+        from cairn.sdk import Run
+        run = Run.get_context()
         attempt = os.environ["CAIRN_ATTEMPT"]
-        time.sleep(1.0 if attempt == "1" else 4.0)
+        started, tried = pathlib.Path({str(started)!r}), pathlib.Path({str(tried)!r})
+        if attempt == "1":
+            while not started.exists():
+                time.sleep(0.05)
+        else:
+            started.touch()
+            time.sleep(4.0)
+        run.log("who", int(attempt))
+        try:
+            run.flush()
+        except Exception as exc:
+            print("refused:", type(exc).__name__, flush=True)
+        if attempt == "1":
+            tried.touch()
         os.makedirs("outputs", exist_ok=True)
         open("outputs/who.txt", "w").write(attempt)
         raise SystemExit(0 if attempt == "2" else 7)
@@ -136,6 +154,10 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
     first.send_signal(signal.SIGSTOP)
     await procs.agent(job_env(client_settings, ws.name, tmp_path / "b"))
     await running(ws, run_id, 2)
+    for _ in range(400):  # attempt 1's script has tried to log; its agent is still stopped
+        if tried.exists():
+            break
+        await asyncio.sleep(0.05)
     first.send_signal(signal.SIGCONT)  # its job exited (code 7) while it was stopped
     details = await follow(ws, run_id, timeout=60)
     assert details["status"] == "Completed", details
@@ -144,6 +166,7 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
     assert events[-1].attempt == 2
     target = await ws.run(run_id).download_file("outputs/who.txt", tmp_path / "who.txt")
     assert target.read_text() == "2"
+    assert (await ws.run(run_id).get_metrics())["who"] == 2  # attempt 1's point was refused
     assert first.returncode is None  # it lived on, and was refused
 
 

@@ -19,6 +19,7 @@ from cairn.errors import InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
 from cairn.proto.commands import GetRun
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
+from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
 from cairn.settings import Settings
@@ -230,15 +231,26 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
         await claim("b", 1)
     await wait_status(ws, run_id, lambda s: s == "Queued")  # lease (2 s) expired: re-queued
     assert await claim("b", 2) == 2
+
+    def points(attempt: int | None) -> LogMetrics:
+        point = MetricPoint("who", "scalar", attempt or 0, 0, 0.0)
+        return LogMetrics(command_id=os.urandom(8).hex(), run_id=run_id, points=[point],
+                          attempt=attempt)  # fmt: skip
+
     for stale in (
         ReportJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=1),
         FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=1, outcome="completed"),
+        points(1),  # the replaced attempt's metrics too
     ):
         with pytest.raises(StaleAttempt):
             await ws.client.send_any(stale)
+    with pytest.raises(InvalidInput, match="no attempt 3"):
+        await ws.client.send(points(3))
+    await ws.client.send(points(2))
     await ws.client.send(FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2,
                                    outcome="completed"))  # fmt: skip
     assert (await follow(ws, run_id, timeout=10))["status"] == "Completed"
+    assert (await ws.run(run_id).get_metrics())["who"] == 2  # attempt 2's point alone
 
 
 def _wheel(folder: Path, name: str = "tinypkg", value: str = "from-wheel") -> Path:

@@ -52,11 +52,15 @@ class MetricPoint(msgspec.Struct, frozen=True, array_like=True):
 
 
 class LogMetrics(Command, frozen=True, kw_only=True, tag=True):
-    """One batch of points for one run; ``command_id`` is the batch id (dedupe key)."""
+    """One batch of points for one run; ``command_id`` is the batch id (dedupe key).
+
+    ``attempt``: set by a job's script (the SDK reads ``CAIRN_ATTEMPT``); a batch from an
+    attempt that a newer one has replaced is refused as stale. None: a run logged directly."""
 
     VERB = "metrics.log"
     run_id: Id
     points: list[MetricPoint]
+    attempt: int | None = None
 
 
 class MetricsLogged(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,6 +72,8 @@ class MetricsLogged(msgspec.Struct, frozen=True, kw_only=True):
     experiment_id: Id
     actor: str
     points: list[MetricPoint]
+    #: the job attempt that logged the batch (None: not from a job)
+    attempt: int | None = None
 
 
 class GetMetrics(Query, frozen=True, kw_only=True, tag=True):

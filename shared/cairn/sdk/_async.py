@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,6 +183,15 @@ class AsyncRun:
     def _wake_up(self) -> None:
         self.loop.call_soon_threadsafe(self._wake.set)
 
+    @property
+    def attempt(self) -> int | None:
+        """Inside a job, for the job's own run: the attempt this process belongs to (its
+        metrics are refused once a newer attempt has taken the run over)."""
+        if os.environ.get("CAIRN_RUN_ID") != self.id:
+            return None
+        raw = os.environ.get("CAIRN_ATTEMPT", "")
+        return int(raw) if raw.isdigit() else None
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def _send(self, cmd: Command) -> None:
@@ -276,7 +286,7 @@ class AsyncRun:
             raise first
 
     async def _send_batch(self, batch: list[Any]) -> None:
-        cmd = LogMetrics(command_id=new_id(), run_id=self.id, points=batch)
+        cmd = LogMetrics(command_id=new_id(), run_id=self.id, points=batch, attempt=self.attempt)
         try:
             await self.workspace.record(cmd, metrics=True)
         except CairnError as exc:

@@ -10,7 +10,7 @@ import msgspec
 
 from cairn.bus import Connection, EventStore
 from cairn.domain import run
-from cairn.errors import NotFound
+from cairn.errors import InvalidInput, NotFound, StaleAttempt
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
@@ -57,12 +57,25 @@ class IngesterService(ProjectedService):
         )
         self.responders = [commands, queries]
 
-    async def _experiment_of(self, ws: str, run_id: str) -> str:
-        # a run, once created, exists for good: a cached history that has it is enough
-        history = await self.cache.read(subjects.event(ws, run.KIND, run_id), bool)
+    async def _experiment_of(self, ws: str, run_id: str, attempt: int | None) -> str:
+        """The run's experiment. A batch from a job attempt is checked against the run's
+        latest history (a newer attempt may have been assigned since the cached one); other
+        batches only need the run to exist, and a cached history that has it is enough."""
+        subject = subjects.event(ws, run.KIND, run_id)
+        if attempt is None:
+            history = await self.cache.read(subject, bool)
+        else:
+            history = await self.cache.refresh(subject)
         state = run.fold(r.envelope.data for r in history)
         if not state.exists:
             raise NotFound(f"run {run_id} does not exist")
+        if attempt is not None and attempt < state.attempt:
+            raise StaleAttempt(
+                f"attempt {attempt} of run {run_id} was replaced by attempt {state.attempt}:"
+                " its metrics are refused"
+            )
+        if attempt is not None and attempt > state.attempt:
+            raise InvalidInput(f"run {run_id} has no attempt {attempt}")
         return state.experiment_id
 
     async def _log(self, req: Request) -> Accepted:
@@ -72,9 +85,10 @@ class IngesterService(ProjectedService):
             batch_id=cmd.command_id,
             workspace=req.workspace,
             run_id=cmd.run_id,
-            experiment_id=await self._experiment_of(req.workspace, cmd.run_id),
+            experiment_id=await self._experiment_of(req.workspace, cmd.run_id, cmd.attempt),
             actor=req.actor,
             points=cmd.points,
+            attempt=cmd.attempt,
         )
         result = await self.metrics.publish(
             subjects.metrics(req.workspace, cmd.run_id),
