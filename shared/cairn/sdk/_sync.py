@@ -285,7 +285,7 @@ class Run:
     @property
     def _agent_owned(self) -> bool:
         """Inside a job the agent ends the run from the script's exit code."""
-        return bool(os.environ.get("CAIRN_ATTEMPT")) and os.environ.get("CAIRN_RUN_ID") == self.id
+        return self._core.attempt is not None
 
     @property
     def input_datasets(self) -> dict[str, str]:
