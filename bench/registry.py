@@ -106,21 +106,19 @@ def _floor_responder(url: str, ready: Any) -> None:
                 last["seq"] = ack.seq
             await msg.respond(json.dumps({"seq": ack.seq}).encode())
 
-        await nc.subscribe("floor.cmd", "floor", cb=lambda m: _spawn(handle(m)))
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def on_msg(msg: Any) -> None:  # one task per request, as the registry's responder
+            task = asyncio.create_task(handle(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        await nc.subscribe("floor.cmd", "floor", cb=on_msg)
         await nc.flush()
         ready.set()
         await asyncio.Event().wait()
 
     asyncio.run(serve())
-
-
-_TASKS: set[asyncio.Task[None]] = set()
-
-
-def _spawn(coro: Any) -> None:
-    task = asyncio.ensure_future(coro)
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
 
 
 def floor_side(versions: int) -> dict[str, Any]:
