@@ -7,12 +7,14 @@ import sqlite3
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
-from cairn.projection import ProjectionRunner
+from cairn.projection import Delivered, ProjectionRunner, Tables, events_of
+from cairn.projection._engine import _hub_for, stream_seq
 from cairn.proto.commands import CompleteRun, CreateExperiment, CreateRun, StartRun
 from cairn.rpc import Client
 from cairn.services.tracking import TrackingProjection
@@ -198,8 +200,6 @@ async def test_follows_across_a_server_restart(tmp_path: Path, nats_py_leaks: No
 
 
 def test_stream_seq_reads_both_reply_forms() -> None:
-    from cairn.projection._engine import stream_seq
-
     assert stream_seq("$JS.ACK.EVENTS.c1.1.42.7.1732312312312312312.0") == 42
     assert stream_seq("$JS.ACK.hub.ACCHASH.EVENTS.c1.1.42.7.1732312312312312312.0.tok") == 42
 
@@ -214,8 +214,8 @@ async def test_watchdog_resubscribes_a_silent_subscription(
     task = asyncio.create_task(runner.run(stop))
     try:
         await _caught_up(runner, store)
-        assert runner._feed is not None
-        await runner._feed.sub.unsubscribe()  # the subscription goes quiet behind its back
+        hub = _hub_for(conn, runner.projection.source)
+        await hub.sub.unsubscribe()  # the shared subscription goes quiet behind its back
         result = await store.append(
             f"cairn.ev.{ws_name}.experiment.w",
             [envelope(ws_name, "w")],
@@ -248,3 +248,64 @@ async def test_events_of_other_kinds_are_passed_over_undecoded(
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+class _Seen:
+    """Records every event it applies, one row each: a double apply shows as a repeated row."""
+
+    version = 1
+    tables = ("seen",)
+
+    def __init__(self, kind: str) -> None:
+        self.name = f"seen_{kind}"
+        self.source = events_of(kind)
+
+    def create(self, db: sqlite3.Connection, t: Tables) -> None:
+        db.execute(f"CREATE TABLE {t('seen')} (seq INTEGER, subject TEXT)")
+
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Any]) -> None:
+        db.execute(f"INSERT INTO {t('seen')} VALUES (?, ?)", (item.seq, item.subject))
+
+
+def _seen(runner: ProjectionRunner[Any], ws: str) -> list[int]:
+    rows, _ = runner.read(lambda db, t: db.execute(
+        f"SELECT seq FROM {t('seen')} WHERE subject LIKE ? ORDER BY seq", (f"cairn.ev.{ws}.%",)
+    ).fetchall())  # fmt: skip
+    return [seq for (seq,) in rows]
+
+
+async def test_projections_of_one_connection_share_one_consumer(
+    conn: Connection, store: EventStore, tmp_path: Path, ws_name: str
+) -> None:
+    """The read models of one process follow EVENTS through one consumer, so the server sends
+    each event once. A projection joining further back is caught up from its own position
+    without the other applying anything twice, and each moves past the other's events."""
+
+    async def consumers() -> int:
+        return int((await conn.js.stream_info("EVENTS")).state.consumer_count)
+
+    async def append(kind: str, name: str) -> int:
+        env = envelope(ws_name, name)
+        subject = f"cairn.ev.{ws_name}.{kind}.{name}"
+        return (await store.append(subject, [env], expected_seq=0, msg_id=uuid.uuid4().hex)).seq
+
+    before = await consumers()
+    experiments = ProjectionRunner(conn, tmp_path / "e.sqlite", _Seen("experiment"))
+    models = ProjectionRunner(conn, tmp_path / "m.sqlite", _Seen("model"))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(experiments.run(stop))]
+    try:
+        e1 = await append("experiment", "e1")
+        await experiments.wait_for(e1, timeout=15)
+        tasks.append(asyncio.create_task(models.run(stop)))  # from sequence 1: further back
+        m1 = await append("model", "m1")
+        e2 = await append("experiment", "e2")
+        assert await models.wait_for(e2, timeout=15) >= e2  # past the experiment, undecoded
+        assert await experiments.wait_for(e2, timeout=15) >= e2
+        assert await consumers() == before + 1
+        assert _seen(experiments, ws_name) == [e1, e2]
+        assert _seen(models, ws_name) == [m1]
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert _hub_for(conn, experiments.projection.source).sub is None  # the last out leaves

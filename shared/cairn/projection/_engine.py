@@ -19,6 +19,7 @@ import hashlib
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,6 @@ class ProjectionRunner(Generic[V]):
         self.resubscriptions = 0
         self._advanced = asyncio.Event()
         self._progress_at = time.monotonic()
-        self._feed: _Feed | None = None
         row = self.db.execute(
             "SELECT last_seq, version, generation FROM projection_state WHERE name = ?",
             (projection.name,),
@@ -255,16 +255,10 @@ class ProjectionRunner(Generic[V]):
         return end
 
     async def _subscribe(self, start: int) -> _Feed:
+        """A feed of our own (a rebuild reads from sequence 1 beside the live one)."""
         feed = _Feed(self.batch_size * 4)
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-        feed.sub = await self.conn.js.subscribe(
-            self.projection.source.subjects,
-            stream=self.projection.source.stream,
-            cb=feed.put,
-            ordered_consumer=True,
-            idle_heartbeat=max(self.poll_s, 0.5),
-            config=config,
-        )
+        feed.sub = await _ordered_consumer(self.conn, self.projection.source, start, self.poll_s,
+                                           feed.put)  # fmt: skip
         return feed
 
     async def _next_batch(self, feed: _Feed) -> list[Any]:
@@ -301,24 +295,32 @@ class ProjectionRunner(Generic[V]):
         return behind
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the log until ``stop`` is set."""
-        while not stop.is_set():
-            feed = self._feed = await self._subscribe(self.last_seq + 1)
-            stopped = asyncio.ensure_future(stop.wait())
-            stopped.add_done_callback(feed.wake)
-            try:
-                while not stop.is_set():
-                    batch = await self._next_batch(feed)
-                    if batch:
-                        self.last_seq = self._apply_batch(batch, self.tables, self.last_seq)
-                        self._progress_at = time.monotonic()
-                        self._advanced.set()
-                    elif await self._stalled():
-                        self.resubscriptions += 1
-                        break
-            finally:
-                stopped.cancel()
-                await _quietly_unsubscribe(feed)
+        """Follow the log until ``stop`` is set, through the connection's shared feed."""
+        hub = _hub_for(self.conn, self.projection.source)
+        feed = await hub.join(self)
+        stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(feed.wake)
+        try:
+            while not stop.is_set():
+                batch = await self._next_batch(feed)
+                if batch:
+                    self.last_seq = self._apply_batch(batch, self.tables, self.last_seq)
+                    self._progress_at = time.monotonic()
+                    self._advanced.set()
+                elif await self._stalled():
+                    self.resubscriptions += 1
+                    await hub.resubscribe()
+        finally:
+            stopped.cancel()
+            await hub.leave(self)
+
+    def _passed(self, seq: int) -> None:
+        """The shared feed went past an event this projection does not apply, with nothing
+        of ours waiting before it: our position moves without a wake-up."""
+        if seq > self.last_seq:
+            self.last_seq = seq
+            self._progress_at = time.monotonic()
+            self._advanced.set()
 
     async def rebuild(self) -> int:
         """Rebuild from sequence 1 into fresh tables; swap them in once caught up with the live
@@ -345,14 +347,15 @@ class ProjectionRunner(Generic[V]):
                     log.info("projection_rebuilt", projection=self.projection.name, seq=seq)
                     return seq
         finally:
-            await _quietly_unsubscribe(feed)
+            await _quietly_unsubscribe(feed.sub)
 
     def close(self) -> None:
         self.db.close()
 
 
 class _Feed:
-    """An ordered-consumer subscription whose callback fills a bounded queue.
+    """Messages waiting for one projection: a bounded queue, filled by an ordered consumer's
+    callback (its own, for a rebuild, or the shared one of a :class:`_Hub`).
 
     A callback (run by nats-py in one task per subscription) is much cheaper per message than
     ``next_msg``, which starts a task per call. When the queue is full the callback waits, the
@@ -372,6 +375,88 @@ class _Feed:
             self.queue.put_nowait(_WAKE)
 
 
+async def _ordered_consumer(
+    conn: Connection, source: Source, start: int, heartbeat_s: float, cb: Any
+) -> Any:
+    config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    return await conn.js.subscribe(
+        source.subjects,
+        stream=source.stream,
+        cb=cb,
+        ordered_consumer=True,
+        idle_heartbeat=max(heartbeat_s, 0.5),
+        config=config,
+    )
+
+
+class _Hub:
+    """One ordered consumer per connection and source, shared by every projection that
+    follows it in this process: the server sends each event once, not once per read model.
+
+    It starts at the lowest position among its members (again when one joins further back,
+    or a member's watchdog asks) and hands each message to every member. A member is woken
+    only for events of its kinds, or while it has messages waiting (to keep their order);
+    otherwise its position just moves past the event. A member behind the feed skips what it
+    has already applied by sequence, as after any redelivery.
+    """
+
+    def __init__(self, conn: Connection, source: Source) -> None:
+        self.conn, self.source = conn, source
+        self.members: dict[ProjectionRunner[Any], _Feed] = {}
+        self.sub: Any = None
+        self.start = 0
+        self._lock = asyncio.Lock()
+
+    async def join(self, runner: ProjectionRunner[Any]) -> _Feed:
+        feed = self.members[runner] = _Feed(runner.batch_size * 4)
+        async with self._lock:
+            if self.sub is None or runner.last_seq + 1 < self.start:
+                await self._restart()
+        return feed
+
+    async def leave(self, runner: ProjectionRunner[Any]) -> None:
+        self.members.pop(runner, None)
+        async with self._lock:
+            if not self.members and self.sub is not None:
+                sub, self.sub = self.sub, None
+                await _quietly_unsubscribe(sub)
+
+    async def resubscribe(self) -> None:
+        async with self._lock:
+            if self.members:
+                await self._restart()
+
+    async def _restart(self) -> None:
+        if self.sub is not None:
+            await _quietly_unsubscribe(self.sub)
+        self.start = min(r.last_seq for r in self.members) + 1
+        heartbeat = min(r.poll_s for r in self.members)
+        self.sub = await _ordered_consumer(self.conn, self.source, self.start, heartbeat,
+                                           self._deliver)  # fmt: skip
+
+    async def _deliver(self, msg: Any) -> None:
+        seq, kind = stream_seq(msg.reply), _kind(msg.subject)
+        for runner, feed in list(self.members.items()):
+            kinds = runner.projection.source.kinds
+            if kinds is None or kind in kinds or not feed.queue.empty():
+                await feed.put(msg)
+            else:
+                runner._passed(seq)
+
+
+#: per NATS client (a ``Connection`` is a value; its client is the connection itself)
+_HUBS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _Hub]] = weakref.WeakKeyDictionary()
+
+
+def _hub_for(conn: Connection, source: Source) -> _Hub:
+    hubs = _HUBS.setdefault(conn.nc, {})
+    key = (source.stream, source.subjects)
+    hub = hubs.get(key)
+    if hub is None:
+        hub = hubs[key] = _Hub(conn, source)
+    return hub
+
+
 _WAKE = object()
 
 
@@ -381,8 +466,8 @@ def _kind(subject: str) -> str:
     return tokens[3] if len(tokens) == 5 else ""
 
 
-async def _quietly_unsubscribe(feed: _Feed) -> None:
+async def _quietly_unsubscribe(sub: Any) -> None:
     try:
-        await feed.sub.unsubscribe()
+        await sub.unsubscribe()
     except Exception as exc:  # the connection may already be closing
         log.debug("unsubscribe_failed", error=str(exc))
