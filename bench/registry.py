@@ -11,7 +11,7 @@ compare-and-set publish to one subject of a stream on the same nats-server confi
 (``sync_interval: always``).
 
     python3 -m venv .bench && .bench/bin/pip install -e . -r bench/requirements.txt
-    .bench/bin/python bench/registry.py [--versions 200]
+    .bench/bin/python bench/registry.py [--versions 1000]
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).parent))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--versions", type=int, default=200)
+    parser.add_argument("--versions", type=int, default=1000)
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
