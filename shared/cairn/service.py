@@ -90,7 +90,7 @@ class ProjectedService:
     def __init__(self, conn: Connection, settings: Settings, projection: Projection[Any]) -> None:
         self.conn = conn
         self.store = EventStore(conn)
-        self.cache = AggregateCache(self.store)
+        self.cache = AggregateCache.shared(self.store)
         settings.state_path.mkdir(parents=True, exist_ok=True)
         self.projection = ProjectionRunner(
             conn, settings.state_path / f"{projection.name}.sqlite", projection

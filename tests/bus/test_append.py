@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from cairn.bus import CommandContext, EventStore, execute
+from cairn.bus import CommandContext, Connection, EventStore, Recorded, execute
 from cairn.errors import ConcurrencyConflict, PayloadTooLarge
 from cairn.proto.events import ExperimentCreated, RunFailed
 from cairn.proto.subjects import event as event_subject
@@ -205,3 +205,28 @@ async def test_concurrent_commands_through_the_cache(store: EventStore, ws_name:
     )  # fmt: skip
     final = await store.read(subject)
     assert final[-1].seq == late.seq and final[-1].envelope.data.name == "n30"  # type: ignore[attr-defined]
+
+
+async def test_services_of_one_connection_share_one_cache(
+    conn: Connection, store: EventStore, ws_name: str
+) -> None:
+    """Services in one process (each with its own EventStore on the process's connection) get
+    one aggregate cache: what one appends, the next decides on without a conflict or a read."""
+    from cairn.bus import AggregateCache
+
+    tracking, artifacts = EventStore(conn), EventStore(conn)
+    cache = AggregateCache.shared(tracking)
+    assert AggregateCache.shared(artifacts) is cache
+    subject = _subject(ws_name)
+    decided: list[int] = []
+
+    def decide(h: list[Recorded]) -> list[ExperimentCreated]:
+        decided.append(len(h))
+        return [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")]
+
+    for i, service in enumerate((tracking, artifacts, tracking)):
+        ctx = CommandContext(workspace=ws_name, command_id=f"s{i}", actor="t")
+        await execute(service, ctx, kind="experiment", aggregate_id="agg", subject=subject,
+                      cache=AggregateCache.shared(service), decide=decide)  # fmt: skip
+    assert decided == [0, 1, 2]  # each decided once, on the history as it was
+    assert [r.envelope.causation_id for r in await store.read(subject)] == ["s0", "s1", "s2"]

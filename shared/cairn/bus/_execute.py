@@ -16,6 +16,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from cairn.bus._store import EventStore, Recorded
 from cairn.errors import CairnError, ConcurrencyConflict
@@ -88,6 +89,18 @@ class AggregateCache:
     for reading, a caller asks :meth:`refresh` for the events it has not seen.
     """
 
+    @classmethod
+    def shared(cls, store: EventStore) -> AggregateCache:
+        """The cache of every service on ``store``'s connection and stream: the services of one
+        process (``cairn up``) read an aggregate once, see each other's appends, and take turns
+        writing it instead of meeting in CAS conflicts (a run is written by the scheduler, the
+        tracking service and the artifact service alike)."""
+        caches = _SHARED.setdefault(store.conn.nc, {})
+        cache = caches.get(store.stream)
+        if cache is None:
+            cache = caches[store.stream] = cls(store)
+        return cache
+
     def __init__(self, store: EventStore, size: int = 10_000) -> None:
         self.store = store
         self.size = size
@@ -152,6 +165,10 @@ class AggregateCache:
             history = history + await self.store.read(subject, after_seq=after)
         self.put(subject, history)
         return history
+
+
+#: per NATS client and stream (a ``Connection`` is a value; its client is the connection itself)
+_SHARED: weakref.WeakKeyDictionary[Any, dict[str, AggregateCache]] = weakref.WeakKeyDictionary()
 
 
 async def execute(

@@ -74,7 +74,7 @@ class ArtifactsService:
         self.settings = settings
         self.instance = uuid.uuid4().hex[:16]
         self.store = EventStore(conn)
-        self.cache = AggregateCache(self.store)
+        self.cache = AggregateCache.shared(self.store)
         self.blobs: BlobStore | None = None
         self.uploads_dir = settings.state_path / "uploads"
         self.uploads: dict[str, _Upload] = {}
