@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from cairn.errors import InvalidInput, Unavailable
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
+from cairn.services.agent._warm import Zygote, warm_argv
 
 __all__ = [
     "BASE_IMAGE",
@@ -49,6 +50,8 @@ BASE_IMAGE = "cairn-base:bookworm"
 _PR_SET_PDEATHSIG = 1
 _SKIP_ENV = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
 _SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
+#: environments an agent keeps a warm interpreter for
+MAX_ZYGOTES = 8
 
 
 class Runtime:
@@ -92,12 +95,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 class ProcessBackend:
-    """The job runs as a process group of its own, so a cancel reaches its whole tree."""
+    """The job runs as a process group of its own, so a cancel reaches its whole tree.
+
+    ``python <script>`` jobs are forked from a warm interpreter when they can be (``_warm``),
+    unless ``warm`` is off."""
 
     name = "process"
 
-    def __init__(self, python_for: Callable[[JobEnvironment | None], Awaitable[Path]]) -> None:
+    def __init__(
+        self, python_for: Callable[[JobEnvironment | None], Awaitable[Path]], *, warm: bool = True
+    ) -> None:
         self._python_for = python_for
+        self.warm = warm
+        self._zygotes: dict[str, Zygote] = {}
 
     async def runtime(self, env: JobEnvironment | None) -> Runtime:
         return Runtime(str(await self._python_for(env)))
@@ -106,17 +116,49 @@ class ProcessBackend:
         self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
         labels: dict[str, str], gpus: list[int],
     ) -> Launched:  # fmt: skip
-        python_dir = str(Path(runtime.python).parent)  # `python` in a shell command is it too
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}, **env}
-        env["PATH"] = f"{python_dir}{os.pathsep}{env.get('PATH', '')}"
+        env = {**_base_env(runtime.python), **env}
+        warm = warm_argv(runtime.python, argv) if self.warm else None
+        if warm is not None:
+            zygote = self._zygote(runtime.python)
+            if zygote is not None and zygote.fits(env):
+                try:
+                    pid, output, exited = await zygote.launch(warm, cwd, env)
+                except (OSError, TimeoutError) as exc:
+                    log.warning("warm_start_failed", python=runtime.python, error=repr(exc))
+                else:
+                    return await _attach(pid, output, exited)
         # dies with the agent (kill -9 included): through setpriv when it is there, which
         # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork
-        preexec = None
-        if _SETPRIV is not None:
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
-        elif sys.platform == "linux":
-            preexec = _die_with_parent
-        return await _spawn(argv, cwd, env, preexec)
+        preexec = _die_with_parent if _SETPRIV is None and sys.platform == "linux" else None
+        return await _spawn(_with_pdeathsig(argv), cwd, env, preexec)
+
+    def _zygote(self, python: str) -> Zygote | None:
+        """The zygote of ``python``, started as a job's interpreter would be, from the agent's
+        environment (a job whose own variables change the start-up is started cold). At most
+        ``MAX_ZYGOTES`` environments are kept warm; the jobs of others start cold."""
+        zygote = self._zygotes.get(python)
+        if zygote is None and len(self._zygotes) < MAX_ZYGOTES:
+            env = {**_base_env(python), "PYTHONUNBUFFERED": "1"}
+            zygote = self._zygotes[python] = Zygote(python, env, _with_pdeathsig)
+        return zygote
+
+    def close(self) -> None:
+        """Stop the warm interpreters (a job still running from one is killed with it)."""
+        for zygote in self._zygotes.values():
+            zygote.close()
+        self._zygotes.clear()
+
+
+def _base_env(python: str) -> dict[str, str]:
+    """The agent's environment for a job's process, without Cairn's own variables and with
+    the interpreter's folder first on ``PATH`` (``python`` in a shell command is it too)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _with_pdeathsig(argv: list[str]) -> list[str]:
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV is not None else argv
 
 
 async def _spawn(
@@ -129,25 +171,37 @@ async def _spawn(
     measured ≈ 4 ms of the agent's CPU and ≈ 5 ms of the child's per job against ≈ 0.5 ms
     each (``docs/benchmarks.md``). The exit is awaited through a pidfd where the kernel has
     them, else by a thread."""
-    loop = asyncio.get_running_loop()
     proc = subprocess.Popen(  # noqa: ASYNC220 - a vfork and an exec: microseconds, see above
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec,
     )  # fmt: skip
     assert proc.stdout is not None
-    output = asyncio.StreamReader()
+    output = os.dup(proc.stdout.fileno())
+    proc.stdout.close()
+    return await _attach(proc.pid, output, _exit_of(proc))
+
+
+async def _attach(pid: int, output: int, exited: Awaitable[int]) -> Launched:
+    """A started process group ``pid``: its output pipe joined to the loop, its exit, and how
+    to signal the group."""
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(output, "rb", buffering=0)
     try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(output), proc.stdout)
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.to_thread(proc.wait)
+        pipe.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        await exited
         raise
 
     def signal_group(sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
 
-    return Launched(output, _exit_of(proc), lambda: signal_group(signal.SIGTERM),
+    return Launched(reader, exited, lambda: signal_group(signal.SIGTERM),
                     lambda: signal_group(signal.SIGKILL))  # fmt: skip
 
 

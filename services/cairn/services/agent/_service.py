@@ -73,7 +73,8 @@ class AgentService:
         if backend == "docker":
             self.backend = DockerBackend(root / "docker")
         elif backend == "process":
-            self.backend = ProcessBackend(Environments(root / "envs").python_for)
+            self.backend = ProcessBackend(Environments(root / "envs").python_for,
+                                          warm=settings.job_warm_start)  # fmt: skip
         else:
             raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -107,9 +108,13 @@ class AgentService:
                  backend=self.backend.name)  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._beat(stop))
-            tg.create_task(self._pull(stop))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._beat(stop))
+                tg.create_task(self._pull(stop))
+        finally:
+            if isinstance(self.backend, ProcessBackend):
+                self.backend.close()
         with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
             await self._kv.delete(self.agent_id)
 

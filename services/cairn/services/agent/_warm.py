@@ -1,0 +1,152 @@
+"""Warm starts: a job's Python process forked from an interpreter that has already started.
+
+Starting the interpreter (``site``, the standard library's imports) is most of what a short
+job costs; a zygote per interpreter (``_zygote.py``) pays it once and forks each job's process
+from there. A job goes this way only when it is ``python <script> ...`` or ``python -m
+<module> ...`` and every variable Python reads at start-up has the same value for the job as
+for the zygote; anything else, and any failure of the zygote, is a cold start. The forked
+process is a new process in a session of its own, with the job's folder, environment, argv
+and output pipe; see ``_zygote.py`` for what it does not share with a cold start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from cairn.log import get_logger
+
+__all__ = ["Zygote", "warm_argv"]
+
+log = get_logger("cairn.agent")
+_ZYGOTE = str(Path(__file__).with_name("_zygote.py"))
+_STARTUP_PREFIXES = ("PYTHON", "LC_")
+_STARTUP_NAMES = {"LANG", "LANGUAGE", "HOME", "PYTHONUNBUFFERED"}
+
+
+def _startup_env(env: dict[str, str]) -> dict[str, str]:
+    """The variables the interpreter reads when it starts."""
+    return {k: v for k, v in env.items() if k.startswith(_STARTUP_PREFIXES) or k in _STARTUP_NAMES}
+
+
+def warm_argv(python: str, argv: list[str]) -> list[str] | None:
+    """What the zygote runs for ``argv`` (the script or ``-m module``, then the arguments),
+    or None when ``argv`` is not a plain ``python <script>`` or ``python -m <module>``."""
+    if len(argv) < 2 or argv[0] != python:
+        return None
+    if argv[1] == "-m":
+        return argv[1:] if len(argv) > 2 and not argv[2].startswith("-") else None
+    return argv[1:] if not argv[1].startswith("-") else None
+
+
+class Zygote:
+    """One warm interpreter, started on first use and again after it dies."""
+
+    def __init__(self, python: str, env: dict[str, str], wrap: Callable[[list[str]], list[str]]):
+        self.python, self.env, self.wrap = python, env, wrap
+        self.startup = _startup_env(env)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._next = 0
+        self._pids: dict[int, asyncio.Future[tuple[int, asyncio.Future[int]]]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+
+    def fits(self, env: dict[str, str]) -> bool:
+        return _startup_env(env) == self.startup
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._proc = subprocess.Popen(
+                self.wrap([self.python, _ZYGOTE, str(theirs.fileno())]),
+                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), start_new_session=True,
+            )  # fmt: skip
+        ours.setblocking(False)
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
+        self._sock = ours
+        return ours
+
+    def _readable(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lost()
+                return
+            msg = json.loads(data)
+            if "exit" in msg:
+                future = self._exits.pop(int(msg["pid"]), None)
+                if future is not None and not future.done():
+                    future.set_result(int(msg["exit"]))
+            else:  # forked: its exit may be the very next message, so it is awaited from now
+                pid = int(msg["pid"])
+                exited = self._exits[pid] = asyncio.get_running_loop().create_future()
+                started = self._pids.pop(int(msg["id"]), None)
+                if started is not None and not started.done():
+                    started.set_result((pid, exited))
+
+    def _lost(self) -> None:
+        """The zygote died: its children died with it (SIGKILL, as for a cold start whose
+        agent died), and the next job starts a new one."""
+        self.close()
+        log.warning("zygote_lost", python=self.python)
+
+    async def launch(
+        self, argv: list[str], cwd: Path, env: dict[str, str]
+    ) -> tuple[int, int, asyncio.Future[int]]:
+        """Fork a job: its pid, the read end of its output pipe, and its exit code to come."""
+        sock = self._sock or self._start()
+        self._next += 1
+        ident = self._next
+        started: asyncio.Future[tuple[int, asyncio.Future[int]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pids[ident] = started
+        body = json.dumps({"id": ident, "argv": argv, "cwd": str(cwd), "env": env}).encode()
+        read, write = os.pipe()
+        try:
+            try:
+                socket.send_fds(sock, [body], [write])
+            finally:
+                os.close(write)
+            pid, exited = await asyncio.wait_for(started, 30)
+        except BaseException:
+            self._pids.pop(ident, None)
+            os.close(read)
+            raise
+        return pid, read, exited
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()  # end of file: the zygote leaves
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                proc.wait(5)
+        for started in self._pids.values():
+            if not started.done():
+                started.set_exception(OSError("the zygote died before the job started"))
+        for exited in self._exits.values():
+            if not exited.done():
+                exited.set_result(-signal.SIGKILL)
+        self._pids.clear()
+        self._exits.clear()

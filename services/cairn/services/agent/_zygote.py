@@ -1,0 +1,192 @@
+"""A warm interpreter that forks job processes: ``python _zygote.py FD``.
+
+Run as a script by the agent (``cairn.services.agent._warm``), never imported: when it forks,
+it must hold nothing but the interpreter's start-up and a few standard modules, so that the
+child is what ``python script.py`` would have been. It answers on the ``SOCK_SEQPACKET``
+socket ``FD``: each request is a job (JSON: ``id``, ``argv`` = script or ``-m module`` and
+its arguments, ``cwd``, ``env``) with the write end of the job's output pipe attached; it forks,
+answers ``{"id", "pid"}``, and when a child exits, ``{"pid", "exit"}`` (the exit code, or minus
+the signal). End of file on the socket (the agent is gone) ends it; its children die with it
+(``PR_SET_PDEATHSIG``).
+
+The child starts a session of its own, takes the pipe as stdout and stderr, the job's working
+folder, environment and ``sys.argv``, puts the script's folder first on ``sys.path`` and runs it
+as ``__main__`` with ``runpy``. Not carried over from a cold start: anything Python reads from
+the environment at start-up (the agent sends a job here only when those variables match this
+interpreter's), and the hash seed (shared by the children of one zygote). A job's exit
+runs ``atexit`` and joins its threads, then leaves without tearing down every object.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import ctypes
+import gc
+import importlib.machinery
+import io
+import json
+import os
+import runpy
+import selectors
+import signal
+import socket
+import sys
+import types
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_OURS = {__file__, runpy.__file__, "<frozen runpy>"}
+
+
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (AttributeError, OSError):
+    _prctl = None
+
+
+def _die_with_parent(parent: int) -> None:
+    if _prctl is None:
+        return
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        sock.send(json.dumps({"pid": pid, "exit": code}).encode())
+
+
+def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
+    """Answer the agent until a forked child returns with its job and output pipe."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    me = os.getpid()
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is not sock:
+                while True:
+                    try:
+                        if not os.read(wake_r, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                _reap(sock)
+                continue
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
+            if not message:
+                os._exit(0)  # the agent is gone
+            job = json.loads(message)
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                selector.close()
+                for fd in (wake_r, wake_w):
+                    os.close(fd)
+                sock.close()
+                _die_with_parent(me)
+                return job, fds[0]
+            for fd in fds:
+                os.close(fd)
+            sock.send(json.dumps({"id": job["id"], "pid": pid}).encode())
+
+
+def become(job: dict[str, Any], output: int) -> None:
+    """Turn this forked child into the job's process, as a cold start would have made it."""
+    os.setsid()
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(output)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    sys.argv = list(job["argv"])
+
+
+def run(job: dict[str, Any]) -> int:
+    """Run the job's script (or module) as ``__main__``; its exit code."""
+    argv = job["argv"]
+    try:
+        if argv[0] == "-m":
+            sys.argv = argv[1:]
+            sys.path[0] = os.getcwd()
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            _run_script(os.path.abspath(argv[0]))
+    except SystemExit as exc:
+        return _exit_code(exc.code)
+    except BaseException:
+        kind, value, tb = sys.exc_info()
+        while tb is not None and tb.tb_frame.f_code.co_filename in _OURS:
+            tb = tb.tb_next  # the job's frames, not the zygote's or runpy's
+        assert kind is not None and value is not None
+        sys.excepthook(kind, value.with_traceback(tb), tb)
+        return 1
+    return 0
+
+
+def _run_script(path: str) -> None:
+    """What ``python path`` does with its script: a fresh ``__main__`` module whose
+    ``__file__`` is the absolute path, the script's folder first on ``sys.path``."""
+    sys.path[0] = os.path.dirname(path)
+    with io.open_code(path) as f:
+        code = compile(f.read(), path, "exec")
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        __file__=path,
+        __cached__=None,
+        __builtins__=builtins,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+    )
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def finish(code: int) -> None:
+    """Leave as an interpreter does (non-daemon threads joined, ``atexit`` handlers run,
+    streams flushed) without tearing down every object: in a forked child that would touch,
+    and so copy, most of the zygote's memory."""
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    channel = socket.socket(fileno=int(sys.argv[1]))
+    gc.freeze()  # what the zygote holds now stays out of the children's collections
+    job, output = serve(channel)
+    become(job, output)
+    del channel, output
+    finish(run(job))
