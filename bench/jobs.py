@@ -9,7 +9,9 @@ One run, on the embedded stack (``cairn up --local-slots 0`` in its own process,
    first line. Goal: p50 <= floor p50 + 50 ms.
 2. Throughput: ``--jobs`` no-op jobs (submitted 16 at a time) over 4 agents (one slot each),
    jobs/s until the last one is Completed, beside the ceiling: the same number of bare
-   spawns of the same script, 4 at a time. Goal: >= 50 % of the ceiling.
+   spawns of the same script, 4 at a time. Goal: >= 50 % of the ceiling. Run twice: with
+   warm starts (the agents' default: each job forked from a zygote) and with every job's
+   interpreter started cold (``CAIRN_JOB_WARM_START=0``).
 
     .venv/bin/python bench/jobs.py [--latency-jobs 200] [--jobs 1000]
 """
@@ -46,17 +48,35 @@ def _cpu_s(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
 def _processes(stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
     nats = subprocess.run(["pgrep", "-P", str(stack.proc.pid), "nats-server"],
                           capture_output=True, text=True).stdout.split()  # fmt: skip
     return {"nats-server": [int(p) for p in nats], "services": [stack.proc.pid],
-            "agents": [a.pid for a in agents], "submitter": [os.getpid()]}  # fmt: skip
+            "agents": [a.pid for a in agents], "submitter": [os.getpid()],
+            "zygotes": [z for a in agents for z in _children(a.pid)]}  # fmt: skip
 
 
-def _cpu_by_part(procs: dict[str, list[int]]) -> dict[str, float]:
-    out = {part: sum(_cpu_s(p)[0] for p in pids) for part, pids in procs.items()}
-    out["job processes"] = sum(_cpu_s(p)[1] for p in procs["agents"])
+def _cpu_by_part(procs: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    """CPU seconds per part and process. A job's process is reaped by its agent (cold start)
+    or by the agent's zygote (warm start): "job processes" is what both reaped, plus the
+    zygotes themselves."""
+    out = {part: {p: _cpu_s(p)[0] for p in pids} for part, pids in procs.items()}
+    out["job processes"] = {p: _cpu_s(p)[1] for p in procs["agents"]}
+    out["job processes"].update({p: sum(_cpu_s(p)) for p in out.pop("zygotes")})
     return out
+
+
+def _spent(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    """Seconds per part between two samples (a process first seen in ``after`` from zero)."""
+    return {part: sum(t - before.get(part, {}).get(p, 0.0) for p, t in pids.items())
+            for part, pids in after.items()}  # fmt: skip
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -104,22 +124,67 @@ async def _job_first_line(ws: AsyncWorkspace, config: ScriptRunConfig) -> float:
     return took
 
 
-def _agents(stack: EmbeddedStack, n: int) -> list[subprocess.Popen[bytes]]:
+def _agents(stack: EmbeddedStack, n: int, warm: bool = True) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "CAIRN_HOME": str(stack.home), "CAIRN_LOG_LEVEL": "warning",
-           "CAIRN_LOG_FORMAT": "json"}  # fmt: skip
+           "CAIRN_LOG_FORMAT": "json", "CAIRN_JOB_WARM_START": "1" if warm else "0"}  # fmt: skip
     return [subprocess.Popen([*CAIRN, "agent", "--compute", "local", "--slots", "1"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(n)]  # fmt: skip
 
 
-async def _wait_agents(ws: AsyncWorkspace, n: int) -> None:
+async def _wait_agents(ws: AsyncWorkspace, n: int, only: list[int] | None = None) -> None:
     from cairn.services.agent import list_agents
 
     for _ in range(200):
-        if len(await list_agents(ws.conn)) >= n:
+        found = await list_agents(ws.conn)
+        if len(found) >= n and (only is None or len(found) == n):
             return
         await asyncio.sleep(0.1)
     raise RuntimeError(f"{n} agents never registered")
+
+
+async def _throughput(
+    ws: AsyncWorkspace, stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]],
+    config: ScriptRunConfig, jobs: int, key: str,
+) -> dict[str, float]:  # fmt: skip
+    """``jobs`` no-op jobs over the running agents: jobs/s, and CPU per job by part."""
+    r: dict[str, float] = {}
+    ended: dict[str, str] = {}
+    all_done = asyncio.Event()
+    target = [jobs]
+
+    async def on_event(msg: Any) -> None:  # the log says when each run ends
+        env = json.loads(msg.data)
+        if env["type"] in ("RunCompleted", "RunFailed", "RunCanceled"):
+            ended[env["aggregate_id"]] = env["type"]
+            if len(ended) >= target[0]:
+                all_done.set()
+
+    sub = await ws.conn.nc.subscribe(f"cairn.ev.{ws.name}.run.>", cb=on_event)
+    target[0] = 4  # one job per agent first: starting the zygotes is not the jobs' cost
+    await asyncio.gather(*(submit(ws, "bench-jobs", config) for _ in range(4)))
+    await asyncio.wait_for(all_done.wait(), 60)
+    ended.clear()
+    all_done.clear()
+    target[0] = jobs
+    cpu0 = _cpu_by_part(_processes(stack, agents))
+    t0 = time.perf_counter()
+    gate = asyncio.Semaphore(16)  # a busy submitter, not a thundering herd
+
+    async def submit_one() -> str:
+        async with gate:
+            return await submit(ws, "bench-jobs", config)
+
+    run_ids = await asyncio.gather(*(submit_one() for _ in range(jobs)))
+    r[f"{key}submit_per_s"] = jobs / (time.perf_counter() - t0)
+    await asyncio.wait_for(all_done.wait(), 600)
+    r[f"{key}jobs_per_s"] = jobs / (time.perf_counter() - t0)
+    spent = _spent(cpu0, _cpu_by_part(_processes(stack, agents)))
+    for part, seconds in spent.items():  # where a job's CPU goes, in ms per job
+        r[f"{key}cpu_ms_per_job_{part}"] = seconds / jobs * 1e3
+    await sub.unsubscribe()
+    assert set(run_ids) <= set(ended) and set(ended.values()) == {"RunCompleted"}
+    return r
 
 
 async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[str, Any]:
@@ -144,37 +209,17 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
             agents += _agents(stack, 3)
             await _wait_agents(ws, 4)
             r["ceiling_jobs_per_s"] = await _spawn_all(script, jobs, 4)
-            ended: dict[str, str] = {}
-            all_done = asyncio.Event()
-
-            async def on_event(msg: Any) -> None:  # the log says when each run ends
-                env = json.loads(msg.data)
-                if env["type"] in ("RunCompleted", "RunFailed", "RunCanceled"):
-                    ended[env["aggregate_id"]] = env["type"]
-                    if len(ended) >= jobs:
-                        all_done.set()
-
-            sub = await ws.conn.nc.subscribe(f"cairn.ev.{ws.name}.run.>", cb=on_event)
-            procs = _processes(stack, agents)
-            cpu0 = _cpu_by_part(procs)
-            t0 = time.perf_counter()
-            gate = asyncio.Semaphore(16)  # a busy submitter, not a thundering herd
-
-            async def submit_one() -> str:
-                async with gate:
-                    return await submit(ws, "bench-jobs", config)
-
-            run_ids = await asyncio.gather(*(submit_one() for _ in range(jobs)))
-            r["submit_per_s"] = jobs / (time.perf_counter() - t0)
-            await asyncio.wait_for(all_done.wait(), 600)
-            r["jobs_per_s"] = jobs / (time.perf_counter() - t0)
-            cpu1 = _cpu_by_part(procs)
-            for part in cpu1:  # where a job's CPU goes, in ms per job
-                r[f"cpu_ms_per_job_{part}"] = (cpu1[part] - cpu0[part]) / jobs * 1e3
-            await sub.unsubscribe()
-            assert set(run_ids) == set(ended) and set(ended.values()) == {"RunCompleted"}
-            r["throughput_vs_ceiling"] = r["jobs_per_s"] / r["ceiling_jobs_per_s"]
+            r.update(await _throughput(ws, stack, agents, config, jobs, ""))
             r["median_job_run"] = statistics.median(lat)
+            for proc in agents:  # the same again with every interpreter started cold
+                proc.terminate()
+            for proc in agents:
+                proc.wait(30)
+            agents[:] = _agents(stack, 4, warm=False)
+            await _wait_agents(ws, 4, only=[a.pid for a in agents])
+            r.update(await _throughput(ws, stack, agents, config, jobs, "cold_"))
+            for key in ("", "cold_"):
+                r[f"{key}throughput_vs_ceiling"] = r[f"{key}jobs_per_s"] / r["ceiling_jobs_per_s"]
     finally:
         for proc in agents:
             proc.terminate()
@@ -199,12 +244,15 @@ def main() -> None:
         f" {r['floor_p50_ms']:.1f} ms (p95 {r['floor_p95_ms']:.1f}): floor +"
         f" {r['p50_over_floor_ms']:.1f} ms (goal <= +50 ms)"
     )
-    print(
-        f"throughput: {r['jobs_per_s']:.1f} jobs/s over 4 agents vs {r['ceiling_jobs_per_s']:.1f}"
-        f" bare spawns/s: {r['throughput_vs_ceiling']:.0%} (goal >= 50%)"
-    )
-    parts = [(k.removeprefix("cpu_ms_per_job_"), v) for k, v in r.items() if k.startswith("cpu_")]
-    print("CPU per job: " + ", ".join(f"{part} {ms:.1f} ms" for part, ms in parts))
+    for key, how in (("", "warm starts, the default"), ("cold_", "cold starts")):
+        print(
+            f"throughput ({how}): {r[f'{key}jobs_per_s']:.1f} jobs/s over 4 agents vs"
+            f" {r['ceiling_jobs_per_s']:.1f} bare spawns/s:"
+            f" {r[f'{key}throughput_vs_ceiling']:.0%} (goal >= 50%)"
+        )
+        prefix = f"{key}cpu_ms_per_job_"
+        parts = [(k.removeprefix(prefix), v) for k, v in r.items() if k.startswith(prefix)]
+        print("  CPU per job: " + ", ".join(f"{part} {ms:.1f} ms" for part, ms in parts))
 
 
 if __name__ == "__main__":
