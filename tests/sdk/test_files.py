@@ -117,3 +117,36 @@ async def test_large_transfers_show_progress(
     assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
     await run.cancel("not needed")
     assert await run.get_status() == "Canceled"
+
+
+async def test_a_small_file_travels_in_one_command(
+    ws: AsyncWorkspace, client: Client, tmp_path: Path, service_settings: Settings
+) -> None:
+    """A file of at most INLINE_BYTES is stored and committed by its OpenUpload alone; a
+    retried command takes effect once; a wrong size or an oversized body is refused and
+    leaves nothing behind."""
+    from cairn.errors import InvalidInput, PayloadTooLarge
+    from cairn.proto.artifacts import INLINE_BYTES, OpenUpload
+    from cairn.proto.commands import Accepted
+
+    run = await (await ws.experiment("inline")).start_run()
+    data = os.urandom(INLINE_BYTES)
+    cmd = OpenUpload(command_id=uuid.uuid4().hex, run_id=run.id, path="outputs/small.bin",
+                     size=len(data), data=data)  # fmt: skip
+    first = await client.send_any(cmd)
+    again = await client.send_any(cmd)
+    assert isinstance(first, Accepted) and isinstance(again, Accepted)
+    assert again.replayed and again.seq == first.seq
+    files = [(f["path"], f["size"], f["digest"]) for f in await run.files()]
+    assert files == [("outputs/small.bin", len(data), "sha256:" + hashlib.sha256(data).hexdigest())]
+    got = await run.download_file("outputs/small.bin", tmp_path / "small.bin")
+    assert got.read_bytes() == data
+    with pytest.raises(InvalidInput, match="received 3 of 4 bytes"):
+        await client.send_any(OpenUpload(command_id=uuid.uuid4().hex, run_id=run.id,
+                                         path="outputs/x", size=4, data=b"abc"))  # fmt: skip
+    big = os.urandom(INLINE_BYTES + 1)
+    with pytest.raises(PayloadTooLarge):
+        await client.send_any(OpenUpload(command_id=uuid.uuid4().hex, run_id=run.id,
+                                         path="outputs/x", size=len(big), data=big))  # fmt: skip
+    assert [f["path"] for f in await run.files()] == ["outputs/small.bin"]
+    assert list((service_settings.state_path / "uploads").iterdir()) == []

@@ -7,6 +7,10 @@
 3. ``CommitUpload`` on ``<subject>.commit`` compares the digest the service computed with the
    client's, stores the blob (once per content), and appends ``ArtifactCommitted``.
 
+A file of at most ``INLINE_BYTES`` travels in ``OpenUpload`` itself (``data``): the service
+checks and stores it and appends ``ArtifactCommitted`` at once, answering ``Accepted`` — one
+request instead of three (a job's log and small outputs, a model's metadata files).
+
 Downloads: ``GetRunFile`` (query ``artifact.get``) names the digest and size; ``ReadBlob`` on
 ``cairn.q.<ws>.blob.read`` returns up to ``length`` bytes from ``offset``.
 """
@@ -18,6 +22,7 @@ from cairn.proto.commands import Command, Query
 
 __all__ = [
     "CHUNK_BYTES",
+    "INLINE_BYTES",
     "CommitUpload",
     "GetRunFile",
     "ListRunFiles",
@@ -26,6 +31,8 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 256 * 1024
+#: the most a file may hold to travel inside ``OpenUpload`` (base64 in JSON: ≈ 4/3 of it)
+INLINE_BYTES = 64 * 1024
 
 
 class OpenUpload(Command, frozen=True, kw_only=True, tag=True):
@@ -39,6 +46,9 @@ class OpenUpload(Command, frozen=True, kw_only=True, tag=True):
     staging: bool = False
     #: set by an agent uploading a job's outputs: refused unless still the current attempt
     attempt: int = 0
+    #: the whole file (``size`` bytes, at most ``INLINE_BYTES``): committed at once, under
+    #: this command's id
+    data: bytes | None = None
 
 
 class CommitUpload(Command, frozen=True, kw_only=True, tag=True):

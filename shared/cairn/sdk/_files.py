@@ -14,7 +14,7 @@ import msgspec
 from tqdm import tqdm
 
 from cairn.errors import CairnError, InvalidInput, Unavailable, error_for_code
-from cairn.proto.artifacts import CommitUpload, GetRunFile, OpenUpload, ReadBlob
+from cairn.proto.artifacts import INLINE_BYTES, CommitUpload, GetRunFile, OpenUpload, ReadBlob
 from cairn.proto.commands import Accepted, ErrorReply, Opened, Reply
 from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import query
@@ -80,6 +80,15 @@ async def upload_file(
     if not path.is_file():
         raise InvalidInput(f"{path} is not a file")
     commit_id = uuid.uuid4().hex  # one id for every attempt: a retried commit takes effect once
+    size = path.stat().st_size
+    if size <= INLINE_BYTES:  # one request: the bytes travel in the command
+        data = path.read_bytes()
+        reply = await client.send_any(OpenUpload(command_id=commit_id, run_id=run_id, path=name,
+                                                 size=len(data), staging=staging,
+                                                 attempt=attempt, data=data))  # fmt: skip
+        if not isinstance(reply, Accepted):
+            raise CairnError(f"unexpected reply {type(reply).__name__} to an upload")
+        return reply
     last: Exception | None = None
     for _ in range(3):
         size = path.stat().st_size

@@ -23,8 +23,8 @@ from cairn.domain import run as runs
 from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge, StaleAttempt
 from cairn.log import get_logger
 from cairn.proto import subjects
-from cairn.proto.artifacts import CHUNK_BYTES, CommitUpload, OpenUpload, ReadBlob
-from cairn.proto.commands import ErrorReply, Opened, QueryResult
+from cairn.proto.artifacts import CHUNK_BYTES, INLINE_BYTES, CommitUpload, OpenUpload, ReadBlob
+from cairn.proto.commands import Accepted, ErrorReply, Opened, QueryResult
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import RawReply, Request, Responder, actor_of
 from cairn.settings import Settings
@@ -139,7 +139,7 @@ class ArtifactsService:
 
     # -- upload ---------------------------------------------------------------------------
 
-    async def _open(self, req: Request) -> Opened:
+    async def _open(self, req: Request) -> Opened | Accepted:
         cmd: OpenUpload = req.body
         path = validate_run_path(cmd.path)
         if not 0 <= cmd.size <= self.settings.max_artifact_bytes:
@@ -151,11 +151,26 @@ class ArtifactsService:
         session = uuid.uuid4().hex
         tmp = self.uploads_dir / session
         owner = ("staging" if cmd.staging else runs.KIND, cmd.run_id)
-        upload = self.uploads[session] = _Upload(req.workspace, owner, path, cmd.size, tmp)
+        upload = _Upload(req.workspace, owner, path, cmd.size, tmp)
         upload.attempt = cmd.attempt
+        if cmd.data is not None:
+            return await self._inline(upload, cmd.data, req.context())
+        self.uploads[session] = upload
         return Opened(
             session_id=session, subject=f"{self.session_prefix}.{session}", chunk_bytes=CHUNK_BYTES
         )
+
+    async def _inline(self, upload: _Upload, data: bytes, ctx: CommandContext) -> Accepted:
+        """A small file sent inside its ``OpenUpload``: stored and committed at once."""
+        try:
+            if len(data) > INLINE_BYTES:
+                raise PayloadTooLarge(f"at most {INLINE_BYTES} bytes travel inside the command")
+            upload.write(0, data)
+            if upload.received != upload.size:
+                raise InvalidInput(f"received {upload.received} of {upload.size} bytes")
+            return await self._record(upload, "sha256:" + upload.hash.hexdigest(), ctx)
+        finally:
+            upload.finish()
 
     async def _on_session(self, msg: Any) -> None:
         tokens = msg.subject.split(".")
@@ -185,16 +200,23 @@ class ArtifactsService:
             raise InvalidInput(f"received {upload.received} of {upload.size} bytes")
         if cmd.digest != digest:
             raise InvalidInput(f"digest mismatch: the bytes received hash to {digest}")
+        self.uploads.pop(session)
+        try:
+            ctx = CommandContext(
+                workspace=upload.workspace,
+                command_id=cmd.command_id,
+                actor=actor_of(msg.headers),
+                correlation_id=cmd.correlation_id,
+            )
+            return await self._record(upload, digest, ctx)
+        finally:
+            upload.finish()
+
+    async def _record(self, upload: _Upload, digest: str, ctx: CommandContext) -> Accepted:
+        """Store the received file as blob ``digest`` and append ``ArtifactCommitted``."""
         upload.file.close()
         assert self.blobs is not None
         await self.blobs.put_file(digest, upload.tmp)
-        self.uploads.pop(session).finish()
-        ctx = CommandContext(
-            workspace=upload.workspace,
-            command_id=cmd.command_id,
-            actor=actor_of(msg.headers),
-            correlation_id=cmd.correlation_id,
-        )
 
         def decide(history: list[Any]) -> list[Any]:
             state = runs.fold(r.envelope.data for r in history)
