@@ -41,7 +41,7 @@ _END = {RunCompleted: RunStatus.COMPLETED, RunFailed: RunStatus.FAILED,
 
 class JobsProjection:
     name = "scheduler"
-    version = 2
+    version = 3
     tables: tuple[str, ...] = ("jobs", "names", "inputs")
     source = events_of("run")
 
@@ -54,6 +54,11 @@ class JobsProjection:
             " command TEXT, seq INTEGER, PRIMARY KEY (workspace, run_id))"
         )
         db.execute(f"CREATE INDEX {t('jobs')}_status ON {t('jobs')} (status)")
+        # the next tickets of a compute target, read in order: no sort of the whole queue
+        db.execute(
+            f"CREATE INDEX {t('jobs')}_queue ON {t('jobs')}"
+            " (workspace, compute, status, priority DESC, seq)"
+        )
         db.execute(
             f"CREATE TABLE {t('inputs')} (workspace TEXT, dataset TEXT, version INTEGER,"
             " run_id TEXT, PRIMARY KEY (workspace, dataset, version, run_id))"
