@@ -74,7 +74,7 @@ class Launched:
         cleanup: Callable[[], None] | None = None,
     ) -> None:
         self.output, self.wait, self.terminate, self.kill = output, wait, terminate, kill
-        self.cleanup = cleanup or (lambda: None)
+        self.cleanup = cleanup  # blocking (a container to remove): run in a thread
 
 
 class Backend(Protocol):

@@ -338,7 +338,8 @@ class Attempt:
             return waiter.result()
         finally:
             self._log_file.close()
-            await asyncio.to_thread(launched.cleanup)
+            if launched.cleanup is not None:
+                await asyncio.to_thread(launched.cleanup)
 
     async def _stop_job(self, launched: Launched, waiter: asyncio.Future[int]) -> None:
         """SIGTERM, the grace period, then SIGKILL (to the whole group or container)."""
