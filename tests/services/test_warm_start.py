@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from cairn.services.agent._backends import Launched, ProcessBackend, Runtime
 
 PYTHON = sys.executable
@@ -150,3 +152,31 @@ async def test_many_jobs_that_end_at_once_each_get_their_own_exit(tmp_path: Path
         assert await asyncio.gather(*(one(n) for n in range(40))) == list(range(40))
     finally:
         backend.close()
+
+
+async def test_a_job_forked_after_its_launch_gave_up_is_killed(tmp_path: Path) -> None:
+    """A zygote that answers too late must not leave a job running that nobody follows (the
+    attempt would otherwise run it twice)."""
+    from cairn.services.agent._warm import Zygote
+
+    src = tmp_path / "src"
+    src.mkdir()
+    marker = tmp_path / "ran"
+    (src / "job.py").write_text(f"import time\ntime.sleep(1)\nopen({str(marker)!r}, 'w')\n")
+    zygote = Zygote(PYTHON, {**os.environ, **WARM}, lambda argv: argv, answer_s=0.5)
+    try:
+        _, output, exited = await zygote.launch(["job.py"], src, {**os.environ, **WARM})
+        os.close(output)
+        assert await exited == 0 and marker.exists()
+        marker.unlink()
+        assert zygote._proc is not None
+        os.kill(zygote._proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                await zygote.launch(["job.py"], src, {**os.environ, **WARM})
+        finally:
+            os.kill(zygote._proc.pid, signal.SIGCONT)
+        await asyncio.sleep(2.5)
+        assert not marker.exists()
+    finally:
+        zygote.close()

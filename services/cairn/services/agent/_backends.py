@@ -123,8 +123,10 @@ class ProcessBackend:
             if zygote is not None and zygote.fits(env):
                 try:
                     pid, output, exited = await zygote.launch(warm, cwd, env)
-                except (OSError, TimeoutError) as exc:
+                except OSError as exc:  # not forked: start it cold
                     log.warning("warm_start_failed", python=runtime.python, error=repr(exc))
+                except TimeoutError as exc:  # maybe forked late (then killed): not twice
+                    raise OSError("the warm interpreter did not answer within 30 s") from exc
                 else:
                     return await _attach(pid, output, exited)
         # dies with the agent (kill -9 included): through setpriv when it is there, which

@@ -49,8 +49,11 @@ def warm_argv(python: str, argv: list[str]) -> list[str] | None:
 class Zygote:
     """One warm interpreter, started on first use and again after it dies."""
 
-    def __init__(self, python: str, env: dict[str, str], wrap: Callable[[list[str]], list[str]]):
-        self.python, self.env, self.wrap = python, env, wrap
+    def __init__(
+        self, python: str, env: dict[str, str], wrap: Callable[[list[str]], list[str]],
+        *, answer_s: float = 30.0,
+    ) -> None:  # fmt: skip
+        self.python, self.env, self.wrap, self.answer_s = python, env, wrap, answer_s
         self.startup = _startup_env(env)
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -98,6 +101,9 @@ class Zygote:
                 started = self._pids.pop(int(msg["id"]), None)
                 if started is not None and not started.done():
                     started.set_result((pid, exited))
+                else:  # its launch gave up waiting: nobody follows this child, so it must go
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     def _lost(self) -> None:
         """The zygote died: its children died with it (SIGKILL, as for a cold start whose
@@ -108,7 +114,10 @@ class Zygote:
     async def launch(
         self, argv: list[str], cwd: Path, env: dict[str, str]
     ) -> tuple[int, int, asyncio.Future[int]]:
-        """Fork a job: its pid, the read end of its output pipe, and its exit code to come."""
+        """Fork a job: its pid, the read end of its output pipe, and its exit code to come.
+
+        ``OSError`` when the zygote could not be asked (nothing was forked: a cold start is
+        safe); ``TimeoutError`` when it did not answer (a child forked late is killed)."""
         sock = self._sock or self._start()
         self._next += 1
         ident = self._next
@@ -123,7 +132,7 @@ class Zygote:
                 socket.send_fds(sock, [body], [write])
             finally:
                 os.close(write)
-            pid, exited = await asyncio.wait_for(started, 30)
+            pid, exited = await asyncio.wait_for(started, self.answer_s)
         except BaseException:
             self._pids.pop(ident, None)
             os.close(read)
