@@ -184,6 +184,33 @@ async def test_higher_priority_runs_first_and_a_queued_cancel_never_runs(
     assert dropped["status"] == "Canceled" and dropped["start_time"] is None
 
 
+async def test_a_slot_takes_the_next_job_once_the_process_has_exited(
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+) -> None:
+    """A slot is a job's process: with one slot, the next job starts while the first is still
+    uploading its large output, and both complete."""
+    src = source(tmp_path, """
+        import os, sys
+        os.makedirs("outputs", exist_ok=True)
+        if sys.argv[1] == "big":
+            with open("outputs/big.bin", "wb") as f:
+                f.write(os.urandom(96 * 1024 * 1024))
+    """)  # fmt: skip
+    big = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py",
+                                                   arguments=["big"], priority=10))  # fmt: skip
+    small = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py",
+                                                     arguments=["small"]))  # fmt: skip
+    await agents.start(slots=1)
+    for run_id in (big, small):
+        assert (await follow(ws, run_id, timeout=120))["status"] == "Completed"
+    seq = {}
+    for name, run_id in (("big", big), ("small", small)):
+        for r in await store.read(subjects.event(ws.name, "run", run_id)):
+            seq[(name, type(r.envelope.data).__name__)] = r.seq
+    assert seq[("big", "RunStarted")] < seq[("small", "RunStarted")]
+    assert seq[("small", "RunStarted")] < seq[("big", "RunCompleted")]
+
+
 async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Path) -> None:
     await ws.experiment("jobs")
     job = JobSpec(command=["python", "x.py"])

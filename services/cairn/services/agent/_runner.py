@@ -85,6 +85,9 @@ class Attempt:
         self.lost_reason: str | None = None
         self.stopping = asyncio.Event()  # the job's process must stop
         self.finished = asyncio.Event()  # the attempt's end is recorded (or it went stale)
+        #: the job's process is gone: its slot (and GPUs) may take the next job while the
+        #: attempt uploads its outputs and records its end
+        self.exited = asyncio.Event()
         self.launched: Launched | None = None
         self._log_seq = 0
         self._log_file: Any = None
@@ -172,6 +175,7 @@ class Attempt:
                 return
             await self._finish(outcome, exit_code, error)
         finally:
+            self.exited.set()
             self.finished.set()
             await lease
             with contextlib.suppress(Exception):
@@ -340,6 +344,7 @@ class Attempt:
             self._log_file.close()
             if launched.cleanup is not None:
                 await asyncio.to_thread(launched.cleanup)
+            self.exited.set()
 
     async def _stop_job(self, launched: Launched, waiter: asyncio.Future[int]) -> None:
         """SIGTERM, the grace period, then SIGKILL (to the whole group or container)."""

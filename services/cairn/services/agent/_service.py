@@ -91,7 +91,7 @@ class AgentService:
             self._kv = await self.conn.js.key_value(AGENTS_BUCKET["bucket"])
         self.info = detect(self.agent_id, self.compute, self.slots, self.labels,
                            self.started_at, time.time(),
-                           free_slots=self.slots - len(self.running),
+                           free_slots=self.slots - self._busy(),
                            gpus=self.gpu_info)  # fmt: skip
         await self._kv.put(self.agent_id, _encoder.encode(self.info))
         return self.info
@@ -145,7 +145,7 @@ class AgentService:
         psub = await self._subscribe()
         try:
             while not stop.is_set():
-                free = self.slots - len(self.running)
+                free = self.slots - self._busy()
                 if free <= 0:
                     self._slot_freed.clear()
                     with contextlib.suppress(TimeoutError):
@@ -199,6 +199,10 @@ class AgentService:
             await msg.ack()
         self._start(assignment)
 
+    def _busy(self) -> int:
+        """Slots taken: attempts whose job's process has not exited yet."""
+        return sum(1 for a in self.attempts.values() if not a.exited.is_set())
+
     def _start(self, assignment: Assignment) -> None:
         gpus: list[int] = []
         if assignment.job.gpus:
@@ -221,7 +225,13 @@ class AgentService:
         self.attempts[key] = attempt
         self.running[key] = asyncio.create_task(self._run_attempt(key, attempt, gpus))
 
+    async def _free_when_exited(self, attempt: Attempt, gpus: list[int]) -> None:
+        await attempt.exited.wait()
+        self.free_gpus += gpus
+        self._slot_freed.set()
+
     async def _run_attempt(self, key: str, attempt: Attempt, gpus: list[int]) -> None:
+        freed = asyncio.create_task(self._free_when_exited(attempt, gpus))
         try:
             await attempt.run()
         except Exception as exc:
@@ -237,10 +247,10 @@ class AgentService:
                     )
                 )
         finally:
-            self.free_gpus += gpus
+            attempt.exited.set()
+            await freed
             self.running.pop(key, None)
             self.attempts.pop(key, None)
-            self._slot_freed.set()
 
 
 async def list_agents(conn: Connection) -> list[AgentInfo]:
