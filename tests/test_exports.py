@@ -16,6 +16,7 @@ PINNED = {
         "ensure_consumer",
         "ensure_stream",
         "execute",
+        "per_client",
         "provision",
     ],
     "cairn.projection": [

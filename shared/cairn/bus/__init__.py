@@ -1,6 +1,6 @@
 """The bus: connect, provision, the one append path, aggregate reads, command execution."""
 
-from cairn.bus._connect import Connection, connect
+from cairn.bus._connect import Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._provision import ensure_consumer, ensure_stream, provision
 from cairn.bus._store import AppendResult, EventStore, Recorded
@@ -16,5 +16,6 @@ __all__ = [
     "ensure_consumer",
     "ensure_stream",
     "execute",
+    "per_client",
     "provision",
 ]

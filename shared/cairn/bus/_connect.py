@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -20,9 +22,13 @@ from cairn.errors import Unavailable
 from cairn.log import get_logger
 from cairn.settings import Settings
 
-__all__ = ["Connection", "connect"]
+__all__ = ["Connection", "connect", "per_client"]
 
 log = get_logger("cairn.bus")
+T = TypeVar("T")
+#: what the parts of one process share per NATS client (a ``Connection`` is a value; its
+#: client is the connection itself)
+_PER_CLIENT: weakref.WeakKeyDictionary[NATS, dict[Any, Any]] = weakref.WeakKeyDictionary()
 _VIOLATION = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)"?')
 
 
@@ -103,3 +109,13 @@ async def connect(
     conn = Connection(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), settings=settings)
     holder.append(conn)
     return conn
+
+
+def per_client(conn: Connection, key: Any, make: Callable[[], T]) -> T:
+    """The one value under ``key`` for ``conn``'s NATS client, made on first use: how the
+    services of one process share an aggregate cache or a read-model feed."""
+    shared = _PER_CLIENT.setdefault(conn.nc, {})
+    if key not in shared:
+        shared[key] = make()
+    value: T = shared[key]
+    return value

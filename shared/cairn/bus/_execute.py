@@ -16,8 +16,8 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
+from cairn.bus._connect import per_client
 from cairn.bus._store import EventStore, Recorded
 from cairn.errors import CairnError, ConcurrencyConflict
 from cairn.proto.commands import Accepted
@@ -95,11 +95,7 @@ class AggregateCache:
         process (``cairn up``) read an aggregate once, see each other's appends, and take turns
         writing it instead of meeting in CAS conflicts (a run is written by the scheduler, the
         tracking service and the artifact service alike)."""
-        caches = _SHARED.setdefault(store.conn.nc, {})
-        cache = caches.get(store.stream)
-        if cache is None:
-            cache = caches[store.stream] = cls(store)
-        return cache
+        return per_client(store.conn, (cls, store.stream), lambda: cls(store))
 
     def __init__(self, store: EventStore, size: int = 10_000) -> None:
         self.store = store
@@ -165,10 +161,6 @@ class AggregateCache:
             history = history + await self.store.read(subject, after_seq=after)
         self.put(subject, history)
         return history
-
-
-#: per NATS client and stream (a ``Connection`` is a value; its client is the connection itself)
-_SHARED: weakref.WeakKeyDictionary[Any, dict[str, AggregateCache]] = weakref.WeakKeyDictionary()
 
 
 async def execute(

@@ -19,7 +19,6 @@ import hashlib
 import json
 import sqlite3
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from cairn.bus import Connection, EventStore
+from cairn.bus import Connection, EventStore, per_client
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 from cairn.proto.events import decode_envelope
@@ -444,17 +443,8 @@ class _Hub:
                 runner._passed(seq)
 
 
-#: per NATS client (a ``Connection`` is a value; its client is the connection itself)
-_HUBS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], _Hub]] = weakref.WeakKeyDictionary()
-
-
 def _hub_for(conn: Connection, source: Source) -> _Hub:
-    hubs = _HUBS.setdefault(conn.nc, {})
-    key = (source.stream, source.subjects)
-    hub = hubs.get(key)
-    if hub is None:
-        hub = hubs[key] = _Hub(conn, source)
-    return hub
+    return per_client(conn, (_Hub, source.stream, source.subjects), lambda: _Hub(conn, source))
 
 
 _WAKE = object()
