@@ -48,15 +48,14 @@ def _cpu_s(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in found.split()]
+def _children(pid: int, name: str | None = None) -> list[int]:
+    pattern = [name] if name else []
+    found = subprocess.run(["pgrep", "-P", str(pid), *pattern], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
 
 
 def _processes(stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
-    nats = subprocess.run(["pgrep", "-P", str(stack.proc.pid), "nats-server"],
-                          capture_output=True, text=True).stdout.split()  # fmt: skip
-    return {"nats-server": [int(p) for p in nats], "services": [stack.proc.pid],
+    return {"nats-server": _children(stack.proc.pid, "nats-server"), "services": [stack.proc.pid],
             "agents": [a.pid for a in agents], "submitter": [os.getpid()],
             "zygotes": [z for a in agents for z in _children(a.pid)]}  # fmt: skip
 
