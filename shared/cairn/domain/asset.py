@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,16 +45,25 @@ def fold(events: Iterable[Event]) -> AssetState:
     return AssetState(versions=versions, deleted=deleted)
 
 
+@functools.cache
+def _defaults(cls: type) -> tuple[tuple[str, object], ...]:
+    """Each field's encoded name and default value (looking fields up is slow: once a type)."""
+    out = []
+    for field in msgspec.structs.fields(cls):
+        default = field.default
+        if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        out.append((field.encode_name, default))
+    return tuple(out)
+
+
 def spec_hash(spec: AssetSpec) -> str:
     """SHA-256 of the spec with mapping keys sorted and fields at their defaults left out:
     equal specs, equal hashes, and a field added later (with a default) changes no hash."""
     builtins: dict[str, object] = msgspec.to_builtins(spec)
-    for field in msgspec.structs.fields(spec):
-        default = field.default
-        if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
-            default = field.default_factory()
-        if field.encode_name in builtins and builtins[field.encode_name] == default:
-            del builtins[field.encode_name]
+    for name, default in _defaults(type(spec)):
+        if name in builtins and builtins[name] == default:
+            del builtins[name]
     normal = msgspec.json.encode(builtins, order="sorted")
     return "sha256:" + hashlib.sha256(normal).hexdigest()
 
