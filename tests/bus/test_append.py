@@ -230,3 +230,66 @@ async def test_services_of_one_connection_share_one_cache(
                       cache=AggregateCache.shared(service), decide=decide)  # fmt: skip
     assert decided == [0, 1, 2]  # each decided once, on the history as it was
     assert [r.envelope.causation_id for r in await store.read(subject)] == ["s0", "s1", "s2"]
+
+
+class _CountingStore(EventStore):
+    """A real store that counts its reads."""
+
+    reads = 0
+
+    async def read(
+        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+    ) -> list[Recorded]:
+        self.reads += 1
+        return await super().read(subject, after_seq=after_seq, up_to_seq=up_to_seq)
+
+
+async def test_a_new_aggregate_is_decided_without_a_read_and_an_existing_one_is_caught(
+    conn: Connection, ws_name: str
+) -> None:
+    """``new=True``: the first command decides on an empty history without reading; on a
+    subject that has events (another replica's cache, a retried command) the CAS refuses the
+    guess, the history is read, and the command is decided again or found done."""
+    from cairn.bus import AggregateCache
+
+    store = _CountingStore(conn)
+    subject = _subject(ws_name)
+    decided: list[int] = []
+
+    def decide(h: list[Recorded]) -> list[ExperimentCreated]:
+        decided.append(len(h))
+        return [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")]
+
+    async def send(command_id: str, cache: AggregateCache) -> bool:
+        ctx = CommandContext(workspace=ws_name, command_id=command_id, actor="t")
+        accepted = await execute(store, ctx, kind="experiment", aggregate_id="agg",
+                                 subject=subject, cache=cache, decide=decide, new=True)  # fmt: skip
+        return accepted.replayed
+
+    assert not await send("first", AggregateCache(store))
+    assert (decided, store.reads) == ([0], 0)
+    assert not await send("second", AggregateCache(store))  # a cache that never saw "first"
+    assert decided == [0, 0, 1] and store.reads == 1
+    assert await send("first", AggregateCache(store))  # a retry: found, not decided again
+    assert decided == [0, 0, 1, 0]
+    history = await store.read(subject)
+    assert [r.envelope.causation_id for r in history] == ["first", "second"]
+
+
+async def test_a_cached_answer_is_believed_only_while_it_is_young_enough(
+    conn: Connection, ws_name: str
+) -> None:
+    from cairn.bus import AggregateCache
+
+    store = _CountingStore(conn)
+    cache = AggregateCache(store)
+    subject = _subject(ws_name)
+    await store.append(subject, [envelope(ws_name, "agg")], expected_seq=0, msg_id="m")
+    assert len(await cache.refresh(subject)) == 1 and store.reads == 1
+    assert len(await cache.read(subject, lambda h: bool(h), max_age_s=60)) == 1
+    assert store.reads == 1  # young and enough: no read
+    await cache.read(subject, lambda h: not h, max_age_s=60)
+    assert store.reads == 2  # not enough: read again
+    await asyncio.sleep(0.05)
+    await cache.read(subject, lambda h: bool(h), max_age_s=0.01)
+    assert store.reads == 3  # too old: read again

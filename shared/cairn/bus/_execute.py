@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 import weakref
 from collections import OrderedDict
@@ -70,14 +71,16 @@ def _already_done(history: list[Recorded], command_id: str) -> Recorded | None:
 
 
 class _Cached:
-    """A cached history and, for finding a retried command's effect without a scan, the last
-    event each command caused in it."""
+    """A cached history, the last event each command caused in it (to find a retried
+    command's effect without a scan), and when it was last known to be the whole history
+    (read from the log, or extended by an append the CAS accepted)."""
 
-    __slots__ = ("caused", "history")
+    __slots__ = ("caused", "checked", "history")
 
     def __init__(self, history: list[Recorded], caused: dict[str, Recorded]) -> None:
         self.history = history
         self.caused = caused
+        self.checked = time.monotonic()
 
 
 class AggregateCache:
@@ -142,13 +145,22 @@ class AggregateCache:
         return _already_done(history, command_id)
 
     async def read(
-        self, subject: str, enough: Callable[[list[Recorded]], bool] | None = None
+        self,
+        subject: str,
+        enough: Callable[[list[Recorded]], bool] | None = None,
+        *,
+        max_age_s: float | None = None,
     ) -> list[Recorded]:
-        """The cached history when ``enough`` says it answers the question (a fact that
-        cannot be undone, such as "this run exists"), else a refreshed one."""
-        history = self.get(subject)
-        if history is not None and enough is not None and enough(history):
-            return history
+        """The cached history when ``enough`` says it answers the question, else a refreshed
+        one. Without ``max_age_s`` the answer must be a fact that cannot be undone ("this run
+        exists", "this file was committed"); with it, one that may be undone but may be
+        believed for that long after the history was last known to be whole ("this compute
+        target exists"), as a name cache believes an entry until its time to live runs out."""
+        entry = self._entries.get(subject)
+        if entry is not None and enough is not None and enough(entry.history):
+            if max_age_s is None or time.monotonic() - entry.checked <= max_age_s:
+                self._entries.move_to_end(subject)
+                return entry.history
         return await self.refresh(subject)
 
     async def refresh(self, subject: str) -> list[Recorded]:
@@ -173,18 +185,22 @@ async def execute(
     decide: Decide,
     attempts: int = 10,
     cache: AggregateCache | None = None,
+    new: bool = False,
 ) -> Accepted:
     """Decide ``decide(history)`` on the aggregate at ``subject`` and append what it returns.
 
     ``decide`` is pure: it folds the history and returns new events (none: nothing to do), or
     raises a ``CairnError`` that the caller sends back as an ``ErrorReply``. With a ``cache``,
     the first attempt decides on the cached history without reading (the CAS catches a stale
-    one); a refusal or a conflict is only believed after a fresh read.
+    one); a refusal or a conflict is only believed after a fresh read. ``new`` says the
+    aggregate is almost surely new (its id was just made by the client): the first attempt
+    decides on an empty history without reading, and the CAS (an empty subject expected)
+    catches the rare one that exists, such as a retried command's.
     """
     if cache is None:
-        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, None)
+        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, None, new)
     async with cache.lock(subject):
-        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, cache)
+        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, cache, new)
 
 
 async def _execute(
@@ -196,8 +212,11 @@ async def _execute(
     decide: Decide,
     attempts: int,
     cache: AggregateCache | None,
+    new: bool,
 ) -> Accepted:
     cached = cache.get(subject) if cache is not None else None
+    if cached is None and new:
+        cached = []
     fresh = cached is None
     if cached is not None:
         history = cached

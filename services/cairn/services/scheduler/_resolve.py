@@ -11,7 +11,7 @@ import msgspec
 from cairn.bus import AggregateCache, Recorded
 from cairn.domain import asset
 from cairn.domain import run as runs
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.assets import DatasetSpec, EnvironmentSpec
 from cairn.proto.events import AssetRegistered
@@ -20,21 +20,48 @@ from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import validate_token
 from cairn.settings import Settings
 
-__all__ = ["DEFAULT_DATASTORE", "resolve_asset", "resolve_job"]
+__all__ = ["DEFAULT_DATASTORE", "EXISTS_FOR_S", "resolve_asset", "resolve_job"]
 
 _Item = TypeVar("_Item", JobInput, JobOutput)
 
 DEFAULT_DATASTORE = "workspaceblobstore"
 
 
+#: how long a submit believes that a compute target or datastore it has seen still exists
+#: (a deletion on another replica takes this long to be seen; a fresh read has the same race
+#: with a deletion, only a shorter window)
+EXISTS_FOR_S = 2.0
+
+
 async def resolve_asset(
-    cache: AggregateCache, settings: Settings, ws: str, kind: str, name: str, version: int | None
+    cache: AggregateCache,
+    settings: Settings,
+    ws: str,
+    kind: str,
+    name: str,
+    version: int | None,
+    *,
+    max_age_s: float | None = None,
 ) -> AssetRegistered:
-    """Version ``version`` (default: latest) of a registered or built-in asset, read fresh."""
-    history = await cache.refresh(subjects.event(ws, kind, subjects.name_to_id(name)))
-    state = asset.fold(r.envelope.data for r in history)
+    """Version ``version`` (default: latest) of a registered or built-in asset, read fresh,
+    or from a cached history at most ``max_age_s`` old where that one resolves."""
     builtin = asset.builtin_assets(settings.home_path, ws, kind).get(name)
-    return asset.resolve(state, builtin, kind, name, version)
+
+    def resolve(history: list[Recorded]) -> AssetRegistered:
+        return asset.resolve(asset.fold(r.envelope.data for r in history), builtin, kind, name,
+                             version)  # fmt: skip
+
+    def resolves(history: list[Recorded]) -> bool:
+        try:
+            resolve(history)
+        except NotFound:
+            return False
+        return True
+
+    subject = subjects.event(ws, kind, subjects.name_to_id(name))
+    if max_age_s is None:
+        return resolve(await cache.refresh(subject))
+    return resolve(await cache.read(subject, resolves, max_age_s=max_age_s))
 
 
 def _check_basics(job: JobSpec) -> None:
@@ -62,7 +89,8 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
         assert isinstance(ev.spec, DatasetSpec)
         return msgspec.structs.replace(item, version=ev.version)
     assert item.datastore is not None
-    await resolve_asset(cache, settings, ws, "datastore", item.datastore, None)
+    await resolve_asset(cache, settings, ws, "datastore", item.datastore, None,
+                        max_age_s=EXISTS_FOR_S)  # fmt: skip
     if item.path:
         validate_run_path(item.path.strip("/"))
     return item
@@ -72,7 +100,7 @@ async def _output(
     cache: AggregateCache, settings: Settings, ws: str, run_id: str, item: JobOutput
 ) -> JobOutput:
     store = item.datastore or DEFAULT_DATASTORE
-    await resolve_asset(cache, settings, ws, "datastore", store, None)
+    await resolve_asset(cache, settings, ws, "datastore", store, None, max_age_s=EXISTS_FOR_S)
     path = item.path.strip("/") or f"job-outputs/{run_id}/{item.name}"
     validate_run_path(path)
     return msgspec.structs.replace(item, datastore=store, path=path)

@@ -55,7 +55,7 @@ from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
-from cairn.services.scheduler._resolve import resolve_asset, resolve_job
+from cairn.services.scheduler._resolve import EXISTS_FOR_S, resolve_asset, resolve_job
 from cairn.settings import Settings
 
 __all__ = ["SchedulerService"]
@@ -259,9 +259,15 @@ class SchedulerService(ProjectedService):
     # -- commands ------------------------------------------------------------------------
 
     async def _on_run(
-        self, req: Request, run_id: str, decide: Callable[[runs.RunState], list[Event]]
+        self,
+        req: Request,
+        run_id: str,
+        decide: Callable[[runs.RunState], list[Event]],
+        *,
+        new: bool = False,
     ) -> Accepted:
-        """Decide a request's command on the run it names."""
+        """Decide a request's command on the run it names (``new``: a run the command creates,
+        with an id the client just made)."""
         return await execute(
             self.store,
             req.context(),
@@ -270,6 +276,7 @@ class SchedulerService(ProjectedService):
             subject=subjects.event(req.workspace, runs.KIND, run_id),
             cache=self.cache,
             decide=lambda h: decide(runs.fold(r.envelope.data for r in h)),
+            new=new,
         )
 
     async def _submit(self, req: Request) -> Accepted:
@@ -277,12 +284,14 @@ class SchedulerService(ProjectedService):
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
-        await resolve_asset(self.cache, self.settings, ws, "compute", cmd.compute, None)
+        await resolve_asset(self.cache, self.settings, ws, "compute", cmd.compute, None,
+                            max_age_s=EXISTS_FOR_S)  # fmt: skip
         job = await resolve_job(self.cache, self.settings, ws, cmd)
         accepted = await self._on_run(
             req,
             cmd.run_id,
             lambda state: runs.decide_submit(state, cmd, experiment_id=experiment_id, job=job),
+            new=True,
         )
         if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
             with contextlib.suppress(Exception):

@@ -118,6 +118,7 @@ class TrackingService(ProjectedService):
             subject=subjects.event(req.workspace, run.KIND, cmd.run_id),
             cache=self.cache,
             decide=lambda h: run.decide(run.fold(_events(h)), cmd, experiment_id=experiment_id),
+            new=isinstance(cmd, CreateRun),  # a run id the client just made
         )
 
     async def _check_run_parents(self, ws: str, cmd: CreateRun) -> str:
