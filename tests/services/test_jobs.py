@@ -211,6 +211,45 @@ async def test_a_slot_takes_the_next_job_once_the_process_has_exited(
     assert seq[("small", "RunStarted")] < seq[("big", "RunCompleted")]
 
 
+async def test_only_progress_reports_write_lease_renewals(
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+) -> None:
+    """The claim and the start are in the log and start the lease; a job that ends before its
+    first progress report writes nothing to the leases bucket. A longer one renews there (and
+    keeps its one attempt past several leases), and its renewal is deleted when it ends."""
+    from cairn.proto.streams import LEASES_BUCKET
+
+    lease_s = agents.settings.job_lease_s
+    src = source(tmp_path, """
+        import sys, time
+        time.sleep(float(sys.argv[1]))
+    """)  # fmt: skip
+    kv = await ws.conn.js.key_value(LEASES_BUCKET["bucket"])
+    seen: list[tuple[str, str]] = []
+    watcher = await kv.watchall(include_history=False)
+
+    async def follow_bucket() -> None:
+        async for entry in watcher:
+            if entry is not None:
+                seen.append((entry.key, entry.operation or "PUT"))
+
+    following = asyncio.create_task(follow_bucket())
+    await agents.start(slots=2)
+    quick, slow = [await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py",
+                                                             arguments=[str(t)]))
+                   for t in (0, lease_s * 2.5)]  # fmt: skip
+    for run_id in (quick, slow):
+        assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
+    await asyncio.sleep(0.5)
+    following.cancel()
+    await watcher.stop()
+    assert not [op for key, op in seen if key.endswith(quick)]
+    ops = [op for key, op in seen if key.endswith(slow)]
+    assert ops.count("PUT") >= 3 and ops[-1] == "DEL"
+    events = await history(store, ws.name, slow)
+    assert [type(e).__name__ for e in events].count("RunAssigned") == 1
+
+
 async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Path) -> None:
     await ws.experiment("jobs")
     job = JobSpec(command=["python", "x.py"])

@@ -1,9 +1,11 @@
 """Job leases shared by every scheduler replica.
 
-A lease renewal (a claim, each report of the agent) is written to the ``cairn_job_leases``
-bucket (key ``<workspace>.<run>``: attempt and wall-clock time) and every replica mirrors the
-bucket through a watcher, so whichever replica answered an agent's report, every replica
-sees the run as alive. Renewals are not decisions and are not appended to EVENTS; the
+A lease runs from the attempt's last sign of life. The log holds the first ones: the claim
+(``RunAssigned``) and the start (``RunStarted``) are events with a time, so a short job never
+writes a renewal. The agent's progress reports, which append nothing, renew it in the
+``cairn_job_leases`` bucket (key ``<workspace>.<run>``: attempt and wall-clock time), and every
+replica mirrors the bucket through a watcher, so whichever replica answered a report, every
+replica sees the run as alive. Renewals are not decisions and are not appended to EVENTS; the
 expiry they lead to is (``RunRequeued``), through the run aggregate with a derived command
 id, so replicas that reach it together take it once.
 
@@ -73,17 +75,17 @@ class Leases:
         await self._kv.put(f"{ws}.{run_id}", msgspec.json.encode(renewal))
 
     async def end(self, ws: str, run_id: str) -> None:
-        self.renewed.pop((ws, run_id), None)
-        with contextlib.suppress(Exception):
-            await self._kv.delete(f"{ws}.{run_id}")
+        """Forget the run's renewal, if it has one (most jobs end before their first)."""
+        if self.renewed.pop((ws, run_id), None) is not None:
+            with contextlib.suppress(Exception):
+                await self._kv.delete(f"{ws}.{run_id}")
 
-    async def expired(self, ws: str, run_id: str, attempt: int, lease_s: float) -> bool:
-        """Whether attempt ``attempt`` has gone a lease without renewal. A held run with no
-        renewal of that attempt yet (a replica's first sight of it) gets one now."""
+    def expired(self, ws: str, run_id: str, attempt: int, lease_s: float, alive_at: float) -> bool:
+        """Whether attempt ``attempt`` has gone a lease without a sign of life: ``alive_at``
+        (its last one in the log) or a later renewal of that attempt."""
         if time.monotonic() - self.started < lease_s:
             return False
         renewal = self.renewed.get((ws, run_id))
-        if renewal is None or renewal.attempt != attempt:
-            await self.renew(ws, run_id, attempt)
-            return False
-        return time.time() > renewal.at + lease_s
+        if renewal is not None and renewal.attempt == attempt:
+            alive_at = max(alive_at, renewal.at)
+        return time.time() > alive_at + lease_s

@@ -1,7 +1,9 @@
 """The scheduler's read model: one row per job, enough to decide what to do next.
 
 Times are wall-clock seconds taken from the event timestamps, so a restarted scheduler sees the
-same deadlines (when a re-queued run may go again, when a running one times out).
+same deadlines (when a re-queued run may go again, when a running one times out). ``alive_at``
+is the last sign of life of the current attempt in the log (its claim, its start): a lease runs
+from there until a renewal in the leases bucket moves it on.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["ACTIVE", "JOB_COLUMNS", "JobsProjection"]
 JOB_COLUMNS = (
     "workspace", "run_id", "experiment_name", "display_name", "compute", "status", "priority",
     "queue_n", "attempt", "agent_id", "lost", "lease_s", "timeout_s", "not_before",
-    "submitted_at", "started_at", "ended_at", "error", "command", "seq",
+    "submitted_at", "started_at", "ended_at", "error", "command", "seq", "alive_at",
 )  # fmt: skip
 ACTIVE = tuple(
     s.value
@@ -41,7 +43,7 @@ _END = {RunCompleted: RunStatus.COMPLETED, RunFailed: RunStatus.FAILED,
 
 class JobsProjection:
     name = "scheduler"
-    version = 3
+    version = 4
     tables: tuple[str, ...] = ("jobs", "names", "inputs")
     source = events_of("run")
 
@@ -51,7 +53,7 @@ class JobsProjection:
             " display_name TEXT, compute TEXT, status TEXT, priority INTEGER, queue_n INTEGER,"
             " attempt INTEGER, agent_id TEXT, lost INTEGER, lease_s REAL, timeout_s REAL,"
             " not_before REAL, submitted_at REAL, started_at REAL, ended_at REAL, error TEXT,"
-            " command TEXT, seq INTEGER, PRIMARY KEY (workspace, run_id))"
+            " command TEXT, seq INTEGER, alive_at REAL, PRIMARY KEY (workspace, run_id))"
         )
         db.execute(f"CREATE INDEX {t('jobs')}_status ON {t('jobs')} (status)")
         # the next tickets of a compute target, read in order: no sort of the whole queue
@@ -87,7 +89,7 @@ class JobsProjection:
                 ).fetchone() or ("", None)
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('jobs')} VALUES"
-                    " (?,?,?,?,?,?,?,1,0,'',0,0,?,0,?,NULL,NULL,'',?,?)",
+                    " (?,?,?,?,?,?,?,1,0,'',0,0,?,0,?,NULL,NULL,'',?,?,NULL)",
                     (*key, *names, compute, RunStatus.QUEUED.value, job.priority, job.timeout_s,
                      at, " ".join(job.command)[:500], seq),
                 )  # fmt: skip
@@ -96,15 +98,15 @@ class JobsProjection:
                     [(ws, i.dataset, i.version, env.aggregate_id) for i in job.inputs if i.dataset],
                 )
             case RunAssigned(attempt=attempt, agent_id=agent_id, lease_s=lease_s):
-                db.execute(update + "status=?, attempt=?, agent_id=?, lease_s=?, started_at=NULL"
-                           + where, (seq, RunStatus.PREPARING.value, attempt, agent_id, lease_s,
-                                     *key))  # fmt: skip
+                db.execute(update + "status=?, attempt=?, agent_id=?, lease_s=?, started_at=NULL,"
+                           " alive_at=?" + where, (seq, RunStatus.PREPARING.value, attempt,
+                                                   agent_id, lease_s, at, *key))  # fmt: skip
             case RunStarted():
                 db.execute(
                     update
-                    + "started_at=?, status=CASE status WHEN ? THEN status ELSE ? END"
+                    + "started_at=?, alive_at=?, status=CASE status WHEN ? THEN status ELSE ? END"
                     + where,
-                    (seq, at, RunStatus.CANCEL_REQUESTED.value, RunStatus.RUNNING.value, *key),
+                    (seq, at, at, RunStatus.CANCEL_REQUESTED.value, RunStatus.RUNNING.value, *key),
                 )
             case RunRequeued(delay_s=delay_s):
                 db.execute(update + "status=?, queue_n=queue_n+1, lost=lost+1, agent_id='',"

@@ -164,6 +164,7 @@ class SchedulerService(ProjectedService):
             return [_job_row(row) for row in rows]
 
         jobs, _ = self.projection.read(active)
+        await self._forget_ended({(j["workspace"], j["run_id"]) for j in jobs})
         now = time.time()
         queued = {(j["workspace"], j["run_id"], j["queue_n"]) for j in jobs
                   if j["status"] == runs.RunStatus.QUEUED}  # fmt: skip
@@ -188,9 +189,24 @@ class SchedulerService(ProjectedService):
                         functools.partial(runs.decide_timeout, attempt=attempt, timeout_s=timeout),
                     )
 
+    async def _forget_ended(self, active: set[tuple[str, str]]) -> None:
+        """Delete the renewals of runs that have ended: the replica that recorded the end
+        deletes its run's renewal, but may not have seen one another replica wrote."""
+        left = [key for key in self.leases.renewed if key not in active]
+        if not left:
+            return
+
+        def ended(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str]]:
+            sql = f"SELECT status FROM {t('jobs')} WHERE workspace=? AND run_id=?"
+            rows = ((key, db.execute(sql, key).fetchone()) for key in left)
+            return [key for key, row in rows if row is not None and row[0] not in ACTIVE]
+
+        for ws, run_id in self.projection.read(ended)[0]:
+            await self.leases.end(ws, run_id)
+
     async def _check_lease(self, job: dict[str, Any]) -> None:
         ws, run_id, attempt = job["workspace"], job["run_id"], job["attempt"]
-        if await self.leases.expired(ws, run_id, attempt, job["lease_s"]):
+        if self.leases.expired(ws, run_id, attempt, job["lease_s"], job["alive_at"] or 0.0):
             reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
             await self._decide(
@@ -309,7 +325,6 @@ class SchedulerService(ProjectedService):
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id, fresh=fresh)
         if state.agent_id != cmd.agent_id or state.queue_n != cmd.queue_n or state.job is None:
             raise StaleAttempt(f"run {cmd.run_id} moved on before this claim was answered")
-        await self.leases.renew(req.workspace, cmd.run_id, state.attempt)
         key = (req.workspace, cmd.run_id, cmd.queue_n)
         self.claimed.add(key)
         if self.published.pop(key, None) is not None:
@@ -324,7 +339,8 @@ class SchedulerService(ProjectedService):
         cmd: ReportJob = req.body
         accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_report(state, cmd))
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
-        await self.leases.renew(req.workspace, cmd.run_id, cmd.attempt)
+        if cmd.phase == "progress":  # a start is in the log, and renews the lease from there
+            await self.leases.renew(req.workspace, cmd.run_id, cmd.attempt)
         cancel = state.status == runs.RunStatus.CANCEL_REQUESTED
         status = JobStatus(run_id=cmd.run_id, attempt=cmd.attempt, status=state.status.value,
                            cancel=cancel, reason=state.cancel_reason)  # fmt: skip
