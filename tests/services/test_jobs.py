@@ -80,7 +80,7 @@ async def test_a_script_job_runs_streams_logs_and_keeps_outputs(
     metrics = await run.get_metrics("loss")
     assert metrics["loss"] == [1.0, 0.5, 1.0 / 3]
     events = [type(e).__name__ for e in await history(store, ws.name, run_id)]
-    assert events[:4] == ["RunCreated", "RunSubmitted", "RunAssigned", "RunStarted"]
+    assert events[:3] == ["RunSubmitted", "RunAssigned", "RunStarted"]
     assert events[-1] == "RunCompleted"
 
 
@@ -248,6 +248,30 @@ async def test_only_progress_reports_write_lease_renewals(
     assert ops.count("PUT") >= 3 and ops[-1] == "DEL"
     events = await history(store, ws.name, slow)
     assert [type(e).__name__ for e in events].count("RunAssigned") == 1
+
+
+async def test_a_run_submitted_the_older_way_is_read_and_runs(
+    ws: AsyncWorkspace, agents: Agents, store: EventStore
+) -> None:
+    """History written before a submission was one event (``RunCreated`` + ``RunSubmitted``
+    in one atomic batch) still makes a job: the read models see the run and it completes."""
+    from cairn.bus import CommandContext, execute
+    from cairn.proto.events import RunCreated, RunSubmitted
+
+    exp = await ws.experiment("jobs")
+    run_id = os.urandom(8).hex()
+    job = JobSpec(command=["true"])
+    events = [RunCreated(run_id=run_id, experiment_id=exp.id, experiment_name="jobs",
+                         display_name="old-style"),
+              RunSubmitted(run_id=run_id, compute="local", job=job)]  # fmt: skip
+    ctx = CommandContext(workspace=ws.name, command_id=os.urandom(8).hex(), actor="test")
+    subject = subjects.event(ws.name, "run", run_id)
+    await execute(store, ctx, kind="run", aggregate_id=run_id, subject=subject,
+                  decide=lambda h: events)  # fmt: skip
+    await agents.start(slots=1)
+    details = await follow(ws, run_id, timeout=60)
+    assert details["status"] == "Completed"
+    assert (details["display_name"], details["experiment_name"]) == ("old-style", "jobs")
 
 
 async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Path) -> None:

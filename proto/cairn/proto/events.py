@@ -133,12 +133,21 @@ class RunCanceled(Event, frozen=True, kw_only=True):
 
 
 class RunSubmitted(Event, frozen=True, kw_only=True):
-    """The run is a job queued on ``compute`` (queue number 1)."""
+    """The run is a job queued on ``compute`` (queue number 1).
+
+    A submission is one fact and one message: the event also creates the run, naming its
+    experiment, display name and tags (an atomic batch of several events costs the server
+    several times one append). A submission recorded before these fields existed has no
+    ``experiment_id`` and follows the run's ``RunCreated`` in the same batch."""
 
     KIND = "run"
     run_id: Id
     compute: Id
     job: JobSpec
+    experiment_id: Id | None = None
+    experiment_name: Name | None = None
+    display_name: Name | None = None
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
 
 class RunAssigned(Event, frozen=True, kw_only=True):

@@ -1,7 +1,7 @@
 """Jobs: runs that a compute agent executes.
 
-1. ``SubmitJob`` (``cairn.cmd.<ws>.job.submit``, the scheduler) records ``RunCreated`` and
-   ``RunSubmitted`` as one batch; the run is ``Queued``.
+1. ``SubmitJob`` (``cairn.cmd.<ws>.job.submit``, the scheduler) records ``RunSubmitted``,
+   which creates the run; the run is ``Queued``.
 2. The scheduler publishes a ``Ticket`` on ``cairn.jobs.<ws>.<compute>`` (message id
    ``ticket:<run>:<queue_n>``). An agent with a free slot pulls it and sends ``ClaimJob``;
    the scheduler appends ``RunAssigned{attempt}`` and answers ``Assignment``, or refuses with

@@ -123,10 +123,8 @@ def evolve(state: RunState, event: Event) -> RunState:
                 state.status if state.status == RunStatus.CANCEL_REQUESTED else RunStatus.RUNNING
             )
             return msgspec.structs.replace(state, status=status, started=True)
-        case RunSubmitted(compute=compute, job=job):
-            return msgspec.structs.replace(
-                state, status=RunStatus.QUEUED, compute=compute, job=job, queue_n=1
-            )
+        case RunSubmitted() as ev:
+            return _submitted(state, ev)
         case RunAssigned(attempt=attempt, agent_id=agent_id, lease_s=lease_s):
             return msgspec.structs.replace(
                 state,
@@ -161,6 +159,15 @@ def evolve(state: RunState, event: Event) -> RunState:
         case ArtifactCommitted(path=path, digest=digest):
             return msgspec.structs.replace(state, files={**state.files, path: digest})
     return state
+
+
+def _submitted(state: RunState, ev: RunSubmitted) -> RunState:
+    if ev.experiment_id is not None:  # the submission created the run
+        state = RunState(exists=True, run_id=ev.run_id, experiment_id=ev.experiment_id,
+                         experiment_name=ev.experiment_name or "", tags=dict(ev.tags))  # fmt: skip
+    return msgspec.structs.replace(
+        state, status=RunStatus.QUEUED, compute=ev.compute, job=ev.job, queue_n=1
+    )
 
 
 def fold(events: Iterable[Event]) -> RunState:
@@ -245,14 +252,9 @@ def decide_submit(
     """``job`` is ``command.job`` with its environment resolved by the caller."""
     if state.exists:
         raise AlreadyExists(f"run {command.run_id} already exists")
-    events: list[Event] = [
-        RunCreated(run_id=command.run_id, experiment_id=experiment_id,
-                   experiment_name=command.experiment_name, display_name=command.display_name),
-        RunSubmitted(run_id=command.run_id, compute=command.compute, job=job),
-    ]  # fmt: skip
-    if command.tags:
-        events.append(RunTagsSet(run_id=command.run_id, tags=command.tags))
-    return events
+    return [RunSubmitted(run_id=command.run_id, compute=command.compute, job=job,
+                         experiment_id=experiment_id, experiment_name=command.experiment_name,
+                         display_name=command.display_name, tags=command.tags)]  # fmt: skip
 
 
 def _require_job(state: RunState, run_id: str) -> JobSpec:

@@ -65,7 +65,7 @@ class JobsProjection:
             f"CREATE TABLE {t('inputs')} (workspace TEXT, dataset TEXT, version INTEGER,"
             " run_id TEXT, PRIMARY KEY (workspace, dataset, version, run_id))"
         )
-        # run names arrive in RunCreated, before RunSubmitted says the run is a job
+        # names of runs submitted before RunSubmitted carried them: they came in RunCreated
         db.execute(
             f"CREATE TABLE {t('names')} (workspace TEXT, run_id TEXT, experiment_name TEXT,"
             " display_name TEXT, PRIMARY KEY (workspace, run_id))"
@@ -84,9 +84,10 @@ class JobsProjection:
                 db.execute(f"INSERT OR IGNORE INTO {t('names')} VALUES (?,?,?,?)",
                            (*key, experiment_name, display_name))  # fmt: skip
             case RunSubmitted(compute=compute, job=job):
-                names = db.execute(
-                    f"SELECT experiment_name, display_name FROM {t('names')}" + where, key
-                ).fetchone() or ("", None)
+                names = (ev.experiment_name, ev.display_name) if ev.experiment_id else (
+                    db.execute(f"SELECT experiment_name, display_name FROM {t('names')}" + where,
+                               key).fetchone() or ("", None)
+                )  # fmt: skip
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('jobs')} VALUES"
                     " (?,?,?,?,?,?,?,1,0,'',0,0,?,0,?,NULL,NULL,'',?,?,NULL)",

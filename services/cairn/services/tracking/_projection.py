@@ -70,6 +70,27 @@ class TrackingProjection:
         )
         db.execute(f"CREATE INDEX {t('runs')}_exp ON {t('runs')} (workspace, experiment_id)")
 
+    @staticmethod
+    def _insert_run(
+        db: sqlite3.Connection,
+        t: Tables,
+        env: Envelope[Event],
+        seq: int,
+        run_id: str,
+        experiment_id: str,
+        experiment_name: str,
+        display_name: str | None,
+        parent_run_id: str | None,
+        tags: dict[str, str],
+    ) -> None:
+        """A new run, NotStarted (created by ``RunCreated``, or by a job's ``RunSubmitted``)."""
+        db.execute(
+            f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'{{}}')",
+            (env.workspace, run_id, experiment_id, experiment_name, display_name, parent_run_id,
+             RunStatus.NOT_STARTED.value, "", env.timestamp.isoformat(), env.actor, None, None,
+             seq, json.dumps(tags)),
+        )  # fmt: skip
+
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
         env, seq = item.value, item.seq
         at, ws = env.timestamp.isoformat(), env.workspace
@@ -85,25 +106,8 @@ class TrackingProjection:
                     (ws, eid, name, at, env.actor, seq),
                 )
             case RunCreated() as ev:
-                db.execute(
-                    f"INSERT OR IGNORE INTO {t('runs')} VALUES"
-                    " (?,?,?,?,?,?,?,?,?,?,?,?,?,'{}','{}')",
-                    (
-                        ws,
-                        ev.run_id,
-                        ev.experiment_id,
-                        ev.experiment_name,
-                        ev.display_name,
-                        ev.parent_run_id,
-                        RunStatus.NOT_STARTED.value,
-                        "",
-                        at,
-                        env.actor,
-                        None,
-                        None,
-                        seq,
-                    ),
-                )
+                self._insert_run(db, t, env, seq, ev.run_id, ev.experiment_id, ev.experiment_name,
+                                 ev.display_name, ev.parent_run_id, {})  # fmt: skip
             case RunStarted(run_id=run_id):
                 db.execute(
                     f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
@@ -119,6 +123,14 @@ class TrackingProjection:
                     f"UPDATE {t('runs')} SET {column} = json_patch({column}, ?), seq=?"
                     " WHERE workspace=? AND run_id=?",
                     (json.dumps(values), seq, ws, run_id),
+                )
+            case RunSubmitted(experiment_id=experiment_id) as ev if experiment_id is not None:
+                name = ev.experiment_name or ""
+                self._insert_run(db, t, env, seq, ev.run_id, experiment_id, name,
+                                 ev.display_name, None, ev.tags)  # fmt: skip
+                db.execute(
+                    f"UPDATE {t('runs')} SET status=?, seq=? WHERE workspace=? AND run_id=?",
+                    (RunStatus.QUEUED.value, seq, ws, ev.run_id),
                 )
             case (
                 RunSubmitted(run_id=run_id)
