@@ -108,6 +108,10 @@ class ProcessBackend:
         self._python_for = python_for
         self.warm = warm
         self._zygotes: dict[str, Zygote] = {}
+        # the agent's environment as it started, without Cairn's own variables (read once:
+        # going through os.environ costs more than the rest of a launch's set-up)
+        self._environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        self._base: dict[str, dict[str, str]] = {}
 
     async def runtime(self, env: JobEnvironment | None) -> Runtime:
         return Runtime(str(await self._python_for(env)))
@@ -116,7 +120,7 @@ class ProcessBackend:
         self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
         labels: dict[str, str], gpus: list[int],
     ) -> Launched:  # fmt: skip
-        env = {**_base_env(runtime.python), **env}
+        env = {**self._base_env(runtime.python), **env}
         warm = warm_argv(runtime.python, argv) if self.warm else None
         if warm is not None:
             zygote = self._zygote(runtime.python)
@@ -140,23 +144,24 @@ class ProcessBackend:
         ``MAX_ZYGOTES`` environments are kept warm; the jobs of others start cold."""
         zygote = self._zygotes.get(python)
         if zygote is None and len(self._zygotes) < MAX_ZYGOTES:
-            env = {**_base_env(python), "PYTHONUNBUFFERED": "1"}
+            env = {**self._base_env(python), "PYTHONUNBUFFERED": "1"}
             zygote = self._zygotes[python] = Zygote(python, env, _with_pdeathsig)
         return zygote
+
+    def _base_env(self, python: str) -> dict[str, str]:
+        """The agent's environment for a job's process with the interpreter's folder first on
+        ``PATH`` (``python`` in a shell command is it too). Shared: callers copy it."""
+        env = self._base.get(python)
+        if env is None:
+            env = self._base[python] = dict(self._environ)
+            env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
 
     def close(self) -> None:
         """Stop the warm interpreters (a job still running from one is killed with it)."""
         for zygote in self._zygotes.values():
             zygote.close()
         self._zygotes.clear()
-
-
-def _base_env(python: str) -> dict[str, str]:
-    """The agent's environment for a job's process, without Cairn's own variables and with
-    the interpreter's folder first on ``PATH`` (``python`` in a shell command is it too)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def _with_pdeathsig(argv: list[str]) -> list[str]:
