@@ -225,11 +225,12 @@ async def test_services_of_one_connection_share_one_cache(
         return [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")]
 
     for i, service in enumerate((tracking, artifacts, tracking)):
-        ctx = CommandContext(workspace=ws_name, command_id=f"s{i}", actor="t")
+        ctx = CommandContext(workspace=ws_name, command_id=f"{ws_name}-s{i}", actor="t")
         await execute(service, ctx, kind="experiment", aggregate_id="agg", subject=subject,
                       cache=AggregateCache.shared(service), decide=decide)  # fmt: skip
     assert decided == [0, 1, 2]  # each decided once, on the history as it was
-    assert [r.envelope.causation_id for r in await store.read(subject)] == ["s0", "s1", "s2"]
+    causes = [r.envelope.causation_id for r in await store.read(subject)]
+    assert causes == [f"{ws_name}-s{i}" for i in range(3)]
 
 
 class _CountingStore(EventStore):
@@ -261,7 +262,8 @@ async def test_a_new_aggregate_is_decided_without_a_read_and_an_existing_one_is_
         return [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")]
 
     async def send(command_id: str, cache: AggregateCache) -> bool:
-        ctx = CommandContext(workspace=ws_name, command_id=command_id, actor="t")
+        # ids unique to the test: message ids are deduplicated across the whole stream
+        ctx = CommandContext(workspace=ws_name, command_id=f"{ws_name}-{command_id}", actor="t")
         accepted = await execute(store, ctx, kind="experiment", aggregate_id="agg",
                                  subject=subject, cache=cache, decide=decide, new=True)  # fmt: skip
         return accepted.replayed
@@ -273,7 +275,7 @@ async def test_a_new_aggregate_is_decided_without_a_read_and_an_existing_one_is_
     assert await send("first", AggregateCache(store))  # a retry: found, not decided again
     assert decided == [0, 0, 1, 0]
     history = await store.read(subject)
-    assert [r.envelope.causation_id for r in history] == ["first", "second"]
+    assert [r.envelope.causation_id for r in history] == [f"{ws_name}-first", f"{ws_name}-second"]
 
 
 async def test_a_cached_answer_is_believed_only_while_it_is_young_enough(
@@ -284,7 +286,7 @@ async def test_a_cached_answer_is_believed_only_while_it_is_young_enough(
     store = _CountingStore(conn)
     cache = AggregateCache(store)
     subject = _subject(ws_name)
-    await store.append(subject, [envelope(ws_name, "agg")], expected_seq=0, msg_id="m")
+    await store.append(subject, [envelope(ws_name, "agg")], expected_seq=0, msg_id=uuid.uuid4().hex)
     assert len(await cache.refresh(subject)) == 1 and store.reads == 1
     assert len(await cache.read(subject, lambda h: bool(h), max_age_s=60)) == 1
     assert store.reads == 1  # young and enough: no read

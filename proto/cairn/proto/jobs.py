@@ -7,9 +7,9 @@
    the scheduler appends ``RunAssigned{attempt}`` and answers ``Assignment``, or refuses with
    ``StaleAttempt`` when the ticket is not the run's current one (the agent then drops it).
 3. The agent reports ``ReportJob`` (the first one records ``RunStarted``; the lease runs from
-   there, and each later one renews it) and ends with ``FinishJob``. Every report names its attempt, and a report from any
-   attempt but the current one is refused as stale: acknowledgements in JetStream are not
-   fencing tokens, attempt numbers in the log are.
+   there, and each later one renews it) and ends with ``FinishJob``. Every report names its
+   attempt, and a report from any attempt but the current one is refused as stale:
+   acknowledgements in JetStream are not fencing tokens, attempt numbers in the log are.
 """
 
 from __future__ import annotations

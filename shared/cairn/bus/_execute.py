@@ -123,7 +123,9 @@ class AggregateCache:
         return entry.history
 
     def put(self, subject: str, history: list[Recorded]) -> None:
-        """Cache ``history``; when it extends the cached one, only its new tail is indexed."""
+        """Cache ``history``, the aggregate's whole history as of now (read from the log, or
+        extended by an append the CAS accepted); when it extends the cached one, only its new
+        tail is indexed."""
         old = self._entries.get(subject)
         n = len(old.history) if old is not None else 0
         if old is not None and n <= len(history) and (n == 0 or history[n - 1] is old.history[-1]):

@@ -84,7 +84,7 @@ class JobsProjection:
                 db.execute(f"INSERT OR IGNORE INTO {t('names')} VALUES (?,?,?,?)",
                            (*key, experiment_name, display_name))  # fmt: skip
             case RunSubmitted(compute=compute, job=job):
-                names = (ev.experiment_name, ev.display_name) if ev.experiment_id else (
+                names = (ev.experiment_name, ev.display_name) if ev.experiment_id is not None else (
                     db.execute(f"SELECT experiment_name, display_name FROM {t('names')}" + where,
                                key).fetchone() or ("", None)
                 )  # fmt: skip

@@ -82,13 +82,14 @@ class TrackingProjection:
         display_name: str | None,
         parent_run_id: str | None,
         tags: dict[str, str],
+        status: RunStatus,
     ) -> None:
-        """A new run, NotStarted (created by ``RunCreated``, or by a job's ``RunSubmitted``)."""
+        """A new run: NotStarted (``RunCreated``) or Queued (a job's ``RunSubmitted``)."""
         db.execute(
             f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'{{}}')",
             (env.workspace, run_id, experiment_id, experiment_name, display_name, parent_run_id,
-             RunStatus.NOT_STARTED.value, "", env.timestamp.isoformat(), env.actor, None, None,
-             seq, json.dumps(tags)),
+             status.value, "", env.timestamp.isoformat(), env.actor, None, None, seq,
+             json.dumps(tags)),
         )  # fmt: skip
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
@@ -107,7 +108,8 @@ class TrackingProjection:
                 )
             case RunCreated() as ev:
                 self._insert_run(db, t, env, seq, ev.run_id, ev.experiment_id, ev.experiment_name,
-                                 ev.display_name, ev.parent_run_id, {})  # fmt: skip
+                                 ev.display_name, ev.parent_run_id, {},
+                                 RunStatus.NOT_STARTED)  # fmt: skip
             case RunStarted(run_id=run_id):
                 db.execute(
                     f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
@@ -127,11 +129,7 @@ class TrackingProjection:
             case RunSubmitted(experiment_id=experiment_id) as ev if experiment_id is not None:
                 name = ev.experiment_name or ""
                 self._insert_run(db, t, env, seq, ev.run_id, experiment_id, name,
-                                 ev.display_name, None, ev.tags)  # fmt: skip
-                db.execute(
-                    f"UPDATE {t('runs')} SET status=?, seq=? WHERE workspace=? AND run_id=?",
-                    (RunStatus.QUEUED.value, seq, ws, ev.run_id),
-                )
+                                 ev.display_name, None, ev.tags, RunStatus.QUEUED)  # fmt: skip
             case (
                 RunSubmitted(run_id=run_id)
                 | RunAssigned(run_id=run_id)
