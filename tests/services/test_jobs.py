@@ -250,6 +250,30 @@ async def test_only_progress_reports_write_lease_renewals(
     assert [type(e).__name__ for e in events].count("RunAssigned") == 1
 
 
+async def test_a_renewal_left_behind_for_an_ended_run_is_deleted(
+    ws: AsyncWorkspace, agents: Agents
+) -> None:
+    """A renewal another replica wrote for a run that has since ended (the replica recording
+    the end had not seen it) is deleted by the scheduler's reconcile pass."""
+    from cairn.proto.streams import LEASES_BUCKET
+
+    await agents.start(slots=1)
+    run_id = await submit(ws, "jobs", ScriptRunConfig(command=["true"]))
+    assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
+    kv = await ws.conn.js.key_value(LEASES_BUCKET["bucket"])
+    key = f"{ws.name}.{run_id}"
+    await kv.put(key, b"[1, 0.0]")
+    for _ in range(100):
+        try:
+            entry = await kv.get(key)
+        except Exception:  # deleted (nats-py raises for a delete marker)
+            return
+        if not entry.value:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the left-behind renewal was never deleted")
+
+
 async def test_a_run_submitted_the_older_way_is_read_and_runs(
     ws: AsyncWorkspace, agents: Agents, store: EventStore
 ) -> None:
