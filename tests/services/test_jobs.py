@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cairn.bus import EventStore
-from cairn.errors import InvalidInput, NotFound, StaleAttempt
+from cairn.errors import AlreadyExists, InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
 from cairn.proto.commands import GetRun
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
@@ -324,6 +325,25 @@ async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Pa
         ScriptRunConfig(source_directory=tmp_path)
     # nothing was created by any of them
     assert await ws.experiment("jobs") and (await (await ws.experiment("jobs")).runs()) == []
+
+
+async def test_a_replayed_submit_takes_effect_once_and_a_reused_run_id_is_refused(
+    ws: AsyncWorkspace, store: EventStore
+) -> None:
+    """A submit decides on an empty history without reading the log; the CAS still finds the
+    run a retry or a reused id meets: the retry gets the first reply, the reuse a typed error,
+    and the run keeps its one submission."""
+    await ws.experiment("jobs")
+    run_id = os.urandom(8).hex()
+    submit_cmd = SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id, experiment_name="jobs",
+                           job=JobSpec(command=["true"]))  # fmt: skip
+    first = await ws.client.send(submit_cmd)
+    again = await ws.client.send(submit_cmd)
+    assert again.replayed and again.seq == first.seq
+    reused = msgspec.structs.replace(submit_cmd, command_id=os.urandom(8).hex())
+    with pytest.raises(AlreadyExists):
+        await ws.client.send(reused)
+    assert [type(e).__name__ for e in await history(store, ws.name, run_id)] == ["RunSubmitted"]
 
 
 async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> None:
