@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from cairn.bus import EventStore
+from cairn.bus import Connection, EventStore
 from cairn.errors import AlreadyExists, InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
-from cairn.proto.commands import GetRun
+from cairn.proto.commands import CreateExperiment, GetRun
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
@@ -344,6 +344,27 @@ async def test_a_replayed_submit_takes_effect_once_and_a_reused_run_id_is_refuse
     with pytest.raises(AlreadyExists):
         await ws.client.send(reused)
     assert [type(e).__name__ for e in await history(store, ws.name, run_id)] == ["RunSubmitted"]
+
+
+async def test_a_workspace_with_unclaimed_tickets_does_not_hold_up_another(
+    ws: AsyncWorkspace, agents: Agents, client_conn: Connection
+) -> None:
+    """The ticket window is per workspace and compute target: a workspace whose queue on
+    ``local`` has no agent (its tickets stay unclaimed, a window of one here) does not stop
+    another workspace's jobs on its own ``local``."""
+    from cairn.proto.commands import CreateWorkspace
+    from cairn.rpc import Client
+
+    other = Client(client_conn, "o" + os.urandom(6).hex())
+    await other.send(CreateWorkspace(command_id=os.urandom(8).hex(), name=other.workspace))
+    await other.send(CreateExperiment(command_id=os.urandom(8).hex(), name="idle"))
+    idle = JobSpec(command=["true"])
+    for _ in range(2):
+        await other.send(SubmitJob(command_id=os.urandom(8).hex(), run_id=os.urandom(8).hex(),
+                                   experiment_name="idle", job=idle))  # fmt: skip
+    await agents.start(slots=1)
+    run_id = await submit(ws, "jobs", ScriptRunConfig(command=["true"]))
+    assert (await follow(ws, run_id, timeout=30))["status"] == "Completed"
 
 
 async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> None:

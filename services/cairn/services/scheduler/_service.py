@@ -232,12 +232,14 @@ class SchedulerService(ProjectedService):
                 return
 
     async def _publish(self, ws: str, run_id: str, queue_n: int, compute: str) -> bool:
-        """Publish the run's ticket unless it is out already; False when the compute target
-        has ``window`` unclaimed tickets (the run waits, and priority can still reorder it)."""
+        """Publish the run's ticket unless it is out already; False when the workspace's queue
+        on the compute target has ``window`` unclaimed tickets (the run waits, and priority can
+        still reorder it)."""
         key = (ws, run_id, queue_n)
         if key in self.published or key in self.claimed:
             return True
-        if sum(1 for c in self.published.values() if c == compute) >= self.window:
+        out = sum(1 for (w, _, _), c in self.published.items() if w == ws and c == compute)
+        if out >= self.window:  # per workspace: each has its own queue (consumer) per target
             return False
         if (ws, compute) not in self.consumers:
             config = job_consumer(ws, compute, ack_wait_s=self.settings.job_lease_s,
