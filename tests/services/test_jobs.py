@@ -336,10 +336,13 @@ async def test_a_replayed_submit_takes_effect_once_and_a_reused_run_id_is_refuse
     await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
     submit_cmd = SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id, experiment_name="jobs",
-                           job=JobSpec(command=["true"]))  # fmt: skip
+                           job=JobSpec(command=["true"]), display_name="once",
+                           tags={"team": "a"})  # fmt: skip
     first = await ws.client.send(submit_cmd)
     again = await ws.client.send(submit_cmd)
     assert again.replayed and again.seq == first.seq
+    run = (await ws.client.ask(GetRun(run_id=run_id, min_seq=first.seq))).data
+    assert (run["status"], run["display_name"], run["tags"]) == ("Queued", "once", {"team": "a"})
     reused = msgspec.structs.replace(submit_cmd, command_id=os.urandom(8).hex())
     with pytest.raises(AlreadyExists):
         await ws.client.send(reused)
