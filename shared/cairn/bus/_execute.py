@@ -159,10 +159,12 @@ class AggregateCache:
         believed for that long after the history was last known to be whole ("this compute
         target exists"), as a name cache believes an entry until its time to live runs out."""
         entry = self._entries.get(subject)
-        if entry is not None and enough is not None and enough(entry.history):
-            if max_age_s is None or time.monotonic() - entry.checked <= max_age_s:
-                self._entries.move_to_end(subject)
-                return entry.history
+        young = entry is not None and (
+            max_age_s is None or time.monotonic() - entry.checked <= max_age_s
+        )
+        if entry is not None and young and enough is not None and enough(entry.history):
+            self._entries.move_to_end(subject)
+            return entry.history
         return await self.refresh(subject)
 
     async def refresh(self, subject: str) -> list[Recorded]:

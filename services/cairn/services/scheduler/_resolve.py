@@ -51,17 +51,20 @@ async def resolve_asset(
         return asset.resolve(asset.fold(r.envelope.data for r in history), builtin, kind, name,
                              version)  # fmt: skip
 
+    subject = subjects.event(ws, kind, subjects.name_to_id(name))
+    if max_age_s is None:
+        return resolve(await cache.refresh(subject))
+    cached: list[AssetRegistered] = []  # what the cached history resolved to, when it did
+
     def resolves(history: list[Recorded]) -> bool:
         try:
-            resolve(history)
+            cached.append(resolve(history))
         except NotFound:
             return False
         return True
 
-    subject = subjects.event(ws, kind, subjects.name_to_id(name))
-    if max_age_s is None:
-        return resolve(await cache.refresh(subject))
-    return resolve(await cache.read(subject, resolves, max_age_s=max_age_s))
+    history = await cache.read(subject, resolves, max_age_s=max_age_s)
+    return cached[0] if cached else resolve(history)
 
 
 def _check_basics(job: JobSpec) -> None:
