@@ -22,6 +22,23 @@ def test_schemas_match_the_code() -> None:
     assert schema.check() == [], "run: python -m cairn.proto.schema"
 
 
+def test_schemas_do_not_depend_on_how_msgspec_formats_them() -> None:
+    """msgspec 0.19 keeps a docstring's indentation and puts ``null`` first in an ``anyOf``;
+    0.23 dedents and puts it last. Both must give the same files."""
+    older = {
+        "description": "First line:\n    an indented continuation.",
+        "anyOf": [{"type": "null"}, {"$ref": "#/$defs/A"}],
+        "$defs": {"A": {"description": "A.\n    More.\n    "}},
+    }
+    newer = {
+        "description": "First line:\nan indented continuation.",
+        "anyOf": [{"$ref": "#/$defs/A"}, {"type": "null"}],
+        "$defs": {"A": {"description": "A.\nMore."}},
+    }
+    assert schema._normalised(older) == schema._normalised(newer)
+    assert schema._normalised(newer)["description"] == "First line:\nan indented continuation."
+
+
 def test_every_message_has_a_schema() -> None:
     names = set(schema.generate())
     for event in EVENT_TYPES:

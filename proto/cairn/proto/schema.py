@@ -6,6 +6,7 @@ exits 1 when they differ from the code (a test runs the same check).
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -31,14 +32,33 @@ __all__ = ["SCHEMA_DIR", "check", "generate", "write"]
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 
+def _normalised(node: Any) -> Any:
+    """``node`` in a form that does not depend on the msgspec version that made it: every
+    description cleaned as ``inspect.cleandoc`` cleans a docstring (versions differ in whether
+    they dedent), the alternatives of every ``anyOf`` in one order (versions differ in where
+    ``null`` goes; the order means nothing)."""
+    if isinstance(node, list):
+        return [_normalised(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _normalised(v) for k, v in node.items()}
+    if isinstance(out.get("description"), str):
+        out["description"] = inspect.cleandoc(out["description"])
+    if isinstance(out.get("anyOf"), list):
+        out["anyOf"] = sorted(out["anyOf"], key=lambda v: json.dumps(v, sort_keys=True))
+    return out
+
+
 def _schema(cls: Any, title: str) -> dict[str, Any]:
     (ref,), components = msgspec.json.schema_components([cls], ref_template="#/$defs/{name}")
-    return {
+    schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": title,
         **ref,
         "$defs": components,
     }
+    normalised: dict[str, Any] = _normalised(schema)
+    return normalised
 
 
 def assets_commands() -> tuple[type[Command], ...]:
