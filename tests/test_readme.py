@@ -23,6 +23,37 @@ def test_readme_opens_with_one_sentence_and_the_two_commands() -> None:
     assert commands[1].endswith("pytest")
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert commands[1] in ci
+    for command in commands:
+        assert "PIP_CONSTRAINT=ops/requirements.lock " in command, "installs from the lock"
+
+
+def test_the_lock_pins_every_dependency() -> None:
+    """Each requirement of pyproject.toml (runtime, test extra, build backend) is pinned to
+    one version in ops/requirements.lock, and that version is inside the requirement's range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    pins = {}
+    for line in (root / "ops" / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith((" ", "#")):
+            name, _, version = line.split(";")[0].strip().partition("==")
+            pins[canonicalize_name(name)] = version
+    wanted = [
+        *project["project"]["dependencies"],
+        *project["project"]["optional-dependencies"]["test"],
+        *project["build-system"]["requires"],
+    ]
+    for text in wanted:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        version = pins.get(canonicalize_name(req.name))
+        assert version, f"{req.name} is not in ops/requirements.lock: run ops/lock"
+        assert req.specifier.contains(version), f"{req.name}=={version} is outside {req.specifier}"
 
 
 async def test_readme_python_example_runs(
