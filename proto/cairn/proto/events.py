@@ -332,7 +332,19 @@ def decode_envelope(payload: bytes) -> Envelope[Event]:
         data: Event = _data_decoders[raw.type].decode(raw.data)
     else:
         data = msgspec.convert(_upcast(raw.type, raw.schema_version, raw.data), cls)
-    return msgspec.structs.replace(raw, data=data, schema_version=cls.VERSION)  # type: ignore[arg-type]
+    return Envelope(
+        event_id=raw.event_id,
+        type=raw.type,
+        schema_version=cls.VERSION,
+        workspace=raw.workspace,
+        aggregate_kind=raw.aggregate_kind,
+        aggregate_id=raw.aggregate_id,
+        timestamp=raw.timestamp,
+        actor=raw.actor,
+        causation_id=raw.causation_id,
+        correlation_id=raw.correlation_id,
+        data=data,
+    )
 
 
 def _upcast(type_name: str, version: int, raw: msgspec.Raw) -> dict[str, Any]:
