@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from cairn.bus import Connection, EventStore, ensure_stream, provision
@@ -18,7 +19,7 @@ async def test_provisioning_twice_changes_nothing(conn: Connection) -> None:
 
 
 async def test_drift_is_repaired(conn: Connection) -> None:
-    drifted = {**JOBS, "duplicate_window": 60 * 1_000_000_000}
+    drifted = msgspec.structs.replace(JOBS, duplicate_window=60 * 1_000_000_000)
     assert await ensure_stream(conn, drifted) == "updated"
     assert await ensure_stream(conn, JOBS) == "updated"
     assert await ensure_stream(conn, JOBS) == "unchanged"
@@ -35,7 +36,7 @@ async def test_events_stream_refuses_deletes_and_purges(
     limits = (config["discard"], config["max_bytes"], config["max_msgs"], config["max_age"])
     assert limits == ("new", -1, -1, 0)
     assert config["duplicate_window"] == 600 * 10**9
-    assert config["max_msg_size"] == EVENTS["max_msg_size"]
+    assert config["max_msg_size"] == EVENTS.max_msg_size
     result = await store.append(
         f"cairn.ev.{ws_name}.experiment.d", [envelope(ws_name, "d")], expected_seq=0, msg_id="d"
     )

@@ -225,7 +225,7 @@ async def test_only_progress_reports_write_lease_renewals(
         import sys, time
         time.sleep(float(sys.argv[1]))
     """)  # fmt: skip
-    kv = await ws.conn.js.key_value(LEASES_BUCKET["bucket"])
+    kv = await ws.conn.js.key_value(LEASES_BUCKET.bucket)
     seen: list[tuple[str, str]] = []
     watcher = await kv.watchall(include_history=False)
 
@@ -261,7 +261,7 @@ async def test_a_renewal_left_behind_for_an_ended_run_is_deleted(
     await agents.start(slots=1)
     run_id = await submit(ws, "jobs", ScriptRunConfig(command=["true"]))
     assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
-    kv = await ws.conn.js.key_value(LEASES_BUCKET["bucket"])
+    kv = await ws.conn.js.key_value(LEASES_BUCKET.bucket)
     key = f"{ws.name}.{run_id}"
     await kv.put(key, b"[1, 0.0]")
     for _ in range(100):

@@ -12,7 +12,9 @@ Durations are nanoseconds, as on the wire. Why each setting (see docs/design.md)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 __all__ = [
     "AGENTS_BUCKET",
@@ -24,93 +26,161 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "METRICS",
     "STREAMS",
+    "BucketConfig",
+    "ConsumerConfig",
+    "StreamConfig",
     "job_consumer",
 ]
 
 _SECOND = 1_000_000_000
 MAX_EVENT_BYTES = 256 * 1024
 
-EVENTS: dict[str, Any] = {
-    "name": "EVENTS",
-    "subjects": ["cairn.ev.>"],
-    "storage": "file",
-    "retention": "limits",
-    "discard": "new",
-    "max_msgs": -1,
-    "max_bytes": -1,
-    "max_age": 0,
-    "max_msg_size": MAX_EVENT_BYTES,
-    "duplicate_window": 600 * _SECOND,
-    "deny_delete": True,
-    "deny_purge": True,
-    "allow_rollup_hdrs": False,
-    "allow_direct": True,
-    "allow_atomic": True,
-    "num_replicas": 1,
-}
 
-METRICS: dict[str, Any] = {
-    "name": "METRICS",
-    "subjects": ["cairn.metrics.>"],
-    "storage": "file",
-    "retention": "limits",
-    "discard": "new",
-    "max_msg_size": 1024 * 1024,
-    "duplicate_window": 600 * _SECOND,
-    "deny_delete": True,
-    "deny_purge": True,
-    "allow_direct": True,
-    "num_replicas": 1,
-}
+class StreamConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A stream's configuration as the JetStream API names it. A field left at None takes the
+    server's default, is not sent, and is not compared when provisioning looks for drift."""
 
-LOGS: dict[str, Any] = {
-    "name": "LOGS",
-    "subjects": ["cairn.logs.>"],
-    "storage": "file",
-    "retention": "limits",
-    "discard": "old",
-    "max_age": 30 * 24 * 3600 * _SECOND,
-    "max_bytes": 10 * 1024**3,
-    "max_msg_size": 1024 * 1024,
-    "duplicate_window": 120 * _SECOND,
-    "allow_direct": True,
-    "num_replicas": 1,
-}
+    name: str
+    subjects: tuple[str, ...]
+    storage: Literal["file", "memory"]
+    retention: Literal["limits", "interest", "workqueue"]
+    discard: Literal["old", "new"]
+    max_msg_size: int
+    #: nanoseconds
+    duplicate_window: int
+    num_replicas: int
+    max_msgs: int | None = None
+    max_bytes: int | None = None
+    #: nanoseconds; 0 keeps messages for ever
+    max_age: int | None = None
+    deny_delete: bool | None = None
+    deny_purge: bool | None = None
+    allow_rollup_hdrs: bool | None = None
+    allow_direct: bool | None = None
+    allow_atomic: bool | None = None
 
-JOBS: dict[str, Any] = {
-    "name": "JOBS",
-    "subjects": ["cairn.jobs.>"],
-    "storage": "file",
-    "retention": "workqueue",
-    "discard": "new",
-    "max_msg_size": 256 * 1024,
-    "duplicate_window": 600 * _SECOND,
-    "deny_delete": False,
-    "num_replicas": 1,
-}
+    def to_api(self) -> dict[str, Any]:
+        """The body of ``$JS.API.STREAM.CREATE`` / ``UPDATE``, as JSON decodes it (lists, so
+        that it compares equal to the configuration the server reports)."""
+        return _as_json(self)
 
-STREAMS: tuple[dict[str, Any], ...] = (EVENTS, METRICS, LOGS, JOBS)
 
-AGENTS_BUCKET: dict[str, Any] = {
-    "bucket": "cairn_agents",
-    "history": 1,
-    "ttl_s": 30.0,
-    "description": "agent heartbeats and capacity; a key expires when its agent goes quiet",
-}
+class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A durable pull consumer's configuration as the JetStream API names it."""
 
-LEASES_BUCKET: dict[str, Any] = {
-    "bucket": "cairn_job_leases",
-    "history": 1,
-    "ttl_s": 0.0,
-    "description": "the last renewal of each held job's lease, shared by scheduler replicas",
-}
+    durable_name: str
+    filter_subject: str
+    ack_policy: Literal["explicit", "all", "none"]
+    #: nanoseconds
+    ack_wait: int
+    max_deliver: int
+    #: nanoseconds between redeliveries
+    backoff: tuple[int, ...]
+    max_ack_pending: int
+    max_waiting: int
+    deliver_policy: Literal["all", "last", "new"]
 
-KV_BUCKETS: tuple[dict[str, Any], ...] = (AGENTS_BUCKET, LEASES_BUCKET)
+    def to_api(self) -> dict[str, Any]:
+        """The ``config`` of ``$JS.API.CONSUMER.CREATE``."""
+        return _as_json(self)
+
+
+class BucketConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A key-value bucket."""
+
+    bucket: str
+    history: int
+    #: seconds a key lives after its last write; 0: for ever
+    ttl_s: float
+    description: str
+
+
+def _as_json(config: msgspec.Struct) -> dict[str, Any]:
+    body: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(config))
+    return body
+
+
+EVENTS = StreamConfig(
+    name="EVENTS",
+    subjects=("cairn.ev.>",),
+    storage="file",
+    retention="limits",
+    discard="new",
+    max_msgs=-1,
+    max_bytes=-1,
+    max_age=0,
+    max_msg_size=MAX_EVENT_BYTES,
+    duplicate_window=600 * _SECOND,
+    deny_delete=True,
+    deny_purge=True,
+    allow_rollup_hdrs=False,
+    allow_direct=True,
+    allow_atomic=True,
+    num_replicas=1,
+)
+
+METRICS = StreamConfig(
+    name="METRICS",
+    subjects=("cairn.metrics.>",),
+    storage="file",
+    retention="limits",
+    discard="new",
+    max_msg_size=1024 * 1024,
+    duplicate_window=600 * _SECOND,
+    deny_delete=True,
+    deny_purge=True,
+    allow_direct=True,
+    num_replicas=1,
+)
+
+LOGS = StreamConfig(
+    name="LOGS",
+    subjects=("cairn.logs.>",),
+    storage="file",
+    retention="limits",
+    discard="old",
+    max_age=30 * 24 * 3600 * _SECOND,
+    max_bytes=10 * 1024**3,
+    max_msg_size=1024 * 1024,
+    duplicate_window=120 * _SECOND,
+    allow_direct=True,
+    num_replicas=1,
+)
+
+JOBS = StreamConfig(
+    name="JOBS",
+    subjects=("cairn.jobs.>",),
+    storage="file",
+    retention="workqueue",
+    discard="new",
+    max_msg_size=256 * 1024,
+    duplicate_window=600 * _SECOND,
+    deny_delete=False,
+    num_replicas=1,
+)
+
+STREAMS: tuple[StreamConfig, ...] = (EVENTS, METRICS, LOGS, JOBS)
+
+AGENTS_BUCKET = BucketConfig(
+    bucket="cairn_agents",
+    history=1,
+    ttl_s=30.0,
+    description="agent heartbeats and capacity; a key expires when its agent goes quiet",
+)
+
+LEASES_BUCKET = BucketConfig(
+    bucket="cairn_job_leases",
+    history=1,
+    ttl_s=0.0,
+    description="the last renewal of each held job's lease, shared by scheduler replicas",
+)
+
+KV_BUCKETS: tuple[BucketConfig, ...] = (AGENTS_BUCKET, LEASES_BUCKET)
 
 
 def job_consumer(
     ws: str, compute: str, *, ack_wait_s: float = 30.0, max_deliver: int = 5, slots: int = 1024
-) -> dict[str, Any]:
+) -> ConsumerConfig:
     """The one durable pull consumer that every agent of a compute target shares.
 
     A ticket is only a wake-up: an agent acknowledges it once its claim is recorded, and the
@@ -122,14 +192,14 @@ def job_consumer(
     from cairn.proto.subjects import job, validate_token
 
     wait = int(ack_wait_s * _SECOND)
-    return {
-        "durable_name": f"jobs-{validate_token(ws)}-{validate_token(compute)}",
-        "filter_subject": job(ws, compute),
-        "ack_policy": "explicit",
-        "ack_wait": wait,
-        "max_deliver": max_deliver,
-        "backoff": [wait * (2**i) for i in range(max(max_deliver - 1, 1))],
-        "max_ack_pending": slots,
-        "max_waiting": 512,
-        "deliver_policy": "all",
-    }
+    return ConsumerConfig(
+        durable_name=f"jobs-{validate_token(ws)}-{validate_token(compute)}",
+        filter_subject=job(ws, compute),
+        ack_policy="explicit",
+        ack_wait=wait,
+        max_deliver=max_deliver,
+        backoff=tuple(wait * (2**i) for i in range(max(max_deliver - 1, 1))),
+        max_ack_pending=slots,
+        max_waiting=512,
+        deliver_policy="all",
+    )

@@ -88,7 +88,7 @@ class EventStore:
         self,
         conn: Connection,
         *,
-        stream: str = EVENTS["name"],
+        stream: str = EVENTS.name,
         attempts: int = 5,
         backoff_s: float = 0.25,
         read_batch: int = 256,
@@ -98,7 +98,7 @@ class EventStore:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.read_batch = read_batch
-        limit = next((d.get("max_msg_size", -1) for d in STREAMS if d["name"] == stream), -1)
+        limit = next((d.max_msg_size for d in STREAMS if d.name == stream), -1)
         limit = conn.max_payload if limit <= 0 else min(limit, conn.max_payload)
         self.max_bytes = limit - _HEADER_ALLOWANCE
 

@@ -58,14 +58,14 @@ async def _status(settings: Settings) -> dict[str, Any]:
         streams: dict[str, dict[str, Any]] = {}
         for definition in STREAMS:
             try:
-                info = await conn.js.stream_info(definition["name"])
-                streams[definition["name"]] = {
+                info = await conn.js.stream_info(definition.name)
+                streams[definition.name] = {
                     "messages": info.state.messages,
                     "bytes": info.state.bytes,
                     "last_seq": info.state.last_seq,
                 }
             except Exception as exc:  # a missing stream is reported, not fatal
-                streams[definition["name"]] = {"error": str(exc)}
+                streams[definition.name] = {"error": str(exc)}
         return {
             "server": {
                 "url": conn.nc.connected_url.geturl() if conn.nc.connected_url else None,

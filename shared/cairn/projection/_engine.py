@@ -64,7 +64,7 @@ class Source(NamedTuple):
     kinds: frozenset[str] | None = None
 
 
-EVENTS_SOURCE = Source(EVENTS["name"], EVENTS_ALL, decode_envelope)
+EVENTS_SOURCE = Source(EVENTS.name, EVENTS_ALL, decode_envelope)
 
 
 def events_of(*kinds: str) -> Source:

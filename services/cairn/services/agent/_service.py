@@ -60,7 +60,7 @@ class AgentService:
         self.labels = [validate_token(label, "label") for label in labels or []]
         self.agent_id = agent_key(agent_id or f"{self.compute}-{uuid.uuid4().hex[:12]}")
         self.drain = drain
-        self.interval_s = float(AGENTS_BUCKET["ttl_s"]) / 3
+        self.interval_s = AGENTS_BUCKET.ttl_s / 3
         self.started_at = time.time()
         self.info: AgentInfo | None = None
         self._kv: Any = None
@@ -88,7 +88,7 @@ class AgentService:
         """Write the agent's key (capacity, free slots, time); the bucket's TTL drops it if
         heartbeats stop."""
         if self._kv is None:
-            self._kv = await self.conn.js.key_value(AGENTS_BUCKET["bucket"])
+            self._kv = await self.conn.js.key_value(AGENTS_BUCKET.bucket)
         self.info = detect(self.agent_id, self.compute, self.slots, self.labels,
                            self.started_at, time.time(),
                            free_slots=self.slots - self._busy(),
@@ -134,11 +134,11 @@ class AgentService:
         config = job_consumer(self.workspace, self.compute, ack_wait_s=self.settings.job_lease_s,
                               max_deliver=self.settings.job_max_deliver)  # fmt: skip
         try:
-            await self.conn.js.consumer_info(JOBS["name"], config["durable_name"])
+            await self.conn.js.consumer_info(JOBS.name, config.durable_name)
         except Exception:  # not there yet: the first agent (or the scheduler) makes it
-            await ensure_consumer(self.conn, JOBS["name"], config)
+            await ensure_consumer(self.conn, JOBS.name, config)
         return await self.conn.js.pull_subscribe_bind(
-            durable=config["durable_name"], stream=JOBS["name"]
+            durable=config.durable_name, stream=JOBS.name
         )
 
     async def _pull(self, stop: asyncio.Event) -> None:
@@ -257,7 +257,7 @@ async def list_agents(conn: Connection) -> list[AgentInfo]:
     """Every agent whose key has not expired."""
     from nats.js.errors import NoKeysError
 
-    kv = await conn.js.key_value(AGENTS_BUCKET["bucket"])
+    kv = await conn.js.key_value(AGENTS_BUCKET.bucket)
     try:
         keys = await kv.keys()
     except NoKeysError:

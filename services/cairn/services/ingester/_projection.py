@@ -41,7 +41,7 @@ class MetricsProjection:
     name = "metrics"
     version = 2
     tables: tuple[str, ...] = ("batches", "series", "points")
-    source = Source(METRICS["name"], "cairn.metrics.>", _decoder.decode)
+    source = Source(METRICS.name, "cairn.metrics.>", _decoder.decode)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY, seq INTEGER)")

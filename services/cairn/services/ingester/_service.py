@@ -36,7 +36,7 @@ class IngesterService(ProjectedService):
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, MetricsProjection())
         self.policy = settings.metrics_nonfinite
-        self.metrics = EventStore(conn, stream=METRICS["name"])
+        self.metrics = EventStore(conn, stream=METRICS.name)
         commands = Responder(
             conn,
             subjects=["cairn.cmd.*.metrics.>"],

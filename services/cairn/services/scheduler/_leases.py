@@ -46,7 +46,7 @@ class Leases:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._kv = await self.conn.js.key_value(LEASES_BUCKET["bucket"])
+        self._kv = await self.conn.js.key_value(LEASES_BUCKET.bucket)
         self._watcher = await self._kv.watchall()
         self._task = asyncio.create_task(self._follow())
 

@@ -244,7 +244,7 @@ class SchedulerService(ProjectedService):
         if (ws, compute) not in self.consumers:
             config = job_consumer(ws, compute, ack_wait_s=self.settings.job_lease_s,
                                   max_deliver=self.settings.job_max_deliver)  # fmt: skip
-            await ensure_consumer(self.conn, JOBS["name"], config)
+            await ensure_consumer(self.conn, JOBS.name, config)
             self.consumers.add((ws, compute))
         ticket = Ticket(workspace=ws, run_id=run_id, queue_n=queue_n)
         await self.conn.js.publish(
@@ -261,7 +261,7 @@ class SchedulerService(ProjectedService):
         try:
             advisory = json.loads(msg.data)
             seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
-            stored = await self.conn.js.get_msg(JOBS["name"], seq)
+            stored = await self.conn.js.get_msg(JOBS.name, seq)
             ticket = msgspec.json.decode(stored.data or b"", type=Ticket)
             await self._decide(
                 ticket.workspace,
@@ -269,7 +269,7 @@ class SchedulerService(ProjectedService):
                 derived_id("undeliverable", ticket.run_id, ticket.queue_n),
                 lambda s: runs.decide_undeliverable(s, ticket.queue_n, deliveries),
             )
-            await self.conn.js.delete_msg(JOBS["name"], seq)
+            await self.conn.js.delete_msg(JOBS.name, seq)
             log.warning("ticket_undeliverable", run_id=ticket.run_id, deliveries=deliveries)
         except Exception as exc:  # already gone, or not a ticket: nothing to fail
             log.warning("max_deliveries_unhandled", error=repr(exc))
