@@ -11,7 +11,7 @@ import pytest
 
 from cairn.errors import InvalidInput
 from cairn.rpc import Client
-from cairn.sdk._jobfile import load_job_file
+from cairn.sdk import load_job_file
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.sdk.test_sync_sdk import sdk_env
@@ -119,20 +119,31 @@ async def test_the_cli_reports_a_bad_job_file_and_exits_non_zero(
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
     path = _job_dir(tmp_path, JOB + "retries: 3\n")
     proc = await asyncio.create_subprocess_exec(
-        *CAIRN, "job", "create", "-f", str(path), env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        *CAIRN,
+        "job",
+        "create",
+        "-f",
+        str(path),
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     assert "error [invalid_input]" in err.decode() and "`retries`" in err.decode()
 
 
 def test_job_file_paths_and_environments(tmp_path: Path) -> None:
-    (tmp_path / "env.yml").write_text(textwrap.dedent("""
+    (tmp_path / "env.yml").write_text(
+        textwrap.dedent("""
         dependencies: [python=3.11, numpy, {pip: [tinypkg]}]
-    """))  # fmt: skip
-    text = JOB.replace("environment: azureml:cairn-python-3.11@latest",
-                       "environment: {conda_file: env.yml, image: base:1}")  # fmt: skip
+    """)
+    )
+    text = JOB.replace(
+        "environment: azureml:cairn-python-3.11@latest",
+        "environment: {conda_file: env.yml, image: base:1}",
+    )
     _, config = load_job_file(_job_dir(tmp_path, text))
     assert config.source_directory == tmp_path / "src"
     assert config.environment.spec().pip == ["tinypkg"]
@@ -186,8 +197,7 @@ async def test_job_yaml_data_inputs_and_a_registered_output(
     async def run(*args: str) -> str:
         return await cli(*args, env=env, cwd=tmp_path)
 
-    await run("datastore", "upload", "workspaceblobstore", "raw", "-t", "yaml-raw",
-              "--no-progress")  # fmt: skip
+    await run("datastore", "upload", "workspaceblobstore", "raw", "-t", "yaml-raw", "--no-progress")
     await run("dataset", "create", "yaml-raw", "--path", "workspaceblobstore:yaml-raw/*.csv")
     out = await run("job", "create", "--file", "job.yml", "--stream")
     assert "input 0: 2 lines" in out and "input 1: 3 lines" in out and "input 2: 3 lines" in out

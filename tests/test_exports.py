@@ -47,7 +47,9 @@ PINNED = {
         "ScriptRunConfig",
         "Workspace",
         "connect",
+        "load_job_file",
         "new_id",
+        "replay_spool_dir",
     ],
     "cairn.errors": [
         "AlreadyExists",

@@ -1,12 +1,26 @@
 """Data on compute: a registered dataset as a named input, a datastore folder mounted, an
 output folder uploaded; the model registered from the run lists the dataset version."""
 
+import asyncio
 import json
 import sys
+from typing import Any
 
-from cairn.proto.jobs import DatasetRuns
-from cairn.proto.registry import ModelLineage
-from cairn.sdk import Dataset, Environment, Estimator, Experiment, ScriptRunConfig, Workspace
+from cairn.sdk import (
+    Dataset,
+    Environment,
+    Estimator,
+    Experiment,
+    ScriptRunConfig,
+    Workspace,
+    connect,
+)
+
+
+async def runs_that_read(dataset: str) -> list[dict[str, Any]]:
+    async with connect() as core:
+        return await core.datasets.runs(dataset)
+
 
 training_folder = sys.argv[1]
 ws = Workspace.from_config()
@@ -21,38 +35,45 @@ config = ScriptRunConfig(
     source_directory=training_folder,
     script="train.py",
     arguments=[
-        "--data", raw.as_named_input("raw").as_download(),
-        "--extra", ds.path("raw-data", data_reference_name="extra").as_mount(),
-        "--out", ds.path("job-out/models", data_reference_name="models").as_upload(),
+        "--data",
+        raw.as_named_input("raw").as_download(),
+        "--extra",
+        ds.path("raw-data", data_reference_name="extra").as_mount(),
+        "--out",
+        ds.path("job-out/models", data_reference_name="models").as_upload(),
     ],
     environment=env,
-)  # fmt: skip
+)
 run = Experiment(ws, "data-jobs").submit(config)
 run.wait_for_completion(show_output=True)
 model = run.register_model(model_name="from-data", model_path="outputs/model.txt")
-lineage = ws._run(ws.core.client.ask(ModelLineage(name="from-data", version=model.version)))
-used = ws._run(ws.core.client.ask(DatasetRuns(dataset="raw data", min_seq=0)))
+lineage = model.lineage()
+used = asyncio.run(runs_that_read("raw data"))
 estimator = Estimator(
-    source_directory=training_folder, entry_script="train.py",
+    source_directory=training_folder,
+    entry_script="train.py",
     script_params={
         "--data": raw.as_named_input("raw").as_download(path_on_compute="training_data"),
         "--extra": ds.path("raw-data", data_reference_name="extra").as_download(),
         "--out": ds.path("job-out/estimator", data_reference_name="models").as_upload(),
     },
     environment_definition=env,
-)  # fmt: skip
+)
 second = Experiment(ws, "data-jobs").submit(estimator)
 second.wait_for_completion()
-estimated = [second.get_status(), second.get_metrics()["rows"],
-             [f["path"] for f in ds.list_files("job-out/estimator")]]  # fmt: skip
+estimated = [
+    second.get_status(),
+    second.get_metrics()["rows"],
+    [f["path"] for f in ds.list_files("job-out/estimator")],
+]
 print(
     json.dumps(
         {
             "estimator": estimated,
             "status": run.get_status(),
             "metrics": run.get_metrics(),
-            "lineage": lineage.data["datasets"],
-            "used_by": [[r["version"], r["run_id"] == run.id] for r in used.data],
+            "lineage": lineage["datasets"],
+            "used_by": [[r["version"], r["run_id"] == run.id] for r in used],
             "uploaded": [f["path"] for f in ds.list_files("job-out/models")],
             "model": open(run.download_file("outputs/model.txt", "model.txt")).read(),
         }

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, emit, json_option, show, sync_workspace
+from cairn.cli._base import cli, emit, json_option, run, show, sync_workspace, with_workspace
 from cairn.cli._registry import _assets, datastore
+
+if TYPE_CHECKING:
+    from cairn.sdk import AsyncWorkspace
 
 
 @datastore.command("upload")
@@ -16,8 +20,9 @@ from cairn.cli._registry import _assets, datastore
 @click.option("--target-path", "-t", default="", help="folder inside the datastore")
 @click.option("--overwrite", is_flag=True, help="replace files that exist")
 @click.option("--progress/--no-progress", default=True)
-def datastore_upload(name: str, source: Path, target_path: str, overwrite: bool,
-                     progress: bool) -> None:  # fmt: skip
+def datastore_upload(
+    name: str, source: Path, target_path: str, overwrite: bool, progress: bool
+) -> None:
     """Upload a file or a folder (recursively) into datastore NAME."""
     from cairn.sdk import Datastore
 
@@ -25,8 +30,10 @@ def datastore_upload(name: str, source: Path, target_path: str, overwrite: bool,
     if source.is_dir():
         store.upload(source, target_path, overwrite=overwrite, show_progress=progress)
     else:
-        store.upload_files([str(source)], target_path=target_path, overwrite=overwrite,
-                           show_progress=progress)  # fmt: skip
+        files = [str(source)]
+        store.upload_files(
+            files, target_path=target_path, overwrite=overwrite, show_progress=progress
+        )
     click.echo(f"uploaded {source} to {name}:{target_path or '/'}")
 
 
@@ -36,8 +43,9 @@ def datastore_upload(name: str, source: Path, target_path: str, overwrite: bool,
 @click.option("--prefix", "-p", default="", help="only files under this folder")
 @click.option("--overwrite", is_flag=True)
 @click.option("--progress/--no-progress", default=True)
-def datastore_download(name: str, target: Path, prefix: str, overwrite: bool,
-                       progress: bool) -> None:  # fmt: skip
+def datastore_download(
+    name: str, target: Path, prefix: str, overwrite: bool, progress: bool
+) -> None:
     """Download the files of datastore NAME (under --prefix) into TARGET."""
     from cairn.sdk import Datastore
 
@@ -64,8 +72,13 @@ def dataset() -> None:
 
 @dataset.command("create")
 @click.argument("name")
-@click.option("--path", "paths", multiple=True, required=True,
-              help="DATASTORE:PATTERN, wildcards allowed; repeatable")  # fmt: skip
+@click.option(
+    "--path",
+    "paths",
+    multiple=True,
+    required=True,
+    help="DATASTORE:PATTERN, wildcards allowed; repeatable",
+)
 @click.option("--tabular/--file", default=False, help="delimited files read as a table, or files")
 @click.option("--separator", default=",")
 @click.option("--no-header", is_flag=True)
@@ -73,9 +86,17 @@ def dataset() -> None:
 @click.option("--new-version", is_flag=True, help="register a new version of an existing name")
 @click.option("--description", default="")
 @json_option
-def dataset_create(name: str, paths: tuple[str, ...], tabular: bool, separator: str,
-                   no_header: bool, snapshot: bool, new_version: bool, description: str,
-                   as_json: bool) -> None:  # fmt: skip
+def dataset_create(
+    name: str,
+    paths: tuple[str, ...],
+    tabular: bool,
+    separator: str,
+    no_header: bool,
+    snapshot: bool,
+    new_version: bool,
+    description: str,
+    as_json: bool,
+) -> None:
     """Register a version of dataset NAME from datastore paths."""
     from cairn.sdk import Dataset
 
@@ -86,26 +107,29 @@ def dataset_create(name: str, paths: tuple[str, ...], tabular: bool, separator: 
         if not sep or not pattern:
             raise click.BadParameter(f"{item!r}: use DATASTORE:PATTERN", param_hint="--path")
         pairs.append((store, pattern))
-    made = (Dataset.Tabular.from_delimited_files(pairs, separator=separator, header=not no_header)
-            if tabular else Dataset.File.from_files(pairs))  # fmt: skip
+    made = (
+        Dataset.Tabular.from_delimited_files(pairs, separator=separator, header=not no_header)
+        if tabular
+        else Dataset.File.from_files(pairs)
+    )
     made.workspace = ws
-    version = made.register(ws, name, description=description, create_new_version=new_version,
-                            snapshot=snapshot)  # fmt: skip
+    version = made.register(
+        ws, name, description=description, create_new_version=new_version, snapshot=snapshot
+    )
     _show_dataset(name, version.version, as_json)
 
 
 def _show_dataset(name: str, version: int | None, as_json: bool) -> None:
     """A version, its files, and the runs that read it."""
-    from cairn.proto.assets import GetAsset
-    from cairn.proto.jobs import DatasetRuns
 
-    ws = sync_workspace()
-    data = ws._run(ws.core.client.ask(GetAsset(asset_kind="dataset", name=name, version=version)))
-    row = dict(data.data)
+    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
+        row = await ws.datasets.get(name, version)
+        runs = await ws.datasets.runs(name, row["version"])
+        return {**row, "read_by_runs": [r["run_id"] for r in runs]}
+
+    row = run(with_workspace(go))
     row["files"] = [f"{f[0]}:{f[1]} ({f[2]} B)" for f in row["spec"].get("files", [])]
     row["spec"] = {k: v for k, v in row["spec"].items() if k != "files"}
-    runs = ws._run(ws.core.client.ask(DatasetRuns(dataset=name, version=row["version"])))
-    row["read_by_runs"] = [r["run_id"] for r in runs.data]
     show(row, as_json)
 
 

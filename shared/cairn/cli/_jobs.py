@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
+
+if TYPE_CHECKING:
+    from cairn.sdk import AsyncWorkspace
+
+
+def _print_out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 @cli.group()
@@ -24,21 +32,19 @@ def job() -> None:
 @json_option
 def job_create(path: Path, stream: bool, as_json: bool) -> None:
     """Submit a command job described in the Azure ML CLI v2 shape."""
-    from cairn.sdk._jobfile import load_job_file
-    from cairn.sdk._jobs import follow, print_out, submit
+    from cairn.sdk import load_job_file
 
     spec, config = load_job_file(path)
 
-    async def go(ws: Any) -> dict[str, Any]:
+    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
         tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.tags.items()}
-        run_id = await submit(ws, spec.experiment_name or "default", config, tags=tags,
-                              display_name=spec.display_name)  # fmt: skip
+        exp = await ws.experiment(spec.experiment_name or "default")
+        submitted = await exp.submit(config, tags=tags, display_name=spec.display_name)
         if not stream:
-            return {"run_id": run_id, "status": "Queued"}
+            return {"run_id": submitted.id, "status": "Queued"}
         if not as_json:
-            click.echo(f"run {run_id} queued on {config.compute_name}", err=True)
-        details: dict[str, Any] = await follow(ws, run_id, out=None if as_json else print_out)
-        return details
+            click.echo(f"run {submitted.id} queued on {config.compute_name}", err=True)
+        return await submitted.wait_for_completion(out=None if as_json else _print_out)
 
     result = run(with_workspace(go))
     if as_json:
@@ -50,9 +56,16 @@ def job_create(path: Path, stream: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
-_JOB_COLUMNS = [("run_id", "RUN"), ("experiment_name", "EXPERIMENT"), ("compute", "COMPUTE"),
-                ("status", "STATUS"), ("attempt", "ATTEMPT"), ("agent_id", "AGENT"),
-                ("priority", "PRIO"), ("command", "COMMAND")]  # fmt: skip
+_JOB_COLUMNS = [
+    ("run_id", "RUN"),
+    ("experiment_name", "EXPERIMENT"),
+    ("compute", "COMPUTE"),
+    ("status", "STATUS"),
+    ("attempt", "ATTEMPT"),
+    ("agent_id", "AGENT"),
+    ("priority", "PRIO"),
+    ("command", "COMMAND"),
+]
 
 
 @job.command("list")
@@ -61,22 +74,17 @@ _JOB_COLUMNS = [("run_id", "RUN"), ("experiment_name", "EXPERIMENT"), ("compute"
 @click.option("--limit", default=100, show_default=True)
 @json_option
 def job_list(compute: str | None, active: bool, limit: int, as_json: bool) -> None:
-    from cairn.proto.jobs import ListJobs
-
-    q = ListJobs(compute=compute, active=active, limit=limit)
-    emit(run(with_workspace(lambda ws: ws.client.ask(q))).data, as_json, _JOB_COLUMNS)
+    rows = run(with_workspace(lambda ws: ws.jobs(compute=compute, active=active, limit=limit)))
+    emit(rows, as_json, _JOB_COLUMNS)
 
 
 @job.command("show")
 @click.argument("run_id")
 @json_option
 def job_show(run_id: str, as_json: bool) -> None:
-    from cairn.proto.jobs import GetJob
-
-    async def go(ws: Any) -> dict[str, Any]:
-        details: dict[str, Any] = await ws.run(run_id).details()
-        details.update((await ws.client.ask(GetJob(run_id=run_id))).data)
-        return details
+    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
+        job_run = ws.run(run_id)
+        return {**await job_run.details(), **await job_run.job()}
 
     show(run(with_workspace(go)), as_json)
 
@@ -86,12 +94,10 @@ def job_show(run_id: str, as_json: bool) -> None:
 @click.option("--follow", "-f", "follow_", is_flag=True, help="keep printing until the job ends")
 def job_logs(run_id: str, follow_: bool) -> None:
     """The job's output (from the LOGS stream)."""
-    from cairn.sdk._jobs import follow, print_logs, print_out
-
     if follow_:
-        run(with_workspace(lambda ws: follow(ws, run_id, out=print_out)))
+        run(with_workspace(lambda ws: ws.run(run_id).wait_for_completion(out=_print_out)))
     else:
-        run(with_workspace(lambda ws: print_logs(ws, run_id, print_out)))
+        run(with_workspace(lambda ws: ws.run(run_id).print_logs(_print_out)))
 
 
 @job.command("cancel")

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
+import msgspec
 
-from cairn.cli._base import cli, emit, json_option, show, sync_workspace
+from cairn.cli._base import cli, emit, json_option, run, show, sync_workspace, with_workspace
+from cairn.proto.assets import AssetKind, ComputeSpec
 
-_MODEL_COLUMNS = [("name", "NAME"), ("version", "VERSION"), ("aliases", "ALIASES"),
-                  ("framework", "FRAMEWORK"), ("run_id", "RUN"), ("tags", "TAGS")]  # fmt: skip
+if TYPE_CHECKING:
+    from cairn.sdk import AsyncWorkspace
+
+_MODEL_COLUMNS = [
+    ("name", "NAME"),
+    ("version", "VERSION"),
+    ("aliases", "ALIASES"),
+    ("framework", "FRAMEWORK"),
+    ("run_id", "RUN"),
+    ("tags", "TAGS"),
+]
 
 
 @cli.group()
@@ -25,25 +39,34 @@ def model() -> None:
 @click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
 @json_option
 def model_register(
-    name: str, path: str, run_id: str | None, description: str, framework: str | None,
-    framework_version: str | None, tags: tuple[str, ...], as_json: bool,
-) -> None:  # fmt: skip
+    name: str,
+    path: str,
+    run_id: str | None,
+    description: str,
+    framework: str | None,
+    framework_version: str | None,
+    tags: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Register PATH (a local file or folder, or with --run a run file) as NAME's next version."""
-    from cairn.sdk import Model
-
-    ws = sync_workspace()
     tag_map = dict(t.split("=", 1) for t in tags)
-    if run_id:
-        registered = Model._register(
-            ws, name, path, run_id=run_id, tags=tag_map, description=description,
-            framework=framework, framework_version=framework_version,
-        )  # fmt: skip
-    else:
-        registered = Model.register(
-            ws, path, name, tags=tag_map, description=description,
-            model_framework=framework, model_framework_version=framework_version,
-        )  # fmt: skip
-    emit(registered._data, as_json, _MODEL_COLUMNS)
+
+    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
+        staging, source = None, path
+        if not run_id:  # a local file or folder: uploaded into a staging area first
+            staging, source = await ws.models.upload(Path(path))
+        return await ws.models.register(
+            name,
+            source,
+            run_id=run_id,
+            staging_id=staging,
+            tags=tag_map,
+            description=description,
+            framework=framework,
+            framework_version=framework_version,
+        )
+
+    emit(run(with_workspace(go)), as_json, _MODEL_COLUMNS)
 
 
 @model.command("list")
@@ -51,9 +74,7 @@ def model_register(
 @click.option("--latest", is_flag=True, help="only the latest version of each name")
 @json_option
 def model_list(name: str | None, latest: bool, as_json: bool) -> None:
-    from cairn.sdk import Model
-
-    rows = [m._data for m in Model.list(sync_workspace(), name=name, latest=latest)]
+    rows = run(with_workspace(lambda ws: ws.models.list(name, latest=latest)))
     emit(rows, as_json, _MODEL_COLUMNS)
 
 
@@ -63,9 +84,8 @@ def model_list(name: str | None, latest: bool, as_json: bool) -> None:
 @click.option("--alias", default=None)
 @json_option
 def model_show(name: str, version: int | None, alias: str | None, as_json: bool) -> None:
-    from cairn.sdk import Model
-
-    show(Model(sync_workspace(), name, version, alias=alias)._data, as_json, width=18)
+    found = run(with_workspace(lambda ws: ws.models.get(name, version, alias=alias)))
+    show(found, as_json, width=18)
 
 
 @model.command("download")
@@ -74,9 +94,11 @@ def model_show(name: str, version: int | None, alias: str | None, as_json: bool)
 @click.option("--alias", default=None)
 @click.option("--output", "-o", default=".", show_default=True)
 def model_download(name: str, version: int | None, alias: str | None, output: str) -> None:
-    from cairn.sdk import Model
+    async def go(ws: AsyncWorkspace) -> Path:
+        found = await ws.models.get(name, version, alias=alias)
+        return await ws.models.download(found, Path(output))
 
-    click.echo(Model(sync_workspace(), name, version, alias=alias).download(output))
+    click.echo(str(run(with_workspace(go))))
 
 
 @model.command("alias")
@@ -85,32 +107,27 @@ def model_download(name: str, version: int | None, alias: str | None, output: st
 @click.argument("version", type=int)
 def model_alias(name: str, alias: str, version: int) -> None:
     """Point ALIAS of model NAME at VERSION."""
-    from cairn.sdk import Model
-
-    Model(sync_workspace(), name, version).set_alias(alias)
+    run(with_workspace(lambda ws: ws.models.set_alias(name, alias, version)))
     click.echo(f"{name}@{alias} -> {version}")
 
 
 # -- environments, datastores, compute ---------------------------------------------------------
 
-_ASSET_COLUMNS = [("name", "NAME"), ("version", "VERSION"), ("builtin", "BUILT-IN"),
-                  ("spec", "SPEC")]  # fmt: skip
+_ASSET_COLUMNS = [
+    ("name", "NAME"),
+    ("version", "VERSION"),
+    ("builtin", "BUILT-IN"),
+    ("spec", "SPEC"),
+]
 
 
-def _assets(kind: str, as_json: bool) -> None:
-    from cairn.proto.assets import ListAssets
-
-    ws = sync_workspace()
-    rows = ws._run(ws.core.client.ask(ListAssets(asset_kind=kind))).data  # type: ignore[arg-type]
-    emit(rows, as_json, _ASSET_COLUMNS)
+def _assets(kind: AssetKind, as_json: bool) -> None:
+    emit(run(with_workspace(lambda ws: ws.assets.list(kind))), as_json, _ASSET_COLUMNS)
 
 
-def _asset(kind: str, name: str, version: int | None, as_json: bool) -> None:
-    from cairn.proto.assets import GetAsset
-
-    ws = sync_workspace()
-    q = GetAsset(asset_kind=kind, name=name, version=version)  # type: ignore[arg-type]
-    emit(ws._run(ws.core.client.ask(q)).data, as_json, _ASSET_COLUMNS)
+def _asset(kind: AssetKind, name: str, version: int | None, as_json: bool) -> None:
+    found = run(with_workspace(lambda ws: ws.assets.get(kind, name, version)))
+    emit(found, as_json, _ASSET_COLUMNS)
 
 
 @cli.group()
@@ -125,9 +142,12 @@ def environment() -> None:
 @click.option("--image", default=None, help="Docker base image")
 @json_option
 def environment_create(
-    name: str, pip_requirements: str | None, conda_file: str | None, image: str | None,
+    name: str,
+    pip_requirements: str | None,
+    conda_file: str | None,
+    image: str | None,
     as_json: bool,
-) -> None:  # fmt: skip
+) -> None:
     from cairn.sdk import Environment
 
     if conda_file:
@@ -170,9 +190,15 @@ def datastore() -> None:
 @click.option("--secret-access-key", envvar="CAIRN_S3_SECRET_ACCESS_KEY", default=None)
 @json_option
 def datastore_create(
-    name: str, path: str | None, bucket: str | None, endpoint_url: str | None, prefix: str,
-    access_key_id: str | None, secret_access_key: str | None, as_json: bool,
-) -> None:  # fmt: skip
+    name: str,
+    path: str | None,
+    bucket: str | None,
+    endpoint_url: str | None,
+    prefix: str,
+    access_key_id: str | None,
+    secret_access_key: str | None,
+    as_json: bool,
+) -> None:
     """Credentials come from options or CAIRN_S3_* variables and are sealed by the registry."""
     from cairn.sdk import Datastore
 
@@ -184,9 +210,14 @@ def datastore_create(
     else:
         assert bucket is not None
         Datastore.register_s3(
-            ws, name, bucket, endpoint_url=endpoint_url, prefix=prefix,
-            access_key_id=access_key_id, secret_access_key=secret_access_key,
-        )  # fmt: skip
+            ws,
+            name,
+            bucket,
+            endpoint_url=endpoint_url,
+            prefix=prefix,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+        )
     _asset("datastore", name, None, as_json)
 
 
@@ -203,21 +234,30 @@ def compute() -> None:
 
 @compute.command("create")
 @click.argument("name")
-@click.option("--kind", type=click.Choice(["cluster", "instance", "attached", "local"]),
-              default="cluster", show_default=True)  # fmt: skip
+@click.option(
+    "--kind",
+    type=click.Choice(["cluster", "instance", "attached", "local"]),
+    default="cluster",
+    show_default=True,
+)
 @click.option("--min-nodes", type=int, default=0, show_default=True)
 @click.option("--max-nodes", type=int, default=1, show_default=True)
 @click.option("--vm-size", default=None)
 @click.option("--label", "labels", multiple=True, help="e.g. gpu; repeatable")
 @json_option
 def compute_create(
-    name: str, kind: str, min_nodes: int, max_nodes: int, vm_size: str | None,
-    labels: tuple[str, ...], as_json: bool,
-) -> None:  # fmt: skip
-    from cairn.sdk import ComputeTarget
-
-    ComputeTarget.create(sync_workspace(), name, kind, min_nodes, max_nodes, vm_size, list(labels))
-    _asset("compute", name, None, as_json)
+    name: str,
+    kind: str,
+    min_nodes: int,
+    max_nodes: int,
+    vm_size: str | None,
+    labels: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    fields = {"kind": kind, "min_nodes": min_nodes, "max_nodes": max_nodes, "vm_size": vm_size}
+    spec = msgspec.convert({**fields, "labels": list(labels)}, ComputeSpec)
+    created = run(with_workspace(lambda ws: ws.assets.create_compute(name, spec)))
+    emit(created, as_json, _ASSET_COLUMNS)
 
 
 @compute.command("list")
@@ -229,7 +269,5 @@ def compute_list(as_json: bool) -> None:
 @compute.command("delete")
 @click.argument("name")
 def compute_delete(name: str) -> None:
-    from cairn.sdk import ComputeTarget
-
-    ComputeTarget(sync_workspace(), name).delete()
+    run(with_workspace(lambda ws: ws.assets.delete_compute(name)))
     click.echo(f"deleted compute target {name}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
@@ -16,8 +18,8 @@ def experiment() -> None:
 @json_option
 def experiment_list(as_json: bool) -> None:
     rows = run(with_workspace(lambda ws: ws.experiments()))
-    emit(rows, as_json, [("name", "NAME"), ("runs", "RUNS"), ("created_at", "CREATED"),
-                          ("created_by", "BY")])  # fmt: skip
+    columns = [("name", "NAME"), ("runs", "RUNS"), ("created_at", "CREATED"), ("created_by", "BY")]
+    emit(rows, as_json, columns)
 
 
 @cli.group("run")
@@ -25,8 +27,13 @@ def run_group() -> None:
     """Runs: list, show, metrics, files, download."""
 
 
-_RUN_COLUMNS = [("run_id", "RUN"), ("display_name", "NAME"), ("status", "STATUS"),
-                ("start_time", "STARTED"), ("end_time", "ENDED")]  # fmt: skip
+_RUN_COLUMNS = [
+    ("run_id", "RUN"),
+    ("display_name", "NAME"),
+    ("status", "STATUS"),
+    ("start_time", "STARTED"),
+    ("end_time", "ENDED"),
+]
 
 
 @run_group.command("list")
@@ -34,10 +41,7 @@ _RUN_COLUMNS = [("run_id", "RUN"), ("display_name", "NAME"), ("status", "STATUS"
 @click.option("--limit", default=100, show_default=True)
 @json_option
 def run_list(experiment_name: str | None, limit: int, as_json: bool) -> None:
-    from cairn.proto.commands import ListRuns
-
-    q = ListRuns(experiment_name=experiment_name, limit=limit)
-    rows = run(with_workspace(lambda ws: ws.client.ask(q))).data
+    rows = run(with_workspace(lambda ws: ws.runs(experiment_name, limit=limit)))
     emit(rows, as_json, [*_RUN_COLUMNS[:1], ("experiment_name", "EXPERIMENT"), *_RUN_COLUMNS[1:]])
 
 
@@ -75,8 +79,6 @@ def run_files(run_id: str, as_json: bool) -> None:
 @click.option("--output", "-o", default=None, help="file or directory (default: ./<name>)")
 @click.option("--progress/--no-progress", default=None)
 def run_download(run_id: str, path: str, output: str | None, progress: bool | None) -> None:
-    from pathlib import Path
-
     target = Path(output or Path(path).name)
     if target.is_dir():
         target = target / Path(path).name

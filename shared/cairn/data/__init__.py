@@ -1,5 +1,20 @@
-"""Datastores' files: listing, wildcard matching, transfers (local directories and S3)."""
+"""Moving bytes: datastores' files (local directories and S3), run files and blobs over NATS,
+and dataset versions made local.
 
+The SDK and the agent both move data through this package, each with the RPC client of its
+workspace; it imports neither of them (layers: proto <- domain <- bus / data <- services, SDK).
+"""
+
+from cairn.data._access import (
+    Datastores,
+    Uploaded,
+    download_entries,
+    download_prefix,
+    list_entries,
+    open_datastore,
+    upload_pairs,
+)
+from cairn.data._datasets import common_dir, fingerprint, materialise, snapshot_files
 from cairn.data._stores import (
     Entry,
     LocalStore,
@@ -11,15 +26,30 @@ from cairn.data._stores import (
     sha256_hex,
     writable_tree,
 )
+from cairn.data._transfer import download_blob, download_file, upload_file
 
 __all__ = [
+    "Datastores",
     "Entry",
     "LocalStore",
     "S3Store",
     "Store",
+    "Uploaded",
+    "common_dir",
+    "download_blob",
+    "download_entries",
+    "download_file",
+    "download_prefix",
+    "fingerprint",
+    "list_entries",
     "match",
+    "materialise",
+    "open_datastore",
     "open_store",
     "read_only_tree",
     "sha256_hex",
+    "snapshot_files",
+    "upload_file",
+    "upload_pairs",
     "writable_tree",
 ]

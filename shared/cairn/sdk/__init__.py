@@ -1,12 +1,20 @@
 """The Python SDK: an async core (``async with connect() as ws``) and a sync facade with the
-Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``)."""
+Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``), a thin wrapper over it.
+
+Layers, each importing only those below it: ``_session`` (connection, client, sequences seen)
+<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_jobs`` <- ``_async`` (the async
+face) <- ``_runtime`` (the facade's event loop) <- ``_assets``, ``_models``, ``_datastores``
+<- ``_datasets`` <- ``_sync``. Bytes move through :mod:`cairn.data`.
+"""
 
 from cairn.sdk._assets import ComputeTarget, CondaDependencies, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
+from cairn.sdk._jobfile import load_job_file
 from cairn.sdk._jobs import Estimator, RunFailedError, ScriptRunConfig
 from cairn.sdk._models import Model
+from cairn.sdk._outbox import replay_spool_dir
 from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
 
 __all__ = [
@@ -27,5 +35,7 @@ __all__ = [
     "ScriptRunConfig",
     "Workspace",
     "connect",
+    "load_job_file",
     "new_id",
+    "replay_spool_dir",
 ]

@@ -1,48 +1,22 @@
-"""``Environment``, ``CondaDependencies`` and ``ComputeTarget`` with the Azure ML v1 names; each
-call is one registry command or query (datastores and datasets: ``_data``)."""
+"""``Environment``, ``CondaDependencies`` and ``ComputeTarget`` with the Azure ML v1 names: a
+facade over ``ws.assets`` (datastores: :mod:`cairn.sdk._datastores`)."""
 
 from __future__ import annotations
 
 import builtins
 import os
-import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import yaml
 
 from cairn.errors import InvalidInput
-from cairn.proto.assets import (
-    ComputeSpec,
-    CreateCompute,
-    DeleteCompute,
-    EnvironmentSpec,
-    GetAsset,
-    ListAssets,
-    RegisterEnvironment,
-)
-
-if TYPE_CHECKING:
-    from cairn.sdk._sync import Workspace
+from cairn.proto.assets import ComputeSpec, EnvironmentSpec
+from cairn.sdk._runtime import WorkspaceBase
 
 __all__ = ["ComputeTarget", "CondaDependencies", "Environment"]
 
-
-def _id() -> str:
-    return uuid.uuid4().hex
-
-
-def _get(workspace: Workspace, kind: str, name: str, **query: Any) -> dict[str, Any]:
-    q = GetAsset(asset_kind=kind, name=name, **query)  # type: ignore[arg-type]
-    data: dict[str, Any] = workspace._run(workspace.core.client.ask(q)).data
-    return data
-
-
-def _rows(workspace: Workspace, kind: str) -> builtins.list[dict[str, Any]]:
-    rows: builtins.list[dict[str, Any]] = workspace._run(
-        workspace.core.client.ask(ListAssets(asset_kind=kind))  # type: ignore[arg-type]
-    ).data
-    return rows
+ComputeKind = Literal["local", "cluster", "instance", "attached"]
 
 
 class CondaDependencies:
@@ -128,16 +102,18 @@ class Environment:
     def spec(self) -> EnvironmentSpec:
         deps = self.python.conda_dependencies
         return EnvironmentSpec(
-            python=deps.python_version, pip=deps.pip_packages, conda=deps.conda_packages,
-            channels=deps.channels, env_vars=self.environment_variables,
+            python=deps.python_version,
+            pip=deps.pip_packages,
+            conda=deps.conda_packages,
+            channels=deps.channels,
+            env_vars=self.environment_variables,
             docker_image=self.docker.base_image,
             user_managed=self.python.user_managed_dependencies,
-        )  # fmt: skip
+        )
 
-    def register(self, workspace: Workspace) -> Environment:
-        cmd = RegisterEnvironment(command_id=_id(), name=self.name, spec=self.spec())
-        reply = workspace._run(workspace.core.client.send(cmd))
-        return Environment.get(workspace, self.name, min_seq=reply.seq)
+    def register(self, workspace: WorkspaceBase) -> Environment:
+        registered = workspace.core.assets.register_environment(self.name, self.spec())
+        return Environment._from(workspace._run(registered))
 
     @staticmethod
     def _from(data: dict[str, Any]) -> Environment:
@@ -154,15 +130,14 @@ class Environment:
 
     @staticmethod
     def get(
-        workspace: Workspace, name: str, version: int | None = None, min_seq: int = 0
+        workspace: WorkspaceBase, name: str, version: int | None = None, min_seq: int = 0
     ) -> Environment:
-        return Environment._from(
-            _get(workspace, "environment", name, version=version, min_seq=min_seq)
-        )
+        found = workspace.core.assets.get("environment", name, version, min_seq=min_seq)
+        return Environment._from(workspace._run(found))
 
     @staticmethod
-    def list(workspace: Workspace) -> dict[str, Environment]:
-        rows = _rows(workspace, "environment")
+    def list(workspace: WorkspaceBase) -> dict[str, Environment]:
+        rows = workspace._run(workspace.core.assets.list("environment"))
         return {r["name"]: Environment._from(r) for r in rows}
 
     def __repr__(self) -> str:
@@ -174,37 +149,41 @@ class ComputeTarget:
     machine. Creating and deleting needs the compute-operator role."""
 
     def __init__(
-        self, workspace: Workspace, name: str, _data: dict[str, Any] | None = None
+        self, workspace: WorkspaceBase, name: str, _data: dict[str, Any] | None = None
     ) -> None:
         self.workspace, self.name = workspace, name
-        spec = (_data or _get(workspace, "compute", name))["spec"]
+        if _data is None:
+            _data = workspace._run(workspace.core.assets.get("compute", name))
+        spec = _data["spec"]
         self.type, self.vm_size, self.labels = spec["kind"], spec.get("vm_size"), spec["labels"]
         self.min_nodes, self.max_nodes = spec["min_nodes"], spec["max_nodes"]
 
     @staticmethod
     def create(
-        workspace: Workspace,
+        workspace: WorkspaceBase,
         name: str,
-        kind: str = "cluster",
+        kind: ComputeKind = "cluster",
         min_nodes: int = 0,
         max_nodes: int = 1,
         vm_size: str | None = None,
         labels: builtins.list[str] | None = None,
     ) -> ComputeTarget:
-        spec = ComputeSpec(kind=kind, min_nodes=min_nodes, max_nodes=max_nodes,  # type: ignore[arg-type]
-                           vm_size=vm_size, labels=labels or [])  # fmt: skip
-        workspace._run(
-            workspace.core.client.send(CreateCompute(command_id=_id(), name=name, spec=spec))
+        spec = ComputeSpec(
+            kind=kind,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            vm_size=vm_size,
+            labels=labels or [],
         )
-        return ComputeTarget(workspace, name)
+        created = workspace._run(workspace.core.assets.create_compute(name, spec))
+        return ComputeTarget(workspace, name, _data=created)
 
     def delete(self) -> None:
-        cmd = DeleteCompute(command_id=_id(), name=self.name)
-        self.workspace._run(self.workspace.core.client.send(cmd))
+        self.workspace._run(self.workspace.core.assets.delete_compute(self.name))
 
     @staticmethod
-    def list(workspace: Workspace) -> dict[str, ComputeTarget]:
-        rows = _rows(workspace, "compute")
+    def list(workspace: WorkspaceBase) -> dict[str, ComputeTarget]:
+        rows = workspace._run(workspace.core.assets.list("compute"))
         return {r["name"]: ComputeTarget(workspace, r["name"], _data=r) for r in rows}
 
     def __repr__(self) -> str:

@@ -1,18 +1,24 @@
 """The async core of the SDK. Every call is one idempotent command or one query; commands that
-record a run's progress go through the outbox, so an outage spools them instead of failing."""
+record a run's progress go through the outbox, so an outage spools them instead of failing.
+
+``AsyncWorkspace`` is the face: experiments and runs here, and beside them ``ws.assets``
+(environments, compute, datastores), ``ws.models``, ``ws.datastores`` (their files) and
+``ws.datasets``. The sync facade (``Workspace``, ``Run``, ``Model``...) wraps these classes and
+nothing else; they never import it. Bytes move through :mod:`cairn.data`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
+from cairn.data import download_file, upload_file
 from cairn.errors import CairnError
 from cairn.log import get_logger
 from cairn.proto.artifacts import ListRunFiles
@@ -22,7 +28,6 @@ from cairn.proto.commands import (
     CancelRun,
     Command,
     CompleteRun,
-    CreateExperiment,
     CreateRun,
     CreateWorkspace,
     FailRun,
@@ -32,11 +37,15 @@ from cairn.proto.commands import (
     SetRunTags,
     StartRun,
 )
+from cairn.proto.jobs import GetJob, ListJobs
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
-from cairn.rpc import Client
-from cairn.sdk._files import download_file, upload_file
+from cairn.sdk._async_assets import AsyncAssets
+from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
+from cairn.sdk._async_models import AsyncModels
+from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches
 from cairn.sdk._outbox import Outbox
+from cairn.sdk._session import Session, new_id
 from cairn.settings import Settings, load_settings
 
 __all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"]
@@ -45,38 +54,21 @@ log = get_logger("cairn.sdk")
 FLUSH_WINDOW = 4
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-class AsyncWorkspace:
+class AsyncWorkspace(Session):
     def __init__(self, conn: Connection, name: str, settings: Settings | None = None) -> None:
-        self.conn = conn
-        self.name = name
-        self.settings = settings or conn.settings
-        self.client = Client(conn, name)
+        super().__init__(conn, name, settings)
         self.outbox = Outbox(self.client, self.settings.home_path / "spool")
-        #: highest EVENTS / METRICS sequences this client caused; its queries wait for them
-        self.seen_seq = 0
-        self.seen_metrics_seq = 0
+        self.assets = AsyncAssets(self)
+        self.models = AsyncModels(self)
+        self.datastores = AsyncDatastores(self)
+        self.datasets = AsyncDatasets(self)
         self._runs: set[AsyncRun] = set()
-        #: snapshot digests this client knows are uploaded (they are never deleted)
-        self.snapshots: set[str] = set()
-        self._experiments: dict[str, str] = {}
         self._replayer: asyncio.Task[None] | None = None
-
-    def _saw(self, reply: Accepted | None, *, metrics: bool = False) -> None:
-        if reply is None:
-            return
-        if metrics:
-            self.seen_metrics_seq = max(self.seen_metrics_seq, reply.seq)
-        else:
-            self.seen_seq = max(self.seen_seq, reply.seq)
 
     async def record(self, command: Command, *, metrics: bool = False) -> Accepted | None:
         """Send through the outbox (spooled while the bus is away)."""
         reply = await self.outbox.send(command)
-        self._saw(reply, metrics=metrics)
+        self.saw(reply, metrics=metrics)
         if reply is None and self._replayer is None:
             self._replayer = asyncio.create_task(self._replay_when_back())
         return reply
@@ -90,24 +82,30 @@ class AsyncWorkspace:
             self._replayer = None
 
     async def create(self, description: str = "") -> None:
-        reply = await self.client.send(
+        await self.send(
             CreateWorkspace(command_id=new_id(), name=self.name, description=description)
         )
-        self._saw(reply)
 
     async def experiment(self, name: str) -> AsyncExperiment:
-        """Get or create the experiment called ``name`` (experiments are never deleted, so
-        one this client has seen is not asked for again)."""
-        known = self._experiments.get(name)
-        if known is not None:
-            return AsyncExperiment(self, name, known)
-        reply = await self.client.send(CreateExperiment(command_id=new_id(), name=name))
-        self._saw(reply)
-        self._experiments[name] = reply.aggregate_id
-        return AsyncExperiment(self, name, reply.aggregate_id)
+        """Get or create the experiment called ``name``."""
+        return AsyncExperiment(self, name, await self.experiment_id(name))
 
     async def experiments(self) -> list[dict[str, Any]]:
         return list((await self.client.ask(ListExperiments(min_seq=self.seen_seq))).data)
+
+    async def runs(
+        self, experiment_name: str | None = None, *, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The runs of the workspace (or of one experiment), newest first."""
+        q = ListRuns(min_seq=self.seen_seq, experiment_name=experiment_name, limit=limit)
+        return list((await self.client.ask(q)).data)
+
+    async def jobs(
+        self, *, compute: str | None = None, active: bool = False, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The jobs of the workspace (on one compute target; only queued and running ones)."""
+        q = ListJobs(compute=compute, active=active, limit=limit)
+        return list((await self.client.ask(q)).data)
 
     def run(self, run_id: str, experiment_name: str = "") -> AsyncRun:
         """An existing run, by id (no round trip)."""
@@ -162,8 +160,19 @@ class AsyncExperiment:
         return run
 
     async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
-        q = ListRuns(min_seq=self.workspace.seen_seq, experiment_name=self.name, limit=limit)
-        return list((await self.workspace.client.ask(q)).data)
+        return await self.workspace.runs(self.name, limit=limit)
+
+    async def submit(
+        self,
+        config: ScriptRunConfig,
+        *,
+        tags: dict[str, str] | None = None,
+        display_name: str | None = None,
+    ) -> AsyncRun:
+        """Run ``config`` as a job on its compute target; returns the queued run at once."""
+        ws = self.workspace
+        run_id = await submit(ws, self.name, config, tags=tags, display_name=display_name)
+        return AsyncRun(ws, run_id, self.name)
 
 
 class AsyncRun:
@@ -237,6 +246,22 @@ class AsyncRun:
 
     async def get_status(self) -> str:
         return str((await self.details())["status"])
+
+    async def job(self) -> dict[str, Any]:
+        """The job behind this run: its compute, attempts, agent (a submitted run's only)."""
+        data: dict[str, Any] = (await self.workspace.client.ask(GetJob(run_id=self.id))).data
+        return data
+
+    async def wait_for_completion(
+        self, *, out: Callable[[str], None] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Wait for the run to end, passing its output to ``out`` as it arrives when given;
+        returns the run's details."""
+        return await follow(self.workspace, self.id, out=out, timeout=timeout)
+
+    async def print_logs(self, out: Callable[[str], None]) -> int:
+        """Pass the output the job has logged so far to ``out``; returns the chunks."""
+        return await print_logs(self.workspace, self.id, out)
 
     # -- metrics --------------------------------------------------------------------------
 
@@ -312,9 +337,12 @@ class AsyncRun:
         after: tuple[int, int, int] | None = None
         while True:
             q = MetricHistory(
-                run_id=self.id, name=name, max_points=max_points, after=after,
+                run_id=self.id,
+                name=name,
+                max_points=max_points,
+                after=after,
                 min_seq=self.workspace.seen_metrics_seq,
-            )  # fmt: skip
+            )
             page = (await self.workspace.client.ask(q)).data
             points.extend(page["points"])
             if page["next"] is None:
@@ -327,7 +355,7 @@ class AsyncRun:
         reply = await upload_file(
             self.workspace.client, self.id, name, path, show_progress=show_progress
         )
-        self.workspace._saw(reply)
+        self.workspace.saw(reply)
 
     async def files(self, prefix: str = "") -> list[dict[str, Any]]:
         q = ListRunFiles(run_id=self.id, prefix=prefix, min_seq=self.workspace.seen_seq)
@@ -336,10 +364,10 @@ class AsyncRun:
     async def download_file(
         self, name: str, target: Path, show_progress: bool | None = None
     ) -> Path:
+        ws = self.workspace
         return await download_file(
-            self.workspace.client, self.id, name, target,
-            min_seq=self.workspace.seen_seq, show_progress=show_progress,
-        )  # fmt: skip
+            ws.client, self.id, name, target, min_seq=ws.seen_seq, show_progress=show_progress
+        )
 
 
 @contextlib.asynccontextmanager

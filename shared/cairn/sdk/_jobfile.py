@@ -33,7 +33,8 @@ import yaml
 
 from cairn.errors import InvalidInput
 from cairn.proto.jobs import JobInput, JobOutput
-from cairn.sdk._jobs import ScriptRunConfig
+from cairn.sdk._assets import Environment
+from cairn.sdk._jobs import InputMode, ScriptRunConfig
 
 __all__ = ["JobFile", "load_job_file"]
 
@@ -96,9 +97,7 @@ def _strip_prefix(ref: str) -> str:
     return ref.removeprefix("azureml:").removeprefix("cairn:")
 
 
-def _environment(value: str | InlineEnvironment | None, base: Path) -> Any:
-    from cairn.sdk._assets import Environment
-
+def _environment(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -145,9 +144,9 @@ _DATASTORE_URI = re.compile(r"^(?:azureml|cairn)://datastores/([^/]+)/paths/(.*)
 _DATASET_REF = re.compile(r"^(?:azureml|cairn):([^:@/][^:@]*)(?:[:@](latest|\d+))?$")
 
 
-def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path, str]:
+def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path, InputMode]:
     """A job input, or a local path to upload (with its mode)."""
-    mode: Literal["mount", "download"] = "mount" if item.mode == "ro_mount" else "download"
+    mode: InputMode = "mount" if item.mode == "ro_mount" else "download"
     if m := _DATASTORE_URI.match(item.path):
         return JobInput(name=name, mode=mode, datastore=m.group(1), path=m.group(2))
     if m := _DATASET_REF.match(item.path):
@@ -182,7 +181,7 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         raise InvalidInput(f"{path}: {exc}") from exc
     base = path.parent
     data_inputs: list[JobInput] = []
-    local_inputs: dict[str, tuple[Path, str]] = {}
+    local_inputs: dict[str, tuple[Path, InputMode]] = {}
     for key, value in job.inputs.items():
         if isinstance(value, dict):
             try:

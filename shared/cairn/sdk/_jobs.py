@@ -1,4 +1,5 @@
-"""Submitting jobs and following them: ``ScriptRunConfig``, ``Estimator``, snapshots, logs.
+"""Submitting jobs and following them (async core): ``ScriptRunConfig``, ``Estimator``,
+snapshots, logs.
 
 ``experiment.submit(config)`` snapshots ``source_directory`` (see :mod:`cairn.snapshot`),
 uploads the archive into a staging area named after its digest unless that area already holds
@@ -17,11 +18,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, runtime_checkable
 
+from cairn.data import upload_file, upload_pairs
 from cairn.errors import CairnError, InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile
+from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import GetRun
 from cairn.proto.jobs import (
     SNAPSHOT_FILE,
@@ -32,26 +35,47 @@ from cairn.proto.jobs import (
     SubmitJob,
 )
 from cairn.rpc import Client
-from cairn.sdk._async import AsyncWorkspace, new_id
-from cairn.sdk._files import upload_file
+from cairn.sdk._session import Session, new_id
 from cairn.snapshot import digest_of, pack
 
 __all__ = [
+    "Binding",
     "Estimator",
+    "InputMode",
     "RunFailedError",
     "ScriptRunConfig",
     "follow",
+    "print_logs",
     "submit",
     "upload_snapshot",
 ]
 
 TERMINAL = ("Completed", "Failed", "Canceled")
+DEFAULT_DATASTORE = "workspaceblobstore"
+InputMode = Literal["download", "mount"]
 
 
 class RunFailedError(CairnError):
     """``wait_for_completion(raise_on_error=True)`` on a run that did not complete."""
 
     code = "run_failed"
+
+
+@runtime_checkable
+class Binding(Protocol):
+    """Data bound to a job (a datastore path or dataset version, read or written); in a job's
+    arguments it stands for the local path it becomes on the agent."""
+
+    def job_binding(self) -> JobInput | JobOutput: ...
+
+
+class EnvironmentLike(Protocol):
+    """An environment as a job names it: registered (a version) or inline (its spec)."""
+
+    name: str
+    version: int | None
+
+    def spec(self) -> EnvironmentSpec: ...
 
 
 class ScriptRunConfig:
@@ -79,11 +103,11 @@ class ScriptRunConfig:
             raise InvalidInput("a ScriptRunConfig takes exactly one of script= and command=")
         self.source_directory = Path(source_directory)
         self.script = script
-        self.bindings = [a for a in arguments or [] if _is_binding(a)]
+        self.bindings = [a for a in arguments or [] if isinstance(a, Binding)]
         self.arguments = [str(a) for a in arguments or []]
         self.command = command
         self.compute_target = compute_target
-        self.environment = environment
+        self.environment: str | EnvironmentLike | None = environment
         self.max_run_duration_seconds = max_run_duration_seconds
         self.max_attempts = max_attempts
         self.priority = priority
@@ -93,7 +117,7 @@ class ScriptRunConfig:
         self.job_inputs: list[JobInput] = []
         self.job_outputs: list[JobOutput] = []
         #: local files or folders uploaded to the default datastore as inputs: name -> (path, mode)
-        self.local_inputs: dict[str, tuple[Path, str]] = {}
+        self.local_inputs: dict[str, tuple[Path, InputMode]] = {}
 
     def argv(self) -> list[str]:
         if self.script is not None:
@@ -108,12 +132,6 @@ class ScriptRunConfig:
     def compute_name(self) -> str:
         target = self.compute_target
         return str(getattr(target, "name", target) or "local")
-
-
-def _is_binding(value: Any) -> bool:
-    from cairn.sdk._datastores import DataBinding
-
-    return isinstance(value, DataBinding)
 
 
 class Estimator(ScriptRunConfig):
@@ -135,8 +153,14 @@ class Estimator(ScriptRunConfig):
             arguments.append(key)
             if value not in ("", True, None):
                 arguments.append(value)
-        super().__init__(source_directory, entry_script, arguments, compute_target,
-                         environment_definition, **kwargs)  # fmt: skip
+        super().__init__(
+            source_directory,
+            entry_script,
+            arguments,
+            compute_target,
+            environment_definition,
+            **kwargs,
+        )
 
 
 async def upload_snapshot(
@@ -166,8 +190,17 @@ async def upload_snapshot(
     return digest, area
 
 
+def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | None, Any]:
+    """The environment's name and version (registered) or its spec (inline)."""
+    if env is None or isinstance(env, str):
+        return env, None, None
+    if env.version is None and not env.name.startswith("cairn-"):
+        return None, None, JobEnvironment(name=None, spec=env.spec())
+    return env.name, env.version, None
+
+
 async def submit(
-    ws: AsyncWorkspace,
+    ws: Session,
     experiment_name: str,
     config: ScriptRunConfig,
     *,
@@ -176,31 +209,35 @@ async def submit(
 ) -> str:
     """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
     digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
-    env_name, env_version, inline = None, None, None
-    env = config.environment
-    if isinstance(env, str):
-        env_name = env
-    elif env is not None:
-        if getattr(env, "version", None) is None and not env.name.startswith("cairn-"):
-            inline = JobEnvironment(name=None, spec=env.spec())
+    env_name, env_version, inline = _environment(config.environment)
+    inputs: list[JobInput] = []
+    outputs: list[JobOutput] = []
+    for binding in config.bindings:
+        made = binding.job_binding()
+        if isinstance(made, JobOutput):
+            outputs.append(made)
         else:
-            env_name, env_version = env.name, env.version
-    from cairn.sdk._datasets import bindings_of
-
-    inputs, outputs = bindings_of(config.bindings)
-    inputs += config.job_inputs + [
-        await _upload_local_input(ws, name, local, mode)
-        for name, (local, mode) in config.local_inputs.items()
-    ]
+            inputs.append(made)
+    inputs += config.job_inputs
+    for name, (local, mode) in config.local_inputs.items():
+        inputs.append(await _upload_local_input(ws, name, local, mode))
     outputs += config.job_outputs
-    job = JobSpec(command=config.argv(), snapshot=digest, snapshot_area=area, environment=inline,
-                  inputs=inputs, outputs=outputs,
-                  env_vars=config.environment_variables,
-                  timeout_s=config.max_run_duration_seconds, max_attempts=config.max_attempts,
-                  priority=config.priority, gpus=config.gpus)  # fmt: skip
+    job = JobSpec(
+        command=config.argv(),
+        snapshot=digest,
+        snapshot_area=area,
+        environment=inline,
+        inputs=inputs,
+        outputs=outputs,
+        env_vars=config.environment_variables,
+        timeout_s=config.max_run_duration_seconds,
+        max_attempts=config.max_attempts,
+        priority=config.priority,
+        gpus=config.gpus,
+    )
     run_id = new_id()
-    await ws.experiment(experiment_name)  # get-or-create, as start_logging does
-    reply = await ws.client.send(
+    await ws.experiment_id(experiment_name)  # get-or-create, as start_logging does
+    await ws.send(
         SubmitJob(
             command_id=new_id(),
             run_id=run_id,
@@ -213,14 +250,11 @@ async def submit(
             tags=tags or {},
         )
     )
-    ws._saw(reply)
     return run_id
 
 
-async def _upload_local_input(ws: AsyncWorkspace, name: str, local: Path, mode: str) -> JobInput:
+async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMode) -> JobInput:
     """A local file or folder, uploaded once per content into the default datastore."""
-    from cairn.sdk._datastores import upload_pairs
-
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     base = local.parent if local.is_file() else local
     h = hashlib.sha256()
@@ -229,9 +263,17 @@ async def _upload_local_input(ws: AsyncWorkspace, name: str, local: Path, mode: 
         h.update(await asyncio.to_thread(f.read_bytes))
     folder = f"job-inputs/{h.hexdigest()[:32]}"
     pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
-    await upload_pairs(ws, "workspaceblobstore", pairs, overwrite=False, show_progress=False)
+    uploaded = await upload_pairs(
+        ws.client,
+        DEFAULT_DATASTORE,
+        pairs,
+        overwrite=False,
+        show_progress=False,
+        settings=ws.settings,
+    )
+    ws.saw_seq(uploaded.seq)
     path = pairs[0][1] if local.is_file() else folder
-    return JobInput(name=name, mode=mode, datastore="workspaceblobstore", path=path)  # type: ignore[arg-type]
+    return JobInput(name=name, mode=mode, datastore=DEFAULT_DATASTORE, path=path)
 
 
 class _LogPrinter:
@@ -249,7 +291,7 @@ class _LogPrinter:
 
 
 async def follow(
-    ws: AsyncWorkspace,
+    ws: Session,
     run_id: str,
     *,
     out: Callable[[str], None] | None = None,
@@ -297,7 +339,7 @@ async def follow(
     return details
 
 
-async def print_logs(ws: AsyncWorkspace, run_id: str, out: Callable[[str], None]) -> int:
+async def print_logs(ws: Session, run_id: str, out: Callable[[str], None]) -> int:
     """Print what the LOGS stream holds for the run now; returns the number of chunks."""
     js = ws.conn.js
     subject = subjects.logs(ws.name, run_id)

@@ -20,7 +20,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
@@ -36,9 +36,15 @@ log = get_logger("cairn.sdk")
 SPOOLED_TYPES = (*COMMAND_TYPES, LogMetrics)
 
 
+if TYPE_CHECKING:
+    Spooled = Command
+else:  # msgspec decodes the tagged union of every spooled command type
+    Spooled = Union[SPOOLED_TYPES]  # noqa: UP007 - a union built from a tuple
+
+
 class SpoolEntry(msgspec.Struct, frozen=True):
     workspace: str
-    command: Union[SPOOLED_TYPES]  # type: ignore[valid-type]  # noqa: UP007
+    command: Spooled
 
 
 _entry_decoder = msgspec.json.Decoder(SpoolEntry)

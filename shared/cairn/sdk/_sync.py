@@ -1,173 +1,74 @@
-"""The sync facade, with the names data scientists know from the Azure ML v1 SDK.
-
-All network work runs on one background event loop per process (a daemon thread); the facade's
-methods hand coroutines to it and wait. ``run.log*`` only append to a buffer, from any thread.
-After ``fork`` the child starts a loop of its own.
+"""The sync facade, with the names data scientists know from the Azure ML v1 SDK:
+``Workspace``, ``Experiment``, ``Run``. Each method runs one call of the async core on the
+SDK's event loop (:mod:`cairn.sdk._runtime`) and waits; ``run.log*`` only append to a buffer,
+from any thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import io
 import json
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import traceback
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, Any
 
 from cairn.errors import InvalidInput
 from cairn.proto.paths import validate_run_path
+from cairn.sdk._assets import ComputeTarget, Environment
 from cairn.sdk._async import AsyncRun, AsyncWorkspace
+from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
+from cairn.sdk._datastores import Datastore
+from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._metrics import scalar
-from cairn.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    from cairn.sdk._models import Model
+from cairn.sdk._models import Model
+from cairn.sdk._runtime import WorkspaceBase
+from cairn.settings import load_settings
 
 __all__ = ["Experiment", "OfflineRun", "Run", "Workspace"]
 
-T = TypeVar("T")
 
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
-class _Runtime:
-    """One event loop thread per process."""
-
-    _lock = threading.Lock()
-    _instance: _Runtime | None = None
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = _new_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="cairn-sdk", daemon=True)
-        self.thread.start()
-        self.workspaces: list[AsyncWorkspace] = []
-
-    @classmethod
-    def get(cls) -> _Runtime:
-        with cls._lock:
-            if cls._instance is None or cls._instance.pid != os.getpid():
-                cls._instance = cls()
-            return cls._instance
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if threading.current_thread() is self.thread:
-            raise RuntimeError("the sync SDK cannot be called from its own event loop")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def shutdown(self) -> None:
-        """At exit: flush what runs still hold (bounded), leave the rest in the spool."""
-
-        async def close_all() -> None:
-            for ws in self.workspaces:
-                await ws.close(timeout=20)
-                await ws.conn.close()
-
-        if self.pid == os.getpid() and self.workspaces:
-            try:
-                self.run(close_all(), timeout=60)
-            except Exception as exc:  # exiting: report, never raise
-                print(f"cairn: could not flush at exit: {exc!r}", file=sys.stderr)
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    if _Runtime._instance is not None:
-        _Runtime._instance.shutdown()
-
-
-class Workspace:
+class Workspace(WorkspaceBase):
     """A workspace, connected on first use. ``Workspace.from_config()`` reads the file that
     ``cairn up`` writes (``$CAIRN_HOME/config.json``) or a given path; ``CAIRN_*`` variables
     override it."""
-
-    def __init__(self, settings: Settings | None = None, name: str | None = None) -> None:
-        self.settings = settings or load_settings()
-        self.name = name or self.settings.workspace
-        self._core: AsyncWorkspace | None = None
-        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **_: Any) -> Workspace:
         return cls(load_settings(file=Path(path) if path else None))
 
     @property
-    def core(self) -> AsyncWorkspace:
-        with self._lock:
-            if self._core is None:
-                from cairn.bus import connect
-
-                runtime = _Runtime.get()
-
-                async def open_core() -> AsyncWorkspace:
-                    conn = await connect(self.settings, name="cairn-sdk")
-                    return AsyncWorkspace(conn, self.name, self.settings)
-
-                self._core = runtime.run(open_core())
-                runtime.workspaces.append(self._core)
-            return self._core
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        _ = self.core
-        return _Runtime.get().run(coro)
-
-    @property
     def experiments(self) -> dict[str, Experiment]:
         return {e.name: e for e in Experiment.list(self)}
 
     @property
-    def environments(self) -> dict[str, Any]:
-        from cairn.sdk._assets import Environment
-
+    def environments(self) -> dict[str, Environment]:
         return Environment.list(self)
 
     @property
-    def datastores(self) -> dict[str, Any]:
-        from cairn.sdk._datastores import Datastore
-
+    def datastores(self) -> dict[str, Datastore]:
         return Datastore.list(self)
 
     @property
-    def compute_targets(self) -> dict[str, Any]:
-        from cairn.sdk._assets import ComputeTarget
-
+    def compute_targets(self) -> dict[str, ComputeTarget]:
         return ComputeTarget.list(self)
 
     @property
-    def datasets(self) -> dict[str, Any]:
-        from cairn.sdk._datasets import Dataset
-
+    def datasets(self) -> dict[str, TabularDataset | FileDataset]:
         return Dataset.list(self)
 
-    def get_default_datastore(self) -> Any:
-        from cairn.sdk._datastores import Datastore
-
+    def get_default_datastore(self) -> Datastore:
         return Datastore.get(self, "workspaceblobstore")
 
     @property
     def models(self) -> dict[str, Model]:
         """The latest version of every model, by name (read-only)."""
-        from cairn.sdk._models import Model
-
         return {m.name: m for m in Model.list(self, latest=True)}
-
-    def __repr__(self) -> str:
-        return f"Workspace(name={self.name!r})"
 
 
 class Experiment:
@@ -186,20 +87,18 @@ class Experiment:
         return Run(self, core.id, _core=core, outputs=outputs)
 
     def submit(
-        self, config: Any, tags: dict[str, Any] | None = None, display_name: str | None = None,
+        self,
+        config: ScriptRunConfig,
+        tags: dict[str, Any] | None = None,
+        display_name: str | None = None,
         **_: Any,
-    ) -> Run:  # fmt: skip
+    ) -> Run:
         """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
         target; returns the queued run at once."""
-        from cairn.sdk._jobs import submit
-
         tag_values = {k: str(v) for k, v in (tags or {}).items()}
-        run_id = self.workspace._run(
-            submit(
-                self.workspace.core, self.name, config, tags=tag_values, display_name=display_name
-            )
-        )
-        return Run(self, run_id)
+        submitted = self._core.submit(config, tags=tag_values, display_name=display_name)
+        core = self.workspace._run(submitted)
+        return Run(self, core.id, _core=core)
 
     def get_runs(self) -> Iterator[Run]:
         for row in self.workspace._run(self._core.runs(limit=10_000)):
@@ -308,15 +207,16 @@ class Run:
         self._ws._run(self._core.fail(str(error_details or error_code or "")))
 
     def wait_for_completion(
-        self, show_output: bool = False, wait_post_processing: bool = False,
-        raise_on_error: bool = True, timeout: float | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        self,
+        show_output: bool = False,
+        wait_post_processing: bool = False,
+        raise_on_error: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         """Wait until the run has ended, printing the job's output live with ``show_output``;
         raises ``RunFailedError`` for a run that failed or was canceled (``raise_on_error``)."""
-        from cairn.sdk._jobs import RunFailedError, follow, print_out
-
         out = print_out if show_output else None
-        details = self._ws._run(follow(self._ws.core, self.id, out=out, timeout=timeout))
+        details = self._ws._run(self._core.wait_for_completion(out=out, timeout=timeout))
         if raise_on_error and details["status"] != "Completed":
             raise RunFailedError(
                 f"run {self.id} ended {details['status']}: {details.get('error') or ''}".strip()
@@ -374,9 +274,12 @@ class Run:
     # -- files ----------------------------------------------------------------------------
 
     def upload_file(
-        self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes],
-        show_progress: bool | None = None, **_: Any,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        path_or_stream: str | os.PathLike[str] | IO[bytes],
+        show_progress: bool | None = None,
+        **_: Any,
+    ) -> None:
         """Store a file (or the rest of a binary stream) as run file ``name``."""
         validate_run_path(name)
         if isinstance(path_or_stream, (str, os.PathLike)):
@@ -410,21 +313,28 @@ class Run:
         **_: Any,
     ) -> Model:
         """Register this run's file (or folder) ``model_path`` as the next model version."""
-        from cairn.sdk._models import Model
-
-        return Model._register(
-            self._ws, model_name, model_path, run_id=self.id, tags=tags, properties=properties,
-            description=description, framework=model_framework,
+        registered = self._ws.core.models.register(
+            model_name,
+            model_path,
+            run_id=self.id,
+            tags=tags,
+            properties=properties,
+            description=description,
+            framework=model_framework,
             framework_version=model_framework_version,
-        )  # fmt: skip
+        )
+        return Model(self._ws, model_name, _data=self._ws._run(registered))
 
     def get_file_names(self) -> list[str]:
         return [f["path"] for f in self._ws._run(self._core.files())]
 
     def download_file(
-        self, name: str, output_file_path: str | None = None, show_progress: bool | None = None,
+        self,
+        name: str,
+        output_file_path: str | None = None,
+        show_progress: bool | None = None,
         **_: Any,
-    ) -> str:  # fmt: skip
+    ) -> str:
         target = Path(output_file_path or Path(name).name)
         if target.is_dir():
             target = target / Path(name).name
@@ -432,9 +342,13 @@ class Run:
         return str(target)
 
     def download_files(
-        self, prefix: str | None = None, output_directory: str | None = None,
-        append_prefix: bool = True, show_progress: bool | None = None, **_: Any,
-    ) -> list[str]:  # fmt: skip
+        self,
+        prefix: str | None = None,
+        output_directory: str | None = None,
+        append_prefix: bool = True,
+        show_progress: bool | None = None,
+        **_: Any,
+    ) -> list[str]:
         out = Path(output_directory or ".")
         done = []
         for f in self._ws._run(self._core.files(prefix or "")):

@@ -9,7 +9,7 @@ packages, an image built from it with the docker SDK (``cairn-env:<spec hash>``,
 local wheel files named in the spec are copied into the build). Containers run with the host
 network (the job's SDK reaches NATS like the agent does), the job's folder mounted at
 ``/workspace``, the agent's own Python packages mounted read-only and added *after* the
-image's (so ``from cairn.sdk import Run`` works and the image's pins win), as the agent's
+image's (so the SDK's ``Run`` imports in a job and the image's pins win), as the agent's
 uid, labelled with run and attempt.
 """
 
@@ -83,9 +83,14 @@ class Backend(Protocol):
     async def runtime(self, env: JobEnvironment | None) -> Runtime: ...
 
     async def launch(
-        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
-        labels: dict[str, str], gpus: list[int],
-    ) -> Launched: ...  # fmt: skip
+        self,
+        runtime: Runtime,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        labels: dict[str, str],
+        gpus: list[int],
+    ) -> Launched: ...
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -117,9 +122,14 @@ class ProcessBackend:
         return Runtime(str(await self._python_for(env)))
 
     async def launch(
-        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
-        labels: dict[str, str], gpus: list[int],
-    ) -> Launched:  # fmt: skip
+        self,
+        runtime: Runtime,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        labels: dict[str, str],
+        gpus: list[int],
+    ) -> Launched:
         env = {**self._base_env(runtime.python), **env}
         warm = warm_argv(runtime.python, argv) if self.warm else None
         if warm is not None:
@@ -179,9 +189,15 @@ async def _spawn(
     each (``docs/benchmarks.md``). The exit is awaited through a pidfd where the kernel has
     them, else by a thread."""
     proc = subprocess.Popen(  # noqa: ASYNC220 - a vfork and an exec: microseconds, see above
-        argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec,
-    )  # fmt: skip
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
     assert proc.stdout is not None
     output = os.dup(proc.stdout.fileno())
     proc.stdout.close()
@@ -208,8 +224,9 @@ async def _attach(pid: int, output: int, exited: Awaitable[int]) -> Launched:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)
 
-    return Launched(reader, exited, lambda: signal_group(signal.SIGTERM),
-                    lambda: signal_group(signal.SIGKILL))  # fmt: skip
+    return Launched(
+        reader, exited, lambda: signal_group(signal.SIGTERM), lambda: signal_group(signal.SIGKILL)
+    )
 
 
 async def _exit_of(proc: subprocess.Popen[bytes]) -> int:
@@ -252,8 +269,11 @@ def docker_client() -> Any:
 def _sdk_paths() -> list[str]:
     """The agent's import path minus the interpreter's own library."""
     stdlib = {os.path.dirname(os.__file__)}
-    return [p for p in sys.path if p and os.path.isdir(p) and p not in stdlib
-            and not p.endswith((".zip", "lib-dynload"))]  # fmt: skip
+    return [
+        p
+        for p in sys.path
+        if p and os.path.isdir(p) and p not in stdlib and not p.endswith((".zip", "lib-dynload"))
+    ]
 
 
 class DockerBackend:
@@ -326,14 +346,16 @@ class DockerBackend:
                     requirements.append(f"/tmp/wheels/{os.path.basename(spec)}")
                 else:
                     requirements.append(spec)
-            dockerfile = "\n".join([
-                f"FROM {base}",
-                "COPY wheels/ /tmp/wheels/",
-                "RUN python3 -m venv /opt/cairn-env && /opt/cairn-env/bin/pip install"
-                " --no-cache-dir --disable-pip-version-check "
-                + " ".join(f"'{r}'" for r in requirements),
-                "RUN rm -rf /tmp/wheels",
-            ]).encode()  # fmt: skip
+            dockerfile = "\n".join(
+                [
+                    f"FROM {base}",
+                    "COPY wheels/ /tmp/wheels/",
+                    "RUN python3 -m venv /opt/cairn-env && /opt/cairn-env/bin/pip install"
+                    " --no-cache-dir --disable-pip-version-check "
+                    + " ".join(f"'{r}'" for r in requirements),
+                    "RUN rm -rf /tmp/wheels",
+                ]
+            ).encode()
             info = tarfile.TarInfo("Dockerfile")
             info.size = len(dockerfile)
             tar.addfile(info, io.BytesIO(dockerfile))
@@ -342,22 +364,35 @@ class DockerBackend:
         context.seek(0)
         log.info("image_build", tag=tag, base=base, packages=packages)
         try:
-            self.client.images.build(fileobj=context, custom_context=True, tag=tag,
-                                     network_mode="host", rm=True, forcerm=True)  # fmt: skip
+            self.client.images.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                network_mode="host",
+                rm=True,
+                forcerm=True,
+            )
         except docker.errors.BuildError as exc:
             tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)
             raise InvalidInput(f"building image {tag} failed: {tail[-4000:]}") from exc
 
     async def launch(
-        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str],
-        labels: dict[str, str], gpus: list[int],
-    ) -> Launched:  # fmt: skip
+        self,
+        runtime: Runtime,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        labels: dict[str, str],
+        gpus: list[int],
+    ) -> Launched:
         import docker.types
 
         environment = {k: v for k, v in env.items() if k not in _SKIP_ENV}
-        environment["PYTHONPATH"] = "/opt/cairn-sdk"
-        volumes = {str(cwd): {"bind": "/workspace", "mode": "rw"},
-                   str(self.sdk_dir): {"bind": "/opt/cairn-sdk", "mode": "ro"}}  # fmt: skip
+        environment["PYTHONPATH"] = "/opt/cairn-site"
+        volumes = {
+            str(cwd): {"bind": "/workspace", "mode": "rw"},
+            str(self.sdk_dir): {"bind": "/opt/cairn-site", "mode": "ro"},
+        }
         for path in _sdk_paths():
             volumes[path] = {"bind": path, "mode": "ro"}
         requests = []
@@ -365,10 +400,18 @@ class DockerBackend:
             ids = [str(i) for i in gpus]
             requests.append(docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]]))
         container = await asyncio.to_thread(
-            self.client.containers.run, runtime.image, argv, detach=True, network_mode="host",
-            working_dir="/workspace", volumes=volumes, environment=environment,
-            labels=labels, user=f"{os.getuid()}:{os.getgid()}", device_requests=requests,
-        )  # fmt: skip
+            self.client.containers.run,
+            runtime.image,
+            argv,
+            detach=True,
+            network_mode="host",
+            working_dir="/workspace",
+            volumes=volumes,
+            environment=environment,
+            labels=labels,
+            user=f"{os.getuid()}:{os.getgid()}",
+            device_requests=requests,
+        )
         loop = asyncio.get_running_loop()
         output = asyncio.StreamReader()
 

@@ -21,20 +21,36 @@ import os
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from cairn.data import read_only_tree, writable_tree
+from cairn.data import (
+    download_entries,
+    materialise,
+    open_datastore,
+    read_only_tree,
+    upload_pairs,
+    writable_tree,
+)
 from cairn.errors import InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec, GetAsset, RegisterDataset
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.proto.paths import validate_run_path
-from cairn.sdk._async import AsyncWorkspace
-from cairn.sdk._datasets import materialise
-from cairn.sdk._datastores import _store, download_entries, upload_pairs
+from cairn.rpc import Client
+from cairn.settings import Settings
 
-__all__ = ["Staged", "deliver_outputs", "input_path", "output_path", "stage_inputs"]
+__all__ = ["DataContext", "Staged", "deliver_outputs", "input_path", "output_path", "stage_inputs"]
+
+
+@dataclass(frozen=True)
+class DataContext:
+    """What moving a job's data needs: the workspace's client, and the agent's settings,
+    whose workspace key opens the sealed credentials of the datastores the job declares."""
+
+    client: Client
+    settings: Settings
 
 
 class Staged(msgspec.Struct, frozen=True):
@@ -79,21 +95,21 @@ async def _cached(cache: Path, key: str, fill: Callable[[Path], Awaitable[None]]
     return target
 
 
-async def _dataset_copy(ws: AsyncWorkspace, item: JobInput, cache: Path) -> tuple[Path, bool]:
+async def _dataset_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[Path, bool]:
     q = GetAsset(asset_kind="dataset", name=item.dataset or "", version=item.version)
-    spec = msgspec.convert((await ws.client.ask(q)).data["spec"], DatasetSpec)
+    spec = msgspec.convert((await ctx.client.ask(q)).data["spec"], DatasetSpec)
     label = f"dataset {item.dataset!r} version {item.version}"
 
     async def fill(tmp: Path) -> None:
-        await materialise(ws, spec, tmp, label=label)
+        await materialise(ctx.client, spec, tmp, label=label, settings=ctx.settings)
 
     key = _key("dataset", [msgspec.to_builtins(f) for f in spec.files])
     return await _cached(cache, key, fill), True
 
 
-async def _datastore_copy(ws: AsyncWorkspace, item: JobInput, cache: Path) -> tuple[Path, bool]:
+async def _datastore_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[Path, bool]:
     store_name, prefix = item.datastore or "", item.path.strip("/")
-    async with _store(ws, store_name) as store:
+    async with open_datastore(ctx.client, store_name, ctx.settings) as store:
         entries = await store.list(prefix)
         if not entries:
             raise InvalidInput(f"input {item.name}: nothing at {store_name}:{prefix or '/'}")
@@ -110,23 +126,23 @@ async def _datastore_copy(ws: AsyncWorkspace, item: JobInput, cache: Path) -> tu
 
 
 async def stage_inputs(
-    ws: AsyncWorkspace, inputs: list[JobInput], src: Path, cache: Path
+    ctx: DataContext, inputs: list[JobInput], src: Path, cache: Path
 ) -> dict[str, Staged]:
     staged: dict[str, Staged] = {}
     for item in inputs:
         if item.dataset is not None:
-            copy, cached = await _dataset_copy(ws, item, cache)
+            copy, cached = await _dataset_copy(ctx, item, cache)
             inner = copy
         else:
-            copy, cached = await _datastore_copy(ws, item, cache)
+            copy, cached = await _datastore_copy(ctx, item, cache)
             inner = copy / item.path.strip("/") if item.path.strip("/") else copy
         where = src / input_path(item)
         where.parent.mkdir(parents=True, exist_ok=True)
         if item.mode == "mount" and cached:
             os.symlink(inner, where, target_is_directory=inner.is_dir())
         elif inner.is_dir():
-            await asyncio.to_thread(shutil.copytree, inner, where,
-                                    ignore=shutil.ignore_patterns(".ready"))  # fmt: skip
+            ignore = shutil.ignore_patterns(".ready")
+            await asyncio.to_thread(shutil.copytree, inner, where, ignore=ignore)
             await asyncio.to_thread(writable_tree, where)
         else:
             await asyncio.to_thread(shutil.copyfile, inner, where)
@@ -137,7 +153,7 @@ async def stage_inputs(
 
 
 async def deliver_outputs(
-    ws: AsyncWorkspace, outputs: list[JobOutput], src: Path, run_id: str
+    ctx: DataContext, outputs: list[JobOutput], src: Path, run_id: str
 ) -> None:
     for item in outputs:
         folder = src / output_path(item)
@@ -146,13 +162,22 @@ async def deliver_outputs(
             continue
         assert item.datastore is not None
         pairs = [(p, f"{item.path}/{p.relative_to(folder).as_posix()}") for p in files]
-        written = await upload_pairs(ws, item.datastore, pairs, overwrite=True,
-                                     show_progress=False)  # fmt: skip
+        uploaded = await upload_pairs(
+            ctx.client,
+            item.datastore,
+            pairs,
+            overwrite=True,
+            show_progress=False,
+            settings=ctx.settings,
+        )
         if item.register_as:
-            spec = DatasetSpec(kind="file", paths=[DataPath(item.datastore, item.path)],
-                               files=sorted(written, key=lambda f: f.path))  # fmt: skip
-            command_id = "out-" + _key(run_id, item.name)  # a retried delivery registers once
-            cmd = RegisterDataset(command_id=command_id, name=item.register_as, spec=spec,
-                                  create_new_version=True,
-                                  description=f"output {item.name} of run {run_id}")  # fmt: skip
-            await ws.client.send(cmd)
+            paths = [DataPath(item.datastore, item.path)]
+            spec = DatasetSpec(kind="file", paths=paths, files=uploaded.files)
+            cmd = RegisterDataset(
+                command_id="out-" + _key(run_id, item.name),  # a retried delivery registers once
+                name=item.register_as,
+                spec=spec,
+                create_new_version=True,
+                description=f"output {item.name} of run {run_id}",
+            )
+            await ctx.client.send(cmd)

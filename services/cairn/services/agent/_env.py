@@ -8,7 +8,7 @@ machine) build once. Conda dependencies are installed from PyPI by name (agents 
 conda); ``python`` and ``pip`` among them are skipped.
 
 The environment also sees the agent's own packages *after* its own (a ``.pth`` file), so
-``from cairn.sdk import Run`` works in a job without installing Cairn into every environment,
+the SDK's ``Run`` imports in a job without installing Cairn into every environment,
 while the job's pins win.
 """
 
@@ -102,8 +102,8 @@ class Environments:
         log.info("environment_build", name=env.name, version=env.version, packages=packages)
         steps = [[uv, "venv", "--quiet", "--python", python, str(folder)]]
         if packages:
-            steps.append([uv, "pip", "install", "--quiet", "--python",
-                          str(folder / "bin" / "python"), *packages])  # fmt: skip
+            venv_python = str(folder / "bin" / "python")
+            steps.append([uv, "pip", "install", "--quiet", "--python", venv_python, *packages])
         for argv in steps:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
             if done.returncode != 0:

@@ -21,7 +21,16 @@ from typing import Any, Literal
 
 import msgspec
 
-from cairn.errors import CairnError, DataChanged, InvalidInput, NotFound, StaleAttempt
+from cairn.data import download_blob, upload_file
+from cairn.errors import (
+    CairnError,
+    ConcurrencyConflict,
+    DataChanged,
+    InvalidInput,
+    NotFound,
+    StaleAttempt,
+    Unavailable,
+)
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile
@@ -44,10 +53,14 @@ from cairn.proto.jobs import (
     derived_id,
 )
 from cairn.rpc import Client
-from cairn.sdk._async import AsyncWorkspace
-from cairn.sdk._files import download_blob, upload_file
 from cairn.services.agent._backends import Backend, Launched, Runtime
-from cairn.services.agent._data import Staged, deliver_outputs, output_path, stage_inputs
+from cairn.services.agent._data import (
+    DataContext,
+    Staged,
+    deliver_outputs,
+    output_path,
+    stage_inputs,
+)
 from cairn.settings import Settings
 from cairn.snapshot import unpack
 
@@ -58,6 +71,12 @@ LOG_FILE = "user_logs/std_log.txt"
 _LOG_FLUSH_S = 0.1
 _LOG_BATCH = 64 * 1024
 _REF = re.compile(r"\$\{\{\s*((?:inputs|outputs)\.[A-Za-z0-9_-]+)\s*\}\}")
+
+
+def _passing(exc: CairnError) -> bool:
+    """A refusal worth another try: the scheduler away or restarting, a lost race, or an
+    internal error (the root class itself, which unknown codes also become)."""
+    return isinstance(exc, (Unavailable, ConcurrencyConflict)) or type(exc) is CairnError
 
 
 class Attempt:
@@ -185,23 +204,35 @@ class Attempt:
         self._on_event(msg.data)
 
     async def _finish(self, outcome: Outcome, exit_code: int | None, error: str) -> None:
-        cmd = FinishJob(command_id=derived_id("finish", self.a.run_id, self.a.attempt),
-                        run_id=self.a.run_id, attempt=self.a.attempt, outcome=outcome,
-                        exit_code=exit_code, error=error[-16000:])  # fmt: skip
+        run_id, attempt = self.a.run_id, self.a.attempt
+        cmd = FinishJob(
+            command_id=derived_id("finish", run_id, attempt),
+            run_id=run_id,
+            attempt=attempt,
+            outcome=outcome,
+            exit_code=exit_code,
+            error=error[-16000:],
+        )
         for delay in (0.5, 1, 2, 4, 8, 15, 30):  # the same command id: a retry is idempotent
             try:
                 await self.client.send(cmd)
-                log.info("attempt_finished", run_id=self.a.run_id, attempt=self.a.attempt,
-                         outcome=outcome, exit_code=exit_code)  # fmt: skip
-                return
             except StaleAttempt:
                 return
             except CairnError as exc:
-                if exc.code not in ("unavailable", "conflict", "internal"):
-                    log.warning("finish_refused", run_id=self.a.run_id, error=exc.message)
+                if not _passing(exc):
+                    log.warning("finish_refused", run_id=run_id, error=exc.message)
                     return
                 await asyncio.sleep(delay)
-        log.warning("finish_undelivered", run_id=self.a.run_id)
+                continue
+            log.info(
+                "attempt_finished",
+                run_id=run_id,
+                attempt=attempt,
+                outcome=outcome,
+                exit_code=exit_code,
+            )
+            return
+        log.warning("finish_undelivered", run_id=run_id)
 
     async def _run(self) -> tuple[Outcome, int | None, str]:
         try:
@@ -231,7 +262,7 @@ class Attempt:
             await self._upload_outputs(src)
         if code == 0 and not self.stale and self.a.job.outputs:
             try:
-                await deliver_outputs(self._data_ws(), self.a.job.outputs, src, self.a.run_id)
+                await deliver_outputs(self._data(), self.a.job.outputs, src, self.a.run_id)
             except CairnError as exc:
                 return "failed", code, f"delivering the outputs failed: {exc}"
         if code == 0:
@@ -257,11 +288,11 @@ class Attempt:
                 await download_blob(self.client, job.snapshot, size, archive, show_progress=False)
             await asyncio.to_thread(unpack, archive, src)
         if job.inputs:
-            self.inputs = await stage_inputs(self._data_ws(), job.inputs, src, self.data_cache)
+            self.inputs = await stage_inputs(self._data(), job.inputs, src, self.data_cache)
         return src, await self.backend.runtime(job.environment)
 
-    def _data_ws(self) -> AsyncWorkspace:
-        return AsyncWorkspace(self.client.conn, self.ws, self.settings)
+    def _data(self) -> DataContext:
+        return DataContext(self.client, self.settings)
 
     async def _blob_size(self, digest: str) -> int:
         area = self.a.job.snapshot_area or ""
@@ -288,11 +319,12 @@ class Attempt:
             CAIRN_EXPERIMENT=self.a.experiment_name,
             CAIRN_ATTEMPT=str(self.a.attempt),
         )
-        for key, value in (("CAIRN_NATS_USER", s.nats_user),
-                           ("CAIRN_NATS_PASSWORD", s.nats_password),
-                           ("CAIRN_NATS_CREDS", s.nats_creds)):  # fmt: skip
-            if value:
-                env[key] = value
+        credentials = {
+            "CAIRN_NATS_USER": s.nats_user,
+            "CAIRN_NATS_PASSWORD": s.nats_password,
+            "CAIRN_NATS_CREDS": s.nats_creds,
+        }
+        env.update({key: value for key, value in credentials.items() if value})
         if self.a.job.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
         if self.inputs:
@@ -320,8 +352,11 @@ class Attempt:
         log_path = src / LOG_FILE
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log_path, "ab")  # noqa: ASYNC230 - local disk, written in chunks
-        labels = {"cairn.run": self.a.run_id, "cairn.attempt": str(self.a.attempt),
-                  "cairn.agent": self.agent_id}  # fmt: skip
+        labels = {
+            "cairn.run": self.a.run_id,
+            "cairn.attempt": str(self.a.attempt),
+            "cairn.agent": self.agent_id,
+        }
         try:
             self.launched = launched = await self.backend.launch(
                 runtime, argv, src, self._environ(), labels, self.gpus
@@ -374,8 +409,8 @@ class Attempt:
                 pending += chunk
                 self._write_log(chunk)
             done = chunk == b""
-            if pending and (done or chunk is None or len(pending) >= _LOG_BATCH
-                            or time.monotonic() - last >= _LOG_FLUSH_S):  # fmt: skip
+            due = done or chunk is None or time.monotonic() - last >= _LOG_FLUSH_S
+            if pending and (due or len(pending) >= _LOG_BATCH):
                 await self._ship(subject, bytes(pending))
                 pending.clear()
                 last = time.monotonic()
@@ -384,8 +419,10 @@ class Attempt:
 
     async def _ship(self, subject: str, data: bytes) -> None:
         self._log_seq += 1
-        headers = {"Nats-Msg-Id": f"{self.a.run_id}:{self.a.attempt}:{self._log_seq}",
-                   "Cairn-Attempt": str(self.a.attempt)}  # fmt: skip
+        headers = {
+            "Nats-Msg-Id": f"{self.a.run_id}:{self.a.attempt}:{self._log_seq}",
+            "Cairn-Attempt": str(self.a.attempt),
+        }
         try:
             await self.client.conn.js.publish(subject, data, headers=headers, timeout=5)
         except Exception as exc:  # logs are best effort; the run file keeps all of them
@@ -400,12 +437,17 @@ class Attempt:
             named.append((LOG_FILE, log_path))
         for name, path in named:
             try:
-                await upload_file(self.client, self.a.run_id, name, path, show_progress=False,
-                                  attempt=self.a.attempt)  # fmt: skip
+                await upload_file(
+                    self.client,
+                    self.a.run_id,
+                    name,
+                    path,
+                    show_progress=False,
+                    attempt=self.a.attempt,
+                )
             except StaleAttempt:
                 self._stop(stale=True)
                 return
             except CairnError as exc:
                 self._write_log(f"cairn: could not upload {name}: {exc}\n".encode())
-                log.warning("output_upload_failed", run_id=self.a.run_id, path=name,
-                            error=str(exc))  # fmt: skip
+                log.warning("output_upload_failed", run_id=self.a.run_id, path=name, error=str(exc))

@@ -1,0 +1,210 @@
+"""Run files and blobs over NATS: chunked, pipelined, digest-checked uploads and downloads.
+
+Each function takes the RPC :class:`~cairn.rpc.Client` of a workspace: the SDK and the agent
+move bytes the same way, and neither needs the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from tqdm import tqdm
+
+from cairn.errors import CairnError, InvalidInput, Unavailable, error_for_code
+from cairn.proto.artifacts import INLINE_BYTES, CommitUpload, GetRunFile, OpenUpload, ReadBlob
+from cairn.proto.commands import Accepted, ErrorReply, Opened, Reply
+from cairn.proto.paths import validate_run_path
+from cairn.proto.subjects import query
+from cairn.rpc import Client
+
+__all__ = ["download_blob", "download_file", "upload_file"]
+
+WINDOW = 8
+READ_BYTES = 512 * 1024
+PROGRESS_FROM = 8 * 1024 * 1024
+_reply = msgspec.json.Decoder(Reply)
+_encoder = msgspec.json.Encoder()
+
+
+def _check(reply_data: bytes) -> Reply:
+    reply: Reply = _reply.decode(reply_data)
+    if isinstance(reply, ErrorReply):
+        raise error_for_code(reply.code, reply.message)
+    return reply
+
+
+def _bar(total: int, show: bool | None, name: str) -> tqdm[Any]:
+    enabled = show if show is not None else False
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc=name, disable=not enabled or total == 0
+    )
+
+
+def _size_of(path: Path) -> int:
+    """The size of a local file to upload (one ``stat``: cheaper than a thread hop)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise InvalidInput(f"{path} is not a file")
+    return info.st_size
+
+
+async def _send_chunks(client: Client, opened: Opened, path: Path, bar: tqdm[Any]) -> str:
+    nc, timeout = client.conn.nc, client.timeout
+    digest = hashlib.sha256()
+    in_flight: deque[asyncio.Task[Any]] = deque()
+    # read in chunks of at most 512 KiB: a thread hop per chunk would cost more than the read
+    with open(path, "rb") as f:  # noqa: ASYNC230
+        offset = 0
+        while chunk := f.read(opened.chunk_bytes):
+            digest.update(chunk)
+            headers = {"Cairn-Offset": str(offset)}
+            in_flight.append(
+                asyncio.ensure_future(nc.request(opened.subject, chunk, timeout, headers=headers))
+            )
+            offset += len(chunk)
+            if len(in_flight) >= WINDOW:
+                _check((await in_flight.popleft()).data)
+            bar.update(len(chunk))
+    while in_flight:
+        _check((await in_flight.popleft()).data)
+    return "sha256:" + digest.hexdigest()
+
+
+async def upload_file(
+    client: Client,
+    run_id: str,
+    name: str,
+    path: Path,
+    *,
+    show_progress: bool | None = None,
+    staging: bool = False,
+    attempt: int = 0,
+) -> Accepted:
+    """Upload ``path`` as run file ``name`` (or into staging area ``run_id``); returns when
+    ``ArtifactCommitted`` is stored."""
+    validate_run_path(name)
+    size = _size_of(path)
+    commit_id = uuid.uuid4().hex  # one id for every attempt: a retried commit takes effect once
+    if size <= INLINE_BYTES:  # one request: the bytes travel in the command
+        data = await asyncio.to_thread(path.read_bytes)
+        inline = OpenUpload(
+            command_id=commit_id,
+            run_id=run_id,
+            path=name,
+            size=len(data),
+            staging=staging,
+            attempt=attempt,
+            data=data,
+        )
+        reply = await client.send_any(inline)
+        if not isinstance(reply, Accepted):
+            raise CairnError(f"unexpected reply {type(reply).__name__} to an upload")
+        return reply
+    last: Exception | None = None
+    for _ in range(3):
+        size = _size_of(path)
+        with _bar(size, show_progress if size >= PROGRESS_FROM else False, name) as bar:
+            opened = await client.send_any(
+                OpenUpload(
+                    command_id=uuid.uuid4().hex,
+                    run_id=run_id,
+                    path=name,
+                    size=size,
+                    staging=staging,
+                    attempt=attempt,
+                )
+            )
+            if not isinstance(opened, Opened):
+                raise CairnError(f"unexpected reply {type(opened).__name__} to an upload")
+            try:
+                digest = await _send_chunks(client, opened, path, bar)
+                commit = CommitUpload(command_id=commit_id, digest=digest)
+                msg = await client.conn.nc.request(
+                    opened.subject + ".commit",
+                    _encoder.encode(commit),
+                    client.timeout,
+                    headers=client.headers,
+                )
+            except (TimeoutError, NatsTimeout, Unavailable) as exc:
+                last = exc
+                continue
+        reply = _check(msg.data)
+        if not isinstance(reply, Accepted):
+            raise CairnError(f"unexpected reply {type(reply).__name__} to a commit")
+        return reply
+    raise Unavailable(f"upload of {name} failed three times: {last!r}")
+
+
+async def download_file(
+    client: Client,
+    run_id: str,
+    name: str,
+    target: Path,
+    *,
+    min_seq: int = 0,
+    show_progress: bool | None = None,
+) -> Path:
+    """Download run file ``name`` to ``target``, verifying its digest; returns ``target``."""
+    info = (await client.ask(GetRunFile(run_id=run_id, path=name, min_seq=min_seq))).data
+    return await download_blob(
+        client, info["digest"], int(info["size"]), target, name=name, show_progress=show_progress
+    )
+
+
+async def download_blob(
+    client: Client,
+    digest: str,
+    size: int,
+    target: Path,
+    *,
+    name: str = "",
+    show_progress: bool | None = None,
+) -> Path:
+    """Read blob ``digest`` in ranges (several in flight) into ``target``, then check it."""
+    subject = query(client.workspace, ReadBlob.NAME)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    h = hashlib.sha256()
+    nc = client.conn.nc
+    try:
+        with (
+            open(partial, "wb") as out,  # noqa: ASYNC230 - written chunk by chunk
+            _bar(
+                size, show_progress if size >= PROGRESS_FROM else False, name or digest[:19]
+            ) as bar,
+        ):
+            offsets = deque(range(0, size, READ_BYTES))
+            in_flight: deque[asyncio.Task[Any]] = deque()
+            while offsets or in_flight:
+                while offsets and len(in_flight) < WINDOW:
+                    body = _encoder.encode(
+                        ReadBlob(digest=digest, offset=offsets.popleft(), length=READ_BYTES)
+                    )
+                    in_flight.append(
+                        asyncio.ensure_future(nc.request(subject, body, client.timeout))
+                    )
+                msg = await in_flight.popleft()
+                if (msg.headers or {}).get("Cairn-Reply") != "raw":
+                    _check(msg.data)
+                    raise CairnError("unexpected reply to a blob read")
+                out.write(msg.data)
+                h.update(msg.data)
+                bar.update(len(msg.data))
+        if "sha256:" + h.hexdigest() != digest:
+            raise CairnError(f"downloaded bytes of {name or digest} do not match {digest}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,146 @@
+"""The async core of data: datastores' files and dataset versions. The bytes move through
+:mod:`cairn.data` (with this workspace's client and this process's key); this module adds
+what a client remembers (the sequences it caused) and the registry's records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cairn.data import (
+    Entry,
+    download_prefix,
+    fingerprint,
+    list_entries,
+    materialise,
+    snapshot_files,
+    upload_pairs,
+)
+from cairn.proto.assets import DataFile, DatasetSpec, GetAsset, RegisterDataset
+from cairn.proto.jobs import DatasetRuns
+from cairn.sdk._session import Session, new_id
+
+__all__ = ["AsyncDatasets", "AsyncDatastores"]
+
+
+class AsyncDatastores:
+    """``ws.datastores``: files into, out of and in a registered datastore."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def upload(
+        self,
+        datastore: str,
+        pairs: list[tuple[Path, str]],
+        *,
+        overwrite: bool = False,
+        show_progress: bool = False,
+    ) -> list[DataFile]:
+        """Each ``(local file, datastore path)``; existing files are kept unless
+        ``overwrite``. Returns (and records) what was written."""
+        s = self._session
+        uploaded = await upload_pairs(
+            s.client,
+            datastore,
+            pairs,
+            overwrite=overwrite,
+            show_progress=show_progress,
+            settings=s.settings,
+        )
+        s.saw_seq(uploaded.seq)
+        return uploaded.files
+
+    async def download(
+        self,
+        datastore: str,
+        target: Path,
+        prefix: str = "",
+        *,
+        overwrite: bool = False,
+        show_progress: bool = False,
+    ) -> list[Path]:
+        """The files under ``prefix`` into ``target/<their path>``."""
+        s = self._session
+        return await download_prefix(
+            s.client,
+            datastore,
+            prefix.strip("/"),
+            target,
+            overwrite=overwrite,
+            show_progress=show_progress,
+            settings=s.settings,
+        )
+
+    async def list_files(self, datastore: str, prefix: str = "") -> list[Entry]:
+        s = self._session
+        return await list_entries(s.client, datastore, prefix, settings=s.settings)
+
+
+class AsyncDatasets:
+    """``ws.datasets``: versions recorded with the fingerprint of the files they match."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def get(
+        self, name: str, version: int | None = None, *, min_seq: int = 0
+    ) -> dict[str, Any]:
+        """The record of a version (the latest unless ``version``); ``spec`` as a dict."""
+        q = GetAsset(asset_kind="dataset", name=name, version=version, min_seq=min_seq)
+        data: dict[str, Any] = (await self._session.client.ask(q)).data
+        return data
+
+    async def spec(
+        self, name: str, version: int | None = None, *, min_seq: int = 0
+    ) -> tuple[dict[str, Any], DatasetSpec]:
+        record = await self.get(name, version, min_seq=min_seq)
+        return record, msgspec.convert(record["spec"], DatasetSpec)
+
+    async def register(
+        self,
+        name: str,
+        spec: DatasetSpec,
+        *,
+        description: str = "",
+        create_new_version: bool = False,
+        snapshot: bool = False,
+    ) -> dict[str, Any]:
+        """Record ``spec`` and the fingerprint of the files it matches now (with ``snapshot``,
+        copies of them too) as a version of ``name``; returns the version's record."""
+        files = await self.files(spec)
+        if snapshot:
+            s = self._session
+            files = await snapshot_files(s.client, files, settings=s.settings)
+        versioned = msgspec.structs.replace(spec, files=files, snapshot=snapshot)
+        cmd = RegisterDataset(
+            command_id=new_id(),
+            name=name,
+            spec=versioned,
+            description=description,
+            create_new_version=create_new_version,
+        )
+        reply = await self._session.send(cmd)
+        return await self.get(name, min_seq=reply.seq)
+
+    async def files(self, spec: DatasetSpec) -> list[DataFile]:
+        """Every file the spec's paths match now, with its digest or ETag."""
+        s = self._session
+        return await fingerprint(s.client, spec, settings=s.settings)
+
+    async def materialise(
+        self, spec: DatasetSpec, target: Path, *, label: str = "dataset", show: bool = False
+    ) -> list[Path]:
+        """A version's files under ``target``, checked against its fingerprint."""
+        s = self._session
+        return await materialise(
+            s.client, spec, target, label=label, show=show, settings=s.settings
+        )
+
+    async def runs(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
+        """The runs that read a version of dataset ``name``."""
+        q = DatasetRuns(dataset=name, version=version)
+        rows: list[dict[str, Any]] = (await self._session.client.ask(q)).data
+        return rows

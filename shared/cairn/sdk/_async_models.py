@@ -1,0 +1,131 @@
+"""The async core of the model registry: register (from local files or a run's files), look
+up (by version, alias or point in time), list, alias, archive, lineage, download."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cairn.data import download_blob, upload_file
+from cairn.errors import AlreadyExists, InvalidInput
+from cairn.proto.registry import (
+    ArchiveModelVersion,
+    GetModel,
+    ListModels,
+    ModelLineage,
+    RegisterModelVersion,
+    SetModelAlias,
+)
+from cairn.sdk._session import Session, new_id
+
+__all__ = ["AsyncModels"]
+
+
+def _strings(values: dict[str, Any] | None) -> dict[str, str]:
+    return {k: str(v) for k, v in (values or {}).items()}
+
+
+class AsyncModels:
+    """``ws.models``: records are the registry's dicts (``name``, ``version``, ``files``...)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def get(
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        alias: str | None = None,
+        as_of: datetime | None = None,
+        as_of_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """A version: the latest, ``version``, the one ``alias`` names, or the latest as of a
+        time or stream sequence."""
+        q = GetModel(name=name, version=version, alias=alias, as_of_time=as_of, as_of_seq=as_of_seq)
+        data: dict[str, Any] = (await self._session.client.ask(q)).data
+        return data
+
+    async def list(
+        self, name: str | None = None, *, tags: dict[str, str] | None = None, latest: bool = False
+    ) -> list[dict[str, Any]]:
+        q = ListModels(name=name, tags=tags or {}, latest=latest)
+        rows: list[dict[str, Any]] = (await self._session.client.ask(q)).data
+        return rows
+
+    async def register(
+        self,
+        name: str,
+        path: str,
+        *,
+        run_id: str | None = None,
+        staging_id: str | None = None,
+        description: str | None = None,
+        tags: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
+        framework: str | None = None,
+        framework_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Register ``path`` (a file or folder of run ``run_id``, or of staging area
+        ``staging_id``) as the next version of ``name``; returns the new version's record."""
+        cmd = RegisterModelVersion(
+            command_id=new_id(),
+            name=name,
+            path=path,
+            run_id=run_id,
+            staging_id=staging_id,
+            description=description or "",
+            tags=_strings(tags),
+            properties=_strings(properties),
+            framework=framework,
+            framework_version=framework_version,
+        )
+        reply = await self._session.send(cmd)
+        # the version this command made is the latest as of its own event
+        return await self.get(name, as_of_seq=reply.seq)
+
+    async def upload(self, local: Path) -> tuple[str, str]:
+        """Upload a local file or folder into a staging area of its own; returns the area and
+        the model's path in it (to :meth:`register` with ``staging_id``)."""
+        if not local.exists():
+            raise InvalidInput(f"{local} does not exist")
+        staging = new_id()
+        prefix = local.name or "model"
+        if local.is_file():
+            named = [(prefix, local)]
+        else:
+            files = sorted(p for p in local.rglob("*") if p.is_file())
+            named = [(f"{prefix}/{f.relative_to(local).as_posix()}", f) for f in files]
+        for name, file in named:
+            await upload_file(self._session.client, staging, name, file, staging=True)
+        return staging, prefix
+
+    async def download(
+        self, record: dict[str, Any], target_dir: Path, *, exist_ok: bool = False
+    ) -> Path:
+        """The files of the version ``record`` (as :meth:`get` returns it) under
+        ``target_dir``; returns the model's local path."""
+        base = Path(record["source_path"]).parent
+        for f in record["files"]:
+            target = target_dir / Path(f["path"]).relative_to(base)
+            if target.exists() and not exist_ok:
+                raise AlreadyExists(f"{target} exists (pass exist_ok=True to overwrite)")
+            client = self._session.client
+            await download_blob(client, f["digest"], int(f["size"]), target, name=f["path"])
+        return target_dir / Path(record["source_path"]).relative_to(base)
+
+    async def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Point ``alias`` of model ``name`` at ``version``."""
+        cmd = SetModelAlias(command_id=new_id(), name=name, alias=alias, version=version)
+        await self._session.send(cmd)
+
+    async def archive(self, name: str, version: int, *, restore: bool = False) -> None:
+        cmd = ArchiveModelVersion(command_id=new_id(), name=name, version=version, restore=restore)
+        await self._session.send(cmd)
+
+    async def lineage(self, name: str, version: int) -> dict[str, Any]:
+        """The run, datasets and environment a version came from."""
+        q = ModelLineage(name=name, version=version)
+        data: dict[str, Any] = (await self._session.client.ask(q)).data
+        return data

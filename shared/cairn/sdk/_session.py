@@ -1,0 +1,59 @@
+"""What every part of the async core shares: the connection, the workspace's RPC client, and
+the highest stream sequences this client caused, which its queries wait for (read your own
+writes)."""
+
+from __future__ import annotations
+
+import uuid
+
+from cairn.bus import Connection
+from cairn.proto.commands import Accepted, Command, CreateExperiment
+from cairn.rpc import Client
+from cairn.settings import Settings
+
+__all__ = ["Session", "new_id"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Session:
+    def __init__(self, conn: Connection, name: str, settings: Settings | None = None) -> None:
+        self.conn = conn
+        self.name = name
+        #: this process's settings: its home (spool) and the key that opens datastores
+        self.settings = settings or conn.settings
+        self.client = Client(conn, name)
+        #: highest EVENTS / METRICS sequences this client caused; its queries wait for them
+        self.seen_seq = 0
+        self.seen_metrics_seq = 0
+        #: snapshot digests this client knows are uploaded (they are never deleted)
+        self.snapshots: set[str] = set()
+        self._experiments: dict[str, str] = {}
+
+    def saw(self, reply: Accepted | None, *, metrics: bool = False) -> None:
+        if reply is None:
+            return
+        if metrics:
+            self.seen_metrics_seq = max(self.seen_metrics_seq, reply.seq)
+        else:
+            self.saw_seq(reply.seq)
+
+    def saw_seq(self, seq: int) -> None:
+        self.seen_seq = max(self.seen_seq, seq)
+
+    async def send(self, command: Command) -> Accepted:
+        """Send one command and remember the sequence of its event."""
+        reply = await self.client.send(command)
+        self.saw(reply)
+        return reply
+
+    async def experiment_id(self, name: str) -> str:
+        """Get or create the experiment called ``name`` (experiments are never deleted, so
+        one this client has seen is not asked for again)."""
+        known = self._experiments.get(name)
+        if known is None:
+            reply = await self.send(CreateExperiment(command_id=new_id(), name=name))
+            known = self._experiments[name] = reply.aggregate_id
+        return known
