@@ -85,8 +85,11 @@ except AlreadyExists:
 v2 = other.register(workspace=ws, name="diabetes", create_new_version=True)
 files = Dataset.File.from_files(path=(ds, "data/files/images/*.jpg")).register(ws, "images")
 hostile = {}
-for label, path in {"traversal": (ds, "../outside/*.csv"), "absolute": (ds, "/etc/*"),
-                    "unknown store": ("nope", "x.csv")}.items():  # fmt: skip
+for label, path in {
+    "traversal": (ds, "../outside/*.csv"),
+    "absolute": (ds, "/etc/*"),
+    "unknown store": ("nope", "x.csv"),
+}.items():
     try:
         Dataset.File.from_files(path=path).register(ws, "hostile")
         hostile[label] = "accepted"

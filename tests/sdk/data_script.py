@@ -20,21 +20,29 @@ blob_ds = Datastore.register_s3(
     secret_access_key=secret,
 )
 blob_ds.upload_files(
-    files=["./data/current_data.csv"], target_path="data/files/", overwrite=True,
+    files=["./data/current_data.csv"],
+    target_path="data/files/",
+    overwrite=True,
     show_progress=True,
-)  # fmt: skip
-blob_ds.upload(src_dir="./data/archive", target_path="data/files/archive", overwrite=True,
-               show_progress=True)  # fmt: skip
+)
+blob_ds.upload(
+    src_dir="./data/archive", target_path="data/files/archive", overwrite=True, show_progress=True
+)
 
 tab_data_set = Dataset.Tabular.from_delimited_files(
     path=[(blob_ds, "data/files/current_data.csv"), (blob_ds, "data/files/archive/*.csv")],
-    separator=",", header=True, infer_column_types=True,
-)  # fmt: skip
+    separator=",",
+    header=True,
+    infer_column_types=True,
+)
 first = tab_data_set.take(2).to_pandas_dataframe()
 tab_data_set = tab_data_set.register(
-    workspace=ws, name="diabetes dataset", description="diabetes data",
-    tags={"format": "CSV"}, create_new_version=True,
-)  # fmt: skip
+    workspace=ws,
+    name="diabetes dataset",
+    description="diabetes data",
+    tags={"format": "CSV"},
+    create_new_version=True,
+)
 
 # a new month of data arrives: the same definition, registered again, is version 2
 Path("./data/archive/2026-03.csv").write_text("id,glucose,diabetic\n7,140,1\n8,99,0\n")

@@ -19,8 +19,9 @@ with open("model_dir/sub/config.json", "w") as f:
 
 # 20 concurrent registrations of one name
 with ThreadPoolExecutor(20) as pool:
-    models = list(pool.map(lambda i: Model.register(ws, "model_dir", "race", tags={"i": i}),
-                           range(20)))  # fmt: skip
+    models = list(
+        pool.map(lambda i: Model.register(ws, "model_dir", "race", tags={"i": i}), range(20))
+    )
 out["race_versions"] = sorted(m.version for m in models)
 out["race_tags_unique"] = len({m.tags["i"] for m in models})
 
@@ -29,13 +30,22 @@ run = Experiment(ws, sys.argv[1]).start_logging()
 with open("model.pkl", "wb") as f:
     f.write(b"pickled")
 run.upload_file("outputs/model.pkl", "model.pkl")
-registered = run.register_model("classifier", "outputs/model.pkl", model_framework="ScikitLearn",
-                                model_framework_version="1.5", description="first")  # fmt: skip
+registered = run.register_model(
+    "classifier",
+    "outputs/model.pkl",
+    model_framework="ScikitLearn",
+    model_framework_version="1.5",
+    description="first",
+)
 run.complete()
 out["from_run"] = [registered.version, registered.run_id == run.id, registered.model_framework]
 lineage = registered.lineage()
-out["lineage"] = [lineage["run"]["run_id"] == run.id, lineage["run"]["status"],
-                  lineage["datasets"], lineage["environment"]]  # fmt: skip
+out["lineage"] = [
+    lineage["run"]["run_id"] == run.id,
+    lineage["run"]["status"],
+    lineage["datasets"],
+    lineage["environment"],
+]
 path = registered.download(target_dir="dl1")
 out["download_single"] = open(path, "rb").read().decode()
 v2 = Model.register(ws, "model_dir", "classifier", tags={"stage": "candidate"})

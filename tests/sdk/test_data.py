@@ -38,15 +38,27 @@ def _files(tmp_path: Path) -> None:
 
 
 async def test_the_seeds_datastore_and_dataset_code(
-    client: Client, client_settings: Settings, nats_server: NatsServer, seaweed: SeaweedFS,
-    store: EventStore, tmp_path: Path,
-) -> None:  # fmt: skip
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    seaweed: SeaweedFS,
+    store: EventStore,
+    tmp_path: Path,
+) -> None:
     bucket = "data-" + uuid.uuid4().hex[:10]
     s3 = await _bucket(seaweed, bucket)
     _files(tmp_path)
     env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
-    got = await run_script("data_script.py", seaweed.endpoint, bucket, ACCESS_KEY, SECRET_KEY,
-                           env=env, cwd=tmp_path, timeout=180)  # fmt: skip
+    got = await run_script(
+        "data_script.py",
+        seaweed.endpoint,
+        bucket,
+        ACCESS_KEY,
+        SECRET_KEY,
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
+    )
     assert got["take2"] == {"id": [1, 2], "glucose": [148, 85], "diabetic": [1, 0]}
     assert got["v1_rows"] == 6 and got["v2_rows"] == 8
     assert got["v2_ids"] == [1, 2, 3, 4, 5, 6, 7, 8]  # current_data first, then the archive
@@ -62,14 +74,20 @@ async def test_the_seeds_datastore_and_dataset_code(
     assert got["by_mapping"] == ["diabetes dataset", "diabetes files"]
     objects = await s3.list_objects_v2(Bucket=bucket)
     assert len(objects["Contents"]) == 5
-    history = await store.read(subjects.event(client.workspace, "datastore",
-                                              subjects.name_to_id("blob_data")))  # fmt: skip
-    uploads = [r.envelope.data for r in history if isinstance(r.envelope.data,
-                                                              DatastoreFilesUploaded)]  # fmt: skip
+    history = await store.read(
+        subjects.event(client.workspace, "datastore", subjects.name_to_id("blob_data"))
+    )
+    uploads = [
+        r.envelope.data for r in history if isinstance(r.envelope.data, DatastoreFilesUploaded)
+    ]
     recorded = sorted(f.path for u in uploads for f in u.files)
-    assert recorded == ["data/files/archive/2026-01.csv", "data/files/archive/2026-02.csv",
-                        "data/files/archive/2026-03.csv", "data/files/archive/notes.txt",
-                        "data/files/current_data.csv"]  # fmt: skip
+    assert recorded == [
+        "data/files/archive/2026-01.csv",
+        "data/files/archive/2026-02.csv",
+        "data/files/archive/2026-03.csv",
+        "data/files/archive/notes.txt",
+        "data/files/current_data.csv",
+    ]
     await s3.close()
 
 
@@ -99,8 +117,9 @@ async def test_versions_mean_the_same_bytes_and_hostile_paths_are_refused(
     client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
-    got = await run_script("data_versions_script.py", str(tmp_path / "lake" / "root"),
-                           env=env, cwd=tmp_path)  # fmt: skip
+    got = await run_script(
+        "data_versions_script.py", str(tmp_path / "lake" / "root"), env=env, cwd=tmp_path
+    )
     assert got["before"] == [1, 3]
     assert got["changed"] == ["data_changed", True]
     assert got["frozen"] == [1, 3], "a snapshot version reads the bytes it was registered with"
@@ -120,17 +139,19 @@ async def test_versions_mean_the_same_bytes_and_hostile_paths_are_refused(
 
 
 async def test_a_job_reads_a_named_dataset_input_and_its_model_lists_the_version(
-    client: Client, client_settings: Settings, nats_server: NatsServer, agents: Agents,
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    agents: Agents,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "a.csv").write_text("x,y\n1,2\n3,4\n")
     (tmp_path / "raw" / "b.csv").write_text("x,y\n5,6\n")
     await agents.start()
     env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
     folder = Path(__file__).with_name("training_data")
-    got = await run_script("data_jobs_script.py", str(folder), env=env, cwd=tmp_path,
-                           timeout=180)  # fmt: skip
+    got = await run_script("data_jobs_script.py", str(folder), env=env, cwd=tmp_path, timeout=180)
     assert got["status"] == "Completed"
     assert got["metrics"]["rows"] == 3 and got["metrics"]["mounted_files"] == 2
     assert got["lineage"] == ["raw data:1"]
@@ -142,4 +163,7 @@ async def test_a_job_reads_a_named_dataset_input_and_its_model_lists_the_version
     copies = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert len(copies) == 1, "both jobs read dataset version 1: fetched once, by fingerprint"
     assert (copies[0] / ".ready").exists() and sorted(os.listdir(copies[0])) == [
-        ".ready", "a.csv", "b.csv"]  # fmt: skip
+        ".ready",
+        "a.csv",
+        "b.csv",
+    ]

@@ -23,13 +23,39 @@ _reply = msgspec.json.Decoder(Reply)
 
 # reliability.md §3.5, every entry of the path list
 HOSTILE_PATHS = [
-    "", ".", "..", "../x", "a/../../x", "a/..", "/etc/passwd", "//etc/passwd",
-    "file:///etc/passwd", "s3://bucket/x", "C:\\x", "C:/x", "\\\\server\\share\\x",
-    "a\\..\\..\\x", "%2e%2e/x", "%2e%2e%2fx", "..%2fx", "%252e%252e%252fx",
-    "%25252e%25252e%25252fx", "..%c0%af", "a#/../../x", "a?x=../../y", "a;/../x", "a/\x00b",
-    "a/\x1bb", "line\nbreak", "\uff0e\uff0e\uff0fx", "x" * 256, "/".join(["abcdefgh"] * 120),
-    "a//b", "a/./b", "trailing/",
-]  # fmt: skip
+    "",
+    ".",
+    "..",
+    "../x",
+    "a/../../x",
+    "a/..",
+    "/etc/passwd",
+    "//etc/passwd",
+    "file:///etc/passwd",
+    "s3://bucket/x",
+    "C:\\x",
+    "C:/x",
+    "\\\\server\\share\\x",
+    "a\\..\\..\\x",
+    "%2e%2e/x",
+    "%2e%2e%2fx",
+    "..%2fx",
+    "%252e%252e%252fx",
+    "%25252e%25252e%25252fx",
+    "..%c0%af",
+    "a#/../../x",
+    "a?x=../../y",
+    "a;/../x",
+    "a/\x00b",
+    "a/\x1bb",
+    "line\nbreak",
+    "\uff0e\uff0e\uff0fx",
+    "x" * 256,
+    "/".join(["abcdefgh"] * 120),
+    "a//b",
+    "a/./b",
+    "trailing/",
+]
 
 
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
@@ -58,9 +84,14 @@ async def test_the_service_refuses_hostile_paths_and_keeps_nothing(
     await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="e"))
     await client.send(CreateRun(command_id=uuid.uuid4().hex, run_id="f1", experiment_name="e"))
     body = json.dumps(
-        {"type": "OpenUpload", "command_id": uuid.uuid4().hex, "run_id": "f1", "path": path,
-         "size": 4}
-    ).encode()  # fmt: skip
+        {
+            "type": "OpenUpload",
+            "command_id": uuid.uuid4().hex,
+            "run_id": "f1",
+            "path": path,
+            "size": 4,
+        }
+    ).encode()
     msg = await client_conn.nc.request(f"cairn.cmd.{client.workspace}.artifact.upload", body, 5)
     reply = _reply.decode(msg.data)
     assert isinstance(reply, ErrorReply) and reply.code in ("invalid_name", "invalid_input")
@@ -131,8 +162,13 @@ async def test_a_small_file_travels_in_one_command(
 
     run = await (await ws.experiment("inline")).start_run()
     data = os.urandom(INLINE_BYTES)
-    cmd = OpenUpload(command_id=uuid.uuid4().hex, run_id=run.id, path="outputs/small.bin",
-                     size=len(data), data=data)  # fmt: skip
+    cmd = OpenUpload(
+        command_id=uuid.uuid4().hex,
+        run_id=run.id,
+        path="outputs/small.bin",
+        size=len(data),
+        data=data,
+    )
     first = await client.send_any(cmd)
     again = await client.send_any(cmd)
     assert isinstance(first, Accepted) and isinstance(again, Accepted)
@@ -142,11 +178,21 @@ async def test_a_small_file_travels_in_one_command(
     got = await run.download_file("outputs/small.bin", tmp_path / "small.bin")
     assert got.read_bytes() == data
     with pytest.raises(InvalidInput, match="received 3 of 4 bytes"):
-        await client.send_any(OpenUpload(command_id=uuid.uuid4().hex, run_id=run.id,
-                                         path="outputs/x", size=4, data=b"abc"))  # fmt: skip
+        await client.send_any(
+            OpenUpload(
+                command_id=uuid.uuid4().hex, run_id=run.id, path="outputs/x", size=4, data=b"abc"
+            )
+        )
     big = os.urandom(INLINE_BYTES + 1)
     with pytest.raises(PayloadTooLarge):
-        await client.send_any(OpenUpload(command_id=uuid.uuid4().hex, run_id=run.id,
-                                         path="outputs/x", size=len(big), data=big))  # fmt: skip
+        await client.send_any(
+            OpenUpload(
+                command_id=uuid.uuid4().hex,
+                run_id=run.id,
+                path="outputs/x",
+                size=len(big),
+                data=big,
+            )
+        )
     assert [f["path"] for f in await run.files()] == ["outputs/small.bin"]
     assert list((service_settings.state_path / "uploads").iterdir()) == []

@@ -92,9 +92,12 @@ class Stack:
     async def start(self) -> None:
         await self.server.start()
         self.settings = settings_for(
-            self.server, service=True, state_dir=str(self.home / "state"),
-            artifacts_dir=str(self.home / "artifacts"), request_timeout=2.0,
-        )  # fmt: skip
+            self.server,
+            service=True,
+            state_dir=str(self.home / "state"),
+            artifacts_dir=str(self.home / "artifacts"),
+            request_timeout=2.0,
+        )
         self.client_settings = settings_for(self.server, service=False, request_timeout=2.0)
         ready = asyncio.Event()
         factories = [all_services()[n] for n in self.names]
@@ -113,12 +116,13 @@ class Stack:
 
     def service_env(self) -> dict[str, str]:
         return {
-            **os.environ, "CAIRN_HOME": str(self.home / "served"),
+            **os.environ,
+            "CAIRN_HOME": str(self.home / "served"),
             "CAIRN_NATS_URL": self.settings.nats_url,
             "CAIRN_NATS_USER": self.settings.nats_user or "",
             "CAIRN_NATS_PASSWORD": self.settings.nats_password or "",
             "CAIRN_LOG_FORMAT": "json",
-        }  # fmt: skip
+        }
 
     async def close(self) -> None:
         self.stop.set()

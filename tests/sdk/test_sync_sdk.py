@@ -31,9 +31,14 @@ async def run_script(
     script: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 120
 ) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(SCRIPTS / script), *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        str(SCRIPTS / script),
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode == 0, err.decode()[-4000:]
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])

@@ -77,22 +77,37 @@ async def test_cairn_agent_runs_lists_and_stops(
     client_settings: Settings, service_settings: Settings, tmp_path: Path
 ) -> None:
     env = {
-        **os.environ, "CAIRN_HOME": str(tmp_path), "CAIRN_NATS_URL": service_settings.nats_url,
+        **os.environ,
+        "CAIRN_HOME": str(tmp_path),
+        "CAIRN_NATS_URL": service_settings.nats_url,
         "CAIRN_NATS_USER": service_settings.nats_user or "",
-        "CAIRN_NATS_PASSWORD": service_settings.nats_password or "", "CAIRN_LOG_FORMAT": "json",
-    }  # fmt: skip
+        "CAIRN_NATS_PASSWORD": service_settings.nats_password or "",
+        "CAIRN_LOG_FORMAT": "json",
+    }
     proc = await asyncio.create_subprocess_exec(
-        *CAIRN, "agent", "--compute", "cpu-pool", "--slots", "3", env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        *CAIRN,
+        "agent",
+        "--compute",
+        "cpu-pool",
+        "--slots",
+        "3",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     listing_env = sdk_env(client_settings, "default", tmp_path / "client")
     try:
         mine: list[dict[str, object]] = []
         for _ in range(100):
             lister = await asyncio.create_subprocess_exec(
-                *CAIRN, "agent", "list", "--json", env=listing_env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                *CAIRN,
+                "agent",
+                "list",
+                "--json",
+                env=listing_env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             out, _ = await lister.communicate()
             mine = [a for a in json.loads(out) if a["compute"] == "cpu-pool"]
             if mine:
@@ -109,9 +124,12 @@ async def test_cairn_agent_runs_lists_and_stops(
 
 
 async def test_gpu_jobs_get_the_devices_they_were_given(
-    fake_nvidia_smi: Path, client: object, agents: object, tmp_path: Path,
+    fake_nvidia_smi: Path,
+    client: object,
+    agents: object,
+    tmp_path: Path,
     client_settings: Settings,
-) -> None:  # fmt: skip
+) -> None:
     """Two GPUs on the agent: a job asking for one sees exactly one in CUDA_VISIBLE_DEVICES,
     a job asking for three fails with the reason."""
     from cairn.bus import connect
@@ -159,9 +177,12 @@ print("device", torch.cuda.get_device_name(0))
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no nvidia-smi: no NVIDIA GPU here")
 async def test_a_real_gpu_is_advertised_and_runs_a_job(
-    conn: Connection, client: object, agents: object, tmp_path: Path,
+    conn: Connection,
+    client: object,
+    agents: object,
+    tmp_path: Path,
     client_settings: Settings,
-) -> None:  # fmt: skip
+) -> None:
     """On a machine with an NVIDIA GPU: the agent advertises what nvidia-smi reports, and a job
     asking for one GPU computes on it with PyTorch, logging through its run."""
     pytest.importorskip("torch", reason="PyTorch is not installed: the GPU job needs it")

@@ -33,11 +33,15 @@ def job_env(settings: Settings, ws: str, home: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
     env.update(
-        CAIRN_HOME=str(home), CAIRN_NATS_URL=settings.nats_url,
-        CAIRN_NATS_USER=settings.nats_user or "", CAIRN_NATS_PASSWORD=settings.nats_password or "",
-        CAIRN_WORKSPACE=ws, CAIRN_LOG_FORMAT="json", CAIRN_REQUEST_TIMEOUT="3",
+        CAIRN_HOME=str(home),
+        CAIRN_NATS_URL=settings.nats_url,
+        CAIRN_NATS_USER=settings.nats_user or "",
+        CAIRN_NATS_PASSWORD=settings.nats_password or "",
+        CAIRN_WORKSPACE=ws,
+        CAIRN_LOG_FORMAT="json",
+        CAIRN_REQUEST_TIMEOUT="3",
         **{f"CAIRN_{k.upper()}": str(v) for k, v in JOB_SETTINGS.items()},
-    )  # fmt: skip
+    )
     return env
 
 
@@ -53,8 +57,9 @@ class Procs:
         return proc
 
     async def agent(self, env: dict[str, str], slots: int = 1) -> asyncio.subprocess.Process:
-        return await self.spawn(*CAIRN, "agent", "--compute", "local", "--slots", str(slots),
-                                env=env)  # fmt: skip
+        return await self.spawn(
+            *CAIRN, "agent", "--compute", "local", "--slots", str(slots), env=env
+        )
 
     async def close(self) -> None:
         for proc in self.procs:
@@ -97,12 +102,15 @@ def _get_job(run_id: str) -> Any:
 async def test_kill_9_of_an_agent_requeues_its_run_to_another(
     ws: AsyncWorkspace, client_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
 ) -> None:
-    src = script(tmp_path, """
+    src = script(
+        tmp_path,
+        """
         import os, time
         if os.environ["CAIRN_ATTEMPT"] == "1":
             time.sleep(600)
         print("done on attempt", os.environ["CAIRN_ATTEMPT"])
-    """)  # fmt: skip
+    """,
+    )
     first = await procs.agent(job_env(client_settings, ws.name, tmp_path / "a"))
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
     await running(ws, run_id, 1)
@@ -125,7 +133,9 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
     Attempt 1's script, running on while its agent is stopped, logs a metric after attempt 2
     has started: refused too."""
     started, tried = tmp_path / "attempt-2-started", tmp_path / "attempt-1-logged"
-    src = script(tmp_path, f"""
+    src = script(
+        tmp_path,
+        f"""
         import os, pathlib, time
         from cairn.sdk import Run
         run = Run.get_context()
@@ -147,7 +157,8 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
         os.makedirs("outputs", exist_ok=True)
         open("outputs/who.txt", "w").write(attempt)
         raise SystemExit(0 if attempt == "2" else 7)
-    """)  # fmt: skip
+    """,
+    )
     first = await procs.agent(job_env(client_settings, ws.name, tmp_path / "a"))
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
     await running(ws, run_id, 1)
@@ -211,10 +222,13 @@ async def test_the_scheduler_killed_under_200_jobs_restarts_and_all_complete_onc
         await _until_serving(conn, "scheduler")
         marks = tmp_path / "marks"
         marks.mkdir()
-        src = script(tmp_path, f"""
+        src = script(
+            tmp_path,
+            f"""
             import os
             open(os.path.join({str(marks)!r}, os.environ["CAIRN_RUN_ID"]), "a").write("x")
-        """)  # fmt: skip
+        """,
+        )
         config = ScriptRunConfig(source_directory=src, script="job.py")
         run_ids = [await submit(ws, "jobs", config) for _ in range(200)]
         while len(list(marks.iterdir())) < 30:
@@ -277,9 +291,13 @@ _ = (CreateWorkspace, Any)
 
 @LEAKS_SOCKETS
 async def test_two_scheduler_replicas_share_leases(
-    ws: AsyncWorkspace, agents: Any, service_settings: Settings, store: EventStore,
-    tmp_path: Path, nats_py_leaks: None,
-) -> None:  # fmt: skip
+    ws: AsyncWorkspace,
+    agents: Any,
+    service_settings: Settings,
+    store: EventStore,
+    tmp_path: Path,
+    nats_py_leaks: None,
+) -> None:
     """A second scheduler in the queue group answers some of the agent's reports; a job that
     runs for three leases is still never taken back by either replica."""
     import msgspec
@@ -313,9 +331,11 @@ async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
     stack = Stack(tmp_path / "stack", ["tracking", "ingester", "artifacts", "registry"])
     await stack.start()
     try:
-        service_env = {**stack.service_env(),
-                       **{f"CAIRN_{k.upper()}": str(v) for k, v in JOB_SETTINGS.items()},
-                       "CAIRN_STATE_DIR": str(tmp_path / "sch")}  # fmt: skip
+        service_env = {
+            **stack.service_env(),
+            **{f"CAIRN_{k.upper()}": str(v) for k, v in JOB_SETTINGS.items()},
+            "CAIRN_STATE_DIR": str(tmp_path / "sch"),
+        }
         scheduler = await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
         client_settings = settings_for(stack.server, service=False)
         await procs.agent(job_env(client_settings, "ws1", tmp_path / "agent"))
@@ -323,11 +343,14 @@ async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
         ws = AsyncWorkspace(conn, "ws1", client_settings)
         await _until_serving(conn, "scheduler")
         mark = tmp_path / "ran"
-        src = script(tmp_path, f"""
+        src = script(
+            tmp_path,
+            f"""
             import time
             time.sleep(1.0)
             open({str(mark)!r}, "a").write("x")
-        """)  # fmt: skip
+        """,
+        )
         run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
         await wait_status(ws, run_id, lambda s: s == "Running")
         scheduler.kill()

@@ -64,8 +64,9 @@ async def test_a_warm_job_is_the_job_started_cold(tmp_path: Path) -> None:
     for warm in (True, False):
         backend = ProcessBackend(_python_for, warm=warm)
         try:
-            launched = await backend.launch(Runtime(PYTHON), [PYTHON, "job.py", "3", "x"], src,
-                                            env, {}, [])  # fmt: skip
+            launched = await backend.launch(
+                Runtime(PYTHON), [PYTHON, "job.py", "3", "x"], src, env, {}, []
+            )
             out, code = await _output(launched)
         finally:
             backend.close()
@@ -74,10 +75,21 @@ async def test_a_warm_job_is_the_job_started_cold(tmp_path: Path) -> None:
         seen[warm] = json.loads((tmp_path / "seen.json").read_text())
     assert "_zygote.py" in seen[True].pop("parent")
     assert "_zygote.py" not in seen[False].pop("parent")
-    assert seen[True] == seen[False] == {
-        "argv": ["job.py", "3", "x"], "name": "__main__", "cwd": str(src), "path0": str(src),
-        "var": "v", "session": True, "sibling": 42, "file": str(src / "job.py"), "spec": "None",
-    }  # fmt: skip
+    assert (
+        seen[True]
+        == seen[False]
+        == {
+            "argv": ["job.py", "3", "x"],
+            "name": "__main__",
+            "cwd": str(src),
+            "path0": str(src),
+            "var": "v",
+            "session": True,
+            "sibling": 42,
+            "file": str(src / "job.py"),
+            "spec": "None",
+        }
+    )
 
 
 async def test_a_warm_job_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:

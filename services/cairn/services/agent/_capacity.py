@@ -49,8 +49,11 @@ def detect_gpus(timeout_s: float = 10.0) -> list[Gpu]:
     try:
         out = subprocess.run(
             [binary, query, "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=timeout_s, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("nvidia_smi_failed", error=str(exc))
         return []
@@ -60,8 +63,10 @@ def detect_gpus(timeout_s: float = 10.0) -> list[Gpu]:
         if len(fields) != 4:
             continue
         try:
-            gpus.append(Gpu(index=int(fields[0]), uuid=fields[1], name=fields[2],
-                            memory_mib=int(float(fields[3]))))  # fmt: skip
+            memory_mib = int(float(fields[3]))
+            gpus.append(
+                Gpu(index=int(fields[0]), uuid=fields[1], name=fields[2], memory_mib=memory_mib)
+            )
         except ValueError:
             log.warning("nvidia_smi_line_skipped", line=line[:200])
     return gpus
@@ -90,8 +95,16 @@ def detect(
     gpus = detect_gpus() if gpus is None else gpus
     all_labels = sorted(set(labels) | ({"gpu"} if gpus else set()))
     return AgentInfo(
-        agent_id=agent_id, compute=compute, hostname=socket.gethostname(), pid=os.getpid(),
-        cpus=os.cpu_count() or 1, memory_bytes=_memory_bytes(), gpus=gpus, labels=all_labels,
-        slots=slots, free_slots=slots if free_slots is None else free_slots,
-        started_at=started_at, heartbeat_at=now,
-    )  # fmt: skip
+        agent_id=agent_id,
+        compute=compute,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+        cpus=os.cpu_count() or 1,
+        memory_bytes=_memory_bytes(),
+        gpus=gpus,
+        labels=all_labels,
+        slots=slots,
+        free_slots=slots if free_slots is None else free_slots,
+        started_at=started_at,
+        heartbeat_at=now,
+    )

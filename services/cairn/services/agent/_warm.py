@@ -50,9 +50,13 @@ class Zygote:
     """One warm interpreter, started on first use and again after it dies."""
 
     def __init__(
-        self, python: str, env: dict[str, str], wrap: Callable[[list[str]], list[str]],
-        *, answer_s: float = 30.0,
-    ) -> None:  # fmt: skip
+        self,
+        python: str,
+        env: dict[str, str],
+        wrap: Callable[[list[str]], list[str]],
+        *,
+        answer_s: float = 30.0,
+    ) -> None:
         self.python, self.env, self.wrap, self.answer_s = python, env, wrap, answer_s
         self.startup = _startup_env(env)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -69,9 +73,12 @@ class Zygote:
         with theirs:
             self._proc = subprocess.Popen(
                 self.wrap([self.python, _ZYGOTE, str(theirs.fileno())]),
-                env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),), start_new_session=True,
-            )  # fmt: skip
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
         ours.setblocking(False)
         asyncio.get_running_loop().add_reader(ours.fileno(), self._readable)
         self._sock = ours
