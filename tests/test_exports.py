@@ -64,6 +64,7 @@ PINNED = {
         "PayloadTooLarge",
         "PermissionDenied",
         "StaleAttempt",
+        "Unauthenticated",
         "Unavailable",
         "UnknownMessageType",
         "error_for_code",

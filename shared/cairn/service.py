@@ -61,7 +61,7 @@ async def run_services(
     """``provision_streams=False`` for processes that connect as clients (agents): they use
     the streams but may not create them."""
     stop = stop or asyncio.Event()
-    conn = await connect(settings, name="cairn-services")
+    conn = await connect(settings, name="cairn-services", wait=True, stop=stop)
     try:
         if provision_streams:
             await provision(conn)

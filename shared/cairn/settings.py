@@ -2,7 +2,8 @@
 
 Precedence: defaults < file < environment. The file is ``$CAIRN_CONFIG`` when set, else
 ``$CAIRN_HOME/config.json`` when it exists (``cairn up`` writes it). Unknown fields in the file
-are an error, so a typo never silently falls back to a default.
+are an error, so a typo never silently falls back to a default. ``config_file`` records which
+file was read, so an error can name where to fix a setting; it is not itself a setting.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     actor: str | None = None
     state_dir: str | None = None
     request_timeout: float = 10.0
+    #: how long a client (CLI, SDK) tries to reach the server before it gives up with the
+    #: cause; long-running processes (services, agents) keep trying with backoff instead
+    connect_timeout_s: float = 5.0
     metrics_nonfinite: Literal["allow", "reject"] = "allow"
     artifacts_dir: str | None = None
     artifact_s3: S3Config | None = None
@@ -51,6 +55,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_warm_start: bool = True
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
+    #: the settings file these were read from (set by ``load_settings``; None: none was read)
+    config_file: str | None = None
 
     @property
     def home_path(self) -> Path:
@@ -90,9 +96,18 @@ def load_settings(
     if path is not None:
         try:
             values.update(msgspec.json.decode(path.read_bytes()))
+        except FileNotFoundError as exc:
+            raise InvalidInput(
+                f"the settings file {path} does not exist (yet): `cairn up` writes"
+                f" {default_home(env) / 'config.json'} when the stack is ready; or point"
+                " CAIRN_CONFIG at an existing file"
+            ) from exc
         except (OSError, msgspec.DecodeError) as exc:
             raise InvalidInput(f"cannot read settings file {path}: {exc}") from exc
-    fields = {f.name for f in msgspec.structs.fields(Settings)}
+        if "config_file" in values:
+            raise InvalidInput(f"settings file {path}: config_file is not a setting")
+        values["config_file"] = str(path)
+    fields = {f.name for f in msgspec.structs.fields(Settings)} - {"config_file"}
     for key, value in env.items():
         if key.startswith("CAIRN_") and key[6:].lower() in fields:
             values[key[6:].lower()] = value

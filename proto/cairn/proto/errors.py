@@ -13,6 +13,7 @@ again on the caller's side as the class registered for its ``code``::
     ├── InvalidTransition           code "invalid_transition" e.g. completing a failed run
     ├── ConcurrencyConflict         code "conflict"           CAS lost after bounded retries
     ├── PermissionDenied            code "permission_denied"
+    │   └── Unauthenticated         code "unauthenticated"    the server refused the credentials
     ├── Unavailable                 code "unavailable"        bus or stream unreachable
     ├── BatchRejected               code "batch_rejected"     an atomic batch was refused
     ├── DataChanged                 code "data_changed"       a dataset version's bytes moved
@@ -39,6 +40,7 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "StaleAttempt",
+    "Unauthenticated",
     "Unavailable",
     "UnknownMessageType",
     "error_for_code",
@@ -89,6 +91,13 @@ class ConcurrencyConflict(CairnError):
 
 class PermissionDenied(CairnError):
     code = "permission_denied"
+
+
+class Unauthenticated(PermissionDenied):
+    """The server refused to let this client connect: wrong or missing credentials, or
+    credentials it no longer accepts."""
+
+    code = "unauthenticated"
 
 
 class Unavailable(CairnError):

@@ -1,4 +1,20 @@
-"""Connecting to NATS: reconnect forever, credentials, and permission errors made visible.
+"""Connecting to NATS: a bounded first connect that names its cause, reconnects with backoff,
+and permission errors made visible.
+
+A client (a CLI command, the SDK) tries for ``settings.connect_timeout_s``, retrying a server
+that does not answer yet, then raises one error that names the URL, the cause and the fix::
+
+    nothing answers (refused, timeout, DNS, not NATS)  Unavailable      start one with `cairn up`
+    the server refused the credentials                 Unauthenticated  check the credentials
+    the credentials file is missing                    Unauthenticated  check nats_creds
+    the TLS handshake failed                           Unavailable      check the certificate
+
+A long-running process (``connect(..., wait=True)``: services, agents) retries an unreachable
+server with backoff until it answers, logging that once; refused credentials stop it at once.
+
+Once connected, every connection reconnects with backoff for as long as it lives and logs each
+outage once: a warning when it begins, ``nats_reconnected`` with its length when it ends.
+nats-py reports each failed attempt to ``error_cb``; those go to the debug log.
 
 nats-py reports a permissions violation only to ``error_cb`` while the request itself times
 out; :class:`Connection` remembers recent violations so a timeout on that subject becomes
@@ -7,18 +23,24 @@ out; :class:`Connection` remembers recent violations so a timeout on that subjec
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
+import socket
+import ssl
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
-import nats
+import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import Server
 from nats.js import JetStreamContext
 
-from cairn.errors import Unavailable
+from cairn.errors import CairnError, InvalidInput, Unauthenticated, Unavailable
 from cairn.log import get_logger
 from cairn.settings import Settings
 
@@ -30,6 +52,11 @@ T = TypeVar("T")
 #: client is the connection itself)
 _PER_CLIENT: weakref.WeakKeyDictionary[NATS, dict[Any, Any]] = weakref.WeakKeyDictionary()
 _VIOLATION = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)"?')
+#: errors of the link itself (the server went away); the outage is logged, not each of these
+_LINK_ERRORS = (OSError, asyncio.TimeoutError, nats.errors.StaleConnectionError)
+#: reconnect and first-connect backoff: first delay, cap (seconds)
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
 
 
 @dataclass
@@ -69,46 +96,63 @@ class Connection:
 
 
 async def connect(
-    settings: Settings, *, name: str = "cairn", connect_timeout: float = 5.0
+    settings: Settings,
+    *,
+    name: str = "cairn",
+    wait: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> Connection:
-    """Connect with the settings' URL and credentials; raise ``Unavailable`` if unreachable."""
-    holder: list[Connection] = []
+    """Connect with the settings' URL and credentials.
 
-    async def error_cb(err: Exception) -> None:
-        if holder:
-            holder[0].note_error(err)
-        log.warning("nats_error", error=str(err))
+    Raises ``Unavailable`` when no server answers within ``settings.connect_timeout_s``, and
+    ``Unauthenticated`` at once when the server refuses the credentials. ``wait=True`` (for
+    long-running processes) retries an unreachable server with backoff until it answers, or
+    until ``stop`` is set (then it raises ``Unavailable``).
+    """
+    options = _options(settings, name)
+    started = time.monotonic()
+    deadline = None if wait else started + settings.connect_timeout_s
+    attempt = 0
+    while True:
+        budget = settings.connect_timeout_s
+        if deadline is not None:
+            budget = max(deadline - time.monotonic(), 0.05)
+        try:
+            conn = await _connect_once(settings, options, budget)
+        except _Failed as failed:
+            error = failed.error(settings, time.monotonic() - started)
+            if not failed.retry or (deadline is not None and time.monotonic() >= deadline):
+                raise error from failed.cause
+            if wait and attempt == 0:
+                log.warning(
+                    "nats_unreachable_retrying",
+                    name=name,
+                    url=settings.nats_url,
+                    cause=failed.detail,
+                )
+            delay = _backoff(attempt)
+            if deadline is not None:
+                delay = min(delay, max(deadline - time.monotonic(), 0.0))
+            if await _stopped(stop, delay):
+                raise error from failed.cause
+            attempt += 1
+            continue
+        if wait and attempt > 0:
+            log.info("nats_connected", name=name, url=settings.nats_url, attempts=attempt + 1)
+        return conn
 
-    async def disconnected_cb() -> None:
-        if holder and not (holder[0].nc.is_closed or holder[0].nc.is_draining):
-            log.warning("nats_disconnected", url=settings.nats_url)
 
-    async def reconnected_cb() -> None:
-        log.info("nats_reconnected")
-
-    options: dict[str, Any] = {
-        "servers": [u.strip() for u in settings.nats_url.split(",")],
-        "name": name,
-        "connect_timeout": connect_timeout,
-        "allow_reconnect": True,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
-        "error_cb": error_cb,
-        "disconnected_cb": disconnected_cb,
-        "reconnected_cb": reconnected_cb,
-    }
-    if settings.nats_creds:
-        options["user_credentials"] = settings.nats_creds
-    elif settings.nats_user:
-        options["user"] = settings.nats_user
-        options["password"] = settings.nats_password or ""
+async def _stopped(stop: asyncio.Event | None, delay: float) -> bool:
+    """Sleep ``delay`` seconds; True at once if ``stop`` is (or gets) set."""
+    if stop is None:
+        await asyncio.sleep(delay)
+        return False
     try:
-        nc = await nats.connect(**options)
-    except Exception as exc:  # nats-py raises several unrelated types here
-        raise Unavailable(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
-    conn = Connection(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), settings=settings)
-    holder.append(conn)
-    return conn
+        async with asyncio.timeout(delay):
+            await stop.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def per_client(conn: Connection, key: Any, make: Callable[[], T]) -> T:
@@ -119,3 +163,217 @@ def per_client(conn: Connection, key: Any, make: Callable[[], T]) -> T:
         shared[key] = make()
     value: T = shared[key]
     return value
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential, capped, with jitter so that many clients do not retry in step."""
+    return min(_BACKOFF_FIRST_S * 2.0 ** min(attempt, 16), _BACKOFF_MAX_S) * random.uniform(0.5, 1)
+
+
+def _options(settings: Settings, name: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "servers": [u.strip() for u in settings.nats_url.split(",") if u.strip()],
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        # the reconnect handler sets the delays; this only bounds how long close() waits
+        # for a reconnect in progress
+        "reconnect_time_wait": 0.5,
+    }
+    if settings.nats_creds:
+        creds = Path(settings.nats_creds).expanduser()
+        if not creds.is_file():
+            raise Unauthenticated(
+                f"cannot connect to NATS at {settings.nats_url}: the credentials file {creds}"
+                f" does not exist; check {_setting(settings, 'nats_creds')}"
+            )
+        options["user_credentials"] = str(creds)
+    elif settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    return options
+
+
+async def _connect_once(settings: Settings, options: dict[str, Any], budget: float) -> Connection:
+    """One pass over the servers; ``_Failed`` with the most telling cause if none takes us."""
+    nc = NATS()
+    watch = _Watch(nc, settings.nats_url, options["name"], len(options["servers"]))
+    # nats-py types connect_timeout as int but waits with it as a float; it bounds each step
+    # of a connect, asyncio.timeout all of them together
+    per_step: dict[str, Any] = {"connect_timeout": budget}
+    try:
+        async with asyncio.timeout(budget):
+            await nc.connect(
+                **options,
+                **per_step,
+                error_cb=watch.error,
+                disconnected_cb=watch.disconnected,
+                reconnected_cb=watch.reconnected,
+                reconnect_to_server_handler=watch.next_server,
+            )
+    except BaseException as exc:
+        await watch.discard()
+        if isinstance(exc, TimeoutError):
+            raise _Failed("unreachable", f"no answer within {budget:.1f}s", exc) from exc
+        if isinstance(exc, (nats.errors.Error, ValueError)):  # raised before any server
+            raise InvalidInput(f"cannot connect to NATS at {settings.nats_url}: {exc}") from exc
+        raise
+    conn = Connection(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), settings=settings)
+    watch.opened(conn)
+    return conn
+
+
+class _Failed(Exception):
+    """Why a connect attempt failed, in Cairn's terms; carried out of nats-py's connect loop
+    by ``_Watch.error``."""
+
+    RANK: ClassVar[dict[str, int]] = {"unreachable": 0, "tls": 1, "refused": 2}
+
+    def __init__(self, kind: str, detail: str, cause: BaseException) -> None:
+        super().__init__(detail)
+        self.kind, self.detail, self.cause = kind, " ".join(detail.split()), cause
+
+    @property
+    def retry(self) -> bool:
+        """Only a server that does not answer may answer later; a refusal stays a refusal."""
+        return self.kind == "unreachable"
+
+    def error(self, settings: Settings, elapsed_s: float) -> CairnError:
+        head = f"cannot connect to NATS at {settings.nats_url}"
+        if self.kind == "refused":
+            return Unauthenticated(f"{head}: {_refusal(settings, self.detail)}")
+        if self.kind == "tls":
+            return Unavailable(
+                f"{head}: TLS failed ({self.detail}); check the server's certificate and that"
+                " this machine trusts its CA (SSL_CERT_FILE)"
+            )
+        cause = f"no server answers ({self.detail}; tried for {elapsed_s:.1f}s)"
+        if settings.config_file:
+            fix = f"start one with `cairn up`, or fix nats_url in {settings.config_file}"
+            return Unavailable(f"{head}: {cause}; {fix}")
+        return Unavailable(
+            f"{head}: {cause}, and no settings file was read ({_written_by_up(settings)});"
+            " start one with `cairn up`, or set CAIRN_CONFIG or CAIRN_NATS_URL"
+        )
+
+
+def _refusal(settings: Settings, detail: str) -> str:
+    if not (settings.nats_creds or settings.nats_user):
+        refused = f"the server wants credentials and none were given ({detail})"
+        if settings.config_file:
+            return f"{refused}; add nats_user and nats_password to {settings.config_file}"
+        return (
+            f"{refused}, and no settings file was read ({_written_by_up(settings)}); wait for"
+            " `cairn up` to be ready, or set CAIRN_CONFIG"
+        )
+    if settings.nats_creds:
+        refused, names = f"the credentials in {settings.nats_creds}", "CAIRN_NATS_CREDS"
+    else:
+        refused = f"the password of user {settings.nats_user!r}"
+        names = "CAIRN_NATS_USER and CAIRN_NATS_PASSWORD"
+    refused = f"the server refused {refused} ({detail})"
+    if settings.config_file:
+        return f"{refused}; check the credentials in {settings.config_file}"
+    return f"{refused}; check {names} (no settings file was read; {_written_by_up(settings)})"
+
+
+def _written_by_up(settings: Settings) -> str:
+    return f"`cairn up` writes {settings.home_path / 'config.json'}"
+
+
+def _setting(settings: Settings, name: str) -> str:
+    """Where to fix one setting: the file it was read from, else its variable."""
+    if settings.config_file:
+        return f"{name} in {settings.config_file}"
+    return f"CAIRN_{name.upper()} (no settings file was read; {_written_by_up(settings)})"
+
+
+def _classify(err: BaseException, nc: NATS) -> _Failed:
+    """A failed attempt, by the class of what nats-py raised."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return _Failed("tls", f"the server's certificate is not trusted: {err.verify_message}", err)
+    secure = (
+        nats.errors.SecureConnRequiredError,
+        nats.errors.SecureConnWantedError,
+        nats.errors.SecureConnFailedError,
+    )
+    if isinstance(err, (ssl.SSLError, *secure)):
+        return _Failed("tls", str(err) or type(err).__name__, err)
+    if isinstance(err, ConnectionRefusedError):
+        return _Failed("unreachable", "connection refused", err)
+    if isinstance(err, socket.gaierror):
+        return _Failed("unreachable", f"cannot resolve the host: {err.strerror}", err)
+    if isinstance(err, TimeoutError):
+        return _Failed("unreachable", "no answer in time", err)
+    if isinstance(err, OSError):
+        return _Failed("unreachable", err.strerror or str(err), err)
+    if isinstance(err, nats.errors.StaleConnectionError):
+        return _Failed("unreachable", "the server closed the connection", err)
+    if isinstance(err, nats.errors.AuthorizationError):
+        return _Failed("refused", str(err), err)
+    if isinstance(err, nats.errors.Error) and nc.connected_server_version.major > 0:
+        # the server introduced itself, then answered CONNECT with -ERR: it refused us
+        return _Failed("refused", str(err), err)
+    return _Failed("unreachable", f"not a NATS server? {err}", err)
+
+
+class _Watch:
+    """nats-py's callbacks for one client. While it connects, a failed attempt on every
+    server ends ``connect`` with ``_Failed``; once open, an outage is logged when it begins
+    and when it ends, each failed reconnect attempt only at debug level."""
+
+    def __init__(self, nc: NATS, url: str, name: str, servers: int) -> None:
+        self.nc, self.url, self.name, self.servers = nc, url, name, servers
+        self.state = "connecting"
+        self.failed: list[_Failed] = []
+        self.conn: Connection | None = None
+        self.down_since: float | None = None
+        self.last_failure: type[BaseException] | None = None
+
+    def opened(self, conn: Connection) -> None:
+        self.state, self.conn = "open", conn
+
+    async def discard(self) -> None:
+        self.state = "discarded"
+        try:
+            await self.nc.close()
+        except Exception as exc:  # nothing was open
+            log.debug("close_failed", error=repr(exc))
+
+    async def error(self, err: Exception) -> None:
+        if self.state == "connecting":
+            self.failed.append(_classify(err, self.nc))
+            if len(self.failed) >= self.servers:
+                raise max(self.failed, key=lambda f: _Failed.RANK[f.kind])
+            return
+        if self.conn is None:
+            return
+        self.conn.note_error(err)
+        if self.down_since is None and not isinstance(err, _LINK_ERRORS):
+            log.warning("nats_error", name=self.name, error=str(err))
+            return
+        if self.down_since is not None and not isinstance(err, _LINK_ERRORS):
+            if type(err) is not self.last_failure:  # e.g. the server is back, refusing us
+                log.warning("nats_reconnect_failing", name=self.name, error=str(err))
+            self.last_failure = type(err)
+        log.debug("nats_link_error", name=self.name, error=repr(err))
+
+    async def disconnected(self) -> None:
+        if self.state != "open" or self.nc.is_closed or self.nc.is_draining:
+            return
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("nats_disconnected", name=self.name, url=self.url)
+
+    async def reconnected(self) -> None:
+        if self.down_since is not None:
+            outage = round(time.monotonic() - self.down_since, 1)
+            log.info("nats_reconnected", name=self.name, url=self.url, outage_s=outage)
+        self.down_since, self.last_failure = None, None
+
+    def next_server(
+        self, servers: list[Server], info: dict[str, Any]
+    ) -> tuple[Server | None, float]:
+        """Reconnect to the server tried least since it last failed, after a backoff."""
+        server = min(servers, key=lambda s: s.reconnects)
+        return server, _backoff(server.reconnects)

@@ -53,7 +53,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
     from cairn.proto.streams import STREAMS
     from cairn.rpc import ping_all
 
-    conn = await connect(settings, name="cairn-status", connect_timeout=2)
+    conn = await connect(settings, name="cairn-status")
     try:
         streams: dict[str, dict[str, Any]] = {}
         for definition in STREAMS:
@@ -136,9 +136,14 @@ def sync() -> None:
 @click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
 @click.pass_context
 def agent(
-    ctx: click.Context, compute: str | None, slots: int, labels: tuple[str, ...], drain: bool,
-    backend: str, nats_url: str | None,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    compute: str | None,
+    slots: int,
+    labels: tuple[str, ...],
+    drain: bool,
+    backend: str,
+    nats_url: str | None,
+) -> None:
     """Run a compute agent (``cairn agent --compute NAME``), or list agents (``agent list``)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -147,6 +152,18 @@ def agent(
     from cairn.services.agent import main as agent_main
 
     run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels), drain, backend))
+
+
+_AGENT_COLUMNS = [
+    ("agent_id", "AGENT"),
+    ("compute", "COMPUTE"),
+    ("cpus", "CPUS"),
+    ("gpu_count", "GPUS"),
+    ("free_slots", "FREE"),
+    ("slots", "SLOTS"),
+    ("labels", "LABELS"),
+    ("heartbeat_age_s", "BEAT AGO (s)"),
+]
 
 
 @agent.command("list")
@@ -172,6 +189,4 @@ def agent_list(as_json: bool) -> None:
     for row in rows:
         row["gpu_count"] = len(row["gpus"])
         row["heartbeat_age_s"] = round(time.time() - row["heartbeat_at"], 1)
-    emit(rows, as_json, [("agent_id", "AGENT"), ("compute", "COMPUTE"), ("cpus", "CPUS"),
-                         ("gpu_count", "GPUS"), ("free_slots", "FREE"), ("slots", "SLOTS"),
-                         ("labels", "LABELS"), ("heartbeat_age_s", "BEAT AGO (s)")])  # fmt: skip
+    emit(rows, as_json, _AGENT_COLUMNS)
