@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -17,14 +18,24 @@ from tests.sdk.test_sync_sdk import sdk_env
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
 
 
-async def cli(*args: str, env: dict[str, str], cwd: Path) -> str:
+async def run_cli(*args: str, env: dict[str, str], cwd: Path) -> tuple[int | None, str, str]:
+    """Exit code, stdout and stderr of one command."""
+    pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        *CAIRN, *args, env=env, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        *CAIRN, *args, env=env, cwd=cwd, stdout=pipe, stderr=pipe
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return out.decode()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli(*args: str, env: dict[str, str], cwd: Path) -> str:
+    code, out, err = await run_cli(*args, env=env, cwd=cwd)
+    assert code == 0, err[-3000:]
+    return out
+
+
+async def cli_json(*args: str, env: dict[str, str], cwd: Path) -> Any:
+    return json.loads(await cli(*args, "--json", env=env, cwd=cwd))
 
 
 async def test_tracking_commands(client: Client, client_settings: Settings, tmp_path: Path) -> None:
@@ -69,12 +80,8 @@ async def test_errors_are_printed_with_their_code(
     client: Client, client_settings: Settings, tmp_path: Path
 ) -> None:
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
-    proc = await asyncio.create_subprocess_exec(
-        *CAIRN, "run", "show", "no-such-run", env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    assert proc.returncode == 1 and b"error [not_found]" in err
+    code, _, err = await run_cli("run", "show", "no-such-run", env=env, cwd=tmp_path)
+    assert code == 1 and "error [not_found]" in err
 
 
 async def test_model_commands(client: Client, client_settings: Settings, tmp_path: Path) -> None:
@@ -93,8 +100,9 @@ async def test_model_commands(client: Client, client_settings: Settings, tmp_pat
     assert [(m["version"], m["aliases"]) for m in listed] == [(1, ["production"]), (2, [])]
     table = await cli("model", "list", "--latest", env=env, cwd=tmp_path)
     assert table.splitlines()[0].split()[:2] == ["NAME", "VERSION"] and "cli-model" in table
-    shown = json.loads(await cli("model", "show", "cli-model", "--alias", "production", "--json",
-                                 env=env, cwd=tmp_path))  # fmt: skip
+    shown = await cli_json(
+        "model", "show", "cli-model", "--alias", "production", env=env, cwd=tmp_path
+    )
     assert shown["version"] == 1 and shown["files"][0]["path"] == "m.bin"
     out = await cli(
         "model", "download", "cli-model", "--version", "2", "-o", "got", env=env, cwd=tmp_path
@@ -107,15 +115,15 @@ async def test_environment_datastore_compute_commands(
 ) -> None:
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
     (tmp_path / "req.txt").write_text("numpy\n")
-    made = json.loads(await cli("environment", "create", "cli-env", "--pip-requirements",
-                                "req.txt", "--json", env=env, cwd=tmp_path))  # fmt: skip
+    create = ["environment", "create", "cli-env", "--pip-requirements", "req.txt"]
+    made = await cli_json(*create, env=env, cwd=tmp_path)
     assert made["spec"]["pip"] == ["numpy"] and made["version"] == 1
     assert "cli-env" in await cli("environment", "list", env=env, cwd=tmp_path)
     shown = json.loads(await cli("environment", "show", "cli-env", "--json", env=env, cwd=tmp_path))
     assert shown == made
     secret_env = {**env, "CAIRN_S3_ACCESS_KEY_ID": "AK-CLI", "CAIRN_S3_SECRET_ACCESS_KEY": "SK-CLI"}
-    out = await cli("datastore", "create", "cli-lake", "--bucket", "b-cli", "--json",
-                    env=secret_env, cwd=tmp_path)  # fmt: skip
+    create = ["datastore", "create", "cli-lake", "--bucket", "b-cli", "--json"]
+    out = await cli(*create, env=secret_env, cwd=tmp_path)
     assert json.loads(out)["spec"]["has_credentials"] is True and "SK-CLI" not in out
     listed = await cli("datastore", "list", "--json", env=env, cwd=tmp_path)
     assert [d["name"] for d in json.loads(listed)] == [
@@ -127,14 +135,11 @@ async def test_environment_datastore_compute_commands(
         json.dumps({"compute_operators": ["olga"]})
     )
     operator = {**env, "CAIRN_ACTOR": "olga"}
-    made = json.loads(await cli("compute", "create", "cpu", "--max-nodes", "3", "--label", "cpu",
-                                "--json", env=operator, cwd=tmp_path))  # fmt: skip
+    create = ["compute", "create", "cpu", "--max-nodes", "3", "--label", "cpu"]
+    made = await cli_json(*create, env=operator, cwd=tmp_path)
     assert made["spec"]["max_nodes"] == 3 and made["spec"]["labels"] == ["cpu"]
     assert "cpu" in await cli("compute", "list", env=env, cwd=tmp_path)
-    denied = await asyncio.create_subprocess_exec(
-        *CAIRN, "compute", "delete", "cpu", env={**env, "CAIRN_ACTOR": "dana"}, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await denied.communicate()
-    assert denied.returncode == 1 and b"permission_denied" in err
+    dana = {**env, "CAIRN_ACTOR": "dana"}
+    code, _, err = await run_cli("compute", "delete", "cpu", env=dana, cwd=tmp_path)
+    assert code == 1 and "permission_denied" in err
     assert "deleted" in await cli("compute", "delete", "cpu", env=operator, cwd=tmp_path)

@@ -268,9 +268,11 @@ class _Seen:
 
 
 def _seen(runner: ProjectionRunner[Any], ws: str) -> list[int]:
-    rows, _ = runner.read(lambda db, t: db.execute(
-        f"SELECT seq FROM {t('seen')} WHERE subject LIKE ? ORDER BY seq", (f"cairn.ev.{ws}.%",)
-    ).fetchall())  # fmt: skip
+    def query(db: sqlite3.Connection, t: Tables) -> list[tuple[int]]:
+        sql = f"SELECT seq FROM {t('seen')} WHERE subject LIKE ? ORDER BY seq"
+        return db.execute(sql, (f"cairn.ev.{ws}.%",)).fetchall()
+
+    rows, _ = runner.read(query)
     return [seq for (seq,) in rows]
 
 

@@ -123,8 +123,8 @@ async def demo_job(ws: AsyncWorkspace, say: Callable[[str], None]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "train.py").write_text(DEMO_SCRIPT)
-        config = ScriptRunConfig(source_directory=tmp, script="train.py",
-                                 arguments=["--learning_rate", 0.05])  # fmt: skip
+        arguments: list[str | float] = ["--learning_rate", 0.05]
+        config = ScriptRunConfig(source_directory=tmp, script="train.py", arguments=arguments)
         run_id = await submit(ws, "demo", config, display_name="demo job")
     say(f"  submitted job {run_id} to compute 'local'; its output:")
     details = await follow(ws, run_id, out=lambda text: say("    " + text.rstrip()), timeout=120)

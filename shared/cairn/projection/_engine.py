@@ -256,8 +256,8 @@ class ProjectionRunner(Generic[V]):
     async def _subscribe(self, start: int) -> _Feed:
         """A feed of our own (a rebuild reads from sequence 1 beside the live one)."""
         feed = _Feed(self.batch_size * 4)
-        feed.sub = await _ordered_consumer(self.conn, self.projection.source, start, self.poll_s,
-                                           feed.put)  # fmt: skip
+        source = self.projection.source
+        feed.sub = await _ordered_consumer(self.conn, source, start, self.poll_s, feed.put)
         return feed
 
     async def _next_batch(self, feed: _Feed) -> list[Any]:
@@ -429,9 +429,8 @@ class _Hub:
         if self.sub is not None:
             await _quietly_unsubscribe(self.sub)
         self.start = min(r.last_seq for r in self.members) + 1
-        heartbeat = min(r.poll_s for r in self.members)
-        self.sub = await _ordered_consumer(self.conn, self.source, self.start, heartbeat,
-                                           self._deliver)  # fmt: skip
+        beat = min(r.poll_s for r in self.members)
+        self.sub = await _ordered_consumer(self.conn, self.source, self.start, beat, self._deliver)
 
     async def _deliver(self, msg: Any) -> None:
         seq, kind = stream_seq(msg.reply), _kind(msg.subject)

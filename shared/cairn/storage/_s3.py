@@ -41,8 +41,8 @@ async def put_s3_file(
     async def part(number: int, offset: int) -> dict[str, Any]:
         async with gate:
             chunk = await asyncio.to_thread(_read_part, path, offset, PART_BYTES)
-            got = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
-                                           PartNumber=number, Body=chunk)  # fmt: skip
+            where = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+            got = await client.upload_part(**where, PartNumber=number, Body=chunk)
             return {"ETag": got["ETag"], "PartNumber": number}
 
     try:
