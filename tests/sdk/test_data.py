@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from cairn.proto import subjects
 from cairn.proto.events import DatastoreFilesUploaded
 from cairn.rpc import Client
 from cairn.settings import Settings
+from cairn.storage import S3BlobStore
 from tests.conftest import Agents
 from tests.sdk.test_sync_sdk import run_script, sdk_env
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -91,23 +93,22 @@ async def test_the_seeds_datastore_and_dataset_code(
     await s3.close()
 
 
-async def _bucket(seaweed: SeaweedFS, bucket: str) -> object:
-    from cairn.storage import S3BlobStore
-
+async def _bucket(seaweed: SeaweedFS, bucket: str) -> _Client:
     blobs = await S3BlobStore.open(seaweed.config(bucket))
     await blobs.client.create_bucket(Bucket=bucket)
     return _Client(blobs)
 
 
 class _Client:
-    def __init__(self, blobs: object) -> None:
+    def __init__(self, blobs: S3BlobStore) -> None:
         self.blobs = blobs
 
-    async def list_objects_v2(self, **kw: object) -> dict[str, object]:
-        return await self.blobs.client.list_objects_v2(**kw)  # type: ignore[attr-defined, no-any-return]
+    async def list_objects_v2(self, **kw: object) -> dict[str, Any]:
+        listed: dict[str, Any] = await self.blobs.client.list_objects_v2(**kw)
+        return listed
 
     async def close(self) -> None:
-        await self.blobs.close()  # type: ignore[attr-defined]
+        await self.blobs.close()
 
 
 _ = pytest

@@ -10,7 +10,14 @@ import pytest
 
 from cairn.bus import Connection
 from cairn.errors import InvalidInput
-from cairn.proto.commands import CreateExperiment, CreateRun, ErrorReply, Reply, StartRun
+from cairn.proto.commands import (
+    Accepted,
+    CreateExperiment,
+    CreateRun,
+    ErrorReply,
+    Reply,
+    StartRun,
+)
 from cairn.proto.metrics import MetricPoint
 from cairn.rpc import MAX_REQUEST_BYTES, Client
 from cairn.sdk import AsyncWorkspace
@@ -117,11 +124,11 @@ async def test_duplicate_batches_count_once(client: Client, client_conn: Connect
     body = _batch([["a", "scalar", 1, 0, 1.0], ["a", "scalar", 2, 1, 1.0]], "d1")
     first = await _log_raw(client_conn, client.workspace, body)
     again = await _log_raw(client_conn, client.workspace, body)
-    assert not isinstance(first, ErrorReply) and not isinstance(again, ErrorReply)
-    assert again.seq == first.seq  # type: ignore[union-attr]
+    assert isinstance(first, Accepted) and isinstance(again, Accepted), (first, again)
+    assert again.seq == first.seq
     from cairn.proto.metrics import GetMetrics
 
-    got = await client.ask(GetMetrics(run_id="d1", min_seq=again.seq))  # type: ignore[union-attr]
+    got = await client.ask(GetMetrics(run_id="d1", min_seq=again.seq))
     assert got.data["a"]["value"] == [1, 2]
 
 

@@ -10,13 +10,18 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cairn.bus import Connection
+from cairn.rpc import Client
 from cairn.services.agent import AgentService, detect_gpus, list_agents
 from cairn.settings import Settings
 from tests.sdk.test_sync_sdk import sdk_env
+
+if TYPE_CHECKING:
+    from tests.conftest import Agents
 
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
 
@@ -125,8 +130,8 @@ async def test_cairn_agent_runs_lists_and_stops(
 
 async def test_gpu_jobs_get_the_devices_they_were_given(
     fake_nvidia_smi: Path,
-    client: object,
-    agents: object,
+    client: Client,
+    agents: Agents,
     tmp_path: Path,
     client_settings: Settings,
 ) -> None:
@@ -136,9 +141,9 @@ async def test_gpu_jobs_get_the_devices_they_were_given(
     from cairn.sdk import AsyncWorkspace, ScriptRunConfig
     from cairn.sdk._jobs import follow, submit
 
-    await agents.start(slots=2)  # type: ignore[attr-defined]
+    await agents.start(slots=2)
     conn = await connect(client_settings)
-    ws = AsyncWorkspace(conn, client.workspace, client_settings)  # type: ignore[attr-defined]
+    ws = AsyncWorkspace(conn, client.workspace, client_settings)
     try:
         src = tmp_path / "src"
         src.mkdir()
@@ -178,8 +183,8 @@ print("device", torch.cuda.get_device_name(0))
 @pytest.mark.skipif(shutil.which("nvidia-smi") is None, reason="no nvidia-smi: no NVIDIA GPU here")
 async def test_a_real_gpu_is_advertised_and_runs_a_job(
     conn: Connection,
-    client: object,
-    agents: object,
+    client: Client,
+    agents: Agents,
     tmp_path: Path,
     client_settings: Settings,
 ) -> None:
@@ -192,14 +197,14 @@ async def test_a_real_gpu_is_advertised_and_runs_a_job(
 
     found = detect_gpus()
     assert found, "nvidia-smi is present but reported no GPU"
-    await agents.start(slots=1)  # type: ignore[attr-defined]
+    await agents.start(slots=1)
     mine = [a for a in await list_agents(conn) if a.pid == os.getpid()]
     assert len(mine) == 1 and mine[0].gpus == found and "gpu" in mine[0].labels
     src = tmp_path / "src"
     src.mkdir()
     (src / "job.py").write_text(GPU_JOB)
     client_conn = await connect(client_settings)
-    ws = AsyncWorkspace(client_conn, client.workspace, client_settings)  # type: ignore[attr-defined]
+    ws = AsyncWorkspace(client_conn, client.workspace, client_settings)
     try:
         config = ScriptRunConfig(source_directory=src, script="job.py", gpus=1)
         printed: list[str] = []
