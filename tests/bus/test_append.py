@@ -7,15 +7,39 @@ import uuid
 
 import pytest
 
-from cairn.bus import CommandContext, Connection, EventStore, Recorded, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
+from cairn.domain import Aggregate
 from cairn.errors import ConcurrencyConflict, PayloadTooLarge
-from cairn.proto.events import ExperimentCreated, RunFailed
+from cairn.proto.events import Event, ExperimentCreated, RunFailed
 from cairn.proto.subjects import event as event_subject
 from tests.helpers import envelope
 
 
 def _subject(ws_name: str) -> str:
     return event_subject(ws_name, "experiment", "agg")
+
+
+def _counter(decided: list[int] | None = None, name: str | None = None) -> Aggregate[int, None]:
+    """An aggregate whose state counts its events and whose one command appends an event
+    named after that count (``name`` instead, when given); ``decided`` records each count
+    decided on."""
+
+    def decide(count: int, command: None) -> list[Event]:
+        if decided is not None:
+            decided.append(count)
+        return [ExperimentCreated(experiment_id="agg", name=name or f"n{count}")]
+
+    return Aggregate(
+        kind="experiment",
+        initial=0,
+        evolve=lambda count, event: count + 1,
+        decide=decide,
+        commands=None,
+    )
+
+
+def _names(history: list[Recorded]) -> list[str]:
+    return [r.envelope.data.name for r in history if isinstance(r.envelope.data, ExperimentCreated)]
 
 
 async def test_twenty_concurrent_appenders_each_land_once_in_order(
@@ -25,23 +49,20 @@ async def test_twenty_concurrent_appenders_each_land_once_in_order(
 
     async def one(i: int) -> int:
         ctx = CommandContext(workspace=ws_name, command_id=f"cmd{i}", actor="t")
+        # a cache of its own each: twenty replicas, every conflict settled by the CAS
         accepted = await execute(
-            store,
-            ctx,
-            kind="experiment",
-            aggregate_id="agg",
-            subject=subject,
-            decide=lambda h: [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")],
-            attempts=40,
+            ctx, counter, "agg", None, cache=AggregateCache(store), attempts=40
         )
         return accepted.seq
+
+    counter = _counter()
 
     seqs = await asyncio.gather(*(one(i) for i in range(20)))
     history = await store.read(subject)
     assert sorted(r.envelope.causation_id for r in history) == sorted(f"cmd{i}" for i in range(20))
     assert [r.seq for r in history] == sorted(seqs)
     # each appender decided on the history it saw: event k was decided after exactly k events
-    assert [r.envelope.data.name for r in history] == [f"n{k}" for k in range(20)]  # type: ignore[attr-defined]
+    assert _names(history) == [f"n{k}" for k in range(20)]
 
 
 async def test_retried_command_yields_one_event_and_the_same_reply(
@@ -50,15 +71,9 @@ async def test_retried_command_yields_one_event_and_the_same_reply(
     subject = _subject(ws_name)
     ctx = CommandContext(workspace=ws_name, command_id="retry-me", actor="t")
 
-    def decide(h: list[object]) -> list[ExperimentCreated]:
-        return [ExperimentCreated(experiment_id="agg", name="once")]
-
-    first = await execute(
-        store, ctx, kind="experiment", aggregate_id="agg", subject=subject, decide=decide
-    )
-    again = await execute(
-        store, ctx, kind="experiment", aggregate_id="agg", subject=subject, decide=decide
-    )
+    once = _counter(name="once")
+    first = await execute(ctx, once, "agg", None, cache=AggregateCache(store))
+    again = await execute(ctx, once, "agg", None, cache=AggregateCache(store))
     assert (again.seq, again.command_id) == (first.seq, first.command_id)
     assert again.replayed and not first.replayed
     assert len(await store.read(subject)) == 1
@@ -83,14 +98,7 @@ async def test_retry_with_stale_expected_sequence_is_a_conflict_not_a_duplicate(
     )
     assert dup.duplicate and dup.seq == first.seq
     ctx = CommandContext(workspace=ws_name, command_id="c1", actor="t")
-    replay = await execute(
-        store,
-        ctx,
-        kind="experiment",
-        aggregate_id="agg",
-        subject=subject,
-        decide=lambda h: [ExperimentCreated(experiment_id="agg", name="x")],
-    )
+    replay = await execute(ctx, _counter(name="x"), "agg", None, cache=AggregateCache(store))
     assert replay.replayed and replay.seq == first.seq
     assert len(await store.read(subject)) == 1
 
@@ -114,7 +122,7 @@ async def test_atomic_batch_lands_whole_and_its_retry_is_resolved(
     ]
     result = await store.append(subject, batch, expected_seq=0, msg_id="batch")
     history = await store.read(subject)
-    assert [r.envelope.data.name for r in history] == ["b0", "b1", "b2"]  # type: ignore[attr-defined]
+    assert _names(history) == ["b0", "b1", "b2"]
     assert history[-1].seq == result.seq
     with pytest.raises(ConcurrencyConflict):  # 10201 (repeated msg ids) or 10071
         await store.append(subject, batch, expected_seq=result.seq, msg_id="batch")
@@ -174,24 +182,19 @@ async def test_concurrent_commands_through_the_cache(store: EventStore, ws_name:
     """Concurrent commands on one aggregate through an AggregateCache take turns: each lands
     once, in decision order, each reply names its own event, and a command id sent twice takes
     effect once."""
-    from cairn.bus import AggregateCache
-
     cache = AggregateCache(store)
     subject = _subject(ws_name)
+    counter = _counter()
 
     async def one(cmd: str) -> int:
         ctx = CommandContext(workspace=ws_name, command_id=cmd, actor="t")
-        accepted = await execute(
-            store, ctx, kind="experiment", aggregate_id="agg", subject=subject, cache=cache,
-            decide=lambda h: [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")],
-        )  # fmt: skip
-        return accepted.seq
+        return (await execute(ctx, counter, "agg", None, cache=cache)).seq
 
     cmds = [f"g{i}" for i in range(30)] + ["g3", "g7"]  # two retries of earlier commands
     seqs = await asyncio.gather(*(one(c) for c in cmds))
     history = await store.read(subject)
     assert sorted(r.envelope.causation_id for r in history) == sorted(set(cmds))
-    assert [r.envelope.data.name for r in history] == [f"n{k}" for k in range(30)]  # type: ignore[attr-defined]
+    assert _names(history) == [f"n{k}" for k in range(30)]
     by_cause = {r.envelope.causation_id: r.seq for r in history}
     assert [by_cause[c] for c in cmds] == list(seqs)
     assert len({r.seq for r in history}) == 30
@@ -199,12 +202,9 @@ async def test_concurrent_commands_through_the_cache(store: EventStore, ws_name:
     other = AggregateCache(store)
     other.put(subject, history[:5])
     ctx = CommandContext(workspace=ws_name, command_id="late", actor="t")
-    late = await execute(
-        store, ctx, kind="experiment", aggregate_id="agg", subject=subject, cache=other,
-        decide=lambda h: [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")],
-    )  # fmt: skip
+    late = await execute(ctx, counter, "agg", None, cache=other)
     final = await store.read(subject)
-    assert final[-1].seq == late.seq and final[-1].envelope.data.name == "n30"  # type: ignore[attr-defined]
+    assert final[-1].seq == late.seq and _names(final)[-1] == "n30"
 
 
 async def test_services_of_one_connection_share_one_cache(
@@ -212,22 +212,16 @@ async def test_services_of_one_connection_share_one_cache(
 ) -> None:
     """Services in one process (each with its own EventStore on the process's connection) get
     one aggregate cache: what one appends, the next decides on without a conflict or a read."""
-    from cairn.bus import AggregateCache
-
     tracking, artifacts = EventStore(conn), EventStore(conn)
     cache = AggregateCache.shared(tracking)
     assert AggregateCache.shared(artifacts) is cache
     subject = _subject(ws_name)
     decided: list[int] = []
-
-    def decide(h: list[Recorded]) -> list[ExperimentCreated]:
-        decided.append(len(h))
-        return [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")]
+    counter = _counter(decided)
 
     for i, service in enumerate((tracking, artifacts, tracking)):
         ctx = CommandContext(workspace=ws_name, command_id=f"{ws_name}-s{i}", actor="t")
-        await execute(service, ctx, kind="experiment", aggregate_id="agg", subject=subject,
-                      cache=AggregateCache.shared(service), decide=decide)  # fmt: skip
+        await execute(ctx, counter, "agg", None, cache=AggregateCache.shared(service))
     assert decided == [0, 1, 2]  # each decided once, on the history as it was
     causes = [r.envelope.causation_id for r in await store.read(subject)]
     assert causes == [f"{ws_name}-s{i}" for i in range(3)]
@@ -251,21 +245,15 @@ async def test_a_new_aggregate_is_decided_without_a_read_and_an_existing_one_is_
     """``new=True``: the first command decides on an empty history without reading; on a
     subject that has events (another replica's cache, a retried command) the CAS refuses the
     guess, the history is read, and the command is decided again or found done."""
-    from cairn.bus import AggregateCache
-
     store = _CountingStore(conn)
     subject = _subject(ws_name)
     decided: list[int] = []
-
-    def decide(h: list[Recorded]) -> list[ExperimentCreated]:
-        decided.append(len(h))
-        return [ExperimentCreated(experiment_id="agg", name=f"n{len(h)}")]
+    counter = _counter(decided)
 
     async def send(command_id: str, cache: AggregateCache) -> bool:
         # ids unique to the test: message ids are deduplicated across the whole stream
         ctx = CommandContext(workspace=ws_name, command_id=f"{ws_name}-{command_id}", actor="t")
-        accepted = await execute(store, ctx, kind="experiment", aggregate_id="agg",
-                                 subject=subject, cache=cache, decide=decide, new=True)  # fmt: skip
+        accepted = await execute(ctx, counter, "agg", None, cache=cache, new=True)
         return accepted.replayed
 
     assert not await send("first", AggregateCache(store))
@@ -281,8 +269,6 @@ async def test_a_new_aggregate_is_decided_without_a_read_and_an_existing_one_is_
 async def test_a_cached_answer_is_believed_only_while_it_is_young_enough(
     conn: Connection, ws_name: str
 ) -> None:
-    from cairn.bus import AggregateCache
-
     store = _CountingStore(conn)
     cache = AggregateCache(store)
     subject = _subject(ws_name)
@@ -295,3 +281,40 @@ async def test_a_cached_answer_is_believed_only_while_it_is_young_enough(
     await asyncio.sleep(0.05)
     await cache.read(subject, lambda h: bool(h), max_age_s=0.01)
     assert store.reads == 3  # too old: read again
+
+
+async def test_a_command_folds_only_the_events_it_has_not_folded(
+    store: EventStore, ws_name: str
+) -> None:
+    """The cache keeps the folded state with the history: commands through one cache fold
+    each event once, also events another replica appended (read as the history's new tail);
+    a history the cache does not hold is folded whole."""
+    folded: list[str] = []
+
+    def evolve(count: int, event: Event) -> int:
+        assert isinstance(event, ExperimentCreated)
+        folded.append(event.name)
+        return count + 1
+
+    def decide(count: int, command: None) -> list[Event]:
+        return [ExperimentCreated(experiment_id="agg", name=f"n{count}")]
+
+    counter = Aggregate(kind="experiment", initial=0, evolve=evolve, decide=decide, commands=None)
+    cache, other = AggregateCache(store), AggregateCache(store)
+
+    async def send(cache: AggregateCache, command_id: str) -> None:
+        ctx = CommandContext(workspace=ws_name, command_id=f"{ws_name}-{command_id}", actor="t")
+        await execute(ctx, counter, "agg", None, cache=cache)
+
+    for i in range(5):
+        await send(cache, f"a{i}")
+    assert folded == ["n0", "n1", "n2", "n3"]  # n4 is not folded until a command needs it
+    await send(other, "b")  # another replica: reads the five, folds them, appends n5
+    folded.clear()
+    await send(cache, "c")  # stale: the CAS refuses; only the new tail (n4, n5) is folded
+    assert folded == ["n4", "n5"]
+    history = await store.read(_subject(ws_name))
+    assert _names(history) == [f"n{k}" for k in range(7)]
+    folded.clear()
+    assert AggregateCache(store).state(_subject(ws_name), counter, history) == 7
+    assert len(folded) == 7

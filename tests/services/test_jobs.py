@@ -280,8 +280,9 @@ async def test_a_run_submitted_the_older_way_is_read_and_runs(
 ) -> None:
     """History written before a submission was one event (``RunCreated`` + ``RunSubmitted``
     in one atomic batch) still makes a job: the read models see the run and it completes."""
-    from cairn.bus import CommandContext, execute
-    from cairn.proto.events import RunCreated, RunSubmitted
+    from cairn.bus import AggregateCache, CommandContext, execute
+    from cairn.domain import Aggregate
+    from cairn.proto.events import Event, RunCreated, RunSubmitted
 
     exp = await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
@@ -290,9 +291,14 @@ async def test_a_run_submitted_the_older_way_is_read_and_runs(
                          display_name="old-style"),
               RunSubmitted(run_id=run_id, compute="local", job=job)]  # fmt: skip
     ctx = CommandContext(workspace=ws.name, command_id=os.urandom(8).hex(), actor="test")
-    subject = subjects.event(ws.name, "run", run_id)
-    await execute(store, ctx, kind="run", aggregate_id=run_id, subject=subject,
-                  decide=lambda h: events)  # fmt: skip
+    old_style: Aggregate[None, None] = Aggregate(
+        kind="run",
+        initial=None,
+        evolve=lambda state, event: state,
+        decide=lambda state, command: list[Event](events),
+        commands=None,
+    )
+    await execute(ctx, old_style, run_id, None, cache=AggregateCache(store))
     await agents.start(slots=1)
     details = await follow(ws, run_id, timeout=60)
     assert details["status"] == "Completed"

@@ -14,6 +14,7 @@ from cairn.proto.errors import InvalidName
 
 __all__ = [
     "EVENTS_ALL",
+    "METRICS_ALL",
     "agent_key",
     "command",
     "command_filter",
@@ -25,6 +26,8 @@ __all__ = [
     "name_to_id",
     "query",
     "query_filter",
+    "upload_session",
+    "upload_sessions",
     "validate_token",
 ]
 
@@ -32,6 +35,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HASHED_PREFIX = "n-"
 
 EVENTS_ALL = "cairn.ev.>"
+METRICS_ALL = "cairn.metrics.>"
 
 
 def validate_token(value: object, what: str = "token") -> str:
@@ -109,6 +113,20 @@ def command_filter(area: str) -> str:
 
 def query_filter(area: str) -> str:
     return _join("cairn.q.*", validate_token(area, "area"), ">")
+
+
+def upload_sessions(instance: str) -> str:
+    """``cairn.artifacts.<instance>.>``: what one artifact service instance listens on for the
+    chunks and commits of the upload sessions it opened."""
+    return _join("cairn.artifacts", validate_token(instance, "instance"), ">")
+
+
+def upload_session(instance: str, session: str) -> str:
+    """``cairn.artifacts.<instance>.<session>``: where a client sends one upload's chunks
+    (and ``.commit`` after it)."""
+    return _join(
+        "cairn.artifacts", validate_token(instance, "instance"), validate_token(session, "session")
+    )
 
 
 def agent_key(agent_id: str) -> str:

@@ -17,16 +17,20 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from cairn.bus._connect import per_client
 from cairn.bus._store import EventStore, Recorded
+from cairn.domain import Aggregate
 from cairn.errors import CairnError, ConcurrencyConflict
+from cairn.proto import subjects
 from cairn.proto.commands import Accepted
 from cairn.proto.events import Envelope, Event
 
 __all__ = ["AggregateCache", "CommandContext", "execute"]
 
-Decide = Callable[[list[Recorded]], list[Event]]
+S = TypeVar("S")
+C = TypeVar("C")
 
 
 class CommandContext:
@@ -70,16 +74,31 @@ def _already_done(history: list[Recorded], command_id: str) -> Recorded | None:
     return caused[-1] if caused else None
 
 
+class _Folded:
+    """An aggregate's state after the first ``n`` events of a cached history."""
+
+    __slots__ = ("aggregate", "n", "state")
+
+    def __init__(self, aggregate: Aggregate[Any, Any], n: int, state: Any) -> None:
+        self.aggregate = aggregate
+        self.n = n
+        self.state: Any = state
+
+
 class _Cached:
     """A cached history, the last event each command caused in it (to find a retried
-    command's effect without a scan), and when it was last known to be the whole history
-    (read from the log, or extended by an append the CAS accepted)."""
+    command's effect without a scan), when it was last known to be the whole history
+    (read from the log, or extended by an append the CAS accepted), and the state folded
+    from a prefix of it (a command folds only the events after that prefix)."""
 
-    __slots__ = ("caused", "checked", "history")
+    __slots__ = ("caused", "checked", "folded", "history")
 
-    def __init__(self, history: list[Recorded], caused: dict[str, Recorded]) -> None:
+    def __init__(
+        self, history: list[Recorded], caused: dict[str, Recorded], folded: _Folded | None
+    ) -> None:
         self.history = history
         self.caused = caused
+        self.folded = folded
         self.checked = time.monotonic()
 
 
@@ -128,16 +147,35 @@ class AggregateCache:
         tail is indexed."""
         old = self._entries.get(subject)
         n = len(old.history) if old is not None else 0
+        folded: _Folded | None = None
         if old is not None and n <= len(history) and (n == 0 or history[n - 1] is old.history[-1]):
-            caused, tail = old.caused, history[n:]
+            caused, tail, folded = old.caused, history[n:], old.folded
         else:
             caused, tail = {}, history
         for r in tail:
             caused[r.envelope.causation_id] = r
-        self._entries[subject] = _Cached(history, caused)
+        self._entries[subject] = _Cached(history, caused, folded)
         self._entries.move_to_end(subject)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def state(self, subject: str, aggregate: Aggregate[S, Any], history: list[Recorded]) -> S:
+        """``aggregate``'s state after ``history``. When ``history`` is the cached one, the
+        state folded for it before is kept with it and only the events after that are folded
+        (a model with thousands of versions is not refolded per command)."""
+        entry = self._entries.get(subject)
+        if entry is None or entry.history is not history:
+            return aggregate.fold(r.envelope.data for r in history)
+        folded = entry.folded
+        state: S
+        if folded is not None and folded.aggregate is aggregate and folded.n <= len(history):
+            state = folded.state
+            if folded.n < len(history):
+                state = aggregate.fold((r.envelope.data for r in history[folded.n :]), onto=state)
+        else:
+            state = aggregate.fold(r.envelope.data for r in history)
+        entry.folded = _Folded(aggregate, len(history), state)
+        return state
 
     def caused_by(self, subject: str, history: list[Recorded], command_id: str) -> Recorded | None:
         """The last event in ``history`` that ``command_id`` caused, if any."""
@@ -180,91 +218,93 @@ class AggregateCache:
 
 
 async def execute(
-    store: EventStore,
     ctx: CommandContext,
+    aggregate: Aggregate[Any, C],
+    aggregate_id: str,
+    command: C,
     *,
-    kind: str,
-    aggregate_id: str,
-    subject: str,
-    decide: Decide,
-    attempts: int = 10,
-    cache: AggregateCache | None = None,
+    cache: AggregateCache,
     new: bool = False,
+    attempts: int = 10,
 ) -> Accepted:
-    """Decide ``decide(history)`` on the aggregate at ``subject`` and append what it returns.
+    """Decide ``command`` on aggregate ``aggregate_id`` (of ``ctx.workspace``) and append the
+    events ``aggregate.decide`` returns, under ``ctx``'s command id.
 
-    ``decide`` is pure: it folds the history and returns new events (none: nothing to do), or
-    raises a ``CairnError`` that the caller sends back as an ``ErrorReply``. With a ``cache``,
-    the first attempt decides on the cached history without reading (the CAS catches a stale
-    one); a refusal or a conflict is only believed after a fresh read. ``new`` says the
-    aggregate is almost surely new (its id was just made by the client): the first attempt
-    decides on an empty history without reading, and the CAS (an empty subject expected)
-    catches the rare one that exists, such as a retried command's.
+    ``decide`` is pure: it returns new events (none: nothing to do), or raises a
+    ``CairnError`` that the caller sends back as an ``ErrorReply``. The first attempt decides
+    on the cached history without reading (the CAS catches a stale one); a refusal or a
+    conflict is only believed after a fresh read. ``new`` says the aggregate is almost surely
+    new (its id was just made by the client): the first attempt decides on an empty history
+    without reading, and the CAS (an empty subject expected) catches the rare one that exists,
+    such as a retried command's. Commands on one aggregate take turns per ``cache``.
     """
-    if cache is None:
-        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, None, new)
+    subject = subjects.event(ctx.workspace, aggregate.kind, aggregate_id)
     async with cache.lock(subject):
-        return await _execute(store, ctx, kind, aggregate_id, subject, decide, attempts, cache, new)
-
-
-async def _execute(
-    store: EventStore,
-    ctx: CommandContext,
-    kind: str,
-    aggregate_id: str,
-    subject: str,
-    decide: Decide,
-    attempts: int,
-    cache: AggregateCache | None,
-    new: bool,
-) -> Accepted:
-    cached = cache.get(subject) if cache is not None else None
-    if cached is None and new:
-        cached = []
-    fresh = cached is None
-    if cached is not None:
-        history = cached
-    else:
-        history = await (cache.refresh(subject) if cache is not None else store.read(subject))
-    for attempt in range(attempts):
-        if cache is not None:
-            done = cache.caused_by(subject, history, ctx.command_id)
-        else:
-            done = _already_done(history, ctx.command_id)
-        if done is not None:  # in the log for good, cached or not: the command took effect
-            return Accepted(
-                command_id=ctx.command_id, aggregate_id=aggregate_id, seq=done.seq, replayed=True
-            )
-        try:
-            events = decide(history)
-            last = history[-1].seq if history else 0
-            if not events:
-                if not fresh:
-                    raise ConcurrencyConflict("stale cache")
-                return Accepted(command_id=ctx.command_id, aggregate_id=aggregate_id, seq=last)
-            envelopes = _envelopes(ctx, kind, aggregate_id, events)
-            result = await store.append(
-                subject, envelopes, expected_seq=last, msg_id=ctx.command_id
-            )
-        except CairnError as exc:
-            if fresh and not isinstance(exc, ConcurrencyConflict):
-                raise  # decided on the log as it is: a real refusal
-            if fresh:
-                await asyncio.sleep(random.uniform(0, 0.005 * (2 ** min(attempt, 6))))
-            history = (
-                await cache.refresh(subject) if cache is not None else await store.read(subject)
-            )
-            fresh = True
-            continue
-        if cache is not None and not result.duplicate:
-            first = result.seq - len(envelopes) + 1  # an atomic batch is stored contiguously
-            cache.put(subject, history + [
-                Recorded(first + i, subject, env) for i, env in enumerate(envelopes)
-            ])  # fmt: skip
-        return Accepted(
-            command_id=ctx.command_id,
-            aggregate_id=aggregate_id,
-            seq=result.seq,
-            replayed=result.duplicate,
+        return await _Execution(ctx, aggregate, aggregate_id, subject, cache).run(
+            command, new, attempts
         )
-    raise ConcurrencyConflict(f"{subject}: gave up after {attempts} conflicting attempts")
+
+
+class _Execution:
+    __slots__ = ("aggregate", "aggregate_id", "cache", "ctx", "subject")
+
+    def __init__(
+        self,
+        ctx: CommandContext,
+        aggregate: Aggregate[Any, Any],
+        aggregate_id: str,
+        subject: str,
+        cache: AggregateCache,
+    ) -> None:
+        self.ctx, self.aggregate, self.aggregate_id = ctx, aggregate, aggregate_id
+        self.subject, self.cache = subject, cache
+
+    def accepted(self, seq: int, replayed: bool = False) -> Accepted:
+        return Accepted(
+            command_id=self.ctx.command_id,
+            aggregate_id=self.aggregate_id,
+            seq=seq,
+            replayed=replayed,
+        )
+
+    async def run(self, command: object, new: bool, attempts: int) -> Accepted:
+        cache, subject = self.cache, self.subject
+        history = cache.get(subject)
+        if history is None and new:
+            history = []
+        fresh = history is None
+        if history is None:
+            history = await cache.refresh(subject)
+        for attempt in range(attempts):
+            done = cache.caused_by(subject, history, self.ctx.command_id)
+            if done is not None:  # in the log for good, cached or not: the command took effect
+                return self.accepted(done.seq, replayed=True)
+            try:
+                return await self.once(history, command, fresh)
+            except CairnError as exc:
+                if fresh and not isinstance(exc, ConcurrencyConflict):
+                    raise  # decided on the log as it is: a real refusal
+                if fresh:
+                    await asyncio.sleep(random.uniform(0, 0.005 * (2 ** min(attempt, 6))))
+                history = await cache.refresh(subject)
+                fresh = True
+        raise ConcurrencyConflict(f"{subject}: gave up after {attempts} conflicting attempts")
+
+    async def once(self, history: list[Recorded], command: object, fresh: bool) -> Accepted:
+        """Decide on ``history`` and append; ``ConcurrencyConflict`` when the CAS refuses."""
+        state = self.cache.state(self.subject, self.aggregate, history)
+        events = self.aggregate.decide(state, command)
+        last = history[-1].seq if history else 0
+        if not events:
+            if not fresh:
+                raise ConcurrencyConflict("stale cache")
+            return self.accepted(last)
+        envelopes = _envelopes(self.ctx, self.aggregate.kind, self.aggregate_id, events)
+        result = await self.cache.store.append(
+            self.subject, envelopes, expected_seq=last, msg_id=self.ctx.command_id
+        )
+        if not result.duplicate:
+            first = result.seq - len(envelopes) + 1  # an atomic batch is stored contiguously
+            appended = [Recorded(first + i, self.subject, e) for i, e in enumerate(envelopes)]
+            self.cache.put(self.subject, history + appended)
+        return self.accepted(result.seq, replayed=result.duplicate)

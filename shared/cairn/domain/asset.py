@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
 
-from cairn.errors import AlreadyExists, NotFound
-from cairn.proto.assets import AssetSpec, ComputeSpec, DatastoreSpec, EnvironmentSpec
-from cairn.proto.events import AssetDeleted, AssetRegistered, Event
+from cairn.domain import Aggregate
+from cairn.errors import AlreadyExists, InvalidInput, NotFound
+from cairn.proto.assets import (
+    ASSET_KINDS,
+    AssetSpec,
+    ComputeSpec,
+    DatastoreSpec,
+    EnvironmentSpec,
+    RecordUpload,
+)
+from cairn.proto.events import AssetDeleted, AssetRegistered, DatastoreFilesUploaded, Event
 
 __all__ = [
+    "AGGREGATES",
     "CURATED",
+    "AssetCommand",
     "AssetState",
+    "DeleteAsset",
+    "RegisterAsset",
+    "aggregate",
     "builtin_assets",
-    "decide_delete",
-    "decide_register",
-    "fold",
+    "decide",
+    "evolve",
     "resolve",
     "spec_hash",
 ]
@@ -34,15 +45,13 @@ class AssetState(msgspec.Struct, frozen=True, kw_only=True):
         return self.versions[max(self.versions)] if self.versions else None
 
 
-def fold(events: Iterable[Event]) -> AssetState:
-    versions: dict[int, AssetRegistered] = {}
-    deleted = False
-    for event in events:
-        if isinstance(event, AssetRegistered):
-            versions[event.version], deleted = event, False
-        elif isinstance(event, AssetDeleted):
-            deleted = True
-    return AssetState(versions=versions, deleted=deleted)
+def evolve(state: AssetState, event: Event) -> AssetState:
+    match event:
+        case AssetRegistered(version=version):
+            return AssetState(versions={**state.versions, version: event}, deleted=False)
+        case AssetDeleted():
+            return msgspec.structs.replace(state, deleted=True)
+    return state
 
 
 @functools.cache
@@ -68,27 +77,74 @@ def spec_hash(spec: AssetSpec) -> str:
     return "sha256:" + hashlib.sha256(normal).hexdigest()
 
 
-def decide_register(
-    state: AssetState, name: str, spec: AssetSpec, description: str = ""
-) -> list[Event]:
+class RegisterAsset(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Register ``spec`` (as the registry will store it: a datastore's credentials sealed)
+    under ``name``. ``new_version=False`` (a dataset registered without
+    ``create_new_version``) refuses a spec that differs from the name's latest."""
+
+    name: str
+    spec: AssetSpec
+    description: str = ""
+    new_version: bool = True
+
+
+class DeleteAsset(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    name: str
+
+
+AssetCommand = RegisterAsset | DeleteAsset | RecordUpload
+
+
+def decide(state: AssetState, command: AssetCommand) -> list[Event]:
+    match command:
+        case RegisterAsset():
+            return _register(state, command)
+        case DeleteAsset(name=name):
+            if state.latest is None:
+                raise NotFound(f"{name!r} does not exist")
+            return [] if state.deleted else [AssetDeleted(name=name)]
+        case RecordUpload(name=name, files=files):
+            return [DatastoreFilesUploaded(name=name, files=files)]
+
+
+def _register(state: AssetState, command: RegisterAsset) -> list[Event]:
     """The next version; none when the latest live version has this very spec. A compute
     target is created once (delete it to create it again)."""
+    name, spec = command.name, command.spec
     digest = spec_hash(spec)
     latest = state.latest
+    if latest is not None and not command.new_version and latest.spec_hash != digest:
+        raise AlreadyExists(f"dataset {name!r} exists; register with create_new_version=True")
     if latest is not None and not state.deleted:
         if isinstance(spec, ComputeSpec):
             raise AlreadyExists(f"compute target {name!r} exists")
         if latest.spec_hash == digest:
             return []
     version = max(state.versions, default=0) + 1
-    return [AssetRegistered(name=name, version=version, spec=spec, spec_hash=digest,
-                            description=description)]  # fmt: skip
+    registered = AssetRegistered(
+        name=name, version=version, spec=spec, spec_hash=digest, description=command.description
+    )
+    return [registered]
 
 
-def decide_delete(state: AssetState, name: str) -> list[Event]:
-    if state.latest is None:
-        raise NotFound(f"{name!r} does not exist")
-    return [] if state.deleted else [AssetDeleted(name=name)]
+def _aggregate(kind: str) -> Aggregate[AssetState, AssetCommand]:
+    return Aggregate(
+        kind=kind, initial=AssetState(), evolve=evolve, decide=decide, commands=AssetCommand
+    )
+
+
+#: one aggregate per asset kind, all of this shape (the kind is each one's subject token)
+AGGREGATES: dict[str, Aggregate[AssetState, AssetCommand]] = {
+    kind: _aggregate(kind) for kind in ASSET_KINDS
+}
+
+
+def aggregate(kind: str) -> Aggregate[AssetState, AssetCommand]:
+    """The aggregate of asset kind ``kind``."""
+    try:
+        return AGGREGATES[kind]
+    except KeyError:
+        raise InvalidInput(f"no asset kind {kind!r}") from None
 
 
 #: curated environments every workspace has (users cannot register the prefix)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import msgspec
 
-from cairn.domain import fold as fold_events
+from cairn.domain import Aggregate
 from cairn.proto.commands import CreateExperiment
 from cairn.proto.events import Event, ExperimentCreated
 from cairn.proto.subjects import name_to_id
 
-__all__ = ["KIND", "ExperimentState", "decide", "evolve", "fold"]
+__all__ = ["AGGREGATE", "KIND", "ExperimentCommand", "ExperimentState", "decide", "evolve"]
 
 KIND = "experiment"
+
+ExperimentCommand = CreateExperiment
 
 
 class ExperimentState(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,11 +29,17 @@ def evolve(state: ExperimentState, event: Event) -> ExperimentState:
     return state
 
 
-def fold(events: Iterable[Event]) -> ExperimentState:
-    return fold_events(ExperimentState(), evolve, events)
+def decide(state: ExperimentState, command: ExperimentCommand) -> list[Event]:
+    """Get-or-create: creating an experiment that exists is a no-op."""
+    match command:
+        case CreateExperiment(name=name):
+            return (
+                []
+                if state.exists
+                else [ExperimentCreated(experiment_id=name_to_id(name), name=name)]
+            )
 
 
-def decide(state: ExperimentState, command: CreateExperiment) -> list[Event]:
-    if state.exists:
-        return []
-    return [ExperimentCreated(experiment_id=name_to_id(command.name), name=command.name)]
+AGGREGATE: Aggregate[ExperimentState, ExperimentCommand] = Aggregate(
+    kind=KIND, initial=ExperimentState(), evolve=evolve, decide=decide, commands=ExperimentCommand
+)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from cairn.domain import Aggregate
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.events import (
     Event,
@@ -18,8 +19,17 @@ from cairn.proto.events import (
 )
 from cairn.proto.registry import ArchiveModelVersion, RegisterModelVersion, SetModelAlias
 
-__all__ = ["KIND", "ModelState", "decide_alias", "decide_archive", "decide_register", "evolve",
-           "fold", "resolve"]  # fmt: skip
+__all__ = [
+    "AGGREGATE",
+    "KIND",
+    "ModelCommand",
+    "ModelState",
+    "RegisterResolvedModel",
+    "decide",
+    "evolve",
+    "fold",
+    "resolve",
+]
 
 KIND = "model"
 
@@ -35,8 +45,10 @@ class ModelState(msgspec.Struct, frozen=True, kw_only=True):
 def evolve(state: ModelState, event: Event) -> ModelState:
     match event:
         case ModelVersionRegistered(version=version):
-            return msgspec.structs.replace(state, versions={**state.versions, version: event},
-                                           latest=max(state.latest, version))  # fmt: skip
+            versions = {**state.versions, version: event}
+            return msgspec.structs.replace(
+                state, versions=versions, latest=max(state.latest, version)
+            )
         case ModelAliasSet(alias=alias, version=version):
             return msgspec.structs.replace(state, aliases={**state.aliases, alias: version})
         case ModelVersionArchived(version=version):
@@ -71,21 +83,38 @@ def fold(events: Iterable[Event], onto: ModelState | None = None) -> ModelState:
     )
 
 
-def decide_register(
-    state: ModelState,
-    cmd: RegisterModelVersion,
-    files: list[ModelFile],
-    *,
-    datasets: list[str] | None = None,
-    environment: str | None = None,
-) -> list[Event]:
-    """The next version. ``files`` are the committed files the caller resolved the source to;
-    ``datasets`` (``name:version``) and ``environment`` what the source run read and ran in."""
+class RegisterResolvedModel(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``RegisterModelVersion`` with what the registry resolved its source to: the committed
+    ``files``, and the ``datasets`` (``name:version``) and ``environment`` the source run read
+    and ran in."""
+
+    command: RegisterModelVersion
+    files: list[ModelFile]
+    datasets: list[str] = msgspec.field(default_factory=list)
+    environment: str | None = None
+
+
+ModelCommand = RegisterResolvedModel | SetModelAlias | ArchiveModelVersion
+
+
+def decide(state: ModelState, command: ModelCommand) -> list[Event]:
+    match command:
+        case RegisterResolvedModel():
+            return _register(state, command)
+        case SetModelAlias():
+            return _alias(state, command)
+        case ArchiveModelVersion():
+            return _archive(state, command)
+
+
+def _register(state: ModelState, resolved: RegisterResolvedModel) -> list[Event]:
+    """The next version."""
+    cmd = resolved.command
     return [
         ModelVersionRegistered(
             name=cmd.name,
             version=state.latest + 1,
-            files=files,
+            files=resolved.files,
             source_run_id=cmd.run_id,
             source_path=cmd.path,
             description=cmd.description,
@@ -93,8 +122,8 @@ def decide_register(
             properties=cmd.properties,
             framework=cmd.framework,
             framework_version=cmd.framework_version,
-            datasets=datasets or [],
-            environment=environment,
+            datasets=resolved.datasets,
+            environment=resolved.environment,
         )
     ]
 
@@ -104,7 +133,7 @@ def _existing(state: ModelState, name: str, version: int) -> None:
         raise NotFound(f"model {name!r} has no version {version}")
 
 
-def decide_alias(state: ModelState, cmd: SetModelAlias) -> list[Event]:
+def _alias(state: ModelState, cmd: SetModelAlias) -> list[Event]:
     _existing(state, cmd.name, cmd.version)
     if cmd.version in state.archived:
         raise InvalidInput(f"version {cmd.version} of {cmd.name!r} is archived")
@@ -113,7 +142,7 @@ def decide_alias(state: ModelState, cmd: SetModelAlias) -> list[Event]:
     return [ModelAliasSet(alias=cmd.alias, version=cmd.version)]
 
 
-def decide_archive(state: ModelState, cmd: ArchiveModelVersion) -> list[Event]:
+def _archive(state: ModelState, cmd: ArchiveModelVersion) -> list[Event]:
     _existing(state, cmd.name, cmd.version)
     archived = cmd.version in state.archived
     if cmd.restore:
@@ -136,3 +165,13 @@ def resolve(state: ModelState, name: str, version: int | None, alias: str | None
     if not live:
         raise NotFound(f"no model called {name!r}")
     return max(live)
+
+
+AGGREGATE: Aggregate[ModelState, ModelCommand] = Aggregate(
+    kind=KIND,
+    initial=ModelState(),
+    evolve=evolve,
+    decide=decide,
+    commands=ModelCommand,
+    fold_onto=fold,
+)

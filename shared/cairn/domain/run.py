@@ -12,12 +12,11 @@ from job attempts are fenced by attempt number: only the current attempt may mov
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from enum import StrEnum
 
 import msgspec
 
-from cairn.domain import fold as fold_events
+from cairn.domain import Aggregate
 from cairn.errors import AlreadyExists, InvalidTransition, NotFound, StaleAttempt
 from cairn.proto.commands import (
     AddRunProperties,
@@ -46,29 +45,27 @@ from cairn.proto.events import (
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
 
 __all__ = [
+    "AGGREGATE",
     "KIND",
+    "REQUEUE_BACKOFF_S",
+    "STAGING",
+    "AssignJob",
+    "CommitArtifact",
+    "CreateResolvedRun",
+    "FailUndeliverable",
+    "LoseAttempt",
     "RunCommand",
     "RunState",
     "RunStatus",
+    "StagingCommand",
+    "SubmitResolvedJob",
+    "TimeOutAttempt",
     "decide",
-    "decide_cancel",
-    "decide_claim",
-    "decide_commit",
-    "decide_finish",
-    "decide_lost",
-    "decide_report",
-    "decide_submit",
-    "decide_timeout",
-    "decide_undeliverable",
+    "decide_staging",
     "evolve",
-    "fold",
 ]
 
 KIND = "run"
-
-RunCommand = (
-    CreateRun | StartRun | CompleteRun | FailRun | CancelRun | SetRunTags | AddRunProperties
-)
 
 
 class RunStatus(StrEnum):
@@ -116,8 +113,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 def evolve(state: RunState, event: Event) -> RunState:
     match event:
         case RunCreated(run_id=run_id, experiment_id=experiment_id, experiment_name=name):
-            return RunState(exists=True, run_id=run_id, experiment_id=experiment_id,
-                            experiment_name=name)  # fmt: skip
+            return RunState(
+                exists=True, run_id=run_id, experiment_id=experiment_id, experiment_name=name
+            )
         case RunStarted():
             status = (
                 state.status if state.status == RunStatus.CANCEL_REQUESTED else RunStatus.RUNNING
@@ -163,58 +161,166 @@ def evolve(state: RunState, event: Event) -> RunState:
 
 def _submitted(state: RunState, ev: RunSubmitted) -> RunState:
     if ev.experiment_id is not None:  # the submission created the run
-        state = RunState(exists=True, run_id=ev.run_id, experiment_id=ev.experiment_id,
-                         experiment_name=ev.experiment_name or "", tags=dict(ev.tags))  # fmt: skip
+        state = RunState(
+            exists=True,
+            run_id=ev.run_id,
+            experiment_id=ev.experiment_id,
+            experiment_name=ev.experiment_name or "",
+            tags=dict(ev.tags),
+        )
     return msgspec.structs.replace(
         state, status=RunStatus.QUEUED, compute=ev.compute, job=ev.job, queue_n=1
     )
 
 
-def fold(events: Iterable[Event]) -> RunState:
-    return fold_events(RunState(), evolve, events)
+# -- commands the services decide on their own -------------------------------------------------
+# Whatever a decision needs from I/O or the clock (a resolved id, a lease length, a timeout) is a
+# field of its command, so ``decide`` stays pure. These never travel on the wire.
 
 
-def _target(command: RunCommand) -> tuple[RunStatus, Event]:
+class CreateResolvedRun(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``CreateRun`` with the id of its experiment, which the caller looked up (and checked
+    that it and any parent run exist)."""
+
+    command: CreateRun
+    experiment_id: str
+
+
+class SubmitResolvedJob(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``SubmitJob`` with its experiment's id and its job spec with the environment resolved."""
+
+    command: SubmitJob
+    experiment_id: str
+    job: JobSpec
+
+
+class AssignJob(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An agent's ``ClaimJob``, with the lease the scheduler grants."""
+
+    command: ClaimJob
+    lease_s: float
+
+
+class CommitArtifact(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Record a run file the artifact service stored. ``attempt`` (0: none) is the job attempt
+    that uploaded it: refused once that attempt is not the run's current one."""
+
+    run_id: str
+    path: str
+    digest: str
+    size: int
+    attempt: int = 0
+
+
+class LoseAttempt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Attempt ``attempt`` is lost (its lease expired)."""
+
+    run_id: str
+    attempt: int
+    reason: str
+
+
+class TimeOutAttempt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Attempt ``attempt`` ran past the job's ``timeout_s``."""
+
+    run_id: str
+    attempt: int
+    timeout_s: float
+
+
+class FailUndeliverable(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """JetStream gave up delivering ticket ``queue_n`` after ``deliveries`` deliveries."""
+
+    run_id: str
+    queue_n: int
+    deliveries: int
+
+
+_Interactive = StartRun | CompleteRun | FailRun | CancelRun | SetRunTags | AddRunProperties
+
+RunCommand = (
+    CreateResolvedRun
+    | StartRun
+    | CompleteRun
+    | FailRun
+    | CancelRun
+    | SetRunTags
+    | AddRunProperties
+    | CommitArtifact
+    | SubmitResolvedJob
+    | AssignJob
+    | ReportJob
+    | FinishJob
+    | LoseAttempt
+    | TimeOutAttempt
+    | FailUndeliverable
+)
+
+
+def decide(state: RunState, command: RunCommand) -> list[Event]:
     match command:
-        case StartRun(run_id=run_id):
-            return RunStatus.RUNNING, RunStarted(run_id=run_id)
-        case CompleteRun(run_id=run_id):
-            return RunStatus.COMPLETED, RunCompleted(run_id=run_id)
-        case FailRun(run_id=run_id, error=error):
-            return RunStatus.FAILED, RunFailed(run_id=run_id, error=error)
-        case CancelRun(run_id=run_id, reason=reason):
-            return RunStatus.CANCELED, RunCanceled(run_id=run_id, reason=reason)
-    raise TypeError(f"not a transition: {type(command).__name__}")
+        case CreateResolvedRun():
+            return _create(state, command)
+        case SubmitResolvedJob():
+            return _submit(state, command)
+        case CommitArtifact():
+            return _commit_attempt(state, command)
+        case AssignJob():
+            return _claim(state, command.command, command.lease_s)
+        case ReportJob():
+            return _report(state, command)
+        case FinishJob():
+            return _finish(state, command)
+        case LoseAttempt(attempt=attempt, reason=reason):
+            return _lost(state, attempt, reason)
+        case TimeOutAttempt(attempt=attempt, timeout_s=timeout_s):
+            return _timeout(state, attempt, timeout_s)
+        case FailUndeliverable(queue_n=queue_n, deliveries=deliveries):
+            return _undeliverable(state, queue_n, deliveries)
+        case _:
+            return _interactive(state, command)
 
 
-def decide(state: RunState, command: RunCommand, *, experiment_id: str = "") -> list[Event]:
-    """``experiment_id`` is the resolved id of ``CreateRun.experiment_name`` (looked up by the
-    caller, which also checks that the experiment and any parent run exist)."""
-    if isinstance(command, CreateRun):
-        if state.exists:
-            raise AlreadyExists(f"run {command.run_id} already exists")
-        return [
-            RunCreated(
-                run_id=command.run_id,
-                experiment_id=experiment_id,
-                experiment_name=command.experiment_name,
-                display_name=command.display_name,
-                parent_run_id=command.parent_run_id,
-            )
-        ]
+def _create(state: RunState, command: CreateResolvedRun) -> list[Event]:
+    create = command.command
+    if state.exists:
+        raise AlreadyExists(f"run {create.run_id} already exists")
+    return [
+        RunCreated(
+            run_id=create.run_id,
+            experiment_id=command.experiment_id,
+            experiment_name=create.experiment_name,
+            display_name=create.display_name,
+            parent_run_id=create.parent_run_id,
+        )
+    ]
+
+
+def _interactive(state: RunState, command: _Interactive) -> list[Event]:
     if not state.exists:
         raise NotFound(f"run {command.run_id} does not exist")
     if state.job is not None and not isinstance(command, (SetRunTags, AddRunProperties)):
         if isinstance(command, CancelRun):
-            return decide_cancel(state, command.reason)
+            return _cancel(state, command.reason)
         if not state.status.terminal:
             raise InvalidTransition(f"run {state.run_id} is a job; its agent starts and ends it")
-    if isinstance(command, SetRunTags):
-        changed = {k: v for k, v in command.tags.items() if state.tags.get(k) != v}
-        return [RunTagsSet(run_id=state.run_id, tags=changed)] if changed else []
-    if isinstance(command, AddRunProperties):
-        return _add_properties(state, command.properties)
-    target, event = _target(command)
+    match command:
+        case SetRunTags(tags=tags):
+            changed = {k: v for k, v in tags.items() if state.tags.get(k) != v}
+            return [RunTagsSet(run_id=state.run_id, tags=changed)] if changed else []
+        case AddRunProperties(properties=properties):
+            return _add_properties(state, properties)
+        case StartRun(run_id=run_id):
+            return _transition(state, RunStatus.RUNNING, RunStarted(run_id=run_id))
+        case CompleteRun(run_id=run_id):
+            return _transition(state, RunStatus.COMPLETED, RunCompleted(run_id=run_id))
+        case FailRun(run_id=run_id, error=error):
+            return _transition(state, RunStatus.FAILED, RunFailed(run_id=run_id, error=error))
+        case CancelRun(run_id=run_id, reason=reason):
+            return _transition(state, RunStatus.CANCELED, RunCanceled(run_id=run_id, reason=reason))
+
+
+def _transition(state: RunState, target: RunStatus, event: Event) -> list[Event]:
     if state.status == target:
         return []
     if state.status.terminal:
@@ -230,31 +336,44 @@ def _add_properties(state: RunState, properties: dict[str, str]) -> list[Event]:
     return [RunPropertiesAdded(run_id=state.run_id, properties=new)] if new else []
 
 
-def decide_commit(state: RunState, path: str, digest: str, size: int) -> list[Event]:
+def _commit_attempt(state: RunState, command: CommitArtifact) -> list[Event]:
+    attempt = command.attempt
+    if attempt and (attempt != state.attempt or not state.status.held):
+        raise StaleAttempt(f"attempt {attempt} of run {command.run_id} is stale")
+    return _commit(state, command)
+
+
+def _commit(state: RunState, command: CommitArtifact) -> list[Event]:
     """Record a run file. The same bytes at the same path again is a no-op; other bytes at a
     path that exists are refused (run files are write-once, as in Azure ML)."""
     if not state.exists:
         raise NotFound(f"run {state.run_id or '?'} does not exist")
+    path, digest = command.path, command.digest
     existing = state.files.get(path)
     if existing == digest:
         return []
     if existing is not None:
         raise AlreadyExists(f"run {state.run_id} already has a different file at {path!r}")
-    return [ArtifactCommitted(run_id=state.run_id, path=path, digest=digest, size=size)]
+    return [ArtifactCommitted(run_id=state.run_id, path=path, digest=digest, size=command.size)]
 
 
 # -- jobs ------------------------------------------------------------------------------------
 
 
-def decide_submit(
-    state: RunState, command: SubmitJob, *, experiment_id: str, job: JobSpec
-) -> list[Event]:
-    """``job`` is ``command.job`` with its environment resolved by the caller."""
+def _submit(state: RunState, command: SubmitResolvedJob) -> list[Event]:
+    submit = command.command
     if state.exists:
-        raise AlreadyExists(f"run {command.run_id} already exists")
-    return [RunSubmitted(run_id=command.run_id, compute=command.compute, job=job,
-                         experiment_id=experiment_id, experiment_name=command.experiment_name,
-                         display_name=command.display_name, tags=command.tags)]  # fmt: skip
+        raise AlreadyExists(f"run {submit.run_id} already exists")
+    submitted = RunSubmitted(
+        run_id=submit.run_id,
+        compute=submit.compute,
+        job=command.job,
+        experiment_id=command.experiment_id,
+        experiment_name=submit.experiment_name,
+        display_name=submit.display_name,
+        tags=submit.tags,
+    )
+    return [submitted]
 
 
 def _require_job(state: RunState, run_id: str) -> JobSpec:
@@ -265,7 +384,7 @@ def _require_job(state: RunState, run_id: str) -> JobSpec:
     return state.job
 
 
-def decide_claim(state: RunState, command: ClaimJob, *, lease_s: float) -> list[Event]:
+def _claim(state: RunState, command: ClaimJob, lease_s: float) -> list[Event]:
     """A ticket is good only while the run waits under that queue number; anything else is a
     leftover (a redelivered or duplicated ticket, a run canceled or re-queued since)."""
     _require_job(state, command.run_id)
@@ -274,8 +393,14 @@ def decide_claim(state: RunState, command: ClaimJob, *, lease_s: float) -> list[
             f"ticket {command.queue_n} of run {state.run_id} is stale (run is {state.status},"
             f" queue number {state.queue_n})"
         )
-    return [RunAssigned(run_id=state.run_id, attempt=state.attempt + 1, queue_n=state.queue_n,
-                        agent_id=command.agent_id, lease_s=lease_s)]  # fmt: skip
+    assigned = RunAssigned(
+        run_id=state.run_id,
+        attempt=state.attempt + 1,
+        queue_n=state.queue_n,
+        agent_id=command.agent_id,
+        lease_s=lease_s,
+    )
+    return [assigned]
 
 
 def _require_current(state: RunState, run_id: str, attempt: int) -> None:
@@ -287,35 +412,38 @@ def _require_current(state: RunState, run_id: str, attempt: int) -> None:
         )
 
 
-def decide_report(state: RunState, command: ReportJob) -> list[Event]:
+def _report(state: RunState, command: ReportJob) -> list[Event]:
     _require_current(state, command.run_id, command.attempt)
     if command.phase == "running" and not state.started:
         return [RunStarted(run_id=state.run_id, attempt=command.attempt)]
     return []
 
 
-def decide_finish(state: RunState, command: FinishJob) -> list[Event]:
+def _finish(state: RunState, command: FinishJob) -> list[Event]:
     _require_current(state, command.run_id, command.attempt)
-    run_id, attempt = state.run_id, command.attempt
+    run_id, attempt, exit_code = state.run_id, command.attempt, command.exit_code
     match command.outcome:
         case "completed":
             return [RunCompleted(run_id=run_id, attempt=attempt)]
         case "failed":
-            return [RunFailed(run_id=run_id, attempt=attempt, error=command.error,
-                              exit_code=command.exit_code)]  # fmt: skip
+            return [
+                RunFailed(run_id=run_id, attempt=attempt, error=command.error, exit_code=exit_code)
+            ]
         case "canceled":
-            if state.cancel_reason.startswith("timeout"):
-                return [RunFailed(run_id=run_id, attempt=attempt, error=state.cancel_reason,
-                                  exit_code=command.exit_code)]  # fmt: skip
-            return [RunCanceled(run_id=run_id, attempt=attempt, reason=state.cancel_reason)]
-    return decide_lost(state, attempt, command.error or "the agent could not run the job")
+            reason = state.cancel_reason
+            if reason.startswith("timeout"):
+                return [
+                    RunFailed(run_id=run_id, attempt=attempt, error=reason, exit_code=exit_code)
+                ]
+            return [RunCanceled(run_id=run_id, attempt=attempt, reason=reason)]
+    return _lost(state, attempt, command.error or "the agent could not run the job")
 
 
 #: seconds to wait before the n-th re-queue of a run (infrastructure failures)
 REQUEUE_BACKOFF_S = (0.0, 2.0, 10.0, 30.0, 120.0)
 
 
-def decide_lost(state: RunState, attempt: int, reason: str) -> list[Event]:
+def _lost(state: RunState, attempt: int, reason: str) -> list[Event]:
     """Attempt ``attempt`` is lost (lease expired, agent failure): re-queue it while the budget
     lasts, else fail the run. A run whose cancel was requested is canceled instead."""
     if state.job is None or attempt != state.attempt or not state.status.held:
@@ -331,7 +459,7 @@ def decide_lost(state: RunState, attempt: int, reason: str) -> list[Event]:
     return [RunRequeued(run_id=state.run_id, attempt=attempt, reason=reason, delay_s=delay)]
 
 
-def decide_cancel(state: RunState, reason: str) -> list[Event]:
+def _cancel(state: RunState, reason: str) -> list[Event]:
     if state.status.terminal:
         if state.status == RunStatus.CANCELED:
             return []
@@ -343,15 +471,41 @@ def decide_cancel(state: RunState, reason: str) -> list[Event]:
     return [RunCanceled(run_id=state.run_id, reason=reason)]
 
 
-def decide_timeout(state: RunState, attempt: int, timeout_s: float) -> list[Event]:
+def _timeout(state: RunState, attempt: int, timeout_s: float) -> list[Event]:
     if attempt != state.attempt or state.status not in (RunStatus.PREPARING, RunStatus.RUNNING):
         return []
     return [RunCancelRequested(run_id=state.run_id, reason=f"timeout: ran past {timeout_s:g} s")]
 
 
-def decide_undeliverable(state: RunState, queue_n: int, deliveries: int) -> list[Event]:
+def _undeliverable(state: RunState, queue_n: int, deliveries: int) -> list[Event]:
     """JetStream gave up delivering the run's ticket (its agents failed before claiming)."""
     if state.job is None or state.status != RunStatus.QUEUED or queue_n != state.queue_n:
         return []
     error = f"no agent could take the job: its ticket was delivered {deliveries} times"
     return [RunFailed(run_id=state.run_id, attempt=state.attempt, error=error)]
+
+
+AGGREGATE: Aggregate[RunState, RunCommand] = Aggregate(
+    kind=KIND, initial=RunState(), evolve=evolve, decide=decide, commands=RunCommand
+)
+
+# -- staging areas ---------------------------------------------------------------------------
+# Files a client uploads before it submits a job or registers a model (a job's snapshot). An
+# area is folded as a run and exists once something is put in it.
+
+StagingCommand = CommitArtifact
+
+
+def decide_staging(state: RunState, command: StagingCommand) -> list[Event]:
+    match command:
+        case CommitArtifact(run_id=area):
+            return _commit(msgspec.structs.replace(state, exists=True, run_id=area), command)
+
+
+STAGING: Aggregate[RunState, StagingCommand] = Aggregate(
+    kind="staging",
+    initial=RunState(),
+    evolve=evolve,
+    decide=decide_staging,
+    commands=StagingCommand,
+)

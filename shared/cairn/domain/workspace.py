@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import msgspec
 
-from cairn.domain import fold as fold_events
+from cairn.domain import Aggregate
 from cairn.proto.commands import CreateWorkspace
 from cairn.proto.events import Event, WorkspaceCreated
 
-__all__ = ["KIND", "WorkspaceState", "decide", "evolve", "fold"]
+__all__ = ["AGGREGATE", "KIND", "WorkspaceCommand", "WorkspaceState", "decide", "evolve"]
 
 KIND = "workspace"
+
+WorkspaceCommand = CreateWorkspace
 
 
 class WorkspaceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,12 +28,13 @@ def evolve(state: WorkspaceState, event: Event) -> WorkspaceState:
     return state
 
 
-def fold(events: Iterable[Event]) -> WorkspaceState:
-    return fold_events(WorkspaceState(), evolve, events)
-
-
-def decide(state: WorkspaceState, command: CreateWorkspace) -> list[Event]:
+def decide(state: WorkspaceState, command: WorkspaceCommand) -> list[Event]:
     """Creating a workspace that exists is a no-op (get-or-create)."""
-    if state.exists:
-        return []
-    return [WorkspaceCreated(name=command.name, description=command.description)]
+    match command:
+        case CreateWorkspace(name=name, description=description):
+            return [] if state.exists else [WorkspaceCreated(name=name, description=description)]
+
+
+AGGREGATE: Aggregate[WorkspaceState, WorkspaceCommand] = Aggregate(
+    kind=KIND, initial=WorkspaceState(), evolve=evolve, decide=decide, commands=WorkspaceCommand
+)

@@ -20,7 +20,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, execute
 from cairn.domain import run as runs
-from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge, StaleAttempt
+from cairn.errors import CairnError, InvalidInput, NotFound, PayloadTooLarge
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.artifacts import CHUNK_BYTES, INLINE_BYTES, CommitUpload, OpenUpload, ReadBlob
@@ -81,23 +81,19 @@ class ArtifactsService:
         self.idle_s = 300.0
         self.commands = Responder(
             conn,
-            subjects=["cairn.cmd.*.artifact.>"],
+            subjects=[subjects.command_filter("artifact")],
             queue="artifacts",
             types=(OpenUpload,),
             routes={OpenUpload.VERB: self._open},
         )
         self.blob_reads = Responder(
             conn,
-            subjects=["cairn.q.*.blob.>"],
+            subjects=[subjects.query_filter("blob")],
             queue="artifacts",
             types=(ReadBlob,),
             routes={ReadBlob.NAME: self._read_blob},
         )
         self._session_sub: Any = None
-
-    @property
-    def session_prefix(self) -> str:
-        return f"cairn.artifacts.{self.instance}"
 
     async def start(self) -> None:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +106,7 @@ class ArtifactsService:
             else LocalBlobStore(self.settings.artifacts_path)
         )
         self._session_sub = await self.conn.nc.subscribe(
-            f"{self.session_prefix}.>", cb=self._on_session
+            subjects.upload_sessions(self.instance), cb=self._on_session
         )
         await self.commands.start()
         await self.blob_reads.start()
@@ -150,14 +146,16 @@ class ArtifactsService:
             await lookup.run_state(self.cache, req.workspace, cmd.run_id)
         session = uuid.uuid4().hex
         tmp = self.uploads_dir / session
-        owner = ("staging" if cmd.staging else runs.KIND, cmd.run_id)
+        owner = (runs.STAGING.kind if cmd.staging else runs.KIND, cmd.run_id)
         upload = _Upload(req.workspace, owner, path, cmd.size, tmp)
         upload.attempt = cmd.attempt
         if cmd.data is not None:
             return await self._inline(upload, cmd.data, req.context())
         self.uploads[session] = upload
         return Opened(
-            session_id=session, subject=f"{self.session_prefix}.{session}", chunk_bytes=CHUNK_BYTES
+            session_id=session,
+            subject=subjects.upload_session(self.instance, session),
+            chunk_bytes=CHUNK_BYTES,
         )
 
     async def _inline(self, upload: _Upload, data: bytes, ctx: CommandContext) -> Accepted:
@@ -218,23 +216,16 @@ class ArtifactsService:
         assert self.blobs is not None
         await self.blobs.put_file(digest, upload.tmp)
 
-        def decide(history: list[Any]) -> list[Any]:
-            state = runs.fold(r.envelope.data for r in history)
-            if upload.kind == "staging":  # a staging area exists once something is put in it
-                state = msgspec.structs.replace(state, exists=True, run_id=upload.owner)
-            elif upload.attempt and (upload.attempt != state.attempt or not state.status.held):
-                raise StaleAttempt(f"attempt {upload.attempt} of run {upload.owner} is stale")
-            return runs.decide_commit(state, upload.path, digest, upload.size)
-
-        return await execute(
-            self.store,
-            ctx,
-            kind=upload.kind,
-            aggregate_id=upload.owner,
-            subject=subjects.event(upload.workspace, upload.kind, upload.owner),
-            decide=decide,
-            cache=self.cache,
+        commit = runs.CommitArtifact(
+            run_id=upload.owner,
+            path=upload.path,
+            digest=digest,
+            size=upload.size,
+            attempt=upload.attempt,
         )
+        if upload.kind == runs.STAGING.kind:
+            return await execute(ctx, runs.STAGING, upload.owner, commit, cache=self.cache)
+        return await execute(ctx, runs.AGGREGATE, upload.owner, commit, cache=self.cache)
 
     # -- download -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from cairn.projection import Delivered, Source, Tables
+from cairn.proto import subjects
 from cairn.proto.metrics import MetricPoint, MetricsLogged
 from cairn.proto.streams import METRICS
 
@@ -41,7 +42,7 @@ class MetricsProjection:
     name = "metrics"
     version = 2
     tables: tuple[str, ...] = ("batches", "series", "points")
-    source = Source(METRICS.name, "cairn.metrics.>", _decoder.decode)
+    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY, seq INTEGER)")
@@ -102,6 +103,7 @@ class MetricsProjection:
     ) -> None:
         last = max(rows, key=lambda r: (r[1], r[3]))
         numbers = [r[5] for r in rows if r[5] is not None]
+        low, high = min(numbers, default=None), max(numbers, default=None)
         last_json = last[6] if last[6] is not None else json.dumps(last[5])
         db.execute(
             f"UPDATE {t('series')} SET count = count + ?,"
@@ -110,7 +112,17 @@ class MetricsProjection:
             " min = min(coalesce(min, ?), coalesce(?, min)),"
             " max = max(coalesce(max, ?), coalesce(?, max)),"
             " last_step = max(last_step, ?) WHERE series_id = ?",
-            (len(rows), last[1], last_json, last[1], last[4],
-             min(numbers, default=None), min(numbers, default=None),
-             max(numbers, default=None), max(numbers, default=None), last[1], series),
-        )  # fmt: skip
+            (
+                len(rows),
+                last[1],
+                last_json,
+                last[1],
+                last[4],
+                low,
+                low,
+                high,
+                high,
+                last[1],
+                series,
+            ),
+        )

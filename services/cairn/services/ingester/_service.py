@@ -39,14 +39,14 @@ class IngesterService(ProjectedService):
         self.metrics = EventStore(conn, stream=METRICS.name)
         commands = Responder(
             conn,
-            subjects=["cairn.cmd.*.metrics.>"],
+            subjects=[subjects.command_filter("metrics")],
             queue="ingester",
             types=(LogMetrics,),
             routes={LogMetrics.VERB: self._log},
         )
         queries = Responder(
             conn,
-            subjects=["cairn.q.*.metrics.>"],
+            subjects=[subjects.query_filter("metrics")],
             queue="ingester",
             types=(GetMetrics, MetricHistory, CompareMetric),
             routes={
@@ -66,7 +66,7 @@ class IngesterService(ProjectedService):
             history = await self.cache.read(subject, bool)
         else:
             history = await self.cache.refresh(subject)
-        state = run.fold(r.envelope.data for r in history)
+        state = self.cache.state(subject, run.AGGREGATE, history)
         if not state.exists:
             raise NotFound(f"run {run_id} does not exist")
         if attempt is not None and attempt < state.attempt:
@@ -229,7 +229,7 @@ def _downsample(
         if index >= edge or index == total:
             numbers = [r[2] for r in bucket if r[2] is not None]
             last = bucket[-1]
-            out.append([last[0], last[1], stored_value(last[2], last[3]),
-                        min(numbers, default=None), max(numbers, default=None)])  # fmt: skip
+            low, high = min(numbers, default=None), max(numbers, default=None)
+            out.append([last[0], last[1], stored_value(last[2], last[3]), low, high])
             bucket, edge = [], edge + size
     return out

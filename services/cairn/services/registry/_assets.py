@@ -6,9 +6,12 @@ import json
 import sqlite3
 from typing import Any
 
-from cairn.bus import AggregateCache, EventStore, Recorded, execute
+import msgspec
+
+from cairn import lookup
+from cairn.bus import AggregateCache, EventStore, execute
 from cairn.domain import asset
-from cairn.errors import AlreadyExists, InvalidInput
+from cairn.errors import InvalidInput
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.assets import (
@@ -27,7 +30,6 @@ from cairn.proto.assets import (
     RegisterEnvironment,
 )
 from cairn.proto.commands import Accepted
-from cairn.proto.events import DatastoreFilesUploaded
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import Request
 from cairn.secrets import require_role, seal
@@ -46,6 +48,9 @@ ASSET_COMMANDS = (
 )
 COMPUTE_OPERATORS = "compute_operators"
 
+_Register = RegisterEnvironment | RegisterDatastore | CreateCompute | RegisterDataset
+AssetWire = _Register | RecordUpload | DeleteCompute
+
 
 def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpec]:
     return asset.builtin_assets(settings.home_path, ws, kind)
@@ -54,8 +59,13 @@ def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpe
 def _view(
     name: str, version: int, spec: AssetSpec, builtin: bool, description: str = ""
 ) -> dict[str, Any]:
-    return {"name": name, "version": version, "spec": public_spec(spec),
-            "description": description, "builtin": builtin}  # fmt: skip
+    return {
+        "name": name,
+        "version": version,
+        "spec": public_spec(spec),
+        "description": description,
+        "builtin": builtin,
+    }
 
 
 class AssetHandlers:
@@ -63,59 +73,53 @@ class AssetHandlers:
         self.store, self.cache, self.settings = store, cache, settings
 
     async def command(self, req: Request) -> Accepted:
-        cmd: Any = req.body
+        cmd: AssetWire = req.body
         kind = cmd.VERB.split(".")[0]
-        spec = await self._checked_spec(req, cmd)
+        command: asset.AssetCommand
+        match cmd:
+            case DeleteCompute(name=name):
+                require_role(self.settings, req.actor, COMPUTE_OPERATORS)
+                command = asset.DeleteAsset(name=name)
+            case RecordUpload():
+                await self._check_upload(req.workspace, cmd)
+                command = cmd
+            case _:
+                spec = await self._checked_spec(req, cmd)
+                new_version = not isinstance(cmd, RegisterDataset) or cmd.create_new_version
+                command = asset.RegisterAsset(
+                    name=cmd.name, spec=spec, description=cmd.description, new_version=new_version
+                )
         aggregate_id = subjects.name_to_id(cmd.name)
-        ctx = req.context()
-
-        def decide(history: list[Recorded]) -> list[Any]:
-            state = asset.fold(r.envelope.data for r in history)
-            if isinstance(cmd, DeleteCompute):
-                return asset.decide_delete(state, cmd.name)
-            if isinstance(cmd, RecordUpload):
-                return [DatastoreFilesUploaded(name=cmd.name, files=cmd.files)]
-            if isinstance(cmd, RegisterDataset) and state.latest and not cmd.create_new_version:
-                if state.latest.spec_hash != asset.spec_hash(cmd.spec):
-                    raise AlreadyExists(
-                        f"dataset {cmd.name!r} exists; register with create_new_version=True"
-                    )
-            assert spec is not None
-            return asset.decide_register(state, cmd.name, spec, cmd.description)
-
         return await execute(
-            self.store, ctx, kind=kind, aggregate_id=aggregate_id,
-            subject=subjects.event(req.workspace, kind, aggregate_id), decide=decide,
-            cache=self.cache,
-        )  # fmt: skip
+            req.context(), asset.aggregate(kind), aggregate_id, command, cache=self.cache
+        )
 
-    async def _checked_spec(self, req: Request, cmd: Any) -> AssetSpec | None:
+    async def _check_upload(self, ws: str, cmd: RecordUpload) -> None:
+        await self._require_datastore(ws, cmd.name)
+        if not 0 < len(cmd.files) <= MAX_UPLOAD_RECORD:
+            raise InvalidInput(f"record 1 to {MAX_UPLOAD_RECORD} files at a time")
+        for f in cmd.files:
+            validate_run_path(f.path)
+
+    async def _checked_spec(self, req: Request, cmd: _Register) -> AssetSpec:
         """Refuse what may not be registered; the spec as it will be stored."""
-        spec: AssetSpec | None = getattr(cmd, "spec", None)
-        if isinstance(cmd, RegisterEnvironment) and cmd.name.startswith(CURATED_PREFIX):
-            raise InvalidInput(
-                f"the {CURATED_PREFIX!r} prefix is reserved for curated environments"
-            )
-        if isinstance(cmd, (CreateCompute, DeleteCompute)):
-            require_role(self.settings, req.actor, COMPUTE_OPERATORS)
-        if isinstance(cmd, RegisterDatastore):
-            if cmd.spec.kind == "s3" and not cmd.spec.bucket:
-                raise InvalidInput("an S3 datastore needs a bucket")
-            if cmd.spec.kind == "local" and not cmd.spec.path:
-                raise InvalidInput("a local datastore needs a path")
-            sealed = (
-                seal(self.settings, req.workspace, cmd.credentials) if cmd.credentials else None
-            )
-            spec = DatastoreSpec(**{**_fields(cmd.spec), "sealed_credentials": sealed})
-        if isinstance(cmd, RegisterDataset):
-            await self._check_dataset_paths(req.workspace, cmd.spec)
-        if isinstance(cmd, RecordUpload):
-            await self._require_datastore(req.workspace, cmd.name)
-            if not 0 < len(cmd.files) <= MAX_UPLOAD_RECORD:
-                raise InvalidInput(f"record 1 to {MAX_UPLOAD_RECORD} files at a time")
-            for f in cmd.files:
-                validate_run_path(f.path)
-        return spec
+        match cmd:
+            case RegisterEnvironment(name=name) if name.startswith(CURATED_PREFIX):
+                raise InvalidInput(
+                    f"the {CURATED_PREFIX!r} prefix is reserved for curated environments"
+                )
+            case CreateCompute():
+                require_role(self.settings, req.actor, COMPUTE_OPERATORS)
+            case RegisterDatastore(spec=spec, credentials=credentials):
+                if spec.kind == "s3" and not spec.bucket:
+                    raise InvalidInput("an S3 datastore needs a bucket")
+                if spec.kind == "local" and not spec.path:
+                    raise InvalidInput("a local datastore needs a path")
+                sealed = seal(self.settings, req.workspace, credentials) if credentials else None
+                return msgspec.structs.replace(spec, sealed_credentials=sealed)
+            case RegisterDataset(spec=spec):
+                await self._check_dataset_paths(req.workspace, spec)
+        return cmd.spec
 
     async def _check_dataset_paths(self, ws: str, spec: DatasetSpec) -> None:
         """Every path names a known datastore and stays inside it (wildcards allowed)."""
@@ -130,23 +134,21 @@ class AssetHandlers:
             await self._require_datastore(ws, path.datastore)
 
     async def _require_datastore(self, ws: str, name: str) -> None:
-        subject = subjects.event(ws, "datastore", subjects.name_to_id(name))
-        history = await self.cache.read(subject, bool)
+        datastores = asset.aggregate("datastore")
+        state = await lookup.state(self.cache, datastores, ws, subjects.name_to_id(name))
         builtin = builtin_assets(self.settings, ws, "datastore").get(name)
-        asset.resolve(
-            asset.fold(r.envelope.data for r in history), builtin, "datastore", name, None
-        )
+        asset.resolve(state, builtin, "datastore", name, None)
 
     async def get(self, req: Request) -> tuple[dict[str, Any], int]:
         q: GetAsset = req.body
         subject = subjects.event(req.workspace, q.asset_kind, subjects.name_to_id(q.name))
         history = await self.cache.refresh(subject)
-        state = asset.fold(r.envelope.data for r in history)
+        state = self.cache.state(subject, asset.aggregate(q.asset_kind), history)
         seq = history[-1].seq if history else 0
         builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(q.name)
         ev = asset.resolve(state, builtin, q.asset_kind, q.name, q.version)
-        view = _view(ev.name, ev.version, ev.spec, state.latest is None or state.deleted,
-                     ev.description)  # fmt: skip
+        builtin_now = state.latest is None or state.deleted
+        view = _view(ev.name, ev.version, ev.spec, builtin_now, ev.description)
         if q.sealed and isinstance(ev.spec, DatastoreSpec):
             view["sealed_credentials"] = ev.spec.sealed_credentials
         return view, seq
@@ -174,7 +176,3 @@ class AssetHandlers:
         for name, spec in builtin_assets(self.settings, req.workspace, q.asset_kind).items():
             found.setdefault(name, _view(name, 1, spec, True))
         return [found[n] for n in sorted(found)]
-
-
-def _fields(spec: DatastoreSpec) -> dict[str, Any]:
-    return {f: getattr(spec, f) for f in spec.__struct_fields__}

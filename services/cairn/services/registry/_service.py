@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import OrderedDict
 from typing import Any
 
+from cairn import lookup
 from cairn.bus import Connection, Recorded, execute
 from cairn.domain import model, run
 from cairn.errors import InvalidInput, NotFound
@@ -59,33 +59,31 @@ class RegistryService(ProjectedService):
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, RegistryProjection())
         self.assets = AssetHandlers(self.store, self.cache, settings)
-        #: the last folded state per model subject, extended by the events after it
-        self._folds: OrderedDict[str, tuple[int, model.ModelState]] = OrderedDict()
         types = (RegisterModelVersion, SetModelAlias, ArchiveModelVersion)
         commands = Responder(
             conn,
-            subjects=["cairn.cmd.*.model.>"],
+            subjects=[subjects.command_filter("model")],
             queue="registry",
             types=types,
             routes={c.VERB: self._command for c in types},
         )
         asset_commands = Responder(
             conn,
-            subjects=[f"cairn.cmd.*.{kind}.>" for kind in ASSET_KINDS],
+            subjects=[subjects.command_filter(kind) for kind in ASSET_KINDS],
             queue="registry",
             types=ASSET_COMMANDS,
             routes={c.VERB: self.assets.command for c in ASSET_COMMANDS},
         )
         asset_queries = Responder(
             conn,
-            subjects=["cairn.q.*.asset.>"],
+            subjects=[subjects.query_filter("asset")],
             queue="registry",
             types=(GetAsset, ListAssets),
             routes={GetAsset.NAME: self._get_asset, ListAssets.NAME: self._list_assets},
         )
         queries = Responder(
             conn,
-            subjects=["cairn.q.*.model.>"],
+            subjects=[subjects.query_filter("model")],
             queue="registry",
             types=(GetModel, ListModels, ModelLineage),
             routes={
@@ -110,11 +108,12 @@ class RegistryService(ProjectedService):
         def names_the_file(h: list[Recorded]) -> bool:
             # a committed file is for good: a cached history that has it is enough (a folder
             # may still be growing, so naming one reads the log)
-            return any(isinstance(r.envelope.data, ArtifactCommitted)
-                       and r.envelope.data.path == path for r in h)  # fmt: skip
+            events = (r.envelope.data for r in h)
+            return any(isinstance(e, ArtifactCommitted) and e.path == path for e in events)
 
-        history = await self.cache.read(subjects.event(ws, kind, owner), names_the_file)
-        if kind == "run" and not run.fold(r.envelope.data for r in history).exists:
+        subject = subjects.event(ws, kind, owner)
+        history = await self.cache.read(subject, names_the_file)
+        if kind == "run" and not self.cache.state(subject, run.AGGREGATE, history).exists:
             raise NotFound(f"run {owner} does not exist")
         files = [
             ModelFile(path=e.path, digest=e.digest, size=e.size)
@@ -131,8 +130,7 @@ class RegistryService(ProjectedService):
         a run logged interactively)."""
         if run_id is None:
             return [], None
-        history = await self.cache.read(subjects.event(ws, run.KIND, run_id), bool)
-        job = run.fold(r.envelope.data for r in history).job
+        job = (await lookup.state(self.cache, run.AGGREGATE, ws, run_id)).job
         if job is None:
             return [], None
         datasets = [f"{i.dataset}:{i.version}" for i in job.inputs if i.dataset]
@@ -142,51 +140,22 @@ class RegistryService(ProjectedService):
             environment = f"{env.name}:{env.version}" if env.name else env.spec_hash
         return datasets, environment
 
-    def _fold(self, subject: str, history: list[Recorded]) -> model.ModelState:
-        """The model's state, folding only the events after the last state folded for this
-        subject, in place (registrations of one busy name would otherwise refold, or copy,
-        every version each time)."""
-        last = history[-1].seq if history else 0
-        cached = self._folds.pop(subject, None)
-        state = None
-        if cached is not None and cached[0] <= last:
-            done, i = cached[0], len(history)
-            while i and history[i - 1].seq > done:  # from the end: the tail is short
-                i -= 1
-            if i and history[i - 1].seq == done:
-                state = model.fold((r.envelope.data for r in history[i:]), onto=cached[1])
-        if state is None:
-            state = _fold(history)
-        self._folds[subject] = (last, state)
-        while len(self._folds) > 1024:
-            self._folds.popitem(last=False)
-        return state
-
     async def _command(self, req: Request) -> Accepted:
-        cmd: Any = req.body
+        cmd: RegisterModelVersion | SetModelAlias | ArchiveModelVersion = req.body
+        command: model.ModelCommand
+        match cmd:
+            case RegisterModelVersion():
+                files = await self._source_files(req.workspace, cmd)
+                datasets, environment = await self._run_lineage(req.workspace, cmd.run_id)
+                command = model.RegisterResolvedModel(
+                    command=cmd, files=files, datasets=datasets, environment=environment
+                )
+            case _:
+                command = cmd
         model_id = subjects.name_to_id(cmd.name)
-        subject = subjects.event(req.workspace, model.KIND, model_id)
         ctx = req.context()
-        if isinstance(cmd, RegisterModelVersion):
-            files = await self._source_files(req.workspace, cmd)
-            datasets, environment = await self._run_lineage(req.workspace, cmd.run_id)
-
-            def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_register(self._fold(subject, h), cmd, files, datasets=datasets,
-                                             environment=environment)  # fmt: skip
-        elif isinstance(cmd, SetModelAlias):
-
-            def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_alias(self._fold(subject, h), cmd)
-        else:
-
-            def decide(h: list[Recorded]) -> list[Any]:
-                return model.decide_archive(self._fold(subject, h), cmd)
-
-        return await execute(
-            self.store, ctx, kind=model.KIND, aggregate_id=model_id,
-            subject=subject, decide=decide, attempts=64, cache=self.cache,
-        )  # fmt: skip
+        # a busy name meets many conflicts between replicas: more attempts than the default
+        return await execute(ctx, model.AGGREGATE, model_id, command, cache=self.cache, attempts=64)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -217,9 +186,12 @@ class RegistryService(ProjectedService):
         lineage: dict[str, Any] = {"model": view, "run": None, "datasets": [], "environment": None}
         if view["run_id"]:
             history = await self.store.read(subjects.event(req.workspace, run.KIND, view["run_id"]))
-            r = run.fold(e.envelope.data for e in history)
-            lineage["run"] = {"run_id": r.run_id, "experiment_id": r.experiment_id,
-                              "status": r.status.value}  # fmt: skip
+            r = run.AGGREGATE.fold(e.envelope.data for e in history)
+            lineage["run"] = {
+                "run_id": r.run_id,
+                "experiment_id": r.experiment_id,
+                "status": r.status.value,
+            }
             ev = state.versions[q.version]
             lineage["datasets"], lineage["environment"] = ev.datasets, ev.environment
         return QueryResult(seq=seq, data=lineage)
@@ -253,13 +225,18 @@ class RegistryService(ProjectedService):
                 sql += " AND json_extract(m.tags, '$.' || json_quote(?)) = ?"
                 args += [key, value]
             if q.latest:
-                sql += (f" AND m.version = (SELECT max(version) FROM {t('models')} x"
-                        " WHERE x.workspace = m.workspace AND x.model_id = m.model_id"
-                        + ("" if q.include_archived else " AND x.archived = 0") + ")")  # fmt: skip
+                sql += (
+                    f" AND m.version = (SELECT max(version) FROM {t('models')} x"
+                    " WHERE x.workspace = m.workspace AND x.model_id = m.model_id"
+                    + ("" if q.include_archived else " AND x.archived = 0")
+                    + ")"
+                )
             sql += " ORDER BY m.name, m.version"
-            keys = ("name", "version", "description", "tags", "properties", "framework",
-                    "framework_version", "run_id", "archived", "created_at", "created_by",
-                    "aliases")  # fmt: skip
+            keys = (
+                *("name", "version", "description", "tags", "properties", "framework"),
+                *("framework_version", "run_id", "archived", "created_at", "created_by"),
+                "aliases",
+            )
             out = []
             for row in db.execute(sql, args):
                 item = dict(zip(keys, row, strict=True))
@@ -273,4 +250,4 @@ class RegistryService(ProjectedService):
 
 
 def _fold(history: list[Recorded]) -> model.ModelState:
-    return model.fold(r.envelope.data for r in history)
+    return model.AGGREGATE.fold(r.envelope.data for r in history)

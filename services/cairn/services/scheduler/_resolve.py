@@ -47,11 +47,13 @@ async def resolve_asset(
     or from a cached history at most ``max_age_s`` old where that one resolves."""
     builtin = asset.builtin_assets(settings.home_path, ws, kind).get(name)
 
-    def resolve(history: list[Recorded]) -> AssetRegistered:
-        return asset.resolve(asset.fold(r.envelope.data for r in history), builtin, kind, name,
-                             version)  # fmt: skip
-
     subject = subjects.event(ws, kind, subjects.name_to_id(name))
+    aggregate = asset.aggregate(kind)
+
+    def resolve(history: list[Recorded]) -> AssetRegistered:
+        state = cache.state(subject, aggregate, history)
+        return asset.resolve(state, builtin, kind, name, version)
+
     if max_age_s is None:
         return resolve(await cache.refresh(subject))
     cached: list[AssetRegistered] = []  # what the cached history resolved to, when it did
@@ -92,8 +94,9 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
         assert isinstance(ev.spec, DatasetSpec)
         return msgspec.structs.replace(item, version=ev.version)
     assert item.datastore is not None
-    await resolve_asset(cache, settings, ws, "datastore", item.datastore, None,
-                        max_age_s=EXISTS_FOR_S)  # fmt: skip
+    await resolve_asset(
+        cache, settings, ws, "datastore", item.datastore, None, max_age_s=EXISTS_FOR_S
+    )
     if item.path:
         validate_run_path(item.path.strip("/"))
     return item
@@ -118,16 +121,19 @@ async def resolve_job(
         await _check_snapshot(cache, ws, job)
     env = job.environment
     if cmd.environment_name is not None:
-        ev = await resolve_asset(cache, settings, ws, "environment", cmd.environment_name,
-                          cmd.environment_version)  # fmt: skip
+        ev = await resolve_asset(
+            cache, settings, ws, "environment", cmd.environment_name, cmd.environment_version
+        )
         assert isinstance(ev.spec, EnvironmentSpec)
-        env = JobEnvironment(name=cmd.environment_name, version=ev.version, spec=ev.spec,
-                             spec_hash=ev.spec_hash)  # fmt: skip
+        env = JobEnvironment(
+            name=cmd.environment_name, version=ev.version, spec=ev.spec, spec_hash=ev.spec_hash
+        )
     elif env is not None:
         env = msgspec.structs.replace(env, spec_hash=asset.spec_hash(env.spec))
     inputs = [await _input(cache, settings, ws, validate_item(i)) for i in job.inputs]
-    outputs = [await _output(cache, settings, ws, cmd.run_id, validate_item(o))
-               for o in job.outputs]  # fmt: skip
+    outputs = [
+        await _output(cache, settings, ws, cmd.run_id, validate_item(o)) for o in job.outputs
+    ]
     return msgspec.structs.replace(job, environment=env, inputs=inputs, outputs=outputs)
 
 
@@ -140,12 +146,15 @@ async def _check_snapshot(cache: AggregateCache, ws: str, job: JobSpec) -> None:
     if job.snapshot_area is None:
         raise InvalidInput("a snapshot needs the staging area it was uploaded to")
 
-    def committed(history: list[Recorded]) -> bool:  # a commit is for good: trust the cache
-        return runs.fold(r.envelope.data for r in history).files.get(SNAPSHOT_FILE) == job.snapshot
+    subject = subjects.event(ws, runs.STAGING.kind, job.snapshot_area)
 
-    history = await cache.read(subjects.event(ws, "staging", job.snapshot_area), committed)
-    files = runs.fold(r.envelope.data for r in history).files
-    if files.get(SNAPSHOT_FILE) != job.snapshot:
+    def files(history: list[Recorded]) -> dict[str, str]:
+        return cache.state(subject, runs.STAGING, history).files
+
+    def committed(history: list[Recorded]) -> bool:  # a commit is for good: trust the cache
+        return files(history).get(SNAPSHOT_FILE) == job.snapshot
+
+    if files(await cache.read(subject, committed)).get(SNAPSHOT_FILE) != job.snapshot:
         raise InvalidInput(
             f"snapshot {job.snapshot} was not uploaded to staging area {job.snapshot_area}"
         )

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -35,7 +33,6 @@ from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
-from cairn.proto.events import Event
 from cairn.proto.jobs import (
     JOB_COMMAND_TYPES,
     Assignment,
@@ -139,18 +136,11 @@ class SchedulerService(ProjectedService):
     # -- decisions -----------------------------------------------------------------------
 
     async def _decide(
-        self, ws: str, run_id: str, command_id: str, decide: Callable[[runs.RunState], list[Event]]
+        self, ws: str, run_id: str, command_id: str, command: runs.RunCommand
     ) -> Accepted:
+        """A decision of the scheduler's own, under an id derived from the fact it follows."""
         ctx = CommandContext(workspace=ws, command_id=command_id, actor="cairn-scheduler")
-        return await execute(
-            self.store,
-            ctx,
-            kind=runs.KIND,
-            aggregate_id=run_id,
-            subject=subjects.event(ws, runs.KIND, run_id),
-            cache=self.cache,
-            decide=lambda h: decide(runs.fold(r.envelope.data for r in h)),
-        )
+        return await execute(ctx, runs.AGGREGATE, run_id, command, cache=self.cache)
 
     async def reconcile(self) -> None:
         """One pass over the active jobs: tickets, leases, timeouts."""
@@ -166,28 +156,29 @@ class SchedulerService(ProjectedService):
         jobs, _ = self.projection.read(active)
         await self._forget_ended({(j["workspace"], j["run_id"]) for j in jobs})
         now = time.time()
-        queued = {(j["workspace"], j["run_id"], j["queue_n"]) for j in jobs
-                  if j["status"] == runs.RunStatus.QUEUED}  # fmt: skip
+        queued = {
+            (j["workspace"], j["run_id"], j["queue_n"])
+            for j in jobs
+            if j["status"] == runs.RunStatus.QUEUED
+        }
         self.published = {k: c for k, c in self.published.items() if k in queued}
         self.claimed &= queued
         for job in jobs:
             if job["status"] == runs.RunStatus.QUEUED:
                 if job["not_before"] <= now:
-                    await self._publish(job["workspace"], job["run_id"], job["queue_n"],
-                                        job["compute"])  # fmt: skip
+                    ws, run_id = job["workspace"], job["run_id"]
+                    await self._publish(ws, run_id, job["queue_n"], job["compute"])
                 continue
             await self._check_lease(job)
             timeout = job["timeout_s"]
             started = job["started_at"]
             if timeout and started and job["status"] == runs.RunStatus.RUNNING:
                 if now > started + timeout:
-                    attempt = job["attempt"]
-                    await self._decide(
-                        job["workspace"],
-                        job["run_id"],
-                        derived_id("timeout", job["run_id"], attempt),
-                        functools.partial(runs.decide_timeout, attempt=attempt, timeout_s=timeout),
-                    )
+                    await self._time_out(job["workspace"], job["run_id"], job["attempt"], timeout)
+
+    async def _time_out(self, ws: str, run_id: str, attempt: int, timeout_s: float) -> None:
+        command = runs.TimeOutAttempt(run_id=run_id, attempt=attempt, timeout_s=timeout_s)
+        await self._decide(ws, run_id, derived_id("timeout", run_id, attempt), command)
 
     async def _forget_ended(self, active: set[tuple[str, str]]) -> None:
         """Delete the renewals of runs that have ended: the replica that recorded the end
@@ -209,12 +200,8 @@ class SchedulerService(ProjectedService):
         if self.leases.expired(ws, run_id, attempt, job["lease_s"], job["alive_at"] or 0.0):
             reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
-            await self._decide(
-                ws,
-                run_id,
-                derived_id("lost", run_id, attempt),
-                lambda s: runs.decide_lost(s, attempt, reason),
-            )
+            command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
+            await self._decide(ws, run_id, derived_id("lost", run_id, attempt), command)
 
     async def _release(self, ws: str, compute: str) -> None:
         """A ticket was claimed: hand out the next ones (highest priority first)."""
@@ -242,8 +229,12 @@ class SchedulerService(ProjectedService):
         if out >= self.window:  # per workspace: each has its own queue (consumer) per target
             return False
         if (ws, compute) not in self.consumers:
-            config = job_consumer(ws, compute, ack_wait_s=self.settings.job_lease_s,
-                                  max_deliver=self.settings.job_max_deliver)  # fmt: skip
+            config = job_consumer(
+                ws,
+                compute,
+                ack_wait_s=self.settings.job_lease_s,
+                max_deliver=self.settings.job_max_deliver,
+            )
             await ensure_consumer(self.conn, JOBS.name, config)
             self.consumers.add((ws, compute))
         ticket = Ticket(workspace=ws, run_id=run_id, queue_n=queue_n)
@@ -263,12 +254,10 @@ class SchedulerService(ProjectedService):
             seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
             stored = await self.conn.js.get_msg(JOBS.name, seq)
             ticket = msgspec.json.decode(stored.data or b"", type=Ticket)
-            await self._decide(
-                ticket.workspace,
-                ticket.run_id,
-                derived_id("undeliverable", ticket.run_id, ticket.queue_n),
-                lambda s: runs.decide_undeliverable(s, ticket.queue_n, deliveries),
-            )
+            run_id, queue_n = ticket.run_id, ticket.queue_n
+            command = runs.FailUndeliverable(run_id=run_id, queue_n=queue_n, deliveries=deliveries)
+            command_id = derived_id("undeliverable", run_id, queue_n)
+            await self._decide(ticket.workspace, run_id, command_id, command)
             await self.conn.js.delete_msg(JOBS.name, seq)
             log.warning("ticket_undeliverable", run_id=ticket.run_id, deliveries=deliveries)
         except Exception as exc:  # already gone, or not a ticket: nothing to fail
@@ -277,24 +266,12 @@ class SchedulerService(ProjectedService):
     # -- commands ------------------------------------------------------------------------
 
     async def _on_run(
-        self,
-        req: Request,
-        run_id: str,
-        decide: Callable[[runs.RunState], list[Event]],
-        *,
-        new: bool = False,
+        self, req: Request, run_id: str, command: runs.RunCommand, *, new: bool = False
     ) -> Accepted:
         """Decide a request's command on the run it names (``new``: a run the command creates,
         with an id the client just made)."""
         return await execute(
-            self.store,
-            req.context(),
-            kind=runs.KIND,
-            aggregate_id=run_id,
-            subject=subjects.event(req.workspace, runs.KIND, run_id),
-            cache=self.cache,
-            decide=lambda h: decide(runs.fold(r.envelope.data for r in h)),
-            new=new,
+            req.context(), runs.AGGREGATE, run_id, command, cache=self.cache, new=new
         )
 
     async def _submit(self, req: Request) -> Accepted:
@@ -302,15 +279,13 @@ class SchedulerService(ProjectedService):
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
-        await resolve_asset(self.cache, self.settings, ws, "compute", cmd.compute, None,
-                            max_age_s=EXISTS_FOR_S)  # fmt: skip
-        job = await resolve_job(self.cache, self.settings, ws, cmd)
-        accepted = await self._on_run(
-            req,
-            cmd.run_id,
-            lambda state: runs.decide_submit(state, cmd, experiment_id=experiment_id, job=job),
-            new=True,
+        compute = cmd.compute
+        await resolve_asset(
+            self.cache, self.settings, ws, "compute", compute, None, max_age_s=EXISTS_FOR_S
         )
+        job = await resolve_job(self.cache, self.settings, ws, cmd)
+        submit = runs.SubmitResolvedJob(command=cmd, experiment_id=experiment_id, job=job)
+        accepted = await self._on_run(req, cmd.run_id, submit, new=True)
         if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
             with contextlib.suppress(Exception):
                 await self._publish(ws, cmd.run_id, 1, cmd.compute)
@@ -318,10 +293,8 @@ class SchedulerService(ProjectedService):
 
     async def _claim(self, req: Request) -> QueryResult:
         cmd: ClaimJob = req.body
-        lease_s = self.settings.job_lease_s
-        accepted = await self._on_run(
-            req, cmd.run_id, lambda state: runs.decide_claim(state, cmd, lease_s=lease_s)
-        )
+        assign = runs.AssignJob(command=cmd, lease_s=self.settings.job_lease_s)
+        accepted = await self._on_run(req, cmd.run_id, assign)
         # the cache holds what this claim appended; a replayed claim may be behind the log
         fresh = accepted.replayed
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id, fresh=fresh)
@@ -332,25 +305,34 @@ class SchedulerService(ProjectedService):
         if self.published.pop(key, None) is not None:
             with contextlib.suppress(Exception):  # the reconcile loop retries
                 await self._release(req.workspace, state.compute)
-        assignment = Assignment(run_id=state.run_id, attempt=state.attempt,
-                                experiment_name=state.experiment_name,
-                                job=state.job, lease_s=state.lease_s)  # fmt: skip
+        assignment = Assignment(
+            run_id=state.run_id,
+            attempt=state.attempt,
+            experiment_name=state.experiment_name,
+            job=state.job,
+            lease_s=state.lease_s,
+        )
         return QueryResult(seq=accepted.seq, data=assignment)
 
     async def _report(self, req: Request) -> QueryResult:
         cmd: ReportJob = req.body
-        accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_report(state, cmd))
+        accepted = await self._on_run(req, cmd.run_id, cmd)
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
         if cmd.phase == "progress":  # a start is in the log, and renews the lease from there
             await self.leases.renew(req.workspace, cmd.run_id, cmd.attempt)
         cancel = state.status == runs.RunStatus.CANCEL_REQUESTED
-        status = JobStatus(run_id=cmd.run_id, attempt=cmd.attempt, status=state.status.value,
-                           cancel=cancel, reason=state.cancel_reason)  # fmt: skip
+        status = JobStatus(
+            run_id=cmd.run_id,
+            attempt=cmd.attempt,
+            status=state.status.value,
+            cancel=cancel,
+            reason=state.cancel_reason,
+        )
         return QueryResult(seq=accepted.seq, data=status)
 
     async def _finish(self, req: Request) -> Accepted:
         cmd: FinishJob = req.body
-        accepted = await self._on_run(req, cmd.run_id, lambda state: runs.decide_finish(state, cmd))
+        accepted = await self._on_run(req, cmd.run_id, cmd)
         await self.leases.end(req.workspace, cmd.run_id)
         return accepted
 
@@ -393,9 +375,11 @@ class SchedulerService(ProjectedService):
         q: DatasetRuns = req.body
 
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
-            sql = (f"SELECT i.version, i.run_id, j.status, j.experiment_name FROM {t('inputs')} i"
-                   f" JOIN {t('jobs')} j ON j.workspace = i.workspace AND j.run_id = i.run_id"
-                   " WHERE i.workspace = ? AND i.dataset = ?")  # fmt: skip
+            sql = (
+                f"SELECT i.version, i.run_id, j.status, j.experiment_name FROM {t('inputs')} i"
+                f" JOIN {t('jobs')} j ON j.workspace = i.workspace AND j.run_id = i.run_id"
+                " WHERE i.workspace = ? AND i.dataset = ?"
+            )
             args: list[Any] = [req.workspace, q.dataset]
             if q.version is not None:
                 sql += " AND i.version = ?"

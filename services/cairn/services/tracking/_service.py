@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 from cairn import lookup
-from cairn.bus import Connection, Recorded, execute
+from cairn.bus import Connection, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, NotFound
 from cairn.projection import Tables
@@ -16,15 +16,20 @@ from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.commands import (
     COMMAND_TYPES,
     Accepted,
+    AddRunProperties,
+    CancelRun,
+    CompleteRun,
     CreateExperiment,
     CreateRun,
     CreateWorkspace,
+    FailRun,
     GetRun,
     ListExperiments,
     ListRuns,
     QueryResult,
+    SetRunTags,
+    StartRun,
 )
-from cairn.proto.events import Event
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.tracking._projection import TrackingProjection
@@ -33,21 +38,30 @@ from cairn.settings import Settings
 __all__ = ["TrackingService"]
 
 _RUN_COLUMNS = (
-    "workspace", "run_id", "experiment_id", "experiment_name", "display_name", "parent_run_id",
-    "status", "error", "created_at", "created_by", "start_time", "end_time", "seq", "tags",
-    "properties",
-)  # fmt: skip
+    *("workspace", "run_id", "experiment_id", "experiment_name", "display_name"),
+    *("parent_run_id", "status", "error", "created_at", "created_by", "start_time"),
+    *("end_time", "seq", "tags", "properties"),
+)
 _FILE_COLUMNS = ("path", "digest", "size", "created_at", "created_by")
+
+
+_Command = (
+    CreateWorkspace
+    | CreateExperiment
+    | CreateRun
+    | StartRun
+    | CompleteRun
+    | FailRun
+    | CancelRun
+    | SetRunTags
+    | AddRunProperties
+)
 
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
     out = dict(zip(_RUN_COLUMNS, row, strict=True))
     out["tags"], out["properties"] = json.loads(out["tags"]), json.loads(out["properties"])
     return out
-
-
-def _events(history: list[Recorded]) -> list[Event]:
-    return [r.envelope.data for r in history]
 
 
 class TrackingService(ProjectedService):
@@ -58,14 +72,14 @@ class TrackingService(ProjectedService):
         types = COMMAND_TYPES
         commands = Responder(
             conn,
-            subjects=[f"cairn.cmd.*.{area}.>" for area in ("workspace", "experiment", "run")],
+            subjects=[subjects.command_filter(a) for a in ("workspace", "experiment", "run")],
             queue="tracking",
             types=types,
             routes={t.VERB: self._command for t in types},
         )
         queries = Responder(
             conn,
-            subjects=[f"cairn.q.*.{area}.>" for area in ("experiment", "run", "artifact")],
+            subjects=[subjects.query_filter(a) for a in ("experiment", "run", "artifact")],
             queue="tracking",
             types=(ListExperiments, ListRuns, GetRun, ListRunFiles, GetRunFile),
             routes={
@@ -81,45 +95,25 @@ class TrackingService(ProjectedService):
     # -- commands -------------------------------------------------------------------------
 
     async def _command(self, req: Request) -> Accepted:
-        cmd: Any = req.body
-        ctx = req.context()
-        if isinstance(cmd, CreateWorkspace):
-            if cmd.name != req.workspace:
-                raise InvalidInput(f"workspace {cmd.name} must be created on its own subject")
-            return await execute(
-                self.store,
-                ctx,
-                kind=workspace.KIND,
-                aggregate_id=cmd.name,
-                subject=subjects.event(cmd.name, workspace.KIND, cmd.name),
-                cache=self.cache,
-                decide=lambda h: workspace.decide(workspace.fold(_events(h)), cmd),
-            )
-        await lookup.require_workspace(self.cache, req.workspace)
-        if isinstance(cmd, CreateExperiment):
-            eid = subjects.name_to_id(cmd.name)
-            return await execute(
-                self.store,
-                ctx,
-                kind=experiment.KIND,
-                aggregate_id=eid,
-                subject=subjects.event(req.workspace, experiment.KIND, eid),
-                cache=self.cache,
-                decide=lambda h: experiment.decide(experiment.fold(_events(h)), cmd),
-            )
-        experiment_id = ""
-        if isinstance(cmd, CreateRun):
-            experiment_id = await self._check_run_parents(req.workspace, cmd)
-        return await execute(
-            self.store,
-            ctx,
-            kind=run.KIND,
-            aggregate_id=cmd.run_id,
-            subject=subjects.event(req.workspace, run.KIND, cmd.run_id),
-            cache=self.cache,
-            decide=lambda h: run.decide(run.fold(_events(h)), cmd, experiment_id=experiment_id),
-            new=isinstance(cmd, CreateRun),  # a run id the client just made
-        )
+        ctx, cache = req.context(), self.cache
+        cmd: _Command = req.body
+        if not isinstance(cmd, CreateWorkspace):
+            await lookup.require_workspace(cache, req.workspace)
+        match cmd:
+            case CreateWorkspace(name=name):
+                if name != req.workspace:
+                    raise InvalidInput(f"workspace {name} must be created on its own subject")
+                return await execute(ctx, workspace.AGGREGATE, name, cmd, cache=cache)
+            case CreateExperiment(name=name):
+                eid = subjects.name_to_id(name)
+                return await execute(ctx, experiment.AGGREGATE, eid, cmd, cache=cache)
+            case CreateRun(run_id=run_id):
+                experiment_id = await self._check_run_parents(req.workspace, cmd)
+                create = run.CreateResolvedRun(command=cmd, experiment_id=experiment_id)
+                # a run id the client just made: decided on an empty history without a read
+                return await execute(ctx, run.AGGREGATE, run_id, create, cache=cache, new=True)
+            case _:
+                return await execute(ctx, run.AGGREGATE, cmd.run_id, cmd, cache=cache)
 
     async def _check_run_parents(self, ws: str, cmd: CreateRun) -> str:
         eid = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)

@@ -1,0 +1,35 @@
+"""Every command of every aggregate has a row in its given-when-then table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from cairn.domain import Aggregate, asset, experiment, model, run, workspace
+from tests.domain import test_asset, test_model, test_run, test_small
+from tests.domain.gwt import Case, command_types, uncovered
+
+TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
+    "workspace": (workspace.AGGREGATE, test_small.WORKSPACE_CASES),
+    "experiment": (experiment.AGGREGATE, test_small.EXPERIMENT_CASES),
+    "run": (run.AGGREGATE, test_run.CASES),
+    "staging": (run.STAGING, test_run.STAGING_CASES),
+    "model": (model.AGGREGATE, test_model.CASES),
+    **{kind: (agg, test_asset.CASES) for kind, agg in asset.AGGREGATES.items()},
+}
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_every_command_has_a_row(name: str) -> None:
+    aggregate, cases = TABLES[name]
+    assert uncovered(aggregate, cases) == []
+
+
+def test_the_union_is_walked() -> None:
+    """The check sees each member of a union (and a single command type as itself)."""
+    assert len(command_types(run.AGGREGATE)) == 15
+    assert command_types(workspace.AGGREGATE) == (workspace.WorkspaceCommand,)
+    dropped = [c for c in test_run.CASES if not isinstance(c.when, run.LoseAttempt)]
+    assert uncovered(run.AGGREGATE, dropped) == ["LoseAttempt"]
