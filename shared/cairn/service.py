@@ -1,16 +1,17 @@
 """The one shape every service process has.
 
 ``run_services(settings, factories)`` connects, provisions the streams, builds each service,
-runs them in one ``asyncio.TaskGroup`` until SIGTERM/SIGINT sets the stop event, lets each finish
-its in-flight work, then drains the connection. ``cairn serve <name>`` runs one service this
-way; ``cairn up`` runs all of them in one process.
+runs them in one ``asyncio.TaskGroup`` until the stop event is set, lets each finish its
+in-flight work, then drains the connection. ``serve`` does that until SIGTERM/SIGINT, and
+``service_main(factory)`` is the ``main(settings)`` of every service package: ``cairn serve
+<name>`` runs one service this way; ``cairn up`` runs all of them in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
@@ -26,6 +27,8 @@ __all__ = [
     "ServiceFactory",
     "install_stop_signals",
     "run_services",
+    "serve",
+    "service_main",
 ]
 
 log = get_logger("cairn.service")
@@ -78,6 +81,25 @@ async def run_services(
     finally:
         log.info("services_stopping")
         await conn.close()
+
+
+async def serve(
+    settings: Settings, *factories: ServiceFactory, provision_streams: bool = True
+) -> None:
+    """Run ``factories``' services in this process until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await run_services(settings, list(factories), stop=stop, provision_streams=provision_streams)
+
+
+def service_main(factory: ServiceFactory) -> Callable[[Settings], Coroutine[Any, Any, None]]:
+    """The ``main(settings)`` of a service package: run that one service alone."""
+
+    async def main(settings: Settings) -> None:
+        await serve(settings, factory)
+
+    main.__doc__ = f"Run {getattr(factory, 'name', factory)} alone until SIGTERM/SIGINT."
+    return main
 
 
 class ProjectedService:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
+from cairn.service import serve
 from cairn.services.agent._capacity import AgentInfo, Gpu, detect, detect_gpus
 from cairn.services.agent._service import AgentService, list_agents
 from cairn.settings import Settings
@@ -20,12 +20,9 @@ async def main(
     drain: bool = False,
     backend: str = "process",
 ) -> None:
-    """Run one agent until SIGTERM/SIGINT."""
-    from cairn.service import install_stop_signals, run_services
-
-    stop = asyncio.Event()
-    install_stop_signals(stop)
+    """Run one agent until SIGTERM/SIGINT. An agent connects as a client: it uses the
+    streams but may not create them."""
     factory = partial(
         AgentService, compute=compute, slots=slots, labels=labels, drain=drain, backend=backend
     )
-    await run_services(settings, [factory], stop=stop, provision_streams=False)
+    await serve(settings, factory, provision_streams=False)
