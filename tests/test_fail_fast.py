@@ -4,18 +4,21 @@ processes wait for their server, and log an outage once and recover from it."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cairn.bus import connect
-from cairn.embedded import NatsServer, free_port
+from cairn.embedded import NatsServer, find_nats_server, free_port
 from cairn.embedded._server import SERVICE_USER
 from cairn.errors import Unauthenticated, Unavailable
 from cairn.rpc import ping_all
@@ -268,3 +271,98 @@ async def test_a_service_stopped_before_its_server_came_exits(tmp_path: Path) ->
     code = await served.stop()
     assert time.monotonic() - started < CONNECT_TIMEOUT_S + 1
     assert code == 1 and str(served.events[-1]["event"]).startswith("error [unavailable]")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no CA vouches for."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cairn-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "server.pem", folder / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[str]:
+    """A nats-server that requires TLS, with a certificate this machine does not trust."""
+    cert_file, key_file = self_signed(tmp_path)
+    port = free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f'listen: 127.0.0.1:{port}\ntls {{\n  cert_file: "{cert_file}"\n'
+        f'  key_file: "{key_file}"\n}}\n'
+    )
+    log = tmp_path / "tls.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [find_nats_server(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while "Server is ready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_cli_against_a_server_whose_certificate_is_not_trusted(
+    tls_server: str, tmp_path: Path
+) -> None:
+    write_config(tmp_path / "home", nats_url=tls_server)
+    line = one_line(*await cairn_status(clean_env(tmp_path / "home"), tmp_path))
+    assert line.startswith("error [unavailable]: ")
+    assert tls_server in line and "TLS failed (the server's certificate is not trusted" in line
+
+
+async def test_a_port_that_never_speaks_nats(tmp_path: Path) -> None:
+    """Something accepts the connection and says nothing: the connect timeout still holds."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    settings = load_settings(env={}, nats_url=f"nats://127.0.0.1:{port}", connect_timeout_s=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Unavailable, match="no server answers"):
+            await connect(settings)
+        assert time.monotonic() - started < settings.connect_timeout_s + 1
+    finally:
+        for writer in held:
+            writer.close()
+        listener.close()
+        await listener.wait_closed()

@@ -57,6 +57,8 @@ _LINK_ERRORS = (OSError, asyncio.TimeoutError, nats.errors.StaleConnectionError)
 #: reconnect and first-connect backoff: first delay, cap (seconds)
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
+#: how long closing a failed attempt may take
+_DISCARD_S = 0.5
 
 
 @dataclass
@@ -334,10 +336,13 @@ class _Watch:
         self.state, self.conn = "open", conn
 
     async def discard(self) -> None:
+        """Close what the failed attempt opened. Bounded: after a failed TLS upgrade, nats-py
+        waits for a stream that never reports itself closed (its socket is closed by then)."""
         self.state = "discarded"
         try:
-            await self.nc.close()
-        except Exception as exc:  # nothing was open
+            async with asyncio.timeout(_DISCARD_S):
+                await self.nc.close()
+        except Exception as exc:  # nothing was open, or the wait above
             log.debug("close_failed", error=repr(exc))
 
     async def error(self, err: Exception) -> None:
