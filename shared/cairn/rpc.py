@@ -113,6 +113,16 @@ def actor_of(headers: dict[str, str] | None) -> str:
     return "anonymous"
 
 
+class _TagOnly(msgspec.Struct):
+    """A request's tag alone (``type``, msgspec's tag field), read only when it did not
+    decode."""
+
+    type: Any = None
+
+
+_tag_decoder = msgspec.json.Decoder(_TagOnly)
+
+
 class Responder:
     """Serves ``routes`` (verb -> handler) for messages of ``types`` on ``subjects`` (filters
     such as ``cairn.cmd.*.run.>``; each service subscribes to its own areas only)."""
@@ -135,6 +145,7 @@ class Responder:
         union: Any = served[0] if len(served) == 1 else Union[served]  # noqa: UP007
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
         self._verb_of = {t: getattr(t, "VERB", "") or getattr(t, "NAME", "") for t in served}
+        self._tags = {t.__struct_config__.tag for t in served}
         self.routes = routes
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -174,7 +185,7 @@ class Responder:
         try:
             body = self._decoder.decode(msg.data)
         except msgspec.ValidationError as exc:
-            if str(exc).endswith("`$.type`"):
+            if self._unknown_tag(msg.data):
                 raise UnknownMessageType(f"unknown message type: {exc}") from exc
             raise InvalidInput(f"invalid {verb} request: {exc}") from exc
         except msgspec.DecodeError as exc:
@@ -182,6 +193,15 @@ class Responder:
         if self._verb_of[type(body)] != verb:
             raise InvalidInput(f"{type(body).__name__} cannot be sent to {verb!r}")
         return Request(workspace=workspace, verb=verb, body=body, actor=actor_of(msg.headers))
+
+    def _unknown_tag(self, data: bytes) -> bool:
+        """Whether a request that did not decode names a type this responder does not serve
+        (rather than a known type with a bad field)."""
+        try:
+            tag = _tag_decoder.decode(data).type
+        except msgspec.ValidationError:  # not even an object
+            return False
+        return tag is not None and (not isinstance(tag, str) or tag not in self._tags)
 
     async def _serve(self, msg: Any) -> None:
         reply: Reply | RawReply

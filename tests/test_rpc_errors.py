@@ -1,0 +1,31 @@
+"""A responder tells an unknown message type from a known type with a bad field by the request's
+tag, not by the wording of the decoder's error."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from cairn.bus import Connection
+from cairn.proto.commands import ErrorReply, Reply
+from cairn.rpc import Client
+
+_reply = msgspec.json.Decoder(Reply)
+
+CASES = {
+    b'{"type": "LaunchMissiles", "command_id": "x"}': "unknown_type",
+    b'{"type": 5, "command_id": "x"}': "unknown_type",
+    b'{"type": "StartRun", "command_id": "x"}': "invalid_input",
+    b'{"type": "StartRun", "command_id": 5, "run_id": "r"}': "invalid_input",
+    b'{"command_id": "x", "run_id": "r"}': "invalid_input",
+    b"[1, 2, 3]": "invalid_input",
+}
+
+
+@pytest.mark.parametrize("payload", CASES)
+async def test_the_error_code_follows_the_tag(
+    client: Client, client_conn: Connection, payload: bytes
+) -> None:
+    msg = await client_conn.nc.request(f"cairn.cmd.{client.workspace}.run.start", payload, 5)
+    reply = _reply.decode(msg.data)
+    assert isinstance(reply, ErrorReply) and reply.code == CASES[payload], reply
