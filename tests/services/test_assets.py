@@ -9,6 +9,7 @@ import pytest
 
 from cairn.bus import Connection, EventStore
 from cairn.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from cairn.proto import subjects
 from cairn.proto.assets import (
     ComputeSpec,
     CreateCompute,
@@ -20,6 +21,7 @@ from cairn.proto.assets import (
     RegisterDatastore,
     RegisterEnvironment,
 )
+from cairn.proto.events import AssetRegistered
 from cairn.rpc import Client
 from cairn.secrets import unseal
 from cairn.settings import Settings
@@ -59,35 +61,43 @@ async def test_compute_needs_the_operator_role(client: Client, service_settings:
 
 async def test_environments_versions_and_the_reserved_prefix(client: Client) -> None:
     with pytest.raises(InvalidInput, match="reserved"):
-        await client.send(RegisterEnvironment(command_id=cid(), name="cairn-mine",
-                                              spec=EnvironmentSpec()))  # fmt: skip
+        await client.send(
+            RegisterEnvironment(command_id=cid(), name="cairn-mine", spec=EnvironmentSpec())
+        )
     spec = EnvironmentSpec(python="3.11", pip=["numpy==2.1"], env_vars={"A": "1", "B": "2"})
     await client.send(RegisterEnvironment(command_id=cid(), name="train", spec=spec))
     same = EnvironmentSpec(python="3.11", pip=["numpy==2.1"], env_vars={"B": "2", "A": "1"})
     await client.send(RegisterEnvironment(command_id=cid(), name="train", spec=same))
-    v2 = await client.send(RegisterEnvironment(command_id=cid(), name="train",
-                           spec=EnvironmentSpec(python="3.12")))  # fmt: skip
+    v2 = await client.send(
+        RegisterEnvironment(command_id=cid(), name="train", spec=EnvironmentSpec(python="3.12"))
+    )
     latest = await client.ask(GetAsset(asset_kind="environment", name="train"))
     first = await client.ask(GetAsset(asset_kind="environment", name="train", version=1))
     assert latest.data["version"] == 2 and first.data["spec"]["pip"] == ["numpy==2.1"]
     curated = await client.ask(GetAsset(asset_kind="environment", name="cairn-sklearn"))
     assert curated.data["builtin"] and "scikit-learn" in curated.data["spec"]["pip"]
-    names = [e["name"] for e in (await client.ask(ListAssets(asset_kind="environment",
-                                                             min_seq=v2.seq))).data]  # fmt: skip
+    names = [
+        e["name"]
+        for e in (await client.ask(ListAssets(asset_kind="environment", min_seq=v2.seq))).data
+    ]
     assert names == ["cairn-python-3.11", "cairn-sklearn", "train"]
     with pytest.raises(InvalidInput):  # hostile names never reach a subject raw
-        await client.send(RegisterEnvironment(command_id=cid(), name="bad\x00name",
-                                              spec=EnvironmentSpec()))  # fmt: skip
+        await client.send(
+            RegisterEnvironment(command_id=cid(), name="bad\x00name", spec=EnvironmentSpec())
+        )
 
 
 async def test_datastore_secrets_never_leave_sealed(
-    client: Client, conn: Connection, service_settings: Settings,
+    client: Client,
+    conn: Connection,
+    service_settings: Settings,
     capfd: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     secrets = {"access_key_id": "AKIA-SEALED-4242", "secret_access_key": "s3cr3t-XYZ-987"}
     spec = DatastoreSpec(kind="s3", endpoint_url="http://127.0.0.1:1", bucket="b1", prefix="p/")
-    done = await client.send(RegisterDatastore(command_id=cid(), name="lake", spec=spec,
-                                               credentials=secrets))  # fmt: skip
+    done = await client.send(
+        RegisterDatastore(command_id=cid(), name="lake", spec=spec, credentials=secrets)
+    )
     got = await client.ask(GetAsset(asset_kind="datastore", name="lake"))
     listed = await client.ask(ListAssets(asset_kind="datastore", min_seq=done.seq))
     default = await client.ask(GetAsset(asset_kind="datastore", name="workspaceblobstore"))
@@ -106,6 +116,8 @@ async def test_datastore_secrets_never_leave_sealed(
     for secret in secrets.values():
         assert secret.encode() not in everything, "a secret reached the EVENTS stream"
         assert secret not in replies and secret not in logs
-    stored = await store.read(f"cairn.ev.{client.workspace}.datastore.lake")
-    token = stored[0].envelope.data.spec.sealed_credentials  # type: ignore[attr-defined]
+    stored = await store.read(subjects.event(client.workspace, "datastore", "lake"))
+    registered = stored[0].envelope.data
+    assert isinstance(registered, AssetRegistered) and isinstance(registered.spec, DatastoreSpec)
+    token = registered.spec.sealed_credentials
     assert token and unseal(service_settings, client.workspace, token) == secrets

@@ -73,8 +73,9 @@ class AgentService:
         if backend == "docker":
             self.backend = DockerBackend(root / "docker")
         elif backend == "process":
-            self.backend = ProcessBackend(Environments(root / "envs").python_for,
-                                          warm=settings.job_warm_start)  # fmt: skip
+            self.backend = ProcessBackend(
+                Environments(root / "envs").python_for, warm=settings.job_warm_start
+            )
         else:
             raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -89,10 +90,16 @@ class AgentService:
         heartbeats stop."""
         if self._kv is None:
             self._kv = await self.conn.js.key_value(AGENTS_BUCKET.bucket)
-        self.info = detect(self.agent_id, self.compute, self.slots, self.labels,
-                           self.started_at, time.time(),
-                           free_slots=self.slots - self._busy(),
-                           gpus=self.gpu_info)  # fmt: skip
+        self.info = detect(
+            self.agent_id,
+            self.compute,
+            self.slots,
+            self.labels,
+            self.started_at,
+            time.time(),
+            free_slots=self.slots - self._busy(),
+            gpus=self.gpu_info,
+        )
         await self._kv.put(self.agent_id, _encoder.encode(self.info))
         return self.info
 
@@ -103,9 +110,15 @@ class AgentService:
             reaped = await asyncio.to_thread(self.backend.reap, alive)
             if reaped:
                 log.warning("orphan_containers_removed", runs=reaped)
-        log.info("agent_registered", agent_id=self.agent_id, compute=self.compute,
-                 gpus=len(info.gpus), labels=info.labels, slots=self.slots,
-                 backend=self.backend.name)  # fmt: skip
+        log.info(
+            "agent_registered",
+            agent_id=self.agent_id,
+            compute=self.compute,
+            gpus=len(info.gpus),
+            labels=info.labels,
+            slots=self.slots,
+            backend=self.backend.name,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -131,15 +144,17 @@ class AgentService:
     # -- pulling -------------------------------------------------------------------------
 
     async def _subscribe(self) -> Any:
-        config = job_consumer(self.workspace, self.compute, ack_wait_s=self.settings.job_lease_s,
-                              max_deliver=self.settings.job_max_deliver)  # fmt: skip
+        config = job_consumer(
+            self.workspace,
+            self.compute,
+            ack_wait_s=self.settings.job_lease_s,
+            max_deliver=self.settings.job_max_deliver,
+        )
         try:
             await self.conn.js.consumer_info(JOBS.name, config.durable_name)
         except Exception:  # not there yet: the first agent (or the scheduler) makes it
             await ensure_consumer(self.conn, JOBS.name, config)
-        return await self.conn.js.pull_subscribe_bind(
-            durable=config.durable_name, stream=JOBS.name
-        )
+        return await self.conn.js.pull_subscribe_bind(durable=config.durable_name, stream=JOBS.name)
 
     async def _pull(self, stop: asyncio.Event) -> None:
         psub = await self._subscribe()
@@ -181,9 +196,12 @@ class AgentService:
             await msg.term()
             return
         claim_id = derived_id("claim", ticket.run_id, ticket.queue_n, self.agent_id)
-        claim = ClaimJob(command_id=claim_id,
-                         run_id=ticket.run_id, queue_n=ticket.queue_n,
-                         agent_id=self.agent_id)  # fmt: skip
+        claim = ClaimJob(
+            command_id=claim_id,
+            run_id=ticket.run_id,
+            queue_n=ticket.queue_n,
+            agent_id=self.agent_id,
+        )
         try:
             reply = await self.client.send_any(claim)
             assignment = msgspec.convert(getattr(reply, "data", None), Assignment)

@@ -58,15 +58,27 @@ class RegistryProjection:
         key = (env.workspace, env.aggregate_id)
         match env.data:
             case ModelVersionRegistered() as ev:
-                files = json.dumps([{"path": f.path, "digest": f.digest, "size": f.size}
-                                    for f in ev.files])  # fmt: skip
+                files = json.dumps(
+                    [{"path": f.path, "digest": f.digest, "size": f.size} for f in ev.files]
+                )
                 db.execute(
-                    f"INSERT OR IGNORE INTO {t('models')} VALUES"
-                    " (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)",
-                    (*key, ev.name, ev.version, ev.description, json.dumps(ev.tags),
-                     json.dumps(ev.properties), ev.framework, ev.framework_version,
-                     ev.source_run_id, files, env.timestamp.isoformat(), env.actor, item.seq),
-                )  # fmt: skip
+                    f"INSERT OR IGNORE INTO {t('models')} VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?,?)",
+                    (
+                        *key,
+                        ev.name,
+                        ev.version,
+                        ev.description,
+                        json.dumps(ev.tags),
+                        json.dumps(ev.properties),
+                        ev.framework,
+                        ev.framework_version,
+                        ev.source_run_id,
+                        files,
+                        env.timestamp.isoformat(),
+                        env.actor,
+                        item.seq,
+                    ),
+                )
             case ModelAliasSet(alias=alias, version=version):
                 db.execute(
                     f"INSERT INTO {t('aliases')} VALUES (?,?,?,?) ON CONFLICT"
@@ -87,9 +99,16 @@ class RegistryProjection:
             case AssetRegistered() as ev:
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('assets')} VALUES (?,?,?,?,?,?,?,0,?,?)",
-                    (*key, ev.name, ev.version, json.dumps(public_spec(ev.spec)),
-                     ev.description, env.timestamp.isoformat(), env.actor),
-                )  # fmt: skip
+                    (
+                        *key,
+                        ev.name,
+                        ev.version,
+                        json.dumps(public_spec(ev.spec)),
+                        ev.description,
+                        env.timestamp.isoformat(),
+                        env.actor,
+                    ),
+                )
             case AssetDeleted():
                 db.execute(
                     f"UPDATE {t('assets')} SET deleted = 1 WHERE workspace=? AND kind=?"

@@ -28,17 +28,20 @@ from cairn.proto.events import (
 
 __all__ = ["ACTIVE", "JOB_COLUMNS", "JobsProjection"]
 
-JOB_COLUMNS = (
-    "workspace", "run_id", "experiment_name", "display_name", "compute", "status", "priority",
-    "queue_n", "attempt", "agent_id", "lost", "lease_s", "timeout_s", "not_before",
-    "submitted_at", "started_at", "ended_at", "error", "command", "seq", "alive_at",
-)  # fmt: skip
+JOB_COLUMNS = tuple(
+    "workspace run_id experiment_name display_name compute status priority queue_n attempt"
+    " agent_id lost lease_s timeout_s not_before submitted_at started_at ended_at error command"
+    " seq alive_at".split()
+)
 ACTIVE = tuple(
     s.value
     for s in (RunStatus.QUEUED, RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.CANCEL_REQUESTED)
 )
-_END = {RunCompleted: RunStatus.COMPLETED, RunFailed: RunStatus.FAILED,
-        RunCanceled: RunStatus.CANCELED}  # fmt: skip
+_END = {
+    RunCompleted: RunStatus.COMPLETED,
+    RunFailed: RunStatus.FAILED,
+    RunCanceled: RunStatus.CANCELED,
+}
 
 
 class JobsProjection:
@@ -81,27 +84,40 @@ class JobsProjection:
         where = " WHERE workspace=? AND run_id=?"
         match ev:
             case RunCreated(experiment_name=experiment_name, display_name=display_name):
-                db.execute(f"INSERT OR IGNORE INTO {t('names')} VALUES (?,?,?,?)",
-                           (*key, experiment_name, display_name))  # fmt: skip
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('names')} VALUES (?,?,?,?)",
+                    (*key, experiment_name, display_name),
+                )
             case RunSubmitted(compute=compute, job=job):
-                names = (ev.experiment_name, ev.display_name) if ev.experiment_id is not None else (
-                    db.execute(f"SELECT experiment_name, display_name FROM {t('names')}" + where,
-                               key).fetchone() or ("", None)
-                )  # fmt: skip
+                names = (ev.experiment_name, ev.display_name)
+                if ev.experiment_id is None:  # submitted after its RunCreated (older history)
+                    sql = f"SELECT experiment_name, display_name FROM {t('names')}" + where
+                    names = db.execute(sql, key).fetchone() or ("", None)
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('jobs')} VALUES"
                     " (?,?,?,?,?,?,?,1,0,'',0,0,?,0,?,NULL,NULL,'',?,?,NULL)",
-                    (*key, *names, compute, RunStatus.QUEUED.value, job.priority, job.timeout_s,
-                     at, " ".join(job.command)[:500], seq),
-                )  # fmt: skip
+                    (
+                        *key,
+                        *names,
+                        compute,
+                        RunStatus.QUEUED.value,
+                        job.priority,
+                        job.timeout_s,
+                        at,
+                        " ".join(job.command)[:500],
+                        seq,
+                    ),
+                )
                 db.executemany(
                     f"INSERT OR IGNORE INTO {t('inputs')} VALUES (?,?,?,?)",
                     [(ws, i.dataset, i.version, env.aggregate_id) for i in job.inputs if i.dataset],
                 )
             case RunAssigned(attempt=attempt, agent_id=agent_id, lease_s=lease_s):
-                db.execute(update + "status=?, attempt=?, agent_id=?, lease_s=?, started_at=NULL,"
-                           " alive_at=?" + where, (seq, RunStatus.PREPARING.value, attempt,
-                                                   agent_id, lease_s, at, *key))  # fmt: skip
+                db.execute(
+                    update + "status=?, attempt=?, agent_id=?, lease_s=?, started_at=NULL,"
+                    " alive_at=?" + where,
+                    (seq, RunStatus.PREPARING.value, attempt, agent_id, lease_s, at, *key),
+                )
             case RunStarted():
                 db.execute(
                     update
@@ -110,13 +126,18 @@ class JobsProjection:
                     (seq, at, at, RunStatus.CANCEL_REQUESTED.value, RunStatus.RUNNING.value, *key),
                 )
             case RunRequeued(delay_s=delay_s):
-                db.execute(update + "status=?, queue_n=queue_n+1, lost=lost+1, agent_id='',"
-                           " not_before=?" + where,
-                           (seq, RunStatus.QUEUED.value, at + delay_s, *key))  # fmt: skip
+                db.execute(
+                    update + "status=?, queue_n=queue_n+1, lost=lost+1, agent_id='',"
+                    " not_before=?" + where,
+                    (seq, RunStatus.QUEUED.value, at + delay_s, *key),
+                )
             case RunCancelRequested():
-                db.execute(update + "status=?" + where,
-                           (seq, RunStatus.CANCEL_REQUESTED.value, *key))  # fmt: skip
+                db.execute(
+                    update + "status=?" + where, (seq, RunStatus.CANCEL_REQUESTED.value, *key)
+                )
             case RunCompleted() | RunFailed() | RunCanceled():
                 error = ev.error if isinstance(ev, RunFailed) else ""
-                db.execute(update + "status=?, ended_at=?, error=?" + where,
-                           (seq, _END[type(ev)].value, at, error, *key))  # fmt: skip
+                db.execute(
+                    update + "status=?, ended_at=?, error=?" + where,
+                    (seq, _END[type(ev)].value, at, error, *key),
+                )

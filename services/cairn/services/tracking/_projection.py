@@ -40,6 +40,10 @@ _STATUS = {
 }
 
 
+#: run id, experiment id, experiment name, display name, parent run id
+_NewRun = tuple[str, str, str, str | None, str | None]
+
+
 class TrackingProjection:
     name = "tracking"
     version = 3
@@ -76,21 +80,16 @@ class TrackingProjection:
         t: Tables,
         env: Envelope[Event],
         seq: int,
-        run_id: str,
-        experiment_id: str,
-        experiment_name: str,
-        display_name: str | None,
-        parent_run_id: str | None,
+        run: _NewRun,
         tags: dict[str, str],
         status: RunStatus,
     ) -> None:
         """A new run: NotStarted (``RunCreated``) or Queued (a job's ``RunSubmitted``)."""
+        created = (env.timestamp.isoformat(), env.actor, None, None, seq)
         db.execute(
             f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'{{}}')",
-            (env.workspace, run_id, experiment_id, experiment_name, display_name, parent_run_id,
-             status.value, "", env.timestamp.isoformat(), env.actor, None, None, seq,
-             json.dumps(tags)),
-        )  # fmt: skip
+            (env.workspace, *run, status.value, "", *created, json.dumps(tags)),
+        )
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
         env, seq = item.value, item.seq
@@ -107,9 +106,9 @@ class TrackingProjection:
                     (ws, eid, name, at, env.actor, seq),
                 )
             case RunCreated() as ev:
-                self._insert_run(db, t, env, seq, ev.run_id, ev.experiment_id, ev.experiment_name,
-                                 ev.display_name, ev.parent_run_id, {},
-                                 RunStatus.NOT_STARTED)  # fmt: skip
+                ids = (ev.run_id, ev.experiment_id, ev.experiment_name)
+                new = (*ids, ev.display_name, ev.parent_run_id)
+                self._insert_run(db, t, env, seq, new, {}, RunStatus.NOT_STARTED)
             case RunStarted(run_id=run_id):
                 db.execute(
                     f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
@@ -127,9 +126,8 @@ class TrackingProjection:
                     (json.dumps(values), seq, ws, run_id),
                 )
             case RunSubmitted(experiment_id=experiment_id) as ev if experiment_id is not None:
-                name = ev.experiment_name or ""
-                self._insert_run(db, t, env, seq, ev.run_id, experiment_id, name,
-                                 ev.display_name, None, ev.tags, RunStatus.QUEUED)  # fmt: skip
+                new = (ev.run_id, experiment_id, ev.experiment_name or "", ev.display_name, None)
+                self._insert_run(db, t, env, seq, new, ev.tags, RunStatus.QUEUED)
             case (
                 RunSubmitted(run_id=run_id)
                 | RunAssigned(run_id=run_id)
