@@ -112,6 +112,16 @@ def test_no_service_imports_the_sdk() -> None:
     assert found == []
 
 
+def test_the_data_layer_imports_no_sdk_no_service_no_cli() -> None:
+    found = [
+        f"{path.name}:{line}: {module}"
+        for path in sorted((ROOT / "shared" / "cairn" / "data").glob("*.py"))
+        for module, _, line in _imports(path)
+        if module.split(".")[:2] in (["cairn", "sdk"], ["cairn", "services"], ["cairn", "cli"])
+    ]
+    assert found == []
+
+
 #: private SDK imports the CLI still makes, each with the public name that replaces it
 NOT_YET_PUBLIC = {("_stack.py", "cairn.sdk._outbox"): "cairn.sdk.replay_spool_dir"}
 
