@@ -22,6 +22,7 @@ __all__ = [
     "events_of_workspace",
     "job",
     "logs",
+    "max_deliveries_advisory",
     "metrics",
     "name_to_id",
     "query",
@@ -126,6 +127,14 @@ def upload_session(instance: str, session: str) -> str:
     (and ``.commit`` after it)."""
     return _join(
         "cairn.artifacts", validate_token(instance, "instance"), validate_token(session, "session")
+    )
+
+
+def max_deliveries_advisory(stream: str) -> str:
+    """The advisories JetStream publishes when a consumer of ``stream`` stops redelivering a
+    message (its ``max_deliver`` reached), for every consumer of the stream."""
+    return _join(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES", validate_token(stream, "stream"), "*"
     )
 
 

@@ -59,7 +59,7 @@ __all__ = ["SchedulerService"]
 
 log = get_logger("cairn.scheduler")
 _encoder = msgspec.json.Encoder()
-MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.JOBS.*"
+MAX_DELIVERIES = subjects.max_deliveries_advisory(JOBS.name)
 
 
 def _job_row(row: tuple[Any, ...]) -> dict[str, Any]:
