@@ -20,7 +20,7 @@ import pytest
 from cairn.bus import connect
 from cairn.embedded import NatsServer, find_nats_server, free_port
 from cairn.embedded._server import SERVICE_USER
-from cairn.errors import Unauthenticated, Unavailable
+from cairn.errors import InvalidInput, Unauthenticated, Unavailable
 from cairn.rpc import ping_all
 from cairn.sdk import Workspace
 from cairn.settings import load_settings
@@ -155,6 +155,24 @@ def test_sdk_with_a_wrong_password(
     with pytest.raises(Unauthenticated, match="check the credentials in"):
         _ = ws.experiments
     assert time.monotonic() - started < 1
+
+
+def test_sdk_before_cairn_up_wrote_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if port_4222_answers():
+        pytest.skip("something listens on the default port 4222 on this machine")
+    for name in [k for k in os.environ if k.startswith("CAIRN_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CAIRN_HOME", str(tmp_path / "fresh"))
+    monkeypatch.setenv("CAIRN_CONNECT_TIMEOUT_S", str(CONNECT_TIMEOUT_S))
+    ws = Workspace.from_config()
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="no settings file was read"):
+        _ = ws.experiments
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S + 1
+    with pytest.raises(InvalidInput, match="does not exist"):
+        Workspace.from_config(tmp_path / "fresh" / "config.json")
 
 
 async def test_credentials_file_that_does_not_exist(tmp_path: Path) -> None:
