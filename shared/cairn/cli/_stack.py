@@ -49,6 +49,8 @@ def _version(conn: Any) -> str:
 
 
 async def _status(settings: Settings) -> dict[str, Any]:
+    from nats.errors import Error as NatsError
+
     from cairn.bus import connect
     from cairn.proto.streams import STREAMS
     from cairn.rpc import ping_all
@@ -64,7 +66,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
                     "bytes": info.state.bytes,
                     "last_seq": info.state.last_seq,
                 }
-            except Exception as exc:  # a missing stream is reported, not fatal
+            except NatsError as exc:  # a missing stream (or no answer) is reported, not fatal
                 streams[definition.name] = {"error": str(exc)}
         return {
             "server": {
