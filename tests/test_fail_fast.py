@@ -24,7 +24,6 @@ from cairn.errors import InvalidInput, Unauthenticated, Unavailable
 from cairn.rpc import ping_all
 from cairn.sdk import Workspace
 from cairn.settings import load_settings
-from tests.conftest import LEAKS_SOCKETS
 
 CONNECT_TIMEOUT_S = 1.5
 ENTRY_POINT = Path(sys.executable).parent / "cairn"
@@ -249,10 +248,7 @@ async def answers(server: NatsServer) -> list[str]:
         await conn.close()
 
 
-@LEAKS_SOCKETS
-async def test_a_service_waits_for_its_server_and_logs_an_outage_once(
-    tmp_path: Path, nats_py_leaks: None
-) -> None:
+async def test_a_service_waits_for_its_server_and_logs_an_outage_once(tmp_path: Path) -> None:
     server = NatsServer(tmp_path / "nats-home", port=free_port())
     served = await ServeProcess.start(server, tmp_path / "served")
     try:
