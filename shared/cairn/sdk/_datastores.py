@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from cairn.errors import InvalidInput
-from cairn.proto.assets import DataFile, DatastoreSpec
+from cairn.proto.assets import DatastoreSpec
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import validate_token
-from cairn.sdk._async import AsyncWorkspace
 from cairn.sdk._runtime import WorkspaceBase
 
-__all__ = ["DataBinding", "DataReference", "Datastore", "download_prefix", "upload_pairs"]
+__all__ = ["DataBinding", "DataReference", "Datastore"]
 
 BindingMode = Literal["download", "mount", "upload"]
 
@@ -263,33 +262,3 @@ class Datastore:
 
     def __repr__(self) -> str:
         return f"Datastore(name={self.name!r}, type={self.datastore_type!r})"
-
-
-# -- the function forms of ws.datastores.upload / download, kept for scripts written to them --
-
-
-async def upload_pairs(
-    ws: AsyncWorkspace,
-    datastore: str,
-    pairs: builtins.list[tuple[Path, str]],
-    *,
-    overwrite: bool,
-    show_progress: bool,
-) -> builtins.list[DataFile]:
-    return await ws.datastores.upload(
-        datastore, pairs, overwrite=overwrite, show_progress=show_progress
-    )
-
-
-async def download_prefix(
-    ws: AsyncWorkspace,
-    datastore: str,
-    prefix: str,
-    target: Path,
-    *,
-    overwrite: bool,
-    show_progress: bool,
-) -> builtins.list[Path]:
-    return await ws.datastores.download(
-        datastore, target, prefix, overwrite=overwrite, show_progress=show_progress
-    )
