@@ -92,6 +92,10 @@ class Backend(Protocol):
         gpus: list[int],
     ) -> Launched: ...
 
+    def close(self) -> None:
+        """Release what the backend holds (warm interpreters, the engine's connection): called
+        once the agent's jobs have ended."""
+
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the job's process gets SIGKILL when the agent dies (kill -9 included)."""
@@ -285,6 +289,9 @@ class DockerBackend:
         self.sdk_dir = state / "sdk"
         self._locks: dict[str, asyncio.Lock] = {}
         self._write_sitecustomize()
+
+    def close(self) -> None:
+        self.client.close()
 
     def reap(self, alive: set[str]) -> list[str]:
         """Remove the job containers of agents that are gone (a killed agent cannot stop its

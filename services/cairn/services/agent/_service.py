@@ -126,20 +126,27 @@ class AgentService:
                 tg.create_task(self._beat(stop))
                 tg.create_task(self._pull(stop))
         finally:
-            if isinstance(self.backend, ProcessBackend):
-                self.backend.close()
+            self.backend.close()
         with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
             await self._kv.delete(self.agent_id)
 
     async def _beat(self, stop: asyncio.Event) -> None:
+        failing = False  # a failure is logged once, when the beats start failing
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
-            if not stop.is_set():
-                try:
-                    await self.heartbeat()
-                except Exception as exc:  # the bus may be away; the next beat tries again
+            if stop.is_set():
+                break
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # the bus may be away; the next beat tries again
+                if not failing:
                     log.warning("heartbeat_failed", error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("heartbeat_resumed")
+                failing = False
 
     # -- pulling -------------------------------------------------------------------------
 
@@ -168,10 +175,11 @@ class AgentService:
                     continue
                 try:
                     msgs = await psub.fetch(free, timeout=1.0)
-                except Exception as exc:  # nothing to do (timeout) or the bus is away
-                    if "timeout" not in type(exc).__name__.lower():
-                        log.warning("fetch_failed", error=repr(exc))
-                        await asyncio.sleep(0.5)
+                except TimeoutError:  # nothing to do (nats-py's timeout is one)
+                    continue
+                except Exception as exc:  # the bus is away: the connection logs the outage
+                    log.debug("fetch_failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
                     await self._take(msg)
