@@ -55,9 +55,13 @@ def _children(pid: int, name: str | None = None) -> list[int]:
 
 
 def _processes(stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
-    return {"nats-server": _children(stack.proc.pid, "nats-server"), "services": [stack.proc.pid],
-            "agents": [a.pid for a in agents], "submitter": [os.getpid()],
-            "zygotes": [z for a in agents for z in _children(a.pid)]}  # fmt: skip
+    return {
+        "nats-server": _children(stack.proc.pid, "nats-server"),
+        "services": [stack.proc.pid],
+        "agents": [a.pid for a in agents],
+        "submitter": [os.getpid()],
+        "zygotes": [z for a in agents for z in _children(a.pid)],
+    }
 
 
 def _cpu_by_part(procs: dict[str, list[int]]) -> dict[str, dict[int, float]]:
@@ -74,8 +78,10 @@ def _spent(
     before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
 ) -> dict[str, float]:
     """Seconds per part between two samples (a process first seen in ``after`` from zero)."""
-    return {part: sum(t - before.get(part, {}).get(p, 0.0) for p, t in pids.items())
-            for part, pids in after.items()}  # fmt: skip
+    return {
+        part: sum(t - before.get(part, {}).get(p, 0.0) for p, t in pids.items())
+        for part, pids in after.items()
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -101,9 +107,11 @@ async def _spawn_all(script: Path, n: int, parallel: int) -> float:
     async def one() -> None:
         async with sem:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(script), stdout=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                str(script),
+                stdout=asyncio.subprocess.DEVNULL,
                 cwd=script.parent,
-            )  # fmt: skip
+            )
             await proc.wait()
 
     t0 = time.perf_counter()
@@ -124,11 +132,22 @@ async def _job_first_line(ws: AsyncWorkspace, config: ScriptRunConfig) -> float:
 
 
 def _agents(stack: EmbeddedStack, n: int, warm: bool = True) -> list[subprocess.Popen[bytes]]:
-    env = {**os.environ, "CAIRN_HOME": str(stack.home), "CAIRN_LOG_LEVEL": "warning",
-           "CAIRN_LOG_FORMAT": "json", "CAIRN_JOB_WARM_START": "1" if warm else "0"}  # fmt: skip
-    return [subprocess.Popen([*CAIRN, "agent", "--compute", "local", "--slots", "1"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(n)]  # fmt: skip
+    env = {
+        **os.environ,
+        "CAIRN_HOME": str(stack.home),
+        "CAIRN_LOG_LEVEL": "warning",
+        "CAIRN_LOG_FORMAT": "json",
+        "CAIRN_JOB_WARM_START": "1" if warm else "0",
+    }
+    return [
+        subprocess.Popen(
+            [*CAIRN, "agent", "--compute", "local", "--slots", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(n)
+    ]
 
 
 async def _wait_agents(ws: AsyncWorkspace, n: int, only: list[int] | None = None) -> None:
@@ -143,9 +162,13 @@ async def _wait_agents(ws: AsyncWorkspace, n: int, only: list[int] | None = None
 
 
 async def _throughput(
-    ws: AsyncWorkspace, stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]],
-    config: ScriptRunConfig, jobs: int, key: str,
-) -> dict[str, float]:  # fmt: skip
+    ws: AsyncWorkspace,
+    stack: EmbeddedStack,
+    agents: list[subprocess.Popen[bytes]],
+    config: ScriptRunConfig,
+    jobs: int,
+    key: str,
+) -> dict[str, float]:
     """``jobs`` no-op jobs over the running agents: jobs/s, and CPU per job by part."""
     r: dict[str, float] = {}
     ended: dict[str, str] = {}

@@ -65,10 +65,14 @@ async def _cairn_rates(settings: Any, run_id: str, versions: int) -> dict[str, A
 
             async def worker(client: Client, count: int, name: str = name) -> None:
                 for _ in range(count):
-                    await client.send(RegisterModelVersion(
-                        command_id=uuid.uuid4().hex, name=name, path="outputs/model.bin",
-                        run_id=run_id,
-                    ))  # fmt: skip
+                    await client.send(
+                        RegisterModelVersion(
+                            command_id=uuid.uuid4().hex,
+                            name=name,
+                            path="outputs/model.bin",
+                            run_id=run_id,
+                        )
+                    )
 
             t0 = time.perf_counter()
             shares = zip(clients, _split(versions, n_clients), strict=False)
@@ -99,10 +103,14 @@ def _floor_responder(url: str, ready: Any) -> None:
 
         async def handle(msg: Any) -> None:
             async with lock:
-                ack = await js.publish("floor.ev.model", msg.data, headers={
-                    "Nats-Msg-Id": uuid.uuid4().hex,
-                    "Nats-Expected-Last-Subject-Sequence": str(last["seq"]),
-                })  # fmt: skip
+                ack = await js.publish(
+                    "floor.ev.model",
+                    msg.data,
+                    headers={
+                        "Nats-Msg-Id": uuid.uuid4().hex,
+                        "Nats-Expected-Last-Subject-Sequence": str(last["seq"]),
+                    },
+                )
                 last["seq"] = ack.seq
             await msg.respond(json.dumps({"seq": ack.seq}).encode())
 
@@ -129,8 +137,9 @@ def floor_side(versions: int) -> dict[str, Any]:
     from cairn.embedded import NatsServer, free_port
 
     async def rates() -> dict[str, Any]:
-        server = NatsServer(Path(tempfile.mkdtemp(prefix="floor-bench-")), port=free_port(),
-                            auth=False)  # fmt: skip
+        server = NatsServer(
+            Path(tempfile.mkdtemp(prefix="floor-bench-")), port=free_port(), auth=False
+        )
         await server.start()
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
@@ -211,11 +220,15 @@ def report(cairn: dict[str, Any], mlflow: dict[str, Any], floor: dict[str, Any])
     print(f"{'':<34} {'cairn':>10} {'mlflow':>10} {'ratio':>8} {'floor':>10} {'of floor':>9}")
     for n in (1, 8):
         c, m, f = (side[f"versions_per_s_{n}"] for side in (cairn, mlflow, floor))
-        print(f"{f'versions/s, {n} client(s)':<34} {c:>10,.1f} {m:>10,.1f} {c / m:>7.1f}x"
-              f" {f:>10,.1f} {c / f:>8.0%}")  # fmt: skip
-        print(f"{f'  duplicates / gapless, {n}':<34} {cairn[f'duplicates_{n}']:>5} "
-              f"{cairn[f'gapless_{n}']!s:>4} {mlflow[f'duplicates_{n}']:>5} "
-              f"{mlflow[f'gapless_{n}']!s:>4}  mlflow errors: {mlflow[f'errors_{n}']}")  # fmt: skip
+        print(
+            f"{f'versions/s, {n} client(s)':<34} {c:>10,.1f} {m:>10,.1f} {c / m:>7.1f}x"
+            f" {f:>10,.1f} {c / f:>8.0%}"
+        )
+        print(
+            f"{f'  duplicates / gapless, {n}':<34} {cairn[f'duplicates_{n}']:>5} "
+            f"{cairn[f'gapless_{n}']!s:>4} {mlflow[f'duplicates_{n}']:>5} "
+            f"{mlflow[f'gapless_{n}']!s:>4}  mlflow errors: {mlflow[f'errors_{n}']}"
+        )
     print(json.dumps({"cairn": cairn, "mlflow": mlflow, "floor": floor}))
 
 

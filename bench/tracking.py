@@ -54,13 +54,27 @@ class EmbeddedStack:
 
     def __init__(self, extra: list[str] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
-        env = {**os.environ, "CAIRN_HOME": str(self.home), "CAIRN_LOG_FORMAT": "json",
-               "CAIRN_LOG_LEVEL": "warning"}  # fmt: skip
+        env = {
+            **os.environ,
+            "CAIRN_HOME": str(self.home),
+            "CAIRN_LOG_FORMAT": "json",
+            "CAIRN_LOG_LEVEL": "warning",
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from cairn.cli import main; main()", "up", "--port",
-             str(free_port()), *(extra or [])],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "from cairn.cli import main; main()",
+                "up",
+                "--port",
+                str(free_port()),
+                *(extra or []),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if "cairn is up" in line:

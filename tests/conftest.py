@@ -147,10 +147,13 @@ class Agents:
     async def start(self, compute: str = "local", slots: int = 2, **kw: Any) -> asyncio.Event:
         stop, ready = asyncio.Event(), asyncio.Event()
         factory = partial(AgentService, compute=compute, slots=slots, **kw)
-        self.tasks.append(asyncio.create_task(
-            run_services(self.settings, [factory], stop=stop, ready=ready,
-                         provision_streams=False)
-        ))  # fmt: skip
+        self.tasks.append(
+            asyncio.create_task(
+                run_services(
+                    self.settings, [factory], stop=stop, ready=ready, provision_streams=False
+                )
+            )
+        )
         await asyncio.wait_for(ready.wait(), 10)
         self.stops.append(stop)
         return stop

@@ -49,8 +49,10 @@ def _install() -> str | None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return "dockerd/debootstrap are missing and apt-get cannot install them (not root)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"],
-                 ["apt-get", "install", "-y", "-qq", "docker.io", "debootstrap"]):  # fmt: skip
+    for argv in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "docker.io", "debootstrap"],
+    ):
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             return f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}"
@@ -61,8 +63,11 @@ def _start_daemon(log: Path) -> str | None:
     if os.geteuid() != 0:
         return "no Docker engine answers, and only root can start dockerd here"
     # detached (the daemon outlives the tests, like a service would); its log goes to `log`
-    subprocess.run(["sh", "-c", f"setsid dockerd --iptables=false --bridge=none >>'{log}' 2>&1 &"],
-                   check=True, timeout=30)  # fmt: skip
+    subprocess.run(
+        ["sh", "-c", f"setsid dockerd --iptables=false --bridge=none >>'{log}' 2>&1 &"],
+        check=True,
+        timeout=30,
+    )
     for _ in range(120):
         if _ping():
             return None
@@ -76,8 +81,12 @@ def ensure_engine(log_dir: Path) -> str | None:
         reason = _install() or _start_daemon(log_dir / "dockerd.log")
         if reason:
             return reason
-    done = subprocess.run(["sh", str(ROOT / "ops" / "base-image.sh"), BASE_IMAGE],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        ["sh", str(ROOT / "ops" / "base-image.sh"), BASE_IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         return f"building {BASE_IMAGE} failed: {done.stderr.strip()[-800:]}"
     return None

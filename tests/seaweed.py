@@ -27,9 +27,19 @@ def find_weed() -> str | None:
 class SeaweedFS:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.ports = {name: free_port() for name in (
-            "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3",
-            "s3.grpc")}  # fmt: skip
+        self.ports = {
+            name: free_port()
+            for name in (
+                "master",
+                "master.grpc",
+                "volume",
+                "volume.grpc",
+                "filer",
+                "filer.grpc",
+                "s3",
+                "s3.grpc",
+            )
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,9 +48,12 @@ class SeaweedFS:
 
     def config(self, bucket: str, prefix: str = "") -> S3Config:
         return S3Config(
-            endpoint_url=self.endpoint, bucket=bucket, prefix=prefix,
-            access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
-        )  # fmt: skip
+            endpoint_url=self.endpoint,
+            bucket=bucket,
+            prefix=prefix,
+            access_key_id=ACCESS_KEY,
+            secret_access_key=SECRET_KEY,
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         weed = find_weed()
@@ -74,8 +87,9 @@ class SeaweedFS:
             for name, port in self.ports.items()
         ]
         with open(self.root / "weed.log", "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

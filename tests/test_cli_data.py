@@ -25,8 +25,19 @@ async def test_data_commands(client: Client, client_settings: Settings, tmp_path
     await run("datastore", "upload", "lake", "src", "-t", "in", "--no-progress")
     listed = json.loads(await run("datastore", "ls", "lake", "in", "--json"))
     assert [f["path"] for f in listed] == ["in/a.csv", "in/sub/b.csv"]
-    made = json.loads(await run("dataset", "create", "numbers", "--path", "lake:in/*.csv",
-                                "--path", "lake:in/sub", "--tabular", "--json"))  # fmt: skip
+    made = json.loads(
+        await run(
+            "dataset",
+            "create",
+            "numbers",
+            "--path",
+            "lake:in/*.csv",
+            "--path",
+            "lake:in/sub",
+            "--tabular",
+            "--json",
+        )
+    )
     assert made["version"] == 1 and made["files"] == [
         "lake:in/a.csv (4 B)",
         "lake:in/sub/b.csv (4 B)",
@@ -36,7 +47,8 @@ async def test_data_commands(client: Client, client_settings: Settings, tmp_path
     shown = json.loads(await run("dataset", "show", "numbers", "--version", "1", "--json"))
     assert shown["spec"]["kind"] == "tabular"
     await run("dataset", "download", "numbers", "out")
-    assert sorted(p.relative_to(tmp_path / "out").as_posix()
-                  for p in (tmp_path / "out").rglob("*.csv")) == ["a.csv", "sub/b.csv"]  # fmt: skip
+    assert sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.csv")
+    ) == ["a.csv", "sub/b.csv"]
     await run("datastore", "download", "lake", "dl", "-p", "in/sub", "--no-progress")
     assert (tmp_path / "dl" / "in" / "sub" / "b.csv").read_text() == "x\n2\n"

@@ -100,15 +100,23 @@ async def test_readme_job_example_runs(
     )
     (tmp_path / "requirements.txt").write_text(f"{_wheel(tmp_path)}\n")
     await agents.start()
-    env = {**os.environ, "CAIRN_HOME": str(tmp_path / "home"),
-           "CAIRN_NATS_URL": client_settings.nats_url,
-           "CAIRN_NATS_USER": client_settings.nats_user or "",
-           "CAIRN_NATS_PASSWORD": client_settings.nats_password or "",
-           "CAIRN_WORKSPACE": client.workspace}  # fmt: skip
+    env = {
+        **os.environ,
+        "CAIRN_HOME": str(tmp_path / "home"),
+        "CAIRN_NATS_URL": client_settings.nats_url,
+        "CAIRN_NATS_USER": client_settings.nats_user or "",
+        "CAIRN_NATS_PASSWORD": client_settings.nats_password or "",
+        "CAIRN_WORKSPACE": client.workspace,
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-c",
+        code,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()
     assert "training with 0.1 from-wheel" in out.decode()

@@ -18,7 +18,7 @@ import pytest
 from cairn.bus import Connection, EventStore
 from cairn.errors import AlreadyExists, InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
-from cairn.proto.commands import CreateExperiment, GetRun
+from cairn.proto.commands import CreateExperiment, GetRun, QueryResult
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
@@ -50,7 +50,9 @@ async def wait_status(ws: AsyncWorkspace, run_id: str, wanted: Callable[[str], b
 async def test_a_script_job_runs_streams_logs_and_keeps_outputs(
     ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
 ) -> None:
-    src = source(tmp_path, """
+    src = source(
+        tmp_path,
+        """
         import os, sys
         from cairn.sdk import Run
         run = Run.get_context()
@@ -61,7 +63,8 @@ async def test_a_script_job_runs_streams_logs_and_keeps_outputs(
         os.makedirs("outputs", exist_ok=True)
         open("outputs/result.txt", "w").write("args=" + " ".join(sys.argv[1:]))
         run.complete()
-    """)  # fmt: skip
+    """,
+    )
     (src / "data").mkdir()
     (src / "data" / "big.bin").write_bytes(b"x" * 1000)
     (src / ".cairnignore").write_text("data/\n")
@@ -110,14 +113,17 @@ def _descendants(pid: int) -> set[int]:
 async def test_cancel_kills_the_process_tree_within_the_grace(
     ws: AsyncWorkspace, agents: Agents, client_settings: Settings, tmp_path: Path
 ) -> None:
-    src = source(tmp_path, """
+    src = source(
+        tmp_path,
+        """
         import os, signal, subprocess, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stubborn: only SIGKILL ends it
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         open("pids", "w").write(f"{os.getpid()} {child.pid}")
         print("ready", flush=True)
         time.sleep(600)
-    """)  # fmt: skip
+    """,
+    )
     await agents.start()
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
     printed: list[str] = []
@@ -168,10 +174,15 @@ async def test_higher_priority_runs_first_and_a_queued_cancel_never_runs(
     runs, a high-priority run submitted after a low one still goes first."""
     src = source(tmp_path, "import time, sys; time.sleep(float(sys.argv[2]))\n")
     runs = {}
-    for name, priority, sleep in (("blocker", 0, 1.0), ("low", 0, 0), ("high", 10, 0),
-                                  ("dropped", 5, 0)):  # fmt: skip
-        config = ScriptRunConfig(source_directory=src, script="job.py", arguments=[name, sleep],
-                                 priority=priority)  # fmt: skip
+    for name, priority, sleep in (
+        ("blocker", 0, 1.0),
+        ("low", 0, 0),
+        ("high", 10, 0),
+        ("dropped", 5, 0),
+    ):
+        config = ScriptRunConfig(
+            source_directory=src, script="job.py", arguments=[name, sleep], priority=priority
+        )
         runs[name] = await submit(ws, "jobs", config)
     await ws.run(runs["dropped"]).cancel()
     await agents.start(slots=1)
@@ -190,17 +201,24 @@ async def test_a_slot_takes_the_next_job_once_the_process_has_exited(
 ) -> None:
     """A slot is a job's process: with one slot, the next job starts while the first is still
     uploading its large output, and both complete."""
-    src = source(tmp_path, """
+    src = source(
+        tmp_path,
+        """
         import os, sys
         os.makedirs("outputs", exist_ok=True)
         if sys.argv[1] == "big":
             with open("outputs/big.bin", "wb") as f:
                 f.write(os.urandom(96 * 1024 * 1024))
-    """)  # fmt: skip
-    big = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py",
-                                                   arguments=["big"], priority=10))  # fmt: skip
-    small = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py",
-                                                     arguments=["small"]))  # fmt: skip
+    """,
+    )
+    big = await submit(
+        ws,
+        "jobs",
+        ScriptRunConfig(source_directory=src, script="job.py", arguments=["big"], priority=10),
+    )
+    small = await submit(
+        ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py", arguments=["small"])
+    )
     await agents.start(slots=1)
     for run_id in (big, small):
         assert (await follow(ws, run_id, timeout=120))["status"] == "Completed"
@@ -221,10 +239,13 @@ async def test_only_progress_reports_write_lease_renewals(
     from cairn.proto.streams import LEASES_BUCKET
 
     lease_s = agents.settings.job_lease_s
-    src = source(tmp_path, """
+    src = source(
+        tmp_path,
+        """
         import sys, time
         time.sleep(float(sys.argv[1]))
-    """)  # fmt: skip
+    """,
+    )
     kv = await ws.conn.js.key_value(LEASES_BUCKET.bucket)
     seen: list[tuple[str, str]] = []
     watcher = await kv.watchall(include_history=False)
@@ -236,9 +257,12 @@ async def test_only_progress_reports_write_lease_renewals(
 
     following = asyncio.create_task(follow_bucket())
     await agents.start(slots=2)
-    quick, slow = [await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py",
-                                                             arguments=[str(t)]))
-                   for t in (0, lease_s * 2.5)]  # fmt: skip
+    quick, slow = [
+        await submit(
+            ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py", arguments=[str(t)])
+        )
+        for t in (0, lease_s * 2.5)
+    ]
     for run_id in (quick, slow):
         assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
     await asyncio.sleep(0.5)
@@ -287,9 +311,12 @@ async def test_a_run_submitted_the_older_way_is_read_and_runs(
     exp = await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
     job = JobSpec(command=["true"])
-    events = [RunCreated(run_id=run_id, experiment_id=exp.id, experiment_name="jobs",
-                         display_name="old-style"),
-              RunSubmitted(run_id=run_id, compute="local", job=job)]  # fmt: skip
+    events = [
+        RunCreated(
+            run_id=run_id, experiment_id=exp.id, experiment_name="jobs", display_name="old-style"
+        ),
+        RunSubmitted(run_id=run_id, compute="local", job=job),
+    ]
     ctx = CommandContext(workspace=ws.name, command_id=os.urandom(8).hex(), actor="test")
     old_style: Aggregate[None, None] = Aggregate(
         kind="run",
@@ -310,8 +337,13 @@ async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Pa
     job = JobSpec(command=["python", "x.py"])
 
     def cmd(**kw: Any) -> SubmitJob:
-        fields: dict[str, Any] = {"command_id": os.urandom(8).hex(), "run_id": os.urandom(8).hex(),
-                                  "experiment_name": "jobs", "job": job, **kw}  # fmt: skip
+        fields: dict[str, Any] = {
+            "command_id": os.urandom(8).hex(),
+            "run_id": os.urandom(8).hex(),
+            "experiment_name": "jobs",
+            "job": job,
+            **kw,
+        }
         return SubmitJob(**fields)
 
     with pytest.raises(NotFound, match="compute"):
@@ -341,9 +373,14 @@ async def test_a_replayed_submit_takes_effect_once_and_a_reused_run_id_is_refuse
     and the run keeps its one submission."""
     await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
-    submit_cmd = SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id, experiment_name="jobs",
-                           job=JobSpec(command=["true"]), display_name="once",
-                           tags={"team": "a"})  # fmt: skip
+    submit_cmd = SubmitJob(
+        command_id=os.urandom(8).hex(),
+        run_id=run_id,
+        experiment_name="jobs",
+        job=JobSpec(command=["true"]),
+        display_name="once",
+        tags={"team": "a"},
+    )
     first = await ws.client.send(submit_cmd)
     again = await ws.client.send(submit_cmd)
     assert again.replayed and again.seq == first.seq
@@ -369,8 +406,14 @@ async def test_a_workspace_with_unclaimed_tickets_does_not_hold_up_another(
     await other.send(CreateExperiment(command_id=os.urandom(8).hex(), name="idle"))
     idle = JobSpec(command=["true"])
     for _ in range(2):
-        await other.send(SubmitJob(command_id=os.urandom(8).hex(), run_id=os.urandom(8).hex(),
-                                   experiment_name="idle", job=idle))  # fmt: skip
+        await other.send(
+            SubmitJob(
+                command_id=os.urandom(8).hex(),
+                run_id=os.urandom(8).hex(),
+                experiment_name="idle",
+                job=idle,
+            )
+        )
     await agents.start(slots=1)
     run_id = await submit(ws, "jobs", ScriptRunConfig(command=["true"]))
     assert (await follow(ws, run_id, timeout=30))["status"] == "Completed"
@@ -381,14 +424,22 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
     attempt can neither report nor finish."""
     await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
-    await ws.client.send(SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id,
-                                   experiment_name="jobs", compute="local",
-                                   job=JobSpec(command=["true"])))  # fmt: skip
+    await ws.client.send(
+        SubmitJob(
+            command_id=os.urandom(8).hex(),
+            run_id=run_id,
+            experiment_name="jobs",
+            compute="local",
+            job=JobSpec(command=["true"]),
+        )
+    )
 
     async def claim(agent: str, queue_n: int) -> int:
-        reply = await ws.client.send_any(ClaimJob(command_id=os.urandom(8).hex(), run_id=run_id,
-                                                  queue_n=queue_n, agent_id=agent))  # fmt: skip
-        return int(reply.data["attempt"])  # type: ignore[union-attr]
+        reply = await ws.client.send_any(
+            ClaimJob(command_id=os.urandom(8).hex(), run_id=run_id, queue_n=queue_n, agent_id=agent)
+        )
+        assert isinstance(reply, QueryResult), reply  # a claim answers with its assignment
+        return int(reply.data["attempt"])
 
     assert await claim("a", 1) == 1
     with pytest.raises(StaleAttempt):  # the same ticket again
@@ -398,8 +449,9 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
 
     def points(attempt: int | None) -> LogMetrics:
         point = MetricPoint("who", "scalar", attempt or 0, 0, 0.0)
-        return LogMetrics(command_id=os.urandom(8).hex(), run_id=run_id, points=[point],
-                          attempt=attempt)  # fmt: skip
+        return LogMetrics(
+            command_id=os.urandom(8).hex(), run_id=run_id, points=[point], attempt=attempt
+        )
 
     for stale in (
         ReportJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=1),
@@ -411,8 +463,9 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
     with pytest.raises(InvalidInput, match="no attempt 3"):
         await ws.client.send(points(3))
     await ws.client.send(points(2))
-    await ws.client.send(FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2,
-                                   outcome="completed"))  # fmt: skip
+    await ws.client.send(
+        FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2, outcome="completed")
+    )
     assert (await follow(ws, run_id, timeout=10))["status"] == "Completed"
     assert (await ws.run(run_id).get_metrics())["who"] == 2  # attempt 2's point alone
 
@@ -450,11 +503,14 @@ async def test_an_environment_with_packages_gets_one_cached_virtualenv(
     from cairn.sdk import Environment
 
     wheel = _wheel(tmp_path)
-    src = source(tmp_path, """
+    src = source(
+        tmp_path,
+        """
         import sys, tinypkg
         from cairn.sdk import Run
         print(tinypkg.VALUE, sys.prefix != sys.base_prefix, Run.__name__)
-    """)  # fmt: skip
+    """,
+    )
     env = Environment("tiny-env")
     env.python.conda_dependencies.pip_packages = [str(wheel)]
     await agents.start(slots=2)
@@ -483,7 +539,9 @@ async def test_docker_backend_runs_a_job_in_a_locally_built_image(
     package gets an image built from its spec (the wheel copied into the build)."""
     from cairn.sdk import Environment
 
-    src = source(tmp_path, """
+    src = source(
+        tmp_path,
+        """
         import os, platform, sys
         from cairn.sdk import Run
         run = Run.get_context()
@@ -496,13 +554,15 @@ async def test_docker_backend_runs_a_job_in_a_locally_built_image(
             print("no package")
         os.makedirs("outputs", exist_ok=True)
         open("outputs/where.txt", "w").write(open("/etc/os-release").read())
-    """)  # fmt: skip
+    """,
+    )
     import docker
 
     engine = docker.from_env()
     labels = {"cairn.agent": "gone-agent", "cairn.run": "r-orphan"}  # a job of a dead agent
-    orphan = engine.containers.run("cairn-base:bookworm", ["sleep", "600"], detach=True,
-                                   network_mode="none", labels=labels)  # fmt: skip
+    orphan = engine.containers.run(
+        "cairn-base:bookworm", ["sleep", "600"], detach=True, network_mode="none", labels=labels
+    )
     await agents.start(backend="docker", slots=2)
     assert orphan.id not in {c.id for c in engine.containers.list(all=True)}, "orphan kept"
     plain = await submit(ws, "docker", ScriptRunConfig(source_directory=src, script="job.py"))
@@ -529,8 +589,8 @@ async def test_a_hostile_snapshot_fails_the_run_and_writes_nothing(
     import io
     import tarfile
 
+    from cairn.data import upload_file
     from cairn.proto.jobs import SNAPSHOT_FILE
-    from cairn.sdk._files import upload_file
     from cairn.snapshot import digest_of
 
     raw = io.BytesIO()
@@ -546,10 +606,14 @@ async def test_a_hostile_snapshot_fails_the_run_and_writes_nothing(
     await upload_file(ws.client, area, SNAPSHOT_FILE, archive, staging=True)
     await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
-    await ws.client.send(SubmitJob(command_id=os.urandom(8).hex(), run_id=run_id,
-                                   experiment_name="jobs",
-                                   job=JobSpec(command=["python", "job.py"], snapshot=digest,
-                                               snapshot_area=area)))  # fmt: skip
+    await ws.client.send(
+        SubmitJob(
+            command_id=os.urandom(8).hex(),
+            run_id=run_id,
+            experiment_name="jobs",
+            job=JobSpec(command=["python", "job.py"], snapshot=digest, snapshot_area=area),
+        )
+    )
     await agents.start()
     details = await follow(ws, run_id, timeout=60)
     assert details["status"] == "Failed" and "leaves the target folder" in details["error"]
