@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from cairn.data import upload_file, upload_pairs
+from cairn.data import upload_file
 from cairn.errors import CairnError, InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile
@@ -35,6 +35,7 @@ from cairn.proto.jobs import (
     SubmitJob,
 )
 from cairn.rpc import Client
+from cairn.sdk._async_data import AsyncDatastores
 from cairn.sdk._session import Session, new_id
 from cairn.snapshot import digest_of, pack
 
@@ -263,15 +264,7 @@ async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMo
         h.update(await asyncio.to_thread(f.read_bytes))
     folder = f"job-inputs/{h.hexdigest()[:32]}"
     pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
-    uploaded = await upload_pairs(
-        ws.client,
-        DEFAULT_DATASTORE,
-        pairs,
-        overwrite=False,
-        show_progress=False,
-        settings=ws.settings,
-    )
-    ws.saw_seq(uploaded.seq)
+    await AsyncDatastores(ws).upload(DEFAULT_DATASTORE, pairs)
     path = pairs[0][1] if local.is_file() else folder
     return JobInput(name=name, mode=mode, datastore=DEFAULT_DATASTORE, path=path)
 
