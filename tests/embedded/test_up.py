@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,18 +57,6 @@ class Up:
         out, _ = self.proc.communicate(timeout=20)
         self.lines.append(out)
         return self.proc.returncode
-
-
-@pytest.fixture
-def up_home(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    home, port = tmp_path / "cairn", free_port()
-    yield home, port
-    pid_file = home / "nats" / "nats.pid"
-    if pid_file.exists():  # never leave a server behind, whatever happened
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
 
 
 def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(up_home: tuple[Path, int]) -> None:

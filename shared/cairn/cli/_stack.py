@@ -22,12 +22,28 @@ from cairn.settings import Settings
     default=None,
     help="job slots of the local agent (default: one per CPU; 0: no local agent)",
 )
-def up(home: str, port: int, demo: bool, local_slots: int | None) -> None:
+@click.option(
+    "--server-restarts",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="restarts of a nats-server that dies before cairn up gives up (exit 1)",
+)
+def up(home: str, port: int, demo: bool, local_slots: int | None, server_restarts: int) -> None:
     """Start nats-server, every service and the local agent in this process; Ctrl-C stops
-    them."""
+    them. A server that dies is restarted; one that a killed ``cairn up`` left behind is
+    stopped first."""
     from cairn.embedded._up import up as run_up
 
-    run(run_up(settings(home=home), port=port, demo=demo, local_slots=local_slots))
+    run(
+        run_up(
+            settings(home=home),
+            port=port,
+            demo=demo,
+            local_slots=local_slots,
+            server_restarts=server_restarts,
+        )
+    )
 
 
 @cli.command()

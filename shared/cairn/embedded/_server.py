@@ -5,14 +5,22 @@ The server listens on 127.0.0.1 only, requires a password (generated on first st
 write to disk (``sync_interval: always``): without it an OS crash can lose acknowledged events.
 Two users exist: ``cairn-service`` (the services) and a client user for the SDK and CLI, which
 may not publish events or change streams.
+
+One process owns a home at a time (``flock`` on ``nats/owner.lock``, which the kernel drops when
+the owner dies, kill -9 included). A new owner that finds a server its dead predecessor left
+running stops it first: the pid file names it, and it is signalled only if that pid runs the
+nats-server executable with this home's config on its command line (Linux ``/proc``, through a
+pidfd, so a recycled pid never is).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -24,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cairn.errors import CairnError, Unavailable
+from cairn.log import get_logger
 
 __all__ = ["Credentials", "NatsServer", "find_nats_server"]
+
+log = get_logger("cairn.embedded")
 
 SERVICE_USER = "cairn-service"
 CLIENT_DENY = [
@@ -96,6 +107,7 @@ class NatsServer:
         self.log = self.dir / "server.log"
         self.pid_file = self.dir / "nats.pid"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
         self.credentials = Credentials.load_or_create(home / "credentials.json") if auth else None
@@ -130,21 +142,79 @@ class NatsServer:
         return "\n".join(lines) + "\n"
 
     def running_pid(self) -> int | None:
-        """The pid of a server already running on this home, if any."""
+        """The pid of a nats-server running over this home, if any: the pid file's, checked to
+        be a nats-server whose command line names this home's config (a pid the system has
+        since given to another process is not ours)."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
         except (OSError, ValueError):
             return None
-        return pid
+        return pid if self._is_ours(pid) else None
+
+    def _is_ours(self, pid: int) -> bool:
+        """Linux (``/proc``): ``pid`` runs the nats-server executable over ``self.conf``."""
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, a zombie, another user's, or no /proc here
+            return False
+        name = os.path.basename(exe.removesuffix(" (deleted)"))
+        return name == "nats-server" and os.fsencode(self.conf) in argv
 
     async def start(self, timeout: float = 10.0) -> None:
-        if self.running_pid() is not None:
-            raise CairnError(
-                f"a nats-server already runs on {self.home} (pid {self.running_pid()})"
-            )
-        offset = self.spawn()
-        await self._wait_ready(offset, timeout)
+        """Start the server and wait until it is ready. Only one owner at a time holds a home
+        (a lock the kernel releases when the owner dies, kill -9 included); a server a dead
+        owner left behind is stopped first, SIGTERM then SIGKILL."""
+        held = self._lock_fd is not None
+        self._hold()
+        try:
+            left = self.running_pid()
+            if left is not None and (self.proc is None or self.proc.pid != left):
+                log.warning("nats_server_left_behind_stopped", pid=left, home=str(self.home))
+                await asyncio.to_thread(self._reap, left)
+            offset = self.spawn()
+            await self._wait_ready(offset, timeout)
+        except BaseException:
+            if not held:
+                self._release()
+            raise
+
+    def _hold(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.dir / "owner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.running_pid()
+            raise CairnError(f"a nats-server already runs on {self.home} (pid {pid})") from None
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the lock
+
+    def _reap(self, pid: int, grace_s: float = 10.0) -> None:
+        """Stop the left-behind server ``pid``: its identity is checked again once a pidfd pins
+        the process, so a signal never reaches a process that took the pid meanwhile."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if not self._is_ours(pid):
+                return
+            for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+                signal.pidfd_send_signal(pidfd, sig)
+                if select.select([pidfd], [], [], wait_s)[0]:
+                    return  # exited
+            raise CairnError(f"the nats-server left behind on {self.home} (pid {pid}) survived")
+        except ProcessLookupError:
+            return
+        finally:
+            os.close(pidfd)
 
     def spawn(self) -> int:
         """Start the process (a few milliseconds); return the log offset its start begins at.
@@ -178,21 +248,25 @@ class NatsServer:
             except OSError:
                 pass
             await asyncio.sleep(0.05)
-        self.kill()
+        self._end()
         raise Unavailable(f"nats-server not ready on port {self.port} within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM), SIGKILL if it does not exit in time."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Graceful stop (SIGTERM), SIGKILL if it does not exit in time; the home is free."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._end()
+        self._release()
 
     def kill(self) -> None:
-        """kill -9: what a crash looks like."""
+        """kill -9: what a crash looks like (the home is free, as after its owner's death)."""
+        self._end()
+        self._release()
+
+    def _end(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

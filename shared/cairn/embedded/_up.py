@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from cairn.embedded._server import SERVICE_USER, NatsServer, write_private
+from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 from cairn.sdk import AsyncWorkspace, connect
 from cairn.service import ServiceFactory, install_stop_signals, run_services
@@ -131,6 +133,81 @@ async def demo_job(ws: AsyncWorkspace, say: Callable[[str], None]) -> None:
     say(f"  demo job {details['status']}")
 
 
+#: pauses before restarting a nats-server that died under ``cairn up``; one per restart
+RESTART_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+#: a server that stayed up this long has recovered: its next exit starts the count again
+HEALTHY_S = 60.0
+_POLL_S = 0.2
+#: how long the services may take to stop once the server is gone for good
+_GONE_S = 3.0
+
+
+def _exit_reason(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _last_line(server: NatsServer) -> str:
+    try:
+        lines = server.log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else ""
+
+
+async def supervise(
+    server: NatsServer, stop: asyncio.Event, restarts: int = len(RESTART_DELAYS_S)
+) -> None:
+    """Keep ``server`` running until ``stop`` is set: a server that exits is started again on
+    its store after a pause that grows (``RESTART_DELAYS_S``), at most ``restarts`` times in a
+    row; then ``Unavailable`` says why, in one line. Clients reconnect on their own."""
+    failures = 0
+    while True:
+        up_since = time.monotonic()
+        proc = server.proc
+        while proc is not None and proc.poll() is None and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _POLL_S)
+        if stop.is_set():
+            return
+        code = proc.returncode if proc is not None else -1
+        if time.monotonic() - up_since >= HEALTHY_S:
+            failures = 0
+        reason = f"it exited ({_exit_reason(code)}): {_last_line(server)}"
+        log.warning("nats_server_exited", code=code, pid=proc.pid if proc else None)
+        while True:
+            if failures >= restarts:
+                raise Unavailable(
+                    f"nats-server on {server.url} stopped and {failures} restarts did not keep "
+                    f"it up; last, {reason} (log: {server.log})"
+                )
+            delay = RESTART_DELAYS_S[min(failures, len(RESTART_DELAYS_S) - 1)]
+            failures += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return
+            try:
+                await server.start()
+            except CairnError as exc:
+                first = exc.message.splitlines()[0].rstrip(":")
+                reason = f"its restart failed ({first}): {_last_line(server)}"
+                log.warning("nats_server_restart_failed", attempt=failures, error=first)
+                continue
+            log.info("nats_server_restarted", attempt=failures, pid=server.running_pid())
+            break
+
+
+async def _first_failure(*tasks: asyncio.Task[None]) -> None:
+    """Wait for every task (they end once ``stop`` is set); the first one to fail stops the
+    rest by setting it (the caller's ``finally``) and its error is raised."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    await asyncio.gather(*tasks)
+
+
 async def up(
     base: Settings,
     *,
@@ -138,15 +215,18 @@ async def up(
     demo: bool,
     stop: asyncio.Event | None = None,
     local_slots: int | None = None,
+    server_restarts: int = len(RESTART_DELAYS_S),
 ) -> None:
     t0 = time.monotonic()
     home = base.home_path
     home.mkdir(parents=True, exist_ok=True)
     server = NatsServer(home, port=port)
-    await server.start()
+    await server.start()  # stops a server that a killed ``cairn up`` left behind
     stop = stop or asyncio.Event()
     install_stop_signals(stop)
+    tasks: list[asyncio.Task[None]] = []
     try:
+        tasks.append(asyncio.create_task(supervise(server, stop, server_restarts)))
         assert server.credentials is not None
         service_settings = msgspec.structs.replace(
             client_settings(server, base),
@@ -159,13 +239,15 @@ async def up(
         services = asyncio.create_task(
             run_services(service_settings, list(all_services().values()), stop=stop, ready=ready)
         )
+        tasks.append(services)
         await asyncio.wait(
-            [services, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED"
+            [*tasks, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED"
         )
-        if services.done():
-            await services  # raises what made it stop
+        for task in tasks:
+            if task.done():
+                await task  # raises what made it stop
         slots = (os.cpu_count() or 1) if local_slots is None else local_slots
-        agent = asyncio.create_task(run_local_agent(clients, stop, slots))
+        tasks.append(asyncio.create_task(run_local_agent(clients, stop, slots)))
         async with connect(clients) as ws:
             await ws.create(description="created by cairn up")
             print(
@@ -176,9 +258,14 @@ async def up(
             if demo:
                 await run_demo(ws, lambda line: print(line, flush=True))
         print("press Ctrl-C to stop", flush=True)
-        await services
-        await agent
+        await _first_failure(*tasks)
     finally:
         stop.set()
+        if tasks:  # a graceful end needs the server: without one, what is left is cut short
+            alive = server.proc is not None and server.proc.poll() is None
+            _, pending = await asyncio.wait(tasks, timeout=None if alive else _GONE_S)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         server.stop()
         print("cairn stopped", flush=True)
