@@ -17,7 +17,7 @@ Downloads: ``GetRunFile`` (query ``artifact.get``) names the digest and size; ``
 
 from __future__ import annotations
 
-from cairn.proto._base import Digest, Id, Text
+from cairn.proto._base import Count, Digest, Id, Text
 from cairn.proto.commands import Command, Query
 
 __all__ = [
@@ -42,10 +42,10 @@ class OpenUpload(Command, frozen=True, kw_only=True, tag=True):
     VERB = "artifact.upload"
     run_id: Id
     path: Text
-    size: int
+    size: Count
     staging: bool = False
     #: set by an agent uploading a job's outputs: refused unless still the current attempt
-    attempt: int = 0
+    attempt: Count = 0
     #: the whole file (``size`` bytes, at most ``INLINE_BYTES``): committed at once, under
     #: this command's id
     data: bytes | None = None
@@ -71,5 +71,5 @@ class GetRunFile(Query, frozen=True, kw_only=True, tag=True):
 class ReadBlob(Query, frozen=True, kw_only=True, tag=True):
     NAME = "blob.read"
     digest: Digest
-    offset: int = 0
-    length: int = CHUNK_BYTES
+    offset: Count = 0
+    length: Count = CHUNK_BYTES

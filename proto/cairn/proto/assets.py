@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import Count, Digest, Id, Key, Name, Strict, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
 
 __all__ = [
@@ -41,7 +41,7 @@ ASSET_KINDS = ("environment", "datastore", "compute", "dataset")
 CURATED_PREFIX = "cairn-"
 
 
-class EnvironmentSpec(msgspec.Struct, frozen=True, kw_only=True, tag="environment"):
+class EnvironmentSpec(Strict, frozen=True, kw_only=True, tag="environment"):
     python: Name | None = None
     pip: list[Text] = msgspec.field(default_factory=list)
     conda: list[Text] = msgspec.field(default_factory=list)
@@ -53,7 +53,7 @@ class EnvironmentSpec(msgspec.Struct, frozen=True, kw_only=True, tag="environmen
     user_managed: bool = False
 
 
-class DatastoreSpec(msgspec.Struct, frozen=True, kw_only=True, tag="datastore"):
+class DatastoreSpec(Strict, frozen=True, kw_only=True, tag="datastore"):
     kind: Literal["local", "s3"]
     path: Text | None = None
     endpoint_url: Text | None = None
@@ -64,10 +64,10 @@ class DatastoreSpec(msgspec.Struct, frozen=True, kw_only=True, tag="datastore"):
     sealed_credentials: str | None = None
 
 
-class ComputeSpec(msgspec.Struct, frozen=True, kw_only=True, tag="compute"):
+class ComputeSpec(Strict, frozen=True, kw_only=True, tag="compute"):
     kind: Literal["local", "cluster", "instance", "attached"]
-    min_nodes: int = 0
-    max_nodes: int = 1
+    min_nodes: Count = 0
+    max_nodes: Count = 1
     vm_size: Text | None = None
     labels: list[Id] = msgspec.field(default_factory=list)
 
@@ -86,12 +86,12 @@ class DataFile(msgspec.Struct, frozen=True, array_like=True):
 
     datastore: Id
     path: Text
-    size: int
+    size: Count
     etag: str
     blob: Digest | None = None
 
 
-class DatasetSpec(msgspec.Struct, frozen=True, kw_only=True, tag="dataset"):
+class DatasetSpec(Strict, frozen=True, kw_only=True, tag="dataset"):
     """What a dataset version is: tabular (delimited files) or file datasets over datastore
     paths with wildcards, and the fingerprint of every file they matched at registration, so
     a version means the same bytes forever (or, with ``snapshot``, copies of them)."""
@@ -122,7 +122,7 @@ class RegisterDatastore(Command, frozen=True, kw_only=True, tag=True):
     seals them before anything is stored."""
 
     VERB = "datastore.register"
-    name: Id
+    name: Key
     spec: DatastoreSpec
     credentials: dict[TagKey, TagValue] | None = None
     description: Text = ""
@@ -132,14 +132,14 @@ class CreateCompute(Command, frozen=True, kw_only=True, tag=True):
     """Only actors with the compute-operator role may create or delete compute targets."""
 
     VERB = "compute.create"
-    name: Id
+    name: Key
     spec: ComputeSpec
     description: Text = ""
 
 
 class DeleteCompute(Command, frozen=True, kw_only=True, tag=True):
     VERB = "compute.delete"
-    name: Id
+    name: Key
 
 
 class RecordUpload(Command, frozen=True, kw_only=True, tag=True):
@@ -147,7 +147,7 @@ class RecordUpload(Command, frozen=True, kw_only=True, tag=True):
     ``MAX_UPLOAD_RECORD`` files per command."""
 
     VERB = "datastore.uploaded"
-    name: Id
+    name: Key
     files: list[DataFile]
 
 
@@ -176,7 +176,7 @@ class GetAsset(Query, frozen=True, kw_only=True, tag=True):
     NAME = "asset.get"
     asset_kind: AssetKind
     name: Name
-    version: int | None = None
+    version: Count | None = None
     sealed: bool = False
 
 

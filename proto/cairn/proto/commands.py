@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from cairn.proto._base import Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import Count, Id, Name, Strict, TagKey, TagValue, Text
 
 __all__ = [
     "COMMAND_TYPES",
@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Base of every command; ``VERB`` is the subject suffix it travels on."""
+class Command(Strict, frozen=True, kw_only=True, tag=True):
+    """Base of every command; ``VERB`` is the subject suffix it travels on. A field it does
+    not declare is refused by name (``Strict``)."""
 
     VERB: ClassVar[str] = ""
     command_id: Id
@@ -102,12 +103,13 @@ class AddRunProperties(Command, frozen=True, kw_only=True, tag=True):
     properties: dict[TagKey, TagValue]
 
 
-class Query(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+class Query(Strict, frozen=True, kw_only=True, tag=True):
     """Base of every query. ``min_seq`` asks the read model to have applied that stream
-    sequence first (read-your-writes); the wait is bounded by ``wait_s``."""
+    sequence first (read-your-writes); the wait is bounded by ``wait_s``. A field it does not
+    declare is refused by name."""
 
     NAME: ClassVar[str] = ""
-    min_seq: int = 0
+    min_seq: Count = 0
     wait_s: float = 5.0
 
 
@@ -118,7 +120,7 @@ class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
 class ListRuns(Query, frozen=True, kw_only=True, tag=True):
     NAME = "run.list"
     experiment_name: Name | None = None
-    limit: int = 100
+    limit: Count = 100
 
 
 class GetRun(Query, frozen=True, kw_only=True, tag=True):

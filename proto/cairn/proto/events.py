@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import Checked, Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec
@@ -73,8 +73,9 @@ class Envelope(msgspec.Struct, Generic[D], frozen=True, kw_only=True):
     data: D
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """Base of every domain event: past tense, frozen, versioned by ``VERSION``."""
+class Event(Checked, frozen=True, kw_only=True):
+    """Base of every domain event: past tense, frozen, versioned by ``VERSION``. Its names and
+    tag keys are checked for control characters when it is built and when it is read."""
 
     VERSION: ClassVar[int] = 1
     KIND: ClassVar[str] = ""

@@ -19,7 +19,18 @@ from typing import Literal
 
 import msgspec
 
-from cairn.proto._base import Digest, Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import (
+    Count,
+    Digest,
+    Id,
+    Int64,
+    Key,
+    Name,
+    Strict,
+    TagKey,
+    TagValue,
+    Text,
+)
 from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Command, Query
 
@@ -59,17 +70,17 @@ def derived_id(kind: str, *parts: object) -> str:
 Outcome = Literal["completed", "failed", "canceled", "lost"]
 
 
-class JobEnvironment(msgspec.Struct, frozen=True, kw_only=True):
+class JobEnvironment(Strict, frozen=True, kw_only=True):
     """The environment a job runs in, resolved at submission so the run records what ran:
     a registered name and version (or ``None`` for an inline spec), the spec and its hash."""
 
     name: Name | None = None
-    version: int | None = None
+    version: Count | None = None
     spec: EnvironmentSpec = msgspec.field(default_factory=EnvironmentSpec)
     spec_hash: str = ""
 
 
-class JobInput(msgspec.Struct, frozen=True, kw_only=True):
+class JobInput(Strict, frozen=True, kw_only=True):
     """Data a job reads, made a local path on the agent before the job starts: a folder or
     file of a datastore, or a registered dataset version (pinned at submission). ``mount``
     gives a read-only copy; ``download`` a writable one. ``path_on_compute`` is relative to
@@ -77,26 +88,26 @@ class JobInput(msgspec.Struct, frozen=True, kw_only=True):
 
     name: Id
     mode: Literal["download", "mount"] = "download"
-    datastore: Id | None = None
+    datastore: Key | None = None
     path: Text = ""
     dataset: Name | None = None
-    version: int | None = None
+    version: Count | None = None
     path_on_compute: Text | None = None
 
 
-class JobOutput(msgspec.Struct, frozen=True, kw_only=True):
+class JobOutput(Strict, frozen=True, kw_only=True):
     """A folder the job writes (``path_on_compute``, default ``outputs/<name>``), uploaded to
     ``datastore:path`` when it ends, and registered as a version of dataset ``register_as``
     when named. Arguments ``${{outputs.<name>}}`` become it."""
 
     name: Id
-    datastore: Id | None = None
+    datastore: Key | None = None
     path: Text = ""
     path_on_compute: Text | None = None
     register_as: Name | None = None
 
 
-class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+class JobSpec(Strict, frozen=True, kw_only=True):
     """What an agent needs to run a job.
 
     ``command`` is an argv list; a first word ``python`` means the environment's interpreter.
@@ -111,9 +122,9 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     environment: JobEnvironment | None = None
     env_vars: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
     timeout_s: float | None = None
-    max_attempts: int = 3
-    priority: int = 0
-    gpus: int = 0
+    max_attempts: Count = 3
+    priority: Int64 = 0
+    gpus: Count = 0
     inputs: list[JobInput] = msgspec.field(default_factory=list)
     outputs: list[JobOutput] = msgspec.field(default_factory=list)
 
@@ -125,10 +136,10 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
     VERB = "job.submit"
     run_id: Id
     experiment_name: Name
-    compute: Id = "local"
+    compute: Key = "local"
     job: JobSpec
     environment_name: Name | None = None
-    environment_version: int | None = None
+    environment_version: Count | None = None
     display_name: Name | None = None
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
@@ -136,7 +147,7 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
 class ClaimJob(Command, frozen=True, kw_only=True, tag=True):
     VERB = "job.claim"
     run_id: Id
-    queue_n: int
+    queue_n: Count
     agent_id: Id
 
 
@@ -145,7 +156,7 @@ class ReportJob(Command, frozen=True, kw_only=True, tag=True):
 
     VERB = "job.report"
     run_id: Id
-    attempt: int
+    attempt: Count
     phase: Literal["running", "progress"] = "progress"
 
 
@@ -155,9 +166,9 @@ class FinishJob(Command, frozen=True, kw_only=True, tag=True):
 
     VERB = "job.finish"
     run_id: Id
-    attempt: int
+    attempt: Count
     outcome: Outcome
-    exit_code: int | None = None
+    exit_code: Int64 | None = None
     error: Text = ""
 
 
@@ -166,7 +177,7 @@ class Ticket(msgspec.Struct, frozen=True, kw_only=True):
 
     workspace: Id
     run_id: Id
-    queue_n: int
+    queue_n: Count
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -193,14 +204,14 @@ class DatasetRuns(Query, frozen=True, kw_only=True, tag=True):
 
     NAME = "job.dataset_runs"
     dataset: Name
-    version: int | None = None
+    version: Count | None = None
 
 
 class ListJobs(Query, frozen=True, kw_only=True, tag=True):
     NAME = "job.list"
     compute: Id | None = None
     active: bool = False
-    limit: int = 100
+    limit: Count = 100
 
 
 class GetJob(Query, frozen=True, kw_only=True, tag=True):

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from cairn.proto._base import Id, MetricName
+from cairn.proto._base import Count, Id, Int64, MetricName
 from cairn.proto.commands import Command, Query
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 MetricKind = Literal["scalar", "list", "row", "table", "image"]
-Scalar = float | int | bool | Annotated[str, msgspec.Meta(max_length=4096)]
+Scalar = float | Int64 | bool | Annotated[str, msgspec.Meta(max_length=4096)]
 Value = Scalar | list[Scalar] | dict[str, Scalar | list[Scalar]]
 NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -47,7 +47,7 @@ class MetricPoint(msgspec.Struct, frozen=True, array_like=True):
     name: MetricName
     kind: MetricKind
     value: Value
-    step: int
+    step: Count
     time: float
 
 
@@ -60,7 +60,7 @@ class LogMetrics(Command, frozen=True, kw_only=True, tag=True):
     VERB = "metrics.log"
     run_id: Id
     points: list[MetricPoint]
-    attempt: int | None = None
+    attempt: Count | None = None
 
 
 class MetricsLogged(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,9 +92,9 @@ class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
     NAME = "metrics.history"
     run_id: Id
     name: MetricName
-    max_points: int = 0
-    after: tuple[int, int, int] | None = None
-    limit: int = 200_000
+    max_points: Count = 0
+    after: tuple[Int64, Int64, Int64] | None = None
+    limit: Count = 200_000
 
 
 class CompareMetric(Query, frozen=True, kw_only=True, tag=True):

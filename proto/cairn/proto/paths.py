@@ -2,7 +2,8 @@
 
 A valid path is relative POSIX: ``/``-separated segments, none empty, ``.`` or ``..``. What is
 refused, and why (the MLflow CVE history in ``reliability.md`` §3): absolute paths, drive letters
-and URI schemes; backslashes; control characters; percent-encoding that decodes to something
+and URI schemes; backslashes; control and format characters (bidirectional overrides among them,
+named by code point); percent-encoding that decodes to something
 else (double and triple encoding included, and overlong UTF-8); forms whose Unicode
 compatibility normalisation (NFKC, e.g. fullwidth ``．．／``) would be a traversal; segments over
 255 bytes and paths over 1024 bytes. The path is returned unchanged: what is validated is what
@@ -15,6 +16,7 @@ import re
 import unicodedata
 from urllib.parse import unquote
 
+from cairn.proto._base import refuse_invisible
 from cairn.proto.errors import InvalidName
 
 __all__ = ["MAX_PATH_BYTES", "MAX_SEGMENT_BYTES", "validate_run_path"]
@@ -44,8 +46,7 @@ def validate_run_path(path: object) -> str:
     shown = repr(path)[:120]
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidName(f"path {shown} is over {MAX_PATH_BYTES} bytes")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in path):
-        raise InvalidName(f"path {shown} contains a control character")
+    refuse_invisible(path, "path")
     if unquote(path, errors="replace") != path:
         raise InvalidName(f"path {shown} contains percent-encoding")
     _structure(path, shown)

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 
-from cairn.proto._base import Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import Count, Id, Name, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
 
 __all__ = [
@@ -45,13 +45,13 @@ class SetModelAlias(Command, frozen=True, kw_only=True, tag=True):
     VERB = "model.alias"
     name: Name
     alias: Id
-    version: int
+    version: Count
 
 
 class ArchiveModelVersion(Command, frozen=True, kw_only=True, tag=True):
     VERB = "model.archive"
     name: Name
-    version: int
+    version: Count
     restore: bool = False
 
 
@@ -61,9 +61,9 @@ class GetModel(Query, frozen=True, kw_only=True, tag=True):
 
     NAME = "model.get"
     name: Name
-    version: int | None = None
+    version: Count | None = None
     alias: Id | None = None
-    as_of_seq: int | None = None
+    as_of_seq: Count | None = None
     as_of_time: datetime | None = None
 
 
@@ -78,4 +78,4 @@ class ListModels(Query, frozen=True, kw_only=True, tag=True):
 class ModelLineage(Query, frozen=True, kw_only=True, tag=True):
     NAME = "model.lineage"
     name: Name
-    version: int
+    version: Count

@@ -10,11 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 
+from cairn.proto._base import refuse_invisible
 from cairn.proto.errors import InvalidName
 
 __all__ = [
     "EVENTS_ALL",
     "METRICS_ALL",
+    "PROJECTION_CONTROL",
+    "PROJECTION_RETRY",
+    "PROJECTION_STATUS",
     "agent_key",
     "command",
     "command_filter",
@@ -37,11 +41,18 @@ _HASHED_PREFIX = "n-"
 
 EVENTS_ALL = "cairn.ev.>"
 METRICS_ALL = "cairn.metrics.>"
+#: read models, asked of every instance that holds them (no queue group: each instance has
+#: its own SQLite files): their state and quarantined events, and a retry of those
+PROJECTION_CONTROL = "cairn.svc.projection.*"
+PROJECTION_STATUS = "cairn.svc.projection.status"
+PROJECTION_RETRY = "cairn.svc.projection.retry"
 
 
 def validate_token(value: object, what: str = "token") -> str:
     """Return ``value`` if it is a safe subject token, else raise ``InvalidName``."""
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        if isinstance(value, str):
+            refuse_invisible(value, what)  # names a control character by its code point
         shown = repr(value)[:80]
         raise InvalidName(f"{what} {shown} must match [A-Za-z0-9_-]{{1,64}}")
     return value
@@ -54,6 +65,8 @@ def name_to_id(name: str) -> str:
     start with the prefix reserved for hashed names; every other name becomes ``n-`` plus 24 hex
     digits of its SHA-256, so two different names never share an id.
     """
+    if isinstance(name, str):
+        refuse_invisible(name, "name")
     if not isinstance(name, str) or not name or len(name) > 256 or not name.isprintable():
         raise InvalidName(f"name {name!r:.80} must be 1-256 printable characters")
     if _TOKEN.fullmatch(name) and not name.startswith(_HASHED_PREFIX):

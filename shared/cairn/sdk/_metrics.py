@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from cairn.errors import InvalidInput
+from cairn.proto._base import INT64_MAX, INT64_MIN
 from cairn.proto.metrics import MetricKind, MetricPoint
 
 __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_POINTS", "MetricBuffer", "batches", "scalar"]
@@ -21,8 +24,11 @@ _encoder = msgspec.json.Encoder()
 
 def scalar(value: Any) -> float | int | bool | str:
     """A value as the wire carries it: non-finite floats as "NaN"/"Infinity"/"-Infinity",
-    numpy scalars as Python numbers; anything else is a ``TypeError`` raised at the call."""
-    if isinstance(value, (bool, int, str)):
+    numpy scalars as Python numbers; anything else is a ``TypeError`` raised at the call, and an
+    integer past 64 bits an ``InvalidInput``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int64(value, "a metric value")
+    if isinstance(value, (bool, str)):
         return value
     if isinstance(value, float):
         if math.isfinite(value):
@@ -32,6 +38,37 @@ def scalar(value: Any) -> float | int | bool | str:
     if callable(item):
         return scalar(item())
     raise TypeError(f"a metric value must be a number, bool or string, not {type(value).__name__}")
+
+
+def _int64(value: int, what: str) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidInput(
+            f"{what} {value} is outside the 64-bit integer range"
+            f" [{INT64_MIN}, {INT64_MAX}]; log it as a float or a string"
+        )
+    return value
+
+
+def _check_ints(value: Any) -> None:
+    """Refuse an integer past 64 bits anywhere in a point's value (lists, rows, tables)."""
+    if type(value) is int:
+        _int64(value, "a metric value")
+    elif isinstance(value, list):
+        for item in value:
+            _check_ints(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_ints(item)
+
+
+def _step(name: str, step: Any) -> int:
+    try:
+        number = operator.index(step)  # numpy integers too
+    except TypeError:
+        number = -1
+    if isinstance(step, bool) or not 0 <= number <= INT64_MAX:
+        raise InvalidInput(f"step {step!r} of metric {name!r} must be an integer 0..{INT64_MAX}")
+    return number
 
 
 class MetricBuffer:
@@ -45,6 +82,12 @@ class MetricBuffer:
         self._lock = threading.Lock()
 
     def add(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
+        """Buffer one point; an integer the wire would refuse (a step below 0 or past 64 bits,
+        a value past 64 bits) is refused here, at the call, with ``InvalidInput``."""
+        if step is not None:
+            step = _step(name, step)
+        if kind != "scalar" or type(value) is int:
+            _check_ints(value)
         with self._lock:
             if step is None:
                 step = self._steps.get(name, 0)
