@@ -28,6 +28,8 @@ PINNED = {
         "Tables",
         "content_hash",
         "events_of",
+        "read_model_states",
+        "retry_quarantined",
     ],
     "cairn.sdk": [
         "AsyncExperiment",

@@ -65,9 +65,12 @@ def _version(conn: Any) -> str:
 
 
 async def _status(settings: Settings) -> dict[str, Any]:
+    import asyncio
+
     from nats.errors import Error as NatsError
 
     from cairn.bus import connect
+    from cairn.projection import read_model_states
     from cairn.proto.streams import STREAMS
     from cairn.rpc import ping_all
 
@@ -84,13 +87,15 @@ async def _status(settings: Settings) -> dict[str, Any]:
                 }
             except NatsError as exc:  # a missing stream (or no answer) is reported, not fatal
                 streams[definition.name] = {"error": str(exc)}
+        services, read_models = await asyncio.gather(ping_all(conn), read_model_states(conn))
         return {
             "server": {
                 "url": conn.nc.connected_url.geturl() if conn.nc.connected_url else None,
                 "version": _version(conn),
             },
             "streams": streams,
-            "services": await ping_all(conn),
+            "services": services,
+            "read_models": read_models,
         }
     finally:
         await conn.close()
@@ -99,7 +104,8 @@ async def _status(settings: Settings) -> dict[str, Any]:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Show the server, the streams (message counts) and the running services."""
+    """Show the server, the streams (message counts), the running services and their read
+    models (position, quarantined events: see ``cairn projection retry``)."""
     report = run(_status(settings()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -111,6 +117,14 @@ def status(as_json: bool) -> None:
         click.echo(f"stream    {name:<8} {detail}")
     for svc in report["services"] or [{"service": "(none answering)", "instance": ""}]:
         click.echo(f"service   {svc['service']:<10} {svc['instance']}")
+    for model in report["read_models"]:
+        if "error" in model:
+            click.echo(f"read model {'?':<10} {model['instance']}  error: {model['error']}")
+            continue
+        click.echo(
+            f"read model {model['read_model']:<10} seq {model['last_seq']:>8}"
+            f"  quarantined {model['quarantined']:>4}  {model['instance']}"
+        )
 
 
 @cli.command()

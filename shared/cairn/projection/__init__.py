@@ -1,5 +1,6 @@
 """Read models projected from a stream into SQLite, exactly once."""
 
+from cairn.projection._control import read_model_states, retry_quarantined
 from cairn.projection._engine import (
     EVENTS_SOURCE,
     Delivered,
@@ -20,4 +21,6 @@ __all__ = [
     "Tables",
     "content_hash",
     "events_of",
+    "read_model_states",
+    "retry_quarantined",
 ]

@@ -9,6 +9,15 @@ while generation n keeps answering queries, and swaps them when it has caught up
 
 A watchdog re-subscribes when the stream has moved past us and nothing arrived for ``stall_s``
 (a pull or push subscription can silently stop after a server restart).
+
+No event stops a projection for good. One that does not decode, or whose ``apply`` raises, is
+set aside in ``projection_quarantine`` (projection, generation, seq, subject, error, time) in
+the same transaction that moves ``last_seq`` past it, and the projection goes on. A batch is
+first applied whole; only when an ``apply`` fails is it applied again one event at a time, each
+inside a savepoint, so a failed event leaves none of its writes behind. ``retry`` applies the
+quarantined events again (after a fix), in sequence order, on top of the current tables; those
+that apply leave the table. A failure outside any one event (the disk) is logged and the batch
+retried with backoff, never skipped.
 """
 
 from __future__ import annotations
@@ -24,12 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
-import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cairn.bus import Connection, EventStore, per_client
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
+from cairn.projection._control import control_for
 from cairn.proto.events import decode_envelope
 from cairn.proto.streams import EVENTS
 from cairn.proto.subjects import EVENTS_ALL
@@ -120,6 +129,12 @@ def content_hash(db: sqlite3.Connection, projection: Projection[Any], t: Tables)
 _STATE_DDL = """CREATE TABLE IF NOT EXISTS projection_state (
     name TEXT PRIMARY KEY, last_seq INTEGER NOT NULL, version INTEGER NOT NULL,
     generation INTEGER NOT NULL)"""
+_QUARANTINE_DDL = """CREATE TABLE IF NOT EXISTS projection_quarantine (
+    projection TEXT NOT NULL, generation INTEGER NOT NULL, seq INTEGER NOT NULL,
+    subject TEXT NOT NULL, error TEXT NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (projection, generation, seq))"""
+#: how much of an error a quarantine row keeps
+_ERROR_CHARS = 2000
 
 
 def open_db(path: Path | str) -> sqlite3.Connection:
@@ -127,6 +142,7 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(_STATE_DDL)
+    db.execute(_QUARANTINE_DDL)
     return db
 
 
@@ -174,6 +190,7 @@ class ProjectionRunner(Generic[V]):
             self._start_generation(self.generation)
             with self.db:
                 self._save_state(self.generation, 0)
+                self._forget_quarantine_before(self.generation)
 
     @property
     def tables(self) -> Tables:
@@ -183,8 +200,18 @@ class ProjectionRunner(Generic[V]):
         t = Tables(self.projection.name, generation)
         for table in self.projection.tables:
             self.db.execute(f'DROP TABLE IF EXISTS "{t(table)}"')
+        self.db.execute(
+            "DELETE FROM projection_quarantine WHERE projection = ? AND generation = ?",
+            (self.projection.name, generation),
+        )
         self.projection.create(self.db, t)
         return t
+
+    def _forget_quarantine_before(self, generation: int) -> None:
+        self.db.execute(
+            "DELETE FROM projection_quarantine WHERE projection = ? AND generation < ?",
+            (self.projection.name, generation),
+        )
 
     def _save_state(self, generation: int, last_seq: int) -> None:
         self.db.execute(
@@ -220,6 +247,33 @@ class ProjectionRunner(Generic[V]):
     def content_hash(self) -> str:
         return content_hash(self.db, self.projection, self.tables)
 
+    @property
+    def quarantined(self) -> int:
+        """How many events of the current generation are set aside."""
+        (count,) = self.db.execute(
+            "SELECT COUNT(*) FROM projection_quarantine WHERE projection = ? AND generation = ?",
+            (self.projection.name, self.generation),
+        ).fetchone()
+        return int(count)
+
+    def state(self, events: int = 20) -> dict[str, Any]:
+        """Where this read model stands, with its latest ``events`` quarantined events."""
+        rows = self.db.execute(
+            "SELECT seq, subject, error, time FROM projection_quarantine"
+            " WHERE projection = ? AND generation = ? ORDER BY seq DESC LIMIT ?",
+            (self.projection.name, self.generation, events),
+        ).fetchall()
+        return {
+            "read_model": self.projection.name,
+            "generation": self.generation,
+            "last_seq": self.last_seq,
+            "quarantined": self.quarantined,
+            "events": [
+                {"seq": seq, "subject": subject, "error": error, "time": at}
+                for seq, subject, error, at in rows
+            ],
+        }
+
     # -- applying -------------------------------------------------------------------------
 
     def _apply_batch(self, msgs: list[Any], t: Tables, last_seq: int) -> int:
@@ -239,19 +293,122 @@ class ProjectionRunner(Generic[V]):
                 todo.append((seq, msg))
         if not todo:
             return end
+        items = [(seq, msg.subject, msg.data) for seq, msg in todo]
+        try:
+            set_aside = self._commit(items, t, end, isolate=False)
+        except Exception:  # an event it cannot apply: again, one by one, to set it aside
+            set_aside = self._commit(items, t, end, isolate=True)
+        self._report(set_aside)
+        return end
+
+    def _commit(
+        self, items: list[tuple[int, str, bytes]], t: Tables, end: int, *, isolate: bool
+    ) -> list[_SetAside]:
+        """Apply ``items`` and move the position to ``end``, in one transaction; return the
+        events it quarantined. Without ``isolate`` a failing ``apply`` rolls everything back
+        and raises."""
+        set_aside: list[_SetAside] = []
         with self.db:  # BEGIN ... COMMIT, or ROLLBACK on any exception
             self.db.execute("BEGIN")
-            for seq, msg in todo:
-                try:
-                    value = self.projection.source.decode(msg.data)
-                except (msgspec.DecodeError, msgspec.ValidationError, CairnError) as exc:
-                    self.skipped += 1
-                    log.error("projection_skipped_message", seq=seq, error=str(exc))
-                else:
-                    self.projection.apply(self.db, t, Delivered(seq, msg.subject, value))
+            for seq, subject, data in items:
+                failed = self._apply_one(t, seq, subject, data, isolate=isolate)
+                if failed is not None:
+                    set_aside.append(failed)
             if t.generation == self.generation:
                 self._save_state(t.generation, end)
-        return end
+        return set_aside
+
+    def _apply_one(
+        self, t: Tables, seq: int, subject: str, data: bytes, *, isolate: bool
+    ) -> _SetAside | None:
+        """Apply one message inside the open transaction; what was set aside, if it was."""
+        try:
+            value = self.projection.source.decode(data)
+        except Exception as exc:  # malformed, an unknown type, a field out of range
+            return self._quarantine(t, seq, subject, exc, decoded=False)
+        item = Delivered(seq, subject, value)
+        if not isolate:
+            self.projection.apply(self.db, t, item)
+            return None
+        self.db.execute("SAVEPOINT cairn_event")
+        try:
+            self.projection.apply(self.db, t, item)
+        except Exception as exc:
+            self.db.execute("ROLLBACK TO cairn_event")
+            return self._quarantine(t, seq, subject, exc, decoded=True)
+        finally:
+            self.db.execute("RELEASE cairn_event")
+        return None
+
+    def _quarantine(
+        self, t: Tables, seq: int, subject: str, exc: BaseException, *, decoded: bool
+    ) -> _SetAside:
+        error = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+        self.db.execute(
+            "INSERT OR REPLACE INTO projection_quarantine VALUES (?, ?, ?, ?, ?, ?)",
+            (self.projection.name, t.generation, seq, subject, error, time.time()),
+        )
+        return _SetAside(seq, subject, error, decoded)
+
+    def _report(self, set_aside: list[_SetAside]) -> None:
+        for item in set_aside:
+            if not item.decoded:
+                self.skipped += 1
+            log.error(
+                "projection_quarantined",
+                projection=self.projection.name,
+                seq=item.seq,
+                subject=item.subject,
+                error=item.error,
+            )
+
+    async def retry(self) -> dict[str, Any]:
+        """Apply the quarantined events of the current generation again, in sequence order,
+        on top of the current tables: those that apply leave the quarantine, the others stay
+        with their new error. (Where the order of events matters to a read model, ``rebuild``
+        is the complete answer.)"""
+        generation = self.generation
+        rows = self.db.execute(
+            "SELECT seq, subject FROM projection_quarantine"
+            " WHERE projection = ? AND generation = ? ORDER BY seq",
+            (self.projection.name, generation),
+        ).fetchall()
+        fetched: list[tuple[int, str, bytes | Exception]] = []
+        for seq, subject in rows:
+            try:
+                msg = await self.conn.js.get_msg(self.projection.source.stream, seq)
+                fetched.append((seq, subject, msg.data or b""))
+            except Exception as exc:  # gone from the stream (limits, a purge), or no answer
+                fetched.append((seq, subject, exc))
+        applied = 0
+        if self.generation == generation:  # else a rebuild swapped in its own quarantine
+            t, set_aside = self.tables, list[_SetAside]()
+            with self.db:  # no await from here on: the live loop cannot interleave
+                self.db.execute("BEGIN")
+                for seq, subject, data in fetched:
+                    if isinstance(data, Exception):
+                        failed: _SetAside | None = self._quarantine(
+                            t, seq, subject, data, decoded=False
+                        )
+                    else:
+                        failed = self._apply_one(t, seq, subject, data, isolate=True)
+                    if failed is not None:
+                        set_aside.append(failed)
+                        continue
+                    applied += 1
+                    self.db.execute(
+                        "DELETE FROM projection_quarantine"
+                        " WHERE projection = ? AND generation = ? AND seq = ?",
+                        (self.projection.name, generation, seq),
+                    )
+            self._report(set_aside)
+            log.info("projection_retried", projection=self.projection.name, applied=applied)
+        return {
+            "read_model": self.projection.name,
+            "retried": len(rows),
+            "applied": applied,
+            "quarantined": self.quarantined,
+        }
 
     async def _subscribe(self, start: int) -> _Feed:
         """A feed of our own (a rebuild reads from sequence 1 beside the live one)."""
@@ -294,16 +451,19 @@ class ProjectionRunner(Generic[V]):
         return behind
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the log until ``stop`` is set, through the connection's shared feed."""
+        """Follow the log until ``stop`` is set, through the connection's shared feed; answer
+        ``cairn status`` and ``cairn projection retry`` meanwhile."""
         hub = _hub_for(self.conn, self.projection.source)
         feed = await hub.join(self)
+        control = control_for(self.conn)
+        await control.join(self)
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(feed.wake)
         try:
             while not stop.is_set():
                 batch = await self._next_batch(feed)
                 if batch:
-                    self.last_seq = self._apply_batch(batch, self.tables, self.last_seq)
+                    self.last_seq = await self._apply_retrying(batch, stop)
                     self._progress_at = time.monotonic()
                     self._advanced.set()
                 elif await self._stalled():
@@ -311,7 +471,26 @@ class ProjectionRunner(Generic[V]):
                     await hub.resubscribe()
         finally:
             stopped.cancel()
+            await control.leave(self)
             await hub.leave(self)
+
+    async def _apply_retrying(self, batch: list[Any], stop: asyncio.Event) -> int:
+        """Apply a batch; when that fails outside any one event (the disk, the database),
+        log it and try the same batch again with backoff: the order of events is kept and
+        none is skipped. A stop gives up; the next start reads the batch again."""
+        delay = self.poll_s
+        while True:
+            try:
+                return self._apply_batch(batch, self.tables, self.last_seq)
+            except Exception:
+                log.exception(
+                    "projection_batch_failed", projection=self.projection.name, seq=self.last_seq
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return self.last_seq
+            delay = min(delay * 2, 30.0)
 
     def _passed(self, seq: int) -> None:
         """The shared feed went past an event this projection does not apply, with nothing
@@ -339,6 +518,7 @@ class ProjectionRunner(Generic[V]):
                     with self.db:
                         self.db.execute("BEGIN")
                         self._save_state(generation, seq)
+                        self._forget_quarantine_before(generation)
                         for table in self.projection.tables:
                             self.db.execute(f'DROP TABLE IF EXISTS "{old(table)}"')
                     self.generation, self.last_seq = generation, seq
@@ -350,6 +530,13 @@ class ProjectionRunner(Generic[V]):
 
     def close(self) -> None:
         self.db.close()
+
+
+class _SetAside(NamedTuple):
+    seq: int
+    subject: str
+    error: str
+    decoded: bool
 
 
 class _Feed:
