@@ -6,9 +6,12 @@ without one, ``.gitignore``) excludes at the top of the directory is pruned *bef
 descends into it, so an ignored ``data/`` of a million files costs nothing. ``.git`` is never
 included. Symlinks that stay inside the tree are kept as links; one that leaves it is an error.
 
-``unpack`` is for the agent, which must not trust an archive: on top of ``tarfile``'s ``data``
-filter it refuses absolute names, ``..``, hard links, links out of the tree, devices and
-fifos, and archives that expand past a size or member cap, before anything is written.
+``unpack`` is for the agent, which must not trust an archive. Before anything is written it
+refuses absolute names, ``..``, duplicate names, hard links, devices and fifos, setuid, setgid
+and sticky bits, archives that expand past a size or member cap, members placed through a
+link, and links whose target, resolved through the archive's other links (not read lexically:
+CVE-2025-4517), leaves the tree. It then extracts with ``tarfile``'s ``data`` filter on top into
+a fresh folder beside the target, renamed into place when complete and removed on refusal.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ import hashlib
 import io
 import os
 import posixpath
+import shutil
+import stat
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pathspec
@@ -129,37 +135,142 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """The member's path, checked lexically: relative, no ``..``, no NUL or backslash."""
+    name = member.name
+    if (
+        not name
+        or name.startswith(("/", "\\"))
+        or os.path.isabs(name)
+        or "\x00" in name
+        or "\\" in name
+        or ".." in name.split("/")
+    ):
+        raise SnapshotRefused(f"archive member {name!r} leaves the target folder")
+    clean = posixpath.normpath(name)
+    if clean == ".":
+        raise SnapshotRefused(f"archive member {name!r} names the target folder itself")
+    return clean
+
+
 def _check(member: tarfile.TarInfo, seen_total: int, max_bytes: int) -> int:
     name = member.name
-    parts = Path(name).parts
-    if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in parts or "\x00" in name:
-        raise SnapshotRefused(f"archive member {name!r} leaves the target folder")
     if member.islnk():
         raise SnapshotRefused(f"archive member {name!r} is a hard link")
     if member.issym():
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+        if member.linkname.startswith("/") or "\x00" in member.linkname:
             raise SnapshotRefused(f"archive member {name!r} links out of the target folder")
     elif not (member.isfile() or member.isdir()):
         raise SnapshotRefused(f"archive member {name!r} is a device, fifo or other special file")
+    if member.mode & _SPECIAL_BITS:
+        raise SnapshotRefused(f"archive member {name!r} has setuid, setgid or sticky bits")
     total = seen_total + max(member.size, 0)
     if total > max_bytes:
         raise SnapshotRefused(f"archive expands past {max_bytes} bytes at {name!r}")
     return total
 
 
+class _Tree:
+    """The tree an archive would make in an empty folder, resolved on paper: no member is
+    placed through a link or a file, no name appears twice, and every link's target, followed
+    through the archive's other links, stays inside. This is what the files will be, not what
+    a lexical reading of one name says (CVE-2025-4517: a chain of links whose names each look
+    harmless)."""
+
+    MAX_HOPS = 40  # links followed in one resolution, as Linux allows
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
+        self.links: dict[str, str] = {}
+        self.seen: set[str] = set()
+
+    def add(self, name: str, member: tarfile.TarInfo) -> None:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if self.kinds.setdefault(folder, "dir") != "dir":
+                raise SnapshotRefused(f"archive member {name!r} is placed through a link or file")
+        kind = "dir" if member.isdir() else "link" if member.issym() else "file"
+        if self.kinds.setdefault(name, kind) != kind or (kind != "dir" and name in self.seen):
+            raise SnapshotRefused(f"archive member {name!r} appears twice")
+        self.seen.add(name)
+        if kind == "link":
+            self.links[name] = member.linkname
+
+    def check_links(self) -> None:
+        """Every link resolves inside (the tree is complete: no later member changes it)."""
+        for name, target in self.links.items():
+            parent = posixpath.dirname(name)
+            self._walk(target.split("/"), parent.split("/") if parent else [], name, [0])
+
+    def _walk(self, parts: list[str], at: list[str], name: str, hops: list[int]) -> list[str]:
+        """Resolve ``parts`` from folder ``at`` (both relative to the target), following the
+        archive's links (``hops`` counts them); refuse a step above the target."""
+        where = list(at)
+        for part in parts:
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not where:
+                    raise SnapshotRefused(f"archive member {name!r} links out of the target")
+                where.pop()
+                continue
+            here = "/".join([*where, part])
+            target = self.links.get(here)
+            if target is None:
+                where.append(part)
+                continue
+            hops[0] += 1
+            if hops[0] > self.MAX_HOPS:
+                raise SnapshotRefused(f"archive member {name!r} follows too many links")
+            where = self._walk(target.split("/"), where, name, hops)
+        return where
+
+
+def _checked_members(tar: tarfile.TarFile, max_bytes: int) -> list[tarfile.TarInfo]:
+    members: list[tarfile.TarInfo] = []
+    tree = _Tree()
+    total = 0
+    for member in tar:
+        name = _member_name(member)
+        total = _check(member, total, max_bytes)
+        tree.add(name, member)
+        members.append(member)
+        if len(members) > MAX_MEMBERS:
+            raise SnapshotRefused(f"archive has more than {MAX_MEMBERS} members")
+    tree.check_links()
+    return members
+
+
 def unpack(archive: Path, target: Path, *, max_bytes: int = 4 * MAX_SNAPSHOT_BYTES) -> None:
-    """Extract ``archive`` into ``target`` after checking every member; nothing is written
-    when any member is refused."""
-    target.mkdir(parents=True, exist_ok=True)
+    """Extract ``archive`` as the folder ``target`` (which must not exist, or be empty).
+
+    Every member is checked first, and the links resolved against the tree the archive
+    makes; then it is extracted into a fresh folder beside ``target`` (under the real path of
+    its parent), with ``tarfile``'s ``data`` filter on top, and renamed into place only when
+    complete. A refusal, or any failure, removes that folder: nothing is left behind."""
+    parent = target.parent.resolve()
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / target.name
+    if final.is_symlink() or (final.exists() and (not final.is_dir() or any(final.iterdir()))):
+        raise InvalidInput(f"cannot unpack into {final}: it exists and is not an empty folder")
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent))
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            members, total = [], 0
-            for member in tar:
-                total = _check(member, total, max_bytes)
-                members.append(member)
-                if len(members) > MAX_MEMBERS:
-                    raise SnapshotRefused(f"archive has more than {MAX_MEMBERS} members")
-            tar.extractall(target, members=members, filter="data")
+            tar.extractall(scratch, members=_checked_members(tar, max_bytes), filter="data")
+        os.chmod(scratch, 0o755)  # as a folder made by mkdir (mkdtemp makes it private)
+        if final.exists():
+            final.rmdir()  # the empty folder the caller made
+        scratch.rename(final)
+    except tarfile.FilterError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise SnapshotRefused(f"archive member refused by the data filter: {exc}") from exc
     except tarfile.TarError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
         raise SnapshotRefused(f"not a readable archive: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
