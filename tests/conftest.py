@@ -79,6 +79,7 @@ def service_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathF
         state_dir=str(tmp_path_factory.mktemp("state")),
         artifacts_dir=str(tmp_path_factory.mktemp("artifacts")),
         metrics_nonfinite="reject",
+        datastore_roots=str(tmp_path_factory.getbasetemp()),  # tests' datastores: tmp paths
         **JOB_SETTINGS,
     )
 

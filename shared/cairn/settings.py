@@ -39,6 +39,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     artifact_s3: S3Config | None = None
     max_artifact_bytes: int = 100 * 1024**3
     roles_file: str | None = None
+    #: the folders local datastores may be rooted under, separated by ``os.pathsep`` (as
+    #: ``PATH``); default (None): ``<home>/datastores`` alone, where the built-in datastores
+    #: live. A datastore's folder is staged into jobs, so a root such as ``/`` or a home
+    #: folder would hand the host's files (keys, credentials) to any job
+    datastore_roots: str | None = None
     #: where workspace keys live (default ``<home>/keys``); a process that moves datastore
     #: bytes (the SDK, an agent) needs the key to open the datastore's credentials
     keys_dir: str | None = None

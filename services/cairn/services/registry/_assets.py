@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,7 +13,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import AggregateCache, EventStore, execute
 from cairn.domain import asset
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, PermissionDenied
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.assets import (
@@ -36,7 +38,7 @@ from cairn.secrets import require_role, seal
 from cairn.services.registry._projection import public_spec
 from cairn.settings import Settings
 
-__all__ = ["ASSET_COMMANDS", "AssetHandlers", "builtin_assets"]
+__all__ = ["ASSET_COMMANDS", "AssetHandlers", "builtin_assets", "check_datastore_root"]
 
 ASSET_COMMANDS = (
     RegisterEnvironment,
@@ -54,6 +56,31 @@ AssetWire = _Register | RecordUpload | DeleteCompute
 
 def builtin_assets(settings: Settings, ws: str, kind: str) -> dict[str, AssetSpec]:
     return asset.builtin_assets(settings.home_path, ws, kind)
+
+
+def datastore_roots(settings: Settings) -> list[Path]:
+    """Where local datastores may be rooted: ``settings.datastore_roots`` (folders separated
+    by ``os.pathsep``), by default ``<home>/datastores`` alone, resolved."""
+    if settings.datastore_roots is None:
+        return [(settings.home_path / "datastores").resolve()]
+    roots = [r.strip() for r in settings.datastore_roots.split(os.pathsep) if r.strip()]
+    return [Path(r).expanduser().resolve() for r in roots]
+
+
+def check_datastore_root(settings: Settings, path: str) -> str:
+    """Refuse a local datastore's folder unless it is absolute and lies, with every link in
+    it resolved, inside one of the allowed roots (a job can be given any file under it)."""
+    if not os.path.isabs(path):
+        raise InvalidInput(f"a local datastore's path must be absolute, not {path!r:.200}")
+    resolved = Path(path).resolve()
+    roots = datastore_roots(settings)
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise PermissionDenied(
+            f"local datastore path {path!r:.200} is outside the allowed roots"
+            f" ({os.pathsep.join(map(str, roots)) or 'none'}); an operator may add a folder"
+            " to the datastore_roots setting (CAIRN_DATASTORE_ROOTS)"
+        )
+    return path
 
 
 def _view(
@@ -115,6 +142,8 @@ class AssetHandlers:
                     raise InvalidInput("an S3 datastore needs a bucket")
                 if spec.kind == "local" and not spec.path:
                     raise InvalidInput("a local datastore needs a path")
+                if spec.kind == "local" and spec.path:
+                    check_datastore_root(self.settings, spec.path)
                 sealed = seal(self.settings, req.workspace, credentials) if credentials else None
                 return msgspec.structs.replace(spec, sealed_credentials=sealed)
             case RegisterDataset(spec=spec):
