@@ -19,6 +19,10 @@ dataset ``cairn:name@version`` / ``azureml:name:version``, a datastore path
 local path the agent made it; ``${{outputs.x}}`` becomes ``outputs/x``, uploaded with the
 run's files and to its datastore path (registered as dataset ``name`` when given). Paths are
 relative to the YAML file.
+
+Those two are the only expressions: any other ``${{...}}`` (``${{inputs.a.b}}``,
+``${{parent.jobs...}}``, one outside ``command``, an unclosed ``${{``) is refused naming its
+YAML path, so nothing unresolved reaches the job's shell.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from cairn.sdk._jobs import InputMode, ScriptRunConfig
 __all__ = ["JobFile", "load_job_file"]
 
 _REF = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
 
 
 class InlineEnvironment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -91,6 +96,29 @@ class JobFile(
     environment_variables: dict[str, str | int | float] = msgspec.field(default_factory=dict)
     limits: Limits | None = None
     name: str | None = None
+
+
+def _refuse_expressions(node: Any, where: str) -> None:
+    """Refuse every ``${{`` in the document outside ``command`` (and, in ``command``, every
+    one that is not ``${{inputs.<name>}}`` or ``${{outputs.<name>}}``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            _refuse_expressions(key, path)
+            _refuse_expressions(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_expressions(value, f"{where}[{i}]")
+    elif isinstance(node, str) and "${{" in node:
+        allowed = where == "command"
+        for found in _EXPRESSION.finditer(node):
+            if not (allowed and _REF.fullmatch(found.group(0))):
+                raise InvalidInput(
+                    f"{where}: unknown expression {found.group(0)!r:.200}; the only ones are"
+                    " ${{inputs.<name>}} and ${{outputs.<name>}}, in command"
+                )
+        if "${{" in _EXPRESSION.sub("", node):
+            raise InvalidInput(f"{where}: an unclosed '${{{{' in {node!r:.200}")
 
 
 def _strip_prefix(ref: str) -> str:
@@ -175,6 +203,10 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         raise InvalidInput(f"cannot read job file {path}: {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidInput(f"{path}: a job file is a mapping of keys")
+    try:
+        _refuse_expressions(doc, "")
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path}: {exc.message}") from exc
     try:
         job = msgspec.convert(doc, JobFile)
     except msgspec.ValidationError as exc:
