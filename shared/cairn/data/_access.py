@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cairn.data._stores import Entry, Store, open_store, sha256_hex
+from cairn.data._stores import Entry, Store, local_target, open_store, sha256_hex
 from cairn.proto.assets import MAX_UPLOAD_RECORD, DataFile, DatastoreSpec, GetAsset, RecordUpload
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import Client
@@ -186,7 +186,7 @@ async def download_entries(
     with _bar(sum(e.size for e in entries), show, f"download from {store.name}") as bar:
 
         async def one(entry: Entry) -> None:
-            local = target / validate_run_path(entry.path)  # a key may not climb out
+            local = local_target(target, entry.path)  # a key may not climb out
             async with gate:
                 if overwrite or not local.exists():
                     await store.get(entry.path, local)

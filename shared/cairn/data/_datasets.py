@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from cairn.data._access import Datastores
-from cairn.data._stores import match
+from cairn.data._stores import local_target, match
 from cairn.data._transfer import download_blob, upload_file
 from cairn.errors import DataChanged, NotFound
 from cairn.proto.assets import DataFile, DatasetSpec
@@ -79,7 +79,7 @@ async def materialise(
     out = []
     async with Datastores(client, settings) as stores:
         for f in files:
-            local = target / f.path[len(base) :].lstrip("/")
+            local = local_target(target, f.path[len(base) :].lstrip("/"))
             if f.blob is not None:  # a snapshot: the copy in the artifact store
                 if not local.exists():
                     await download_blob(client, f.blob, f.size, local, show_progress=show)

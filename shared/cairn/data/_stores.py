@@ -29,6 +29,7 @@ __all__ = [
     "LocalStore",
     "S3Store",
     "Store",
+    "local_target",
     "match",
     "open_store",
     "read_only_tree",
@@ -87,6 +88,16 @@ def writable_tree(folder: Path) -> None:
             os.chmod(os.path.join(root, f), 0o644)
         for d in dirs:
             os.chmod(os.path.join(root, d), 0o755)
+
+
+def local_target(root: Path, path: str) -> Path:
+    """Where a download writes ``path`` (a name taken from the log or a listing) under the
+    folder ``root``: checked as a run path, then resolved (links included) and refused unless
+    it stays under the real path of ``root``; returned as ``root / path``."""
+    base = root.resolve()
+    if base not in (base / validate_run_path(path)).resolve().parents:
+        raise InvalidName(f"{path!r:.200} leads out of the download folder {root}")
+    return root / path
 
 
 def _prefix_ok(prefix: str) -> str:

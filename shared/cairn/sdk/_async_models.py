@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cairn.data import download_blob, upload_file
+from cairn.data import download_blob, local_target, upload_file
 from cairn.errors import AlreadyExists, InvalidInput
 from cairn.proto.registry import (
     ArchiveModelVersion,
@@ -108,7 +108,7 @@ class AsyncModels:
         ``target_dir``; returns the model's local path."""
         base = Path(record["source_path"]).parent
         for f in record["files"]:
-            target = target_dir / Path(f["path"]).relative_to(base)
+            target = local_target(target_dir, Path(f["path"]).relative_to(base).as_posix())
             if target.exists() and not exist_ok:
                 raise AlreadyExists(f"{target} exists (pass exist_ok=True to overwrite)")
             client = self._session.client

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from cairn.data import local_target
 from cairn.errors import InvalidInput
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import ComputeTarget, Environment
@@ -350,13 +351,14 @@ class Run:
         **_: Any,
     ) -> list[str]:
         out = Path(output_directory or ".")
-        done = []
-        for f in self._ws._run(self._core.files(prefix or "")):
+        files = self._ws._run(self._core.files(prefix or ""))
+        targets = []  # every path from the log checked before anything is written
+        for f in files:
             relative = f["path"] if append_prefix or not prefix else f["path"][len(prefix) :]
-            target = out / relative.lstrip("/")
-            self._ws._run(self._core.download_file(f["path"], target, show_progress))
-            done.append(str(target))
-        return done
+            targets.append((f["path"], local_target(out, relative.lstrip("/"))))
+        for name, target in targets:
+            self._ws._run(self._core.download_file(name, target, show_progress))
+        return [str(target) for _, target in targets]
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, experiment={self.experiment.name!r})"
