@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -365,3 +366,70 @@ async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
         await conn.close()
     finally:
         await stack.close()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (zombies not counted)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+async def _poll(check: Any, timeout: float, what: str) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        got = check()
+        if got:
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+@pytest.mark.parametrize("kind", ["shell pipeline", "python script with a child"])
+async def test_every_process_of_a_job_dies_with_its_killed_agent(
+    kind: str, ws: AsyncWorkspace, client_settings: Settings, procs: Procs, tmp_path: Path
+) -> None:
+    """Only the job's own process gets the parent-death signal; what it started (``sleep &``
+    in a shell, a script's subprocess) stays in its process group, which must die too."""
+    pgid_file = tmp_path / "pgid"
+    if kind == "shell pipeline":  # what a YAML command job runs: /bin/sh -c COMMAND
+        config = ScriptRunConfig(
+            command=["/bin/sh", "-c", f"echo $$ > {pgid_file}; sleep 300 & sleep 300"]
+        )
+    else:  # started warm, from the agent's zygote
+        src = script(
+            tmp_path,
+            f"""
+            import os, subprocess, time
+            subprocess.Popen(["sleep", "300"])
+            open({str(pgid_file)!r}, "w").write(str(os.getpgid(0)))
+            time.sleep(300)
+        """,
+        )
+        config = ScriptRunConfig(source_directory=src, script="job.py")
+    agent = await procs.agent(job_env(client_settings, ws.name, tmp_path / "a"))
+    await submit(ws, "jobs", config)
+    pgid = 0
+    try:
+
+        def written() -> int:
+            text = pgid_file.read_text().strip() if pgid_file.exists() else ""
+            return int(text) if text.isdigit() else 0
+
+        pgid = await _poll(written, 60, "the job started")
+        await _poll(lambda: len(group_members(pgid)) >= 2, 10, "the job and its child running")
+        agent.kill()
+        await agent.wait()
+        await _poll(lambda: not group_members(pgid), 5, "every process of the job gone")
+    finally:
+        if pgid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)

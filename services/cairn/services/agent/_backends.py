@@ -50,6 +50,7 @@ BASE_IMAGE = "cairn-base:bookworm"
 _PR_SET_PDEATHSIG = 1
 _SKIP_ENV = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
 _SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
+_KEEPER = str(Path(__file__).with_name("_keeper.py"))
 #: environments an agent keeps a warm interpreter for
 MAX_ZYGOTES = 8
 
@@ -103,8 +104,63 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _Keeper:
+    """The agent's end of ``_keeper.py``: a process, started with the first job, told each
+    job's process group; when the agent dies it kills them all."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd: int | None = None
+
+    def watch(self, pgid: int) -> None:
+        for _ in range(2):
+            if self._fd is None:
+                self._start()
+            assert self._fd is not None
+            try:
+                os.write(self._fd, f"+{pgid}\n".encode())
+                return
+            except OSError as exc:  # it died: a new one takes over from the next job on
+                log.warning("job_keeper_lost", error=repr(exc))
+                self.close()
+        log.warning("job_keeper_unavailable", pgid=pgid)
+
+    def _start(self) -> None:
+        read, write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _KEEPER],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        self._fd = write
+
+    def close(self) -> None:
+        """End of file: the keeper kills the groups that are left (none, once the jobs have
+        ended) and exits."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 class ProcessBackend:
-    """The job runs as a process group of its own, so a cancel reaches its whole tree.
+    """The job runs as a process group of its own, so a cancel reaches its whole tree, and dies
+    with the agent, kill -9 included: its own process through the parent-death signal, the
+    processes it started through the keeper (``_keeper.py``), which kills the group.
 
     ``python <script>`` jobs are forked from a warm interpreter when they can be (``_warm``),
     unless ``warm`` is off."""
@@ -121,6 +177,7 @@ class ProcessBackend:
         # going through os.environ costs more than the rest of a launch's set-up)
         self._environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
         self._base: dict[str, dict[str, str]] = {}
+        self._keeper = _Keeper()
 
     async def runtime(self, env: JobEnvironment | None) -> Runtime:
         return Runtime(str(await self._python_for(env)))
@@ -146,11 +203,12 @@ class ProcessBackend:
                 except TimeoutError as exc:  # maybe forked late (then killed): not twice
                     raise OSError("the warm interpreter did not answer within 30 s") from exc
                 else:
+                    self._keeper.watch(pid)
                     return await _attach(pid, output, exited)
         # dies with the agent (kill -9 included): through setpriv when it is there, which
         # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork
         preexec = _die_with_parent if _SETPRIV is None and sys.platform == "linux" else None
-        return await _spawn(_with_pdeathsig(argv), cwd, env, preexec)
+        return await _spawn(_with_pdeathsig(argv), cwd, env, preexec, self._keeper.watch)
 
     def _zygote(self, python: str) -> Zygote | None:
         """The zygote of ``python``, started as a job's interpreter would be, from the agent's
@@ -172,10 +230,12 @@ class ProcessBackend:
         return env
 
     def close(self) -> None:
-        """Stop the warm interpreters (a job still running from one is killed with it)."""
+        """Stop the warm interpreters (a job still running from one is killed with it) and the
+        keeper (which kills what is left of any job's group)."""
         for zygote in self._zygotes.values():
             zygote.close()
         self._zygotes.clear()
+        self._keeper.close()
 
 
 def _with_pdeathsig(argv: list[str]) -> list[str]:
@@ -183,9 +243,14 @@ def _with_pdeathsig(argv: list[str]) -> list[str]:
 
 
 async def _spawn(
-    argv: list[str], cwd: Path, env: dict[str, str], preexec: Callable[[], None] | None = None
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    preexec: Callable[[], None] | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> Launched:
-    """Start ``argv`` as a process group of its own, stdout and stderr merged into one pipe.
+    """Start ``argv`` as a process group of its own, stdout and stderr merged into one pipe;
+    ``started`` is told the group at once.
 
     Through ``subprocess.Popen``, which spawns with ``vfork`` when it can, not the event
     loop's ``subprocess_exec``: uvloop's forks the whole agent (page tables and all), which
@@ -202,6 +267,8 @@ async def _spawn(
         start_new_session=True,
         preexec_fn=preexec,
     )
+    if started is not None:
+        started(proc.pid)
     assert proc.stdout is not None
     output = os.dup(proc.stdout.fileno())
     proc.stdout.close()
