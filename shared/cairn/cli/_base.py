@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import sys
+import textwrap
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +18,21 @@ from cairn.settings import Settings, load_settings
 if TYPE_CHECKING:
     from cairn.sdk import Workspace
 
-__all__ = ["cli", "emit", "json_option", "run", "settings", "sync_workspace", "with_workspace"]
+__all__ = [
+    "SECTIONS",
+    "SectionedGroup",
+    "cell",
+    "cli",
+    "emit",
+    "format_table",
+    "json_option",
+    "run",
+    "settings",
+    "show",
+    "sync_workspace",
+    "table_width",
+    "with_workspace",
+]
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -32,39 +49,170 @@ def settings(**overrides: Any) -> Settings:
     return loaded
 
 
-@click.group()
+# The sections of ``cairn --help``, by what people do; a command named nowhere is listed under
+# "Other commands" (and the help test fails until it is placed).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "Track experiments and runs": ("experiment", "run"),
+    "Run jobs": ("job", "agent"),
+    "Registry: models, environments, compute targets": ("model", "environment", "compute"),
+    "Data": ("datastore", "dataset"),
+    "Operate the stack": (
+        "up",
+        "serve",
+        "status",
+        "sync",
+        "projection",
+        "workspace",
+        "user",
+        "role",
+    ),
+}
+OTHER_SECTION = "Other commands"
+
+
+class SectionedGroup(click.Group):
+    """A group whose help lists its commands in the sections of ``SECTIONS``."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = [
+            (name, cmd)
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if not commands:
+            return
+        order = {
+            name: (i, j)
+            for i, names in enumerate(SECTIONS.values())
+            for j, name in enumerate(names)
+        }
+        titles = [*SECTIONS, OTHER_SECTION]
+        width = max(len(name) for name, _ in commands)  # one column across the sections
+        limit = formatter.width - 6 - width
+        rows: dict[str, list[tuple[str, str]]] = {title: [] for title in titles}
+        for name, cmd in sorted(commands, key=lambda c: order.get(c[0], (len(SECTIONS), 0))):
+            title = titles[order[name][0]] if name in order else OTHER_SECTION
+            rows[title].append((name.ljust(width), cmd.get_short_help_str(limit)))
+        for title in titles:
+            if rows[title]:
+                with formatter.section(title):
+                    formatter.write_dl(rows[title])
+
+
+@click.group(
+    cls=SectionedGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 def cli() -> None:
-    """Cairn: experiments, runs and jobs, recorded as events in NATS JetStream."""
+    """Cairn: experiments, runs and jobs, recorded as events in NATS JetStream.
+
+    Start a local stack with 'cairn up' in one terminal; track, submit and inspect from another.
+    'cairn COMMAND --help' explains a command, with an example. List commands print a table
+    cut to fit the terminal (a cut value ends in "…"); --json prints everything, for scripts.
+
+    \b
+    Examples:
+      cairn up
+      cairn run list -e quickstart
+      cairn job create --file job.yml --stream
+      cairn model list --latest
+      cairn agent --compute gpu --slots 2
+    """
+
+
+def table_width() -> int | None:
+    """The width tables must fit: the terminal's (or $COLUMNS) when stdout is a terminal; None
+    (no limit) when it is not, so that piped output is never cut."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def emit(data: Any, as_json: bool, columns: list[tuple[str, str]]) -> None:
-    """``--json`` prints the data; otherwise an aligned table of ``columns`` (key, header)."""
+    """``--json`` prints the data, complete; otherwise an aligned table of ``columns`` (key,
+    header) that fits the terminal, a cut value ending in "…"."""
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     rows = data if isinstance(data, list) else [data]
+    lines, cut = format_table(rows, columns, table_width())
+    for line in lines:
+        click.echo(line)
+    if cut:
+        click.echo(CUT_HINT, err=True)
+
+
+CUT_HINT = "(values ending in … were cut to fit the terminal; --json prints them whole)"
+
+
+def format_table(
+    rows: list[dict[str, Any]], columns: list[tuple[str, str]], width: int | None
+) -> tuple[list[str], bool]:
+    """The lines of the table, at most ``width`` wide (None: no limit) if the columns' floors
+    allow, and whether a value was cut. The first column (the id or name to pass to the next
+    command) stays whole if it takes at most half the width; the widest others give way first."""
     cells = [[cell(row.get(key)) for key, _ in columns] for row in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
-    click.echo("  ".join(h.ljust(w) for (_, h), w in zip(columns, widths, strict=True)).rstrip())
-    for row_cells in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row_cells, widths, strict=True)).rstrip())
+    natural = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
+    widths = natural if width is None else _fit(natural, [h for _, h in columns], width)
+    cut = any(len(c) > w for row_cells in cells for c, w in zip(row_cells, widths, strict=True))
+    lines = [
+        "  ".join(_clip(c, w).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in [[h for _, h in columns], *cells]
+    ]
+    return lines, cut
+
+
+_MIN_COLUMN = 8  # a cut column keeps at least this many characters (or its header's)
+
+
+def _fit(natural: list[int], headers: list[str], width: int) -> list[int]:
+    floors = [min(n, max(len(h), _MIN_COLUMN)) for n, h in zip(natural, headers, strict=True)]
+    if natural and natural[0] <= width // 2:
+        floors[0] = natural[0]
+    gaps = 2 * (len(natural) - 1)
+
+    def capped(cap: int) -> list[int]:
+        return [max(min(n, cap), f) for n, f in zip(natural, floors, strict=True)]
+
+    cap = max(natural, default=0)
+    while cap > 1 and sum(capped(cap)) + gaps > width:
+        cap -= 1
+    return capped(cap)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def cell(value: Any) -> str:
+    """A value on one line: None as "-", lists and dicts as JSON (complete: tables cut)."""
     if value is None:
         return "-"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)[:60]
-    return str(value)
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    return " ".join(text.splitlines())
 
 
 def show(data: dict[str, Any], as_json: bool, width: int = 16) -> None:
-    """One record: JSON, or ``key value`` lines."""
+    """One record: JSON, or ``key value`` lines; on a terminal a long value wraps onto indented
+    lines (nothing is cut)."""
     if as_json:
         emit(data, True, [])
         return
+    limit = table_width()
+    room = None if limit is None else max(limit - width - 1, 20)
+    indent = " " * (width + 1)
     for key, value in data.items():
-        click.echo(f"{key:<{width}} {cell(value) if isinstance(value, (dict, list)) else value}")
+        text = cell(value) if isinstance(value, (dict, list)) else str(value)
+        pieces = text.splitlines() or [""]
+        if room is not None:
+            pieces = [
+                part
+                for piece in pieces
+                for part in textwrap.wrap(piece, room, break_on_hyphens=False) or [""]
+            ]
+        click.echo(f"{key:<{width}} {pieces[0]}".rstrip())
+        for piece in pieces[1:]:
+            click.echo(f"{indent}{piece}".rstrip())
 
 
 async def with_workspace(fn: Any) -> Any:
@@ -81,4 +229,9 @@ def sync_workspace() -> Workspace:
 
 
 def json_option(f: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True, help="machine-readable output")(f)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="print JSON (complete, never cut) instead of a table",
+    )(f)

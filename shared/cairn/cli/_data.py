@@ -19,11 +19,20 @@ if TYPE_CHECKING:
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--target-path", "-t", default="", help="folder inside the datastore")
 @click.option("--overwrite", is_flag=True, help="replace files that exist")
-@click.option("--progress/--no-progress", default=True)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="show a progress bar"
+)
 def datastore_upload(
     name: str, source: Path, target_path: str, overwrite: bool, progress: bool
 ) -> None:
-    """Upload a file or a folder (recursively) into datastore NAME."""
+    """Upload files into a datastore.
+
+    Uploads SOURCE, a file or a folder (recursively), into datastore NAME under --target-path.
+
+    \b
+    Example:
+      cairn datastore upload lake ./images -t raw/images
+    """
     from cairn.sdk import Datastore
 
     store = Datastore.get(sync_workspace(), name)
@@ -41,12 +50,21 @@ def datastore_upload(
 @click.argument("name")
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prefix", "-p", default="", help="only files under this folder")
-@click.option("--overwrite", is_flag=True)
-@click.option("--progress/--no-progress", default=True)
+@click.option("--overwrite", is_flag=True, help="replace local files that exist")
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="show a progress bar"
+)
 def datastore_download(
     name: str, target: Path, prefix: str, overwrite: bool, progress: bool
 ) -> None:
-    """Download the files of datastore NAME (under --prefix) into TARGET."""
+    """Download files from a datastore.
+
+    Downloads the files of datastore NAME (those under --prefix) into the folder TARGET.
+
+    \b
+    Example:
+      cairn datastore download lake ./local -p raw/images
+    """
     from cairn.sdk import Datastore
 
     count = Datastore.get(sync_workspace(), name).download(target, prefix, overwrite, progress)
@@ -58,7 +76,14 @@ def datastore_download(
 @click.argument("prefix", default="")
 @json_option
 def datastore_ls(name: str, prefix: str, as_json: bool) -> None:
-    """The files of datastore NAME under PREFIX."""
+    """List the files of a datastore.
+
+    The files of datastore NAME under PREFIX (default: all): path, size, etag.
+
+    \b
+    Example:
+      cairn datastore ls lake raw/
+    """
     from cairn.sdk import Datastore
 
     files = Datastore.get(sync_workspace(), name).list_files(prefix)
@@ -67,7 +92,16 @@ def datastore_ls(name: str, prefix: str, as_json: bool) -> None:
 
 @cli.group()
 def dataset() -> None:
-    """Datasets: create (register a version), list, show, download."""
+    """Datasets: create, list, show, download.
+
+    A dataset version names files of datastores (as files, or as a table of delimited
+    files), with their fingerprint; jobs and runs that read it are recorded.
+
+    \b
+    Examples:
+      cairn dataset create images --path lake:raw/images/*.png
+      cairn dataset show images
+    """
 
 
 @dataset.command("create")
@@ -80,11 +114,13 @@ def dataset() -> None:
     help="DATASTORE:PATTERN, wildcards allowed; repeatable",
 )
 @click.option("--tabular/--file", default=False, help="delimited files read as a table, or files")
-@click.option("--separator", default=",")
-@click.option("--no-header", is_flag=True)
+@click.option(
+    "--separator", default=",", show_default=True, help="the column separator (with --tabular)"
+)
+@click.option("--no-header", is_flag=True, help="the files have no header line (with --tabular)")
 @click.option("--snapshot", is_flag=True, help="copy the bytes into the artifact store")
 @click.option("--new-version", is_flag=True, help="register a new version of an existing name")
-@click.option("--description", default="")
+@click.option("--description", default="", help="a line about this version")
 @json_option
 def dataset_create(
     name: str,
@@ -97,7 +133,16 @@ def dataset_create(
     description: str,
     as_json: bool,
 ) -> None:
-    """Register a version of dataset NAME from datastore paths."""
+    """Register a dataset version.
+
+    Registers dataset NAME (or, with --new-version, its next version) from datastore paths,
+    then shows it.
+
+    \b
+    Examples:
+      cairn dataset create images --path lake:raw/images/*.png
+      cairn dataset create sales --tabular --path lake:sales/2026-*.csv --new-version
+    """
     from cairn.sdk import Dataset
 
     ws = sync_workspace()
@@ -136,24 +181,48 @@ def _show_dataset(name: str, version: int | None, as_json: bool) -> None:
 @dataset.command("list")
 @json_option
 def dataset_list(as_json: bool) -> None:
+    """List datasets.
+
+    The latest version of each dataset with its spec.
+
+    \b
+    Example:
+      cairn dataset list
+    """
     _assets("dataset", as_json)
 
 
 @dataset.command("show")
 @click.argument("name")
-@click.option("--version", type=int, default=None)
+@click.option("--version", type=int, default=None, help="this version (default: the latest)")
 @json_option
 def dataset_show(name: str, version: int | None, as_json: bool) -> None:
+    """Show one dataset version.
+
+    A version of dataset NAME: its spec, its files and the runs that read it.
+
+    \b
+    Example:
+      cairn dataset show images --version 2
+    """
     _show_dataset(name, version, as_json)
 
 
 @dataset.command("download")
 @click.argument("name")
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--version", type=int, default=None)
-@click.option("--overwrite", is_flag=True)
+@click.option("--version", type=int, default=None, help="this version (default: the latest)")
+@click.option("--overwrite", is_flag=True, help="replace local files that exist")
 def dataset_download(name: str, target: Path, version: int | None, overwrite: bool) -> None:
-    """The files of a dataset version into TARGET (checked against its fingerprint)."""
+    """Download a dataset version.
+
+    Downloads the files of a version of dataset NAME into the folder TARGET, checked against
+    its fingerprint.
+
+    \b
+    Example:
+      cairn dataset download images ./images --version 2
+    """
     from cairn.sdk import Dataset
 
     got = Dataset.get_by_name(sync_workspace(), name, version or "latest")

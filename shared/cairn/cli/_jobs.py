@@ -21,17 +21,44 @@ def _print_out(text: str) -> None:
 
 @cli.group()
 def job() -> None:
-    """Jobs: create (from a YAML file), list, show, logs, cancel."""
+    """Jobs: create (from a YAML file), list, show, logs, cancel.
+
+    A job is a run that an agent executes on a compute target ('cairn agent --compute NAME'
+    serves one).
+
+    \b
+    Examples:
+      cairn job create --file job.yml --stream
+      cairn job list --active
+    """
 
 
 @job.command("create")
 @click.option(
-    "--file", "-f", "path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+    "--file",
+    "-f",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the job's YAML file",
 )
-@click.option("--stream", is_flag=True, help="print the job's output until it ends")
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="print the job's output until it ends; exit 1 unless it completes",
+)
 @json_option
 def job_create(path: Path, stream: bool, as_json: bool) -> None:
-    """Submit a command job described in the Azure ML CLI v2 shape."""
+    """Submit a command job from a YAML file.
+
+    The file has the Azure ML CLI v2 shape: command, code, environment, compute, inputs,
+    outputs, experiment_name, display_name, tags, environment_variables, limits. Prints the
+    new run's id (with --stream: the job's output, then waits for its end).
+
+    \b
+    Example:
+      cairn job create --file job.yml --stream
+    """
     from cairn.sdk import load_job_file
 
     spec, config = load_job_file(path)
@@ -69,11 +96,19 @@ _JOB_COLUMNS = [
 
 
 @job.command("list")
-@click.option("--compute", default=None)
+@click.option("--compute", default=None, help="only the jobs sent to this compute target")
 @click.option("--active", is_flag=True, help="only queued and running jobs")
-@click.option("--limit", default=100, show_default=True)
+@click.option("--limit", default=100, show_default=True, help="at most this many jobs")
 @json_option
 def job_list(compute: str | None, active: bool, limit: int, as_json: bool) -> None:
+    """List jobs, newest first.
+
+    One line per job: run, experiment, compute, status, attempt, agent, priority, command.
+
+    \b
+    Example:
+      cairn job list --compute gpu --active
+    """
     rows = run(with_workspace(lambda ws: ws.jobs(compute=compute, active=active, limit=limit)))
     emit(rows, as_json, _JOB_COLUMNS)
 
@@ -82,6 +117,15 @@ def job_list(compute: str | None, active: bool, limit: int, as_json: bool) -> No
 @click.argument("run_id")
 @json_option
 def job_show(run_id: str, as_json: bool) -> None:
+    """Show one job.
+
+    The run RUN_ID with its job: compute, attempts, agent, command, status and error.
+
+    \b
+    Example:
+      cairn job show RUN_ID
+    """
+
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
         job_run = ws.run(run_id)
         return {**await job_run.details(), **await job_run.job()}
@@ -93,7 +137,14 @@ def job_show(run_id: str, as_json: bool) -> None:
 @click.argument("run_id")
 @click.option("--follow", "-f", "follow_", is_flag=True, help="keep printing until the job ends")
 def job_logs(run_id: str, follow_: bool) -> None:
-    """The job's output (from the LOGS stream)."""
+    """Print a job's output.
+
+    The output of job RUN_ID so far (from the LOGS stream); with --follow until it ends.
+
+    \b
+    Example:
+      cairn job logs RUN_ID --follow
+    """
     if follow_:
         run(with_workspace(lambda ws: ws.run(run_id).wait_for_completion(out=_print_out)))
     else:
@@ -102,8 +153,20 @@ def job_logs(run_id: str, follow_: bool) -> None:
 
 @job.command("cancel")
 @click.argument("run_id")
-@click.option("--reason", default="canceled from the command line")
+@click.option(
+    "--reason",
+    default="canceled from the command line",
+    show_default=True,
+    help="why, recorded with the cancel",
+)
 def job_cancel(run_id: str, reason: str) -> None:
-    """Cancel a job: a queued one never runs; a running one is stopped by its agent."""
+    """Cancel a job.
+
+    Cancels job RUN_ID: a queued one never runs; a running one is stopped by its agent.
+
+    \b
+    Example:
+      cairn job cancel RUN_ID --reason "wrong learning rate"
+    """
     run(with_workspace(lambda ws: ws.run(run_id).cancel(reason)))
     click.echo(f"cancel of {run_id} recorded")

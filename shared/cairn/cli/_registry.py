@@ -26,16 +26,24 @@ _MODEL_COLUMNS = [
 
 @cli.group()
 def model() -> None:
-    """Registered models: register, list, show, download, alias."""
+    """Registered models: register, list, show, download, alias.
+
+    Each registration of a name adds a version; an alias (e.g. production) points at one.
+
+    \b
+    Examples:
+      cairn model register mnist outputs/model.pkl --run RUN_ID
+      cairn model list --latest
+    """
 
 
 @model.command("register")
 @click.argument("name")
 @click.argument("path")
 @click.option("--run", "run_id", default=None, help="PATH is a file (or folder) of this run")
-@click.option("--description", default="")
-@click.option("--framework", default=None)
-@click.option("--framework-version", default=None)
+@click.option("--description", default="", help="a line about this version")
+@click.option("--framework", default=None, help="e.g. PyTorch, ScikitLearn")
+@click.option("--framework-version", default=None, help="e.g. 2.3")
 @click.option("--tag", "tags", multiple=True, help="key=value, repeatable")
 @json_option
 def model_register(
@@ -48,7 +56,16 @@ def model_register(
     tags: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Register PATH (a local file or folder, or with --run a run file) as NAME's next version."""
+    """Register a model version.
+
+    Registers PATH (a local file or folder, uploaded; or with --run a file or folder of that
+    run) as the next version of model NAME.
+
+    \b
+    Examples:
+      cairn model register mnist ./model.pkl --framework ScikitLearn --tag stage=dev
+      cairn model register mnist outputs/model.pkl --run RUN_ID
+    """
     tag_map = dict(t.split("=", 1) for t in tags)
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
@@ -70,30 +87,57 @@ def model_register(
 
 
 @model.command("list")
-@click.option("--name", default=None)
+@click.option("--name", default=None, help="only the versions of this model")
 @click.option("--latest", is_flag=True, help="only the latest version of each name")
 @json_option
 def model_list(name: str | None, latest: bool, as_json: bool) -> None:
+    """List model versions.
+
+    One line per version: name, version, aliases, framework, run, tags.
+
+    \b
+    Example:
+      cairn model list --latest
+    """
     rows = run(with_workspace(lambda ws: ws.models.list(name, latest=latest)))
     emit(rows, as_json, _MODEL_COLUMNS)
 
 
 @model.command("show")
 @click.argument("name")
-@click.option("--version", type=int, default=None)
-@click.option("--alias", default=None)
+@click.option("--version", type=int, default=None, help="this version (default: the latest)")
+@click.option("--alias", default=None, help="the version this alias points at")
 @json_option
 def model_show(name: str, version: int | None, alias: str | None, as_json: bool) -> None:
+    """Show one model version.
+
+    A version of model NAME (the latest, --version or --alias): its files, run, framework,
+    tags and aliases.
+
+    \b
+    Example:
+      cairn model show mnist --alias production
+    """
     found = run(with_workspace(lambda ws: ws.models.get(name, version, alias=alias)))
     show(found, as_json, width=18)
 
 
 @model.command("download")
 @click.argument("name")
-@click.option("--version", type=int, default=None)
-@click.option("--alias", default=None)
-@click.option("--output", "-o", default=".", show_default=True)
+@click.option("--version", type=int, default=None, help="this version (default: the latest)")
+@click.option("--alias", default=None, help="the version this alias points at")
+@click.option("--output", "-o", default=".", show_default=True, help="the folder to write into")
 def model_download(name: str, version: int | None, alias: str | None, output: str) -> None:
+    """Download a model version.
+
+    Writes the files of a version of model NAME (the latest, --version or --alias) under
+    --output and prints where they went.
+
+    \b
+    Example:
+      cairn model download mnist --alias production -o models/
+    """
+
     async def go(ws: AsyncWorkspace) -> Path:
         found = await ws.models.get(name, version, alias=alias)
         return await ws.models.download(found, Path(output))
@@ -106,7 +150,14 @@ def model_download(name: str, version: int | None, alias: str | None, output: st
 @click.argument("alias")
 @click.argument("version", type=int)
 def model_alias(name: str, alias: str, version: int) -> None:
-    """Point ALIAS of model NAME at VERSION."""
+    """Point an alias at a model version.
+
+    Points ALIAS (e.g. production) of model NAME at VERSION, moving it if it pointed elsewhere.
+
+    \b
+    Example:
+      cairn model alias mnist production 3
+    """
     run(with_workspace(lambda ws: ws.models.set_alias(name, alias, version)))
     click.echo(f"{name}@{alias} -> {version}")
 
@@ -132,13 +183,28 @@ def _asset(kind: AssetKind, name: str, version: int | None, as_json: bool) -> No
 
 @cli.group()
 def environment() -> None:
-    """Environments: create (from pip requirements or a conda file), list, show."""
+    """Environments: create, list, show.
+
+    An environment is the Python packages (pip requirements or a conda file) and the Docker
+    base image a job runs with; each registration of a name adds a version.
+
+    \b
+    Example:
+      cairn environment create torch --pip-requirements requirements.txt
+    """
 
 
 @environment.command("create")
 @click.argument("name")
-@click.option("--pip-requirements", type=click.Path(exists=True), default=None)
-@click.option("--conda-file", type=click.Path(exists=True), default=None)
+@click.option(
+    "--pip-requirements", type=click.Path(exists=True), default=None, help="a requirements.txt"
+)
+@click.option(
+    "--conda-file",
+    type=click.Path(exists=True),
+    default=None,
+    help="a conda environment.yml (instead of --pip-requirements)",
+)
 @click.option("--image", default=None, help="Docker base image")
 @json_option
 def environment_create(
@@ -148,6 +214,15 @@ def environment_create(
     image: str | None,
     as_json: bool,
 ) -> None:
+    """Register an environment version.
+
+    Registers the next version of environment NAME from a conda file or pip requirements
+    (neither: no extra packages), on an optional Docker base image.
+
+    \b
+    Example:
+      cairn environment create torch --pip-requirements requirements.txt
+    """
     from cairn.sdk import Environment
 
     if conda_file:
@@ -164,30 +239,70 @@ def environment_create(
 @environment.command("list")
 @json_option
 def environment_list(as_json: bool) -> None:
+    """List environments.
+
+    The latest version of each environment, built-in ones included.
+
+    \b
+    Example:
+      cairn environment list
+    """
     _assets("environment", as_json)
 
 
 @environment.command("show")
 @click.argument("name")
-@click.option("--version", type=int, default=None)
+@click.option("--version", type=int, default=None, help="this version (default: the latest)")
 @json_option
 def environment_show(name: str, version: int | None, as_json: bool) -> None:
+    """Show one environment version.
+
+    A version of environment NAME with its spec (packages, base image).
+
+    \b
+    Example:
+      cairn environment show torch --json
+    """
     _asset("environment", name, version, as_json)
 
 
 @cli.group()
 def datastore() -> None:
-    """Datastores: create (a local directory or an S3 bucket), list."""
+    """Datastores: create, list, upload, download, ls.
+
+    A datastore is a local directory or an S3 bucket that datasets and jobs read from.
+
+    \b
+    Examples:
+      cairn datastore create lake --bucket data --endpoint-url http://localhost:8333
+      cairn datastore upload lake ./images -t raw/images
+    """
 
 
 @datastore.command("create")
 @click.argument("name")
-@click.option("--path", default=None, help="a local directory")
-@click.option("--bucket", default=None)
-@click.option("--endpoint-url", default=None)
-@click.option("--prefix", default="")
-@click.option("--access-key-id", envvar="CAIRN_S3_ACCESS_KEY_ID", default=None)
-@click.option("--secret-access-key", envvar="CAIRN_S3_SECRET_ACCESS_KEY", default=None)
+@click.option("--path", default=None, help="a local directory (a local datastore)")
+@click.option("--bucket", default=None, help="an S3 bucket (an S3 datastore)")
+@click.option(
+    "--endpoint-url",
+    default=None,
+    help="the S3 endpoint, e.g. http://localhost:8333 (default: AWS)",
+)
+@click.option("--prefix", default="", help="a folder inside the bucket")
+@click.option(
+    "--access-key-id",
+    envvar="CAIRN_S3_ACCESS_KEY_ID",
+    show_envvar=True,
+    default=None,
+    help="the S3 access key id",
+)
+@click.option(
+    "--secret-access-key",
+    envvar="CAIRN_S3_SECRET_ACCESS_KEY",
+    show_envvar=True,
+    default=None,
+    help="the S3 secret access key",
+)
 @json_option
 def datastore_create(
     name: str,
@@ -199,7 +314,17 @@ def datastore_create(
     secret_access_key: str | None,
     as_json: bool,
 ) -> None:
-    """Credentials come from options or CAIRN_S3_* variables and are sealed by the registry."""
+    """Register a datastore.
+
+    Registers datastore NAME: a local directory (--path) or an S3 bucket (--bucket). S3
+    credentials come from the options or the CAIRN_S3_* variables and are sealed by the
+    registry.
+
+    \b
+    Examples:
+      cairn datastore create scratch --path /data/scratch
+      cairn datastore create lake --bucket data --endpoint-url http://localhost:8333
+    """
     from cairn.sdk import Datastore
 
     ws = sync_workspace()
@@ -224,12 +349,28 @@ def datastore_create(
 @datastore.command("list")
 @json_option
 def datastore_list(as_json: bool) -> None:
+    """List datastores.
+
+    Every datastore of the workspace, the built-in ones included.
+
+    \b
+    Example:
+      cairn datastore list
+    """
     _assets("datastore", as_json)
 
 
 @cli.group()
 def compute() -> None:
-    """Compute targets: create, list, delete (create and delete need the operator role)."""
+    """Compute targets: create, list, delete.
+
+    A compute target names where jobs run; agents started with 'cairn agent --compute NAME'
+    serve it. Creating and deleting one needs the compute-operator role.
+
+    \b
+    Example:
+      cairn compute create gpu --max-nodes 4 --label gpu
+    """
 
 
 @compute.command("create")
@@ -239,11 +380,14 @@ def compute() -> None:
     type=click.Choice(["cluster", "instance", "attached", "local"]),
     default="cluster",
     show_default=True,
+    help="what kind of target",
 )
-@click.option("--min-nodes", type=int, default=0, show_default=True)
-@click.option("--max-nodes", type=int, default=1, show_default=True)
-@click.option("--vm-size", default=None)
-@click.option("--label", "labels", multiple=True, help="e.g. gpu; repeatable")
+@click.option("--min-nodes", type=int, default=0, show_default=True, help="nodes kept running")
+@click.option("--max-nodes", type=int, default=1, show_default=True, help="nodes at most")
+@click.option("--vm-size", default=None, help="the machine size of a node, e.g. STANDARD_NC6")
+@click.option(
+    "--label", "labels", multiple=True, help="a label of the target, e.g. gpu; repeatable"
+)
 @json_option
 def compute_create(
     name: str,
@@ -254,6 +398,14 @@ def compute_create(
     labels: tuple[str, ...],
     as_json: bool,
 ) -> None:
+    """Create a compute target (operator role).
+
+    Creates compute target NAME; needs the compute-operator role.
+
+    \b
+    Example:
+      cairn compute create gpu --max-nodes 4 --label gpu
+    """
     fields = {"kind": kind, "min_nodes": min_nodes, "max_nodes": max_nodes, "vm_size": vm_size}
     spec = msgspec.convert({**fields, "labels": list(labels)}, ComputeSpec)
     created = run(with_workspace(lambda ws: ws.assets.create_compute(name, spec)))
@@ -263,11 +415,27 @@ def compute_create(
 @compute.command("list")
 @json_option
 def compute_list(as_json: bool) -> None:
+    """List compute targets.
+
+    Every compute target of the workspace with its spec.
+
+    \b
+    Example:
+      cairn compute list
+    """
     _assets("compute", as_json)
 
 
 @compute.command("delete")
 @click.argument("name")
 def compute_delete(name: str) -> None:
+    """Delete a compute target (operator role).
+
+    Deletes compute target NAME; needs the compute-operator role.
+
+    \b
+    Example:
+      cairn compute delete gpu
+    """
     run(with_workspace(lambda ws: ws.assets.delete_compute(name)))
     click.echo(f"deleted compute target {name}")

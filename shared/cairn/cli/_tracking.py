@@ -11,12 +11,27 @@ from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
 
 @cli.group()
 def experiment() -> None:
-    """Experiments of the workspace."""
+    """Experiments: the named groups of runs.
+
+    An experiment is created by the first run logged or submitted into it.
+
+    \b
+    Example:
+      cairn experiment list
+    """
 
 
 @experiment.command("list")
 @json_option
 def experiment_list(as_json: bool) -> None:
+    """List experiments.
+
+    The experiments of the workspace, with their run counts.
+
+    \b
+    Example:
+      cairn experiment list --json
+    """
     rows = run(with_workspace(lambda ws: ws.experiments()))
     columns = [("name", "NAME"), ("runs", "RUNS"), ("created_at", "CREATED"), ("created_by", "BY")]
     emit(rows, as_json, columns)
@@ -24,7 +39,15 @@ def experiment_list(as_json: bool) -> None:
 
 @cli.group("run")
 def run_group() -> None:
-    """Runs: list, show, metrics, files, download."""
+    """Runs: list, show, metrics, files, download.
+
+    A run is one execution of a training script, logged with the SDK or submitted as a job.
+
+    \b
+    Examples:
+      cairn run list -e quickstart
+      cairn run metrics RUN_ID -n loss
+    """
 
 
 _RUN_COLUMNS = [
@@ -37,10 +60,24 @@ _RUN_COLUMNS = [
 
 
 @run_group.command("list")
-@click.option("--experiment", "-e", "experiment_name", default=None)
-@click.option("--limit", default=100, show_default=True)
+@click.option(
+    "--experiment",
+    "-e",
+    "experiment_name",
+    default=None,
+    help="only the runs of this experiment (default: every experiment)",
+)
+@click.option("--limit", default=100, show_default=True, help="at most this many runs")
 @json_option
 def run_list(experiment_name: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first.
+
+    One line per run: id, experiment, name, status, start and end.
+
+    \b
+    Example:
+      cairn run list -e quickstart --limit 20
+    """
     rows = run(with_workspace(lambda ws: ws.runs(experiment_name, limit=limit)))
     emit(rows, as_json, [*_RUN_COLUMNS[:1], ("experiment_name", "EXPERIMENT"), *_RUN_COLUMNS[1:]])
 
@@ -49,14 +86,31 @@ def run_list(experiment_name: str | None, limit: int, as_json: bool) -> None:
 @click.argument("run_id")
 @json_option
 def run_show(run_id: str, as_json: bool) -> None:
+    """Show one run.
+
+    Run RUN_ID's experiment, name, status, times, error, tags and properties.
+
+    \b
+    Example:
+      cairn run show RUN_ID
+    """
     show(run(with_workspace(lambda ws: ws.run(run_id).details())), as_json)
 
 
 @run_group.command("metrics")
 @click.argument("run_id")
-@click.option("--name", "-n", default=None)
+@click.option("--name", "-n", default=None, help="only this metric (default: every metric)")
 @json_option
 def run_metrics(run_id: str, name: str | None, as_json: bool) -> None:
+    """Show a run's metrics.
+
+    The metrics of run RUN_ID: a single value, or the whole series of a metric logged
+    more than once.
+
+    \b
+    Example:
+      cairn run metrics RUN_ID -n loss --json
+    """
     metrics = run(with_workspace(lambda ws: ws.run(run_id).get_metrics(name)))
     if as_json:
         emit(metrics, True, [])
@@ -69,6 +123,14 @@ def run_metrics(run_id: str, name: str | None, as_json: bool) -> None:
 @click.argument("run_id")
 @json_option
 def run_files(run_id: str, as_json: bool) -> None:
+    """List a run's files.
+
+    The files of run RUN_ID (outputs and logs): path, size, digest.
+
+    \b
+    Example:
+      cairn run files RUN_ID
+    """
     files = run(with_workspace(lambda ws: ws.run(run_id).files()))
     emit(files, as_json, [("path", "PATH"), ("size", "SIZE"), ("digest", "DIGEST")])
 
@@ -77,8 +139,21 @@ def run_files(run_id: str, as_json: bool) -> None:
 @click.argument("run_id")
 @click.argument("path")
 @click.option("--output", "-o", default=None, help="file or directory (default: ./<name>)")
-@click.option("--progress/--no-progress", default=None)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="show a progress bar while a large file downloads",
+)
 def run_download(run_id: str, path: str, output: str | None, progress: bool | None) -> None:
+    """Download a file of a run.
+
+    Downloads file PATH of run RUN_ID (as 'cairn run files' lists it) and prints where it
+    went.
+
+    \b
+    Example:
+      cairn run download RUN_ID outputs/model.pkl -o models/
+    """
     target = Path(output or Path(path).name)
     if target.is_dir():
         target = target / Path(path).name
