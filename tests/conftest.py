@@ -16,6 +16,7 @@ import pytest
 
 from cairn.bus import Connection, EventStore, connect, provision
 from cairn.embedded import NatsServer
+from cairn.embedded._auth import AGENT_USER, AUDITOR, COMPUTE_OPERATOR, DATA_SCIENTIST
 from cairn.embedded._server import SERVICE_USER
 from cairn.embedded._up import all_services
 from cairn.rpc import Client
@@ -34,15 +35,40 @@ JOB_SETTINGS: dict[str, object] = {
 }
 
 
-def settings_for(server: NatsServer, *, service: bool, **extra: object) -> Settings:
+#: people of the session's server besides the local person (a data scientist and compute
+#: operator, as ``cairn up`` makes the local user), by the roles they have
+PEOPLE: dict[str, tuple[str, ...]] = {
+    "olga": (DATA_SCIENTIST, COMPUTE_OPERATOR),
+    "dana": (DATA_SCIENTIST,),
+    "audrey": (AUDITOR,),
+}
+
+
+def settings_for(
+    server: NatsServer,
+    *,
+    service: bool,
+    person: str | None = None,
+    agent: bool = False,
+    **extra: object,
+) -> Settings:
+    """Settings that connect as the services, as an agent, as ``person``, or as the local
+    person."""
     assert server.credentials is not None
     creds = server.credentials
+    if service:
+        user, password = SERVICE_USER, creds.service_password
+    elif agent:
+        user, password = AGENT_USER, creds.agent_password
+    else:
+        user = person or creds.client_user
+        password = creds.people[user].password
     return msgspec.convert(
         {
             "home": str(server.home),
             "nats_url": server.url,
-            "nats_user": SERVICE_USER if service else creds.client_user,
-            "nats_password": creds.service_password if service else creds.client_password,
+            "nats_user": user,
+            "nats_password": password,
             "request_timeout": 5.0,
             **extra,
         },
@@ -66,6 +92,8 @@ async def own_server(
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("cairn-home"), port=0)
+    for name, roles in PEOPLE.items():
+        server.add_person(name, roles)
     asyncio.run(server.start())
     yield server
     server.stop()
@@ -87,6 +115,24 @@ def service_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def client_settings(nats_server: NatsServer) -> Settings:
     return settings_for(nats_server, service=False, **JOB_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def agent_settings(nats_server: NatsServer) -> Settings:
+    """What an agent on another machine is given: the agent user's credentials."""
+    return settings_for(nats_server, service=False, agent=True, **JOB_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+async def people(nats_server: NatsServer) -> AsyncIterator[dict[str, Connection]]:
+    """A connection per person of ``PEOPLE``, each as that user."""
+    conns = {
+        name: await connect(settings_for(nats_server, service=False, person=name))
+        for name in PEOPLE
+    }
+    yield conns
+    for connection in conns.values():
+        await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -166,11 +212,10 @@ class Agents:
 
 
 @pytest.fixture
-async def agents(
-    client: Client, client_settings: Settings, tmp_path: Path
-) -> AsyncIterator[Agents]:
+async def agents(client: Client, agent_settings: Settings, tmp_path: Path) -> AsyncIterator[Agents]:
+    """Agents as on a worker machine: with the agent user's credentials."""
     settings = msgspec.structs.replace(
-        client_settings, workspace=client.workspace, state_dir=str(tmp_path / "agent-state")
+        agent_settings, workspace=client.workspace, state_dir=str(tmp_path / "agent-state")
     )
     pool = Agents(settings)
     yield pool

@@ -10,9 +10,11 @@ from typing import Any
 
 import msgspec
 
+from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
+from tests.conftest import settings_for
 from tests.sdk.test_sync_sdk import sdk_env
 
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
@@ -111,7 +113,7 @@ async def test_model_commands(client: Client, client_settings: Settings, tmp_pat
 
 
 async def test_environment_datastore_compute_commands(
-    client: Client, client_settings: Settings, service_settings: Settings, tmp_path: Path
+    client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
     (tmp_path / "req.txt").write_text("numpy\n")
@@ -131,15 +133,15 @@ async def test_environment_datastore_compute_commands(
         "workspaceblobstore",
         "workspacefilestore",
     ]
-    (service_settings.home_path / "roles.json").write_text(
-        json.dumps({"compute_operators": ["olga"]})
-    )
-    operator = {**env, "CAIRN_ACTOR": "olga"}
+    # the server's people: olga is a compute operator, dana a data scientist only
+    olga = settings_for(nats_server, service=False, person="olga")
+    operator = {**env, "CAIRN_NATS_USER": "olga", "CAIRN_NATS_PASSWORD": olga.nats_password or ""}
     create = ["compute", "create", "cpu", "--max-nodes", "3", "--label", "cpu"]
     made = await cli_json(*create, env=operator, cwd=tmp_path)
     assert made["spec"]["max_nodes"] == 3 and made["spec"]["labels"] == ["cpu"]
     assert "cpu" in await cli("compute", "list", env=env, cwd=tmp_path)
-    dana = {**env, "CAIRN_ACTOR": "dana"}
+    scientist = settings_for(nats_server, service=False, person="dana")
+    dana = {**env, "CAIRN_NATS_USER": "dana", "CAIRN_NATS_PASSWORD": scientist.nats_password or ""}
     code, _, err = await run_cli("compute", "delete", "cpu", env=dana, cwd=tmp_path)
     assert code == 1 and "permission_denied" in err
     assert "deleted" in await cli("compute", "delete", "cpu", env=operator, cwd=tmp_path)

@@ -9,6 +9,15 @@ for those in flight.
 
 Client side, :class:`Client` checks the size before sending, retries timeouts with the same
 bytes (commands are idempotent by ``command_id``) and raises the ``CairnError`` of a reply's code.
+
+Who sent a request is what the server attests, never what the client says: people connect to
+the ``USERS`` account, which imports the services' subjects with ``share: true``, so each of
+their requests carries a ``Nats-Request-Info`` header (account, user) that the server writes
+over any the client set. A request without it comes from inside the services' account
+``CAIRN`` (services, agents), trusted by membership and recorded as ``SERVICE_ACTOR``
+(no import crossed, so the server vouches for no header there: a member of ``CAIRN`` could
+write one itself, which is why only services and agents are members). A ``Cairn-Actor``
+header means nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +60,10 @@ from cairn.proto.subjects import command, query, validate_token
 
 __all__ = [
     "MAX_REQUEST_BYTES",
+    "PEOPLE_ACCOUNT",
     "PING_SUBJECT",
+    "SERVICE_ACCOUNT",
+    "SERVICE_ACTOR",
     "Client",
     "RawReply",
     "Request",
@@ -64,6 +76,11 @@ __all__ = [
 log = get_logger("cairn.rpc")
 MAX_REQUEST_BYTES = 256 * 1024
 PING_SUBJECT = "cairn.svc.ping"
+#: the NATS accounts of the services (and agents) and of people
+SERVICE_ACCOUNT = "CAIRN"
+PEOPLE_ACCOUNT = "USERS"
+#: the actor of a request from inside the services' account
+SERVICE_ACTOR = "cairn"
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)
 
@@ -96,21 +113,20 @@ Handler = Callable[[Request], Awaitable[Accepted | QueryResult | Opened | RawRep
 
 
 def actor_of(headers: dict[str, str] | None) -> str:
-    """Server-attested identity (cross-account import with ``share: true``) when present,
-    else the identity the client declared."""
-    headers = headers or {}
-    info = headers.get("Nats-Request-Info")
+    """Who sent a request: the user the server attests for a request from the people's
+    account (it overwrites any such header a person sets), else ``SERVICE_ACTOR`` (a request
+    from inside the services' account, which no import crossed)."""
+    info = (headers or {}).get("Nats-Request-Info")
     if info:
         try:
-            user = json.loads(info).get("user")
+            attested = json.loads(info)
         except ValueError:
-            user = None
-        if isinstance(user, str) and user:
-            return user
-    declared = headers.get("Cairn-Actor", "")
-    if declared and len(declared) <= 128 and declared.isprintable():
-        return declared
-    return "anonymous"
+            attested = None
+        if isinstance(attested, dict) and attested.get("acc") == PEOPLE_ACCOUNT:
+            user = attested.get("user")
+            if isinstance(user, str) and user:
+                return user
+    return SERVICE_ACTOR
 
 
 class _TagOnly(msgspec.Struct):
@@ -257,7 +273,7 @@ class Client:
         self.workspace = validate_token(workspace, "workspace")
         self.attempts = attempts
         self.timeout = timeout or conn.settings.request_timeout
-        self.headers = {"Cairn-Actor": conn.settings.who}
+        self.headers: dict[str, str] = {}
 
     async def send(self, cmd: Command) -> Accepted:
         reply = await self._request(command(self.workspace, cmd.VERB), _encoder.encode(cmd))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.settings import Settings
+from tests.conftest import settings_for
 from tests.sdk.test_sync_sdk import run_script, sdk_env
 
 
@@ -35,10 +37,11 @@ async def test_model_registry(client: Client, client_settings: Settings, tmp_pat
 
 
 async def test_environments_datastores_and_compute_from_the_sdk(
-    client: Client, client_settings: Settings, tmp_path: Path
+    client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
-    env["CAIRN_ACTOR"] = "dana"  # a data scientist: not a compute operator
+    dana = settings_for(nats_server, service=False, person="dana")  # not a compute operator
+    env.update(CAIRN_NATS_USER="dana", CAIRN_NATS_PASSWORD=dana.nats_password or "")
     got = await run_script("assets_script.py", env=env, cwd=tmp_path)
     envs = got["envs"]
     assert envs["pip"] == ["numpy==2.1", "pandas>=2"]

@@ -101,7 +101,7 @@ def _get_job(run_id: str) -> Any:
 
 
 async def test_kill_9_of_an_agent_requeues_its_run_to_another(
-    ws: AsyncWorkspace, client_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
+    ws: AsyncWorkspace, agent_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
 ) -> None:
     src = script(
         tmp_path,
@@ -112,12 +112,12 @@ async def test_kill_9_of_an_agent_requeues_its_run_to_another(
         print("done on attempt", os.environ["CAIRN_ATTEMPT"])
     """,
     )
-    first = await procs.agent(job_env(client_settings, ws.name, tmp_path / "a"))
+    first = await procs.agent(job_env(agent_settings, ws.name, tmp_path / "a"))
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
     await running(ws, run_id, 1)
     first.kill()
     await first.wait()
-    await procs.agent(job_env(client_settings, ws.name, tmp_path / "b"))
+    await procs.agent(job_env(agent_settings, ws.name, tmp_path / "b"))
     assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
     events = await history(store, ws.name, run_id)
     assigned = [e for e in events if isinstance(e, RunAssigned)]
@@ -127,7 +127,7 @@ async def test_kill_9_of_an_agent_requeues_its_run_to_another(
 
 
 async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
-    ws: AsyncWorkspace, client_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
+    ws: AsyncWorkspace, agent_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
 ) -> None:
     """Attempt 1 finishes while its agent is SIGSTOPped; attempt 2 runs elsewhere. Resumed,
     the first agent's outputs and completion are refused: the run ends as attempt 2 says.
@@ -160,11 +160,11 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
         raise SystemExit(0 if attempt == "2" else 7)
     """,
     )
-    first = await procs.agent(job_env(client_settings, ws.name, tmp_path / "a"))
+    first = await procs.agent(job_env(agent_settings, ws.name, tmp_path / "a"))
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
     await running(ws, run_id, 1)
     first.send_signal(signal.SIGSTOP)
-    await procs.agent(job_env(client_settings, ws.name, tmp_path / "b"))
+    await procs.agent(job_env(agent_settings, ws.name, tmp_path / "b"))
     await running(ws, run_id, 2)
     for _ in range(400):  # attempt 1's script has tried to log; its agent is still stopped
         if tried.exists():
@@ -183,13 +183,13 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
 
 
 async def test_a_job_whose_agent_always_crashes_fails_and_leaves_no_ticket(
-    ws: AsyncWorkspace, client_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
+    ws: AsyncWorkspace, agent_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
 ) -> None:
     src = script(tmp_path, "import os, signal; os.kill(os.getppid(), signal.SIGKILL)\n")
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
     # the job kills its parent: the agent only when it started the job cold (a warm start's
     # parent is the agent's zygote, whose death ends the job but not the agent)
-    env = {**job_env(client_settings, ws.name, tmp_path / "a"), "CAIRN_JOB_WARM_START": "0"}
+    env = {**job_env(agent_settings, ws.name, tmp_path / "a"), "CAIRN_JOB_WARM_START": "0"}
     for _ in range(3):  # every agent that takes the job dies of it
         agent = await procs.agent(env)
         await asyncio.wait_for(agent.wait(), 60)
@@ -216,8 +216,9 @@ async def test_the_scheduler_killed_under_200_jobs_restarts_and_all_complete_onc
         }
         scheduler = await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
         client_settings = settings_for(stack.server, service=False)
+        agent_settings = settings_for(stack.server, service=False, agent=True)
         for n in range(2):
-            await procs.agent(job_env(client_settings, "ws1", tmp_path / f"agent{n}"), slots=2)
+            await procs.agent(job_env(agent_settings, "ws1", tmp_path / f"agent{n}"), slots=2)
         conn = await connect(client_settings)
         ws = AsyncWorkspace(conn, "ws1", client_settings)
         await _until_serving(conn, "scheduler")
@@ -241,10 +242,12 @@ async def test_the_scheduler_killed_under_200_jobs_restarts_and_all_complete_onc
         await _until_serving(conn, "scheduler")
         finals = [await follow(ws, r, timeout=120, poll_s=0.5) for r in run_ids]
         assert Counter(d["status"] for d in finals) == {"Completed": 200}
-        store = EventStore(stack.conn)
+        service = await connect(stack.settings)  # reading the log is the services' business
+        store = EventStore(service)
         for run_id in run_ids:
             ends = [e for e in await history(store, "ws1", run_id) if isinstance(e, RunCompleted)]
             assert len(ends) == 1
+        await service.close()
         assert sorted(p.name for p in marks.iterdir()) == sorted(run_ids)
         assert all(p.read_text() == "x" for p in marks.iterdir()), "a job ran twice"
         await ws.close()
@@ -261,13 +264,14 @@ async def _until_serving(conn: Any, service: str) -> None:
 
 
 async def test_an_undeliverable_ticket_fails_its_run_and_is_deleted(
-    ws: AsyncWorkspace, client_settings: Settings, tmp_path: Path
+    ws: AsyncWorkspace, agent_settings: Settings, tmp_path: Path
 ) -> None:
     """An 'agent' that pulls the ticket and dies before claiming, every time: JetStream
     gives up after max_deliver, and the scheduler turns the advisory into a failed run."""
     src = script(tmp_path, "print('never')\n")
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
-    js = ws.conn.js
+    agent = await connect(agent_settings)
+    js = agent.js
     psub = await js.pull_subscribe_bind(durable=f"jobs-{ws.name}-local", stream="JOBS")
     deliveries = 0
     for _ in range(40):
@@ -285,6 +289,7 @@ async def test_an_undeliverable_ticket_fails_its_run_and_is_deleted(
     info = await js.stream_info("JOBS", subjects_filter=subjects.job(ws.name, "local"))
     assert not (info.state.subjects or {})
     await psub.unsubscribe()
+    await agent.close()
 
 
 _ = (CreateWorkspace, Any)
@@ -339,7 +344,8 @@ async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
         }
         scheduler = await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
         client_settings = settings_for(stack.server, service=False)
-        await procs.agent(job_env(client_settings, "ws1", tmp_path / "agent"))
+        agent_settings = settings_for(stack.server, service=False, agent=True)
+        await procs.agent(job_env(agent_settings, "ws1", tmp_path / "agent"))
         conn = await connect(client_settings)
         ws = AsyncWorkspace(conn, "ws1", client_settings)
         await _until_serving(conn, "scheduler")
@@ -359,7 +365,9 @@ async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
         await asyncio.sleep(3 * 2.0)  # the job ends meanwhile; its finish cannot be recorded
         await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
         assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
-        events = await history(EventStore(stack.conn), "ws1", run_id)
+        service = await connect(stack.settings)  # reading the log is the services' business
+        events = await history(EventStore(service), "ws1", run_id)
+        await service.close()
         assert not [e for e in events if isinstance(e, RunRequeued)], "a finished job re-queued"
         assert mark.read_text() == "x"
         await ws.close()
@@ -395,7 +403,7 @@ async def _poll(check: Any, timeout: float, what: str) -> Any:
 
 @pytest.mark.parametrize("kind", ["shell pipeline", "python script with a child"])
 async def test_every_process_of_a_job_dies_with_its_killed_agent(
-    kind: str, ws: AsyncWorkspace, client_settings: Settings, procs: Procs, tmp_path: Path
+    kind: str, ws: AsyncWorkspace, agent_settings: Settings, procs: Procs, tmp_path: Path
 ) -> None:
     """Only the job's own process gets the parent-death signal; what it started (``sleep &``
     in a shell, a script's subprocess) stays in its process group, which must die too."""
@@ -415,7 +423,7 @@ async def test_every_process_of_a_job_dies_with_its_killed_agent(
         """,
         )
         config = ScriptRunConfig(source_directory=src, script="job.py")
-    agent = await procs.agent(job_env(client_settings, ws.name, tmp_path / "a"))
+    agent = await procs.agent(job_env(agent_settings, ws.name, tmp_path / "a"))
     await submit(ws, "jobs", config)
     pgid = 0
     try:

@@ -231,7 +231,7 @@ async def test_a_slot_takes_the_next_job_once_the_process_has_exited(
 
 
 async def test_only_progress_reports_write_lease_renewals(
-    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, conn: Connection, tmp_path: Path
 ) -> None:
     """The claim and the start are in the log and start the lease; a job that ends before its
     first progress report writes nothing to the leases bucket. A longer one renews there (and
@@ -246,7 +246,7 @@ async def test_only_progress_reports_write_lease_renewals(
         time.sleep(float(sys.argv[1]))
     """,
     )
-    kv = await ws.conn.js.key_value(LEASES_BUCKET.bucket)
+    kv = await conn.js.key_value(LEASES_BUCKET.bucket)  # the scheduler's bucket
     seen: list[tuple[str, str]] = []
     watcher = await kv.watchall(include_history=False)
 
@@ -276,7 +276,7 @@ async def test_only_progress_reports_write_lease_renewals(
 
 
 async def test_a_renewal_left_behind_for_an_ended_run_is_deleted(
-    ws: AsyncWorkspace, agents: Agents
+    ws: AsyncWorkspace, agents: Agents, conn: Connection
 ) -> None:
     """A renewal another replica wrote for a run that has since ended (the replica recording
     the end had not seen it) is deleted by the scheduler's reconcile pass."""
@@ -285,7 +285,7 @@ async def test_a_renewal_left_behind_for_an_ended_run_is_deleted(
     await agents.start(slots=1)
     run_id = await submit(ws, "jobs", ScriptRunConfig(command=["true"]))
     assert (await follow(ws, run_id, timeout=60))["status"] == "Completed"
-    kv = await ws.conn.js.key_value(LEASES_BUCKET.bucket)
+    kv = await conn.js.key_value(LEASES_BUCKET.bucket)  # the scheduler's bucket
     key = f"{ws.name}.{run_id}"
     await kv.put(key, b"[1, 0.0]")
     for _ in range(100):

@@ -19,11 +19,17 @@ nats-py reports each failed attempt to ``error_cb``; those go to the debug log.
 nats-py reports a permissions violation only to ``error_cb`` while the request itself times
 out; :class:`Connection` remembers recent violations so a timeout on that subject becomes
 ``PermissionDenied`` instead of a bare timeout.
+
+Each user reads replies on its own inbox prefix, ``_INBOX_<user>`` (the server lets it
+subscribe there only). A person's account has no JetStream of its own: it reaches the
+services' streams through imports under ``$JS.CAIRN.API``, which the connection finds by
+asking ``$JS.API.INFO`` once (an account without JetStream answers "not enabled").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import socket
@@ -44,7 +50,7 @@ from cairn.errors import CairnError, InvalidInput, Unauthenticated, Unavailable
 from cairn.log import get_logger
 from cairn.settings import Settings
 
-__all__ = ["Connection", "connect", "per_client"]
+__all__ = ["PEOPLE_JS_PREFIX", "Connection", "connect", "per_client"]
 
 log = get_logger("cairn.bus")
 T = TypeVar("T")
@@ -59,6 +65,10 @@ _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 #: how long closing a failed attempt may take
 _DISCARD_S = 0.5
+#: where an account without JetStream (people's) imports the services' JetStream API
+PEOPLE_JS_PREFIX = "$JS.CAIRN.API"
+_JS_NOT_ENABLED = 10039
+_USER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass
@@ -66,6 +76,9 @@ class Connection:
     nc: NATS
     js: JetStreamContext
     settings: Settings
+    #: False for a user whose account has no JetStream (people): it reads the services'
+    #: streams through imports, and may not write them
+    own_jetstream: bool = True
     _violations: dict[str, float] = field(default_factory=dict)
 
     def note_error(self, err: Exception) -> None:
@@ -193,7 +206,21 @@ def _options(settings: Settings, name: str) -> dict[str, Any]:
     elif settings.nats_user:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password or ""
+        if _USER.fullmatch(settings.nats_user):
+            options["inbox_prefix"] = f"_INBOX_{settings.nats_user}"
     return options
+
+
+async def _own_jetstream(nc: NATS, settings: Settings) -> bool:
+    """Whether this user's account has JetStream of its own; people's has not, and reaches
+    the services' API imported under ``PEOPLE_JS_PREFIX``."""
+    try:
+        msg = await nc.request("$JS.API.INFO", b"", timeout=min(settings.request_timeout, 2.0))
+        error = json.loads(msg.data).get("error") or {}
+    except (nats.errors.Error, ValueError, TimeoutError) as exc:  # no JetStream here at all
+        log.debug("jetstream_info_failed", error=repr(exc))
+        return True
+    return bool(error.get("err_code") != _JS_NOT_ENABLED)
 
 
 async def _connect_once(settings: Settings, options: dict[str, Any], budget: float) -> Connection:
@@ -222,6 +249,13 @@ async def _connect_once(settings: Settings, options: dict[str, Any], budget: flo
         raise
     conn = Connection(nc=nc, js=nc.jetstream(timeout=settings.request_timeout), settings=settings)
     watch.opened(conn)
+    try:
+        if not await _own_jetstream(nc, settings):
+            conn.own_jetstream = False
+            conn.js = nc.jetstream(timeout=settings.request_timeout, prefix=PEOPLE_JS_PREFIX)
+    except BaseException:
+        await watch.discard()
+        raise
     return conn
 
 

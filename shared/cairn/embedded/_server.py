@@ -3,8 +3,9 @@
 The server listens on 127.0.0.1 only, requires a password (generated on first start, kept in
 ``credentials.json`` with mode 0600), stores JetStream data under ``<home>/nats`` and syncs every
 write to disk (``sync_interval: always``): without it an OS crash can lose acknowledged events.
-Two users exist: ``cairn-service`` (the services) and a client user for the SDK and CLI, which
-may not publish events or change streams.
+Services and agents connect to the ``CAIRN`` account (JetStream), people to ``USERS``, which
+imports the services' subjects so that the server attests who sends each request
+(``cairn.embedded._auth``; docs/security.md).
 
 One process owns a home at a time (``flock`` on ``nats/owner.lock``, which the kernel drops when
 the owner dies, kill -9 included). A new owner that finds a server its dead predecessor left
@@ -19,7 +20,6 @@ import asyncio
 import fcntl
 import json
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -28,26 +28,20 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from cairn.embedded._auth import (
+    SERVICE_USER,
+    Credentials,
+    accounts_config,
+    write_private,
+)
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 
-__all__ = ["Credentials", "NatsServer", "find_nats_server"]
+__all__ = ["SERVICE_USER", "Credentials", "NatsServer", "find_nats_server", "write_private"]
 
 log = get_logger("cairn.embedded")
-
-SERVICE_USER = "cairn-service"
-CLIENT_DENY = [
-    "cairn.ev.>",
-    "cairn.jobs.>",
-    "$JS.API.STREAM.CREATE.>",
-    "$JS.API.STREAM.UPDATE.>",
-    "$JS.API.STREAM.DELETE.>",
-    "$JS.API.STREAM.PURGE.>",
-    "$JS.API.STREAM.MSG.DELETE.>",
-]
 
 
 def find_nats_server() -> str:
@@ -68,33 +62,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    service_password: str
-    client_user: str
-    client_password: str
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> Credentials:
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        user = os.environ.get("USER", "")
-        creds = cls(
-            service_password=secrets.token_urlsafe(24),
-            client_user=user if user.isalnum() and user != SERVICE_USER else "user",
-            client_password=secrets.token_urlsafe(24),
-        )
-        write_private(path, json.dumps(creds.__dict__, indent=2))
-        return creds
-
-
 class NatsServer:
     """One nats-server process over a home directory; ``start`` again reuses its store."""
 
@@ -110,7 +77,8 @@ class NatsServer:
         self._lock_fd: int | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
-        self.credentials = Credentials.load_or_create(home / "credentials.json") if auth else None
+        self.credentials = Credentials.load_or_create(self.credentials_file) if auth else None
+        self._write_roles()
 
     @property
     def url(self) -> str:
@@ -128,18 +96,27 @@ class NatsServer:
             "}",
         ]
         if self.credentials is not None:
-            c = self.credentials
-            deny = json.dumps(CLIENT_DENY)
-            lines += [
-                "authorization {",
-                "  users = [",
-                f'    {{user: "{SERVICE_USER}", password: "{c.service_password}"}}',
-                f'    {{user: "{c.client_user}", password: "{c.client_password}",'
-                f" permissions: {{publish: {{deny: {deny}}}}}}}",
-                "  ]",
-                "}",
-            ]
+            lines += accounts_config(self.credentials)
         return "\n".join(lines) + "\n"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    def add_person(self, name: str, roles: tuple[str, ...]) -> str:
+        """Add person ``name`` with ``roles`` (a new password, returned) to the credentials;
+        the running server learns it at its next start."""
+        assert self.credentials is not None
+        self.credentials = self.credentials.with_person(name, roles)
+        self.credentials.save(self.credentials_file)
+        self._write_roles()
+        return self.credentials.people[name].password
+
+    def _write_roles(self) -> None:
+        """``roles.json``, what the services' role checks read, from the credentials."""
+        if self.credentials is not None:
+            roles = json.dumps(self.credentials.roles_file(), indent=2)
+            write_private(self.home / "roles.json", roles + "\n")
 
     def running_pid(self) -> int | None:
         """The pid of a nats-server running over this home, if any: the pid file's, checked to
