@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +176,76 @@ async def test_a_pid_file_naming_another_process_never_gets_it_signalled(
         await stranger.wait()
         neighbour.stop()
 
+
+SPOOLING_SCRIPT = """
+import json, os, sys, time
+from cairn.sdk import Experiment, Workspace
+
+run = Experiment(Workspace.from_config(), "offline").start_logging()
+for step in range(100):
+    run.log("loss", 1.0 / (step + 1), step=step)
+run.flush()
+print(json.dumps({"run_id": run.id}), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+for step in range(100, 200):
+    run.log("loss", 1.0 / (step + 1), step=step)
+print(json.dumps({"stored": run.complete()}), flush=True)
+"""
+
+
+def test_complete_says_it_only_spooled_and_the_next_up_sends_the_spool(
+    up_home: tuple[Path, int], ups: list[Up], tmp_path: Path
+) -> None:
+    home, port = up_home
+    first = Up(home, port, "--local-slots", "0")
+    ups.append(first)
+    first.wait_for("cairn is up", timeout=15)
+    go = tmp_path / "go"
+    env = {**os.environ, "CAIRN_HOME": str(home), "CAIRN_LOG_FORMAT": "json"}
+    script = subprocess.Popen(
+        [sys.executable, "-c", SPOOLING_SCRIPT, str(go)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert script.stdout is not None
+        line = ""
+        while not line.startswith('{"run_id"'):  # (log lines may come first)
+            line = script.stdout.readline()
+            assert line, "the script ended before it logged"
+        run_id = json.loads(line)["run_id"]
+        assert first.interrupt() == 0  # the stack goes away under the script
+        go.touch()
+        out, err = script.communicate(timeout=60)
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.communicate()
+    assert script.returncode == 0, err[-3000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith('{"stored"')]
+    assert results == [{"stored": False}], out
+    said = [line for line in (out + err).splitlines() if "run_spooled" in line]
+    assert len(said) == 1 and run_id in said[0], out + err
+    assert list((home / "spool").glob("*.jsonl"))
+
+    again = Up(home, port, "--local-slots", "0")
+    ups.append(again)
+    again.wait_for("cairn is up", timeout=15)
+
+    async def arrived() -> tuple[str, int]:
+        settings = load_settings(env={"CAIRN_HOME": str(home)})
+        async with connect(settings) as ws:
+            for _ in range(200):  # sent at start, by cairn up itself
+                status = await ws.run(run_id).get_status()
+                points = await ws.run(run_id).history("loss")
+                if status == "Completed" and len(points) == 200:
+                    break
+                await asyncio.sleep(0.1)
+            return status, len(points)
+
+    assert asyncio.run(arrived()) == ("Completed", 200)
+    assert not list((home / "spool").glob("*.jsonl"))
+    assert again.interrupt() == 0

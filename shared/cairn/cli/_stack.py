@@ -129,14 +129,19 @@ def status(as_json: bool) -> None:
 
 @cli.command()
 def sync() -> None:
-    """Send what training scripts spooled while the bus was unreachable."""
+    """Send what training scripts spooled while the bus was unreachable. Commands the bus
+    refuses for good are kept in the spool's ``refused/`` folder with the reason; then the exit
+    code is 1."""
+    import sys
+
     from cairn.bus import connect
     from cairn.rpc import Client
     from cairn.sdk import replay_spool_dir
+    from cairn.spool import SpoolReport
 
     loaded = settings()
 
-    async def go() -> tuple[int, int]:
+    async def go() -> SpoolReport:
         conn = await connect(loaded, name="cairn-sync")
         try:
             return await replay_spool_dir(
@@ -145,8 +150,16 @@ def sync() -> None:
         finally:
             await conn.close()
 
-    files, commands = run(go())
-    click.echo(f"synced {commands} spooled commands from {files} files")
+    report = run(go())
+    click.echo(f"synced {report.sent} spooled commands from {report.files} files")
+    if report.refused:
+        click.echo(
+            f"refused {len(report.refused)} spooled commands for good, kept with the reason in "
+            f"{report.refused_dir}:"
+        )
+        for (code, message), count in sorted(report.reasons().items()):
+            click.echo(f"  {count} x [{code}] {message}")
+        sys.exit(1)
 
 
 @cli.group(invoke_without_command=True)

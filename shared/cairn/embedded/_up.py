@@ -13,12 +13,14 @@ from pathlib import Path
 
 import msgspec
 
+from cairn.bus import connect as bus_connect
 from cairn.embedded._server import SERVICE_USER, NatsServer, write_private
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 from cairn.sdk import AsyncWorkspace, connect
 from cairn.service import ServiceFactory, install_stop_signals, run_services
 from cairn.settings import Settings
+from cairn.spool import send_spools_periodically
 
 __all__ = ["all_services", "run_demo", "up"]
 
@@ -86,6 +88,21 @@ async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> No
             f" final loss {final:.4f}  {row['run_id']}"
         )
     say(f"demo complete: experiment 'demo' has {len(await exp.runs())} runs")
+
+
+async def send_home_spools(settings: Settings, stop: asyncio.Event) -> None:
+    """What scripts using this home spooled while the stack was down: sent at start, then
+    every ``SEND_EVERY_S`` (:mod:`cairn.spool`), whether or not a local agent runs."""
+    try:
+        conn = await bus_connect(settings, name="cairn-up-spool", wait=True, stop=stop)
+    except Unavailable:
+        if stop.is_set():
+            return  # stopped before the server answered
+        raise
+    try:
+        await send_spools_periodically(conn, settings.home_path / "spool", stop)
+    finally:
+        await conn.close()
 
 
 async def run_local_agent(settings: Settings, stop: asyncio.Event, slots: int) -> None:
@@ -250,6 +267,7 @@ async def up(
         tasks.append(asyncio.create_task(run_local_agent(clients, stop, slots)))
         async with connect(clients) as ws:
             await ws.create(description="created by cairn up")
+            tasks.append(asyncio.create_task(send_home_spools(clients, stop)))
             print(
                 f"cairn is up in {time.monotonic() - t0:.1f}s: {server.url} "
                 f"workspace={clients.workspace} config={home / 'config.json'}",

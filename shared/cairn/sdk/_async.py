@@ -209,23 +209,46 @@ class AsyncRun:
     async def start(self) -> None:
         await self._send(StartRun(command_id=new_id(), run_id=self.id))
 
-    async def complete(self) -> None:
-        """Returns once every logged point is stored (or spooled) and the run is Completed."""
+    async def complete(self) -> bool:
+        """Send every logged point, then mark the run Completed. True once all of it is
+        stored; False when it could only be spooled (one warning says so): the run reaches its
+        final state when the spool is sent (by this process once the bus is back, by
+        ``cairn sync``, or by an agent or ``cairn up`` on this machine)."""
         await self.flush()
-        await self._send(CompleteRun(command_id=new_id(), run_id=self.id))
-        await self.stop_flusher()
+        return await self._end(CompleteRun(command_id=new_id(), run_id=self.id), "Completed")
 
-    async def fail(self, error: str = "") -> None:
+    async def fail(self, error: str = "") -> bool:
+        """Like :meth:`complete`, for a run that failed with ``error``."""
         with contextlib.suppress(CairnError):
             await self.flush()
-        await self._send(FailRun(command_id=new_id(), run_id=self.id, error=error[:16384]))
-        await self.stop_flusher()
+        cmd = FailRun(command_id=new_id(), run_id=self.id, error=error[:16384])
+        return await self._end(cmd, "Failed")
 
-    async def cancel(self, reason: str = "") -> None:
+    async def cancel(self, reason: str = "") -> bool:
         with contextlib.suppress(CairnError):
             await self.flush()
-        await self._send(CancelRun(command_id=new_id(), run_id=self.id, reason=reason))
+        cmd = CancelRun(command_id=new_id(), run_id=self.id, reason=reason)
+        return await self._end(cmd, "Canceled")
+
+    async def _end(self, cmd: Command, status: str) -> bool:
+        await self._send(cmd)
         await self.stop_flusher()
+        return await self.stored(f"becomes {status}")
+
+    async def stored(self, then: str = "gets its points") -> bool:
+        """True when nothing this workspace sent waits in the spool (one more try to send it
+        first); else False and one warning: the run ``then`` when the spool is sent."""
+        outbox = self.workspace.outbox
+        if outbox.offline and not await outbox.replay():
+            log.warning(
+                "run_spooled",
+                run_id=self.id,
+                spool=str(outbox.spool.path),
+                detail=f"the bus is unreachable: this run {then} when the spool is sent "
+                "(cairn sync; an agent or cairn up on this machine sends it on its own)",
+            )
+            return False
+        return True
 
     async def set_tags(self, tags: dict[str, str]) -> None:
         await self._send(SetRunTags(command_id=new_id(), run_id=self.id, tags=tags))

@@ -195,17 +195,22 @@ class Run:
         staged = json.loads(raw) if raw else {}
         return {name: os.path.abspath(item["path"]) for name, item in staged.items()}
 
-    def complete(self, _set_status: bool = True) -> None:
+    def complete(self, _set_status: bool = True) -> bool:
+        """Send every logged point and mark the run Completed (inside a job the agent does
+        that from the exit code). True once stored; False when it could only be spooled
+        (the bus unreachable; one warning says so): the run is completed when the spool is
+        sent."""
         if self._agent_owned:
             self.flush()
-            return
-        self._ws._run(self._core.complete())
+            return self._ws._run(self._core.stored())
+        return self._ws._run(self._core.complete())
 
-    def fail(self, error_details: Any = None, error_code: str | None = None, **_: Any) -> None:
+    def fail(self, error_details: Any = None, error_code: str | None = None, **_: Any) -> bool:
+        """Like :meth:`complete`, for a run that failed."""
         if self._agent_owned:  # the job fails when the script exits non-zero
             self.flush()
-            return
-        self._ws._run(self._core.fail(str(error_details or error_code or "")))
+            return self._ws._run(self._core.stored())
+        return self._ws._run(self._core.fail(str(error_details or error_code or "")))
 
     def wait_for_completion(
         self,
@@ -225,8 +230,8 @@ class Run:
         details["runId"] = details["run_id"]
         return details
 
-    def cancel(self) -> None:
-        self._ws._run(self._core.cancel())
+    def cancel(self) -> bool:
+        return self._ws._run(self._core.cancel())
 
     def __enter__(self) -> Run:
         return self

@@ -4,7 +4,8 @@ It pulls tickets from its compute target's durable consumer only while it has fr
 claims each with the scheduler, acknowledges the ticket once the claim is recorded (the lease
 lives in the event log from then on) and runs the attempt. A stale ticket (the run moved on)
 is terminated. On stop it either drains (``drain=True``: finishes running jobs, takes no new
-ones) or stops its jobs and reports them lost, so they are re-queued at once.
+ones) or stops its jobs and reports them lost, so they are re-queued at once. It also sends
+what scripts on its machine left in the spool of its home (:mod:`cairn.spool`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
 from cairn.services.agent._env import Environments
 from cairn.services.agent._runner import Attempt
 from cairn.settings import Settings
+from cairn.spool import SEND_EVERY_S, send_spools_periodically
 
 __all__ = ["AgentService", "list_agents"]
 
@@ -52,6 +54,7 @@ class AgentService:
         agent_id: str | None = None,
         drain: bool = False,
         backend: str = "process",
+        spool_every_s: float = SEND_EVERY_S,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -61,6 +64,7 @@ class AgentService:
         self.labels = [validate_token(label, "label") for label in labels or []]
         self.agent_id = agent_key(agent_id or f"{self.compute}-{uuid.uuid4().hex[:12]}")
         self.drain = drain
+        self.spool_every_s = spool_every_s
         self.interval_s = AGENTS_BUCKET.ttl_s / 3
         self.started_at = time.time()
         self.info: AgentInfo | None = None
@@ -139,12 +143,19 @@ class AgentService:
                 tg.create_task(self._pull(stop))
                 if self._own_conn is not None:  # the process's connection is a person's
                     tg.create_task(answer_pings(self._own_conn, self.name, stop))
+                tg.create_task(self._send_spools(stop))
         finally:
             self.backend.close()
         with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
             await self._kv.delete(self.agent_id)
         if self._own_conn is not None:
             await self._own_conn.close()
+
+    async def _send_spools(self, stop: asyncio.Event) -> None:
+        """What scripts on this machine spooled while the bus was away (their jobs' among
+        them), sent at start and every ``spool_every_s``: no one has to run ``cairn sync``."""
+        spool = self.settings.home_path / "spool"
+        await send_spools_periodically(self.conn, spool, stop, self.spool_every_s)
 
     async def _beat(self, stop: asyncio.Event) -> None:
         failing = False  # a failure is logged once, when the beats start failing

@@ -1,0 +1,90 @@
+"""The spool is sent without hands, and refusals are kept and reported."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cairn.proto.commands import CompleteRun
+from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.sdk import AsyncWorkspace, new_id
+from cairn.settings import Settings
+from cairn.spool import Refused, Spool
+from tests.conftest import Agents
+from tests.sdk.test_sync_sdk import sdk_env
+
+CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
+
+
+def point(value: Any, step: int = 0) -> MetricPoint:
+    return MetricPoint("loss", "scalar", value, step, time.time())
+
+
+async def until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await check()
+        if got:
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+async def test_an_agent_sends_the_spool_of_its_home_at_start(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """A script ended while the bus was away: its points and its completion wait in the spool
+    until an agent on the machine starts; nobody runs ``cairn sync``."""
+    run = await (await ws.experiment("spooled")).start_run()
+    home = tmp_path / "home"
+    spool = Spool(home / "spool")
+    spool.append(ws.name, LogMetrics(command_id=new_id(), run_id=run.id, points=[point(0.5)]))
+    spool.append(ws.name, CompleteRun(command_id=new_id(), run_id=run.id))
+    spool.close()
+    agents.settings = msgspec.structs.replace(agents.settings, home=str(home))
+    await agents.start()
+
+    async def completed() -> bool:
+        return await run.get_status() == "Completed"
+
+    await until(completed, 15, "the spooled completion arrived")
+    assert await run.get_metrics() == {"loss": 0.5}
+    assert not list((home / "spool").glob("*.jsonl"))
+
+
+async def test_cairn_sync_reports_refused_commands_and_keeps_them(
+    ws: AsyncWorkspace, client_settings: Settings, tmp_path: Path
+) -> None:
+    run = await (await ws.experiment("sync")).start_run()
+    home = tmp_path / "home"
+    spool = Spool(home / "spool")
+    spool.append(ws.name, LogMetrics(command_id=new_id(), run_id=run.id, points=[point(0.5)]))
+    lost = LogMetrics(command_id=new_id(), run_id="no-such-run", points=[point(1.0)])
+    spool.append(ws.name, lost)
+    spool.close()
+    proc = await asyncio.create_subprocess_exec(
+        *CAIRN,
+        "sync",
+        env=sdk_env(client_settings, ws.name, home),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 1, (text, err.decode()[-3000:])
+    assert "synced 1 spooled commands from 1 files" in text
+    assert "refused 1 spooled commands for good" in text and "1 x [not_found]" in text
+    assert not list((home / "spool").glob("*.jsonl"))
+    kept = list((home / "spool" / "refused").glob("*.jsonl"))
+    assert len(kept) == 1
+    lines = kept[0].read_text().splitlines()
+    assert len(lines) == 1
+    refused = msgspec.json.decode(lines[0], type=Refused)
+    assert refused.code == "not_found" and refused.command == lost
+    assert await run.get_metrics() == {"loss": 0.5}
