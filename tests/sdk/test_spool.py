@@ -1,8 +1,11 @@
-"""The spool is sent without hands, and refusals are kept and reported."""
+"""The spool is sent without hands, refusals are kept and reported, and NaN from the async
+API follows the sync facade's policy point by point."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -10,12 +13,14 @@ from typing import Any
 
 import msgspec
 
+from cairn.errors import InvalidInput
 from cairn.proto.commands import CompleteRun
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.sdk import AsyncWorkspace, new_id
 from cairn.settings import Settings
 from cairn.spool import Refused, Spool
 from tests.conftest import Agents
+from tests.sdk.test_processes import Stack
 from tests.sdk.test_sync_sdk import sdk_env
 
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
@@ -88,3 +93,52 @@ async def test_cairn_sync_reports_refused_commands_and_keeps_them(
     refused = msgspec.json.decode(lines[0], type=Refused)
     assert refused.code == "not_found" and refused.command == lost
     assert await run.get_metrics() == {"loss": 0.5}
+
+
+async def test_async_nan_and_infinity_follow_the_sync_policy_point_by_point(
+    tmp_path: Path,
+) -> None:
+    """Under the default policy (keep them) a NaN logged through the async API is stored as
+    the sync facade stores it, and the batch's good points with it."""
+    stack = Stack(tmp_path / "stack", ["tracking", "ingester"])
+    await stack.start()
+    try:
+        ws = AsyncWorkspace(stack.conn, "ws1", stack.client_settings)
+        run = await (await ws.experiment("nan")).start_run()
+        for step, value in enumerate([1.0, math.nan, 2.0, math.inf, -math.inf, 3]):
+            run.log("x", "scalar", value, step)
+        run.log("l", "list", [1.0, math.nan])
+        run.log("r", "row", {"a": math.inf, "b": 1})
+        run.log("t", "table", {"c": [-math.inf, 2.5]})
+        assert await run.complete() is True
+        assert [p[2] for p in await run.history("x")] == [
+            1.0,
+            "NaN",
+            2.0,
+            "Infinity",
+            "-Infinity",
+            3,
+        ]
+        got = await run.get_metrics()
+        assert json.dumps({k: got[k] for k in "lrt"}) == json.dumps(
+            {"l": [1.0, "NaN"], "r": {"a": ["Infinity"], "b": [1]}, "t": {"c": ["-Infinity", 2.5]}}
+        )
+        await ws.close()
+    finally:
+        await stack.close()
+
+
+async def test_async_nan_under_a_strict_policy_is_refused_as_the_sync_facade_s(
+    ws: AsyncWorkspace,
+) -> None:
+    """The session's ingester refuses non-finite values: the async API's NaN meets the same
+    refusal as the sync facade's, not a decoding error."""
+    run = await (await ws.experiment("strict-async")).start_run()
+    run.log("x", "scalar", math.nan)
+    try:
+        await run.flush()
+    except InvalidInput as exc:
+        assert "non-finite value 'NaN'" in exc.message
+    else:
+        raise AssertionError("a NaN was accepted under the strict policy")
+    await run.complete()

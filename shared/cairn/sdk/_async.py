@@ -43,7 +43,7 @@ from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
-from cairn.sdk._metrics import MetricBuffer, batches
+from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
 from cairn.sdk._session import Session, new_id
 from cairn.settings import Settings, load_settings
@@ -289,8 +289,9 @@ class AsyncRun:
     # -- metrics --------------------------------------------------------------------------
 
     def log(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
-        """Buffer one point; never waits on the network. Safe from any thread."""
-        self.buffer.add(name, kind, value, step)
+        """Buffer one point; never waits on the network. Safe from any thread. NaN and
+        infinities become their strings (``wire_value``); a value of the wrong type raises."""
+        self.buffer.add(name, kind, wire_value(kind, value), step)
         if self._flusher is None:
             self.loop.call_soon_threadsafe(self._ensure_flusher)
 

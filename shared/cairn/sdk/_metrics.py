@@ -15,7 +15,14 @@ from cairn.errors import InvalidInput
 from cairn.proto._base import INT64_MAX, INT64_MIN
 from cairn.proto.metrics import MetricKind, MetricPoint
 
-__all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_POINTS", "MetricBuffer", "batches", "scalar"]
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_POINTS",
+    "MetricBuffer",
+    "batches",
+    "scalar",
+    "wire_value",
+]
 
 MAX_BATCH_POINTS = 5000
 MAX_BATCH_BYTES = 200 * 1024
@@ -119,3 +126,19 @@ def batches(points: list[MetricPoint]) -> list[list[MetricPoint]]:
         else:
             out.append(batch)
     return out
+
+
+def wire_value(kind: MetricKind, value: Any) -> Any:
+    """A point's value as the wire carries it, by the same policy whichever API logged it:
+    every scalar through :func:`scalar`, point by point and cell by cell, so a NaN or an
+    infinity travels as its string (the ingester's policy then keeps or refuses it) and never
+    spoils the batch's other points; a value of the wrong type is refused at the call."""
+    if kind == "scalar":
+        return scalar(value)
+    if kind == "list":
+        return [scalar(v) for v in value]
+    if kind == "row":
+        return {str(k): scalar(v) for k, v in value.items()}
+    if kind == "table":
+        return {str(k): [scalar(v) for v in column] for k, column in value.items()}
+    return value  # an image: the path of a run file

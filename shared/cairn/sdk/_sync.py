@@ -26,7 +26,6 @@ from cairn.sdk._async import AsyncRun, AsyncWorkspace
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
-from cairn.sdk._metrics import scalar
 from cairn.sdk._models import Model
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
@@ -147,17 +146,20 @@ class Run:
 
     # -- metrics (never wait on the network) ----------------------------------------------
 
+    # values go to the core as given: it makes them wire values (NaN as "NaN"...), one policy
+    # for both APIs
+
     def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
-        self._core.log(name, "scalar", scalar(value), step)
+        self._core.log(name, "scalar", value, step)
 
     def log_list(self, name: str, value: list[Any], description: str = "") -> None:
-        self._core.log(name, "list", [scalar(v) for v in value])
+        self._core.log(name, "list", value)
 
     def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        self._core.log(name, "row", {k: scalar(v) for k, v in kwargs.items()})
+        self._core.log(name, "row", kwargs)
 
     def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
-        self._core.log(name, "table", {k: [scalar(v) for v in col] for k, col in value.items()})
+        self._core.log(name, "table", value)
 
     def log_image(
         self, name: str, path: str | None = None, plot: Any = None, description: str = ""
