@@ -20,8 +20,9 @@ _RETRY_COLUMNS = [
 
 @cli.group()
 def projection() -> None:
-    """Read models. ``cairn status`` shows how many events each has quarantined (events it
-    could not apply, set aside so that it keeps serving)."""
+    """Read models: apply their quarantined events again. 'cairn status' shows how many events
+    each read model has quarantined (events it could not apply, set aside so that it keeps
+    serving)."""
 
 
 @projection.command("retry")

@@ -105,7 +105,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Show the server, the streams (message counts), the running services and their read
-    models (position, quarantined events: see ``cairn projection retry``)."""
+    models (position, quarantined events: see 'cairn projection retry')."""
     report = run(_status(settings()))
     if as_json:
         click.echo(json.dumps(report, indent=2))
