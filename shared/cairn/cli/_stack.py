@@ -13,7 +13,13 @@ from cairn.settings import Settings
 
 
 @cli.command()
-@click.option("--home", envvar="CAIRN_HOME", default="~/.cairn", show_default=True)
+@click.option(
+    "--home",
+    envvar="CAIRN_HOME",
+    default="~/.cairn",
+    show_default=True,
+    help="folder of the stack: server store, credentials, config.json, read models",
+)
 @click.option("--port", default=4222, show_default=True, help="0 picks a free port")
 @click.option("--demo", is_flag=True, help="run a demo experiment once the stack is up")
 @click.option(
@@ -31,8 +37,10 @@ from cairn.settings import Settings
 )
 def up(home: str, port: int, demo: bool, local_slots: int | None, server_restarts: int) -> None:
     """Start nats-server, every service and the local agent in this process; Ctrl-C stops
-    them. A server that dies is restarted; one that a killed ``cairn up`` left behind is
-    stopped first."""
+    them. A server that dies is restarted; one that a killed cairn up left behind is stopped
+    first. What scripts spooled while the stack was down is sent at start.
+
+    Example: cairn up --demo"""
     from cairn.embedded._up import up as run_up
 
     run(
@@ -129,9 +137,9 @@ def status(as_json: bool) -> None:
 
 @cli.command()
 def sync() -> None:
-    """Send what training scripts spooled while the bus was unreachable. Commands the bus
-    refuses for good are kept in the spool's ``refused/`` folder with the reason; then the exit
-    code is 1."""
+    """Send now what training scripts spooled while the bus was unreachable (cairn up and
+    agents also send it on their own, at start and every 30 s). Commands the bus refuses for
+    good are kept with the reason in the spool's refused folder, and the exit code is 1."""
     import sys
 
     from cairn.bus import connect
