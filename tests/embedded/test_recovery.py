@@ -10,10 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from cairn.embedded import NatsServer
 from cairn.rpc import ping_all
@@ -22,20 +19,6 @@ from cairn.settings import load_settings
 from tests.embedded.test_up import Up
 
 SERVICES = {"artifacts", "ingester", "registry", "scheduler", "tracking"}
-
-
-@pytest.fixture
-def ups() -> Iterator[list[Up]]:
-    """Every ``cairn up`` a test starts is gone after it, whatever happened."""
-    started: list[Up] = []
-    yield started
-    for up in started:
-        if up.proc.poll() is None:
-            up.proc.kill()
-            up.proc.communicate(timeout=20)
-        for pipe in (up.proc.stdout, up.proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
 
 def alive(pid: int) -> bool:
@@ -82,11 +65,11 @@ async def status_and_metrics(home: Path, run_id: str) -> tuple[str, dict[str, ob
 
 
 def test_kill_9_of_up_then_up_again_starts_cleanly_with_the_data(
-    up_home: tuple[Path, int], ups: list[Up]
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
 ) -> None:
     home, port = up_home
     first = Up(home, port, "--local-slots", "0")
-    ups.append(first)
+    ups.append(first.proc)
     first.wait_for("cairn is up", timeout=15)
     run_id = asyncio.run(a_completed_run(home))
     left = server_pid(home)
@@ -95,7 +78,7 @@ def test_kill_9_of_up_then_up_again_starts_cleanly_with_the_data(
     assert alive(left), "the server outlives its killed owner (what the next start must handle)"
 
     again = Up(home, port, "--local-slots", "0")
-    ups.append(again)
+    ups.append(again.proc)
     again.wait_for("cairn is up", timeout=20)
     assert not alive(left), "the server left behind was stopped"
     assert server_pid(home) != left
@@ -104,11 +87,11 @@ def test_kill_9_of_up_then_up_again_starts_cleanly_with_the_data(
 
 
 def test_a_nats_server_killed_under_up_is_restarted_and_clients_work_again(
-    up_home: tuple[Path, int], ups: list[Up]
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
 ) -> None:
     home, port = up_home
     up = Up(home, port, "--local-slots", "0")
-    ups.append(up)
+    ups.append(up.proc)
     up.wait_for("press Ctrl-C", timeout=15)
     killed = server_pid(home)
     os.kill(killed, signal.SIGKILL)
@@ -126,11 +109,11 @@ def test_a_nats_server_killed_under_up_is_restarted_and_clients_work_again(
 
 
 def test_up_gives_up_in_one_line_when_its_server_cannot_come_back(
-    up_home: tuple[Path, int], ups: list[Up]
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
 ) -> None:
     home, port = up_home
     up = Up(home, port, "--local-slots", "0", "--server-restarts", "1")
-    ups.append(up)
+    ups.append(up.proc)
     up.wait_for("press Ctrl-C", timeout=15)
     killed = server_pid(home)
     with socket.socket() as squatter:  # the port is taken the moment the server is gone
@@ -195,11 +178,11 @@ print(json.dumps({"stored": run.complete()}), flush=True)
 
 
 def test_complete_says_it_only_spooled_and_the_next_up_sends_the_spool(
-    up_home: tuple[Path, int], ups: list[Up], tmp_path: Path
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     home, port = up_home
     first = Up(home, port, "--local-slots", "0")
-    ups.append(first)
+    ups.append(first.proc)
     first.wait_for("cairn is up", timeout=15)
     go = tmp_path / "go"
     env = {**os.environ, "CAIRN_HOME": str(home), "CAIRN_LOG_FORMAT": "json"}
@@ -232,7 +215,7 @@ def test_complete_says_it_only_spooled_and_the_next_up_sends_the_spool(
     assert list((home / "spool").glob("*.jsonl"))
 
     again = Up(home, port, "--local-slots", "0")
-    ups.append(again)
+    ups.append(again.proc)
     again.wait_for("cairn is up", timeout=15)
 
     async def arrived() -> tuple[str, int]:

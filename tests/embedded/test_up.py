@@ -59,9 +59,12 @@ class Up:
         return self.proc.returncode
 
 
-def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(up_home: tuple[Path, int]) -> None:
+def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
+) -> None:
     home, port = up_home
     up = Up(home, port, "--demo")
+    ups.append(up.proc)
     up.wait_for("cairn is up", timeout=10)  # the readiness bound on this 2-core machine
     up.wait_for("demo complete: experiment 'demo' has 4 runs", timeout=20)
     up.wait_for("press Ctrl-C", timeout=5)
@@ -88,13 +91,17 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(up_home: tuple[Path, in
     assert up.interrupt() == 0
 
     again = Up(home, port, "--demo")
+    ups.append(again.proc)
     again.wait_for("demo complete: experiment 'demo' has 8 runs", timeout=20)
     assert again.interrupt() == 0
 
 
-def test_server_refuses_clients_without_credentials(up_home: tuple[Path, int]) -> None:
+def test_server_refuses_clients_without_credentials(
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
+) -> None:
     home, port = up_home
     up = Up(home, port)
+    ups.append(up.proc)
     up.wait_for("cairn is up", timeout=10)
 
     async def probe() -> None:
@@ -127,9 +134,12 @@ def test_server_refuses_clients_without_credentials(up_home: tuple[Path, int]) -
         assert up.interrupt() == 0
 
 
-def test_a_second_up_on_the_same_home_is_refused(up_home: tuple[Path, int]) -> None:
+def test_a_second_up_on_the_same_home_is_refused(
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
+) -> None:
     home, port = up_home
     up = Up(home, port)
+    ups.append(up.proc)
     up.wait_for("cairn is up", timeout=10)
     try:
         env = {**os.environ, "CAIRN_HOME": str(home)}
