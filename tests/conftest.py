@@ -16,7 +16,13 @@ import pytest
 
 from cairn.bus import Connection, EventStore, connect, provision
 from cairn.embedded import NatsServer
-from cairn.embedded._auth import AGENT_USER, AUDITOR, COMPUTE_OPERATOR, DATA_SCIENTIST
+from cairn.embedded._auth import (
+    ADMIN_USER,
+    AGENT_USER,
+    AUDITOR,
+    COMPUTE_OPERATOR,
+    DATA_SCIENTIST,
+)
 from cairn.embedded._server import SERVICE_USER
 from cairn.embedded._up import all_services
 from cairn.rpc import Client
@@ -35,12 +41,17 @@ JOB_SETTINGS: dict[str, object] = {
 }
 
 
+#: the one workspace of the role matrix's people (tests/security/test_role_matrix.py)
+MATRIX_WS = "mxown"
 #: people of the session's server besides the local person (a data scientist and compute
-#: operator, as ``cairn up`` makes the local user), by the roles they have
-PEOPLE: dict[str, tuple[str, ...]] = {
-    "olga": (DATA_SCIENTIST, COMPUTE_OPERATOR),
-    "dana": (DATA_SCIENTIST,),
-    "audrey": (AUDITOR,),
+#: operator of every workspace, as ``cairn up`` makes the local user): roles, workspaces
+PEOPLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "olga": ((DATA_SCIENTIST, COMPUTE_OPERATOR), ("*",)),
+    "dana": ((DATA_SCIENTIST,), ("*",)),
+    "audrey": ((AUDITOR,), ("*",)),
+    "mx-ds": ((DATA_SCIENTIST,), (MATRIX_WS,)),
+    "mx-co": ((COMPUTE_OPERATOR,), (MATRIX_WS,)),
+    "mx-aud": ((AUDITOR,), (MATRIX_WS,)),
 }
 
 
@@ -92,8 +103,8 @@ async def own_server(
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("cairn-home"), port=0)
-    for name, roles in PEOPLE.items():
-        server.add_person(name, roles)
+    for name, (roles, workspaces) in PEOPLE.items():
+        server.add_person(name, roles, workspaces)
     asyncio.run(server.start())
     yield server
     server.stop()
@@ -121,6 +132,26 @@ def client_settings(nats_server: NatsServer) -> Settings:
 def agent_settings(nats_server: NatsServer) -> Settings:
     """What an agent on another machine is given: the agent user's credentials."""
     return settings_for(nats_server, service=False, agent=True, **JOB_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+async def agent_conn(agent_settings: Settings) -> AsyncIterator[Connection]:
+    connection = await connect(agent_settings)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture(scope="session")
+async def admin_conn(nats_server: NatsServer) -> AsyncIterator[Connection]:
+    """The break-glass user, for tests of what only it may do (stream repair, deletes)."""
+    settings = msgspec.structs.replace(
+        settings_for(nats_server, service=True),
+        nats_user=ADMIN_USER,
+        nats_password=nats_server.admin_password,
+    )
+    connection = await connect(settings)
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ async def test_provisioning_twice_changes_nothing(conn: Connection) -> None:
     assert again["cairn_agents"] == "ready"
 
 
-async def test_drift_is_repaired(conn: Connection) -> None:
+async def test_drift_is_repaired_by_the_admin(admin_conn: Connection) -> None:
+    conn = admin_conn  # reconfiguring a stream is the admin's alone
     drifted = msgspec.structs.replace(JOBS, duplicate_window=60 * 1_000_000_000)
     assert await ensure_stream(conn, drifted) == "updated"
     assert await ensure_stream(conn, JOBS) == "updated"
@@ -26,8 +27,9 @@ async def test_drift_is_repaired(conn: Connection) -> None:
 
 
 async def test_events_stream_refuses_deletes_and_purges(
-    conn: Connection, store: EventStore, ws_name: str
+    conn: Connection, admin_conn: Connection, store: EventStore, ws_name: str
 ) -> None:
+    """Even the admin, who alone may send these, cannot delete or purge EVENTS."""
     info = json.loads((await conn.nc.request("$JS.API.STREAM.INFO.EVENTS", b"", timeout=5)).data)
     config = info["config"]
     for key in ("deny_delete", "deny_purge", "allow_direct", "allow_atomic"):
@@ -44,7 +46,8 @@ async def test_events_stream_refuses_deletes_and_purges(
         ("$JS.API.STREAM.MSG.DELETE.EVENTS", {"seq": result.seq}),
         ("$JS.API.STREAM.PURGE.EVENTS", {}),
     ]:
-        reply = json.loads((await conn.nc.request(api, json.dumps(body).encode(), timeout=5)).data)
+        payload = json.dumps(body).encode()
+        reply = json.loads((await admin_conn.nc.request(api, payload, timeout=5)).data)
         assert "error" in reply, api
     assert len(await store.read(f"cairn.ev.{ws_name}.experiment.d")) == 1
 

@@ -286,7 +286,7 @@ async def test_an_undeliverable_ticket_fails_its_run_and_is_deleted(
     details = await follow(ws, run_id, timeout=10)
     assert details["status"] == "Failed" and "delivered 3 times" in details["error"]
     assert deliveries == 3
-    info = await js.stream_info("JOBS", subjects_filter=subjects.job(ws.name, "local"))
+    info = await ws.conn.js.stream_info("JOBS", subjects_filter=subjects.job(ws.name, "local"))
     assert not (info.state.subjects or {})
     await psub.unsubscribe()
     await agent.close()

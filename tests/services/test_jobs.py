@@ -21,6 +21,7 @@ from cairn.proto import subjects
 from cairn.proto.commands import CreateExperiment, GetRun, QueryResult
 from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
 from cairn.settings import Settings
@@ -419,9 +420,13 @@ async def test_a_workspace_with_unclaimed_tickets_does_not_hold_up_another(
     assert (await follow(ws, run_id, timeout=30))["status"] == "Completed"
 
 
-async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> None:
-    """The fencing itself, with no agent: claim, lose the lease, claim again; the first
-    attempt can neither report nor finish."""
+async def test_reports_from_a_stale_attempt_are_refused(
+    ws: AsyncWorkspace, agent_conn: Connection
+) -> None:
+    """The fencing itself, with no agent process (the test claims and reports as the agent
+    user): claim, lose the lease, claim again; the first attempt can neither report nor
+    finish."""
+    reporter = Client(agent_conn, ws.name)
     await ws.experiment("jobs")
     run_id = os.urandom(8).hex()
     await ws.client.send(
@@ -435,7 +440,7 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
     )
 
     async def claim(agent: str, queue_n: int) -> int:
-        reply = await ws.client.send_any(
+        reply = await reporter.send_any(
             ClaimJob(command_id=os.urandom(8).hex(), run_id=run_id, queue_n=queue_n, agent_id=agent)
         )
         assert isinstance(reply, QueryResult), reply  # a claim answers with its assignment
@@ -459,11 +464,11 @@ async def test_reports_from_a_stale_attempt_are_refused(ws: AsyncWorkspace) -> N
         points(1),  # the replaced attempt's metrics too
     ):
         with pytest.raises(StaleAttempt):
-            await ws.client.send_any(stale)
+            await reporter.send_any(stale)
     with pytest.raises(InvalidInput, match="no attempt 3"):
         await ws.client.send(points(3))
     await ws.client.send(points(2))
-    await ws.client.send(
+    await reporter.send(
         FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2, outcome="completed")
     )
     assert (await follow(ws, run_id, timeout=10))["status"] == "Completed"

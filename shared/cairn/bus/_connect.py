@@ -83,11 +83,11 @@ class Connection:
 
     def note_error(self, err: Exception) -> None:
         match = _VIOLATION.search(str(err))
-        if match:
-            self._violations[match.group(1)] = time.monotonic()
+        if match:  # nats-py reports the subject in lower case
+            self._violations[match.group(1).lower()] = time.monotonic()
 
     def denied(self, subject: str, within_s: float = 60.0) -> bool:
-        at = self._violations.get(subject)
+        at = self._violations.get(subject.lower())
         return at is not None and time.monotonic() - at < within_s
 
     @property

@@ -14,8 +14,16 @@ Two accounts (docs/security.md draws them):
   ``$JS.CAIRN.API`` (an account without JetStream answers ``$JS.API`` itself), and each
   person's own inbox ``_INBOX_<user>`` receives what a consumer delivers there.
 
-``credentials.json`` (0600) keeps the passwords and each person's roles; ``roles.json`` (what
-the services' role checks read) is written from it with the server's config.
+Each user may publish and subscribe to what its role needs and nothing else
+(:func:`accounts_config`; the role matrix in docs/security.md): people to their workspaces'
+command families and queries and their own inbox; agents to their job tickets, their reports
+and what a job's script sends; services to everything but stream deletion, purges,
+reconfiguration, snapshots and restores. Those belong to the admin user ``cairn-admin``
+alone, whose password is kept apart in ``admin.json`` (0600) and which no running process
+uses.
+
+``credentials.json`` (0600) keeps the other passwords and each person's roles and workspaces;
+``roles.json`` (what the services' role checks read) is written from it.
 """
 
 from __future__ import annotations
@@ -33,12 +41,16 @@ import msgspec
 
 from cairn.bus._connect import PEOPLE_JS_PREFIX
 from cairn.errors import InvalidInput
-from cairn.proto.streams import AGENTS_BUCKET, LOGS, STREAMS
-from cairn.rpc import PEOPLE_ACCOUNT, SERVICE_ACCOUNT
+from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
+from cairn.proto.subjects import validate_token
+from cairn.rpc import PEOPLE_ACCOUNT, PING_SUBJECT, SERVICE_ACCOUNT
 from cairn.settings import Settings
 
 __all__ = [
+    "ADMIN_USER",
     "AGENT_USER",
+    "ALL_WORKSPACES",
+    "AUDITOR",
     "COMPUTE_OPERATOR",
     "DATA_SCIENTIST",
     "LOCAL_ROLES",
@@ -47,19 +59,67 @@ __all__ = [
     "Credentials",
     "Person",
     "accounts_config",
+    "admin_password",
     "check_person_name",
     "embedded_agent_settings",
+    "person_publish",
     "write_private",
 ]
 
 SERVICE_USER = "cairn-service"
 AGENT_USER = "cairn-agent"
+ADMIN_USER = "cairn-admin"
+#: a person's workspaces: names, or this for every workspace
+ALL_WORKSPACES = "*"
 DATA_SCIENTIST = "data_scientist"
 COMPUTE_OPERATOR = "compute_operator"
 AUDITOR = "auditor"
 ROLES = (DATA_SCIENTIST, COMPUTE_OPERATOR, AUDITOR)
-#: the person ``cairn up`` makes from the local user
+#: the person ``cairn up`` makes from the local user (of every workspace on this machine)
 LOCAL_ROLES = (DATA_SCIENTIST, COMPUTE_OPERATOR)
+#: command families (the verb's first token) each role may send in its workspaces; a data
+#: scientist submits jobs (``job.submit``) but does not report them, which agents do
+ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
+    DATA_SCIENTIST: (
+        "workspace.>",
+        "experiment.>",
+        "run.>",
+        "metrics.>",
+        "artifact.>",
+        "model.>",
+        "environment.>",
+        "datastore.>",
+        "dataset.>",
+        "job.submit",
+    ),
+    COMPUTE_OPERATOR: ("compute.>",),
+    AUDITOR: (),
+}
+#: what an agent sends: its job reports, and what a job's script sends (it runs with the
+#: agent's credentials where no person's are at hand)
+AGENT_COMMANDS = (
+    "experiment.>",
+    "job.claim",
+    "job.report",
+    "job.finish",
+    "run.>",
+    "metrics.>",
+    "artifact.>",
+    "model.>",
+    "dataset.>",
+    "datastore.uploaded",
+)
+#: what no one but the admin may do to a stream
+_ADMIN_ONLY = (
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.SNAPSHOT.>",
+    "$JS.API.STREAM.RESTORE.>",
+    "$JS.API.STREAM.MSG.DELETE.EVENTS",
+    "$JS.API.STREAM.MSG.DELETE.METRICS",
+    "$JS.API.STREAM.MSG.DELETE.LOGS",
+)
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 #: request/reply subjects people send to the services (server-attested with ``share``)
 _SHARED_SERVICES = ("cairn.cmd.>", "cairn.q.>", "cairn.artifacts.>")
@@ -93,6 +153,7 @@ def _local_name() -> str:
 class Person:
     password: str
     roles: tuple[str, ...]
+    workspaces: tuple[str, ...] = (ALL_WORKSPACES,)
 
 
 @dataclass(frozen=True)
@@ -115,7 +176,11 @@ class Credentials:
         raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         user = raw.get("client_user") or _local_name()
         people = {
-            name: Person(password=p["password"], roles=tuple(p["roles"]))
+            name: Person(
+                password=p["password"],
+                roles=tuple(p["roles"]),
+                workspaces=tuple(p.get("workspaces", (ALL_WORKSPACES,))),
+            )
             for name, p in raw.get("people", {}).items()
         }
         if user not in people:
@@ -137,7 +202,11 @@ class Credentials:
             "agent_password": self.agent_password,
             "client_user": self.client_user,
             "people": {
-                name: {"password": p.password, "roles": list(p.roles)}
+                name: {
+                    "password": p.password,
+                    "roles": list(p.roles),
+                    "workspaces": list(p.workspaces),
+                }
                 for name, p in sorted(self.people.items())
             },
         }
@@ -145,14 +214,23 @@ class Credentials:
     def save(self, path: Path) -> None:
         write_private(path, json.dumps(self.as_json(), indent=2) + "\n")
 
-    def with_person(self, name: str, roles: Iterable[str]) -> Credentials:
-        """These credentials plus person ``name`` (a new password) with ``roles``."""
+    def with_person(
+        self, name: str, roles: Iterable[str], workspaces: Iterable[str] = (ALL_WORKSPACES,)
+    ) -> Credentials:
+        """These credentials plus person ``name`` (a new password) with ``roles`` in
+        ``workspaces``."""
         check_person_name(name)
         wanted = tuple(dict.fromkeys(roles))
         unknown = [r for r in wanted if r not in ROLES]
         if unknown or not wanted:
             raise InvalidInput(f"roles must be some of {', '.join(ROLES)}; got {list(wanted)}")
-        person = Person(password=secrets.token_urlsafe(24), roles=wanted)
+        spaces = tuple(dict.fromkeys(workspaces))
+        for ws in spaces:
+            if ws != ALL_WORKSPACES:
+                validate_token(ws, "workspace")
+        if not spaces:
+            raise InvalidInput("a person needs at least one workspace")
+        person = Person(password=secrets.token_urlsafe(24), roles=wanted, workspaces=spaces)
         return Credentials(
             service_password=self.service_password,
             agent_password=self.agent_password,
@@ -166,6 +244,16 @@ class Credentials:
             f"{role}s": sorted(n for n, p in self.people.items() if role in p.roles)
             for role in ROLES
         }
+
+
+def admin_password(path: Path) -> str:
+    """The admin user's password, kept in a file of its own (0600), made on first use."""
+    if path.exists():
+        password: str = json.loads(path.read_text())["password"]
+        return password
+    password = secrets.token_urlsafe(24)
+    write_private(path, json.dumps({"user": ADMIN_USER, "password": password}, indent=2) + "\n")
+    return password
 
 
 def _q(value: str) -> str:
@@ -189,27 +277,92 @@ def _people_js_api() -> list[str]:
     return subjects
 
 
-def _permissions(publish: Iterable[str], subscribe: Iterable[str]) -> str:
+def _permissions(
+    publish: Iterable[str],
+    subscribe: Iterable[str],
+    *,
+    deny_publish: Iterable[str] = (),
+    responses: bool = False,
+) -> str:
+    pub = f"allow: {json.dumps(list(publish))}"
+    if deny := list(deny_publish):
+        pub += f", deny: {json.dumps(deny)}"
+    extra = ", allow_responses: true" if responses else ""
     return (
-        f"permissions: {{publish: {{allow: {json.dumps(list(publish))}}},"
-        f" subscribe: {{allow: {json.dumps(list(subscribe))}}}}}"
+        f"permissions: {{publish: {{{pub}}}, subscribe: {{allow: {json.dumps(list(subscribe))}}}"
+        f"{extra}}}"
     )
 
 
-def _person(name: str, person: Person) -> str:
-    publish = [
-        *_SHARED_SERVICES,
+def _user(name: str, password: str, permissions: str | None) -> str:
+    body = f"user: {_q(name)}, password: {_q(password)}"
+    return f"{{{body}, {permissions}}}" if permissions else f"{{{body}}}"
+
+
+def person_publish(person: Person) -> list[str]:
+    """The subjects ``person`` may publish to: its roles' command families and the queries of
+    its workspaces, upload sessions (data scientists), the services' broadcasts, and the
+    read-only JetStream API imported under ``PEOPLE_JS_PREFIX``."""
+    families = [f for role in person.roles for f in ROLE_COMMANDS[role]]
+    subjects = [f"cairn.cmd.{ws}.{f}" for ws in person.workspaces for f in families]
+    subjects += [f"cairn.q.{ws}.>" for ws in person.workspaces]
+    if DATA_SCIENTIST in person.roles:
+        subjects.append("cairn.artifacts.>")
+    subjects += [
         _BROADCASTS,
         f"{PEOPLE_JS_PREFIX}.>",
         "$JS.FC.>",
         "$JS.API.INFO",  # answered "not enabled" by USERS itself: how a client finds the prefix
     ]
-    subscribe = [f"_INBOX_{name}.>"]
-    permissions = _permissions(publish, subscribe)
-    return f"{{user: {_q(name)}, password: {_q(person.password)}, {permissions}}}"
+    return subjects
 
 
-def accounts_config(creds: Credentials) -> list[str]:
+def _person(name: str, person: Person) -> str:
+    permissions = _permissions(person_publish(person), [f"_INBOX_{name}.>"])
+    return _user(name, person.password, permissions)
+
+
+def _agent(password: str) -> str:
+    """The agents' user: its compute targets' job tickets (pull and acknowledge), its heartbeat
+    key, its jobs' logs, its reports and its jobs' commands; the events of the runs it runs
+    (to see a cancel), pings, its inbox."""
+    kv = _KV_AGENTS
+    publish = [
+        "$JS.API.INFO",
+        f"$JS.API.CONSUMER.INFO.{JOBS.name}.*",
+        f"$JS.API.CONSUMER.CREATE.{JOBS.name}.*",
+        f"$JS.API.CONSUMER.MSG.NEXT.{JOBS.name}.*",
+        f"$JS.ACK.{JOBS.name}.>",
+        f"$JS.API.STREAM.INFO.{kv}",
+        f"$JS.API.CONSUMER.CREATE.{kv}",
+        f"$JS.API.CONSUMER.CREATE.{kv}.>",
+        f"$JS.API.CONSUMER.INFO.{kv}.*",
+        f"$JS.API.CONSUMER.DELETE.{kv}.>",
+        f"$JS.API.DIRECT.GET.{kv}.>",
+        f"$KV.{AGENTS_BUCKET.bucket}.>",
+        "$JS.FC.>",
+        "cairn.logs.>",
+        *(f"cairn.cmd.*.{f}" for f in AGENT_COMMANDS),
+        "cairn.q.>",
+        "cairn.artifacts.>",
+    ]
+    subscribe = [f"_INBOX_{AGENT_USER}.>", "cairn.ev.*.run.*", PING_SUBJECT]
+    return _user(AGENT_USER, password, _permissions(publish, subscribe, responses=True))
+
+
+def _service(password: str) -> str:
+    """The services' user: every ``cairn.`` subject and the JetStream API, but no stream
+    deletion, purge, reconfiguration, snapshot or restore (the admin's)."""
+    # replies: to people through their import (``_R_``) and to the stack's own users; one
+    # connection may carry several services, each answering the same broadcast
+    replies = ["_R_.>", f"_INBOX_{SERVICE_USER}.>", f"_INBOX_{AGENT_USER}.>"]
+    publish = ["cairn.>", "$JS.>", "$KV.>", *replies]
+    subscribe = ["cairn.>", "$JS.EVENT.ADVISORY.>", f"_INBOX_{SERVICE_USER}.>"]
+    permissions = _permissions(publish, subscribe, deny_publish=_ADMIN_ONLY, responses=True)
+    return _user(SERVICE_USER, password, permissions)
+
+
+def accounts_config(creds: Credentials, admin_password: str | None = None) -> list[str]:
     """The ``accounts`` block of the server's config."""
     js_api = _people_js_api()
     exports = [f"{{service: {_q(s)}}}" for s in _SHARED_SERVICES]
@@ -232,10 +385,9 @@ def accounts_config(creds: Credentials) -> list[str]:
         imports.append(
             f"{{stream: {{account: {SERVICE_ACCOUNT}, subject: {_q(f'_INBOX_{name}.>')}}}}}"
         )
-    services = [
-        f"{{user: {_q(SERVICE_USER)}, password: {_q(creds.service_password)}}}",
-        f"{{user: {_q(AGENT_USER)}, password: {_q(creds.agent_password)}}}",
-    ]
+    services = [_service(creds.service_password), _agent(creds.agent_password)]
+    if admin_password is not None:
+        services.append(_user(ADMIN_USER, admin_password, None))
     people = [_person(name, p) for name, p in sorted(creds.people.items())]
     return [
         "accounts {",

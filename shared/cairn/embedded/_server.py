@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 
 from cairn.embedded._auth import (
+    ALL_WORKSPACES,
     SERVICE_USER,
     Credentials,
     accounts_config,
+    admin_password,
     write_private,
 )
 from cairn.errors import CairnError, Unavailable
@@ -96,18 +98,25 @@ class NatsServer:
             "}",
         ]
         if self.credentials is not None:
-            lines += accounts_config(self.credentials)
+            lines += accounts_config(self.credentials, self.admin_password)
         return "\n".join(lines) + "\n"
 
     @property
     def credentials_file(self) -> Path:
         return self.home / "credentials.json"
 
-    def add_person(self, name: str, roles: tuple[str, ...]) -> str:
-        """Add person ``name`` with ``roles`` (a new password, returned) to the credentials;
-        the running server learns it at its next start."""
+    @property
+    def admin_password(self) -> str:
+        """The admin user's password (``admin.json``, 0600, apart from every other)."""
+        return admin_password(self.home / "admin.json")
+
+    def add_person(
+        self, name: str, roles: tuple[str, ...], workspaces: tuple[str, ...] = (ALL_WORKSPACES,)
+    ) -> str:
+        """Add person ``name`` with ``roles`` in ``workspaces`` (a new password, returned) to
+        the credentials; the running server learns it at its next start."""
         assert self.credentials is not None
-        self.credentials = self.credentials.with_person(name, roles)
+        self.credentials = self.credentials.with_person(name, roles, workspaces)
         self.credentials.save(self.credentials_file)
         self._write_roles()
         return self.credentials.people[name].password

@@ -1,0 +1,169 @@
+"""The role matrix of docs/security.md, cell by cell, against the real server and services:
+each role sends one message of each command or query family to a workspace of its own and to
+another; ``allowed`` means it reached a service (which may still answer with an error of its
+own), ``denied`` means ``PermissionDenied``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cairn.bus import Connection
+from cairn.errors import CairnError, PermissionDenied
+from cairn.proto.artifacts import OpenUpload
+from cairn.proto.assets import ComputeSpec, CreateCompute, EnvironmentSpec, RegisterEnvironment
+from cairn.proto.commands import (
+    Command,
+    CreateExperiment,
+    CreateWorkspace,
+    ListExperiments,
+    Query,
+    StartRun,
+)
+from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
+from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.proto.registry import RegisterModelVersion
+from cairn.rpc import Client
+from tests.conftest import MATRIX_WS
+
+MATRIX = Path(__file__).parents[2] / "docs" / "security.md"
+HEADER = "| role | family | own workspace | other workspace |"
+#: who plays each role of the table
+ROLE_USERS = {
+    "data scientist": "mx-ds",
+    "compute operator": "mx-co",
+    "auditor": "mx-aud",
+    "agent": "agent",
+}
+
+
+def cid() -> str:
+    return uuid.uuid4().hex
+
+
+def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
+    """One message per family (fresh ids each time); none changes anything another test
+    reads, and most are refused by the service after the server let them through."""
+    return {
+        "workspace commands": lambda: CreateWorkspace(command_id=cid(), name=ws),
+        "experiment commands": lambda: CreateExperiment(command_id=cid(), name="matrix"),
+        "run commands": lambda: StartRun(command_id=cid(), run_id="mx-missing"),
+        "metrics commands": lambda: LogMetrics(
+            command_id=cid(),
+            run_id="mx-missing",
+            points=[MetricPoint(name="m", kind="scalar", value=1.0, step=0, time=0.0)],
+        ),
+        "artifact commands": lambda: OpenUpload(
+            command_id=cid(), run_id="mx-missing", path="x.txt", size=1
+        ),
+        "model commands": lambda: RegisterModelVersion(
+            command_id=cid(), name="mx-model", path="mx-missing", run_id="mx-missing"
+        ),
+        "environment commands": lambda: RegisterEnvironment(
+            command_id=cid(), name="mx-env", spec=EnvironmentSpec()
+        ),
+        "job submission": lambda: SubmitJob(
+            command_id=cid(),
+            run_id=cid()[:12],
+            experiment_name="matrix",
+            compute="mx-none",
+            job=JobSpec(command=["true"]),
+            environment_name="mx-missing",
+        ),
+        "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
+        "compute commands": lambda: CreateCompute(
+            command_id=cid(), name="mx-compute", spec=ComputeSpec(kind="cluster", max_nodes=1)
+        ),
+        "queries": lambda: ListExperiments(),
+    }
+
+
+def read_matrix() -> list[tuple[str, str, str, str]]:
+    """The table's rows: role, family, own workspace, other workspace."""
+    lines = MATRIX.read_text().splitlines()
+    start = lines.index(HEADER) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        role, family, own, other = (c.strip() for c in line.strip("|").split("|"))
+        rows.append((role, family, own, other))
+    return rows
+
+
+async def outcome(client: Client, message: Command | Query) -> str:
+    try:
+        if isinstance(message, Query):
+            await client.ask(message)
+        else:
+            await client.send_any(message)
+    except PermissionDenied:
+        return "denied"
+    except CairnError:  # the service answered: the server let the request through
+        pass
+    return "allowed"
+
+
+def test_the_matrix_covers_every_role_and_family() -> None:
+    rows = read_matrix()
+    cells = {(role, family) for role, family, _, _ in rows}
+    assert len(cells) == len(rows), "a role and family appear twice"
+    assert cells == {(r, f) for r in ROLE_USERS for f in _family("x")}
+    for _, _, own, other in rows:
+        assert {own, other} <= {"allowed", "denied"}
+
+
+async def test_every_cell_of_the_role_matrix(
+    services: None, people: dict[str, Connection], agent_conn: Connection
+) -> None:
+    other_ws = "mx" + uuid.uuid4().hex[:10]
+    conns = {**people, "agent": agent_conn}
+    checks = []
+    for role, family, own, other in read_matrix():
+        conn = conns[ROLE_USERS[role]]
+        for ws, expected in ((MATRIX_WS, own), (other_ws, other)):
+            client = Client(conn, ws, attempts=1, timeout=3)
+            message = _family(ws)[family]()
+            checks.append(((role, family, ws, expected), outcome(client, message)))
+    got = await asyncio.gather(*(check for _, check in checks))
+    wrong = [
+        f"{role} / {family} in {'own' if ws == MATRIX_WS else 'other'}: {actual}, not {expected}"
+        for ((role, family, ws, expected), _), actual in zip(checks, got, strict=True)
+        if actual != expected
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("user", ["mx-ds", "mx-co", "mx-aud", "agent", "service"])
+async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_directly(
+    user: str, people: dict[str, Connection], agent_conn: Connection, conn: Connection
+) -> None:
+    """No snapshot or restore of a stream, no subscription to ``>``, no place in a service's
+    queue group, no message straight into METRICS, LOGS or a KV bucket, except what a user of
+    the stack needs for its work: services serve and write METRICS and KV, agents write their
+    jobs' logs and their heartbeat key."""
+    c = {**people, "agent": agent_conn, "service": conn}[user]
+    publish = ["$JS.API.STREAM.SNAPSHOT.EVENTS", "$JS.API.STREAM.RESTORE.EVENTS"]
+    queue_groups: list[str] = []
+    if user != "service":
+        publish += [f"cairn.metrics.{MATRIX_WS}.x", f"$KV.cairn_job_leases.{MATRIX_WS}.x"]
+        queue_groups.append("cairn.cmd.*.run.>")
+    if user not in ("service", "agent"):
+        publish += [f"cairn.logs.{MATRIX_WS}.x", "$KV.cairn_agents.mx-fake"]
+    for subject in publish:
+        await c.nc.publish(subject, b"{}")
+    subs = [await c.nc.subscribe(">")]
+    subs += [await c.nc.subscribe(s, queue="tracking") for s in queue_groups]
+    await c.nc.flush()
+    wanted = [*publish, ">", *queue_groups]
+    for _ in range(50):
+        if all(c.denied(s) for s in wanted):
+            break
+        await asyncio.sleep(0.05)
+    for sub in subs:
+        await sub.unsubscribe()
+    assert [s for s in wanted if not c.denied(s)] == []
