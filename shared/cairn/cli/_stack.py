@@ -56,9 +56,22 @@ def up(home: str, port: int, demo: bool, local_slots: int | None, server_restart
 
 @cli.command()
 @click.argument("service")
-@click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
+@click.option(
+    "--nats-url",
+    envvar="CAIRN_NATS_URL",
+    default=None,
+    help="the NATS server (default: CAIRN_NATS_URL, else the settings' nats_url)",
+)
 def serve(service: str, nats_url: str | None) -> None:
-    """Run one service alone against a NATS server."""
+    """Run one service alone against a NATS server.
+
+    SERVICE is one of: tracking, ingester, artifacts, registry, scheduler. It serves until
+    SIGINT or SIGTERM.
+
+    \b
+    Example:
+      cairn serve tracking --nats-url nats://127.0.0.1:4222
+    """
     from cairn.embedded._up import all_services
 
     if service not in all_services():
@@ -110,7 +123,7 @@ async def _status(settings: Settings) -> dict[str, Any]:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def status(as_json: bool) -> None:
     """Show the server, the streams (message counts), the running services and their read
     models (position, quarantined events: see 'cairn projection retry')."""
@@ -172,7 +185,7 @@ def sync() -> None:
 
 @cli.group(invoke_without_command=True)
 @click.option("--compute", default=None, help="the compute target this agent serves")
-@click.option("--slots", type=int, default=1, show_default=True)
+@click.option("--slots", type=int, default=1, show_default=True, help="jobs run at once")
 @click.option("--label", "labels", multiple=True, help="e.g. gpu; repeatable")
 @click.option(
     "--drain",
@@ -186,7 +199,12 @@ def sync() -> None:
     show_default=True,
     help="run jobs as local processes or in Docker containers",
 )
-@click.option("--nats-url", envvar="CAIRN_NATS_URL", default=None)
+@click.option(
+    "--nats-url",
+    envvar="CAIRN_NATS_URL",
+    default=None,
+    help="the NATS server (default: CAIRN_NATS_URL, else the settings' nats_url)",
+)
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -197,7 +215,16 @@ def agent(
     backend: str,
     nats_url: str | None,
 ) -> None:
-    """Run a compute agent (``cairn agent --compute NAME``), or list agents (``agent list``)."""
+    """Run a compute agent, or list the agents.
+
+    With --compute NAME, runs the jobs sent to compute target NAME until SIGINT or SIGTERM;
+    'cairn agent list' lists the agents with a live heartbeat.
+
+    \b
+    Examples:
+      cairn agent --compute gpu --slots 2 --label gpu
+      cairn agent list
+    """
     if ctx.invoked_subcommand is not None:
         return
     if compute is None:
@@ -220,7 +247,7 @@ _AGENT_COLUMNS = [
 
 
 @agent.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON (complete, never cut)")
 def agent_list(as_json: bool) -> None:
     """Agents with a live heartbeat: compute, capacity, slots, last heartbeat."""
     import time
