@@ -162,7 +162,8 @@ async def cairn_side(
         await ws.client.send(
             RegisterDatastore(command_id=uuid.uuid4().hex, name=name, spec=spec, credentials=creds)
         )
-        local_root = work / "local-datastore"
+        # under <home>/datastores, the one root a local datastore may have by default
+        local_root = stack.home / "datastores" / "bench"
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
         disk = "disk" + uuid.uuid4().hex[:6]
         await ws.client.send(

@@ -32,6 +32,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from cairn.bus import Connection
+from cairn.bus import connect as connect_bus
+from cairn.embedded._auth import SERVICE_USER, Credentials
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig, connect
 from cairn.sdk._jobs import follow, submit
 from cairn.settings import load_settings
@@ -163,13 +166,15 @@ async def _wait_agents(ws: AsyncWorkspace, n: int, only: list[int] | None = None
 
 async def _throughput(
     ws: AsyncWorkspace,
+    observer: Connection,
     stack: EmbeddedStack,
     agents: list[subprocess.Popen[bytes]],
     config: ScriptRunConfig,
     jobs: int,
     key: str,
 ) -> dict[str, float]:
-    """``jobs`` no-op jobs over the running agents: jobs/s, and CPU per job by part."""
+    """``jobs`` no-op jobs over the running agents: jobs/s, and CPU per job by part.
+    ``observer`` (a service connection: people may not read the log) sees the runs end."""
     r: dict[str, float] = {}
     ended: dict[str, str] = {}
     all_done = asyncio.Event()
@@ -182,7 +187,7 @@ async def _throughput(
             if len(ended) >= target[0]:
                 all_done.set()
 
-    sub = await ws.conn.nc.subscribe(f"cairn.ev.{ws.name}.run.>", cb=on_event)
+    sub = await observer.nc.subscribe(f"cairn.ev.{ws.name}.run.>", cb=on_event)
     target[0] = 4  # one job per agent first: starting the zygotes is not the jobs' cost
     await asyncio.gather(*(submit(ws, "bench-jobs", config) for _ in range(4)))
     await asyncio.wait_for(all_done.wait(), 60)
@@ -217,6 +222,15 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
     config = ScriptRunConfig(source_directory=folder, script="noop.py")
     r: dict[str, Any] = {}
     agents = _agents(stack, 1)
+    creds = Credentials.load_or_create(stack.home / "credentials.json")
+    observer = await connect_bus(
+        load_settings(
+            file=stack.home / "config.json",
+            nats_user=SERVICE_USER,
+            nats_password=creds.service_password,
+        ),
+        name="bench-observer",
+    )
     try:
         async with connect(settings) as ws:
             await _wait_agents(ws, 1)
@@ -231,7 +245,7 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
             agents += _agents(stack, 3)
             await _wait_agents(ws, 4)
             r["ceiling_jobs_per_s"] = await _spawn_all(script, jobs, 4)
-            r.update(await _throughput(ws, stack, agents, config, jobs, ""))
+            r.update(await _throughput(ws, observer, stack, agents, config, jobs, ""))
             r["median_job_run"] = statistics.median(lat)
             for proc in agents:  # the same again with every interpreter started cold
                 proc.terminate()
@@ -239,7 +253,7 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
                 proc.wait(30)
             agents[:] = _agents(stack, 4, warm=False)
             await _wait_agents(ws, 4, only=[a.pid for a in agents])
-            r.update(await _throughput(ws, stack, agents, config, jobs, "cold_"))
+            r.update(await _throughput(ws, observer, stack, agents, config, jobs, "cold_"))
             for key in ("", "cold_"):
                 r[f"{key}throughput_vs_ceiling"] = r[f"{key}jobs_per_s"] / r["ceiling_jobs_per_s"]
     finally:
@@ -247,6 +261,7 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
             proc.terminate()
         for proc in agents:
             proc.wait(30)
+        await observer.close()
     return r
 
 
