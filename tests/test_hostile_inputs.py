@@ -13,7 +13,6 @@ import os
 import sys
 import tarfile
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from cairn.sdk import AsyncWorkspace, load_job_file
 from cairn.sdk._metrics import scalar
 from cairn.settings import Settings
 from cairn.snapshot import SnapshotRefused, unpack
+from tests.helpers import envelope
 from tests.sdk.test_sync_sdk import sdk_env
 from tests.test_cli import cli_json
 
@@ -114,25 +114,14 @@ async def test_commands_and_queries_refuse_integers_out_of_range(client: Client)
         )
 
 
+def _run_event(ws: str, run_id: str, event: Event) -> Envelope[Event]:
+    """A run's event as an administrator appends it, past every service."""
+    return envelope(ws, run_id, event, cause=_id(), kind="run", actor="admin")
+
+
 def _poisoned_assignment(ws: str, run_id: str) -> bytes:
     event = RunAssigned(run_id=run_id, attempt=BIG, queue_n=1, agent_id="a1", lease_s=5.0)
-    return encode_envelope(_envelope(ws, run_id, event))
-
-
-def _envelope(ws: str, run_id: str, event: Event) -> Envelope[Event]:
-    return Envelope(
-        event_id=_id(),
-        type=type(event).__name__,
-        schema_version=type(event).VERSION,
-        workspace=ws,
-        aggregate_kind="run",
-        aggregate_id=run_id,
-        timestamp=datetime.now(UTC),
-        actor="admin",
-        causation_id=_id(),
-        correlation_id=_id(),
-        data=event,
-    )
+    return encode_envelope(_run_event(ws, run_id, event))
 
 
 async def test_an_event_no_read_model_can_apply_is_quarantined_and_all_keep_serving(
@@ -503,8 +492,8 @@ async def test_download_files_refuses_a_path_from_the_log_that_leaves_the_folder
     event = ArtifactCommitted(
         run_id=run.id, path=f"../{escaped}", digest=legit["digest"], size=legit["size"]
     )
-    envelope = _envelope(ws.name, run.id, event)
-    ack = await conn.js.publish(subjects.event(ws.name, "run", run.id), encode_envelope(envelope))
+    forged = _run_event(ws.name, run.id, event)
+    ack = await conn.js.publish(subjects.event(ws.name, "run", run.id), encode_envelope(forged))
     await client.ask(ListRunFiles(run_id=run.id, min_seq=ack.seq))
     folder = tmp_path / "dl"
     folder.mkdir()
