@@ -2,8 +2,9 @@
 
 A workspace key (Fernet: AES-128-CBC with HMAC-SHA256) lives in ``$CAIRN_HOME/keys/<ws>.key``
 (mode 0600), is made on first use, and never leaves the processes that move data. Roles come
-from ``$CAIRN_HOME/roles.json`` (``{"compute_operators": ["olga"]}``) until they become NATS
-permissions.
+from ``$CAIRN_HOME/roles.json`` (``{"compute_operators": ["olga"]}``), which the embedded server
+writes from the people in ``credentials.json``: the server's subject permissions are the first
+gate (docs/security.md), this check of the attested actor the second.
 """
 
 from __future__ import annotations
