@@ -27,6 +27,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     nats_user: str | None = None
     nats_password: str | None = None
     nats_creds: str | None = None
+    #: inside a job: the agent's socket for this attempt, the job's only way to the services
+    #: (set by the agent; a job holds no NATS credentials)
+    agent_socket: str | None = None
     workspace: str = "default"
     actor: str | None = None
     state_dir: str | None = None
@@ -58,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: fork ``python <script>`` jobs from a warm interpreter (process backend); off: every
     #: job's interpreter starts cold (``CAIRN_JOB_WARM_START=0``)
     job_warm_start: bool = True
+    #: more of an agent's environment variables its jobs may see, beyond the built-in
+    #: allow-list (locale, paths, proxies, CUDA...): comma-separated names or ``PREFIX*``
+    job_env_allow: str = ""
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     #: the settings file these were read from (set by ``load_settings``; None: none was read)

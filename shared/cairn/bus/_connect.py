@@ -24,6 +24,9 @@ Each user reads replies on its own inbox prefix, ``_INBOX_<user>`` (the server l
 subscribe there only). A person's account has no JetStream of its own: it reaches the
 services' streams through imports under ``$JS.CAIRN.API``, which the connection finds by
 asking ``$JS.API.INFO`` once (an account without JetStream answers "not enabled").
+
+Inside a job (``agent_socket`` set by its agent) there is no NATS connection at all: the
+connection is the agent's socket (``_link.py``), which forwards what the job may send.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.client import Server
 from nats.js import JetStreamContext
 
+from cairn.bus._link import AgentLink
 from cairn.errors import CairnError, InvalidInput, Unauthenticated, Unavailable
 from cairn.log import get_logger
 from cairn.settings import Settings
@@ -124,6 +128,8 @@ async def connect(
     long-running processes) retries an unreachable server with backoff until it answers, or
     until ``stop`` is set (then it raises ``Unavailable``).
     """
+    if settings.agent_socket:
+        return await _through_agent(settings)
     options = _options(settings, name)
     started = time.monotonic()
     deadline = None if wait else started + settings.connect_timeout_s
@@ -155,6 +161,13 @@ async def connect(
         if wait and attempt > 0:
             log.info("nats_connected", name=name, url=settings.nats_url, attempts=attempt + 1)
         return conn
+
+
+async def _through_agent(settings: Settings) -> Connection:
+    """Inside a job: the agent's socket for this attempt, as a connection (``_link.py``)."""
+    link = AgentLink(settings.agent_socket or "")
+    await link.open()
+    return Connection(nc=link, js=link.jetstream(), settings=settings, own_jetstream=False)
 
 
 async def _stopped(stop: asyncio.Event | None, delay: float) -> bool:

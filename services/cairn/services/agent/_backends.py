@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,12 +43,52 @@ __all__ = [
     "ProcessBackend",
     "Runtime",
     "docker_client",
+    "job_environ",
 ]
 
 log = get_logger("cairn.agent")
 BASE_IMAGE = "cairn-base:bookworm"
 _PR_SET_PDEATHSIG = 1
 _SKIP_ENV = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
+#: what a job's process keeps of its agent's environment (anything else — cloud keys, tokens,
+#: Cairn's own settings — stays with the agent): names, and prefixes ending in ``*``;
+#: ``job_env_allow`` adds more
+JOB_ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TERM",
+    "TMPDIR",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONIOENCODING",
+    "PYTHONWARNINGS",
+    "PYTHONDONTWRITEBYTECODE",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "CUDA_*",
+    "NVIDIA_*",
+    "NCCL_*",
+)
+_GATE_MOUNT = "/run/cairn"
 _SETPRIV = shutil.which("setpriv") if sys.platform == "linux" else None
 _KEEPER = str(Path(__file__).with_name("_keeper.py"))
 #: environments an agent keeps a warm interpreter for
@@ -168,14 +208,18 @@ class ProcessBackend:
     name = "process"
 
     def __init__(
-        self, python_for: Callable[[JobEnvironment | None], Awaitable[Path]], *, warm: bool = True
+        self,
+        python_for: Callable[[JobEnvironment | None], Awaitable[Path]],
+        *,
+        warm: bool = True,
+        env_allow: str = "",
     ) -> None:
         self._python_for = python_for
         self.warm = warm
         self._zygotes: dict[str, Zygote] = {}
-        # the agent's environment as it started, without Cairn's own variables (read once:
-        # going through os.environ costs more than the rest of a launch's set-up)
-        self._environ = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        # what jobs keep of the agent's environment as it started (read once: going through
+        # os.environ costs more than the rest of a launch's set-up)
+        self._environ = job_environ(os.environ, env_allow)
         self._base: dict[str, dict[str, str]] = {}
         self._keeper = _Keeper()
 
@@ -319,6 +363,19 @@ async def _exit_of(proc: subprocess.Popen[bytes]) -> int:
         loop.remove_reader(pidfd)
         os.close(pidfd)
     return proc.wait()  # reaps at once: the pidfd said it has exited
+
+
+def job_environ(environ: Mapping[str, str], extra: str = "") -> dict[str, str]:
+    """The part of ``environ`` a job's process may see: :data:`JOB_ENV_ALLOW` and ``extra``
+    (comma-separated names or ``PREFIX*``). Cairn's own variables never pass."""
+    allowed = [*JOB_ENV_ALLOW, *(n.strip() for n in extra.split(",") if n.strip())]
+    names = {n for n in allowed if not n.endswith("*")}
+    prefixes = tuple(n[:-1] for n in allowed if n.endswith("*"))
+    return {
+        k: v
+        for k, v in environ.items()
+        if (k in names or k.startswith(prefixes)) and not k.startswith("CAIRN_")
+    }
 
 
 def docker_client() -> Any:
@@ -467,6 +524,13 @@ class DockerBackend:
             str(cwd): {"bind": "/workspace", "mode": "rw"},
             str(self.sdk_dir): {"bind": "/opt/cairn-site", "mode": "ro"},
         }
+        socket = env.get("CAIRN_AGENT_SOCKET")
+        if socket:  # the job's way to its agent: the socket's private folder, nothing else
+            volumes[str(Path(socket).parent)] = {"bind": _GATE_MOUNT, "mode": "rw"}
+            environment["CAIRN_AGENT_SOCKET"] = f"{_GATE_MOUNT}/{Path(socket).name}"
+        home = env.get("CAIRN_HOME", "")
+        if home.startswith(f"{cwd}/"):  # the job's private home, inside its folder
+            environment["CAIRN_HOME"] = "/workspace/" + home.removeprefix(f"{cwd}/")
         for path in _sdk_paths():
             volumes[path] = {"bind": path, "mode": "ro"}
         requests = []

@@ -61,6 +61,7 @@ from cairn.services.agent._data import (
     output_path,
     stage_inputs,
 )
+from cairn.services.agent._gate import JobGate
 from cairn.settings import Settings
 from cairn.snapshot import unpack
 
@@ -301,10 +302,11 @@ class Attempt:
             raise InvalidInput(f"staging area {area} holds another snapshot")
         return int(info["size"])
 
-    def _environ(self) -> dict[str, str]:
-        """What the job's process sees besides the machine's environment: the environment's
-        and the job's variables, and where its run is (``Run.get_context()`` binds to it)."""
-        s = self.settings
+    def _environ(self, gate: Path) -> dict[str, str]:
+        """What the job's process sees besides what it keeps of the machine's environment:
+        the environment's and the job's variables, where its run is (``Run.get_context()``
+        binds to it) and its agent's socket — no credentials, no agent files: a private
+        ``CAIRN_HOME`` in the job's folder (where its SDK spools)."""
         env: dict[str, str] = {}
         job_env = self.a.job.environment
         if job_env is not None:
@@ -312,19 +314,13 @@ class Attempt:
         env.update(self.a.job.env_vars)
         env.update(
             PYTHONUNBUFFERED="1",
-            CAIRN_HOME=str(s.home_path),
-            CAIRN_NATS_URL=s.nats_url,
+            CAIRN_HOME=str(self.workdir / "src" / ".cairn"),
+            CAIRN_AGENT_SOCKET=str(gate),
             CAIRN_WORKSPACE=self.ws,
             CAIRN_RUN_ID=self.a.run_id,
             CAIRN_EXPERIMENT=self.a.experiment_name,
             CAIRN_ATTEMPT=str(self.a.attempt),
         )
-        credentials = {
-            "CAIRN_NATS_USER": s.nats_user,
-            "CAIRN_NATS_PASSWORD": s.nats_password,
-            "CAIRN_NATS_CREDS": s.nats_creds,
-        }
-        env.update({key: value for key, value in credentials.items() if value})
         if self.a.job.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
         if self.inputs:
@@ -357,11 +353,20 @@ class Attempt:
             "cairn.attempt": str(self.a.attempt),
             "cairn.agent": self.agent_id,
         }
+        gate = JobGate(
+            self.client.conn.nc,
+            workspace=self.ws,
+            run_id=self.a.run_id,
+            attempt=self.a.attempt,
+            experiment=self.a.experiment_name,
+        )
         try:
+            await gate.open()
             self.launched = launched = await self.backend.launch(
-                runtime, argv, src, self._environ(), labels, self.gpus
+                runtime, argv, src, self._environ(gate.path), labels, self.gpus
             )
         except (OSError, CairnError) as exc:
+            await gate.close()
             self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
             self._log_file.close()
             return 127
@@ -376,6 +381,7 @@ class Attempt:
             await pump
             return waiter.result()
         finally:
+            await gate.close()  # revoked: nothing the job left behind can speak for it
             self._log_file.close()
             if launched.cleanup is not None:
                 await asyncio.to_thread(launched.cleanup)

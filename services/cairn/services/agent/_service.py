@@ -80,7 +80,9 @@ class AgentService:
             self.backend = DockerBackend(root / "docker")
         elif backend == "process":
             self.backend = ProcessBackend(
-                Environments(root / "envs").python_for, warm=settings.job_warm_start
+                Environments(root / "envs").python_for,
+                warm=settings.job_warm_start,
+                env_allow=settings.job_env_allow,
             )
         else:
             raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")

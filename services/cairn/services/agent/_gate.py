@@ -1,0 +1,266 @@
+"""What a job may ask of the services, decided by its agent.
+
+A job's process gets no NATS credentials and no agent files: it gets a Unix socket that its
+agent opens for the attempt (``cairn.bus._link`` is the job's side). Each request through it
+is checked here and, when allowed, sent with the agent's own connection; the socket is
+closed when the attempt ends, which revokes it. A job may:
+
+- ask any query of its own workspace (what its submitter could read: its inputs, its
+  metrics, the models and datasets it builds on);
+- log metrics, set tags and properties, and upload files for its own run and for the child
+  runs it creates (``run.create`` with its run as the parent, in its own experiment);
+- start and end those child runs, but not its own run, which its agent ends from the
+  script's exit code;
+- register a model from its own runs' files, or from a staging area it filled itself;
+- get-or-create its own experiment (the SDK does on first use).
+
+Anything else — another run, another workspace, job tickets and reports, compute targets,
+environments, datastores — is refused with ``PermissionDenied`` naming what was asked, and
+nothing reaches the services. Only the ``Cairn-Offset`` header of an upload chunk is
+forwarded: no header a job sets can speak for anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from cairn.bus._link import LinkAnswer, LinkRequest, read_frame, write_frame
+from cairn.log import get_logger
+from cairn.proto.artifacts import ListRunFiles
+from cairn.proto.commands import ErrorReply, Opened, Reply
+from cairn.proto.subjects import query
+
+__all__ = ["SOCKET_NAME", "JobGate"]
+
+log = get_logger("cairn.agent")
+SOCKET_NAME = "agent.sock"
+#: requests one job may have in flight through its agent
+_IN_FLIGHT = 64
+_FORWARDED_HEADERS = ("Cairn-Offset",)
+#: verbs that change a run, and whether the job's own run may be their subject (its agent
+#: starts and ends it; its children are the job's to start and end)
+_RUN_VERBS = {
+    "run.tag": True,
+    "run.properties": True,
+    "metrics.log": True,
+    "run.start": False,
+    "run.complete": False,
+    "run.fail": False,
+    "run.cancel": False,
+}
+_reply_decoder = msgspec.json.Decoder(Reply)
+_encoder = msgspec.json.Encoder()
+
+
+class _Refused(Exception):
+    pass
+
+
+class JobGate:
+    """One attempt's socket: open it before the job starts, close it when the job is gone."""
+
+    def __init__(
+        self, nc: NATS, *, workspace: str, run_id: str, attempt: int, experiment: str
+    ) -> None:
+        self.nc = nc
+        self.workspace, self.run_id, self.attempt = workspace, run_id, attempt
+        self.experiment = experiment
+        #: the job's run and the child runs it created
+        self.runs = {run_id}
+        #: staging areas the job filled itself, and the upload sessions it opened
+        self.staging: set[str] = set()
+        self.sessions: set[str] = set()
+        self.folder: Path | None = None
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def path(self) -> Path:
+        assert self.folder is not None, "the gate is not open"
+        return self.folder / SOCKET_NAME
+
+    async def open(self) -> Path:
+        """Listen on a socket in a fresh private folder (short: a socket path is at most
+        about 100 bytes, which a job's own folder may exceed); returns the folder."""
+        self.folder = Path(tempfile.mkdtemp(prefix="cairn-gate-"))
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        self.path.chmod(0o600)
+        return self.folder
+
+    async def close(self) -> None:
+        """Revoke: stop listening, drop every connection, remove the socket."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        room = asyncio.Semaphore(_IN_FLIGHT)
+        decoder = msgspec.msgpack.Decoder(LinkRequest)
+        try:
+            while True:
+                try:
+                    request = decoder.decode(await read_frame(reader))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                except (ValueError, msgspec.DecodeError) as exc:  # not the job's SDK talking
+                    log.warning("gate_bad_frame", run_id=self.run_id, error=str(exc))
+                    return
+                await room.acquire()
+                task = asyncio.create_task(self._answer(request, writer))
+                self._tasks.add(task)
+
+                def done(task: asyncio.Task[None], room: asyncio.Semaphore = room) -> None:
+                    self._tasks.discard(task)
+                    room.release()
+
+                task.add_done_callback(done)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _answer(self, request: LinkRequest, writer: asyncio.StreamWriter) -> None:
+        try:
+            answer = await self._forward(request)
+        except _Refused as refused:
+            reason = str(refused)
+            log.info("job_request_refused", run_id=self.run_id, subject=request.subject)
+            body = _encoder.encode(ErrorReply(code="permission_denied", message=reason))
+            answer = LinkAnswer(request.id, body)
+        if writer.is_closing():
+            return
+        write_frame(writer, answer)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    async def _forward(self, request: LinkRequest) -> LinkAnswer:
+        subject = request.subject
+        body = await self._check(subject, request.data)
+        headers = {
+            k: v for k, v in (request.headers or {}).items() if k in _FORWARDED_HEADERS
+        } or None
+        timeout = min(max(request.timeout, 0.1), 600.0)
+        try:
+            msg = await self.nc.request(subject, request.data, timeout=timeout, headers=headers)
+        except NatsTimeout:
+            return LinkAnswer(request.id, failure="timeout")
+        except NoRespondersError:
+            return LinkAnswer(request.id, failure="no_responders")
+        if body is not None:
+            self._learn(subject, body, msg.data)
+        return LinkAnswer(request.id, msg.data, msg.headers)
+
+    async def _check(self, subject: str, data: bytes) -> dict[str, Any] | None:
+        """Refuse what the job may not send; returns a command's body (to learn from its
+        reply), None for a query or an upload session's message."""
+        if subject in self.sessions or subject.removesuffix(".commit") in self.sessions:
+            return None
+        if subject.startswith(f"cairn.q.{self.workspace}."):
+            return None
+        prefix = f"cairn.cmd.{self.workspace}."
+        if not subject.startswith(prefix):
+            raise _Refused(
+                f"a job may send only its own workspace's commands and queries, not {subject}"
+            )
+        verb = subject.removeprefix(prefix)
+        try:
+            body = msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise _Refused(f"{verb}: the command is not JSON") from exc
+        if not isinstance(body, dict):
+            raise _Refused(f"{verb}: the command is not a JSON object")
+        await self._allowed(verb, body)
+        return body
+
+    async def _allowed(self, verb: str, body: dict[str, Any]) -> None:
+        run = body.get("run_id")
+        if verb in _RUN_VERBS:
+            self._own_run(verb, run, itself=_RUN_VERBS[verb])
+            if (
+                verb == "metrics.log"
+                and run == self.run_id
+                and body.get("attempt")
+                not in (
+                    None,
+                    self.attempt,
+                )
+            ):
+                raise _Refused(f"metrics.log: this job is attempt {self.attempt} of its run")
+        elif verb == "experiment.create":
+            if body.get("name") != self.experiment:
+                raise _Refused(
+                    f"experiment.create: a job uses its own experiment ({self.experiment})"
+                )
+        elif verb == "run.create":
+            if body.get("parent_run_id") not in self.runs:
+                raise _Refused("run.create: a job creates only child runs of its own runs")
+            if body.get("experiment_name") != self.experiment:
+                raise _Refused(
+                    f"run.create: a job's child runs belong to its experiment ({self.experiment})"
+                )
+        elif verb == "artifact.upload":
+            if body.get("staging"):
+                await self._staging_area(str(run))
+            else:
+                self._own_run(verb, run, itself=True)
+        elif verb == "model.register":
+            staging = body.get("staging_id")
+            if not (run in self.runs or (staging is not None and staging in self.staging)):
+                raise _Refused(
+                    "model.register: a job registers models from its own runs' files or from"
+                    " a staging area it filled"
+                )
+        else:
+            raise _Refused(
+                f"a job may not send {verb}: it acts for its own run only (docs/security.md)"
+            )
+
+    def _own_run(self, verb: str, run: Any, *, itself: bool) -> None:
+        if run not in self.runs:
+            raise _Refused(f"{verb}: run {run!r:.40} is not this job's run or one of its children")
+        if run == self.run_id and not itself:
+            raise _Refused(f"{verb}: this job's agent ends its run from the script's exit code")
+
+    async def _staging_area(self, area: str) -> None:
+        """A staging area is the job's when it filled it first: a new area must be empty."""
+        if area in self.staging:
+            return
+        subject = query(self.workspace, ListRunFiles.NAME)
+        msg = await self.nc.request(subject, _encoder.encode(ListRunFiles(run_id=area)), 10)
+        reply = _reply_decoder.decode(msg.data)
+        files = getattr(reply, "data", None)
+        if isinstance(reply, ErrorReply) or files:
+            raise _Refused(f"artifact.upload: staging area {area!r:.40} is not this job's")
+        self.staging.add(area)
+
+    def _learn(self, subject: str, body: dict[str, Any], reply_data: bytes) -> None:
+        """What a reply grants: a child run it created, an upload session it opened."""
+        try:
+            reply = _reply_decoder.decode(reply_data)
+        except msgspec.DecodeError:
+            return
+        if isinstance(reply, ErrorReply):
+            return
+        if subject.endswith(".run.create"):
+            self.runs.add(str(body["run_id"]))
+        elif isinstance(reply, Opened):
+            self.sessions.add(reply.subject)

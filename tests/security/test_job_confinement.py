@@ -1,0 +1,291 @@
+"""A job is confined to its run: no credentials, no agent files, no environment of its agent,
+and a way out (its agent's socket) that forwards only what concerns its own run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cairn.bus import Connection
+from cairn.bus._link import AgentLink
+from cairn.errors import PermissionDenied, Unavailable
+from cairn.proto.commands import CreateExperiment, CreateRun, ListExperiments
+from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace, ScriptRunConfig
+from cairn.sdk._jobs import follow, submit
+from cairn.services.agent._gate import JobGate
+from cairn.settings import Settings
+from tests.conftest import Agents
+
+#: what the job's script tries; each probe prints one JSON line the test reads back
+PROBES = """
+import asyncio, json, os, sys, time, uuid
+from cairn.sdk import Run
+from cairn.errors import CairnError
+from cairn.proto.commands import CreateRun, CreateWorkspace, ListExperiments, GetRun
+from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, SubmitJob
+from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.rpc import Client
+
+other_run, nats_url = sys.argv[1], sys.argv[2]
+seen = {}
+seen["cairn_env"] = sorted(k for k in os.environ if k.startswith("CAIRN_"))
+seen["agent_secret"] = os.environ.get("AGENT_ONLY_SECRET")
+seen["home"] = os.environ["CAIRN_HOME"]
+
+run = Run.get_context()
+run.log("own", 1.0)
+child = run.child_run("child")
+child.log("in_child", 2.0)
+child.complete()
+seen["child"] = child.id
+run.upload_file("outputs/note.txt", __file__)
+run.flush()
+ws = run.experiment.workspace
+client = ws.core.client
+
+
+def point(value):
+    return [MetricPoint("evil", "scalar", value, 0, time.time())]
+
+
+def new_id():
+    return uuid.uuid4().hex
+
+
+probes = {
+    "other_run_metrics": LogMetrics(command_id=new_id(), run_id=other_run, points=point(666)),
+    "claim": ClaimJob(command_id=new_id(), run_id=run.id, queue_n=1, agent_id="evil"),
+    "finish_own": FinishJob(command_id=new_id(), run_id=run.id, attempt=1,
+                            outcome="completed"),
+    "finish_other": FinishJob(command_id=new_id(), run_id=other_run, attempt=1,
+                              outcome="completed"),
+    "submit": SubmitJob(command_id=new_id(), run_id=new_id(), experiment_name="x",
+                        job=JobSpec(command=["true"])),
+    "workspace": CreateWorkspace(command_id=new_id(), name="elsewhere"),
+    "orphan_run": CreateRun(command_id=new_id(), run_id=new_id(), experiment_name="x"),
+}
+
+
+async def try_all():
+    out = {}
+    for name, cmd in probes.items():
+        try:
+            await client.send_any(cmd)
+            out[name] = "allowed"
+        except CairnError as exc:
+            out[name] = type(exc).__name__
+    try:  # a query of its own workspace is fine
+        await client.ask(GetRun(run_id=run.id))
+        out["own_query"] = "allowed"
+    except CairnError as exc:
+        out["own_query"] = type(exc).__name__
+    try:
+        await Client(client.conn, "elsewhere").ask(ListExperiments())
+        out["other_workspace_query"] = "allowed"
+    except CairnError as exc:
+        out["other_workspace_query"] = type(exc).__name__
+    try:
+        await client.conn.nc.subscribe(">")
+        out["subscribe"] = "allowed"
+    except CairnError as exc:
+        out["subscribe"] = type(exc).__name__
+    import nats
+    try:  # straight to the server, with no credentials to offer
+        nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=0,
+                                allow_reconnect=False)
+        await nc.publish("cairn.metrics.x.y", b"{}")
+        await nc.flush()
+        out["raw_nats"] = "allowed"
+        await nc.close()
+    except Exception as exc:
+        out["raw_nats"] = type(exc).__name__
+    return out
+
+
+seen.update(ws._run(try_all()))
+print("PROBES " + json.dumps(seen), flush=True)
+"""
+
+
+def _source(tmp_path: Path, body: str) -> Path:
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    (folder / "job.py").write_text(textwrap.dedent(body))
+    return folder
+
+
+def _probes(printed: list[str]) -> dict[str, object]:
+    for line in "".join(printed).splitlines():
+        if line.startswith("PROBES "):
+            found: dict[str, object] = json.loads(line.removeprefix("PROBES "))
+            return found
+    raise AssertionError("the job printed no probes:\n" + "".join(printed))
+
+
+async def test_a_job_acts_for_its_own_run_and_nothing_else(
+    ws: AsyncWorkspace,
+    agents: Agents,
+    client_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENT_ONLY_SECRET", "s3cr3t")  # in the agent's environment only
+    other = await (await ws.experiment("elsewhere")).start_run()
+    await agents.start()
+    config = ScriptRunConfig(
+        source_directory=_source(tmp_path, PROBES),
+        script="job.py",
+        arguments=[other.id, client_settings.nats_url],
+    )
+    run_id = await submit(ws, "confined", config)
+    printed: list[str] = []
+    details = await follow(ws, run_id, out=printed.append, timeout=90)
+    assert details["status"] == "Completed", "".join(printed)
+    seen = _probes(printed)
+    # no credentials and none of the agent's environment; a home of its own
+    assert seen["cairn_env"] == [
+        "CAIRN_AGENT_SOCKET",
+        "CAIRN_ATTEMPT",
+        "CAIRN_EXPERIMENT",
+        "CAIRN_HOME",
+        "CAIRN_RUN_ID",
+        "CAIRN_WORKSPACE",
+    ]
+    assert seen["agent_secret"] is None
+    assert str(seen["home"]).endswith("/src/.cairn")
+    assert not str(seen["home"]).startswith(str(agents.settings.home_path) + "/.cairn")
+    for probe in (
+        "other_run_metrics",
+        "claim",
+        "finish_own",
+        "finish_other",
+        "submit",
+        "workspace",
+        "orphan_run",
+        "other_workspace_query",
+        "subscribe",
+    ):
+        assert seen[probe] == "PermissionDenied", (probe, seen)
+    assert seen["own_query"] == "allowed"
+    assert seen["raw_nats"] != "allowed"
+    # its own run works: metrics, a child run, a file
+    run = ws.run(run_id)
+    assert (await run.get_metrics("own"))["own"] == 1.0
+    assert "outputs/note.txt" in {f["path"] for f in await run.files()}
+    child = ws.run(str(seen["child"]))
+    assert await child.get_status() == "Completed"
+    assert (await child.get_metrics("in_child"))["in_child"] == 2.0
+    assert await other.get_metrics("evil") == {}
+
+
+async def test_the_gate_refuses_before_anything_reaches_a_service(
+    client_conn: Connection, client: Client, agent_conn: Connection
+) -> None:
+    """The table of what a job may send, against the gate on a real connection: refusals
+    are ``PermissionDenied`` and closing the gate revokes the link."""
+    run_id = uuid.uuid4().hex
+    await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="gated"))
+    await client.send(
+        CreateRun(command_id=uuid.uuid4().hex, run_id=run_id, experiment_name="gated")
+    )
+    gate = JobGate(
+        agent_conn.nc, workspace=client.workspace, run_id=run_id, attempt=1, experiment="gated"
+    )
+    await gate.open()
+    link = AgentLink(str(gate.path))
+    await link.open()
+    job = Client(
+        Connection(nc=link, js=link.jetstream(), settings=client_conn.settings),
+        client.workspace,
+    )
+
+    def metrics(run: str, attempt: int | None = None) -> LogMetrics:
+        point = MetricPoint("m", "scalar", 1.0, 0, 1.0)
+        return LogMetrics(command_id=uuid.uuid4().hex, run_id=run, points=[point], attempt=attempt)
+
+    await job.send(metrics(run_id))  # its own run
+    child = uuid.uuid4().hex
+    await job.send(
+        CreateRun(
+            command_id=uuid.uuid4().hex,
+            run_id=child,
+            experiment_name="gated",
+            parent_run_id=run_id,
+        )
+    )
+    await job.send(metrics(child))  # a child it created
+    refused = [
+        metrics(uuid.uuid4().hex),  # someone else's run
+        metrics(run_id, attempt=2),  # another attempt of its run
+        CreateExperiment(command_id=uuid.uuid4().hex, name="another"),
+        CreateRun(command_id=uuid.uuid4().hex, run_id=uuid.uuid4().hex, experiment_name="gated"),
+    ]
+    for cmd in refused:
+        with pytest.raises(PermissionDenied):
+            await job.send(cmd)
+    with pytest.raises(PermissionDenied, match="own workspace"):
+        await Client(job.conn, "another-ws").ask(ListExperiments())
+    assert (await job.ask(ListExperiments())).data  # its workspace's queries pass
+    await gate.close()
+    with pytest.raises(Unavailable):
+        await job.send(metrics(run_id))
+    with pytest.raises(Unavailable):
+        await AgentLink(str(gate.path)).open()
+    await link.close()
+    assert not gate.path.parent.exists(), "the gate's folder is removed"
+
+
+@pytest.mark.timeout(1200)  # a first run installs docker.io and debootstraps the base image
+async def test_a_docker_job_sees_no_agent_files_and_still_reaches_its_run(
+    docker_engine: None, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    home = agents.settings.home_path
+    src = _source(
+        tmp_path,
+        f"""
+        import os
+        from cairn.sdk import Run
+        visible = [p for p in ({str(home)!r}, {str(home / "credentials.json")!r})
+                   if os.path.exists(p)]
+        print("VISIBLE", visible, flush=True)
+        run = Run.get_context()
+        run.log("from_container", 3.0)
+        """,
+    )
+    await agents.start(backend="docker", slots=1)
+    run_id = await submit(ws, "docker", ScriptRunConfig(source_directory=src, script="job.py"))
+    printed: list[str] = []
+    details = await follow(ws, run_id, out=printed.append, timeout=300)
+    assert details["status"] == "Completed", "".join(printed)
+    assert "VISIBLE []" in "".join(printed)
+    assert (await ws.run(run_id).get_metrics("from_container"))["from_container"] == 3.0
+
+
+async def test_a_bad_frame_closes_the_link_and_the_gate_keeps_serving(
+    client: Client, agent_conn: Connection
+) -> None:
+    gate = JobGate(
+        agent_conn.nc, workspace=client.workspace, run_id="r1", attempt=1, experiment="e"
+    )
+    await gate.open()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(gate.path))
+        writer.write(b"\xff\xff\xff\xff")  # a length far beyond any frame
+        await writer.drain()
+        assert await reader.read() == b""  # the gate hung up
+        writer.close()
+        link = AgentLink(str(gate.path))
+        await link.open()
+        job = Client(Connection(nc=link, js=link.jetstream(), settings=client.conn.settings), "x")
+        with pytest.raises(PermissionDenied):
+            await job.ask(ListExperiments())
+        await link.close()
+    finally:
+        await gate.close()
