@@ -138,6 +138,14 @@ def digest_of(data: bytes) -> str:
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
+#: ``tarfile``'s ``data`` filter, on top of the checks above, where the Python has it (3.11.4
+#: and later; the Docker backend unpacks with the base image's Python, which may be older)
+_HAS_FILTERS = hasattr(tarfile, "data_filter")
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+)
+
+
 def _member_name(member: tarfile.TarInfo) -> str:
     """The member's path, checked lexically: relative, no ``..``, no NUL or backslash."""
     name = member.name
@@ -260,12 +268,16 @@ def unpack(archive: Path, target: Path, *, max_bytes: int = 4 * MAX_SNAPSHOT_BYT
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".unpacking", dir=parent))
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            tar.extractall(scratch, members=_checked_members(tar, max_bytes), filter="data")
+            members = _checked_members(tar, max_bytes)
+            if _HAS_FILTERS:
+                tar.extractall(scratch, members=members, filter="data")
+            else:  # the checks above alone
+                tar.extractall(scratch, members=members)
         os.chmod(scratch, 0o755)  # as a folder made by mkdir (mkdtemp makes it private)
         if final.exists():
             final.rmdir()  # the empty folder the caller made
         scratch.rename(final)
-    except tarfile.FilterError as exc:
+    except _FILTER_ERRORS as exc:
         shutil.rmtree(scratch, ignore_errors=True)
         raise SnapshotRefused(f"archive member refused by the data filter: {exc}") from exc
     except tarfile.TarError as exc:
@@ -274,3 +286,26 @@ def unpack(archive: Path, target: Path, *, max_bytes: int = 4 * MAX_SNAPSHOT_BYT
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def main(argv: list[str]) -> int:
+    """``python -m cairn.snapshot ARCHIVE TARGET``: :func:`unpack` in a process of its own
+    (the Docker backend runs it in a throwaway container); a refusal is one line on stderr
+    and exit status 2."""
+    import sys
+
+    if len(argv) != 2:
+        print("usage: python -m cairn.snapshot ARCHIVE TARGET", file=sys.stderr)
+        return 64
+    try:
+        unpack(Path(argv[0]), Path(argv[1]))
+    except InvalidInput as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -263,7 +263,7 @@ async def test_a_docker_job_sees_no_agent_files_and_still_reaches_its_run(
     run_id = await submit(ws, "docker", ScriptRunConfig(source_directory=src, script="job.py"))
     printed: list[str] = []
     details = await follow(ws, run_id, out=printed.append, timeout=300)
-    assert details["status"] == "Completed", "".join(printed)
+    assert details["status"] == "Completed", (details.get("error"), "".join(printed))
     assert "VISIBLE []" in "".join(printed)
     assert (await ws.run(run_id).get_metrics("from_container"))["from_container"] == 3.0
 
@@ -289,3 +289,38 @@ async def test_a_bad_frame_closes_the_link_and_the_gate_keeps_serving(
         await link.close()
     finally:
         await gate.close()
+
+
+@pytest.mark.timeout(1200)  # a first run installs docker.io and debootstraps the base image
+async def test_the_docker_backend_unpacks_snapshots_in_a_throwaway_container(
+    docker_engine: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's host never extracts a Docker job's archive: with the host's extraction
+    broken, a good archive still unpacks; a hostile one is refused and leaves nothing."""
+    import tarfile
+
+    from cairn.services.agent import _backends
+    from cairn.snapshot import SnapshotRefused
+    from tests.test_hostile_inputs import _archive, _cve_2025_4517, _everything, _member
+
+    def on_the_host(*_: object) -> None:
+        raise AssertionError("unpacked on the agent's host")
+
+    monkeypatch.setattr(_backends, "unpack", on_the_host)
+    backend = _backends.DockerBackend(tmp_path / "docker")
+    try:
+        good = _archive(
+            tmp_path / "good.tar",
+            [_member("pkg", tarfile.DIRTYPE, mode=0o755), _member("pkg/util.py")],
+        )
+        (tmp_path / "job" / "src").mkdir(parents=True)
+        await backend.unpack(good, tmp_path / "job" / "src")
+        assert (tmp_path / "job" / "src" / "pkg" / "util.py").read_bytes() == b"pwned"
+        sandbox = tmp_path / "sandbox"
+        (sandbox / "job" / "src").mkdir(parents=True)
+        with pytest.raises(SnapshotRefused, match=r"links out|placed through"):
+            await backend.unpack(_cve_2025_4517(tmp_path / "chain.tar"), sandbox / "job" / "src")
+        assert _everything(sandbox) == {"job", "job/src"}
+        assert not (tmp_path / "evil.txt").exists()
+    finally:
+        backend.close()

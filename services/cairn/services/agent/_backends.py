@@ -34,6 +34,7 @@ from cairn.errors import InvalidInput, Unavailable
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
 from cairn.services.agent._warm import Zygote, warm_argv
+from cairn.snapshot import SnapshotRefused, unpack
 
 __all__ = [
     "BASE_IMAGE",
@@ -133,6 +134,10 @@ class Backend(Protocol):
         gpus: list[int],
     ) -> Launched: ...
 
+    async def unpack(self, archive: Path, target: Path) -> None:
+        """Extract a job's snapshot as folder ``target`` (``cairn.snapshot.unpack``'s checks:
+        ``SnapshotRefused`` for a hostile archive, nothing left behind)."""
+
     def close(self) -> None:
         """Release what the backend holds (warm interpreters, the engine's connection): called
         once the agent's jobs have ended."""
@@ -225,6 +230,9 @@ class ProcessBackend:
 
     async def runtime(self, env: JobEnvironment | None) -> Runtime:
         return Runtime(str(await self._python_for(env)))
+
+    async def unpack(self, archive: Path, target: Path) -> None:
+        await asyncio.to_thread(unpack, archive, target)
 
     async def launch(
         self,
@@ -440,6 +448,48 @@ class DockerBackend:
         image = await self.image_for(env)
         built = image.startswith("cairn-env:")
         return Runtime("/opt/cairn-env/bin/python" if built else "python3", image)
+
+    async def unpack(self, archive: Path, target: Path) -> None:
+        """In a throwaway container of the base image, without network, that sees the archive
+        (read-only) and the job's folder alone: a flaw of ``tarfile`` that the checks missed
+        could write no further than that folder, never on the agent's host."""
+        parent, source = await asyncio.to_thread(
+            lambda: (target.parent.resolve(), archive.resolve())
+        )
+        volumes = {
+            str(source): {"bind": "/in/snapshot.tar.gz", "mode": "ro"},
+            str(parent): {"bind": "/out", "mode": "rw"},
+            str(self.sdk_dir): {"bind": "/opt/cairn-site", "mode": "ro"},
+        }
+        for path in _sdk_paths():
+            volumes[path] = {"bind": path, "mode": "ro"}
+        argv = ["python3", "-m", "cairn.snapshot", "/in/snapshot.tar.gz", f"/out/{target.name}"]
+        container = await asyncio.to_thread(
+            self.client.containers.run,
+            self.base_image,
+            argv,
+            detach=True,
+            network_mode="none",
+            volumes=volumes,
+            environment={"PYTHONPATH": "/opt/cairn-site"},
+            user=f"{os.getuid()}:{os.getgid()}",
+            labels={"cairn.unpack": target.name},
+        )
+        try:
+            result = await asyncio.to_thread(container.wait)
+            said = await asyncio.to_thread(container.logs, stdout=False, stderr=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(container.remove, force=True)
+        code = int(result.get("StatusCode", -1))
+        lines = said.decode(errors="replace").strip().splitlines()
+        if code == 2:
+            raise SnapshotRefused(lines[-1] if lines else "the archive was refused")
+        if code != 0:
+            raise InvalidInput(
+                f"unpacking the snapshot in {self.base_image} failed with status {code}: "
+                + " / ".join(lines[-3:])
+            )
 
     async def image_for(self, env: JobEnvironment | None) -> str:
         base = (env.spec.docker_image if env is not None else None) or self.base_image

@@ -63,7 +63,6 @@ from cairn.services.agent._data import (
 )
 from cairn.services.agent._gate import JobGate
 from cairn.settings import Settings
-from cairn.snapshot import unpack
 
 __all__ = ["LOG_FILE", "Attempt"]
 
@@ -287,7 +286,7 @@ class Attempt:
             if not archive.exists():  # cached by digest: one download per agent
                 size = await self._blob_size(job.snapshot)
                 await download_blob(self.client, job.snapshot, size, archive, show_progress=False)
-            await asyncio.to_thread(unpack, archive, src)
+            await self.backend.unpack(archive, src)
         if job.inputs:
             self.inputs = await stage_inputs(self._data(), job.inputs, src, self.data_cache)
         return src, await self.backend.runtime(job.environment)
