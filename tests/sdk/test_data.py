@@ -8,13 +8,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cairn.bus import EventStore
 from cairn.embedded import NatsServer
+from cairn.errors import NotFound, Unauthenticated, Unavailable
 from cairn.proto import subjects
+from cairn.proto.assets import DatastoreSpec
 from cairn.proto.events import DatastoreFilesUploaded
 from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
 from cairn.storage import S3BlobStore
 from tests.conftest import Agents
@@ -168,3 +172,32 @@ async def test_a_job_reads_a_named_dataset_input_and_its_model_lists_the_version
         "a.csv",
         "b.csv",
     ]
+
+
+async def test_an_s3_datastore_is_checked_when_it_is_registered(
+    ws: AsyncWorkspace, seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong credentials, none at all, a missing bucket: one typed line each at registration,
+    and nothing registered; the right ones register."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    bucket = "lake-" + uuid.uuid4().hex[:10]
+    s3 = await _bucket(seaweed, bucket)
+    spec = DatastoreSpec(kind="s3", bucket=bucket, endpoint_url=seaweed.endpoint)
+    good = {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}
+    cases: list[tuple[DatastoreSpec, dict[str, str] | None, type[Exception], str]] = [
+        (spec, {**good, "secret_access_key": "wrong"}, Unauthenticated, "refused the creden"),
+        (spec, None, Unauthenticated, "no credentials"),
+        (msgspec.structs.replace(spec, bucket="nope-" + bucket), good, NotFound, "no bucket"),
+        (msgspec.structs.replace(spec, endpoint_url="http://127.0.0.1:9"), good, Unavailable, "cannot reach"),
+    ]
+    for case_spec, creds, error, says in cases:
+        with pytest.raises(error, match=says):
+            await ws.assets.register_datastore("lake", case_spec, creds)
+        with pytest.raises(NotFound):
+            await ws.assets.get("datastore", "lake")
+    registered = await ws.assets.register_datastore("lake", spec, good)
+    assert registered["spec"]["bucket"] == bucket
+    await s3.close()

@@ -13,13 +13,13 @@ import contextlib
 import fnmatch
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
-from cairn.errors import InvalidName, NotFound, Unavailable
+from cairn.errors import InvalidName, NotFound, Unauthenticated, Unavailable
 from cairn.proto.assets import DatastoreSpec
 from cairn.proto.paths import validate_run_path
 from cairn.storage import digest_of_file, put_s3_file
@@ -29,6 +29,7 @@ __all__ = [
     "LocalStore",
     "S3Store",
     "Store",
+    "check_store",
     "local_target",
     "match",
     "open_store",
@@ -178,6 +179,47 @@ def _copy_into(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
+_REFUSED_CODES = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+_MISSING_CODES = ("404", "NoSuchBucket", "NoSuchKey", "NotFound")
+
+
+@contextlib.contextmanager
+def _s3_errors(name: str, spec: DatastoreSpec) -> Iterator[None]:
+    """What a datastore's S3 endpoint says, as one typed line: no credentials, refused
+    credentials, no such bucket, no endpoint (never botocore's traceback)."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    where = f"bucket {spec.bucket!r} at {spec.endpoint_url or 'the default S3 endpoint'}"
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError) as exc:
+        raise Unauthenticated(
+            f"datastore {name}: no credentials for {where}: register it with access_key_id and"
+            " secret_access_key (`cairn datastore create ... --access-key-id ..."
+            " --secret-access-key ...`), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            " wherever its data moves"
+        ) from exc
+    except EndpointConnectionError as exc:
+        raise Unavailable(f"datastore {name}: cannot reach {where}: {exc}") from exc
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _REFUSED_CODES:
+            raise Unauthenticated(
+                f"datastore {name}: {where} refused the credentials ({code})"
+            ) from exc
+        if code in _MISSING_CODES:
+            raise NotFound(f"datastore {name}: no {where}") from exc
+        raise Unavailable(f"datastore {name}: {where}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise Unavailable(f"datastore {name}: {where}: {exc}") from exc
+
+
 class S3Store:
     def __init__(self, name: str, spec: DatastoreSpec, client: Any, stack: Any) -> None:
         self.name, self.spec, self.client, self._stack = name, spec, client, stack
@@ -205,19 +247,22 @@ class S3Store:
     def _key(self, path: str) -> str:
         return self.prefix + validate_run_path(path)
 
+    async def check(self) -> None:
+        """The bucket exists and the credentials open it (one ``HeadBucket``)."""
+        with _s3_errors(self.name, self.spec):
+            await self.client.head_bucket(Bucket=self.bucket)
+
     async def list(self, prefix: str = "") -> list[Entry]:
         prefix = _prefix_ok(prefix)
         out = []
         paginator = self.client.get_paginator("list_objects_v2")
-        try:
+        with _s3_errors(self.name, self.spec):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) :]
                     if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
                         continue
                     out.append(Entry(rel, int(obj["Size"]), str(obj["ETag"]).strip('"')))
-        except self.client.exceptions.ClientError as exc:
-            raise Unavailable(f"listing datastore {self.name} failed: {exc}") from exc
         return sorted(out, key=lambda e: e.path)
 
     async def fingerprint(self, entry: Entry) -> Entry:
@@ -225,23 +270,24 @@ class S3Store:
 
     async def stat(self, path: str) -> Entry | None:
         try:
-            head = await self.client.head_object(Bucket=self.bucket, Key=self._key(path))
-        except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise Unavailable(f"datastore {self.name}: {exc}") from exc
+            with _s3_errors(self.name, self.spec):
+                head = await self.client.head_object(Bucket=self.bucket, Key=self._key(path))
+        except NotFound:
+            return None
         return Entry(path, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
 
     async def put(self, path: str, source: Path) -> Entry:
-        size, etag = await put_s3_file(self.client, self.bucket, self._key(path), source)
+        with _s3_errors(self.name, self.spec):
+            size, etag = await put_s3_file(self.client, self.bucket, self._key(path), source)
         return Entry(path, size, etag)
 
     async def get(self, path: str, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part")
         try:
-            got = await self.client.get_object(Bucket=self.bucket, Key=self._key(path))
-        except self.client.exceptions.NoSuchKey as exc:
+            with _s3_errors(self.name, self.spec):
+                got = await self.client.get_object(Bucket=self.bucket, Key=self._key(path))
+        except NotFound as exc:
             raise NotFound(f"datastore {self.name} has no file {path!r}") from exc
         try:
             with open(tmp, "wb") as out:  # noqa: ASYNC230 - written chunk by chunk
@@ -259,6 +305,18 @@ class S3Store:
 async def _chunks(body: Any) -> AsyncIterator[bytes]:
     while chunk := await body.read(_BUFFER):
         yield chunk
+
+
+async def check_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | None) -> None:
+    """Refuse a datastore that cannot be used from here: an S3 bucket that is missing or does
+    not open with the credentials (``Unauthenticated``, ``NotFound``, ``Unavailable``)."""
+    if spec.kind != "s3":
+        return
+    store = await S3Store.open(name, spec, creds or {})
+    try:
+        await store.check()
+    finally:
+        await store.close()
 
 
 async def open_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | None) -> Store:

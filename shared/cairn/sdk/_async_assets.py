@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cairn.data import check_store
 from cairn.proto.assets import (
     AssetKind,
     ComputeSpec,
@@ -53,7 +54,10 @@ class AsyncAssets:
     async def register_datastore(
         self, name: str, spec: DatastoreSpec, credentials: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """Register (or replace) datastore ``name``; the registry seals ``credentials``."""
+        """Register (or replace) datastore ``name``; the registry seals ``credentials``. An
+        S3 bucket is checked first with them (it exists, they open it): a refusal is a typed
+        error and nothing is registered."""
+        await check_store(name, spec, credentials)
         cmd = RegisterDatastore(command_id=new_id(), name=name, spec=spec, credentials=credentials)
         reply = await self._session.send(cmd)
         return await self.get("datastore", name, min_seq=reply.seq)
