@@ -380,3 +380,65 @@ async def test_a_port_that_never_speaks_nats(tmp_path: Path) -> None:
             writer.close()
         listener.close()
         await listener.wait_closed()
+
+
+async def _serve_once(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(ENTRY_POINT),
+        "serve",
+        "ingester",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, (out + err).decode()
+
+
+async def test_cairn_serve_takes_the_service_user_from_a_cairn_up_home(tmp_path: Path) -> None:
+    """With nothing but the files ``cairn up`` writes (config.json names the local person),
+    ``cairn serve`` connects as the home's service user; a person's credentials, given with
+    ``--creds``, and a wrong password are refused with one line and a non-zero exit."""
+    from cairn.embedded._up import client_settings, write_client_config
+
+    home = tmp_path / "home"
+    server = NatsServer(home, port=free_port())
+    await server.start()
+    try:
+        assert server.credentials is not None
+        person = client_settings(server, load_settings(env={}, home=str(home)))
+        write_client_config(home / "config.json", person)
+        env = clean_env(home, CAIRN_LOG_FORMAT="json")
+        proc = await asyncio.create_subprocess_exec(
+            str(ENTRY_POINT),
+            "serve",
+            "ingester",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        served = ServeProcess(proc)
+        await served.wait_for("services_started", timeout=30)
+        assert "ingester" in await answers(server)
+        assert await served.stop() == 0
+
+        creds = tmp_path / "person.json"
+        creds.write_text(json.dumps({"user": person.nats_user, "password": person.nats_password}))
+        code, said = await _serve_once(env, tmp_path, "--creds", str(creds))
+        assert code != 0 and "is a person" in said and "Traceback" not in said, said
+        wrong = tmp_path / "wrong.json"
+        wrong.write_text(json.dumps({"user": SERVICE_USER, "password": "not-it"}))
+        started = time.monotonic()
+        code, said = await _serve_once(env, tmp_path, "--creds", str(wrong))
+        assert code != 0 and "Traceback" not in said, said
+        assert time.monotonic() - started < CONNECT_TIMEOUT_S + 10
+        bad = tmp_path / "bad.json"
+        bad.write_text("[]")
+        code, said = await _serve_once(env, tmp_path, "--creds", str(bad))
+        assert code == 2 and "user" in said and "Traceback" not in said, said
+    finally:
+        server.stop()

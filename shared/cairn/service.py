@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
+from cairn.errors import Unauthenticated
 from cairn.log import get_logger
 from cairn.projection import Projection, ProjectionRunner, Tables
 from cairn.proto.commands import QueryResult
@@ -66,6 +67,13 @@ async def run_services(
     stop = stop or asyncio.Event()
     conn = await connect(settings, name="cairn-services", wait=True, stop=stop)
     try:
+        if not conn.own_jetstream:
+            raise Unauthenticated(
+                f"{settings.nats_user or 'this user'} is a person (no JetStream of its own):"
+                " services and agents connect as the stack's own users — cairn-service for"
+                " `cairn serve` (`--creds FILE`, or the home's credentials.json), cairn-agent"
+                " for `cairn agent` (CAIRN_NATS_USER and CAIRN_NATS_PASSWORD)"
+            )
         if provision_streams:
             await provision(conn)
         services = [factory(conn, settings) for factory in factories]

@@ -191,7 +191,12 @@ async def test_an_s3_datastore_is_checked_when_it_is_registered(
         (spec, {**good, "secret_access_key": "wrong"}, Unauthenticated, "refused the creden"),
         (spec, None, Unauthenticated, "no credentials"),
         (msgspec.structs.replace(spec, bucket="nope-" + bucket), good, NotFound, "no bucket"),
-        (msgspec.structs.replace(spec, endpoint_url="http://127.0.0.1:9"), good, Unavailable, "cannot reach"),
+        (
+            msgspec.structs.replace(spec, endpoint_url="http://127.0.0.1:9"),
+            good,
+            Unavailable,
+            "cannot reach",
+        ),
     ]
     for case_spec, creds, error, says in cases:
         with pytest.raises(error, match=says):

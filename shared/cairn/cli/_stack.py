@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from cairn.cli._base import cli, run, settings
 from cairn.settings import Settings
@@ -62,22 +64,52 @@ def up(home: str, port: int, demo: bool, local_slots: int | None, server_restart
     default=None,
     help="the NATS server (default: CAIRN_NATS_URL, else the settings' nats_url)",
 )
-def serve(service: str, nats_url: str | None) -> None:
-    """Run one service alone against a NATS server.
+@click.option(
+    "--creds",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='a JSON file with the service user\'s "user" and "password" (default: the'
+    " service user of the credentials.json that cairn up wrote in the home, else"
+    " CAIRN_NATS_USER and CAIRN_NATS_PASSWORD)",
+)
+def serve(service: str, nats_url: str | None, creds: Path | None) -> None:
+    """Run one service alone against a NATS server, as the service user.
 
-    SERVICE is one of: tracking, ingester, artifacts, registry, scheduler. It serves until
-    SIGINT or SIGTERM.
+    SERVICE is one of: tracking, ingester, artifacts, registry, scheduler. It connects with
+    the service user's credentials (never a person's: those are refused), and serves until
+    SIGINT or SIGTERM, which also stop it while it is still connecting.
 
     \b
     Example:
       cairn serve tracking --nats-url nats://127.0.0.1:4222
+      cairn serve ingester --creds service.json
     """
+    from cairn.embedded._auth import embedded_service_settings
     from cairn.embedded._up import all_services
 
     if service not in all_services():
         raise click.BadParameter(f"choose from {', '.join(all_services())}", param_hint="SERVICE")
+    loaded = settings(nats_url=nats_url)
+    if creds is not None:
+        user, password = _read_creds(creds)
+        loaded = msgspec.structs.replace(loaded, nats_user=user, nats_password=password)
+    else:
+        loaded = embedded_service_settings(loaded)
     module = importlib.import_module(f"cairn.services.{service}")
-    run(module.main(settings(nats_url=nats_url)))
+    run(module.main(loaded))
+
+
+def _read_creds(path: Path) -> tuple[str, str]:
+    try:
+        raw = json.loads(path.read_text())
+        user, password = raw["user"], raw["password"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.BadParameter(
+            f'{path} must be a JSON object with "user" and "password"', param_hint="--creds"
+        ) from exc
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise click.BadParameter(f"{path}: user and password must be text", param_hint="--creds")
+    return user, password
 
 
 def _version(conn: Any) -> str:

@@ -62,6 +62,7 @@ __all__ = [
     "admin_password",
     "check_person_name",
     "embedded_agent_settings",
+    "embedded_service_settings",
     "person_publish",
     "write_private",
 ]
@@ -417,6 +418,17 @@ def embedded_agent_settings(settings: Settings) -> Settings:
     local agent of ``cairn up``, ``cairn agent`` on the same machine) become the home's agent
     user, which lives in the services' account; any other settings stay as they are (an
     agent on a worker machine is given agent credentials)."""
+    return _as_stack_user(settings, AGENT_USER, "agent_password")
+
+
+def embedded_service_settings(settings: Settings) -> Settings:
+    """The settings ``cairn serve`` connects with: a person's settings over an embedded home
+    become the home's service user (``credentials.json`` keeps its password); any other
+    settings stay as they are (a service elsewhere is given the service user's credentials)."""
+    return _as_stack_user(settings, SERVICE_USER, "service_password")
+
+
+def _as_stack_user(settings: Settings, user: str, key: str) -> Settings:
     path = settings.home_path / "credentials.json"
     if settings.nats_creds or not path.is_file():
         return settings
@@ -424,8 +436,6 @@ def embedded_agent_settings(settings: Settings) -> Settings:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return settings
-    if settings.nats_user not in raw.get("people", {}) or not raw.get("agent_password"):
+    if settings.nats_user not in raw.get("people", {}) or not raw.get(key):
         return settings
-    return msgspec.structs.replace(
-        settings, nats_user=AGENT_USER, nats_password=str(raw["agent_password"])
-    )
+    return msgspec.structs.replace(settings, nats_user=user, nats_password=str(raw[key]))

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from cairn.bus import connect as bus_connect
+from cairn.embedded._auth import embedded_agent_settings
 from cairn.embedded._server import SERVICE_USER, NatsServer, write_private
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
@@ -115,7 +116,8 @@ async def run_local_agent(settings: Settings, stop: asyncio.Event, slots: int) -
         await stop.wait()
         return
     factory = partial(AgentService, compute="local", slots=slots)
-    await run_services(settings, [factory], stop=stop, provision_streams=False)
+    agent = embedded_agent_settings(settings)  # the home's agent user, not the local person
+    await run_services(agent, [factory], stop=stop, provision_streams=False)
 
 
 DEMO_SCRIPT = """\

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from cairn.embedded._auth import embedded_agent_settings
 from cairn.service import serve
 from cairn.services.agent._capacity import AgentInfo, Gpu, detect, detect_gpus
 from cairn.services.agent._service import AgentService, list_agents
@@ -25,4 +26,4 @@ async def main(
     factory = partial(
         AgentService, compute=compute, slots=slots, labels=labels, drain=drain, backend=backend
     )
-    await serve(settings, factory, provision_streams=False)
+    await serve(embedded_agent_settings(settings), factory, provision_streams=False)

@@ -18,14 +18,13 @@ from typing import Any
 
 import msgspec
 
-from cairn.bus import Connection, connect, ensure_consumer
-from cairn.embedded._auth import embedded_agent_settings
+from cairn.bus import Connection, ensure_consumer
 from cairn.errors import CairnError, InvalidInput, InvalidTransition, NotFound, StaleAttempt
 from cairn.log import get_logger
 from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket, derived_id
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, job_consumer
 from cairn.proto.subjects import agent_key, validate_token
-from cairn.rpc import Client, answer_pings
+from cairn.rpc import Client
 from cairn.services.agent._backends import Backend, DockerBackend, ProcessBackend
 from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
 from cairn.services.agent._env import Environments
@@ -69,7 +68,6 @@ class AgentService:
         self.started_at = time.time()
         self.info: AgentInfo | None = None
         self._kv: Any = None
-        self._own_conn: Connection | None = None
         self.client = Client(conn, self.workspace)
         root = settings.state_path / "agent"
         self.work_root = root / "work" / self.agent_id
@@ -112,10 +110,6 @@ class AgentService:
         return self.info
 
     async def start(self) -> None:
-        agent = embedded_agent_settings(self.settings)
-        if agent is not self.settings:  # a person's settings: connect as the home's agent user
-            self._own_conn = await connect(agent, name=f"cairn-agent-{self.agent_id}", wait=True)
-            self.conn, self.client = self._own_conn, Client(self._own_conn, self.workspace)
         if not self.conn.own_jetstream:
             raise CairnError(
                 f"an agent connects with agent credentials (the services' account), not as a"
@@ -143,15 +137,11 @@ class AgentService:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._beat(stop))
                 tg.create_task(self._pull(stop))
-                if self._own_conn is not None:  # the process's connection is a person's
-                    tg.create_task(answer_pings(self._own_conn, self.name, stop))
                 tg.create_task(self._send_spools(stop))
         finally:
             self.backend.close()
         with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
             await self._kv.delete(self.agent_id)
-        if self._own_conn is not None:
-            await self._own_conn.close()
 
     async def _send_spools(self, stop: asyncio.Event) -> None:
         """What scripts on this machine spooled while the bus was away (their jobs' among
