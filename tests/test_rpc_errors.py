@@ -29,3 +29,18 @@ async def test_the_error_code_follows_the_tag(
     msg = await client_conn.nc.request(f"cairn.cmd.{client.workspace}.run.start", payload, 5)
     reply = _reply.decode(msg.data)
     assert isinstance(reply, ErrorReply) and reply.code == CASES[payload], reply
+
+
+async def test_an_expected_refusal_is_not_logged_as_news(client: Client) -> None:
+    """A query for something that does not exist is answered ``NotFound`` and logged at debug
+    only: an everyday answer, not a line in the services' log."""
+    import structlog
+
+    from cairn.errors import NotFound
+    from cairn.proto.commands import GetRun
+
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(NotFound):
+            await client.ask(GetRun(run_id="no-such-run"))
+    refused = [e for e in logs if e.get("event") == "request_refused"]
+    assert all(e["log_level"] == "debug" for e in refused), refused

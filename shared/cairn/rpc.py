@@ -237,7 +237,10 @@ class Responder:
                 reply = await self.routes[request.verb](request)
         except CairnError as exc:
             reply = ErrorReply(code=exc.code, message=exc.message)
-            log.info("request_refused", subject=msg.subject, code=exc.code, error=exc.message)
+            # an answer the caller expects (not found, exists, bad input) is routine; a
+            # refused identity is worth seeing
+            level = log.info if isinstance(exc, PermissionDenied) else log.debug
+            level("request_refused", subject=msg.subject, code=exc.code, error=exc.message)
         except Exception:
             log.exception("request_failed", subject=msg.subject, correlation_id=correlation)
             reply = ErrorReply(code="internal", message="internal error; see the service log")
