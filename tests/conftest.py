@@ -263,13 +263,18 @@ async def ws(client: Client, client_settings: Settings) -> AsyncIterator[AsyncWo
 
 
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A Docker engine with the base image, installed and started when missing."""
-    from tests.docker_engine import ensure_engine
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A Docker engine with the base image, installed and started when missing; what the
+    tests leave in it (environment images they built, containers) is removed at the end.
+    The base image stays: it is the cache ``ops/base-image.sh`` builds once per machine."""
+    from tests.docker_engine import ensure_engine, leftovers, remove
 
     reason = ensure_engine(tmp_path_factory.mktemp("docker"))
     if reason is not None:
         pytest.skip(f"no Docker engine: {reason}")
+    before = leftovers()
+    yield
+    remove(leftovers() - before)
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,44 @@ def ensure_engine(log_dir: Path) -> str | None:
     if done.returncode != 0:
         return f"building {BASE_IMAGE} failed: {done.stderr.strip()[-800:]}"
     return None
+
+
+def leftovers() -> set[str]:
+    """What Cairn made in the engine: its containers (``cairn.*`` labels) and the
+    environment images agents build (``cairn-env:*``), as ``container:ID`` / ``image:ID``."""
+    import docker
+
+    client = docker.from_env(timeout=60)
+    try:
+        found = {
+            f"container:{c.id}"
+            for label in ("cairn.run", "cairn.unpack")
+            for c in client.containers.list(all=True, filters={"label": label})
+        }
+        found |= {
+            f"image:{i.id}"
+            for i in client.images.list()
+            if any(tag.startswith("cairn-env:") for tag in i.tags)
+        }
+        return found
+    finally:
+        client.close()
+
+
+def remove(things: set[str]) -> None:
+    """Containers first, then the images they ran."""
+    import docker
+
+    client = docker.from_env(timeout=120)
+    try:
+        for thing in sorted(things, key=lambda t: not t.startswith("container:")):
+            kind, ident = thing.split(":", 1)
+            try:
+                if kind == "container":
+                    client.containers.get(ident).remove(force=True)
+                else:
+                    client.images.remove(ident, force=True)
+            except docker.errors.NotFound:
+                pass
+    finally:
+        client.close()
