@@ -442,3 +442,13 @@ async def test_cairn_serve_takes_the_service_user_from_a_cairn_up_home(tmp_path:
         assert code == 2 and "user" in said and "Traceback" not in said, said
     finally:
         server.stop()
+
+
+async def test_pinging_a_server_where_nothing_serves_finds_nothing(tmp_path: Path) -> None:
+    """No service subscribed: the server's no-responders status is not an answer."""
+    server = NatsServer(tmp_path / "nats-home", port=free_port())
+    await server.start()
+    try:
+        assert await answers(server) == []
+    finally:
+        server.stop()

@@ -346,7 +346,12 @@ async def ping_all(conn: Connection, wait_s: float = 0.5) -> list[dict[str, Any]
                 msg = await sub.next_msg(timeout=left)
             except NatsTimeout:
                 break
-            found.append(json.loads(msg.data))
+            if not msg.data:  # a status (no responders: nothing serves pings), not an answer
+                continue
+            try:
+                found.append(json.loads(msg.data))
+            except ValueError:
+                log.warning("ping_answer_unreadable", data=msg.data[:200])
     finally:
         await sub.unsubscribe()
     return sorted(found, key=lambda s: (s["service"], s["instance"]))
