@@ -42,6 +42,7 @@ PINNED = {
         "Environment",
         "Estimator",
         "Experiment",
+        "Keyvault",
         "Model",
         "OfflineRun",
         "Run",

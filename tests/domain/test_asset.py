@@ -12,10 +12,17 @@ from cairn.proto.assets import (
     DataFile,
     DataPath,
     DatasetSpec,
+    DatastoreSpec,
     EnvironmentSpec,
     RecordUpload,
 )
-from cairn.proto.events import AssetDeleted, AssetRegistered, DatastoreFilesUploaded, Event
+from cairn.proto.events import (
+    AssetDeleted,
+    AssetRegistered,
+    DatastoreCredentialsResealed,
+    DatastoreFilesUploaded,
+    Event,
+)
 from tests.domain.gwt import Case, check, ids
 
 PY311 = EnvironmentSpec(python="3.11")
@@ -36,6 +43,15 @@ def register(spec: AssetSpec, new_version: bool = True) -> asset.RegisterAsset:
 DELETE = asset.DeleteAsset(name="x")
 FILES = [DataFile(datastore="workspaceblobstore", path="a.csv", size=3, etag="e")]
 UPLOAD = RecordUpload(command_id="c", name="x", files=FILES)
+
+S3 = DatastoreSpec(kind="s3", bucket="b", sealed_credentials="k1:old")
+STORE: list[Event] = [registered(S3)]
+RESEAL = asset.ResealCredentials(
+    name="x", version=1, replaces="k1:old", sealed="k2:new", key_id="k2"
+)
+RESEALED = DatastoreCredentialsResealed(
+    name="x", version=1, sealed_credentials="k2:new", key_id="k2"
+)
 
 ENV: list[Event] = [registered(PY311)]
 DELETED_ENV = [*ENV, AssetDeleted(name="x")]
@@ -65,6 +81,10 @@ CASES = [
     Case("delete again is a no-op", DELETED_ENV, DELETE, []),
     Case("delete what never existed", [], DELETE, NotFound, "does not exist"),
     Case("record an upload", [], UPLOAD, [DatastoreFilesUploaded(name="x", files=FILES)]),
+    Case("reseal credentials", STORE, RESEAL, [RESEALED]),
+    Case("reseal what was resealed meanwhile", [*STORE, RESEALED], RESEAL, []),
+    Case("reseal a version that does not exist", [], RESEAL, []),
+    Case("reseal a spec without credentials", ENV, RESEAL, []),
 ]
 
 
@@ -89,3 +109,10 @@ def test_resolve_a_version_or_the_builtin() -> None:
         asset.resolve(state, None, "environment", "x", 3)
     builtin = asset.resolve(asset.AssetState(), PY311, "environment", "x", None)
     assert (builtin.version, builtin.spec) == (1, PY311)
+
+
+def test_a_reseal_changes_the_token_only() -> None:
+    state = asset.aggregate("datastore").fold([*STORE, RESEALED])
+    spec = state.versions[1].spec
+    assert isinstance(spec, DatastoreSpec) and spec.sealed_credentials == "k2:new"
+    assert spec.bucket == "b" and state.versions[1].spec_hash == registered(S3).spec_hash

@@ -14,7 +14,16 @@ import cairn.sdk
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "shared" / "cairn" / "sdk"
 #: the sync facade: Azure ML v1 names over the async core
-FACADE = {"_runtime", "_sync", "_assets", "_models", "_datastores", "_datasets", "_jobfile"}
+FACADE = {
+    "_runtime",
+    "_sync",
+    "_assets",
+    "_models",
+    "_datastores",
+    "_datasets",
+    "_jobfile",
+    "_keyvault",
+}
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {
     "_session",
@@ -22,6 +31,7 @@ CORE = {
     "_async_assets",
     "_async_models",
     "_async_data",
+    "_async_secrets",
     "_jobs",
     "_metrics",
     "_outbox",

@@ -27,6 +27,7 @@ from cairn.proto.commands import (
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
+from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.rpc import Client
 from tests.conftest import MATRIX_WS
 
@@ -78,6 +79,8 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
         "compute commands": lambda: CreateCompute(
             command_id=cid(), name="mx-compute", spec=ComputeSpec(kind="cluster", max_nodes=1)
         ),
+        "secret reads": lambda: ReadSecret(command_id=cid(), name="mx-missing"),
+        "secret writes": lambda: SetSecret(command_id=cid(), name="mx-secret", value="x"),
         "queries": lambda: ListExperiments(),
     }
 

@@ -24,6 +24,7 @@ from cairn.proto._base import Checked, Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec
+from cairn.proto.secrets import SecretName
 
 __all__ = [
     "EVENT_TYPES",
@@ -31,6 +32,7 @@ __all__ = [
     "ArtifactCommitted",
     "AssetDeleted",
     "AssetRegistered",
+    "DatastoreCredentialsResealed",
     "DatastoreFilesUploaded",
     "Envelope",
     "Event",
@@ -51,7 +53,12 @@ __all__ = [
     "RunStarted",
     "RunSubmitted",
     "RunTagsSet",
+    "SecretDeleted",
+    "SecretRead",
+    "SecretResealed",
+    "SecretSet",
     "WorkspaceCreated",
+    "WorkspaceKeyRotated",
     "decode_envelope",
     "encode_envelope",
 ]
@@ -277,6 +284,68 @@ class DatastoreFilesUploaded(Event, frozen=True, kw_only=True):
     files: list[DataFile]
 
 
+class DatastoreCredentialsResealed(Event, frozen=True, kw_only=True):
+    """Version ``version``'s sealed credentials, sealed again under workspace key ``key_id``
+    (a key rotation): the same credentials, a new token; the spec is otherwise unchanged."""
+
+    KIND = "asset"
+    name: Name
+    version: int
+    sealed_credentials: str
+    key_id: Id
+
+
+class SecretSet(Event, frozen=True, kw_only=True):
+    """Version ``version`` of secret ``name``: its value sealed under workspace key
+    ``key_id`` (a Fernet token; never the value)."""
+
+    KIND = "secret"
+    name: SecretName
+    version: int
+    sealed: str
+    key_id: Id
+
+
+class SecretResealed(Event, frozen=True, kw_only=True):
+    """Version ``version``'s value sealed again under workspace key ``key_id`` (a key
+    rotation): the same value, a new token."""
+
+    KIND = "secret"
+    name: SecretName
+    version: int
+    sealed: str
+    key_id: Id
+
+
+class SecretDeleted(Event, frozen=True, kw_only=True):
+    KIND = "secret"
+    name: SecretName
+
+
+class SecretRead(Event, frozen=True, kw_only=True):
+    """``reader`` (the attested actor of the request) was given version ``version`` of secret
+    ``name``, from run ``run_id`` when a run read it. Never the value."""
+
+    KIND = "secret"
+    name: SecretName
+    version: int
+    reader: str
+    run_id: Id | None = None
+
+
+class WorkspaceKeyRotated(Event, frozen=True, kw_only=True):
+    """Key ``key_id`` became the workspace's current key (key ids only, never keys);
+    ``resealed`` secrets and datastore versions were sealed again under it, and the keys
+    ``dropped`` were deleted (none while ``keep_old_keys``)."""
+
+    KIND = "keyring"
+    key_id: Id
+    previous: list[Id] = msgspec.field(default_factory=list)
+    dropped: list[Id] = msgspec.field(default_factory=list)
+    resealed_secrets: int = 0
+    resealed_datastores: int = 0
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -301,6 +370,12 @@ EVENT_TYPES: dict[str, type[Event]] = {
         AssetRegistered,
         AssetDeleted,
         DatastoreFilesUploaded,
+        DatastoreCredentialsResealed,
+        SecretSet,
+        SecretResealed,
+        SecretDeleted,
+        SecretRead,
+        WorkspaceKeyRotated,
     )
 }
 

@@ -8,7 +8,10 @@ import click
 
 from cairn.cli import _data, _jobs, _projection, _registry, _stack, _tracking  # noqa: F401  (they register the commands)
 from cairn.cli._base import cli
+from cairn.cli._secrets import add_rotate_key
 from cairn.errors import CairnError
+
+add_rotate_key()  # once every module has registered its commands: into any workspace group
 
 __all__ = ["cli", "main"]
 

@@ -56,6 +56,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Run jobs": ("job", "agent"),
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
+    "Secrets": ("secret",),
     "Operate the stack": (
         "up",
         "serve",

@@ -18,7 +18,13 @@ from cairn.proto.assets import (
     EnvironmentSpec,
     RecordUpload,
 )
-from cairn.proto.events import AssetDeleted, AssetRegistered, DatastoreFilesUploaded, Event
+from cairn.proto.events import (
+    AssetDeleted,
+    AssetRegistered,
+    DatastoreCredentialsResealed,
+    DatastoreFilesUploaded,
+    Event,
+)
 
 __all__ = [
     "AGGREGATES",
@@ -27,6 +33,7 @@ __all__ = [
     "AssetState",
     "DeleteAsset",
     "RegisterAsset",
+    "ResealCredentials",
     "aggregate",
     "builtin_assets",
     "decide",
@@ -51,6 +58,12 @@ def evolve(state: AssetState, event: Event) -> AssetState:
             return AssetState(versions={**state.versions, version: event}, deleted=False)
         case AssetDeleted():
             return msgspec.structs.replace(state, deleted=True)
+        case DatastoreCredentialsResealed(version=version, sealed_credentials=sealed):
+            ev = state.versions.get(version)
+            if ev is not None and isinstance(ev.spec, DatastoreSpec):
+                spec = msgspec.structs.replace(ev.spec, sealed_credentials=sealed)
+                versions = {**state.versions, version: msgspec.structs.replace(ev, spec=spec)}
+                return msgspec.structs.replace(state, versions=versions)
     return state
 
 
@@ -92,7 +105,22 @@ class DeleteAsset(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     name: str
 
 
-AssetCommand = RegisterAsset | DeleteAsset | RecordUpload
+class ResealCredentials(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Replace version ``version``'s sealed credentials ``replaces`` by ``sealed`` (the same
+    credentials under workspace key ``key_id``: a rotation); nothing when that version no
+    longer holds ``replaces`` (sealed again meanwhile)."""
+
+    name: str
+    version: int
+    replaces: str
+    sealed: str
+    key_id: str
+
+    def __repr__(self) -> str:
+        return f"ResealCredentials(name={self.name!r}, version={self.version}, sealed=<hidden>)"
+
+
+AssetCommand = RegisterAsset | DeleteAsset | RecordUpload | ResealCredentials
 
 
 def decide(state: AssetState, command: AssetCommand) -> list[Event]:
@@ -105,6 +133,15 @@ def decide(state: AssetState, command: AssetCommand) -> list[Event]:
             return [] if state.deleted else [AssetDeleted(name=name)]
         case RecordUpload(name=name, files=files):
             return [DatastoreFilesUploaded(name=name, files=files)]
+        case ResealCredentials(name=name, version=version, sealed=sealed, key_id=key_id):
+            ev = state.versions.get(version)
+            spec = ev.spec if ev is not None else None
+            if not isinstance(spec, DatastoreSpec) or spec.sealed_credentials != command.replaces:
+                return []
+            resealed = DatastoreCredentialsResealed(
+                name=name, version=version, sealed_credentials=sealed, key_id=key_id
+            )
+            return [resealed]
 
 
 def _register(state: AssetState, command: RegisterAsset) -> list[Event]:

@@ -92,6 +92,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "datastore.>",
         "dataset.>",
         "job.submit",
+        "secret.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),
     AUDITOR: (),
@@ -109,6 +110,8 @@ AGENT_COMMANDS = (
     "model.>",
     "dataset.>",
     "datastore.uploaded",
+    # a job reads its workspace's secrets (``run.get_secret``); setting them is for people
+    "secret.read",
 )
 #: what no one but the admin may do to a stream
 _ADMIN_ONLY = (

@@ -2,9 +2,10 @@
 Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``), a thin wrapper over it.
 
 Layers, each importing only those below it: ``_session`` (connection, client, sequences seen)
-<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_jobs`` <- ``_async`` (the async
-face) <- ``_runtime`` (the facade's event loop) <- ``_assets``, ``_models``, ``_datastores``
-<- ``_datasets``, ``_jobfile`` <- ``_sync``. Bytes move through :mod:`cairn.data`.
+<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``, ``_jobs`` <-
+``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
+``_models``, ``_datastores``, ``_keyvault`` <- ``_datasets``, ``_jobfile`` <- ``_sync``. Bytes
+move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import ComputeTarget, CondaDependencies, Environment
@@ -13,6 +14,7 @@ from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobfile import load_job_file
 from cairn.sdk._jobs import Estimator, RunFailedError, ScriptRunConfig
+from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._outbox import replay_spool_dir
 from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
@@ -28,6 +30,7 @@ __all__ = [
     "Environment",
     "Estimator",
     "Experiment",
+    "Keyvault",
     "Model",
     "OfflineRun",
     "Run",

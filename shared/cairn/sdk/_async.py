@@ -2,9 +2,9 @@
 record a run's progress go through the outbox, so an outage spools them instead of failing.
 
 ``AsyncWorkspace`` is the face: experiments and runs here, and beside them ``ws.assets``
-(environments, compute, datastores), ``ws.models``, ``ws.datastores`` (their files) and
-``ws.datasets``. The sync facade (``Workspace``, ``Run``, ``Model``...) wraps these classes and
-nothing else; they never import it. Bytes move through :mod:`cairn.data`.
+(environments, compute, datastores), ``ws.models``, ``ws.datastores`` (their files),
+``ws.datasets`` and ``ws.secrets``. The sync facade (``Workspace``, ``Run``, ``Model``...) wraps
+these classes and nothing else; they never import it. Bytes move through :mod:`cairn.data`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHis
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
+from cairn.sdk._async_secrets import AsyncSecrets
 from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
@@ -62,6 +63,7 @@ class AsyncWorkspace(Session):
         self.models = AsyncModels(self)
         self.datastores = AsyncDatastores(self)
         self.datasets = AsyncDatasets(self)
+        self.secrets = AsyncSecrets(self)
         self._runs: set[AsyncRun] = set()
         self._replayer: asyncio.Task[None] | None = None
 
@@ -285,6 +287,15 @@ class AsyncRun:
     async def print_logs(self, out: Callable[[str], None]) -> int:
         """Pass the output the job has logged so far to ``out``; returns the chunks."""
         return await print_logs(self.workspace, self.id, out)
+
+    # -- secrets --------------------------------------------------------------------------
+
+    async def get_secret(self, name: str) -> str:
+        """Secret ``name``'s value; the read is recorded as this run's."""
+        return await self.workspace.secrets.get(name, run_id=self.id)
+
+    async def get_secrets(self, names: list[str]) -> dict[str, str]:
+        return await self.workspace.secrets.get_many(names, run_id=self.id)
 
     # -- metrics --------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from cairn.sdk._async import AsyncRun, AsyncWorkspace
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
+from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
@@ -64,6 +65,10 @@ class Workspace(WorkspaceBase):
 
     def get_default_datastore(self) -> Datastore:
         return Datastore.get(self, "workspaceblobstore")
+
+    def get_default_keyvault(self) -> Keyvault:
+        """The workspace's secrets (``set_secret``, ``get_secret``, ``list_secrets``...)."""
+        return Keyvault(self)
 
     @property
     def models(self) -> dict[str, Model]:
@@ -264,6 +269,17 @@ class Run:
 
     def get_properties(self) -> dict[str, str]:
         return dict(self.get_details()["properties"])
+
+    # -- secrets --------------------------------------------------------------------------
+
+    def get_secret(self, name: str) -> str:
+        """Secret ``name``'s value from the workspace's keyvault; the read is recorded as this
+        run's (a job's agent lets its job read as its own run only)."""
+        return self._ws._run(self._core.get_secret(name))
+
+    def get_secrets(self, secrets: list[str]) -> dict[str, str]:
+        """Each of ``secrets`` and its value, every read recorded as this run's."""
+        return self._ws._run(self._core.get_secrets(secrets))
 
     # -- reading --------------------------------------------------------------------------
 

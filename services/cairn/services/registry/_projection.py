@@ -19,16 +19,21 @@ from cairn.proto.events import (
     ModelVersionArchived,
     ModelVersionRegistered,
     ModelVersionRestored,
+    SecretDeleted,
+    SecretRead,
+    SecretResealed,
+    SecretSet,
 )
+from cairn.proto.secrets import SECRET_KIND
 
 __all__ = ["RegistryProjection", "public_spec"]
 
 
 class RegistryProjection:
     name = "registry"
-    version = 2
-    tables: tuple[str, ...] = ("models", "aliases", "assets")
-    source = events_of("model", *ASSET_KINDS)
+    version = 3
+    tables: tuple[str, ...] = ("models", "aliases", "assets", "secrets")
+    source = events_of("model", *ASSET_KINDS, SECRET_KIND)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
@@ -47,11 +52,21 @@ class RegistryProjection:
             " version INTEGER, spec TEXT, description TEXT, deleted INTEGER, created_at TEXT,"
             " created_by TEXT, PRIMARY KEY (workspace, kind, asset_id, version))"
         )
+        # a secret's name, version and who set it when, how often it was read: never a value
+        db.execute(
+            f"CREATE TABLE {t('secrets')} (workspace TEXT, secret_id TEXT, name TEXT,"
+            " version INTEGER, key_id TEXT, deleted INTEGER, updated_at TEXT, updated_by TEXT,"
+            " reads INTEGER, last_read_at TEXT, last_read_by TEXT,"
+            " PRIMARY KEY (workspace, secret_id))"
+        )
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
         env = item.value
         if env.aggregate_kind in ASSET_KINDS:
             self._apply_asset(db, t, env)
+            return
+        if env.aggregate_kind == SECRET_KIND:
+            self._apply_secret(db, t, env)
             return
         if env.aggregate_kind != "model":
             return
@@ -114,6 +129,36 @@ class RegistryProjection:
                     f"UPDATE {t('assets')} SET deleted = 1 WHERE workspace=? AND kind=?"
                     " AND asset_id=?",
                     key,
+                )
+
+    def _apply_secret(self, db: sqlite3.Connection, t: Tables, env: Envelope[Event]) -> None:
+        key = (env.workspace, env.aggregate_id)
+        at = env.timestamp.isoformat()
+        match env.data:
+            case SecretSet(name=name, version=version, key_id=key_id):
+                db.execute(
+                    f"INSERT INTO {t('secrets')} VALUES (?,?,?,?,?,0,?,?,0,NULL,NULL)"
+                    " ON CONFLICT (workspace, secret_id) DO UPDATE SET name = excluded.name,"
+                    " version = excluded.version, key_id = excluded.key_id, deleted = 0,"
+                    " updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                    (*key, name, version, key_id, at, env.actor),
+                )
+            case SecretResealed(key_id=key_id):
+                db.execute(
+                    f"UPDATE {t('secrets')} SET key_id = ? WHERE workspace = ? AND secret_id = ?",
+                    (key_id, *key),
+                )
+            case SecretDeleted():
+                db.execute(
+                    f"UPDATE {t('secrets')} SET deleted = 1, updated_at = ?, updated_by = ?"
+                    " WHERE workspace = ? AND secret_id = ?",
+                    (at, env.actor, *key),
+                )
+            case SecretRead(reader=reader):
+                db.execute(
+                    f"UPDATE {t('secrets')} SET reads = reads + 1, last_read_at = ?,"
+                    " last_read_by = ? WHERE workspace = ? AND secret_id = ?",
+                    (at, reader, *key),
                 )
 
 

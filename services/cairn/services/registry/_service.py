@@ -26,10 +26,12 @@ from cairn.proto.registry import (
     RegisterModelVersion,
     SetModelAlias,
 )
+from cairn.proto.secrets import SECRET_COMMAND_TYPES, SECRET_QUERY_TYPES, ListSecrets
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.registry._assets import ASSET_COMMANDS, AssetHandlers
 from cairn.services.registry._projection import RegistryProjection
+from cairn.services.registry._secrets import SecretHandlers
 from cairn.settings import Settings
 
 __all__ = ["RegistryService", "version_view"]
@@ -92,7 +94,35 @@ class RegistryService(ProjectedService):
                 ModelLineage.NAME: self._lineage,
             },
         )
-        self.responders = [commands, queries, asset_commands, asset_queries]
+        self.secrets = SecretHandlers(
+            self.store,
+            self.cache,
+            settings,
+            wait_for=lambda seq: self.projection.wait_for(seq, timeout=30.0),
+            read_model=lambda fn: self.projection.read(fn)[0],
+        )
+        secret_commands = Responder(
+            conn,
+            subjects=[subjects.command_filter("secret")],
+            queue="registry",
+            types=SECRET_COMMAND_TYPES,
+            routes={c.VERB: self.secrets.command for c in SECRET_COMMAND_TYPES},
+        )
+        secret_queries = Responder(
+            conn,
+            subjects=[subjects.query_filter("secret")],
+            queue="registry",
+            types=SECRET_QUERY_TYPES,
+            routes={ListSecrets.NAME: self._list_secrets},
+        )
+        self.responders = [
+            commands,
+            queries,
+            asset_commands,
+            asset_queries,
+            secret_commands,
+            secret_queries,
+        ]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -202,6 +232,10 @@ class RegistryService(ProjectedService):
 
     async def _list_assets(self, req: Request) -> QueryResult:
         return await self.read(req, lambda db, t: self.assets.list(req, db, t))
+
+    async def _list_secrets(self, req: Request) -> QueryResult:
+        self.secrets.check_list(req)
+        return await self.read(req, lambda db, t: self.secrets.list(req, db, t))
 
     async def _list(self, req: Request) -> QueryResult:
         q: ListModels = req.body
