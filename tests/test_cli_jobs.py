@@ -103,6 +103,7 @@ async def test_cancel_from_the_cli_stops_a_queued_job(
         (("${{outputs.model}}", "${{outputs.nothing}}"), "outputs.nothing"),
         (("@latest", ":two"), "a version is a number"),
         (("  reg_rate: 0.25", "  reg_rate: [1, 2]"), "inputs.reg_rate"),
+        (("compute: azureml:local", "compute: local\nsecrets: db-pass"), "secrets"),
     ],
 )
 def test_bad_job_files_name_what_is_wrong(
@@ -153,6 +154,10 @@ def test_job_file_paths_and_environments(tmp_path: Path) -> None:
     assert [o.name for o in config.job_outputs] == ["model"]
     _, pinned = load_job_file(_job_dir(tmp_path, JOB.replace("@latest", ":3")))
     assert (pinned.environment.name, pinned.environment.version) == ("cairn-python-3.11", 3)
+    assert pinned.secrets == []
+    granted = JOB.replace("compute: azureml:local", "compute: local\nsecrets: [db-pass]")
+    _, config = load_job_file(_job_dir(tmp_path, granted))
+    assert config.secrets == ["db-pass"]
 
 
 DATA_JOB = """\

@@ -179,7 +179,10 @@ async def test_a_run_reads_as_itself_and_an_ended_run_reads_nothing(
 async def test_a_job_reads_a_secret_as_its_run(
     ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
 ) -> None:
+    """A job reads the secrets its spec grants, recorded as its run; an existing secret it
+    was not granted is refused by its agent and never read."""
     await ws.secrets.set("db-pass", "job-secret-42")
+    await ws.secrets.set("other", "not-for-this-job")
     src = source(
         tmp_path,
         """
@@ -189,20 +192,23 @@ async def test_a_job_reads_a_secret_as_its_run(
         value = run.get_secret("db-pass")
         print("digest", hashlib.sha256(value.encode()).hexdigest(), flush=True)
         try:
-            run.get_secret("not-granted")
+            run.get_secret("other")
         except Exception as exc:
             print("refused", type(exc).__name__, flush=True)
         run.log("read", 1)
     """,
     )
     await agents.start()
-    run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
+    config = ScriptRunConfig(source_directory=src, script="job.py", secrets=["db-pass"])
+    run_id = await submit(ws, "jobs", config)
     printed: list[str] = []
     details = await follow(ws, run_id, out=printed.append, timeout=60)
     output = "".join(printed)
     assert details["status"] == "Completed", output
     assert f"digest {hashlib.sha256(b'job-secret-42').hexdigest()}" in output
-    assert "refused NotFound" in output and "job-secret-42" not in output
+    assert "refused PermissionDenied" in output and "job-secret-42" not in output
+    other = await events(store, ws.name, "secret", "other")
+    assert not [e for e in other if isinstance(e, SecretRead)]
     reads = [
         e for e in await events(store, ws.name, "secret", "db-pass") if isinstance(e, SecretRead)
     ]

@@ -33,6 +33,7 @@ from cairn.proto._base import (
 )
 from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Command, Query
+from cairn.proto.secrets import SecretName
 
 __all__ = [
     "JOB_COMMAND_TYPES",
@@ -114,6 +115,8 @@ class JobSpec(Strict, frozen=True, kw_only=True):
     ``snapshot`` is the digest of the source archive, committed in the staging area
     ``snapshot_area`` as ``snapshot.tar.gz``. ``max_attempts`` bounds how often a run is
     re-queued after its agent was lost; ``timeout_s`` bounds how long it may run.
+    ``secrets`` names the workspace secrets the job's script may read (``run.get_secret``):
+    its agent forwards a read of no other.
     """
 
     command: list[Text]
@@ -127,6 +130,7 @@ class JobSpec(Strict, frozen=True, kw_only=True):
     gpus: Count = 0
     inputs: list[JobInput] = msgspec.field(default_factory=list)
     outputs: list[JobOutput] = msgspec.field(default_factory=list)
+    secrets: list[SecretName] = msgspec.field(default_factory=list)
 
 
 class SubmitJob(Command, frozen=True, kw_only=True, tag=True):

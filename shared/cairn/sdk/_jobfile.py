@@ -96,6 +96,8 @@ class JobFile(
     environment_variables: dict[str, str | int | float] = msgspec.field(default_factory=dict)
     limits: Limits | None = None
     name: str | None = None
+    #: the workspace secrets the job may read (``run.get_secret``); a Cairn key
+    secrets: list[str] = msgspec.field(default_factory=list)
 
 
 def _refuse_expressions(node: Any, where: str) -> None:
@@ -238,6 +240,7 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         environment=_environment(job.environment, base),
         max_run_duration_seconds=job.limits.timeout if job.limits else None,
         environment_variables={k: str(v) for k, v in job.environment_variables.items()},
+        secrets=job.secrets,
     )
     config.job_inputs = data_inputs
     config.job_outputs = [_data_output(k, v) for k, v in job.outputs.items()]

@@ -98,6 +98,7 @@ class ScriptRunConfig:
         priority: int = 0,
         gpus: int = 0,
         environment_variables: dict[str, str] | None = None,
+        secrets: list[str] | None = None,
         **_: Any,
     ) -> None:
         if (script is None) == (command is None):
@@ -114,6 +115,8 @@ class ScriptRunConfig:
         self.priority = priority
         self.gpus = gpus
         self.environment_variables = dict(environment_variables or {})
+        #: the workspace secrets the script may read with ``run.get_secret`` (no other)
+        self.secrets = list(secrets or [])
         #: data inputs and outputs given directly (a job file's), besides argument bindings
         self.job_inputs: list[JobInput] = []
         self.job_outputs: list[JobOutput] = []
@@ -235,6 +238,7 @@ async def submit(
         max_attempts=config.max_attempts,
         priority=config.priority,
         gpus=config.gpus,
+        secrets=config.secrets,
     )
     run_id = new_id()
     await ws.experiment_id(experiment_name)  # get-or-create, as start_logging does

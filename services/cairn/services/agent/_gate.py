@@ -12,7 +12,8 @@ closed when the attempt ends, which revokes it. A job may:
 - start and end those child runs, but not its own run, which its agent ends from the
   script's exit code;
 - register a model from its own runs' files, or from a staging area it filled itself;
-- get-or-create its own experiment (the SDK does on first use).
+- get-or-create its own experiment (the SDK does on first use);
+- read the workspace secrets its job spec names (``JobSpec.secrets``), for its own runs.
 
 Anything else — another run, another workspace, job tickets and reports, compute targets,
 environments, datastores — is refused with ``PermissionDenied`` naming what was asked, and
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +72,20 @@ class JobGate:
     """One attempt's socket: open it before the job starts, close it when the job is gone."""
 
     def __init__(
-        self, nc: NATS, *, workspace: str, run_id: str, attempt: int, experiment: str
+        self,
+        nc: NATS,
+        *,
+        workspace: str,
+        run_id: str,
+        attempt: int,
+        experiment: str,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.nc = nc
         self.workspace, self.run_id, self.attempt = workspace, run_id, attempt
         self.experiment = experiment
+        #: the secrets the job was granted (``JobSpec.secrets``)
+        self.secrets = frozenset(secrets)
         #: the job's run and the child runs it created
         self.runs = {run_id}
         #: staging areas the job filled itself, and the upload sessions it opened
@@ -192,46 +203,66 @@ class JobGate:
         return body
 
     async def _allowed(self, verb: str, body: dict[str, Any]) -> None:
-        run = body.get("run_id")
         if verb in _RUN_VERBS:
-            self._own_run(verb, run, itself=_RUN_VERBS[verb])
-            if (
-                verb == "metrics.log"
-                and run == self.run_id
-                and body.get("attempt")
-                not in (
-                    None,
-                    self.attempt,
-                )
-            ):
-                raise _Refused(f"metrics.log: this job is attempt {self.attempt} of its run")
-        elif verb == "experiment.create":
-            if body.get("name") != self.experiment:
-                raise _Refused(
-                    f"experiment.create: a job uses its own experiment ({self.experiment})"
-                )
-        elif verb == "run.create":
-            if body.get("parent_run_id") not in self.runs:
-                raise _Refused("run.create: a job creates only child runs of its own runs")
-            if body.get("experiment_name") != self.experiment:
-                raise _Refused(
-                    f"run.create: a job's child runs belong to its experiment ({self.experiment})"
-                )
-        elif verb == "artifact.upload":
-            if body.get("staging"):
-                await self._staging_area(str(run))
-            else:
-                self._own_run(verb, run, itself=True)
-        elif verb == "model.register":
-            staging = body.get("staging_id")
-            if not (run in self.runs or (staging is not None and staging in self.staging)):
-                raise _Refused(
-                    "model.register: a job registers models from its own runs' files or from"
-                    " a staging area it filled"
-                )
+            self._run_verb(verb, body)
+            return
+        check = {
+            "experiment.create": self._experiment,
+            "run.create": self._child_run,
+            "secret.read": self._secret,
+            "model.register": self._model,
+        }.get(verb)
+        if verb == "artifact.upload":
+            await self._upload(body)
+        elif check is not None:
+            check(body)
         else:
             raise _Refused(
                 f"a job may not send {verb}: it acts for its own run only (docs/security.md)"
+            )
+
+    def _run_verb(self, verb: str, body: dict[str, Any]) -> None:
+        run = body.get("run_id")
+        self._own_run(verb, run, itself=_RUN_VERBS[verb])
+        attempt = body.get("attempt")
+        if verb == "metrics.log" and run == self.run_id and attempt not in (None, self.attempt):
+            raise _Refused(f"metrics.log: this job is attempt {self.attempt} of its run")
+
+    def _experiment(self, body: dict[str, Any]) -> None:
+        if body.get("name") != self.experiment:
+            raise _Refused(f"experiment.create: a job uses its own experiment ({self.experiment})")
+
+    def _child_run(self, body: dict[str, Any]) -> None:
+        if body.get("parent_run_id") not in self.runs:
+            raise _Refused("run.create: a job creates only child runs of its own runs")
+        if body.get("experiment_name") != self.experiment:
+            raise _Refused(
+                f"run.create: a job's child runs belong to its experiment ({self.experiment})"
+            )
+
+    async def _upload(self, body: dict[str, Any]) -> None:
+        if body.get("staging"):
+            await self._staging_area(str(body.get("run_id")))
+        else:
+            self._own_run("artifact.upload", body.get("run_id"), itself=True)
+
+    def _secret(self, body: dict[str, Any]) -> None:
+        name = body.get("name")
+        if name not in self.secrets:
+            raise _Refused(
+                f"secret.read: this job was not granted secret {name!r:.80}; list it in the"
+                " job's secrets (ScriptRunConfig(secrets=[...]), `secrets:` in a job file)"
+            )
+        self._own_run("secret.read", body.get("run_id"), itself=True)
+
+    def _model(self, body: dict[str, Any]) -> None:
+        staging = body.get("staging_id")
+        if not (
+            body.get("run_id") in self.runs or (staging is not None and staging in self.staging)
+        ):
+            raise _Refused(
+                "model.register: a job registers models from its own runs' files or from a"
+                " staging area it filled"
             )
 
     def _own_run(self, verb: str, run: Any, *, itself: bool) -> None:

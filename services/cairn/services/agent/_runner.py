@@ -358,6 +358,7 @@ class Attempt:
             run_id=self.a.run_id,
             attempt=self.a.attempt,
             experiment=self.a.experiment_name,
+            secrets=self.a.job.secrets,
         )
         try:
             await gate.open()
