@@ -65,6 +65,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "workspace",
         "user",
         "role",
+        "cluster",
     ),
 }
 OTHER_SECTION = "Other commands"

@@ -323,6 +323,11 @@ class Attempt:
             "CAIRN_NATS_USER": s.nats_user,
             "CAIRN_NATS_PASSWORD": s.nats_password,
             "CAIRN_NATS_CREDS": s.nats_creds,
+            # TLS: the CA the server is verified against, and the agent's client certificate
+            # where the server requires mutual TLS (the job connects as its agent does)
+            "CAIRN_TLS_CA": s.tls_ca,
+            "CAIRN_TLS_CERT": s.tls_cert,
+            "CAIRN_TLS_KEY": s.tls_key,
         }
         env.update({key: value for key, value in credentials.items() if value})
         if self.a.job.gpus:
