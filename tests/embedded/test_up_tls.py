@@ -44,3 +44,31 @@ def test_up_tls_serves_the_sdk_and_the_cli_over_tls(
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["server"]["url"].startswith("tls://")
     assert up.interrupt() == 0
+
+
+def test_up_tls_verify_gives_its_clients_a_certificate_and_refuses_others(
+    up_home: tuple[Path, int], ups: list[subprocess.Popen[str]]
+) -> None:
+    home, port = up_home
+    up = Up(home, port, "--tls-verify", "--local-slots", "0")
+    ups.append(up.proc)
+    up.wait_for("cairn is up", timeout=10)
+    config = json.loads((home / "config.json").read_text())
+    assert config["tls_cert"] == str(home / "tls" / "client-cairn-local.pem")
+    assert stat.S_IMODE(Path(config["tls_key"]).stat().st_mode) == 0o600
+    assert "verify: true" in (home / "nats" / "nats.conf").read_text()
+
+    env = {**os.environ, "CAIRN_HOME": str(home)}
+    status = subprocess.run(
+        [*CAIRN, "status", "--json"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert status.returncode == 0, status.stderr
+    without = {**env, "CAIRN_CONFIG": str(home / "no-cert.json")}
+    (home / "no-cert.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k not in ("tls_cert", "tls_key")})
+    )
+    refused = subprocess.run(
+        [*CAIRN, "status"], env=without, capture_output=True, text=True, timeout=30
+    )
+    assert refused.returncode == 1 and "requires a client certificate" in refused.stderr
+    assert up.interrupt() == 0

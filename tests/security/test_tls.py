@@ -30,7 +30,8 @@ from cairn.tls import CertFiles, ensure_certs, make_certs, server_tls_block
 from tests.conftest import LEAKS_SOCKETS, settings_for
 from tests.test_fail_fast import cairn_status, clean_env, one_line, write_config
 
-CONNECT_TIMEOUT_S = 1.5
+#: long enough that a refusal retried until the connect timeout tells from one at once
+CONNECT_TIMEOUT_S = 10.0
 AGENT = "cairn-agent"
 
 
@@ -100,6 +101,30 @@ def test_cli_certs_refuses_to_overwrite_and_names_the_file(tmp_path: Path) -> No
     assert "--force" in result.exception.message
     result = CliRunner().invoke(cli, [*args, "--force"])
     assert result.exit_code == 0 and "reused the CA" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "refusal"),
+    [
+        ({"hosts": ["bad host"]}, "neither a DNS name nor an IP address"),
+        ({"hosts": ["localhost", "LOCALHOST"]}, "a host is given twice"),
+        ({"clients": ["../escape"]}, "client name '../escape'"),
+        ({"clients": [AGENT, AGENT]}, "a client name is given twice"),
+    ],
+)
+def test_bad_names_are_refused_before_anything_is_written(
+    tmp_path: Path, kwargs: dict[str, list[str]], refusal: str
+) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(refusal)):
+        make_certs(tmp_path / "tls", **kwargs)
+    assert not (tmp_path / "tls").exists()
+
+
+def test_a_ca_without_its_key_is_refused(tmp_path: Path) -> None:
+    made = make_certs(tmp_path / "tls")
+    made.ca_key.unlink()
+    with pytest.raises(InvalidInput, match=re.escape(f"{made.ca} exists without {made.ca_key}")):
+        make_certs(tmp_path / "tls", clients=[AGENT], server=False)
 
 
 def test_server_tls_block() -> None:
