@@ -354,10 +354,11 @@ def tls_server(tmp_path: Path) -> Iterator[str]:
 async def test_cli_against_a_server_whose_certificate_is_not_trusted(
     tls_server: str, tmp_path: Path
 ) -> None:
-    write_config(tmp_path / "home", nats_url=tls_server)
+    config = write_config(tmp_path / "home", nats_url=tls_server)
     line = one_line(*await cairn_status(clean_env(tmp_path / "home"), tmp_path))
     assert line.startswith("error [unavailable]: ")
-    assert tls_server in line and "TLS failed (the server's certificate is not trusted" in line
+    assert tls_server in line and "the server's certificate is not trusted" in line
+    assert f"set tls_ca in {config} to the server's CA file" in line
 
 
 async def test_a_port_that_never_speaks_nats(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import msgspec
 from cairn.errors import InvalidInput
 from cairn.storage import S3Config
 
-__all__ = ["Settings", "default_home", "load_settings"]
+__all__ = ["Settings", "check_tls_pair", "default_home", "load_settings"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -30,6 +30,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: inside a job: the agent's socket for this attempt, the job's only way to the services
     #: (set by the agent; a job holds no NATS credentials)
     agent_socket: str | None = None
+    #: the CA file (PEM) the server's certificate must be signed by; None: the system's store
+    #: when the server asks for TLS (or the URL is ``tls://``)
+    tls_ca: str | None = None
+    #: this client's certificate and key (PEM), for a server that requires mutual TLS: both
+    #: or neither
+    tls_cert: str | None = None
+    tls_key: str | None = None
     workspace: str = "default"
     actor: str | None = None
     state_dir: str | None = None
@@ -124,6 +131,27 @@ def load_settings(
             values[key[6:].lower()] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(values, Settings, strict=False)
+        loaded = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"bad settings: {exc}") from exc
+    check_tls_pair(loaded)
+    return loaded
+
+
+def check_tls_pair(settings: Settings) -> None:
+    """A client certificate without its key (or a key without its certificate) is an error
+    that names the missing setting and where to give it."""
+    if (settings.tls_cert is None) == (settings.tls_key is None):
+        return
+    given, missing = (
+        ("tls_cert", "tls_key") if settings.tls_key is None else ("tls_key", "tls_cert")
+    )
+    where = (
+        f"in {settings.config_file} or as CAIRN_{missing.upper()}"
+        if settings.config_file
+        else f"as CAIRN_{missing.upper()}"
+    )
+    raise InvalidInput(
+        f"{given} is set ({getattr(settings, given)}) but {missing} is not: a client"
+        f" certificate needs its key; give {missing} {where}, or neither"
+    )

@@ -7,7 +7,18 @@ that does not answer yet, then raises one error that names the URL, the cause an
     nothing answers (refused, timeout, DNS, not NATS)  Unavailable      start one with `cairn up`
     the server refused the credentials                 Unauthenticated  check the credentials
     the credentials file is missing                    Unauthenticated  check nats_creds
-    the TLS handshake failed                           Unavailable      check the certificate
+    the server's certificate is not signed by our CA   Unavailable      set tls_ca
+    the server's certificate does not name the host    Unavailable      fix the URL or the SANs
+    the server requires a client certificate           Unauthenticated  set tls_cert, tls_key
+    the server refused the client certificate          Unauthenticated  check tls_cert
+    TLS is configured but the server offers none       Unavailable      check the URL
+    a TLS file is missing or unreadable                InvalidInput     check tls_ca, ...
+
+TLS: ``tls_ca`` (a CA file) is what the server's certificate is verified against, with the
+host name or address of the URL; without it a server that asks for TLS (or a ``tls://`` URL)
+is verified against the system's store. ``tls_cert`` and ``tls_key`` are presented to a server
+that requires mutual TLS. Once TLS is configured (any of the three, or a ``tls://`` URL), a
+server that does not offer TLS is refused rather than spoken to in plain text.
 
 A long-running process (``connect(..., wait=True)``: services, agents) retries an unreachable
 server with backoff until it answers, logging that once; refused credentials stop it at once.
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
 import socket
@@ -73,6 +85,16 @@ _DISCARD_S = 0.5
 PEOPLE_JS_PREFIX = "$JS.CAIRN.API"
 _JS_NOT_ENABLED = 10039
 _USER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _not_eof_noise(record: logging.LogRecord) -> bool:
+    """nats-py reads a TLS link through a ``StreamReaderProtocol``, whose ``eof_received``
+    returns True; asyncio's SSL layer warns about that each time a TLS connection closes
+    (harmless: the connection is closed either way). That one warning is dropped."""
+    return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+logging.getLogger("asyncio").addFilter(_not_eof_noise)
 
 
 @dataclass
@@ -208,6 +230,9 @@ def _options(settings: Settings, name: str) -> dict[str, Any]:
         # for a reconnect in progress
         "reconnect_time_wait": 0.5,
     }
+    tls = _tls_context(settings)
+    if tls is not None:
+        options["tls"] = tls
     if settings.nats_creds:
         creds = Path(settings.nats_creds).expanduser()
         if not creds.is_file():
@@ -224,6 +249,74 @@ def _options(settings: Settings, name: str) -> dict[str, Any]:
     return options
 
 
+def _tls_wanted(settings: Settings) -> bool:
+    """Whether this client must speak TLS: a TLS setting is given or a URL says ``tls://``."""
+    urls = [u.strip().lower() for u in settings.nats_url.split(",")]
+    return bool(
+        settings.tls_ca
+        or settings.tls_cert
+        or settings.tls_key
+        or any(u.startswith("tls://") for u in urls)
+    )
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client's ``SSLContext`` from ``tls_ca``, ``tls_cert``, ``tls_key`` (None when no TLS
+    is configured: nats-py then still upgrades, with the system's store, a server that asks)."""
+    from cairn.settings import check_tls_pair
+    from cairn.tls import client_context
+
+    if not _tls_wanted(settings):
+        return None
+    check_tls_pair(settings)
+    paths: dict[str, str | None] = {}
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        value = getattr(settings, name)
+        if value is None:
+            paths[name] = None
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise InvalidInput(
+                f"cannot connect to NATS at {settings.nats_url}: the file {path} does not"
+                f" exist; check {_setting(settings, name)}"
+            )
+        paths[name] = str(path)
+    try:
+        return client_context(paths["tls_ca"], paths["tls_cert"], paths["tls_key"])
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        named = [f"{n}={p}" for n, p in paths.items() if p is not None]
+        raise InvalidInput(
+            f"cannot connect to NATS at {settings.nats_url}: cannot load the TLS files"
+            f" ({', '.join(named)}): {exc}"
+        ) from exc
+
+
+def _speaks_tls(nc: NATS) -> bool:
+    """Whether ``nc``'s link is TLS (nats-py upgrades only when the server asks for it)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if writer is not None:
+        return writer.get_extra_info("ssl_object") is not None
+    return bool(getattr(nc, "_server_info", {}).get("tls_required"))
+
+
+class _Client(NATS):
+    """nats-py's client, which with TLS configured never sends CONNECT (the credentials) over
+    a link that is not TLS: nats-py upgrades only when the server's INFO asks for it, so a
+    server without TLS (or someone between who strips it) would otherwise get the password in
+    plain text. The refusal is a ``SecureConnWantedError``: the first connect fails with it,
+    a reconnect tries again later (and succeeds once TLS is offered again)."""
+
+    def __init__(self, *, require_tls: bool) -> None:
+        super().__init__()
+        self.require_tls = require_tls
+
+    def _connect_command(self) -> bytes:
+        if self.require_tls and not _speaks_tls(self):
+            raise nats.errors.SecureConnWantedError()
+        return super()._connect_command()
+
+
 async def _own_jetstream(nc: NATS, settings: Settings) -> bool:
     """Whether this user's account has JetStream of its own; people's has not, and reaches
     the services' API imported under ``PEOPLE_JS_PREFIX``."""
@@ -238,8 +331,9 @@ async def _own_jetstream(nc: NATS, settings: Settings) -> bool:
 
 async def _connect_once(settings: Settings, options: dict[str, Any], budget: float) -> Connection:
     """One pass over the servers; ``_Failed`` with the most telling cause if none takes us."""
-    nc = NATS()
+    nc = _Client(require_tls="tls" in options)
     watch = _Watch(nc, settings.nats_url, options["name"], len(options["servers"]))
+    watch.client_cert = settings.tls_cert is not None
     # nats-py types connect_timeout as int but waits with it as a float; it bounds each step
     # of a connect, asyncio.timeout all of them together
     per_step: dict[str, Any] = {"connect_timeout": budget}
@@ -276,7 +370,16 @@ class _Failed(Exception):
     """Why a connect attempt failed, in Cairn's terms; carried out of nats-py's connect loop
     by ``_Watch.error``."""
 
-    RANK: ClassVar[dict[str, int]] = {"unreachable": 0, "tls": 1, "refused": 2}
+    RANK: ClassVar[dict[str, int]] = {
+        "unreachable": 0,
+        "plaintext": 1,
+        "tls": 1,
+        "tls_untrusted": 1,
+        "tls_name": 1,
+        "tls_client_required": 2,
+        "tls_client_refused": 2,
+        "refused": 2,
+    }
 
     def __init__(self, kind: str, detail: str, cause: BaseException) -> None:
         super().__init__(detail)
@@ -291,11 +394,8 @@ class _Failed(Exception):
         head = f"cannot connect to NATS at {settings.nats_url}"
         if self.kind == "refused":
             return Unauthenticated(f"{head}: {_refusal(settings, self.detail)}")
-        if self.kind == "tls":
-            return Unavailable(
-                f"{head}: TLS failed ({self.detail}); check the server's certificate and that"
-                " this machine trusts its CA (SSL_CERT_FILE)"
-            )
+        if self.kind.startswith("tls") or self.kind == "plaintext":
+            return _tls_error(self.kind, head, self.detail, settings)
         cause = f"no server answers ({self.detail}; tried for {elapsed_s:.1f}s)"
         if settings.config_file:
             fix = f"start one with `cairn up`, or fix nats_url in {settings.config_file}"
@@ -304,6 +404,46 @@ class _Failed(Exception):
             f"{head}: {cause}, and no settings file was read ({_written_by_up(settings)});"
             " start one with `cairn up`, or set CAIRN_CONFIG or CAIRN_NATS_URL"
         )
+
+
+def _tls_error(kind: str, head: str, detail: str, settings: Settings) -> CairnError:
+    """One line for a failed TLS handshake: what the server or this client refused, and which
+    setting fixes it."""
+    made_by = "`cairn cluster certs` makes them; `cairn up --tls` writes them under <home>/tls"
+    if kind == "tls_untrusted":
+        if settings.tls_ca:
+            fix = (
+                f"its certificate is not signed by the CA in {settings.tls_ca}; check"
+                f" {_setting(settings, 'tls_ca')}"
+            )
+        else:
+            fix = (
+                "no CA file is set, so the system's store was used; set"
+                f" {_setting(settings, 'tls_ca')} to the server's CA file ({made_by})"
+            )
+        return Unavailable(f"{head}: the server's certificate is not trusted ({detail}): {fix}")
+    if kind == "tls_name":
+        return Unavailable(
+            f"{head}: the server's certificate does not name the host of the URL ({detail}):"
+            " connect with a name the certificate holds, or make the server's certificate"
+            " again with that name (`cairn cluster certs --host NAME --force`)"
+        )
+    if kind == "tls_client_required":
+        return Unauthenticated(
+            f"{head}: the server requires a client certificate (mutual TLS) and none was"
+            f" given ({detail}); set tls_cert and tls_key ({made_by}, --client NAME)"
+        )
+    if kind == "tls_client_refused":
+        return Unauthenticated(
+            f"{head}: the server refused the client certificate {settings.tls_cert} ({detail});"
+            f" it must be signed by the server's CA: check {_setting(settings, 'tls_cert')}"
+        )
+    if kind == "plaintext":
+        return Unavailable(f"{head}: {detail}; check nats_url and the server's tls block")
+    return Unavailable(
+        f"{head}: TLS failed ({detail}); check the server's certificate and"
+        f" {_setting(settings, 'tls_ca')}"
+    )
 
 
 def _refusal(settings: Settings, detail: str) -> str:
@@ -337,17 +477,11 @@ def _setting(settings: Settings, name: str) -> str:
     return f"CAIRN_{name.upper()} (no settings file was read; {_written_by_up(settings)})"
 
 
-def _classify(err: BaseException, nc: NATS) -> _Failed:
+def _classify(err: BaseException, nc: NATS, client_cert: bool = False) -> _Failed:
     """A failed attempt, by the class of what nats-py raised."""
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return _Failed("tls", f"the server's certificate is not trusted: {err.verify_message}", err)
-    secure = (
-        nats.errors.SecureConnRequiredError,
-        nats.errors.SecureConnWantedError,
-        nats.errors.SecureConnFailedError,
-    )
-    if isinstance(err, (ssl.SSLError, *secure)):
-        return _Failed("tls", str(err) or type(err).__name__, err)
+    tls = _classify_tls(err, nc, client_cert)
+    if tls is not None:
+        return tls
     if isinstance(err, ConnectionRefusedError):
         return _Failed("unreachable", "connection refused", err)
     if isinstance(err, socket.gaierror):
@@ -366,6 +500,51 @@ def _classify(err: BaseException, nc: NATS) -> _Failed:
     return _Failed("unreachable", f"not a NATS server? {err}", err)
 
 
+def _classify_tls(err: BaseException, nc: NATS, client_cert: bool) -> _Failed | None:
+    """A failed TLS handshake, by what OpenSSL reported; None if ``err`` is none."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        message = str(err.verify_message)
+        if "mismatch" in message.lower():  # "Hostname mismatch", "IP address mismatch"
+            return _Failed("tls_name", message, err)
+        return _Failed("tls_untrusted", message, err)
+    if isinstance(err, ssl.SSLError):
+        reason = str(getattr(err, "reason", "") or "")
+        if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED" or "PEER_DID_NOT_RETURN" in reason:
+            return _Failed("tls_client_required", reason.lower().replace("_", " "), err)
+        if reason in _CLIENT_CERT_REFUSED:
+            return _Failed("tls_client_refused", reason.lower().replace("_", " "), err)
+    if isinstance(err, (ConnectionResetError, BrokenPipeError)) and _speaks_tls(nc):
+        # under TLS 1.3 a server checks the client's certificate (or its absence) after the
+        # client saw the handshake complete: the client sees an alert, or only the
+        # connection drop, whichever comes first
+        detail = "the server closed the connection after the TLS handshake"
+        return _Failed("tls_client_refused" if client_cert else "tls_client_required", detail, err)
+    if isinstance(err, nats.errors.SecureConnWantedError):
+        detail = (
+            "TLS is configured (tls_ca, tls_cert, tls_key or a tls:// URL) but the server does"
+            " not offer it; the credentials were not sent in plain text"
+        )
+        return _Failed("plaintext", detail, err)
+    secure = (
+        nats.errors.SecureConnRequiredError,
+        nats.errors.SecureConnWantedError,
+        nats.errors.SecureConnFailedError,
+    )
+    if isinstance(err, (ssl.SSLError, *secure)):
+        return _Failed("tls", str(err) or type(err).__name__, err)
+    return None
+
+
+#: OpenSSL's names for a server's alert that it refuses the client's certificate
+_CLIENT_CERT_REFUSED = {
+    "SSLV3_ALERT_BAD_CERTIFICATE",
+    "TLSV1_ALERT_UNKNOWN_CA",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "TLSV1_ALERT_DECRYPT_ERROR",
+}
+
+
 class _Watch:
     """nats-py's callbacks for one client. While it connects, a failed attempt on every
     server ends ``connect`` with ``_Failed``; once open, an outage is logged when it begins
@@ -378,6 +557,8 @@ class _Watch:
         self.conn: Connection | None = None
         self.down_since: float | None = None
         self.last_failure: type[BaseException] | None = None
+        #: this client presents a certificate (mutual TLS)
+        self.client_cert = False
 
     def opened(self, conn: Connection) -> None:
         self.state, self.conn = "open", conn
@@ -394,7 +575,7 @@ class _Watch:
 
     async def error(self, err: Exception) -> None:
         if self.state == "connecting":
-            self.failed.append(_classify(err, self.nc))
+            self.failed.append(_classify(err, self.nc, self.client_cert))
             if len(self.failed) >= self.servers:
                 raise max(self.failed, key=lambda f: _Failed.RANK[f.kind])
             return

@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from cairn.cli import _data, _jobs, _projection, _registry, _stack, _tracking  # noqa: F401  (they register the commands)
+from cairn.cli import (  # noqa: F401  (they register the commands)
+    _cluster,
+    _data,
+    _jobs,
+    _projection,
+    _registry,
+    _stack,
+    _tracking,
+)
 from cairn.cli._base import cli
 from cairn.cli._secrets import add_rotate_key
 from cairn.errors import CairnError

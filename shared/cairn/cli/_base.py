@@ -66,6 +66,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "workspace",
         "user",
         "role",
+        "cluster",
     ),
 }
 OTHER_SECTION = "Other commands"

@@ -37,10 +37,31 @@ from cairn.settings import Settings
     show_default=True,
     help="restarts of a nats-server that dies before cairn up gives up (exit 1)",
 )
-def up(home: str, port: int, demo: bool, local_slots: int | None, server_restarts: int) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="the server requires TLS: certificates under HOME/tls (made once, then reused);"
+    " config.json names the CA, so every command works unchanged",
+)
+@click.option(
+    "--tls-verify",
+    is_flag=True,
+    help="require a client certificate too (mutual TLS; implies --tls); one is made for this"
+    " stack's processes and named in config.json",
+)
+def up(
+    home: str,
+    port: int,
+    demo: bool,
+    local_slots: int | None,
+    server_restarts: int,
+    tls: bool,
+    tls_verify: bool,
+) -> None:
     """Start nats-server, every service and the local agent in this process; Ctrl-C stops
     them. A server that dies is restarted; one that a killed cairn up left behind is stopped
-    first. What scripts spooled while the stack was down is sent at start.
+    first. What scripts spooled while the stack was down is sent at start. Without --tls the
+    server speaks plain NATS on 127.0.0.1 (loopback only; docs/security.md says why).
 
     Example: cairn up --demo"""
     from cairn.embedded._up import up as run_up
@@ -52,6 +73,8 @@ def up(home: str, port: int, demo: bool, local_slots: int | None, server_restart
             demo=demo,
             local_slots=local_slots,
             server_restarts=server_restarts,
+            tls=tls or tls_verify,
+            tls_verify=tls_verify,
         )
     )
 

@@ -3,6 +3,8 @@
 The server listens on 127.0.0.1 only, requires a password (generated on first start, kept in
 ``credentials.json`` with mode 0600), stores JetStream data under ``<home>/nats`` and syncs every
 write to disk (``sync_interval: always``): without it an OS crash can lose acknowledged events.
+Given certificates (``cairn up --tls``), it requires TLS of every client (``cairn.tls``);
+without, it speaks plain NATS on loopback, as it always did.
 Services and agents connect to the ``CAIRN`` account (JetStream), people to ``USERS``, which
 imports the services' subjects so that the server attests who sends each request
 (``cairn.embedded._auth``; docs/security.md).
@@ -40,6 +42,7 @@ from cairn.embedded._auth import (
 )
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
+from cairn.tls import CertFiles, server_tls_block
 
 __all__ = ["SERVICE_USER", "Credentials", "NatsServer", "find_nats_server", "write_private"]
 
@@ -67,10 +70,22 @@ def free_port() -> int:
 class NatsServer:
     """One nats-server process over a home directory; ``start`` again reuses its store."""
 
-    def __init__(self, home: Path, *, port: int = 4222, auth: bool = True) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        port: int = 4222,
+        auth: bool = True,
+        tls: CertFiles | None = None,
+        tls_verify: bool = False,
+    ) -> None:
         self.home = home
         self.port = port or free_port()
         self.auth = auth
+        #: the server's certificate, key and CA (``cairn.tls.make_certs``): with them it
+        #: requires TLS of every client; with ``tls_verify`` also a client certificate
+        self.tls = tls
+        self.tls_verify = tls_verify
         self.dir = home / "nats"
         self.conf = self.dir / "nats.conf"
         self.log = self.dir / "server.log"
@@ -84,7 +99,8 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        scheme = "tls" if self.tls is not None else "nats"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def config_text(self) -> str:
         lines = [
@@ -97,6 +113,11 @@ class NatsServer:
             "  sync_interval: always",
             "}",
         ]
+        if self.tls is not None:
+            tls = self.tls
+            lines += server_tls_block(
+                tls.server_cert, tls.server_key, tls.ca, verify=self.tls_verify
+            )
         if self.credentials is not None:
             lines += accounts_config(self.credentials, self.admin_password)
         return "\n".join(lines) + "\n"

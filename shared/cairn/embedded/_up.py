@@ -22,6 +22,7 @@ from cairn.sdk import AsyncWorkspace, connect
 from cairn.service import ServiceFactory, install_stop_signals, run_services
 from cairn.settings import Settings
 from cairn.spool import send_spools_periodically
+from cairn.tls import ensure_certs
 
 __all__ = ["all_services", "run_demo", "up"]
 
@@ -44,21 +45,42 @@ def all_services() -> dict[str, ServiceFactory]:
     }
 
 
+#: the client certificate ``cairn up --tls-verify`` makes for its own processes and the
+#: local person (the server then refuses any client without one signed by its CA)
+LOCAL_CLIENT = "cairn-local"
+
+
 def client_settings(server: NatsServer, base: Settings) -> Settings:
+    """The local person's settings for ``server``; with TLS, the CA to verify it against
+    (and the local client certificate when it requires one); without, no TLS setting at all,
+    whatever the environment says (the stack's processes speak to its own server)."""
     assert server.credentials is not None
+    tls = server.tls
+    mutual = tls is not None and server.tls_verify
     return msgspec.structs.replace(
         base,
         home=str(server.home),
         nats_url=server.url,
         nats_user=server.credentials.client_user,
         nats_password=server.credentials.client_password,
+        tls_ca=str(tls.ca) if tls is not None else None,
+        tls_cert=str(tls.client_cert(LOCAL_CLIENT)) if mutual and tls is not None else None,
+        tls_key=str(tls.client_key(LOCAL_CLIENT)) if mutual and tls is not None else None,
     )
 
 
 def write_client_config(path: Path, settings: Settings) -> None:
-    """The file ``load_settings`` / ``Workspace.from_config()`` read: URL, user, workspace."""
+    """The file ``load_settings`` / ``Workspace.from_config()`` read: URL, user, workspace,
+    and the TLS files when the server requires TLS (so every command works unchanged)."""
     keys = ("nats_url", "nats_user", "nats_password", "workspace")
     body = {k: getattr(settings, k) for k in keys}
+    body.update(
+        {
+            k: getattr(settings, k)
+            for k in ("tls_ca", "tls_cert", "tls_key")
+            if getattr(settings, k) is not None
+        }
+    )
     write_private(path, json.dumps(body, indent=2) + "\n")
 
 
@@ -235,11 +257,19 @@ async def up(
     stop: asyncio.Event | None = None,
     local_slots: int | None = None,
     server_restarts: int = len(RESTART_DELAYS_S),
+    tls: bool = False,
+    tls_verify: bool = False,
 ) -> None:
+    """The stack over ``base.home``. ``tls``: the server requires TLS, with certificates
+    under ``<home>/tls`` (made on first use, then reused); ``tls_verify`` also requires a
+    client certificate, made there for the stack's own processes and the local person."""
     t0 = time.monotonic()
     home = base.home_path
     home.mkdir(parents=True, exist_ok=True)
-    server = NatsServer(home, port=port)
+    certs = None
+    if tls or tls_verify:
+        certs = ensure_certs(home / "tls", clients=[LOCAL_CLIENT] if tls_verify else [])
+    server = NatsServer(home, port=port, tls=certs, tls_verify=tls_verify)
     await server.start()  # stops a server that a killed ``cairn up`` left behind
     stop = stop or asyncio.Event()
     install_stop_signals(stop)
