@@ -71,6 +71,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: more of an agent's environment variables its jobs may see, beyond the built-in
     #: allow-list (locale, paths, proxies, CUDA...): comma-separated names or ``PREFIX*``
     job_env_allow: str = ""
+    #: keep process-backend jobs out of the agent's home, state, artifacts and keys with
+    #: Landlock (Linux 5.13+); off (``CAIRN_JOB_CONFINE_FILES=0``): a job can read what the
+    #: agent's OS user can
+    job_confine_files: bool = True
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     #: the settings file these were read from (set by ``load_settings``; None: none was read)

@@ -1,5 +1,6 @@
 # Environments, datastores and compute targets through the sync SDK.
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -37,18 +38,18 @@ out["envs"] = {
     "listed": sorted(ws.environments),
 }
 local = Datastore.register_local(ws, "scratch", "data_root")
-s3 = Datastore.register_s3(
+s3 = Datastore.register_s3(  # a real bucket: registration opens it with the credentials
     ws,
     "lake",
-    bucket_name="cairn-lake",
-    endpoint_url="http://127.0.0.1:1",
-    access_key_id="AK-9",
-    secret_access_key="SK-9",
+    bucket_name=os.environ["LAKE_BUCKET"],
+    endpoint_url=os.environ["LAKE_ENDPOINT"],
+    access_key_id=os.environ["LAKE_KEY"],
+    secret_access_key=os.environ["LAKE_SECRET"],
 )
 out["datastores"] = {
     "default": [ws.get_default_datastore().name, ws.get_default_datastore().datastore_type],
     "local": [local.datastore_type, local.local_path.endswith("data_root")],
-    "s3": [s3.bucket_name, s3.has_credentials, "SK-9" not in repr(vars(s3))],
+    "s3": [s3.bucket_name, s3.has_credentials, os.environ["LAKE_SECRET"] not in repr(vars(s3))],
     "listed": sorted(ws.datastores),
 }
 try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.settings import Settings
+from cairn.storage import S3BlobStore
 from tests.conftest import settings_for
 from tests.sdk.test_sync_sdk import run_script, sdk_env
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 
 async def test_model_registry(client: Client, client_settings: Settings, tmp_path: Path) -> None:
@@ -37,9 +40,23 @@ async def test_model_registry(client: Client, client_settings: Settings, tmp_pat
 
 
 async def test_environments_datastores_and_compute_from_the_sdk(
-    client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
 ) -> None:
+    bucket = "cairn-lake-" + uuid.uuid4().hex[:8]
+    blobs = await S3BlobStore.open(seaweed.config(bucket))
+    await blobs.client.create_bucket(Bucket=bucket)
+    await blobs.close()
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    env.update(
+        LAKE_BUCKET=bucket,
+        LAKE_ENDPOINT=seaweed.endpoint,
+        LAKE_KEY=ACCESS_KEY,
+        LAKE_SECRET=SECRET_KEY,
+    )
     dana = settings_for(nats_server, service=False, person="dana")  # not a compute operator
     env.update(CAIRN_NATS_USER="dana", CAIRN_NATS_PASSWORD=dana.nats_password or "")
     got = await run_script("assets_script.py", env=env, cwd=tmp_path)
@@ -57,7 +74,7 @@ async def test_environments_datastores_and_compute_from_the_sdk(
     ]
     ds = got["datastores"]
     assert ds["default"] == ["workspaceblobstore", "local"]
-    assert ds["local"] == ["local", True] and ds["s3"] == ["cairn-lake", True, True]
+    assert ds["local"] == ["local", True] and ds["s3"] == [bucket, True, True]
     assert ds["listed"] == ["lake", "scratch", "workspaceblobstore", "workspacefilestore"]
     assert got["compute_as_scientist"] == "denied"
     assert got["compute_listed"] == ["local"]

@@ -19,6 +19,7 @@ from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
+from cairn.services.agent import _landlock
 from cairn.services.agent._gate import JobGate
 from cairn.settings import Settings
 from tests.conftest import Agents
@@ -33,8 +34,16 @@ from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.rpc import Client
 
-other_run, nats_url = sys.argv[1], sys.argv[2]
+other_run, nats_url, agent_file = sys.argv[1], sys.argv[2], sys.argv[3]
 seen = {}
+try:
+    open(agent_file).read()
+    seen["agent_file"] = "read"
+except OSError as exc:
+    seen["agent_file"] = type(exc).__name__
+import tempfile
+with tempfile.NamedTemporaryFile() as scratch:  # TMPDIR is a folder of its own
+    seen["tmp_ok"] = True
 seen["cairn_env"] = sorted(k for k in os.environ if k.startswith("CAIRN_"))
 seen["agent_secret"] = os.environ.get("AGENT_ONLY_SECRET")
 seen["home"] = os.environ["CAIRN_HOME"]
@@ -138,11 +147,12 @@ async def test_a_job_acts_for_its_own_run_and_nothing_else(
 ) -> None:
     monkeypatch.setenv("AGENT_ONLY_SECRET", "s3cr3t")  # in the agent's environment only
     other = await (await ws.experiment("elsewhere")).start_run()
+    agent_file = _agent_file(agents)
     await agents.start()
     config = ScriptRunConfig(
         source_directory=_source(tmp_path, PROBES),
         script="job.py",
-        arguments=[other.id, client_settings.nats_url],
+        arguments=[other.id, client_settings.nats_url, str(agent_file)],
     )
     run_id = await submit(ws, "confined", config)
     printed: list[str] = []
@@ -159,6 +169,7 @@ async def test_a_job_acts_for_its_own_run_and_nothing_else(
         "CAIRN_WORKSPACE",
     ]
     assert seen["agent_secret"] is None
+    assert seen["agent_file"] == "PermissionError" and seen["tmp_ok"]
     assert str(seen["home"]).endswith("/src/.cairn")
     assert not str(seen["home"]).startswith(str(agents.settings.home_path) + "/.cairn")
     for probe in (
@@ -183,6 +194,45 @@ async def test_a_job_acts_for_its_own_run_and_nothing_else(
     assert await child.get_status() == "Completed"
     assert (await child.get_metrics("in_child"))["in_child"] == 2.0
     assert await other.get_metrics("evil") == {}
+
+
+def _agent_file(agents: Agents) -> Path:
+    """A file in the agent's state folder, as its credentials and keys are in its home."""
+    state = agents.settings.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    secret = state / "agent-only.txt"
+    secret.write_text("the agent's")
+    return secret
+
+
+@pytest.mark.skipif(_landlock.abi() < 1, reason="this kernel has no Landlock")
+@pytest.mark.parametrize("warm", [True, False])
+async def test_a_process_job_cannot_read_its_agents_files(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path, warm: bool
+) -> None:
+    """Forked from the warm interpreter or started cold (a shell command): the agent's
+    files are out of reach, the job's own folder is not."""
+    agent_file = _agent_file(agents)
+    src = _source(tmp_path, "print('python job')\n")
+    if warm:
+        config = ScriptRunConfig(source_directory=src, script="job.py")
+        script = f"import sys; open({str(agent_file)!r}).read()"
+        (src / "job.py").write_text(script)
+    else:
+        config = ScriptRunConfig(
+            source_directory=src,
+            command=["/bin/sh", "-c", f"echo mine > outputs/mine.txt && cat {agent_file}"],
+        )
+    await agents.start()
+    run_id = await submit(ws, "confined", config)
+    printed: list[str] = []
+    details = await follow(ws, run_id, out=printed.append, timeout=60)
+    output = "".join(printed)
+    assert details["status"] == "Failed", output
+    assert "Permission denied" in output or "PermissionError" in output, output
+    assert "the agent's" not in output
+    if not warm:
+        assert "outputs/mine.txt" in {f["path"] for f in await ws.run(run_id).files()}
 
 
 async def test_the_gate_refuses_before_anything_reaches_a_service(
@@ -324,3 +374,60 @@ async def test_the_docker_backend_unpacks_snapshots_in_a_throwaway_container(
         assert not (tmp_path / "evil.txt").exists()
     finally:
         backend.close()
+
+
+LANDLOCK_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import _landlock
+walled, allowed, probes = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+_landlock.restrict(_landlock.plan([walled], [(allowed, _landlock.READ)]))
+seen = {}
+for path in probes:
+    try:
+        open(path).read()
+        seen[path] = "read"
+    except OSError as exc:
+        seen[path] = type(exc).__name__
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(_landlock.abi() < 1, reason="this kernel has no Landlock")
+def test_links_do_not_open_a_way_into_the_wall(tmp_path: Path) -> None:
+    """A link to a folder on the way to the protected one, or into it, grants nothing
+    beneath it; what lies beside the wall and what is allowed inside it stay readable."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "job").mkdir(parents=True)
+    (home / "keys.txt").write_text("key")
+    (home / "job" / "mine.txt").write_text("mine")
+    (tmp_path / "beside.txt").write_text("beside")
+    (tmp_path.parent / f"{tmp_path.name}-current").symlink_to(tmp_path)  # as pytest makes
+    (tmp_path / "into").symlink_to(home)
+    probes = {
+        str(home / "keys.txt"): "PermissionError",
+        str(tmp_path.parent / f"{tmp_path.name}-current" / "home" / "keys.txt"): "PermissionError",
+        str(tmp_path / "into" / "keys.txt"): "PermissionError",
+        str(tmp_path / "beside.txt"): "read",
+        str(home / "job" / "mine.txt"): "read",
+    }
+    here = str(Path(_landlock.__file__).parent)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LANDLOCK_PROBE,
+            here,
+            str(home),
+            str(home / "job"),
+            json.dumps(list(probes)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == probes

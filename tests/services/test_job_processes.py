@@ -126,6 +126,15 @@ async def test_kill_9_of_an_agent_requeues_its_run_to_another(
     assert isinstance(events[-1], RunCompleted) and events[-1].attempt == 2
 
 
+def _signals(tmp_path: Path) -> Path:
+    """A folder the test and its jobs share files through. Jobs may write to what already
+    exists beside their agent's home, not create entries in a folder that holds it (the
+    test's own: ``_landlock.py``)."""
+    folder = tmp_path / "signals"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
     ws: AsyncWorkspace, agent_settings: Settings, store: EventStore, procs: Procs, tmp_path: Path
 ) -> None:
@@ -133,7 +142,8 @@ async def test_a_stopped_agent_past_its_lease_is_fenced_off_when_it_resumes(
     the first agent's outputs and completion are refused: the run ends as attempt 2 says.
     Attempt 1's script, running on while its agent is stopped, logs a metric after attempt 2
     has started: refused too."""
-    started, tried = tmp_path / "attempt-2-started", tmp_path / "attempt-1-logged"
+    signals = _signals(tmp_path)
+    started, tried = signals / "attempt-2-started", signals / "attempt-1-logged"
     src = script(
         tmp_path,
         f"""
@@ -349,7 +359,7 @@ async def test_a_job_that_ends_while_no_scheduler_runs_is_not_taken_back(
         conn = await connect(client_settings)
         ws = AsyncWorkspace(conn, "ws1", client_settings)
         await _until_serving(conn, "scheduler")
-        mark = tmp_path / "ran"
+        mark = _signals(tmp_path) / "ran"
         src = script(
             tmp_path,
             f"""
@@ -407,7 +417,7 @@ async def test_every_process_of_a_job_dies_with_its_killed_agent(
 ) -> None:
     """Only the job's own process gets the parent-death signal; what it started (``sleep &``
     in a shell, a script's subprocess) stays in its process group, which must die too."""
-    pgid_file = tmp_path / "pgid"
+    pgid_file = _signals(tmp_path) / "pgid"
     if kind == "shell pipeline":  # what a YAML command job runs: /bin/sh -c COMMAND
         config = ScriptRunConfig(
             command=["/bin/sh", "-c", f"echo $$ > {pgid_file}; sleep 300 & sleep 300"]

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from cairn.errors import InvalidInput, Unavailable
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
+from cairn.services.agent import _landlock
 from cairn.services.agent._warm import Zygote, warm_argv
 from cairn.snapshot import SnapshotRefused, unpack
 
@@ -218,9 +219,13 @@ class ProcessBackend:
         *,
         warm: bool = True,
         env_allow: str = "",
+        protect: list[Path] | None = None,
     ) -> None:
         self._python_for = python_for
         self.warm = warm
+        #: the folders a job must not reach (the agent's home, state, artifacts, keys), kept
+        #: from it with Landlock (``_landlock.py``); None: not confined
+        self.protect = [str(p) for p in protect] if protect is not None else None
         self._zygotes: dict[str, Zygote] = {}
         # what jobs keep of the agent's environment as it started (read once: going through
         # os.environ costs more than the rest of a launch's set-up)
@@ -244,12 +249,13 @@ class ProcessBackend:
         gpus: list[int],
     ) -> Launched:
         env = {**self._base_env(runtime.python), **env}
+        rules = await self._confinement(runtime, cwd, env)
         warm = warm_argv(runtime.python, argv) if self.warm else None
         if warm is not None:
             zygote = self._zygote(runtime.python)
             if zygote is not None and zygote.fits(env):
                 try:
-                    pid, output, exited = await zygote.launch(warm, cwd, env)
+                    pid, output, exited = await zygote.launch(warm, cwd, env, rules)
                 except OSError as exc:  # not forked: start it cold
                     log.warning("warm_start_failed", python=runtime.python, error=repr(exc))
                 except TimeoutError as exc:  # maybe forked late (then killed): not twice
@@ -258,9 +264,44 @@ class ProcessBackend:
                     self._keeper.watch(pid)
                     return await _attach(pid, output, exited)
         # dies with the agent (kill -9 included): through setpriv when it is there, which
-        # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork
-        preexec = _die_with_parent if _SETPRIV is None and sys.platform == "linux" else None
+        # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork (as
+        # confinement does: the child restricts itself before it executes the job)
+        dies = _SETPRIV is None and sys.platform == "linux"
+        preexec = _before_exec(dies, rules) if dies or rules is not None else None
         return await _spawn(_with_pdeathsig(argv), cwd, env, preexec, self._keeper.watch)
+
+    async def _confinement(
+        self, runtime: Runtime, cwd: Path, env: dict[str, str]
+    ) -> list[tuple[str, int]] | None:
+        """The Landlock rules of one job (None: not confined): everything but the protected
+        folders; inside them its own folder, its agent's socket, its interpreter's
+        environment and its mounted inputs (read-only). Its ``TMPDIR`` becomes a folder of
+        its own (it may not create entries where the protected folders lie)."""
+        if self.protect is None:
+            return None
+        if not _landlock_ready():
+            return None
+        job = cwd.parent
+        tmp = job / "tmp"
+        allowed: list[tuple[str, int]] = [(str(job), _landlock.FULL)]
+        if socket := env.get("CAIRN_AGENT_SOCKET"):
+            allowed.append((str(Path(socket).parent), _landlock.FULL))
+        python = Path(runtime.python)
+        allowed.append((str(python.parent.parent), _landlock.READ))  # its environment
+        protect = self.protect
+
+        def plan() -> list[tuple[str, int]]:
+            tmp.mkdir(exist_ok=True)
+            mounted = [
+                (os.path.realpath(p), _landlock.READ)
+                for p in (cwd / "inputs").glob("*")
+                if p.is_symlink()
+            ]
+            return _landlock.plan(protect, allowed + mounted)
+
+        rules = await asyncio.to_thread(plan)
+        env.update(TMPDIR=str(tmp), TMP=str(tmp), TEMP=str(tmp))
+        return rules
 
     def _zygote(self, python: str) -> Zygote | None:
         """The zygote of ``python``, started as a job's interpreter would be, from the agent's
@@ -288,6 +329,32 @@ class ProcessBackend:
             zygote.close()
         self._zygotes.clear()
         self._keeper.close()
+
+
+_LANDLOCK_CHECKED: list[bool] = []
+
+
+def _landlock_ready() -> bool:
+    """Whether this kernel has Landlock; said once in the log when it has not."""
+    if not _LANDLOCK_CHECKED:
+        ready = _landlock.abi() >= 1
+        _LANDLOCK_CHECKED.append(ready)
+        if not ready:
+            log.warning(
+                "landlock_unavailable",
+                effect="process-backend jobs can read what the agent's OS user can read",
+            )
+    return _LANDLOCK_CHECKED[0]
+
+
+def _before_exec(dies: bool, rules: list[tuple[str, int]] | None) -> Callable[[], None]:
+    def hook() -> None:  # pragma: no cover - runs in the child between fork and exec
+        if dies:
+            _die_with_parent()
+        if rules is not None:
+            _landlock.restrict(rules)
+
+    return hook
 
 
 def _with_pdeathsig(argv: list[str]) -> list[str]:

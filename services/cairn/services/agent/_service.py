@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -81,6 +82,7 @@ class AgentService:
                 Environments(root / "envs").python_for,
                 warm=settings.job_warm_start,
                 env_allow=settings.job_env_allow,
+                protect=_protected(settings) if settings.job_confine_files else None,
             )
         else:
             raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")
@@ -314,3 +316,12 @@ async def list_agents(conn: Connection) -> list[AgentInfo]:
             if entry.value:
                 out.append(msgspec.json.decode(entry.value, type=AgentInfo))
     return sorted(out, key=lambda a: (a.compute, a.agent_id))
+
+
+def _protected(settings: Settings) -> list[Path]:
+    """What a process-backend job is kept out of: the agent's home and wherever its state,
+    artifacts and keys live when they are elsewhere."""
+    found = [settings.home_path, settings.state_path, settings.artifacts_path]
+    if settings.keys_dir:
+        found.append(Path(settings.keys_dir).expanduser())
+    return found

@@ -119,9 +119,14 @@ class Zygote:
         log.warning("zygote_lost", python=self.python)
 
     async def launch(
-        self, argv: list[str], cwd: Path, env: dict[str, str]
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        rules: list[tuple[str, int]] | None = None,
     ) -> tuple[int, int, asyncio.Future[int]]:
         """Fork a job: its pid, the read end of its output pipe, and its exit code to come.
+        ``rules``: the Landlock rules the child confines itself to before it runs the job.
 
         ``OSError`` when the zygote could not be asked (nothing was forked: a cold start is
         safe); ``TimeoutError`` when it did not answer (a child forked late is killed)."""
@@ -132,7 +137,8 @@ class Zygote:
             asyncio.get_running_loop().create_future()
         )
         self._pids[ident] = started
-        body = json.dumps({"id": ident, "argv": argv, "cwd": str(cwd), "env": env}).encode()
+        job = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env, "rules": rules}
+        body = json.dumps(job).encode()
         read, write = os.pipe()
         try:
             try:

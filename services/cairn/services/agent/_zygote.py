@@ -7,7 +7,8 @@ socket ``FD``: each request is a job (JSON: ``id``, ``argv`` = script or ``-m mo
 its arguments, ``cwd``, ``env``) with the write end of the job's output pipe attached; it forks,
 answers ``{"id", "pid"}``, and when a child exits, ``{"pid", "exit"}`` (the exit code, or minus
 the signal). End of file on the socket (the agent is gone) ends it; its children die with it
-(``PR_SET_PDEATHSIG``).
+(``PR_SET_PDEATHSIG``). A request's ``rules`` confine the child to the job's files
+(``_landlock.py``) before it runs anything of the job's.
 
 The child starts a session of its own, takes the pipe as stdout and stderr, the job's working
 folder, environment and ``sys.argv``, puts the script's folder first on ``sys.path`` and runs it
@@ -36,6 +37,19 @@ import types
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _beside(name: str) -> types.ModuleType:
+    """A module of this folder, loaded by path (this script imports nothing of Cairn)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    loader = importlib.machinery.SourceFileLoader(name, path)
+    module = types.ModuleType(name)
+    module.__file__ = path
+    loader.exec_module(module)
+    return module
+
+
+_landlock = _beside("_landlock")
 _OURS = {__file__, runpy.__file__, "<frozen runpy>"}
 
 
@@ -117,6 +131,12 @@ def become(job: dict[str, Any], output: int) -> None:
     os.environ.clear()
     os.environ.update(job["env"])
     sys.argv = list(job["argv"])
+    if job.get("rules") is not None:  # kept out of the agent's files (``_landlock.py``)
+        try:
+            _landlock.restrict([(path, rights) for path, rights in job["rules"]])
+        except OSError as exc:
+            print(f"cairn: cannot confine the job to its folder: {exc}", file=sys.stderr)
+            os._exit(126)
 
 
 def run(job: dict[str, Any]) -> int:
