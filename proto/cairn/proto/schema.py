@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, assets, jobs, metrics, registry
+from cairn.proto import artifacts, assets, jobs, members, metrics, registry
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -87,6 +87,7 @@ def generate() -> dict[str, str]:
         artifacts.CommitUpload,
         *jobs.JOB_COMMAND_TYPES,
         *assets_commands(),
+        *members.MEMBER_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -102,6 +103,7 @@ def generate() -> dict[str, str]:
         assets.GetAsset,
         assets.ListAssets,
         *jobs.JOB_QUERY_TYPES,
+        *members.MEMBER_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")
