@@ -20,7 +20,7 @@ from cairn.errors import CairnError, PermissionDenied
 from cairn.proto.subjects import validate_token
 from cairn.settings import Settings
 
-__all__ = ["require_role", "seal", "unseal"]
+__all__ = ["require_role", "roles_of", "seal", "unseal"]
 
 
 def _key(settings: Settings, workspace: str, *, create: bool = True) -> Fernet:
@@ -71,3 +71,11 @@ def _roles(settings: Settings) -> dict[str, list[str]]:
 def require_role(settings: Settings, actor: str, role: str) -> None:
     if actor not in _roles(settings).get(role, []):
         raise PermissionDenied(f"{actor!r} does not have the {role.rstrip('s')} role")
+
+
+def roles_of(settings: Settings, actor: str) -> tuple[str, ...]:
+    """``actor``'s roles as ``roles.json`` has them (``data_scientist``, ...): the roles the
+    server gives that person, which a workspace they create gives them there."""
+    return tuple(
+        role.removesuffix("s") for role, people in _roles(settings).items() if actor in people
+    )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cairn.bus import Connection
 from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.settings import Settings
-from tests.conftest import settings_for
+from tests.conftest import add_people, settings_for
 from tests.sdk.test_sync_sdk import run_script, sdk_env
 
 
@@ -37,8 +38,13 @@ async def test_model_registry(client: Client, client_settings: Settings, tmp_pat
 
 
 async def test_environments_datastores_and_compute_from_the_sdk(
-    client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    tmp_path: Path,
+    admin_conn: Connection,
 ) -> None:
+    await add_people(admin_conn, client.workspace, "dana")
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
     dana = settings_for(nats_server, service=False, person="dana")  # not a compute operator
     env.update(CAIRN_NATS_USER="dana", CAIRN_NATS_PASSWORD=dana.nats_password or "")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cairn.cli import _data, _jobs, _projection, _registry, _stack, _tracking  # noqa: F401  (they register the commands)
+from cairn.cli import _admin, _data, _jobs, _projection, _registry, _stack, _tracking  # noqa: F401  (they register the commands)
 from cairn.cli._base import cli
 from cairn.errors import CairnError
 
