@@ -11,6 +11,11 @@ member added a moment ago is not refused by a view that has not folded it yet.
 
 Until the view has caught up with the log it refuses people with ``Unavailable``; requests
 from inside the services' account (services, agents, the admin) are not member-checked.
+
+A watchdog asks the consumer's position every ``stall_s``: when the consumer has events the
+view has not received and none arrived since the last look, or the consumer is gone, it
+follows the log again from the last event folded (client subscriptions can silently stop after
+a server restart, nats.py#504; a removal must not wait for the next restart of the process).
 """
 
 from __future__ import annotations
@@ -65,9 +70,10 @@ def roles_allow(roles: frozenset[str], verb: str, *, query: bool) -> bool:
 class Membership:
     """The members of every workspace, as the log says; one per service connection."""
 
-    def __init__(self, conn: Connection, *, heartbeat_s: float = 5.0) -> None:
+    def __init__(self, conn: Connection, *, heartbeat_s: float = 5.0, stall_s: float = 5.0) -> None:
         self.conn = conn
         self.heartbeat_s = heartbeat_s
+        self.stall_s = stall_s
         #: workspace -> user -> roles there
         self.members: dict[str, dict[str, frozenset[str]]] = {}
         self.workspaces: set[str] = set()
@@ -79,6 +85,8 @@ class Membership:
         self._allowed: dict[tuple[frozenset[str], str, bool], bool] = {}
         self._sync_lock = asyncio.Lock()
         self._synced_from = -1.0  # when the last completed catch-up started (monotonic)
+        self._progress_at = time.monotonic()  # when a message last arrived
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- following the log ----------------------------------------------------------------
 
@@ -86,6 +94,7 @@ class Membership:
         """Follow the workspace events; return once the view has caught up with the log
         (``Unavailable`` if that takes longer than ``timeout``)."""
         await self._subscribe()
+        self._watchdog = asyncio.create_task(self._watch())
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
@@ -94,6 +103,10 @@ class Membership:
             ) from None
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
@@ -130,7 +143,22 @@ class Membership:
         self.caught_up = True
         self._ready.set()
 
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.stall_s)
+            looked_at = time.monotonic()
+            try:
+                behind = not self._has_all(await self._sub.consumer_info())
+            except Exception as exc:  # the consumer is gone (a server restart)
+                log.warning("members_consumer_lost", error=str(exc))
+                behind = True
+            if behind and looked_at - self._progress_at >= self.stall_s:
+                log.warning("members_stalled", seq=self._applied)
+                with contextlib.suppress(Exception):
+                    await self._subscribe()
+
     async def _on_msg(self, msg: Any) -> None:
+        self._progress_at = time.monotonic()
         meta = msg.metadata
         seq = meta.sequence.stream
         self._received = meta.sequence.consumer

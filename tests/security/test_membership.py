@@ -210,3 +210,22 @@ async def test_a_bad_membership_command_is_refused_by_name(
     subject = subjects.command(client.workspace, "member.add")
     reply = json.loads((await admin_conn.nc.request(subject, payload, timeout=5)).data)
     assert reply["type"] == "ErrorReply" and reply["code"] == "invalid_input", reply
+
+
+async def test_a_view_whose_subscription_stopped_follows_the_log_again(
+    client: Client, conn: Connection, admin_conn: Connection
+) -> None:
+    """A client subscription that stops (as one can after a server restart) is noticed by the
+    watchdog, and the view follows the log again from where it was."""
+    view = Membership(conn, stall_s=0.2)
+    await view.start()
+    try:
+        await view._sub.unsubscribe()  # deliveries stop, silently for the view
+        await add_member(admin_conn, client.workspace, "audrey", ["auditor"])
+        for _ in range(100):
+            if "audrey" in view.members.get(client.workspace, {}):
+                break
+            await asyncio.sleep(0.05)
+        assert view.members[client.workspace]["audrey"] == frozenset({"auditor"})
+    finally:
+        await view.stop()
