@@ -44,14 +44,15 @@ JOB_SETTINGS: dict[str, object] = {
 #: the one workspace of the role matrix's people (tests/security/test_role_matrix.py)
 MATRIX_WS = "mxown"
 #: people of the session's server besides the local person (a data scientist and compute
-#: operator of every workspace, as ``cairn up`` makes the local user): roles, workspaces
-PEOPLE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "olga": ((DATA_SCIENTIST, COMPUTE_OPERATOR), ("*",)),
-    "dana": ((DATA_SCIENTIST,), ("*",)),
-    "audrey": ((AUDITOR,), ("*",)),
-    "mx-ds": ((DATA_SCIENTIST,), (MATRIX_WS,)),
-    "mx-co": ((COMPUTE_OPERATOR,), (MATRIX_WS,)),
-    "mx-aud": ((AUDITOR,), (MATRIX_WS,)),
+#: operator, as ``cairn up`` makes the local user, and a member of the workspaces it creates):
+#: their roles. A test makes them members of its workspace with :func:`add_people`.
+PEOPLE: dict[str, tuple[str, ...]] = {
+    "olga": (DATA_SCIENTIST, COMPUTE_OPERATOR),
+    "dana": (DATA_SCIENTIST,),
+    "audrey": (AUDITOR,),
+    "mx-ds": (DATA_SCIENTIST,),
+    "mx-co": (COMPUTE_OPERATOR,),
+    "mx-aud": (AUDITOR,),
 }
 
 
@@ -103,8 +104,8 @@ async def own_server(
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     server = NatsServer(tmp_path_factory.mktemp("cairn-home"), port=0)
-    for name, (roles, workspaces) in PEOPLE.items():
-        server.add_person(name, roles, workspaces)
+    for name, roles in PEOPLE.items():
+        server.add_person(name, roles)
     asyncio.run(server.start())
     yield server
     server.stop()
@@ -152,6 +153,15 @@ async def admin_conn(nats_server: NatsServer) -> AsyncIterator[Connection]:
     connection = await connect(settings)
     yield connection
     await connection.close()
+
+
+async def add_people(admin: Connection, workspace: str, *names: str) -> None:
+    """Make each of ``names`` a member of ``workspace`` with their roles of ``PEOPLE``, as the
+    admin does (``cairn workspace add-member``)."""
+    from cairn.embedded._admin import add_member
+
+    for name in names:
+        await add_member(admin, workspace, name, PEOPLE[name])
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,12 @@ from typing import Any
 
 import msgspec
 
+from cairn.bus import Connection
 from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
-from tests.conftest import settings_for
+from tests.conftest import add_people, settings_for
 from tests.sdk.test_sync_sdk import sdk_env
 
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
@@ -113,8 +114,13 @@ async def test_model_commands(client: Client, client_settings: Settings, tmp_pat
 
 
 async def test_environment_datastore_compute_commands(
-    client: Client, client_settings: Settings, nats_server: NatsServer, tmp_path: Path
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    tmp_path: Path,
+    admin_conn: Connection,
 ) -> None:
+    await add_people(admin_conn, client.workspace, "olga", "dana")
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
     (tmp_path / "req.txt").write_text("numpy\n")
     create = ["environment", "create", "cli-env", "--pip-requirements", "req.txt"]

@@ -18,6 +18,12 @@ over any the client set. A request without it comes from inside the services' ac
 (no import crossed, so the server vouches for no header there: a member of ``CAIRN`` could
 write one itself, which is why only services and agents are members). A ``Cairn-Actor``
 header means nothing.
+
+A person's request passes a second gate before its handler: the process's :class:`Gate`
+(:class:`cairn.members.Membership`, installed per connection by
+:func:`cairn.service.run_services`), which refuses a person who is not a member of the
+request's workspace, or whose roles there do not allow it. A responder on a connection without
+a gate refuses people (``Unavailable``).
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ import json
 import os
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import msgspec
 import structlog
@@ -59,17 +66,20 @@ from cairn.proto.commands import (
 from cairn.proto.subjects import command, query, validate_token
 
 __all__ = [
+    "ADMIN_ACTOR",
     "MAX_REQUEST_BYTES",
     "PEOPLE_ACCOUNT",
     "PING_SUBJECT",
     "SERVICE_ACCOUNT",
     "SERVICE_ACTOR",
     "Client",
+    "Gate",
     "RawReply",
     "Request",
     "Responder",
     "actor_of",
     "answer_pings",
+    "install_gate",
     "ping_all",
 ]
 
@@ -81,6 +91,8 @@ SERVICE_ACCOUNT = "CAIRN"
 PEOPLE_ACCOUNT = "USERS"
 #: the actor of a request from inside the services' account
 SERVICE_ACTOR = "cairn"
+#: the admin user (``admin.json``), the actor of the commands only it may send (``member.*``)
+ADMIN_ACTOR = "cairn-admin"
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)
 
@@ -91,6 +103,8 @@ class Request:
     verb: str
     body: Any
     actor: str
+    #: a query (``cairn.q.``), not a command
+    query: bool = False
 
     def context(self) -> CommandContext:
         """Who sent this command and why, for the events it causes."""
@@ -127,6 +141,23 @@ def actor_of(headers: dict[str, str] | None) -> str:
             if isinstance(user, str) and user:
                 return user
     return SERVICE_ACTOR
+
+
+class Gate(Protocol):
+    """The second gate of a person's request (the first is the server's permissions)."""
+
+    async def admit(self, request: Request) -> None:
+        """Return to let ``request`` through; raise a ``CairnError`` to refuse it."""
+
+
+#: each NATS client's gate (the services of one process share their connection and its gate)
+_GATES: weakref.WeakKeyDictionary[Any, Gate] = weakref.WeakKeyDictionary()
+
+
+def install_gate(conn: Connection, gate: Gate) -> None:
+    """``gate`` checks every person's request that a responder on ``conn`` serves (from the
+    responder's ``start`` on)."""
+    _GATES[conn.nc] = gate
 
 
 class _TagOnly(msgspec.Struct):
@@ -167,8 +198,10 @@ class Responder:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
+        self._gate: Gate | None = None
 
     async def start(self) -> None:
+        self._gate = _GATES.get(self.conn.nc)
         for subject in self.subjects:
             self._subs.append(
                 await self.conn.nc.subscribe(subject, queue=self.queue, cb=self._on_msg)
@@ -208,7 +241,13 @@ class Responder:
             raise InvalidInput(f"malformed JSON: {exc}") from exc
         if self._verb_of[type(body)] != verb:
             raise InvalidInput(f"{type(body).__name__} cannot be sent to {verb!r}")
-        return Request(workspace=workspace, verb=verb, body=body, actor=actor_of(msg.headers))
+        return Request(
+            workspace=workspace,
+            verb=verb,
+            body=body,
+            actor=actor_of(msg.headers),
+            query=tokens[1] == "q",
+        )
 
     def _unknown_tag(self, data: bytes) -> bool:
         """Whether a request that did not decode names a type this responder does not serve
@@ -224,6 +263,10 @@ class Responder:
         correlation = None
         try:
             request = self._parse(msg)
+            if request.actor != SERVICE_ACTOR:
+                if self._gate is None:
+                    raise Unavailable("this service cannot check workspace membership")
+                await self._gate.admit(request)
             correlation = getattr(request.body, "correlation_id", None) or getattr(
                 request.body, "command_id", None
             )

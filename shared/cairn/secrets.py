@@ -40,6 +40,7 @@ __all__ = [
     "keyring",
     "require_any_role",
     "require_role",
+    "roles_of",
     "seal",
     "seal_text",
     "unseal",
@@ -239,3 +240,11 @@ def require_any_role(settings: Settings, actor: str, roles: tuple[str, ...], wha
     if not any(actor in found.get(role, []) for role in roles):
         names = " or ".join(r.rstrip("s").replace("_", " ") for r in roles)
         raise PermissionDenied(f"{actor!r} may not {what}: that needs the {names} role")
+
+
+def roles_of(settings: Settings, actor: str) -> tuple[str, ...]:
+    """``actor``'s roles as ``roles.json`` has them (``data_scientist``, ...): the roles the
+    server gives that person, which a workspace they create gives them there."""
+    return tuple(
+        role.removesuffix("s") for role, people in _roles(settings).items() if actor in people
+    )

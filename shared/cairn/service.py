@@ -1,10 +1,12 @@
 """The one shape every service process has.
 
-``run_services(settings, factories)`` connects, provisions the streams, builds each service,
-runs them in one ``asyncio.TaskGroup`` until the stop event is set, lets each finish its
-in-flight work, then drains the connection. ``serve`` does that until SIGTERM/SIGINT, and
-``service_main(factory)`` is the ``main(settings)`` of every service package: ``cairn serve
-<name>`` runs one service this way; ``cairn up`` runs all of them in one process.
+``run_services(settings, factories)`` connects, provisions the streams, follows the workspace
+members (the gate every responder of the process asks about a person's request,
+:mod:`cairn.members`), builds each service, runs them in one ``asyncio.TaskGroup`` until the
+stop event is set, lets each finish its in-flight work, then drains the connection. ``serve``
+does that until SIGTERM/SIGINT, and ``service_main(factory)`` is the ``main(settings)`` of
+every service package: ``cairn serve <name>`` runs one service this way; ``cairn up`` runs all
+of them in one process.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from typing import Any, Protocol
 from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
 from cairn.errors import Unauthenticated
 from cairn.log import get_logger
+from cairn.members import Membership
 from cairn.projection import Projection, ProjectionRunner, Tables
 from cairn.proto.commands import QueryResult
-from cairn.rpc import Request, Responder, answer_pings
+from cairn.rpc import Request, Responder, answer_pings, install_gate
 from cairn.settings import Settings
 
 __all__ = [
@@ -63,9 +66,10 @@ async def run_services(
     provision_streams: bool = True,
 ) -> None:
     """``provision_streams=False`` for processes that connect as clients (agents): they use
-    the streams but may not create them."""
+    the streams but may not create them, serve no person's requests and follow no members."""
     stop = stop or asyncio.Event()
     conn = await connect(settings, name="cairn-services", wait=True, stop=stop)
+    members: Membership | None = None
     try:
         if not conn.own_jetstream:
             raise Unauthenticated(
@@ -76,6 +80,9 @@ async def run_services(
             )
         if provision_streams:
             await provision(conn)
+            members = Membership(conn)
+            await members.start()
+            install_gate(conn, members)
         services = [factory(conn, settings) for factory in factories]
         for service in services:
             await service.start()
@@ -88,6 +95,8 @@ async def run_services(
                 ready.set()
     finally:
         log.info("services_stopping")
+        if members is not None:
+            await members.stop()
         await conn.close()
 
 

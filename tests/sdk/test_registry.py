@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from cairn.bus import Connection
 from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.settings import Settings
 from cairn.storage import S3BlobStore
-from tests.conftest import settings_for
+from tests.conftest import add_people, settings_for
 from tests.sdk.test_sync_sdk import run_script, sdk_env
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
@@ -45,7 +46,9 @@ async def test_environments_datastores_and_compute_from_the_sdk(
     nats_server: NatsServer,
     seaweed: SeaweedFS,
     tmp_path: Path,
+    admin_conn: Connection,
 ) -> None:
+    await add_people(admin_conn, client.workspace, "dana")
     bucket = "cairn-lake-" + uuid.uuid4().hex[:8]
     blobs = await S3BlobStore.open(seaweed.config(bucket))
     await blobs.client.create_bucket(Bucket=bucket)

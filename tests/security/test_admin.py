@@ -51,5 +51,5 @@ def test_the_admin_password_is_kept_apart_and_across_restarts(tmp_path: Path) ->
     first = NatsServer(tmp_path, port=0)
     password = first.admin_password
     again = NatsServer(tmp_path, port=0)
-    assert again.admin_password == password and password in again.config_text()
+    assert again.admin_password == password and password in again.accounts_text()
     assert password not in (tmp_path / "credentials.json").read_text()

@@ -56,7 +56,7 @@ def test_people_and_their_roles_reach_the_role_file_and_the_config(tmp_path: Pat
     assert server.credentials is not None
     assert roles["compute_operators"] == sorted(["olga", server.credentials.client_user])
     assert "olga" not in roles["data_scientists"]
-    conf = server.config_text()
+    conf = server.accounts_text()
     assert password in conf and '"_INBOX_olga.>"' in conf and "share: true" in conf
     again = NatsServer(tmp_path, port=0)
     assert again.credentials == server.credentials

@@ -13,6 +13,7 @@ from cairn.proto import subjects
 from cairn.proto.assets import ComputeSpec, CreateCompute
 from cairn.proto.commands import CreateExperiment
 from cairn.rpc import SERVICE_ACTOR, Client, actor_of
+from tests.conftest import add_people
 
 FORGED = {
     "Cairn-Actor": "cairn-scheduler",
@@ -28,8 +29,9 @@ def forging(conn: Connection, workspace: str) -> Client:
 
 
 async def test_the_actor_is_the_connected_user_whatever_the_headers_say(
-    client: Client, people: dict[str, Connection], store: EventStore
+    client: Client, people: dict[str, Connection], store: EventStore, admin_conn: Connection
 ) -> None:
+    await add_people(admin_conn, client.workspace, "dana")
     dana = forging(people["dana"], client.workspace)
     name = "forged-" + uuid.uuid4().hex[:8]
     done = await dana.send(CreateExperiment(command_id=uuid.uuid4().hex, name=name))
@@ -38,8 +40,9 @@ async def test_the_actor_is_the_connected_user_whatever_the_headers_say(
 
 
 async def test_a_forged_header_does_not_make_a_data_scientist_a_compute_operator(
-    client: Client, people: dict[str, Connection]
+    client: Client, people: dict[str, Connection], admin_conn: Connection
 ) -> None:
+    await add_people(admin_conn, client.workspace, "dana", "olga")
     spec = ComputeSpec(kind="cluster", min_nodes=0, max_nodes=1)
     for forged in (FORGED, {"Cairn-Actor": "olga"}, {"Nats-Request-Info": '{"user":"olga"}'}):
         dana = Client(people["dana"], client.workspace)

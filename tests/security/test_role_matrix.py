@@ -1,7 +1,8 @@
 """The role matrix of docs/security.md, cell by cell, against the real server and services:
-each role sends one message of each command or query family to a workspace of its own and to
-another; ``allowed`` means it reached a service (which may still answer with an error of its
-own), ``denied`` means ``PermissionDenied``."""
+each role sends one message of each command or query family to a workspace it is a member of
+(with that role) and to another that exists; ``allowed`` means it reached a service (which
+may still answer with an error of its own), ``denied`` means ``PermissionDenied`` (from the
+server's permissions or from the services' membership check)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from cairn.proto.commands import (
     StartRun,
 )
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
+from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.rpc import Client
-from tests.conftest import MATRIX_WS
+from tests.conftest import MATRIX_WS, add_people
 
 MATRIX = Path(__file__).parents[2] / "docs" / "security.md"
 HEADER = "| role | family | own workspace | other workspace |"
@@ -81,6 +83,9 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
         ),
         "secret reads": lambda: ReadSecret(command_id=cid(), name="mx-missing"),
         "secret writes": lambda: SetSecret(command_id=cid(), name="mx-secret", value="x"),
+        "member commands": lambda: AddMember(
+            command_id=cid(), user="mx-ds", roles=["auditor", "data_scientist"]
+        ),
         "queries": lambda: ListExperiments(),
     }
 
@@ -121,9 +126,16 @@ def test_the_matrix_covers_every_role_and_family() -> None:
 
 
 async def test_every_cell_of_the_role_matrix(
-    services: None, people: dict[str, Connection], agent_conn: Connection
+    services: None,
+    people: dict[str, Connection],
+    agent_conn: Connection,
+    client_conn: Connection,
+    admin_conn: Connection,
 ) -> None:
     other_ws = "mx" + uuid.uuid4().hex[:10]
+    for ws in (MATRIX_WS, other_ws):  # both exist; the role's user is a member of its own
+        await Client(client_conn, ws).send(CreateWorkspace(command_id=cid(), name=ws))
+    await add_people(admin_conn, MATRIX_WS, "mx-ds", "mx-co", "mx-aud")
     conns = {**people, "agent": agent_conn}
     checks = []
     for role, family, own, other in read_matrix():

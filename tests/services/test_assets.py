@@ -25,6 +25,7 @@ from cairn.proto.events import AssetRegistered
 from cairn.rpc import Client
 from cairn.secrets import unseal
 from cairn.settings import Settings
+from tests.conftest import add_people
 
 
 def cid() -> str:
@@ -32,8 +33,9 @@ def cid() -> str:
 
 
 async def test_compute_needs_the_operator_role(
-    client: Client, people: dict[str, Connection]
+    client: Client, people: dict[str, Connection], admin_conn: Connection
 ) -> None:
+    await add_people(admin_conn, client.workspace, "dana", "olga")
     dana = Client(people["dana"], client.workspace)  # a data scientist
     olga = Client(people["olga"], client.workspace)  # a compute operator
     spec = ComputeSpec(kind="cluster", min_nodes=0, max_nodes=4, labels=["gpu"])

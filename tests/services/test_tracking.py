@@ -10,7 +10,13 @@ import msgspec
 import pytest
 
 from cairn.bus import Connection
-from cairn.errors import InvalidInput, InvalidTransition, NotFound, PayloadTooLarge
+from cairn.errors import (
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from cairn.proto.commands import (
     CompleteRun,
     CreateExperiment,
@@ -82,9 +88,15 @@ async def test_domain_errors_are_typed(client: Client) -> None:
         await client.ask(GetRun(run_id="never"))
 
 
-async def test_unknown_workspace_is_refused(services: None, client_conn: Connection) -> None:
-    with pytest.raises(NotFound):
+async def test_unknown_workspace_is_refused(
+    services: None, client_conn: Connection, conn: Connection
+) -> None:
+    """To a person, a workspace that does not exist is one they are not a member of (which
+    workspaces exist is not told); the stack itself is told it does not exist."""
+    with pytest.raises(PermissionDenied, match="not a member of workspace no-such-ws"):
         await Client(client_conn, "no-such-ws").send(CreateExperiment(command_id=cid(), name="e"))
+    with pytest.raises(NotFound):
+        await Client(conn, "no-such-ws").send(CreateExperiment(command_id=cid(), name="e"))
 
 
 async def _raw(conn: Connection, subject: str, payload: bytes) -> Reply:

@@ -24,6 +24,7 @@ from cairn.proto._base import Checked, Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec
+from cairn.proto.members import Role
 from cairn.proto.secrets import SecretName
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "Envelope",
     "Event",
     "ExperimentCreated",
+    "MemberAdded",
+    "MemberRemoved",
+    "MemberRolesChanged",
     "ModelAliasSet",
     "ModelFile",
     "ModelVersionArchived",
@@ -92,6 +96,28 @@ class WorkspaceCreated(Event, frozen=True, kw_only=True):
     KIND = "workspace"
     name: Id
     description: Text = ""
+
+
+class MemberAdded(Event, frozen=True, kw_only=True):
+    """``user`` is a member of the workspace with ``roles`` there (the workspace's creator
+    is its first member, in the batch of its ``WorkspaceCreated``)."""
+
+    KIND = "workspace"
+    user: Id
+    roles: list[Role]
+
+
+class MemberRolesChanged(Event, frozen=True, kw_only=True):
+    """Member ``user`` has ``roles`` in the workspace now, instead of the ones before."""
+
+    KIND = "workspace"
+    user: Id
+    roles: list[Role]
+
+
+class MemberRemoved(Event, frozen=True, kw_only=True):
+    KIND = "workspace"
+    user: Id
 
 
 class ExperimentCreated(Event, frozen=True, kw_only=True):
@@ -376,6 +402,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SecretDeleted,
         SecretRead,
         WorkspaceKeyRotated,
+        MemberAdded,
+        MemberRolesChanged,
+        MemberRemoved,
     )
 }
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, assets, jobs, metrics, registry, secrets
+from cairn.proto import artifacts, assets, jobs, members, metrics, registry, secrets
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -88,6 +88,7 @@ def generate() -> dict[str, str]:
         *jobs.JOB_COMMAND_TYPES,
         *assets_commands(),
         *secrets.SECRET_COMMAND_TYPES,
+        *members.MEMBER_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -104,6 +105,7 @@ def generate() -> dict[str, str]:
         assets.ListAssets,
         *jobs.JOB_QUERY_TYPES,
         *secrets.SECRET_QUERY_TYPES,
+        *members.MEMBER_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from cairn.cli import (  # noqa: F401  (they register the commands)
+    _admin,
     _cluster,
     _data,
     _jobs,

@@ -15,15 +15,19 @@ Two accounts (docs/security.md draws them):
   person's own inbox ``_INBOX_<user>`` receives what a consumer delivers there.
 
 Each user may publish and subscribe to what its role needs and nothing else
-(:func:`accounts_config`; the role matrix in docs/security.md): people to their workspaces'
-command families and queries and their own inbox; agents to their job tickets, their reports
-and what a job's script sends; services to everything but stream deletion, purges,
-reconfiguration, snapshots and restores. Those belong to the admin user ``cairn-admin``
-alone, whose password is kept apart in ``admin.json`` (0600) and which no running process
-uses.
+(:func:`accounts_config`; the role matrix in docs/security.md): people to their roles' command
+families and the queries, in any workspace (the services then check that they are members of
+the workspace, with a role there that allows the request: :mod:`cairn.members`), and their own
+inbox; agents to their job tickets, their reports and what a job's script sends; services to
+everything but stream deletion, purges, reconfiguration, snapshots and restores, and the
+workspace-membership commands (``cairn.cmd.*.member.>``). Those belong to the admin user
+``cairn-admin`` alone, whose password is kept apart in ``admin.json`` (0600) and which only the
+administration commands use (``cairn workspace add-member``..., ``cairn up``'s migration of
+member-less workspaces).
 
-``credentials.json`` (0600) keeps the other passwords and each person's roles and workspaces;
-``roles.json`` (what the services' role checks read) is written from it.
+``credentials.json`` (0600) keeps the other passwords and each person's roles;
+``roles.json`` (what the services' role checks read) is written from it. ``cairn user``
+edits it and reloads the running server (:mod:`cairn.embedded._users`).
 """
 
 from __future__ import annotations
@@ -40,16 +44,14 @@ from typing import Any
 import msgspec
 
 from cairn.bus._connect import PEOPLE_JS_PREFIX
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, NotFound
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
-from cairn.proto.subjects import validate_token
-from cairn.rpc import PEOPLE_ACCOUNT, PING_SUBJECT, SERVICE_ACCOUNT
+from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SERVICE_ACCOUNT
 from cairn.settings import Settings
 
 __all__ = [
     "ADMIN_USER",
     "AGENT_USER",
-    "ALL_WORKSPACES",
     "AUDITOR",
     "COMPUTE_OPERATOR",
     "DATA_SCIENTIST",
@@ -69,17 +71,18 @@ __all__ = [
 
 SERVICE_USER = "cairn-service"
 AGENT_USER = "cairn-agent"
-ADMIN_USER = "cairn-admin"
-#: a person's workspaces: names, or this for every workspace
-ALL_WORKSPACES = "*"
+ADMIN_USER = ADMIN_ACTOR
 DATA_SCIENTIST = "data_scientist"
 COMPUTE_OPERATOR = "compute_operator"
 AUDITOR = "auditor"
 ROLES = (DATA_SCIENTIST, COMPUTE_OPERATOR, AUDITOR)
-#: the person ``cairn up`` makes from the local user (of every workspace on this machine)
+#: the person ``cairn up`` makes from the local user (a member of the default workspace and of
+#: those it creates with these roles)
 LOCAL_ROLES = (DATA_SCIENTIST, COMPUTE_OPERATOR)
-#: command families (the verb's first token) each role may send in its workspaces; a data
-#: scientist submits jobs (``job.submit``) but does not report them, which agents do
+#: command families (the verb's first token) each role may send in the workspaces it is a member
+#: of (the server's permissions over any workspace, the services' membership check per
+#: workspace: :mod:`cairn.members`); a data scientist submits jobs (``job.submit``) but does
+#: not report them, which agents do
 ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
     DATA_SCIENTIST: (
         "workspace.>",
@@ -123,6 +126,9 @@ _ADMIN_ONLY = (
     "$JS.API.STREAM.MSG.DELETE.EVENTS",
     "$JS.API.STREAM.MSG.DELETE.METRICS",
     "$JS.API.STREAM.MSG.DELETE.LOGS",
+    # workspace membership: the admin's commands alone (the services record their actor as
+    # the admin, which holds only while no other user may publish them)
+    "cairn.cmd.*.member.>",
 )
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 #: request/reply subjects people send to the services (server-attested with ``share``)
@@ -155,9 +161,12 @@ def _local_name() -> str:
 
 @dataclass(frozen=True)
 class Person:
+    """A person's password and roles: what the server lets them send (their roles' command
+    families, in any workspace). Which workspaces they may address, with which of those roles,
+    is membership, recorded in the log (``cairn workspace add-member``)."""
+
     password: str
     roles: tuple[str, ...]
-    workspaces: tuple[str, ...] = (ALL_WORKSPACES,)
 
 
 @dataclass(frozen=True)
@@ -176,15 +185,12 @@ class Credentials:
     @classmethod
     def load_or_create(cls, path: Path) -> Credentials:
         """The home's credentials, made on first start (and completed, rewritten, when an
-        older file lacks a field)."""
+        older file lacks a field; the ``workspaces`` an older file gives a person are dropped:
+        membership is in the log now)."""
         raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         user = raw.get("client_user") or _local_name()
         people = {
-            name: Person(
-                password=p["password"],
-                roles=tuple(p["roles"]),
-                workspaces=tuple(p.get("workspaces", (ALL_WORKSPACES,))),
-            )
+            name: Person(password=p["password"], roles=tuple(p["roles"]))
             for name, p in raw.get("people", {}).items()
         }
         if user not in people:
@@ -206,11 +212,7 @@ class Credentials:
             "agent_password": self.agent_password,
             "client_user": self.client_user,
             "people": {
-                name: {
-                    "password": p.password,
-                    "roles": list(p.roles),
-                    "workspaces": list(p.workspaces),
-                }
+                name: {"password": p.password, "roles": list(p.roles)}
                 for name, p in sorted(self.people.items())
             },
         }
@@ -218,28 +220,33 @@ class Credentials:
     def save(self, path: Path) -> None:
         write_private(path, json.dumps(self.as_json(), indent=2) + "\n")
 
-    def with_person(
-        self, name: str, roles: Iterable[str], workspaces: Iterable[str] = (ALL_WORKSPACES,)
-    ) -> Credentials:
-        """These credentials plus person ``name`` (a new password) with ``roles`` in
-        ``workspaces``."""
+    def with_person(self, name: str, roles: Iterable[str]) -> Credentials:
+        """These credentials plus person ``name`` (a new password) with ``roles`` (a person
+        of that name already is replaced: a new password, these roles)."""
         check_person_name(name)
-        wanted = tuple(dict.fromkeys(roles))
-        unknown = [r for r in wanted if r not in ROLES]
+        given = set(roles)
+        unknown = sorted(given - set(ROLES))
+        wanted = tuple(r for r in ROLES if r in given)
         if unknown or not wanted:
-            raise InvalidInput(f"roles must be some of {', '.join(ROLES)}; got {list(wanted)}")
-        spaces = tuple(dict.fromkeys(workspaces))
-        for ws in spaces:
-            if ws != ALL_WORKSPACES:
-                validate_token(ws, "workspace")
-        if not spaces:
-            raise InvalidInput("a person needs at least one workspace")
-        person = Person(password=secrets.token_urlsafe(24), roles=wanted, workspaces=spaces)
+            raise InvalidInput(f"roles must be some of {', '.join(ROLES)}; got {sorted(given)}")
+        person = Person(password=secrets.token_urlsafe(24), roles=wanted)
+        return self._with_people({**self.people, name: person})
+
+    def without_person(self, name: str) -> Credentials:
+        """These credentials less person ``name`` (who must be one, and not the local
+        person)."""
+        if name not in self.people:
+            raise NotFound(f"no person {name!r:.40} in these credentials")
+        if name == self.client_user:
+            raise InvalidInput(f"{name} is the local person of this home; it cannot be removed")
+        return self._with_people({n: p for n, p in self.people.items() if n != name})
+
+    def _with_people(self, people: dict[str, Person]) -> Credentials:
         return Credentials(
             service_password=self.service_password,
             agent_password=self.agent_password,
             client_user=self.client_user,
-            people={**self.people, name: person},
+            people=people,
         )
 
     def roles_file(self) -> dict[str, list[str]]:
@@ -304,12 +311,13 @@ def _user(name: str, password: str, permissions: str | None) -> str:
 
 
 def person_publish(person: Person) -> list[str]:
-    """The subjects ``person`` may publish to: its roles' command families and the queries of
-    its workspaces, upload sessions (data scientists), the services' broadcasts, and the
-    read-only JetStream API imported under ``PEOPLE_JS_PREFIX``."""
-    families = [f for role in person.roles for f in ROLE_COMMANDS[role]]
-    subjects = [f"cairn.cmd.{ws}.{f}" for ws in person.workspaces for f in families]
-    subjects += [f"cairn.q.{ws}.>" for ws in person.workspaces]
+    """The subjects ``person`` may publish to: its roles' command families and the queries, in
+    any workspace (membership is checked by the services), upload sessions (data scientists),
+    the services' broadcasts, and the read-only JetStream API imported under
+    ``PEOPLE_JS_PREFIX``."""
+    families = dict.fromkeys(f for role in person.roles for f in ROLE_COMMANDS[role])
+    subjects = [f"cairn.cmd.*.{f}" for f in families]
+    subjects.append("cairn.q.*.>")
     if DATA_SCIENTIST in person.roles:
         subjects.append("cairn.artifacts.>")
     subjects += [
@@ -356,7 +364,8 @@ def _agent(password: str) -> str:
 
 def _service(password: str) -> str:
     """The services' user: every ``cairn.`` subject and the JetStream API, but no stream
-    deletion, purge, reconfiguration, snapshot or restore (the admin's)."""
+    deletion, purge, reconfiguration, snapshot or restore, and no membership command (the
+    admin's)."""
     # replies: to people through their import (``_R_``) and to the stack's own users; one
     # connection may carry several services, each answering the same broadcast
     replies = ["_R_.>", f"_INBOX_{SERVICE_USER}.>", f"_INBOX_{AGENT_USER}.>"]

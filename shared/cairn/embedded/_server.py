@@ -7,7 +7,10 @@ Given certificates (``cairn up --tls``), it requires TLS of every client (``cair
 without, it speaks plain NATS on loopback, as it always did.
 Services and agents connect to the ``CAIRN`` account (JetStream), people to ``USERS``, which
 imports the services' subjects so that the server attests who sends each request
-(``cairn.embedded._auth``; docs/security.md).
+(``cairn.embedded._auth``; docs/security.md). The accounts and their users live in a file of
+their own, ``nats/accounts.conf`` (0600), which ``nats.conf`` includes: ``cairn user`` rewrites
+it from ``credentials.json`` and makes the running server read it again (SIGHUP, a config
+reload: no restart, and a removed person's connections are closed by the server).
 
 One process owns a home at a time (``flock`` on ``nats/owner.lock``, which the kernel drops when
 the owner dies, kill -9 included). A new owner that finds a server its dead predecessor left
@@ -33,7 +36,6 @@ import time
 from pathlib import Path
 
 from cairn.embedded._auth import (
-    ALL_WORKSPACES,
     SERVICE_USER,
     Credentials,
     accounts_config,
@@ -90,6 +92,7 @@ class NatsServer:
         self.conf = self.dir / "nats.conf"
         self.log = self.dir / "server.log"
         self.pid_file = self.dir / "nats.pid"
+        self.accounts_file = self.dir / "accounts.conf"
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -119,8 +122,21 @@ class NatsServer:
                 tls.server_cert, tls.server_key, tls.ca, verify=self.tls_verify
             )
         if self.credentials is not None:
-            lines += accounts_config(self.credentials, self.admin_password)
+            lines.append(f'include "{self.accounts_file.name}"')  # beside this file
         return "\n".join(lines) + "\n"
+
+    def accounts_text(self) -> str:
+        """``accounts.conf``: the accounts and their users, from the credentials."""
+        assert self.credentials is not None
+        return "\n".join(accounts_config(self.credentials, self.admin_password)) + "\n"
+
+    def write_accounts(self) -> None:
+        """``accounts.conf`` (and ``roles.json``) from the credentials on disk, which ``cairn
+        user`` may have changed since this object read them."""
+        if self.credentials is not None:
+            self.credentials = Credentials.load_or_create(self.credentials_file)
+            self._write_roles()
+            write_private(self.accounts_file, self.accounts_text())
 
     @property
     def credentials_file(self) -> Path:
@@ -131,16 +147,63 @@ class NatsServer:
         """The admin user's password (``admin.json``, 0600, apart from every other)."""
         return admin_password(self.home / "admin.json")
 
-    def add_person(
-        self, name: str, roles: tuple[str, ...], workspaces: tuple[str, ...] = (ALL_WORKSPACES,)
-    ) -> str:
-        """Add person ``name`` with ``roles`` in ``workspaces`` (a new password, returned) to
-        the credentials; the running server learns it at its next start."""
+    def add_person(self, name: str, roles: tuple[str, ...]) -> str:
+        """Add person ``name`` with ``roles`` (a new password, returned) to the credentials;
+        a running server learns it at :meth:`reload` (or its next start)."""
         assert self.credentials is not None
-        self.credentials = self.credentials.with_person(name, roles, workspaces)
+        self.credentials = self.credentials.with_person(name, roles)
         self.credentials.save(self.credentials_file)
         self._write_roles()
         return self.credentials.people[name].password
+
+    def remove_person(self, name: str) -> None:
+        """Remove person ``name`` from the credentials; a running server forgets them (and
+        closes their connections) at :meth:`reload`."""
+        assert self.credentials is not None
+        self.credentials = self.credentials.without_person(name)
+        self.credentials.save(self.credentials_file)
+        self._write_roles()
+
+    def reload(self, timeout: float = 10.0) -> bool:
+        """Write the config from the credentials on disk and make the server running over this
+        home read it again (SIGHUP: nats-server's config reload, no restart); False when none
+        runs (the next start reads it). ``CairnError`` when the server refused the new config
+        (it keeps the old one). Only ``accounts.conf`` is written: ``nats.conf`` (the port
+        among others, which a reload cannot change) stays as the server's start wrote it."""
+        self.write_accounts()
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        if not self._signal(pid, signal.SIGHUP):
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")[offset:]
+            if "Reloaded server configuration" in text:
+                return True
+            failed = next((ln for ln in text.splitlines() if "Failed to reload" in ln), None)
+            if failed is not None:
+                raise CairnError(f"nats-server (pid {pid}) refused the new config: {failed}")
+            time.sleep(0.05)
+        raise Unavailable(f"nats-server (pid {pid}) did not reload within {timeout}s ({self.log})")
+
+    def _signal(self, pid: int, sig: int) -> bool:
+        """Send ``sig`` to ``pid`` if it is this home's server (checked once a pidfd pins the
+        process, so a recycled pid is never signalled)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not self._is_ours(pid):
+                return False
+            signal.pidfd_send_signal(pidfd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
 
     def _write_roles(self) -> None:
         """``roles.json``, what the services' role checks read, from the credentials."""
@@ -229,6 +292,7 @@ class NatsServer:
         A plain ``Popen`` rather than an asyncio subprocess: the server must be stoppable from
         synchronous code and outlive the event loop that started it (test fixtures do both).
         """
+        self.write_accounts()
         write_private(self.conf, self.config_text())
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:

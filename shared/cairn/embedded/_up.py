@@ -14,9 +14,10 @@ from pathlib import Path
 import msgspec
 
 from cairn.bus import connect as bus_connect
-from cairn.embedded._auth import embedded_agent_settings
+from cairn.embedded._admin import admin_settings, adopt_memberless
+from cairn.embedded._auth import LOCAL_ROLES, embedded_agent_settings
 from cairn.embedded._server import SERVICE_USER, NatsServer, write_private
-from cairn.errors import CairnError, Unavailable
+from cairn.errors import CairnError, PermissionDenied, Unavailable
 from cairn.log import get_logger
 from cairn.sdk import AsyncWorkspace, connect
 from cairn.service import ServiceFactory, install_stop_signals, run_services
@@ -111,6 +112,37 @@ async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> No
             f" final loss {final:.4f}  {row['run_id']}"
         )
     say(f"demo complete: experiment 'demo' has {len(await exp.runs())} runs")
+
+
+async def adopt_for_local_person(settings: Settings) -> list[str]:
+    """The migration of a home from before workspace membership: as the admin, make the local
+    person a member (data scientist, compute operator) of every workspace that never had a
+    member, as they could use every workspace then (docs/security.md)."""
+    person = settings.nats_user
+    assert person is not None
+    conn = await bus_connect(admin_settings(settings), name="cairn-up-admin")
+    try:
+        adopted = await adopt_memberless(conn, person, LOCAL_ROLES)
+    finally:
+        await conn.close()
+    if adopted:
+        log.info("workspaces_adopted", user=person, workspaces=adopted)
+    return adopted
+
+
+async def _create_default(ws: AsyncWorkspace) -> bool:
+    """Create the default workspace (get-or-create: its creator is its member); False, said in
+    one line, when it exists and the admin has since removed the local person from it."""
+    try:
+        await ws.create(description="created by cairn up")
+    except PermissionDenied as exc:
+        print(
+            f"warning: {exc.message}; the admin adds them back with 'cairn workspace add-member"
+            f" {ws.name} {ws.settings.nats_user} --role data_scientist --role compute_operator'",
+            flush=True,
+        )
+        return False
+    return True
 
 
 async def send_home_spools(settings: Settings, stop: asyncio.Event) -> None:
@@ -295,17 +327,18 @@ async def up(
         for task in tasks:
             if task.done():
                 await task  # raises what made it stop
+        await adopt_for_local_person(clients)
         slots = (os.cpu_count() or 1) if local_slots is None else local_slots
         tasks.append(asyncio.create_task(run_local_agent(clients, stop, slots)))
         async with connect(clients) as ws:
-            await ws.create(description="created by cairn up")
+            member = await _create_default(ws)
             tasks.append(asyncio.create_task(send_home_spools(clients, stop)))
             print(
                 f"cairn is up in {time.monotonic() - t0:.1f}s: {server.url} "
                 f"workspace={clients.workspace} config={home / 'config.json'}",
                 flush=True,
             )
-            if demo:
+            if demo and member:
                 await run_demo(ws, lambda line: print(line, flush=True))
         print("press Ctrl-C to stop", flush=True)
         await _first_failure(*tasks)

@@ -1,7 +1,9 @@
-"""The tracking service: workspace, experiment and run commands, and their queries."""
+"""The tracking service: workspace, experiment and run commands, and their queries; a
+workspace's members (``member.*``: the admin's commands, and the members query)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 from cairn import lookup
 from cairn.bus import Connection, execute
 from cairn.domain import experiment, run, workspace
-from cairn.errors import InvalidInput, NotFound
+from cairn.errors import InvalidInput, NotFound, PermissionDenied
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
@@ -30,7 +32,15 @@ from cairn.proto.commands import (
     SetRunTags,
     StartRun,
 )
-from cairn.rpc import Request, Responder
+from cairn.proto.members import (
+    MEMBER_COMMAND_TYPES,
+    AddMember,
+    AdoptWorkspace,
+    ListMembers,
+    RemoveMember,
+)
+from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder
+from cairn.secrets import roles_of
 from cairn.service import ProjectedService
 from cairn.services.tracking._projection import TrackingProjection
 from cairn.settings import Settings
@@ -69,7 +79,18 @@ class TrackingService(ProjectedService):
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, TrackingProjection())
+        self.settings = settings
         types = COMMAND_TYPES
+        members = Responder(
+            conn,
+            subjects=[subjects.command_filter("member"), subjects.query_filter("member")],
+            queue="tracking",
+            types=(*MEMBER_COMMAND_TYPES, ListMembers),
+            routes={
+                **{t.VERB: self._member_command for t in MEMBER_COMMAND_TYPES},
+                ListMembers.NAME: self._list_members,
+            },
+        )
         commands = Responder(
             conn,
             subjects=[subjects.command_filter(a) for a in ("workspace", "experiment", "run")],
@@ -90,7 +111,7 @@ class TrackingService(ProjectedService):
                 GetRunFile.NAME: self._get_file,
             },
         )
-        self.responders = [commands, queries]
+        self.responders = [commands, queries, members]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -103,7 +124,13 @@ class TrackingService(ProjectedService):
             case CreateWorkspace(name=name):
                 if name != req.workspace:
                     raise InvalidInput(f"workspace {name} must be created on its own subject")
-                return await execute(ctx, workspace.AGGREGATE, name, cmd, cache=cache)
+                if req.actor == SERVICE_ACTOR:
+                    return await execute(ctx, workspace.AGGREGATE, name, cmd, cache=cache)
+                # a person: its first member, with the roles the server gives them (at least
+                # data scientist, the only role that may send workspace commands)
+                roles = ("data_scientist", *roles_of(self.settings, req.actor))
+                founded = workspace.CreateAsMember(command=cmd, user=req.actor, roles=roles)
+                return await execute(ctx, workspace.AGGREGATE, name, founded, cache=cache)
             case CreateExperiment(name=name):
                 eid = subjects.name_to_id(name)
                 return await execute(ctx, experiment.AGGREGATE, eid, cmd, cache=cache)
@@ -115,6 +142,17 @@ class TrackingService(ProjectedService):
             case _:
                 return await execute(ctx, run.AGGREGATE, cmd.run_id, cmd, cache=cache)
 
+    async def _member_command(self, req: Request) -> Accepted:
+        """The admin's: the server lets no one else publish ``member.*`` commands (people and
+        agents have no such permission; the services' user is denied them), so a request from
+        inside the services' account here is the admin's, and is recorded as its actor."""
+        if req.actor != SERVICE_ACTOR:
+            raise PermissionDenied(f"only the admin manages the members of {req.workspace}")
+        cmd: AddMember | RemoveMember | AdoptWorkspace = req.body
+        await lookup.require_workspace(self.cache, req.workspace)
+        ctx = dataclasses.replace(req, actor=ADMIN_ACTOR).context()
+        return await execute(ctx, workspace.AGGREGATE, req.workspace, cmd, cache=self.cache)
+
     async def _check_run_parents(self, ws: str, cmd: CreateRun) -> str:
         eid = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         if cmd.parent_run_id is not None:
@@ -122,6 +160,18 @@ class TrackingService(ProjectedService):
         return eid
 
     # -- queries --------------------------------------------------------------------------
+
+    async def _list_members(self, req: Request) -> QueryResult:
+        """From the log (fresh), not a read model: a handful of events per workspace."""
+        state = await lookup.state(
+            self.cache, workspace.AGGREGATE, req.workspace, req.workspace, fresh=True
+        )
+        if not state.exists:
+            raise NotFound(f"workspace {req.workspace} does not exist")
+        history = self.cache.get(subjects.event(req.workspace, workspace.KIND, req.workspace))
+        seq = history[-1].seq if history else 0
+        members = [{"user": u, "roles": list(r)} for u, r in sorted(state.members.items())]
+        return QueryResult(seq=seq, data=members)
 
     async def _list_experiments(self, req: Request) -> QueryResult:
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:

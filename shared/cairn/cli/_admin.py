@@ -1,0 +1,211 @@
+"""Administration: the people of the embedded server (``cairn user``) and the members of a
+workspace (``cairn workspace``), on the machine of ``cairn up``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from cairn.cli._base import cli, emit, json_option, run, settings
+from cairn.proto.members import ROLE_NAMES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _role_option(help_text: str) -> Callable[[F], F]:
+    option: Callable[[F], F] = click.option(
+        "--role",
+        "roles",
+        multiple=True,
+        required=True,
+        type=click.Choice(ROLE_NAMES),
+        help=help_text,
+    )
+    return option
+
+
+# -- cairn user ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def user() -> None:
+    """The people who may connect to the embedded server of 'cairn up' (this home's).
+
+    Each change is written to credentials.json and loaded by the running server at once (a
+    config reload, no restart): a new user can connect, a removed one is disconnected. A user
+    then needs to be made a member of a workspace: see 'cairn workspace add-member'.
+
+    \b
+    Example:
+      cairn user add bea --role data_scientist
+    """
+
+
+@user.command("add")
+@click.argument("name")
+@_role_option("a role the server gives NAME (repeat the option for several)")
+def user_add(name: str, roles: tuple[str, ...]) -> None:
+    """Add the person NAME with their roles and print their new password, once.
+
+    NAME is lower-case letters, digits, _ and - (at most 32, not starting with 'cairn').
+
+    \b
+    Example:
+      cairn user add bea --role data_scientist --role compute_operator
+    """
+    from cairn.embedded._users import add_user
+
+    home = settings().home_path
+    password, loaded = add_user(home, name, roles)
+    click.echo(f"user {name} added with roles {', '.join(roles)}")
+    click.echo(
+        "the running server loaded it"
+        if loaded
+        else "no server runs over this home: the next 'cairn up' loads it"
+    )
+    click.echo(f"their password is shown this once; give {name} these two lines:")
+    click.echo(f"  export CAIRN_NATS_USER={name}")
+    click.echo(f"  export CAIRN_NATS_PASSWORD={password}")
+    click.echo(f"then make them a member: cairn workspace add-member WORKSPACE {name} --role ...")
+
+
+@user.command("remove")
+@click.argument("name")
+def user_remove(name: str) -> None:
+    """Remove the person NAME: their password stops working and the running server closes
+    their connections. Their workspace memberships stay in the log until removed ('cairn
+    workspace remove-member'), and would apply again to a new user of the same name.
+
+    \b
+    Example:
+      cairn user remove bea
+    """
+    from cairn.embedded._users import remove_user
+
+    loaded = remove_user(settings().home_path, name)
+    tail = "the running server disconnected them" if loaded else "no server runs over this home"
+    click.echo(f"user {name} removed; {tail}")
+
+
+@user.command("list")
+@json_option
+def user_list(as_json: bool) -> None:
+    """The people of this home's server and their roles (never a password)."""
+    from cairn.embedded._users import list_users
+
+    rows = list_users(settings().home_path)
+    emit(rows, as_json, [("user", "USER"), ("roles", "ROLES"), ("local", "LOCAL")])
+
+
+# -- cairn workspace ----------------------------------------------------------------------------
+
+
+@cli.group()
+def workspace() -> None:
+    """The members of a workspace: who may address it, with which roles there.
+
+    A person's request in a workspace is refused unless they are its member with a role
+    that allows it (the creator of a workspace is its first member). Adding and removing
+    members takes the admin's credentials (admin.json in this home), so it is done on the
+    machine of 'cairn up'.
+
+    \b
+    Example:
+      cairn workspace add-member default bea --role auditor
+    """
+
+
+async def _as_admin(fn: Any) -> Any:
+    from cairn.bus import connect
+    from cairn.embedded._admin import admin_settings
+
+    conn = await connect(admin_settings(settings()), name="cairn-admin-cli")
+    try:
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def _known_user(name: str) -> None:
+    """Refuse a user this home's server does not know (where it has a credentials file)."""
+    import json
+
+    from cairn.embedded._auth import check_person_name
+
+    check_person_name(name)
+    path = settings().home_path / "credentials.json"
+    if path.is_file() and name not in json.loads(path.read_text()).get("people", {}):
+        raise click.UsageError(
+            f"this home's server has no user {name} ('cairn user add {name} --role ...' first)"
+        )
+
+
+@workspace.command("add-member")
+@click.argument("name")
+@click.argument("user_name", metavar="USER")
+@_role_option("a role USER gets in workspace NAME (repeat the option for several)")
+def workspace_add_member(name: str, user_name: str, roles: tuple[str, ...]) -> None:
+    """Make USER a member of workspace NAME with these roles (a member already gets these
+    roles instead of theirs). Their roles here count only as far as the server's roles for
+    them allow ('cairn user list').
+
+    \b
+    Example:
+      cairn workspace add-member default bea --role data_scientist
+    """
+    from cairn.embedded._admin import add_member
+
+    _known_user(user_name)
+    run(_as_admin(lambda conn: add_member(conn, name, user_name, roles)))
+    click.echo(f"{user_name} is a member of {name} with roles {', '.join(roles)}")
+
+
+@workspace.command("remove-member")
+@click.argument("name")
+@click.argument("user_name", metavar="USER")
+def workspace_remove_member(name: str, user_name: str) -> None:
+    """USER is no longer a member of workspace NAME: their requests there are refused.
+
+    \b
+    Example:
+      cairn workspace remove-member default bea
+    """
+    from cairn.embedded._admin import remove_member
+
+    run(_as_admin(lambda conn: remove_member(conn, name, user_name)))
+    click.echo(f"{user_name} is no longer a member of {name}")
+
+
+@workspace.command("members")
+@click.argument("name")
+@json_option
+def workspace_members(name: str, as_json: bool) -> None:
+    """The members of workspace NAME and their roles there. Asked as the admin where this
+    home has its credentials, else as you (a member may ask).
+
+    \b
+    Example:
+      cairn workspace members default
+    """
+    from cairn.bus import connect
+    from cairn.embedded._admin import admin_settings
+    from cairn.errors import CairnError
+    from cairn.proto.members import ListMembers
+    from cairn.rpc import Client
+
+    base = settings()
+    try:
+        chosen = admin_settings(base)
+    except CairnError:
+        chosen = base
+
+    async def go() -> Any:
+        conn = await connect(chosen, name="cairn-workspace-members")
+        try:
+            return (await Client(conn, name).ask(ListMembers())).data
+        finally:
+            await conn.close()
+
+    emit(run(go()), as_json, [("user", "USER"), ("roles", "ROLES")])

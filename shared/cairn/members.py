@@ -1,0 +1,236 @@
+"""The membership view: who is a member of which workspace, with which roles there, folded
+from the log; the second gate of every person's request (docs/security.md).
+
+Each service process follows the workspace events (``cairn.ev.*.workspace.*``) with one
+ordered consumer on its connection and folds the members in memory; :mod:`cairn.rpc`'s
+responders ask :meth:`Membership.admit` before a person's request reaches its handler. A
+member's request costs two dictionary lookups (their roles in the workspace, then whether
+those roles allow the verb, cached per roles and verb). Only a refusal costs more: before
+refusing, the view catches up with the log as it is now (one consumer-info request), so a
+member added a moment ago is not refused by a view that has not folded it yet.
+
+Until the view has caught up with the log it refuses people with ``Unavailable``; requests
+from inside the services' account (services, agents, the admin) are not member-checked.
+
+A watchdog asks the consumer's position every ``stall_s``: when the consumer has events the
+view has not received and none arrived since the last look, or the consumer is gone, it
+follows the log again from the last event folded (client subscriptions can silently stop after
+a server restart, nats.py#504; a removal must not wait for the next restart of the process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from cairn.bus import Connection
+from cairn.embedded._auth import ROLE_COMMANDS
+from cairn.errors import PermissionDenied, Unavailable
+from cairn.log import get_logger
+from cairn.proto.commands import CreateWorkspace
+from cairn.proto.events import (
+    MemberAdded,
+    MemberRemoved,
+    MemberRolesChanged,
+    WorkspaceCreated,
+    decode_envelope,
+)
+from cairn.proto.streams import EVENTS
+from cairn.rpc import SERVICE_ACTOR, Request
+
+__all__ = ["WORKSPACE_EVENTS", "Membership", "roles_allow"]
+
+log = get_logger("cairn.members")
+#: the events the view folds: every workspace aggregate's
+WORKSPACE_EVENTS = "cairn.ev.*.workspace.*"
+_CREATE = CreateWorkspace.VERB
+_NOBODY: dict[str, frozenset[str]] = {}
+
+
+def _matches(pattern: str, verb: str) -> bool:
+    """A ``ROLE_COMMANDS`` entry (``run.>``, ``job.submit``) against a verb, as the server
+    matches the same entry against the subject."""
+    if pattern.endswith(".>"):
+        return verb.startswith(pattern[:-1]) and len(verb) > len(pattern) - 1
+    return verb == pattern
+
+
+def roles_allow(roles: frozenset[str], verb: str, *, query: bool) -> bool:
+    """Whether a member with ``roles`` in a workspace may send ``verb`` there: any role asks
+    queries; a command needs a role whose families include it (``ROLE_COMMANDS``)."""
+    if query:
+        return bool(roles)
+    return any(_matches(p, verb) for role in roles for p in ROLE_COMMANDS.get(role, ()))
+
+
+class Membership:
+    """The members of every workspace, as the log says; one per service connection."""
+
+    def __init__(self, conn: Connection, *, heartbeat_s: float = 5.0, stall_s: float = 5.0) -> None:
+        self.conn = conn
+        self.heartbeat_s = heartbeat_s
+        self.stall_s = stall_s
+        #: workspace -> user -> roles there
+        self.members: dict[str, dict[str, frozenset[str]]] = {}
+        self.workspaces: set[str] = set()
+        self.caught_up = False
+        self._applied = 0  # the stream sequence of the last event folded
+        self._received = 0  # the consumer sequence of the last message handled
+        self._sub: Any = None
+        self._ready = asyncio.Event()
+        self._allowed: dict[tuple[frozenset[str], str, bool], bool] = {}
+        self._sync_lock = asyncio.Lock()
+        self._synced_from = -1.0  # when the last completed catch-up started (monotonic)
+        self._progress_at = time.monotonic()  # when a message last arrived
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # -- following the log ----------------------------------------------------------------
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Follow the workspace events; return once the view has caught up with the log
+        (``Unavailable`` if that takes longer than ``timeout``)."""
+        await self._subscribe()
+        self._watchdog = asyncio.create_task(self._watch())
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"the workspace members were not read from the log within {timeout}s"
+            ) from None
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _subscribe(self) -> None:
+        old, self._sub = self._sub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        self._received = 0
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self._applied + 1
+        )
+        self._sub = await self.conn.js.subscribe(
+            WORKSPACE_EVENTS,
+            stream=EVENTS.name,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            idle_heartbeat=self.heartbeat_s,
+            config=config,
+        )
+        if self._has_all(await self._sub.consumer_info()):
+            self._caught_up()
+
+    def _has_all(self, info: Any) -> bool:
+        """Whether the consumer has nothing left to deliver and this view has handled all it
+        delivered (consumer sequences: the stream's are not contiguous under a filter)."""
+        return bool(info.num_pending == 0 and self._received >= info.delivered.consumer_seq)
+
+    def _caught_up(self) -> None:
+        if not self.caught_up:
+            log.info("members_caught_up", seq=self._applied, workspaces=len(self.workspaces))
+        self.caught_up = True
+        self._ready.set()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.stall_s)
+            looked_at = time.monotonic()
+            try:
+                behind = not self._has_all(await self._sub.consumer_info())
+            except Exception as exc:  # the consumer is gone (a server restart)
+                log.warning("members_consumer_lost", error=str(exc))
+                behind = True
+            if behind and looked_at - self._progress_at >= self.stall_s:
+                log.warning("members_stalled", seq=self._applied)
+                with contextlib.suppress(Exception):
+                    await self._subscribe()
+
+    async def _on_msg(self, msg: Any) -> None:
+        self._progress_at = time.monotonic()
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        self._received = meta.sequence.consumer
+        if seq > self._applied:
+            try:
+                self.apply(decode_envelope(msg.data).data, msg.subject.split(".")[2])
+            except Exception as exc:  # one unreadable event must not stop the view
+                log.error("member_event_unreadable", seq=seq, error=str(exc))
+            self._applied = seq
+        if meta.num_pending == 0:
+            self._caught_up()
+
+    def apply(self, event: Any, workspace: str) -> None:
+        """Fold one workspace event of ``workspace``."""
+        match event:
+            case WorkspaceCreated():
+                self.workspaces.add(workspace)
+            case MemberAdded(user=user, roles=roles) | MemberRolesChanged(user=user, roles=roles):
+                self.members.setdefault(workspace, {})[user] = frozenset(roles)
+            case MemberRemoved(user=user):
+                self.members.get(workspace, {}).pop(user, None)
+
+    async def sync(self, since: float, timeout: float = 2.0) -> None:
+        """Fold what the log holds now (as of a moment after ``since``): the consumer's
+        position is asked and the view waits until it has folded that far. Concurrent callers
+        share a catch-up that started after their own ``since``."""
+        async with self._sync_lock:
+            if self._synced_from >= since:
+                return
+            started = time.monotonic()
+            deadline = started + timeout
+            try:
+                while time.monotonic() < deadline:
+                    if self._has_all(await self._sub.consumer_info()):
+                        self._synced_from = started
+                        return
+                    await asyncio.sleep(0.005)
+            except Exception as exc:  # the consumer is gone (a server restart): follow anew
+                log.warning("members_resubscribe", error=str(exc))
+                with contextlib.suppress(Exception):
+                    await self._subscribe()
+
+    # -- the gate -------------------------------------------------------------------------
+
+    def _allows(self, roles: frozenset[str], req: Request) -> bool:
+        key = (roles, req.verb, req.query)
+        found = self._allowed.get(key)
+        if found is None:
+            found = self._allowed[key] = roles_allow(roles, req.verb, query=req.query)
+        return found
+
+    async def admit(self, req: Request) -> None:
+        """Let ``req`` through, or raise ``PermissionDenied`` (not a member of the workspace;
+        a role there that does not allow the verb) or ``Unavailable`` (the view has not caught
+        up with the log yet). Creating a workspace that does not exist needs no membership:
+        its creator becomes its first member."""
+        if req.actor == SERVICE_ACTOR:
+            return
+        roles = self.members.get(req.workspace, _NOBODY).get(req.actor)
+        if roles is not None and self.caught_up and self._allows(roles, req):
+            return
+        if not self.caught_up:
+            raise Unavailable("this service is still reading the workspace members; try again")
+        await self.sync(time.monotonic())
+        ws = req.workspace
+        roles = self.members.get(ws, _NOBODY).get(req.actor)
+        if roles is None:
+            if req.verb == _CREATE and not req.query and ws not in self.workspaces:
+                return
+            raise PermissionDenied(f"{req.actor} is not a member of workspace {ws}")
+        if not self._allows(roles, req):
+            held = ", ".join(sorted(roles))
+            raise PermissionDenied(
+                f"{req.actor}'s roles in workspace {ws} ({held}) do not allow {req.verb}"
+            )
