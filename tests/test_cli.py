@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from cairn.embedded import NatsServer
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
+from cairn.storage import S3BlobStore
 from tests.conftest import add_people, settings_for
 from tests.sdk.test_sync_sdk import sdk_env
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
 
@@ -119,9 +122,14 @@ async def test_environment_datastore_compute_commands(
     nats_server: NatsServer,
     tmp_path: Path,
     admin_conn: Connection,
+    seaweed: SeaweedFS,
 ) -> None:
     await add_people(admin_conn, client.workspace, "olga", "dana")
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    bucket = "b-cli-" + uuid.uuid4().hex[:8]
+    blobs = await S3BlobStore.open(seaweed.config(bucket))
+    await blobs.client.create_bucket(Bucket=bucket)
+    await blobs.close()
     (tmp_path / "req.txt").write_text("numpy\n")
     create = ["environment", "create", "cli-env", "--pip-requirements", "req.txt"]
     made = await cli_json(*create, env=env, cwd=tmp_path)
@@ -129,10 +137,18 @@ async def test_environment_datastore_compute_commands(
     assert "cli-env" in await cli("environment", "list", env=env, cwd=tmp_path)
     shown = json.loads(await cli("environment", "show", "cli-env", "--json", env=env, cwd=tmp_path))
     assert shown == made
-    secret_env = {**env, "CAIRN_S3_ACCESS_KEY_ID": "AK-CLI", "CAIRN_S3_SECRET_ACCESS_KEY": "SK-CLI"}
-    create = ["datastore", "create", "cli-lake", "--bucket", "b-cli", "--json"]
+    secret_env = {
+        **env,
+        "CAIRN_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "CAIRN_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    create = ["datastore", "create", "cli-lake", "--bucket", bucket, "--json"]
+    create += ["--endpoint-url", seaweed.endpoint]
+    wrong = {**secret_env, "CAIRN_S3_SECRET_ACCESS_KEY": "not-it"}
+    code, _, said = await run_cli(*create, env=wrong, cwd=tmp_path)
+    assert code != 0 and "refused the credentials" in said and "Traceback" not in said, said
     out = await cli(*create, env=secret_env, cwd=tmp_path)
-    assert json.loads(out)["spec"]["has_credentials"] is True and "SK-CLI" not in out
+    assert json.loads(out)["spec"]["has_credentials"] is True and SECRET_KEY not in out
     listed = await cli("datastore", "list", "--json", env=env, cwd=tmp_path)
     assert [d["name"] for d in json.loads(listed)] == [
         "cli-lake",

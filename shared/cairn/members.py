@@ -147,13 +147,19 @@ class Membership:
         while True:
             await asyncio.sleep(self.stall_s)
             looked_at = time.monotonic()
+            # a consumer lost with a restarted server is expected (the view subscribes again);
+            # one that is alive but delivers nothing is not
+            lost = False
             try:
                 behind = not self._has_all(await self._sub.consumer_info())
-            except Exception as exc:  # the consumer is gone (a server restart)
-                log.warning("members_consumer_lost", error=str(exc))
-                behind = True
+            except Exception as exc:
+                log.info("members_consumer_lost", error=str(exc))
+                behind = lost = True
             if behind and looked_at - self._progress_at >= self.stall_s:
-                log.warning("members_stalled", seq=self._applied)
+                if lost or not self.conn.nc.is_connected:
+                    log.info("members_resubscribing", seq=self._applied)
+                else:
+                    log.warning("members_stalled", seq=self._applied)
                 with contextlib.suppress(Exception):
                     await self._subscribe()
 

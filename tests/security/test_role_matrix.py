@@ -7,6 +7,7 @@ server's permissions or from the services' membership check)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cairn.bus import Connection
-from cairn.errors import CairnError, PermissionDenied
+from cairn.errors import AlreadyExists, CairnError, PermissionDenied
 from cairn.proto.artifacts import OpenUpload
 from cairn.proto.assets import ComputeSpec, CreateCompute, EnvironmentSpec, RegisterEnvironment
 from cairn.proto.commands import (
@@ -134,7 +135,8 @@ async def test_every_cell_of_the_role_matrix(
 ) -> None:
     other_ws = "mx" + uuid.uuid4().hex[:10]
     for ws in (MATRIX_WS, other_ws):  # both exist; the role's user is a member of its own
-        await Client(client_conn, ws).send(CreateWorkspace(command_id=cid(), name=ws))
+        with contextlib.suppress(AlreadyExists):  # another test may have made MATRIX_WS
+            await Client(client_conn, ws).send(CreateWorkspace(command_id=cid(), name=ws))
     await add_people(admin_conn, MATRIX_WS, "mx-ds", "mx-co", "mx-aud")
     conns = {**people, "agent": agent_conn}
     checks = []

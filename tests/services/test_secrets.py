@@ -3,6 +3,7 @@ never hold a value, typed refusals, roles, reads from runs and jobs, and key rot
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -14,10 +15,17 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from cairn.bus import Connection, EventStore
-from cairn.errors import InvalidInput, NotFound, PayloadTooLarge, PermissionDenied, Unavailable
+from cairn.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    Unavailable,
+)
 from cairn.proto import subjects
 from cairn.proto.assets import DatastoreSpec, GetAsset, RegisterDatastore
-from cairn.proto.commands import CompleteRun, QueryResult
+from cairn.proto.commands import CompleteRun, CreateWorkspace, QueryResult
 from cairn.proto.events import (
     AssetRegistered,
     DatastoreCredentialsResealed,
@@ -39,7 +47,7 @@ from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
 from cairn.secrets import keyring, unseal, unseal_text
 from cairn.settings import Settings
-from tests.conftest import MATRIX_WS, Agents
+from tests.conftest import MATRIX_WS, Agents, add_people
 from tests.services.test_jobs import source
 
 
@@ -133,9 +141,12 @@ def _raw(name: str) -> SetSecret:
 
 
 async def test_roles_decide_who_sets_reads_and_lists(
-    client: Client, people: dict[str, Connection]
+    client: Client, people: dict[str, Connection], admin_conn: Connection
 ) -> None:
-    # the matrix's people belong to MATRIX_WS only: a compute operator and an auditor
+    # the matrix's people, members of MATRIX_WS only: a compute operator and an auditor
+    with contextlib.suppress(AlreadyExists):  # the role matrix's test may have made it
+        await Client(client.conn, MATRIX_WS).send(CreateWorkspace(command_id=cid(), name=MATRIX_WS))
+    await add_people(admin_conn, MATRIX_WS, "mx-ds", "mx-co", "mx-aud")
     name = "mx-" + uuid.uuid4().hex[:8]
     ds = Client(people["mx-ds"], MATRIX_WS, attempts=1, timeout=3)
     co = Client(people["mx-co"], MATRIX_WS, attempts=1, timeout=3)
