@@ -121,6 +121,8 @@ class ListRuns(Query, frozen=True, kw_only=True, tag=True):
     NAME = "run.list"
     experiment_name: Name | None = None
     limit: Count = 100
+    #: only the children of this run
+    parent_run_id: Id | None = None
 
 
 class GetRun(Query, frozen=True, kw_only=True, tag=True):

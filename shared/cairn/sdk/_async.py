@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
+import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
 from cairn.data import download_file, upload_file
-from cairn.errors import CairnError
+from cairn.domain.run import RunStatus
+from cairn.errors import CairnError, InvalidInput
 from cairn.log import get_logger
 from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import (
@@ -39,6 +43,7 @@ from cairn.proto.commands import (
 )
 from cairn.proto.jobs import GetJob, ListJobs
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
+from cairn.proto.paths import validate_run_path
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
@@ -48,7 +53,7 @@ from cairn.sdk._outbox import Outbox
 from cairn.sdk._session import Session, new_id
 from cairn.settings import Settings, load_settings
 
-__all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"]
+__all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "exit_error", "new_id"]
 
 log = get_logger("cairn.sdk")
 FLUSH_WINDOW = 4
@@ -263,6 +268,57 @@ class AsyncRun:
         await run.start()
         return run
 
+    async def get_children(
+        self,
+        recursive: bool = False,
+        tags: str | dict[str, str] | None = None,
+        properties: str | dict[str, str] | None = None,
+        type: str | None = None,  # Azure ML v1's name
+        status: str | None = None,
+    ) -> list[AsyncRun]:
+        """The child runs of this run, oldest first (their children too with ``recursive``),
+        as Azure ML v1 filters them: ``tags``/``properties`` a key the run has or
+        ``{key: value}`` pairs it has, ``status`` its status. ``type`` is refused: Cairn's
+        runs carry no run type."""
+        if type is not None:
+            raise InvalidInput("get_children: type= is not supported (Cairn runs have no type)")
+        if status is not None and status not in {s.value for s in RunStatus}:
+            raise InvalidInput(
+                f"get_children: status {status!r} is not one of"
+                f" {', '.join(s.value for s in RunStatus)}"
+            )
+        found: list[dict[str, Any]] = []
+        parents = [self.id]
+        while parents:
+            level: list[dict[str, Any]] = []
+            for parent in parents:
+                q = ListRuns(min_seq=self.workspace.seen_seq, parent_run_id=parent, limit=10_000)
+                level.extend((await self.workspace.client.ask(q)).data)
+            found.extend(level)
+            parents = [row["run_id"] for row in level] if recursive else []
+        found.sort(key=lambda row: (row["created_at"], row["run_id"]))
+        return [
+            AsyncRun(self.workspace, row["run_id"], row["experiment_name"])
+            for row in found
+            if _matches(row["tags"], tags)
+            and _matches(row["properties"], properties)
+            and status in (None, row["status"])
+        ]
+
+    # -- ``async with run:`` completes it, or fails it with the error that left the block --
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        error = exit_error(kind, exc, tb)
+        if error is None:
+            await self.complete()
+        else:
+            await self.fail(error)
+
     async def details(self) -> dict[str, Any]:
         q = GetRun(min_seq=self.workspace.seen_seq, run_id=self.id)
         return dict((await self.workspace.client.ask(q)).data)
@@ -288,9 +344,51 @@ class AsyncRun:
 
     # -- metrics --------------------------------------------------------------------------
 
-    def log(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
-        """Buffer one point; never waits on the network. Safe from any thread. NaN and
-        infinities become their strings (``wire_value``); a value of the wrong type raises."""
+    # The ``log*`` methods have the sync facade's (Azure ML v1's) signatures; the facade calls
+    # them as they are. ``description`` is accepted as Azure's is and not stored (Cairn keeps
+    # no per-metric description); anything but a string there is refused, which also catches a
+    # call in the older ``log(name, kind, value, step)`` shape.
+
+    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
+        """Buffer one scalar point; never waits on the network. Safe from any thread."""
+        _description(description)
+        self.log_point(name, "scalar", value, step)
+
+    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
+        _description(description)
+        self.log_point(name, "list", value)
+
+    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
+        _description(description or "")
+        self.log_point(name, "row", kwargs)
+
+    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
+        _description(description)
+        self.log_point(name, "table", value)
+
+    async def log_image(
+        self, name: str, path: str | None = None, plot: Any = None, description: str = ""
+    ) -> None:
+        """Store the image (a file, or a matplotlib figure as PNG) as a run file and log it."""
+        _description(description)
+        if (path is None) == (plot is None):
+            raise InvalidInput("log_image takes exactly one of path= and plot=")
+        suffix = Path(path).suffix if path else ".png"
+        target = f"logged_images/{name}{suffix}"
+        validate_run_path(target)
+        if plot is not None:
+            with tempfile.TemporaryDirectory(prefix="cairn-image-") as tmp:
+                png = Path(tmp) / "plot.png"
+                plot.savefig(png, format="png")
+                await self.upload_file(target, png)
+        else:
+            await self.upload_file(target, Path(str(path)))
+        self.log_point(name, "image", target)
+
+    def log_point(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
+        """Buffer one point of any kind; never waits on the network. Safe from any thread.
+        NaN and infinities become their strings (``wire_value``); a value of the wrong type
+        raises."""
         self.buffer.add(name, kind, wire_value(kind, value), step)
         if self._flusher is None:
             self.loop.call_soon_threadsafe(self._ensure_flusher)
@@ -392,6 +490,35 @@ class AsyncRun:
         return await download_file(
             ws.client, self.id, name, target, min_seq=ws.seen_seq, show_progress=show_progress
         )
+
+
+def _matches(have: dict[str, str], wanted: str | dict[str, str] | None) -> bool:
+    """Azure ML v1's tag and property filters: a key that must be present, or pairs."""
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):
+        return wanted in have
+    if isinstance(wanted, dict):
+        return all(have.get(k) == str(v) for k, v in wanted.items())
+    raise InvalidInput(f"a tag or property filter is a key or a dict, not {wanted!r:.60}")
+
+
+def _description(description: object) -> None:
+    if not isinstance(description, str):
+        raise TypeError(
+            f"description must be a string, not {type(description).__name__}"
+            " (log(name, value, description='', step=None))"
+        )
+
+
+def exit_error(
+    kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+) -> str | None:
+    """How a ``with run:`` block (sync or async) left: None when it ended normally, else the
+    error the run fails with (the traceback, its last 16 KiB). One policy for both APIs."""
+    if exc is None:
+        return None
+    return "".join(traceback.format_exception(kind, exc, tb))[-16384:]
 
 
 @contextlib.asynccontextmanager

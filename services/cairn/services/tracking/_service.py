@@ -146,6 +146,9 @@ class TrackingService(ProjectedService):
             if q.experiment_name is not None:
                 sql += " AND experiment_id = ?"
                 args.append(subjects.name_to_id(q.experiment_name))
+            if q.parent_run_id is not None:
+                sql += " AND parent_run_id = ?"
+                args.append(q.parent_run_id)
             sql += " ORDER BY created_at DESC, run_id LIMIT ?"
             args.append(max(1, min(q.limit, 10_000)))
             return [_run_row(row) for row in db.execute(sql, args)]
