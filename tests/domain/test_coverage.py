@@ -29,7 +29,7 @@ def test_every_command_has_a_row(name: str) -> None:
 
 def test_the_union_is_walked() -> None:
     """The check sees each member of a union (and a single command type as itself)."""
-    assert len(command_types(run.AGGREGATE)) == 15
+    assert len(command_types(run.AGGREGATE)) == 16
     assert command_types(workspace.AGGREGATE) == (workspace.WorkspaceCommand,)
     dropped = [c for c in test_run.CASES if not isinstance(c.when, run.LoseAttempt)]
     assert uncovered(run.AGGREGATE, dropped) == ["LoseAttempt"]

@@ -23,7 +23,7 @@ from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
 from cairn.data import download_file, upload_file
 from cairn.domain.run import RunStatus
-from cairn.errors import CairnError, InvalidInput
+from cairn.errors import CairnError, InvalidInput, InvalidTransition, PermissionDenied
 from cairn.log import get_logger
 from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import (
@@ -36,6 +36,7 @@ from cairn.proto.commands import (
     CreateWorkspace,
     FailRun,
     GetRun,
+    HeartbeatRun,
     ListExperiments,
     ListRuns,
     SetRunTags,
@@ -44,6 +45,7 @@ from cairn.proto.commands import (
 from cairn.proto.jobs import GetJob, ListJobs
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
 from cairn.proto.paths import validate_run_path
+from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
@@ -68,6 +70,8 @@ class AsyncWorkspace(Session):
         self.datastores = AsyncDatastores(self)
         self.datasets = AsyncDatasets(self)
         self._runs: set[AsyncRun] = set()
+        #: runs this process beats for (open, or ended only in the spool so far)
+        self._beating: set[AsyncRun] = set()
         self._replayer: asyncio.Task[None] | None = None
 
     async def record(self, command: Command, *, metrics: bool = False) -> Accepted | None:
@@ -126,6 +130,8 @@ class AsyncWorkspace(Session):
             with contextlib.suppress(CairnError, TimeoutError):
                 await asyncio.wait_for(run.flush(), timeout)
             await run.stop_flusher()
+        for run in list(self._beating):
+            await run.stop_beating()
         if self._replayer is not None:
             if self.conn.nc.is_connected:  # the bus is back: give the spool a chance to drain
                 with contextlib.suppress(TimeoutError):
@@ -193,6 +199,8 @@ class AsyncRun:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self.errors: list[CairnError] = []
+        self._beater: asyncio.Task[None] | None = None
+        self._ended = False
 
     def _wake_up(self) -> None:
         self.loop.call_soon_threadsafe(self._wake.set)
@@ -212,7 +220,43 @@ class AsyncRun:
         await self.workspace.record(cmd)
 
     async def start(self) -> None:
+        """Mark the run Running; from then on this process beats for it until it ends."""
         await self._send(StartRun(command_id=new_id(), run_id=self.id))
+        if self._beater is None and self.attempt is None:  # a job's own run: its agent's
+            self._beater = self.loop.create_task(self._beat())
+            self.workspace._beating.add(self)
+
+    async def _beat(self) -> None:
+        """Tell the tracking service every ``run_heartbeat_s`` that this process is alive: a
+        run that misses three beats is failed as lost (its process was killed). One try per
+        beat, never spooled: a beat that cannot be sent is simply the next one's to make."""
+        every = self.workspace.settings.run_heartbeat_s
+        client = Client(self.workspace.conn, self.workspace.name, attempts=1, timeout=every)
+        client.headers = self.workspace.client.headers
+        while True:
+            try:
+                await client.send(HeartbeatRun(command_id=new_id(), run_id=self.id, every_s=every))
+            except (InvalidTransition, InvalidInput, PermissionDenied) as exc:
+                # ended (failed as lost while this process could not reach the bus?), a job's,
+                # or not ours to beat for: beating again would change nothing
+                if not self._ended:  # else: the end this process spooled has been sent
+                    log.warning(
+                        "run_heartbeat_refused", run_id=self.id, code=exc.code, error=str(exc)
+                    )
+                self.workspace._beating.discard(self)
+                return
+            except Exception as exc:  # the bus or the service is away: the next beat tries
+                log.debug("run_heartbeat_failed", run_id=self.id, error=repr(exc))
+            await asyncio.sleep(every)
+
+    async def stop_beating(self) -> None:
+        """Stop beating for this run (it ended, or this process is closing)."""
+        if self._beater is not None:
+            self._beater.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beater
+            self._beater = None
+        self.workspace._beating.discard(self)
 
     async def complete(self) -> bool:
         """Send every logged point, then mark the run Completed. True once all of it is
@@ -236,9 +280,13 @@ class AsyncRun:
         return await self._end(cmd, "Canceled")
 
     async def _end(self, cmd: Command, status: str) -> bool:
+        self._ended = True
         await self._send(cmd)
         await self.stop_flusher()
-        return await self.stored(f"becomes {status}")
+        stored = await self.stored(f"becomes {status}")
+        if stored:  # else it beats on while this process lives, until the spool is sent
+            await self.stop_beating()
+        return stored
 
     async def stored(self, then: str = "gets its points") -> bool:
         """True when nothing this workspace sent waits in the spool (one more try to send it

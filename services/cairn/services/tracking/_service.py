@@ -1,15 +1,20 @@
-"""The tracking service: workspace, experiment and run commands, and their queries."""
+"""The tracking service: workspace, experiment and run commands, and their queries; and the
+process manager that fails interactive runs whose process stopped beating (``_liveness``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
+import time
 from typing import Any
 
 from cairn import lookup
-from cairn.bus import Connection, execute
+from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import experiment, run, workspace
-from cairn.errors import InvalidInput, NotFound
+from cairn.errors import InvalidInput, InvalidTransition, NotFound
+from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
@@ -18,24 +23,30 @@ from cairn.proto.commands import (
     Accepted,
     AddRunProperties,
     CancelRun,
+    Command,
     CompleteRun,
     CreateExperiment,
     CreateRun,
     CreateWorkspace,
     FailRun,
     GetRun,
+    HeartbeatRun,
     ListExperiments,
     ListRuns,
     QueryResult,
     SetRunTags,
     StartRun,
 )
+from cairn.proto.jobs import derived_id
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
+from cairn.services.tracking._liveness import Beat, Heartbeats, bound_s, lost_reason
 from cairn.services.tracking._projection import TrackingProjection
 from cairn.settings import Settings
 
 __all__ = ["TrackingService"]
+
+log = get_logger("cairn.tracking")
 
 _RUN_COLUMNS = (
     *("workspace", "run_id", "experiment_id", "experiment_name", "display_name"),
@@ -43,6 +54,7 @@ _RUN_COLUMNS = (
     *("end_time", "seq", "tags", "properties"),
 )
 _FILE_COLUMNS = ("path", "digest", "size", "created_at", "created_by")
+_ENDED = tuple(s.value for s in run.RunStatus if s.terminal)
 
 
 _Command = (
@@ -69,13 +81,20 @@ class TrackingService(ProjectedService):
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, TrackingProjection())
-        types = COMMAND_TYPES
+        self.heartbeat_s = settings.run_heartbeat_s
+        self.beats = Heartbeats(conn)
+        #: when this replica may start failing silent runs (after a start or a reconnect)
+        self._watching_from = time.monotonic()
+        types: tuple[type[Command], ...] = (*COMMAND_TYPES, HeartbeatRun)
         commands = Responder(
             conn,
             subjects=[subjects.command_filter(a) for a in ("workspace", "experiment", "run")],
             queue="tracking",
             types=types,
-            routes={t.VERB: self._command for t in types},
+            routes={
+                **{t.VERB: self._command for t in COMMAND_TYPES},
+                HeartbeatRun.VERB: self._beat,
+            },
         )
         queries = Responder(
             conn,
@@ -92,7 +111,93 @@ class TrackingService(ProjectedService):
         )
         self.responders = [commands, queries]
 
+    # -- lifecycle: the liveness loop beside the responders --------------------------------
+
+    async def start(self) -> None:
+        await self.beats.start()
+        self._watching_from = time.monotonic()
+        await super().start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        watch = asyncio.create_task(self._watch(stop))
+        try:
+            await super().run(stop)
+        finally:
+            await watch
+            await self.beats.stop()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        tick = max(0.05, min(1.0, self.heartbeat_s / 2))
+        while not stop.is_set():
+            try:
+                await self.reap()
+            except Exception as exc:  # the bus may be away; the next pass tries again
+                log.warning("liveness_check_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+
+    async def reap(self) -> None:
+        """One pass over the live interactive runs: fail those silent for their bound."""
+        if not self.conn.nc.is_connected:  # beats cannot reach anyone now: start again after
+            self._watching_from = time.monotonic()
+            return
+
+        def live(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str, float]]:
+            return list(db.execute(f"SELECT workspace, run_id, started_at FROM {t('live')}"))
+
+        rows, _ = self.projection.read(live)
+        watching_s = time.monotonic() - self._watching_from
+        for ws, run_id, started_at in rows:
+            beat = self.beats.seen.get((ws, run_id))
+            if watching_s < bound_s(self.heartbeat_s, beat) or self._alive(started_at, beat):
+                continue
+            beat = await self.beats.latest(ws, run_id)  # the bucket itself, not the mirror
+            if not self._alive(started_at, beat):
+                await self._lose(ws, run_id, bound_s(self.heartbeat_s, beat))
+        await self._forget_ended({(ws, run_id) for ws, run_id, _ in rows})
+
+    def _alive(self, started_at: float, beat: Beat | None) -> bool:
+        last = max(started_at, beat.at if beat is not None else 0.0)
+        return time.time() <= last + bound_s(self.heartbeat_s, beat)
+
+    async def _lose(self, ws: str, run_id: str, bound: float) -> None:
+        reason = lost_reason(bound)
+        log.info("run_lost", workspace=ws, run_id=run_id, reason=reason)
+        ctx = CommandContext(
+            workspace=ws, command_id=derived_id("silent", ws, run_id), actor="cairn-tracking"
+        )
+        command = run.LoseRun(run_id=run_id, reason=reason)
+        await execute(ctx, run.AGGREGATE, run_id, command, cache=self.cache)
+        await self.beats.forget(ws, run_id)
+
+    async def _forget_ended(self, live: set[tuple[str, str]]) -> None:
+        """Delete the beats of runs that have ended (a beat may arrive after the end, or at
+        another replica than the one that recorded it)."""
+        left = [key for key in self.beats.seen if key not in live]
+        if not left:
+            return
+
+        def ended(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str]]:
+            sql = f"SELECT status FROM {t('runs')} WHERE workspace=? AND run_id=?"
+            rows = ((key, db.execute(sql, key).fetchone()) for key in left)
+            return [key for key, row in rows if row is not None and row[0] in _ENDED]
+
+        for ws, run_id in self.projection.read(ended)[0]:
+            await self.beats.forget(ws, run_id)
+
     # -- commands -------------------------------------------------------------------------
+
+    async def _beat(self, req: Request) -> Accepted:
+        """A beat of an open interactive run: kept in the bucket, never appended."""
+        cmd: HeartbeatRun = req.body
+        state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
+        if state.job is not None:
+            raise InvalidInput(f"run {cmd.run_id} is a job: its agent reports for it")
+        if state.status.terminal:  # final: a cached terminal state cannot be stale
+            error = f": {state.error}" if state.error else ""
+            raise InvalidTransition(f"run {cmd.run_id} is {state.status}{error}")
+        await self.beats.beat(req.workspace, cmd.run_id, cmd.every_s)
+        return Accepted(command_id=cmd.command_id, aggregate_id=cmd.run_id, seq=0)
 
     async def _command(self, req: Request) -> Accepted:
         ctx, cache = req.context(), self.cache
@@ -112,6 +217,11 @@ class TrackingService(ProjectedService):
                 create = run.CreateResolvedRun(command=cmd, experiment_id=experiment_id)
                 # a run id the client just made: decided on an empty history without a read
                 return await execute(ctx, run.AGGREGATE, run_id, create, cache=cache, new=True)
+            case CompleteRun() | FailRun() | CancelRun():
+                accepted = await execute(ctx, run.AGGREGATE, cmd.run_id, cmd, cache=cache)
+                if (req.workspace, cmd.run_id) in self.beats.seen:  # it beats no more
+                    await self.beats.forget(req.workspace, cmd.run_id)
+                return accepted
             case _:
                 return await execute(ctx, run.AGGREGATE, cmd.run_id, cmd, cache=cache)
 
