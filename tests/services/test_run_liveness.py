@@ -21,11 +21,12 @@ import pytest
 from cairn.bus import Connection, EventStore, connect
 from cairn.embedded import NatsServer
 from cairn.embedded._up import all_services
+from cairn.errors import InvalidTransition
 from cairn.proto import subjects
-from cairn.proto.commands import CreateWorkspace
+from cairn.proto.commands import CompleteRun, CreateWorkspace, HeartbeatRun
 from cairn.proto.events import RunFailed
 from cairn.rpc import Client
-from cairn.sdk import AsyncWorkspace
+from cairn.sdk import AsyncWorkspace, new_id
 from cairn.service import run_services
 from cairn.services.tracking._liveness import lost_reason
 from tests.conftest import settings_for
@@ -190,9 +191,20 @@ async def test_an_async_run_beats_until_it_ends(replicas: Replicas) -> None:
         await asyncio.sleep(8 * BEAT_S)
         assert await alive.get_status() == "Running"
         assert await ended.get_status() == "Completed"
-        await alive.stop_beating()  # as if its process had died
+        await alive.stop_beating()  # as if its process had died (or lost the bus)
         details = await _status(ws, alive.id, "Failed", 20)
         assert details["error"] == LOST
+        # back on the bus: its beats and its end are refused, naming why; its points are kept
+        with pytest.raises(InvalidTransition, match="Failed: lost: no heartbeat"):
+            for _ in range(50):  # whichever replica answers, once its read model has the end
+                await ws.client.send(HeartbeatRun(command_id=new_id(), run_id=alive.id))
+                await asyncio.sleep(0.1)
+        alive.log("late", 7)
+        await alive.flush()
+        assert (await alive.get_metrics())["late"] == 7
+        with pytest.raises(InvalidTransition):
+            await ws.client.send(CompleteRun(command_id=new_id(), run_id=alive.id))
+        assert await alive.get_status() == "Failed"
     finally:
         await ws.close()
         await conn.close()

@@ -193,11 +193,24 @@ class TrackingService(ProjectedService):
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
         if state.job is not None:
             raise InvalidInput(f"run {cmd.run_id} is a job: its agent reports for it")
-        if state.status.terminal:  # final: a cached terminal state cannot be stale
-            error = f": {state.error}" if state.error else ""
-            raise InvalidTransition(f"run {cmd.run_id} is {state.status}{error}")
+        status, error = state.status.value, state.error
+        if not state.status.terminal:  # the cache may be behind another replica's decision
+            status, error = self._ended_as(req.workspace, cmd.run_id) or (status, error)
+        if status in _ENDED:  # a process whose run was failed as lost learns it here
+            raise InvalidTransition(f"run {cmd.run_id} is {status}{': ' + error if error else ''}")
         await self.beats.beat(req.workspace, cmd.run_id, cmd.every_s)
         return Accepted(command_id=cmd.command_id, aggregate_id=cmd.run_id, seq=0)
+
+    def _ended_as(self, ws: str, run_id: str) -> tuple[str, str] | None:
+        """The run's status and error as the read model has them (None: not there yet)."""
+
+        def fn(db: sqlite3.Connection, t: Tables) -> tuple[str, str] | None:
+            sql = f"SELECT status, error FROM {t('runs')} WHERE workspace=? AND run_id=?"
+            row = db.execute(sql, (ws, run_id)).fetchone()
+            return (str(row[0]), str(row[1] or "")) if row else None
+
+        found: tuple[str, str] | None = self.projection.read(fn)[0]
+        return found
 
     async def _command(self, req: Request) -> Accepted:
         ctx, cache = req.context(), self.cache
