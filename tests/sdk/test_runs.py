@@ -43,7 +43,7 @@ async def test_async_log_has_the_sync_signature(ws: AsyncWorkspace) -> None:
     run.log_list("l", [1, 2.5])
     run.log_row("r", "a row", a=1, b=2.0)
     run.log_table("t", {"c": [1, 2]})
-    with pytest.raises(TypeError, match="description"):
+    with pytest.raises(InvalidInput, match="description"):
         run.log("old shape", "scalar", OLD_DESCRIPTION, 0)
     await run.complete()
     got = await run.get_metrics()
@@ -105,6 +105,8 @@ async def test_get_children_with_filters(ws: AsyncWorkspace) -> None:
         grandchild.id,
     ]
     assert await grandchild.get_children() == []
+    with pytest.raises(InvalidInput, match="filter"):
+        await grandchild.get_children(properties=NOT_A_FILTER)  # refused with no child too
     with pytest.raises(InvalidInput, match="type="):
         await parent.get_children(type="azureml.scriptrun")
     with pytest.raises(InvalidInput, match="status 'Done'"):

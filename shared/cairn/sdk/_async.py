@@ -335,6 +335,8 @@ class AsyncRun:
                 f"get_children: status {status!r} is not one of"
                 f" {', '.join(s.value for s in RunStatus)}"
             )
+        for wanted in (tags, properties):  # a bad filter is refused even with no children
+            _matches({}, wanted)
         found: list[dict[str, Any]] = []
         parents = [self.id]
         while parents:
@@ -553,7 +555,7 @@ def _matches(have: dict[str, str], wanted: str | dict[str, str] | None) -> bool:
 
 def _description(description: object) -> None:
     if not isinstance(description, str):
-        raise TypeError(
+        raise InvalidInput(
             f"description must be a string, not {type(description).__name__}"
             " (log(name, value, description='', step=None))"
         )

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import msgspec
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from cairn.bus import Connection
 from cairn.log import get_logger
@@ -96,11 +97,12 @@ class Heartbeats:
         await self._kv.put(f"{ws}.{run_id}", msgspec.json.encode(beat))
 
     async def latest(self, ws: str, run_id: str) -> Beat | None:
-        """The bucket's own latest beat (the mirror may lag); None when there is none."""
+        """The bucket's own latest beat (the mirror may lag); None when there is none. Any
+        other failure to read it raises: no run is failed on a guess."""
         try:
             entry = await self._kv.get(f"{ws}.{run_id}")
-        except Exception:  # no such key (or deleted): no beat
-            return self.seen.get((ws, run_id))
+        except (KeyNotFoundError, KeyDeletedError):  # never beat, or its beat was deleted
+            return None
         if not entry.value:
             return None
         try:
