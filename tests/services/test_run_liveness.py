@@ -29,7 +29,7 @@ from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, new_id
 from cairn.service import run_services
 from cairn.services.tracking._liveness import lost_reason
-from tests.conftest import settings_for
+from tests.conftest import LEAKS_SOCKETS, settings_for
 from tests.sdk.test_sync_sdk import sdk_env
 
 SCRIPT = str(Path(__file__).with_name("beating_script.py"))
@@ -41,15 +41,16 @@ WS = "live1"
 class Replicas:
     """A server and tracking replicas of the test's own, each replica stoppable."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, beat_s: float = BEAT_S) -> None:
         self.home = home
+        self.beat_s = beat_s
         self.server = NatsServer(home / "server", port=0)
         self.stops: list[asyncio.Event] = []
         self.tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.server.start()
-        self.client_settings = settings_for(self.server, service=False, run_heartbeat_s=BEAT_S)
+        self.client_settings = settings_for(self.server, service=False, run_heartbeat_s=self.beat_s)
         await self.add()
         self.conn: Connection = await connect(self.client_settings)
         #: to read a run's events from the log itself
@@ -64,7 +65,7 @@ class Replicas:
             self.server,
             service=True,
             state_dir=str(self.home / f"state{n}"),
-            run_heartbeat_s=BEAT_S,
+            run_heartbeat_s=self.beat_s,
         )
         stop, ready = asyncio.Event(), asyncio.Event()
         factories = [all_services()[name] for name in ("tracking", "ingester")]
@@ -208,3 +209,30 @@ async def test_an_async_run_beats_until_it_ends(replicas: Replicas) -> None:
     finally:
         await ws.close()
         await conn.close()
+
+
+@LEAKS_SOCKETS
+async def test_a_live_run_outlives_an_outage_of_the_bus(
+    tmp_path: Path, nats_py_leaks: None
+) -> None:
+    """The bus away for everyone, longer than the bound: the tracking service starts its
+    watch again once it is back, and the run, whose process beats again, is not failed."""
+    stack = Replicas(tmp_path / "stack", beat_s=1.0)
+    await stack.start()
+    conn = await connect(stack.client_settings)
+    ws = AsyncWorkspace(conn, WS, stack.client_settings)
+    try:
+        run = await (await ws.experiment("outage")).start_run()
+        await asyncio.sleep(2)
+        stack.server.stop()
+        await asyncio.sleep(5)  # past the bound (3 s) with no beat anywhere
+        stack.server = NatsServer(stack.server.home, port=stack.server.port)
+        await stack.server.start()
+        await asyncio.sleep(8)  # reconnected, beating again, watched again
+        assert await run.get_status() == "Running"
+        await run.complete()
+        assert await run.get_status() == "Completed"
+    finally:
+        await ws.close()
+        await conn.close()
+        await stack.close()
