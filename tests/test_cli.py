@@ -49,7 +49,7 @@ async def test_tracking_commands(client: Client, client_settings: Settings, tmp_
     ws = AsyncWorkspace(client.conn, client.workspace, settings)
     run = await (await ws.experiment("cli exp")).start_run(display_name="first")
     for step in range(5):
-        run.log("acc", "scalar", step / 10, step)
+        run.log("acc", step / 10, step=step)
     src = tmp_path / "model.txt"
     src.write_text("weights")
     await run.upload_file("outputs/model.txt", src)

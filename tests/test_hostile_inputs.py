@@ -86,16 +86,16 @@ def _query(client: Client, name: str) -> str:
 async def test_the_sdk_refuses_integers_past_64_bits_before_sending(ws: AsyncWorkspace) -> None:
     run = await (await ws.experiment("big")).start_run()
     with pytest.raises(InvalidInput, match="64-bit"):
-        run.log("n", "scalar", BIG)
+        run.log("n", BIG)
     with pytest.raises(InvalidInput, match="step"):
-        run.log("n", "scalar", 1, BIG)
+        run.log("n", 1, step=BIG)
     with pytest.raises(InvalidInput, match="step"):
-        run.log("n", "scalar", 1, -1)
+        run.log("n", 1, step=-1)
     with pytest.raises(InvalidInput, match="64-bit"):
-        run.log("row", "row", {"a": 1, "b": -(BIG + 1)})
+        run.log_row("row", a=1, b=-(BIG + 1))
     with pytest.raises(InvalidInput, match="64-bit"):
         scalar(BIG)  # the sync facade's run.log goes through it
-    run.log("n", "scalar", BIG - 1, 3)  # the edge itself is fine
+    run.log("n", BIG - 1, step=3)  # the edge itself is fine
     await run.flush()
     assert (await run.get_metrics("n"))["n"] in (BIG - 1, [BIG - 1])
     await run.complete()

@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keys_dir: str | None = None
     #: how long an agent may stay silent before its job is taken back and re-queued
     job_lease_s: float = 30.0
+    #: seconds between the heartbeats of an open interactive run (``start_logging``); a run
+    #: whose process misses three in a row is failed as lost by the tracking service
+    run_heartbeat_s: float = 10.0
     #: deliveries of one job ticket before JetStream gives up on it (the run then fails)
     job_max_deliver: int = 5
     #: unclaimed tickets per compute target; queued runs beyond it wait in priority order

@@ -124,6 +124,13 @@ def lose(attempt: int = 1) -> run.LoseAttempt:
     return run.LoseAttempt(run_id=R, attempt=attempt, reason="lease expired")
 
 
+LOST = "lost: no heartbeat for 30 s"
+
+
+def silent() -> run.LoseRun:
+    return run.LoseRun(run_id=R, reason=LOST)
+
+
 def time_out(attempt: int = 1) -> run.TimeOutAttempt:
     return run.TimeOutAttempt(run_id=R, attempt=attempt, timeout_s=5.0)
 
@@ -172,6 +179,13 @@ CASES = [
     Case("cancel a job asked to stop", CANCEL_REQUESTED, cancel(), []),
     Case("cancel a completed job", JOB_COMPLETED, cancel(), InvalidTransition, "cannot be"),
     Case("cancel a canceled job", [*SUBMITTED, RunCanceled(run_id=R)], cancel(), []),
+    # a silent interactive run: failed once, only while Running, never a job
+    Case("lose a silent run", RUNNING, silent(), [RunFailed(run_id=R, error=LOST)]),
+    Case("lose a run that completed", COMPLETED, silent(), []),
+    Case("lose a run that failed", FAILED, silent(), []),
+    Case("lose a run not started", CREATED, silent(), []),
+    Case("lose an unknown run", [], silent(), []),
+    Case("a job is left to its agent", JOB_RUNNING, silent(), []),
     # tags and properties
     Case(
         "tags: only the changed ones",

@@ -50,7 +50,7 @@ async def a_completed_run(home: Path) -> str:
                 break
             await asyncio.sleep(0.1)
         run = await (await ws.experiment("recovery")).start_run()
-        run.log("x", "scalar", 1.0, 0)
+        run.log("x", 1.0, step=0)
         await run.complete()
         assert await run.get_status() == "Completed"  # (reads wait for what this session wrote)
         assert await run.get_metrics() == {"x": 1.0}

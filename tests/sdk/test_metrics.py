@@ -38,8 +38,8 @@ async def test_history_downsampling_and_comparison(ws: AsyncWorkspace) -> None:
     runs = [await exp.start_run(display_name=f"r{i}") for i in range(3)]
     for i, run in enumerate(runs):
         for step in range(3000):
-            run.log("loss", "scalar", (i + 1) * 1000 - step / 3, step)
-        run.log("name", "scalar", "a string")
+            run.log("loss", (i + 1) * 1000 - step / 3, step=step)
+        run.log("name", "a string")
         await run.complete()
     full = await runs[0].history("loss")
     assert [p[0] for p in full] == list(range(3000))  # paged transparently
@@ -109,10 +109,10 @@ async def test_oversized_and_unknown_run_batches(client: Client, client_conn: Co
 
 async def test_the_sdk_surfaces_a_refused_batch(ws: AsyncWorkspace) -> None:
     run = await (await ws.experiment("strict")).start_run()
-    run.log("x", "scalar", scalar(float("nan")))
+    run.log("x", scalar(float("nan")))
     with pytest.raises(InvalidInput, match="non-finite"):
         await run.flush()
-    run.log("x", "scalar", 1.0)
+    run.log("x", 1.0)
     await run.complete()
     assert (await run.get_metrics())["x"] == 1.0
 

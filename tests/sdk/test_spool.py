@@ -106,10 +106,10 @@ async def test_async_nan_and_infinity_follow_the_sync_policy_point_by_point(
         ws = AsyncWorkspace(stack.conn, "ws1", stack.client_settings)
         run = await (await ws.experiment("nan")).start_run()
         for step, value in enumerate([1.0, math.nan, 2.0, math.inf, -math.inf, 3]):
-            run.log("x", "scalar", value, step)
-        run.log("l", "list", [1.0, math.nan])
-        run.log("r", "row", {"a": math.inf, "b": 1})
-        run.log("t", "table", {"c": [-math.inf, 2.5]})
+            run.log("x", value, step=step)
+        run.log_list("l", [1.0, math.nan])
+        run.log_row("r", a=math.inf, b=1)
+        run.log_table("t", {"c": [-math.inf, 2.5]})
         assert await run.complete() is True
         assert [p[2] for p in await run.history("x")] == [
             1.0,
@@ -134,7 +134,7 @@ async def test_async_nan_under_a_strict_policy_is_refused_as_the_sync_facade_s(
     """The session's ingester refuses non-finite values: the async API's NaN meets the same
     refusal as the sync facade's, not a decoding error."""
     run = await (await ws.experiment("strict-async")).start_run()
-    run.log("x", "scalar", math.nan)
+    run.log("x", math.nan)
     try:
         await run.flush()
     except InvalidInput as exc:

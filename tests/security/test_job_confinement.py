@@ -14,7 +14,13 @@ import pytest
 from cairn.bus import Connection
 from cairn.bus._link import AgentLink
 from cairn.errors import PermissionDenied, Unavailable
-from cairn.proto.commands import CreateExperiment, CreateRun, ListExperiments
+from cairn.proto.commands import (
+    CreateExperiment,
+    CreateRun,
+    HeartbeatRun,
+    ListExperiments,
+    StartRun,
+)
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
@@ -271,7 +277,10 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
         )
     )
     await job.send(metrics(child))  # a child it created
+    await job.send(StartRun(command_id=uuid.uuid4().hex, run_id=child))
+    await job.send(HeartbeatRun(command_id=uuid.uuid4().hex, run_id=child))  # it beats for it
     refused = [
+        HeartbeatRun(command_id=uuid.uuid4().hex, run_id=run_id),  # its own run: its agent's
         metrics(uuid.uuid4().hex),  # someone else's run
         metrics(run_id, attempt=2),  # another attempt of its run
         CreateExperiment(command_id=uuid.uuid4().hex, name="another"),

@@ -8,7 +8,7 @@ the events it causes, so a retried command never has a second effect and gets th
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -28,6 +28,7 @@ __all__ = [
     "ErrorReply",
     "FailRun",
     "GetRun",
+    "HeartbeatRun",
     "ListExperiments",
     "ListRuns",
     "Opened",
@@ -91,6 +92,17 @@ class CancelRun(Command, frozen=True, kw_only=True, tag=True):
     reason: Text = ""
 
 
+class HeartbeatRun(Command, frozen=True, kw_only=True, tag=True):
+    """The process logging an interactive run is alive, and beats every ``every_s`` seconds.
+    Sent by the SDK while the run is open; never spooled and never appended to EVENTS (the
+    tracking service keeps the latest beat in the ``cairn_run_heartbeats`` bucket). A run that
+    misses three beats is failed as lost (docs/design.md)."""
+
+    VERB = "run.heartbeat"
+    run_id: Id
+    every_s: Annotated[float, msgspec.Meta(ge=0.05, le=3600.0)] = 10.0
+
+
 class SetRunTags(Command, frozen=True, kw_only=True, tag=True):
     VERB = "run.tag"
     run_id: Id
@@ -121,6 +133,8 @@ class ListRuns(Query, frozen=True, kw_only=True, tag=True):
     NAME = "run.list"
     experiment_name: Name | None = None
     limit: Count = 100
+    #: only the children of this run
+    parent_run_id: Id | None = None
 
 
 class GetRun(Query, frozen=True, kw_only=True, tag=True):

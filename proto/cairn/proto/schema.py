@@ -21,6 +21,7 @@ from cairn.proto.commands import (
     Accepted,
     Command,
     ErrorReply,
+    HeartbeatRun,
     Opened,
     Query,
     QueryResult,
@@ -82,6 +83,7 @@ def generate() -> dict[str, str]:
         out[f"events/{name}.json"] = schema
     commands: tuple[type[Command], ...] = (
         *COMMAND_TYPES,
+        HeartbeatRun,
         metrics.LogMetrics,
         artifacts.OpenUpload,
         artifacts.CommitUpload,

@@ -25,6 +25,7 @@ __all__ = [
     "LOGS",
     "MAX_EVENT_BYTES",
     "METRICS",
+    "RUN_HEARTBEATS_BUCKET",
     "STREAMS",
     "BucketConfig",
     "ConsumerConfig",
@@ -175,7 +176,15 @@ LEASES_BUCKET = BucketConfig(
     description="the last renewal of each held job's lease, shared by scheduler replicas",
 )
 
-KV_BUCKETS: tuple[BucketConfig, ...] = (AGENTS_BUCKET, LEASES_BUCKET)
+RUN_HEARTBEATS_BUCKET = BucketConfig(
+    bucket="cairn_run_heartbeats",
+    history=1,
+    ttl_s=24 * 3600.0,
+    description="the latest heartbeat of each open interactive run, shared by tracking replicas"
+    " (the age limit only collects keys of runs whose end was never seen)",
+)
+
+KV_BUCKETS: tuple[BucketConfig, ...] = (AGENTS_BUCKET, LEASES_BUCKET, RUN_HEARTBEATS_BUCKET)
 
 
 def job_consumer(

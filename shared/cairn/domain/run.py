@@ -54,6 +54,7 @@ __all__ = [
     "CreateResolvedRun",
     "FailUndeliverable",
     "LoseAttempt",
+    "LoseRun",
     "RunCommand",
     "RunState",
     "RunStatus",
@@ -220,6 +221,15 @@ class LoseAttempt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     reason: str
 
 
+class LoseRun(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An interactive run's process stopped beating (the tracking service's decision): fail
+    it with ``reason`` if it is still Running; a run that ended, or a job (its agent's
+    business), is left as it is."""
+
+    run_id: str
+    reason: str
+
+
 class TimeOutAttempt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Attempt ``attempt`` ran past the job's ``timeout_s``."""
 
@@ -252,6 +262,7 @@ RunCommand = (
     | ReportJob
     | FinishJob
     | LoseAttempt
+    | LoseRun
     | TimeOutAttempt
     | FailUndeliverable
 )
@@ -273,6 +284,8 @@ def decide(state: RunState, command: RunCommand) -> list[Event]:
             return _finish(state, command)
         case LoseAttempt(attempt=attempt, reason=reason):
             return _lost(state, attempt, reason)
+        case LoseRun(reason=reason):
+            return _silent(state, reason)
         case TimeOutAttempt(attempt=attempt, timeout_s=timeout_s):
             return _timeout(state, attempt, timeout_s)
         case FailUndeliverable(queue_n=queue_n, deliveries=deliveries):
@@ -457,6 +470,13 @@ def _lost(state: RunState, attempt: int, reason: str) -> list[Event]:
         return [RunFailed(run_id=state.run_id, attempt=attempt, error=error)]
     delay = REQUEUE_BACKOFF_S[min(state.lost, len(REQUEUE_BACKOFF_S) - 1)]
     return [RunRequeued(run_id=state.run_id, attempt=attempt, reason=reason, delay_s=delay)]
+
+
+def _silent(state: RunState, reason: str) -> list[Event]:
+    """An interactive run whose process is gone: failed, once, and only while Running."""
+    if not state.exists or state.job is not None or state.status != RunStatus.RUNNING:
+        return []
+    return [RunFailed(run_id=state.run_id, error=reason)]
 
 
 def _cancel(state: RunState, reason: str) -> list[Event]:

@@ -95,7 +95,7 @@ async def run_demo(ws: AsyncWorkspace, say: Callable[[str], None] = print) -> No
         loss = 1.0
         for step in range(200):
             loss *= 1 - lr / 10
-            run.log("loss", "scalar", round(loss, 5), step)
+            run.log("loss", round(loss, 5), step=step)
         with tempfile.TemporaryDirectory() as tmp:
             summary = Path(tmp) / "summary.txt"
             summary.write_text(f"learning rate {lr}: final loss {loss:.4f}\n")

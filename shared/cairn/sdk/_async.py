@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
+import traceback
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
 from cairn.data import download_file, upload_file
-from cairn.errors import CairnError
+from cairn.domain.run import RunStatus
+from cairn.errors import CairnError, InvalidInput, InvalidTransition, PermissionDenied
 from cairn.log import get_logger
 from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import (
@@ -32,6 +36,7 @@ from cairn.proto.commands import (
     CreateWorkspace,
     FailRun,
     GetRun,
+    HeartbeatRun,
     ListExperiments,
     ListRuns,
     SetRunTags,
@@ -39,6 +44,8 @@ from cairn.proto.commands import (
 )
 from cairn.proto.jobs import GetJob, ListJobs
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
+from cairn.proto.paths import validate_run_path
+from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
@@ -49,7 +56,7 @@ from cairn.sdk._outbox import Outbox
 from cairn.sdk._session import Session, new_id
 from cairn.settings import Settings, load_settings
 
-__all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "new_id"]
+__all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "exit_error", "new_id"]
 
 log = get_logger("cairn.sdk")
 FLUSH_WINDOW = 4
@@ -65,6 +72,8 @@ class AsyncWorkspace(Session):
         self.datasets = AsyncDatasets(self)
         self.secrets = AsyncSecrets(self)
         self._runs: set[AsyncRun] = set()
+        #: runs this process beats for (open, or ended only in the spool so far)
+        self._beating: set[AsyncRun] = set()
         self._replayer: asyncio.Task[None] | None = None
 
     async def record(self, command: Command, *, metrics: bool = False) -> Accepted | None:
@@ -123,6 +132,8 @@ class AsyncWorkspace(Session):
             with contextlib.suppress(CairnError, TimeoutError):
                 await asyncio.wait_for(run.flush(), timeout)
             await run.stop_flusher()
+        for run in list(self._beating):
+            await run.stop_beating()
         if self._replayer is not None:
             if self.conn.nc.is_connected:  # the bus is back: give the spool a chance to drain
                 with contextlib.suppress(TimeoutError):
@@ -190,6 +201,8 @@ class AsyncRun:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self.errors: list[CairnError] = []
+        self._beater: asyncio.Task[None] | None = None
+        self._ended = False
 
     def _wake_up(self) -> None:
         self.loop.call_soon_threadsafe(self._wake.set)
@@ -209,7 +222,43 @@ class AsyncRun:
         await self.workspace.record(cmd)
 
     async def start(self) -> None:
+        """Mark the run Running; from then on this process beats for it until it ends."""
         await self._send(StartRun(command_id=new_id(), run_id=self.id))
+        if self._beater is None and self.attempt is None:  # a job's own run: its agent's
+            self._beater = self.loop.create_task(self._beat())
+            self.workspace._beating.add(self)
+
+    async def _beat(self) -> None:
+        """Tell the tracking service every ``run_heartbeat_s`` that this process is alive: a
+        run that misses three beats is failed as lost (its process was killed). One try per
+        beat, never spooled: a beat that cannot be sent is simply the next one's to make."""
+        every = self.workspace.settings.run_heartbeat_s
+        client = Client(self.workspace.conn, self.workspace.name, attempts=1, timeout=every)
+        client.headers = self.workspace.client.headers
+        while True:
+            try:
+                await client.send(HeartbeatRun(command_id=new_id(), run_id=self.id, every_s=every))
+            except (InvalidTransition, InvalidInput, PermissionDenied) as exc:
+                # ended (failed as lost while this process could not reach the bus?), a job's,
+                # or not ours to beat for: beating again would change nothing
+                if not self._ended:  # else: the end this process spooled has been sent
+                    log.warning(
+                        "run_heartbeat_refused", run_id=self.id, code=exc.code, error=str(exc)
+                    )
+                self.workspace._beating.discard(self)
+                return
+            except Exception as exc:  # the bus or the service is away: the next beat tries
+                log.debug("run_heartbeat_failed", run_id=self.id, error=repr(exc))
+            await asyncio.sleep(every)
+
+    async def stop_beating(self) -> None:
+        """Stop beating for this run (it ended, or this process is closing)."""
+        if self._beater is not None:
+            self._beater.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beater
+            self._beater = None
+        self.workspace._beating.discard(self)
 
     async def complete(self) -> bool:
         """Send every logged point, then mark the run Completed. True once all of it is
@@ -233,9 +282,13 @@ class AsyncRun:
         return await self._end(cmd, "Canceled")
 
     async def _end(self, cmd: Command, status: str) -> bool:
+        self._ended = True
         await self._send(cmd)
         await self.stop_flusher()
-        return await self.stored(f"becomes {status}")
+        stored = await self.stored(f"becomes {status}")
+        if stored:  # else it beats on while this process lives, until the spool is sent
+            await self.stop_beating()
+        return stored
 
     async def stored(self, then: str = "gets its points") -> bool:
         """True when nothing this workspace sent waits in the spool (one more try to send it
@@ -264,6 +317,59 @@ class AsyncRun:
         run = await exp.create_run(display_name=display_name, parent_run_id=self.id)
         await run.start()
         return run
+
+    async def get_children(
+        self,
+        recursive: bool = False,
+        tags: str | dict[str, str] | None = None,
+        properties: str | dict[str, str] | None = None,
+        type: str | None = None,  # Azure ML v1's name
+        status: str | None = None,
+    ) -> list[AsyncRun]:
+        """The child runs of this run, oldest first (their children too with ``recursive``),
+        as Azure ML v1 filters them: ``tags``/``properties`` a key the run has or
+        ``{key: value}`` pairs it has, ``status`` its status. ``type`` is refused: Cairn's
+        runs carry no run type."""
+        if type is not None:
+            raise InvalidInput("get_children: type= is not supported (Cairn runs have no type)")
+        if status is not None and status not in {s.value for s in RunStatus}:
+            raise InvalidInput(
+                f"get_children: status {status!r} is not one of"
+                f" {', '.join(s.value for s in RunStatus)}"
+            )
+        for wanted in (tags, properties):  # a bad filter is refused even with no children
+            _matches({}, wanted)
+        found: list[dict[str, Any]] = []
+        parents = [self.id]
+        while parents:
+            level: list[dict[str, Any]] = []
+            for parent in parents:
+                q = ListRuns(min_seq=self.workspace.seen_seq, parent_run_id=parent, limit=10_000)
+                level.extend((await self.workspace.client.ask(q)).data)
+            found.extend(level)
+            parents = [row["run_id"] for row in level] if recursive else []
+        found.sort(key=lambda row: (row["created_at"], row["run_id"]))
+        return [
+            AsyncRun(self.workspace, row["run_id"], row["experiment_name"])
+            for row in found
+            if _matches(row["tags"], tags)
+            and _matches(row["properties"], properties)
+            and status in (None, row["status"])
+        ]
+
+    # -- ``async with run:`` completes it, or fails it with the error that left the block --
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        error = exit_error(kind, exc, tb)
+        if error is None:
+            await self.complete()
+        else:
+            await self.fail(error)
 
     async def details(self) -> dict[str, Any]:
         q = GetRun(min_seq=self.workspace.seen_seq, run_id=self.id)
@@ -299,9 +405,51 @@ class AsyncRun:
 
     # -- metrics --------------------------------------------------------------------------
 
-    def log(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
-        """Buffer one point; never waits on the network. Safe from any thread. NaN and
-        infinities become their strings (``wire_value``); a value of the wrong type raises."""
+    # The ``log*`` methods have the sync facade's (Azure ML v1's) signatures; the facade calls
+    # them as they are. ``description`` is accepted as Azure's is and not stored (Cairn keeps
+    # no per-metric description); anything but a string there is refused, which also catches a
+    # call in the older ``log(name, kind, value, step)`` shape.
+
+    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
+        """Buffer one scalar point; never waits on the network. Safe from any thread."""
+        _description(description)
+        self.log_point(name, "scalar", value, step)
+
+    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
+        _description(description)
+        self.log_point(name, "list", value)
+
+    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
+        _description(description or "")
+        self.log_point(name, "row", kwargs)
+
+    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
+        _description(description)
+        self.log_point(name, "table", value)
+
+    async def log_image(
+        self, name: str, path: str | None = None, plot: Any = None, description: str = ""
+    ) -> None:
+        """Store the image (a file, or a matplotlib figure as PNG) as a run file and log it."""
+        _description(description)
+        if (path is None) == (plot is None):
+            raise InvalidInput("log_image takes exactly one of path= and plot=")
+        suffix = Path(path).suffix if path else ".png"
+        target = f"logged_images/{name}{suffix}"
+        validate_run_path(target)
+        if plot is not None:
+            with tempfile.TemporaryDirectory(prefix="cairn-image-") as tmp:
+                png = Path(tmp) / "plot.png"
+                plot.savefig(png, format="png")
+                await self.upload_file(target, png)
+        else:
+            await self.upload_file(target, Path(str(path)))
+        self.log_point(name, "image", target)
+
+    def log_point(self, name: str, kind: MetricKind, value: Any, step: int | None = None) -> None:
+        """Buffer one point of any kind; never waits on the network. Safe from any thread.
+        NaN and infinities become their strings (``wire_value``); a value of the wrong type
+        raises."""
         self.buffer.add(name, kind, wire_value(kind, value), step)
         if self._flusher is None:
             self.loop.call_soon_threadsafe(self._ensure_flusher)
@@ -403,6 +551,35 @@ class AsyncRun:
         return await download_file(
             ws.client, self.id, name, target, min_seq=ws.seen_seq, show_progress=show_progress
         )
+
+
+def _matches(have: dict[str, str], wanted: str | dict[str, str] | None) -> bool:
+    """Azure ML v1's tag and property filters: a key that must be present, or pairs."""
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):
+        return wanted in have
+    if isinstance(wanted, dict):
+        return all(have.get(k) == str(v) for k, v in wanted.items())
+    raise InvalidInput(f"a tag or property filter is a key or a dict, not {wanted!r:.60}")
+
+
+def _description(description: object) -> None:
+    if not isinstance(description, str):
+        raise InvalidInput(
+            f"description must be a string, not {type(description).__name__}"
+            " (log(name, value, description='', step=None))"
+        )
+
+
+def exit_error(
+    kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+) -> str | None:
+    """How a ``with run:`` block (sync or async) left: None when it ended normally, else the
+    error the run fails with (the traceback, its last 16 KiB). One policy for both APIs."""
+    if exc is None:
+        return None
+    return "".join(traceback.format_exception(kind, exc, tb))[-16384:]
 
 
 @contextlib.asynccontextmanager

@@ -6,13 +6,11 @@ from any thread.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import sys
 import tempfile
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +20,7 @@ from cairn.data import local_target
 from cairn.errors import InvalidInput
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import ComputeTarget, Environment
-from cairn.sdk._async import AsyncRun, AsyncWorkspace
+from cairn.sdk._async import AsyncRun, AsyncWorkspace, exit_error
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
@@ -151,37 +149,26 @@ class Run:
 
     # -- metrics (never wait on the network) ----------------------------------------------
 
-    # values go to the core as given: it makes them wire values (NaN as "NaN"...), one policy
-    # for both APIs
+    # the core's ``log*`` have these signatures: the facade passes calls through, and the core
+    # makes values wire values (NaN as "NaN"...), one policy for both APIs
 
     def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
-        self._core.log(name, "scalar", value, step)
+        self._core.log(name, value, description, step)
 
     def log_list(self, name: str, value: list[Any], description: str = "") -> None:
-        self._core.log(name, "list", value)
+        self._core.log_list(name, value, description)
 
     def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        self._core.log(name, "row", kwargs)
+        self._core.log_row(name, description, **kwargs)
 
     def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
-        self._core.log(name, "table", value)
+        self._core.log_table(name, value, description)
 
     def log_image(
         self, name: str, path: str | None = None, plot: Any = None, description: str = ""
     ) -> None:
         """Store the image (a file, or a matplotlib figure as PNG) as a run file and log it."""
-        if (path is None) == (plot is None):
-            raise InvalidInput("log_image takes exactly one of path= and plot=")
-        suffix = Path(path).suffix if path else ".png"
-        target = f"logged_images/{name}{suffix}"
-        validate_run_path(target)
-        if plot is not None:
-            buf = io.BytesIO()
-            plot.savefig(buf, format="png")
-            self.upload_file(target, buf)
-        else:
-            self.upload_file(target, str(path))
-        self._core.log(name, "image", target)
+        self._ws._run(self._core.log_image(name, path, plot, description))
 
     def flush(self) -> None:
         """Wait until every logged point is stored (or spooled)."""
@@ -246,14 +233,29 @@ class Run:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is None:
+        error = exit_error(kind, exc, tb)
+        if error is None:
             self.complete()
         else:
-            self.fail("".join(traceback.format_exception(kind, exc, tb))[-16384:])
+            self.fail(error)
 
     def child_run(self, name: str | None = None, **_: Any) -> Run:
         core = self._ws._run(self._core.child(display_name=name))
         return Run(self.experiment, core.id, _core=core)
+
+    def get_children(
+        self,
+        recursive: bool = False,
+        tags: str | dict[str, Any] | None = None,
+        properties: str | dict[str, Any] | None = None,
+        type: str | None = None,  # Azure ML v1's name
+        status: str | None = None,
+    ) -> list[Run]:
+        """The child runs (their children too with ``recursive``), oldest first, filtered as
+        Azure ML v1 does: ``tags``/``properties`` a key or ``{key: value}``, ``status``;
+        ``type`` is refused (Cairn's runs carry no run type)."""
+        found = self._core.get_children(recursive, tags, properties, type, status)
+        return [Run(self.experiment, core.id, _core=core) for core in self._ws._run(found)]
 
     def tag(self, key: str, value: str | None = None) -> None:
         self.set_tags({key: "" if value is None else str(value)})

@@ -9,8 +9,8 @@ closed when the attempt ends, which revokes it. A job may:
   metrics, the models and datasets it builds on);
 - log metrics, set tags and properties, and upload files for its own run and for the child
   runs it creates (``run.create`` with its run as the parent, in its own experiment);
-- start and end those child runs, but not its own run, which its agent ends from the
-  script's exit code;
+- start and end those child runs (and beat for them while they are open), but not its own
+  run, which its agent ends from the script's exit code;
 - register a model from its own runs' files, or from a staging area it filled itself;
 - get-or-create its own experiment (the SDK does on first use);
 - read the workspace secrets its job spec names (``JobSpec.secrets``), for its own runs.
@@ -59,6 +59,7 @@ _RUN_VERBS = {
     "run.complete": False,
     "run.fail": False,
     "run.cancel": False,
+    "run.heartbeat": False,
 }
 _reply_decoder = msgspec.json.Decoder(Reply)
 _encoder = msgspec.json.Encoder()

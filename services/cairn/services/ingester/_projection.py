@@ -3,6 +3,13 @@
 ``points`` is a WITHOUT ROWID table keyed by (series, step, seq, idx): the points of one
 metric of one run sit together in step order, so reading a history is one range scan. The
 ``series`` row per (workspace, run, name) carries the summary (count, last, min, max).
+
+Numbers keep the type they were logged with: ``value``, ``min`` and ``max`` are declared
+without a type (SQLite's BLOB affinity: a value is stored as given), because NUMERIC affinity
+turns a float with an integral value into an integer (``1.0`` read back as ``1``) and REAL
+turns every integer into a float. Version 3 made that change; its tables are rebuilt from
+METRICS, whose batches kept ``1`` and ``1.0`` apart all along, so older points read back
+right too.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ def stored_value(number: int | float | None, text: str | None) -> Any:
 
 
 def _columns(value: Any) -> tuple[int | float | None, str | None]:
-    """(value, json): finite ints and floats go in ``value`` (NUMERIC keeps an int an int),
+    """(value, json): finite ints and floats go in ``value`` (stored as given: an int stays
+    an int, a float a float),
     anything else (strings, bools, lists, non-finite tokens) in ``json``."""
     kind = type(value)
     if kind is int or (kind is float and math.isfinite(value)):
@@ -40,7 +48,7 @@ def _columns(value: Any) -> tuple[int | float | None, str | None]:
 
 class MetricsProjection:
     name = "metrics"
-    version = 2
+    version = 3
     tables: tuple[str, ...] = ("batches", "series", "points")
     source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode)
 
@@ -49,7 +57,7 @@ class MetricsProjection:
         db.execute(
             f"CREATE TABLE {t('series')} (series_id INTEGER PRIMARY KEY, workspace TEXT,"
             " run_id TEXT, name TEXT, experiment_id TEXT, kind TEXT, count INTEGER,"
-            " last_json TEXT, min REAL, max REAL, last_step INTEGER, last_time REAL,"
+            " last_json TEXT, min, max, last_step INTEGER, last_time REAL,"
             " UNIQUE (workspace, run_id, name))"
         )
         db.execute(
@@ -57,7 +65,7 @@ class MetricsProjection:
         )
         db.execute(
             f"CREATE TABLE {t('points')} (series_id INTEGER, step INTEGER, seq INTEGER,"
-            " idx INTEGER, time REAL, value NUMERIC, json TEXT,"
+            " idx INTEGER, time REAL, value, json TEXT,"
             " PRIMARY KEY (series_id, step, seq, idx)) WITHOUT ROWID"
         )
 

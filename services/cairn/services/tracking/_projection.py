@@ -1,4 +1,8 @@
-"""The tracking read model: workspaces, experiments and runs."""
+"""The tracking read model: workspaces, experiments and runs.
+
+``live`` holds the interactive runs that are Running (started without an agent: attempt 0),
+with the wall-clock time of their start: what the liveness check (``_liveness``) watches.
+"""
 
 from __future__ import annotations
 
@@ -46,8 +50,8 @@ _NewRun = tuple[str, str, str, str | None, str | None]
 
 class TrackingProjection:
     name = "tracking"
-    version = 3
-    tables: tuple[str, ...] = ("workspaces", "experiments", "runs", "files")
+    version = 4
+    tables: tuple[str, ...] = ("workspaces", "experiments", "runs", "files", "live")
     source = events_of("workspace", "experiment", "run", "staging")
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
@@ -73,6 +77,10 @@ class TrackingProjection:
             " PRIMARY KEY (workspace, run_id, path))"
         )
         db.execute(f"CREATE INDEX {t('runs')}_exp ON {t('runs')} (workspace, experiment_id)")
+        db.execute(
+            f"CREATE TABLE {t('live')} (workspace TEXT, run_id TEXT, started_at REAL,"
+            " PRIMARY KEY (workspace, run_id))"
+        )
 
     @staticmethod
     def _insert_run(
@@ -109,12 +117,17 @@ class TrackingProjection:
                 ids = (ev.run_id, ev.experiment_id, ev.experiment_name)
                 new = (*ids, ev.display_name, ev.parent_run_id)
                 self._insert_run(db, t, env, seq, new, {}, RunStatus.NOT_STARTED)
-            case RunStarted(run_id=run_id):
+            case RunStarted(run_id=run_id, attempt=attempt):
                 db.execute(
                     f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
                     " WHERE workspace=? AND run_id=?",
                     (RunStatus.RUNNING.value, at, seq, ws, run_id),
                 )
+                if attempt == 0:  # interactive: no agent watches it
+                    db.execute(
+                        f"INSERT OR IGNORE INTO {t('live')} VALUES (?,?,?)",
+                        (ws, run_id, env.timestamp.timestamp()),
+                    )
             case (
                 RunTagsSet(run_id=run_id, tags=values)
                 | RunPropertiesAdded(run_id=run_id, properties=values)
@@ -154,3 +167,4 @@ class TrackingProjection:
                     " WHERE workspace=? AND run_id=?",
                     (_STATUS[type(env.data)].value, error, at, seq, ws, run_id),
                 )
+                db.execute(f"DELETE FROM {t('live')} WHERE workspace=? AND run_id=?", (ws, run_id))

@@ -1,17 +1,22 @@
 """The tracking service: workspace, experiment and run commands, and their queries; a
-workspace's members (``member.*``: the admin's commands, and the members query)."""
+workspace's members (``member.*``: the admin's commands, and the members query); and the
+process manager that fails interactive runs whose process stopped beating (``_liveness``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import sqlite3
+import time
 from typing import Any
 
 from cairn import lookup
-from cairn.bus import Connection, execute
+from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import experiment, run, workspace
-from cairn.errors import InvalidInput, NotFound, PermissionDenied
+from cairn.errors import InvalidInput, InvalidTransition, NotFound, PermissionDenied
+from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
@@ -20,18 +25,21 @@ from cairn.proto.commands import (
     Accepted,
     AddRunProperties,
     CancelRun,
+    Command,
     CompleteRun,
     CreateExperiment,
     CreateRun,
     CreateWorkspace,
     FailRun,
     GetRun,
+    HeartbeatRun,
     ListExperiments,
     ListRuns,
     QueryResult,
     SetRunTags,
     StartRun,
 )
+from cairn.proto.jobs import derived_id
 from cairn.proto.members import (
     MEMBER_COMMAND_TYPES,
     AddMember,
@@ -42,10 +50,13 @@ from cairn.proto.members import (
 from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder
 from cairn.secrets import roles_of
 from cairn.service import ProjectedService
+from cairn.services.tracking._liveness import Beat, Heartbeats, bound_s, lost_reason
 from cairn.services.tracking._projection import TrackingProjection
 from cairn.settings import Settings
 
 __all__ = ["TrackingService"]
+
+log = get_logger("cairn.tracking")
 
 _RUN_COLUMNS = (
     *("workspace", "run_id", "experiment_id", "experiment_name", "display_name"),
@@ -53,6 +64,7 @@ _RUN_COLUMNS = (
     *("end_time", "seq", "tags", "properties"),
 )
 _FILE_COLUMNS = ("path", "digest", "size", "created_at", "created_by")
+_ENDED = tuple(s.value for s in run.RunStatus if s.terminal)
 
 
 _Command = (
@@ -80,7 +92,6 @@ class TrackingService(ProjectedService):
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, TrackingProjection())
         self.settings = settings
-        types = COMMAND_TYPES
         members = Responder(
             conn,
             subjects=[subjects.command_filter("member"), subjects.query_filter("member")],
@@ -91,12 +102,20 @@ class TrackingService(ProjectedService):
                 ListMembers.NAME: self._list_members,
             },
         )
+        self.heartbeat_s = settings.run_heartbeat_s
+        self.beats = Heartbeats(conn)
+        #: when this replica may start failing silent runs (after a start or a reconnect)
+        self._watching_from = time.monotonic()
+        types: tuple[type[Command], ...] = (*COMMAND_TYPES, HeartbeatRun)
         commands = Responder(
             conn,
             subjects=[subjects.command_filter(a) for a in ("workspace", "experiment", "run")],
             queue="tracking",
             types=types,
-            routes={t.VERB: self._command for t in types},
+            routes={
+                **{t.VERB: self._command for t in COMMAND_TYPES},
+                HeartbeatRun.VERB: self._beat,
+            },
         )
         queries = Responder(
             conn,
@@ -113,7 +132,106 @@ class TrackingService(ProjectedService):
         )
         self.responders = [commands, queries, members]
 
+    # -- lifecycle: the liveness loop beside the responders --------------------------------
+
+    async def start(self) -> None:
+        await self.beats.start()
+        self._watching_from = time.monotonic()
+        await super().start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        watch = asyncio.create_task(self._watch(stop))
+        try:
+            await super().run(stop)
+        finally:
+            await watch
+            await self.beats.stop()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        tick = max(0.05, min(1.0, self.heartbeat_s / 2))
+        while not stop.is_set():
+            try:
+                await self.reap()
+            except Exception as exc:  # the bus may be away; the next pass tries again
+                log.warning("liveness_check_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+
+    async def reap(self) -> None:
+        """One pass over the live interactive runs: fail those silent for their bound."""
+        if not self.conn.nc.is_connected:  # beats cannot reach anyone now: start again after
+            self._watching_from = time.monotonic()
+            return
+
+        def live(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str, float]]:
+            return list(db.execute(f"SELECT workspace, run_id, started_at FROM {t('live')}"))
+
+        rows, _ = self.projection.read(live)
+        watching_s = time.monotonic() - self._watching_from
+        for ws, run_id, started_at in rows:
+            beat = self.beats.seen.get((ws, run_id))
+            if watching_s < bound_s(self.heartbeat_s, beat) or self._alive(started_at, beat):
+                continue
+            beat = await self.beats.latest(ws, run_id)  # the bucket itself, not the mirror
+            if not self._alive(started_at, beat):
+                await self._lose(ws, run_id, bound_s(self.heartbeat_s, beat))
+        await self._forget_ended({(ws, run_id) for ws, run_id, _ in rows})
+
+    def _alive(self, started_at: float, beat: Beat | None) -> bool:
+        last = max(started_at, beat.at if beat is not None else 0.0)
+        return time.time() <= last + bound_s(self.heartbeat_s, beat)
+
+    async def _lose(self, ws: str, run_id: str, bound: float) -> None:
+        reason = lost_reason(bound)
+        log.info("run_lost", workspace=ws, run_id=run_id, reason=reason)
+        ctx = CommandContext(
+            workspace=ws, command_id=derived_id("silent", ws, run_id), actor="cairn-tracking"
+        )
+        command = run.LoseRun(run_id=run_id, reason=reason)
+        await execute(ctx, run.AGGREGATE, run_id, command, cache=self.cache)
+        await self.beats.forget(ws, run_id)
+
+    async def _forget_ended(self, live: set[tuple[str, str]]) -> None:
+        """Delete the beats of runs that have ended (a beat may arrive after the end, or at
+        another replica than the one that recorded it)."""
+        left = [key for key in self.beats.seen if key not in live]
+        if not left:
+            return
+
+        def ended(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str]]:
+            sql = f"SELECT status FROM {t('runs')} WHERE workspace=? AND run_id=?"
+            rows = ((key, db.execute(sql, key).fetchone()) for key in left)
+            return [key for key, row in rows if row is not None and row[0] in _ENDED]
+
+        for ws, run_id in self.projection.read(ended)[0]:
+            await self.beats.forget(ws, run_id)
+
     # -- commands -------------------------------------------------------------------------
+
+    async def _beat(self, req: Request) -> Accepted:
+        """A beat of an open interactive run: kept in the bucket, never appended."""
+        cmd: HeartbeatRun = req.body
+        state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
+        if state.job is not None:
+            raise InvalidInput(f"run {cmd.run_id} is a job: its agent reports for it")
+        status, error = state.status.value, state.error
+        if not state.status.terminal:  # the cache may be behind another replica's decision
+            status, error = self._ended_as(req.workspace, cmd.run_id) or (status, error)
+        if status in _ENDED:  # a process whose run was failed as lost learns it here
+            raise InvalidTransition(f"run {cmd.run_id} is {status}{': ' + error if error else ''}")
+        await self.beats.beat(req.workspace, cmd.run_id, cmd.every_s)
+        return Accepted(command_id=cmd.command_id, aggregate_id=cmd.run_id, seq=0)
+
+    def _ended_as(self, ws: str, run_id: str) -> tuple[str, str] | None:
+        """The run's status and error as the read model has them (None: not there yet)."""
+
+        def fn(db: sqlite3.Connection, t: Tables) -> tuple[str, str] | None:
+            sql = f"SELECT status, error FROM {t('runs')} WHERE workspace=? AND run_id=?"
+            row = db.execute(sql, (ws, run_id)).fetchone()
+            return (str(row[0]), str(row[1] or "")) if row else None
+
+        found: tuple[str, str] | None = self.projection.read(fn)[0]
+        return found
 
     async def _command(self, req: Request) -> Accepted:
         ctx, cache = req.context(), self.cache
@@ -139,6 +257,11 @@ class TrackingService(ProjectedService):
                 create = run.CreateResolvedRun(command=cmd, experiment_id=experiment_id)
                 # a run id the client just made: decided on an empty history without a read
                 return await execute(ctx, run.AGGREGATE, run_id, create, cache=cache, new=True)
+            case CompleteRun() | FailRun() | CancelRun():
+                accepted = await execute(ctx, run.AGGREGATE, cmd.run_id, cmd, cache=cache)
+                if (req.workspace, cmd.run_id) in self.beats.seen:  # it beats no more
+                    await self.beats.forget(req.workspace, cmd.run_id)
+                return accepted
             case _:
                 return await execute(ctx, run.AGGREGATE, cmd.run_id, cmd, cache=cache)
 
@@ -196,6 +319,9 @@ class TrackingService(ProjectedService):
             if q.experiment_name is not None:
                 sql += " AND experiment_id = ?"
                 args.append(subjects.name_to_id(q.experiment_name))
+            if q.parent_run_id is not None:
+                sql += " AND parent_run_id = ?"
+                args.append(q.parent_run_id)
             sql += " ORDER BY created_at DESC, run_id LIMIT ?"
             args.append(max(1, min(q.limit, 10_000)))
             return [_run_row(row) for row in db.execute(sql, args)]
