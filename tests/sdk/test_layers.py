@@ -25,6 +25,7 @@ CORE = {
     "_jobs",
     "_metrics",
     "_outbox",
+    "_waiting",
 }
 
 
