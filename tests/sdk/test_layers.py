@@ -35,6 +35,7 @@ CORE = {
     "_jobs",
     "_metrics",
     "_outbox",
+    "_waiting",
 }
 
 

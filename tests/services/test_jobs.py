@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -521,19 +523,43 @@ async def test_an_environment_with_packages_gets_one_cached_virtualenv(
     await agents.start(slots=2)
     config = ScriptRunConfig(source_directory=src, script="job.py", environment=env)
     run_ids = [await submit(ws, "jobs", config) for _ in range(2)]
+    outputs = []
     for run_id in run_ids:
         printed: list[str] = []
         details = await follow(ws, run_id, out=printed.append, timeout=120)
         assert details["status"] == "Completed", "".join(printed)
         assert "from-wheel True Run" in "".join(printed)
+        outputs.append("".join(printed))
+    # the build's phases came first in the output of the job that built it (an inline
+    # environment: named by its spec's hash); the other job said it waited for that build
+    built_by = [o for o in outputs if re.match(r"\[cairn\] building environment \w{12} ", o)]
+    assert len(built_by) == 1, outputs
+    phases = re.findall(r"^\[cairn\] (.*)$", built_by[0], re.M)
+    label = phases[0].split()[2]
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert phases[:3] == [
+        f"building environment {label} (1 package)",
+        f"creating a virtualenv (python {python})",
+        "installing 1 package with uv",
+    ]
+    assert "+ tinypkg==0.1" in " ".join(phases)
+    assert re.fullmatch(rf"environment {label} ready in [\d.]+ s", phases[-1]), phases
+    other = next(o for o in outputs if o is not built_by[0])
+    assert re.findall(r"^\[cairn\] (.*)$", other, re.M) in (
+        [f"waiting for another job's build of environment {label}"],
+        [],  # claimed after the build was done
+    )
+    assert built_by[0].index(phases[-1]) < built_by[0].index("from-wheel True Run")
     envs = tmp_path / "agent-state" / "agent" / "envs"
     built = [p for p in envs.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(built) == 1 and (built[0] / ".ready").exists()
     bad = Environment("broken-env")
     bad.python.conda_dependencies.pip_packages = [str(tmp_path / "missing-0.1-py3-none-any.whl")]
     config = ScriptRunConfig(source_directory=src, script="job.py", environment=bad)
-    details = await follow(ws, await submit(ws, "jobs", config), timeout=120)
+    printed = []
+    details = await follow(ws, await submit(ws, "jobs", config), out=printed.append, timeout=120)
     assert details["status"] == "Failed" and "building environment" in details["error"]
+    assert re.search(r"^\[cairn\] building environment \w{12} failed$", "".join(printed), re.M)
 
 
 @pytest.mark.timeout(1200)  # a first run installs docker.io and debootstraps the base image

@@ -20,10 +20,12 @@ if TYPE_CHECKING:
 @click.option("--target-path", "-t", default="", help="folder inside the datastore")
 @click.option("--overwrite", is_flag=True, help="replace files that exist")
 @click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="show a progress bar"
+    "--progress/--no-progress",
+    default=None,
+    help="show a progress bar of the bytes (default: when stderr is a terminal)",
 )
 def datastore_upload(
-    name: str, source: Path, target_path: str, overwrite: bool, progress: bool
+    name: str, source: Path, target_path: str, overwrite: bool, progress: bool | None
 ) -> None:
     """Upload files into a datastore.
 
@@ -52,10 +54,12 @@ def datastore_upload(
 @click.option("--prefix", "-p", default="", help="only files under this folder")
 @click.option("--overwrite", is_flag=True, help="replace local files that exist")
 @click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="show a progress bar"
+    "--progress/--no-progress",
+    default=None,
+    help="show a progress bar of the bytes (default: when stderr is a terminal)",
 )
 def datastore_download(
-    name: str, target: Path, prefix: str, overwrite: bool, progress: bool
+    name: str, target: Path, prefix: str, overwrite: bool, progress: bool | None
 ) -> None:
     """Download files from a datastore.
 

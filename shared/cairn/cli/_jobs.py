@@ -69,17 +69,17 @@ def job_create(path: Path, stream: bool, as_json: bool) -> None:
         submitted = await exp.submit(config, tags=tags, display_name=spec.display_name)
         if not stream:
             return {"run_id": submitted.id, "status": "Queued"}
-        if not as_json:
-            click.echo(f"run {submitted.id} queued on {config.compute_name}", err=True)
-        return await submitted.wait_for_completion(out=None if as_json else _print_out)
+        if as_json:  # nothing but the JSON; a missing agent is still logged
+            return await submitted.wait_for_completion(show=False)
+        click.echo(f"run {submitted.id} queued on {config.compute_name}", err=True)
+        return await submitted.wait_for_completion(out=_print_out, show=True)
 
     result = run(with_workspace(go))
     if as_json:
         emit(result, True, [])
     elif not stream:
         click.echo(result["run_id"])
-    elif result["status"] != "Completed":
-        click.echo(f"run {result['run_id']} {result['status']}: {result['error']}", err=True)
+    elif result["status"] != "Completed":  # the display's last line said how it ended
         sys.exit(1)
 
 
@@ -146,7 +146,11 @@ def job_logs(run_id: str, follow_: bool) -> None:
       cairn job logs RUN_ID --follow
     """
     if follow_:
-        run(with_workspace(lambda ws: ws.run(run_id).wait_for_completion(out=_print_out)))
+
+        async def wait(ws: AsyncWorkspace) -> dict[str, Any]:
+            return await ws.run(run_id).wait_for_completion(out=_print_out, show=True)
+
+        run(with_workspace(wait))
     else:
         run(with_workspace(lambda ws: ws.run(run_id).print_logs(_print_out)))
 

@@ -15,6 +15,7 @@ from cairn.data._access import (
     upload_pairs,
 )
 from cairn.data._datasets import common_dir, fingerprint, materialise, snapshot_files
+from cairn.data._progress import Progress, interactive
 from cairn.data._stores import (
     Entry,
     LocalStore,
@@ -34,6 +35,7 @@ __all__ = [
     "Datastores",
     "Entry",
     "LocalStore",
+    "Progress",
     "S3Store",
     "Store",
     "Uploaded",
@@ -44,6 +46,7 @@ __all__ = [
     "download_file",
     "download_prefix",
     "fingerprint",
+    "interactive",
     "list_entries",
     "local_target",
     "match",

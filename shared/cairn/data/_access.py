@@ -14,10 +14,8 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tqdm.auto import tqdm
-
+from cairn.data._progress import Progress
 from cairn.data._stores import Entry, Store, local_target, open_store, sha256_hex
 from cairn.proto.assets import MAX_UPLOAD_RECORD, DataFile, DatastoreSpec, GetAsset, RecordUpload
 from cairn.proto.paths import validate_run_path
@@ -94,10 +92,6 @@ async def open_datastore(
         await store.close()
 
 
-def _bar(total: int, show: bool, what: str) -> tqdm[Any]:
-    return tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not show, leave=False)
-
-
 @dataclass(frozen=True)
 class Uploaded:
     """What an upload wrote (and recorded), and the highest event sequence the records got."""
@@ -122,33 +116,46 @@ async def upload_pairs(
     pairs: list[tuple[Path, str]],
     *,
     overwrite: bool,
-    show_progress: bool,
+    show_progress: bool | None = None,
     settings: Settings | None = None,
 ) -> Uploaded:
     """Write local files to datastore paths, ``PARALLEL`` at a time; existing files are kept
-    unless ``overwrite``. Returns (and records) what was written."""
+    unless ``overwrite`` (their bytes are where the bar starts: a repeated upload resumes).
+    Returns (and records) what was written."""
     for _, target in pairs:
         validate_run_path(target)
     sizes = await asyncio.to_thread(lambda: {p: p.stat().st_size for p, _ in pairs})
     written: list[DataFile] = []
     async with open_datastore(client, datastore, settings) as store:
         gate = asyncio.Semaphore(PARALLEL)
-        with _bar(sum(sizes.values()), show_progress, f"upload to {datastore}") as bar:
+        todo = pairs if overwrite else await _absent(store, pairs, gate)
+        total = sum(sizes.values())
+        kept = total - sum(sizes[source] for source, _ in todo)
+        with Progress(total, f"upload to {datastore}", show=show_progress, initial=kept) as bar:
 
             async def one(source: Path, target: str) -> None:
                 async with gate:
-                    if not overwrite and await store.stat(target) is not None:
-                        bar.update(sizes[source])
-                        return
-                    entry = await store.put(target, source)
+                    entry = await store.put(target, source, progress=bar.update)
                     etag = entry.etag or await asyncio.to_thread(sha256_hex, source)
                     written.append(DataFile(datastore, target, entry.size, etag))
-                    bar.update(entry.size)
 
-            await asyncio.gather(*(one(s, t) for s, t in pairs))
+            await asyncio.gather(*(one(s, t) for s, t in todo))
     written.sort(key=lambda f: f.path)
     seq = await _record(client, datastore, written) if written else 0
     return Uploaded(written, seq)
+
+
+async def _absent(
+    store: Store, pairs: list[tuple[Path, str]], gate: asyncio.Semaphore
+) -> list[tuple[Path, str]]:
+    """The pairs whose datastore path holds no file yet."""
+
+    async def exists(target: str) -> bool:
+        async with gate:
+            return await store.stat(target) is not None
+
+    found = await asyncio.gather(*(exists(t) for _, t in pairs))
+    return [pair for pair, there in zip(pairs, found, strict=True) if not there]
 
 
 async def list_entries(
@@ -166,7 +173,7 @@ async def download_prefix(
     target: Path,
     *,
     overwrite: bool,
-    show_progress: bool,
+    show_progress: bool | None = None,
     settings: Settings | None = None,
 ) -> list[Path]:
     """The files of ``datastore`` under ``prefix`` into ``target/<their path>``."""
@@ -178,20 +185,25 @@ async def download_prefix(
 
 
 async def download_entries(
-    store: Store, entries: list[Entry], target: Path, *, overwrite: bool, show: bool
+    store: Store,
+    entries: list[Entry],
+    target: Path,
+    *,
+    overwrite: bool,
+    show: bool | None = False,
 ) -> list[Path]:
-    """The listed files of ``store`` under ``target/<their path>``, ``PARALLEL`` at a time."""
+    """The listed files of ``store`` under ``target/<their path>``, ``PARALLEL`` at a time;
+    local files are kept unless ``overwrite`` (their bytes are where the bar starts)."""
     gate = asyncio.Semaphore(PARALLEL)
-    done: list[Path] = []
-    with _bar(sum(e.size for e in entries), show, f"download from {store.name}") as bar:
+    local = [(e, local_target(target, e.path)) for e in entries]  # a key may not climb out
+    todo = local if overwrite else [(e, p) for e, p in local if not p.exists()]
+    total = sum(e.size for e in entries)
+    kept = total - sum(e.size for e, _ in todo)
+    with Progress(total, f"download from {store.name}", show=show, initial=kept) as bar:
 
-        async def one(entry: Entry) -> None:
-            local = local_target(target, entry.path)  # a key may not climb out
+        async def one(entry: Entry, path: Path) -> None:
             async with gate:
-                if overwrite or not local.exists():
-                    await store.get(entry.path, local)
-                bar.update(entry.size)
-                done.append(local)
+                await store.get(entry.path, path, progress=bar.update)
 
-        await asyncio.gather(*(one(e) for e in entries))
-    return sorted(done)
+        await asyncio.gather(*(one(e, p) for e, p in todo))
+    return sorted(p for _, p in local)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from cairn.data._access import Datastores
+from cairn.data._progress import Progress
 from cairn.data._stores import local_target, match
 from cairn.data._transfer import download_blob, upload_file
 from cairn.errors import DataChanged, NotFound
@@ -46,18 +47,26 @@ async def fingerprint(
 
 
 async def snapshot_files(
-    client: Client, files: list[DataFile], *, settings: Settings | None = None
+    client: Client,
+    files: list[DataFile],
+    *,
+    settings: Settings | None = None,
+    show: bool | None = False,
 ) -> list[DataFile]:
     """Copy every file into the artifact store (a staging area of its own); returns the files
-    with the digests of their copies."""
+    with the digests of their copies. The bar (``show``) counts the bytes uploaded."""
     area = f"dataset-{uuid.uuid4().hex}"
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
+    total = sum(f.size for f in files)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Progress(total, "dataset snapshot", show=show) as bar,
+    ):
         async with Datastores(client, settings) as stores:
             for i, f in enumerate(files):
                 local = Path(tmp) / str(i)
                 await (await stores.get(f.datastore)).get(f.path, local)
-                await upload_file(client, area, str(i), local, staging=True, show_progress=False)
+                await upload_file(client, area, str(i), local, staging=True, progress=bar)
                 blob = await asyncio.to_thread(digest_of_file, local)
                 out.append(DataFile(f.datastore, f.path, f.size, f.etag, blob))
     return out
@@ -69,32 +78,36 @@ async def materialise(
     target: Path,
     *,
     label: str,
-    show: bool = False,
+    show: bool | None = False,
     settings: Settings | None = None,
 ) -> list[Path]:
     """The dataset's files under ``target`` (paths relative to their common folder), checked
-    against the version's fingerprint when it has one."""
+    against the version's fingerprint when it has one. The bar (``show``) starts at the bytes
+    of snapshot files already there (kept from an earlier download)."""
     files = spec.files or await fingerprint(client, spec, settings=settings)
     base = common_dir([f.path for f in files])
+    placed = [(f, local_target(target, f.path[len(base) :].lstrip("/"))) for f in files]
+    kept = sum(f.size for f, local in placed if f.blob is not None and local.exists())
+    total = sum(f.size for f in files)
     out = []
-    async with Datastores(client, settings) as stores:
-        for f in files:
-            local = local_target(target, f.path[len(base) :].lstrip("/"))
-            if f.blob is not None:  # a snapshot: the copy in the artifact store
-                if not local.exists():
-                    await download_blob(client, f.blob, f.size, local, show_progress=show)
+    with Progress(total, label, show=show, initial=kept) as bar:
+        async with Datastores(client, settings) as stores:
+            for f, local in placed:
+                if f.blob is not None:  # a snapshot: the copy in the artifact store
+                    if not local.exists():
+                        await download_blob(client, f.blob, f.size, local, progress=bar)
+                    out.append(local)
+                    continue
+                store = await stores.get(f.datastore)
+                if spec.files:
+                    now = await store.stat(f.path)
+                    now = await store.fingerprint(now) if now is not None else None
+                    if now is None or (now.size, now.etag) != (f.size, f.etag):
+                        what = "is gone" if now is None else "changed"
+                        where = f"{f.datastore}:{f.path}"
+                        raise DataChanged(f"{label}: {where} {what} since it was registered")
+                await store.get(f.path, local, progress=bar.update)
                 out.append(local)
-                continue
-            store = await stores.get(f.datastore)
-            if spec.files:
-                now = await store.stat(f.path)
-                now = await store.fingerprint(now) if now is not None else None
-                if now is None or (now.size, now.etag) != (f.size, f.etag):
-                    what = "is gone" if now is None else "changed"
-                    where = f"{f.datastore}:{f.path}"
-                    raise DataChanged(f"{label}: {where} {what} since it was registered")
-            await store.get(f.path, local)
-            out.append(local)
     return out
 
 

@@ -13,7 +13,7 @@ import contextlib
 import fnmatch
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 _BUFFER = 1024 * 1024
+#: told the bytes of a file as they are written (from a worker thread for a local datastore)
+Counter = Callable[[int], None]
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):
@@ -60,9 +62,9 @@ class Store(Protocol):
 
     async def fingerprint(self, entry: Entry) -> Entry: ...
 
-    async def put(self, path: str, source: Path) -> Entry: ...
+    async def put(self, path: str, source: Path, progress: Counter | None = None) -> Entry: ...
 
-    async def get(self, path: str, target: Path) -> None: ...
+    async def get(self, path: str, target: Path, progress: Counter | None = None) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -150,32 +152,35 @@ class LocalStore:
         full = self._path(path)
         return await asyncio.to_thread(lambda: self._entry(full) if full.is_file() else None)
 
-    async def put(self, path: str, source: Path) -> Entry:
+    async def put(self, path: str, source: Path, progress: Counter | None = None) -> Entry:
         target = self._path(path)
 
         def copy() -> Entry:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.part")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            _copy_into(source, target, progress)
             return self._entry(target)
 
         return await asyncio.to_thread(copy)
 
-    async def get(self, path: str, target: Path) -> None:
+    async def get(self, path: str, target: Path, progress: Counter | None = None) -> None:
         full = self._path(path)
         if not full.is_file():
             raise NotFound(f"datastore {self.name} has no file {path!r}")
-        await asyncio.to_thread(_copy_into, full, target)
+        await asyncio.to_thread(_copy_into, full, target, progress)
 
     async def close(self) -> None:
         return None
 
 
-def _copy_into(source: Path, target: Path) -> None:
+def _copy_into(source: Path, target: Path, progress: Counter | None = None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
-    shutil.copyfile(source, tmp)
+    if progress is None:
+        shutil.copyfile(source, tmp)
+    else:  # in pieces, each counted
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            while chunk := src.read(_BUFFER):
+                out.write(chunk)
+                progress(len(chunk))
     os.replace(tmp, target)
 
 
@@ -276,12 +281,13 @@ class S3Store:
             return None
         return Entry(path, int(head["ContentLength"]), str(head["ETag"]).strip('"'))
 
-    async def put(self, path: str, source: Path) -> Entry:
+    async def put(self, path: str, source: Path, progress: Counter | None = None) -> Entry:
+        key = self._key(path)
         with _s3_errors(self.name, self.spec):
-            size, etag = await put_s3_file(self.client, self.bucket, self._key(path), source)
+            size, etag = await put_s3_file(self.client, self.bucket, key, source, progress=progress)
         return Entry(path, size, etag)
 
-    async def get(self, path: str, target: Path) -> None:
+    async def get(self, path: str, target: Path, progress: Counter | None = None) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part")
         try:
@@ -294,6 +300,8 @@ class S3Store:
                 async with got["Body"] as body:
                     async for chunk in _chunks(body):
                         out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

@@ -2,10 +2,10 @@
 Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``), a thin wrapper over it.
 
 Layers, each importing only those below it: ``_session`` (connection, client, sequences seen)
-<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``, ``_jobs`` <-
-``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
-``_models``, ``_datastores``, ``_keyvault`` <- ``_datasets``, ``_jobfile`` <- ``_sync``. Bytes
-move through :mod:`cairn.data`.
+<- ``_waiting`` (what a wait on a run shows) <- ``_async_assets``, ``_async_models``,
+``_async_data``, ``_async_secrets``, ``_jobs`` <- ``_async`` (the async face) <- ``_runtime``
+(the facade's event loop) <- ``_assets``, ``_models``, ``_datastores``, ``_keyvault`` <-
+``_datasets``, ``_jobfile`` <- ``_sync``. Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import ComputeTarget, CondaDependencies, Environment

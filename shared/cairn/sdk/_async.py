@@ -54,6 +54,7 @@ from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
 from cairn.sdk._session import Session, new_id
+from cairn.sdk._waiting import WaitDisplay
 from cairn.settings import Settings, load_settings
 
 __all__ = ["AsyncExperiment", "AsyncRun", "AsyncWorkspace", "connect", "exit_error", "new_id"]
@@ -384,11 +385,19 @@ class AsyncRun:
         return data
 
     async def wait_for_completion(
-        self, *, out: Callable[[str], None] | None = None, timeout: float | None = None
+        self,
+        *,
+        out: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+        show: bool | None = None,
     ) -> dict[str, Any]:
         """Wait for the run to end, passing its output to ``out`` as it arrives when given;
-        returns the run's details."""
-        return await follow(self.workspace, self.id, out=out, timeout=timeout)
+        returns the run's details. On stderr, where the run waits (its place in the queue, or
+        that no agent serves its compute target and how to start one) and a last line with
+        its id and status: ``show=True`` always, ``None`` on a terminal, ``False`` never (a
+        missing agent is still logged once as a warning)."""
+        display = WaitDisplay(self.id, show=bool(show), live=None if show is not False else False)
+        return await follow(self.workspace, self.id, out=out, timeout=timeout, display=display)
 
     async def print_logs(self, out: Callable[[str], None]) -> int:
         """Pass the output the job has logged so far to ``out``; returns the chunks."""

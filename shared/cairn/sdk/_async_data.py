@@ -37,10 +37,11 @@ class AsyncDatastores:
         pairs: list[tuple[Path, str]],
         *,
         overwrite: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[DataFile]:
         """Each ``(local file, datastore path)``; existing files are kept unless
-        ``overwrite``. Returns (and records) what was written."""
+        ``overwrite``. Returns (and records) what was written. A bar of the bytes shows on a
+        terminal (``show_progress=None``), or when asked (``True``)."""
         s = self._session
         uploaded = await upload_pairs(
             s.client,
@@ -60,7 +61,7 @@ class AsyncDatastores:
         prefix: str = "",
         *,
         overwrite: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> list[Path]:
         """The files under ``prefix`` into ``target/<their path>``."""
         s = self._session
@@ -107,13 +108,15 @@ class AsyncDatasets:
         description: str = "",
         create_new_version: bool = False,
         snapshot: bool = False,
+        show_progress: bool | None = None,
     ) -> dict[str, Any]:
         """Record ``spec`` and the fingerprint of the files it matches now (with ``snapshot``,
-        copies of them too) as a version of ``name``; returns the version's record."""
+        copies of them too, with a bar of the bytes copied) as a version of ``name``; returns
+        the version's record."""
         files = await self.files(spec)
         if snapshot:
             s = self._session
-            files = await snapshot_files(s.client, files, settings=s.settings)
+            files = await snapshot_files(s.client, files, settings=s.settings, show=show_progress)
         versioned = msgspec.structs.replace(spec, files=files, snapshot=snapshot)
         cmd = RegisterDataset(
             command_id=new_id(),
@@ -131,7 +134,12 @@ class AsyncDatasets:
         return await fingerprint(s.client, spec, settings=s.settings)
 
     async def materialise(
-        self, spec: DatasetSpec, target: Path, *, label: str = "dataset", show: bool = False
+        self,
+        spec: DatasetSpec,
+        target: Path,
+        *,
+        label: str = "dataset",
+        show: bool | None = None,
     ) -> list[Path]:
         """A version's files under ``target``, checked against its fingerprint."""
         s = self._session

@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cairn.data import download_blob, local_target, upload_file
+from cairn.data import Progress, download_blob, local_target, upload_file
 from cairn.errors import AlreadyExists, InvalidInput
 from cairn.proto.registry import (
     ArchiveModelVersion,
@@ -85,9 +85,10 @@ class AsyncModels:
         # the version this command made is the latest as of its own event
         return await self.get(name, as_of_seq=reply.seq)
 
-    async def upload(self, local: Path) -> tuple[str, str]:
-        """Upload a local file or folder into a staging area of its own; returns the area and
-        the model's path in it (to :meth:`register` with ``staging_id``)."""
+    async def upload(self, local: Path, *, show_progress: bool | None = None) -> tuple[str, str]:
+        """Upload a local file or folder into a staging area of its own, with one bar for all
+        its bytes (``show_progress``); returns the area and the model's path in it (to
+        :meth:`register` with ``staging_id``)."""
         if not local.exists():
             raise InvalidInput(f"{local} does not exist")
         staging = new_id()
@@ -97,22 +98,35 @@ class AsyncModels:
         else:
             files = sorted(p for p in local.rglob("*") if p.is_file())
             named = [(f"{prefix}/{f.relative_to(local).as_posix()}", f) for f in files]
-        for name, file in named:
-            await upload_file(self._session.client, staging, name, file, staging=True)
+        total = sum(file.stat().st_size for _, file in named)
+        with Progress(total, f"model {prefix}", show=show_progress) as bar:
+            for name, file in named:
+                client = self._session.client
+                await upload_file(client, staging, name, file, staging=True, progress=bar)
         return staging, prefix
 
     async def download(
-        self, record: dict[str, Any], target_dir: Path, *, exist_ok: bool = False
+        self,
+        record: dict[str, Any],
+        target_dir: Path,
+        *,
+        exist_ok: bool = False,
+        show_progress: bool | None = None,
     ) -> Path:
         """The files of the version ``record`` (as :meth:`get` returns it) under
-        ``target_dir``; returns the model's local path."""
+        ``target_dir``, with one bar for all their bytes; returns the model's local path."""
         base = Path(record["source_path"]).parent
-        for f in record["files"]:
-            target = local_target(target_dir, Path(f["path"]).relative_to(base).as_posix())
-            if target.exists() and not exist_ok:
-                raise AlreadyExists(f"{target} exists (pass exist_ok=True to overwrite)")
-            client = self._session.client
-            await download_blob(client, f["digest"], int(f["size"]), target, name=f["path"])
+        files = record["files"]
+        total = sum(int(f["size"]) for f in files)
+        desc = f"model {record.get('name', '')}:{record.get('version', '')}"
+        with Progress(total, desc, show=show_progress) as bar:
+            for f in files:
+                target = local_target(target_dir, Path(f["path"]).relative_to(base).as_posix())
+                if target.exists() and not exist_ok:
+                    raise AlreadyExists(f"{target} exists (pass exist_ok=True to overwrite)")
+                client = self._session.client
+                size = int(f["size"])
+                await download_blob(client, f["digest"], size, target, progress=bar)
         return target_dir / Path(record["source_path"]).relative_to(base)
 
     async def set_alias(self, name: str, alias: str, version: int) -> None:

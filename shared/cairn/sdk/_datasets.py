@@ -77,27 +77,35 @@ class _Dataset:
         tags: dict[str, str] | None = None,
         create_new_version: bool = False,
         snapshot: bool = False,
+        show_progress: bool | None = None,
     ) -> _Dataset:
         """Record this definition and the fingerprint of the files it matches now (with
-        ``snapshot``, copies of them too) as a version of ``name``."""
+        ``snapshot``, copies of them too, a bar of their bytes on a terminal) as a version of
+        ``name``."""
         registered = workspace.core.datasets.register(
             name,
             self.spec,
             description=description or "",
             create_new_version=create_new_version,
             snapshot=snapshot,
+            show_progress=show_progress,
         )
         return Dataset._from(workspace, workspace._run(registered))
 
     def download(
-        self, target_path: str | os.PathLike[str] | None = None, overwrite: bool = False
+        self,
+        target_path: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        show_progress: bool | None = None,
+        **_: Any,
     ) -> builtins.list[str]:
-        """The version's files into ``target_path`` (relative to their common folder)."""
+        """The version's files into ``target_path`` (relative to their common folder), with a
+        bar of their bytes on a terminal (or anywhere with ``show_progress=True``)."""
         target = Path(target_path or tempfile.mkdtemp(prefix="cairn-dataset-"))
         existing = [p for p in target.rglob("*") if p.is_file()] if target.exists() else []
         if existing and not overwrite:
             raise InvalidInput(f"{target} is not empty (pass overwrite=True)")
-        return [str(p) for p in self._local_files(target)]
+        return [str(p) for p in self._local_files(target, show_progress)]
 
     def as_named_input(self, name: str) -> _NamedInput:
         """This registered version as input ``name`` of a job (``run.input_datasets[name]``)."""
@@ -105,9 +113,10 @@ class _Dataset:
             raise InvalidInput("register the dataset before using it as a job's input")
         return _NamedInput(self, name)
 
-    def _local_files(self, target: Path) -> builtins.list[Path]:
+    def _local_files(self, target: Path, show: bool | None = None) -> builtins.list[Path]:
         ws = self._ws()
-        return ws._run(ws.core.datasets.materialise(self.spec, target, label=self._label))
+        made = ws.core.datasets.materialise(self.spec, target, label=self._label, show=show)
+        return ws._run(made)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, version={self.version})"

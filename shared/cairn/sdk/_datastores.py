@@ -191,9 +191,10 @@ class Datastore:
         src_dir: str | os.PathLike[str],
         target_path: str | None = None,
         overwrite: bool = False,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
     ) -> DataReference:
-        """Every file below ``src_dir`` to ``target_path/<relative path>``."""
+        """Every file below ``src_dir`` to ``target_path/<relative path>``. A bar of the bytes
+        shows on a terminal, or anywhere with ``show_progress=True``."""
         root = Path(src_dir)
         if not root.is_dir():
             raise InvalidInput(f"{root} is not a directory")
@@ -209,7 +210,7 @@ class Datastore:
         relative_root: str | None = None,
         target_path: str | None = None,
         overwrite: bool = False,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
     ) -> DataReference:
         """Each file to ``target_path/<its path relative to relative_root>`` (default: its
         name)."""
@@ -225,7 +226,9 @@ class Datastore:
         self._upload(pairs, overwrite, show_progress)
         return DataReference(self, base)
 
-    def _upload(self, pairs: builtins.list[tuple[Path, str]], overwrite: bool, show: bool) -> None:
+    def _upload(
+        self, pairs: builtins.list[tuple[Path, str]], overwrite: bool, show: bool | None
+    ) -> None:
         ws = self.workspace
         upload = ws.core.datastores.upload(
             self.name, pairs, overwrite=overwrite, show_progress=show
@@ -237,7 +240,7 @@ class Datastore:
         target_path: str | os.PathLike[str],
         prefix: str | None = None,
         overwrite: bool = False,
-        show_progress: bool = True,
+        show_progress: bool | None = None,
     ) -> int:
         """Files under ``prefix`` to ``target_path/<their path>``; returns how many."""
         ws = self.workspace

@@ -37,6 +37,7 @@ from cairn.proto.jobs import (
 from cairn.rpc import Client
 from cairn.sdk._async_data import AsyncDatastores
 from cairn.sdk._session import Session, new_id
+from cairn.sdk._waiting import WaitDisplay, Whereabouts
 from cairn.snapshot import digest_of, pack
 
 __all__ = [
@@ -168,10 +169,11 @@ class Estimator(ScriptRunConfig):
 
 
 async def upload_snapshot(
-    client: Client, source: Path, known: set[str] | None = None
+    client: Client, source: Path, known: set[str] | None = None, *, show: bool | None = None
 ) -> tuple[str, str]:
     """Archive ``source`` and upload it unless its staging area already holds those bytes
-    (``known``: digests this client has seen uploaded); returns the digest and the area."""
+    (``known``: digests this client has seen uploaded), a large one with a bar on a terminal
+    (``show``); returns the digest and the area."""
     data = await asyncio.to_thread(pack, source)
     digest = digest_of(data)
     area = "snap-" + digest.removeprefix("sha256:")[:40]
@@ -188,7 +190,7 @@ async def upload_snapshot(
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / SNAPSHOT_FILE
         archive.write_bytes(data)
-        await upload_file(client, area, SNAPSHOT_FILE, archive, staging=True, show_progress=False)
+        await upload_file(client, area, SNAPSHOT_FILE, archive, staging=True, show_progress=show)
     if known is not None:
         known.add(digest)
     return digest, area
@@ -294,15 +296,21 @@ async def follow(
     out: Callable[[str], None] | None = None,
     timeout: float | None = None,
     poll_s: float = 0.25,
+    display: WaitDisplay | None = None,
 ) -> dict[str, Any]:
     """Wait for the run to end, printing its output to ``out`` as it arrives when given;
-    returns the run's details."""
+    returns the run's details. ``display`` is told where the run is on every poll (its place
+    in the queue, or that no agent serves its compute target) and how it ended."""
     js = ws.conn.js
     subject = subjects.logs(ws.name, run_id)
     printed = 0
     wanted = 0
     caught_up = asyncio.Event()
+    if out is not None and display is not None:
+        out = display.wrap(out)
     show = _LogPrinter(out) if out is not None else None
+    where = Whereabouts(ws, run_id) if display is not None else None
+    details: dict[str, Any] | None = None
 
     async def on_log(msg: Any) -> None:
         nonlocal printed
@@ -314,25 +322,30 @@ async def follow(
 
     sub = await js.subscribe(subject, cb=on_log, ordered_consumer=True) if out else None
     deadline = None if timeout is None else time.monotonic() + timeout
+    ended = False
     try:
         while True:
-            details: dict[str, Any] = (
-                await ws.client.ask(GetRun(run_id=run_id, min_seq=ws.seen_seq))
-            ).data
-            if details["status"] in TERMINAL:
+            details = (await ws.client.ask(GetRun(run_id=run_id, min_seq=ws.seen_seq))).data
+            status = details["status"]
+            if status in TERMINAL:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"run {run_id} is still {details['status']}")
+                raise TimeoutError(f"run {run_id} is still {status}")
+            if display is not None and where is not None:
+                display.note(await where.describe(status))
             await asyncio.sleep(poll_s)
         if sub is not None:  # print what was logged before the end
             with contextlib.suppress(Exception):
                 wanted = (await js.get_last_msg("LOGS", subject)).seq or 0
                 if printed < wanted:
                     await asyncio.wait_for(caught_up.wait(), 5)
+        ended = True
     finally:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if display is not None:
+            display.end(details if ended else None)
     return details
 
 

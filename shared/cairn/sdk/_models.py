@@ -56,11 +56,14 @@ class Model:
         description: str | None = None,
         model_framework: str | None = None,
         model_framework_version: str | None = None,
+        show_progress: bool | None = None,
         **_: Any,
     ) -> Model:
-        """Upload a local file or folder and register it as the next version of the name."""
+        """Upload a local file or folder (a bar of its bytes on a terminal, or anywhere with
+        ``show_progress=True``) and register it as the next version of the name."""
         models = workspace.core.models
-        staging, path = workspace._run(models.upload(Path(model_path)))
+        upload = models.upload(Path(model_path), show_progress=show_progress)
+        staging, path = workspace._run(upload)
         registered = models.register(
             model_name,
             path,
@@ -94,10 +97,18 @@ class Model:
             self._data = Model(self.workspace, self.name, self.version)._data
         return self._data
 
-    def download(self, target_dir: str = ".", exist_ok: bool = False, **_: Any) -> str:
+    def download(
+        self,
+        target_dir: str = ".",
+        exist_ok: bool = False,
+        show_progress: bool | None = None,
+        **_: Any,
+    ) -> str:
         """Download this version's files under ``target_dir``; returns the model's path."""
         models = self.workspace.core.models
-        fetch = models.download(self._record(), Path(target_dir), exist_ok=exist_ok)
+        fetch = models.download(
+            self._record(), Path(target_dir), exist_ok=exist_ok, show_progress=show_progress
+        )
         return str(self.workspace._run(fetch))
 
     def set_alias(self, alias: str) -> None:

@@ -55,7 +55,12 @@ class _Runtime:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if threading.current_thread() is self.thread:
             raise RuntimeError("the sync SDK cannot be called from its own event loop")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except KeyboardInterrupt:  # Ctrl-C stops the call itself (a wait, a bar), not just this
+            future.cancel()
+            raise
 
     def shutdown(self) -> None:
         """At exit: flush what runs still hold (bounded), leave the rest in the spool."""

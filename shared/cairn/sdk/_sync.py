@@ -213,10 +213,14 @@ class Run:
         raise_on_error: bool = True,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Wait until the run has ended, printing the job's output live with ``show_output``;
-        raises ``RunFailedError`` for a run that failed or was canceled (``raise_on_error``)."""
+        """Wait until the run has ended; raises ``RunFailedError`` for a run that failed or was
+        canceled (``raise_on_error``). With ``show_output`` the job's output is printed live
+        (stdout) and, on stderr, where the run waits (its place in the queue, or that no agent
+        serves its compute target and how to start one) and a last line with its id and
+        status; on a terminal the wait and that line show without it too."""
         out = print_out if show_output else None
-        details = self._ws._run(self._core.wait_for_completion(out=out, timeout=timeout))
+        wait = self._core.wait_for_completion(out=out, timeout=timeout, show=show_output or None)
+        details = self._ws._run(wait)
         if raise_on_error and details["status"] != "Completed":
             raise RunFailedError(
                 f"run {self.id} ended {details['status']}: {details.get('error') or ''}".strip()

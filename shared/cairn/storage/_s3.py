@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,23 @@ def _read_part(path: Path, offset: int, length: int) -> bytes:
 
 
 async def put_s3_file(
-    client: Any, bucket: str, key: str, path: Path, parallel: int = 4
+    client: Any,
+    bucket: str,
+    key: str,
+    path: Path,
+    parallel: int = 4,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[int, str]:
     """Write the file at ``path`` to ``key``: one PUT up to ``PART_BYTES``, above that a
     multipart upload with ``parallel`` parts in flight (aborted if anything fails). Returns
-    the size written and the object's ETag."""
+    the size written and the object's ETag; ``progress`` is told the bytes of each part
+    stored."""
     size = (await asyncio.to_thread(path.stat)).st_size
     if size <= PART_BYTES:
         body = await asyncio.to_thread(path.read_bytes)
         reply = await client.put_object(Bucket=bucket, Key=key, Body=body)
+        if progress is not None:
+            progress(len(body))
         return size, str(reply["ETag"]).strip('"')
     upload_id = (await client.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
     gate = asyncio.Semaphore(parallel)
@@ -43,6 +52,8 @@ async def put_s3_file(
             chunk = await asyncio.to_thread(_read_part, path, offset, PART_BYTES)
             where = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
             got = await client.upload_part(**where, PartNumber=number, Body=chunk)
+            if progress is not None:
+                progress(len(chunk))
             return {"ETag": got["ETag"], "PartNumber": number}
 
     try:

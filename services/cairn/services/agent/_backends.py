@@ -20,13 +20,15 @@ import contextlib
 import ctypes
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +36,7 @@ from cairn.errors import InvalidInput, Unavailable
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
 from cairn.services.agent import _landlock
+from cairn.services.agent._phases import phase
 from cairn.services.agent._warm import Zygote, warm_argv
 from cairn.snapshot import SnapshotRefused, unpack
 
@@ -479,6 +482,26 @@ def _sdk_paths() -> list[str]:
     ]
 
 
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+_BUILD_NOISE = (" ---> ", "Removing intermediate container")
+
+
+def _tell_build(chunks: Iterable[dict[str, Any]]) -> str | None:
+    """Follow an image build's stream, each line of it a phase line (without colours, layer
+    ids or intermediate containers); None when it succeeded, else all it said with the
+    error last."""
+    said: list[str] = []
+    for chunk in chunks:
+        text = _SGR.sub("", str(chunk.get("stream") or ""))
+        said.append(text)
+        if "error" in chunk:
+            return "".join(said) + str(chunk["error"])
+        for line in text.splitlines():
+            if line.strip() and not line.startswith(_BUILD_NOISE):
+                phase(line)
+    return None
+
+
 class DockerBackend:
     name = "docker"
 
@@ -566,7 +589,10 @@ class DockerBackend:
             return base
         assert env is not None
         tag = f"cairn-env:{env.spec_hash.removeprefix('sha256:')[:24]}"
-        async with self._locks.setdefault(tag, asyncio.Lock()):
+        lock = self._locks.setdefault(tag, asyncio.Lock())
+        if lock.locked():
+            phase(f"waiting for another job's build of image {tag}")
+        async with lock:
             await asyncio.to_thread(self._build, tag, base, packages)
         return tag
 
@@ -611,18 +637,23 @@ class DockerBackend:
             tar.addfile(keep, io.BytesIO(b""))
         context.seek(0)
         log.info("image_build", tag=tag, base=base, packages=packages)
-        try:
-            self.client.images.build(
-                fileobj=context,
-                custom_context=True,
-                tag=tag,
-                network_mode="host",
-                rm=True,
-                forcerm=True,
-            )
-        except docker.errors.BuildError as exc:
-            tail = "".join(str(c.get("stream", c.get("error", ""))) for c in exc.build_log)
-            raise InvalidInput(f"building image {tag} failed: {tail[-4000:]}") from exc
+        started = time.monotonic()
+        count = f"{len(packages)} package" + ("" if len(packages) == 1 else "s")
+        phase(f"building image {tag} from {base} ({count})")
+        built = self.client.api.build(
+            fileobj=context,
+            custom_context=True,
+            tag=tag,
+            network_mode="host",
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        said = _tell_build(built)
+        if said is not None:
+            phase(f"building image {tag} failed")
+            raise InvalidInput(f"building image {tag} failed: {said[-4000:]}")
+        phase(f"image {tag} ready in {time.monotonic() - started:.1f} s")
 
     async def launch(
         self,

@@ -38,6 +38,8 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     free_slots: int
     started_at: float
     heartbeat_at: float
+    #: the workspace whose jobs it runs ("" from an agent that did not say)
+    workspace: str = ""
 
 
 def detect_gpus(timeout_s: float = 10.0) -> list[Gpu]:
@@ -89,6 +91,7 @@ def detect(
     *,
     free_slots: int | None = None,
     gpus: list[Gpu] | None = None,
+    workspace: str = "",
 ) -> AgentInfo:
     """The agent's key; ``gpus`` when the caller found them already (else ``nvidia-smi`` is
     asked now)."""
@@ -107,4 +110,5 @@ def detect(
         free_slots=slots if free_slots is None else free_slots,
         started_at=started_at,
         heartbeat_at=now,
+        workspace=workspace,
     )

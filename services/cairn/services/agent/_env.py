@@ -10,6 +10,10 @@ conda); ``python`` and ``pip`` among them are skipped.
 The environment also sees the agent's own packages *after* its own (a ``.pth`` file), so
 the SDK's ``Run`` imports in a job without installing Cairn into every environment,
 while the job's pins win.
+
+A build tells its phases (``_phases``: the job's log stream shows them): the virtualenv, the
+install with uv's own lines, the time it took; and a job that waits for another's build of
+the same environment says so.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import fcntl
 import shutil
 import site
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
 from cairn.errors import InvalidInput
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
+from cairn.services.agent._phases import phase
 
 __all__ = ["EnvironmentBuildFailed", "Environments"]
 
@@ -50,6 +57,36 @@ def _agent_python() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def env_label(env: JobEnvironment) -> str:
+    """How phase lines name an environment: its name and version, or its spec's hash."""
+    if env.name is None:
+        return f"environment {env.spec_hash.removeprefix('sha256:')[:12]}"
+    return f"environment {env.name}" + (f" v{env.version}" if env.version is not None else "")
+
+
+def _run_telling(argv: list[str], timeout_s: float) -> tuple[int, str]:
+    """Run ``argv``, each line of its output a phase line as it comes; its exit code and
+    output (killed past ``timeout_s``)."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    )
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            phase(line)
+        return proc.wait(), "".join(lines)
+    finally:
+        timer.cancel()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 class Environments:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -72,14 +109,21 @@ class Environments:
         python = target / "bin" / "python"
         if (target / ".ready").exists():
             return python
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            phase(f"waiting for another job's build of {env_label(env)}")
+        async with lock:
             await asyncio.to_thread(self._build_locked, env, target)
         return python
 
     def _build_locked(self, env: JobEnvironment, target: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / f".{target.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another agent on this machine may be building
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another agent on this machine is building it
+                phase(f"waiting for another agent's build of {env_label(env)}")
+                fcntl.flock(lock, fcntl.LOCK_EX)
             if (target / ".ready").exists():
                 return
             tmp = self.root / f".{target.name}.{uuid.uuid4().hex[:8]}"
@@ -91,8 +135,6 @@ class Environments:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _build(self, env: JobEnvironment, folder: Path) -> None:
-        import subprocess
-
         from uv import find_uv_bin
 
         uv = find_uv_bin()
@@ -100,16 +142,28 @@ class Environments:
         python = spec.python or sys.executable
         packages = list(spec.pip) + [p for c in spec.conda if (p := _conda_to_pip(c))]
         log.info("environment_build", name=env.name, version=env.version, packages=packages)
-        steps = [[uv, "venv", "--quiet", "--python", python, str(folder)]]
+        started = time.monotonic()
+        label = env_label(env)
+        count = f"{len(packages)} package" + ("" if len(packages) == 1 else "s")
+        phase(f"building {label} ({count})")
+        venv_python = str(folder / "bin" / "python")
+        steps = [
+            (
+                f"creating a virtualenv (python {spec.python or _agent_python()})",
+                [uv, "venv", "--quiet", "--python", python, str(folder)],
+            )
+        ]
         if packages:
-            venv_python = str(folder / "bin" / "python")
-            steps.append([uv, "pip", "install", "--quiet", "--python", venv_python, *packages])
-        for argv in steps:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-            if done.returncode != 0:
+            install = [uv, "pip", "install", "--python", venv_python, *packages]
+            steps.append((f"installing {count} with uv", install))
+        for name, argv in steps:
+            phase(name)
+            code, said = _run_telling(argv, 1800)
+            if code != 0:
+                phase(f"building {label} failed")
                 raise EnvironmentBuildFailed(
                     f"building environment {env.name or env.spec_hash[:19]} failed:"
-                    f" {(done.stderr or done.stdout).strip()[-4000:]}"
+                    f" {said.strip()[-4000:]}"
                 )
         same_python = spec.python in (None, _agent_python())
         if same_python:  # the agent's packages (Cairn's SDK among them) after the job's own
@@ -118,3 +172,4 @@ class Environments:
             lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
             (lib / "_cairn_agent.pth").write_text("\n".join(lines) + "\n")
         (folder / ".ready").write_text(env.spec_hash + "\n")
+        phase(f"{label} ready in {time.monotonic() - started:.1f} s")

@@ -62,6 +62,7 @@ from cairn.services.agent._data import (
     stage_inputs,
 )
 from cairn.services.agent._gate import JobGate
+from cairn.services.agent._phases import PhaseLines, reporting
 from cairn.settings import Settings
 
 __all__ = ["LOG_FILE", "Attempt"]
@@ -289,7 +290,19 @@ class Attempt:
             await self.backend.unpack(archive, src)
         if job.inputs:
             self.inputs = await stage_inputs(self._data(), job.inputs, src, self.data_cache)
-        return src, await self.backend.runtime(job.environment)
+        return src, await self._runtime()
+
+    async def _runtime(self) -> Runtime:
+        """The backend's runtime for the job's environment; building it tells its phases in
+        the job's log stream (``_phases``), which the person waiting sees."""
+        subject = subjects.logs(self.ws, self.a.run_id)
+
+        async def ship(line: bytes) -> None:
+            await self._ship(subject, line)
+
+        async with PhaseLines(ship) as lines:
+            with reporting(lines):
+                return await self.backend.runtime(self.a.job.environment)
 
     def _data(self) -> DataContext:
         return DataContext(self.client, self.settings)

@@ -107,6 +107,7 @@ class AgentService:
             time.time(),
             free_slots=self.slots - self._busy(),
             gpus=self.gpu_info,
+            workspace=self.workspace,
         )
         await self._kv.put(self.agent_id, _encoder.encode(self.info))
         return self.info
