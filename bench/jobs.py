@@ -12,8 +12,11 @@ One run, on the embedded stack (``cairn up --local-slots 0`` in its own process,
    spawns of the same script, 4 at a time. Goal: >= 50 % of the ceiling. Run twice: with
    warm starts (the agents' default: each job forked from a zygote) and with every job's
    interpreter started cold (``CAIRN_JOB_WARM_START=0``).
+3. Logging from a job: a script logs and flushes ``--points`` metric points, inside a job
+   (through its agent's socket) and as a plain process on the same machine (straight to
+   NATS as the local person), points/s side by side.
 
-    .venv/bin/python bench/jobs.py [--latency-jobs 200] [--jobs 1000]
+    .venv/bin/python bench/jobs.py [--latency-jobs 200] [--jobs 1000] [--points 20000]
 """
 
 from __future__ import annotations
@@ -41,6 +44,24 @@ from cairn.settings import load_settings
 from tracking import EmbeddedStack
 
 SCRIPT = "print('first line', flush=True)\n"
+#: points logged and flushed from inside a job (through its agent) or from a plain process
+LOGGING = """
+import os, sys, time
+from cairn.sdk import Experiment, Run, Workspace
+n = int(sys.argv[1])
+inside = bool(os.environ.get("CAIRN_RUN_ID"))
+if inside:
+    run = Run.get_context()
+else:
+    run = Experiment(Workspace.from_config(), "bench-jobs").start_logging()
+t0 = time.perf_counter()
+for i in range(n):
+    run.log("loss", 1.0 / (i + 1), step=i)
+run.flush()
+print(f"LOGGED {n / (time.perf_counter() - t0):.1f}", flush=True)
+if not inside:
+    run.complete()
+"""
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
 
 
@@ -214,7 +235,35 @@ async def _throughput(
     return r
 
 
-async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[str, Any]:
+async def _logging(ws: AsyncWorkspace, stack: EmbeddedStack, points: int) -> dict[str, float]:
+    """Points/s of one script's log-and-flush, inside a job and as a plain process."""
+    folder = Path(tempfile.mkdtemp(prefix="cairn-bench-log-"))
+    (folder / "log.py").write_text(LOGGING)
+    config = ScriptRunConfig(source_directory=folder, script="log.py", arguments=[points])
+
+    def rate(text: str) -> float:
+        return float(next(x for x in text.splitlines() if x.startswith("LOGGED")).split()[1])
+
+    printed: list[str] = []
+    run_id = await submit(ws, "bench-jobs", config)
+    details = await follow(ws, run_id, out=printed.append, poll_s=0.05)
+    assert details["status"] == "Completed", details
+    env = {**os.environ, "CAIRN_HOME": str(stack.home), "CAIRN_LOG_LEVEL": "warning"}
+    plain = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(folder / "log.py"), str(points)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return {"job_points_per_s": rate("".join(printed)), "plain_points_per_s": rate(plain.stdout)}
+
+
+async def measure(
+    stack: EmbeddedStack, latency_jobs: int, jobs: int, points: int = 20000
+) -> dict[str, Any]:
     settings = load_settings(file=stack.home / "config.json")
     folder = Path(tempfile.mkdtemp(prefix="cairn-bench-job-"))
     script = folder / "noop.py"
@@ -241,6 +290,9 @@ async def measure(stack: EmbeddedStack, latency_jobs: int, jobs: int) -> dict[st
             r["floor_p50_ms"], r["floor_p95_ms"] = _pct(floor, 0.5) * 1e3, _pct(floor, 0.95) * 1e3
             r["job_p50_ms"], r["job_p95_ms"] = _pct(lat, 0.5) * 1e3, _pct(lat, 0.95) * 1e3
             r["p50_over_floor_ms"] = r["job_p50_ms"] - r["floor_p50_ms"]
+            for _ in range(2):  # the second of each counts (the first warms both paths)
+                r.update(await _logging(ws, stack, points))
+            r["job_vs_plain_logging"] = r["job_points_per_s"] / r["plain_points_per_s"]
 
             agents += _agents(stack, 3)
             await _wait_agents(ws, 4)
@@ -269,10 +321,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--points", type=int, default=20000)
     args = parser.parse_args()
     stack = EmbeddedStack(extra=["--local-slots", "0"])
     try:
-        r = asyncio.run(measure(stack, args.latency_jobs, args.jobs))
+        r = asyncio.run(measure(stack, args.latency_jobs, args.jobs, args.points))
     finally:
         stack.stop()
     print(json.dumps({k: round(v, 3) for k, v in r.items()}, indent=2))
@@ -280,6 +333,11 @@ def main() -> None:
         f"latency: job p50 {r['job_p50_ms']:.1f} ms (p95 {r['job_p95_ms']:.1f}) vs spawn p50"
         f" {r['floor_p50_ms']:.1f} ms (p95 {r['floor_p95_ms']:.1f}): floor +"
         f" {r['p50_over_floor_ms']:.1f} ms (goal <= +50 ms)"
+    )
+    print(
+        f"logging: {r['job_points_per_s']:.0f} points/s inside a job vs"
+        f" {r['plain_points_per_s']:.0f} from a plain process:"
+        f" {r['job_vs_plain_logging']:.0%}"
     )
     for key, how in (("", "warm starts, the default"), ("cold_", "cold starts")):
         print(
