@@ -48,6 +48,8 @@ log = get_logger("cairn.members")
 #: the events the view folds: every workspace aggregate's
 WORKSPACE_EVENTS = "cairn.ev.*.workspace.*"
 _CREATE = CreateWorkspace.VERB
+#: the query of one's own workspaces (the tracking service answers it with those alone)
+_LIST = "workspace.list"
 _NOBODY: dict[str, frozenset[str]] = {}
 
 
@@ -223,6 +225,8 @@ class Membership:
         its creator becomes its first member."""
         if req.actor == SERVICE_ACTOR:
             return
+        if req.query and req.verb == _LIST and self.caught_up:
+            return  # answered with the asker's own memberships only, from any workspace
         roles = self.members.get(req.workspace, _NOBODY).get(req.actor)
         if roles is not None and self.caught_up and self._allows(roles, req):
             return

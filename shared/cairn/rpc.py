@@ -79,6 +79,7 @@ __all__ = [
     "Responder",
     "actor_of",
     "answer_pings",
+    "gate_of",
     "install_gate",
     "ping_all",
 ]
@@ -152,6 +153,11 @@ class Gate(Protocol):
 
 #: each NATS client's gate (the services of one process share their connection and its gate)
 _GATES: weakref.WeakKeyDictionary[Any, Gate] = weakref.WeakKeyDictionary()
+
+
+def gate_of(conn: Connection) -> Gate | None:
+    """The gate installed on ``conn`` (None: services alone on it, as in some tests)."""
+    return _GATES.get(conn.nc)
 
 
 def install_gate(conn: Connection, gate: Gate) -> None:

@@ -8,6 +8,7 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -16,7 +17,7 @@ from cairn.bus import Connection, connect
 from cairn.embedded import NatsServer
 from cairn.embedded._users import add_user, list_users, remove_user
 from cairn.errors import CairnError, InvalidInput, NotFound, PermissionDenied, Unauthenticated
-from cairn.proto.commands import CreateExperiment
+from cairn.proto.commands import CreateExperiment, ListWorkspaces
 from cairn.rpc import Client
 from cairn.settings import Settings
 from tests.sdk.test_sync_sdk import sdk_env
@@ -119,3 +120,91 @@ def test_users_of_a_home_without_a_running_server(tmp_path: Path) -> None:
         remove_user(tmp_path, "bea")
     with pytest.raises(CairnError, match="no embedded server"):
         list_users(tmp_path / "elsewhere")
+
+
+async def test_workspaces_are_created_listed_and_roles_granted_from_the_cli(
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    store: Any,
+    people: dict[str, Connection],
+    tmp_path: Path,
+) -> None:
+    """``cairn workspace create|list`` as a person (the creator is the first member), and
+    ``cairn role grant|revoke`` as the admin, recorded as membership events."""
+    from cairn.proto import subjects
+    from cairn.proto.events import MemberAdded, MemberRemoved, MemberRolesChanged
+
+    ws = "wsc" + uuid.uuid4().hex[:8]
+    env = sdk_env(client_settings, ws, nats_server.home)
+    made = await cli("workspace", "create", ws, "--description", "made here", env=env, cwd=tmp_path)
+    assert f"workspace {ws} created" in made
+    again = await cli("workspace", "create", ws, "--exist-ok", env=env, cwd=tmp_path)
+    assert "exists already" in again
+    code, _, said = await run_cli("workspace", "create", ws, env=env, cwd=tmp_path)
+    assert code != 0 and "already" in said and "Traceback" not in said
+    listed = json.loads(await cli("workspace", "list", "--json", env=env, cwd=tmp_path))
+    mine = {row["name"]: row for row in listed}
+    assert mine[ws]["roles"] == ["compute_operator", "data_scientist"]
+    assert mine[ws]["description"] == "made here"
+
+    await cli("role", "grant", "dana", "auditor", "--workspace", ws, env=env, cwd=tmp_path)
+    granted = await cli(
+        "role", "grant", "dana", "data_scientist", "--workspace", ws, env=env, cwd=tmp_path
+    )
+    assert "dana has roles auditor, data_scientist" in granted
+    revoked = await cli(
+        "role", "revoke", "dana", "auditor", "--workspace", ws, env=env, cwd=tmp_path
+    )
+    assert "dana has roles data_scientist" in revoked
+    gone = await cli(
+        "role", "revoke", "dana", "data_scientist", "--workspace", ws, env=env, cwd=tmp_path
+    )
+    assert "no longer a member" in gone
+    # anyone may ask, from any workspace, and hears of their own workspaces alone
+    theirs = (await Client(people["dana"], ws).ask(ListWorkspaces())).data
+    assert ws not in {row["name"] for row in theirs}
+    events = [r.envelope for r in await store.read(subjects.event(ws, "workspace", ws))]
+    dana = [e for e in events if getattr(e.data, "user", None) == "dana"]
+    assert [type(e.data) for e in dana] == [
+        MemberAdded,
+        MemberRolesChanged,
+        MemberRolesChanged,
+        MemberRemoved,
+    ]
+    assert {e.actor for e in dana} == {"cairn-admin"}
+
+
+async def test_workspace_create_and_list_in_the_sdk(
+    client: Client,
+    client_settings: Settings,
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Azure's names: ``Workspace.create`` (Azure's resource arguments named in a warning,
+    anything else refused) and ``Workspace.list``."""
+    from cairn.errors import AlreadyExists
+    from cairn.sdk import Workspace
+
+    for key, value in sdk_env(client_settings, "default", nats_server.home).items():
+        if key.startswith("CAIRN_"):
+            monkeypatch.setenv(key, value)
+
+    def body() -> None:
+        name = "wss" + uuid.uuid4().hex[:8]
+        with pytest.warns(
+            UserWarning, match="resource_group, subscription_id name Azure resources"
+        ):
+            ws = Workspace.create(
+                name, subscription_id="sub", resource_group="rg", show_output=False
+            )
+        assert ws.name == name
+        with pytest.raises(AlreadyExists):
+            Workspace.create(name, show_output=False)
+        assert Workspace.create(name, exist_ok=True, show_output=False).name == name
+        with pytest.raises(TypeError, match="friendly"):
+            Workspace.create(name, friendlyname="x", show_output=False)
+        found = Workspace.list()
+        assert [w.name for w in found[name]] == [name]
+
+    await asyncio.to_thread(body)

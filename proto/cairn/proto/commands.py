@@ -31,6 +31,7 @@ __all__ = [
     "HeartbeatRun",
     "ListExperiments",
     "ListRuns",
+    "ListWorkspaces",
     "Opened",
     "Query",
     "QueryResult",
@@ -125,6 +126,14 @@ class Query(Strict, frozen=True, kw_only=True, tag=True):
     wait_s: float = 5.0
 
 
+class ListWorkspaces(Query, frozen=True, kw_only=True, tag=True):
+    """The workspaces the asker is a member of, with their roles there (services and the
+    admin: every workspace). Asked on the subject of any workspace: the only query a person
+    may send where they are not a member, since it answers with their own workspaces alone."""
+
+    NAME = "workspace.list"
+
+
 class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
     NAME = "experiment.list"
 
@@ -186,4 +195,4 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     SetRunTags,
     AddRunProperties,
 )
-QUERY_TYPES: tuple[type[Query], ...] = (ListExperiments, ListRuns, GetRun)
+QUERY_TYPES: tuple[type[Query], ...] = (ListWorkspaces, ListExperiments, ListRuns, GetRun)

@@ -104,7 +104,7 @@ def user_list(as_json: bool) -> None:
 
 @cli.group()
 def workspace() -> None:
-    """The members of a workspace: who may address it, with which roles there.
+    """Workspaces and their members: who may address one, with which roles there.
 
     A person's request in a workspace is refused unless they are its member with a role
     that allows it (the creator of a workspace is its first member). Adding and removing
@@ -113,8 +113,53 @@ def workspace() -> None:
 
     \b
     Example:
+      cairn workspace create vision --description "image models"
       cairn workspace add-member default bea --role auditor
     """
+
+
+@workspace.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="what the workspace is for")
+@click.option("--exist-ok", is_flag=True, help="an existing workspace NAME is not an error")
+def workspace_create(name: str, description: str, exist_ok: bool) -> None:
+    """Create workspace NAME; you become its first member, with your roles.
+
+    \b
+    Example:
+      cairn workspace create vision --description "image models"
+    """
+    from cairn.sdk import connect as sdk_connect
+
+    async def go() -> bool:
+        async with sdk_connect(settings(), workspace=name) as ws:
+            return await ws.create(description, exist_ok=exist_ok)
+
+    made = run(go())
+    click.echo(f"workspace {name} {'created' if made else 'exists already'}")
+
+
+@workspace.command("list")
+@json_option
+def workspace_list(as_json: bool) -> None:
+    """The workspaces you are a member of, with your roles there.
+
+    \b
+    Example:
+      cairn workspace list --json
+    """
+    from cairn.sdk import connect as sdk_connect
+
+    async def go() -> Any:
+        async with sdk_connect(settings()) as ws:
+            return await ws.workspaces()
+
+    rows = run(go())
+    if not as_json:
+        for row in rows:
+            row["roles"] = ", ".join(row.get("roles", []))
+    columns = [("name", "NAME"), ("roles", "ROLES"), ("created_by", "BY"), ("description", "ABOUT")]
+    emit(rows, as_json, columns)
 
 
 async def _as_admin(fn: Any) -> Any:
@@ -209,3 +254,78 @@ def workspace_members(name: str, as_json: bool) -> None:
             await conn.close()
 
     emit(run(go()), as_json, [("user", "USER"), ("roles", "ROLES")])
+
+
+# -- cairn role ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def role() -> None:
+    """Grant and revoke a member's roles in a workspace, as the admin (recorded as membership
+    events, as 'cairn workspace add-member' is).
+
+    \b
+    Example:
+      cairn role grant bea auditor --workspace default
+    """
+
+
+async def _members_of(conn: Any, workspace: str) -> dict[str, list[str]]:
+    from cairn.proto.members import ListMembers
+    from cairn.rpc import Client
+
+    rows = (await Client(conn, workspace).ask(ListMembers())).data
+    return {r["user"]: list(r["roles"]) for r in rows}
+
+
+@role.command("grant")
+@click.argument("user_name", metavar="USER")
+@click.argument("role_name", metavar="ROLE", type=click.Choice(ROLE_NAMES))
+@click.option("--workspace", "ws", required=True, help="the workspace the role is granted in")
+def role_grant(user_name: str, role_name: str, ws: str) -> None:
+    """Give USER the role ROLE in a workspace (making them a member when they are not).
+
+    \b
+    Example:
+      cairn role grant bea auditor --workspace default
+    """
+    from cairn.embedded._admin import add_member
+
+    _known_user(user_name)
+
+    async def go(conn: Any) -> list[str]:
+        roles = sorted({*(await _members_of(conn, ws)).get(user_name, []), role_name})
+        await add_member(conn, ws, user_name, roles)
+        return roles
+
+    roles = run(_as_admin(go))
+    click.echo(f"{user_name} has roles {', '.join(roles)} in {ws}")
+
+
+@role.command("revoke")
+@click.argument("user_name", metavar="USER")
+@click.argument("role_name", metavar="ROLE", type=click.Choice(ROLE_NAMES))
+@click.option("--workspace", "ws", required=True, help="the workspace the role is taken from")
+def role_revoke(user_name: str, role_name: str, ws: str) -> None:
+    """Take ROLE from USER in a workspace; with no role left they are no longer a member.
+
+    \b
+    Example:
+      cairn role revoke bea auditor --workspace default
+    """
+    from cairn.embedded._admin import add_member, remove_member
+
+    async def go(conn: Any) -> list[str]:
+        held = (await _members_of(conn, ws)).get(user_name)
+        if held is None:
+            raise click.UsageError(f"{user_name} is not a member of {ws}")
+        roles = sorted(set(held) - {role_name})
+        if roles:
+            await add_member(conn, ws, user_name, roles)
+        else:
+            await remove_member(conn, ws, user_name)
+        return roles
+
+    roles = run(_as_admin(go))
+    left = f"roles {', '.join(roles)}" if roles else "no role: no longer a member"
+    click.echo(f"{user_name} has {left} in {ws}")

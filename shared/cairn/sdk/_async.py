@@ -23,7 +23,13 @@ from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
 from cairn.data import download_file, upload_file
 from cairn.domain.run import RunStatus
-from cairn.errors import CairnError, InvalidInput, InvalidTransition, PermissionDenied
+from cairn.errors import (
+    AlreadyExists,
+    CairnError,
+    InvalidInput,
+    InvalidTransition,
+    PermissionDenied,
+)
 from cairn.log import get_logger
 from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import (
@@ -39,6 +45,7 @@ from cairn.proto.commands import (
     HeartbeatRun,
     ListExperiments,
     ListRuns,
+    ListWorkspaces,
     SetRunTags,
     StartRun,
 )
@@ -93,10 +100,25 @@ class AsyncWorkspace(Session):
         finally:
             self._replayer = None
 
-    async def create(self, description: str = "") -> None:
+    async def create(self, description: str = "", *, exist_ok: bool = True) -> bool:
+        """Create this workspace (its creator becomes its first member); False when it
+        existed already and you are its member (``AlreadyExists`` unless ``exist_ok``)."""
+        try:
+            mine = {w["name"] for w in await self.workspaces()}
+        except PermissionDenied:  # no such workspace, or not yours: creating it says which
+            mine = set()
+        if self.name in mine:
+            if not exist_ok:
+                raise AlreadyExists(f"workspace {self.name} exists already")
+            return False
         await self.send(
             CreateWorkspace(command_id=new_id(), name=self.name, description=description)
         )
+        return True
+
+    async def workspaces(self) -> list[dict[str, Any]]:
+        """The workspaces this user is a member of, with their roles there."""
+        return list((await self.client.ask(ListWorkspaces())).data)
 
     async def experiment(self, name: str) -> AsyncExperiment:
         """Get or create the experiment called ``name``."""

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +41,36 @@ class Workspace(WorkspaceBase):
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, **_: Any) -> Workspace:
         return cls(load_settings(file=Path(path) if path else None))
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        description: str = "",
+        friendly_name: str | None = None,
+        exist_ok: bool = False,
+        show_output: bool = True,
+        **azure: Any,
+    ) -> Workspace:
+        """Create workspace ``name``: you become its first member, with your roles. An
+        existing one is ``AlreadyExists`` unless ``exist_ok``. Azure's arguments that name
+        cloud resources (``subscription_id``, ``resource_group``, ``location``...) have no
+        counterpart here: each one given is named in a warning; any other is refused."""
+        _azure_only("Workspace.create", azure)
+        ws = cls(load_settings(), name)
+        ws._run(ws.core.create(description or friendly_name or "", exist_ok=exist_ok))
+        if show_output:
+            print(f"workspace {name} is ready")
+        return ws
+
+    @classmethod
+    def list(cls, **azure: Any) -> dict[str, list[Workspace]]:
+        """The workspaces you are a member of, by name (Azure's shape: a list per name)."""
+        _azure_only("Workspace.list", azure)
+        base = cls(load_settings())
+        rows = base._run(base.core.workspaces())
+        return {r["name"]: [cls(base.settings, r["name"])] for r in rows}
 
     @property
     def experiments(self) -> dict[str, Experiment]:
@@ -72,6 +103,37 @@ class Workspace(WorkspaceBase):
     def models(self) -> dict[str, Model]:
         """The latest version of every model, by name (read-only)."""
         return {m.name: m for m in Model.list(self, latest=True)}
+
+
+#: Azure ML's workspace arguments that name cloud resources (Cairn has none of them)
+_AZURE_RESOURCE_ARGS = frozenset(
+    {
+        "subscription_id",
+        "resource_group",
+        "location",
+        "create_resource_group",
+        "sku",
+        "auth",
+        "storage_account",
+        "key_vault",
+        "app_insights",
+        "container_registry",
+        "tags",
+    }
+)
+
+
+def _azure_only(where: str, given: dict[str, Any]) -> None:
+    unknown = sorted(set(given) - _AZURE_RESOURCE_ARGS)
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword arguments: {', '.join(unknown)}")
+    named = sorted(k for k, v in given.items() if v is not None)
+    if named:
+        warnings.warn(
+            f"{where}: {', '.join(named)} name Azure resources; a Cairn workspace has none of"
+            " them, so they are not used",
+            stacklevel=3,
+        )
 
 
 class Experiment:

@@ -17,6 +17,7 @@ from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, InvalidTransition, NotFound, PermissionDenied
 from cairn.log import get_logger
+from cairn.members import Membership
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
@@ -35,6 +36,7 @@ from cairn.proto.commands import (
     HeartbeatRun,
     ListExperiments,
     ListRuns,
+    ListWorkspaces,
     QueryResult,
     SetRunTags,
     StartRun,
@@ -47,7 +49,7 @@ from cairn.proto.members import (
     ListMembers,
     RemoveMember,
 )
-from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder
+from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder, gate_of
 from cairn.secrets import roles_of
 from cairn.service import ProjectedService
 from cairn.services.tracking._liveness import Beat, Heartbeats, bound_s, lost_reason
@@ -119,10 +121,13 @@ class TrackingService(ProjectedService):
         )
         queries = Responder(
             conn,
-            subjects=[subjects.query_filter(a) for a in ("experiment", "run", "artifact")],
+            subjects=[
+                subjects.query_filter(a) for a in ("workspace", "experiment", "run", "artifact")
+            ],
             queue="tracking",
-            types=(ListExperiments, ListRuns, GetRun, ListRunFiles, GetRunFile),
+            types=(ListWorkspaces, ListExperiments, ListRuns, GetRun, ListRunFiles, GetRunFile),
             routes={
+                ListWorkspaces.NAME: self._list_workspaces,
                 ListExperiments.NAME: self._list_experiments,
                 ListRuns.NAME: self._list_runs,
                 GetRun.NAME: self._get_run,
@@ -295,6 +300,27 @@ class TrackingService(ProjectedService):
         seq = history[-1].seq if history else 0
         members = [{"user": u, "roles": list(r)} for u, r in sorted(state.members.items())]
         return QueryResult(seq=seq, data=members)
+
+    async def _list_workspaces(self, req: Request) -> QueryResult:
+        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+            rows = db.execute(
+                f"SELECT name, description, created_at, created_by FROM {t('workspaces')}"
+                " ORDER BY name"
+            )
+            keys = ("name", "description", "created_at", "created_by")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        result = await self.read(req, fn)
+        gate = gate_of(self.conn)
+        if req.actor in (SERVICE_ACTOR, ADMIN_ACTOR) or not isinstance(gate, Membership):
+            return result
+        mine = {
+            ws: sorted(people[req.actor])
+            for ws, people in gate.members.items()
+            if req.actor in people
+        }
+        data = [{**row, "roles": mine[row["name"]]} for row in result.data if row["name"] in mine]
+        return QueryResult(seq=result.seq, data=data)
 
     async def _list_experiments(self, req: Request) -> QueryResult:
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
