@@ -2,6 +2,7 @@
 
 from cairn.bus._connect import Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
+from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._provision import ensure_consumer, ensure_stream, provision
 from cairn.bus._store import AppendResult, EventStore, Recorded
 
@@ -12,6 +13,7 @@ __all__ = [
     "Connection",
     "EventStore",
     "Recorded",
+    "RunKeyMirror",
     "connect",
     "ensure_consumer",
     "ensure_stream",

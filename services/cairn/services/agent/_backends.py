@@ -539,6 +539,14 @@ class DockerBackend:
         built = image.startswith("cairn-env:")
         return Runtime("/opt/cairn-env/bin/python" if built else "python3", image)
 
+    def _sdk_volumes(self) -> dict[str, dict[str, str]]:
+        """The SDK a container imports, read-only: the agent's import path where it is, and
+        the site folder (``PYTHONPATH``) that adds it."""
+        volumes = {str(self.sdk_dir): {"bind": "/opt/cairn-site", "mode": "ro"}}
+        for path in _sdk_paths():
+            volumes[path] = {"bind": path, "mode": "ro"}
+        return volumes
+
     async def unpack(self, archive: Path, target: Path) -> None:
         """In a throwaway container of the base image, without network, that sees the archive
         (read-only) and the job's folder alone: a flaw of ``tarfile`` that the checks missed
@@ -549,10 +557,8 @@ class DockerBackend:
         volumes = {
             str(source): {"bind": "/in/snapshot.tar.gz", "mode": "ro"},
             str(parent): {"bind": "/out", "mode": "rw"},
-            str(self.sdk_dir): {"bind": "/opt/cairn-site", "mode": "ro"},
+            **self._sdk_volumes(),
         }
-        for path in _sdk_paths():
-            volumes[path] = {"bind": path, "mode": "ro"}
         argv = ["python3", "-m", "cairn.snapshot", "/in/snapshot.tar.gz", f"/out/{target.name}"]
         container = await asyncio.to_thread(
             self.client.containers.run,
@@ -668,10 +674,7 @@ class DockerBackend:
 
         environment = {k: v for k, v in env.items() if k not in _SKIP_ENV}
         environment["PYTHONPATH"] = "/opt/cairn-site"
-        volumes = {
-            str(cwd): {"bind": "/workspace", "mode": "rw"},
-            str(self.sdk_dir): {"bind": "/opt/cairn-site", "mode": "ro"},
-        }
+        volumes = {str(cwd): {"bind": "/workspace", "mode": "rw"}, **self._sdk_volumes()}
         socket = env.get("CAIRN_AGENT_SOCKET")
         if socket:  # the job's way to its agent: the socket's private folder, nothing else
             volumes[str(Path(socket).parent)] = {"bind": _GATE_MOUNT, "mode": "rw"}
@@ -679,8 +682,6 @@ class DockerBackend:
         home = env.get("CAIRN_HOME", "")
         if home.startswith(f"{cwd}/"):  # the job's private home, inside its folder
             environment["CAIRN_HOME"] = "/workspace/" + home.removeprefix(f"{cwd}/")
-        for path in _sdk_paths():
-            volumes[path] = {"bind": path, "mode": "ro"}
         requests = []
         if gpus:  # the devices this job was given, through the NVIDIA container toolkit
             ids = [str(i) for i in gpus]

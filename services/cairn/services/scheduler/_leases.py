@@ -15,14 +15,11 @@ while no scheduler ran get the chance to report again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from typing import Any
 
 import msgspec
 
-from cairn.bus import Connection
+from cairn.bus import Connection, RunKeyMirror
 from cairn.log import get_logger
 from cairn.proto.streams import LEASES_BUCKET
 
@@ -39,46 +36,26 @@ class _Renewal(msgspec.Struct, frozen=True, array_like=True):
 class Leases:
     def __init__(self, conn: Connection, lease_s: float) -> None:
         self.conn, self.lease_s = conn, lease_s
-        self.renewed: dict[tuple[str, str], _Renewal] = {}
+        self.keys = RunKeyMirror(conn, LEASES_BUCKET.bucket, _Renewal)
         self.started = time.monotonic()
-        self._kv: Any = None
-        self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def renewed(self) -> dict[tuple[str, str], _Renewal]:
+        return self.keys.values
 
     async def start(self) -> None:
-        self._kv = await self.conn.js.key_value(LEASES_BUCKET.bucket)
-        self._watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._follow())
+        await self.keys.start()
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _follow(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:  # the end of the initial values
-                continue
-            ws, _, run_id = entry.key.partition(".")
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self.renewed.pop((ws, run_id), None)
-                continue
-            with contextlib.suppress(msgspec.DecodeError):
-                self.renewed[(ws, run_id)] = msgspec.json.decode(entry.value, type=_Renewal)
+        await self.keys.stop()
 
     async def renew(self, ws: str, run_id: str, attempt: int) -> None:
-        renewal = _Renewal(attempt, time.time())
-        self.renewed[(ws, run_id)] = renewal
-        await self._kv.put(f"{ws}.{run_id}", msgspec.json.encode(renewal))
+        await self.keys.put(ws, run_id, _Renewal(attempt, time.time()))
 
     async def end(self, ws: str, run_id: str) -> None:
         """Forget the run's renewal, if it has one (most jobs end before their first)."""
-        if self.renewed.pop((ws, run_id), None) is not None:
-            with contextlib.suppress(Exception):
-                await self._kv.delete(f"{ws}.{run_id}")
+        if (ws, run_id) in self.renewed:
+            await self.keys.delete(ws, run_id)
 
     def expired(self, ws: str, run_id: str, attempt: int, lease_s: float, alive_at: float) -> bool:
         """Whether attempt ``attempt`` has gone a lease without a sign of life: ``alive_at``

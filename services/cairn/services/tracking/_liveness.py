@@ -22,15 +22,11 @@ away for everyone) get the chance to arrive again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from typing import Any
 
 import msgspec
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-from cairn.bus import Connection
+from cairn.bus import Connection, RunKeyMirror
 from cairn.log import get_logger
 from cairn.proto.streams import RUN_HEARTBEATS_BUCKET
 
@@ -61,59 +57,26 @@ class Heartbeats:
     """The bucket, and this replica's mirror of it."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.seen: dict[tuple[str, str], Beat] = {}
-        self._kv: Any = None
-        self._watcher: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self.keys = RunKeyMirror(conn, RUN_HEARTBEATS_BUCKET.bucket, Beat)
+
+    @property
+    def seen(self) -> dict[tuple[str, str], Beat]:
+        return self.keys.values
 
     async def start(self) -> None:
-        self._kv = await self.conn.js.key_value(RUN_HEARTBEATS_BUCKET.bucket)
-        self._watcher = await self._kv.watchall()
-        self._task = asyncio.create_task(self._follow())
+        await self.keys.start()
 
     async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _follow(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:  # the end of the initial values
-                continue
-            ws, _, run_id = entry.key.partition(".")
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self.seen.pop((ws, run_id), None)
-                continue
-            with contextlib.suppress(msgspec.DecodeError):
-                self.seen[(ws, run_id)] = msgspec.json.decode(entry.value, type=Beat)
+        await self.keys.stop()
 
     async def beat(self, ws: str, run_id: str, every_s: float) -> None:
-        beat = Beat(every_s, time.time())
-        self.seen[(ws, run_id)] = beat
-        await self._kv.put(f"{ws}.{run_id}", msgspec.json.encode(beat))
+        await self.keys.put(ws, run_id, Beat(every_s, time.time()))
 
     async def latest(self, ws: str, run_id: str) -> Beat | None:
         """The bucket's own latest beat (the mirror may lag); None when there is none. Any
         other failure to read it raises: no run is failed on a guess."""
-        try:
-            entry = await self._kv.get(f"{ws}.{run_id}")
-        except (KeyNotFoundError, KeyDeletedError):  # never beat, or its beat was deleted
-            return None
-        if not entry.value:
-            return None
-        try:
-            beat = msgspec.json.decode(entry.value, type=Beat)
-        except msgspec.DecodeError:
-            return None
-        self.seen[(ws, run_id)] = beat
-        return beat
+        return await self.keys.read(ws, run_id)
 
     async def forget(self, ws: str, run_id: str) -> None:
         """Delete the run's beat (its run has ended)."""
-        self.seen.pop((ws, run_id), None)
-        with contextlib.suppress(Exception):
-            await self._kv.delete(f"{ws}.{run_id}")
+        await self.keys.delete(ws, run_id)
