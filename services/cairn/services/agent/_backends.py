@@ -37,7 +37,7 @@ from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
 from cairn.services.agent import _landlock
 from cairn.services.agent._phases import phase
-from cairn.services.agent._warm import Zygote, warm_argv
+from cairn.services.agent._warm import Confinement, Zygote, warm_argv
 from cairn.snapshot import SnapshotRefused, unpack
 
 __all__ = [
@@ -229,6 +229,9 @@ class ProcessBackend:
         #: the folders a job must not reach (the agent's home, state, artifacts, keys), kept
         #: from it with Landlock (``_landlock.py``); None: not confined
         self.protect = [str(p) for p in protect] if protect is not None else None
+        #: the walls' rules and when they were made (``_landlock.walls``: a walk of the
+        #: folders on the way to the protected ones, reused for a few seconds)
+        self._walls: tuple[float, list[tuple[str, int]]] = (-_WALLS_FOR_S, [])
         self._zygotes: dict[str, Zygote] = {}
         # what jobs keep of the agent's environment as it started (read once: going through
         # os.environ costs more than the rest of a launch's set-up)
@@ -252,13 +255,13 @@ class ProcessBackend:
         gpus: list[int],
     ) -> Launched:
         env = {**self._base_env(runtime.python), **env}
-        rules = await self._confinement(runtime, cwd, env)
+        confine = await self._confinement(runtime, cwd, env)
         warm = warm_argv(runtime.python, argv) if self.warm else None
         if warm is not None:
             zygote = self._zygote(runtime.python)
             if zygote is not None and zygote.fits(env):
                 try:
-                    pid, output, exited = await zygote.launch(warm, cwd, env, rules)
+                    pid, output, exited = await zygote.launch(warm, cwd, env, confine)
                 except OSError as exc:  # not forked: start it cold
                     log.warning("warm_start_failed", python=runtime.python, error=repr(exc))
                 except TimeoutError as exc:  # maybe forked late (then killed): not twice
@@ -270,12 +273,13 @@ class ProcessBackend:
         # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork (as
         # confinement does: the child restricts itself before it executes the job)
         dies = _SETPRIV is None and sys.platform == "linux"
+        rules = confine.rules if confine is not None else None
         preexec = _before_exec(dies, rules) if dies or rules is not None else None
         return await _spawn(_with_pdeathsig(argv), cwd, env, preexec, self._keeper.watch)
 
     async def _confinement(
         self, runtime: Runtime, cwd: Path, env: dict[str, str]
-    ) -> list[tuple[str, int]] | None:
+    ) -> Confinement | None:
         """The Landlock rules of one job (None: not confined): everything but the protected
         folders; inside them its own folder, its agent's socket, its interpreter's
         environment and its mounted inputs (read-only). Its ``TMPDIR`` becomes a folder of
@@ -293,18 +297,22 @@ class ProcessBackend:
         allowed.append((str(python.parent.parent), _landlock.READ))  # its environment
         protect = self.protect
 
-        def plan() -> list[tuple[str, int]]:
+        def plan() -> Confinement:
             tmp.mkdir(exist_ok=True)
             mounted = [
                 (os.path.realpath(p), _landlock.READ)
                 for p in (cwd / "inputs").glob("*")
                 if p.is_symlink()
             ]
-            return _landlock.plan(protect, allowed + mounted)
+            made, walls = self._walls
+            if time.monotonic() - made > _WALLS_FOR_S:  # what lies beside the walls changes
+                made, walls = self._walls = (time.monotonic(), _landlock.walls(protect))
+            own = [(os.path.realpath(p), r) for p, r in allowed + mounted]
+            return Confinement(made, walls, own)
 
-        rules = await asyncio.to_thread(plan)
+        confine = await asyncio.to_thread(plan)
         env.update(TMPDIR=str(tmp), TMP=str(tmp), TEMP=str(tmp))
-        return rules
+        return confine
 
     def _zygote(self, python: str) -> Zygote | None:
         """The zygote of ``python``, started as a job's interpreter would be, from the agent's
@@ -335,6 +343,9 @@ class ProcessBackend:
 
 
 _LANDLOCK_CHECKED: list[bool] = []
+#: how long the walls' rules are reused: an entry made beside a wall since is not reachable
+#: by the jobs started meanwhile (their own folders always are)
+_WALLS_FOR_S = 5.0
 
 
 def _landlock_ready() -> bool:

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import stat
 import struct
 
-__all__ = ["FULL", "READ", "abi", "plan", "restrict"]
+__all__ = ["FULL", "READ", "abi", "open_all", "plan", "restrict", "walls"]
 
 # the generic system call numbers (x86-64 and arm64 share them)
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
@@ -76,6 +75,13 @@ def _inside(path: str, folder: str) -> bool:
 def plan(protected: list[str], allowed: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """The rules that keep a process out of ``protected`` (real paths of folders) but for
     ``allowed`` (path, rights), which may lie inside them."""
+    return [*walls(protected), *((os.path.realpath(p), rights) for p, rights in allowed)]
+
+
+def walls(protected: list[str]) -> list[tuple[str, int]]:
+    """Full access to everything on the way to ``protected`` but the folders themselves:
+    every sibling of a folder on the way. A file's rule carries file rights only (a rule with
+    folder rights on a file is refused by the kernel)."""
     walled = sorted({os.path.realpath(p) for p in protected})
     rules: list[tuple[str, int]] = []
 
@@ -85,24 +91,30 @@ def plan(protected: list[str], allowed: list[tuple[str, int]]) -> list[tuple[str
         except OSError:
             return
         for entry in entries:
-            real = os.path.realpath(entry.path)
+            # the folder walked is a real path, so an entry is one unless it is a link
+            link = entry.is_symlink()
+            real = os.path.realpath(entry.path) if link else entry.path
             if any(_inside(real, w) for w in walled):
                 continue  # the wall, or a link into it
             if any(_inside(w, real) for w in walled):
-                if not entry.is_symlink():  # on the way to a protected folder
+                if not link:  # on the way to a protected folder
                     walk(entry.path)
                 continue  # a link to a folder on the way: walked by its real path
-            rules.append((entry.path, FULL))
+            try:
+                folder_like = entry.is_dir()
+            except OSError:
+                folder_like = False
+            rules.append((entry.path, FULL if folder_like else FULL & _FILE_RIGHTS))
 
     if not any(w == "/" for w in walled):
         walk("/")
-    rules.extend((os.path.realpath(path), rights) for path, rights in allowed)
     return rules
 
 
-def restrict(rules: list[tuple[str, int]]) -> None:
+def restrict(rules: list[tuple[str, int]], opened: dict[str, int] | None = None) -> None:
     """Confine this process (and whatever it starts) to ``rules``; ``OSError`` when the
-    kernel refuses. A path that no longer exists is skipped (less access, never more)."""
+    kernel refuses. A path that no longer exists is skipped (less access, never more).
+    ``opened``: paths already open (``O_PATH``), used as they are and left open."""
     if _libc is None:
         raise OSError("no C library: cannot use Landlock")
     version = abi()
@@ -114,18 +126,22 @@ def restrict(rules: list[tuple[str, int]]) -> None:
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
+        beneath = ctypes.create_string_buffer(12)
+        add_rule, syscall = ctypes.c_long(_ADD_RULE), _libc.syscall
+        ready = opened or {}
         for path, rights in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                granted = rights & handled
-                if not stat.S_ISDIR(os.fstat(fd).st_mode):
-                    granted &= _FILE_RIGHTS
-                beneath = ctypes.create_string_buffer(struct.pack("=Qi", granted, fd))
-                _libc.syscall(ctypes.c_long(_ADD_RULE), ruleset, _RULE_PATH_BENEATH, beneath, 0)
-            finally:
+            fd = ready.get(path, -1)
+            if fd < 0:
+                try:
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+                except OSError:
+                    continue
+            struct.pack_into("=Qi", beneath, 0, rights & handled, fd)
+            if syscall(add_rule, ruleset, _RULE_PATH_BENEATH, beneath, 0) != 0:
+                # a file given folder rights (it was a folder when planned): file rights only
+                struct.pack_into("=Qi", beneath, 0, rights & handled & _FILE_RIGHTS, fd)
+                syscall(add_rule, ruleset, _RULE_PATH_BENEATH, beneath, 0)
+            if path not in ready:
                 os.close(fd)
         if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
@@ -133,3 +149,15 @@ def restrict(rules: list[tuple[str, int]]) -> None:
             raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
     finally:
         os.close(ruleset)
+
+
+def open_all(rules: list[tuple[str, int]]) -> dict[str, int]:
+    """An ``O_PATH`` descriptor per rule's path (those that exist), for :func:`restrict` to
+    use again and again: the zygote opens the walls once, its children only add them."""
+    opened = {}
+    for path, _ in rules:
+        try:
+            opened[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+    return opened

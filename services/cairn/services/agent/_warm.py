@@ -20,10 +20,11 @@ import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cairn.log import get_logger
 
-__all__ = ["Zygote", "warm_argv"]
+__all__ = ["Confinement", "Zygote", "warm_argv"]
 
 log = get_logger("cairn.agent")
 _ZYGOTE = str(Path(__file__).with_name("_zygote.py"))
@@ -44,6 +45,20 @@ def warm_argv(python: str, argv: list[str]) -> list[str] | None:
     if argv[1] == "-m":
         return argv[1:] if len(argv) > 2 and not argv[2].startswith("-") else None
     return argv[1:] if not argv[1].startswith("-") else None
+
+
+class Confinement:
+    """One job's Landlock rules: the walls (shared by every job while ``walls_id`` lasts)
+    and its own (its folder, its socket, its environment, its inputs)."""
+
+    def __init__(
+        self, walls_id: float, walls: list[tuple[str, int]], own: list[tuple[str, int]]
+    ) -> None:
+        self.walls_id, self.walls, self.own = walls_id, walls, own
+
+    @property
+    def rules(self) -> list[tuple[str, int]]:
+        return [*self.walls, *self.own]
 
 
 class Zygote:
@@ -69,6 +84,7 @@ class Zygote:
         return _startup_env(env) == self.startup
 
     def _start(self) -> socket.socket:
+        self._walls_sent: float | None = None  # a new interpreter has none
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self._proc = subprocess.Popen(
@@ -123,10 +139,11 @@ class Zygote:
         argv: list[str],
         cwd: Path,
         env: dict[str, str],
-        rules: list[tuple[str, int]] | None = None,
+        confine: Confinement | None = None,
     ) -> tuple[int, int, asyncio.Future[int]]:
         """Fork a job: its pid, the read end of its output pipe, and its exit code to come.
-        ``rules``: the Landlock rules the child confines itself to before it runs the job.
+        ``confine``: the Landlock rules the child confines itself to before it runs the job
+        (the walls are sent when this zygote has not had them yet).
 
         ``OSError`` when the zygote could not be asked (nothing was forked: a cold start is
         safe); ``TimeoutError`` when it did not answer (a child forked late is killed)."""
@@ -137,7 +154,12 @@ class Zygote:
             asyncio.get_running_loop().create_future()
         )
         self._pids[ident] = started
-        job = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env, "rules": rules}
+        job: dict[str, Any] = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env}
+        if confine is not None:
+            job.update(rules=confine.own, walls_id=confine.walls_id)
+            if self._walls_sent != confine.walls_id:
+                job["walls"] = confine.walls
+                self._walls_sent = confine.walls_id
         body = json.dumps(job).encode()
         read, write = os.pipe()
         try:

@@ -79,6 +79,21 @@ def _reap(sock: socket.socket) -> None:
         sock.send(json.dumps({"pid": pid, "exit": code}).encode())
 
 
+#: the walls' Landlock rules the agent sent last (``walls_id``, rules, an open descriptor per
+#: path): opened once here, used by every child until the agent sends newer ones
+_WALLS: dict[str, Any] = {"id": None, "rules": [], "fds": {}}
+
+
+def _keep_walls(job: dict[str, Any]) -> None:
+    walls = job.pop("walls", None)
+    if walls is None or job.get("walls_id") == _WALLS["id"]:
+        return
+    for fd in _WALLS["fds"].values():
+        os.close(fd)
+    rules = [(path, rights) for path, rights in walls]
+    _WALLS.update(id=job.get("walls_id"), rules=rules, fds=_landlock.open_all(rules))
+
+
 def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
     """Answer the agent until a forked child returns with its job and output pipe."""
     wake_r, wake_w = os.pipe()
@@ -105,6 +120,7 @@ def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
             if not message:
                 os._exit(0)  # the agent is gone
             job = json.loads(message)
+            _keep_walls(job)
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -132,11 +148,17 @@ def become(job: dict[str, Any], output: int) -> None:
     os.environ.update(job["env"])
     sys.argv = list(job["argv"])
     if job.get("rules") is not None:  # kept out of the agent's files (``_landlock.py``)
+        if job.get("walls_id") != _WALLS["id"]:
+            print("cairn: the job's confinement rules did not arrive", file=sys.stderr)
+            os._exit(126)
+        own = [(path, rights) for path, rights in job["rules"]]
         try:
-            _landlock.restrict([(path, rights) for path, rights in job["rules"]])
+            _landlock.restrict(_WALLS["rules"] + own, _WALLS["fds"])
         except OSError as exc:
             print(f"cairn: cannot confine the job to its folder: {exc}", file=sys.stderr)
             os._exit(126)
+        for fd in _WALLS["fds"].values():
+            os.close(fd)
 
 
 def run(job: dict[str, Any]) -> int:
