@@ -80,6 +80,8 @@ async def test_tracking_commands(client: Client, client_settings: Settings, tmp_
     )
     assert got.strip() == "m.txt" and (tmp_path / "m.txt").read_text() == "weights"
     assert "synced 0 spooled commands" in await cli("sync", env=env, cwd=tmp_path)
+    synced = json.loads(await cli("sync", "--json", env=env, cwd=tmp_path))
+    assert synced == {"sent": 0, "files": 0, "refused": 0, "refused_dir": None, "reasons": []}
 
 
 async def test_errors_are_printed_with_their_code(

@@ -197,3 +197,39 @@ def test_show_wraps_a_long_value_on_a_terminal(
     assert out[0].split() == ["status", "Failed"]
     assert all(len(line) <= 40 for line in out), out
     assert "".join(line[9:] for line in out[1:]).replace(" ", "") == error.replace(" ", "")
+
+
+#: commands without --json, and why: long-running, streaming, or their output is files
+NO_JSON = {
+    "up": "runs the stack until stopped",
+    "serve": "runs a service until stopped",
+    "job logs": "streams the job's output as it comes",
+    "cluster certs": "writes certificate files and prints the config to paste",
+    "datastore upload": "moves files; a bar on a terminal",
+    "datastore download": "writes files; a bar on a terminal",
+    "dataset download": "writes files; a bar on a terminal",
+    "run download": "writes files; a bar on a terminal",
+    "model download": "writes files; a bar on a terminal",
+}
+
+
+def test_every_command_that_answers_has_json() -> None:
+    """Scripts read every answer as JSON: each command has --json, but those listed (with
+    the reason) in NO_JSON."""
+    import click
+
+    from cairn.cli import cli
+
+    missing = []
+
+    def walk(cmd: click.Command, path: list[str]) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+            return
+        options = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        if "--json" not in options and " ".join(path) not in NO_JSON:
+            missing.append(" ".join(path))
+
+    walk(cli, [])
+    assert missing == []

@@ -148,7 +148,10 @@ async def test_workspaces_are_created_listed_and_roles_granted_from_the_cli(
     assert mine[ws]["roles"] == ["compute_operator", "data_scientist"]
     assert mine[ws]["description"] == "made here"
 
-    await cli("role", "grant", "dana", "auditor", "--workspace", ws, env=env, cwd=tmp_path)
+    first = await cli(
+        "role", "grant", "dana", "auditor", "--workspace", ws, "--json", env=env, cwd=tmp_path
+    )
+    assert json.loads(first) == {"workspace": ws, "user": "dana", "roles": ["auditor"]}
     granted = await cli(
         "role", "grant", "dana", "data_scientist", "--workspace", ws, env=env, cwd=tmp_path
     )
@@ -176,35 +179,19 @@ async def test_workspaces_are_created_listed_and_roles_granted_from_the_cli(
 
 
 async def test_workspace_create_and_list_in_the_sdk(
-    client: Client,
-    client_settings: Settings,
-    nats_server: NatsServer,
-    monkeypatch: pytest.MonkeyPatch,
+    client: Client, client_settings: Settings, tmp_path: Path
 ) -> None:
     """Azure's names: ``Workspace.create`` (Azure's resource arguments named in a warning,
     anything else refused) and ``Workspace.list``."""
-    from cairn.errors import AlreadyExists
-    from cairn.sdk import Workspace
+    from tests.sdk.test_sync_sdk import run_script
 
-    for key, value in sdk_env(client_settings, "default", nats_server.home).items():
-        if key.startswith("CAIRN_"):
-            monkeypatch.setenv(key, value)
-
-    def body() -> None:
-        name = "wss" + uuid.uuid4().hex[:8]
-        with pytest.warns(
-            UserWarning, match="resource_group, subscription_id name Azure resources"
-        ):
-            ws = Workspace.create(
-                name, subscription_id="sub", resource_group="rg", show_output=False
-            )
-        assert ws.name == name
-        with pytest.raises(AlreadyExists):
-            Workspace.create(name, show_output=False)
-        assert Workspace.create(name, exist_ok=True, show_output=False).name == name
-        with pytest.raises(TypeError, match="friendly"):
-            Workspace.create(name, friendlyname="x", show_output=False)
-        found = Workspace.list()
-        assert [w.name for w in found[name]] == [name]
-
-    await asyncio.to_thread(body)
+    name = "wss" + uuid.uuid4().hex[:8]
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    got = await run_script("workspaces_script.py", name, env=env, cwd=tmp_path)
+    assert got["warned"] == [
+        "Workspace.create: resource_group, subscription_id name Azure resources; a Cairn"
+        " workspace has none of them, so they are not used"
+    ]
+    assert got["name"] == got["exist_ok"] == name and got["again"] == "already_exists"
+    assert "friendlyname" in got["unknown"]
+    assert got["listed"] == [name]

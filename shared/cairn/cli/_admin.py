@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cairn.cli._base import cli, emit, json_option, run, settings
+from cairn.cli._base import cli, done, emit, json_option, run, settings
 from cairn.proto.members import ROLE_NAMES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,7 +46,8 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @_role_option("a role the server gives NAME (repeat the option for several)")
-def user_add(name: str, roles: tuple[str, ...]) -> None:
+@json_option
+def user_add(name: str, roles: tuple[str, ...], as_json: bool) -> None:
     """Add the person NAME with their roles and print their new password, once.
 
     NAME is lower-case letters, digits, _ and - (at most 32, not starting with 'cairn').
@@ -59,21 +60,24 @@ def user_add(name: str, roles: tuple[str, ...]) -> None:
 
     home = settings().home_path
     password, loaded = add_user(home, name, roles)
-    click.echo(f"user {name} added with roles {', '.join(roles)}")
-    click.echo(
+    done(
+        as_json,
+        {"user": name, "roles": list(roles), "password": password, "loaded": loaded},
+        f"user {name} added with roles {', '.join(roles)}",
         "the running server loaded it"
         if loaded
-        else "no server runs over this home: the next 'cairn up' loads it"
+        else "no server runs over this home: the next 'cairn up' loads it",
+        f"their password is shown this once; give {name} these two lines:",
+        f"  export CAIRN_NATS_USER={name}",
+        f"  export CAIRN_NATS_PASSWORD={password}",
+        f"then make them a member: cairn workspace add-member WORKSPACE {name} --role ...",
     )
-    click.echo(f"their password is shown this once; give {name} these two lines:")
-    click.echo(f"  export CAIRN_NATS_USER={name}")
-    click.echo(f"  export CAIRN_NATS_PASSWORD={password}")
-    click.echo(f"then make them a member: cairn workspace add-member WORKSPACE {name} --role ...")
 
 
 @user.command("remove")
 @click.argument("name")
-def user_remove(name: str) -> None:
+@json_option
+def user_remove(name: str, as_json: bool) -> None:
     """Remove the person NAME: their password stops working and the running server closes
     their connections. Their workspace memberships stay in the log until removed ('cairn
     workspace remove-member'), and would apply again to a new user of the same name.
@@ -86,7 +90,7 @@ def user_remove(name: str) -> None:
 
     loaded = remove_user(settings().home_path, name)
     tail = "the running server disconnected them" if loaded else "no server runs over this home"
-    click.echo(f"user {name} removed; {tail}")
+    done(as_json, {"user": name, "removed": True, "loaded": loaded}, f"user {name} removed; {tail}")
 
 
 @user.command("list")
@@ -122,7 +126,8 @@ def workspace() -> None:
 @click.argument("name")
 @click.option("--description", default="", help="what the workspace is for")
 @click.option("--exist-ok", is_flag=True, help="an existing workspace NAME is not an error")
-def workspace_create(name: str, description: str, exist_ok: bool) -> None:
+@json_option
+def workspace_create(name: str, description: str, exist_ok: bool, as_json: bool) -> None:
     """Create workspace NAME; you become its first member, with your roles.
 
     \b
@@ -136,7 +141,8 @@ def workspace_create(name: str, description: str, exist_ok: bool) -> None:
             return await ws.create(description, exist_ok=exist_ok)
 
     made = run(go())
-    click.echo(f"workspace {name} {'created' if made else 'exists already'}")
+    said = f"workspace {name} {'created' if made else 'exists already'}"
+    done(as_json, {"workspace": name, "created": made}, said)
 
 
 @workspace.command("list")
@@ -191,7 +197,8 @@ def _known_user(name: str) -> None:
 @click.argument("name")
 @click.argument("user_name", metavar="USER")
 @_role_option("a role USER gets in workspace NAME (repeat the option for several)")
-def workspace_add_member(name: str, user_name: str, roles: tuple[str, ...]) -> None:
+@json_option
+def workspace_add_member(name: str, user_name: str, roles: tuple[str, ...], as_json: bool) -> None:
     """Make USER a member of workspace NAME with these roles (a member already gets these
     roles instead of theirs). Their roles here count only as far as the server's roles for
     them allow ('cairn user list').
@@ -204,13 +211,15 @@ def workspace_add_member(name: str, user_name: str, roles: tuple[str, ...]) -> N
 
     _known_user(user_name)
     run(_as_admin(lambda conn: add_member(conn, name, user_name, roles)))
-    click.echo(f"{user_name} is a member of {name} with roles {', '.join(roles)}")
+    said = f"{user_name} is a member of {name} with roles {', '.join(roles)}"
+    done(as_json, {"workspace": name, "user": user_name, "roles": list(roles)}, said)
 
 
 @workspace.command("remove-member")
 @click.argument("name")
 @click.argument("user_name", metavar="USER")
-def workspace_remove_member(name: str, user_name: str) -> None:
+@json_option
+def workspace_remove_member(name: str, user_name: str, as_json: bool) -> None:
     """USER is no longer a member of workspace NAME: their requests there are refused.
 
     \b
@@ -220,7 +229,8 @@ def workspace_remove_member(name: str, user_name: str) -> None:
     from cairn.embedded._admin import remove_member
 
     run(_as_admin(lambda conn: remove_member(conn, name, user_name)))
-    click.echo(f"{user_name} is no longer a member of {name}")
+    said = f"{user_name} is no longer a member of {name}"
+    done(as_json, {"workspace": name, "user": user_name, "roles": []}, said)
 
 
 @workspace.command("members")
@@ -282,7 +292,8 @@ async def _members_of(conn: Any, workspace: str) -> dict[str, list[str]]:
 @click.argument("user_name", metavar="USER")
 @click.argument("role_name", metavar="ROLE", type=click.Choice(ROLE_NAMES))
 @click.option("--workspace", "ws", required=True, help="the workspace the role is granted in")
-def role_grant(user_name: str, role_name: str, ws: str) -> None:
+@json_option
+def role_grant(user_name: str, role_name: str, ws: str, as_json: bool) -> None:
     """Give USER the role ROLE in a workspace (making them a member when they are not).
 
     \b
@@ -299,14 +310,16 @@ def role_grant(user_name: str, role_name: str, ws: str) -> None:
         return roles
 
     roles = run(_as_admin(go))
-    click.echo(f"{user_name} has roles {', '.join(roles)} in {ws}")
+    said = f"{user_name} has roles {', '.join(roles)} in {ws}"
+    done(as_json, {"workspace": ws, "user": user_name, "roles": roles}, said)
 
 
 @role.command("revoke")
 @click.argument("user_name", metavar="USER")
 @click.argument("role_name", metavar="ROLE", type=click.Choice(ROLE_NAMES))
 @click.option("--workspace", "ws", required=True, help="the workspace the role is taken from")
-def role_revoke(user_name: str, role_name: str, ws: str) -> None:
+@json_option
+def role_revoke(user_name: str, role_name: str, ws: str, as_json: bool) -> None:
     """Take ROLE from USER in a workspace; with no role left they are no longer a member.
 
     \b
@@ -328,4 +341,8 @@ def role_revoke(user_name: str, role_name: str, ws: str) -> None:
 
     roles = run(_as_admin(go))
     left = f"roles {', '.join(roles)}" if roles else "no role: no longer a member"
-    click.echo(f"{user_name} has {left} in {ws}")
+    done(
+        as_json,
+        {"workspace": ws, "user": user_name, "roles": roles},
+        f"{user_name} has {left} in {ws}",
+    )

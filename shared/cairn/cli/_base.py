@@ -230,6 +230,15 @@ def sync_workspace() -> Workspace:
     return Workspace(settings())
 
 
+def done(as_json: bool, data: dict[str, Any], *lines: str) -> None:
+    """What an action did: ``data`` as one JSON object with ``--json``, else ``lines``."""
+    if as_json:
+        click.echo(json.dumps(data, default=str))
+        return
+    for line in lines:
+        click.echo(line)
+
+
 def json_option(f: Any) -> Any:
     return click.option(
         "--json",

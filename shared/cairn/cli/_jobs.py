@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
+from cairn.cli._base import cli, done, emit, json_option, run, show, with_workspace
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
@@ -163,7 +163,8 @@ def job_logs(run_id: str, follow_: bool) -> None:
     show_default=True,
     help="why, recorded with the cancel",
 )
-def job_cancel(run_id: str, reason: str) -> None:
+@json_option
+def job_cancel(run_id: str, reason: str, as_json: bool) -> None:
     """Cancel a job.
 
     Cancels job RUN_ID: a queued one never runs; a running one is stopped by its agent.
@@ -173,4 +174,4 @@ def job_cancel(run_id: str, reason: str) -> None:
       cairn job cancel RUN_ID --reason "wrong learning rate"
     """
     run(with_workspace(lambda ws: ws.run(run_id).cancel(reason)))
-    click.echo(f"cancel of {run_id} recorded")
+    done(as_json, {"run_id": run_id, "cancel_requested": True}, f"cancel of {run_id} recorded")

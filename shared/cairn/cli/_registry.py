@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import msgspec
 
-from cairn.cli._base import cli, emit, json_option, run, show, sync_workspace, with_workspace
+from cairn.cli._base import cli, done, emit, json_option, run, show, sync_workspace, with_workspace
 from cairn.proto.assets import AssetKind, ComputeSpec
 
 if TYPE_CHECKING:
@@ -149,7 +149,8 @@ def model_download(name: str, version: int | None, alias: str | None, output: st
 @click.argument("name")
 @click.argument("alias")
 @click.argument("version", type=int)
-def model_alias(name: str, alias: str, version: int) -> None:
+@json_option
+def model_alias(name: str, alias: str, version: int, as_json: bool) -> None:
     """Point an alias at a model version.
 
     Points ALIAS (e.g. production) of model NAME at VERSION, moving it if it pointed elsewhere.
@@ -159,7 +160,8 @@ def model_alias(name: str, alias: str, version: int) -> None:
       cairn model alias mnist production 3
     """
     run(with_workspace(lambda ws: ws.models.set_alias(name, alias, version)))
-    click.echo(f"{name}@{alias} -> {version}")
+    data = {"model": name, "alias": alias, "version": version}
+    done(as_json, data, f"{name}@{alias} -> {version}")
 
 
 # -- environments, datastores, compute ---------------------------------------------------------
@@ -428,7 +430,8 @@ def compute_list(as_json: bool) -> None:
 
 @compute.command("delete")
 @click.argument("name")
-def compute_delete(name: str) -> None:
+@json_option
+def compute_delete(name: str, as_json: bool) -> None:
     """Delete a compute target (operator role).
 
     Deletes compute target NAME; needs the compute-operator role.
@@ -438,4 +441,4 @@ def compute_delete(name: str) -> None:
       cairn compute delete gpu
     """
     run(with_workspace(lambda ws: ws.assets.delete_compute(name)))
-    click.echo(f"deleted compute target {name}")
+    done(as_json, {"compute": name, "deleted": True}, f"deleted compute target {name}")

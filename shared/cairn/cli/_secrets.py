@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, emit, json_option, run, settings, show, with_workspace
+from cairn.cli._base import cli, done, emit, json_option, run, settings, show, with_workspace
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
@@ -81,7 +81,8 @@ def _read_value(value_file: str | None, value: str | None) -> str:
     help="the value itself; discouraged: other users see it in the process list, and it stays"
     " in the shell history (a warning says so)",
 )
-def secret_set(name: str, value_file: str | None, value: str | None) -> None:
+@json_option
+def secret_set(name: str, value_file: str | None, value: str | None, as_json: bool) -> None:
     """Set secret NAME (a new version).
 
     The value comes from stdin (one trailing newline removed, as echo adds one; a hidden prompt
@@ -102,7 +103,7 @@ def secret_set(name: str, value_file: str | None, value: str | None) -> None:
         return int(rows[0]["version"]) if rows else 0
 
     version = run(with_workspace(go))
-    click.echo(f"secret {name} set (version {version})")
+    done(as_json, {"name": name, "version": version}, f"secret {name} set (version {version})")
 
 
 @secret.command("list")
@@ -145,7 +146,8 @@ def secret_show(name: str, as_json: bool) -> None:
 
 @secret.command("delete")
 @click.argument("name")
-def secret_delete(name: str) -> None:
+@json_option
+def secret_delete(name: str, as_json: bool) -> None:
     """Delete secret NAME (setting it again starts a new version; its values stay unreadable
     once the workspace key is rotated).
 
@@ -158,7 +160,7 @@ def secret_delete(name: str) -> None:
         await ws.secrets.delete(name)
 
     run(with_workspace(go))
-    click.echo(f"secret {name} deleted")
+    done(as_json, {"name": name, "deleted": True}, f"secret {name} deleted")
 
 
 @click.group("workspace")
@@ -188,7 +190,8 @@ def add_rotate_key() -> None:
     is_flag=True,
     help="keep the old keys after re-sealing (copies elsewhere still open old tokens)",
 )
-def rotate_key(ws: str, keep_old_keys: bool) -> None:
+@json_option
+def rotate_key(ws: str, keep_old_keys: bool, as_json: bool) -> None:
     """Rotate the key of workspace WS.
 
     A new key becomes current, every secret and datastore credential of WS is sealed again
@@ -207,4 +210,5 @@ def rotate_key(ws: str, keep_old_keys: bool) -> None:
 
     run(go())
     kept = " (old keys kept)" if keep_old_keys else ""
-    click.echo(f"workspace {ws}: new key current, secrets and credentials re-sealed{kept}")
+    said = f"workspace {ws}: new key current, secrets and credentials re-sealed{kept}"
+    done(as_json, {"workspace": ws, "rotated": True, "old_keys_kept": keep_old_keys}, said)

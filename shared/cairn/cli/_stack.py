@@ -10,7 +10,7 @@ from typing import Any
 import click
 import msgspec
 
-from cairn.cli._base import cli, run, settings
+from cairn.cli._base import cli, done, json_option, run, settings
 from cairn.settings import Settings
 
 
@@ -204,7 +204,8 @@ def status(as_json: bool) -> None:
 
 
 @cli.command()
-def sync() -> None:
+@json_option
+def sync(as_json: bool) -> None:
     """Send now what training scripts spooled while the bus was unreachable (cairn up and
     agents also send it on their own, at start and every 30 s). Commands the bus refuses for
     good are kept with the reason in the spool's refused folder, and the exit code is 1."""
@@ -227,14 +228,26 @@ def sync() -> None:
             await conn.close()
 
     report = run(go())
-    click.echo(f"synced {report.sent} spooled commands from {report.files} files")
+    lines = [f"synced {report.sent} spooled commands from {report.files} files"]
     if report.refused:
-        click.echo(
+        lines.append(
             f"refused {len(report.refused)} spooled commands for good, kept with the reason in "
             f"{report.refused_dir}:"
         )
-        for (code, message), count in sorted(report.reasons().items()):
-            click.echo(f"  {count} x [{code}] {message}")
+        lines += [f"  {n} x [{code}] {message}" for (code, message), n in report.reasons().items()]
+    reasons = [
+        {"code": code, "message": message, "count": n}
+        for (code, message), n in sorted(report.reasons().items())
+    ]
+    data = {
+        "sent": report.sent,
+        "files": report.files,
+        "refused": len(report.refused),
+        "refused_dir": str(report.refused_dir) if report.refused else None,
+        "reasons": reasons,
+    }
+    done(as_json, data, *lines)
+    if report.refused:
         sys.exit(1)
 
 
