@@ -232,6 +232,7 @@ class ProcessBackend:
         #: the walls' rules and when they were made (``_landlock.walls``: a walk of the
         #: folders on the way to the protected ones, reused for a few seconds)
         self._walls: tuple[float, list[tuple[str, int]]] = (-_WALLS_FOR_S, [])
+        self._walls_fds: tuple[float, dict[str, int]] = (-_WALLS_FOR_S, {})
         self._zygotes: dict[str, Zygote] = {}
         # what jobs keep of the agent's environment as it started (read once: going through
         # os.environ costs more than the rest of a launch's set-up)
@@ -274,8 +275,20 @@ class ProcessBackend:
         # confinement does: the child restricts itself before it executes the job)
         dies = _SETPRIV is None and sys.platform == "linux"
         rules = confine.rules if confine is not None else None
-        preexec = _before_exec(dies, rules) if dies or rules is not None else None
+        opened = self._walls_opened(confine) if confine is not None else None
+        preexec = _before_exec(dies, rules, opened) if dies or rules is not None else None
         return await _spawn(_with_pdeathsig(argv), cwd, env, preexec, self._keeper.watch)
+
+    def _walls_opened(self, confine: Confinement) -> dict[str, int]:
+        """The walls' paths opened once per version in the agent: a cold start's child
+        inherits them (its fds are closed after the hook, before the job executes)."""
+        made, opened = self._walls_fds
+        if made != confine.walls_id:
+            for fd in opened.values():
+                os.close(fd)
+            opened = _landlock.open_all(confine.walls)
+            self._walls_fds = (confine.walls_id, opened)
+        return opened
 
     async def _confinement(
         self, runtime: Runtime, cwd: Path, env: dict[str, str]
@@ -340,6 +353,9 @@ class ProcessBackend:
             zygote.close()
         self._zygotes.clear()
         self._keeper.close()
+        for fd in self._walls_fds[1].values():
+            os.close(fd)
+        self._walls_fds = (-_WALLS_FOR_S, {})
 
 
 _LANDLOCK_CHECKED: list[bool] = []
@@ -361,12 +377,14 @@ def _landlock_ready() -> bool:
     return _LANDLOCK_CHECKED[0]
 
 
-def _before_exec(dies: bool, rules: list[tuple[str, int]] | None) -> Callable[[], None]:
+def _before_exec(
+    dies: bool, rules: list[tuple[str, int]] | None, opened: dict[str, int] | None
+) -> Callable[[], None]:
     def hook() -> None:  # pragma: no cover - runs in the child between fork and exec
         if dies:
             _die_with_parent()
         if rules is not None:
-            _landlock.restrict(rules)
+            _landlock.restrict(rules, opened)
 
     return hook
 
