@@ -197,9 +197,14 @@ async def test_a_job_whose_agent_always_crashes_fails_and_leaves_no_ticket(
 ) -> None:
     src = script(tmp_path, "import os, signal; os.kill(os.getppid(), signal.SIGKILL)\n")
     run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
-    # the job kills its parent: the agent only when it started the job cold (a warm start's
-    # parent is the agent's zygote, whose death ends the job but not the agent)
-    env = {**job_env(agent_settings, ws.name, tmp_path / "a"), "CAIRN_JOB_WARM_START": "0"}
+    # the job kills its parent: the agent only when the agent itself started the job cold,
+    # unconfined (a warm or a confined start's parent is the agent's zygote, whose death ends
+    # the job but not the agent)
+    env = {
+        **job_env(agent_settings, ws.name, tmp_path / "a"),
+        "CAIRN_JOB_WARM_START": "0",
+        "CAIRN_JOB_CONFINE_FILES": "0",
+    }
     for _ in range(3):  # every agent that takes the job dies of it
         agent = await procs.agent(env)
         await asyncio.wait_for(agent.wait(), 60)

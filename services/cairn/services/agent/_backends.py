@@ -212,7 +212,9 @@ class ProcessBackend:
     processes it started through the keeper (``_keeper.py``), which kills the group.
 
     ``python <script>`` jobs are forked from a warm interpreter when they can be (``_warm``),
-    unless ``warm`` is off."""
+    unless ``warm`` is off. A job kept out of the agent's files (``protect``, Landlock) that
+    starts cold is launched by that interpreter too: it forks, confines itself with the walls
+    it holds open, and executes the command, so the agent itself never forks."""
 
     name = "process"
 
@@ -266,6 +268,18 @@ class ProcessBackend:
                 except OSError as exc:  # not forked: start it cold
                     log.warning("warm_start_failed", python=runtime.python, error=repr(exc))
                 except TimeoutError as exc:  # maybe forked late (then killed): not twice
+                    raise OSError("the warm interpreter did not answer within 30 s") from exc
+                else:
+                    self._keeper.watch(pid)
+                    return await _attach(pid, output, exited)
+        if confine is not None:  # confined: launched by a zygote, which holds the walls
+            zygote = self._zygote(runtime.python)
+            if zygote is not None:
+                try:
+                    pid, output, exited = await zygote.launch(argv, cwd, env, confine, execute=True)
+                except OSError as exc:  # not forked: start it here
+                    log.warning("zygote_launch_failed", python=runtime.python, error=repr(exc))
+                except TimeoutError as exc:
                     raise OSError("the warm interpreter did not answer within 30 s") from exc
                 else:
                     self._keeper.watch(pid)

@@ -140,10 +140,14 @@ class Zygote:
         cwd: Path,
         env: dict[str, str],
         confine: Confinement | None = None,
+        *,
+        execute: bool = False,
     ) -> tuple[int, int, asyncio.Future[int]]:
         """Fork a job: its pid, the read end of its output pipe, and its exit code to come.
         ``confine``: the Landlock rules the child confines itself to before it runs the job
-        (the walls are sent when this zygote has not had them yet).
+        (the walls are sent when this zygote has not had them yet). ``execute``: ``argv`` is
+        a whole command (its program first), which the child executes — a cold start that
+        the zygote only launches, confined without forking the agent.
 
         ``OSError`` when the zygote could not be asked (nothing was forked: a cold start is
         safe); ``TimeoutError`` when it did not answer (a child forked late is killed)."""
@@ -155,6 +159,8 @@ class Zygote:
         )
         self._pids[ident] = started
         job: dict[str, Any] = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env}
+        if execute:
+            job["exec"] = True
         if confine is not None:
             job.update(rules=confine.own, walls_id=confine.walls_id)
             if self._walls_sent != confine.walls_id:

@@ -8,7 +8,8 @@ its arguments, ``cwd``, ``env``) with the write end of the job's output pipe att
 answers ``{"id", "pid"}``, and when a child exits, ``{"pid", "exit"}`` (the exit code, or minus
 the signal). End of file on the socket (the agent is gone) ends it; its children die with it
 (``PR_SET_PDEATHSIG``). A request's ``rules`` confine the child to the job's files
-(``_landlock.py``) before it runs anything of the job's.
+(``_landlock.py``) before it runs anything of the job's. A request with ``exec`` is a cold
+start: the child executes ``argv`` (a whole command) instead of running Python here.
 
 The child starts a session of its own, takes the pipe as stdout and stderr, the job's working
 folder, environment and ``sys.argv``, puts the script's folder first on ``sys.path`` and runs it
@@ -161,6 +162,15 @@ def become(job: dict[str, Any], output: int) -> None:
             os.close(fd)
 
 
+def _execute(argv: list[str]) -> None:
+    """Replace this child with the job's command (a cold start); 127 when it cannot start."""
+    try:
+        os.execvpe(argv[0], argv, os.environ)
+    except OSError as exc:
+        print(f"cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
+        os._exit(127)
+
+
 def run(job: dict[str, Any]) -> int:
     """Run the job's script (or module) as ``__main__``; its exit code."""
     argv = job["argv"]
@@ -231,4 +241,6 @@ if __name__ == "__main__":
     job, output = serve(channel)
     become(job, output)
     del channel, output
+    if job.get("exec"):
+        _execute(job["argv"])
     finish(run(job))
