@@ -86,6 +86,7 @@ class Membership:
         self._ready = asyncio.Event()
         self._allowed: dict[tuple[frozenset[str], str, bool], bool] = {}
         self._sync_lock = asyncio.Lock()
+        self._subscribe_lock = asyncio.Lock()
         self._synced_from = -1.0  # when the last completed catch-up started (monotonic)
         self._progress_at = time.monotonic()  # when a message last arrived
         self._watchdog: asyncio.Task[None] | None = None
@@ -115,6 +116,10 @@ class Membership:
                 await sub.unsubscribe()
 
     async def _subscribe(self) -> None:
+        async with self._subscribe_lock:  # the watchdog and a catch-up may both ask
+            await self._subscribe_now()
+
+    async def _subscribe_now(self) -> None:
         old, self._sub = self._sub, None
         if old is not None:
             with contextlib.suppress(Exception):

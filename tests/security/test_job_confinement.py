@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import textwrap
 import uuid
 from pathlib import Path
@@ -255,6 +256,7 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
         agent_conn.nc, workspace=client.workspace, run_id=run_id, attempt=1, experiment="gated"
     )
     await gate.open()
+    gate.admit(os.getsid(0))  # this test's process is the job's
     link = AgentLink(str(gate.path))
     await link.open()
     job = Client(
@@ -301,6 +303,27 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
     assert not gate.path.parent.exists(), "the gate's folder is removed"
 
 
+async def test_a_process_of_another_session_is_not_let_in(
+    client: Client, agent_conn: Connection
+) -> None:
+    """Another job of the same OS user could find a gate's socket path in /proc/net/unix:
+    the gate lets in only processes of its own job's session."""
+    gate = JobGate(
+        agent_conn.nc, workspace=client.workspace, run_id="r2", attempt=1, experiment="e"
+    )
+    await gate.open()
+    gate.admit(os.getsid(0) + 1_000_000)  # a session this test's process is not in
+    try:
+        link = AgentLink(str(gate.path))
+        await link.open()
+        job = Client(Connection(nc=link, js=link.jetstream(), settings=client.conn.settings), "x")
+        with pytest.raises(Unavailable):
+            await job.ask(ListExperiments())
+        await link.close()
+    finally:
+        await gate.close()
+
+
 @pytest.mark.timeout(1200)  # a first run installs docker.io and debootstraps the base image
 async def test_a_docker_job_sees_no_agent_files_and_still_reaches_its_run(
     docker_engine: None, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
@@ -334,6 +357,7 @@ async def test_a_bad_frame_closes_the_link_and_the_gate_keeps_serving(
         agent_conn.nc, workspace=client.workspace, run_id="r1", attempt=1, experiment="e"
     )
     await gate.open()
+    gate.admit(None)
     try:
         reader, writer = await asyncio.open_unix_connection(str(gate.path))
         writer.write(b"\xff\xff\xff\xff")  # a length far beyond any frame

@@ -21,6 +21,7 @@ import ctypes
 import io
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -118,9 +119,13 @@ class Launched:
         terminate: Callable[[], None],
         kill: Callable[[], None],
         cleanup: Callable[[], None] | None = None,
+        session: int | None = None,
     ) -> None:
         self.output, self.wait, self.terminate, self.kill = output, wait, terminate, kill
         self.cleanup = cleanup  # blocking (a container to remove): run in a thread
+        #: the session the job's processes are in (a process job leads its own); None for a
+        #: container, whose processes reach only their own socket anyway
+        self.session = session
 
 
 class Backend(Protocol):
@@ -231,6 +236,8 @@ class ProcessBackend:
         #: the folders a job must not reach (the agent's home, state, artifacts, keys), kept
         #: from it with Landlock (``_landlock.py``); None: not confined
         self.protect = [str(p) for p in protect] if protect is not None else None
+        if protect is not None:
+            _room_for_walls()
         #: the walls' rules and when they were made (``_landlock.walls``: a walk of the
         #: folders on the way to the protected ones, reused for a few seconds)
         self._walls: tuple[float, list[tuple[str, int]]] = (-_WALLS_FOR_S, [])
@@ -391,6 +398,17 @@ def _landlock_ready() -> bool:
     return _LANDLOCK_CHECKED[0]
 
 
+def _room_for_walls() -> None:
+    """The walls' paths are held open (once in the agent, once in each warm interpreter):
+    raise this process's soft limit of open files to its hard one (at most 65,536), which
+    the interpreters it starts inherit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _before_exec(
     dies: bool, rules: list[tuple[str, int]] | None, opened: dict[str, int] | None
 ) -> Callable[[], None]:
@@ -461,7 +479,11 @@ async def _attach(pid: int, output: int, exited: Awaitable[int]) -> Launched:
             os.killpg(pid, sig)
 
     return Launched(
-        reader, exited, lambda: signal_group(signal.SIGTERM), lambda: signal_group(signal.SIGKILL)
+        reader,
+        exited,
+        lambda: signal_group(signal.SIGTERM),
+        lambda: signal_group(signal.SIGKILL),
+        session=pid,
     )
 
 

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import socket
+import struct
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,6 +64,10 @@ _RUN_VERBS = {
     "run.cancel": False,
     "run.heartbeat": False,
 }
+#: queries about people and workspaces, which the agent (the services' account) would be
+#: answered in full
+_ID_FIELDS = ("run_id", "parent_run_id", "staging_id", "name", "experiment_name")
+_NOT_FOR_JOBS = frozenset({"workspace.list", "member.list"})
 _reply_decoder = msgspec.json.Decoder(Reply)
 _encoder = msgspec.json.Encoder()
 
@@ -93,6 +100,11 @@ class JobGate:
         self.staging: set[str] = set()
         self.sessions: set[str] = set()
         self.folder: Path | None = None
+        #: the job's session (its processes'), known once it is launched: a connection from
+        #: any other process is dropped (another job, as the same OS user, could find this
+        #: socket's path in /proc/net/unix)
+        self.session: int | None = None
+        self._launched = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -102,13 +114,31 @@ class JobGate:
         assert self.folder is not None, "the gate is not open"
         return self.folder / SOCKET_NAME
 
-    async def open(self) -> Path:
-        """Listen on a socket in a fresh private folder (short: a socket path is at most
-        about 100 bytes, which a job's own folder may exceed); returns the folder."""
-        self.folder = Path(tempfile.mkdtemp(prefix="cairn-gate-"))
+    async def open(self, root: Path | None = None) -> Path:
+        """Listen on a socket in a fresh private folder under ``root`` (the agent's, which
+        its jobs are walled off from but for their own folder; short: a socket's path is at
+        most about 100 bytes, which a job's own folder may exceed); returns the folder."""
+        self.folder = Path(tempfile.mkdtemp(prefix="g-", dir=root))
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
         self.path.chmod(0o600)
         return self.folder
+
+    def admit(self, session: int | None) -> None:
+        """The job is launched: from now on only processes of ``session`` may connect (None:
+        any process that can reach the socket, as in a container that sees no other)."""
+        self.session = session
+        self._launched.set()
+
+    def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
+        if self.session is None:
+            return True
+        sock = writer.get_extra_info("socket")
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", raw)[0]
+            return os.getsid(pid) == self.session
+        except OSError:  # the peer is gone, or no credentials here: not this job
+            return False
 
     async def close(self) -> None:
         """Revoke: stop listening, drop every connection, remove the socket."""
@@ -125,6 +155,14 @@ class JobGate:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(self._launched.wait(), 30)
+        except TimeoutError:
+            pass
+        if not self._launched.is_set() or not self._peer_allowed(writer):
+            log.warning("gate_peer_refused", run_id=self.run_id)
+            writer.close()
+            return
         self._writers.add(writer)
         room = asyncio.Semaphore(_IN_FLIGHT)
         decoder = msgspec.msgpack.Decoder(LinkRequest)
@@ -158,6 +196,12 @@ class JobGate:
             log.info("job_request_refused", run_id=self.run_id, subject=request.subject)
             body = _encoder.encode(ErrorReply(code="permission_denied", message=reason))
             answer = LinkAnswer(request.id, body)
+        except Exception as exc:  # the agent's own trouble (its connection): the job hears it
+            log.warning("gate_forward_failed", run_id=self.run_id, error=repr(exc))
+            body = _encoder.encode(
+                ErrorReply(code="unavailable", message=f"this job's agent could not ask: {exc}")
+            )
+            answer = LinkAnswer(request.id, body)
         if writer.is_closing():
             return
         write_frame(writer, answer)
@@ -187,6 +231,9 @@ class JobGate:
         if subject in self.sessions or subject.removesuffix(".commit") in self.sessions:
             return None
         if subject.startswith(f"cairn.q.{self.workspace}."):
+            name = subject.removeprefix(f"cairn.q.{self.workspace}.")
+            if name in _NOT_FOR_JOBS:
+                raise _Refused(f"a job may not ask {name}: it answers for people, not runs")
             return None
         prefix = f"cairn.cmd.{self.workspace}."
         if not subject.startswith(prefix):
@@ -200,6 +247,9 @@ class JobGate:
             raise _Refused(f"{verb}: the command is not JSON") from exc
         if not isinstance(body, dict):
             raise _Refused(f"{verb}: the command is not a JSON object")
+        for key in _ID_FIELDS:
+            if not isinstance(body.get(key, ""), (str, type(None))):
+                raise _Refused(f"{verb}: {key} is not text")
         await self._allowed(verb, body)
         return body
 

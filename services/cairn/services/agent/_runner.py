@@ -93,8 +93,10 @@ class Attempt:
         data_cache: Path,
         backend: Backend,
         gpus: list[int],
+        gates: Path | None = None,
     ) -> None:
         self.client, self.settings, self.a = client, settings, assignment
+        self.gates = gates
         self.agent_id, self.workdir, self.snapshots = agent_id, workdir, snapshots
         self.data_cache = data_cache
         self.inputs: dict[str, Staged] = {}
@@ -374,11 +376,13 @@ class Attempt:
             secrets=self.a.job.secrets,
         )
         try:
-            await gate.open()
+            await gate.open(self.gates)
             self.launched = launched = await self.backend.launch(
                 runtime, argv, src, self._environ(gate.path), labels, self.gpus
             )
+            gate.admit(launched.session)
         except (OSError, CairnError) as exc:
+            gate.admit(None)
             await gate.close()
             self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
             self._log_file.close()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -74,6 +76,10 @@ class AgentService:
         self.work_root = root / "work" / self.agent_id
         self.snapshots = root / "snapshots"
         self.data_cache = root / "data"
+        #: the folder of this agent's job sockets (one private folder per attempt): short, as
+        #: a socket's path must be, and walled off from every job but for its own socket
+        self.gates = Path(tempfile.gettempdir()) / f"cairn-gates-{self.agent_id}"
+        self.gates.mkdir(mode=0o700, exist_ok=True)
         self.backend: Backend
         if backend == "docker":
             self.backend = DockerBackend(root / "docker")
@@ -82,7 +88,7 @@ class AgentService:
                 Environments(root / "envs").python_for,
                 warm=settings.job_warm_start,
                 env_allow=settings.job_env_allow,
-                protect=_protected(settings) if settings.job_confine_files else None,
+                protect=[*_protected(settings), self.gates] if settings.job_confine_files else None,
             )
         else:
             raise InvalidInput(f"unknown backend {backend!r}: choose process or docker")
@@ -143,6 +149,7 @@ class AgentService:
                 tg.create_task(self._send_spools(stop))
         finally:
             self.backend.close()
+            shutil.rmtree(self.gates, ignore_errors=True)
         with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
             await self._kv.delete(self.agent_id)
 
@@ -268,6 +275,7 @@ class AgentService:
             data_cache=self.data_cache,
             backend=self.backend,
             gpus=gpus,
+            gates=self.gates,
         )
         key = f"{assignment.run_id}-{assignment.attempt}"
         self.attempts[key] = attempt

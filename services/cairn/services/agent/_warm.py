@@ -165,7 +165,6 @@ class Zygote:
             job.update(rules=confine.own, walls_id=confine.walls_id)
             if self._walls_sent != confine.walls_id:
                 job["walls"] = confine.walls
-                self._walls_sent = confine.walls_id
         body = json.dumps(job).encode()
         read, write = os.pipe()
         try:
@@ -173,6 +172,8 @@ class Zygote:
                 socket.send_fds(sock, [body], [write])
             finally:
                 os.close(write)
+            if "walls" in job:  # the zygote has them now (not before the send succeeded)
+                self._walls_sent = job["walls_id"]
             pid, exited = await asyncio.wait_for(started, self.answer_s)
         except BaseException:
             self._pids.pop(ident, None)
