@@ -1,12 +1,13 @@
 """The bus: connect, provision, the one append path, aggregate reads, command execution."""
 
-from cairn.bus._connect import Connection, connect, per_client
+from cairn.bus._connect import RECONNECT_MAX_S, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._provision import ensure_consumer, ensure_stream, provision
 from cairn.bus._store import AppendResult, EventStore, Recorded
 
 __all__ = [
+    "RECONNECT_MAX_S",
     "AggregateCache",
     "AppendResult",
     "CommandContext",

@@ -66,7 +66,7 @@ from cairn.errors import CairnError, InvalidInput, Unauthenticated, Unavailable
 from cairn.log import get_logger
 from cairn.settings import Settings
 
-__all__ = ["PEOPLE_JS_PREFIX", "Connection", "connect", "per_client"]
+__all__ = ["PEOPLE_JS_PREFIX", "RECONNECT_MAX_S", "Connection", "connect", "per_client"]
 
 log = get_logger("cairn.bus")
 T = TypeVar("T")
@@ -76,9 +76,10 @@ _PER_CLIENT: weakref.WeakKeyDictionary[NATS, dict[Any, Any]] = weakref.WeakKeyDi
 _VIOLATION = re.compile(r'permissions violation for (?:publish|subscription) to "?([^"\s]+)"?')
 #: errors of the link itself (the server went away); the outage is logged, not each of these
 _LINK_ERRORS = (OSError, asyncio.TimeoutError, nats.errors.StaleConnectionError)
-#: reconnect and first-connect backoff: first delay, cap (seconds)
+#: reconnect and first-connect backoff: first delay, cap (seconds); after an outage a client
+#: is back at most ``RECONNECT_MAX_S`` after its server is
 _BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
+_BACKOFF_MAX_S = RECONNECT_MAX_S = 5.0
 #: how long closing a failed attempt may take
 _DISCARD_S = 0.5
 #: where an account without JetStream (people's) imports the services' JetStream API

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from cairn import lookup
-from cairn.bus import CommandContext, Connection, execute
+from cairn.bus import RECONNECT_MAX_S, CommandContext, Connection, execute
 from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, InvalidTransition, NotFound, PermissionDenied
 from cairn.log import get_logger
@@ -108,6 +108,8 @@ class TrackingService(ProjectedService):
         self.beats = Heartbeats(conn)
         #: when this replica may start failing silent runs (after a start or a reconnect)
         self._watching_from = time.monotonic()
+        #: after an outage, how long a run's process may take to be back beyond this replica
+        self._reconnect_s = 0.0
         types: tuple[type[Command], ...] = (*COMMAND_TYPES, HeartbeatRun)
         commands = Responder(
             conn,
@@ -164,8 +166,10 @@ class TrackingService(ProjectedService):
 
     async def reap(self) -> None:
         """One pass over the live interactive runs: fail those silent for their bound."""
-        if not self.conn.nc.is_connected:  # beats cannot reach anyone now: start again after
+        if not self.conn.nc.is_connected:  # beats cannot reach anyone now: start again after,
+            # and give the runs' processes the time their own reconnect may take on top
             self._watching_from = time.monotonic()
+            self._reconnect_s = RECONNECT_MAX_S
             return
 
         def live(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str, float]]:
@@ -175,7 +179,8 @@ class TrackingService(ProjectedService):
         watching_s = time.monotonic() - self._watching_from
         for ws, run_id, started_at in rows:
             beat = self.beats.seen.get((ws, run_id))
-            if watching_s < bound_s(self.heartbeat_s, beat) or self._alive(started_at, beat):
+            grace = bound_s(self.heartbeat_s, beat) + self._reconnect_s
+            if watching_s < grace or self._alive(started_at, beat):
                 continue
             beat = await self.beats.latest(ws, run_id)  # the bucket itself, not the mirror
             if not self._alive(started_at, beat):
