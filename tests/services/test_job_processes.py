@@ -223,22 +223,17 @@ async def test_the_scheduler_killed_under_200_jobs_restarts_and_all_complete_onc
     stack = Stack(tmp_path / "stack", ["tracking", "ingester", "artifacts", "registry"])
     await stack.start()
     try:
-        # tickets offered while no scheduler answers claims are delivered again: on a busy
-        # machine the restart can take several deliveries, which this test is not about
         service_env = {
             **stack.service_env(),
             **{f"CAIRN_{k.upper()}": str(v) for k, v in JOB_SETTINGS.items()},
             "CAIRN_JOB_TICKET_WINDOW": "16",
-            "CAIRN_JOB_MAX_DELIVER": "10",
             "CAIRN_STATE_DIR": str(tmp_path / "sch"),
         }
         scheduler = await procs.spawn(*CAIRN, "serve", "scheduler", env=service_env)
         client_settings = settings_for(stack.server, service=False)
         agent_settings = settings_for(stack.server, service=False, agent=True)
         for n in range(2):
-            env = {**job_env(agent_settings, "ws1", tmp_path / f"agent{n}")}
-            env["CAIRN_JOB_MAX_DELIVER"] = "10"
-            await procs.agent(env, slots=2)
+            await procs.agent(job_env(agent_settings, "ws1", tmp_path / f"agent{n}"), slots=2)
         conn = await connect(client_settings)
         ws = AsyncWorkspace(conn, "ws1", client_settings)
         await _until_serving(conn, "scheduler")

@@ -259,6 +259,13 @@ class AgentService:
         return sum(1 for a in self.attempts.values() if not a.exited.is_set())
 
     def _start(self, assignment: Assignment) -> None:
+        key = f"{assignment.run_id}-{assignment.attempt}"
+        running = self.running.get(key)
+        if running is not None and not running.done():
+            # a ticket delivered again (its ack was lost) and claimed again: the scheduler
+            # answers with the same attempt, which this agent is running already
+            log.info("attempt_already_running", run_id=assignment.run_id)
+            return
         gpus: list[int] = []
         if assignment.job.gpus:
             gpus, self.free_gpus = (
@@ -277,7 +284,6 @@ class AgentService:
             gpus=gpus,
             gates=self.gates,
         )
-        key = f"{assignment.run_id}-{assignment.attempt}"
         self.attempts[key] = attempt
         self.running[key] = asyncio.create_task(self._run_attempt(key, attempt, gpus))
 
