@@ -91,7 +91,8 @@ class AgentLink(NATS):
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[LinkAnswer]] = {}
         self._ids = itertools.count(1)
-        self._open = False
+        self._open = False  # the socket is up (the agent may drop it)
+        self._closed = False  # this side closed it (what ``is_closed`` says, as nats-py's)
         self._decoder = msgspec.msgpack.Decoder(LinkAnswer)
 
     async def open(self) -> None:
@@ -163,7 +164,7 @@ class AgentLink(NATS):
 
     @property
     def is_closed(self) -> bool:
-        return not self._open
+        return self._closed
 
     @property
     def max_payload(self) -> int:
@@ -173,7 +174,7 @@ class AgentLink(NATS):
         await self.close()
 
     async def close(self) -> None:
-        self._open = False
+        self._open, self._closed = False, True
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError):
