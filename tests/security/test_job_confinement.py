@@ -10,9 +10,10 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from cairn.bus import Connection
+from cairn.bus import Connection, connect
 from cairn.bus._link import AgentLink
 from cairn.errors import PermissionDenied, Unavailable
 from cairn.proto.commands import (
@@ -203,6 +204,11 @@ async def test_a_job_acts_for_its_own_run_and_nothing_else(
     assert await other.get_metrics("evil") == {}
 
 
+async def _through(gate: JobGate, settings: Settings) -> Connection:
+    """A job's connection to ``gate``, made as the SDK makes it inside a job."""
+    return await connect(msgspec.structs.replace(settings, agent_socket=str(gate.path)))
+
+
 def _agent_file(agents: Agents) -> Path:
     """A file in the agent's state folder, as its credentials and keys are in its home."""
     state = agents.settings.state_path
@@ -257,12 +263,7 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
     )
     await gate.open()
     gate.admit(os.getsid(0))  # this test's process is the job's
-    link = AgentLink(str(gate.path))
-    await link.open()
-    job = Client(
-        Connection(nc=link, js=link.jetstream(), settings=client_conn.settings),
-        client.workspace,
-    )
+    job = Client(await _through(gate, client_conn.settings), client.workspace)
 
     def metrics(run: str, attempt: int | None = None) -> LogMetrics:
         point = MetricPoint("m", "scalar", 1.0, 0, 1.0)
@@ -299,7 +300,7 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
         await job.send(metrics(run_id))
     with pytest.raises(Unavailable):
         await AgentLink(str(gate.path)).open()
-    await link.close()
+    await job.conn.close()
     assert not gate.path.parent.exists(), "the gate's folder is removed"
 
 
@@ -314,12 +315,10 @@ async def test_a_process_of_another_session_is_not_let_in(
     await gate.open()
     gate.admit(os.getsid(0) + 1_000_000)  # a session this test's process is not in
     try:
-        link = AgentLink(str(gate.path))
-        await link.open()
-        job = Client(Connection(nc=link, js=link.jetstream(), settings=client.conn.settings), "x")
+        job = Client(await _through(gate, client.conn.settings), "x")
         with pytest.raises(Unavailable):
             await job.ask(ListExperiments())
-        await link.close()
+        await job.conn.close()
     finally:
         await gate.close()
 
@@ -364,12 +363,10 @@ async def test_a_bad_frame_closes_the_link_and_the_gate_keeps_serving(
         await writer.drain()
         assert await reader.read() == b""  # the gate hung up
         writer.close()
-        link = AgentLink(str(gate.path))
-        await link.open()
-        job = Client(Connection(nc=link, js=link.jetstream(), settings=client.conn.settings), "x")
+        job = Client(await _through(gate, client.conn.settings), "x")
         with pytest.raises(PermissionDenied):
             await job.ask(ListExperiments())
-        await link.close()
+        await job.conn.close()
     finally:
         await gate.close()
 
