@@ -78,6 +78,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Landlock (Linux 5.13+); off (``CAIRN_JOB_CONFINE_FILES=0``): a job can read what the
     #: agent's OS user can
     job_confine_files: bool = True
+    #: where the gateway (studio, HTTP API, /metrics) listens; ``cairn up`` serves it there
+    #: (port 0: not at all)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8742
+    #: the key that seals the studio's session cookies (32 random bytes, hex); default
+    #: ``<home>/gateway.key``, made on first use. Gateways that share one key share sessions
+    gateway_key_file: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     #: the settings file these were read from (set by ``load_settings``; None: none was read)

@@ -26,7 +26,7 @@ class Up:
     def __init__(self, home: Path, port: int, *args: str) -> None:
         env = {**os.environ, "CAIRN_HOME": str(home), "CAIRN_LOG_FORMAT": "json"}
         self.proc = subprocess.Popen(
-            [*CAIRN, "up", "--port", str(port), *args],
+            [*CAIRN, "up", "--port", str(port), "--gateway-port", str(free_port()), *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

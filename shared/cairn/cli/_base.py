@@ -59,6 +59,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Secrets": ("secret",),
     "Operate the stack": (
         "up",
+        "studio",
         "serve",
         "status",
         "sync",

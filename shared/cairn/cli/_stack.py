@@ -49,6 +49,13 @@ from cairn.settings import Settings
     help="require a client certificate too (mutual TLS; implies --tls); one is made for this"
     " stack's processes and named in config.json",
 )
+@click.option(
+    "--gateway-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="where the studio listens on 127.0.0.1 (default: the settings' gateway_port, 8742;"
+    " 0: no studio)",
+)
 def up(
     home: str,
     port: int,
@@ -57,6 +64,7 @@ def up(
     server_restarts: int,
     tls: bool,
     tls_verify: bool,
+    gateway_port: int | None,
 ) -> None:
     """Start nats-server, every service and the local agent in this process; Ctrl-C stops
     them. A server that dies is restarted; one that a killed cairn up left behind is stopped
@@ -75,6 +83,7 @@ def up(
             server_restarts=server_restarts,
             tls=tls or tls_verify,
             tls_verify=tls_verify,
+            gateway_port=gateway_port,
         )
     )
 
@@ -98,21 +107,39 @@ def up(
 def serve(service: str, nats_url: str | None, creds: Path | None) -> None:
     """Run one service alone against a NATS server, as the service user.
 
-    SERVICE is one of: tracking, ingester, artifacts, registry, scheduler. It connects with
-    the service user's credentials (never a person's: those are refused), and serves until
-    SIGINT or SIGTERM, which also stop it while it is still connecting.
+    SERVICE is one of: tracking, ingester, artifacts, registry, scheduler, gateway. It
+    connects with the service user's credentials (never a person's: those are refused), and
+    serves until SIGINT or SIGTERM, which also stop it while it is still connecting. The
+    gateway (the studio and the HTTP API, at the settings' gateway_host:gateway_port) holds
+    no credentials: it acts as each signed-in user with theirs, so --creds means nothing to
+    it and is refused.
 
     \b
     Example:
       cairn serve tracking --nats-url nats://127.0.0.1:4222
       cairn serve ingester --creds service.json
+      CAIRN_GATEWAY_PORT=8080 cairn serve gateway
     """
     from cairn.embedded._auth import embedded_service_settings
     from cairn.embedded._up import all_services
 
-    if service not in all_services():
-        raise click.BadParameter(f"choose from {', '.join(all_services())}", param_hint="SERVICE")
+    names = [*all_services(), "gateway"]
+    if service not in names:
+        raise click.BadParameter(f"choose from {', '.join(names)}", param_hint="SERVICE")
     loaded = settings(nats_url=nats_url)
+    if service == "gateway":
+        if creds is not None:
+            raise click.BadParameter(
+                "the gateway acts with each signed-in user's credentials, never its own",
+                param_hint="--creds",
+            )
+        from cairn.services.gateway import main as gateway_main
+
+        anonymous = msgspec.structs.replace(
+            loaded, nats_user=None, nats_password=None, nats_creds=None
+        )
+        run(gateway_main(anonymous))
+        return
     if creds is not None:
         user, password = _read_creds(creds)
         loaded = msgspec.structs.replace(loaded, nats_user=user, nats_password=password)
@@ -120,6 +147,38 @@ def serve(service: str, nats_url: str | None, creds: Path | None) -> None:
         loaded = embedded_service_settings(loaded)
     module = importlib.import_module(f"cairn.services.{service}")
     run(module.main(loaded))
+
+
+@cli.command()
+@json_option
+def studio(as_json: bool) -> None:
+    """Where the studio of this home's stack is, and how to sign in to it.
+
+    It shows the local person's user name and password (from the home's credentials.json,
+    which only you can read): the studio asks for them once per browser. Others sign in with
+    the password 'cairn user add' gave them.
+    """
+    from cairn.embedded._server import NatsServer
+
+    loaded = settings()
+    if not (loaded.home_path / "credentials.json").is_file():
+        raise click.ClickException(
+            f"{loaded.home_path} holds no stack: run 'cairn up' first (or set CAIRN_HOME)"
+        )
+    creds = NatsServer(loaded.home_path, port=0).credentials
+    assert creds is not None
+    host = loaded.gateway_host if ":" not in loaded.gateway_host else f"[{loaded.gateway_host}]"
+    answer = {
+        "url": f"http://{host}:{loaded.gateway_port}/",
+        "user": creds.client_user,
+        "password": creds.client_password,
+    }
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(f"studio    {answer['url']}")
+    click.echo(f"user      {answer['user']}")
+    click.echo(f"password  {answer['password']}")
 
 
 def _read_creds(path: Path) -> tuple[str, str]:

@@ -215,6 +215,25 @@ _POLL_S = 0.2
 _GONE_S = 3.0
 
 
+def start_gateway(
+    clients: Settings, stop: asyncio.Event, tasks: list[asyncio.Task[None]], port: int | None
+) -> str | None:
+    """The studio, served in this process until ``stop`` (added to ``tasks``); its URL, or
+    None when ``port`` (else the settings' ``gateway_port``) is 0. It gets no credentials:
+    whoever signs in brings theirs."""
+    from cairn.services.gateway import Gateway
+
+    port = clients.gateway_port if port is None else port
+    if not port:
+        return None
+    settings = msgspec.structs.replace(
+        clients, nats_user=None, nats_password=None, nats_creds=None, gateway_port=port
+    )
+    gateway = Gateway(settings)
+    tasks.append(asyncio.create_task(gateway.run(stop)))
+    return gateway.url
+
+
 def _exit_reason(code: int) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
@@ -291,8 +310,10 @@ async def up(
     server_restarts: int = len(RESTART_DELAYS_S),
     tls: bool = False,
     tls_verify: bool = False,
+    gateway_port: int | None = None,
 ) -> None:
-    """The stack over ``base.home``. ``tls``: the server requires TLS, with certificates
+    """The stack over ``base.home``. ``gateway_port``: where the studio listens (default: the
+    settings' ``gateway_port``; 0: no gateway). ``tls``: the server requires TLS, with certificates
     under ``<home>/tls`` (made on first use, then reused); ``tls_verify`` also requires a
     client certificate, made there for the stack's own processes and the local person."""
     t0 = time.monotonic()
@@ -333,11 +354,14 @@ async def up(
         async with connect(clients) as ws:
             member = await _create_default(ws)
             tasks.append(asyncio.create_task(send_home_spools(clients, stop)))
+            studio = start_gateway(clients, stop, tasks, gateway_port)
             print(
                 f"cairn is up in {time.monotonic() - t0:.1f}s: {server.url} "
                 f"workspace={clients.workspace} config={home / 'config.json'}",
                 flush=True,
             )
+            if studio:
+                print(f"studio at {studio} ('cairn studio' tells how to sign in)", flush=True)
             if demo and member:
                 await run_demo(ws, lambda line: print(line, flush=True))
         print("press Ctrl-C to stop", flush=True)

@@ -1,0 +1,306 @@
+"""The gateway's ASGI application: the studio's pages, the JSON API under ``/api``, the ops
+routes; and the uvicorn server that runs it inside a Cairn process.
+
+Every route but the login page and the probes acts as the signed-in user, over that user's
+own NATS connection, through the same commands and queries as the SDK (:func:`ask`,
+:func:`send`): the gateway reads no read model and holds no state but its connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import prometheus_client
+import uvicorn
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.routes import HTTPRoute
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from cairn.log import get_logger
+from cairn.proto.commands import Accepted, Command, Query, QueryResult
+from cairn.rpc import Client
+from cairn.services.gateway._auth import (
+    OPEN_PATHS,
+    SESSION_S,
+    Authenticate,
+    csrf_guard,
+    login_page,
+    login_submit,
+    logout,
+    principal_of,
+)
+from cairn.services.gateway._pool import Pool
+from cairn.settings import Settings
+
+__all__ = ["Gateway", "ask", "create_app", "gateway_key", "send"]
+
+log = get_logger("cairn.gateway")
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+TEMPLATES = HERE / "templates"
+
+
+def gateway_key(settings: Settings) -> bytes:
+    """The key sealing session cookies: from ``gateway_key_file``, else ``<home>/gateway.key``
+    (made, 0600, on first use)."""
+    path = Path(settings.gateway_key_file or settings.home_path / "gateway.key").expanduser()
+    if not path.exists() and settings.gateway_key_file is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path} must hold the gateway's key: 64 hex digits") from exc
+    if len(key) != 32:
+        raise InvalidInput(f"{path} must hold the gateway's key: 64 hex digits")
+    return key
+
+
+async def ask(request: Request[Any, Any, Any], workspace: str, query: Query) -> QueryResult:
+    """``query`` in ``workspace`` as the signed-in user, after what they did themselves."""
+    principal = principal_of(request)
+    seen = principal.seen.get(workspace, 0)
+    if seen > query.min_seq:
+        query = type(query)(**{**_fields(query), "min_seq": seen})
+    return await Client(principal.conn, workspace).ask(query)
+
+
+async def send(request: Request[Any, Any, Any], workspace: str, command: Command) -> Accepted:
+    """``command`` in ``workspace`` as the signed-in user; later queries wait for it."""
+    principal = principal_of(request)
+    accepted = await Client(principal.conn, workspace).send(command)
+    principal.seen[workspace] = max(principal.seen.get(workspace, 0), accepted.seq)
+    return accepted
+
+
+def _fields(struct: Any) -> dict[str, Any]:
+    return {name: getattr(struct, name) for name in struct.__struct_fields__}
+
+
+_STATUS = {
+    NotFound: 404,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    InvalidInput: 400,
+    Unavailable: 503,
+}
+
+
+def _status_of(exc: CairnError) -> int:
+    for kind, status in _STATUS.items():
+        if isinstance(exc, kind):
+            return status
+    return 409
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get(
+        "accept", ""
+    )
+
+
+def _on_cairn_error(request: Request[Any, Any, Any], exc: CairnError) -> Response[Any]:
+    status = _status_of(exc)
+    if _wants_html(request):
+        return Template(
+            template_name="error.html",
+            context={"status": status, "code": exc.code, "message": exc.message},
+            status_code=status,
+        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+    return Response({"code": exc.code, "message": exc.message}, status_code=status)
+
+
+def _on_unauthorized(request: Request[Any, Any, Any], exc: NotAuthorizedException) -> Response[Any]:
+    if _wants_html(request) and request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return Redirect(path=f"/login?next={quote(target)}", status_code=303)
+    return Response(
+        {"code": "unauthenticated", "message": exc.detail},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="cairn"'},
+    )
+
+
+def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if _wants_html(request):
+        return Template(
+            template_name="error.html",
+            context={"status": exc.status_code, "code": "", "message": exc.detail},
+            status_code=exc.status_code,
+        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+    return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
+
+
+@get("/healthz", media_type=MediaType.TEXT, sync_to_thread=False)
+def healthz() -> str:
+    return "ok"
+
+
+@get("/readyz", media_type=MediaType.TEXT)
+async def readyz(request: Request[Any, Any, Any]) -> Response[str]:
+    """Ready while the NATS server takes connections."""
+    url = urlsplit(request.app.state.settings.nats_url.split(",")[0])
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222), 2.0
+        )
+    except (OSError, TimeoutError):
+        return Response("the NATS server does not answer", status_code=503)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Response("ok")
+
+
+@get("/metrics", media_type=prometheus_client.CONTENT_TYPE_LATEST, sync_to_thread=False)
+def metrics(request: Request[Any, Any, Any]) -> bytes:
+    """This process's metrics (with ``cairn up``: every service's), for a signed-in user or
+    a token (Prometheus: ``authorization: {credentials: <token>}``)."""
+    principal_of(request)
+    return prometheus_client.generate_latest()
+
+
+def create_app(
+    settings: Settings, pool: Pool, route_handlers: Sequence[Any] = (), *, secure: bool = False
+) -> Litestar:
+    """The application, over ``pool``'s connections. ``secure``: served over HTTPS (the
+    cookie is then sent over HTTPS only)."""
+    from cairn.services.gateway._pages import PAGES
+
+    sessions = CookieBackendConfig(
+        secret=gateway_key(settings),
+        key="cairn_session",
+        max_age=SESSION_S,
+        httponly=True,
+        samesite="lax",
+        secure=secure,
+    )
+    auth = DefineMiddleware(Authenticate, exclude=[f"^{p}$" for p in OPEN_PATHS])
+    app = Litestar(
+        route_handlers=[
+            login_page,
+            login_submit,
+            logout,
+            healthz,
+            readyz,
+            metrics,
+            create_static_files_router(path="/static", directories=[STATIC]),
+            *PAGES,
+            *route_handlers,
+        ],
+        middleware=[sessions.middleware, auth],
+        before_request=csrf_guard,
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        exception_handlers={
+            CairnError: _on_cairn_error,
+            NotAuthorizedException: _on_unauthorized,
+            HTTPException: _on_http_error,
+        },
+        openapi_config=None,
+        debug=False,
+    )
+    app.state.settings = settings
+    app.state.pool = pool
+    return app
+
+
+def routes(app: Litestar) -> Iterable[tuple[str, set[str], BaseRouteHandler]]:
+    """Every route of ``app``: its path, its methods, its handler (for the tests that walk
+    them)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            methods = set(getattr(handler, "http_methods", ()) or ())
+            yield route.path, methods, handler
+
+
+class _Server(uvicorn.Server):
+    """uvicorn inside a process that handles its own signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+class Gateway:
+    """The gateway of one process: its application on one socket until ``stop``."""
+
+    name = "gateway"
+
+    def __init__(self, settings: Settings, route_handlers: Sequence[Any] = ()) -> None:
+        self.settings = settings
+        self.pool = Pool(settings)
+        self.app = create_app(settings, self.pool, route_handlers)
+        self.socket = socket.socket(
+            socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
+        )
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind((settings.gateway_host, settings.gateway_port))
+        except OSError as exc:
+            self.socket.close()
+            raise Unavailable(
+                f"the gateway cannot listen on {settings.gateway_host}:{settings.gateway_port}:"
+                f" {exc.strerror} (set gateway_port, or 0 for none)"
+            ) from None
+        self.socket.listen(128)
+        self.socket.setblocking(False)
+        host, port = self.socket.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[self.socket]))
+        log.info("gateway_started", url=self.url)
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([serving, stopping], return_when="FIRST_COMPLETED")
+            server.should_exit = True
+            await serving
+        finally:
+            stopping.cancel()
+            await self.pool.close()
+            self.socket.close()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Gateway]:
+    """A gateway serving in the background of this block (tests, ``cairn up``)."""
+    stop = asyncio.Event()
+    gateway = Gateway(settings)
+    task = asyncio.create_task(gateway.run(stop))
+    try:
+        yield gateway
+    finally:
+        stop.set()
+        await task

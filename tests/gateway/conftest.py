@@ -1,0 +1,57 @@
+"""A gateway serving in the test process, over the session's server and services, and HTTP
+clients signed in to it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import pytest
+
+from cairn.embedded._server import NatsServer
+from cairn.rpc import Client
+from cairn.services.gateway import Gateway, running
+from cairn.settings import Settings
+
+
+@pytest.fixture(scope="session")
+async def gateway(
+    services: None, nats_server: NatsServer, client_settings: Settings
+) -> AsyncIterator[Gateway]:
+    """The gateway holds no credentials: only where the server is, and its own key."""
+    settings = msgspec.structs.replace(
+        client_settings, nats_user=None, nats_password=None, gateway_port=0
+    )
+    async with running(settings) as gw:
+        yield gw
+
+
+def login_password(nats_server: NatsServer, user: str | None = None) -> tuple[str, str]:
+    creds = nats_server.credentials
+    assert creds is not None
+    name = user or creds.client_user
+    return name, creds.people[name].password
+
+
+async def sign_in(http: httpx.AsyncClient, user: str, password: str) -> httpx.Response:
+    """Sign in through the login form, as a browser does (its CSRF token included)."""
+    page = await http.get("/login")
+    csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert csrf, page.text
+    return await http.post(
+        "/login",
+        data={"username": user, "password": password, "_csrf": csrf.group(1), "next": "/"},
+    )
+
+
+@pytest.fixture
+async def browser_http(
+    gateway: Gateway, nats_server: NatsServer, client: Client
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client signed in as the local person (a member of the test's workspace)."""
+    async with httpx.AsyncClient(base_url=gateway.url, follow_redirects=False) as http:
+        reply = await sign_in(http, *login_password(nats_server))
+        assert reply.status_code == 303, reply.text
+        yield http
