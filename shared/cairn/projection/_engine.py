@@ -526,7 +526,7 @@ class ProjectionRunner(Generic[V]):
                     log.info("projection_rebuilt", projection=self.projection.name, seq=seq)
                     return seq
         finally:
-            await _quietly_unsubscribe(feed.sub)
+            await _quietly_unsubscribe(self.conn, feed.sub)
 
     def close(self) -> None:
         self.db.close()
@@ -579,11 +579,12 @@ class _Hub:
     """One ordered consumer per connection and source, shared by every projection that
     follows it in this process: the server sends each event once, not once per read model.
 
-    It starts at the lowest position among its members (again when one joins further back,
-    or a member's watchdog asks) and hands each message to every member. A member is woken
-    only for events of its kinds, or while it has messages waiting (to keep their order);
-    otherwise its position just moves past the event. A member behind the feed skips what it
-    has already applied by sequence, as after any redelivery.
+    It starts at the lowest position among its members (again when one joins behind what it
+    has already handed out, or a member's watchdog asks; the consumer it leaves is deleted)
+    and hands each message to every member. A member is woken only for events of its kinds, or
+    while it has messages waiting (to keep their order); otherwise its position just moves
+    past the event. A member behind the feed skips what it has already applied by sequence,
+    as after any redelivery.
     """
 
     def __init__(self, conn: Connection, source: Source) -> None:
@@ -591,12 +592,16 @@ class _Hub:
         self.members: dict[ProjectionRunner[Any], _Feed] = {}
         self.sub: Any = None
         self.start = 0
+        #: the sequence of the latest message handed out (``start - 1`` before the first)
+        self.delivered = 0
         self._lock = asyncio.Lock()
 
     async def join(self, runner: ProjectionRunner[Any]) -> _Feed:
         feed = self.members[runner] = _Feed(runner.batch_size * 4)
         async with self._lock:
-            if self.sub is None or runner.last_seq + 1 < self.start:
+            # a member behind what the feed has handed out already would miss the events
+            # between: the feed starts again from the member's position
+            if self.sub is None or runner.last_seq < self.delivered:
                 await self._restart()
         return feed
 
@@ -605,7 +610,7 @@ class _Hub:
         async with self._lock:
             if not self.members and self.sub is not None:
                 sub, self.sub = self.sub, None
-                await _quietly_unsubscribe(sub)
+                await _quietly_unsubscribe(self.conn, sub)
 
     async def resubscribe(self) -> None:
         async with self._lock:
@@ -614,13 +619,15 @@ class _Hub:
 
     async def _restart(self) -> None:
         if self.sub is not None:
-            await _quietly_unsubscribe(self.sub)
+            await _quietly_unsubscribe(self.conn, self.sub)
         self.start = min(r.last_seq for r in self.members) + 1
+        self.delivered = self.start - 1
         beat = min(r.poll_s for r in self.members)
         self.sub = await _ordered_consumer(self.conn, self.source, self.start, beat, self._deliver)
 
     async def _deliver(self, msg: Any) -> None:
         seq, kind = stream_seq(msg.reply), _kind(msg.subject)
+        self.delivered = seq
         for runner, feed in list(self.members.items()):
             kinds = runner.projection.source.kinds
             if kinds is None or kind in kinds or not feed.queue.empty():
@@ -642,8 +649,16 @@ def _kind(subject: str) -> str:
     return tokens[3] if len(tokens) == 5 else ""
 
 
-async def _quietly_unsubscribe(sub: Any) -> None:
+async def _quietly_unsubscribe(conn: Connection, sub: Any) -> None:
+    """Stop a feed and delete its consumer now (the server would otherwise keep an ephemeral
+    consumer without interest for a few seconds, and a restarted feed would count twice)."""
     try:
         await sub.unsubscribe()
     except Exception as exc:  # the connection may already be closing
         log.debug("unsubscribe_failed", error=str(exc))
+        return
+    try:
+        info = await sub.consumer_info()
+        await conn.js.delete_consumer(info.stream_name, info.name)
+    except Exception as exc:  # already gone (a server restart), or no answer: it expires
+        log.debug("consumer_delete_failed", error=str(exc))
