@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cairn.bus import Connection
 from cairn.cli import cli
-from cairn.errors import NotFound
+from cairn.errors import InvalidInput, NotFound
 from cairn.projection._engine import stream_position
 from cairn.proto.assets import ComputeSpec, CreateCompute
 from cairn.proto.commands import CreateExperiment, GetRun, ListRuns
@@ -169,6 +169,27 @@ def test_readiness_needs_every_part_and_check() -> None:
     r.withdraw("tracking")
     r.remove_check("key")
     assert not r.ready and r.state() == {}
+
+
+async def test_readyz_is_503_while_a_part_is_not_ready(ops: httpx.AsyncClient) -> None:
+    readiness.expect("probe")
+    try:
+        got = await ops.get("/readyz")
+        assert got.status_code == 503
+        assert got.json()["ready"] is False and got.json()["parts"]["probe"] is False
+        assert (await ops.get("/healthz")).status_code == 200
+    finally:
+        readiness.withdraw("probe")
+
+
+async def test_a_port_in_use_is_refused_at_once() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidInput, match=f"127.0.0.1:{port}"):
+            async with ops_server("127.0.0.1", port):
+                pass
 
 
 def test_ops_host_without_a_port_is_refused() -> None:
