@@ -28,28 +28,27 @@ __all__ = ["ops_app", "ops_routes", "ops_server"]
 log = get_logger("cairn.telemetry")
 
 
-@get("/metrics", media_type=MediaType.TEXT, include_in_schema=False)
-async def _metrics() -> Response[bytes]:
-    body, content_type = render()
-    return Response(body, media_type=content_type)
-
-
-@get("/healthz", media_type=MediaType.TEXT, include_in_schema=False)
-async def _healthz() -> str:
-    return "ok\n"
-
-
-@get("/readyz", include_in_schema=False)
-async def _readyz() -> Response[dict[str, Any]]:
-    state = readiness.state()
-    ready = readiness.ready
-    return Response({"ready": ready, "parts": state}, status_code=200 if ready else 503)
-
-
 def ops_routes() -> list[HTTPRouteHandler]:
     """The route handlers of ``GET /metrics``, ``/healthz`` and ``/readyz``, to mount on an
-    app (the gateway puts them behind its own guard)."""
-    return [_metrics, _healthz, _readyz]
+    app (the gateway puts them behind its own guard); new ones at each call, so two apps never
+    share a handler."""
+
+    @get("/metrics", media_type=MediaType.TEXT, include_in_schema=False)
+    async def metrics() -> Response[bytes]:
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    @get("/healthz", media_type=MediaType.TEXT, include_in_schema=False)
+    async def healthz() -> str:
+        return "ok\n"
+
+    @get("/readyz", include_in_schema=False)
+    async def readyz() -> Response[dict[str, Any]]:
+        ready = readiness.ready
+        body = {"ready": ready, "parts": readiness.state()}
+        return Response(body, status_code=200 if ready else 503)
+
+    return [metrics, healthz, readyz]
 
 
 def ops_app() -> Litestar:
