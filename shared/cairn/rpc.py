@@ -5,7 +5,7 @@ group, so any number of replicas share the load. Every request gets exactly one 
 handler's result, or ``ErrorReply(code, message)`` for bad input (malformed JSON, unknown type,
 missing field, oversized payload, bad subject token) and for domain errors. A failing request
 never stops the responder. Requests run as tasks (bounded); ``stop`` unsubscribes, then waits
-for those in flight.
+for those in flight. Each request is counted by outcome and timed (:mod:`cairn.telemetry`).
 
 Client side, :class:`Client` checks the size before sending, retries timeouts with the same
 bytes (commands are idempotent by ``command_id``) and raises the ``CairnError`` of a reply's code.
@@ -64,6 +64,7 @@ from cairn.proto.commands import (
     Reply,
 )
 from cairn.proto.subjects import command, query, validate_token
+from cairn.telemetry import RequestMetrics
 
 __all__ = [
     "ADMIN_ACTOR",
@@ -205,6 +206,7 @@ class Responder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
         self._gate: Gate | None = None
+        self._metrics = RequestMetrics(queue, set(routes))
 
     async def start(self) -> None:
         self._gate = _GATES.get(self.conn.nc)
@@ -265,8 +267,10 @@ class Responder:
         return tag is not None and (not isinstance(tag, str) or tag not in self._tags)
 
     async def _serve(self, msg: Any) -> None:
+        started = time.perf_counter()
         reply: Reply | RawReply
         correlation = None
+        outcome = "ok"
         try:
             request = self._parse(msg)
             if request.actor != SERVICE_ACTOR:
@@ -286,6 +290,7 @@ class Responder:
                 reply = await self.routes[request.verb](request)
         except CairnError as exc:
             reply = ErrorReply(code=exc.code, message=exc.message)
+            outcome = exc.code
             # an answer the caller expects (not found, exists, bad input) is routine; a
             # refused identity is worth seeing
             level = log.info if isinstance(exc, PermissionDenied) else log.debug
@@ -293,6 +298,9 @@ class Responder:
         except Exception:
             log.exception("request_failed", subject=msg.subject, correlation_id=correlation)
             reply = ErrorReply(code="internal", message="internal error; see the service log")
+            outcome = "internal"
+        tokens = msg.subject.split(".", 3)  # cairn.cmd|q.<ws>.<verb>
+        self._metrics.observe(tokens[-1], tokens[1:2] == ["q"], outcome, started)
         if msg.reply:
             try:
                 await self._respond(msg, reply)

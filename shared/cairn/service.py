@@ -7,14 +7,20 @@ stop event is set, lets each finish its in-flight work, then drains the connecti
 does that until SIGTERM/SIGINT, and ``service_main(factory)`` is the ``main(settings)`` of
 every service package: ``cairn serve <name>`` runs one service this way; ``cairn up`` runs all
 of them in one process.
+
+Each service is part of the process's readiness (:data:`cairn.telemetry.readiness`): expected
+when built, ready once started (and its projections caught up: they check themselves), not
+ready from the moment the stop is asked. ``serve(..., ops=OpsAddress(host, port))`` also serves
+``/metrics``, ``/healthz`` and ``/readyz`` on that address for the life of the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
 from cairn.errors import Unauthenticated
@@ -24,8 +30,10 @@ from cairn.projection import Projection, ProjectionRunner, Tables
 from cairn.proto.commands import QueryResult
 from cairn.rpc import Request, Responder, answer_pings, install_gate
 from cairn.settings import Settings
+from cairn.telemetry import ops_server, readiness
 
 __all__ = [
+    "OpsAddress",
     "ProjectedService",
     "Service",
     "ServiceFactory",
@@ -51,6 +59,14 @@ class Service(Protocol):
 ServiceFactory = Callable[[Connection, Settings], Service]
 
 
+class OpsAddress(NamedTuple):
+    """Where a service process serves its ops routes (no authentication: keep it on loopback
+    or behind the network boundary)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
 def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,6 +86,7 @@ async def run_services(
     stop = stop or asyncio.Event()
     conn = await connect(settings, name="cairn-services", wait=True, stop=stop)
     members: Membership | None = None
+    services: list[Service] = []
     try:
         if not conn.own_jetstream:
             raise Unauthenticated(
@@ -85,35 +102,62 @@ async def run_services(
             install_gate(conn, members)
         services = [factory(conn, settings) for factory in factories]
         for service in services:
+            readiness.expect(service.name)
+        for service in services:
             await service.start()
         async with asyncio.TaskGroup() as tg:
             for service in services:
                 tg.create_task(service.run(stop), name=service.name)
                 tg.create_task(answer_pings(conn, service.name, stop))
+            tg.create_task(_not_ready_on(stop, services))
             log.info("services_started", services=[s.name for s in services])
+            for service in services:
+                readiness.mark_ready(service.name)
             if ready is not None:
                 ready.set()
     finally:
         log.info("services_stopping")
+        for service in services:
+            readiness.withdraw(service.name)
         if members is not None:
             await members.stop()
         await conn.close()
 
 
+async def _not_ready_on(stop: asyncio.Event, services: list[Service]) -> None:
+    """From the moment the stop is asked the process is no longer ready: a load balancer stops
+    sending while in-flight work finishes."""
+    await stop.wait()
+    for service in services:
+        readiness.mark_not_ready(service.name)
+
+
 async def serve(
-    settings: Settings, *factories: ServiceFactory, provision_streams: bool = True
+    settings: Settings,
+    *factories: ServiceFactory,
+    provision_streams: bool = True,
+    ops: OpsAddress | None = None,
 ) -> None:
-    """Run ``factories``' services in this process until SIGTERM/SIGINT."""
+    """Run ``factories``' services in this process until SIGTERM/SIGINT; with ``ops`` (a
+    port other than 0), serve the ops routes there meanwhile (bound first: a port in use
+    fails before anything connects)."""
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await run_services(settings, list(factories), stop=stop, provision_streams=provision_streams)
+    async with contextlib.AsyncExitStack() as stack:
+        if ops is not None and ops.port:
+            await stack.enter_async_context(ops_server(ops.host, ops.port))
+        await run_services(
+            settings, list(factories), stop=stop, provision_streams=provision_streams
+        )
 
 
-def service_main(factory: ServiceFactory) -> Callable[[Settings], Coroutine[Any, Any, None]]:
-    """The ``main(settings)`` of a service package: run that one service alone."""
+def service_main(
+    factory: ServiceFactory,
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The ``main(settings, ops=None)`` of a service package: run that one service alone."""
 
-    async def main(settings: Settings) -> None:
-        await serve(settings, factory)
+    async def main(settings: Settings, ops: OpsAddress | None = None) -> None:
+        await serve(settings, factory, ops=ops)
 
     main.__doc__ = f"Run {getattr(factory, 'name', factory)} alone until SIGTERM/SIGINT."
     return main

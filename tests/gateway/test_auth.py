@@ -42,7 +42,7 @@ async def test_every_route_needs_a_user(gateway: Gateway) -> None:
 
 async def test_open_routes_are_only_login_and_probes(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url) as http:
-        assert (await http.get("/healthz")).text == "ok"
+        assert (await http.get("/healthz")).text.strip() == "ok"
         assert (await http.get("/readyz")).status_code == 200
         page = await http.get("/login")
         assert page.status_code == 200 and 'name="password"' in page.text

@@ -4,14 +4,50 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
 
 from cairn.cli._base import cli, done, json_option, run, settings
 from cairn.settings import Settings
+
+if TYPE_CHECKING:
+    from cairn.service import OpsAddress
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ops_options(fn: F) -> F:
+    """``--ops-port`` and ``--ops-host``: where a service process serves /metrics, /healthz
+    and /readyz (docs/operations.md)."""
+    fn = click.option(
+        "--ops-host",
+        default=None,
+        help="address of the ops routes (default 127.0.0.1; they carry no authentication:"
+        " keep them behind the network boundary)",
+    )(fn)
+    return click.option(
+        "--ops-port",
+        type=click.IntRange(0, 65535),
+        default=0,
+        show_default=True,
+        help="serve GET /metrics, /healthz and /readyz on this port (0: not at all)",
+    )(fn)
+
+
+def ops_address(port: int, host: str | None) -> OpsAddress | None:
+    from cairn.service import OpsAddress
+
+    if not port:
+        if host is not None:
+            raise click.BadParameter(
+                "give --ops-port too (0 serves nothing)", param_hint="--ops-host"
+            )
+        return None
+    return OpsAddress(host or "127.0.0.1", port)
 
 
 @cli.command()
@@ -104,20 +140,24 @@ def up(
     " service user of the credentials.json that cairn up wrote in the home, else"
     " CAIRN_NATS_USER and CAIRN_NATS_PASSWORD)",
 )
-def serve(service: str, nats_url: str | None, creds: Path | None) -> None:
+@ops_options
+def serve(
+    service: str, nats_url: str | None, creds: Path | None, ops_port: int, ops_host: str | None
+) -> None:
     """Run one service alone against a NATS server, as the service user.
 
     SERVICE is one of: tracking, ingester, artifacts, registry, scheduler, gateway. It
     connects with the service user's credentials (never a person's: those are refused), and
-    serves until SIGINT or SIGTERM, which also stop it while it is still connecting. The
-    gateway (the studio and the HTTP API, at the settings' gateway_host:gateway_port) holds
-    no credentials: it acts as each signed-in user with theirs, so --creds means nothing to
-    it and is refused.
+    serves until SIGINT or SIGTERM, which also stop it while it is still connecting. With
+    --ops-port it also answers GET /metrics (Prometheus), /healthz and /readyz over HTTP.
+    The gateway (the studio and the HTTP API, at the settings' gateway_host:gateway_port)
+    holds no credentials: it acts as each signed-in user with theirs, so --creds means
+    nothing to it and is refused; it serves /metrics, /healthz and /readyz on its own port.
 
     \b
     Example:
       cairn serve tracking --nats-url nats://127.0.0.1:4222
-      cairn serve ingester --creds service.json
+      cairn serve ingester --creds service.json --ops-port 9464
       CAIRN_GATEWAY_PORT=8080 cairn serve gateway
     """
     from cairn.embedded._auth import embedded_service_settings
@@ -126,12 +166,18 @@ def serve(service: str, nats_url: str | None, creds: Path | None) -> None:
     names = [*all_services(), "gateway"]
     if service not in names:
         raise click.BadParameter(f"choose from {', '.join(names)}", param_hint="SERVICE")
+    ops = ops_address(ops_port, ops_host)
     loaded = settings(nats_url=nats_url)
     if service == "gateway":
         if creds is not None:
             raise click.BadParameter(
                 "the gateway acts with each signed-in user's credentials, never its own",
                 param_hint="--creds",
+            )
+        if ops is not None:
+            raise click.BadParameter(
+                "the gateway serves /metrics, /healthz and /readyz on its own port",
+                param_hint="--ops-port",
             )
         from cairn.services.gateway import main as gateway_main
 
@@ -146,7 +192,7 @@ def serve(service: str, nats_url: str | None, creds: Path | None) -> None:
     else:
         loaded = embedded_service_settings(loaded)
     module = importlib.import_module(f"cairn.services.{service}")
-    run(module.main(loaded))
+    run(module.main(loaded, ops=ops))
 
 
 @cli.command()
@@ -332,6 +378,7 @@ def sync(as_json: bool) -> None:
     default=None,
     help="the NATS server (default: CAIRN_NATS_URL, else the settings' nats_url)",
 )
+@ops_options
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -341,6 +388,8 @@ def agent(
     drain: bool,
     backend: str,
     nats_url: str | None,
+    ops_port: int,
+    ops_host: str | None,
 ) -> None:
     """Run a compute agent, or list the agents.
 
@@ -349,16 +398,18 @@ def agent(
 
     \b
     Examples:
-      cairn agent --compute gpu --slots 2 --label gpu
+      cairn agent --compute gpu --slots 2 --label gpu --ops-port 9465
       cairn agent list
     """
     if ctx.invoked_subcommand is not None:
         return
     if compute is None:
         raise click.UsageError("give --compute NAME (or a subcommand: list)")
+    ops = ops_address(ops_port, ops_host)
     from cairn.services.agent import main as agent_main
 
-    run(agent_main(settings(nats_url=nats_url), compute, slots, list(labels), drain, backend))
+    loaded = settings(nats_url=nats_url)
+    run(agent_main(loaded, compute, slots, list(labels), drain, backend, ops=ops))
 
 
 _AGENT_COLUMNS = [

@@ -7,6 +7,12 @@ next start re-reads it; events at or below ``last_seq`` are skipped. Tables are 
 generation (``<projection>__<table>__g<n>``): ``rebuild`` fills generation n+1 from sequence 1
 while generation n keeps answering queries, and swaps them when it has caught up.
 
+Its lag (``cairn_projection_lag_messages``) is the stream's last sequence, as known from the
+deliveries (each carries its own sequence and how many follow it) and from the stream's state
+read at start and by the watchdog, minus the sequence applied; it is read when the metrics are.
+The process is not ready (``/readyz``) until each projection has applied what its stream held
+when it started.
+
 A watchdog re-subscribes when the stream has moved past us and nothing arrived for ``stall_s``
 (a pull or push subscription can silently stop after a server restart).
 
@@ -42,6 +48,7 @@ from cairn.projection._control import control_for
 from cairn.proto.events import decode_envelope
 from cairn.proto.streams import EVENTS
 from cairn.proto.subjects import EVENTS_ALL
+from cairn.telemetry import PROJECTION_APPLIED, PROJECTION_LAG, forget, readiness
 
 __all__ = [
     "EVENTS_SOURCE",
@@ -155,6 +162,17 @@ def stream_seq(reply: str) -> int:
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
 
 
+def stream_position(reply: str) -> tuple[int, int]:
+    """A delivery's stream sequence and the stream's last sequence as the server saw it then
+    (the sequence plus the messages pending after it), from its reply subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        seq, pending = int(tokens[5]), int(tokens[8])
+    else:
+        seq, pending = int(tokens[7]), int(tokens[10])
+    return seq, seq + pending
+
+
 class ProjectionRunner(Generic[V]):
     """Runs one projection into one SQLite file; answers reads against its current tables."""
 
@@ -179,6 +197,10 @@ class ProjectionRunner(Generic[V]):
         self.resubscriptions = 0
         self._advanced = asyncio.Event()
         self._progress_at = time.monotonic()
+        #: the stream's last sequence as last read from its state (at start, by the watchdog)
+        self._stream_last: int | None = None
+        self._hub: _Hub | None = None
+        self._caught_up = False
         row = self.db.execute(
             "SELECT last_seq, version, generation FROM projection_state WHERE name = ?",
             (projection.name,),
@@ -246,6 +268,21 @@ class ProjectionRunner(Generic[V]):
 
     def content_hash(self) -> str:
         return content_hash(self.db, self.projection, self.tables)
+
+    @property
+    def lag(self) -> int:
+        """How far the stream's last sequence (as far as this process knows it) is ahead of
+        the sequence applied."""
+        head = max(self._stream_last or 0, self._hub.head if self._hub is not None else 0)
+        return max(head - self.last_seq, 0)
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether this projection has applied what its stream held when it started (once
+        true, stays true: a busy stream is no reason to stop serving)."""
+        if not self._caught_up and self._stream_last is not None:
+            self._caught_up = self.last_seq >= self._stream_last
+        return self._caught_up
 
     @property
     def quarantined(self) -> int:
@@ -442,9 +479,11 @@ class ProjectionRunner(Generic[V]):
         if time.monotonic() - self._progress_at < self.stall_s:
             return False
         try:
-            behind = await self.store.last_seq() > self.last_seq
+            last = await self.store.last_seq()
         except CairnError:
             return False
+        self._stream_last = max(self._stream_last or 0, last)
+        behind = last > self.last_seq
         if behind:
             log.warning("projection_stalled", projection=self.projection.name, seq=self.last_seq)
         self._progress_at = time.monotonic()
@@ -453,13 +492,22 @@ class ProjectionRunner(Generic[V]):
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the log until ``stop`` is set, through the connection's shared feed; answer
         ``cairn status`` and ``cairn projection retry`` meanwhile."""
-        hub = _hub_for(self.conn, self.projection.source)
+        name = self.projection.name
+        hub = self._hub = _hub_for(self.conn, self.projection.source)
         feed = await hub.join(self)
         control = control_for(self.conn)
         await control.join(self)
+        readiness.add_check(self, f"projection {name}", lambda: self.caught_up)
+        PROJECTION_APPLIED.labels(name).set_function(lambda: self.last_seq)
+        PROJECTION_LAG.labels(name).set_function(lambda: self.lag)
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(feed.wake)
         try:
+            try:
+                self._stream_last = await self.store.last_seq()
+            except CairnError as exc:  # then it is ready on what it has
+                log.warning("projection_stream_unknown", projection=name, error=str(exc))
+                self._stream_last = 0
             while not stop.is_set():
                 batch = await self._next_batch(feed)
                 if batch:
@@ -471,6 +519,9 @@ class ProjectionRunner(Generic[V]):
                     await hub.resubscribe()
         finally:
             stopped.cancel()
+            readiness.remove_check(self)
+            forget(PROJECTION_APPLIED, name)
+            forget(PROJECTION_LAG, name)
             await control.leave(self)
             await hub.leave(self)
 
@@ -526,7 +577,7 @@ class ProjectionRunner(Generic[V]):
                     log.info("projection_rebuilt", projection=self.projection.name, seq=seq)
                     return seq
         finally:
-            await _quietly_unsubscribe(feed.sub)
+            await _quietly_unsubscribe(self.conn, feed.sub)
 
     def close(self) -> None:
         self.db.close()
@@ -579,11 +630,12 @@ class _Hub:
     """One ordered consumer per connection and source, shared by every projection that
     follows it in this process: the server sends each event once, not once per read model.
 
-    It starts at the lowest position among its members (again when one joins further back,
-    or a member's watchdog asks) and hands each message to every member. A member is woken
-    only for events of its kinds, or while it has messages waiting (to keep their order);
-    otherwise its position just moves past the event. A member behind the feed skips what it
-    has already applied by sequence, as after any redelivery.
+    It starts at the lowest position among its members (again when one joins behind what it
+    has already handed out, or a member's watchdog asks; the consumer it leaves is deleted)
+    and hands each message to every member. A member is woken only for events of its kinds, or
+    while it has messages waiting (to keep their order); otherwise its position just moves
+    past the event. A member behind the feed skips what it has already applied by sequence,
+    as after any redelivery.
     """
 
     def __init__(self, conn: Connection, source: Source) -> None:
@@ -591,12 +643,18 @@ class _Hub:
         self.members: dict[ProjectionRunner[Any], _Feed] = {}
         self.sub: Any = None
         self.start = 0
+        #: the sequence of the latest message handed out (``start - 1`` before the first)
+        self.delivered = 0
+        #: the stream's last sequence as the latest delivery reported it
+        self.head = 0
         self._lock = asyncio.Lock()
 
     async def join(self, runner: ProjectionRunner[Any]) -> _Feed:
         feed = self.members[runner] = _Feed(runner.batch_size * 4)
         async with self._lock:
-            if self.sub is None or runner.last_seq + 1 < self.start:
+            # a member behind what the feed has handed out already would miss the events
+            # between: the feed starts again from the member's position
+            if self.sub is None or runner.last_seq < self.delivered:
                 await self._restart()
         return feed
 
@@ -605,7 +663,7 @@ class _Hub:
         async with self._lock:
             if not self.members and self.sub is not None:
                 sub, self.sub = self.sub, None
-                await _quietly_unsubscribe(sub)
+                await _quietly_unsubscribe(self.conn, sub)
 
     async def resubscribe(self) -> None:
         async with self._lock:
@@ -614,13 +672,15 @@ class _Hub:
 
     async def _restart(self) -> None:
         if self.sub is not None:
-            await _quietly_unsubscribe(self.sub)
+            await _quietly_unsubscribe(self.conn, self.sub)
         self.start = min(r.last_seq for r in self.members) + 1
+        self.delivered = self.start - 1
         beat = min(r.poll_s for r in self.members)
         self.sub = await _ordered_consumer(self.conn, self.source, self.start, beat, self._deliver)
 
     async def _deliver(self, msg: Any) -> None:
-        seq, kind = stream_seq(msg.reply), _kind(msg.subject)
+        (seq, self.head), kind = stream_position(msg.reply), _kind(msg.subject)
+        self.delivered = seq
         for runner, feed in list(self.members.items()):
             kinds = runner.projection.source.kinds
             if kinds is None or kind in kinds or not feed.queue.empty():
@@ -642,8 +702,16 @@ def _kind(subject: str) -> str:
     return tokens[3] if len(tokens) == 5 else ""
 
 
-async def _quietly_unsubscribe(sub: Any) -> None:
+async def _quietly_unsubscribe(conn: Connection, sub: Any) -> None:
+    """Stop a feed and delete its consumer now (the server would otherwise keep an ephemeral
+    consumer without interest for a few seconds, and a restarted feed would count twice)."""
     try:
         await sub.unsubscribe()
     except Exception as exc:  # the connection may already be closing
         log.debug("unsubscribe_failed", error=str(exc))
+        return
+    try:
+        info = await sub.consumer_info()
+        await conn.js.delete_consumer(info.stream_name, info.name)
+    except Exception as exc:  # already gone (a server restart), or no answer: it expires
+        log.debug("consumer_delete_failed", error=str(exc))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from cairn.embedded._auth import embedded_agent_settings
-from cairn.service import serve
+from cairn.service import OpsAddress, serve
 from cairn.services.agent._capacity import AgentInfo, Gpu, detect, detect_gpus
 from cairn.services.agent._service import AgentService, list_agents
 from cairn.settings import Settings
@@ -20,10 +20,11 @@ async def main(
     labels: list[str] | None = None,
     drain: bool = False,
     backend: str = "process",
+    ops: OpsAddress | None = None,
 ) -> None:
-    """Run one agent until SIGTERM/SIGINT. An agent connects as a client: it uses the
-    streams but may not create them."""
+    """Run one agent until SIGTERM/SIGINT (serving the ops routes on ``ops``, if given). An
+    agent connects as a client: it uses the streams but may not create them."""
     factory = partial(
         AgentService, compute=compute, slots=slots, labels=labels, drain=drain, backend=backend
     )
-    await serve(embedded_agent_settings(settings), factory, provision_streams=False)
+    await serve(embedded_agent_settings(settings), factory, provision_streams=False, ops=ops)

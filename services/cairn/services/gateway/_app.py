@@ -12,15 +12,13 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import prometheus_client
 import uvicorn
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
@@ -54,6 +52,8 @@ from cairn.services.gateway._auth import (
 )
 from cairn.services.gateway._pool import Pool
 from cairn.settings import Settings
+from cairn.telemetry import ops_routes, readiness
+from cairn.telemetry._http import LoopServer, bind_socket
 
 __all__ = ["Gateway", "ask", "create_app", "gateway_key", "send"]
 
@@ -157,35 +157,6 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 
-@get("/healthz", media_type=MediaType.TEXT, sync_to_thread=False)
-def healthz() -> str:
-    return "ok"
-
-
-@get("/readyz", media_type=MediaType.TEXT)
-async def readyz(request: Request[Any, Any, Any]) -> Response[str]:
-    """Ready while the NATS server takes connections."""
-    url = urlsplit(request.app.state.settings.nats_url.split(",")[0])
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(url.hostname or "127.0.0.1", url.port or 4222), 2.0
-        )
-    except (OSError, TimeoutError):
-        return Response("the NATS server does not answer", status_code=503)
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return Response("ok")
-
-
-@get("/metrics", media_type=prometheus_client.CONTENT_TYPE_LATEST, sync_to_thread=False)
-def metrics(request: Request[Any, Any, Any]) -> bytes:
-    """This process's metrics (with ``cairn up``: every service's), for a signed-in user or
-    a token (Prometheus: ``authorization: {credentials: <token>}``)."""
-    principal_of(request)
-    return prometheus_client.generate_latest()
-
-
 def create_app(
     settings: Settings, pool: Pool, route_handlers: Sequence[Any] = (), *, secure: bool = False
 ) -> Litestar:
@@ -207,9 +178,7 @@ def create_app(
             login_page,
             login_submit,
             logout,
-            healthz,
-            readyz,
-            metrics,
+            *ops_routes(),
             create_static_files_router(path="/static", directories=[STATIC]),
             *PAGES,
             *route_handlers,
@@ -241,14 +210,6 @@ def routes(app: Litestar) -> Iterable[tuple[str, set[str], BaseRouteHandler]]:
             yield route.path, methods, handler
 
 
-class _Server(uvicorn.Server):
-    """uvicorn inside a process that handles its own signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 class Gateway:
     """The gateway of one process: its application on one socket until ``stop``."""
 
@@ -256,22 +217,10 @@ class Gateway:
 
     def __init__(self, settings: Settings, route_handlers: Sequence[Any] = ()) -> None:
         self.settings = settings
+        readiness.expect(self.name)
         self.pool = Pool(settings)
         self.app = create_app(settings, self.pool, route_handlers)
-        self.socket = socket.socket(
-            socket.AF_INET6 if ":" in settings.gateway_host else socket.AF_INET
-        )
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.socket.bind((settings.gateway_host, settings.gateway_port))
-        except OSError as exc:
-            self.socket.close()
-            raise Unavailable(
-                f"the gateway cannot listen on {settings.gateway_host}:{settings.gateway_port}:"
-                f" {exc.strerror} (set gateway_port, or 0 for none)"
-            ) from None
-        self.socket.listen(128)
-        self.socket.setblocking(False)
+        self.socket = bind_socket(settings.gateway_host, settings.gateway_port, "the gateway")
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
@@ -279,15 +228,17 @@ class Gateway:
         config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
         )
-        server = _Server(config)
+        server = LoopServer(config)
         serving = asyncio.create_task(server.serve(sockets=[self.socket]))
         log.info("gateway_started", url=self.url)
+        readiness.mark_ready(self.name)
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([serving, stopping], return_when="FIRST_COMPLETED")
             server.should_exit = True
             await serving
         finally:
+            readiness.mark_not_ready(self.name)
             stopping.cancel()
             await self.pool.close()
             self.socket.close()

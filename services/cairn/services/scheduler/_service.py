@@ -21,6 +21,7 @@ import contextlib
 import json
 import sqlite3
 import time
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -54,6 +55,7 @@ from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
 from cairn.services.scheduler._resolve import EXISTS_FOR_S, resolve_asset, resolve_job
 from cairn.settings import Settings
+from cairn.telemetry import SCHEDULER_QUEUED, SCHEDULER_RUNNING, forget
 
 __all__ = ["SchedulerService"]
 
@@ -78,6 +80,7 @@ class SchedulerService(ProjectedService):
         self.published: dict[tuple[str, str, int], str] = {}  # ticket -> compute
         self.claimed: set[tuple[str, str, int]] = set()  # claimed, maybe not yet projected
         self.consumers: set[tuple[str, str]] = set()
+        self.computes: set[str] = set()  # the compute targets the job gauges have shown
         self._advisories: Any = None
         self.responders = [
             Responder(
@@ -120,6 +123,9 @@ class SchedulerService(ProjectedService):
             await super().run(stop)
         finally:
             await loop
+            for compute in self.computes:
+                forget(SCHEDULER_QUEUED, compute)
+                forget(SCHEDULER_RUNNING, compute)
             await self.leases.stop()
             with contextlib.suppress(Exception):
                 await self._advisories.unsubscribe()
@@ -154,6 +160,7 @@ class SchedulerService(ProjectedService):
             return [_job_row(row) for row in rows]
 
         jobs, _ = self.projection.read(active)
+        self.count_jobs(jobs)
         await self._forget_ended({(j["workspace"], j["run_id"]) for j in jobs})
         now = time.time()
         queued = {
@@ -175,6 +182,16 @@ class SchedulerService(ProjectedService):
             if timeout and started and job["status"] == runs.RunStatus.RUNNING:
                 if now > started + timeout:
                     await self._time_out(job["workspace"], job["run_id"], job["attempt"], timeout)
+
+    def count_jobs(self, active: list[dict[str, Any]]) -> None:
+        """Set the queued and running job gauges from the active jobs, per compute target (a
+        target seen before and now idle shows 0)."""
+        queued = Counter(j["compute"] for j in active if j["status"] == runs.RunStatus.QUEUED)
+        held = Counter(j["compute"] for j in active if j["status"] != runs.RunStatus.QUEUED)
+        self.computes |= queued.keys() | held.keys()
+        for compute in self.computes:
+            SCHEDULER_QUEUED.labels(compute).set(queued[compute])
+            SCHEDULER_RUNNING.labels(compute).set(held[compute])
 
     async def _time_out(self, ws: str, run_id: str, attempt: int, timeout_s: float) -> None:
         command = runs.TimeOutAttempt(run_id=run_id, attempt=attempt, timeout_s=timeout_s)
