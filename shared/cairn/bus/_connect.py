@@ -85,7 +85,9 @@ _DISCARD_S = 0.5
 #: where an account without JetStream (people's) imports the services' JetStream API
 PEOPLE_JS_PREFIX = "$JS.CAIRN.API"
 _JS_NOT_ENABLED = 10039
-_USER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: a user name that can prefix an inbox: a person's, the stack's, an API token's
+#: (``<person>~<id>``, :mod:`cairn.tokens`)
+_USER = re.compile(r"[A-Za-z0-9_~-]{1,64}")
 
 
 def _not_eof_noise(record: logging.LogRecord) -> bool:
