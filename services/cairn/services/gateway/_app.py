@@ -255,6 +255,11 @@ class Gateway:
     name = "gateway"
 
     def __init__(self, settings: Settings, route_handlers: Sequence[Any] = ()) -> None:
+        if settings.nats_user or settings.nats_password or settings.nats_creds:
+            raise InvalidInput(
+                "the gateway holds no NATS credentials: it connects as each signed-in user"
+                " with theirs (unset nats_user, nats_password and nats_creds for it)"
+            )
         self.settings = settings
         self.pool = Pool(settings)
         self.app = create_app(settings, self.pool, route_handlers)
