@@ -36,6 +36,7 @@ PINNED = {
         "ops_app",
         "ops_routes",
         "ops_server",
+        "read_through",
         "readiness",
         "render",
     ],

@@ -65,6 +65,7 @@ from cairn.proto.commands import (
 )
 from cairn.proto.subjects import command, query, validate_token
 from cairn.telemetry import RequestMetrics
+from cairn.tokens import person_of
 
 __all__ = [
     "ADMIN_ACTOR",
@@ -129,9 +130,11 @@ Handler = Callable[[Request], Awaitable[Accepted | QueryResult | Opened | RawRep
 
 
 def actor_of(headers: dict[str, str] | None) -> str:
-    """Who sent a request: the user the server attests for a request from the people's
-    account (it overwrites any such header a person sets), else ``SERVICE_ACTOR`` (a request
-    from inside the services' account, which no import crossed)."""
+    """Who sent a request: the person of the user the server attests for a request from the
+    people's account (it overwrites any such header a person sets; an API token's user
+    ``<person>~<id>`` acts as its person: :func:`cairn.tokens.person_of`), else
+    ``SERVICE_ACTOR`` (a request from inside the services' account, which no import
+    crossed)."""
     info = (headers or {}).get("Nats-Request-Info")
     if info:
         try:
@@ -140,8 +143,8 @@ def actor_of(headers: dict[str, str] | None) -> str:
             attested = None
         if isinstance(attested, dict) and attested.get("acc") == PEOPLE_ACCOUNT:
             user = attested.get("user")
-            if isinstance(user, str) and user:
-                return user
+            if isinstance(user, str) and person_of(user):
+                return person_of(user)
     return SERVICE_ACTOR
 
 

@@ -102,7 +102,7 @@ async def run_services(
             install_gate(conn, members)
         services = [factory(conn, settings) for factory in factories]
         for service in services:
-            readiness.expect(service.name)
+            readiness.expect(service.name, service)
         for service in services:
             await service.start()
         async with asyncio.TaskGroup() as tg:
@@ -112,13 +112,13 @@ async def run_services(
             tg.create_task(_not_ready_on(stop, services))
             log.info("services_started", services=[s.name for s in services])
             for service in services:
-                readiness.mark_ready(service.name)
+                readiness.mark_ready(service.name, service)
             if ready is not None:
                 ready.set()
     finally:
         log.info("services_stopping")
         for service in services:
-            readiness.withdraw(service.name)
+            readiness.withdraw(service.name, service)
         if members is not None:
             await members.stop()
         await conn.close()
@@ -129,7 +129,7 @@ async def _not_ready_on(stop: asyncio.Event, services: list[Service]) -> None:
     sending while in-flight work finishes."""
     await stop.wait()
     for service in services:
-        readiness.mark_not_ready(service.name)
+        readiness.mark_not_ready(service.name, service)
 
 
 async def serve(

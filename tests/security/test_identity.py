@@ -58,6 +58,8 @@ def test_only_the_people_account_names_a_user() -> None:
     account wrote) names no one; the services' account is one actor."""
     people = json.dumps({"acc": "USERS", "user": "dana"})
     assert actor_of({"Nats-Request-Info": people}) == "dana"
+    token = json.dumps({"acc": "USERS", "user": "dana~0a1b2c3d4e5f"})  # an API token's user
+    assert actor_of({"Nats-Request-Info": token}) == "dana"
     assert actor_of({"Nats-Request-Info": json.dumps({"acc": "CAIRN", "user": "x"})}) == (
         SERVICE_ACTOR
     )

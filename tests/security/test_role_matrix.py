@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from cairn.bus import Connection
+from cairn.bus import Connection, connect
+from cairn.embedded import NatsServer
+from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import AlreadyExists, CairnError, PermissionDenied
 from cairn.proto.artifacts import OpenUpload
 from cairn.proto.assets import ComputeSpec, CreateCompute, EnvironmentSpec, RegisterEnvironment
@@ -32,6 +35,8 @@ from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.rpc import Client
+from cairn.settings import Settings
+from cairn.tokens import parse_token
 from tests.conftest import MATRIX_WS, add_people
 
 MATRIX = Path(__file__).parents[2] / "docs" / "security.md"
@@ -126,19 +131,54 @@ def test_the_matrix_covers_every_role_and_family() -> None:
         assert {own, other} <= {"allowed", "denied"}
 
 
+@contextlib.asynccontextmanager
+async def token_conns(
+    server: NatsServer, settings: Settings, names: list[str]
+) -> AsyncIterator[dict[str, Connection]]:
+    """A connection per person of ``names`` made with an API token of theirs (revoked after)."""
+    made = {name: create_token(server.home, name, "matrix") for name in names}
+    conns: dict[str, Connection] = {}
+    try:
+        for name, (_, token, _) in made.items():
+            user, secret = parse_token(token)
+            as_token = msgspec.structs.replace(settings, nats_user=user, nats_password=secret)
+            conns[name] = await connect(as_token)
+        yield conns
+    finally:
+        for connection in conns.values():
+            await connection.close()
+        for row, _, _ in made.values():
+            revoke_token(server.home, row["id"])
+
+
+@pytest.mark.parametrize("via", ["password", "token"])
 async def test_every_cell_of_the_role_matrix(
+    via: str,
     services: None,
     people: dict[str, Connection],
     agent_conn: Connection,
     client_conn: Connection,
     admin_conn: Connection,
+    nats_server: NatsServer,
+    client_settings: Settings,
 ) -> None:
+    """Each person's row, connected with their password and then with an API token of theirs
+    (a token's permissions are its person's)."""
     other_ws = "mx" + uuid.uuid4().hex[:10]
     for ws in (MATRIX_WS, other_ws):  # both exist; the role's user is a member of its own
         with contextlib.suppress(AlreadyExists):  # another test may have made MATRIX_WS
             await Client(client_conn, ws).send(CreateWorkspace(command_id=cid(), name=ws))
     await add_people(admin_conn, MATRIX_WS, "mx-ds", "mx-co", "mx-aud")
-    conns = {**people, "agent": agent_conn}
+    names = [ROLE_USERS[r] for r in ROLE_USERS if r != "agent"]
+    async with contextlib.AsyncExitStack() as stack:
+        if via == "token":
+            people = await stack.enter_async_context(
+                token_conns(nats_server, client_settings, names)
+            )
+        await _check_matrix({**people, "agent": agent_conn}, other_ws)
+
+
+async def _check_matrix(conns: dict[str, Connection], other_ws: str) -> None:
     checks = []
     for role, family, own, other in read_matrix():
         conn = conns[ROLE_USERS[role]]

@@ -85,7 +85,9 @@ _DISCARD_S = 0.5
 #: where an account without JetStream (people's) imports the services' JetStream API
 PEOPLE_JS_PREFIX = "$JS.CAIRN.API"
 _JS_NOT_ENABLED = 10039
-_USER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: a user name that can prefix an inbox: a person's, the stack's, an API token's
+#: (``<person>~<id>``, :mod:`cairn.tokens`)
+_USER = re.compile(r"[A-Za-z0-9_~-]{1,64}")
 
 
 def _not_eof_noise(record: logging.LogRecord) -> bool:
@@ -306,7 +308,8 @@ class _Client(NATS):
     a link that is not TLS: nats-py upgrades only when the server's INFO asks for it, so a
     server without TLS (or someone between who strips it) would otherwise get the password in
     plain text. The refusal is a ``SecureConnWantedError``: the first connect fails with it,
-    a reconnect tries again later (and succeeds once TLS is offered again)."""
+    a reconnect tries again later (and succeeds once TLS is offered again). It also closes a
+    failed attempt's socket before the next one."""
 
     def __init__(self, *, require_tls: bool) -> None:
         super().__init__()
@@ -316,6 +319,15 @@ class _Client(NATS):
         if self.require_tls and not _speaks_tls(self):
             raise nats.errors.SecureConnWantedError()
         return super()._connect_command()
+
+    async def _connect_to_server(self, s: Any) -> None:
+        """nats-py reuses its transport for every attempt and replaces the stream of a failed
+        one without closing it (a reconnect the server refused, as it refuses a removed user
+        or a revoked API token): closed here, before the next attempt, so no socket leaks."""
+        transport: Any = self._transport  # nats-py's transports are not annotated
+        if transport is not None:
+            transport.close()
+        await super()._connect_to_server(s)
 
 
 async def _own_jetstream(nc: NATS, settings: Settings) -> bool:

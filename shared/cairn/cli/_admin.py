@@ -78,9 +78,10 @@ def user_add(name: str, roles: tuple[str, ...], as_json: bool) -> None:
 @click.argument("name")
 @json_option
 def user_remove(name: str, as_json: bool) -> None:
-    """Remove the person NAME: their password stops working and the running server closes
-    their connections. Their workspace memberships stay in the log until removed ('cairn
-    workspace remove-member'), and would apply again to a new user of the same name.
+    """Remove the person NAME and their API tokens: their password and tokens stop working
+    and the running server closes their connections. Their workspace memberships stay in the
+    log until removed ('cairn workspace remove-member'), and would apply again to a new user of
+    the same name.
 
     \b
     Example:

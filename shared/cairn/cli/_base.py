@@ -66,6 +66,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "projection",
         "workspace",
         "user",
+        "token",
         "role",
         "cluster",
     ),

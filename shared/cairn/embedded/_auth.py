@@ -25,9 +25,11 @@ workspace-membership commands (``cairn.cmd.*.member.>``). Those belong to the ad
 administration commands use (``cairn workspace add-member``..., ``cairn up``'s migration of
 member-less workspaces).
 
-``credentials.json`` (0600) keeps the other passwords and each person's roles;
-``roles.json`` (what the services' role checks read) is written from it. ``cairn user``
-edits it and reloads the running server (:mod:`cairn.embedded._users`).
+``credentials.json`` (0600) keeps the other passwords, each person's roles and their API
+tokens (:mod:`cairn.tokens`: a token is a user ``<person>~<id>`` of ``USERS`` with its person's
+permissions, worked out again at every rewrite, so it follows its person's roles);
+``roles.json`` (what the services' role checks read) is written from it. ``cairn user`` and
+``cairn token`` edit it and reload the running server (:mod:`cairn.embedded._users`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from cairn.errors import InvalidInput, NotFound
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
 from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SERVICE_ACCOUNT
 from cairn.settings import Settings
+from cairn.tokens import TOKEN_MARK
 
 __all__ = [
     "ADMIN_USER",
@@ -60,6 +63,7 @@ __all__ = [
     "SERVICE_USER",
     "Credentials",
     "Person",
+    "Token",
     "accounts_config",
     "admin_password",
     "check_person_name",
@@ -131,6 +135,8 @@ _ADMIN_ONLY = (
     "cairn.cmd.*.member.>",
 )
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+#: a token's id, the part of its user name after ``TOKEN_MARK``
+_TOKEN_ID = re.compile(r"[a-z0-9]{8,32}")
 #: request/reply subjects people send to the services (server-attested with ``share``)
 _SHARED_SERVICES = ("cairn.cmd.>", "cairn.q.>", "cairn.artifacts.>")
 #: what every service instance answers (pings, read-model state): many replies to one request
@@ -147,11 +153,18 @@ def write_private(path: Path, text: str) -> None:
 
 def check_person_name(name: str) -> str:
     """A person's user name: lower-case letters, digits, ``_`` and ``-`` (it becomes a subject
-    token), and never one of the names the stack itself uses."""
-    if not _NAME.fullmatch(name) or name.startswith("cairn"):
+    token), and never one of the names the stack itself uses. Never ``~`` either: that marks a
+    token's user (:mod:`cairn.tokens`)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("cairn"):
         rule = "[a-z][a-z0-9_-]{0,31} and not start with 'cairn'"
         raise InvalidInput(f"user name {name!r:.40} must match {rule}")
     return name
+
+
+def _check_token_id(token_id: str) -> str:
+    if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
+        raise InvalidInput(f"token id {token_id!r:.40} must match {_TOKEN_ID.pattern}")
+    return token_id
 
 
 def _local_name() -> str:
@@ -170,6 +183,23 @@ class Person:
 
 
 @dataclass(frozen=True)
+class Token:
+    """An API token of ``person``: the server user ``<person>~<id>`` with ``password``, its
+    person's permissions (whatever their roles are when the config is written) and its own
+    inbox. ``name`` says what it is for; ``created`` is an ISO 8601 time."""
+
+    person: str
+    id: str
+    password: str
+    name: str
+    created: str
+
+    @property
+    def user(self) -> str:
+        return f"{self.person}{TOKEN_MARK}{self.id}"
+
+
+@dataclass(frozen=True)
 class Credentials:
     """Every password of one embedded server. ``client_user`` is the local person."""
 
@@ -177,6 +207,8 @@ class Credentials:
     agent_password: str
     client_user: str
     people: dict[str, Person] = field(default_factory=dict)
+    #: API tokens by id
+    tokens: dict[str, Token] = field(default_factory=dict)
 
     @property
     def client_password(self) -> str:
@@ -188,11 +220,23 @@ class Credentials:
         older file lacks a field; the ``workspaces`` an older file gives a person are dropped:
         membership is in the log now)."""
         raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        user = raw.get("client_user") or _local_name()
+        user = check_person_name(raw.get("client_user") or _local_name())
         people = {
-            name: Person(password=p["password"], roles=tuple(p["roles"]))
+            check_person_name(name): Person(password=p["password"], roles=tuple(p["roles"]))
             for name, p in raw.get("people", {}).items()
         }
+        tokens = {
+            tid: Token(
+                person=t["person"],
+                id=_check_token_id(tid),
+                password=t["password"],
+                name=t.get("name", ""),
+                created=t["created"],
+            )
+            for tid, t in raw.get("tokens", {}).items()
+        }
+        if orphans := sorted(t.user for t in tokens.values() if t.person not in people):
+            raise InvalidInput(f"{path}: tokens {', '.join(orphans)} name no person of the file")
         if user not in people:
             password = raw.get("client_password") or secrets.token_urlsafe(24)
             people[user] = Person(password=password, roles=LOCAL_ROLES)
@@ -201,13 +245,14 @@ class Credentials:
             agent_password=raw.get("agent_password") or secrets.token_urlsafe(24),
             client_user=user,
             people=people,
+            tokens=tokens,
         )
         if creds.as_json() != raw:
             creds.save(path)
         return creds
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "service_password": self.service_password,
             "agent_password": self.agent_password,
             "client_user": self.client_user,
@@ -216,6 +261,17 @@ class Credentials:
                 for name, p in sorted(self.people.items())
             },
         }
+        if self.tokens:  # a file of a home that never made one stays as it was
+            out["tokens"] = {
+                tid: {
+                    "person": t.person,
+                    "password": t.password,
+                    "name": t.name,
+                    "created": t.created,
+                }
+                for tid, t in sorted(self.tokens.items())
+            }
+        return out
 
     def save(self, path: Path) -> None:
         write_private(path, json.dumps(self.as_json(), indent=2) + "\n")
@@ -234,20 +290,56 @@ class Credentials:
 
     def without_person(self, name: str) -> Credentials:
         """These credentials less person ``name`` (who must be one, and not the local
-        person)."""
+        person), and less their tokens."""
         if name not in self.people:
             raise NotFound(f"no person {name!r:.40} in these credentials")
         if name == self.client_user:
             raise InvalidInput(f"{name} is the local person of this home; it cannot be removed")
-        return self._with_people({n: p for n, p in self.people.items() if n != name})
+        tokens = {i: t for i, t in self.tokens.items() if t.person != name}
+        return self._with_people({n: p for n, p in self.people.items() if n != name}, tokens)
 
-    def _with_people(self, people: dict[str, Person]) -> Credentials:
+    def with_token(self, person: str, name: str, created: str) -> tuple[Credentials, Token]:
+        """These credentials plus a new token of ``person`` (who must be one), and the token."""
+        if person not in self.people:
+            raise NotFound(f"no person {person!r:.40} in these credentials ('cairn user list')")
+        token_id = secrets.token_hex(6)
+        while token_id in self.tokens:  # pragma: no cover - 48 random bits
+            token_id = secrets.token_hex(6)
+        token = Token(
+            person=person,
+            id=token_id,
+            password=secrets.token_urlsafe(32),
+            name=name,
+            created=created,
+        )
+        return self._with_people(self.people, {**self.tokens, token_id: token}), token
+
+    def without_token(self, token_id: str) -> tuple[Credentials, Token]:
+        """These credentials less token ``token_id`` (which must be one), and the token."""
+        token = self.tokens.get(token_id)
+        if token is None:
+            raise NotFound(f"no token {token_id!r:.40} in these credentials ('cairn token list')")
+        tokens = {i: t for i, t in self.tokens.items() if i != token_id}
+        return self._with_people(self.people, tokens), token
+
+    def _with_people(
+        self, people: dict[str, Person], tokens: dict[str, Token] | None = None
+    ) -> Credentials:
         return Credentials(
             service_password=self.service_password,
             agent_password=self.agent_password,
             client_user=self.client_user,
             people=people,
+            tokens=self.tokens if tokens is None else tokens,
         )
+
+    def users(self) -> list[tuple[str, Person]]:
+        """Every user of the people's account: each person, and each token as its person
+        (with the token's password), sorted by user name."""
+        found = list(self.people.items())
+        for t in self.tokens.values():
+            found.append((t.user, Person(password=t.password, roles=self.people[t.person].roles)))
+        return sorted(found)
 
     def roles_file(self) -> dict[str, list[str]]:
         """What ``roles.json`` says: each role's people (``compute_operators: [...]``)."""
@@ -393,7 +485,7 @@ def accounts_config(creds: Credentials, admin_password: str | None = None) -> li
         for s in js_api
     ]
     imports.append(f"{{service: {{account: {SERVICE_ACCOUNT}, subject: {_q('$JS.FC.>')}}}}}")
-    for name in sorted(creds.people):
+    for name, _ in creds.users():
         exports.append(f"{{stream: {_q(f'_INBOX_{name}.>')}}}")
         imports.append(
             f"{{stream: {{account: {SERVICE_ACCOUNT}, subject: {_q(f'_INBOX_{name}.>')}}}}}"
@@ -401,7 +493,7 @@ def accounts_config(creds: Credentials, admin_password: str | None = None) -> li
     services = [_service(creds.service_password), _agent(creds.agent_password)]
     if admin_password is not None:
         services.append(_user(ADMIN_USER, admin_password, None))
-    people = [_person(name, p) for name, p in sorted(creds.people.items())]
+    people = [_person(name, p) for name, p in creds.users()]
     return [
         "accounts {",
         f"  {SERVICE_ACCOUNT} {{",

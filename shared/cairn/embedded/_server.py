@@ -157,11 +157,16 @@ class NatsServer:
         return self.credentials.people[name].password
 
     def remove_person(self, name: str) -> None:
-        """Remove person ``name`` from the credentials; a running server forgets them (and
-        closes their connections) at :meth:`reload`."""
+        """Remove person ``name`` (and their tokens) from the credentials; a running server
+        forgets them (and closes their connections) at :meth:`reload`."""
         assert self.credentials is not None
-        self.credentials = self.credentials.without_person(name)
-        self.credentials.save(self.credentials_file)
+        self.save_credentials(self.credentials.without_person(name))
+
+    def save_credentials(self, credentials: Credentials) -> None:
+        """Keep ``credentials`` (``credentials.json``, ``roles.json``); a running server
+        learns them at :meth:`reload`."""
+        self.credentials = credentials
+        credentials.save(self.credentials_file)
         self._write_roles()
 
     def reload(self, timeout: float = 10.0) -> bool:

@@ -48,7 +48,7 @@ from cairn.projection._control import control_for
 from cairn.proto.events import decode_envelope
 from cairn.proto.streams import EVENTS
 from cairn.proto.subjects import EVENTS_ALL
-from cairn.telemetry import PROJECTION_APPLIED, PROJECTION_LAG, forget, readiness
+from cairn.telemetry import PROJECTION_APPLIED, PROJECTION_LAG, forget, read_through, readiness
 
 __all__ = [
     "EVENTS_SOURCE",
@@ -498,8 +498,8 @@ class ProjectionRunner(Generic[V]):
         control = control_for(self.conn)
         await control.join(self)
         readiness.add_check(self, f"projection {name}", lambda: self.caught_up)
-        PROJECTION_APPLIED.labels(name).set_function(lambda: self.last_seq)
-        PROJECTION_LAG.labels(name).set_function(lambda: self.lag)
+        read_through(PROJECTION_APPLIED, (name,), self, lambda: self.last_seq)
+        read_through(PROJECTION_LAG, (name,), self, lambda: self.lag)
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(feed.wake)
         try:
@@ -520,8 +520,8 @@ class ProjectionRunner(Generic[V]):
         finally:
             stopped.cancel()
             readiness.remove_check(self)
-            forget(PROJECTION_APPLIED, name)
-            forget(PROJECTION_LAG, name)
+            forget(PROJECTION_APPLIED, name, owner=self)
+            forget(PROJECTION_LAG, name, owner=self)
             await control.leave(self)
             await hub.leave(self)
 

@@ -27,6 +27,7 @@ from cairn.telemetry._metrics import (
     Readiness,
     RequestMetrics,
     forget,
+    read_through,
     readiness,
     render,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ops_app",
     "ops_routes",
     "ops_server",
+    "read_through",
     "readiness",
     "render",
 ]

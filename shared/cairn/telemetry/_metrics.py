@@ -27,6 +27,7 @@ __all__ = [
     "Readiness",
     "RequestMetrics",
     "forget",
+    "read_through",
     "readiness",
     "render",
 ]
@@ -78,11 +79,33 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def forget(metric: Any, *labels: str) -> None:
-    """Drop one labelled series (a stopped projection, agent): no stale value stays behind."""
+#: who reads each function-backed series, latest last: twins in one process (tests run a
+#: second set of services beside the first) hand the series back to each other as they stop
+_READERS: dict[tuple[int, tuple[str, ...]], list[tuple[object, Any]]] = {}
+
+
+def read_through(metric: Any, labels: tuple[str, ...], owner: object, fn: Any) -> None:
+    r"""The series ``labels`` of gauge ``metric`` reads ``fn()`` at each scrape, on behalf of
+    ``owner`` until it is forgotten (:func:`forget`)."""
+    _READERS.setdefault((id(metric), labels), []).append((owner, fn))
+    metric.labels(*labels).set_function(fn)
+
+
+def forget(metric: Any, *labels: str, owner: object = None) -> None:
+    """Drop one labelled series (a stopped projection, agent): no stale value stays behind.
+    With ``owner`` (a :func:`read_through` reader), drop its reading: the series goes back to
+    a twin still running, else away."""
+    key = (id(metric), labels)
+    if owner is not None:
+        readers = [r for r in _READERS.get(key, []) if r[0] is not owner]
+        if readers:
+            _READERS[key] = readers
+            metric.labels(*labels).set_function(readers[-1][1])
+            return
+        _READERS.pop(key, None)
     try:
         metric.remove(*labels)
-    except KeyError:  # never set, or already dropped by a twin in this process
+    except KeyError:  # never set, or already dropped
         return
 
 
@@ -124,24 +147,27 @@ class Readiness:
     """
 
     def __init__(self) -> None:
-        self._parts: dict[str, bool] = {}
+        #: each part's name and readiness, by key (the part itself, or its name): twins of
+        #: one name in one process (a test's second set of services) count apart
+        self._parts: dict[object, tuple[str, bool]] = {}
         self._checks: dict[object, tuple[str, Callable[[], bool]]] = {}
 
-    def expect(self, name: str) -> None:
+    def expect(self, name: str, key: object = None) -> None:
         """``name`` is part of this process and not ready yet."""
-        self._parts[name] = False
+        self._parts[name if key is None else key] = (name, False)
 
-    def mark_ready(self, name: str) -> None:
-        self._parts[name] = True
+    def mark_ready(self, name: str, key: object = None) -> None:
+        self._parts[name if key is None else key] = (name, True)
 
-    def mark_not_ready(self, name: str) -> None:
+    def mark_not_ready(self, name: str, key: object = None) -> None:
         """``name`` is stopping (or cannot serve for now)."""
-        if name in self._parts:
-            self._parts[name] = False
+        key = name if key is None else key
+        if key in self._parts:
+            self._parts[key] = (name, False)
 
-    def withdraw(self, name: str) -> None:
+    def withdraw(self, name: str, key: object = None) -> None:
         """``name`` has stopped: no longer part of this process."""
-        self._parts.pop(name, None)
+        self._parts.pop(name if key is None else key, None)
 
     def add_check(self, key: object, name: str, check: Callable[[], bool]) -> None:
         """While registered, the process is ready only if ``check()`` is true."""
@@ -152,7 +178,9 @@ class Readiness:
 
     def state(self) -> dict[str, bool]:
         """Each part's and check's readiness, by name."""
-        state = dict(self._parts)
+        state: dict[str, bool] = {}
+        for name, ready in self._parts.values():
+            state[name] = state.get(name, True) and ready
         for name, check in self._checks.values():
             state[name] = state.get(name, True) and check()
         return state

@@ -34,7 +34,7 @@ from cairn.services.agent._env import Environments
 from cairn.services.agent._runner import Attempt
 from cairn.settings import Settings
 from cairn.spool import SEND_EVERY_S, send_spools_periodically
-from cairn.telemetry import AGENT_BUSY_SLOTS, AGENT_SLOTS, forget
+from cairn.telemetry import AGENT_BUSY_SLOTS, AGENT_SLOTS, forget, read_through
 
 __all__ = ["AgentService", "list_agents"]
 
@@ -128,7 +128,7 @@ class AgentService:
             )
         info = await self.heartbeat()
         AGENT_SLOTS.labels(self.agent_id, self.compute).set(self.slots)
-        AGENT_BUSY_SLOTS.labels(self.agent_id, self.compute).set_function(self._busy)
+        read_through(AGENT_BUSY_SLOTS, (self.agent_id, self.compute), self, self._busy)
         if isinstance(self.backend, DockerBackend):
             alive = {a.agent_id for a in await list_agents(self.conn)}
             reaped = await asyncio.to_thread(self.backend.reap, alive)
@@ -154,7 +154,7 @@ class AgentService:
             self.backend.close()
             shutil.rmtree(self.gates, ignore_errors=True)
             forget(AGENT_SLOTS, self.agent_id, self.compute)
-            forget(AGENT_BUSY_SLOTS, self.agent_id, self.compute)
+            forget(AGENT_BUSY_SLOTS, self.agent_id, self.compute, owner=self)
         with contextlib.suppress(Exception):  # leaving: say so rather than wait for the TTL
             await self._kv.delete(self.agent_id)
 

@@ -132,7 +132,7 @@ def _on_cairn_error(request: Request[Any, Any, Any], exc: CairnError) -> Respons
             template_name="error.html",
             context={"status": status, "code": exc.code, "message": exc.message},
             status_code=status,
-        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+        )
     return Response({"code": exc.code, "message": exc.message}, status_code=status)
 
 
@@ -153,7 +153,7 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
             template_name="error.html",
             context={"status": exc.status_code, "code": "", "message": exc.detail},
             status_code=exc.status_code,
-        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+        )
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 
@@ -216,13 +216,18 @@ class Gateway:
     name = "gateway"
 
     def __init__(self, settings: Settings, route_handlers: Sequence[Any] = ()) -> None:
+        if settings.nats_user or settings.nats_password or settings.nats_creds:
+            raise InvalidInput(
+                "the gateway holds no NATS credentials: it connects as each signed-in user"
+                " with theirs (unset nats_user, nats_password and nats_creds for it)"
+            )
         self.settings = settings
-        readiness.expect(self.name)
         self.pool = Pool(settings)
         self.app = create_app(settings, self.pool, route_handlers)
         self.socket = bind_socket(settings.gateway_host, settings.gateway_port, "the gateway")
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        readiness.expect(self.name, self)
 
     async def run(self, stop: asyncio.Event) -> None:
         config = uvicorn.Config(
@@ -231,14 +236,15 @@ class Gateway:
         server = LoopServer(config)
         serving = asyncio.create_task(server.serve(sockets=[self.socket]))
         log.info("gateway_started", url=self.url)
-        readiness.mark_ready(self.name)
+        readiness.mark_ready(self.name, self)
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([serving, stopping], return_when="FIRST_COMPLETED")
+            readiness.mark_not_ready(self.name, self)
             server.should_exit = True
             await serving
         finally:
-            readiness.mark_not_ready(self.name)
+            readiness.withdraw(self.name, self)
             stopping.cancel()
             await self.pool.close()
             self.socket.close()

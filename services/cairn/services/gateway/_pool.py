@@ -4,7 +4,10 @@ The gateway holds no credentials of its own. A browser session or an API token n
 and their password; the first request opens a NATS connection as that user (the server checks
 the password and attests the user on every request, as for the SDK), later requests reuse it,
 and an idle one is closed. A wrong password is refused by the server, and remembered for a
-moment so that a flood of bad logins does not become a flood of connection attempts.
+moment so that a flood of bad logins does not become a flood of connection attempts. A
+connection is used only while it is connected: when the server drops one (a removed person, a
+revoked API token: ``cairn user remove``, ``cairn token revoke``), the next request opens it
+again, the server refuses it, and the request gets 401.
 """
 
 from __future__ import annotations
@@ -53,6 +56,18 @@ class _Entry:
     seen: dict[str, int] = field(default_factory=dict)
 
 
+def _serves(entry: _Entry | None, digest: bytes) -> bool:
+    """Whether ``entry`` may serve a request made with the credentials of ``digest``: it was
+    opened with them and is connected. One the server closed or dropped (its user removed or
+    its token revoked by a config reload, or the server gone) is opened again, which the
+    server refuses for a user it no longer knows."""
+    return (
+        entry is not None
+        and entry.conn.nc.is_connected
+        and hmac.compare_digest(entry.digest, digest)
+    )
+
+
 class Pool:
     """Connections by user; each checked against the password it was opened with."""
 
@@ -77,20 +92,13 @@ class Pool:
         if self._refused.get((user, digest), 0.0) > time.monotonic():
             raise Unauthenticated("wrong user name or password")
         entry = self._entries.get(user)
-        if (
-            entry is None
-            or entry.conn.nc.is_closed
-            or not hmac.compare_digest(entry.digest, digest)
-        ):
+        if not _serves(entry, digest):
             lock = self._opening.setdefault(user, asyncio.Lock())
             async with lock:
                 entry = self._entries.get(user)
-                if (
-                    entry is None
-                    or entry.conn.nc.is_closed
-                    or not hmac.compare_digest(entry.digest, digest)
-                ):
+                if not _serves(entry, digest):
                     entry = await self._open(user, password, digest)
+        assert entry is not None
         entry.used = time.monotonic()
         return Principal(user=user, conn=entry.conn, via=via, seen=entry.seen)
 
@@ -103,6 +111,9 @@ class Pool:
         except Unauthenticated:
             self._refused[(user, digest)] = time.monotonic() + 5.0
             log.info("login_refused", user=user)
+            old = self._entries.get(user)
+            if old is not None and hmac.compare_digest(old.digest, digest):
+                await self.forget(user)  # these credentials are no longer good (revoked)
             raise Unauthenticated("wrong user name or password") from None
         old = self._entries.pop(user, None)
         if old is not None:  # a new password (or a re-made token): the old one may be revoked
