@@ -48,16 +48,20 @@ async def test_async_get_runs_filters_orders_and_follows_cursors(ws: AsyncWorksp
     ids = await _logged(ws, "listing")
     exp = await ws.experiment("listing")
 
-    async def names(**kw: object) -> list[str]:
+    async def names(
+        *, order_by: tuple[str, ...] = (), page_size: int = 100, filter: str = "", top: bool = False
+    ) -> list[str]:
         by_id = {v: k for k, v in ids.items()}
-        return [by_id[r.id] async for r in exp.get_runs(**kw)]  # type: ignore[arg-type]
+        runs = exp.get_runs(
+            filter=filter, order_by=order_by, page_size=page_size, include_children=not top
+        )
+        return [by_id[r.id] async for r in runs]
 
-    by_min = await names(order_by=["metrics.loss.min"], page_size=1)
+    by_min = await names(order_by=("metrics.loss.min",), page_size=1)
     assert by_min[:4] == ["d", "b", "a", "c"]  # then the two without a loss, by run id
     assert by_min[4:] == sorted(["child", "none"], key=lambda k: ids[k])
-    assert await names(order_by=["metrics.loss DESC"], page_size=2, include_children=False) == [
-        "b", "c", "a", "d", "none",
-    ]  # fmt: skip
+    by_last = await names(order_by=("metrics.loss DESC",), page_size=2, top=True)
+    assert by_last == ["b", "c", "a", "d", "none"]
     assert await names(filter="metrics.loss.max >= 0.8 AND tags.team = 'b'") == ["d"]
     assert set(await names()) == set(ids)  # newest first, children included
     rows = await ws.runs("listing", limit=None, order_by=["display_name"])
@@ -155,3 +159,26 @@ async def test_an_experiment_of_10001_runs_lists_every_run(
     assert code == 0, err
     assert [r["run_id"] for r in json.loads(out)] == listed[5:1005]
     assert f"… {n - 1005:,} more" in err
+
+
+async def test_cli_filters_orders_and_refuses_a_bad_filter(
+    ws: AsyncWorkspace, client_settings: Settings, tmp_path: Path
+) -> None:
+    ids = await _logged(ws, "cli listing")
+    await ws.runs_page("cli listing")
+    env = sdk_env(client_settings, ws.name, tmp_path / "home")
+    by_id = {v: k for k, v in ids.items()}
+    args = ("run", "list", "-e", "cli listing", "--json")
+    query = ("-f", "tags.team = 'b' OR metrics.loss.min >= 0.5", "-o", "metrics.loss.max DESC")
+    code, out, err = await _cli(*args, *query, "--order-by", "name", env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert [by_id[r["run_id"]] for r in json.loads(out)] == ["d", "b", "c"]
+    assert "more" not in err
+    code, out, err = await _cli(*args, "--all", "--limit", "2", env=env, cwd=tmp_path)
+    assert code == 0 and len(json.loads(out)) == len(ids) and "more" not in err
+    code, out, err = await _cli(*args, "--filter", "metrics.loss < 'x'", env=env, cwd=tmp_path)
+    assert code == 1 and "error [invalid_input]: filter: metrics.loss compares with numbers" in err
+    code, out, err = await _cli(*args, "--order-by", "loss", env=env, cwd=tmp_path)
+    assert code == 1 and "order_by: unknown column 'loss'" in err
+    code, out, err = await _cli(*args, "--limit", "1001", env=env, cwd=tmp_path)
+    assert code == 2 and "--limit" in err

@@ -86,10 +86,10 @@ _RUN_COLUMNS = [
 )
 @click.option(
     "--limit",
-    default=100,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, MAX_RUNS_PAGE),
-    help="at most this many runs",
+    help="at most this many runs (default 100); with --all, how many per page (default"
+    f" {MAX_RUNS_PAGE})",
 )
 @click.option("--cursor", default=None, help="go on where an earlier listing stopped")
 @click.option("--all", "all_", is_flag=True, help="every matching run, page after page")
@@ -98,7 +98,7 @@ def run_list(
     experiment_name: str | None,
     filter_: str,
     order_by: tuple[str, ...],
-    limit: int,
+    limit: int | None,
     cursor: str | None,
     all_: bool,
     as_json: bool,
@@ -118,7 +118,7 @@ def run_list(
 
     async def listing(ws: Any) -> tuple[list[dict[str, Any]], str | None, int]:
         rows: list[dict[str, Any]] = []
-        size = MAX_RUNS_PAGE if all_ else limit
+        size = limit or (MAX_RUNS_PAGE if all_ else 100)
         page = await ws.runs_page(experiment_name, **query, limit=size, cursor=cursor)
         rows.extend(page["runs"])
         while all_ and page["next_cursor"] is not None:

@@ -278,11 +278,11 @@ class AsyncExperiment:
         filter: str = "",
         order_by: Sequence[str] = (),
         page_size: int = 100,
-        include_children: bool = True,
+        include_children: bool = False,
     ) -> AsyncIterator[AsyncRun]:
         """Every run of this experiment that matches ``filter``, in ``order_by`` order (newest
-        first by default), fetched lazily a page of ``page_size`` at a time. Without
-        ``include_children`` only top-level runs (no parent run)."""
+        first by default), fetched lazily a page of ``page_size`` at a time. As in Azure ML
+        v1, child runs only with ``include_children``."""
         if not include_children:
             filter = f"parent_run_id IS NULL AND ({filter})" if filter else "parent_run_id IS NULL"
         rows = self.workspace.iter_runs(

@@ -33,10 +33,9 @@ _decoder = msgspec.json.Decoder(MetricsLogged)
 
 
 def _number(value: object) -> int | float | None:
-    kind = type(value)
-    if kind is int or (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
-    return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
 
 
 class RunMetricsProjection:
