@@ -148,6 +148,17 @@ async def test_an_experiment_of_10001_runs_lists_every_run(
     assert len(listed) == n and set(listed) == set(seen)
     assert "more" not in err
 
+    # through a pipe whose reader starts late: the listing arrives whole (a plain write of it
+    # came back short, silently, once the event loop had run)
+    pipe = asyncio.subprocess.PIPE
+    everything = ("run", "list", "-e", "big", "--all", "--json")
+    proc = await asyncio.create_subprocess_exec(
+        *CAIRN, *everything, env=env, cwd=tmp_path, stdout=pipe, stderr=pipe
+    )
+    await asyncio.sleep(1.0)
+    piped, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0 and [r["run_id"] for r in json.loads(piped)] == listed
+
     code, out, err = await _cli("run", "list", "-e", "big", "--limit", "5", env=env, cwd=tmp_path)
     assert code == 0 and len(out.splitlines()) == 1 + 5
     assert [line.split()[0] for line in out.splitlines()[1:]] == listed[:5]
