@@ -7,6 +7,8 @@ serving."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
 import json
 import os
@@ -32,6 +34,7 @@ from cairn.proto.commands import (
     ErrorReply,
     GetRun,
     ListExperiments,
+    QueryResult,
     Reply,
     SetRunTags,
 )
@@ -122,6 +125,73 @@ def _run_event(ws: str, run_id: str, event: Event) -> Envelope[Event]:
 def _poisoned_assignment(ws: str, run_id: str) -> bytes:
     event = RunAssigned(run_id=run_id, attempt=BIG, queue_n=1, agent_id="a1", lease_s=5.0)
     return encode_envelope(_run_event(ws, run_id, event))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "!!!",
+        "e30",  # base64 of {}
+        base64.urlsafe_b64encode(b"[1, 2, 3]").decode(),
+        base64.urlsafe_b64encode(b'[1, "0000000000000000", [], "r"]').decode(),
+        base64.urlsafe_b64encode(b'[1, "x", [{"a": 1}], "r"]').decode(),
+        base64.urlsafe_b64encode(b'[1, "x", [true], 5]').decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe" * 50).decode(),
+        "A" * 8192,
+    ],
+)
+async def test_a_forged_or_garbage_cursor_is_a_typed_error(client: Client, cursor: str) -> None:
+    with pytest.raises(InvalidInput, match="cursor"):
+        await _raw(client, _query(client, "run.list"), {"type": "ListRuns", "cursor": cursor})
+
+
+async def test_a_forged_cursor_of_the_right_shape_only_moves_the_page(client: Client) -> None:
+    """A cursor names a position, never SQL: one made by hand for the same query is read
+    as a position (its values travel as parameters), whatever text it holds."""
+    body = {"type": "ListRuns", "order_by": ["name"], "limit": 5}
+    first = await _raw(client, _query(client, "run.list"), body)
+    assert isinstance(first, QueryResult) and first.data["next_cursor"] is None
+    fingerprint = hashlib.sha256(json.dumps([None, None, "", ["name"]]).encode()).hexdigest()[:16]
+    forged = json.dumps([1, fingerprint, ["'; DROP TABLE runs; --"], "x' OR 1=1"])
+    cursor = base64.urlsafe_b64encode(forged.encode()).decode()
+    page = await _raw(client, _query(client, "run.list"), {**body, "cursor": cursor})
+    assert isinstance(page, QueryResult) and page.data["runs"] == []
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "metrics.loss < 1; DROP TABLE runs",
+        "name = 'x' UNION SELECT * FROM sqlite_master",
+        "tags.`a` = 'b' OR 1 = 1",
+        "tags.a = 'b' -- comment",
+        "name = 'x' AND \x00",
+        "tags.`\x01` = 'a'",
+        "metrics.loss < 1e400",
+        "metrics.loss < NaN",
+        "((((",
+        "))))",
+        "name LIKE",
+        "IN ('a')",
+        "AND AND",
+        "" + "name = 'x' AND " * 70 + "name = 'y'",
+        "\u202e name = 'x'",
+    ],
+)
+async def test_filter_garbage_is_a_typed_error_and_the_service_keeps_serving(
+    client: Client, garbage: str
+) -> None:
+    with pytest.raises(InvalidInput, match="filter"):
+        await _raw(client, _query(client, "run.list"), {"type": "ListRuns", "filter": garbage})
+    ok = await _raw(client, _query(client, "run.list"), {"type": "ListRuns"})
+    assert isinstance(ok, QueryResult)
+
+
+async def test_order_by_garbage_is_a_typed_error(client: Client) -> None:
+    for order in (["name; DROP TABLE runs"], ["name ASC, run_id"], [""], ["tags."], [1]):
+        with pytest.raises(InvalidInput, match="order_by"):
+            await _raw(client, _query(client, "run.list"), {"type": "ListRuns", "order_by": order})
 
 
 async def test_an_event_no_read_model_can_apply_is_quarantined_and_all_keep_serving(

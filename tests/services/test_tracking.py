@@ -55,7 +55,8 @@ async def test_run_lifecycle_and_read_your_writes(client: Client) -> None:
     assert result.data["created_by"] == client.conn.settings.who
     assert result.data["start_time"] and result.data["end_time"]
     runs = await client.ask(ListRuns(experiment_name="mnist / baseline", min_seq=done.seq))
-    assert [r["run_id"] for r in runs.data] == ["r1"]
+    assert [r["run_id"] for r in runs.data["runs"]] == ["r1"]
+    assert runs.data["next_cursor"] is None
     exps = await client.ask(ListExperiments(min_seq=done.seq))
     assert [(e["name"], e["runs"]) for e in exps.data] == [("mnist / baseline", 1)]
 

@@ -16,6 +16,7 @@ from cairn.proto._base import Count, Id, Name, Strict, TagKey, TagValue, Text
 
 __all__ = [
     "COMMAND_TYPES",
+    "MAX_RUNS_PAGE",
     "QUERY_TYPES",
     "Accepted",
     "AddRunProperties",
@@ -138,12 +139,41 @@ class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
     NAME = "experiment.list"
 
 
+#: the most runs one ``run.list`` page holds
+MAX_RUNS_PAGE = 1000
+
+
 class ListRuns(Query, frozen=True, kw_only=True, tag=True):
+    """One page of runs: those matching ``filter``, sorted by ``order_by`` (ties broken by run
+    id), at most ``limit`` of them. Pass the reply's ``next_cursor`` back as ``cursor`` (with
+    the same filter and order) for the next page; it is null after the last one.
+
+    The reply's ``data`` is ``{"runs": [run, ...], "next_cursor": str | null, "remaining":
+    int | null, "metrics_seq": int}``; a run that a metric filter or order named carries
+    ``"metrics": {name: {"last", "min", "max"}}``. ``min_seq`` is a sequence of EVENTS (runs,
+    tags, properties);
+    ``metrics_min_seq`` one of METRICS, for a filter or order on metrics that must see a batch
+    just logged (``metrics_seq``: where the metric summaries stood). The grammar of ``filter``
+    and ``order_by`` is in docs/design.md ("The runs query"); for example
+    ``filter="metrics.loss.min < 0.2 AND tags.team = 'a'"``,
+    ``order_by=["metrics.loss.min ASC", "created_at DESC"]``. The default order is
+    ``created_at DESC``."""
+
     NAME = "run.list"
     experiment_name: Name | None = None
-    limit: Count = 100
+    #: at most this many runs on the page (1 to MAX_RUNS_PAGE)
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_RUNS_PAGE)] = 100
     #: only the children of this run
     parent_run_id: Id | None = None
+    filter: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    order_by: Annotated[
+        tuple[Annotated[str, msgspec.Meta(max_length=300)], ...], msgspec.Meta(max_length=8)
+    ] = ()
+    #: the ``next_cursor`` of the previous page
+    cursor: Annotated[str, msgspec.Meta(max_length=8192)] | None = None
+    metrics_min_seq: Count = 0
+    #: also answer ``remaining``: how many matching runs follow this page (one more scan)
+    count: bool = False
 
 
 class GetRun(Query, frozen=True, kw_only=True, tag=True):

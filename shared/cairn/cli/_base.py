@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -136,14 +137,29 @@ def emit(data: Any, as_json: bool, columns: list[tuple[str, str]]) -> None:
     """``--json`` prints the data, complete; otherwise an aligned table of ``columns`` (key,
     header) that fits the terminal, a cut value ending in "…"."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        write_out(json.dumps(data, indent=2, default=str) + "\n")
         return
     rows = data if isinstance(data, list) else [data]
     lines, cut = format_table(rows, columns, table_width())
-    for line in lines:
-        click.echo(line)
+    write_out("".join(line + "\n" for line in lines))
     if cut:
         click.echo(CUT_HINT, err=True)
+
+
+def write_out(text: str) -> None:
+    """Write ``text`` to stdout whole. After the event loop has run, a large write to a pipe
+    whose reader is slow can come back short (seen: 262,144 of 403,923 bytes, exit status 0,
+    through ``click.echo``), so the bytes go to the descriptor in a loop until all are out.
+    Where stdout is no descriptor (a test runner's buffer), ``click.echo`` writes it."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        click.echo(text, nl=False)
+        return
+    sys.stdout.flush()
+    data = memoryview(text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict"))
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 CUT_HINT = "(values ending in … were cut to fit the terminal; --json prints them whole)"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
+from cairn.proto.commands import MAX_RUNS_PAGE
 
 
 @cli.group()
@@ -67,19 +69,75 @@ _RUN_COLUMNS = [
     default=None,
     help="only the runs of this experiment (default: every experiment)",
 )
-@click.option("--limit", default=100, show_default=True, help="at most this many runs")
+@click.option(
+    "--filter",
+    "-f",
+    "filter_",
+    default="",
+    help="e.g. \"metrics.loss.min < 0.2 AND tags.team = 'a'\" (grammar: docs/design.md)",
+)
+@click.option(
+    "--order-by",
+    "-o",
+    "order_by",
+    multiple=True,
+    help="a column and ASC or DESC, e.g. 'metrics.loss.min ASC'; repeat for more keys"
+    " (default: created_at DESC)",
+)
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(1, MAX_RUNS_PAGE),
+    help="at most this many runs (default 100); with --all, how many per page (default"
+    f" {MAX_RUNS_PAGE})",
+)
+@click.option("--cursor", default=None, help="go on where an earlier listing stopped")
+@click.option("--all", "all_", is_flag=True, help="every matching run, page after page")
 @json_option
-def run_list(experiment_name: str | None, limit: int, as_json: bool) -> None:
+def run_list(
+    experiment_name: str | None,
+    filter_: str,
+    order_by: tuple[str, ...],
+    limit: int | None,
+    cursor: str | None,
+    all_: bool,
+    as_json: bool,
+) -> None:
     """List runs, newest first.
 
-    One line per run: id, experiment, name, status, start and end.
+    One line per run: id, experiment, name, status, start and end. When more runs match
+    than were printed, a last line on stderr says how many, with the --cursor that goes on.
 
     \b
-    Example:
+    Examples:
       cairn run list -e quickstart --limit 20
+      cairn run list -e sweep -f "metrics.loss < 0.2" -o "metrics.loss.min ASC"
+      cairn run list -e sweep --all --json
     """
-    rows = run(with_workspace(lambda ws: ws.runs(experiment_name, limit=limit)))
-    emit(rows, as_json, [*_RUN_COLUMNS[:1], ("experiment_name", "EXPERIMENT"), *_RUN_COLUMNS[1:]])
+    query = {"filter": filter_, "order_by": order_by}
+
+    async def listing(ws: Any) -> tuple[list[dict[str, Any]], str | None, int]:
+        rows: list[dict[str, Any]] = []
+        size = limit or (MAX_RUNS_PAGE if all_ else 100)
+        page = await ws.runs_page(experiment_name, **query, limit=size, cursor=cursor)
+        rows.extend(page["runs"])
+        while all_ and page["next_cursor"] is not None:
+            page = await ws.runs_page(
+                experiment_name, **query, limit=size, cursor=page["next_cursor"]
+            )
+            rows.extend(page["runs"])
+        after = page["next_cursor"]
+        if after is None:
+            return rows, None, 0
+        # how many more: one counting read, only when there are more
+        probe = await ws.runs_page(experiment_name, **query, limit=1, cursor=after, count=True)
+        return rows, after, len(probe["runs"]) + probe["remaining"]
+
+    rows, after, more = run(with_workspace(listing))
+    columns = [*_RUN_COLUMNS[:1], ("experiment_name", "EXPERIMENT"), *_RUN_COLUMNS[1:]]
+    emit(rows, as_json, columns)
+    if after is not None:
+        click.echo(f"… {more:,} more: --limit, --all, or --cursor {after}", err=True)
 
 
 @run_group.command("show")

@@ -14,7 +14,7 @@ import contextlib
 import os
 import tempfile
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +33,7 @@ from cairn.errors import (
 from cairn.log import get_logger
 from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import (
+    MAX_RUNS_PAGE,
     Accepted,
     AddRunProperties,
     CancelRun,
@@ -127,12 +128,85 @@ class AsyncWorkspace(Session):
     async def experiments(self) -> list[dict[str, Any]]:
         return list((await self.client.ask(ListExperiments(min_seq=self.seen_seq))).data)
 
+    async def runs_page(
+        self,
+        experiment_name: str | None = None,
+        *,
+        filter: str = "",
+        order_by: Sequence[str] = (),
+        limit: int = 100,
+        cursor: str | None = None,
+        parent_run_id: str | None = None,
+        count: bool = False,
+    ) -> dict[str, Any]:
+        """One page of the runs query (``run.list``): ``{"runs": [...], "next_cursor": str |
+        None, "remaining": int | None, "metrics_seq": int}``; pass ``next_cursor`` back as
+        ``cursor`` for the next page. ``filter`` and ``order_by`` as in docs/design.md, e.g.
+        ``filter="metrics.loss < 0.2 AND tags.team = 'a'"``,
+        ``order_by=["metrics.loss.min ASC"]``; ``count`` also answers ``remaining``."""
+        q = ListRuns(
+            min_seq=self.seen_seq,
+            metrics_min_seq=self.seen_metrics_seq,
+            experiment_name=experiment_name,
+            parent_run_id=parent_run_id,
+            filter=filter,
+            order_by=tuple(order_by),
+            limit=limit,
+            cursor=cursor,
+            count=count,
+        )
+        return dict((await self.client.ask(q)).data)
+
+    async def iter_runs(
+        self,
+        experiment_name: str | None = None,
+        *,
+        filter: str = "",
+        order_by: Sequence[str] = (),
+        page_size: int = 100,
+        parent_run_id: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every run that matches, in order, read a page at a time (following cursors)."""
+        cursor: str | None = None
+        while True:
+            page = await self.runs_page(
+                experiment_name,
+                filter=filter,
+                order_by=order_by,
+                limit=page_size,
+                cursor=cursor,
+                parent_run_id=parent_run_id,
+            )
+            for row in page["runs"]:
+                yield row
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return
+
     async def runs(
-        self, experiment_name: str | None = None, *, limit: int = 100
+        self,
+        experiment_name: str | None = None,
+        *,
+        limit: int | None = 100,
+        filter: str = "",
+        order_by: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        """The runs of the workspace (or of one experiment), newest first."""
-        q = ListRuns(min_seq=self.seen_seq, experiment_name=experiment_name, limit=limit)
-        return list((await self.client.ask(q)).data)
+        """The first ``limit`` runs that match (every one with ``limit=None``), newest first
+        unless ``order_by`` says otherwise."""
+        found: list[dict[str, Any]] = []
+        page_size = MAX_RUNS_PAGE if limit is None else max(1, min(limit, MAX_RUNS_PAGE))
+        if limit is not None and limit < 1:
+            raise InvalidInput(f"runs: limit must be at least 1, not {limit}")
+        cursor: str | None = None
+        while limit is None or len(found) < limit:
+            page = await self.runs_page(
+                experiment_name, filter=filter, order_by=order_by, limit=page_size, cursor=cursor
+            )
+            found.extend(page["runs"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return found if limit is None else found[:limit]
 
     async def jobs(
         self, *, compute: str | None = None, active: bool = False, limit: int = 100
@@ -195,8 +269,27 @@ class AsyncExperiment:
         await run.start()
         return run
 
-    async def runs(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def runs(self, limit: int | None = 100) -> list[dict[str, Any]]:
         return await self.workspace.runs(self.name, limit=limit)
+
+    async def get_runs(
+        self,
+        *,
+        filter: str = "",
+        order_by: Sequence[str] = (),
+        page_size: int = 100,
+        include_children: bool = False,
+    ) -> AsyncIterator[AsyncRun]:
+        """Every run of this experiment that matches ``filter``, in ``order_by`` order (newest
+        first by default), fetched lazily a page of ``page_size`` at a time. As in Azure ML
+        v1, child runs only with ``include_children``."""
+        if not include_children:
+            filter = f"parent_run_id IS NULL AND ({filter})" if filter else "parent_run_id IS NULL"
+        rows = self.workspace.iter_runs(
+            self.name, filter=filter, order_by=order_by, page_size=page_size
+        )
+        async for row in rows:
+            yield AsyncRun(self.workspace, row["run_id"], self.name)
 
     async def submit(
         self,
@@ -367,8 +460,8 @@ class AsyncRun:
         while parents:
             level: list[dict[str, Any]] = []
             for parent in parents:
-                q = ListRuns(min_seq=self.workspace.seen_seq, parent_run_id=parent, limit=10_000)
-                level.extend((await self.workspace.client.ask(q)).data)
+                children = self.workspace.iter_runs(parent_run_id=parent, page_size=MAX_RUNS_PAGE)
+                level.extend([row async for row in children])
             found.extend(level)
             parents = [row["run_id"] for row in level] if recursive else []
         found.sort(key=lambda row: (row["created_at"], row["run_id"]))

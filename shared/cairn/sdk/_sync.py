@@ -6,13 +6,14 @@ from any thread.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -27,6 +28,7 @@ from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
+from cairn.sdk._runs import azure_filter
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
 
@@ -165,8 +167,32 @@ class Experiment:
         core = self.workspace._run(submitted)
         return Run(self, core.id, _core=core)
 
-    def get_runs(self) -> Iterator[Run]:
-        for row in self.workspace._run(self._core.runs(limit=10_000)):
+    def get_runs(
+        self,
+        type: str | None = None,  # Azure ML v1's name
+        tags: str | dict[str, Any] | None = None,
+        properties: str | dict[str, Any] | None = None,
+        include_children: bool = False,
+        *,
+        filter: str = "",
+        order_by: Sequence[str] = (),
+        page_size: int = 100,
+    ) -> Iterator[Run]:
+        """Every run of this experiment, newest first (or in ``order_by`` order), fetched
+        lazily ``page_size`` at a time. As in Azure ML v1: ``tags``/``properties`` a key the
+        run has or ``{key: value}`` pairs, ``include_children`` child runs too; ``type`` is
+        refused (Cairn runs have no type). ``filter`` and ``order_by`` are the runs query's
+        (docs/design.md), e.g. ``filter="metrics.loss.min < 0.2"``,
+        ``order_by=["metrics.loss.min ASC"]``."""
+        expr = azure_filter(
+            "get_runs",
+            type=type,
+            tags=tags,
+            properties=properties,
+            include_children=include_children,
+            filter=filter,
+        )
+        for row in _rows(self.workspace, self.name, expr, order_by, page_size):
             yield Run(self, row["run_id"])
 
     @staticmethod
@@ -309,6 +335,37 @@ class Run:
         core = self._ws._run(self._core.child(display_name=name))
         return Run(self.experiment, core.id, _core=core)
 
+    @staticmethod
+    def list(
+        experiment: Experiment,
+        type: str | None = None,  # Azure ML v1's names
+        tags: str | dict[str, Any] | None = None,
+        properties: str | dict[str, Any] | None = None,
+        status: str | None = None,
+        include_children: bool = False,
+        _rehydrate_runs: bool = True,
+        *,
+        filter: str = "",
+        order_by: Sequence[str] = (),
+        page_size: int = 100,
+    ) -> Iterator[Run]:
+        """Azure ML v1's ``Run.list``: the runs of ``experiment``, newest first, fetched lazily.
+        ``tags``/``properties`` a key or ``{key: value}``, ``status``, ``include_children``
+        as there; ``type`` is refused (no run types). Either ``_rehydrate_runs`` gives the same
+        runs: a Cairn ``Run`` holds only its id and fetches its details when asked."""
+        expr = azure_filter(
+            "Run.list",
+            type=type,
+            tags=tags,
+            properties=properties,
+            status=status,
+            include_children=include_children,
+            filter=filter,
+        )
+        ws = experiment.workspace
+        for row in _rows(ws, experiment.name, expr, order_by, page_size):
+            yield Run(experiment, row["run_id"])
+
     def get_children(
         self,
         recursive: bool = False,
@@ -316,7 +373,7 @@ class Run:
         properties: str | dict[str, Any] | None = None,
         type: str | None = None,  # Azure ML v1's name
         status: str | None = None,
-    ) -> list[Run]:
+    ) -> builtins.list[Run]:
         """The child runs (their children too with ``recursive``), oldest first, filtered as
         Azure ML v1 does: ``tags``/``properties`` a key or ``{key: value}``, ``status``;
         ``type`` is refused (Cairn's runs carry no run type)."""
@@ -345,7 +402,7 @@ class Run:
         run's (a job's agent lets its job read as its own run only)."""
         return self._ws._run(self._core.get_secret(name))
 
-    def get_secrets(self, secrets: list[str]) -> dict[str, str]:
+    def get_secrets(self, secrets: builtins.list[str]) -> dict[str, str]:
         """Each of ``secrets`` and its value, every read recorded as this run's."""
         return self._ws._run(self._core.get_secrets(secrets))
 
@@ -382,7 +439,9 @@ class Run:
             tmp.flush()
             self._ws._run(self._core.upload_file(name, Path(tmp.name), show_progress))
 
-    def upload_files(self, names: list[str], paths: list[str], **kwargs: Any) -> None:
+    def upload_files(
+        self, names: builtins.list[str], paths: builtins.list[str], **kwargs: Any
+    ) -> None:
         for name, path in zip(names, paths, strict=True):
             self.upload_file(name, path, **kwargs)
 
@@ -417,7 +476,7 @@ class Run:
         )
         return Model(self._ws, model_name, _data=self._ws._run(registered))
 
-    def get_file_names(self) -> list[str]:
+    def get_file_names(self) -> builtins.list[str]:
         return [f["path"] for f in self._ws._run(self._core.files())]
 
     def download_file(
@@ -440,7 +499,7 @@ class Run:
         append_prefix: bool = True,
         show_progress: bool | None = None,
         **_: Any,
-    ) -> list[str]:
+    ) -> builtins.list[str]:
         out = Path(output_directory or ".")
         files = self._ws._run(self._core.files(prefix or ""))
         targets = []  # every path from the log checked before anything is written
@@ -453,6 +512,27 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, experiment={self.experiment.name!r})"
+
+
+def _rows(
+    ws: Workspace, experiment_name: str, filter: str, order_by: Sequence[str], page_size: int
+) -> Iterator[dict[str, Any]]:
+    """The runs query's rows, a page at a time, following its cursors to the end."""
+    cursor: str | None = None
+    while True:
+        page = ws._run(
+            ws.core.runs_page(
+                experiment_name,
+                filter=filter,
+                order_by=order_by,
+                limit=page_size,
+                cursor=cursor,
+            )
+        )
+        yield from page["runs"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return
 
 
 async def _bind(ws: AsyncWorkspace, run_id: str, experiment_name: str) -> AsyncRun:

@@ -2,6 +2,9 @@
 
 ``live`` holds the interactive runs that are Running (started without an agent: attempt 0),
 with the wall-clock time of their start: what the liveness check (``_liveness``) watches.
+
+``tags`` and ``properties`` hold a run's tags and properties one row per key (besides the JSON
+objects on ``runs``), indexed by (workspace, key, value): what the runs query filters on.
 """
 
 from __future__ import annotations
@@ -50,8 +53,11 @@ _NewRun = tuple[str, str, str, str | None, str | None]
 
 class TrackingProjection:
     name = "tracking"
-    version = 4
-    tables: tuple[str, ...] = ("workspaces", "experiments", "runs", "files", "live")
+    version = 5
+    tables: tuple[str, ...] = (
+        *("workspaces", "experiments", "runs", "files", "live"),
+        *("tags", "properties"),
+    )
     source = events_of("workspace", "experiment", "run", "staging")
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
@@ -78,6 +84,17 @@ class TrackingProjection:
         )
         db.execute(f"CREATE INDEX {t('runs')}_exp ON {t('runs')} (workspace, experiment_id)")
         db.execute(
+            f"CREATE INDEX {t('runs')}_created ON {t('runs')}"
+            " (workspace, experiment_id, created_at, run_id)"
+        )
+        db.execute(f"CREATE INDEX {t('runs')}_parent ON {t('runs')} (workspace, parent_run_id)")
+        for table in ("tags", "properties"):
+            db.execute(
+                f"CREATE TABLE {t(table)} (workspace TEXT, run_id TEXT, key TEXT, value TEXT,"
+                " PRIMARY KEY (workspace, run_id, key)) WITHOUT ROWID"
+            )
+            db.execute(f"CREATE INDEX {t(table)}_kv ON {t(table)} (workspace, key, value)")
+        db.execute(
             f"CREATE TABLE {t('live')} (workspace TEXT, run_id TEXT, started_at REAL,"
             " PRIMARY KEY (workspace, run_id))"
         )
@@ -97,6 +114,16 @@ class TrackingProjection:
         db.execute(
             f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'{{}}')",
             (env.workspace, *run, status.value, "", *created, json.dumps(tags)),
+        )
+        TrackingProjection._set_keys(db, t("tags"), env.workspace, run[0], tags)
+
+    @staticmethod
+    def _set_keys(
+        db: sqlite3.Connection, table: str, ws: str, run_id: str, values: dict[str, str]
+    ) -> None:
+        db.executemany(
+            f"INSERT OR REPLACE INTO {table} VALUES (?,?,?,?)",
+            [(ws, run_id, k, v) for k, v in values.items()],
         )
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
@@ -133,11 +160,13 @@ class TrackingProjection:
                 | RunPropertiesAdded(run_id=run_id, properties=values)
             ):
                 column = "tags" if isinstance(env.data, RunTagsSet) else "properties"
-                db.execute(
+                changed = db.execute(
                     f"UPDATE {t('runs')} SET {column} = json_patch({column}, ?), seq=?"
                     " WHERE workspace=? AND run_id=?",
                     (json.dumps(values), seq, ws, run_id),
-                )
+                ).rowcount
+                if changed:
+                    self._set_keys(db, t(column), ws, run_id, values)
             case RunSubmitted(experiment_id=experiment_id) as ev if experiment_id is not None:
                 new = (ev.run_id, experiment_id, ev.experiment_name or "", ev.display_name, None)
                 self._insert_run(db, t, env, seq, new, ev.tags, RunStatus.QUEUED)

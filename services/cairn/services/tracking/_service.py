@@ -18,7 +18,7 @@ from cairn.domain import experiment, run, workspace
 from cairn.errors import InvalidInput, InvalidTransition, NotFound, PermissionDenied
 from cairn.log import get_logger
 from cairn.members import Membership
-from cairn.projection import Tables
+from cairn.projection import ProjectionRunner, Tables
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.commands import (
@@ -49,22 +49,20 @@ from cairn.proto.members import (
     ListMembers,
     RemoveMember,
 )
+from cairn.proto.metrics import MetricsLogged
 from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder, gate_of
 from cairn.secrets import roles_of
 from cairn.service import ProjectedService
 from cairn.services.tracking._liveness import Beat, Heartbeats, bound_s, lost_reason
+from cairn.services.tracking._metrics import RunMetricsProjection
 from cairn.services.tracking._projection import TrackingProjection
+from cairn.services.tracking._runs_query import RUN_COLUMNS, list_runs
 from cairn.settings import Settings
 
 __all__ = ["TrackingService"]
 
 log = get_logger("cairn.tracking")
 
-_RUN_COLUMNS = (
-    *("workspace", "run_id", "experiment_id", "experiment_name", "display_name"),
-    *("parent_run_id", "status", "error", "created_at", "created_by", "start_time"),
-    *("end_time", "seq", "tags", "properties"),
-)
 _FILE_COLUMNS = ("path", "digest", "size", "created_at", "created_by")
 _ENDED = tuple(s.value for s in run.RunStatus if s.terminal)
 
@@ -83,7 +81,7 @@ _Command = (
 
 
 def _run_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    out = dict(zip(_RUN_COLUMNS, row, strict=True))
+    out = dict(zip(RUN_COLUMNS, row, strict=True))
     out["tags"], out["properties"] = json.loads(out["tags"]), json.loads(out["properties"])
     return out
 
@@ -94,6 +92,15 @@ class TrackingService(ProjectedService):
     def __init__(self, conn: Connection, settings: Settings) -> None:
         super().__init__(conn, settings, TrackingProjection())
         self.settings = settings
+        #: the runs' metric summaries, from METRICS, in the same file as the runs (its own
+        #: checkpoint): what the runs query filters and sorts on
+        self.run_metrics: ProjectionRunner[MetricsLogged] = ProjectionRunner(
+            conn,
+            settings.state_path / f"{self.projection.projection.name}.sqlite",
+            RunMetricsProjection(),
+        )
+        self._stop_metrics = asyncio.Event()
+        self._metrics_task: asyncio.Task[None] | None = None
         members = Responder(
             conn,
             subjects=[subjects.command_filter("member"), subjects.query_filter("member")],
@@ -144,6 +151,7 @@ class TrackingService(ProjectedService):
     async def start(self) -> None:
         await self.beats.start()
         self._watching_from = time.monotonic()
+        self._metrics_task = asyncio.create_task(self.run_metrics.run(self._stop_metrics))
         await super().start()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -153,6 +161,10 @@ class TrackingService(ProjectedService):
         finally:
             await watch
             await self.beats.stop()
+            self._stop_metrics.set()
+            if self._metrics_task is not None:
+                await self._metrics_task
+            self.run_metrics.close()
 
     async def _watch(self, stop: asyncio.Event) -> None:
         tick = max(0.05, min(1.0, self.heartbeat_s / 2))
@@ -342,20 +354,24 @@ class TrackingService(ProjectedService):
         return await self.read(req, fn)
 
     async def _list_runs(self, req: Request) -> QueryResult:
+        """One page of runs (``_runs_query``). ``min_seq`` waits for the runs' read model
+        (EVENTS), ``metrics_min_seq`` for the metric summaries (METRICS); the reply's ``seq``
+        is the former's position, ``metrics_seq`` in its data the latter's."""
         q: ListRuns = req.body
+        wait_s = min(max(q.wait_s, 0.0), 30.0)
+        await self.run_metrics.wait_for(q.metrics_min_seq, timeout=wait_s)
 
-        def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
-            sql = f"SELECT * FROM {t('runs')} WHERE workspace = ?"
-            args: list[Any] = [req.workspace]
-            if q.experiment_name is not None:
-                sql += " AND experiment_id = ?"
-                args.append(subjects.name_to_id(q.experiment_name))
-            if q.parent_run_id is not None:
-                sql += " AND parent_run_id = ?"
-                args.append(q.parent_run_id)
-            sql += " ORDER BY created_at DESC, run_id LIMIT ?"
-            args.append(max(1, min(q.limit, 10_000)))
-            return [_run_row(row) for row in db.execute(sql, args)]
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any]:
+            # no await from the wait to here: the metrics' generation cannot swap under us
+            metrics_table = self.run_metrics.tables("metrics")
+            metrics_seq = self.run_metrics.last_seq
+            page = list_runs(db, t, metrics_table, req.workspace, q, count=q.count)
+            return {
+                "runs": page.runs,
+                "next_cursor": page.next_cursor,
+                "remaining": page.remaining,
+                "metrics_seq": metrics_seq,
+            }
 
         return await self.read(req, fn)
 

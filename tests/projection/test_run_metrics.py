@@ -1,0 +1,59 @@
+"""The tracking service's metric summaries (``tracking_metrics``): what counts as a number,
+which value is the last, and a batch applied once."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from cairn.projection import Delivered, Tables
+from cairn.proto.metrics import MetricKind, MetricPoint, MetricsLogged, Value
+from cairn.services.tracking._metrics import RunMetricsProjection
+
+
+def _batch(
+    batch_id: str, *points: tuple[str, Value, int], kind: MetricKind = "scalar"
+) -> MetricsLogged:
+    return MetricsLogged(
+        batch_id=batch_id,
+        workspace="ws",
+        run_id="r1",
+        experiment_id="e",
+        actor="a",
+        points=[MetricPoint(name=n, kind=kind, value=v, step=s, time=0.0) for n, v, s in points],
+    )
+
+
+def _summaries(*batches: MetricsLogged) -> dict[str, tuple[Any, ...]]:
+    db = sqlite3.connect(":memory:")
+    projection, t = RunMetricsProjection(), Tables("tracking_metrics", 1)
+    projection.create(db, t)
+    for seq, batch in enumerate(batches, 1):
+        projection.apply(db, t, Delivered(seq, "cairn.metrics.ws.r1", batch))
+    rows = db.execute(f"SELECT name, last, min, max, last_step FROM {t('metrics')}")
+    return {name: tuple(rest) for name, *rest in rows}
+
+
+def test_last_is_the_highest_step_and_the_later_batch_at_equal_steps() -> None:
+    got = _summaries(
+        _batch("b1", ("loss", 0.5, 3), ("loss", 0.9, 1), ("loss", 0.1, 2)),
+        _batch("b2", ("loss", 0.7, 0)),  # an older step: not the last
+        _batch("b3", ("loss", 0.6, 3)),  # the same step again: the later batch wins
+    )
+    assert got == {"loss": (0.6, 0.1, 0.9, 3)}
+
+
+def test_only_finite_ints_and_floats_are_summarised_with_their_type() -> None:
+    got = _summaries(
+        _batch("b1", ("n", 1, 0), ("n", 2.0, 1), ("flag", True, 0), ("s", "text", 0)),
+        _batch("b2", ("inf", "Infinity", 0), ("nan", float("nan"), 0)),
+        _batch("b3", ("list", [1, 2], 0), kind="list"),
+    )
+    assert got == {"n": (2.0, 1, 2.0, 1)}
+    assert type(got["n"][1]) is int and type(got["n"][0]) is float
+
+
+def test_a_batch_stored_twice_is_applied_once() -> None:
+    first = _batch("same", ("loss", 0.5, 1))
+    got = _summaries(first, _batch("other", ("loss", 0.4, 1)), first)
+    assert got == {"loss": (0.4, 0.4, 0.5, 1)}
