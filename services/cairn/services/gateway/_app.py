@@ -132,7 +132,7 @@ def _on_cairn_error(request: Request[Any, Any, Any], exc: CairnError) -> Respons
             template_name="error.html",
             context={"status": status, "code": exc.code, "message": exc.message},
             status_code=status,
-        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+        )
     return Response({"code": exc.code, "message": exc.message}, status_code=status)
 
 
@@ -153,7 +153,7 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
             template_name="error.html",
             context={"status": exc.status_code, "code": "", "message": exc.detail},
             status_code=exc.status_code,
-        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+        )
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 
@@ -191,6 +191,7 @@ def create_app(
 ) -> Litestar:
     """The application, over ``pool``'s connections. ``secure``: served over HTTPS (the
     cookie is then sent over HTTPS only)."""
+    from cairn.services.gateway._assets import ASSET_PAGES
     from cairn.services.gateway._pages import PAGES
 
     sessions = CookieBackendConfig(
@@ -212,6 +213,7 @@ def create_app(
             metrics,
             create_static_files_router(path="/static", directories=[STATIC]),
             *PAGES,
+            *ASSET_PAGES,
             *route_handlers,
         ],
         middleware=[sessions.middleware, auth],
