@@ -138,7 +138,7 @@ async def test_preview_reads_no_more_than_its_byte_bound(
     client: Client, ws: AsyncWorkspace, tmp_path: Path
 ) -> None:
     await _dataset(ws, tmp_path, rows=5000)
-    record, spec = await ws.datasets.spec("sales")
+    _, spec = await ws.datasets.spec("sales")
     assert spec.files[0].size > 60_000
     small = await preview_table(client, spec, rows=50, max_bytes=100)
     assert small.more and small.columns == ["id", "region", "note"]
