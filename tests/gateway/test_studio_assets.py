@@ -27,8 +27,10 @@ from cairn.proto.registry import ListModels, ModelAliasHistory
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, new_id
 from cairn.services.gateway import Gateway
+from cairn.storage import S3BlobStore
 from tests.conftest import Agents
 from tests.gateway.conftest import login_password, sign_in
+from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 PAGES = ("models", "datasets", "environments", "compute", "jobs")
@@ -145,6 +147,65 @@ async def test_preview_reads_no_more_than_its_byte_bound(
     assert 0 < len(small.rows) < 10 and all(len(r) == 3 for r in small.rows)  # no cut row
     full = await preview_table(client, spec)
     assert len(full.rows) == 50 and full.more and full.rows[-1][0] == "50"
+
+
+async def test_preview_of_a_snapshot_reads_its_copy(
+    browser_http: httpx.AsyncClient, client: Client, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "t.tsv").write_text("a\tb\n1\t2\n3\t4\n")
+    await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)))
+    spec = DatasetSpec(kind="tabular", paths=[DataPath("lake", "t.tsv")], separator="\t")
+    await ws.datasets.register("kept", spec, snapshot=True)
+    (lake / "t.tsv").write_text("changed\n")  # the snapshot's copy is what it shows
+    page = await browser_http.get(f"/w/{client.workspace}/datasets/kept")
+    assert page.status_code == 200
+    assert "<th>a</th><th>b</th>" in page.text and "<td>3</td><td>4</td>" in page.text
+    assert "copied" in page.text and "(the version holds more)" not in page.text
+
+    await ws.datasets.register("moved", spec)
+    (lake / "t.tsv").write_text("a\tb\n1\t2\n3\t4\n5\t6\n")
+    changed = await browser_http.get(f"/w/{client.workspace}/datasets/moved")
+    assert changed.status_code == 200
+    assert "No preview: lake:t.tsv changed since it was registered" in changed.text
+
+
+async def test_preview_of_a_dataset_in_s3_reads_a_range(
+    browser_http: httpx.AsyncClient,
+    client: Client,
+    ws: AsyncWorkspace,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+) -> None:
+    bucket = "studio-" + new_id()[:10]
+    blobs = await S3BlobStore.open(seaweed.config(bucket))
+    try:
+        await blobs.client.create_bucket(Bucket=bucket)
+    finally:
+        await blobs.close()
+    creds = {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}
+    store = DatastoreSpec(kind="s3", bucket=bucket, endpoint_url=seaweed.endpoint)
+    await ws.assets.register_datastore("s3lake", store, creds)
+    local = tmp_path / "big.csv"
+    local.write_text("n,sq\n" + "".join(f"{i},{i * i}\n" for i in range(40_000)))
+    (tmp_path / "empty.csv").write_text("")
+    await ws.datastores.upload("s3lake", [(local, "t/big.csv"), (tmp_path / "empty.csv", "e.csv")])
+    spec = DatasetSpec(kind="tabular", paths=[DataPath("s3lake", "t/big.csv")])
+    await ws.datasets.register("squares", spec)
+    _, registered = await ws.datasets.spec("squares")
+    small = await preview_table(client, registered, max_bytes=200)
+    assert small.more and 0 < len(small.rows) < 50 and small.rows[-1][1] == str(
+        int(small.rows[-1][0]) ** 2
+    )
+    empty = DatasetSpec(kind="tabular", paths=[DataPath("s3lake", "e.csv")])
+    await ws.datasets.register("nothing-in-it", empty)
+    _, registered_empty = await ws.datasets.spec("nothing-in-it")
+    nothing = await preview_table(client, registered_empty)
+    assert nothing.rows == [] and not nothing.more
+    await _settled(ws)
+    page = await browser_http.get(f"/w/{client.workspace}/datasets/squares")
+    assert page.status_code == 200 and "<td>49</td><td>2401</td>" in page.text
 
 
 async def test_environment_list_and_version_pages(

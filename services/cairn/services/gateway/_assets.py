@@ -34,14 +34,16 @@ __all__ = ["ASSET_PAGES", "JOB_FILTERS"]
 
 #: the jobs page's filters: name -> the statuses it shows (empty: every one)
 JOB_FILTERS: dict[str, tuple[str, ...]] = {
+    "all": (),
     "active": ("Queued", "Preparing", "Running", "CancelRequested"),
     "queued": ("Queued",),
     "running": ("Preparing", "Running", "CancelRequested"),
     "completed": ("Completed",),
     "failed": ("Failed",),
     "canceled": ("Canceled",),
-    "all": (),
 }
+#: how a dataset page names a separator
+SEPARATORS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", " ": "space"}
 #: jobs a page shows at most (the newest)
 JOBS_SHOWN = 500
 #: dataset versions a page links to at most (the newest)
@@ -200,6 +202,7 @@ async def dataset(
         nav="datasets",
         record=record,
         spec=spec,
+        separator=SEPARATORS.get(spec.separator, repr(spec.separator)),
         files=[
             {"where": f"{f.datastore}:{f.path}", "size": _size(f.size), "snapshot": bool(f.blob)}
             for f in spec.files
@@ -293,7 +296,7 @@ async def compute(request: Req, workspace: FromPath[str]) -> Template:
                 "busy": sum(a["busy"] for a in mine),
                 "queued": sum(1 for j in jobs if j["status"] == "Queued"),
                 "running": sum(1 for j in jobs if j["status"] != "Queued"),
-                "jobs_href": _href(workspace, "jobs") + "?status=active",
+                "jobs_href": _href(workspace, "jobs") + "?status=queued",
             }
         )
     return await page(
@@ -308,25 +311,33 @@ async def compute(request: Req, workspace: FromPath[str]) -> Template:
 
 @get("/w/{workspace:str}/jobs")
 async def jobs(request: Req, workspace: FromPath[str], status: FromQuery[str] = "all") -> Template:
+    """The newest jobs, or those of one status; the queue (queued and running) in full."""
     if status not in JOB_FILTERS:
         raise InvalidInput(f"status: one of {', '.join(JOB_FILTERS)}, not {status!r:.40}")
-    wanted = JOB_FILTERS[status]
-    q = ListJobs(active=status == "active", limit=JOBS_SHOWN)
-    rows = (await ask(request, workspace, q)).data
+    recent = (await ask(request, workspace, ListJobs(limit=JOBS_SHOWN))).data
+    queue = (await ask(request, workspace, ListJobs(active=True, limit=10_000))).data
+
+    def of(name: str) -> list[dict[str, Any]]:
+        wanted = JOB_FILTERS[name]
+        rows = queue if wanted and set(wanted) <= set(JOB_FILTERS["active"]) else recent
+        return [row for row in rows if not wanted or row["status"] in wanted]
+
     shown = [
         {
             **row,
             "href": _href(workspace, "runs", row["run_id"]),
             "submitted": _when(row["submitted_at"]),
-            "started": _when(row["started_at"]),
-            "ended": _when(row["ended_at"]),
         }
-        for row in rows
-        if not wanted or row["status"] in wanted
+        for row in of(status)
     ]
     filters = [
-        {"name": f, "href": _href(workspace, "jobs") + f"?status={f}", "here": f == status}
-        for f in JOB_FILTERS
+        {
+            "name": name,
+            "count": len(of(name)),
+            "href": _href(workspace, "jobs") + f"?status={name}",
+            "here": name == status,
+        }
+        for name in JOB_FILTERS
     ]
     return await page(
         request,
