@@ -9,6 +9,7 @@ what is there.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import io
@@ -16,8 +17,9 @@ import io
 import msgspec
 
 from cairn.data._access import Datastores
+from cairn.data._stores import LocalStore
 from cairn.data._transfer import read_blob_head
-from cairn.errors import DataChanged, InvalidInput
+from cairn.errors import DataChanged, InvalidInput, NotFound
 from cairn.proto.assets import DataFile, DatasetSpec
 from cairn.rpc import Client
 from cairn.settings import Settings
@@ -45,6 +47,8 @@ async def _head(client: Client, stores: Datastores, f: DataFile, limit: int) -> 
     if f.blob is not None:  # a snapshot: the copy in the artifact store
         return await read_blob_head(client, f.blob, limit)
     store = await stores.get(f.datastore)
+    if isinstance(store, LocalStore) and not await asyncio.to_thread(store.root.is_dir):
+        raise NotFound(f"datastore {f.datastore}'s folder {store.root} is not on this machine")
     now = await store.stat(f.path)
     if now is None or now.size != f.size:
         what = "is gone" if now is None else "changed"

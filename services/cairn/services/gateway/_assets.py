@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import msgspec
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Template
+from nats.errors import Error as NatsError
 
 from cairn.bus import live_agents
 from cairn.data import PREVIEW_ROWS, preview_table
@@ -54,6 +56,16 @@ Req = Request[Any, Any, Any]
 
 def _href(workspace: str, *parts: str | int) -> str:
     return "/w/" + "/".join(quote(str(p), safe="") for p in (workspace, *parts))
+
+
+def _name(request: Req, workspace: str, section: str, parsed: Path) -> str:
+    """The name a detail page's path ends with, exactly as its link encoded it (a name may hold
+    ``/``, which the router's path parameter would normalise away, as in ``a//b``)."""
+    raw = request.scope.get("raw_path") or b""
+    prefix = f"/w/{workspace}/{section}/".encode()
+    if raw.startswith(prefix):
+        return unquote(raw[len(prefix) :].split(b"?", 1)[0].decode("utf-8", "replace"))
+    return str(parsed).removeprefix("/")
 
 
 def _when(value: Any) -> str:
@@ -116,8 +128,9 @@ async def models(request: Req, workspace: FromPath[str]) -> Template:
     return await page(request, workspace, "models.html", nav="models", models=shown)
 
 
-@get("/w/{workspace:str}/models/{name:str}")
-async def model(request: Req, workspace: FromPath[str], name: FromPath[str]) -> Template:
+@get("/w/{workspace:str}/models/{path:path}")
+async def model(request: Req, workspace: FromPath[str], path: FromPath[Path]) -> Template:
+    name = _name(request, workspace, "models", path)
     moves = (await ask(request, workspace, ModelAliasHistory(name=name))).data
     rows = (await ask(request, workspace, ListModels(name=name, include_archived=True))).data
     if not rows:
@@ -175,13 +188,14 @@ async def _preview(request: Req, workspace: str, spec: DatasetSpec) -> dict[str,
     return {"table": found}
 
 
-@get("/w/{workspace:str}/datasets/{name:str}")
+@get("/w/{workspace:str}/datasets/{path:path}")
 async def dataset(
     request: Req,
     workspace: FromPath[str],
-    name: FromPath[str],
+    path: FromPath[Path],
     version: FromQuery[int | None] = None,
 ) -> Template:
+    name = _name(request, workspace, "datasets", path)
     record = (
         await ask(request, workspace, GetAsset(asset_kind="dataset", name=name, version=version))
     ).data
@@ -230,13 +244,14 @@ async def environments(request: Req, workspace: FromPath[str]) -> Template:
     )
 
 
-@get("/w/{workspace:str}/environments/{name:str}")
+@get("/w/{workspace:str}/environments/{path:path}")
 async def environment(
     request: Req,
     workspace: FromPath[str],
-    name: FromPath[str],
+    path: FromPath[Path],
     version: FromQuery[int | None] = None,
 ) -> Template:
+    name = _name(request, workspace, "environments", path)
     q = GetAsset(asset_kind="environment", name=name, version=version)
     record = (await ask(request, workspace, q)).data
     latest = record["version"]
@@ -266,7 +281,11 @@ async def environment(
 async def compute(request: Req, workspace: FromPath[str]) -> Template:
     targets = (await ask(request, workspace, ListAssets(asset_kind="compute"))).data
     active = (await ask(request, workspace, ListJobs(active=True, limit=10_000))).data
-    agents = await live_agents(principal_of(request).conn, workspace)
+    agents, agents_error = [], ""
+    try:
+        agents = await live_agents(principal_of(request).conn, workspace)
+    except (NatsError, TimeoutError) as exc:  # said on the page: no permission, no bucket
+        agents_error = f"the agents' heartbeats cannot be read: {exc!r}"
     running: dict[str, list[dict[str, Any]]] = {}
     for job in active:
         if job["agent_id"]:
@@ -306,6 +325,7 @@ async def compute(request: Req, workspace: FromPath[str]) -> Template:
         nav="compute",
         targets=shown_targets,
         agents=shown_agents,
+        agents_error=agents_error,
     )
 
 
