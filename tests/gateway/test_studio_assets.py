@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -29,6 +30,7 @@ from cairn.sdk import AsyncWorkspace, new_id
 from cairn.services.gateway import Gateway
 from cairn.storage import S3BlobStore
 from tests.conftest import Agents
+from tests.gateway.browser import log_in, screenshot
 from tests.gateway.conftest import login_password, sign_in
 from tests.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
@@ -326,3 +328,33 @@ async def test_a_person_who_is_not_a_member_is_refused_every_page(
         for path in paths:
             page = await http.get(f"/w/{client.workspace}/{path}", headers={"accept": "text/html"})
             assert page.status_code == 403, (path, page.status_code)
+
+
+async def test_models_and_a_dataset_preview_in_a_browser(
+    gateway: Gateway,
+    nats_server: NatsServer,
+    client: Client,
+    ws: AsyncWorkspace,
+    page: Any,
+    tmp_path: Path,
+) -> None:
+    await _model(ws, tmp_path, "mnist-classifier")
+    await _dataset(ws, tmp_path)
+    await _settled(ws)
+    models = f"/w/{client.workspace}/models"
+    await log_in(page, gateway.url, *login_password(nats_server), models)
+    assert await page.locator("h1").inner_text() == "Models"
+    await page.click("text=mnist-classifier")
+    await page.wait_for_url(f"{gateway.url}{models}/mnist-classifier")
+    history = page.locator("ol.timeline li")
+    assert await history.count() == 3
+    assert "v1 → v2" in await history.first.inner_text()
+    await screenshot(page, tmp_path, "model")
+
+    await page.click("nav >> text=Data")
+    await page.click("text=sales")
+    cells = page.locator("table.data tbody tr")
+    assert await cells.count() == 50
+    assert await cells.first.locator("td").nth(2).inner_text() == HOSTILE  # text, not markup
+    assert await page.locator("table.data img").count() == 0
+    await screenshot(page, tmp_path, "dataset-preview")
