@@ -248,7 +248,8 @@ async def test_compute_targets_with_their_agents_and_queue(
         m.group(1): m.group(0)
         for m in re.finditer(r"<tr><td>(\w+)(?:(?!</tr>).)*</tr>", page.text, re.S)
     }
-    assert "a100" in rows["gpu"] and ">1</a>" in rows["gpu"]  # one queued job, linked
+    assert "a100" in rows["gpu"] and "?status=queued&amp;compute=gpu" in rows["gpu"]
+    assert ">1</a>" in rows["gpu"]  # one queued job, linked to the queue of its target
     assert "0 / 3" in rows["cpu"]  # the agent's slots, none busy
     assert "s ago" in page.text and "No agent is serving" not in page.text
 
@@ -273,6 +274,15 @@ async def test_jobs_page_lists_and_filters_the_queue(
     assert "No failed jobs" in filtered.text
     bad = await browser_http.get(f"/w/{client.workspace}/jobs?status=nope")
     assert bad.status_code == 400
+
+    await ws.assets.create_compute("cpu", ComputeSpec(kind="cluster"))
+    elsewhere = await _job(ws, "cpu")
+    await _settled(ws)
+    on_gpu = await browser_http.get(f"/w/{client.workspace}/jobs?status=queued&compute=gpu")
+    assert queued in on_gpu.text and elsewhere not in on_gpu.text
+    assert "?status=all&amp;compute=gpu" in on_gpu.text  # the filters keep the target
+    every = await browser_http.get(f"/w/{client.workspace}/jobs?status=queued")
+    assert queued in every.text and elsewhere in every.text
 
 
 async def test_empty_states_say_what_fills_them(

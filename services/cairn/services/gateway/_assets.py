@@ -315,7 +315,8 @@ async def compute(request: Req, workspace: FromPath[str]) -> Template:
                 "busy": sum(a["busy"] for a in mine),
                 "queued": sum(1 for j in jobs if j["status"] == "Queued"),
                 "running": sum(1 for j in jobs if j["status"] != "Queued"),
-                "jobs_href": _href(workspace, "jobs") + "?status=queued",
+                "jobs_href": _href(workspace, "jobs")
+                + f"?status=queued&compute={quote(target['name'], safe='')}",
             }
         )
     return await page(
@@ -330,12 +331,20 @@ async def compute(request: Req, workspace: FromPath[str]) -> Template:
 
 
 @get("/w/{workspace:str}/jobs")
-async def jobs(request: Req, workspace: FromPath[str], status: FromQuery[str] = "all") -> Template:
-    """The newest jobs, or those of one status; the queue (queued and running) in full."""
+async def jobs(
+    request: Req,
+    workspace: FromPath[str],
+    status: FromQuery[str] = "all",
+    compute: FromQuery[str | None] = None,
+) -> Template:
+    """The newest jobs, or those of one status (and compute target); the queue (queued and
+    running) in full."""
     if status not in JOB_FILTERS:
         raise InvalidInput(f"status: one of {', '.join(JOB_FILTERS)}, not {status!r:.40}")
-    recent = (await ask(request, workspace, ListJobs(limit=JOBS_SHOWN))).data
-    queue = (await ask(request, workspace, ListJobs(active=True, limit=10_000))).data
+    recent = (await ask(request, workspace, ListJobs(compute=compute, limit=JOBS_SHOWN))).data
+    q = ListJobs(compute=compute, active=True, limit=10_000)
+    queue = (await ask(request, workspace, q)).data
+    on = f"&compute={quote(compute, safe='')}" if compute else ""
 
     def of(name: str) -> list[dict[str, Any]]:
         wanted = JOB_FILTERS[name]
@@ -354,7 +363,7 @@ async def jobs(request: Req, workspace: FromPath[str], status: FromQuery[str] = 
         {
             "name": name,
             "count": len(of(name)),
-            "href": _href(workspace, "jobs") + f"?status={name}",
+            "href": _href(workspace, "jobs") + f"?status={name}{on}",
             "here": name == status,
         }
         for name in JOB_FILTERS
@@ -367,6 +376,8 @@ async def jobs(request: Req, workspace: FromPath[str], status: FromQuery[str] = 
         jobs=shown,
         filters=filters,
         status=status,
+        compute=compute,
+        every_compute=_href(workspace, "jobs") + f"?status={status}",
         limit=JOBS_SHOWN,
     )
 
