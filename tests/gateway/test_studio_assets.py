@@ -136,6 +136,14 @@ async def test_dataset_page_shows_versions_files_and_a_bounded_escaped_preview(
 
     again = await browser_http.get(f"/w/{client.workspace}/datasets/sales?version=1")
     assert again.status_code == 200 and "<td>north</td>" in again.text
+    missing = await browser_http.get(f"/w/{client.workspace}/datasets/sales?version=9")
+    assert missing.status_code == 404
+
+    files = DatasetSpec(kind="file", paths=[DataPath("lake", "sales")])
+    await ws.datasets.register("raw", files)
+    plain = await browser_http.get(f"/w/{client.workspace}/datasets/raw")
+    assert plain.status_code == 200 and "lake:sales/2026-01.csv" in plain.text
+    assert "Preview" not in plain.text
 
 
 async def test_preview_reads_no_more_than_its_byte_bound(
@@ -232,6 +240,8 @@ async def test_environment_list_and_version_pages(
     first = await browser_http.get(f"/w/{client.workspace}/environments/torch?version=1")
     assert "torch==2.3.0" in first.text and "python:3.11-slim" in first.text
     assert "torch==2.4.0" not in first.text
+    curated = await browser_http.get(f"/w/{client.workspace}/environments/cairn-sklearn")
+    assert curated.status_code == 200 and "curated" in curated.text
 
 
 async def test_compute_targets_with_their_agents_and_queue(
@@ -265,7 +275,7 @@ async def test_jobs_page_lists_and_filters_the_queue(
     assert f'href="/w/{client.workspace}/runs/{queued}"' in page.text
     row = page.text[page.text.index(queued) :].split("</tr>")[0]
     user, _ = login_password(nats_server)
-    assert "Queued" in row and "gpu" in row and ">7<" in row and user in row
+    assert "Queued" in row and "gpu" in row and ">7<" in row and f"<td>{user}</td>" in row
     assert "UTC" in row  # when it was submitted
 
     for status, shown in (("queued", True), ("active", True), ("failed", False)):
