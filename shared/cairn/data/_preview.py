@@ -99,6 +99,8 @@ async def preview_table(
     ``settings``."""
     if spec.kind != "tabular":
         raise InvalidInput("only a tabular dataset has rows to preview")
+    if not spec.files:
+        raise InvalidInput("this version recorded no files to preview")
     if len(spec.separator) != 1:
         raise InvalidInput(f"the preview reads one-character separators, not {spec.separator!r}")
     columns: list[str] = []

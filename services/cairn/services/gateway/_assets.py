@@ -96,12 +96,13 @@ def _ago(epoch: Any) -> str:
 
 
 def _size(n: Any) -> str:
-    size = float(n or 0)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
+    """Bytes as ``812 B``, ``1.8 KiB``, ``3.2 GiB``."""
+    size, unit = float(n or 0), "B"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -185,6 +186,8 @@ async def _preview(request: Req, workspace: str, spec: DatasetSpec) -> dict[str,
         found = await preview_table(client, spec, settings=request.app.state.settings)
     except CairnError as exc:
         return {"error": exc.message}
+    except OSError as exc:  # a local datastore's file the gateway's process may not read
+        return {"error": f"cannot read the version's files here: {exc.strerror or exc}"}
     return {"table": found}
 
 
