@@ -298,7 +298,8 @@ async def compute(request: Req, workspace: FromPath[str]) -> Template:
     shown_agents = [
         {
             **a,
-            "busy": int(a.get("slots", 0)) - int(a.get("free_slots", 0)),
+            # the scheduler's view: an agent's heartbeat may be seconds old
+            "busy": len(running.get(str(a.get("agent_id")), [])),
             "gpus": len(a.get("gpus") or []),
             "beat": _ago(a.get("heartbeat_at")),
             "beat_at": _when(a.get("heartbeat_at")),
