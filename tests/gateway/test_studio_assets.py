@@ -159,6 +159,23 @@ async def test_preview_reads_no_more_than_its_byte_bound(
     assert len(full.rows) == 50 and full.more and full.rows[-1][0] == "50"
 
 
+async def test_a_cut_through_a_quoted_cell_leaves_out_the_cut_row(
+    client: Client, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    cell = "line\n" * 40  # one cell over many lines, 200 bytes
+    (lake / "notes.csv").write_text(f'id,note\n1,short\n2,"{cell}"\n3,after\n')
+    await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)))
+    spec = DatasetSpec(kind="tabular", paths=[DataPath("lake", "notes.csv")])
+    await ws.datasets.register("notes", spec)
+    _, registered = await ws.datasets.spec("notes")
+    cut = await preview_table(client, registered, max_bytes=100)  # inside the long cell
+    assert cut.rows == [["1", "short"]] and cut.more
+    whole = await preview_table(client, registered)
+    assert whole.rows == [["1", "short"], ["2", cell], ["3", "after"]] and not whole.more
+
+
 async def test_preview_of_a_snapshot_reads_its_copy(
     browser_http: httpx.AsyncClient, client: Client, ws: AsyncWorkspace, tmp_path: Path
 ) -> None:

@@ -56,18 +56,16 @@ async def _head(client: Client, stores: Datastores, f: DataFile, limit: int) -> 
     return await store.head(f.path, limit)
 
 
-def _text(data: bytes, complete: bool) -> str:
-    """``data`` as text; unless ``complete`` (the bytes stop inside the file), without the
-    last line, which may be cut."""
+def _rows(data: bytes, complete: bool, separator: str) -> list[list[str]]:
+    """The delimited rows in ``data``; unless ``complete`` (the bytes stop inside the file),
+    without the last, which may be cut (inside a line, or inside a quoted cell that spans
+    lines)."""
     text = codecs.getincrementaldecoder("utf-8-sig")(errors="replace").decode(data, final=True)
-    return text if complete else text[: text.rfind("\n") + 1]
-
-
-def _rows(text: str, separator: str) -> list[list[str]]:
     try:
-        return [row for row in csv.reader(io.StringIO(text), delimiter=separator) if row]
+        rows = [row for row in csv.reader(io.StringIO(text), delimiter=separator) if row]
     except csv.Error as exc:
         raise InvalidInput(f"the file is not delimited text this preview can read: {exc}") from exc
+    return rows if complete else rows[:-1]
 
 
 async def _file_rows(
@@ -80,7 +78,7 @@ async def _file_rows(
     while True:
         data = await _head(client, stores, f, limit)
         complete = len(data) >= f.size
-        lines = _rows(_text(data, complete), spec.separator)
+        lines = _rows(data, complete, spec.separator)
         if complete or len(lines) > want or limit >= min(f.size, budget):
             return lines, len(data), complete
         limit = min(f.size, budget)
