@@ -4,6 +4,7 @@ people typed, and is refused to a person who is not a member."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from pathlib import Path
@@ -23,7 +24,8 @@ from cairn.proto.assets import (
     EnvironmentSpec,
     ListAssets,
 )
-from cairn.proto.jobs import JobSpec, ListJobs, SubmitJob
+from cairn.proto.commands import GetRun
+from cairn.proto.jobs import JobInput, JobSpec, ListJobs, SubmitJob
 from cairn.proto.registry import ListModels, ModelAliasHistory
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, new_id
@@ -101,6 +103,46 @@ async def test_models_list_and_a_model_with_versions_aliases_and_their_history(
     timeline = page.text[page.text.index('class="timeline"') :]
     moves = re.findall(r"<strong>(\w+)</strong>: ([^\n<]+)", timeline)
     assert moves == [("prod", "v1 → v2"), ("staging", "set to v1"), ("prod", "set to v1")]
+
+
+async def test_a_version_shows_the_data_and_environment_its_run_used(
+    browser_http: httpx.AsyncClient,
+    client: Client,
+    ws: AsyncWorkspace,
+    agents: Agents,
+    tmp_path: Path,
+) -> None:
+    await _dataset(ws, tmp_path, rows=3)
+    await ws.assets.register_environment("plain", EnvironmentSpec(user_managed=True))
+    await agents.start()
+    script = "open('outputs/model.pkl', 'w').write('m')  # the agent made outputs/"
+    job = JobSpec(
+        command=["python", "-c", script],
+        inputs=[JobInput(name="sales", dataset="sales", version=1)],
+    )
+    run_id = new_id()
+    await ws.experiment_id("train")
+    await ws.send(
+        SubmitJob(
+            command_id=new_id(),
+            run_id=run_id,
+            experiment_name="train",
+            job=job,
+            environment_name="plain",
+        )
+    )
+    for _ in range(600):
+        status = (await ws.client.ask(GetRun(run_id=run_id, wait_s=0))).data["status"]
+        if status in ("Completed", "Failed", "Canceled"):
+            break
+        await asyncio.sleep(0.05)
+    assert status == "Completed"
+    await ws.models.register("forecast", "outputs/model.pkl", run_id=run_id)
+    await _settled(ws)
+    page = await browser_http.get(f"/w/{client.workspace}/models/forecast")
+    assert page.status_code == 200
+    assert f'href="/w/{client.workspace}/datasets/sales?version=1">sales:1</a>' in page.text
+    assert f'href="/w/{client.workspace}/environments/plain?version=1">plain:1</a>' in page.text
 
 
 async def test_alias_history_query_says_who_moved_what_when(

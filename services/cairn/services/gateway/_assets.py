@@ -9,6 +9,8 @@ reads them.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ from cairn.data import PREVIEW_ROWS, preview_table
 from cairn.errors import CairnError, InvalidInput, NotFound
 from cairn.proto.assets import DatasetSpec, GetAsset, ListAssets
 from cairn.proto.jobs import DatasetRuns, ListJobs
-from cairn.proto.registry import ListModels, ModelAliasHistory
+from cairn.proto.registry import ListModels, ModelAliasHistory, ModelLineage
 from cairn.rpc import Client
 from cairn.services.gateway._app import ask
 from cairn.services.gateway._auth import principal_of
@@ -48,6 +50,8 @@ JOB_FILTERS: dict[str, tuple[str, ...]] = {
 SEPARATORS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", " ": "space"}
 #: jobs a page shows at most (the newest)
 JOBS_SHOWN = 500
+#: model versions whose lineage a model page shows (the newest)
+LINEAGES_SHOWN = 20
 #: dataset versions a page links to at most (the newest)
 VERSIONS_SHOWN = 100
 
@@ -108,6 +112,28 @@ def _size(n: Any) -> str:
 # -- models -----------------------------------------------------------------------------------
 
 
+def _inputs(workspace: str, lineage: dict[str, Any]) -> list[dict[str, str | None]]:
+    """What a version's source run read and ran in, each linked to its version's page:
+    datasets as ``name:version``, the environment as ``name:version`` (or the hash of an
+    inline spec, which has no page)."""
+    out: list[dict[str, str | None]] = []
+    for kind, section, refs in (
+        ("data", "datasets", lineage.get("datasets") or []),
+        (
+            "environment",
+            "environments",
+            [lineage["environment"]] if lineage.get("environment") else [],
+        ),
+    ):
+        for ref in refs:
+            name, _, version = str(ref).rpartition(":")
+            href = None
+            if name and version.isdigit():
+                href = _href(workspace, section, name) + f"?version={version}"
+            out.append({"kind": kind, "ref": str(ref), "href": href})
+    return out
+
+
 @get("/w/{workspace:str}/models")
 async def models(request: Req, workspace: FromPath[str]) -> Template:
     rows = (await ask(request, workspace, ListModels())).data
@@ -136,13 +162,21 @@ async def model(request: Req, workspace: FromPath[str], path: FromPath[Path]) ->
     rows = (await ask(request, workspace, ListModels(name=name, include_archived=True))).data
     if not rows:
         raise NotFound(f"no model called {name!r}")
+    newest = list(reversed(rows))
+    lineages = await asyncio.gather(
+        *(
+            ask(request, workspace, ModelLineage(name=name, version=row["version"]))
+            for row in newest[:LINEAGES_SHOWN]
+        )
+    )
     versions = [
         {
             **row,
             "when": _when(row["created_at"]),
             "run_href": _href(workspace, "runs", row["run_id"]) if row["run_id"] else None,
+            "inputs": _inputs(workspace, lineage.data) if lineage else [],
         }
-        for row in reversed(rows)
+        for row, lineage in itertools.zip_longest(newest, lineages)
     ]
     aliases = sorted((a, row["version"]) for row in rows for a in row["aliases"])
     timeline = [{**m, "when": _when(m["at"])} for m in reversed(moves)]
