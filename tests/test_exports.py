@@ -18,6 +18,7 @@ PINNED = {
         "ensure_consumer",
         "ensure_stream",
         "execute",
+        "live_agents",
         "per_client",
         "provision",
     ],

@@ -116,3 +116,22 @@ def test_fold_continues_from_a_state() -> None:
     start = model.AGGREGATE.fold(EVENTS[:3])
     assert model.AGGREGATE.fold(EVENTS[3:], onto=start) == model.AGGREGATE.fold(EVENTS)
     assert model.AGGREGATE.fold(EVENTS).latest == 5
+
+
+def test_alias_moves_say_from_which_version_each_alias_moved() -> None:
+    history: list[Event] = [
+        *TWO,
+        ModelAliasSet(alias="prod", version=1),
+        ModelAliasSet(alias="staging", version=2),
+        version(3),
+        ModelAliasSet(alias="prod", version=3),
+        ModelAliasSet(alias="staging", version=1),
+    ]
+    moves = [(m.index, m.alias, m.previous, m.version) for m in model.alias_moves(history)]
+    assert moves == [
+        (2, "prod", None, 1),
+        (3, "staging", None, 2),
+        (5, "prod", 1, 3),
+        (6, "staging", 2, 1),
+    ]
+    assert model.alias_moves(TWO) == []

@@ -19,6 +19,7 @@ __all__ = [
     "ArchiveModelVersion",
     "GetModel",
     "ListModels",
+    "ModelAliasHistory",
     "ModelLineage",
     "RegisterModelVersion",
     "SetModelAlias",
@@ -79,3 +80,11 @@ class ModelLineage(Query, frozen=True, kw_only=True, tag=True):
     NAME = "model.lineage"
     name: Name
     version: Count
+
+
+class ModelAliasHistory(Query, frozen=True, kw_only=True, tag=True):
+    """Every move of the model's aliases, oldest first: which alias, to which version, from
+    which (``None`` when it was new), when, by whom, at which stream sequence."""
+
+    NAME = "model.alias_history"
+    name: Name

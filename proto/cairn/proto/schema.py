@@ -103,6 +103,7 @@ def generate() -> dict[str, str]:
         registry.GetModel,
         registry.ListModels,
         registry.ModelLineage,
+        registry.ModelAliasHistory,
         assets.GetAsset,
         assets.ListAssets,
         *jobs.JOB_QUERY_TYPES,

@@ -1,5 +1,6 @@
 """The bus: connect, provision, the one append path, aggregate reads, command execution."""
 
+from cairn.bus._agents import live_agents
 from cairn.bus._connect import RECONNECT_MAX_S, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
@@ -19,6 +20,7 @@ __all__ = [
     "ensure_consumer",
     "ensure_stream",
     "execute",
+    "live_agents",
     "per_client",
     "provision",
 ]

@@ -15,6 +15,7 @@ from cairn.data._access import (
     upload_pairs,
 )
 from cairn.data._datasets import common_dir, fingerprint, materialise, snapshot_files
+from cairn.data._preview import PREVIEW_BYTES, PREVIEW_ROWS, TablePreview, preview_table
 from cairn.data._progress import Progress, interactive
 from cairn.data._stores import (
     Entry,
@@ -29,15 +30,18 @@ from cairn.data._stores import (
     sha256_hex,
     writable_tree,
 )
-from cairn.data._transfer import download_blob, download_file, upload_file
+from cairn.data._transfer import download_blob, download_file, read_blob_head, upload_file
 
 __all__ = [
+    "PREVIEW_BYTES",
+    "PREVIEW_ROWS",
     "Datastores",
     "Entry",
     "LocalStore",
     "Progress",
     "S3Store",
     "Store",
+    "TablePreview",
     "Uploaded",
     "check_store",
     "common_dir",
@@ -53,6 +57,8 @@ __all__ = [
     "materialise",
     "open_datastore",
     "open_store",
+    "preview_table",
+    "read_blob_head",
     "read_only_tree",
     "sha256_hex",
     "snapshot_files",

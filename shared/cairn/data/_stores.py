@@ -66,6 +66,10 @@ class Store(Protocol):
 
     async def get(self, path: str, target: Path, progress: Counter | None = None) -> None: ...
 
+    async def head(self, path: str, limit: int) -> bytes:
+        """The first ``limit`` bytes of a file (all of a shorter one), never more."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -166,6 +170,17 @@ class LocalStore:
         if not full.is_file():
             raise NotFound(f"datastore {self.name} has no file {path!r}")
         await asyncio.to_thread(_copy_into, full, target, progress)
+
+    async def head(self, path: str, limit: int) -> bytes:
+        full = self._path(path)
+        if not full.is_file():
+            raise NotFound(f"datastore {self.name} has no file {path!r}")
+
+        def read() -> bytes:
+            with open(full, "rb") as f:
+                return f.read(max(0, limit))
+
+        return await asyncio.to_thread(read)
 
     async def close(self) -> None:
         return None
@@ -305,6 +320,26 @@ class S3Store:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+    async def head(self, path: str, limit: int) -> bytes:
+        if limit <= 0:
+            return b""
+        key = self._key(path)
+        try:
+            with _s3_errors(self.name, self.spec):
+                got = await self.client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes=0-{limit - 1}"
+                )
+                async with got["Body"] as body:
+                    data: bytes = await body.read()
+        except NotFound as exc:
+            raise NotFound(f"datastore {self.name} has no file {path!r}") from exc
+        except Unavailable:
+            entry = await self.stat(path)  # an empty object has no byte 0 to range over
+            if entry is not None and entry.size == 0:
+                return b""
+            raise
+        return data[:limit]
 
     async def close(self) -> None:
         await self._stack.aclose()

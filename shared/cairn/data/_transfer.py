@@ -261,3 +261,20 @@ async def download_blob(
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+async def read_blob_head(client: Client, digest: str, limit: int) -> bytes:
+    """The first ``limit`` bytes of blob ``digest`` (all of a shorter one), read in ranges."""
+    subject = query(client.workspace, ReadBlob.NAME)
+    out = bytearray()
+    while len(out) < limit:
+        length = min(READ_BYTES, limit - len(out))
+        body = _encoder.encode(ReadBlob(digest=digest, offset=len(out), length=length))
+        msg = await client.conn.nc.request(subject, body, client.timeout)
+        if (msg.headers or {}).get("Cairn-Reply") != "raw":
+            _check(msg.data)
+            raise CairnError("unexpected reply to a blob read")
+        out += msg.data[:length]
+        if len(msg.data) < length:  # the blob ends here
+            break
+    return bytes(out)

@@ -22,9 +22,11 @@ from cairn.proto.registry import ArchiveModelVersion, RegisterModelVersion, SetM
 __all__ = [
     "AGGREGATE",
     "KIND",
+    "AliasMove",
     "ModelCommand",
     "ModelState",
     "RegisterResolvedModel",
+    "alias_moves",
     "decide",
     "evolve",
     "fold",
@@ -81,6 +83,30 @@ def fold(events: Iterable[Event], onto: ModelState | None = None) -> ModelState:
     return ModelState(
         versions=versions, archived=frozenset(archived), aliases=aliases, latest=latest
     )
+
+
+class AliasMove(msgspec.Struct, frozen=True, kw_only=True):
+    """One move of an alias: the ``index``-th event of the history pointed ``alias`` at
+    ``version``, away from ``previous`` (``None``: the alias was new)."""
+
+    index: int
+    alias: str
+    version: int
+    previous: int | None
+
+
+def alias_moves(events: Iterable[Event]) -> list[AliasMove]:
+    """Every alias move in a model's history, oldest first."""
+    current: dict[str, int] = {}
+    moves = []
+    for index, event in enumerate(events):
+        if isinstance(event, ModelAliasSet):
+            previous = current.get(event.alias)
+            moves.append(
+                AliasMove(index=index, alias=event.alias, version=event.version, previous=previous)
+            )
+            current[event.alias] = event.version
+    return moves
 
 
 class RegisterResolvedModel(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -15,18 +15,17 @@ warning: a wait that can never end says why.
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TextIO
 
+from cairn import bus
 from cairn.data import interactive
 from cairn.errors import CairnError, NotFound
 from cairn.log import get_logger
 from cairn.proto.jobs import GetJob, ListJobs
-from cairn.proto.streams import AGENTS_BUCKET
 from cairn.sdk._session import Session
 
 __all__ = ["Note", "WaitDisplay", "Whereabouts", "final_line", "live_agents", "no_agent_hint"]
@@ -47,21 +46,7 @@ def no_agent_hint(compute: str) -> str:
 async def live_agents(session: Session) -> list[dict[str, Any]]:
     """The agents with a live heartbeat that run this workspace's jobs (an agent that does
     not say which workspace it serves counts for every one)."""
-    from nats.js.errors import NoKeysError
-
-    kv = await session.conn.js.key_value(AGENTS_BUCKET.bucket)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
-    found = []
-    for key in keys:
-        with contextlib.suppress(Exception):  # expired or deleted between keys() and get()
-            entry = await kv.get(key)
-            info = json.loads(entry.value) if entry.value else None
-            if isinstance(info, dict) and info.get("workspace", "") in ("", session.name):
-                found.append(info)
-    return found
+    return await bus.live_agents(session.conn, session.name)
 
 
 def _plural(n: int, word: str) -> str:

@@ -162,6 +162,7 @@ def create_app(
 ) -> Litestar:
     """The application, over ``pool``'s connections. ``secure``: served over HTTPS (the
     cookie is then sent over HTTPS only)."""
+    from cairn.services.gateway._assets import ASSET_PAGES
     from cairn.services.gateway._pages import PAGES
 
     sessions = CookieBackendConfig(
@@ -181,6 +182,7 @@ def create_app(
             *ops_routes(),
             create_static_files_router(path="/static", directories=[STATIC]),
             *PAGES,
+            *ASSET_PAGES,
             *route_handlers,
         ],
         middleware=[sessions.middleware, auth],

@@ -22,6 +22,7 @@ from cairn.proto.registry import (
     ArchiveModelVersion,
     GetModel,
     ListModels,
+    ModelAliasHistory,
     ModelLineage,
     RegisterModelVersion,
     SetModelAlias,
@@ -87,11 +88,12 @@ class RegistryService(ProjectedService):
             conn,
             subjects=[subjects.query_filter("model")],
             queue="registry",
-            types=(GetModel, ListModels, ModelLineage),
+            types=(GetModel, ListModels, ModelLineage, ModelAliasHistory),
             routes={
                 GetModel.NAME: self._get,
                 ListModels.NAME: self._list,
                 ModelLineage.NAME: self._lineage,
+                ModelAliasHistory.NAME: self._alias_history,
             },
         )
         self.secrets = SecretHandlers(
@@ -225,6 +227,27 @@ class RegistryService(ProjectedService):
             ev = state.versions[q.version]
             lineage["datasets"], lineage["environment"] = ev.datasets, ev.environment
         return QueryResult(seq=seq, data=lineage)
+
+    async def _alias_history(self, req: Request) -> QueryResult:
+        q: ModelAliasHistory = req.body
+        history = await self.store.read(
+            subjects.event(req.workspace, model.KIND, subjects.name_to_id(q.name))
+        )
+        if not history:
+            raise NotFound(f"no model called {q.name!r}")
+        moves = model.alias_moves(r.envelope.data for r in history)
+        data = [
+            {
+                "alias": move.alias,
+                "version": move.version,
+                "previous": move.previous,
+                "at": history[move.index].envelope.timestamp.isoformat(),
+                "by": history[move.index].envelope.actor,
+                "seq": history[move.index].seq,
+            }
+            for move in moves
+        ]
+        return QueryResult(seq=history[-1].seq, data=data)
 
     async def _get_asset(self, req: Request) -> QueryResult:
         data, seq = await self.assets.get(req)

@@ -31,7 +31,7 @@ __all__ = ["ACTIVE", "JOB_COLUMNS", "JobsProjection"]
 JOB_COLUMNS = tuple(
     "workspace run_id experiment_name display_name compute status priority queue_n attempt"
     " agent_id lost lease_s timeout_s not_before submitted_at started_at ended_at error command"
-    " seq alive_at".split()
+    " seq alive_at submitted_by".split()
 )
 ACTIVE = tuple(
     s.value
@@ -46,7 +46,7 @@ _END = {
 
 class JobsProjection:
     name = "scheduler"
-    version = 4
+    version = 5
     tables: tuple[str, ...] = ("jobs", "names", "inputs")
     source = events_of("run")
 
@@ -56,7 +56,8 @@ class JobsProjection:
             " display_name TEXT, compute TEXT, status TEXT, priority INTEGER, queue_n INTEGER,"
             " attempt INTEGER, agent_id TEXT, lost INTEGER, lease_s REAL, timeout_s REAL,"
             " not_before REAL, submitted_at REAL, started_at REAL, ended_at REAL, error TEXT,"
-            " command TEXT, seq INTEGER, alive_at REAL, PRIMARY KEY (workspace, run_id))"
+            " command TEXT, seq INTEGER, alive_at REAL, submitted_by TEXT,"
+            " PRIMARY KEY (workspace, run_id))"
         )
         db.execute(f"CREATE INDEX {t('jobs')}_status ON {t('jobs')} (status)")
         # the next tickets of a compute target, read in order: no sort of the whole queue
@@ -95,7 +96,7 @@ class JobsProjection:
                     names = db.execute(sql, key).fetchone() or ("", None)
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('jobs')} VALUES"
-                    " (?,?,?,?,?,?,?,1,0,'',0,0,?,0,?,NULL,NULL,'',?,?,NULL)",
+                    " (?,?,?,?,?,?,?,1,0,'',0,0,?,0,?,NULL,NULL,'',?,?,NULL,?)",
                     (
                         *key,
                         *names,
@@ -106,6 +107,7 @@ class JobsProjection:
                         at,
                         " ".join(job.command)[:500],
                         seq,
+                        env.actor,
                     ),
                 )
                 db.executemany(
