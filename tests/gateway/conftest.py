@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import msgspec
@@ -55,3 +56,28 @@ async def browser_http(
         reply = await sign_in(http, *login_password(nats_server))
         assert reply.status_code == 303, reply.text
         yield http
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """One headless chromium for the session (tests/gateway/browser.py)."""
+    from playwright.async_api import async_playwright
+
+    from tests.gateway.browser import ARGS, CHROMIUM, ensure_chromium
+
+    reason = ensure_chromium()
+    if reason is not None:
+        pytest.skip(f"no browser: {reason}")
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Any) -> AsyncIterator[Any]:
+    """A page in a fresh context (no cookies) of the session's browser."""
+    context = await browser.new_context(viewport={"width": 1360, "height": 900})
+    tab = await context.new_page()
+    yield tab
+    await context.close()

@@ -29,7 +29,7 @@ from cairn.data._stores import (
     sha256_hex,
     writable_tree,
 )
-from cairn.data._transfer import download_blob, download_file, upload_file
+from cairn.data._transfer import blob_chunks, download_blob, download_file, upload_file
 
 __all__ = [
     "Datastores",
@@ -39,6 +39,7 @@ __all__ = [
     "S3Store",
     "Store",
     "Uploaded",
+    "blob_chunks",
     "check_store",
     "common_dir",
     "download_blob",

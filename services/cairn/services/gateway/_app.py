@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import os
 import secrets
 import socket
@@ -186,12 +187,20 @@ def metrics(request: Request[Any, Any, Any]) -> bytes:
     return prometheus_client.generate_latest()
 
 
+def _plotly_js() -> Path:
+    """The folder of the installed plotly package's ``plotly.min.js`` (served, no CDN)."""
+    return Path(str(importlib.resources.files("plotly") / "package_data"))
+
+
 def create_app(
     settings: Settings, pool: Pool, route_handlers: Sequence[Any] = (), *, secure: bool = False
 ) -> Litestar:
     """The application, over ``pool``'s connections. ``secure``: served over HTTPS (the
     cookie is then sent over HTTPS only)."""
+    from cairn.services.gateway._api import API_ROUTES
+    from cairn.services.gateway._live import LIVE_ROUTES
     from cairn.services.gateway._pages import PAGES
+    from cairn.services.gateway._runs import RUN_PAGES
 
     sessions = CookieBackendConfig(
         secret=gateway_key(settings),
@@ -211,7 +220,11 @@ def create_app(
             readyz,
             metrics,
             create_static_files_router(path="/static", directories=[STATIC]),
+            create_static_files_router(path="/static/vendor", directories=[_plotly_js()]),
             *PAGES,
+            *RUN_PAGES,
+            *API_ROUTES,
+            *LIVE_ROUTES,
             *route_handlers,
         ],
         middleware=[sessions.middleware, auth],

@@ -1,0 +1,480 @@
+"""The studio's experiment, run and compare pages, and what they read (shared with the JSON
+API, :mod:`._api`): every value comes from a query asked as the signed-in user.
+
+The runs of an experiment are read through one function, :func:`fetch_runs`, whose view
+(filter, order, page size, cursor) is what the page's query string says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Request, get
+from litestar.params import FromPath, FromQuery
+from litestar.response import Stream, Template
+
+from cairn.data import blob_chunks
+from cairn.errors import InvalidInput, NotFound
+from cairn.proto import subjects
+from cairn.proto.artifacts import GetRunFile, ListRunFiles
+from cairn.proto.commands import GetRun, ListRuns
+from cairn.proto.jobs import GetJob
+from cairn.proto.metrics import CompareMetric, GetMetrics
+from cairn.proto.paths import validate_run_path
+from cairn.proto.registry import ListModels, ModelLineage
+from cairn.rpc import Client
+from cairn.services.gateway._app import ask
+from cairn.services.gateway._auth import principal_of
+from cairn.services.gateway._pages import page
+
+__all__ = [
+    "COMPARE_MAX",
+    "PAGE_SIZE",
+    "RUN_PAGES",
+    "RunsPage",
+    "RunsView",
+    "compare_data",
+    "fetch_runs",
+    "metric_names",
+    "run_files",
+    "run_record",
+]
+
+#: runs on one page of an experiment's table
+PAGE_SIZE = 50
+#: how many runs a comparison takes at most (and at least 2)
+COMPARE_MAX = 10
+#: the metric columns an experiment's table shows at most
+METRIC_COLUMNS = 8
+_TERMINAL = {"Completed", "Failed", "Canceled"}
+
+
+@dataclass(frozen=True)
+class RunsView:
+    """What a runs table shows: ``filter`` and ``order_by`` in the grammar of ``run.list``
+    (``metrics.loss < 0.2 AND tags.team = 'a'``; ``metrics.loss.min ASC``), a page size and
+    the cursor of the page."""
+
+    filter: str = ""
+    order_by: tuple[str, ...] = ()
+    limit: int = PAGE_SIZE
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    runs: list[dict[str, Any]]
+    next_cursor: str | None
+    remaining: int | None = None
+    #: metric name -> run id -> {"last", "min", "max"}
+    metrics: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+async def fetch_runs(
+    request: Request[Any, Any, Any], workspace: str, experiment: str, view: RunsView
+) -> RunsPage:
+    """One page of ``experiment``'s runs as ``view`` says.
+
+    ``run.list`` answers ``experiment_name`` and ``limit`` (newest first) today: the cursor is
+    an offset into that order, and a filter or an order is refused by name until the query
+    takes them (``filter``, ``order_by``, ``cursor``, with ``next_cursor`` in its reply)."""
+    if view.filter or view.order_by:
+        raise InvalidInput(
+            "this server's run.list neither filters nor sorts runs yet: clear the filter and"
+            " the sort (newest first is the order it gives)"
+        )
+    offset = _offset(view.cursor)
+    query = ListRuns(experiment_name=experiment, limit=min(offset + view.limit + 1, 10_000))
+    runs = (await ask(request, workspace, query)).data[offset:]
+    more = len(runs) > view.limit
+    return RunsPage(runs=runs[: view.limit], next_cursor=str(offset + view.limit) if more else None)
+
+
+def _offset(cursor: str | None) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    if not cursor.isdigit() or int(cursor) > 10_000:
+        raise InvalidInput(f"cursor {cursor[:40]!r} is not one this page gave")
+    return int(cursor)
+
+
+def parse_order(text: str | None) -> tuple[str, ...]:
+    """``order`` of a query string: keys separated by commas (``metrics.loss.min ASC``)."""
+    return tuple(k.strip() for k in (text or "").split(",") if k.strip())
+
+
+async def metric_names(request: Request[Any, Any, Any], workspace: str, run_id: str) -> list[str]:
+    """The names of ``run_id``'s scalar metrics, sorted."""
+    found = (await ask(request, workspace, GetMetrics(run_id=run_id))).data
+    return sorted(name for name, entry in found.items() if entry.get("kind") == "scalar")
+
+
+async def _experiment_metrics(
+    request: Request[Any, Any, Any], workspace: str, experiment: str, runs: list[dict[str, Any]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The last, min and max of the experiment's metrics (those of its newest runs on the
+    page, at most ``METRIC_COLUMNS``) for the runs of the page."""
+    names: list[str] = []
+    for run in runs[:3]:
+        names.extend(
+            n for n in await metric_names(request, workspace, run["run_id"]) if n not in names
+        )
+    names = sorted(names)[:METRIC_COLUMNS]
+    exp_id = subjects.name_to_id(experiment)
+    wanted = {r["run_id"] for r in runs}
+    replies = await asyncio.gather(
+        *(ask(request, workspace, CompareMetric(experiment_id=exp_id, name=n)) for n in names)
+    )
+    return {
+        name: {row["run_id"]: row for row in reply.data if row["run_id"] in wanted}
+        for name, reply in zip(names, replies, strict=True)
+    }
+
+
+async def run_record(
+    request: Request[Any, Any, Any], workspace: str, run_id: str
+) -> dict[str, Any]:
+    subjects.validate_token(run_id, "run id")
+    return dict((await ask(request, workspace, GetRun(run_id=run_id))).data)
+
+
+async def run_files(
+    request: Request[Any, Any, Any], workspace: str, run_id: str, prefix: str = ""
+) -> list[dict[str, Any]]:
+    return list((await ask(request, workspace, ListRunFiles(run_id=run_id, prefix=prefix))).data)
+
+
+async def compare_data(
+    request: Request[Any, Any, Any], workspace: str, run_ids: list[str]
+) -> dict[str, Any]:
+    """The runs, the union of their scalar metrics (sorted) and each run's summary of each:
+    what a comparison shows (its charts read the histories)."""
+    if not COMPARE_MAX >= len(run_ids) >= 2:
+        raise InvalidInput(f"compare takes 2 to {COMPARE_MAX} runs, not {len(run_ids)}")
+    if len(set(run_ids)) != len(run_ids):
+        raise InvalidInput("compare takes each run once")
+    runs = await asyncio.gather(*(run_record(request, workspace, r) for r in run_ids))
+    names: list[str] = []
+    summaries: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        found = (await ask(request, workspace, GetMetrics(run_id=run["run_id"]))).data
+        summaries[run["run_id"]] = {}
+        for name, entry in found.items():
+            if entry.get("kind") != "scalar":
+                continue
+            if name not in names:
+                names.append(name)
+            value = entry.get("value")
+            summaries[run["run_id"]][name] = value[-1] if isinstance(value, list) else value
+    return {"runs": runs, "metrics": sorted(names), "last": summaries}
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _when(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def duration(run: dict[str, Any], now: datetime | None = None) -> str:
+    """How long the run ran (so far, while it runs): ``1h 02m``, ``3m 05s``, ``12.4s``."""
+    start = _when(run.get("start_time"))
+    if start is None:
+        return ""
+    end = _when(run.get("end_time")) or (now or datetime.now(UTC))
+    seconds = max(0.0, (end - start).total_seconds())
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def short_time(text: str | None) -> str:
+    moment = _when(text)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def number(value: Any) -> str:
+    """A metric value as a table shows it: floats to 6 significant digits."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def size(n: int) -> str:
+    step = 1024.0
+    amount = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < step or unit == "GiB":
+            return f"{int(amount)} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= step
+    return f"{n} B"
+
+
+def timeline(run: dict[str, Any], job: dict[str, Any] | None) -> list[dict[str, str]]:
+    """The moments the run record (and its job's, when it is one) holds, in order."""
+    steps = [("Created", run.get("created_at"))]
+    if job is not None and job.get("submitted_at"):
+        steps.append(("Queued", _from_epoch(job["submitted_at"])))
+    steps.append(("Started", run.get("start_time")))
+    if run.get("end_time"):
+        steps.append((str(run.get("status")), run.get("end_time")))
+    return [{"label": label, "at": short_time(at)} for label, at in steps if at]
+
+
+def _from_epoch(value: Any) -> str | None:
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
+        return datetime.fromtimestamp(float(value), UTC).isoformat()
+    return None
+
+
+def _link(base: str, **params: str | None) -> str:
+    query = {k: v for k, v in params.items() if v}
+    return base + ("?" + urlencode(query) if query else "")
+
+
+def _sort_links(base: str, view: RunsView, key: str) -> dict[str, str]:
+    """For a column: the link that sorts by it (descending when it is sorted ascending now)
+    and the arrow that shows how it is sorted."""
+    current = view.order_by[0] if view.order_by else ""
+    asc = current in (key, f"{key} ASC")
+    desc = current == f"{key} DESC"
+    order = f"{key} DESC" if asc else f"{key} ASC"
+    return {
+        "href": _link(base, filter=view.filter or None, order=order),
+        "arrow": "▲" if asc else ("▼" if desc else ""),
+    }
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+
+@get("/w/{workspace:str}/experiments/{name:str}")
+async def experiment_page(
+    request: Request[Any, Any, Any],
+    workspace: FromPath[str],
+    name: FromPath[str],
+    filter: FromQuery[str] = "",
+    order: FromQuery[str] = "",
+    cursor: FromQuery[str] = "",
+) -> Template:
+    view = RunsView(filter=filter.strip(), order_by=parse_order(order), cursor=cursor or None)
+    error = ""
+    try:
+        runs_page = await fetch_runs(request, workspace, name, view)
+    except InvalidInput as exc:
+        error, runs_page = exc.message, RunsPage(runs=[], next_cursor=None)
+    metrics = await _experiment_metrics(request, workspace, name, runs_page.runs)
+    base = f"/w/{workspace}/experiments/{name}"
+    columns = {
+        key: _sort_links(base, view, key) for key in ("name", "status", "created_at", "start_time")
+    }
+    metric_links = {
+        metric: {
+            s: _sort_links(base, view, f"metrics.{metric}.{s}") for s in ("last", "min", "max")
+        }
+        for metric in metrics
+    }
+    now = datetime.now(UTC)
+    rows = [
+        {
+            **run,
+            "created": short_time(run.get("created_at")),
+            "duration": duration(run, now),
+            "values": {m: number(metrics[m].get(run["run_id"], {}).get("last")) for m in metrics},
+        }
+        for run in runs_page.runs
+    ]
+    next_href = (
+        _link(base, filter=view.filter or None, order=order or None, cursor=runs_page.next_cursor)
+        if runs_page.next_cursor
+        else ""
+    )
+    return await page(
+        request,
+        workspace,
+        "experiment.html",
+        nav="experiments",
+        experiment=name,
+        rows=rows,
+        metrics=list(metrics),
+        columns=columns,
+        metric_links=metric_links,
+        view=view,
+        order=order,
+        error=error,
+        next_href=next_href,
+        first_href=_link(base, filter=view.filter or None, order=order or None)
+        if view.cursor
+        else "",
+        compare_max=COMPARE_MAX,
+    )
+
+
+async def _optional(coro: Any) -> Any:
+    """A query's data, or None when what it asks for does not exist (an interactive run has
+    no job)."""
+    try:
+        return (await coro).data
+    except NotFound:
+        return None
+
+
+async def _lineage(
+    request: Request[Any, Any, Any], workspace: str, run_id: str
+) -> list[dict[str, Any]]:
+    """The model versions registered from the run, each with the datasets and environment
+    the registry recorded for it."""
+    models = [
+        m for m in (await ask(request, workspace, ListModels())).data if m["run_id"] == run_id
+    ]
+    out = []
+    for m in models:
+        lineage = await ask(
+            request, workspace, ModelLineage(name=m["name"], version=int(m["version"]))
+        )
+        out.append(
+            {
+                **m,
+                "datasets": lineage.data.get("datasets") or [],
+                "environment": lineage.data.get("environment"),
+            }
+        )
+    return out
+
+
+@get("/w/{workspace:str}/runs/{run_id:str}")
+async def run_page(
+    request: Request[Any, Any, Any],
+    workspace: FromPath[str],
+    run_id: FromPath[str],
+    prefix: FromQuery[str] = "",
+) -> Template:
+    run = await run_record(request, workspace, run_id)
+    job, files, children, names, models = await asyncio.gather(
+        _optional(ask(request, workspace, GetJob(run_id=run_id))),
+        run_files(request, workspace, run_id, prefix),
+        ask(request, workspace, ListRuns(parent_run_id=run_id, limit=200)),
+        metric_names(request, workspace, run_id),
+        _lineage(request, workspace, run_id),
+    )
+    for f in files:
+        f["size_text"] = size(int(f.get("size") or 0))
+    return await page(
+        request,
+        workspace,
+        "run.html",
+        nav="experiments",
+        run=run,
+        job=job,
+        timeline=timeline(run, job),
+        duration=duration(run),
+        created=short_time(run.get("created_at")),
+        files=files,
+        prefix=prefix,
+        children=[
+            {**c, "created": short_time(c.get("created_at")), "duration": duration(c)}
+            for c in children.data
+        ],
+        metrics=names,
+        models=models,
+        live=run.get("status") not in _TERMINAL,
+    )
+
+
+def _run_ids(runs: str, run: list[str]) -> list[str]:
+    ids = [r.strip() for r in runs.split(",") if r.strip()] + [r for r in run if r.strip()]
+    for r in ids:
+        subjects.validate_token(r, "run id")
+    return ids
+
+
+@get("/w/{workspace:str}/compare")
+async def compare_page(
+    request: Request[Any, Any, Any],
+    workspace: FromPath[str],
+    runs: FromQuery[str] = "",
+    run: FromQuery[list[str] | None] = None,
+) -> Template:
+    """``?runs=a,b`` (a link) or ``?run=a&run=b`` (the experiment table's checkboxes)."""
+    data = await compare_data(request, workspace, _run_ids(runs, run or []))
+    rows = []
+    keys = sorted({k for r in data["runs"] for k in r.get("properties", {})})
+    for key in keys:
+        values = [r.get("properties", {}).get(key) for r in data["runs"]]
+        rows.append(
+            {"key": key, "kind": "parameter", "values": values, "differ": len(set(values)) > 1}
+        )
+    tag_keys = sorted({k for r in data["runs"] for k in r.get("tags", {})})
+    for key in tag_keys:
+        values = [r.get("tags", {}).get(key) for r in data["runs"]]
+        rows.append({"key": key, "kind": "tag", "values": values, "differ": len(set(values)) > 1})
+    for name in data["metrics"]:
+        raw = [data["last"][r["run_id"]].get(name) for r in data["runs"]]
+        rows.append(
+            {
+                "key": name,
+                "kind": "metric (last)",
+                "values": [number(v) if v is not None else None for v in raw],
+                "differ": len({repr(v) for v in raw}) > 1,
+            }
+        )
+    return await page(
+        request,
+        workspace,
+        "compare.html",
+        nav="experiments",
+        runs=data["runs"],
+        metrics=data["metrics"],
+        rows=rows,
+    )
+
+
+@get("/w/{workspace:str}/runs/{run_id:str}/file", media_type="application/octet-stream")
+async def download_run_file(
+    request: Request[Any, Any, Any],
+    workspace: FromPath[str],
+    run_id: FromPath[str],
+    path: FromQuery[str],
+) -> Stream:
+    """A run file as an attachment, streamed from the artifact service as it is read."""
+    return await file_stream(request, workspace, run_id, path)
+
+
+async def file_stream(
+    request: Request[Any, Any, Any], workspace: str, run_id: str, path: str
+) -> Stream:
+    subjects.validate_token(run_id, "run id")
+    validate_run_path(path)
+    info = (await ask(request, workspace, GetRunFile(run_id=run_id, path=path))).data
+    client = Client(principal_of(request).conn, workspace)
+    name = path.rsplit("/", 1)[-1]
+    quoted = urlencode({"": name})[1:]
+    return Stream(
+        blob_chunks(client, info["digest"], int(info["size"])),
+        media_type="application/octet-stream",
+        headers={
+            "content-disposition": f"attachment; filename*=UTF-8''{quoted}",
+            "content-length": str(int(info["size"])),
+            "x-content-type-options": "nosniff",
+        },
+    )
+
+
+RUN_PAGES: list[Any] = [experiment_page, run_page, compare_page, download_run_file]
