@@ -4,6 +4,7 @@ run by in-process agents. Each test keeps a screenshot under its tmp_path."""
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._async import AsyncRun
 from cairn.sdk._jobs import submit
 from cairn.services.gateway import Gateway
+from cairn.services.gateway._live import LIVE
 from tests.conftest import Agents
 from tests.gateway.browser import log_in, screenshot
 from tests.gateway.conftest import login_password
@@ -98,6 +100,15 @@ async def test_a_logged_run_shows_in_its_experiment_and_its_chart_follows_it_liv
     )
     assert "Completed" in await page.locator("#timeline").inner_text()
     await screenshot(page, tmp_path, "run-completed")
+
+    # the browser goes away: its live stream ends, and its feeds with it
+    assert LIVE.streams >= 1
+    await page.close()
+    for _ in range(200):
+        if LIVE.streams == 0 and not LIVE.feeds:
+            break
+        await asyncio.sleep(0.05)
+    assert (LIVE.streams, LIVE.feeds) == (0, set())
 
 
 async def test_the_output_of_a_running_job_shows_live(

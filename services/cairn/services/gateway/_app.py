@@ -133,7 +133,7 @@ def _on_cairn_error(request: Request[Any, Any, Any], exc: CairnError) -> Respons
             template_name="error.html",
             context={"status": status, "code": exc.code, "message": exc.message},
             status_code=status,
-        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+        )
     return Response({"code": exc.code, "message": exc.message}, status_code=status)
 
 
@@ -154,7 +154,7 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
             template_name="error.html",
             context={"status": exc.status_code, "code": "", "message": exc.detail},
             status_code=exc.status_code,
-        ).to_asgi_response(request.app, request)  # type: ignore[return-value]
+        )
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 

@@ -13,8 +13,8 @@ signed-in user's own connection.
 
 The feeds run as tasks owned by the response's generator: when the browser goes away the
 server cancels the generator's wait, its ``finally`` cancels the feeds, and each feed's own
-``finally`` unsubscribes its consumer. ``LIVE`` counts the open streams (tests check that it
-falls back to zero).
+``finally`` unsubscribes its consumer. ``LIVE`` counts the open streams and their running
+feeds (tests check that both fall back to none).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from cairn.proto.commands import GetRun, Query, QueryResult
 from cairn.proto.metrics import GetMetrics, MetricHistory
 from cairn.rpc import Client
 from cairn.services.gateway._auth import principal_of
+from cairn.services.gateway._pool import Pool
 
 __all__ = ["LIVE", "LIVE_ROUTES", "WAIT_S", "history_pages"]
 
@@ -155,7 +156,9 @@ async def _log_feed(client: Client, run_id: str, send: _Send) -> None:
             await sub.unsubscribe()
 
 
-async def _events(client: Client, run_id: str, logs: bool) -> AsyncIterator[Any]:
+async def _events(
+    client: Client, run_id: str, logs: bool, touch: Callable[[], None]
+) -> AsyncIterator[Any]:
     queue: asyncio.Queue[ServerSentEventMessage] = asyncio.Queue(maxsize=256)
     feeds = [_metrics_feed(client, run_id, queue.put), _run_feed(client, run_id, queue.put)]
     if logs:
@@ -164,17 +167,21 @@ async def _events(client: Client, run_id: str, logs: bool) -> AsyncIterator[Any]
         asyncio.create_task(_guarded(f, queue.put), name=f"cairn-live:{run_id}") for f in feeds
     ]
     LIVE.streams += 1
-    LIVE.feeds.update(tasks)
+    for task in tasks:
+        LIVE.feeds.add(task)
+        task.add_done_callback(LIVE.feeds.discard)
     try:
         yield ServerSentEventMessage(comment="live", retry=2000, data=None)
         while True:
-            yield await queue.get()
+            message = await queue.get()
+            touch()  # the pool keeps the connection of a user whose page is open
+            yield message
     finally:
+        # no await here: the server cancels this generator's scope when the browser goes,
+        # and would cancel any wait again; each feed's own ``finally`` releases what it holds
+        LIVE.streams -= 1
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        LIVE.feeds.difference_update(tasks)
-        LIVE.streams -= 1
 
 
 async def _guarded(feed: Awaitable[None], send: _Send) -> None:
@@ -202,9 +209,12 @@ async def run_live(
 ) -> ServerSentEvent:
     """The run's new metric points, state and (``logs=true``) output, as they happen."""
     subjects.validate_token(run_id, "run id")
-    client = Client(principal_of(request).conn, workspace)
+    principal = principal_of(request)
+    client = Client(principal.conn, workspace)
     await client.ask(GetRun(run_id=run_id))  # NotFound / PermissionDenied before streaming
-    return ServerSentEvent(_events(client, run_id, logs), headers={"x-accel-buffering": "no"})
+    pool: Pool = request.app.state.pool
+    events = _events(client, run_id, logs, lambda: pool.touch(principal.user))
+    return ServerSentEvent(events, headers={"x-accel-buffering": "no"})
 
 
 LIVE_ROUTES: list[Any] = [run_live]

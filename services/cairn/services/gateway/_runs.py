@@ -19,12 +19,12 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream, Template
 
 from cairn.data import blob_chunks
-from cairn.errors import InvalidInput, NotFound
+from cairn.errors import InvalidInput, NotFound, PayloadTooLarge
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.commands import GetRun, ListRuns
 from cairn.proto.jobs import GetJob
-from cairn.proto.metrics import CompareMetric, GetMetrics
+from cairn.proto.metrics import CompareMetric, GetMetrics, MetricHistory
 from cairn.proto.paths import validate_run_path
 from cairn.proto.registry import ListModels, ModelLineage
 from cairn.rpc import Client
@@ -127,13 +127,29 @@ async def _experiment_metrics(
     names = sorted(names)[:METRIC_COLUMNS]
     exp_id = subjects.name_to_id(experiment)
     wanted = {r["run_id"] for r in runs}
-    replies = await asyncio.gather(
-        *(ask(request, workspace, CompareMetric(experiment_id=exp_id, name=n)) for n in names)
-    )
-    return {
-        name: {row["run_id"]: row for row in reply.data if row["run_id"] in wanted}
-        for name, reply in zip(names, replies, strict=True)
-    }
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in names:
+        try:
+            rows = (
+                await ask(request, workspace, CompareMetric(experiment_id=exp_id, name=name))
+            ).data
+        except PayloadTooLarge:  # an experiment of very many runs: read the page's own
+            rows = await asyncio.gather(*(_summary(request, workspace, r, name) for r in wanted))
+        out[name] = {row["run_id"]: row for row in rows if row and row["run_id"] in wanted}
+    return out
+
+
+async def _summary(
+    request: Request[Any, Any, Any], workspace: str, run_id: str, name: str
+) -> dict[str, Any] | None:
+    """``name``'s last, min and max of one run (one bucket of its history)."""
+    q = MetricHistory(run_id=run_id, name=name, max_points=1)
+    points = (await ask(request, workspace, q)).data["points"]
+    if not points:
+        return None
+    last = points[-1]  # a bucket [step, time, value, min, max], or the one point there is
+    low, high = (last[3], last[4]) if len(last) > 3 else (last[2], last[2])
+    return {"run_id": run_id, "last": last[2], "min": low, "max": high}
 
 
 async def run_record(

@@ -1,0 +1,138 @@
+"""The JSON API of runs and the live stream behind the run page, over HTTP: the same data as
+the pages, the same errors, and a live stream that leaves nothing behind when its reader goes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cairn.bus import Connection
+from cairn.sdk import AsyncWorkspace
+from cairn.services.gateway._live import LIVE
+
+
+async def _until(check: Any, what: str) -> None:
+    for _ in range(200):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def test_runs_run_history_and_files_as_json(
+    ws: AsyncWorkspace, browser_http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    exp = await ws.experiment("api")
+    ids = []
+    for i in range(3):
+        run = await exp.start_run(display_name=f"r{i}")
+        await run.set_tags({"i": str(i)})
+        for step in range(5):
+            run.log("loss", i + step / 10, step=step)
+        await run.flush()
+        ids.append(run.id)
+    (tmp_path / "a.txt").write_text("alpha")
+    await run.upload_file("out/a.txt", tmp_path / "a.txt")
+    await run.complete()
+    await run.get_metrics()
+    base = f"/api/w/{ws.name}"
+
+    first = (await browser_http.get(f"{base}/experiments/api/runs", params={"limit": 2})).json()
+    assert [r["display_name"] for r in first["runs"]] == ["r2", "r1"]
+    assert first["next_cursor"]
+    rest = await browser_http.get(
+        f"{base}/experiments/api/runs", params={"limit": 2, "cursor": first["next_cursor"]}
+    )
+    assert [r["display_name"] for r in rest.json()["runs"]] == ["r0"]
+    assert rest.json()["next_cursor"] is None
+
+    one = (await browser_http.get(f"{base}/runs/{ids[2]}")).json()
+    assert one["status"] == "Completed" and one["tags"] == {"i": "2"}
+    assert one["job"] is None and one["metrics"] == ["loss"]
+
+    history = await browser_http.get(f"{base}/runs/{ids[1]}/history", params={"name": "loss"})
+    assert [p[2] for p in history.json()["points"]] == [1.0, 1.1, 1.2, 1.3, 1.4]
+    later = await browser_http.get(
+        f"{base}/runs/{ids[1]}/history", params={"name": "loss", "after_step": 2}
+    )
+    assert [p[0] for p in later.json()["points"]] == [3, 4]
+
+    files = (await browser_http.get(f"{base}/runs/{ids[2]}/files")).json()
+    assert [(f["path"], f["size"]) for f in files] == [("out/a.txt", 5)]
+    body = await browser_http.get(f"{base}/runs/{ids[2]}/file", params={"path": "out/a.txt"})
+    assert body.content == b"alpha"
+    assert "attachment" in body.headers["content-disposition"]
+
+
+async def test_bad_requests_get_typed_errors(
+    ws: AsyncWorkspace, browser_http: httpx.AsyncClient
+) -> None:
+    exp = await ws.experiment("errs")
+    run = await exp.start_run()
+    await run.complete()
+    base = f"/api/w/{ws.name}"
+    missing = await browser_http.get(f"{base}/runs/nosuchrun")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    for runs in (run.id, ",".join([run.id] * 2), ",".join(f"r{i}" for i in range(11))):
+        refused = await browser_http.get(f"{base}/compare", params={"runs": runs})
+        assert refused.status_code == 400, refused.text
+    page = await browser_http.get(
+        f"/w/{ws.name}/compare", params={"runs": run.id}, headers={"accept": "text/html"}
+    )
+    assert page.status_code == 400 and "compare takes 2 to 10 runs, not 1" in page.text
+    limit = await browser_http.get(f"{base}/experiments/errs/runs", params={"limit": 0})
+    assert limit.status_code == 400
+    nofile = await browser_http.get(f"{base}/runs/{run.id}/file", params={"path": "../x"})
+    assert nofile.status_code == 400
+
+
+async def _read_events(lines: AsyncIterator[str], wanted: set[str]) -> dict[str, Any]:
+    """The first event of each kind in ``wanted``, as the stream sends them."""
+    found: dict[str, Any] = {}
+    event = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event in wanted:
+            found.setdefault(event, json.loads(line[6:]))
+            if wanted <= found.keys():
+                return found
+    raise AssertionError(f"the stream ended before {wanted - found.keys()}")
+
+
+async def test_a_live_stream_sends_new_points_and_leaves_nothing_when_its_reader_goes(
+    ws: AsyncWorkspace, browser_http: httpx.AsyncClient, conn: Connection
+) -> None:
+    exp = await ws.experiment("live")
+    run = await exp.start_run()
+    run.log("loss", 0.5, step=0)
+    await run.flush()
+    await run.get_metrics()
+    consumers = (await conn.js.stream_info("LOGS")).state.consumer_count
+    url = f"/api/w/{ws.name}/runs/{run.id}/live"
+    async with browser_http.stream("GET", url, params={"logs": "true"}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        first = await _read_events(lines, {"metrics", "run"})
+        assert first["metrics"] == {"loss": [[0, first["metrics"]["loss"][0][1], 0.5]]}
+        assert first["run"]["status"] == "Running"
+        assert LIVE.streams >= 1
+        assert (await conn.js.stream_info("LOGS")).state.consumer_count == consumers + 1
+        run.log("loss", 0.25, step=1)
+        run.log("loss", 0.125, step=2)
+        await run.flush()
+        more = await _read_events(lines, {"metrics"})
+        points = more["metrics"]["loss"]
+        assert [p[2] for p in points] == [0.25, 0.125]  # only the new points
+    await run.complete()
+
+    async def released() -> bool:
+        info = await conn.js.stream_info("LOGS")
+        return LIVE.streams == 0 and not LIVE.feeds and info.state.consumer_count == consumers
+
+    await _until(released, "the stream's feeds and its LOGS consumer outlived the reader")
