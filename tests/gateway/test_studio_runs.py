@@ -216,9 +216,10 @@ async def test_a_file_name_with_markup_shows_as_text_and_downloads(
     saved = tmp_path / "saved.txt"
     await (await download.value).save_as(saved)
     assert saved.read_text() == "hello"
+    await screenshot(page, tmp_path, "markup-run")
     await page.goto(f"{gateway.url}/w/{ws.name}/experiments")
     assert await page.locator("a", has_text="<b>bold</b> exp").count() == 1
-    await screenshot(page, tmp_path, "markup")
+    await screenshot(page, tmp_path, "markup-experiments")
     assert dialogs == []
 
 

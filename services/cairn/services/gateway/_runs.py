@@ -23,7 +23,8 @@ from cairn.errors import InvalidInput, NotFound, PayloadTooLarge
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.commands import GetRun, ListRuns
-from cairn.proto.jobs import GetJob
+from cairn.proto.assets import ListAssets
+from cairn.proto.jobs import DatasetRuns, GetJob
 from cairn.proto.metrics import CompareMetric, GetMetrics, MetricHistory
 from cairn.proto.paths import validate_run_path
 from cairn.proto.registry import ListModels, ModelLineage
@@ -375,6 +376,28 @@ async def _lineage(
     return out
 
 
+#: the most datasets a run page looks through for those its job read
+DATASETS_SCANNED = 50
+
+
+async def _datasets_read(
+    request: Request[Any, Any, Any], workspace: str, run_id: str
+) -> list[dict[str, Any]]:
+    """The dataset versions the run's job read (``job.dataset_runs`` of each dataset of the
+    workspace, the first ``DATASETS_SCANNED`` by name)."""
+    datasets = (await ask(request, workspace, ListAssets(asset_kind="dataset"))).data
+    names = [d["name"] for d in datasets if not d.get("builtin")][:DATASETS_SCANNED]
+    replies = await asyncio.gather(
+        *(ask(request, workspace, DatasetRuns(dataset=n)) for n in names)
+    )
+    return [
+        {"name": name, "version": row["version"]}
+        for name, reply in zip(names, replies, strict=True)
+        for row in reply.data
+        if row["run_id"] == run_id
+    ]
+
+
 @get("/w/{workspace:str}/runs/{run_id:str}")
 async def run_page(
     request: Request[Any, Any, Any],
@@ -390,6 +413,7 @@ async def run_page(
         metric_names(request, workspace, run_id),
         _lineage(request, workspace, run_id),
     )
+    datasets = await _datasets_read(request, workspace, run_id) if job is not None else []
     for f in files:
         f["size_text"] = size(int(f.get("size") or 0))
     return await page(
@@ -410,6 +434,7 @@ async def run_page(
         ],
         metrics=names,
         models=models,
+        datasets=datasets,
         live=run.get("status") not in _TERMINAL,
     )
 
