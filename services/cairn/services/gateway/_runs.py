@@ -22,8 +22,8 @@ from cairn.data import blob_chunks
 from cairn.errors import InvalidInput, NotFound, PayloadTooLarge
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
-from cairn.proto.commands import GetRun, ListRuns
 from cairn.proto.assets import ListAssets
+from cairn.proto.commands import GetRun, ListRuns
 from cairn.proto.jobs import DatasetRuns, GetJob
 from cairn.proto.metrics import CompareMetric, GetMetrics, MetricHistory
 from cairn.proto.paths import validate_run_path
