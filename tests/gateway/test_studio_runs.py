@@ -16,6 +16,7 @@ from cairn.sdk._async import AsyncRun
 from cairn.sdk._jobs import submit
 from cairn.services.gateway import Gateway
 from cairn.services.gateway._live import LIVE
+from cairn.services.gateway._runs import PAGE_SIZE
 from tests.conftest import Agents
 from tests.gateway.browser import log_in, screenshot
 from tests.gateway.conftest import login_password
@@ -235,3 +236,27 @@ async def test_empty_states_say_what_fills_them(
         assert command in text
     await screenshot(page, tmp_path, "empty-run")
     await run.complete()
+
+
+async def test_the_runs_table_pages_with_next_and_says_what_its_query_cannot_do(
+    ws: AsyncWorkspace, gateway: Gateway, nats_server: NatsServer, page: Any, tmp_path: Path
+) -> None:
+    exp = await ws.experiment("many")
+    for i in range(PAGE_SIZE + 5):
+        run = await exp.create_run(display_name=f"r{i:02d}")
+    await run.details()
+    await open_page(page, gateway, nats_server, f"/w/{ws.name}/experiments/many")
+    names = page.locator("table.runs tbody tr td:nth-child(2) a")
+    first = await names.all_inner_texts()
+    assert first == [f"r{i:02d}" for i in range(PAGE_SIZE + 4, 4, -1)]
+    await page.click("text=next »")
+    await page.wait_for_url("**cursor=**")
+    assert await names.all_inner_texts() == [f"r{i:02d}" for i in range(4, -1, -1)]
+    assert await page.locator("a[rel=next]").count() == 0
+    await screenshot(page, tmp_path, "second-page")
+    # run.list of this server takes no filter yet: the page says so, next to the filter box
+    await page.fill("input[name=filter]", "metrics.loss < 0.2")
+    await page.click("text=Apply")
+    await page.wait_for_url("**filter=**")
+    assert "neither filters nor sorts" in await page.locator("[role=alert]").inner_text()
+    assert await page.locator("input[name=filter]").input_value() == "metrics.loss < 0.2"
