@@ -42,11 +42,12 @@ async def test_runs_run_history_and_files_as_json(
     await run.get_metrics()
     base = f"/api/w/{ws.name}"
 
-    first = (await browser_http.get(f"{base}/experiments/api/runs", params={"limit": 2})).json()
+    listing = f"{base}/runs"
+    first = (await browser_http.get(listing, params={"experiment": "api", "limit": 2})).json()
     assert [r["display_name"] for r in first["runs"]] == ["r2", "r1"]
     assert first["next_cursor"]
     rest = await browser_http.get(
-        f"{base}/experiments/api/runs", params={"limit": 2, "cursor": first["next_cursor"]}
+        listing, params={"experiment": "api", "limit": 2, "cursor": first["next_cursor"]}
     )
     assert [r["display_name"] for r in rest.json()["runs"]] == ["r0"]
     assert rest.json()["next_cursor"] is None
@@ -85,7 +86,7 @@ async def test_bad_requests_get_typed_errors(
         f"/w/{ws.name}/compare", params={"runs": run.id}, headers={"accept": "text/html"}
     )
     assert page.status_code == 400 and "compare takes 2 to 10 runs, not 1" in page.text
-    limit = await browser_http.get(f"{base}/experiments/errs/runs", params={"limit": 0})
+    limit = await browser_http.get(f"{base}/runs", params={"experiment": "errs", "limit": 0})
     assert limit.status_code == 400
     nofile = await browser_http.get(f"{base}/runs/{run.id}/file", params={"path": "../x"})
     assert nofile.status_code == 400

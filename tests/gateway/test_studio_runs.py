@@ -200,7 +200,7 @@ async def test_a_file_name_with_markup_shows_as_text_and_downloads(
     name = "<img src=x onerror=alert(1)>.txt"
     local = tmp_path / "plain.txt"
     local.write_text("hello")
-    exp = await ws.experiment("<b>bold</b> exp")
+    exp = await ws.experiment("<b>bold</b> exp/2")
     run = await exp.start_run(display_name="<script>alert(2)</script>")
     await run.upload_file(name, local)
     await run.complete()
@@ -219,8 +219,11 @@ async def test_a_file_name_with_markup_shows_as_text_and_downloads(
     assert saved.read_text() == "hello"
     await screenshot(page, tmp_path, "markup-run")
     await page.goto(f"{gateway.url}/w/{ws.name}/experiments")
-    assert await page.locator("a", has_text="<b>bold</b> exp").count() == 1
-    await screenshot(page, tmp_path, "markup-experiments")
+    await page.locator("a", has_text="<b>bold</b> exp/2").click()
+    await page.wait_for_url("**/experiments/%3Cb%3Ebold%3C/b%3E%20exp/2")
+    assert await page.locator("h1").inner_text() == "<b>bold</b> exp/2"
+    assert await page.locator(f"tr[data-run='{run.id}']").count() == 1
+    await screenshot(page, tmp_path, "markup-experiment")
     assert dialogs == []
 
 

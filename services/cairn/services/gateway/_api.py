@@ -35,24 +35,25 @@ __all__ = ["API_ROUTES"]
 _END = 2**62
 
 
-@get("/api/w/{workspace:str}/experiments/{name:str}/runs")
+@get("/api/w/{workspace:str}/runs")
 async def api_runs(
     request: Request[Any, Any, Any],
     workspace: FromPath[str],
-    name: FromPath[str],
+    experiment: FromQuery[str],
     filter: FromQuery[str] = "",
     order: FromQuery[str] = "",
     limit: FromQuery[int] = PAGE_SIZE,
     cursor: FromQuery[str] = "",
 ) -> dict[str, Any]:
-    """``{"runs": [...], "next_cursor": str | null, "remaining": int | null}``; pass
+    """The runs of ``experiment``, a page at a time: ``{"runs": [...], "next_cursor":
+    str | null, "remaining": int | null}``; pass
     ``next_cursor`` back as ``cursor`` (same filter and order) for the next page."""
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be 1 to 1000")
     view = RunsView(
         filter=filter.strip(), order_by=parse_order(order), limit=limit, cursor=cursor or None
     )
-    page = await fetch_runs(request, workspace, name, view)
+    page = await fetch_runs(request, workspace, experiment, view)
     return {"runs": page.runs, "next_cursor": page.next_cursor, "remaining": page.remaining}
 
 

@@ -8,11 +8,10 @@ The runs of an experiment are read through one function, :func:`fetch_runs`, who
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from litestar import Request, get
 from litestar.params import FromPath, FromQuery
@@ -31,6 +30,7 @@ from cairn.proto.registry import ListModels, ModelLineage
 from cairn.rpc import Client
 from cairn.services.gateway._app import ask
 from cairn.services.gateway._auth import principal_of
+from cairn.services.gateway._format import duration, number, short_time, size, timeline
 from cairn.services.gateway._pages import page
 
 __all__ = [
@@ -191,76 +191,6 @@ async def compare_data(
     return {"runs": runs, "metrics": sorted(names), "last": summaries}
 
 
-# -- formatting ------------------------------------------------------------------------------
-
-
-def _when(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def duration(run: dict[str, Any], now: datetime | None = None) -> str:
-    """How long the run ran (so far, while it runs): ``1h 02m``, ``3m 05s``, ``12.4s``."""
-    start = _when(run.get("start_time"))
-    if start is None:
-        return ""
-    end = _when(run.get("end_time")) or (now or datetime.now(UTC))
-    seconds = max(0.0, (end - start).total_seconds())
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def short_time(text: str | None) -> str:
-    moment = _when(text)
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
-
-
-def number(value: Any) -> str:
-    """A metric value as a table shows it: floats to 6 significant digits."""
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def size(n: int) -> str:
-    step = 1024.0
-    amount = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if amount < step or unit == "GiB":
-            return f"{int(amount)} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= step
-    return f"{n} B"
-
-
-def timeline(run: dict[str, Any], job: dict[str, Any] | None) -> list[dict[str, str]]:
-    """The moments the run record (and its job's, when it is one) holds, in order."""
-    steps = [("Created", run.get("created_at"))]
-    if job is not None and job.get("submitted_at"):
-        steps.append(("Queued", _from_epoch(job["submitted_at"])))
-    steps.append(("Started", run.get("start_time")))
-    if run.get("end_time"):
-        steps.append((str(run.get("status")), run.get("end_time")))
-    return [{"label": label, "at": short_time(at)} for label, at in steps if at]
-
-
-def _from_epoch(value: Any) -> str | None:
-    with contextlib.suppress(TypeError, ValueError, OverflowError):
-        return datetime.fromtimestamp(float(value), UTC).isoformat()
-    return None
-
-
 def _link(base: str, **params: str | None) -> str:
     query = {k: v for k, v in params.items() if v}
     return base + ("?" + urlencode(query) if query else "")
@@ -282,7 +212,7 @@ def _sort_links(base: str, view: RunsView, key: str) -> dict[str, str]:
 # -- pages -----------------------------------------------------------------------------------
 
 
-@get("/w/{workspace:str}/experiments/{name:str}")
+@get("/w/{workspace:str}/experiments/{name:path}")
 async def experiment_page(
     request: Request[Any, Any, Any],
     workspace: FromPath[str],
@@ -291,6 +221,7 @@ async def experiment_page(
     order: FromQuery[str] = "",
     cursor: FromQuery[str] = "",
 ) -> Template:
+    name = name.removeprefix("/")  # a path parameter: experiment names may hold slashes
     view = RunsView(filter=filter.strip(), order_by=parse_order(order), cursor=cursor or None)
     error = ""
     try:
@@ -298,7 +229,7 @@ async def experiment_page(
     except InvalidInput as exc:
         error, runs_page = exc.message, RunsPage(runs=[], next_cursor=None)
     metrics = await _experiment_metrics(request, workspace, name, runs_page.runs)
-    base = f"/w/{workspace}/experiments/{name}"
+    base = f"/w/{workspace}/experiments/{quote(name)}"
     columns = {
         key: _sort_links(base, view, key) for key in ("name", "status", "created_at", "start_time")
     }
