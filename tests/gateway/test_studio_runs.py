@@ -235,7 +235,7 @@ async def test_empty_states_say_what_fills_them(
     await settled(run)
     await open_page(page, gateway, nats_server, f"/w/{ws.name}/runs/{run.id}")
     text = await page.locator("main").inner_text()
-    for command in ('run.log("loss", 0.42)', "run.upload_file(", 'run.child("step-1")'):
+    for command in ('run.log("loss", 0.42)', "run.upload_file(", 'run.child_run("step-1")'):
         assert command in text
     await screenshot(page, tmp_path, "empty-run")
     await run.complete()

@@ -120,12 +120,8 @@ async def _experiment_metrics(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """The last, min and max of the experiment's metrics (those of its newest runs on the
     page, at most ``METRIC_COLUMNS``) for the runs of the page."""
-    names: list[str] = []
-    for run in runs[:3]:
-        names.extend(
-            n for n in await metric_names(request, workspace, run["run_id"]) if n not in names
-        )
-    names = sorted(names)[:METRIC_COLUMNS]
+    found = await asyncio.gather(*(metric_names(request, workspace, r["run_id"]) for r in runs[:3]))
+    names = sorted({n for each in found for n in each})[:METRIC_COLUMNS]
     exp_id = subjects.name_to_id(experiment)
     wanted = {r["run_id"] for r in runs}
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -437,7 +433,7 @@ async def file_stream(
     info = (await ask(request, workspace, GetRunFile(run_id=run_id, path=path))).data
     client = Client(principal_of(request).conn, workspace)
     name = path.rsplit("/", 1)[-1]
-    quoted = urlencode({"": name})[1:]
+    quoted = quote(name, safe="")
     return Stream(
         blob_chunks(client, info["digest"], int(info["size"])),
         media_type="application/octet-stream",
