@@ -16,12 +16,20 @@ from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway._live import LIVE
 
 
-async def _until(check: Any, what: str) -> None:
-    for _ in range(200):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(what)
+class _AnyTime:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float)
+
+
+ANY_TIME = _AnyTime()
+
+
+async def _until(check: Any, what: str, within_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(what)
+        await asyncio.sleep(0.1)
 
 
 async def test_runs_run_history_and_files_as_json(
@@ -130,10 +138,17 @@ async def test_a_live_stream_sends_new_points_and_leaves_nothing_when_its_reader
         more = await _read_events(lines, {"metrics"})
         points = more["metrics"]["loss"]
         assert [p[2] for p in points] == [0.25, 0.125]  # only the new points
+        run.log("acc", 0.9, step=0)  # a metric the run had not logged when the page opened
+        await run.flush()
+        assert (await _read_events(lines, {"metrics"}))["metrics"] == {"acc": [[0, ANY_TIME, 0.9]]}
     await run.complete()
 
     async def released() -> bool:
-        info = await conn.js.stream_info("LOGS")
-        return LIVE.streams == 0 and not LIVE.feeds and info.state.consumer_count == consumers
+        return LIVE.streams == 0 and not LIVE.feeds
 
-    await _until(released, "the stream's feeds and its LOGS consumer outlived the reader")
+    await _until(released, "the stream's feeds outlived its reader")
+
+    async def removed() -> bool:  # the server removes the consumer INACTIVE_S after
+        return (await conn.js.stream_info("LOGS")).state.consumer_count == consumers
+
+    await _until(removed, "the stream's LOGS consumer outlived its reader")

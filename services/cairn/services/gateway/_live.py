@@ -13,8 +13,9 @@ signed-in user's own connection.
 
 The feeds run as tasks owned by the response's generator: when the browser goes away the
 server cancels the generator's wait, its ``finally`` cancels the feeds, and each feed's own
-``finally`` unsubscribes its consumer. ``LIVE`` counts the open streams and their running
-feeds (tests check that both fall back to none).
+``finally`` unsubscribes its consumer, which the server removes ``INACTIVE_S`` later.
+``LIVE`` counts the open streams and their running feeds (tests check that both fall back
+to none).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ log = get_logger("cairn.gateway")
 WAIT_S = 10.0
 #: how often, at most, the metric names of a live run are read again (a new metric)
 NAMES_EVERY_S = 2.0
+#: how long the server keeps a log consumer whose page went away
+INACTIVE_S = 5.0
 _TERMINAL = {"Completed", "Failed", "Canceled"}
 _Send = Callable[[ServerSentEventMessage], Awaitable[None]]
 
@@ -143,7 +146,10 @@ async def _run_feed(client: Client, run_id: str, send: _Send) -> None:
 async def _log_feed(client: Client, run_id: str, send: _Send) -> None:
     """The job's output from the start of what LOGS keeps, then as it is written."""
     js = client.conn.js
-    sub = await js.subscribe(subjects.logs(client.workspace, run_id), ordered_consumer=True)
+    subject = subjects.logs(client.workspace, run_id)
+    # unsubscribing leaves the (ephemeral) consumer to the server, which removes it once it has
+    # had no subscriber for INACTIVE_S
+    sub = await js.subscribe(subject, ordered_consumer=True, inactive_threshold=INACTIVE_S)
     try:
         while True:
             msg = await sub.next_msg(timeout=None)
