@@ -13,7 +13,7 @@ import httpx
 
 from cairn.bus import Connection
 from cairn.sdk import AsyncWorkspace
-from cairn.services.gateway._live import LIVE
+from cairn.services.gateway._live import LIVE, history_pages
 
 
 class _AnyTime:
@@ -152,3 +152,28 @@ async def test_a_live_stream_sends_new_points_and_leaves_nothing_when_its_reader
         return (await conn.js.stream_info("LOGS")).state.consumer_count == consumers
 
     await _until(removed, "the stream's LOGS consumer outlived its reader")
+
+
+async def test_a_history_read_in_pages_resumes_after_its_last_point(ws: AsyncWorkspace) -> None:
+    """What the live stream sends after a wake-up: only points it has not sent, including a
+    later batch's point at the last step it had."""
+    exp = await ws.experiment("pages")
+    run = await exp.start_run()
+    for step in range(5):
+        run.log("loss", float(step), step=step)
+    await run.flush()
+    points, cursor, seq = await history_pages(
+        ws.client, run.id, "loss", min_seq=ws.seen_metrics_seq, page_size=2
+    )
+    assert [p[2] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert seq >= ws.seen_metrics_seq
+    run.log("loss", 4.5, step=4)
+    run.log("loss", 5.0, step=5)
+    await run.flush()
+    more, cursor, _ = await history_pages(
+        ws.client, run.id, "loss", cursor, min_seq=ws.seen_metrics_seq, page_size=2
+    )
+    assert [(p[0], p[2]) for p in more] == [(4, 4.5), (5, 5.0)]
+    none, _, _ = await history_pages(ws.client, run.id, "loss", cursor, page_size=2)
+    assert none == []
+    await run.complete()

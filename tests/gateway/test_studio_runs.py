@@ -23,6 +23,8 @@ from tests.gateway.conftest import login_password
 
 #: how long the page may take for what these tests wait for (generous: a loaded machine)
 WAIT_MS = 15_000
+#: points of the long series (more than one page of metrics.history)
+LONG = 30_000
 
 
 async def settled(run: AsyncRun) -> None:
@@ -263,3 +265,20 @@ async def test_the_runs_table_pages_with_next_and_says_what_its_query_cannot_do(
     await page.wait_for_url("**filter=**")
     assert "neither filters nor sorts" in await page.locator("[role=alert]").inner_text()
     assert await page.locator("input[name=filter]").input_value() == "metrics.loss < 0.2"
+
+
+async def test_a_long_series_is_charted_whole(
+    ws: AsyncWorkspace, gateway: Gateway, nats_server: NatsServer, page: Any, tmp_path: Path
+) -> None:
+    exp = await ws.experiment("long")
+    run = await exp.start_run(display_name="long")
+    values = [((step * 7919) % 1000) / 1000 for step in range(LONG)]
+    for step, value in enumerate(values):
+        run.log("loss", value, step=step)
+    await run.complete()
+    await settled(run)
+    await open_page(page, gateway, nats_server, f"/w/{ws.name}/runs/{run.id}")
+    await wait_points(page, "loss", LONG)
+    shown = await chart(page, "loss")
+    assert shown is not None and shown[0]["y"] == values
+    await screenshot(page, tmp_path, "long")

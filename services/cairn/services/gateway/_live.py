@@ -46,7 +46,7 @@ log = get_logger("cairn.gateway")
 #: how long one long-poll waits for the read model before the stream sends a keep-alive
 WAIT_S = 10.0
 #: how often, at most, the metric names of a live run are read again (a new metric)
-NAMES_EVERY_S = 2.0
+NAMES_EVERY_S = 1.0
 #: how long the server keeps a log consumer whose page went away
 INACTIVE_S = 5.0
 _TERMINAL = {"Completed", "Failed", "Canceled"}
@@ -74,13 +74,18 @@ async def _long_poll(client: Client, query: Query) -> QueryResult | None:
 
 
 async def history_pages(
-    client: Client, run_id: str, name: str, after: Any = None, min_seq: int = 0
+    client: Client,
+    run_id: str,
+    name: str,
+    after: Any = None,
+    min_seq: int = 0,
+    page_size: int = 200_000,
 ) -> tuple[list[Any], Any, int]:
-    """Every point of ``name`` after cursor ``after``: (points ``[step, time, value]``, the
-    cursor to read on from, the read model's sequence)."""
+    """Every point of ``name`` after cursor ``after``, read ``page_size`` at a time: (points
+    ``[step, time, value]``, the cursor to read on from, the read model's sequence)."""
     points: list[Any] = []
     while True:
-        q = MetricHistory(run_id=run_id, name=name, after=after, min_seq=min_seq)
+        q = MetricHistory(run_id=run_id, name=name, after=after, min_seq=min_seq, limit=page_size)
         reply = await client.ask(q)
         page = reply.data
         points.extend(page["points"])

@@ -28,9 +28,14 @@
     return entry;
   }
 
+  // WebGL draws long series (100k points) quickly; SVG is the fallback without it
+  const GL = (() => {
+    try { return !!document.createElement("canvas").getContext("webgl"); } catch (e) { return false; }
+  })();
+
   function trace(label, points) {
     return {
-      type: "scatter", mode: points.length > 200 ? "lines" : "lines+markers", name: label,
+      type: GL ? "scattergl" : "scatter", mode: points.length > 200 ? "lines" : "lines+markers", name: label,
       x: points.map(p => p[0]), y: points.map(p => p[2]),
       marker: {size: 4}, line: {width: 1.6},
     };
