@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from cairn.bus import Connection
+from cairn.proto.registry import ListModels
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway._live import LIVE, history_pages
 
@@ -177,3 +178,24 @@ async def test_a_history_read_in_pages_resumes_after_its_last_point(ws: AsyncWor
     none, _, _ = await history_pages(ws.client, run.id, "loss", cursor, page_size=2)
     assert none == []
     await run.complete()
+
+
+async def test_the_run_page_links_its_children_and_the_models_registered_from_it(
+    ws: AsyncWorkspace, browser_http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    exp = await ws.experiment("family")
+    parent = await exp.start_run(display_name="parent")
+    child = await parent.child(display_name="the-child")
+    await child.complete()
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    await parent.upload_file("outputs/model.bin", tmp_path / "model.bin")
+    await ws.models.register("churn-model", "outputs/model.bin", run_id=parent.id)
+    await parent.complete()
+    await parent.details()
+    await ws.client.ask(ListModels(min_seq=ws.seen_seq))  # the registry has it too
+    page = await browser_http.get(f"/w/{ws.name}/runs/{parent.id}")
+    assert page.status_code == 200
+    assert f'href="/w/{ws.name}/runs/{child.id}">the-child</a>' in page.text
+    assert f'href="/w/{ws.name}/models/churn-model">churn-model:1</a>' in page.text
+    child_page = await browser_http.get(f"/w/{ws.name}/runs/{child.id}")
+    assert f'href="/w/{ws.name}/runs/{parent.id}"' in child_page.text
