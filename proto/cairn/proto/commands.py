@@ -174,6 +174,9 @@ class ListRuns(Query, frozen=True, kw_only=True, tag=True):
     metrics_min_seq: Count = 0
     #: also answer ``remaining``: how many matching runs follow this page (one more scan)
     count: bool = False
+    #: also answer these metrics' summaries for each run of the page (a runs table's metric
+    #: columns), beside those the filter and order name
+    metrics: Annotated[tuple[Name, ...], msgspec.Meta(max_length=32)] = ()
 
 
 class GetRun(Query, frozen=True, kw_only=True, tag=True):

@@ -30,7 +30,13 @@ from cairn.data._stores import (
     sha256_hex,
     writable_tree,
 )
-from cairn.data._transfer import download_blob, download_file, read_blob_head, upload_file
+from cairn.data._transfer import (
+    blob_chunks,
+    download_blob,
+    download_file,
+    read_blob_head,
+    upload_file,
+)
 
 __all__ = [
     "PREVIEW_BYTES",
@@ -43,6 +49,7 @@ __all__ = [
     "Store",
     "TablePreview",
     "Uploaded",
+    "blob_chunks",
     "check_store",
     "common_dir",
     "download_blob",

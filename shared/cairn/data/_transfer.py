@@ -15,6 +15,7 @@ import os
 import stat
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import query
 from cairn.rpc import Client
 
-__all__ = ["download_blob", "download_file", "upload_file"]
+__all__ = ["blob_chunks", "download_blob", "download_file", "upload_file"]
 
 WINDOW = 8
 READ_BYTES = 512 * 1024
@@ -218,6 +219,37 @@ async def download_file(
     )
 
 
+async def blob_chunks(client: Client, digest: str, size: int) -> AsyncIterator[bytes]:
+    """The bytes of blob ``digest`` in order, read in ranges (several in flight); raises
+    ``CairnError`` after the last chunk when they do not hash to ``digest`` (a reader that
+    streams them on, as the gateway does to a browser, then breaks off its response)."""
+    subject = query(client.workspace, ReadBlob.NAME)
+    h = hashlib.sha256()
+    nc = client.conn.nc
+    offsets = deque(range(0, size, READ_BYTES))
+    in_flight: deque[asyncio.Future[Any]] = deque()
+    try:
+        while offsets or in_flight:
+            while offsets and len(in_flight) < WINDOW:
+                body = _encoder.encode(
+                    ReadBlob(digest=digest, offset=offsets.popleft(), length=READ_BYTES)
+                )
+                in_flight.append(asyncio.ensure_future(nc.request(subject, body, client.timeout)))
+            msg = await in_flight.popleft()
+            if (msg.headers or {}).get("Cairn-Reply") != "raw":
+                _check(msg.data)
+                raise CairnError("unexpected reply to a blob read")
+            h.update(msg.data)
+            yield msg.data
+    finally:
+        for pending in in_flight:
+            pending.cancel()
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+    if "sha256:" + h.hexdigest() != digest:
+        raise CairnError(f"the bytes read of {digest} do not match that digest")
+
+
 async def download_blob(
     client: Client,
     digest: str,
@@ -228,35 +260,16 @@ async def download_blob(
     show_progress: bool | None = None,
     progress: Progress | None = None,
 ) -> Path:
-    """Read blob ``digest`` in ranges (several in flight) into ``target``, then check it;
-    its bytes count on ``progress`` when given, else on a bar of its own."""
-    subject = query(client.workspace, ReadBlob.NAME)
+    """Read blob ``digest`` (:func:`blob_chunks`) into ``target``, checked; its bytes count on
+    ``progress`` when given, else on a bar of its own."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-    h = hashlib.sha256()
-    nc = client.conn.nc
     try:
         with _own_or_shared(progress, size, name or digest[:19], show_progress) as bar:
             with open(partial, "wb") as out:  # noqa: ASYNC230 - written chunk by chunk
-                offsets = deque(range(0, size, READ_BYTES))
-                in_flight: deque[asyncio.Task[Any]] = deque()
-                while offsets or in_flight:
-                    while offsets and len(in_flight) < WINDOW:
-                        body = _encoder.encode(
-                            ReadBlob(digest=digest, offset=offsets.popleft(), length=READ_BYTES)
-                        )
-                        in_flight.append(
-                            asyncio.ensure_future(nc.request(subject, body, client.timeout))
-                        )
-                    msg = await in_flight.popleft()
-                    if (msg.headers or {}).get("Cairn-Reply") != "raw":
-                        _check(msg.data)
-                        raise CairnError("unexpected reply to a blob read")
-                    out.write(msg.data)
-                    h.update(msg.data)
-                    bar.update(len(msg.data))
-            if "sha256:" + h.hexdigest() != digest:
-                raise CairnError(f"downloaded bytes of {name or digest} do not match {digest}")
+                async for chunk in blob_chunks(client, digest, size):
+                    out.write(chunk)
+                    bar.update(len(chunk))
             os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)

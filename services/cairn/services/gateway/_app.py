@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -157,13 +158,21 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 
+def _plotly_js() -> Path:
+    """The folder of the installed plotly package's ``plotly.min.js`` (served, no CDN)."""
+    return Path(str(importlib.resources.files("plotly") / "package_data"))
+
+
 def create_app(
     settings: Settings, pool: Pool, route_handlers: Sequence[Any] = (), *, secure: bool = False
 ) -> Litestar:
     """The application, over ``pool``'s connections. ``secure``: served over HTTPS (the
     cookie is then sent over HTTPS only)."""
+    from cairn.services.gateway._api import API_ROUTES
     from cairn.services.gateway._assets import ASSET_PAGES
+    from cairn.services.gateway._live import LIVE_ROUTES
     from cairn.services.gateway._pages import PAGES
+    from cairn.services.gateway._runs import RUN_PAGES
 
     sessions = CookieBackendConfig(
         secret=gateway_key(settings),
@@ -181,8 +190,12 @@ def create_app(
             logout,
             *ops_routes(),
             create_static_files_router(path="/static", directories=[STATIC]),
+            create_static_files_router(path="/static/vendor", directories=[_plotly_js()]),
             *PAGES,
+            *RUN_PAGES,
             *ASSET_PAGES,
+            *API_ROUTES,
+            *LIVE_ROUTES,
             *route_handlers,
         ],
         middleware=[sessions.middleware, auth],

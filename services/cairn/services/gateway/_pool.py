@@ -126,6 +126,12 @@ class Pool:
             self._reaper = asyncio.create_task(self._reap())
         return entry
 
+    def touch(self, user: str) -> None:
+        """``user``'s connection is in use (a live stream holds it): not idle now."""
+        entry = self._entries.get(user)
+        if entry is not None:
+            entry.used = time.monotonic()
+
     async def forget(self, user: str) -> None:
         """Close ``user``'s connection (their last session signed out)."""
         entry = self._entries.pop(user, None)

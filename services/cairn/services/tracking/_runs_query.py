@@ -120,6 +120,7 @@ class _Reader:
         self, db: sqlite3.Connection, t: Tables, metrics_table: str, workspace: str, q: ListRuns
     ) -> None:
         self.db, self.q, self.workspace = db, q, workspace
+        self.metrics_table = metrics_table
         self.query = query = compile_query(q)
         self.cursor = _decode_cursor(q, len(query.keys))
         self.names = {"runs": t("runs"), "tags": t("tags"), "properties": t("properties")}
@@ -222,7 +223,25 @@ class _Reader:
             last = page[-1]
             values = list(last[len(last) - len(self.keys) :])
             next_cursor = _encode_cursor(q, values, last[1])
-        return RunsPage([_run(row, self.query.metrics) for row in page], next_cursor, remaining)
+        runs = [_run(row, self.query.metrics) for row in page]
+        self.add_metrics(runs)
+        return RunsPage(runs, next_cursor, remaining)
+
+    def add_metrics(self, runs: list[dict[str, Any]]) -> None:
+        """The summaries of the metrics ``q.metrics`` asks for, on each run of the page (one
+        primary-key read per run and name)."""
+        wanted = [n for n in dict.fromkeys(self.q.metrics) if n not in self.query.metrics]
+        if not wanted or not runs:
+            return
+        sql = (
+            f"SELECT last, min, max FROM {self.metrics_table}"
+            " WHERE workspace = ? AND run_id = ? AND name = ?"
+        )
+        for run in runs:
+            found = run.setdefault("metrics", {})
+            for name in wanted:
+                row = self.db.execute(sql, (self.workspace, run["run_id"], name)).fetchone()
+                found[name] = dict(zip(SUMMARIES, row or (None, None, None), strict=True))
 
 
 def _run(row: tuple[Any, ...], metrics: list[str]) -> dict[str, Any]:
