@@ -29,6 +29,7 @@ from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
 from cairn.services.agent import AgentService
+from cairn.services.gateway import Gateway, running
 from cairn.settings import Settings
 from tests.seaweed import SeaweedFS, find_weed
 
@@ -309,3 +310,15 @@ def nats_py_leaks() -> Iterator[None]:
 
 
 LEAKS_SOCKETS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(scope="session")
+async def gateway(
+    services: None, nats_server: NatsServer, client_settings: Settings
+) -> AsyncIterator[Gateway]:
+    """The gateway holds no credentials: only where the server is, and its own key."""
+    settings = msgspec.structs.replace(
+        client_settings, nats_user=None, nats_password=None, gateway_port=0
+    )
+    async with running(settings) as gw:
+        yield gw

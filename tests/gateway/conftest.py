@@ -8,25 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
 from cairn.embedded._server import NatsServer
 from cairn.rpc import Client
-from cairn.services.gateway import Gateway, running
-from cairn.settings import Settings
-
-
-@pytest.fixture(scope="session")
-async def gateway(
-    services: None, nats_server: NatsServer, client_settings: Settings
-) -> AsyncIterator[Gateway]:
-    """The gateway holds no credentials: only where the server is, and its own key."""
-    settings = msgspec.structs.replace(
-        client_settings, nats_user=None, nats_password=None, gateway_port=0
-    )
-    async with running(settings) as gw:
-        yield gw
+from cairn.services.gateway import Gateway
 
 
 def login_password(nats_server: NatsServer, user: str | None = None) -> tuple[str, str]:

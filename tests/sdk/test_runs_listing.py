@@ -9,13 +9,17 @@ import json
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
+from cairn.embedded._server import NatsServer
 from cairn.errors import InvalidInput
 from cairn.proto.commands import CreateExperiment, CreateRun, ListRuns
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
+from cairn.services.gateway import Gateway
 from cairn.settings import Settings
+from tests.gateway.conftest import login_password, sign_in
 from tests.sdk.test_sync_sdk import run_script, sdk_env
 from tests.test_cli import CAIRN
 
@@ -125,7 +129,12 @@ async def _create_runs(client: Client, experiment: str, n: int) -> int:
 
 
 async def test_an_experiment_of_10001_runs_lists_every_run(
-    client: Client, ws: AsyncWorkspace, client_settings: Settings, tmp_path: Path
+    client: Client,
+    ws: AsyncWorkspace,
+    client_settings: Settings,
+    tmp_path: Path,
+    gateway: Gateway,
+    nats_server: NatsServer,
 ) -> None:
     n = 10_001
     seq = await _create_runs(client, "big", n)
@@ -170,6 +179,22 @@ async def test_an_experiment_of_10001_runs_lists_every_run(
     assert code == 0, err
     assert [r["run_id"] for r in json.loads(out)] == listed[5:1005]
     assert f"… {n - 1005:,} more" in err
+
+    # the studio: its table pages with "next", its JSON API follows the same cursors
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        assert (await sign_in(http, *login_password(nats_server))).status_code == 303
+        table = await http.get(f"/w/{client.workspace}/experiments/big")
+        assert table.status_code == 200 and 'rel="next"' in table.text
+        studio: list[str] = []
+        cursor = ""
+        while True:
+            params = {"experiment": "big", "limit": "1000", "cursor": cursor}
+            page = (await http.get(f"/api/w/{client.workspace}/runs", params=params)).json()
+            studio += [r["run_id"] for r in page["runs"]]
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+        assert studio == listed
 
 
 async def test_cli_filters_orders_and_refuses_a_bad_filter(

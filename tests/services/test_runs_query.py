@@ -194,6 +194,34 @@ async def test_remaining_counts_what_follows_the_page(
     assert (await client.ask(ListRuns(experiment_name=EXP))).data["remaining"] is None
 
 
+async def test_asked_metrics_come_with_each_run_of_the_page(
+    client: Client, seeded: tuple[int, int]
+) -> None:
+    seq, metrics_seq = seeded
+    q = ListRuns(
+        experiment_name=EXP,
+        order_by=("name ASC",),
+        limit=5,
+        metrics=("loss", "absent"),
+        min_seq=seq,
+        metrics_min_seq=metrics_seq,
+    )
+    runs = (await client.ask(q)).data["runs"]
+    by_name = sorted(LOSSES, key=lambda r: f"run-{list(LOSSES).index(r)}")
+    assert [r["run_id"] for r in runs] == by_name[:5]
+    for run in runs:
+        losses = LOSSES[run["run_id"]]
+        assert losses is not None
+        assert run["metrics"]["loss"] == {
+            "last": losses[-1],
+            "min": min(losses),
+            "max": max(losses),
+        }
+        assert run["metrics"]["absent"] == {"last": None, "min": None, "max": None}
+    with pytest.raises(InvalidInput):
+        await client.ask(ListRuns(experiment_name=EXP, metrics=tuple(f"m{i}" for i in range(33))))
+
+
 async def test_metric_summaries_read_your_writes(client: Client) -> None:
     await client.send(CreateExperiment(command_id=cid(), name="ryw"))
     created = await client.send(CreateRun(command_id=cid(), run_id="w1", experiment_name="ryw"))
