@@ -275,14 +275,14 @@ class CairnStack:
 
     def measure(self, repeat: int, run_id: str) -> dict[str, float]:
         def history() -> int:
-            reply = self.http.get(f"/api/w/default/runs/{run_id}/metrics/loss")
+            reply = self.http.get(f"/api/w/default/runs/{run_id}/history", params={"name": "loss"})
             reply.raise_for_status()
             return len(reply.json()["points"])
 
-        assert self._runs(order_by="metrics.loss ASC") == 100
+        assert self._runs(order="metrics.loss ASC") == 100
         return {
             "first_page_s": _median_s(lambda: self._runs(), repeat),
-            "by_metric_s": _median_s(lambda: self._runs(order_by="metrics.loss ASC"), repeat),
+            "by_metric_s": _median_s(lambda: self._runs(order="metrics.loss ASC"), repeat),
             "by_tag_s": _median_s(lambda: self._runs(filter="tags.team = 'b'"), repeat),
             "history_s": _median_s(history, repeat),
         }
