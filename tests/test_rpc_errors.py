@@ -3,6 +3,8 @@ tag, not by the wording of the decoder's error."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -44,3 +46,25 @@ async def test_an_expected_refusal_is_not_logged_as_news(client: Client) -> None
             await client.ask(GetRun(run_id="no-such-run"))
     refused = [e for e in logs if e.get("event") == "request_refused"]
     assert all(e["log_level"] == "debug" for e in refused), refused
+
+
+async def test_waiting_queries_do_not_hold_the_services_slots(client: Client) -> None:
+    """More long-polls than a responder serves at once (a studio page each) wait for a
+    sequence no read model has; a plain query is answered while every one of them waits."""
+    from cairn.proto.metrics import GetMetrics, MetricHistory
+
+    waits = [
+        asyncio.create_task(
+            client.ask(MetricHistory(run_id="r1", name="loss", min_seq=10**12, wait_s=15))
+        )
+        for _ in range(100)
+    ]
+    try:
+        await asyncio.sleep(0.5)  # let them reach the service
+        answered = await client.ask(GetMetrics(run_id="r1"))
+        assert answered.data == {}
+        assert not any(w.done() for w in waits)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

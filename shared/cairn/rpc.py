@@ -29,12 +29,14 @@ a gate refuses people (``Unavailable``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import os
 import socket
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
@@ -84,6 +86,7 @@ __all__ = [
     "gate_of",
     "install_gate",
     "ping_all",
+    "slot_lent",
 ]
 
 log = get_logger("cairn.rpc")
@@ -180,6 +183,51 @@ class _TagOnly(msgspec.Struct):
 _tag_decoder = msgspec.json.Decoder(_TagOnly)
 
 
+class _Slot:
+    """One request's place under its responder's in-flight bound."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self.slots = slots
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release()
+
+    async def take(self) -> None:
+        await self.slots.acquire()
+        self.held = True
+
+
+#: the slot of the request being served (see ``slot_lent``)
+_SLOT: contextvars.ContextVar[_Slot | None] = contextvars.ContextVar("cairn_rpc_slot", default=None)
+#: requests of one process that may wait at once without holding a slot
+_MAX_WAITING = 4096
+_waiting = 0
+
+
+@contextlib.asynccontextmanager
+async def slot_lent() -> AsyncIterator[None]:
+    """While the block waits (a query for a sequence its read model has not applied yet), its
+    responder slot serves other requests: a page's long-poll must not hold a slot for its whole
+    wait, or 64 open pages would stall every other query of the service. The slot is taken
+    back before the caller goes on. Beyond ``_MAX_WAITING`` waiters, a request keeps its slot
+    while it waits."""
+    global _waiting
+    slot = _SLOT.get()
+    if slot is None or not slot.held or _waiting >= _MAX_WAITING:
+        yield
+        return
+    _waiting += 1
+    slot.release()
+    try:
+        yield
+    finally:
+        _waiting -= 1
+        await slot.take()  # cancelled here: not held, and not released again when done
+
+
 class Responder:
     """Serves ``routes`` (verb -> handler) for messages of ``types`` on ``subjects`` (filters
     such as ``cairn.cmd.*.run.>``; each service subscribes to its own areas only)."""
@@ -226,13 +274,18 @@ class Responder:
 
     async def _on_msg(self, msg: Any) -> None:
         await self._slots.acquire()
-        task = asyncio.create_task(self._serve(msg))
+        slot = _Slot(self._slots)
+        token = _SLOT.set(slot)  # the task copies this context: its handler may lend the slot
+        try:
+            task = asyncio.create_task(self._serve(msg))
+        finally:
+            _SLOT.reset(token)
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda done: self._done(done, slot))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], slot: _Slot) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        slot.release()
 
     def _parse(self, msg: Any) -> Request:
         tokens = msg.subject.split(".")

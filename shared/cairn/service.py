@@ -28,7 +28,7 @@ from cairn.log import get_logger
 from cairn.members import Membership
 from cairn.projection import Projection, ProjectionRunner, Tables
 from cairn.proto.commands import QueryResult
-from cairn.rpc import Request, Responder, answer_pings, install_gate
+from cairn.rpc import Request, Responder, answer_pings, install_gate, slot_lent
 from cairn.settings import Settings
 from cairn.telemetry import ops_server, readiness
 
@@ -199,6 +199,8 @@ class ProjectedService:
     async def read(self, req: Request, fn: Callable[[Any, Tables], Any]) -> QueryResult:
         """Answer a query from the read model once it has applied the query's ``min_seq``."""
         q = req.body
-        await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
+        if self.projection.last_seq < q.min_seq:  # a wait: its slot serves others meanwhile
+            async with slot_lent():
+                await self.projection.wait_for(q.min_seq, timeout=min(max(q.wait_s, 0.0), 30.0))
         data, seq = self.projection.read(fn)
         return QueryResult(seq=seq, data=data)

@@ -23,6 +23,7 @@ FACADE = {
     "_datasets",
     "_jobfile",
     "_keyvault",
+    "_runs",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
 import pytest
 
 from cairn.errors import InvalidInput
@@ -319,3 +320,36 @@ async def test_workspaces_do_not_see_each_others_runs(
     runs = (await other.ask(q)).data["runs"]
     assert [(r["run_id"], r["workspace"]) for r in runs] == [("r00", other.workspace)]
     assert (await other.ask(ListRuns(filter="tags.team = 'a'"))).data["runs"] == []
+
+
+async def test_keys_with_braces_are_text_and_huge_numbers_compare(
+    client: Client, seeded: tuple[int, int]
+) -> None:
+    """A key is spliced into a template that is filled with table names afterwards: its
+    braces stay text. A number beyond SQLite's 64-bit integers compares as a float."""
+    _, metrics_seq = seeded
+    await client.send(SetRunTags(command_id=cid(), run_id="r00", tags={"{ws}": "v"}))
+    braced = await client.send(SetRunTags(command_id=cid(), run_id="r01", tags={"{runs}": "v"}))
+    for key, want in (("{ws}", ["r00"]), ("{runs}", ["r01"]), ("{x}", [])):
+        q = ListRuns(experiment_name=EXP, filter=f"tags.`{key}` = 'v'", min_seq=braced.seq)
+        assert [r["run_id"] for r in (await client.ask(q)).data["runs"]] == want, key
+    huge = "99999999999999999999"
+    for text in (f"metrics.loss < {huge}", f"metrics.loss IN (1, {huge})"):
+        q = ListRuns(experiment_name=EXP, filter=text, metrics_min_seq=metrics_seq)
+        runs = (await client.ask(q)).data["runs"]
+        assert len(runs) == (10 if "<" in text else 0), text
+
+
+async def test_a_forged_cursor_with_a_huge_number_is_refused(
+    client: Client, seeded: tuple[int, int]
+) -> None:
+    import base64
+    import json
+
+    from cairn.services.tracking._runs_query import _fingerprint
+
+    q = ListRuns(experiment_name=EXP, order_by=("metrics.loss ASC",))
+    raw = json.dumps([1, _fingerprint(q), [10**30], "r00"]).encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(InvalidInput, match="cursor"):
+        await client.ask(msgspec.structs.replace(q, cursor=cursor))

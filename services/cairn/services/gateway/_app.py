@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotAuthorizedException
@@ -40,6 +41,7 @@ from cairn.errors import (
 )
 from cairn.log import get_logger
 from cairn.proto.commands import Accepted, Command, Query, QueryResult
+from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory
 from cairn.rpc import Client
 from cairn.services.gateway._auth import (
     OPEN_PATHS,
@@ -83,12 +85,17 @@ def gateway_key(settings: Settings) -> bytes:
     return key
 
 
+#: queries and commands whose sequences are those of METRICS, not EVENTS: what a user wrote
+#: to EVENTS is no ``min_seq`` of theirs
+_METRICS = (GetMetrics, MetricHistory, CompareMetric, LogMetrics)
+
+
 async def ask(request: Request[Any, Any, Any], workspace: str, query: Query) -> QueryResult:
     """``query`` in ``workspace`` as the signed-in user, after what they did themselves."""
     principal = principal_of(request)
-    seen = principal.seen.get(workspace, 0)
+    seen = 0 if isinstance(query, _METRICS) else principal.seen.get(workspace, 0)
     if seen > query.min_seq:
-        query = type(query)(**{**_fields(query), "min_seq": seen})
+        query = msgspec.structs.replace(query, min_seq=seen)
     return await Client(principal.conn, workspace).ask(query)
 
 
@@ -96,12 +103,9 @@ async def send(request: Request[Any, Any, Any], workspace: str, command: Command
     """``command`` in ``workspace`` as the signed-in user; later queries wait for it."""
     principal = principal_of(request)
     accepted = await Client(principal.conn, workspace).send(command)
-    principal.seen[workspace] = max(principal.seen.get(workspace, 0), accepted.seq)
+    if not isinstance(command, _METRICS):
+        principal.seen[workspace] = max(principal.seen.get(workspace, 0), accepted.seq)
     return accepted
-
-
-def _fields(struct: Any) -> dict[str, Any]:
-    return {name: getattr(struct, name) for name in struct.__struct_fields__}
 
 
 _STATUS = {
@@ -117,7 +121,9 @@ def _status_of(exc: CairnError) -> int:
     for kind, status in _STATUS.items():
         if isinstance(exc, kind):
             return status
-    return 409
+    # the base class: an error the service did not expect ("internal"); its subclasses left
+    # (exists, conflicts, transitions) are conflicts with the state
+    return 500 if type(exc) is CairnError else 409
 
 
 def _wants_html(request: Request[Any, Any, Any]) -> bool:

@@ -222,7 +222,9 @@ class _Parser:
             return text[1:-1].replace(text[0] * 2, text[0])
         if kind == "num":
             number = float(text)
-            return int(text) if re.fullmatch(r"[-+]?\d+", text) else number
+            if re.fullmatch(r"[-+]?\d+", text) and -(2**63) <= int(text) < 2**63:
+                return int(text)
+            return number  # SQLite's integers are 64-bit: a larger one compares as a float
         raise InvalidInput(f"filter: expected a value (a number or a quoted string), got {text!r}")
 
 
@@ -264,7 +266,7 @@ def _presence(q: Compiled, col: Column, *, negate: bool, null: bool) -> tuple[st
         table, key = col.ref
         has = (
             f"r.run_id IN (SELECT x.run_id FROM {{{table}}} x WHERE x.workspace = {{ws}}"
-            f" AND x.key = {literal(key)})"
+            f" AND x.key = {_key(key)})"
         )
         return (has if negate else f"NOT {has}"), []
     return f"{expr(q, col)} IS {'NOT ' if negate else ''}NULL", []
@@ -278,7 +280,7 @@ def _comparison(q: Compiled, col: Column, op: str, values: list[Any]) -> tuple[s
         # whose key compares so
         sql = (
             f"r.run_id IN (SELECT x.run_id FROM {{{table}}} x WHERE x.workspace = {{ws}}"
-            f" AND x.key = {literal(key)} AND x.value {op} {rhs})"
+            f" AND x.key = {_key(key)} AND x.value {op} {rhs})"
         )
         return sql, list(values)
     return f"{expr(q, col)} {op} {rhs}", list(values)
@@ -290,6 +292,12 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _key(text: str) -> str:
+    """A tag or property key as a literal inside a template that is later filled with the
+    tables' names (``str.format``): its braces doubled, so a key such as ``{ws}`` stays text."""
+    return literal(text).replace("{", "{{").replace("}", "}}")
+
+
 def expr(q: Compiled, col: Column) -> str:
     """The SQL expression of a column (a metric's joined alias is made on first use)."""
     if col.kind == "metric":
@@ -298,7 +306,7 @@ def expr(q: Compiled, col: Column) -> str:
         table = col.ref[0]
         return (
             f"(SELECT x.value FROM {{{table}}} x WHERE x.workspace = r.workspace"
-            f" AND x.run_id = r.run_id AND x.key = {literal(col.ref[1])})"
+            f" AND x.run_id = r.run_id AND x.key = {_key(col.ref[1])})"
         )
     return f"r.{col.ref[0]}"
 

@@ -68,7 +68,10 @@ def _decode_cursor(q: ListRuns, n_keys: int) -> tuple[list[Any], str] | None:
             " changed): start again without a cursor"
         )
     if len(values) != n_keys or not all(
-        v is None or (isinstance(v, int | float | str) and not isinstance(v, bool)) for v in values
+        v is None
+        or (isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63)
+        or isinstance(v, float | str)
+        for v in values
     ):
         raise bad
     return values, run_id

@@ -50,7 +50,7 @@ from cairn.proto.members import (
     RemoveMember,
 )
 from cairn.proto.metrics import MetricsLogged
-from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder, gate_of
+from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder, gate_of, slot_lent
 from cairn.secrets import roles_of
 from cairn.service import ProjectedService
 from cairn.services.tracking._liveness import Beat, Heartbeats, bound_s, lost_reason
@@ -359,7 +359,9 @@ class TrackingService(ProjectedService):
         is the former's position, ``metrics_seq`` in its data the latter's."""
         q: ListRuns = req.body
         wait_s = min(max(q.wait_s, 0.0), 30.0)
-        await self.run_metrics.wait_for(q.metrics_min_seq, timeout=wait_s)
+        if self.run_metrics.last_seq < q.metrics_min_seq:
+            async with slot_lent():
+                await self.run_metrics.wait_for(q.metrics_min_seq, timeout=wait_s)
 
         def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any]:
             # no await from the wait to here: the metrics' generation cannot swap under us
