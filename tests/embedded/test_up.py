@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cairn.bus import connect
@@ -88,6 +90,23 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
         "scheduler",
         "tracking",
     ]
+    # the studio: served by cairn up, signed in to with what `cairn studio` prints
+    studio = [line for line in up.lines if line.startswith("studio at http://127.0.0.1:")]
+    assert studio, up.lines
+    url = studio[0].split()[2]
+    shown = subprocess.run(
+        [*CAIRN, "studio", "--json"], env=env, capture_output=True, text=True, timeout=30
+    )
+    sign_in = json.loads(shown.stdout)
+    assert sign_in["url"] != url  # the settings' default port; this test moved it
+    with httpx.Client(base_url=url) as http:
+        page = http.get("/login")
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+        assert csrf
+        form = {"username": sign_in["user"], "password": sign_in["password"], "_csrf": csrf[1]}
+        assert http.post("/login", data=form).status_code == 303
+        experiments = http.get("/w/default/experiments")
+        assert experiments.status_code == 200 and "demo" in experiments.text
     assert up.interrupt() == 0
 
     again = Up(home, port, "--demo")
