@@ -164,8 +164,8 @@ async def login_submit(request: Request[Any, Any, Any]) -> Any:
         return _login_template(request, "enter your user name and password", 400)
     try:
         await pool.principal(user, password, "session")
-    except Unauthenticated:
-        return _login_template(request, "wrong user name or password", 401)
+    except Unauthenticated as exc:  # wrong, or too many failed sign-ins of late
+        return _login_template(request, exc.message, 401)
     request.set_session(
         {"u": user, "p": password, "t": time.time(), "csrf": secrets.token_urlsafe(24)}
     )
