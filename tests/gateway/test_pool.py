@@ -4,6 +4,7 @@ connecting for a while, and the idle reaper never closes a connection in use."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 
@@ -14,7 +15,9 @@ import pytest
 from cairn.embedded._server import NatsServer
 from cairn.errors import Unauthenticated
 from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, _pool
+from cairn.services.gateway._app import running
 from cairn.services.gateway._pool import FAILURES, Pool
 from cairn.settings import Settings
 from cairn.tokens import format_token, is_user_name, parse_token
@@ -115,3 +118,36 @@ async def test_the_login_page_says_when_a_name_is_refused_for_a_while(
                 f"/w/{client.workspace}/experiments", headers={"authorization": f"Bearer {bad}"}
             )
             assert refused.status_code == 401
+
+
+async def test_a_connection_in_use_outlives_a_short_idle_time(
+    ws: AsyncWorkspace, nats_server: NatsServer, client_settings: Settings
+) -> None:
+    """A live stream held far longer than ``idle_s`` keeps its connection; once it ends the
+    connection is idle, and the reaper closes it."""
+    run = await (await ws.experiment("held")).start_run()
+    run.log("loss", 1.0, step=0)
+    await run.flush()
+    settings = msgspec.structs.replace(
+        client_settings, nats_user=None, nats_password=None, gateway_port=0
+    )
+    async with running(settings) as gw:
+        gw.pool.idle_s = 0.02
+        user, password = login_password(nats_server)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as http:
+            assert (await sign_in(http, user, password)).status_code == 303
+            url = f"/api/w/{ws.name}/runs/{run.id}/live"
+            async with http.stream("GET", url) as stream:
+                lines = stream.aiter_lines()
+                while "event: metrics" not in await anext(lines):
+                    pass
+                conn = gw.pool._entries[user].conn
+                for _ in range(20):  # many reaper rounds, each past idle_s
+                    await asyncio.sleep(0.05)
+                    assert gw.pool._entries[user].conn is conn and conn.nc.is_connected
+            for _ in range(400):
+                if user not in gw.pool._entries:
+                    break
+                await asyncio.sleep(0.025)
+            assert user not in gw.pool._entries and conn.nc.is_closed
+    await run.complete()

@@ -23,6 +23,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.response import Redirect, Template
+from litestar.types import Receive, Scope, Send
 
 from cairn.errors import Unauthenticated, Unavailable
 from cairn.services.gateway._pool import Pool, Principal
@@ -64,7 +65,18 @@ def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 
 
 class Authenticate(AbstractAuthenticationMiddleware):
-    """A bearer token if the request has an ``Authorization`` header, else the session."""
+    """A bearer token if the request has an ``Authorization`` header, else the session. The
+    request holds its user's connection until its response has been sent whole (a stream's
+    or a download's last byte included): the pool closes no connection in use."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            principal = scope.get("user")
+            if isinstance(principal, Principal):
+                pool: Pool = scope["litestar_app"].state.pool
+                pool.release(principal)
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -77,14 +89,16 @@ class Authenticate(AbstractAuthenticationMiddleware):
                 if scheme.lower() != "bearer" or not value.strip():
                     raise NotAuthorizedException("use Authorization: Bearer <token>")
                 user, secret = parse_token(value.strip())
-                principal = await pool.principal(user, secret, "token")
+                principal = await pool.principal(user, secret, "token", hold=True)
                 return AuthenticationResult(user=principal, auth="token")
             session = session_of(connection)
             if not {"u", "p", "t"} <= session.keys():
                 raise NotAuthorizedException("sign in first")
             if not isinstance(session["t"], (int, float)) or time.time() - session["t"] > SESSION_S:
                 raise NotAuthorizedException("the session has expired: sign in again")
-            principal = await pool.principal(str(session["u"]), str(session["p"]), "session")
+            principal = await pool.principal(
+                str(session["u"]), str(session["p"]), "session", hold=True
+            )
             return AuthenticationResult(user=principal, auth="session")
         except Unauthenticated as exc:
             raise NotAuthorizedException(exc.message) from None

@@ -2,14 +2,18 @@
 
 The gateway holds no credentials of its own. A browser session or an API token names a user
 and their password; the first request opens a NATS connection as that user (the server checks
-the password and attests the user on every request, as for the SDK), later requests reuse it,
-and an idle one is closed. A wrong password is refused by the server, and remembered for a
-moment (at most :data:`MOST_REFUSED` of them) so that a flood of bad logins does not become a
-flood of connection attempts; a user name refused :data:`FAILURES` times within
-:data:`FAILURES_S` is refused outright, without connecting, for :data:`BLOCK_S`. A
-connection is used only while it is connected: when the server drops one (a removed person, a
-revoked API token: ``cairn user remove``, ``cairn token revoke``), the next request opens it
-again, the server refuses it, and the request gets 401.
+the password and attests the user on every request, as for the SDK), later requests reuse it.
+A request holds its connection from authentication until its response's last byte
+(``principal(..., hold=True)`` then :meth:`Pool.release`); one that no request, stream or
+download has used for ``idle_s`` is closed, and none in use ever is.
+
+A wrong password is refused by the server, and remembered for a moment (at most
+:data:`MOST_REFUSED` of them) so that a flood of bad logins does not become a flood of
+connection attempts; a user name refused :data:`FAILURES` times within :data:`FAILURES_S` is
+refused outright, without connecting, for :data:`BLOCK_S`. A connection is used only while it
+is connected: when the server drops one (a removed person, a revoked API token: ``cairn user
+remove``, ``cairn token revoke``), the next request opens it again, the server refuses it, and
+the request gets 401.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class _Entry:
     digest: bytes
     used: float
     seen: dict[str, int] = field(default_factory=dict)
+    #: how many requests (pages, API calls, streams, downloads) use it now
+    inflight: int = 0
 
 
 def _serves(entry: _Entry | None, digest: bytes) -> bool:
@@ -104,10 +110,13 @@ class Pool:
     def _digest(self, user: str, password: str) -> bytes:
         return hashlib.sha256(f"{user}\0{password}".encode()).digest()
 
-    async def principal(self, user: str, password: str, via: str) -> Principal:
+    async def principal(
+        self, user: str, password: str, via: str, *, hold: bool = False
+    ) -> Principal:
         """The connection of ``user``, opened with ``password`` when none is (or when the one
         there was opened with another password); ``Unauthenticated`` when the server refuses
-        them."""
+        them. ``hold``: the caller uses it until it calls :meth:`release` (it is not idle
+        until then)."""
         self._start_reaper()
         if not is_user_name(user):  # no person's name nor a token's: the server has no such user
             raise Unauthenticated("wrong user name or password")
@@ -122,7 +131,15 @@ class Pool:
                     entry = await self._open(user, password, digest)
         assert entry is not None
         entry.used = time.monotonic()
+        entry.inflight += hold
         return Principal(user=user, conn=entry.conn, via=via, seen=entry.seen)
+
+    def release(self, principal: Principal) -> None:
+        """A request that held ``principal``'s connection (``principal(hold=True)``) ended."""
+        entry = self._entries.get(principal.user)
+        if entry is not None and entry.conn is principal.conn and entry.inflight > 0:
+            entry.inflight -= 1
+            entry.used = time.monotonic()
 
     def _start_reaper(self) -> None:
         if self._reaper is None:
@@ -218,12 +235,15 @@ class Pool:
         }
 
     async def _close_idle(self, idle_s: float, keep: int | None = None) -> None:
+        """Close the connections idle for ``idle_s``, and the longest idle beyond ``keep``;
+        never one in use (beyond ``keep`` then, until they are idle)."""
         now = time.monotonic()
         by_age = sorted(self._entries.items(), key=lambda item: item[1].used)
         excess = len(by_age) - keep if keep is not None else 0
         for user, entry in by_age:
             closed = entry.conn.nc.is_closed
-            if closed or now - entry.used >= idle_s or excess > 0:
+            idle = entry.inflight == 0 and (now - entry.used >= idle_s or excess > 0)
+            if closed or idle:
                 excess -= 1
                 self._entries.pop(user, None)
                 if not closed:
