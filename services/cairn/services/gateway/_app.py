@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import ipaddress
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -225,6 +226,16 @@ def routes(app: Litestar) -> Iterable[tuple[str, set[str], BaseRouteHandler]]:
             yield route.path, methods, handler
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is this machine's alone."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Gateway:
     """The gateway of one process: its application on one socket until ``stop``."""
 
@@ -238,7 +249,7 @@ class Gateway:
             )
         self.settings = settings
         self.pool = Pool(settings)
-        self.app = create_app(settings, self.pool, route_handlers)
+        self.app = create_app(settings, self.pool, route_handlers, secure=settings.gateway_https)
         self.socket = bind_socket(settings.gateway_host, settings.gateway_port, "the gateway")
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -250,7 +261,15 @@ class Gateway:
         )
         server = LoopServer(config)
         serving = asyncio.create_task(server.serve(sockets=[self.socket]))
-        log.info("gateway_started", url=self.url)
+        log.info("gateway_started", url=self.url, https=self.settings.gateway_https)
+        if not self.settings.gateway_https and not _loopback(self.settings.gateway_host):
+            log.warning(
+                "gateway_plain_http",
+                host=self.settings.gateway_host,
+                message="the studio is served over plain HTTP beyond this machine: passwords"
+                " and session cookies travel in the clear. Serve it behind a TLS proxy and set"
+                " gateway_https (CAIRN_GATEWAY_HTTPS=1)",
+            )
         readiness.mark_ready(self.name, self)
         stopping = asyncio.create_task(stop.wait())
         try:
