@@ -2,10 +2,11 @@
 signed-in user's own connection.
 
 * ``metrics``: the run's scalar points, every one once. The stream first sends each series
-  whole, then long-polls the metrics read model: ``metrics.history`` with ``min_seq`` one past
-  the METRICS sequence it last saw, which the ingester answers as soon as it has applied that
-  sequence (or, after ``WAIT_S``, with ``Unavailable``: nothing new). Each wake-up reads each
-  series after its cursor, so only new points travel.
+  whole (a long one in chunks of :data:`CHUNK` points), then long-polls the metrics read
+  model: ``metrics.history`` with ``min_seq`` one past the METRICS sequence it last saw,
+  which the ingester answers as soon as it has applied that sequence (or, after ``WAIT_S``,
+  with ``Unavailable``: nothing new). Each wake-up reads each series after its cursor, so
+  only new points travel.
 * ``run``: the run's record, whenever ``run.get`` (long-polled the same way on EVENTS) shows
   it changed.
 * ``log``: chunks of the job's output, from an ordered consumer on LOGS (as ``cairn job
@@ -47,6 +48,8 @@ log = get_logger("cairn.gateway")
 WAIT_S = 10.0
 #: how often, at most, the metric names of a live run are read again (a new metric)
 NAMES_EVERY_S = 1.0
+#: the most points of one series in one message (a long series' first load goes in chunks)
+CHUNK = 50_000
 #: how long the server keeps a log consumer whose page went away
 INACTIVE_S = 5.0
 _TERMINAL = {"Completed", "Failed", "Canceled"}
@@ -80,24 +83,29 @@ async def history_pages(
     after: Any = None,
     min_seq: int = 0,
     page_size: int = 200_000,
-) -> tuple[list[Any], Any, int]:
-    """Every point of ``name`` after cursor ``after``, read ``page_size`` at a time: (points
-    ``[step, time, value]``, the cursor to read on from, the read model's sequence)."""
+    most: int | None = None,
+) -> tuple[list[Any], Any, int, bool]:
+    """The points of ``name`` after cursor ``after``, read ``page_size`` at a time, at most
+    ``most`` of them (all when None): (points ``[step, time, value]``, the cursor to read on
+    from, the read model's sequence, whether more points follow that cursor now)."""
     points: list[Any] = []
     while True:
-        q = MetricHistory(run_id=run_id, name=name, after=after, min_seq=min_seq, limit=page_size)
+        size = page_size if most is None else max(1, min(page_size, most - len(points)))
+        q = MetricHistory(run_id=run_id, name=name, after=after, min_seq=min_seq, limit=size)
         reply = await client.ask(q)
         page = reply.data
         points.extend(page["points"])
         if page["next"] is not None:
             after = tuple(page["next"])
+            if most is not None and len(points) >= most:
+                return points, after, reply.seq, True
             continue
         if page["points"]:
             # past the last point: its step, and a sequence no batch read here reached (the
             # read model's own when it answered), so a later batch's points at that step or
             # any later one come next, and none already sent comes again
             after = (int(page["points"][-1][0]), reply.seq + 1, -1)
-        return points, after, reply.seq
+        return points, after, reply.seq, False
 
 
 async def _metrics_feed(client: Client, run_id: str, send: _Send) -> None:
@@ -113,11 +121,19 @@ async def _metrics_feed(client: Client, run_id: str, send: _Send) -> None:
                 if entry.get("kind") == "scalar":
                     cursors.setdefault(name, None)
         new: dict[str, list[Any]] = {}
-        for name, after in list(cursors.items()):
-            points, cursors[name], at = await history_pages(client, run_id, name, after, seq)
-            seq = max(seq, at)
-            if points:
-                new[name] = points
+        for name in list(cursors):
+            more = True
+            while more:  # a long series goes in chunks, each its own message
+                points, cursors[name], at, more = await history_pages(
+                    client, run_id, name, cursors[name], seq, most=CHUNK
+                )
+                seq = max(seq, at)
+                if points and more:
+                    await send(
+                        ServerSentEventMessage(event="metrics", data=json.dumps({name: points}))
+                    )
+                elif points:
+                    new[name] = points
         if new:
             await send(ServerSentEventMessage(event="metrics", data=json.dumps(new)))
         wait_s = WAIT_S

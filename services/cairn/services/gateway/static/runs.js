@@ -134,16 +134,27 @@
     window.addEventListener("pagehide", () => source.close());
   }
 
+  /* Every point of a run's metric, following the history API's cursor (it answers at most
+     its limit of points at a time). */
+  async function history(runUrl, metric) {
+    let points = [], cursor = "";
+    for (;;) {
+      const r = await fetch(`${runUrl}/history?name=${encodeURIComponent(metric)}&cursor=${encodeURIComponent(cursor)}`,
+                            {headers: {accept: "application/json"}});
+      if (!r.ok) return points;
+      const body = await r.json();
+      points = points.concat(body.points);
+      if (!body.next_cursor) return points;
+      cursor = body.next_cursor;
+    }
+  }
+
   async function comparePage(opts) {
     const container = document.getElementById("charts");
     const base = `/api/w/${encodeURIComponent(opts.workspace)}/runs/`;
     for (const metric of opts.metrics) {
-      const traces = await Promise.all(opts.runs.map(async (run, i) => {
-        const r = await fetch(base + encodeURIComponent(run) + "/history?name=" + encodeURIComponent(metric),
-                              {headers: {accept: "application/json"}});
-        const body = r.ok ? await r.json() : {points: []};
-        return trace(opts.names[i] || run, body.points);
-      }));
+      const traces = await Promise.all(opts.runs.map(async (run, i) =>
+        trace(opts.names[i] || run, await history(base + encodeURIComponent(run), metric))));
       chart(container, metric, traces);
     }
     Studio.ready = true;
