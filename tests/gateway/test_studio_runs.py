@@ -104,14 +104,26 @@ async def test_a_logged_run_shows_in_its_experiment_and_its_chart_follows_it_liv
     assert "Completed" in await page.locator("#timeline").inner_text()
     await screenshot(page, tmp_path, "run-completed")
 
-    # the browser goes away: its live stream ends, and its feeds with it
-    assert LIVE.streams >= 1
-    await page.close()
+    # the run has ended: the stream sends what is left and ends, and the page closes its
+    # EventSource (it does not reconnect), leaving no stream nor feed on the gateway
+    await page.wait_for_function(
+        "() => Studio.ended && Studio.source.readyState === EventSource.CLOSED", timeout=WAIT_MS
+    )
+    assert await page.locator("#live-text").inner_text() == "ended"
     for _ in range(200):
         if LIVE.streams == 0 and not LIVE.feeds:
             break
         await asyncio.sleep(0.05)
     assert (LIVE.streams, LIVE.feeds) == (0, set())
+
+    # the page of a run that has ended opens no live stream: it reads the series once
+    await page.reload()
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    assert await page.evaluate("Studio.source") is None
+    shown = await chart(page, "loss")
+    assert shown is not None and shown[0]["y"] == logged
+    assert LIVE.streams == 0
+    await page.close()
 
 
 async def test_the_output_of_a_running_job_shows_live(
@@ -155,7 +167,14 @@ async def test_the_output_of_a_running_job_shows_live(
         "() => document.getElementById('run-status').textContent === 'Completed'",
         timeout=WAIT_MS * 2,
     )
+    await page.wait_for_function("() => Studio.ended", timeout=WAIT_MS * 2)
     await screenshot(page, tmp_path, "job-done")
+    # once ended, the page shows the output read once, with no stream
+    await page.reload()
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    assert await page.evaluate("Studio.source") is None
+    shown = await logs.inner_text()
+    assert "epoch 1 done" in shown and "epoch 2 done" in shown
 
 
 async def test_compare_overlays_two_runs_and_highlights_what_differs(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ __all__ = [
     "OPEN_PATHS",
     "SESSION_S",
     "Authenticate",
+    "after_response",
     "csrf_guard",
     "login_page",
     "login_submit",
@@ -57,6 +59,14 @@ def session_of(connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any]
     return session if isinstance(session, dict) else {}
 
 
+_AFTER = "cairn_after_response"
+
+
+def after_response(request: ASGIConnection[Any, Any, Any, Any], done: Callable[[], None]) -> None:
+    """Call ``done`` once ``request``'s response is over: sent whole, or its client gone."""
+    request.scope.setdefault("state", {}).setdefault(_AFTER, []).append(done)
+
+
 def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     user = request.scope.get("user")
     if not isinstance(user, Principal):  # only open routes run without one
@@ -73,6 +83,9 @@ class Authenticate(AbstractAuthenticationMiddleware):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            state = scope.get("state") or {}
+            for done in state.get(_AFTER, ()):
+                done()
             principal = scope.get("user")
             if isinstance(principal, Principal):
                 pool: Pool = scope["litestar_app"].state.pool

@@ -98,16 +98,57 @@
     Studio.run = run;
   }
 
+  function showOutput(logs, chunk, state) {
+    const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+    if (state.attempt && chunk.attempt !== state.attempt) logs.append(`\n--- attempt ${chunk.attempt} ---\n`);
+    state.attempt = chunk.attempt;
+    logs.append(chunk.text);
+    const MAX = 200000;  // keep the tail
+    if (logs.textContent.length > MAX) logs.textContent = logs.textContent.slice(-MAX);
+    if (atEnd) logs.scrollTop = logs.scrollHeight;
+  }
+
+  /* A run that had ended when the page was rendered: its histories and output, read once. */
+  async function endedRun(opts, container, logs) {
+    const base = `/api/w/${encodeURIComponent(opts.workspace)}/runs/${encodeURIComponent(opts.runId)}`;
+    for (const name of opts.metrics) {
+      const points = await history(base, name);
+      if (points.length) addPoints(container, name, points);
+    }
+    if (logs) {
+      const r = await fetch(base + "/output", {headers: {accept: "application/json"}});
+      if (r.ok) logs.textContent = (await r.json()).text;
+    }
+    Studio.ready = true;
+  }
+
   function runPage(opts) {
     const container = document.getElementById("charts");
     const dot = document.getElementById("live-dot"), text = document.getElementById("live-text");
     const logs = document.getElementById("logs");
+    setInterval(() => { if (Studio.run && !TERMINAL.has(Studio.run.status)) setRun(Studio.run); }, 1000);
+    if (!opts.live) {
+      text.textContent = "ended";
+      endedRun(opts, container, logs);
+      return;
+    }
     const url = `/api/w/${encodeURIComponent(opts.workspace)}/runs/${encodeURIComponent(opts.runId)}/live` +
       (opts.logs ? "?logs=true" : "");
     const source = new EventSource(url);
     Studio.source = source;
     source.onopen = () => { dot.classList.add("on"); text.textContent = "live"; };
-    source.onerror = () => { dot.classList.remove("on"); text.textContent = "reconnecting…"; };
+    source.onerror = async () => {
+      dot.classList.remove("on");
+      if (source.readyState !== EventSource.CLOSED) { text.textContent = "reconnecting…"; return; }
+      // refused (EventSource does not say why, nor retry): ask once what the stream answers
+      text.textContent = "live updates stopped: reload to try again";
+      const stop = new AbortController();
+      try {
+        const r = await fetch(url, {signal: stop.signal, headers: {accept: "application/json"}});
+        if (r.status === 429) text.textContent = "live updates stopped: " + (await r.json()).message;
+      } catch (e) { /* the gateway is gone: the text above says enough */ }
+      stop.abort();
+    };
     source.addEventListener("metrics", ev => {
       const batch = JSON.parse(ev.data);
       document.getElementById("no-metrics").hidden = true;
@@ -115,21 +156,17 @@
       Studio.updates += 1;
     });
     source.addEventListener("run", ev => setRun(JSON.parse(ev.data)));
-    setInterval(() => { if (Studio.run && !TERMINAL.has(Studio.run.status)) setRun(Studio.run); }, 1000);
-    let attempt = "";
-    source.addEventListener("log", ev => {
-      if (!logs) return;
-      const chunk = JSON.parse(ev.data);
-      const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
-      if (attempt && chunk.attempt !== attempt) logs.append(`\n--- attempt ${chunk.attempt} ---\n`);
-      attempt = chunk.attempt;
-      logs.append(chunk.text);
-      const MAX = 200000;  // keep the tail
-      if (logs.textContent.length > MAX) logs.textContent = logs.textContent.slice(-MAX);
-      if (atEnd) logs.scrollTop = logs.scrollHeight;
-    });
+    const state = {attempt: ""};
+    source.addEventListener("log", ev => { if (logs) showOutput(logs, JSON.parse(ev.data), state); });
     source.addEventListener("failed", ev => {
       text.textContent = "live updates stopped: " + JSON.parse(ev.data).message;
+    });
+    // the run has ended and the stream has sent all there was: close it (no reconnecting)
+    source.addEventListener("end", () => {
+      source.close();
+      dot.classList.remove("on");
+      text.textContent = "ended";
+      Studio.ended = true;
     });
     window.addEventListener("pagehide", () => source.close());
   }
@@ -179,5 +216,5 @@
     return entry ? entry.el.data.map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)})) : null;
   }
 
-  window.Studio = {runPage, comparePage, pickRuns, chartData, updates: 0, ready: false, source: null, run: null};
+  window.Studio = {runPage, comparePage, pickRuns, chartData, updates: 0, ready: false, ended: false, source: null, run: null};
 })();
