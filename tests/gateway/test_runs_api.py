@@ -191,6 +191,7 @@ async def test_the_run_page_links_its_children_and_the_models_registered_from_it
     (tmp_path / "model.bin").write_bytes(b"weights")
     await parent.upload_file("outputs/model.bin", tmp_path / "model.bin")
     await ws.models.register("churn-model", "outputs/model.bin", run_id=parent.id)
+    await ws.models.register("team/churn", "outputs/model.bin", run_id=parent.id)
     await parent.complete()
     await parent.details()
     await ws.client.ask(ListModels(min_seq=ws.seen_seq))  # the registry has it too
@@ -198,6 +199,10 @@ async def test_the_run_page_links_its_children_and_the_models_registered_from_it
     assert page.status_code == 200
     assert f'href="/w/{ws.name}/runs/{child.id}">the-child</a>' in page.text
     assert f'href="/w/{ws.name}/models/churn-model">churn-model:1</a>' in page.text
+    # a name's "/" is escaped in its link, as the model pages encode and read it
+    assert f'href="/w/{ws.name}/models/team%2Fchurn">team/churn:1</a>' in page.text
+    model = await browser_http.get(f"/w/{ws.name}/models/team%2Fchurn")
+    assert model.status_code == 200 and "<h1>team/churn</h1>" in model.text
     child_page = await browser_http.get(f"/w/{ws.name}/runs/{child.id}")
     assert f'href="/w/{ws.name}/runs/{parent.id}"' in child_page.text
 

@@ -159,6 +159,16 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 
+def path_part(name: Any) -> str:
+    """``name`` as one segment of a link's path: every ``/`` escaped too (a model or dataset
+    name may hold ``/``; its page takes the name from the raw path)."""
+    return quote(str(name), safe="")
+
+
+def _template_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["path_part"] = path_part
+
+
 def _plotly_js() -> Path:
     """The folder of the installed plotly package's ``plotly.min.js`` (served, no CDN)."""
     return Path(str(importlib.resources.files("plotly") / "package_data"))
@@ -201,7 +211,9 @@ def create_app(
         ],
         middleware=[sessions.middleware, auth],
         before_request=csrf_guard,
-        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_template_filters
+        ),
         exception_handlers={
             CairnError: _on_cairn_error,
             NotAuthorizedException: _on_unauthorized,
