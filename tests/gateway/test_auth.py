@@ -28,7 +28,7 @@ async def test_every_route_needs_a_user(gateway: Gateway) -> None:
         for path, methods, _ in routes(gateway.app):
             if path in OPEN_PATHS:
                 continue
-            for method in methods - {"OPTIONS", "HEAD"}:
+            for method in (methods | {"OPTIONS"}) - {"HEAD"}:
                 walked += 1
                 api = await http.request(method, _concrete(path))
                 assert api.status_code == 401, (method, path, api.status_code)

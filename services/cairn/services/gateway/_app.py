@@ -193,7 +193,10 @@ def create_app(
         samesite="lax",
         secure=secure,
     )
-    auth = DefineMiddleware(Authenticate, exclude=[f"^{p}$" for p in OPEN_PATHS])
+    # OPTIONS too: no method reaches a route unauthenticated (the studio needs no CORS)
+    auth = DefineMiddleware(
+        Authenticate, exclude=[f"^{p}$" for p in OPEN_PATHS], exclude_http_methods=()
+    )
     app = Litestar(
         route_handlers=[
             login_page,
