@@ -120,8 +120,9 @@ class Authenticate(AbstractAuthenticationMiddleware):
 
 
 def _same_origin(request: Request[Any, Any, Any]) -> bool:
-    """An ``Origin`` (or, without one, ``Referer``) header, when the browser sent one, names
-    this host."""
+    """The ``Origin`` header (or, without one, ``Referer``) names this host. A request with
+    neither is accepted (older clients and some privacy settings send none): the CSRF token
+    alone stands for it. ``Origin: null`` is refused."""
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin or origin == "null":
         return origin is None
