@@ -306,3 +306,39 @@ async def test_a_long_series_is_charted_whole(
     shown = await chart(page, "loss")
     assert shown is not None and shown[0]["y"] == values
     await screenshot(page, tmp_path, "long")
+
+
+async def test_names_in_charts_show_as_text_not_plotly_markup(
+    ws: AsyncWorkspace, gateway: Gateway, nats_server: NatsServer, page: Any, tmp_path: Path
+) -> None:
+    """plotly.js reads <a href>, <b>... in titles and trace names: a metric or run named so
+    shows its name, and the chart holds no link."""
+    metric = '<a href="https://example.org/x">click</a> & <b>loss</b>'
+    exp = await ws.experiment("markup")
+    runs = []
+    for n in range(2):
+        run = await exp.start_run(display_name=f'<a href="https://example.org/{n}">run {n}</a>')
+        for step in range(3):
+            run.log(metric, float(step + n), step=step)
+        await run.complete()
+        await settled(run)
+        runs.append(run)
+    await open_page(page, gateway, nats_server, f"/w/{ws.name}/runs/{runs[0].id}")
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    shown = await chart(page, metric)
+    assert shown is not None and shown[0]["name"] == metric
+    charts = page.locator("#charts")
+    assert await charts.locator("a").count() == 0 and await charts.locator("b").count() == 0
+    assert metric in await page.locator(".chart .gtitle").first.text_content()
+
+    ids = ",".join(r.id for r in runs)
+    await page.goto(f"{gateway.url}/w/{ws.name}/compare?runs={ids}")
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    traces = await chart(page, metric)
+    assert traces is not None and {t["name"] for t in traces} == {
+        f'<a href="https://example.org/{n}">run {n}</a>' for n in range(2)
+    }
+    assert await page.locator("#charts a").count() == 0
+    legend = await page.locator("#charts .legendtext").all_text_contents()
+    assert sorted(legend) == [f'<a href="https://example.org/{n}">run {n}</a>' for n in range(2)]
+    await screenshot(page, tmp_path, "markup-names")

@@ -14,6 +14,16 @@
   };
   const CONFIG = {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]};
 
+  /* plotly.js reads titles and trace names as its rich text (<a href>, <b>, <br>...): a name
+     users typed goes to it with "&" and "<" escaped, so it shows as the text it is. */
+  function plain(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;");
+  }
+
+  function unplain(text) {
+    return String(text).replace(/&lt;/g, "<").replace(/&amp;/g, "&");
+  }
+
   function chart(container, name, traces) {
     let entry = charts.get(name);
     if (entry) return entry;
@@ -21,7 +31,7 @@
     el.className = "chart";
     el.dataset.metric = name;
     container.appendChild(el);
-    const layout = Object.assign({}, LAYOUT, {title: {text: name, font: {size: 13}, x: 0.02}});
+    const layout = Object.assign({}, LAYOUT, {title: {text: plain(name), font: {size: 13}, x: 0.02}});
     Plotly.newPlot(el, traces, layout, CONFIG);
     entry = {el: el};
     charts.set(name, entry);
@@ -35,7 +45,7 @@
 
   function trace(label, points) {
     return {
-      type: GL ? "scattergl" : "scatter", mode: points.length > 200 ? "lines" : "lines+markers", name: label,
+      type: GL ? "scattergl" : "scatter", mode: points.length > 200 ? "lines" : "lines+markers", name: plain(label),
       x: points.map(p => p[0]), y: points.map(p => p[2]),
       marker: {size: 4}, line: {width: 1.6},
     };
@@ -213,7 +223,7 @@
   /** A chart's points, as plotly holds them: [{name, x, y}] per trace (for tests and scripts). */
   function chartData(name) {
     const entry = charts.get(name);
-    return entry ? entry.el.data.map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)})) : null;
+    return entry ? entry.el.data.map(t => ({name: unplain(t.name), x: Array.from(t.x), y: Array.from(t.y)})) : null;
   }
 
   window.Studio = {runPage, comparePage, pickRuns, chartData, updates: 0, ready: false, ended: false, source: null, run: null};
