@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cairn.embedded._server import NatsServer
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._async import AsyncRun
 from cairn.sdk._jobs import submit
-from cairn.services.gateway import Gateway
+from cairn.services.gateway import Gateway, _live
 from cairn.services.gateway._live import LIVE
 from cairn.services.gateway._runs import PAGE_SIZE
 from tests.conftest import Agents
@@ -342,3 +344,24 @@ async def test_names_in_charts_show_as_text_not_plotly_markup(
     legend = await page.locator("#charts .legendtext").all_text_contents()
     assert sorted(legend) == [f'<a href="https://example.org/{n}">run {n}</a>' for n in range(2)]
     await screenshot(page, tmp_path, "markup-names")
+
+
+async def test_a_page_past_the_live_stream_cap_says_so(
+    ws: AsyncWorkspace,
+    gateway: Gateway,
+    nats_server: NatsServer,
+    page: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = await (await ws.experiment("capped")).start_run()
+    await settled(run)
+    monkeypatch.setattr(_live, "MOST_PER_PERSON", 0)  # this person may open none
+    await open_page(page, gateway, nats_server, f"/w/{ws.name}/runs/{run.id}")
+    await page.wait_for_function(
+        "() => document.getElementById('live-text').textContent.includes('too many live pages')",
+        timeout=WAIT_MS,
+    )
+    assert await page.evaluate("Studio.source.readyState") == 2  # closed: no reconnecting
+    await screenshot(page, tmp_path, "live-capped")
+    await run.complete()
