@@ -85,6 +85,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: the key that seals the studio's session cookies (32 random bytes, hex); default
     #: ``<home>/gateway.key``, made on first use. Gateways that share one key share sessions
     gateway_key_file: str | None = None
+    #: the studio is reached over HTTPS (e.g. behind a TLS proxy): its session cookie is
+    #: ``Secure``, sent over HTTPS only. A gateway bound to a non-loopback address without it
+    #: logs a warning at start: passwords and session cookies would travel in the clear
+    gateway_https: bool = False
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     #: the settings file these were read from (set by ``load_settings``; None: none was read)

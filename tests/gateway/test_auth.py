@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 
 import httpx
+import msgspec
 
+from cairn.embedded._server import NatsServer
 from cairn.rpc import Client
 from cairn.services.gateway import Gateway
-from cairn.services.gateway._app import routes
+from cairn.services.gateway._app import _loopback, routes, running
 from cairn.services.gateway._auth import OPEN_PATHS
+from cairn.settings import Settings
 from tests.gateway.conftest import login_password, sign_in
 
 
@@ -25,7 +28,7 @@ async def test_every_route_needs_a_user(gateway: Gateway) -> None:
         for path, methods, _ in routes(gateway.app):
             if path in OPEN_PATHS:
                 continue
-            for method in methods - {"OPTIONS", "HEAD"}:
+            for method in (methods | {"OPTIONS"}) - {"HEAD"}:
                 walked += 1
                 api = await http.request(method, _concrete(path))
                 assert api.status_code == 401, (method, path, api.status_code)
@@ -80,3 +83,36 @@ async def test_cross_site_post_without_csrf_is_refused(
     )
     assert forged.status_code == 403
     del page
+
+
+async def test_the_session_cookie_is_secure_when_the_studio_is_served_over_https(
+    gateway: Gateway, nats_server: NatsServer, client_settings: Settings
+) -> None:
+    login = login_password(nats_server)
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        plain = (await sign_in(http, *login)).headers["set-cookie"]
+    assert "cairn_session=" in plain and "secure" not in plain.lower()
+    settings = msgspec.structs.replace(
+        client_settings, nats_user=None, nats_password=None, gateway_port=0, gateway_https=True
+    )
+    async with running(settings) as gw, httpx.AsyncClient(base_url=gw.url) as http:
+        # a client sends a Secure cookie over HTTPS alone: this one is passed by hand
+        form = await http.get("/login")
+        session = form.headers["set-cookie"].split(";")[0]
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        signed_in = await http.post(
+            "/login",
+            data={"username": login[0], "password": login[1], "_csrf": csrf.group(1)},
+            headers={"cookie": session},
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        for reply in (form, signed_in):
+            cookie = reply.headers["set-cookie"]
+            assert "cairn_session=" in cookie
+            assert "secure" in [part.strip().lower() for part in cookie.split(";")]
+
+
+def test_only_loopback_hosts_count_as_this_machine() -> None:
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
+    assert not _loopback("0.0.0.0") and not _loopback("10.0.0.5") and not _loopback("example.org")

@@ -71,6 +71,7 @@ async def test_runs_run_history_and_files_as_json(
         f"{base}/runs/{ids[1]}/history", params={"name": "loss", "after_step": 2}
     )
     assert [p[0] for p in later.json()["points"]] == [3, 4]
+    assert later.json()["next_cursor"] is None
 
     files = (await browser_http.get(f"{base}/runs/{ids[2]}/files")).json()
     assert [(f["path"], f["size"]) for f in files] == [("out/a.txt", 5)]
@@ -163,7 +164,7 @@ async def test_a_history_read_in_pages_resumes_after_its_last_point(ws: AsyncWor
     for step in range(5):
         run.log("loss", float(step), step=step)
     await run.flush()
-    points, cursor, seq = await history_pages(
+    points, cursor, seq, _ = await history_pages(
         ws.client, run.id, "loss", min_seq=ws.seen_metrics_seq, page_size=2
     )
     assert [p[2] for p in points] == [0.0, 1.0, 2.0, 3.0, 4.0]
@@ -171,11 +172,11 @@ async def test_a_history_read_in_pages_resumes_after_its_last_point(ws: AsyncWor
     run.log("loss", 4.5, step=4)
     run.log("loss", 5.0, step=5)
     await run.flush()
-    more, cursor, _ = await history_pages(
+    more, cursor, _, _ = await history_pages(
         ws.client, run.id, "loss", cursor, min_seq=ws.seen_metrics_seq, page_size=2
     )
     assert [(p[0], p[2]) for p in more] == [(4, 4.5), (5, 5.0)]
-    none, _, _ = await history_pages(ws.client, run.id, "loss", cursor, page_size=2)
+    none, _, _, _ = await history_pages(ws.client, run.id, "loss", cursor, page_size=2)
     assert none == []
     await run.complete()
 
@@ -190,6 +191,7 @@ async def test_the_run_page_links_its_children_and_the_models_registered_from_it
     (tmp_path / "model.bin").write_bytes(b"weights")
     await parent.upload_file("outputs/model.bin", tmp_path / "model.bin")
     await ws.models.register("churn-model", "outputs/model.bin", run_id=parent.id)
+    await ws.models.register("team/churn", "outputs/model.bin", run_id=parent.id)
     await parent.complete()
     await parent.details()
     await ws.client.ask(ListModels(min_seq=ws.seen_seq))  # the registry has it too
@@ -197,5 +199,35 @@ async def test_the_run_page_links_its_children_and_the_models_registered_from_it
     assert page.status_code == 200
     assert f'href="/w/{ws.name}/runs/{child.id}">the-child</a>' in page.text
     assert f'href="/w/{ws.name}/models/churn-model">churn-model:1</a>' in page.text
+    # a name's "/" is escaped in its link, as the model pages encode and read it
+    assert f'href="/w/{ws.name}/models/team%2Fchurn">team/churn:1</a>' in page.text
+    model = await browser_http.get(f"/w/{ws.name}/models/team%2Fchurn")
+    assert model.status_code == 200 and "<h1>team/churn</h1>" in model.text
     child_page = await browser_http.get(f"/w/{ws.name}/runs/{child.id}")
     assert f'href="/w/{ws.name}/runs/{parent.id}"' in child_page.text
+
+
+async def test_a_history_answers_at_most_limit_points_and_a_cursor_for_the_rest(
+    ws: AsyncWorkspace, browser_http: httpx.AsyncClient
+) -> None:
+    run = await (await ws.experiment("cursor")).start_run()
+    for step in range(7):
+        run.log("loss", float(step), step=step)
+    await run.complete()
+    url = f"/api/w/{ws.name}/runs/{run.id}/history"
+    steps: list[int] = []
+    cursor, replies = "", 0
+    while True:
+        reply = await browser_http.get(url, params={"name": "loss", "limit": 3, "cursor": cursor})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert len(body["points"]) <= 3
+        steps += [p[0] for p in body["points"]]
+        replies += 1
+        if body["next_cursor"] is None:
+            break
+        cursor = body["next_cursor"]
+    assert steps == list(range(7)) and replies == 3
+    for bad in ({"limit": 0}, {"limit": 1_000_001}, {"cursor": "x.y"}):
+        refused = await browser_http.get(url, params={"name": "loss", **bad})
+        assert refused.status_code == 400, (bad, refused.text)

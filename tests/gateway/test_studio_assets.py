@@ -16,6 +16,7 @@ import pytest
 
 from cairn.data import preview_table
 from cairn.embedded._server import NatsServer
+from cairn.errors import InvalidInput
 from cairn.proto.assets import (
     ComputeSpec,
     DataPath,
@@ -63,8 +64,11 @@ async def _model(ws: AsyncWorkspace, tmp_path: Path, name: str) -> str:
     return run.id
 
 
-async def _dataset(ws: AsyncWorkspace, tmp_path: Path, rows: int = 120) -> None:
-    """Tabular dataset ``sales`` over a local datastore: ``rows`` rows, HTML in a cell."""
+async def _dataset(
+    ws: AsyncWorkspace, tmp_path: Path, rows: int = 120, snapshot: bool = True
+) -> None:
+    """Tabular dataset ``sales`` over a local datastore: ``rows`` rows, HTML in a cell (a
+    snapshot unless ``snapshot`` is False: only those are previewed)."""
     lake = tmp_path / "lake"
     (lake / "sales").mkdir(parents=True)
     lines = ["id,region,note", f'1,north,"{HOSTILE}"']
@@ -72,7 +76,7 @@ async def _dataset(ws: AsyncWorkspace, tmp_path: Path, rows: int = 120) -> None:
     (lake / "sales" / "2026-01.csv").write_text("\n".join(lines) + "\n")
     await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)))
     spec = DatasetSpec(kind="tabular", paths=[DataPath("lake", "sales/*.csv")])
-    await ws.datasets.register("sales", spec, description="monthly sales")
+    await ws.datasets.register("sales", spec, description="monthly sales", snapshot=snapshot)
 
 
 async def _job(ws: AsyncWorkspace, compute: str, priority: int = 0) -> str:
@@ -210,7 +214,7 @@ async def test_a_cut_through_a_quoted_cell_leaves_out_the_cut_row(
     (lake / "notes.csv").write_text(f'id,note\n1,short\n2,"{cell}"\n3,after\n')
     await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)))
     spec = DatasetSpec(kind="tabular", paths=[DataPath("lake", "notes.csv")])
-    await ws.datasets.register("notes", spec)
+    await ws.datasets.register("notes", spec, snapshot=True)
     _, registered = await ws.datasets.spec("notes")
     cut = await preview_table(client, registered, max_bytes=100)  # inside the long cell
     assert cut.rows == [["1", "short"]] and cut.more
@@ -233,14 +237,32 @@ async def test_preview_of_a_snapshot_reads_its_copy(
     assert "<th>a</th><th>b</th>" in page.text and "<td>3</td><td>4</td>" in page.text
     assert "copied" in page.text and "(the version holds more)" not in page.text
 
+
+async def test_a_version_of_references_is_not_previewed_and_the_page_says_how_to_read_it(
+    browser_http: httpx.AsyncClient, client: Client, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    """The gateway reads no datastore on anyone's behalf: not a folder on its own disk, not
+    sealed credentials with its own keys. Whether a file is there or changed is not said."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "t.tsv").write_text("a\tb\n1\t2\n")
+    await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)))
+    spec = DatasetSpec(kind="tabular", paths=[DataPath("lake", "t.tsv")], separator="\t")
     await ws.datasets.register("moved", spec)
-    (lake / "t.tsv").write_text("a\tb\n1\t2\n3\t4\n5\t6\n")
-    changed = await browser_http.get(f"/w/{client.workspace}/datasets/moved")
-    assert changed.status_code == 200
-    assert "No preview: lake:t.tsv changed since it was registered" in changed.text
+    (lake / "t.tsv").unlink()  # gone from the gateway's own disk: the page cannot tell
+    await _settled(ws)
+    page = await browser_http.get(f"/w/{client.workspace}/datasets/moved")
+    assert page.status_code == 200
+    assert "Previews are shown for snapshot versions" in page.text
+    assert "<code>--snapshot</code>" in page.text and "<code>snapshot=True</code>" in page.text
+    assert 'Dataset.get_by_name(ws, "moved", version=1).to_pandas_dataframe()' in page.text
+    assert "gone" not in page.text and "changed" not in page.text and "<th>a</th>" not in page.text
+    _, registered = await ws.datasets.spec("moved")
+    with pytest.raises(InvalidInput, match="snapshot versions only"):
+        await preview_table(client, registered)
 
 
-async def test_preview_of_a_dataset_in_s3_reads_a_range(
+async def test_preview_of_a_snapshot_from_s3_reads_a_range_of_its_copy(
     browser_http: httpx.AsyncClient,
     client: Client,
     ws: AsyncWorkspace,
@@ -261,7 +283,7 @@ async def test_preview_of_a_dataset_in_s3_reads_a_range(
     (tmp_path / "empty.csv").write_text("")
     await ws.datastores.upload("s3lake", [(local, "t/big.csv"), (tmp_path / "empty.csv", "e.csv")])
     spec = DatasetSpec(kind="tabular", paths=[DataPath("s3lake", "t/big.csv")])
-    await ws.datasets.register("squares", spec)
+    await ws.datasets.register("squares", spec, snapshot=True)
     _, registered = await ws.datasets.spec("squares")
     small = await preview_table(client, registered, max_bytes=200)
     assert (
@@ -270,7 +292,7 @@ async def test_preview_of_a_dataset_in_s3_reads_a_range(
         and small.rows[-1][1] == str(int(small.rows[-1][0]) ** 2)
     )
     empty = DatasetSpec(kind="tabular", paths=[DataPath("s3lake", "e.csv")])
-    await ws.datasets.register("nothing-in-it", empty)
+    await ws.datasets.register("nothing-in-it", empty, snapshot=True)
     _, registered_empty = await ws.datasets.spec("nothing-in-it")
     nothing = await preview_table(client, registered_empty)
     assert nothing.rows == [] and not nothing.more

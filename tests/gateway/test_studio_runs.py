@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cairn.embedded._server import NatsServer
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._async import AsyncRun
 from cairn.sdk._jobs import submit
-from cairn.services.gateway import Gateway
+from cairn.services.gateway import Gateway, _live
 from cairn.services.gateway._live import LIVE
 from cairn.services.gateway._runs import PAGE_SIZE
 from tests.conftest import Agents
@@ -104,14 +106,26 @@ async def test_a_logged_run_shows_in_its_experiment_and_its_chart_follows_it_liv
     assert "Completed" in await page.locator("#timeline").inner_text()
     await screenshot(page, tmp_path, "run-completed")
 
-    # the browser goes away: its live stream ends, and its feeds with it
-    assert LIVE.streams >= 1
-    await page.close()
+    # the run has ended: the stream sends what is left and ends, and the page closes its
+    # EventSource (it does not reconnect), leaving no stream nor feed on the gateway
+    await page.wait_for_function(
+        "() => Studio.ended && Studio.source.readyState === EventSource.CLOSED", timeout=WAIT_MS
+    )
+    assert await page.locator("#live-text").inner_text() == "ended"
     for _ in range(200):
         if LIVE.streams == 0 and not LIVE.feeds:
             break
         await asyncio.sleep(0.05)
     assert (LIVE.streams, LIVE.feeds) == (0, set())
+
+    # the page of a run that has ended opens no live stream: it reads the series once
+    await page.reload()
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    assert await page.evaluate("Studio.source") is None
+    shown = await chart(page, "loss")
+    assert shown is not None and shown[0]["y"] == logged
+    assert LIVE.streams == 0
+    await page.close()
 
 
 async def test_the_output_of_a_running_job_shows_live(
@@ -155,7 +169,14 @@ async def test_the_output_of_a_running_job_shows_live(
         "() => document.getElementById('run-status').textContent === 'Completed'",
         timeout=WAIT_MS * 2,
     )
+    await page.wait_for_function("() => Studio.ended", timeout=WAIT_MS * 2)
     await screenshot(page, tmp_path, "job-done")
+    # once ended, the page shows the output read once, with no stream
+    await page.reload()
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    assert await page.evaluate("Studio.source") is None
+    shown = await logs.inner_text()
+    assert "epoch 1 done" in shown and "epoch 2 done" in shown
 
 
 async def test_compare_overlays_two_runs_and_highlights_what_differs(
@@ -287,3 +308,60 @@ async def test_a_long_series_is_charted_whole(
     shown = await chart(page, "loss")
     assert shown is not None and shown[0]["y"] == values
     await screenshot(page, tmp_path, "long")
+
+
+async def test_names_in_charts_show_as_text_not_plotly_markup(
+    ws: AsyncWorkspace, gateway: Gateway, nats_server: NatsServer, page: Any, tmp_path: Path
+) -> None:
+    """plotly.js reads <a href>, <b>... in titles and trace names: a metric or run named so
+    shows its name, and the chart holds no link."""
+    metric = '<a href="https://example.org/x">click</a> & <b>loss</b>'
+    exp = await ws.experiment("markup")
+    runs = []
+    for n in range(2):
+        run = await exp.start_run(display_name=f'<a href="https://example.org/{n}">run {n}</a>')
+        for step in range(3):
+            run.log(metric, float(step + n), step=step)
+        await run.complete()
+        await settled(run)
+        runs.append(run)
+    await open_page(page, gateway, nats_server, f"/w/{ws.name}/runs/{runs[0].id}")
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    shown = await chart(page, metric)
+    assert shown is not None and shown[0]["name"] == metric
+    charts = page.locator("#charts")
+    assert await charts.locator("a").count() == 0 and await charts.locator("b").count() == 0
+    assert metric in await page.locator(".chart .gtitle").first.text_content()
+
+    ids = ",".join(r.id for r in runs)
+    await page.goto(f"{gateway.url}/w/{ws.name}/compare?runs={ids}")
+    await page.wait_for_function("() => Studio.ready", timeout=WAIT_MS)
+    traces = await chart(page, metric)
+    assert traces is not None and {t["name"] for t in traces} == {
+        f'<a href="https://example.org/{n}">run {n}</a>' for n in range(2)
+    }
+    assert await page.locator("#charts a").count() == 0
+    legend = await page.locator("#charts .legendtext").all_text_contents()
+    assert sorted(legend) == [f'<a href="https://example.org/{n}">run {n}</a>' for n in range(2)]
+    await screenshot(page, tmp_path, "markup-names")
+
+
+async def test_a_page_past_the_live_stream_cap_says_so(
+    ws: AsyncWorkspace,
+    gateway: Gateway,
+    nats_server: NatsServer,
+    page: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = await (await ws.experiment("capped")).start_run()
+    await settled(run)
+    monkeypatch.setattr(_live, "MOST_PER_PERSON", 0)  # this person may open none
+    await open_page(page, gateway, nats_server, f"/w/{ws.name}/runs/{run.id}")
+    await page.wait_for_function(
+        "() => document.getElementById('live-text').textContent.includes('too many live pages')",
+        timeout=WAIT_MS,
+    )
+    assert await page.evaluate("Studio.source.readyState") == 2  # closed: no reconnecting
+    await screenshot(page, tmp_path, "live-capped")
+    await run.complete()

@@ -15,7 +15,13 @@ from cairn.data._access import (
     upload_pairs,
 )
 from cairn.data._datasets import common_dir, fingerprint, materialise, snapshot_files
-from cairn.data._preview import PREVIEW_BYTES, PREVIEW_ROWS, TablePreview, preview_table
+from cairn.data._preview import (
+    PREVIEW_BYTES,
+    PREVIEW_ROWS,
+    TablePreview,
+    is_snapshot,
+    preview_table,
+)
 from cairn.data._progress import Progress, interactive
 from cairn.data._stores import (
     Entry,
@@ -58,6 +64,7 @@ __all__ = [
     "download_prefix",
     "fingerprint",
     "interactive",
+    "is_snapshot",
     "list_entries",
     "local_target",
     "match",

@@ -1,30 +1,29 @@
 """The first rows of a tabular dataset version, read with bounds: at most ``rows`` rows and
 ``max_bytes`` bytes in all, from the start of its files (never a whole file).
 
-A version's files are read as it recorded them: a snapshot's copies from the artifact store,
-other files from their datastore, refused (``DataChanged``) when a file's size is no longer the
-one registered. Cells are text as the files hold them (no type inference): a preview shows
-what is there.
+Only a snapshot version is previewed (registered with ``--snapshot`` / ``snapshot=True``):
+its copies are read from the artifact store through the caller's own connection
+(``read_blob_head``), which any member who may read the workspace can do. A version of
+references would need the datastore's credentials or folder where the preview runs, which a
+gateway must not use on anyone's behalf: its data is read with the SDK instead
+(:func:`is_snapshot`). Cells are text as the files hold them (no type inference): a preview
+shows what is there.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import csv
 import io
 
 import msgspec
 
-from cairn.data._access import Datastores
-from cairn.data._stores import LocalStore
 from cairn.data._transfer import read_blob_head
-from cairn.errors import DataChanged, InvalidInput, NotFound
+from cairn.errors import InvalidInput
 from cairn.proto.assets import DataFile, DatasetSpec
 from cairn.rpc import Client
-from cairn.settings import Settings
 
-__all__ = ["PREVIEW_BYTES", "PREVIEW_ROWS", "TablePreview", "preview_table"]
+__all__ = ["PREVIEW_BYTES", "PREVIEW_ROWS", "TablePreview", "is_snapshot", "preview_table"]
 
 PREVIEW_ROWS = 50
 PREVIEW_BYTES = 4 * 1024 * 1024
@@ -43,17 +42,15 @@ class TablePreview(msgspec.Struct, frozen=True, kw_only=True):
     files: list[str]
 
 
-async def _head(client: Client, stores: Datastores, f: DataFile, limit: int) -> bytes:
-    if f.blob is not None:  # a snapshot: the copy in the artifact store
-        return await read_blob_head(client, f.blob, limit)
-    store = await stores.get(f.datastore)
-    if isinstance(store, LocalStore) and not await asyncio.to_thread(store.root.is_dir):
-        raise NotFound(f"datastore {f.datastore}'s folder {store.root} is not on this machine")
-    now = await store.stat(f.path)
-    if now is None or now.size != f.size:
-        what = "is gone" if now is None else "changed"
-        raise DataChanged(f"{f.datastore}:{f.path} {what} since it was registered")
-    return await store.head(f.path, limit)
+def is_snapshot(spec: DatasetSpec) -> bool:
+    """Whether every file of version ``spec`` has its copy in the artifact store."""
+    return spec.snapshot and all(f.blob is not None for f in spec.files)
+
+
+async def _head(client: Client, f: DataFile, limit: int) -> bytes:
+    if f.blob is None:
+        raise InvalidInput("previews are shown for snapshot versions only")
+    return await read_blob_head(client, f.blob, limit)
 
 
 def _rows(data: bytes, complete: bool, separator: str) -> list[list[str]]:
@@ -69,14 +66,14 @@ def _rows(data: bytes, complete: bool, separator: str) -> list[list[str]]:
 
 
 async def _file_rows(
-    client: Client, stores: Datastores, f: DataFile, spec: DatasetSpec, want: int, budget: int
+    client: Client, f: DataFile, spec: DatasetSpec, want: int, budget: int
 ) -> tuple[list[list[str]], int, bool]:
     """The rows at the start of ``f`` (a header included), the bytes read, and whether the
     whole file was read: a first small read, a larger one (up to ``budget``) only when it
     held too few rows."""
     limit = min(f.size, FIRST_READ, budget)
     while True:
-        data = await _head(client, stores, f, limit)
+        data = await _head(client, f, limit)
         complete = len(data) >= f.size
         lines = _rows(data, complete, spec.separator)
         if complete or len(lines) > want or limit >= min(f.size, budget):
@@ -90,35 +87,37 @@ async def preview_table(
     *,
     rows: int = PREVIEW_ROWS,
     max_bytes: int = PREVIEW_BYTES,
-    settings: Settings | None = None,
 ) -> TablePreview:
-    """The first ``rows`` rows of tabular version ``spec``, reading at most ``max_bytes``
-    bytes of its files (in the order it recorded them) and opening datastores with the key of
-    ``settings``."""
+    """The first ``rows`` rows of tabular snapshot version ``spec``, reading at most
+    ``max_bytes`` bytes of its copies (in the order it recorded them)."""
     if spec.kind != "tabular":
         raise InvalidInput("only a tabular dataset has rows to preview")
     if not spec.files:
         raise InvalidInput("this version recorded no files to preview")
+    if not is_snapshot(spec):
+        raise InvalidInput(
+            "previews are shown for snapshot versions only (registered with --snapshot or"
+            " snapshot=True); read this one with the SDK"
+        )
     if len(spec.separator) != 1:
         raise InvalidInput(f"the preview reads one-character separators, not {spec.separator!r}")
     columns: list[str] = []
     found: list[list[str]] = []
     used: list[str] = []
     budget, more = max_bytes, False
-    async with Datastores(client, settings) as stores:
-        for f in spec.files:
-            if len(found) >= rows or budget <= 0:
-                more = True
-                break
-            want = rows - len(found) + int(spec.header)
-            lines, read, complete = await _file_rows(client, stores, f, spec, want, budget)
-            budget -= read
-            more = more or not complete
-            used.append(f"{f.datastore}:{f.path}")
-            if spec.header and lines:
-                columns = columns or lines[0]
-                lines = lines[1:]
-            found += lines
+    for f in spec.files:
+        if len(found) >= rows or budget <= 0:
+            more = True
+            break
+        want = rows - len(found) + int(spec.header)
+        lines, read, complete = await _file_rows(client, f, spec, want, budget)
+        budget -= read
+        more = more or not complete
+        used.append(f"{f.datastore}:{f.path}")
+        if spec.header and lines:
+            columns = columns or lines[0]
+            lines = lines[1:]
+        found += lines
     if len(found) > rows:
         more, found = True, found[:rows]
     width = max([len(columns), *(len(r) for r in found)], default=0)

@@ -50,7 +50,7 @@ from cairn.errors import InvalidInput, NotFound
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
 from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SERVICE_ACCOUNT
 from cairn.settings import Settings
-from cairn.tokens import TOKEN_MARK
+from cairn.tokens import PERSON_NAME, TOKEN_MARK
 
 __all__ = [
     "ADMIN_USER",
@@ -134,7 +134,7 @@ _ADMIN_ONLY = (
     # the admin, which holds only while no other user may publish them)
     "cairn.cmd.*.member.>",
 )
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_NAME = PERSON_NAME
 #: a token's id, the part of its user name after ``TOKEN_MARK``
 _TOKEN_ID = re.compile(r"[a-z0-9]{8,32}")
 #: request/reply subjects people send to the services (server-attested with ``share``)

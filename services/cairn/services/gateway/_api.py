@@ -31,6 +31,9 @@ from cairn.services.gateway._runs import (
 
 __all__ = ["API_ROUTES"]
 
+#: how many points one history response holds by default, and at most
+HISTORY_LIMIT = 100_000
+HISTORY_MOST = 1_000_000
 #: past every sequence and index: ``after=(step, _END, _END)`` starts after step ``step``
 _END = 2**62
 
@@ -78,14 +81,32 @@ async def api_history(
     run_id: FromPath[str],
     name: FromQuery[str],
     after_step: FromQuery[int | None] = None,
+    limit: FromQuery[int] = HISTORY_LIMIT,
+    cursor: FromQuery[str] = "",
 ) -> dict[str, Any]:
-    """Every point ``[step, time, value]`` of scalar metric ``name`` (after step
-    ``after_step`` when given), in step order."""
+    """The points ``[step, time, value]`` of scalar metric ``name`` (after step ``after_step``
+    when given), in step order, at most ``limit`` (1 to 1,000,000) of them: ``{"name",
+    "points", "seq", "next_cursor": str | null}``; pass ``next_cursor`` back as ``cursor`` for
+    the points after these."""
     subjects.validate_token(run_id, "run id")
+    if not 1 <= limit <= HISTORY_MOST:
+        raise InvalidInput(f"limit must be 1 to {HISTORY_MOST:,}")
     client = Client(principal_of(request).conn, workspace)
     after = None if after_step is None else (after_step, _END, _END)
-    points, _, seq = await history_pages(client, run_id, name, after)
-    return {"name": name, "points": points, "seq": seq}
+    if cursor:
+        after = _parse_cursor(cursor)
+    points, after, seq, more = await history_pages(client, run_id, name, after, most=limit)
+    next_cursor = ".".join(str(part) for part in after) if more else None
+    return {"name": name, "points": points, "seq": seq, "next_cursor": next_cursor}
+
+
+def _parse_cursor(cursor: str) -> tuple[int, int, int]:
+    parts = cursor.split(".")
+    try:
+        step, seq, index = (int(part) for part in parts)
+    except ValueError:
+        raise InvalidInput("cursor must be a next_cursor this API returned") from None
+    return step, seq, index
 
 
 @get("/api/w/{workspace:str}/runs/{run_id:str}/files")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.resources
+import ipaddress
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -164,6 +165,16 @@ def _on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respo
     return Response({"code": "http", "message": exc.detail}, status_code=exc.status_code)
 
 
+def path_part(name: Any) -> str:
+    """``name`` as one segment of a link's path: every ``/`` escaped too (a model or dataset
+    name may hold ``/``; its page takes the name from the raw path)."""
+    return quote(str(name), safe="")
+
+
+def _template_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["path_part"] = path_part
+
+
 def _plotly_js() -> Path:
     """The folder of the installed plotly package's ``plotly.min.js`` (served, no CDN)."""
     return Path(str(importlib.resources.files("plotly") / "package_data"))
@@ -188,7 +199,10 @@ def create_app(
         samesite="lax",
         secure=secure,
     )
-    auth = DefineMiddleware(Authenticate, exclude=[f"^{p}$" for p in OPEN_PATHS])
+    # OPTIONS too: no method reaches a route unauthenticated (the studio needs no CORS)
+    auth = DefineMiddleware(
+        Authenticate, exclude=[f"^{p}$" for p in OPEN_PATHS], exclude_http_methods=()
+    )
     app = Litestar(
         route_handlers=[
             login_page,
@@ -206,7 +220,9 @@ def create_app(
         ],
         middleware=[sessions.middleware, auth],
         before_request=csrf_guard,
-        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=TEMPLATES, engine=JinjaTemplateEngine, engine_callback=_template_filters
+        ),
         exception_handlers={
             CairnError: _on_cairn_error,
             NotAuthorizedException: _on_unauthorized,
@@ -231,6 +247,16 @@ def routes(app: Litestar) -> Iterable[tuple[str, set[str], BaseRouteHandler]]:
             yield route.path, methods, handler
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is this machine's alone."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Gateway:
     """The gateway of one process: its application on one socket until ``stop``."""
 
@@ -244,7 +270,7 @@ class Gateway:
             )
         self.settings = settings
         self.pool = Pool(settings)
-        self.app = create_app(settings, self.pool, route_handlers)
+        self.app = create_app(settings, self.pool, route_handlers, secure=settings.gateway_https)
         self.socket = bind_socket(settings.gateway_host, settings.gateway_port, "the gateway")
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -256,7 +282,15 @@ class Gateway:
         )
         server = LoopServer(config)
         serving = asyncio.create_task(server.serve(sockets=[self.socket]))
-        log.info("gateway_started", url=self.url)
+        log.info("gateway_started", url=self.url, https=self.settings.gateway_https)
+        if not self.settings.gateway_https and not _loopback(self.settings.gateway_host):
+            log.warning(
+                "gateway_plain_http",
+                host=self.settings.gateway_host,
+                message="the studio is served over plain HTTP beyond this machine: passwords"
+                " and session cookies travel in the clear. Serve it behind a TLS proxy and set"
+                " gateway_https (CAIRN_GATEWAY_HTTPS=1)",
+            )
         readiness.mark_ready(self.name, self)
         stopping = asyncio.create_task(stop.wait())
         try:

@@ -24,7 +24,7 @@ from litestar.response import Template
 from nats.errors import Error as NatsError
 
 from cairn.bus import live_agents
-from cairn.data import PREVIEW_ROWS, preview_table
+from cairn.data import PREVIEW_ROWS, is_snapshot, preview_table
 from cairn.errors import CairnError, InvalidInput, NotFound
 from cairn.proto.assets import DatasetSpec, GetAsset, ListAssets
 from cairn.proto.jobs import DatasetRuns, ListJobs
@@ -212,16 +212,19 @@ async def datasets(request: Req, workspace: FromPath[str]) -> Template:
 
 
 async def _preview(request: Req, workspace: str, spec: DatasetSpec) -> dict[str, Any]:
-    """The first rows of a tabular version, or why there are none (said on the page)."""
+    """The first rows of a tabular snapshot version, or why there are none (said on the
+    page). Only a snapshot's copies are read, from the artifact store over the person's own
+    connection: a version of references would need datastore credentials or folders where the
+    gateway runs, which it does not use on anyone's behalf (the page says how to read it)."""
     if spec.kind != "tabular":
         return {}
+    if not is_snapshot(spec):
+        return {"not_snapshot": True}
     client = Client(principal_of(request).conn, workspace)
     try:
-        found = await preview_table(client, spec, settings=request.app.state.settings)
+        found = await preview_table(client, spec)
     except CairnError as exc:
         return {"error": exc.message}
-    except OSError as exc:  # a local datastore's file the gateway's process may not read
-        return {"error": f"cannot read the version's files here: {exc.strerror or exc}"}
     return {"table": found}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.response import Redirect, Template
+from litestar.types import Receive, Scope, Send
 
 from cairn.errors import Unauthenticated, Unavailable
 from cairn.services.gateway._pool import Pool, Principal
@@ -32,6 +34,7 @@ __all__ = [
     "OPEN_PATHS",
     "SESSION_S",
     "Authenticate",
+    "after_response",
     "csrf_guard",
     "login_page",
     "login_submit",
@@ -56,6 +59,14 @@ def session_of(connection: ASGIConnection[Any, Any, Any, Any]) -> dict[str, Any]
     return session if isinstance(session, dict) else {}
 
 
+_AFTER = "cairn_after_response"
+
+
+def after_response(request: ASGIConnection[Any, Any, Any, Any], done: Callable[[], None]) -> None:
+    """Call ``done`` once ``request``'s response is over: sent whole, or its client gone."""
+    request.scope.setdefault("state", {}).setdefault(_AFTER, []).append(done)
+
+
 def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     user = request.scope.get("user")
     if not isinstance(user, Principal):  # only open routes run without one
@@ -64,7 +75,21 @@ def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
 
 
 class Authenticate(AbstractAuthenticationMiddleware):
-    """A bearer token if the request has an ``Authorization`` header, else the session."""
+    """A bearer token if the request has an ``Authorization`` header, else the session. The
+    request holds its user's connection until its response has been sent whole (a stream's
+    or a download's last byte included): the pool closes no connection in use."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            state = scope.get("state") or {}
+            for done in state.get(_AFTER, ()):
+                done()
+            principal = scope.get("user")
+            if isinstance(principal, Principal):
+                pool: Pool = scope["litestar_app"].state.pool
+                pool.release(principal)
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -77,14 +102,16 @@ class Authenticate(AbstractAuthenticationMiddleware):
                 if scheme.lower() != "bearer" or not value.strip():
                     raise NotAuthorizedException("use Authorization: Bearer <token>")
                 user, secret = parse_token(value.strip())
-                principal = await pool.principal(user, secret, "token")
+                principal = await pool.principal(user, secret, "token", hold=True)
                 return AuthenticationResult(user=principal, auth="token")
             session = session_of(connection)
             if not {"u", "p", "t"} <= session.keys():
                 raise NotAuthorizedException("sign in first")
             if not isinstance(session["t"], (int, float)) or time.time() - session["t"] > SESSION_S:
                 raise NotAuthorizedException("the session has expired: sign in again")
-            principal = await pool.principal(str(session["u"]), str(session["p"]), "session")
+            principal = await pool.principal(
+                str(session["u"]), str(session["p"]), "session", hold=True
+            )
             return AuthenticationResult(user=principal, auth="session")
         except Unauthenticated as exc:
             raise NotAuthorizedException(exc.message) from None
@@ -93,8 +120,9 @@ class Authenticate(AbstractAuthenticationMiddleware):
 
 
 def _same_origin(request: Request[Any, Any, Any]) -> bool:
-    """An ``Origin`` (or, without one, ``Referer``) header, when the browser sent one, names
-    this host."""
+    """The ``Origin`` header (or, without one, ``Referer``) names this host. A request with
+    neither is accepted (older clients and some privacy settings send none): the CSRF token
+    alone stands for it. ``Origin: null`` is refused."""
     origin = request.headers.get("origin") or request.headers.get("referer")
     if not origin or origin == "null":
         return origin is None
@@ -164,8 +192,8 @@ async def login_submit(request: Request[Any, Any, Any]) -> Any:
         return _login_template(request, "enter your user name and password", 400)
     try:
         await pool.principal(user, password, "session")
-    except Unauthenticated:
-        return _login_template(request, "wrong user name or password", 401)
+    except Unauthenticated as exc:  # wrong, or too many failed sign-ins of late
+        return _login_template(request, exc.message, 401)
     request.set_session(
         {"u": user, "p": password, "t": time.time(), "csrf": secrets.token_urlsafe(24)}
     )

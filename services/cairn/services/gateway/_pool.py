@@ -2,20 +2,30 @@
 
 The gateway holds no credentials of its own. A browser session or an API token names a user
 and their password; the first request opens a NATS connection as that user (the server checks
-the password and attests the user on every request, as for the SDK), later requests reuse it,
-and an idle one is closed. A wrong password is refused by the server, and remembered for a
-moment so that a flood of bad logins does not become a flood of connection attempts. A
-connection is used only while it is connected: when the server drops one (a removed person, a
-revoked API token: ``cairn user remove``, ``cairn token revoke``), the next request opens it
-again, the server refuses it, and the request gets 401.
+the password and attests the user on every request, as for the SDK), later requests reuse it.
+A request holds its connection from authentication until its response's last byte
+(``principal(..., hold=True)`` then :meth:`Pool.release`); one that no request, stream or
+download has used for ``idle_s`` is closed, and none in use ever is.
+
+A wrong password is refused by the server, and remembered for a moment (at most
+:data:`MOST_REFUSED` of them) so that a flood of bad logins does not become a flood of
+connection attempts; a user name refused :data:`FAILURES` times within :data:`FAILURES_S` is
+refused outright, without connecting, for :data:`BLOCK_S`. A connection is used only while it
+is connected: when the server drops one (a removed person, a revoked API token: ``cairn user
+remove``, ``cairn token revoke``), the next request opens it again, the server refuses it, and
+the request gets 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
+import math
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -24,11 +34,21 @@ from cairn.bus import Connection, connect
 from cairn.errors import Unauthenticated
 from cairn.log import get_logger
 from cairn.settings import Settings
-from cairn.tokens import person_of
+from cairn.tokens import is_user_name, person_of
 
-__all__ = ["Pool", "Principal"]
+__all__ = ["BLOCK_S", "FAILURES", "FAILURES_S", "MOST_REFUSED", "Pool", "Principal"]
 
 log = get_logger("cairn.gateway")
+
+#: how many refused (user, password) pairs are remembered at most (the oldest go first)
+MOST_REFUSED = 10_000
+#: this many refused sign-ins of one user name within FAILURES_S ...
+FAILURES = 5
+FAILURES_S = 60.0
+#: ... refuse that name, without connecting, for BLOCK_S
+BLOCK_S = 30.0
+#: how long a refused (user, password) pair is refused without connecting again
+REFUSED_S = 5.0
 
 
 @dataclass
@@ -54,6 +74,8 @@ class _Entry:
     digest: bytes
     used: float
     seen: dict[str, int] = field(default_factory=dict)
+    #: how many requests (pages, API calls, streams, downloads) use it now
+    inflight: int = 0
 
 
 def _serves(entry: _Entry | None, digest: bytes) -> bool:
@@ -76,31 +98,93 @@ class Pool:
         self.idle_s = idle_s
         self.most = most
         self._entries: dict[str, _Entry] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
-        #: (user, digest) -> when a refusal stops being remembered
+        #: a lock per user whose connection is being opened, and how many wait on it
+        self._opening: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        #: (user, digest) -> when a refusal stops being remembered (oldest first)
         self._refused: dict[tuple[str, bytes], float] = {}
+        #: user -> when its recent refusals happened; user -> when its block ends
+        self._failures: dict[str, deque[float]] = {}
+        self._blocked: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def _digest(self, user: str, password: str) -> bytes:
         return hashlib.sha256(f"{user}\0{password}".encode()).digest()
 
-    async def principal(self, user: str, password: str, via: str) -> Principal:
+    async def principal(
+        self, user: str, password: str, via: str, *, hold: bool = False
+    ) -> Principal:
         """The connection of ``user``, opened with ``password`` when none is (or when the one
         there was opened with another password); ``Unauthenticated`` when the server refuses
-        them."""
-        digest = self._digest(user, password)
-        if self._refused.get((user, digest), 0.0) > time.monotonic():
+        them. ``hold``: the caller uses it until it calls :meth:`release` (it is not idle
+        until then)."""
+        self._start_reaper()
+        if not is_user_name(user):  # no person's name nor a token's: the server has no such user
             raise Unauthenticated("wrong user name or password")
+        digest = self._digest(user, password)
         entry = self._entries.get(user)
         if not _serves(entry, digest):
-            lock = self._opening.setdefault(user, asyncio.Lock())
-            async with lock:
+            self._check_refused(user, digest)
+            async with self._opening_lock(user):
                 entry = self._entries.get(user)
                 if not _serves(entry, digest):
+                    self._check_refused(user, digest)
                     entry = await self._open(user, password, digest)
         assert entry is not None
         entry.used = time.monotonic()
+        entry.inflight += hold
         return Principal(user=user, conn=entry.conn, via=via, seen=entry.seen)
+
+    def release(self, principal: Principal) -> None:
+        """A request that held ``principal``'s connection (``principal(hold=True)``) ended."""
+        entry = self._entries.get(principal.user)
+        if entry is not None and entry.conn is principal.conn and entry.inflight > 0:
+            entry.inflight -= 1
+            entry.used = time.monotonic()
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(), name="cairn-gateway-reaper")
+
+    def _check_refused(self, user: str, digest: bytes) -> None:
+        """Refuse, without connecting, a user name that failed too often of late, or
+        credentials the server refused a moment ago."""
+        now = time.monotonic()
+        blocked = self._blocked.get(user, 0.0)
+        if blocked > now:
+            wait = math.ceil(blocked - now)
+            raise Unauthenticated(f"too many failed sign-ins; try again in {wait} s")
+        if self._refused.get((user, digest), 0.0) > now:
+            raise Unauthenticated("wrong user name or password")
+
+    def _note_refused(self, user: str, digest: bytes) -> None:
+        now = time.monotonic()
+        self._refused.pop((user, digest), None)
+        self._refused[(user, digest)] = now + REFUSED_S
+        while len(self._refused) > MOST_REFUSED:
+            del self._refused[next(iter(self._refused))]
+        failures = self._failures.pop(user, None) or deque(maxlen=FAILURES)
+        failures.append(now)
+        self._failures[user] = failures  # last: the dict stays oldest first
+        while len(self._failures) > MOST_REFUSED:
+            del self._failures[next(iter(self._failures))]
+        if len(failures) >= FAILURES and now - failures[0] <= FAILURES_S:
+            self._blocked[user] = now + BLOCK_S
+            failures.clear()
+            log.warning("login_blocked", user=user, seconds=BLOCK_S)
+
+    @contextlib.asynccontextmanager
+    async def _opening_lock(self, user: str) -> AsyncIterator[None]:
+        """The lock that lets one request at a time open ``user``'s connection; dropped once
+        no one holds or waits on it (a name tried once leaves nothing behind)."""
+        lock, users = self._opening.setdefault(user, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0 and self._opening.get(user, (None,))[0] is lock:
+                del self._opening[user]
 
     async def _open(self, user: str, password: str, digest: bytes) -> _Entry:
         settings = msgspec.structs.replace(
@@ -109,7 +193,7 @@ class Pool:
         try:
             conn = await connect(settings, name=f"cairn-gateway:{user}")
         except Unauthenticated:
-            self._refused[(user, digest)] = time.monotonic() + 5.0
+            self._note_refused(user, digest)
             log.info("login_refused", user=user)
             old = self._entries.get(user)
             if old is not None and hmac.compare_digest(old.digest, digest):
@@ -122,8 +206,6 @@ class Pool:
         self._entries[user] = entry
         if len(self._entries) > self.most:
             await self._close_idle(float("inf"), keep=self.most)
-        if self._reaper is None:
-            self._reaper = asyncio.create_task(self._reap())
         return entry
 
     def touch(self, user: str) -> None:
@@ -142,16 +224,26 @@ class Pool:
         while True:
             await asyncio.sleep(min(self.idle_s, 30.0))
             await self._close_idle(self.idle_s)
-            now = time.monotonic()
-            self._refused = {k: v for k, v in self._refused.items() if v > now}
+            self._prune(time.monotonic())
+
+    def _prune(self, now: float) -> None:
+        """Forget refusals, failures and blocks that no longer count."""
+        self._refused = {k: v for k, v in self._refused.items() if v > now}
+        self._blocked = {k: v for k, v in self._blocked.items() if v > now}
+        self._failures = {
+            k: v for k, v in self._failures.items() if v and now - v[-1] <= FAILURES_S
+        }
 
     async def _close_idle(self, idle_s: float, keep: int | None = None) -> None:
+        """Close the connections idle for ``idle_s``, and the longest idle beyond ``keep``;
+        never one in use (beyond ``keep`` then, until they are idle)."""
         now = time.monotonic()
         by_age = sorted(self._entries.items(), key=lambda item: item[1].used)
         excess = len(by_age) - keep if keep is not None else 0
         for user, entry in by_age:
             closed = entry.conn.nc.is_closed
-            if closed or now - entry.used >= idle_s or excess > 0:
+            idle = entry.inflight == 0 and (now - entry.used >= idle_s or excess > 0)
+            if closed or idle:
                 excess -= 1
                 self._entries.pop(user, None)
                 if not closed:

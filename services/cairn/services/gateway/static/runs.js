@@ -14,6 +14,16 @@
   };
   const CONFIG = {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]};
 
+  /* plotly.js reads titles and trace names as its rich text (<a href>, <b>, <br>...): a name
+     users typed goes to it with "&" and "<" escaped, so it shows as the text it is. */
+  function plain(text) {
+    return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;");
+  }
+
+  function unplain(text) {
+    return String(text).replace(/&lt;/g, "<").replace(/&amp;/g, "&");
+  }
+
   function chart(container, name, traces) {
     let entry = charts.get(name);
     if (entry) return entry;
@@ -21,7 +31,7 @@
     el.className = "chart";
     el.dataset.metric = name;
     container.appendChild(el);
-    const layout = Object.assign({}, LAYOUT, {title: {text: name, font: {size: 13}, x: 0.02}});
+    const layout = Object.assign({}, LAYOUT, {title: {text: plain(name), font: {size: 13}, x: 0.02}});
     Plotly.newPlot(el, traces, layout, CONFIG);
     entry = {el: el};
     charts.set(name, entry);
@@ -35,7 +45,7 @@
 
   function trace(label, points) {
     return {
-      type: GL ? "scattergl" : "scatter", mode: points.length > 200 ? "lines" : "lines+markers", name: label,
+      type: GL ? "scattergl" : "scatter", mode: points.length > 200 ? "lines" : "lines+markers", name: plain(label),
       x: points.map(p => p[0]), y: points.map(p => p[2]),
       marker: {size: 4}, line: {width: 1.6},
     };
@@ -98,16 +108,57 @@
     Studio.run = run;
   }
 
+  function showOutput(logs, chunk, state) {
+    const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+    if (state.attempt && chunk.attempt !== state.attempt) logs.append(`\n--- attempt ${chunk.attempt} ---\n`);
+    state.attempt = chunk.attempt;
+    logs.append(chunk.text);
+    const MAX = 200000;  // keep the tail
+    if (logs.textContent.length > MAX) logs.textContent = logs.textContent.slice(-MAX);
+    if (atEnd) logs.scrollTop = logs.scrollHeight;
+  }
+
+  /* A run that had ended when the page was rendered: its histories and output, read once. */
+  async function endedRun(opts, container, logs) {
+    const base = `/api/w/${encodeURIComponent(opts.workspace)}/runs/${encodeURIComponent(opts.runId)}`;
+    for (const name of opts.metrics) {
+      const points = await history(base, name);
+      if (points.length) addPoints(container, name, points);
+    }
+    if (logs) {
+      const r = await fetch(base + "/output", {headers: {accept: "application/json"}});
+      if (r.ok) logs.textContent = (await r.json()).text;
+    }
+    Studio.ready = true;
+  }
+
   function runPage(opts) {
     const container = document.getElementById("charts");
     const dot = document.getElementById("live-dot"), text = document.getElementById("live-text");
     const logs = document.getElementById("logs");
+    setInterval(() => { if (Studio.run && !TERMINAL.has(Studio.run.status)) setRun(Studio.run); }, 1000);
+    if (!opts.live) {
+      text.textContent = "ended";
+      endedRun(opts, container, logs);
+      return;
+    }
     const url = `/api/w/${encodeURIComponent(opts.workspace)}/runs/${encodeURIComponent(opts.runId)}/live` +
       (opts.logs ? "?logs=true" : "");
     const source = new EventSource(url);
     Studio.source = source;
     source.onopen = () => { dot.classList.add("on"); text.textContent = "live"; };
-    source.onerror = () => { dot.classList.remove("on"); text.textContent = "reconnecting…"; };
+    source.onerror = async () => {
+      dot.classList.remove("on");
+      if (source.readyState !== EventSource.CLOSED) { text.textContent = "reconnecting…"; return; }
+      // refused (EventSource does not say why, nor retry): ask once what the stream answers
+      text.textContent = "live updates stopped: reload to try again";
+      const stop = new AbortController();
+      try {
+        const r = await fetch(url, {signal: stop.signal, headers: {accept: "application/json"}});
+        if (r.status === 429) text.textContent = "live updates stopped: " + (await r.json()).message;
+      } catch (e) { /* the gateway is gone: the text above says enough */ }
+      stop.abort();
+    };
     source.addEventListener("metrics", ev => {
       const batch = JSON.parse(ev.data);
       document.getElementById("no-metrics").hidden = true;
@@ -115,35 +166,42 @@
       Studio.updates += 1;
     });
     source.addEventListener("run", ev => setRun(JSON.parse(ev.data)));
-    setInterval(() => { if (Studio.run && !TERMINAL.has(Studio.run.status)) setRun(Studio.run); }, 1000);
-    let attempt = "";
-    source.addEventListener("log", ev => {
-      if (!logs) return;
-      const chunk = JSON.parse(ev.data);
-      const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
-      if (attempt && chunk.attempt !== attempt) logs.append(`\n--- attempt ${chunk.attempt} ---\n`);
-      attempt = chunk.attempt;
-      logs.append(chunk.text);
-      const MAX = 200000;  // keep the tail
-      if (logs.textContent.length > MAX) logs.textContent = logs.textContent.slice(-MAX);
-      if (atEnd) logs.scrollTop = logs.scrollHeight;
-    });
+    const state = {attempt: ""};
+    source.addEventListener("log", ev => { if (logs) showOutput(logs, JSON.parse(ev.data), state); });
     source.addEventListener("failed", ev => {
       text.textContent = "live updates stopped: " + JSON.parse(ev.data).message;
     });
+    // the run has ended and the stream has sent all there was: close it (no reconnecting)
+    source.addEventListener("end", () => {
+      source.close();
+      dot.classList.remove("on");
+      text.textContent = "ended";
+      Studio.ended = true;
+    });
     window.addEventListener("pagehide", () => source.close());
+  }
+
+  /* Every point of a run's metric, following the history API's cursor (it answers at most
+     its limit of points at a time). */
+  async function history(runUrl, metric) {
+    let points = [], cursor = "";
+    for (;;) {
+      const r = await fetch(`${runUrl}/history?name=${encodeURIComponent(metric)}&cursor=${encodeURIComponent(cursor)}`,
+                            {headers: {accept: "application/json"}});
+      if (!r.ok) return points;
+      const body = await r.json();
+      points = points.concat(body.points);
+      if (!body.next_cursor) return points;
+      cursor = body.next_cursor;
+    }
   }
 
   async function comparePage(opts) {
     const container = document.getElementById("charts");
     const base = `/api/w/${encodeURIComponent(opts.workspace)}/runs/`;
     for (const metric of opts.metrics) {
-      const traces = await Promise.all(opts.runs.map(async (run, i) => {
-        const r = await fetch(base + encodeURIComponent(run) + "/history?name=" + encodeURIComponent(metric),
-                              {headers: {accept: "application/json"}});
-        const body = r.ok ? await r.json() : {points: []};
-        return trace(opts.names[i] || run, body.points);
-      }));
+      const traces = await Promise.all(opts.runs.map(async (run, i) =>
+        trace(opts.names[i] || run, await history(base + encodeURIComponent(run), metric))));
       chart(container, metric, traces);
     }
     Studio.ready = true;
@@ -165,8 +223,8 @@
   /** A chart's points, as plotly holds them: [{name, x, y}] per trace (for tests and scripts). */
   function chartData(name) {
     const entry = charts.get(name);
-    return entry ? entry.el.data.map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)})) : null;
+    return entry ? entry.el.data.map(t => ({name: unplain(t.name), x: Array.from(t.x), y: Array.from(t.y)})) : null;
   }
 
-  window.Studio = {runPage, comparePage, pickRuns, chartData, updates: 0, ready: false, source: null, run: null};
+  window.Studio = {runPage, comparePage, pickRuns, chartData, updates: 0, ready: false, ended: false, source: null, run: null};
 })();
