@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cairn.bus import EventStore
@@ -74,11 +75,14 @@ async def test_a_pinned_python_is_that_interpreter_or_a_refused_submit(
     assert len(await (await ws.experiment("envs")).runs()) == 1
 
 
+@pytest.mark.parametrize("confined", [True, False])
 async def test_a_job_without_an_environment_cannot_change_the_agents_installation(
-    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path, confined: bool
 ) -> None:
-    """It runs in the agent's default environment (built once); its ``pip install`` either
-    lands there (unconfined) or is refused with a message (confined), never in the agent."""
+    """It runs in the agent's default environment (built once); its ``pip install`` lands
+    there when the job is not confined, and is refused with a message when it is (a kernel
+    without Landlock confines nothing); never in the agent's installation."""
+    agents.settings = msgspec.structs.replace(agents.settings, job_confine_files=confined)
     src = source(tmp_path, "")
     shutil.move(_wheel(tmp_path), src)
     where = "python -c 'import sys; print(\"prefix\", sys.prefix)'"
@@ -98,8 +102,9 @@ async def test_a_job_without_an_environment_cannot_change_the_agents_installatio
     assert f"prefix {default}\n" in output, output
     if details["status"] == "Completed":  # unconfined: into the default environment
         assert "installed from-wheel" in output
+        assert list((default / "lib").glob("python*/site-packages/tinypkg"))
     else:  # confined: the environment is read-only to the job
-        assert "this job's environment is read-only to it" in output, output
+        assert confined and "this job's environment is read-only to it" in output, output
     # a second job without an environment finds the same default environment, built once
     command = ["/bin/sh", "-c", where]
     config = ScriptRunConfig(source_directory=src, command=command)
