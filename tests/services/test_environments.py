@@ -5,6 +5,7 @@ agent's installation; Azure's curated names map to Cairn's; an image needs a doc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -79,38 +80,60 @@ async def test_a_pinned_python_is_that_interpreter_or_a_refused_submit(
 async def test_a_job_without_an_environment_cannot_change_the_agents_installation(
     ws: AsyncWorkspace, agents: Agents, tmp_path: Path, confined: bool
 ) -> None:
-    """It runs in the agent's default environment (built once); its ``pip install`` lands
-    there when the job is not confined, and is refused with a message when it is (a kernel
-    without Landlock confines nothing); never in the agent's installation."""
+    """It runs in the agent's default environment (built once), never the agent's own
+    interpreter. Its ``pip install`` puts packages in the job's folder, where its later
+    processes (and a warm-started script) import them; ``python -m pip install`` goes to the
+    environment, refused when the job is confined; nothing lands in the agent's install."""
     agents.settings = msgspec.structs.replace(agents.settings, job_confine_files=confined)
-    src = source(tmp_path, "")
+    src = source(
+        tmp_path,
+        """
+        import importlib, subprocess, sys
+        subprocess.check_call(["pip", "install", "-q", "--no-index", sys.argv[1]])
+        importlib.invalidate_caches()
+        import tinypkg
+        print("imported", tinypkg.VALUE, tinypkg.__file__)
+        """,
+    )
     shutil.move(_wheel(tmp_path), src)
+    shutil.move(_wheel(tmp_path, "otherpkg"), src)
     where = "python -c 'import sys; print(\"prefix\", sys.prefix)'"
-    install = "pip install --no-index --disable-pip-version-check ./tinypkg-0.1-py3-none-any.whl"
-    check = "python -c 'import tinypkg; print(\"installed\", tinypkg.VALUE)'"
-    command = ["/bin/sh", "-c", f"{where} && {install} && {check}"]
+    pip = "pip install --no-index --disable-pip-version-check"
+    install = f"{pip} ./tinypkg-0.1-py3-none-any.whl"
+    check = "python -c 'import tinypkg; print(\"installed\", tinypkg.VALUE, tinypkg.__file__)'"
+    module = f"python -m {pip} ./otherpkg-0.1-py3-none-any.whl; echo python -m pip: $?"
+    command = ["/bin/sh", "-c", f"{where} && {install} && {check} && {module}"]
     before = _agent_packages()
     await agents.start()
     printed: list[str] = []
     config = ScriptRunConfig(source_directory=src, command=command)
     details = await follow(ws, await submit(ws, "envs", config), out=printed.append, timeout=120)
     output = "".join(printed)
-    assert _agent_packages() == before
-    assert not _agent_finds("tinypkg")
+    assert details["status"] == "Completed", output
     envs = tmp_path / "agent-state" / "agent" / "envs"
     default = envs / f"default-{AGENT_PYTHON}"
     assert f"prefix {default}\n" in output, output
-    if details["status"] == "Completed":  # unconfined: into the default environment
-        assert "installed from-wheel" in output
-        assert list((default / "lib").glob("python*/site-packages/tinypkg"))
-    else:  # confined: the environment is read-only to the job
-        assert confined and "this job's environment is read-only to it" in output, output
-    # a second job without an environment finds the same default environment, built once
-    command = ["/bin/sh", "-c", where]
-    config = ScriptRunConfig(source_directory=src, command=command)
+    installed = re.search(r"^installed from-wheel (\S+)$", output, re.M)
+    assert installed is not None, output
+    assert Path(installed.group(1)).parent.parent.name == "packages"  # the job's folder
+    assert not str(installed.group(1)).startswith(str(default))
+    in_default = list((default / "lib").glob("python*/site-packages/otherpkg"))
+    if confined:  # the environment is read-only to the job
+        assert "python -m pip: 1" in output and not in_default, output
+    else:  # the environment's cached virtualenv, which this agent's jobs share
+        assert "python -m pip: 0" in output and in_default, output
+    # a script forked from the warm interpreter imports what it installed
+    config = ScriptRunConfig(
+        source_directory=src, script="job.py", arguments=["./tinypkg-0.1-py3-none-any.whl"]
+    )
     printed = []
     details = await follow(ws, await submit(ws, "envs", config), out=printed.append, timeout=60)
-    assert details["status"] == "Completed" and f"prefix {default}\n" in "".join(printed)
+    output = "".join(printed)
+    assert details["status"] == "Completed" and "imported from-wheel" in output, output
+    assert f"{os.sep}packages{os.sep}tinypkg" in output
+    assert _agent_packages() == before
+    assert not _agent_finds("tinypkg") and not _agent_finds("otherpkg")
+    # built once per agent: the second job found the same default environment
     assert [p.name for p in envs.iterdir() if not p.name.startswith(".")] == [default.name]
 
 

@@ -270,6 +270,9 @@ class ProcessBackend:
         gpus: list[int],
     ) -> Launched:
         env = {**self._base_env(runtime.python), **env}
+        # where the job's own ``pip install`` puts packages: its folder, not its environment
+        # (shared with other jobs) nor the agent's installation (``_env``'s pip and .pth)
+        env["CAIRN_JOB_SITE"] = str(cwd.parent / "packages")
         confine = await self._confinement(runtime, cwd, env)
         warm = warm_argv(runtime.python, argv) if self.warm else None
         if warm is not None:

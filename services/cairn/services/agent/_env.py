@@ -14,8 +14,9 @@ run an image, and running it on the host's Python instead would not be what was 
 An environment of the agent's Python also sees the agent's own packages *after* its own (a
 ``.pth`` file), so the SDK's ``Run`` imports in a job without installing Cairn into every
 environment, while the job's pins win; and its ``bin/pip`` is the agent's pip run by the
-environment's interpreter, so ``pip install`` in a job installs into that environment (where
-confinement lets it write: see ``docs/design.md``), never into the agent's installation.
+environment's interpreter, so ``pip install`` in a job installs into the job's own folder
+(``CAIRN_JOB_SITE``, on ``sys.path`` through the same ``.pth``), never into the shared
+environment or the agent's installation (see ``docs/design.md``).
 
 A build tells its phases (``_phases``: the job's log stream shows them): the virtualenv, the
 install with uv's own lines, the time it took; and a job that waits for another's build of
@@ -74,19 +75,29 @@ def _pinned(spec: EnvironmentSpec) -> str | None:
 #: the environment of jobs that name none (or install nothing on the agent's Python)
 DEFAULT = JobEnvironment(name="cairn-default", spec=EnvironmentSpec())
 
-#: ``bin/pip`` of an environment: the agent's pip, installing into the environment, or a
-#: clear refusal where the job may not write there (a confined job: see ``_landlock``)
-_PIP = """import sys, sysconfig, tempfile
-if "install" in sys.argv[1:]:
-    try:
-        tempfile.TemporaryFile(dir=sysconfig.get_path("purelib")).close()
-    except OSError:
-        sys.exit("cairn: this job's environment is read-only to it (" + sys.prefix + "):"
-                 " name the packages it needs in its environment (pip or conda dependencies)"
-                 " and Cairn installs them before the job starts")
+#: ``bin/pip`` of an environment: the agent's pip run by the environment's interpreter; in a
+#: job (``CAIRN_JOB_SITE`` set) an install goes to the job's own folder (``--target``), which
+#: the environment's ``.pth`` puts on ``sys.path`` after the environment's packages
+_PIP = """import os, sys, sysconfig, tempfile
+args = sys.argv[1:]
+command = next((a for a in args if not a.startswith("-")), None)
+into = ("-t", "--target", "--prefix", "--root", "--user")
+if command == "install" and not any(a.split("=")[0] in into for a in args):
+    if os.environ.get("CAIRN_JOB_SITE"):
+        sys.argv[1:] = [*args, "--target", os.environ["CAIRN_JOB_SITE"]]
+    else:
+        try:
+            tempfile.TemporaryFile(dir=sysconfig.get_path("purelib")).close()
+        except OSError:
+            sys.exit("cairn: this environment is read-only here (" + sys.prefix + "): name"
+                     " the packages a job needs in its environment")
 from pip._internal.cli.main import main
 sys.exit(main())
 """
+
+#: the first line of an environment's ``.pth``: the job's own packages (``CAIRN_JOB_SITE``),
+#: after the environment's and before the agent's
+_JOB_SITE = "import os, site; p = os.environ.get('CAIRN_JOB_SITE'); p and site.addsitedir(p)"
 
 
 def env_label(env: JobEnvironment) -> str:
@@ -223,7 +234,7 @@ def _add_agent_packages(folder: Path) -> None:
     ``pip`` that installs into the environment (uv's virtualenvs have none)."""
     lib = folder / "lib" / f"python{_agent_python()}" / "site-packages"
     dirs = [d for d in site.getsitepackages() if Path(d).is_dir()]
-    lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
+    lines = [_JOB_SITE] + [f"import site; site.addsitedir({d!r})" for d in dirs]
     (lib / "_cairn_agent.pth").write_text("\n".join(lines) + "\n")
     bindir = folder / "bin"
     if importlib.util.find_spec("pip") is not None and not (bindir / "pip").exists():
