@@ -187,3 +187,20 @@ async def test_an_image_environment_is_refused_by_a_process_agent(
     assert "docker image 'python:3.11-slim'" in details["error"]
     assert "--backend docker" in details["error"]
     assert "ran on the host" not in "".join(printed)
+
+
+async def test_an_image_environment_runs_on_a_docker_agent(
+    docker_engine: None, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """The same kind of environment a process agent refuses runs in its image on a docker
+    agent (the base image ``ops/base-image.sh`` builds, so nothing is pulled)."""
+    src = source(tmp_path, "import os\nprint('in', os.getcwd(), open('/etc/os-release').read())\n")
+    env = Environment("in-the-base-image")
+    env.docker.base_image = "cairn-base:bookworm"
+    await agents.start(backend="docker")
+    config = ScriptRunConfig(source_directory=src, script="job.py", environment=env)
+    printed: list[str] = []
+    details = await follow(ws, await submit(ws, "envs", config), out=printed.append, timeout=300)
+    output = "".join(printed)
+    assert details["status"] == "Completed", output
+    assert "in /workspace" in output and "bookworm" in output

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from cairn.domain.environment import closest_python, python_pin
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, Unavailable
 from cairn.proto.assets import EnvironmentSpec
 
 __all__ = ["Pythons"]
@@ -27,9 +27,13 @@ def _listed(downloads: bool) -> list[tuple[int, int]]:
     argv = [find_uv_bin(), "python", "list", "--output-format", "json", "--no-config"]
     if not downloads:
         argv += ["--only-installed", "--no-python-downloads"]
-    done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"cannot list the Python interpreters: {exc}") from exc
     if done.returncode != 0:
-        raise RuntimeError(f"uv python list failed: {done.stderr.decode(errors='replace')}")
+        said = done.stderr.decode(errors="replace").strip()[-2000:]
+        raise Unavailable(f"cannot list the Python interpreters: uv python list: {said}")
     found = set()
     for row in json.loads(done.stdout):
         if row.get("implementation") != "cpython" or row.get("variant") != "default":
