@@ -78,6 +78,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Landlock (Linux 5.13+); off (``CAIRN_JOB_CONFINE_FILES=0``): a job can read what the
     #: agent's OS user can
     job_confine_files: bool = True
+    #: environments may pin a Python that ``uv`` downloads (python-build-standalone, from
+    #: GitHub) as well as one installed on the machine; off: only installed interpreters,
+    #: and a submit pinning another is refused (``CAIRN_PYTHON_DOWNLOADS=1`` to allow)
+    python_downloads: bool = False
     #: where the gateway (studio, HTTP API, /metrics) listens; ``cairn up`` serves it there
     #: (port 0: not at all)
     gateway_host: str = "127.0.0.1"

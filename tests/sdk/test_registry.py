@@ -69,8 +69,12 @@ async def test_environments_datastores_and_compute_from_the_sdk(
     assert envs["manual"] == ["cairn-base:bookworm", {"MODE": "train"}, 1]
     assert envs["same_spec_same_version"]
     assert envs["listed"] == [
+        "cairn-lightgbm",
+        "cairn-minimal",
         "cairn-python-3.11",
+        "cairn-pytorch",
         "cairn-sklearn",
+        "cairn-tensorflow",
         "conda-env",
         "manual",
         "pip-env",

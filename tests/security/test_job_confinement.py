@@ -173,6 +173,7 @@ async def test_a_job_acts_for_its_own_run_and_nothing_else(
         "CAIRN_ATTEMPT",
         "CAIRN_EXPERIMENT",
         "CAIRN_HOME",
+        "CAIRN_JOB_SITE",
         "CAIRN_RUN_ID",
         "CAIRN_WORKSPACE",
     ]

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from cairn.bus import Connection, EventStore
+from cairn.domain.environment import CURATED
 from cairn.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from cairn.proto import subjects
 from cairn.proto.assets import (
@@ -76,7 +77,7 @@ async def test_environments_versions_and_the_reserved_prefix(client: Client) -> 
         e["name"]
         for e in (await client.ask(ListAssets(asset_kind="environment", min_seq=v2.seq))).data
     ]
-    assert names == ["cairn-python-3.11", "cairn-sklearn", "train"]
+    assert names == [*sorted(CURATED), "train"]
     with pytest.raises(InvalidInput):  # hostile names never reach a subject raw
         await client.send(
             RegisterEnvironment(command_id=cid(), name="bad\x00name", spec=EnvironmentSpec())

@@ -9,13 +9,13 @@ from pathlib import Path
 import msgspec
 
 from cairn.domain import Aggregate
+from cairn.domain.environment import CURATED
 from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.assets import (
     ASSET_KINDS,
     AssetSpec,
     ComputeSpec,
     DatastoreSpec,
-    EnvironmentSpec,
     RecordUpload,
 )
 from cairn.proto.events import (
@@ -182,13 +182,6 @@ def aggregate(kind: str) -> Aggregate[AssetState, AssetCommand]:
         return AGGREGATES[kind]
     except KeyError:
         raise InvalidInput(f"no asset kind {kind!r}") from None
-
-
-#: curated environments every workspace has (users cannot register the prefix)
-CURATED: dict[str, EnvironmentSpec] = {
-    "cairn-python-3.11": EnvironmentSpec(python="3.11"),
-    "cairn-sklearn": EnvironmentSpec(python="3.11", pip=["scikit-learn", "pandas", "numpy"]),
-}
 
 
 def builtin_assets(home: Path, ws: str, kind: str) -> dict[str, AssetSpec]:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from cairn.domain.environment import parse_reference
 from cairn.errors import InvalidInput
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.sdk._assets import Environment
@@ -130,15 +131,12 @@ def _strip_prefix(ref: str) -> str:
 def _environment(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        ref = _strip_prefix(value)
-        name, _, version = ref.partition("@") if "@" in ref else ref.partition(":")
-        if not version or version == "latest":
+    if isinstance(value, str):  # Azure's curated names become Cairn's curated environments
+        name, version = parse_reference(value)
+        if version is None:
             return name
-        if not version.isdigit():
-            raise InvalidInput(f"environment {value!r}: a version is a number or 'latest'")
         env = Environment(name)
-        env.version = int(version)
+        env.version = version
         return env
     if value.conda_file is not None:
         env = Environment.from_conda_specification(value.name or "inline", base / value.conda_file)

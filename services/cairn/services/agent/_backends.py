@@ -236,6 +236,11 @@ class ProcessBackend:
         #: the folders a job must not reach (the agent's home, state, artifacts, keys), kept
         #: from it with Landlock (``_landlock.py``); None: not confined
         self.protect = [str(p) for p in protect] if protect is not None else None
+        #: the agent's own installation (its virtualenv, its base interpreter's prefix):
+        #: protected too, but readable, so a job can read it and change nothing in it
+        self.installation = _installation()
+        if self.protect is not None:
+            self.protect += [p for p in self.installation if p not in self.protect]
         if protect is not None:
             _room_for_walls()
         #: the walls' rules and when they were made (``_landlock.walls``: a walk of the
@@ -265,6 +270,9 @@ class ProcessBackend:
         gpus: list[int],
     ) -> Launched:
         env = {**self._base_env(runtime.python), **env}
+        # where the job's own ``pip install`` puts packages: its folder, not its environment
+        # (shared with other jobs) nor the agent's installation (``_env``'s pip and .pth)
+        env["CAIRN_JOB_SITE"] = str(cwd.parent / "packages")
         confine = await self._confinement(runtime, cwd, env)
         warm = warm_argv(runtime.python, argv) if self.warm else None
         if warm is not None:
@@ -329,6 +337,7 @@ class ProcessBackend:
             allowed.append((str(Path(socket).parent), _landlock.FULL))
         python = Path(runtime.python)
         allowed.append((str(python.parent.parent), _landlock.READ))  # its environment
+        allowed += [(p, _landlock.READ) for p in self.installation]
         protect = self.protect
 
         def plan() -> Confinement:
@@ -383,6 +392,12 @@ _LANDLOCK_CHECKED: list[bool] = []
 #: how long the walls' rules are reused: an entry made beside a wall since is not reachable
 #: by the jobs started meanwhile (their own folders always are)
 _WALLS_FOR_S = 5.0
+
+
+def _installation() -> list[str]:
+    """The folders of the agent's installation: its prefix and its base interpreter's."""
+    found = [os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)]
+    return sorted(set(found))
 
 
 def _landlock_ready() -> bool:

@@ -148,6 +148,8 @@ def become(job: dict[str, Any], output: int) -> None:
     os.environ.clear()
     os.environ.update(job["env"])
     sys.argv = list(job["argv"])
+    if job_site := os.environ.get("CAIRN_JOB_SITE"):
+        _add_job_site(job_site)
     if job.get("rules") is not None:  # kept out of the agent's files (``_landlock.py``)
         if job.get("walls_id") != _WALLS["id"]:
             print("cairn: the job's confinement rules did not arrive", file=sys.stderr)
@@ -160,6 +162,19 @@ def become(job: dict[str, Any], output: int) -> None:
             os._exit(126)
         for fd in _WALLS["fds"].values():
             os.close(fd)
+
+
+def _add_job_site(path: str) -> None:
+    """The job's own packages on ``sys.path`` where a cold start's ``.pth`` puts them: after
+    the environment's ``site-packages``, before the agent's (``_env``)."""
+    if path in sys.path:
+        return
+    ours = [
+        i
+        for i, p in enumerate(sys.path)
+        if p.startswith(sys.prefix + os.sep) and p.endswith("site-packages")
+    ]
+    sys.path.insert(ours[-1] + 1 if ours else len(sys.path), path)
 
 
 def _execute(argv: list[str]) -> None:

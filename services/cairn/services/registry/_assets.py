@@ -13,6 +13,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import AggregateCache, EventStore, execute
 from cairn.domain import asset
+from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, PermissionDenied
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -170,12 +171,19 @@ class AssetHandlers:
 
     async def get(self, req: Request) -> tuple[dict[str, Any], int]:
         q: GetAsset = req.body
-        subject = subjects.event(req.workspace, q.asset_kind, subjects.name_to_id(q.name))
+        name, version = q.name, q.version
+        if q.asset_kind == "environment":  # Azure's references and curated names as written
+            name, parsed = parse_reference(q.name)
+            if name == q.name or name not in CURATED:
+                version = parsed if version is None else version
+            else:
+                version = None
+        subject = subjects.event(req.workspace, q.asset_kind, subjects.name_to_id(name))
         history = await self.cache.refresh(subject)
         state = self.cache.state(subject, asset.aggregate(q.asset_kind), history)
         seq = history[-1].seq if history else 0
-        builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(q.name)
-        ev = asset.resolve(state, builtin, q.asset_kind, q.name, q.version)
+        builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(name)
+        ev = asset.resolve(state, builtin, q.asset_kind, name, version)
         builtin_now = state.latest is None or state.deleted
         view = _view(ev.name, ev.version, ev.spec, builtin_now, ev.description)
         if q.sealed and isinstance(ev.spec, DatastoreSpec):

@@ -11,6 +11,7 @@ import msgspec
 from cairn.bus import AggregateCache, Recorded
 from cairn.domain import asset
 from cairn.domain import run as runs
+from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.assets import DatasetSpec, EnvironmentSpec
@@ -18,6 +19,7 @@ from cairn.proto.events import AssetRegistered
 from cairn.proto.jobs import SNAPSHOT_FILE, JobEnvironment, JobInput, JobOutput, JobSpec, SubmitJob
 from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import validate_token
+from cairn.services.scheduler._pythons import Pythons
 from cairn.settings import Settings
 
 __all__ = ["DEFAULT_DATASTORE", "EXISTS_FOR_S", "resolve_asset", "resolve_job"]
@@ -113,7 +115,7 @@ async def _output(
 
 
 async def resolve_job(
-    cache: AggregateCache, settings: Settings, ws: str, cmd: SubmitJob
+    cache: AggregateCache, settings: Settings, ws: str, cmd: SubmitJob, pythons: Pythons
 ) -> JobSpec:
     job = cmd.job
     _check_basics(job)
@@ -121,15 +123,17 @@ async def resolve_job(
         await _check_snapshot(cache, ws, job)
     env = job.environment
     if cmd.environment_name is not None:
-        ev = await resolve_asset(
-            cache, settings, ws, "environment", cmd.environment_name, cmd.environment_version
-        )
+        # Azure's references (``azureml:...``, registry URIs, its curated names) as written
+        name, version = parse_reference(cmd.environment_name)
+        if name == cmd.environment_name or name not in CURATED:  # else: see parse_reference
+            version = cmd.environment_version if version is None else version
+        ev = await resolve_asset(cache, settings, ws, "environment", name, version)
         assert isinstance(ev.spec, EnvironmentSpec)
-        env = JobEnvironment(
-            name=cmd.environment_name, version=ev.version, spec=ev.spec, spec_hash=ev.spec_hash
-        )
+        env = JobEnvironment(name=name, version=ev.version, spec=ev.spec, spec_hash=ev.spec_hash)
     elif env is not None:
         env = msgspec.structs.replace(env, spec_hash=asset.spec_hash(env.spec))
+    if env is not None:
+        await pythons.check(env.spec)
     inputs = [await _input(cache, settings, ws, validate_item(i)) for i in job.inputs]
     outputs = [
         await _output(cache, settings, ws, cmd.run_id, validate_item(o)) for o in job.outputs

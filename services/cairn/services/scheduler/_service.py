@@ -53,6 +53,7 @@ from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
+from cairn.services.scheduler._pythons import Pythons
 from cairn.services.scheduler._resolve import EXISTS_FOR_S, resolve_asset, resolve_job
 from cairn.settings import Settings
 from cairn.telemetry import SCHEDULER_QUEUED, SCHEDULER_RUNNING, forget
@@ -77,6 +78,7 @@ class SchedulerService(ProjectedService):
         self.window = max(1, settings.job_ticket_window)
         self.tick_s = min(0.5, settings.job_lease_s / 4)
         self.leases = Leases(conn, settings.job_lease_s)
+        self.pythons = Pythons(downloads=settings.python_downloads)
         self.published: dict[tuple[str, str, int], str] = {}  # ticket -> compute
         self.claimed: set[tuple[str, str, int]] = set()  # claimed, maybe not yet projected
         self.consumers: set[tuple[str, str]] = set()
@@ -300,7 +302,7 @@ class SchedulerService(ProjectedService):
         await resolve_asset(
             self.cache, self.settings, ws, "compute", compute, None, max_age_s=EXISTS_FOR_S
         )
-        job = await resolve_job(self.cache, self.settings, ws, cmd)
+        job = await resolve_job(self.cache, self.settings, ws, cmd, self.pythons)
         submit = runs.SubmitResolvedJob(command=cmd, experiment_id=experiment_id, job=job)
         accepted = await self._on_run(req, cmd.run_id, submit, new=True)
         if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
