@@ -10,7 +10,8 @@ Then, over HTTP, each is asked (median of ``--repeat`` tries, after one warm-up)
   ``POST /api/2.0/mlflow/runs/search`` with ``max_results=100``);
 * **sorted by a metric**: the 100 runs with the lowest ``loss``;
 * **filtered by a tag**: the first 100 runs with ``team = 'b'``;
-* **metric history**: every point of one run's ``loss``.
+* **metric history**: every point of one run's ``loss`` (that run logs ``--history`` points,
+  5,000 by default: a training curve, as a run page charts it).
 
 Cairn's runs are made through its commands (the log is the truth: nothing is written to a read
 model directly); MLflow's rows are inserted into its own schema with SQLite, which is faster
@@ -56,6 +57,12 @@ def _median_s(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def _steps(i: int, runs: int, steps: int, history: int) -> int:
+    """Points per metric of run ``i``: ``steps``, but ``history`` for the middle run, whose
+    history the benchmark reads (a training run's curve, as the run page charts it)."""
+    return history if i == runs // 2 else steps
+
+
 def _loss(i: int, step: int) -> float:
     return round(1.0 / (1 + step) + (i % 997) / 1000.0, 6)
 
@@ -66,7 +73,7 @@ def _loss(i: int, step: int) -> float:
 class MlflowServer:
     """``mlflow server`` over a SQLite store holding ``runs`` runs of one experiment."""
 
-    def __init__(self, runs: int, steps: int) -> None:
+    def __init__(self, runs: int, steps: int, history: int) -> None:
         logging.disable(logging.WARNING)
         from mlflow.tracking import MlflowClient
 
@@ -76,7 +83,7 @@ class MlflowServer:
         self.experiment_id = client.create_experiment(
             "bench", artifact_location=str(self.folder / "artifacts")
         )
-        self.run_ids = self._insert(db, runs, steps)
+        self.run_ids = self._insert(db, runs, steps, history)
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
@@ -109,7 +116,7 @@ class MlflowServer:
                 raise RuntimeError("mlflow server did not start")
             time.sleep(0.5)
 
-    def _insert(self, db: Path, runs: int, steps: int) -> list[str]:
+    def _insert(self, db: Path, runs: int, steps: int, history: int) -> list[str]:
         con = sqlite3.connect(db)
         now = int(time.time() * 1000)
         ids = [uuid.uuid4().hex for _ in range(runs)]
@@ -134,13 +141,17 @@ class MlflowServer:
                     (
                         (name, value(i, s), now + s, rid, s)
                         for i, rid in enumerate(ids)
-                        for s in range(steps)
+                        for s in range(_steps(i, runs, steps, history))
                     ),
                 )
                 con.executemany(
                     "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)"
                     " VALUES (?, ?, ?, ?, 0, ?)",
-                    ((name, value(i, steps - 1), now, steps - 1, rid) for i, rid in enumerate(ids)),
+                    (
+                        (name, value(i, n - 1), now, n - 1, rid)
+                        for i, rid in enumerate(ids)
+                        for n in [_steps(i, runs, steps, history)]
+                    ),
                 )
         con.close()
         return ids
@@ -153,7 +164,7 @@ class MlflowServer:
         reply.raise_for_status()
         return len(reply.json().get("runs", []))
 
-    def measure(self, repeat: int, history_run: int) -> dict[str, float]:
+    def measure(self, repeat: int, history_run: int, points: int) -> dict[str, float]:
         run_id = self.run_ids[history_run]
 
         def history() -> int:
@@ -165,6 +176,7 @@ class MlflowServer:
             return len(reply.json()["metrics"])
 
         assert self._search(order_by=["metrics.loss ASC"]) == 100
+        assert history() == points
         return {
             "first_page_s": _median_s(lambda: self._search(), repeat),
             "by_metric_s": _median_s(lambda: self._search(order_by=["metrics.loss ASC"]), repeat),
@@ -237,15 +249,16 @@ class CairnStack:
         )
         assert reply.status_code == 303, reply.text
 
-    def populate(self, runs: int, steps: int, concurrency: int = 32) -> list[str]:
-        return asyncio.run(self._populate(runs, steps, concurrency))
+    def populate(self, runs: int, steps: int, history: int, concurrency: int = 32) -> list[str]:
+        """The runs, in the order of their index (``ids[runs // 2]`` has the long history)."""
+        return asyncio.run(self._populate(runs, steps, history, concurrency))
 
-    async def _populate(self, runs: int, steps: int, concurrency: int) -> list[str]:
+    async def _populate(self, runs: int, steps: int, history: int, concurrency: int) -> list[str]:
         from cairn.sdk import connect
         from cairn.settings import load_settings
 
         settings = load_settings(file=self.home / "config.json")
-        ids: list[str] = []
+        ids: list[str] = [""] * runs
         async with connect(settings) as ws:
             exp = await ws.experiment("bench")
             queue: asyncio.Queue[int] = asyncio.Queue()
@@ -257,11 +270,11 @@ class CairnStack:
                     i = queue.get_nowait()
                     run = await exp.start_run(display_name=f"run-{i}")
                     await run.set_tags({"team": TEAMS[i % 4], "lr": str(10 ** -(1 + i % 4))})
-                    for s in range(steps):
+                    for s in range(_steps(i, runs, steps, history)):
                         run.log("loss", _loss(i, s), step=s)
                         run.log("acc", 1 - _loss(i, s), step=s)
                     await run.complete()
-                    ids.append(run.id)
+                    ids[i] = run.id
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         return ids
@@ -273,13 +286,14 @@ class CairnStack:
         reply.raise_for_status()
         return len(reply.json()["runs"])
 
-    def measure(self, repeat: int, run_id: str) -> dict[str, float]:
+    def measure(self, repeat: int, run_id: str, points: int) -> dict[str, float]:
         def history() -> int:
             reply = self.http.get(f"/api/w/default/runs/{run_id}/history", params={"name": "loss"})
             reply.raise_for_status()
             return len(reply.json()["points"])
 
         assert self._runs(order="metrics.loss ASC") == 100
+        assert history() == points
         return {
             "first_page_s": _median_s(lambda: self._runs(), repeat),
             "by_metric_s": _median_s(lambda: self._runs(order="metrics.loss ASC"), repeat),
@@ -299,7 +313,7 @@ ROWS = (
     ("first page (100 newest)", "first_page_s"),
     ("100 lowest loss", "by_metric_s"),
     ("100 with tag team=b", "by_tag_s"),
-    ("metric history (1 run)", "history_s"),
+    ("metric history (1 run)", "history_s"),  # of --history points
 )
 
 
@@ -307,6 +321,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--steps", type=int, default=10, help="points per metric per run")
+    parser.add_argument(
+        "--history", type=int, default=5000, help="points of the run whose history is read"
+    )
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -316,14 +333,14 @@ def main() -> None:
         stack = CairnStack()
         try:
             t0 = time.perf_counter()
-            ids = stack.populate(size, args.steps)
+            ids = stack.populate(size, args.steps, args.history)
             made_s = time.perf_counter() - t0
-            cairn = stack.measure(args.repeat, ids[len(ids) // 2])
+            cairn = stack.measure(args.repeat, ids[size // 2], args.history)
         finally:
             stack.stop()
-        peer = MlflowServer(size, args.steps)
+        peer = MlflowServer(size, args.steps, args.history)
         try:
-            mlflow = peer.measure(args.repeat, size // 2)
+            mlflow = peer.measure(args.repeat, size // 2, args.history)
         finally:
             peer.stop()
         results[size] = {"cairn": cairn, "mlflow": mlflow, "made_runs_per_s": size / made_s}
