@@ -42,6 +42,10 @@ class Principal:
     #: the highest stream sequence this user's commands reached, per workspace, passed as
     #: ``min_seq`` so that a page shows what its user just did
     seen: dict[str, int] = field(default_factory=dict)
+    #: the same for METRICS (the sequences of ``metrics.log`` replies), per workspace
+    metrics_seen: dict[str, int] = field(default_factory=dict)
+    #: when the MLflow API last renewed each run it started (``cairn.services.mlflow``)
+    renewed: dict[str, float] = field(default_factory=dict)
 
     @property
     def person(self) -> str:
