@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from cairn.embedded._server import NatsServer
-from cairn.sdk import AsyncWorkspace
+from cairn.sdk import AsyncWorkspace, Workspace
 from cairn.services.gateway import Gateway
 from tests.gateway.test_tokens import bearer, make_token
 
@@ -53,7 +54,10 @@ async def test_the_mlflow_client_logs_a_cairn_run(
     gateway: Gateway, nats_server: NatsServer, ws: AsyncWorkspace, tmp_path: Path
 ) -> None:
     _, token = make_token(nats_server)
-    uri = f"{gateway.url}/mlflow/{ws.name}"
+    port = int(gateway.url.rsplit(":", 1)[1])
+    settings = msgspec.structs.replace(gateway.settings, gateway_port=port)
+    uri = Workspace(settings, ws.name).get_mlflow_tracking_uri()
+    assert uri == f"{gateway.url}/mlflow/{ws.name}"
     got = await run_mlflow(mlflow_env(uri, token), "mlflow-exp", cwd=tmp_path)
 
     assert got["status"] == "FINISHED" and got["name"] == "first"

@@ -183,8 +183,8 @@ def _experiment(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _experiment_by_id(t: Tracker, experiment_id: str) -> dict[str, Any]:
-    if experiment_id == "0":
-        return await _experiment_by_name(t, DEFAULT_EXPERIMENT, create=True)
+    if experiment_id == "0":  # MLflow's default: a job's own experiment, else Default
+        return await _experiment_by_name(t, t.job_experiment or DEFAULT_EXPERIMENT, create=True)
     for row in await _experiments(t):
         if row["experiment_id"] == experiment_id:
             return row
