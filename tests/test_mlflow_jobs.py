@@ -8,6 +8,9 @@ import json
 import uuid
 from pathlib import Path
 
+import httpx
+import pytest
+
 from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import CreateExperiment, CreateRun, GetRun
 from cairn.proto.metrics import GetMetrics
@@ -59,7 +62,18 @@ try:
     refused = ""
 except mlflow.exceptions.MlflowException as exc:
     refused = exc.error_code
-print("RESULT " + json.dumps({"refused": refused, "child": child.info.run_id}))
+import requests
+probe = f"{uri}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}"
+anonymous = requests.get(probe, timeout=10).status_code
+wrong = requests.get(probe, headers={"Authorization": "Bearer x"}, timeout=10).status_code
+print("RESULT " + json.dumps({
+    "refused": refused,
+    "child": child.info.run_id,
+    "anonymous": anonymous,
+    "wrong": wrong,
+    "uri": uri,
+    "token": os.environ["MLFLOW_TRACKING_TOKEN"],
+}))
 """
 
 
@@ -85,6 +99,7 @@ async def test_a_job_logs_with_mlflow_autolog_into_its_own_run(
     assert line is not None, out[-4000:]
     result = json.loads(line.removeprefix("RESULT "))
     assert result["refused"] == "PERMISSION_DENIED"
+    assert result["anonymous"] == 401 and result["wrong"] == 401
 
     jobs = json.loads(await cli("job", "list", "--json", env=env, cwd=tmp_path))
     assert [j["status"] for j in jobs] == ["Completed"]
@@ -102,3 +117,11 @@ async def test_a_job_logs_with_mlflow_autolog_into_its_own_run(
     assert child["status"] == "Completed"
     untouched = (await client.ask(GetRun(run_id=other))).data
     assert untouched["properties"] == {}
+    # the attempt has ended: its endpoint and its token with it
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(
+                f"{result['uri']}/api/2.0/mlflow/runs/get",
+                params={"run_id": run_id},
+                headers={"authorization": f"Bearer {result['token']}"},
+            )

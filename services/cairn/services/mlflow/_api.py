@@ -358,9 +358,10 @@ async def _latest_metrics(t: Tracker, run_id: str) -> dict[str, float]:
         last = _number(value[-1] if isinstance(value, list) else value)
         if last is not None:
             out[name] = last
+    quoted = run_id.replace("'", "''")
     for i in range(0, len(long), 32):  # long series: their summaries
         page = await t.ask(
-            ListRuns(filter=f"run_id = '{run_id}'", metrics=tuple(long[i : i + 32]), limit=1)
+            ListRuns(filter=f"run_id = '{quoted}'", metrics=tuple(long[i : i + 32]), limit=1)
         )
         for run in page.data["runs"]:
             for name, summary in (run.get("metrics") or {}).items():
