@@ -107,3 +107,61 @@ async def test_mlflow_errors_are_mlflow_shaped(
     async with httpx.AsyncClient() as http:
         anonymous = await http.get(f"{base}/experiments/get", params={"experiment_id": "0"})
         assert anonymous.status_code == 401
+
+
+async def test_runs_through_the_rest_routes(
+    gateway: Gateway, nats_server: NatsServer, ws: AsyncWorkspace
+) -> None:
+    """What the client does not show: deletion as a mark that searches honour, the ajax
+    routes, a run killed, a batch read back, NaN refused by the ingester's policy."""
+    _, token = make_token(nats_server)
+    base = f"{gateway.url}/mlflow/{ws.name}/ajax-api/2.0/mlflow"
+    async with httpx.AsyncClient(headers=bearer(token)) as http:
+        exp = (await http.post(f"{base}/experiments/create", json={"name": "rest"})).json()
+        made = await http.post(
+            f"{base}/runs/create",
+            json={"experiment_id": exp["experiment_id"], "run_name": "r", "tags": []},
+        )
+        assert made.status_code == 200, made.text
+        run_id = made.json()["run"]["info"]["run_id"]
+        assert made.json()["run"]["info"]["status"] == "RUNNING"
+        batch = {
+            "run_id": run_id,
+            "metrics": [
+                {"key": "m", "value": "-1.5", "timestamp": 1000, "step": 0},
+                {"key": "m", "value": 2.5, "timestamp": 2000, "step": 1},
+            ],
+            "params": [{"key": "p", "value": "1"}],
+            "tags": [{"key": "t", "value": "x"}],
+        }
+        logged = await http.post(f"{base}/runs/log-batch", json=batch)
+        assert logged.status_code == 200, logged.text
+        history = await http.get(
+            f"{base}/metrics/get-history", params={"run_id": run_id, "metric_key": "m"}
+        )
+        points = [(p["step"], p["value"], p["timestamp"]) for p in history.json()["metrics"]]
+        assert points == [(0, -1.5, 1000), (1, 2.5, 2000)]
+        nan = {"run_id": run_id, "key": "m", "value": "NaN", "timestamp": 0, "step": 2}
+        refused = await http.post(f"{base}/runs/log-metric", json=nan)
+        assert refused.status_code == 400 and "policy" in refused.json()["message"]
+
+        async def search(view: str) -> list[str]:
+            found = await http.post(
+                f"{base}/runs/search",
+                json={"experiment_ids": [exp["experiment_id"]], "run_view_type": view},
+            )
+            assert found.status_code == 200, (view, found.text)
+            return [r["info"]["run_id"] for r in found.json().get("runs", [])]
+
+        assert await search("ACTIVE_ONLY") == [run_id]
+        assert (await http.post(f"{base}/runs/delete", json={"run_id": run_id})).status_code == 200
+        assert await search("ACTIVE_ONLY") == []
+        assert await search("DELETED_ONLY") == [run_id]
+        got = await http.get(f"{base}/runs/get", params={"run_id": run_id})
+        assert got.json()["run"]["info"]["lifecycle_stage"] == "deleted"
+        await http.post(f"{base}/runs/restore", json={"run_id": run_id})
+        assert await search("ALL") == [run_id] == await search("ACTIVE_ONLY")
+
+        killed = await http.post(f"{base}/runs/update", json={"run_id": run_id, "status": "KILLED"})
+        assert killed.json()["run_info"]["status"] == "KILLED"
+        assert (await ws.run(run_id).details())["status"] == "Canceled"
