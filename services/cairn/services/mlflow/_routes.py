@@ -21,7 +21,8 @@ from cairn.data import blob_chunks, upload_file
 from cairn.errors import InvalidName
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.paths import validate_run_path
-from cairn.services.mlflow._api import MlflowError, Tracker, call, error_body
+from cairn.services.mlflow._api import call
+from cairn.services.mlflow._tracker import MlflowError, Tracker, error_body
 
 __all__ = ["Resolve", "mlflow_routes"]
 
