@@ -165,3 +165,30 @@ async def test_runs_through_the_rest_routes(
         killed = await http.post(f"{base}/runs/update", json={"run_id": run_id, "status": "KILLED"})
         assert killed.json()["run_info"]["status"] == "KILLED"
         assert (await ws.run(run_id).details())["status"] == "Canceled"
+
+
+async def test_mlflow_2_records_a_logged_model_in_its_history_tag(
+    gateway: Gateway, nats_server: NatsServer, ws: AsyncWorkspace
+) -> None:
+    _, token = make_token(nats_server)
+    base = f"{gateway.url}/mlflow/{ws.name}/api/2.0/mlflow"
+    async with httpx.AsyncClient(headers=bearer(token)) as http:
+        made = await http.post(f"{base}/runs/create", json={"experiment_id": "0"})
+        run_id = made.json()["run"]["info"]["run_id"]
+        model = {"artifact_path": "model", "flavors": {"sklearn": {}}, "run_id": run_id}
+        for _ in range(2):
+            logged = await http.post(
+                f"{base}/runs/log-model", json={"run_id": run_id, "model_json": json.dumps(model)}
+            )
+            assert logged.status_code == 200, logged.text
+        got = (await http.get(f"{base}/runs/get", params={"run_id": run_id})).json()
+        tags = {t["key"]: t["value"] for t in got["run"]["data"]["tags"]}
+        assert json.loads(tags["mlflow.log-model.history"]) == [model, model]
+        assert (
+            got["run"]["info"]["experiment_id"]
+            == (
+                await http.get(
+                    f"{base}/experiments/get-by-name", params={"experiment_name": "Default"}
+                )
+            ).json()["experiment"]["experiment_id"]
+        )

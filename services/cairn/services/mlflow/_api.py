@@ -40,6 +40,7 @@ from cairn.services.mlflow._models import (
     logged_models_get,
     logged_models_search,
     runs_log_inputs,
+    runs_log_model,
     runs_log_outputs,
 )
 from cairn.services.mlflow._runs import (
@@ -83,6 +84,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "runs/log-batch"): runs_log_batch,
     ("POST", "runs/log-inputs"): runs_log_inputs,
     ("POST", "runs/outputs"): runs_log_outputs,
+    ("POST", "runs/log-model"): runs_log_model,
     ("GET", "metrics/get-history"): metrics_get_history,
     ("POST", "logged-models"): logged_models_create,
     ("POST", "logged-models/search"): logged_models_search,

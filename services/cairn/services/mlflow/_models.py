@@ -29,6 +29,7 @@ __all__ = [
     "logged_models_get",
     "logged_models_search",
     "runs_log_inputs",
+    "runs_log_model",
     "runs_log_outputs",
 ]
 
@@ -61,6 +62,29 @@ async def runs_log_outputs(t: Tracker, req: dict[str, Any]) -> dict[str, Any]:
     }
     if tags:
         await _log(t, _run_id(req), tags=tags)
+    return {}
+
+
+#: the tag where MLflow 2.x keeps a run's logged models (``runs/log-model``), as its server
+HISTORY_TAG = "mlflow.log-model.history"
+
+
+async def runs_log_model(t: Tracker, req: dict[str, Any]) -> dict[str, Any]:
+    """MLflow 2.x's record of a model logged into the run's files: appended to the run's
+    ``mlflow.log-model.history`` tag (a JSON list), as MLflow's own server keeps it."""
+    run_id = _run_id(req)
+    raw = _text(req, "model_json")
+    try:
+        model = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise _invalid("model_json: not JSON") from None
+    run = await _get_run(t, run_id)
+    history = msgspec.json.decode((run.get("tags") or {}).get(HISTORY_TAG) or "[]")
+    history.append(model)
+    value = msgspec.json.encode(history).decode()
+    if len(value) > 5000:  # what a Cairn tag holds; the model's files are stored all the same
+        raise _invalid(f"{HISTORY_TAG}: the run's models take over 5,000 characters")
+    await _log(t, run_id, tags={HISTORY_TAG: value})
     return {}
 
 
