@@ -36,6 +36,7 @@ def main(experiment: str) -> None:
     found = client.search_runs([exp.experiment_id], "params.lr = '0.1' and metrics.loss < 1")
     ordered = client.search_runs([exp.experiment_id], order_by=["metrics.loss DESC"])
     paged = client.search_runs([exp.experiment_id], max_results=1)
+    rest = client.search_runs([exp.experiment_id], max_results=1, page_token=paged.token)
     got = client.get_run(run_id)
     files = sorted(f.path for f in client.list_artifacts(run_id))
     inner = sorted(f.path for f in client.list_artifacts(run_id, "notes"))
@@ -59,6 +60,7 @@ def main(experiment: str) -> None:
                 "found": [r.info.run_id for r in found],
                 "ordered": [r.info.run_name for r in ordered],
                 "paged": [len(paged), paged.token is not None],
+                "pages": [r.info.run_name for r in [*paged, *rest]] + [rest.token],
                 "files": files,
                 "inner": inner,
                 "text": text,

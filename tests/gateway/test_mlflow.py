@@ -68,6 +68,7 @@ async def test_the_mlflow_client_logs_a_cairn_run(
     assert got["found"] == [got["run_id"]]
     assert got["ordered"] == ["second", "first"]
     assert got["paged"] == [1, True]
+    assert got["pages"] == ["second", "first", None]  # newest first, as MLflow's default
     assert got["files"] == ["note.txt", "notes"] and got["inner"] == ["notes/note.txt"]
     assert got["text"] == "hello from mlflow"
     assert got["missing"] == "RESOURCE_DOES_NOT_EXIST"
