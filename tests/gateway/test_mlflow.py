@@ -17,6 +17,7 @@ import msgspec
 from cairn.embedded._server import NatsServer
 from cairn.sdk import AsyncWorkspace, Workspace
 from cairn.services.gateway import Gateway
+from cairn.tokens import parse_token
 from tests.gateway.test_tokens import bearer, make_token
 
 SCRIPT = Path(__file__).parent / "mlflow_client_script.py"
@@ -166,6 +167,11 @@ async def test_runs_through_the_rest_routes(
         killed = await http.post(f"{base}/runs/update", json={"run_id": run_id, "status": "KILLED"})
         assert killed.json()["run_info"]["status"] == "KILLED"
         assert (await ws.run(run_id).details())["status"] == "Canceled"
+    # what the caller wrote is remembered between its requests: its METRICS and EVENTS
+    # positions (read-your-writes), and the runs it renewed
+    principal = await gateway.pool.principal(*parse_token(token), "token")
+    assert principal.metrics_seen[ws.name] > 0 and principal.seen[ws.name] > 0
+    assert run_id in principal.renewed
 
 
 async def test_mlflow_2_records_a_logged_model_in_its_history_tag(

@@ -58,6 +58,8 @@ class _Entry:
     digest: bytes
     used: float
     seen: dict[str, int] = field(default_factory=dict)
+    metrics_seen: dict[str, int] = field(default_factory=dict)
+    renewed: dict[str, float] = field(default_factory=dict)
 
 
 def _serves(entry: _Entry | None, digest: bytes) -> bool:
@@ -104,7 +106,14 @@ class Pool:
                     entry = await self._open(user, password, digest)
         assert entry is not None
         entry.used = time.monotonic()
-        return Principal(user=user, conn=entry.conn, via=via, seen=entry.seen)
+        return Principal(
+            user=user,
+            conn=entry.conn,
+            via=via,
+            seen=entry.seen,
+            metrics_seen=entry.metrics_seen,
+            renewed=entry.renewed,
+        )
 
     async def _open(self, user: str, password: str, digest: bytes) -> _Entry:
         settings = msgspec.structs.replace(
