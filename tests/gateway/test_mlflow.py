@@ -106,6 +106,11 @@ async def test_mlflow_errors_are_mlflow_shaped(
         assert created.status_code == 200, created.text
         again = await http.post(f"{base}/experiments/create", json={"name": "twice"})
         assert again.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
+        for text, found in (("name LIKE 'tw_c%'", ["twice"]), ("name = 'tw'", [])):
+            searched = await http.post(f"{base}/experiments/search", json={"filter": text})
+            assert [e["name"] for e in searched.json()["experiments"]] == found
+        other = await http.post(f"{base}/experiments/search", json={"filter": "tags.a = 'b'"})
+        assert other.status_code == 400 and "by name only" in other.json()["message"]
     async with httpx.AsyncClient() as http:
         anonymous = await http.get(f"{base}/experiments/get", params={"experiment_id": "0"})
         assert anonymous.status_code == 401

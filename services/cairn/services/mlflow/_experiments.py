@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 from cairn.proto.commands import (
@@ -22,8 +24,6 @@ from cairn.services.mlflow._tracker import (
 )
 
 __all__ = ["experiments_create", "experiments_get", "experiments_get_by_name", "experiments_search"]
-
-# -- experiments ----------------------------------------------------------------------------
 
 
 async def _experiments(t: Tracker) -> list[dict[str, Any]]:
@@ -86,17 +86,15 @@ async def experiments_search(t: Tracker, req: dict[str, Any]) -> dict[str, Any]:
     rows = await _experiments(t)
     text = str(req.get("filter") or "").strip()
     if text:
-        kind, _, value = _name_filter(text)
-        if kind == "=":
-            rows = [r for r in rows if r["name"] == value]
-        else:
-            rows = [r for r in rows if _like(r["name"], value)]
+        matches = _name_filter(text)
+        rows = [r for r in rows if matches(r["name"])]
     if req.get("page_token"):
         raise _invalid("page_token: every experiment is on the first page")
     return {"experiments": [_experiment(r) for r in rows]}
 
 
-def _name_filter(text: str) -> tuple[str, str, str]:
+def _name_filter(text: str) -> Callable[[str], bool]:
+    """``name = '...'`` or ``name LIKE '...'`` (``%`` any text, ``_`` one character)."""
     for op in (" LIKE ", " like ", "="):
         column, found, value = text.partition(op)
         value = value.strip()
@@ -107,13 +105,14 @@ def _name_filter(text: str) -> tuple[str, str, str]:
             and value[0] == value[-1]
             and value[0] in "'\""
         ):
-            return op.strip().upper(), "", value[1:-1]
+            wanted = value[1:-1]
+            if op == "=":
+                return lambda name: name == wanted
+            pattern = re.compile(
+                "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in wanted),
+                re.DOTALL,
+            )
+            return lambda name: pattern.fullmatch(name) is not None
     raise _invalid(
         f"filter: experiments are searched by name only (name = '...'), not {text!r:.80}"
     )
-
-
-def _like(value: str, pattern: str) -> bool:
-    import fnmatch
-
-    return fnmatch.fnmatchcase(value, pattern.replace("%", "*").replace("_", "?"))
