@@ -15,10 +15,12 @@ from typing import Any
 
 import msgspec
 from litestar import HttpMethod, Request, Response, route
+from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from cairn.data import blob_chunks, upload_file
-from cairn.errors import InvalidName
+from cairn.errors import CairnError, InvalidName
+from cairn.log import get_logger
 from cairn.proto.artifacts import GetRunFile, ListRunFiles
 from cairn.proto.paths import validate_run_path
 from cairn.services.mlflow._api import call
@@ -29,12 +31,19 @@ __all__ = ["Resolve", "mlflow_routes"]
 #: who answers a request: its Tracker, given the request (the gateway: the caller's
 #: connection in the workspace the path names, or the default one)
 Resolve = Callable[[Request[Any, Any, Any]], Awaitable[Tracker]]
+log = get_logger("cairn.mlflow")
 _METHODS = [HttpMethod.GET, HttpMethod.POST, HttpMethod.PATCH, HttpMethod.DELETE, HttpMethod.PUT]
 _ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 
 
 def _error(exc: Exception) -> Response[Any]:
-    status, body = error_body(exc)
+    if isinstance(exc, HTTPException):  # the framework's own (a caller not signed in)
+        raise exc
+    if isinstance(exc, (MlflowError, CairnError)):
+        status, body = error_body(exc)
+    else:  # a fault here, not the caller's: logged, and told without its details
+        log.error("mlflow_request_failed", error=repr(exc))
+        status, body = 500, {"error_code": "INTERNAL_ERROR", "message": "internal error"}
     return Response(body, status_code=status)
 
 
