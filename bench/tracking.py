@@ -9,6 +9,11 @@ In one run:
   ``get_metric_history``;
 * runs created with 10 tags and completed, per second.
 
+With ``--mlflow-api``, one comparison of the same ``mlflow`` client against two servers:
+``log_batch`` (1,000 metrics per call) until every point is queryable through
+``get_metric_history``, against Cairn's MLflow API (the gateway of ``cairn up``, an API
+token) and against ``mlflow server`` with a SQLite backend store.
+
 MLflow is installed only in the benchmark environment:
 
     python3 -m venv .bench && .bench/bin/pip install -e . -r bench/requirements.txt
@@ -177,6 +182,123 @@ def mlflow_side(points: int, calls: int, runs: int) -> dict[str, float]:
     return r
 
 
+def mlflow_client_side(uri: str, token: str, points: int) -> dict[str, float]:
+    """``log_batch`` of ``points`` metric points, 1,000 a call, then read back until all of
+    them are there: the same client, whatever server ``uri`` names."""
+    import logging
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    if token:
+        os.environ["MLFLOW_TRACKING_TOKEN"] = token
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment(f"bench-{time.time_ns()}")
+    run_id = client.create_run(exp_id).info.run_id
+    now = int(time.time() * 1000)
+    samples = []
+    t0 = time.perf_counter()
+    for start in range(0, points, 1000):
+        batch = [
+            Metric("loss", 1.0 / (s + 1), now, s) for s in range(start, min(start + 1000, points))
+        ]
+        t = time.perf_counter()
+        client.log_batch(run_id, metrics=batch)
+        samples.append((time.perf_counter() - t) * 1000)
+    while len(client.get_metric_history(run_id, "loss")) < points:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    client.set_terminated(run_id)
+    return {
+        "log_batch_points_per_s": points / elapsed,
+        "log_batch_median_ms": statistics.median(samples),
+    }
+
+
+def _in_fresh_process(fn: Any, *args: Any) -> Any:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[Any], within_s: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server at {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered at {url}")
+
+
+def _wait_token(url: str, token: str, within_s: float = 30) -> None:
+    """Until the server has loaded the new token (a reload follows ``create_token``)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + within_s
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def mlflow_api(points: int) -> None:
+    """Cairn's MLflow API beside ``mlflow server`` (SQLite), the same client for both."""
+    from cairn.embedded._users import create_token
+
+    port = free_port()
+    stack = EmbeddedStack(["--gateway-port", str(port)])
+    try:
+        _, token, _ = create_token(stack.home)
+        uri = f"http://127.0.0.1:{port}/mlflow/default"
+        _wait_token(f"{uri}/api/2.0/mlflow/experiments/search", token)
+        cairn = _in_fresh_process(mlflow_client_side, uri, token, points)
+    finally:
+        stack.stop()
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-server-bench-"))
+    mport = free_port()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mport),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{mport}/health", server)
+        mlflow = _in_fresh_process(mlflow_client_side, f"http://127.0.0.1:{mport}", "", points)
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"{'mlflow.log_batch, 1,000 a call':<40} {'cairn':>12} {'mlflow':>12} {'advantage':>10}")
+    c, m = cairn["log_batch_points_per_s"], mlflow["log_batch_points_per_s"]
+    print(f"{'points until queryable (pts/s)':<40} {c:>12,.0f} {m:>12,.0f} {c / m:>9,.1f}x")
+    c, m = cairn["log_batch_median_ms"], mlflow["log_batch_median_ms"]
+    print(f"{'one call, median (ms)':<40} {c:>12,.2f} {m:>12,.2f} {m / c:>9,.1f}x")
+    print(json.dumps({"cairn": cairn, "mlflow": mlflow, "points": points}))
+
+
 def report(cairn: dict[str, float], mlflow: dict[str, float], args: argparse.Namespace) -> None:
     rows = [
         ("points logged until queryable (pts/s)", "ingest_points_per_s", True),
@@ -198,7 +320,15 @@ if __name__ == "__main__":
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument(
+        "--mlflow-api",
+        action="store_true",
+        help="only: the same mlflow client against Cairn's MLflow API and mlflow server",
+    )
     args = parser.parse_args()
+    if args.mlflow_api:
+        mlflow_api(args.points)
+        sys.exit(0)
     # each side in a fresh process: neither pays for the other's heap (garbage collection)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         mlflow_result = pool.submit(mlflow_side, args.points, args.calls, args.runs).result()

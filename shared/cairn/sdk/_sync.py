@@ -101,6 +101,22 @@ class Workspace(WorkspaceBase):
         """The workspace's secrets (``set_secret``, ``get_secret``, ``list_secrets``...)."""
         return Keyvault(self)
 
+    def get_mlflow_tracking_uri(self) -> str:
+        """Where ``mlflow`` logs into this workspace (``mlflow.set_tracking_uri(...)``, with
+        an API token as ``MLFLOW_TRACKING_TOKEN``): the gateway's MLflow API,
+        ``http://<gateway_host>:<gateway_port>/mlflow/<workspace>``. Inside a job, its
+        agent's endpoint for the job (``MLFLOW_TRACKING_URI``, which the agent sets with the
+        job's own token)."""
+        inside = os.environ.get("MLFLOW_TRACKING_URI")
+        if self.settings.agent_socket and inside:
+            return inside
+        host = self.settings.gateway_host
+        if host in ("0.0.0.0", "::"):  # listening everywhere: this machine reaches it here
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.settings.gateway_port}/mlflow/{self.name}"
+
     @property
     def models(self) -> dict[str, Model]:
         """The latest version of every model, by name (read-only)."""

@@ -188,20 +188,26 @@ class JobGate:
             self._writers.discard(writer)
             writer.close()
 
-    async def _answer(self, request: LinkRequest, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, request: LinkRequest) -> LinkAnswer:
+        """Check ``request`` and forward it if the job may send it: the answer, or a refusal
+        (``permission_denied``) as the reply. What the socket does for each frame, and what
+        the attempt's MLflow endpoint (``_mlflow.py``) does for each of its requests."""
         try:
-            answer = await self._forward(request)
+            return await self._forward(request)
         except _Refused as refused:
             reason = str(refused)
             log.info("job_request_refused", run_id=self.run_id, subject=request.subject)
             body = _encoder.encode(ErrorReply(code="permission_denied", message=reason))
-            answer = LinkAnswer(request.id, body)
+            return LinkAnswer(request.id, body)
         except Exception as exc:  # the agent's own trouble (its connection): the job hears it
             log.warning("gate_forward_failed", run_id=self.run_id, error=repr(exc))
             body = _encoder.encode(
                 ErrorReply(code="unavailable", message=f"this job's agent could not ask: {exc}")
             )
-            answer = LinkAnswer(request.id, body)
+            return LinkAnswer(request.id, body)
+
+    async def _answer(self, request: LinkRequest, writer: asyncio.StreamWriter) -> None:
+        answer = await self.handle(request)
         if writer.is_closing():
             return
         write_frame(writer, answer)

@@ -62,6 +62,7 @@ from cairn.services.agent._data import (
     stage_inputs,
 )
 from cairn.services.agent._gate import JobGate
+from cairn.services.agent._mlflow import MlflowEndpoint
 from cairn.services.agent._phases import PhaseLines, reporting
 from cairn.settings import Settings
 
@@ -375,14 +376,19 @@ class Attempt:
             experiment=self.a.experiment_name,
             secrets=self.a.job.secrets,
         )
+        mlflow: MlflowEndpoint | None = None
         try:
             await gate.open(self.gates)
+            mlflow = MlflowEndpoint(gate, self.settings)
+            environ = {**self._environ(gate.path), **mlflow.environ()}
             self.launched = launched = await self.backend.launch(
-                runtime, argv, src, self._environ(gate.path), labels, self.gpus
+                runtime, argv, src, environ, labels, self.gpus
             )
             gate.admit(launched.session)
         except (OSError, CairnError) as exc:
             gate.admit(None)
+            if mlflow is not None:
+                await mlflow.close()
             await gate.close()
             self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
             self._log_file.close()
@@ -398,6 +404,7 @@ class Attempt:
             await pump
             return waiter.result()
         finally:
+            await mlflow.close()
             await gate.close()  # revoked: nothing the job left behind can speak for it
             self._log_file.close()
             if launched.cleanup is not None:

@@ -55,6 +55,7 @@ from cairn.services.gateway._auth import (
     principal_of,
 )
 from cairn.services.gateway._pool import Pool
+from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
 from cairn.telemetry import ops_routes, readiness
 from cairn.telemetry._http import LoopServer, bind_socket
@@ -107,6 +108,19 @@ async def send(request: Request[Any, Any, Any], workspace: str, command: Command
     if not isinstance(command, _METRICS):
         principal.seen[workspace] = max(principal.seen.get(workspace, 0), accepted.seq)
     return accepted
+
+
+async def mlflow_tracker(request: Request[Any, Any, Any]) -> Tracker:
+    """The MLflow API's tracker for a request: the caller's connection, in the workspace the
+    path names (``/mlflow/<workspace>/api/2.0/mlflow/...``) or the gateway's default one."""
+    principal = principal_of(request)
+    workspace = request.path_params.get("workspace") or request.app.state.settings.workspace
+    return Tracker(
+        Client(principal.conn, str(workspace)),
+        events_seen=principal.seen,
+        metrics_seen=principal.metrics_seen,
+        renewed=principal.renewed,
+    )
 
 
 _STATUS = {
@@ -216,6 +230,8 @@ def create_app(
             *ASSET_PAGES,
             *API_ROUTES,
             *LIVE_ROUTES,
+            *mlflow_routes(mlflow_tracker),
+            *mlflow_routes(mlflow_tracker, "/mlflow/{workspace:str}"),
             *route_handlers,
         ],
         middleware=[sessions.middleware, auth],

@@ -62,6 +62,10 @@ class Principal:
     #: the highest stream sequence this user's commands reached, per workspace, passed as
     #: ``min_seq`` so that a page shows what its user just did
     seen: dict[str, int] = field(default_factory=dict)
+    #: the same for METRICS (the sequences of ``metrics.log`` replies), per workspace
+    metrics_seen: dict[str, int] = field(default_factory=dict)
+    #: when the MLflow API last renewed each run it started (``cairn.services.mlflow``)
+    renewed: dict[str, float] = field(default_factory=dict)
 
     @property
     def person(self) -> str:
@@ -76,6 +80,8 @@ class _Entry:
     seen: dict[str, int] = field(default_factory=dict)
     #: how many requests (pages, API calls, streams, downloads) use it now
     inflight: int = 0
+    metrics_seen: dict[str, int] = field(default_factory=dict)
+    renewed: dict[str, float] = field(default_factory=dict)
 
 
 def _serves(entry: _Entry | None, digest: bytes) -> bool:
@@ -132,7 +138,14 @@ class Pool:
         assert entry is not None
         entry.used = time.monotonic()
         entry.inflight += hold
-        return Principal(user=user, conn=entry.conn, via=via, seen=entry.seen)
+        return Principal(
+            user=user,
+            conn=entry.conn,
+            via=via,
+            seen=entry.seen,
+            metrics_seen=entry.metrics_seen,
+            renewed=entry.renewed,
+        )
 
     def release(self, principal: Principal) -> None:
         """A request that held ``principal``'s connection (``principal(hold=True)``) ended."""
