@@ -295,6 +295,8 @@ class AssetRegistered(Event, frozen=True, kw_only=True):
     spec: AssetSpec
     spec_hash: str
     description: Text = ""
+    #: a dataset version's tags
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
 
 class AssetDeleted(Event, frozen=True, kw_only=True):

@@ -1,22 +1,20 @@
-"""``Environment``, ``CondaDependencies`` and ``ComputeTarget`` with the Azure ML v1 names: a
-facade over ``ws.assets`` (datastores: :mod:`cairn.sdk._datastores`)."""
+"""``Environment`` and ``CondaDependencies`` with the Azure ML v1 names: a facade over
+``ws.assets`` (datastores: :mod:`cairn.sdk._datastores`, compute: :mod:`cairn.sdk._compute`)."""
 
 from __future__ import annotations
 
-import builtins
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from cairn.errors import InvalidInput
-from cairn.proto.assets import ComputeSpec, EnvironmentSpec
+from cairn.proto.assets import EnvironmentSpec
+from cairn.sdk._refusals import inherent, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
-__all__ = ["ComputeTarget", "CondaDependencies", "Environment"]
-
-ComputeKind = Literal["local", "cluster", "instance", "attached"]
+__all__ = ["CondaDependencies", "Environment"]
 
 
 class CondaDependencies:
@@ -27,11 +25,14 @@ class CondaDependencies:
         self.python_version: str | None = None
 
     @staticmethod
+    @refuses(pip_indexurl="packages install from the index the agent is configured with")
+    @inherent(pin_sdk_version="Cairn adds no SDK package to an environment: nothing to pin")
     def create(
         pip_packages: list[str] | None = None,
         conda_packages: list[str] | None = None,
         python_version: str | None = None,
-        **_: Any,
+        pin_sdk_version: bool = True,
+        pip_indexurl: str | None = None,
     ) -> CondaDependencies:
         deps = CondaDependencies()
         deps.pip_packages = list(pip_packages or [])
@@ -44,6 +45,28 @@ class CondaDependencies:
 
     def add_conda_package(self, package: str) -> None:
         self.conda_packages.append(package)
+
+    def add_channel(self, channel: str) -> None:
+        self.channels.append(channel)
+
+    def serialize_to_string(self) -> str:
+        """The conda ``environment.yml`` these dependencies make (what
+        ``Environment.from_conda_specification`` reads back)."""
+        deps: list[Any] = [f"python={self.python_version}"] if self.python_version else []
+        deps += self.conda_packages
+        if self.pip_packages:
+            deps.append({"pip": list(self.pip_packages)})
+        doc: dict[str, Any] = {"name": "project_environment", "dependencies": deps}
+        if self.channels:
+            doc["channels"] = list(self.channels)
+        return str(yaml.safe_dump(doc, sort_keys=False))
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write :meth:`serialize_to_string` to ``path`` (default ``conda_dependencies.yml``
+        in the current folder); returns the path."""
+        target = Path(path or "conda_dependencies.yml")
+        target.write_text(self.serialize_to_string())
+        return str(target)
 
 
 class _Python:
@@ -142,49 +165,3 @@ class Environment:
 
     def __repr__(self) -> str:
         return f"Environment(name={self.name!r}, version={self.version})"
-
-
-class ComputeTarget:
-    """A compute target: ``local``, a cluster (a pool of agents), an instance, an attached
-    machine. Creating and deleting needs the compute-operator role."""
-
-    def __init__(
-        self, workspace: WorkspaceBase, name: str, _data: dict[str, Any] | None = None
-    ) -> None:
-        self.workspace, self.name = workspace, name
-        if _data is None:
-            _data = workspace._run(workspace.core.assets.get("compute", name))
-        spec = _data["spec"]
-        self.type, self.vm_size, self.labels = spec["kind"], spec.get("vm_size"), spec["labels"]
-        self.min_nodes, self.max_nodes = spec["min_nodes"], spec["max_nodes"]
-
-    @staticmethod
-    def create(
-        workspace: WorkspaceBase,
-        name: str,
-        kind: ComputeKind = "cluster",
-        min_nodes: int = 0,
-        max_nodes: int = 1,
-        vm_size: str | None = None,
-        labels: builtins.list[str] | None = None,
-    ) -> ComputeTarget:
-        spec = ComputeSpec(
-            kind=kind,
-            min_nodes=min_nodes,
-            max_nodes=max_nodes,
-            vm_size=vm_size,
-            labels=labels or [],
-        )
-        created = workspace._run(workspace.core.assets.create_compute(name, spec))
-        return ComputeTarget(workspace, name, _data=created)
-
-    def delete(self) -> None:
-        self.workspace._run(self.workspace.core.assets.delete_compute(self.name))
-
-    @staticmethod
-    def list(workspace: WorkspaceBase) -> dict[str, ComputeTarget]:
-        rows = workspace._run(workspace.core.assets.list("compute"))
-        return {r["name"]: ComputeTarget(workspace, r["name"], _data=r) for r in rows}
-
-    def __repr__(self) -> str:
-        return f"ComputeTarget(name={self.name!r}, type={self.type!r})"

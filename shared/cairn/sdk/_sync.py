@@ -19,20 +19,25 @@ from types import TracebackType
 from typing import IO, Any
 
 from cairn.data import local_target
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, NotFound
 from cairn.proto.paths import validate_run_path
-from cairn.sdk._assets import ComputeTarget, Environment
+from cairn.sdk._assets import Environment
 from cairn.sdk._async import AsyncRun, AsyncWorkspace, exit_error
+from cairn.sdk._compute import ComputeTarget
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
+from cairn.sdk._refusals import inherent, refuse, refuses
 from cairn.sdk._runs import azure_filter
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
 
 __all__ = ["Experiment", "OfflineRun", "Run", "Workspace"]
+
+#: run files that are logs (``get_details_with_logs``, ``get_all_logs``)
+_LOG_PREFIXES = ("user_logs/", "logs/", "azureml-logs/")
 
 
 class Workspace(WorkspaceBase):
@@ -41,7 +46,11 @@ class Workspace(WorkspaceBase):
     override it."""
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, **_: Any) -> Workspace:
+    @refuses(
+        auth="Cairn connects with the NATS credentials of the config file or the CAIRN_NATS_*"
+        " variables"
+    )
+    def from_config(cls, path: str | os.PathLike[str] | None = None, auth: Any = None) -> Workspace:
         return cls(load_settings(file=Path(path) if path else None))
 
     @classmethod
@@ -97,6 +106,16 @@ class Workspace(WorkspaceBase):
     def get_default_datastore(self) -> Datastore:
         return Datastore.get(self, "workspaceblobstore")
 
+    def set_default_datastore(self, name: str) -> None:
+        """Refused: a Cairn workspace's default datastore is ``workspaceblobstore`` (where
+        uploaded job inputs and outputs without a path go); pass another one by name."""
+        raise refuse(
+            "Workspace.set_default_datastore",
+            "name",
+            f"the default datastore is always workspaceblobstore; use Datastore.get(ws, {name!r})"
+            " where a datastore is asked for",
+        )
+
     def get_default_keyvault(self) -> Keyvault:
         """The workspace's secrets (``set_secret``, ``get_secret``, ``list_secrets``...)."""
         return Keyvault(self)
@@ -145,8 +164,16 @@ class Experiment:
         self._core = workspace._run(workspace.core.experiment(name))
         self.id = self._core.id
 
+    @refuses(
+        snapshot_directory="an interactive run has no snapshot; store files with"
+        " run.upload_file or run.upload_folder"
+    )
     def start_logging(
-        self, *args: Any, display_name: str | None = None, outputs: str | None = None, **_: Any
+        self,
+        *,
+        display_name: str | None = None,
+        outputs: str | None = None,
+        snapshot_directory: str | None = None,
     ) -> Run:
         """A new run, already Running. As a context manager it completes on exit, or fails
         with the exception that left the block."""
@@ -158,7 +185,6 @@ class Experiment:
         config: ScriptRunConfig,
         tags: dict[str, Any] | None = None,
         display_name: str | None = None,
-        **_: Any,
     ) -> Run:
         """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
         target; returns the queued run at once."""
@@ -224,7 +250,7 @@ class Run:
         self.outputs = outputs
 
     @classmethod
-    def get_context(cls, allow_offline: bool = True, **_: Any) -> Run | OfflineRun:
+    def get_context(cls, allow_offline: bool = True) -> Run | OfflineRun:
         """The run this process runs as (``CAIRN_RUN_ID`` and friends set by the agent), or an
         offline run that prints what it would log and never fails."""
         run_id = os.environ.get("CAIRN_RUN_ID")
@@ -270,13 +296,24 @@ class Run:
         return self._core.attempt is not None
 
     @property
-    def input_datasets(self) -> dict[str, str]:
-        """Inside a job: each named input (``as_named_input(name)``, or a datastore path) and
-        the local path the agent made it."""
+    def input_datasets(self) -> dict[str, Any]:
+        """Inside a job: each named input and the local path the agent made it, or, for a
+        dataset bound with ``as_named_input(name)`` alone, the dataset itself (a
+        ``TabularDataset`` or ``FileDataset`` that reads the agent's local copy)."""
         raw = os.environ.get("CAIRN_INPUT_DATASETS") if self._agent_owned else None
         staged = json.loads(raw) if raw else {}
-        return {name: os.path.abspath(item["path"]) for name, item in staged.items()}
+        found: dict[str, Any] = {}
+        for name, item in staged.items():
+            path = os.path.abspath(item["path"])
+            if item.get("as_dataset") and item.get("dataset"):
+                ds = Dataset.get_by_name(self._ws, item["dataset"], item["version"])
+                ds.local_copy = Path(path)
+                found[name] = ds
+            else:
+                found[name] = path
+        return found
 
+    @refuses(_set_status="a run ends Completed when it completes")
     def complete(self, _set_status: bool = True) -> bool:
         """Send every logged point and mark the run Completed (inside a job the agent does
         that from the exit code). True once stored; False when it could only be spooled
@@ -287,13 +324,20 @@ class Run:
             return self._ws._run(self._core.stored())
         return self._ws._run(self._core.complete())
 
-    def fail(self, error_details: Any = None, error_code: str | None = None, **_: Any) -> bool:
+    @refuses(_set_status="a run ends Failed when it fails")
+    def fail(
+        self, error_details: Any = None, error_code: str | None = None, _set_status: bool = True
+    ) -> bool:
         """Like :meth:`complete`, for a run that failed."""
         if self._agent_owned:  # the job fails when the script exits non-zero
             self.flush()
             return self._ws._run(self._core.stored())
         return self._ws._run(self._core.fail(str(error_details or error_code or "")))
 
+    @inherent(
+        wait_post_processing="a run ends only once its outputs are stored, so every wait"
+        " includes post-processing"
+    )
     def wait_for_completion(
         self,
         show_output: bool = False,
@@ -331,11 +375,18 @@ class Run:
         else:
             self.fail(error)
 
-    def child_run(self, name: str | None = None, **_: Any) -> Run:
+    @refuses(
+        run_id="Cairn makes every run's id",
+        outputs="a child run stores files with upload_file/upload_folder",
+    )
+    def child_run(
+        self, name: str | None = None, run_id: str | None = None, outputs: str | None = None
+    ) -> Run:
         core = self._ws._run(self._core.child(display_name=name))
         return Run(self.experiment, core.id, _core=core)
 
     @staticmethod
+    @inherent(_rehydrate_runs="a Cairn Run holds only its id and fetches details when asked")
     def list(
         experiment: Experiment,
         type: str | None = None,  # Azure ML v1's names
@@ -408,7 +459,18 @@ class Run:
 
     # -- reading --------------------------------------------------------------------------
 
-    def get_metrics(self, name: str | None = None, **_: Any) -> dict[str, Any]:
+    @refuses(
+        recursive="get each child's metrics with run.get_children()",
+        run_type="Cairn runs have no type",
+    )
+    @inherent(populate="every metric's values are fetched")
+    def get_metrics(
+        self,
+        name: str | None = None,
+        recursive: bool = False,
+        run_type: str | None = None,
+        populate: bool = False,
+    ) -> dict[str, Any]:
         return self._ws._run(self._core.get_metrics(name))
 
     def get_details(self) -> dict[str, Any]:
@@ -417,17 +479,74 @@ class Run:
         details["startTimeUtc"], details["endTimeUtc"] = details["start_time"], details["end_time"]
         return details
 
+    def get_details_with_logs(self) -> dict[str, Any]:
+        """:meth:`get_details` plus ``logFiles``: each log file's text by name (a job's
+        ``user_logs/std_log.txt``; while it runs, what its log stream holds so far)."""
+        details = self.get_details()
+        details["logFiles"] = self._log_texts()
+        return details
+
+    def get_all_logs(self, destination: str | os.PathLike[str] | None = None) -> builtins.list[str]:
+        """Download the run's log files into ``destination`` (default ``./logs``); returns
+        their local paths."""
+        out = Path(destination or "logs")
+        paths = []
+        for name, text in self._log_texts().items():
+            target = local_target(out, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            paths.append(str(target))
+        return paths
+
+    def _log_texts(self) -> dict[str, str]:
+        names = [n for n in self.get_file_names() if n.startswith(_LOG_PREFIXES)]
+        texts: dict[str, str] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                target = Path(tmp) / "f"
+                self._ws._run(self._core.download_file(name, target, False))
+                texts[name] = target.read_text(errors="replace")
+        if not texts and self._submitted():
+            chunks: builtins.list[str] = []
+            self._ws._run(self._core.print_logs(chunks.append))
+            texts["user_logs/std_log.txt"] = "".join(chunks)
+        return texts
+
+    def _submitted(self) -> bool:
+        try:
+            self._ws._run(self._core.job())
+        except NotFound:  # a run logged interactively has no job
+            return False
+        return True
+
+    def get_environment(self) -> Environment:
+        """The environment a submitted run ran in (as resolved when it was submitted)."""
+        try:
+            job = self._ws._run(self._core.job())
+        except NotFound as exc:
+            raise NotFound(f"run {self.id} was not submitted as a job: no environment") from exc
+        env = job.get("environment")
+        if env is None:
+            raise NotFound(f"run {self.id} ran on its agent's own interpreter: no environment")
+        return Environment._from(
+            {"name": env["name"] or "inline", "version": env["version"], "spec": env["spec"]}
+        )
+
     def get_status(self) -> str:
         return self._ws._run(self._core.get_status())
 
     # -- files ----------------------------------------------------------------------------
 
+    @refuses(
+        datastore_name="run files live in the artifact store; put files in a datastore with"
+        " Datastore.upload"
+    )
     def upload_file(
         self,
         name: str,
         path_or_stream: str | os.PathLike[str] | IO[bytes],
+        datastore_name: str | None = None,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> None:
         """Store a file (or the rest of a binary stream) as run file ``name``."""
         validate_run_path(name)
@@ -452,6 +571,7 @@ class Run:
                 f"{name.rstrip('/')}/{file.relative_to(root).as_posix()}", file, **kwargs
             )
 
+    @refuses(datasets="a model's datasets are the ones its run read (model.lineage())")
     def register_model(
         self,
         model_name: str,
@@ -461,7 +581,7 @@ class Run:
         description: str | None = None,
         model_framework: str | None = None,
         model_framework_version: str | None = None,
-        **_: Any,
+        datasets: builtins.list[Any] | None = None,
     ) -> Model:
         """Register this run's file (or folder) ``model_path`` as the next model version."""
         registered = self._ws.core.models.register(
@@ -484,7 +604,6 @@ class Run:
         name: str,
         output_file_path: str | None = None,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> str:
         target = Path(output_file_path or Path(name).name)
         if target.is_dir():
@@ -498,7 +617,6 @@ class Run:
         output_directory: str | None = None,
         append_prefix: bool = True,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> builtins.list[str]:
         out = Path(output_directory or ".")
         files = self._ws._run(self._core.files(prefix or ""))
@@ -549,8 +667,13 @@ class OfflineRun:
         self._tags: dict[str, str] = {}
         print("cairn: not inside a job; this run logs offline to stdout", file=sys.stderr)
 
-    def _keep(self, kind: str, name: str, value: Any) -> None:
-        print(f"Attempted to log {kind} metric {name}:\n{value}")
+    def _keep(
+        self, kind: str, name: str, value: Any, description: str = "", step: int | None = None
+    ) -> None:
+        about = "".join(
+            [f" ({description})" if description else "", f" at step {step}" if step else ""]
+        )
+        print(f"Attempted to log {kind} metric {name}{about}:\n{value}")
         if kind == "scalar":
             existing = self._metrics.get(name)
             if existing is None:
@@ -563,19 +686,21 @@ class OfflineRun:
             self._metrics[name] = value
 
     def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
-        self._keep("scalar", name, value)
+        self._keep("scalar", name, value, description, step)
 
     def log_list(self, name: str, value: list[Any], description: str = "") -> None:
-        self._keep("list", name, value)
+        self._keep("list", name, value, description)
 
     def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        self._keep("row", name, kwargs)
+        self._keep("row", name, kwargs, description or "")
 
     def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
-        self._keep("table", name, value)
+        self._keep("table", name, value, description)
 
-    def log_image(self, name: str, path: str | None = None, plot: Any = None, **_: Any) -> None:
-        self._keep("image", name, path or "<plot>")
+    def log_image(
+        self, name: str, path: str | None = None, plot: Any = None, description: str = ""
+    ) -> None:
+        self._keep("image", name, path or f"<plot {type(plot).__name__}>", description)
 
     def tag(self, key: str, value: str | None = None) -> None:
         self._tags[key] = value or ""
@@ -586,11 +711,11 @@ class OfflineRun:
     def get_tags(self) -> dict[str, str]:
         return dict(self._tags)
 
-    def get_metrics(self, name: str | None = None, **_: Any) -> dict[str, Any]:
+    def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         return {k: v for k, v in self._metrics.items() if name in (None, k)}
 
-    def upload_file(self, name: str, path_or_stream: Any, **_: Any) -> None:
-        print(f"Attempted to upload file {name}")
+    def upload_file(self, name: str, path_or_stream: Any) -> None:
+        print(f"Attempted to upload file {name} from {path_or_stream}")
 
     def get_status(self) -> str:
         return "Running"
@@ -598,11 +723,11 @@ class OfflineRun:
     def flush(self) -> None:
         return None
 
-    def complete(self, *_: Any, **__: Any) -> None:
-        return None
+    def complete(self) -> None:
+        print("Attempted to complete the run")
 
-    def fail(self, *_: Any, **__: Any) -> None:
-        return None
+    def fail(self, error_details: Any = None, error_code: str | None = None) -> None:
+        print(f"Attempted to fail the run: {error_details or error_code or ''}")
 
     def cancel(self) -> None:
         return None
