@@ -7,9 +7,11 @@ import pytest
 
 from cairn.domain import experiment, workspace
 from cairn.errors import InvalidInput, NotFound
-from cairn.proto.commands import CreateExperiment, CreateWorkspace
+from cairn.proto.commands import ArchiveExperiment, CreateExperiment, CreateWorkspace
 from cairn.proto.events import (
+    ExperimentArchived,
     ExperimentCreated,
+    ExperimentRestored,
     MemberAdded,
     MemberRemoved,
     MemberRolesChanged,
@@ -108,9 +110,24 @@ def test_the_members_fold() -> None:
 CREATE_EXP = CreateExperiment(command_id="c", name="my experiment")
 EXP_CREATED = ExperimentCreated(experiment_id=name_to_id("my experiment"), name="my experiment")
 
+ARCHIVE = ArchiveExperiment(command_id="c", name="my experiment")
+RESTORE = ArchiveExperiment(command_id="c", name="my experiment", restore=True)
+
 EXPERIMENT_CASES = [
     Case("create", [], CREATE_EXP, [EXP_CREATED]),
     Case("create again is a no-op", [EXP_CREATED], CREATE_EXP, []),
+    Case("archive", [EXP_CREATED], ARCHIVE, [ExperimentArchived()]),
+    Case("archive again is a no-op", [EXP_CREATED, ExperimentArchived()], ARCHIVE, []),
+    Case("archive a missing one", [], ARCHIVE, NotFound, "no experiment 'my experiment'"),
+    Case("restore", [EXP_CREATED, ExperimentArchived()], RESTORE, [ExperimentRestored()]),
+    Case("restore an active one is a no-op", [EXP_CREATED], RESTORE, []),
+    Case(
+        "restore after restore is a no-op",
+        [EXP_CREATED, ExperimentArchived(), ExperimentRestored()],
+        RESTORE,
+        [],
+    ),
+    Case("create an archived one is a no-op", [EXP_CREATED, ExperimentArchived()], CREATE_EXP, []),
 ]
 
 

@@ -25,6 +25,7 @@ from cairn.sdk import (
     DockerConfiguration,
     Environment,
     Estimator,
+    Experiment,
     PyTorch,
     RunConfiguration,
     ScriptRunConfig,
@@ -101,6 +102,36 @@ async def test_a_missing_compute_target_is_a_compute_target_exception(
         await asyncio.to_thread(_compute_targets, ws, capsys)
     finally:
         await asyncio.to_thread(_close_sync_sdk)
+
+
+async def test_an_archived_experiment_is_hidden_until_asked_for(
+    client: Client, client_settings: Settings
+) -> None:
+    ws = Workspace(client_settings, client.workspace)
+    try:
+        await asyncio.to_thread(_archive, ws)
+    finally:
+        await asyncio.to_thread(_close_sync_sdk)
+
+
+def _archive(ws: Workspace) -> None:
+    kept, old = Experiment(ws, "kept"), Experiment(ws, "old")
+    run = old.start_logging()
+    run.complete()
+    old.archive()
+    old.archive()  # again: nothing changes
+    assert [e.name for e in Experiment.list(ws)] == ["kept"]
+    assert sorted(ws.experiments) == ["kept"]
+    assert [e.name for e in Experiment.list(ws, view_type="ArchivedOnly")] == ["old"]
+    assert [e.name for e in Experiment.list(ws, view_type="All")] == ["kept", "old"]
+    assert [r.id for r in old.get_runs()] == [run.id]  # its runs stay
+    with pytest.raises(InvalidInput, match="view_type 'Deleted'"):
+        Experiment.list(ws, view_type="Deleted")
+    with pytest.raises(Unsupported, match="new_name= is not supported"):
+        old.reactivate(new_name="new")
+    old.reactivate()
+    assert [e.name for e in Experiment.list(ws, experiment_name="old")] == ["old"]
+    assert kept.name == "kept"
 
 
 def _close_sync_sdk() -> None:

@@ -8,7 +8,7 @@ the events it causes, so a retried command never has a second effect and gets th
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -20,6 +20,7 @@ __all__ = [
     "QUERY_TYPES",
     "Accepted",
     "AddRunProperties",
+    "ArchiveExperiment",
     "CancelRun",
     "Command",
     "CompleteRun",
@@ -62,6 +63,15 @@ class CreateExperiment(Command, frozen=True, kw_only=True, tag=True):
 
     VERB = "experiment.create"
     name: Name
+
+
+class ArchiveExperiment(Command, frozen=True, kw_only=True, tag=True):
+    """Archive an experiment (``restore``: bring it back); archiving an archived one, or
+    restoring an active one, changes nothing."""
+
+    VERB = "experiment.archive"
+    name: Name
+    restore: bool = False
 
 
 class CreateRun(Command, frozen=True, kw_only=True, tag=True):
@@ -136,7 +146,10 @@ class ListWorkspaces(Query, frozen=True, kw_only=True, tag=True):
 
 
 class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
+    """The workspace's experiments: the active ones, or ``archived`` (``"only"``, ``"all"``)."""
+
     NAME = "experiment.list"
+    archived: Literal["no", "only", "all"] = "no"
 
 
 #: the most runs one ``run.list`` page holds
@@ -220,6 +233,7 @@ Reply = Accepted | QueryResult | Opened | ErrorReply
 COMMAND_TYPES: tuple[type[Command], ...] = (
     CreateWorkspace,
     CreateExperiment,
+    ArchiveExperiment,
     CreateRun,
     StartRun,
     CompleteRun,

@@ -37,7 +37,9 @@ __all__ = [
     "DatastoreFilesUploaded",
     "Envelope",
     "Event",
+    "ExperimentArchived",
     "ExperimentCreated",
+    "ExperimentRestored",
     "MemberAdded",
     "MemberRemoved",
     "MemberRolesChanged",
@@ -124,6 +126,16 @@ class ExperimentCreated(Event, frozen=True, kw_only=True):
     KIND = "experiment"
     experiment_id: Id
     name: Name
+
+
+class ExperimentArchived(Event, frozen=True, kw_only=True):
+    """Hidden from experiment lists unless archived ones are asked for; its runs stay."""
+
+    KIND = "experiment"
+
+
+class ExperimentRestored(Event, frozen=True, kw_only=True):
+    KIND = "experiment"
 
 
 class RunCreated(Event, frozen=True, kw_only=True):
@@ -379,6 +391,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         WorkspaceCreated,
         ExperimentCreated,
+        ExperimentArchived,
+        ExperimentRestored,
         RunCreated,
         RunStarted,
         RunCompleted,

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from cairn.data import local_target
 from cairn.errors import InvalidInput, NotFound
@@ -221,10 +221,38 @@ class Experiment:
         for row in _rows(self.workspace, self.name, expr, order_by, page_size):
             yield Run(self, row["run_id"])
 
+    def archive(self) -> None:
+        """Hide this experiment from ``Experiment.list`` and ``ws.experiments`` (an event:
+        the runs stay, and ``reactivate`` brings it back)."""
+        self.workspace._run(self._core.archive())
+
+    @refuses(new_name="an experiment keeps its name")
+    def reactivate(self, new_name: str | None = None) -> None:
+        self.workspace._run(self._core.archive(restore=True))
+
     @staticmethod
-    def list(workspace: Workspace) -> list[Experiment]:
-        rows = workspace._run(workspace.core.experiments())
-        return [Experiment(workspace, row["name"]) for row in rows]
+    @refuses(tags="experiments carry no tags (their runs do)")
+    def list(
+        workspace: Workspace,
+        experiment_name: str | None = None,
+        view_type: str = "ActiveOnly",
+        tags: str | None = None,
+    ) -> builtins.list[Experiment]:
+        """The experiments (``view_type``: ``ActiveOnly``, ``ArchivedOnly`` or ``All``), or
+        the one called ``experiment_name``."""
+        views: dict[str, Literal["no", "only", "all"]] = {
+            "ActiveOnly": "no",
+            "ArchivedOnly": "only",
+            "All": "all",
+        }
+        if view_type not in views:
+            raise InvalidInput(f"view_type {view_type!r} is not one of {', '.join(views)}")
+        rows = workspace._run(workspace.core.experiments(views[view_type]))
+        return [
+            Experiment(workspace, row["name"])
+            for row in rows
+            if experiment_name in (None, row["name"])
+        ]
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"

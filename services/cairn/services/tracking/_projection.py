@@ -18,7 +18,9 @@ from cairn.proto.events import (
     ArtifactCommitted,
     Envelope,
     Event,
+    ExperimentArchived,
     ExperimentCreated,
+    ExperimentRestored,
     RunAssigned,
     RunCanceled,
     RunCancelRequested,
@@ -53,7 +55,7 @@ _NewRun = tuple[str, str, str, str | None, str | None]
 
 class TrackingProjection:
     name = "tracking"
-    version = 5
+    version = 6
     tables: tuple[str, ...] = (
         *("workspaces", "experiments", "runs", "files", "live"),
         *("tags", "properties"),
@@ -67,7 +69,7 @@ class TrackingProjection:
         )
         db.execute(
             f"CREATE TABLE {t('experiments')} (workspace TEXT, experiment_id TEXT, name TEXT,"
-            " created_at TEXT, created_by TEXT, seq INTEGER,"
+            " created_at TEXT, created_by TEXT, seq INTEGER, archived INTEGER NOT NULL DEFAULT 0,"
             " PRIMARY KEY (workspace, experiment_id))"
         )
         db.execute(
@@ -137,8 +139,14 @@ class TrackingProjection:
                 )
             case ExperimentCreated(experiment_id=eid, name=name):
                 db.execute(
-                    f"INSERT OR IGNORE INTO {t('experiments')} VALUES (?,?,?,?,?,?)",
+                    f"INSERT OR IGNORE INTO {t('experiments')} VALUES (?,?,?,?,?,?,0)",
                     (ws, eid, name, at, env.actor, seq),
+                )
+            case ExperimentArchived() | ExperimentRestored():
+                db.execute(
+                    f"UPDATE {t('experiments')} SET archived=?, seq=?"
+                    " WHERE workspace=? AND experiment_id=?",
+                    (int(isinstance(env.data, ExperimentArchived)), seq, ws, env.aggregate_id),
                 )
             case RunCreated() as ev:
                 ids = (ev.run_id, ev.experiment_id, ev.experiment_name)
