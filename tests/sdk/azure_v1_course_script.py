@@ -17,6 +17,7 @@ from cairn.sdk import (
     CondaDependencies,
     Dataset,
     Environment,
+    Estimator,
     Experiment,
     Model,
     ScriptRunConfig,
@@ -86,6 +87,16 @@ run.register_model(
     tags={"Training context": "Tabular dataset"},
     properties={"AUC": metrics["AUC"], "Accuracy": metrics["Accuracy"]},
 )
+estimator = Estimator(
+    source_directory=os.path.join(training_folder, "src"),
+    entry_script="diabetes_training.py",
+    script_params={"--regularization": 0.5, "--input-data": "-"},
+    inputs=[tab_data_set.as_named_input("training_data")],
+    environment_definition=diabetes_env,
+    compute_target=cluster_name,
+)
+second = experiment.submit(estimator)
+second.wait_for_completion()
 log_paths = run.get_all_logs(destination="logs")
 from_run = [m.version for m in Model.list(ws, name="diabetes_model", run_id=run.id)]
 models = [
@@ -110,6 +121,8 @@ print(
             "dataset_tags": Dataset.get_by_name(ws, "diabetes dataset").tags,
             "log_paths": log_paths,
             "from_run": from_run,
+            "estimator": [second.get_status(), second.get_metrics()["Regularization Rate"]],
+            "estimator_log": second.get_details_with_logs()["logFiles"],
         }
     )
 )

@@ -92,6 +92,9 @@ async def test_the_course_flow_runs_with_only_the_imports_changed(
     assert got["from_run"] == [1]
     assert [Path(p).name for p in got["log_paths"]] == ["std_log.txt"]
     assert got["dataset_tags"] == {"format": "CSV"}
+    assert got["estimator"] == ["Completed", 0.5]
+    estimator_log = got["estimator_log"]["user_logs/std_log.txt"]
+    assert "input dataset: TabularDataset diabetes dataset 1" in estimator_log
 
 
 async def test_a_missing_compute_target_is_a_compute_target_exception(
@@ -261,6 +264,8 @@ def test_estimator_packages_build_its_environment_and_inputs_bind_data() -> None
     assert spec.docker_image == "my/image:1"
     assert est.gpus == 1 and est.compute_name == "gpu"
     assert [b.job_binding().name for b in est.bindings] == ["training_data"]
+    both = Estimator(script_params={"--data": named}, inputs=[named])
+    assert len(both.bindings) == 1  # bound once
     assert Estimator(source_directory=".", entry_script="t.py").environment is None
     env = Environment("mine")
     with pytest.raises(InvalidInput, match="excludes pip_packages"):

@@ -180,7 +180,12 @@ class Estimator(ScriptRunConfig):
             environment_variables=environment_variables,
             secrets=secrets,
         )
-        self.bindings += [_input_binding(item) for item in inputs or []]
+        bound = [b.job_binding() for b in self.bindings]
+        for item in inputs or []:  # one also in script_params is bound once
+            binding = _input_binding(item)
+            if binding.job_binding() not in bound:
+                self.bindings.append(binding)
+                bound.append(binding.job_binding())
 
 
 class SKLearn(Estimator):
