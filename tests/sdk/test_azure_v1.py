@@ -209,6 +209,8 @@ def test_docker_configuration_is_a_request_for_isolation() -> None:
         script="t.py", docker_runtime_config=DockerConfiguration(use_docker=True)
     )
     assert config.docker_runtime_config is not None
+    with pytest.raises(InvalidInput, match="takes DockerConfiguration"):
+        ScriptRunConfig(script="t.py", docker_runtime_config={"use_docker": True})
     with pytest.raises(Unsupported, match="use_docker= is not supported; every job runs"):
         DockerConfiguration(use_docker=False)
     with pytest.raises(Unsupported, match="shm_size= is not supported"):

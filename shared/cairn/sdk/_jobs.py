@@ -131,6 +131,11 @@ class ScriptRunConfig:
             }
             if max_run_duration_seconds is None:
                 max_run_duration_seconds = run_config.max_run_duration_seconds
+        docker = docker_runtime_config
+        if docker is not None and getattr(docker, "use_docker", None) is not True:
+            raise InvalidInput(
+                "ScriptRunConfig: docker_runtime_config= takes DockerConfiguration(use_docker=True)"
+            )
         self.compute_target = compute_target
         self.environment: str | EnvironmentLike | None = environment
         #: a ``DockerConfiguration``: it refuses ``use_docker=False``, so what it holds is a
