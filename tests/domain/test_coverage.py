@@ -34,6 +34,6 @@ def test_the_union_is_walked() -> None:
     assert len(command_types(run.AGGREGATE)) == 16
     assert len(command_types(experiment.AGGREGATE)) == 2
     assert command_types(run.STAGING) == (run.StagingCommand,)
-    assert len(command_types(workspace.AGGREGATE)) == 5
+    assert len(command_types(workspace.AGGREGATE)) == 6
     dropped = [c for c in test_run.CASES if not isinstance(c.when, run.LoseAttempt)]
     assert uncovered(run.AGGREGATE, dropped) == ["LoseAttempt"]

@@ -7,8 +7,14 @@ import pytest
 
 from cairn.domain import experiment, workspace
 from cairn.errors import InvalidInput, NotFound
-from cairn.proto.commands import ArchiveExperiment, CreateExperiment, CreateWorkspace
+from cairn.proto.commands import (
+    ArchiveExperiment,
+    CreateExperiment,
+    CreateWorkspace,
+    SetDefaultDatastore,
+)
 from cairn.proto.events import (
+    DefaultDatastoreSet,
     ExperimentArchived,
     ExperimentCreated,
     ExperimentRestored,
@@ -41,6 +47,7 @@ def adopt(user: str, *roles: Role) -> AdoptWorkspace:
 
 
 REMOVE_BEA = RemoveMember(command_id="c", user="bea")
+SET_DS = SetDefaultDatastore(command_id="c", datastore="s3")
 
 WORKSPACE_CASES = [
     Case("create", [], CREATE_WS, [WS_CREATED]),
@@ -85,6 +92,20 @@ WORKSPACE_CASES = [
         [],
     ),
     Case("adopt a workspace that does not exist", [], adopt("ann", DS), NotFound),
+    Case("set the default datastore", [WS_CREATED], SET_DS, [DefaultDatastoreSet(datastore="s3")]),
+    Case(
+        "set it to what it is is a no-op",
+        [WS_CREATED, DefaultDatastoreSet(datastore="s3")],
+        SET_DS,
+        [],
+    ),
+    Case(
+        "the default is workspaceblobstore",
+        [WS_CREATED],
+        SetDefaultDatastore(command_id="c", datastore="workspaceblobstore"),
+        [],
+    ),
+    Case("a default of a workspace that does not exist", [], SET_DS, NotFound),
 ]
 
 

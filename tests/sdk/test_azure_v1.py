@@ -11,17 +11,21 @@ import numpy as np
 import pytest
 import yaml
 
+from cairn.bus import EventStore, connect
 from cairn.errors import InvalidInput, NotFound, Unsupported
-from cairn.proto.jobs import JobInput
+from cairn.proto.events import RunSubmitted
+from cairn.proto.jobs import JobInput, JobOutput
 from cairn.rpc import Client
 from cairn.sdk import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_GPU_IMAGE,
     AmlCompute,
+    AsyncWorkspace,
     ComputeTarget,
     ComputeTargetException,
     CondaDependencies,
     Dataset,
+    Datastore,
     DockerConfiguration,
     Environment,
     Estimator,
@@ -35,10 +39,12 @@ from cairn.sdk import (
     load_job_file,
 )
 from cairn.sdk._datasets import TabularDataset
+from cairn.sdk._jobs import submit
 from cairn.sdk._runtime import _Runtime
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.sdk.test_sync_sdk import run_script, sdk_env
+from tests.services.test_jobs import history
 
 TRAINING = Path(__file__).with_name("training_tabular")
 
@@ -137,6 +143,42 @@ def _archive(ws: Workspace) -> None:
     assert kept.name == "kept"
 
 
+async def test_the_default_datastore_is_set_and_job_outputs_go_there(
+    client: Client, client_settings: Settings, store: EventStore, tmp_path: Path
+) -> None:
+    (tmp_path / "mine").mkdir()
+    sync = Workspace(client_settings, client.workspace)
+    try:
+        await asyncio.to_thread(_set_default, sync, tmp_path / "mine")
+    finally:
+        await asyncio.to_thread(_close_sync_sdk)
+    conn = await connect(client_settings)
+    try:
+        ws = AsyncWorkspace(conn, client.workspace, client_settings)
+        (tmp_path / "src").mkdir()
+        config = ScriptRunConfig(source_directory=tmp_path / "src", command="true")
+        config.job_outputs = [JobOutput(name="model")]
+        run_id = await submit(ws, "defaults", config)
+        events = await history(store, client.workspace, run_id)
+        submitted = [e for e in events if isinstance(e, RunSubmitted)]
+        assert [(o.datastore, o.path) for o in submitted[0].job.outputs] == [
+            ("mine", f"job-outputs/{run_id}/model")
+        ]
+        await ws.close()
+    finally:
+        await conn.close()
+
+
+def _set_default(ws: Workspace, root: Path) -> None:
+    assert ws.get_default_datastore().name == "workspaceblobstore"
+    Datastore.register_local(ws, "mine", str(root))
+    ws.set_default_datastore("mine")
+    assert ws.get_default_datastore().name == "mine"
+    with pytest.raises(NotFound):
+        ws.set_default_datastore("missing")
+    assert ws.get_default_datastore().name == "mine"
+
+
 def _close_sync_sdk() -> None:
     """Close what the sync SDK opened in this process before the server stops."""
     runtime = _Runtime.get()
@@ -162,8 +204,6 @@ def _compute_targets(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     assert ws.compute_targets["gpu-pool"].vm_size == "STANDARD_DS11_V2"
     with pytest.raises(InvalidInput, match="not both"):
         ComputeTarget.create(ws, "other", config, max_nodes=2)
-    with pytest.raises(Unsupported, match="set_default_datastore: name= is not supported"):
-        ws.set_default_datastore("mine")
 
 
 # -- the new names on their own ----------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from cairn.proto._base import Count, Id, Name, Strict, TagKey, TagValue, Text
+from cairn.proto._base import Count, Id, Key, Name, Strict, TagKey, TagValue, Text
 
 __all__ = [
     "COMMAND_TYPES",
@@ -38,6 +38,7 @@ __all__ = [
     "Query",
     "QueryResult",
     "Reply",
+    "SetDefaultDatastore",
     "SetRunTags",
     "StartRun",
 ]
@@ -56,6 +57,14 @@ class CreateWorkspace(Command, frozen=True, kw_only=True, tag=True):
     VERB = "workspace.create"
     name: Id
     description: Text = ""
+
+
+class SetDefaultDatastore(Command, frozen=True, kw_only=True, tag=True):
+    """The datastore a workspace's jobs write outputs without a path to, and local job inputs
+    are uploaded to (``ws.get_default_datastore()``); ``workspaceblobstore`` until set."""
+
+    VERB = "workspace.default_datastore"
+    datastore: Key
 
 
 class CreateExperiment(Command, frozen=True, kw_only=True, tag=True):
@@ -234,6 +243,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     CreateWorkspace,
     CreateExperiment,
     ArchiveExperiment,
+    SetDefaultDatastore,
     CreateRun,
     StartRun,
     CompleteRun,

@@ -35,6 +35,7 @@ __all__ = [
     "AssetRegistered",
     "DatastoreCredentialsResealed",
     "DatastoreFilesUploaded",
+    "DefaultDatastoreSet",
     "Envelope",
     "Event",
     "ExperimentArchived",
@@ -126,6 +127,11 @@ class ExperimentCreated(Event, frozen=True, kw_only=True):
     KIND = "experiment"
     experiment_id: Id
     name: Name
+
+
+class DefaultDatastoreSet(Event, frozen=True, kw_only=True):
+    KIND = "workspace"
+    datastore: Id
 
 
 class ExperimentArchived(Event, frozen=True, kw_only=True):
@@ -390,6 +396,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         WorkspaceCreated,
+        DefaultDatastoreSet,
         ExperimentCreated,
         ExperimentArchived,
         ExperimentRestored,

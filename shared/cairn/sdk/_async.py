@@ -48,6 +48,7 @@ from cairn.proto.commands import (
     ListExperiments,
     ListRuns,
     ListWorkspaces,
+    SetDefaultDatastore,
     SetRunTags,
     StartRun,
 )
@@ -117,6 +118,12 @@ class AsyncWorkspace(Session):
             CreateWorkspace(command_id=new_id(), name=self.name, description=description)
         )
         return True
+
+    async def set_default_datastore(self, name: str) -> None:
+        """Make datastore ``name`` the workspace's default: where job outputs without a path
+        and local job inputs go (the registry's datastore ``name`` must exist)."""
+        await self.assets.get("datastore", name)
+        await self.send(SetDefaultDatastore(command_id=new_id(), datastore=name))
 
     async def workspaces(self) -> list[dict[str, Any]]:
         """The workspaces this user is a member of, with their roles there."""

@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 TERMINAL = ("Completed", "Failed", "Canceled")
-DEFAULT_DATASTORE = "workspaceblobstore"
 InputMode = Literal["download", "mount"]
 
 
@@ -271,9 +270,10 @@ async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMo
         h.update(await asyncio.to_thread(f.read_bytes))
     folder = f"job-inputs/{h.hexdigest()[:32]}"
     pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
-    await AsyncDatastores(ws).upload(DEFAULT_DATASTORE, pairs)
+    store = await ws.default_datastore()
+    await AsyncDatastores(ws).upload(store, pairs)
     path = pairs[0][1] if local.is_file() else folder
-    return JobInput(name=name, mode=mode, datastore=DEFAULT_DATASTORE, path=path)
+    return JobInput(name=name, mode=mode, datastore=store, path=path)
 
 
 class _LogPrinter:

@@ -29,7 +29,7 @@ from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
-from cairn.sdk._refusals import inherent, refuse, refuses
+from cairn.sdk._refusals import inherent, refuses
 from cairn.sdk._runs import azure_filter
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
@@ -104,17 +104,13 @@ class Workspace(WorkspaceBase):
         return Dataset.list(self)
 
     def get_default_datastore(self) -> Datastore:
-        return Datastore.get(self, "workspaceblobstore")
+        """The workspace's default datastore: ``workspaceblobstore`` until set."""
+        return Datastore.get(self, self._run(self.core.default_datastore()))
 
     def set_default_datastore(self, name: str) -> None:
-        """Refused: a Cairn workspace's default datastore is ``workspaceblobstore`` (where
-        uploaded job inputs and outputs without a path go); pass another one by name."""
-        raise refuse(
-            "Workspace.set_default_datastore",
-            "name",
-            f"the default datastore is always workspaceblobstore; use Datastore.get(ws, {name!r})"
-            " where a datastore is asked for",
-        )
+        """Make datastore ``name`` (registered) the default: job outputs without a path and
+        local job inputs go there, and ``get_default_datastore()`` returns it."""
+        self._run(self.core.set_default_datastore(name))
 
     def get_default_keyvault(self) -> Keyvault:
         """The workspace's secrets (``set_secret``, ``get_secret``, ``list_secrets``...)."""

@@ -39,6 +39,7 @@ from cairn.proto.commands import (
     ListRuns,
     ListWorkspaces,
     QueryResult,
+    SetDefaultDatastore,
     SetRunTags,
     StartRun,
 )
@@ -72,6 +73,7 @@ _Command = (
     CreateWorkspace
     | CreateExperiment
     | ArchiveExperiment
+    | SetDefaultDatastore
     | CreateRun
     | StartRun
     | CompleteRun
@@ -273,6 +275,8 @@ class TrackingService(ProjectedService):
                 roles = ("data_scientist", *roles_of(self.settings, req.actor))
                 founded = workspace.CreateAsMember(command=cmd, user=req.actor, roles=roles)
                 return await execute(ctx, workspace.AGGREGATE, name, founded, cache=cache)
+            case SetDefaultDatastore():
+                return await execute(ctx, workspace.AGGREGATE, req.workspace, cmd, cache=cache)
             case CreateExperiment(name=name) | ArchiveExperiment(name=name):
                 eid = subjects.name_to_id(name)
                 return await execute(ctx, experiment.AGGREGATE, eid, cmd, cache=cache)
@@ -323,10 +327,10 @@ class TrackingService(ProjectedService):
     async def _list_workspaces(self, req: Request) -> QueryResult:
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             rows = db.execute(
-                f"SELECT name, description, created_at, created_by FROM {t('workspaces')}"
-                " ORDER BY name"
+                f"SELECT name, description, created_at, created_by, default_datastore"
+                f" FROM {t('workspaces')} ORDER BY name"
             )
-            keys = ("name", "description", "created_at", "created_by")
+            keys = ("name", "description", "created_at", "created_by", "default_datastore")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
         result = await self.read(req, fn)
