@@ -381,3 +381,17 @@ def test_a_job_file_names_a_command_schema_and_typed_local_inputs(tmp_path: Path
         load_job_file(job)
     job.write_text("command: cat ${{inputs.d}}\ninputs:\n  d: {type: uri_file, path: data.csv}\n")
     assert load_job_file(job)[1].local_inputs["d"][0] == tmp_path / "data.csv"
+
+
+def test_an_offline_run_shows_everything_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    from cairn.sdk import OfflineRun
+
+    run = OfflineRun()
+    run.log("loss", 0.5, description="training loss", step=3)
+    run.log_image("curve", plot=object())
+    run.upload_file("outputs/x.txt", "x.txt")
+    run.fail(error_details="boom")
+    out = capsys.readouterr().out
+    assert "loss (training loss) at step 3:\n0.5" in out
+    assert "curve:\n<plot object>" in out
+    assert "outputs/x.txt from x.txt" in out and "fail the run: boom" in out

@@ -26,6 +26,7 @@ FACADE = {
     "_compute",
     "_runconfig",
     "_estimators",
+    "_offline",
     "_runs",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)

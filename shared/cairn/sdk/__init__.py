@@ -6,8 +6,9 @@ Layers, each importing only those below it: ``_refusals`` (what is refused by na
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``, ``_jobs`` <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
-``_compute``, ``_models``, ``_datastores``, ``_keyvault`` <- ``_runconfig``, ``_datasets``,
-``_jobfile`` <- ``_estimators``, ``_sync``. Bytes move through :mod:`cairn.data`.
+``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
+``_datasets``, ``_jobfile`` <- ``_estimators``, ``_sync``. Bytes move through
+:mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
@@ -20,6 +21,7 @@ from cairn.sdk._jobfile import load_job_file
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
+from cairn.sdk._offline import OfflineRun
 from cairn.sdk._outbox import replay_spool_dir
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
@@ -27,7 +29,7 @@ from cairn.sdk._runconfig import (
     DockerConfiguration,
     RunConfiguration,
 )
-from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
+from cairn.sdk._sync import Experiment, Run, Workspace
 
 __all__ = [
     "DEFAULT_CPU_IMAGE",
