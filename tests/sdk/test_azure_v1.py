@@ -174,6 +174,8 @@ def _set_default(ws: Workspace, root: Path) -> None:
     Datastore.register_local(ws, "mine", str(root))
     ws.set_default_datastore("mine")
     assert ws.get_default_datastore().name == "mine"
+    stores = ws.datastores
+    assert stores["mine"].local_path == str(root.resolve()) and "workspaceblobstore" in stores
     with pytest.raises(NotFound):
         ws.set_default_datastore("missing")
     assert ws.get_default_datastore().name == "mine"
