@@ -397,3 +397,17 @@ def test_an_offline_run_shows_everything_it_is_given(capsys: pytest.CaptureFixtu
     assert "loss (training loss) at step 3:\n0.5" in out
     assert "curve:\n<plot object>" in out
     assert "outputs/x.txt from x.txt" in out and "fail the run: boom" in out
+
+
+def test_an_environments_settings_refuse_what_nothing_reads() -> None:
+    env = Environment("e")
+    env.docker.enabled = True
+    env.docker.base_image = DEFAULT_CPU_IMAGE
+    env.python.user_managed_dependencies = True
+    assert env.spec().docker_image == "cairn-base:bookworm" and env.spec().user_managed
+    with pytest.raises(Unsupported, match=r"docker\.enabled= is not supported as False"):
+        env.docker.enabled = False
+    with pytest.raises(Unsupported, match=r"Docker\.gpu_support is not supported"):
+        env.docker.gpu_support = True
+    with pytest.raises(Unsupported, match=r"Python\.interpreter_path is not supported"):
+        env.python.interpreter_path = "/usr/bin/python3"

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, Unsupported
 from cairn.proto.assets import EnvironmentSpec
 from cairn.sdk._refusals import inherent, refuses
 from cairn.sdk._runtime import WorkspaceBase
@@ -69,16 +69,45 @@ class CondaDependencies:
         return str(target)
 
 
-class _Python:
+class _Guarded:
+    """Settings objects that refuse, by name, an Azure attribute that nothing reads."""
+
+    _KNOWN: frozenset[str] = frozenset()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._KNOWN:
+            known = ", ".join(sorted(self._KNOWN))
+            raise Unsupported(
+                f"{type(self).__name__.strip('_')}.{name} is not supported; Cairn reads {known}"
+            )
+        object.__setattr__(self, name, value)
+
+
+class _Python(_Guarded):
+    _KNOWN = frozenset({"conda_dependencies", "user_managed_dependencies"})
+
     def __init__(self) -> None:
         self.conda_dependencies = CondaDependencies()
         #: run on the agent's own interpreter, installing nothing
         self.user_managed_dependencies = False
 
 
-class _Docker:
+class _Docker(_Guarded):
+    _KNOWN = frozenset({"base_image", "enabled"})
+
     def __init__(self) -> None:
         self.base_image: str | None = None
+        #: Azure's switch; a job always runs isolated by its agent, so only True is taken
+        self.enabled = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "enabled" and value is not True:
+            raise Unsupported(
+                "docker.enabled= is not supported as False; every job runs confined by its"
+                " agent: in a container when the agent runs with `cairn agent --backend docker`,"
+                " else as a confined process"
+            )
+        super().__setattr__(name, value)
 
 
 class Environment:
