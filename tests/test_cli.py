@@ -59,6 +59,12 @@ async def test_tracking_commands(client: Client, client_settings: Settings, tmp_
     table = await cli("experiment", "list", env=env, cwd=tmp_path)
     assert table.splitlines()[0].split() == ["NAME", "RUNS", "CREATED", "BY"]
     assert "cli exp" in table
+    await (await ws.experiment("cli exp")).archive()
+    assert "cli exp" not in await cli("experiment", "list", env=env, cwd=tmp_path)
+    archived = await cli(
+        "experiment", "list", "--archived", "only", "--json", env=env, cwd=tmp_path
+    )
+    assert [(e["name"], e["archived"]) for e in json.loads(archived)] == [("cli exp", True)]
     runs = json.loads(
         await cli("run", "list", "--experiment", "cli exp", "--json", env=env, cwd=tmp_path)
     )

@@ -34,6 +34,7 @@ outputs:
     type: uri_folder
 experiment_name: yaml-jobs
 display_name: from yaml
+description: a job from yaml
 tags: {source: cli}
 """
 
@@ -71,6 +72,7 @@ async def test_job_yaml_runs_and_the_job_commands_show_it(
     run_id = jobs[0]["run_id"]
     shown = json.loads(await cli("job", "show", run_id, "--json", env=env, cwd=tmp_path))
     assert shown["display_name"] == "from yaml" and shown["tags"] == {"source": "cli"}
+    assert shown["properties"] == {"description": "a job from yaml"}
     assert shown["attempt"] == 1
     logs = await cli("job", "logs", run_id, env=env, cwd=tmp_path)
     assert "rate=0.25 name=two words" in logs

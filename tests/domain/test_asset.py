@@ -77,6 +77,20 @@ CASES = [
         register(CSV2, new_version=True),
         [registered(CSV2, version=2)],
     ),
+    Case(
+        "a dataset's same spec with other tags is a new version",
+        [registered(CSV)],
+        asset.RegisterAsset(name="x", spec=CSV, tags={"format": "CSV"}),
+        [
+            AssetRegistered(
+                name="x",
+                version=2,
+                spec=CSV,
+                spec_hash=asset.spec_hash(CSV),
+                tags={"format": "CSV"},
+            )
+        ],
+    ),
     Case("delete", ENV, DELETE, [AssetDeleted(name="x")]),
     Case("delete again is a no-op", DELETED_ENV, DELETE, []),
     Case("delete what never existed", [], DELETE, NotFound, "does not exist"),

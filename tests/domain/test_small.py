@@ -7,9 +7,17 @@ import pytest
 
 from cairn.domain import experiment, workspace
 from cairn.errors import InvalidInput, NotFound
-from cairn.proto.commands import CreateExperiment, CreateWorkspace
+from cairn.proto.commands import (
+    ArchiveExperiment,
+    CreateExperiment,
+    CreateWorkspace,
+    SetDefaultDatastore,
+)
 from cairn.proto.events import (
+    DefaultDatastoreSet,
+    ExperimentArchived,
     ExperimentCreated,
+    ExperimentRestored,
     MemberAdded,
     MemberRemoved,
     MemberRolesChanged,
@@ -39,6 +47,7 @@ def adopt(user: str, *roles: Role) -> AdoptWorkspace:
 
 
 REMOVE_BEA = RemoveMember(command_id="c", user="bea")
+SET_DS = SetDefaultDatastore(command_id="c", datastore="s3")
 
 WORKSPACE_CASES = [
     Case("create", [], CREATE_WS, [WS_CREATED]),
@@ -83,6 +92,20 @@ WORKSPACE_CASES = [
         [],
     ),
     Case("adopt a workspace that does not exist", [], adopt("ann", DS), NotFound),
+    Case("set the default datastore", [WS_CREATED], SET_DS, [DefaultDatastoreSet(datastore="s3")]),
+    Case(
+        "set it to what it is is a no-op",
+        [WS_CREATED, DefaultDatastoreSet(datastore="s3")],
+        SET_DS,
+        [],
+    ),
+    Case(
+        "the default is workspaceblobstore",
+        [WS_CREATED],
+        SetDefaultDatastore(command_id="c", datastore="workspaceblobstore"),
+        [],
+    ),
+    Case("a default of a workspace that does not exist", [], SET_DS, NotFound),
 ]
 
 
@@ -108,9 +131,24 @@ def test_the_members_fold() -> None:
 CREATE_EXP = CreateExperiment(command_id="c", name="my experiment")
 EXP_CREATED = ExperimentCreated(experiment_id=name_to_id("my experiment"), name="my experiment")
 
+ARCHIVE = ArchiveExperiment(command_id="c", name="my experiment")
+RESTORE = ArchiveExperiment(command_id="c", name="my experiment", restore=True)
+
 EXPERIMENT_CASES = [
     Case("create", [], CREATE_EXP, [EXP_CREATED]),
     Case("create again is a no-op", [EXP_CREATED], CREATE_EXP, []),
+    Case("archive", [EXP_CREATED], ARCHIVE, [ExperimentArchived()]),
+    Case("archive again is a no-op", [EXP_CREATED, ExperimentArchived()], ARCHIVE, []),
+    Case("archive a missing one", [], ARCHIVE, NotFound, "no experiment 'my experiment'"),
+    Case("restore", [EXP_CREATED, ExperimentArchived()], RESTORE, [ExperimentRestored()]),
+    Case("restore an active one is a no-op", [EXP_CREATED], RESTORE, []),
+    Case(
+        "restore after restore is a no-op",
+        [EXP_CREATED, ExperimentArchived(), ExperimentRestored()],
+        RESTORE,
+        [],
+    ),
+    Case("create an archived one is a no-op", [EXP_CREATED, ExperimentArchived()], CREATE_EXP, []),
 ]
 
 

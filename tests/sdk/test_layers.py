@@ -23,6 +23,10 @@ FACADE = {
     "_datasets",
     "_jobfile",
     "_keyvault",
+    "_compute",
+    "_runconfig",
+    "_estimators",
+    "_offline",
     "_runs",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
@@ -37,6 +41,7 @@ CORE = {
     "_metrics",
     "_outbox",
     "_waiting",
+    "_refusals",
 }
 
 

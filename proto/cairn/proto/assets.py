@@ -164,6 +164,7 @@ class RegisterDataset(Command, frozen=True, kw_only=True, tag=True):
     spec: DatasetSpec
     description: Text = ""
     create_new_version: bool = False
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
 
 AssetKind = Literal["environment", "datastore", "compute", "dataset"]

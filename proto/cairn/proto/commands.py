@@ -8,11 +8,11 @@ the events it causes, so a retried command never has a second effect and gets th
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
-from cairn.proto._base import Count, Id, Name, Strict, TagKey, TagValue, Text
+from cairn.proto._base import Count, Id, Key, Name, Strict, TagKey, TagValue, Text
 
 __all__ = [
     "COMMAND_TYPES",
@@ -20,6 +20,7 @@ __all__ = [
     "QUERY_TYPES",
     "Accepted",
     "AddRunProperties",
+    "ArchiveExperiment",
     "CancelRun",
     "Command",
     "CompleteRun",
@@ -37,6 +38,7 @@ __all__ = [
     "Query",
     "QueryResult",
     "Reply",
+    "SetDefaultDatastore",
     "SetRunTags",
     "StartRun",
 ]
@@ -57,11 +59,28 @@ class CreateWorkspace(Command, frozen=True, kw_only=True, tag=True):
     description: Text = ""
 
 
+class SetDefaultDatastore(Command, frozen=True, kw_only=True, tag=True):
+    """The datastore a workspace's jobs write outputs without a path to, and local job inputs
+    are uploaded to (``ws.get_default_datastore()``); ``workspaceblobstore`` until set."""
+
+    VERB = "workspace.default_datastore"
+    datastore: Key
+
+
 class CreateExperiment(Command, frozen=True, kw_only=True, tag=True):
     """Get-or-create: creating an experiment that exists returns it unchanged."""
 
     VERB = "experiment.create"
     name: Name
+
+
+class ArchiveExperiment(Command, frozen=True, kw_only=True, tag=True):
+    """Archive an experiment (``restore``: bring it back); archiving an archived one, or
+    restoring an active one, changes nothing."""
+
+    VERB = "experiment.archive"
+    name: Name
+    restore: bool = False
 
 
 class CreateRun(Command, frozen=True, kw_only=True, tag=True):
@@ -136,7 +155,10 @@ class ListWorkspaces(Query, frozen=True, kw_only=True, tag=True):
 
 
 class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
+    """The workspace's experiments: the active ones, or ``archived`` (``"only"``, ``"all"``)."""
+
     NAME = "experiment.list"
+    archived: Literal["no", "only", "all"] = "no"
 
 
 #: the most runs one ``run.list`` page holds
@@ -220,6 +242,8 @@ Reply = Accepted | QueryResult | Opened | ErrorReply
 COMMAND_TYPES: tuple[type[Command], ...] = (
     CreateWorkspace,
     CreateExperiment,
+    ArchiveExperiment,
+    SetDefaultDatastore,
     CreateRun,
     StartRun,
     CompleteRun,

@@ -7,7 +7,8 @@ again on the caller's side as the class registered for its ``code``::
     ├── InvalidInput                code "invalid_input"      malformed or wrong-typed input
     │   ├── InvalidName             code "invalid_name"       bad subject token / name
     │   ├── UnknownMessageType      code "unknown_type"       no such command / query
-    │   └── PayloadTooLarge         code "payload_too_large"  checked before publishing
+    │   ├── PayloadTooLarge         code "payload_too_large"  checked before publishing
+    │   └── Unsupported             code "unsupported"        an argument Cairn refuses by name
     ├── NotFound                    code "not_found"          unknown workspace, run, ...
     ├── AlreadyExists               code "already_exists"
     ├── InvalidTransition           code "invalid_transition" e.g. completing a failed run
@@ -43,6 +44,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UnknownMessageType",
+    "Unsupported",
     "error_for_code",
 ]
 
@@ -71,6 +73,13 @@ class UnknownMessageType(InvalidInput):
 
 class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
+
+
+class Unsupported(InvalidInput):
+    """An argument or key that Cairn accepts from the Azure ML API but does not honour: the
+    message names it and says what Cairn does instead."""
+
+    code = "unsupported"
 
 
 class NotFound(CairnError):

@@ -35,9 +35,12 @@ __all__ = [
     "AssetRegistered",
     "DatastoreCredentialsResealed",
     "DatastoreFilesUploaded",
+    "DefaultDatastoreSet",
     "Envelope",
     "Event",
+    "ExperimentArchived",
     "ExperimentCreated",
+    "ExperimentRestored",
     "MemberAdded",
     "MemberRemoved",
     "MemberRolesChanged",
@@ -124,6 +127,21 @@ class ExperimentCreated(Event, frozen=True, kw_only=True):
     KIND = "experiment"
     experiment_id: Id
     name: Name
+
+
+class DefaultDatastoreSet(Event, frozen=True, kw_only=True):
+    KIND = "workspace"
+    datastore: Id
+
+
+class ExperimentArchived(Event, frozen=True, kw_only=True):
+    """Hidden from experiment lists unless archived ones are asked for; its runs stay."""
+
+    KIND = "experiment"
+
+
+class ExperimentRestored(Event, frozen=True, kw_only=True):
+    KIND = "experiment"
 
 
 class RunCreated(Event, frozen=True, kw_only=True):
@@ -295,6 +313,8 @@ class AssetRegistered(Event, frozen=True, kw_only=True):
     spec: AssetSpec
     spec_hash: str
     description: Text = ""
+    #: a dataset version's tags
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
 
 class AssetDeleted(Event, frozen=True, kw_only=True):
@@ -376,7 +396,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         WorkspaceCreated,
+        DefaultDatastoreSet,
         ExperimentCreated,
+        ExperimentArchived,
+        ExperimentRestored,
         RunCreated,
         RunStarted,
         RunCompleted,

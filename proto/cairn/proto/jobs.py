@@ -85,7 +85,9 @@ class JobInput(Strict, frozen=True, kw_only=True):
     """Data a job reads, made a local path on the agent before the job starts: a folder or
     file of a datastore, or a registered dataset version (pinned at submission). ``mount``
     gives a read-only copy; ``download`` a writable one. ``path_on_compute`` is relative to
-    the job's folder (default ``inputs/<name>``). Arguments ``${{inputs.<name>}}`` become it."""
+    the job's folder (default ``inputs/<name>``). Arguments ``${{inputs.<name>}}`` become it.
+    ``as_dataset`` (a dataset bound with ``as_named_input(name)`` alone): inside the job
+    ``run.input_datasets[name]`` is the dataset itself, read from that local copy."""
 
     name: Id
     mode: Literal["download", "mount"] = "download"
@@ -94,6 +96,7 @@ class JobInput(Strict, frozen=True, kw_only=True):
     dataset: Name | None = None
     version: Count | None = None
     path_on_compute: Text | None = None
+    as_dataset: bool = False
 
 
 class JobOutput(Strict, frozen=True, kw_only=True):

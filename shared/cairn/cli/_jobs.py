@@ -67,6 +67,8 @@ def job_create(path: Path, stream: bool, as_json: bool) -> None:
         tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.tags.items()}
         exp = await ws.experiment(spec.experiment_name or "default")
         submitted = await exp.submit(config, tags=tags, display_name=spec.display_name)
+        if spec.description:  # Azure keeps it as the run's description: a run property here
+            await submitted.add_properties({"description": spec.description})
         if not stream:
             return {"run_id": submitted.id, "status": "Queued"}
         if as_json:  # nothing but the JSON; a missing agent is still logged

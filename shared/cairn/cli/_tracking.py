@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -24,18 +24,27 @@ def experiment() -> None:
 
 
 @experiment.command("list")
+@click.option(
+    "--archived",
+    type=click.Choice(["no", "only", "all"]),
+    default="no",
+    show_default=True,
+    help="list the active experiments, the archived ones, or all",
+)
 @json_option
-def experiment_list(as_json: bool) -> None:
+def experiment_list(archived: Literal["no", "only", "all"], as_json: bool) -> None:
     """List experiments.
 
-    The experiments of the workspace, with their run counts.
+    The experiments of the workspace, with their run counts (archived ones only when asked).
 
     \b
     Example:
-      cairn experiment list --json
+      cairn experiment list --archived all --json
     """
-    rows = run(with_workspace(lambda ws: ws.experiments()))
+    rows = run(with_workspace(lambda ws: ws.experiments(archived)))
     columns = [("name", "NAME"), ("runs", "RUNS"), ("created_at", "CREATED"), ("created_by", "BY")]
+    if archived != "no":
+        columns.append(("archived", "ARCHIVED"))
     emit(rows, as_json, columns)
 
 

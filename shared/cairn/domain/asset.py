@@ -99,6 +99,7 @@ class RegisterAsset(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     spec: AssetSpec
     description: str = ""
     new_version: bool = True
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class DeleteAsset(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -155,11 +156,16 @@ def _register(state: AssetState, command: RegisterAsset) -> list[Event]:
     if latest is not None and not state.deleted:
         if isinstance(spec, ComputeSpec):
             raise AlreadyExists(f"compute target {name!r} exists")
-        if latest.spec_hash == digest:
+        if latest.spec_hash == digest and latest.tags == command.tags:
             return []
     version = max(state.versions, default=0) + 1
     registered = AssetRegistered(
-        name=name, version=version, spec=spec, spec_hash=digest, description=command.description
+        name=name,
+        version=version,
+        spec=spec,
+        spec_hash=digest,
+        description=command.description,
+        tags=command.tags,
     )
     return [registered]
 

@@ -16,8 +16,9 @@ import msgspec
 
 from cairn.domain import Aggregate
 from cairn.errors import InvalidInput, NotFound
-from cairn.proto.commands import CreateWorkspace
+from cairn.proto.commands import CreateWorkspace, SetDefaultDatastore
 from cairn.proto.events import (
+    DefaultDatastoreSet,
     Event,
     MemberAdded,
     MemberRemoved,
@@ -28,6 +29,7 @@ from cairn.proto.members import AddMember, AdoptWorkspace, RemoveMember, Role, c
 
 __all__ = [
     "AGGREGATE",
+    "DEFAULT_DATASTORE",
     "KIND",
     "CreateAsMember",
     "WorkspaceCommand",
@@ -48,7 +50,17 @@ class CreateAsMember(msgspec.Struct, frozen=True, kw_only=True):
     roles: tuple[str, ...]
 
 
-WorkspaceCommand = CreateWorkspace | CreateAsMember | AddMember | RemoveMember | AdoptWorkspace
+WorkspaceCommand = (
+    CreateWorkspace
+    | CreateAsMember
+    | AddMember
+    | RemoveMember
+    | AdoptWorkspace
+    | SetDefaultDatastore
+)
+
+#: a workspace's default datastore until one is set
+DEFAULT_DATASTORE = "workspaceblobstore"
 
 
 class WorkspaceState(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +71,7 @@ class WorkspaceState(msgspec.Struct, frozen=True, kw_only=True):
     members: dict[str, tuple[Role, ...]] = msgspec.field(default_factory=dict)
     #: whether the workspace ever had a member
     governed: bool = False
+    default_datastore: str = DEFAULT_DATASTORE
 
 
 def evolve(state: WorkspaceState, event: Event) -> WorkspaceState:
@@ -71,6 +84,8 @@ def evolve(state: WorkspaceState, event: Event) -> WorkspaceState:
         case MemberRemoved(user=user):
             members = {u: r for u, r in state.members.items() if u != user}
             return msgspec.structs.replace(state, members=members, governed=True)
+        case DefaultDatastoreSet(datastore=datastore):
+            return msgspec.structs.replace(state, default_datastore=datastore)
     return state
 
 
@@ -113,6 +128,11 @@ def decide(state: WorkspaceState, command: WorkspaceCommand) -> list[Event]:
             _existing(state, command)
             roles = _roles(given)
             return [] if state.governed else [MemberAdded(user=user, roles=roles)]
+        case SetDefaultDatastore(datastore=datastore):
+            _existing(state, command)
+            if datastore == state.default_datastore:
+                return []
+            return [DefaultDatastoreSet(datastore=datastore)]
 
 
 AGGREGATE: Aggregate[WorkspaceState, WorkspaceCommand] = Aggregate(

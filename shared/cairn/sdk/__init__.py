@@ -1,41 +1,62 @@
 """The Python SDK: an async core (``async with connect() as ws``) and a sync facade with the
-Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``), a thin wrapper over it.
+Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
+``RunConfiguration``, ``ComputeTarget``, ``AmlCompute``...), a thin wrapper over it.
 
-Layers, each importing only those below it: ``_session`` (connection, client, sequences seen)
-<- ``_waiting`` (what a wait on a run shows) <- ``_async_assets``, ``_async_models``,
-``_async_data``, ``_async_secrets``, ``_jobs`` <- ``_async`` (the async face) <- ``_runtime``
-(the facade's event loop) <- ``_assets``, ``_models``, ``_datastores``, ``_keyvault`` <-
-``_datasets``, ``_jobfile`` <- ``_sync``. Bytes move through :mod:`cairn.data`.
+Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
+``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
+<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``, ``_jobs`` <-
+``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
+``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
+``_datasets``, ``_jobfile`` <- ``_estimators``, ``_sync``. Bytes move through
+:mod:`cairn.data`.
 """
 
-from cairn.sdk._assets import ComputeTarget, CondaDependencies, Environment
+from cairn.sdk._assets import CondaDependencies, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
+from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
+from cairn.sdk._estimators import Estimator, PyTorch, SKLearn, TensorFlow
 from cairn.sdk._jobfile import load_job_file
-from cairn.sdk._jobs import Estimator, RunFailedError, ScriptRunConfig
+from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
+from cairn.sdk._offline import OfflineRun
 from cairn.sdk._outbox import replay_spool_dir
-from cairn.sdk._sync import Experiment, OfflineRun, Run, Workspace
+from cairn.sdk._runconfig import (
+    DEFAULT_CPU_IMAGE,
+    DEFAULT_GPU_IMAGE,
+    DockerConfiguration,
+    RunConfiguration,
+)
+from cairn.sdk._sync import Experiment, Run, Workspace
 
 __all__ = [
+    "DEFAULT_CPU_IMAGE",
+    "DEFAULT_GPU_IMAGE",
+    "AmlCompute",
     "AsyncExperiment",
     "AsyncRun",
     "AsyncWorkspace",
     "ComputeTarget",
+    "ComputeTargetException",
     "CondaDependencies",
     "Dataset",
     "Datastore",
+    "DockerConfiguration",
     "Environment",
     "Estimator",
     "Experiment",
     "Keyvault",
     "Model",
     "OfflineRun",
+    "PyTorch",
     "Run",
+    "RunConfiguration",
     "RunFailedError",
+    "SKLearn",
     "ScriptRunConfig",
+    "TensorFlow",
     "Workspace",
     "connect",
     "load_job_file",

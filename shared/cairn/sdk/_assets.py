@@ -1,22 +1,20 @@
-"""``Environment``, ``CondaDependencies`` and ``ComputeTarget`` with the Azure ML v1 names: a
-facade over ``ws.assets`` (datastores: :mod:`cairn.sdk._datastores`)."""
+"""``Environment`` and ``CondaDependencies`` with the Azure ML v1 names: a facade over
+``ws.assets`` (datastores: :mod:`cairn.sdk._datastores`, compute: :mod:`cairn.sdk._compute`)."""
 
 from __future__ import annotations
 
-import builtins
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from cairn.errors import InvalidInput
-from cairn.proto.assets import ComputeSpec, EnvironmentSpec
+from cairn.errors import InvalidInput, Unsupported
+from cairn.proto.assets import EnvironmentSpec
+from cairn.sdk._refusals import inherent, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
-__all__ = ["ComputeTarget", "CondaDependencies", "Environment"]
-
-ComputeKind = Literal["local", "cluster", "instance", "attached"]
+__all__ = ["CondaDependencies", "Environment"]
 
 
 class CondaDependencies:
@@ -27,11 +25,14 @@ class CondaDependencies:
         self.python_version: str | None = None
 
     @staticmethod
+    @refuses(pip_indexurl="packages install from the index the agent is configured with")
+    @inherent(pin_sdk_version="Cairn adds no SDK package to an environment: nothing to pin")
     def create(
         pip_packages: list[str] | None = None,
         conda_packages: list[str] | None = None,
         python_version: str | None = None,
-        **_: Any,
+        pin_sdk_version: bool = True,
+        pip_indexurl: str | None = None,
     ) -> CondaDependencies:
         deps = CondaDependencies()
         deps.pip_packages = list(pip_packages or [])
@@ -45,17 +46,68 @@ class CondaDependencies:
     def add_conda_package(self, package: str) -> None:
         self.conda_packages.append(package)
 
+    def add_channel(self, channel: str) -> None:
+        self.channels.append(channel)
 
-class _Python:
+    def serialize_to_string(self) -> str:
+        """The conda ``environment.yml`` these dependencies make (what
+        ``Environment.from_conda_specification`` reads back)."""
+        deps: list[Any] = [f"python={self.python_version}"] if self.python_version else []
+        deps += self.conda_packages
+        if self.pip_packages:
+            deps.append({"pip": list(self.pip_packages)})
+        doc: dict[str, Any] = {"name": "project_environment", "dependencies": deps}
+        if self.channels:
+            doc["channels"] = list(self.channels)
+        return str(yaml.safe_dump(doc, sort_keys=False))
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> str:
+        """Write :meth:`serialize_to_string` to ``path`` (default ``conda_dependencies.yml``
+        in the current folder); returns the path."""
+        target = Path(path or "conda_dependencies.yml")
+        target.write_text(self.serialize_to_string())
+        return str(target)
+
+
+class _Guarded:
+    """Settings objects that refuse, by name, an Azure attribute that nothing reads."""
+
+    _KNOWN: frozenset[str] = frozenset()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._KNOWN:
+            known = ", ".join(sorted(self._KNOWN))
+            raise Unsupported(
+                f"{type(self).__name__.strip('_')}.{name} is not supported; Cairn reads {known}"
+            )
+        object.__setattr__(self, name, value)
+
+
+class _Python(_Guarded):
+    _KNOWN = frozenset({"conda_dependencies", "user_managed_dependencies"})
+
     def __init__(self) -> None:
         self.conda_dependencies = CondaDependencies()
         #: run on the agent's own interpreter, installing nothing
         self.user_managed_dependencies = False
 
 
-class _Docker:
+class _Docker(_Guarded):
+    _KNOWN = frozenset({"base_image", "enabled"})
+
     def __init__(self) -> None:
         self.base_image: str | None = None
+        #: Azure's switch; a job always runs isolated by its agent, so only True is taken
+        self.enabled = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "enabled" and value is not True:
+            raise Unsupported(
+                "docker.enabled= is not supported as False; every job runs confined by its"
+                " agent: in a container when the agent runs with `cairn agent --backend docker`,"
+                " else as a confined process"
+            )
+        super().__setattr__(name, value)
 
 
 class Environment:
@@ -142,49 +194,3 @@ class Environment:
 
     def __repr__(self) -> str:
         return f"Environment(name={self.name!r}, version={self.version})"
-
-
-class ComputeTarget:
-    """A compute target: ``local``, a cluster (a pool of agents), an instance, an attached
-    machine. Creating and deleting needs the compute-operator role."""
-
-    def __init__(
-        self, workspace: WorkspaceBase, name: str, _data: dict[str, Any] | None = None
-    ) -> None:
-        self.workspace, self.name = workspace, name
-        if _data is None:
-            _data = workspace._run(workspace.core.assets.get("compute", name))
-        spec = _data["spec"]
-        self.type, self.vm_size, self.labels = spec["kind"], spec.get("vm_size"), spec["labels"]
-        self.min_nodes, self.max_nodes = spec["min_nodes"], spec["max_nodes"]
-
-    @staticmethod
-    def create(
-        workspace: WorkspaceBase,
-        name: str,
-        kind: ComputeKind = "cluster",
-        min_nodes: int = 0,
-        max_nodes: int = 1,
-        vm_size: str | None = None,
-        labels: builtins.list[str] | None = None,
-    ) -> ComputeTarget:
-        spec = ComputeSpec(
-            kind=kind,
-            min_nodes=min_nodes,
-            max_nodes=max_nodes,
-            vm_size=vm_size,
-            labels=labels or [],
-        )
-        created = workspace._run(workspace.core.assets.create_compute(name, spec))
-        return ComputeTarget(workspace, name, _data=created)
-
-    def delete(self) -> None:
-        self.workspace._run(self.workspace.core.assets.delete_compute(self.name))
-
-    @staticmethod
-    def list(workspace: WorkspaceBase) -> dict[str, ComputeTarget]:
-        rows = workspace._run(workspace.core.assets.list("compute"))
-        return {r["name"]: ComputeTarget(workspace, r["name"], _data=r) for r in rows}
-
-    def __repr__(self) -> str:
-        return f"ComputeTarget(name={self.name!r}, type={self.type!r})"

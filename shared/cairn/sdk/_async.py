@@ -17,7 +17,7 @@ import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from cairn.bus import Connection
 from cairn.bus import connect as bus_connect
@@ -36,6 +36,7 @@ from cairn.proto.commands import (
     MAX_RUNS_PAGE,
     Accepted,
     AddRunProperties,
+    ArchiveExperiment,
     CancelRun,
     Command,
     CompleteRun,
@@ -47,6 +48,7 @@ from cairn.proto.commands import (
     ListExperiments,
     ListRuns,
     ListWorkspaces,
+    SetDefaultDatastore,
     SetRunTags,
     StartRun,
 )
@@ -117,6 +119,12 @@ class AsyncWorkspace(Session):
         )
         return True
 
+    async def set_default_datastore(self, name: str) -> None:
+        """Make datastore ``name`` the workspace's default: where job outputs without a path
+        and local job inputs go (the registry's datastore ``name`` must exist)."""
+        await self.assets.get("datastore", name)
+        await self.send(SetDefaultDatastore(command_id=new_id(), datastore=name))
+
     async def workspaces(self) -> list[dict[str, Any]]:
         """The workspaces this user is a member of, with their roles there."""
         return list((await self.client.ask(ListWorkspaces())).data)
@@ -125,8 +133,12 @@ class AsyncWorkspace(Session):
         """Get or create the experiment called ``name``."""
         return AsyncExperiment(self, name, await self.experiment_id(name))
 
-    async def experiments(self) -> list[dict[str, Any]]:
-        return list((await self.client.ask(ListExperiments(min_seq=self.seen_seq))).data)
+    async def experiments(
+        self, archived: Literal["no", "only", "all"] = "no"
+    ) -> list[dict[str, Any]]:
+        """The experiments: the active ones, or the archived ones (``"only"``), or all."""
+        q = ListExperiments(min_seq=self.seen_seq, archived=archived)
+        return list((await self.client.ask(q)).data)
 
     async def runs_page(
         self,
@@ -263,6 +275,13 @@ class AsyncExperiment:
             )
         )
         return AsyncRun(self.workspace, run_id, self.name)
+
+    async def archive(self, *, restore: bool = False) -> None:
+        """Hide this experiment from experiment lists (``restore``: show it again); its
+        runs stay as they are."""
+        await self.workspace.send(
+            ArchiveExperiment(command_id=new_id(), name=self.name, restore=restore)
+        )
 
     async def start_run(self, *, display_name: str | None = None) -> AsyncRun:
         run = await self.create_run(display_name=display_name)

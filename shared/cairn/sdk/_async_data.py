@@ -106,6 +106,7 @@ class AsyncDatasets:
         spec: DatasetSpec,
         *,
         description: str = "",
+        tags: dict[str, str] | None = None,
         create_new_version: bool = False,
         snapshot: bool = False,
         show_progress: bool | None = None,
@@ -124,6 +125,7 @@ class AsyncDatasets:
             spec=versioned,
             description=description,
             create_new_version=create_new_version,
+            tags=dict(tags or {}),
         )
         reply = await self._session.send(cmd)
         return await self.get(name, min_seq=reply.seq)

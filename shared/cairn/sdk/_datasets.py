@@ -26,6 +26,7 @@ from cairn.errors import InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._datastores import DataBinding, DataReference, Datastore
+from cairn.sdk._refusals import inherent, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
 __all__ = ["Dataset", "FileDataset", "TabularDataset"]
@@ -58,7 +59,10 @@ class _Dataset:
         self.name: str | None = data["name"] if data else None
         self.version: int | None = data["version"] if data else None
         self.description: str = data.get("description", "") if data else ""
+        self.tags: dict[str, str] = dict(data.get("tags", {})) if data else {}
         self.workspace = workspace
+        #: inside a job, the folder its agent copied this version into (read from there)
+        self.local_copy: Path | None = None
 
     def _ws(self) -> WorkspaceBase:
         if self.workspace is None:
@@ -86,6 +90,7 @@ class _Dataset:
             name,
             self.spec,
             description=description or "",
+            tags={str(k): str(v) for k, v in (tags or {}).items()},
             create_new_version=create_new_version,
             snapshot=snapshot,
             show_progress=show_progress,
@@ -97,7 +102,6 @@ class _Dataset:
         target_path: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> builtins.list[str]:
         """The version's files into ``target_path`` (relative to their common folder), with a
         bar of their bytes on a terminal (or anywhere with ``show_progress=True``)."""
@@ -108,12 +112,25 @@ class _Dataset:
         return [str(p) for p in self._local_files(target, show_progress)]
 
     def as_named_input(self, name: str) -> _NamedInput:
-        """This registered version as input ``name`` of a job (``run.input_datasets[name]``)."""
+        """This registered version as input ``name`` of a job: on its own (in ``arguments``
+        or an ``Estimator``'s ``inputs``), ``run.input_datasets[name]`` is the dataset itself
+        inside the job; ``.as_download()``/``.as_mount()`` make it a local path."""
         if self.name is None or self.version is None:
             raise InvalidInput("register the dataset before using it as a job's input")
         return _NamedInput(self, name)
 
     def _local_files(self, target: Path, show: bool | None = None) -> builtins.list[Path]:
+        if self.local_copy is not None:  # inside a job: the agent's copy
+            files = sorted(
+                p for p in self.local_copy.rglob("*") if p.is_file() and p.name != ".ready"
+            )
+            copies = []
+            for f in files:
+                dest = target / f.relative_to(self.local_copy)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest)
+                copies.append(dest)
+            return copies
         ws = self._ws()
         made = ws.core.datasets.materialise(self.spec, target, label=self._label, show=show)
         return ws._run(made)
@@ -145,13 +162,13 @@ class TabularDataset(_Dataset):
     def skip(self, count: int) -> TabularDataset:
         return self._then("skip", int(count))
 
-    def keep_columns(self, columns: str | builtins.list[str], **_: Any) -> TabularDataset:
+    def keep_columns(self, columns: str | builtins.list[str]) -> TabularDataset:
         return self._then("keep", [columns] if isinstance(columns, str) else list(columns))
 
     def drop_columns(self, columns: str | builtins.list[str]) -> TabularDataset:
         return self._then("drop", [columns] if isinstance(columns, str) else list(columns))
 
-    def to_pandas_dataframe(self, **_: Any) -> Any:
+    def to_pandas_dataframe(self) -> Any:
         pd: Any = importlib.import_module("pandas")  # optional, and without type stubs
 
         spec = self.spec
@@ -199,9 +216,14 @@ class FileDataset(_Dataset):
             shutil.rmtree(point, ignore_errors=True)
 
 
-class _NamedInput:
+class _NamedInput(DataBinding):
+    """A registered dataset version bound to a job as input ``name``: on its own the job
+    gets the dataset (``run.input_datasets[name]``), and in its arguments the local path of
+    its files; ``as_download``/``as_mount`` give the job a path only."""
+
     def __init__(self, dataset: _Dataset, name: str) -> None:
-        self.dataset, self.name = dataset, name
+        super().__init__(name, "download", None, dataset=dataset, as_dataset=True)
+        self.dataset: _Dataset = dataset
 
     def as_download(self, path_on_compute: str | None = None) -> DataBinding:
         return DataBinding(self.name, "download", path_on_compute, dataset=self.dataset)
@@ -217,12 +239,30 @@ class _Mount:
 
 class _Tabular:
     @staticmethod
+    @inherent(
+        validate="Cairn checks the paths when the dataset is registered, whatever validate= says"
+    )
+    @refuses(
+        include_path="a table holds the files' columns only; read paths with Dataset.File",
+        set_column_types="columns are read as pandas infers them (infer_column_types=True)"
+        " or as strings",
+        partition_format="paths are (datastore, 'pattern') with * and ? wildcards",
+        support_multi_line="quoted values spanning lines are read as pandas reads them",
+        empty_as_string="empty values are read as pandas reads them (missing)",
+        encoding="files are read as UTF-8",
+    )
     def from_delimited_files(
         path: Any,
+        validate: bool = True,
+        include_path: bool = False,
+        infer_column_types: bool = True,
+        set_column_types: Any = None,
+        partition_format: str | None = None,
         separator: str = ",",
         header: bool = True,
-        infer_column_types: bool = True,
-        **_: Any,
+        support_multi_line: bool = False,
+        empty_as_string: bool = False,
+        encoding: str = "utf8",
     ) -> TabularDataset:
         spec = DatasetSpec(
             kind="tabular",
@@ -236,7 +276,16 @@ class _Tabular:
 
 class _File:
     @staticmethod
-    def from_files(path: Any, **_: Any) -> FileDataset:
+    @inherent(
+        validate="Cairn checks the paths when the dataset is registered, whatever validate= says"
+    )
+    @refuses(
+        partition_format="paths are (datastore, 'pattern') with * and ? wildcards",
+        is_file="a path matches files and folders alike",
+    )
+    def from_files(
+        path: Any, validate: bool = True, partition_format: str | None = None, is_file: bool = False
+    ) -> FileDataset:
         spec = DatasetSpec(kind="file", paths=_data_paths(path))
         return FileDataset(spec, workspace=_workspace_of(path))
 

@@ -51,9 +51,12 @@ class DataBinding:
         *,
         reference: DataReference | None = None,
         dataset: DatasetVersion | None = None,
+        as_dataset: bool = False,
     ) -> None:
         self.name = validate_token(name, "data reference name")
         self.mode, self.reference, self.dataset = mode, reference, dataset
+        #: the job gets the dataset itself as ``run.input_datasets[name]``, not its path
+        self.as_dataset = as_dataset
         self.path_on_compute = validate_run_path(path_on_compute) if path_on_compute else None
 
     def job_binding(self) -> JobInput | JobOutput:
@@ -74,6 +77,7 @@ class DataBinding:
                 dataset=ds.name,
                 version=ds.version,
                 path_on_compute=where,
+                as_dataset=self.as_dataset,
             )
         assert ref is not None, "a binding reads a datastore path or a dataset"
         return JobInput(
@@ -166,7 +170,6 @@ class Datastore:
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         region: str | None = None,
-        **_: Any,
     ) -> Datastore:
         spec = DatastoreSpec(
             kind="s3", bucket=bucket_name, endpoint_url=endpoint_url, prefix=prefix, region=region
@@ -261,7 +264,7 @@ class Datastore:
     def path(
         self, path: str | None = None, data_reference_name: str | None = None
     ) -> DataReference:
-        return DataReference(self, path)
+        return DataReference(self, path, data_reference_name)
 
     def __repr__(self) -> str:
         return f"Datastore(name={self.name!r}, type={self.datastore_type!r})"

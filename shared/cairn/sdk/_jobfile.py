@@ -40,8 +40,16 @@ from cairn.errors import InvalidInput
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.sdk._assets import Environment
 from cairn.sdk._jobs import InputMode, ScriptRunConfig
+from cairn.sdk._refusals import refuse
 
-__all__ = ["JobFile", "load_job_file"]
+__all__ = ["UNREAD_KEYS", "JobFile", "load_job_file"]
+
+#: keys the loader needs not read, and why (every other key is read: honoured or refused)
+UNREAD_KEYS: dict[str, str] = {
+    "JobFile.type": "the schema accepts only 'command'",
+}
+_COMMAND_SCHEMA = "commandJob.schema.json"
+_NO_DESCRIPTION = "only the job's own description is kept (a run property); write a YAML comment"
 
 _REF = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
@@ -131,6 +139,8 @@ def _strip_prefix(ref: str) -> str:
 def _environment(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
     if value is None:
         return None
+    if not isinstance(value, str) and value.description is not None:
+        raise refuse("environment", "description", _NO_DESCRIPTION)
     if isinstance(value, str):  # Azure's curated names become Cairn's curated environments
         name, version = parse_reference(value)
         if version is None:
@@ -174,6 +184,8 @@ _DATASET_REF = re.compile(r"^(?:azureml|cairn):([^:@/][^:@]*)(?:[:@](latest|\d+)
 
 def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path, InputMode]:
     """A job input, or a local path to upload (with its mode)."""
+    if item.description is not None:
+        raise refuse(f"inputs.{name}", "description", _NO_DESCRIPTION)
     mode: InputMode = "mount" if item.mode == "ro_mount" else "download"
     if m := _DATASTORE_URI.match(item.path):
         return JobInput(name=name, mode=mode, datastore=m.group(1), path=m.group(2))
@@ -183,10 +195,25 @@ def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path
     local = (base / item.path).resolve()
     if not local.exists():
         raise InvalidInput(f"inputs.{name}: {item.path} is neither a data reference nor a path")
+    if local.is_dir() != (item.type == "uri_folder"):
+        raise InvalidInput(f"inputs.{name}: {item.path} is not a {item.type}")
     return local, mode
 
 
 def _data_output(name: str, item: Output | None) -> JobOutput:
+    if item is not None:
+        if item.description is not None:
+            raise refuse(f"outputs.{name}", "description", _NO_DESCRIPTION)
+        if item.type != "uri_folder":
+            raise refuse(
+                f"outputs.{name}", "type", "an output is a folder (uri_folder): write into it"
+            )
+        if item.mode != "upload":
+            raise refuse(
+                f"outputs.{name}",
+                "mode",
+                "an output is uploaded when the job ends (mode: upload), never written in place",
+            )
     if item is None or item.path is None:
         return JobOutput(name=name, register_as=item.name if item else None)
     m = _DATASTORE_URI.match(item.path)
@@ -211,6 +238,10 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         job = msgspec.convert(doc, JobFile)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"{path}: {exc}") from exc
+    if job.schema is not None and not job.schema.endswith(_COMMAND_SCHEMA):
+        raise InvalidInput(f"{path}: $schema {job.schema!r} is not a command job's schema")
+    if job.name is not None:
+        raise refuse(str(path), "name", "Cairn makes every run's id; use display_name")
     base = path.parent
     data_inputs: list[JobInput] = []
     local_inputs: dict[str, tuple[Path, InputMode]] = {}

@@ -1,5 +1,5 @@
-"""Submitting jobs and following them (async core): ``ScriptRunConfig``, ``Estimator``,
-snapshots, logs.
+"""Submitting jobs and following them (async core): ``ScriptRunConfig``, snapshots, logs
+(``Estimator`` and its framework shapes: :mod:`cairn.sdk._estimators`).
 
 ``experiment.submit(config)`` snapshots ``source_directory`` (see :mod:`cairn.snapshot`),
 uploads the archive into a staging area named after its digest unless that area already holds
@@ -36,13 +36,13 @@ from cairn.proto.jobs import (
 )
 from cairn.rpc import Client
 from cairn.sdk._async_data import AsyncDatastores
+from cairn.sdk._refusals import refuses
 from cairn.sdk._session import Session, new_id
 from cairn.sdk._waiting import WaitDisplay, Whereabouts
 from cairn.snapshot import digest_of, pack
 
 __all__ = [
     "Binding",
-    "Estimator",
     "InputMode",
     "RunFailedError",
     "ScriptRunConfig",
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 TERMINAL = ("Completed", "Failed", "Canceled")
-DEFAULT_DATASTORE = "workspaceblobstore"
 InputMode = Literal["download", "mount"]
 
 
@@ -83,24 +82,35 @@ class EnvironmentLike(Protocol):
 class ScriptRunConfig:
     """What to run and where, with the Azure ML v1 names: a script in ``source_directory``
     with ``arguments``, or a ``command`` (a list, or a string split like a shell would),
-    on ``compute_target`` (a name or a ``ComputeTarget``) in ``environment``."""
+    on ``compute_target`` (a name or a ``ComputeTarget``) in ``environment``. A
+    ``run_config`` (``RunConfiguration``) gives the target, environment, docker settings and
+    variables that are not given here. ``docker_runtime_config`` (``DockerConfiguration``)
+    asks for an isolated job, which every Cairn job is."""
 
+    @refuses(
+        distributed_job_config="a Cairn job is one process on one agent; ask for several GPUs"
+        " with gpus=, or run several jobs (a sweep, a pipeline)",
+        resume_from="a job starts from its snapshot; pass a checkpoint as an input instead",
+    )
     def __init__(
         self,
         source_directory: str | Path = ".",
         script: str | None = None,
         arguments: list[Any] | None = None,
-        compute_target: Any = "local",
+        run_config: Any = None,
+        compute_target: Any = None,
         environment: Any = None,
-        *,
-        command: list[str] | str | None = None,
+        distributed_job_config: Any = None,
+        resume_from: Any = None,
         max_run_duration_seconds: float | None = None,
+        command: list[str] | str | None = None,
+        docker_runtime_config: Any = None,
+        *,
         max_attempts: int = 3,
         priority: int = 0,
         gpus: int = 0,
         environment_variables: dict[str, str] | None = None,
         secrets: list[str] | None = None,
-        **_: Any,
     ) -> None:
         if (script is None) == (command is None):
             raise InvalidInput("a ScriptRunConfig takes exactly one of script= and command=")
@@ -109,8 +119,27 @@ class ScriptRunConfig:
         self.bindings = [a for a in arguments or [] if isinstance(a, Binding)]
         self.arguments = [str(a) for a in arguments or []]
         self.command = command
+        self.run_config = run_config
+        if run_config is not None:  # what is given here wins, as in Azure ML
+            compute_target = compute_target if compute_target is not None else run_config.target
+            environment = environment if environment is not None else run_config.environment
+            docker_runtime_config = docker_runtime_config or run_config.docker
+            environment_variables = {
+                **run_config.environment_variables,
+                **(environment_variables or {}),
+            }
+            if max_run_duration_seconds is None:
+                max_run_duration_seconds = run_config.max_run_duration_seconds
+        docker = docker_runtime_config
+        if docker is not None and getattr(docker, "use_docker", None) is not True:
+            raise InvalidInput(
+                "ScriptRunConfig: docker_runtime_config= takes DockerConfiguration(use_docker=True)"
+            )
         self.compute_target = compute_target
         self.environment: str | EnvironmentLike | None = environment
+        #: a ``DockerConfiguration``: it refuses ``use_docker=False``, so what it holds is a
+        #: request for isolation, which every agent gives
+        self.docker_runtime_config = docker_runtime_config
         self.max_run_duration_seconds = max_run_duration_seconds
         self.max_attempts = max_attempts
         self.priority = priority
@@ -137,35 +166,6 @@ class ScriptRunConfig:
     def compute_name(self) -> str:
         target = self.compute_target
         return str(getattr(target, "name", target) or "local")
-
-
-class Estimator(ScriptRunConfig):
-    """The older Azure ML shape: ``entry_script`` with a ``script_params`` dict
-    (``{"--reg_rate": 0.01}`` becomes ``--reg_rate 0.01``; a value of ``""`` or ``True``
-    passes the flag alone)."""
-
-    def __init__(
-        self,
-        source_directory: str | Path = ".",
-        entry_script: str = "train.py",
-        script_params: dict[str, Any] | None = None,
-        compute_target: Any = "local",
-        environment_definition: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        arguments: list[Any] = []
-        for key, value in (script_params or {}).items():
-            arguments.append(key)
-            if value not in ("", True, None):
-                arguments.append(value)
-        super().__init__(
-            source_directory,
-            entry_script,
-            arguments,
-            compute_target,
-            environment_definition,
-            **kwargs,
-        )
 
 
 async def upload_snapshot(
@@ -270,9 +270,10 @@ async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMo
         h.update(await asyncio.to_thread(f.read_bytes))
     folder = f"job-inputs/{h.hexdigest()[:32]}"
     pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
-    await AsyncDatastores(ws).upload(DEFAULT_DATASTORE, pairs)
+    store = await ws.default_datastore()
+    await AsyncDatastores(ws).upload(store, pairs)
     path = pairs[0][1] if local.is_file() else folder
-    return JobInput(name=name, mode=mode, datastore=DEFAULT_DATASTORE, path=path)
+    return JobInput(name=name, mode=mode, datastore=store, path=path)
 
 
 class _LogPrinter:

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cairn.sdk._refusals import refuses
 from cairn.sdk._runtime import WorkspaceBase
 
 __all__ = ["Model"]
@@ -47,6 +48,13 @@ class Model:
         self.id = f"{self.name}:{self.version}"
 
     @staticmethod
+    @refuses(
+        datasets="a model's datasets are the ones its run read: register it from the run"
+        " (run.register_model) and see model.lineage()",
+        sample_input_dataset="a model version records no sample data",
+        sample_output_dataset="a model version records no sample data",
+        resource_configuration="a deployment sizes its replicas, not the model",
+    )
     def register(
         workspace: WorkspaceBase,
         model_path: str | os.PathLike[str],
@@ -57,7 +65,10 @@ class Model:
         model_framework: str | None = None,
         model_framework_version: str | None = None,
         show_progress: bool | None = None,
-        **_: Any,
+        datasets: list[Any] | None = None,
+        sample_input_dataset: Any = None,
+        sample_output_dataset: Any = None,
+        resource_configuration: Any = None,
     ) -> Model:
         """Upload a local file or folder (a bar of its bytes on a terminal, or anywhere with
         ``show_progress=True``) and register it as the next version of the name."""
@@ -81,11 +92,22 @@ class Model:
         workspace: WorkspaceBase,
         name: str | None = None,
         tags: dict[str, str] | None = None,
+        properties: dict[str, str] | None = None,
+        run_id: str | None = None,
         latest: bool = False,
-        **_: Any,
+        model_framework: str | None = None,
     ) -> list[Model]:
+        """The model versions, filtered as Azure ML v1 does (``tags``, ``properties``: every
+        ``{key: value}`` given; ``run_id``: registered from that run; ``model_framework``)."""
         rows = workspace._run(workspace.core.models.list(name, tags=tags, latest=latest))
-        return [Model(workspace, r["name"], _data=r) for r in rows]
+        wanted = {k: str(v) for k, v in (properties or {}).items()}
+        return [
+            Model(workspace, r["name"], _data=r)
+            for r in rows
+            if run_id in (None, r.get("run_id"))
+            and model_framework in (None, r.get("framework"))
+            and all(r.get("properties", {}).get(k) == v for k, v in wanted.items())
+        ]
 
     def serialize(self) -> dict[str, Any]:
         """The version's record as the registry keeps it (the files only when this object
@@ -102,7 +124,6 @@ class Model:
         target_dir: str = ".",
         exist_ok: bool = False,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> str:
         """Download this version's files under ``target_dir``; returns the model's path."""
         models = self.workspace.core.models

@@ -7,7 +7,8 @@ from __future__ import annotations
 import uuid
 
 from cairn.bus import Connection
-from cairn.proto.commands import Accepted, Command, CreateExperiment
+from cairn.errors import NotFound
+from cairn.proto.commands import Accepted, Command, CreateExperiment, ListWorkspaces
 from cairn.rpc import Client
 from cairn.settings import Settings
 
@@ -42,6 +43,14 @@ class Session:
 
     def saw_seq(self, seq: int) -> None:
         self.seen_seq = max(self.seen_seq, seq)
+
+    async def default_datastore(self) -> str:
+        """The workspace's default datastore (``ws.set_default_datastore``)."""
+        rows = (await self.client.ask(ListWorkspaces(min_seq=self.seen_seq))).data
+        for row in rows:
+            if row["name"] == self.name:
+                return str(row["default_datastore"])
+        raise NotFound(f"workspace {self.name} is not one of yours")
 
     async def send(self, command: Command) -> Accepted:
         """Send one command and remember the sequence of its event."""

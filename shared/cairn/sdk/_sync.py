@@ -10,29 +10,34 @@ import builtins
 import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from cairn.data import local_target
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, NotFound
 from cairn.proto.paths import validate_run_path
-from cairn.sdk._assets import ComputeTarget, Environment
+from cairn.sdk._assets import Environment
 from cairn.sdk._async import AsyncRun, AsyncWorkspace, exit_error
+from cairn.sdk._compute import ComputeTarget
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
+from cairn.sdk._offline import OfflineRun
+from cairn.sdk._refusals import inherent, refuses
 from cairn.sdk._runs import azure_filter
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
 
-__all__ = ["Experiment", "OfflineRun", "Run", "Workspace"]
+__all__ = ["Experiment", "Run", "Workspace"]
+
+#: run files that are logs (``get_details_with_logs``, ``get_all_logs``)
+_LOG_PREFIXES = ("user_logs/", "logs/", "azureml-logs/")
 
 
 class Workspace(WorkspaceBase):
@@ -41,7 +46,11 @@ class Workspace(WorkspaceBase):
     override it."""
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, **_: Any) -> Workspace:
+    @refuses(
+        auth="Cairn connects with the NATS credentials of the config file or the CAIRN_NATS_*"
+        " variables"
+    )
+    def from_config(cls, path: str | os.PathLike[str] | None = None, auth: Any = None) -> Workspace:
         return cls(load_settings(file=Path(path) if path else None))
 
     @classmethod
@@ -95,7 +104,13 @@ class Workspace(WorkspaceBase):
         return Dataset.list(self)
 
     def get_default_datastore(self) -> Datastore:
-        return Datastore.get(self, "workspaceblobstore")
+        """The workspace's default datastore: ``workspaceblobstore`` until set."""
+        return Datastore.get(self, self._run(self.core.default_datastore()))
+
+    def set_default_datastore(self, name: str) -> None:
+        """Make datastore ``name`` (registered) the default: job outputs without a path and
+        local job inputs go there, and ``get_default_datastore()`` returns it."""
+        self._run(self.core.set_default_datastore(name))
 
     def get_default_keyvault(self) -> Keyvault:
         """The workspace's secrets (``set_secret``, ``get_secret``, ``list_secrets``...)."""
@@ -161,8 +176,16 @@ class Experiment:
         self._core = workspace._run(workspace.core.experiment(name))
         self.id = self._core.id
 
+    @refuses(
+        snapshot_directory="an interactive run has no snapshot; store files with"
+        " run.upload_file or run.upload_folder"
+    )
     def start_logging(
-        self, *args: Any, display_name: str | None = None, outputs: str | None = None, **_: Any
+        self,
+        *,
+        display_name: str | None = None,
+        outputs: str | None = None,
+        snapshot_directory: str | None = None,
     ) -> Run:
         """A new run, already Running. As a context manager it completes on exit, or fails
         with the exception that left the block."""
@@ -174,7 +197,6 @@ class Experiment:
         config: ScriptRunConfig,
         tags: dict[str, Any] | None = None,
         display_name: str | None = None,
-        **_: Any,
     ) -> Run:
         """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
         target; returns the queued run at once."""
@@ -211,10 +233,38 @@ class Experiment:
         for row in _rows(self.workspace, self.name, expr, order_by, page_size):
             yield Run(self, row["run_id"])
 
+    def archive(self) -> None:
+        """Hide this experiment from ``Experiment.list`` and ``ws.experiments`` (an event:
+        the runs stay, and ``reactivate`` brings it back)."""
+        self.workspace._run(self._core.archive())
+
+    @refuses(new_name="an experiment keeps its name")
+    def reactivate(self, new_name: str | None = None) -> None:
+        self.workspace._run(self._core.archive(restore=True))
+
     @staticmethod
-    def list(workspace: Workspace) -> list[Experiment]:
-        rows = workspace._run(workspace.core.experiments())
-        return [Experiment(workspace, row["name"]) for row in rows]
+    @refuses(tags="experiments carry no tags (their runs do)")
+    def list(
+        workspace: Workspace,
+        experiment_name: str | None = None,
+        view_type: str = "ActiveOnly",
+        tags: str | None = None,
+    ) -> builtins.list[Experiment]:
+        """The experiments (``view_type``: ``ActiveOnly``, ``ArchivedOnly`` or ``All``), or
+        the one called ``experiment_name``."""
+        views: dict[str, Literal["no", "only", "all"]] = {
+            "ActiveOnly": "no",
+            "ArchivedOnly": "only",
+            "All": "all",
+        }
+        if view_type not in views:
+            raise InvalidInput(f"view_type {view_type!r} is not one of {', '.join(views)}")
+        rows = workspace._run(workspace.core.experiments(views[view_type]))
+        return [
+            Experiment(workspace, row["name"])
+            for row in rows
+            if experiment_name in (None, row["name"])
+        ]
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"
@@ -240,7 +290,7 @@ class Run:
         self.outputs = outputs
 
     @classmethod
-    def get_context(cls, allow_offline: bool = True, **_: Any) -> Run | OfflineRun:
+    def get_context(cls, allow_offline: bool = True) -> Run | OfflineRun:
         """The run this process runs as (``CAIRN_RUN_ID`` and friends set by the agent), or an
         offline run that prints what it would log and never fails."""
         run_id = os.environ.get("CAIRN_RUN_ID")
@@ -286,13 +336,24 @@ class Run:
         return self._core.attempt is not None
 
     @property
-    def input_datasets(self) -> dict[str, str]:
-        """Inside a job: each named input (``as_named_input(name)``, or a datastore path) and
-        the local path the agent made it."""
+    def input_datasets(self) -> dict[str, Any]:
+        """Inside a job: each named input and the local path the agent made it, or, for a
+        dataset bound with ``as_named_input(name)`` alone, the dataset itself (a
+        ``TabularDataset`` or ``FileDataset`` that reads the agent's local copy)."""
         raw = os.environ.get("CAIRN_INPUT_DATASETS") if self._agent_owned else None
         staged = json.loads(raw) if raw else {}
-        return {name: os.path.abspath(item["path"]) for name, item in staged.items()}
+        found: dict[str, Any] = {}
+        for name, item in staged.items():
+            path = os.path.abspath(item["path"])
+            if item.get("as_dataset") and item.get("dataset"):
+                ds = Dataset.get_by_name(self._ws, item["dataset"], item["version"])
+                ds.local_copy = Path(path)
+                found[name] = ds
+            else:
+                found[name] = path
+        return found
 
+    @refuses(_set_status="a run ends Completed when it completes")
     def complete(self, _set_status: bool = True) -> bool:
         """Send every logged point and mark the run Completed (inside a job the agent does
         that from the exit code). True once stored; False when it could only be spooled
@@ -303,13 +364,20 @@ class Run:
             return self._ws._run(self._core.stored())
         return self._ws._run(self._core.complete())
 
-    def fail(self, error_details: Any = None, error_code: str | None = None, **_: Any) -> bool:
+    @refuses(_set_status="a run ends Failed when it fails")
+    def fail(
+        self, error_details: Any = None, error_code: str | None = None, _set_status: bool = True
+    ) -> bool:
         """Like :meth:`complete`, for a run that failed."""
         if self._agent_owned:  # the job fails when the script exits non-zero
             self.flush()
             return self._ws._run(self._core.stored())
         return self._ws._run(self._core.fail(str(error_details or error_code or "")))
 
+    @inherent(
+        wait_post_processing="a run ends only once its outputs are stored, so every wait"
+        " includes post-processing"
+    )
     def wait_for_completion(
         self,
         show_output: bool = False,
@@ -347,11 +415,18 @@ class Run:
         else:
             self.fail(error)
 
-    def child_run(self, name: str | None = None, **_: Any) -> Run:
+    @refuses(
+        run_id="Cairn makes every run's id",
+        outputs="a child run stores files with upload_file/upload_folder",
+    )
+    def child_run(
+        self, name: str | None = None, run_id: str | None = None, outputs: str | None = None
+    ) -> Run:
         core = self._ws._run(self._core.child(display_name=name))
         return Run(self.experiment, core.id, _core=core)
 
     @staticmethod
+    @inherent(_rehydrate_runs="a Cairn Run holds only its id and fetches details when asked")
     def list(
         experiment: Experiment,
         type: str | None = None,  # Azure ML v1's names
@@ -424,7 +499,18 @@ class Run:
 
     # -- reading --------------------------------------------------------------------------
 
-    def get_metrics(self, name: str | None = None, **_: Any) -> dict[str, Any]:
+    @refuses(
+        recursive="get each child's metrics with run.get_children()",
+        run_type="Cairn runs have no type",
+    )
+    @inherent(populate="every metric's values are fetched")
+    def get_metrics(
+        self,
+        name: str | None = None,
+        recursive: bool = False,
+        run_type: str | None = None,
+        populate: bool = False,
+    ) -> dict[str, Any]:
         return self._ws._run(self._core.get_metrics(name))
 
     def get_details(self) -> dict[str, Any]:
@@ -433,17 +519,74 @@ class Run:
         details["startTimeUtc"], details["endTimeUtc"] = details["start_time"], details["end_time"]
         return details
 
+    def get_details_with_logs(self) -> dict[str, Any]:
+        """:meth:`get_details` plus ``logFiles``: each log file's text by name (a job's
+        ``user_logs/std_log.txt``; while it runs, what its log stream holds so far)."""
+        details = self.get_details()
+        details["logFiles"] = self._log_texts()
+        return details
+
+    def get_all_logs(self, destination: str | os.PathLike[str] | None = None) -> builtins.list[str]:
+        """Download the run's log files into ``destination`` (default ``./logs``); returns
+        their local paths."""
+        out = Path(destination or "logs")
+        paths = []
+        for name, text in self._log_texts().items():
+            target = local_target(out, name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            paths.append(str(target))
+        return paths
+
+    def _log_texts(self) -> dict[str, str]:
+        names = [n for n in self.get_file_names() if n.startswith(_LOG_PREFIXES)]
+        texts: dict[str, str] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in names:
+                target = Path(tmp) / "f"
+                self._ws._run(self._core.download_file(name, target, False))
+                texts[name] = target.read_text(errors="replace")
+        if not texts and self._submitted():
+            chunks: builtins.list[str] = []
+            self._ws._run(self._core.print_logs(chunks.append))
+            texts["user_logs/std_log.txt"] = "".join(chunks)
+        return texts
+
+    def _submitted(self) -> bool:
+        try:
+            self._ws._run(self._core.job())
+        except NotFound:  # a run logged interactively has no job
+            return False
+        return True
+
+    def get_environment(self) -> Environment:
+        """The environment a submitted run ran in (as resolved when it was submitted)."""
+        try:
+            job = self._ws._run(self._core.job())
+        except NotFound as exc:
+            raise NotFound(f"run {self.id} was not submitted as a job: no environment") from exc
+        env = job.get("environment")
+        if env is None:
+            raise NotFound(f"run {self.id} ran on its agent's own interpreter: no environment")
+        return Environment._from(
+            {"name": env["name"] or "inline", "version": env["version"], "spec": env["spec"]}
+        )
+
     def get_status(self) -> str:
         return self._ws._run(self._core.get_status())
 
     # -- files ----------------------------------------------------------------------------
 
+    @refuses(
+        datastore_name="run files live in the artifact store; put files in a datastore with"
+        " Datastore.upload"
+    )
     def upload_file(
         self,
         name: str,
         path_or_stream: str | os.PathLike[str] | IO[bytes],
+        datastore_name: str | None = None,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> None:
         """Store a file (or the rest of a binary stream) as run file ``name``."""
         validate_run_path(name)
@@ -468,6 +611,7 @@ class Run:
                 f"{name.rstrip('/')}/{file.relative_to(root).as_posix()}", file, **kwargs
             )
 
+    @refuses(datasets="a model's datasets are the ones its run read (model.lineage())")
     def register_model(
         self,
         model_name: str,
@@ -477,7 +621,7 @@ class Run:
         description: str | None = None,
         model_framework: str | None = None,
         model_framework_version: str | None = None,
-        **_: Any,
+        datasets: builtins.list[Any] | None = None,
     ) -> Model:
         """Register this run's file (or folder) ``model_path`` as the next model version."""
         registered = self._ws.core.models.register(
@@ -500,7 +644,6 @@ class Run:
         name: str,
         output_file_path: str | None = None,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> str:
         target = Path(output_file_path or Path(name).name)
         if target.is_dir():
@@ -514,7 +657,6 @@ class Run:
         output_directory: str | None = None,
         append_prefix: bool = True,
         show_progress: bool | None = None,
-        **_: Any,
     ) -> builtins.list[str]:
         out = Path(output_directory or ".")
         files = self._ws._run(self._core.files(prefix or ""))
@@ -553,78 +695,3 @@ def _rows(
 
 async def _bind(ws: AsyncWorkspace, run_id: str, experiment_name: str) -> AsyncRun:
     return ws.run(run_id, experiment_name)  # AsyncRun needs the SDK loop to be running
-
-
-class OfflineRun:
-    """What ``Run.get_context()`` returns outside a job: prints, keeps values, never fails."""
-
-    id = "OfflineRun"
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, Any] = {}
-        self._tags: dict[str, str] = {}
-        print("cairn: not inside a job; this run logs offline to stdout", file=sys.stderr)
-
-    def _keep(self, kind: str, name: str, value: Any) -> None:
-        print(f"Attempted to log {kind} metric {name}:\n{value}")
-        if kind == "scalar":
-            existing = self._metrics.get(name)
-            if existing is None:
-                self._metrics[name] = value
-            elif isinstance(existing, list):
-                existing.append(value)
-            else:
-                self._metrics[name] = [existing, value]
-        else:
-            self._metrics[name] = value
-
-    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
-        self._keep("scalar", name, value)
-
-    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
-        self._keep("list", name, value)
-
-    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        self._keep("row", name, kwargs)
-
-    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
-        self._keep("table", name, value)
-
-    def log_image(self, name: str, path: str | None = None, plot: Any = None, **_: Any) -> None:
-        self._keep("image", name, path or "<plot>")
-
-    def tag(self, key: str, value: str | None = None) -> None:
-        self._tags[key] = value or ""
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        self._tags.update({k: str(v) for k, v in tags.items()})
-
-    def get_tags(self) -> dict[str, str]:
-        return dict(self._tags)
-
-    def get_metrics(self, name: str | None = None, **_: Any) -> dict[str, Any]:
-        return {k: v for k, v in self._metrics.items() if name in (None, k)}
-
-    def upload_file(self, name: str, path_or_stream: Any, **_: Any) -> None:
-        print(f"Attempted to upload file {name}")
-
-    def get_status(self) -> str:
-        return "Running"
-
-    def flush(self) -> None:
-        return None
-
-    def complete(self, *_: Any, **__: Any) -> None:
-        return None
-
-    def fail(self, *_: Any, **__: Any) -> None:
-        return None
-
-    def cancel(self) -> None:
-        return None
-
-    def __enter__(self) -> OfflineRun:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        return None

@@ -59,6 +59,8 @@ class Staged(msgspec.Struct, frozen=True):
     path: str
     dataset: str | None = None
     version: int | None = None
+    #: the job reads it as the dataset itself (``run.input_datasets[name]``), not a path
+    as_dataset: bool = False
 
 
 def input_path(item: JobInput) -> str:
@@ -148,7 +150,12 @@ async def stage_inputs(
             await asyncio.to_thread(shutil.copyfile, inner, where)
         if not cached:
             shutil.rmtree(copy, ignore_errors=True)
-        staged[item.name] = Staged(input_path(item), item.dataset, item.version)
+        staged[item.name] = Staged(
+            input_path(item),
+            item.dataset,
+            item.version,
+            item.as_dataset and item.dataset is not None,
+        )
     return staged
 
 

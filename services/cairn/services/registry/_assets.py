@@ -85,13 +85,19 @@ def check_datastore_root(settings: Settings, path: str) -> str:
 
 
 def _view(
-    name: str, version: int, spec: AssetSpec, builtin: bool, description: str = ""
+    name: str,
+    version: int,
+    spec: AssetSpec,
+    builtin: bool,
+    description: str = "",
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": name,
         "version": version,
         "spec": public_spec(spec),
         "description": description,
+        "tags": dict(tags or {}),
         "builtin": builtin,
     }
 
@@ -113,9 +119,13 @@ class AssetHandlers:
                 command = cmd
             case _:
                 spec = await self._checked_spec(req, cmd)
-                new_version = not isinstance(cmd, RegisterDataset) or cmd.create_new_version
+                dataset = cmd if isinstance(cmd, RegisterDataset) else None
                 command = asset.RegisterAsset(
-                    name=cmd.name, spec=spec, description=cmd.description, new_version=new_version
+                    name=cmd.name,
+                    spec=spec,
+                    description=cmd.description,
+                    new_version=dataset is None or dataset.create_new_version,
+                    tags=dataset.tags if dataset is not None else {},
                 )
         aggregate_id = subjects.name_to_id(cmd.name)
         return await execute(
@@ -185,7 +195,7 @@ class AssetHandlers:
         builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(name)
         ev = asset.resolve(state, builtin, q.asset_kind, name, version)
         builtin_now = state.latest is None or state.deleted
-        view = _view(ev.name, ev.version, ev.spec, builtin_now, ev.description)
+        view = _view(ev.name, ev.version, ev.spec, builtin_now, ev.description, ev.tags)
         if q.sealed and isinstance(ev.spec, DatastoreSpec):
             view["sealed_credentials"] = ev.spec.sealed_credentials
         return view, seq

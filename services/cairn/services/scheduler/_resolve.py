@@ -8,8 +8,9 @@ from typing import TypeVar
 
 import msgspec
 
+from cairn import lookup
 from cairn.bus import AggregateCache, Recorded
-from cairn.domain import asset
+from cairn.domain import asset, workspace
 from cairn.domain import run as runs
 from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, NotFound
@@ -26,7 +27,7 @@ __all__ = ["DEFAULT_DATASTORE", "EXISTS_FOR_S", "resolve_asset", "resolve_job"]
 
 _Item = TypeVar("_Item", JobInput, JobOutput)
 
-DEFAULT_DATASTORE = "workspaceblobstore"
+DEFAULT_DATASTORE = workspace.DEFAULT_DATASTORE
 
 
 #: how long a submit believes that a compute target or datastore it has seen still exists
@@ -107,7 +108,10 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
 async def _output(
     cache: AggregateCache, settings: Settings, ws: str, run_id: str, item: JobOutput
 ) -> JobOutput:
-    store = item.datastore or DEFAULT_DATASTORE
+    store = item.datastore
+    if store is None:  # the workspace's default, as set last (a fresh read)
+        state = await lookup.state(cache, workspace.AGGREGATE, ws, ws, fresh=True)
+        store = state.default_datastore
     await resolve_asset(cache, settings, ws, "datastore", store, None, max_age_s=EXISTS_FOR_S)
     path = item.path.strip("/") or f"job-outputs/{run_id}/{item.name}"
     validate_run_path(path)

@@ -388,6 +388,9 @@ class SchedulerService(ProjectedService):
         result = await self.read(req, fn)
         if result.data is None:
             raise NotFound(f"no job {q.run_id}")
+        job = (await lookup.state(self.cache, runs.AGGREGATE, req.workspace, q.run_id)).job
+        if job is not None and job.environment is not None:  # what the run ran in
+            result.data["environment"] = msgspec.to_builtins(job.environment)
         return result
 
     async def _dataset_runs(self, req: Request) -> QueryResult:

@@ -13,12 +13,16 @@ import json
 import sqlite3
 
 from cairn.domain.run import RunStatus
+from cairn.domain.workspace import DEFAULT_DATASTORE
 from cairn.projection import Delivered, Tables, events_of
 from cairn.proto.events import (
     ArtifactCommitted,
+    DefaultDatastoreSet,
     Envelope,
     Event,
+    ExperimentArchived,
     ExperimentCreated,
+    ExperimentRestored,
     RunAssigned,
     RunCanceled,
     RunCancelRequested,
@@ -53,7 +57,7 @@ _NewRun = tuple[str, str, str, str | None, str | None]
 
 class TrackingProjection:
     name = "tracking"
-    version = 5
+    version = 6
     tables: tuple[str, ...] = (
         *("workspaces", "experiments", "runs", "files", "live"),
         *("tags", "properties"),
@@ -63,11 +67,12 @@ class TrackingProjection:
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
             f"CREATE TABLE {t('workspaces')} (name TEXT PRIMARY KEY, description TEXT,"
-            " created_at TEXT, created_by TEXT, seq INTEGER)"
+            " created_at TEXT, created_by TEXT, seq INTEGER,"
+            f" default_datastore TEXT NOT NULL DEFAULT '{DEFAULT_DATASTORE}')"
         )
         db.execute(
             f"CREATE TABLE {t('experiments')} (workspace TEXT, experiment_id TEXT, name TEXT,"
-            " created_at TEXT, created_by TEXT, seq INTEGER,"
+            " created_at TEXT, created_by TEXT, seq INTEGER, archived INTEGER NOT NULL DEFAULT 0,"
             " PRIMARY KEY (workspace, experiment_id))"
         )
         db.execute(
@@ -126,20 +131,43 @@ class TrackingProjection:
             [(ws, run_id, k, v) for k, v in values.items()],
         )
 
-    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
-        env, seq = item.value, item.seq
+    def _workspace_or_experiment(
+        self, db: sqlite3.Connection, t: Tables, env: Envelope[Event], seq: int
+    ) -> bool:
+        """Apply a workspace's or an experiment's event; False for any other."""
         at, ws = env.timestamp.isoformat(), env.workspace
         match env.data:
             case WorkspaceCreated(name=name, description=description):
                 db.execute(
-                    f"INSERT OR IGNORE INTO {t('workspaces')} VALUES (?,?,?,?,?)",
-                    (name, description, at, env.actor, seq),
+                    f"INSERT OR IGNORE INTO {t('workspaces')} VALUES (?,?,?,?,?,?)",
+                    (name, description, at, env.actor, seq, DEFAULT_DATASTORE),
+                )
+            case DefaultDatastoreSet(datastore=datastore):
+                db.execute(
+                    f"UPDATE {t('workspaces')} SET default_datastore=?, seq=? WHERE name=?",
+                    (datastore, seq, ws),
                 )
             case ExperimentCreated(experiment_id=eid, name=name):
                 db.execute(
-                    f"INSERT OR IGNORE INTO {t('experiments')} VALUES (?,?,?,?,?,?)",
+                    f"INSERT OR IGNORE INTO {t('experiments')} VALUES (?,?,?,?,?,?,0)",
                     (ws, eid, name, at, env.actor, seq),
                 )
+            case ExperimentArchived() | ExperimentRestored():
+                db.execute(
+                    f"UPDATE {t('experiments')} SET archived=?, seq=?"
+                    " WHERE workspace=? AND experiment_id=?",
+                    (int(isinstance(env.data, ExperimentArchived)), seq, ws, env.aggregate_id),
+                )
+            case _:
+                return False
+        return True
+
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
+        env, seq = item.value, item.seq
+        if self._workspace_or_experiment(db, t, env, seq):
+            return
+        at, ws = env.timestamp.isoformat(), env.workspace
+        match env.data:
             case RunCreated() as ev:
                 ids = (ev.run_id, ev.experiment_id, ev.experiment_name)
                 new = (*ids, ev.display_name, ev.parent_run_id)

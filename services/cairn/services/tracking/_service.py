@@ -25,6 +25,7 @@ from cairn.proto.commands import (
     COMMAND_TYPES,
     Accepted,
     AddRunProperties,
+    ArchiveExperiment,
     CancelRun,
     Command,
     CompleteRun,
@@ -38,6 +39,7 @@ from cairn.proto.commands import (
     ListRuns,
     ListWorkspaces,
     QueryResult,
+    SetDefaultDatastore,
     SetRunTags,
     StartRun,
 )
@@ -70,6 +72,8 @@ _ENDED = tuple(s.value for s in run.RunStatus if s.terminal)
 _Command = (
     CreateWorkspace
     | CreateExperiment
+    | ArchiveExperiment
+    | SetDefaultDatastore
     | CreateRun
     | StartRun
     | CompleteRun
@@ -271,7 +275,9 @@ class TrackingService(ProjectedService):
                 roles = ("data_scientist", *roles_of(self.settings, req.actor))
                 founded = workspace.CreateAsMember(command=cmd, user=req.actor, roles=roles)
                 return await execute(ctx, workspace.AGGREGATE, name, founded, cache=cache)
-            case CreateExperiment(name=name):
+            case SetDefaultDatastore():
+                return await execute(ctx, workspace.AGGREGATE, req.workspace, cmd, cache=cache)
+            case CreateExperiment(name=name) | ArchiveExperiment(name=name):
                 eid = subjects.name_to_id(name)
                 return await execute(ctx, experiment.AGGREGATE, eid, cmd, cache=cache)
             case CreateRun(run_id=run_id):
@@ -321,10 +327,10 @@ class TrackingService(ProjectedService):
     async def _list_workspaces(self, req: Request) -> QueryResult:
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             rows = db.execute(
-                f"SELECT name, description, created_at, created_by FROM {t('workspaces')}"
-                " ORDER BY name"
+                f"SELECT name, description, created_at, created_by, default_datastore"
+                f" FROM {t('workspaces')} ORDER BY name"
             )
-            keys = ("name", "description", "created_at", "created_by")
+            keys = ("name", "description", "created_at", "created_by", "default_datastore")
             return [dict(zip(keys, row, strict=True)) for row in rows]
 
         result = await self.read(req, fn)
@@ -340,16 +346,21 @@ class TrackingService(ProjectedService):
         return QueryResult(seq=result.seq, data=data)
 
     async def _list_experiments(self, req: Request) -> QueryResult:
+        q: ListExperiments = req.body
+        archived = {"no": " AND e.archived = 0", "only": " AND e.archived = 1", "all": ""}
+
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             rows = db.execute(
-                f"SELECT e.experiment_id, e.name, e.created_at, e.created_by, COUNT(r.run_id)"
-                f" FROM {t('experiments')} e LEFT JOIN {t('runs')} r"
+                f"SELECT e.experiment_id, e.name, e.created_at, e.created_by, e.archived,"
+                f" COUNT(r.run_id) FROM {t('experiments')} e LEFT JOIN {t('runs')} r"
                 " ON r.workspace = e.workspace AND r.experiment_id = e.experiment_id"
-                " WHERE e.workspace = ? GROUP BY e.experiment_id ORDER BY e.name",
+                f" WHERE e.workspace = ?{archived[q.archived]}"
+                " GROUP BY e.experiment_id ORDER BY e.name",
                 (req.workspace,),
             )
-            keys = ("experiment_id", "name", "created_at", "created_by", "runs")
-            return [dict(zip(keys, row, strict=True)) for row in rows]
+            keys = ("experiment_id", "name", "created_at", "created_by", "archived", "runs")
+            found = [dict(zip(keys, row, strict=True)) for row in rows]
+            return [{**row, "archived": bool(row["archived"])} for row in found]
 
         return await self.read(req, fn)
 
