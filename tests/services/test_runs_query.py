@@ -143,7 +143,18 @@ async def test_the_default_order_is_newest_first_and_secondary_keys_apply(
     assert page["runs"][0]["metrics"] == {"loss": {"last": 0.9, "min": 0.2, "max": 0.9}}
 
 
-async def test_filters(client: Client, seeded: tuple[int, int]) -> None:
+@pytest.fixture(params=["listed", "probed"])
+def members(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Tag and property comparisons both ways: the matching runs listed once, or each run
+    probed down the order (what many matches get); the answers must be the same."""
+    from cairn.services.tracking import _runs_query
+
+    if request.param == "probed":
+        monkeypatch.setattr(_runs_query, "MEMBERS_LIST", 0)
+    return str(request.param)
+
+
+async def test_filters(client: Client, seeded: tuple[int, int], members: str) -> None:
     async def ids(expr: str, **kw: Any) -> list[str]:
         pages = await _all_pages(client, seeded, filter=expr, order_by=("run_id",), **kw)
         return [r for p in pages for r in p]

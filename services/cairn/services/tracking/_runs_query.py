@@ -19,7 +19,7 @@ from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.commands import ListRuns
 from cairn.services.tracking._metrics import SUMMARIES
-from cairn.services.tracking._runs_filter import compile_query, expr, literal
+from cairn.services.tracking._runs_filter import MEMBERS_LIST, compile_query, expr, literal
 
 __all__ = ["RUN_COLUMNS", "RunsPage", "list_runs"]
 
@@ -128,6 +128,9 @@ class _Reader:
         self.cursor = _decode_cursor(q, len(query.keys))
         self.names = {"runs": t("runs"), "tags": t("tags"), "properties": t("properties")}
         self.names["ws"] = literal(workspace)  # an Id: a token of [A-Za-z0-9_-]
+        for i, (listed, probed, counted, args) in enumerate(query.members):
+            (matches,) = db.execute(self.fill(counted), args).fetchone()
+            self.names[f"member{i}"] = self.fill(probed if matches >= MEMBERS_LIST else listed)
         self.keys = [(self.fill(expr(query, c)), desc, c.nullable) for c, desc in query.keys]
         self.joins = "".join(
             f" LEFT JOIN {metrics_table} m{i} ON m{i}.workspace = r.workspace"
