@@ -220,9 +220,10 @@ async def _until_ended(
         for task in (waiting, stop):
             task.cancel()
         await asyncio.gather(waiting, stop, return_exceptions=True)
-    if waiting.cancelled() or waiting.exception() is not None:
-        if not waiting.cancelled() and not ended.is_set():
-            raise waiting.exception()  # type: ignore[misc]
+    failed = None if waiting.cancelled() else waiting.exception()
+    if waiting.cancelled() or failed is not None:
+        if failed is not None and not ended.is_set():
+            raise failed
         return None, ended.is_set()
     return waiting.result(), ended.is_set()
 
