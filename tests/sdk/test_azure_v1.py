@@ -234,13 +234,13 @@ def test_run_configuration_gives_a_script_run_config_its_target_and_environment(
     src = ScriptRunConfig(source_directory=".", script="t.py", run_config=rc)
     assert src.compute_name == "cpu-cluster"
     assert src.environment is rc.environment
-    assert src.environment.spec().pip == ["x"]  # type: ignore[union-attr]
+    assert src.environment.spec().pip == ["x"]
     assert src.environment_variables == {"A": "1"}
     assert src.docker_runtime_config is rc.docker
     given = ScriptRunConfig(script="t.py", run_config=rc, compute_target="local")
     assert given.compute_name == "local"  # what ScriptRunConfig is given wins
     with pytest.raises(Unsupported, match=r"RunConfiguration\.mpi is not supported"):
-        rc.mpi = object()  # type: ignore[attr-defined]
+        rc.mpi = object()
     with pytest.raises(Unsupported, match="framework= is not supported"):
         RunConfiguration(framework="PySpark")
 
@@ -266,7 +266,7 @@ def test_script_run_config_refuses_what_it_cannot_do_and_unknown_arguments() -> 
     with pytest.raises(Unsupported, match="resume_from= is not supported"):
         ScriptRunConfig(script="t.py", resume_from="run-1")
     with pytest.raises(TypeError, match="no_such_thing"):
-        ScriptRunConfig(script="t.py", no_such_thing=1)  # type: ignore[call-arg]
+        ScriptRunConfig(script="t.py", no_such_thing=1)
 
 
 def _registered(name: str = "diabetes", version: int = 2) -> TabularDataset:
@@ -303,7 +303,7 @@ def test_estimator_packages_build_its_environment_and_inputs_bind_data() -> None
         compute_target="gpu",
     )
     assert est.argv() == ["python", "train.py", "--reg_rate", "0.1", "--verbose"]
-    spec = est.environment.spec()  # type: ignore[union-attr]
+    spec = est.environment.spec()
     assert spec.conda == ["numpy"] and spec.pip == ["joblib"]
     assert spec.docker_image == "my/image:1"
     assert est.gpus == 1 and est.compute_name == "gpu"
@@ -323,11 +323,11 @@ def test_estimator_packages_build_its_environment_and_inputs_bind_data() -> None
 
 
 def test_framework_estimators_add_their_package() -> None:
-    assert SKLearn(entry_script="t.py").environment.spec().pip == ["scikit-learn"]  # type: ignore[union-attr]
+    assert SKLearn(entry_script="t.py").environment.spec().pip == ["scikit-learn"]
     torch = PyTorch(entry_script="t.py", framework_version="2.3", pip_packages=["x"])
-    assert torch.environment.spec().pip == ["x", "torch==2.3"]  # type: ignore[union-attr]
+    assert torch.environment.spec().pip == ["x", "torch==2.3"]
     tf = TensorFlow(entry_script="t.py", user_managed=True)
-    assert tf.environment.spec().pip == [] and tf.environment.spec().user_managed  # type: ignore[union-attr]
+    assert tf.environment.spec().pip == [] and tf.environment.spec().user_managed
     with pytest.raises(InvalidInput, match="framework_version= belongs to"):
         Estimator(framework_version="1.0")
 

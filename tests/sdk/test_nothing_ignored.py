@@ -100,7 +100,7 @@ def ignored(fn: Callable[..., Any]) -> list[str]:
     recorded as inherent."""
     declared = {**getattr(fn, REFUSED, {}), **getattr(fn, INHERENT, {})}
     inner = inspect.unwrap(fn)
-    read = _read_names(inner.__code__)  # type: ignore[attr-defined]
+    read = _read_names(inner.__code__)
     params = list(inspect.signature(inner).parameters)
     return [p for p in params if p not in ("self", "cls") and p not in read and p not in declared]
 
