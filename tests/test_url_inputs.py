@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cairn.data import check_url, url_file_name
+from cairn.data import check_url, download_url, url_file_name
 from cairn.errors import InvalidInput
 from cairn.rpc import Client
 from cairn.sdk import Dataset, load_job_file
@@ -135,3 +135,12 @@ def test_a_dataset_from_a_url_is_refused_naming_the_way_that_works() -> None:
         Dataset.File.from_files("https://example.com/a.csv")
     with pytest.raises(InvalidInput, match="uri_file input"):
         Dataset.Tabular.from_delimited_files(["https://example.com/a.csv"])
+
+
+async def test_a_download_over_the_size_bound_stops(tmp_path: Path, served: str) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with pytest.raises(InvalidInput, match="over the bound of 3"):
+        await download_url(f"{served}/data.csv", folder, max_bytes=3)
+    got = await download_url(f"{served}/data.csv", folder, max_bytes=6)
+    assert got == folder / "data.csv" and got.read_text() == "x\n1\n2\n"
