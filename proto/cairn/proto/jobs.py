@@ -83,10 +83,11 @@ class JobEnvironment(Strict, frozen=True, kw_only=True):
 
 class JobInput(Strict, frozen=True, kw_only=True):
     """Data a job reads, made a local path on the agent before the job starts: a folder or
-    file of a datastore, or a registered dataset version (pinned at submission). ``mount``
-    gives a read-only copy; ``download`` a writable one. ``path_on_compute`` is relative to
-    the job's folder (default ``inputs/<name>``). Arguments ``${{inputs.<name>}}`` become it.
-    ``as_dataset`` (a dataset bound with ``as_named_input(name)`` alone): inside the job
+    file of a datastore, a file at a URL, or a registered dataset version (pinned at
+    submission). ``mount`` gives a read-only copy; ``download`` a writable one.
+    ``path_on_compute`` is relative to the job's folder (default ``inputs/<name>``, where a
+    file lands as ``inputs/<name>/<its file name>``). Arguments ``${{inputs.<name>}}`` become
+    it. ``as_dataset`` (a dataset bound with ``as_named_input(name)`` alone): inside the job
     ``run.input_datasets[name]`` is the dataset itself, read from that local copy."""
 
     name: Id
@@ -97,6 +98,9 @@ class JobInput(Strict, frozen=True, kw_only=True):
     version: Count | None = None
     path_on_compute: Text | None = None
     as_dataset: bool = False
+    #: a file read from this URL (``https://``, or an fsspec scheme the agent can read),
+    #: landing as ``<path_on_compute>/<its file name>``
+    url: Text | None = None
 
 
 class JobOutput(Strict, frozen=True, kw_only=True):

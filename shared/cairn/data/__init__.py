@@ -43,8 +43,10 @@ from cairn.data._transfer import (
     read_blob_head,
     upload_file,
 )
+from cairn.data._urls import MAX_URL_BYTES, check_url, download_url, is_url, url_file_name
 
 __all__ = [
+    "MAX_URL_BYTES",
     "PREVIEW_BYTES",
     "PREVIEW_ROWS",
     "Datastores",
@@ -57,14 +59,17 @@ __all__ = [
     "Uploaded",
     "blob_chunks",
     "check_store",
+    "check_url",
     "common_dir",
     "download_blob",
     "download_entries",
     "download_file",
     "download_prefix",
+    "download_url",
     "fingerprint",
     "interactive",
     "is_snapshot",
+    "is_url",
     "list_entries",
     "local_target",
     "match",
@@ -78,5 +83,6 @@ __all__ = [
     "snapshot_files",
     "upload_file",
     "upload_pairs",
+    "url_file_name",
     "writable_tree",
 ]

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.data import common_dir, read_only_tree, writable_tree
+from cairn.data import common_dir, is_url, read_only_tree, writable_tree
 from cairn.errors import InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec
 from cairn.proto.paths import validate_run_path
@@ -39,6 +39,12 @@ def _data_paths(path: Any) -> builtins.list[DataPath]:
     for item in items:
         if isinstance(item, DataReference):
             item = (item.datastore, item.path_on_datastore)
+        if isinstance(item, str) and is_url(item):
+            raise InvalidInput(
+                f"{item!r:.200}: a dataset's files come from a datastore (versions keep their"
+                " fingerprints; a URL has none): upload them to one, or give the URL to a job"
+                " as a uri_file input"
+            )
         if not (isinstance(item, tuple) and len(item) == 2):
             raise InvalidInput("a dataset path is (datastore, 'path/with/*.wildcards')")
         store, pattern = item

@@ -6,6 +6,8 @@ digests its registration recorded (checked against the datastore when first fetc
 datastore folder by the ETags of its objects. A ``mount`` input is that cached copy itself,
 read-only; a ``download`` input is a writable copy in the job's folder. A local datastore's
 files have no cheap fingerprint, so they are copied each time (they are local already).
+A file (a ``uri_file`` input, a file at a URL) keeps its name: it lands as
+``inputs/<name>/<file name>``, unless ``path_on_compute`` names its path.
 
 An output folder is uploaded to its datastore path (recorded like any upload) and, when the
 job names ``register_as``, registered as the next version of that file dataset.
@@ -28,6 +30,7 @@ import msgspec
 
 from cairn.data import (
     download_entries,
+    download_url,
     materialise,
     open_datastore,
     read_only_tree,
@@ -127,18 +130,40 @@ async def _datastore_copy(ctx: DataContext, item: JobInput, cache: Path) -> tupl
         return tmp, False
 
 
+async def _url_copy(item: JobInput, cache: Path) -> tuple[Path, bool]:
+    """The URL's file, in a folder of its own; not cached (a URL has no fingerprint that
+    holds without fetching it), so each job gets a fresh copy."""
+    assert item.url is not None
+    tmp = cache / f".direct-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        await download_url(item.url, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp, False
+
+
 async def stage_inputs(
     ctx: DataContext, inputs: list[JobInput], src: Path, cache: Path
 ) -> dict[str, Staged]:
     staged: dict[str, Staged] = {}
     for item in inputs:
-        if item.dataset is not None:
+        path = input_path(item)
+        if item.url is not None:  # a folder holding the one file, under its own name
+            copy, cached = await _url_copy(item, cache)
+            inner = copy
+            path = f"{path}/{next(copy.iterdir()).name}"
+        elif item.dataset is not None:
             copy, cached = await _dataset_copy(ctx, item, cache)
             inner = copy
         else:
             copy, cached = await _datastore_copy(ctx, item, cache)
             inner = copy / item.path.strip("/") if item.path.strip("/") else copy
         where = src / input_path(item)
+        if inner.is_file() and item.path_on_compute is None:  # a file keeps its name
+            path = f"{path}/{inner.name}"
+            where = where / inner.name
         where.parent.mkdir(parents=True, exist_ok=True)
         if item.mode == "mount" and cached:
             os.symlink(inner, where, target_is_directory=inner.is_dir())
@@ -151,7 +176,7 @@ async def stage_inputs(
         if not cached:
             shutil.rmtree(copy, ignore_errors=True)
         staged[item.name] = Staged(
-            input_path(item),
+            path,
             item.dataset,
             item.version,
             item.as_dataset and item.dataset is not None,

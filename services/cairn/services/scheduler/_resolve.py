@@ -10,6 +10,7 @@ import msgspec
 
 from cairn import lookup
 from cairn.bus import AggregateCache, Recorded
+from cairn.data import check_url
 from cairn.domain import asset, workspace
 from cairn.domain import run as runs
 from cairn.domain.environment import CURATED, parse_reference
@@ -90,8 +91,13 @@ def _check_basics(job: JobSpec) -> None:
 
 
 async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobInput) -> JobInput:
+    if item.url is not None:
+        if item.dataset is not None or item.datastore is not None:
+            raise InvalidInput(f"input {item.name}: a URL input names no dataset or datastore")
+        check_url(item.url, f"input {item.name}")
+        return item
     if (item.dataset is None) == (item.datastore is None):
-        raise InvalidInput(f"input {item.name}: name a dataset or a datastore path")
+        raise InvalidInput(f"input {item.name}: name a dataset, a datastore path or a URL")
     if item.dataset is not None:
         ev = await resolve_asset(cache, settings, ws, "dataset", item.dataset, item.version)
         assert isinstance(ev.spec, DatasetSpec)
