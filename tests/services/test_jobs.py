@@ -589,13 +589,27 @@ async def test_docker_backend_runs_a_job_in_a_locally_built_image(
     )
     import docker
 
+    from cairn.services.agent._backends import STACK_LABEL, stack_of
+
     engine = docker.from_env()
-    labels = {"cairn.agent": "gone-agent", "cairn.run": "r-orphan"}  # a job of a dead agent
-    orphan = engine.containers.run(
-        "cairn-base:bookworm", ["sleep", "600"], detach=True, network_mode="none", labels=labels
+    # a job of a dead agent of this stack, and one of a stack this agent knows nothing of
+    # (another Cairn on the same engine): only the first is this agent's to remove
+    mine = {"cairn.agent": "gone-agent", "cairn.run": "r-orphan"}
+    mine[STACK_LABEL] = stack_of(agents.settings)
+    theirs = {"cairn.agent": "other-agent", "cairn.run": "r-other", STACK_LABEL: "nats://x:1"}
+    orphan, other = (
+        engine.containers.run(
+            "cairn-base:bookworm", ["sleep", "600"], detach=True, network_mode="none", labels=each
+        )
+        for each in (mine, theirs)
     )
-    await agents.start(backend="docker", slots=2)
-    assert orphan.id not in {c.id for c in engine.containers.list(all=True)}, "orphan kept"
+    try:
+        await agents.start(backend="docker", slots=2)
+        left = {c.id for c in engine.containers.list(all=True)}
+        assert orphan.id not in left, "orphan kept"
+        assert other.id in left, "another stack's job removed"
+    finally:
+        other.remove(force=True)
     plain = await submit(ws, "docker", ScriptRunConfig(source_directory=src, script="job.py"))
     env = Environment("docker-tiny")
     env.python.conda_dependencies.pip_packages = [str(_wheel(tmp_path, value="in-image"))]

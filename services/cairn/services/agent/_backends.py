@@ -39,6 +39,7 @@ from cairn.proto.jobs import JobEnvironment
 from cairn.services.agent import _landlock
 from cairn.services.agent._phases import phase
 from cairn.services.agent._warm import Confinement, Zygote, warm_argv
+from cairn.settings import Settings
 from cairn.snapshot import SnapshotRefused, unpack
 
 __all__ = [
@@ -53,6 +54,16 @@ __all__ = [
 ]
 
 log = get_logger("cairn.agent")
+#: the label naming the stack (its NATS servers) a job container's agent belongs to
+STACK_LABEL = "cairn.stack"
+
+
+def stack_of(settings: Settings) -> str:
+    """The stack an agent belongs to, as its job containers are labelled: the NATS servers it
+    connects to (in a fixed order)."""
+    return ",".join(sorted(u.strip() for u in settings.nats_url.split(",") if u.strip()))
+
+
 BASE_IMAGE = "cairn-base:bookworm"
 _PR_SET_PDEATHSIG = 1
 _SKIP_ENV = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")
@@ -595,11 +606,14 @@ class DockerBackend:
     def close(self) -> None:
         self.client.close()
 
-    def reap(self, alive: set[str]) -> list[str]:
-        """Remove the job containers of agents that are gone (a killed agent cannot stop its
-        containers; the next agent on the machine does). Returns the runs they belonged to."""
+    def reap(self, alive: set[str], stack: str) -> list[str]:
+        """Remove the job containers of agents of ``stack`` that are gone (a killed agent
+        cannot stop its containers; the next agent on the machine does). Another stack's
+        containers on the same engine are not this agent's to judge: its agents are not in
+        ``alive``. Returns the runs they belonged to."""
         reaped = []
-        for container in self.client.containers.list(all=True, filters={"label": "cairn.agent"}):
+        wanted = {"label": ["cairn.agent", f"{STACK_LABEL}={stack}"]}
+        for container in self.client.containers.list(all=True, filters=wanted):
             labels = container.labels or {}
             if labels.get("cairn.agent") not in alive:
                 with contextlib.suppress(Exception):

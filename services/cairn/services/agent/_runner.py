@@ -53,7 +53,7 @@ from cairn.proto.jobs import (
     derived_id,
 )
 from cairn.rpc import Client
-from cairn.services.agent._backends import Backend, Launched, Runtime
+from cairn.services.agent._backends import STACK_LABEL, Backend, Launched, Runtime, stack_of
 from cairn.services.agent._data import (
     DataContext,
     Staged,
@@ -367,6 +367,7 @@ class Attempt:
             "cairn.run": self.a.run_id,
             "cairn.attempt": str(self.a.attempt),
             "cairn.agent": self.agent_id,
+            STACK_LABEL: stack_of(self.settings),
         }
         gate = JobGate(
             self.client.conn.nc,

@@ -28,7 +28,7 @@ from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket, derived_id
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, job_consumer
 from cairn.proto.subjects import agent_key, validate_token
 from cairn.rpc import Client
-from cairn.services.agent._backends import Backend, DockerBackend, ProcessBackend
+from cairn.services.agent._backends import Backend, DockerBackend, ProcessBackend, stack_of
 from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
 from cairn.services.agent._env import Environments
 from cairn.services.agent._runner import Attempt
@@ -131,7 +131,7 @@ class AgentService:
         read_through(AGENT_BUSY_SLOTS, (self.agent_id, self.compute), self, self._busy)
         if isinstance(self.backend, DockerBackend):
             alive = {a.agent_id for a in await list_agents(self.conn)}
-            reaped = await asyncio.to_thread(self.backend.reap, alive)
+            reaped = await asyncio.to_thread(self.backend.reap, alive, stack_of(self.settings))
             if reaped:
                 log.warning("orphan_containers_removed", runs=reaped)
         log.info(
