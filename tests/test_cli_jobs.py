@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, Unsupported
+from cairn.proto.registry import GetModel, ListModels
 from cairn.rpc import Client
 from cairn.sdk import load_job_file
 from cairn.settings import Settings
@@ -212,3 +213,90 @@ async def test_job_yaml_data_inputs_and_a_registered_output(
     assert made["version"] == 1 and len(made["files"]) == 3
     raw = json.loads(await run("dataset", "show", "yaml-raw", "--json"))
     assert len(raw["read_by_runs"]) == 1, "the job read version 1 of yaml-raw"
+
+
+MODEL_JOB = """\
+command: >-
+  mkdir -p ${{outputs.model}}/data &&
+  echo 'flavors: {}' > ${{outputs.model}}/MLmodel &&
+  echo weights > ${{outputs.model}}/data/w.bin &&
+  echo scratch > ${{outputs.notes}}/n.txt
+compute: local
+outputs:
+  model: {type: mlflow_model, name: yaml-model}
+  notes: {type: custom_model}
+experiment_name: yaml-models
+"""
+
+READ_MODEL_JOB = """\
+command: cat ${{inputs.m}}/MLmodel ${{inputs.m}}/data/w.bin
+compute: local
+inputs:
+  m: {type: mlflow_model, path: "azureml:yaml-model:1"}
+experiment_name: yaml-models
+"""
+
+
+async def test_job_yaml_model_outputs_register_and_model_inputs_arrive(
+    client: Client, client_settings: Settings, agents: Agents, tmp_path: Path
+) -> None:
+    await agents.start()
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    jobs_dir = tmp_path / "jobs"  # the code snapshot: the job files alone
+    jobs_dir.mkdir()
+    (jobs_dir / "write.yml").write_text(MODEL_JOB)
+    (jobs_dir / "read.yml").write_text(READ_MODEL_JOB)
+
+    async def run(*args: str) -> str:
+        return await cli(*args, env=env, cwd=jobs_dir)
+
+    await run("job", "create", "--file", "write.yml", "--stream")
+    jobs = json.loads(await run("job", "list", "--json"))
+    assert [j["status"] for j in jobs] == ["Completed"]
+    run_id = jobs[0]["run_id"]
+    model = (await client.ask(GetModel(name="yaml-model"))).data
+    assert model["version"] == 1 and model["run_id"] == run_id
+    assert model["framework"] == "mlflow_model"
+    assert model["properties"] == {"run_id": run_id, "output": "model", "type": "mlflow_model"}
+    assert sorted(f["path"] for f in model["files"]) == [
+        "outputs/model/MLmodel",
+        "outputs/model/data/w.bin",
+    ]
+    files = json.loads(await run("run", "files", run_id, "--json"))
+    assert "outputs/notes/n.txt" in [f["path"] for f in files]
+    listed = (await client.ask(ListModels())).data
+    assert [m["name"] for m in listed] == ["yaml-model"], "an unnamed model output registers none"
+
+    out = await run("job", "create", "--file", "read.yml", "--stream")
+    assert "flavors: {}" in out and "weights" in out
+
+
+@pytest.mark.parametrize(
+    ("outputs", "refused"),
+    [
+        ("m: {type: mlflow_model, name: x, version: 3}", "outputs.m: version= is not supported"),
+        ("m: {type: custom_model, path: azureml://datastores/s/paths/p}", "outputs.m: path="),
+        ("m: {type: uri_folder, name: d, version: '2'}", "outputs.m: version= is not supported"),
+    ],
+)
+def test_model_output_keys_cairn_cannot_honour_are_refused_by_name(
+    tmp_path: Path, outputs: str, refused: str
+) -> None:
+    job = tmp_path / "job.yml"
+    job.write_text(f"command: echo hi\noutputs:\n  {outputs}\n")
+    with pytest.raises(Unsupported, match=refused):
+        load_job_file(job)
+
+
+def test_a_model_input_names_a_version_or_an_alias(tmp_path: Path) -> None:
+    job = tmp_path / "job.yml"
+    text = "command: ls ${{inputs.m}}\ninputs:\n  m: {type: custom_model, path: 'PATH'}\n"
+    job.write_text(text.replace("PATH", "azureml:clf@prod"))
+    [made] = load_job_file(job)[1].job_inputs
+    assert (made.model, made.version, made.alias) == ("clf", None, "prod")
+    job.write_text(text.replace("PATH", "azureml:clf:4"))
+    [made] = load_job_file(job)[1].job_inputs
+    assert (made.model, made.version, made.alias) == ("clf", 4, None)
+    job.write_text(text.replace("PATH", "./local-model"))
+    with pytest.raises(InvalidInput, match=r"inputs\.m: a model input is azureml:"):
+        load_job_file(job)

@@ -88,7 +88,9 @@ class JobInput(Strict, frozen=True, kw_only=True):
     ``path_on_compute`` is relative to the job's folder (default ``inputs/<name>``, where a
     file lands as ``inputs/<name>/<its file name>``). Arguments ``${{inputs.<name>}}`` become
     it. ``as_dataset`` (a dataset bound with ``as_named_input(name)`` alone): inside the job
-    ``run.input_datasets[name]`` is the dataset itself, read from that local copy."""
+    ``run.input_datasets[name]`` is the dataset itself, read from that local copy. ``model``
+    (with ``version`` or ``alias``, else the latest): a registered model version's files,
+    downloaded into the input's folder."""
 
     name: Id
     mode: Literal["download", "mount"] = "download"
@@ -101,18 +103,24 @@ class JobInput(Strict, frozen=True, kw_only=True):
     #: a file read from this URL (``https://``, or an fsspec scheme the agent can read),
     #: landing as ``<path_on_compute>/<its file name>``
     url: Text | None = None
+    model: Name | None = None
+    alias: Id | None = None
 
 
 class JobOutput(Strict, frozen=True, kw_only=True):
     """A folder the job writes (``path_on_compute``, default ``outputs/<name>``), uploaded to
     ``datastore:path`` when it ends, and registered as a version of dataset ``register_as``
-    when named. Arguments ``${{outputs.<name>}}`` become it."""
+    when named. Arguments ``${{outputs.<name>}}`` become it. A model output (``model_type``)
+    is the run's files under its folder alone (no datastore) and, when ``register_as`` names
+    it, the next version of that model, registered from the run with ``model_type`` as its
+    framework."""
 
     name: Id
     datastore: Key | None = None
     path: Text = ""
     path_on_compute: Text | None = None
     register_as: Name | None = None
+    model_type: Literal["custom_model", "mlflow_model", "triton_model"] | None = None
 
 
 class JobSpec(Strict, frozen=True, kw_only=True):

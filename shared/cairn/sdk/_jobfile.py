@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 import yaml
@@ -69,20 +69,27 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Output(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Written by the job under ``outputs/<name>``; uploaded to ``path`` (a datastore URI,
-    default a folder of the run's own) and registered as dataset ``name`` when given."""
+    default a folder of the run's own) and registered as dataset ``name`` when given. A model
+    output (``custom_model``, ``mlflow_model``, ``triton_model``) stays the run's files and,
+    named, is registered from the run as the next version of model ``name``."""
 
-    type: Literal["uri_folder", "uri_file"] = "uri_folder"
+    type: Literal["uri_folder", "uri_file", "custom_model", "mlflow_model", "triton_model"] = (
+        "uri_folder"
+    )
     path: str | None = None
     name: str | None = None
+    version: str | int | None = None
     mode: Literal["upload", "rw_mount"] = "upload"
     description: str | None = None
 
 
 class DataInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A dataset (``cairn:name@version``, ``azureml:name:version``), a datastore path
-    (``azureml://datastores/<name>/paths/<path>``) or a local path (uploaded with the job)."""
+    (``azureml://datastores/<name>/paths/<path>``) or a local path (uploaded with the job);
+    a model input (``custom_model``, ``mlflow_model``) a registered model version
+    (``azureml:<name>:<version>``, ``azureml:<name>@<alias>``), its files downloaded."""
 
-    type: Literal["uri_folder", "uri_file"]
+    type: Literal["uri_folder", "uri_file", "custom_model", "mlflow_model"]
     path: str
     mode: Literal["ro_mount", "download"] = "ro_mount"
     description: str | None = None
@@ -183,11 +190,22 @@ _DATASTORE_URI = re.compile(r"^(?:azureml|cairn)://datastores/([^/]+)/paths/(.*)
 _DATASET_REF = re.compile(r"^(?:azureml|cairn):([^:@/][^:@]*)(?:[:@](latest|\d+))?$")
 
 
+_MODEL_REF = re.compile(r"^(?:azureml|cairn):([^:@/]+)(?::(latest|\d+)|@([A-Za-z0-9_.-]+))?$")
+
+
 def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path, InputMode]:
     """A job input, or a local path to upload (with its mode)."""
     if item.description is not None:
         raise refuse(f"inputs.{name}", "description", _NO_DESCRIPTION)
     mode: InputMode = "mount" if item.mode == "ro_mount" else "download"
+    if item.type in ("custom_model", "mlflow_model"):
+        if not (m := _MODEL_REF.match(item.path)):
+            raise InvalidInput(
+                f"inputs.{name}: a model input is azureml:<name>:<version> or"
+                " azureml:<name>@<alias>"
+            )
+        version = None if m.group(2) in (None, "latest") else int(m.group(2))
+        return JobInput(name=name, mode=mode, model=m.group(1), version=version, alias=m.group(3))
     if m := _DATASTORE_URI.match(item.path):
         return JobInput(name=name, mode=mode, datastore=m.group(1), path=m.group(2))
     if m := _DATASET_REF.match(item.path):
@@ -208,19 +226,38 @@ def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path
     return local, mode
 
 
+_ModelType = Literal["custom_model", "mlflow_model", "triton_model"]
+_MODEL_TYPES: dict[str, _ModelType] = {t: t for t in get_args(_ModelType)}
+
+
+def _model_output(name: str, item: Output) -> JobOutput:
+    where = f"outputs.{name}"
+    if item.path is not None:
+        raise refuse(where, "path", "a model output is the run's files; register it by name")
+    if item.version is not None:
+        raise refuse(where, "version", "Cairn registers the next version of the model's name")
+    return JobOutput(name=name, register_as=item.name, model_type=_MODEL_TYPES[item.type])
+
+
 def _data_output(name: str, item: Output | None) -> JobOutput:
     if item is not None:
         if item.description is not None:
             raise refuse(f"outputs.{name}", "description", _NO_DESCRIPTION)
-        if item.type != "uri_folder":
-            raise refuse(
-                f"outputs.{name}", "type", "an output is a folder (uri_folder): write into it"
-            )
         if item.mode != "upload":
             raise refuse(
                 f"outputs.{name}",
                 "mode",
                 "an output is uploaded when the job ends (mode: upload), never written in place",
+            )
+        if item.type in _MODEL_TYPES:
+            return _model_output(name, item)
+        if item.version is not None:
+            raise refuse(
+                f"outputs.{name}", "version", "Cairn registers the next version of the dataset"
+            )
+        if item.type != "uri_folder":
+            raise refuse(
+                f"outputs.{name}", "type", "an output is a folder (uri_folder): write into it"
             )
     if item is None or item.path is None:
         return JobOutput(name=name, register_as=item.name if item else None)

@@ -10,7 +10,9 @@ A file (a ``uri_file`` input, a file at a URL) keeps its name: it lands as
 ``inputs/<name>/<file name>``, unless ``path_on_compute`` names its path.
 
 An output folder is uploaded to its datastore path (recorded like any upload) and, when the
-job names ``register_as``, registered as the next version of that file dataset.
+job names ``register_as``, registered as the next version of that file dataset. A model
+output is already the run's files under its folder (uploaded with ``outputs/``); named, it is
+registered from the run as the next version of that model.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import msgspec
 
 from cairn.data import (
+    download_blob,
     download_entries,
     download_url,
     materialise,
@@ -41,6 +44,7 @@ from cairn.errors import InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec, GetAsset, RegisterDataset
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.proto.paths import validate_run_path
+from cairn.proto.registry import GetModel, RegisterModelVersion
 from cairn.rpc import Client
 from cairn.settings import Settings
 
@@ -144,6 +148,28 @@ async def _url_copy(item: JobInput, cache: Path) -> tuple[Path, bool]:
     return tmp, False
 
 
+async def _model_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[Path, bool]:
+    """The model version's files in a folder of their own, as they lie under its registered
+    path (a registered file keeps its name); not cached."""
+    assert item.model is not None
+    q = GetModel(name=item.model, version=item.version, alias=item.alias)
+    record = (await ctx.client.ask(q)).data
+    source = record["source_path"]
+    tmp = cache / f".direct-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        for f in record["files"]:
+            rel = Path(f["path"]).name if f["path"] == source else f["path"][len(source) + 1 :]
+            target = tmp / validate_run_path(rel)
+            await download_blob(
+                ctx.client, f["digest"], int(f["size"]), target, show_progress=False
+            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp, False
+
+
 async def stage_inputs(
     ctx: DataContext, inputs: list[JobInput], src: Path, cache: Path
 ) -> dict[str, Staged]:
@@ -156,6 +182,9 @@ async def stage_inputs(
             path = f"{path}/{next(copy.iterdir()).name}"
         elif item.dataset is not None:
             copy, cached = await _dataset_copy(ctx, item, cache)
+            inner = copy
+        elif item.model is not None:
+            copy, cached = await _model_copy(ctx, item, cache)
             inner = copy
         else:
             copy, cached = await _datastore_copy(ctx, item, cache)
@@ -192,6 +221,10 @@ async def deliver_outputs(
         files = [p for p in sorted(folder.rglob("*")) if p.is_file()] if folder.is_dir() else []
         if not files:
             continue
+        if item.model_type is not None:
+            if item.register_as:
+                await ctx.client.send(_model_version(item, run_id))
+            continue
         assert item.datastore is not None
         pairs = [(p, f"{item.path}/{p.relative_to(folder).as_posix()}") for p in files]
         uploaded = await upload_pairs(
@@ -213,3 +246,17 @@ async def deliver_outputs(
                 description=f"output {item.name} of run {run_id}",
             )
             await ctx.client.send(cmd)
+
+
+def _model_version(item: JobOutput, run_id: str) -> RegisterModelVersion:
+    """The command registering model output ``item`` from the run's files in its folder."""
+    assert item.register_as is not None and item.model_type is not None
+    return RegisterModelVersion(
+        command_id="out-" + _key(run_id, item.name),  # a retried delivery registers once
+        name=item.register_as,
+        path=output_path(item),
+        run_id=run_id,
+        description=f"output {item.name} of run {run_id}",
+        properties={"run_id": run_id, "output": item.name, "type": item.model_type},
+        framework=item.model_type,
+    )

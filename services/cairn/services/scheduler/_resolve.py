@@ -91,6 +91,12 @@ def _check_basics(job: JobSpec) -> None:
 
 
 async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobInput) -> JobInput:
+    if item.model is not None:  # looked up by the agent, which downloads its files
+        if item.url is not None or item.dataset is not None or item.datastore is not None:
+            raise InvalidInput(f"input {item.name}: a model input names nothing else")
+        return item
+    if item.alias is not None:
+        raise InvalidInput(f"input {item.name}: only a model input names an alias")
     if item.url is not None:
         if item.dataset is not None or item.datastore is not None:
             raise InvalidInput(f"input {item.name}: a URL input names no dataset or datastore")
@@ -114,6 +120,10 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
 async def _output(
     cache: AggregateCache, settings: Settings, ws: str, run_id: str, item: JobOutput
 ) -> JobOutput:
+    if item.model_type is not None:  # run files only, under the job's own folder
+        if item.datastore is not None or item.path:
+            raise InvalidInput(f"output {item.name}: a model output has no datastore path")
+        return item
     store = item.datastore
     if store is None:  # the workspace's default, as set last (a fresh read)
         state = await lookup.state(cache, workspace.AGGREGATE, ws, ws, fresh=True)
