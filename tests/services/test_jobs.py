@@ -21,7 +21,7 @@ from cairn.bus import Connection, EventStore
 from cairn.errors import AlreadyExists, InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
 from cairn.proto.commands import CreateExperiment, GetRun, QueryResult
-from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
+from cairn.proto.jobs import ClaimJob, FinishJob, JobInput, JobSpec, ReportJob, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
@@ -366,6 +366,55 @@ async def test_bad_submissions_get_typed_errors(ws: AsyncWorkspace, tmp_path: Pa
         ScriptRunConfig(source_directory=tmp_path)
     # nothing was created by any of them
     assert await ws.experiment("jobs") and (await (await ws.experiment("jobs")).runs()) == []
+
+
+async def test_a_model_input_is_pinned_to_a_version_at_submit(
+    ws: AsyncWorkspace, store: EventStore, tmp_path: Path
+) -> None:
+    """An alias (or "latest") names a version when the job is submitted: the run records it,
+    and moving the alias before an agent runs the job changes nothing for that run."""
+    exp = await ws.experiment("pins")
+    (tmp_path / "m.bin").write_bytes(b"weights")
+    run = await exp.start_run()
+    await run.upload_file("outputs/m.bin", tmp_path / "m.bin")
+    await run.complete()
+    for _ in range(3):
+        await ws.models.register("pinned", "outputs/m.bin", run_id=run.id)
+    await ws.models.set_alias("pinned", "prod", 2)
+
+    async def submit_with(**model: Any) -> JobInput:
+        run_id = os.urandom(8).hex()
+        item = JobInput(name="m", model="pinned", **model)
+        job = JobSpec(command=["ls"], inputs=[item])
+        cid = os.urandom(8).hex()
+        await ws.client.send(
+            SubmitJob(command_id=cid, run_id=run_id, job=job, experiment_name="pins")
+        )
+        [pinned] = [
+            e.job.inputs[0] for e in await history(store, ws.name, run_id) if hasattr(e, "job")
+        ]
+        return pinned
+
+    by_alias = await submit_with(alias="prod")
+    assert (by_alias.version, by_alias.alias) == (2, "prod")
+    await ws.models.set_alias("pinned", "prod", 3)
+    assert (await submit_with()).version == 3, "no version, no alias: the latest, pinned"
+    assert (await submit_with(version=1)).version == 1
+    with pytest.raises(InvalidInput, match="a model version or an alias, not both"):
+        await submit_with(version=1, alias="prod")
+    with pytest.raises(NotFound, match="no alias 'canary'"):
+        await submit_with(alias="canary")
+    with pytest.raises(NotFound, match="no model called 'never-registered'"):
+        job = JobSpec(command=["ls"], inputs=[JobInput(name="m", model="never-registered")])
+        await ws.client.send(
+            SubmitJob(
+                command_id="c-unknown-model",
+                run_id="r-unknown-model",
+                job=job,
+                experiment_name="pins",
+            )
+        )
+    assert len(await exp.runs()) == 4, "the refused submissions created no run"
 
 
 async def test_a_replayed_submit_takes_effect_once_and_a_reused_run_id_is_refused(

@@ -1,6 +1,7 @@
 """Checking a submitted job and pinning what it refers to, so the run records what it ran
 with: the environment (name, version, spec, hash), the snapshot (committed in its staging
-area), dataset inputs (a version number, never "latest"), datastores (they exist)."""
+area), dataset and model inputs (a version number, never "latest" or an alias that may move),
+datastores (they exist)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import AggregateCache, Recorded
 from cairn.data import check_url
-from cairn.domain import asset, workspace
+from cairn.domain import asset, model, workspace
 from cairn.domain import run as runs
 from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, NotFound
@@ -91,10 +92,12 @@ def _check_basics(job: JobSpec) -> None:
 
 
 async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobInput) -> JobInput:
-    if item.model is not None:  # looked up by the agent, which downloads its files
+    if item.model is not None:
         if item.url is not None or item.dataset is not None or item.datastore is not None:
             raise InvalidInput(f"input {item.name}: a model input names nothing else")
-        return item
+        if item.version is not None and item.alias is not None:
+            raise InvalidInput(f"input {item.name}: name a model version or an alias, not both")
+        return await _pin_model(cache, ws, item)
     if item.alias is not None:
         raise InvalidInput(f"input {item.name}: only a model input names an alias")
     if item.url is not None:
@@ -115,6 +118,20 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
     if item.path:
         validate_run_path(item.path.strip("/"))
     return item
+
+
+async def _pin_model(cache: AggregateCache, ws: str, item: JobInput) -> JobInput:
+    """``item`` with the version its alias (or "latest") names now, read fresh: the run
+    records the files it was given, not whatever the alias points at when an agent runs it.
+    The alias stays beside the version, for the record (a version wins over an alias)."""
+    assert item.model is not None
+    subject = subjects.event(ws, model.KIND, subjects.name_to_id(item.model))
+    history = await cache.refresh(subject)
+    if not history:
+        raise NotFound(f"input {item.name}: no model called {item.model!r}")
+    state = cache.state(subject, model.AGGREGATE, history)
+    version = model.resolve(state, item.model, item.version, item.alias)
+    return msgspec.structs.replace(item, version=version)
 
 
 async def _output(
