@@ -15,13 +15,16 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cairn.bus import EventStore
+from cairn.bus import Connection, EventStore
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.assets import GetAsset
+from cairn.proto.commands import GetRun
 from cairn.proto.events import RunSubmitted
+from cairn.proto.streams import AGENTS_BUCKET
 from cairn.sdk import AsyncWorkspace, CondaDependencies, Environment, ScriptRunConfig
 from cairn.sdk._jobfile import load_job_file
 from cairn.sdk._jobs import follow, submit
+from cairn.services.agent import AgentInfo, list_agents
 from tests.conftest import Agents
 from tests.services.test_jobs import _wheel, history, source
 
@@ -74,6 +77,58 @@ async def test_a_pinned_python_is_that_interpreter_or_a_refused_submit(
         assert closest is not None and closest.group(1) in installed, info.value.message
     # the refused submits queued nothing: the experiment holds the one run that ran
     assert len(await (await ws.experiment("envs")).runs()) == 1
+
+
+async def test_an_agent_advertises_the_pythons_a_job_may_pin_on_its_machine(
+    ws: AsyncWorkspace, agents: Agents, conn: Connection
+) -> None:
+    await agents.start()
+    [mine] = [a for a in await list_agents(conn) if a.workspace == ws.name]
+    assert AGENT_PYTHON in mine.pythons
+    assert set(mine.pythons) <= _installed_pythons(), "downloads are off: installed ones only"
+
+
+async def test_a_pin_is_checked_against_the_compute_targets_own_agents(
+    ws: AsyncWorkspace, conn: Connection, tmp_path: Path
+) -> None:
+    """Not against the scheduler's machine: an agent elsewhere that has only Python 3.9 makes
+    a pin of the scheduler's own Python a refused submit, and a pin of 3.9 a queued job."""
+    src = source(tmp_path, "print('hi')\n")
+    elsewhere = AgentInfo(
+        agent_id=f"elsewhere-{ws.name}",
+        compute="local",
+        hostname="elsewhere",
+        pid=1,
+        cpus=1,
+        memory_bytes=1 << 30,
+        gpus=[],
+        labels=[],
+        slots=1,
+        free_slots=1,
+        started_at=0.0,
+        heartbeat_at=0.0,
+        workspace=ws.name,
+        pythons=["3.9"],
+    )
+    kv = await conn.js.key_value(AGENTS_BUCKET.bucket)
+    await kv.put(elsewhere.agent_id, msgspec.json.encode(elsewhere))
+    try:
+
+        def pinned(version: str) -> ScriptRunConfig:
+            env = Environment(f"py{version}")
+            env.python.conda_dependencies = CondaDependencies.create(python_version=version)
+            return ScriptRunConfig(source_directory=src, script="job.py", environment=env)
+
+        with pytest.raises(InvalidInput) as info:
+            await submit(ws, "envs", pinned(AGENT_PYTHON))
+        assert info.value.message == (
+            f"python {AGENT_PYTHON} is not available to this job; the closest is 3.9"
+            " (the agents of compute target 'local': 3.9)"
+        )
+        run_id = await submit(ws, "envs", pinned("3.9"))
+        assert (await ws.client.ask(GetRun(run_id=run_id))).data["status"] == "Queued"
+    finally:
+        await kv.delete(elsewhere.agent_id)
 
 
 @pytest.mark.parametrize("confined", [True, False])

@@ -40,6 +40,9 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_at: float
     #: the workspace whose jobs it runs ("" from an agent that did not say)
     workspace: str = ""
+    #: the CPython versions (``"3.11"``) a job may pin here: installed, or downloadable
+    #: where the agent's ``python_downloads`` is on (the scheduler checks pins against them)
+    pythons: list[str] = msgspec.field(default_factory=list)
 
 
 def detect_gpus(timeout_s: float = 10.0) -> list[Gpu]:
@@ -92,6 +95,7 @@ def detect(
     free_slots: int | None = None,
     gpus: list[Gpu] | None = None,
     workspace: str = "",
+    pythons: list[str] | None = None,
 ) -> AgentInfo:
     """The agent's key; ``gpus`` when the caller found them already (else ``nvidia-smi`` is
     asked now)."""
@@ -111,4 +115,5 @@ def detect(
         started_at=started_at,
         heartbeat_at=now,
         workspace=workspace,
+        pythons=pythons or [],
     )

@@ -132,8 +132,11 @@ def _run_telling(argv: list[str], timeout_s: float, tell: bool = True) -> tuple[
 
 
 class Environments:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, downloads: bool = False) -> None:
         self.root = root
+        #: whether ``uv`` may download a pinned Python this machine lacks (the agent
+        #: advertises what it can give on that basis, so the build must agree)
+        self.downloads = downloads
         self._locks: dict[str, asyncio.Lock] = {}
 
     @staticmethod
@@ -205,10 +208,11 @@ class Environments:
         venv_python = str(folder / "bin" / "python")
         same_python = pinned in (None, _agent_python())
         python = sys.executable if same_python else str(pinned)
+        downloads = [] if self.downloads else ["--no-python-downloads"]
         steps = [
             (
                 f"creating a virtualenv (python {pinned or _agent_python()})",
-                [uv, "venv", "--quiet", "--no-config", "--python", python, str(folder)],
+                [uv, "venv", "--quiet", "--no-config", *downloads, "--python", python, str(folder)],
             )
         ]
         if packages:

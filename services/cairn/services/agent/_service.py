@@ -22,11 +22,19 @@ from typing import Any
 import msgspec
 
 from cairn.bus import Connection, ensure_consumer
-from cairn.errors import CairnError, InvalidInput, InvalidTransition, NotFound, StaleAttempt
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    StaleAttempt,
+    Unavailable,
+)
 from cairn.log import get_logger
 from cairn.proto.jobs import Assignment, ClaimJob, FinishJob, Ticket, derived_id
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, job_consumer
 from cairn.proto.subjects import agent_key, validate_token
+from cairn.pythons import dotted, listed_pythons
 from cairn.rpc import Client
 from cairn.services.agent._backends import Backend, DockerBackend, ProcessBackend, stack_of
 from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
@@ -86,7 +94,7 @@ class AgentService:
             self.backend = DockerBackend(root / "docker")
         elif backend == "process":
             self.backend = ProcessBackend(
-                Environments(root / "envs").python_for,
+                Environments(root / "envs", downloads=settings.python_downloads).python_for,
                 warm=settings.job_warm_start,
                 env_allow=settings.job_env_allow,
                 protect=[*_protected(settings), self.gates] if settings.job_confine_files else None,
@@ -98,6 +106,7 @@ class AgentService:
         self.gpu_info = detect_gpus()  # once: the devices do not change under a running agent
         self.gpus = [g.index for g in self.gpu_info]
         self.free_gpus = list(self.gpus)
+        self.pythons: list[str] = []  # read in start(): uv takes a moment
         self._slot_freed = asyncio.Event()
 
     async def heartbeat(self) -> AgentInfo:
@@ -115,6 +124,7 @@ class AgentService:
             free_slots=self.slots - self._busy(),
             gpus=self.gpu_info,
             workspace=self.workspace,
+            pythons=self.pythons,
         )
         await self._kv.put(self.agent_id, _encoder.encode(self.info))
         return self.info
@@ -126,6 +136,11 @@ class AgentService:
                 f" person: {self.settings.nats_user!r} cannot pull jobs; give the agent's"
                 " CAIRN_NATS_USER and CAIRN_NATS_PASSWORD"
             )
+        try:
+            found = await asyncio.to_thread(listed_pythons, self.settings.python_downloads)
+            self.pythons = [dotted(v) for v in found]
+        except Unavailable as exc:  # then the scheduler checks pins against its own machine
+            log.warning("pythons_unlisted", error=exc.message)
         info = await self.heartbeat()
         AGENT_SLOTS.labels(self.agent_id, self.compute).set(self.slots)
         read_through(AGENT_BUSY_SLOTS, (self.agent_id, self.compute), self, self._busy)

@@ -170,7 +170,7 @@ async def resolve_job(
     elif env is not None:
         env = msgspec.structs.replace(env, spec_hash=asset.spec_hash(env.spec))
     if env is not None:
-        await pythons.check(env.spec)
+        await pythons.check(env.spec, ws, cmd.compute)
     inputs = [await _input(cache, settings, ws, validate_item(i)) for i in job.inputs]
     outputs = [
         await _output(cache, settings, ws, cmd.run_id, validate_item(o)) for o in job.outputs

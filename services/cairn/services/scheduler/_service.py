@@ -78,7 +78,7 @@ class SchedulerService(ProjectedService):
         self.window = max(1, settings.job_ticket_window)
         self.tick_s = min(0.5, settings.job_lease_s / 4)
         self.leases = Leases(conn, settings.job_lease_s)
-        self.pythons = Pythons(downloads=settings.python_downloads)
+        self.pythons = Pythons(conn, downloads=settings.python_downloads)
         self.published: dict[tuple[str, str, int], str] = {}  # ticket -> compute
         self.claimed: set[tuple[str, str, int]] = set()  # claimed, maybe not yet projected
         self.consumers: set[tuple[str, str]] = set()
