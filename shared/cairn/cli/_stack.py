@@ -420,6 +420,7 @@ _AGENT_COLUMNS = [
     ("free_slots", "FREE"),
     ("slots", "SLOTS"),
     ("labels", "LABELS"),
+    ("pythons", "PYTHONS"),
     ("heartbeat_age_s", "BEAT AGO (s)"),
 ]
 
@@ -427,7 +428,8 @@ _AGENT_COLUMNS = [
 @agent.command("list")
 @click.option("--json", "as_json", is_flag=True, help="print JSON (complete, never cut)")
 def agent_list(as_json: bool) -> None:
-    """Agents with a live heartbeat: compute, capacity, slots, last heartbeat."""
+    """Agents with a live heartbeat: compute, capacity, slots, the Pythons a job may pin,
+    last heartbeat."""
     import time
 
     import msgspec
