@@ -184,6 +184,7 @@ class ProjectedService:
 
     async def start(self) -> None:
         self._projection_task = asyncio.create_task(self.projection.run(self._stop_projection))
+        await asyncio.sleep(0)  # the task's first step: its readiness check is in before ours
         for responder in self.responders:
             await responder.start()
 

@@ -19,6 +19,7 @@ __all__ = [
     "PROJECTION_CONTROL",
     "PROJECTION_RETRY",
     "PROJECTION_STATUS",
+    "PROJECTION_VERIFY",
     "agent_key",
     "command",
     "command_filter",
@@ -46,6 +47,9 @@ METRICS_ALL = "cairn.metrics.>"
 PROJECTION_CONTROL = "cairn.svc.projection.*"
 PROJECTION_STATUS = "cairn.svc.projection.status"
 PROJECTION_RETRY = "cairn.svc.projection.retry"
+#: a read model compared with its replay from sequence 1, by each instance that holds it:
+#: costly, so outside the broadcasts people may send (the services' user and the admin only)
+PROJECTION_VERIFY = "cairn.ops.projection.verify"
 
 
 def validate_token(value: object, what: str = "token") -> str:

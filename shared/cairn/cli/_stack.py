@@ -160,7 +160,6 @@ def serve(
       cairn serve ingester --creds service.json --ops-port 9464
       CAIRN_GATEWAY_PORT=8080 cairn serve gateway
     """
-    from cairn.embedded._auth import embedded_service_settings
     from cairn.embedded._up import all_services
 
     names = [*all_services(), "gateway"]
@@ -186,13 +185,20 @@ def serve(
         )
         run(gateway_main(anonymous))
         return
-    if creds is not None:
-        user, password = _read_creds(creds)
-        loaded = msgspec.structs.replace(loaded, nats_user=user, nats_password=password)
-    else:
-        loaded = embedded_service_settings(loaded)
     module = importlib.import_module(f"cairn.services.{service}")
-    run(module.main(loaded, ops=ops))
+    run(module.main(service_connection_settings(creds, loaded), ops=ops))
+
+
+def service_connection_settings(creds: Path | None, loaded: Settings | None = None) -> Settings:
+    """The settings to connect as the service user: from ``creds`` (a JSON file with "user"
+    and "password"), else the home's credentials.json, else the environment's."""
+    from cairn.embedded._auth import embedded_service_settings
+
+    loaded = settings() if loaded is None else loaded
+    if creds is None:
+        return embedded_service_settings(loaded)
+    user, password = _read_creds(creds)
+    return msgspec.structs.replace(loaded, nats_user=user, nats_password=password)
 
 
 @cli.command()

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -19,13 +20,14 @@ from cairn.embedded._auth import LOCAL_ROLES, embedded_agent_settings
 from cairn.embedded._server import SERVICE_USER, NatsServer, write_private
 from cairn.errors import CairnError, PermissionDenied, Unavailable
 from cairn.log import get_logger
+from cairn.projection import Projection
 from cairn.sdk import AsyncWorkspace, connect
 from cairn.service import ServiceFactory, install_stop_signals, run_services
 from cairn.settings import Settings
 from cairn.spool import send_spools_periodically
 from cairn.tls import ensure_certs
 
-__all__ = ["all_services", "run_demo", "up"]
+__all__ = ["all_services", "read_models", "run_demo", "up"]
 
 log = get_logger("cairn.up")
 
@@ -44,6 +46,24 @@ def all_services() -> dict[str, ServiceFactory]:
         "registry": RegistryService,
         "scheduler": SchedulerService,
     }
+
+
+def read_models() -> dict[str, Callable[[], Projection[Any]]]:
+    """Every read model the services keep, by name: what ``cairn replay`` rebuilds."""
+    from cairn.services.ingester._projection import MetricsProjection
+    from cairn.services.registry._projection import RegistryProjection
+    from cairn.services.scheduler._projection import JobsProjection
+    from cairn.services.tracking._metrics import RunMetricsProjection
+    from cairn.services.tracking._projection import TrackingProjection
+
+    made: list[Callable[[], Projection[Any]]] = [
+        TrackingProjection,
+        RunMetricsProjection,
+        MetricsProjection,
+        RegistryProjection,
+        JobsProjection,
+    ]
+    return {kind().name: kind for kind in made}
 
 
 #: the client certificate ``cairn up --tls-verify`` makes for its own processes and the

@@ -1,15 +1,17 @@
 """Read models projected from a stream into SQLite, exactly once."""
 
-from cairn.projection._control import read_model_states, retry_quarantined
+from cairn.projection._control import read_model_states, retry_quarantined, verify_read_models
 from cairn.projection._engine import (
     EVENTS_SOURCE,
     Delivered,
     Projection,
     ProjectionRunner,
+    Replayed,
     Source,
     Tables,
     content_hash,
     events_of,
+    replay,
 )
 
 __all__ = [
@@ -17,10 +19,13 @@ __all__ = [
     "Delivered",
     "Projection",
     "ProjectionRunner",
+    "Replayed",
     "Source",
     "Tables",
     "content_hash",
     "events_of",
     "read_model_states",
+    "replay",
     "retry_quarantined",
+    "verify_read_models",
 ]

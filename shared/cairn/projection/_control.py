@@ -22,12 +22,17 @@ from nats.errors import TimeoutError as NatsTimeout
 from cairn.bus import Connection, per_client
 from cairn.errors import NotFound, Unavailable
 from cairn.log import get_logger
-from cairn.proto.subjects import PROJECTION_CONTROL, PROJECTION_RETRY, PROJECTION_STATUS
+from cairn.proto.subjects import (
+    PROJECTION_CONTROL,
+    PROJECTION_RETRY,
+    PROJECTION_STATUS,
+    PROJECTION_VERIFY,
+)
 
 if TYPE_CHECKING:
     from cairn.projection._engine import ProjectionRunner
 
-__all__ = ["control_for", "read_model_states", "retry_quarantined"]
+__all__ = ["control_for", "read_model_states", "retry_quarantined", "verify_read_models"]
 
 log = get_logger("cairn.projection")
 
@@ -39,6 +44,7 @@ class _Control:
         self.conn = conn
         self.runners: list[ProjectionRunner[Any]] = []
         self.sub: Any = None
+        self.verify_sub: Any = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._lock = asyncio.Lock()
 
@@ -47,17 +53,19 @@ class _Control:
         async with self._lock:
             if self.sub is None:
                 self.sub = await self.conn.nc.subscribe(PROJECTION_CONTROL, cb=self._on_msg)
+                self.verify_sub = await self.conn.nc.subscribe(PROJECTION_VERIFY, cb=self._on_msg)
 
     async def leave(self, runner: ProjectionRunner[Any]) -> None:
         if runner in self.runners:
             self.runners.remove(runner)
         async with self._lock:
             if not self.runners and self.sub is not None:
-                sub, self.sub = self.sub, None
-                try:
-                    await sub.unsubscribe()
-                except Exception as exc:  # the connection may already be closing
-                    log.debug("unsubscribe_failed", error=str(exc))
+                subs, self.sub, self.verify_sub = [self.sub, self.verify_sub], None, None
+                for sub in subs:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception as exc:  # the connection may already be closing
+                        log.debug("unsubscribe_failed", error=str(exc))
 
     async def _on_msg(self, msg: Any) -> None:
         if not msg.reply:
@@ -66,12 +74,15 @@ class _Control:
         try:
             if msg.subject == PROJECTION_STATUS:
                 body["read_models"] = [r.state() for r in list(self.runners)]
-            elif msg.subject == PROJECTION_RETRY:
+            elif msg.subject in (PROJECTION_RETRY, PROJECTION_VERIFY):
                 name = json.loads(msg.data or b"{}").get("name")
                 chosen = [r for r in list(self.runners) if name in (None, r.projection.name)]
                 if not chosen:
                     return  # not asked of this instance
-                body["read_models"] = [await r.retry() for r in chosen]
+                if msg.subject == PROJECTION_RETRY:
+                    body["read_models"] = [await r.retry() for r in chosen]
+                else:
+                    body["read_models"] = [await r.verify() for r in chosen]
             else:
                 return
         except Exception as exc:  # reported to the asker, and here
@@ -150,4 +161,25 @@ async def retry_quarantined(
     missing = expected - {r["instance"] for r in replies}
     if missing:
         raise Unavailable(f"no retry answer within {timeout:g}s from {', '.join(sorted(missing))}")
+    return _flatten(replies)
+
+
+async def verify_read_models(
+    conn: Connection, name: str | None = None, *, timeout: float = 600.0
+) -> list[dict[str, Any]]:
+    """Have every instance compare its read models (``name``, or all) with a replay of the
+    log to the same position: each one's hashes and the first row that differs."""
+    states = await read_model_states(conn)
+    known = {s["read_model"] for s in states if "read_model" in s}
+    if name is not None and name not in known:
+        raise NotFound(
+            f"no running service holds a read model called {name!r}"
+            f" (running: {', '.join(sorted(known)) or 'none'})"
+        )
+    expected = {s["instance"] for s in states if name in (None, s.get("read_model"))}
+    payload = json.dumps({"name": name}).encode()
+    replies = await _gather(conn, PROJECTION_VERIFY, payload, timeout, expect=expected)
+    missing = expected - {r["instance"] for r in replies}
+    if missing:
+        raise Unavailable(f"no answer within {timeout:g}s from {', '.join(sorted(missing))}")
     return _flatten(replies)

@@ -31,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import sqlite3
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -55,10 +57,13 @@ __all__ = [
     "Delivered",
     "Projection",
     "ProjectionRunner",
+    "Replayed",
     "Source",
     "Tables",
     "content_hash",
     "events_of",
+    "first_difference",
+    "replay",
 ]
 
 log = get_logger("cairn.projection")
@@ -160,6 +165,13 @@ def stream_seq(reply: str) -> int:
     (nats-py's ``msg.metadata`` builds four objects per message to get the same number.)"""
     tokens = reply.split(".")
     return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+def stream_time(reply: str) -> float:
+    """When the server stored a delivered message (seconds since the epoch), from its reply
+    subject."""
+    tokens = reply.split(".")
+    return int(tokens[7] if len(tokens) == 9 else tokens[9]) / 1e9
 
 
 def stream_position(reply: str) -> tuple[int, int]:
@@ -268,6 +280,38 @@ class ProjectionRunner(Generic[V]):
 
     def content_hash(self) -> str:
         return content_hash(self.db, self.projection, self.tables)
+
+    async def verify(self) -> dict[str, Any]:
+        """Compare this read model with a new instance of its projection (made as
+        ``type(projection)()``: projections hold no arguments) replayed from sequence 1 to
+        the same position: the live tables are copied at one position
+        (SQLite's backup, between two batches), the replay runs beside the live loop, and
+        the first row that differs is named."""
+        with tempfile.TemporaryDirectory(prefix="cairn-verify-") as tmp:
+            snap = sqlite3.connect(str(Path(tmp) / "live.sqlite"), check_same_thread=False)
+            try:
+                self.db.backup(snap)  # no await since the last batch: one position
+                seq, live = self.last_seq, self.tables
+                fresh = type(self.projection)()
+                replayed = await replay(self.conn, fresh, Path(tmp) / "replayed.sqlite", seq)
+                try:
+                    found = await asyncio.to_thread(
+                        _compare, snap, live, replayed.db, replayed.tables, self.projection
+                    )
+                finally:
+                    replayed.db.close()
+            finally:
+                snap.close()
+        live_hash, replayed_hash, difference = found
+        return {
+            "read_model": self.projection.name,
+            "last_seq": seq,
+            "live_hash": live_hash,
+            "replayed_hash": replayed_hash,
+            "quarantined": replayed.quarantined,
+            "same": difference is None,
+            "difference": difference,
+        }
 
     @property
     def lag(self) -> int:
@@ -493,16 +537,19 @@ class ProjectionRunner(Generic[V]):
         """Follow the log until ``stop`` is set, through the connection's shared feed; answer
         ``cairn status`` and ``cairn projection retry`` meanwhile."""
         name = self.projection.name
-        hub = self._hub = _hub_for(self.conn, self.projection.source)
-        feed = await hub.join(self)
-        control = control_for(self.conn)
-        await control.join(self)
+        # before the first await: a service that starts this task and yields once is not
+        # ready (``/readyz``) until the projection has caught up
         readiness.add_check(self, f"projection {name}", lambda: self.caught_up)
         read_through(PROJECTION_APPLIED, (name,), self, lambda: self.last_seq)
         read_through(PROJECTION_LAG, (name,), self, lambda: self.lag)
-        stopped = asyncio.ensure_future(stop.wait())
-        stopped.add_done_callback(feed.wake)
+        hub = self._hub = _hub_for(self.conn, self.projection.source)
+        control = control_for(self.conn)
+        stopped: asyncio.Future[Any] | None = None
         try:
+            feed = await hub.join(self)
+            await control.join(self)
+            stopped = asyncio.ensure_future(stop.wait())
+            stopped.add_done_callback(feed.wake)
             try:
                 self._stream_last = await self.store.last_seq()
             except CairnError as exc:  # then it is ready on what it has
@@ -518,7 +565,8 @@ class ProjectionRunner(Generic[V]):
                     self.resubscriptions += 1
                     await hub.resubscribe()
         finally:
-            stopped.cancel()
+            if stopped is not None:
+                stopped.cancel()
             readiness.remove_check(self)
             forget(PROJECTION_APPLIED, name, owner=self)
             forget(PROJECTION_LAG, name, owner=self)
@@ -581,6 +629,131 @@ class ProjectionRunner(Generic[V]):
 
     def close(self) -> None:
         self.db.close()
+
+
+class Replayed(NamedTuple):
+    """A read model rebuilt from sequence 1 into a file of its own (``db`` still open)."""
+
+    read_model: str
+    last_seq: int
+    #: events of the projection's kinds it was given, and how many of them it set aside
+    events: int
+    quarantined: int
+    hash: str
+    db: sqlite3.Connection
+    tables: Tables
+
+
+async def replay(
+    conn: Connection,
+    projection: Projection[Any],
+    path: Path,
+    until_seq: int | None = None,
+    until_time: float | None = None,
+) -> Replayed:
+    """Apply ``projection`` (a fresh instance) from sequence 1 of its stream into a new
+    SQLite file at ``path``, through the same batches, transactions and quarantine as the
+    live loop, up to ``until_seq`` (default: the stream's last sequence when it starts) and,
+    with ``until_time``, only messages the server stored at or before it (seconds since the
+    epoch; a stream's times follow its sequence as far as the server's clock does)."""
+    runner = _fresh_runner(conn, path, projection)
+    try:
+        head = await runner.store.last_seq()
+        end = head if until_seq is None else min(until_seq, head)
+        seq, events = 0, 0
+        kinds = projection.source.kinds
+        if end > 0:
+            feed = await runner._subscribe(1)
+            try:
+                seen_head = 0  # the stream's last sequence as the latest delivery said
+                while seq < end:
+                    batch = await runner._next_batch(feed)
+                    if not batch:
+                        if seen_head and seen_head <= seq:
+                            break  # nothing stored past what we have: the rest was deleted
+                        continue
+                    seen_head = stream_position(batch[-1].reply)[1]
+                    taken = [m for m in batch if stream_seq(m.reply) <= end]
+                    if until_time is not None:
+                        taken = list(_until(taken, until_time))
+                    events += sum(1 for m in taken if kinds is None or _kind(m.subject) in kinds)
+                    if taken:
+                        seq = runner._apply_batch(taken, runner.tables, seq)
+                    if len(taken) < len(batch):
+                        break  # past the sequence or the time asked for
+            finally:
+                await _quietly_unsubscribe(conn, feed.sub)
+        with runner.db:
+            runner.db.execute("BEGIN")
+            runner._save_state(runner.generation, seq)
+        runner.last_seq = seq
+        return Replayed(
+            projection.name,
+            seq,
+            events,
+            runner.quarantined,
+            runner.content_hash(),
+            runner.db,
+            runner.tables,
+        )
+    except BaseException:
+        runner.close()
+        raise
+
+
+def _fresh_runner(
+    conn: Connection, path: Path, projection: Projection[Any]
+) -> ProjectionRunner[Any]:
+    if path.exists():
+        raise CairnError(f"{path} exists: a replay starts from an empty file")
+    return ProjectionRunner(conn, path, projection)
+
+
+def _until(msgs: list[Any], until_time: float) -> Iterator[Any]:
+    for msg in msgs:
+        if stream_time(msg.reply) > until_time:
+            return
+        yield msg
+
+
+def first_difference(
+    a: sqlite3.Connection, ta: Tables, b: sqlite3.Connection, tb: Tables, names: Iterable[str]
+) -> dict[str, Any] | None:
+    """The first row (tables by name, rows in their canonical order, as :func:`content_hash`
+    reads them) that is in one of two read models and not the other, or ``None``."""
+    for table in sorted(names):
+        cols_a = [r[1] for r in a.execute(f"PRAGMA table_info({ta(table)})")]
+        cols_b = [r[1] for r in b.execute(f"PRAGMA table_info({tb(table)})")]
+        if cols_a != cols_b:
+            return {"table": table, "columns": [cols_a, cols_b]}
+        order = ", ".join(f'"{c}"' for c in cols_a)
+        rows_a = a.execute(f'SELECT * FROM "{ta(table)}" ORDER BY {order}')
+        rows_b = b.execute(f'SELECT * FROM "{tb(table)}" ORDER BY {order}')
+        for row_a, row_b in itertools.zip_longest(rows_a, rows_b):
+            if row_a != row_b:
+                shown = [
+                    None if r is None else dict(zip(cols_a, r, strict=True)) for r in (row_a, row_b)
+                ]
+                return {"table": table, "rows": shown}
+    return None
+
+
+def _compare(
+    live: sqlite3.Connection,
+    tl: Tables,
+    replayed: sqlite3.Connection,
+    tr: Tables,
+    projection: Projection[Any],
+) -> tuple[str, str, dict[str, Any] | None]:
+    difference = first_difference(live, tl, replayed, tr, projection.tables)
+    if difference is not None and "rows" in difference:
+        live_row, replayed_row = difference.pop("rows")
+        difference.update(live=live_row, replayed=replayed_row)
+    return (
+        content_hash(live, projection, tl),
+        content_hash(replayed, projection, tr),
+        difference,
+    )
 
 
 class _SetAside(NamedTuple):
