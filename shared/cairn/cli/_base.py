@@ -65,6 +65,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "status",
         "sync",
         "projection",
+        "replay",
         "workspace",
         "user",
         "token",
