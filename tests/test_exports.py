@@ -14,6 +14,7 @@ PINNED = {
         "RECONNECT_MAX_S",
         "Recorded",
         "RunKeyMirror",
+        "Stored",
         "connect",
         "ensure_consumer",
         "ensure_stream",
@@ -21,6 +22,7 @@ PINNED = {
         "live_agents",
         "per_client",
         "provision",
+        "stored_time",
     ],
     "cairn.telemetry": [
         "AGENT_BUSY_SLOTS",
@@ -42,6 +44,7 @@ PINNED = {
         "render",
     ],
     "cairn.projection": [
+        "AsOfReadModels",
         "Delivered",
         "EVENTS_SOURCE",
         "Projection",

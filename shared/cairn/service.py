@@ -20,13 +20,14 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
 from cairn.errors import Unauthenticated
 from cairn.log import get_logger
 from cairn.members import Membership
-from cairn.projection import Projection, ProjectionRunner, Tables
+from cairn.projection import AsOfReadModels, Projection, ProjectionRunner, Tables
 from cairn.proto.commands import QueryResult
 from cairn.rpc import Request, Responder, answer_pings, install_gate, slot_lent
 from cairn.settings import Settings
@@ -179,6 +180,10 @@ class ProjectedService:
             conn, settings.state_path / f"{projection.name}.sqlite", projection
         )
         self.responders: list[Responder] = []
+        #: read models of one entity as of a moment, from the log (``read_as_of``)
+        self.as_of = AsOfReadModels(
+            EventStore(conn, stream=projection.source.stream), type(projection)
+        )
         self._stop_projection = asyncio.Event()
         self._projection_task: asyncio.Task[None] | None = None
 
@@ -196,6 +201,24 @@ class ProjectedService:
         if self._projection_task is not None:
             await self._projection_task
         self.projection.close()
+        self.as_of.close()
+
+    async def read_as_of(
+        self,
+        subject: str,
+        fn: Callable[[Any, Tables], Any],
+        *,
+        up_to_seq: int | None,
+        up_to_time: datetime | None,
+    ) -> QueryResult | None:
+        """Answer ``fn`` from a read model of ``subject``'s messages up to ``up_to_seq`` and
+        stored at or before ``up_to_time`` (the same tables and queries as the live one, built
+        from the log); ``None`` when the subject had no message then."""
+        built = await self.as_of.build(subject, up_to_seq=up_to_seq, up_to_time=up_to_time)
+        if built is None:
+            return None
+        db, t, seq = built
+        return QueryResult(seq=seq, data=fn(db, t))
 
     async def read(self, req: Request, fn: Callable[[Any, Tables], Any]) -> QueryResult:
         """Answer a query from the read model once it has applied the query's ``min_seq``."""

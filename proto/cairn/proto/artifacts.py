@@ -17,6 +17,8 @@ Downloads: ``GetRunFile`` (query ``artifact.get``) names the digest and size; ``
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from cairn.proto._base import Count, Digest, Id, Text
 from cairn.proto.commands import Command, Query
 
@@ -60,12 +62,20 @@ class ListRunFiles(Query, frozen=True, kw_only=True, tag=True):
     NAME = "artifact.list"
     run_id: Id
     prefix: Text = ""
+    #: answered from the log as it stood then: the run's events up to this stream sequence
+    #: and stored at or before this time (either or both), not from the current tables
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
 
 
 class GetRunFile(Query, frozen=True, kw_only=True, tag=True):
     NAME = "artifact.get"
     run_id: Id
     path: Text
+    #: answered from the log as it stood then: the run's events up to this stream sequence
+    #: and stored at or before this time (either or both), not from the current tables
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
 
 
 class ReadBlob(Query, frozen=True, kw_only=True, tag=True):

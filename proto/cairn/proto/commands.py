@@ -8,6 +8,7 @@ the events it causes, so a retried command never has a second effect and gets th
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -204,6 +205,10 @@ class ListRuns(Query, frozen=True, kw_only=True, tag=True):
 class GetRun(Query, frozen=True, kw_only=True, tag=True):
     NAME = "run.get"
     run_id: Id
+    #: answered from the log as it stood then: the run's events up to this stream sequence
+    #: and stored at or before this time (either or both), not from the current tables
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -18,6 +18,7 @@ JSON has no NaN or infinity: such values travel as the strings ``"NaN"``, ``"Inf
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -82,6 +83,11 @@ class GetMetrics(Query, frozen=True, kw_only=True, tag=True):
     NAME = "metrics.get"
     run_id: Id
     name: MetricName | None = None
+    #: the metrics as they stood when the EVENTS message at this sequence was stored (a
+    #: sequence of EVENTS, as every other ``as_of_seq``: METRICS numbers its own), and/or at
+    #: this time: batches stored then, read from the log
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
 
 
 class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
@@ -95,6 +101,9 @@ class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
     max_points: Count = 0
     after: tuple[Int64, Int64, Int64] | None = None
     limit: Count = 200_000
+    #: as in ``GetMetrics``: the points as the log held them then
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
 
 
 class CompareMetric(Query, frozen=True, kw_only=True, tag=True):

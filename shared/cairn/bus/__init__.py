@@ -5,7 +5,7 @@ from cairn.bus._connect import RECONNECT_MAX_S, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._provision import ensure_consumer, ensure_stream, provision
-from cairn.bus._store import AppendResult, EventStore, Recorded
+from cairn.bus._store import AppendResult, EventStore, Recorded, Stored, stored_time
 
 __all__ = [
     "RECONNECT_MAX_S",
@@ -16,6 +16,7 @@ __all__ = [
     "EventStore",
     "Recorded",
     "RunKeyMirror",
+    "Stored",
     "connect",
     "ensure_consumer",
     "ensure_stream",
@@ -23,4 +24,5 @@ __all__ = [
     "live_agents",
     "per_client",
     "provision",
+    "stored_time",
 ]

@@ -18,10 +18,12 @@ other batch errors                      ``BatchRejected``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgspec
@@ -40,7 +42,7 @@ from cairn.errors import (
 from cairn.proto.events import Envelope, Event, decode_envelope, encode_envelope
 from cairn.proto.streams import EVENTS, STREAMS
 
-__all__ = ["AppendResult", "EventStore", "Recorded"]
+__all__ = ["AppendResult", "EventStore", "Recorded", "Stored", "stored_time"]
 
 _CONFLICT = {10071, 10164, 10201}
 #: answers that mean "not now": the same message may be sent again after a pause
@@ -60,6 +62,28 @@ class Recorded(NamedTuple):
     seq: int
     subject: str
     envelope: Envelope[Event]
+
+
+class Stored(NamedTuple):
+    """A message as the stream holds it: sequence, subject, when the server stored it, and
+    its bytes."""
+
+    seq: int
+    subject: str
+    time: datetime | None
+    data: bytes
+
+
+def stored_time(text: str) -> datetime | None:
+    """The server's RFC 3339 time of a stored message (nanoseconds cut to microseconds), or
+    ``None`` when it is missing or malformed."""
+    whole, _, rest = text.rstrip("Z").partition(".")
+    try:
+        moment = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    digits = "".join(itertools.takewhile(str.isdigit, rest))
+    return moment + timedelta(microseconds=int(digits[:6].ljust(6, "0"))) if digits else moment
 
 
 class AppendResult(NamedTuple):
@@ -215,7 +239,17 @@ class EventStore:
     ) -> list[Recorded]:
         """All events of one aggregate subject after ``after_seq`` (and up to ``up_to_seq``),
         fetched with batched direct gets (ADR-31), oldest first."""
-        out: list[Recorded] = []
+        stored = await self.read_stored(subject, after_seq=after_seq, up_to_seq=up_to_seq)
+        try:
+            return [Recorded(m.seq, m.subject, decode_envelope(m.data)) for m in stored]
+        except msgspec.DecodeError as exc:
+            raise CairnError(f"undecodable event on {subject}: {exc}") from exc
+
+    async def read_stored(
+        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+    ) -> list[Stored]:
+        """The messages of one subject as stored (not decoded), with the server's time."""
+        out: list[Stored] = []
         start = after_seq + 1
         while True:
             got, more = await self._direct_batch(subject, start, up_to_seq)
@@ -226,7 +260,7 @@ class EventStore:
 
     async def _direct_batch(
         self, subject: str, start: int, up_to_seq: int | None
-    ) -> tuple[list[Recorded], bool]:
+    ) -> tuple[list[Stored], bool]:
         nc, timeout = self.conn.nc, self.conn.settings.request_timeout
         body: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": self.read_batch}
         inbox = nc.new_inbox()
@@ -234,7 +268,7 @@ class EventStore:
             sub = await nc.subscribe(inbox)
         except TRANSIENT as exc:
             raise Unavailable(f"cannot read {subject}: {exc!r}") from exc
-        got: list[Recorded] = []
+        got: list[Stored] = []
         try:
             await nc.publish(
                 f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(body).encode(), reply=inbox
@@ -255,9 +289,8 @@ class EventStore:
                 seq = int(headers["Nats-Sequence"])
                 if up_to_seq is not None and seq > up_to_seq:
                     return got, False
-                got.append(Recorded(seq, headers["Nats-Subject"], decode_envelope(msg.data)))
-        except msgspec.DecodeError as exc:
-            raise CairnError(f"undecodable event on {subject}: {exc}") from exc
+                when = stored_time(headers.get("Nats-Time-Stamp", ""))
+                got.append(Stored(seq, headers["Nats-Subject"], when, msg.data))
         except TRANSIENT as exc:
             raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
         finally:
@@ -265,6 +298,21 @@ class EventStore:
                 await sub.unsubscribe()
             except TRANSIENT:
                 pass
+
+    async def stored_at(self, seq: int) -> datetime | None:
+        """When the server stored the message at ``seq`` (``None``: there is none)."""
+        body = json.dumps({"seq": seq}).encode()
+        subject = f"$JS.API.DIRECT.GET.{self.stream}"
+        try:
+            msg = await self.conn.nc.request(
+                subject, body, timeout=self.conn.settings.request_timeout
+            )
+        except TRANSIENT as exc:
+            raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
+        headers = msg.headers or {}
+        if headers.get("Status"):
+            return None
+        return stored_time(headers.get("Nats-Time-Stamp", ""))
 
     async def last_seq(self) -> int:
         """The stream's last sequence (0 when empty)."""

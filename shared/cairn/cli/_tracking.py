@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,26 +150,55 @@ def run_list(
         click.echo(f"… {more:,} more: --limit, --all, or --cursor {after}", err=True)
 
 
+def _as_of(text: str | None) -> datetime | int | None:
+    """``--as-of``: a stream sequence (digits) or an ISO 8601 time (no zone: local time)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{text!r} is neither a sequence number nor an ISO 8601 time"
+            " (e.g. 2026-11-29T14:05:00+00:00)",
+            param_hint="--as-of",
+        ) from exc
+
+
+as_of_option = click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    help="as it was then, read from the log: a stream sequence or an ISO 8601 time",
+)
+
+
 @run_group.command("show")
 @click.argument("run_id")
+@as_of_option
 @json_option
-def run_show(run_id: str, as_json: bool) -> None:
+def run_show(run_id: str, as_of: str | None, as_json: bool) -> None:
     """Show one run.
 
-    Run RUN_ID's experiment, name, status, times, error, tags and properties.
+    Run RUN_ID's experiment, name, status, times, error, tags and properties; with --as-of,
+    as they were at that moment.
 
     \b
     Example:
       cairn run show RUN_ID
+      cairn run show RUN_ID --as-of 2026-11-29T14:05:00Z
     """
-    show(run(with_workspace(lambda ws: ws.run(run_id).details())), as_json)
+    when = _as_of(as_of)
+    show(run(with_workspace(lambda ws: ws.run(run_id).details(as_of=when))), as_json)
 
 
 @run_group.command("metrics")
 @click.argument("run_id")
 @click.option("--name", "-n", default=None, help="only this metric (default: every metric)")
+@as_of_option
 @json_option
-def run_metrics(run_id: str, name: str | None, as_json: bool) -> None:
+def run_metrics(run_id: str, name: str | None, as_of: str | None, as_json: bool) -> None:
     """Show a run's metrics.
 
     The metrics of run RUN_ID: a single value, or the whole series of a metric logged
@@ -178,7 +208,8 @@ def run_metrics(run_id: str, name: str | None, as_json: bool) -> None:
     Example:
       cairn run metrics RUN_ID -n loss --json
     """
-    metrics = run(with_workspace(lambda ws: ws.run(run_id).get_metrics(name)))
+    when = _as_of(as_of)
+    metrics = run(with_workspace(lambda ws: ws.run(run_id).get_metrics(name, as_of=when)))
     if as_json:
         emit(metrics, True, [])
         return
@@ -188,8 +219,9 @@ def run_metrics(run_id: str, name: str | None, as_json: bool) -> None:
 
 @run_group.command("files")
 @click.argument("run_id")
+@as_of_option
 @json_option
-def run_files(run_id: str, as_json: bool) -> None:
+def run_files(run_id: str, as_of: str | None, as_json: bool) -> None:
     """List a run's files.
 
     The files of run RUN_ID (outputs and logs): path, size, digest.
@@ -198,7 +230,8 @@ def run_files(run_id: str, as_json: bool) -> None:
     Example:
       cairn run files RUN_ID
     """
-    files = run(with_workspace(lambda ws: ws.run(run_id).files()))
+    when = _as_of(as_of)
+    files = run(with_workspace(lambda ws: ws.run(run_id).files(as_of=when)))
     emit(files, as_json, [("path", "PATH"), ("size", "SIZE"), ("digest", "DIGEST")])
 
 

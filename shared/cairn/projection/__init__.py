@@ -1,5 +1,6 @@
 """Read models projected from a stream into SQLite, exactly once."""
 
+from cairn.projection._as_of import AsOfReadModels
 from cairn.projection._control import read_model_states, retry_quarantined, verify_read_models
 from cairn.projection._engine import (
     EVENTS_SOURCE,
@@ -16,6 +17,7 @@ from cairn.projection._engine import (
 
 __all__ = [
     "EVENTS_SOURCE",
+    "AsOfReadModels",
     "Delivered",
     "Projection",
     "ProjectionRunner",

@@ -15,6 +15,7 @@ import os
 import tempfile
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -506,12 +507,14 @@ class AsyncRun:
         else:
             await self.fail(error)
 
-    async def details(self) -> dict[str, Any]:
-        q = GetRun(min_seq=self.workspace.seen_seq, run_id=self.id)
+    async def details(self, *, as_of: datetime | int | None = None) -> dict[str, Any]:
+        """The run's status, times, tags and properties; ``as_of`` (a time, or a stream
+        sequence such as ``Accepted.seq``) gives them as they were then, read from the log."""
+        q = GetRun(min_seq=self.workspace.seen_seq, run_id=self.id, **as_of_fields(as_of))
         return dict((await self.workspace.client.ask(q)).data)
 
-    async def get_status(self) -> str:
-        return str((await self.details())["status"])
+    async def get_status(self, *, as_of: datetime | int | None = None) -> str:
+        return str((await self.details(as_of=as_of))["status"])
 
     async def job(self) -> dict[str, Any]:
         """The job behind this run: its compute, attempts, agent (a submitted run's only)."""
@@ -643,24 +646,31 @@ class AsyncRun:
         except CairnError as exc:
             self.errors.append(exc)
 
-    async def get_metrics(self, name: str | None = None) -> dict[str, Any]:
-        """Azure-shaped metrics; long scalar series are fetched page by page."""
+    async def get_metrics(
+        self, name: str | None = None, *, as_of: datetime | int | None = None
+    ) -> dict[str, Any]:
+        """Azure-shaped metrics; long scalar series are fetched page by page. ``as_of`` (a
+        time, or a stream sequence of the log's events) gives the batches the log held then."""
         await self.flush()
         client = self.workspace.client
-        q = GetMetrics(run_id=self.id, name=name, min_seq=self.workspace.seen_metrics_seq)
+        when = as_of_fields(as_of)
+        q = GetMetrics(run_id=self.id, name=name, min_seq=self.workspace.seen_metrics_seq, **when)
         found: dict[str, Any] = (await client.ask(q)).data
         out: dict[str, Any] = {}
         for metric, entry in found.items():
             if "value" in entry:
                 out[metric] = entry["value"]
             else:
-                out[metric] = [p[2] for p in await self.history(metric)]
+                out[metric] = [p[2] for p in await self.history(metric, as_of=as_of)]
         return out
 
-    async def history(self, name: str, max_points: int = 0) -> list[list[Any]]:
+    async def history(
+        self, name: str, max_points: int = 0, *, as_of: datetime | int | None = None
+    ) -> list[list[Any]]:
         """``[step, time, value]`` for every point, or ``max_points`` downsampled buckets."""
         points: list[list[Any]] = []
         after: tuple[int, int, int] | None = None
+        when = as_of_fields(as_of)
         while True:
             q = MetricHistory(
                 run_id=self.id,
@@ -668,6 +678,7 @@ class AsyncRun:
                 max_points=max_points,
                 after=after,
                 min_seq=self.workspace.seen_metrics_seq,
+                **when,
             )
             page = (await self.workspace.client.ask(q)).data
             points.extend(page["points"])
@@ -683,8 +694,11 @@ class AsyncRun:
         )
         self.workspace.saw(reply)
 
-    async def files(self, prefix: str = "") -> list[dict[str, Any]]:
-        q = ListRunFiles(run_id=self.id, prefix=prefix, min_seq=self.workspace.seen_seq)
+    async def files(
+        self, prefix: str = "", *, as_of: datetime | int | None = None
+    ) -> list[dict[str, Any]]:
+        when = as_of_fields(as_of)
+        q = ListRunFiles(run_id=self.id, prefix=prefix, min_seq=self.workspace.seen_seq, **when)
         return list((await self.workspace.client.ask(q)).data)
 
     async def download_file(
@@ -738,3 +752,19 @@ async def connect(
     finally:
         await ws.close()
         await conn.close()
+
+
+def as_of_fields(as_of: datetime | int | None) -> dict[str, Any]:
+    """A query's ``as_of_seq`` or ``as_of_time`` from an SDK's ``as_of=``: a stream sequence
+    (an ``int``, 1 or more) or a time (a ``datetime``; without a zone, local time)."""
+    if as_of is None:
+        return {}
+    if isinstance(as_of, datetime):
+        return {"as_of_time": as_of.astimezone(UTC)}
+    if isinstance(as_of, int) and not isinstance(as_of, bool):
+        if as_of < 1:
+            raise InvalidInput(f"as_of={as_of}: a stream sequence is 1 or more")
+        return {"as_of_seq": as_of}
+    raise InvalidInput(
+        f"as_of takes a datetime or a stream sequence (an int), not {type(as_of).__name__}"
+    )

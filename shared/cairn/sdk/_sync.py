@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
@@ -477,14 +478,14 @@ class Run:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._ws._run(self._core.set_tags({k: str(v) for k, v in tags.items()}))
 
-    def get_tags(self) -> dict[str, str]:
-        return dict(self.get_details()["tags"])
+    def get_tags(self, *, as_of: datetime | int | None = None) -> dict[str, str]:
+        return dict(self.get_details(as_of=as_of)["tags"])
 
     def add_properties(self, properties: dict[str, Any]) -> None:
         self._ws._run(self._core.add_properties({k: str(v) for k, v in properties.items()}))
 
-    def get_properties(self) -> dict[str, str]:
-        return dict(self.get_details()["properties"])
+    def get_properties(self, *, as_of: datetime | int | None = None) -> dict[str, str]:
+        return dict(self.get_details(as_of=as_of)["properties"])
 
     # -- secrets --------------------------------------------------------------------------
 
@@ -510,11 +511,14 @@ class Run:
         recursive: bool = False,
         run_type: str | None = None,
         populate: bool = False,
+        *,
+        as_of: datetime | int | None = None,
     ) -> dict[str, Any]:
-        return self._ws._run(self._core.get_metrics(name))
+        return self._ws._run(self._core.get_metrics(name, as_of=as_of))
 
-    def get_details(self) -> dict[str, Any]:
-        details = self._ws._run(self._core.details())
+    def get_details(self, *, as_of: datetime | int | None = None) -> dict[str, Any]:
+        """Azure's details; ``as_of`` (a time, or a stream sequence) as they were then."""
+        details = self._ws._run(self._core.details(as_of=as_of))
         details["runId"] = details["run_id"]
         details["startTimeUtc"], details["endTimeUtc"] = details["start_time"], details["end_time"]
         return details
@@ -572,8 +576,8 @@ class Run:
             {"name": env["name"] or "inline", "version": env["version"], "spec": env["spec"]}
         )
 
-    def get_status(self) -> str:
-        return self._ws._run(self._core.get_status())
+    def get_status(self, *, as_of: datetime | int | None = None) -> str:
+        return self._ws._run(self._core.get_status(as_of=as_of))
 
     # -- files ----------------------------------------------------------------------------
 
@@ -636,8 +640,8 @@ class Run:
         )
         return Model(self._ws, model_name, _data=self._ws._run(registered))
 
-    def get_file_names(self) -> builtins.list[str]:
-        return [f["path"] for f in self._ws._run(self._core.files())]
+    def get_file_names(self, *, as_of: datetime | int | None = None) -> builtins.list[str]:
+        return [f["path"] for f in self._ws._run(self._core.files(as_of=as_of))]
 
     def download_file(
         self,

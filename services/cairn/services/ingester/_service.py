@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -106,12 +107,39 @@ class IngesterService(ProjectedService):
 
     async def _get_metrics(self, req: Request) -> QueryResult:
         q: GetMetrics = req.body
-        return await self.read(req, lambda db, t: _azure_metrics(db, t, req.workspace, q))
+        return await self._read_metrics(
+            req, lambda db, t: _azure_metrics(db, t, req.workspace, q), {}
+        )
 
     async def _history(self, req: Request) -> QueryResult:
         q: MetricHistory = req.body
         budget = int(self.conn.max_payload * 0.7)  # a page stays well under the message limit
-        return await self.read(req, lambda db, t: _history(db, t, req.workspace, q, budget))
+        return await self._read_metrics(
+            req,
+            lambda db, t: _history(db, t, req.workspace, q, budget),
+            {"total": 0, "points": [], "next": None},
+        )
+
+    async def _read_metrics(
+        self, req: Request, fn: Callable[[sqlite3.Connection, Tables], Any], empty: Any
+    ) -> QueryResult:
+        """``fn`` on the live read model, or, as of a moment, on one built from the run's
+        batches the log held then. METRICS numbers its own messages, so a sequence (of
+        EVENTS, as everywhere) stands for the time its event was stored."""
+        q = req.body
+        if q.as_of_seq is None and q.as_of_time is None:
+            return await self.read(req, fn)
+        until = q.as_of_time
+        if q.as_of_seq is not None:
+            stored = await self.store.stored_at(q.as_of_seq)
+            if stored is None:
+                raise NotFound(f"the log holds no event at sequence {q.as_of_seq}")
+            until = stored if until is None else min(until, stored)
+        subject = subjects.metrics(req.workspace, q.run_id)
+        then = await self.read_as_of(subject, fn, up_to_seq=None, up_to_time=until)
+        if then is None:  # no batch yet
+            return QueryResult(seq=0, data=empty)
+        return then
 
     async def _compare(self, req: Request) -> QueryResult:
         q: CompareMetric = req.body

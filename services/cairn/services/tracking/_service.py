@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cairn import lookup
@@ -398,10 +399,24 @@ class TrackingService(ProjectedService):
             ).fetchone()
             return _run_row(row) if row else None
 
-        result = await self.read(req, fn)
+        result = await self._read_run(req, q.run_id, fn)
         if result.data is None:
-            raise NotFound(f"run {q.run_id} does not exist")
+            raise NotFound(f"run {q.run_id} does not exist" + _then(q))
         return result
+
+    async def _read_run(
+        self, req: Request, run_id: str, fn: Callable[[sqlite3.Connection, Tables], Any]
+    ) -> QueryResult:
+        """``fn`` on the live read model, or, for a query with ``as_of_seq``/``as_of_time``,
+        on one of the run's events up to then, from the log."""
+        q = req.body
+        if q.as_of_seq is None and q.as_of_time is None:
+            return await self.read(req, fn)
+        subject = subjects.event(req.workspace, run.KIND, run_id)
+        then = await self.read_as_of(subject, fn, up_to_seq=q.as_of_seq, up_to_time=q.as_of_time)
+        if then is None:
+            raise NotFound(f"run {run_id} did not exist" + _then(q))
+        return then
 
     async def _list_files(self, req: Request) -> QueryResult:
         q: ListRunFiles = req.body
@@ -414,7 +429,7 @@ class TrackingService(ProjectedService):
             )
             return [dict(zip(_FILE_COLUMNS, row, strict=True)) for row in rows]
 
-        return await self.read(req, fn)
+        return await self._read_run(req, q.run_id, fn)
 
     async def _get_file(self, req: Request) -> QueryResult:
         q: GetRunFile = req.body
@@ -427,7 +442,14 @@ class TrackingService(ProjectedService):
             ).fetchone()
             return dict(zip(_FILE_COLUMNS, row, strict=True)) if row else None
 
-        result = await self.read(req, fn)
+        result = await self._read_run(req, q.run_id, fn)
         if result.data is None:
-            raise NotFound(f"run {q.run_id} has no file {q.path!r}")
+            raise NotFound(f"run {q.run_id} has no file {q.path!r}" + _then(q))
         return result
+
+
+def _then(q: Any) -> str:
+    """How a refusal names the moment an ``as_of`` query asked about."""
+    said = [f"sequence {q.as_of_seq}"] if q.as_of_seq is not None else []
+    said += [q.as_of_time.isoformat()] if q.as_of_time is not None else []
+    return f" as of {' and '.join(said)}" if said else ""
