@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from cairn.bus import Connection
+from cairn.embedded._admin import remove_member
 from cairn.proto.commands import CreateExperiment
 from cairn.proto.jobs import GetJob, JobSpec, ListJobs, SubmitJob
 from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
@@ -21,6 +23,7 @@ from cairn.rpc import Client
 from cairn.service import run_services
 from cairn.services.schedules import SchedulesService
 from cairn.settings import Settings
+from tests.conftest import add_people
 
 #: the tests' time: years after the session's real clock, so the session's own schedules
 #: service never finds these schedules due
@@ -58,10 +61,12 @@ async def replica(settings: Settings, state: Path, clock: Clock) -> AsyncIterato
 async def until(
     client: Client, name: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    """The schedule as shown once ``done`` holds for it."""
+    """The schedule as shown once ``done`` holds for it (every fire settled: submitted,
+    skipped or failed)."""
     while True:
         shown: dict[str, Any] = (await client.ask(GetSchedule(name=name))).data
-        if done(shown):
+        settled = all(f["state"] != "fired" for f in shown["fires"])
+        if settled and done(shown):
             return shown
         await asyncio.sleep(0.05)
 
@@ -143,3 +148,25 @@ async def test_two_replicas_fire_once_per_due_time(
     fires = shown["fires"]
     assert [f["covers"] for f in fires] == [1, 1, 1]
     assert await runs_of(client, experiment) == sorted(f["run_id"] for f in fires)
+
+
+async def test_a_schedule_stops_when_its_creator_leaves(
+    client: Client,
+    people: dict[str, Connection],
+    admin_conn: Connection,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A schedule acts for the person who made it: once they are no longer a member, its
+    fires are recorded as refused and submit nothing."""
+    await add_people(admin_conn, client.workspace, "dana")
+    dana = Client(people["dana"], client.workspace)
+    experiment = await every_minute(dana, "danas")
+    await remove_member(admin_conn, client.workspace, "dana")
+    async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+        shown = await until(client, "danas", lambda s: bool(s["fires"]))
+    [fire] = shown["fires"]
+    assert fire["state"] == "failed" and fire["run_status"] is None
+    assert "dana, who created the schedule, is no longer a member" in fire["error"]
+    assert shown["created_by"] == "dana"
+    assert await runs_of(client, experiment) == []

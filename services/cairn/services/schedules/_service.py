@@ -29,17 +29,18 @@ import msgspec
 
 from cairn import lookup
 from cairn.bus import CommandContext, Connection, execute
-from cairn.domain import asset
+from cairn.domain import asset, workspace
 from cairn.domain import schedule as schedules
 from cairn.domain.environment import CURATED, parse_reference
 from cairn.domain.triggers import as_utc, check_trigger, dues_after
 from cairn.errors import CairnError, ConcurrencyConflict, NotFound, Unavailable
 from cairn.log import get_logger
+from cairn.members import roles_allow
 from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Accepted, QueryResult
-from cairn.proto.jobs import JobEnvironment, ScheduledBy, derived_id
+from cairn.proto.jobs import JobEnvironment, ScheduledBy, SubmitJob, derived_id
 from cairn.proto.schedules import (
     SCHEDULE_COMMAND_TYPES,
     SCHEDULE_QUERY_TYPES,
@@ -52,7 +53,7 @@ from cairn.proto.schedules import (
     Submission,
     UpdateSchedule,
 )
-from cairn.rpc import Client, Request, Responder
+from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Client, Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.schedules._projection import (
     FIRE_COLUMNS,
@@ -169,24 +170,52 @@ class SchedulesService(ProjectedService):
 
         def fired(db: sqlite3.Connection, t: Tables) -> list[tuple[Any, ...]]:
             return db.execute(
-                f"SELECT f.workspace, f.schedule_id, f.due, f.run_id, f.event_seq, s.state"
+                "SELECT f.workspace, f.schedule_id, f.due, f.run_id, f.event_seq, s.state,"
+                f" s.created_by"
                 f" FROM {t('fires')} f JOIN {t('schedules')} s ON s.workspace = f.workspace"
                 " AND s.schedule_id = f.schedule_id AND s.incarnation = f.incarnation"
                 " WHERE f.state = 'fired'"
             ).fetchall()
 
-        for ws, sid, due, run_id, event_seq, raw in self.projection.read(fired)[0]:
+        for ws, sid, due, run_id, event_seq, raw, creator in self.projection.read(fired)[0]:
             if run_id in self.sent:
                 continue
             state = decode_state(raw)
             if state.submission is None:
                 continue
             scheduled = ScheduledBy(schedule=state.name, due=due, event_seq=event_seq)
-            await self.submit_one(ws, sid, state.submission, run_id, scheduled)
+            await self.submit_one(ws, sid, state.submission, run_id, scheduled, creator)
+
+    async def _refusal(self, ws: str, creator: str) -> str | None:
+        """Why the schedule's creator may no longer have it submit jobs (None: they may): a
+        schedule acts for the person who made it, so it stops when they leave the workspace
+        or lose the roles that submit jobs (a schedule made by a service or the admin does
+        not)."""
+        if creator in (SERVICE_ACTOR, ADMIN_ACTOR):
+            return None
+        state = await lookup.state(self.cache, workspace.AGGREGATE, ws, ws, fresh=True)
+        if not state.governed:
+            return None
+        roles = state.members.get(creator)
+        if roles is None:
+            return f"{creator}, who created the schedule, is no longer a member of {ws}"
+        if not roles_allow(frozenset(roles), SubmitJob.VERB, query=False):
+            return f"{creator}'s roles in {ws} no longer allow {SubmitJob.VERB}"
+        return None
 
     async def submit_one(
-        self, ws: str, sid: str, submission: Submission, run_id: str, scheduled: ScheduledBy
+        self,
+        ws: str,
+        sid: str,
+        submission: Submission,
+        run_id: str,
+        scheduled: ScheduledBy,
+        creator: str,
     ) -> None:
+        refused = await self._refusal(ws, creator)
+        if refused is not None:
+            await self._failed(ws, sid, run_id, scheduled, refused)
+            return
         command = msgspec.structs.replace(
             submission,
             command_id=derived_id("submit", ws, run_id),
@@ -199,13 +228,18 @@ class SchedulesService(ProjectedService):
             log.warning("schedule_submit_retry", run_id=run_id, error=repr(exc))
             return
         except CairnError as exc:  # refused for what it says: recorded, not tried again
-            log.warning("schedule_submit_refused", run_id=run_id, error=str(exc))
-            failed = schedules.RecordFireFailed(due=scheduled.due, run_id=run_id, error=str(exc))
-            await self.decide(ws, sid, derived_id("firefail", ws, run_id), failed)
-            self.sent.add(run_id)
+            await self._failed(ws, sid, run_id, scheduled, str(exc))
             return
         self.sent.add(run_id)
         log.info("schedule_submitted", schedule=scheduled.schedule, run_id=run_id)
+
+    async def _failed(
+        self, ws: str, sid: str, run_id: str, scheduled: ScheduledBy, error: str
+    ) -> None:
+        log.warning("schedule_submit_refused", run_id=run_id, error=error)
+        failed = schedules.RecordFireFailed(due=scheduled.due, run_id=run_id, error=error)
+        await self.decide(ws, sid, derived_id("firefail", ws, run_id), failed)
+        self.sent.add(run_id)
 
     # -- commands ------------------------------------------------------------------------
 

@@ -105,15 +105,15 @@ class EventTriggers:
         await service.projection.wait_for(seq, timeout=10)  # Unavailable: redelivered
         ws, key = env.workspace, env.aggregate_id
 
-        def matching(db: sqlite3.Connection, t: Tables) -> list[tuple[str, int]]:
+        def matching(db: sqlite3.Connection, t: Tables) -> list[tuple[str, int, str]]:
             rows = db.execute(
-                f"SELECT schedule_id, incarnation FROM {t('schedules')}"
+                f"SELECT schedule_id, incarnation, created_by FROM {t('schedules')}"
                 " WHERE workspace=? AND event_on=? AND event_key=? AND enabled=1",
                 (ws, on, key),
             )
-            return [(str(s), int(n)) for s, n in rows]
+            return [(str(s), int(n), str(by)) for s, n, by in rows]
 
-        for sid, n in service.projection.read(matching)[0]:
+        for sid, n, creator in service.projection.read(matching)[0]:
             command = schedules.FireOnEvent(
                 on=on,
                 aggregate_id=key,
@@ -127,7 +127,7 @@ class EventTriggers:
             fire = next((f for f in state.recent if f[1] == _run_id(state, seq)), None)
             if fire is not None and state.submission is not None:
                 scheduled = ScheduledBy(schedule=state.name, due=fire[0], event_seq=seq)
-                await service.submit_one(ws, sid, state.submission, fire[1], scheduled)
+                await service.submit_one(ws, sid, state.submission, fire[1], scheduled, creator)
 
 
 def _run_id(state: schedules.ScheduleState, seq: int) -> str:
