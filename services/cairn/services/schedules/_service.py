@@ -4,9 +4,9 @@ It answers the schedule commands and queries, projects schedules and their fires
 (``schedules.sqlite``) and, in a reconcile loop on its clock:
 
 1. for each enabled schedule whose next due time has come, decides ``FireSchedule(now)`` on
-   the schedule's aggregate with a command id derived from the schedule and its cursor, so
-   replicas deciding together decide once (the aggregate's cursor makes a late replica's
-   decision a no-op);
+   the schedule's aggregate with a command id derived from the schedule and the due time it
+   fires for, so replicas deciding together decide once (and the aggregate's cursor makes a
+   late replica's decision a no-op);
 2. for each fire whose run is not submitted yet, sends the stored submission with the fire's
    run id and a command id derived from it (``SubmitJob`` to the scheduler, which checks the
    fire in the schedule's log); a refusal is recorded as ``ScheduleFireFailed``, a bus that
@@ -32,8 +32,8 @@ from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import asset, workspace
 from cairn.domain import schedule as schedules
 from cairn.domain.environment import CURATED, parse_reference
-from cairn.domain.triggers import as_utc, check_trigger, dues_after
-from cairn.errors import CairnError, ConcurrencyConflict, NotFound, Unavailable
+from cairn.domain.triggers import as_utc, check_trigger, dues_after, pending
+from cairn.errors import CairnError, ConcurrencyConflict, InvalidInput, NotFound, Unavailable
 from cairn.log import get_logger
 from cairn.members import roles_allow
 from cairn.projection import Tables
@@ -160,8 +160,12 @@ class SchedulesService(ProjectedService):
             return [(str(w), str(s), int(n), str(st)) for w, s, n, st in rows]
 
         for ws, sid, n, raw in self.projection.read(due)[0]:
-            after = decode_state(raw).after
-            command_id = derived_id("fire", ws, sid, n, repr(after))
+            state = decode_state(raw)
+            if state.trigger is None:
+                continue
+            # the decision's id is derived from the due time it fires for (the last one due)
+            last = pending(state.trigger, state.after, now, state.created_at).last
+            command_id = derived_id("fire", ws, sid, n, repr(last))
             await self.decide(ws, sid, command_id, schedules.FireSchedule(now=now))
         await self.submit_fired()
 
@@ -238,7 +242,10 @@ class SchedulesService(ProjectedService):
     ) -> None:
         log.warning("schedule_submit_refused", run_id=run_id, error=error)
         failed = schedules.RecordFireFailed(due=scheduled.due, run_id=run_id, error=error)
-        await self.decide(ws, sid, derived_id("firefail", ws, run_id), failed)
+        try:
+            await self.decide(ws, sid, derived_id("firefail", ws, run_id), failed)
+        except (InvalidInput, NotFound) as exc:  # the schedule was deleted meanwhile
+            log.info("schedule_fire_dropped", run_id=run_id, reason=str(exc))
         self.sent.add(run_id)
 
     # -- commands ------------------------------------------------------------------------
