@@ -116,6 +116,9 @@ async def test_the_schedule_commands(
     assert submission["type"] == "SubmitJob" and submission["run_id"] == "scheduled"
     assert submission["job"]["environment"]["name"] == "cairn-python-3.11"  # pinned
     assert submission["environment_name"] is None
+    (tmp_path / "schedule.yml").write_text(SCHEDULE.replace('"0 2 * * *"', '"0 3 * * *"'))
+    out = await cli("schedule", "update", "--file", str(path), env=env, cwd=tmp_path)
+    assert out.splitlines()[0] == "schedule nightly updated" and "T02:00:00Z" in out
     await cli("schedule", "disable", "nightly", env=env, cwd=tmp_path)
     shown = json.loads(await cli("schedule", "show", "nightly", "--json", env=env, cwd=tmp_path))
     assert not shown["enabled"] and shown["next_dues"] == []

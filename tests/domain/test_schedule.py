@@ -100,6 +100,20 @@ def on_event(seq: int = 7, at: float = T0 + 5, name: str = "diabetes") -> FireOn
     )
 
 
+PROD = EventTrigger(on="model_alias", name="churn", alias="prod")
+
+
+def alias_moved(alias: str) -> FireOnEvent:
+    return FireOnEvent(
+        on="model_alias",
+        aggregate_id=name_to_id("churn"),
+        alias=alias,
+        event_seq=7,
+        event_time=T0 + 5,
+        now=T0 + 5,
+    )
+
+
 def update(catch_up: CatchUp) -> UpdateScheduleAt:
     cmd = UpdateSchedule(command_id="c", name="nightly", catch_up=catch_up)
     return UpdateScheduleAt(command=cmd, now=T0 + 1)
@@ -216,6 +230,20 @@ CASES = [
     Case("an event before the schedule existed", [created(DATASET)], on_event(at=T0 - 5), []),
     Case("another dataset's version", [created(DATASET)], on_event(name="other"), []),
     Case("a time schedule ignores events", [created()], on_event(), []),
+    Case(
+        "the named alias of the model moved",
+        [created(PROD)],
+        alias_moved("prod"),
+        [ScheduleFired(due=T0 + 5, run_id=EVENT_RUN, event_seq=7, at=T0 + 5)],
+    ),
+    Case("another alias of the model moved", [created(PROD)], alias_moved("staging"), []),
+    Case(
+        "any alias, when none is named",
+        [created(EventTrigger(on="model_alias", name="churn"))],
+        alias_moved("staging"),
+        [ScheduleFired(due=T0 + 5, run_id=EVENT_RUN, event_seq=7, at=T0 + 5)],
+    ),
+    Case("a dataset trigger ignores a model", [created(DATASET)], alias_moved("prod"), []),
     Case(
         "a failed submission is recorded",
         [created(), fired(1)],

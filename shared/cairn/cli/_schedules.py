@@ -25,8 +25,7 @@ def schedule() -> None:
     """
 
 
-@schedule.command("create")
-@click.option(
+_FILE = click.option(
     "--file",
     "-f",
     "path",
@@ -34,6 +33,45 @@ def schedule() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="the schedule's YAML file",
 )
+
+
+def _apply(path: Path, as_json: bool, *, update: bool) -> None:
+    from cairn.sdk import load_schedule_file
+
+    definition = load_schedule_file(path)
+    spec, job = definition.file, definition.job
+
+    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
+        tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in job.tags.items()}
+        exp = await ws.experiment(job.experiment_name or "default")
+        submission = await exp.submission(
+            definition.config, tags=tags, display_name=job.display_name
+        )
+        fields: dict[str, Any] = {
+            "catch_up": spec.catch_up,
+            "display_name": spec.display_name,
+            "description": spec.description or "",
+            "tags": definition.tags,
+        }
+        if update:
+            await ws.schedules.update(
+                spec.name, trigger=definition.trigger, submission=submission, **fields
+            )
+            switch = ws.schedules.enable if spec.is_enabled else ws.schedules.disable
+            await switch(spec.name)
+            return await ws.schedules.get(spec.name)
+        return await ws.schedules.create(
+            spec.name, definition.trigger, submission, enabled=spec.is_enabled, **fields
+        )
+
+    record = run(with_workspace(go))
+    dues = record.get("next_dues") or []
+    verb = "updated" if update else "created"
+    done(as_json, record, f"schedule {record['name']} {verb}", *(f"next: {d}" for d in dues[:3]))
+
+
+@schedule.command("create")
+@_FILE
 @json_option
 def schedule_create(path: Path, as_json: bool) -> None:
     """Create a schedule from a YAML file.
@@ -47,36 +85,24 @@ def schedule_create(path: Path, as_json: bool) -> None:
     Example:
       cairn schedule create --file schedule.yml
     """
-    from cairn.sdk import load_schedule_file
+    _apply(path, as_json, update=False)
 
-    definition = load_schedule_file(path)
-    spec, job = definition.file, definition.job
 
-    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
-        tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in job.tags.items()}
-        exp = await ws.experiment(job.experiment_name or "default")
-        submission = await exp.submission(
-            definition.config, tags=tags, display_name=job.display_name
-        )
-        return await ws.schedules.create(
-            spec.name,
-            definition.trigger,
-            submission,
-            catch_up=spec.catch_up,
-            display_name=spec.display_name,
-            description=spec.description or "",
-            tags=definition.tags,
-            enabled=spec.is_enabled,
-        )
+@schedule.command("update")
+@_FILE
+@json_option
+def schedule_update(path: Path, as_json: bool) -> None:
+    """Update the schedule a YAML file names to what the file says.
 
-    created = run(with_workspace(go))
-    dues = created.get("next_dues") or []
-    done(
-        as_json,
-        created,
-        f"schedule {created['name']} created",
-        *(f"next: {d}" for d in dues[:3]),
-    )
+    The job is uploaded and its environment pinned again; a changed trigger counts from now
+    (what the old one had due is not caught up); is_enabled (default true) enables or
+    disables it.
+
+    \b
+    Example:
+      cairn schedule update --file schedule.yml
+    """
+    _apply(path, as_json, update=True)
 
 
 _COLUMNS = [

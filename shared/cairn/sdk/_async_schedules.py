@@ -16,6 +16,7 @@ from cairn.proto.schedules import (
     GetSchedule,
     ListSchedules,
     Trigger,
+    UpdateSchedule,
 )
 from cairn.sdk._session import Session, new_id
 
@@ -51,6 +52,31 @@ class AsyncSchedules:
             description=description,
             tags=dict(tags or {}),
             disabled=not enabled,
+        )
+        reply = await self._session.send(cmd)
+        return await self.get(name, min_seq=reply.seq)
+
+    async def update(
+        self,
+        name: str,
+        *,
+        trigger: Trigger | None = None,
+        submission: SubmitJob | None = None,
+        catch_up: CatchUp | None = None,
+        display_name: str | None = None,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Change what is given (a new trigger counts from now); the schedule's record."""
+        cmd = UpdateSchedule(
+            command_id=new_id(),
+            name=name,
+            trigger=trigger,
+            submission=submission,
+            catch_up=catch_up,
+            display_name=display_name,
+            description=description,
+            tags=tags,
         )
         reply = await self._session.send(cmd)
         return await self.get(name, min_seq=reply.seq)
