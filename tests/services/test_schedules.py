@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from cairn.bus import Connection
 from cairn.embedded._admin import remove_member
+from cairn.errors import PermissionDenied
 from cairn.proto.commands import CreateExperiment
-from cairn.proto.jobs import GetJob, JobSpec, ListJobs, SubmitJob
+from cairn.proto.jobs import GetJob, JobSpec, ListJobs, ScheduledBy, SubmitJob
 from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
 from cairn.rpc import Client
 from cairn.service import run_services
@@ -170,3 +172,16 @@ async def test_a_schedule_stops_when_its_creator_leaves(
     assert "dana, who created the schedule, is no longer a member" in fire["error"]
     assert shown["created_by"] == "dana"
     assert await runs_of(client, experiment) == []
+
+
+async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
+    experiment = await every_minute(client, "claimed")
+    forged = SubmitJob(
+        command_id=cid(),
+        run_id="forged-run",
+        experiment_name=experiment,
+        job=JobSpec(command=["true"]),
+        scheduled=ScheduledBy(schedule="claimed", due=START),
+    )
+    with pytest.raises(PermissionDenied, match="no recent fire with run forged-run"):
+        await client.send(forged)
