@@ -34,7 +34,7 @@ from cairn.proto.events import (
     ScheduleSkipped,
     ScheduleUpdated,
 )
-from cairn.proto.jobs import JobSpec, SubmitJob
+from cairn.proto.jobs import JobSpec, ScheduledBy, SubmitJob
 from cairn.proto.schedules import (
     CatchUp,
     CreateSchedule,
@@ -131,6 +131,23 @@ CASES = [
         [created(), ScheduleDeleted(at=T0)],
         create(),
         [msgspec.structs.replace(created(), incarnation=2)],
+    ),
+    Case(
+        "a submission that names a fire already",
+        [],
+        CreateScheduleAt(
+            command=CreateSchedule(
+                command_id="c",
+                name="nightly",
+                trigger=EVERY_MINUTE,
+                submission=msgspec.structs.replace(
+                    SUBMIT, scheduled=ScheduledBy(schedule="other", due=T0)
+                ),
+            ),
+            now=T0,
+        ),
+        InvalidInput,
+        "submission.scheduled",
     ),
     Case(
         "a bad cron expression names the key",

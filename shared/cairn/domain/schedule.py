@@ -161,7 +161,10 @@ ScheduleCommand = (
 
 
 def template(submission: Submission) -> Submission:
-    """The submission as stored: no ids of a client's, no fire."""
+    """The submission as stored: no ids of a client's (each fire replaces them); one that
+    already names a fire is refused."""
+    if submission.scheduled is not None:
+        raise InvalidInput("submission.scheduled: each fire of the schedule sets it")
     return msgspec.structs.replace(
         submission, command_id=TEMPLATE_ID, run_id=TEMPLATE_ID, scheduled=None
     )
