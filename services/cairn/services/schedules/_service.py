@@ -175,13 +175,15 @@ class SchedulesService(ProjectedService):
         def fired(db: sqlite3.Connection, t: Tables) -> list[tuple[Any, ...]]:
             return db.execute(
                 "SELECT f.workspace, f.schedule_id, f.due, f.run_id, f.event_seq, s.state,"
-                f" s.created_by"
-                f" FROM {t('fires')} f JOIN {t('schedules')} s ON s.workspace = f.workspace"
-                " AND s.schedule_id = f.schedule_id AND s.incarnation = f.incarnation"
+                f" s.created_by FROM {t('fires')} f JOIN {t('schedules')} s"
+                " ON s.workspace = f.workspace AND s.schedule_id = f.schedule_id"
+                " AND s.incarnation = f.incarnation"
                 " WHERE f.state = 'fired'"
             ).fetchall()
 
-        for ws, sid, due, run_id, event_seq, raw, creator in self.projection.read(fired)[0]:
+        rows = self.projection.read(fired)[0]
+        self.sent &= {row[3] for row in rows}  # forget those the read model shows settled
+        for ws, sid, due, run_id, event_seq, raw, creator in rows:
             if run_id in self.sent:
                 continue
             state = decode_state(raw)
