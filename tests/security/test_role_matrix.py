@@ -33,6 +33,7 @@ from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
+from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.proto.subjects import PROJECTION_VERIFY
 from cairn.rpc import Client
@@ -84,6 +85,7 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             job=JobSpec(command=["true"]),
             environment_name="mx-missing",
         ),
+        "schedule commands": lambda: DisableSchedule(command_id=cid(), name="mx-missing"),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
         "compute commands": lambda: CreateCompute(
             command_id=cid(), name="mx-compute", spec=ComputeSpec(kind="cluster", max_nodes=1)

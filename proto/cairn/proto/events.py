@@ -23,8 +23,9 @@ import msgspec
 from cairn.proto._base import Checked, Digest, Id, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
-from cairn.proto.jobs import JobSpec
+from cairn.proto.jobs import JobSpec, ScheduledBy
 from cairn.proto.members import Role
+from cairn.proto.schedules import CatchUp, Submission, Trigger
 from cairn.proto.secrets import SecretName
 
 __all__ = [
@@ -60,6 +61,14 @@ __all__ = [
     "RunStarted",
     "RunSubmitted",
     "RunTagsSet",
+    "ScheduleCreated",
+    "ScheduleDeleted",
+    "ScheduleDisabled",
+    "ScheduleEnabled",
+    "ScheduleFireFailed",
+    "ScheduleFired",
+    "ScheduleSkipped",
+    "ScheduleUpdated",
     "SecretDeleted",
     "SecretRead",
     "SecretResealed",
@@ -200,6 +209,8 @@ class RunSubmitted(Event, frozen=True, kw_only=True):
     experiment_name: Name | None = None
     display_name: Name | None = None
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: the schedule fire that submitted it
+    scheduled: ScheduledBy | None = None
 
 
 class RunAssigned(Event, frozen=True, kw_only=True):
@@ -392,6 +403,89 @@ class WorkspaceKeyRotated(Event, frozen=True, kw_only=True):
     resealed_datastores: int = 0
 
 
+class ScheduleCreated(Event, frozen=True, kw_only=True):
+    """Schedule ``name`` exists (again: ``incarnation`` counts its creations) since ``at``
+    (seconds since the epoch); ``submission`` is what each fire submits, its environment
+    pinned."""
+
+    KIND = "schedule"
+    name: Name
+    incarnation: int
+    trigger: Trigger
+    submission: Submission
+    catch_up: CatchUp = "once"
+    display_name: Name | None = None
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    enabled: bool = True
+    at: float
+
+
+class ScheduleUpdated(Event, frozen=True, kw_only=True):
+    """The schedule's definition as it is from ``at`` on (every field, changed or not); due
+    times count from ``at``."""
+
+    KIND = "schedule"
+    trigger: Trigger
+    submission: Submission
+    catch_up: CatchUp = "once"
+    display_name: Name | None = None
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    at: float
+
+
+class ScheduleDisabled(Event, frozen=True, kw_only=True):
+    KIND = "schedule"
+    at: float
+
+
+class ScheduleEnabled(Event, frozen=True, kw_only=True):
+    """Enabled again; due times count from ``at``."""
+
+    KIND = "schedule"
+    at: float
+
+
+class ScheduleDeleted(Event, frozen=True, kw_only=True):
+    KIND = "schedule"
+    at: float
+
+
+class ScheduleFired(Event, frozen=True, kw_only=True):
+    """The schedule fired for due time ``due`` (an event trigger: the event's time and
+    ``event_seq``) and submits run ``run_id``. ``covers`` counts the due times this fire
+    stands for: more than one when it catches up on fires missed while no service ran."""
+
+    KIND = "schedule"
+    due: float
+    run_id: Id
+    covers: int = 1
+    event_seq: int | None = None
+    at: float
+
+
+class ScheduleSkipped(Event, frozen=True, kw_only=True):
+    """``count`` due times from ``first_due`` to ``last_due`` were missed and, by the
+    schedule's ``catch_up: skip``, not run."""
+
+    KIND = "schedule"
+    first_due: float
+    last_due: float
+    count: int
+    at: float
+
+
+class ScheduleFireFailed(Event, frozen=True, kw_only=True):
+    """The fire of ``due`` could not submit its run: the submission was refused with
+    ``error`` (a deleted compute target, a dataset gone). It is not tried again."""
+
+    KIND = "schedule"
+    due: float
+    run_id: Id
+    error: Text
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -428,6 +522,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MemberAdded,
         MemberRolesChanged,
         MemberRemoved,
+        ScheduleCreated,
+        ScheduleDeleted,
+        ScheduleDisabled,
+        ScheduleEnabled,
+        ScheduleFireFailed,
+        ScheduleFired,
+        ScheduleSkipped,
+        ScheduleUpdated,
     )
 }
 

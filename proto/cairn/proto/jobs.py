@@ -52,6 +52,7 @@ __all__ = [
     "ListJobs",
     "Outcome",
     "ReportJob",
+    "ScheduledBy",
     "SubmitJob",
     "Ticket",
     "derived_id",
@@ -148,6 +149,17 @@ class JobSpec(Strict, frozen=True, kw_only=True):
     secrets: list[SecretName] = msgspec.field(default_factory=list)
 
 
+class ScheduledBy(Strict, frozen=True, kw_only=True):
+    """The fire of a schedule that submitted a run: the schedule, the due time it fired for
+    (seconds since the epoch; for an event trigger, the event's time) and, for an event
+    trigger, the EVENTS sequence of the triggering event. The scheduler accepts it only from
+    a fire the schedule's log records with this run id."""
+
+    schedule: Name
+    due: float
+    event_seq: Count | None = None
+
+
 class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
     """Create a run and queue it on ``compute``. The environment is named (``name`` and
     optional version, resolved by the scheduler) or given inline in ``job.environment``."""
@@ -161,6 +173,8 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
     environment_version: Count | None = None
     display_name: Name | None = None
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: set by the schedules service on a schedule's submission (refused otherwise)
+    scheduled: ScheduledBy | None = None
 
 
 class ClaimJob(Command, frozen=True, kw_only=True, tag=True):

@@ -31,6 +31,7 @@ __all__ = [
     "ConsumerConfig",
     "StreamConfig",
     "job_consumer",
+    "schedule_trigger_consumer",
 ]
 
 _SECOND = 1_000_000_000
@@ -185,6 +186,27 @@ RUN_HEARTBEATS_BUCKET = BucketConfig(
 )
 
 KV_BUCKETS: tuple[BucketConfig, ...] = (AGENTS_BUCKET, LEASES_BUCKET, RUN_HEARTBEATS_BUCKET)
+
+
+def schedule_trigger_consumer(kind: str, *, ack_wait_s: float = 30.0) -> ConsumerConfig:
+    """The durable pull consumer over EVENTS that the schedules service's replicas share for
+    the events of one aggregate kind (``dataset``, ``model``) that can trigger a schedule:
+    it resumes where it was acknowledged after a restart. Redelivery backs off; an event
+    still failing after ``max_deliver`` deliveries is logged by the advisory and left."""
+    from cairn.proto.subjects import events_of_kind
+
+    wait = int(ack_wait_s * _SECOND)
+    return ConsumerConfig(
+        durable_name=f"schedule-triggers-{kind}",
+        filter_subject=events_of_kind(kind),
+        ack_policy="explicit",
+        ack_wait=wait,
+        max_deliver=50,
+        backoff=(_SECOND, 5 * _SECOND, wait),
+        max_ack_pending=256,
+        max_waiting=512,
+        deliver_policy="all",
+    )
 
 
 def job_consumer(

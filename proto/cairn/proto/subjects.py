@@ -24,6 +24,7 @@ __all__ = [
     "command",
     "command_filter",
     "event",
+    "events_of_kind",
     "events_of_workspace",
     "job",
     "logs",
@@ -94,6 +95,11 @@ def event(ws: str, kind: str, aggregate_id: str) -> str:
 
 def events_of_workspace(ws: str) -> str:
     return _join("cairn.ev", validate_token(ws, "workspace"), ">")
+
+
+def events_of_kind(kind: str) -> str:
+    """The events of every aggregate of ``kind`` in every workspace."""
+    return _join("cairn", "ev", "*", validate_token(kind, "aggregate kind"), "*")
 
 
 def metrics(ws: str, run_id: str) -> str:

@@ -13,6 +13,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _jobs,
     _projection,
     _registry,
+    _schedules,
     _stack,
     _tokens,
     _tracking,

@@ -42,7 +42,7 @@ from cairn.proto.events import (
     RunSubmitted,
     RunTagsSet,
 )
-from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, SubmitJob
+from cairn.proto.jobs import ClaimJob, FinishJob, JobSpec, ReportJob, ScheduledBy, SubmitJob
 
 __all__ = [
     "AGGREGATE",
@@ -109,6 +109,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     lost: int = 0
     started: bool = False
     cancel_reason: str = ""
+    #: the schedule fire that submitted it
+    scheduled: ScheduledBy | None = None
 
 
 def evolve(state: RunState, event: Event) -> RunState:
@@ -170,7 +172,12 @@ def _submitted(state: RunState, ev: RunSubmitted) -> RunState:
             tags=dict(ev.tags),
         )
     return msgspec.structs.replace(
-        state, status=RunStatus.QUEUED, compute=ev.compute, job=ev.job, queue_n=1
+        state,
+        status=RunStatus.QUEUED,
+        compute=ev.compute,
+        job=ev.job,
+        queue_n=1,
+        scheduled=ev.scheduled,
     )
 
 
@@ -385,6 +392,7 @@ def _submit(state: RunState, command: SubmitResolvedJob) -> list[Event]:
         experiment_name=submit.experiment_name,
         display_name=submit.display_name,
         tags=submit.tags,
+        scheduled=submit.scheduled,
     )
     return [submitted]
 

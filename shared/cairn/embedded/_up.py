@@ -37,6 +37,7 @@ def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.ingester import IngesterService
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
+    from cairn.services.schedules import SchedulesService
     from cairn.services.tracking import TrackingService
 
     return {
@@ -45,6 +46,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "artifacts": ArtifactsService,
         "registry": RegistryService,
         "scheduler": SchedulerService,
+        "schedules": SchedulesService,
     }
 
 

@@ -4,11 +4,12 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
-<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``, ``_jobs`` <-
+<- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
+``_async_schedules``, ``_jobs`` <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
-``_datasets``, ``_jobfile`` <- ``_estimators``, ``_sync``. Bytes move through
-:mod:`cairn.data`.
+``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <- ``_estimators``,
+``_sync``. Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
@@ -29,6 +30,8 @@ from cairn.sdk._runconfig import (
     DockerConfiguration,
     RunConfiguration,
 )
+from cairn.sdk._schedulefile import load_schedule_file
+from cairn.sdk._schedules import Schedule, ScheduleRecurrence
 from cairn.sdk._sync import Experiment, Run, Workspace
 
 __all__ = [
@@ -55,11 +58,14 @@ __all__ = [
     "RunConfiguration",
     "RunFailedError",
     "SKLearn",
+    "Schedule",
+    "ScheduleRecurrence",
     "ScriptRunConfig",
     "TensorFlow",
     "Workspace",
     "connect",
     "load_job_file",
+    "load_schedule_file",
     "new_id",
     "replay_spool_dir",
 ]

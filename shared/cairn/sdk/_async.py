@@ -53,15 +53,16 @@ from cairn.proto.commands import (
     SetRunTags,
     StartRun,
 )
-from cairn.proto.jobs import GetJob, ListJobs
+from cairn.proto.jobs import GetJob, ListJobs, SubmitJob
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
+from cairn.sdk._async_schedules import AsyncSchedules
 from cairn.sdk._async_secrets import AsyncSecrets
-from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
+from cairn.sdk._jobs import ScriptRunConfig, build_submission, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
 from cairn.sdk._session import Session, new_id
@@ -83,6 +84,7 @@ class AsyncWorkspace(Session):
         self.datastores = AsyncDatastores(self)
         self.datasets = AsyncDatasets(self)
         self.secrets = AsyncSecrets(self)
+        self.schedules = AsyncSchedules(self)
         self._runs: set[AsyncRun] = set()
         #: runs this process beats for (open, or ended only in the spool so far)
         self._beating: set[AsyncRun] = set()
@@ -322,6 +324,17 @@ class AsyncExperiment:
         ws = self.workspace
         run_id = await submit(ws, self.name, config, tags=tags, display_name=display_name)
         return AsyncRun(ws, run_id, self.name)
+
+    async def submission(
+        self,
+        config: ScriptRunConfig,
+        *,
+        tags: dict[str, str] | None = None,
+        display_name: str | None = None,
+    ) -> SubmitJob:
+        """``config`` as the submission a schedule stores (code and local inputs uploaded)."""
+        ws = self.workspace
+        return await build_submission(ws, self.name, config, tags=tags, display_name=display_name)
 
 
 class AsyncRun:

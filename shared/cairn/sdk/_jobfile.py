@@ -43,7 +43,7 @@ from cairn.sdk._assets import Environment
 from cairn.sdk._jobs import InputMode, ScriptRunConfig
 from cairn.sdk._refusals import refuse
 
-__all__ = ["UNREAD_KEYS", "JobFile", "load_job_file"]
+__all__ = ["UNREAD_KEYS", "JobFile", "load_job_doc", "load_job_file"]
 
 #: keys the loader needs not read, and why (every other key is read: honoured or refused)
 UNREAD_KEYS: dict[str, str] = {
@@ -273,6 +273,12 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidInput(f"cannot read job file {path}: {exc}") from exc
+    return load_job_doc(doc, path)
+
+
+def load_job_doc(doc: Any, path: Path) -> tuple[JobFile, ScriptRunConfig]:
+    """Check a job file's document (``path``: where it is written, or the file that holds it
+    inline; paths in it are relative to its folder); the run config it describes."""
     if not isinstance(doc, dict):
         raise InvalidInput(f"{path}: a job file is a mapping of keys")
     try:

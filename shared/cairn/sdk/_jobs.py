@@ -205,15 +205,16 @@ def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | N
     return env.name, env.version, None
 
 
-async def submit(
+async def build_submission(
     ws: Session,
     experiment_name: str,
     config: ScriptRunConfig,
     *,
     tags: dict[str, str] | None = None,
     display_name: str | None = None,
-) -> str:
-    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+) -> SubmitJob:
+    """``config`` as the ``SubmitJob`` that runs it (its code and local inputs uploaded, its
+    experiment made), with a fresh run id; sent as it is, or stored by a schedule."""
     digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
     env_name, env_version, inline = _environment(config.environment)
     inputs: list[JobInput] = []
@@ -242,22 +243,34 @@ async def submit(
         gpus=config.gpus,
         secrets=config.secrets,
     )
-    run_id = new_id()
     await ws.experiment_id(experiment_name)  # get-or-create, as start_logging does
-    await ws.send(
-        SubmitJob(
-            command_id=new_id(),
-            run_id=run_id,
-            experiment_name=experiment_name,
-            compute=config.compute_name,
-            job=job,
-            environment_name=env_name,
-            environment_version=env_version,
-            display_name=display_name,
-            tags=tags or {},
-        )
+    return SubmitJob(
+        command_id=new_id(),
+        run_id=new_id(),
+        experiment_name=experiment_name,
+        compute=config.compute_name,
+        job=job,
+        environment_name=env_name,
+        environment_version=env_version,
+        display_name=display_name,
+        tags=tags or {},
     )
-    return run_id
+
+
+async def submit(
+    ws: Session,
+    experiment_name: str,
+    config: ScriptRunConfig,
+    *,
+    tags: dict[str, str] | None = None,
+    display_name: str | None = None,
+) -> str:
+    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+    command = await build_submission(
+        ws, experiment_name, config, tags=tags, display_name=display_name
+    )
+    await ws.send(command)
+    return command.run_id
 
 
 async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMode) -> JobInput:

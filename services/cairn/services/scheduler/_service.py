@@ -29,7 +29,8 @@ import msgspec
 from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
 from cairn.domain import run as runs
-from cairn.errors import NotFound, StaleAttempt
+from cairn.domain import schedule as schedules
+from cairn.errors import NotFound, PermissionDenied, StaleAttempt
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -297,6 +298,8 @@ class SchedulerService(ProjectedService):
         cmd: SubmitJob = req.body
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
+        if cmd.scheduled is not None:
+            await self._check_fired(ws, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         compute = cmd.compute
         await resolve_asset(
@@ -309,6 +312,18 @@ class SchedulerService(ProjectedService):
             with contextlib.suppress(Exception):
                 await self._publish(ws, cmd.run_id, 1, cmd.compute)
         return accepted
+
+    async def _check_fired(self, ws: str, cmd: SubmitJob) -> None:
+        """A run that says a schedule fired it is accepted only if the schedule's log records
+        that fire with this run id (read fresh: the fire was appended just before)."""
+        scheduled = cmd.scheduled
+        assert scheduled is not None
+        sid = subjects.name_to_id(scheduled.schedule)
+        state = await lookup.state(self.cache, schedules.AGGREGATE, ws, sid, fresh=True)
+        if (scheduled.due, cmd.run_id) not in state.recent:
+            raise PermissionDenied(
+                f"schedule {scheduled.schedule!r} has no recent fire with run {cmd.run_id}"
+            )
 
     async def _claim(self, req: Request) -> QueryResult:
         cmd: ClaimJob = req.body
@@ -388,9 +403,12 @@ class SchedulerService(ProjectedService):
         result = await self.read(req, fn)
         if result.data is None:
             raise NotFound(f"no job {q.run_id}")
-        job = (await lookup.state(self.cache, runs.AGGREGATE, req.workspace, q.run_id)).job
+        state = await lookup.state(self.cache, runs.AGGREGATE, req.workspace, q.run_id)
+        job = state.job
         if job is not None and job.environment is not None:  # what the run ran in
             result.data["environment"] = msgspec.to_builtins(job.environment)
+        if state.scheduled is not None:  # the schedule fire that submitted it
+            result.data["scheduled"] = msgspec.to_builtins(state.scheduled)
         return result
 
     async def _dataset_runs(self, req: Request) -> QueryResult:

@@ -1,0 +1,187 @@
+"""Schedules fire on a clock the test moves: catch-up after an outage (once, or skipped),
+two replicas firing once per due time; the run records the fire that submitted it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from cairn.bus import Connection
+from cairn.embedded._admin import remove_member
+from cairn.errors import PermissionDenied
+from cairn.proto.commands import CreateExperiment
+from cairn.proto.jobs import GetJob, JobSpec, ListJobs, ScheduledBy, SubmitJob
+from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
+from cairn.rpc import Client
+from cairn.service import run_services
+from cairn.services.schedules import SchedulesService
+from cairn.settings import Settings
+from tests.conftest import add_people
+
+#: the tests' time: years after the session's real clock, so the session's own schedules
+#: service never finds these schedules due
+T0 = datetime(2030, 1, 1, 12, 0, 10, tzinfo=UTC)
+START = T0.timestamp()
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cid() -> str:
+    return uuid.uuid4().hex
+
+
+@contextlib.asynccontextmanager
+async def replica(settings: Settings, state: Path, clock: Clock) -> AsyncIterator[None]:
+    """A schedules service of its own (its read model in ``state``) on ``clock``."""
+    mine = msgspec.structs.replace(settings, state_dir=str(state))
+    stop, ready = asyncio.Event(), asyncio.Event()
+    factory = functools.partial(SchedulesService, clock=clock, tick_s=0.05)
+    task = asyncio.create_task(run_services(mine, [factory], stop=stop, ready=ready))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def until(
+    client: Client, name: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The schedule as shown once ``done`` holds for it (every fire settled: submitted,
+    skipped or failed)."""
+    while True:
+        shown: dict[str, Any] = (await client.ask(GetSchedule(name=name))).data
+        settled = all(f["state"] != "fired" for f in shown["fires"])
+        if settled and done(shown):
+            return shown
+        await asyncio.sleep(0.05)
+
+
+def submitted(n: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda s: sum(f["state"] == "submitted" for f in s["fires"]) == n
+
+
+async def every_minute(client: Client, name: str, catch_up: CatchUp = "once") -> str:
+    """A schedule every minute from T0 of a job in an experiment of its own."""
+    experiment = f"sched-{cid()[:8]}"
+    await client.send(CreateExperiment(command_id=cid(), name=experiment))
+    job = SubmitJob(
+        command_id="x", run_id="x", experiment_name=experiment, job=JobSpec(command=["true"])
+    )
+    trigger = RecurrenceTrigger(frequency="minute", start_time=T0)
+    create = CreateSchedule(
+        command_id=cid(), name=name, trigger=trigger, submission=job, catch_up=catch_up
+    )
+    await client.send(create)
+    return experiment
+
+
+async def runs_of(client: Client, experiment: str) -> list[str]:
+    jobs = (await client.ask(ListJobs(limit=1000))).data
+    return sorted(j["run_id"] for j in jobs if j["experiment_name"] == experiment)
+
+
+async def test_a_stop_of_three_minutes_gives_one_catch_up_run(
+    client: Client, service_settings: Settings, tmp_path: Path
+) -> None:
+    experiment = await every_minute(client, "each-minute")
+    clock = Clock(START + 5)
+    async with replica(service_settings, tmp_path / "state", clock):
+        await until(client, "each-minute", submitted(1))
+    clock.now = START + 3 * 60 + 40  # stopped for three minutes: three due times missed
+    async with replica(service_settings, tmp_path / "state", clock):
+        shown = await until(client, "each-minute", submitted(2))
+    fires = shown["fires"]
+    assert [(f["covers"], f["due"]) for f in fires] == [
+        (3, "2030-01-01T12:03:10Z"),
+        (1, "2030-01-01T12:00:10Z"),
+    ]
+    assert await runs_of(client, experiment) == sorted(f["run_id"] for f in fires)
+    job = (await client.ask(GetJob(run_id=fires[0]["run_id"]))).data
+    assert job["scheduled"] == {
+        "schedule": "each-minute",
+        "due": START + 180,
+        "event_seq": None,
+    }
+    assert shown["next_dues"][:2] == ["2030-01-01T12:04:10Z", "2030-01-01T12:05:10Z"]
+
+
+async def test_skip_runs_none_of_the_missed(
+    client: Client, service_settings: Settings, tmp_path: Path
+) -> None:
+    experiment = await every_minute(client, "skipping", catch_up="skip")
+    clock = Clock(START + 3 * 60 + 40)  # four due times passed before any service ran
+    async with replica(service_settings, tmp_path / "state", clock):
+        shown = await until(client, "skipping", lambda s: bool(s["fires"]))
+    assert [(f["state"], f["covers"], f["run_id"]) for f in shown["fires"]] == [
+        ("skipped", 4, None)
+    ]
+    assert await runs_of(client, experiment) == []
+
+
+async def test_two_replicas_fire_once_per_due_time(
+    client: Client, service_settings: Settings, tmp_path: Path
+) -> None:
+    experiment = await every_minute(client, "twice-served")
+    clock = Clock(START + 1)
+    async with (
+        replica(service_settings, tmp_path / "a", clock),
+        replica(service_settings, tmp_path / "b", clock),
+    ):
+        for n in (1, 2, 3):
+            clock.now = START + (n - 1) * 60 + 1
+            shown = await until(client, "twice-served", submitted(n))
+    fires = shown["fires"]
+    assert [f["covers"] for f in fires] == [1, 1, 1]
+    assert await runs_of(client, experiment) == sorted(f["run_id"] for f in fires)
+
+
+async def test_a_schedule_stops_when_its_creator_leaves(
+    client: Client,
+    people: dict[str, Connection],
+    admin_conn: Connection,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A schedule acts for the person who made it: once they are no longer a member, its
+    fires are recorded as refused and submit nothing."""
+    await add_people(admin_conn, client.workspace, "dana")
+    dana = Client(people["dana"], client.workspace)
+    experiment = await every_minute(dana, "danas")
+    await remove_member(admin_conn, client.workspace, "dana")
+    async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+        shown = await until(client, "danas", lambda s: bool(s["fires"]))
+    [fire] = shown["fires"]
+    assert fire["state"] == "failed" and fire["run_status"] is None
+    assert "dana, who created the schedule, is no longer a member" in fire["error"]
+    assert shown["created_by"] == "dana"
+    assert await runs_of(client, experiment) == []
+
+
+async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
+    experiment = await every_minute(client, "claimed")
+    forged = SubmitJob(
+        command_id=cid(),
+        run_id="forged-run",
+        experiment_name=experiment,
+        job=JobSpec(command=["true"]),
+        scheduled=ScheduledBy(schedule="claimed", due=START),
+    )
+    with pytest.raises(PermissionDenied, match="no recent fire with run forged-run"):
+        await client.send(forged)
