@@ -55,6 +55,7 @@ def read_models() -> dict[str, Callable[[], Projection[Any]]]:
     from cairn.services.ingester._projection import MetricsProjection
     from cairn.services.registry._projection import RegistryProjection
     from cairn.services.scheduler._projection import JobsProjection
+    from cairn.services.schedules._projection import SchedulesProjection
     from cairn.services.tracking._metrics import RunMetricsProjection
     from cairn.services.tracking._projection import TrackingProjection
 
@@ -64,6 +65,7 @@ def read_models() -> dict[str, Callable[[], Projection[Any]]]:
         MetricsProjection,
         RegistryProjection,
         JobsProjection,
+        SchedulesProjection,
     ]
     return {kind().name: kind for kind in made}
 
