@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from cairn.errors import InvalidInput, NotFound
+from cairn.proto.assets import DataPath, DatasetSpec, DatastoreSpec
 from cairn.rpc import Client
 from cairn.sdk import AsyncRun, AsyncWorkspace
 from cairn.settings import Settings
@@ -112,3 +113,24 @@ async def test_the_cli_shows_a_run_as_of_a_moment(
     assert (now["status"], json.loads(then)["status"]) == ("Completed", "Running")
     code, _, err = await run_cli("run", "show", run.id, "--as-of", "soon", env=env, cwd=tmp_path)
     assert code == 2 and "neither a sequence number nor an ISO 8601 time" in err
+
+
+async def test_a_dataset_as_of_before_its_second_version_is_its_first(
+    ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "a.csv").write_text("x\n1\n")
+    await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)))
+    spec = DatasetSpec(kind="tabular", paths=[DataPath("lake", "*.csv")])
+    before = ws.seen_seq
+    first = await ws.datasets.register("rows", spec)
+    between = ws.seen_seq
+    (lake / "b.csv").write_text("x\n2\n")
+    second = await ws.datasets.register("rows", spec, create_new_version=True)
+    assert (first["version"], second["version"]) == (1, 2)
+    then = await ws.datasets.get("rows", as_of=between)
+    assert then["version"] == 1 and then == first | {"version": 1}
+    assert (await ws.datasets.get("rows"))["version"] == 2
+    with pytest.raises(NotFound, match="rows"):
+        await ws.datasets.get("rows", as_of=before)

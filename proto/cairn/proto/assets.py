@@ -8,6 +8,7 @@ event, and replies show only whether a datastore has any.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -179,6 +180,10 @@ class GetAsset(Query, frozen=True, kw_only=True, tag=True):
     name: Name
     version: Count | None = None
     sealed: bool = False
+    #: the asset as the log held it then (its events up to this stream sequence and stored
+    #: at or before this time): "latest" is the latest version then
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
 
 
 class ListAssets(Query, frozen=True, kw_only=True, tag=True):

@@ -245,6 +245,19 @@ class EventStore:
         except msgspec.DecodeError as exc:
             raise CairnError(f"undecodable event on {subject}: {exc}") from exc
 
+    async def read_as_of(
+        self, subject: str, *, up_to_seq: int | None, up_to_time: datetime | None
+    ) -> list[Recorded]:
+        """The events of one subject up to ``up_to_seq`` and stored (by the server's clock)
+        at or before ``up_to_time``."""
+        stored = await self.read_stored(subject, up_to_seq=up_to_seq)
+        if up_to_time is not None:
+            stored = [m for m in stored if m.time is not None and m.time <= up_to_time]
+        try:
+            return [Recorded(m.seq, m.subject, decode_envelope(m.data)) for m in stored]
+        except msgspec.DecodeError as exc:
+            raise CairnError(f"undecodable event on {subject}: {exc}") from exc
+
     async def read_stored(
         self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
     ) -> list[Stored]:

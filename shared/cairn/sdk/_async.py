@@ -15,7 +15,7 @@ import os
 import tempfile
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -65,7 +65,7 @@ from cairn.sdk._async_secrets import AsyncSecrets
 from cairn.sdk._jobs import ScriptRunConfig, build_submission, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
-from cairn.sdk._session import Session, new_id
+from cairn.sdk._session import Session, as_of_fields, new_id
 from cairn.sdk._waiting import WaitDisplay
 from cairn.settings import Settings, load_settings
 
@@ -765,19 +765,3 @@ async def connect(
     finally:
         await ws.close()
         await conn.close()
-
-
-def as_of_fields(as_of: datetime | int | None) -> dict[str, Any]:
-    """A query's ``as_of_seq`` or ``as_of_time`` from an SDK's ``as_of=``: a stream sequence
-    (an ``int``, 1 or more) or a time (a ``datetime``; without a zone, local time)."""
-    if as_of is None:
-        return {}
-    if isinstance(as_of, datetime):
-        return {"as_of_time": as_of.astimezone(UTC)}
-    if isinstance(as_of, int) and not isinstance(as_of, bool):
-        if as_of < 1:
-            raise InvalidInput(f"as_of={as_of}: a stream sequence is 1 or more")
-        return {"as_of_seq": as_of}
-    raise InvalidInput(
-        f"as_of takes a datetime or a stream sequence (an int), not {type(as_of).__name__}"
-    )

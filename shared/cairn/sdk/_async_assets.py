@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from cairn.data import check_store
@@ -18,7 +19,7 @@ from cairn.proto.assets import (
     RegisterDatastore,
     RegisterEnvironment,
 )
-from cairn.sdk._session import Session, new_id
+from cairn.sdk._session import Session, as_of_fields, new_id
 
 __all__ = ["AsyncAssets"]
 
@@ -30,10 +31,18 @@ class AsyncAssets:
         self._session = session
 
     async def get(
-        self, kind: AssetKind, name: str, version: int | None = None, *, min_seq: int = 0
+        self,
+        kind: AssetKind,
+        name: str,
+        version: int | None = None,
+        *,
+        min_seq: int = 0,
+        as_of: datetime | int | None = None,
     ) -> dict[str, Any]:
-        """The record of asset ``name`` (the latest version unless ``version``)."""
-        q = GetAsset(asset_kind=kind, name=name, version=version, min_seq=min_seq)
+        """The record of asset ``name`` (the latest version unless ``version``); ``as_of``
+        (a time, or a stream sequence) as the log held it then."""
+        when = as_of_fields(as_of)
+        q = GetAsset(asset_kind=kind, name=name, version=version, min_seq=min_seq, **when)
         data: dict[str, Any] = (await self._session.client.ask(q)).data
         return data
 

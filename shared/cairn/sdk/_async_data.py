@@ -4,6 +4,7 @@ what a client remembers (the sequences it caused) and the registry's records."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from cairn.data import (
 )
 from cairn.proto.assets import DataFile, DatasetSpec, GetAsset, RegisterDataset
 from cairn.proto.jobs import DatasetRuns
-from cairn.sdk._session import Session, new_id
+from cairn.sdk._session import Session, as_of_fields, new_id
 
 __all__ = ["AsyncDatasets", "AsyncDatastores"]
 
@@ -87,10 +88,17 @@ class AsyncDatasets:
         self._session = session
 
     async def get(
-        self, name: str, version: int | None = None, *, min_seq: int = 0
+        self,
+        name: str,
+        version: int | None = None,
+        *,
+        min_seq: int = 0,
+        as_of: datetime | int | None = None,
     ) -> dict[str, Any]:
-        """The record of a version (the latest unless ``version``); ``spec`` as a dict."""
-        q = GetAsset(asset_kind="dataset", name=name, version=version, min_seq=min_seq)
+        """The record of a version (the latest unless ``version``; ``as_of``: the latest
+        then, as the log held it); ``spec`` as a dict."""
+        when = as_of_fields(as_of)
+        q = GetAsset(asset_kind="dataset", name=name, version=version, min_seq=min_seq, **when)
         data: dict[str, Any] = (await self._session.client.ask(q)).data
         return data
 

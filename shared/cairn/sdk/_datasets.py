@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -314,10 +315,17 @@ class Dataset:
 
     @staticmethod
     def get_by_name(
-        workspace: WorkspaceBase, name: str, version: int | str = "latest", min_seq: int = 0
+        workspace: WorkspaceBase,
+        name: str,
+        version: int | str = "latest",
+        min_seq: int = 0,
+        *,
+        as_of: datetime | int | None = None,
     ) -> TabularDataset | FileDataset:
+        """Version ``version`` of dataset ``name``; ``as_of`` (a time, or a stream sequence):
+        the dataset as the log held it then ("latest" is the latest version then)."""
         number = None if version == "latest" else int(version)
-        found = workspace.core.datasets.get(name, number, min_seq=min_seq)
+        found = workspace.core.datasets.get(name, number, min_seq=min_seq, as_of=as_of)
         return Dataset._from(workspace, workspace._run(found))
 
     @staticmethod

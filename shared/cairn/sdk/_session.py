@@ -5,14 +5,16 @@ writes)."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 from cairn.bus import Connection
-from cairn.errors import NotFound
+from cairn.errors import InvalidInput, NotFound
 from cairn.proto.commands import Accepted, Command, CreateExperiment, ListWorkspaces
 from cairn.rpc import Client
 from cairn.settings import Settings
 
-__all__ = ["Session", "new_id"]
+__all__ = ["Session", "as_of_fields", "new_id"]
 
 
 def new_id() -> str:
@@ -66,3 +68,19 @@ class Session:
             reply = await self.send(CreateExperiment(command_id=new_id(), name=name))
             known = self._experiments[name] = reply.aggregate_id
         return known
+
+
+def as_of_fields(as_of: datetime | int | None) -> dict[str, Any]:
+    """A query's ``as_of_seq`` or ``as_of_time`` from an SDK's ``as_of=``: a stream sequence
+    (an ``int``, 1 or more) or a time (a ``datetime``; without a zone, local time)."""
+    if as_of is None:
+        return {}
+    if isinstance(as_of, datetime):
+        return {"as_of_time": as_of.astimezone(UTC)}
+    if isinstance(as_of, int) and not isinstance(as_of, bool):
+        if as_of < 1:
+            raise InvalidInput(f"as_of={as_of}: a stream sequence is 1 or more")
+        return {"as_of_seq": as_of}
+    raise InvalidInput(
+        f"as_of takes a datetime or a stream sequence (an int), not {type(as_of).__name__}"
+    )

@@ -189,7 +189,12 @@ class AssetHandlers:
             else:
                 version = None
         subject = subjects.event(req.workspace, q.asset_kind, subjects.name_to_id(name))
-        history = await self.cache.refresh(subject)
+        if q.as_of_seq is None and q.as_of_time is None:
+            history = await self.cache.refresh(subject)
+        else:  # from the log as it was then, folded whole
+            history = await self.store.read_as_of(
+                subject, up_to_seq=q.as_of_seq, up_to_time=q.as_of_time
+            )
         state = self.cache.state(subject, asset.aggregate(q.asset_kind), history)
         seq = history[-1].seq if history else 0
         builtin = builtin_assets(self.settings, req.workspace, q.asset_kind).get(name)
