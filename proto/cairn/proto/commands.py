@@ -17,6 +17,7 @@ from cairn.proto._base import Count, Id, Key, Name, Strict, TagKey, TagValue, Te
 
 __all__ = [
     "COMMAND_TYPES",
+    "MAX_HISTORY_PAGE",
     "MAX_RUNS_PAGE",
     "QUERY_TYPES",
     "Accepted",
@@ -30,8 +31,10 @@ __all__ = [
     "CreateWorkspace",
     "ErrorReply",
     "FailRun",
+    "GetHistory",
     "GetRun",
     "HeartbeatRun",
+    "HistoryKind",
     "ListExperiments",
     "ListRuns",
     "ListWorkspaces",
@@ -202,6 +205,36 @@ class ListRuns(Query, frozen=True, kw_only=True, tag=True):
     metrics: Annotated[tuple[Name, ...], msgspec.Meta(max_length=32)] = ()
 
 
+#: the entities whose events ``history.get`` shows (a secret's are sealed values: not shown)
+HistoryKind = Literal[
+    "workspace",
+    "experiment",
+    "run",
+    "model",
+    "environment",
+    "datastore",
+    "compute",
+    "dataset",
+    "schedule",
+]
+#: the most events one ``history.get`` page holds
+MAX_HISTORY_PAGE = 1000
+
+
+class GetHistory(Query, frozen=True, kw_only=True, tag=True):
+    """An entity's events in order: each with its sequence, time, type, actor, the command
+    that caused it and the request it belongs to (correlation), and its data. ``name`` is
+    the run's id, or the name of anything else (the workspace's own for ``workspace``).
+    A page holds up to ``limit`` events after ``after_seq``; the reply's ``next_after`` is
+    where the next page starts (null: no more)."""
+
+    NAME = "history.get"
+    entity_kind: HistoryKind
+    name: Name
+    after_seq: Count = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY_PAGE)] = MAX_HISTORY_PAGE
+
+
 class GetRun(Query, frozen=True, kw_only=True, tag=True):
     NAME = "run.get"
     run_id: Id
@@ -257,4 +290,10 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     SetRunTags,
     AddRunProperties,
 )
-QUERY_TYPES: tuple[type[Query], ...] = (ListWorkspaces, ListExperiments, ListRuns, GetRun)
+QUERY_TYPES: tuple[type[Query], ...] = (
+    ListWorkspaces,
+    ListExperiments,
+    ListRuns,
+    GetRun,
+    GetHistory,
+)

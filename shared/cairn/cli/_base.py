@@ -53,7 +53,7 @@ def settings(**overrides: Any) -> Settings:
 # The sections of ``cairn --help``, by what people do; a command named nowhere is listed under
 # "Other commands" (and the help test fails until it is placed).
 SECTIONS: dict[str, tuple[str, ...]] = {
-    "Track experiments and runs": ("experiment", "run"),
+    "Track experiments and runs": ("experiment", "run", "history"),
     "Run jobs": ("job", "schedule", "agent"),
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),

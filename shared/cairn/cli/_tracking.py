@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -259,3 +260,54 @@ def run_download(run_id: str, path: str, output: str | None, progress: bool | No
         target = target / Path(path).name
     got = run(with_workspace(lambda ws: ws.run(run_id).download_file(path, target, progress)))
     click.echo(str(got))
+
+
+_HISTORY_KINDS = [
+    "run",
+    "experiment",
+    "model",
+    "dataset",
+    "environment",
+    "datastore",
+    "compute",
+    "schedule",
+    "workspace",
+]
+_HISTORY_COLUMNS = [
+    ("seq", "SEQ"),
+    ("time", "TIME"),
+    ("event", "EVENT"),
+    ("actor", "ACTOR"),
+    ("command_id", "COMMAND"),
+    ("details", "DETAILS"),
+]
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(_HISTORY_KINDS))
+@click.argument("name")
+@click.option(
+    "--after", type=click.IntRange(min=0), default=0, help="only events after this sequence"
+)
+@json_option
+def history(kind: str, name: str, after: int, as_json: bool) -> None:
+    """An entity's events, in order, from the log.
+
+    Every event of the run (by id) or the model, dataset, environment, datastore, compute
+    target, schedule or experiment (by name) NAME: its sequence, time, type, the actor who
+    caused it, the command that did (the same id on every event one command made) and what
+    it recorded. --json adds each event's correlation id (the request a service's own
+    decision follows from) and its data whole.
+
+    \b
+    Example:
+      cairn history model churn
+      cairn history run RUN_ID --json
+    """
+    events = run(with_workspace(lambda ws: ws.history(kind, name, after_seq=after)))
+    if as_json:
+        emit(events, True, [])
+        return
+    for event in events:
+        event["details"] = json.dumps(event["data"], separators=(",", ":"), default=str)
+    emit(events, False, _HISTORY_COLUMNS)

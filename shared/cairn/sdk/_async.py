@@ -44,8 +44,10 @@ from cairn.proto.commands import (
     CreateRun,
     CreateWorkspace,
     FailRun,
+    GetHistory,
     GetRun,
     HeartbeatRun,
+    HistoryKind,
     ListExperiments,
     ListRuns,
     ListWorkspaces,
@@ -229,6 +231,23 @@ class AsyncWorkspace(Session):
         """The jobs of the workspace (on one compute target; only queued and running ones)."""
         q = ListJobs(compute=compute, active=active, limit=limit)
         return list((await self.client.ask(q)).data)
+
+    async def history(
+        self, kind: HistoryKind, name: str, *, after_seq: int = 0
+    ) -> list[dict[str, Any]]:
+        """Every event of one entity (``kind``: run, experiment, model, environment,
+        datastore, compute, dataset, schedule or workspace; ``name``: the run's id or the
+        name) after ``after_seq``, oldest first: sequence, time, event, actor, the command
+        that caused it, its correlation id and its data. Read from the log, page by page."""
+        events: list[dict[str, Any]] = []
+        after = after_seq
+        while True:
+            q = GetHistory(entity_kind=kind, name=name, after_seq=after, min_seq=self.seen_seq)
+            page = (await self.client.ask(q)).data
+            events.extend(page["events"])
+            if page["next_after"] is None:
+                return events
+            after = int(page["next_after"])
 
     def run(self, run_id: str, experiment_name: str = "") -> AsyncRun:
         """An existing run, by id (no round trip)."""

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from cairn import lookup
 from cairn.bus import RECONNECT_MAX_S, CommandContext, Connection, execute
 from cairn.domain import experiment, run, workspace
@@ -34,6 +36,7 @@ from cairn.proto.commands import (
     CreateRun,
     CreateWorkspace,
     FailRun,
+    GetHistory,
     GetRun,
     HeartbeatRun,
     ListExperiments,
@@ -53,6 +56,7 @@ from cairn.proto.members import (
     RemoveMember,
 )
 from cairn.proto.metrics import MetricsLogged
+from cairn.proto.subjects import validate_token
 from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Request, Responder, gate_of, slot_lent
 from cairn.secrets import roles_of
 from cairn.service import ProjectedService
@@ -136,11 +140,21 @@ class TrackingService(ProjectedService):
         queries = Responder(
             conn,
             subjects=[
-                subjects.query_filter(a) for a in ("workspace", "experiment", "run", "artifact")
+                subjects.query_filter(a)
+                for a in ("workspace", "experiment", "run", "artifact", "history")
             ],
             queue="tracking",
-            types=(ListWorkspaces, ListExperiments, ListRuns, GetRun, ListRunFiles, GetRunFile),
+            types=(
+                ListWorkspaces,
+                ListExperiments,
+                ListRuns,
+                GetRun,
+                ListRunFiles,
+                GetRunFile,
+                GetHistory,
+            ),
             routes={
+                GetHistory.NAME: self._history,
                 ListWorkspaces.NAME: self._list_workspaces,
                 ListExperiments.NAME: self._list_experiments,
                 ListRuns.NAME: self._list_runs,
@@ -418,6 +432,44 @@ class TrackingService(ProjectedService):
             raise NotFound(f"run {run_id} did not exist" + _then(q))
         return then
 
+    async def _history(self, req: Request) -> QueryResult:
+        """An entity's events from the log, a page at a time (``cairn history``)."""
+        q: GetHistory = req.body
+        ws = req.workspace
+        if q.entity_kind == "workspace":
+            if q.name != ws:
+                raise InvalidInput(f"a workspace's history is its own: name {ws!r}, not {q.name!r}")
+            entity_id = ws
+        elif q.entity_kind == "run":
+            entity_id = validate_token(q.name, "run id")
+        elif q.entity_kind == "experiment":
+            entity_id = await lookup.experiment_id(self.cache, ws, q.name)
+        else:
+            entity_id = subjects.name_to_id(q.name)
+        subject = subjects.event(ws, q.entity_kind, entity_id)
+        events = await self.store.read(subject, after_seq=q.after_seq)
+        if not events and q.after_seq == 0:
+            raise NotFound(f"no {q.entity_kind} called {q.name!r} has any event")
+        page = events[: q.limit]
+        rows = [
+            {
+                "seq": r.seq,
+                "time": r.envelope.timestamp.isoformat(),
+                "event": r.envelope.type,
+                "actor": r.envelope.actor,
+                "command_id": r.envelope.causation_id,
+                "correlation_id": r.envelope.correlation_id,
+                "data": _unsealed_out(msgspec.to_builtins(r.envelope.data)),
+            }
+            for r in page
+        ]
+        more = len(events) > q.limit
+        last = events[-1].seq if events else q.after_seq
+        return QueryResult(
+            seq=last,
+            data={"events": rows, "next_after": page[-1].seq if more else None},
+        )
+
     async def _list_files(self, req: Request) -> QueryResult:
         q: ListRunFiles = req.body
 
@@ -453,3 +505,16 @@ def _then(q: Any) -> str:
     said = [f"sequence {q.as_of_seq}"] if q.as_of_seq is not None else []
     said += [q.as_of_time.isoformat()] if q.as_of_time is not None else []
     return f" as of {' and '.join(said)}" if said else ""
+
+
+def _unsealed_out(value: Any) -> Any:
+    """Event data as ``history.get`` shows it: sealed values (a datastore's credentials, a
+    secret's) stay out, even sealed, whatever the depth."""
+    if isinstance(value, dict):
+        return {
+            k: "(sealed: not shown)" if "sealed" in k and v else _unsealed_out(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_unsealed_out(v) for v in value]
+    return value
