@@ -293,8 +293,9 @@ _HISTORY_COLUMNS = [
 def history(kind: str, name: str, after: int, as_json: bool) -> None:
     """An entity's events, in order, from the log.
 
-    Every event of the run (by id) or the model, dataset, environment, datastore, compute
-    target, schedule or experiment (by name) NAME: its sequence, time, type, the actor who
+    Every event of entity NAME of kind KIND (a run by its id; a model, dataset,
+    environment, datastore, compute target, schedule or experiment by its name; the
+    workspace by its own name): its sequence, time, type, the actor who
     caused it, the command that did (the same id on every event one command made) and what
     it recorded. --json adds each event's correlation id (the request a service's own
     decision follows from) and its data whole.
