@@ -22,6 +22,7 @@ FACADE = {
     "_datastores",
     "_datasets",
     "_jobfile",
+    "_pipelinefile",
     "_keyvault",
     "_compute",
     "_runconfig",

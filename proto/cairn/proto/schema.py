@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, assets, jobs, members, metrics, registry, secrets
+from cairn.proto import artifacts, assets, jobs, members, metrics, pipelines, registry, secrets
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -88,6 +88,7 @@ def generate() -> dict[str, str]:
         artifacts.OpenUpload,
         artifacts.CommitUpload,
         *jobs.JOB_COMMAND_TYPES,
+        *pipelines.PIPELINE_COMMAND_TYPES,
         *assets_commands(),
         *secrets.SECRET_COMMAND_TYPES,
         *members.MEMBER_COMMAND_TYPES,
@@ -107,6 +108,7 @@ def generate() -> dict[str, str]:
         assets.GetAsset,
         assets.ListAssets,
         *jobs.JOB_QUERY_TYPES,
+        *pipelines.PIPELINE_QUERY_TYPES,
         *secrets.SECRET_QUERY_TYPES,
         *members.MEMBER_QUERY_TYPES,
     )

@@ -385,6 +385,7 @@ def _submit(state: RunState, command: SubmitResolvedJob) -> list[Event]:
         experiment_name=submit.experiment_name,
         display_name=submit.display_name,
         tags=submit.tags,
+        parent_run_id=submit.parent_run_id,
     )
     return [submitted]
 

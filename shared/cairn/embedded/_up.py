@@ -33,6 +33,7 @@ log = get_logger("cairn.up")
 def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.artifacts import ArtifactsService
     from cairn.services.ingester import IngesterService
+    from cairn.services.pipelines import PipelinesService
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
     from cairn.services.tracking import TrackingService
@@ -43,6 +44,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "artifacts": ArtifactsService,
         "registry": RegistryService,
         "scheduler": SchedulerService,
+        "pipelines": PipelinesService,
     }
 
 

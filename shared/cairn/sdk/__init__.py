@@ -23,6 +23,7 @@ from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
 from cairn.sdk._outbox import replay_spool_dir
+from cairn.sdk._pipelinefile import LoadedPipeline, load_pipeline_file, submit_pipeline
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_GPU_IMAGE,
@@ -48,6 +49,7 @@ __all__ = [
     "Estimator",
     "Experiment",
     "Keyvault",
+    "LoadedPipeline",
     "Model",
     "OfflineRun",
     "PyTorch",
@@ -60,6 +62,8 @@ __all__ = [
     "Workspace",
     "connect",
     "load_job_file",
+    "load_pipeline_file",
     "new_id",
     "replay_spool_dir",
+    "submit_pipeline",
 ]

@@ -46,6 +46,7 @@ __all__ = [
     "InputMode",
     "RunFailedError",
     "ScriptRunConfig",
+    "build_job",
     "follow",
     "print_logs",
     "submit",
@@ -205,15 +206,12 @@ def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | N
     return env.name, env.version, None
 
 
-async def submit(
-    ws: Session,
-    experiment_name: str,
-    config: ScriptRunConfig,
-    *,
-    tags: dict[str, str] | None = None,
-    display_name: str | None = None,
-) -> str:
-    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+async def build_job(
+    ws: Session, config: ScriptRunConfig, *, datastore: str | None = None
+) -> tuple[JobSpec, str | None, int | None]:
+    """The job spec of ``config`` with its snapshot and local inputs uploaded (those to
+    ``datastore``, default the workspace's), and its environment's name and version when it
+    is a registered one."""
     digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
     env_name, env_version, inline = _environment(config.environment)
     inputs: list[JobInput] = []
@@ -226,7 +224,7 @@ async def submit(
             inputs.append(made)
     inputs += config.job_inputs
     for name, (local, mode) in config.local_inputs.items():
-        inputs.append(await _upload_local_input(ws, name, local, mode))
+        inputs.append(await _upload_local_input(ws, name, local, mode, datastore))
     outputs += config.job_outputs
     job = JobSpec(
         command=config.argv(),
@@ -242,6 +240,19 @@ async def submit(
         gpus=config.gpus,
         secrets=config.secrets,
     )
+    return job, env_name, env_version
+
+
+async def submit(
+    ws: Session,
+    experiment_name: str,
+    config: ScriptRunConfig,
+    *,
+    tags: dict[str, str] | None = None,
+    display_name: str | None = None,
+) -> str:
+    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+    job, env_name, env_version = await build_job(ws, config)
     run_id = new_id()
     await ws.experiment_id(experiment_name)  # get-or-create, as start_logging does
     await ws.send(
@@ -260,7 +271,9 @@ async def submit(
     return run_id
 
 
-async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMode) -> JobInput:
+async def _upload_local_input(
+    ws: Session, name: str, local: Path, mode: InputMode, datastore: str | None = None
+) -> JobInput:
     """A local file or folder, uploaded once per content into the default datastore."""
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     base = local.parent if local.is_file() else local
@@ -270,7 +283,7 @@ async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMo
         h.update(await asyncio.to_thread(f.read_bytes))
     folder = f"job-inputs/{h.hexdigest()[:32]}"
     pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
-    store = await ws.default_datastore()
+    store = datastore or await ws.default_datastore()
     await AsyncDatastores(ws).upload(store, pairs)
     path = pairs[0][1] if local.is_file() else folder
     return JobInput(name=name, mode=mode, datastore=store, path=path)

@@ -513,6 +513,12 @@ class Run:
     ) -> dict[str, Any]:
         return self._ws._run(self._core.get_metrics(name))
 
+    @property
+    def parent(self) -> Run | None:
+        """The run this one is a child of (a pipeline step's: the pipeline run), else None."""
+        parent_id = self._ws._run(self._core.details()).get("parent_run_id")
+        return Run(self.experiment, str(parent_id)) if parent_id else None
+
     def get_details(self) -> dict[str, Any]:
         details = self._ws._run(self._core.details())
         details["runId"] = details["run_id"]
