@@ -304,6 +304,15 @@ def _check_component_expressions(doc: dict[str, Any], where: str) -> None:
 def _parse(path: Path) -> tuple[PipelineFile, dict[str, _Step]]:
     doc = _read_yaml(path)
     _check_expressions(doc, "")
+    for key, kind in (("jobs", StepFile), ("outputs", Output)):
+        found = doc.get(key)
+        if isinstance(found, dict):  # each entry alone, so that an error names its key
+            for name, value in found.items():
+                if value is not None or kind is StepFile:
+                    try:
+                        msgspec.convert(value, kind)
+                    except msgspec.ValidationError as exc:
+                        raise _binding_error(exc, f"{key}.{name}") from exc
     try:
         pipeline = msgspec.convert(doc, PipelineFile)
     except msgspec.ValidationError as exc:
