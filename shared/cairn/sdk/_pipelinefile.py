@@ -301,18 +301,26 @@ def _check_component_expressions(doc: dict[str, Any], where: str) -> None:
             raise InvalidBinding.at(f"{where}.{key}", "expressions belong in command only")
 
 
+def _check_entries(doc: dict[str, Any]) -> None:
+    """Each step and pipeline output alone, so that an error names its key (msgspec names a
+    mapping's entry ``[...]``)."""
+    for key, kind in (("jobs", StepFile), ("outputs", Output)):
+        found = doc.get(key)
+        if not isinstance(found, dict):
+            continue
+        for name, value in found.items():
+            if value is None and kind is Output:
+                continue
+            try:
+                msgspec.convert(value, kind)
+            except msgspec.ValidationError as exc:
+                raise _binding_error(exc, f"{key}.{name}") from exc
+
+
 def _parse(path: Path) -> tuple[PipelineFile, dict[str, _Step]]:
     doc = _read_yaml(path)
     _check_expressions(doc, "")
-    for key, kind in (("jobs", StepFile), ("outputs", Output)):
-        found = doc.get(key)
-        if isinstance(found, dict):  # each entry alone, so that an error names its key
-            for name, value in found.items():
-                if value is not None or kind is StepFile:
-                    try:
-                        msgspec.convert(value, kind)
-                    except msgspec.ValidationError as exc:
-                        raise _binding_error(exc, f"{key}.{name}") from exc
+    _check_entries(doc)
     try:
         pipeline = msgspec.convert(doc, PipelineFile)
     except msgspec.ValidationError as exc:
