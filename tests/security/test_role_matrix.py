@@ -32,6 +32,7 @@ from cairn.proto.commands import (
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.proto.pipelines import PipelineSpec, PipelineStep, SubmitPipeline
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.rpc import Client
@@ -82,6 +83,14 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             compute="mx-none",
             job=JobSpec(command=["true"]),
             environment_name="mx-missing",
+        ),
+        "pipeline submission": lambda: SubmitPipeline(
+            command_id=cid(),
+            run_id=cid()[:12],
+            experiment_name="matrix",
+            pipeline=PipelineSpec(
+                steps=[PipelineStep(name="a", compute="mx-none", job=JobSpec(command=["true"]))]
+            ),
         ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
         "compute commands": lambda: CreateCompute(
