@@ -69,6 +69,8 @@ class PipelineStep(Strict, frozen=True, kw_only=True):
     step_inputs: list[StepInput] = msgspec.field(default_factory=list)
     depends_on: list[Id] = msgspec.field(default_factory=list)
     allow_reuse: bool = True
+    #: the tags of the step's run (besides ``pipeline_step``, its name)
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
 
 class PipelineOutput(Strict, frozen=True, kw_only=True):

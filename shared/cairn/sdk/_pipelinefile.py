@@ -83,6 +83,7 @@ UNREAD_PIPELINE_KEYS: dict[str, str] = {
 _PIPELINE_SCHEMA = "pipelineJob.schema.json"
 _COMPONENT_SCHEMA = "commandComponent.schema.json"
 _NO_DESCRIPTION = "only the pipeline's own description is kept (a run property)"
+_COMMENT = "Cairn keeps no component record to hold it: write a YAML comment"
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _COMMAND_REF = re.compile(rf"\$\{{\{{\s*(inputs|outputs)\.({_IDENT})\s*\}}\}}")
@@ -185,6 +186,7 @@ class LoadedStep:
     depends_on: list[str]
     allow_reuse: bool
     display_name: str | None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,7 +292,19 @@ def _component(step: StepFile, base: Path, where: str) -> tuple[ComponentFile | 
     for key in ("code", "command", "environment"):
         if getattr(step, key) is not None:
             raise InvalidBinding.at(f"{where}.{key}", "the component defines it")
+    _refuse_descriptions(component, f"{where}.component")
     return component, path.parent
+
+
+def _refuse_descriptions(component: ComponentFile, where: str) -> None:
+    if component.description is not None:
+        raise refuse(where, "description", _COMMENT)
+    for key, spec in component.inputs.items():
+        if spec.description is not None:
+            raise refuse(f"{where}.inputs.{key}", "description", _COMMENT)
+    for key, out in component.outputs.items():
+        if out.description is not None:
+            raise refuse(f"{where}.outputs.{key}", "description", _COMMENT)
 
 
 def _check_component_expressions(doc: dict[str, Any], where: str) -> None:
@@ -605,6 +619,7 @@ def load_pipeline_file(path: Path) -> LoadedPipeline:
                 depends_on=list(step.file.depends_on),
                 allow_reuse=allow,
                 display_name=display,
+                tags=_component_tags(step.component),
             )
         )
     unbound = sorted(set(pipeline.outputs) - set(promoted))
@@ -614,6 +629,14 @@ def load_pipeline_file(path: Path) -> LoadedPipeline:
     outlines = {s.name: JobSpec(command=["true"], outputs=s.config.job_outputs) for s in loaded}
     check_pipeline(_spec(result, outlines))  # cycles: the rest was checked on the way
     return result
+
+
+def _component_tags(component: ComponentFile | None) -> dict[str, str]:
+    """A component step's run is tagged with the component's name and version."""
+    if component is None or component.name is None:
+        return {}
+    version = f":{component.version}" if component.version is not None else ""
+    return {"component": f"{component.name}{version}"}
 
 
 def _spec(loaded: LoadedPipeline, jobs: dict[str, JobSpec]) -> PipelineSpec:
@@ -627,6 +650,7 @@ def _spec(loaded: LoadedPipeline, jobs: dict[str, JobSpec]) -> PipelineSpec:
             step_inputs=s.step_inputs,
             depends_on=s.depends_on,
             allow_reuse=s.allow_reuse,
+            tags=s.tags,
         )
         for s in loaded.steps
     ]

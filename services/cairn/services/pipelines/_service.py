@@ -546,6 +546,6 @@ def _child_job(
         environment_name=step.environment_name,
         environment_version=step.environment_version,
         display_name=step.display_name or step.name,
-        tags={"pipeline_step": step.name},
+        tags={**step.tags, "pipeline_step": step.name},
         parent_run_id=pid,
     )
