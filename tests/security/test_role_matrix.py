@@ -20,7 +20,14 @@ from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import AlreadyExists, CairnError, PermissionDenied
 from cairn.proto.artifacts import OpenUpload
-from cairn.proto.assets import ComputeSpec, CreateCompute, EnvironmentSpec, RegisterEnvironment
+from cairn.proto.assets import (
+    ComponentSpec,
+    ComputeSpec,
+    CreateCompute,
+    EnvironmentSpec,
+    RegisterComponent,
+    RegisterEnvironment,
+)
 from cairn.proto.commands import (
     Command,
     CreateExperiment,
@@ -83,6 +90,9 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             compute="mx-none",
             job=JobSpec(command=["true"]),
             environment_name="mx-missing",
+        ),
+        "component commands": lambda: RegisterComponent(
+            command_id=cid(), name="mx-component", spec=ComponentSpec(command="echo matrix")
         ),
         "pipeline submission": lambda: SubmitPipeline(
             command_id=cid(),

@@ -65,6 +65,7 @@ def _schema(cls: Any, title: str) -> dict[str, Any]:
 def assets_commands() -> tuple[type[Command], ...]:
     return (
         assets.RegisterEnvironment,
+        assets.RegisterComponent,
         assets.RegisterDatastore,
         assets.CreateCompute,
         assets.DeleteCompute,

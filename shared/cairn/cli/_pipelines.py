@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import emit, run, show, with_workspace
+from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
@@ -87,11 +87,13 @@ async def follow_pipeline(ws: AsyncWorkspace, run_id: str, *, quiet: bool) -> di
 
 
 def create_pipeline(path: Path, stream: bool, as_json: bool) -> None:
-    from cairn.sdk import load_pipeline_file, submit_pipeline
+    from cairn.sdk import load_pipeline_file, lookup_components, submit_pipeline
 
-    loaded = load_pipeline_file(path)
+    if not _names_registered(path):  # checked before connecting
+        load_pipeline_file(path)
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
+        loaded = load_pipeline_file(path, await lookup_components(ws, path))
         sent = await submit_pipeline(ws, loaded)
         if not stream:
             return {"run_id": sent.run_id, "status": "Running"}
@@ -112,6 +114,17 @@ def create_pipeline(path: Path, stream: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _names_registered(path: Path) -> bool:
+    """Whether a step names a registered component (checked once they are looked up)."""
+    import yaml
+
+    from cairn.sdk import registered_reference
+
+    jobs = (yaml.safe_load(path.read_text()) or {}).get("jobs") or {}
+    refs = [s.get("component") for s in jobs.values() if isinstance(s, dict)]
+    return any(isinstance(r, str) and registered_reference(r) is not None for r in refs)
+
+
 def show_pipeline(details: dict[str, Any], pipeline: dict[str, Any], as_json: bool) -> None:
     if as_json:
         emit({**details, "pipeline": pipeline}, True, [])
@@ -119,3 +132,78 @@ def show_pipeline(details: dict[str, Any], pipeline: dict[str, Any], as_json: bo
     show({**details, "steps": len(pipeline["steps"])}, False)
     click.echo("")
     emit(pipeline["steps"], False, STEP_COLUMNS)
+
+
+@cli.group()
+def component() -> None:
+    """Components: create (from a command component YAML file), list, show.
+
+    A registered component is a step a pipeline names (component: azureml:train:1, or
+    train@latest): its command, code, environment and typed inputs and outputs. Each
+    registration of a name with a changed definition adds a version.
+
+    \b
+    Examples:
+      cairn component create --file train.yml
+      cairn component show train --version 2
+    """
+
+
+@component.command("create")
+@click.option(
+    "--file",
+    "-f",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="the command component's YAML file",
+)
+@click.option("--name", default=None, help="register under this name (default: the file's)")
+@json_option
+def component_create(path: Path, name: str | None, as_json: bool) -> None:
+    """Register a command component from a YAML file.
+
+    Uploads its code and registers it as the next version of its name; prints name:version.
+
+    \b
+    Example:
+      cairn component create --file train.yml
+    """
+    from cairn.sdk import register_component_file
+
+    record = run(with_workspace(lambda ws: register_component_file(ws, path, name)))
+    if as_json:
+        emit(record, True, [])
+    else:
+        click.echo(f"{record['name']}:{record['version']}")
+
+
+@component.command("list")
+@json_option
+def component_list(as_json: bool) -> None:
+    """List components: the latest version of each.
+
+    \b
+    Example:
+      cairn component list
+    """
+    rows = run(with_workspace(lambda ws: ws.assets.list("component")))
+    emit(rows, as_json, [("name", "NAME"), ("version", "VERSION"), ("description", "DESCRIPTION")])
+
+
+@component.command("show")
+@click.argument("name")
+@click.option("--version", type=int, default=None, help="this version (default: the latest)")
+@json_option
+def component_show(name: str, version: int | None, as_json: bool) -> None:
+    """Show one component version with its definition.
+
+    Version --version (default: the latest) of component NAME: its command, inputs,
+    outputs, environment and code snapshot.
+
+    \b
+    Example:
+      cairn component show train --json
+    """
+    found = run(with_workspace(lambda ws: ws.assets.get("component", name, version)))
+    show(found, as_json)

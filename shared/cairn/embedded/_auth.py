@@ -100,6 +100,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "dataset.>",
         "job.submit",
         "pipeline.>",
+        "component.>",
         "secret.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),

@@ -23,7 +23,14 @@ from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
 from cairn.sdk._outbox import replay_spool_dir
-from cairn.sdk._pipelinefile import LoadedPipeline, load_pipeline_file, submit_pipeline
+from cairn.sdk._pipelinefile import (
+    LoadedPipeline,
+    load_pipeline_file,
+    lookup_components,
+    register_component_file,
+    registered_reference,
+    submit_pipeline,
+)
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_GPU_IMAGE,
@@ -63,7 +70,10 @@ __all__ = [
     "connect",
     "load_job_file",
     "load_pipeline_file",
+    "lookup_components",
     "new_id",
+    "register_component_file",
+    "registered_reference",
     "replay_spool_dir",
     "submit_pipeline",
 ]

@@ -50,6 +50,7 @@ __all__ = [
     "follow",
     "print_logs",
     "submit",
+    "upload_code",
     "upload_snapshot",
 ]
 
@@ -153,6 +154,9 @@ class ScriptRunConfig:
         self.job_outputs: list[JobOutput] = []
         #: local files or folders uploaded to the default datastore as inputs: name -> (path, mode)
         self.local_inputs: dict[str, tuple[Path, InputMode]] = {}
+        #: a snapshot uploaded before (digest, staging area), used instead of
+        #: ``source_directory`` (a registered component's code)
+        self.snapshot: tuple[str, str] | None = None
 
     def argv(self) -> list[str]:
         if self.script is not None:
@@ -197,6 +201,12 @@ async def upload_snapshot(
     return digest, area
 
 
+async def upload_code(ws: Session, source: Path) -> tuple[str, str]:
+    """``source`` archived and uploaded once per content (a registered component's code);
+    returns the digest and the staging area."""
+    return await upload_snapshot(ws.client, source, ws.snapshots)
+
+
 def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | None, Any]:
     """The environment's name and version (registered) or its spec (inline)."""
     if env is None or isinstance(env, str):
@@ -212,7 +222,10 @@ async def build_job(
     """The job spec of ``config`` with its snapshot and local inputs uploaded (those to
     ``datastore``, default the workspace's), and its environment's name and version when it
     is a registered one."""
-    digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
+    if config.snapshot is not None:
+        digest, area = config.snapshot
+    else:
+        digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
     env_name, env_version, inline = _environment(config.environment)
     inputs: list[JobInput] = []
     outputs: list[JobOutput] = []

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,8 @@ import msgspec
 import yaml
 
 from cairn.domain.pipeline import check_pipeline
-from cairn.errors import InvalidBinding, InvalidInput
+from cairn.errors import InvalidBinding, InvalidInput, NotFound
+from cairn.proto.assets import ComponentPort, ComponentSpec
 from cairn.proto.jobs import JobInput, JobOutput, JobSpec
 from cairn.proto.pipelines import (
     PipelineOutput,
@@ -52,6 +54,8 @@ from cairn.proto.pipelines import (
     StepInput,
     SubmitPipeline,
 )
+from cairn.sdk._assets import Environment
+from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._jobfile import (
     DataInput,
     InlineEnvironment,
@@ -62,7 +66,8 @@ from cairn.sdk._jobfile import (
     _environment,
     _strip_prefix,
 )
-from cairn.sdk._jobs import InputMode, ScriptRunConfig, build_job
+from cairn.sdk._jobs import InputMode, ScriptRunConfig, build_job, upload_code
+from cairn.sdk._jobs import _environment as _job_environment
 from cairn.sdk._refusals import refuse
 from cairn.sdk._session import Session, new_id
 
@@ -70,7 +75,12 @@ __all__ = [
     "UNREAD_PIPELINE_KEYS",
     "LoadedPipeline",
     "PipelineFile",
+    "Registered",
+    "load_component_file",
     "load_pipeline_file",
+    "lookup_components",
+    "register_component_file",
+    "registered_reference",
     "submit_pipeline",
 ]
 
@@ -91,6 +101,9 @@ _PARENT_INPUT = re.compile(rf"^\$\{{\{{\s*parent\.inputs\.({_IDENT})\s*\}}\}}$")
 _PARENT_OUTPUT = re.compile(rf"^\$\{{\{{\s*parent\.outputs\.({_IDENT})\s*\}}\}}$")
 _STEP_OUTPUT = re.compile(rf"^\$\{{\{{\s*parent\.jobs\.({_IDENT})\.outputs\.({_IDENT})\s*\}}\}}$")
 _EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
+_REGISTERED = re.compile(
+    r"^(?:azureml:|cairn:)?([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+|latest)|@(latest))$"
+)
 
 _DATA_TYPES = ("uri_folder", "uri_file", "custom_model", "mlflow_model", "triton_model")
 _LITERAL_TYPES = ("string", "integer", "number", "boolean")
@@ -174,6 +187,18 @@ class PipelineFile(
     outputs: dict[str, Output | None] = msgspec.field(default_factory=dict)
     jobs: dict[str, StepFile]
     name: str | None = None
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered component as a pipeline step uses it: its definition in the shape of a
+    component file, and its code's snapshot (uploaded when it was registered)."""
+
+    name: str
+    version: int
+    file: ComponentFile
+    snapshot: tuple[str, str] | None
+    environment: str | Environment | None
 
 
 @dataclass
@@ -265,21 +290,41 @@ class _Step:
     component: ComponentFile | None
     base: Path  # the folder code paths are relative to
     root: Path  # the pipeline file's folder: local input paths are relative to it
+    registered: Registered | None = None
     output_types: dict[str, str] = field(default_factory=dict)
 
 
-def _component(step: StepFile, base: Path, where: str) -> tuple[ComponentFile | None, Path]:
+def registered_reference(ref: str) -> tuple[str, int | None] | None:
+    """``(name, version)`` of a registered component's reference (``azureml:train:1``,
+    ``azureml:train@latest``, ``train:2``, ``train@latest``; version None: the latest), or
+    None for a file path."""
+    m = _REGISTERED.match(ref)
+    if m is None or ref.endswith((".yml", ".yaml")):
+        return None
+    version = m.group(2)
+    return m.group(1), None if version in (None, "latest") else int(version)
+
+
+def _component(
+    step: StepFile, base: Path, where: str, registered: Mapping[str, Registered]
+) -> tuple[ComponentFile | None, Path]:
     if step.component is None:
         for key in ("command",):
             if getattr(step, key) is None:
                 raise InvalidBinding.at(f"{where}.{key}", "a step needs a command or a component")
         return None, base
-    if step.component.startswith(("azureml:", "cairn:")) or "@" in step.component:
-        raise refuse(
-            f"{where}.component",
-            "registry reference",
-            "components are local YAML files here (component: ./train.yml)",
-        )
+    ref = registered_reference(step.component)
+    if ref is not None:
+        if step.component not in registered:
+            raise InvalidBinding.at(
+                f"{where}.component",
+                f"registered component {step.component!r} was not looked up (load the file"
+                " with lookup_components' answer)",
+            )
+        for key in ("code", "command", "environment"):
+            if getattr(step, key) is not None:
+                raise InvalidBinding.at(f"{where}.{key}", "the component defines it")
+        return registered[step.component].file, base
     path = (base / step.component).resolve()
     doc = _read_yaml(path)
     _check_component_expressions(doc, f"{where}.component")
@@ -331,7 +376,9 @@ def _check_entries(doc: dict[str, Any]) -> None:
                 raise _binding_error(exc, f"{key}.{name}") from exc
 
 
-def _parse(path: Path) -> tuple[PipelineFile, dict[str, _Step]]:
+def _parse(
+    path: Path, registered: Mapping[str, Registered]
+) -> tuple[PipelineFile, dict[str, _Step]]:
     doc = _read_yaml(path)
     _check_expressions(doc, "")
     _check_entries(doc)
@@ -354,8 +401,10 @@ def _parse(path: Path) -> tuple[PipelineFile, dict[str, _Step]]:
             raise refuse(where, "name", "a step is named by its key under jobs")
         if step.description is not None:
             raise refuse(where, "description", _NO_DESCRIPTION)
-        component, base = _component(step, path.parent, where)
+        component, base = _component(step, path.parent, where, registered)
         steps[name] = _Step(name, where, step, component, base, path.parent)
+        if step.component is not None and step.component in registered:
+            steps[name].registered = registered[step.component]
     for s in steps.values():
         s.output_types = _output_types(s)
     return pipeline, steps
@@ -566,6 +615,9 @@ def _config(
         max_run_duration_seconds=file.limits.timeout if file.limits else None,
         environment_variables={k: str(v) for k, v in variables.items()},
     )
+    if step.registered is not None:  # its code and environment as they were registered
+        config.snapshot = step.registered.snapshot
+        config.environment = step.registered.environment
     store = pipeline.settings.default_datastore
     config.job_inputs = data_inputs
     config.job_outputs = [
@@ -578,9 +630,12 @@ def _config(
     return config
 
 
-def load_pipeline_file(path: Path) -> LoadedPipeline:
-    """Read and check a pipeline job file (nothing is uploaded or sent)."""
-    pipeline, steps = _parse(path)
+def load_pipeline_file(
+    path: Path, registered: Mapping[str, Registered] | None = None
+) -> LoadedPipeline:
+    """Read and check a pipeline job file (nothing is uploaded or sent); ``registered``: the
+    registered components it names, as :func:`lookup_components` found them."""
+    pipeline, steps = _parse(path, registered or {})
     for key, value in pipeline.inputs.items():
         if not isinstance(value, (str, int, float, bool, dict)):
             raise InvalidBinding.at(f"inputs.{key}", "a literal or a data input")
@@ -629,6 +684,108 @@ def load_pipeline_file(path: Path) -> LoadedPipeline:
     outlines = {s.name: JobSpec(command=["true"], outputs=s.config.job_outputs) for s in loaded}
     check_pipeline(_spec(result, outlines))  # cycles: the rest was checked on the way
     return result
+
+
+async def lookup_components(ws: Session, path: Path) -> dict[str, Registered]:
+    """The registered components the pipeline file's steps name (``component:
+    azureml:train:1``), looked up in the workspace."""
+    doc = _read_yaml(path)
+    jobs = doc.get("jobs")
+    found: dict[str, Registered] = {}
+    for name, step in (jobs if isinstance(jobs, dict) else {}).items():
+        ref = step.get("component") if isinstance(step, dict) else None
+        parsed = registered_reference(ref) if isinstance(ref, str) else None
+        if parsed is None or ref in found:
+            continue
+        assert isinstance(ref, str)
+        try:
+            record = await AsyncAssets(ws).get("component", parsed[0], parsed[1])
+        except NotFound as exc:
+            raise InvalidBinding.at(f"jobs.{name}.component", exc.message) from exc
+        spec = msgspec.convert(record["spec"], ComponentSpec)
+        found[ref] = _registered(record["name"], int(record["version"]), spec)
+    return found
+
+
+def _registered(name: str, version: int, spec: ComponentSpec) -> Registered:
+    ports = {
+        k: {"type": p.type, "default": p.default, "optional": p.optional}
+        for k, p in spec.inputs.items()
+    }
+    file = msgspec.convert(
+        {
+            "command": spec.command,
+            "name": name,
+            "version": version,
+            "display_name": spec.display_name,
+            "inputs": ports,
+            "outputs": {k: {"type": p.type} for k, p in spec.outputs.items()},
+            "environment_variables": dict(spec.env_vars),
+            "is_deterministic": spec.is_deterministic,
+        },
+        ComponentFile,
+    )
+    environment: str | Environment | None = None
+    if spec.environment_name is not None:
+        environment = spec.environment_name
+        if spec.environment_version is not None:
+            environment = Environment(spec.environment_name)
+            environment.version = spec.environment_version
+    elif spec.environment is not None:
+        environment = Environment._from(
+            {"name": "inline", "version": None, "spec": msgspec.to_builtins(spec.environment)}
+        )
+    snapshot = (spec.snapshot, spec.snapshot_area) if spec.snapshot and spec.snapshot_area else None
+    return Registered(name, version, file, snapshot, environment)
+
+
+def load_component_file(path: Path) -> ComponentFile:
+    """Read and check a command component file."""
+    doc = _read_yaml(path)
+    _check_component_expressions(doc, "")
+    try:
+        component = msgspec.convert(doc, ComponentFile)
+    except msgspec.ValidationError as exc:
+        raise _binding_error(exc) from exc
+    if component.schema is not None and not component.schema.endswith(_COMPONENT_SCHEMA):
+        raise InvalidBinding.at("$schema", "is not a command component's")
+    _refuse_descriptions(component, str(path))
+    return component
+
+
+async def register_component_file(
+    ws: Session, path: Path, name: str | None = None
+) -> dict[str, Any]:
+    """Register the component file at ``path`` (its code uploaded) as the next version of
+    component ``name`` (default: the file's ``name``); returns the record. The file's
+    ``version`` is refused: the registry numbers versions, as for environments."""
+    component = load_component_file(path)
+    name = name or component.name
+    if not name:
+        raise InvalidBinding.at("name", "a component to register needs a name")
+    if component.version is not None:
+        raise refuse(str(path), "version", "the registry numbers versions, as for environments")
+    base = path.resolve().parent
+    digest, area = await upload_code(ws, base / component.code)
+    env = _environment(component.environment, base)
+    env_name, env_version, inline = _job_environment(env)
+    spec = ComponentSpec(
+        command=component.command,
+        snapshot=digest,
+        snapshot_area=area,
+        environment_name=env_name,
+        environment_version=env_version,
+        environment=inline.spec if inline is not None else None,
+        inputs={
+            k: ComponentPort(type=v.type, default=v.default, optional=v.optional)
+            for k, v in component.inputs.items()
+        },
+        outputs={k: ComponentPort(type=v.type) for k, v in component.outputs.items()},
+        env_vars={k: str(v) for k, v in component.environment_variables.items()},
+        display_name=component.display_name,
+        is_deterministic=component.is_deterministic,
+    )
+    return await AsyncAssets(ws).register_component(name, spec)
 
 
 def _component_tags(component: ComponentFile | None) -> dict[str, str]:
