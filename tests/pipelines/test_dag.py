@@ -7,8 +7,15 @@ import asyncio
 from datetime import datetime
 from pathlib import Path
 
+import msgspec
+
+from cairn.bus import EventStore
+from cairn.proto import subjects
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
+from cairn.service import run_services
+from cairn.services.pipelines import PipelinesService
+from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.pipelines.helpers import submit, wait_pipeline, write_pipeline
 
@@ -58,7 +65,7 @@ async def test_a_diamond_runs_its_middle_steps_at_once_on_two_agents(
 ) -> None:
     await agents.start(slots=1)
     await agents.start(slots=1)
-    sent = await submit(ws, write_pipeline(tmp_path, DIAMOND))
+    sent = await submit(ws, write_pipeline(tmp_path / "p", DIAMOND))
     done = await wait_pipeline(ws, sent.run_id)
     assert done["status"] == "Completed", done
     steps = {s["step"]: s for s in done["steps"]}
@@ -86,7 +93,7 @@ async def test_a_failed_step_fails_the_pipeline_and_its_downstream_never_starts(
     client: Client, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
 ) -> None:
     await agents.start(slots=2)
-    sent = await submit(ws, write_pipeline(tmp_path, pipeline(FAILING)))
+    sent = await submit(ws, write_pipeline(tmp_path / "p", pipeline(FAILING)))
     done = await wait_pipeline(ws, sent.run_id)
     steps = {s["step"]: s for s in done["steps"]}
     assert done["status"] == "Failed" and "bad: Failed" in done["error"]
@@ -106,7 +113,7 @@ async def test_continue_on_step_failure_completes_the_independent_branch(
 ) -> None:
     await agents.start(slots=2)
     text = pipeline(FAILING, settings="  continue_on_step_failure: true\n")
-    sent = await submit(ws, write_pipeline(tmp_path, text))
+    sent = await submit(ws, write_pipeline(tmp_path / "p", text))
     done = await wait_pipeline(ws, sent.run_id)
     steps = {s["step"]: s["status"] for s in done["steps"]}
     assert done["status"] == "Failed"
@@ -118,7 +125,7 @@ async def test_cancelling_the_pipeline_cancels_its_running_steps(
 ) -> None:
     await agents.start(slots=2)
     text = pipeline({"slow": ("sleep 60", OUT), "next": ("echo next", reads("slow"))})
-    sent = await submit(ws, write_pipeline(tmp_path, text))
+    sent = await submit(ws, write_pipeline(tmp_path / "p", text))
     async with asyncio.timeout(30):
         while True:
             steps = {s["step"]: s for s in (await ws.run(sent.run_id).pipeline())["steps"]}
@@ -133,3 +140,33 @@ async def test_cancelling_the_pipeline_cancels_its_running_steps(
     assert done["status"] == "Canceled"
     assert steps == {"slow": "Canceled", "next": "Skipped"}
     assert (await ws.run(slow).details())["status"] == "Canceled"
+
+
+async def test_two_orchestrators_start_each_step_once(
+    client: Client,
+    ws: AsyncWorkspace,
+    agents: Agents,
+    service_settings: Settings,
+    store: EventStore,
+    tmp_path: Path,
+) -> None:
+    """A second replica beside the stack's own: both reconcile the same pipelines."""
+    settings = msgspec.structs.replace(service_settings, state_dir=str(tmp_path / "replica"))
+    stop, ready = asyncio.Event(), asyncio.Event()
+    replica = asyncio.create_task(
+        run_services(settings, [PipelinesService], stop=stop, ready=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 15)
+        await agents.start(slots=2)
+        sent = [await submit(ws, write_pipeline(tmp_path / "p", DIAMOND)) for _ in range(3)]
+        done = [await wait_pipeline(ws, s.run_id) for s in sent]
+    finally:
+        stop.set()
+        await replica
+    assert [d["status"] for d in done] == ["Completed"] * 3
+    for pipeline in done:
+        for step in pipeline["steps"]:
+            history = await store.read(subjects.event(client.workspace, "run", step["run_id"]))
+            kinds = [type(r.envelope.data).__name__ for r in history]
+            assert kinds.count("RunSubmitted") == 1 and kinds.count("RunAssigned") == 1, kinds
