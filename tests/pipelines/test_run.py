@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cairn.proto.assets import DatastoreSpec
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from tests.conftest import Agents
@@ -29,3 +30,35 @@ async def test_two_steps_bound_by_an_output(
     for name in ("prep", "train"):
         child = await ws.run(steps[name]["run_id"]).details()
         assert child["parent_run_id"] == sent.run_id
+
+
+PROMOTED = """\
+type: pipeline
+experiment_name: pipes
+settings: {default_compute: local}
+inputs:
+  greeting: hello
+outputs:
+  report:
+    type: uri_folder
+    path: azureml://datastores/lake/paths/reports
+jobs:
+  write:
+    command: echo ${{inputs.word}} > ${{outputs.out}}/report.txt
+    inputs: {word: '${{parent.inputs.greeting}}'}
+    outputs: {out: '${{parent.outputs.report}}'}
+"""
+
+
+async def test_a_pipeline_output_takes_its_declared_path(
+    client: Client, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    await ws.assets.register_datastore("lake", DatastoreSpec(kind="local", path=str(lake)), None)
+    await agents.start()
+    sent = await submit(ws, write_pipeline(tmp_path / "p", PROMOTED))
+    done = await wait_pipeline(ws, sent.run_id)
+    assert done["status"] == "Completed", done
+    assert done["outputs"] == [{"name": "report", "step": "write", "output": "out"}]
+    assert (lake / "reports" / "report.txt").read_text().strip() == "hello"

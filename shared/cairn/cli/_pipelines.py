@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
+from cairn.errors import Unavailable
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
@@ -66,7 +67,11 @@ async def follow_pipeline(ws: AsyncWorkspace, run_id: str, *, quiet: bool) -> di
     pipeline_run = ws.run(run_id)
     shown: dict[str, str] = {}
     while True:
-        found = await pipeline_run.pipeline()
+        try:
+            found = await pipeline_run.pipeline()
+        except Unavailable:  # the orchestrator is restarting: the pipeline goes on
+            await asyncio.sleep(1.0)
+            continue
         for step in found["steps"]:
             if shown.get(step["step"]) == step["status"]:
                 continue
