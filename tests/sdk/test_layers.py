@@ -23,6 +23,7 @@ FACADE = {
     "_datasets",
     "_jobfile",
     "_pipelinefile",
+    "_components",
     "_keyvault",
     "_compute",
     "_runconfig",

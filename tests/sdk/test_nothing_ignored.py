@@ -251,22 +251,21 @@ _PIPELINE_HELD_AS = {
 
 
 def test_every_pipeline_file_key_is_read_or_refused() -> None:
-    from cairn.sdk import _pipelinefile
+    from cairn.sdk import _components, _pipelinefile
 
     read: set[tuple[str, str]] = set()
-    for path in (
-        ROOT / "shared/cairn/sdk/_pipelinefile.py",
-        ROOT / "shared/cairn/cli/_pipelines.py",
-    ):
+    sources = ("sdk/_pipelinefile.py", "sdk/_components.py", "cli/_pipelines.py")
+    for path in (ROOT / "shared/cairn" / name for name in sources):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
                 read.add((ast.unparse(node.value), node.attr))
     structs = [
         obj
-        for obj in vars(_pipelinefile).values()
+        for module in (_pipelinefile, _components)
+        for obj in vars(module).values()
         if isinstance(obj, type)
         and issubclass(obj, msgspec.Struct)
-        and obj.__module__ == _pipelinefile.__name__
+        and obj.__module__ == module.__name__
     ]
     assert {s.__name__ for s in structs} == set(_PIPELINE_HELD_AS)
     found = []

@@ -41,11 +41,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
 from cairn.domain.pipeline import check_pipeline
-from cairn.errors import InvalidBinding, InvalidInput, NotFound
-from cairn.proto.assets import ComponentPort, ComponentSpec
+from cairn.errors import InvalidBinding
 from cairn.proto.jobs import JobInput, JobOutput, JobSpec
 from cairn.proto.pipelines import (
     PipelineOutput,
@@ -54,8 +52,20 @@ from cairn.proto.pipelines import (
     StepInput,
     SubmitPipeline,
 )
-from cairn.sdk._assets import Environment
-from cairn.sdk._async_assets import AsyncAssets
+from cairn.sdk._components import (
+    COMMAND_REF,
+    ComponentFile,
+    Registered,
+    binding_error,
+    check_component_expressions,
+    component_tags,
+    load_component_file,
+    lookup_components,
+    read_yaml,
+    refuse_descriptions,
+    register_component_file,
+    registered_reference,
+)
 from cairn.sdk._jobfile import (
     DataInput,
     InlineEnvironment,
@@ -66,8 +76,7 @@ from cairn.sdk._jobfile import (
     _environment,
     _strip_prefix,
 )
-from cairn.sdk._jobs import InputMode, ScriptRunConfig, build_job, upload_code
-from cairn.sdk._jobs import _environment as _job_environment
+from cairn.sdk._jobs import InputMode, ScriptRunConfig, build_job
 from cairn.sdk._refusals import refuse
 from cairn.sdk._session import Session, new_id
 
@@ -93,17 +102,12 @@ UNREAD_PIPELINE_KEYS: dict[str, str] = {
 _PIPELINE_SCHEMA = "pipelineJob.schema.json"
 _COMPONENT_SCHEMA = "commandComponent.schema.json"
 _NO_DESCRIPTION = "only the pipeline's own description is kept (a run property)"
-_COMMENT = "Cairn keeps no component record to hold it: write a YAML comment"
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_COMMAND_REF = re.compile(rf"\$\{{\{{\s*(inputs|outputs)\.({_IDENT})\s*\}}\}}")
 _PARENT_INPUT = re.compile(rf"^\$\{{\{{\s*parent\.inputs\.({_IDENT})\s*\}}\}}$")
 _PARENT_OUTPUT = re.compile(rf"^\$\{{\{{\s*parent\.outputs\.({_IDENT})\s*\}}\}}$")
 _STEP_OUTPUT = re.compile(rf"^\$\{{\{{\s*parent\.jobs\.({_IDENT})\.outputs\.({_IDENT})\s*\}}\}}$")
 _EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
-_REGISTERED = re.compile(
-    r"^(?:azureml:|cairn:)?([A-Za-z0-9_][A-Za-z0-9_.-]*)(?::(\d+|latest)|@(latest))$"
-)
 
 _DATA_TYPES = ("uri_folder", "uri_file", "custom_model", "mlflow_model", "triton_model")
 _LITERAL_TYPES = ("string", "integer", "number", "boolean")
@@ -134,45 +138,6 @@ class StepFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str | None = None
 
 
-class ComponentInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    type: Literal[
-        "string",
-        "integer",
-        "number",
-        "boolean",
-        "uri_folder",
-        "uri_file",
-        "custom_model",
-        "mlflow_model",
-    ]
-    default: str | int | float | bool | None = None
-    optional: bool = False
-    description: str | None = None
-
-
-class ComponentOutput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    type: Literal["uri_folder", "custom_model", "mlflow_model", "triton_model"] = "uri_folder"
-    description: str | None = None
-
-
-class ComponentFile(
-    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"schema": "$schema"}
-):
-    schema: str | None = None
-    type: Literal["command"] = "command"
-    name: str | None = None
-    version: str | int | None = None
-    display_name: str | None = None
-    description: str | None = None
-    code: str = "."
-    command: str
-    environment: str | InlineEnvironment | None = None
-    inputs: dict[str, ComponentInput] = msgspec.field(default_factory=dict)
-    outputs: dict[str, ComponentOutput] = msgspec.field(default_factory=dict)
-    environment_variables: dict[str, str | int | float] = msgspec.field(default_factory=dict)
-    is_deterministic: bool = True
-
-
 class PipelineFile(
     msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"schema": "$schema"}
 ):
@@ -187,18 +152,6 @@ class PipelineFile(
     outputs: dict[str, Output | None] = msgspec.field(default_factory=dict)
     jobs: dict[str, StepFile]
     name: str | None = None
-
-
-@dataclass(frozen=True)
-class Registered:
-    """A registered component as a pipeline step uses it: its definition in the shape of a
-    component file, and its code's snapshot (uploaded when it was registered)."""
-
-    name: str
-    version: int
-    file: ComponentFile
-    snapshot: tuple[str, str] | None
-    environment: str | Environment | None
 
 
 @dataclass
@@ -221,30 +174,6 @@ class LoadedPipeline:
     outputs: list[PipelineOutput] = field(default_factory=list)
 
 
-def _binding_error(exc: msgspec.ValidationError, prefix: str = "") -> InvalidBinding:
-    """msgspec's ``... - at `$.jobs.a` `` as ``jobs.a.<key>: ...``."""
-    text = str(exc)
-    found = re.search(r"^(.*?)(?: - at `\$(.*)`)?$", text)
-    message, where = (found.group(1), found.group(2) or "") if found else (text, "")
-    where = re.sub(r"\[(\d+)\]", r"[\1]", where).lstrip(".")
-    unknown = re.match(r"Object contains unknown field `(.+)`", message)
-    if unknown:
-        where = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
-        message = "unknown key"
-    path = ".".join(p for p in (prefix, where) if p) or "(top)"
-    return InvalidBinding.at(path, message)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"{path}: a job file is a mapping of keys")
-    return doc
-
-
 def _check_expressions(node: Any, where: str) -> None:
     """Expressions only where they mean something: ``${{inputs.x}}``/``${{outputs.x}}`` in a
     step's command, bindings as a step's input or output value (or a data input's path)."""
@@ -259,7 +188,7 @@ def _check_expressions(node: Any, where: str) -> None:
         in_command = len(parts) == 3 and parts[0] == "jobs" and parts[2] == "command"
         bound = len(parts) in (4, 5) and parts[0] == "jobs" and parts[2] in ("inputs", "outputs")
         if in_command:
-            rest = _COMMAND_REF.sub("", node)
+            rest = COMMAND_REF.sub("", node)
         elif bound and (len(parts) == 4 or parts[4] == "path"):
             ok = _PARENT_INPUT, _PARENT_OUTPUT, _STEP_OUTPUT
             rest = "" if any(r.match(node.strip()) for r in ok) else node
@@ -294,17 +223,6 @@ class _Step:
     output_types: dict[str, str] = field(default_factory=dict)
 
 
-def registered_reference(ref: str) -> tuple[str, int | None] | None:
-    """``(name, version)`` of a registered component's reference (``azureml:train:1``,
-    ``azureml:train@latest``, ``train:2``, ``train@latest``; version None: the latest), or
-    None for a file path."""
-    m = _REGISTERED.match(ref)
-    if m is None or ref.endswith((".yml", ".yaml")):
-        return None
-    version = m.group(2)
-    return m.group(1), None if version in (None, "latest") else int(version)
-
-
 def _component(
     step: StepFile, base: Path, where: str, registered: Mapping[str, Registered]
 ) -> tuple[ComponentFile | None, Path]:
@@ -326,38 +244,19 @@ def _component(
                 raise InvalidBinding.at(f"{where}.{key}", "the component defines it")
         return registered[step.component].file, base
     path = (base / step.component).resolve()
-    doc = _read_yaml(path)
-    _check_component_expressions(doc, f"{where}.component")
+    doc = read_yaml(path)
+    check_component_expressions(doc, f"{where}.component")
     try:
         component = msgspec.convert(doc, ComponentFile)
     except msgspec.ValidationError as exc:
-        raise _binding_error(exc, f"{where}.component") from exc
+        raise binding_error(exc, f"{where}.component") from exc
     if component.schema is not None and not component.schema.endswith(_COMPONENT_SCHEMA):
         raise InvalidBinding.at(f"{where}.component", "$schema is not a command component's")
     for key in ("code", "command", "environment"):
         if getattr(step, key) is not None:
             raise InvalidBinding.at(f"{where}.{key}", "the component defines it")
-    _refuse_descriptions(component, f"{where}.component")
+    refuse_descriptions(component, f"{where}.component")
     return component, path.parent
-
-
-def _refuse_descriptions(component: ComponentFile, where: str) -> None:
-    if component.description is not None:
-        raise refuse(where, "description", _COMMENT)
-    for key, spec in component.inputs.items():
-        if spec.description is not None:
-            raise refuse(f"{where}.inputs.{key}", "description", _COMMENT)
-    for key, out in component.outputs.items():
-        if out.description is not None:
-            raise refuse(f"{where}.outputs.{key}", "description", _COMMENT)
-
-
-def _check_component_expressions(doc: dict[str, Any], where: str) -> None:
-    for key, value in doc.items():
-        text = value if isinstance(value, str) else ""
-        rest = _COMMAND_REF.sub("", text) if key == "command" else text
-        if "${{" in rest:
-            raise InvalidBinding.at(f"{where}.{key}", "expressions belong in command only")
 
 
 def _check_entries(doc: dict[str, Any]) -> None:
@@ -373,19 +272,19 @@ def _check_entries(doc: dict[str, Any]) -> None:
             try:
                 msgspec.convert(value, kind)
             except msgspec.ValidationError as exc:
-                raise _binding_error(exc, f"{key}.{name}") from exc
+                raise binding_error(exc, f"{key}.{name}") from exc
 
 
 def _parse(
     path: Path, registered: Mapping[str, Registered]
 ) -> tuple[PipelineFile, dict[str, _Step]]:
-    doc = _read_yaml(path)
+    doc = read_yaml(path)
     _check_expressions(doc, "")
     _check_entries(doc)
     try:
         pipeline = msgspec.convert(doc, PipelineFile)
     except msgspec.ValidationError as exc:
-        raise _binding_error(exc) from exc
+        raise binding_error(exc) from exc
     if pipeline.schema is not None and not pipeline.schema.endswith(_PIPELINE_SCHEMA):
         raise InvalidBinding.at("$schema", f"{pipeline.schema!r} is not a pipeline job's schema")
     if pipeline.name is not None:
@@ -460,7 +359,7 @@ def _source(pipeline: PipelineFile, steps: dict[str, _Step], where: str, value: 
         try:
             data = msgspec.convert(value, DataInput)
         except msgspec.ValidationError as exc:
-            raise _binding_error(exc, where) from exc
+            raise binding_error(exc, where) from exc
         return _Source(data=data, declared=data.type, mode=data.mode)
     if isinstance(value, (str, int, float, bool)):
         return _Source(literal=value)
@@ -542,7 +441,7 @@ def _command(step: _Step, sources: dict[str, _Source], outputs: set[str]) -> str
             return match.group(0)
         return shlex.quote(_literal(literal))
 
-    return _COMMAND_REF.sub(sub, command)
+    return COMMAND_REF.sub(sub, command)
 
 
 def _step_outputs(
@@ -573,7 +472,7 @@ def _step_outputs(
             try:
                 item = msgspec.convert(value, Output)
             except msgspec.ValidationError as exc:
-                raise _binding_error(exc, where) from exc
+                raise binding_error(exc, where) from exc
         if item is None:
             item = msgspec.convert({"type": kind}, Output)
         elif item.type != kind and step.component is not None:
@@ -674,7 +573,7 @@ def load_pipeline_file(
                 depends_on=list(step.file.depends_on),
                 allow_reuse=allow,
                 display_name=display,
-                tags=_component_tags(step.component),
+                tags=component_tags(step.component),
             )
         )
     unbound = sorted(set(pipeline.outputs) - set(promoted))
@@ -684,116 +583,6 @@ def load_pipeline_file(
     outlines = {s.name: JobSpec(command=["true"], outputs=s.config.job_outputs) for s in loaded}
     check_pipeline(_spec(result, outlines))  # cycles: the rest was checked on the way
     return result
-
-
-async def lookup_components(ws: Session, path: Path) -> dict[str, Registered]:
-    """The registered components the pipeline file's steps name (``component:
-    azureml:train:1``), looked up in the workspace."""
-    doc = _read_yaml(path)
-    jobs = doc.get("jobs")
-    found: dict[str, Registered] = {}
-    for name, step in (jobs if isinstance(jobs, dict) else {}).items():
-        ref = step.get("component") if isinstance(step, dict) else None
-        parsed = registered_reference(ref) if isinstance(ref, str) else None
-        if parsed is None or ref in found:
-            continue
-        assert isinstance(ref, str)
-        try:
-            record = await AsyncAssets(ws).get("component", parsed[0], parsed[1])
-        except NotFound as exc:
-            raise InvalidBinding.at(f"jobs.{name}.component", exc.message) from exc
-        spec = msgspec.convert(record["spec"], ComponentSpec)
-        found[ref] = _registered(record["name"], int(record["version"]), spec)
-    return found
-
-
-def _registered(name: str, version: int, spec: ComponentSpec) -> Registered:
-    ports = {
-        k: {"type": p.type, "default": p.default, "optional": p.optional}
-        for k, p in spec.inputs.items()
-    }
-    file = msgspec.convert(
-        {
-            "command": spec.command,
-            "name": name,
-            "version": version,
-            "display_name": spec.display_name,
-            "inputs": ports,
-            "outputs": {k: {"type": p.type} for k, p in spec.outputs.items()},
-            "environment_variables": dict(spec.env_vars),
-            "is_deterministic": spec.is_deterministic,
-        },
-        ComponentFile,
-    )
-    environment: str | Environment | None = None
-    if spec.environment_name is not None:
-        environment = spec.environment_name
-        if spec.environment_version is not None:
-            environment = Environment(spec.environment_name)
-            environment.version = spec.environment_version
-    elif spec.environment is not None:
-        environment = Environment._from(
-            {"name": "inline", "version": None, "spec": msgspec.to_builtins(spec.environment)}
-        )
-    snapshot = (spec.snapshot, spec.snapshot_area) if spec.snapshot and spec.snapshot_area else None
-    return Registered(name, version, file, snapshot, environment)
-
-
-def load_component_file(path: Path) -> ComponentFile:
-    """Read and check a command component file."""
-    doc = _read_yaml(path)
-    _check_component_expressions(doc, "")
-    try:
-        component = msgspec.convert(doc, ComponentFile)
-    except msgspec.ValidationError as exc:
-        raise _binding_error(exc) from exc
-    if component.schema is not None and not component.schema.endswith(_COMPONENT_SCHEMA):
-        raise InvalidBinding.at("$schema", "is not a command component's")
-    _refuse_descriptions(component, str(path))
-    return component
-
-
-async def register_component_file(
-    ws: Session, path: Path, name: str | None = None
-) -> dict[str, Any]:
-    """Register the component file at ``path`` (its code uploaded) as the next version of
-    component ``name`` (default: the file's ``name``); returns the record. The file's
-    ``version`` is refused: the registry numbers versions, as for environments."""
-    component = load_component_file(path)
-    name = name or component.name
-    if not name:
-        raise InvalidBinding.at("name", "a component to register needs a name")
-    if component.version is not None:
-        raise refuse(str(path), "version", "the registry numbers versions, as for environments")
-    base = path.resolve().parent
-    digest, area = await upload_code(ws, base / component.code)
-    env = _environment(component.environment, base)
-    env_name, env_version, inline = _job_environment(env)
-    spec = ComponentSpec(
-        command=component.command,
-        snapshot=digest,
-        snapshot_area=area,
-        environment_name=env_name,
-        environment_version=env_version,
-        environment=inline.spec if inline is not None else None,
-        inputs={
-            k: ComponentPort(type=v.type, default=v.default, optional=v.optional)
-            for k, v in component.inputs.items()
-        },
-        outputs={k: ComponentPort(type=v.type) for k, v in component.outputs.items()},
-        env_vars={k: str(v) for k, v in component.environment_variables.items()},
-        display_name=component.display_name,
-        is_deterministic=component.is_deterministic,
-    )
-    return await AsyncAssets(ws).register_component(name, spec)
-
-
-def _component_tags(component: ComponentFile | None) -> dict[str, str]:
-    """A component step's run is tagged with the component's name and version."""
-    if component is None or component.name is None:
-        return {}
-    version = f":{component.version}" if component.version is not None else ""
-    return {"component": f"{component.name}{version}"}
 
 
 def _spec(loaded: LoadedPipeline, jobs: dict[str, JobSpec]) -> PipelineSpec:

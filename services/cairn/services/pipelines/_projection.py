@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from cairn.projection import Delivered, Tables, events_of
 from cairn.proto.events import (
@@ -31,7 +32,7 @@ from cairn.proto.events import (
     RunSubmitted,
 )
 
-__all__ = ["PipelinesProjection"]
+__all__ = ["PipelinesProjection", "read_pipeline"]
 
 _RUN_STATUS: dict[type[Event], str] = {
     RunCreated: "NotStarted",
@@ -142,3 +143,24 @@ class PipelinesProjection:
                 f"UPDATE {t('pipelines')} SET seq=? WHERE workspace=? AND run_id=?",
                 (seq, ws, row[0]),
             )
+
+
+def read_pipeline(db: sqlite3.Connection, t: Tables, ws: str, run_id: str) -> dict[str, Any] | None:
+    """A pipeline's row with its steps (those started or ended), or None."""
+    row = db.execute(
+        f"SELECT run_id, experiment_name, display_name, status, error, submitted_at,"
+        f" ended_at FROM {t('pipelines')} WHERE workspace=? AND run_id=?",
+        (ws, run_id),
+    ).fetchone()
+    if row is None:
+        return None
+    keys = "run_id experiment_name display_name status error submitted_at ended_at"
+    found = dict(zip(keys.split(), row, strict=True))
+    rows = db.execute(
+        f"SELECT step, run_id, status, reused_run_id, reason, error, started_at, ended_at"
+        f" FROM {t('steps')} WHERE workspace=? AND pipeline=? ORDER BY started_at, step",
+        (ws, run_id),
+    )
+    keys = "step run_id status reused_run_id reason error started_at ended_at"
+    found["steps"] = [dict(zip(keys.split(), r, strict=True)) for r in rows]
+    return found

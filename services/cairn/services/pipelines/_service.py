@@ -56,6 +56,7 @@ from cairn.proto.commands import (
     SetRunTags,
     StartRun,
 )
+from cairn.proto.events import PipelineStepReused, PipelineSubmitted
 from cairn.proto.jobs import JobInput, SubmitJob, derived_id
 from cairn.proto.pipelines import (
     PIPELINE_COMMAND_TYPES,
@@ -65,7 +66,7 @@ from cairn.proto.pipelines import (
 )
 from cairn.rpc import Client, Request, Responder
 from cairn.service import ProjectedService
-from cairn.services.pipelines._projection import PipelinesProjection
+from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
 from cairn.services.pipelines._reuse import reuse_key, upstream_fingerprint
 from cairn.services.scheduler._pythons import Pythons
 from cairn.services.scheduler._resolve import EXISTS_FOR_S, resolve_asset, resolve_job
@@ -166,23 +167,7 @@ class PipelinesService(ProjectedService):
         q: GetPipeline = req.body
 
         def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any] | None:
-            row = db.execute(
-                f"SELECT run_id, experiment_name, display_name, status, error, submitted_at,"
-                f" ended_at FROM {t('pipelines')} WHERE workspace=? AND run_id=?",
-                (req.workspace, q.run_id),
-            ).fetchone()
-            if row is None:
-                return None
-            keys = "run_id experiment_name display_name status error submitted_at ended_at"
-            found = dict(zip(keys.split(), row, strict=True))
-            rows = db.execute(
-                f"SELECT step, run_id, status, reused_run_id, reason, error, started_at, ended_at"
-                f" FROM {t('steps')} WHERE workspace=? AND pipeline=? ORDER BY started_at, step",
-                (req.workspace, q.run_id),
-            )
-            keys = "step run_id status reused_run_id reason error started_at ended_at"
-            found["steps"] = [dict(zip(keys.split(), r, strict=True)) for r in rows]
-            return found
+            return read_pipeline(db, t, req.workspace, q.run_id)
 
         result = await self.read(req, fn)
         if result.data is None:
@@ -233,16 +218,16 @@ class PipelinesService(ProjectedService):
             experiment_id = experiment_id or await lookup.experiment_id(
                 self.cache, ws, state.experiment_name
             )
+            submitted = await self._submitted(ws, pid)
             create = CreateRun(
                 command_id=derived_id("pl-run", pid),
                 run_id=pid,
                 experiment_name=state.experiment_name,
-                display_name=await self._display_name(ws, pid),
+                display_name=submitted.display_name,
             )
             command = runs.CreateResolvedRun(command=create, experiment_id=experiment_id)
             with contextlib.suppress(AlreadyExists):
                 seq = await self._on_run(ws, pid, create.command_id, command, new=True)
-            submitted = await self._submitted(ws, pid)
             properties = {"run_type": "pipeline"}
             if submitted.description:
                 properties["description"] = submitted.description
@@ -261,18 +246,12 @@ class PipelinesService(ProjectedService):
             seq = max(seq, await self._on_run(ws, pid, cid, StartRun(command_id=cid, run_id=pid)))
         return seq
 
-    async def _submitted(self, ws: str, pid: str) -> Any:
-        from cairn.proto.events import PipelineSubmitted
-
+    async def _submitted(self, ws: str, pid: str) -> PipelineSubmitted:
         history = await self.cache.refresh(subjects.event(ws, pipelines.KIND, pid))
         for recorded in history:
             if isinstance(recorded.envelope.data, PipelineSubmitted):
                 return recorded.envelope.data
         raise NotFound(f"pipeline {pid} does not exist")
-
-    async def _display_name(self, ws: str, pid: str) -> str | None:
-        name: str | None = (await self._submitted(ws, pid)).display_name
-        return name
 
     # -- the reconcile loop ---------------------------------------------------------------
 
@@ -482,8 +461,6 @@ class PipelinesService(ProjectedService):
         return await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
 
     async def _reuse_reason(self, ws: str, pid: str, name: str) -> str:
-        from cairn.proto.events import PipelineStepReused
-
         history = await self.cache.refresh(subjects.event(ws, pipelines.KIND, pid))
         for recorded in history:
             ev = recorded.envelope.data
