@@ -109,7 +109,7 @@ def test_decide(case: Case) -> None:
 
 def test_one_aggregate_per_kind() -> None:
     assert {k: a.kind for k, a in asset.AGGREGATES.items()} == {
-        k: k for k in ("environment", "datastore", "compute", "dataset")
+        k: k for k in ("environment", "datastore", "compute", "dataset", "component")
     }
     with pytest.raises(InvalidInput):
         asset.aggregate("model")

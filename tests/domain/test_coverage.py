@@ -7,10 +7,21 @@ from typing import Any
 
 import pytest
 
-from cairn.domain import Aggregate, asset, experiment, model, run, schedule, secret, workspace
+from cairn.domain import (
+    Aggregate,
+    asset,
+    experiment,
+    model,
+    pipeline,
+    run,
+    schedule,
+    secret,
+    workspace,
+)
 from tests.domain import (
     test_asset,
     test_model,
+    test_pipeline,
     test_run,
     test_schedule,
     test_secret,
@@ -28,6 +39,7 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     "secret": (secret.AGGREGATE, test_secret.CASES),
     "keyring": (secret.KEYRING, test_secret.KEYRING_CASES),
     "schedule": (schedule.AGGREGATE, test_schedule.CASES),
+    "pipeline": (pipeline.AGGREGATE, test_pipeline.CASES),
 }
 
 

@@ -86,6 +86,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
         "agent",
         "artifacts",
         "ingester",
+        "pipelines",
         "registry",
         "scheduler",
         "schedules",

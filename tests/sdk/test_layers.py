@@ -24,6 +24,8 @@ FACADE = {
     "_jobfile",
     "_schedulefile",
     "_schedules",
+    "_pipelinefile",
+    "_components",
     "_keyvault",
     "_compute",
     "_runconfig",

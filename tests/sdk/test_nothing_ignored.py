@@ -235,3 +235,45 @@ def test_every_job_file_key_is_read_or_refused() -> None:
             if not any((e, field.name) in read for e in held) and where not in _jobfile.UNREAD_KEYS:
                 found.append(where)
     assert found == []
+
+
+# -- pipeline files ------------------------------------------------------------------------
+
+#: the expressions that hold each struct of the pipeline loader (``_pipelinefile``)
+_PIPELINE_HELD_AS = {
+    "PipelineFile": {"pipeline", "file", "loaded.file"},
+    "PipelineSettings": {"pipeline.settings", "settings", "file.settings"},
+    "StepFile": {"step", "step.file", "file"},
+    "ComponentFile": {"component", "step.component"},
+    "ComponentInput": {"spec", "declared[key]"},
+    "ComponentOutput": {"v", "out"},
+}
+
+
+def test_every_pipeline_file_key_is_read_or_refused() -> None:
+    from cairn.sdk import _components, _pipelinefile
+
+    read: set[tuple[str, str]] = set()
+    sources = ("sdk/_pipelinefile.py", "sdk/_components.py", "cli/_pipelines.py")
+    for path in (ROOT / "shared/cairn" / name for name in sources):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                read.add((ast.unparse(node.value), node.attr))
+    structs = [
+        obj
+        for module in (_pipelinefile, _components)
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, msgspec.Struct)
+        and obj.__module__ == module.__name__
+    ]
+    assert {s.__name__ for s in structs} == set(_PIPELINE_HELD_AS)
+    found = []
+    for struct in structs:
+        for field in msgspec.structs.fields(struct):
+            where = f"{struct.__name__}.{field.name}"
+            held = _PIPELINE_HELD_AS[struct.__name__]
+            unread = where in _pipelinefile.UNREAD_PIPELINE_KEYS
+            if not any((e, field.name) in read for e in held) and not unread:
+                found.append(where)
+    assert found == []

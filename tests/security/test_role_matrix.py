@@ -20,7 +20,14 @@ from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import AlreadyExists, CairnError, PermissionDenied
 from cairn.proto.artifacts import OpenUpload
-from cairn.proto.assets import ComputeSpec, CreateCompute, EnvironmentSpec, RegisterEnvironment
+from cairn.proto.assets import (
+    ComponentSpec,
+    ComputeSpec,
+    CreateCompute,
+    EnvironmentSpec,
+    RegisterComponent,
+    RegisterEnvironment,
+)
 from cairn.proto.commands import (
     Command,
     CreateExperiment,
@@ -32,6 +39,7 @@ from cairn.proto.commands import (
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.proto.pipelines import PipelineSpec, PipelineStep, SubmitPipeline
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
@@ -86,6 +94,17 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             environment_name="mx-missing",
         ),
         "schedule commands": lambda: DisableSchedule(command_id=cid(), name="mx-missing"),
+        "component commands": lambda: RegisterComponent(
+            command_id=cid(), name="mx-component", spec=ComponentSpec(command="echo matrix")
+        ),
+        "pipeline submission": lambda: SubmitPipeline(
+            command_id=cid(),
+            run_id=cid()[:12],
+            experiment_name="matrix",
+            pipeline=PipelineSpec(
+                steps=[PipelineStep(name="a", compute="mx-none", job=JobSpec(command=["true"]))]
+            ),
+        ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
         "compute commands": lambda: CreateCompute(
             command_id=cid(), name="mx-compute", spec=ComputeSpec(kind="cluster", max_nodes=1)

@@ -21,6 +21,8 @@ __all__ = [
     "CURATED_PREFIX",
     "MAX_UPLOAD_RECORD",
     "AssetSpec",
+    "ComponentPort",
+    "ComponentSpec",
     "ComputeSpec",
     "CreateCompute",
     "DataFile",
@@ -32,12 +34,13 @@ __all__ = [
     "GetAsset",
     "ListAssets",
     "RecordUpload",
+    "RegisterComponent",
     "RegisterDataset",
     "RegisterDatastore",
     "RegisterEnvironment",
 ]
 
-ASSET_KINDS = ("environment", "datastore", "compute", "dataset")
+ASSET_KINDS = ("environment", "datastore", "compute", "dataset", "component")
 #: names under this prefix are the curated environments; users cannot register them
 CURATED_PREFIX = "cairn-"
 
@@ -106,7 +109,45 @@ class DatasetSpec(Strict, frozen=True, kw_only=True, tag="dataset"):
     snapshot: bool = False
 
 
-AssetSpec = EnvironmentSpec | DatastoreSpec | ComputeSpec | DatasetSpec
+class ComponentPort(Strict, frozen=True, kw_only=True):
+    """A component's input or output: its type, and for an input its default and whether it
+    may be left out."""
+
+    type: Literal[
+        "string",
+        "integer",
+        "number",
+        "boolean",
+        "uri_folder",
+        "uri_file",
+        "custom_model",
+        "mlflow_model",
+        "triton_model",
+    ]
+    default: str | int | float | bool | None = None
+    optional: bool = False
+
+
+class ComponentSpec(Strict, frozen=True, kw_only=True, tag="component"):
+    """A command component, registered: its command (with ``${{inputs.x}}`` and
+    ``${{outputs.y}}``), its code snapshot (uploaded before, to ``snapshot_area``), its
+    environment (a registered name and version, or a spec), typed inputs and outputs.
+    ``is_deterministic``: a pipeline may reuse an earlier run of it on the same inputs."""
+
+    command: Text
+    snapshot: Digest | None = None
+    snapshot_area: Id | None = None
+    environment_name: Name | None = None
+    environment_version: Count | None = None
+    environment: EnvironmentSpec | None = None
+    inputs: dict[TagKey, ComponentPort] = msgspec.field(default_factory=dict)
+    outputs: dict[TagKey, ComponentPort] = msgspec.field(default_factory=dict)
+    env_vars: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    display_name: Name | None = None
+    is_deterministic: bool = True
+
+
+AssetSpec = EnvironmentSpec | DatastoreSpec | ComputeSpec | DatasetSpec | ComponentSpec
 
 
 class RegisterEnvironment(Command, frozen=True, kw_only=True, tag=True):
@@ -115,6 +156,16 @@ class RegisterEnvironment(Command, frozen=True, kw_only=True, tag=True):
     VERB = "environment.register"
     name: Name
     spec: EnvironmentSpec
+    description: Text = ""
+
+
+class RegisterComponent(Command, frozen=True, kw_only=True, tag=True):
+    """A new version when the spec differs from the latest; the same spec again is a no-op
+    (``cairn component create --file``)."""
+
+    VERB = "component.register"
+    name: Name
+    spec: ComponentSpec
     description: Text = ""
 
 
@@ -168,7 +219,7 @@ class RegisterDataset(Command, frozen=True, kw_only=True, tag=True):
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
 
 
-AssetKind = Literal["environment", "datastore", "compute", "dataset"]
+AssetKind = Literal["environment", "datastore", "compute", "dataset", "component"]
 
 
 class GetAsset(Query, frozen=True, kw_only=True, tag=True):

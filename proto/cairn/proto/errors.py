@@ -8,7 +8,8 @@ again on the caller's side as the class registered for its ``code``::
     │   ├── InvalidName             code "invalid_name"       bad subject token / name
     │   ├── UnknownMessageType      code "unknown_type"       no such command / query
     │   ├── PayloadTooLarge         code "payload_too_large"  checked before publishing
-    │   └── Unsupported             code "unsupported"        an argument Cairn refuses by name
+    │   ├── Unsupported             code "unsupported"        an argument Cairn refuses by name
+    │   └── InvalidBinding          code "invalid_binding"    a pipeline's binding, by YAML path
     ├── NotFound                    code "not_found"          unknown workspace, run, ...
     ├── AlreadyExists               code "already_exists"
     ├── InvalidTransition           code "invalid_transition" e.g. completing a failed run
@@ -34,6 +35,7 @@ __all__ = [
     "CairnError",
     "ConcurrencyConflict",
     "DataChanged",
+    "InvalidBinding",
     "InvalidInput",
     "InvalidName",
     "InvalidTransition",
@@ -80,6 +82,23 @@ class Unsupported(InvalidInput):
     message names it and says what Cairn does instead."""
 
     code = "unsupported"
+
+
+class InvalidBinding(InvalidInput):
+    """A pipeline whose steps do not fit together: an unknown step or output, a cycle, a type
+    mismatch, a missing required input. The message starts with the YAML path of the
+    offending key (``jobs.train.inputs.data: ...``)."""
+
+    code = "invalid_binding"
+
+    @classmethod
+    def at(cls, path: str, message: str) -> InvalidBinding:
+        return cls(f"{path}: {message}")
+
+    @property
+    def path(self) -> str:
+        """The YAML path the message starts with."""
+        return self.message.split(": ", 1)[0]
 
 
 class NotFound(CairnError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -25,6 +25,7 @@ from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec, ScheduledBy
 from cairn.proto.members import Role
+from cairn.proto.pipelines import PipelineSpec
 from cairn.proto.schedules import CatchUp, Submission, Trigger
 from cairn.proto.secrets import SecretName
 
@@ -50,6 +51,11 @@ __all__ = [
     "ModelVersionArchived",
     "ModelVersionRegistered",
     "ModelVersionRestored",
+    "PipelineEnded",
+    "PipelineStepEnded",
+    "PipelineStepReused",
+    "PipelineStepStarted",
+    "PipelineSubmitted",
     "RunAssigned",
     "RunCancelRequested",
     "RunCanceled",
@@ -211,6 +217,8 @@ class RunSubmitted(Event, frozen=True, kw_only=True):
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
     #: the schedule fire that submitted it
     scheduled: ScheduledBy | None = None
+    #: the run this one is a child of (a pipeline's step)
+    parent_run_id: Id | None = None
 
 
 class RunAssigned(Event, frozen=True, kw_only=True):
@@ -486,6 +494,60 @@ class ScheduleFireFailed(Event, frozen=True, kw_only=True):
     error: Text
 
 
+class PipelineSubmitted(Event, frozen=True, kw_only=True):
+    """Pipeline run ``run_id`` of experiment ``experiment_name``, with its steps."""
+
+    KIND = "pipeline"
+    run_id: Id
+    experiment_id: Id
+    experiment_name: Name
+    pipeline: PipelineSpec
+    display_name: Name | None = None
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class PipelineStepStarted(Event, frozen=True, kw_only=True):
+    """Step ``step`` runs as child run ``run_id`` (submitted as a job); ``reuse_key`` is the
+    digest of what it consumes ("" when it may not be reused)."""
+
+    KIND = "pipeline"
+    step: Id
+    run_id: Id
+    reuse_key: str = ""
+
+
+class PipelineStepReused(Event, frozen=True, kw_only=True):
+    """Step ``step`` is child run ``run_id``, which stands for the completed run
+    ``reused_run_id`` (its outputs are that run's): ``reason`` says why."""
+
+    KIND = "pipeline"
+    step: Id
+    run_id: Id
+    reused_run_id: Id
+    reuse_key: str
+    reason: Text = ""
+
+
+class PipelineStepEnded(Event, frozen=True, kw_only=True):
+    """Step ``step`` ended: ``Completed``, ``Failed``, ``Canceled``, or ``Skipped`` (it never
+    started: an upstream step failed, or the pipeline ended first)."""
+
+    KIND = "pipeline"
+    step: Id
+    status: Literal["Completed", "Failed", "Canceled", "Skipped"]
+    run_id: Id | None = None
+    error: Text = ""
+    #: the key a later run of the same step may reuse this one under ("" : none)
+    reuse_key: str = ""
+
+
+class PipelineEnded(Event, frozen=True, kw_only=True):
+    KIND = "pipeline"
+    status: Literal["Completed", "Failed", "Canceled"]
+    error: Text = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -530,6 +592,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ScheduleFired,
         ScheduleSkipped,
         ScheduleUpdated,
+        PipelineSubmitted,
+        PipelineStepStarted,
+        PipelineStepReused,
+        PipelineStepEnded,
+        PipelineEnded,
     )
 }
 

@@ -14,7 +14,17 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, assets, jobs, members, metrics, registry, schedules, secrets
+from cairn.proto import (
+    artifacts,
+    assets,
+    jobs,
+    members,
+    metrics,
+    pipelines,
+    registry,
+    schedules,
+    secrets,
+)
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -65,6 +75,7 @@ def _schema(cls: Any, title: str) -> dict[str, Any]:
 def assets_commands() -> tuple[type[Command], ...]:
     return (
         assets.RegisterEnvironment,
+        assets.RegisterComponent,
         assets.RegisterDatastore,
         assets.CreateCompute,
         assets.DeleteCompute,
@@ -88,6 +99,7 @@ def generate() -> dict[str, str]:
         artifacts.OpenUpload,
         artifacts.CommitUpload,
         *jobs.JOB_COMMAND_TYPES,
+        *pipelines.PIPELINE_COMMAND_TYPES,
         *assets_commands(),
         *secrets.SECRET_COMMAND_TYPES,
         *members.MEMBER_COMMAND_TYPES,
@@ -108,6 +120,7 @@ def generate() -> dict[str, str]:
         assets.GetAsset,
         assets.ListAssets,
         *jobs.JOB_QUERY_TYPES,
+        *pipelines.PIPELINE_QUERY_TYPES,
         *secrets.SECRET_QUERY_TYPES,
         *members.MEMBER_QUERY_TYPES,
         *schedules.SCHEDULE_QUERY_TYPES,

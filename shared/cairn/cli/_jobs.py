@@ -49,18 +49,24 @@ def job() -> None:
 )
 @json_option
 def job_create(path: Path, stream: bool, as_json: bool) -> None:
-    """Submit a command job from a YAML file.
+    """Submit a command or pipeline job from a YAML file.
 
     The file has the Azure ML CLI v2 shape: command, code, environment, compute, inputs,
-    outputs, experiment_name, display_name, tags, environment_variables, limits. Prints the
-    new run's id (with --stream: the job's output, then waits for its end).
+    outputs, experiment_name, display_name, tags, environment_variables, limits; or
+    type: pipeline with settings, inputs, outputs and jobs (steps, bound by
+    ${{parent.jobs.<step>.outputs.<name>}}). Prints the new run's id (with --stream: the
+    job's output, or each step's state and output, then waits for its end).
 
     \b
     Example:
       cairn job create --file job.yml --stream
     """
+    from cairn.cli._pipelines import create_pipeline, is_pipeline_file
     from cairn.sdk import load_job_file
 
+    if is_pipeline_file(path):
+        create_pipeline(path, stream, as_json)
+        return
     spec, config = load_job_file(path)
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
@@ -121,18 +127,28 @@ def job_list(compute: str | None, active: bool, limit: int, as_json: bool) -> No
 def job_show(run_id: str, as_json: bool) -> None:
     """Show one job.
 
-    The run RUN_ID with its job: compute, attempts, agent, command, status and error.
+    The run RUN_ID with its job: compute, attempts, agent, command, status and error; a
+    pipeline run with its steps: status, duration, run and the run a reused step reuses.
 
     \b
     Example:
       cairn job show RUN_ID
     """
 
-    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
-        job_run = ws.run(run_id)
-        return {**await job_run.details(), **await job_run.job()}
+    from cairn.cli._pipelines import show_pipeline
 
-    show(run(with_workspace(go)), as_json)
+    async def go(ws: AsyncWorkspace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        job_run = ws.run(run_id)
+        details = await job_run.details()
+        if (details.get("properties") or {}).get("run_type") == "pipeline":
+            return details, await job_run.pipeline()
+        return {**details, **await job_run.job()}, None
+
+    details, pipeline = run(with_workspace(go))
+    if pipeline is not None:
+        show_pipeline(details, pipeline, as_json)
+    else:
+        show(details, as_json)
 
 
 @job.command("logs")

@@ -195,7 +195,7 @@ def builtin_assets(home: Path, ws: str, kind: str) -> dict[str, AssetSpec]:
     default datastores (local folders under ``<home>/datastores/<ws>``), local compute."""
     if kind == "environment":
         return dict(CURATED)
-    if kind == "dataset":
+    if kind in ("dataset", "component"):
         return {}
     if kind == "datastore":
         root = home / "datastores" / ws

@@ -393,6 +393,7 @@ def _submit(state: RunState, command: SubmitResolvedJob) -> list[Event]:
         display_name=submit.display_name,
         tags=submit.tags,
         scheduled=submit.scheduled,
+        parent_run_id=submit.parent_run_id,
     )
     return [submitted]
 

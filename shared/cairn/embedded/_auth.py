@@ -100,6 +100,8 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "dataset.>",
         "job.submit",
         "schedule.>",
+        "pipeline.>",
+        "component.>",
         "secret.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),

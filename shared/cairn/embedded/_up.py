@@ -35,6 +35,7 @@ log = get_logger("cairn.up")
 def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.artifacts import ArtifactsService
     from cairn.services.ingester import IngesterService
+    from cairn.services.pipelines import PipelinesService
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
     from cairn.services.schedules import SchedulesService
@@ -47,12 +48,14 @@ def all_services() -> dict[str, ServiceFactory]:
         "registry": RegistryService,
         "scheduler": SchedulerService,
         "schedules": SchedulesService,
+        "pipelines": PipelinesService,
     }
 
 
 def read_models() -> dict[str, Callable[[], Projection[Any]]]:
     """Every read model the services keep, by name: what ``cairn replay`` rebuilds."""
     from cairn.services.ingester._projection import MetricsProjection
+    from cairn.services.pipelines._projection import PipelinesProjection
     from cairn.services.registry._projection import RegistryProjection
     from cairn.services.scheduler._projection import JobsProjection
     from cairn.services.schedules._projection import SchedulesProjection
@@ -66,6 +69,7 @@ def read_models() -> dict[str, Callable[[], Projection[Any]]]:
         RegistryProjection,
         JobsProjection,
         SchedulesProjection,
+        PipelinesProjection,
     ]
     return {kind().name: kind for kind in made}
 

@@ -24,6 +24,14 @@ from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
 from cairn.sdk._outbox import replay_spool_dir
+from cairn.sdk._pipelinefile import (
+    LoadedPipeline,
+    load_pipeline_file,
+    lookup_components,
+    register_component_file,
+    registered_reference,
+    submit_pipeline,
+)
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_GPU_IMAGE,
@@ -51,6 +59,7 @@ __all__ = [
     "Estimator",
     "Experiment",
     "Keyvault",
+    "LoadedPipeline",
     "Model",
     "OfflineRun",
     "PyTorch",
@@ -65,7 +74,12 @@ __all__ = [
     "Workspace",
     "connect",
     "load_job_file",
+    "load_pipeline_file",
     "load_schedule_file",
+    "lookup_components",
     "new_id",
+    "register_component_file",
+    "registered_reference",
     "replay_spool_dir",
+    "submit_pipeline",
 ]

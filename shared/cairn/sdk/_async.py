@@ -58,6 +58,7 @@ from cairn.proto.commands import (
 from cairn.proto.jobs import GetJob, ListJobs, SubmitJob
 from cairn.proto.metrics import CompareMetric, GetMetrics, LogMetrics, MetricHistory, MetricKind
 from cairn.proto.paths import validate_run_path
+from cairn.proto.pipelines import GetPipeline
 from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
@@ -551,6 +552,13 @@ class AsyncRun:
     async def job(self) -> dict[str, Any]:
         """The job behind this run: its compute, attempts, agent (a submitted run's only)."""
         data: dict[str, Any] = (await self.workspace.client.ask(GetJob(run_id=self.id))).data
+        return data
+
+    async def pipeline(self) -> dict[str, Any]:
+        """The pipeline this run is (a pipeline run's only): its status and its steps, each
+        with its run, status, duration and, when reused, the run it stands for and why."""
+        q = GetPipeline(run_id=self.id, min_seq=self.workspace.seen_seq)
+        data: dict[str, Any] = (await self.workspace.client.ask(q)).data
         return data
 
     async def wait_for_completion(

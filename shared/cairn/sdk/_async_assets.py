@@ -9,6 +9,7 @@ from typing import Any
 from cairn.data import check_store
 from cairn.proto.assets import (
     AssetKind,
+    ComponentSpec,
     ComputeSpec,
     CreateCompute,
     DatastoreSpec,
@@ -16,6 +17,7 @@ from cairn.proto.assets import (
     EnvironmentSpec,
     GetAsset,
     ListAssets,
+    RegisterComponent,
     RegisterDatastore,
     RegisterEnvironment,
 )
@@ -59,6 +61,15 @@ class AsyncAssets:
             RegisterEnvironment(command_id=new_id(), name=name, spec=spec)
         )
         return await self.get("environment", name, min_seq=reply.seq)
+
+    async def register_component(
+        self, name: str, spec: ComponentSpec, description: str = ""
+    ) -> dict[str, Any]:
+        """Register ``spec`` as the next version of component ``name`` (the same spec as the
+        latest: no new version); returns the record."""
+        cmd = RegisterComponent(command_id=new_id(), name=name, spec=spec, description=description)
+        reply = await self._session.send(cmd)
+        return await self.get("component", name, min_seq=reply.seq)
 
     async def register_datastore(
         self, name: str, spec: DatastoreSpec, credentials: dict[str, str] | None = None

@@ -46,9 +46,11 @@ __all__ = [
     "InputMode",
     "RunFailedError",
     "ScriptRunConfig",
+    "build_job",
     "follow",
     "print_logs",
     "submit",
+    "upload_code",
     "upload_snapshot",
 ]
 
@@ -152,6 +154,9 @@ class ScriptRunConfig:
         self.job_outputs: list[JobOutput] = []
         #: local files or folders uploaded to the default datastore as inputs: name -> (path, mode)
         self.local_inputs: dict[str, tuple[Path, InputMode]] = {}
+        #: a snapshot uploaded before (digest, staging area), used instead of
+        #: ``source_directory`` (a registered component's code)
+        self.snapshot: tuple[str, str] | None = None
 
     def argv(self) -> list[str]:
         if self.script is not None:
@@ -196,6 +201,12 @@ async def upload_snapshot(
     return digest, area
 
 
+async def upload_code(ws: Session, source: Path) -> tuple[str, str]:
+    """``source`` archived and uploaded once per content (a registered component's code);
+    returns the digest and the staging area."""
+    return await upload_snapshot(ws.client, source, ws.snapshots)
+
+
 def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | None, Any]:
     """The environment's name and version (registered) or its spec (inline)."""
     if env is None or isinstance(env, str):
@@ -205,17 +216,16 @@ def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | N
     return env.name, env.version, None
 
 
-async def build_submission(
-    ws: Session,
-    experiment_name: str,
-    config: ScriptRunConfig,
-    *,
-    tags: dict[str, str] | None = None,
-    display_name: str | None = None,
-) -> SubmitJob:
-    """``config`` as the ``SubmitJob`` that runs it (its code and local inputs uploaded, its
-    experiment made), with a fresh run id; sent as it is, or stored by a schedule."""
-    digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
+async def build_job(
+    ws: Session, config: ScriptRunConfig, *, datastore: str | None = None
+) -> tuple[JobSpec, str | None, int | None]:
+    """The job spec of ``config`` with its snapshot and local inputs uploaded (those to
+    ``datastore``, default the workspace's), and its environment's name and version when it
+    is a registered one."""
+    if config.snapshot is not None:
+        digest, area = config.snapshot
+    else:
+        digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
     env_name, env_version, inline = _environment(config.environment)
     inputs: list[JobInput] = []
     outputs: list[JobOutput] = []
@@ -227,7 +237,7 @@ async def build_submission(
             inputs.append(made)
     inputs += config.job_inputs
     for name, (local, mode) in config.local_inputs.items():
-        inputs.append(await _upload_local_input(ws, name, local, mode))
+        inputs.append(await _upload_local_input(ws, name, local, mode, datastore))
     outputs += config.job_outputs
     job = JobSpec(
         command=config.argv(),
@@ -243,6 +253,20 @@ async def build_submission(
         gpus=config.gpus,
         secrets=config.secrets,
     )
+    return job, env_name, env_version
+
+
+async def build_submission(
+    ws: Session,
+    experiment_name: str,
+    config: ScriptRunConfig,
+    *,
+    tags: dict[str, str] | None = None,
+    display_name: str | None = None,
+) -> SubmitJob:
+    """``config`` as the ``SubmitJob`` that runs it (its code and local inputs uploaded, its
+    experiment made), with a fresh run id; sent as it is, or stored by a schedule."""
+    job, env_name, env_version = await build_job(ws, config)
     await ws.experiment_id(experiment_name)  # get-or-create, as start_logging does
     return SubmitJob(
         command_id=new_id(),
@@ -273,7 +297,9 @@ async def submit(
     return command.run_id
 
 
-async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMode) -> JobInput:
+async def _upload_local_input(
+    ws: Session, name: str, local: Path, mode: InputMode, datastore: str | None = None
+) -> JobInput:
     """A local file or folder, uploaded once per content into the default datastore."""
     files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
     base = local.parent if local.is_file() else local
@@ -283,7 +309,7 @@ async def _upload_local_input(ws: Session, name: str, local: Path, mode: InputMo
         h.update(await asyncio.to_thread(f.read_bytes))
     folder = f"job-inputs/{h.hexdigest()[:32]}"
     pairs = [(f, f"{folder}/{f.relative_to(base).as_posix()}") for f in files]
-    store = await ws.default_datastore()
+    store = datastore or await ws.default_datastore()
     await AsyncDatastores(ws).upload(store, pairs)
     path = pairs[0][1] if local.is_file() else folder
     return JobInput(name=name, mode=mode, datastore=store, path=path)

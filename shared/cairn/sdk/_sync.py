@@ -516,6 +516,12 @@ class Run:
     ) -> dict[str, Any]:
         return self._ws._run(self._core.get_metrics(name, as_of=as_of))
 
+    @property
+    def parent(self) -> Run | None:
+        """The run this one is a child of (a pipeline step's: the pipeline run), else None."""
+        parent_id = self._ws._run(self._core.details()).get("parent_run_id")
+        return Run(self.experiment, str(parent_id)) if parent_id else None
+
     def get_details(self, *, as_of: datetime | int | None = None) -> dict[str, Any]:
         """Azure's details; ``as_of`` (a time, or a stream sequence) as they were then."""
         details = self._ws._run(self._core.details(as_of=as_of))

@@ -13,6 +13,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import AggregateCache, EventStore, execute
 from cairn.domain import asset
+from cairn.domain import run as runs
 from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, PermissionDenied
 from cairn.projection import Tables
@@ -21,6 +22,7 @@ from cairn.proto.assets import (
     CURATED_PREFIX,
     MAX_UPLOAD_RECORD,
     AssetSpec,
+    ComponentSpec,
     CreateCompute,
     DatasetSpec,
     DatastoreSpec,
@@ -28,11 +30,13 @@ from cairn.proto.assets import (
     GetAsset,
     ListAssets,
     RecordUpload,
+    RegisterComponent,
     RegisterDataset,
     RegisterDatastore,
     RegisterEnvironment,
 )
 from cairn.proto.commands import Accepted
+from cairn.proto.jobs import SNAPSHOT_FILE
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import Request
 from cairn.secrets import require_role, seal
@@ -43,6 +47,7 @@ __all__ = ["ASSET_COMMANDS", "AssetHandlers", "builtin_assets", "check_datastore
 
 ASSET_COMMANDS = (
     RegisterEnvironment,
+    RegisterComponent,
     RegisterDatastore,
     RecordUpload,
     CreateCompute,
@@ -51,7 +56,9 @@ ASSET_COMMANDS = (
 )
 COMPUTE_OPERATORS = "compute_operators"
 
-_Register = RegisterEnvironment | RegisterDatastore | CreateCompute | RegisterDataset
+_Register = (
+    RegisterEnvironment | RegisterDatastore | CreateCompute | RegisterDataset | RegisterComponent
+)
 AssetWire = _Register | RecordUpload | DeleteCompute
 
 
@@ -159,7 +166,21 @@ class AssetHandlers:
                 return msgspec.structs.replace(spec, sealed_credentials=sealed)
             case RegisterDataset(spec=spec):
                 await self._check_dataset_paths(req.workspace, spec)
+            case RegisterComponent(spec=spec):
+                await self._check_component(req.workspace, spec)
         return cmd.spec
+
+    async def _check_component(self, ws: str, spec: ComponentSpec) -> None:
+        """Its snapshot was uploaded to the staging area it names."""
+        if (spec.snapshot is None) != (spec.snapshot_area is None):
+            raise InvalidInput("a component's snapshot needs its staging area, and the other way")
+        if spec.snapshot is None or spec.snapshot_area is None:
+            return
+        staging = await lookup.state(self.cache, runs.STAGING, ws, spec.snapshot_area, fresh=True)
+        if staging.files.get(SNAPSHOT_FILE) != spec.snapshot:
+            raise InvalidInput(
+                f"snapshot {spec.snapshot} was not uploaded to staging area {spec.snapshot_area}"
+            )
 
     async def _check_dataset_paths(self, ws: str, spec: DatasetSpec) -> None:
         """Every path names a known datastore and stays inside it (wildcards allowed)."""

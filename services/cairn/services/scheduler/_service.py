@@ -301,6 +301,8 @@ class SchedulerService(ProjectedService):
         if cmd.scheduled is not None:
             await self._check_fired(ws, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
+        if cmd.parent_run_id is not None:  # a pipeline's step: its pipeline run exists
+            await lookup.run_state(self.cache, ws, cmd.parent_run_id)
         compute = cmd.compute
         await resolve_asset(
             self.cache, self.settings, ws, "compute", compute, None, max_age_s=EXISTS_FOR_S

@@ -196,7 +196,8 @@ class TrackingProjection:
                 if changed:
                     self._set_keys(db, t(column), ws, run_id, values)
             case RunSubmitted(experiment_id=experiment_id) as ev if experiment_id is not None:
-                new = (ev.run_id, experiment_id, ev.experiment_name or "", ev.display_name, None)
+                ids = (ev.run_id, experiment_id, ev.experiment_name or "")
+                new = (*ids, ev.display_name, ev.parent_run_id)
                 self._insert_run(db, t, env, seq, new, ev.tags, RunStatus.QUEUED)
             case (
                 RunSubmitted(run_id=run_id)

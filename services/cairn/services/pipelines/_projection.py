@@ -1,0 +1,166 @@
+"""The orchestrator's read model: pipelines, their steps, the runs it watches, reuse keys.
+
+* ``pipelines``: one row per pipeline run; ``seq`` moves with every event about the pipeline
+  or one of its runs, so the reconcile loop looks again only at pipelines that changed.
+* ``steps``: what the pipeline aggregate decided per step, with times (``cairn job show``).
+* ``watch``: the runs of a pipeline (its own run, its steps' runs) and their last status,
+  taken from run events; a step's run is watched from its ``PipelineStepStarted``, which is
+  appended before the run is submitted, so no end of it is missed.
+* ``reuse``: the completed step runs a later step with the same reuse key may stand for
+  (the latest per key).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from cairn.projection import Delivered, Tables, events_of
+from cairn.proto.events import (
+    Envelope,
+    Event,
+    PipelineEnded,
+    PipelineStepEnded,
+    PipelineStepReused,
+    PipelineStepStarted,
+    PipelineSubmitted,
+    RunCanceled,
+    RunCompleted,
+    RunCreated,
+    RunFailed,
+    RunStarted,
+    RunSubmitted,
+)
+
+__all__ = ["PipelinesProjection", "read_pipeline"]
+
+_RUN_STATUS: dict[type[Event], str] = {
+    RunCreated: "NotStarted",
+    RunSubmitted: "Queued",
+    RunStarted: "Running",
+    RunCompleted: "Completed",
+    RunFailed: "Failed",
+    RunCanceled: "Canceled",
+}
+
+
+class PipelinesProjection:
+    name = "pipelines"
+    version = 1
+    tables: tuple[str, ...] = ("pipelines", "steps", "watch", "reuse")
+    source = events_of("pipeline", "run")
+
+    def create(self, db: sqlite3.Connection, t: Tables) -> None:
+        db.execute(
+            f"CREATE TABLE {t('pipelines')} (workspace TEXT, run_id TEXT, experiment_name TEXT,"
+            " display_name TEXT, status TEXT, error TEXT, submitted_at REAL, ended_at REAL,"
+            " seq INTEGER, PRIMARY KEY (workspace, run_id))"
+        )
+        db.execute(f"CREATE INDEX {t('pipelines')}_status ON {t('pipelines')} (status, seq)")
+        db.execute(
+            f"CREATE TABLE {t('steps')} (workspace TEXT, pipeline TEXT, step TEXT, run_id TEXT,"
+            " status TEXT, reused_run_id TEXT, reason TEXT, error TEXT, started_at REAL,"
+            " ended_at REAL, PRIMARY KEY (workspace, pipeline, step))"
+        )
+        db.execute(
+            f"CREATE TABLE {t('watch')} (workspace TEXT, run_id TEXT, pipeline TEXT,"
+            " status TEXT, error TEXT, PRIMARY KEY (workspace, run_id))"
+        )
+        db.execute(
+            f"CREATE TABLE {t('reuse')} (workspace TEXT, reuse_key TEXT, run_id TEXT,"
+            " PRIMARY KEY (workspace, reuse_key))"
+        )
+
+    def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
+        env, seq = item.value, item.seq
+        ws, ev, at = env.workspace, env.data, env.timestamp.timestamp()
+        if env.aggregate_kind == "run":
+            self._run(db, t, ws, env.aggregate_id, ev, seq)
+            return
+        pid = env.aggregate_id
+        touch = f"UPDATE {t('pipelines')} SET seq=? WHERE workspace=? AND run_id=?"
+        match ev:
+            case PipelineSubmitted():
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('pipelines')} VALUES (?,?,?,?,?,?,?,?,?)",
+                    (ws, pid, ev.experiment_name, ev.display_name, "Running", "", at, None, seq),
+                )
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('watch')} VALUES (?,?,?,?,?)",
+                    (ws, pid, pid, None, ""),
+                )
+            case (
+                PipelineStepStarted(step=step, run_id=run_id)
+                | PipelineStepReused(step=step, run_id=run_id)
+            ):
+                reused = ev.reused_run_id if isinstance(ev, PipelineStepReused) else None
+                reason = ev.reason if isinstance(ev, PipelineStepReused) else ""
+                status = "Reused" if reused else "Running"
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('steps')} VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (ws, pid, step, run_id, status, reused, reason, "", at, None),
+                )
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('watch')} VALUES (?,?,?,?,?)",
+                    (ws, run_id, pid, None, ""),
+                )
+            case PipelineStepEnded(step=step, status=status, error=error, reuse_key=key):
+                db.execute(
+                    f"INSERT OR IGNORE INTO {t('steps')} VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (ws, pid, step, ev.run_id, status, None, "", error, None, at),
+                )
+                db.execute(
+                    f"UPDATE {t('steps')} SET status=?, error=?, ended_at=?"
+                    " WHERE workspace=? AND pipeline=? AND step=?",
+                    (status, error, at, ws, pid, step),
+                )
+                if key and ev.run_id:
+                    db.execute(
+                        f"INSERT OR REPLACE INTO {t('reuse')} VALUES (?,?,?)", (ws, key, ev.run_id)
+                    )
+            case PipelineEnded(status=status, error=error):
+                db.execute(
+                    f"UPDATE {t('pipelines')} SET status=?, error=?, ended_at=?"
+                    " WHERE workspace=? AND run_id=?",
+                    (status, error, at, ws, pid),
+                )
+        db.execute(touch, (seq, ws, pid))
+
+    def _run(
+        self, db: sqlite3.Connection, t: Tables, ws: str, run_id: str, ev: Event, seq: int
+    ) -> None:
+        status = _RUN_STATUS.get(type(ev))
+        if status is None:
+            return
+        error = ev.error if isinstance(ev, RunFailed) else ""
+        row = db.execute(
+            f"UPDATE {t('watch')} SET status=?, error=? WHERE workspace=? AND run_id=?"
+            " RETURNING pipeline",
+            (status, error, ws, run_id),
+        ).fetchone()
+        if row is not None:
+            db.execute(
+                f"UPDATE {t('pipelines')} SET seq=? WHERE workspace=? AND run_id=?",
+                (seq, ws, row[0]),
+            )
+
+
+def read_pipeline(db: sqlite3.Connection, t: Tables, ws: str, run_id: str) -> dict[str, Any] | None:
+    """A pipeline's row with its steps (those started or ended), or None."""
+    row = db.execute(
+        f"SELECT run_id, experiment_name, display_name, status, error, submitted_at,"
+        f" ended_at FROM {t('pipelines')} WHERE workspace=? AND run_id=?",
+        (ws, run_id),
+    ).fetchone()
+    if row is None:
+        return None
+    keys = "run_id experiment_name display_name status error submitted_at ended_at"
+    found = dict(zip(keys.split(), row, strict=True))
+    rows = db.execute(
+        f"SELECT step, run_id, status, reused_run_id, reason, error, started_at, ended_at"
+        f" FROM {t('steps')} WHERE workspace=? AND pipeline=? ORDER BY started_at, step",
+        (ws, run_id),
+    )
+    keys = "step run_id status reused_run_id reason error started_at ended_at"
+    found["steps"] = [dict(zip(keys.split(), r, strict=True)) for r in rows]
+    return found

@@ -1,0 +1,528 @@
+"""The pipelines service: it takes ``SubmitPipeline`` and orchestrates the steps.
+
+It is a process manager like the scheduler: a projection of EVENTS into its own SQLite read
+model (:mod:`._projection`) plus a reconcile loop. Each pass looks at the pipelines whose
+events (or whose runs' events) moved since it last looked, plus all active ones every few
+seconds, reads the pipeline's aggregate and decides, through ``cairn.bus.execute``, under a
+command id derived from what the decision follows:
+
+======================  ==========================================  ==========================
+decision                command (aggregate)                          id
+======================  ==========================================  ==========================
+create the run          ``CreateRun`` + ``StartRun`` (run)           ``pl-run``/``pl-start``
+start a step            ``StartStep`` (pipeline)                     ``pl-step`` (pipeline, step)
+submit its job          ``SubmitJob`` to the scheduler               ``pl-submit`` (step run)
+reuse an earlier run    ``ReuseStep`` (pipeline), then its child     ``pl-reuse`` (pipeline,
+                        run created and completed (run)              step)
+record a step's end     ``EndStep`` (pipeline)                       ``pl-end`` (pipeline, step)
+stop a step             ``CancelRun`` (the step's run)               ``pl-cancel`` (step run)
+end the pipeline        ``CompleteRun``/``FailRun`` (run), then      ``pl-done`` (pipeline)
+                        ``EndPipeline`` (pipeline)
+======================  ==========================================  ==========================
+
+A step's run id is derived from the pipeline run and the step's name, and the aggregate
+takes one start or reuse per step, so an orchestrator killed at any point and started again,
+or two of them, start no step twice and lose none: a decision found in the log is followed
+through (a started step whose job is not submitted yet is submitted, under the same id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from cairn import lookup
+from cairn.bus import CommandContext, Connection, execute
+from cairn.domain import pipeline as pipelines
+from cairn.domain import run as runs
+from cairn.domain.pipeline import PipelineState, StepState
+from cairn.errors import AlreadyExists, CairnError, InvalidBinding, InvalidTransition, NotFound
+from cairn.log import get_logger
+from cairn.projection import Tables
+from cairn.proto import subjects
+from cairn.proto.commands import (
+    Accepted,
+    AddRunProperties,
+    CancelRun,
+    CompleteRun,
+    CreateRun,
+    FailRun,
+    QueryResult,
+    SetRunTags,
+    StartRun,
+)
+from cairn.proto.events import PipelineStepReused, PipelineSubmitted
+from cairn.proto.jobs import JobInput, SubmitJob, derived_id
+from cairn.proto.pipelines import (
+    PIPELINE_COMMAND_TYPES,
+    GetPipeline,
+    PipelineStep,
+    SubmitPipeline,
+)
+from cairn.rpc import Client, Request, Responder
+from cairn.service import ProjectedService
+from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
+from cairn.services.pipelines._reuse import reuse_key, upstream_fingerprint
+from cairn.services.scheduler._pythons import Pythons
+from cairn.services.scheduler._resolve import EXISTS_FOR_S, resolve_asset, resolve_job
+from cairn.settings import Settings
+
+__all__ = ["PipelinesService"]
+
+log = get_logger("cairn.pipelines")
+ACTOR = "cairn-pipelines"
+_TERMINAL: dict[str, Literal["Completed", "Failed", "Canceled"]] = {
+    "Completed": "Completed",
+    "Failed": "Failed",
+    "Canceled": "Canceled",
+}
+#: how often every active pipeline is looked at, changed or not (a submit that failed)
+_FULL_PASS_S = 3.0
+
+
+class PipelinesService(ProjectedService):
+    name = "pipelines"
+
+    def __init__(self, conn: Connection, settings: Settings) -> None:
+        super().__init__(conn, settings, PipelinesProjection())
+        self.settings = settings
+        self.tick_s = 0.1
+        self.pythons = Pythons(conn, downloads=settings.python_downloads)
+        self.seen: dict[tuple[str, str], int] = {}  # pipeline -> the seq last reconciled
+        self.full_pass_at = 0.0
+        self.responders = [
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("pipeline")],
+                queue="pipelines",
+                types=PIPELINE_COMMAND_TYPES,
+                routes={SubmitPipeline.VERB: self._submit},
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("pipeline")],
+                queue="pipelines",
+                types=(GetPipeline,),
+                routes={GetPipeline.NAME: self._get},
+            ),
+        ]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):  # decide on a caught-up view where possible
+            await self.projection.wait_for(await self.store.last_seq(), timeout=30)
+        loop = asyncio.create_task(self._loop(stop))
+        try:
+            await super().run(stop)
+        finally:
+            await loop
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.reconcile()
+            except Exception as exc:  # the bus may be away; the next pass tries again
+                log.warning("reconcile_failed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.tick_s)
+
+    # -- commands -------------------------------------------------------------------------
+
+    async def _submit(self, req: Request) -> Accepted:
+        cmd: SubmitPipeline = req.body
+        ws = req.workspace
+        await lookup.require_workspace(self.cache, ws)
+        experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
+        pipelines.check_pipeline(cmd.pipeline)
+        for step in cmd.pipeline.steps:
+            await self._check_step(ws, cmd, step)
+        submit = pipelines.SubmitResolvedPipeline(command=cmd, experiment_id=experiment_id)
+        accepted = await execute(
+            req.context(), pipelines.AGGREGATE, cmd.run_id, submit, cache=self.cache, new=True
+        )
+        state = await self._state(ws, cmd.run_id)
+        seq = await self._ensure_run(ws, state, experiment_id)
+        return msgspec.structs.replace(accepted, seq=max(accepted.seq, seq))
+
+    async def _check_step(self, ws: str, cmd: SubmitPipeline, step: PipelineStep) -> None:
+        """Refuse at submission what the scheduler would refuse when the step starts."""
+        where = f"jobs.{step.name}"
+        try:
+            await resolve_asset(
+                self.cache, self.settings, ws, "compute", step.compute, None, max_age_s=EXISTS_FOR_S
+            )
+        except NotFound as exc:
+            raise InvalidBinding.at(f"{where}.compute", exc.message) from exc
+        job = _child_job(cmd.run_id, step, [])
+        try:
+            await resolve_job(self.cache, self.settings, ws, job, self.pythons)
+        except CairnError as exc:
+            raise InvalidBinding.at(where, exc.message) from exc
+
+    async def _get(self, req: Request) -> QueryResult:
+        q: GetPipeline = req.body
+
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[str, Any] | None:
+            return read_pipeline(db, t, req.workspace, q.run_id)
+
+        result = await self.read(req, fn)
+        if result.data is None:
+            raise NotFound(f"no pipeline {q.run_id}")
+        state = await self._state(req.workspace, q.run_id)
+        if state.spec is not None:  # the steps not started yet, in the pipeline's order
+            listed = {s["step"] for s in result.data["steps"]}
+            for step in state.spec.steps:
+                if step.name not in listed:
+                    result.data["steps"].append({"step": step.name, "status": "NotStarted"})
+            result.data["outputs"] = [msgspec.to_builtins(o) for o in state.spec.outputs]
+        for step in result.data["steps"]:
+            started, ended = step.get("started_at"), step.get("ended_at")
+            step["duration_s"] = round(ended - started, 3) if started and ended else None
+        return result
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def _ctx(self, ws: str, command_id: str) -> CommandContext:
+        return CommandContext(workspace=ws, command_id=command_id, actor=ACTOR)
+
+    async def _decide(
+        self, ws: str, pid: str, command_id: str, command: pipelines.PipelineCommand
+    ) -> PipelineState:
+        """A decision on the pipeline, then the pipeline as the log has it (which may hold
+        another orchestrator's decision instead)."""
+        await execute(
+            self._ctx(ws, command_id), pipelines.AGGREGATE, pid, command, cache=self.cache
+        )
+        return await self._state(ws, pid)
+
+    async def _on_run(
+        self, ws: str, run_id: str, command_id: str, command: runs.RunCommand, *, new: bool = False
+    ) -> int:
+        ctx = self._ctx(ws, command_id)
+        return (await execute(ctx, runs.AGGREGATE, run_id, command, cache=self.cache, new=new)).seq
+
+    async def _state(self, ws: str, pid: str) -> PipelineState:
+        return await lookup.state(self.cache, pipelines.AGGREGATE, ws, pid, fresh=True)
+
+    async def _ensure_run(self, ws: str, state: PipelineState, experiment_id: str = "") -> int:
+        """The pipeline run exists and is Running (or ended): created by the submission, or
+        by a later pass when the submitting process died in between."""
+        pid = state.run_id
+        run = await lookup.state(self.cache, runs.AGGREGATE, ws, pid, fresh=True)
+        seq = 0
+        if not run.exists:
+            experiment_id = experiment_id or await lookup.experiment_id(
+                self.cache, ws, state.experiment_name
+            )
+            submitted = await self._submitted(ws, pid)
+            create = CreateRun(
+                command_id=derived_id("pl-run", pid),
+                run_id=pid,
+                experiment_name=state.experiment_name,
+                display_name=submitted.display_name,
+            )
+            command = runs.CreateResolvedRun(command=create, experiment_id=experiment_id)
+            with contextlib.suppress(AlreadyExists):
+                seq = await self._on_run(ws, pid, create.command_id, command, new=True)
+            properties = {"run_type": "pipeline"}
+            if submitted.description:
+                properties["description"] = submitted.description
+            cid = derived_id("pl-props", pid)
+            cmd: runs.RunCommand = AddRunProperties(
+                command_id=cid, run_id=pid, properties=properties
+            )
+            seq = max(seq, await self._on_run(ws, pid, cid, cmd))
+            if submitted.tags:
+                cid = derived_id("pl-tags", pid)
+                cmd = SetRunTags(command_id=cid, run_id=pid, tags=submitted.tags)
+                seq = max(seq, await self._on_run(ws, pid, cid, cmd))
+            run = await lookup.run_state(self.cache, ws, pid)
+        if run.status == runs.RunStatus.NOT_STARTED:
+            cid = derived_id("pl-start", pid)
+            seq = max(seq, await self._on_run(ws, pid, cid, StartRun(command_id=cid, run_id=pid)))
+        return seq
+
+    async def _submitted(self, ws: str, pid: str) -> PipelineSubmitted:
+        history = await self.cache.refresh(subjects.event(ws, pipelines.KIND, pid))
+        for recorded in history:
+            if isinstance(recorded.envelope.data, PipelineSubmitted):
+                return recorded.envelope.data
+        raise NotFound(f"pipeline {pid} does not exist")
+
+    # -- the reconcile loop ---------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """One pass over the pipelines that changed (all active ones now and then)."""
+        full = time.monotonic() >= self.full_pass_at
+        if full:
+            self.full_pass_at = time.monotonic() + _FULL_PASS_S
+
+        def active(db: sqlite3.Connection, t: Tables) -> list[tuple[str, str, int]]:
+            rows = db.execute(
+                f"SELECT p.workspace, p.run_id, p.seq FROM {t('pipelines')} p"
+                f" LEFT JOIN {t('watch')} w ON w.workspace = p.workspace AND w.run_id = p.run_id"
+                " WHERE p.status = 'Running' OR w.status IS NULL"
+                " OR w.status NOT IN ('Completed', 'Failed', 'Canceled')"
+            )
+            return [(str(w), str(r), int(s)) for w, r, s in rows]
+
+        rows, _ = self.projection.read(active)
+        todo = [(ws, pid, seq) for ws, pid, seq in rows if full or self.seen.get((ws, pid)) != seq]
+        live = {(ws, pid) for ws, pid, _ in rows}
+        self.seen = {k: v for k, v in self.seen.items() if k in live}
+
+        async def one(ws: str, pid: str, seq: int) -> None:
+            try:
+                await self.reconcile_pipeline(ws, pid)
+                self.seen[(ws, pid)] = seq
+            except Exception as exc:  # this pipeline waits for the next pass, not the others
+                log.warning("pipeline_reconcile_failed", run_id=pid, error=repr(exc))
+
+        await asyncio.gather(*(one(*row) for row in todo))
+
+    def _runs(self, ws: str, pid: str) -> dict[str, tuple[str | None, str]]:
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[str, tuple[str | None, str]]:
+            rows = db.execute(
+                f"SELECT run_id, status, error FROM {t('watch')} WHERE workspace=? AND pipeline=?",
+                (ws, pid),
+            )
+            return {str(r): (s, str(e or "")) for r, s, e in rows}
+
+        return self.projection.read(fn)[0]
+
+    async def reconcile_pipeline(self, ws: str, pid: str) -> None:
+        state = await self._state(ws, pid)
+        spec = state.spec
+        if not state.exists or spec is None:
+            return
+        await self._ensure_run(ws, state)
+        watched = self._runs(ws, pid)
+        if state.ended:
+            await self._end_run(ws, state)
+            return
+        run_status = (await lookup.run_state(self.cache, ws, pid)).status
+        canceling = run_status == runs.RunStatus.CANCELED
+        failed = {n for n, s in state.steps.items() if s.status in ("Failed", "Canceled")}
+        stop = canceling or bool(failed and not spec.continue_on_step_failure)
+        for name, step in list(state.steps.items()):
+            if step.status == "Running":
+                state = await self._follow(ws, state, name, step, watched, stop)
+            elif step.status == "Reused":
+                state = await self._reused(ws, state, name, step)
+        unstarted = [s.name for s in spec.steps if s.name not in state.steps]
+        skip = set(unstarted) if stop else pipelines.downstream(spec, failed)
+        for name in unstarted:
+            if name in skip:
+                cmd = pipelines.EndStep(step=name, status="Skipped")
+                state = await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
+        if not stop:
+            for ready in spec.steps:
+                if ready.name not in state.steps and self._ready(state, ready):
+                    state = await self._start(ws, state, ready)
+        if all(s.name in state.steps and state.steps[s.name].ended for s in spec.steps):
+            await self._finish(ws, state, canceling)
+
+    def _ready(self, state: PipelineState, step: PipelineStep) -> bool:
+        return all(
+            (s := state.steps.get(up)) is not None and s.status == "Completed"
+            for up in pipelines.upstream(step)
+        )
+
+    async def _follow(
+        self,
+        ws: str,
+        state: PipelineState,
+        name: str,
+        step: StepState,
+        watched: dict[str, tuple[str | None, str]],
+        stop: bool,
+    ) -> PipelineState:
+        """A started step: its job submitted (again, under the same id: a no-op once it is),
+        its end recorded, or its run stopped when the pipeline stops."""
+        pid = state.run_id
+        status, error = watched.get(step.run_id, (None, ""))
+        if status is None:
+            await self._submit_step(ws, state, state.step(name), step.run_id)
+            status, error = self._runs(ws, pid).get(step.run_id, (None, ""))
+        if status is not None and (ended := _TERMINAL.get(status)) is not None:
+            cmd = pipelines.EndStep(step=name, status=ended, error=error)
+            return await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
+        if stop:
+            cid = derived_id("pl-cancel", step.run_id)
+            reason = "the pipeline stopped"
+            with contextlib.suppress(InvalidTransition, NotFound):
+                await self._on_run(
+                    ws,
+                    step.run_id,
+                    cid,
+                    CancelRun(command_id=cid, run_id=step.run_id, reason=reason),
+                )
+        return state
+
+    async def _start(self, ws: str, state: PipelineState, step: PipelineStep) -> PipelineState:
+        pid = state.run_id
+        upstream: dict[str, list[list[str]]] = {}
+        for bound in step.step_inputs:
+            producer = _producer(state.steps[bound.step])
+            upstream[bound.name] = (
+                await upstream_fingerprint(self.cache, ws, producer, bound.output)
+            )[0]
+        client = Client(self.conn, ws)
+        try:
+            key = await reuse_key(self.cache, self.settings, client, step, upstream)
+        except CairnError as exc:  # an input that cannot be read: the job will say so
+            log.info("no_reuse_key", run_id=pid, step=step.name, error=exc.message)
+            key = ""
+        assert state.spec is not None
+        reuse = key and step.allow_reuse and not state.spec.force_rerun
+        found = self._reusable(ws, key) if reuse else None
+        command: pipelines.PipelineCommand
+        if found is not None:
+            reason = f"the same code, environment, command and inputs as run {found}"
+            command = pipelines.ReuseStep(
+                step=step.name, reused_run_id=found, reuse_key=key, reason=reason
+            )
+        else:
+            command = pipelines.StartStep(step=step.name, reuse_key=key)
+        state = await self._decide(ws, pid, derived_id("pl-step", pid, step.name), command)
+        decided = state.steps[step.name]
+        if decided.status == "Running":
+            await self._submit_step(ws, state, step, decided.run_id)
+        elif decided.status == "Reused":
+            state = await self._reused(ws, state, step.name, decided)
+        return state
+
+    def _reusable(self, ws: str, key: str) -> str | None:
+        def fn(db: sqlite3.Connection, t: Tables) -> str | None:
+            row = db.execute(
+                f"SELECT run_id FROM {t('reuse')} WHERE workspace=? AND reuse_key=?", (ws, key)
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return self.projection.read(fn)[0]
+
+    async def _submit_step(
+        self, ws: str, state: PipelineState, step: PipelineStep, run_id: str
+    ) -> None:
+        """Submit the step's job (its inputs bound to the upstream runs' outputs) through
+        the scheduler, as any job is."""
+        bound: list[JobInput] = []
+        for item in step.step_inputs:
+            producer = _producer(state.steps[item.step])
+            _, out = await upstream_fingerprint(self.cache, ws, producer, item.output)
+            bound.append(
+                JobInput(name=item.name, mode=item.mode, datastore=out.datastore, path=out.path)
+            )
+        cmd = _child_job(state.run_id, step, bound, run_id=run_id, experiment=state.experiment_name)
+        try:
+            await Client(self.conn, ws).send(cmd)
+        except AlreadyExists:  # submitted under this id before: a replay answers Accepted
+            pass
+        except CairnError as exc:  # refused: the step fails, the pipeline follows
+            log.warning("step_submit_refused", run_id=run_id, error=exc.message)
+            end = pipelines.EndStep(step=step.name, status="Failed", error=exc.message)
+            await self._decide(ws, state.run_id, derived_id("pl-end", state.run_id, step.name), end)
+
+    async def _reused(
+        self, ws: str, state: PipelineState, name: str, step: StepState
+    ) -> PipelineState:
+        """The child run of a reused step: created under the pipeline run, marked with the run
+        it stands for and why, and completed; then the step ends Completed."""
+        pid, run_id = state.run_id, step.run_id
+        experiment_id = await lookup.experiment_id(self.cache, ws, state.experiment_name)
+        create = CreateRun(
+            command_id=derived_id("pl-reuse", pid, name),
+            run_id=run_id,
+            experiment_name=state.experiment_name,
+            display_name=state.step(name).display_name or name,
+            parent_run_id=pid,
+        )
+        with contextlib.suppress(AlreadyExists):
+            await self._on_run(
+                ws,
+                run_id,
+                create.command_id,
+                runs.CreateResolvedRun(command=create, experiment_id=experiment_id),
+                new=True,
+            )
+        reason = await self._reuse_reason(ws, pid, name)
+        properties = {"reused": "true", "reused_run_id": step.reused_run_id, "reuse_reason": reason}
+        cid = derived_id("pl-reused", run_id)
+        await self._on_run(
+            ws, run_id, cid, AddRunProperties(command_id=cid, run_id=run_id, properties=properties)
+        )
+        cid = derived_id("pl-reused-end", run_id)
+        await self._on_run(ws, run_id, cid, CompleteRun(command_id=cid, run_id=run_id))
+        cmd = pipelines.EndStep(step=name, status="Completed")
+        return await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
+
+    async def _reuse_reason(self, ws: str, pid: str, name: str) -> str:
+        history = await self.cache.refresh(subjects.event(ws, pipelines.KIND, pid))
+        for recorded in history:
+            ev = recorded.envelope.data
+            if isinstance(ev, PipelineStepReused) and ev.step == name:
+                return ev.reason
+        return ""
+
+    async def _finish(self, ws: str, state: PipelineState, canceling: bool) -> None:
+        """Every step has ended: the pipeline's run ends, then the pipeline."""
+        failed = sorted(n for n, s in state.steps.items() if s.status != "Completed")
+        if canceling:
+            end = pipelines.EndPipeline(status="Canceled", error="canceled")
+        elif failed:
+            errors = [
+                f"{n}: {state.steps[n].status}"
+                + (f" ({state.steps[n].error[:200]})" if state.steps[n].error else "")
+                for n in failed
+            ]
+            end = pipelines.EndPipeline(status="Failed", error="; ".join(errors))
+        else:
+            end = pipelines.EndPipeline(status="Completed")
+        ended = msgspec.structs.replace(state, status=end.status, error=end.error)
+        await self._end_run(ws, ended)
+        await self._decide(ws, state.run_id, derived_id("pl-done", state.run_id), end)
+
+    async def _end_run(self, ws: str, state: PipelineState) -> None:
+        pid = state.run_id
+        cid = derived_id("pl-done-run", pid)
+        command: runs.RunCommand
+        if state.status == "Completed":
+            command = CompleteRun(command_id=cid, run_id=pid)
+        elif state.status == "Failed":
+            command = FailRun(command_id=cid, run_id=pid, error=state.error)
+        else:
+            command = CancelRun(command_id=cid, run_id=pid, reason=state.error)
+        with contextlib.suppress(InvalidTransition):  # canceled by hand meanwhile
+            await self._on_run(ws, pid, cid, command)
+
+
+def _producer(step: StepState) -> str:
+    """The run whose files a completed step's outputs are (a reused step's: the earlier run)."""
+    return step.reused_run_id or step.run_id
+
+
+def _child_job(
+    pid: str,
+    step: PipelineStep,
+    bound: list[JobInput],
+    *,
+    run_id: str = "check",
+    experiment: str = "check",
+) -> SubmitJob:
+    job = msgspec.structs.replace(step.job, inputs=[*step.job.inputs, *bound])
+    return SubmitJob(
+        command_id=derived_id("pl-submit", run_id),
+        run_id=run_id,
+        experiment_name=experiment,
+        compute=step.compute,
+        job=job,
+        environment_name=step.environment_name,
+        environment_version=step.environment_version,
+        display_name=step.display_name or step.name,
+        tags={**step.tags, "pipeline_step": step.name},
+        parent_run_id=pid,
+    )
