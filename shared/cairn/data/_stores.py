@@ -247,9 +247,19 @@ class S3Store:
         self.prefix = spec.prefix.strip("/") + "/" if spec.prefix.strip("/") else ""
 
     @classmethod
-    async def open(cls, name: str, spec: DatastoreSpec, creds: dict[str, Any]) -> S3Store:
+    async def open(
+        cls, name: str, spec: DatastoreSpec, creds: dict[str, Any], *, ambient: bool = True
+    ) -> S3Store:
+        """A client with ``creds``; without them, the machine's own (``ambient``) or none:
+        unsigned requests, which only a public bucket answers."""
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
+        from botocore import UNSIGNED
+
+        unsigned = not ambient and not creds.get("access_key_id")
+        config = AioConfig(
+            max_pool_connections=32, signature_version=UNSIGNED if unsigned else None
+        )
 
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
@@ -259,7 +269,7 @@ class S3Store:
                 region_name=spec.region or "us-east-1",
                 aws_access_key_id=creds.get("access_key_id"),
                 aws_secret_access_key=creds.get("secret_access_key"),
-                config=AioConfig(max_pool_connections=32),
+                config=config,
             )
         )
         return cls(name, spec, client, stack)
@@ -362,12 +372,14 @@ async def check_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | No
         await store.close()
 
 
-async def open_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | None) -> Store:
+async def open_store(
+    name: str, spec: DatastoreSpec, creds: dict[str, Any] | None, *, ambient: bool = True
+) -> Store:
     if spec.kind == "local":
         if not spec.path:
             raise NotFound(f"datastore {name} has no path")
         return LocalStore(name, Path(spec.path))
-    return await S3Store.open(name, spec, creds or {})
+    return await S3Store.open(name, spec, creds or {}, ambient=ambient)
 
 
 def _literal_prefix(pattern: str) -> str:

@@ -211,13 +211,9 @@ def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path
     if m := _DATASET_REF.match(item.path):
         version = None if m.group(2) in (None, "latest") else int(m.group(2))
         return JobInput(name=name, mode=mode, dataset=m.group(1), version=version)
-    if is_url(item.path):
-        if item.type == "uri_folder":
-            raise InvalidInput(
-                f"inputs.{name}: a URL names one file: use type uri_file (folders come from"
-                " a datastore)"
-            )
-        return JobInput(name=name, mode=mode, url=check_url(item.path, f"inputs.{name}"))
+    if is_url(item.path):  # an s3:// one is given its bucket's datastore when submitted
+        url = check_url(item.path, f"inputs.{name}", folder=item.type == "uri_folder")
+        return JobInput(name=name, mode=mode, url=url)
     local = (base / item.path).resolve()
     if not local.exists():
         raise InvalidInput(f"inputs.{name}: {item.path} is neither a data reference nor a path")
