@@ -69,6 +69,7 @@ PINNED = {
         "Environment",
         "Estimator",
         "Experiment",
+        "Input",
         "Keyvault",
         "Model",
         "OfflineRun",

@@ -21,7 +21,7 @@ from cairn.errors import InvalidInput, InvalidName
 from cairn.proto.commands import CreateExperiment
 from cairn.proto.jobs import JobInput, JobSpec, ListJobs, SubmitJob
 from cairn.rpc import Client
-from cairn.sdk import Dataset, load_job_file, new_id
+from cairn.sdk import Dataset, Input, load_job_file, new_id
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.sdk.test_data import data_env
@@ -205,6 +205,23 @@ async def test_a_local_file_input_keeps_its_name(
     assert "name=rows.csv parent=inputs/f" in out and "content=a|b|" in out
 
 
+def test_an_sdk_input_takes_urls_as_a_job_file_does(tmp_path: Path) -> None:
+    given = Input(type="uri_folder", path="s3://lake/raw/2026/", mode="download")
+    assert str(given) == "${{inputs.2026}}"
+    assert given.job_binding() == JobInput(name="2026", mode="download", url="s3://lake/raw/2026/")
+    named = Input(type="uri_file", path="https://h/d.csv", name="d", path_on_compute="data")
+    assert named.job_binding() == JobInput(
+        name="d", mode="mount", url="https://h/d.csv", path_on_compute="data"
+    )
+    with pytest.raises(InvalidInput, match="need adlfs installed"):
+        Input(type="uri_file", path="wasbs://c@acct.blob.core.windows.net/a.csv")
+    with pytest.raises(InvalidInput, match="URL names one file"):
+        Input(type="uri_folder", path="https://h/d.csv")
+    (tmp_path / "here.csv").write_text("x\n")
+    with pytest.raises(InvalidInput, match="local path"):
+        Input(type="uri_file", path=str(tmp_path / "here.csv"))
+
+
 def test_a_dataset_keeps_its_urls_and_refuses_bad_ones() -> None:
     ds = Dataset.File.from_files("https://example.com/a.csv")
     assert ds.spec.urls == ["https://example.com/a.csv"] and ds.spec.paths == []
@@ -234,6 +251,7 @@ async def test_a_tabular_dataset_from_an_https_csv_is_read_in_and_out_of_a_job(
     assert got["url_files"] == [["data.csv", 6, True]], "registration records the validator"
     assert got["status"] == "Completed"
     assert got["metrics"] == {"rows": 2, "total": 3}
+    assert got["input"] == ["${{inputs.csv}}", "Completed", {"name": "data.csv", "lines": 3}]
 
 
 async def test_a_folder_url_arrives_with_its_layout_and_a_climbing_name_is_refused(

@@ -1,11 +1,12 @@
 """A tabular dataset from an https CSV URL: read before and after registration, and inside a
-job (as the dataset input itself, from the agent's copy)."""
+job (as the dataset input itself, from the agent's copy); the same URL as an ``Input`` in a
+ScriptRunConfig's arguments."""
 
 import json
 import os
 import sys
 
-from cairn.sdk import Dataset, Environment, Experiment, ScriptRunConfig, Workspace
+from cairn.sdk import Dataset, Environment, Experiment, Input, ScriptRunConfig, Workspace
 
 url = sys.argv[1]
 ws = Workspace.from_config()
@@ -33,6 +34,21 @@ config = ScriptRunConfig(
 )
 run = Experiment(ws, "url-datasets").submit(config)
 run.wait_for_completion()
+
+with open("job/name.py", "w") as f:
+    f.write(
+        "import os, sys\n"
+        "from cairn.sdk import Run\n"
+        "run = Run.get_context()\n"
+        "run.log('name', os.path.basename(sys.argv[2]))\n"
+        "run.log('lines', len(open(sys.argv[2]).read().splitlines()))\n"
+    )
+given = Input(type="uri_file", path=url, name="csv")
+config = ScriptRunConfig(
+    source_directory="job", script="name.py", arguments=["--f", given], environment=env
+)
+by_input = Experiment(ws, "url-datasets").submit(config)
+by_input.wait_for_completion()
 print(
     json.dumps(
         {
@@ -42,6 +58,7 @@ print(
             "url_files": [[f.path, f.size, bool(f.validator)] for f in again.spec.url_files],
             "status": run.get_status(),
             "metrics": run.get_metrics(),
+            "input": [str(given), by_input.get_status(), by_input.get_metrics()],
         }
     )
 )
