@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cairn.data import check_url, download_url, url_file_name
+from cairn.data import check_url, download_url, same_bytes, url_file_name
 from cairn.embedded import NatsServer
 from cairn.errors import InvalidInput, InvalidName
 from cairn.proto.commands import CreateExperiment
@@ -192,6 +192,14 @@ def test_url_file_names_stay_inside_the_folder() -> None:
     assert url_file_name("https://h/a/%2e%2e") is None
     assert url_file_name("https://h/") is None
     assert check_url("https://h/d.csv?sig=1", "x") == "https://h/d.csv?sig=1"
+
+
+def test_validators_compare_by_the_strongest_field_both_carry() -> None:
+    assert same_bytes('etag="a";modified=M;size=1', 'etag=W/"a";modified=N;size=2')
+    assert not same_bytes('etag="a";modified=M;size=1', 'etag="b";modified=M;size=1')
+    assert same_bytes("etag=;modified=M;size=6", "etag=;modified=M;size=6")
+    assert not same_bytes("etag=;modified=M;size=6", "etag=;modified=N;size=6")
+    assert not same_bytes("mtime=5;size=6", "mtime=;size=7")
 
 
 async def test_a_local_file_input_keeps_its_name(

@@ -60,6 +60,7 @@ from cairn.data._urls import (
     list_url,
     resolve_s3_url,
     s3_location,
+    same_bytes,
     url_file_name,
 )
 
@@ -103,6 +104,7 @@ __all__ = [
     "resolve_s3_url",
     "resolve_urls",
     "s3_location",
+    "same_bytes",
     "sha256_hex",
     "snapshot_files",
     "snapshot_url_files",

@@ -52,6 +52,7 @@ __all__ = [
     "list_url",
     "resolve_s3_url",
     "s3_location",
+    "same_bytes",
     "url_file_name",
 ]
 
@@ -267,6 +268,24 @@ def _http_validator(headers: httpx.Headers) -> str:
     return f"etag={etag};modified={modified};size={headers.get('content-length', '')}"
 
 
+def _fields(validator: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in validator.split(";") if "=" in p)
+
+
+def same_bytes(recorded: str, now: str) -> bool:
+    """Whether two validators describe the same bytes: by ETag when both have one (weak or
+    strong), else by modification time when both have one, else by size. (A server may
+    answer ``HEAD`` and ``GET`` with different headers; the strongest one both carry
+    decides.)"""
+    a, b = _fields(recorded), _fields(now)
+    for keys in (("etag", "ETag", "md5"), ("modified", "mtime", "LastModified", "last_modified")):
+        x = next((a[k] for k in keys if a.get(k)), "")
+        y = next((b[k] for k in keys if b.get(k)), "")
+        if x and y:
+            return x.removeprefix("W/") == y.removeprefix("W/")
+    return a.get("size", "") == b.get("size", "")
+
+
 def _info_validator(info: dict[str, Any]) -> str:
     parts = [
         f"{k}={info[k]}"
@@ -349,7 +368,7 @@ async def fetch_remote(
                         f"GET {remote.url} answered {response.status_code} {response.reason_phrase}"
                     )
                 now = _http_validator(response.headers)
-                if check and remote.validator and now != remote.validator:
+                if check and remote.validator and not same_bytes(remote.validator, now):
                     raise DataChanged(f"{remote.url} changed ({remote.validator} -> {now})")
                 size = int(response.headers.get("content-length") or 0)
                 if size > max_bytes:
@@ -370,7 +389,7 @@ def _fsspec_copy(remote: Remote, target: Path, max_bytes: int, check: bool) -> N
     fs, path = _fs(remote.url)
     if check and remote.validator:
         now = _info_validator(fs.info(path))
-        if now != remote.validator:
+        if not same_bytes(remote.validator, now):
             raise DataChanged(f"{remote.url} changed ({remote.validator} -> {now})")
     with fs.open(path, "rb") as src, target.open("wb") as out:
         written = 0
