@@ -141,3 +141,40 @@ async def test_a_dataset_from_an_s3_url_is_a_path_of_its_buckets_datastore(
     await lake.put("raw/2026/b.csv", b"x\n20\n")
     with pytest.raises(DataChanged, match=r"raw/2026/b\.csv"):
         await ws.datasets.materialise(spec, tmp_path / "again")
+
+
+async def test_an_s3_url_never_reads_with_the_agents_own_credentials(
+    client: Client,
+    client_settings: Settings,
+    agents: Agents,
+    ws: AsyncWorkspace,
+    seaweed: SeaweedFS,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A datastore registered without credentials is read, as a datastore, with the
+    credentials of the machine moving the data (here: the agent's environment). An s3://
+    URL of its bucket is not: it is read unsigned, which this private bucket refuses, so
+    naming a URL borrows nothing from the agent."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    bucket = "bare-" + uuid.uuid4().hex[:10]
+    blobs = await S3BlobStore.open(seaweed.config(bucket))
+    try:
+        await blobs.client.create_bucket(Bucket=bucket)
+        await blobs.client.put_object(Bucket=bucket, Key="raw/a.csv", Body=b"x\n1\n")
+        spec = DatastoreSpec(kind="s3", bucket=bucket, endpoint_url=seaweed.endpoint)
+        await ws.assets.register_datastore("bare", spec, None)
+    finally:
+        await blobs.close()
+    await agents.start()
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    _job(tmp_path, "azureml://datastores/bare/paths/raw/a.csv")
+    out = await cli("job", "create", "--file", "job.yml", "--stream", env=env, cwd=tmp_path)
+    assert "name=a.csv parent=inputs/f" in out and "content=x|1|" in out
+    _job(tmp_path, f"s3://{bucket}/raw/a.csv")
+    code, out, err = await run_cli(
+        "job", "create", "--file", "job.yml", "--stream", env=env, cwd=tmp_path
+    )
+    assert code != 0 and "content=" not in out
+    assert "datastore bare" in out + err and "refused an unsigned request" in out + err
