@@ -17,11 +17,12 @@ import pytest
 
 from cairn.data import check_url, download_url, same_bytes, url_file_name
 from cairn.embedded import NatsServer
-from cairn.errors import InvalidInput, InvalidName
+from cairn.errors import DataChanged, InvalidInput, InvalidName
+from cairn.proto.assets import DatasetSpec
 from cairn.proto.commands import CreateExperiment
 from cairn.proto.jobs import JobInput, JobSpec, ListJobs, SubmitJob
 from cairn.rpc import Client
-from cairn.sdk import Dataset, Input, load_job_file, new_id
+from cairn.sdk import AsyncWorkspace, Dataset, Input, load_job_file, new_id
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.sdk.test_data import data_env
@@ -195,11 +196,12 @@ def test_url_file_names_stay_inside_the_folder() -> None:
 
 
 def test_validators_compare_by_the_strongest_field_both_carry() -> None:
-    assert same_bytes('etag="a";modified=M;size=1', 'etag=W/"a";modified=N;size=2')
+    assert same_bytes('etag="a";modified=M;size=1', 'etag=W/"a";modified=N;size=')
     assert not same_bytes('etag="a";modified=M;size=1', 'etag="b";modified=M;size=1')
     assert same_bytes("etag=;modified=M;size=6", "etag=;modified=M;size=6")
     assert not same_bytes("etag=;modified=M;size=6", "etag=;modified=N;size=6")
     assert not same_bytes("mtime=5;size=6", "mtime=;size=7")
+    assert not same_bytes("etag=;modified=M;size=6", "etag=;modified=M;size=8")
 
 
 async def test_a_local_file_input_keeps_its_name(
@@ -297,3 +299,20 @@ async def test_a_download_over_the_size_bound_stops(tmp_path: Path, served: str)
         await download_url(f"{served}/data.csv", folder, max_bytes=3)
     got = await download_url(f"{served}/data.csv", folder, max_bytes=6)
     assert got == folder / "data.csv" and got.read_text() == "x\n1\n2\n"
+
+
+async def test_a_url_dataset_version_checks_its_validator_and_a_snapshot_keeps_the_bytes(
+    ws: AsyncWorkspace, tmp_path: Path, served: Served
+) -> None:
+    url = f"{served}/data.csv"
+    spec = DatasetSpec(kind="tabular", paths=[], urls=[url])
+    ref = msgspec.convert((await ws.datasets.register("by ref", spec))["spec"], DatasetSpec)
+    snap = await ws.datasets.register("by copy", spec, snapshot=True)
+    copied = msgspec.convert(snap["spec"], DatasetSpec)
+    assert [f.blob is None for f in ref.url_files] == [True]
+    assert [f.blob is not None for f in copied.url_files] == [True]
+    (tmp_path / "www" / "data.csv").write_text("x\n1\n2\n3\n")
+    with pytest.raises(DataChanged, match=re.escape(url)):
+        await ws.datasets.materialise(ref, tmp_path / "ref")
+    got = await ws.datasets.materialise(copied, tmp_path / "copy")
+    assert [p.read_text() for p in got] == ["x\n1\n2\n"], "the snapshot's bytes, not the URL's"

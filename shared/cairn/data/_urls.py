@@ -273,11 +273,13 @@ def _fields(validator: str) -> dict[str, str]:
 
 
 def same_bytes(recorded: str, now: str) -> bool:
-    """Whether two validators describe the same bytes: by ETag when both have one (weak or
-    strong), else by modification time when both have one, else by size. (A server may
-    answer ``HEAD`` and ``GET`` with different headers; the strongest one both carry
-    decides.)"""
+    """Whether two validators describe the same bytes: not when both give sizes that
+    differ; else by ETag when both have one (weak or strong), else by modification time
+    when both have one, else by size. (A server may answer ``HEAD`` and ``GET`` with
+    different headers; the strongest one both carry decides.)"""
     a, b = _fields(recorded), _fields(now)
+    if a.get("size") and b.get("size") and a["size"] != b["size"]:
+        return False
     for keys in (("etag", "ETag", "md5"), ("modified", "mtime", "LastModified", "last_modified")):
         x = next((a[k] for k in keys if a.get(k)), "")
         y = next((b[k] for k in keys if b.get(k)), "")
