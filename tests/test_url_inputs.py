@@ -254,14 +254,23 @@ async def test_a_tabular_dataset_from_an_https_csv_is_read_in_and_out_of_a_job(
     await agents.start()
     env = data_env(client_settings, nats_server, client.workspace, tmp_path / "home")
     got = await run_script(
-        "url_dataset_script.py", f"{served}/data.csv", env=env, cwd=tmp_path, timeout=180
+        "url_dataset_script.py",
+        f"{served}/data.csv",
+        f"{served}/secret.txt",
+        env=env,
+        cwd=tmp_path,
+        timeout=180,
     )
     assert got["before"] == [1, 2] and got["after"] == [1, 2]
     assert got["urls"] == [f"{served}/data.csv"]
     assert got["url_files"] == [["data.csv", 6, True]], "registration records the validator"
     assert got["status"] == "Completed"
     assert got["metrics"] == {"rows": 2, "total": 3}
-    assert got["input"] == ["${{inputs.csv}}", "Completed", {"name": "data.csv", "lines": 3}]
+    assert got["input"] == [
+        "${{inputs.csv}}",
+        "Completed",
+        {"name": "data.csv", "lines": 3, "other": "secret.txt"},
+    ]
 
 
 async def test_a_folder_url_arrives_with_its_layout_and_a_climbing_name_is_refused(

@@ -42,10 +42,16 @@ with open("job/name.py", "w") as f:
         "run = Run.get_context()\n"
         "run.log('name', os.path.basename(sys.argv[2]))\n"
         "run.log('lines', len(open(sys.argv[2]).read().splitlines()))\n"
+        "run.log('other', ','.join(sorted(os.listdir(sys.argv[4]))))\n"
     )
 given = Input(type="uri_file", path=url, name="csv")
+# another URL dataset: its own copy on the agent, not the table's (both have no datastore files)
+other = Dataset.File.from_files(path=sys.argv[2]).register(workspace=ws, name="url file")
 config = ScriptRunConfig(
-    source_directory="job", script="name.py", arguments=["--f", given], environment=env
+    source_directory="job",
+    script="name.py",
+    arguments=["--f", given, "--g", other.as_named_input("g").as_download()],
+    environment=env,
 )
 by_input = Experiment(ws, "url-datasets").submit(config)
 by_input.wait_for_completion()

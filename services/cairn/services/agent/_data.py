@@ -116,7 +116,8 @@ async def _dataset_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[
     async def fill(tmp: Path) -> None:
         await materialise(ctx.client, spec, tmp, label=label, settings=ctx.settings)
 
-    key = _key("dataset", [msgspec.to_builtins(f) for f in spec.files])
+    files = [msgspec.to_builtins(f) for f in [*spec.files, *spec.url_files]]
+    key = _key("dataset", files)
     return await _cached(cache, key, fill), True
 
 
