@@ -6,6 +6,7 @@ served over plain http on 127.0.0.1 (the client is the same for https); S3 URLs 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -325,3 +326,18 @@ async def test_a_url_dataset_version_checks_its_validator_and_a_snapshot_keeps_t
         await ws.datasets.materialise(ref, tmp_path / "ref")
     got = await ws.datasets.materialise(copied, tmp_path / "copy")
     assert [p.read_text() for p in got] == ["x\n1\n2\n"], "the snapshot's bytes, not the URL's"
+
+
+async def test_the_cli_registers_a_dataset_from_a_url(
+    client: Client, client_settings: Settings, tmp_path: Path, served: Served
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    url = f"{served}/data.csv"
+    made = json.loads(
+        await cli(
+            "dataset", "create", "web", "--path", url, "--tabular", "--json", env=env, cwd=tmp_path
+        )
+    )
+    assert made["files"] == [f"{url} (6 B)"] and made["spec"]["urls"] == [url]
+    await cli("dataset", "download", "web", "out", env=env, cwd=tmp_path)
+    assert (tmp_path / "out" / "data.csv").read_text() == "x\n1\n2\n"
