@@ -127,6 +127,10 @@ def _fsspec_missing(scheme: str, where: str) -> None:
         fsspec.get_filesystem_class(scheme)
     except ImportError as e:
         package = _DRIVERS.get(scheme) or _package_in(str(e))
+        if package is None:
+            raise InvalidInput(
+                f"{where}: {scheme}:// URLs need their fsspec filesystem's packages installed ({e})"
+            ) from e
         raise InvalidInput(
             f"{where}: {scheme}:// URLs need {package} installed (pip install {package})"
         ) from e
@@ -144,9 +148,13 @@ def _fsspec_missing(scheme: str, where: str) -> None:
         ) from e
 
 
-def _package_in(message: str) -> str:
-    m = re.search(r"install (\S+)", message, re.IGNORECASE)
-    return m.group(1) if m else "its fsspec filesystem package"
+def _package_in(message: str) -> str | None:
+    """The package an ImportError of fsspec's names ("Install adlfs to access...", "No
+    module named 'paramiko'", 'requires "paramiko"')."""
+    m = re.search(
+        r"install (\S+)|No module named '([^'.]+)|requires \"([^\"]+)\"", message, re.IGNORECASE
+    )
+    return next((g for g in m.groups() if g), None) if m else None
 
 
 def check_url(url: str, where: str, *, folder: bool = False) -> str:
