@@ -132,6 +132,7 @@ async def test_a_url_input_arrives_under_its_own_name(
         ("abfss://fs@acct.dfs.core.windows.net/raw/", "uri_folder", "need adlfs installed"),
         ("gs://bucket/a.csv", "uri_file", "need gcsfs installed"),
         ("sftp://host/a.csv", "uri_file", "need paramiko installed"),
+        ("s3a://bucket/a.csv", "uri_file", "as s3://"),
         ("nosuchfs://host/a.csv", "uri_file", "no filesystem reads nosuchfs://"),
         ("file:///etc/passwd", "uri_file", "reads the machine that moves the data"),
         ("memory://host/a.csv", "uri_folder", "reads the machine that moves the data"),

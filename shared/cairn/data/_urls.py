@@ -103,6 +103,7 @@ _ANON: dict[str, dict[str, Any]] = {
     **{s: {"anon": True} for s in ("wasb", "wasbs", "abfs", "abfss", "az")},
     "gs": {"token": "anon"},
     "gcs": {"token": "anon"},
+    "hf": {"token": False},
 }
 _SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 
@@ -180,6 +181,8 @@ def check_url(url: str, where: str, *, folder: bool = False) -> str:
     if scheme == "s3":
         s3_location(url, where)
         return url
+    if scheme in ("s3a", "s3n"):  # s3fs would read them with the machine's own credentials
+        raise InvalidInput(f"{where}: write {scheme}:// URLs as s3:// (read through a datastore)")
     if scheme in _HTTP:
         if folder:
             raise InvalidInput(
