@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from cairn.data import resolve_s3_url
 from cairn.errors import DataChanged, InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec, DatastoreSpec
 from cairn.proto.commands import CreateExperiment
@@ -178,3 +179,23 @@ async def test_an_s3_url_never_reads_with_the_agents_own_credentials(
     )
     assert code != 0 and "content=" not in out
     assert "datastore bare" in out + err and "refused an unsigned request" in out + err
+
+
+async def test_an_s3_url_resolves_to_the_datastore_with_the_longest_prefix_holding_it(
+    client: Client, ws: AsyncWorkspace, seaweed: SeaweedFS, lake: Lake
+) -> None:
+    creds = {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}
+    spec = DatastoreSpec(kind="s3", bucket=lake.bucket, endpoint_url=seaweed.endpoint)
+    await ws.assets.register_datastore(
+        "rawlake", msgspec.structs.replace(spec, prefix="raw/"), creds
+    )
+    url = f"s3://{lake.bucket}/raw/2026/b.csv"
+    assert await resolve_s3_url(client, url) == ("rawlake", "2026/b.csv")
+    assert await resolve_s3_url(client, f"s3://{lake.bucket}/other/d.csv") == (
+        "lake",
+        "other/d.csv",
+    )
+    assert await resolve_s3_url(client, f"s3://{lake.bucket}/rawer/x") == ("lake", "rawer/x")
+    await ws.assets.register_datastore("twin", spec, creds)
+    with pytest.raises(InvalidInput, match="datastores lake, twin all read bucket"):
+        await resolve_s3_url(client, f"s3://{lake.bucket}/other/d.csv")
