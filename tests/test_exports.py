@@ -75,6 +75,7 @@ PINNED = {
         "Environment",
         "Estimator",
         "Experiment",
+        "Input",
         "Keyvault",
         "LoadedPipeline",
         "Model",

@@ -38,6 +38,7 @@ __all__ = [
     "RegisterDataset",
     "RegisterDatastore",
     "RegisterEnvironment",
+    "UrlFile",
 ]
 
 ASSET_KINDS = ("environment", "datastore", "compute", "dataset", "component")
@@ -95,6 +96,20 @@ class DataFile(msgspec.Struct, frozen=True, array_like=True):
     blob: Digest | None = None
 
 
+class UrlFile(msgspec.Struct, frozen=True, array_like=True):
+    """One file of a dataset version read from a URL: ``[url, path, size, validator]`` —
+    ``path`` is where it lands (relative: the URL's file name, or its path below a folder
+    URL), ``validator`` what the server said identifies those bytes at registration (ETag,
+    Last-Modified, size) — and, for a snapshot version, the digest of the copy in the
+    artifact store."""
+
+    url: Text
+    path: Text
+    size: Count
+    validator: str
+    blob: Digest | None = None
+
+
 class DatasetSpec(Strict, frozen=True, kw_only=True, tag="dataset"):
     """What a dataset version is: tabular (delimited files) or file datasets over datastore
     paths with wildcards, and the fingerprint of every file they matched at registration, so
@@ -107,6 +122,11 @@ class DatasetSpec(Strict, frozen=True, kw_only=True, tag="dataset"):
     infer_column_types: bool = True
     files: list[DataFile] = msgspec.field(default_factory=list)
     snapshot: bool = False
+    #: URLs as given (``https://``, ``s3://``, or an fsspec scheme); an ``s3://`` one is read
+    #: through the registered S3 datastore of its bucket and lands in ``paths``/``files``
+    urls: list[Text] = msgspec.field(default_factory=list)
+    #: the files of the other URLs with their validators at registration
+    url_files: list[UrlFile] = msgspec.field(default_factory=list)
 
 
 class ComponentPort(Strict, frozen=True, kw_only=True):

@@ -101,8 +101,10 @@ class JobInput(Strict, frozen=True, kw_only=True):
     version: Count | None = None
     path_on_compute: Text | None = None
     as_dataset: bool = False
-    #: a file read from this URL (``https://``, or an fsspec scheme the agent can read),
-    #: landing as ``<path_on_compute>/<its file name>``
+    #: data read from this URL: an ``https://`` file, or a file or folder of an fsspec
+    #: scheme the agent can read, landing as ``<path_on_compute>/<its file name>`` (a
+    #: folder with its layout); an ``s3://`` one names the S3 datastore of its bucket in
+    #: ``datastore`` and the key's path inside it in ``path``, and is read through it
     url: Text | None = None
     model: Name | None = None
     alias: Id | None = None

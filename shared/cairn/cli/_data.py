@@ -115,7 +115,8 @@ def dataset() -> None:
     "paths",
     multiple=True,
     required=True,
-    help="DATASTORE:PATTERN, wildcards allowed; repeatable",
+    help="DATASTORE:PATTERN, wildcards allowed, or a URL (https://, s3://, or a scheme whose"
+    " fsspec filesystem is installed); repeatable",
 )
 @click.option("--tabular/--file", default=False, help="delimited files read as a table, or files")
 @click.option(
@@ -146,12 +147,16 @@ def dataset_create(
     Examples:
       cairn dataset create images --path lake:raw/images/*.png
       cairn dataset create sales --tabular --path lake:sales/2026-*.csv --new-version
+      cairn dataset create iris --tabular --path https://example.com/data/iris.csv
     """
     from cairn.sdk import Dataset
 
     ws = sync_workspace()
-    pairs = []
+    pairs: list[tuple[str, str] | str] = []
     for item in paths:
+        if "://" in item:  # a URL, kept as given (checked by the SDK)
+            pairs.append(item)
+            continue
         store, sep, pattern = item.partition(":")
         if not sep or not pattern:
             raise click.BadParameter(f"{item!r}: use DATASTORE:PATTERN", param_hint="--path")
@@ -177,8 +182,11 @@ def _show_dataset(name: str, version: int | None, as_json: bool) -> None:
         return {**row, "read_by_runs": [r["run_id"] for r in runs]}
 
     row = run(with_workspace(go))
-    row["files"] = [f"{f[0]}:{f[1]} ({f[2]} B)" for f in row["spec"].get("files", [])]
-    row["spec"] = {k: v for k, v in row["spec"].items() if k != "files"}
+    spec = row["spec"]
+    row["files"] = [f"{f[0]}:{f[1]} ({f[2]} B)" for f in spec.get("files", [])] + [
+        f"{f[0]} ({f[2]} B)" for f in spec.get("url_files", [])
+    ]
+    row["spec"] = {k: v for k, v in spec.items() if k not in ("files", "url_files")}
     show(row, as_json)
 
 

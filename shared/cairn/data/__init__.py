@@ -14,7 +14,14 @@ from cairn.data._access import (
     open_datastore,
     upload_pairs,
 )
-from cairn.data._datasets import common_dir, fingerprint, materialise, snapshot_files
+from cairn.data._datasets import (
+    common_dir,
+    fingerprint,
+    materialise,
+    resolve_urls,
+    snapshot_files,
+    snapshot_url_files,
+)
 from cairn.data._preview import (
     PREVIEW_BYTES,
     PREVIEW_ROWS,
@@ -43,7 +50,19 @@ from cairn.data._transfer import (
     read_blob_head,
     upload_file,
 )
-from cairn.data._urls import MAX_URL_BYTES, check_url, download_url, is_url, url_file_name
+from cairn.data._urls import (
+    MAX_URL_BYTES,
+    Remote,
+    check_url,
+    download_url,
+    fetch_remote,
+    is_url,
+    list_url,
+    resolve_s3_url,
+    s3_location,
+    same_bytes,
+    url_file_name,
+)
 
 __all__ = [
     "MAX_URL_BYTES",
@@ -53,6 +72,7 @@ __all__ = [
     "Entry",
     "LocalStore",
     "Progress",
+    "Remote",
     "S3Store",
     "Store",
     "TablePreview",
@@ -66,11 +86,13 @@ __all__ = [
     "download_file",
     "download_prefix",
     "download_url",
+    "fetch_remote",
     "fingerprint",
     "interactive",
     "is_snapshot",
     "is_url",
     "list_entries",
+    "list_url",
     "local_target",
     "match",
     "materialise",
@@ -79,8 +101,13 @@ __all__ = [
     "preview_table",
     "read_blob_head",
     "read_only_tree",
+    "resolve_s3_url",
+    "resolve_urls",
+    "s3_location",
+    "same_bytes",
     "sha256_hex",
     "snapshot_files",
+    "snapshot_url_files",
     "upload_file",
     "upload_pairs",
     "url_file_name",

@@ -36,7 +36,9 @@ __all__ = [
 PARALLEL = 8
 
 
-async def _open(client: Client, name: str, settings: Settings | None) -> Store:
+async def _open(
+    client: Client, name: str, settings: Settings | None, *, ambient: bool = True
+) -> Store:
     q = GetAsset(asset_kind="datastore", name=name, sealed=True)
     data = (await client.ask(q)).data
     spec = data["spec"]
@@ -51,7 +53,7 @@ async def _open(client: Client, name: str, settings: Settings | None) -> Store:
     token = data.get("sealed_credentials")
     keys = settings or client.conn.settings
     creds = unseal(keys, client.workspace, token) if token else None
-    return await open_store(name, store_spec, creds)
+    return await open_store(name, store_spec, creds, ambient=ambient)
 
 
 class Datastores:
@@ -81,11 +83,13 @@ class Datastores:
 
 @contextlib.asynccontextmanager
 async def open_datastore(
-    client: Client, name: str, settings: Settings | None = None
+    client: Client, name: str, settings: Settings | None = None, *, ambient: bool = True
 ) -> AsyncIterator[Store]:
     """Datastore ``name`` of the client's workspace, open for the ``async with`` block, its
-    credentials opened with the key of ``settings`` (default: the connection's)."""
-    store = await _open(client, name, settings)
+    credentials opened with the key of ``settings`` (default: the connection's). Without
+    ``ambient``, an S3 datastore registered without credentials is read unsigned rather than
+    with whatever credentials this machine has."""
+    store = await _open(client, name, settings, ambient=ambient)
     try:
         yield store
     finally:

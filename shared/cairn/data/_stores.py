@@ -204,7 +204,7 @@ _MISSING_CODES = ("404", "NoSuchBucket", "NoSuchKey", "NotFound")
 
 
 @contextlib.contextmanager
-def _s3_errors(name: str, spec: DatastoreSpec) -> Iterator[None]:
+def _s3_errors(name: str, spec: DatastoreSpec, unsigned: bool = False) -> Iterator[None]:
     """What a datastore's S3 endpoint says, as one typed line: no credentials, refused
     credentials, no such bucket, no endpoint (never botocore's traceback)."""
     from botocore.exceptions import (
@@ -229,6 +229,12 @@ def _s3_errors(name: str, spec: DatastoreSpec) -> Iterator[None]:
         raise Unavailable(f"datastore {name}: cannot reach {where}: {exc}") from exc
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _REFUSED_CODES and unsigned:
+            raise Unauthenticated(
+                f"datastore {name}: {where} refused an unsigned request ({code}): the"
+                " datastore has no credentials, and an s3:// URL is never read with this"
+                " machine's own; register the datastore with credentials"
+            ) from exc
         if code in _REFUSED_CODES:
             raise Unauthenticated(
                 f"datastore {name}: {where} refused the credentials ({code})"
@@ -241,15 +247,28 @@ def _s3_errors(name: str, spec: DatastoreSpec) -> Iterator[None]:
 
 
 class S3Store:
-    def __init__(self, name: str, spec: DatastoreSpec, client: Any, stack: Any) -> None:
+    def __init__(
+        self, name: str, spec: DatastoreSpec, client: Any, stack: Any, unsigned: bool = False
+    ) -> None:
         self.name, self.spec, self.client, self._stack = name, spec, client, stack
+        self.unsigned = unsigned
         self.bucket = spec.bucket or ""
         self.prefix = spec.prefix.strip("/") + "/" if spec.prefix.strip("/") else ""
 
     @classmethod
-    async def open(cls, name: str, spec: DatastoreSpec, creds: dict[str, Any]) -> S3Store:
+    async def open(
+        cls, name: str, spec: DatastoreSpec, creds: dict[str, Any], *, ambient: bool = True
+    ) -> S3Store:
+        """A client with ``creds``; without them, the machine's own (``ambient``) or none:
+        unsigned requests, which only a public bucket answers."""
         from aiobotocore.config import AioConfig
         from aiobotocore.session import get_session
+        from botocore import UNSIGNED
+
+        unsigned = not ambient and not creds.get("access_key_id")
+        config = AioConfig(
+            max_pool_connections=32, signature_version=UNSIGNED if unsigned else None
+        )
 
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
@@ -259,24 +278,24 @@ class S3Store:
                 region_name=spec.region or "us-east-1",
                 aws_access_key_id=creds.get("access_key_id"),
                 aws_secret_access_key=creds.get("secret_access_key"),
-                config=AioConfig(max_pool_connections=32),
+                config=config,
             )
         )
-        return cls(name, spec, client, stack)
+        return cls(name, spec, client, stack, unsigned)
 
     def _key(self, path: str) -> str:
         return self.prefix + validate_run_path(path)
 
     async def check(self) -> None:
         """The bucket exists and the credentials open it (one ``HeadBucket``)."""
-        with _s3_errors(self.name, self.spec):
+        with _s3_errors(self.name, self.spec, self.unsigned):
             await self.client.head_bucket(Bucket=self.bucket)
 
     async def list(self, prefix: str = "") -> list[Entry]:
         prefix = _prefix_ok(prefix)
         out = []
         paginator = self.client.get_paginator("list_objects_v2")
-        with _s3_errors(self.name, self.spec):
+        with _s3_errors(self.name, self.spec, self.unsigned):
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) :]
@@ -290,7 +309,7 @@ class S3Store:
 
     async def stat(self, path: str) -> Entry | None:
         try:
-            with _s3_errors(self.name, self.spec):
+            with _s3_errors(self.name, self.spec, self.unsigned):
                 head = await self.client.head_object(Bucket=self.bucket, Key=self._key(path))
         except NotFound:
             return None
@@ -298,7 +317,7 @@ class S3Store:
 
     async def put(self, path: str, source: Path, progress: Counter | None = None) -> Entry:
         key = self._key(path)
-        with _s3_errors(self.name, self.spec):
+        with _s3_errors(self.name, self.spec, self.unsigned):
             size, etag = await put_s3_file(self.client, self.bucket, key, source, progress=progress)
         return Entry(path, size, etag)
 
@@ -306,7 +325,7 @@ class S3Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part")
         try:
-            with _s3_errors(self.name, self.spec):
+            with _s3_errors(self.name, self.spec, self.unsigned):
                 got = await self.client.get_object(Bucket=self.bucket, Key=self._key(path))
         except NotFound as exc:
             raise NotFound(f"datastore {self.name} has no file {path!r}") from exc
@@ -326,7 +345,7 @@ class S3Store:
             return b""
         key = self._key(path)
         try:
-            with _s3_errors(self.name, self.spec):
+            with _s3_errors(self.name, self.spec, self.unsigned):
                 got = await self.client.get_object(
                     Bucket=self.bucket, Key=key, Range=f"bytes=0-{limit - 1}"
                 )
@@ -362,12 +381,14 @@ async def check_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | No
         await store.close()
 
 
-async def open_store(name: str, spec: DatastoreSpec, creds: dict[str, Any] | None) -> Store:
+async def open_store(
+    name: str, spec: DatastoreSpec, creds: dict[str, Any] | None, *, ambient: bool = True
+) -> Store:
     if spec.kind == "local":
         if not spec.path:
             raise NotFound(f"datastore {name} has no path")
         return LocalStore(name, Path(spec.path))
-    return await S3Store.open(name, spec, creds or {})
+    return await S3Store.open(name, spec, creds or {}, ambient=ambient)
 
 
 def _literal_prefix(pattern: str) -> str:

@@ -18,7 +18,7 @@ from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._estimators import Estimator, PyTorch, SKLearn, TensorFlow
-from cairn.sdk._jobfile import load_job_file
+from cairn.sdk._jobfile import Input, load_job_file
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
@@ -58,6 +58,7 @@ __all__ = [
     "Environment",
     "Estimator",
     "Experiment",
+    "Input",
     "Keyvault",
     "LoadedPipeline",
     "Model",

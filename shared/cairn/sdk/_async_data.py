@@ -16,7 +16,9 @@ from cairn.data import (
     fingerprint,
     list_entries,
     materialise,
+    resolve_urls,
     snapshot_files,
+    snapshot_url_files,
     upload_pairs,
 )
 from cairn.proto.assets import DataFile, DatasetSpec, GetAsset, RegisterDataset
@@ -122,11 +124,16 @@ class AsyncDatasets:
         """Record ``spec`` and the fingerprint of the files it matches now (with ``snapshot``,
         copies of them too, with a bar of the bytes copied) as a version of ``name``; returns
         the version's record."""
-        files = await self.files(spec)
+        # the files matched now (a spec read from a version is fingerprinted afresh)
+        spec = await self.resolved(msgspec.structs.replace(spec, files=[], url_files=[]))
+        url_files, s = spec.url_files, self._session
+        files = spec.files
         if snapshot:
-            s = self._session
             files = await snapshot_files(s.client, files, settings=s.settings, show=show_progress)
-        versioned = msgspec.structs.replace(spec, files=files, snapshot=snapshot)
+            url_files = await snapshot_url_files(s.client, url_files, show=show_progress)
+        versioned = msgspec.structs.replace(
+            spec, files=files, url_files=url_files, snapshot=snapshot
+        )
         cmd = RegisterDataset(
             command_id=new_id(),
             name=name,
@@ -137,6 +144,16 @@ class AsyncDatasets:
         )
         reply = await self._session.send(cmd)
         return await self.get(name, min_seq=reply.seq)
+
+    async def resolved(self, spec: DatasetSpec) -> DatasetSpec:
+        """``spec`` with its URLs resolved (an ``s3://`` one to its bucket's datastore, the
+        others' files with their validators) and the files its paths match now."""
+        s = self._session
+        spec = await resolve_urls(s.client, spec)
+        if spec.files:
+            return spec
+        files = await fingerprint(s.client, spec, settings=s.settings)
+        return msgspec.structs.replace(spec, files=files)
 
     async def files(self, spec: DatasetSpec) -> list[DataFile]:
         """Every file the spec's paths match now, with its digest or ETag."""

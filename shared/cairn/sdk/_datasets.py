@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.data import common_dir, is_url, read_only_tree, writable_tree
+from cairn.data import check_url, common_dir, is_url, read_only_tree, writable_tree
 from cairn.errors import InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec
 from cairn.proto.paths import validate_run_path
@@ -33,24 +33,25 @@ from cairn.sdk._runtime import WorkspaceBase
 __all__ = ["Dataset", "FileDataset", "TabularDataset"]
 
 
-def _data_paths(path: Any) -> builtins.list[DataPath]:
-    """``(datastore, 'pattern')`` or a list of them; a datastore given by object or name."""
+def _data_paths(path: Any) -> tuple[builtins.list[DataPath], builtins.list[str]]:
+    """``(datastore, 'pattern')``, a URL, or a list of them; a datastore given by object or
+    name. URLs (``https://``, ``s3://``, any fsspec scheme installed) are kept as given."""
     items = path if isinstance(path, builtins.list) else [path]
-    out = []
+    out, urls = [], []
     for item in items:
         if isinstance(item, DataReference):
             item = (item.datastore, item.path_on_datastore)
         if isinstance(item, str) and is_url(item):
-            raise InvalidInput(
-                f"{item!r:.200}: a dataset's files come from a datastore (versions keep their"
-                " fingerprints; a URL has none): upload them to one, or give the URL to a job"
-                " as a uri_file input"
-            )
+            urls.append(check_url(item, "dataset path"))
+            continue
         if not (isinstance(item, tuple) and len(item) == 2):
-            raise InvalidInput("a dataset path is (datastore, 'path/with/*.wildcards')")
+            raise InvalidInput(
+                "a dataset path is (datastore, 'path/with/*.wildcards') or a URL"
+                " (https://, s3://, or a scheme whose fsspec filesystem is installed)"
+            )
         store, pattern = item
         out.append(DataPath(str(getattr(store, "name", store)), validate_run_path(str(pattern))))
-    return out
+    return out, urls
 
 
 class _Dataset:
@@ -201,12 +202,13 @@ class FileDataset(_Dataset):
     """Files: ``to_path()``, ``download(target_path)``, ``mount()``."""
 
     def to_path(self) -> builtins.list[str]:
-        files = self.spec.files
-        if not files:
+        spec = self.spec
+        if not spec.files and (spec.paths or not spec.url_files):
             ws = self._ws()
-            files = ws._run(ws.core.datasets.files(self.spec))
-        base = common_dir([f.path for f in files])
-        return ["/" + f.path[len(base) :].lstrip("/") for f in files]
+            spec = ws._run(ws.core.datasets.resolved(spec))
+        base = common_dir([f.path for f in spec.files])
+        paths = ["/" + f.path[len(base) :].lstrip("/") for f in spec.files]
+        return paths + ["/" + f.path for f in spec.url_files]
 
     @contextlib.contextmanager
     def mount(self, mount_point: str | os.PathLike[str] | None = None) -> Iterator[_Mount]:
@@ -271,9 +273,11 @@ class _Tabular:
         empty_as_string: bool = False,
         encoding: str = "utf8",
     ) -> TabularDataset:
+        paths, urls = _data_paths(path)
         spec = DatasetSpec(
             kind="tabular",
-            paths=_data_paths(path),
+            paths=paths,
+            urls=urls,
             separator=separator,
             header=bool(header),
             infer_column_types=infer_column_types,
@@ -293,13 +297,16 @@ class _File:
     def from_files(
         path: Any, validate: bool = True, partition_format: str | None = None, is_file: bool = False
     ) -> FileDataset:
-        spec = DatasetSpec(kind="file", paths=_data_paths(path))
+        paths, urls = _data_paths(path)
+        spec = DatasetSpec(kind="file", paths=paths, urls=urls)
         return FileDataset(spec, workspace=_workspace_of(path))
 
 
 def _workspace_of(path: Any) -> WorkspaceBase | None:
     items = path if isinstance(path, builtins.list) else [path]
     for item in items:
+        if isinstance(item, str):
+            continue
         store = item.datastore if isinstance(item, DataReference) else item[0]
         if isinstance(store, Datastore):
             return store.workspace

@@ -39,11 +39,12 @@ from cairn.data import check_url, is_url
 from cairn.domain.environment import parse_reference
 from cairn.errors import InvalidInput
 from cairn.proto.jobs import JobInput, JobOutput
+from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import Environment
 from cairn.sdk._jobs import InputMode, ScriptRunConfig
-from cairn.sdk._refusals import refuse
+from cairn.sdk._refusals import refuse, refuses
 
-__all__ = ["UNREAD_KEYS", "JobFile", "load_job_doc", "load_job_file"]
+__all__ = ["UNREAD_KEYS", "Input", "JobFile", "load_job_doc", "load_job_file"]
 
 #: keys the loader needs not read, and why (every other key is read: honoured or refused)
 UNREAD_KEYS: dict[str, str] = {
@@ -85,8 +86,9 @@ class Output(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class DataInput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A dataset (``cairn:name@version``, ``azureml:name:version``), a datastore path
-    (``azureml://datastores/<name>/paths/<path>``) or a local path (uploaded with the job);
-    a model input (``custom_model``, ``mlflow_model``) a registered model version
+    (``azureml://datastores/<name>/paths/<path>``), a URL (``https://`` a file; ``s3://``
+    or an fsspec scheme a file or, as ``uri_folder``, a folder) or a local path (uploaded
+    with the job); a model input (``custom_model``, ``mlflow_model``) a registered model version
     (``azureml:<name>:<version>``, ``azureml:<name>@<alias>``), its files downloaded."""
 
     type: Literal["uri_folder", "uri_file", "custom_model", "mlflow_model"]
@@ -211,19 +213,67 @@ def _data_input(name: str, item: DataInput, base: Path) -> JobInput | tuple[Path
     if m := _DATASET_REF.match(item.path):
         version = None if m.group(2) in (None, "latest") else int(m.group(2))
         return JobInput(name=name, mode=mode, dataset=m.group(1), version=version)
-    if is_url(item.path):
-        if item.type == "uri_folder":
-            raise InvalidInput(
-                f"inputs.{name}: a URL names one file: use type uri_file (folders come from"
-                " a datastore)"
-            )
-        return JobInput(name=name, mode=mode, url=check_url(item.path, f"inputs.{name}"))
+    if is_url(item.path):  # an s3:// one is given its bucket's datastore when submitted
+        url = check_url(item.path, f"inputs.{name}", folder=item.type == "uri_folder")
+        return JobInput(name=name, mode=mode, url=url)
     local = (base / item.path).resolve()
     if not local.exists():
         raise InvalidInput(f"inputs.{name}: {item.path} is neither a data reference nor a path")
     if local.is_dir() != (item.type == "uri_folder"):
         raise InvalidInput(f"inputs.{name}: {item.path} is not a {item.type}")
     return local, mode
+
+
+class Input:
+    """A data input with Azure ML v2's name (``azure.ai.ml.Input``), for a
+    ``ScriptRunConfig``'s arguments, where it stands for the local path it becomes on the
+    agent (``${{inputs.<name>}}``): ``Input(type="uri_file", path="https://host/data.csv")``,
+    ``Input(type="uri_folder", path="s3://bucket/raw/")``, or any path a job file's input
+    takes but a local one (``azureml://datastores/...``, ``azureml:<dataset>:<version>``,
+    a model). ``name`` is the input's name (Azure takes it from the job's ``inputs`` dict;
+    the default is made from the path). Checked when made, as a job file's input is."""
+
+    @refuses(
+        description=_NO_DESCRIPTION,
+        optional="an input is always given: leave it out of the arguments when it is not",
+    )
+    def __init__(
+        self,
+        *,
+        type: Literal["uri_folder", "uri_file", "custom_model", "mlflow_model"] = "uri_folder",
+        path: str,
+        mode: Literal["ro_mount", "download"] = "ro_mount",
+        name: str | None = None,
+        path_on_compute: str | None = None,
+        optional: bool | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.name = name or _input_name(path)
+        item = DataInput(type=type, path=path, mode=mode)
+        made = _data_input(self.name, item, Path.cwd())
+        if not isinstance(made, JobInput):
+            raise InvalidInput(
+                f"Input({path!r:.200}): a local path is uploaded by a job file's inputs, or"
+                " with Datastore.upload and bound by datastore.path(...)"
+            )
+        if path_on_compute is not None:
+            where = validate_run_path(path_on_compute)
+            made = msgspec.structs.replace(made, path_on_compute=where)
+        self.type, self.path, self.mode = type, path, mode
+        self.path_on_compute = path_on_compute
+        self._input = made
+
+    def job_binding(self) -> JobInput:
+        """The job input this declares."""
+        return self._input
+
+    def __str__(self) -> str:
+        return f"${{{{inputs.{self.name}}}}}"
+
+
+def _input_name(path: str) -> str:
+    tail = path.rstrip("/").rsplit("/", 1)[-1] or "input"
+    return (re.sub(r"[^A-Za-z0-9_]+", "_", tail).strip("_") or "input")[:64]
 
 
 _ModelType = Literal["custom_model", "mlflow_model", "triton_model"]

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from cairn.data import upload_file
+import msgspec
+
+from cairn.data import resolve_s3_url, upload_file
 from cairn.errors import CairnError, InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.artifacts import GetRunFile
@@ -236,6 +238,7 @@ async def build_job(
         else:
             inputs.append(made)
     inputs += config.job_inputs
+    inputs = [await _s3_input(ws, item) for item in inputs]
     for name, (local, mode) in config.local_inputs.items():
         inputs.append(await _upload_local_input(ws, name, local, mode, datastore))
     outputs += config.job_outputs
@@ -295,6 +298,15 @@ async def submit(
     )
     await ws.send(command)
     return command.run_id
+
+
+async def _s3_input(ws: Session, item: JobInput) -> JobInput:
+    """An ``s3://`` URL input with the registered datastore of its bucket, which the agent
+    reads it through (its credentials, never the agent's own)."""
+    if item.url is None or not item.url.lower().startswith("s3://") or item.datastore:
+        return item
+    store, path = await resolve_s3_url(ws.client, item.url, f"input {item.name}")
+    return msgspec.structs.replace(item, datastore=store, path=path)
 
 
 async def _upload_local_input(

@@ -353,9 +353,10 @@ class ProcessBackend:
 
         def plan() -> Confinement:
             tmp.mkdir(exist_ok=True)
+            inputs = cwd / "inputs"  # a mounted folder, or a mounted file in its input's folder
             mounted = [
                 (os.path.realpath(p), _landlock.READ)
-                for p in (cwd / "inputs").glob("*")
+                for p in [*inputs.glob("*"), *inputs.glob("*/*")]
                 if p.is_symlink()
             ]
             made, walls = self._walls

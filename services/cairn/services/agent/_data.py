@@ -7,7 +7,9 @@ datastore folder by the ETags of its objects. A ``mount`` input is that cached c
 read-only; a ``download`` input is a writable copy in the job's folder. A local datastore's
 files have no cheap fingerprint, so they are copied each time (they are local already).
 A file (a ``uri_file`` input, a file at a URL) keeps its name: it lands as
-``inputs/<name>/<file name>``, unless ``path_on_compute`` names its path.
+``inputs/<name>/<file name>``, unless ``path_on_compute`` names its path. A URL's files are
+cached by the URL and the validators its server gives (ETag, Last-Modified, size); an
+``s3://`` URL is its bucket's datastore path, cached by ETags like any.
 
 An output folder is uploaded to its datastore path (recorded like any upload) and, when the
 job names ``register_as``, registered as the next version of that file dataset. A model
@@ -31,16 +33,18 @@ from pathlib import Path
 import msgspec
 
 from cairn.data import (
+    Remote,
     download_blob,
     download_entries,
-    download_url,
+    fetch_remote,
+    list_url,
     materialise,
     open_datastore,
     read_only_tree,
     upload_pairs,
     writable_tree,
 )
-from cairn.errors import InvalidInput
+from cairn.errors import DataChanged, InvalidInput
 from cairn.proto.assets import DataPath, DatasetSpec, GetAsset, RegisterDataset
 from cairn.proto.jobs import JobInput, JobOutput
 from cairn.proto.paths import validate_run_path
@@ -112,13 +116,18 @@ async def _dataset_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[
     async def fill(tmp: Path) -> None:
         await materialise(ctx.client, spec, tmp, label=label, settings=ctx.settings)
 
-    key = _key("dataset", [msgspec.to_builtins(f) for f in spec.files])
+    files = [msgspec.to_builtins(f) for f in [*spec.files, *spec.url_files]]
+    key = _key("dataset", files)
     return await _cached(cache, key, fill), True
 
 
 async def _datastore_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[Path, bool]:
+    """The datastore's files under the input's path. An ``s3://`` URL input reads its
+    bucket's datastore with that datastore's credentials, or unsigned when it has none,
+    never with the agent's own."""
     store_name, prefix = item.datastore or "", item.path.strip("/")
-    async with open_datastore(ctx.client, store_name, ctx.settings) as store:
+    ambient = item.url is None
+    async with open_datastore(ctx.client, store_name, ctx.settings, ambient=ambient) as store:
         entries = await store.list(prefix)
         if not entries:
             raise InvalidInput(f"input {item.name}: nothing at {store_name}:{prefix or '/'}")
@@ -134,18 +143,37 @@ async def _datastore_copy(ctx: DataContext, item: JobInput, cache: Path) -> tupl
         return tmp, False
 
 
-async def _url_copy(item: JobInput, cache: Path) -> tuple[Path, bool]:
-    """The URL's file, in a folder of its own; not cached (a URL has no fingerprint that
-    holds without fetching it), so each job gets a fresh copy."""
+async def _url_copy(item: JobInput, cache: Path) -> tuple[Path, bool, Path]:
+    """The URL's file (or an fsspec folder's files, in their layout) in a folder of their
+    own, and the file or folder the job gets. Cached by URL and the validators the server
+    gives now (ETag, Last-Modified, size), so a changed file is fetched again and an
+    unchanged one is not; a URL without validators is fetched for each job."""
     assert item.url is not None
-    tmp = cache / f".direct-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
-        await download_url(item.url, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp, False
+    for attempt in range(2):
+        remotes = await list_url(item.url)
+
+        async def fill(tmp: Path, remotes: list[Remote] = remotes) -> None:
+            for r in remotes:
+                await fetch_remote(r, tmp)  # DataChanged if it is not what was listed
+
+        try:
+            if all(r.validator for r in remotes):
+                files = [(r.url, r.path, r.size, r.validator) for r in remotes]
+                copy, cached = await _cached(cache, _key("url", item.url, files), fill), True
+            else:
+                copy, cached = cache / f".direct-{uuid.uuid4().hex}", False
+                copy.mkdir(parents=True)
+                try:
+                    await fill(copy)
+                except BaseException:
+                    shutil.rmtree(copy, ignore_errors=True)
+                    raise
+        except DataChanged:  # changed between listing and reading: list it again, once
+            if attempt:
+                raise
+            continue
+        return copy, cached, copy if remotes[0].in_folder else copy / remotes[0].path
+    raise AssertionError("unreachable")
 
 
 async def _model_copy(ctx: DataContext, item: JobInput, cache: Path) -> tuple[Path, bool]:
@@ -176,10 +204,8 @@ async def stage_inputs(
     staged: dict[str, Staged] = {}
     for item in inputs:
         path = input_path(item)
-        if item.url is not None:  # a folder holding the one file, under its own name
-            copy, cached = await _url_copy(item, cache)
-            inner = copy
-            path = f"{path}/{next(copy.iterdir()).name}"
+        if item.url is not None and item.datastore is None:
+            copy, cached, inner = await _url_copy(item, cache)
         elif item.dataset is not None:
             copy, cached = await _dataset_copy(ctx, item, cache)
             inner = copy

@@ -196,6 +196,10 @@ async def model(request: Req, workspace: FromPath[str], path: FromPath[Path]) ->
 # -- datasets ---------------------------------------------------------------------------------
 
 
+def _all_files(spec: dict[str, Any]) -> list[list[Any]]:
+    return [*spec.get("files", []), *spec.get("url_files", [])]
+
+
 @get("/w/{workspace:str}/datasets")
 async def datasets(request: Req, workspace: FromPath[str]) -> Template:
     rows = (await ask(request, workspace, ListAssets(asset_kind="dataset"))).data
@@ -203,8 +207,9 @@ async def datasets(request: Req, workspace: FromPath[str]) -> Template:
         {
             **row,
             "href": _href(workspace, "datasets", row["name"]),
-            "files": len(row["spec"].get("files", [])),
-            "bytes": _size(sum(f[2] for f in row["spec"].get("files", []))),
+            # datastore files and URL files alike: the size is the third field of each
+            "files": len(_all_files(row["spec"])),
+            "bytes": _size(sum(f[2] for f in _all_files(row["spec"]))),
         }
         for row in rows
     ]
@@ -260,6 +265,10 @@ async def dataset(
         files=[
             {"where": f"{f.datastore}:{f.path}", "size": _size(f.size), "snapshot": bool(f.blob)}
             for f in spec.files
+        ]
+        + [
+            {"where": f.url, "size": _size(f.size), "snapshot": bool(f.blob)}
+            for f in spec.url_files
         ],
         versions=[
             {"version": v, "href": f"{base}?version={v}"}

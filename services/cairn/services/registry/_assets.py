@@ -12,6 +12,7 @@ import msgspec
 
 from cairn import lookup
 from cairn.bus import AggregateCache, EventStore, execute
+from cairn.data import check_url
 from cairn.domain import asset
 from cairn.domain import run as runs
 from cairn.domain.environment import CURATED, parse_reference
@@ -183,9 +184,15 @@ class AssetHandlers:
             )
 
     async def _check_dataset_paths(self, ws: str, spec: DatasetSpec) -> None:
-        """Every path names a known datastore and stays inside it (wildcards allowed)."""
-        if not spec.paths:
-            raise InvalidInput("a dataset needs at least one path")
+        """Every path names a known datastore and stays inside it (wildcards allowed); every
+        URL is one data may be read from, and each URL file lands inside the dataset."""
+        if not spec.paths and not spec.url_files:
+            raise InvalidInput("a dataset needs at least one path or URL")
+        for url in spec.urls:
+            check_url(url, "dataset URL")
+        for u in spec.url_files:
+            check_url(u.url, "dataset URL file")
+            validate_run_path(u.path)
         for f in spec.files:
             validate_run_path(f.path)
             if f.size < 0 or f.datastore not in {p.datastore for p in spec.paths}:

@@ -11,13 +11,13 @@ import msgspec
 
 from cairn import lookup
 from cairn.bus import AggregateCache, Recorded
-from cairn.data import check_url
+from cairn.data import check_url, s3_location
 from cairn.domain import asset, model, workspace
 from cairn.domain import run as runs
 from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto import subjects
-from cairn.proto.assets import DatasetSpec, EnvironmentSpec
+from cairn.proto.assets import DatasetSpec, DatastoreSpec, EnvironmentSpec
 from cairn.proto.events import AssetRegistered
 from cairn.proto.jobs import SNAPSHOT_FILE, JobEnvironment, JobInput, JobOutput, JobSpec, SubmitJob
 from cairn.proto.paths import validate_run_path
@@ -101,10 +101,7 @@ async def _input(cache: AggregateCache, settings: Settings, ws: str, item: JobIn
     if item.alias is not None:
         raise InvalidInput(f"input {item.name}: only a model input names an alias")
     if item.url is not None:
-        if item.dataset is not None or item.datastore is not None:
-            raise InvalidInput(f"input {item.name}: a URL input names no dataset or datastore")
-        check_url(item.url, f"input {item.name}")
-        return item
+        return await _url_input(cache, settings, ws, item)
     if (item.dataset is None) == (item.datastore is None):
         raise InvalidInput(f"input {item.name}: name a dataset, a datastore path or a URL")
     if item.dataset is not None:
@@ -132,6 +129,45 @@ async def _pin_model(cache: AggregateCache, ws: str, item: JobInput) -> JobInput
     state = cache.state(subject, model.AGGREGATE, history)
     version = model.resolve(state, item.model, item.version, item.alias)
     return msgspec.structs.replace(item, version=version)
+
+
+async def _url_input(
+    cache: AggregateCache, settings: Settings, ws: str, item: JobInput
+) -> JobInput:
+    """A URL input as the agent will read it: an ``s3://`` one through the S3 datastore of
+    its bucket that the submitter named (the SDK finds it), whose prefix and path must be
+    the URL's key; any other with no datastore."""
+    assert item.url is not None
+    where = f"input {item.name}"
+    check_url(item.url, where)
+    if item.dataset is not None:
+        raise InvalidInput(f"{where}: a URL input names no dataset")
+    if not item.url.lower().startswith("s3://"):
+        if item.datastore is not None:
+            raise InvalidInput(f"{where}: only an s3:// URL input is read through a datastore")
+        return item
+    if item.datastore is None:
+        raise InvalidInput(
+            f"{where}: an s3:// URL is read through the registered S3 datastore of its bucket:"
+            " name it (the SDK and `cairn job create` find it), or register the bucket with"
+            " Datastore.register_s3"
+        )
+    bucket, key = s3_location(item.url, where)
+    ev = await resolve_asset(
+        cache, settings, ws, "datastore", item.datastore, None, max_age_s=EXISTS_FOR_S
+    )
+    spec = ev.spec
+    assert isinstance(spec, DatastoreSpec)
+    path = item.path.strip("/")
+    if path:
+        validate_run_path(path)
+    full = "/".join(p for p in (spec.prefix.strip("/"), path) if p)
+    if spec.kind != "s3" or spec.bucket != bucket or full != key:
+        raise InvalidInput(
+            f"{where}: datastore {item.datastore} does not read {item.url!r:.200}"
+            f" (its bucket and prefix with path {path!r:.200} are not that bucket and key)"
+        )
+    return item
 
 
 async def _output(
