@@ -64,6 +64,9 @@ __all__ = [
     "SecretRead",
     "SecretResealed",
     "SecretSet",
+    "WebhookCreated",
+    "WebhookDeadLettered",
+    "WebhookDeleted",
     "WorkspaceCreated",
     "WorkspaceKeyRotated",
     "decode_envelope",
@@ -392,6 +395,42 @@ class WorkspaceKeyRotated(Event, frozen=True, kw_only=True):
     resealed_datastores: int = 0
 
 
+class WebhookCreated(Event, frozen=True, kw_only=True):
+    """Webhook ``webhook_id`` delivers the workspace's events of ``event_types`` (matching
+    every ``filters`` entry) to ``url``, signed with a secret sealed under workspace key
+    ``key_id`` (a Fernet token; never the secret)."""
+
+    KIND = "webhook"
+    webhook_id: Id
+    url: Text
+    event_types: list[str]
+    filters: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    description: Text = ""
+    sealed_secret: str
+    key_id: Id
+
+
+class WebhookDeleted(Event, frozen=True, kw_only=True):
+    KIND = "webhook"
+    webhook_id: Id
+
+
+class WebhookDeadLettered(Event, frozen=True, kw_only=True):
+    """Delivery ``delivery_id`` (of the event at stream sequence ``event_seq``) failed
+    ``attempts`` times and was given up: the last answer's HTTP ``status`` (None: no answer)
+    and what went wrong. Never the receiver's response body."""
+
+    KIND = "webhook"
+    webhook_id: Id
+    delivery_id: Id
+    event_seq: int
+    event_id: Id
+    event_type: str
+    attempts: int
+    status: int | None = None
+    error: Text = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -428,6 +467,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MemberAdded,
         MemberRolesChanged,
         MemberRemoved,
+        WebhookCreated,
+        WebhookDeleted,
+        WebhookDeadLettered,
     )
 }
 
