@@ -37,6 +37,7 @@ CORE = {
     "_async_models",
     "_async_data",
     "_async_secrets",
+    "_async_events",
     "_jobs",
     "_metrics",
     "_outbox",

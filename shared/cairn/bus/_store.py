@@ -266,6 +266,56 @@ class EventStore:
             except TRANSIENT:
                 pass
 
+    async def page(
+        self,
+        subject_filter: str,
+        *,
+        after_seq: int = 0,
+        start_time: str | None = None,
+        limit: int = 256,
+    ) -> list[tuple[int, str, bytes]]:
+        """Up to ``limit`` stored messages on ``subject_filter`` (wildcards allowed) after
+        ``after_seq`` (or, with ``start_time``, an RFC 3339 moment, from then on), oldest
+        first, undecoded: ``(seq, subject, payload)``. One batched direct get (ADR-31)."""
+        body: dict[str, Any] = {"next_by_subj": subject_filter, "batch": limit}
+        if start_time is not None:
+            body["start_time"] = start_time
+        else:
+            body["seq"] = after_seq + 1
+        return await self._direct_raw(body, subject_filter)
+
+    async def _direct_raw(self, body: dict[str, Any], what: str) -> list[tuple[int, str, bytes]]:
+        nc, timeout = self.conn.nc, self.conn.settings.request_timeout
+        inbox = nc.new_inbox()
+        try:
+            sub = await nc.subscribe(inbox)
+        except TRANSIENT as exc:
+            raise Unavailable(f"cannot read {what}: {exc!r}") from exc
+        got: list[tuple[int, str, bytes]] = []
+        try:
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(body).encode(), reply=inbox
+            )
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=timeout)
+                except NatsTimeout as exc:
+                    raise Unavailable(f"direct get on {self.stream} timed out") from exc
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status in ("404", "204"):
+                    return got
+                if status:
+                    raise CairnError(f"direct get failed: {status} {headers.get('Description')}")
+                got.append((int(headers["Nats-Sequence"]), headers["Nats-Subject"], msg.data))
+        except TRANSIENT as exc:
+            raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
+        finally:
+            try:
+                await sub.unsubscribe()
+            except TRANSIENT:
+                pass
+
     async def last_seq(self) -> int:
         """The stream's last sequence (0 when empty)."""
         try:

@@ -100,6 +100,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "dataset.>",
         "job.submit",
         "secret.>",
+        "webhook.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),
     AUDITOR: (),

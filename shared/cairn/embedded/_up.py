@@ -36,6 +36,7 @@ def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
     from cairn.services.tracking import TrackingService
+    from cairn.services.webhooks import WebhookService
 
     return {
         "tracking": TrackingService,
@@ -43,6 +44,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "artifacts": ArtifactsService,
         "registry": RegistryService,
         "scheduler": SchedulerService,
+        "webhooks": WebhookService,
     }
 
 

@@ -1,0 +1,126 @@
+"""Webhooks against the real services and a real HTTP receiver: signed deliveries, retries,
+the dead-letter list, one slow receiver beside another, and the secret never answered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from cairn.errors import InvalidInput, UnknownEventType
+from cairn.proto.commands import CreateExperiment
+from cairn.proto.webhooks import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, verify
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
+from tests.receiver import Receiver
+
+SECRET = "test-secret-" + "x" * 20
+
+
+async def experiments(client: Client, *names: str) -> None:
+    for name in names:
+        await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name=name))
+
+
+async def dead_letters(ws: AsyncWorkspace, webhook_id: str, n: int) -> list[dict[str, object]]:
+    for _ in range(300):
+        rows = await ws.webhooks.dead_letters(webhook_id)
+        if len(rows) >= n:
+            return rows
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no {n} dead letters for {webhook_id}")
+
+
+async def test_a_receiver_failing_three_times_gets_the_fourth_signed(
+    client: Client, ws: AsyncWorkspace
+) -> None:
+    async with Receiver(lambda n: 500 if n <= 3 else 200) as receiver:
+        hook = await ws.webhooks.create(receiver.url, ["ExperimentCreated"], secret=SECRET)
+        await experiments(client, "first")
+        got = await receiver.wait_for(4)
+    ids = {r.headers[WEBHOOK_ID_HEADER.lower()] for r in got}
+    assert len(got) == 4 and len(ids) == 1, "one delivery, the same id on every attempt"
+    last = got[3]
+    verify(SECRET, last.headers[SIGNATURE_HEADER.lower()], last.body)
+    with pytest.raises(InvalidInput):
+        verify("another secret of some length", last.headers[SIGNATURE_HEADER.lower()], last.body)
+    (event,) = json.loads(last.body)
+    assert event["eventType"] == "Cairn.MachineLearning.ExperimentCreated"
+    assert event["topic"] == f"/workspaces/{client.workspace}"
+    assert event["subject"] == "experiment/first"
+    assert event["data"]["name"] == "first" and event["dataVersion"] == "1"
+    assert {"id", "eventTime", "metadataVersion"} <= event.keys()
+    assert await ws.webhooks.dead_letters(hook) == []
+
+
+async def test_a_receiver_that_never_answers_ends_in_the_dead_letter_list(
+    client: Client, ws: AsyncWorkspace
+) -> None:
+    async with Receiver(lambda n: None) as receiver:
+        hook = await ws.webhooks.create(receiver.url, ["ExperimentCreated"], secret=SECRET)
+        await experiments(client, "silent")
+        (row,) = await dead_letters(ws, hook, 1)
+        assert len(receiver.received) == 4
+    assert row["event_type"] == "ExperimentCreated" and row["attempts"] == 4
+    assert row["status"] is None and "Timeout" in str(row["error"])
+    listed = {w["id"]: w for w in await ws.webhooks.list()}
+    assert listed[hook]["dead_letters"] == 1
+    assert SECRET not in json.dumps(listed)
+
+
+async def test_a_slow_receiver_does_not_hold_back_another_webhook(
+    client: Client, ws: AsyncWorkspace
+) -> None:
+    async with Receiver(lambda n: None) as slow, Receiver() as fast:
+        slow_hook = await ws.webhooks.create(slow.url, ["ExperimentCreated"], secret=SECRET)
+        await ws.webhooks.create(fast.url, ["ExperimentCreated"], secret=SECRET)
+        await experiments(client, *(f"e{i}" for i in range(5)))
+        got = await fast.wait_for(5)
+        # every event reached the fast receiver while the slow one still holds the first
+        # delivery of its webhook, which has not been given up
+        assert await ws.webhooks.dead_letters(slow_hook) == []
+        assert len(slow.received) <= 4
+    names = [json.loads(r.body)[0]["data"]["name"] for r in got]
+    assert names == [f"e{i}" for i in range(5)]
+
+
+async def test_filters_and_deletion(client: Client, ws: AsyncWorkspace) -> None:
+    async with Receiver() as receiver:
+        hook = await ws.webhooks.create(
+            receiver.url, ["ExperimentCreated"], secret=SECRET, filters={"name": "wanted"}
+        )
+        await experiments(client, "unwanted", "wanted")
+        (got,) = await receiver.wait_for(1)
+        assert json.loads(got.body)[0]["data"]["name"] == "wanted"
+        await ws.webhooks.delete(hook)
+        assert hook not in {w["id"] for w in await ws.webhooks.list()}
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://example.org/x", "file:///etc/passwd", "http://169.254.169.254/latest/"]
+)
+async def test_unsafe_urls_are_refused(ws: AsyncWorkspace, url: str) -> None:
+    with pytest.raises(InvalidInput, match="scheme|link-local"):
+        await ws.webhooks.create(url, ["RunCompleted"], secret=SECRET)
+
+
+async def test_unknown_event_types_are_refused_by_name(ws: AsyncWorkspace) -> None:
+    with pytest.raises(UnknownEventType, match="'RunFinished'.*RunCompleted"):
+        await ws.webhooks.create("http://127.0.0.1:9/", ["RunFinished"], secret=SECRET)
+
+
+async def test_the_service_refuses_what_the_sdk_would(client: Client) -> None:
+    """The checks hold for any client, not only the SDK's."""
+    from cairn.proto.webhooks import CreateWebhook
+
+    def create(url: str, types: tuple[str, ...]) -> CreateWebhook:
+        return CreateWebhook(
+            command_id=uuid.uuid4().hex, webhook_id="h1", url=url, event_types=types, secret=SECRET
+        )
+
+    with pytest.raises(UnknownEventType, match="RunFinished"):
+        await client.send(create("http://127.0.0.1:9/", ("RunFinished",)))
+    with pytest.raises(InvalidInput, match="scheme"):
+        await client.send(create("gopher://127.0.0.1:9/", ("RunCompleted",)))
