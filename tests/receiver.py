@@ -74,9 +74,8 @@ class Receiver:
             if status is None:  # never answer: hold the connection until the end
                 await self._release.wait()
             else:
-                writer.write(
-                    f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-                )
+                head = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                writer.write(head.encode())
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

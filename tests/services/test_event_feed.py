@@ -70,7 +70,7 @@ async def test_types_and_since(client: Client, ws: AsyncWorkspace) -> None:
 async def test_an_unknown_type_is_a_typed_error_listing_the_valid_ones(
     client: Client, ws: AsyncWorkspace
 ) -> None:
-    with pytest.raises(UnknownEventType, match="'RunDone'.*ModelVersionRegistered.*RunCompleted"):
+    with pytest.raises(UnknownEventType, match=r"'RunDone'.*ModelVersionRegistered.*RunCompleted"):
         await everything(ws, types=["RunDone"])
     with pytest.raises(UnknownEventType, match="RunDone"):  # from the service too
         await client.ask(ReadEvents(types=("RunDone",)))

@@ -102,12 +102,12 @@ async def test_filters_and_deletion(client: Client, ws: AsyncWorkspace) -> None:
     "url", ["ftp://example.org/x", "file:///etc/passwd", "http://169.254.169.254/latest/"]
 )
 async def test_unsafe_urls_are_refused(ws: AsyncWorkspace, url: str) -> None:
-    with pytest.raises(InvalidInput, match="scheme|link-local"):
+    with pytest.raises(InvalidInput, match=r"scheme|link-local"):
         await ws.webhooks.create(url, ["RunCompleted"], secret=SECRET)
 
 
 async def test_unknown_event_types_are_refused_by_name(ws: AsyncWorkspace) -> None:
-    with pytest.raises(UnknownEventType, match="'RunFinished'.*RunCompleted"):
+    with pytest.raises(UnknownEventType, match=r"'RunFinished'.*RunCompleted"):
         await ws.webhooks.create("http://127.0.0.1:9/", ["RunFinished"], secret=SECRET)
 
 
