@@ -29,11 +29,13 @@ from cairn.proto.commands import (
     Query,
     StartRun,
 )
+from cairn.proto.feed import ReadEvents
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.secrets import ReadSecret, SetSecret
+from cairn.proto.webhooks import DeleteWebhook
 from cairn.rpc import Client
 from cairn.settings import Settings
 from cairn.tokens import parse_token
@@ -93,6 +95,8 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             command_id=cid(), user="mx-ds", roles=["auditor", "data_scientist"]
         ),
         "queries": lambda: ListExperiments(),
+        "webhook commands": lambda: DeleteWebhook(command_id=cid(), webhook_id="mx-missing"),
+        "event feed": lambda: ReadEvents(limit=1),
     }
 
 
