@@ -124,3 +124,22 @@ async def test_the_service_refuses_what_the_sdk_would(client: Client) -> None:
         await client.send(create("http://127.0.0.1:9/", ("RunFinished",)))
     with pytest.raises(InvalidInput, match="scheme"):
         await client.send(create("gopher://127.0.0.1:9/", ("RunCompleted",)))
+
+
+async def test_an_experiment_filter_picks_the_runs_of_that_experiment(
+    client: Client, ws: AsyncWorkspace
+) -> None:
+    async with Receiver() as receiver:
+        await ws.webhooks.create(
+            receiver.url,
+            ["RunCompleted", "ModelVersionRegistered"],
+            secret=SECRET,
+            filters={"experiment": "nightly"},
+        )
+        for name in ("adhoc", "nightly"):
+            run = await (await ws.experiment(name)).start_run()
+            await run.complete()
+        (got,) = await receiver.wait_for(1)
+        (event,) = json.loads(got.body)
+        assert event["eventType"] == "Cairn.MachineLearning.RunCompleted"
+        assert event["subject"] == f"run/{run.id}"

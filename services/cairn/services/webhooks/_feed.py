@@ -15,7 +15,7 @@ import msgspec
 from cairn.bus import EventStore
 from cairn.proto import subjects
 from cairn.proto.commands import QueryResult
-from cairn.proto.events import EVENT_TYPES, Envelope
+from cairn.proto.events import Envelope
 from cairn.proto.feed import ReadEvents, check_event_types, redact
 from cairn.rpc import Request
 
@@ -26,15 +26,6 @@ __all__ = ["MAX_PAGE_BYTES", "read_events"]
 MAX_PAGE_BYTES = 512 * 1024
 
 _head = msgspec.json.Decoder(Envelope[msgspec.Raw])
-
-
-def _filter(ws: str, types: tuple[str, ...]) -> str:
-    """The narrowest subject filter for ``types``: one aggregate kind's subjects when they
-    all belong to it, else the whole workspace's."""
-    kinds = {EVENT_TYPES[t].KIND for t in types}
-    if len(kinds) == 1:
-        return subjects.event(ws, kinds.pop(), "x").removesuffix(".x") + ".*"
-    return subjects.events_of_workspace(ws)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -52,7 +43,10 @@ async def read_events(store: EventStore, req: Request) -> QueryResult:
     # the stream's end before the read: every matching event up to it is in a whole page
     last = await store.last_seq()
     page = await store.page(
-        _filter(req.workspace, types), after_seq=q.after_seq, start_time=start, limit=q.limit
+        subjects.events_of_workspace(req.workspace),
+        after_seq=q.after_seq,
+        start_time=start,
+        limit=q.limit,
     )
     events: list[dict[str, Any]] = []
     size, scanned_to, whole = 0, q.after_seq, len(page) < q.limit
