@@ -39,10 +39,9 @@ class Receiver:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
-        self._release.set()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        self._release.set()  # held requests end: each handler closes its connection
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=10)
         await self._server.wait_closed()
 
     async def wait_for(self, n: int, timeout: float = 30.0) -> list[Received]:

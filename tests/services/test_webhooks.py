@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 
+import msgspec
 import pytest
 
+from cairn.embedded._up import all_services
 from cairn.errors import InvalidInput, UnknownEventType
-from cairn.proto.commands import CreateExperiment
-from cairn.proto.webhooks import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, verify
+from cairn.proto.commands import CreateExperiment, CreateWorkspace
+from cairn.proto.webhooks import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, CreateWebhook, verify
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
+from cairn.service import run_services
+from tests.conftest import own_server
 from tests.receiver import Receiver
 
 SECRET = "test-secret-" + "x" * 20
@@ -113,7 +118,6 @@ async def test_unknown_event_types_are_refused_by_name(ws: AsyncWorkspace) -> No
 
 async def test_the_service_refuses_what_the_sdk_would(client: Client) -> None:
     """The checks hold for any client, not only the SDK's."""
-    from cairn.proto.webhooks import CreateWebhook
 
     def create(url: str, types: tuple[str, ...]) -> CreateWebhook:
         return CreateWebhook(
@@ -143,3 +147,49 @@ async def test_an_experiment_filter_picks_the_runs_of_that_experiment(
         (event,) = json.loads(got.body)
         assert event["eventType"] == "Cairn.MachineLearning.RunCompleted"
         assert event["subject"] == f"run/{run.id}"
+
+
+async def test_a_delivery_cut_by_a_stopping_service_is_made_again_with_the_same_id(
+    tmp_path: Path,
+) -> None:
+    """At least once: the service stops while a receiver holds the first attempt; the next
+    service delivers the same event again, under the same delivery id, signed."""
+    server, settings, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    settings = msgspec.structs.replace(settings, webhook_timeout_s=30.0)
+    factories = [all_services()[name] for name in ("tracking", "webhooks")]
+
+    async def serving() -> tuple[asyncio.Event, asyncio.Task[None]]:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_services(settings, factories, stop=stop, ready=ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        return stop, task
+
+    try:
+        async with Receiver(lambda n: None if n == 1 else 200) as receiver:
+            stop, task = await serving()
+            client = Client(conn, "restarts")
+            await client.send(CreateWorkspace(command_id=uuid.uuid4().hex, name="restarts"))
+            await client.send(
+                CreateWebhook(
+                    command_id=uuid.uuid4().hex,
+                    webhook_id="h1",
+                    url=receiver.url,
+                    event_types=("ExperimentCreated",),
+                    secret=SECRET,
+                )
+            )
+            await experiments(client, "held")
+            await receiver.wait_for(1)
+            stop.set()
+            await task
+            stop, task = await serving()
+            got = await receiver.wait_for(2)
+            stop.set()
+            await task
+    finally:
+        await conn.close()
+        server.stop()
+    first, second = got[:2]
+    header = WEBHOOK_ID_HEADER.lower()
+    assert first.headers[header] == second.headers[header] and first.body == second.body
+    verify(SECRET, second.headers[SIGNATURE_HEADER.lower()], second.body)

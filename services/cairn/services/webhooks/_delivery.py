@@ -98,15 +98,26 @@ class Delivery:
         self.types = frozenset(hook.created.event_types)
         self.name = consumer_name(hook.workspace, hook.webhook_id)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Stop fetching; a delivery in flight gets ``grace_s`` to finish, then is cut (its
+        event is delivered again later, under the same id)."""
+        self._stopping.set()
+        task = self._task
+        if task is None:
+            return
+        await asyncio.wait({task}, timeout=grace_s)
+        # a cancellation that lands while a fetch times out can be lost (asyncio.wait_for in
+        # nats-py): ask again until the task is done
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def delete_consumer(self) -> None:
         with contextlib.suppress(Exception):  # another replica deleted it first
@@ -124,7 +135,7 @@ class Delivery:
             timeout=timeout, follow_redirects=False, trust_env=False
         ) as http:
             try:
-                while psub is None:
+                while psub is None and not self._stopping.is_set():
                     try:
                         await ensure_consumer(self.conn, EVENTS.name, self._config())
                         psub = await self.conn.js.pull_subscribe_bind(
@@ -133,14 +144,15 @@ class Delivery:
                     except Exception as exc:  # the bus is away: try again
                         log.warning("webhook_consumer_failed", consumer=self.name, error=repr(exc))
                         await asyncio.sleep(1.0)
-                await self._pull(psub, http)
+                if psub is not None:
+                    await self._pull(psub, http)
             finally:
                 if psub is not None:
                     with contextlib.suppress(Exception):
                         await psub.unsubscribe()
 
     async def _pull(self, psub: Any, http: httpx.AsyncClient) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 msgs = await psub.fetch(1, timeout=1.0)
             except TimeoutError:
@@ -150,7 +162,16 @@ class Delivery:
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await self._handle(msg, http)
+                try:
+                    await self._handle(msg, http)
+                except asyncio.CancelledError:  # stopping: another replica may take it now
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(msg.nak(), 1.0)
+                    raise
+                except Exception as exc:  # not acknowledged: redelivered after ack_wait
+                    log.warning("webhook_event_failed", consumer=self.name, error=repr(exc))
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
 
     async def _handle(self, msg: Any, http: httpx.AsyncClient) -> None:
         try:

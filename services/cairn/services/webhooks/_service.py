@@ -180,6 +180,7 @@ class WebhookService:
             case CreateWebhook():
                 check_webhook_url(cmd.url)
                 check_event_types(cmd.event_types)
+                await lookup.require_workspace(self.cache, req.workspace)
                 sealed = seal_text(self.settings, req.workspace, cmd.secret)
                 command = CreateSealedWebhook(
                     command=cmd, sealed=sealed, key_id=key_id_of(sealed) or "k0"
