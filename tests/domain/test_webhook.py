@@ -6,7 +6,13 @@ import pytest
 
 from cairn.domain import webhook
 from cairn.errors import AlreadyExists, NotFound
-from cairn.proto.events import Event, WebhookCreated, WebhookDeadLettered, WebhookDeleted
+from cairn.proto.events import (
+    Event,
+    WebhookCreated,
+    WebhookDeadLettered,
+    WebhookDeleted,
+    WebhookSecretResealed,
+)
 from cairn.proto.webhooks import CreateWebhook, DeleteWebhook
 from tests.domain.gwt import Case, check, ids
 
@@ -47,6 +53,8 @@ DEAD = WebhookDeadLettered(
     status=503,
     error="503 Service Unavailable",
 )
+RESEAL = webhook.ResealSecret(sealed="k2:t1", key_id="k2")
+RESEALED = WebhookSecretResealed(webhook_id="h1", sealed_secret="k2:t1", key_id="k2")
 LIVE: list[Event] = [CREATED]
 GONE: list[Event] = [CREATED, WebhookDeleted(webhook_id="h1")]
 
@@ -57,6 +65,9 @@ CASES = [
     Case("delete", LIVE, DELETE, [WebhookDeleted(webhook_id="h1")]),
     Case("delete what is not there", [], DELETE, NotFound, "no webhook"),
     Case("delete twice", GONE, DELETE, NotFound, "no webhook"),
+    Case("reseal under a new key", LIVE, RESEAL, [RESEALED]),
+    Case("reseal under the key it has", [*LIVE, RESEALED], RESEAL, []),
+    Case("reseal what was deleted", GONE, RESEAL, []),
     Case("give up a delivery", LIVE, GIVE_UP, [DEAD]),
     Case("give up the same delivery again (another replica)", [*LIVE, DEAD], GIVE_UP, []),
     Case("give up after the delete: still recorded", GONE, GIVE_UP, [DEAD]),

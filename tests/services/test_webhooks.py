@@ -193,3 +193,17 @@ async def test_a_delivery_cut_by_a_stopping_service_is_made_again_with_the_same_
     header = WEBHOOK_ID_HEADER.lower()
     assert first.headers[header] == second.headers[header] and first.body == second.body
     verify(SECRET, second.headers[SIGNATURE_HEADER.lower()], second.body)
+
+
+async def test_a_key_rotation_reseals_the_signing_secret(
+    client: Client, ws: AsyncWorkspace
+) -> None:
+    async with Receiver() as receiver:
+        hook = await ws.webhooks.create(receiver.url, ["ExperimentCreated"], secret=SECRET)
+        await ws.secrets.rotate_key()
+        resealed = [e async for e in ws.events(["WebhookSecretResealed"], follow=False)]
+        assert [e.entity_id for e in resealed] == [hook]
+        assert resealed[0].event is not None and resealed[0].event.sealed_secret == "<sealed>"
+        await experiments(client, "after-rotation")
+        (got,) = await receiver.wait_for(1)
+        verify(SECRET, got.headers[SIGNATURE_HEADER.lower()], got.body)

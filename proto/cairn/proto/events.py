@@ -67,6 +67,7 @@ __all__ = [
     "WebhookCreated",
     "WebhookDeadLettered",
     "WebhookDeleted",
+    "WebhookSecretResealed",
     "WorkspaceCreated",
     "WorkspaceKeyRotated",
     "decode_envelope",
@@ -415,6 +416,16 @@ class WebhookDeleted(Event, frozen=True, kw_only=True):
     webhook_id: Id
 
 
+class WebhookSecretResealed(Event, frozen=True, kw_only=True):
+    """The webhook's signing secret sealed again under workspace key ``key_id`` (a key
+    rotation): the same secret, a new token."""
+
+    KIND = "webhook"
+    webhook_id: Id
+    sealed_secret: str
+    key_id: Id
+
+
 class WebhookDeadLettered(Event, frozen=True, kw_only=True):
     """Delivery ``delivery_id`` (of the event at stream sequence ``event_seq``) failed
     ``attempts`` times and was given up: the last answer's HTTP ``status`` (None: no answer)
@@ -469,6 +480,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MemberRemoved,
         WebhookCreated,
         WebhookDeleted,
+        WebhookSecretResealed,
         WebhookDeadLettered,
     )
 }

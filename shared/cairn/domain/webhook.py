@@ -1,8 +1,9 @@
 """Webhooks: an aggregate per workspace and id.
 
 Created once (the secret sealed by the webhooks service before deciding: the domain sees the
-token only), deleted once, and a delivery given up at most once per delivery id (two replicas
-giving up the same delivery record it once).
+token only), its secret sealed again under a new workspace key by a rotation, deleted once,
+and a delivery given up at most once per delivery id (two replicas giving up the same
+delivery record it once).
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ import msgspec
 
 from cairn.domain import Aggregate
 from cairn.errors import AlreadyExists, NotFound
-from cairn.proto.events import Event, WebhookCreated, WebhookDeadLettered, WebhookDeleted
+from cairn.proto.events import (
+    Event,
+    WebhookCreated,
+    WebhookDeadLettered,
+    WebhookDeleted,
+    WebhookSecretResealed,
+)
 from cairn.proto.webhooks import WEBHOOK_KIND, CreateWebhook, DeleteWebhook
 
 __all__ = [
     "AGGREGATE",
     "CreateSealedWebhook",
     "GiveUpDelivery",
+    "ResealSecret",
     "WebhookCommand",
     "WebhookState",
     "decide",
@@ -26,7 +34,12 @@ __all__ = [
 
 
 class WebhookState(msgspec.Struct, frozen=True, kw_only=True):
+    """``sealed_secret`` and ``key_id``: the secret's current token and the key that sealed
+    it (the creation's, or a rotation's)."""
+
     created: WebhookCreated | None = None
+    sealed_secret: str | None = None
+    key_id: str | None = None
     deleted: bool = False
     dead_letters: tuple[WebhookDeadLettered, ...] = ()
 
@@ -38,7 +51,11 @@ class WebhookState(msgspec.Struct, frozen=True, kw_only=True):
 def evolve(state: WebhookState, event: Event) -> WebhookState:
     match event:
         case WebhookCreated():
-            return WebhookState(created=event)
+            return WebhookState(
+                created=event, sealed_secret=event.sealed_secret, key_id=event.key_id
+            )
+        case WebhookSecretResealed(sealed_secret=sealed, key_id=key_id):
+            return msgspec.structs.replace(state, sealed_secret=sealed, key_id=key_id)
         case WebhookDeleted():
             return msgspec.structs.replace(state, deleted=True)
         case WebhookDeadLettered():
@@ -69,7 +86,18 @@ class GiveUpDelivery(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     error: str = ""
 
 
-WebhookCommand = CreateSealedWebhook | DeleteWebhook | GiveUpDelivery
+class ResealSecret(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Replace the secret's token by ``sealed`` (the same secret under key ``key_id``);
+    nothing when the webhook is gone or already sealed under that key."""
+
+    sealed: str
+    key_id: str
+
+    def __repr__(self) -> str:
+        return f"ResealSecret(key_id={self.key_id!r}, sealed=<hidden>)"
+
+
+WebhookCommand = CreateSealedWebhook | DeleteWebhook | GiveUpDelivery | ResealSecret
 
 
 def decide(state: WebhookState, command: WebhookCommand) -> list[Event]:
@@ -92,6 +120,14 @@ def decide(state: WebhookState, command: WebhookCommand) -> list[Event]:
             if not state.live:
                 raise NotFound(f"no webhook {webhook_id}")
             return [WebhookDeleted(webhook_id=webhook_id)]
+        case ResealSecret(sealed=sealed, key_id=key_id):
+            if not state.live or state.created is None or state.key_id == key_id:
+                return []
+            return [
+                WebhookSecretResealed(
+                    webhook_id=state.created.webhook_id, sealed_secret=sealed, key_id=key_id
+                )
+            ]
         case GiveUpDelivery():
             if state.created is None or any(
                 d.delivery_id == command.delivery_id for d in state.dead_letters

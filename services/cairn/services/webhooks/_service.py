@@ -137,7 +137,7 @@ class WebhookService:
         if state.live and running is None and state.created is not None:
             ws = key[0]
             try:
-                secret = unseal_text(self.settings, ws, state.created.sealed_secret)
+                secret = unseal_text(self.settings, ws, state.sealed_secret or "")
             except CairnError as exc:  # its key is gone (a rotation): nothing can sign
                 log.error("webhook_secret_unreadable", workspace=ws, webhook=key[1], error=str(exc))
                 return
