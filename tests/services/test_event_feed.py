@@ -31,8 +31,10 @@ async def experiments(client: Client, *names: str) -> None:
         await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name=name))
 
 
-async def everything(ws: AsyncWorkspace, **kw: object) -> list[FeedEvent]:
-    return [e async for e in ws.events(follow=False, **kw)]  # type: ignore[arg-type]
+async def everything(
+    ws: AsyncWorkspace, types: list[str] | None = None, since: int | datetime | None = None
+) -> list[FeedEvent]:
+    return [e async for e in ws.events(types or (), since=since, follow=False)]
 
 
 async def test_the_feed_yields_typed_events_with_their_coordinates(
