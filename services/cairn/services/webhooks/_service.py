@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 from typing import Any
 
+import msgspec
+
 from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
 from cairn.domain import webhook
@@ -107,8 +109,7 @@ class WebhookService:
         finally:
             for responder in self.responders:
                 await responder.stop()
-            for delivery in list(self.deliveries.values()):
-                await delivery.stop()
+            await asyncio.gather(*(d.stop() for d in self.deliveries.values()))
             self.deliveries.clear()
 
     # -- following the webhooks -----------------------------------------------------------
@@ -119,13 +120,18 @@ class WebhookService:
         while True:
             page = await self.store.page(ALL_WEBHOOKS, after_seq=self._position, limit=_PAGE)
             for seq, _, payload in page:
-                envelope = decode_envelope(payload)
+                self._position = seq
+                try:
+                    envelope = decode_envelope(payload)
+                except (CairnError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    # a newer writer's shape: its upcaster and a new version will read it
+                    log.warning("webhook_event_unreadable", seq=seq, error=str(exc))
+                    continue
                 key = (envelope.workspace, envelope.aggregate_id)
                 state, created_seq = self.hooks.get(key, (webhook.AGGREGATE.initial, 0))
                 state = webhook.evolve(state, envelope.data)
                 self.hooks[key] = (state, created_seq or seq)
                 changed.add(key)
-                self._position = seq
             if len(page) < _PAGE:
                 break
         for key in changed:
