@@ -33,6 +33,7 @@ PINNED = {
         "RequestMetrics",
         "SCHEDULER_QUEUED",
         "SCHEDULER_RUNNING",
+        "WEBHOOK_ATTEMPTS",
         "forget",
         "ops_app",
         "ops_routes",

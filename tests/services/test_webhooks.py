@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from cairn.embedded._up import all_services
 from cairn.errors import InvalidInput, UnknownEventType
@@ -27,6 +28,12 @@ SECRET = "test-secret-" + "x" * 20
 async def experiments(client: Client, *names: str) -> None:
     for name in names:
         await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name=name))
+
+
+def dead_lettered() -> float:
+    """The process's count of deliveries given up (the services run in this process)."""
+    labels = {"outcome": "dead_lettered"}
+    return REGISTRY.get_sample_value("cairn_webhook_attempts_total", labels) or 0.0
 
 
 async def dead_letters(ws: AsyncWorkspace, webhook_id: str, n: int) -> list[dict[str, object]]:
@@ -63,11 +70,13 @@ async def test_a_receiver_failing_three_times_gets_the_fourth_signed(
 async def test_a_receiver_that_never_answers_ends_in_the_dead_letter_list(
     client: Client, ws: AsyncWorkspace
 ) -> None:
+    before = dead_lettered()
     async with Receiver(lambda n: None) as receiver:
         hook = await ws.webhooks.create(receiver.url, ["ExperimentCreated"], secret=SECRET)
         await experiments(client, "silent")
         (row,) = await dead_letters(ws, hook, 1)
         assert len(receiver.received) == 4
+    assert dead_lettered() == before + 1
     assert row["event_type"] == "ExperimentCreated" and row["attempts"] == 4
     assert row["status"] is None and "Timeout" in str(row["error"])
     listed = {w["id"]: w for w in await ws.webhooks.list()}

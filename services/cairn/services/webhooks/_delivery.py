@@ -37,6 +37,7 @@ from cairn.proto.webhooks import (
     sign,
 )
 from cairn.settings import Settings
+from cairn.telemetry import WEBHOOK_ATTEMPTS
 
 __all__ = ["Delivery", "Webhook", "consumer_name", "event_grid_body"]
 
@@ -227,8 +228,10 @@ class Delivery:
         for attempt in range(1, attempts + 1):
             status, error = await self._post(http, delivery_id, attempt, body)
             if not error:
+                WEBHOOK_ATTEMPTS.labels("delivered").inc()
                 log.debug("webhook_delivered", delivery=delivery_id, attempt=attempt)
                 return
+            WEBHOOK_ATTEMPTS.labels("failed").inc()
             log.info("webhook_attempt_failed", delivery=delivery_id, attempt=attempt, error=error)
             if attempt < attempts:
                 pause = self.settings.webhook_backoff_s * 2 ** (attempt - 1)
@@ -242,6 +245,7 @@ class Delivery:
             status=status,
             error=error,
         )
+        WEBHOOK_ATTEMPTS.labels("dead_lettered").inc()
         log.warning("webhook_dead_lettered", delivery=delivery_id, error=error)
         while True:  # the event is acknowledged only once the dead letter is in the log
             try:
