@@ -76,7 +76,7 @@ async def test_a_receiver_that_never_answers_ends_in_the_dead_letter_list(
         await experiments(client, "silent")
         (row,) = await dead_letters(ws, hook, 1)
         assert len(receiver.received) == 4
-    assert dead_lettered() == before + 1
+    assert dead_lettered() >= before + 1  # webhooks of other tests may give up meanwhile
     assert row["event_type"] == "ExperimentCreated" and row["attempts"] == 4
     assert row["status"] is None and "Timeout" in str(row["error"])
     listed = {w["id"]: w for w in await ws.webhooks.list()}
