@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from cairn.proto.webhooks import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, CreateWebh
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
+from cairn.settings import Settings
 from tests.conftest import own_server
 from tests.receiver import Receiver
+from tests.sdk.test_sync_sdk import sdk_env
 
 SECRET = "test-secret-" + "x" * 20
 
@@ -216,3 +219,60 @@ async def test_a_key_rotation_reseals_the_signing_secret(
         await experiments(client, "after-rotation")
         (got,) = await receiver.wait_for(1)
         verify(SECRET, got.headers[SIGNATURE_HEADER.lower()], got.body)
+
+
+async def _cairn(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from cairn.cli import main; main()",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cairn_webhook_create_list_deliveries_delete(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    url = "http://127.0.0.1:9/hook"
+    rc, out, err = await _cairn(
+        env,
+        tmp_path,
+        "webhook",
+        "create",
+        "--url",
+        url,
+        "--events",
+        "RunCompleted,RunFailed",
+        "--filter",
+        "experiment=nightly",
+        "--json",
+    )
+    assert rc == 0, err
+    made = json.loads(out)
+    assert made["secret"].startswith("whsec_") and made["events"] == ["RunCompleted", "RunFailed"]
+    rc, out, err = await _cairn(env, tmp_path, "webhook", "list", "--json")
+    (row,) = json.loads(out)
+    assert (row["id"], row["url"], row["filters"]) == (made["id"], url, {"experiment": "nightly"})
+    assert made["secret"] not in out
+    rc, out, err = await _cairn(env, tmp_path, "webhook", "deliveries", "--json")
+    assert (rc, json.loads(out)) == (0, [])
+    rc, out, err = await _cairn(env, tmp_path, "webhook", "delete", made["id"])
+    assert rc == 0 and "deleted" in out
+    rc, out, err = await _cairn(env, tmp_path, "webhook", "list", "--json")
+    assert json.loads(out) == []
+    rc, out, err = await _cairn(
+        env, tmp_path, "webhook", "create", "--url", url, "--events", "RunDone"
+    )
+    assert rc == 1 and "unknown_event_type" in err and "RunCompleted" in err
+    rc, out, err = await _cairn(
+        env, tmp_path, "webhook", "create", "--url", "file:///etc/passwd", "--events", "RunFailed"
+    )
+    assert rc == 1 and "scheme" in err
