@@ -77,7 +77,7 @@ def check_webhook_url(url: object) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError as exc:
         raise InvalidInput(f"webhook url {url!r:.200} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https"):
