@@ -142,9 +142,10 @@ async def test_the_service_refuses_what_the_sdk_would(client: Client) -> None:
         await client.send(create("gopher://127.0.0.1:9/", ("RunCompleted",)))
 
 
-async def test_an_experiment_filter_picks_the_runs_of_that_experiment(
-    client: Client, ws: AsyncWorkspace
+async def test_an_experiment_filter_picks_the_runs_and_models_of_that_experiment(
+    client: Client, ws: AsyncWorkspace, tmp_path: Path
 ) -> None:
+    (tmp_path / "model.pkl").write_bytes(b"weights")
     async with Receiver() as receiver:
         await ws.webhooks.create(
             receiver.url,
@@ -154,11 +155,17 @@ async def test_an_experiment_filter_picks_the_runs_of_that_experiment(
         )
         for name in ("adhoc", "nightly"):
             run = await (await ws.experiment(name)).start_run()
+            await run.upload_file("outputs/model.pkl", tmp_path / "model.pkl")
             await run.complete()
-        (got,) = await receiver.wait_for(1)
-        (event,) = json.loads(got.body)
-        assert event["eventType"] == "Cairn.MachineLearning.RunCompleted"
-        assert event["subject"] == f"run/{run.id}"
+            await ws.models.register(f"model-{name}", "outputs/model.pkl", run_id=run.id)
+        got = await receiver.wait_for(2)
+        events = [json.loads(r.body)[0] for r in got]
+        assert [e["eventType"] for e in events] == [
+            "Cairn.MachineLearning.RunCompleted",
+            "Cairn.MachineLearning.ModelVersionRegistered",
+        ]
+        assert events[0]["subject"] == f"run/{run.id}"
+        assert events[1]["data"]["name"] == "model-nightly"
 
 
 async def test_a_delivery_cut_by_a_stopping_service_is_made_again_with_the_same_id(

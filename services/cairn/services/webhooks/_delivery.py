@@ -215,6 +215,9 @@ class Delivery:
             return await self.experiment_of(envelope.workspace, envelope.aggregate_id)
         if envelope.aggregate_kind == "experiment":
             return getattr(data, "name", None)
+        source_run = getattr(data, "source_run_id", None)  # a model version from a run
+        if isinstance(source_run, str):
+            return await self.experiment_of(envelope.workspace, source_run)
         return None
 
     async def _deliver(
