@@ -130,8 +130,9 @@ class CreateWebhook(Command, frozen=True, kw_only=True, tag=True):
     """Deliver the workspace's events of ``event_types`` (published type names:
     ``RunCompleted``...) to ``url``, those whose fields match every ``filters`` entry (``key
     = value``: a field of the event, ``kind`` or ``id`` of its entity, or ``experiment``: the
-    name of the experiment of a run's events, or of the run a model version came from). ``secret`` signs each delivery; it is sealed by the webhooks
-    service and never answered back."""
+    name of the experiment of a run's events, or of the run a model version came from).
+    ``secret`` signs each delivery; it is sealed by the webhooks service and never answered
+    back."""
 
     VERB = "webhook.create"
     webhook_id: Id
