@@ -63,6 +63,7 @@ class WebhookService:
         #: (workspace, webhook id) -> (state, the sequence of its creation)
         self.hooks: dict[tuple[str, str], tuple[WebhookState, int]] = {}
         self.deliveries: dict[tuple[str, str], Delivery] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._position = 0
         self.responders = [
             Responder(
@@ -109,7 +110,7 @@ class WebhookService:
         finally:
             for responder in self.responders:
                 await responder.stop()
-            await asyncio.gather(*(d.stop() for d in self.deliveries.values()))
+            await asyncio.gather(*(d.stop() for d in self.deliveries.values()), *self._retiring)
             self.deliveries.clear()
 
     # -- following the webhooks -----------------------------------------------------------
@@ -162,9 +163,15 @@ class WebhookService:
             log.info("webhook_delivering", workspace=ws, webhook=key[1])
         elif not state.live and running is not None:
             del self.deliveries[key]
-            await running.stop()
-            await running.delete_consumer()
-            log.info("webhook_stopped", workspace=key[0], webhook=key[1])
+            # a delivery in flight gets its grace without holding up the other webhooks
+            task = asyncio.create_task(self._retire(running, key))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, delivery: Delivery, key: tuple[str, str]) -> None:
+        await delivery.stop()
+        await delivery.delete_consumer()
+        log.info("webhook_stopped", workspace=key[0], webhook=key[1])
 
     async def _experiment_of(self, ws: str, run_id: str) -> str | None:
         try:
