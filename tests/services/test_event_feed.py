@@ -21,7 +21,7 @@ from cairn.proto.feed import ReadEvents
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, FeedEvent
 from cairn.settings import Settings
-from tests.sdk.test_sync_sdk import sdk_env
+from tests.sdk.test_sync_sdk import run_script, sdk_env
 
 CAIRN = [sys.executable, "-c", "from cairn.cli import main; main()"]
 
@@ -168,3 +168,14 @@ async def test_cairn_events_tail_json_prints_typed_events(
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and "unknown_event_type" in err.decode()
     assert "RunCompleted" in err.decode()
+
+
+async def test_the_sync_sdk_reads_the_feed(
+    client: Client, client_settings: Settings, tmp_path: Path
+) -> None:
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    got = await run_script("events_script.py", env=env, cwd=tmp_path)
+    assert got["names"] == ["alpha", "beta"]
+    assert got["first"] == "WorkspaceCreated" and got["error"] == "unknown_event_type"
+    # the loop left after its first event: the next subscriber of that name gets it again
+    assert got["resumed_from"] == got["first_seq"]

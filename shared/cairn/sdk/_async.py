@@ -14,7 +14,7 @@ import contextlib
 import os
 import tempfile
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -130,7 +130,7 @@ class AsyncWorkspace(Session):
         durable: str | None = None,
         follow: bool = True,
         poll_s: float = 0.5,
-    ) -> AsyncIterator[FeedEvent]:
+    ) -> AsyncGenerator[FeedEvent, None]:
         """The workspace's events, oldest first, as typed ``FeedEvent`` s (docs/events.md):
         ``async for event in ws.events(types=["RunCompleted"], durable="ci"): ...``.
         ``types``: published event type names (an unknown one is ``UnknownEventType``,

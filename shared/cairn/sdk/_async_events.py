@@ -15,7 +15,7 @@ import asyncio
 import builtins
 import json
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ async def feed(
     follow: bool = True,
     poll_s: float = 0.5,
     page: int = 256,
-) -> AsyncIterator[FeedEvent]:
+) -> AsyncGenerator[FeedEvent, None]:
     """The events of ``session``'s workspace (see the module's docstring). ``since``: a
     stream sequence (events after it) or a moment (events from then on); a durable
     subscriber's recorded position wins over it. ``follow``: wait for new events at the end
