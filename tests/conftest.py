@@ -41,6 +41,13 @@ JOB_SETTINGS: dict[str, object] = {
     "job_cancel_grace_s": 2.0,
 }
 
+#: short timeouts and few attempts, so a receiver that never answers is given up in seconds
+WEBHOOK_SETTINGS: dict[str, object] = {
+    "webhook_timeout_s": 1.0,
+    "webhook_max_attempts": 4,
+    "webhook_backoff_s": 0.1,
+}
+
 
 #: the one workspace of the role matrix's people (tests/security/test_role_matrix.py)
 MATRIX_WS = "mxown"
@@ -122,6 +129,7 @@ def service_settings(nats_server: NatsServer, tmp_path_factory: pytest.TempPathF
         metrics_nonfinite="reject",
         datastore_roots=str(tmp_path_factory.getbasetemp()),  # tests' datastores: tmp paths
         **JOB_SETTINGS,
+        **WEBHOOK_SETTINGS,
     )
 
 

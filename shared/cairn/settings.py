@@ -93,6 +93,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: ``Secure``, sent over HTTPS only. A gateway bound to a non-loopback address without it
     #: logs a warning at start: passwords and session cookies would travel in the clear
     gateway_https: bool = False
+    #: webhooks: seconds one delivery may take (connect, send, answer) before it counts as
+    #: failed; attempts of one delivery before it goes to the dead-letter list; the pause
+    #: after the first failed attempt (doubling after each, at most ``webhook_backoff_max_s``)
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 1.0
+    webhook_backoff_max_s: float = 300.0
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     #: the settings file these were read from (set by ``load_settings``; None: none was read)

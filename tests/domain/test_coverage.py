@@ -16,6 +16,7 @@ from cairn.domain import (
     run,
     schedule,
     secret,
+    webhook,
     workspace,
 )
 from tests.domain import (
@@ -26,6 +27,7 @@ from tests.domain import (
     test_schedule,
     test_secret,
     test_small,
+    test_webhook,
 )
 from tests.domain.gwt import Case, command_types, uncovered
 
@@ -40,6 +42,7 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     "keyring": (secret.KEYRING, test_secret.KEYRING_CASES),
     "schedule": (schedule.AGGREGATE, test_schedule.CASES),
     "pipeline": (pipeline.AGGREGATE, test_pipeline.CASES),
+    "webhook": (webhook.AGGREGATE, test_webhook.CASES),
 }
 
 

@@ -91,6 +91,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
         "scheduler",
         "schedules",
         "tracking",
+        "webhooks",
     ]
     # the studio: served by cairn up, signed in to with what `cairn studio` prints
     studio = [line for line in up.lines if line.startswith("studio at http://127.0.0.1:")]

@@ -42,6 +42,7 @@ CORE = {
     "_async_data",
     "_async_secrets",
     "_async_schedules",
+    "_async_events",
     "_jobs",
     "_metrics",
     "_outbox",

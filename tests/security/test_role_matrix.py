@@ -36,6 +36,7 @@ from cairn.proto.commands import (
     Query,
     StartRun,
 )
+from cairn.proto.feed import ReadEvents
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
@@ -44,6 +45,7 @@ from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.proto.subjects import PROJECTION_VERIFY
+from cairn.proto.webhooks import DeleteWebhook
 from cairn.rpc import Client
 from cairn.settings import Settings
 from cairn.tokens import parse_token
@@ -115,6 +117,8 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             command_id=cid(), user="mx-ds", roles=["auditor", "data_scientist"]
         ),
         "queries": lambda: ListExperiments(),
+        "webhook commands": lambda: DeleteWebhook(command_id=cid(), webhook_id="mx-missing"),
+        "event feed": lambda: ReadEvents(limit=1),
     }
 
 

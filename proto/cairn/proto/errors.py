@@ -7,6 +7,7 @@ again on the caller's side as the class registered for its ``code``::
     ├── InvalidInput                code "invalid_input"      malformed or wrong-typed input
     │   ├── InvalidName             code "invalid_name"       bad subject token / name
     │   ├── UnknownMessageType      code "unknown_type"       no such command / query
+    │   │   └── UnknownEventType    code "unknown_event_type" an event type name no one writes
     │   ├── PayloadTooLarge         code "payload_too_large"  checked before publishing
     │   ├── Unsupported             code "unsupported"        an argument Cairn refuses by name
     │   └── InvalidBinding          code "invalid_binding"    a pipeline's binding, by YAML path
@@ -45,6 +46,7 @@ __all__ = [
     "StaleAttempt",
     "Unauthenticated",
     "Unavailable",
+    "UnknownEventType",
     "UnknownMessageType",
     "Unsupported",
     "error_for_code",
@@ -71,6 +73,13 @@ class InvalidName(InvalidInput):
 
 class UnknownMessageType(InvalidInput):
     code = "unknown_type"
+
+
+class UnknownEventType(UnknownMessageType):
+    """An event type name (an event feed's or a webhook's ``types``) that is not one of the
+    published event types; the message lists the valid ones."""
+
+    code = "unknown_event_type"
 
 
 class PayloadTooLarge(InvalidInput):

@@ -79,6 +79,10 @@ __all__ = [
     "SecretRead",
     "SecretResealed",
     "SecretSet",
+    "WebhookCreated",
+    "WebhookDeadLettered",
+    "WebhookDeleted",
+    "WebhookSecretResealed",
     "WorkspaceCreated",
     "WorkspaceKeyRotated",
     "decode_envelope",
@@ -548,6 +552,52 @@ class PipelineEnded(Event, frozen=True, kw_only=True):
     error: Text = ""
 
 
+class WebhookCreated(Event, frozen=True, kw_only=True):
+    """Webhook ``webhook_id`` delivers the workspace's events of ``event_types`` (matching
+    every ``filters`` entry) to ``url``, signed with a secret sealed under workspace key
+    ``key_id`` (a Fernet token; never the secret)."""
+
+    KIND = "webhook"
+    webhook_id: Id
+    url: Text
+    event_types: list[str]
+    filters: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    description: Text = ""
+    sealed_secret: str
+    key_id: Id
+
+
+class WebhookDeleted(Event, frozen=True, kw_only=True):
+    KIND = "webhook"
+    webhook_id: Id
+
+
+class WebhookSecretResealed(Event, frozen=True, kw_only=True):
+    """The webhook's signing secret sealed again under workspace key ``key_id`` (a key
+    rotation): the same secret, a new token."""
+
+    KIND = "webhook"
+    webhook_id: Id
+    sealed_secret: str
+    key_id: Id
+
+
+class WebhookDeadLettered(Event, frozen=True, kw_only=True):
+    """Delivery ``delivery_id`` (of the event at stream sequence ``event_seq``) failed
+    ``attempts`` times and was given up: the last answer's HTTP ``status`` (None: no answer)
+    and what went wrong. Never the receiver's response body."""
+
+    KIND = "webhook"
+    webhook_id: Id
+    delivery_id: Id
+    event_seq: int
+    event_id: Id
+    event_type: str
+    attempts: int
+    status: int | None = None
+    error: Text = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -597,6 +647,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PipelineStepReused,
         PipelineStepEnded,
         PipelineEnded,
+        WebhookCreated,
+        WebhookDeleted,
+        WebhookSecretResealed,
+        WebhookDeadLettered,
     )
 }
 

@@ -17,6 +17,7 @@ import msgspec
 from cairn.proto import (
     artifacts,
     assets,
+    feed,
     jobs,
     members,
     metrics,
@@ -24,6 +25,7 @@ from cairn.proto import (
     registry,
     schedules,
     secrets,
+    webhooks,
 )
 from cairn.proto.commands import (
     COMMAND_TYPES,
@@ -104,6 +106,7 @@ def generate() -> dict[str, str]:
         *secrets.SECRET_COMMAND_TYPES,
         *members.MEMBER_COMMAND_TYPES,
         *schedules.SCHEDULE_COMMAND_TYPES,
+        *webhooks.WEBHOOK_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -124,6 +127,8 @@ def generate() -> dict[str, str]:
         *secrets.SECRET_QUERY_TYPES,
         *members.MEMBER_QUERY_TYPES,
         *schedules.SCHEDULE_QUERY_TYPES,
+        *feed.FEED_QUERY_TYPES,
+        *webhooks.WEBHOOK_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")
@@ -158,9 +163,35 @@ def check(directory: Path = SCHEMA_DIR) -> list[str]:
     return sorted(n for n in wanted.keys() | present.keys() if wanted.get(n) != present.get(n))
 
 
+#: the published list of event types (a source checkout's docs/events.md)
+EVENTS_DOC = Path(__file__).resolve().parents[3] / "docs" / "events.md"
+_TABLE_HEAD = "| type | kind | version | schema |\n|---|---|---|---|\n"
+
+
+def events_table() -> str:
+    """The table of every event type, its kind, version and schema, as docs/events.md has it."""
+    rows = [
+        f"| `{name}` | `{cls.KIND}` | {cls.VERSION} |"
+        f" [events/{name}.json](../proto/cairn/proto/schemas/events/{name}.json) |\n"
+        for name, cls in EVENT_TYPES.items()
+    ]
+    return _TABLE_HEAD + "".join(rows)
+
+
+def write_events_doc(path: Path = EVENTS_DOC) -> None:
+    """Rewrite the table of event types in ``path`` (where it exists) from the code."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    start = text.index(_TABLE_HEAD)
+    end = text.index("\n\n", start)
+    path.write_text(text[:start] + events_table().rstrip("\n") + text[end:])
+
+
 if __name__ == "__main__":
     if "--check" in sys.argv:
         drift = check()
         print("\n".join(drift) or "schemas up to date")
         sys.exit(1 if drift else 0)
     write()
+    write_events_doc()

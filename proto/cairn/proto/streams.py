@@ -32,6 +32,7 @@ __all__ = [
     "StreamConfig",
     "job_consumer",
     "schedule_trigger_consumer",
+    "webhook_consumer",
 ]
 
 _SECOND = 1_000_000_000
@@ -67,7 +68,7 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
         return _as_json(self)
 
 
-class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True):
+class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A durable pull consumer's configuration as the JetStream API names it."""
 
     durable_name: str
@@ -80,7 +81,9 @@ class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True):
     backoff: tuple[int, ...]
     max_ack_pending: int
     max_waiting: int
-    deliver_policy: Literal["all", "last", "new"]
+    deliver_policy: Literal["all", "last", "new", "by_start_sequence"]
+    #: with ``by_start_sequence``: the first stream sequence delivered
+    opt_start_seq: int | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The ``config`` of ``$JS.API.CONSUMER.CREATE``."""
@@ -233,4 +236,25 @@ def job_consumer(
         max_ack_pending=slots,
         max_waiting=512,
         deliver_policy="all",
+    )
+
+
+def webhook_consumer(ws: str, webhook_id: str, start_seq: int) -> ConsumerConfig:
+    """One webhook's durable consumer: its workspace's events from ``start_seq`` on, one in
+    flight at a time (shared by the webhooks service's replicas), redelivered 30 s after a
+    holder went silent; the service retries a delivery itself and never gives up on the
+    message (``max_deliver`` unlimited): a delivery it gives up goes to the dead-letter list."""
+    from cairn.proto.subjects import events_of_workspace, validate_token
+
+    return ConsumerConfig(
+        durable_name=f"webhook-{validate_token(ws)}-{validate_token(webhook_id)}",
+        filter_subject=events_of_workspace(ws),
+        ack_policy="explicit",
+        ack_wait=30 * _SECOND,
+        max_deliver=-1,
+        backoff=(),
+        max_ack_pending=1,
+        max_waiting=512,
+        deliver_policy="by_start_sequence",
+        opt_start_seq=start_seq,
     )

@@ -274,13 +274,19 @@ class EventStore:
     async def _direct_batch(
         self, subject: str, start: int, up_to_seq: int | None
     ) -> tuple[list[Stored], bool]:
-        nc, timeout = self.conn.nc, self.conn.settings.request_timeout
         body: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": self.read_batch}
+        return await self._direct(body, subject, up_to_seq)
+
+    async def _direct(
+        self, body: dict[str, Any], what: str, up_to_seq: int | None = None
+    ) -> tuple[list[Stored], bool]:
+        """One batched direct get (ADR-31): the messages, and whether more match after them."""
+        nc, timeout = self.conn.nc, self.conn.settings.request_timeout
         inbox = nc.new_inbox()
         try:
             sub = await nc.subscribe(inbox)
         except TRANSIENT as exc:
-            raise Unavailable(f"cannot read {subject}: {exc!r}") from exc
+            raise Unavailable(f"cannot read {what}: {exc!r}") from exc
         got: list[Stored] = []
         try:
             await nc.publish(
@@ -326,6 +332,25 @@ class EventStore:
         if headers.get("Status"):
             return None
         return stored_time(headers.get("Nats-Time-Stamp", ""))
+
+    async def page(
+        self,
+        subject_filter: str,
+        *,
+        after_seq: int = 0,
+        start_time: str | None = None,
+        limit: int = 256,
+    ) -> list[tuple[int, str, bytes]]:
+        """Up to ``limit`` stored messages on ``subject_filter`` (wildcards allowed) after
+        ``after_seq`` (or, with ``start_time``, an RFC 3339 moment, from then on), oldest
+        first, undecoded: ``(seq, subject, payload)``. One batched direct get (ADR-31)."""
+        body: dict[str, Any] = {"next_by_subj": subject_filter, "batch": limit}
+        if start_time is not None:
+            body["start_time"] = start_time
+        else:
+            body["seq"] = after_seq + 1
+        got, _ = await self._direct(body, subject_filter)
+        return [(m.seq, m.subject, m.data) for m in got]
 
     async def last_seq(self) -> int:
         """The stream's last sequence (0 when empty)."""

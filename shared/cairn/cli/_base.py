@@ -58,6 +58,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
     "Secrets": ("secret",),
+    "Automate on events": ("events", "webhook"),
     "Operate the stack": (
         "up",
         "studio",

@@ -103,6 +103,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "pipeline.>",
         "component.>",
         "secret.>",
+        "webhook.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),
     AUDITOR: (),

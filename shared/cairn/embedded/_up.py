@@ -40,6 +40,7 @@ def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.scheduler import SchedulerService
     from cairn.services.schedules import SchedulesService
     from cairn.services.tracking import TrackingService
+    from cairn.services.webhooks import WebhookService
 
     return {
         "tracking": TrackingService,
@@ -49,6 +50,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "scheduler": SchedulerService,
         "schedules": SchedulesService,
         "pipelines": PipelinesService,
+        "webhooks": WebhookService,
     }
 
 

@@ -5,7 +5,7 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
-``_async_schedules``, ``_jobs`` <-
+``_async_schedules``, ``_async_events``, ``_jobs`` <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
 ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <- ``_estimators``,
@@ -14,6 +14,7 @@ Layers, each importing only those below it: ``_refusals`` (what is refused by na
 
 from cairn.sdk._assets import CondaDependencies, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
+from cairn.sdk._async_events import FeedEvent
 from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
@@ -58,6 +59,7 @@ __all__ = [
     "Environment",
     "Estimator",
     "Experiment",
+    "FeedEvent",
     "Input",
     "Keyvault",
     "LoadedPipeline",

@@ -14,7 +14,7 @@ import contextlib
 import os
 import tempfile
 import traceback
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +62,7 @@ from cairn.proto.pipelines import GetPipeline
 from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
+from cairn.sdk._async_events import AsyncWebhooks, FeedEvent, feed
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._async_schedules import AsyncSchedules
 from cairn.sdk._async_secrets import AsyncSecrets
@@ -88,6 +89,7 @@ class AsyncWorkspace(Session):
         self.datasets = AsyncDatasets(self)
         self.secrets = AsyncSecrets(self)
         self.schedules = AsyncSchedules(self)
+        self.webhooks = AsyncWebhooks(self)
         self._runs: set[AsyncRun] = set()
         #: runs this process beats for (open, or ended only in the spool so far)
         self._beating: set[AsyncRun] = set()
@@ -124,6 +126,24 @@ class AsyncWorkspace(Session):
             CreateWorkspace(command_id=new_id(), name=self.name, description=description)
         )
         return True
+
+    def events(
+        self,
+        types: Iterable[str] = (),
+        *,
+        since: int | datetime | None = None,
+        durable: str | None = None,
+        follow: bool = True,
+        poll_s: float = 0.5,
+    ) -> AsyncGenerator[FeedEvent, None]:
+        """The workspace's events, oldest first, as typed ``FeedEvent`` s (docs/events.md):
+        ``async for event in ws.events(types=["RunCompleted"], durable="ci"): ...``.
+        ``types``: published event type names (an unknown one is ``UnknownEventType``,
+        listing them); ``since``: a stream sequence (events after it) or a moment; ``durable``:
+        a name under which the position is recorded on this machine, so the next subscriber
+        of that name resumes where this one stopped (at least once: deduplicate on ``seq``);
+        ``follow``: wait for new events at the end, else stop there."""
+        return feed(self, types=types, since=since, durable=durable, follow=follow, poll_s=poll_s)
 
     async def set_default_datastore(self, name: str) -> None:
         """Make datastore ``name`` the workspace's default: where job outputs without a path

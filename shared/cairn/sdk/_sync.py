@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from cairn.errors import InvalidInput, NotFound
 from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import Environment
 from cairn.sdk._async import AsyncRun, AsyncWorkspace, exit_error
+from cairn.sdk._async_events import FeedEvent
 from cairn.sdk._compute import ComputeTarget
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
@@ -87,6 +88,31 @@ class Workspace(WorkspaceBase):
     @property
     def experiments(self) -> dict[str, Experiment]:
         return {e.name: e for e in Experiment.list(self)}
+
+    def events(
+        self,
+        types: Iterable[str] = (),
+        *,
+        since: int | datetime | None = None,
+        durable: str | None = None,
+        follow: bool = True,
+    ) -> Iterator[FeedEvent]:
+        """The workspace's events, oldest first, as typed ``FeedEvent`` s: ``for event in
+        ws.events(["RunCompleted"], durable="ci"): ...`` (the async core's ``ws.events``;
+        docs/events.md)."""
+        feed = self.core.events(types, since=since, durable=durable, follow=follow)
+
+        async def step() -> FeedEvent | None:
+            try:
+                return await anext(feed)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (event := self._run(step())) is not None:
+                yield event
+        finally:
+            self._run(feed.aclose())
 
     @property
     def environments(self) -> dict[str, Environment]:

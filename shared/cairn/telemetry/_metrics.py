@@ -24,6 +24,7 @@ __all__ = [
     "REQUEST_SECONDS",
     "SCHEDULER_QUEUED",
     "SCHEDULER_RUNNING",
+    "WEBHOOK_ATTEMPTS",
     "Readiness",
     "RequestMetrics",
     "forget",
@@ -56,6 +57,11 @@ PROJECTION_LAG = Gauge(
     "cairn_projection_lag_messages",
     "Stream last sequence minus the sequence a read model has applied",
     ["projection"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "cairn_webhook_attempts",
+    "Webhook delivery attempts, by outcome: delivered (2xx), failed (retried), dead_lettered",
+    ["outcome"],
 )
 SCHEDULER_QUEUED = Gauge(
     "cairn_scheduler_queued_jobs",

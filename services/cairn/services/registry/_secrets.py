@@ -20,7 +20,7 @@ from typing import Any
 
 from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, EventStore, execute
-from cairn.domain import asset, secret
+from cairn.domain import asset, secret, webhook
 from cairn.errors import CairnError, ConcurrencyConflict, PermissionDenied
 from cairn.log import get_logger
 from cairn.projection import Tables
@@ -37,6 +37,7 @@ from cairn.proto.secrets import (
     check_secret_name,
     check_secret_value,
 )
+from cairn.proto.webhooks import WEBHOOK_KIND
 from cairn.rpc import SERVICE_ACTOR, Request
 from cairn.secrets import (
     add_key,
@@ -205,7 +206,38 @@ class SecretHandlers:
         stores_n = 0
         for datastore_id in datastore_ids:
             stores_n += await self._reseal_datastore(req, datastore_id, key_id)
+        await self._reseal_webhooks(req, key_id)
         return secrets_n, stores_n
+
+    async def _reseal_webhooks(self, req: Request, key_id: str) -> None:
+        """Every live webhook's signing secret sealed again under ``key_id`` (an event each:
+        ``WebhookSecretResealed``), read from the log (the webhooks service owns no read
+        model here)."""
+        ws = req.workspace
+        filt = subjects.event(ws, WEBHOOK_KIND, "x").removesuffix(".x") + ".*"
+        ids: dict[str, None] = {}
+        after = 0
+        while page := await self.store.page(filt, after_seq=after, limit=256):
+            ids.update((subject.rsplit(".", 1)[1], None) for _, subject, _ in page)
+            after = page[-1][0]
+        for webhook_id in ids:
+            state = await lookup.state(self.cache, webhook.AGGREGATE, ws, webhook_id, fresh=True)
+            if not state.live or state.sealed_secret is None or state.key_id == key_id:
+                continue
+            try:
+                value = unseal_text(self.settings, ws, state.sealed_secret)
+            except CairnError as exc:  # its key is gone: nothing can open it any more
+                log.warning("webhook_secret_unopenable", webhook=webhook_id, error=exc.message)
+                continue
+            sealed = seal_text(self.settings, ws, value)
+            command = webhook.ResealSecret(sealed=sealed, key_id=_key_id(sealed))
+            await execute(
+                self._step(req, WEBHOOK_KIND, webhook_id, state.key_id),
+                webhook.AGGREGATE,
+                webhook_id,
+                command,
+                cache=self.cache,
+            )
 
     async def _reseal_secret(self, req: Request, name: str, key_id: str) -> int:
         ws = req.workspace
