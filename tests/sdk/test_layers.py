@@ -38,6 +38,7 @@ CORE = {
     "_async_data",
     "_async_secrets",
     "_jobs",
+    "_hyperdrive",
     "_metrics",
     "_outbox",
     "_waiting",

@@ -161,6 +161,8 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
     environment_version: Count | None = None
     display_name: Name | None = None
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: the run this job is a child of (which must exist, in the same experiment)
+    parent_run_id: Id | None = None
 
 
 class ClaimJob(Command, frozen=True, kw_only=True, tag=True):

@@ -99,6 +99,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "datastore.>",
         "dataset.>",
         "job.submit",
+        "sweep.>",
         "secret.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),

@@ -35,6 +35,7 @@ def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.ingester import IngesterService
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
+    from cairn.services.sweeps import SweepsService
     from cairn.services.tracking import TrackingService
 
     return {
@@ -43,6 +44,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "artifacts": ArtifactsService,
         "registry": RegistryService,
         "scheduler": SchedulerService,
+        "sweeps": SweepsService,
     }
 
 

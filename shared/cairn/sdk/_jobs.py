@@ -47,6 +47,7 @@ __all__ = [
     "RunFailedError",
     "ScriptRunConfig",
     "follow",
+    "job_spec",
     "print_logs",
     "submit",
     "upload_snapshot",
@@ -205,15 +206,11 @@ def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | N
     return env.name, env.version, None
 
 
-async def submit(
-    ws: Session,
-    experiment_name: str,
-    config: ScriptRunConfig,
-    *,
-    tags: dict[str, str] | None = None,
-    display_name: str | None = None,
-) -> str:
-    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+async def job_spec(
+    ws: Session, config: ScriptRunConfig, command: list[str] | None = None
+) -> tuple[JobSpec, str | None, int | None]:
+    """``config``'s job (its snapshot uploaded, its local inputs too) with ``command`` instead
+    of its own argv when given, and its registered environment's name and version."""
     digest, area = await upload_snapshot(ws.client, config.source_directory, ws.snapshots)
     env_name, env_version, inline = _environment(config.environment)
     inputs: list[JobInput] = []
@@ -229,7 +226,7 @@ async def submit(
         inputs.append(await _upload_local_input(ws, name, local, mode))
     outputs += config.job_outputs
     job = JobSpec(
-        command=config.argv(),
+        command=config.argv() if command is None else command,
         snapshot=digest,
         snapshot_area=area,
         environment=inline,
@@ -242,6 +239,19 @@ async def submit(
         gpus=config.gpus,
         secrets=config.secrets,
     )
+    return job, env_name, env_version
+
+
+async def submit(
+    ws: Session,
+    experiment_name: str,
+    config: ScriptRunConfig,
+    *,
+    tags: dict[str, str] | None = None,
+    display_name: str | None = None,
+) -> str:
+    """Submit ``config`` as a new run of ``experiment_name``; returns the run id."""
+    job, env_name, env_version = await job_spec(ws, config)
     run_id = new_id()
     await ws.experiment_id(experiment_name)  # get-or-create, as start_logging does
     await ws.send(

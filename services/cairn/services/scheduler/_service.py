@@ -29,7 +29,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
 from cairn.domain import run as runs
-from cairn.errors import NotFound, StaleAttempt
+from cairn.errors import InvalidInput, NotFound, StaleAttempt
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -298,6 +298,13 @@ class SchedulerService(ProjectedService):
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
+        if cmd.parent_run_id is not None:
+            parent = await lookup.run_state(self.cache, ws, cmd.parent_run_id)
+            if parent.experiment_id != experiment_id:
+                raise InvalidInput(
+                    f"parent run {cmd.parent_run_id} is in experiment {parent.experiment_name!r},"
+                    f" not {cmd.experiment_name!r}"
+                )
         compute = cmd.compute
         await resolve_asset(
             self.cache, self.settings, ws, "compute", compute, None, max_age_s=EXISTS_FOR_S
