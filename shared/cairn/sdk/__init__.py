@@ -18,6 +18,27 @@ from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._estimators import Estimator, PyTorch, SKLearn, TensorFlow
+from cairn.sdk._hyperdrive import (
+    BanditPolicy,
+    BayesianParameterSampling,
+    GridParameterSampling,
+    HyperDriveConfig,
+    MedianStoppingPolicy,
+    NoTerminationPolicy,
+    PrimaryMetricGoal,
+    RandomParameterSampling,
+    TruncationSelectionPolicy,
+    choice,
+    lognormal,
+    loguniform,
+    normal,
+    qlognormal,
+    qloguniform,
+    qnormal,
+    quniform,
+    randint,
+    uniform,
+)
 from cairn.sdk._jobfile import load_job_file
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
@@ -30,7 +51,7 @@ from cairn.sdk._runconfig import (
     DockerConfiguration,
     RunConfiguration,
 )
-from cairn.sdk._sync import Experiment, Run, Workspace
+from cairn.sdk._sync import Experiment, HyperDriveRun, Run, Workspace
 
 __all__ = [
     "DEFAULT_CPU_IMAGE",
@@ -39,6 +60,8 @@ __all__ = [
     "AsyncExperiment",
     "AsyncRun",
     "AsyncWorkspace",
+    "BanditPolicy",
+    "BayesianParameterSampling",
     "ComputeTarget",
     "ComputeTargetException",
     "CondaDependencies",
@@ -48,19 +71,37 @@ __all__ = [
     "Environment",
     "Estimator",
     "Experiment",
+    "GridParameterSampling",
+    "HyperDriveConfig",
+    "HyperDriveRun",
     "Keyvault",
+    "MedianStoppingPolicy",
     "Model",
+    "NoTerminationPolicy",
     "OfflineRun",
+    "PrimaryMetricGoal",
     "PyTorch",
+    "RandomParameterSampling",
     "Run",
     "RunConfiguration",
     "RunFailedError",
     "SKLearn",
     "ScriptRunConfig",
     "TensorFlow",
+    "TruncationSelectionPolicy",
     "Workspace",
+    "choice",
     "connect",
     "load_job_file",
+    "lognormal",
+    "loguniform",
     "new_id",
+    "normal",
+    "qlognormal",
+    "qloguniform",
+    "qnormal",
+    "quniform",
+    "randint",
     "replay_spool_dir",
+    "uniform",
 ]

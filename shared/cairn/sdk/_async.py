@@ -60,7 +60,7 @@ from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._async_secrets import AsyncSecrets
-from cairn.sdk._hyperdrive import HyperDriveConfig, submit_sweep
+from cairn.sdk._hyperdrive import HyperDriveConfig, cancel_sweep, get_sweep, submit_sweep
 from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
@@ -420,6 +420,14 @@ class AsyncRun:
             await self.flush()
         cmd = CancelRun(command_id=new_id(), run_id=self.id, reason=reason)
         return await self._end(cmd, "Canceled")
+
+    async def sweep(self) -> dict[str, Any]:
+        """The sweep this run is the parent of: its spec, status and trials (``sweep.get``)."""
+        return await get_sweep(self.workspace, self.id)
+
+    async def cancel_sweep(self, reason: str = "") -> None:
+        """Stop the sweep this run is the parent of: its running trials are canceled."""
+        await cancel_sweep(self.workspace, self.id, reason)
 
     async def _end(self, cmd: Command, status: str) -> bool:
         self._ended = True
