@@ -102,6 +102,7 @@ PINNED = {
         "qnormal",
         "quniform",
         "randint",
+        "read_job_file",
         "replay_spool_dir",
         "uniform",
     ],

@@ -22,6 +22,7 @@ FACADE = {
     "_datastores",
     "_datasets",
     "_jobfile",
+    "_sweepfile",
     "_keyvault",
     "_compute",
     "_runconfig",

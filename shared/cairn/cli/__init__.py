@@ -14,6 +14,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _projection,
     _registry,
     _stack,
+    _sweeps,
     _tokens,
     _tracking,
 )

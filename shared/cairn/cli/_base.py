@@ -54,7 +54,7 @@ def settings(**overrides: Any) -> Settings:
 # "Other commands" (and the help test fails until it is placed).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Track experiments and runs": ("experiment", "run"),
-    "Run jobs": ("job", "agent"),
+    "Run jobs": ("job", "sweep", "agent"),
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
     "Secrets": ("secret",),

@@ -51,6 +51,7 @@ from cairn.sdk._runconfig import (
     DockerConfiguration,
     RunConfiguration,
 )
+from cairn.sdk._sweepfile import read_job_file
 from cairn.sdk._sync import Experiment, HyperDriveRun, Run, Workspace
 
 __all__ = [
@@ -102,6 +103,7 @@ __all__ = [
     "qnormal",
     "quniform",
     "randint",
+    "read_job_file",
     "replay_spool_dir",
     "uniform",
 ]

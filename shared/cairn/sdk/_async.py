@@ -60,7 +60,7 @@ from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._async_secrets import AsyncSecrets
-from cairn.sdk._hyperdrive import HyperDriveConfig, cancel_sweep, get_sweep, submit_sweep
+from cairn.sdk._hyperdrive import SweepConfig, cancel_sweep, get_sweep, submit_sweep
 from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
@@ -313,15 +313,15 @@ class AsyncExperiment:
 
     async def submit(
         self,
-        config: ScriptRunConfig | HyperDriveConfig,
+        config: ScriptRunConfig | SweepConfig,
         *,
         tags: dict[str, str] | None = None,
         display_name: str | None = None,
     ) -> AsyncRun:
-        """Run ``config`` as a job on its compute target, or a ``HyperDriveConfig`` as a sweep
-        (its parent run); returns the run at once."""
+        """Run ``config`` as a job on its compute target, or a ``HyperDriveConfig`` (any
+        ``SweepConfig``) as a sweep (its parent run); returns the run at once."""
         ws = self.workspace
-        if isinstance(config, HyperDriveConfig):
+        if isinstance(config, SweepConfig):
             run_id = await submit_sweep(ws, self.name, config, tags=tags, display_name=display_name)
             return AsyncRun(ws, run_id, self.name)
         run_id = await submit(ws, self.name, config, tags=tags, display_name=display_name)

@@ -53,6 +53,7 @@ __all__ = [
     "NoTerminationPolicy",
     "PrimaryMetricGoal",
     "RandomParameterSampling",
+    "SweepConfig",
     "TruncationSelectionPolicy",
     "cancel_sweep",
     "choice",
@@ -253,10 +254,26 @@ def _checked(spec: SweepSpec) -> SweepSpec:
     try:
         return msgspec.convert(msgspec.to_builtins(spec), SweepSpec)
     except msgspec.ValidationError as exc:
-        raise InvalidInput(f"HyperDriveConfig: {exc}") from None
+        raise InvalidInput(f"sweep: {exc}") from None
 
 
-class HyperDriveConfig:
+class SweepConfig:
+    """A sweep as it is submitted: the trial's run config, the trial's argv (whose
+    ``${{search_space.<name>}}`` words become each trial's values) and the sweep's spec, all
+    checked now (a v2 ``type: sweep`` job file makes one directly)."""
+
+    def __init__(self, run_config: ScriptRunConfig, spec: SweepSpec, command: list[str]) -> None:
+        self.run_config = run_config
+        self.spec = _checked(spec)
+        self.command = command
+        check(self.spec, command)
+
+    @property
+    def compute_name(self) -> str:
+        return self.run_config.compute_name
+
+
+class HyperDriveConfig(SweepConfig):
     """A sweep of ``run_config`` (a ``ScriptRunConfig`` or ``Estimator``; ``estimator=`` is
     the older name) over ``hyperparameter_sampling``, judged by ``primary_metric_name``
     logged by the script (``run.log``) with ``primary_metric_goal``. ``max_concurrent_runs``
@@ -300,7 +317,6 @@ class HyperDriveConfig:
         goal: Literal["maximize", "minimize"] = "maximize" if given == "maximize" else "minimize"
         if policy is not None and not isinstance(policy, _Policy):
             raise InvalidInput(f"HyperDriveConfig: policy {policy!r} is not a policy")
-        self.run_config = config
         self.hyperparameter_sampling = hyperparameter_sampling
         concurrent = max_total_runs if max_concurrent_runs is None else max_concurrent_runs
         spec = SweepSpec(
@@ -314,27 +330,22 @@ class HyperDriveConfig:
                 timeout_s=max_duration_minutes * 60,
             ),
         )
-        self.spec = _checked(spec)
-        check(self.spec, self.command())
-
-    def command(self) -> list[str]:
-        """The trial's argv: the script's, then ``--<name> <value>`` per parameter."""
-        flags: list[str] = []
-        for name in self.spec.search_space:
+        flags: list[str] = []  # the script's argv, then --<name> <value> per parameter
+        for name in spec.search_space:
             flags += [name if name.startswith("-") else f"--{name}", parameter_placeholder(name)]
-        return [*self.run_config.argv(), *flags]
+        super().__init__(config, spec, [*config.argv(), *flags])
 
 
 async def submit_sweep(
     ws: Session,
     experiment_name: str,
-    config: HyperDriveConfig,
+    config: SweepConfig,
     *,
     tags: dict[str, str] | None = None,
     display_name: str | None = None,
 ) -> str:
     """Submit ``config`` as a new sweep of ``experiment_name``; returns its run id."""
-    job, env_name, env_version = await job_spec(ws, config.run_config, config.command())
+    job, env_name, env_version = await job_spec(ws, config.run_config, config.command)
     return await send_sweep(
         ws,
         experiment_name,

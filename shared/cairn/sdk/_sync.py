@@ -26,7 +26,7 @@ from cairn.sdk._async import AsyncRun, AsyncWorkspace, exit_error
 from cairn.sdk._compute import ComputeTarget
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
-from cairn.sdk._hyperdrive import HyperDriveConfig, best_first
+from cairn.sdk._hyperdrive import SweepConfig, best_first
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
@@ -196,17 +196,17 @@ class Experiment:
 
     def submit(
         self,
-        config: ScriptRunConfig | HyperDriveConfig,
+        config: ScriptRunConfig | SweepConfig,
         tags: dict[str, Any] | None = None,
         display_name: str | None = None,
     ) -> Run:
         """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
-        target, or a ``HyperDriveConfig`` as a sweep (a ``HyperDriveRun``); returns the run
-        at once."""
+        target, or a ``HyperDriveConfig`` (any ``SweepConfig``) as a sweep (a
+        ``HyperDriveRun``); returns the run at once."""
         tag_values = {k: str(v) for k, v in (tags or {}).items()}
         submitted = self._core.submit(config, tags=tag_values, display_name=display_name)
         core = self.workspace._run(submitted)
-        if isinstance(config, HyperDriveConfig):
+        if isinstance(config, SweepConfig):
             return HyperDriveRun(self, core.id, _core=core)
         return Run(self, core.id, _core=core)
 

@@ -178,7 +178,13 @@ class SweepsService(ProjectedService):
                 run_id=cmd.run_id,
                 tags=cmd.tags,
             )
-            await execute(run_ctx, runs.AGGREGATE, cmd.run_id, tags, cache=self.cache)
+            tags_ctx = CommandContext(
+                workspace=ws,
+                command_id=tags.command_id,
+                actor=ctx.actor,
+                correlation_id=ctx.correlation_id,
+            )
+            await execute(tags_ctx, runs.AGGREGATE, cmd.run_id, tags, cache=self.cache)
         resolved = sweep.SubmitResolvedSweep(command=cmd, seed=seed)
         return await execute(ctx, sweep.AGGREGATE, cmd.run_id, resolved, cache=self.cache, new=True)
 
