@@ -88,6 +88,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
         "ingester",
         "registry",
         "scheduler",
+        "sweeps",
         "tracking",
     ]
     # the studio: served by cairn up, signed in to with what `cairn studio` prints

@@ -34,6 +34,7 @@ from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.secrets import ReadSecret, SetSecret
+from cairn.proto.sweeps import CancelSweep
 from cairn.rpc import Client
 from cairn.settings import Settings
 from cairn.tokens import parse_token
@@ -84,6 +85,7 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             environment_name="mx-missing",
         ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
+        "sweep commands": lambda: CancelSweep(command_id=cid(), run_id="mx-missing"),
         "compute commands": lambda: CreateCompute(
             command_id=cid(), name="mx-compute", spec=ComputeSpec(kind="cluster", max_nodes=1)
         ),
