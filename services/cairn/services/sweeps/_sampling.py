@@ -136,7 +136,9 @@ def propose(
     distributions = {name: optuna_distribution(d) for name, d in spec.search_space.items()}
     sampler = _sampler(spec, seed, index)
     study = optuna.create_study(direction=spec.objective.goal, sampler=sampler)
-    for trial in trials[:index]:
+    # a random draw depends on its seed alone: the history is replayed for the other two
+    history = trials[:index] if spec.sampling.algorithm != "random" else ()
+    for trial in history:
         value: float | None = None
         if trial.index not in seen:
             state = OptunaState.RUNNING
