@@ -264,6 +264,28 @@ CASES = [
         [SweepEnded(status="Failed", error="no trial logged the primary metric 'AUC'")],
     ),
     Case(
+        "a sweep whose trials could not run says why",
+        [
+            SUBMITTED,
+            *(
+                e
+                for i in range(3)
+                for e in (
+                    proposed(i),
+                    TrialEnded(index=i, status="Failed", error="environment 'x' does not exist"),
+                )
+            ),
+        ],
+        sweep.EndSweep(),
+        [
+            SweepEnded(
+                status="Failed",
+                error="no trial logged the primary metric 'AUC'"
+                " (trial 0: environment 'x' does not exist)",
+            )
+        ],
+    ),
+    Case(
         "a canceled sweep ends Canceled",
         [
             SUBMITTED,

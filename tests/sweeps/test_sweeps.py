@@ -364,3 +364,21 @@ async def test_the_service_refuses_a_bad_sweep_before_creating_anything(
         assert word in error["message"]
         runs = await ws.client.ask(ListRuns(experiment_name="sweeps", wait_s=0))
         assert runs.data["runs"] == []
+
+
+async def test_trials_that_cannot_be_submitted_fail_the_sweep_saying_why(
+    ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    run_config = script(tmp_path)
+    run_config.environment = "no-such-env"
+    config = HyperDriveConfig(
+        run_config=run_config,
+        hyperparameter_sampling=RandomParameterSampling({"learning_rate": uniform(0, 1)}),
+        primary_metric_name="AUC",
+        primary_metric_goal="MAXIMIZE",
+        max_total_runs=2,
+    )
+    _, view = await run_sweep(ws, config)
+    assert view["status"] == "Failed"
+    assert "no trial logged the primary metric 'AUC' (trial 0: " in view["error"]
+    assert "no-such-env" in view["error"]

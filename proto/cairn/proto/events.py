@@ -457,6 +457,8 @@ class TrialEnded(Event, frozen=True, kw_only=True):
     best: float | None = None
     last: float | None = None
     reports: int = 0
+    #: why a trial failed, when its run never ran (its submission was refused)
+    error: Text = ""
 
 
 class SweepCancelRequested(Event, frozen=True, kw_only=True):

@@ -81,6 +81,7 @@ class TrialState(msgspec.Struct, frozen=True, kw_only=True):
     best: float | None = None
     last: float | None = None
     reports: int = 0
+    error: str = ""
     stopped: TrialStopped | None = None
 
 
@@ -201,7 +202,13 @@ def evolve(state: SweepState, event: Event) -> SweepState:
             return _with_trial(state, index, stopped=ev)
         case TrialEnded(index=index) as ev:
             return _with_trial(
-                state, index, status=ev.status, best=ev.best, last=ev.last, reports=ev.reports
+                state,
+                index,
+                status=ev.status,
+                best=ev.best,
+                last=ev.last,
+                reports=ev.reports,
+                error=ev.error,
             )
         case SweepCancelRequested(reason=reason):
             timed_out = reason.startswith("timeout")
@@ -255,6 +262,7 @@ class EndTrial(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     best: float | None = None
     last: float | None = None
     reports: int = 0
+    error: str = ""
 
 
 class TimeOutSweep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -381,6 +389,7 @@ def _end_trial(state: SweepState, command: EndTrial) -> list[Event]:
             best=command.best,
             last=command.last,
             reports=command.reports,
+            error=command.error,
         )
     ]
 
@@ -411,6 +420,9 @@ def _end(state: SweepState) -> list[Event]:
     if best is None:
         metric = state.spec.objective.primary_metric
         error = f"no trial logged the primary metric {metric!r}"
+        refused = next((t for t in state.trials if t.error), None)
+        if refused is not None:
+            error += f" (trial {refused.index}: {refused.error})"
         if state.timed_out:
             error += f" ({state.cancel_reason})"
         return [SweepEnded(status="Failed", error=error)]

@@ -418,9 +418,11 @@ class SweepsService(ProjectedService):
         )
         try:
             await Client(self.conn, ws).send(submit)
-        except InvalidInput as exc:  # the trial cannot run as written: it fails, the sweep goes on
+        except (InvalidInput, NotFound) as exc:  # it cannot run as written: it fails
             log.warning("trial_refused", sweep=state.run_id, trial=trial.index, error=exc.message)
-            end = sweep.EndTrial(index=trial.index, status=runs.RunStatus.FAILED.value)
+            end = sweep.EndTrial(
+                index=trial.index, status=runs.RunStatus.FAILED.value, error=exc.message
+            )
             await self._decide(
                 ws, state.run_id, derived_id("trial-end", state.run_id, trial.index), end
             )
