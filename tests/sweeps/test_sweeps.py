@@ -382,3 +382,55 @@ async def test_trials_that_cannot_be_submitted_fail_the_sweep_saying_why(
     assert view["status"] == "Failed"
     assert "no trial logged the primary metric 'AUC' (trial 0: " in view["error"]
     assert "no-such-env" in view["error"]
+
+
+async def parent_status(ws: AsyncWorkspace, run_id: str) -> dict[str, Any]:
+    for _ in range(200):  # the parent run ends right after its sweep
+        data: dict[str, Any] = (await ws.client.ask(GetRun(run_id=run_id, wait_s=0))).data
+        if data["status"] in ("Completed", "Failed", "Canceled"):
+            return data
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"parent run {run_id} is still {data['status']}")
+
+
+def slow(tmp_path: Path, **limits: Any) -> HyperDriveConfig:
+    return HyperDriveConfig(
+        run_config=script(tmp_path, "curve.py", "--reports", 40, "--pause", 0.25),
+        hyperparameter_sampling=RandomParameterSampling({"decay": uniform(0.0, 0.01)}, seed=2),
+        primary_metric_name="accuracy",
+        primary_metric_goal="MAXIMIZE",
+        max_total_runs=4,
+        max_concurrent_runs=2,
+        **limits,
+    )
+
+
+async def test_a_canceled_sweep_cancels_its_running_trials_and_ends_canceled(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    await agents.start(slots=2)
+    run = await (await ws.experiment("sweeps")).submit(slow(tmp_path))
+    for _ in range(400):  # until both running trials have logged
+        view = await run.sweep()
+        if sum(1 for t in view["trials"] if t["status"] == "Running") == 2:
+            break
+        await asyncio.sleep(0.05)
+    await run.cancel_sweep("enough")
+    view = await wait_sweep(ws, run.id)
+    assert view["status"] == "Canceled" and view["error"] == "enough"
+    assert len(view["trials"]) == 2  # nothing proposed after the cancel
+    assert {t["status"] for t in view["trials"]} == {"Canceled"}
+    assert (await parent_status(ws, run.id))["status"] == "Canceled"
+
+
+async def test_a_sweep_past_its_duration_cancels_its_trials_and_completes_with_them(
+    ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    await agents.start(slots=2)
+    run = await (await ws.experiment("sweeps")).submit(slow(tmp_path, max_duration_minutes=0.1))
+    view = await wait_sweep(ws, run.id)
+    assert view["status"] == "Completed"
+    assert view["error"] == "timeout: ran past 6 s"
+    assert {t["status"] for t in view["trials"]} == {"Canceled"}
+    assert view["best_index"] is not None
+    assert (await parent_status(ws, run.id))["status"] == "Completed"

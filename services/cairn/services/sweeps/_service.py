@@ -323,7 +323,12 @@ class SweepsService(ProjectedService):
                 )
                 self.evaluated.pop((ws, sweep_id, trial.index), None)
             elif state.cancel_requested or trial.stopped is not None:
-                reason = trial.stopped.reason if trial.stopped else state.cancel_reason
+                # (a child's cancel reason starting "timeout" would make it a job timeout)
+                reason = (
+                    trial.stopped.reason
+                    if trial.stopped
+                    else f"the sweep was stopped: {state.cancel_reason}"
+                )
                 cancel = CancelRun(
                     command_id=derived_id("trial-cancel", sweep_id, trial.index),
                     run_id=trial.run_id,
