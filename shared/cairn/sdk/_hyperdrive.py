@@ -157,7 +157,8 @@ class GridParameterSampling(_Sampling):
 
 
 class RandomParameterSampling(_Sampling):
-    """Independent draws; ``properties={"rngSeed": n}`` (Azure's) or ``seed=`` fixes them."""
+    """Independent draws; ``seed=``, or ``properties={"rngSeed": n}`` (Azure's argument takes
+    free-form algorithm properties; that key is the one Cairn reads), fixes them."""
 
     algorithm: ClassVar[Algorithm] = "random"
 
