@@ -16,6 +16,7 @@ from cairn.domain import (
     run,
     schedule,
     secret,
+    sweep,
     webhook,
     workspace,
 )
@@ -27,6 +28,7 @@ from tests.domain import (
     test_schedule,
     test_secret,
     test_small,
+    test_sweep,
     test_webhook,
 )
 from tests.domain.gwt import Case, command_types, uncovered
@@ -43,6 +45,7 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     "schedule": (schedule.AGGREGATE, test_schedule.CASES),
     "pipeline": (pipeline.AGGREGATE, test_pipeline.CASES),
     "webhook": (webhook.AGGREGATE, test_webhook.CASES),
+    "sweep": (sweep.AGGREGATE, test_sweep.CASES),
 }
 
 

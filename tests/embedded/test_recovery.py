@@ -18,7 +18,7 @@ from cairn.sdk import connect
 from cairn.settings import load_settings
 from tests.embedded.test_up import Up
 
-SERVICES = {"artifacts", "ingester", "pipelines", "registry", "scheduler", "tracking"}
+SERVICES = {"artifacts", "ingester", "pipelines", "registry", "scheduler", "sweeps", "tracking"}
 
 
 def alive(pid: int) -> bool:

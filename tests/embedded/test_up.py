@@ -90,6 +90,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
         "registry",
         "scheduler",
         "schedules",
+        "sweeps",
         "tracking",
         "webhooks",
     ]

@@ -21,7 +21,7 @@ import pytest
 
 import cairn.sdk
 from cairn.errors import Unsupported
-from cairn.sdk import _jobfile
+from cairn.sdk import _jobfile, _sweepfile
 from cairn.sdk._refusals import INHERENT, REFUSED, inherent, refuses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,4 +276,39 @@ def test_every_pipeline_file_key_is_read_or_refused() -> None:
             unread = where in _pipelinefile.UNREAD_PIPELINE_KEYS
             if not any((e, field.name) in read for e in held) and not unread:
                 found.append(where)
+    assert found == []
+
+
+#: the expressions that hold each struct of the sweep files' loader (``_sweepfile``) and the CLI
+_SWEEP_HELD_AS = {
+    "SweepFile": {"sweep", "spec"},
+    "Trial": {"trial"},
+    "SamplingObject": {"value"},
+    "EarlyTermination": {"value"},
+    "Limits": {"limits"},
+}
+
+
+def test_every_sweep_file_key_is_read_or_refused() -> None:
+    read: set[tuple[str, str]] = set()
+    for path in (ROOT / "shared/cairn/sdk/_sweepfile.py", ROOT / "shared/cairn/cli/_jobs.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                read.add((ast.unparse(node.value), node.attr))
+    structs = [
+        obj
+        for obj in vars(_sweepfile).values()
+        if isinstance(obj, type)
+        and issubclass(obj, msgspec.Struct)
+        and obj.__module__ == _sweepfile.__name__
+    ]
+    assert {s.__name__ for s in structs} == set(_SWEEP_HELD_AS)
+    found = []
+    for struct in structs:
+        for field in msgspec.structs.fields(struct):
+            where = f"{struct.__name__}.{field.name}"
+            held = _SWEEP_HELD_AS[struct.__name__]
+            if not any((e, field.name) in read for e in held):
+                if where not in _sweepfile.UNREAD_SWEEP_KEYS:
+                    found.append(where)
     assert found == []

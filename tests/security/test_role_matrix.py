@@ -45,6 +45,7 @@ from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
 from cairn.proto.subjects import PROJECTION_VERIFY
+from cairn.proto.sweeps import CancelSweep
 from cairn.proto.webhooks import DeleteWebhook
 from cairn.rpc import Client
 from cairn.settings import Settings
@@ -108,6 +109,7 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             ),
         ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
+        "sweep commands": lambda: CancelSweep(command_id=cid(), run_id="mx-missing"),
         "compute commands": lambda: CreateCompute(
             command_id=cid(), name="mx-compute", spec=ComputeSpec(kind="cluster", max_nodes=1)
         ),

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 
-from cairn.proto._base import Checked, Digest, Id, Name, TagKey, TagValue, Text
+from cairn.proto._base import Checked, Digest, Id, Key, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec, ScheduledBy
@@ -28,6 +28,7 @@ from cairn.proto.members import Role
 from cairn.proto.pipelines import PipelineSpec
 from cairn.proto.schedules import CatchUp, Submission, Trigger
 from cairn.proto.secrets import SecretName
+from cairn.proto.sweeps import ParameterValue, SweepSpec, TrialTemplate
 
 __all__ = [
     "EVENT_TYPES",
@@ -79,6 +80,12 @@ __all__ = [
     "SecretRead",
     "SecretResealed",
     "SecretSet",
+    "SweepCancelRequested",
+    "SweepEnded",
+    "SweepSubmitted",
+    "TrialEnded",
+    "TrialProposed",
+    "TrialStopped",
     "WebhookCreated",
     "WebhookDeadLettered",
     "WebhookDeleted",
@@ -172,6 +179,9 @@ class RunCreated(Event, frozen=True, kw_only=True):
     experiment_name: Name
     display_name: Name | None = None
     parent_run_id: Id | None = None
+    #: the process manager that drives the run (``sweep``): it starts and ends the run, and
+    #: no heartbeat of a script's process is expected from it
+    controller: Id | None = None
 
 
 class RunStarted(Event, frozen=True, kw_only=True):
@@ -221,7 +231,7 @@ class RunSubmitted(Event, frozen=True, kw_only=True):
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
     #: the schedule fire that submitted it
     scheduled: ScheduledBy | None = None
-    #: the run this one is a child of (a pipeline's step)
+    #: the run this one is a child of (a pipeline's step, a sweep's trial)
     parent_run_id: Id | None = None
 
 
@@ -598,6 +608,78 @@ class WebhookDeadLettered(Event, frozen=True, kw_only=True):
     error: Text = ""
 
 
+class SweepSubmitted(Event, frozen=True, kw_only=True):
+    """Sweep ``run_id`` (also its parent run's id) over ``spec``, its trials submitted as
+    ``trial`` says; ``seed`` is the sampler's seed (the one given, or one drawn at
+    submission), so every proposal can be made again from the sweep's events."""
+
+    KIND = "sweep"
+    run_id: Id
+    experiment_name: Name
+    spec: SweepSpec
+    trial: TrialTemplate
+    seed: int
+
+
+class TrialProposed(Event, frozen=True, kw_only=True):
+    """Trial ``index`` (run ``run_id``) will run with ``parameters``. ``sampled`` is what the
+    sampler drew (before a distribution's transform: ``loguniform``'s exponent, ``normal``'s
+    quantile), ``seen`` the indices of the trials whose results the sampler was given: the
+    proposal is a function of the seed, the earlier proposals and those results alone."""
+
+    KIND = "sweep"
+    index: int
+    run_id: Id
+    parameters: dict[Key, ParameterValue]
+    sampled: dict[Key, ParameterValue]
+    seen: list[int] = msgspec.field(default_factory=list)
+
+
+class TrialStopped(Event, frozen=True, kw_only=True):
+    """The policy stopped trial ``index`` at its ``interval``-th report of the primary metric:
+    ``value`` (the trial's number there) against ``threshold`` (from ``reference``: the best
+    value at that interval for a bandit policy, the median of running averages, the cut-off of
+    a truncation), with ``reason`` in words."""
+
+    KIND = "sweep"
+    index: int
+    policy: Id
+    interval: int
+    value: float
+    reference: float
+    threshold: float
+    reason: Text
+
+
+class TrialEnded(Event, frozen=True, kw_only=True):
+    """Trial ``index``'s run ended ``status``; ``best`` and ``last`` are its primary metric
+    (None: never logged), ``reports`` how many values it logged."""
+
+    KIND = "sweep"
+    index: int
+    status: Id
+    best: float | None = None
+    last: float | None = None
+    reports: int = 0
+    #: why a trial failed, when its run never ran (its submission was refused)
+    error: Text = ""
+
+
+class SweepCancelRequested(Event, frozen=True, kw_only=True):
+    KIND = "sweep"
+    reason: Text = ""
+
+
+class SweepEnded(Event, frozen=True, kw_only=True):
+    """``Completed``, ``Failed`` (``error`` says why: no trial logged the primary metric, the
+    timeout) or ``Canceled``; ``best_index`` is the best trial (None: none had a result)."""
+
+    KIND = "sweep"
+    status: Id
+    error: Text = ""
+    best_index: int | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -651,6 +733,12 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WebhookDeleted,
         WebhookSecretResealed,
         WebhookDeadLettered,
+        SweepSubmitted,
+        TrialProposed,
+        TrialStopped,
+        TrialEnded,
+        SweepCancelRequested,
+        SweepEnded,
     )
 }
 

@@ -177,7 +177,8 @@ class SubmitJob(Command, frozen=True, kw_only=True, tag=True):
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
     #: set by the schedules service on a schedule's submission (refused otherwise)
     scheduled: ScheduledBy | None = None
-    #: the run this job is a child of (a pipeline's step), which must exist
+    #: the run this job is a child of (a pipeline's step, a sweep's trial), which must exist,
+    #: in the same experiment
     parent_run_id: Id | None = None
 
 

@@ -25,6 +25,7 @@ from cairn.proto import (
     registry,
     schedules,
     secrets,
+    sweeps,
     webhooks,
 )
 from cairn.proto.commands import (
@@ -107,6 +108,7 @@ def generate() -> dict[str, str]:
         *members.MEMBER_COMMAND_TYPES,
         *schedules.SCHEDULE_COMMAND_TYPES,
         *webhooks.WEBHOOK_COMMAND_TYPES,
+        *sweeps.SWEEP_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -129,6 +131,7 @@ def generate() -> dict[str, str]:
         *schedules.SCHEDULE_QUERY_TYPES,
         *feed.FEED_QUERY_TYPES,
         *webhooks.WEBHOOK_QUERY_TYPES,
+        *sweeps.SWEEP_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")

@@ -17,6 +17,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _registry,
     _schedules,
     _stack,
+    _sweeps,
     _tokens,
     _tracking,
 )

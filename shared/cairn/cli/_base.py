@@ -54,7 +54,7 @@ def settings(**overrides: Any) -> Settings:
 # "Other commands" (and the help test fails until it is placed).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Track experiments and runs": ("experiment", "run", "history"),
-    "Run jobs": ("job", "component", "schedule", "agent"),
+    "Run jobs": ("job", "component", "sweep", "schedule", "agent"),
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
     "Secrets": ("secret",),

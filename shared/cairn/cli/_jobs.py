@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cairn.cli._base import cli, done, emit, json_option, run, show, with_workspace
+from cairn.cli._sweeps import TRIAL_COLUMNS, sweep_summary, trial_rows
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
@@ -49,25 +50,27 @@ def job() -> None:
 )
 @json_option
 def job_create(path: Path, stream: bool, as_json: bool) -> None:
-    """Submit a command or pipeline job from a YAML file.
+    """Submit a command job, a pipeline or a sweep from a YAML file.
 
     The file has the Azure ML CLI v2 shape: command, code, environment, compute, inputs,
     outputs, experiment_name, display_name, tags, environment_variables, limits; or
     type: pipeline with settings, inputs, outputs and jobs (steps, bound by
-    ${{parent.jobs.<step>.outputs.<name>}}). Prints the new run's id (with --stream: the
-    job's output, or each step's state and output, then waits for its end).
+    ${{parent.jobs.<step>.outputs.<name>}}); or type: sweep, a trial (code, command,
+    environment) with search_space, sampling_algorithm, objective, early_termination and
+    limits. Prints the new run's id (with --stream: the job's output, or each step's state
+    and output, then waits for its end; a sweep's parent run has no output of its own).
 
     \b
     Example:
       cairn job create --file job.yml --stream
     """
     from cairn.cli._pipelines import create_pipeline, is_pipeline_file
-    from cairn.sdk import load_job_file
+    from cairn.sdk import read_job_file
 
     if is_pipeline_file(path):
         create_pipeline(path, stream, as_json)
         return
-    spec, config = load_job_file(path)
+    spec, config = read_job_file(path)
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
         tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.tags.items()}
@@ -125,10 +128,13 @@ def job_list(compute: str | None, active: bool, limit: int, as_json: bool) -> No
 @click.argument("run_id")
 @json_option
 def job_show(run_id: str, as_json: bool) -> None:
-    """Show one job.
+    """Show one job, a pipeline with its steps, or a sweep with its trials.
 
     The run RUN_ID with its job: compute, attempts, agent, command, status and error; a
-    pipeline run with its steps: status, duration, run and the run a reused step reuses.
+    pipeline run with its steps: status, duration, run and the run a reused step reuses. For a
+    sweep's parent run: its state and best trial, then one line per trial with its
+    parameters, primary metric (the best it logged) and state, "stopped @N" marking a trial
+    its policy stopped at its N-th report.
 
     \b
     Example:
@@ -137,18 +143,27 @@ def job_show(run_id: str, as_json: bool) -> None:
 
     from cairn.cli._pipelines import show_pipeline
 
-    async def go(ws: AsyncWorkspace) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    async def go(ws: AsyncWorkspace) -> dict[str, Any]:
         job_run = ws.run(run_id)
         details = await job_run.details()
         if (details.get("properties") or {}).get("run_type") == "pipeline":
-            return details, await job_run.pipeline()
-        return {**details, **await job_run.job()}, None
+            return {**details, "pipeline": await job_run.pipeline()}
+        if details.get("controller") == "sweep":
+            return {**details, "sweep": await job_run.sweep()}
+        return {**details, **await job_run.job()}
 
-    details, pipeline = run(with_workspace(go))
+    record = run(with_workspace(go))
+    pipeline = record.pop("pipeline", None)
     if pipeline is not None:
-        show_pipeline(details, pipeline, as_json)
-    else:
-        show(details, as_json)
+        show_pipeline(record, pipeline, as_json)
+        return
+    sweep = record.pop("sweep", None)
+    if as_json or sweep is None:
+        show({**record, "sweep": sweep} if sweep is not None else record, as_json)
+        return
+    show({**record, **sweep_summary(sweep)}, False)
+    click.echo("")
+    emit(trial_rows(sweep), False, TRIAL_COLUMNS)
 
 
 @job.command("logs")

@@ -192,6 +192,8 @@ class CreateResolvedRun(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
     command: CreateRun
     experiment_id: str
+    #: the process manager that drives the run (a sweep's parent run: ``sweep``)
+    controller: str | None = None
 
 
 class SubmitResolvedJob(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -312,6 +314,7 @@ def _create(state: RunState, command: CreateResolvedRun) -> list[Event]:
             experiment_name=create.experiment_name,
             display_name=create.display_name,
             parent_run_id=create.parent_run_id,
+            controller=command.controller,
         )
     ]
 

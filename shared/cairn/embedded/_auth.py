@@ -102,6 +102,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "schedule.>",
         "pipeline.>",
         "component.>",
+        "sweep.>",
         "secret.>",
         "webhook.>",
     ),

@@ -39,6 +39,7 @@ def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
     from cairn.services.schedules import SchedulesService
+    from cairn.services.sweeps import SweepsService
     from cairn.services.tracking import TrackingService
     from cairn.services.webhooks import WebhookService
 
@@ -51,6 +52,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "schedules": SchedulesService,
         "pipelines": PipelinesService,
         "webhooks": WebhookService,
+        "sweeps": SweepsService,
     }
 
 
@@ -61,6 +63,7 @@ def read_models() -> dict[str, Callable[[], Projection[Any]]]:
     from cairn.services.registry._projection import RegistryProjection
     from cairn.services.scheduler._projection import JobsProjection
     from cairn.services.schedules._projection import SchedulesProjection
+    from cairn.services.sweeps._projection import ReportsProjection, SweepsProjection
     from cairn.services.tracking._metrics import RunMetricsProjection
     from cairn.services.tracking._projection import TrackingProjection
 
@@ -72,6 +75,8 @@ def read_models() -> dict[str, Callable[[], Projection[Any]]]:
         JobsProjection,
         SchedulesProjection,
         PipelinesProjection,
+        SweepsProjection,
+        ReportsProjection,
     ]
     return {kind().name: kind for kind in made}
 

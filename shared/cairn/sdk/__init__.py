@@ -6,6 +6,7 @@ Layers, each importing only those below it: ``_refusals`` (what is refused by na
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
 ``_async_schedules``, ``_async_events``, ``_jobs`` <-
+``_hyperdrive`` (sweeps: their configuration and their core calls) <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
 ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <- ``_estimators``,
@@ -19,6 +20,27 @@ from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._estimators import Estimator, PyTorch, SKLearn, TensorFlow
+from cairn.sdk._hyperdrive import (
+    BanditPolicy,
+    BayesianParameterSampling,
+    GridParameterSampling,
+    HyperDriveConfig,
+    MedianStoppingPolicy,
+    NoTerminationPolicy,
+    PrimaryMetricGoal,
+    RandomParameterSampling,
+    TruncationSelectionPolicy,
+    choice,
+    lognormal,
+    loguniform,
+    normal,
+    qlognormal,
+    qloguniform,
+    qnormal,
+    quniform,
+    randint,
+    uniform,
+)
 from cairn.sdk._jobfile import Input, load_job_file
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
@@ -41,7 +63,8 @@ from cairn.sdk._runconfig import (
 )
 from cairn.sdk._schedulefile import load_schedule_file
 from cairn.sdk._schedules import Schedule, ScheduleRecurrence
-from cairn.sdk._sync import Experiment, Run, Workspace
+from cairn.sdk._sweepfile import read_job_file
+from cairn.sdk._sync import Experiment, HyperDriveRun, Run, Workspace
 
 __all__ = [
     "DEFAULT_CPU_IMAGE",
@@ -50,6 +73,8 @@ __all__ = [
     "AsyncExperiment",
     "AsyncRun",
     "AsyncWorkspace",
+    "BanditPolicy",
+    "BayesianParameterSampling",
     "ComputeTarget",
     "ComputeTargetException",
     "CondaDependencies",
@@ -60,12 +85,19 @@ __all__ = [
     "Estimator",
     "Experiment",
     "FeedEvent",
+    "GridParameterSampling",
+    "HyperDriveConfig",
+    "HyperDriveRun",
     "Input",
     "Keyvault",
     "LoadedPipeline",
+    "MedianStoppingPolicy",
     "Model",
+    "NoTerminationPolicy",
     "OfflineRun",
+    "PrimaryMetricGoal",
     "PyTorch",
+    "RandomParameterSampling",
     "Run",
     "RunConfiguration",
     "RunFailedError",
@@ -74,15 +106,27 @@ __all__ = [
     "ScheduleRecurrence",
     "ScriptRunConfig",
     "TensorFlow",
+    "TruncationSelectionPolicy",
     "Workspace",
+    "choice",
     "connect",
     "load_job_file",
     "load_pipeline_file",
     "load_schedule_file",
+    "lognormal",
+    "loguniform",
     "lookup_components",
     "new_id",
+    "normal",
+    "qlognormal",
+    "qloguniform",
+    "qnormal",
+    "quniform",
+    "randint",
+    "read_job_file",
     "register_component_file",
     "registered_reference",
     "replay_spool_dir",
     "submit_pipeline",
+    "uniform",
 ]

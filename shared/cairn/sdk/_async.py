@@ -66,6 +66,7 @@ from cairn.sdk._async_events import AsyncWebhooks, FeedEvent, feed
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._async_schedules import AsyncSchedules
 from cairn.sdk._async_secrets import AsyncSecrets
+from cairn.sdk._hyperdrive import SweepConfig, cancel_sweep, get_sweep, submit_sweep
 from cairn.sdk._jobs import ScriptRunConfig, build_submission, follow, print_logs, submit
 from cairn.sdk._metrics import MetricBuffer, batches, wire_value
 from cairn.sdk._outbox import Outbox
@@ -355,13 +356,17 @@ class AsyncExperiment:
 
     async def submit(
         self,
-        config: ScriptRunConfig,
+        config: ScriptRunConfig | SweepConfig,
         *,
         tags: dict[str, str] | None = None,
         display_name: str | None = None,
     ) -> AsyncRun:
-        """Run ``config`` as a job on its compute target; returns the queued run at once."""
+        """Run ``config`` as a job on its compute target, or a ``HyperDriveConfig`` (any
+        ``SweepConfig``) as a sweep (its parent run); returns the run at once."""
         ws = self.workspace
+        if isinstance(config, SweepConfig):
+            run_id = await submit_sweep(ws, self.name, config, tags=tags, display_name=display_name)
+            return AsyncRun(ws, run_id, self.name)
         run_id = await submit(ws, self.name, config, tags=tags, display_name=display_name)
         return AsyncRun(ws, run_id, self.name)
 
@@ -469,6 +474,14 @@ class AsyncRun:
             await self.flush()
         cmd = CancelRun(command_id=new_id(), run_id=self.id, reason=reason)
         return await self._end(cmd, "Canceled")
+
+    async def sweep(self) -> dict[str, Any]:
+        """The sweep this run is the parent of: its spec, status and trials (``sweep.get``)."""
+        return await get_sweep(self.workspace, self.id)
+
+    async def cancel_sweep(self, reason: str = "") -> None:
+        """Stop the sweep this run is the parent of: its running trials are canceled."""
+        await cancel_sweep(self.workspace, self.id, reason)
 
     async def _end(self, cmd: Command, status: str) -> bool:
         self._ended = True

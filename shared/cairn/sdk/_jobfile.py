@@ -44,7 +44,15 @@ from cairn.sdk._assets import Environment
 from cairn.sdk._jobs import InputMode, ScriptRunConfig
 from cairn.sdk._refusals import refuse, refuses
 
-__all__ = ["UNREAD_KEYS", "Input", "JobFile", "load_job_doc", "load_job_file"]
+__all__ = [
+    "UNREAD_KEYS",
+    "Input",
+    "JobFile",
+    "job_from_doc",
+    "load_job_doc",
+    "load_job_file",
+    "read_yaml",
+]
 
 #: keys the loader needs not read, and why (every other key is read: honoured or refused)
 UNREAD_KEYS: dict[str, str] = {
@@ -319,18 +327,32 @@ def _data_output(name: str, item: Output | None) -> JobOutput:
 
 def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
     """Read and check a job file; the run config it describes."""
+    return job_from_doc(read_yaml(path), path)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A job file's mapping of keys."""
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidInput(f"cannot read job file {path}: {exc}") from exc
-    return load_job_doc(doc, path)
+    return _mapping(doc, path)
 
 
 def load_job_doc(doc: Any, path: Path) -> tuple[JobFile, ScriptRunConfig]:
     """Check a job file's document (``path``: where it is written, or the file that holds it
     inline; paths in it are relative to its folder); the run config it describes."""
+    return job_from_doc(_mapping(doc, path), path)
+
+
+def _mapping(doc: Any, path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidInput(f"{path}: a job file is a mapping of keys")
+    return doc
+
+
+def job_from_doc(doc: dict[str, Any], path: Path) -> tuple[JobFile, ScriptRunConfig]:
+    """Check a command job's keys (read from ``path``); the run config they describe."""
     try:
         _refuse_expressions(doc, "")
     except InvalidInput as exc:

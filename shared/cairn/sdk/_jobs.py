@@ -219,11 +219,15 @@ def _environment(env: str | EnvironmentLike | None) -> tuple[str | None, int | N
 
 
 async def build_job(
-    ws: Session, config: ScriptRunConfig, *, datastore: str | None = None
+    ws: Session,
+    config: ScriptRunConfig,
+    *,
+    datastore: str | None = None,
+    command: list[str] | None = None,
 ) -> tuple[JobSpec, str | None, int | None]:
     """The job spec of ``config`` with its snapshot and local inputs uploaded (those to
-    ``datastore``, default the workspace's), and its environment's name and version when it
-    is a registered one."""
+    ``datastore``, default the workspace's), ``command`` instead of its own argv when given,
+    and its environment's name and version when it is a registered one."""
     if config.snapshot is not None:
         digest, area = config.snapshot
     else:
@@ -243,7 +247,7 @@ async def build_job(
         inputs.append(await _upload_local_input(ws, name, local, mode, datastore))
     outputs += config.job_outputs
     job = JobSpec(
-        command=config.argv(),
+        command=config.argv() if command is None else command,
         snapshot=digest,
         snapshot_area=area,
         environment=inline,

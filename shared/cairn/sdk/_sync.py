@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -27,6 +28,7 @@ from cairn.sdk._async_events import FeedEvent
 from cairn.sdk._compute import ComputeTarget
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
+from cairn.sdk._hyperdrive import SweepConfig, best_first
 from cairn.sdk._jobs import RunFailedError, ScriptRunConfig, print_out
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
@@ -36,7 +38,7 @@ from cairn.sdk._runs import azure_filter
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
 
-__all__ = ["Experiment", "Run", "Workspace"]
+__all__ = ["Experiment", "HyperDriveRun", "Run", "Workspace"]
 
 #: run files that are logs (``get_details_with_logs``, ``get_all_logs``)
 _LOG_PREFIXES = ("user_logs/", "logs/", "azureml-logs/")
@@ -221,15 +223,18 @@ class Experiment:
 
     def submit(
         self,
-        config: ScriptRunConfig,
+        config: ScriptRunConfig | SweepConfig,
         tags: dict[str, Any] | None = None,
         display_name: str | None = None,
     ) -> Run:
         """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
-        target; returns the queued run at once."""
+        target, or a ``HyperDriveConfig`` (any ``SweepConfig``) as a sweep (a
+        ``HyperDriveRun``); returns the run at once."""
         tag_values = {k: str(v) for k, v in (tags or {}).items()}
         submitted = self._core.submit(config, tags=tag_values, display_name=display_name)
         core = self.workspace._run(submitted)
+        if isinstance(config, SweepConfig):
+            return HyperDriveRun(self, core.id, _core=core)
         return Run(self, core.id, _core=core)
 
     def get_runs(
@@ -731,3 +736,119 @@ def _rows(
 
 async def _bind(ws: AsyncWorkspace, run_id: str, experiment_name: str) -> AsyncRun:
     return ws.run(run_id, experiment_name)  # AsyncRun needs the SDK loop to be running
+
+
+class HyperDriveRun(Run):
+    """A sweep's parent run (``experiment.submit(HyperDriveConfig(...))``): its children are
+    the trials, each a job run with the hyperparameters as ``--name value`` arguments."""
+
+    def _sweep(self) -> dict[str, Any]:
+        return self._ws._run(self._core.sweep())
+
+    @inherent(include_resume_from_runs="a Cairn sweep is never resumed from another")
+    def get_best_run_by_primary_metric(
+        self,
+        include_failed: bool = True,
+        include_canceled: bool = True,
+        include_resume_from_runs: bool = True,
+    ) -> Run | None:
+        """The trial with the best primary metric (its best value logged), or None."""
+        sweep = self._sweep()
+        keep = {"Failed": include_failed, "Canceled": include_canceled}
+        skip = {status for status, kept in keep.items() if not kept}
+        trials = [t for t in sweep["trials"] if t["status"] not in skip]
+        ranked = best_first(trials, sweep["spec"]["objective"]["goal"])
+        return Run(self.experiment, ranked[0]["run_id"]) if ranked else None
+
+    def get_children_sorted_by_primary_metric(
+        self, top: int = 0, reverse: bool = False, discard_no_metric: bool = False
+    ) -> builtins.list[dict[str, Any]]:
+        """The trials best first (``reverse``: worst first), those without the metric last
+        (or left out with ``discard_no_metric``), the first ``top`` (0: all), each
+        ``{run_id, hyperparameters, best_primary_metric, status}`` as in Azure ML."""
+        sweep = self._sweep()
+        ranked = best_first(sweep["trials"], sweep["spec"]["objective"]["goal"])
+        if reverse:
+            ranked.reverse()
+        if not discard_no_metric:
+            ranked += [t for t in sweep["trials"] if t.get("best") is None]
+        rows = [
+            {
+                "run_id": t["run_id"],
+                "hyperparameters": json.dumps(t["parameters"]),
+                "best_primary_metric": t["best"],
+                "status": t["status"],
+            }
+            for t in ranked
+        ]
+        return rows[:top] if top > 0 else rows
+
+    def get_hyperparameters(self) -> dict[str, str]:
+        """Each trial's run id and its hyperparameters (a JSON object, as Azure ML gives)."""
+        return {t["run_id"]: json.dumps(t["parameters"]) for t in self._sweep()["trials"]}
+
+    @refuses(
+        recursive="a sweep's metrics are its trials'; each trial's are under its run id",
+        run_type="Cairn runs have no type",
+    )
+    @inherent(populate="every metric's values are fetched")
+    def get_metrics(
+        self,
+        name: str | None = None,
+        recursive: bool = False,
+        run_type: str | None = None,
+        populate: bool = False,
+        *,
+        as_of: datetime | int | None = None,
+    ) -> dict[str, Any]:
+        """Each trial's run id and its metrics (``name``: that one only), as in Azure ML;
+        ``as_of``: as they were then."""
+        return {
+            t["run_id"]: Run(self.experiment, t["run_id"]).get_metrics(name, as_of=as_of)
+            for t in self._sweep()["trials"]
+        }
+
+    def cancel(self) -> bool:
+        """Stop the sweep: no more proposals, its running trials canceled, then it ends."""
+        self._ws._run(self._core.cancel_sweep("canceled"))
+        return True
+
+    @inherent(wait_post_processing="a sweep ends once its trials have ended")
+    def wait_for_completion(
+        self,
+        show_output: bool = False,
+        wait_post_processing: bool = False,
+        raise_on_error: bool = True,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the sweep has ended (its parent run too); with ``show_output`` print each
+        trial as it ends. Raises ``RunFailedError`` when it did not complete
+        (``raise_on_error``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        shown: set[int] = set()
+        while True:
+            sweep = self._sweep()
+            if show_output:
+                self._show_trials(sweep, shown)
+            if sweep["status"] != "Running":
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {self.id} is still running")
+            time.sleep(0.25)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        details = super().wait_for_completion(raise_on_error=False, timeout=left)
+        if raise_on_error and details["status"] != "Completed":
+            raise RunFailedError(f"sweep {self.id} ended {details['status']}: {sweep['error']}")
+        return details
+
+    @staticmethod
+    def _show_trials(sweep: dict[str, Any], shown: set[int]) -> None:
+        for t in sweep["trials"]:
+            if t["index"] in shown or t["status"] not in ("Completed", "Failed", "Canceled"):
+                continue
+            shown.add(t["index"])
+            stopped = f" (stopped: {t['stopped']['reason']})" if t["stopped"] else ""
+            print_out(
+                f"trial {t['index']} {t['run_id']} {t['status']}{stopped}"
+                f" {json.dumps(t['parameters'])} best={t['best']}\n"
+            )

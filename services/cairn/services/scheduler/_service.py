@@ -30,7 +30,7 @@ from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
 from cairn.domain import run as runs
 from cairn.domain import schedule as schedules
-from cairn.errors import NotFound, PermissionDenied, StaleAttempt
+from cairn.errors import InvalidInput, NotFound, PermissionDenied, StaleAttempt
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -301,8 +301,13 @@ class SchedulerService(ProjectedService):
         if cmd.scheduled is not None:
             await self._check_fired(ws, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
-        if cmd.parent_run_id is not None:  # a pipeline's step: its pipeline run exists
-            await lookup.run_state(self.cache, ws, cmd.parent_run_id)
+        if cmd.parent_run_id is not None:  # a pipeline's step, a sweep's trial
+            parent = await lookup.run_state(self.cache, ws, cmd.parent_run_id)
+            if parent.experiment_id != experiment_id:
+                raise InvalidInput(
+                    f"parent run {cmd.parent_run_id} is in experiment {parent.experiment_name!r},"
+                    f" not {cmd.experiment_name!r}"
+                )
         compute = cmd.compute
         await resolve_asset(
             self.cache, self.settings, ws, "compute", compute, None, max_age_s=EXISTS_FOR_S

@@ -57,7 +57,7 @@ _NewRun = tuple[str, str, str, str | None, str | None]
 
 class TrackingProjection:
     name = "tracking"
-    version = 6
+    version = 7
     tables: tuple[str, ...] = (
         *("workspaces", "experiments", "runs", "files", "live"),
         *("tags", "properties"),
@@ -80,7 +80,7 @@ class TrackingProjection:
             " experiment_name TEXT, display_name TEXT, parent_run_id TEXT, status TEXT,"
             " error TEXT, created_at TEXT, created_by TEXT, start_time TEXT, end_time TEXT,"
             " seq INTEGER, tags TEXT NOT NULL DEFAULT '{}', properties TEXT NOT NULL DEFAULT '{}',"
-            " PRIMARY KEY (workspace, run_id))"
+            " controller TEXT, PRIMARY KEY (workspace, run_id))"
         )
         db.execute(
             f"CREATE TABLE {t('files')} (workspace TEXT, run_id TEXT, path TEXT, digest TEXT,"
@@ -113,12 +113,13 @@ class TrackingProjection:
         run: _NewRun,
         tags: dict[str, str],
         status: RunStatus,
+        controller: str | None = None,
     ) -> None:
         """A new run: NotStarted (``RunCreated``) or Queued (a job's ``RunSubmitted``)."""
         created = (env.timestamp.isoformat(), env.actor, None, None, seq)
         db.execute(
-            f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'{{}}')",
-            (env.workspace, *run, status.value, "", *created, json.dumps(tags)),
+            f"INSERT OR IGNORE INTO {t('runs')} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'{{}}',?)",
+            (env.workspace, *run, status.value, "", *created, json.dumps(tags), controller),
         )
         TrackingProjection._set_keys(db, t("tags"), env.workspace, run[0], tags)
 
@@ -171,17 +172,20 @@ class TrackingProjection:
             case RunCreated() as ev:
                 ids = (ev.run_id, ev.experiment_id, ev.experiment_name)
                 new = (*ids, ev.display_name, ev.parent_run_id)
-                self._insert_run(db, t, env, seq, new, {}, RunStatus.NOT_STARTED)
+                status = RunStatus.NOT_STARTED
+                self._insert_run(db, t, env, seq, new, {}, status, ev.controller)
             case RunStarted(run_id=run_id, attempt=attempt):
                 db.execute(
                     f"UPDATE {t('runs')} SET status=?, start_time=?, seq=?"
                     " WHERE workspace=? AND run_id=?",
                     (RunStatus.RUNNING.value, at, seq, ws, run_id),
                 )
-                if attempt == 0:  # interactive: no agent watches it
+                if attempt == 0:  # interactive: no agent watches it (but a controller may)
                     db.execute(
-                        f"INSERT OR IGNORE INTO {t('live')} VALUES (?,?,?)",
-                        (ws, run_id, env.timestamp.timestamp()),
+                        f"INSERT OR IGNORE INTO {t('live')} SELECT ?,?,? WHERE NOT EXISTS"
+                        f" (SELECT 1 FROM {t('runs')} WHERE workspace=? AND run_id=?"
+                        " AND controller IS NOT NULL)",
+                        (ws, run_id, env.timestamp.timestamp(), ws, run_id),
                     )
             case (
                 RunTagsSet(run_id=run_id, tags=values)
@@ -196,8 +200,8 @@ class TrackingProjection:
                 if changed:
                     self._set_keys(db, t(column), ws, run_id, values)
             case RunSubmitted(experiment_id=experiment_id) as ev if experiment_id is not None:
-                ids = (ev.run_id, experiment_id, ev.experiment_name or "")
-                new = (*ids, ev.display_name, ev.parent_run_id)
+                name = ev.experiment_name or ""
+                new = (ev.run_id, experiment_id, name, ev.display_name, ev.parent_run_id)
                 self._insert_run(db, t, env, seq, new, ev.tags, RunStatus.QUEUED)
             case (
                 RunSubmitted(run_id=run_id)

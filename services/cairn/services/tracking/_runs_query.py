@@ -26,7 +26,7 @@ __all__ = ["RUN_COLUMNS", "RunsPage", "list_runs"]
 RUN_COLUMNS = (
     *("workspace", "run_id", "experiment_id", "experiment_name", "display_name"),
     *("parent_run_id", "status", "error", "created_at", "created_by", "start_time"),
-    *("end_time", "seq", "tags", "properties"),
+    *("end_time", "seq", "tags", "properties", "controller"),
 )
 _CURSOR_VERSION = 1
 
