@@ -34,6 +34,7 @@ log = get_logger("cairn.up")
 
 def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.artifacts import ArtifactsService
+    from cairn.services.audit import AuditService
     from cairn.services.ingester import IngesterService
     from cairn.services.registry import RegistryService
     from cairn.services.scheduler import SchedulerService
@@ -45,6 +46,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "artifacts": ArtifactsService,
         "registry": RegistryService,
         "scheduler": SchedulerService,
+        "audit": AuditService,
     }
 
 

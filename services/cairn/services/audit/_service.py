@@ -1,0 +1,188 @@
+"""The audit service: follows EVENTS, chains each workspace's events and signs a checkpoint
+of the chain into the log every ``audit_every_events`` events of the workspace, or
+``audit_every_s`` seconds after the first one not yet signed (docs/design.md, *Tamper
+evidence*).
+
+It keeps no state the log does not hold: at start it reads the checkpoints back and reads
+EVENTS from sequence 1, passing over what they cover. A checkpoint is appended on
+``cairn.ev.<ws>.audit.chain`` with the subject CAS (the previous checkpoint's sequence) and
+``Nats-Msg-Id: audit-<ws>-<up_to_seq>``: two replicas, or a restart, record the same window
+once, and a replica that cut another window reloads the one recorded and goes on from it.
+Ed25519 signatures are deterministic, so the same window signs to the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import time
+from datetime import UTC, datetime
+
+from cairn.audit import (
+    WorkspaceChain,
+    event_digest,
+    heads_path,
+    load_or_create_signing_key,
+    read_batch,
+    read_raw,
+    split_subject,
+)
+from cairn.bus import Connection, EventStore
+from cairn.errors import CairnError, ConcurrencyConflict
+from cairn.log import get_logger
+from cairn.proto.events import ChainCheckpointed, Envelope, Event, decode_envelope
+from cairn.proto.subjects import AUDIT_CHAINS, AUDIT_KIND, EVENTS_ALL, audit_chain
+from cairn.rpc import SERVICE_ACTOR
+from cairn.settings import Settings
+
+__all__ = ["AuditService"]
+
+log = get_logger("cairn.audit")
+_BATCH = 512
+
+
+class AuditService:
+    name = "audit"
+
+    def __init__(self, conn: Connection, settings: Settings, *, poll_s: float = 0.2) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.store = EventStore(conn)
+        self.every_events = max(1, settings.audit_every_events)
+        self.every_s = settings.audit_every_s
+        self.poll_s = poll_s
+        self.key = load_or_create_signing_key(settings)
+        self.chains: dict[str, WorkspaceChain] = {}
+        self.position = 0  # the last EVENTS sequence read
+        self._heads_changed = False
+
+    def _chain(self, ws: str) -> WorkspaceChain:
+        found = self.chains.get(ws)
+        if found is None:
+            found = self.chains[ws] = WorkspaceChain(ws)
+        return found
+
+    async def start(self) -> None:
+        """The checkpoints recorded so far: each workspace's chain goes on from its last."""
+        async for raw in read_raw(self.conn, AUDIT_CHAINS):
+            self._observe_checkpoint(raw.seq, raw.subject, raw.data)
+        settings = self.settings
+        settings.state_path.mkdir(parents=True, exist_ok=True)
+        log.info("audit_started", workspaces=len(self.chains), every=self.every_events)
+
+    def _observe_checkpoint(self, seq: int, subject: str, data: bytes) -> None:
+        ws = subject.split(".")[2]
+        try:
+            cp = decode_envelope(data).data
+        except Exception as exc:  # a finding for `cairn audit verify`; the chain goes on
+            log.error("audit_checkpoint_unreadable", seq=seq, error=str(exc))
+            return
+        if not isinstance(cp, ChainCheckpointed) or cp.workspace != ws:
+            log.error("audit_checkpoint_misplaced", seq=seq, subject=subject)
+            return
+        chain = self._chain(ws)
+        if cp.index <= chain.index:
+            return  # ours, or one adopted already
+        if cp.index != chain.index + 1:
+            log.error("audit_checkpoint_gap", workspace=ws, index=cp.index, have=chain.index)
+        if not chain.adopt(cp, seq):
+            log.error("audit_chain_disagrees", workspace=ws, index=cp.index, seq=seq)
+        self._heads_changed = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                got = await self._step()
+            except CairnError as exc:  # the server away: read again after a pause
+                log.warning("audit_read_failed", error=exc.message, position=self.position)
+                got = 0
+            if self._heads_changed:
+                self._write_heads()
+            if got < _BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_s)
+
+    async def _step(self) -> int:
+        """Read one batch, chain it, sign what is due; the number of messages read."""
+        got, _ = await read_batch(self.conn, EVENTS_ALL, self.position + 1, _BATCH)
+        now = time.monotonic()
+        for raw in got:
+            self.position = raw.seq
+            parts = raw.subject.split(".")
+            if len(parts) == 5 and parts[3] == AUDIT_KIND:
+                self._observe_checkpoint(raw.seq, raw.subject, raw.data)
+                continue
+            named = split_subject(raw.subject)
+            if named is None:
+                continue
+            chain = self._chain(named[0])
+            if raw.seq <= chain.up_to_seq:
+                continue  # signed already (read again after a restart)
+            chain.add(raw.seq, named[1], event_digest(raw.subject, raw.msg_id, raw.data), now)
+            if len(chain.pending.entries) >= self.every_events:
+                await self._checkpoint(chain)
+        for chain in list(self.chains.values()):
+            while chain.due(time.monotonic(), self.every_events, self.every_s):
+                if not await self._checkpoint(chain):
+                    break
+        return len(got)
+
+    async def _checkpoint(self, chain: WorkspaceChain) -> bool:
+        """Sign and append the next checkpoint of ``chain``; False when another writer's
+        checkpoint was found instead (adopted: the caller looks again)."""
+        cp = chain.cut(self.key, self.every_events)
+        ws = chain.workspace
+        ident = f"audit-{ws}-{cp.up_to_seq}"
+        envelope: Envelope[Event] = Envelope(
+            event_id=hashlib.sha256(ident.encode()).hexdigest()[:32],
+            type=type(cp).__name__,
+            schema_version=cp.VERSION,
+            workspace=ws,
+            aggregate_kind=AUDIT_KIND,
+            aggregate_id="chain",
+            timestamp=datetime.now(UTC),
+            actor=SERVICE_ACTOR,
+            causation_id=ident,
+            correlation_id=ident,
+            data=cp,
+        )
+        try:
+            result = await self.store.append(
+                audit_chain(ws), [envelope], expected_seq=chain.checkpoint_seq, msg_id=ident
+            )
+        except ConcurrencyConflict:
+            await self._reload(chain)
+            return False
+        if result.duplicate:  # recorded before (a restart inside the dedupe window)
+            await self._reload(chain)
+            return chain.index >= cp.index
+        chain.adopt(cp, result.seq)
+        self._heads_changed = True
+        log.info(
+            "audit_checkpoint",
+            workspace=ws,
+            index=cp.index,
+            up_to_seq=cp.up_to_seq,
+            events=len(cp.events),
+        )
+        return True
+
+    async def _reload(self, chain: WorkspaceChain) -> None:
+        subject = audit_chain(chain.workspace)
+        async for raw in read_raw(self.conn, subject, chain.checkpoint_seq + 1):
+            self._observe_checkpoint(raw.seq, raw.subject, raw.data)
+
+    def _write_heads(self) -> None:
+        heads = {
+            ws: {"index": c.index, "up_to_seq": c.up_to_seq, "chain": c.chain}
+            for ws, c in sorted(self.chains.items())
+            if c.index
+        }
+        path = heads_path(self.settings)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(heads, indent=1) + "\n")
+        os.replace(tmp, path)
+        self._heads_changed = False

@@ -1,0 +1,311 @@
+"""Tamper evidence, against real servers: the audit service signs checkpoints of each
+workspace's hash chain into the log, an untouched log verifies, and on copies of the server's
+file store each kind of tampering is found and named by ``cairn audit verify``'s check.
+
+How a copy is tampered with (docs/security.md, *Tamper evidence*): the server is stopped,
+its JetStream store copied, a nats-server started on the copy, and the copy's EVENTS rewritten
+as someone who can write the store can do (a block's checksum is keyed by the stream's name,
+so they can write valid blocks; here a nats-server writes them): the stream deleted and
+created again, and every message published again in order with its ``Nats-Msg-Id``, one
+changed, left out, added, or two swapped. A raw byte edit that leaves a block's checksum
+wrong is tried too: the server drops the record, which shows as a deleted event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from nats.js.errors import NotFoundError
+
+from cairn.audit import (
+    RawEvent,
+    heads_path,
+    load_or_create_signing_key,
+    public_key_hex,
+    read_anchor,
+    read_raw,
+    verify_log,
+)
+from cairn.bus import Connection, EventStore, connect, ensure_stream
+from cairn.embedded import NatsServer
+from cairn.embedded._auth import ADMIN_USER
+from cairn.proto import subjects
+from cairn.proto.streams import EVENTS
+from cairn.services.audit import AuditService
+from cairn.settings import Settings
+from tests.conftest import own_server, settings_for
+from tests.helpers import envelope
+from tests.test_cli import CAIRN
+
+WORKSPACES = ("wa", "wb")
+PER_WORKSPACE = 9  # events of each workspace; windows of 4: two checkpoints, one left over
+
+
+async def _append_events(conn: Connection) -> None:
+    store = EventStore(conn)
+    for i in range(PER_WORKSPACE):
+        for ws in WORKSPACES:
+            subject = subjects.event(ws, "experiment", f"e{i}")
+            await store.append(
+                subject, [envelope(ws, f"e{i}")], expected_seq=0, msg_id=uuid.uuid4().hex
+            )
+
+
+async def _wait_signed(conn: Connection, settings: Settings, every: int) -> None:
+    """Until each workspace has its full windows signed (the rest waits for the timer)."""
+    public = load_or_create_signing_key(settings).public_key()
+    want = PER_WORKSPACE // every * every
+    for _ in range(200):
+        rows = await verify_log(conn, public)
+        if all(r["events"] - r["uncovered"] >= want for r in rows) and len(rows) == 2:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not signed in time: {rows}")
+
+
+class Original:
+    def __init__(self, home: Path, settings: Settings) -> None:
+        self.home, self.settings = home, settings
+        self.public = load_or_create_signing_key(settings).public_key()
+
+
+@pytest.fixture(scope="module")
+async def original(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Original]:
+    """A server whose log the audit service has signed (two checkpoints per workspace, one
+    event each left uncovered), then stopped: its store is what the tests copy. Workspace wa's
+    events are at odd sequences 1-17, wb's at even ones 2-18, the checkpoints at 19-22."""
+    home = tmp_path_factory.mktemp("audit-home")
+    server, settings, conn = await own_server(home, request_timeout=5.0)
+    settings = msgspec.structs.replace(
+        settings, audit_every_events=4, audit_every_s=3600.0, state_dir=str(home / "state")
+    )
+    try:
+        await _append_events(conn)  # first: the checkpoints follow every event (seqs 19-22)
+        audit = AuditService(conn, settings, poll_s=0.02)
+        await audit.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(audit.run(stop))
+        await _wait_signed(conn, settings, 4)
+        stop.set()
+        await task
+        # a restart signs nothing again: the same checkpoints, read back
+        again = AuditService(conn, settings, poll_s=0.02)
+        await again.start()
+        assert {ws: c.index for ws, c in again.chains.items()} == {"wa": 2, "wb": 2}
+    finally:
+        await conn.close()
+        server.stop()
+    yield Original(home, settings)
+
+
+@contextlib.asynccontextmanager
+async def _copy(
+    original: Original, tmp: Path, edit: Callable[[list[RawEvent]], list[RawEvent]] | None
+) -> AsyncIterator[NatsServer]:
+    """A server on a copy of the original's store, its EVENTS rewritten with ``edit`` (None:
+    untouched) and the server restarted on what it wrote."""
+    home = tmp / "copy"
+    (home / "nats").mkdir(parents=True)
+    shutil.copytree(original.home / "nats" / "store", home / "nats" / "store")
+    server = NatsServer(home, port=0)
+    await server.start()
+    try:
+        if edit is not None:
+            admin = await connect(_admin(server))
+            try:
+                await _rewrite(admin, edit)
+            finally:
+                await admin.close()
+            server.stop()
+            await server.start()  # what it holds after a restart, from its files
+        yield server
+    finally:
+        server.stop()
+
+
+async def _on_copy(
+    original: Original, tmp: Path, edit: Callable[[list[RawEvent]], list[RawEvent]] | None
+) -> list[dict[str, Any]]:
+    """Verify a tampered copy with the original's public key and anchor."""
+    async with _copy(original, tmp, edit) as server:
+        conn = await connect(settings_for(server, service=True, request_timeout=5.0))
+        try:
+            anchor = read_anchor(heads_path(original.settings))
+            return await verify_log(conn, original.public, anchor=anchor)
+        finally:
+            await conn.close()
+
+
+def _admin(server: NatsServer) -> Settings:
+    return msgspec.structs.replace(
+        settings_for(server, service=True, request_timeout=5.0),
+        nats_user=ADMIN_USER,
+        nats_password=server.admin_password,
+    )
+
+
+async def _rewrite(admin: Connection, edit: Callable[[list[RawEvent]], list[RawEvent]]) -> None:
+    messages = [m async for m in read_raw(admin, ">")]
+    await admin.js.delete_stream(EVENTS.name)
+    await ensure_stream(admin, EVENTS)
+    for m in edit(messages):
+        headers = {"Nats-Msg-Id": m.msg_id} if m.msg_id else None
+        await admin.js.publish(m.subject, m.data, headers=headers)
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> dict[str, tuple[str, int | None, str | None]]:
+    return {r["workspace"]: (r["verdict"], r["seq"], r["subject"]) for r in rows}
+
+
+def _index_of(messages: list[RawEvent], subject: str) -> int:
+    return next(i for i, m in enumerate(messages) if m.subject == subject)
+
+
+async def test_an_untouched_store_verifies_and_says_what_is_not_yet_covered(
+    original: Original, tmp_path: Path
+) -> None:
+    rows = await _on_copy(original, tmp_path, None)
+    assert [(r["workspace"], r["verdict"], r["checkpoints"], r["uncovered"]) for r in rows] == [
+        ("wa", "ok", 2, 1),
+        ("wb", "ok", 2, 1),
+    ]
+    assert all(r["events"] == PER_WORKSPACE for r in rows)
+
+
+async def test_a_changed_payload_is_named(original: Original, tmp_path: Path) -> None:
+    target = "cairn.ev.wa.experiment.e2"
+
+    def edit(messages: list[RawEvent]) -> list[RawEvent]:
+        i = _index_of(messages, target)
+        m = messages[i]
+        messages[i] = m._replace(data=m.data.replace(b'"name":"e2"', b'"name":"e7"'))
+        assert messages[i].data != m.data
+        return messages
+
+    found = _verdicts(await _on_copy(original, tmp_path, edit))
+    assert found["wa"] == ("modified", 5, target)  # wa's e2 is the 5th message
+    assert found["wb"][0] == "ok"
+
+
+async def test_a_dropped_message_is_named(original: Original, tmp_path: Path) -> None:
+    target = "cairn.ev.wb.experiment.e1"
+    found = _verdicts(
+        await _on_copy(original, tmp_path, lambda ms: [m for m in ms if m.subject != target])
+    )
+    assert found["wb"] == ("deleted", 4, target)
+    # every later message moved one sequence down: wa's chain sees that too
+    assert found["wa"][0] in ("reordered", "deleted")
+
+
+async def test_an_inserted_message_is_named(original: Original, tmp_path: Path) -> None:
+    forged = envelope("wa", "forged")
+    from cairn.proto.events import encode_envelope
+
+    def edit(messages: list[RawEvent]) -> list[RawEvent]:
+        i = _index_of(messages, "cairn.ev.wa.experiment.e1")
+        extra = RawEvent(0, "cairn.ev.wa.experiment.forged", "x:0", encode_envelope(forged))
+        return [*messages[:i], extra, *messages[i:]]
+
+    found = _verdicts(await _on_copy(original, tmp_path, edit))
+    assert found["wa"] == ("inserted", 3, "cairn.ev.wa.experiment.forged")
+
+
+async def test_two_swapped_messages_are_named(original: Original, tmp_path: Path) -> None:
+    def edit(messages: list[RawEvent]) -> list[RawEvent]:
+        i = _index_of(messages, "cairn.ev.wb.experiment.e2")
+        j = _index_of(messages, "cairn.ev.wb.experiment.e3")
+        messages[i], messages[j] = messages[j], messages[i]
+        return messages
+
+    found = _verdicts(await _on_copy(original, tmp_path, edit))
+    assert found["wb"] == ("reordered", 6, "cairn.ev.wb.experiment.e3")
+    assert found["wa"][0] == "ok"
+
+
+async def test_a_truncated_tail_is_named_against_the_anchor(
+    original: Original, tmp_path: Path
+) -> None:
+    def edit(messages: list[RawEvent]) -> list[RawEvent]:
+        return messages[:10]  # the checkpoints, all after the 10th message, are gone
+
+    found = _verdicts(await _on_copy(original, tmp_path, edit))
+    assert found["wa"][0] == "truncated"
+    assert found["wb"][0] == "truncated"
+
+
+async def test_a_raw_byte_edit_of_a_block_is_found(original: Original, tmp_path: Path) -> None:
+    """An edit that leaves the block's checksum wrong: the server passes the record over."""
+    home = tmp_path / "raw"
+    (home / "nats").mkdir(parents=True)
+    shutil.copytree(original.home / "nats" / "store", home / "nats" / "store")
+    blocks = sorted((home / "nats" / "store").rglob("EVENTS/msgs/*.blk"))
+    assert blocks
+    data = bytearray(blocks[0].read_bytes())
+    at = data.index(b'"name":"e4"')
+    data[at + 9] = ord("9")
+    blocks[0].write_bytes(bytes(data))
+    server = NatsServer(home, port=0)
+    await server.start()
+    try:
+        conn = await connect(settings_for(server, service=True, request_timeout=5.0))
+        try:
+            rows = await verify_log(conn, original.public)
+            # the record reads as absent, while the stream's state still counts it
+            with pytest.raises(NotFoundError):
+                await conn.js.get_msg(EVENTS.name, 9)
+            assert (await conn.js.stream_info(EVENTS.name)).state.messages == 22
+        finally:
+            await conn.close()
+    finally:
+        server.stop()
+    found = _verdicts(rows)
+    assert found["wa"] == ("deleted", 9, "cairn.ev.wa.experiment.e4")
+    assert found["wb"][0] == "ok"
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int | None, str, str]:
+    pipe = asyncio.subprocess.PIPE
+    proc = await asyncio.create_subprocess_exec(*CAIRN, *args, env=env, stdout=pipe, stderr=pipe)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_prints_the_key_and_exits_1_on_a_finding(
+    original: Original, tmp_path: Path
+) -> None:
+    env = {**os.environ, "CAIRN_HOME": str(original.home), "CAIRN_LOG_FORMAT": "json"}
+    code, out, _ = await _cli(env, "audit", "key", "--json")
+    key = json.loads(out)
+    assert code == 0 and key["public_key"] == public_key_hex(original.public)
+
+    def swap(messages: list[RawEvent]) -> list[RawEvent]:
+        messages[0], messages[2] = messages[2], messages[0]  # wa's e0 and e1
+        return messages
+
+    for edit, status in ((None, 0), (swap, 1)):
+        async with _copy(original, tmp_path / str(status), edit) as server:
+            creds = tmp_path / f"service-{status}.json"
+            assert server.credentials is not None
+            creds.write_text(
+                json.dumps(
+                    {"user": "cairn-service", "password": server.credentials.service_password}
+                )
+            )
+            run_env = {**env, "CAIRN_NATS_URL": server.url}
+            args = ["audit", "verify", "--creds", str(creds), "--public-key", key["public_key"]]
+            code, out, err = await _cli(run_env, *args)
+            assert code == status, err
+            if status:
+                assert "wa: reordered at seq 1 cairn.ev.wa.experiment.e1" in err
+            else:
+                assert "wa" in out and "ok" in out and err == ""
