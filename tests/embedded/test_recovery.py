@@ -18,7 +18,7 @@ from cairn.sdk import connect
 from cairn.settings import load_settings
 from tests.embedded.test_up import Up
 
-SERVICES = {"artifacts", "ingester", "registry", "scheduler", "tracking"}
+SERVICES = {"artifacts", "audit", "ingester", "registry", "scheduler", "tracking"}
 
 
 def alive(pid: int) -> bool:

@@ -85,6 +85,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
     assert [s["service"] for s in report["services"]] == [
         "agent",
         "artifacts",
+        "audit",
         "ingester",
         "registry",
         "scheduler",

@@ -309,3 +309,78 @@ async def test_the_cli_prints_the_key_and_exits_1_on_a_finding(
                 assert "wa: reordered at seq 1 cairn.ev.wa.experiment.e1" in err
             else:
                 assert "wa" in out and "ok" in out and err == ""
+
+
+async def test_the_admin_can_rewrite_the_stream_but_not_delete_or_purge_an_event(
+    original: Original, tmp_path: Path
+) -> None:
+    """What the tests above do through the admin is the only way through the API: EVENTS
+    denies deleting and purging messages, and no update can lift that."""
+    async with _copy(original, tmp_path, None) as server:
+        admin = await connect(_admin(server))
+        try:
+            info = json.loads((await admin.nc.request("$JS.API.STREAM.INFO.EVENTS", b"")).data)
+            answers = []
+            for key in ("deny_delete", "deny_purge"):
+                config = {**info["config"], key: False}
+                reply = await admin.nc.request(
+                    "$JS.API.STREAM.UPDATE.EVENTS", json.dumps(config).encode()
+                )
+                answers.append(json.loads(reply.data)["error"]["err_code"])
+            for subject, body in (
+                ("$JS.API.STREAM.MSG.DELETE.EVENTS", {"seq": 1}),
+                ("$JS.API.STREAM.PURGE.EVENTS", {"filter": "cairn.ev.wa.>"}),
+            ):
+                reply = await admin.nc.request(subject, json.dumps(body).encode())
+                answers.append(json.loads(reply.data)["error"]["err_code"])
+        finally:
+            await admin.close()
+    assert answers == [10052, 10052, 10057, 10110]
+
+
+async def test_two_replicas_and_a_restart_record_each_window_once(tmp_path: Path) -> None:
+    """Two audit services cut windows by time at different moments: the subject CAS makes
+    one checkpoint win each time and the other go on from it; a third started later signs
+    nothing twice."""
+    server, settings, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    settings = msgspec.structs.replace(
+        settings, audit_every_events=3, audit_every_s=0.05, state_dir=str(tmp_path / "state")
+    )
+    stop = asyncio.Event()
+    try:
+        replicas = [AuditService(conn, settings, poll_s=p) for p in (0.01, 0.03)]
+        tasks = []
+        for replica in replicas:
+            await replica.start()
+            tasks.append(asyncio.create_task(replica.run(stop)))
+        store = EventStore(conn)
+        for i in range(20):
+            subject = subjects.event("wr", "experiment", f"e{i}")
+            await store.append(
+                subject, [envelope("wr", f"e{i}")], expected_seq=0, msg_id=uuid.uuid4().hex
+            )
+            await asyncio.sleep(0.02 * (i % 3))
+        public = replicas[0].key.public_key()
+        for _ in range(200):
+            rows = await verify_log(conn, public)
+            if rows and rows[0]["uncovered"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert [(r["verdict"], r["events"], r["uncovered"]) for r in rows] == [("ok", 20, 0)]
+        stored = [m async for m in read_raw(conn, subjects.audit_chain("wr"))]
+        assert len(stored) == rows[0]["checkpoints"] >= 7  # at most 3 events per window
+        late = AuditService(conn, settings)
+        await late.start()
+        assert late.chains["wr"].index == len(stored)
+        again = asyncio.Event()
+        task = asyncio.create_task(late.run(again))
+        await asyncio.sleep(0.3)
+        again.set()
+        await task
+        assert len([m async for m in read_raw(conn, subjects.audit_chain("wr"))]) == len(stored)
+    finally:
+        stop.set()
+        await conn.close()
+        server.stop()

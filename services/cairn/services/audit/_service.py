@@ -153,8 +153,9 @@ class AuditService:
             result = await self.store.append(
                 audit_chain(ws), [envelope], expected_seq=chain.checkpoint_seq, msg_id=ident
             )
-        except ConcurrencyConflict:
+        except ConcurrencyConflict:  # another replica recorded its window first
             await self._reload(chain)
+            log.info("audit_checkpoint_taken", workspace=ws, index=chain.index)
             return False
         if result.duplicate:  # recorded before (a restart inside the dedupe window)
             await self._reload(chain)
