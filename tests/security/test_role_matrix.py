@@ -34,7 +34,7 @@ from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.secrets import ReadSecret, SetSecret
-from cairn.proto.subjects import PROJECTION_VERIFY
+from cairn.proto.subjects import PROJECTION_VERIFY, audit_chain
 from cairn.rpc import Client
 from cairn.settings import Settings
 from cairn.tokens import parse_token
@@ -204,13 +204,15 @@ async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_direc
     queue group, no message straight into METRICS, LOGS or a KV bucket, except what a user of
     the stack needs for its work: services serve and write METRICS and KV, agents write their
     jobs' logs and their heartbeat key. Nor may anyone but the services (and the admin) ask
-    the services to verify their read models against a replay."""
+    the services to verify their read models against a replay, or append a checkpoint to a
+    workspace's audit chain."""
     c = {**people, "agent": agent_conn, "service": conn}[user]
     publish = ["$JS.API.STREAM.SNAPSHOT.EVENTS", "$JS.API.STREAM.RESTORE.EVENTS"]
     queue_groups: list[str] = []
     if user != "service":
         publish += [f"cairn.metrics.{MATRIX_WS}.x", f"$KV.cairn_job_leases.{MATRIX_WS}.x"]
         publish.append(PROJECTION_VERIFY)  # a full replay of the log per read model
+        publish.append(audit_chain(MATRIX_WS))  # a checkpoint of the audit chain
         queue_groups.append("cairn.cmd.*.run.>")
     if user not in ("service", "agent"):
         publish += [f"cairn.logs.{MATRIX_WS}.x", "$KV.cairn_agents.mx-fake"]

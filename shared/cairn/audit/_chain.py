@@ -271,6 +271,9 @@ def compare_window(
             return Finding("inserted", seq, prefix + a.subject, "not in the signed window")
         if a is not None:  # what is here was signed at another sequence
             was = exp_at[a.digest]
+            there = act.get(was)
+            if there is not None and there.digest == a.digest:  # and is still there
+                return Finding("inserted", seq, prefix + a.subject, f"a copy of seq {was}")
             return Finding(
                 "reordered", seq, prefix + a.subject, f"signed at seq {was}, now at seq {seq}"
             )

@@ -29,6 +29,7 @@ from cairn.audit import (
     read_batch,
     read_raw,
     split_subject,
+    verify_signature,
 )
 from cairn.bus import Connection, EventStore
 from cairn.errors import CairnError, ConcurrencyConflict
@@ -55,6 +56,7 @@ class AuditService:
         self.every_s = settings.audit_every_s
         self.poll_s = poll_s
         self.key = load_or_create_signing_key(settings)
+        self.public = self.key.public_key()
         self.chains: dict[str, WorkspaceChain] = {}
         self.position = 0  # the last EVENTS sequence read
         self._heads_changed = False
@@ -74,18 +76,25 @@ class AuditService:
         log.info("audit_started", workspaces=len(self.chains), every=self.every_events)
 
     def _observe_checkpoint(self, seq: int, subject: str, data: bytes) -> None:
-        ws = subject.split(".")[2]
+        """A message on a chain's subject. Whatever it is, the next checkpoint's CAS is its
+        sequence; one that is not a checkpoint of this chain is logged (and is a finding of
+        ``cairn audit verify``), and the chain goes on after it."""
+        chain = self._chain(subject.split(".")[2])
+        chain.checkpoint_seq = max(chain.checkpoint_seq, seq)
         try:
             cp = decode_envelope(data).data
-        except Exception as exc:  # a finding for `cairn audit verify`; the chain goes on
+        except Exception as exc:
             log.error("audit_checkpoint_unreadable", seq=seq, error=str(exc))
             return
-        if not isinstance(cp, ChainCheckpointed) or cp.workspace != ws:
+        if not isinstance(cp, ChainCheckpointed) or cp.workspace != chain.workspace:
             log.error("audit_checkpoint_misplaced", seq=seq, subject=subject)
             return
-        chain = self._chain(ws)
+        if not verify_signature(self.public, cp):  # not this key's: never continued from
+            log.error("audit_checkpoint_not_ours", seq=seq, subject=subject, key_id=cp.key_id)
+            return
         if cp.index <= chain.index:
             return  # ours, or one adopted already
+        ws = chain.workspace
         if cp.index != chain.index + 1:
             log.error("audit_checkpoint_gap", workspace=ws, index=cp.index, have=chain.index)
         if not chain.adopt(cp, seq):
