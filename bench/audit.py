@@ -3,13 +3,13 @@ the chain costs in bytes and in reading.
 
 Each round starts a fresh nats-server (JetStream, sync_interval: always) and appends
 ``--awaited`` events one by one, then ``--pipelined`` more in concurrent windows of
-``--window``, each to a subject of its own with the subject CAS, as ``EventStore.append`` does for a new
-aggregate. "on" rounds run the audit service in the same process (as ``cairn up`` does),
-following and signing every ``--every`` events; "off" rounds do not. Rounds alternate
-off, on, off, on... After an "on" round: how long after the last append the service had
-signed every full window, the bytes of the checkpoints beside the events', and how fast
-``verify_log`` reads, digests and checks the whole log (a bound on what a restarted service's
-read-back costs: it digests only what is not yet signed).
+``--window``, each to a subject of its own with the subject CAS, as ``EventStore.append``
+does for a new aggregate. "on" rounds run the audit service in the same process (as
+``cairn up`` does), following and signing every ``--every`` events; "off" rounds do not.
+Rounds alternate off, on, off, on... After an "on" round: how long after the last append
+the service had signed every full window, the bytes of the checkpoints beside the events',
+and how fast ``verify_log`` reads, digests and checks the whole log (a bound on what a
+restarted service's read-back costs: it digests only what is not yet signed).
 
 Usage: python bench/audit.py [--awaited N] [--pipelined N] [--window W] [--rounds R]
 """
@@ -120,8 +120,13 @@ async def _covered(
     """Until every full window is signed: the lag, the bytes, a restart's read-back."""
     total = args.awaited + args.pipelined
     want = total // args.every * args.every
-    while service.chains.get(WS) is None or service.chains[WS].up_to_seq < want:
+    for _ in range(6000):  # a minute at most
+        chain = service.chains.get(WS)
+        if chain is not None and chain.up_to_seq >= want:
+            break
         await asyncio.sleep(0.01)
+    else:
+        raise RuntimeError("the audit service did not sign every full window within a minute")
     out["signed_lag_s"] = time.perf_counter() - done
     events = checkpoints = 0
     async for raw in read_raw(conn, "cairn.ev.>"):
