@@ -384,3 +384,34 @@ async def test_two_replicas_and_a_restart_record_each_window_once(tmp_path: Path
         stop.set()
         await conn.close()
         server.stop()
+
+
+async def test_the_cli_asks_the_running_service_for_the_key_when_the_home_has_none(
+    original: Original, tmp_path: Path
+) -> None:
+    async with _copy(original, tmp_path, None) as server:
+        conn = await connect(settings_for(server, service=True, request_timeout=5.0))
+        settings = msgspec.structs.replace(original.settings, state_dir=str(tmp_path / "st"))
+        service = AuditService(conn, settings)
+        stop = asyncio.Event()
+        try:
+            await service.start()
+            task = asyncio.create_task(service.run(stop))
+            assert server.credentials is not None
+            env = {
+                **os.environ,
+                "CAIRN_HOME": str(tmp_path / "elsewhere"),
+                "CAIRN_NATS_URL": server.url,
+                "CAIRN_NATS_USER": server.credentials.client_user,
+                "CAIRN_NATS_PASSWORD": server.credentials.client_password,
+                "CAIRN_LOG_FORMAT": "json",
+            }
+            code, out, err = await _cli(env, "audit", "key", "--json")
+        finally:
+            stop.set()
+            await task
+            await conn.close()
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["public_key"] == public_key_hex(original.public)
+    assert answer["source"] == "the audit service"

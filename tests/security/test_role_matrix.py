@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -229,3 +230,31 @@ async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_direc
     for sub in subs:
         await sub.unsubscribe()
     assert [s for s in wanted if not c.denied(s)] == []
+
+
+@pytest.mark.parametrize("user", ["mx-ds", "mx-co", "mx-aud", "agent"])
+async def test_people_may_ask_the_audit_service_for_its_key_and_agents_may_not(
+    user: str,
+    services: None,
+    people: dict[str, Connection],
+    agent_conn: Connection,
+    service_settings: Settings,
+) -> None:
+    """``cairn.svc.audit.key`` is one of the broadcasts people send (the key is public);
+    agents send none."""
+    from cairn.audit import public_key_hex, public_key_path, read_public_key
+    from cairn.proto.subjects import AUDIT_KEY
+
+    c = {**people, "agent": agent_conn}[user]
+    if user == "agent":
+        await c.nc.publish(AUDIT_KEY, b"")
+        await c.nc.flush()
+        for _ in range(50):
+            if c.denied(AUDIT_KEY):
+                break
+            await asyncio.sleep(0.05)
+        assert c.denied(AUDIT_KEY)
+        return
+    reply = await c.nc.request(AUDIT_KEY, b"", timeout=5)
+    public = read_public_key(public_key_path(service_settings))
+    assert json.loads(reply.data)["public_key"] == public_key_hex(public)

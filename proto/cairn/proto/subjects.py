@@ -15,6 +15,7 @@ from cairn.proto.errors import InvalidName
 
 __all__ = [
     "AUDIT_CHAINS",
+    "AUDIT_KEY",
     "AUDIT_KIND",
     "EVENTS_ALL",
     "METRICS_ALL",
@@ -47,6 +48,9 @@ EVENTS_ALL = "cairn.ev.>"
 #: the aggregate kind of the audit chain's checkpoints (one aggregate per workspace, ``chain``)
 AUDIT_KIND = "audit"
 AUDIT_CHAINS = "cairn.ev.*.audit.chain"
+#: the audit service's public key and its id, asked of every instance (a broadcast people may
+#: send: the key is public; a verifier still keeps a copy of its own)
+AUDIT_KEY = "cairn.svc.audit.key"
 METRICS_ALL = "cairn.metrics.>"
 #: read models, asked of every instance that holds them (no queue group: each instance has
 #: its own SQLite files): their state and quarantined events, and a retry of those

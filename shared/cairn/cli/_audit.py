@@ -11,6 +11,9 @@ from typing import Any
 import click
 
 from cairn.cli._base import cli, emit, json_option, run, settings
+from cairn.errors import CairnError, PermissionDenied, Unavailable
+from cairn.proto.subjects import AUDIT_KEY
+from cairn.settings import Settings
 
 _COLUMNS = [
     ("workspace", "WORKSPACE"),
@@ -32,18 +35,54 @@ def audit() -> None:
 @audit.command("key")
 @json_option
 def key(as_json: bool) -> None:
-    """Print the audit service's public key (hex, Ed25519) and its key id. Keep a copy where
-    the server's files cannot be written: verify with --public-key against it."""
+    """Print the audit service's public key (hex, Ed25519) and its key id: from the home's
+    keys/audit.ed25519.pub when this machine runs the audit service, else as the running
+    audit service answers. Keep a copy where the server's writers cannot write: verify with
+    --public-key against it."""
     from cairn.audit import key_id_of, public_key_hex, public_key_path, read_public_key
 
-    path = public_key_path(settings())
-    public = read_public_key(path)
-    answer = {"key_id": key_id_of(public), "public_key": public_key_hex(public), "file": str(path)}
+    loaded = settings()
+    path = public_key_path(loaded)
+    if path.is_file():
+        public = read_public_key(path)
+        answer = {"key_id": key_id_of(public), "public_key": public_key_hex(public)}
+        answer["source"] = str(path)
+    else:
+        answer = run(_asked(loaded))
+        answer["source"] = "the audit service"
     if as_json:
         click.echo(json.dumps(answer, indent=2))
         return
     click.echo(f"key id      {answer['key_id']}")
     click.echo(f"public key  {answer['public_key']}")
+    click.echo(f"from        {answer['source']}")
+
+
+async def _asked(loaded: Settings) -> dict[str, str]:
+    """The key as the audit service tells it (``cairn.svc.audit.key``), checked to be one."""
+    from nats.errors import NoRespondersError
+    from nats.errors import TimeoutError as NatsTimeout
+
+    from cairn.audit import key_id_of, parse_public_key
+    from cairn.bus import connect
+
+    conn = await connect(loaded, name="cairn-audit-key")
+    try:
+        reply = await conn.nc.request(AUDIT_KEY, b"", timeout=loaded.request_timeout)
+    except (NoRespondersError, NatsTimeout) as exc:
+        if conn.denied(AUDIT_KEY):
+            raise PermissionDenied(f"not allowed to ask {AUDIT_KEY}") from exc
+        raise Unavailable(
+            "no audit key in this home and no audit service answered: run 'cairn up' or"
+            " 'cairn serve audit'"
+        ) from exc
+    finally:
+        await conn.close()
+    body = json.loads(reply.data)
+    public = parse_public_key(str(body.get("public_key", "")), "the audit service's key")
+    if body.get("key_id") != key_id_of(public):
+        raise CairnError(f"the audit service's key id {body.get('key_id')!r} is not its key's")
+    return {"key_id": key_id_of(public), "public_key": str(body["public_key"])}
 
 
 def _public_key(given: str | None) -> Any:

@@ -20,12 +20,15 @@ import json
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from cairn.audit import (
     WorkspaceChain,
     event_digest,
     heads_path,
+    key_id_of,
     load_or_create_signing_key,
+    public_key_hex,
     read_batch,
     read_raw,
     split_subject,
@@ -35,7 +38,7 @@ from cairn.bus import Connection, EventStore
 from cairn.errors import CairnError, ConcurrencyConflict
 from cairn.log import get_logger
 from cairn.proto.events import ChainCheckpointed, Envelope, Event, decode_envelope
-from cairn.proto.subjects import AUDIT_CHAINS, AUDIT_KIND, EVENTS_ALL, audit_chain
+from cairn.proto.subjects import AUDIT_CHAINS, AUDIT_KEY, AUDIT_KIND, EVENTS_ALL, audit_chain
 from cairn.rpc import SERVICE_ACTOR
 from cairn.settings import Settings
 
@@ -60,6 +63,7 @@ class AuditService:
         self.chains: dict[str, WorkspaceChain] = {}
         self.position = 0  # the last EVENTS sequence read
         self._heads_changed = False
+        self._key_sub: Any = None
 
     def _chain(self, ws: str) -> WorkspaceChain:
         found = self.chains.get(ws)
@@ -73,6 +77,14 @@ class AuditService:
             self._observe_checkpoint(raw.seq, raw.subject, raw.data)
         settings = self.settings
         settings.state_path.mkdir(parents=True, exist_ok=True)
+        answer = json.dumps(
+            {"key_id": key_id_of(self.public), "public_key": public_key_hex(self.public)}
+        ).encode()
+
+        async def on_key(msg: Any) -> None:
+            await msg.respond(answer)
+
+        self._key_sub = await self.conn.nc.subscribe(AUDIT_KEY, cb=on_key)
         log.info("audit_started", workspaces=len(self.chains), every=self.every_events)
 
     def _observe_checkpoint(self, seq: int, subject: str, data: bytes) -> None:
@@ -102,6 +114,14 @@ class AuditService:
         self._heads_changed = True
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._follow(stop)
+        finally:
+            if self._key_sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._key_sub.unsubscribe()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 got = await self._step()
