@@ -25,6 +25,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js.errors import NotFoundError
 
 from cairn.audit import (
@@ -415,3 +416,34 @@ async def test_the_cli_asks_the_running_service_for_the_key_when_the_home_has_no
     answer = json.loads(out)
     assert answer["public_key"] == public_key_hex(original.public)
     assert answer["source"] == "the audit service"
+
+
+async def test_a_removed_or_forged_checkpoint_is_named(original: Original, tmp_path: Path) -> None:
+    chain_wa = subjects.audit_chain("wa")
+
+    def drop_first(messages: list[RawEvent]) -> list[RawEvent]:
+        i = _index_of(messages, chain_wa)
+        return [*messages[:i], *messages[i + 1 :]]
+
+    found = _verdicts(await _on_copy(original, tmp_path / "dropped", drop_first))
+    assert found["wa"][0] == "checkpoint" and found["wb"][0] == "ok"
+
+    def forge(messages: list[RawEvent]) -> list[RawEvent]:
+        """wa's first checkpoint signed again, over the same window, by another key."""
+        from cairn.audit import WorkspaceChain, event_digest, split_subject
+        from cairn.proto.events import decode_envelope, encode_envelope
+
+        i = _index_of(messages, chain_wa)
+        old = decode_envelope(messages[i].data)
+        chain = WorkspaceChain("wa")
+        for m in messages[:i]:
+            named = split_subject(m.subject)
+            if named is not None and named[0] == "wa":
+                chain.add(m.seq, named[1], event_digest(m.subject, m.msg_id, m.data), 0.0)
+        cp = chain.cut(Ed25519PrivateKey.generate(), every_events=4)
+        forged = encode_envelope(msgspec.structs.replace(old, data=cp))
+        messages[i] = messages[i]._replace(data=forged)
+        return messages
+
+    found = _verdicts(await _on_copy(original, tmp_path / "forged", forge))
+    assert found["wa"] == ("checkpoint", 19, chain_wa)
