@@ -25,7 +25,7 @@ from cairn.audit._files import (
     read_public_key,
 )
 from cairn.audit._read import read_batch, read_raw
-from cairn.audit._verify import Head, WorkspaceLog, check_workspace, read_anchor, verify_log
+from cairn.audit._verify import Head, WorkspaceCheck, read_anchor, verify_log
 
 __all__ = [
     "GENESIS",
@@ -33,9 +33,8 @@ __all__ = [
     "Head",
     "RawEvent",
     "WorkspaceChain",
-    "WorkspaceLog",
+    "WorkspaceCheck",
     "chain_step",
-    "check_workspace",
     "compare_window",
     "event_digest",
     "heads_path",

@@ -12,7 +12,6 @@ checkpoints once signed are no longer there (a truncated tail).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +26,6 @@ from cairn.audit._chain import (
     compare_window,
     event_digest,
     key_id_of,
-    split_subject,
     verify_signature,
 )
 from cairn.audit._read import read_raw
@@ -36,7 +34,7 @@ from cairn.errors import InvalidInput
 from cairn.proto.events import ChainCheckpointed, ChainEntry, decode_envelope
 from cairn.proto.subjects import AUDIT_KIND, EVENTS_ALL, events_of_workspace
 
-__all__ = ["Head", "WorkspaceLog", "check_workspace", "read_anchor", "verify_log"]
+__all__ = ["Head", "WorkspaceCheck", "read_anchor", "verify_log"]
 
 
 class Head(NamedTuple):
@@ -48,13 +46,69 @@ class Head(NamedTuple):
 
 
 @dataclass
-class WorkspaceLog:
-    """One workspace's events (digested) and checkpoints (stored sequence, decoded or the
-    reason it is not), in stream order."""
+class WorkspaceCheck:
+    """One workspace's check, fed in stream order: its events (digested) and checkpoints
+    (decoded, or the reason they are not). It keeps only the events after the last window
+    compared, so a verify holds about one window per workspace (and what is not covered)."""
 
     workspace: str
-    entries: list[ChainEntry] = field(default_factory=list)
-    checkpoints: list[tuple[int, ChainCheckpointed | str]] = field(default_factory=list)
+    public: Ed25519PublicKey
+    anchor: Head | None = None
+    prev: Head = field(default_factory=lambda: Head(0, 0, GENESIS))
+    pending: list[ChainEntry] = field(default_factory=list)
+    finding: Finding | None = None
+    events: int = 0
+    checkpoints: int = 0
+    uncovered: int = 0
+    #: the head the anchor names, when the chain passed it
+    at_anchor: Head | None = None
+
+    def event(self, entry: ChainEntry) -> None:
+        self.events += 1
+        if entry.seq > self.prev.up_to_seq:
+            self.uncovered += 1
+        if self.finding is None:
+            self.pending.append(entry)
+
+    def checkpoint(self, stored: int, cp: ChainCheckpointed | str) -> None:
+        self.checkpoints += 1
+        if self.finding is not None:
+            return
+        ws = self.workspace
+        if isinstance(cp, str):
+            self.finding = Finding("checkpoint", stored, f"cairn.ev.{ws}.{AUDIT_KIND}.chain", cp)
+            return
+        self.finding = _check_checkpoint(ws, stored, cp, self.prev, self.public)
+        if self.finding is not None:
+            return
+        cut = 0
+        while cut < len(self.pending) and self.pending[cut].seq <= cp.up_to_seq:
+            cut += 1
+        self.finding = compare_window(ws, cp.events, self.pending[:cut])
+        if self.finding is not None:
+            return
+        del self.pending[:cut]
+        self.uncovered = len(self.pending)
+        self.prev = Head(cp.index, cp.up_to_seq, cp.chain)
+        if self.anchor is not None and cp.index == self.anchor.number:
+            self.at_anchor = self.prev
+
+    def verdict(self) -> dict[str, Any]:
+        """Counts, how far the workspace verifies, and its first finding."""
+        finding = self.finding
+        if finding is None and self.anchor is not None:
+            finding = _against_anchor(self.workspace, self.anchor, self.prev, self.at_anchor)
+        return {
+            "workspace": self.workspace,
+            "events": self.events,
+            "checkpoints": self.checkpoints,
+            "verified_up_to": self.prev.up_to_seq,
+            "uncovered": self.uncovered,
+            "verdict": "ok" if finding is None else finding.kind,
+            "seq": None if finding is None else finding.seq,
+            "subject": None if finding is None else finding.subject,
+            "finding": None if finding is None else finding.detail,
+        }
 
 
 _decode_error = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
@@ -70,27 +124,6 @@ def _checkpoint_of(data: bytes) -> ChainCheckpointed | str:
     if not isinstance(body, ChainCheckpointed):
         return f"a {type(body).__name__} on the chain's subject"
     return body
-
-
-async def read_workspaces(conn: Connection, workspace: str | None) -> dict[str, WorkspaceLog]:
-    found: dict[str, WorkspaceLog] = {}
-    subjects = events_of_workspace(workspace) if workspace else EVENTS_ALL
-    async for raw in read_raw(conn, subjects):
-        parts = raw.subject.split(".")
-        if len(parts) != 5:
-            continue  # not an aggregate's subject: no workspace's chain covers it
-        ws = parts[2]
-        log = found.get(ws)
-        if log is None:
-            log = found[ws] = WorkspaceLog(ws)
-        if parts[3] == AUDIT_KIND:
-            log.checkpoints.append((raw.seq, _checkpoint_of(raw.data)))
-            continue
-        named = split_subject(raw.subject)
-        assert named is not None
-        digest = event_digest(raw.subject, raw.msg_id, raw.data)
-        log.entries.append(ChainEntry(seq=raw.seq, digest=digest, subject=named[1]))
-    return found
 
 
 def _check_checkpoint(
@@ -126,48 +159,7 @@ def _check_checkpoint(
     return None
 
 
-def check_workspace(
-    log: WorkspaceLog, public: Ed25519PublicKey, anchor: Head | None = None
-) -> dict[str, Any]:
-    """The verdict on one workspace: counts, how far it verifies, the first finding."""
-    ws = log.workspace
-    prev = Head(0, 0, GENESIS)
-    heads: dict[int, Head] = {}
-    finding: Finding | None = None
-    entries = log.entries
-    at = 0  # entries before ``at`` lie in windows already compared
-    for stored, cp in log.checkpoints:
-        if isinstance(cp, str):
-            finding = Finding("checkpoint", stored, f"cairn.ev.{ws}.{AUDIT_KIND}.chain", cp)
-            break
-        finding = _check_checkpoint(ws, stored, cp, prev, public)
-        if finding is not None:
-            break
-        end = at
-        while end < len(entries) and entries[end].seq <= cp.up_to_seq:
-            end += 1
-        finding = compare_window(ws, cp.events, entries[at:end])
-        if finding is not None:
-            break
-        at, prev = end, Head(cp.index, cp.up_to_seq, cp.chain)
-        heads[cp.index] = prev
-    if finding is None and anchor is not None:
-        finding = _against_anchor(ws, anchor, prev, heads)
-    uncovered = sum(1 for e in entries if e.seq > prev.up_to_seq)
-    return {
-        "workspace": ws,
-        "events": len(entries),
-        "checkpoints": len(log.checkpoints),
-        "verified_up_to": prev.up_to_seq,
-        "uncovered": uncovered,
-        "verdict": "ok" if finding is None else finding.kind,
-        "seq": None if finding is None else finding.seq,
-        "subject": None if finding is None else finding.subject,
-        "finding": None if finding is None else finding.detail,
-    }
-
-
-def _against_anchor(ws: str, anchor: Head, last: Head, heads: dict[int, Head]) -> Finding | None:
+def _against_anchor(ws: str, anchor: Head, last: Head, passed: Head | None) -> Finding | None:
     if anchor.number > last.number:
         return Finding(
             "truncated",
@@ -176,7 +168,7 @@ def _against_anchor(ws: str, anchor: Head, last: Head, heads: dict[int, Head]) -
             f"the chain ends at checkpoint {last.number} (up to seq {last.up_to_seq}); the"
             f" anchor has checkpoint {anchor.number} up to seq {anchor.up_to_seq}",
         )
-    if heads.get(anchor.number) != anchor:
+    if passed != anchor:
         return Finding(
             "checkpoint",
             anchor.up_to_seq,
@@ -207,12 +199,28 @@ async def verify_log(
     anchor: dict[str, Head] | None = None,
 ) -> list[dict[str, Any]]:
     """One verdict per workspace (those of the log and of the anchor), by name."""
-    logs = await read_workspaces(conn, workspace)
-    heads = anchor or {}
-    names: Iterable[str] = logs.keys() | (
-        heads.keys() if workspace is None else heads.keys() & {workspace}
-    )
-    return [
-        check_workspace(logs.get(ws) or WorkspaceLog(ws), public, heads.get(ws))
-        for ws in sorted(names)
-    ]
+    heads = {
+        ws: head for ws, head in (anchor or {}).items() if workspace is None or ws == workspace
+    }
+    checks: dict[str, WorkspaceCheck] = {}
+
+    def check_of(ws: str) -> WorkspaceCheck:
+        found = checks.get(ws)
+        if found is None:
+            found = checks[ws] = WorkspaceCheck(ws, public, heads.get(ws))
+        return found
+
+    subjects = events_of_workspace(workspace) if workspace else EVENTS_ALL
+    async for raw in read_raw(conn, subjects):
+        parts = raw.subject.split(".")
+        if len(parts) != 5:
+            continue  # not an aggregate's subject: no workspace's chain covers it
+        check = check_of(parts[2])
+        if parts[3] == AUDIT_KIND:
+            check.checkpoint(raw.seq, _checkpoint_of(raw.data))
+            continue
+        digest = event_digest(raw.subject, raw.msg_id, raw.data)
+        check.event(ChainEntry(seq=raw.seq, digest=digest, subject=f"{parts[3]}.{parts[4]}"))
+    for ws in heads:
+        check_of(ws)
+    return [checks[ws].verdict() for ws in sorted(checks)]
