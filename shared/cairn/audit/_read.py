@@ -15,7 +15,9 @@ from cairn.bus._store import TRANSIENT
 from cairn.errors import CairnError, Unavailable
 from cairn.proto.streams import EVENTS
 
-__all__ = ["read_batch", "read_raw"]
+__all__ = ["MAX_BATCH_BYTES", "read_batch", "read_raw"]
+
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 async def read_batch(
@@ -24,7 +26,12 @@ async def read_batch(
     """Up to ``batch`` messages on ``subjects`` from sequence ``start`` on, and whether more
     were pending when the server answered."""
     nc, timeout = conn.nc, conn.settings.request_timeout
-    body: dict[str, Any] = {"seq": start, "next_by_subj": subjects, "batch": batch}
+    body: dict[str, Any] = {
+        "seq": start,
+        "next_by_subj": subjects,
+        "batch": batch,
+        "max_bytes": MAX_BATCH_BYTES,  # events may be 256 KiB each: bound one answer
+    }
     inbox = nc.new_inbox()
     try:
         sub = await nc.subscribe(inbox)

@@ -124,19 +124,19 @@ class AuditService:
     async def _follow(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                got = await self._step()
+                more = await self._step()
             except CairnError as exc:  # the server away: read again after a pause
                 log.warning("audit_read_failed", error=exc.message, position=self.position)
-                got = 0
+                more = False
             if self._heads_changed:
                 self._write_heads()
-            if got < _BATCH:
+            if not more:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_s)
 
-    async def _step(self) -> int:
-        """Read one batch, chain it, sign what is due; the number of messages read."""
-        got, _ = await read_batch(self.conn, EVENTS_ALL, self.position + 1, _BATCH)
+    async def _step(self) -> bool:
+        """Read one batch, chain it, sign what is due; whether more was waiting."""
+        got, more = await read_batch(self.conn, EVENTS_ALL, self.position + 1, _BATCH)
         now = time.monotonic()
         for raw in got:
             self.position = raw.seq
@@ -157,7 +157,7 @@ class AuditService:
             while chain.due(time.monotonic(), self.every_events, self.every_s):
                 if not await self._checkpoint(chain):
                     break
-        return len(got)
+        return more
 
     async def _checkpoint(self, chain: WorkspaceChain) -> bool:
         """Sign and append the next checkpoint of ``chain``; False when another writer's
@@ -213,6 +213,9 @@ class AuditService:
         }
         path = heads_path(self.settings)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(heads, indent=1) + "\n")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(heads, indent=1) + "\n")
+            os.replace(tmp, path)
+        except OSError as exc:  # the anchor is a convenience: signing goes on without it
+            log.error("audit_heads_unwritable", path=str(path), error=str(exc))
         self._heads_changed = False
