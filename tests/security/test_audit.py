@@ -103,6 +103,8 @@ async def original(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Or
         again = AuditService(conn, settings, poll_s=0.02)
         await again.start()
         assert {ws: c.index for ws, c in again.chains.items()} == {"wa": 2, "wb": 2}
+        # and reads EVENTS from the first event not yet signed (wa's e8 at 17), not from 1
+        assert again.position == 16
     finally:
         await conn.close()
         server.stop()
@@ -375,6 +377,15 @@ async def test_two_replicas_and_a_restart_record_each_window_once(tmp_path: Path
         late = AuditService(conn, settings)
         await late.start()
         assert late.chains["wr"].index == len(stored)
+        assert late.position > 0  # it goes on from the low-water mark the replicas saved
+        stale = msgspec.structs.replace(settings, state_dir=str(tmp_path / "elsewhere"))
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "audit-position.json").write_text(
+            json.dumps({"read_from": 15, "heads": {"wr": [len(stored) + 1, "0" * 64]}})
+        )
+        doubting = AuditService(conn, stale)
+        await doubting.start()
+        assert doubting.position == 0  # the log lacks the checkpoint the hint was saved with
         again = asyncio.Event()
         task = asyncio.create_task(late.run(again))
         await asyncio.sleep(0.3)

@@ -3,8 +3,11 @@ of the chain into the log every ``audit_every_events`` events of the workspace, 
 ``audit_every_s`` seconds after the first one not yet signed (docs/design.md, *Tamper
 evidence*).
 
-It keeps no state the log does not hold: at start it reads the checkpoints back and reads
-EVENTS from sequence 1, passing over what they cover. A checkpoint is appended on
+It keeps no state the log cannot rebuild: at start it reads the checkpoints back and reads
+EVENTS from its low-water mark (a hint in ``<state>/audit-position.json``, checked against
+the checkpoints; sequence 1 without it), passing over what they cover. It also writes
+``<state>/audit-heads.json``, the last checkpoint per workspace: ``cairn audit verify``'s
+default anchor. A checkpoint is appended on
 ``cairn.ev.<ws>.audit.chain`` with the subject CAS (the previous checkpoint's sequence) and
 ``Nats-Msg-Id: audit-<ws>-<up_to_seq>``: two replicas, or a restart, record the same window
 once, and a replica that cut another window reloads the one recorded and goes on from it.
@@ -20,6 +23,7 @@ import json
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cairn.audit import (
@@ -72,11 +76,14 @@ class AuditService:
         return found
 
     async def start(self) -> None:
-        """The checkpoints recorded so far: each workspace's chain goes on from its last."""
+        """The checkpoints recorded so far: each workspace's chain goes on from its last; then
+        EVENTS is read from where every earlier event was signed (the saved low-water mark,
+        when the log still holds the checkpoints it was saved with; else sequence 1)."""
         async for raw in read_raw(self.conn, AUDIT_CHAINS):
             self._observe_checkpoint(raw.seq, raw.subject, raw.data)
         settings = self.settings
         settings.state_path.mkdir(parents=True, exist_ok=True)
+        self.position = self._resume_from() - 1
         answer = json.dumps(
             {"key_id": key_id_of(self.public), "public_key": public_key_hex(self.public)}
         ).encode()
@@ -85,7 +92,12 @@ class AuditService:
             await msg.respond(answer)
 
         self._key_sub = await self.conn.nc.subscribe(AUDIT_KEY, cb=on_key)
-        log.info("audit_started", workspaces=len(self.chains), every=self.every_events)
+        log.info(
+            "audit_started",
+            workspaces=len(self.chains),
+            every=self.every_events,
+            read_from=self.position + 1,
+        )
 
     def _observe_checkpoint(self, seq: int, subject: str, data: bytes) -> None:
         """A message on a chain's subject. Whatever it is, the next checkpoint's CAS is its
@@ -205,6 +217,47 @@ class AuditService:
         async for raw in read_raw(self.conn, subject, chain.checkpoint_seq + 1):
             self._observe_checkpoint(raw.seq, raw.subject, raw.data)
 
+    def _position_path(self) -> Path:
+        return self.settings.state_path / "audit-position.json"
+
+    def _resume_from(self) -> int:
+        """The saved low-water mark: every event before it was in a checkpoint when it was
+        saved. A hint only: used when the log still holds, per workspace, the checkpoint the
+        hint was saved with (the same index and chain hash, or a later one); else 1."""
+        path = self._position_path()
+        try:
+            saved = json.loads(path.read_text())
+            read_from = int(saved["read_from"])
+            heads = {ws: (int(h[0]), str(h[1])) for ws, h in saved["heads"].items()}
+        except FileNotFoundError:
+            return 1
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            log.warning("audit_position_unreadable", path=str(path), error=str(exc))
+            return 1
+        for ws, (index, chain_hash) in heads.items():
+            chain = self.chains.get(ws)
+            if (
+                chain is None
+                or chain.index < index
+                or (chain.index == index and chain.chain != chain_hash)
+            ):
+                log.warning("audit_position_stale", workspace=ws, index=index)
+                return 1
+        return max(1, read_from)
+
+    def _write_position(self) -> None:
+        """The low-water mark (the first event not yet in a checkpoint, of any workspace) and
+        the heads it holds for, so that a restart need not read EVENTS from sequence 1."""
+        firsts = [c.pending.entries[0].seq for c in self.chains.values() if c.pending.entries]
+        body = {
+            "read_from": min([*firsts, self.position + 1]),
+            "heads": {ws: [c.index, c.chain] for ws, c in self.chains.items() if c.index},
+        }
+        path = self._position_path()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(body) + "\n")
+        os.replace(tmp, path)
+
     def _write_heads(self) -> None:
         heads = {
             ws: {"index": c.index, "up_to_seq": c.up_to_seq, "chain": c.chain}
@@ -216,6 +269,7 @@ class AuditService:
         try:
             tmp.write_text(json.dumps(heads, indent=1) + "\n")
             os.replace(tmp, path)
+            self._write_position()
         except OSError as exc:  # the anchor is a convenience: signing goes on without it
             log.error("audit_heads_unwritable", path=str(path), error=str(exc))
         self._heads_changed = False
