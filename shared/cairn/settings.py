@@ -57,6 +57,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: where workspace keys live (default ``<home>/keys``); a process that moves datastore
     #: bytes (the SDK, an agent) needs the key to open the datastore's credentials
     keys_dir: str | None = None
+    #: the audit service's Ed25519 signing key (default ``<keys_dir>/audit.ed25519.key``,
+    #: made on first start; its public half beside it, ``.pub``)
+    audit_key_file: str | None = None
+    #: the audit service signs a checkpoint of a workspace's chain after this many of its
+    #: events, or this many seconds after the first one not yet signed
+    audit_every_events: int = 1000
+    audit_every_s: float = 60.0
     #: how long an agent may stay silent before its job is taken back and re-queued
     job_lease_s: float = 30.0
     #: seconds between the heartbeats of an open interactive run (``start_logging``); a run

@@ -18,7 +18,16 @@ from cairn.sdk import connect
 from cairn.settings import load_settings
 from tests.embedded.test_up import Up
 
-SERVICES = {"artifacts", "ingester", "pipelines", "registry", "scheduler", "sweeps", "tracking"}
+SERVICES = {
+    "artifacts",
+    "audit",
+    "ingester",
+    "pipelines",
+    "registry",
+    "scheduler",
+    "sweeps",
+    "tracking",
+}
 
 
 def alive(pid: int) -> bool:

@@ -85,6 +85,7 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
     assert [s["service"] for s in report["services"]] == [
         "agent",
         "artifacts",
+        "audit",
         "ingester",
         "pipelines",
         "registry",
@@ -94,6 +95,14 @@ def test_up_runs_the_demo_stops_on_ctrl_c_and_keeps_data(
         "tracking",
         "webhooks",
     ]
+    # the audit service signs the log with a key of the home's, and the log verifies
+    audit = subprocess.run(
+        [*CAIRN, "audit", "verify", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert audit.returncode == 0, audit.stderr
+    verdicts = json.loads(audit.stdout)
+    assert verdicts and all(v["verdict"] == "ok" for v in verdicts)
+    assert stat.S_IMODE((home / "keys" / "audit.ed25519.key").stat().st_mode) == 0o600
     # the studio: served by cairn up, signed in to with what `cairn studio` prints
     studio = [line for line in up.lines if line.startswith("studio at http://127.0.0.1:")]
     assert studio, up.lines

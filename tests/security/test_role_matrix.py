@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -44,7 +45,7 @@ from cairn.proto.pipelines import PipelineSpec, PipelineStep, SubmitPipeline
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
-from cairn.proto.subjects import PROJECTION_VERIFY
+from cairn.proto.subjects import PROJECTION_VERIFY, audit_chain
 from cairn.proto.sweeps import CancelSweep
 from cairn.proto.webhooks import DeleteWebhook
 from cairn.rpc import Client
@@ -231,13 +232,15 @@ async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_direc
     queue group, no message straight into METRICS, LOGS or a KV bucket, except what a user of
     the stack needs for its work: services serve and write METRICS and KV, agents write their
     jobs' logs and their heartbeat key. Nor may anyone but the services (and the admin) ask
-    the services to verify their read models against a replay."""
+    the services to verify their read models against a replay, or append a checkpoint to a
+    workspace's audit chain."""
     c = {**people, "agent": agent_conn, "service": conn}[user]
     publish = ["$JS.API.STREAM.SNAPSHOT.EVENTS", "$JS.API.STREAM.RESTORE.EVENTS"]
     queue_groups: list[str] = []
     if user != "service":
         publish += [f"cairn.metrics.{MATRIX_WS}.x", f"$KV.cairn_job_leases.{MATRIX_WS}.x"]
         publish.append(PROJECTION_VERIFY)  # a full replay of the log per read model
+        publish.append(audit_chain(MATRIX_WS))  # a checkpoint of the audit chain
         queue_groups.append("cairn.cmd.*.run.>")
     if user not in ("service", "agent"):
         publish += [f"cairn.logs.{MATRIX_WS}.x", "$KV.cairn_agents.mx-fake"]
@@ -254,3 +257,31 @@ async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_direc
     for sub in subs:
         await sub.unsubscribe()
     assert [s for s in wanted if not c.denied(s)] == []
+
+
+@pytest.mark.parametrize("user", ["mx-ds", "mx-co", "mx-aud", "agent"])
+async def test_people_may_ask_the_audit_service_for_its_key_and_agents_may_not(
+    user: str,
+    services: None,
+    people: dict[str, Connection],
+    agent_conn: Connection,
+    service_settings: Settings,
+) -> None:
+    """``cairn.svc.audit.key`` is one of the broadcasts people send (the key is public);
+    agents send none."""
+    from cairn.audit import public_key_hex, public_key_path, read_public_key
+    from cairn.proto.subjects import AUDIT_KEY
+
+    c = {**people, "agent": agent_conn}[user]
+    if user == "agent":
+        await c.nc.publish(AUDIT_KEY, b"")
+        await c.nc.flush()
+        for _ in range(50):
+            if c.denied(AUDIT_KEY):
+                break
+            await asyncio.sleep(0.05)
+        assert c.denied(AUDIT_KEY)
+        return
+    reply = await c.nc.request(AUDIT_KEY, b"", timeout=5)
+    public = read_public_key(public_key_path(service_settings))
+    assert json.loads(reply.data)["public_key"] == public_key_hex(public)

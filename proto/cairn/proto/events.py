@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 
-from cairn.proto._base import Checked, Digest, Id, Key, Name, TagKey, TagValue, Text
+from cairn.proto._base import Checked, Count, Digest, Id, Key, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec, ScheduledBy
@@ -36,6 +36,8 @@ __all__ = [
     "ArtifactCommitted",
     "AssetDeleted",
     "AssetRegistered",
+    "ChainCheckpointed",
+    "ChainEntry",
     "DatastoreCredentialsResealed",
     "DatastoreFilesUploaded",
     "DefaultDatastoreSet",
@@ -680,6 +682,40 @@ class SweepEnded(Event, frozen=True, kw_only=True):
     best_index: int | None = None
 
 
+#: a SHA-256 as 64 lowercase hex digits (event digests and chain hashes of the audit chain)
+HexDigest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ChainEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One event of a checkpoint's window: its stream sequence, its digest
+    (``cairn.audit.event_digest``) and its subject after ``cairn.ev.<ws>.`` (``<kind>.<id>``),
+    so that a deleted event can be named. On the wire a 3-element array."""
+
+    seq: Count
+    digest: HexDigest
+    subject: Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class ChainCheckpointed(Event, frozen=True, kw_only=True):
+    """The audit service's signed checkpoint number ``index`` of workspace ``workspace``'s
+    hash chain (docs/design.md, *Tamper evidence*): the workspace's events with stream
+    sequences ``from_seq``..``up_to_seq`` are exactly ``events``, in that order; the chain,
+    ``prev_chain`` at the previous checkpoint's end (64 zeros before the first), is ``chain``
+    after them. ``signature`` is Ed25519 by key ``key_id`` over the canonical bytes of all
+    the other fields (``cairn.audit.signed_bytes``)."""
+
+    KIND = "audit"
+    workspace: Id
+    index: Count
+    from_seq: Count
+    up_to_seq: Count
+    prev_chain: HexDigest
+    chain: HexDigest
+    events: list[ChainEntry]
+    key_id: Id
+    signature: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -739,6 +775,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TrialEnded,
         SweepCancelRequested,
         SweepEnded,
+        ChainCheckpointed,
     )
 }
 

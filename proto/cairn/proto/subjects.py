@@ -14,6 +14,9 @@ from cairn.proto._base import refuse_invisible
 from cairn.proto.errors import InvalidName
 
 __all__ = [
+    "AUDIT_CHAINS",
+    "AUDIT_KEY",
+    "AUDIT_KIND",
     "EVENTS_ALL",
     "METRICS_ALL",
     "PROJECTION_CONTROL",
@@ -21,6 +24,7 @@ __all__ = [
     "PROJECTION_STATUS",
     "PROJECTION_VERIFY",
     "agent_key",
+    "audit_chain",
     "command",
     "command_filter",
     "event",
@@ -42,6 +46,12 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HASHED_PREFIX = "n-"
 
 EVENTS_ALL = "cairn.ev.>"
+#: the aggregate kind of the audit chain's checkpoints (one aggregate per workspace, ``chain``)
+AUDIT_KIND = "audit"
+AUDIT_CHAINS = "cairn.ev.*.audit.chain"
+#: the audit service's public key and its id, asked of every instance (a broadcast people may
+#: send: the key is public; a verifier still keeps a copy of its own)
+AUDIT_KEY = "cairn.svc.audit.key"
 METRICS_ALL = "cairn.metrics.>"
 #: read models, asked of every instance that holds them (no queue group: each instance has
 #: its own SQLite files): their state and quarantined events, and a retry of those
@@ -91,6 +101,11 @@ def event(ws: str, kind: str, aggregate_id: str) -> str:
         validate_token(kind, "aggregate kind"),
         validate_token(aggregate_id, "aggregate id"),
     )
+
+
+def audit_chain(ws: str) -> str:
+    """``cairn.ev.<ws>.audit.chain``: the signed checkpoints of one workspace's hash chain."""
+    return event(ws, AUDIT_KIND, "chain")
 
 
 def events_of_workspace(ws: str) -> str:

@@ -67,6 +67,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "sync",
         "projection",
         "replay",
+        "audit",
         "workspace",
         "user",
         "token",

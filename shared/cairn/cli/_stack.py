@@ -147,7 +147,7 @@ def serve(
     """Run one service alone against a NATS server, as the service user.
 
     SERVICE is one of: tracking, ingester, artifacts, registry, scheduler, pipelines,
-    sweeps, schedules, webhooks, gateway. It
+    sweeps, schedules, webhooks, audit, gateway. It
     connects with the service user's credentials (never a person's: those are refused), and
     serves until SIGINT or SIGTERM, which also stop it while it is still connecting. With
     --ops-port it also answers GET /metrics (Prometheus), /healthz and /readyz over HTTP.

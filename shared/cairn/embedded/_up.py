@@ -34,6 +34,7 @@ log = get_logger("cairn.up")
 
 def all_services() -> dict[str, ServiceFactory]:
     from cairn.services.artifacts import ArtifactsService
+    from cairn.services.audit import AuditService
     from cairn.services.ingester import IngesterService
     from cairn.services.pipelines import PipelinesService
     from cairn.services.registry import RegistryService
@@ -53,6 +54,7 @@ def all_services() -> dict[str, ServiceFactory]:
         "pipelines": PipelinesService,
         "webhooks": WebhookService,
         "sweeps": SweepsService,
+        "audit": AuditService,
     }
 
 
