@@ -7,8 +7,15 @@ from typing import Any
 
 import pytest
 
-from cairn.domain import Aggregate, asset, experiment, model, run, secret, workspace
-from tests.domain import test_asset, test_model, test_run, test_secret, test_small
+from cairn.domain import Aggregate, asset, endpoint, experiment, model, run, secret, workspace
+from tests.domain import (
+    test_asset,
+    test_endpoint,
+    test_model,
+    test_run,
+    test_secret,
+    test_small,
+)
 from tests.domain.gwt import Case, command_types, uncovered
 
 TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
@@ -20,6 +27,8 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     **{kind: (agg, test_asset.CASES) for kind, agg in asset.AGGREGATES.items()},
     "secret": (secret.AGGREGATE, test_secret.CASES),
     "keyring": (secret.KEYRING, test_secret.KEYRING_CASES),
+    "endpoint": (endpoint.ENDPOINT, test_endpoint.ENDPOINT_CASES),
+    "deployment": (endpoint.DEPLOYMENT, test_endpoint.DEPLOYMENT_CASES),
 }
 
 

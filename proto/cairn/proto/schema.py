@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.proto import artifacts, assets, jobs, members, metrics, registry, secrets
+from cairn.proto import artifacts, assets, jobs, members, metrics, registry, secrets, serving
 from cairn.proto.commands import (
     COMMAND_TYPES,
     QUERY_TYPES,
@@ -91,6 +91,7 @@ def generate() -> dict[str, str]:
         *assets_commands(),
         *secrets.SECRET_COMMAND_TYPES,
         *members.MEMBER_COMMAND_TYPES,
+        *serving.ENDPOINT_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -109,6 +110,7 @@ def generate() -> dict[str, str]:
         *jobs.JOB_QUERY_TYPES,
         *secrets.SECRET_QUERY_TYPES,
         *members.MEMBER_QUERY_TYPES,
+        *serving.ENDPOINT_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")
