@@ -74,6 +74,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "PEOPLE_ACCOUNT",
     "PING_SUBJECT",
+    "SCORER_USER",
     "SERVICE_ACCOUNT",
     "SERVICE_ACTOR",
     "Client",
@@ -97,6 +98,9 @@ SERVICE_ACCOUNT = "CAIRN"
 PEOPLE_ACCOUNT = "USERS"
 #: the actor of a request from inside the services' account
 SERVICE_ACTOR = "cairn"
+#: the gateway's scoring user: requests to deployments, and the traffic of an endpoint asked
+#: with one of its keys (docs/security.md, "Online endpoints")
+SCORER_USER = "cairn-scorer"
 #: the admin user (``admin.json``), the actor of the commands only it may send (``member.*``)
 ADMIN_ACTOR = "cairn-admin"
 _encoder = msgspec.json.Encoder()

@@ -29,7 +29,7 @@ import msgspec
 from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
 from cairn.domain import run as runs
-from cairn.errors import NotFound, StaleAttempt
+from cairn.errors import InvalidInput, NotFound, StaleAttempt
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -51,6 +51,7 @@ from cairn.proto.jobs import (
 from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
+from cairn.services.scheduler._endpoints import Endpoints
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
 from cairn.services.scheduler._pythons import Pythons
@@ -109,6 +110,8 @@ class SchedulerService(ProjectedService):
                 },
             ),
         ]
+        self.endpoints = Endpoints(conn, settings, self.cache, self.pythons, self._publish)
+        self.responders += self.endpoints.responders
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -296,6 +299,8 @@ class SchedulerService(ProjectedService):
     async def _submit(self, req: Request) -> Accepted:
         cmd: SubmitJob = req.body
         ws = req.workspace
+        if cmd.job.serve is not None:  # a replica is the deployment's, never a person's job
+            raise InvalidInput("job.serve is set by endpoint.deploy alone: deploy a model")
         await lookup.require_workspace(self.cache, ws)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         compute = cmd.compute
