@@ -93,6 +93,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: ``Secure``, sent over HTTPS only. A gateway bound to a non-loopback address without it
     #: logs a warning at start: passwords and session cookies would travel in the clear
     gateway_https: bool = False
+    #: the gateway's address as clients reach it, for endpoints' scoring addresses (default
+    #: ``http://<gateway_host>:<gateway_port>``; behind a proxy, the proxy's)
+    gateway_url: str | None = None
     #: the largest body ``POST /endpoints/<ws>/<endpoint>/score`` takes (413 beyond it; a
     #: NATS message carries at most 1 MiB by default)
     gateway_score_max_bytes: int = 1_000_000

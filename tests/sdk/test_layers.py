@@ -28,6 +28,7 @@ FACADE = {
     "_estimators",
     "_offline",
     "_runs",
+    "_webservice",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {
@@ -37,6 +38,7 @@ CORE = {
     "_async_models",
     "_async_data",
     "_async_secrets",
+    "_async_endpoints",
     "_jobs",
     "_metrics",
     "_outbox",

@@ -5,9 +5,10 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``, ``_jobs`` <-
+``_async_endpoints`` <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
-``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
-``_datasets``, ``_jobfile`` <- ``_estimators``, ``_sync``. Bytes move through
+``_compute``, ``_webservice`` <- ``_models``, ``_datastores``, ``_keyvault``, ``_offline``
+<- ``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_estimators``, ``_sync``. Bytes move through
 :mod:`cairn.data`.
 """
 
@@ -30,10 +31,20 @@ from cairn.sdk._runconfig import (
     RunConfiguration,
 )
 from cairn.sdk._sync import Experiment, Run, Workspace
+from cairn.sdk._webservice import (
+    AciWebservice,
+    AksWebservice,
+    InferenceConfig,
+    LocalWebservice,
+    Webservice,
+    WebserviceException,
+)
 
 __all__ = [
     "DEFAULT_CPU_IMAGE",
     "DEFAULT_GPU_IMAGE",
+    "AciWebservice",
+    "AksWebservice",
     "AmlCompute",
     "AsyncExperiment",
     "AsyncRun",
@@ -47,7 +58,9 @@ __all__ = [
     "Environment",
     "Estimator",
     "Experiment",
+    "InferenceConfig",
     "Keyvault",
+    "LocalWebservice",
     "Model",
     "OfflineRun",
     "PyTorch",
@@ -57,6 +70,8 @@ __all__ = [
     "SKLearn",
     "ScriptRunConfig",
     "TensorFlow",
+    "Webservice",
+    "WebserviceException",
     "Workspace",
     "connect",
     "load_job_file",

@@ -58,6 +58,7 @@ from cairn.proto.paths import validate_run_path
 from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
+from cairn.sdk._async_endpoints import AsyncEndpoints
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._async_secrets import AsyncSecrets
 from cairn.sdk._jobs import ScriptRunConfig, follow, print_logs, submit
@@ -82,6 +83,7 @@ class AsyncWorkspace(Session):
         self.datastores = AsyncDatastores(self)
         self.datasets = AsyncDatasets(self)
         self.secrets = AsyncSecrets(self)
+        self.endpoints = AsyncEndpoints(self, self.secrets)
         self._runs: set[AsyncRun] = set()
         #: runs this process beats for (open, or ended only in the spool so far)
         self._beating: set[AsyncRun] = set()
