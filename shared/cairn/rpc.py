@@ -45,7 +45,7 @@ import structlog
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from cairn.bus import CommandContext, Connection
+from cairn.bus import SCORER_USER, CommandContext, Connection
 from cairn.errors import (
     CairnError,
     InvalidInput,
@@ -98,9 +98,6 @@ SERVICE_ACCOUNT = "CAIRN"
 PEOPLE_ACCOUNT = "USERS"
 #: the actor of a request from inside the services' account
 SERVICE_ACTOR = "cairn"
-#: the gateway's scoring user: requests to deployments, and the traffic of an endpoint asked
-#: with one of its keys (docs/security.md, "Online endpoints")
-SCORER_USER = "cairn-scorer"
 #: the admin user (``admin.json``), the actor of the commands only it may send (``member.*``)
 ADMIN_ACTOR = "cairn-admin"
 _encoder = msgspec.json.Encoder()
