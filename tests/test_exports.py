@@ -88,6 +88,8 @@ PINNED = {
         "WebserviceException",
         "Workspace",
         "connect",
+        "load_deployment_file",
+        "load_endpoint_file",
         "load_job_file",
         "new_id",
         "replay_spool_dir",

@@ -29,6 +29,7 @@ FACADE = {
     "_offline",
     "_runs",
     "_webservice",
+    "_onlinefile",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {

@@ -11,6 +11,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _cluster,
     _data,
     _jobs,
+    _online,
     _projection,
     _registry,
     _stack,

@@ -57,6 +57,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Run jobs": ("job", "agent"),
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
+    "Deploy models: online endpoints": ("online-endpoint", "online-deployment"),
     "Secrets": ("secret",),
     "Operate the stack": (
         "up",

@@ -23,6 +23,7 @@ from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
+from cairn.sdk._onlinefile import load_deployment_file, load_endpoint_file
 from cairn.sdk._outbox import replay_spool_dir
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
@@ -74,6 +75,8 @@ __all__ = [
     "WebserviceException",
     "Workspace",
     "connect",
+    "load_deployment_file",
+    "load_endpoint_file",
     "load_job_file",
     "new_id",
     "replay_spool_dir",

@@ -43,7 +43,7 @@ from cairn.sdk._assets import Environment
 from cairn.sdk._jobs import InputMode, ScriptRunConfig
 from cairn.sdk._refusals import refuse
 
-__all__ = ["UNREAD_KEYS", "JobFile", "load_job_file"]
+__all__ = ["UNREAD_KEYS", "InlineEnvironment", "JobFile", "environment_of", "load_job_file"]
 
 #: keys the loader needs not read, and why (every other key is read: honoured or refused)
 UNREAD_KEYS: dict[str, str] = {
@@ -144,7 +144,9 @@ def _strip_prefix(ref: str) -> str:
     return ref.removeprefix("azureml:").removeprefix("cairn:")
 
 
-def _environment(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
+def environment_of(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
+    """A file's ``environment``: a reference (Azure's curated names become Cairn's), or an
+    inline one (``image``, ``conda_file`` relative to ``base``)."""
     if value is None:
         return None
     if not isinstance(value, str) and value.description is not None:
@@ -311,7 +313,7 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
         source_directory=base / job.code,
         command=["/bin/sh", "-c", command],
         compute_target=_strip_prefix(job.compute),
-        environment=_environment(job.environment, base),
+        environment=environment_of(job.environment, base),
         max_run_duration_seconds=job.limits.timeout if job.limits else None,
         environment_variables={k: str(v) for k, v in job.environment_variables.items()},
         secrets=job.secrets,

@@ -33,6 +33,7 @@ __all__ = [
     "Webservice",
     "WebserviceException",
     "deploy",
+    "environment_ref",
     "model_path",
 ]
 
@@ -92,15 +93,19 @@ class InferenceConfig:
         self.description = description or ""
 
     def environment_ref(self) -> tuple[str | None, int | None, EnvironmentSpec | None]:
-        """The environment as a deployment names it: registered (name, version) or inline."""
-        env = self.environment
-        if env is None:
-            return None, None, None
-        if isinstance(env, str):
-            return env, None, None
-        if env.version is None and not env.name.startswith("cairn-"):
-            return None, None, env.spec()
-        return env.name, env.version, None
+        return environment_ref(self.environment)
+
+
+def environment_ref(env: Any) -> tuple[str | None, int | None, EnvironmentSpec | None]:
+    """An environment as a deployment names it: registered (name, version; a name alone is
+    its latest) or inline (an ``Environment`` never registered: its spec)."""
+    if env is None:
+        return None, None, None
+    if isinstance(env, str):
+        return env, None, None
+    if env.version is None and not env.name.startswith("cairn-"):
+        return None, None, env.spec()
+    return env.name, env.version, None
 
 
 @dataclass
