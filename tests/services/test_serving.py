@@ -163,6 +163,9 @@ async def test_a_deployed_model_answers_with_its_key_only(
         ).status_code == 401
         assert (await _post(http, url, {"data": X[:1].tolist()}, new)).status_code == 200
         assert await ws.endpoints.keys("ep") == (new, keys["secondary"])
+        swagger = url.removesuffix("/score") + "/swagger.json"
+        assert (await http.get(swagger, headers={"Authorization": f"Bearer {new}"})).json()["paths"]
+        assert (await http.get(swagger)).status_code == 401
     # the SDK's own call goes the same way
     got = await ws.endpoints.invoke("ep", json.dumps({"data": X[:3].tolist()}))
     assert got["predictions"] == model.predict(X[:3]).tolist()
@@ -225,3 +228,41 @@ async def test_an_init_that_raises_fails_the_deployment_with_its_traceback(
     assert "Traceback" in row["error"] and "missing on purpose" in row["error"]
     logs = await ws.endpoints.logs("ep", "blue")
     assert "RuntimeError: the model file is missing on purpose" in logs
+
+
+async def test_a_new_spec_rolls_out_while_the_old_replicas_serve(
+    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
+) -> None:
+    _, ws = scoring
+    await _register(ws, tmp_path)
+    await agents.start(slots=2)
+    keys = await ws.endpoints.create("ep")
+    assert (await _deploy(ws, _source(tmp_path / "v1", "v1"), "blue"))["status"] == "Succeeded"
+    old = (await ws.endpoints.deployment("ep", "blue"))["replicas"]
+    url = ws.endpoints.scoring_uri("ep")
+    answers: list[tuple[int, str]] = []
+    stop = asyncio.Event()
+
+    async def keep_asking() -> None:
+        async with httpx.AsyncClient() as http:
+            while not stop.is_set():
+                reply = await _post(http, url, {"data": [[0, 0, 0, 0]]}, keys["primary"])
+                answers.append((reply.status_code, reply.json().get("name", reply.text)))
+
+    asking = asyncio.create_task(keep_asking())
+    row = await _deploy(ws, _source(tmp_path / "v2", "v2"), "blue")
+    assert row["status"] == "Succeeded" and row["retired"] == old
+    for _ in range(100):  # the old replica is stopped once the new one is ready
+        details = await ws.run(old[0]).details()
+        if details["status"] == "Canceled":
+            break
+        await asyncio.sleep(0.2)
+    assert details["status"] == "Canceled"
+    seen = len(answers)
+    while len(answers) < seen + 20:
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(asking, 30)
+    assert {status for status, _ in answers} == {200}, answers[-5:]
+    names = [name for _, name in answers]
+    assert names[0] == "v1" and set(names[seen:]) == {"v2"}

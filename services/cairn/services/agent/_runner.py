@@ -466,11 +466,16 @@ class Attempt:
                 None if self.channel is None else asyncio.create_task(self._serve(self.channel))
             )
             await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if serving is not None:  # no more requests for this replica
+            if serving is not None and self.channel is not None:  # no more requests for it
                 serving.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await serving
                 await self._stop_serving()
+                if not waiter.done():  # the request it holds is answered before it stops
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self.channel.idle(), self.settings.job_cancel_grace_s
+                        )
             if not waiter.done():
                 await self._stop_job(launched, waiter)
             stopper.cancel()

@@ -112,6 +112,11 @@ class ReplicaChannel:
                 return 502, _error("the replica answered out of turn")
             return frame.status, frame.body
 
+    async def idle(self) -> None:
+        """Return once no request is in the replica's hands (the one there is answered)."""
+        async with self._lock:
+            pass
+
     async def close(self) -> None:
         self.closed.set()
         if self._server is not None:

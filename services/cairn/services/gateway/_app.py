@@ -55,7 +55,7 @@ from cairn.services.gateway._auth import (
     principal_of,
 )
 from cairn.services.gateway._pool import Pool
-from cairn.services.gateway._score import Scorer, score
+from cairn.services.gateway._score import Scorer, score, swagger
 from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
 from cairn.telemetry import ops_routes, readiness
@@ -232,6 +232,7 @@ def create_app(
             *API_ROUTES,
             *LIVE_ROUTES,
             score,
+            swagger,
             *mlflow_routes(mlflow_tracker),
             *mlflow_routes(mlflow_tracker, "/mlflow/{workspace:str}"),
             *route_handlers,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromPath
 from nats.errors import NoRespondersError
@@ -44,11 +44,11 @@ from cairn.rpc import SCORER_USER, Client
 from cairn.services.gateway._pool import Principal
 from cairn.settings import Settings
 
-__all__ = ["SCORE_PATH", "EndpointKey", "Scorer", "score"]
+__all__ = ["SCORE_PATH", "EndpointKey", "Scorer", "score", "swagger"]
 
 log = get_logger("cairn.gateway")
 #: the scoring route's pattern (its bearer value may be an endpoint's key, not a token)
-SCORE_PATH = r"^/endpoints/[^/]+/[^/]+/score$"
+SCORE_PATH = r"^/endpoints/[^/]+/[^/]+/(score|swagger\.json)$"
 STATUS_HEADER = "Cairn-Status"
 
 
@@ -151,18 +151,11 @@ async def score(
 ) -> Response[bytes]:
     scorer: Scorer = request.app.state.scorer
     settings: Settings = request.app.state.settings
-    user = request.scope.get("user")
     body = await _body(request, settings.gateway_score_max_bytes)
     if body is None:
         limit = settings.gateway_score_max_bytes
         return _json(413, _error(f"the body is over {limit} bytes"))
-    if isinstance(user, EndpointKey):
-        asker, key = await scorer.connection(), user.key
-    elif isinstance(user, Principal):
-        asker, key = user.conn, None
-    else:
-        raise NotAuthorizedException("show the endpoint's key: Authorization: Bearer <key>")
-    route = (await Client(asker, workspace).ask(RouteEndpoint(endpoint=endpoint, key=key))).data
+    route = await _route(request, workspace, endpoint)
     try:
         json.loads(body)
     except ValueError as exc:
@@ -175,6 +168,54 @@ async def score(
     subject = subjects.serve(workspace, endpoint, deployment)
     status, answer = await scorer.forward(subject, body, timeout)
     return _json(status, answer, deployment)
+
+
+async def _route(request: Request[Any, Any, Any], workspace: str, endpoint: str) -> dict[str, Any]:
+    """The endpoint's traffic, asked as the caller: with its key over the scoring
+    connection, or as the signed-in member (401 otherwise)."""
+    scorer: Scorer = request.app.state.scorer
+    user = request.scope.get("user")
+    if isinstance(user, EndpointKey):
+        asker, key = await scorer.connection(), user.key
+    elif isinstance(user, Principal):
+        asker, key = user.conn, None
+    else:
+        raise NotAuthorizedException("show the endpoint's key: Authorization: Bearer <key>")
+    route: dict[str, Any] = (
+        await Client(asker, workspace).ask(RouteEndpoint(endpoint=endpoint, key=key))
+    ).data
+    return route
+
+
+@get("/endpoints/{workspace:str}/{endpoint:str}/swagger.json")
+async def swagger(
+    request: Request[Any, Any, Any], workspace: FromPath[str], endpoint: FromPath[str]
+) -> dict[str, Any]:
+    """The scoring address as an OpenAPI document (for the same callers as the address)."""
+    await _route(request, workspace, endpoint)
+    return {
+        "openapi": "3.0.1",
+        "info": {"title": endpoint, "version": "1.0"},
+        "paths": {
+            f"/endpoints/{workspace}/{endpoint}/score": {
+                "post": {
+                    "summary": "the entry script's run() on the request's JSON body",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"content": {"application/json": {"schema": {}}}},
+                    "responses": {
+                        "200": {"description": "run()'s answer, as JSON"},
+                        "400": {"description": "the body is not JSON"},
+                        "401": {"description": "no valid key or token"},
+                        "413": {"description": "the body is too large"},
+                        "500": {"description": "run() raised: {error}"},
+                        "503": {"description": "no replica answered within the retry budget"},
+                        "504": {"description": "run() took longer than the deployment allows"},
+                    },
+                }
+            }
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
 
 
 def _json(status: int, body: bytes, deployment: str | None = None) -> Response[bytes]:

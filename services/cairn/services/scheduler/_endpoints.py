@@ -3,7 +3,8 @@
 ``endpoint.deploy`` resolves the replicas' job (the environment, the source snapshot, the
 models as inputs), records the deployment with the run ids of its replicas (derived from the
 command id, so a retried command submits the same runs) and submits each replica as a job
-with ``JobSpec.serve``; replicas of an earlier spec are canceled. From there a replica is a
+with ``JobSpec.serve``; replicas of an earlier spec are canceled once every new one is ready
+(a rolling update: the old ones serve until then). From there a replica is a
 job like any other: ticket, claim, lease, and a lost one re-queued. ``endpoint.route`` tells
 the gateway the traffic weights once the caller's key matches one of the endpoint's digests
 (or the caller is a member of the workspace).
@@ -194,8 +195,7 @@ class Endpoints:
         state = await self._deployment(ws, cmd.endpoint, cmd.deployment)
         for run_id in state.replicas:
             await self._submit(req, run_id, experiment_name, job, spec.compute)
-        for run_id in state.retired:  # replicas of earlier specs (a no-op once stopped)
-            await self._cancel(req, run_id, f"deployment {cmd.deployment} was replaced")
+        # an earlier spec's replicas keep serving until the new ones are all ready (_report)
         if cmd.all_traffic:
             update = UpdateEndpoint(
                 command_id=derived_id("traffic", cmd.command_id),
@@ -321,9 +321,16 @@ class Endpoints:
         return accepted
 
     async def _report(self, req: Request) -> Accepted:
+        """A replica's start. Once every replica of the current spec is ready, those of
+        earlier specs are stopped: a rolling update (they served until then)."""
         cmd: ReportReplica = req.body
         did = deployment_id(cmd.endpoint, cmd.deployment)
-        return await execute(req.context(), endpoints.DEPLOYMENT, did, cmd, cache=self.cache)
+        accepted = await execute(req.context(), endpoints.DEPLOYMENT, did, cmd, cache=self.cache)
+        state = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
+        if state.status == endpoints.DeploymentStatus.SUCCEEDED:
+            for run_id in state.retired:  # a no-op for those stopped already
+                await self._cancel(req, run_id, f"deployment {cmd.deployment} was replaced")
+        return accepted
 
     # -- queries ------------------------------------------------------------------------------
 
