@@ -48,6 +48,10 @@ def run(raw_data):
         raise ValueError("boom was asked for")
     if data.get("pid"):
         return {"pid": os.getpid(), "name": NAME}
+    if data.get("sleep"):
+        import time
+
+        time.sleep(data["sleep"])
     return {"predictions": model.predict(data["data"]).tolist(), "name": NAME}
 """
 
@@ -266,3 +270,25 @@ async def test_a_new_spec_rolls_out_while_the_old_replicas_serve(
     assert {status for status, _ in answers} == {200}, answers[-5:]
     names = [name for _, name in answers]
     assert names[0] == "v1" and set(names[seen:]) == {"v2"}
+
+
+async def test_a_run_past_its_time_is_504_and_its_replica_replaced(
+    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
+) -> None:
+    _, ws = scoring
+    await _register(ws, tmp_path)
+    await agents.start()
+    keys = await ws.endpoints.create("ep")
+    row = await _deploy(ws, _source(tmp_path / "src", "blue"), "blue", request_timeout_s=1.0)
+    assert row["status"] == "Succeeded"
+    url = ws.endpoints.scoring_uri("ep")
+    async with httpx.AsyncClient() as http:
+        first = (await _post(http, url, {"pid": True}, keys["primary"])).json()["pid"]
+        slow = await _post(http, url, {"sleep": 5}, keys["primary"])
+        assert slow.status_code == 504 and "longer than 1 s" in slow.json()["error"]
+        for _ in range(60):  # a new attempt takes over
+            reply = await _post(http, url, {"pid": True}, keys["primary"])
+            if reply.status_code == 200 and reply.json()["pid"] != first:
+                break
+            await asyncio.sleep(0.5)
+        assert reply.status_code == 200 and reply.json()["pid"] != first

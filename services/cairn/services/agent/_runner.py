@@ -320,6 +320,11 @@ class Attempt:
         self._serving = await relay(self.client.conn.nc, self.ws, serve, channel)
         log.info("replica_ready", run_id=self.a.run_id, deployment=serve.deployment)
         await self._report_replica("ready")
+        await channel.closed.wait()  # a run() past its time, or a broken channel: this
+        await self._stop_serving()  # replica is done; its loss gets it replaced
+        if self.launched is not None:
+            log.warning("replica_channel_closed", run_id=self.a.run_id)
+            self.launched.kill()
 
     async def _stop_serving(self) -> None:
         sub, self._serving = self._serving, None
