@@ -138,6 +138,7 @@ async def test_the_online_commands(
     )
     assert shown["traffic"] == {"green": 100}
     assert shown["deployments"]["blue"]["status"] == "Succeeded"
+    assert {"requests", "status_codes", "latency_ms_mean"} <= set(shown["deployments"]["green"])
     assert keys["primaryKey"] not in json.dumps(shown)
     listed = await cli("online-endpoint", "list", env=env, cwd=tmp_path)
     assert re.search(r"clf-ep\s+green=100\s+blue, green", listed), listed

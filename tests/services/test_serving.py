@@ -173,6 +173,15 @@ async def test_a_deployed_model_answers_with_its_key_only(
     # the SDK's own call goes the same way
     got = await ws.endpoints.invoke("ep", json.dumps({"data": X[:3].tolist()}))
     assert got["predictions"] == model.predict(X[:3]).tolist()
+    # what reached the replica (not the 400, 401 and 413 the gateway answered itself), as its
+    # agent logged it: five answered, one raised
+    for _ in range(100):
+        metrics = (await ws.endpoints.request_metrics("ep"))["blue"]
+        if metrics["requests"] >= 6:
+            break
+        await asyncio.sleep(0.2)
+    assert metrics["requests"] == 6 and metrics["status_codes"] == {"200": 5, "500": 1}
+    assert metrics["latency_ms_mean"] > 0
 
 
 async def test_traffic_is_split_by_weight_per_request(

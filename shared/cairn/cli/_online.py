@@ -39,14 +39,18 @@ def _traffic(text: str) -> dict[str, int]:
     return found
 
 
-def _endpoint_row(row: dict[str, Any]) -> dict[str, Any]:
-    """What ``show`` prints of an endpoint: never a key."""
+def _endpoint_row(
+    row: dict[str, Any], requests: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """What ``show`` prints of an endpoint (never a key), with each deployment's request
+    metrics when given."""
     deployments = {
         d["name"]: {
             "status": d["status"],
             "replicas": len(d["replicas"]),
             "ready": len(d["ready"]),
             **({"error": d["error"].strip().splitlines()[-1]} if d["error"].strip() else {}),
+            **(requests or {}).get(d["name"], {}),
         }
         for d in row["deployments"]
     }
@@ -124,7 +128,8 @@ def endpoint_update(name: str, traffic: str | None, description: str | None, as_
 @_NAME
 @json_option
 def endpoint_show(name: str, as_json: bool) -> None:
-    """Show an endpoint: traffic, deployments and their state (never a key).
+    """Show an endpoint: traffic, deployments and their state (never a key), and what each
+    deployment answered: requests by status and their mean time in the replica.
 
     \b
     Example:
@@ -132,7 +137,8 @@ def endpoint_show(name: str, as_json: bool) -> None:
     """
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
-        row = _endpoint_row(await ws.endpoints.get(name))
+        requests = await ws.endpoints.request_metrics(name)
+        row = _endpoint_row(await ws.endpoints.get(name), requests)
         return {**row, "scoring_uri": ws.endpoints.scoring_uri(name)}
 
     show(run(with_workspace(go)), as_json)

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import httpx
 
 from cairn.errors import CairnError, InvalidInput, NotFound, PermissionDenied, Unavailable
 from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.metrics import GetMetrics, MetricHistory
 from cairn.proto.serving import (
     CreateEndpoint,
     DeleteDeployment,
@@ -53,6 +55,15 @@ def new_key() -> str:
 
 def key_digest(key: str) -> str:
     return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _total(value: Any) -> float:
+    """A metric's values added up (one value, or a list of them)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, list):
+        return float(sum(value))
+    return float(value)
 
 
 def _secret(endpoint: str, slot: str) -> str:
@@ -245,6 +256,47 @@ class AsyncEndpoints:
             await print_logs(self._session, run_id, chunks.append)
             parts.append(f"--- replica {run_id} ---\n{''.join(chunks)}")
         return "\n".join(parts)
+
+    async def request_metrics(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        """Per deployment: the requests its replicas (current and retired) answered, by
+        status, and their mean time in the replica, from the replicas' run metrics (logged
+        by their agents every few seconds)."""
+        out: dict[str, dict[str, Any]] = {}
+        for dep in (await self.get(endpoint))["deployments"]:
+            count, latency, statuses = 0, 0.0, Counter[str]()
+            for run_id in [*dep["replicas"], *dep["retired"]]:
+                found = await self._metric_sums(run_id)
+                count += int(found.get("requests", 0))
+                latency += found.get("latency_ms_total", 0.0)
+                for name, value in found.items():
+                    if name.startswith("status_"):
+                        statuses[name.removeprefix("status_")] += int(value)
+            out[dep["name"]] = {
+                "requests": count,
+                "status_codes": dict(sorted(statuses.items())),
+                "latency_ms_mean": round(latency / count, 3) if count else None,
+            }
+        return out
+
+    async def _metric_sums(self, run_id: str) -> dict[str, float]:
+        """Each scalar metric of the run, its points added up."""
+        client = self._session.client
+        sums: dict[str, float] = {}
+        for name, entry in (await client.ask(GetMetrics(run_id=run_id))).data.items():
+            if "value" in entry:  # logged once
+                sums[name] = _total(entry["value"])
+                continue
+            after: tuple[int, int, int] | None = None
+            total = 0.0
+            while True:
+                q = MetricHistory(run_id=run_id, name=name, after=after)
+                page = (await client.ask(q)).data
+                total += sum(_total(p[2]) for p in page["points"])
+                if page["next"] is None:
+                    break
+                after = (page["next"][0], page["next"][1], page["next"][2])
+            sums[name] = total
+        return sums
 
     # -- scoring ------------------------------------------------------------------------------
 

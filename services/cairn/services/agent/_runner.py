@@ -52,6 +52,7 @@ from cairn.proto.jobs import (
     ReportJob,
     derived_id,
 )
+from cairn.proto.metrics import LogMetrics
 from cairn.proto.serving import ReportReplica
 from cairn.rpc import Client
 from cairn.services.agent._backends import STACK_LABEL, Backend, Launched, Runtime, stack_of
@@ -65,7 +66,7 @@ from cairn.services.agent._data import (
 from cairn.services.agent._gate import JobGate
 from cairn.services.agent._mlflow import MlflowEndpoint
 from cairn.services.agent._phases import PhaseLines, reporting
-from cairn.services.agent._serving import ReplicaChannel, relay
+from cairn.services.agent._serving import ReplicaChannel, RequestStats, relay
 from cairn.serving import INIT_FAILED
 from cairn.settings import Settings
 
@@ -75,6 +76,8 @@ log = get_logger("cairn.agent")
 LOG_FILE = "user_logs/std_log.txt"
 _LOG_FLUSH_S = 0.1
 _LOG_BATCH = 64 * 1024
+#: seconds between a replica's request metrics (logged only when it answered something)
+REQUEST_METRICS_S = 5.0
 _REF = re.compile(r"\$\{\{\s*((?:inputs|outputs)\.[A-Za-z0-9_-]+)\s*\}\}")
 
 
@@ -118,6 +121,7 @@ class Attempt:
         #: a serving replica's channel (``JobSpec.serve``), and its relay's subscription
         self.channel: ReplicaChannel | None = None
         self._serving: Any = None
+        self.requests = RequestStats()
         self._log_seq = 0
         self._log_file: Any = None
 
@@ -317,11 +321,17 @@ class Attempt:
         serve = self.a.job.serve
         assert serve is not None
         await channel.ready.wait()
-        self._serving = await relay(self.client.conn.nc, self.ws, serve, channel)
+        nc = self.client.conn.nc
+        self._serving = await relay(nc, self.ws, serve, channel, self.requests)
         log.info("replica_ready", run_id=self.a.run_id, deployment=serve.deployment)
         await self._report_replica("ready")
-        await channel.closed.wait()  # a run() past its time, or a broken channel: this
-        await self._stop_serving()  # replica is done; its loss gets it replaced
+        while not channel.closed.is_set():  # its request metrics, every few seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
+            await self._log_requests()
+        # a run() past its time, or a broken channel: this replica is done; its loss gets it
+        # replaced
+        await self._stop_serving()
         if self.launched is not None:
             log.warning("replica_channel_closed", run_id=self.a.run_id)
             self.launched.kill()
@@ -331,6 +341,23 @@ class Attempt:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            await self._log_requests()
+
+    async def _log_requests(self) -> None:
+        """What the replica answered since the last time, as its run's metrics."""
+        points = self.requests.take()
+        if not points:
+            return
+        cmd = LogMetrics(
+            command_id=uuid.uuid4().hex,
+            run_id=self.a.run_id,
+            points=points,
+            attempt=self.a.attempt,
+        )
+        try:
+            await self.client.send(cmd)
+        except CairnError as exc:  # counts are best effort, as logs are
+            log.warning("request_metrics_failed", run_id=self.a.run_id, error=exc.message)
 
     def _stopped_outcome(self, code: int | None) -> tuple[Outcome, int | None, str]:
         return "canceled", code, self.cancel_reason or "canceled"

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from nats.aio.client import Client as NATS
 
 from cairn.log import get_logger
 from cairn.proto import subjects
+from cairn.proto.metrics import MetricPoint
 from cairn.proto.serving import ReplicaSpec
 from cairn.services.agent._gate import peer_in_session
 from cairn.serving import (
@@ -36,7 +39,7 @@ from cairn.serving import (
     encode,
 )
 
-__all__ = ["STATUS_HEADER", "ReplicaChannel", "relay"]
+__all__ = ["STATUS_HEADER", "ReplicaChannel", "RequestStats", "relay"]
 
 log = get_logger("cairn.agent")
 #: the reply header carrying the HTTP status of an answer
@@ -127,14 +130,61 @@ class ReplicaChannel:
             self.path.unlink()
 
 
-async def relay(nc: NATS, workspace: str, spec: ReplicaSpec, channel: ReplicaChannel) -> Any:
+class RequestStats:
+    """What a replica answered since the last look: how many requests, their total time, and
+    how many got each status. Its agent logs them as the replica's run metrics
+    (``requests``, ``latency_ms_total``, ``status_<code>``), which ``endpoint show`` adds up
+    per deployment."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.latency_ms = 0.0
+        self.statuses: Counter[int] = Counter()
+        self.step = 0
+
+    def add(self, status: int, seconds: float) -> None:
+        self.count += 1
+        self.latency_ms += seconds * 1000
+        self.statuses[status] += 1
+
+    def take(self) -> list[MetricPoint]:
+        """The points of what was counted (none if nothing was), and a fresh count."""
+        if not self.count:
+            return []
+        now, step = time.time(), self.step
+        points = [
+            MetricPoint(name="requests", kind="scalar", value=self.count, step=step, time=now),
+            MetricPoint(
+                name="latency_ms_total", kind="scalar", value=self.latency_ms, step=step, time=now
+            ),
+        ]
+        points += [
+            MetricPoint(name=f"status_{code}", kind="scalar", value=n, step=step, time=now)
+            for code, n in sorted(self.statuses.items())
+        ]
+        self.count, self.latency_ms, self.statuses = 0, 0.0, Counter()
+        self.step += 1
+        return points
+
+
+async def relay(
+    nc: NATS,
+    workspace: str,
+    spec: ReplicaSpec,
+    channel: ReplicaChannel,
+    stats: RequestStats | None = None,
+) -> Any:
     """Subscribe to the deployment's requests in its queue group and answer each from the
-    replica; returns the subscription (unsubscribe it when the replica ends)."""
+    replica (counted in ``stats``); returns the subscription (unsubscribe it when the replica
+    ends)."""
 
     async def on_request(msg: Any) -> None:
         if not msg.reply:
             return
+        started = time.monotonic()
         status, body = await channel.request(msg.data, spec.request_timeout_s)
+        if stats is not None:
+            stats.add(status, time.monotonic() - started)
         try:
             await nc.publish(msg.reply, body, headers={STATUS_HEADER: str(status)})
         except Exception as exc:  # the caller is gone, or the connection is away
