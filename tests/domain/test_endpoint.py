@@ -37,9 +37,14 @@ CREATE = CreateEndpoint(command_id="c", endpoint="ep", key_hashes=[H1, H2])
 CREATED = EndpointCreated(endpoint="ep", key_hashes=[H1, H2])
 
 
-def traffic(weights: dict[str, int], known: list[str]) -> endpoint.ResolvedTraffic:
-    command = UpdateEndpoint(command_id="c", endpoint="ep", traffic=weights)
+def traffic(
+    weights: dict[str, int] | None, known: list[str], mirror: dict[str, int] | None = None
+) -> endpoint.ResolvedTraffic:
+    command = UpdateEndpoint(command_id="c", endpoint="ep", traffic=weights, mirror_traffic=mirror)
     return endpoint.ResolvedTraffic(command=command, deployments=known)
+
+
+BLUE_ALL = EndpointUpdated(endpoint="ep", traffic={"blue": 100})
 
 
 ENDPOINT_CASES = [
@@ -68,6 +73,46 @@ ENDPOINT_CASES = [
         [],
     ),
     Case("traffic of no endpoint", [], traffic({}, []), NotFound),
+    Case(
+        "mirror a share",
+        [CREATED, BLUE_ALL],
+        traffic(None, ["blue", "green"], {"green": 10}),
+        [EndpointUpdated(endpoint="ep", mirror={"green": 10})],
+    ),
+    Case(
+        "mirror at most half",
+        [CREATED, BLUE_ALL],
+        traffic(None, ["blue", "green"], {"green": 60}),
+        InvalidInput,
+        "50",
+    ),
+    Case(
+        "mirror to one deployment",
+        [CREATED, EndpointUpdated(endpoint="ep", traffic={"blue": 100})],
+        traffic(None, ["blue", "green", "red"], {"green": 10, "red": 10}),
+        InvalidInput,
+        "one deployment",
+    ),
+    Case(
+        "mirror to live traffic",
+        [CREATED, BLUE_ALL],
+        traffic(None, ["blue"], {"blue": 10}),
+        InvalidInput,
+        "live traffic",
+    ),
+    Case(
+        "live traffic to the mirror",
+        [CREATED, BLUE_ALL, EndpointUpdated(endpoint="ep", mirror={"green": 10})],
+        traffic({"blue": 50, "green": 50}, ["blue", "green"]),
+        InvalidInput,
+        "live traffic",
+    ),
+    Case(
+        "stop mirroring",
+        [CREATED, BLUE_ALL, EndpointUpdated(endpoint="ep", mirror={"green": 10})],
+        traffic(None, ["blue", "green"], {}),
+        [EndpointUpdated(endpoint="ep", mirror={})],
+    ),
     Case(
         "regenerate the primary key",
         [CREATED],

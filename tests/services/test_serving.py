@@ -301,3 +301,31 @@ async def test_a_run_past_its_time_is_504_and_its_replica_replaced(
                 break
             await asyncio.sleep(0.5)
         assert reply.status_code == 200 and reply.json()["pid"] != first
+
+
+async def test_a_mirrored_share_reaches_its_deployment_and_is_not_answered_from_it(
+    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
+) -> None:
+    _, ws = scoring
+    await _register(ws, tmp_path)
+    await agents.start(slots=2)
+    keys = await ws.endpoints.create("ep")
+    assert (await _deploy(ws, _source(tmp_path / "blue", "blue"), "blue"))["status"] == "Succeeded"
+    green = await _deploy(ws, _source(tmp_path / "green", "green"), "green", all_traffic=False)
+    assert green["status"] == "Succeeded"
+    await ws.endpoints.update("ep", mirror_traffic={"green": 50})
+    assert (await ws.endpoints.get("ep"))["mirror_traffic"] == {"green": 50}
+    url = ws.endpoints.scoring_uri("ep")
+    async with httpx.AsyncClient() as http:
+        names = [
+            (await _post(http, url, {"data": [[0, 0, 0, 0]]}, keys["primary"])).json()["name"]
+            for _ in range(200)
+        ]
+    assert set(names) == {"blue"}  # the mirror's answers are dropped
+    for _ in range(100):
+        counted = await ws.endpoints.request_metrics("ep")
+        if counted["blue"]["requests"] == 200 and counted["green"]["requests"] >= 70:
+            break
+        await asyncio.sleep(0.2)
+    assert counted["blue"]["requests"] == 200
+    assert 70 <= counted["green"]["requests"] <= 130, counted

@@ -413,13 +413,15 @@ class EndpointCreated(Event, frozen=True, kw_only=True):
 
 
 class EndpointUpdated(Event, frozen=True, kw_only=True):
-    """What changed: the traffic weights (``{deployment: percent}``), description, tags."""
+    """What changed: the traffic weights (``{deployment: percent}``), description, tags, the
+    mirrored share (``{deployment: percent}``; ``{}``: none)."""
 
     KIND = "endpoint"
     endpoint: Id
     traffic: dict[Id, int] | None = None
     description: Text | None = None
     tags: dict[TagKey, TagValue] | None = None
+    mirror: dict[Id, int] | None = None
 
 
 class EndpointKeysSet(Event, frozen=True, kw_only=True):

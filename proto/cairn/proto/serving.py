@@ -118,13 +118,16 @@ class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):
 
 class UpdateEndpoint(Command, frozen=True, kw_only=True, tag=True):
     """Set the traffic (``{deployment: percent}``, summing to 100, or all 0), the
-    description or the tags; what is None stays."""
+    description or the tags; what is None stays. ``mirror_traffic`` (``{deployment:
+    percent}``, one deployment, at most 50, one without live traffic; ``{}``: none): that
+    share of requests is also sent to it, its answers dropped."""
 
     VERB = "endpoint.update"
     endpoint: EndpointName
     traffic: dict[DeploymentName, Count] | None = None
     description: Text | None = None
     tags: dict[TagKey, TagValue] | None = None
+    mirror_traffic: dict[DeploymentName, Count] | None = None
 
 
 class SetEndpointKeys(Command, frozen=True, kw_only=True, tag=True):

@@ -60,6 +60,7 @@ def _endpoint_row(
         "description": row["description"],
         "tags": row["tags"],
         "traffic": row["traffic"],
+        "mirror_traffic": row["mirror_traffic"],
         "deployments": deployments,
     }
 
@@ -106,19 +107,36 @@ def endpoint_create(path: Path, as_json: bool) -> None:
 @online_endpoint.command("update")
 @_NAME
 @click.option("--traffic", default=None, help='weights per deployment: "blue=90 green=10"')
+@click.option(
+    "--mirror-traffic",
+    default=None,
+    help='a share of requests copied to a deployment: "green=10" ("" for none)',
+)
 @click.option("--description", default=None, help="a new description")
 @json_option
-def endpoint_update(name: str, traffic: str | None, description: str | None, as_json: bool) -> None:
-    """Set an endpoint's traffic (percentages adding up to 100) or description.
+def endpoint_update(
+    name: str,
+    traffic: str | None,
+    mirror_traffic: str | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Set an endpoint's traffic (percentages adding up to 100), its mirrored share (one
+    deployment without live traffic, at most 50 percent; its answers are dropped) or its
+    description.
 
     \b
-    Example:
+    Examples:
       cairn online-endpoint update --name diabetes --traffic "blue=90 green=10"
+      cairn online-endpoint update --name diabetes --mirror-traffic "green=10"
     """
     weights = _traffic(traffic) if traffic is not None else None
+    mirror = _traffic(mirror_traffic) if mirror_traffic is not None else None
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
-        await ws.endpoints.update(name, traffic=weights, description=description)
+        await ws.endpoints.update(
+            name, traffic=weights, description=description, mirror_traffic=mirror
+        )
         return _endpoint_row(await ws.endpoints.get(name))
 
     show(run(with_workspace(go)), as_json)

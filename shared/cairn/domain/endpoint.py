@@ -64,6 +64,7 @@ class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
     name: str = ""
     key_hashes: tuple[str, ...] = ()
     traffic: dict[str, int] = msgspec.field(default_factory=dict)
+    mirror: dict[str, int] = msgspec.field(default_factory=dict)
     description: str = ""
     tags: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -88,11 +89,12 @@ def evolve_endpoint(state: EndpointState, event: Event) -> EndpointState:
                 traffic=state.traffic if ev.traffic is None else dict(ev.traffic),
                 description=state.description if ev.description is None else ev.description,
                 tags=state.tags if ev.tags is None else dict(ev.tags),
+                mirror=state.mirror if ev.mirror is None else dict(ev.mirror),
             )
         case EndpointKeysSet(key_hashes=hashes):
             return msgspec.structs.replace(state, key_hashes=tuple(hashes))
         case EndpointDeleted():
-            return msgspec.structs.replace(state, deleted=True, traffic={})
+            return msgspec.structs.replace(state, deleted=True, traffic={}, mirror={})
     return state
 
 
@@ -141,26 +143,55 @@ def _live(state: EndpointState, name: str) -> EndpointState:
     return state
 
 
+def _known(state: EndpointState, weights: dict[str, int], deployments: list[str]) -> None:
+    unknown = sorted(set(weights) - set(deployments))
+    if unknown:
+        raise NotFound(f"endpoint {state.name} has no deployment {', '.join(unknown)}")
+
+
 def _update(state: EndpointState, command: ResolvedTraffic) -> list[Event]:
     update = command.command
     traffic = update.traffic
     if traffic is not None:
-        unknown = sorted(set(traffic) - set(command.deployments))
-        if unknown:
-            raise NotFound(f"endpoint {state.name} has no deployment {', '.join(unknown)}")
+        _known(state, traffic, command.deployments)
         total = sum(traffic.values())
         if total not in (0, 100) or any(w > 100 for w in traffic.values()):
             raise InvalidInput(f"traffic must add up to 100 (or all be 0); it adds up to {total}")
         traffic = {name: weight for name, weight in traffic.items() if weight}
-        if traffic == state.traffic:
-            traffic = None
+    mirror = _mirror(state, command, state.traffic if traffic is None else traffic)
+    traffic = None if traffic == state.traffic else traffic
     description = None if update.description == state.description else update.description
     tags = None if update.tags is None or update.tags == state.tags else update.tags
-    if traffic is None and description is None and tags is None:
+    if traffic is None and description is None and tags is None and mirror is None:
         return []
     return [
-        EndpointUpdated(endpoint=state.name, traffic=traffic, description=description, tags=tags)
+        EndpointUpdated(
+            endpoint=state.name,
+            traffic=traffic,
+            description=description,
+            tags=tags,
+            mirror=mirror,
+        )
     ]
+
+
+def _mirror(
+    state: EndpointState, command: ResolvedTraffic, traffic: dict[str, int]
+) -> dict[str, int] | None:
+    """The mirrored share once the update is applied (None: unchanged). As Azure has it: one
+    deployment, at most 50 %, and not one that takes live traffic."""
+    wanted = command.command.mirror_traffic
+    if wanted is None:
+        mirror = state.mirror
+    else:
+        _known(state, wanted, command.deployments)
+        mirror = {name: weight for name, weight in wanted.items() if weight}
+        if len(mirror) > 1 or any(w > 50 for w in mirror.values()):
+            raise InvalidInput("mirror_traffic names one deployment, with at most 50 percent")
+    live = sorted(set(mirror) & set(traffic))
+    if live:
+        raise InvalidInput(f"deployment {live[0]} takes live traffic: it cannot be mirrored to")
+    return None if mirror == state.mirror else mirror
 
 
 ENDPOINT: Aggregate[EndpointState, EndpointCommand] = Aggregate(

@@ -114,7 +114,10 @@ class AsyncEndpoints:
         traffic: dict[str, int] | None = None,
         description: str | None = None,
         tags: dict[str, str] | None = None,
+        mirror_traffic: dict[str, int] | None = None,
     ) -> None:
+        """New traffic weights (adding up to 100), description, tags, or mirrored share
+        (``{deployment: percent}``, ``{}`` for none); what is None stays."""
         await self._session.send(
             UpdateEndpoint(
                 command_id=new_id(),
@@ -122,6 +125,7 @@ class AsyncEndpoints:
                 traffic=traffic,
                 description=description,
                 tags=tags,
+                mirror_traffic=mirror_traffic,
             )
         )
 

@@ -75,7 +75,9 @@ class EndpointFile(
         if self.traffic:
             raise refuse(where, "traffic", "create the deployments, then 'online-endpoint update'")
         if self.mirror_traffic:
-            raise refuse(where, "mirror_traffic", "requests are not mirrored yet")
+            raise refuse(
+                where, "mirror_traffic", "create the deployments, then 'online-endpoint update'"
+            )
         for key in ("identity", "public_network_access", "kind"):
             if getattr(self, key) is not None:
                 raise refuse(where, key, "the gateway is the endpoint's only address")

@@ -6,8 +6,10 @@ traffic (``endpoint.route``): with a key, over its scoring connection (the sched
 the key's digest and answers 401 otherwise); with a token, over that person's own
 connection (the membership check). It picks a deployment by weight for each request and sends
 the body, unchanged, to that deployment's queue group over NATS request/reply; whichever
-replica takes it answers. The replica's status (``Cairn-Status``: 200, 400 for a body its
-``run()`` cannot read, 500 when ``run()`` raised) and body come back as they are.
+replica takes it answers. A mirrored deployment (``mirror_traffic``) gets a copy of its
+share of requests, sent alongside and its answer dropped. The replica's status
+(``Cairn-Status``: 200, 400 for a body its ``run()`` cannot read, 500 when ``run()`` raised)
+and body come back as they are.
 
 Limits: a body over ``gateway_score_max_bytes`` is 413 before anything is asked; a body that
 is not JSON is 400 (once the caller is known). **Retry budget**: when no replica of the
@@ -71,6 +73,8 @@ class Scorer:
         self.rng = random.Random(settings.gateway_route_seed)
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
+        #: copies of requests on their way to a mirrored deployment (answers dropped)
+        self._mirrors: set[asyncio.Task[None]] = set()
 
     def _password(self) -> str | None:
         if self.settings.scorer_password:
@@ -102,10 +106,29 @@ class Scorer:
             return self._conn
 
     async def close(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        if self._mirrors:
+            await asyncio.gather(*self._mirrors, return_exceptions=True)
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
             self._conn = None
+
+    def mirror(self, mirror: dict[str, int], subject_of: Any, body: bytes, timeout: float) -> None:
+        """Send a copy of the request to the mirrored deployment, for its share of requests;
+        its answer (or its absence) is dropped, and the caller does not wait for it."""
+        for deployment, percent in mirror.items():
+            if self.rng.random() * 100 >= percent:
+                continue
+            task = asyncio.create_task(self._copy(subject_of(deployment), body, timeout))
+            self._mirrors.add(task)
+            task.add_done_callback(self._mirrors.discard)
+
+    async def _copy(self, subject: str, body: bytes, timeout: float) -> None:
+        conn = await self.connection()
+        with contextlib.suppress(Exception):  # a mirror's failures are its own
+            await conn.nc.request(subject, body, timeout=timeout)
 
     def choose(self, traffic: dict[str, int]) -> str:
         names = sorted(traffic)
@@ -166,6 +189,9 @@ async def score(
     deployment = scorer.choose(traffic)
     timeout = float(route["timeouts"].get(deployment, 60.0)) + 1.0
     subject = subjects.serve(workspace, endpoint, deployment)
+    mirror = {str(k): int(v) for k, v in route.get("mirror", {}).items()}
+    if mirror:
+        scorer.mirror(mirror, lambda d: subjects.serve(workspace, endpoint, d), body, timeout)
     status, answer = await scorer.forward(subject, body, timeout)
     return _json(status, answer, deployment)
 

@@ -303,6 +303,12 @@ class Endpoints:
     async def _undeploy(self, req: Request) -> Accepted:
         cmd: DeleteDeployment = req.body
         state = await self._endpoint(req.workspace, cmd.endpoint)
+        if state.mirror.get(cmd.deployment):
+            raise InvalidInput(
+                f"endpoint {cmd.endpoint} mirrors {state.mirror[cmd.deployment]}% of its"
+                f" requests to deployment {cmd.deployment}: stop that first"
+                " (endpoint update --mirror-traffic '')"
+            )
         if state.traffic.get(cmd.deployment):
             raise InvalidInput(
                 f"deployment {cmd.deployment} has {state.traffic[cmd.deployment]}% of endpoint"
@@ -348,11 +354,12 @@ class Endpoints:
         elif not state.live:
             raise NotFound(f"endpoint {q.endpoint} does not exist")
         timeouts = {}
-        for name in state.traffic:
+        for name in [*state.traffic, *state.mirror]:
             dep = await self._deployment(req.workspace, q.endpoint, name)
             if dep.live and dep.spec is not None:
                 timeouts[name] = dep.spec.request_timeout_s
-        return QueryResult(seq=0, data={"traffic": state.traffic, "timeouts": timeouts})
+        data = {"traffic": state.traffic, "mirror": state.mirror, "timeouts": timeouts}
+        return QueryResult(seq=0, data=data)
 
     async def _get(self, req: Request) -> QueryResult:
         q: GetEndpoint = req.body
@@ -384,6 +391,7 @@ def _endpoint_row(
         "description": state.description,
         "tags": state.tags,
         "traffic": state.traffic,
+        "mirror_traffic": state.mirror,
         "auth_mode": "key",
         "deployments": deployments,
     }
