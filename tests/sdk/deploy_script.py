@@ -40,6 +40,11 @@ primary, secondary = service.get_keys()
 service.regen_key("Primary")
 new_primary, same_secondary = service.get_keys()
 
+# two replicas in place of one, rolled out on an agent with two slots
+service.update(inference_config=inference_config, num_replicas=2)
+service.wait_for_deployment()
+after_update = [service.state, service.run(json.dumps({"data": x_new}))]
+
 found = Webservice(ws, "diabetes-service")
 listed = [s.name for s in Webservice.list(ws, model_name="diabetes_model")]
 
@@ -65,6 +70,7 @@ print(
             "scoring_uri": service.scoring_uri,
             "swagger_uri": service.swagger_uri,
             "keys_changed": [new_primary != primary, same_secondary == secondary],
+            "after_update": after_update,
             "found": found.scoring_uri,
             "listed": listed,
             "broken_state": broken_state,

@@ -29,7 +29,7 @@ async def test_the_seeds_deployment_scores_as_the_model_does(
     X = rng.normal(size=(300, 4))
     y = (X @ np.array([1.5, -2.0, 0.5, 1.0]) > 0).astype(int)
     joblib.dump(LogisticRegression().fit(X, y), tmp_path / "diabetes_model.pkl")
-    await agents.start()
+    await agents.start(slots=3)  # two replicas after the update, one of the broken service
     env = {
         **sdk_env(client_settings, client.workspace, tmp_path / "home"),
         "CAIRN_GATEWAY_URL": gateway.url,
@@ -48,6 +48,7 @@ async def test_the_seeds_deployment_scores_as_the_model_does(
     assert got["scoring_uri"] == uri == got["found"]
     assert got["swagger_uri"] == uri.removesuffix("/score") + "/swagger.json"
     assert got["keys_changed"] == [True, True]
+    assert got["after_update"] == ["Healthy", got["expected"]]
     assert got["listed"] == ["diabetes-service"]
     assert got["broken_state"] == "Failed"
     assert "Traceback" in got["broken_logs"]

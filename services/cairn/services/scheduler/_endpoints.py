@@ -3,8 +3,8 @@
 ``endpoint.deploy`` resolves the replicas' job (the environment, the source snapshot, the
 models as inputs), records the deployment with the run ids of its replicas (derived from the
 command id, so a retried command submits the same runs) and submits each replica as a job
-with ``JobSpec.serve``; replicas of an earlier spec are canceled once every new one is ready
-(a rolling update: the old ones serve until then). From there a replica is a
+with ``JobSpec.serve``; replicas of an earlier spec are stopped as new ones become ready (a
+rolling update: the deployment always has a ready replica). From there a replica is a
 job like any other: ticket, claim, lease, and a lost one re-queued. ``endpoint.route`` tells
 the gateway the traffic weights once the caller's key matches one of the endpoint's digests
 (or the caller is a member of the workspace).
@@ -12,6 +12,7 @@ the gateway the traffic weights once the caller's key matches one of the endpoin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -195,7 +196,7 @@ class Endpoints:
         state = await self._deployment(ws, cmd.endpoint, cmd.deployment)
         for run_id in state.replicas:
             await self._submit(req, run_id, experiment_name, job, spec.compute)
-        # an earlier spec's replicas keep serving until the new ones are all ready (_report)
+        # an earlier spec's replicas keep serving until new ones are ready (_roll)
         if cmd.all_traffic:
             update = UpdateEndpoint(
                 command_id=derived_id("traffic", cmd.command_id),
@@ -327,16 +328,33 @@ class Endpoints:
         return accepted
 
     async def _report(self, req: Request) -> Accepted:
-        """A replica's start. Once every replica of the current spec is ready, those of
-        earlier specs are stopped: a rolling update (they served until then)."""
+        """A replica's start; a ready one of a new spec retires replicas of earlier ones."""
         cmd: ReportReplica = req.body
         did = deployment_id(cmd.endpoint, cmd.deployment)
         accepted = await execute(req.context(), endpoints.DEPLOYMENT, did, cmd, cache=self.cache)
-        state = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
-        if state.status == endpoints.DeploymentStatus.SUCCEEDED:
-            for run_id in state.retired:  # a no-op for those stopped already
-                await self._cancel(req, run_id, f"deployment {cmd.deployment} was replaced")
+        if cmd.phase == "ready":
+            state = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
+            await self._roll(req, state)
         return accepted
+
+    async def _roll(self, req: Request, state: endpoints.DeploymentState) -> None:
+        """A rolling update's next step. Nothing is stopped before a replica of the new spec
+        is ready; then the earlier replicas still running are stopped down to (new replicas
+        - ready ones - 1): one new replica ready stops an old one, so that a new replica
+        finds a free slot even where the agents have just one to spare, and the deployment
+        never has none ready."""
+        ready = len(set(state.ready) & set(state.replicas))
+        if not ready or not state.retired:
+            return
+        keep = max(0, len(state.replicas) - ready - 1)
+        running = []
+        for run_id in state.retired:
+            with contextlib.suppress(NotFound):
+                found = await lookup.run_state(self.cache, req.workspace, run_id, fresh=True)
+                if not found.status.terminal and found.status != runs.RunStatus.CANCEL_REQUESTED:
+                    running.append(run_id)
+        for run_id in running[: max(0, len(running) - keep)]:
+            await self._cancel(req, run_id, f"deployment {state.name} was replaced")
 
     # -- queries ------------------------------------------------------------------------------
 
