@@ -329,3 +329,62 @@ async def test_a_mirrored_share_reaches_its_deployment_and_is_not_answered_from_
         await asyncio.sleep(0.2)
     assert counted["blue"]["requests"] == 200
     assert 70 <= counted["green"]["requests"] <= 130, counted
+
+
+PLAIN = """
+import json
+import os
+
+from cairn.sdk import Model
+
+
+def init():
+    global weights
+    with open(Model.get_model_path("plain")) as f:
+        weights = json.load(f)
+
+
+def run(raw_data):
+    rows = json.loads(raw_data)["data"]
+    return {
+        "scores": [sum(w * x for w, x in zip(weights, row)) for row in rows],
+        "model_dir": os.environ["AZUREML_MODEL_DIR"],
+        "cwd": os.getcwd(),
+    }
+"""
+
+
+@pytest.mark.timeout(1200)  # a first run installs docker.io and debootstraps the base image
+async def test_a_replica_serves_from_a_container_on_the_docker_backend(
+    docker_engine: None, scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
+) -> None:
+    """The channel beside the gate reaches a replica in a container too (the gate's folder is
+    mounted at /run/cairn), and its model is under its folder, /workspace."""
+    _, ws = scoring
+    (tmp_path / "plain.json").write_text("[1.0, 2.0, -1.0]")
+    staging, path = await ws.models.upload(tmp_path / "plain.json")
+    await ws.models.register("plain", path, staging_id=staging)
+    await agents.start(backend="docker")
+    keys = await ws.endpoints.create("ep")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "score.py").write_text(PLAIN)
+    await ws.endpoints.deploy(
+        "ep",
+        "blue",
+        entry_script="score.py",
+        source_directory=tmp_path / "src",
+        models=[("plain", 1)],
+        all_traffic=True,
+    )
+    row = await ws.endpoints.wait("ep", "blue", timeout=600)
+    assert row["status"] == "Succeeded", await ws.endpoints.logs("ep", "blue")
+    async with httpx.AsyncClient() as http:
+        reply = await _post(
+            http, ws.endpoints.scoring_uri("ep"), {"data": [[1, 1, 1], [0, 1, 2]]}, keys["primary"]
+        )
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {
+        "scores": [2.0, 0.0],
+        "model_dir": "/workspace/azureml-models/plain/1",
+        "cwd": "/workspace",
+    }
