@@ -47,6 +47,7 @@ after_update = [service.state, service.run(json.dumps({"data": x_new}))]
 
 found = Webservice(ws, "diabetes-service")
 listed = [s.name for s in Webservice.list(ws, model_name="diabetes_model")]
+by_type = [s.name for s in Webservice.list(ws, compute_type="ACI")]
 
 broken = Model.deploy(
     ws,
@@ -73,6 +74,7 @@ print(
             "after_update": after_update,
             "found": found.scoring_uri,
             "listed": listed,
+            "by_type": [by_type, found.compute_type],
             "broken_state": broken_state,
             "broken_logs": broken_logs,
             "after_delete": [s.name for s in Webservice.list(ws)],

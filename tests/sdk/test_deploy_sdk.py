@@ -50,6 +50,7 @@ async def test_the_seeds_deployment_scores_as_the_model_does(
     assert got["keys_changed"] == [True, True]
     assert got["after_update"] == ["Healthy", got["expected"]]
     assert got["listed"] == ["diabetes-service"]
+    assert got["by_type"] == [["diabetes-service"], "ACI"]
     assert got["broken_state"] == "Failed"
     assert "Traceback" in got["broken_logs"]
     assert "FileNotFoundError: no model.pkl here" in got["broken_logs"]

@@ -20,6 +20,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cairn.bus import connect
+from cairn.embedded import NatsServer
+from cairn.embedded._users import create_token, revoke_token
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, running
@@ -388,3 +390,30 @@ async def test_a_replica_serves_from_a_container_on_the_docker_backend(
         "model_dir": "/workspace/azureml-models/plain/1",
         "cwd": "/workspace",
     }
+
+
+async def test_a_members_token_scores_and_anothers_is_refused(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    agents: Agents,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    """Beside the keys, a Cairn API token of a member of the workspace scores (the route is
+    asked over that person's own connection); one of a person who is not a member is 403."""
+    _, ws = scoring
+    model, X = await _register(ws, tmp_path)
+    await agents.start()
+    await ws.endpoints.create("ep")
+    assert (await _deploy(ws, _source(tmp_path / "src", "blue"), "blue"))["status"] == "Succeeded"
+    made = [create_token(nats_server.home, person, "scoring") for person in (None, "dana")]
+    try:
+        (_, member, _), (_, stranger, _) = made
+        url = ws.endpoints.scoring_uri("ep")
+        async with httpx.AsyncClient() as http:
+            reply = await _post(http, url, {"data": X[:2].tolist()}, member)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["predictions"] == model.predict(X[:2]).tolist()
+            assert (await _post(http, url, {"data": []}, stranger)).status_code == 403
+    finally:
+        for row, _, _ in made:
+            revoke_token(nats_server.home, row["id"])

@@ -39,6 +39,8 @@ __all__ = [
 
 #: the one deployment of a v1 web service
 DEPLOYMENT = "default"
+#: the deployment's tag saying which v1 configuration made it (``ACI``, ``AKS``, ``Local``)
+COMPUTE_TYPE = "compute_type"
 #: v1's states by a deployment's status
 _STATES = {
     "Creating": "Transitioning",
@@ -286,13 +288,11 @@ def deploy(
             memory_gb=config.memory_gb,
             request_timeout_s=config.request_timeout_s,
             description=config.description,
-            tags=tags,
+            tags={**tags, COMPUTE_TYPE: config.kind},
             all_traffic=True,
         )
     )
-    service = Webservice(workspace, name)
-    service.compute_type = config.kind
-    return service
+    return Webservice(workspace, name)
 
 
 class Webservice:
@@ -303,7 +303,7 @@ class Webservice:
         self.workspace = workspace
         self.name = name
         self._data = workspace._run(workspace.core.endpoints.get(name))
-        self.compute_type = "Cairn"
+        self.compute_type = _compute_type(self._data)
         self.scoring_uri = workspace.core.endpoints.scoring_uri(name)
         self.swagger_uri = self.scoring_uri.removesuffix("/score") + "/swagger.json"
         self.tags: dict[str, str] = self._data.get("tags", {})
@@ -450,7 +450,8 @@ class Webservice:
         tags: dict[str, str] | None = None,
     ) -> builtins.list[Webservice]:
         """The workspace's services, filtered by ``model_name`` (a deployment serves it),
-        ``tags`` (every one given) and ``compute_type`` (``Cairn``: all of them)."""
+        ``tags`` (every one given) and ``compute_type`` (``ACI``, ``AKS``, ``Local``: the
+        configuration it was deployed with; ``Cairn``: made by other means)."""
         rows = workspace._run(workspace.core.endpoints.list())
         found = []
         for row in rows:
@@ -461,13 +462,20 @@ class Webservice:
                 continue
             if any(row["tags"].get(k) != v for k, v in (tags or {}).items()):
                 continue
-            if compute_type not in (None, "Cairn"):
+            if compute_type is not None and compute_type != _compute_type(row):
                 continue
             found.append(Webservice(workspace, row["name"]))
         return found
 
     def __repr__(self) -> str:
         return f"Webservice(name={self.name!r}, scoring_uri={self.scoring_uri!r})"
+
+
+def _compute_type(endpoint: dict[str, Any]) -> str:
+    for dep in endpoint["deployments"]:
+        if dep["name"] == DEPLOYMENT and dep["spec"]:
+            return str(dep["spec"]["tags"].get(COMPUTE_TYPE, "Cairn"))
+    return "Cairn"
 
 
 def model_path(model_name: str, version: int | None) -> str:
