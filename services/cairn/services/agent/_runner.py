@@ -337,10 +337,16 @@ class Attempt:
             self.launched.kill()
 
     async def _stop_serving(self) -> None:
+        """No more requests for this replica: the server is told first, then the requests
+        already delivered are answered (a plain unsubscribe would drop them, and cancel the
+        one being answered, leaving their callers to time out)."""
         sub, self._serving = self._serving, None
         if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            try:
+                await asyncio.wait_for(sub.drain(), self.settings.job_cancel_grace_s)
+            except Exception:  # past the grace period, or the connection is away
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             await self._log_requests()
 
     async def _log_requests(self) -> None:

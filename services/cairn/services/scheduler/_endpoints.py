@@ -323,7 +323,7 @@ class Endpoints:
         ctx = self._ctx(req, cmd.command_id)
         retire = endpoints.RetireDeployment(command=cmd)
         accepted = await execute(ctx, endpoints.DEPLOYMENT, did, retire, cache=self.cache)
-        for run_id in before.replicas:
+        for run_id in [*before.replicas, *before.retired]:  # mid-rollout, old ones run too
             await self._cancel(req, run_id, f"deployment {cmd.deployment} was deleted")
         return accepted
 
