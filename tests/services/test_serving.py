@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from cairn.bus import connect
 from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
+from cairn.errors import NotFound
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, running
@@ -206,6 +207,12 @@ async def test_traffic_is_split_by_weight_per_request(
             seen[reply.json()["name"]] += 1
     assert seen["blue"] + seen["green"] == 1000
     assert 70 <= seen["green"] <= 130, seen  # 10 % within 3 points
+    # a caller may name the deployment (Azure's header), whatever the traffic
+    for _ in range(5):
+        got = await ws.endpoints.invoke("ep", '{"data": [[0, 0, 0, 0]]}', deployment="green")
+        assert got["name"] == "green"
+    with pytest.raises(NotFound, match="no deployment red"):
+        await ws.endpoints.invoke("ep", "{}", deployment="red")
 
 
 async def test_a_killed_replica_is_replaced_and_requests_resume(

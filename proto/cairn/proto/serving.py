@@ -199,6 +199,9 @@ class RouteEndpoint(Query, frozen=True, kw_only=True, tag=True):
     NAME = "endpoint.route"
     endpoint: EndpointName
     key: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    #: the caller names the deployment (``azureml-model-deployment``): its time limit is in
+    #: the answer whatever its traffic (``NotFound`` when it is not live)
+    deployment: DeploymentName | None = None
 
 
 ENDPOINT_COMMAND_TYPES: tuple[type[Command], ...] = (

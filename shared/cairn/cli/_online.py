@@ -246,15 +246,24 @@ def endpoint_regenerate(name: str, key_type: str, as_json: bool) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="the JSON body to score",
 )
-def endpoint_invoke(name: str, request_file: Path) -> None:
+@click.option(
+    "--deployment-name",
+    "-d",
+    default=None,
+    help="score with this deployment, whatever the traffic",
+)
+def endpoint_invoke(name: str, request_file: Path, deployment_name: str | None) -> None:
     """Score a request through the gateway with the endpoint's primary key; prints the answer.
 
     \b
-    Example:
+    Examples:
       cairn online-endpoint invoke --name diabetes --request-file sample.json
+      cairn online-endpoint invoke --name diabetes -r sample.json --deployment-name green
     """
     body = request_file.read_bytes()
-    answer = run(with_workspace(lambda ws: ws.endpoints.invoke(name, body)))
+    answer = run(
+        with_workspace(lambda ws: ws.endpoints.invoke(name, body, deployment=deployment_name))
+    )
     click.echo(json.dumps(answer))
 
 

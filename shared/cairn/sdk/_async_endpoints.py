@@ -44,6 +44,14 @@ from cairn.tokens import TOKEN_PREFIX
 __all__ = ["SLOTS", "AsyncEndpoints", "key_digest", "new_key"]
 
 SLOTS = ("primary", "secondary")
+#: the error an answer's status becomes (others: ``CairnError``, with the answer's message)
+_ERRORS: dict[int, type[CairnError]] = {
+    400: InvalidInput,
+    403: PermissionDenied,
+    404: NotFound,
+    413: InvalidInput,
+    503: Unavailable,
+}
 
 
 def new_key() -> str:
@@ -309,14 +317,24 @@ class AsyncEndpoints:
         base = settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
         return f"{base.rstrip('/')}/endpoints/{self._session.name}/{endpoint}/score"
 
-    async def invoke(self, endpoint: str, body: str | bytes, *, key: str | None = None) -> Any:
+    async def invoke(
+        self,
+        endpoint: str,
+        body: str | bytes,
+        *,
+        key: str | None = None,
+        deployment: str | None = None,
+    ) -> Any:
         """POST ``body`` to the endpoint's scoring address with ``key`` (default: its primary
         key, read from the workspace's secrets) and return the decoded answer; an answer
-        other than 200 raises with the replica's message."""
+        other than 200 raises with the replica's message. ``deployment``: that one answers,
+        whatever the traffic (the ``azureml-model-deployment`` header)."""
         if key is None:
             key = (await self.keys(endpoint))[0]
         data = body.encode() if isinstance(body, str) else body
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        if deployment is not None:
+            headers["azureml-model-deployment"] = deployment
         async with httpx.AsyncClient(timeout=self._session.settings.request_timeout + 60) as http:
             try:
                 reply = await http.post(self.scoring_uri(endpoint), content=data, headers=headers)
@@ -329,7 +347,10 @@ class AsyncEndpoints:
         except ValueError:
             answer = reply.text
         if reply.status_code != 200:
-            message = answer.get("error", answer) if isinstance(answer, dict) else answer
-            error = InvalidInput if reply.status_code in (400, 413) else CairnError
+            if isinstance(answer, dict):  # a replica's {"error"} or the gateway's {"message"}
+                message = answer.get("error") or answer.get("message") or answer
+            else:
+                message = answer
+            error = _ERRORS.get(reply.status_code, CairnError)
             raise error(f"endpoint {endpoint} answered {reply.status_code}: {message}")
         return answer

@@ -4,7 +4,8 @@ The caller shows one of the endpoint's keys (``Authorization: Bearer <key>``) or
 token (or a studio session) of a member of the workspace. The gateway asks the endpoint's
 traffic (``endpoint.route``): with a key, over its scoring connection (the scheduler checks
 the key's digest and answers 401 otherwise); with a token, over that person's own
-connection (the membership check). It picks a deployment by weight for each request and sends
+connection (the membership check). It picks a deployment by weight for each request (or takes
+the one the ``azureml-model-deployment`` header names) and sends
 the body, unchanged, to that deployment's queue group over NATS request/reply; whichever
 replica takes it answers. A mirrored deployment (``mirror_traffic``) gets a copy of its
 share of requests, sent alongside and its answer dropped. The replica's status
@@ -178,25 +179,35 @@ async def score(
     if body is None:
         limit = settings.gateway_score_max_bytes
         return _json(413, _error(f"the body is over {limit} bytes"))
-    route = await _route(request, workspace, endpoint)
+    named = request.headers.get(DEPLOYMENT_HEADER) or None
+    route = await _route(request, workspace, endpoint, named)
     try:
         json.loads(body)
     except ValueError as exc:
         return _json(400, _error(f"the body is not JSON: {exc}"))
     traffic = {str(k): int(v) for k, v in route["traffic"].items() if int(v) > 0}
-    if not traffic:
+    if named is not None:  # the caller's choice (a deployment's test before its traffic)
+        deployment = named
+    elif not traffic:
         return _json(503, _error(f"endpoint {endpoint} sends no traffic to any deployment"))
-    deployment = scorer.choose(traffic)
+    else:
+        deployment = scorer.choose(traffic)
     timeout = float(route["timeouts"].get(deployment, 60.0)) + 1.0
     subject = subjects.serve(workspace, endpoint, deployment)
     mirror = {str(k): int(v) for k, v in route.get("mirror", {}).items()}
-    if mirror:
+    if mirror and named is None:
         scorer.mirror(mirror, lambda d: subjects.serve(workspace, endpoint, d), body, timeout)
     status, answer = await scorer.forward(subject, body, timeout)
     return _json(status, answer, deployment)
 
 
-async def _route(request: Request[Any, Any, Any], workspace: str, endpoint: str) -> dict[str, Any]:
+#: the request header naming the deployment to score with (Azure's), whatever the traffic
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
+
+async def _route(
+    request: Request[Any, Any, Any], workspace: str, endpoint: str, deployment: str | None = None
+) -> dict[str, Any]:
     """The endpoint's traffic, asked as the caller: with its key over the scoring
     connection, or as the signed-in member (401 otherwise)."""
     scorer: Scorer = request.app.state.scorer
@@ -207,9 +218,8 @@ async def _route(request: Request[Any, Any, Any], workspace: str, endpoint: str)
         asker, key = user.conn, None
     else:
         raise NotAuthorizedException("show the endpoint's key: Authorization: Bearer <key>")
-    route: dict[str, Any] = (
-        await Client(asker, workspace).ask(RouteEndpoint(endpoint=endpoint, key=key))
-    ).data
+    query = RouteEndpoint(endpoint=endpoint, key=key, deployment=deployment)
+    route: dict[str, Any] = (await Client(asker, workspace).ask(query)).data
     return route
 
 

@@ -372,10 +372,13 @@ class Endpoints:
         elif not state.live:
             raise NotFound(f"endpoint {q.endpoint} does not exist")
         timeouts = {}
-        for name in [*state.traffic, *state.mirror]:
+        named = [] if q.deployment is None else [q.deployment]
+        for name in [*state.traffic, *state.mirror, *named]:
             dep = await self._deployment(req.workspace, q.endpoint, name)
             if dep.live and dep.spec is not None:
                 timeouts[name] = dep.spec.request_timeout_s
+        if q.deployment is not None and q.deployment not in timeouts:
+            raise NotFound(f"endpoint {q.endpoint} has no deployment {q.deployment}")
         data = {"traffic": state.traffic, "mirror": state.mirror, "timeouts": timeouts}
         return QueryResult(seq=0, data=data)
 
