@@ -210,6 +210,9 @@ NO_JSON = {
     "dataset download": "writes files; a bar on a terminal",
     "run download": "writes files; a bar on a terminal",
     "model download": "writes files; a bar on a terminal",
+    "online-endpoint get-credentials": "prints the keys, as Azure's CLI does: JSON always",
+    "online-endpoint invoke": "prints the deployment's answer, JSON always",
+    "online-deployment get-logs": "prints the replicas' output as it is",
 }
 
 

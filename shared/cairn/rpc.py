@@ -45,7 +45,7 @@ import structlog
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from cairn.bus import CommandContext, Connection
+from cairn.bus import SCORER_USER, CommandContext, Connection
 from cairn.errors import (
     CairnError,
     InvalidInput,
@@ -74,6 +74,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "PEOPLE_ACCOUNT",
     "PING_SUBJECT",
+    "SCORER_USER",
     "SERVICE_ACCOUNT",
     "SERVICE_ACTOR",
     "Client",

@@ -107,6 +107,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 1.0
     webhook_backoff_max_s: float = 300.0
+    #: the gateway's address as clients reach it, for endpoints' scoring addresses (default
+    #: ``http://<gateway_host>:<gateway_port>``; behind a proxy, the proxy's)
+    gateway_url: str | None = None
+    #: the largest body ``POST /endpoints/<ws>/<endpoint>/score`` takes (413 beyond it; a
+    #: NATS message carries at most 1 MiB by default)
+    gateway_score_max_bytes: int = 1_000_000
+    #: how long a scoring request is retried while no replica of the chosen deployment
+    #: answers (none subscribed yet, or all being replaced); then 503
+    gateway_score_retry_s: float = 10.0
+    #: seed of the gateway's weighted choice of a deployment (None: from the OS): for tests
+    #: that count where requests went
+    gateway_route_seed: int | None = None
+    #: the password of the gateway's scoring user (``cairn-scorer``); default: the home's
+    #: ``credentials.json``, as ``cairn up`` writes it
+    scorer_password: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     #: the settings file these were read from (set by ``load_settings``; None: none was read)

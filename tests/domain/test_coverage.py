@@ -10,6 +10,7 @@ import pytest
 from cairn.domain import (
     Aggregate,
     asset,
+    endpoint,
     experiment,
     model,
     pipeline,
@@ -22,6 +23,7 @@ from cairn.domain import (
 )
 from tests.domain import (
     test_asset,
+    test_endpoint,
     test_model,
     test_pipeline,
     test_run,
@@ -46,6 +48,8 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     "pipeline": (pipeline.AGGREGATE, test_pipeline.CASES),
     "webhook": (webhook.AGGREGATE, test_webhook.CASES),
     "sweep": (sweep.AGGREGATE, test_sweep.CASES),
+    "endpoint": (endpoint.ENDPOINT, test_endpoint.ENDPOINT_CASES),
+    "deployment": (endpoint.DEPLOYMENT, test_endpoint.DEPLOYMENT_CASES),
 }
 
 

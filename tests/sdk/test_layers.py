@@ -33,6 +33,8 @@ FACADE = {
     "_estimators",
     "_offline",
     "_runs",
+    "_webservice",
+    "_onlinefile",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {
@@ -44,6 +46,7 @@ CORE = {
     "_async_secrets",
     "_async_schedules",
     "_async_events",
+    "_async_endpoints",
     "_jobs",
     "_hyperdrive",
     "_metrics",

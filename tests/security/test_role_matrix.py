@@ -19,7 +19,7 @@ import pytest
 from cairn.bus import Connection, connect
 from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
-from cairn.errors import AlreadyExists, CairnError, PermissionDenied
+from cairn.errors import AlreadyExists, CairnError, PermissionDenied, Unauthenticated
 from cairn.proto.artifacts import OpenUpload
 from cairn.proto.assets import (
     ComponentSpec,
@@ -45,10 +45,11 @@ from cairn.proto.pipelines import PipelineSpec, PipelineStep, SubmitPipeline
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
+from cairn.proto.serving import ReportReplica, RouteEndpoint, UpdateEndpoint
 from cairn.proto.subjects import PROJECTION_VERIFY, audit_chain
 from cairn.proto.sweeps import CancelSweep
 from cairn.proto.webhooks import DeleteWebhook
-from cairn.rpc import Client
+from cairn.rpc import SCORER_USER, Client
 from cairn.settings import Settings
 from cairn.tokens import parse_token
 from tests.conftest import MATRIX_WS, add_people
@@ -118,6 +119,17 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
         "secret writes": lambda: SetSecret(command_id=cid(), name="mx-secret", value="x"),
         "member commands": lambda: AddMember(
             command_id=cid(), user="mx-ds", roles=["auditor", "data_scientist"]
+        ),
+        "endpoint commands": lambda: UpdateEndpoint(
+            command_id=cid(), endpoint="mx-missing", traffic={}
+        ),
+        "replica reports": lambda: ReportReplica(
+            command_id=cid(),
+            endpoint="mx-missing",
+            deployment="mx-missing",
+            run_id="mx-missing",
+            attempt=1,
+            phase="ready",
         ),
         "queries": lambda: ListExperiments(),
         "webhook commands": lambda: DeleteWebhook(command_id=cid(), webhook_id="mx-missing"),
@@ -285,3 +297,53 @@ async def test_people_may_ask_the_audit_service_for_its_key_and_agents_may_not(
     reply = await c.nc.request(AUDIT_KEY, b"", timeout=5)
     public = read_public_key(public_key_path(service_settings))
     assert json.loads(reply.data)["public_key"] == public_key_hex(public)
+
+
+async def test_the_scoring_user_reaches_deployments_and_routes_alone(
+    services: None,
+    nats_server: NatsServer,
+    client_settings: Settings,
+    people: dict[str, Connection],
+    agent_conn: Connection,
+) -> None:
+    """The gateway's scoring user may send requests to deployments and ask an endpoint's
+    route (which the scheduler answers only with a key); nothing else. People may not reach
+    deployments' subjects at all (only through the gateway); agents may take their requests."""
+    assert nats_server.credentials is not None
+    settings = msgspec.structs.replace(
+        client_settings,
+        nats_user=SCORER_USER,
+        nats_password=nats_server.credentials.scorer_password,
+    )
+    scorer = await connect(settings)
+    try:
+        route = RouteEndpoint(endpoint="mx-missing", key="not-a-key")
+        with pytest.raises(Unauthenticated, match="no valid key"):  # the scheduler's answer
+            await Client(scorer, MATRIX_WS, attempts=1, timeout=3).ask(route)
+        refused = [
+            UpdateEndpoint(command_id=cid(), endpoint="mx-missing", traffic={}),
+            ListExperiments(),
+        ]
+        for message in refused:
+            got = await outcome(Client(scorer, MATRIX_WS, attempts=1, timeout=3), message)
+            assert got == "denied", message
+        await scorer.nc.publish(f"cairn.serve.{MATRIX_WS}.mx-ep.blue", b"{}")
+        sub = await scorer.nc.subscribe("cairn.serve.>")
+        person = people["mx-ds"]
+        await person.nc.publish(f"cairn.serve.{MATRIX_WS}.mx-ep.blue", b"{}")
+        person_sub = await person.nc.subscribe("cairn.serve.>", queue="replicas")
+        agent_sub = await agent_conn.nc.subscribe("cairn.serve.>", queue="replicas")
+        for c in (scorer, person, agent_conn):
+            await c.nc.flush()
+        for _ in range(50):
+            if scorer.denied("cairn.serve.>") and person.denied("cairn.serve.>"):
+                break
+            await asyncio.sleep(0.05)
+        assert scorer.denied("cairn.serve.>") and person.denied("cairn.serve.>")
+        assert person.denied(f"cairn.serve.{MATRIX_WS}.mx-ep.blue")
+        assert not scorer.denied(f"cairn.serve.{MATRIX_WS}.mx-ep.blue")
+        assert not agent_conn.denied("cairn.serve.>")
+        for s in (sub, person_sub, agent_sub):
+            await s.unsubscribe()
+    finally:
+        await scorer.close()

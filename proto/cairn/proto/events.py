@@ -28,6 +28,7 @@ from cairn.proto.members import Role
 from cairn.proto.pipelines import PipelineSpec
 from cairn.proto.schedules import CatchUp, Submission, Trigger
 from cairn.proto.secrets import SecretName
+from cairn.proto.serving import DeploymentSpec
 from cairn.proto.sweeps import ParameterValue, SweepSpec, TrialTemplate
 
 __all__ = [
@@ -41,6 +42,14 @@ __all__ = [
     "DatastoreCredentialsResealed",
     "DatastoreFilesUploaded",
     "DefaultDatastoreSet",
+    "DeploymentCreated",
+    "DeploymentDeleted",
+    "DeploymentFailed",
+    "DeploymentUpdated",
+    "EndpointCreated",
+    "EndpointDeleted",
+    "EndpointKeysSet",
+    "EndpointUpdated",
     "Envelope",
     "Event",
     "ExperimentArchived",
@@ -59,6 +68,7 @@ __all__ = [
     "PipelineStepReused",
     "PipelineStepStarted",
     "PipelineSubmitted",
+    "ReplicaReady",
     "RunAssigned",
     "RunCancelRequested",
     "RunCanceled",
@@ -716,6 +726,95 @@ class ChainCheckpointed(Event, frozen=True, kw_only=True):
     signature: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
 
 
+class EndpointCreated(Event, frozen=True, kw_only=True):
+    """An online endpoint, with the sha256 digests of its two keys (never the keys)."""
+
+    KIND = "endpoint"
+    endpoint: Id
+    key_hashes: list[Digest]
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class EndpointUpdated(Event, frozen=True, kw_only=True):
+    """What changed: the traffic weights (``{deployment: percent}``), description, tags, the
+    mirrored share (``{deployment: percent}``; ``{}``: none)."""
+
+    KIND = "endpoint"
+    endpoint: Id
+    traffic: dict[Id, int] | None = None
+    description: Text | None = None
+    tags: dict[TagKey, TagValue] | None = None
+    mirror: dict[Id, int] | None = None
+
+
+class EndpointKeysSet(Event, frozen=True, kw_only=True):
+    """The digests of the endpoint's keys from now on (a replaced key stops working)."""
+
+    KIND = "endpoint"
+    endpoint: Id
+    key_hashes: list[Digest]
+
+
+class EndpointDeleted(Event, frozen=True, kw_only=True):
+    KIND = "endpoint"
+    endpoint: Id
+
+
+class DeploymentCreated(Event, frozen=True, kw_only=True):
+    """A deployment and the runs of its replicas (each a job with ``JobSpec.serve``), in the
+    experiment ``experiment_name``; ``job`` is the replicas' spec with the environment
+    resolved."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    spec: DeploymentSpec
+    job: JobSpec
+    experiment_name: Name
+    replicas: list[Id]
+
+
+class DeploymentUpdated(Event, frozen=True, kw_only=True):
+    """A new spec: ``replicas`` replace ``retired`` (whose runs are stopped)."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    spec: DeploymentSpec
+    job: JobSpec
+    replicas: list[Id]
+    retired: list[Id] = msgspec.field(default_factory=list)
+
+
+class ReplicaReady(Event, frozen=True, kw_only=True):
+    """Attempt ``attempt`` of replica ``run_id`` ran ``init()`` and takes requests."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    run_id: Id
+    attempt: int
+
+
+class DeploymentFailed(Event, frozen=True, kw_only=True):
+    """A replica's ``init()`` raised: ``error`` is what it printed (its traceback)."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    run_id: Id
+    attempt: int
+    error: Text
+
+
+class DeploymentDeleted(Event, frozen=True, kw_only=True):
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    replicas: list[Id] = msgspec.field(default_factory=list)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -776,6 +875,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SweepCancelRequested,
         SweepEnded,
         ChainCheckpointed,
+        EndpointCreated,
+        EndpointUpdated,
+        EndpointKeysSet,
+        EndpointDeleted,
+        DeploymentCreated,
+        DeploymentUpdated,
+        ReplicaReady,
+        DeploymentFailed,
+        DeploymentDeleted,
     )
 }
 

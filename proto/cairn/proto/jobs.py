@@ -34,6 +34,7 @@ from cairn.proto._base import (
 from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Command, Query
 from cairn.proto.secrets import SecretName
+from cairn.proto.serving import ReplicaSpec
 
 __all__ = [
     "JOB_COMMAND_TYPES",
@@ -134,7 +135,7 @@ class JobSpec(Strict, frozen=True, kw_only=True):
     ``snapshot_area`` as ``snapshot.tar.gz``. ``max_attempts`` bounds how often a run is
     re-queued after its agent was lost; ``timeout_s`` bounds how long it may run.
     ``secrets`` names the workspace secrets the job's script may read (``run.get_secret``):
-    its agent forwards a read of no other.
+    its agent forwards a read of no other. ``serve`` makes the job a deployment's replica.
     """
 
     command: list[Text]
@@ -149,6 +150,9 @@ class JobSpec(Strict, frozen=True, kw_only=True):
     inputs: list[JobInput] = msgspec.field(default_factory=list)
     outputs: list[JobOutput] = msgspec.field(default_factory=list)
     secrets: list[SecretName] = msgspec.field(default_factory=list)
+    #: a serving replica of an online deployment (``cairn.proto.serving``): its agent relays
+    #: the deployment's requests to it, and its process ending unasked loses the attempt
+    serve: ReplicaSpec | None = None
 
 
 class ScheduledBy(Strict, frozen=True, kw_only=True):

@@ -25,6 +25,7 @@ from cairn.proto import (
     registry,
     schedules,
     secrets,
+    serving,
     sweeps,
     webhooks,
 )
@@ -109,6 +110,7 @@ def generate() -> dict[str, str]:
         *schedules.SCHEDULE_COMMAND_TYPES,
         *webhooks.WEBHOOK_COMMAND_TYPES,
         *sweeps.SWEEP_COMMAND_TYPES,
+        *serving.ENDPOINT_COMMAND_TYPES,
     )
     queries: tuple[type[Query], ...] = (
         *QUERY_TYPES,
@@ -132,6 +134,7 @@ def generate() -> dict[str, str]:
         *feed.FEED_QUERY_TYPES,
         *webhooks.WEBHOOK_QUERY_TYPES,
         *sweeps.SWEEP_QUERY_TYPES,
+        *serving.ENDPOINT_QUERY_TYPES,
     )
     out["streams/MetricsLogged.json"] = _schema(metrics.MetricsLogged, "MetricsLogged")
     out["streams/Ticket.json"] = _schema(jobs.Ticket, "Ticket")

@@ -37,6 +37,7 @@ __all__ = [
     "name_to_id",
     "query",
     "query_filter",
+    "serve",
     "upload_session",
     "upload_sessions",
     "validate_token",
@@ -127,6 +128,17 @@ def logs(ws: str, run_id: str) -> str:
 
 def job(ws: str, compute: str) -> str:
     return _join("cairn.jobs", validate_token(ws, "workspace"), validate_token(compute, "compute"))
+
+
+def serve(ws: str, endpoint: str, deployment: str) -> str:
+    """``cairn.serve.<ws>.<endpoint>.<deployment>``: a deployment's scoring requests
+    (request/reply; its replicas' agents answer in one queue group)."""
+    return _join(
+        "cairn.serve",
+        validate_token(ws, "workspace"),
+        validate_token(endpoint, "endpoint"),
+        validate_token(deployment, "deployment"),
+    )
 
 
 def _verb(verb: str) -> str:

@@ -1,7 +1,7 @@
 """The bus: connect, provision, the one append path, aggregate reads, command execution."""
 
 from cairn.bus._agents import live_agents
-from cairn.bus._connect import RECONNECT_MAX_S, Connection, connect, per_client
+from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._provision import ensure_consumer, ensure_stream, provision
@@ -9,6 +9,7 @@ from cairn.bus._store import AppendResult, EventStore, Recorded, Stored, stored_
 
 __all__ = [
     "RECONNECT_MAX_S",
+    "SCORER_USER",
     "AggregateCache",
     "AppendResult",
     "CommandContext",

@@ -84,6 +84,9 @@ _BACKOFF_MAX_S = RECONNECT_MAX_S = 5.0
 _DISCARD_S = 0.5
 #: where an account without JetStream (people's) imports the services' JetStream API
 PEOPLE_JS_PREFIX = "$JS.CAIRN.API"
+#: the gateway's scoring user (request/reply to deployments, nothing of JetStream: its
+#: connection does not ask which JetStream it has)
+SCORER_USER = "cairn-scorer"
 _JS_NOT_ENABLED = 10039
 #: a user name that can prefix an inbox: a person's, the stack's, an API token's
 #: (``<person>~<id>``, :mod:`cairn.tokens`)
@@ -333,6 +336,8 @@ class _Client(NATS):
 async def _own_jetstream(nc: NATS, settings: Settings) -> bool:
     """Whether this user's account has JetStream of its own; people's has not, and reaches
     the services' API imported under ``PEOPLE_JS_PREFIX``."""
+    if settings.nats_user == SCORER_USER:  # may not ask: it uses no JetStream
+        return True
     try:
         msg = await nc.request("$JS.API.INFO", b"", timeout=min(settings.request_timeout, 2.0))
         error = json.loads(msg.data).get("error") or {}

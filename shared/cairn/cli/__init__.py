@@ -13,6 +13,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _data,
     _events,
     _jobs,
+    _online,
     _pipelines,
     _projection,
     _registry,

@@ -57,6 +57,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Run jobs": ("job", "component", "sweep", "schedule", "agent"),
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
+    "Deploy models: online endpoints": ("online-endpoint", "online-deployment"),
     "Secrets": ("secret",),
     "Automate on events": ("events", "webhook"),
     "Operate the stack": (

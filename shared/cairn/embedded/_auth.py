@@ -48,7 +48,7 @@ import msgspec
 from cairn.bus._connect import PEOPLE_JS_PREFIX
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
-from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SERVICE_ACCOUNT
+from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SCORER_USER, SERVICE_ACCOUNT
 from cairn.settings import Settings
 from cairn.tokens import PERSON_NAME, TOKEN_MARK
 
@@ -60,6 +60,7 @@ __all__ = [
     "DATA_SCIENTIST",
     "LOCAL_ROLES",
     "ROLES",
+    "SCORER_USER",
     "SERVICE_USER",
     "Credentials",
     "Person",
@@ -75,6 +76,7 @@ __all__ = [
 
 SERVICE_USER = "cairn-service"
 AGENT_USER = "cairn-agent"
+
 ADMIN_USER = ADMIN_ACTOR
 DATA_SCIENTIST = "data_scientist"
 COMPUTE_OPERATOR = "compute_operator"
@@ -105,6 +107,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "sweep.>",
         "secret.>",
         "webhook.>",
+        "endpoint.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),
     AUDITOR: (),
@@ -124,6 +127,8 @@ AGENT_COMMANDS = (
     "datastore.uploaded",
     # a job reads its workspace's secrets (``run.get_secret``); setting them is for people
     "secret.read",
+    # a serving replica's start: ready, or its init() failed
+    "replica.report",
 )
 #: what no one but the admin may do to a stream
 _ADMIN_ONLY = (
@@ -214,6 +219,8 @@ class Credentials:
     people: dict[str, Person] = field(default_factory=dict)
     #: API tokens by id
     tokens: dict[str, Token] = field(default_factory=dict)
+    #: the gateway's scoring user's password (``SCORER_USER``)
+    scorer_password: str = ""
 
     @property
     def client_password(self) -> str:
@@ -251,6 +258,7 @@ class Credentials:
             client_user=user,
             people=people,
             tokens=tokens,
+            scorer_password=raw.get("scorer_password") or secrets.token_urlsafe(24),
         )
         if creds.as_json() != raw:
             creds.save(path)
@@ -260,6 +268,7 @@ class Credentials:
         out: dict[str, Any] = {
             "service_password": self.service_password,
             "agent_password": self.agent_password,
+            "scorer_password": self.scorer_password,
             "client_user": self.client_user,
             "people": {
                 name: {"password": p.password, "roles": list(p.roles)}
@@ -336,6 +345,7 @@ class Credentials:
             client_user=self.client_user,
             people=people,
             tokens=self.tokens if tokens is None else tokens,
+            scorer_password=self.scorer_password,
         )
 
     def users(self) -> list[tuple[str, Person]]:
@@ -455,8 +465,19 @@ def _agent(password: str) -> str:
         "cairn.q.>",
         "cairn.artifacts.>",
     ]
-    subscribe = [f"_INBOX_{AGENT_USER}.>", "cairn.ev.*.run.*", PING_SUBJECT]
+    # ``cairn.serve.>``: the requests of the deployments whose replicas it runs (in each
+    # deployment's queue group), answered through ``responses``
+    subscribe = [f"_INBOX_{AGENT_USER}.>", "cairn.ev.*.run.*", PING_SUBJECT, "cairn.serve.>"]
     return _user(AGENT_USER, password, _permissions(publish, subscribe, responses=True))
+
+
+def _scorer(password: str) -> str:
+    """The gateway's scoring user: a request to a deployment's replicas, and the traffic of
+    an endpoint, which the scheduler answers only with one of that endpoint's keys; its
+    inbox. It cannot send a command, read a stream or another query."""
+    publish = ["cairn.serve.>", "cairn.q.*.endpoint.route"]
+    subscribe = [f"_INBOX_{SCORER_USER}.>"]
+    return _user(SCORER_USER, password, _permissions(publish, subscribe))
 
 
 def _service(password: str) -> str:
@@ -465,7 +486,12 @@ def _service(password: str) -> str:
     admin's)."""
     # replies: to people through their import (``_R_``) and to the stack's own users; one
     # connection may carry several services, each answering the same broadcast
-    replies = ["_R_.>", f"_INBOX_{SERVICE_USER}.>", f"_INBOX_{AGENT_USER}.>"]
+    replies = [
+        "_R_.>",
+        f"_INBOX_{SERVICE_USER}.>",
+        f"_INBOX_{AGENT_USER}.>",
+        f"_INBOX_{SCORER_USER}.>",
+    ]
     publish = ["cairn.>", "$JS.>", "$KV.>", *replies]
     subscribe = ["cairn.>", "$JS.EVENT.ADVISORY.>", f"_INBOX_{SERVICE_USER}.>"]
     permissions = _permissions(publish, subscribe, deny_publish=_ADMIN_ONLY, responses=True)
@@ -496,6 +522,8 @@ def accounts_config(creds: Credentials, admin_password: str | None = None) -> li
             f"{{stream: {{account: {SERVICE_ACCOUNT}, subject: {_q(f'_INBOX_{name}.>')}}}}}"
         )
     services = [_service(creds.service_password), _agent(creds.agent_password)]
+    if creds.scorer_password:
+        services.append(_scorer(creds.scorer_password))
     if admin_password is not None:
         services.append(_user(ADMIN_USER, admin_password, None))
     people = [_person(name, p) for name, p in creds.users()]

@@ -5,12 +5,12 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
-``_async_schedules``, ``_async_events``, ``_jobs`` <-
+``_async_schedules``, ``_async_events``, ``_jobs`` <- ``_async_endpoints`` <-
 ``_hyperdrive`` (sweeps: their configuration and their core calls) <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
-``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
-``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <- ``_estimators``,
-``_sync``. Bytes move through :mod:`cairn.data`.
+``_compute``, ``_webservice`` <- ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <-
+``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <-
+``_estimators``, ``_sync``. Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
@@ -46,6 +46,7 @@ from cairn.sdk._jobs import RunFailedError, ScriptRunConfig
 from cairn.sdk._keyvault import Keyvault
 from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
+from cairn.sdk._onlinefile import load_deployment_file, load_endpoint_file
 from cairn.sdk._outbox import replay_spool_dir
 from cairn.sdk._pipelinefile import (
     LoadedPipeline,
@@ -65,10 +66,20 @@ from cairn.sdk._schedulefile import load_schedule_file
 from cairn.sdk._schedules import Schedule, ScheduleRecurrence
 from cairn.sdk._sweepfile import read_job_file
 from cairn.sdk._sync import Experiment, HyperDriveRun, Run, Workspace
+from cairn.sdk._webservice import (
+    AciWebservice,
+    AksWebservice,
+    InferenceConfig,
+    LocalWebservice,
+    Webservice,
+    WebserviceException,
+)
 
 __all__ = [
     "DEFAULT_CPU_IMAGE",
     "DEFAULT_GPU_IMAGE",
+    "AciWebservice",
+    "AksWebservice",
     "AmlCompute",
     "AsyncExperiment",
     "AsyncRun",
@@ -88,9 +99,11 @@ __all__ = [
     "GridParameterSampling",
     "HyperDriveConfig",
     "HyperDriveRun",
+    "InferenceConfig",
     "Input",
     "Keyvault",
     "LoadedPipeline",
+    "LocalWebservice",
     "MedianStoppingPolicy",
     "Model",
     "NoTerminationPolicy",
@@ -107,9 +120,13 @@ __all__ = [
     "ScriptRunConfig",
     "TensorFlow",
     "TruncationSelectionPolicy",
+    "Webservice",
+    "WebserviceException",
     "Workspace",
     "choice",
     "connect",
+    "load_deployment_file",
+    "load_endpoint_file",
     "load_job_file",
     "load_pipeline_file",
     "load_schedule_file",

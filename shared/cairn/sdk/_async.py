@@ -62,6 +62,7 @@ from cairn.proto.pipelines import GetPipeline
 from cairn.rpc import Client
 from cairn.sdk._async_assets import AsyncAssets
 from cairn.sdk._async_data import AsyncDatasets, AsyncDatastores
+from cairn.sdk._async_endpoints import AsyncEndpoints
 from cairn.sdk._async_events import AsyncWebhooks, FeedEvent, feed
 from cairn.sdk._async_models import AsyncModels
 from cairn.sdk._async_schedules import AsyncSchedules
@@ -91,6 +92,7 @@ class AsyncWorkspace(Session):
         self.secrets = AsyncSecrets(self)
         self.schedules = AsyncSchedules(self)
         self.webhooks = AsyncWebhooks(self)
+        self.endpoints = AsyncEndpoints(self, self.secrets)
         self._runs: set[AsyncRun] = set()
         #: runs this process beats for (open, or ended only in the spool so far)
         self._beating: set[AsyncRun] = set()

@@ -22,7 +22,7 @@ from cairn.errors import InvalidBinding, InvalidInput, NotFound
 from cairn.proto.assets import ComponentPort, ComponentSpec
 from cairn.sdk._assets import Environment
 from cairn.sdk._async_assets import AsyncAssets
-from cairn.sdk._jobfile import InlineEnvironment, _environment
+from cairn.sdk._jobfile import InlineEnvironment, environment_of
 from cairn.sdk._jobs import _environment as _job_environment
 from cairn.sdk._jobs import upload_code
 from cairn.sdk._refusals import refuse
@@ -234,7 +234,7 @@ async def register_component_file(
         raise refuse(str(path), "version", "the registry numbers versions, as for environments")
     base = path.resolve().parent
     digest, area = await upload_code(ws, base / component.code)
-    env = _environment(component.environment, base)
+    env = environment_of(component.environment, base)
     env_name, env_version, inline = _job_environment(env)
     spec = ComponentSpec(
         command=component.command,

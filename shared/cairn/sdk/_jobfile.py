@@ -46,8 +46,10 @@ from cairn.sdk._refusals import refuse, refuses
 
 __all__ = [
     "UNREAD_KEYS",
+    "InlineEnvironment",
     "Input",
     "JobFile",
+    "environment_of",
     "job_from_doc",
     "load_job_doc",
     "load_job_file",
@@ -154,7 +156,9 @@ def _strip_prefix(ref: str) -> str:
     return ref.removeprefix("azureml:").removeprefix("cairn:")
 
 
-def _environment(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
+def environment_of(value: str | InlineEnvironment | None, base: Path) -> str | Environment | None:
+    """A file's ``environment``: a reference (Azure's curated names become Cairn's), or an
+    inline one (``image``, ``conda_file`` relative to ``base``)."""
     if value is None:
         return None
     if not isinstance(value, str) and value.description is not None:
@@ -389,7 +393,7 @@ def job_from_doc(doc: dict[str, Any], path: Path) -> tuple[JobFile, ScriptRunCon
         source_directory=base / job.code,
         command=["/bin/sh", "-c", command],
         compute_target=_strip_prefix(job.compute),
-        environment=_environment(job.environment, base),
+        environment=environment_of(job.environment, base),
         max_run_duration_seconds=job.limits.timeout if job.limits else None,
         environment_variables={k: str(v) for k, v in job.environment_variables.items()},
         secrets=job.secrets,

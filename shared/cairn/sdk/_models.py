@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cairn.sdk._refusals import refuses
 from cairn.sdk._runtime import WorkspaceBase
+from cairn.sdk._webservice import (
+    DeploymentConfiguration,
+    InferenceConfig,
+    Webservice,
+    deploy,
+    model_path,
+)
 
 __all__ = ["Model"]
 
@@ -108,6 +116,40 @@ class Model:
             and model_framework in (None, r.get("framework"))
             and all(r.get("properties", {}).get(k) == v for k, v in wanted.items())
         ]
+
+    @staticmethod
+    @refuses(show_output="call service.wait_for_deployment(show_output=True)")
+    def deploy(
+        workspace: WorkspaceBase,
+        name: str,
+        models: Sequence[Model],
+        inference_config: InferenceConfig | None = None,
+        deployment_config: DeploymentConfiguration | None = None,
+        deployment_target: Any = None,
+        overwrite: bool = False,
+        show_output: bool = False,
+    ) -> Webservice:
+        """Deploy ``models`` as service ``name`` (an online endpoint with one deployment),
+        its replicas on ``deployment_target`` (a compute target or its name; default
+        ``local``) as ``deployment_config`` says; ``overwrite`` replaces a service of that
+        name. Returns at once: ``service.wait_for_deployment()`` waits for it."""
+        return deploy(
+            workspace,
+            name,
+            models,
+            inference_config,
+            deployment_config,
+            deployment_target,
+            overwrite,
+        )
+
+    @staticmethod
+    @refuses(_workspace="a model's path is known only inside a deployment's replica")
+    def get_model_path(model_name: str, version: int | None = None, _workspace: Any = None) -> str:
+        """Inside a deployment's replica (an entry script's ``init()``): where model
+        ``model_name``'s files are (its one file, or its folder), under
+        ``AZUREML_MODEL_DIR``."""
+        return model_path(model_name, version)
 
     def serialize(self) -> dict[str, Any]:
         """The version's record as the registry keeps it (the files only when this object

@@ -73,8 +73,8 @@ from cairn.sdk._jobfile import (
     Output,
     _data_input,
     _data_output,
-    _environment,
     _strip_prefix,
+    environment_of,
 )
 from cairn.sdk._jobs import InputMode, ScriptRunConfig, build_job
 from cairn.sdk._refusals import refuse
@@ -510,7 +510,7 @@ def _config(
         source_directory=step.base / code,
         command=["/bin/sh", "-c", command],
         compute_target=_strip_prefix(compute),
-        environment=_environment(env, step.base),
+        environment=environment_of(env, step.base),
         max_run_duration_seconds=file.limits.timeout if file.limits else None,
         environment_variables={k: str(v) for k, v in variables.items()},
     )

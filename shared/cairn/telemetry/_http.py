@@ -71,6 +71,10 @@ def bind_socket(host: str, port: int, what: str = "the ops routes") -> socket.so
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # inherited by every accepted connection: uvicorn writes a response's head and body
+        # separately, and with Nagle on the body waited for the client's delayed ACK (40 ms
+        # on Linux): every response took ~44 ms, /healthz included; 0.7 ms without
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(64)
     except OSError as exc:

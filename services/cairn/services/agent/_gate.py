@@ -45,7 +45,7 @@ from cairn.proto.artifacts import ListRunFiles
 from cairn.proto.commands import ErrorReply, Opened, Reply
 from cairn.proto.subjects import query
 
-__all__ = ["SOCKET_NAME", "JobGate"]
+__all__ = ["SOCKET_NAME", "JobGate", "peer_in_session"]
 
 log = get_logger("cairn.agent")
 SOCKET_NAME = "agent.sock"
@@ -70,6 +70,20 @@ _ID_FIELDS = ("run_id", "parent_run_id", "staging_id", "name", "experiment_name"
 _NOT_FOR_JOBS = frozenset({"workspace.list", "member.list"})
 _reply_decoder = msgspec.json.Decoder(Reply)
 _encoder = msgspec.json.Encoder()
+
+
+def peer_in_session(writer: asyncio.StreamWriter, session: int | None) -> bool:
+    """Whether the process at the other end of a Unix socket is of ``session`` (None: any
+    process that can reach the socket, as in a container that sees no other)."""
+    if session is None:
+        return True
+    sock = writer.get_extra_info("socket")
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", raw)[0]
+        return os.getsid(pid) == session
+    except OSError:  # the peer is gone, or no credentials here: not this job
+        return False
 
 
 class _Refused(Exception):
@@ -130,15 +144,7 @@ class JobGate:
         self._launched.set()
 
     def _peer_allowed(self, writer: asyncio.StreamWriter) -> bool:
-        if self.session is None:
-            return True
-        sock = writer.get_extra_info("socket")
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid = struct.unpack("3i", raw)[0]
-            return os.getsid(pid) == self.session
-        except OSError:  # the peer is gone, or no credentials here: not this job
-            return False
+        return peer_in_session(writer, self.session)
 
     async def close(self) -> None:
         """Revoke: stop listening, drop every connection, remove the socket."""

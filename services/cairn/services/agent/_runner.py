@@ -52,6 +52,8 @@ from cairn.proto.jobs import (
     ReportJob,
     derived_id,
 )
+from cairn.proto.metrics import LogMetrics
+from cairn.proto.serving import ReportReplica
 from cairn.rpc import Client
 from cairn.services.agent._backends import STACK_LABEL, Backend, Launched, Runtime, stack_of
 from cairn.services.agent._data import (
@@ -64,6 +66,8 @@ from cairn.services.agent._data import (
 from cairn.services.agent._gate import JobGate
 from cairn.services.agent._mlflow import MlflowEndpoint
 from cairn.services.agent._phases import PhaseLines, reporting
+from cairn.services.agent._serving import ReplicaChannel, RequestStats, relay
+from cairn.serving import INIT_FAILED
 from cairn.settings import Settings
 
 __all__ = ["LOG_FILE", "Attempt"]
@@ -72,6 +76,8 @@ log = get_logger("cairn.agent")
 LOG_FILE = "user_logs/std_log.txt"
 _LOG_FLUSH_S = 0.1
 _LOG_BATCH = 64 * 1024
+#: seconds between a replica's request metrics (logged only when it answered something)
+REQUEST_METRICS_S = 5.0
 _REF = re.compile(r"\$\{\{\s*((?:inputs|outputs)\.[A-Za-z0-9_-]+)\s*\}\}")
 
 
@@ -112,6 +118,10 @@ class Attempt:
         #: attempt uploads its outputs and records its end
         self.exited = asyncio.Event()
         self.launched: Launched | None = None
+        #: a serving replica's channel (``JobSpec.serve``), and its relay's subscription
+        self.channel: ReplicaChannel | None = None
+        self._serving: Any = None
+        self.requests = RequestStats()
         self._log_seq = 0
         self._log_file: Any = None
 
@@ -193,6 +203,8 @@ class Attempt:
                 outcome, exit_code, error = await self._run()
             finally:
                 self.stopping.set()
+            if self.a.job.serve is not None and outcome == "failed" and not self.stale:
+                await self._report_replica("failed", error)
             if self.stale:
                 log.info("attempt_stale", run_id=self.a.run_id, attempt=self.a.attempt)
                 return
@@ -258,10 +270,16 @@ class Attempt:
         except CairnError as exc:
             return "lost", None, f"agent {self.agent_id} could not report the start: {exc}"
         code = await self._execute(src, runtime)
+        return await self._ended(code, src)
+
+    async def _ended(self, code: int | None, src: Path) -> tuple[Outcome, int | None, str]:
+        """The outcome once the job's process is gone (its outputs delivered first)."""
         if self.lost_reason is not None:
             return "lost", code, self.lost_reason
         if self.cancel_reason is not None:
             return self._stopped_outcome(code)
+        if self.a.job.serve is not None:
+            return self._replica_outcome(code, src)
         if not self.stale:
             await self._upload_outputs(src)
         if code == 0 and not self.stale and self.a.job.outputs:
@@ -272,6 +290,80 @@ class Attempt:
         if code == 0:
             return "completed", 0, ""
         return "failed", code, f"the job's process exited with code {code}"
+
+    def _replica_outcome(self, code: int | None, src: Path) -> tuple[Outcome, int | None, str]:
+        """A replica ends only when stopped: one whose ``init()`` raised failed (its log's
+        end, the traceback, is the error); any other end loses the attempt, and the
+        scheduler puts the replica back in the queue as it does a lost job."""
+        if code == INIT_FAILED and (self.channel is None or not self.channel.ready.is_set()):
+            return "failed", code, _tail(src / LOG_FILE)
+        return "lost", code, f"the replica's process exited with code {code}"
+
+    async def _report_replica(self, phase: Literal["ready", "failed"], error: str = "") -> None:
+        serve = self.a.job.serve
+        assert serve is not None
+        cmd = ReportReplica(
+            command_id=derived_id(f"replica-{phase}", self.a.run_id, self.a.attempt),
+            endpoint=serve.endpoint,
+            deployment=serve.deployment,
+            run_id=self.a.run_id,
+            attempt=self.a.attempt,
+            phase=phase,
+            error=error[-16000:],
+        )
+        try:
+            await self.client.send(cmd)
+        except CairnError as exc:  # a deployment replaced or deleted meanwhile
+            log.warning("replica_report_refused", run_id=self.a.run_id, error=exc.message)
+
+    async def _serve(self, channel: ReplicaChannel) -> None:
+        """Once the replica is ready: take its deployment's requests, then say so."""
+        serve = self.a.job.serve
+        assert serve is not None
+        await channel.ready.wait()
+        nc = self.client.conn.nc
+        self._serving = await relay(nc, self.ws, serve, channel, self.requests)
+        log.info("replica_ready", run_id=self.a.run_id, deployment=serve.deployment)
+        await self._report_replica("ready")
+        while not channel.closed.is_set():  # its request metrics, every few seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
+            await self._log_requests()
+        # a run() past its time, or a broken channel: this replica is done; its loss gets it
+        # replaced
+        await self._stop_serving()
+        if self.launched is not None:
+            log.warning("replica_channel_closed", run_id=self.a.run_id)
+            self.launched.kill()
+
+    async def _stop_serving(self) -> None:
+        """No more requests for this replica: the server is told first, then the requests
+        already delivered are answered (a plain unsubscribe would drop them, and cancel the
+        one being answered, leaving their callers to time out)."""
+        sub, self._serving = self._serving, None
+        if sub is not None:
+            try:
+                await asyncio.wait_for(sub.drain(), self.settings.job_cancel_grace_s)
+            except Exception:  # past the grace period, or the connection is away
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            await self._log_requests()
+
+    async def _log_requests(self) -> None:
+        """What the replica answered since the last time, as its run's metrics."""
+        points = self.requests.take()
+        if not points:
+            return
+        cmd = LogMetrics(
+            command_id=uuid.uuid4().hex,
+            run_id=self.a.run_id,
+            points=points,
+            attempt=self.a.attempt,
+        )
+        try:
+            await self.client.send(cmd)
+        except CairnError as exc:  # counts are best effort, as logs are
+            log.warning("request_metrics_failed", run_id=self.a.run_id, error=exc.message)
 
     def _stopped_outcome(self, code: int | None) -> tuple[Outcome, int | None, str]:
         return "canceled", code, self.cancel_reason or "canceled"
@@ -340,6 +432,9 @@ class Attempt:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus)
         if self.inputs:
             env["CAIRN_INPUT_DATASETS"] = msgspec.json.encode(self.inputs).decode()
+        if (serve := self.a.job.serve) is not None:  # relative to the replica's folder
+            dirs = {m.name: f"azureml-models/{m.name}/{m.version}" for m in serve.models}
+            env["CAIRN_MODEL_DIRS"] = msgspec.json.encode(dirs).decode()
         return env
 
     def _argv(self, python: str) -> list[str]:
@@ -379,17 +474,24 @@ class Attempt:
         )
         mlflow: MlflowEndpoint | None = None
         try:
-            await gate.open(self.gates)
+            folder = await gate.open(self.gates)
+            if self.a.job.serve is not None:
+                self.channel = ReplicaChannel(folder)
+                await self.channel.open()
             mlflow = MlflowEndpoint(gate, self.settings)
             environ = {**self._environ(gate.path), **mlflow.environ()}
             self.launched = launched = await self.backend.launch(
                 runtime, argv, src, environ, labels, self.gpus
             )
             gate.admit(launched.session)
+            if self.channel is not None:
+                self.channel.session = launched.session
         except (OSError, CairnError) as exc:
             gate.admit(None)
             if mlflow is not None:
                 await mlflow.close()
+            if self.channel is not None:
+                await self.channel.close()
             await gate.close()
             self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
             self._log_file.close()
@@ -398,13 +500,29 @@ class Attempt:
             pump = asyncio.create_task(self._pump_logs(launched.output))
             waiter = asyncio.ensure_future(launched.wait)
             stopper = asyncio.create_task(self.stopping.wait())
+            serving = (
+                None if self.channel is None else asyncio.create_task(self._serve(self.channel))
+            )
             await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if serving is not None and self.channel is not None:  # no more requests for it
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+                await self._stop_serving()
+                if not waiter.done():  # the request it holds is answered before it stops
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self.channel.idle(), self.settings.job_cancel_grace_s
+                        )
             if not waiter.done():
                 await self._stop_job(launched, waiter)
             stopper.cancel()
             await pump
             return waiter.result()
         finally:
+            await self._stop_serving()
+            if self.channel is not None:
+                await self.channel.close()
             await mlflow.close()
             await gate.close()  # revoked: nothing the job left behind can speak for it
             self._log_file.close()
@@ -482,3 +600,13 @@ class Attempt:
             except CairnError as exc:
                 self._write_log(f"cairn: could not upload {name}: {exc}\n".encode())
                 log.warning("output_upload_failed", run_id=self.a.run_id, path=name, error=str(exc))
+
+
+def _tail(path: Path, size: int = 16000) -> str:
+    """The end of a log file (a replica's traceback)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

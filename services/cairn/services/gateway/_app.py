@@ -55,6 +55,7 @@ from cairn.services.gateway._auth import (
     principal_of,
 )
 from cairn.services.gateway._pool import Pool
+from cairn.services.gateway._score import Scorer, score, swagger
 from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
 from cairn.telemetry import ops_routes, readiness
@@ -230,6 +231,8 @@ def create_app(
             *ASSET_PAGES,
             *API_ROUTES,
             *LIVE_ROUTES,
+            score,
+            swagger,
             *mlflow_routes(mlflow_tracker),
             *mlflow_routes(mlflow_tracker, "/mlflow/{workspace:str}"),
             *route_handlers,
@@ -249,6 +252,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.pool = pool
+    app.state.scorer = Scorer(settings)
     return app
 
 
@@ -324,6 +328,7 @@ class Gateway:
             readiness.withdraw(self.name, self)
             stopping.cancel()
             await self.pool.close()
+            await self.app.state.scorer.close()
             self.socket.close()
 
 

@@ -13,6 +13,7 @@ until it expires: the price of holding no session state, as with any sealed cook
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from litestar.types import Receive, Scope, Send
 
 from cairn.errors import Unauthenticated, Unavailable
 from cairn.services.gateway._pool import Pool, Principal
+from cairn.services.gateway._score import SCORE_PATH, EndpointKey
 from cairn.tokens import parse_token
 
 __all__ = [
@@ -101,7 +103,13 @@ class Authenticate(AbstractAuthenticationMiddleware):
                 scheme, _, value = header.partition(" ")
                 if scheme.lower() != "bearer" or not value.strip():
                     raise NotAuthorizedException("use Authorization: Bearer <token>")
-                user, secret = parse_token(value.strip())
+                try:
+                    user, secret = parse_token(value.strip())
+                except Unauthenticated:
+                    if not re.match(SCORE_PATH, connection.url.path):
+                        raise
+                    # not a token: an endpoint's key, which the scheduler checks
+                    return AuthenticationResult(user=EndpointKey(value.strip()), auth="key")
                 principal = await pool.principal(user, secret, "token", hold=True)
                 return AuthenticationResult(user=principal, auth="token")
             session = session_of(connection)
@@ -132,8 +140,9 @@ def _same_origin(request: Request[Any, Any, Any]) -> bool:
 async def csrf_guard(request: Request[Any, Any, Any]) -> None:
     """Refuse an unsafe request made with the session cookie that lacks the session's CSRF
     token (form field ``_csrf`` or header ``X-CSRF-Token``), or that another site sent. A
-    bearer token is not sent by browsers on their own: those requests need neither."""
-    if request.method in _SAFE or request.scope.get("auth") == "token":
+    bearer token (or an endpoint's key) is not sent by browsers on their own: those requests
+    need neither."""
+    if request.method in _SAFE or request.scope.get("auth") in ("token", "key"):
         return
     expected = session_of(request).get("csrf")
     given = request.headers.get(CSRF_HEADER)

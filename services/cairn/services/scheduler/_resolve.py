@@ -77,7 +77,7 @@ async def resolve_asset(
 def _check_basics(job: JobSpec) -> None:
     if not job.command or not job.command[0]:
         raise InvalidInput("a job needs a command")
-    if not 1 <= job.max_attempts <= 10:
+    if job.serve is None and not 1 <= job.max_attempts <= 10:
         raise InvalidInput("max_attempts must be between 1 and 10")
     if job.timeout_s is not None and job.timeout_s <= 0:
         raise InvalidInput("timeout_s must be positive")

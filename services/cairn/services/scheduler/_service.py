@@ -52,6 +52,7 @@ from cairn.proto.jobs import (
 from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import Request, Responder
 from cairn.service import ProjectedService
+from cairn.services.scheduler._endpoints import Endpoints
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
 from cairn.services.scheduler._pythons import Pythons
@@ -110,6 +111,8 @@ class SchedulerService(ProjectedService):
                 },
             ),
         ]
+        self.endpoints = Endpoints(conn, settings, self.cache, self.pythons, self._publish)
+        self.responders += self.endpoints.responders
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -297,6 +300,8 @@ class SchedulerService(ProjectedService):
     async def _submit(self, req: Request) -> Accepted:
         cmd: SubmitJob = req.body
         ws = req.workspace
+        if cmd.job.serve is not None:  # a replica is the deployment's, never a person's job
+            raise InvalidInput("job.serve is set by endpoint.deploy alone: deploy a model")
         await lookup.require_workspace(self.cache, ws)
         if cmd.scheduled is not None:
             await self._check_fired(ws, cmd)

@@ -1,0 +1,216 @@
+"""Online endpoints: a scoring address with its keys and traffic, and the deployments behind it.
+
+1. ``CreateEndpoint`` (``cairn.cmd.<ws>.endpoint.create``, the scheduler) records
+   ``EndpointCreated`` with the sha256 of its two keys (never the keys: the client makes them
+   and keeps them as workspace secrets); ``SetEndpointKeys`` replaces one (a regenerated key
+   invalidates the old one at once); ``UpdateEndpoint`` sets the traffic weights.
+2. ``DeployModel`` (``endpoint.deploy``) records ``DeploymentCreated`` (or
+   ``DeploymentUpdated``) on the deployment's own subject and submits one job per replica:
+   a run whose ``JobSpec.serve`` makes its agent serve requests for the deployment instead of
+   waiting for the process to end. A replica that is lost (its process killed, its agent
+   gone) is re-queued by the scheduler as any lost job is.
+3. The replica's agent reports ``ReportReplica`` (``replica.report``, agents only): ``ready``
+   once the entry script's ``init()`` returned, ``failed`` with the traceback when it raised.
+4. Requests travel on ``cairn.serve.<ws>.<endpoint>.<deployment>`` (request/reply, one queue
+   group per deployment): the gateway picks a deployment by weight per request
+   (``RouteEndpoint`` says the weights once the key is checked) and the replicas' agents
+   relay each request to their replica.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from cairn.proto._base import Count, Digest, Id, Key, Name, Strict, TagKey, TagValue, Text
+from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.commands import Command, Query
+
+__all__ = [
+    "ENDPOINT_COMMAND_TYPES",
+    "ENDPOINT_QUERY_TYPES",
+    "MAX_REPLICAS",
+    "CreateEndpoint",
+    "DeleteDeployment",
+    "DeleteEndpoint",
+    "DeployModel",
+    "DeploymentName",
+    "DeploymentSpec",
+    "EndpointName",
+    "GetEndpoint",
+    "ListEndpoints",
+    "ModelRef",
+    "ReplicaSpec",
+    "ReportReplica",
+    "RouteEndpoint",
+    "SetEndpointKeys",
+    "UpdateEndpoint",
+    "deployment_id",
+]
+
+#: an endpoint's or a deployment's name: a subject token without ``_`` (which joins the two in
+#: a deployment's aggregate id), starting with a letter
+EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{1,31}$")]
+DeploymentName = EndpointName
+#: the most replicas one deployment may ask for
+MAX_REPLICAS = 64
+
+
+def deployment_id(endpoint: str, deployment: str) -> str:
+    """The deployment aggregate's id: ``<endpoint>_<deployment>`` (names hold no ``_``)."""
+    return f"{endpoint}_{deployment}"
+
+
+class ModelRef(Strict, frozen=True, kw_only=True):
+    """A registered model version a deployment serves."""
+
+    name: Name
+    version: Count
+
+
+class ReplicaSpec(Strict, frozen=True, kw_only=True):
+    """What makes a job a serving replica (``JobSpec.serve``): its agent starts the entry
+    script's ``init()`` once and relays the deployment's requests to its ``run()``."""
+
+    endpoint: EndpointName
+    deployment: DeploymentName
+    entry_script: Text
+    models: list[ModelRef] = msgspec.field(default_factory=list)
+    #: how long one ``run()`` may take before the caller is answered 504
+    request_timeout_s: float = 60.0
+
+
+class DeploymentSpec(Strict, frozen=True, kw_only=True):
+    """A deployment as its client describes it: the models, the entry script in the source
+    snapshot (committed in a staging area, as a job's), the environment (registered by name,
+    or inline), the compute target its replicas run on and how many.
+
+    ``cpu_cores`` and ``memory_gb`` are what each replica asks for; they are recorded and
+    shown, and an agent takes a replica only into a free slot (one replica, one slot)."""
+
+    models: list[ModelRef] = msgspec.field(default_factory=list)
+    entry_script: Text
+    snapshot: Digest | None = None
+    snapshot_area: Id | None = None
+    environment_name: Name | None = None
+    environment_version: Count | None = None
+    environment: EnvironmentSpec | None = None
+    compute: Key = "local"
+    replicas: Count = 1
+    cpu_cores: float | None = None
+    memory_gb: float | None = None
+    env_vars: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    request_timeout_s: float = 60.0
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):
+    """A new endpoint with the sha256 digests of its primary and secondary keys."""
+
+    VERB = "endpoint.create"
+    endpoint: EndpointName
+    key_hashes: list[Digest]
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class UpdateEndpoint(Command, frozen=True, kw_only=True, tag=True):
+    """Set the traffic (``{deployment: percent}``, summing to 100, or all 0), the
+    description or the tags; what is None stays. ``mirror_traffic`` (``{deployment:
+    percent}``, one deployment, at most 50, one without live traffic; ``{}``: none): that
+    share of requests is also sent to it, its answers dropped."""
+
+    VERB = "endpoint.update"
+    endpoint: EndpointName
+    traffic: dict[DeploymentName, Count] | None = None
+    description: Text | None = None
+    tags: dict[TagKey, TagValue] | None = None
+    mirror_traffic: dict[DeploymentName, Count] | None = None
+
+
+class SetEndpointKeys(Command, frozen=True, kw_only=True, tag=True):
+    """Replace the key in ``slot`` by the one whose digest is ``key_hash`` (the old key stops
+    working at once)."""
+
+    VERB = "endpoint.keys"
+    endpoint: EndpointName
+    slot: Literal["primary", "secondary"]
+    key_hash: Digest
+
+
+class DeleteEndpoint(Command, frozen=True, kw_only=True, tag=True):
+    """Delete the endpoint and every deployment under it (their replicas are stopped)."""
+
+    VERB = "endpoint.delete"
+    endpoint: EndpointName
+
+
+class DeployModel(Command, frozen=True, kw_only=True, tag=True):
+    """Create deployment ``deployment`` under ``endpoint``, or replace its spec (its replicas
+    are replaced). ``all_traffic``: then send the endpoint's whole traffic to it."""
+
+    VERB = "endpoint.deploy"
+    endpoint: EndpointName
+    deployment: DeploymentName
+    spec: DeploymentSpec
+    all_traffic: bool = False
+
+
+class DeleteDeployment(Command, frozen=True, kw_only=True, tag=True):
+    """Stop a deployment's replicas and delete it; refused while it has traffic."""
+
+    VERB = "endpoint.undeploy"
+    endpoint: EndpointName
+    deployment: DeploymentName
+
+
+class ReportReplica(Command, frozen=True, kw_only=True, tag=True):
+    """A replica's agent says how its start went: ``ready`` (``init()`` returned; the agent
+    now takes the deployment's requests for it) or ``failed`` (``error``: the traceback)."""
+
+    VERB = "replica.report"
+    endpoint: EndpointName
+    deployment: DeploymentName
+    run_id: Id
+    attempt: Count
+    phase: Literal["ready", "failed"]
+    error: Text = ""
+
+
+class GetEndpoint(Query, frozen=True, kw_only=True, tag=True):
+    """An endpoint with its traffic and its deployments (their replicas and state); never a
+    key."""
+
+    NAME = "endpoint.get"
+    endpoint: EndpointName
+
+
+class ListEndpoints(Query, frozen=True, kw_only=True, tag=True):
+    NAME = "endpoint.list"
+
+
+class RouteEndpoint(Query, frozen=True, kw_only=True, tag=True):
+    """The traffic weights a request may be routed by. From outside the people's account (the
+    gateway's scoring user) it needs ``key``, one of the endpoint's keys; a member of the
+    workspace asks without one."""
+
+    NAME = "endpoint.route"
+    endpoint: EndpointName
+    key: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    #: the caller names the deployment (``azureml-model-deployment``): its time limit is in
+    #: the answer whatever its traffic (``NotFound`` when it is not live)
+    deployment: DeploymentName | None = None
+
+
+ENDPOINT_COMMAND_TYPES: tuple[type[Command], ...] = (
+    CreateEndpoint,
+    UpdateEndpoint,
+    SetEndpointKeys,
+    DeleteEndpoint,
+    DeployModel,
+    DeleteDeployment,
+    ReportReplica,
+)
+ENDPOINT_QUERY_TYPES: tuple[type[Query], ...] = (GetEndpoint, ListEndpoints, RouteEndpoint)

@@ -1,0 +1,259 @@
+"""An online endpoint's public address: ``POST /endpoints/<workspace>/<endpoint>/score``.
+
+The caller shows one of the endpoint's keys (``Authorization: Bearer <key>``) or a Cairn API
+token (or a studio session) of a member of the workspace. The gateway asks the endpoint's
+traffic (``endpoint.route``): with a key, over its scoring connection (the scheduler checks
+the key's digest and answers 401 otherwise); with a token, over that person's own
+connection (the membership check). It picks a deployment by weight for each request (or takes
+the one the ``azureml-model-deployment`` header names) and sends
+the body, unchanged, to that deployment's queue group over NATS request/reply; whichever
+replica takes it answers. A mirrored deployment (``mirror_traffic``) gets a copy of its
+share of requests, sent alongside and its answer dropped. The replica's status
+(``Cairn-Status``: 200, 400 for a body its ``run()`` cannot read, 500 when ``run()`` raised)
+and body come back as they are.
+
+Limits: a body over ``gateway_score_max_bytes`` is 413 before anything is asked; a body that
+is not JSON is 400 (once the caller is known). **Retry budget**: when no replica of the
+chosen deployment is subscribed (none ready yet, or one being replaced by the scheduler),
+the request is sent again after 0.05 s, doubling up to 1 s, until ``gateway_score_retry_s``
+(10 s by default) has passed, then answered 503; one the replica took but did not answer
+within the deployment's ``request_timeout_s`` is 504 and is not sent again (``run()`` may
+have had effects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import FromPath
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from cairn.bus import Connection, connect
+from cairn.errors import Unavailable
+from cairn.log import get_logger
+from cairn.proto import subjects
+from cairn.proto.serving import RouteEndpoint
+from cairn.rpc import SCORER_USER, Client
+from cairn.services.gateway._pool import Principal
+from cairn.settings import Settings
+
+__all__ = ["SCORE_PATH", "EndpointKey", "Scorer", "score", "swagger"]
+
+log = get_logger("cairn.gateway")
+#: the scoring route's pattern (its bearer value may be an endpoint's key, not a token)
+SCORE_PATH = r"^/endpoints/[^/]+/[^/]+/(score|swagger\.json)$"
+STATUS_HEADER = "Cairn-Status"
+
+
+@dataclass(frozen=True)
+class EndpointKey:
+    """A scoring request's bearer value that is no Cairn token: an endpoint's key, which
+    only the scheduler can check (it holds the digests)."""
+
+    key: str
+
+
+class Scorer:
+    """The gateway's scoring connection, as ``cairn-scorer``: it may send requests to
+    deployments and ask an endpoint's traffic with a key, nothing else. Opened on first use;
+    without its password (``scorer_password``, or the home's ``credentials.json``) scoring
+    answers 503 and the rest of the gateway is unaffected."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rng = random.Random(settings.gateway_route_seed)
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+        #: copies of requests on their way to a mirrored deployment (answers dropped)
+        self._mirrors: set[asyncio.Task[None]] = set()
+
+    def _password(self) -> str | None:
+        if self.settings.scorer_password:
+            return self.settings.scorer_password
+        path = self.settings.home_path / "credentials.json"
+        try:
+            found = json.loads(path.read_text()).get("scorer_password")
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, str) and found else None
+
+    async def connection(self) -> Connection:
+        async with self._lock:
+            if self._conn is not None and self._conn.nc.is_connected:
+                return self._conn
+            password = self._password()
+            if password is None:
+                raise Unavailable(
+                    "this gateway has no scoring credentials (scorer_password): it cannot"
+                    " reach deployments"
+                )
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.close()
+            settings = msgspec.structs.replace(
+                self.settings, nats_user=SCORER_USER, nats_password=password
+            )
+            self._conn = await connect(settings, name="cairn-gateway-scorer")
+            return self._conn
+
+    async def close(self) -> None:
+        for task in list(self._mirrors):
+            task.cancel()
+        if self._mirrors:
+            await asyncio.gather(*self._mirrors, return_exceptions=True)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+    def mirror(self, mirror: dict[str, int], subject_of: Any, body: bytes, timeout: float) -> None:
+        """Send a copy of the request to the mirrored deployment, for its share of requests;
+        its answer (or its absence) is dropped, and the caller does not wait for it."""
+        for deployment, percent in mirror.items():
+            if self.rng.random() * 100 >= percent:
+                continue
+            task = asyncio.create_task(self._copy(subject_of(deployment), body, timeout))
+            self._mirrors.add(task)
+            task.add_done_callback(self._mirrors.discard)
+
+    async def _copy(self, subject: str, body: bytes, timeout: float) -> None:
+        conn = await self.connection()
+        with contextlib.suppress(Exception):  # a mirror's failures are its own
+            await conn.nc.request(subject, body, timeout=timeout)
+
+    def choose(self, traffic: dict[str, int]) -> str:
+        names = sorted(traffic)
+        return self.rng.choices(names, weights=[traffic[n] for n in names])[0]
+
+    async def forward(self, subject: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """The chosen deployment's answer, retried while no replica listens (the budget)."""
+        conn = await self.connection()
+        deadline = time.monotonic() + self.settings.gateway_score_retry_s
+        delay = 0.05
+        while True:
+            try:
+                msg = await conn.nc.request(subject, body, timeout=timeout)
+            except NoRespondersError:
+                if time.monotonic() + delay > deadline:
+                    budget = self.settings.gateway_score_retry_s
+                    return 503, _error(f"no replica answered within {budget:g} s")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except NatsTimeout:
+                return 504, _error(f"no answer within {timeout:g} s")
+            status = (msg.headers or {}).get(STATUS_HEADER, "200")
+            return (int(status) if status.isdigit() else 502), msg.data
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+async def _body(request: Request[Any, Any, Any], limit: int) -> bytes | None:
+    """The body, or None when it is over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = await request.body()
+    return None if len(body) > limit else body
+
+
+@post("/endpoints/{workspace:str}/{endpoint:str}/score", status_code=200)
+async def score(
+    request: Request[Any, Any, Any], workspace: FromPath[str], endpoint: FromPath[str]
+) -> Response[bytes]:
+    scorer: Scorer = request.app.state.scorer
+    settings: Settings = request.app.state.settings
+    body = await _body(request, settings.gateway_score_max_bytes)
+    if body is None:
+        limit = settings.gateway_score_max_bytes
+        return _json(413, _error(f"the body is over {limit} bytes"))
+    named = request.headers.get(DEPLOYMENT_HEADER) or None
+    route = await _route(request, workspace, endpoint, named)
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        return _json(400, _error(f"the body is not JSON: {exc}"))
+    traffic = {str(k): int(v) for k, v in route["traffic"].items() if int(v) > 0}
+    if named is not None:  # the caller's choice (a deployment's test before its traffic)
+        deployment = named
+    elif not traffic:
+        return _json(503, _error(f"endpoint {endpoint} sends no traffic to any deployment"))
+    else:
+        deployment = scorer.choose(traffic)
+    timeout = float(route["timeouts"].get(deployment, 60.0)) + 1.0
+    subject = subjects.serve(workspace, endpoint, deployment)
+    mirror = {str(k): int(v) for k, v in route.get("mirror", {}).items()}
+    if mirror and named is None:
+        scorer.mirror(mirror, lambda d: subjects.serve(workspace, endpoint, d), body, timeout)
+    status, answer = await scorer.forward(subject, body, timeout)
+    return _json(status, answer, deployment)
+
+
+#: the request header naming the deployment to score with (Azure's), whatever the traffic
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
+
+async def _route(
+    request: Request[Any, Any, Any], workspace: str, endpoint: str, deployment: str | None = None
+) -> dict[str, Any]:
+    """The endpoint's traffic, asked as the caller: with its key over the scoring
+    connection, or as the signed-in member (401 otherwise)."""
+    scorer: Scorer = request.app.state.scorer
+    user = request.scope.get("user")
+    if isinstance(user, EndpointKey):
+        asker, key = await scorer.connection(), user.key
+    elif isinstance(user, Principal):
+        asker, key = user.conn, None
+    else:
+        raise NotAuthorizedException("show the endpoint's key: Authorization: Bearer <key>")
+    query = RouteEndpoint(endpoint=endpoint, key=key, deployment=deployment)
+    route: dict[str, Any] = (await Client(asker, workspace).ask(query)).data
+    return route
+
+
+@get("/endpoints/{workspace:str}/{endpoint:str}/swagger.json")
+async def swagger(
+    request: Request[Any, Any, Any], workspace: FromPath[str], endpoint: FromPath[str]
+) -> dict[str, Any]:
+    """The scoring address as an OpenAPI document (for the same callers as the address)."""
+    await _route(request, workspace, endpoint)
+    return {
+        "openapi": "3.0.1",
+        "info": {"title": endpoint, "version": "1.0"},
+        "paths": {
+            f"/endpoints/{workspace}/{endpoint}/score": {
+                "post": {
+                    "summary": "the entry script's run() on the request's JSON body",
+                    "security": [{"bearer": []}],
+                    "requestBody": {"content": {"application/json": {"schema": {}}}},
+                    "responses": {
+                        "200": {"description": "run()'s answer, as JSON"},
+                        "400": {"description": "the body is not JSON"},
+                        "401": {"description": "no valid key or token"},
+                        "413": {"description": "the body is too large"},
+                        "500": {"description": "run() raised: {error}"},
+                        "503": {"description": "no replica answered within the retry budget"},
+                        "504": {"description": "run() took longer than the deployment allows"},
+                    },
+                }
+            }
+        },
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _json(status: int, body: bytes, deployment: str | None = None) -> Response[bytes]:
+    headers = {"azureml-model-deployment": deployment} if deployment else None
+    return Response(body, status_code=status, media_type="application/json", headers=headers)

@@ -1,0 +1,432 @@
+"""Online endpoints, answered by the scheduler: a deployment's replicas are jobs it leases.
+
+``endpoint.deploy`` resolves the replicas' job (the environment, the source snapshot, the
+models as inputs), records the deployment with the run ids of its replicas (derived from the
+command id, so a retried command submits the same runs) and submits each replica as a job
+with ``JobSpec.serve``; replicas of an earlier spec are stopped as new ones become ready (a
+rolling update: the deployment always has a ready replica). From there a replica is a
+job like any other: ticket, claim, lease, and a lost one re-queued. ``endpoint.route`` tells
+the gateway the traffic weights once the caller's key matches one of the endpoint's digests
+(or the caller is a member of the workspace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from cairn import lookup
+from cairn.bus import AggregateCache, CommandContext, Connection, execute
+from cairn.domain import endpoint as endpoints
+from cairn.domain import experiment
+from cairn.domain import run as runs
+from cairn.errors import InvalidInput, InvalidTransition, NotFound, Unauthenticated
+from cairn.proto import subjects
+from cairn.proto.commands import Accepted, CancelRun, CreateExperiment, QueryResult
+from cairn.proto.jobs import JobEnvironment, JobInput, JobSpec, SubmitJob, derived_id
+from cairn.proto.serving import (
+    ENDPOINT_COMMAND_TYPES,
+    MAX_REPLICAS,
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    DeployModel,
+    GetEndpoint,
+    ListEndpoints,
+    ReplicaSpec,
+    ReportReplica,
+    RouteEndpoint,
+    SetEndpointKeys,
+    UpdateEndpoint,
+    deployment_id,
+)
+from cairn.proto.streams import EVENTS
+from cairn.rpc import SERVICE_ACTOR, Request, Responder
+from cairn.services.scheduler._pythons import Pythons
+from cairn.services.scheduler._resolve import resolve_job
+from cairn.settings import Settings
+
+__all__ = ["REPLICA_MAX_ATTEMPTS", "Endpoints", "replica_command"]
+
+#: how often a replica may be lost before its run fails (a replica is meant to run for good;
+#: re-queues back off up to 120 s)
+REPLICA_MAX_ATTEMPTS = 1000
+#: where a replica's models land in its folder (``AZUREML_MODEL_DIR`` points there)
+MODELS_DIR = "azureml-models"
+
+
+def replica_command(entry_script: str) -> list[str]:
+    """A replica's process: the serving loop over the entry script."""
+    return ["python", "-m", "cairn.serving", entry_script]
+
+
+def key_digest(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class Endpoints:
+    """The endpoint commands and queries, for the scheduler (which submits the replicas)."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        settings: Settings,
+        cache: AggregateCache,
+        pythons: Pythons,
+        publish: Callable[[str, str, int, str], Awaitable[bool]],
+    ) -> None:
+        self.conn, self.settings, self.cache, self.pythons = conn, settings, cache, pythons
+        self.publish = publish
+        self.responders = [
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("endpoint"), subjects.command_filter("replica")],
+                queue="scheduler",
+                types=ENDPOINT_COMMAND_TYPES,
+                routes={
+                    CreateEndpoint.VERB: self._create,
+                    UpdateEndpoint.VERB: self._update,
+                    SetEndpointKeys.VERB: self._keys,
+                    DeleteEndpoint.VERB: self._delete,
+                    DeployModel.VERB: self._deploy,
+                    DeleteDeployment.VERB: self._undeploy,
+                    ReportReplica.VERB: self._report,
+                },
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("endpoint")],
+                queue="scheduler",
+                types=(GetEndpoint, ListEndpoints, RouteEndpoint),
+                routes={
+                    GetEndpoint.NAME: self._get,
+                    ListEndpoints.NAME: self._list,
+                    RouteEndpoint.NAME: self._route,
+                },
+            ),
+        ]
+
+    # -- looking up ---------------------------------------------------------------------------
+
+    async def _endpoint(self, ws: str, name: str, *, fresh: bool = True) -> endpoints.EndpointState:
+        state = await lookup.state(self.cache, endpoints.ENDPOINT, ws, name, fresh=fresh)
+        if not state.live:
+            raise NotFound(f"endpoint {name} does not exist")
+        return state
+
+    async def _deployment(self, ws: str, ep: str, name: str) -> endpoints.DeploymentState:
+        did = deployment_id(ep, name)
+        return await lookup.state(self.cache, endpoints.DEPLOYMENT, ws, did, fresh=True)
+
+    async def _ids(self, ws: str, kind: str, prefix: str = "") -> list[str]:
+        """The ids of aggregates of ``kind`` in ``ws`` (those starting ``prefix``), from the
+        subjects EVENTS holds."""
+        base = subjects.event(ws, kind, "x")[:-1]
+        info = await self.conn.js.stream_info(EVENTS.name, subjects_filter=f"{base}*")
+        found = (info.state.subjects or {}) if info.state else {}
+        ids = [s[len(base) :] for s in found]
+        return sorted(i for i in ids if i.startswith(prefix))
+
+    async def _deployments(self, ws: str, ep: str) -> list[endpoints.DeploymentState]:
+        states = []
+        for did in await self._ids(ws, endpoints.DEPLOYMENT.kind, f"{ep}_"):
+            state = await lookup.state(self.cache, endpoints.DEPLOYMENT, ws, did, fresh=True)
+            if state.live:
+                states.append(state)
+        return states
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def _create(self, req: Request) -> Accepted:
+        cmd: CreateEndpoint = req.body
+        await lookup.require_workspace(self.cache, req.workspace)
+        return await self._on_endpoint(req, cmd.endpoint, cmd)
+
+    async def _on_endpoint(
+        self, req: Request, name: str, command: endpoints.EndpointCommand
+    ) -> Accepted:
+        return await execute(req.context(), endpoints.ENDPOINT, name, command, cache=self.cache)
+
+    async def _update(self, req: Request) -> Accepted:
+        cmd: UpdateEndpoint = req.body
+        live = [d.name for d in await self._deployments(req.workspace, cmd.endpoint)]
+        resolved = endpoints.ResolvedTraffic(command=cmd, deployments=live)
+        return await self._on_endpoint(req, cmd.endpoint, resolved)
+
+    async def _keys(self, req: Request) -> Accepted:
+        cmd: SetEndpointKeys = req.body
+        return await self._on_endpoint(req, cmd.endpoint, cmd)
+
+    async def _delete(self, req: Request) -> Accepted:
+        cmd: DeleteEndpoint = req.body
+        ws = req.workspace
+        for dep in await self._deployments(ws, cmd.endpoint):
+            delete = DeleteDeployment(
+                command_id=derived_id("undeploy", cmd.command_id, dep.name),
+                endpoint=cmd.endpoint,
+                deployment=dep.name,
+            )
+            await self._retire(req, delete)
+        return await self._on_endpoint(req, cmd.endpoint, cmd)
+
+    async def _deploy(self, req: Request) -> Accepted:
+        cmd: DeployModel = req.body
+        ws, spec = req.workspace, cmd.spec
+        await self._endpoint(ws, cmd.endpoint)
+        if not 1 <= spec.replicas <= MAX_REPLICAS:
+            raise InvalidInput(f"replicas must be between 1 and {MAX_REPLICAS}")
+        if spec.request_timeout_s <= 0 or spec.request_timeout_s > 3600:
+            raise InvalidInput("request_timeout_s must be within (0, 3600]")
+        experiment_name = f"endpoint-{cmd.endpoint}"
+        await self._experiment(req, experiment_name)
+        replicas = [derived_id("replica", cmd.command_id, i) for i in range(spec.replicas)]
+        job = await self._resolve(ws, cmd, replicas[0], experiment_name)
+        resolved = endpoints.ResolvedDeploy(
+            command=cmd, job=job, replicas=replicas, experiment_name=experiment_name
+        )
+        did = deployment_id(cmd.endpoint, cmd.deployment)
+        accepted = await execute(
+            req.context(), endpoints.DEPLOYMENT, did, resolved, cache=self.cache
+        )
+        state = await self._deployment(ws, cmd.endpoint, cmd.deployment)
+        for run_id in state.replicas:
+            await self._submit(req, run_id, experiment_name, job, spec.compute)
+        # an earlier spec's replicas keep serving until new ones are ready (_roll)
+        if cmd.all_traffic:
+            update = UpdateEndpoint(
+                command_id=derived_id("traffic", cmd.command_id),
+                endpoint=cmd.endpoint,
+                traffic={cmd.deployment: 100},
+            )
+            live = [d.name for d in await self._deployments(ws, cmd.endpoint)]
+            ctx = self._ctx(req, update.command_id)
+            resolved_traffic = endpoints.ResolvedTraffic(command=update, deployments=live)
+            await execute(ctx, endpoints.ENDPOINT, cmd.endpoint, resolved_traffic, cache=self.cache)
+        return accepted
+
+    def _ctx(self, req: Request, command_id: str) -> CommandContext:
+        return CommandContext(
+            workspace=req.workspace,
+            command_id=command_id,
+            actor=req.actor,
+            correlation_id=req.body.command_id,
+        )
+
+    async def _experiment(self, req: Request, name: str) -> None:
+        create = CreateExperiment(
+            command_id=derived_id("experiment", req.body.command_id), name=name
+        )
+        eid = subjects.name_to_id(name)
+        ctx = self._ctx(req, create.command_id)
+        await execute(ctx, experiment.AGGREGATE, eid, create, cache=self.cache)
+
+    async def _resolve(
+        self, ws: str, cmd: DeployModel, run_id: str, experiment_name: str
+    ) -> JobSpec:
+        """The replicas' job: the serving loop over the entry script, the models as inputs
+        under ``azureml-models/<name>/<version>``, the environment resolved."""
+        spec = cmd.spec
+        inputs = [
+            JobInput(
+                name=f"model{i}",
+                model=m.name,
+                version=m.version,
+                path_on_compute=f"{MODELS_DIR}/{m.name}/{m.version}",
+            )
+            for i, m in enumerate(spec.models)
+        ]
+        serve = ReplicaSpec(
+            endpoint=cmd.endpoint,
+            deployment=cmd.deployment,
+            entry_script=spec.entry_script,
+            models=spec.models,
+            request_timeout_s=spec.request_timeout_s,
+        )
+        job = JobSpec(
+            command=replica_command(spec.entry_script),
+            snapshot=spec.snapshot,
+            snapshot_area=spec.snapshot_area,
+            environment=None if spec.environment is None else JobEnvironment(spec=spec.environment),
+            env_vars=spec.env_vars,
+            max_attempts=REPLICA_MAX_ATTEMPTS,
+            inputs=inputs,
+            serve=serve,
+        )
+        submit = SubmitJob(
+            command_id=cmd.command_id,
+            run_id=run_id,
+            experiment_name=experiment_name,
+            compute=spec.compute,
+            job=job,
+            environment_name=spec.environment_name,
+            environment_version=spec.environment_version,
+        )
+        if spec.environment is not None and spec.environment_name is not None:
+            raise InvalidInput("name an environment or give one inline, not both")
+        return await resolve_job(self.cache, self.settings, ws, submit, self.pythons)
+
+    async def _submit(
+        self, req: Request, run_id: str, experiment_name: str, job: JobSpec, compute: str
+    ) -> None:
+        submit = SubmitJob(
+            command_id=derived_id("replica-submit", run_id),
+            run_id=run_id,
+            experiment_name=experiment_name,
+            compute=compute,
+            job=job,
+            display_name=f"{job.serve.deployment} replica" if job.serve else None,
+        )
+        resolved = runs.SubmitResolvedJob(
+            command=submit, experiment_id=subjects.name_to_id(experiment_name), job=job
+        )
+        ctx = self._ctx(req, submit.command_id)
+        accepted = await execute(ctx, runs.AGGREGATE, run_id, resolved, cache=self.cache, new=True)
+        if not accepted.replayed:
+            try:
+                await self.publish(req.workspace, run_id, 1, compute)
+            except Exception:  # the reconcile loop publishes it
+                pass
+
+    async def _cancel(self, req: Request, run_id: str, reason: str) -> None:
+        cancel = CancelRun(command_id=derived_id("retire", run_id), run_id=run_id, reason=reason)
+        try:
+            await execute(
+                self._ctx(req, cancel.command_id), runs.AGGREGATE, run_id, cancel, cache=self.cache
+            )
+        except (InvalidTransition, NotFound):  # it ended already
+            pass
+
+    async def _undeploy(self, req: Request) -> Accepted:
+        cmd: DeleteDeployment = req.body
+        state = await self._endpoint(req.workspace, cmd.endpoint)
+        if state.mirror.get(cmd.deployment):
+            raise InvalidInput(
+                f"endpoint {cmd.endpoint} mirrors {state.mirror[cmd.deployment]}% of its"
+                f" requests to deployment {cmd.deployment}: stop that first"
+                " (endpoint update --mirror-traffic '')"
+            )
+        if state.traffic.get(cmd.deployment):
+            raise InvalidInput(
+                f"deployment {cmd.deployment} has {state.traffic[cmd.deployment]}% of endpoint"
+                f" {cmd.endpoint}'s traffic: move it first (endpoint update --traffic)"
+            )
+        return await self._retire(req, cmd)
+
+    async def _retire(self, req: Request, cmd: DeleteDeployment) -> Accepted:
+        did = deployment_id(cmd.endpoint, cmd.deployment)
+        before = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
+        ctx = self._ctx(req, cmd.command_id)
+        retire = endpoints.RetireDeployment(command=cmd)
+        accepted = await execute(ctx, endpoints.DEPLOYMENT, did, retire, cache=self.cache)
+        for run_id in [*before.replicas, *before.retired]:  # mid-rollout, old ones run too
+            await self._cancel(req, run_id, f"deployment {cmd.deployment} was deleted")
+        return accepted
+
+    async def _report(self, req: Request) -> Accepted:
+        """A replica's start; a ready one of a new spec retires replicas of earlier ones."""
+        cmd: ReportReplica = req.body
+        did = deployment_id(cmd.endpoint, cmd.deployment)
+        accepted = await execute(req.context(), endpoints.DEPLOYMENT, did, cmd, cache=self.cache)
+        if cmd.phase == "ready":
+            state = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
+            await self._roll(req, state)
+        return accepted
+
+    async def _roll(self, req: Request, state: endpoints.DeploymentState) -> None:
+        """A rolling update's next step. Nothing is stopped before a replica of the new spec
+        is ready; then the earlier replicas still running are stopped down to (new replicas
+        - ready ones - 1): one new replica ready stops an old one, so that a new replica
+        finds a free slot even where the agents have just one to spare, and the deployment
+        never has none ready."""
+        ready = len(set(state.ready) & set(state.replicas))
+        if not ready or not state.retired:
+            return
+        keep = max(0, len(state.replicas) - ready - 1)
+        running = []
+        for run_id in state.retired:
+            with contextlib.suppress(NotFound):
+                found = await lookup.run_state(self.cache, req.workspace, run_id, fresh=True)
+                if not found.status.terminal and found.status != runs.RunStatus.CANCEL_REQUESTED:
+                    running.append(run_id)
+        for run_id in running[: max(0, len(running) - keep)]:
+            await self._cancel(req, run_id, f"deployment {state.name} was replaced")
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def _route(self, req: Request) -> QueryResult:
+        """The weights, for a member or for a caller holding one of the keys (the gateway's
+        scoring user: outside the people's account, it is trusted with nothing else)."""
+        q: RouteEndpoint = req.body
+        state = await lookup.state(
+            self.cache, endpoints.ENDPOINT, req.workspace, q.endpoint, fresh=True
+        )
+        if req.actor == SERVICE_ACTOR:
+            given = key_digest(q.key) if q.key is not None else ""
+            if not state.live or not any(hmac.compare_digest(given, h) for h in state.key_hashes):
+                raise Unauthenticated(f"no valid key for endpoint {q.endpoint}")
+        elif not state.live:
+            raise NotFound(f"endpoint {q.endpoint} does not exist")
+        timeouts = {}
+        named = [] if q.deployment is None else [q.deployment]
+        for name in [*state.traffic, *state.mirror, *named]:
+            dep = await self._deployment(req.workspace, q.endpoint, name)
+            if dep.live and dep.spec is not None:
+                timeouts[name] = dep.spec.request_timeout_s
+        if q.deployment is not None and q.deployment not in timeouts:
+            raise NotFound(f"endpoint {q.endpoint} has no deployment {q.deployment}")
+        data = {"traffic": state.traffic, "mirror": state.mirror, "timeouts": timeouts}
+        return QueryResult(seq=0, data=data)
+
+    async def _get(self, req: Request) -> QueryResult:
+        q: GetEndpoint = req.body
+        state = await self._endpoint(req.workspace, q.endpoint)
+        deployments = [
+            _deployment_row(d) for d in await self._deployments(req.workspace, q.endpoint)
+        ]
+        return QueryResult(seq=0, data=_endpoint_row(state, deployments))
+
+    async def _list(self, req: Request) -> QueryResult:
+        rows = []
+        for name in await self._ids(req.workspace, endpoints.ENDPOINT.kind):
+            state = await lookup.state(
+                self.cache, endpoints.ENDPOINT, req.workspace, name, fresh=True
+            )
+            if state.live:
+                deployments = [
+                    _deployment_row(d) for d in await self._deployments(req.workspace, name)
+                ]
+                rows.append(_endpoint_row(state, deployments))
+        return QueryResult(seq=0, data=rows)
+
+
+def _endpoint_row(
+    state: endpoints.EndpointState, deployments: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "description": state.description,
+        "tags": state.tags,
+        "traffic": state.traffic,
+        "mirror_traffic": state.mirror,
+        "auth_mode": "key",
+        "deployments": deployments,
+    }
+
+
+def _deployment_row(state: endpoints.DeploymentState) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "endpoint": state.endpoint,
+        "status": state.status.value,
+        "replicas": list(state.replicas),
+        "ready": dict(state.ready),
+        "retired": list(state.retired),
+        "experiment_name": state.experiment_name,
+        "error": state.error,
+        "spec": msgspec.to_builtins(state.spec) if state.spec is not None else None,
+    }

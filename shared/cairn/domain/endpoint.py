@@ -1,0 +1,383 @@
+"""Online endpoints and their deployments: two aggregates.
+
+An **endpoint** (``cairn.ev.<ws>.endpoint.<name>``) holds the sha256 digests of its two keys
+and the traffic weights of its deployments. A **deployment**
+(``cairn.ev.<ws>.deployment.<endpoint>_<name>``) holds its spec and the runs of its replicas:
+each replica is a job (``JobSpec.serve``) that the scheduler leases, and re-queues when lost,
+like any other. A deployment is ``Creating`` until every replica has reported ready once,
+then ``Succeeded``; a replica whose ``init()`` raised makes it ``Failed`` (until a new spec
+replaces it); a deleted one is ``Deleted`` and may be created again.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+from cairn.domain import Aggregate
+from cairn.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, StaleAttempt
+from cairn.proto.events import (
+    DeploymentCreated,
+    DeploymentDeleted,
+    DeploymentFailed,
+    DeploymentUpdated,
+    EndpointCreated,
+    EndpointDeleted,
+    EndpointKeysSet,
+    EndpointUpdated,
+    Event,
+    ReplicaReady,
+)
+from cairn.proto.jobs import JobSpec
+from cairn.proto.serving import (
+    CreateEndpoint,
+    DeleteDeployment,
+    DeleteEndpoint,
+    DeploymentSpec,
+    DeployModel,
+    ReportReplica,
+    SetEndpointKeys,
+    UpdateEndpoint,
+)
+
+__all__ = [
+    "DEPLOYMENT",
+    "ENDPOINT",
+    "DeploymentCommand",
+    "DeploymentState",
+    "DeploymentStatus",
+    "EndpointCommand",
+    "EndpointState",
+    "ResolvedDeploy",
+    "ResolvedTraffic",
+    "RetireDeployment",
+]
+
+#: key slots, in the order of ``key_hashes``
+SLOTS = ("primary", "secondary")
+
+
+class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
+    exists: bool = False
+    deleted: bool = False
+    name: str = ""
+    key_hashes: tuple[str, ...] = ()
+    traffic: dict[str, int] = msgspec.field(default_factory=dict)
+    mirror: dict[str, int] = msgspec.field(default_factory=dict)
+    description: str = ""
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.exists and not self.deleted
+
+
+def evolve_endpoint(state: EndpointState, event: Event) -> EndpointState:
+    match event:
+        case EndpointCreated() as ev:
+            return EndpointState(
+                exists=True,
+                name=ev.endpoint,
+                key_hashes=tuple(ev.key_hashes),
+                description=ev.description,
+                tags=dict(ev.tags),
+            )
+        case EndpointUpdated() as ev:
+            return msgspec.structs.replace(
+                state,
+                traffic=state.traffic if ev.traffic is None else dict(ev.traffic),
+                description=state.description if ev.description is None else ev.description,
+                tags=state.tags if ev.tags is None else dict(ev.tags),
+                mirror=state.mirror if ev.mirror is None else dict(ev.mirror),
+            )
+        case EndpointKeysSet(key_hashes=hashes):
+            return msgspec.structs.replace(state, key_hashes=tuple(hashes))
+        case EndpointDeleted():
+            return msgspec.structs.replace(state, deleted=True, traffic={}, mirror={})
+    return state
+
+
+class ResolvedTraffic(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``UpdateEndpoint`` with the names of the endpoint's live deployments (looked up by the
+    service), which are all that traffic may go to."""
+
+    command: UpdateEndpoint
+    deployments: list[str]
+
+
+EndpointCommand = CreateEndpoint | ResolvedTraffic | SetEndpointKeys | DeleteEndpoint
+
+
+def decide_endpoint(state: EndpointState, command: EndpointCommand) -> list[Event]:
+    match command:
+        case CreateEndpoint():
+            if state.live:
+                raise AlreadyExists(f"endpoint {command.endpoint} already exists")
+            if len(command.key_hashes) != len(SLOTS):
+                raise InvalidInput("an endpoint has two keys: give the digests of both")
+            return [
+                EndpointCreated(
+                    endpoint=command.endpoint,
+                    key_hashes=command.key_hashes,
+                    description=command.description,
+                    tags=command.tags,
+                )
+            ]
+        case ResolvedTraffic():
+            return _update(_live(state, command.command.endpoint), command)
+        case SetEndpointKeys(slot=slot, key_hash=key_hash):
+            _live(state, command.endpoint)
+            hashes = list(state.key_hashes)
+            hashes[SLOTS.index(slot)] = key_hash
+            return [EndpointKeysSet(endpoint=state.name, key_hashes=hashes)]
+        case DeleteEndpoint(endpoint=name):
+            if not state.exists:
+                raise NotFound(f"endpoint {name} does not exist")
+            return [] if state.deleted else [EndpointDeleted(endpoint=name)]
+
+
+def _live(state: EndpointState, name: str) -> EndpointState:
+    if not state.live:
+        raise NotFound(f"endpoint {name} does not exist")
+    return state
+
+
+def _known(state: EndpointState, weights: dict[str, int], deployments: list[str]) -> None:
+    unknown = sorted(set(weights) - set(deployments))
+    if unknown:
+        raise NotFound(f"endpoint {state.name} has no deployment {', '.join(unknown)}")
+
+
+def _update(state: EndpointState, command: ResolvedTraffic) -> list[Event]:
+    update = command.command
+    traffic = update.traffic
+    if traffic is not None:
+        _known(state, traffic, command.deployments)
+        total = sum(traffic.values())
+        if total not in (0, 100) or any(w > 100 for w in traffic.values()):
+            raise InvalidInput(f"traffic must add up to 100 (or all be 0); it adds up to {total}")
+        traffic = {name: weight for name, weight in traffic.items() if weight}
+    mirror = _mirror(state, command, state.traffic if traffic is None else traffic)
+    traffic = None if traffic == state.traffic else traffic
+    description = None if update.description == state.description else update.description
+    tags = None if update.tags is None or update.tags == state.tags else update.tags
+    if traffic is None and description is None and tags is None and mirror is None:
+        return []
+    return [
+        EndpointUpdated(
+            endpoint=state.name,
+            traffic=traffic,
+            description=description,
+            tags=tags,
+            mirror=mirror,
+        )
+    ]
+
+
+def _mirror(
+    state: EndpointState, command: ResolvedTraffic, traffic: dict[str, int]
+) -> dict[str, int] | None:
+    """The mirrored share once the update is applied (None: unchanged). As Azure has it: one
+    deployment, at most 50 %, and not one that takes live traffic."""
+    wanted = command.command.mirror_traffic
+    if wanted is None:
+        mirror = state.mirror
+    else:
+        _known(state, wanted, command.deployments)
+        mirror = {name: weight for name, weight in wanted.items() if weight}
+        if len(mirror) > 1 or any(w > 50 for w in mirror.values()):
+            raise InvalidInput("mirror_traffic names one deployment, with at most 50 percent")
+    live = sorted(set(mirror) & set(traffic))
+    if live:
+        raise InvalidInput(f"deployment {live[0]} takes live traffic: it cannot be mirrored to")
+    return None if mirror == state.mirror else mirror
+
+
+ENDPOINT: Aggregate[EndpointState, EndpointCommand] = Aggregate(
+    kind="endpoint",
+    initial=EndpointState(),
+    evolve=evolve_endpoint,
+    decide=decide_endpoint,
+    commands=EndpointCommand,
+)
+
+
+# -- deployments -------------------------------------------------------------------------------
+
+
+class DeploymentStatus(StrEnum):
+    CREATING = "Creating"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    DELETED = "Deleted"
+
+
+class DeploymentState(msgspec.Struct, frozen=True, kw_only=True):
+    exists: bool = False
+    endpoint: str = ""
+    name: str = ""
+    status: DeploymentStatus = DeploymentStatus.CREATING
+    spec: DeploymentSpec | None = None
+    job: JobSpec | None = None
+    experiment_name: str = ""
+    #: the runs of the current replicas, and the attempt each last reported ready with
+    replicas: tuple[str, ...] = ()
+    ready: dict[str, int] = msgspec.field(default_factory=dict)
+    #: runs of earlier specs (stopped)
+    retired: tuple[str, ...] = ()
+    error: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.exists and self.status != DeploymentStatus.DELETED
+
+
+def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
+    match event:
+        case DeploymentCreated() as ev:
+            return DeploymentState(
+                exists=True,
+                endpoint=ev.endpoint,
+                name=ev.deployment,
+                spec=ev.spec,
+                job=ev.job,
+                experiment_name=ev.experiment_name,
+                replicas=tuple(ev.replicas),
+                retired=state.retired + state.replicas,
+            )
+        case DeploymentUpdated() as ev:
+            return msgspec.structs.replace(
+                state,
+                status=DeploymentStatus.CREATING,
+                spec=ev.spec,
+                job=ev.job,
+                replicas=tuple(ev.replicas),
+                ready={},
+                retired=state.retired + tuple(ev.retired),
+                error="",
+            )
+        case ReplicaReady(run_id=run_id, attempt=attempt):
+            ready = {**state.ready, run_id: attempt}
+            status = state.status
+            if status == DeploymentStatus.CREATING and set(ready) >= set(state.replicas):
+                status = DeploymentStatus.SUCCEEDED
+            return msgspec.structs.replace(state, ready=ready, status=status)
+        case DeploymentFailed(error=error):
+            return msgspec.structs.replace(state, status=DeploymentStatus.FAILED, error=error)
+        case DeploymentDeleted():
+            return msgspec.structs.replace(
+                state,
+                status=DeploymentStatus.DELETED,
+                retired=state.retired + state.replicas,
+                replicas=(),
+                ready={},
+            )
+    return state
+
+
+class ResolvedDeploy(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``DeployModel`` with what the service worked out: the replicas' job spec (the
+    environment resolved), the run ids of the new replicas and their experiment."""
+
+    command: DeployModel
+    job: JobSpec
+    replicas: list[str]
+    experiment_name: str
+
+
+class RetireDeployment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """``DeleteDeployment``, once the service checked that the endpoint sends it no
+    traffic."""
+
+    command: DeleteDeployment
+
+
+DeploymentCommand = ResolvedDeploy | ReportReplica | RetireDeployment
+
+
+def decide_deployment(state: DeploymentState, command: DeploymentCommand) -> list[Event]:
+    match command:
+        case ResolvedDeploy():
+            return _deploy(state, command)
+        case ReportReplica():
+            return _report(state, command)
+        case RetireDeployment(command=delete):
+            if not state.exists:
+                raise NotFound(f"deployment {delete.deployment} does not exist")
+            if not state.live:
+                return []
+            return [
+                DeploymentDeleted(
+                    endpoint=state.endpoint,
+                    deployment=state.name,
+                    replicas=list(state.replicas),
+                )
+            ]
+
+
+def _deploy(state: DeploymentState, command: ResolvedDeploy) -> list[Event]:
+    deploy = command.command
+    if not command.replicas:
+        raise InvalidInput("a deployment needs at least one replica")
+    if not state.live:
+        return [
+            DeploymentCreated(
+                endpoint=deploy.endpoint,
+                deployment=deploy.deployment,
+                spec=deploy.spec,
+                job=command.job,
+                experiment_name=command.experiment_name,
+                replicas=command.replicas,
+            )
+        ]
+    if set(command.replicas) & set(state.replicas + state.retired):
+        raise AlreadyExists(f"deployment {state.name} already has those replicas")
+    return [
+        DeploymentUpdated(
+            endpoint=state.endpoint,
+            deployment=state.name,
+            spec=deploy.spec,
+            job=command.job,
+            replicas=command.replicas,
+            retired=list(state.replicas),
+        )
+    ]
+
+
+def _report(state: DeploymentState, command: ReportReplica) -> list[Event]:
+    if not state.live:
+        raise InvalidTransition(f"deployment {command.deployment} is not live")
+    if command.run_id not in state.replicas:
+        raise StaleAttempt(f"run {command.run_id} is no replica of deployment {state.name}")
+    if command.phase == "ready":
+        if state.ready.get(command.run_id) == command.attempt:
+            return []
+        return [
+            ReplicaReady(
+                endpoint=state.endpoint,
+                deployment=state.name,
+                run_id=command.run_id,
+                attempt=command.attempt,
+            )
+        ]
+    if state.status == DeploymentStatus.FAILED:
+        return []
+    return [
+        DeploymentFailed(
+            endpoint=state.endpoint,
+            deployment=state.name,
+            run_id=command.run_id,
+            attempt=command.attempt,
+            error=command.error,
+        )
+    ]
+
+
+DEPLOYMENT: Aggregate[DeploymentState, DeploymentCommand] = Aggregate(
+    kind="deployment",
+    initial=DeploymentState(),
+    evolve=evolve_deployment,
+    decide=decide_deployment,
+    commands=DeploymentCommand,
+)

@@ -1,0 +1,211 @@
+"""Online endpoints and deployments from YAML in the shape of the Azure ML CLI v2
+(``cairn online-endpoint create --file``, ``cairn online-deployment create --file``)::
+
+    # endpoint.yml
+    name: diabetes
+    auth_mode: key
+    description: diabetes scoring
+
+    # blue.yml
+    name: blue
+    endpoint_name: diabetes
+    model: azureml:diabetes_model:1
+    code_configuration: {code: ./onlinescoring, scoring_script: score.py}
+    environment: azureml:sklearn-env:1      # or inline {image, conda_file}; none: the agent's
+    instance_type: Standard_DS3_v2          # recorded (a replica takes one slot of an agent)
+    instance_count: 2                       # replicas
+    compute: local                          # the compute target whose agents run them
+    request_settings: {request_timeout_ms: 5000}
+
+Every key is read: honoured, or refused naming it. Paths are relative to the YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from cairn.domain.environment import parse_reference
+from cairn.errors import InvalidInput
+from cairn.proto.assets import EnvironmentSpec
+from cairn.sdk._jobfile import InlineEnvironment, environment_of
+from cairn.sdk._refusals import refuse
+from cairn.sdk._webservice import environment_ref
+
+__all__ = [
+    "DeploymentFile",
+    "EndpointFile",
+    "load_deployment_file",
+    "load_endpoint_file",
+]
+
+_ENDPOINT_SCHEMA = "managedOnlineEndpoint.schema.json"
+_DEPLOYMENT_SCHEMAS = (
+    "managedOnlineDeployment.schema.json",
+    "kubernetesOnlineDeployment.schema.json",
+)
+_PROBES = "a replica is ready once its init() returned; a lost one is replaced by the scheduler"
+
+
+class EndpointFile(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"schema": "$schema"}
+):
+    schema: str | None = None
+    name: str
+    auth_mode: Literal["key", "aml_token", "aad_token"] = "key"
+    description: str = ""
+    tags: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    traffic: dict[str, int] | None = None
+    mirror_traffic: dict[str, int] | None = None
+    identity: Any = None
+    public_network_access: str | None = None
+    kind: str | None = None
+
+    def checked(self, path: Path) -> EndpointFile:
+        where = str(path)
+        if self.auth_mode != "key":
+            raise refuse(
+                where,
+                "auth_mode",
+                "an endpoint takes its keys, and the API tokens of the workspace's members",
+            )
+        if self.traffic:
+            raise refuse(where, "traffic", "create the deployments, then 'online-endpoint update'")
+        if self.mirror_traffic:
+            raise refuse(
+                where, "mirror_traffic", "create the deployments, then 'online-endpoint update'"
+            )
+        for key in ("identity", "public_network_access", "kind"):
+            if getattr(self, key) is not None:
+                raise refuse(where, key, "the gateway is the endpoint's only address")
+        return self
+
+    @property
+    def tag_strings(self) -> dict[str, str]:
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in self.tags.items()}
+
+
+class CodeConfiguration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    code: str = "."
+    scoring_script: str
+
+
+class RequestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    request_timeout_ms: int | None = None
+    max_concurrent_requests_per_instance: int | None = None
+    max_queue_wait_ms: int | None = None
+
+
+class DeploymentFile(
+    msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"schema": "$schema"}
+):
+    schema: str | None = None
+    name: str
+    endpoint_name: str
+    model: str | dict[str, Any] | None = None
+    code_configuration: CodeConfiguration
+    environment: str | InlineEnvironment | None = None
+    instance_type: str | None = None
+    instance_count: int = 1
+    compute: str = "local"
+    environment_variables: dict[str, str | int | float] = msgspec.field(default_factory=dict)
+    request_settings: RequestSettings | None = None
+    description: str = ""
+    tags: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    liveness_probe: Any = None
+    readiness_probe: Any = None
+    app_insights_enabled: bool = False
+    scale_settings: Any = None
+    data_collector: Any = None
+    egress_public_network_access: str | None = None
+
+    def checked(self, path: Path) -> DeploymentFile:
+        where = str(path)
+        for key in ("liveness_probe", "readiness_probe"):
+            if getattr(self, key) is not None:
+                raise refuse(where, key, _PROBES)
+        if self.app_insights_enabled:
+            raise refuse(where, "app_insights_enabled", "the gateway's /metrics and get-logs")
+        if self.scale_settings not in (None, {"type": "default"}):
+            raise refuse(where, "scale_settings", "set instance_count")
+        if self.data_collector is not None:
+            raise refuse(where, "data_collector", "requests are not collected")
+        if self.egress_public_network_access is not None:
+            raise refuse(where, "egress_public_network_access", "replicas run on agents")
+        settings = self.request_settings or RequestSettings()
+        if settings.max_concurrent_requests_per_instance not in (None, 1):
+            raise refuse(
+                where,
+                "request_settings.max_concurrent_requests_per_instance",
+                "a replica answers one request at a time: add instances",
+            )
+        if settings.max_queue_wait_ms is not None:
+            raise refuse(where, "request_settings.max_queue_wait_ms", "the gateway's retry budget")
+        self.models  # noqa: B018 - checks the reference now
+        return self
+
+    @property
+    def models(self) -> list[tuple[str, int]]:
+        """``model: azureml:<name>:<version>`` (a registered version; none: no model)."""
+        if self.model is None:
+            return []
+        if not isinstance(self.model, str):
+            raise refuse(
+                "deployment file",
+                "model",
+                "register the model first and name it azureml:<name>:<version>",
+            )
+        name, version = parse_reference(self.model)
+        if version is None:
+            raise InvalidInput(f"model {self.model!r}: name its version (azureml:<name>:<version>)")
+        return [(name, int(version))]
+
+    def environment_ref(self, base: Path) -> tuple[str | None, int | None, EnvironmentSpec | None]:
+        """The environment as a deployment names it (paths relative to ``base``)."""
+        return environment_ref(environment_of(self.environment, base))
+
+    @property
+    def request_timeout_s(self) -> float:
+        timeout = (self.request_settings or RequestSettings()).request_timeout_ms
+        return 60.0 if timeout is None else timeout / 1000
+
+    @property
+    def tag_strings(self) -> dict[str, str]:
+        tags = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in self.tags.items()}
+        if self.instance_type is not None:  # recorded: a replica takes one slot of an agent
+            tags.setdefault("instance_type", self.instance_type)
+        return tags
+
+    def source(self, base: Path) -> Path:
+        return base / self.code_configuration.code
+
+
+def _load(path: Path, kind: type[Any]) -> Any:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{path}: a mapping of keys")
+    try:
+        return msgspec.convert(doc, kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{path}: {exc}") from exc
+
+
+def load_endpoint_file(path: Path) -> EndpointFile:
+    found: EndpointFile = _load(path, EndpointFile)
+    if found.schema is not None and not found.schema.endswith(_ENDPOINT_SCHEMA):
+        raise InvalidInput(f"{path}: $schema {found.schema!r} is not an online endpoint's")
+    return found.checked(path)
+
+
+def load_deployment_file(path: Path) -> DeploymentFile:
+    """The checked file; its paths are relative to ``path.parent``."""
+    found: DeploymentFile = _load(path, DeploymentFile)
+    if found.schema is not None and not found.schema.endswith(_DEPLOYMENT_SCHEMAS):
+        raise InvalidInput(f"{path}: $schema {found.schema!r} is not an online deployment's")
+    return found.checked(path)

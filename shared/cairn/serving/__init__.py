@@ -1,0 +1,68 @@
+"""A serving replica's side of its agent: the entry script's ``init()`` once, then ``run()``
+per request (``python -m cairn.serving score.py``; :mod:`cairn.serving._replica`).
+
+The agent listens on ``serve.sock`` beside the job's gate socket (the folder of
+``CAIRN_AGENT_SOCKET``), letting in only processes of the replica's own session. The replica
+connects once ``init()`` has returned; that connection is its readiness. The agent then
+sends each request of the deployment's queue group down it and relays the answer. Frames
+are msgpack, each preceded by its length (4 bytes, big-endian), as on the gate.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+__all__ = [
+    "INIT_FAILED",
+    "MAX_FRAME_BYTES",
+    "SOCKET_NAME",
+    "ServeAnswer",
+    "ServeHello",
+    "ServeRequest",
+    "decode",
+    "encode",
+]
+
+#: the socket's name in the gate's folder
+SOCKET_NAME = "serve.sock"
+#: the replica's exit code when ``init()`` (or importing the entry script) raised
+INIT_FAILED = 3
+#: the largest frame either side accepts
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+LENGTH = struct.Struct(">I")
+
+
+class ServeHello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
+    """The replica's first frame: ``init()`` returned."""
+
+    pid: int
+
+
+class ServeRequest(msgspec.Struct, frozen=True, array_like=True, tag="request"):
+    id: int
+    body: bytes
+
+
+class ServeAnswer(msgspec.Struct, frozen=True, array_like=True, tag="answer"):
+    """``status`` 200 with ``run()``'s result as JSON, 400 for a body that is not JSON, 500
+    with the error's message when ``run()`` raised."""
+
+    id: int
+    status: int
+    body: bytes
+
+
+Frame = ServeHello | ServeRequest | ServeAnswer
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode(frame: Frame) -> bytes:
+    body = _encoder.encode(frame)
+    return LENGTH.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Frame:
+    return _decoder.decode(body)

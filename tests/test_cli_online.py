@@ -1,0 +1,256 @@
+"""Online endpoints from the command line (YAML in the Azure ML CLI v2 shape), against the
+real services, an agent and the gateway; and every key of those files read or refused."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import joblib
+import msgspec
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from cairn.errors import InvalidInput, Unsupported
+from cairn.rpc import Client
+from cairn.sdk import _onlinefile, load_deployment_file, load_endpoint_file
+from cairn.services.gateway import Gateway
+from cairn.settings import Settings
+from tests.conftest import Agents
+from tests.sdk.test_sync_sdk import sdk_env
+from tests.test_cli import cli, run_cli
+
+ROOT = Path(__file__).parents[1]
+SCORE = """\
+import json
+import joblib
+from cairn.sdk import Model
+
+
+def init():
+    global model
+    model = joblib.load(Model.get_model_path("clf"))
+
+
+def run(raw_data):
+    return {"predictions": model.predict(json.loads(raw_data)["data"]).tolist(), "who": WHO}
+"""
+ENDPOINT = """\
+$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json
+name: clf-ep
+auth_mode: key
+description: a classifier
+tags: {team: ml}
+"""
+DEPLOYMENT = """\
+$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json
+name: {name}
+endpoint_name: clf-ep
+model: azureml:clf:1
+code_configuration:
+  code: ./{name}
+  scoring_script: score.py
+instance_type: Standard_DS3_v2
+instance_count: 1
+request_settings: {{request_timeout_ms: 30000}}
+environment_variables: {{MODE: test}}
+"""
+
+
+def _files(tmp_path: Path) -> None:
+    (tmp_path / "endpoint.yml").write_text(ENDPOINT)
+    for name in ("blue", "green"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "score.py").write_text(f"WHO = {name!r}\n" + SCORE)
+        (tmp_path / f"{name}.yml").write_text(DEPLOYMENT.format(name=name))
+
+
+async def test_the_online_commands(
+    client: Client,
+    client_settings: Settings,
+    agents: Agents,
+    gateway: Gateway,
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(100, 3))
+    model = LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))
+    joblib.dump(model, tmp_path / "clf.pkl")
+    _files(tmp_path)
+    await agents.start(slots=2)
+    env = {
+        **sdk_env(client_settings, client.workspace, tmp_path / "home"),
+        "CAIRN_GATEWAY_URL": gateway.url,
+    }
+    await cli("model", "register", "clf", "clf.pkl", env=env, cwd=tmp_path)
+    created = json.loads(
+        await cli(
+            "online-endpoint", "create", "--file", "endpoint.yml", "--json", env=env, cwd=tmp_path
+        )
+    )
+    assert created["name"] == "clf-ep" and created["scoring_uri"].startswith(gateway.url)
+    blue = json.loads(
+        await cli(
+            "online-deployment",
+            "create",
+            "--file",
+            "blue.yml",
+            "--all-traffic",
+            "--json",
+            env=env,
+            cwd=tmp_path,
+        )
+    )
+    assert blue["status"] == "Succeeded" and blue["tags"] == {"instance_type": "Standard_DS3_v2"}
+    await cli("online-deployment", "create", "--file", "green.yml", env=env, cwd=tmp_path)
+    await cli(
+        "online-endpoint",
+        "update",
+        "--name",
+        "clf-ep",
+        "--traffic",
+        "blue=0 green=100",
+        env=env,
+        cwd=tmp_path,
+    )
+    (tmp_path / "sample.json").write_text(json.dumps({"data": X[:4].tolist()}))
+    answer = json.loads(
+        await cli(
+            "online-endpoint",
+            "invoke",
+            "--name",
+            "clf-ep",
+            "--request-file",
+            "sample.json",
+            env=env,
+            cwd=tmp_path,
+        )
+    )
+    assert answer == {"predictions": model.predict(X[:4]).tolist(), "who": "green"}
+    keys = json.loads(
+        await cli("online-endpoint", "get-credentials", "--name", "clf-ep", env=env, cwd=tmp_path)
+    )
+    assert set(keys) == {"primaryKey", "secondaryKey"}
+    shown = json.loads(
+        await cli("online-endpoint", "show", "--name", "clf-ep", "--json", env=env, cwd=tmp_path)
+    )
+    assert shown["traffic"] == {"green": 100}
+    assert shown["deployments"]["blue"]["status"] == "Succeeded"
+    assert {"requests", "status_codes", "latency_ms_mean"} <= set(shown["deployments"]["green"])
+    assert keys["primaryKey"] not in json.dumps(shown)
+    listed = await cli("online-endpoint", "list", env=env, cwd=tmp_path)
+    assert re.search(r"clf-ep\s+green=100\s+blue, green", listed), listed
+    logs = await cli(
+        "online-deployment",
+        "get-logs",
+        "--name",
+        "green",
+        "--endpoint-name",
+        "clf-ep",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert "init() returned; serving requests" in logs
+    code, _, err = await run_cli(
+        "online-deployment",
+        "delete",
+        "--name",
+        "green",
+        "--endpoint-name",
+        "clf-ep",
+        "--yes",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert code == 1 and "traffic" in err  # it still has all of it
+    await cli(
+        "online-deployment",
+        "delete",
+        "--name",
+        "blue",
+        "--endpoint-name",
+        "clf-ep",
+        "--yes",
+        env=env,
+        cwd=tmp_path,
+    )
+    rows = await cli(
+        "online-deployment", "list", "--endpoint-name", "clf-ep", env=env, cwd=tmp_path
+    )
+    assert "blue" not in rows and "green" in rows
+    await cli("online-endpoint", "delete", "--name", "clf-ep", "--yes", env=env, cwd=tmp_path)
+    assert "clf-ep" not in await cli("online-endpoint", "list", env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "named"),
+    [
+        (ENDPOINT + "auth_mode: aml_token\n", Unsupported, "auth_mode"),
+        (ENDPOINT.replace("auth_mode: key\n", "auth_mode: aml_token\n"), Unsupported, "auth_mode"),
+        (ENDPOINT + "mirror_traffic: {green: 10}\n", Unsupported, "mirror_traffic"),
+        (ENDPOINT + "colour: red\n", InvalidInput, "colour"),
+    ],
+)
+def test_endpoint_keys_are_read_or_refused(
+    tmp_path: Path, text: str, error: type[Exception], named: str
+) -> None:
+    path = tmp_path / "endpoint.yml"
+    path.write_text(text)
+    with pytest.raises(error, match=named):
+        load_endpoint_file(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "error", "named"),
+    [
+        ("liveness_probe: {period: 10}\n", Unsupported, "liveness_probe"),
+        ("scale_settings: {type: target_utilization}\n", Unsupported, "scale_settings"),
+        (
+            "request_settings: {max_concurrent_requests_per_instance: 4}\n",
+            Unsupported,
+            "max_concurrent_requests_per_instance",
+        ),
+        ("app_insights_enabled: true\n", Unsupported, "app_insights_enabled"),
+        ("replicas: 3\n", InvalidInput, "replicas"),
+    ],
+)
+def test_deployment_keys_are_read_or_refused(
+    tmp_path: Path, extra: str, error: type[Exception], named: str
+) -> None:
+    path = tmp_path / "blue.yml"
+    text = DEPLOYMENT.format(name="blue").replace(
+        "request_settings: {request_timeout_ms: 30000}\n", ""
+    )
+    path.write_text(text + extra)
+    with pytest.raises(error, match=named):
+        load_deployment_file(path)
+
+
+def test_a_model_needs_its_version(tmp_path: Path) -> None:
+    path = tmp_path / "blue.yml"
+    path.write_text(DEPLOYMENT.format(name="blue").replace("azureml:clf:1", "azureml:clf"))
+    with pytest.raises(InvalidInput, match="version"):
+        load_deployment_file(path)
+
+
+def test_every_key_of_the_online_files_is_read() -> None:
+    """Each field of the files' structs is read by name by the loader or the CLI."""
+    source = (ROOT / "shared/cairn/sdk/_onlinefile.py").read_text()
+    source += (ROOT / "shared/cairn/cli/_online.py").read_text()
+    structs = [
+        obj
+        for obj in vars(_onlinefile).values()
+        if isinstance(obj, type)
+        and issubclass(obj, msgspec.Struct)
+        and obj.__module__ == _onlinefile.__name__
+    ]
+    assert len(structs) == 4
+    unread = [
+        f"{s.__name__}.{f.name}"
+        for s in structs
+        for f in msgspec.structs.fields(s)
+        if f".{f.name}" not in source and f'"{f.name}"' not in source
+    ]
+    assert unread == []
