@@ -92,7 +92,8 @@ async def test_before_a_run_existed_and_bad_moments_are_refused(ws: AsyncWorkspa
     with pytest.raises(InvalidInput, match="a stream sequence is 1 or more"):
         await run.details(as_of=0)
     with pytest.raises(InvalidInput, match="not str"):
-        await run.details(as_of="yesterday")  # type: ignore[arg-type]
+        moment: Any = "yesterday"  # neither a time nor a sequence
+        await run.details(as_of=moment)
     with pytest.raises(NotFound, match="the log holds no event at sequence"):
         await run.get_metrics(as_of=10**12)
 
