@@ -44,6 +44,7 @@ PINNED = {
     "cairn.projection": [
         "Delivered",
         "EVENTS_SOURCE",
+        "METRICS_LINGER_S",
         "Projection",
         "ProjectionRunner",
         "Source",

@@ -3,6 +3,7 @@
 from cairn.projection._control import read_model_states, retry_quarantined
 from cairn.projection._engine import (
     EVENTS_SOURCE,
+    METRICS_LINGER_S,
     Delivered,
     Projection,
     ProjectionRunner,
@@ -14,6 +15,7 @@ from cairn.projection._engine import (
 
 __all__ = [
     "EVENTS_SOURCE",
+    "METRICS_LINGER_S",
     "Delivered",
     "Projection",
     "ProjectionRunner",

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from cairn.projection import Delivered, Source, Tables
+from cairn.projection import METRICS_LINGER_S, Delivered, Source, Tables
 from cairn.proto import subjects
 from cairn.proto.metrics import MetricPoint, MetricsLogged
 from cairn.proto.streams import METRICS
@@ -84,7 +84,7 @@ class MetricsProjection:
     name = "metrics"
     version = 3
     tables: tuple[str, ...] = ("batches", "series", "points")
-    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode)
+    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode, linger_s=METRICS_LINGER_S)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY, seq INTEGER)")

@@ -20,7 +20,7 @@ import sqlite3
 
 import msgspec
 
-from cairn.projection import Delivered, Source, Tables
+from cairn.projection import METRICS_LINGER_S, Delivered, Source, Tables
 from cairn.proto import subjects
 from cairn.proto.metrics import MetricsLogged
 from cairn.proto.streams import METRICS
@@ -87,7 +87,7 @@ class RunMetricsProjection:
     name = "tracking_metrics"
     version = 1
     tables: tuple[str, ...] = ("batches", "metrics")
-    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode)
+    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode, linger_s=METRICS_LINGER_S)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY) WITHOUT ROWID")
