@@ -11,7 +11,8 @@ In one run:
 
 With ``--mlflow-api``, one comparison of the same ``mlflow`` client against two servers:
 ``log_batch`` (1,000 metrics per call) until every point is queryable through
-``get_metric_history``, against Cairn's MLflow API (the gateway of ``cairn up``, an API
+``get_metric_history``, then ``log_batch`` of 10 metrics per call (one step of
+``mlflow.log_metrics``), against Cairn's MLflow API (the gateway of ``cairn up``, an API
 token) and against ``mlflow server`` with a SQLite backend store.
 
 MLflow is installed only in the benchmark environment:
@@ -59,6 +60,9 @@ class EmbeddedStack:
 
     def __init__(self, extra: list[str] | None = None) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
+        port = free_port()
+        while str(port) in (extra or []):  # not the port given to the gateway a moment ago
+            port = free_port()
         env = {
             **os.environ,
             "CAIRN_HOME": str(self.home),
@@ -72,7 +76,7 @@ class EmbeddedStack:
                 "from cairn.cli import main; main()",
                 "up",
                 "--port",
-                str(free_port()),
+                str(port),
                 *(extra or []),
             ],
             env=env,
@@ -182,9 +186,17 @@ def mlflow_side(points: int, calls: int, runs: int) -> dict[str, float]:
     return r
 
 
+#: the small batch: what ``mlflow.log_metrics({...}, step=i)`` sends once a step for a
+#: handful of metrics (loss, accuracy, learning rate...)
+SMALL_BATCH = 10
+SMALL_CALLS = 200
+
+
 def mlflow_client_side(uri: str, token: str, points: int) -> dict[str, float]:
-    """``log_batch`` of ``points`` metric points, 1,000 a call, then read back until all of
-    them are there: the same client, whatever server ``uri`` names."""
+    """``log_batch`` of ``points`` metric points, 1,000 a call (the most one call takes),
+    then read back until all of them are there; then ``SMALL_CALLS`` calls of
+    ``SMALL_BATCH`` metrics, one step each. The same client, whatever server ``uri``
+    names."""
     import logging
 
     from mlflow.entities import Metric
@@ -209,10 +221,17 @@ def mlflow_client_side(uri: str, token: str, points: int) -> dict[str, float]:
     while len(client.get_metric_history(run_id, "loss")) < points:
         time.sleep(0.01)
     elapsed = time.perf_counter() - t0
+    small = []
+    for step in range(SMALL_CALLS):
+        batch = [Metric(f"m{k}", 1.0 / (step + k + 1), now, step) for k in range(SMALL_BATCH)]
+        t = time.perf_counter()
+        client.log_batch(run_id, metrics=batch)
+        small.append((time.perf_counter() - t) * 1000)
     client.set_terminated(run_id)
     return {
         "log_batch_points_per_s": points / elapsed,
         "log_batch_median_ms": statistics.median(samples),
+        "small_batch_median_ms": statistics.median(small),
     }
 
 
@@ -296,6 +315,9 @@ def mlflow_api(points: int) -> None:
     print(f"{'points until queryable (pts/s)':<40} {c:>12,.0f} {m:>12,.0f} {c / m:>9,.1f}x")
     c, m = cairn["log_batch_median_ms"], mlflow["log_batch_median_ms"]
     print(f"{'one call, median (ms)':<40} {c:>12,.2f} {m:>12,.2f} {m / c:>9,.1f}x")
+    c, m = cairn["small_batch_median_ms"], mlflow["small_batch_median_ms"]
+    label = f"{SMALL_BATCH} metrics a call, median (ms)"
+    print(f"{label:<40} {c:>12,.2f} {m:>12,.2f} {m / c:>9,.1f}x")
     print(json.dumps({"cairn": cairn, "mlflow": mlflow, "points": points}))
 
 

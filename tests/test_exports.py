@@ -49,6 +49,7 @@ PINNED = {
         "AsOfReadModels",
         "Delivered",
         "EVENTS_SOURCE",
+        "METRICS_LINGER_S",
         "Projection",
         "ProjectionRunner",
         "Replayed",

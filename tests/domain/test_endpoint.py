@@ -3,6 +3,8 @@ that adds up, replicas that report."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 from cairn.domain import endpoint
@@ -161,14 +163,16 @@ def resolved(replicas: list[str], spec: DeploymentSpec = SPEC) -> endpoint.Resol
     )
 
 
-def report(run: str, phase: str = "ready", attempt: int = 1) -> ReportReplica:
+def report(
+    run: str, phase: Literal["ready", "failed"] = "ready", attempt: int = 1
+) -> ReportReplica:
     return ReportReplica(
         command_id="c",
         endpoint="ep",
         deployment="blue",
         run_id=run,
         attempt=attempt,
-        phase=phase,  # type: ignore[arg-type]
+        phase=phase,
         error="Traceback" if phase == "failed" else "",
     )
 

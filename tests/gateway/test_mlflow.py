@@ -204,3 +204,26 @@ async def test_mlflow_2_records_a_logged_model_in_its_history_tag(
                 )
             ).json()["experiment"]["experiment_id"]
         )
+
+
+async def test_a_client_keeps_its_connection_between_calls_seconds_apart(
+    gateway: Gateway,
+) -> None:
+    """An idle connection stays open past uvicorn's default of 5 s (a training loop logs once
+    an epoch): the second request goes over the same connection, not a new one."""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    try:
+        for pause in (0.0, 6.0):
+            await asyncio.sleep(pause)
+            writer.write(request)
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 10)
+            assert status.startswith(b"HTTP/1.1 200"), (pause, status)
+            headers = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+            length = int(headers.split("content-length:", 1)[1].split("\r\n", 1)[0])
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+        await writer.wait_closed()

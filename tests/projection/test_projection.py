@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
 from cairn.projection import Delivered, ProjectionRunner, Tables, events_of
-from cairn.projection._engine import _hub_for, stream_seq
+from cairn.projection._engine import _Feed, _hub_for, stream_seq
 from cairn.proto.commands import CompleteRun, CreateExperiment, CreateRun, StartRun
 from cairn.rpc import Client
 from cairn.services.tracking import TrackingProjection
@@ -313,3 +314,23 @@ async def test_projections_of_one_connection_share_one_consumer(
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert _hub_for(conn, experiments.projection.source).sub is None  # the last out leaves
+
+
+@pytest.mark.parametrize(("linger_s", "batched"), [(0.0, 1), (0.2, 3)])
+async def test_a_source_that_lingers_takes_what_arrives_meanwhile_into_the_batch(
+    conn: Connection, tmp_path: Path, linger_s: float, batched: int
+) -> None:
+    """After a quiet spell, a runner whose source lingers waits that long before it applies:
+    what arrives meanwhile joins the batch (one transaction), and the write that caused the
+    first message is answered before the apply takes the event loop."""
+    seen = _Seen("run")
+    seen.source = seen.source._replace(linger_s=linger_s)
+    runner = ProjectionRunner(conn, tmp_path / "l.sqlite", seen)
+    feed = _Feed(16)
+    taking = asyncio.create_task(runner._next_batch(feed))
+    await asyncio.sleep(0)  # waiting on the empty queue
+    await feed.put("first")
+    await asyncio.sleep(0)  # the first taken; lingering, or done
+    await feed.put("second")
+    await feed.put("third")
+    assert await asyncio.wait_for(taking, 5) == ["first", "second", "third"][:batched]

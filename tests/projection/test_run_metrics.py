@@ -6,8 +6,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import pytest
+
 from cairn.projection import Delivered, Tables
 from cairn.proto.metrics import MetricKind, MetricPoint, MetricsLogged, Value
+from cairn.services.ingester import _projection as ingester_projection
+from cairn.services.tracking import _metrics as tracking_metrics
 from cairn.services.tracking._metrics import RunMetricsProjection
 
 
@@ -57,3 +61,40 @@ def test_a_batch_stored_twice_is_applied_once() -> None:
     first = _batch("same", ("loss", 0.5, 1))
     got = _summaries(first, _batch("other", ("loss", 0.4, 1)), first)
     assert got == {"loss": (0.4, 0.4, 0.5, 1)}
+
+
+#: batches of one metric (summarised and written without a step per point) and of several
+#: (point by point): both give what the point-by-point reading gives
+_ONE_METRIC: list[list[tuple[str, Value, int]]] = [
+    [("loss", 0.5, 2), ("loss", 0.7, 2), ("loss", 0.1, 1)],  # equal steps: the later point
+    [("loss", 3, 0), ("loss", 2.5, 0), ("loss", True, 5), ("loss", "x", 6)],
+    [("loss", float("nan"), 9), ("loss", "Infinity", 9), ("loss", 1, 4), ("loss", 1.0, 4)],
+    [("loss", "NaN", 1)],
+    [("a", 1.0, 0), ("b", 2.0, 0), ("a", 0.5, 1)],
+]
+
+
+@pytest.mark.parametrize("points", _ONE_METRIC)
+def test_a_batch_of_one_metric_is_summarised_as_point_by_point(
+    points: list[tuple[str, Value, int]],
+) -> None:
+    batch = _batch("b", *points)
+    got = tracking_metrics._summaries(batch)
+    expected = tracking_metrics._summaries_by_name(batch)
+    assert got == expected
+    assert [tuple(map(type, s)) for s in got.values()] == [
+        tuple(map(type, s)) for s in expected.values()
+    ]
+
+
+@pytest.mark.parametrize("points", _ONE_METRIC)
+def test_points_rows_keep_each_value_as_logged(points: list[tuple[str, Value, int]]) -> None:
+    batch = _batch("b", *points)
+    for name, pairs in ingester_projection._by_name(batch.points).items():
+        assert [i for i, _ in pairs] == [i for i, p in enumerate(batch.points) if p.name == name]
+        rows = ingester_projection._rows(7, 3, pairs)
+        expected = [
+            (7, p.step, 3, i, p.time, *ingester_projection._columns(p.value)) for i, p in pairs
+        ]
+        assert rows == expected
+        assert [type(r[5]) for r in rows] == [type(r[5]) for r in expected]

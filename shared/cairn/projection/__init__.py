@@ -4,6 +4,7 @@ from cairn.projection._as_of import AsOfReadModels
 from cairn.projection._control import read_model_states, retry_quarantined, verify_read_models
 from cairn.projection._engine import (
     EVENTS_SOURCE,
+    METRICS_LINGER_S,
     Delivered,
     Projection,
     ProjectionRunner,
@@ -17,6 +18,7 @@ from cairn.projection._engine import (
 
 __all__ = [
     "EVENTS_SOURCE",
+    "METRICS_LINGER_S",
     "AsOfReadModels",
     "Delivered",
     "Projection",

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -154,7 +154,11 @@ class AsyncEndpoints:
 
     async def regen_key(self, name: str, slot: str) -> str:
         """A new key in ``slot`` (``primary`` or ``secondary``); the old one stops working."""
-        if slot not in SLOTS:
+        if slot == "primary":
+            which: Literal["primary", "secondary"] = "primary"
+        elif slot == "secondary":
+            which = "secondary"
+        else:
             raise InvalidInput(f"key must be Primary or Secondary, not {slot!r}")
         key = new_key()
         await self._secrets.set(_secret(name, slot), key)
@@ -162,7 +166,7 @@ class AsyncEndpoints:
             SetEndpointKeys(
                 command_id=new_id(),
                 endpoint=name,
-                slot=slot,  # type: ignore[arg-type]
+                slot=which,
                 key_hash=key_digest(key),
             )
         )

@@ -23,9 +23,14 @@ from cairn.errors import InvalidInput
 from cairn.log import get_logger
 from cairn.telemetry._metrics import readiness, render
 
-__all__ = ["LoopServer", "bind_socket", "ops_app", "ops_routes", "ops_server"]
+__all__ = ["KEEP_ALIVE_S", "LoopServer", "bind_socket", "ops_app", "ops_routes", "ops_server"]
 
 log = get_logger("cairn.telemetry")
+#: how long the gateway and an agent's MLflow endpoint keep an idle HTTP/1.1 connection open
+#: for its client's next request. API clients (mlflow's requests session, scripts) keep their
+#: connection between calls; uvicorn's default of 5 s closed it between the epochs of most
+#: training loops, and each call paid for a new connection (behind TLS, a handshake too).
+KEEP_ALIVE_S = 75
 
 
 def ops_routes() -> list[HTTPRouteHandler]:

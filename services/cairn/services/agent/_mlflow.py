@@ -37,7 +37,7 @@ from cairn.rpc import Client
 from cairn.services.agent._gate import JobGate
 from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
-from cairn.telemetry._http import LoopServer, bind_socket
+from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket
 
 __all__ = ["MlflowEndpoint"]
 
@@ -99,7 +99,12 @@ class MlflowEndpoint:
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host}:{port}"
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", server_header=False
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_S,  # a script logs once an epoch: keep its connection
         )
         self._server = LoopServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self.socket]))

@@ -59,7 +59,7 @@ from cairn.services.gateway._score import Scorer, score, swagger
 from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
 from cairn.telemetry import ops_routes, readiness
-from cairn.telemetry._http import LoopServer, bind_socket
+from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket
 
 __all__ = ["Gateway", "ask", "create_app", "gateway_key", "send"]
 
@@ -305,6 +305,7 @@ class Gateway:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_S,  # a client's next call reuses its connection
         )
         server = LoopServer(config)
         serving = asyncio.create_task(server.serve(sockets=[self.socket]))

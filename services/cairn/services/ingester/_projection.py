@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import sqlite3
 from typing import Any
 
 import msgspec
 
-from cairn.projection import Delivered, Source, Tables
+from cairn.projection import METRICS_LINGER_S, Delivered, Source, Tables
 from cairn.proto import subjects
 from cairn.proto.metrics import MetricPoint, MetricsLogged
 from cairn.proto.streams import METRICS
@@ -46,11 +47,44 @@ def _columns(value: Any) -> tuple[int | float | None, str | None]:
     return None, json.dumps(value)
 
 
+def _by_name(points: list[MetricPoint]) -> dict[str, list[tuple[int, MetricPoint]]]:
+    """A batch's (index, point) pairs by metric name, in order. A batch of one metric (what
+    ``mlflow.log_batch`` of a series sends) is grouped without a pass per point."""
+    names = {p.name for p in points}
+    if len(names) == 1:
+        return {names.pop(): list(enumerate(points))}
+    by_name: dict[str, list[tuple[int, MetricPoint]]] = {}
+    for idx, point in enumerate(points):
+        by_name.setdefault(point.name, []).append((idx, point))
+    return by_name
+
+
+def _rows(series: int, seq: int, points: list[tuple[int, MetricPoint]]) -> list[tuple[Any, ...]]:
+    """The ``points`` rows of a series: ``(series, step, seq, idx, time, value, json)``.
+    Finite ints and floats are written inline (the common case, no call per point), anything
+    else through :func:`_columns` or, for other kinds than scalars, as JSON."""
+    return [
+        (series, p.step, seq, idx, p.time, v, None)
+        if p.kind == "scalar"
+        and (type(v := p.value) is int or (type(v) is float and math.isfinite(v)))
+        else (series, p.step, seq, idx, p.time, *_cells(p))
+        for idx, p in points
+    ]
+
+
+def _cells(p: MetricPoint) -> tuple[int | float | None, str | None]:
+    return _columns(p.value) if p.kind == "scalar" else (None, json.dumps(p.value))
+
+
+#: the key of a point's row that orders it within its series in a batch: (step, idx)
+_STEP_IDX = operator.itemgetter(1, 3)
+
+
 class MetricsProjection:
     name = "metrics"
     version = 3
     tables: tuple[str, ...] = ("batches", "series", "points")
-    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode)
+    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode, linger_s=METRICS_LINGER_S)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY, seq INTEGER)")
@@ -76,17 +110,9 @@ class MetricsProjection:
         ).rowcount
         if not fresh:  # the same batch stored again after the dedupe window: apply once
             return
-        by_name: dict[str, list[tuple[int, MetricPoint]]] = {}
-        for idx, point in enumerate(batch.points):
-            by_name.setdefault(point.name, []).append((idx, point))
-        for name, points in by_name.items():
+        for name, points in _by_name(batch.points).items():
             series = self._series(db, t, batch, name, points[-1][1].kind)
-            rows = []
-            for idx, p in points:
-                number, text = (
-                    _columns(p.value) if p.kind == "scalar" else (None, json.dumps(p.value))
-                )
-                rows.append((series, p.step, seq, idx, p.time, number, text))
+            rows = _rows(series, seq, points)
             db.executemany(f"INSERT INTO {t('points')} VALUES (?,?,?,?,?,?,?)", rows)
             self._summarise(db, t, series, rows)
 
@@ -109,7 +135,7 @@ class MetricsProjection:
     def _summarise(
         self, db: sqlite3.Connection, t: Tables, series: int, rows: list[tuple[Any, ...]]
     ) -> None:
-        last = max(rows, key=lambda r: (r[1], r[3]))
+        last = max(rows, key=_STEP_IDX)
         numbers = [r[5] for r in rows if r[5] is not None]
         low, high = min(numbers, default=None), max(numbers, default=None)
         last_json = last[6] if last[6] is not None else json.dumps(last[5])

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
+
 from cairn.errors import (
     InvalidInput,
     InvalidTransition,
@@ -231,7 +233,9 @@ async def runs_restore(t: Tracker, req: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _point(metric: dict[str, Any]) -> MetricPoint:
+def _point(metric: Any) -> MetricPoint:
+    if not isinstance(metric, dict):
+        raise _invalid("metrics: each is an object with a key and a value")
     key = metric.get("key")
     if not isinstance(key, str) or not key:
         raise _invalid("metrics: each needs a key")
@@ -254,6 +258,33 @@ def _point(metric: dict[str, Any]) -> MetricPoint:
     return MetricPoint(key, "scalar", stored, int(metric.get("step") or 0), when or time.time())
 
 
+def _points(metrics: list[Any]) -> list[MetricPoint]:
+    """The points of a batch. What ``mlflow`` sends (a non-empty key, a finite float, a
+    timestamp in milliseconds, a step) is converted inline, with no call per point: a batch of
+    1,000 metrics is one pass over the list. Anything else (a value as text, an integer, NaN,
+    a missing or zero timestamp, a bad key) goes through :func:`_point`, which converts or
+    refuses it."""
+    out: list[MetricPoint] = []
+    append = out.append
+    for m in metrics:
+        if type(m) is dict:
+            key, value = m.get("key"), m.get("value")
+            stamp, step = m.get("timestamp"), m.get("step")
+            if (
+                type(key) is str
+                and key
+                and type(value) is float
+                and math.isfinite(value)
+                and type(stamp) is int
+                and stamp > 0
+                and (step is None or type(step) is int)
+            ):
+                append(MetricPoint(key, "scalar", value, step or 0, stamp / 1000))
+                continue
+        append(_point(m))
+    return out
+
+
 async def _log(
     t: Tracker,
     run_id: str,
@@ -264,7 +295,7 @@ async def _log(
     sends: list[Awaitable[Accepted]] = []
     if metrics:
         attempt = t.attempt if run_id == t.job_run else None
-        points = [_point(m) for m in metrics]
+        points = _points(metrics)
         sends.append(
             t.send(LogMetrics(command_id=_id(), run_id=run_id, points=points, attempt=attempt))
         )
@@ -342,12 +373,41 @@ async def runs_search(t: Tracker, req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _HistoryMetric(msgspec.Struct):
+    """One point of a metric's history as MLflow's ``Metric`` (a struct: cheaper to make and
+    to encode than a dict, for histories of many thousand points)."""
+
+    key: str
+    #: a number; NaN and the infinities as proto3's JSON writes them ("NaN", "Infinity",
+    #: "-Infinity"), which MLflow's client reads back as floats
+    value: float | str
+    timestamp: int
+    step: int
+
+
+def _history_entry(key: str, point: Any) -> _HistoryMetric | None:
+    """One point of a history as MLflow's metric; None for a value that is no number
+    (MLflow's metrics are numbers only)."""
+    step, when, value = point[:3]
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        return _HistoryMetric(key, value, int(when * 1000), step)
+    number = _number(value)
+    if number is None:
+        return None
+    if not math.isfinite(number):
+        text = "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+        return _HistoryMetric(key, text, int(when * 1000), step)
+    return _HistoryMetric(key, number, int(when * 1000), step)
+
+
 async def metrics_get_history(t: Tracker, req: dict[str, Any]) -> dict[str, Any]:
+    """The whole history of a metric. The run is looked up only when it has no points of
+    that metric (to tell an unknown run from an empty history): points are stored only for
+    a run that exists, and runs are never removed."""
     run_id = _run_id(req)
     key = _text(req, "metric_key")
     if req.get("page_token"):
         raise _invalid("page_token: the whole history is on the first page")
-    await _get_run(t, run_id)
     points: list[Any] = []
     after: Any = None
     while True:
@@ -356,13 +416,13 @@ async def metrics_get_history(t: Tracker, req: dict[str, Any]) -> dict[str, Any]
         if reply.data["next"] is None:
             break
         after = tuple(reply.data["next"])
-    metrics = []
-    for step, when, value in (p[:3] for p in points):
-        number = _number(value)
-        if number is None and isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-            number = float(value.replace("Infinity", "inf"))
-        if number is not None:
-            metrics.append(
-                {"key": key, "value": number, "timestamp": int(when * 1000), "step": step}
-            )
-    return {"metrics": metrics}
+    if not points:
+        await _get_run(t, run_id)
+    # floats, the common case, inline; anything else through _history_entry
+    metrics = [
+        _HistoryMetric(key, p[2], int(p[1] * 1000), p[0])
+        if type(p[2]) is float and math.isfinite(p[2])
+        else _history_entry(key, p)
+        for p in points
+    ]
+    return {"metrics": [m for m in metrics if m is not None]}

@@ -23,6 +23,7 @@ import re
 from datetime import UTC, datetime
 
 from cairn.errors import InvalidInput
+from cairn.proto.lexer import tokenize
 
 __all__ = [
     "STATUS_FROM_CAIRN",
@@ -79,21 +80,6 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _KEYWORDS = frozenset({"AND", "OR", "IN", "NOT", "IS", "NULL", "LIKE", "ASC", "DESC"})
-
-
-def _tokens(text: str, what: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = _TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            raise InvalidInput(f"{what}: cannot read {text[pos : pos + 40]!r}")
-        kind = m.lastgroup or ""
-        out.append((kind, m.group(kind)))
-        pos = m.end()
-    return out
 
 
 def _column(word: str, what: str) -> tuple[str, str]:
@@ -157,7 +143,7 @@ def _value(column: str, kind: str, value: str, what: str) -> list[str]:
 def to_cairn_filter(text: str) -> str:
     """MLflow's ``filter_string`` as a ``run.list`` filter."""
     what = "filter"
-    tokens = _tokens(text, what)
+    tokens = tokenize(_TOKEN, text, what)
     out: list[str] = []
     column, col_kind = "", ""
     i = 0
@@ -198,7 +184,7 @@ def to_cairn_order(keys: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """MLflow's ``order_by`` keys (``metrics.loss DESC``, ``attributes.start_time``)."""
     out: list[str] = []
     for key in keys:
-        tokens = _tokens(key, "order_by")
+        tokens = tokenize(_TOKEN, key, "order_by")
         if not tokens or tokens[0][0] != "word" or len(tokens) > 2:
             raise InvalidInput(f"order_by: {key!r:.80} is not '<column> [ASC|DESC]'")
         column, kind = _column(tokens[0][1], "order_by")

@@ -15,11 +15,12 @@ serves "the best N runs of an experiment by a metric" as an index scan.
 from __future__ import annotations
 
 import math
+import operator
 import sqlite3
 
 import msgspec
 
-from cairn.projection import Delivered, Source, Tables
+from cairn.projection import METRICS_LINGER_S, Delivered, Source, Tables
 from cairn.proto import subjects
 from cairn.proto.metrics import MetricsLogged
 from cairn.proto.streams import METRICS
@@ -38,11 +39,55 @@ def _number(value: object) -> int | float | None:
     return value if isinstance(value, int) or math.isfinite(value) else None
 
 
+#: (last value, min, max, last step) of a metric's finite numbers in one batch
+_Summary = tuple[int | float, int | float, int | float, int]
+
+
+def _summaries(batch: MetricsLogged) -> dict[str, _Summary]:
+    """Each metric's summary of a batch: its finite numbers' value at the highest step (at
+    equal steps the later point), min and max. A batch of one metric (what a client sends
+    for one series) is summarised with builtins over the list, not a step per point."""
+    points = batch.points
+    names = {p.name for p in points}
+    if len(names) != 1:
+        return _summaries_by_name(batch)
+    pairs = [
+        (p.step, v)
+        for p in points
+        if p.kind == "scalar"
+        and (type(v := p.value) is int or (type(v) is float and math.isfinite(v)))
+    ]
+    if not pairs:
+        return {}
+    numbers = [v for _, v in pairs]
+    # the last of the highest steps: max over the reversed list returns its first maximum
+    step, last = max(reversed(pairs), key=_STEP)
+    return {names.pop(): (last, min(numbers), max(numbers), step)}
+
+
+def _summaries_by_name(batch: MetricsLogged) -> dict[str, _Summary]:
+    found: dict[str, _Summary] = {}
+    for p in batch.points:
+        number = _number(p.value) if p.kind == "scalar" else None
+        if number is None:
+            continue
+        old = found.get(p.name)
+        if old is None:
+            found[p.name] = (number, number, number, p.step)
+        else:
+            last, step = (number, p.step) if p.step >= old[3] else (old[0], old[3])
+            found[p.name] = (last, min(old[1], number), max(old[2], number), step)
+    return found
+
+
+_STEP = operator.itemgetter(0)
+
+
 class RunMetricsProjection:
     name = "tracking_metrics"
     version = 1
     tables: tuple[str, ...] = ("batches", "metrics")
-    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode)
+    source = Source(METRICS.name, subjects.METRICS_ALL, _decoder.decode, linger_s=METRICS_LINGER_S)
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(f"CREATE TABLE {t('batches')} (batch_id TEXT PRIMARY KEY) WITHOUT ROWID")
@@ -64,18 +109,7 @@ class RunMetricsProjection:
         ).rowcount
         if not fresh:  # the same batch stored again after the dedupe window: apply once
             return
-        #: name -> (last value, min, max, last step) of this batch's finite numbers
-        found: dict[str, tuple[int | float, int | float, int | float, int]] = {}
-        for p in batch.points:
-            number = _number(p.value) if p.kind == "scalar" else None
-            if number is None:
-                continue
-            old = found.get(p.name)
-            if old is None:
-                found[p.name] = (number, number, number, p.step)
-            else:
-                last, step = (number, p.step) if p.step >= old[3] else (old[0], old[3])
-                found[p.name] = (last, min(old[1], number), max(old[2], number), step)
+        found = _summaries(batch)
         db.executemany(
             f"INSERT INTO {t('metrics')} VALUES (?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (workspace, run_id, name) DO UPDATE SET"

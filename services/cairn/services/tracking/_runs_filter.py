@@ -33,6 +33,7 @@ from typing import Any
 from cairn.domain.run import RunStatus
 from cairn.errors import InvalidInput
 from cairn.proto.commands import ListRuns
+from cairn.proto.lexer import tokenize
 from cairn.services.tracking._metrics import SUMMARIES
 
 __all__ = ["Column", "Compiled", "column", "compile_query", "expr", "literal", "order_keys"]
@@ -91,21 +92,6 @@ class Compiled:
 # -- parsing ---------------------------------------------------------------------------------
 
 
-def _tokens(text: str, what: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = _TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            raise InvalidInput(f"{what}: cannot read {text[pos:].strip()[:40]!r}")
-        kind = m.lastgroup or ""
-        out.append((kind, m.group(kind)))
-        pos = m.end()
-    return out
-
-
 def _parts(word: str) -> list[str]:
     return [p[1:-1] if p.startswith("`") else p for p in re.findall(r"`[^`]+`|[^.`]+", word)]
 
@@ -141,7 +127,7 @@ def column(word: str, what: str) -> Column:
 
 class _Parser:
     def __init__(self, text: str, q: Compiled) -> None:
-        self.tokens = _tokens(text, "filter")
+        self.tokens = tokenize(_TOKEN, text, "filter")
         self.pos = 0
         self.q = q
         self.terms = 0
