@@ -65,6 +65,8 @@ PINNED = {
         "AsyncExperiment",
         "AsyncRun",
         "AsyncWorkspace",
+        "AutoMLConfig",
+        "AutoMLRun",
         "BanditPolicy",
         "BayesianParameterSampling",
         "ComputeTarget",

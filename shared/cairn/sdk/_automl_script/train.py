@@ -1,0 +1,7 @@
+"""One AutoML trial, as a job runs it (the job's code snapshot is this folder)."""
+
+import sys
+
+from cairn.sdk._automl_trial import main
+
+sys.exit(main())
