@@ -8,19 +8,22 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cairn.bus import EventStore
 from cairn.errors import InvalidInput, Unsupported
 from cairn.proto import subjects
+from cairn.proto.assets import DataPath, DatasetSpec
 from cairn.proto.events import RunSubmitted
 from cairn.rpc import Client
-from cairn.sdk import AutoMLConfig
+from cairn.sdk import AsyncWorkspace, AutoMLConfig, read_job_file
 from cairn.sdk._automl import search_space
 from cairn.sdk._automl_trial import CLASSIFICATION_MODELS
+from cairn.sdk._automlfile import AutoMLFile
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.sdk.test_sync_sdk import sdk_env
-from tests.sweeps.test_sweeps import overlap, run_script_at
+from tests.sweeps.test_sweeps import overlap, run_script_at, wait_sweep
 
 HERE = Path(__file__).parent
 COLORS = ["red", "green", "blue"]
@@ -140,3 +143,59 @@ def test_bad_configs_are_refused_at_construction(
 ) -> None:
     with pytest.raises(error, match=words):
         AutoMLConfig(label_column_name="y", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_v2_automl_job_file_runs_as_the_same_sweep(
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+) -> None:
+    write_tables(tmp_path / "tables")
+    await ws.datastores.upload(
+        "workspaceblobstore", [(tmp_path / "tables" / "values.csv", "v2/values.csv")]
+    )
+    spec = DatasetSpec(kind="tabular", paths=[DataPath("workspaceblobstore", "v2/values.csv")])
+    await ws.datasets.register("v2-values", spec)
+    doc = {
+        "$schema": "https://azuremlschemas.azureedge.net/latest/autoMLJob.schema.json",
+        "type": "automl",
+        "task": "regression",
+        "primary_metric": "r2_score",
+        "training_data": {"type": "mltable", "path": "azureml:v2-values:1"},
+        "target_column_name": "target",
+        "n_cross_validations": 3,
+        "limits": {"max_trials": 2, "max_concurrent_trials": 2, "timeout_minutes": 10},
+        "training": {"allowed_training_algorithms": ["ElasticNet", "DecisionTree"]},
+        "random_state": 5,
+        "experiment_name": "automl-v2",
+    }
+    exp = await ws.experiment("automl-v2")
+
+    def job_file(name: str, **changes: object) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump({**doc, **changes}))
+        return path
+
+    # refused by name, or as msgspec names an unknown key, before anything is queued
+    with pytest.raises(Unsupported, match="enable_early_termination"):
+        read_job_file(
+            job_file("early.yml", limits={"max_trials": 2, "enable_early_termination": True})
+        )
+    with pytest.raises(InvalidInput, match="iterations"):
+        read_job_file(job_file("unknown.yml", iterations=3))
+    with pytest.raises(InvalidInput, match="not both"):
+        read_job_file(job_file("both.yml", validation_data="azureml:v2-values:1"))
+    _, missing = read_job_file(job_file("missing.yml", target_column_name="price"))
+    with pytest.raises(InvalidInput, match="'price' is not a column"):
+        await exp.submit(missing)
+    assert await exp.runs() == []
+
+    await agents.start(slots=2)
+    spec_file, config = read_job_file(job_file("automl.yml"))
+    assert isinstance(spec_file, AutoMLFile)
+    run = await exp.submit(config)
+    view = await wait_sweep(ws, run.id, timeout=300)
+    assert view["status"] == "Completed", view
+    assert len(view["trials"]) == 2
+    assert {t["parameters"]["model"] for t in view["trials"]} <= {"ElasticNet", "DecisionTree"}
+    assert max(t["best"] for t in view["trials"]) > 0.5
+    events = [r.envelope.data for r in await store.read(subjects.event(ws.name, "sweep", run.id))]
+    assert events[0].spec.sampling.seed == 5

@@ -31,18 +31,30 @@ from cairn.proto.sweeps import (
     Uniform,
     parameter_placeholder,
 )
+from cairn.sdk._async_data import AsyncDatasets
 from cairn.sdk._automl_trial import (
     CLASSIFICATION_METRICS,
     CLASSIFICATION_MODELS,
     REGRESSION_METRICS,
     REGRESSION_MODELS,
+    Goal,
 )
 from cairn.sdk._datasets import TabularDataset
 from cairn.sdk._hyperdrive import SweepConfig
 from cairn.sdk._jobs import ScriptRunConfig
 from cairn.sdk._refusals import refuses
+from cairn.sdk._session import Session
 
-__all__ = ["SCRIPT_FOLDER", "AutoMLConfig", "search_space"]
+__all__ = [
+    "SCRIPT_FOLDER",
+    "AutoMLConfig",
+    "automl_spec",
+    "check_options",
+    "check_table",
+    "models_left",
+    "parameter_flags",
+    "search_space",
+]
 
 #: the folder of the trial's script (the job's code snapshot)
 SCRIPT_FOLDER = Path(__file__).parent / "_automl_script"
@@ -100,24 +112,91 @@ _FAMILY_SPACE: dict[str, dict[str, Distribution]] = {
 }
 
 
-def _models(task: str, allowed: list[str] | None, blocked: list[str] | None) -> list[str]:
+def models_left(
+    task: str, allowed: list[str] | None, blocked: list[str] | None, where: str
+) -> list[str]:
+    """The model families left by ``allowed`` and ``blocked`` (Azure's names)."""
     known = CLASSIFICATION_MODELS if task == "classification" else REGRESSION_MODELS
     azure = _AZURE_ONLY[task]
     for name in [*(allowed or []), *(blocked or [])]:
         if name not in known and name not in azure:
             raise InvalidInput(
-                f"AutoMLConfig: {name!r} is not a {task} model; these are: {', '.join(known)}"
+                f"{where}: {name!r} is not a {task} model; these are: {', '.join(known)}"
             )
     unavailable = sorted(set(allowed or []) & azure)
     if unavailable:
         raise InvalidInput(
-            f"AutoMLConfig: allowed_models {unavailable} are Azure ML models Cairn does not fit;"
+            f"{where}: allowed models {unavailable} are Azure ML models Cairn does not fit;"
             f" Cairn's {task} models are: {', '.join(known)}"
         )
     models = [m for m in known if (allowed is None or m in allowed) and m not in (blocked or [])]
     if not models:
-        raise InvalidInput("AutoMLConfig: allowed_models and blocked_models leave no model")
+        raise InvalidInput(f"{where}: the allowed and blocked models leave no model")
     return models
+
+
+def check_options(
+    task: str,
+    primary_metric: str | None,
+    *,
+    featurization: str,
+    n_cross_validations: int | None,
+    validation: bool,
+    where: str,
+) -> tuple[str, Goal]:
+    """The primary metric (the task's default when None) and its goal; a task, metric,
+    featurization or cross-validation Cairn does not run is an ``InvalidInput`` naming it."""
+    metrics = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+    if task not in metrics:
+        raise InvalidInput(f"{where}: task {task!r} is not one of classification, regression")
+    primary = primary_metric or ("AUC_weighted" if task == "classification" else "r2_score")
+    if primary not in metrics[task]:
+        raise InvalidInput(
+            f"{where}: primary metric {primary!r} is not a {task} metric; these are:"
+            f" {', '.join(metrics[task])}"
+        )
+    if featurization != "auto":
+        raise InvalidInput(
+            f"{where}: featurization {featurization!r}: only 'auto' (impute, scale numeric"
+            " columns, one-hot the others)"
+        )
+    if n_cross_validations is not None and validation:
+        raise InvalidInput(f"{where}: give n_cross_validations or validation data, not both")
+    if n_cross_validations is not None and n_cross_validations < 2:
+        raise InvalidInput(f"{where}: n_cross_validations is at least 2")
+    return primary, metrics[task][primary]
+
+
+def automl_spec(
+    models: list[str],
+    objective: Objective,
+    *,
+    seed: int | None,
+    iterations: int,
+    concurrency: int,
+    timeout_minutes: float | None,
+    trial_timeout_minutes: float | None,
+) -> SweepSpec:
+    """The sweep: random sampling (seeded) over the models and their parameters."""
+    return SweepSpec(
+        search_space=search_space(models),
+        sampling=Sampling(algorithm="random", seed=seed),
+        objective=objective,
+        limits=SweepLimits(
+            max_total_trials=iterations,
+            max_concurrent_trials=min(concurrency, iterations),
+            timeout_s=None if timeout_minutes is None else timeout_minutes * 60,
+            trial_timeout_s=None if trial_timeout_minutes is None else trial_timeout_minutes * 60,
+        ),
+    )
+
+
+def parameter_flags(spec: SweepSpec) -> list[str]:
+    """``--<name> ${{search_space.<name>}}`` for each parameter, after the script's words."""
+    flags: list[str] = []
+    for name in spec.search_space:
+        flags += [f"--{name}", parameter_placeholder(name)]
+    return flags
 
 
 def search_space(models: list[str]) -> dict[str, Distribution]:
@@ -143,13 +222,40 @@ def _columns(data: Any, what: str) -> list[str]:
     if not data.spec.header:
         raise InvalidInput(f"AutoMLConfig: {what} has no header; AutoML reads columns by name")
     with tempfile.TemporaryDirectory(prefix="cairn-automl-") as tmp:
-        files = data._local_files(Path(tmp))
-        for f in files:
-            with f.open(newline="", encoding="utf-8") as fh:
-                header = next(csv.reader(fh, delimiter=data.spec.separator), None)
-            if header:
-                return header
+        header = _header(data._local_files(Path(tmp)), data.spec.separator)
+    if header:
+        return header
     raise InvalidInput(f"AutoMLConfig: {what} has no rows")
+
+
+def _header(files: list[Path], separator: str) -> list[str] | None:
+    for f in files:
+        with f.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh, delimiter=separator), None)
+        if header:
+            return header
+    return None
+
+
+async def check_table(ws: Session, name: str, version: int | None, label: str, what: str) -> None:
+    """Check that dataset ``name`` (``version``; None: the latest) is a comma-separated table
+    with a header holding ``label`` (a v2 job file's data, read when it is submitted)."""
+    datasets = AsyncDatasets(ws)
+    _, spec = await datasets.spec(name, version, min_seq=ws.seen_seq)
+    if spec.kind != "tabular" or not spec.header or spec.separator != ",":
+        raise InvalidInput(
+            f"{what}: dataset {name!r} is not a comma-separated table with a header"
+            " (Dataset.Tabular.from_delimited_files)"
+        )
+    with tempfile.TemporaryDirectory(prefix="cairn-automl-") as tmp:
+        header = _header(await datasets.materialise(spec, Path(tmp), label=name), ",")
+    if header is None:
+        raise InvalidInput(f"{what}: dataset {name!r} has no rows")
+    if label not in header:
+        raise InvalidInput(
+            f"{what}: the target column {label!r} is not a column of dataset {name!r}"
+            f" ({', '.join(header)})"
+        )
 
 
 class AutoMLConfig(SweepConfig):
@@ -197,29 +303,15 @@ class AutoMLConfig(SweepConfig):
         experiment_exit_score: float | None = None,
         enable_onnx_compatible_models: bool = False,
     ) -> None:
-        metrics = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
-        if task not in metrics:
-            raise InvalidInput(
-                f"AutoMLConfig: task {task!r} is not one of classification, regression"
-            )
-        primary = primary_metric or ("AUC_weighted" if task == "classification" else "r2_score")
-        if primary not in metrics[task]:
-            raise InvalidInput(
-                f"AutoMLConfig: primary_metric {primary!r} is not a {task} metric; these are:"
-                f" {', '.join(metrics[task])}"
-            )
-        if featurization != "auto":
-            raise InvalidInput(
-                f"AutoMLConfig: featurization {featurization!r}: only 'auto' (impute, scale"
-                " numeric columns, one-hot the others)"
-            )
-        if n_cross_validations is not None and validation_data is not None:
-            raise InvalidInput(
-                "AutoMLConfig: give n_cross_validations or validation_data, not both"
-            )
-        if n_cross_validations is not None and n_cross_validations < 2:
-            raise InvalidInput("AutoMLConfig: n_cross_validations is at least 2")
-        models = _models(task, allowed_models, blocked_models)
+        primary, goal = check_options(
+            task,
+            primary_metric,
+            featurization=featurization,
+            n_cross_validations=n_cross_validations,
+            validation=validation_data is not None,
+            where="AutoMLConfig",
+        )
+        models = models_left(task, allowed_models, blocked_models, "AutoMLConfig")
         if not label_column_name:
             raise InvalidInput("AutoMLConfig: label_column_name names the column to predict")
         if training_data is None:
@@ -254,22 +346,13 @@ class AutoMLConfig(SweepConfig):
             arguments=argv,
             compute_target=compute_target,
         )
-        spec = SweepSpec(
-            search_space=search_space(models),
-            sampling=Sampling(algorithm="random", seed=random_state),
-            objective=Objective(primary_metric=primary, goal=metrics[task][primary]),
-            limits=SweepLimits(
-                max_total_trials=iterations,
-                max_concurrent_trials=min(max_concurrent_iterations, iterations),
-                timeout_s=None
-                if experiment_timeout_minutes is None
-                else experiment_timeout_minutes * 60,
-                trial_timeout_s=None
-                if iteration_timeout_minutes is None
-                else iteration_timeout_minutes * 60,
-            ),
+        spec = automl_spec(
+            models,
+            Objective(primary_metric=primary, goal=goal),
+            seed=random_state,
+            iterations=iterations,
+            concurrency=max_concurrent_iterations,
+            timeout_minutes=experiment_timeout_minutes,
+            trial_timeout_minutes=iteration_timeout_minutes,
         )
-        flags: list[str] = []
-        for name in spec.search_space:
-            flags += [f"--{name}", parameter_placeholder(name)]
-        super().__init__(run_config, spec, [*run_config.argv(), *flags])
+        super().__init__(run_config, spec, [*run_config.argv(), *parameter_flags(spec)])
