@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,18 @@ async def test_a_v2_automl_job_file_runs_as_the_same_sweep(
     assert max(t["best"] for t in view["trials"]) > 0.5
     events = [r.envelope.data for r in await store.read(subjects.event(ws.name, "sweep", run.id))]
     assert events[0].spec.sampling.seed == 5
+
+
+def test_a_trial_without_scikit_learn_says_so(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "from cairn.sdk._automl_trial import main\n"
+        "sys.exit(main(['--task', 'regression', '--label', 'y', '--metric', 'r2_score',"
+        " '--training', '.', '--model', 'KNN']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "needs scikit-learn" in done.stderr and "sklearn is not importable" in done.stderr
+    assert not (tmp_path / "outputs").exists()

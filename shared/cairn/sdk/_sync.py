@@ -864,8 +864,8 @@ class AutoMLRun(HyperDriveRun):
     @refuses(
         metric="the best trial is the one with the best primary metric",
         iteration="the best trial is the one with the best primary metric",
+        return_onnx_model="models are pickled scikit-learn pipelines (no ONNX)",
     )
-    @inherent(return_onnx_model="models are pickled scikit-learn pipelines (no ONNX)")
     def get_output(
         self,
         iteration: int | None = None,
