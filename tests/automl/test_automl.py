@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -141,10 +142,10 @@ def test_the_search_space_is_the_models_left_and_their_parameters() -> None:
     ],
 )
 def test_bad_configs_are_refused_at_construction(
-    kwargs: dict[str, object], error: type[Exception], words: str
+    kwargs: dict[str, Any], error: type[Exception], words: str
 ) -> None:
     with pytest.raises(error, match=words):
-        AutoMLConfig(label_column_name="y", **kwargs)  # type: ignore[arg-type]
+        AutoMLConfig(label_column_name="y", **kwargs)
 
 
 async def test_a_v2_automl_job_file_runs_as_the_same_sweep(
