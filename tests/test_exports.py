@@ -69,6 +69,8 @@ PINNED = {
         "AsyncExperiment",
         "AsyncRun",
         "AsyncWorkspace",
+        "AutoMLConfig",
+        "AutoMLRun",
         "BanditPolicy",
         "BayesianParameterSampling",
         "ComputeTarget",

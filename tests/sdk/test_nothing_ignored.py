@@ -21,7 +21,7 @@ import pytest
 
 import cairn.sdk
 from cairn.errors import Unsupported
-from cairn.sdk import _jobfile, _sweepfile
+from cairn.sdk import _automlfile, _jobfile, _sweepfile
 from cairn.sdk._refusals import INHERENT, REFUSED, inherent, refuses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,5 +310,39 @@ def test_every_sweep_file_key_is_read_or_refused() -> None:
             held = _SWEEP_HELD_AS[struct.__name__]
             if not any((e, field.name) in read for e in held):
                 if where not in _sweepfile.UNREAD_SWEEP_KEYS:
+                    found.append(where)
+    assert found == []
+
+
+#: the expressions that hold each struct of the automl files' loader and the CLI
+_AUTOML_HELD_AS = {
+    "AutoMLFile": {"automl", "spec"},
+    "TableInput": {"value"},
+    "AutoMLLimits": {"limits"},
+    "Training": {"training"},
+    "Featurization": {"automl.featurization"},
+}
+
+
+def test_every_automl_file_key_is_read_or_refused() -> None:
+    read: set[tuple[str, str]] = set()
+    for path in (ROOT / "shared/cairn/sdk/_automlfile.py", ROOT / "shared/cairn/cli/_jobs.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                read.add((ast.unparse(node.value), node.attr))
+    structs = [
+        obj
+        for obj in vars(_automlfile).values()
+        if isinstance(obj, type)
+        and issubclass(obj, msgspec.Struct)
+        and obj.__module__ == _automlfile.__name__
+    ]
+    assert {s.__name__ for s in structs} == set(_AUTOML_HELD_AS)
+    found = []
+    for struct in structs:
+        for field in msgspec.structs.fields(struct):
+            where = f"{struct.__name__}.{field.name}"
+            if not any((e, field.name) in read for e in _AUTOML_HELD_AS[struct.__name__]):
+                if where not in _automlfile.UNREAD_AUTOML_KEYS:
                     found.append(where)
     assert found == []

@@ -16,6 +16,7 @@ Layers, each importing only those below it: ``_refusals`` (what is refused by na
 from cairn.sdk._assets import CondaDependencies, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
 from cairn.sdk._async_events import FeedEvent
+from cairn.sdk._automl import AutoMLConfig
 from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
@@ -65,7 +66,7 @@ from cairn.sdk._runconfig import (
 from cairn.sdk._schedulefile import load_schedule_file
 from cairn.sdk._schedules import Schedule, ScheduleRecurrence
 from cairn.sdk._sweepfile import read_job_file
-from cairn.sdk._sync import Experiment, HyperDriveRun, Run, Workspace
+from cairn.sdk._sync import AutoMLRun, Experiment, HyperDriveRun, Run, Workspace
 from cairn.sdk._webservice import (
     AciWebservice,
     AksWebservice,
@@ -84,6 +85,8 @@ __all__ = [
     "AsyncExperiment",
     "AsyncRun",
     "AsyncWorkspace",
+    "AutoMLConfig",
+    "AutoMLRun",
     "BanditPolicy",
     "BayesianParameterSampling",
     "ComputeTarget",

@@ -10,7 +10,7 @@ queued: a wrong space, policy or limit is an ``InvalidInput`` naming it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -267,6 +267,8 @@ class SweepConfig:
         self.run_config = run_config
         self.spec = _checked(spec)
         self.command = command
+        #: what needs the workspace to be checked, run before anything is sent
+        self.data_checks: list[Callable[[Session], Awaitable[None]]] = []
         check(self.spec, command)
 
     @property
@@ -346,6 +348,8 @@ async def submit_sweep(
     display_name: str | None = None,
 ) -> str:
     """Submit ``config`` as a new sweep of ``experiment_name``; returns its run id."""
+    for data_check in config.data_checks:
+        await data_check(ws)
     job, env_name, env_version = await build_job(ws, config.run_config, command=config.command)
     return await send_sweep(
         ws,

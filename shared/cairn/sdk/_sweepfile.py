@@ -43,6 +43,7 @@ from cairn.proto.sweeps import (
     SweepSpec,
     parameter_placeholder,
 )
+from cairn.sdk._automlfile import AutoMLFile, load_automl_file
 from cairn.sdk._hyperdrive import SweepConfig
 from cairn.sdk._jobfile import JobFile, job_from_doc, read_yaml
 from cairn.sdk._jobs import ScriptRunConfig
@@ -116,12 +117,16 @@ class SweepFile(
     secrets: list[str] = msgspec.field(default_factory=list)
 
 
-def read_job_file(path: Path) -> tuple[JobFile | SweepFile, ScriptRunConfig | SweepConfig]:
-    """Read and check a job file of either type (``command``, the default, or ``sweep``);
-    what it describes, ready for ``experiment.submit``."""
+def read_job_file(
+    path: Path,
+) -> tuple[JobFile | SweepFile | AutoMLFile, ScriptRunConfig | SweepConfig]:
+    """Read and check a job file of any type (``command``, the default, ``sweep`` or
+    ``automl``); what it describes, ready for ``experiment.submit``."""
     doc = read_yaml(path)
     if doc.get("type") == "sweep":
         return load_sweep_file(doc, path)
+    if doc.get("type") == "automl":
+        return load_automl_file(doc, path)
     return job_from_doc(doc, path)
 
 

@@ -25,6 +25,7 @@ from cairn.proto.paths import validate_run_path
 from cairn.sdk._assets import Environment
 from cairn.sdk._async import AsyncRun, AsyncWorkspace, exit_error
 from cairn.sdk._async_events import FeedEvent
+from cairn.sdk._automl import AutoMLConfig
 from cairn.sdk._compute import ComputeTarget
 from cairn.sdk._datasets import Dataset, FileDataset, TabularDataset
 from cairn.sdk._datastores import Datastore
@@ -38,7 +39,7 @@ from cairn.sdk._runs import azure_filter
 from cairn.sdk._runtime import WorkspaceBase
 from cairn.settings import load_settings
 
-__all__ = ["Experiment", "HyperDriveRun", "Run", "Workspace"]
+__all__ = ["AutoMLRun", "Experiment", "HyperDriveRun", "Run", "Workspace"]
 
 #: run files that are logs (``get_details_with_logs``, ``get_all_logs``)
 _LOG_PREFIXES = ("user_logs/", "logs/", "azureml-logs/")
@@ -233,6 +234,8 @@ class Experiment:
         tag_values = {k: str(v) for k, v in (tags or {}).items()}
         submitted = self._core.submit(config, tags=tag_values, display_name=display_name)
         core = self.workspace._run(submitted)
+        if isinstance(config, AutoMLConfig):
+            return AutoMLRun(self, core.id, _core=core)
         if isinstance(config, SweepConfig):
             return HyperDriveRun(self, core.id, _core=core)
         return Run(self, core.id, _core=core)
@@ -852,3 +855,34 @@ class HyperDriveRun(Run):
                 f"trial {t['index']} {t['run_id']} {t['status']}{stopped}"
                 f" {json.dumps(t['parameters'])} best={t['best']}\n"
             )
+
+
+class AutoMLRun(HyperDriveRun):
+    """An automated ML experiment's parent run (``experiment.submit(AutoMLConfig(...))``): a
+    sweep whose trials are scikit-learn pipelines, each saved as ``outputs/model.pkl``."""
+
+    @refuses(
+        metric="the best trial is the one with the best primary metric",
+        iteration="the best trial is the one with the best primary metric",
+        return_onnx_model="models are pickled scikit-learn pipelines (no ONNX)",
+    )
+    def get_output(
+        self,
+        iteration: int | None = None,
+        metric: str | None = None,
+        return_onnx_model: bool = False,
+    ) -> tuple[Run, Any]:
+        """The best trial (by the primary metric) and its fitted model, downloaded and
+        unpickled (it ``predict``s on new rows: a pandas DataFrame, dicts or rows of values);
+        unpickling needs scikit-learn here. A sweep without a scored trial is a
+        ``NotFound``."""
+        import pickle
+
+        best = self.get_best_run_by_primary_metric(include_failed=False, include_canceled=False)
+        if best is None:
+            raise NotFound(f"automated ML run {self.id} has no trial that logged its metric")
+        with tempfile.TemporaryDirectory(prefix="cairn-automl-") as tmp:
+            path = best.download_file("outputs/model.pkl", str(Path(tmp) / "model.pkl"))
+            with open(path, "rb") as fh:
+                model = pickle.load(fh)  # the workspace's own trial wrote it
+        return best, model
