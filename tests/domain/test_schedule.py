@@ -56,6 +56,8 @@ MINUTE = 60.0
 EVERY_MINUTE = RecurrenceTrigger(frequency="minute", interval=1)
 SUBMIT = SubmitJob(command_id="c1", run_id="r1", experiment_name="e", job=JobSpec(command=["true"]))
 DATASET = EventTrigger(on="dataset_version", name="diabetes")
+WS = "lab"
+SID = name_to_id("nightly")
 
 
 def create(trigger: Trigger = EVERY_MINUTE) -> CreateScheduleAt:
@@ -80,17 +82,19 @@ def due(n: int) -> float:
 
 
 def fired(n: int, covers: int = 1, at: float | None = None) -> ScheduleFired:
-    run_id = fire_run_id("nightly", 1, repr(due(n)))
+    run_id = fire_run_id(WS, SID, "nightly", 1, repr(due(n)))
     return ScheduleFired(due=due(n), run_id=run_id, covers=covers, at=due(n) if at is None else at)
 
 
 SKIP = created(catch_up="skip")
 LATE = due(3) + 40  # three due times missed, the last 40 s ago
-EVENT_RUN = fire_run_id("nightly", 1, "event:7")
+EVENT_RUN = fire_run_id(WS, SID, "nightly", 1, "event:7")
 
 
 def on_event(seq: int = 7, at: float = T0 + 5, name: str = "diabetes") -> FireOnEvent:
     return FireOnEvent(
+        workspace=WS,
+        schedule_id=SID,
         on="dataset_version",
         aggregate_id=name_to_id(name),
         alias=None,
@@ -105,6 +109,8 @@ PROD = EventTrigger(on="model_alias", name="churn", alias="prod")
 
 def alias_moved(alias: str) -> FireOnEvent:
     return FireOnEvent(
+        workspace=WS,
+        schedule_id=SID,
         on="model_alias",
         aggregate_id=name_to_id("churn"),
         alias=alias,
@@ -195,25 +201,40 @@ CASES = [
     Case("enable an enabled one", [created()], ENABLE, []),
     Case("delete", [created()], DELETE, [ScheduleDeleted(at=T0 + 3)]),
     Case("delete a deleted one", [created(), ScheduleDeleted(at=T0)], DELETE, NotFound),
-    Case("nothing due yet", [created()], FireSchedule(now=due(1) - 1), []),
-    Case("due on time", [created()], FireSchedule(now=due(1) + 1), [fired(1, at=due(1) + 1)]),
-    Case("a fire already decided", [created(), fired(1)], FireSchedule(now=due(1) + 2), []),
+    Case(
+        "nothing due yet",
+        [created()],
+        FireSchedule(workspace=WS, schedule_id=SID, now=due(1) - 1),
+        [],
+    ),
+    Case(
+        "due on time",
+        [created()],
+        FireSchedule(workspace=WS, schedule_id=SID, now=due(1) + 1),
+        [fired(1, at=due(1) + 1)],
+    ),
+    Case(
+        "a fire already decided",
+        [created(), fired(1)],
+        FireSchedule(workspace=WS, schedule_id=SID, now=due(1) + 2),
+        [],
+    ),
     Case(
         "three missed: one catch-up run for all",
         [created()],
-        FireSchedule(now=LATE),
+        FireSchedule(workspace=WS, schedule_id=SID, now=LATE),
         [fired(3, covers=3, at=LATE)],
     ),
     Case(
         "three missed with skip: none",
         [SKIP],
-        FireSchedule(now=LATE),
+        FireSchedule(workspace=WS, schedule_id=SID, now=LATE),
         [ScheduleSkipped(first_due=due(1), last_due=due(3), count=3, at=LATE)],
     ),
     Case(
         "skip: the missed are skipped, the one on time fires",
         [SKIP],
-        FireSchedule(now=due(3) + 1),
+        FireSchedule(workspace=WS, schedule_id=SID, now=due(3) + 1),
         [
             ScheduleSkipped(first_due=due(1), last_due=due(2), count=2, at=due(3) + 1),
             fired(3, at=due(3) + 1),
@@ -222,16 +243,21 @@ CASES = [
     Case(
         "a disabled schedule does not fire",
         [created(), ScheduleDisabled(at=T0)],
-        FireSchedule(now=LATE),
+        FireSchedule(workspace=WS, schedule_id=SID, now=LATE),
         [],
     ),
     Case(
         "enabled again: counts from then, nothing caught up",
         [created(), ScheduleDisabled(at=T0), ScheduleEnabled(at=due(3) + 5)],
-        FireSchedule(now=due(3) + 40),
+        FireSchedule(workspace=WS, schedule_id=SID, now=due(3) + 40),
         [],
     ),
-    Case("an event trigger has no due times", [created(DATASET)], FireSchedule(now=LATE), []),
+    Case(
+        "an event trigger has no due times",
+        [created(DATASET)],
+        FireSchedule(workspace=WS, schedule_id=SID, now=LATE),
+        [],
+    ),
     Case(
         "a new dataset version fires",
         [created(DATASET)],
@@ -281,6 +307,23 @@ def test_schedule(case: Case) -> None:
     check(schedule.AGGREGATE, case)
 
 
+def test_a_fire_run_id_is_its_workspace_s() -> None:
+    """The same schedule in two workspaces fires two runs at one due time (run ids key the
+    run's events, and the ids derived from them, across the whole stream)."""
+    state = schedule.AGGREGATE.fold([created()])
+    runs = set()
+    for ws in ("lab", "prod"):
+        [fire] = schedule.decide(state, FireSchedule(workspace=ws, schedule_id=SID, now=due(1)))
+        assert isinstance(fire, ScheduleFired)
+        runs.add(fire.run_id)
+    event = schedule.AGGREGATE.fold([created(DATASET)])
+    for ws in ("lab", "prod"):
+        [fire] = schedule.decide(event, msgspec.structs.replace(on_event(), workspace=ws))
+        assert isinstance(fire, ScheduleFired)
+        runs.add(fire.run_id)
+    assert len(runs) == 4
+
+
 def utc(*args: int) -> str:
     return as_utc(datetime(*args, tzinfo=UTC).timestamp())
 
@@ -308,7 +351,7 @@ def test_a_cron_schedule_fires_at_those_instants() -> None:
     state = schedule.AGGREGATE.fold([msgspec.structs.replace(created(trigger), at=at)])
     fires = []
     for now in (datetime(2026, 3, d, 14, 0, 5, tzinfo=UTC).timestamp() for d in (7, 8, 9)):
-        events = schedule.decide(state, FireSchedule(now=now))
+        events = schedule.decide(state, FireSchedule(workspace=WS, schedule_id=SID, now=now))
         state = schedule.AGGREGATE.fold(events, state)
         fires += [as_utc(e.due) for e in events if isinstance(e, ScheduleFired)]
     assert fires == [utc(2026, 3, 7, 14), utc(2026, 3, 8, 13), utc(2026, 3, 9, 13)]

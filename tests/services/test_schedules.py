@@ -18,14 +18,14 @@ import pytest
 from cairn.bus import Connection
 from cairn.embedded._admin import remove_member
 from cairn.errors import PermissionDenied
-from cairn.proto.commands import CreateExperiment
+from cairn.proto.commands import CreateExperiment, CreateWorkspace
 from cairn.proto.jobs import GetJob, JobSpec, ListJobs, ScheduledBy, SubmitJob
 from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
 from cairn.rpc import Client
 from cairn.service import run_services
 from cairn.services.schedules import SchedulesService
 from cairn.settings import Settings
-from tests.conftest import add_people
+from tests.conftest import Agents, add_people
 
 #: the tests' time: years after the session's real clock, so the session's own schedules
 #: service never finds these schedules due
@@ -71,6 +71,10 @@ async def until(
         if settled and done(shown):
             return shown
         await asyncio.sleep(0.05)
+
+
+def completed(shown: dict[str, Any]) -> bool:
+    return any(f["run_status"] == "Completed" for f in shown["fires"])
 
 
 def submitted(n: int) -> Callable[[dict[str, Any]], bool]:
@@ -185,3 +189,36 @@ async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
     )
     with pytest.raises(PermissionDenied, match="no recent fire with run forged-run"):
         await client.send(forged)
+
+
+async def test_one_name_in_two_workspaces_fires_two_runs(
+    client: Client,
+    client_conn: Connection,
+    agent_settings: Settings,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A schedule of the same name in two workspaces fires at one due time: two runs, each
+    with events of its own (run ids, and the ids derived from them, are per workspace)."""
+    other = Client(client_conn, "t" + cid()[:12])
+    await other.send(CreateWorkspace(command_id=cid(), name=other.workspace))
+    pools = []
+    for c in (client, other):
+        await every_minute(c, "twin")
+        settings = msgspec.structs.replace(
+            agent_settings, workspace=c.workspace, state_dir=str(tmp_path / c.workspace)
+        )
+        pools.append(Agents(settings))
+    try:
+        for pool in pools:
+            await pool.start()
+        async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+            done = [await until(c, "twin", completed) for c in (client, other)]
+    finally:
+        for pool in pools:
+            await pool.close()
+    runs = [shown["fires"][0]["run_id"] for shown in done]
+    assert runs[0] != runs[1]
+    for c, run_id in zip((client, other), runs, strict=True):
+        job = (await c.ask(GetJob(run_id=run_id))).data
+        assert job["status"] == "Completed"

@@ -125,15 +125,21 @@ class DeleteScheduleAt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class FireSchedule(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Fire what a time trigger has due at ``now`` (the service's clock)."""
+    """Fire what a time trigger has due at ``now`` (the service's clock). ``workspace`` and
+    ``schedule_id`` name the aggregate, which its run ids are derived from."""
 
+    workspace: str
+    schedule_id: str
     now: float
 
 
 class FireOnEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Event ``event_seq`` of EVENTS (at ``event_time``) is a new version of a dataset or a
-    moved alias of a model whose aggregate id is ``aggregate_id``."""
+    moved alias of a model whose aggregate id is ``aggregate_id``; ``workspace`` and
+    ``schedule_id`` name the schedule's aggregate."""
 
+    workspace: str
+    schedule_id: str
     on: str
     aggregate_id: str
     alias: str | None
@@ -170,9 +176,10 @@ def template(submission: Submission) -> Submission:
     )
 
 
-def fire_run_id(name: str, incarnation: int, cause: str) -> str:
-    """The run id of a fire: the same for every replica deciding it."""
-    return derived_id("sched", name, incarnation, cause)
+def fire_run_id(workspace: str, schedule_id: str, name: str, incarnation: int, cause: str) -> str:
+    """The run id of a fire: the same for every replica deciding it, and different for a
+    schedule of the same name in another workspace."""
+    return derived_id("sched", workspace, schedule_id, name, incarnation, cause)
 
 
 def _fired(state: ScheduleState, event: ScheduleFired) -> ScheduleState:
@@ -285,7 +292,8 @@ def _update(state: ScheduleState, cmd: UpdateSchedule, now: float) -> list[Event
     return [] if new == current else [updated]
 
 
-def _fire(state: ScheduleState, now: float) -> list[Event]:
+def _fire(state: ScheduleState, cmd: FireSchedule) -> list[Event]:
+    now = cmd.now
     trigger = state.trigger
     if not state.exists or not state.enabled or trigger is None:
         return []
@@ -295,7 +303,7 @@ def _fire(state: ScheduleState, now: float) -> list[Event]:
     count, first, previous, last = found
     if count == 0:
         return []
-    run_id = fire_run_id(state.name, state.incarnation, repr(last))
+    run_id = fire_run_id(cmd.workspace, cmd.schedule_id, state.name, state.incarnation, repr(last))
     if now - last > LATE_AFTER_S:  # missed while no service ran
         if state.catch_up == "skip":
             return [ScheduleSkipped(first_due=first, last_due=last, count=count, at=now)]
@@ -320,7 +328,8 @@ def _on_event(state: ScheduleState, cmd: FireOnEvent) -> list[Event]:
     # an event older than this schedule, or one it has already fired on, fires nothing
     if cmd.event_time < state.created_at or cmd.event_seq <= state.last_event_seq:
         return []
-    run_id = fire_run_id(state.name, state.incarnation, f"event:{cmd.event_seq}")
+    cause = f"event:{cmd.event_seq}"
+    run_id = fire_run_id(cmd.workspace, cmd.schedule_id, state.name, state.incarnation, cause)
     return [ScheduleFired(due=cmd.event_time, run_id=run_id, event_seq=cmd.event_seq, at=cmd.now)]
 
 
@@ -337,8 +346,8 @@ def decide(state: ScheduleState, command: ScheduleCommand) -> list[Event]:
         case DeleteScheduleAt(command=cmd, now=now):
             _existing(state, cmd.name)
             return [ScheduleDeleted(at=now)]
-        case FireSchedule(now=now):
-            return _fire(state, now)
+        case FireSchedule():
+            return _fire(state, command)
         case FireOnEvent():
             return _on_event(state, command)
         case RecordFireFailed(due=due, run_id=run_id, error=error):

@@ -9,7 +9,7 @@ their timeout to be stopped, and fail runs whose ticket JetStream gave up delive
 MAX_DELIVERIES advisory), deleting that ticket.
 
 Every decision goes through the run aggregate with a command id derived from what caused it
-(``derived_id("lost", run, attempt)``), so a repeated decision is a no-op and a stale view of
+(``derived_id("lost", ws, run, attempt)``), so a repeated decision is a no-op and a stale view of
 the read model can never move a run wrongly. Lease renewals live in a KV bucket that every
 replica mirrors (see ``_leases``), so several replicas can share the work.
 """
@@ -198,7 +198,7 @@ class SchedulerService(ProjectedService):
 
     async def _time_out(self, ws: str, run_id: str, attempt: int, timeout_s: float) -> None:
         command = runs.TimeOutAttempt(run_id=run_id, attempt=attempt, timeout_s=timeout_s)
-        await self._decide(ws, run_id, derived_id("timeout", run_id, attempt), command)
+        await self._decide(ws, run_id, derived_id("timeout", ws, run_id, attempt), command)
 
     async def _forget_ended(self, active: set[tuple[str, str]]) -> None:
         """Delete the renewals of runs that have ended: the replica that recorded the end
@@ -221,7 +221,7 @@ class SchedulerService(ProjectedService):
             reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
             command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
-            await self._decide(ws, run_id, derived_id("lost", run_id, attempt), command)
+            await self._decide(ws, run_id, derived_id("lost", ws, run_id, attempt), command)
 
     async def _release(self, ws: str, compute: str) -> None:
         """A ticket was claimed: hand out the next ones (highest priority first)."""
@@ -261,7 +261,7 @@ class SchedulerService(ProjectedService):
         await self.conn.js.publish(
             subjects.job(ws, compute),
             _encoder.encode(ticket),
-            headers={"Nats-Msg-Id": f"ticket:{run_id}:{queue_n}"},
+            headers={"Nats-Msg-Id": f"ticket:{ws}:{run_id}:{queue_n}"},
         )
         self.published[key] = compute
         return True
@@ -276,7 +276,7 @@ class SchedulerService(ProjectedService):
             ticket = msgspec.json.decode(stored.data or b"", type=Ticket)
             run_id, queue_n = ticket.run_id, ticket.queue_n
             command = runs.FailUndeliverable(run_id=run_id, queue_n=queue_n, deliveries=deliveries)
-            command_id = derived_id("undeliverable", run_id, queue_n)
+            command_id = derived_id("undeliverable", ticket.workspace, run_id, queue_n)
             await self._decide(ticket.workspace, run_id, command_id, command)
             await self.conn.js.delete_msg(JOBS.name, seq)
             log.warning("ticket_undeliverable", run_id=ticket.run_id, deliveries=deliveries)

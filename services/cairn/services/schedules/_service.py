@@ -87,7 +87,8 @@ class SchedulesService(ProjectedService):
         self.settings = settings
         self.clock = clock
         self.tick_s = tick_s
-        self.sent: set[str] = set()  # runs submitted, maybe not yet projected
+        #: runs submitted, maybe not yet projected, by workspace and run id
+        self.sent: set[tuple[str, str]] = set()
         self.triggers = EventTriggers(self)
         self.responders = [
             Responder(
@@ -166,7 +167,8 @@ class SchedulesService(ProjectedService):
             # the decision's id is derived from the due time it fires for (the last one due)
             last = pending(state.trigger, state.after, now, state.created_at).last
             command_id = derived_id("fire", ws, sid, n, repr(last))
-            await self.decide(ws, sid, command_id, schedules.FireSchedule(now=now))
+            fire = schedules.FireSchedule(workspace=ws, schedule_id=sid, now=now)
+            await self.decide(ws, sid, command_id, fire)
         await self.submit_fired()
 
     async def submit_fired(self) -> None:
@@ -182,9 +184,9 @@ class SchedulesService(ProjectedService):
             ).fetchall()
 
         rows = self.projection.read(fired)[0]
-        self.sent &= {row[3] for row in rows}  # forget those the read model shows settled
+        self.sent &= {(row[0], row[3]) for row in rows}  # forget those shown settled
         for ws, sid, due, run_id, event_seq, raw, creator in rows:
-            if run_id in self.sent:
+            if (ws, run_id) in self.sent:
                 continue
             state = decode_state(raw)
             if state.submission is None:
@@ -236,7 +238,7 @@ class SchedulesService(ProjectedService):
         except CairnError as exc:  # refused for what it says: recorded, not tried again
             await self._failed(ws, sid, run_id, scheduled, str(exc))
             return
-        self.sent.add(run_id)
+        self.sent.add((ws, run_id))
         log.info("schedule_submitted", schedule=scheduled.schedule, run_id=run_id)
 
     async def _failed(
@@ -248,7 +250,7 @@ class SchedulesService(ProjectedService):
             await self.decide(ws, sid, derived_id("firefail", ws, run_id), failed)
         except (InvalidInput, NotFound) as exc:  # the schedule was deleted meanwhile
             log.info("schedule_fire_dropped", run_id=run_id, reason=str(exc))
-        self.sent.add(run_id)
+        self.sent.add((ws, run_id))
 
     # -- commands ------------------------------------------------------------------------
 
