@@ -344,6 +344,27 @@ def test_cron_in_a_time_zone_across_daylight_saving_changes() -> None:
     assert got == [utc(2026, 3, 28, 1, 30), utc(2026, 3, 29, 1), utc(2026, 3, 30, 0, 30)]
 
 
+@pytest.mark.parametrize(
+    ("expression", "zone", "day", "first"),
+    [
+        ("30 1 * * *", "America/New_York", datetime(2024, 11, 2, tzinfo=UTC), (5, 30)),
+        ("30 2 * * *", "Europe/Berlin", datetime(2024, 10, 26, tzinfo=UTC), (0, 30)),
+    ],
+)
+def test_a_repeated_wall_clock_time_fires_once(
+    expression: str, zone: str, day: datetime, first: tuple[int, int]
+) -> None:
+    """The night the clocks go back, a time of the hour that repeats fires at its first
+    occurrence only (croniter gives both)."""
+    trigger = CronTrigger(expression=expression, time_zone=zone)
+    start = day.timestamp()
+    got = [as_utc(d) for d in itertools.islice(dues_after(trigger, start, start), 3)]
+    hour, minute = first
+    assert got[1] == utc(day.year, day.month, day.day + 1, hour, minute)
+    # the next day, an hour later in UTC (standard time), and no second fire between
+    assert got[2] == utc(day.year, day.month, day.day + 2, hour + 1, minute)
+
+
 def test_a_cron_schedule_fires_at_those_instants() -> None:
     """The aggregate fires the cron trigger's UTC instants, one per decision on time."""
     trigger = CronTrigger(expression="0 9 * * *", time_zone="America/New_York")

@@ -89,11 +89,19 @@ def _cron(trigger: CronTrigger, after: float, start: float, tz: ZoneInfo) -> Ite
     try:
         times = croniter(trigger.expression.strip(), base)
         while True:
-            yield times.get_next(datetime).timestamp()
+            moment = times.get_next(datetime)
+            if not _repeated(moment):
+                yield moment.timestamp()
     except CroniterBadDateError:  # no further date matches (30 February)
         return
     except CroniterBadCronError as exc:  # checked at creation; an old record is still read
         raise InvalidInput(f"trigger.expression: {exc}") from exc
+
+
+def _repeated(moment: datetime) -> bool:
+    """Whether ``moment`` is the second occurrence of a wall-clock time the clocks went back
+    over (croniter gives both; a repeated time fires once, at its first)."""
+    return moment.fold == 1 and moment.replace(fold=0).utcoffset() != moment.utcoffset()
 
 
 def _days(trigger: RecurrenceTrigger, anchor: datetime, first: date) -> Iterator[date]:
