@@ -416,8 +416,22 @@ def test_recurrences() -> None:
         ),
         (EventTrigger(on="dataset_version", name="d", alias="prod"), "trigger.alias"),
         (CronTrigger(expression="* * * *"), "trigger.expression"),
+        (CronTrigger(expression="R R * * *"), "'R' in the minute field"),
+        (CronTrigger(expression="0 H * * *"), "'H' in the hour field"),
+        (CronTrigger(expression="0 0 ? * *"), "'\\?' in the day of the month field"),
+        (CronTrigger(expression="0 0 1W * *"), "'1W' in the day of the month field"),
+        (CronTrigger(expression="0 0 * * L5"), "'L5' in the day of the week field"),
+        (CronTrigger(expression="0 0 * * 1,R"), "'R' in the day of the week field"),
     ],
 )
 def test_bad_triggers_name_the_key(trigger: Trigger, key: str) -> None:
     with pytest.raises(InvalidInput, match=key.replace(".", r"\.")):
         check_trigger(trigger)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["*/15 9-17 * * mon-fri", "0 0 L * *", "0 0 * * fri#2", "0 6 1,15 jan-mar,Oct 0-6/2"],
+)
+def test_standard_cron_fields_are_read(expression: str) -> None:
+    check_trigger(CronTrigger(expression=expression))

@@ -11,6 +11,7 @@ occurrence.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
@@ -31,6 +32,23 @@ _WEEK_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday"
 _STEP_S = {"minute": 60.0, "hour": 3600.0}
 
 TimeTrigger = CronTrigger | RecurrenceTrigger
+_FIELDS = ("minute", "hour", "day of the month", "month", "day of the week")
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "sun|mon|tue|wed|thu|fri|sat"
+
+
+def _grammar(value: str, extra: str = "") -> re.Pattern[str]:
+    ranged = rf"(?:\*|(?:{value})(?:-(?:{value}))?)(?:/\d+)?"
+    return re.compile(rf"{ranged}{extra}", re.IGNORECASE)
+
+
+_GRAMMARS = (
+    _grammar(r"\d+"),
+    _grammar(r"\d+"),
+    _grammar(r"\d+", "|L"),
+    _grammar(rf"\d+|{_MONTHS}"),
+    _grammar(rf"\d+|{_DAYS}", rf"|(?:\d+|{_DAYS})#\d+"),
+)
 
 
 def zone(name: str, where: str = "trigger.time_zone") -> ZoneInfo:
@@ -62,6 +80,8 @@ def check_trigger(trigger: Trigger) -> None:
         raise InvalidInput("trigger.end_time: the end must come after trigger.start_time")
     if isinstance(trigger, CronTrigger):
         expression = trigger.expression.strip()
+        if len(expression.split()) == 5:
+            _check_fields(expression.split())
         if len(expression.split()) != 5 or not croniter.is_valid(expression):
             raise InvalidInput(
                 f"trigger.expression: {trigger.expression!r:.80} is not a five-field cron"
@@ -75,6 +95,21 @@ def check_trigger(trigger: Trigger) -> None:
         raise InvalidInput("trigger.schedule.week_days: only with frequency week")
     if pattern is not None and pattern.month_days and trigger.frequency != "month":
         raise InvalidInput("trigger.schedule.month_days: only with frequency month")
+
+
+def _check_fields(fields: list[str]) -> None:
+    """Refuse, naming the field and the item, what ``croniter`` reads beyond the standard
+    five fields' syntax: ``R`` (random: another time at each reading), ``H`` (hashed), ``?``,
+    ``W`` and a ``L`` day of the week. ``L`` alone as the day of the month (its last day) and
+    ``N#K`` as the day of the week (its K-th in the month) are read, being deterministic."""
+    for field, grammar, text in zip(_FIELDS, _GRAMMARS, fields, strict=True):
+        for item in text.split(","):
+            if not grammar.fullmatch(item):
+                raise InvalidInput(
+                    f"trigger.expression: {item!r:.40} in the {field} field is not read (digits, *,"
+                    " ranges a-b, steps /n, lists, month and day names; L as the day of the month,"
+                    " N#K as the day of the week)"
+                )
 
 
 def _bounds(trigger: TimeTrigger, created_at: float) -> tuple[ZoneInfo, float, float]:
