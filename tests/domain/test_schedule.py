@@ -270,6 +270,12 @@ CASES = [
         on_event(),
         [],
     ),
+    Case(
+        "an older event handled after a newer one still fires",
+        [created(DATASET), ScheduleFired(due=T0 + 6, run_id="r9", event_seq=9, at=T0 + 6)],
+        on_event(),
+        [ScheduleFired(due=T0 + 5, run_id=EVENT_RUN, event_seq=7, at=T0 + 5)],
+    ),
     Case("an event before the schedule existed", [created(DATASET)], on_event(at=T0 - 5), []),
     Case("another dataset's version", [created(DATASET)], on_event(name="other"), []),
     Case("a time schedule ignores events", [created()], on_event(), []),

@@ -325,11 +325,16 @@ def _on_event(state: ScheduleState, cmd: FireOnEvent) -> list[Event]:
         return []
     if trigger.alias is not None and trigger.alias != cmd.alias:
         return []
-    # an event older than this schedule, or one it has already fired on, fires nothing
-    if cmd.event_time < state.created_at or cmd.event_seq <= state.last_event_seq:
+    # an event older than this schedule fires nothing
+    if cmd.event_time < state.created_at:
         return []
+    # events may be handled out of order (redelivered, two replicas): each fires once, in
+    # any order; one fired recently is known here, and the command id derived from the
+    # event is in the log for good (a repeated decision is a replay)
     cause = f"event:{cmd.event_seq}"
     run_id = fire_run_id(cmd.workspace, cmd.schedule_id, state.name, state.incarnation, cause)
+    if any(fired == run_id for _, fired in state.recent):
+        return []
     return [ScheduleFired(due=cmd.event_time, run_id=run_id, event_seq=cmd.event_seq, at=cmd.now)]
 
 
