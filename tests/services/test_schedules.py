@@ -178,6 +178,34 @@ async def test_a_schedule_stops_when_its_creator_leaves(
     assert await runs_of(client, experiment) == []
 
 
+async def test_a_member_cannot_claim_a_real_fire(
+    client: Client,
+    people: dict[str, Connection],
+    admin_conn: Connection,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A fire's run id is shown to every reader (``cairn schedule show``); a member who sends
+    a submission under it, as that fire, is refused: only the schedules service may."""
+    await add_people(admin_conn, client.workspace, "dana")
+    dana = Client(people["dana"], client.workspace)
+    experiment = await every_minute(dana, "left-behind")
+    await remove_member(admin_conn, client.workspace, "dana")  # the fire is not submitted
+    async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+        shown = await until(client, "left-behind", lambda s: bool(s["fires"]))
+    [fire] = shown["fires"]
+    claim = SubmitJob(
+        command_id=cid(),
+        run_id=fire["run_id"],
+        experiment_name=experiment,
+        job=JobSpec(command=["true"]),
+        scheduled=ScheduledBy(schedule="left-behind", due=START),
+    )
+    with pytest.raises(PermissionDenied, match="only the schedules service"):
+        await client.send(claim)
+    assert await runs_of(client, experiment) == []
+
+
 async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
     experiment = await every_minute(client, "claimed")
     forged = SubmitJob(
@@ -187,7 +215,7 @@ async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
         job=JobSpec(command=["true"]),
         scheduled=ScheduledBy(schedule="claimed", due=START),
     )
-    with pytest.raises(PermissionDenied, match="no recent fire with run forged-run"):
+    with pytest.raises(PermissionDenied, match="only the schedules service"):
         await client.send(forged)
 
 

@@ -50,7 +50,7 @@ from cairn.proto.jobs import (
     derived_id,
 )
 from cairn.proto.streams import JOBS, job_consumer
-from cairn.rpc import Request, Responder
+from cairn.rpc import SERVICE_ACTOR, Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
@@ -299,7 +299,7 @@ class SchedulerService(ProjectedService):
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
         if cmd.scheduled is not None:
-            await self._check_fired(ws, cmd)
+            await self._check_fired(req, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         if cmd.parent_run_id is not None:  # a pipeline's step: its pipeline run exists
             await lookup.run_state(self.cache, ws, cmd.parent_run_id)
@@ -315,11 +315,19 @@ class SchedulerService(ProjectedService):
                 await self._publish(ws, cmd.run_id, 1, cmd.compute)
         return accepted
 
-    async def _check_fired(self, ws: str, cmd: SubmitJob) -> None:
-        """A run that says a schedule fired it is accepted only if the schedule's log records
-        that fire with this run id (read fresh: the fire was appended just before)."""
+    async def _check_fired(self, req: Request, cmd: SubmitJob) -> None:
+        """A run that says a schedule fired it is accepted only from the services (the
+        schedules service sends it; a person who read the fire's run id cannot claim it), and
+        only if the schedule's log records that fire with this run id (read fresh: the fire
+        was appended just before)."""
         scheduled = cmd.scheduled
         assert scheduled is not None
+        if req.actor != SERVICE_ACTOR:
+            raise PermissionDenied(
+                f"only the schedules service submits a run as a fire of schedule"
+                f" {scheduled.schedule!r}"
+            )
+        ws = req.workspace
         sid = subjects.name_to_id(scheduled.schedule)
         state = await lookup.state(self.cache, schedules.AGGREGATE, ws, sid, fresh=True)
         if (scheduled.due, cmd.run_id) not in state.recent:
