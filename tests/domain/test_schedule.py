@@ -62,7 +62,7 @@ SID = name_to_id("nightly")
 
 def create(trigger: Trigger = EVERY_MINUTE) -> CreateScheduleAt:
     cmd = CreateSchedule(command_id="c", name="nightly", trigger=trigger, submission=SUBMIT)
-    return CreateScheduleAt(command=cmd, now=T0)
+    return CreateScheduleAt(command=cmd, now=T0, events_seq=3)
 
 
 def created(trigger: Trigger = EVERY_MINUTE, catch_up: CatchUp = "once") -> ScheduleCreated:
@@ -73,6 +73,7 @@ def created(trigger: Trigger = EVERY_MINUTE, catch_up: CatchUp = "once") -> Sche
         submission=template(SUBMIT),
         catch_up=catch_up,
         at=T0,
+        events_seq=3,
     )
 
 
@@ -276,7 +277,26 @@ CASES = [
         on_event(),
         [ScheduleFired(due=T0 + 5, run_id=EVENT_RUN, event_seq=7, at=T0 + 5)],
     ),
-    Case("an event before the schedule existed", [created(DATASET)], on_event(at=T0 - 5), []),
+    Case("an event before the schedule existed", [created(DATASET)], on_event(seq=3), []),
+    Case(
+        "an event after the schedule, whatever its clock said",
+        [created(DATASET)],
+        on_event(seq=4, at=T0 - 5),
+        [
+            ScheduleFired(
+                due=T0 - 5,
+                run_id=fire_run_id(WS, SID, "nightly", 1, "event:4"),
+                event_seq=4,
+                at=T0 - 5,
+            )
+        ],
+    ),
+    Case(
+        "a schedule recorded before the sequence was kept compares times",
+        [msgspec.structs.replace(created(DATASET), events_seq=0)],
+        on_event(seq=1, at=T0 - 5),
+        [],
+    ),
     Case("another dataset's version", [created(DATASET)], on_event(name="other"), []),
     Case("a time schedule ignores events", [created()], on_event(), []),
     Case(

@@ -90,6 +90,8 @@ class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     enabled: bool = False
     created_at: float = 0.0
+    #: the last sequence of EVENTS when the schedule was created: events up to it are older
+    created_seq: int = 0
     #: every due time up to here was handled
     after: float = 0.0
     last_event_seq: int = 0
@@ -98,10 +100,12 @@ class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CreateScheduleAt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """``CreateSchedule`` at ``now``, its submission pinned by the service."""
+    """``CreateSchedule`` at ``now``, its submission pinned by the service; ``events_seq``
+    is the last sequence of EVENTS then (the events a trigger counts come after it)."""
 
     command: CreateSchedule
     now: float
+    events_seq: int = 0
 
 
 class UpdateScheduleAt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -205,6 +209,7 @@ def evolve(state: ScheduleState, event: Event) -> ScheduleState:
                 tags=ev.tags,
                 enabled=ev.enabled,
                 created_at=ev.at,
+                created_seq=ev.events_seq,
                 after=ev.at,
                 last_event_seq=state.last_event_seq,
             )
@@ -239,7 +244,7 @@ def _existing(state: ScheduleState, name: str) -> ScheduleState:
     return state
 
 
-def _create(state: ScheduleState, cmd: CreateSchedule, now: float) -> list[Event]:
+def _create(state: ScheduleState, cmd: CreateSchedule, now: float, seq: int) -> list[Event]:
     if state.exists:
         raise AlreadyExists(f"schedule {cmd.name!r} exists; update or delete it")
     check_trigger(cmd.trigger)
@@ -255,6 +260,7 @@ def _create(state: ScheduleState, cmd: CreateSchedule, now: float) -> list[Event
             tags=cmd.tags,
             enabled=not cmd.disabled,
             at=now,
+            events_seq=seq,
         )
     ]
 
@@ -325,8 +331,12 @@ def _on_event(state: ScheduleState, cmd: FireOnEvent) -> list[Event]:
         return []
     if trigger.alias is not None and trigger.alias != cmd.alias:
         return []
-    # an event older than this schedule fires nothing
-    if cmd.event_time < state.created_at:
+    # an event older than this schedule fires nothing: one at or before the stream's last
+    # sequence when it was created (a schedule recorded before that was kept compares times)
+    if state.created_seq:
+        if cmd.event_seq <= state.created_seq:
+            return []
+    elif cmd.event_time < state.created_at:
         return []
     # events may be handled out of order (redelivered, two replicas): each fires once, in
     # any order; one fired recently is known here, and the command id derived from the
@@ -340,8 +350,8 @@ def _on_event(state: ScheduleState, cmd: FireOnEvent) -> list[Event]:
 
 def decide(state: ScheduleState, command: ScheduleCommand) -> list[Event]:
     match command:
-        case CreateScheduleAt(command=cmd, now=now):
-            return _create(state, cmd, now)
+        case CreateScheduleAt(command=cmd, now=now, events_seq=seq):
+            return _create(state, cmd, now, seq)
         case UpdateScheduleAt(command=cmd, now=now):
             return _update(state, cmd, now)
         case DisableScheduleAt(command=cmd, now=now):

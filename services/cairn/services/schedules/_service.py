@@ -289,7 +289,9 @@ class SchedulesService(ProjectedService):
         check_trigger(cmd.trigger)  # before any lookup: a bad trigger names its key
         pinned = await self._pin(req.workspace, cmd.submission)
         command = msgspec.structs.replace(cmd, submission=pinned)
-        at = schedules.CreateScheduleAt(command=command, now=self.clock())
+        # events up to the stream's last sequence now are older than the schedule
+        seq = await self.store.last_seq()
+        at = schedules.CreateScheduleAt(command=command, now=self.clock(), events_seq=seq)
         return await self._on_schedule(req, cmd.name, at)
 
     async def _update(self, req: Request) -> Accepted:
