@@ -22,7 +22,7 @@ from cairn.domain.schedule import (
     fire_run_id,
     template,
 )
-from cairn.domain.triggers import as_utc, check_trigger, dues_after
+from cairn.domain.triggers import MAX_COUNTED, as_utc, check_trigger, dues_after, pending
 from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.events import (
     ScheduleCreated,
@@ -402,6 +402,23 @@ def test_a_cron_schedule_fires_at_those_instants() -> None:
         state = schedule.AGGREGATE.fold(events, state)
         fires += [as_utc(e.due) for e in events if isinstance(e, ScheduleFired)]
     assert fires == [utc(2026, 3, 7, 14), utc(2026, 3, 8, 13), utc(2026, 3, 9, 13)]
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [CronTrigger(expression="* * * * *"), RecurrenceTrigger(frequency="minute")],
+    ids=["cron", "recurrence"],
+)
+def test_a_long_outage_is_counted_up_to_a_bound(trigger: Trigger) -> None:
+    """70 days of an every-minute trigger missed: counted up to ``MAX_COUNTED`` (at least
+    that many), the last two due times found near the moment without enumerating the rest."""
+    start = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    now = start + 70 * 86400 + 30
+    found = pending(trigger, start, now, start)
+    assert found.due == MAX_COUNTED and found.more
+    assert (found.first, found.previous, found.last) == (start + 60, now - 90, now - 30)
+    few = pending(trigger, start, start + 3 * 60, start)
+    assert few == (3, start + 60, start + 120, start + 180, False)
 
 
 def test_recurrences() -> None:

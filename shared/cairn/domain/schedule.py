@@ -306,7 +306,7 @@ def _fire(state: ScheduleState, cmd: FireSchedule) -> list[Event]:
     if isinstance(trigger, EventTrigger):
         return []
     found = pending(trigger, state.after, now, state.created_at)
-    count, first, previous, last = found
+    count, first, previous, last, _ = found
     if count == 0:
         return []
     run_id = fire_run_id(cmd.workspace, cmd.schedule_id, state.name, state.incarnation, repr(last))

@@ -24,8 +24,8 @@ from cairn.proto.schedules import CronTrigger, EventTrigger, RecurrenceTrigger, 
 
 __all__ = ["MAX_COUNTED", "Pending", "as_utc", "check_trigger", "dues_after", "pending", "zone"]
 
-#: the most missed due times a catch-up counts one by one (it still fires once)
-MAX_COUNTED = 100_000
+#: the most missed due times a catch-up counts (it fires once; ``covers`` says "at least")
+MAX_COUNTED = 1_000
 #: how far ahead a recurrence looks for a day it fires on before it gives up
 _HORIZON_DAYS = 366 * 30
 _WEEK_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -205,38 +205,50 @@ def dues_after(trigger: Trigger, after: float, created_at: float) -> Iterator[fl
 
 
 class Pending(NamedTuple):
-    """What is due up to a moment: how many (``due``), the first, the one before the last,
-    the last."""
+    """What is due up to a moment: how many (``due``; at most ``MAX_COUNTED``, and ``more``
+    says there were more), the first, the one before the last, the last."""
 
     due: int
     first: float
     previous: float
     last: float
+    more: bool = False
 
 
 def pending(trigger: Trigger, after: float, now: float, created_at: float) -> Pending:
     """The due times of ``trigger`` in ``(after, now]``: their count (at most
-    ``MAX_COUNTED``), the first, the one before the last (the first when there is one) and
-    the last."""
+    ``MAX_COUNTED``: a long outage of a frequent trigger is not enumerated), the first, the
+    one before the last (the first when there is one) and the last."""
     count, first, previous, last = 0, 0.0, 0.0, 0.0
     for due in dues_after(trigger, after, created_at):
         if due > now:
             break
+        if count >= MAX_COUNTED:  # more: find the last two near ``now``, counting no further
+            previous, last = _last_two(trigger, now, created_at, (previous, last))
+            return Pending(count, first, previous, last, more=True)
         count += 1
         first = first or due
         previous, last = last or due, due
-        if count >= MAX_COUNTED:  # a very long outage: jump to the last due time
-            return Pending(count, first, previous, _last_before(trigger, now, created_at, due))
     return Pending(count, first, previous, last)
 
 
-def _last_before(trigger: Trigger, now: float, created_at: float, known: float) -> float:
-    last = known
-    for due in dues_after(trigger, max(known, now - 7 * 86400), created_at):
-        if due > now:
-            break
-        last = due
-    return last
+def _last_two(
+    trigger: Trigger, now: float, created_at: float, known: tuple[float, float]
+) -> tuple[float, float]:
+    """The last two due times up to ``now`` of a trigger whose due times ``known`` (the one
+    before the last, the last) are before it: looked for in windows before ``now`` that
+    widen until one holds two (or reaches back to ``known``)."""
+    width = 3600.0
+    while True:
+        begin = max(known[1], now - width)
+        previous, last = known
+        for due in dues_after(trigger, begin, created_at):
+            if due > now:
+                break
+            previous, last = last, due
+        if begin == known[1] or previous > begin:
+            return previous, last
+        width *= 8
 
 
 def as_utc(instant: float) -> str:

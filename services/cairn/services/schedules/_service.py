@@ -32,7 +32,7 @@ from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import asset, workspace
 from cairn.domain import schedule as schedules
 from cairn.domain.environment import CURATED, parse_reference
-from cairn.domain.triggers import as_utc, check_trigger, dues_after, pending
+from cairn.domain.triggers import MAX_COUNTED, as_utc, check_trigger, dues_after, pending
 from cairn.errors import CairnError, ConcurrencyConflict, InvalidInput, NotFound, Unavailable
 from cairn.log import get_logger
 from cairn.members import roles_allow
@@ -388,6 +388,8 @@ def _fire_row(row: dict[str, Any]) -> dict[str, Any]:
         "run_id": row["run_id"],
         "run_status": row["run_status"],
         "covers": row["covers"],
+        # a catch-up counts at most MAX_COUNTED due times: there may have been more
+        "covers_at_least": (row["covers"] or 0) >= MAX_COUNTED,
         "event_seq": row["event_seq"],
         "error": row["error"],
     }
