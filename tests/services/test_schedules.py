@@ -15,17 +15,21 @@ from typing import Any
 import msgspec
 import pytest
 
-from cairn.bus import Connection
+from cairn.bus import Connection, EventStore
 from cairn.embedded._admin import remove_member
 from cairn.errors import PermissionDenied
+from cairn.proto import subjects
 from cairn.proto.commands import CreateExperiment, CreateWorkspace
+from cairn.proto.events import ScheduleUpdated
 from cairn.proto.jobs import GetJob, JobSpec, ListJobs, ScheduledBy, SubmitJob
 from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
+from cairn.proto.subjects import name_to_id
 from cairn.rpc import Client
 from cairn.service import run_services
 from cairn.services.schedules import SchedulesService
 from cairn.settings import Settings
 from tests.conftest import Agents, add_people
+from tests.helpers import envelope
 
 #: the tests' time: years after the session's real clock, so the session's own schedules
 #: service never finds these schedules due
@@ -250,3 +254,24 @@ async def test_one_name_in_two_workspaces_fires_two_runs(
     for c, run_id in zip((client, other), runs, strict=True):
         job = (await c.ask(GetJob(run_id=run_id))).data
         assert job["status"] == "Completed"
+
+
+async def test_a_schedule_that_cannot_fire_holds_up_no_other(
+    client: Client, store: EventStore, service_settings: Settings, tmp_path: Path
+) -> None:
+    """A schedule whose log says what its read model could not take (an update to a time
+    zone nobody knows, set aside by the projection) fails at each pass, alone: a schedule
+    after it still fires."""
+    await every_minute(client, "broken")
+    experiment = await every_minute(client, "sound")
+    shown = (await client.ask(GetSchedule(name="broken"))).data
+    submission = msgspec.convert(shown["submission"], SubmitJob)
+    nowhere = RecurrenceTrigger(frequency="minute", start_time=T0, time_zone="Nowhere/Else")
+    updated = ScheduleUpdated(trigger=nowhere, submission=submission, at=START)
+    sid = name_to_id("broken")
+    subject = subjects.event(client.workspace, "schedule", sid)
+    event = envelope(client.workspace, sid, updated, kind="schedule")
+    await store.append(subject, [event], expected_seq=None, msg_id=cid())
+    async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+        await until(client, "sound", submitted(1))
+    assert len(await runs_of(client, experiment)) == 1

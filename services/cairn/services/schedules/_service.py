@@ -161,15 +161,22 @@ class SchedulesService(ProjectedService):
             return [(str(w), str(s), int(n), str(st)) for w, s, n, st in rows]
 
         for ws, sid, n, raw in self.projection.read(due)[0]:
-            state = decode_state(raw)
-            if state.trigger is None:
-                continue
-            # the decision's id is derived from the due time it fires for (the last one due)
-            last = pending(state.trigger, state.after, now, state.created_at).last
-            command_id = derived_id("fire", ws, sid, n, repr(last))
-            fire = schedules.FireSchedule(workspace=ws, schedule_id=sid, now=now)
-            await self.decide(ws, sid, command_id, fire)
+            try:  # one schedule that cannot fire does not hold up the others
+                await self._fire(ws, sid, n, decode_state(raw), now)
+            except Exception as exc:
+                log.warning("schedule_fire_failed", workspace=ws, schedule=sid, error=repr(exc))
         await self.submit_fired()
+
+    async def _fire(
+        self, ws: str, sid: str, n: int, state: schedules.ScheduleState, now: float
+    ) -> None:
+        if state.trigger is None:
+            return
+        # the decision's id is derived from the due time it fires for (the last one due)
+        last = pending(state.trigger, state.after, now, state.created_at).last
+        command_id = derived_id("fire", ws, sid, n, repr(last))
+        fire = schedules.FireSchedule(workspace=ws, schedule_id=sid, now=now)
+        await self.decide(ws, sid, command_id, fire)
 
     async def submit_fired(self) -> None:
         """Send the submission of every fire whose run is not submitted yet."""
@@ -192,7 +199,10 @@ class SchedulesService(ProjectedService):
             if state.submission is None:
                 continue
             scheduled = ScheduledBy(schedule=state.name, due=due, event_seq=event_seq)
-            await self.submit_one(ws, sid, state.submission, run_id, scheduled, creator)
+            try:  # one fire that cannot be sent does not hold up the others
+                await self.submit_one(ws, sid, state.submission, run_id, scheduled, creator)
+            except Exception as exc:
+                log.warning("schedule_submit_failed", run_id=run_id, error=repr(exc))
 
     async def _refusal(self, ws: str, creator: str) -> str | None:
         """Why the schedule's creator may no longer have it submit jobs (None: they may): a
