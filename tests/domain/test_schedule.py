@@ -333,6 +333,16 @@ def test_schedule(case: Case) -> None:
     check(schedule.AGGREGATE, case)
 
 
+def test_an_update_never_moves_the_cursor_back() -> None:
+    """An update decided by a replica whose clock is behind the last fire keeps the cursor
+    at that fire: the due times it handled are not due again under the new trigger."""
+    every_two = RecurrenceTrigger(frequency="minute", interval=2)
+    update = ScheduleUpdated(trigger=every_two, submission=template(SUBMIT), at=due(1))
+    state = schedule.AGGREGATE.fold([created(), fired(3), update])
+    assert state.after == due(3)
+    assert schedule.decide(state, FireSchedule(workspace=WS, schedule_id=SID, now=due(3))) == []
+
+
 def test_a_fire_run_id_is_its_workspace_s() -> None:
     """The same schedule in two workspaces fires two runs at one due time (run ids key the
     run's events, and the ids derived from them, across the whole stream)."""

@@ -214,7 +214,8 @@ def evolve(state: ScheduleState, event: Event) -> ScheduleState:
                 last_event_seq=state.last_event_seq,
             )
         case ScheduleUpdated() as ev:
-            after = ev.at if ev.trigger != state.trigger else state.after
+            # a new trigger counts from the update, never from before the cursor
+            after = max(state.after, ev.at) if ev.trigger != state.trigger else state.after
             return msgspec.structs.replace(
                 state,
                 trigger=ev.trigger,
