@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -18,15 +19,23 @@ import pytest
 from cairn.bus import Connection, EventStore
 from cairn.embedded._admin import remove_member
 from cairn.errors import PermissionDenied
+from cairn.projection import Delivered, Tables
 from cairn.proto import subjects
 from cairn.proto.commands import CreateExperiment, CreateWorkspace
-from cairn.proto.events import ScheduleUpdated
+from cairn.proto.events import (
+    Event,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleUpdated,
+)
 from cairn.proto.jobs import GetJob, JobSpec, ListJobs, ScheduledBy, SubmitJob
 from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
 from cairn.proto.subjects import name_to_id
 from cairn.rpc import Client
 from cairn.service import run_services
 from cairn.services.schedules import SchedulesService
+from cairn.services.schedules._projection import SchedulesProjection
 from cairn.settings import Settings
 from tests.conftest import Agents, add_people
 from tests.helpers import envelope
@@ -275,3 +284,27 @@ async def test_a_schedule_that_cannot_fire_holds_up_no_other(
     async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
         await until(client, "sound", submitted(1))
     assert len(await runs_of(client, experiment)) == 1
+
+
+def test_the_unsent_fires_of_a_deleted_schedule_are_dropped() -> None:
+    """A fire not yet sent when its schedule is deleted is never sent: the read model shows it
+    dropped (and the firing pass no longer finds it among the fires to send)."""
+    projection = SchedulesProjection()
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    t = Tables(projection.name, 1)
+    projection.create(db, t)
+    job = SubmitJob(command_id="x", run_id="x", experiment_name="e", job=JobSpec(command=["t"]))
+    trigger = RecurrenceTrigger(frequency="minute", start_time=T0)
+    created = ScheduleCreated(name="gone", incarnation=1, trigger=trigger, submission=job, at=0)
+    events: list[Event] = [
+        created,
+        ScheduleFired(due=START, run_id="r1", at=START),
+        ScheduleDeleted(at=START + 1),
+    ]
+    sid = name_to_id("gone")
+    for seq, event in enumerate(events, 1):
+        env = envelope("lab", sid, event, kind="schedule")
+        projection.apply(db, t, Delivered(seq, f"cairn.ev.lab.schedule.{sid}", env))
+    rows = db.execute(f"SELECT run_id, state FROM {t('fires')}").fetchall()
+    db.close()
+    assert rows == [("r1", "dropped")]
