@@ -11,8 +11,8 @@ in ``(after, now]``:
   them (``covers`` counts them); ``skip`` records them skipped and fires nothing.
 
 So a fire is never a burst, and a replica that decides after another finds the cursor moved
-and decides nothing. A fire's run id is derived from the schedule (its name and how many
-times it was created) and the due time, or the triggering event's sequence; the last
+and decides nothing. A fire's run id is derived from the schedule (its workspace, id, name and
+how many times it was created) and the due time, or the triggering event's sequence; the last
 ``RECENT`` fires are kept so the scheduler can check that a run claiming a fire was fired.
 """
 
@@ -94,7 +94,6 @@ class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
     created_seq: int = 0
     #: every due time up to here was handled
     after: float = 0.0
-    last_event_seq: int = 0
     #: the last fires: (due, run id)
     recent: tuple[tuple[float, str], ...] = ()
 
@@ -189,8 +188,7 @@ def fire_run_id(workspace: str, schedule_id: str, name: str, incarnation: int, c
 def _fired(state: ScheduleState, event: ScheduleFired) -> ScheduleState:
     recent = (*state.recent, (event.due, event.run_id))[-RECENT:]
     if event.event_seq is not None:
-        seq = max(state.last_event_seq, event.event_seq)
-        return msgspec.structs.replace(state, recent=recent, last_event_seq=seq)
+        return msgspec.structs.replace(state, recent=recent)
     return msgspec.structs.replace(state, recent=recent, after=max(state.after, event.due))
 
 
@@ -211,7 +209,6 @@ def evolve(state: ScheduleState, event: Event) -> ScheduleState:
                 created_at=ev.at,
                 created_seq=ev.events_seq,
                 after=ev.at,
-                last_event_seq=state.last_event_seq,
             )
         case ScheduleUpdated() as ev:
             # a new trigger counts from the update, never from before the cursor
@@ -231,7 +228,7 @@ def evolve(state: ScheduleState, event: Event) -> ScheduleState:
         case ScheduleEnabled(at=at):
             return msgspec.structs.replace(state, enabled=True, after=max(state.after, at))
         case ScheduleDeleted():
-            return ScheduleState(incarnation=state.incarnation, last_event_seq=state.last_event_seq)
+            return ScheduleState(incarnation=state.incarnation)
         case ScheduleFired() as ev:
             return _fired(state, ev)
         case ScheduleSkipped(last_due=last_due):
