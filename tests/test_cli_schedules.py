@@ -169,6 +169,7 @@ async def test_the_v1_names(client: Client, client_settings: Settings, tmp_path:
     got = await run_script("schedule_script.py", env=env, cwd=tmp_path)
     assert got["pipeline"][0] == "Unsupported" and "pipeline_id=" in got["pipeline"][1]
     assert got["frequency"][0] == "InvalidInput" and "Fortnight" in got["frequency"][1]
+    assert got["described"][0] == "InvalidInput" and "job.yml: description:" in got["described"][1]
     name, status, description, dues = got["created"]
     assert (name, status, description) == ("weekly", "Active", "every Monday")
     first, second = (datetime.fromisoformat(d) for d in dues)

@@ -30,6 +30,11 @@ except Exception as exc:
 Path("src").mkdir(exist_ok=True)
 Path("src/train.py").write_text("print('hi')\n")
 config = ScriptRunConfig(source_directory="src", script="train.py")
+Path("job.yml").write_text("code: src\ncommand: python train.py\ndescription: nightly\n")
+try:
+    Schedule.create(ws, "described", experiment_name="x", recurrence=recurrence, job="job.yml")
+except Exception as exc:
+    out["described"] = [type(exc).__name__, str(exc)]
 schedule = Schedule.create(
     ws,
     "weekly",

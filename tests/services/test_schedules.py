@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -15,17 +16,29 @@ from typing import Any
 import msgspec
 import pytest
 
-from cairn.bus import Connection
+from cairn.bus import Connection, EventStore
 from cairn.embedded._admin import remove_member
 from cairn.errors import PermissionDenied
-from cairn.proto.commands import CreateExperiment
+from cairn.projection import Delivered, Tables
+from cairn.proto import subjects
+from cairn.proto.commands import CreateExperiment, CreateWorkspace
+from cairn.proto.events import (
+    Event,
+    ScheduleCreated,
+    ScheduleDeleted,
+    ScheduleFired,
+    ScheduleUpdated,
+)
 from cairn.proto.jobs import GetJob, JobSpec, ListJobs, ScheduledBy, SubmitJob
 from cairn.proto.schedules import CatchUp, CreateSchedule, GetSchedule, RecurrenceTrigger
+from cairn.proto.subjects import name_to_id
 from cairn.rpc import Client
 from cairn.service import run_services
 from cairn.services.schedules import SchedulesService
+from cairn.services.schedules._projection import SchedulesProjection
 from cairn.settings import Settings
-from tests.conftest import add_people
+from tests.conftest import Agents, add_people
+from tests.helpers import envelope
 
 #: the tests' time: years after the session's real clock, so the session's own schedules
 #: service never finds these schedules due
@@ -71,6 +84,10 @@ async def until(
         if settled and done(shown):
             return shown
         await asyncio.sleep(0.05)
+
+
+def completed(shown: dict[str, Any]) -> bool:
+    return any(f["run_status"] == "Completed" for f in shown["fires"])
 
 
 def submitted(n: int) -> Callable[[dict[str, Any]], bool]:
@@ -174,6 +191,34 @@ async def test_a_schedule_stops_when_its_creator_leaves(
     assert await runs_of(client, experiment) == []
 
 
+async def test_a_member_cannot_claim_a_real_fire(
+    client: Client,
+    people: dict[str, Connection],
+    admin_conn: Connection,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A fire's run id is shown to every reader (``cairn schedule show``); a member who sends
+    a submission under it, as that fire, is refused: only the schedules service may."""
+    await add_people(admin_conn, client.workspace, "dana")
+    dana = Client(people["dana"], client.workspace)
+    experiment = await every_minute(dana, "left-behind")
+    await remove_member(admin_conn, client.workspace, "dana")  # the fire is not submitted
+    async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+        shown = await until(client, "left-behind", lambda s: bool(s["fires"]))
+    [fire] = shown["fires"]
+    claim = SubmitJob(
+        command_id=cid(),
+        run_id=fire["run_id"],
+        experiment_name=experiment,
+        job=JobSpec(command=["true"]),
+        scheduled=ScheduledBy(schedule="left-behind", due=START),
+    )
+    with pytest.raises(PermissionDenied, match="only the schedules service"):
+        await client.send(claim)
+    assert await runs_of(client, experiment) == []
+
+
 async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
     experiment = await every_minute(client, "claimed")
     forged = SubmitJob(
@@ -183,5 +228,83 @@ async def test_a_run_cannot_claim_a_fire_that_never_was(client: Client) -> None:
         job=JobSpec(command=["true"]),
         scheduled=ScheduledBy(schedule="claimed", due=START),
     )
-    with pytest.raises(PermissionDenied, match="no recent fire with run forged-run"):
+    with pytest.raises(PermissionDenied, match="only the schedules service"):
         await client.send(forged)
+
+
+async def test_one_name_in_two_workspaces_fires_two_runs(
+    client: Client,
+    client_conn: Connection,
+    agent_settings: Settings,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """A schedule of the same name in two workspaces fires at one due time: two runs, each
+    with events of its own (run ids, and the ids derived from them, are per workspace)."""
+    other = Client(client_conn, "t" + cid()[:12])
+    await other.send(CreateWorkspace(command_id=cid(), name=other.workspace))
+    pools = []
+    for c in (client, other):
+        await every_minute(c, "twin")
+        settings = msgspec.structs.replace(
+            agent_settings, workspace=c.workspace, state_dir=str(tmp_path / c.workspace)
+        )
+        pools.append(Agents(settings))
+    try:
+        for pool in pools:
+            await pool.start()
+        async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+            done = [await until(c, "twin", completed) for c in (client, other)]
+    finally:
+        for pool in pools:
+            await pool.close()
+    runs = [shown["fires"][0]["run_id"] for shown in done]
+    assert runs[0] != runs[1]
+    for c, run_id in zip((client, other), runs, strict=True):
+        job = (await c.ask(GetJob(run_id=run_id))).data
+        assert job["status"] == "Completed"
+
+
+async def test_a_schedule_that_cannot_fire_holds_up_no_other(
+    client: Client, store: EventStore, service_settings: Settings, tmp_path: Path
+) -> None:
+    """A schedule whose log says what its read model could not take (an update to a time
+    zone nobody knows, set aside by the projection) fails at each pass, alone: a schedule
+    after it still fires."""
+    await every_minute(client, "broken")
+    experiment = await every_minute(client, "sound")
+    shown = (await client.ask(GetSchedule(name="broken"))).data
+    submission = msgspec.convert(shown["submission"], SubmitJob)
+    nowhere = RecurrenceTrigger(frequency="minute", start_time=T0, time_zone="Nowhere/Else")
+    updated = ScheduleUpdated(trigger=nowhere, submission=submission, at=START)
+    sid = name_to_id("broken")
+    subject = subjects.event(client.workspace, "schedule", sid)
+    event = envelope(client.workspace, sid, updated, kind="schedule")
+    await store.append(subject, [event], expected_seq=None, msg_id=cid())
+    async with replica(service_settings, tmp_path / "state", Clock(START + 5)):
+        await until(client, "sound", submitted(1))
+    assert len(await runs_of(client, experiment)) == 1
+
+
+def test_the_unsent_fires_of_a_deleted_schedule_are_dropped() -> None:
+    """A fire not yet sent when its schedule is deleted is never sent: the read model shows it
+    dropped (and the firing pass no longer finds it among the fires to send)."""
+    projection = SchedulesProjection()
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    t = Tables(projection.name, 1)
+    projection.create(db, t)
+    job = SubmitJob(command_id="x", run_id="x", experiment_name="e", job=JobSpec(command=["t"]))
+    trigger = RecurrenceTrigger(frequency="minute", start_time=T0)
+    created = ScheduleCreated(name="gone", incarnation=1, trigger=trigger, submission=job, at=0)
+    events: list[Event] = [
+        created,
+        ScheduleFired(due=START, run_id="r1", at=START),
+        ScheduleDeleted(at=START + 1),
+    ]
+    sid = name_to_id("gone")
+    for seq, event in enumerate(events, 1):
+        env = envelope("lab", sid, event, kind="schedule")
+        projection.apply(db, t, Delivered(seq, f"cairn.ev.lab.schedule.{sid}", env))
+    rows = db.execute(f"SELECT run_id, state FROM {t('fires')}").fetchall()
+    db.close()
+    assert rows == [("r1", "dropped")]

@@ -440,7 +440,9 @@ class WorkspaceKeyRotated(Event, frozen=True, kw_only=True):
 class ScheduleCreated(Event, frozen=True, kw_only=True):
     """Schedule ``name`` exists (again: ``incarnation`` counts its creations) since ``at``
     (seconds since the epoch); ``submission`` is what each fire submits, its environment
-    pinned."""
+    pinned. Events of EVENTS up to sequence ``events_seq`` (its last one when the creation
+    was decided) are older than the schedule and trigger nothing (0: recorded before this
+    was kept; ``at`` is compared with the event's time instead)."""
 
     KIND = "schedule"
     name: Name
@@ -453,6 +455,7 @@ class ScheduleCreated(Event, frozen=True, kw_only=True):
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
     enabled: bool = True
     at: float
+    events_seq: int = 0
 
 
 class ScheduleUpdated(Event, frozen=True, kw_only=True):

@@ -149,8 +149,12 @@ def schedule_show(name: str, fires: int, as_json: bool) -> None:
     for due in shown["next_dues"] or ["(none)"]:
         click.echo(f"  {due}")
     click.echo("last fires:")
+    rows = [
+        {**f, "covers": f"≥{f['covers']}"} if f.get("covers_at_least") else f
+        for f in shown["fires"]
+    ]
     emit(
-        shown["fires"],
+        rows,
         False,
         [
             ("due", "DUE"),

@@ -11,8 +11,8 @@ in ``(after, now]``:
   them (``covers`` counts them); ``skip`` records them skipped and fires nothing.
 
 So a fire is never a burst, and a replica that decides after another finds the cursor moved
-and decides nothing. A fire's run id is derived from the schedule (its name and how many
-times it was created) and the due time, or the triggering event's sequence; the last
+and decides nothing. A fire's run id is derived from the schedule (its workspace, id, name and
+how many times it was created) and the due time, or the triggering event's sequence; the last
 ``RECENT`` fires are kept so the scheduler can check that a run claiming a fire was fired.
 """
 
@@ -90,18 +90,21 @@ class ScheduleState(msgspec.Struct, frozen=True, kw_only=True):
     tags: dict[str, str] = msgspec.field(default_factory=dict)
     enabled: bool = False
     created_at: float = 0.0
+    #: the last sequence of EVENTS when the schedule was created: events up to it are older
+    created_seq: int = 0
     #: every due time up to here was handled
     after: float = 0.0
-    last_event_seq: int = 0
     #: the last fires: (due, run id)
     recent: tuple[tuple[float, str], ...] = ()
 
 
 class CreateScheduleAt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """``CreateSchedule`` at ``now``, its submission pinned by the service."""
+    """``CreateSchedule`` at ``now``, its submission pinned by the service; ``events_seq``
+    is the last sequence of EVENTS then (the events a trigger counts come after it)."""
 
     command: CreateSchedule
     now: float
+    events_seq: int = 0
 
 
 class UpdateScheduleAt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -125,15 +128,21 @@ class DeleteScheduleAt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class FireSchedule(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Fire what a time trigger has due at ``now`` (the service's clock)."""
+    """Fire what a time trigger has due at ``now`` (the service's clock). ``workspace`` and
+    ``schedule_id`` name the aggregate, which its run ids are derived from."""
 
+    workspace: str
+    schedule_id: str
     now: float
 
 
 class FireOnEvent(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Event ``event_seq`` of EVENTS (at ``event_time``) is a new version of a dataset or a
-    moved alias of a model whose aggregate id is ``aggregate_id``."""
+    moved alias of a model whose aggregate id is ``aggregate_id``; ``workspace`` and
+    ``schedule_id`` name the schedule's aggregate."""
 
+    workspace: str
+    schedule_id: str
     on: str
     aggregate_id: str
     alias: str | None
@@ -170,16 +179,16 @@ def template(submission: Submission) -> Submission:
     )
 
 
-def fire_run_id(name: str, incarnation: int, cause: str) -> str:
-    """The run id of a fire: the same for every replica deciding it."""
-    return derived_id("sched", name, incarnation, cause)
+def fire_run_id(workspace: str, schedule_id: str, name: str, incarnation: int, cause: str) -> str:
+    """The run id of a fire: the same for every replica deciding it, and different for a
+    schedule of the same name in another workspace."""
+    return derived_id("sched", workspace, schedule_id, name, incarnation, cause)
 
 
 def _fired(state: ScheduleState, event: ScheduleFired) -> ScheduleState:
     recent = (*state.recent, (event.due, event.run_id))[-RECENT:]
     if event.event_seq is not None:
-        seq = max(state.last_event_seq, event.event_seq)
-        return msgspec.structs.replace(state, recent=recent, last_event_seq=seq)
+        return msgspec.structs.replace(state, recent=recent)
     return msgspec.structs.replace(state, recent=recent, after=max(state.after, event.due))
 
 
@@ -198,11 +207,12 @@ def evolve(state: ScheduleState, event: Event) -> ScheduleState:
                 tags=ev.tags,
                 enabled=ev.enabled,
                 created_at=ev.at,
+                created_seq=ev.events_seq,
                 after=ev.at,
-                last_event_seq=state.last_event_seq,
             )
         case ScheduleUpdated() as ev:
-            after = ev.at if ev.trigger != state.trigger else state.after
+            # a new trigger counts from the update, never from before the cursor
+            after = max(state.after, ev.at) if ev.trigger != state.trigger else state.after
             return msgspec.structs.replace(
                 state,
                 trigger=ev.trigger,
@@ -218,7 +228,7 @@ def evolve(state: ScheduleState, event: Event) -> ScheduleState:
         case ScheduleEnabled(at=at):
             return msgspec.structs.replace(state, enabled=True, after=max(state.after, at))
         case ScheduleDeleted():
-            return ScheduleState(incarnation=state.incarnation, last_event_seq=state.last_event_seq)
+            return ScheduleState(incarnation=state.incarnation)
         case ScheduleFired() as ev:
             return _fired(state, ev)
         case ScheduleSkipped(last_due=last_due):
@@ -232,7 +242,7 @@ def _existing(state: ScheduleState, name: str) -> ScheduleState:
     return state
 
 
-def _create(state: ScheduleState, cmd: CreateSchedule, now: float) -> list[Event]:
+def _create(state: ScheduleState, cmd: CreateSchedule, now: float, seq: int) -> list[Event]:
     if state.exists:
         raise AlreadyExists(f"schedule {cmd.name!r} exists; update or delete it")
     check_trigger(cmd.trigger)
@@ -248,6 +258,7 @@ def _create(state: ScheduleState, cmd: CreateSchedule, now: float) -> list[Event
             tags=cmd.tags,
             enabled=not cmd.disabled,
             at=now,
+            events_seq=seq,
         )
     ]
 
@@ -285,17 +296,18 @@ def _update(state: ScheduleState, cmd: UpdateSchedule, now: float) -> list[Event
     return [] if new == current else [updated]
 
 
-def _fire(state: ScheduleState, now: float) -> list[Event]:
+def _fire(state: ScheduleState, cmd: FireSchedule) -> list[Event]:
+    now = cmd.now
     trigger = state.trigger
     if not state.exists or not state.enabled or trigger is None:
         return []
     if isinstance(trigger, EventTrigger):
         return []
     found = pending(trigger, state.after, now, state.created_at)
-    count, first, previous, last = found
+    count, first, previous, last, _ = found
     if count == 0:
         return []
-    run_id = fire_run_id(state.name, state.incarnation, repr(last))
+    run_id = fire_run_id(cmd.workspace, cmd.schedule_id, state.name, state.incarnation, repr(last))
     if now - last > LATE_AFTER_S:  # missed while no service ran
         if state.catch_up == "skip":
             return [ScheduleSkipped(first_due=first, last_due=last, count=count, at=now)]
@@ -317,17 +329,27 @@ def _on_event(state: ScheduleState, cmd: FireOnEvent) -> list[Event]:
         return []
     if trigger.alias is not None and trigger.alias != cmd.alias:
         return []
-    # an event older than this schedule, or one it has already fired on, fires nothing
-    if cmd.event_time < state.created_at or cmd.event_seq <= state.last_event_seq:
+    # an event older than this schedule fires nothing: one at or before the stream's last
+    # sequence when it was created (a schedule recorded before that was kept compares times)
+    if state.created_seq:
+        if cmd.event_seq <= state.created_seq:
+            return []
+    elif cmd.event_time < state.created_at:
         return []
-    run_id = fire_run_id(state.name, state.incarnation, f"event:{cmd.event_seq}")
+    # events may be handled out of order (redelivered, two replicas): each fires once, in
+    # any order; one fired recently is known here, and the command id derived from the
+    # event is in the log for good (a repeated decision is a replay)
+    cause = f"event:{cmd.event_seq}"
+    run_id = fire_run_id(cmd.workspace, cmd.schedule_id, state.name, state.incarnation, cause)
+    if any(fired == run_id for _, fired in state.recent):
+        return []
     return [ScheduleFired(due=cmd.event_time, run_id=run_id, event_seq=cmd.event_seq, at=cmd.now)]
 
 
 def decide(state: ScheduleState, command: ScheduleCommand) -> list[Event]:
     match command:
-        case CreateScheduleAt(command=cmd, now=now):
-            return _create(state, cmd, now)
+        case CreateScheduleAt(command=cmd, now=now, events_seq=seq):
+            return _create(state, cmd, now, seq)
         case UpdateScheduleAt(command=cmd, now=now):
             return _update(state, cmd, now)
         case DisableScheduleAt(command=cmd, now=now):
@@ -337,8 +359,8 @@ def decide(state: ScheduleState, command: ScheduleCommand) -> list[Event]:
         case DeleteScheduleAt(command=cmd, now=now):
             _existing(state, cmd.name)
             return [ScheduleDeleted(at=now)]
-        case FireSchedule(now=now):
-            return _fire(state, now)
+        case FireSchedule():
+            return _fire(state, command)
         case FireOnEvent():
             return _on_event(state, command)
         case RecordFireFailed(due=due, run_id=run_id, error=error):

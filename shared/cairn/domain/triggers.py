@@ -11,6 +11,7 @@ occurrence.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
@@ -23,14 +24,31 @@ from cairn.proto.schedules import CronTrigger, EventTrigger, RecurrenceTrigger, 
 
 __all__ = ["MAX_COUNTED", "Pending", "as_utc", "check_trigger", "dues_after", "pending", "zone"]
 
-#: the most missed due times a catch-up counts one by one (it still fires once)
-MAX_COUNTED = 100_000
+#: the most missed due times a catch-up counts (it fires once; ``covers`` says "at least")
+MAX_COUNTED = 1_000
 #: how far ahead a recurrence looks for a day it fires on before it gives up
 _HORIZON_DAYS = 366 * 30
 _WEEK_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _STEP_S = {"minute": 60.0, "hour": 3600.0}
 
 TimeTrigger = CronTrigger | RecurrenceTrigger
+_FIELDS = ("minute", "hour", "day of the month", "month", "day of the week")
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "sun|mon|tue|wed|thu|fri|sat"
+
+
+def _grammar(value: str, extra: str = "") -> re.Pattern[str]:
+    ranged = rf"(?:\*|(?:{value})(?:-(?:{value}))?)(?:/\d+)?"
+    return re.compile(rf"{ranged}{extra}", re.IGNORECASE)
+
+
+_GRAMMARS = (
+    _grammar(r"\d+"),
+    _grammar(r"\d+"),
+    _grammar(r"\d+", "|L"),
+    _grammar(rf"\d+|{_MONTHS}"),
+    _grammar(rf"\d+|{_DAYS}", rf"|(?:\d+|{_DAYS})#\d+"),
+)
 
 
 def zone(name: str, where: str = "trigger.time_zone") -> ZoneInfo:
@@ -62,6 +80,8 @@ def check_trigger(trigger: Trigger) -> None:
         raise InvalidInput("trigger.end_time: the end must come after trigger.start_time")
     if isinstance(trigger, CronTrigger):
         expression = trigger.expression.strip()
+        if len(expression.split()) == 5:
+            _check_fields(expression.split())
         if len(expression.split()) != 5 or not croniter.is_valid(expression):
             raise InvalidInput(
                 f"trigger.expression: {trigger.expression!r:.80} is not a five-field cron"
@@ -77,6 +97,21 @@ def check_trigger(trigger: Trigger) -> None:
         raise InvalidInput("trigger.schedule.month_days: only with frequency month")
 
 
+def _check_fields(fields: list[str]) -> None:
+    """Refuse, naming the field and the item, what ``croniter`` reads beyond the standard
+    five fields' syntax: ``R`` (random: another time at each reading), ``H`` (hashed), ``?``,
+    ``W`` and a ``L`` day of the week. ``L`` alone as the day of the month (its last day) and
+    ``N#K`` as the day of the week (its K-th in the month) are read, being deterministic."""
+    for field, grammar, text in zip(_FIELDS, _GRAMMARS, fields, strict=True):
+        for item in text.split(","):
+            if not grammar.fullmatch(item):
+                raise InvalidInput(
+                    f"trigger.expression: {item!r:.40} in the {field} field is not read (digits, *,"
+                    " ranges a-b, steps /n, lists, month and day names; L as the day of the month,"
+                    " N#K as the day of the week)"
+                )
+
+
 def _bounds(trigger: TimeTrigger, created_at: float) -> tuple[ZoneInfo, float, float]:
     tz = zone(trigger.time_zone)
     start = _instant(trigger.start_time, tz)
@@ -89,11 +124,19 @@ def _cron(trigger: CronTrigger, after: float, start: float, tz: ZoneInfo) -> Ite
     try:
         times = croniter(trigger.expression.strip(), base)
         while True:
-            yield times.get_next(datetime).timestamp()
+            moment = times.get_next(datetime)
+            if not _repeated(moment):
+                yield moment.timestamp()
     except CroniterBadDateError:  # no further date matches (30 February)
         return
     except CroniterBadCronError as exc:  # checked at creation; an old record is still read
         raise InvalidInput(f"trigger.expression: {exc}") from exc
+
+
+def _repeated(moment: datetime) -> bool:
+    """Whether ``moment`` is the second occurrence of a wall-clock time the clocks went back
+    over (croniter gives both; a repeated time fires once, at its first)."""
+    return moment.fold == 1 and moment.replace(fold=0).utcoffset() != moment.utcoffset()
 
 
 def _days(trigger: RecurrenceTrigger, anchor: datetime, first: date) -> Iterator[date]:
@@ -162,38 +205,50 @@ def dues_after(trigger: Trigger, after: float, created_at: float) -> Iterator[fl
 
 
 class Pending(NamedTuple):
-    """What is due up to a moment: how many (``due``), the first, the one before the last,
-    the last."""
+    """What is due up to a moment: how many (``due``; at most ``MAX_COUNTED``, and ``more``
+    says there were more), the first, the one before the last, the last."""
 
     due: int
     first: float
     previous: float
     last: float
+    more: bool = False
 
 
 def pending(trigger: Trigger, after: float, now: float, created_at: float) -> Pending:
     """The due times of ``trigger`` in ``(after, now]``: their count (at most
-    ``MAX_COUNTED``), the first, the one before the last (the first when there is one) and
-    the last."""
+    ``MAX_COUNTED``: a long outage of a frequent trigger is not enumerated), the first, the
+    one before the last (the first when there is one) and the last."""
     count, first, previous, last = 0, 0.0, 0.0, 0.0
     for due in dues_after(trigger, after, created_at):
         if due > now:
             break
+        if count >= MAX_COUNTED:  # more: find the last two near ``now``, counting no further
+            previous, last = _last_two(trigger, now, created_at, (previous, last))
+            return Pending(count, first, previous, last, more=True)
         count += 1
         first = first or due
         previous, last = last or due, due
-        if count >= MAX_COUNTED:  # a very long outage: jump to the last due time
-            return Pending(count, first, previous, _last_before(trigger, now, created_at, due))
     return Pending(count, first, previous, last)
 
 
-def _last_before(trigger: Trigger, now: float, created_at: float, known: float) -> float:
-    last = known
-    for due in dues_after(trigger, max(known, now - 7 * 86400), created_at):
-        if due > now:
-            break
-        last = due
-    return last
+def _last_two(
+    trigger: Trigger, now: float, created_at: float, known: tuple[float, float]
+) -> tuple[float, float]:
+    """The last two due times up to ``now`` of a trigger whose due times ``known`` (the one
+    before the last, the last) are before it: looked for in windows before ``now`` that
+    widen until one holds two (or reaches back to ``known``)."""
+    width = 3600.0
+    while True:
+        begin = max(known[1], now - width)
+        previous, last = known
+        for due in dues_after(trigger, begin, created_at):
+            if due > now:
+                break
+            previous, last = last, due
+        if begin == known[1] or previous > begin:
+            return previous, last
+        width *= 8
 
 
 def as_utc(instant: float) -> str:

@@ -185,6 +185,11 @@ class Schedule:
         display_name = None
         if isinstance(job, (str, Path)):
             spec, config = load_job_file(Path(job))
+            if spec.description:  # as the schedule file's create_job.description is
+                raise InvalidInput(
+                    f"{job}: description: a scheduled job's runs carry no description;"
+                    " describe the schedule instead (description=)"
+                )
             experiment_name = experiment_name or spec.experiment_name
             display_name = spec.display_name
             tags = {k: str(v) for k, v in spec.tags.items()}

@@ -161,7 +161,7 @@ class Attempt:
         reply = await self.client.send_any(
             ReportJob(
                 command_id=(
-                    derived_id("start", self.a.run_id, self.a.attempt)
+                    derived_id("start", self.ws, self.a.run_id, self.a.attempt)
                     if phase == "running"
                     else uuid.uuid4().hex
                 ),
@@ -222,7 +222,7 @@ class Attempt:
     async def _finish(self, outcome: Outcome, exit_code: int | None, error: str) -> None:
         run_id, attempt = self.a.run_id, self.a.attempt
         cmd = FinishJob(
-            command_id=derived_id("finish", run_id, attempt),
+            command_id=derived_id("finish", self.ws, run_id, attempt),
             run_id=run_id,
             attempt=attempt,
             outcome=outcome,
@@ -569,7 +569,7 @@ class Attempt:
     async def _ship(self, subject: str, data: bytes) -> None:
         self._log_seq += 1
         headers = {
-            "Nats-Msg-Id": f"{self.a.run_id}:{self.a.attempt}:{self._log_seq}",
+            "Nats-Msg-Id": f"{self.ws}:{self.a.run_id}:{self.a.attempt}:{self._log_seq}",
             "Cairn-Attempt": str(self.a.attempt),
         }
         try:

@@ -252,7 +252,7 @@ class AgentService:
         except msgspec.DecodeError:
             await msg.term()
             return
-        claim_id = derived_id("claim", ticket.run_id, ticket.queue_n, self.agent_id)
+        claim_id = derived_id("claim", self.workspace, ticket.run_id, ticket.queue_n, self.agent_id)
         claim = ClaimJob(
             command_id=claim_id,
             run_id=ticket.run_id,
@@ -321,7 +321,9 @@ class AgentService:
             with contextlib.suppress(Exception):
                 await self.client.send(
                     FinishJob(
-                        command_id=derived_id("finish", attempt.a.run_id, attempt.a.attempt),
+                        command_id=derived_id(
+                            "finish", self.workspace, attempt.a.run_id, attempt.a.attempt
+                        ),
                         run_id=attempt.a.run_id,
                         attempt=attempt.a.attempt,
                         outcome="lost",

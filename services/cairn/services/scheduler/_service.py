@@ -9,7 +9,7 @@ their timeout to be stopped, and fail runs whose ticket JetStream gave up delive
 MAX_DELIVERIES advisory), deleting that ticket.
 
 Every decision goes through the run aggregate with a command id derived from what caused it
-(``derived_id("lost", run, attempt)``), so a repeated decision is a no-op and a stale view of
+(``derived_id("lost", ws, run, attempt)``), so a repeated decision is a no-op and a stale view of
 the read model can never move a run wrongly. Lease renewals live in a KV bucket that every
 replica mirrors (see ``_leases``), so several replicas can share the work.
 """
@@ -50,7 +50,7 @@ from cairn.proto.jobs import (
     derived_id,
 )
 from cairn.proto.streams import JOBS, job_consumer
-from cairn.rpc import Request, Responder
+from cairn.rpc import SERVICE_ACTOR, Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.scheduler._endpoints import Endpoints
 from cairn.services.scheduler._leases import Leases
@@ -201,7 +201,7 @@ class SchedulerService(ProjectedService):
 
     async def _time_out(self, ws: str, run_id: str, attempt: int, timeout_s: float) -> None:
         command = runs.TimeOutAttempt(run_id=run_id, attempt=attempt, timeout_s=timeout_s)
-        await self._decide(ws, run_id, derived_id("timeout", run_id, attempt), command)
+        await self._decide(ws, run_id, derived_id("timeout", ws, run_id, attempt), command)
 
     async def _forget_ended(self, active: set[tuple[str, str]]) -> None:
         """Delete the renewals of runs that have ended: the replica that recorded the end
@@ -224,7 +224,7 @@ class SchedulerService(ProjectedService):
             reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
             command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
-            await self._decide(ws, run_id, derived_id("lost", run_id, attempt), command)
+            await self._decide(ws, run_id, derived_id("lost", ws, run_id, attempt), command)
 
     async def _release(self, ws: str, compute: str) -> None:
         """A ticket was claimed: hand out the next ones (highest priority first)."""
@@ -264,7 +264,7 @@ class SchedulerService(ProjectedService):
         await self.conn.js.publish(
             subjects.job(ws, compute),
             _encoder.encode(ticket),
-            headers={"Nats-Msg-Id": f"ticket:{run_id}:{queue_n}"},
+            headers={"Nats-Msg-Id": f"ticket:{ws}:{run_id}:{queue_n}"},
         )
         self.published[key] = compute
         return True
@@ -279,7 +279,7 @@ class SchedulerService(ProjectedService):
             ticket = msgspec.json.decode(stored.data or b"", type=Ticket)
             run_id, queue_n = ticket.run_id, ticket.queue_n
             command = runs.FailUndeliverable(run_id=run_id, queue_n=queue_n, deliveries=deliveries)
-            command_id = derived_id("undeliverable", run_id, queue_n)
+            command_id = derived_id("undeliverable", ticket.workspace, run_id, queue_n)
             await self._decide(ticket.workspace, run_id, command_id, command)
             await self.conn.js.delete_msg(JOBS.name, seq)
             log.warning("ticket_undeliverable", run_id=ticket.run_id, deliveries=deliveries)
@@ -304,7 +304,7 @@ class SchedulerService(ProjectedService):
             raise InvalidInput("job.serve is set by endpoint.deploy alone: deploy a model")
         await lookup.require_workspace(self.cache, ws)
         if cmd.scheduled is not None:
-            await self._check_fired(ws, cmd)
+            await self._check_fired(req, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         if cmd.parent_run_id is not None:  # a pipeline's step, a sweep's trial
             parent = await lookup.run_state(self.cache, ws, cmd.parent_run_id)
@@ -325,11 +325,19 @@ class SchedulerService(ProjectedService):
                 await self._publish(ws, cmd.run_id, 1, cmd.compute)
         return accepted
 
-    async def _check_fired(self, ws: str, cmd: SubmitJob) -> None:
-        """A run that says a schedule fired it is accepted only if the schedule's log records
-        that fire with this run id (read fresh: the fire was appended just before)."""
+    async def _check_fired(self, req: Request, cmd: SubmitJob) -> None:
+        """A run that says a schedule fired it is accepted only from the services (the
+        schedules service sends it; a person who read the fire's run id cannot claim it), and
+        only if the schedule's log records that fire with this run id (read fresh: the fire
+        was appended just before)."""
         scheduled = cmd.scheduled
         assert scheduled is not None
+        if req.actor != SERVICE_ACTOR:
+            raise PermissionDenied(
+                f"only the schedules service submits a run as a fire of schedule"
+                f" {scheduled.schedule!r}"
+            )
+        ws = req.workspace
         sid = subjects.name_to_id(scheduled.schedule)
         state = await lookup.state(self.cache, schedules.AGGREGATE, ws, sid, fresh=True)
         if (scheduled.due, cmd.run_id) not in state.recent:

@@ -1,6 +1,7 @@
 """The schedules service's read model: each schedule's folded state (the domain's own fold, so
 the read model and the aggregate agree on the cursor), its next due time, and its fires with
-the runs they submitted and how those runs ended."""
+the runs they submitted and how those runs ended (a fire's state: ``fired``, ``submitted``,
+``skipped``, ``failed``, or ``dropped`` when its schedule was deleted before it was sent)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cairn.proto.events import (
     RunFailed,
     RunStarted,
     RunSubmitted,
+    ScheduleDeleted,
     ScheduleFired,
     ScheduleFireFailed,
     ScheduleSkipped,
@@ -54,7 +56,8 @@ def next_due(state: schedules.ScheduleState) -> float | None:
 
 class SchedulesProjection:
     name = "schedules"
-    version = 1
+    #: 2: the unsent fires of a deleted schedule are dropped
+    version = 2
     tables: tuple[str, ...] = ("schedules", "fires")
     source = events_of("schedule", "run")
 
@@ -149,6 +152,12 @@ class SchedulesProjection:
                 db.execute(
                     f"INSERT INTO {t('fires')} VALUES (?,?,?,?,NULL,?,NULL,?,'skipped','',NULL)",
                     (*key, ev.last_due, ev.count, ev.at),
+                )
+            case ScheduleDeleted():  # its fires not yet sent never will be
+                db.execute(
+                    f"UPDATE {t('fires')} SET state='dropped', error='the schedule was deleted'"
+                    " WHERE workspace=? AND schedule_id=? AND incarnation=? AND state='fired'",
+                    key,
                 )
             case ScheduleFireFailed() as ev:
                 db.execute(

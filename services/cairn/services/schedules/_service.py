@@ -32,7 +32,7 @@ from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import asset, workspace
 from cairn.domain import schedule as schedules
 from cairn.domain.environment import CURATED, parse_reference
-from cairn.domain.triggers import as_utc, check_trigger, dues_after, pending
+from cairn.domain.triggers import MAX_COUNTED, as_utc, check_trigger, dues_after, pending
 from cairn.errors import CairnError, ConcurrencyConflict, InvalidInput, NotFound, Unavailable
 from cairn.log import get_logger
 from cairn.members import roles_allow
@@ -87,7 +87,8 @@ class SchedulesService(ProjectedService):
         self.settings = settings
         self.clock = clock
         self.tick_s = tick_s
-        self.sent: set[str] = set()  # runs submitted, maybe not yet projected
+        #: runs submitted, maybe not yet projected, by workspace and run id
+        self.sent: set[tuple[str, str]] = set()
         self.triggers = EventTriggers(self)
         self.responders = [
             Responder(
@@ -160,14 +161,22 @@ class SchedulesService(ProjectedService):
             return [(str(w), str(s), int(n), str(st)) for w, s, n, st in rows]
 
         for ws, sid, n, raw in self.projection.read(due)[0]:
-            state = decode_state(raw)
-            if state.trigger is None:
-                continue
-            # the decision's id is derived from the due time it fires for (the last one due)
-            last = pending(state.trigger, state.after, now, state.created_at).last
-            command_id = derived_id("fire", ws, sid, n, repr(last))
-            await self.decide(ws, sid, command_id, schedules.FireSchedule(now=now))
+            try:  # one schedule that cannot fire does not hold up the others
+                await self._fire(ws, sid, n, decode_state(raw), now)
+            except Exception as exc:
+                log.warning("schedule_fire_failed", workspace=ws, schedule=sid, error=repr(exc))
         await self.submit_fired()
+
+    async def _fire(
+        self, ws: str, sid: str, n: int, state: schedules.ScheduleState, now: float
+    ) -> None:
+        if state.trigger is None:
+            return
+        # the decision's id is derived from the due time it fires for (the last one due)
+        last = pending(state.trigger, state.after, now, state.created_at).last
+        command_id = derived_id("fire", ws, sid, n, repr(last))
+        fire = schedules.FireSchedule(workspace=ws, schedule_id=sid, now=now)
+        await self.decide(ws, sid, command_id, fire)
 
     async def submit_fired(self) -> None:
         """Send the submission of every fire whose run is not submitted yet."""
@@ -182,15 +191,18 @@ class SchedulesService(ProjectedService):
             ).fetchall()
 
         rows = self.projection.read(fired)[0]
-        self.sent &= {row[3] for row in rows}  # forget those the read model shows settled
+        self.sent &= {(row[0], row[3]) for row in rows}  # forget those shown settled
         for ws, sid, due, run_id, event_seq, raw, creator in rows:
-            if run_id in self.sent:
+            if (ws, run_id) in self.sent:
                 continue
             state = decode_state(raw)
             if state.submission is None:
                 continue
             scheduled = ScheduledBy(schedule=state.name, due=due, event_seq=event_seq)
-            await self.submit_one(ws, sid, state.submission, run_id, scheduled, creator)
+            try:  # one fire that cannot be sent does not hold up the others
+                await self.submit_one(ws, sid, state.submission, run_id, scheduled, creator)
+            except Exception as exc:
+                log.warning("schedule_submit_failed", run_id=run_id, error=repr(exc))
 
     async def _refusal(self, ws: str, creator: str) -> str | None:
         """Why the schedule's creator may no longer have it submit jobs (None: they may): a
@@ -236,7 +248,7 @@ class SchedulesService(ProjectedService):
         except CairnError as exc:  # refused for what it says: recorded, not tried again
             await self._failed(ws, sid, run_id, scheduled, str(exc))
             return
-        self.sent.add(run_id)
+        self.sent.add((ws, run_id))
         log.info("schedule_submitted", schedule=scheduled.schedule, run_id=run_id)
 
     async def _failed(
@@ -248,7 +260,7 @@ class SchedulesService(ProjectedService):
             await self.decide(ws, sid, derived_id("firefail", ws, run_id), failed)
         except (InvalidInput, NotFound) as exc:  # the schedule was deleted meanwhile
             log.info("schedule_fire_dropped", run_id=run_id, reason=str(exc))
-        self.sent.add(run_id)
+        self.sent.add((ws, run_id))
 
     # -- commands ------------------------------------------------------------------------
 
@@ -287,7 +299,9 @@ class SchedulesService(ProjectedService):
         check_trigger(cmd.trigger)  # before any lookup: a bad trigger names its key
         pinned = await self._pin(req.workspace, cmd.submission)
         command = msgspec.structs.replace(cmd, submission=pinned)
-        at = schedules.CreateScheduleAt(command=command, now=self.clock())
+        # events up to the stream's last sequence now are older than the schedule
+        seq = await self.store.last_seq()
+        at = schedules.CreateScheduleAt(command=command, now=self.clock(), events_seq=seq)
         return await self._on_schedule(req, cmd.name, at)
 
     async def _update(self, req: Request) -> Accepted:
@@ -384,6 +398,8 @@ def _fire_row(row: dict[str, Any]) -> dict[str, Any]:
         "run_id": row["run_id"],
         "run_status": row["run_status"],
         "covers": row["covers"],
+        # a catch-up counts at most MAX_COUNTED due times: there may have been more
+        "covers_at_least": (row["covers"] or 0) >= MAX_COUNTED,
         "event_seq": row["event_seq"],
         "error": row["error"],
     }

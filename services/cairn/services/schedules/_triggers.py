@@ -115,6 +115,8 @@ class EventTriggers:
 
         for sid, n, creator in service.projection.read(matching)[0]:
             command = schedules.FireOnEvent(
+                workspace=ws,
+                schedule_id=sid,
                 on=on,
                 aggregate_id=key,
                 alias=alias,
@@ -124,11 +126,8 @@ class EventTriggers:
             )
             await service.decide(ws, sid, derived_id("onevent", ws, sid, n, seq), command)
             state = await lookup.state(service.cache, schedules.AGGREGATE, ws, sid, fresh=True)
-            fire = next((f for f in state.recent if f[1] == _run_id(state, seq)), None)
+            run_id = schedules.fire_run_id(ws, sid, state.name, state.incarnation, f"event:{seq}")
+            fire = next((f for f in state.recent if f[1] == run_id), None)
             if fire is not None and state.submission is not None:
                 scheduled = ScheduledBy(schedule=state.name, due=fire[0], event_seq=seq)
                 await service.submit_one(ws, sid, state.submission, fire[1], scheduled, creator)
-
-
-def _run_id(state: schedules.ScheduleState, seq: int) -> str:
-    return schedules.fire_run_id(state.name, state.incarnation, f"event:{seq}")
