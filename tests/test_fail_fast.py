@@ -66,7 +66,9 @@ async def cairn_status(env: dict[str, str], cwd: Path) -> tuple[int, str, str, f
 
 def one_line(code: int, out: str, err: str, elapsed: float) -> str:
     assert code != 0
-    assert elapsed < CONNECT_TIMEOUT_S + 1, f"took {elapsed:.2f}s"
+    # it gives up at the connect timeout, not after reconnect attempts (the process start and
+    # imports are the rest: seconds on a loaded 2-core machine, never the 30 s waited for)
+    assert elapsed < CONNECT_TIMEOUT_S + 8, f"took {elapsed:.2f}s"
     assert "Traceback" not in err and out == ""
     lines = err.splitlines()
     assert len(lines) == 1, err

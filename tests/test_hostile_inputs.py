@@ -255,10 +255,9 @@ async def test_an_event_no_read_model_can_apply_is_quarantined_and_all_keep_serv
 
 
 async def test_unknown_fields_in_queries_and_commands_are_refused_by_name(client: Client) -> None:
-    with pytest.raises(InvalidInput, match="as_of_seq"):
-        await _raw(
-            client, _query(client, "run.get"), {"type": "GetRun", "run_id": "r1", "as_of_seq": 3}
-        )
+    with pytest.raises(InvalidInput, match="as_of_sequence"):  # a typo of as_of_seq
+        body = {"type": "GetRun", "run_id": "r1", "as_of_sequence": 3}
+        await _raw(client, _query(client, "run.get"), body)
     with pytest.raises(InvalidInput, match="nmae"):
         body = {"type": "CreateExperiment", "command_id": _id(), "name": "e", "nmae": "e"}
         await _raw(client, _cmd(client, "experiment.create"), body)
@@ -272,8 +271,8 @@ async def test_unknown_fields_in_queries_and_commands_are_refused_by_name(client
     }
     with pytest.raises(InvalidInput, match="timeout"):
         await _raw(client, _cmd(client, "job.submit"), body)
-    with pytest.raises(msgspec.ValidationError, match="as_of_seq"):
-        msgspec.json.decode(b'{"type": "GetRun", "run_id": "r", "as_of_seq": 1}', type=GetRun)
+    with pytest.raises(msgspec.ValidationError, match="as_of_sequence"):
+        msgspec.json.decode(b'{"type": "GetRun", "run_id": "r", "as_of_sequence": 1}', type=GetRun)
 
 
 # -- 3. control and bidirectional characters in names ----------------------------------------

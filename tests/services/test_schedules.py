@@ -18,7 +18,7 @@ import pytest
 
 from cairn.bus import Connection, EventStore
 from cairn.embedded._admin import remove_member
-from cairn.errors import PermissionDenied
+from cairn.errors import NotFound, PermissionDenied
 from cairn.projection import Delivered, Tables
 from cairn.proto import subjects
 from cairn.proto.commands import CreateExperiment, CreateWorkspace
@@ -79,7 +79,11 @@ async def until(
     """The schedule as shown once ``done`` holds for it (every fire settled: submitted,
     skipped or failed)."""
     while True:
-        shown: dict[str, Any] = (await client.ask(GetSchedule(name=name))).data
+        try:
+            shown: dict[str, Any] = (await client.ask(GetSchedule(name=name))).data
+        except NotFound:  # its read model has not seen the schedule's creation yet
+            await asyncio.sleep(0.05)
+            continue
         settled = all(f["state"] != "fired" for f in shown["fires"])
         if settled and done(shown):
             return shown
