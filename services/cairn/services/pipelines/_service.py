@@ -225,7 +225,10 @@ class PipelinesService(ProjectedService):
                 experiment_name=state.experiment_name,
                 display_name=submitted.display_name,
             )
-            command = runs.CreateResolvedRun(command=create, experiment_id=experiment_id)
+            # driven by this service, not by a process that beats: no liveness check for it
+            command = runs.CreateResolvedRun(
+                command=create, experiment_id=experiment_id, controller="pipeline"
+            )
             with contextlib.suppress(AlreadyExists):
                 seq = await self._on_run(ws, pid, create.command_id, command, new=True)
             properties = {"run_type": "pipeline"}
