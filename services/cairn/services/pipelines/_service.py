@@ -37,11 +37,18 @@ from typing import Any, Literal
 import msgspec
 
 from cairn import lookup
-from cairn.bus import CommandContext, Connection, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, execute
 from cairn.domain import pipeline as pipelines
 from cairn.domain import run as runs
 from cairn.domain.pipeline import PipelineState, StepState
-from cairn.errors import AlreadyExists, CairnError, InvalidBinding, InvalidTransition, NotFound
+from cairn.errors import (
+    REFUSALS,
+    AlreadyExists,
+    CairnError,
+    InvalidBinding,
+    InvalidTransition,
+    NotFound,
+)
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -425,10 +432,14 @@ class PipelinesService(ProjectedService):
             await Client(self.conn, ws).send(cmd)
         except AlreadyExists:  # submitted under this id before: a replay answers Accepted
             pass
-        except CairnError as exc:  # refused: the step fails, the pipeline follows
+        except REFUSALS as exc:  # it cannot run as written: the step fails, the pipeline follows
+            if await _run_exists(self.cache, ws, run_id):  # an earlier copy was accepted
+                return
             log.warning("step_submit_refused", run_id=run_id, error=exc.message)
             end = pipelines.EndStep(step=step.name, status="Failed", error=exc.message)
             await self._decide(ws, state.run_id, derived_id("pl-end", state.run_id, step.name), end)
+        # anything else (the scheduler away or slow, a conflict) raises: the pipeline is looked
+        # at again on the next pass, which sends the same command id again
 
     async def _reused(
         self, ws: str, state: PipelineState, name: str, step: StepState
@@ -501,6 +512,11 @@ class PipelinesService(ProjectedService):
             command = CancelRun(command_id=cid, run_id=pid, reason=state.error)
         with contextlib.suppress(InvalidTransition):  # canceled by hand meanwhile
             await self._on_run(ws, pid, cid, command)
+
+
+async def _run_exists(cache: AggregateCache, ws: str, run_id: str) -> bool:
+    """Whether the log holds the run (a job's run exists once its submission was accepted)."""
+    return bool((await lookup.state(cache, runs.AGGREGATE, ws, run_id, fresh=True)).exists)
 
 
 def _producer(step: StepState) -> str:

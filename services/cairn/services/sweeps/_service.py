@@ -27,7 +27,7 @@ from cairn import lookup
 from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import run as runs
 from cairn.domain import sweep
-from cairn.errors import CairnError, InvalidInput, NotFound
+from cairn.errors import REFUSALS, CairnError, NotFound
 from cairn.log import get_logger
 from cairn.projection import ProjectionRunner, Tables
 from cairn.proto import subjects
@@ -423,7 +423,10 @@ class SweepsService(ProjectedService):
         )
         try:
             await Client(self.conn, ws).send(submit)
-        except (InvalidInput, NotFound) as exc:  # it cannot run as written: it fails
+        except REFUSALS as exc:  # it cannot run as written: it fails
+            run = await lookup.state(self.cache, runs.AGGREGATE, ws, trial.run_id, fresh=True)
+            if run.exists:  # an earlier copy was accepted: the trial runs
+                return
             log.warning("trial_refused", sweep=state.run_id, trial=trial.index, error=exc.message)
             end = sweep.EndTrial(
                 index=trial.index, status=runs.RunStatus.FAILED.value, error=exc.message
