@@ -223,6 +223,8 @@ class SweepsService(ProjectedService):
                 await self.drive(ws, sweep_id, submitted_at)
             except CairnError as exc:  # a race with another controller, or bad input
                 log.warning("sweep_decision_refused", sweep=sweep_id, error=repr(exc))
+            except Exception as exc:  # this sweep waits for the next pass, not the others
+                log.exception("sweep_drive_failed", sweep=sweep_id, error=repr(exc))
 
     async def _decide(
         self, ws: str, sweep_id: str, command_id: str, command: sweep.SweepCommand
@@ -288,19 +290,21 @@ class SweepsService(ProjectedService):
 
         return self.reports.read(fn)[0]
 
-    async def _reports_caught_up(self) -> None:
-        """Wait until the reports read model holds every batch stored so far (a trial's last
-        reports are stored before its run ends: its script flushes them before it exits)."""
+    async def _reports_caught_up(self) -> bool:
+        """Whether the reports read model holds every batch stored so far (a trial's last
+        reports are stored before its run ends: its script flushes them before it exits).
+        Not waited for here: a pass that finds it behind leaves trial ends to the next."""
         info = await self.conn.js.stream_info(METRICS.name)
-        await self.reports.wait_for(info.state.last_seq, timeout=10)
+        return self.reports.last_seq >= info.state.last_seq
 
     async def _follow_trials(
         self, ws: str, sweep_id: str, state: sweep.SweepState
     ) -> sweep.SweepState:
         rows = self._trial_rows(ws, sweep_id)
         running = [t for t in state.trials if t.status is None]
+        caught_up = True
         if any(rows.get(t.index) in _TERMINAL for t in running):
-            await self._reports_caught_up()
+            caught_up = await self._reports_caught_up()
         series = self._series(ws, state)
         assert state.spec is not None
         goal, policy = state.spec.objective.goal, state.spec.policy
@@ -310,6 +314,8 @@ class SweepsService(ProjectedService):
             if child is None:
                 await self._submit_trial(ws, state, trial)
             elif child in _TERMINAL:
+                if not caught_up:  # its last reports may not be read yet: the next pass
+                    continue
                 best = (max(values) if goal == "maximize" else min(values)) if values else None
                 end = sweep.EndTrial(
                     index=trial.index,
