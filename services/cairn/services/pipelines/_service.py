@@ -314,10 +314,11 @@ class PipelinesService(ProjectedService):
         if state.ended:
             await self._end_run(ws, state)
             return
-        run_status = (await lookup.run_state(self.cache, ws, pid)).status
-        canceling = run_status == runs.RunStatus.CANCELED
+        run = await lookup.run_state(self.cache, ws, pid)
+        # the pipeline's run ended under it (canceled, failed by hand or as lost): it stops
+        run_ended = run.status if run.status.terminal else None
         failed = {n for n, s in state.steps.items() if s.status in ("Failed", "Canceled")}
-        stop = canceling or bool(failed and not spec.continue_on_step_failure)
+        stop = run_ended is not None or bool(failed and not spec.continue_on_step_failure)
         for name, step in list(state.steps.items()):
             if step.status == "Running":
                 state = await self._follow(ws, state, name, step, watched, stop)
@@ -334,7 +335,7 @@ class PipelinesService(ProjectedService):
                 if ready.name not in state.steps and self._ready(state, ready):
                     state = await self._start(ws, state, ready)
         if all(s.name in state.steps and state.steps[s.name].ended for s in spec.steps):
-            await self._finish(ws, state, canceling)
+            await self._finish(ws, state, run_ended, run.error)
 
     def _ready(self, state: PipelineState, step: PipelineStep) -> bool:
         return all(
@@ -482,11 +483,17 @@ class PipelinesService(ProjectedService):
                 return ev.reason
         return ""
 
-    async def _finish(self, ws: str, state: PipelineState, canceling: bool) -> None:
-        """Every step has ended: the pipeline's run ends, then the pipeline."""
+    async def _finish(
+        self, ws: str, state: PipelineState, run_ended: runs.RunStatus | None, run_error: str
+    ) -> None:
+        """Every step has ended: the pipeline's run ends (unless it ended first), then the
+        pipeline."""
         failed = sorted(n for n, s in state.steps.items() if s.status != "Completed")
-        if canceling:
+        if run_ended == runs.RunStatus.CANCELED:
             end = pipelines.EndPipeline(status="Canceled", error="canceled")
+        elif run_ended == runs.RunStatus.FAILED:
+            error = f"the pipeline's run failed: {run_error[:200]}"
+            end = pipelines.EndPipeline(status="Failed", error=error)
         elif failed:
             errors = [
                 f"{n}: {state.steps[n].status}"
