@@ -100,6 +100,8 @@ class SweepsService(ProjectedService):
         self.tick_s = 0.2
         #: (workspace, sweep, trial) -> the last interval the policy was applied at
         self.evaluated: dict[tuple[str, str, int], int] = {}
+        #: (workspace, sweep) -> trial index -> its primary metric's reports read so far
+        self.series: dict[tuple[str, str], dict[int, list[float]]] = {}
         self.responders = [
             Responder(
                 conn,
@@ -218,7 +220,10 @@ class SweepsService(ProjectedService):
         return self.projection.read(fn)[0]
 
     async def reconcile(self) -> None:
-        for ws, sweep_id, submitted_at in self._active():
+        active = self._active()
+        live = {(ws, sweep_id) for ws, sweep_id, _ in active}
+        self.series = {k: v for k, v in self.series.items() if k in live}
+        for ws, sweep_id, submitted_at in active:
             try:
                 await self.drive(ws, sweep_id, submitted_at)
             except CairnError as exc:  # a race with another controller, or bad input
@@ -274,21 +279,28 @@ class SweepsService(ProjectedService):
         return self.projection.read(fn)[0]
 
     def _series(self, ws: str, state: sweep.SweepState) -> dict[int, list[float]]:
+        """Each trial's reports of the primary metric, in order. A report's number never
+        changes once stored, so a pass reads only those past what the passes before it read
+        (kept while the sweep is active)."""
         assert state.spec is not None
         metric = state.spec.objective.primary_metric
+        known = self.series.setdefault((ws, state.run_id), {})
 
         def fn(db: sqlite3.Connection, t: Tables) -> dict[int, list[float]]:
             out: dict[int, list[float]] = {}
             for trial in state.trials:
+                before = known.get(trial.index, [])
                 rows = db.execute(
                     f"SELECT value FROM {t('reports')} WHERE workspace=? AND run_id=? AND name=?"
-                    " ORDER BY n",
-                    (ws, trial.run_id, metric),
-                )
-                out[trial.index] = [float(v) for (v,) in rows]
+                    " AND n > ? ORDER BY n",
+                    (ws, trial.run_id, metric, len(before)),
+                ).fetchall()
+                out[trial.index] = [*before, *(float(v) for (v,) in rows)] if rows else before
             return out
 
-        return self.reports.read(fn)[0]
+        series = self.reports.read(fn)[0]
+        known.update(series)
+        return series
 
     async def _reports_caught_up(self) -> bool:
         """Whether the reports read model holds every batch stored so far (a trial's last
