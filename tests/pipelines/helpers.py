@@ -170,5 +170,6 @@ class OwnStack:
         if hasattr(self, "ws"):
             await self.ws.close()
             await self.client_conn.close()
-        await self.conn.close()
-        self.server.stop()
+        if hasattr(self, "conn"):
+            await self.conn.close()
+            self.server.stop()
