@@ -149,6 +149,7 @@ PINNED = {
         "NotFound",
         "PayloadTooLarge",
         "PermissionDenied",
+        "REFUSALS",
         "StaleAttempt",
         "Unauthenticated",
         "Unavailable",
@@ -174,6 +175,8 @@ def test_every_error_code_round_trips() -> None:
 
     for name in PINNED["cairn.errors"][:-1]:
         cls = getattr(errors, name)
+        if not isinstance(cls, type):  # REFUSALS: a tuple of them
+            continue
         rebuilt = errors.error_for_code(cls.code, "m")
         assert type(rebuilt) is cls and rebuilt.message == "m"
     assert type(errors.error_for_code("from-the-future", "m")) is errors.CairnError

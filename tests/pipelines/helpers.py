@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from cairn.bus import connect
+from cairn.embedded._up import all_services
+from cairn.proto.commands import CreateWorkspace
 from cairn.proto.pipelines import SubmitPipeline
+from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, load_pipeline_file, submit_pipeline
+from cairn.service import run_services
+from tests.conftest import JOB_SETTINGS, Agents, own_server, settings_for
 
 PREP = """\
 import argparse, os, sys
@@ -97,3 +106,70 @@ async def logs(ws: AsyncWorkspace, run_id: str) -> str:
     chunks: list[str] = []
     await ws.run(run_id).print_logs(chunks.append)
     return "".join(chunks)
+
+
+class OwnStack:
+    """A server of the test's own with the services it names running in this process (more
+    can be started later), an agent pool and a workspace."""
+
+    def __init__(self, home: Path, **settings: Any) -> None:
+        self.home = home
+        self.extra = settings
+        self.stops: list[asyncio.Event] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, services: list[str]) -> AsyncWorkspace:
+        self.server, service_settings, self.conn = await own_server(
+            self.home / "server", request_timeout=2.0
+        )
+        self.settings = msgspec.structs.replace(
+            service_settings,
+            state_dir=str(self.home / "state"),
+            artifacts_dir=str(self.home / "artifacts"),
+            datastore_roots=str(self.home),
+            **JOB_SETTINGS,
+            **self.extra,
+        )
+        await self.add(services)
+        client_settings = settings_for(
+            self.server, service=False, request_timeout=2.0, **JOB_SETTINGS, **self.extra
+        )
+        self.client_conn = await connect(client_settings)
+        name = "o" + uuid.uuid4().hex[:10]
+        await Client(self.client_conn, name).send(
+            CreateWorkspace(command_id=uuid.uuid4().hex, name=name)
+        )
+        self.agents = Agents(
+            settings_for(
+                self.server,
+                service=False,
+                agent=True,
+                workspace=name,
+                state_dir=str(self.home / "agent"),
+                **JOB_SETTINGS,
+            )
+        )
+        self.ws = AsyncWorkspace(self.client_conn, name, client_settings)
+        return self.ws
+
+    async def add(self, services: list[str]) -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        factories = [all_services()[name] for name in services]
+        self.tasks.append(
+            asyncio.create_task(run_services(self.settings, factories, stop=stop, ready=ready))
+        )
+        self.stops.append(stop)
+        await asyncio.wait_for(ready.wait(), 15)
+
+    async def close(self) -> None:
+        if hasattr(self, "agents"):
+            await self.agents.close()
+        for stop in self.stops:
+            stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if hasattr(self, "ws"):
+            await self.ws.close()
+            await self.client_conn.close()
+        if hasattr(self, "conn"):
+            await self.conn.close()
+            self.server.stop()

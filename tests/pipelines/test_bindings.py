@@ -144,6 +144,15 @@ CASES = [
         "outputs.model",
         "no step's output",
     ),
+    (
+        "a bound output's mode that is none",
+        TWO_STEPS.replace(
+            "      data: ${{parent.jobs.prep.outputs.data}}",
+            "      data: {path: '${{parent.jobs.prep.outputs.data}}', mode: banana}",
+        ),
+        "jobs.train.inputs.data.mode",
+        "'banana' is not an input mode",
+    ),
 ]
 
 

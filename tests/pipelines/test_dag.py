@@ -4,15 +4,18 @@ what depends on it, with continue_on_step_failure), cancelling the pipeline stop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 
 from cairn.bus import EventStore
+from cairn.errors import NotFound
 from cairn.proto import subjects
+from cairn.proto.commands import FailRun
 from cairn.rpc import Client
-from cairn.sdk import AsyncWorkspace
+from cairn.sdk import AsyncWorkspace, new_id
 from cairn.service import run_services
 from cairn.services.pipelines import PipelinesService
 from cairn.settings import Settings
@@ -138,6 +141,31 @@ async def test_cancelling_the_pipeline_cancels_its_running_steps(
     done = await wait_pipeline(ws, sent.run_id)
     steps = {s["step"]: s["status"] for s in done["steps"]}
     assert done["status"] == "Canceled"
+    assert steps == {"slow": "Canceled", "next": "Skipped"}
+    assert (await ws.run(slow).details())["status"] == "Canceled"
+
+
+async def test_a_pipeline_run_failed_by_hand_stops_the_pipeline(
+    client: Client, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """Any end of the pipeline's own run (failed by hand here, or as lost) is a stop, not only a
+    cancel: its running steps are canceled, the rest skipped, and the pipeline ends Failed."""
+    await agents.start(slots=2)
+    text = pipeline({"slow": ("sleep 60", OUT), "next": ("echo next", reads("slow"))})
+    sent = await submit(ws, write_pipeline(tmp_path / "p", text))
+    async with asyncio.timeout(30):
+        while True:
+            steps = {s["step"]: s for s in (await ws.run(sent.run_id).pipeline())["steps"]}
+            if steps["slow"]["status"] == "Running":
+                slow = steps["slow"]["run_id"]
+                with contextlib.suppress(NotFound):  # (not in the runs' read model yet)
+                    if (await ws.run(slow).details())["status"] == "Running":
+                        break
+            await asyncio.sleep(0.2)
+    await ws.client.send(FailRun(command_id=new_id(), run_id=sent.run_id, error="by hand"))
+    done = await wait_pipeline(ws, sent.run_id)
+    steps = {s["step"]: s["status"] for s in done["steps"]}
+    assert done["status"] == "Failed" and "by hand" in done["error"], done
     assert steps == {"slow": "Canceled", "next": "Skipped"}
     assert (await ws.run(slow).details())["status"] == "Canceled"
 

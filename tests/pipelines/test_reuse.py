@@ -84,3 +84,36 @@ async def test_unchanged_steps_are_reused_and_a_changed_file_reruns_its_consumer
     )
     fifth = await _run(ws, write_pipeline(tmp_path / "p", fixed))
     assert fifth["prep"]["reused_run_id"] and not fifth["other"]["reused_run_id"]
+
+
+MODEL = """\
+type: pipeline
+experiment_name: reuse
+settings: {default_compute: local}
+jobs:
+  score:
+    command: ls ${{inputs.m}}
+    inputs:
+      m: {type: custom_model, path: 'azureml:clf:latest'}
+"""
+
+
+async def test_a_model_input_reruns_once_a_new_version_is_registered(
+    client: Client, ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+) -> None:
+    """The key holds the version the input names when the step starts (as the scheduler pins
+    it) and that version's files, not the words ``latest``."""
+    exp = await ws.experiment("models")
+    (tmp_path / "m.bin").write_bytes(b"weights")
+    run = await exp.start_run()
+    await run.upload_file("outputs/m.bin", tmp_path / "m.bin")
+    await run.complete()
+    await ws.models.register("clf", "outputs/m.bin", run_id=run.id)
+    await agents.start()
+    path = write_pipeline(tmp_path / "p", MODEL)
+    first = await _run(ws, path)
+    second = await _run(ws, path)
+    assert second["score"]["reused_run_id"] == first["score"]["run_id"]
+    await ws.models.register("clf", "outputs/m.bin", run_id=run.id)
+    third = await _run(ws, path)
+    assert not third["score"]["reused_run_id"]

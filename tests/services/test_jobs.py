@@ -20,6 +20,7 @@ import pytest
 from cairn.bus import Connection, EventStore
 from cairn.errors import AlreadyExists, InvalidInput, NotFound, StaleAttempt
 from cairn.proto import subjects
+from cairn.proto.assets import ComputeSpec, CreateCompute, DeleteCompute
 from cairn.proto.commands import CreateExperiment, GetRun, QueryResult
 from cairn.proto.jobs import ClaimJob, FinishJob, JobInput, JobSpec, ReportJob, SubmitJob
 from cairn.proto.metrics import LogMetrics, MetricPoint
@@ -441,6 +442,39 @@ async def test_a_replayed_submit_takes_effect_once_and_a_reused_run_id_is_refuse
     reused = msgspec.structs.replace(submit_cmd, command_id=os.urandom(8).hex())
     with pytest.raises(AlreadyExists):
         await ws.client.send(reused)
+    assert [type(e).__name__ for e in await history(store, ws.name, run_id)] == ["RunSubmitted"]
+
+
+async def test_a_resent_submit_is_a_replay_after_what_it_named_was_deleted(
+    ws: AsyncWorkspace, store: EventStore
+) -> None:
+    """A submit whose reply was lost is sent again under its command id; by then its compute
+    target may be gone. The copy is answered as the replay it is, not refused."""
+    await ws.experiment("jobs")
+    spec = ComputeSpec(kind="cluster", min_nodes=0, max_nodes=1)
+    await ws.client.send(CreateCompute(command_id=os.urandom(8).hex(), name="brief", spec=spec))
+    run_id = os.urandom(8).hex()
+    submit_cmd = SubmitJob(
+        command_id=os.urandom(8).hex(),
+        run_id=run_id,
+        experiment_name="jobs",
+        compute="brief",
+        job=JobSpec(command=["true"]),
+    )
+    first = await ws.client.send(submit_cmd)
+    await ws.client.send(DeleteCompute(command_id=os.urandom(8).hex(), name="brief"))
+    async with asyncio.timeout(30):  # until the scheduler has seen the deletion
+        while True:
+            other = msgspec.structs.replace(
+                submit_cmd, command_id=os.urandom(8).hex(), run_id=os.urandom(8).hex()
+            )
+            try:
+                await ws.client.send(other)
+            except NotFound:
+                break
+            await asyncio.sleep(0.2)
+    again = await ws.client.send(submit_cmd)
+    assert again.replayed and again.seq == first.seq
     assert [type(e).__name__ for e in await history(store, ws.name, run_id)] == ["RunSubmitted"]
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytest
 
-from cairn.domain.sweep import TrialState
+from cairn.domain.sweep import TrialState, check, grid_size
+from cairn.errors import InvalidInput
 from cairn.proto.sweeps import (
     Choice,
     LogNormal,
@@ -26,7 +28,7 @@ from cairn.proto.sweeps import (
     Uniform,
 )
 from cairn.services.sweeps._policy import evaluate, evaluated_at
-from cairn.services.sweeps._sampling import propose
+from cairn.services.sweeps._sampling import _permuted, grid_point, optuna_distribution, propose
 
 SPACE = {
     "c": Choice(values=["a", "b", 3]),
@@ -99,6 +101,53 @@ def test_a_proposal_is_a_function_of_the_seed_and_the_events_before_it(algorithm
         assert sorted((t.parameters["c"], t.parameters["d"]) for t in first) == sorted(
             (c, d) for c in (1, 2, 3) for d in ("x", "y")
         )
+
+
+@pytest.mark.parametrize("seed", [0, 4, 2**32 - 1])
+def test_a_small_grid_keeps_the_order_optuna_gave_it(seed: int) -> None:
+    """Up to ``SHUFFLED_UP_TO`` points, trial n takes what ``GridSampler(grid, seed)`` gives
+    trial number n, as in earlier versions (their sweeps go on in the same order)."""
+    space: dict[str, object] = {
+        "b": Choice(values=[1, 2, 3]),
+        "a": Choice(values=["x", "y"]),
+        "c": Choice(values=[0.5, 1.5, 2.5, 3.5]),
+    }
+    s = spec("grid", space)
+    distributions = {name: optuna_distribution(d) for name, d in s.search_space.items()}
+    study = optuna.create_study(
+        sampler=optuna.samplers.GridSampler(
+            {name: d.values for name, d in s.search_space.items()}, seed=seed
+        )
+    )
+    for index in range(24):
+        asked = study.ask(distributions)
+        assert grid_point(s, seed, index) == asked.params
+        if index < 23:  # (the last would stop the study, outside an optimize loop)
+            study.tell(asked, 0.0)
+
+
+def test_a_huge_grid_is_never_listed() -> None:
+    """A grid of 10^8 points (and one of 10^9 - 1) gives its first proposals at once, each a
+    point of the grid, none twice; a bigger one than the cap is refused by ``check``."""
+    digits = [str(d) for d in range(10)]
+    space: dict[str, object] = {f"p{i}": Choice(values=digits) for i in range(8)}
+    s = spec("grid", space)
+    points = [tuple(grid_point(s, 7, i).values()) for i in range(2000)]
+    assert len(set(points)) == 2000 and all(len(p) == 8 for p in points)
+    assert propose(s, 7, 3, [], set()).parameters == grid_point(s, 7, 3)
+    assert propose(s, 8, 3, [], set()).parameters != grid_point(s, 7, 3)
+    odd = {"a": Choice(values=list(range(999))), "b": Choice(values=list(range(1_001_001)))}
+    assert grid_size(spec("grid", odd)) == 10**9 - 1
+    assert len({tuple(grid_point(spec("grid", odd), 1, i).values()) for i in range(500)}) == 500
+    over = {**space, "p8": Choice(values=digits), "p9": Choice(values=digits)}
+    command = [f"${{{{search_space.{name}}}}}" for name in over]
+    with pytest.raises(InvalidInput, match="grid of 10000000000 points"):
+        check(spec("grid", over), command)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 17, 64, 100, 1000])
+def test_the_permutation_of_a_big_grid_is_one(size: int) -> None:
+    assert sorted(_permuted(i, size, 3) for i in range(size)) == list(range(size))
 
 
 def test_a_bayesian_proposal_depends_on_the_results_it_saw() -> None:

@@ -24,6 +24,11 @@ again on the caller's side as the class registered for its ``code``::
 
 ``CairnError`` itself is raised for codes this version does not know, so a newer service can
 add codes without breaking older clients.
+
+``REFUSALS`` are the errors that say a command itself cannot be taken as written: sending it
+again would be refused again. The others (``Unavailable``, ``ConcurrencyConflict``, an unknown
+code) may pass on another try; a process manager retries those and fails what it drives only on
+a refusal.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "REFUSALS",
     "AlreadyExists",
     "BatchRejected",
     "CairnError",
@@ -156,6 +162,16 @@ class StaleAttempt(CairnError):
     was lost and the run re-queued, or the run ended): the sender must stop."""
 
     code = "stale_attempt"
+
+
+#: a command refused for what it says (see the module's docstring)
+REFUSALS: tuple[type[CairnError], ...] = (
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    InvalidTransition,
+    DataChanged,
+)
 
 
 def _registry() -> dict[str, type[CairnError]]:

@@ -51,6 +51,7 @@ from cairn.proto.sweeps import (
 __all__ = [
     "AGGREGATE",
     "KIND",
+    "MAX_GRID_POINTS",
     "EndSweep",
     "EndTrial",
     "ProposeTrial",
@@ -123,6 +124,10 @@ class SweepState(msgspec.Struct, frozen=True, kw_only=True):
         return not self.ended and not self.cancel_requested and len(self.trials) < self.limit
 
 
+#: the most points a grid sweep may have (its points are computed one at a time, never listed)
+MAX_GRID_POINTS = 10**9
+
+
 def grid_size(spec: SweepSpec) -> int:
     """The number of points of a grid over choices (other distributions have no grid)."""
     sizes = [len(d.values) if isinstance(d, Choice) else 0 for d in spec.search_space.values()]
@@ -151,6 +156,10 @@ def check(spec: SweepSpec, command: list[str]) -> None:
             raise InvalidInput(
                 f"search space {name!r}: grid sampling takes choice only, not {type(dist).__name__}"
             )
+    if spec.sampling.algorithm == "grid" and (size := grid_size(spec)) > MAX_GRID_POINTS:
+        raise InvalidInput(
+            f"search space: a grid of {size} points; at most {MAX_GRID_POINTS} are swept"
+        )
     _check_policy(spec)
     used = {m for word in command for m in _PLACEHOLDER.findall(word)}
     unknown = sorted(used - set(spec.search_space))

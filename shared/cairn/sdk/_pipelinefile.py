@@ -110,6 +110,8 @@ _STEP_OUTPUT = re.compile(rf"^\$\{{\{{\s*parent\.jobs\.({_IDENT})\.outputs\.({_I
 _EXPRESSION = re.compile(r"\$\{\{.*?\}\}", re.DOTALL)
 
 _DATA_TYPES = ("uri_folder", "uri_file", "custom_model", "mlflow_model", "triton_model")
+#: the modes a step input takes (a bound output's included)
+_INPUT_MODES: tuple[Literal["ro_mount", "download"], ...] = ("ro_mount", "download")
 _LITERAL_TYPES = ("string", "integer", "number", "boolean")
 
 
@@ -344,18 +346,7 @@ def _source(pipeline: PipelineFile, steps: dict[str, _Step], where: str, value: 
         if isinstance(inner, str) and (
             _PARENT_INPUT.match(inner.strip()) or _STEP_OUTPUT.match(inner.strip())
         ):
-            found = _source(pipeline, steps, where, inner)
-            rest = {k: v for k, v in value.items() if k != "path"}
-            unknown = set(rest) - {"type", "mode", "description"}
-            if unknown:
-                raise InvalidBinding.at(f"{where}.{sorted(unknown)[0]}", "unknown key")
-            if "description" in rest:
-                raise refuse(where, "description", _NO_DESCRIPTION)
-            found.declared = rest.get("type")
-            found.mode = rest.get("mode", found.mode)
-            if found.data is not None and found.declared is not None:
-                found.data = msgspec.structs.replace(found.data, type=found.declared)
-            return found
+            return _bound_path(pipeline, steps, where, value, inner)
         try:
             data = msgspec.convert(value, DataInput)
         except msgspec.ValidationError as exc:
@@ -364,6 +355,30 @@ def _source(pipeline: PipelineFile, steps: dict[str, _Step], where: str, value: 
     if isinstance(value, (str, int, float, bool)):
         return _Source(literal=value)
     raise InvalidBinding.at(where, "an input is a literal, a data input or a binding")
+
+
+def _bound_path(
+    pipeline: PipelineFile, steps: dict[str, _Step], where: str, value: dict[str, Any], inner: str
+) -> _Source:
+    """A data input whose ``path`` is a binding: its source, with its ``type`` and ``mode``."""
+    found = _source(pipeline, steps, where, inner)
+    rest = {k: v for k, v in value.items() if k != "path"}
+    unknown = set(rest) - {"type", "mode", "description"}
+    if unknown:
+        raise InvalidBinding.at(f"{where}.{sorted(unknown)[0]}", "unknown key")
+    if "description" in rest:
+        raise refuse(where, "description", _NO_DESCRIPTION)
+    found.declared = rest.get("type")
+    mode = rest.get("mode", found.mode)
+    if mode not in _INPUT_MODES:
+        raise InvalidBinding.at(
+            f"{where}.mode",
+            f"{mode!r} is not an input mode (one of {', '.join(_INPUT_MODES)})",
+        )
+    found.mode = mode
+    if found.data is not None and found.declared is not None:
+        found.data = msgspec.structs.replace(found.data, type=found.declared)
+    return found
 
 
 def _check_type(where: str, wanted: str | None, source: _Source, steps: dict[str, _Step]) -> None:

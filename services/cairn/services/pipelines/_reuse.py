@@ -6,8 +6,9 @@
 * every input's content: a dataset version's spec hash (which covers the fingerprint of each
   of its files), a datastore path's files as they are now (path, size, and the SHA-256 of
   a local file or the ETag of an object: a file changed in place changes the key), a model
-  version, and for an input bound to an upstream step the digests of the files that step's
-  run stored under that output.
+  version as the input names it now (its number and its files' digests), and for an input
+  bound to an upstream step the digests of the files that step's run stored under that
+  output.
 
 A step reading a URL has no key ("" : never reused): its bytes have no fingerprint short of
 downloading them.
@@ -29,7 +30,7 @@ from cairn.domain.environment import CURATED, parse_reference
 from cairn.proto.jobs import JobInput
 from cairn.proto.pipelines import PipelineStep
 from cairn.rpc import Client
-from cairn.services.scheduler._resolve import resolve_asset
+from cairn.services.scheduler._resolve import resolve_asset, resolve_model
 from cairn.settings import Settings
 
 __all__ = ["output_fingerprint", "reuse_key", "upstream_fingerprint"]
@@ -54,8 +55,10 @@ async def _input(
 ) -> Any:
     if item.url is not None:
         return None
-    if item.model is not None:
-        return ["model", item.model, item.version, item.alias]
+    if item.model is not None:  # the version it names now, as the scheduler pins it
+        found = await resolve_model(cache, ws, item)
+        files = sorted([f.path, f.digest, f.size] for f in found.files)
+        return ["model", item.model, found.version, files]
     if item.dataset is not None:
         ev = await resolve_asset(cache, settings, ws, "dataset", item.dataset, item.version)
         return ["dataset", item.dataset, ev.version, ev.spec_hash]

@@ -37,11 +37,18 @@ from typing import Any, Literal
 import msgspec
 
 from cairn import lookup
-from cairn.bus import CommandContext, Connection, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, execute
 from cairn.domain import pipeline as pipelines
 from cairn.domain import run as runs
 from cairn.domain.pipeline import PipelineState, StepState
-from cairn.errors import AlreadyExists, CairnError, InvalidBinding, InvalidTransition, NotFound
+from cairn.errors import (
+    REFUSALS,
+    AlreadyExists,
+    CairnError,
+    InvalidBinding,
+    InvalidTransition,
+    NotFound,
+)
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -225,7 +232,10 @@ class PipelinesService(ProjectedService):
                 experiment_name=state.experiment_name,
                 display_name=submitted.display_name,
             )
-            command = runs.CreateResolvedRun(command=create, experiment_id=experiment_id)
+            # driven by this service, not by a process that beats: no liveness check for it
+            command = runs.CreateResolvedRun(
+                command=create, experiment_id=experiment_id, controller="pipeline"
+            )
             with contextlib.suppress(AlreadyExists):
                 seq = await self._on_run(ws, pid, create.command_id, command, new=True)
             properties = {"run_type": "pipeline"}
@@ -304,10 +314,11 @@ class PipelinesService(ProjectedService):
         if state.ended:
             await self._end_run(ws, state)
             return
-        run_status = (await lookup.run_state(self.cache, ws, pid)).status
-        canceling = run_status == runs.RunStatus.CANCELED
+        run = await lookup.run_state(self.cache, ws, pid)
+        # the pipeline's run ended under it (canceled, failed by hand or as lost): it stops
+        run_ended = run.status if run.status.terminal else None
         failed = {n for n, s in state.steps.items() if s.status in ("Failed", "Canceled")}
-        stop = canceling or bool(failed and not spec.continue_on_step_failure)
+        stop = run_ended is not None or bool(failed and not spec.continue_on_step_failure)
         for name, step in list(state.steps.items()):
             if step.status == "Running":
                 state = await self._follow(ws, state, name, step, watched, stop)
@@ -324,7 +335,7 @@ class PipelinesService(ProjectedService):
                 if ready.name not in state.steps and self._ready(state, ready):
                     state = await self._start(ws, state, ready)
         if all(s.name in state.steps and state.steps[s.name].ended for s in spec.steps):
-            await self._finish(ws, state, canceling)
+            await self._finish(ws, state, run_ended, run.error)
 
     def _ready(self, state: PipelineState, step: PipelineStep) -> bool:
         return all(
@@ -422,10 +433,14 @@ class PipelinesService(ProjectedService):
             await Client(self.conn, ws).send(cmd)
         except AlreadyExists:  # submitted under this id before: a replay answers Accepted
             pass
-        except CairnError as exc:  # refused: the step fails, the pipeline follows
+        except REFUSALS as exc:  # it cannot run as written: the step fails, the pipeline follows
+            if await _run_exists(self.cache, ws, run_id):  # an earlier copy was accepted
+                return
             log.warning("step_submit_refused", run_id=run_id, error=exc.message)
             end = pipelines.EndStep(step=step.name, status="Failed", error=exc.message)
             await self._decide(ws, state.run_id, derived_id("pl-end", state.run_id, step.name), end)
+        # anything else (the scheduler away or slow, a conflict) raises: the pipeline is looked
+        # at again on the next pass, which sends the same command id again
 
     async def _reused(
         self, ws: str, state: PipelineState, name: str, step: StepState
@@ -468,11 +483,17 @@ class PipelinesService(ProjectedService):
                 return ev.reason
         return ""
 
-    async def _finish(self, ws: str, state: PipelineState, canceling: bool) -> None:
-        """Every step has ended: the pipeline's run ends, then the pipeline."""
+    async def _finish(
+        self, ws: str, state: PipelineState, run_ended: runs.RunStatus | None, run_error: str
+    ) -> None:
+        """Every step has ended: the pipeline's run ends (unless it ended first), then the
+        pipeline."""
         failed = sorted(n for n, s in state.steps.items() if s.status != "Completed")
-        if canceling:
+        if run_ended == runs.RunStatus.CANCELED:
             end = pipelines.EndPipeline(status="Canceled", error="canceled")
+        elif run_ended == runs.RunStatus.FAILED:
+            error = f"the pipeline's run failed: {run_error[:200]}"
+            end = pipelines.EndPipeline(status="Failed", error=error)
         elif failed:
             errors = [
                 f"{n}: {state.steps[n].status}"
@@ -498,6 +519,11 @@ class PipelinesService(ProjectedService):
             command = CancelRun(command_id=cid, run_id=pid, reason=state.error)
         with contextlib.suppress(InvalidTransition):  # canceled by hand meanwhile
             await self._on_run(ws, pid, cid, command)
+
+
+async def _run_exists(cache: AggregateCache, ws: str, run_id: str) -> bool:
+    """Whether the log holds the run (a job's run exists once its submission was accepted)."""
+    return bool((await lookup.state(cache, runs.AGGREGATE, ws, run_id, fresh=True)).exists)
 
 
 def _producer(step: StepState) -> str:

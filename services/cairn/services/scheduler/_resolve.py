@@ -18,14 +18,20 @@ from cairn.domain.environment import CURATED, parse_reference
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto import subjects
 from cairn.proto.assets import DatasetSpec, DatastoreSpec, EnvironmentSpec
-from cairn.proto.events import AssetRegistered
+from cairn.proto.events import AssetRegistered, ModelVersionRegistered
 from cairn.proto.jobs import SNAPSHOT_FILE, JobEnvironment, JobInput, JobOutput, JobSpec, SubmitJob
 from cairn.proto.paths import validate_run_path
 from cairn.proto.subjects import validate_token
 from cairn.services.scheduler._pythons import Pythons
 from cairn.settings import Settings
 
-__all__ = ["DEFAULT_DATASTORE", "EXISTS_FOR_S", "resolve_asset", "resolve_job"]
+__all__ = [
+    "DEFAULT_DATASTORE",
+    "EXISTS_FOR_S",
+    "resolve_asset",
+    "resolve_job",
+    "resolve_model",
+]
 
 _Item = TypeVar("_Item", JobInput, JobOutput)
 
@@ -121,6 +127,13 @@ async def _pin_model(cache: AggregateCache, ws: str, item: JobInput) -> JobInput
     """``item`` with the version its alias (or "latest") names now, read fresh: the run
     records the files it was given, not whatever the alias points at when an agent runs it.
     The alias stays beside the version, for the record (a version wins over an alias)."""
+    found = await resolve_model(cache, ws, item)
+    return msgspec.structs.replace(item, version=found.version)
+
+
+async def resolve_model(cache: AggregateCache, ws: str, item: JobInput) -> ModelVersionRegistered:
+    """The model version a model input names now (its version, its alias, or the latest not
+    archived), read fresh."""
     assert item.model is not None
     subject = subjects.event(ws, model.KIND, subjects.name_to_id(item.model))
     history = await cache.refresh(subject)
@@ -128,7 +141,7 @@ async def _pin_model(cache: AggregateCache, ws: str, item: JobInput) -> JobInput
         raise NotFound(f"input {item.name}: no model called {item.model!r}")
     state = cache.state(subject, model.AGGREGATE, history)
     version = model.resolve(state, item.model, item.version, item.alias)
-    return msgspec.structs.replace(item, version=version)
+    return state.versions[version]
 
 
 async def _url_input(

@@ -30,7 +30,7 @@ from cairn import lookup
 from cairn.bus import CommandContext, Connection, ensure_consumer, execute
 from cairn.domain import run as runs
 from cairn.domain import schedule as schedules
-from cairn.errors import InvalidInput, NotFound, PermissionDenied, StaleAttempt
+from cairn.errors import CairnError, InvalidInput, NotFound, PermissionDenied, StaleAttempt
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
@@ -303,6 +303,23 @@ class SchedulerService(ProjectedService):
         if cmd.job.serve is not None:  # a replica is the deployment's, never a person's job
             raise InvalidInput("job.serve is set by endpoint.deploy alone: deploy a model")
         await lookup.require_workspace(self.cache, ws)
+        try:
+            submit = await self._resolve_submit(ws, cmd)
+        except CairnError:
+            # a copy sent again after its first was accepted (its reply lost) is answered as
+            # the replay it is, even when what it names has changed or gone since
+            replayed = await self._replayed(req, cmd.run_id)
+            if replayed is None:
+                raise
+            return replayed
+        accepted = await self._on_run(req, cmd.run_id, submit, new=True)
+        if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
+            with contextlib.suppress(Exception):
+                await self._publish(ws, cmd.run_id, 1, cmd.compute)
+        return accepted
+
+    async def _resolve_submit(self, ws: str, cmd: SubmitJob) -> runs.SubmitResolvedJob:
+        """The submission with what it names resolved: refused when anything is missing."""
         if cmd.scheduled is not None:
             await self._check_fired(req, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
@@ -318,12 +335,18 @@ class SchedulerService(ProjectedService):
             self.cache, self.settings, ws, "compute", compute, None, max_age_s=EXISTS_FOR_S
         )
         job = await resolve_job(self.cache, self.settings, ws, cmd, self.pythons)
-        submit = runs.SubmitResolvedJob(command=cmd, experiment_id=experiment_id, job=job)
-        accepted = await self._on_run(req, cmd.run_id, submit, new=True)
-        if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
-            with contextlib.suppress(Exception):
-                await self._publish(ws, cmd.run_id, 1, cmd.compute)
-        return accepted
+        return runs.SubmitResolvedJob(command=cmd, experiment_id=experiment_id, job=job)
+
+    async def _replayed(self, req: Request, run_id: str) -> Accepted | None:
+        """``Accepted`` (replayed) when the log holds what this request's command id caused."""
+        subject = subjects.event(req.workspace, runs.KIND, run_id)
+        history = await self.cache.refresh(subject)
+        done = self.cache.caused_by(subject, history, req.context().command_id)
+        if done is None:
+            return None
+        return Accepted(
+            command_id=done.envelope.causation_id, aggregate_id=run_id, seq=done.seq, replayed=True
+        )
 
     async def _check_fired(self, req: Request, cmd: SubmitJob) -> None:
         """A run that says a schedule fired it is accepted only from the services (the

@@ -197,10 +197,10 @@ class ReportsProjection:
             number = _number(p.value) if p.kind == "scalar" else None
             if number is None:
                 continue
-            if p.name not in counts:
+            if p.name not in counts:  # n runs 1..count: the key's last n is one seek, not a scan
                 counts[p.name] = db.execute(
-                    f"SELECT count(*) FROM {t('reports')} WHERE workspace=? AND run_id=?"
-                    " AND name=?",
+                    f"SELECT coalesce(max(n), 0) FROM {t('reports')} WHERE workspace=?"
+                    " AND run_id=? AND name=?",
                     (batch.workspace, batch.run_id, p.name),
                 ).fetchone()[0]
             counts[p.name] += 1

@@ -27,7 +27,7 @@ from cairn import lookup
 from cairn.bus import CommandContext, Connection, execute
 from cairn.domain import run as runs
 from cairn.domain import sweep
-from cairn.errors import CairnError, InvalidInput, NotFound
+from cairn.errors import REFUSALS, CairnError, NotFound
 from cairn.log import get_logger
 from cairn.projection import ProjectionRunner, Tables
 from cairn.proto import subjects
@@ -100,6 +100,8 @@ class SweepsService(ProjectedService):
         self.tick_s = 0.2
         #: (workspace, sweep, trial) -> the last interval the policy was applied at
         self.evaluated: dict[tuple[str, str, int], int] = {}
+        #: (workspace, sweep) -> trial index -> its primary metric's reports read so far
+        self.series: dict[tuple[str, str], dict[int, list[float]]] = {}
         self.responders = [
             Responder(
                 conn,
@@ -218,11 +220,16 @@ class SweepsService(ProjectedService):
         return self.projection.read(fn)[0]
 
     async def reconcile(self) -> None:
-        for ws, sweep_id, submitted_at in self._active():
+        active = self._active()
+        live = {(ws, sweep_id) for ws, sweep_id, _ in active}
+        self.series = {k: v for k, v in self.series.items() if k in live}
+        for ws, sweep_id, submitted_at in active:
             try:
                 await self.drive(ws, sweep_id, submitted_at)
             except CairnError as exc:  # a race with another controller, or bad input
                 log.warning("sweep_decision_refused", sweep=sweep_id, error=repr(exc))
+            except Exception as exc:  # this sweep waits for the next pass, not the others
+                log.exception("sweep_drive_failed", sweep=sweep_id, error=repr(exc))
 
     async def _decide(
         self, ws: str, sweep_id: str, command_id: str, command: sweep.SweepCommand
@@ -272,35 +279,44 @@ class SweepsService(ProjectedService):
         return self.projection.read(fn)[0]
 
     def _series(self, ws: str, state: sweep.SweepState) -> dict[int, list[float]]:
+        """Each trial's reports of the primary metric, in order. A report's number never
+        changes once stored, so a pass reads only those past what the passes before it read
+        (kept while the sweep is active)."""
         assert state.spec is not None
         metric = state.spec.objective.primary_metric
+        known = self.series.setdefault((ws, state.run_id), {})
 
         def fn(db: sqlite3.Connection, t: Tables) -> dict[int, list[float]]:
             out: dict[int, list[float]] = {}
             for trial in state.trials:
+                before = known.get(trial.index, [])
                 rows = db.execute(
                     f"SELECT value FROM {t('reports')} WHERE workspace=? AND run_id=? AND name=?"
-                    " ORDER BY n",
-                    (ws, trial.run_id, metric),
-                )
-                out[trial.index] = [float(v) for (v,) in rows]
+                    " AND n > ? ORDER BY n",
+                    (ws, trial.run_id, metric, len(before)),
+                ).fetchall()
+                out[trial.index] = [*before, *(float(v) for (v,) in rows)] if rows else before
             return out
 
-        return self.reports.read(fn)[0]
+        series = self.reports.read(fn)[0]
+        known.update(series)
+        return series
 
-    async def _reports_caught_up(self) -> None:
-        """Wait until the reports read model holds every batch stored so far (a trial's last
-        reports are stored before its run ends: its script flushes them before it exits)."""
+    async def _reports_caught_up(self) -> bool:
+        """Whether the reports read model holds every batch stored so far (a trial's last
+        reports are stored before its run ends: its script flushes them before it exits).
+        Not waited for here: a pass that finds it behind leaves trial ends to the next."""
         info = await self.conn.js.stream_info(METRICS.name)
-        await self.reports.wait_for(info.state.last_seq, timeout=10)
+        return self.reports.last_seq >= info.state.last_seq
 
     async def _follow_trials(
         self, ws: str, sweep_id: str, state: sweep.SweepState
     ) -> sweep.SweepState:
         rows = self._trial_rows(ws, sweep_id)
         running = [t for t in state.trials if t.status is None]
+        caught_up = True
         if any(rows.get(t.index) in _TERMINAL for t in running):
-            await self._reports_caught_up()
+            caught_up = await self._reports_caught_up()
         series = self._series(ws, state)
         assert state.spec is not None
         goal, policy = state.spec.objective.goal, state.spec.policy
@@ -310,6 +326,8 @@ class SweepsService(ProjectedService):
             if child is None:
                 await self._submit_trial(ws, state, trial)
             elif child in _TERMINAL:
+                if not caught_up:  # its last reports may not be read yet: the next pass
+                    continue
                 best = (max(values) if goal == "maximize" else min(values)) if values else None
                 end = sweep.EndTrial(
                     index=trial.index,
@@ -423,7 +441,10 @@ class SweepsService(ProjectedService):
         )
         try:
             await Client(self.conn, ws).send(submit)
-        except (InvalidInput, NotFound) as exc:  # it cannot run as written: it fails
+        except REFUSALS as exc:  # it cannot run as written: it fails
+            run = await lookup.state(self.cache, runs.AGGREGATE, ws, trial.run_id, fresh=True)
+            if run.exists:  # an earlier copy was accepted: the trial runs
+                return
             log.warning("trial_refused", sweep=state.run_id, trial=trial.index, error=exc.message)
             end = sweep.EndTrial(
                 index=trial.index, status=runs.RunStatus.FAILED.value, error=exc.message
