@@ -17,6 +17,7 @@ SDK = ROOT / "shared" / "cairn" / "sdk"
 FACADE = {
     "_runtime",
     "_sync",
+    "_pipelines",
     "_assets",
     "_models",
     "_datastores",

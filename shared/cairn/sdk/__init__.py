@@ -10,7 +10,7 @@ Layers, each importing only those below it: ``_refusals`` (what is refused by na
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <- ``_runconfig``,
 ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <- ``_estimators``,
-``_sync``. Bytes move through :mod:`cairn.data`.
+``_sync`` <- ``_pipelines`` (Azure ML v1's Python pipelines). Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
@@ -55,6 +55,15 @@ from cairn.sdk._pipelinefile import (
     registered_reference,
     submit_pipeline,
 )
+from cairn.sdk._pipelines import (
+    OutputFileDatasetConfig,
+    Pipeline,
+    PipelineData,
+    PipelineParameter,
+    PipelineRun,
+    PythonScriptStep,
+    StepRun,
+)
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
     DEFAULT_GPU_IMAGE,
@@ -95,8 +104,14 @@ __all__ = [
     "Model",
     "NoTerminationPolicy",
     "OfflineRun",
+    "OutputFileDatasetConfig",
+    "Pipeline",
+    "PipelineData",
+    "PipelineParameter",
+    "PipelineRun",
     "PrimaryMetricGoal",
     "PyTorch",
+    "PythonScriptStep",
     "RandomParameterSampling",
     "Run",
     "RunConfiguration",
@@ -105,6 +120,7 @@ __all__ = [
     "Schedule",
     "ScheduleRecurrence",
     "ScriptRunConfig",
+    "StepRun",
     "TensorFlow",
     "TruncationSelectionPolicy",
     "Workspace",
