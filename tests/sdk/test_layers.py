@@ -45,6 +45,7 @@ CORE = {
     "_async_secrets",
     "_async_schedules",
     "_async_events",
+    "_async_pipelines",
     "_jobs",
     "_hyperdrive",
     "_metrics",

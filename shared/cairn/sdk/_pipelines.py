@@ -30,10 +30,20 @@ from typing import Any
 import msgspec
 
 from cairn.domain.pipeline import check_pipeline
-from cairn.errors import InvalidInput
+from cairn.domain.published import parameter_ref
+from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.jobs import JobInput, JobOutput, JobSpec
 from cairn.proto.paths import validate_run_path
-from cairn.proto.pipelines import PipelineSpec, PipelineStep, StepInput, SubmitPipeline
+from cairn.proto.pipelines import (
+    PipelineSpec,
+    PipelineStep,
+    PublishPipeline,
+    RunPublishedPipeline,
+    SetPipelineEndpoint,
+    StepInput,
+    SubmitPipeline,
+)
+from cairn.sdk._async_pipelines import pipeline_endpoint, published_pipeline, published_pipelines
 from cairn.sdk._datastores import Datastore
 from cairn.sdk._jobs import Binding, RunFailedError, ScriptRunConfig, build_job, print_out
 from cairn.sdk._refusals import inherent, refuses
@@ -44,8 +54,10 @@ __all__ = [
     "OutputFileDatasetConfig",
     "Pipeline",
     "PipelineData",
+    "PipelineEndpoint",
     "PipelineParameter",
     "PipelineRun",
+    "PublishedPipeline",
     "PythonScriptStep",
     "StepRun",
 ]
@@ -307,6 +319,39 @@ class Pipeline:
             )
         return PipelineSpec(steps=steps, force_rerun=regenerate_outputs)
 
+    @refuses(
+        continue_on_step_failure="publish the pipeline's own setting: a failed step stops it",
+    )
+    def publish(
+        self,
+        name: str | None = None,
+        description: str | None = None,
+        version: str | None = None,
+        continue_on_step_failure: bool | None = None,
+    ) -> PublishedPipeline:
+        """Store this pipeline (its code uploaded now) as a published pipeline that runs on
+        request (``published.submit``, its HTTP endpoint, a schedule), its
+        ``PipelineParameter``s filled by each run."""
+        ws = self.workspace
+
+        async def publish() -> str:
+            stored = await pipeline_submission(ws.core, self, "published", placeholders=True)
+            command = PublishPipeline(
+                command_id=new_id(),
+                pipeline_id=new_id(),
+                name=name or "pipeline",
+                version=version,
+                description=description or self.description,
+                parameters={k: _text(v) for k, v in self.parameters.items()},
+                submission=msgspec.structs.replace(
+                    stored, command_id="published", run_id="published"
+                ),
+            )
+            await ws.core.send(command)
+            return command.pipeline_id
+
+        return PublishedPipeline.get(ws, ws._run(publish()))
+
     def _submit_to(
         self,
         experiment: Experiment,
@@ -378,10 +423,14 @@ async def pipeline_submission(
     continue_on_step_failure: bool = False,
     tags: dict[str, str] | None = None,
     display_name: str | None = None,
+    placeholders: bool = False,
 ) -> SubmitPipeline:
     """The pipeline as one self-contained ``SubmitPipeline`` (code snapshots uploaded, the
-    parameters' values written into the steps' arguments), with fresh ids; not sent."""
+    parameters' values written into the steps' arguments, or with ``placeholders``
+    ``${{parameters.<name>}}`` for a published pipeline to fill), with fresh ids; not sent."""
     values = dict(pipeline.parameters)
+    if placeholders:
+        values = {name: parameter_ref(name) for name in values}
     unknown = sorted(set(parameters or {}) - set(values))
     if unknown:
         raise InvalidInput(f"pipeline_parameters: the pipeline has no parameter {unknown[0]!r}")
@@ -411,7 +460,8 @@ async def pipeline_submission(
     spec = msgspec.structs.replace(
         spec, steps=steps, continue_on_step_failure=continue_on_step_failure
     )
-    await ws.experiment_id(experiment_name)  # get-or-create, as a job's submission does
+    if not placeholders:  # a run now: get-or-create its experiment, as a job's submission does
+        await ws.experiment_id(experiment_name)
     return SubmitPipeline(
         command_id=new_id(),
         run_id=new_id(),
@@ -489,3 +539,167 @@ class PipelineRun(Run):
         details = self.get_details()
         details["status"] = found["status"]
         return details
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _run_published(
+    workspace: Workspace,
+    experiment_name: str,
+    parameters: dict[str, Any] | None,
+    *,
+    pipeline_id: str | None = None,
+    endpoint: str | None = None,
+) -> PipelineRun:
+    async def send() -> str:
+        await workspace.core.experiment_id(experiment_name)
+        command = RunPublishedPipeline(
+            command_id=new_id(),
+            run_id=new_id(),
+            experiment_name=experiment_name,
+            pipeline_id=pipeline_id,
+            endpoint=endpoint,
+            parameters={k: _text(v) for k, v in (parameters or {}).items()},
+        )
+        await workspace.core.send(command)
+        return command.run_id
+
+    run_id = workspace._run(send())
+    return PipelineRun(Experiment(workspace, experiment_name), run_id)
+
+
+class PublishedPipeline:
+    """A stored pipeline (``pipeline.publish(...)``): ``id``, ``name``, ``version``,
+    ``description``, ``parameters`` (their defaults) and ``endpoint``, the gateway's address
+    that runs it (``POST`` with a bearer token)."""
+
+    def __init__(self, workspace: Workspace, data: dict[str, Any]) -> None:
+        self.workspace = workspace
+        self.id: str = data["id"]
+        self.name: str = data["name"]
+        self.version: str | None = data.get("version")
+        self.description: str = data.get("description") or ""
+        self.parameters: dict[str, str] = dict(data.get("parameters") or {})
+        settings = workspace.settings
+        self.endpoint = (
+            f"http://{settings.gateway_host}:{settings.gateway_port}"
+            f"/api/w/{workspace.name}/pipelines/{self.id}/runs"
+        )
+
+    @staticmethod
+    def get(workspace: Workspace, id: str) -> PublishedPipeline:
+        return PublishedPipeline(workspace, workspace._run(published_pipeline(workspace.core, id)))
+
+    @staticmethod
+    @inherent(active_only="a published pipeline is never disabled: every one is active")
+    def list(workspace: Workspace, active_only: bool = True) -> builtins.list[PublishedPipeline]:
+        """The workspace's published pipelines, newest first."""
+        rows = workspace._run(published_pipelines(workspace.core))
+        return [PublishedPipeline(workspace, row) for row in rows]
+
+    def submit(
+        self,
+        workspace: Workspace,
+        experiment_name: str,
+        pipeline_parameters: dict[str, Any] | None = None,
+    ) -> PipelineRun:
+        """A run of it in ``experiment_name`` (its parameters' values, defaults for the rest)."""
+        return _run_published(workspace, experiment_name, pipeline_parameters, pipeline_id=self.id)
+
+    def __repr__(self) -> str:
+        return f"PublishedPipeline(id={self.id!r}, name={self.name!r}, version={self.version!r})"
+
+
+class PipelineEndpoint:
+    """A name that runs one published pipeline, its default (``add_default`` moves it); its
+    HTTP address is ``endpoint``."""
+
+    def __init__(self, workspace: Workspace, data: dict[str, Any]) -> None:
+        self.workspace = workspace
+        self.name: str = data["name"]
+        self.description: str = data.get("description") or ""
+        self.default_version: str = data["default_pipeline_id"]
+        self.pipelines: builtins.list[str] = list(data["pipelines"])
+        settings = workspace.settings
+        self.endpoint = (
+            f"http://{settings.gateway_host}:{settings.gateway_port}"
+            f"/api/w/{workspace.name}/pipeline-endpoints/{self.name}/runs"
+        )
+
+    @staticmethod
+    def publish(
+        workspace: Workspace,
+        name: str,
+        description: str,
+        pipeline: PublishedPipeline | Pipeline,
+    ) -> PipelineEndpoint:
+        """Endpoint ``name`` over ``pipeline`` (published first when it is a ``Pipeline``),
+        its default; refused when the name exists (``add_default`` adds to one)."""
+        published = _published(pipeline, name)
+        try:
+            PipelineEndpoint.get(workspace, name=name)
+        except NotFound:
+            pass
+        else:
+            raise AlreadyExists(f"pipeline endpoint {name!r} exists; add_default adds to it")
+        workspace._run(
+            workspace.core.send(
+                SetPipelineEndpoint(
+                    command_id=new_id(),
+                    name=name,
+                    pipeline_id=published.id,
+                    description=description,
+                )
+            )
+        )
+        return PipelineEndpoint.get(workspace, name=name)
+
+    @staticmethod
+    @refuses(id="an endpoint is found by its name")
+    def get(
+        workspace: Workspace, id: str | None = None, name: str | None = None
+    ) -> PipelineEndpoint:
+        if name is None:
+            raise InvalidInput("PipelineEndpoint.get: give name=")
+        return PipelineEndpoint(workspace, workspace._run(pipeline_endpoint(workspace.core, name)))
+
+    @refuses(
+        pipeline_version="an endpoint runs its default pipeline; run another with its own"
+        " PublishedPipeline.submit"
+    )
+    def submit(
+        self,
+        experiment_name: str,
+        pipeline_parameters: dict[str, Any] | None = None,
+        pipeline_version: str | None = None,
+    ) -> PipelineRun:
+        """A run of the endpoint's default pipeline in ``experiment_name``."""
+        return _run_published(
+            self.workspace, experiment_name, pipeline_parameters, endpoint=self.name
+        )
+
+    def add_default(self, pipeline: PublishedPipeline | Pipeline) -> None:
+        """Add ``pipeline`` (published first when it is a ``Pipeline``) and make it the one
+        the endpoint runs."""
+        published = _published(pipeline, self.name)
+        self.workspace._run(
+            self.workspace.core.send(
+                SetPipelineEndpoint(command_id=new_id(), name=self.name, pipeline_id=published.id)
+            )
+        )
+        self.default_version = published.id
+        if published.id not in self.pipelines:
+            self.pipelines.append(published.id)
+
+    def __repr__(self) -> str:
+        return f"PipelineEndpoint(name={self.name!r}, default={self.default_version!r})"
+
+
+def _published(pipeline: PublishedPipeline | Pipeline, name: str) -> PublishedPipeline:
+    if isinstance(pipeline, Pipeline):
+        return pipeline.publish(name=name)
+    if not isinstance(pipeline, PublishedPipeline):
+        raise InvalidInput(f"an endpoint runs a PublishedPipeline, not {type(pipeline).__name__}")
+    return pipeline

@@ -203,6 +203,7 @@ def create_app(
     from cairn.services.gateway._assets import ASSET_PAGES
     from cairn.services.gateway._live import LIVE_ROUTES
     from cairn.services.gateway._pages import PAGES
+    from cairn.services.gateway._pipelines import PIPELINE_ROUTES
     from cairn.services.gateway._runs import RUN_PAGES
 
     sessions = CookieBackendConfig(
@@ -229,6 +230,7 @@ def create_app(
             *RUN_PAGES,
             *ASSET_PAGES,
             *API_ROUTES,
+            *PIPELINE_ROUTES,
             *LIVE_ROUTES,
             *mlflow_routes(mlflow_tracker),
             *mlflow_routes(mlflow_tracker, "/mlflow/{workspace:str}"),
