@@ -1,5 +1,6 @@
 """Published pipelines and endpoints with Azure ML v1's names: publish, get, list, submit with
-a parameter, an endpoint over it, a second version made its default. Prints one JSON line."""
+a parameter, an endpoint over it, a second version made its default, a daily schedule of it.
+Prints one JSON line."""
 
 import json
 import sys
@@ -11,6 +12,8 @@ from cairn.sdk import (
     PipelineParameter,
     PublishedPipeline,
     PythonScriptStep,
+    Schedule,
+    ScheduleRecurrence,
     Workspace,
 )
 
@@ -65,5 +68,22 @@ out["default"] = [again.default_version == second.id, len(again.pipelines)]
 run = again.submit("published-runs")
 run.wait_for_completion(show_output=False, timeout_seconds=120)
 out["endpoint_run"] = [run.get_status(), logs(run).strip()]
+recurrence = ScheduleRecurrence(frequency="Day", interval=1, start_time="2031-01-01T00:00:00")
+Schedule.create(
+    ws,
+    "echo-daily",
+    pipeline_id=first.id,
+    experiment_name="scheduled-echo",
+    recurrence=recurrence,
+    pipeline_parameters={"scale": 9},
+)
+schedule = Schedule.get(ws, "echo-daily")
+stored = schedule._record["submission"]
+out["schedule"] = [
+    schedule.pipeline_id == first.id,
+    stored["type"],
+    stored["experiment_name"],
+    stored["pipeline"]["steps"][0]["job"]["command"][-1],
+]
 out["ids"] = {"first": first.id, "second": second.id}
 print(json.dumps(out))

@@ -48,6 +48,7 @@ async def test_published_pipelines_and_endpoints_run_with_parameters(
     assert got["twice"] == "AlreadyExists"
     assert got["default"] == [True, 2]
     assert got["endpoint_run"] == ["Completed", "scale=3"]
+    assert got["schedule"] == [True, "SubmitPipeline", "scheduled-echo", "9"]
 
     first = got["ids"]["first"]
     base = f"/api/w/{client.workspace}"

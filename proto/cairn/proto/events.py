@@ -521,6 +521,8 @@ class PipelineSubmitted(Event, frozen=True, kw_only=True):
     display_name: Name | None = None
     description: Text = ""
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: the schedule's fire that submitted it (checked against the schedule's log)
+    scheduled: ScheduledBy | None = None
 
 
 class PipelineStepStarted(Event, frozen=True, kw_only=True):

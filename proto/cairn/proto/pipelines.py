@@ -27,6 +27,7 @@ from cairn.proto.jobs import JobSpec, ScheduledBy
 __all__ = [
     "PIPELINE_COMMAND_TYPES",
     "PIPELINE_QUERY_TYPES",
+    "PUBLISHED_TAG",
     "GetPipeline",
     "GetPipelineEndpoint",
     "GetPublishedPipeline",
@@ -41,6 +42,11 @@ __all__ = [
     "SubmitPipeline",
     "step_run_id",
 ]
+
+
+#: the tag of a run of a published pipeline (and of a schedule's stored submission of one)
+#: naming the published pipeline
+PUBLISHED_TAG = "published_pipeline_id"
 
 
 def step_run_id(pipeline_run_id: str, step: str) -> str:

@@ -25,6 +25,7 @@ from cairn.projection import Tables
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.pipelines import (
+    PUBLISHED_TAG,
     GetPipelineEndpoint,
     GetPublishedPipeline,
     ListPublishedPipelines,
@@ -112,7 +113,7 @@ class PublishedPipelines:
             run_id=cmd.run_id,
             experiment_name=cmd.experiment_name,
             display_name=cmd.display_name or stored.display_name or published.name,
-            tags={**stored.tags, **cmd.tags},
+            tags={**stored.tags, **cmd.tags, PUBLISHED_TAG: pipeline_id},
             scheduled=None,
         )
         return await self.service.submit(req, submission)
