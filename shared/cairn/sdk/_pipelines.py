@@ -210,6 +210,8 @@ class PythonScriptStep:
         self.outputs = list(outputs or [])
         #: variables ``AML_PARAMETER_<name>``, as Azure ML sets them
         self.params = dict(params or {})
+        #: None: the pipeline's ``default_source_directory``, else the current directory
+        self.source_given = source_directory is not None
         self.source_directory = Path(source_directory or ".")
         self.allow_reuse = allow_reuse
         for item in self.outputs:
@@ -292,6 +294,10 @@ class Pipeline:
         self.default_datastore = _store_name(default_datastore)
         self.default_source_directory = default_source_directory
         self.steps = _closure(steps)
+        if default_source_directory is not None:
+            for step in self.steps:
+                if not step.source_given:
+                    step.source_directory = Path(default_source_directory)
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             twice = sorted({n for n in names if names.count(n) > 1})
