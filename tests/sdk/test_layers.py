@@ -18,6 +18,7 @@ FACADE = {
     "_runtime",
     "_sync",
     "_pipelines",
+    "_pipelineruns",
     "_assets",
     "_models",
     "_datastores",
