@@ -167,7 +167,7 @@ async def test_show_lists_a_fire_with_its_run(
 async def test_the_v1_names(client: Client, client_settings: Settings, tmp_path: Path) -> None:
     env = sdk_env(client_settings, client.workspace, tmp_path / "home")
     got = await run_script("schedule_script.py", env=env, cwd=tmp_path)
-    assert got["pipeline"][0] == "Unsupported" and "pipeline_id=" in got["pipeline"][1]
+    assert got["pipeline"][0] == "NotFound" and "no published pipeline p1" in got["pipeline"][1]
     assert got["frequency"][0] == "InvalidInput" and "Fortnight" in got["frequency"][1]
     assert got["described"][0] == "InvalidInput" and "job.yml: description:" in got["described"][1]
     name, status, description, dues = got["created"]

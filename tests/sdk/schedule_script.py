@@ -1,5 +1,5 @@
-"""Azure ML v1's Schedule names over Cairn: a pipeline schedule is refused naming
-pipeline_id; a job schedule on a recurrence is created, listed, disabled and enabled."""
+"""Azure ML v1's Schedule names over Cairn: a schedule of a published pipeline that does not
+exist is refused; a job schedule on a recurrence is created, listed, disabled and enabled."""
 
 import json
 from pathlib import Path

@@ -17,6 +17,8 @@ SDK = ROOT / "shared" / "cairn" / "sdk"
 FACADE = {
     "_runtime",
     "_sync",
+    "_pipelines",
+    "_pipelineruns",
     "_assets",
     "_models",
     "_datastores",
@@ -50,6 +52,7 @@ CORE = {
     "_async_schedules",
     "_async_events",
     "_async_endpoints",
+    "_async_pipelines",
     "_jobs",
     "_hyperdrive",
     "_metrics",

@@ -41,7 +41,12 @@ from cairn.proto.feed import ReadEvents
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
-from cairn.proto.pipelines import PipelineSpec, PipelineStep, SubmitPipeline
+from cairn.proto.pipelines import (
+    PipelineSpec,
+    PipelineStep,
+    RunPublishedPipeline,
+    SubmitPipeline,
+)
 from cairn.proto.registry import RegisterModelVersion
 from cairn.proto.schedules import DisableSchedule
 from cairn.proto.secrets import ReadSecret, SetSecret
@@ -109,6 +114,9 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
             pipeline=PipelineSpec(
                 steps=[PipelineStep(name="a", compute="mx-none", job=JobSpec(command=["true"]))]
             ),
+        ),
+        "published pipelines": lambda: RunPublishedPipeline(
+            command_id=cid(), run_id=cid()[:12], experiment_name="matrix", pipeline_id="mx-none"
         ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
         "sweep commands": lambda: CancelSweep(command_id=cid(), run_id="mx-missing"),

@@ -25,7 +25,7 @@ from cairn.proto.assets import AssetSpec, DataFile
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec, ScheduledBy
 from cairn.proto.members import Role
-from cairn.proto.pipelines import PipelineSpec
+from cairn.proto.pipelines import PipelineSpec, SubmitPipeline
 from cairn.proto.schedules import CatchUp, Submission, Trigger
 from cairn.proto.secrets import SecretName
 from cairn.proto.serving import DeploymentSpec
@@ -64,6 +64,8 @@ __all__ = [
     "ModelVersionRegistered",
     "ModelVersionRestored",
     "PipelineEnded",
+    "PipelineEndpointSet",
+    "PipelinePublished",
     "PipelineStepEnded",
     "PipelineStepReused",
     "PipelineStepStarted",
@@ -534,6 +536,8 @@ class PipelineSubmitted(Event, frozen=True, kw_only=True):
     display_name: Name | None = None
     description: Text = ""
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: the schedule's fire that submitted it (checked against the schedule's log)
+    scheduled: ScheduledBy | None = None
 
 
 class PipelineStepStarted(Event, frozen=True, kw_only=True):
@@ -575,6 +579,30 @@ class PipelineEnded(Event, frozen=True, kw_only=True):
     KIND = "pipeline"
     status: Literal["Completed", "Failed", "Canceled"]
     error: Text = ""
+
+
+class PipelinePublished(Event, frozen=True, kw_only=True):
+    """Published pipeline ``pipeline_id``: a stored ``SubmitPipeline`` and its parameters'
+    defaults (``${{parameters.<name>}}`` in its steps' commands)."""
+
+    KIND = "published_pipeline"
+    pipeline_id: Id
+    name: Name
+    version: Name | None = None
+    description: Text = ""
+    parameters: dict[Id, Text] = msgspec.field(default_factory=dict)
+    submission: SubmitPipeline
+
+
+class PipelineEndpointSet(Event, frozen=True, kw_only=True):
+    """Published pipeline ``pipeline_id`` added to endpoint ``name`` (``default``: the one
+    the endpoint runs from now on)."""
+
+    KIND = "pipeline_endpoint"
+    name: Name
+    pipeline_id: Id
+    default: bool
+    description: Text = ""
 
 
 class WebhookCreated(Event, frozen=True, kw_only=True):
@@ -867,6 +895,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PipelineStepReused,
         PipelineStepEnded,
         PipelineEnded,
+        PipelinePublished,
+        PipelineEndpointSet,
         WebhookCreated,
         WebhookDeleted,
         WebhookSecretResealed,

@@ -22,19 +22,31 @@ import msgspec
 
 from cairn.proto._base import Count, Id, Key, Name, Strict, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
-from cairn.proto.jobs import JobSpec
+from cairn.proto.jobs import JobSpec, ScheduledBy
 
 __all__ = [
     "PIPELINE_COMMAND_TYPES",
     "PIPELINE_QUERY_TYPES",
+    "PUBLISHED_TAG",
     "GetPipeline",
+    "GetPipelineEndpoint",
+    "GetPublishedPipeline",
+    "ListPublishedPipelines",
     "PipelineOutput",
     "PipelineSpec",
     "PipelineStep",
+    "PublishPipeline",
+    "RunPublishedPipeline",
+    "SetPipelineEndpoint",
     "StepInput",
     "SubmitPipeline",
     "step_run_id",
 ]
+
+
+#: the tag of a run of a published pipeline (and of a schedule's stored submission of one)
+#: naming the published pipeline
+PUBLISHED_TAG = "published_pipeline_id"
 
 
 def step_run_id(pipeline_run_id: str, step: str) -> str:
@@ -102,6 +114,70 @@ class SubmitPipeline(Command, frozen=True, kw_only=True, tag=True):
     display_name: Name | None = None
     description: Text = ""
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: the schedule's fire that sends it (a stored submission); the pipelines service accepts
+    #: it only when the schedule's log records that fire with this run id
+    scheduled: ScheduledBy | None = None
+
+
+class PublishPipeline(Command, frozen=True, kw_only=True, tag=True):
+    """Store ``submission`` (a ``SubmitPipeline`` with placeholder ids, its code already
+    uploaded) as published pipeline ``pipeline_id`` (made by the client): each run of it sends
+    it again with new ids, ``${{parameters.<name>}}`` in its steps' commands filled with the
+    run's values or ``parameters``' defaults."""
+
+    VERB = "pipeline.publish"
+    pipeline_id: Id
+    name: Name
+    version: Name | None = None
+    description: Text = ""
+    parameters: dict[Id, Text] = msgspec.field(default_factory=dict)
+    submission: SubmitPipeline
+
+
+class SetPipelineEndpoint(Command, frozen=True, kw_only=True, tag=True):
+    """Add published pipeline ``pipeline_id`` to endpoint ``name`` (made when new, with that
+    pipeline as its default); ``make_default``: it becomes the one the endpoint runs."""
+
+    VERB = "pipeline.endpoint"
+    name: Name
+    pipeline_id: Id
+    make_default: bool = True
+    description: Text = ""
+
+
+class RunPublishedPipeline(Command, frozen=True, kw_only=True, tag=True):
+    """Run published pipeline ``pipeline_id``, or endpoint ``endpoint``'s default one, as
+    pipeline run ``run_id`` of ``experiment_name`` (its parameters' values in
+    ``parameters``, the defaults for the rest)."""
+
+    VERB = "pipeline.run"
+    run_id: Id
+    experiment_name: Name
+    pipeline_id: Id | None = None
+    endpoint: Name | None = None
+    parameters: dict[Id, Text] = msgspec.field(default_factory=dict)
+    display_name: Name | None = None
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class GetPublishedPipeline(Query, frozen=True, kw_only=True, tag=True):
+    """A published pipeline: its name, version, parameters and stored submission."""
+
+    NAME = "pipeline.published.get"
+    pipeline_id: Id
+
+
+class ListPublishedPipelines(Query, frozen=True, kw_only=True, tag=True):
+    """The workspace's published pipelines, newest first (without their submissions)."""
+
+    NAME = "pipeline.published.list"
+
+
+class GetPipelineEndpoint(Query, frozen=True, kw_only=True, tag=True):
+    """An endpoint: its default pipeline and the pipelines added to it."""
+
+    NAME = "pipeline.endpoint.get"
+    name: Name
 
 
 class GetPipeline(Query, frozen=True, kw_only=True, tag=True):
@@ -111,5 +187,15 @@ class GetPipeline(Query, frozen=True, kw_only=True, tag=True):
     run_id: Id
 
 
-PIPELINE_COMMAND_TYPES: tuple[type[Command], ...] = (SubmitPipeline,)
-PIPELINE_QUERY_TYPES: tuple[type[Query], ...] = (GetPipeline,)
+PIPELINE_COMMAND_TYPES: tuple[type[Command], ...] = (
+    SubmitPipeline,
+    PublishPipeline,
+    SetPipelineEndpoint,
+    RunPublishedPipeline,
+)
+PIPELINE_QUERY_TYPES: tuple[type[Query], ...] = (
+    GetPipeline,
+    GetPublishedPipeline,
+    ListPublishedPipelines,
+    GetPipelineEndpoint,
+)

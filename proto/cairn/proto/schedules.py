@@ -28,6 +28,7 @@ import msgspec
 from cairn.proto._base import Id, Name, Strict, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
 from cairn.proto.jobs import SubmitJob
+from cairn.proto.pipelines import SubmitPipeline
 
 __all__ = [
     "SCHEDULE_COMMAND_TYPES",
@@ -106,10 +107,10 @@ class EventTrigger(Strict, frozen=True, kw_only=True, tag="event", tag_field="ty
 
 Trigger = CronTrigger | RecurrenceTrigger | EventTrigger
 
-#: what a schedule submits: a wire submission as a client sends it. Each fire replaces its
-#: ``command_id`` and ``run_id`` with ids derived from the fire and sets ``scheduled``; a
-#: second variant (a pipeline submission with the same three fields) joins this union.
-Submission = SubmitJob
+#: what a schedule submits: a wire submission as a client sends it, a job's or a pipeline's
+#: (a published pipeline's stored submission, its parameters filled). Each fire replaces its
+#: ``command_id`` and ``run_id`` with ids derived from the fire and sets ``scheduled``.
+Submission = SubmitJob | SubmitPipeline
 
 
 class CreateSchedule(Command, frozen=True, kw_only=True, tag=True):

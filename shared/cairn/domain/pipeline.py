@@ -278,6 +278,7 @@ def _submit(state: PipelineState, command: SubmitResolvedPipeline) -> list[Event
             display_name=submit.display_name,
             description=submit.description,
             tags=submit.tags,
+            scheduled=submit.scheduled,
         )
     ]
 

@@ -5,12 +5,13 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
-``_async_schedules``, ``_async_events``, ``_jobs`` <- ``_async_endpoints`` <-
-``_hyperdrive`` (sweeps: their configuration and their core calls) <-
+``_async_schedules``, ``_async_events``, ``_async_pipelines``, ``_jobs`` <-
+``_async_endpoints`` <- ``_hyperdrive`` (sweeps: their configuration and their core calls) <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_webservice`` <- ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <-
 ``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <-
-``_estimators``, ``_sync``. Bytes move through :mod:`cairn.data`.
+``_estimators``, ``_sync`` <- ``_pipelineruns`` <- ``_pipelines`` (Azure ML v1's Python
+pipelines). Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
@@ -56,6 +57,14 @@ from cairn.sdk._pipelinefile import (
     register_component_file,
     registered_reference,
     submit_pipeline,
+)
+from cairn.sdk._pipelineruns import PipelineEndpoint, PipelineRun, PublishedPipeline, StepRun
+from cairn.sdk._pipelines import (
+    OutputFileDatasetConfig,
+    Pipeline,
+    PipelineData,
+    PipelineParameter,
+    PythonScriptStep,
 )
 from cairn.sdk._runconfig import (
     DEFAULT_CPU_IMAGE,
@@ -111,8 +120,16 @@ __all__ = [
     "Model",
     "NoTerminationPolicy",
     "OfflineRun",
+    "OutputFileDatasetConfig",
+    "Pipeline",
+    "PipelineData",
+    "PipelineEndpoint",
+    "PipelineParameter",
+    "PipelineRun",
     "PrimaryMetricGoal",
+    "PublishedPipeline",
     "PyTorch",
+    "PythonScriptStep",
     "RandomParameterSampling",
     "Run",
     "RunConfiguration",
@@ -121,6 +138,7 @@ __all__ = [
     "Schedule",
     "ScheduleRecurrence",
     "ScriptRunConfig",
+    "StepRun",
     "TensorFlow",
     "TruncationSelectionPolicy",
     "Webservice",

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from cairn.proto.commands import Accepted
-from cairn.proto.jobs import SubmitJob
 from cairn.proto.schedules import (
     CatchUp,
     CreateSchedule,
@@ -15,6 +14,7 @@ from cairn.proto.schedules import (
     EnableSchedule,
     GetSchedule,
     ListSchedules,
+    Submission,
     Trigger,
     UpdateSchedule,
 )
@@ -33,7 +33,7 @@ class AsyncSchedules:
         self,
         name: str,
         trigger: Trigger,
-        submission: SubmitJob,
+        submission: Submission,
         *,
         catch_up: CatchUp = "once",
         display_name: str | None = None,
@@ -61,7 +61,7 @@ class AsyncSchedules:
         name: str,
         *,
         trigger: Trigger | None = None,
-        submission: SubmitJob | None = None,
+        submission: Submission | None = None,
         catch_up: CatchUp | None = None,
         display_name: str | None = None,
         description: str | None = None,

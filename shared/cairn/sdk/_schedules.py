@@ -1,9 +1,9 @@
 """``Schedule`` and ``ScheduleRecurrence`` with the Azure ML v1 names: a facade over
 ``ws.schedules``.
 
-Azure ML v1 schedules a published pipeline (``pipeline_id=``); Cairn has no published
-pipelines yet, so that is refused by name, and a schedule submits a job instead
-(``job=``: a ``ScriptRunConfig`` or the path of a job file)::
+As in Azure ML v1 a schedule runs a published pipeline (``pipeline_id=``, its
+``pipeline_parameters=``); it may also submit a job (``job=``: a ``ScriptRunConfig`` or the
+path of a job file)::
 
     recurrence = ScheduleRecurrence(frequency="Day", interval=1, hours=[2], minutes=[0])
     schedule = Schedule.create(ws, "nightly", experiment_name="train", job=config,
@@ -18,9 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import msgspec
+
+from cairn.domain.published import fill_parameters
 from cairn.domain.triggers import check_trigger
 from cairn.errors import InvalidInput
+from cairn.proto.pipelines import PUBLISHED_TAG, SubmitPipeline
 from cairn.proto.schedules import RecurrencePattern, RecurrenceTrigger, WeekDay
+from cairn.sdk._async_pipelines import published_pipeline
 from cairn.sdk._jobfile import load_job_file
 from cairn.sdk._jobs import ScriptRunConfig
 from cairn.sdk._refusals import inherent, refuses
@@ -30,7 +35,6 @@ __all__ = ["Schedule", "ScheduleRecurrence"]
 
 _AT_ONCE = "a schedule's change holds from the moment it is recorded; nothing is provisioned"
 _FREQUENCIES = ("minute", "hour", "day", "week", "month")
-_PIPELINES = "published pipelines do not exist in Cairn yet; schedule a job with job="
 _DATASTORE_TRIGGER = (
     "Cairn triggers on a new dataset version instead of polling a datastore path:"
     " a schedule file with trigger: {type: event, on: dataset_version, name: ...}"
@@ -135,9 +139,11 @@ class Schedule:
         return str(self._record.get("description") or "")
 
     @property
-    def pipeline_id(self) -> None:
-        """Always None: a Cairn schedule submits a job."""
-        return None
+    def pipeline_id(self) -> str | None:
+        """The published pipeline it runs (None: it runs a job)."""
+        tags = (self._record.get("submission") or {}).get("tags") or {}
+        found = tags.get(PUBLISHED_TAG)
+        return str(found) if found else None
 
     @property
     def next_dues(self) -> builtins.list[str]:
@@ -150,8 +156,6 @@ class Schedule:
 
     @staticmethod
     @refuses(
-        pipeline_id=_PIPELINES,
-        pipeline_parameters=_PIPELINES,
         datastore=_DATASTORE_TRIGGER,
         polling_interval=_DATASTORE_TRIGGER,
         path_on_datastore=_DATASTORE_TRIGGER,
@@ -175,12 +179,30 @@ class Schedule:
         path_on_datastore: str | None = None,
         job: ScriptRunConfig | str | Path | None = None,
     ) -> Schedule:
-        """Create schedule ``name`` submitting ``job`` (a ``ScriptRunConfig``, or a job file's
-        path) as a run of ``experiment_name`` on ``recurrence``."""
-        if job is None:
-            raise InvalidInput("Schedule.create: job= names what to run (a ScriptRunConfig)")
+        """Create schedule ``name`` submitting published pipeline ``pipeline_id`` (its
+        parameters' values in ``pipeline_parameters``, the defaults for the rest) or ``job`` (a
+        ``ScriptRunConfig``, or a job file's path) as a run of ``experiment_name`` on
+        ``recurrence``."""
         if recurrence is None:
             raise InvalidInput("Schedule.create: recurrence= says when (a ScheduleRecurrence)")
+        if pipeline_id is not None:
+            if job is not None:
+                raise InvalidInput("Schedule.create: give pipeline_id= or job=, not both")
+            return _pipeline_schedule(
+                workspace,
+                name,
+                pipeline_id,
+                experiment_name or "default",
+                recurrence,
+                description or "",
+                pipeline_parameters or {},
+            )
+        if pipeline_parameters is not None:
+            raise InvalidInput("Schedule.create: pipeline_parameters= is for a pipeline_id=")
+        if job is None:
+            raise InvalidInput(
+                "Schedule.create: job= (a ScriptRunConfig) or pipeline_id= names what to run"
+            )
         tags: dict[str, str] = {}
         display_name = None
         if isinstance(job, (str, Path)):
@@ -213,7 +235,10 @@ class Schedule:
         return Schedule(workspace, workspace._run(workspace.core.schedules.get(id)))
 
     @staticmethod
-    @refuses(pipeline_id=_PIPELINES, pipeline_endpoint_id=_PIPELINES)
+    @refuses(
+        pipeline_id="list them all and read each schedule's pipeline_id",
+        pipeline_endpoint_id="a schedule runs a published pipeline, not an endpoint",
+    )
     def list(
         workspace: WorkspaceBase,
         active_only: bool = True,
@@ -242,3 +267,36 @@ class Schedule:
 
     def __repr__(self) -> str:
         return f"Schedule(name={self.name!r}, status={self.status!r})"
+
+
+def _pipeline_schedule(
+    workspace: WorkspaceBase,
+    name: str,
+    pipeline_id: str,
+    experiment_name: str,
+    recurrence: ScheduleRecurrence,
+    description: str,
+    parameters: dict[str, Any],
+) -> Schedule:
+    """A schedule of published pipeline ``pipeline_id``: its stored submission, the
+    parameters filled now, stored as the schedule's."""
+    trigger = recurrence.trigger()
+    core = workspace.core
+
+    async def go() -> dict[str, Any]:
+        found = await published_pipeline(core, pipeline_id)
+        stored = msgspec.convert(found["submission"], SubmitPipeline)
+        given = {
+            k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in parameters.items()
+        }
+        filled = fill_parameters(stored, dict(found["parameters"]), given)
+        await core.experiment_id(experiment_name)
+        submission = msgspec.structs.replace(
+            filled,
+            experiment_name=experiment_name,
+            display_name=filled.display_name or found["name"],
+            tags={**filled.tags, PUBLISHED_TAG: pipeline_id},
+        )
+        return await core.schedules.create(name, trigger, submission, description=description)
+
+    return Schedule(workspace, workspace._run(go()))

@@ -224,14 +224,40 @@ class Experiment:
 
     def submit(
         self,
-        config: ScriptRunConfig | SweepConfig,
+        config: ScriptRunConfig | SweepConfig | Any,
         tags: dict[str, Any] | None = None,
         display_name: str | None = None,
+        *,
+        regenerate_outputs: bool = False,
+        pipeline_parameters: dict[str, Any] | None = None,
+        continue_on_step_failure: bool = False,
     ) -> Run:
         """Run ``config`` (a ``ScriptRunConfig`` or ``Estimator``) as a job on its compute
-        target, or a ``HyperDriveConfig`` (any ``SweepConfig``) as a sweep (a
-        ``HyperDriveRun``); returns the run at once."""
+        target, a ``HyperDriveConfig`` (any ``SweepConfig``) as a sweep (a
+        ``HyperDriveRun``), or a ``Pipeline`` as a pipeline run (a ``PipelineRun``:
+        ``regenerate_outputs`` runs every step even where a run could be reused,
+        ``pipeline_parameters`` the values of its ``PipelineParameter``s); returns the run at
+        once."""
         tag_values = {k: str(v) for k, v in (tags or {}).items()}
+        submit_to = getattr(config, "_submit_to", None)
+        if submit_to is not None:  # a Pipeline (cairn.sdk._pipelines, above this module)
+            run: Run = submit_to(
+                self,
+                tags=tag_values,
+                display_name=display_name,
+                regenerate_outputs=regenerate_outputs,
+                pipeline_parameters=pipeline_parameters,
+                continue_on_step_failure=continue_on_step_failure,
+            )
+            return run
+        given = {
+            "regenerate_outputs": regenerate_outputs,
+            "pipeline_parameters": pipeline_parameters,
+            "continue_on_step_failure": continue_on_step_failure,
+        }
+        named = [k for k, v in given.items() if v not in (False, None)]
+        if named:
+            raise InvalidInput(f"experiment.submit: {named[0]}= is for a Pipeline only")
         submitted = self._core.submit(config, tags=tag_values, display_name=display_name)
         core = self.workspace._run(submitted)
         if isinstance(config, AutoMLConfig):

@@ -204,6 +204,7 @@ def create_app(
     from cairn.services.gateway._assets import ASSET_PAGES
     from cairn.services.gateway._live import LIVE_ROUTES
     from cairn.services.gateway._pages import PAGES
+    from cairn.services.gateway._pipelines import PIPELINE_ROUTES
     from cairn.services.gateway._runs import RUN_PAGES
 
     sessions = CookieBackendConfig(
@@ -230,6 +231,7 @@ def create_app(
             *RUN_PAGES,
             *ASSET_PAGES,
             *API_ROUTES,
+            *PIPELINE_ROUTES,
             *LIVE_ROUTES,
             score,
             swagger,

@@ -8,10 +8,12 @@
   appended before the run is submitted, so no end of it is missed.
 * ``reuse``: the completed step runs a later step with the same reuse key may stand for
   (the latest per key).
+* ``published``: the published pipelines (``pipeline.published.list``).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -20,6 +22,7 @@ from cairn.proto.events import (
     Envelope,
     Event,
     PipelineEnded,
+    PipelinePublished,
     PipelineStepEnded,
     PipelineStepReused,
     PipelineStepStarted,
@@ -32,7 +35,7 @@ from cairn.proto.events import (
     RunSubmitted,
 )
 
-__all__ = ["PipelinesProjection", "read_pipeline"]
+__all__ = ["PipelinesProjection", "read_pipeline", "read_published"]
 
 _RUN_STATUS: dict[type[Event], str] = {
     RunCreated: "NotStarted",
@@ -46,9 +49,9 @@ _RUN_STATUS: dict[type[Event], str] = {
 
 class PipelinesProjection:
     name = "pipelines"
-    version = 1
-    tables: tuple[str, ...] = ("pipelines", "steps", "watch", "reuse")
-    source = events_of("pipeline", "run")
+    version = 2
+    tables: tuple[str, ...] = ("pipelines", "steps", "watch", "reuse", "published")
+    source = events_of("pipeline", "run", "published_pipeline")
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
@@ -70,12 +73,32 @@ class PipelinesProjection:
             f"CREATE TABLE {t('reuse')} (workspace TEXT, reuse_key TEXT, run_id TEXT,"
             " PRIMARY KEY (workspace, reuse_key))"
         )
+        db.execute(
+            f"CREATE TABLE {t('published')} (workspace TEXT, pipeline_id TEXT, name TEXT,"
+            " version TEXT, description TEXT, parameters TEXT, published_at REAL, seq INTEGER,"
+            " PRIMARY KEY (workspace, pipeline_id))"
+        )
 
     def apply(self, db: sqlite3.Connection, t: Tables, item: Delivered[Envelope[Event]]) -> None:
         env, seq = item.value, item.seq
         ws, ev, at = env.workspace, env.data, env.timestamp.timestamp()
         if env.aggregate_kind == "run":
             self._run(db, t, ws, env.aggregate_id, ev, seq)
+            return
+        if isinstance(ev, PipelinePublished):
+            db.execute(
+                f"INSERT OR IGNORE INTO {t('published')} VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    ws,
+                    ev.pipeline_id,
+                    ev.name,
+                    ev.version,
+                    ev.description,
+                    json.dumps(ev.parameters),
+                    at,
+                    seq,
+                ),
+            )
             return
         pid = env.aggregate_id
         touch = f"UPDATE {t('pipelines')} SET seq=? WHERE workspace=? AND run_id=?"
@@ -163,4 +186,18 @@ def read_pipeline(db: sqlite3.Connection, t: Tables, ws: str, run_id: str) -> di
     )
     keys = "step run_id status reused_run_id reason error started_at ended_at"
     found["steps"] = [dict(zip(keys.split(), r, strict=True)) for r in rows]
+    return found
+
+
+def read_published(db: sqlite3.Connection, t: Tables, ws: str) -> list[dict[str, Any]]:
+    """The workspace's published pipelines, newest first."""
+    rows = db.execute(
+        f"SELECT pipeline_id, name, version, description, parameters, published_at"
+        f" FROM {t('published')} WHERE workspace=? ORDER BY seq DESC",
+        (ws,),
+    )
+    keys = "id name version description parameters published_at"
+    found = [dict(zip(keys.split(), r, strict=True)) for r in rows]
+    for item in found:
+        item["parameters"] = json.loads(item["parameters"])
     return found

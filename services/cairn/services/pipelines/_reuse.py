@@ -4,11 +4,11 @@
 * the environment: its resolved spec hash (a named one at the version it resolves to now);
 * the command, its variables and its declared outputs;
 * every input's content: a dataset version's spec hash (which covers the fingerprint of each
-  of its files), a datastore path's files as they are now (path, size, and the SHA-256 of
-  a local file or the ETag of an object: a file changed in place changes the key), a model
-  version as the input names it now (its number and its files' digests), and for an input
-  bound to an upstream step the digests of the files that step's run stored under that
-  output.
+  of its files at registration) and its datastore files as they are now, a datastore path's
+  files as they are now (path, size, and the SHA-256 of a local file or the ETag of an
+  object: a file changed in place changes the key), a model version as the input names it
+  now (its number and its files' digests), and for an input bound to an upstream step the
+  digests of the files that step's run stored under that output.
 
 A step reading a URL has no key ("" : never reused): its bytes have no fingerprint short of
 downloading them.
@@ -61,7 +61,7 @@ async def _input(
         return ["model", item.model, found.version, files]
     if item.dataset is not None:
         ev = await resolve_asset(cache, settings, ws, "dataset", item.dataset, item.version)
-        return ["dataset", item.dataset, ev.version, ev.spec_hash]
+        return ["dataset", item.dataset, ev.version, ev.spec_hash, await _now(stores, ev.spec)]
     store = await stores.get(item.datastore or "")
     prefix = item.path.strip("/")
     entries = await store.list(prefix)
@@ -72,6 +72,21 @@ async def _input(
         known = entry if entry.etag else await store.fingerprint(entry)
         files.append([known.path, known.size, known.etag])
     return ["datastore", item.datastore, prefix, files]
+
+
+async def _now(stores: Datastores, spec: Any) -> list[list[Any]]:
+    """A dataset version's datastore files as they are now (a snapshot's copies cannot
+    change): a file changed in place since registration changes the key, so a step is never
+    reused over bytes its version no longer names."""
+    files = []
+    for f in getattr(spec, "files", []):
+        if f.blob is not None:
+            continue
+        store = await stores.get(f.datastore)
+        now = await store.stat(f.path)
+        now = await store.fingerprint(now) if now is not None and not now.etag else now
+        files.append([f.datastore, f.path, None if now is None else [now.size, now.etag]])
+    return files
 
 
 def output_fingerprint(files: dict[str, str], folder: str) -> list[list[str]]:

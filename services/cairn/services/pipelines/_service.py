@@ -67,6 +67,7 @@ from cairn.proto.events import PipelineStepReused, PipelineSubmitted
 from cairn.proto.jobs import JobInput, SubmitJob, derived_id
 from cairn.proto.pipelines import (
     PIPELINE_COMMAND_TYPES,
+    PIPELINE_QUERY_TYPES,
     GetPipeline,
     PipelineStep,
     SubmitPipeline,
@@ -74,6 +75,7 @@ from cairn.proto.pipelines import (
 from cairn.rpc import Client, Request, Responder
 from cairn.service import ProjectedService
 from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
+from cairn.services.pipelines._published import PublishedPipelines
 from cairn.services.pipelines._reuse import reuse_key, upstream_fingerprint
 from cairn.services.scheduler._pythons import Pythons
 from cairn.services.scheduler._resolve import EXISTS_FOR_S, resolve_asset, resolve_job
@@ -102,20 +104,21 @@ class PipelinesService(ProjectedService):
         self.pythons = Pythons(conn, downloads=settings.python_downloads)
         self.seen: dict[tuple[str, str], int] = {}  # pipeline -> the seq last reconciled
         self.full_pass_at = 0.0
+        self.published = PublishedPipelines(self)
         self.responders = [
             Responder(
                 conn,
                 subjects=[subjects.command_filter("pipeline")],
                 queue="pipelines",
                 types=PIPELINE_COMMAND_TYPES,
-                routes={SubmitPipeline.VERB: self._submit},
+                routes={SubmitPipeline.VERB: self._submit, **self.published.commands()},
             ),
             Responder(
                 conn,
                 subjects=[subjects.query_filter("pipeline")],
                 queue="pipelines",
-                types=(GetPipeline,),
-                routes={GetPipeline.NAME: self._get},
+                types=PIPELINE_QUERY_TYPES,
+                routes={GetPipeline.NAME: self._get, **self.published.queries()},
             ),
         ]
 
@@ -140,13 +143,16 @@ class PipelinesService(ProjectedService):
     # -- commands -------------------------------------------------------------------------
 
     async def _submit(self, req: Request) -> Accepted:
-        cmd: SubmitPipeline = req.body
+        return await self.submit(req, req.body)
+
+    async def submit(self, req: Request, cmd: SubmitPipeline) -> Accepted:
+        """Check ``cmd`` and record it under ``req``'s command id and sender; create its run."""
         ws = req.workspace
         await lookup.require_workspace(self.cache, ws)
+        if cmd.scheduled is not None:
+            await self.published.check_fired(ws, cmd, req.actor)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
-        pipelines.check_pipeline(cmd.pipeline)
-        for step in cmd.pipeline.steps:
-            await self._check_step(ws, cmd, step)
+        await self.check(ws, cmd)
         submit = pipelines.SubmitResolvedPipeline(command=cmd, experiment_id=experiment_id)
         accepted = await execute(
             req.context(), pipelines.AGGREGATE, cmd.run_id, submit, cache=self.cache, new=True
@@ -154,6 +160,12 @@ class PipelinesService(ProjectedService):
         state = await self._state(ws, cmd.run_id)
         seq = await self._ensure_run(ws, state, experiment_id)
         return msgspec.structs.replace(accepted, seq=max(accepted.seq, seq))
+
+    async def check(self, ws: str, cmd: SubmitPipeline) -> None:
+        """Refuse what the scheduler would refuse when a step starts (a bad graph too)."""
+        pipelines.check_pipeline(cmd.pipeline)
+        for step in cmd.pipeline.steps:
+            await self._check_step(ws, cmd, step)
 
     async def _check_step(self, ws: str, cmd: SubmitPipeline, step: PipelineStep) -> None:
         """Refuse at submission what the scheduler would refuse when the step starts."""

@@ -303,6 +303,8 @@ class SchedulerService(ProjectedService):
         if cmd.job.serve is not None:  # a replica is the deployment's, never a person's job
             raise InvalidInput("job.serve is set by endpoint.deploy alone: deploy a model")
         await lookup.require_workspace(self.cache, ws)
+        if cmd.scheduled is not None:  # who may claim a fire: before anything else
+            await self._check_fired(req, cmd)
         try:
             submit = await self._resolve_submit(ws, cmd)
         except CairnError:
@@ -320,8 +322,6 @@ class SchedulerService(ProjectedService):
 
     async def _resolve_submit(self, ws: str, cmd: SubmitJob) -> runs.SubmitResolvedJob:
         """The submission with what it names resolved: refused when anything is missing."""
-        if cmd.scheduled is not None:
-            await self._check_fired(req, cmd)
         experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
         if cmd.parent_run_id is not None:  # a pipeline's step, a sweep's trial
             parent = await lookup.run_state(self.cache, ws, cmd.parent_run_id)

@@ -105,7 +105,9 @@ class SchedulesProjection:
             status = _END[type(ev)]
         if status is None:
             return
-        state = ", state='submitted'" if isinstance(ev, RunSubmitted) else ""
+        # a scheduled pipeline's run has no RunSubmitted: its start says it was submitted
+        submitted = isinstance(ev, RunSubmitted | RunStarted)
+        state = ", state='submitted'" if submitted else ""
         db.execute(
             f"UPDATE {t('fires')} SET run_status=?{state} WHERE workspace=? AND run_id=?",
             (status, env.workspace, env.aggregate_id),

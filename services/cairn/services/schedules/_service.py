@@ -41,6 +41,7 @@ from cairn.proto import subjects
 from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.jobs import JobEnvironment, ScheduledBy, SubmitJob, derived_id
+from cairn.proto.pipelines import SubmitPipeline
 from cairn.proto.schedules import (
     SCHEDULE_COMMAND_TYPES,
     SCHEDULE_QUERY_TYPES,
@@ -55,6 +56,7 @@ from cairn.proto.schedules import (
 )
 from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Client, Request, Responder
 from cairn.service import ProjectedService
+from cairn.services.schedules._pipelines import pin_pipeline
 from cairn.services.schedules._projection import (
     FIRE_COLUMNS,
     SchedulesProjection,
@@ -267,6 +269,8 @@ class SchedulesService(ProjectedService):
     async def _pin(self, ws: str, submission: Submission) -> Submission:
         """The submission with its environment resolved now (a registered name becomes that
         version's spec), and its experiment checked."""
+        if isinstance(submission, SubmitPipeline):  # each step's, in ._pipelines
+            return await pin_pipeline(self.cache, self.settings, ws, submission)
         await lookup.experiment_id(self.cache, ws, submission.experiment_name)
         ref = submission.environment_name
         if ref is None:

@@ -1,0 +1,3 @@
+import sys
+
+print("scale=" + sys.argv[sys.argv.index("--scale") + 1])
