@@ -65,13 +65,14 @@ class Recorded(NamedTuple):
 
 
 class Stored(NamedTuple):
-    """A message as the stream holds it: sequence, subject, when the server stored it, and
-    its bytes."""
+    """A message as the stream holds it: sequence, subject, when the server stored it, its
+    bytes, and the ``Nats-Msg-Id`` it was published with ("" when none)."""
 
     seq: int
     subject: str
     time: datetime | None
     data: bytes
+    msg_id: str = ""
 
 
 def stored_time(text: str) -> datetime | None:
@@ -277,6 +278,16 @@ class EventStore:
         body: dict[str, Any] = {"seq": start, "next_by_subj": subject, "batch": self.read_batch}
         return await self._direct(body, subject, up_to_seq)
 
+    async def batch(
+        self, subject_filter: str, start: int, *, limit: int, max_bytes: int | None = None
+    ) -> tuple[list[Stored], bool]:
+        """Up to ``limit`` messages on ``subject_filter`` (wildcards allowed) from sequence
+        ``start`` on (and at most ``max_bytes`` of them), and whether more were pending."""
+        body: dict[str, Any] = {"seq": start, "next_by_subj": subject_filter, "batch": limit}
+        if max_bytes is not None:
+            body["max_bytes"] = max_bytes
+        return await self._direct(body, subject_filter)
+
     async def _direct(
         self, body: dict[str, Any], what: str, up_to_seq: int | None = None
     ) -> tuple[list[Stored], bool]:
@@ -309,7 +320,8 @@ class EventStore:
                 if up_to_seq is not None and seq > up_to_seq:
                     return got, False
                 when = stored_time(headers.get("Nats-Time-Stamp", ""))
-                got.append(Stored(seq, headers["Nats-Subject"], when, msg.data))
+                msg_id = headers.get("Nats-Msg-Id", "")
+                got.append(Stored(seq, headers["Nats-Subject"], when, msg.data, msg_id))
         except TRANSIENT as exc:
             raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
         finally:
