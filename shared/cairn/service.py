@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -39,6 +39,7 @@ __all__ = [
     "Service",
     "ServiceFactory",
     "install_stop_signals",
+    "reconcile_every",
     "run_services",
     "serve",
     "service_main",
@@ -162,6 +163,21 @@ def service_main(
 
     main.__doc__ = f"Run {getattr(factory, 'name', factory)} alone until SIGTERM/SIGINT."
     return main
+
+
+async def reconcile_every(
+    stop: asyncio.Event, tick_s: float, reconcile: Callable[[], Awaitable[None]], event: str
+) -> None:
+    """A process manager's loop: ``reconcile`` now and every ``tick_s`` until ``stop``. A
+    failed pass is logged (as ``event``) and the next one tries again: the decisions it takes
+    have ids derived from their facts, so a pass repeated is a pass taken once."""
+    while not stop.is_set():
+        try:
+            await reconcile()
+        except Exception as exc:  # the bus may be away; the next pass tries again
+            log.warning(event, error=repr(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), tick_s)
 
 
 class ProjectedService:

@@ -73,7 +73,7 @@ from cairn.proto.pipelines import (
     SubmitPipeline,
 )
 from cairn.rpc import Client, Request, Responder
-from cairn.service import ProjectedService
+from cairn.service import ProjectedService, reconcile_every
 from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
 from cairn.services.pipelines._published import PublishedPipelines
 from cairn.services.pipelines._reuse import reuse_key, upstream_fingerprint
@@ -132,13 +132,7 @@ class PipelinesService(ProjectedService):
             await loop
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.reconcile()
-            except Exception as exc:  # the bus may be away; the next pass tries again
-                log.warning("reconcile_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick_s)
+        await reconcile_every(stop, self.tick_s, self.reconcile, "reconcile_failed")
 
     # -- commands -------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from cairn.proto.jobs import (
 )
 from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import SERVICE_ACTOR, Request, Responder
-from cairn.service import ProjectedService
+from cairn.service import ProjectedService, reconcile_every
 from cairn.services.scheduler._endpoints import Endpoints
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
@@ -137,13 +137,7 @@ class SchedulerService(ProjectedService):
                 await self._advisories.unsubscribe()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.reconcile()
-            except Exception as exc:  # the bus may be away; the next pass tries again
-                log.warning("reconcile_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick_s)
+        await reconcile_every(stop, self.tick_s, self.reconcile, "reconcile_failed")
 
     # -- decisions -----------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ from cairn.proto.schedules import (
     UpdateSchedule,
 )
 from cairn.rpc import ADMIN_ACTOR, SERVICE_ACTOR, Client, Request, Responder
-from cairn.service import ProjectedService
+from cairn.service import ProjectedService, reconcile_every
 from cairn.services.schedules._pipelines import pin_pipeline
 from cairn.services.schedules._projection import (
     FIRE_COLUMNS,
@@ -133,13 +133,7 @@ class SchedulesService(ProjectedService):
             await events
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.reconcile()
-            except Exception as exc:  # the bus may be away; the next pass tries again
-                log.warning("schedules_reconcile_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick_s)
+        await reconcile_every(stop, self.tick_s, self.reconcile, "schedules_reconcile_failed")
 
     # -- decisions -----------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ with ``parent_run_id``, run id ``derived_id("trial", sweep, n)``), canceled with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import sqlite3
@@ -53,7 +52,7 @@ from cairn.proto.sweeps import (
     parameter_placeholder,
 )
 from cairn.rpc import Client, Request, Responder
-from cairn.service import ProjectedService
+from cairn.service import ProjectedService, reconcile_every
 from cairn.services.sweeps._policy import evaluate
 from cairn.services.sweeps._projection import ReportsProjection, SweepsProjection
 from cairn.services.sweeps._sampling import propose
@@ -137,13 +136,7 @@ class SweepsService(ProjectedService):
             self.reports.close()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.reconcile()
-            except Exception as exc:  # the bus may be away; the next pass tries again
-                log.warning("sweeps_reconcile_failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.tick_s)
+        await reconcile_every(stop, self.tick_s, self.reconcile, "sweeps_reconcile_failed")
 
     # -- commands and queries ------------------------------------------------------------
 
