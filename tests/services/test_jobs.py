@@ -552,7 +552,7 @@ async def test_reports_from_a_stale_attempt_are_refused(
             await reporter.send_any(stale)
     with pytest.raises(InvalidInput, match="no attempt 3"):
         await ws.client.send(points(3))
-    await ws.client.send(points(2))
+    ws.saw(await ws.client.send(points(2)), metrics=True)  # read it back: read-your-writes
     await reporter.send(
         FinishJob(command_id=os.urandom(8).hex(), run_id=run_id, attempt=2, outcome="completed")
     )
