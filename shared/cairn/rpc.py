@@ -86,6 +86,7 @@ __all__ = [
     "answer_pings",
     "gate_of",
     "install_gate",
+    "is_reply_subject",
     "ping_all",
     "slot_lent",
 ]
@@ -229,6 +230,15 @@ async def slot_lent() -> AsyncIterator[None]:
         await slot.take()  # cancelled here: not held, and not released again when done
 
 
+def is_reply_subject(subject: str) -> bool:
+    """Whether ``subject`` is one a request may ask its answer on: an inbox (``_INBOX_<user>.``
+    of the stack's users, nats-py's default ``_INBOX.``) or a person's, rewritten by the
+    server's import (``_R_.``). Never a ``cairn.`` subject: NATS checks what a sender
+    publishes to, not the reply subject it names, so an answer sent anywhere else would carry
+    the answerer's authority."""
+    return subject.startswith(("_INBOX_", "_INBOX.", "_R_."))
+
+
 class Responder:
     """Serves ``routes`` (verb -> handler) for messages of ``types`` on ``subjects`` (filters
     such as ``cairn.cmd.*.run.>``; each service subscribes to its own areas only)."""
@@ -274,6 +284,12 @@ class Responder:
             await asyncio.wait(self._tasks, timeout=grace_s)
 
     async def _on_msg(self, msg: Any) -> None:
+        if msg.reply and not is_reply_subject(msg.reply):
+            # the server checks what a sender publishes to, never the reply subject it names;
+            # an answer sent there would be published with the services' authority (into
+            # EVENTS, say): such a request is dropped unanswered
+            log.warning("request_dropped", subject=msg.subject, reply=msg.reply[:200])
+            return
         await self._slots.acquire()
         slot = _Slot(self._slots)
         token = _SLOT.set(slot)  # the task copies this context: its handler may lend the slot

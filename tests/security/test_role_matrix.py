@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cairn.bus import Connection, connect
+from cairn.bus import Connection, EventStore, connect
 from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import AlreadyExists, CairnError, PermissionDenied, Unauthenticated
@@ -313,6 +313,7 @@ async def test_the_scoring_user_reaches_deployments_and_routes_alone(
     client_settings: Settings,
     people: dict[str, Connection],
     agent_conn: Connection,
+    conn: Connection,
 ) -> None:
     """The gateway's scoring user may send requests to deployments and ask an endpoint's
     route (which the scheduler answers only with a key); nothing else. People may not reach
@@ -353,5 +354,13 @@ async def test_the_scoring_user_reaches_deployments_and_routes_alone(
         assert not agent_conn.denied("cairn.serve.>")
         for s in (sub, person_sub, agent_sub):
             await s.unsubscribe()
+        # a request whose reply subject is no inbox is dropped unanswered: an answer there
+        # would be published with the services' authority (here: into EVENTS)
+        victim = f"cairn.ev.{MATRIX_WS}.endpoint.mx-victim"
+        body = msgspec.json.encode(route)
+        await scorer.nc.publish(f"cairn.q.{MATRIX_WS}.endpoint.route", body, reply=victim)
+        await scorer.nc.flush()
+        await asyncio.sleep(0.5)  # where an answer would have been appended by now
+        assert await EventStore(conn).read(victim) == []
     finally:
         await scorer.close()

@@ -27,6 +27,7 @@ from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.metrics import MetricPoint
 from cairn.proto.serving import ReplicaSpec
+from cairn.rpc import SCORER_USER
 from cairn.services.agent._gate import peer_in_session
 from cairn.serving import (
     LENGTH,
@@ -179,7 +180,10 @@ async def relay(
     ends)."""
 
     async def on_request(msg: Any) -> None:
-        if not msg.reply:
+        if not msg.reply or not msg.reply.startswith(f"_INBOX_{SCORER_USER}."):
+            # only the gateway's scoring connection asks, on its own inbox: an answer (the
+            # user's run() output) is never published on a subject a sender chose
+            log.warning("serve_request_dropped", deployment=spec.deployment)
             return
         started = time.monotonic()
         status, body = await channel.request(msg.data, spec.request_timeout_s)
