@@ -7,9 +7,12 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
+from cairn.errors import AlreadyExists, NotFound
 from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway
 from cairn.settings import Settings
 from tests.conftest import Agents
@@ -55,3 +58,18 @@ async def test_the_seeds_deployment_scores_as_the_model_does(
     assert "Traceback" in got["broken_logs"]
     assert "FileNotFoundError: no model.pkl here" in got["broken_logs"]
     assert got["after_delete"] == []
+
+
+async def test_a_create_run_twice_or_a_regen_refused_leaves_the_keys_as_they_were(
+    ws: AsyncWorkspace,
+) -> None:
+    """The endpoint is recorded before its keys are stored: a second create (it exists) or a
+    regen of an endpoint that does not exist changes no stored key."""
+    first = await ws.endpoints.create("twice")
+    with pytest.raises(AlreadyExists):
+        await ws.endpoints.create("twice")
+    assert await ws.endpoints.keys("twice") == (first["primary"], first["secondary"])
+    with pytest.raises(NotFound):
+        await ws.endpoints.regen_key("never-made", "primary")
+    with pytest.raises(NotFound):
+        await ws.endpoints.keys("never-made")

@@ -90,10 +90,9 @@ class AsyncEndpoints:
     async def create(
         self, name: str, *, description: str = "", tags: dict[str, str] | None = None
     ) -> dict[str, str]:
-        """A new endpoint with two new keys (kept as workspace secrets); returns the keys."""
+        """A new endpoint with two new keys (kept as workspace secrets); returns the keys. The
+        endpoint is recorded first: a create refused (it exists) leaves its keys as they were."""
         keys = {slot: new_key() for slot in SLOTS}
-        for slot, key in keys.items():
-            await self._secrets.set(_secret(name, slot), key)
         await self._session.send(
             CreateEndpoint(
                 command_id=new_id(),
@@ -103,6 +102,8 @@ class AsyncEndpoints:
                 tags=tags or {},
             )
         )
+        for slot, key in keys.items():
+            await self._secrets.set(_secret(name, slot), key)
         return keys
 
     async def get(self, name: str) -> dict[str, Any]:
@@ -161,7 +162,7 @@ class AsyncEndpoints:
         else:
             raise InvalidInput(f"key must be Primary or Secondary, not {slot!r}")
         key = new_key()
-        await self._secrets.set(_secret(name, slot), key)
+        # the endpoint first: a refused regen (no such endpoint) leaves the stored key alone
         await self._session.send(
             SetEndpointKeys(
                 command_id=new_id(),
@@ -170,6 +171,7 @@ class AsyncEndpoints:
                 key_hash=key_digest(key),
             )
         )
+        await self._secrets.set(_secret(name, slot), key)
         return key
 
     # -- deployments --------------------------------------------------------------------------
