@@ -197,4 +197,7 @@ async def test_two_orchestrators_start_each_step_once(
         for step in pipeline["steps"]:
             history = await store.read(subjects.event(client.workspace, "run", step["run_id"]))
             kinds = [type(r.envelope.data).__name__ for r in history]
+            if step["reused_run_id"]:  # the same pipeline again: a step another one completed
+                assert "RunSubmitted" not in kinds and kinds.count("RunCompleted") == 1, kinds
+                continue
             assert kinds.count("RunSubmitted") == 1 and kinds.count("RunAssigned") == 1, kinds
