@@ -14,6 +14,7 @@ import pytest
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.assets import DatastoreSpec
 from cairn.proto.commands import GetHistory
+from cairn.proto.feed import SEALED
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
@@ -77,7 +78,7 @@ async def test_histories_of_named_entities_and_what_they_refuse(
     await ws.assets.register_datastore("vault", store, creds)
     [registered] = await ws.history("datastore", "vault")
     spec = registered["data"]["spec"]
-    assert spec["sealed_credentials"] == "(sealed: not shown)" and spec["bucket"] == bucket
+    assert spec["sealed_credentials"] == SEALED and spec["bucket"] == bucket
     assert SECRET_KEY not in json.dumps(registered)
 
     with pytest.raises(NotFound, match="no model called 'never' has any event"):

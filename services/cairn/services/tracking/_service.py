@@ -47,6 +47,7 @@ from cairn.proto.commands import (
     SetRunTags,
     StartRun,
 )
+from cairn.proto.feed import redact
 from cairn.proto.jobs import derived_id
 from cairn.proto.members import (
     MEMBER_COMMAND_TYPES,
@@ -459,7 +460,7 @@ class TrackingService(ProjectedService):
                 "actor": r.envelope.actor,
                 "command_id": r.envelope.causation_id,
                 "correlation_id": r.envelope.correlation_id,
-                "data": _unsealed_out(msgspec.to_builtins(r.envelope.data)),
+                "data": redact(msgspec.to_builtins(r.envelope.data)),
             }
             for r in page
         ]
@@ -505,16 +506,3 @@ def _then(q: Any) -> str:
     said = [f"sequence {q.as_of_seq}"] if q.as_of_seq is not None else []
     said += [q.as_of_time.isoformat()] if q.as_of_time is not None else []
     return f" as of {' and '.join(said)}" if said else ""
-
-
-def _unsealed_out(value: Any) -> Any:
-    """Event data as ``history.get`` shows it: sealed values (a datastore's credentials, a
-    secret's) stay out, even sealed, whatever the depth."""
-    if isinstance(value, dict):
-        return {
-            k: "(sealed: not shown)" if "sealed" in k and v else _unsealed_out(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_unsealed_out(v) for v in value]
-    return value
