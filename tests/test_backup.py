@@ -302,3 +302,28 @@ async def test_the_commands_back_up_a_running_home_and_restore_into_a_fresh_one(
     async with _server(fresh) as (_, conn):
         info = await stream_info(conn, EVENTS.name)
         assert info is not None and info["state"]["last_seq"] == 20
+
+
+async def test_a_snapshot_that_unpacks_to_far_more_than_its_size_restores(tmp_path: Path) -> None:
+    """Repetitive messages compress a hundredfold; the server unpacks each restore chunk
+    before it answers and gives the restore up after 5 s, which one large chunk of 12,000
+    of them took."""
+    folder = tmp_path / "backup"
+    body = b"0.5," * 500
+    async with _server(tmp_path / "a") as (server, admin):
+        from cairn.bus import provision
+
+        await provision(admin)
+        for first in range(0, 12_000, 500):
+            subjects = [f"cairn.metrics.w1.r{i % 7}" for i in range(first, first + 500)]
+            await asyncio.gather(*(admin.js.publish(s, body) for s in subjects))
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        await backup(admin, folder, settings_for(server, service=True))
+    entry = next(e for e in read_manifest(folder).streams if e.name == METRICS.name)
+    assert entry.size * 20 < entry.messages * len(body)
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        await restore(admin_b, folder, settings_for(server_b, service=True))
+        info = await stream_info(admin_b, METRICS.name)
+        assert info is not None and info["state"]["messages"] == 12_000
+        last = await admin_b.js.get_msg(METRICS.name, 12_000)
+        assert last.data == body
