@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from cairn.backup import (
     restore,
     verify_read_models,
 )
-from cairn.bus import Connection, connect
+from cairn.bus import Connection, connect, provision
 from cairn.bus._snapshot import snapshot_stream, stream_info
 from cairn.embedded import NatsServer
 from cairn.embedded._auth import ADMIN_USER
@@ -39,7 +40,9 @@ from cairn.proto.streams import EVENTS, METRICS
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
 from cairn.settings import Settings
+from cairn.storage import S3BlobStore, digest_of_file
 from tests.conftest import settings_for
+from tests.test_cli import run_cli
 
 
 def _admin_settings(server: NatsServer, **extra: object) -> Settings:
@@ -186,8 +189,6 @@ async def test_a_backup_under_write_load_restores_into_a_fresh_server(tmp_path: 
 
 async def _small_backup(server: NatsServer, admin: Connection, folder: Path) -> None:
     settings = settings_for(server, service=True, artifacts_dir=str(folder.parent / "none"))
-    from cairn.bus import provision
-
     await provision(admin)
     for i in range(20):
         await admin.js.publish(f"cairn.ev.w1.run.r{i % 3}", b"{}", headers={"Nats-Msg-Id": f"m{i}"})
@@ -263,8 +264,6 @@ async def test_only_the_admin_may_take_a_snapshot(tmp_path: Path) -> None:
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
-    import os
-
     keep = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
     return {**keep, "CAIRN_HOME": str(home), "CAIRN_LOG_FORMAT": "json", **extra}
 
@@ -275,8 +274,6 @@ async def test_the_commands_back_up_a_running_home_and_restore_into_a_fresh_one(
     """``cairn backup`` as the admin of the home whose server runs; ``cairn restore`` into a
     home that has never run: it starts that home's server alone, restores, verifies the read
     models and stops it, and the streams are there when the server starts again."""
-    from tests.test_cli import run_cli
-
     folder = tmp_path / "backup"
     async with _server(tmp_path / "a") as (server, admin):
         await _small_backup(server, admin, tmp_path / "first")
@@ -311,8 +308,6 @@ async def test_a_snapshot_that_unpacks_to_far_more_than_its_size_restores(tmp_pa
     folder = tmp_path / "backup"
     body = b"0.5," * 500
     async with _server(tmp_path / "a") as (server, admin):
-        from cairn.bus import provision
-
         await provision(admin)
         for first in range(0, 12_000, 500):
             subjects = [f"cairn.metrics.w1.r{i % 7}" for i in range(first, first + 500)]
@@ -327,3 +322,39 @@ async def test_a_snapshot_that_unpacks_to_far_more_than_its_size_restores(tmp_pa
         assert info is not None and info["state"]["messages"] == 12_000
         last = await admin_b.js.get_msg(METRICS.name, 12_000)
         assert last.data == body
+
+
+async def test_with_s3_artifacts_the_backup_holds_their_index_only(
+    tmp_path: Path, seaweed: Any
+) -> None:
+    """The bucket is backed up with S3's own tools; the backup indexes its blobs, and a
+    restore reports the indexed blobs the store lacks."""
+    bucket = "b-backup-" + uuid.uuid4().hex[:8]
+    config = seaweed.config(bucket, prefix="cairn/")
+    store = await S3BlobStore.open(config)
+    try:
+        await store.client.create_bucket(Bucket=bucket)
+        blob = tmp_path / "blob"
+        blob.write_bytes(b"model weights")
+        digest = digest_of_file(blob)
+        await store.put_file(digest, blob)
+    finally:
+        await store.close()
+    folder = tmp_path / "backup"
+    said: list[str] = []
+    async with _server(tmp_path / "a") as (server, admin):
+        await provision(admin)
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        settings = settings_for(server, service=True, artifact_s3=msgspec.to_builtins(config))
+        manifest = await backup(admin, folder, settings)
+        assert manifest.artifacts is not None
+        assert (manifest.artifacts.backend, manifest.artifacts.copied) == ("s3", False)
+        index = json.loads((folder / "artifacts" / "index.json").read_text())
+        assert index == [{"digest": digest, "size": len(b"model weights")}]
+        assert not (folder / "artifacts" / "sha256").exists()
+        other = msgspec.to_builtins(seaweed.config(bucket, prefix="elsewhere/"))
+        elsewhere = settings_for(server, service=True, artifact_s3=other)
+        await restore(admin, folder, elsewhere, force=True, say=said.append)
+    assert (
+        said[-1] == f"artifacts: 1 of 1 indexed blobs are not in the artifact store, e.g. {digest}"
+    )
