@@ -358,3 +358,18 @@ async def test_with_s3_artifacts_the_backup_holds_their_index_only(
     assert (
         said[-1] == f"artifacts: 1 of 1 indexed blobs are not in the artifact store, e.g. {digest}"
     )
+
+
+async def test_the_commands_start_no_server_in_a_home_that_has_none(tmp_path: Path) -> None:
+    """A client's home (its settings name a server elsewhere) is left as it is: the
+    commands ask for the admin's credentials instead of starting an empty server there."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+    home = tmp_path / "client"
+    home.mkdir()
+    (home / "config.json").write_text('{"nats_url": "nats://127.0.0.1:1"}')
+    for command, target in (("backup", tmp_path / "new"), ("restore", folder)):
+        code, _, err = await run_cli(command, str(target), env=_env(home), cwd=tmp_path)
+        assert code == 1 and "holds no server of its own" in err, err
+    assert sorted(p.name for p in home.iterdir()) == ["config.json"]

@@ -25,8 +25,19 @@ def _say(as_json: bool) -> Any:
     return (lambda _: None) if as_json else (lambda line: click.echo(line, err=True))
 
 
+def _startable(home: Path, fresh_ok: bool) -> bool:
+    """Whether the home's own server may be started for the command: a home ``cairn up``
+    made (it has a server config), or, for a restore, a home that does not exist yet or is
+    empty (never a client's home whose settings name a server elsewhere)."""
+    if (home / "nats" / "nats.conf").is_file():
+        return True
+    return fresh_ok and (not home.exists() or not any(home.iterdir()))
+
+
 @contextlib.asynccontextmanager
-async def _admin(loaded: Settings, creds: Path | None, say: Any) -> AsyncIterator[Any]:
+async def _admin(
+    loaded: Settings, creds: Path | None, say: Any, *, fresh_ok: bool = False
+) -> AsyncIterator[Any]:
     """A connection as the admin to the server of the settings; with no ``creds`` and no
     server running over this home, this home's server is started for the command (its
     services stay stopped) and stopped after it."""
@@ -44,6 +55,11 @@ async def _admin(loaded: Settings, creds: Path | None, say: Any) -> AsyncIterato
         )
     else:
         home = loaded.home_path
+        if not _startable(home, fresh_ok):
+            raise click.ClickException(
+                f"{home} holds no server of its own: for a server elsewhere give the admin's"
+                " credentials (--creds) and its address (CAIRN_NATS_URL)"
+            )
         probe = NatsServer(home, port=0)
         if probe.running_pid() is None:
             server = probe
@@ -192,7 +208,7 @@ def restore_command(
         )
 
     async def go() -> list[dict[str, Any]]:
-        async with _admin(loaded, creds, say) as conn:
+        async with _admin(loaded, creds, say, fresh_ok=True) as conn:
             await restore(conn, folder, loaded, force=force, replicas=replicas, say=say)
             if not verify or not manifest.read_models:
                 return []
