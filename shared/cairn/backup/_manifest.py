@@ -17,7 +17,9 @@ from cairn.storage import blob_key, digest_of_file
 
 __all__ = [
     "FORMAT",
+    "HEX_DIGEST",
     "MANIFEST",
+    "STREAM_NAME",
     "ArtifactsEntry",
     "BackupDirNotEmpty",
     "BackupError",
@@ -39,8 +41,9 @@ __all__ = [
 MANIFEST = "manifest.json"
 #: the manifest's format; a restore refuses any other
 FORMAT = 1
-_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_HEX = re.compile(r"[0-9a-f]{64}")
+#: the stream names a backup takes (and a manifest may name): they become file names
+STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class BackupError(InvalidInput):
@@ -156,7 +159,7 @@ def read_manifest(folder: Path) -> Manifest:
     if manifest.format != FORMAT:
         raise BackupError(f"{path}: format {manifest.format}, this version reads {FORMAT}")
     for entry in manifest.streams:
-        if not _STREAM_NAME.fullmatch(entry.name) or entry.file != f"streams/{entry.name}.tar.s2":
+        if not STREAM_NAME.fullmatch(entry.name) or entry.file != f"streams/{entry.name}.tar.s2":
             raise BackupError(f"{path}: stream entry {entry.name!r} names file {entry.file!r}")
         if entry.config.get("name") != entry.name:
             raise BackupError(f"{path}: stream {entry.name}'s configuration names another")

@@ -14,9 +14,10 @@ from typing import Any, Literal
 import msgspec
 
 from cairn.backup._manifest import (
-    _HEX,
     FORMAT,
+    HEX_DIGEST,
     MANIFEST,
+    STREAM_NAME,
     ArtifactsEntry,
     BackupDirNotEmpty,
     ChecksumMismatch,
@@ -41,7 +42,7 @@ __all__ = ["backup", "verify_read_models"]
 def _order(names: list[str]) -> tuple[list[str], list[str]]:
     """The streams a backup takes, in the order it takes them, and those it skips."""
     wanted = [n for n in (METRICS.name, LOGS.name) if n in names]
-    wanted += sorted(n for n in names if n.startswith("KV_"))
+    wanted += sorted(n for n in names if n.startswith("KV_") and STREAM_NAME.fullmatch(n))
     if EVENTS.name not in names:
         raise NotFound("the server has no EVENTS stream: nothing to back up (wrong server?)")
     wanted.append(EVENTS.name)
@@ -93,11 +94,19 @@ async def backup(
         artifacts=artifacts,
         read_models=hashes,
     )
-    staged = folder / (MANIFEST + ".part")
-    staged.write_bytes(msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
-    os.chmod(staged, 0o600)
-    os.replace(staged, folder / MANIFEST)
+    _write_synced(folder / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
     return manifest
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` (0600), on disk before its name appears."""
+    staged = path.with_name(path.name + ".part")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staged, path)
 
 
 async def _take(conn: Connection, folder: Path, name: str) -> StreamEntry:
@@ -105,10 +114,14 @@ async def _take(conn: Connection, folder: Path, name: str) -> StreamEntry:
     staged = folder / (relative + ".part")
     taken_at = now()
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        snap = await snapshot_stream(conn, name, out)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with os.fdopen(fd, "wb") as out:
+            snap = await snapshot_stream(conn, name, out)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        staged.unlink(missing_ok=True)  # a part of a snapshot is no snapshot
+        raise
     os.replace(staged, folder / relative)
     state = snap.state
     return StreamEntry(
@@ -133,7 +146,7 @@ def _local_blobs(root: Path) -> Iterator[tuple[str, Path]]:
     if not base.is_dir():
         return
     for path in sorted(base.glob("??/??/*")):
-        if path.is_file() and _HEX.fullmatch(path.name):
+        if path.is_file() and HEX_DIGEST.fullmatch(path.name):
             yield "sha256:" + path.name, path
 
 
@@ -149,7 +162,7 @@ async def _s3_index(settings: Settings) -> list[dict[str, Any]]:
         async for page in pages.paginate(Bucket=config.bucket, Prefix=config.prefix + "sha256/"):
             for item in page.get("Contents", []):
                 name = str(item["Key"]).rsplit("/", 1)[-1]
-                if _HEX.fullmatch(name):
+                if HEX_DIGEST.fullmatch(name):
                     rows.append({"digest": "sha256:" + name, "size": int(item["Size"])})
     finally:
         await store.close()
