@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -286,6 +287,15 @@ async def test_the_commands_back_up_a_running_home_and_restore_into_a_fresh_one(
 
         again = await run_cli("backup", str(folder), env=env, cwd=tmp_path)
         assert again[0] == 1 and "is not an empty folder" in again[2]
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    with (tampered / "streams" / "EVENTS.tar.s2").open("ab") as f:
+        f.write(b"\0")
+    untouched = tmp_path / "untouched"
+    code, _, err = await run_cli("restore", str(tampered), env=_env(untouched), cwd=tmp_path)
+    assert code == 1 and "stream EVENTS" in err and "does not match the manifest" in err
+    assert not untouched.exists()  # refused before a server was started there
 
     fresh = tmp_path / "b"
     code, out, err = await run_cli("restore", str(folder), "--json", env=_env(fresh), cwd=tmp_path)

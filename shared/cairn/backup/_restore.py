@@ -53,6 +53,7 @@ async def restore(
     *,
     force: bool = False,
     replicas: int | None = None,
+    checked: Manifest | None = None,
     say: Callable[[str], None] = lambda _: None,
 ) -> Manifest:
     """Restore the backup in ``folder`` into the store ``conn`` reaches, as the admin.
@@ -61,9 +62,13 @@ async def restore(
     exist (empty ones always, ones with data only with ``force``), restores each stream with
     the configuration it was taken with (``replicas``: another ``num_replicas``, e.g. an R1
     backup into a three-node cluster), checks each restored stream holds at least the
-    recorded position, and puts back the local artifact store's blobs."""
-    manifest = read_manifest(folder)
-    verify_files(folder, manifest)
+    recorded position, and puts back the local artifact store's blobs. ``checked``: the
+    manifest as the caller read it and checked the files against it (``read_manifest``,
+    ``verify_files``), which are then not read twice."""
+    manifest = checked
+    if manifest is None:
+        manifest = read_manifest(folder)
+        verify_files(folder, manifest)
     existing = await _check_targets(conn, manifest, force)
     for name in existing:
         await delete_stream(conn, name)

@@ -209,7 +209,9 @@ def restore_command(
 
     async def go() -> list[dict[str, Any]]:
         async with _admin(loaded, creds, say, fresh_ok=True) as conn:
-            await restore(conn, folder, loaded, force=force, replicas=replicas, say=say)
+            await restore(
+                conn, folder, loaded, force=force, replicas=replicas, checked=manifest, say=say
+            )
             if not verify or not manifest.read_models:
                 return []
             return await verify_read_models(conn, manifest, read_models())
