@@ -168,6 +168,24 @@ PINNED = {
         "error_for_code",
     ],
     "cairn.embedded": ["Credentials", "NatsServer", "find_nats_server", "free_port"],
+    "cairn.backup": [
+        "ArtifactsEntry",
+        "BackupDirNotEmpty",
+        "BackupError",
+        "ChecksumMismatch",
+        "FORMAT",
+        "MANIFEST",
+        "Manifest",
+        "ManifestMissing",
+        "ReadModelEntry",
+        "StreamEntry",
+        "StreamNotEmpty",
+        "backup",
+        "read_manifest",
+        "restore",
+        "verify_files",
+        "verify_read_models",
+    ],
 }
 
 

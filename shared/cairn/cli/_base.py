@@ -74,6 +74,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "token",
         "role",
         "cluster",
+        "backup",
+        "restore",
     ),
 }
 OTHER_SECTION = "Other commands"

@@ -1,0 +1,385 @@
+"""Whole-store backups (``cairn backup`` / ``cairn restore``, cairn.backup) against real
+servers: a backup taken while runs are created and metrics logged restores into a fresh
+server with the same sequences, message ids and read models, and the restored store goes on
+(a model's next version is the next number); bad backups and occupied targets are refused
+before anything changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from cairn.backup import (
+    MANIFEST,
+    BackupDirNotEmpty,
+    BackupError,
+    ChecksumMismatch,
+    ManifestMissing,
+    StreamNotEmpty,
+    backup,
+    read_manifest,
+    restore,
+    verify_read_models,
+)
+from cairn.bus import Connection, connect, provision
+from cairn.bus._snapshot import snapshot_stream, stream_info
+from cairn.embedded import NatsServer
+from cairn.embedded._auth import ADMIN_USER
+from cairn.embedded._up import all_services, read_models
+from cairn.errors import PermissionDenied
+from cairn.proto.streams import EVENTS, METRICS
+from cairn.sdk import AsyncWorkspace
+from cairn.service import run_services
+from cairn.settings import Settings
+from cairn.storage import S3BlobStore, digest_of_file
+from tests.conftest import settings_for
+from tests.test_cli import run_cli
+
+
+def _admin_settings(server: NatsServer, **extra: object) -> Settings:
+    return msgspec.structs.replace(
+        settings_for(server, service=True, request_timeout=10.0, **extra),
+        nats_user=ADMIN_USER,
+        nats_password=server.admin_password,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _server(home: Path) -> AsyncIterator[tuple[NatsServer, Connection]]:
+    """A server over its own home, not provisioned, and a connection to it as the admin."""
+    server = NatsServer(home, port=0)
+    await server.start()
+    try:
+        conn = await connect(_admin_settings(server))
+        try:
+            yield server, conn
+        finally:
+            await conn.close()
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _services(server: NatsServer, home: Path) -> AsyncIterator[Settings]:
+    """Every service over ``server`` (they provision what is missing), as ``cairn up`` runs
+    them; their state and artifacts under ``home``."""
+    settings = settings_for(
+        server,
+        service=True,
+        state_dir=str(home / "state"),
+        artifacts_dir=str(home / "artifacts"),
+        request_timeout=10.0,
+    )
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        run_services(settings, list(all_services().values()), stop=stop, ready=ready)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        yield settings
+    finally:
+        stop.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def _person(server: NatsServer, ws_name: str) -> AsyncIterator[AsyncWorkspace]:
+    settings = settings_for(server, service=False, request_timeout=10.0)
+    conn = await connect(settings)
+    ws = AsyncWorkspace(conn, ws_name, settings)
+    try:
+        yield ws
+    finally:
+        await ws.close()
+        await conn.close()
+
+
+async def _load(ws: AsyncWorkspace, stop: asyncio.Event, made: list[str]) -> None:
+    """Write load: runs created, metrics logged, runs completed, until ``stop``."""
+    experiment = await ws.experiment("load")
+    while not stop.is_set():
+        run = await experiment.start_run()
+        for step in range(20):
+            run.log("loss", 1.0 / (step + 1), step=step)
+        await run.complete()
+        made.append(run.id)
+
+
+async def _raw(conn: Connection, stream: str, seq: int) -> dict[str, Any]:
+    """The stored message as the server keeps it: subject, headers, body and its time."""
+    reply = await conn.nc.request(
+        f"$JS.API.STREAM.MSG.GET.{stream}", json.dumps({"seq": seq}).encode(), timeout=10
+    )
+    message: dict[str, Any] = json.loads(reply.data)["message"]
+    return message
+
+
+@pytest.mark.timeout(600)
+async def test_a_backup_under_write_load_restores_into_a_fresh_server(tmp_path: Path) -> None:
+    ws_name = "bk" + uuid.uuid4().hex[:8]
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server_a, admin_a):
+        async with _services(server_a, tmp_path / "a") as settings_a:
+            async with _person(server_a, ws_name) as ws:
+                await ws.create("backed up")
+                run = await (await ws.experiment("train")).start_run()
+                model = tmp_path / "model.bin"
+                model.write_bytes(b"weights " * 1000)
+                await run.upload_file("outputs/model.bin", model)
+                await run.complete()
+                for _ in range(2):
+                    await ws.models.register("churn", "outputs/model.bin", run_id=run.id)
+                stop, made = asyncio.Event(), []
+                load = asyncio.create_task(_load(ws, stop, made))
+                while len(made) < 2:  # the load is under way before the backup starts
+                    await asyncio.sleep(0.05)
+                try:
+                    manifest = await backup(admin_a, folder, settings_a, read_models=read_models())
+                finally:
+                    stop.set()
+                    await load
+                assert len(made) >= 2
+        events = next(e for e in manifest.streams if e.name == EVENTS.name)
+        before = [await _raw(admin_a, EVENTS.name, s) for s in (1, events.last_seq)]
+        live_hashes = await verify_read_models(admin_a, manifest, read_models())
+
+    # the manifest says what it holds, in order: the other streams first, EVENTS last
+    names = [e.name for e in manifest.streams]
+    assert names[0] == METRICS.name and names[-1] == EVENTS.name
+    assert {"KV_cairn_agents", "KV_cairn_job_leases"} <= set(names)
+    assert manifest.skipped == ("JOBS",)
+    assert set(manifest.read_models) == set(read_models())
+    assert manifest.artifacts is not None and manifest.artifacts.blobs >= 1
+    assert json.loads((folder / MANIFEST).read_text())["streams"][-1]["name"] == "EVENTS"
+    assert all(row["same"] for row in live_hashes)  # the recorded positions hold still
+
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        settings_b = settings_for(
+            server_b, service=True, artifacts_dir=str(tmp_path / "b" / "artifacts")
+        )
+        restored = await restore(admin_b, folder, settings_b)
+        assert restored == read_manifest(folder)
+        # the same messages at the same sequences: subject, body, headers (message ids)
+        after = [await _raw(admin_b, EVENTS.name, s) for s in (1, events.last_seq)]
+        assert after == before
+        assert all(m["hdrs"] and m["time"] for m in before)  # message ids and times, kept
+        rows = await verify_read_models(admin_b, manifest, read_models())
+        assert [r["read_model"] for r in rows if not r["same"]] == []
+        assert len(rows) == len(read_models())
+
+        # the restored store goes on: the next version of the model is 3, never 1 again
+        async with _services(server_b, tmp_path / "b"):
+            async with _person(server_b, ws_name) as ws:
+                record = await ws.models.register("churn", "outputs/model.bin", run_id=run.id)
+                assert record["version"] == 3
+                listed = await ws.models.list("churn")
+                assert sorted(r["version"] for r in listed) == [1, 2, 3]
+                ran = await ws.runs("load", limit=None)
+                assert {r["run_id"] for r in ran} >= set(made[:1])
+
+
+async def _small_backup(server: NatsServer, admin: Connection, folder: Path) -> None:
+    settings = settings_for(server, service=True, artifacts_dir=str(folder.parent / "none"))
+    await provision(admin)
+    for i in range(20):
+        await admin.js.publish(f"cairn.ev.w1.run.r{i % 3}", b"{}", headers={"Nats-Msg-Id": f"m{i}"})
+        await admin.js.publish(f"cairn.metrics.w1.r{i % 3}", b"[]")
+    await backup(admin, folder, settings)
+
+
+async def test_a_tampered_snapshot_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+    snapshot = folder / "streams" / "METRICS.tar.s2"
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    snapshot.write_bytes(bytes(data))
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        settings = settings_for(server_b, service=True)
+        with pytest.raises(ChecksumMismatch, match="stream METRICS") as caught:
+            await restore(admin_b, folder, settings)
+        assert caught.value.stream == "METRICS"
+        for name in ("EVENTS", "METRICS", "LOGS"):  # nothing was restored, nothing made
+            assert await stream_info(admin_b, name) is None
+
+
+async def test_a_folder_without_a_manifest_is_no_backup(tmp_path: Path) -> None:
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+        (folder / MANIFEST).unlink()
+        with pytest.raises(ManifestMissing, match=r"manifest\.json is missing"):
+            await restore(admin, folder, settings_for(server, service=True))
+    (folder / MANIFEST).write_text('{"format": 1}')
+    with pytest.raises(BackupError, match="not a backup manifest"):
+        read_manifest(folder)
+
+
+async def test_a_backup_goes_into_a_new_or_empty_folder_only(tmp_path: Path) -> None:
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    async with _server(tmp_path / "a") as (server, admin):
+        with pytest.raises(BackupDirNotEmpty, match="not an empty folder"):
+            await _small_backup(server, admin, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+
+
+async def test_restore_onto_a_store_with_data_is_refused_unless_forced(tmp_path: Path) -> None:
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+        await admin.js.publish("cairn.ev.w1.run.r9", b"{}")  # written after the backup
+        settings = settings_for(server, service=True)
+        with pytest.raises(StreamNotEmpty, match="stream METRICS already holds 20") as caught:
+            await restore(admin, folder, settings)
+        assert caught.value.stream == "METRICS"
+        info = await stream_info(admin, EVENTS.name)
+        assert info is not None and info["state"]["messages"] == 21  # nothing was deleted
+        await restore(admin, folder, settings, force=True)
+        info = await stream_info(admin, EVENTS.name)
+        assert info is not None and info["state"]["messages"] == 20  # as backed up
+
+
+async def test_only_the_admin_may_take_a_snapshot(tmp_path: Path) -> None:
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, tmp_path / "backup")
+        service = await connect(settings_for(server, service=True, request_timeout=2.0))
+        try:
+            with (tmp_path / "x").open("wb") as out:
+                with pytest.raises(PermissionDenied, match="admin's alone"):
+                    await snapshot_stream(service, EVENTS.name, out)
+        finally:
+            await service.close()
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    return {**keep, "CAIRN_HOME": str(home), "CAIRN_LOG_FORMAT": "json", **extra}
+
+
+async def test_the_commands_back_up_a_running_home_and_restore_into_a_fresh_one(
+    tmp_path: Path,
+) -> None:
+    """``cairn backup`` as the admin of the home whose server runs; ``cairn restore`` into a
+    home that has never run: it starts that home's server alone, restores, verifies the read
+    models and stops it, and the streams are there when the server starts again."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, tmp_path / "first")
+        env = _env(server.home, CAIRN_NATS_URL=server.url)
+        code, out, err = await run_cli("backup", str(folder), "--json", env=env, cwd=tmp_path)
+        assert code == 0, err[-2000:]
+        manifest = json.loads(out)
+        assert [s["name"] for s in manifest["streams"]][-1] == "EVENTS"
+        assert manifest["read_models"]["tracking"]["last_seq"] == 20
+
+        again = await run_cli("backup", str(folder), env=env, cwd=tmp_path)
+        assert again[0] == 1 and "is not an empty folder" in again[2]
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(folder, tampered)
+    with (tampered / "streams" / "EVENTS.tar.s2").open("ab") as f:
+        f.write(b"\0")
+    untouched = tmp_path / "untouched"
+    code, _, err = await run_cli("restore", str(tampered), env=_env(untouched), cwd=tmp_path)
+    assert code == 1 and "stream EVENTS" in err and "does not match the manifest" in err
+    assert not untouched.exists()  # refused before a server was started there
+
+    fresh = tmp_path / "b"
+    code, out, err = await run_cli("restore", str(folder), "--json", env=_env(fresh), cwd=tmp_path)
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
+    assert result["restored"][-1] == "EVENTS"
+    assert result["read_models"] and all(r["same"] for r in result["read_models"])
+    assert NatsServer(fresh, port=0).running_pid() is None  # stopped after the restore
+    code, _, err = await run_cli("restore", str(folder), env=_env(fresh), cwd=tmp_path)
+    assert code == 1 and "already holds" in err and "stream METRICS" in err
+    async with _server(fresh) as (_, conn):
+        info = await stream_info(conn, EVENTS.name)
+        assert info is not None and info["state"]["last_seq"] == 20
+
+
+async def test_a_snapshot_that_unpacks_to_far_more_than_its_size_restores(tmp_path: Path) -> None:
+    """Repetitive messages compress a hundredfold; the server unpacks each restore chunk
+    before it answers and gives the restore up after 5 s, which one large chunk of 12,000
+    of them took."""
+    folder = tmp_path / "backup"
+    body = b"0.5," * 500
+    async with _server(tmp_path / "a") as (server, admin):
+        await provision(admin)
+        for first in range(0, 12_000, 500):
+            subjects = [f"cairn.metrics.w1.r{i % 7}" for i in range(first, first + 500)]
+            await asyncio.gather(*(admin.js.publish(s, body) for s in subjects))
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        await backup(admin, folder, settings_for(server, service=True))
+    entry = next(e for e in read_manifest(folder).streams if e.name == METRICS.name)
+    assert entry.size * 20 < entry.messages * len(body)
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        await restore(admin_b, folder, settings_for(server_b, service=True))
+        info = await stream_info(admin_b, METRICS.name)
+        assert info is not None and info["state"]["messages"] == 12_000
+        last = await admin_b.js.get_msg(METRICS.name, 12_000)
+        assert last.data == body
+
+
+async def test_with_s3_artifacts_the_backup_holds_their_index_only(
+    tmp_path: Path, seaweed: Any
+) -> None:
+    """The bucket is backed up with S3's own tools; the backup indexes its blobs, and a
+    restore reports the indexed blobs the store lacks."""
+    bucket = "b-backup-" + uuid.uuid4().hex[:8]
+    config = seaweed.config(bucket, prefix="cairn/")
+    store = await S3BlobStore.open(config)
+    try:
+        await store.client.create_bucket(Bucket=bucket)
+        blob = tmp_path / "blob"
+        blob.write_bytes(b"model weights")
+        digest = digest_of_file(blob)
+        await store.put_file(digest, blob)
+    finally:
+        await store.close()
+    folder = tmp_path / "backup"
+    said: list[str] = []
+    async with _server(tmp_path / "a") as (server, admin):
+        await provision(admin)
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        settings = settings_for(server, service=True, artifact_s3=msgspec.to_builtins(config))
+        manifest = await backup(admin, folder, settings)
+        assert manifest.artifacts is not None
+        assert (manifest.artifacts.backend, manifest.artifacts.copied) == ("s3", False)
+        index = json.loads((folder / "artifacts" / "index.json").read_text())
+        assert index == [{"digest": digest, "size": len(b"model weights")}]
+        assert not (folder / "artifacts" / "sha256").exists()
+        other = msgspec.to_builtins(seaweed.config(bucket, prefix="elsewhere/"))
+        elsewhere = settings_for(server, service=True, artifact_s3=other)
+        await restore(admin, folder, elsewhere, force=True, say=said.append)
+    assert (
+        said[-1] == f"artifacts: 1 of 1 indexed blobs are not in the artifact store, e.g. {digest}"
+    )
+
+
+async def test_the_commands_start_no_server_in_a_home_that_has_none(tmp_path: Path) -> None:
+    """A client's home (its settings name a server elsewhere) is left as it is: the
+    commands ask for the admin's credentials instead of starting an empty server there."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+    home = tmp_path / "client"
+    home.mkdir()
+    (home / "config.json").write_text('{"nats_url": "nats://127.0.0.1:1"}')
+    for command, target in (("backup", tmp_path / "new"), ("restore", folder)):
+        code, _, err = await run_cli(command, str(target), env=_env(home), cwd=tmp_path)
+        assert code == 1 and "holds no server of its own" in err, err
+    assert sorted(p.name for p in home.iterdir()) == ["config.json"]
