@@ -8,6 +8,7 @@ workspace already has other events are refused, and nothing is stored."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -17,8 +18,15 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cairn.audit import load_or_create_signing_key, verify_log
+from cairn.audit import (
+    chain_step,
+    event_digest,
+    load_or_create_signing_key,
+    public_key_hex,
+    verify_log,
+)
 from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
 from cairn.embedded._up import read_models
@@ -126,25 +134,6 @@ async def target(tmp_path: Path) -> AsyncIterator[tuple[Settings, Connection]]:
         server.stop()
 
 
-async def _signed(conn: Connection, settings: Settings, events: int) -> list[dict[str, object]]:
-    """The target's audit service run until it has signed ``events`` events."""
-    audit = AuditService(conn, settings, poll_s=0.02)
-    await audit.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(audit.run(stop))
-    public = load_or_create_signing_key(settings).public_key()
-    try:
-        for _ in range(500):
-            rows = await verify_log(conn, public)
-            if rows and rows[0]["events"] == events and rows[0]["uncovered"] == 0:
-                return rows
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"not signed in time: {rows}")
-    finally:
-        stop.set()
-        await task
-
-
 async def test_an_import_into_a_fresh_home_replays_to_the_same_read_models(
     exported: Exported, target: tuple[Settings, Connection], tmp_path: Path
 ) -> None:
@@ -211,8 +200,6 @@ async def test_an_export_whose_chain_does_not_verify_is_refused(
     assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
 
     # the digest written again to match: the chain still gives it away
-    from cairn.audit import event_digest
-
     def redigest(body: dict[str, object]) -> None:
         raw = json.dumps(body["data"], separators=(",", ":")).encode()
         body["data"] = json.loads(raw)
@@ -372,3 +359,73 @@ async def test_the_command_line_exports_and_imports(
     )
     assert done["events"] == exported["events"] and done["artifacts"] == 1
     assert await _held(conn, ws.name) == await _held(source, ws.name)
+
+
+async def test_the_sources_signed_checkpoints_are_checked_against_the_key_trusted(
+    tmp_path: Path,
+) -> None:
+    """The source's audit service signed the workspace's chain: an export carries the
+    checkpoints; an import checks them with the key trusted, and finds an export rewritten
+    whole (digests, chain and manifest made to agree) by the checkpoints it no longer matches."""
+    server, settings, conn = await own_server(tmp_path / "signed", request_timeout=5.0)
+    settings = msgspec.structs.replace(
+        settings, audit_every_events=4, audit_every_s=3600.0, state_dir=str(tmp_path / "state")
+    )
+    try:
+        store = EventStore(conn)
+        for i in range(9):
+            subject = subjects.event("sg", "experiment", f"e{i}")
+            await store.append(subject, [envelope("sg", f"e{i}")], expected_seq=0, msg_id=f"m{i}")
+        rows = await _signed(conn, settings, 8)
+        assert rows[0]["checkpoints"] == 2
+        public = load_or_create_signing_key(settings).public_key()
+        folder = tmp_path / "export"
+        await export_workspace(
+            conn, "sg", folder, now=datetime.now(UTC), audit_key=public_key_hex(public)
+        )
+    finally:
+        await conn.close()
+        server.stop()
+    assert verify_export(folder, public)[1] == 8  # events 1-8 signed, the 9th not yet
+    assert verify_export(folder)[1] == 8  # the key the export names
+    stranger = Ed25519PrivateKey.generate().public_key()
+    with pytest.raises(InvalidInput, match="not by the key trusted"):
+        verify_export(folder, stranger)
+    # rewritten whole: every digest and chain hash made to agree again, and the manifest
+    events = folder / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    lines[1]["data"]["actor"] = "mallory"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    chain = manifest["events"]["prev_chain"]
+    body = b""
+    for line in lines:
+        raw = json.dumps(line["data"], separators=(",", ":")).encode()
+        line["digest"] = event_digest(line["subject"], line["msg_id"], raw)
+        chain = line["chain"] = chain_step(chain, line["seq"], line["digest"])
+        body += json.dumps(line, separators=(",", ":")).encode() + b"\n"
+    events.write_bytes(body)
+    manifest["events"]["chain"] = chain
+    manifest["events"]["sha256"] = hashlib.sha256(body).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    load_export(folder)  # consistent in itself
+    with pytest.raises(InvalidInput, match=r"checkpoint 1 disagrees with the events at seq 1-"):
+        verify_export(folder, public)
+
+
+async def _signed(conn: Connection, settings: Settings, events: int) -> list[dict[str, object]]:
+    """The source's audit service run until ``events`` events are signed."""
+    audit = AuditService(conn, settings, poll_s=0.02)
+    await audit.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(audit.run(stop))
+    public = load_or_create_signing_key(settings).public_key()
+    try:
+        for _ in range(500):
+            rows = await verify_log(conn, public)
+            if rows and int(str(rows[0]["events"])) - int(str(rows[0]["uncovered"])) >= events:
+                return rows
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not signed in time: {rows}")
+    finally:
+        stop.set()
+        await task

@@ -86,6 +86,18 @@ async def _stored(conn: Connection, stream: str, subject_filter: str) -> list[St
         start = got[-1].seq + 1
 
 
+def _raw(m: Stored) -> msgspec.Raw:
+    """A stored message's bytes as one line's JSON value, unchanged (the digest covers them):
+    refused when they are not one JSON value on one line."""
+    try:
+        msgspec.json.decode(m.data)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"seq {m.seq} on {m.subject} is not JSON: {exc}") from exc
+    if b"\n" in m.data or b"\r" in m.data:
+        raise InvalidInput(f"seq {m.seq} on {m.subject} spans lines: it cannot be one line")
+    return msgspec.Raw(m.data)
+
+
 def _after(since: datetime | None, message: Stored, started: bool) -> bool:
     """Whether ``message`` is exported: everything without ``since``; otherwise from the first
     one stored after it on (the ones before are the history the target already holds)."""
@@ -104,7 +116,7 @@ def _write_events(
         if split_subject(m.subject) is None:  # the workspace's checkpoints (audit kind)
             if _after(since, m, started):
                 digest = event_digest(m.subject, m.msg_id, m.data)
-                data = msgspec.Raw(m.data)
+                data = _raw(m)
                 checkpoints.write(
                     Line(seq=m.seq, subject=m.subject, msg_id=m.msg_id, digest=digest, data=data)
                 )
@@ -122,7 +134,7 @@ def _write_events(
             msg_id=m.msg_id,
             digest=digest,
             chain=events.chain,
-            data=msgspec.Raw(m.data),
+            data=_raw(m),
         )
         events.write(line)
         blob_refs(msgspec.json.decode(m.data).get("data"), refs)
@@ -144,7 +156,7 @@ def _write_metrics(messages: list[Stored], since: datetime | None, metrics: _Fil
                 subject=m.subject,
                 msg_id=m.msg_id,
                 digest=digest,
-                data=msgspec.Raw(m.data),
+                data=_raw(m),
             )
         )
 
