@@ -429,3 +429,20 @@ async def _signed(conn: Connection, settings: Settings, events: int) -> list[dic
     finally:
         stop.set()
         await task
+
+
+async def test_two_imports_of_one_export_at_once_store_it_once_in_its_order(
+    exported: Exported, target: tuple[Settings, Connection]
+) -> None:
+    """Each append expects the last of all the workspace's messages in the target: two
+    importers cannot interleave the export's events in another order; each finds the other's
+    appends to be its own and goes on."""
+    settings, conn = target
+    blobs = LocalBlobStore(settings.artifacts_path)
+    first, second = await asyncio.gather(
+        import_workspace(conn, exported.folder, blobs=blobs),
+        import_workspace(conn, exported.folder, blobs=blobs),
+    )
+    n_events = len(exported.source[EVENTS.name])
+    assert first.events == second.events == n_events  # each stored or found every one
+    assert await _held(conn, exported.workspace) == exported.source

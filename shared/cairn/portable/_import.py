@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cairn.audit import event_digest, key_id_of, parse_public_key
 from cairn.bus import Connection, EventStore, Stored
-from cairn.errors import AlreadyExists, CairnError, InvalidInput
+from cairn.errors import AlreadyExists, ConcurrencyConflict, InvalidInput
 from cairn.portable._export import _stored
 from cairn.portable._format import (
     ArtifactEntry,
@@ -43,7 +43,8 @@ class Imported(NamedTuple):
     """What an import found and did."""
 
     workspace: str
-    #: lines of the export stored now, and those the target held already
+    #: lines of the export stored now (or found stored meanwhile by another import of it),
+    #: and those the target held already
     events: int
     events_present: int
     metrics: int
@@ -120,25 +121,51 @@ def _todo(what: str, ws: str, part: Part, lines: list[Line], held: list[Stored])
     return len(rest)
 
 
-async def _publish(store: EventStore, lines: list[Line], held: list[Stored]) -> None:
-    """``lines`` in order, each with its ``Nats-Msg-Id`` and the CAS on its subject's last
-    sequence in the target (a writer that slipped in between is a conflict, not a merge)."""
-    last: dict[str, int] = {}
-    for m in held:
-        last[m.subject] = m.seq
+def _theirs(subject: str) -> bool:
+    """Messages of the target's own on the workspace's subjects: its audit checkpoints."""
+    parts = subject.split(".")
+    return len(parts) == 5 and parts[3] == subjects.AUDIT_KIND
+
+
+async def _found(store: EventStore, space: str, line: Line, after: int) -> int:
+    """Where the target stored ``line``, the first of the workspace's messages after
+    ``after`` besides the target's own checkpoints (another import of the same export, or a
+    first answer lost and the retry refused by the CAS); ``ConcurrencyConflict`` when that
+    is another message."""
+    got, _ = await store.batch(space, after + 1, limit=16)
+    for m in got:
+        if _theirs(m.subject):
+            continue
+        if event_digest(m.subject, m.msg_id, m.data) == line.digest:
+            return m.seq
+        break
+    raise ConcurrencyConflict(
+        f"the workspace's history in the target changed during the import at {line.subject}:"
+        " run it again (it goes on after what is stored, or refuses a history not this one)"
+    )
+
+
+async def _publish(store: EventStore, space: str, lines: list[Line], held: list[Stored]) -> None:
+    """``lines`` in order, each with its ``Nats-Msg-Id`` and a CAS on the last of all the
+    workspace's messages (``space``: its subjects) in the target, so the export's order is
+    the target's, even against another import of the same export at the same time; the
+    target's own checkpoints may come in between."""
+    last = held[-1].seq if held else 0
     for line in lines:
-        done = await store.publish(
-            line.subject,
-            bytes(line.data),
-            msg_id=line.msg_id,
-            expected_seq=last.get(line.subject, 0),
-        )
-        if done.duplicate:
-            raise CairnError(
-                f"{line.subject} {line.msg_id} was stored already, but not as the workspace's"
-                " history shows: stopped"
+        try:
+            done = await store.publish(
+                line.subject,
+                bytes(line.data),
+                msg_id=line.msg_id,
+                expected_seq=last,
+                expected_subject=space,
             )
-        last[line.subject] = done.seq
+        except ConcurrencyConflict:
+            last = await _found(store, space, line, last)
+            continue
+        if done.duplicate:  # its msg id stored already (R3: checked before the CAS)
+            done = done._replace(seq=await _found(store, space, line, last))
+        last = done.seq
 
 
 def _copy_hashed(src: Path, dest: Path) -> str:
@@ -183,19 +210,17 @@ async def import_workspace(
     ws = loaded.manifest.workspace
     events_store = EventStore(conn, stream=EVENTS.name)
     metrics_store = EventStore(conn, stream=METRICS.name)
-    held_events = [
-        m
-        for m in await _stored(conn, EVENTS.name, subjects.events_of_workspace(ws))
-        if m.subject.split(".")[3] != subjects.AUDIT_KIND  # the target's own checkpoints
-    ]
-    held_metrics = await _stored(conn, METRICS.name, f"cairn.metrics.{ws}.>")
+    events_space, metrics_space = subjects.events_of_workspace(ws), f"cairn.metrics.{ws}.>"
+    stored_events = await _stored(conn, EVENTS.name, events_space)
+    held_events = [m for m in stored_events if not _theirs(m.subject)]
+    held_metrics = await _stored(conn, METRICS.name, metrics_space)
     have_events = _todo("events", ws, loaded.manifest.events, loaded.events, held_events)
     have_metrics = _todo(
         "metric batches", ws, loaded.manifest.metrics, loaded.metrics, held_metrics
     )
     stored, present = await _store_artifacts(loaded, blobs)
-    await _publish(events_store, loaded.events[have_events:], held_events)
-    await _publish(metrics_store, loaded.metrics[have_metrics:], held_metrics)
+    await _publish(events_store, events_space, loaded.events[have_events:], stored_events)
+    await _publish(metrics_store, metrics_space, loaded.metrics[have_metrics:], held_metrics)
     return Imported(
         workspace=ws,
         events=len(loaded.events) - have_events,
