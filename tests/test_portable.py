@@ -30,7 +30,7 @@ from cairn.audit import (
 from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
 from cairn.embedded._up import read_models
-from cairn.errors import AlreadyExists, InvalidInput
+from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.portable import export_workspace, import_workspace, load_export, verify_export
 from cairn.portable._export import _stored
 from cairn.projection import replay, replay_offline
@@ -446,3 +446,9 @@ async def test_two_imports_of_one_export_at_once_store_it_once_in_its_order(
     n_events = len(exported.source[EVENTS.name])
     assert first.events == second.events == n_events  # each stored or found every one
     assert await _held(conn, exported.workspace) == exported.source
+
+
+async def test_a_workspace_without_events_is_not_exported(conn: Connection, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="has no events"):
+        await export_workspace(conn, "nosuchworkspace", tmp_path / "x", now=datetime.now(UTC))
+    assert not (tmp_path / "x").exists()

@@ -226,6 +226,8 @@ def import_(
             as_json,
             _IMPORT_COLUMNS,
         )
+        if not as_json:
+            _unsigned(m.events.count, signed)
         return
     loaded = service_connection_settings(creds)
 
@@ -246,3 +248,15 @@ def import_(
         click.echo(json.dumps(row, indent=2))
         return
     emit(row, False, _IMPORT_COLUMNS)
+    _unsigned(row["events"] + row["events_present"], row["signed"])
+
+
+def _unsigned(events: int, signed: int) -> None:
+    """Say how much of the export no signed checkpoint of the source covers."""
+    if signed < events:
+        click.echo(
+            f"{events - signed} of the export's {events} events are in no signed checkpoint of"
+            " the source (signed every audit_every_events or audit_every_s there): their"
+            " chain is the export's own",
+            err=True,
+        )

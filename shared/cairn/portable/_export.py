@@ -17,7 +17,7 @@ import msgspec
 from cairn.audit import GENESIS, chain_step, event_digest, split_subject
 from cairn.audit._read import MAX_BATCH_BYTES
 from cairn.bus import Connection, EventStore, Stored
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, NotFound
 from cairn.portable._format import (
     ARTIFACTS_DIR,
     CHECKPOINTS_FILE,
@@ -215,8 +215,10 @@ async def export_workspace(
     ``since``, only what was stored after it; with ``blobs``, the blobs its events name. The
     manifest is written last, so a folder without one is an export that did not finish."""
     subjects.validate_token(workspace, "workspace")
-    _make_empty(dest)
     stored_events = await _stored(conn, EVENTS.name, subjects.events_of_workspace(workspace))
+    if not stored_events:
+        raise NotFound(f"workspace {workspace} has no events in this log")
+    _make_empty(dest)
     stored_metrics = await _stored(conn, METRICS.name, f"cairn.metrics.{workspace}.>")
     events, checkpoints, metrics, refs = _write_lines(dest, stored_events, stored_metrics, since)
     artifacts: list[ArtifactEntry] | None = None
