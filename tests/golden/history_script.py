@@ -1,7 +1,8 @@
 """The golden history's workload, through the sync SDK as a data scientist writes it:
 experiments and runs (metrics of every shape, tags, properties, files, a child, a failure, a
 cancel), models with aliases, environments, datastores and datasets, a compute target,
-secrets, a job, a pipeline (published too), a sweep, a schedule, a webhook and an endpoint.
+secrets, a job, a pipeline (published too), a sweep, a schedule, a webhook, endpoints and
+deployments (one healthy, one failing).
 ``tests/golden/record.py`` runs it against a fresh stack with one agent; it prints one JSON
 line of what it made. An event type new to Cairn gets a line here before it is recorded."""
 
@@ -10,12 +11,14 @@ import sys
 from pathlib import Path
 
 from cairn.sdk import (
+    AciWebservice,
     ComputeTarget,
     Dataset,
     Datastore,
     Environment,
     Experiment,
     HyperDriveConfig,
+    InferenceConfig,
     Model,
     Pipeline,
     PipelineData,
@@ -230,5 +233,38 @@ ws._run(ws.core.endpoints.regen_key("golden-endpoint", "secondary"))
 ws._run(ws.core.endpoints.update("golden-endpoint", description="still none"))
 ws._run(ws.core.endpoints.create("gone-endpoint"))
 ws._run(ws.core.endpoints.delete("gone-endpoint"))
+# -- deployments: one served (updated to two replicas), one that fails, both deleted --------
+serving = work / "serving"
+serving.mkdir()
+(serving / "score.py").write_text(
+    "def init():\n    global scale\n    scale = 2\n\n\n"
+    "def run(raw_data):\n    return [scale * x for x in raw_data['data']]\n"
+)
+(serving / "broken_score.py").write_text(
+    "def init():\n    raise FileNotFoundError('no model here')\n\n\n"
+    "def run(raw_data):\n    return raw_data\n"
+)
+inference = InferenceConfig(source_directory=str(serving), entry_script="score.py", environment=env)
+service = Model.deploy(
+    ws,
+    "golden-service",
+    [second],
+    inference,
+    AciWebservice.deploy_configuration(cpu_cores=1, memory_gb=1),
+)
+service.wait_for_deployment()
+service.update(inference_config=inference, num_replicas=2)
+service.wait_for_deployment()
+broken = Model.deploy(
+    ws,
+    "golden-broken",
+    [second],
+    InferenceConfig(source_directory=str(serving), entry_script="broken_score.py", environment=env),
+    AciWebservice.deploy_configuration(),
+)
+broken.wait_for_deployment()
+out["deployments"] = [service.state, broken.state]
+broken.delete()
+service.delete()
 out["published"] = published.id
 print(json.dumps(out))

@@ -1,5 +1,6 @@
 """Record a golden event history: ``python -m tests.golden.record`` starts a fresh stack (its
-own nats-server, every service, one agent), runs ``history_script.py`` in workspace
+own nats-server, every service, one agent with four slots: a deployment rolled to two
+replicas holds three while it rolls), runs ``history_script.py`` in workspace
 ``golden`` through the sync SDK, exports the workspace (``cairn.portable``) into the next
 ``tests/golden/v<N>/history``, and writes beside it every read model replayed from it
 (``read_models/<name>.json``) and the fingerprint of today's event schemas (``schemas.json``).
@@ -82,7 +83,7 @@ async def _history(work: Path, dest: Path) -> None:
         agent = asyncio.create_task(
             run_services(
                 agent_settings,
-                [partial(AgentService, compute="local", slots=2)],
+                [partial(AgentService, compute="local", slots=4)],
                 stop=agent_stop,
                 ready=agent_ready,
                 provision_streams=False,
