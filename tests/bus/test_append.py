@@ -10,7 +10,7 @@ import pytest
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
 from cairn.domain import Aggregate
 from cairn.errors import ConcurrencyConflict, PayloadTooLarge
-from cairn.proto.events import Event, ExperimentCreated, RunFailed
+from cairn.proto.events import Event, ExperimentCreated, RunFailed, encode_envelope
 from cairn.proto.subjects import event as event_subject
 from tests.helpers import envelope
 
@@ -318,3 +318,28 @@ async def test_a_command_folds_only_the_events_it_has_not_folded(
     folded.clear()
     assert AggregateCache(store).state(_subject(ws_name), counter, history) == 7
     assert len(folded) == 7
+
+
+async def test_a_cas_against_a_wildcard_sees_every_subject_under_it(
+    store: EventStore, ws_name: str
+) -> None:
+    """``expected_subject``: the sequence expected is the last of all the messages under it,
+    so a message on another subject of the same space in between is a conflict."""
+    space = f"cairn.ev.{ws_name}.>"
+    first = event_subject(ws_name, "experiment", "a")
+    other = event_subject(ws_name, "experiment", "b")
+    payload = encode_envelope(envelope(ws_name, "a"))
+    done = await store.publish(
+        first, payload, msg_id=f"{ws_name}-w1", expected_seq=0, expected_subject=space
+    )
+    other_payload = encode_envelope(envelope(ws_name, "b"))
+    await store.publish(other, other_payload, msg_id=f"{ws_name}-w2", expected_seq=0)
+    with pytest.raises(ConcurrencyConflict):  # the first subject's own last is still `done`
+        await store.publish(
+            first, payload, msg_id=f"{ws_name}-w3", expected_seq=done.seq, expected_subject=space
+        )
+    last = (await store.read_stored(other))[-1].seq
+    again = await store.publish(
+        first, payload, msg_id=f"{ws_name}-w4", expected_seq=last, expected_subject=space
+    )
+    assert again.seq > last and not again.duplicate

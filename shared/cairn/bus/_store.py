@@ -162,15 +162,25 @@ class EventStore:
         return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
 
     async def publish(
-        self, subject: str, payload: bytes, *, msg_id: str, expected_seq: int | None = None
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        expected_seq: int | None = None,
+        expected_subject: str | None = None,
     ) -> AppendResult:
         """Store one message with a dedupe id (and optionally the subject CAS), with the same
-        outcome mapping and transient retries as :meth:`append`."""
+        outcome mapping and transient retries as :meth:`append`. With ``expected_subject``
+        (wildcards allowed) the CAS is against the last message on those subjects instead of
+        ``subject``'s (``Nats-Expected-Last-Subject-Sequence-Subject``)."""
         if len(payload) > self.max_bytes:
             raise PayloadTooLarge(f"{len(payload)} bytes exceed the {self.max_bytes} byte limit")
         headers = {"Nats-Msg-Id": msg_id}
         if expected_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)
+            if expected_subject is not None:
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = expected_subject
         reply = await self._request(subject, payload, headers)
         return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
 

@@ -16,6 +16,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _jobs,
     _online,
     _pipelines,
+    _portable,
     _projection,
     _registry,
     _schedules,

@@ -69,6 +69,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "projection",
         "replay",
         "audit",
+        "export",
+        "import",
         "workspace",
         "user",
         "token",

@@ -15,21 +15,26 @@ from cairn.projection._engine import (
     events_of,
     replay,
 )
+from cairn.projection._offline import Offline, dump_tables, replay_offline, subject_matches
 
 __all__ = [
     "EVENTS_SOURCE",
     "METRICS_LINGER_S",
     "AsOfReadModels",
     "Delivered",
+    "Offline",
     "Projection",
     "ProjectionRunner",
     "Replayed",
     "Source",
     "Tables",
     "content_hash",
+    "dump_tables",
     "events_of",
     "read_model_states",
     "replay",
+    "replay_offline",
     "retry_quarantined",
+    "subject_matches",
     "verify_read_models",
 ]

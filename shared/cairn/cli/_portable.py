@@ -1,0 +1,262 @@
+"""``cairn export`` and ``cairn import``: one workspace's history as a folder of JSON lines,
+carried to another home or cluster (docs/design.md, *Export and import*)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cairn.cli._base import cli, emit, json_option, run
+from cairn.settings import Settings
+
+_CREDS_HELP = (
+    'a JSON file with the service user\'s "user" and "password" (default: the service user'
+    " of the home's credentials.json)"
+)
+
+
+def _moment(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            "a moment, ISO 8601 (e.g. 2026-11-29T08:00:00Z; no zone: UTC)", param_hint="--since"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@contextlib.asynccontextmanager
+async def _blobs(loaded: Settings) -> AsyncIterator[Any]:
+    """The home's artifact store, as the artifact service opens it."""
+    from cairn.storage import LocalBlobStore, S3BlobStore
+
+    s3 = loaded.artifact_s3
+    store: Any = (
+        await S3BlobStore.open(s3) if s3 is not None else LocalBlobStore(loaded.artifacts_path)
+    )
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _audit_key(loaded: Settings) -> str:
+    """The home's audit public key (hex), when this machine runs the audit service."""
+    from cairn.audit import public_key_hex, public_key_path, read_public_key
+
+    path = public_key_path(loaded)
+    return public_key_hex(read_public_key(path)) if path.is_file() else ""
+
+
+@cli.command("export")
+@click.option("--workspace", required=True, help="the workspace whose history is written")
+@click.option(
+    "--since",
+    default=None,
+    help="only what the server stored after this moment (ISO 8601): to carry on an import"
+    " of an earlier export",
+)
+@click.option(
+    "--artifacts", is_flag=True, help="also write the blobs the events name (files, models, data)"
+)
+@click.option(
+    "--creds",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help=_CREDS_HELP,
+)
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@json_option
+def export(
+    workspace: str,
+    since: str | None,
+    artifacts: bool,
+    creds: Path | None,
+    folder: Path,
+    as_json: bool,
+) -> None:
+    """Write a workspace's history into FOLDER (new or empty): its events as JSON lines with
+    the audit chain over them (events.jsonl), its runs' metric batches (metrics.jsonl), the
+    audit service's signed checkpoints (checkpoints.jsonl) and a manifest; with --artifacts
+    also the blobs its events name (artifacts/<sha256>). 'cairn import' reads it into
+    another home or cluster. Parquet is not written: no Parquet library is among Cairn's.
+
+    It reads the log as the services do, with the service user's credentials.
+
+    \b
+    Example:
+      cairn export --workspace default --artifacts ./default-export
+      cairn export --workspace default --since 2026-11-29T00:00:00Z ./default-since
+    """
+    from cairn.cli._stack import service_connection_settings
+    from cairn.proto.subjects import validate_token
+
+    validate_token(workspace, "workspace")
+    moment = _moment(since)
+    loaded = service_connection_settings(creds)
+
+    async def go() -> dict[str, Any]:
+        from cairn.bus import connect
+        from cairn.portable import export_workspace
+
+        conn = await connect(loaded, name="cairn-export")
+        try:
+            async with _blobs(loaded) as blobs:
+                manifest = await export_workspace(
+                    conn,
+                    workspace,
+                    folder,
+                    now=datetime.now(UTC),
+                    since=moment,
+                    blobs=blobs if artifacts else None,
+                    audit_key=_audit_key(loaded),
+                )
+        finally:
+            await conn.close()
+        return {
+            "workspace": workspace,
+            "folder": str(folder),
+            "events": manifest.events.count,
+            "metric_batches": manifest.metrics.count,
+            "checkpoints": manifest.checkpoints.count,
+            "artifacts": None if manifest.artifacts is None else len(manifest.artifacts),
+            "missing_artifacts": manifest.missing_artifacts,
+            "chain": manifest.events.chain,
+        }
+
+    row = run(go())
+    emit(row, as_json, _EXPORT_COLUMNS)
+    if row["missing_artifacts"] and not as_json:
+        click.echo(
+            f"{len(row['missing_artifacts'])} blob(s) the events name are not in the artifact"
+            " store (listed in manifest.json)",
+            err=True,
+        )
+
+
+_EXPORT_COLUMNS = [
+    ("workspace", "WORKSPACE"),
+    ("events", "EVENTS"),
+    ("metric_batches", "METRIC BATCHES"),
+    ("checkpoints", "CHECKPOINTS"),
+    ("artifacts", "ARTIFACTS"),
+    ("chain", "CHAIN"),
+]
+_IMPORT_COLUMNS = [
+    ("workspace", "WORKSPACE"),
+    ("events", "EVENTS STORED"),
+    ("events_present", "ALREADY THERE"),
+    ("metrics", "METRIC BATCHES STORED"),
+    ("artifacts", "ARTIFACTS STORED"),
+    ("signed", "EVENTS SIGNED"),
+    ("chain", "CHAIN"),
+]
+
+
+def _trusted(given: str | None) -> Any:
+    from cairn.audit import parse_public_key, read_public_key
+
+    if given is None:
+        return None
+    if Path(given).is_file():
+        return read_public_key(Path(given))
+    return parse_public_key(given, "--public-key")
+
+
+@cli.command("import")
+@click.option(
+    "--public-key",
+    "public_key",
+    default=None,
+    help="the source's audit key (64 hex digits or a file holding them) the export's"
+    " checkpoints must be signed with (default: the key the export names)",
+)
+@click.option("--check", is_flag=True, help="only check the export; store nothing")
+@click.option(
+    "--creds",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help=_CREDS_HELP,
+)
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+def import_(
+    public_key: str | None, check: bool, creds: Path | None, folder: Path, as_json: bool
+) -> None:
+    """Store the workspace history that 'cairn export' wrote into FOLDER in this home or
+    cluster, with its events' ids, order and bytes unchanged (and their chain with them), its
+    metric batches, and the blobs it holds (each checked against its digest).
+
+    Nothing is stored unless the whole export checks: every line whole, every digest and
+    chain hash recomputed equal, the signed checkpoints agreeing with the events, and the
+    files the manifest hashed. A workspace that already has other events here is refused; an
+    import repeated stores nothing again, and one cut short finishes when run again.
+
+    \b
+    Example:
+      cairn import ./default-export
+      cairn import --public-key 3f…e1 --check ./default-export
+    """
+    from cairn.cli._stack import service_connection_settings
+
+    trusted = _trusted(public_key)
+    if check:
+        from cairn.portable import verify_export
+
+        loaded_export, signed = verify_export(folder, trusted)
+        m = loaded_export.manifest
+        emit(
+            {
+                "workspace": m.workspace,
+                "events": m.events.count,
+                "events_present": None,
+                "metrics": m.metrics.count,
+                "artifacts": None if m.artifacts is None else len(m.artifacts),
+                "signed": signed,
+                "chain": m.events.chain,
+            },
+            as_json,
+            _IMPORT_COLUMNS,
+        )
+        if not as_json:
+            _unsigned(m.events.count, signed)
+        return
+    loaded = service_connection_settings(creds)
+
+    async def go() -> dict[str, Any]:
+        from cairn.bus import connect
+        from cairn.portable import import_workspace
+
+        conn = await connect(loaded, name="cairn-import")
+        try:
+            async with _blobs(loaded) as blobs:
+                done = await import_workspace(conn, folder, blobs=blobs, public=trusted)
+        finally:
+            await conn.close()
+        return done._asdict()
+
+    row = run(go())
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    emit(row, False, _IMPORT_COLUMNS)
+    _unsigned(row["events"] + row["events_present"], row["signed"])
+
+
+def _unsigned(events: int, signed: int) -> None:
+    """Say how much of the export no signed checkpoint of the source covers."""
+    if signed < events:
+        click.echo(
+            f"{events - signed} of the export's {events} events are in no signed checkpoint of"
+            " the source (signed every audit_every_events or audit_every_s there): their"
+            " chain is the export's own",
+            err=True,
+        )

@@ -1,0 +1,277 @@
+"""``cairn export``: one workspace's events, metric batches and audit checkpoints, as stored,
+into a folder of JSON lines (:mod:`cairn.portable._format`), with the blobs its events name
+when asked."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from cairn.audit import GENESIS, chain_step, event_digest, split_subject
+from cairn.audit._read import MAX_BATCH_BYTES
+from cairn.bus import Connection, EventStore, Stored
+from cairn.errors import InvalidInput, NotFound
+from cairn.portable._format import (
+    ARTIFACTS_DIR,
+    CHECKPOINTS_FILE,
+    EVENTS_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    ArtifactEntry,
+    EventsPart,
+    Line,
+    Manifest,
+    Part,
+    artifact_file,
+    blob_refs,
+)
+from cairn.proto import subjects
+from cairn.proto.events import EVENT_TYPES
+from cairn.proto.streams import EVENTS, METRICS
+from cairn.storage import BlobStore
+
+__all__ = ["export_workspace"]
+
+_CHUNK = 1 << 20
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class _File:
+    """One lines file being written: its hash, its lines, and what came before them."""
+
+    out: IO[bytes]
+    sha: hashlib._Hash = field(default_factory=hashlib.sha256)
+    count: int = 0
+    prev_count: int = 0
+    prev_last: str = ""
+    prev_chain: str = GENESIS
+    chain: str = GENESIS
+
+    def write(self, line: Line) -> None:
+        body = _encoder.encode(line) + b"\n"
+        self.out.write(body)
+        self.sha.update(body)
+        self.count += 1
+
+    def part(self) -> Part:
+        return Part(
+            count=self.count,
+            prev_count=self.prev_count,
+            prev_last=self.prev_last,
+            sha256=self.sha.hexdigest(),
+        )
+
+
+async def _stored(conn: Connection, stream: str, subject_filter: str) -> list[Stored]:
+    """Every message on ``subject_filter`` of ``stream`` as it is while reading, oldest
+    first, with the server's time."""
+    store = EventStore(conn, stream=stream)
+    out: list[Stored] = []
+    start = 1
+    while True:
+        got, more = await store.batch(subject_filter, start, limit=256, max_bytes=MAX_BATCH_BYTES)
+        out.extend(got)
+        if not got or not more:
+            return out
+        start = got[-1].seq + 1
+
+
+def _raw(m: Stored) -> msgspec.Raw:
+    """A stored message's bytes as one line's JSON value, unchanged (the digest covers them):
+    refused when they are not one JSON value on one line."""
+    try:
+        msgspec.json.decode(m.data)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"seq {m.seq} on {m.subject} is not JSON: {exc}") from exc
+    if b"\n" in m.data or b"\r" in m.data:
+        raise InvalidInput(f"seq {m.seq} on {m.subject} spans lines: it cannot be one line")
+    return msgspec.Raw(m.data)
+
+
+def _after(since: datetime | None, message: Stored, started: bool) -> bool:
+    """Whether ``message`` is exported: everything without ``since``; otherwise from the first
+    one stored after it on (the ones before are the history the target already holds)."""
+    if since is None or started:
+        return True
+    return message.time is not None and message.time > since
+
+
+def _write_events(
+    messages: list[Stored], since: datetime | None, events: _File, checkpoints: _File
+) -> dict[str, None]:
+    """Events (chained) and checkpoints into their files; the blobs the events name."""
+    refs: dict[str, None] = {}
+    started = False
+    for m in messages:
+        if split_subject(m.subject) is None:  # the workspace's checkpoints (audit kind)
+            if _after(since, m, started):
+                digest = event_digest(m.subject, m.msg_id, m.data)
+                data = _raw(m)
+                checkpoints.write(
+                    Line(seq=m.seq, subject=m.subject, msg_id=m.msg_id, digest=digest, data=data)
+                )
+            continue
+        digest = event_digest(m.subject, m.msg_id, m.data)
+        events.chain = chain_step(events.chain, m.seq, digest)
+        started = _after(since, m, started)
+        if not started:
+            events.prev_count += 1
+            events.prev_last, events.prev_chain = digest, events.chain
+            continue
+        line = Line(
+            seq=m.seq,
+            subject=m.subject,
+            msg_id=m.msg_id,
+            digest=digest,
+            chain=events.chain,
+            data=_raw(m),
+        )
+        events.write(line)
+        blob_refs(msgspec.json.decode(m.data).get("data"), refs)
+    return refs
+
+
+def _write_metrics(messages: list[Stored], since: datetime | None, metrics: _File) -> None:
+    started = False
+    for m in messages:
+        digest = event_digest(m.subject, m.msg_id, m.data)
+        started = _after(since, m, started)
+        if not started:
+            metrics.prev_count += 1
+            metrics.prev_last = digest
+            continue
+        metrics.write(
+            Line(
+                seq=m.seq,
+                subject=m.subject,
+                msg_id=m.msg_id,
+                digest=digest,
+                data=_raw(m),
+            )
+        )
+
+
+async def _copy_blob(blobs: BlobStore, digest: str, dest: Path) -> int | None:
+    """The blob ``digest`` into ``dest``, checked against its digest; its size, or None when
+    the store does not hold it."""
+    size = await blobs.size(digest)
+    if size is None:
+        return None
+    sha = hashlib.sha256()
+    out = await asyncio.to_thread(open, dest, "wb")
+    offset = 0
+    try:
+        while offset < size:
+            chunk = await blobs.read(digest, offset, min(_CHUNK, size - offset))
+            if not chunk:
+                break
+            await asyncio.to_thread(out.write, chunk)
+            sha.update(chunk)
+            offset += len(chunk)
+    finally:
+        out.close()
+    if offset != size or "sha256:" + sha.hexdigest() != digest:
+        raise InvalidInput(f"the artifact store's blob {digest} does not match its digest")
+    return size
+
+
+async def _write_artifacts(
+    blobs: BlobStore, refs: dict[str, None], root: Path
+) -> tuple[list[ArtifactEntry], list[str]]:
+    await asyncio.to_thread((root / ARTIFACTS_DIR).mkdir)
+    written: list[ArtifactEntry] = []
+    missing: list[str] = []
+    for digest in refs:
+        file = artifact_file(digest)
+        size = await _copy_blob(blobs, digest, root / file)
+        if size is None:
+            missing.append(digest)
+        else:
+            written.append(ArtifactEntry(digest=digest, size=size, file=file))
+    return written, missing
+
+
+async def export_workspace(
+    conn: Connection,
+    workspace: str,
+    dest: Path,
+    *,
+    now: datetime,
+    since: datetime | None = None,
+    blobs: BlobStore | None = None,
+    audit_key: str = "",
+) -> Manifest:
+    """Write workspace ``workspace``'s history into the new (or empty) folder ``dest``: with
+    ``since``, only what was stored after it; with ``blobs``, the blobs its events name. The
+    manifest is written last, so a folder without one is an export that did not finish."""
+    subjects.validate_token(workspace, "workspace")
+    stored_events = await _stored(conn, EVENTS.name, subjects.events_of_workspace(workspace))
+    if not stored_events:
+        raise NotFound(f"workspace {workspace} has no events in this log")
+    _make_empty(dest)
+    stored_metrics = await _stored(conn, METRICS.name, f"cairn.metrics.{workspace}.>")
+    events, checkpoints, metrics, refs = _write_lines(dest, stored_events, stored_metrics, since)
+    artifacts: list[ArtifactEntry] | None = None
+    missing: list[str] = []
+    if blobs is not None:
+        artifacts, missing = await _write_artifacts(blobs, refs, dest)
+    base = events.part()
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        workspace=workspace,
+        exported_at=now.isoformat(),
+        since=None if since is None else since.isoformat(),
+        events=EventsPart(
+            count=base.count,
+            prev_count=base.prev_count,
+            prev_last=base.prev_last,
+            sha256=base.sha256,
+            prev_chain=events.prev_chain,
+            chain=events.chain,
+        ),
+        metrics=metrics.part(),
+        checkpoints=checkpoints.part(),
+        audit_key=audit_key,
+        schema_versions={name: cls.VERSION for name, cls in sorted(EVENT_TYPES.items())},
+        artifacts=artifacts,
+        missing_artifacts=missing,
+    )
+    _write_manifest(dest, manifest)
+    return manifest
+
+
+def _make_empty(dest: Path) -> None:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise InvalidInput(f"{dest} is not an empty folder")
+    dest.mkdir(parents=True, exist_ok=True)
+
+
+def _write_lines(
+    dest: Path, stored_events: list[Stored], stored_metrics: list[Stored], since: datetime | None
+) -> tuple[_File, _File, _File, dict[str, None]]:
+    with (
+        open(dest / EVENTS_FILE, "wb") as ev,
+        open(dest / CHECKPOINTS_FILE, "wb") as cp,
+        open(dest / METRICS_FILE, "wb") as mx,
+    ):
+        events, checkpoints, metrics = _File(ev), _File(cp), _File(mx)
+        refs = _write_events(stored_events, since, events, checkpoints)
+        _write_metrics(stored_metrics, since, metrics)
+    return events, checkpoints, metrics, refs
+
+
+def _write_manifest(dest: Path, manifest: Manifest) -> None:
+    staged = dest / (MANIFEST_FILE + ".tmp")
+    staged.write_bytes(msgspec.json.format(_encoder.encode(manifest), indent=2) + b"\n")
+    os.replace(staged, dest / MANIFEST_FILE)

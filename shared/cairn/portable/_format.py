@@ -1,0 +1,331 @@
+"""The export format, pure: one folder per workspace export (docs/design.md, *Export and
+import*)::
+
+    manifest.json       what the export holds, its chain's ends and its files' hashes
+    events.jsonl        the workspace's events (EVENTS), oldest first, one JSON object a line
+    metrics.jsonl       its runs' metric batches (METRICS), oldest first
+    checkpoints.jsonl   the audit service's signed checkpoints of the workspace's chain
+    artifacts/<hex>     with ``--artifacts``: each blob the events name, by its SHA-256
+
+A line is ``{"seq", "subject", "msg_id", "digest", "chain", "data"}``: the stream sequence
+where the message was stored, its subject and ``Nats-Msg-Id``, its audit digest
+(:func:`cairn.audit.event_digest`), for an event the workspace's chain hash after it
+(:func:`cairn.audit.chain_step`: the same chain the audit service signs), and its stored bytes,
+unchanged, as the JSON value they are.
+
+:func:`load_export` reads a folder and refuses it, naming the line, unless every line is whole
+and well-formed, every digest and chain hash is recomputed equal, the chain ends where the
+manifest says, and every file is the one the manifest hashed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cairn.audit import (
+    GENESIS,
+    chain_step,
+    compare_window,
+    event_digest,
+    key_id_of,
+    split_subject,
+    verify_signature,
+)
+from cairn.errors import InvalidInput
+from cairn.proto import subjects
+from cairn.proto.events import EVENT_TYPES, ChainCheckpointed, ChainEntry, Envelope
+
+__all__ = [
+    "ARTIFACTS_DIR",
+    "CHECKPOINTS_FILE",
+    "EVENTS_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "METRICS_FILE",
+    "ArtifactEntry",
+    "EventsPart",
+    "Line",
+    "Loaded",
+    "Manifest",
+    "Part",
+    "artifact_file",
+    "blob_refs",
+    "check_checkpoints",
+    "load_export",
+]
+
+FORMAT = "cairn-export"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+EVENTS_FILE = "events.jsonl"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_FILE = "checkpoints.jsonl"
+ARTIFACTS_DIR = "artifacts"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: the fields of an event's data that name a blob of the artifact store
+_BLOB_FIELDS = frozenset({"digest", "blob", "snapshot"})
+
+
+class Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One stored message: where it was, what it is, and its bytes as the JSON they are."""
+
+    seq: int
+    subject: str
+    msg_id: str
+    digest: str
+    #: the workspace's chain hash after this event (events only; "" elsewhere)
+    chain: str = ""
+    data: msgspec.Raw
+
+
+class Part(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One file of lines: how many, what came before them (``--since``), the file's SHA-256."""
+
+    count: int
+    #: messages of the workspace stored before the first line (an export ``--since``)
+    prev_count: int = 0
+    #: the digest of the last of those ("" when none)
+    prev_last: str = ""
+    sha256: str
+
+
+class EventsPart(Part, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The events file, with its chain's ends: the hash before the first line and after the
+    last."""
+
+    prev_chain: str = GENESIS
+    chain: str = GENESIS
+
+
+class ArtifactEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    digest: str
+    size: int
+    #: always ``artifacts/<hex of digest>``; anything else is refused
+    file: str
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    format: str
+    format_version: int
+    workspace: str
+    exported_at: str
+    #: only what was stored after this time (ISO 8601), or everything (None)
+    since: str | None = None
+    events: EventsPart
+    metrics: Part
+    checkpoints: Part
+    #: the source's audit public key (hex) the checkpoints were signed with ("" when none)
+    audit_key: str = ""
+    #: the schema version of every event type of the exporting Cairn
+    schema_versions: dict[str, int]
+    #: the blobs written (None: exported without ``--artifacts``)
+    artifacts: list[ArtifactEntry] | None = None
+    #: blobs the events name that the artifact store did not hold
+    missing_artifacts: list[str] = []
+
+
+class Loaded(NamedTuple):
+    """An export read and checked: its manifest and its lines."""
+
+    root: Path
+    manifest: Manifest
+    events: list[Line]
+    metrics: list[Line]
+    checkpoints: list[Line]
+
+
+_manifest_decoder = msgspec.json.Decoder(Manifest)
+_line_decoder = msgspec.json.Decoder(Line)
+_raw_envelope = msgspec.json.Decoder(Envelope[msgspec.Raw])
+
+
+def artifact_file(digest: str) -> str:
+    """Where a blob lies in an export: ``artifacts/<hex>``."""
+    return f"{ARTIFACTS_DIR}/{digest.removeprefix('sha256:')}"
+
+
+def blob_refs(value: Any, found: dict[str, None]) -> None:
+    """Add to ``found`` (in order, once each) every blob an event's data names: the values of
+    its ``digest``, ``blob`` and ``snapshot`` fields that are ``sha256:<hex>``, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _BLOB_FIELDS and isinstance(item, str) and _DIGEST.fullmatch(item):
+                found[item] = None
+            else:
+                blob_refs(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            blob_refs(item, found)
+
+
+def _refuse(file: str, number: int, what: str) -> InvalidInput:
+    return InvalidInput(f"the export is refused: {file} line {number}: {what}")
+
+
+def _read_lines(root: Path, file: str, part: Part) -> tuple[list[Line], str]:
+    """The lines of one file, each whole and well-formed, as many as the manifest counts,
+    and the file's SHA-256."""
+    path = root / file
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
+    if body and not body.endswith(b"\n"):
+        raise _refuse(file, body.count(b"\n") + 1, "truncated (no end of line)")
+    lines: list[Line] = []
+    for number, text in enumerate(body.splitlines(), start=1):
+        try:
+            line = _line_decoder.decode(text)
+            msgspec.json.decode(line.data)  # the data is one whole JSON value
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _refuse(file, number, f"malformed: {exc}") from exc
+        if not line.msg_id:
+            raise _refuse(file, number, "no Nats-Msg-Id: an import could not be repeated safely")
+        if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
+            raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
+        if lines and line.seq <= lines[-1].seq:
+            raise _refuse(file, number, f"seq {line.seq} does not follow seq {lines[-1].seq}")
+        lines.append(line)
+    if len(lines) != part.count:
+        raise InvalidInput(
+            f"the export is refused: {file} holds {len(lines)} lines, the manifest counts"
+            f" {part.count} (truncated?)"
+        )
+    return lines, hashlib.sha256(body).hexdigest()
+
+
+def _check_hash(file: str, part: Part, sha256: str) -> None:
+    """Last, once the lines are checked (they name what is wrong more precisely)."""
+    if sha256 != part.sha256:
+        raise InvalidInput(f"the export is refused: {file} is not the file the manifest hashed")
+
+
+def _check_event(ws: str, number: int, line: Line) -> None:
+    """An event line's envelope: of this workspace, on its aggregate's subject, of a type and
+    version this Cairn reads."""
+    try:
+        env = _raw_envelope.decode(line.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _refuse(EVENTS_FILE, number, f"not an event envelope: {exc}") from exc
+    try:
+        subject = subjects.event(env.workspace, env.aggregate_kind, env.aggregate_id)
+    except InvalidInput as exc:
+        raise _refuse(EVENTS_FILE, number, str(exc)) from exc
+    if env.workspace != ws or line.subject != subject:
+        raise _refuse(EVENTS_FILE, number, f"{line.subject} is not an event of workspace {ws}")
+    cls = EVENT_TYPES.get(env.type)
+    if cls is None or env.schema_version > cls.VERSION:
+        raise _refuse(
+            EVENTS_FILE,
+            number,
+            f"{env.type} v{env.schema_version} is unknown to this Cairn: upgrade it first",
+        )
+
+
+def _check_chain(manifest: Manifest, events: list[Line]) -> None:
+    chain = manifest.events.prev_chain
+    for number, line in enumerate(events, start=1):
+        _check_event(manifest.workspace, number, line)
+        chain = chain_step(chain, line.seq, line.digest)
+        if line.chain != chain:
+            raise _refuse(
+                EVENTS_FILE, number, f"seq {line.seq} {line.subject}: the chain does not verify"
+            )
+    if chain != manifest.events.chain:
+        raise InvalidInput(
+            "the export is refused: its chain ends at another hash than the manifest's"
+        )
+
+
+def _check_metrics(ws: str, metrics: list[Line]) -> None:
+    prefix = f"cairn.metrics.{ws}."
+    for number, line in enumerate(metrics, start=1):
+        if not line.subject.startswith(prefix) or len(line.subject.split(".")) != 4:
+            raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+
+
+def _check_manifest(manifest: Manifest) -> None:
+    if manifest.format != FORMAT or manifest.format_version != FORMAT_VERSION:
+        raise InvalidInput(
+            f"the export is refused: format {manifest.format!r} v{manifest.format_version};"
+            f" this Cairn reads {FORMAT!r} v{FORMAT_VERSION}"
+        )
+    subjects.validate_token(manifest.workspace, "workspace")
+    for entry in manifest.artifacts or []:
+        if not _DIGEST.fullmatch(entry.digest) or entry.file != artifact_file(entry.digest):
+            raise InvalidInput(
+                f"the export is refused: artifact {entry.file!r} is not named"
+                f" {ARTIFACTS_DIR}/<the hex of its digest> ({entry.digest!r})"
+            )
+        if entry.size < 0:
+            raise InvalidInput(f"the export is refused: artifact {entry.file} has a negative size")
+
+
+def load_export(root: Path) -> Loaded:
+    """Read and check the export in ``root`` (module docstring); ``InvalidInput`` names what
+    is wrong."""
+    try:
+        manifest = _manifest_decoder.decode((root / MANIFEST_FILE).read_bytes())
+    except OSError as exc:
+        raise InvalidInput(f"{root} holds no export ({MANIFEST_FILE}: {exc})") from exc
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidInput(f"the export is refused: {MANIFEST_FILE} is malformed: {exc}") from exc
+    _check_manifest(manifest)
+    events, sha = _read_lines(root, EVENTS_FILE, manifest.events)
+    _check_chain(manifest, events)
+    _check_hash(EVENTS_FILE, manifest.events, sha)
+    metrics, sha = _read_lines(root, METRICS_FILE, manifest.metrics)
+    _check_metrics(manifest.workspace, metrics)
+    _check_hash(METRICS_FILE, manifest.metrics, sha)
+    checkpoints, sha = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints)
+    _check_hash(CHECKPOINTS_FILE, manifest.checkpoints, sha)
+    return Loaded(root, manifest, events, metrics, checkpoints)
+
+
+def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
+    """Check the export's signed checkpoints against its events: each of this workspace,
+    signed by ``public`` (when given) and listing exactly the events the export holds in its
+    window, its chain hash the one recomputed there. Returns how many events they cover."""
+    ws = loaded.manifest.workspace
+    chain_at = {line.seq: line.chain for line in loaded.events}
+    entries: list[ChainEntry] = []
+    for line in loaded.events:
+        split = split_subject(line.subject)
+        assert split is not None  # checked: an event of the workspace
+        entries.append(ChainEntry(seq=line.seq, digest=line.digest, subject=split[1]))
+    first = loaded.events[0].seq if loaded.events else 0
+    covered = 0
+    for number, line in enumerate(loaded.checkpoints, start=1):
+        try:
+            cp = msgspec.json.decode(line.data, type=Envelope[ChainCheckpointed]).data
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _refuse(CHECKPOINTS_FILE, number, f"not a checkpoint: {exc}") from exc
+        if cp.workspace != ws or line.subject != subjects.audit_chain(ws):
+            raise _refuse(CHECKPOINTS_FILE, number, f"a checkpoint of {cp.workspace}")
+        if public is not None and (
+            cp.key_id != key_id_of(public) or not verify_signature(public, cp)
+        ):
+            raise _refuse(
+                CHECKPOINTS_FILE, number, f"checkpoint {cp.index} is not signed by the key trusted"
+            )
+        if cp.from_seq < first:
+            continue  # its window starts before the export (--since): not all of it is here
+        window = [e for e in entries if cp.from_seq <= e.seq <= cp.up_to_seq]
+        finding = compare_window(ws, cp.events, window)
+        if finding is not None or chain_at.get(cp.up_to_seq) != cp.chain:
+            what = "its chain hash differs" if finding is None else finding.detail
+            raise _refuse(
+                CHECKPOINTS_FILE,
+                number,
+                f"checkpoint {cp.index} disagrees with the events at seq"
+                f" {cp.from_seq}-{cp.up_to_seq}: {what}",
+            )
+        covered += len(window)
+    return covered
