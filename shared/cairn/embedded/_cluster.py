@@ -149,6 +149,7 @@ class ClusterNode:
         begins at. A no-op (the current offset) when it runs."""
         if self.running:
             return self.log.stat().st_size if self.log.exists() else 0
+        self.check_store()
         self.write()
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
@@ -160,6 +161,25 @@ class ClusterNode:
             )
         self.paused = False
         return offset
+
+    def check_store(self) -> None:
+        """Refuse a store that holds a single server's streams (no JetStream meta layer): a
+        cluster node does not bring them into the cluster (its peers know nothing of them),
+        so the cluster would show an empty store, and provisioning would make new, empty
+        streams over the history. Such a store is moved by a backup and restore, then
+        ``cairn cluster migrate`` (ops/README.md)."""
+        if len(self.cluster.nodes) == 1:
+            return
+        js = self.store / "jetstream"
+        streams = sorted({p.name for p in js.glob("*/streams/*")} - {"$SYS"})
+        if streams and not (js / "$SYS" / "_js_" / "_meta_").exists():
+            raise CairnError(
+                f"{self.store} holds the streams of a single server ({', '.join(streams)}),"
+                f" which node {self.name} of a cluster would not bring into it: the cluster"
+                " would start empty. Move them by a backup and restore onto the running"
+                " cluster, then `cairn cluster migrate` (ops/README.md, 'Moving a single-node"
+                " home onto a cluster')"
+            )
 
     async def start(self, timeout: float = 20.0) -> None:
         """Start this node (if it is not running) and wait until it accepts clients."""
@@ -339,6 +359,8 @@ class NatsCluster:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start every node that is not running and wait until the cluster is ready."""
+        for node in self.nodes:
+            node.check_store()  # before any starts
         offsets = {node.name: node.spawn() for node in self.nodes}
         for node in self.nodes:
             await node.wait_listening(offsets[node.name], timeout)
