@@ -13,7 +13,7 @@ from cairn.bus import Connection, connect, migrate_replicas, provision
 from cairn.bus._provision import stream_names
 from cairn.embedded import NatsCluster
 from cairn.embedded._auth import ADMIN_USER, SERVICE_USER
-from cairn.errors import CairnError, UnderReplicated
+from cairn.errors import CairnError, PermissionDenied, UnderReplicated
 from tests.conftest import own_server
 
 #: a few messages on each stream that keeps them (JOBS too: no consumer takes its tickets)
@@ -100,3 +100,15 @@ async def test_a_single_servers_store_is_refused_as_a_nodes_store(tmp_path: Path
         assert not any(node.running for node in cluster.nodes)
     finally:
         cluster.kill()
+
+
+async def test_only_the_admin_may_migrate(cluster: NatsCluster) -> None:
+    """Scaling a stream is reconfiguring it: the services' user is refused by the server."""
+    conn = await connect(cluster.settings(user=SERVICE_USER, request_timeout=2.0))
+    try:
+        await provision(conn, replicas=1)
+        with pytest.raises(PermissionDenied, match=r"cairn-service may not publish to \$JS"):
+            await migrate_replicas(conn, replicas=3)
+    finally:
+        await conn.close()
+    assert (await cluster.stream_info("EVENTS"))["config"]["num_replicas"] == 1
