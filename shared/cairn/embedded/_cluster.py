@@ -381,7 +381,8 @@ class NatsCluster:
     ) -> None:
         """Until each of ``nodes`` (default: every running, unpaused node) answers
         ``/healthz`` ok (JetStream enabled, its meta group and its streams current) and
-        names a JetStream meta leader in ``/jsz``; ``Unavailable`` after ``timeout``."""
+        names in ``/jsz`` a JetStream meta leader that is live (after a kill or a pause of
+        the leader: until the others elected another); ``Unavailable`` after ``timeout``."""
         wanted = list(nodes) if nodes is not None else self.live()
         deadline = time.monotonic() + timeout
         while True:
@@ -403,8 +404,11 @@ class NatsCluster:
                 return exc.message
             if health.get("status") != "ok":
                 return f"{node.name}: {health.get('error') or health}"
-            if len(self.nodes) > 1 and not meta.get("leader"):
+            leader = meta.get("leader")
+            if len(self.nodes) > 1 and not leader:
                 return f"{node.name} knows no JetStream meta leader"
+            if len(self.nodes) > 1 and leader not in {n.name for n in self.live()}:
+                return f"{node.name} still follows meta leader {leader}, which is not live"
         return None
 
     def live(self) -> list[ClusterNode]:
@@ -423,11 +427,15 @@ class NatsCluster:
         return None
 
     async def stream_info(self, stream: str, timeout: float = 10.0) -> dict[str, Any]:
-        """``$JS.API.STREAM.INFO.<stream>`` as the service user, retried (through any live
-        node) until the stream has a leader or ``timeout`` passes."""
+        """``$JS.API.STREAM.INFO.<stream>`` as the service user, retried (through the live
+        nodes: a paused one would stall the connect) until the stream has a leader or
+        ``timeout`` passes."""
         from cairn.bus import connect
 
-        settings = self.settings(user=SERVICE_USER, request_timeout=2.0)
+        live = self.live()
+        if not live:
+            raise Unavailable(f"no node of the cluster runs to ask about stream {stream}")
+        settings = self.settings(user=SERVICE_USER, nodes=live, request_timeout=2.0)
         deadline = time.monotonic() + timeout
         last: object = None
         conn = await connect(settings, name="cairn-cluster-probe")
@@ -465,10 +473,17 @@ class NatsCluster:
                 return node
         raise InvalidInput(f"the client is connected to {url.netloc}, not a node of this cluster")
 
-    def settings(self, *, user: str | None = None, **extra: Any) -> Settings:
-        """Settings that connect to every node as ``user``: ``cairn-service``,
-        ``cairn-agent``, ``cairn-admin`` or a person (default: the local person); ``extra``
-        sets other fields (``request_timeout``, ``state_dir``...)."""
+    def settings(
+        self,
+        *,
+        user: str | None = None,
+        nodes: Iterable[ClusterNode] | None = None,
+        **extra: Any,
+    ) -> Settings:
+        """Settings that connect as ``user``: ``cairn-service``, ``cairn-agent``,
+        ``cairn-admin`` or a person (default: the local person), to every node (or to
+        ``nodes`` alone, in their order); ``extra`` sets other fields (``request_timeout``,
+        ``state_dir``...)."""
         creds = self.credentials
         passwords = {
             SERVICE_USER: creds.service_password,
@@ -481,7 +496,7 @@ class NatsCluster:
             raise InvalidInput(f"no user {user!r} in {self.credentials_file}")
         values = {
             "home": str(self.folder),
-            "nats_url": self.url,
+            "nats_url": self.url if nodes is None else ",".join(n.url for n in nodes),
             "nats_user": user,
             "nats_password": passwords[user],
             **extra,
