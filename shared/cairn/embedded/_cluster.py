@@ -24,6 +24,7 @@ survive none). A single node is written without a cluster block: a plain server.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import secrets
@@ -61,6 +62,20 @@ ROUTE_USER = "cairn-route"
 #: (4222, 6222, 8222 for the first node by default, as nats-server's own defaults)
 ROUTE_OFFSET = 2000
 MONITOR_OFFSET = 4000
+
+
+#: every node process this interpreter started and has not seen exit: killed at exit, so a
+#: test run that dies (or forgets a teardown) leaves no server behind
+_STARTED: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_left() -> None:
+    for proc in list(_STARTED):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _STARTED.clear()
 
 
 def check_node_count(nodes: int) -> int:
@@ -159,6 +174,7 @@ class ClusterNode:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _STARTED.add(self.proc)
         self.paused = False
         return offset
 
@@ -215,12 +231,15 @@ class ClusterNode:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+        _STARTED.discard(self.proc)
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like (the store keeps what was synced)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            _STARTED.discard(self.proc)
         self.paused = False
 
     def pause(self) -> None:
