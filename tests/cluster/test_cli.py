@@ -84,3 +84,21 @@ async def test_migrate_command_scales_the_streams_as_the_admin(cluster: NatsClus
     assert streams["EVENTS"] == {"before": 1, "after": 3}
     info = await cluster.stream_info("EVENTS")
     assert info["config"]["num_replicas"] == 3 and info["state"]["messages"] == 1
+
+
+def test_one_node_is_a_plain_server(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["cluster", "init", "--nodes", "1", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    conf = (tmp_path / "n1" / "nats.conf").read_text()
+    assert "cluster {" not in conf and "sync_interval: always" in conf
+    assert json.loads((tmp_path / "config.json").read_text())["nats_url"] == "nats://127.0.0.1:4222"
+
+
+async def test_a_single_node_provisions_single_copies(tmp_path: Path) -> None:
+    async with NatsCluster(tmp_path / "one", nodes=1) as one:
+        conn = await connect(one.settings(user=SERVICE_USER))
+        try:
+            await provision(conn)
+        finally:
+            await conn.close()
+        assert (await one.stream_info("EVENTS"))["config"]["num_replicas"] == 1
