@@ -20,7 +20,7 @@ async def test_a_killed_leader_is_replaced_and_its_node_catches_up(cluster: Nats
             await conn.js.publish(f"cairn.ev.ws1.experiment.e{i}", b"x", stream="EVENTS")
         await leader.start()
         await cluster.wait_ready()
-        info = await cluster.stream_info("EVENTS")
+        info = await cluster.wait_current("EVENTS")
         assert info["state"]["messages"] == 5
         assert {r["name"] for r in info["cluster"]["replicas"]} | {info["cluster"]["leader"]} == {
             n.name for n in cluster.nodes

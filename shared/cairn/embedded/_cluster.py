@@ -282,6 +282,27 @@ class NatsCluster:
         leader = (info.get("cluster") or {}).get("leader")
         return self.node(leader) if leader else self.nodes[0]
 
+    async def wait_current(self, stream: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Until ``stream`` has a live leader and every replica it was configured with is
+        current (after a restart: caught up); returns its info. ``Unavailable`` after
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
+        why = "not asked yet"
+        while time.monotonic() < deadline:
+            info = await self.stream_info(stream, max(deadline - time.monotonic(), 0.1))
+            cluster = info.get("cluster") or {}
+            followers = cluster.get("replicas") or []
+            want = int(info["config"].get("num_replicas", 1))
+            live = {n.name for n in self.live()}
+            behind = [f["name"] for f in followers if not f.get("current") or f["name"] not in live]
+            if len(self.nodes) == 1 or (
+                cluster.get("leader") in live and len(followers) == want - 1 and not behind
+            ):
+                return info
+            why = f"leader {cluster.get('leader')}, not current: {behind or 'replicas missing'}"
+            await asyncio.sleep(0.1)
+        raise Unavailable(f"stream {stream}'s replicas are not current after {timeout}s: {why}")
+
     def connected_node(self, nc: Any) -> ClusterNode:
         """The node a nats-py client (``conn.nc``) is connected to now."""
         url = nc.connected_url
