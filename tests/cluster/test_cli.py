@@ -102,3 +102,22 @@ async def test_a_single_node_provisions_single_copies(tmp_path: Path) -> None:
         finally:
             await conn.close()
         assert (await one.stream_info("EVENTS"))["config"]["num_replicas"] == 1
+
+
+def test_init_with_certificates_requires_tls(tmp_path: Path) -> None:
+    tls, folder = tmp_path / "tls", tmp_path / "c"
+    tls.mkdir()
+    args = ["cluster", "init", "--dir", str(folder), "--tls", str(tls), "--json"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "cairn cluster certs" in refused.output
+    made = CliRunner().invoke(cli, ["cluster", "certs", "--dir", str(tls), "--host", "127.0.0.1"])
+    assert made.exit_code == 0, made.output
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert all(n["url"].startswith("tls://127.0.0.1:") for n in data["nodes"])
+    conf = (folder / "n1" / "nats.conf").read_text()
+    assert conf.count("tls {") == 2 and "verify: true" in conf  # clients, and routes (mutual)
+    assert json.loads((folder / "config.json").read_text())["tls_ca"] == str(
+        tls.resolve() / "ca.pem"
+    )

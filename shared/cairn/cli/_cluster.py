@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from cairn.cli._base import cli, done, json_option, run, settings
-from cairn.tls import DEFAULT_DAYS, DEFAULT_HOSTS, MAX_DAYS, make_certs
+from cairn.tls import DEFAULT_DAYS, DEFAULT_HOSTS, MAX_DAYS, CertFiles, make_certs
 
 #: the highest port ``--base-port`` may make (its monitoring ports are base + 4000 + i)
 _TOP_PORT = 65535
@@ -61,9 +61,23 @@ def cluster() -> None:
     " for monitoring (on 127.0.0.1)",
 )
 @click.option("--name", default="cairn", show_default=True, help="the cluster's name")
+@click.option(
+    "--tls",
+    "tls_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="folder of cairn cluster certs (its server certificate naming every --host): clients"
+    " must speak TLS and verify the nodes against its CA; routes use mutual TLS",
+)
 @json_option
 def init(
-    nodes: int, folder: Path, hosts: tuple[str, ...], base_port: int, name: str, as_json: bool
+    nodes: int,
+    folder: Path,
+    hosts: tuple[str, ...],
+    base_port: int,
+    name: str,
+    tls_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """Write one nats-server config per node (JetStream with sync_interval: always, the
     routes to every other node with a password of their own, the accounts and users of
@@ -76,6 +90,7 @@ def init(
     Example:
       cairn cluster init --nodes 3 --dir ./cluster
       cairn cluster init --dir /srv/cairn --host 10.0.0.1 --host 10.0.0.2 --host 10.0.0.3
+      cairn cluster init --dir /srv/cairn --tls ./tls --host nats1.example.org ...
     """
     from cairn.embedded._auth import write_private
     from cairn.embedded._cluster import MONITOR_OFFSET, NatsCluster, check_node_count
@@ -93,8 +108,23 @@ def init(
     if base_port + MONITOR_OFFSET + nodes - 1 > _TOP_PORT:
         top = _TOP_PORT - MONITOR_OFFSET - nodes + 1
         raise click.BadParameter(f"at most {top} for {nodes} nodes", param_hint="--base-port")
+    tls = None
+    if tls_dir is not None:
+        tls = CertFiles(tls_dir.resolve())
+        missing = [p for p in (tls.ca, tls.server_cert, tls.server_key) if not p.is_file()]
+        if missing:
+            raise click.BadParameter(
+                f"{', '.join(map(str, missing))} missing: make them with cairn cluster certs"
+                f" --dir {tls_dir} and a --host for every node",
+                param_hint="--tls",
+            )
     made = NatsCluster(
-        folder.resolve(), nodes=nodes, hosts=hosts or ("127.0.0.1",), base_port=base_port, name=name
+        folder.resolve(),
+        nodes=nodes,
+        hosts=hosts or ("127.0.0.1",),
+        base_port=base_port,
+        name=name,
+        tls=tls,
     )
     made.write()
     config = made.folder / "config.json"
@@ -117,6 +147,7 @@ def init(
         "credentials": str(made.credentials_file),
         "admin": str(made.folder / "admin.json"),
         "client_config": str(config),
+        "tls_ca": str(tls.ca) if tls is not None else None,
     }
     home = f"CAIRN_HOME={made.folder}"
     done(
@@ -129,7 +160,7 @@ def init(
         "start each node (on its machine; the folder at the same path there):",
         *(f"  {server} -c {n.conf}" for n in made.nodes),
         "",
-        f"clients: nats_url={made.url}",
+        f"clients: nats_url={made.url}" + (f" tls_ca={tls.ca}" if tls is not None else ""),
         f"  {home} cairn status                 # {config} has the local person's settings",
         f"  {home} cairn serve tracking         # each service, as cairn-service",
         f"  {home} cairn cluster migrate        # once, for streams restored from one node",

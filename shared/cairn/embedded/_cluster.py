@@ -47,6 +47,7 @@ from cairn.embedded._node import ClusterNode
 from cairn.embedded._server import free_port
 from cairn.errors import CairnError, InvalidInput, Unavailable
 from cairn.settings import Settings
+from cairn.tls import CertFiles, server_tls_block
 
 __all__ = ["ROUTE_USER", "ClusterNode", "NatsCluster", "check_node_count"]
 
@@ -91,12 +92,16 @@ class NatsCluster:
         hosts: Sequence[str] = ("127.0.0.1",),
         base_port: int = 0,
         name: str = "cairn",
+        tls: CertFiles | None = None,
     ) -> None:
         check_node_count(nodes)
         if len(hosts) not in (1, nodes):
             raise InvalidInput(f"give one host for every node or one per node ({nodes})")
         self.folder = folder
         self.name = name
+        #: the CA and the nodes' certificate (``cairn cluster certs``, whose ``--host`` names
+        #: every node): clients must speak TLS, routes mutual TLS
+        self.tls = tls
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
         self.credentials = Credentials.load_or_create(self.credentials_file)
@@ -168,8 +173,17 @@ class NatsCluster:
             f"    password: {json.dumps(self.route_password)}",
             "  }",
             f"  routes: {json.dumps(routes)}",
+            *(f"  {line}" for line in self._route_tls()),
             "}",
         ]
+
+    def _route_tls(self) -> list[str]:
+        """Mutual TLS between routes (nats-server requires it of a cluster's ``tls``): each
+        node presents the nodes' certificate and verifies its peer's against the CA."""
+        if self.tls is None:
+            return []
+        tls = self.tls
+        return server_tls_block(tls.server_cert, tls.server_key, tls.ca, verify=True)
 
     def write(self) -> None:
         """Every node's config (safe to repeat: the credentials are kept)."""
@@ -334,6 +348,8 @@ class NatsCluster:
         user = user or creds.client_user
         if user not in passwords:
             raise InvalidInput(f"no user {user!r} in {self.credentials_file}")
+        if self.tls is not None:
+            extra = {"tls_ca": str(self.tls.ca), **extra}
         values = {
             "home": str(self.folder),
             "nats_url": self.url if nodes is None else ",".join(n.url for n in nodes),
@@ -347,12 +363,15 @@ class NatsCluster:
         """What ``config.json`` in the folder says (the local person over every node), so that
         ``CAIRN_HOME=<folder>`` commands reach the cluster."""
         s = self.settings()
-        return {
+        config = {
             "nats_url": s.nats_url,
             "nats_user": s.nats_user or "",
             "nats_password": s.nats_password or "",
             "workspace": s.workspace,
         }
+        if s.tls_ca is not None:
+            config["tls_ca"] = s.tls_ca
+        return config
 
 
 def _route_password(path: Path) -> str:

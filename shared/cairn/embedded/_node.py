@@ -72,7 +72,8 @@ class ClusterNode:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.cluster.tls is not None else "nats"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def route_url(self) -> str:
@@ -95,6 +96,7 @@ class ClusterNode:
             pid_file=self.pid_file,
             cluster=self.cluster.cluster_block(self),
             monitor=f"127.0.0.1:{self.monitor_port}",
+            tls=self.cluster.tls,
             accounts_file=self.accounts_file,
         )
 
