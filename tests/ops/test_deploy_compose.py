@@ -108,6 +108,14 @@ def test_everything_that_runs_has_a_health_check(resolved: dict[str, Any]) -> No
         assert needs.get("init", {}).get("condition") == "service_completed_successfully", name
 
 
+def test_tracking_provisions_the_streams_before_the_rest_start(resolved: dict[str, Any]) -> None:
+    services = _services(resolved)
+    assert "tracking" not in services["tracking"]["depends_on"]
+    for name in [*all_services(), "gateway", "agent", "agent-docker"]:
+        if name != "tracking":
+            assert services[name]["depends_on"]["tracking"]["condition"] == "service_healthy"
+
+
 def test_two_agents_and_only_the_docker_one_holds_the_socket(resolved: dict[str, Any]) -> None:
     services = _services(resolved)
     agents = {name: svc for name, svc in services.items() if "agent" in svc["command"]}
