@@ -58,8 +58,8 @@ def _p99(samples: list[float]) -> float:
 class EmbeddedStack:
     """``cairn up`` in a subprocess over a temporary home, as a user runs it."""
 
-    def __init__(self, extra: list[str] | None = None) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
+    def __init__(self, extra: list[str] | None = None, home: Path | None = None) -> None:
+        self.home = home or Path(tempfile.mkdtemp(prefix="cairn-bench-"))
         port = free_port()
         while str(port) in (extra or []):  # not the port given to the gateway a moment ago
             port = free_port()

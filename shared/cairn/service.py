@@ -230,11 +230,32 @@ class ProjectedService:
         """Answer ``fn`` from a read model of ``subject``'s messages up to ``up_to_seq`` and
         stored at or before ``up_to_time`` (the same tables and queries as the live one, built
         from the log); ``None`` when the subject had no message then."""
-        built = await self.as_of.build(subject, up_to_seq=up_to_seq, up_to_time=up_to_time)
-        if built is None:
-            return None
-        db, t, seq = built
+        then = await self.read_then(subject, fn, up_to_seq=up_to_seq, up_to_time=up_to_time)
+        return then if then.seq else None
+
+    async def read_then(
+        self,
+        subject: str,
+        fn: Callable[[Any, Tables], Any],
+        *,
+        up_to_seq: int | None,
+        up_to_time: datetime | None,
+    ) -> QueryResult:
+        """As ``read_as_of``, for a listing: ``subject`` may be a filter with wildcards (every
+        aggregate it matches: a workspace's models, its runs and experiments); when nothing
+        matched then, ``fn`` answers from an empty read model, with ``seq`` 0."""
+        db, t, seq = await self.as_of.build(subject, up_to_seq=up_to_seq, up_to_time=up_to_time)
         return QueryResult(seq=seq, data=fn(db, t))
+
+    async def read_at(
+        self, req: Request, fn: Callable[[Any, Tables], Any], subject: str
+    ) -> QueryResult:
+        """``fn`` on the live read model (``read``) or, for an ``AsOfQuery`` that names a
+        moment, on a read model of ``subject``'s messages up to then (``read_then``)."""
+        q = req.body
+        if q.as_of_seq is None and q.as_of_time is None:
+            return await self.read(req, fn)
+        return await self.read_then(subject, fn, up_to_seq=q.as_of_seq, up_to_time=q.as_of_time)
 
     async def read(self, req: Request, fn: Callable[[Any, Tables], Any]) -> QueryResult:
         """Answer a query from the read model once it has applied the query's ``min_seq``."""

@@ -17,10 +17,8 @@ Downloads: ``GetRunFile`` (query ``artifact.get``) names the digest and size; ``
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from cairn.proto._base import Count, Digest, Id, Text
-from cairn.proto.commands import Command, Query
+from cairn.proto.commands import AsOfQuery, Command, Query
 
 __all__ = [
     "CHUNK_BYTES",
@@ -58,24 +56,16 @@ class CommitUpload(Command, frozen=True, kw_only=True, tag=True):
     digest: Digest
 
 
-class ListRunFiles(Query, frozen=True, kw_only=True, tag=True):
+class ListRunFiles(AsOfQuery, frozen=True, kw_only=True, tag=True):
     NAME = "artifact.list"
     run_id: Id
     prefix: Text = ""
-    #: answered from the log as it stood then: the run's events up to this stream sequence
-    #: and stored at or before this time (either or both), not from the current tables
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
-class GetRunFile(Query, frozen=True, kw_only=True, tag=True):
+class GetRunFile(AsOfQuery, frozen=True, kw_only=True, tag=True):
     NAME = "artifact.get"
     run_id: Id
     path: Text
-    #: answered from the log as it stood then: the run's events up to this stream sequence
-    #: and stored at or before this time (either or both), not from the current tables
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
 class ReadBlob(Query, frozen=True, kw_only=True, tag=True):

@@ -8,13 +8,12 @@ event, and replies show only whether a datastore has any.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 import msgspec
 
 from cairn.proto._base import Count, Digest, Id, Key, Name, Strict, TagKey, TagValue, Text
-from cairn.proto.commands import Command, Query
+from cairn.proto.commands import AsOfQuery, Command
 
 __all__ = [
     "ASSET_KINDS",
@@ -242,21 +241,22 @@ class RegisterDataset(Command, frozen=True, kw_only=True, tag=True):
 AssetKind = Literal["environment", "datastore", "compute", "dataset", "component"]
 
 
-class GetAsset(Query, frozen=True, kw_only=True, tag=True):
+class GetAsset(AsOfQuery, frozen=True, kw_only=True, tag=True):
     """``sealed``: a datastore's reply also carries its sealed credentials (the token, which
-    only a holder of the workspace key can open), for a process that moves its data."""
+    only a holder of the workspace key can open), for a process that moves its data. As of a
+    moment, "latest" is the latest version then."""
 
     NAME = "asset.get"
     asset_kind: AssetKind
     name: Name
     version: Count | None = None
     sealed: bool = False
-    #: the asset as the log held it then (its events up to this stream sequence and stored
-    #: at or before this time): "latest" is the latest version then
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
-class ListAssets(Query, frozen=True, kw_only=True, tag=True):
+class ListAssets(AsOfQuery, frozen=True, kw_only=True, tag=True):
+    """The latest version of every asset of ``asset_kind``, the built-in ones included; with
+    ``name``, every version of that one asset, oldest first (none: ``NotFound``)."""
+
     NAME = "asset.list"
     asset_kind: AssetKind
+    name: Name | None = None

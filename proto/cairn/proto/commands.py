@@ -23,6 +23,7 @@ __all__ = [
     "Accepted",
     "AddRunProperties",
     "ArchiveExperiment",
+    "AsOfQuery",
     "CancelRun",
     "Command",
     "CompleteRun",
@@ -31,6 +32,7 @@ __all__ = [
     "CreateWorkspace",
     "ErrorReply",
     "FailRun",
+    "GetExperiment",
     "GetHistory",
     "GetRun",
     "HeartbeatRun",
@@ -150,6 +152,23 @@ class Query(Strict, frozen=True, kw_only=True, tag=True):
     wait_s: float = 5.0
 
 
+class AsOfQuery(Query, frozen=True, kw_only=True, tag=True):
+    """A query that may be answered as the log stood at a moment: from the events up to
+    stream sequence ``as_of_seq`` and stored (by the server's clock) at or before
+    ``as_of_time`` (either or both), through the live read model's own projection and queries
+    applied to those events alone, never from the current tables. Without either, from the
+    live read model."""
+
+    as_of_seq: Count | None = None
+    as_of_time: datetime | None = None
+
+    def then(self) -> str:
+        """How a reply names the moment asked about (" as of sequence 12"), "" for now."""
+        said = [f"sequence {self.as_of_seq}"] if self.as_of_seq is not None else []
+        said += [self.as_of_time.isoformat()] if self.as_of_time is not None else []
+        return f" as of {' and '.join(said)}" if said else ""
+
+
 class ListWorkspaces(Query, frozen=True, kw_only=True, tag=True):
     """The workspaces the asker is a member of, with their roles there (services and the
     admin: every workspace). Asked on the subject of any workspace: the only query a person
@@ -158,18 +177,26 @@ class ListWorkspaces(Query, frozen=True, kw_only=True, tag=True):
     NAME = "workspace.list"
 
 
-class ListExperiments(Query, frozen=True, kw_only=True, tag=True):
-    """The workspace's experiments: the active ones, or ``archived`` (``"only"``, ``"all"``)."""
+class ListExperiments(AsOfQuery, frozen=True, kw_only=True, tag=True):
+    """The workspace's experiments: the active ones, or ``archived`` (``"only"``, ``"all"``),
+    each with its number of runs."""
 
     NAME = "experiment.list"
     archived: Literal["no", "only", "all"] = "no"
+
+
+class GetExperiment(AsOfQuery, frozen=True, kw_only=True, tag=True):
+    """One experiment, archived or not, as ``experiment.list`` shows it."""
+
+    NAME = "experiment.get"
+    name: Name
 
 
 #: the most runs one ``run.list`` page holds
 MAX_RUNS_PAGE = 1000
 
 
-class ListRuns(Query, frozen=True, kw_only=True, tag=True):
+class ListRuns(AsOfQuery, frozen=True, kw_only=True, tag=True):
     """One page of runs: those matching ``filter``, sorted by ``order_by`` (ties broken by run
     id), at most ``limit`` of them. Pass the reply's ``next_cursor`` back as ``cursor`` (with
     the same filter and order) for the next page; it is null after the last one.
@@ -183,7 +210,9 @@ class ListRuns(Query, frozen=True, kw_only=True, tag=True):
     and ``order_by`` is in docs/design.md ("The runs query"); for example
     ``filter="metrics.loss.min < 0.2 AND tags.team = 'a'"``,
     ``order_by=["metrics.loss.min ASC", "created_at DESC"]``. The default order is
-    ``created_at DESC``."""
+    ``created_at DESC``. As of a moment (``as_of_seq``, ``as_of_time``) the runs as the log
+    held them then; metrics, which live in another stream, are then refused in the filter,
+    the order and ``metrics``."""
 
     NAME = "run.list"
     experiment_name: Name | None = None
@@ -235,13 +264,9 @@ class GetHistory(Query, frozen=True, kw_only=True, tag=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_HISTORY_PAGE)] = MAX_HISTORY_PAGE
 
 
-class GetRun(Query, frozen=True, kw_only=True, tag=True):
+class GetRun(AsOfQuery, frozen=True, kw_only=True, tag=True):
     NAME = "run.get"
     run_id: Id
-    #: answered from the log as it stood then: the run's events up to this stream sequence
-    #: and stored at or before this time (either or both), not from the current tables
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -293,6 +318,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 QUERY_TYPES: tuple[type[Query], ...] = (
     ListWorkspaces,
     ListExperiments,
+    GetExperiment,
     ListRuns,
     GetRun,
     GetHistory,

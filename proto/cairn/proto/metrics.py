@@ -18,13 +18,12 @@ JSON has no NaN or infinity: such values travel as the strings ``"NaN"``, ``"Inf
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
 
 from cairn.proto._base import Count, Id, Int64, MetricName
-from cairn.proto.commands import Command, Query
+from cairn.proto.commands import AsOfQuery, Command, Query
 
 __all__ = [
     "NONFINITE",
@@ -77,23 +76,21 @@ class MetricsLogged(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int | None = None
 
 
-class GetMetrics(Query, frozen=True, kw_only=True, tag=True):
-    """Azure-shaped: repeated scalars as lists, rows and tables as {column: [values]}."""
+class GetMetrics(AsOfQuery, frozen=True, kw_only=True, tag=True):
+    """Azure-shaped: repeated scalars as lists, rows and tables as {column: [values]}. As of
+    a moment: the batches stored when the EVENTS message at ``as_of_seq`` was (a sequence of
+    EVENTS, as every other ``as_of_seq``: METRICS numbers its own), and/or at ``as_of_time``."""
 
     NAME = "metrics.get"
     run_id: Id
     name: MetricName | None = None
-    #: the metrics as they stood when the EVENTS message at this sequence was stored (a
-    #: sequence of EVENTS, as every other ``as_of_seq``: METRICS numbers its own), and/or at
-    #: this time: batches stored then, read from the log
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
-class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
+class MetricHistory(AsOfQuery, frozen=True, kw_only=True, tag=True):
     """Points ``[step, time, value]`` of one scalar metric by step, a page at a time: pass the
     reply's ``next`` cursor as ``after`` until it is null. With ``max_points`` > 0 a longer
-    series is downsampled to that many buckets, each ``[step, time, value, min, max]``."""
+    series is downsampled to that many buckets, each ``[step, time, value, min, max]``. As
+    of a moment as in ``GetMetrics``."""
 
     NAME = "metrics.history"
     run_id: Id
@@ -101,9 +98,6 @@ class MetricHistory(Query, frozen=True, kw_only=True, tag=True):
     max_points: Count = 0
     after: tuple[Int64, Int64, Int64] | None = None
     limit: Count = 200_000
-    #: as in ``GetMetrics``: the points as the log held them then
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
 class CompareMetric(Query, frozen=True, kw_only=True, tag=True):

@@ -8,12 +8,10 @@ registry copies the digests the artifact service recorded there.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import msgspec
 
 from cairn.proto._base import Count, Id, Name, TagKey, TagValue, Text
-from cairn.proto.commands import Command, Query
+from cairn.proto.commands import AsOfQuery, Command, Query
 
 __all__ = [
     "ArchiveModelVersion",
@@ -56,7 +54,7 @@ class ArchiveModelVersion(Command, frozen=True, kw_only=True, tag=True):
     restore: bool = False
 
 
-class GetModel(Query, frozen=True, kw_only=True, tag=True):
+class GetModel(AsOfQuery, frozen=True, kw_only=True, tag=True):
     """One version by number, ``latest`` (no version, no alias) or alias, optionally as the
     registry stood at a stream sequence or a moment."""
 
@@ -64,11 +62,9 @@ class GetModel(Query, frozen=True, kw_only=True, tag=True):
     name: Name
     version: Count | None = None
     alias: Id | None = None
-    as_of_seq: Count | None = None
-    as_of_time: datetime | None = None
 
 
-class ListModels(Query, frozen=True, kw_only=True, tag=True):
+class ListModels(AsOfQuery, frozen=True, kw_only=True, tag=True):
     NAME = "model.list"
     name: Name | None = None
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)

@@ -29,6 +29,7 @@ __all__ = [
     "command_filter",
     "event",
     "events_of_kind",
+    "events_of_kind_in",
     "events_of_workspace",
     "job",
     "logs",
@@ -111,6 +112,13 @@ def audit_chain(ws: str) -> str:
 
 def events_of_workspace(ws: str) -> str:
     return _join("cairn.ev", validate_token(ws, "workspace"), ">")
+
+
+def events_of_kind_in(ws: str, kind: str) -> str:
+    """The events of every aggregate of ``kind`` in workspace ``ws``."""
+    return _join(
+        "cairn.ev", validate_token(ws, "workspace"), validate_token(kind, "aggregate kind"), "*"
+    )
 
 
 def events_of_kind(kind: str) -> str:

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 
 import msgspec
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 
 from cairn.bus._connect import Connection
 from cairn.errors import (
@@ -104,6 +103,40 @@ def _raise_for(error: dict[str, Any], subject: str) -> None:
     if 10170 <= code <= 10210:
         raise BatchRejected(text)
     raise CairnError(text)
+
+
+class _DirectAnswer:
+    """The messages of one batched direct get as they arrive, and ``done``: whether more
+    matched after them, once the server says the batch is over (or the sequence bound is
+    passed), or the error it answered with."""
+
+    def __init__(self, up_to_seq: int | None) -> None:
+        self.up_to_seq = up_to_seq
+        self.got: list[Stored] = []
+        self.taken = 0
+        self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def take(self, msg: Any) -> None:
+        if self.done.done():
+            return
+        self.taken += 1
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":
+            self.done.set_result(False)
+        elif status == "204":
+            self.done.set_result(int(headers.get("Nats-Num-Pending", "0")) > 0)
+        elif status:
+            error = CairnError(f"direct get failed: {status} {headers.get('Description')}")
+            self.done.set_exception(error)
+        else:
+            seq = int(headers["Nats-Sequence"])
+            if self.up_to_seq is not None and seq > self.up_to_seq:
+                self.done.set_result(False)
+                return
+            when = stored_time(headers.get("Nats-Time-Stamp", ""))
+            msg_id = headers.get("Nats-Msg-Id", "")
+            self.got.append(Stored(seq, headers["Nats-Subject"], when, msg.data, msg_id))
 
 
 class EventStore:
@@ -301,40 +334,37 @@ class EventStore:
     async def _direct(
         self, body: dict[str, Any], what: str, up_to_seq: int | None = None
     ) -> tuple[list[Stored], bool]:
-        """One batched direct get (ADR-31): the messages, and whether more match after them."""
+        """One batched direct get (ADR-31): the messages, and whether more match after them.
+
+        The answer's messages are taken by a callback (run in order, in the subscription's
+        one task) rather than ``next_msg``, which starts a task per message: a batch of 256
+        costs a quarter of the time. The wait times out only when nothing arrives for the
+        request timeout, however long the whole answer takes."""
         nc, timeout = self.conn.nc, self.conn.settings.request_timeout
+        answer = _DirectAnswer(up_to_seq)
         inbox = nc.new_inbox()
         try:
-            sub = await nc.subscribe(inbox)
+            sub = await nc.subscribe(inbox, cb=answer.take)
         except TRANSIENT as exc:
             raise Unavailable(f"cannot read {what}: {exc!r}") from exc
-        got: list[Stored] = []
         try:
             await nc.publish(
                 f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(body).encode(), reply=inbox
             )
             while True:
+                seen = answer.taken
                 try:
-                    msg = await sub.next_msg(timeout=timeout)
-                except NatsTimeout as exc:
-                    raise Unavailable(f"direct get on {self.stream} timed out") from exc
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "404":
-                    return got, False
-                if status == "204":
-                    return got, int(headers.get("Nats-Num-Pending", "0")) > 0
-                if status:
-                    raise CairnError(f"direct get failed: {status} {headers.get('Description')}")
-                seq = int(headers["Nats-Sequence"])
-                if up_to_seq is not None and seq > up_to_seq:
-                    return got, False
-                when = stored_time(headers.get("Nats-Time-Stamp", ""))
-                msg_id = headers.get("Nats-Msg-Id", "")
-                got.append(Stored(seq, headers["Nats-Subject"], when, msg.data, msg_id))
+                    more = await asyncio.wait_for(asyncio.shield(answer.done), timeout)
+                except TimeoutError as exc:
+                    if answer.taken == seen:
+                        raise Unavailable(f"direct get on {self.stream} timed out") from exc
+                    continue
+                return answer.got, more
         except TRANSIENT as exc:
             raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
         finally:
+            if not answer.done.done():
+                answer.done.cancel()
             try:
                 await sub.unsubscribe()
             except TRANSIENT:

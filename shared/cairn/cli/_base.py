@@ -9,6 +9,7 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -22,11 +23,13 @@ if TYPE_CHECKING:
 __all__ = [
     "SECTIONS",
     "SectionedGroup",
+    "as_of_option",
     "cell",
     "cli",
     "emit",
     "format_table",
     "json_option",
+    "parse_as_of",
     "run",
     "settings",
     "show",
@@ -272,3 +275,31 @@ def json_option(f: Any) -> Any:
         is_flag=True,
         help="print JSON (complete, never cut) instead of a table",
     )(f)
+
+
+def parse_as_of(text: str | None) -> datetime | int | None:
+    """``--as-of``: a stream sequence (digits) or an ISO 8601 time (no zone: local time)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        if int(text) < 1:
+            raise click.BadParameter("a stream sequence is 1 or more", param_hint="--as-of")
+        return int(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{text!r} is neither a sequence number nor an ISO 8601 time"
+            " (e.g. 2026-11-29T14:05:00+00:00)",
+            param_hint="--as-of",
+        ) from exc
+
+
+as_of_option = click.option(
+    "--as-of",
+    "as_of",
+    default=None,
+    metavar="SEQ|TIME",
+    callback=lambda _ctx, _param, text: parse_as_of(text),
+    help="as it was then, read from the log: a stream sequence or an ISO 8601 time",
+)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, emit, json_option, run, show, sync_workspace, with_workspace
+from cairn.cli._base import (
+    as_of_option,
+    cli,
+    emit,
+    json_option,
+    run,
+    show,
+    sync_workspace,
+    with_workspace,
+)
 from cairn.cli._registry import _assets, datastore
 
 if TYPE_CHECKING:
@@ -96,7 +106,7 @@ def datastore_ls(name: str, prefix: str, as_json: bool) -> None:
 
 @cli.group()
 def dataset() -> None:
-    """Datasets: create, list, show, download.
+    """Datasets: create, list, versions, show, download.
 
     A dataset version names files of datastores (as files, or as a table of delimited
     files), with their fingerprint; jobs and runs that read it are recorded.
@@ -173,11 +183,16 @@ def dataset_create(
     _show_dataset(name, version.version, as_json)
 
 
-def _show_dataset(name: str, version: int | None, as_json: bool) -> None:
-    """A version, its files, and the runs that read it."""
+def _show_dataset(
+    name: str, version: int | None, as_json: bool, as_of: datetime | int | None = None
+) -> None:
+    """A version, its files, and the runs that read it (as of a moment: the version then,
+    without the runs, which the jobs' read model answers for now alone)."""
 
     async def go(ws: AsyncWorkspace) -> dict[str, Any]:
-        row = await ws.datasets.get(name, version)
+        row = await ws.datasets.get(name, version, as_of=as_of)
+        if as_of is not None:
+            return row
         runs = await ws.datasets.runs(name, row["version"])
         return {**row, "read_by_runs": [r["run_id"] for r in runs]}
 
@@ -191,33 +206,58 @@ def _show_dataset(name: str, version: int | None, as_json: bool) -> None:
 
 
 @dataset.command("list")
+@as_of_option
 @json_option
-def dataset_list(as_json: bool) -> None:
+def dataset_list(as_of: datetime | int | None, as_json: bool) -> None:
     """List datasets.
 
-    The latest version of each dataset with its spec.
+    The latest version of each dataset with its spec; with --as-of, the datasets the log
+    held then, at their latest version then.
 
     \b
-    Example:
+    Examples:
       cairn dataset list
+      cairn dataset list --as-of 2026-11-29T14:05:00Z
     """
-    _assets("dataset", as_json)
+    _assets("dataset", as_json, as_of)
+
+
+@dataset.command("versions")
+@click.argument("name")
+@as_of_option
+@json_option
+def dataset_versions(name: str, as_of: datetime | int | None, as_json: bool) -> None:
+    """List the versions of one dataset.
+
+    Every version of dataset NAME, oldest first; with --as-of, those the log held then.
+
+    \b
+    Examples:
+      cairn dataset versions images
+      cairn dataset versions images --as-of 1200
+    """
+    _assets("dataset", as_json, as_of, name=name)
 
 
 @dataset.command("show")
 @click.argument("name")
 @click.option("--version", type=int, default=None, help="this version (default: the latest)")
+@as_of_option
 @json_option
-def dataset_show(name: str, version: int | None, as_json: bool) -> None:
+def dataset_show(
+    name: str, version: int | None, as_of: datetime | int | None, as_json: bool
+) -> None:
     """Show one dataset version.
 
-    A version of dataset NAME: its spec, its files and the runs that read it.
+    A version of dataset NAME: its spec, its files and the runs that read it. With --as-of,
+    the version as the log held it then (the latest then), without the runs that read it.
 
     \b
-    Example:
+    Examples:
       cairn dataset show images --version 2
+      cairn dataset show images --as-of 2026-11-29T14:05:00Z
     """
-    _show_dataset(name, version, as_json)
+    _show_dataset(name, version, as_json, as_of)
 
 
 @dataset.command("download")

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
 
-from cairn.cli._base import cli, done, emit, json_option, run, show, sync_workspace, with_workspace
+from cairn.cli._base import (
+    as_of_option,
+    cli,
+    done,
+    emit,
+    json_option,
+    run,
+    show,
+    sync_workspace,
+    with_workspace,
+)
 from cairn.proto.assets import AssetKind, ComputeSpec
 
 if TYPE_CHECKING:
@@ -89,17 +100,20 @@ def model_register(
 @model.command("list")
 @click.option("--name", default=None, help="only the versions of this model")
 @click.option("--latest", is_flag=True, help="only the latest version of each name")
+@as_of_option
 @json_option
-def model_list(name: str | None, latest: bool, as_json: bool) -> None:
+def model_list(name: str | None, latest: bool, as_of: datetime | int | None, as_json: bool) -> None:
     """List model versions.
 
-    One line per version: name, version, aliases, framework, run, tags.
+    One line per version: name, version, aliases, framework, run, tags; with --as-of, the
+    versions the log held then, with their aliases then.
 
     \b
-    Example:
+    Examples:
       cairn model list --latest
+      cairn model list --name mnist --as-of 2026-11-29T14:05:00Z
     """
-    rows = run(with_workspace(lambda ws: ws.models.list(name, latest=latest)))
+    rows = run(with_workspace(lambda ws: ws.models.list(name, latest=latest, as_of=as_of)))
     emit(rows, as_json, _MODEL_COLUMNS)
 
 
@@ -107,18 +121,28 @@ def model_list(name: str | None, latest: bool, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--version", type=int, default=None, help="this version (default: the latest)")
 @click.option("--alias", default=None, help="the version this alias points at")
+@as_of_option
 @json_option
-def model_show(name: str, version: int | None, alias: str | None, as_json: bool) -> None:
+def model_show(
+    name: str,
+    version: int | None,
+    alias: str | None,
+    as_of: datetime | int | None,
+    as_json: bool,
+) -> None:
     """Show one model version.
 
     A version of model NAME (the latest, --version or --alias): its files, run, framework,
-    tags and aliases.
+    tags and aliases; with --as-of, as the log held them then (the latest then, the version
+    the alias then named).
 
     \b
-    Example:
+    Examples:
       cairn model show mnist --alias production
+      cairn model show mnist --alias production --as-of 1200
     """
-    found = run(with_workspace(lambda ws: ws.models.get(name, version, alias=alias)))
+    get = with_workspace(lambda ws: ws.models.get(name, version, alias=alias, as_of=as_of))
+    found = run(get)
     show(found, as_json, width=18)
 
 
@@ -174,12 +198,25 @@ _ASSET_COLUMNS = [
 ]
 
 
-def _assets(kind: AssetKind, as_json: bool) -> None:
-    emit(run(with_workspace(lambda ws: ws.assets.list(kind))), as_json, _ASSET_COLUMNS)
+def _assets(
+    kind: AssetKind,
+    as_json: bool,
+    as_of: datetime | int | None = None,
+    name: str | None = None,
+) -> None:
+    """The latest version of each asset of ``kind`` (``name``: every version of that one)."""
+    listing = with_workspace(lambda ws: ws.assets.list(kind, name=name, as_of=as_of))
+    emit(run(listing), as_json, _ASSET_COLUMNS)
 
 
-def _asset(kind: AssetKind, name: str, version: int | None, as_json: bool) -> None:
-    found = run(with_workspace(lambda ws: ws.assets.get(kind, name, version)))
+def _asset(
+    kind: AssetKind,
+    name: str,
+    version: int | None,
+    as_json: bool,
+    as_of: datetime | int | None = None,
+) -> None:
+    found = run(with_workspace(lambda ws: ws.assets.get(kind, name, version, as_of=as_of)))
     emit(found, as_json, _ASSET_COLUMNS)
 
 
@@ -239,38 +276,46 @@ def environment_create(
 
 
 @environment.command("list")
+@as_of_option
 @json_option
-def environment_list(as_json: bool) -> None:
+def environment_list(as_of: datetime | int | None, as_json: bool) -> None:
     """List environments.
 
-    The latest version of each environment, built-in ones included.
+    The latest version of each environment, built-in ones included; with --as-of, as the
+    log held them then.
 
     \b
-    Example:
+    Examples:
       cairn environment list
+      cairn environment list --as-of 2026-11-29T14:05:00Z
     """
-    _assets("environment", as_json)
+    _assets("environment", as_json, as_of)
 
 
 @environment.command("show")
 @click.argument("name")
 @click.option("--version", type=int, default=None, help="this version (default: the latest)")
+@as_of_option
 @json_option
-def environment_show(name: str, version: int | None, as_json: bool) -> None:
+def environment_show(
+    name: str, version: int | None, as_of: datetime | int | None, as_json: bool
+) -> None:
     """Show one environment version.
 
-    A version of environment NAME with its spec (packages, base image).
+    A version of environment NAME with its spec (packages, base image); with --as-of, as the
+    log held it then (the latest version then).
 
     \b
-    Example:
+    Examples:
       cairn environment show torch --json
+      cairn environment show torch --as-of 1200
     """
-    _asset("environment", name, version, as_json)
+    _asset("environment", name, version, as_json, as_of)
 
 
 @cli.group()
 def datastore() -> None:
-    """Datastores: create, list, upload, download, ls.
+    """Datastores: create, list, show, upload, download, ls.
 
     A datastore is a local directory or an S3 bucket that datasets and jobs read from.
 
@@ -349,22 +394,43 @@ def datastore_create(
 
 
 @datastore.command("list")
+@as_of_option
 @json_option
-def datastore_list(as_json: bool) -> None:
+def datastore_list(as_of: datetime | int | None, as_json: bool) -> None:
     """List datastores.
 
-    Every datastore of the workspace, the built-in ones included.
+    Every datastore of the workspace, the built-in ones included; with --as-of, as the log
+    held them then.
 
     \b
-    Example:
+    Examples:
       cairn datastore list
+      cairn datastore list --as-of 2026-11-29T14:05:00Z
     """
-    _assets("datastore", as_json)
+    _assets("datastore", as_json, as_of)
+
+
+@datastore.command("show")
+@click.argument("name")
+@as_of_option
+@json_option
+def datastore_show(name: str, as_of: datetime | int | None, as_json: bool) -> None:
+    """Show one datastore.
+
+    Datastore NAME's kind and place (never its credentials); with --as-of, as the log held
+    it then.
+
+    \b
+    Examples:
+      cairn datastore show lake
+      cairn datastore show lake --as-of 1200
+    """
+    _asset("datastore", name, None, as_json, as_of)
 
 
 @cli.group()
 def compute() -> None:
-    """Compute targets: create, list, delete.
+    """Compute targets: create, list, show, delete.
 
     A compute target names where jobs run; agents started with 'cairn agent --compute NAME'
     serve it. Creating and deleting one needs the compute-operator role.
@@ -415,17 +481,38 @@ def compute_create(
 
 
 @compute.command("list")
+@as_of_option
 @json_option
-def compute_list(as_json: bool) -> None:
+def compute_list(as_of: datetime | int | None, as_json: bool) -> None:
     """List compute targets.
 
-    Every compute target of the workspace with its spec.
+    Every compute target of the workspace with its spec; with --as-of, those the log held
+    then, as they were then.
 
     \b
-    Example:
+    Examples:
       cairn compute list
+      cairn compute list --as-of 2026-11-29T14:05:00Z
     """
-    _assets("compute", as_json)
+    _assets("compute", as_json, as_of)
+
+
+@compute.command("show")
+@click.argument("name")
+@as_of_option
+@json_option
+def compute_show(name: str, as_of: datetime | int | None, as_json: bool) -> None:
+    """Show one compute target.
+
+    Compute target NAME with its spec; with --as-of, as the log held it then (one that did
+    not exist then is not found).
+
+    \b
+    Examples:
+      cairn compute show gpu
+      cairn compute show gpu --as-of 1200
+    """
+    _asset("compute", name, None, as_json, as_of)
 
 
 @compute.command("delete")

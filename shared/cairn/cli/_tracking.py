@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 import click
 
-from cairn.cli._base import cli, emit, json_option, run, show, with_workspace
+from cairn.cli._base import (
+    as_of_option,
+    cli,
+    emit,
+    json_option,
+    run,
+    show,
+    with_workspace,
+)
 from cairn.proto.commands import MAX_RUNS_PAGE
 
 
@@ -33,21 +41,44 @@ def experiment() -> None:
     show_default=True,
     help="list the active experiments, the archived ones, or all",
 )
+@as_of_option
 @json_option
-def experiment_list(archived: Literal["no", "only", "all"], as_json: bool) -> None:
+def experiment_list(
+    archived: Literal["no", "only", "all"], as_of: datetime | int | None, as_json: bool
+) -> None:
     """List experiments.
 
-    The experiments of the workspace, with their run counts (archived ones only when asked).
+    The experiments of the workspace, with their run counts (archived ones only when asked);
+    with --as-of, those the log held then, with their runs then.
 
     \b
-    Example:
+    Examples:
       cairn experiment list --archived all --json
+      cairn experiment list --as-of 2026-11-29T14:05:00Z
     """
-    rows = run(with_workspace(lambda ws: ws.experiments(archived)))
+    rows = run(with_workspace(lambda ws: ws.experiments(archived, as_of=as_of)))
     columns = [("name", "NAME"), ("runs", "RUNS"), ("created_at", "CREATED"), ("created_by", "BY")]
     if archived != "no":
         columns.append(("archived", "ARCHIVED"))
     emit(rows, as_json, columns)
+
+
+@experiment.command("show")
+@click.argument("name")
+@as_of_option
+@json_option
+def experiment_show(name: str, as_of: datetime | int | None, as_json: bool) -> None:
+    """Show one experiment.
+
+    Experiment NAME's id, creation, archived flag and number of runs; with --as-of, as the
+    log held it then (an experiment that did not exist then is not found).
+
+    \b
+    Examples:
+      cairn experiment show quickstart
+      cairn experiment show quickstart --as-of 1200
+    """
+    show(run(with_workspace(lambda ws: ws.get_experiment(name, as_of=as_of))), as_json)
 
 
 @cli.group("run")
@@ -104,6 +135,7 @@ _RUN_COLUMNS = [
 )
 @click.option("--cursor", default=None, help="go on where an earlier listing stopped")
 @click.option("--all", "all_", is_flag=True, help="every matching run, page after page")
+@as_of_option
 @json_option
 def run_list(
     experiment_name: str | None,
@@ -112,20 +144,24 @@ def run_list(
     limit: int | None,
     cursor: str | None,
     all_: bool,
+    as_of: datetime | int | None,
     as_json: bool,
 ) -> None:
     """List runs, newest first.
 
     One line per run: id, experiment, name, status, start and end. When more runs match
     than were printed, a last line on stderr says how many, with the --cursor that goes on.
+    With --as-of, the runs the log held then, as they were then (no metrics in --filter or
+    --order-by then).
 
     \b
     Examples:
       cairn run list -e quickstart --limit 20
       cairn run list -e sweep -f "metrics.loss < 0.2" -o "metrics.loss.min ASC"
       cairn run list -e sweep --all --json
+      cairn run list -e quickstart --as-of 2026-11-29T14:05:00Z
     """
-    query = {"filter": filter_, "order_by": order_by}
+    query: dict[str, Any] = {"filter": filter_, "order_by": order_by, "as_of": as_of}
 
     async def listing(ws: Any) -> tuple[list[dict[str, Any]], str | None, int]:
         rows: list[dict[str, Any]] = []
@@ -151,35 +187,11 @@ def run_list(
         click.echo(f"… {more:,} more: --limit, --all, or --cursor {after}", err=True)
 
 
-def _as_of(text: str | None) -> datetime | int | None:
-    """``--as-of``: a stream sequence (digits) or an ISO 8601 time (no zone: local time)."""
-    if text is None:
-        return None
-    if text.isdigit():
-        return int(text)
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise click.BadParameter(
-            f"{text!r} is neither a sequence number nor an ISO 8601 time"
-            " (e.g. 2026-11-29T14:05:00+00:00)",
-            param_hint="--as-of",
-        ) from exc
-
-
-as_of_option = click.option(
-    "--as-of",
-    "as_of",
-    default=None,
-    help="as it was then, read from the log: a stream sequence or an ISO 8601 time",
-)
-
-
 @run_group.command("show")
 @click.argument("run_id")
 @as_of_option
 @json_option
-def run_show(run_id: str, as_of: str | None, as_json: bool) -> None:
+def run_show(run_id: str, as_of: datetime | int | None, as_json: bool) -> None:
     """Show one run.
 
     Run RUN_ID's experiment, name, status, times, error, tags and properties; with --as-of,
@@ -190,8 +202,7 @@ def run_show(run_id: str, as_of: str | None, as_json: bool) -> None:
       cairn run show RUN_ID
       cairn run show RUN_ID --as-of 2026-11-29T14:05:00Z
     """
-    when = _as_of(as_of)
-    show(run(with_workspace(lambda ws: ws.run(run_id).details(as_of=when))), as_json)
+    show(run(with_workspace(lambda ws: ws.run(run_id).details(as_of=as_of))), as_json)
 
 
 @run_group.command("metrics")
@@ -199,7 +210,7 @@ def run_show(run_id: str, as_of: str | None, as_json: bool) -> None:
 @click.option("--name", "-n", default=None, help="only this metric (default: every metric)")
 @as_of_option
 @json_option
-def run_metrics(run_id: str, name: str | None, as_of: str | None, as_json: bool) -> None:
+def run_metrics(run_id: str, name: str | None, as_of: datetime | int | None, as_json: bool) -> None:
     """Show a run's metrics.
 
     The metrics of run RUN_ID: a single value, or the whole series of a metric logged
@@ -209,8 +220,7 @@ def run_metrics(run_id: str, name: str | None, as_of: str | None, as_json: bool)
     Example:
       cairn run metrics RUN_ID -n loss --json
     """
-    when = _as_of(as_of)
-    metrics = run(with_workspace(lambda ws: ws.run(run_id).get_metrics(name, as_of=when)))
+    metrics = run(with_workspace(lambda ws: ws.run(run_id).get_metrics(name, as_of=as_of)))
     if as_json:
         emit(metrics, True, [])
         return
@@ -222,7 +232,7 @@ def run_metrics(run_id: str, name: str | None, as_of: str | None, as_json: bool)
 @click.argument("run_id")
 @as_of_option
 @json_option
-def run_files(run_id: str, as_of: str | None, as_json: bool) -> None:
+def run_files(run_id: str, as_of: datetime | int | None, as_json: bool) -> None:
     """List a run's files.
 
     The files of run RUN_ID (outputs and logs): path, size, digest.
@@ -231,8 +241,7 @@ def run_files(run_id: str, as_of: str | None, as_json: bool) -> None:
     Example:
       cairn run files RUN_ID
     """
-    when = _as_of(as_of)
-    files = run(with_workspace(lambda ws: ws.run(run_id).files(as_of=when)))
+    files = run(with_workspace(lambda ws: ws.run(run_id).files(as_of=as_of)))
     emit(files, as_json, [("path", "PATH"), ("size", "SIZE"), ("digest", "DIGEST")])
 
 

@@ -1,7 +1,9 @@
-"""An entity as of a moment, answered from the log: the events of its subject up to a stream
-sequence or a time, applied by the live read model's own projection into a database of
+"""An entity, or a listing, as of a moment, answered from the log: the messages of a subject
+(one aggregate's, or a filter with wildcards such as every model of a workspace) up to a
+stream sequence or a time, applied by the live read model's own projection into a database of
 their own (in memory), where the live read model's own queries answer. Nothing is read from
-the current tables, so what a run looked like an hour ago is what its events then made it.
+the current tables, so what a run looked like an hour ago is what its events then made it,
+and the runs of an experiment then are those its events then held.
 
 A history up to a point never changes, so what is built is kept (a small LRU per process,
 keyed by the subject and the last sequence it holds) for the next question about the same
@@ -16,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from cairn.bus import EventStore, Stored
-from cairn.projection._engine import Delivered, Projection, Tables
+from cairn.projection._engine import Delivered, Projection, Tables, _kind
 
 __all__ = ["AsOfReadModels"]
 
@@ -25,7 +27,7 @@ _KEEP = 64
 
 
 class AsOfReadModels:
-    """Read models of one entity's history up to a point, built with ``make()``'s projection
+    """Read models of a subject's history up to a point, built with ``make()``'s projection
     from ``store``'s messages and kept."""
 
     def __init__(self, store: EventStore, make: Callable[[], Projection[Any]]) -> None:
@@ -35,15 +37,17 @@ class AsOfReadModels:
 
     async def build(
         self, subject: str, *, up_to_seq: int | None, up_to_time: datetime | None
-    ) -> tuple[sqlite3.Connection, Tables, int] | None:
-        """The read model of ``subject``'s messages up to ``up_to_seq`` and stored at or
-        before ``up_to_time``, and the last sequence in it; ``None`` when there was none."""
+    ) -> tuple[sqlite3.Connection, Tables, int]:
+        """The read model of the messages on ``subject`` (wildcards allowed) up to
+        ``up_to_seq`` and stored at or before ``up_to_time``, and the last sequence in it: 0
+        when there was none (the read model is then empty)."""
         stored = await self.store.read_stored(subject, up_to_seq=up_to_seq)
         if up_to_time is not None:
             stored = [m for m in stored if m.time is not None and m.time <= up_to_time]
-        if not stored:
-            return None
-        key = (subject, stored[-1].seq)
+        kinds = self.make().source.kinds
+        if kinds is not None:  # as the live runner: only the projection's aggregate kinds
+            stored = [m for m in stored if _kind(m.subject) in kinds]
+        key = (subject, stored[-1].seq if stored else 0)
         if key in self._kept:
             self._kept.move_to_end(key)
         else:  # no await from here on: one event loop, no lock

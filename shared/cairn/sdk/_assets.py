@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,14 +183,25 @@ class Environment:
 
     @staticmethod
     def get(
-        workspace: WorkspaceBase, name: str, version: int | None = None, min_seq: int = 0
+        workspace: WorkspaceBase,
+        name: str,
+        version: int | None = None,
+        min_seq: int = 0,
+        *,
+        as_of: datetime | int | None = None,
     ) -> Environment:
-        found = workspace.core.assets.get("environment", name, version, min_seq=min_seq)
+        """Version ``version`` (default: the latest) of environment ``name``; ``as_of`` (a
+        time, or a stream sequence): as the log held it then."""
+        assets = workspace.core.assets
+        found = assets.get("environment", name, version, min_seq=min_seq, as_of=as_of)
         return Environment._from(workspace._run(found))
 
     @staticmethod
-    def list(workspace: WorkspaceBase) -> dict[str, Environment]:
-        rows = workspace._run(workspace.core.assets.list("environment"))
+    def list(
+        workspace: WorkspaceBase, *, as_of: datetime | int | None = None
+    ) -> dict[str, Environment]:
+        """The latest version of each environment; ``as_of``: those the log held then."""
+        rows = workspace._run(workspace.core.assets.list("environment", as_of=as_of))
         return {r["name"]: Environment._from(r) for r in rows}
 
     def __repr__(self) -> str:

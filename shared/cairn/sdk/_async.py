@@ -44,6 +44,7 @@ from cairn.proto.commands import (
     CreateRun,
     CreateWorkspace,
     FailRun,
+    GetExperiment,
     GetHistory,
     GetRun,
     HeartbeatRun,
@@ -163,11 +164,20 @@ class AsyncWorkspace(Session):
         return AsyncExperiment(self, name, await self.experiment_id(name))
 
     async def experiments(
-        self, archived: Literal["no", "only", "all"] = "no"
+        self, archived: Literal["no", "only", "all"] = "no", *, as_of: datetime | int | None = None
     ) -> list[dict[str, Any]]:
-        """The experiments: the active ones, or the archived ones (``"only"``), or all."""
-        q = ListExperiments(min_seq=self.seen_seq, archived=archived)
+        """The experiments: the active ones, or the archived ones (``"only"``), or all, with
+        their run counts; ``as_of`` (a time, or a stream sequence): as the log held them then."""
+        q = ListExperiments(min_seq=self.seen_seq, archived=archived, **as_of_fields(as_of))
         return list((await self.client.ask(q)).data)
+
+    async def get_experiment(
+        self, name: str, *, as_of: datetime | int | None = None
+    ) -> dict[str, Any]:
+        """Experiment ``name`` (archived or not) as ``experiments`` lists it, without creating
+        it; ``as_of``: as the log held it then. ``NotFound`` when it did not exist."""
+        q = GetExperiment(min_seq=self.seen_seq, name=name, **as_of_fields(as_of))
+        return dict((await self.client.ask(q)).data)
 
     async def runs_page(
         self,
@@ -179,13 +189,17 @@ class AsyncWorkspace(Session):
         cursor: str | None = None,
         parent_run_id: str | None = None,
         count: bool = False,
+        as_of: datetime | int | None = None,
     ) -> dict[str, Any]:
         """One page of the runs query (``run.list``): ``{"runs": [...], "next_cursor": str |
         None, "remaining": int | None, "metrics_seq": int}``; pass ``next_cursor`` back as
         ``cursor`` for the next page. ``filter`` and ``order_by`` as in docs/design.md, e.g.
         ``filter="metrics.loss < 0.2 AND tags.team = 'a'"``,
-        ``order_by=["metrics.loss.min ASC"]``; ``count`` also answers ``remaining``."""
+        ``order_by=["metrics.loss.min ASC"]``; ``count`` also answers ``remaining``.
+        ``as_of`` (a time, or a stream sequence): the runs as the log held them then (no
+        metrics in the filter or order then)."""
         q = ListRuns(
+            **as_of_fields(as_of),
             min_seq=self.seen_seq,
             metrics_min_seq=self.seen_metrics_seq,
             experiment_name=experiment_name,
@@ -206,8 +220,10 @@ class AsyncWorkspace(Session):
         order_by: Sequence[str] = (),
         page_size: int = 100,
         parent_run_id: str | None = None,
+        as_of: datetime | int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every run that matches, in order, read a page at a time (following cursors)."""
+        """Every run that matches, in order, read a page at a time (following cursors);
+        ``as_of``: as the log held them then."""
         cursor: str | None = None
         while True:
             page = await self.runs_page(
@@ -217,6 +233,7 @@ class AsyncWorkspace(Session):
                 limit=page_size,
                 cursor=cursor,
                 parent_run_id=parent_run_id,
+                as_of=as_of,
             )
             for row in page["runs"]:
                 yield row
@@ -231,9 +248,10 @@ class AsyncWorkspace(Session):
         limit: int | None = 100,
         filter: str = "",
         order_by: Sequence[str] = (),
+        as_of: datetime | int | None = None,
     ) -> list[dict[str, Any]]:
         """The first ``limit`` runs that match (every one with ``limit=None``), newest first
-        unless ``order_by`` says otherwise."""
+        unless ``order_by`` says otherwise; ``as_of``: as the log held them then."""
         found: list[dict[str, Any]] = []
         page_size = MAX_RUNS_PAGE if limit is None else max(1, min(limit, MAX_RUNS_PAGE))
         if limit is not None and limit < 1:
@@ -241,7 +259,12 @@ class AsyncWorkspace(Session):
         cursor: str | None = None
         while limit is None or len(found) < limit:
             page = await self.runs_page(
-                experiment_name, filter=filter, order_by=order_by, limit=page_size, cursor=cursor
+                experiment_name,
+                filter=filter,
+                order_by=order_by,
+                limit=page_size,
+                cursor=cursor,
+                as_of=as_of,
             )
             found.extend(page["runs"])
             cursor = page["next_cursor"]
@@ -334,8 +357,15 @@ class AsyncExperiment:
         await run.start()
         return run
 
-    async def runs(self, limit: int | None = 100) -> list[dict[str, Any]]:
-        return await self.workspace.runs(self.name, limit=limit)
+    async def runs(
+        self, limit: int | None = 100, *, as_of: datetime | int | None = None
+    ) -> list[dict[str, Any]]:
+        """This experiment's runs, newest first; ``as_of``: those the log held then."""
+        return await self.workspace.runs(self.name, limit=limit, as_of=as_of)
+
+    async def details(self, *, as_of: datetime | int | None = None) -> dict[str, Any]:
+        """This experiment as ``ws.experiments`` lists it; ``as_of``: as it was then."""
+        return await self.workspace.get_experiment(self.name, as_of=as_of)
 
     async def get_runs(
         self,

@@ -48,11 +48,13 @@ class AsyncAssets:
         data: dict[str, Any] = (await self._session.client.ask(q)).data
         return data
 
-    async def list(self, kind: AssetKind) -> list[dict[str, Any]]:
-        """The latest record of every asset of ``kind``."""
-        rows: list[dict[str, Any]] = (
-            await self._session.client.ask(ListAssets(asset_kind=kind))
-        ).data
+    async def list(
+        self, kind: AssetKind, *, name: str | None = None, as_of: datetime | int | None = None
+    ) -> list[dict[str, Any]]:
+        """The latest record of every asset of ``kind`` (``name``: every version of that one,
+        oldest first); ``as_of`` (a time, or a stream sequence): as the log held them then."""
+        q = ListAssets(asset_kind=kind, name=name, **as_of_fields(as_of))
+        rows: list[dict[str, Any]] = (await self._session.client.ask(q)).data
         return rows
 
     async def register_environment(self, name: str, spec: EnvironmentSpec) -> dict[str, Any]:

@@ -4,6 +4,7 @@ what a client remembers (the sequences it caused) and the registry's records."""
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from cairn.data import (
     snapshot_url_files,
     upload_pairs,
 )
-from cairn.proto.assets import DataFile, DatasetSpec, GetAsset, RegisterDataset
+from cairn.proto.assets import DataFile, DatasetSpec, GetAsset, ListAssets, RegisterDataset
 from cairn.proto.jobs import DatasetRuns
 from cairn.sdk._session import Session, as_of_fields, new_id
 
@@ -104,6 +105,23 @@ class AsyncDatasets:
         data: dict[str, Any] = (await self._session.client.ask(q)).data
         return data
 
+    async def list(self, *, as_of: datetime | int | None = None) -> builtins.list[dict[str, Any]]:
+        """The latest version of every dataset; ``as_of``: as the log held them then."""
+        q = ListAssets(asset_kind="dataset", min_seq=self._session.seen_seq, **as_of_fields(as_of))
+        rows: builtins.list[dict[str, Any]] = (await self._session.client.ask(q)).data
+        return rows
+
+    async def versions(
+        self, name: str, *, as_of: datetime | int | None = None
+    ) -> builtins.list[dict[str, Any]]:
+        """Every version of dataset ``name``, oldest first; ``as_of``: those the log held
+        then (``NotFound`` when it had none)."""
+        q = ListAssets(
+            asset_kind="dataset", name=name, min_seq=self._session.seen_seq, **as_of_fields(as_of)
+        )
+        rows: builtins.list[dict[str, Any]] = (await self._session.client.ask(q)).data
+        return rows
+
     async def spec(
         self, name: str, version: int | None = None, *, min_seq: int = 0
     ) -> tuple[dict[str, Any], DatasetSpec]:
@@ -155,7 +173,7 @@ class AsyncDatasets:
         files = await fingerprint(s.client, spec, settings=s.settings)
         return msgspec.structs.replace(spec, files=files)
 
-    async def files(self, spec: DatasetSpec) -> list[DataFile]:
+    async def files(self, spec: DatasetSpec) -> builtins.list[DataFile]:
         """Every file the spec's paths match now, with its digest or ETag."""
         s = self._session
         return await fingerprint(s.client, spec, settings=s.settings)
@@ -167,15 +185,15 @@ class AsyncDatasets:
         *,
         label: str = "dataset",
         show: bool | None = None,
-    ) -> list[Path]:
+    ) -> builtins.list[Path]:
         """A version's files under ``target``, checked against its fingerprint."""
         s = self._session
         return await materialise(
             s.client, spec, target, label=label, show=show, settings=s.settings
         )
 
-    async def runs(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
+    async def runs(self, name: str, version: int | None = None) -> builtins.list[dict[str, Any]]:
         """The runs that read a version of dataset ``name``."""
         q = DatasetRuns(dataset=name, version=version)
-        rows: list[dict[str, Any]] = (await self._session.client.ask(q)).data
+        rows: builtins.list[dict[str, Any]] = (await self._session.client.ask(q)).data
         return rows

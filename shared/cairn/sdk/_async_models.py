@@ -17,7 +17,7 @@ from cairn.proto.registry import (
     RegisterModelVersion,
     SetModelAlias,
 )
-from cairn.sdk._session import Session, new_id
+from cairn.sdk._session import Session, as_of_fields, new_id
 
 __all__ = ["AsyncModels"]
 
@@ -38,19 +38,32 @@ class AsyncModels:
         version: int | None = None,
         *,
         alias: str | None = None,
-        as_of: datetime | None = None,
+        as_of: datetime | int | None = None,
         as_of_seq: int | None = None,
     ) -> dict[str, Any]:
-        """A version: the latest, ``version``, the one ``alias`` names, or the latest as of a
-        time or stream sequence."""
-        q = GetModel(name=name, version=version, alias=alias, as_of_time=as_of, as_of_seq=as_of_seq)
+        """A version: the latest, ``version``, the one ``alias`` names, or the one it was as
+        of a moment: ``as_of`` a time or a stream sequence (``as_of_seq``: a sequence, as
+        earlier releases took it)."""
+        when = as_of_fields(as_of)
+        if as_of_seq is not None:
+            if "as_of_seq" in when:
+                raise InvalidInput("give the sequence once: as_of= or as_of_seq=, not both")
+            when |= as_of_fields(as_of_seq)
+        q = GetModel(name=name, version=version, alias=alias, **when)
         data: dict[str, Any] = (await self._session.client.ask(q)).data
         return data
 
     async def list(
-        self, name: str | None = None, *, tags: dict[str, str] | None = None, latest: bool = False
+        self,
+        name: str | None = None,
+        *,
+        tags: dict[str, str] | None = None,
+        latest: bool = False,
+        as_of: datetime | int | None = None,
     ) -> list[dict[str, Any]]:
-        q = ListModels(name=name, tags=tags or {}, latest=latest)
+        """The model versions (``name``: of that model; ``tags``: with all of them;
+        ``latest``: the latest of each name); ``as_of``: as the log held them then."""
+        q = ListModels(name=name, tags=tags or {}, latest=latest, **as_of_fields(as_of))
         rows: list[dict[str, Any]] = (await self._session.client.ask(q)).data
         return rows
 

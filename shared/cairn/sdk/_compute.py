@@ -10,6 +10,7 @@ who start them, and ``wait_for_completion(show_output=True)`` says so.
 from __future__ import annotations
 
 import builtins
+from datetime import datetime
 from typing import Any, Literal
 
 from cairn.errors import InvalidInput, NotFound
@@ -50,15 +51,22 @@ class AmlComputeProvisioningConfiguration:
 class ComputeTarget:
     """A compute target: ``local``, a cluster (a pool of agents), an instance, an attached
     machine. Creating and deleting needs the compute-operator role. ``ComputeTarget(ws,
-    name)`` of one that does not exist raises ``ComputeTargetException``."""
+    name)`` of one that does not exist raises ``ComputeTargetException``; ``as_of=`` (a time,
+    or a stream sequence) is the target as the log held it then."""
 
     def __init__(
-        self, workspace: WorkspaceBase, name: str, _data: dict[str, Any] | None = None
+        self,
+        workspace: WorkspaceBase,
+        name: str,
+        _data: dict[str, Any] | None = None,
+        *,
+        as_of: datetime | int | None = None,
     ) -> None:
         self.workspace, self.name = workspace, name
         if _data is None:
             try:
-                _data = workspace._run(workspace.core.assets.get("compute", name))
+                found = workspace.core.assets.get("compute", name, as_of=as_of)
+                _data = workspace._run(found)
             except NotFound as exc:
                 raise ComputeTargetException(
                     f"compute target {name!r} does not exist in workspace {workspace.name!r}"
@@ -129,8 +137,12 @@ class ComputeTarget:
         self.workspace._run(self.workspace.core.assets.delete_compute(self.name))
 
     @staticmethod
-    def list(workspace: WorkspaceBase) -> dict[str, ComputeTarget]:
-        rows = workspace._run(workspace.core.assets.list("compute"))
+    def list(
+        workspace: WorkspaceBase, *, as_of: datetime | int | None = None
+    ) -> dict[str, ComputeTarget]:
+        """Every compute target; ``as_of`` (a time, or a stream sequence): those the log held
+        then, as they were then."""
+        rows = workspace._run(workspace.core.assets.list("compute", as_of=as_of))
         return {r["name"]: ComputeTarget(workspace, r["name"], _data=r) for r in rows}
 
     def __repr__(self) -> str:

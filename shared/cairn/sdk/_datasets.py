@@ -342,6 +342,10 @@ class Dataset:
         return cls(spec, data, workspace)
 
     @staticmethod
-    def list(workspace: WorkspaceBase) -> dict[str, TabularDataset | FileDataset]:
-        rows = workspace._run(workspace.core.assets.list("dataset"))
-        return {r["name"]: Dataset.get_by_name(workspace, r["name"]) for r in rows}
+    def list(
+        workspace: WorkspaceBase, *, as_of: datetime | int | None = None
+    ) -> dict[str, TabularDataset | FileDataset]:
+        """The latest version of each dataset; ``as_of`` (a time, or a stream sequence): those
+        the log held then, at their latest version then."""
+        rows = workspace._run(workspace.core.datasets.list(as_of=as_of))
+        return {r["name"]: Dataset.get_by_name(workspace, r["name"], as_of=as_of) for r in rows}

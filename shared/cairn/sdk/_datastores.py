@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -130,11 +131,17 @@ class Datastore:
     sealed by the registry; this object never holds them."""
 
     def __init__(
-        self, workspace: WorkspaceBase, name: str, _data: dict[str, Any] | None = None
+        self,
+        workspace: WorkspaceBase,
+        name: str,
+        _data: dict[str, Any] | None = None,
+        *,
+        as_of: datetime | int | None = None,
     ) -> None:
         self.workspace, self.name = workspace, name
         if _data is None:
-            _data = workspace._run(workspace.core.assets.get("datastore", name))
+            found = workspace.core.assets.get("datastore", name, as_of=as_of)
+            _data = workspace._run(found)
         spec = _data["spec"]
         self.datastore_type = spec["kind"]
         self.local_path, self.bucket_name = spec.get("path"), spec.get("bucket")
@@ -142,8 +149,12 @@ class Datastore:
         self.has_credentials = bool(spec.get("has_credentials"))
 
     @staticmethod
-    def get(workspace: WorkspaceBase, datastore_name: str) -> Datastore:
-        return Datastore(workspace, datastore_name)
+    def get(
+        workspace: WorkspaceBase, datastore_name: str, *, as_of: datetime | int | None = None
+    ) -> Datastore:
+        """Datastore ``datastore_name``; ``as_of`` (a time, or a stream sequence): as the log
+        held it then."""
+        return Datastore(workspace, datastore_name, as_of=as_of)
 
     @staticmethod
     def _register(
@@ -183,8 +194,11 @@ class Datastore:
         return Datastore._register(workspace, datastore_name, spec, creds)
 
     @staticmethod
-    def list(workspace: WorkspaceBase) -> dict[str, Datastore]:
-        rows = workspace._run(workspace.core.assets.list("datastore"))
+    def list(
+        workspace: WorkspaceBase, *, as_of: datetime | int | None = None
+    ) -> dict[str, Datastore]:
+        """Every datastore, the built-in ones too; ``as_of``: those the log held then."""
+        rows = workspace._run(workspace.core.assets.list("datastore", as_of=as_of))
         return {r["name"]: Datastore(workspace, r["name"], _data=r) for r in rows}
 
     # -- moving files ---------------------------------------------------------------------

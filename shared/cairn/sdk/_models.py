@@ -23,7 +23,8 @@ __all__ = ["Model"]
 
 class Model:
     """A registered model version: ``Model(ws, name)`` is the latest, ``version=`` or
-    ``alias=`` pick another, ``as_of=`` (a datetime) or ``as_of_seq=`` look back in time."""
+    ``alias=`` pick another, ``as_of=`` (a datetime, or a stream sequence) looks back in time
+    (``as_of_seq=``: a sequence, as earlier releases took it)."""
 
     def __init__(
         self,
@@ -32,7 +33,7 @@ class Model:
         version: int | None = None,
         *,
         alias: str | None = None,
-        as_of: datetime | None = None,
+        as_of: datetime | int | None = None,
         as_of_seq: int | None = None,
         _data: dict[str, Any] | None = None,
     ) -> None:
@@ -104,10 +105,14 @@ class Model:
         run_id: str | None = None,
         latest: bool = False,
         model_framework: str | None = None,
+        *,
+        as_of: datetime | int | None = None,
     ) -> list[Model]:
         """The model versions, filtered as Azure ML v1 does (``tags``, ``properties``: every
-        ``{key: value}`` given; ``run_id``: registered from that run; ``model_framework``)."""
-        rows = workspace._run(workspace.core.models.list(name, tags=tags, latest=latest))
+        ``{key: value}`` given; ``run_id``: registered from that run; ``model_framework``);
+        ``as_of`` (a time, or a stream sequence): the versions the log held then."""
+        listing = workspace.core.models.list(name, tags=tags, latest=latest, as_of=as_of)
+        rows = workspace._run(listing)
         wanted = {k: str(v) for k, v in (properties or {}).items()}
         return [
             Model(workspace, r["name"], _data=r)

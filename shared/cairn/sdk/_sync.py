@@ -276,13 +276,15 @@ class Experiment:
         filter: str = "",
         order_by: Sequence[str] = (),
         page_size: int = 100,
+        as_of: datetime | int | None = None,
     ) -> Iterator[Run]:
         """Every run of this experiment, newest first (or in ``order_by`` order), fetched
         lazily ``page_size`` at a time. As in Azure ML v1: ``tags``/``properties`` a key the
         run has or ``{key: value}`` pairs, ``include_children`` child runs too; ``type`` is
         refused (Cairn runs have no type). ``filter`` and ``order_by`` are the runs query's
         (docs/design.md), e.g. ``filter="metrics.loss.min < 0.2"``,
-        ``order_by=["metrics.loss.min ASC"]``."""
+        ``order_by=["metrics.loss.min ASC"]``. ``as_of`` (a time, or a stream sequence): the
+        runs the log held then, as they were then (no metrics in the filter or order then)."""
         expr = azure_filter(
             "get_runs",
             type=type,
@@ -291,8 +293,13 @@ class Experiment:
             include_children=include_children,
             filter=filter,
         )
-        for row in _rows(self.workspace, self.name, expr, order_by, page_size):
+        for row in _rows(self.workspace, self.name, expr, order_by, page_size, as_of):
             yield Run(self, row["run_id"])
+
+    def get_details(self, *, as_of: datetime | int | None = None) -> dict[str, Any]:
+        """This experiment's id, name, creation, archived flag and number of runs; ``as_of``
+        (a time, or a stream sequence): as they were then."""
+        return self.workspace._run(self._core.details(as_of=as_of))
 
     def archive(self) -> None:
         """Hide this experiment from ``Experiment.list`` and ``ws.experiments`` (an event:
@@ -310,9 +317,12 @@ class Experiment:
         experiment_name: str | None = None,
         view_type: str = "ActiveOnly",
         tags: str | None = None,
+        *,
+        as_of: datetime | int | None = None,
     ) -> builtins.list[Experiment]:
         """The experiments (``view_type``: ``ActiveOnly``, ``ArchivedOnly`` or ``All``), or
-        the one called ``experiment_name``."""
+        the one called ``experiment_name``; ``as_of`` (a time, or a stream sequence): those
+        the log held then, as they were then."""
         views: dict[str, Literal["no", "only", "all"]] = {
             "ActiveOnly": "no",
             "ArchivedOnly": "only",
@@ -320,7 +330,7 @@ class Experiment:
         }
         if view_type not in views:
             raise InvalidInput(f"view_type {view_type!r} is not one of {', '.join(views)}")
-        rows = workspace._run(workspace.core.experiments(views[view_type]))
+        rows = workspace._run(workspace.core.experiments(views[view_type], as_of=as_of))
         return [
             Experiment(workspace, row["name"])
             for row in rows
@@ -743,7 +753,12 @@ class Run:
 
 
 def _rows(
-    ws: Workspace, experiment_name: str, filter: str, order_by: Sequence[str], page_size: int
+    ws: Workspace,
+    experiment_name: str,
+    filter: str,
+    order_by: Sequence[str],
+    page_size: int,
+    as_of: datetime | int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The runs query's rows, a page at a time, following its cursors to the end."""
     cursor: str | None = None
@@ -755,6 +770,7 @@ def _rows(
                 order_by=order_by,
                 limit=page_size,
                 cursor=cursor,
+                as_of=as_of,
             )
         )
         yield from page["runs"]

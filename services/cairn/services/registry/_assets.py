@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -234,7 +235,11 @@ class AssetHandlers:
         return view, seq
 
     def list(self, req: Request, db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
+        """The latest version of each asset of the kind, the built-in ones too; with a name,
+        every version of that one (a built-in's one, when it has no events)."""
         q: ListAssets = req.body
+        if q.name is not None:
+            return self._versions(req.workspace, q, db, t)
         rows = db.execute(
             f"SELECT name, max(version), spec, description FROM {t('assets')} a"
             " WHERE workspace = ? AND kind = ? AND deleted = 0"
@@ -243,16 +248,31 @@ class AssetHandlers:
             " GROUP BY asset_id ORDER BY name",
             (req.workspace, q.asset_kind),
         ).fetchall()
-        found = {
-            name: {
-                "name": name,
-                "version": v,
-                "spec": json.loads(spec),
-                "description": d,
-                "builtin": False,
-            }
-            for name, v, spec, d in rows
-        }
+        found = {name: _row(name, v, spec, d) for name, v, spec, d in rows}
         for name, spec in builtin_assets(self.settings, req.workspace, q.asset_kind).items():
             found.setdefault(name, _view(name, 1, spec, True))
         return [found[n] for n in sorted(found)]
+
+    def _versions(
+        self, ws: str, q: ListAssets, db: sqlite3.Connection, t: Tables
+    ) -> builtins.list[dict[str, Any]]:
+        assert q.name is not None
+        rows = db.execute(
+            f"SELECT name, version, spec, description FROM {t('assets')}"
+            " WHERE workspace = ? AND kind = ? AND asset_id = ? AND deleted = 0 ORDER BY version",
+            (ws, q.asset_kind, subjects.name_to_id(q.name)),
+        ).fetchall()
+        builtin = builtin_assets(self.settings, ws, q.asset_kind).get(q.name)
+        if not rows and builtin is not None:
+            return [_view(q.name, 1, builtin, True)]
+        return [_row(name, v, spec, d) for name, v, spec, d in rows]
+
+
+def _row(name: str, version: int, spec: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "spec": json.loads(spec),
+        "description": description,
+        "builtin": False,
+    }

@@ -192,22 +192,22 @@ class RegistryService(ProjectedService):
     # -- queries --------------------------------------------------------------------------
 
     async def _state(
-        self, ws: str, name: str, as_of_seq: int | None = None, as_of_time: Any = None
+        self, ws: str, name: str, as_of: GetModel | None = None
     ) -> tuple[model.ModelState, int]:
-        history = await self.store.read(
-            subjects.event(ws, model.KIND, subjects.name_to_id(name)), up_to_seq=as_of_seq
+        """The model folded from its events: all of them, or those up to ``as_of``'s moment
+        (stored by then, by the server's clock, as every ``as_of`` reads)."""
+        history = await self.store.read_as_of(
+            subjects.event(ws, model.KIND, subjects.name_to_id(name)),
+            up_to_seq=as_of.as_of_seq if as_of else None,
+            up_to_time=as_of.as_of_time if as_of else None,
         )
-        if as_of_time is not None:
-            history = [r for r in history if r.envelope.timestamp <= as_of_time]
         if not history:
-            raise NotFound(
-                f"no model called {name!r}" + (" at that point" if as_of_seq or as_of_time else "")
-            )
+            raise NotFound(f"no model called {name!r}" + (as_of.then() if as_of else ""))
         return _fold(history), history[-1].seq
 
     async def _get(self, req: Request) -> QueryResult:
         q: GetModel = req.body
-        state, seq = await self._state(req.workspace, q.name, q.as_of_seq, q.as_of_time)
+        state, seq = await self._state(req.workspace, q.name, q)
         version = model.resolve(state, q.name, q.version, q.alias)
         return QueryResult(seq=seq, data=version_view(state, version))
 
@@ -254,7 +254,14 @@ class RegistryService(ProjectedService):
         return QueryResult(seq=seq, data=data)
 
     async def _list_assets(self, req: Request) -> QueryResult:
-        return await self.read(req, lambda db, t: self.assets.list(req, db, t))
+        q: ListAssets = req.body
+        of_kind = subjects.events_of_kind_in(req.workspace, q.asset_kind)
+        if q.name is not None:  # that asset's versions: its own subject
+            of_kind = subjects.event(req.workspace, q.asset_kind, subjects.name_to_id(q.name))
+        found = await self.read_at(req, lambda db, t: self.assets.list(req, db, t), of_kind)
+        if q.name is not None and not found.data:
+            raise NotFound(f"no {q.asset_kind} called {q.name!r}" + q.then())
+        return found
 
     async def _list_secrets(self, req: Request) -> QueryResult:
         self.secrets.check_list(req)
@@ -303,7 +310,8 @@ class RegistryService(ProjectedService):
                 out.append(item)
             return out
 
-        return await self.read(req, fn)
+        models = subjects.events_of_kind_in(req.workspace, model.KIND)
+        return await self.read_at(req, fn, models)
 
 
 def _fold(history: list[Recorded]) -> model.ModelState:

@@ -36,6 +36,7 @@ from cairn.proto.commands import (
     CreateRun,
     CreateWorkspace,
     FailRun,
+    GetExperiment,
     GetHistory,
     GetRun,
     HeartbeatRun,
@@ -64,7 +65,8 @@ from cairn.service import ProjectedService
 from cairn.services.tracking._liveness import Beat, Heartbeats, bound_s, lost_reason
 from cairn.services.tracking._metrics import RunMetricsProjection
 from cairn.services.tracking._projection import TrackingProjection
-from cairn.services.tracking._runs_query import RUN_COLUMNS, list_runs
+from cairn.services.tracking._runs_filter import compile_query
+from cairn.services.tracking._runs_query import RUN_COLUMNS, RunsPage, list_runs
 from cairn.settings import Settings
 
 __all__ = ["TrackingService"]
@@ -148,6 +150,7 @@ class TrackingService(ProjectedService):
             types=(
                 ListWorkspaces,
                 ListExperiments,
+                GetExperiment,
                 ListRuns,
                 GetRun,
                 ListRunFiles,
@@ -158,6 +161,7 @@ class TrackingService(ProjectedService):
                 GetHistory.NAME: self._history,
                 ListWorkspaces.NAME: self._list_workspaces,
                 ListExperiments.NAME: self._list_experiments,
+                GetExperiment.NAME: self._get_experiment,
                 ListRuns.NAME: self._list_runs,
                 GetRun.NAME: self._get_run,
                 ListRunFiles.NAME: self._list_files,
@@ -363,28 +367,55 @@ class TrackingService(ProjectedService):
 
     async def _list_experiments(self, req: Request) -> QueryResult:
         q: ListExperiments = req.body
-        archived = {"no": " AND e.archived = 0", "only": " AND e.archived = 1", "all": ""}
+        return await self._experiments(req, q.archived, None)
+
+    async def _get_experiment(self, req: Request) -> QueryResult:
+        q: GetExperiment = req.body
+        found = await self._experiments(req, "all", q.name)
+        if not found.data:
+            raise NotFound(f"experiment {q.name!r} does not exist" + q.then())
+        return QueryResult(seq=found.seq, data=found.data[0])
+
+    async def _experiments(self, req: Request, archived: str, name: str | None) -> QueryResult:
+        """The experiments (``archived``: "no", "only", "all"; ``name``: that one alone) with
+        their run counts, now or as of the query's moment (the workspace's events then)."""
+        where = {"no": " AND e.archived = 0", "only": " AND e.archived = 1", "all": ""}[archived]
+        args: tuple[str, ...] = (req.workspace,)
+        if name is not None:
+            where, args = where + " AND e.experiment_id = ?", (*args, subjects.name_to_id(name))
 
         def fn(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             rows = db.execute(
                 f"SELECT e.experiment_id, e.name, e.created_at, e.created_by, e.archived,"
                 f" COUNT(r.run_id) FROM {t('experiments')} e LEFT JOIN {t('runs')} r"
                 " ON r.workspace = e.workspace AND r.experiment_id = e.experiment_id"
-                f" WHERE e.workspace = ?{archived[q.archived]}"
+                f" WHERE e.workspace = ?{where}"
                 " GROUP BY e.experiment_id ORDER BY e.name",
-                (req.workspace,),
+                args,
             )
             keys = ("experiment_id", "name", "created_at", "created_by", "archived", "runs")
             found = [dict(zip(keys, row, strict=True)) for row in rows]
             return [{**row, "archived": bool(row["archived"])} for row in found]
 
-        return await self.read(req, fn)
+        return await self.read_at(req, fn, subjects.events_of_workspace(req.workspace))
 
     async def _list_runs(self, req: Request) -> QueryResult:
         """One page of runs (``_runs_query``). ``min_seq`` waits for the runs' read model
         (EVENTS), ``metrics_min_seq`` for the metric summaries (METRICS); the reply's ``seq``
-        is the former's position, ``metrics_seq`` in its data the latter's."""
+        is the former's position, ``metrics_seq`` in its data the latter's. As of a moment,
+        the runs as the workspace's events then made them, without metrics (another stream)."""
         q: ListRuns = req.body
+        if q.as_of_seq is not None or q.as_of_time is not None:
+            if q.metrics or compile_query(q).metrics:
+                raise InvalidInput(
+                    "a runs query as of a moment cannot filter, order or show metrics"
+                    " (they are another stream's): ask run.get / metrics.get as of it per run"
+                )
+            return await self.read_at(
+                req,
+                lambda db, t: _page(list_runs(db, t, "", req.workspace, q, count=q.count), 0),
+                subjects.events_of_workspace(req.workspace),
+            )
         wait_s = min(max(q.wait_s, 0.0), 30.0)
         if self.run_metrics.last_seq < q.metrics_min_seq:
             async with slot_lent():
@@ -395,12 +426,7 @@ class TrackingService(ProjectedService):
             metrics_table = self.run_metrics.tables("metrics")
             metrics_seq = self.run_metrics.last_seq
             page = list_runs(db, t, metrics_table, req.workspace, q, count=q.count)
-            return {
-                "runs": page.runs,
-                "next_cursor": page.next_cursor,
-                "remaining": page.remaining,
-                "metrics_seq": metrics_seq,
-            }
+            return _page(page, metrics_seq)
 
         return await self.read(req, fn)
 
@@ -416,7 +442,7 @@ class TrackingService(ProjectedService):
 
         result = await self._read_run(req, q.run_id, fn)
         if result.data is None:
-            raise NotFound(f"run {q.run_id} does not exist" + _then(q))
+            raise NotFound(f"run {q.run_id} does not exist" + q.then())
         return result
 
     async def _read_run(
@@ -425,13 +451,10 @@ class TrackingService(ProjectedService):
         """``fn`` on the live read model, or, for a query with ``as_of_seq``/``as_of_time``,
         on one of the run's events up to then, from the log."""
         q = req.body
-        if q.as_of_seq is None and q.as_of_time is None:
-            return await self.read(req, fn)
-        subject = subjects.event(req.workspace, run.KIND, run_id)
-        then = await self.read_as_of(subject, fn, up_to_seq=q.as_of_seq, up_to_time=q.as_of_time)
-        if then is None:
-            raise NotFound(f"run {run_id} did not exist" + _then(q))
-        return then
+        result = await self.read_at(req, fn, subjects.event(req.workspace, run.KIND, run_id))
+        if q.then() and not result.seq:
+            raise NotFound(f"run {run_id} did not exist" + q.then())
+        return result
 
     async def _history(self, req: Request) -> QueryResult:
         """An entity's events from the log, a page at a time (``cairn history``)."""
@@ -497,12 +520,14 @@ class TrackingService(ProjectedService):
 
         result = await self._read_run(req, q.run_id, fn)
         if result.data is None:
-            raise NotFound(f"run {q.run_id} has no file {q.path!r}" + _then(q))
+            raise NotFound(f"run {q.run_id} has no file {q.path!r}" + q.then())
         return result
 
 
-def _then(q: Any) -> str:
-    """How a refusal names the moment an ``as_of`` query asked about."""
-    said = [f"sequence {q.as_of_seq}"] if q.as_of_seq is not None else []
-    said += [q.as_of_time.isoformat()] if q.as_of_time is not None else []
-    return f" as of {' and '.join(said)}" if said else ""
+def _page(page: RunsPage, metrics_seq: int) -> dict[str, Any]:
+    return {
+        "runs": page.runs,
+        "next_cursor": page.next_cursor,
+        "remaining": page.remaining,
+        "metrics_seq": metrics_seq,
+    }
