@@ -251,8 +251,8 @@ class Agents:
                 )
             )
         )
-        await asyncio.wait_for(ready.wait(), 10)
-        self.stops.append(stop)
+        self.stops.append(stop)  # before the wait: an agent that never became ready is stopped too
+        await asyncio.wait_for(ready.wait(), 60)
         return stop
 
     async def close(self) -> None:
