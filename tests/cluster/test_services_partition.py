@@ -6,10 +6,13 @@ number in the run aggregate), so the run ends once, as the second attempt says."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import pytest
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from cairn.bus import connect
 from cairn.errors import StaleAttempt
@@ -22,11 +25,12 @@ from cairn.proto.events import (
     RunStarted,
 )
 from cairn.proto.jobs import FinishJob, derived_id
+from cairn.proto.streams import LEASES_BUCKET
 from cairn.rpc import Client
 from cairn.sdk import ScriptRunConfig
 from cairn.sdk._jobs import submit
 from tests.cluster.processes import Spawned
-from tests.cluster.test_services_replicas import END, LogView, service_stack
+from tests.cluster.test_services_replicas import END, LogView, ServiceStack, service_stack
 from tests.conftest import JOB_SETTINGS, LEAKS_SOCKETS, settings_for
 
 #: the tests' short leases (a lost agent is noticed in seconds), a little longer on a loaded
@@ -148,3 +152,60 @@ async def test_a_partitioned_agent_loses_its_job_and_its_late_report_is_refused(
         files = [e for e in events if isinstance(e, ArtifactCommitted)]
         assert files, "attempt 2's log was not stored"
         assert cut_off.alive
+
+
+async def _renewed_after(stack: ServiceStack, run_id: str, moment: float) -> None:
+    """Until the run's lease renewal in the bucket (which the agent's reports write, through
+    whichever scheduler replica answers them) is dated after ``moment``."""
+    kv = await stack.conn.js.key_value(LEASES_BUCKET.bucket)
+    async with asyncio.timeout(max(30.0, moment - time.time() + 30.0)):
+        while True:
+            with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
+                entry = await kv.get(f"{stack.ws.name}.{run_id}")
+                if entry.value and json.loads(entry.value)[1] > moment:
+                    return
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(240)
+@LEAKS_SOCKETS
+async def test_a_partitioned_scheduler_replica_takes_back_no_live_job(
+    tmp_path: Path, nats_py_leaks: None
+) -> None:
+    """Two scheduler replicas; one is cut off from NATS for three leases while the other
+    answers the agent's reports. Healed, the first must not take back the job that its own
+    view (no renewal seen while it was away) says is silent: the job runs once."""
+    lease = float(str(SETTINGS["job_lease_s"]))
+    async with service_stack(tmp_path, SETTINGS, SERVICES, proxied=["scheduler-1"]) as stack:
+        signals = tmp_path / "signals"
+        signals.mkdir()
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "job.py").write_text(HELD)
+        await stack.agent("agent-1", slots=1)
+        config = ScriptRunConfig(source_directory=src, script="job.py", arguments=[str(signals)])
+        run_id = await submit(stack.ws, "jobs", config)
+        view = LogView(stack.store, stack.ws.name)
+        await _until(view, run_id, lambda ev: any(isinstance(e, RunStarted) for e in ev))
+        await _file(signals / "started-1")
+
+        proxy = stack.proxies["scheduler-1"]
+        proxy.cut()
+        await _renewed_after(stack, run_id, time.time() + 3 * lease)
+        reconnects = proxy.accepted
+        proxy.heal()
+        healed = time.time()
+        async with asyncio.timeout(60):
+            while proxy.accepted == reconnects:
+                await asyncio.sleep(0.1)
+        replica = next(s for s in stack.procs.spawned if s.name == "scheduler-1")
+        await stack.procs.wait_serving(stack.conn, [replica], timeout=60)
+        await _renewed_after(stack, run_id, healed + 3 * lease)  # its passes since the heal
+
+        (signals / "release").write_text("")
+        events = await _until(view, run_id, lambda ev: any(isinstance(e, END) for e in ev))
+        assert not [e for e in events if isinstance(e, RunRequeued)], events
+        assert [e.attempt for e in events if isinstance(e, RunAssigned)] == [1]
+        ends = [e for e in events if isinstance(e, END)]
+        assert len(ends) == 1 and isinstance(ends[0], RunCompleted), ends
+        assert not (signals / "started-2").exists(), "the job ran twice"

@@ -176,7 +176,7 @@ def _check_managers(view: LogView) -> list[str]:
         if any(n != 1 for n in steps.values()) or steps != step_ends or ends != ["Completed"]:
             problems.append(f"pipeline {pid}: steps {steps}, step ends {step_ends}, ends {ends}")
     for sid, events in view.by_kind["sweep"].items():
-        trials = Counter(e.n for e in events if isinstance(e, TrialProposed))
+        trials = Counter(e.index for e in events if isinstance(e, TrialProposed))
         ended = [e for e in events if isinstance(e, SweepEnded)]
         if any(n != 1 for n in trials.values()) or len(ended) != 1:
             problems.append(f"sweep {sid}: trials proposed {trials}, ended {ended}")
@@ -238,8 +238,10 @@ class ServiceStack:
     store: EventStore = field(init=False)
     proxies: dict[str, Proxy] = field(default_factory=dict)
 
-    async def start(self, services: Iterable[str]) -> None:
-        """Start a process per name in ``services`` (a name twice: two replicas)."""
+    async def start(self, services: Iterable[str], proxied: Iterable[str] = ()) -> None:
+        """Start a process per name in ``services`` (a name twice: two replicas, named
+        ``<service>-1``, ``<service>-2``); those named in ``proxied`` reach the server through
+        a :class:`Proxy` of their own (``self.proxies[name]``)."""
         self.server = NatsServer(self.root / "server", port=0)
         await self.server.start()
         self.procs = Processes(self.root, self.server, self.settings)
@@ -250,7 +252,9 @@ class ServiceStack:
         spawned = []
         for name in services:
             seen[name] += 1
-            spawned.append(await self.procs.serve(name, f"{name}-{seen[name]}"))
+            replica = f"{name}-{seen[name]}"
+            url = await self._proxy(replica) if replica in proxied else None
+            spawned.append(await self.procs.serve(name, replica, nats_url=url))
         await self.procs.wait_serving(self.conn, spawned, timeout=240)
         client: Settings = settings_for(self.server, service=False, request_timeout=10.0)
         self.client_conn = await connect(client)
@@ -263,15 +267,16 @@ class ServiceStack:
     async def agent(self, name: str, slots: int, *, proxied: bool = False) -> Spawned:
         """An agent of the workspace, serving once this returns; ``proxied``: it reaches
         the server through a :class:`Proxy` of its own (``self.proxies[name]``)."""
-        url = None
-        if proxied:
-            proxy = Proxy("127.0.0.1", self.server.port)
-            await proxy.start()
-            self.proxies[name] = proxy
-            url = proxy.url
+        url = await self._proxy(name) if proxied else None
         made = await self.procs.agent(self.ws.name, name, slots=slots, nats_url=url)
         await self.procs.wait_serving(self.conn, [made], timeout=120)
         return made
+
+    async def _proxy(self, name: str) -> str:
+        proxy = Proxy("127.0.0.1", self.server.port)
+        await proxy.start()
+        self.proxies[name] = proxy
+        return proxy.url
 
     async def agents(self, count: int, slots: int) -> list[Spawned]:
         made = [
@@ -297,11 +302,14 @@ class ServiceStack:
 
 @contextlib.asynccontextmanager
 async def service_stack(
-    root: Path, settings: dict[str, object], services: Iterable[str] = SERVICES * 2
+    root: Path,
+    settings: dict[str, object],
+    services: Iterable[str] = SERVICES * 2,
+    proxied: Iterable[str] = (),
 ) -> AsyncIterator[ServiceStack]:
     stack = ServiceStack(root, settings)
     try:
-        await stack.start(services)
+        await stack.start(services, proxied)
         yield stack
     finally:
         await stack.close()
