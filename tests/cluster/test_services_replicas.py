@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import shutil
 import textwrap
@@ -64,6 +65,7 @@ from cairn.settings import Settings
 from tests.cluster.processes import SERVICES, Processes, Spawned
 from tests.cluster.proxy import Proxy
 from tests.conftest import LEAKS_SOCKETS, settings_for
+from tests.receiver import Receiver
 
 __all__ = [
     "END",
@@ -75,6 +77,7 @@ __all__ = [
 ]
 
 HERE = Path(__file__).parent
+HOOK_SECRET = "a webhook secret of the cluster tests"
 END = (RunCompleted, RunFailed, RunCanceled)
 
 #: a no-op job that leaves one mark per execution (the marks folder is the test's, beside the
@@ -325,6 +328,8 @@ class Workload:
     pipelines: int = 3
     trials: int = 4
     seed: int = 0
+    #: where a webhook on every ``RunCompleted`` of the workspace delivers
+    receiver: Receiver | None = None
     job_ids: list[str] = field(default_factory=list)
     pipeline_ids: list[str] = field(default_factory=list)
     sweep_ids: list[str] = field(default_factory=list)
@@ -349,6 +354,8 @@ class Workload:
     async def submit(self, parallel: int = 8) -> None:
         ws = self.stack.ws
         config = self._noop()
+        if self.receiver is not None:
+            await ws.webhooks.create(self.receiver.url, ["RunCompleted"], secret=HOOK_SECRET)
         await self._schedule(config)
         for n in range(self.pipelines):
             path = self._folder(f"pipeline{n}", {"pipeline.yml": PIPELINE}) / "pipeline.yml"
@@ -417,6 +424,23 @@ class Workload:
             view.ended(r) for r in [*self.job_ids, *parents, *fires, *view.runs]
         )
 
+    async def deliveries(self, view: LogView, timeout: float = 120) -> Counter[str]:
+        """How many times the webhook delivered each run's completion (by run id), once
+        every completion in the log has arrived at least once."""
+        assert self.receiver is not None
+        completed = {r for r, events in view.runs.items() if view.ended(r)}
+        async with asyncio.timeout(timeout):
+            while True:
+                got: Counter[str] = Counter()
+                for received in self.receiver.received:
+                    for event in json.loads(received.body):
+                        got[event["subject"].rpartition("/")[2]] += 1
+                if completed <= got.keys():
+                    return got
+                self.receiver.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.receiver.changed.wait(), 1.0)
+
     def marks_of(self, run_id: str) -> list[str]:
         path = self.marks / run_id
         return path.read_text().split() if path.exists() else []
@@ -442,13 +466,15 @@ SETTINGS: dict[str, object] = {
 async def test_two_replicas_of_every_service_run_200_jobs_each_once(
     tmp_path: Path, nats_py_leaks: None
 ) -> None:
-    async with service_stack(tmp_path, SETTINGS) as stack:
+    async with service_stack(tmp_path, SETTINGS) as stack, Receiver() as receiver:
         await stack.agents(2, slots=3)
-        work = Workload(stack, jobs=200, seed=SEED)
+        work = Workload(stack, jobs=200, seed=SEED, receiver=receiver)
         await work.submit()
         view = LogView(stack.store, stack.ws.name)
         await work.wait(view, timeout=600)
         counts = check_exactly_once(view, requeues_allowed=False)
+        delivered = await work.deliveries(view)
+        assert delivered == Counter(view.runs.keys()), "each completion delivered once"
         assert {r: work.marks_of(r) for r in work.job_ids} == {r: ["1"] for r in work.job_ids}
         dead = [(s.name, s.proc.returncode) for s in stack.procs.spawned if not s.alive]
         assert not dead, dead
@@ -462,26 +488,37 @@ async def test_one_replica_of_each_service_killed_mid_workload_loses_and_doubles
     tmp_path: Path, nats_py_leaks: None
 ) -> None:
     """Once the jobs are submitted, one replica of each service is killed (kill -9, in a
-    seeded order) each time ten more runs have ended: the survivors finish the workload."""
-    async with service_stack(tmp_path, SETTINGS) as stack:
+    seeded order), one each time five more jobs have ended: the survivors finish the
+    workload. The pipelines' last steps and the sweep's trials queue behind the jobs, so
+    their process managers lose a replica while they are still driving them."""
+    async with service_stack(tmp_path, SETTINGS) as stack, Receiver() as receiver:
         await stack.agents(2, slots=3)
-        work = Workload(stack, jobs=200, seed=SEED)
+        work = Workload(stack, jobs=200, seed=SEED, receiver=receiver)
         await work.submit()
         victims = [s for s in stack.procs.spawned if s.name.endswith("-1") and s.kind != "agent"]
         random.Random(SEED).shuffle(victims)
-        killed: list[str] = []
+        killed: list[tuple[str, int, int]] = []  # who, jobs ended then, managed runs active
+        first: list[int] = []
 
         async def kill_some(view: LogView) -> None:
             ended = sum(1 for r in work.job_ids if view.ended(r))
-            while victims and ended >= 10 * (len(killed) + 1):
+            first[:] = first or [ended]
+            if victims and ended >= first[0] + 5 * len(killed):
                 victim = victims.pop()
                 await stack.procs.kill(victim)
-                killed.append(victim.name)
+                managed = [*work.pipeline_ids, *work.sweep_ids]
+                active = sum(1 for r in managed if not view.ended(r))
+                killed.append((victim.name, ended, active))
 
         view = LogView(stack.store, stack.ws.name)
         await work.wait(view, timeout=600, during=kill_some)
         assert len(killed) == len(SERVICES), killed
+        assert all(ended < len(work.job_ids) for _, ended, _ in killed), killed
         counts = check_exactly_once(view, requeues_allowed=False)
+        # at least once: a delivery in flight at the kill may be sent again by the survivor
+        delivered = await work.deliveries(view)
+        assert delivered.keys() == view.runs.keys()
+        counts["webhook_repeats"] = delivered.total() - len(delivered)
         assert {r: work.marks_of(r) for r in work.job_ids} == {r: ["1"] for r in work.job_ids}
         alive = {s.kind for s in stack.procs.living()}
         assert alive == {*SERVICES, "agent"}, alive
