@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn.bus import Connection
-from cairn.embedded import NatsServer
+from cairn.embedded import NatsCluster, NatsServer
 from cairn.embedded._auth import AGENT_USER
 from cairn.embedded._server import SERVICE_USER
 from cairn.rpc import ping_all
@@ -78,9 +78,12 @@ class Spawned:
 
 
 class Processes:
-    """Spawns and kills Cairn processes against ``server`` under ``root``."""
+    """Spawns and kills Cairn processes against ``server`` (one server, or a cluster whose
+    every node a process may reach) under ``root``."""
 
-    def __init__(self, root: Path, server: NatsServer, settings: dict[str, object]) -> None:
+    def __init__(
+        self, root: Path, server: NatsServer | NatsCluster, settings: dict[str, object]
+    ) -> None:
         assert server.credentials is not None
         self.root = root
         self.server = server

@@ -31,7 +31,7 @@ from cairn.sdk import ScriptRunConfig
 from cairn.sdk._jobs import submit
 from tests.cluster.processes import Spawned
 from tests.cluster.test_services_replicas import END, LogView, ServiceStack, service_stack
-from tests.conftest import JOB_SETTINGS, LEAKS_SOCKETS, settings_for
+from tests.conftest import JOB_SETTINGS, LEAKS_SOCKETS
 
 #: the tests' short leases (a lost agent is noticed in seconds), a little longer on a loaded
 #: machine
@@ -126,7 +126,7 @@ async def test_a_partitioned_agent_loses_its_job_and_its_late_report_is_refused(
         assert proxy.accepted > reconnects, "the partitioned agent never came back"
 
         # the fence itself: attempt 1's finish, as its agent would send it again, is refused
-        agent_conn = await connect(settings_for(stack.server, service=False, agent=True))
+        agent_conn = await connect(stack.settings_as(service=False, agent=True))
         try:
             finish = FinishJob(
                 command_id=derived_id("finish", stack.ws.name, run_id, 1),

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import shutil
+import sys
 import textwrap
 import uuid
 from collections import Counter, defaultdict
@@ -24,10 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cairn.bus import Connection, EventStore, connect
-from cairn.embedded import NatsServer
+from cairn.embedded import NatsCluster, NatsServer
+from cairn.embedded._auth import AGENT_USER, SERVICE_USER
 from cairn.proto.commands import CreateWorkspace
 from cairn.proto.events import (
     ChainCheckpointed,
@@ -228,12 +232,14 @@ def check_exactly_once(view: LogView, *, requeues_allowed: bool) -> dict[str, in
 
 @dataclass
 class ServiceStack:
-    """A server, its services as processes (``replicas`` of each), agents as processes, a
-    workspace, a person's SDK session on it and a service connection that reads the log."""
+    """A server (or a cluster of ``nodes``), its services as processes, agents as
+    processes, a workspace, a person's SDK session on it and a service connection that reads
+    the log."""
 
     root: Path
     settings: dict[str, object]
-    server: NatsServer = field(init=False)
+    nodes: int = 1
+    server: NatsServer | NatsCluster = field(init=False)
     procs: Processes = field(init=False)
     conn: Connection = field(init=False)  # as the services: pings, the log
     client_conn: Connection = field(init=False)
@@ -245,10 +251,13 @@ class ServiceStack:
         """Start a process per name in ``services`` (a name twice: two replicas, named
         ``<service>-1``, ``<service>-2``); those named in ``proxied`` reach the server through
         a :class:`Proxy` of their own (``self.proxies[name]``)."""
-        self.server = NatsServer(self.root / "server", port=0)
+        if self.nodes == 1:
+            self.server = NatsServer(self.root / "server", port=0)
+        else:
+            self.server = NatsCluster(self.root / "cluster", nodes=self.nodes)
         await self.server.start()
         self.procs = Processes(self.root, self.server, self.settings)
-        service = settings_for(self.server, service=True, request_timeout=5.0)
+        service = self.settings_as(service=True, request_timeout=5.0)
         self.conn = await connect(service)
         self.store = EventStore(self.conn)
         seen: Counter[str] = Counter()
@@ -259,13 +268,42 @@ class ServiceStack:
             url = await self._proxy(replica) if replica in proxied else None
             spawned.append(await self.procs.serve(name, replica, nats_url=url))
         await self.procs.wait_serving(self.conn, spawned, timeout=240)
-        client: Settings = settings_for(self.server, service=False, request_timeout=10.0)
+        client = self.settings_as(service=False, request_timeout=10.0)
         self.client_conn = await connect(client)
         name = "w" + uuid.uuid4().hex[:10]
         await Client(self.client_conn, name).send(
             CreateWorkspace(command_id=uuid.uuid4().hex, name=name)
         )
         self.ws = AsyncWorkspace(self.client_conn, name, client)
+
+    def settings_as(self, *, service: bool, agent: bool = False, **extra: object) -> Settings:
+        """Settings that connect as the services, as an agent, or as the local person."""
+        if isinstance(self.server, NatsServer):
+            return settings_for(self.server, service=service, agent=agent, **extra)
+        creds = self.server.credentials
+        if service:
+            user, password = SERVICE_USER, creds.service_password
+        elif agent:
+            user, password = AGENT_USER, creds.agent_password
+        else:
+            user, password = creds.client_user, creds.client_password
+        return msgspec.convert(
+            {
+                "home": str(self.server.folder),
+                "nats_url": self.server.url,
+                "nats_user": user,
+                "nats_password": password,
+                **extra,
+            },
+            Settings,
+        )
+
+    @property
+    def port(self) -> int:
+        """The port of the server (of a cluster, its first node's) that proxies forward to."""
+        if isinstance(self.server, NatsServer):
+            return self.server.port
+        return self.server.nodes[0].port
 
     async def agent(self, name: str, slots: int, *, proxied: bool = False) -> Spawned:
         """An agent of the workspace, serving once this returns; ``proxied``: it reaches
@@ -276,7 +314,7 @@ class ServiceStack:
         return made
 
     async def _proxy(self, name: str) -> str:
-        proxy = Proxy("127.0.0.1", self.server.port)
+        proxy = Proxy("127.0.0.1", self.port)
         await proxy.start()
         self.proxies[name] = proxy
         return proxy.url
@@ -300,7 +338,10 @@ class ServiceStack:
         if hasattr(self, "conn"):
             await self.conn.close()
         if hasattr(self, "server"):
-            self.server.stop()
+            if isinstance(self.server, NatsServer):
+                self.server.stop()
+            else:
+                self.server.kill()
 
 
 @contextlib.asynccontextmanager
@@ -309,8 +350,9 @@ async def service_stack(
     settings: dict[str, object],
     services: Iterable[str] = SERVICES * 2,
     proxied: Iterable[str] = (),
+    nodes: int = 1,
 ) -> AsyncIterator[ServiceStack]:
-    stack = ServiceStack(root, settings)
+    stack = ServiceStack(root, settings, nodes)
     try:
         await stack.start(services, proxied)
         yield stack
@@ -463,10 +505,15 @@ SETTINGS: dict[str, object] = {
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @LEAKS_SOCKETS
+@pytest.mark.parametrize("nodes", [1, 3], ids=["server", "cluster"])
 async def test_two_replicas_of_every_service_run_200_jobs_each_once(
-    tmp_path: Path, nats_py_leaks: None
+    tmp_path: Path, nats_py_leaks: None, nodes: int
 ) -> None:
-    async with service_stack(tmp_path, SETTINGS) as stack, Receiver() as receiver:
+    """On one server, and on a three-node cluster (R3 streams and buckets)."""
+    async with (
+        service_stack(tmp_path, SETTINGS, nodes=nodes) as stack,
+        Receiver() as receiver,
+    ):
         await stack.agents(2, slots=3)
         work = Workload(stack, jobs=200, seed=SEED, receiver=receiver)
         await work.submit()
@@ -523,3 +570,44 @@ async def test_one_replica_of_each_service_killed_mid_workload_loses_and_doubles
         alive = {s.kind for s in stack.procs.living()}
         assert alive == {*SERVICES, "agent"}, alive
         print("killed", killed, "counts", counts)
+
+
+KEY_SCRIPT = """\
+import os, sys, time
+from cairn.audit._files import load_or_create_signing_key, public_key_hex
+from cairn.settings import Settings
+settings = Settings(home=sys.argv[1], keys_dir=sys.argv[2])
+open(sys.argv[3] + f".{os.getpid()}", "w").close()
+while not os.path.exists(sys.argv[3]):
+    time.sleep(0.0005)
+key = load_or_create_signing_key(settings)
+print(public_key_hex(key.public_key()))
+"""
+
+
+async def test_audit_replicas_starting_together_share_one_signing_key(tmp_path: Path) -> None:
+    """Replicas given one keys folder, started at once: one key is made, and every replica
+    signs with it (before, each made its own and one of them crashed on the other's
+    temporary file)."""
+    keys, go = tmp_path / "keys", tmp_path / "go"
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            KEY_SCRIPT,
+            str(tmp_path),
+            str(keys),
+            str(go),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
+    async with asyncio.timeout(60):  # every process ready: then all make the key at once
+        while sum(n.startswith("go.") for n in os.listdir(tmp_path)) < len(procs):
+            await asyncio.sleep(0.05)
+    go.touch()
+    outs = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [err.decode()[-2000:] for _, err in outs]
+    published = (keys / "audit.ed25519.pub").read_text().strip()
+    assert {out.decode().strip() for out, _ in outs} == {published}
