@@ -4,9 +4,9 @@ read-model folder of its own (as on a machine of its own) and its log in a file.
 
 The services share one home (its ``keys/``: workspace keys and the audit key, as replicas on
 several machines are given the same ones) and one artifact store (local folders standing in
-for S3); every process may be pointed at its own NATS address (a :class:`~tests.cluster.proxy.
-Proxy` in front of the server, to partition it alone). :meth:`Processes.close` kills what is
-still running, so a failed test leaves no process behind.
+for S3); each agent has a home of its own. Any process may reach the server through an address
+of its own (a :class:`~tests.cluster.proxy.Proxy`, to partition it alone). :meth:`Processes.close`
+kills what is still running, so a failed test leaves no process behind.
 """
 
 from __future__ import annotations
@@ -104,8 +104,6 @@ class Processes:
             CAIRN_NATS_URL=nats_url,
             CAIRN_LOG_FORMAT="json",
             CAIRN_REQUEST_TIMEOUT="3",
-            CAIRN_ARTIFACTS_DIR=str(self.root / "artifacts"),
-            CAIRN_KEYS_DIR=str(self.home / "keys"),
             **{f"CAIRN_{k.upper()}": str(v) for k, v in self.settings.items()},
         )
         return env
@@ -130,7 +128,11 @@ class Processes:
         """``cairn serve <service>`` as the service user, its read models in a folder of its
         own (``name`` tells replicas apart)."""
         env = self._env(nats_url or self.server.url)
-        env.update(CAIRN_HOME=str(self.home), CAIRN_STATE_DIR=str(self.root / "state" / name))
+        env.update(
+            CAIRN_HOME=str(self.home),
+            CAIRN_STATE_DIR=str(self.root / "state" / name),
+            CAIRN_ARTIFACTS_DIR=str(self.root / "artifacts"),
+        )
         argv = [*CAIRN, "serve", service, "--creds", str(self.creds)]
         return await self._spawn(service, name, argv, env)
 

@@ -257,6 +257,7 @@ class ServiceStack:
             self.server = NatsCluster(self.root / "cluster", nodes=self.nodes)
         await self.server.start()
         self.procs = Processes(self.root, self.server, self.settings)
+        (self.root / "marks").mkdir()  # before any agent: jobs write there
         service = self.settings_as(service=True, request_timeout=5.0)
         self.conn = await connect(service)
         self.store = EventStore(self.conn)
@@ -389,7 +390,6 @@ class Workload:
         return folder
 
     def _noop(self) -> ScriptRunConfig:
-        self.marks.mkdir(exist_ok=True)
         src = self._folder("noop", {"job.py": NOOP})
         return ScriptRunConfig(source_directory=src, script="job.py", arguments=[str(self.marks)])
 
