@@ -1,7 +1,12 @@
 """An agent's host partitioned from NATS (its connection cut through a proxy, the process
 alive) past its lease, then healed: the scheduler takes the job back as lost and another agent
 runs it; the partitioned agent's late report of the same job is refused (fenced by attempt
-number in the run aggregate), so the run ends once, as the second attempt says."""
+number in the run aggregate), so the run ends once, as the second attempt says. And a
+scheduler replica partitioned the same way takes back no live job once healed.
+
+One server only: a client of a cluster learns the other nodes' addresses from the server
+(``connect_urls``) and reconnects around a proxy in front of one of them, so partitioning a
+process from a cluster takes a network namespace, not a proxy."""
 
 from __future__ import annotations
 
