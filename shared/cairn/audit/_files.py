@@ -1,12 +1,17 @@
 """The audit service's files. Its signing key: an Ed25519 private key in a file only that service
 opens (``<keys_dir>/audit.ed25519.key``, 0600, or ``audit_key_file``), and its public half
 beside it (``.pub``, readable by anyone: what ``cairn audit key`` prints and ``cairn audit
-verify`` checks signatures with). Its heads, ``<state>/audit-heads.json``: the last checkpoint
-it knows of per workspace, the default anchor of ``cairn audit verify``."""
+verify`` checks signatures with). Replicas given the same folder share one key: the first to
+start makes it, under a lock beside it, and the others read it. Its heads,
+``<state>/audit-heads.json``: the last checkpoint it knows of per workspace, the default anchor
+of ``cairn audit verify``."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -54,8 +59,8 @@ def public_key_hex(public: Ed25519PublicKey) -> str:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Written whole under a temporary name, then renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Written whole under a temporary name of this process's own, then renamed into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -65,23 +70,40 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One process at a time makes the key at ``path`` (replicas sharing its folder)."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise CairnError(f"{path} holds no readable private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise CairnError(f"{path} holds no Ed25519 private key")
+    return key
+
+
 def load_or_create_signing_key(settings: Settings) -> Ed25519PrivateKey:
     """The signing key, made (with its ``.pub``) on first use; the ``.pub`` is rewritten
     from the private key when it is missing or disagrees."""
     path = private_key_path(settings)
-    if path.exists():
-        try:
-            key = load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise CairnError(f"{path} holds no readable private key: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise CairnError(f"{path} holds no Ed25519 private key")
-    else:
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-        _write_new(path, pem, 0o600)
+        with _locked(path):
+            if not path.exists():  # another replica may have made it meanwhile
+                made = Ed25519PrivateKey.generate()
+                pem = made.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+                _write_new(path, pem, 0o600)
+    key = _read_key(path)
     pub = public_key_path(settings)
     text = public_key_hex(key.public_key()) + "\n"
     if not pub.exists() or pub.read_text() != text:

@@ -232,7 +232,8 @@ class Attempt:
         for delay in (0.5, 1, 2, 4, 8, 15, 30):  # the same command id: a retry is idempotent
             try:
                 await self.client.send(cmd)
-            except StaleAttempt:
+            except StaleAttempt as exc:  # the run moved on (this attempt was lost): fenced
+                log.info("finish_refused_stale", run_id=run_id, attempt=attempt, error=exc.message)
                 return
             except CairnError as exc:
                 if not _passing(exc):

@@ -9,8 +9,13 @@ replica sees the run as alive. Renewals are not decisions and are not appended t
 expiry they lead to is (``RunRequeued``), through the run aggregate with a derived command
 id, so replicas that reach it together take it once.
 
-After a start a replica waits one lease before expiring anything: agents whose reports failed
-while no scheduler ran get the chance to report again.
+After a start, and after its own connection to the bus came back, a replica waits one lease
+before expiring anything: agents whose reports failed while no scheduler ran (or could not
+reach this one) get the chance to report again, and this replica's mirror the time to catch up.
+An expiry its mirror suggests is checked against the bucket itself before it is decided: a
+replica cut off from the bus missed the renewals other replicas wrote meanwhile, and a request
+it sends while cut off is buffered by the client and would still reach the server once the
+connection is back, so it takes no decision while it is away (``away()``).
 """
 
 from __future__ import annotations
@@ -57,12 +62,28 @@ class Leases:
         if (ws, run_id) in self.renewed:
             await self.keys.delete(ws, run_id)
 
+    def away(self) -> None:
+        """This replica's connection is down: count a new lease from now (its renewals can
+        only be seen again once the connection is back)."""
+        self.started = time.monotonic()
+
     def expired(self, ws: str, run_id: str, attempt: int, lease_s: float, alive_at: float) -> bool:
-        """Whether attempt ``attempt`` has gone a lease without a sign of life: ``alive_at``
-        (its last one in the log) or a later renewal of that attempt."""
+        """Whether attempt ``attempt`` has gone a lease without a sign of life, as this
+        replica's mirror has it: ``alive_at`` (its last one in the log) or a later renewal of
+        that attempt."""
         if time.monotonic() - self.started < lease_s:
             return False
-        renewal = self.renewed.get((ws, run_id))
-        if renewal is not None and renewal.attempt == attempt:
-            alive_at = max(alive_at, renewal.at)
-        return time.time() > alive_at + lease_s
+        return _silent(self.renewed.get((ws, run_id)), attempt, lease_s, alive_at)
+
+    async def confirmed(
+        self, ws: str, run_id: str, attempt: int, lease_s: float, alive_at: float
+    ) -> bool:
+        """Whether the bucket itself (not the mirror, which may lag) says the attempt has gone
+        a lease without a sign of life. A bucket that cannot be read raises."""
+        return _silent(await self.keys.read(ws, run_id), attempt, lease_s, alive_at)
+
+
+def _silent(renewal: _Renewal | None, attempt: int, lease_s: float, alive_at: float) -> bool:
+    if renewal is not None and renewal.attempt == attempt:
+        alive_at = max(alive_at, renewal.at)
+    return time.time() > alive_at + lease_s

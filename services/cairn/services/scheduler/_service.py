@@ -149,7 +149,12 @@ class SchedulerService(ProjectedService):
         return await execute(ctx, runs.AGGREGATE, run_id, command, cache=self.cache)
 
     async def reconcile(self) -> None:
-        """One pass over the active jobs: tickets, leases, timeouts."""
+        """One pass over the active jobs: tickets, leases, timeouts. None while this replica
+        is cut off from the bus: what it would send is buffered and sent once the connection
+        is back, decided on what it saw before (``Leases.away``)."""
+        if not self.conn.nc.is_connected:
+            self.leases.away()
+            return
 
         def active(db: sqlite3.Connection, t: Tables) -> list[dict[str, Any]]:
             marks = ",".join("?" * len(ACTIVE))
@@ -214,7 +219,10 @@ class SchedulerService(ProjectedService):
 
     async def _check_lease(self, job: dict[str, Any]) -> None:
         ws, run_id, attempt = job["workspace"], job["run_id"], job["attempt"]
-        if self.leases.expired(ws, run_id, attempt, job["lease_s"], job["alive_at"] or 0.0):
+        lease_s, alive_at = job["lease_s"], job["alive_at"] or 0.0
+        if not self.leases.expired(ws, run_id, attempt, lease_s, alive_at):
+            return
+        if await self.leases.confirmed(ws, run_id, attempt, lease_s, alive_at):
             reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
             command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
