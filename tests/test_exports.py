@@ -98,6 +98,8 @@ PINNED = {
         "NoTerminationPolicy",
         "OfflineRun",
         "OutputFileDatasetConfig",
+        "ParallelRunConfig",
+        "ParallelRunStep",
         "Pipeline",
         "PipelineData",
         "PipelineEndpoint",

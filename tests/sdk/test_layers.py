@@ -18,6 +18,8 @@ FACADE = {
     "_runtime",
     "_sync",
     "_pipelines",
+    "_parallel",
+    "_parallel_driver",
     "_pipelineruns",
     "_assets",
     "_models",

@@ -11,7 +11,8 @@ Layers, each importing only those below it: ``_refusals`` (what is refused by na
 ``_compute``, ``_webservice`` <- ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <-
 ``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <-
 ``_estimators``, ``_sync`` <- ``_pipelineruns`` <- ``_pipelines`` (Azure ML v1's Python
-pipelines). Bytes move through :mod:`cairn.data`.
+pipelines) <- ``_parallel`` (``ParallelRunStep``, whose jobs run ``_parallel_driver``).
+Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
@@ -50,6 +51,7 @@ from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
 from cairn.sdk._onlinefile import load_deployment_file, load_endpoint_file
 from cairn.sdk._outbox import replay_spool_dir
+from cairn.sdk._parallel import ParallelRunConfig, ParallelRunStep
 from cairn.sdk._pipelinefile import (
     LoadedPipeline,
     load_pipeline_file,
@@ -121,6 +123,8 @@ __all__ = [
     "NoTerminationPolicy",
     "OfflineRun",
     "OutputFileDatasetConfig",
+    "ParallelRunConfig",
+    "ParallelRunStep",
     "Pipeline",
     "PipelineData",
     "PipelineEndpoint",

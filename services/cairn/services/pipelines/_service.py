@@ -65,6 +65,7 @@ from cairn.proto.commands import (
 )
 from cairn.proto.events import PipelineStepReused, PipelineSubmitted
 from cairn.proto.jobs import JobInput, SubmitJob, derived_id
+from cairn.proto.parallel import PARALLEL_COMMAND_TYPES, PARALLEL_QUERY_TYPES
 from cairn.proto.pipelines import (
     PIPELINE_COMMAND_TYPES,
     PIPELINE_QUERY_TYPES,
@@ -74,6 +75,7 @@ from cairn.proto.pipelines import (
 )
 from cairn.rpc import Client, Request, Responder
 from cairn.service import ProjectedService, reconcile_every
+from cairn.services.pipelines._parallel import ParallelRuns
 from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
 from cairn.services.pipelines._published import PublishedPipelines
 from cairn.services.pipelines._reuse import reuse_key, upstream_fingerprint
@@ -105,6 +107,7 @@ class PipelinesService(ProjectedService):
         self.seen: dict[tuple[str, str], int] = {}  # pipeline -> the seq last reconciled
         self.full_pass_at = 0.0
         self.published = PublishedPipelines(self)
+        self.parallel = ParallelRuns(self)
         self.responders = [
             Responder(
                 conn,
@@ -119,6 +122,20 @@ class PipelinesService(ProjectedService):
                 queue="pipelines",
                 types=PIPELINE_QUERY_TYPES,
                 routes={GetPipeline.NAME: self._get, **self.published.queries()},
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("parallel")],
+                queue="pipelines",
+                types=PARALLEL_COMMAND_TYPES,
+                routes=self.parallel.commands(),
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("parallel")],
+                queue="pipelines",
+                types=PARALLEL_QUERY_TYPES,
+                routes=self.parallel.queries(),
             ),
         ]
 
