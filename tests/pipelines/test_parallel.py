@@ -10,7 +10,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cairn.bus import EventStore
+from cairn.errors import NotFound
+from cairn.proto import subjects
+from cairn.proto.pipelines import GetPipeline
 from cairn.proto.events import MiniBatchCommitted, MiniBatchLeased, RunAssigned
 from cairn.proto.parallel import GetParallelRun, parallel_run_id
 from cairn.rpc import Client
@@ -82,3 +87,104 @@ async def test_rows_are_scored_once_by_two_workers_that_init_once(
         )
     ).data
     assert state["batches"] == 10 and state["committed"] == 10 and state["failed_items"] == 0
+
+
+async def _parallel(ws: AsyncWorkspace, pid: str) -> dict[str, Any]:
+    try:
+        return (await ws.client.ask(GetParallelRun(parallel_id=pid, rows=False))).data
+    except NotFound:
+        return {}
+
+
+async def _ended(ws: AsyncWorkspace, run_id: str) -> dict[str, Any]:
+    for _ in range(1200):
+        found = (await ws.client.ask(GetPipeline(run_id=run_id))).data
+        if found["status"] in ("Completed", "Failed", "Canceled"):
+            return found
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"pipeline {run_id} did not end")
+
+
+@pytest.mark.timeout(300)
+async def test_an_agent_killed_mid_batch_loses_and_doubles_no_row(
+    client: Client,
+    client_settings: Settings,
+    agent_settings: Settings,
+    ws: AsyncWorkspace,
+    store: EventStore,
+    procs: Procs,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """10,000 rows in mini-batches of 100 on two agents (one worker each); the agent whose
+    worker holds mini-batch 50 (its first delivery hangs) is SIGKILLed there. The batch is
+    handed out again once that attempt is lost, scored elsewhere, and the output holds every
+    row exactly once."""
+    homes = {name: tmp_path / name for name in ("a", "b")}
+    agents = {
+        name: await procs.agent(job_env(agent_settings, ws.name, home))
+        for name, home in homes.items()
+    }
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    got = await _script(env, tmp_path, "hang", rows=10_000, size=100, nodes=2, wait=0)
+    run_id = got["run_id"]
+    pid = parallel_run_id(run_id, "score")
+    for _ in range(1200):  # the first delivery of mini-batch 50 is being scored
+        state = await _parallel(ws, pid)
+        if state.get("deliveries", {}).get("50") == 1 and "50" in state["leases"]:
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError(f"mini-batch 50 was never handed out: {state}")
+    holder = state["leases"]["50"]
+    assigned = [
+        e for e in await history(store, ws.name, holder["run_id"]) if isinstance(e, RunAssigned)
+    ]
+    agent_id = assigned[-1].agent_id
+    victim = next(
+        n for n, home in homes.items() if (home / "state" / "agent" / "work" / agent_id).exists()
+    )
+    agents[victim].kill()
+    await agents[victim].wait()
+    ended = await _ended(ws, run_id)
+    assert ended["status"] == "Completed", ended
+    parts = _check_rows(await _output(ws, run_id, tmp_path), 10_000)
+    assert {p[3] for p in parts} == {"1"}  # init() once per worker process
+    events = [r.envelope.data for r in await store.read(subjects.event(ws.name, "parallel", pid))]
+    commits = [e for e in events if isinstance(e, MiniBatchCommitted)]
+    assert sorted(e.batch for e in commits) == list(range(100))  # each committed once
+    leases = [e for e in events if isinstance(e, MiniBatchLeased) and e.batch == 50]
+    assert [(e.run_id, e.attempt, e.delivery) for e in leases][0] == (
+        holder["run_id"],
+        holder["attempt"],
+        1,
+    )
+    assert len(leases) == 2 and leases[1].delivery == 2
+    redone = next(e for e in commits if e.batch == 50)
+    assert (redone.run_id, redone.attempt) == (leases[1].run_id, leases[1].attempt)
+    assert (redone.run_id, redone.attempt) != (holder["run_id"], holder["attempt"])
+    lost = [
+        e for e in await history(store, ws.name, holder["run_id"]) if isinstance(e, RunAssigned)
+    ]
+    assert len(lost) == 2 and lost[1].agent_id != agent_id  # the lost worker ran again elsewhere
+
+
+async def test_failed_items_over_error_threshold_fail_the_run(
+    client: Client, client_settings: Settings, agents: Agents, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    """Every tenth row fails (run() returns no result for it): 100 failed items of 1,000
+    pass with error_threshold=100 and abort the run with error_threshold=99."""
+    await agents.start(slots=3)
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    within = await _script(env, tmp_path, "fail", rows=1000, size=100, nodes=2, threshold=100)
+    assert within["status"] == "Completed", within
+    lines = await _output(ws, within["run_id"], tmp_path)
+    assert [int(line.split()[0]) for line in lines] == [x for x in range(1000) if x % 10]
+    pid = parallel_run_id(within["run_id"], "score")
+    state = await _parallel(ws, pid)
+    assert (state["failed_items"], state["failed_batches"], state["aborted"]) == (100, 10, "")
+    over = await _script(env, tmp_path, "fail", rows=1000, size=100, nodes=2, threshold=99)
+    assert over["status"] == "Failed", over
+    state = await _parallel(ws, parallel_run_id(over["run_id"], "score"))
+    assert "exceed error_threshold 99" in state["aborted"]
+    assert state["committed"] < 10 or state["failed_items"] == 100
+    assert over["steps"].get("score") in (None, "Skipped", "NotStarted")
