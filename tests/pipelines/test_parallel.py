@@ -5,7 +5,6 @@ every row's result committed once and gathered, in order, into one output file."
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ import pytest
 from cairn.bus import EventStore
 from cairn.errors import NotFound
 from cairn.proto import subjects
-from cairn.proto.pipelines import GetPipeline
 from cairn.proto.events import MiniBatchCommitted, MiniBatchLeased, RunAssigned
 from cairn.proto.parallel import GetParallelRun, parallel_run_id
+from cairn.proto.pipelines import GetPipeline
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
@@ -153,7 +152,7 @@ async def test_an_agent_killed_mid_batch_loses_and_doubles_no_row(
     commits = [e for e in events if isinstance(e, MiniBatchCommitted)]
     assert sorted(e.batch for e in commits) == list(range(100))  # each committed once
     leases = [e for e in events if isinstance(e, MiniBatchLeased) and e.batch == 50]
-    assert [(e.run_id, e.attempt, e.delivery) for e in leases][0] == (
+    assert (leases[0].run_id, leases[0].attempt, leases[0].delivery) == (
         holder["run_id"],
         holder["attempt"],
         1,

@@ -61,6 +61,7 @@ CORE = {
     "_outbox",
     "_waiting",
     "_refusals",
+    "_async_parallel",
 }
 
 

@@ -73,6 +73,10 @@ def _batch_size(value: Any) -> str | None:
     raise InvalidInput(f"{where}= is a count or a size such as '1MB', not {type(value).__name__}")
 
 
+def _flags(options: dict[str, str]) -> list[str]:
+    return [part for key, value in options.items() for part in (f"--{key}", value)]
+
+
 class ParallelRunConfig:
     """How a ``ParallelRunStep`` runs: ``entry_script`` (in ``source_directory``) with
     ``init()`` and ``run(mini_batch)``, in ``environment`` on ``compute_target``, as
@@ -248,19 +252,19 @@ class ParallelRunStep:
         self.name = name
         self.output = output
         named = _NamedInput(dataset, bound.name)
-        worker = [
-            "worker",
-            "--step", name,
-            "--entry-script", config.entry_script,
-            "--input", bound.name,
-            "--kind", kind,
-            "--mini-batch-size", size,
-            "--output-action", config.output_action,
-            "--error-threshold", str(config.error_threshold),
-            "--run-invocation-timeout", str(config.run_invocation_timeout),
-            "--run-max-try", str(config.run_max_try),
-            "--logging-level", config.logging_level,
-        ]  # fmt: skip
+        options = {
+            "step": name,
+            "entry-script": config.entry_script,
+            "input": bound.name,
+            "kind": kind,
+            "mini-batch-size": size,
+            "output-action": config.output_action,
+            "error-threshold": str(config.error_threshold),
+            "run-invocation-timeout": str(config.run_invocation_timeout),
+            "run-max-try": str(config.run_max_try),
+            "logging-level": config.logging_level,
+        }
+        worker: list[Any] = ["worker", *_flags(options)]
         if config.allowed_failed_count is not None:
             worker += ["--allowed-failed-count", str(config.allowed_failed_count)]
         if config.allowed_failed_percent is not None:
@@ -279,11 +283,11 @@ class ParallelRunStep:
         target: Any = output if output is not None else "outputs"
         gather = [
             "gather",
-            "--step", name,
-            "--output-dir", target,
-            "--file-name", config.append_row_file_name,
-            "--output-action", config.output_action,
-        ]  # fmt: skip
+            *_flags({"step": name, "file-name": config.append_row_file_name}),
+            *_flags({"output-action": config.output_action}),
+            "--output-dir",
+            target,
+        ]
         self.gather = _Part(
             name,
             gather,

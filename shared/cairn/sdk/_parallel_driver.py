@@ -35,7 +35,6 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from cairn.errors import CairnError, InvalidInput, StaleAttempt
-from cairn.proto.commands import Command, QueryResult
 from cairn.proto.parallel import (
     CommitMiniBatch,
     FailureLimits,
@@ -44,6 +43,7 @@ from cairn.proto.parallel import (
     TakeMiniBatch,
     parallel_run_id,
 )
+from cairn.sdk._async_parallel import parallel_page, send_worker
 from cairn.sdk._session import new_id
 from cairn.sdk._sync import Run, Workspace
 
@@ -123,9 +123,8 @@ class Worker:
         self.run_id = os.environ["CAIRN_RUN_ID"]
         self.attempt = int(os.environ.get("CAIRN_ATTEMPT", "1"))
 
-    def send(self, command: Command) -> Any:
-        reply = self.ws._run(self.ws.core.client.send_any(command))
-        return reply.data if isinstance(reply, QueryResult) else None
+    def send(self, command: PrepareMiniBatches | TakeMiniBatch | CommitMiniBatch) -> Any:
+        return self.ws._run(send_worker(self.ws.core, command))
 
     def _ids(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "attempt": self.attempt, "step": self.args.step}
@@ -262,7 +261,7 @@ def gather(args: argparse.Namespace) -> int:
     with target.open("w") if args.output_action == "append_row" else open(os.devnull, "w") as out:
         while start is not None:
             query = GetParallelRun(parallel_id=pid, from_batch=start)
-            data = ws._run(ws.core.client.ask(query)).data
+            data = ws._run(parallel_page(ws.core, query))
             if data["aborted"]:
                 print(f"parallel run aborted: {data['aborted']}", file=sys.stderr)
                 return 1
