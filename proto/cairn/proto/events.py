@@ -22,6 +22,7 @@ import msgspec
 
 from cairn.proto._base import Checked, Count, Digest, Id, Key, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
+from cairn.proto.batch import BatchDeploymentSpec
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec, ScheduledBy
 from cairn.proto.members import Role
@@ -38,6 +39,8 @@ __all__ = [
     "ArtifactCommitted",
     "AssetDeleted",
     "AssetRegistered",
+    "BatchDeploymentSet",
+    "BatchEndpointCreated",
     "ChainCheckpointed",
     "ChainEntry",
     "DatastoreCredentialsResealed",
@@ -656,6 +659,27 @@ class ParallelRunAborted(Event, frozen=True, kw_only=True):
     reason: Text
 
 
+class BatchEndpointCreated(Event, frozen=True, kw_only=True):
+    """Batch endpoint ``name``: each invocation a pipeline run of its default deployment (or
+    the one named)."""
+
+    KIND = "batch_endpoint"
+    name: Name
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class BatchDeploymentSet(Event, frozen=True, kw_only=True):
+    """Deployment ``name`` of batch endpoint ``endpoint`` runs ``spec`` from now on
+    (``default``: the endpoint's default deployment from now on)."""
+
+    KIND = "batch_endpoint"
+    endpoint: Name
+    name: Id
+    spec: BatchDeploymentSpec
+    default: bool = False
+
+
 class WebhookCreated(Event, frozen=True, kw_only=True):
     """Webhook ``webhook_id`` delivers the workspace's events of ``event_types`` (matching
     every ``filters`` entry) to ``url``, signed with a secret sealed under workspace key
@@ -952,6 +976,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MiniBatchLeased,
         MiniBatchCommitted,
         ParallelRunAborted,
+        BatchEndpointCreated,
+        BatchDeploymentSet,
         WebhookCreated,
         WebhookDeleted,
         WebhookSecretResealed,

@@ -17,6 +17,7 @@ import msgspec
 from cairn.proto import (
     artifacts,
     assets,
+    batch,
     feed,
     jobs,
     members,
@@ -106,6 +107,7 @@ def generate() -> dict[str, str]:
         *jobs.JOB_COMMAND_TYPES,
         *pipelines.PIPELINE_COMMAND_TYPES,
         *parallel.PARALLEL_COMMAND_TYPES,
+        *batch.BATCH_COMMAND_TYPES,
         *assets_commands(),
         *secrets.SECRET_COMMAND_TYPES,
         *members.MEMBER_COMMAND_TYPES,
@@ -131,6 +133,7 @@ def generate() -> dict[str, str]:
         *jobs.JOB_QUERY_TYPES,
         *pipelines.PIPELINE_QUERY_TYPES,
         *parallel.PARALLEL_QUERY_TYPES,
+        *batch.BATCH_QUERY_TYPES,
         *secrets.SECRET_QUERY_TYPES,
         *members.MEMBER_QUERY_TYPES,
         *schedules.SCHEDULE_QUERY_TYPES,

@@ -108,6 +108,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "secret.>",
         "webhook.>",
         "endpoint.>",
+        "batch.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),
     AUDITOR: (),

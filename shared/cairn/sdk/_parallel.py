@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cairn.errors import InvalidInput
+from cairn.sdk._async_parallel import DRIVER, gather_args, worker_args
 from cairn.sdk._datasets import TabularDataset, _Dataset, _NamedInput
 from cairn.sdk._datastores import DataBinding
 from cairn.sdk._jobs import ScriptRunConfig
@@ -71,10 +72,6 @@ def _batch_size(value: Any) -> str | None:
             raise InvalidInput(f"{where}={value!r}: {exc.message}") from None
         return text.upper().replace(" ", "")
     raise InvalidInput(f"{where}= is a count or a size such as '1MB', not {type(value).__name__}")
-
-
-def _flags(options: dict[str, str]) -> list[str]:
-    return [part for key, value in options.items() for part in (f"--{key}", value)]
 
 
 class ParallelRunConfig:
@@ -194,7 +191,7 @@ class _Part(PythonScriptStep):
         c = self.parallel_config
         config = ScriptRunConfig(
             source_directory=c.source_directory,
-            command=["python", "-m", "cairn.sdk._parallel_driver", *made.arguments],
+            command=[*DRIVER, *made.arguments],
             compute_target=c.compute_target,
             environment=c.environment,
             environment_variables=c.environment_variables,
@@ -252,23 +249,20 @@ class ParallelRunStep:
         self.name = name
         self.output = output
         named = _NamedInput(dataset, bound.name)
-        options = {
-            "step": name,
-            "entry-script": config.entry_script,
-            "input": bound.name,
-            "kind": kind,
-            "mini-batch-size": size,
-            "output-action": config.output_action,
-            "error-threshold": str(config.error_threshold),
-            "run-invocation-timeout": str(config.run_invocation_timeout),
-            "run-max-try": str(config.run_max_try),
-            "logging-level": config.logging_level,
-        }
-        worker: list[Any] = ["worker", *_flags(options)]
-        if config.allowed_failed_count is not None:
-            worker += ["--allowed-failed-count", str(config.allowed_failed_count)]
-        if config.allowed_failed_percent is not None:
-            worker += ["--allowed-failed-percent", str(config.allowed_failed_percent)]
+        worker: list[Any] = worker_args(
+            name,
+            entry_script=config.entry_script,
+            input_name=bound.name,
+            kind=kind,
+            mini_batch_size=size,
+            output_action=config.output_action,
+            error_threshold=config.error_threshold,
+            run_invocation_timeout=config.run_invocation_timeout,
+            run_max_try=config.run_max_try,
+            logging_level=config.logging_level,
+            allowed_failed_count=config.allowed_failed_count,
+            allowed_failed_percent=config.allowed_failed_percent,
+        )
         worker += ["--", *(arguments or [])]
         self.workers = [
             _Part(
@@ -281,10 +275,10 @@ class ParallelRunStep:
             for i in range(count)
         ]
         target: Any = output if output is not None else "outputs"
-        gather = [
-            "gather",
-            *_flags({"step": name, "file-name": config.append_row_file_name}),
-            *_flags({"output-action": config.output_action}),
+        gather: list[Any] = [
+            *gather_args(
+                name, file_name=config.append_row_file_name, output_action=config.output_action
+            ),
             "--output-dir",
             target,
         ]

@@ -99,8 +99,14 @@ class _Input:
             ]
             digest.update(pd.util.hash_pandas_object(self.rows, index=True).values.tobytes())
         else:
-            folder = Path(tempfile.mkdtemp(prefix="cairn-parallel-"))
-            self.files = sorted(dataset.download(folder))
+            if isinstance(dataset, str):  # a folder or file input: its files
+                folder = Path(dataset)
+                found = [folder] if folder.is_file() else folder.rglob("*")
+                self.files = sorted(str(p) for p in found if p.is_file())
+                folder = folder.parent if folder.is_file() else folder
+            else:
+                folder = Path(tempfile.mkdtemp(prefix="cairn-parallel-"))
+                self.files = sorted(dataset.download(folder))
             self.sizes = [os.path.getsize(f) for f in self.files]
             for f in self.files:
                 digest.update(f"{Path(f).relative_to(folder)}\x1f{os.path.getsize(f)}\n".encode())

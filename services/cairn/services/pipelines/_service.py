@@ -52,6 +52,7 @@ from cairn.errors import (
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
+from cairn.proto.batch import BATCH_COMMAND_TYPES, BATCH_QUERY_TYPES
 from cairn.proto.commands import (
     Accepted,
     AddRunProperties,
@@ -75,6 +76,7 @@ from cairn.proto.pipelines import (
 )
 from cairn.rpc import Client, Request, Responder
 from cairn.service import ProjectedService, reconcile_every
+from cairn.services.pipelines._batch import BatchEndpoints
 from cairn.services.pipelines._parallel import ParallelRuns
 from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
 from cairn.services.pipelines._published import PublishedPipelines
@@ -108,6 +110,7 @@ class PipelinesService(ProjectedService):
         self.full_pass_at = 0.0
         self.published = PublishedPipelines(self)
         self.parallel = ParallelRuns(self)
+        self.batch = BatchEndpoints(self)
         self.responders = [
             Responder(
                 conn,
@@ -136,6 +139,20 @@ class PipelinesService(ProjectedService):
                 queue="pipelines",
                 types=PARALLEL_QUERY_TYPES,
                 routes=self.parallel.queries(),
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("batch")],
+                queue="pipelines",
+                types=BATCH_COMMAND_TYPES,
+                routes=self.batch.commands(),
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("batch")],
+                queue="pipelines",
+                types=BATCH_QUERY_TYPES,
+                routes=self.batch.queries(),
             ),
         ]
 
