@@ -10,6 +10,7 @@ import pytest
 from cairn.domain import (
     Aggregate,
     asset,
+    batch,
     endpoint,
     experiment,
     model,
@@ -25,6 +26,7 @@ from cairn.domain import (
 )
 from tests.domain import (
     test_asset,
+    test_batch,
     test_endpoint,
     test_model,
     test_parallel,
@@ -51,6 +53,7 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     "schedule": (schedule.AGGREGATE, test_schedule.CASES),
     "pipeline": (pipeline.AGGREGATE, test_pipeline.CASES),
     "parallel": (parallel.AGGREGATE, test_parallel.CASES),
+    "batch_endpoint": (batch.AGGREGATE, test_batch.CASES),
     "published_pipeline": (published.PUBLISHED, test_published.CASES),
     "pipeline_endpoint": (published.ENDPOINT, test_published.ENDPOINT_CASES),
     "webhook": (webhook.AGGREGATE, test_webhook.CASES),

@@ -42,6 +42,7 @@ FACADE = {
     "_runs",
     "_webservice",
     "_onlinefile",
+    "_batchfile",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {

@@ -29,6 +29,7 @@ from cairn.proto.assets import (
     RegisterComponent,
     RegisterEnvironment,
 )
+from cairn.proto.batch import BatchDeploymentSpec, SetBatchDeployment
 from cairn.proto.commands import (
     Command,
     CreateExperiment,
@@ -121,6 +122,14 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
         ),
         "parallel batches": lambda: TakeMiniBatch(
             command_id=cid(), run_id="mx-missing", attempt=1, step="mx"
+        ),
+        "batch endpoint commands": lambda: SetBatchDeployment(
+            command_id=cid(),
+            endpoint="mx-none",
+            name="mx",
+            spec=BatchDeploymentSpec(
+                job=JobSpec(command=[]), scoring_script="s.py", compute="mx-none"
+            ),
         ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
         "sweep commands": lambda: CancelSweep(command_id=cid(), run_id="mx-missing"),

@@ -9,6 +9,7 @@ import click
 from cairn.cli import (  # noqa: F401  (they register the commands)
     _admin,
     _audit,
+    _batch,
     _cluster,
     _data,
     _events,

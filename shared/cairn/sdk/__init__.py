@@ -18,7 +18,14 @@ Bytes move through :mod:`cairn.data`.
 from cairn.sdk._assets import CondaDependencies, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
 from cairn.sdk._async_events import FeedEvent
+from cairn.sdk._async_parallel import get_batch_endpoint, invoke_batch_endpoint
 from cairn.sdk._automl import AutoMLConfig
+from cairn.sdk._batchfile import (
+    create_batch_deployment,
+    create_batch_endpoint,
+    load_batch_deployment_file,
+    load_batch_endpoint_file,
+)
 from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
@@ -150,6 +157,12 @@ __all__ = [
     "Workspace",
     "choice",
     "connect",
+    "create_batch_deployment",
+    "create_batch_endpoint",
+    "get_batch_endpoint",
+    "invoke_batch_endpoint",
+    "load_batch_deployment_file",
+    "load_batch_endpoint_file",
     "load_deployment_file",
     "load_endpoint_file",
     "load_job_file",

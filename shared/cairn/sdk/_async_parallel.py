@@ -30,6 +30,7 @@ __all__ = [
     "batch_input",
     "batch_pipeline",
     "gather_args",
+    "get_batch_endpoint",
     "invoke_batch_endpoint",
     "parallel_page",
     "send_worker",
@@ -177,6 +178,11 @@ def batch_pipeline(spec: BatchDeploymentSpec, data: JobInput) -> PipelineSpec:
     )
 
 
+async def get_batch_endpoint(ws: Session, name: str) -> dict[str, Any]:
+    """Batch endpoint ``name``: its default deployment and its deployments' specs."""
+    return dict((await ws.client.ask(GetBatchEndpoint(name=name))).data)
+
+
 async def invoke_batch_endpoint(
     ws: Session,
     name: str,
@@ -187,7 +193,7 @@ async def invoke_batch_endpoint(
 ) -> str:
     """Run batch endpoint ``name``'s deployment (its default unless named) over ``given``:
     the pipeline run's id."""
-    row = (await ws.client.ask(GetBatchEndpoint(name=name))).data
+    row = await get_batch_endpoint(ws, name)
     chosen = deployment or row["default_deployment"]
     if chosen is None:
         raise NotFound(f"batch endpoint {name!r} has no deployment yet")
