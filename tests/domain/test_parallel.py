@@ -62,9 +62,9 @@ STRICT = MiniBatchesPrepared(
 )
 
 
-def take(run: str = W1, attempt: int = 1, **alive: int) -> parallel.Take:
+def take(run: str = W1, attempt: int = 1, *lost: tuple[str, int]) -> parallel.Take:
     cmd = TakeMiniBatch(command_id="t", run_id=run, attempt=attempt, step="score")
-    return parallel.Take(command=cmd, alive=alive)
+    return parallel.Take(command=cmd, lost=frozenset(lost))
 
 
 def commit(batch: int, run: str = W1, attempt: int = 1, failed: int = 0) -> parallel.Commit:
@@ -98,23 +98,23 @@ CASES = [
     Case("no empty split", [], prepare(starts=[]), InvalidInput),
     Case("take before the split", [], take(), NotFound),
     Case("take the first free batch", [PREPARED], take(), [leased(0)]),
-    Case("a holder takes its own again", [PREPARED, leased(0)], take(W1, 1, **{W1: 1}), []),
+    Case("a holder takes its own again", [PREPARED, leased(0)], take(W1, 1), []),
     Case(
         "a live holder's batch is skipped",
         [PREPARED, leased(0)],
-        take(W2, 1, **{W1: 1}),
+        take(W2, 1),
         [leased(1, W2)],
     ),
     Case(
         "a lost holder's batch is handed out again",
         [PREPARED, leased(0)],
-        take(W2, 1, **{W1: 0}),
+        take(W2, 1, (W1, 1)),
         [leased(0, W2, 1, 2)],
     ),
     Case(
         "the holder's next attempt takes it back",
         [PREPARED, leased(0)],
-        take(W1, 2, **{W1: 2}),
+        take(W1, 2, (W1, 1)),
         [leased(0, W1, 2, 2)],
     ),
     Case(

@@ -106,9 +106,11 @@ class CommitMiniBatch(_WorkerCommand, frozen=True, kw_only=True, tag=True):
 
 
 class GetParallelRun(Query, frozen=True, kw_only=True, tag=True):
-    """A parallel run: its split, counts, whether it is done or aborted, and the committed
-    rows of mini-batches ``from_batch`` onwards, in order, as many as fit in ``max_bytes``
-    (``next_batch``: where the next page starts; None when every batch is in)."""
+    """A parallel run: its split, counts, whether it is done or aborted, and with ``rows``
+    the committed rows of mini-batches ``from_batch`` onwards, in order, as many as fit in
+    ``max_bytes`` (``next_batch``: where the next page starts; None when every batch is
+    in); without, the leases, deliveries and committers of 1,000 mini-batches from
+    ``from_batch``."""
 
     NAME = "parallel.get"
     parallel_id: Id

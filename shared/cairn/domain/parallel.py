@@ -2,10 +2,11 @@
 one live worker attempt at a time, each committed once.
 
 The decisions need two facts from outside the aggregate, which the service looks up and
-passes in: the pipeline run a worker belongs to (``Prepare``) and which worker attempts are
-alive now (``Take``: the current attempt of each run that holds a lease, or none once that
-run was re-queued or ended). A lease held by an attempt that is not alive any more is free:
-the mini-batch is handed out again, and its next commit, whoever sends it, is the only one.
+passes in: the pipeline run a worker belongs to (``Prepare``) and which lease holders are
+lost (``Take``: attempts that are no longer their run's current, running one). A lease held
+by a lost attempt is free: the mini-batch is handed out again, and its next commit is the
+only one. A holder the service did not look at (a lease appended after it looked, by a
+concurrent take) is presumed alive, so two takes racing never hand out one mini-batch twice.
 """
 
 from __future__ import annotations
@@ -144,11 +145,11 @@ class Prepare(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class Take(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """``TakeMiniBatch``; ``alive``: the current attempt of each run holding a lease (absent
-    or 0 when that run is not running any more)."""
+    """``TakeMiniBatch``; ``lost``: lease holders ``(run, attempt)`` that are not their run's
+    current, running attempt any more (looked up by the service)."""
 
     command: TakeMiniBatch
-    alive: dict[str, int] = msgspec.field(default_factory=dict)
+    lost: frozenset[tuple[str, int]] = frozenset()
 
 
 class Commit(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -198,8 +199,8 @@ def _take(state: ParallelState, cmd: Take) -> list[Event]:
         if batch in state.committed:
             continue
         lease = state.leases.get(batch)
-        if lease is not None and cmd.alive.get(lease.run_id) == lease.attempt:
-            continue  # a live attempt works on it
+        if lease is not None and (lease.run_id, lease.attempt) not in cmd.lost:
+            continue  # an attempt not known lost works on it
         delivery = state.deliveries.get(batch, 0) + 1
         return [MiniBatchLeased(batch=batch, run_id=c.run_id, attempt=c.attempt, delivery=delivery)]
     return []

@@ -6,8 +6,9 @@ Every command names the worker's run and attempt. The service checks, from the l
 attempt is the run's current one and that the run is running (a re-queued or ended attempt
 gets ``StaleAttempt``: it must stop), and finds the worker's pipeline run in its
 ``RunSubmitted``; the parallel run is :func:`~cairn.proto.parallel.parallel_run_id` of that
-pipeline run and the step's name. ``parallel.take`` passes the aggregate the current attempt
-of every run holding a lease, so a lease of a lost attempt is handed out again.
+pipeline run and the step's name. ``parallel.take`` passes the aggregate the lease holders
+whose attempt is lost (re-queued, ended, superseded), so their mini-batches are handed out
+again.
 """
 
 from __future__ import annotations
@@ -94,11 +95,12 @@ class ParallelRuns:
         ws = req.workspace
         pid = await self._worker(ws, cmd)
         state = await self._state(ws, pid)
-        alive: dict[str, int] = {}
-        for holder in {lease.run_id for lease in state.leases.values()}:
-            found = await lookup.state(self.cache, runs.AGGREGATE, ws, holder, fresh=True)
-            alive[holder] = found.attempt if found.status in _LIVE else 0
-        command = domain.Take(command=cmd, alive=alive)
+        lost: set[tuple[str, int]] = set()
+        for holder in {(lease.run_id, lease.attempt) for lease in state.leases.values()}:
+            found = await lookup.state(self.cache, runs.AGGREGATE, ws, holder[0], fresh=True)
+            if found.attempt != holder[1] or found.status not in _LIVE:
+                lost.add(holder)
+        command = domain.Take(command=cmd, lost=frozenset(lost))
         accepted = await execute(req.context(), domain.AGGREGATE, pid, command, cache=self.cache)
         state = await self._state(ws, pid)
         if state.aborted:
@@ -171,15 +173,7 @@ class ParallelRuns:
             "failed_batches": state.failed_batches,
             "aborted": state.aborted,
             "done": state.done,
-            "deliveries": {str(b): n for b, n in sorted(state.deliveries.items())},
-            "leases": {
-                str(b): {"run_id": lease.run_id, "attempt": lease.attempt}
-                for b, lease in sorted(state.leases.items())
-            },
-            "committed_by": {
-                str(b): {"run_id": c.run_id, "attempt": c.attempt}
-                for b, c in sorted(state.committed.items())
-            },
+            **({} if q.rows else _per_batch(state, q.from_batch)),
             "errors": [
                 {"batch": b, "error": c.error, "failed_items": c.failed_items}
                 for b, c in sorted(state.committed.items())
@@ -189,3 +183,25 @@ class ParallelRuns:
             "next_batch": next_batch,
         }
         return QueryResult(seq=0, data=data)
+
+
+#: mini-batches whose leases, deliveries and committers one ``parallel.get`` lists
+_PER_BATCH = 1000
+
+
+def _per_batch(state: domain.ParallelState, first: int) -> dict[str, Any]:
+    """Leases, deliveries and committers of mini-batches ``first`` onwards (a window)."""
+    window = range(first, first + _PER_BATCH)
+    return {
+        "deliveries": {str(b): n for b, n in sorted(state.deliveries.items()) if b in window},
+        "leases": {
+            str(b): {"run_id": lease.run_id, "attempt": lease.attempt}
+            for b, lease in sorted(state.leases.items())
+            if b in window
+        },
+        "committed_by": {
+            str(b): {"run_id": c.run_id, "attempt": c.attempt}
+            for b, c in sorted(state.committed.items())
+            if b in window
+        },
+    }
