@@ -5,11 +5,13 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
-``_async_schedules``, ``_async_events``, ``_async_pipelines``, ``_jobs`` <-
+``_async_schedules``, ``_async_events``, ``_async_pipelines``, ``_jobs`` <- ``_async_parallel``
+(parallel runs' core calls, batch endpoints' invocation) and
 ``_async_endpoints`` <- ``_hyperdrive`` (sweeps: their configuration and their core calls) <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_webservice`` <- ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <-
-``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <-
+``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules``,
+``_batchfile`` (batch endpoints' YAML) <-
 ``_estimators``, ``_sync`` <- ``_pipelineruns`` <- ``_pipelines`` (Azure ML v1's Python
 pipelines) <- ``_parallel`` (``ParallelRunStep``, whose jobs run ``_parallel_driver``).
 Bytes move through :mod:`cairn.data`.
