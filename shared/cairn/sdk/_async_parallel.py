@@ -153,6 +153,7 @@ def batch_pipeline(spec: BatchDeploymentSpec, data: JobInput) -> PipelineSpec:
             ),
             environment_name=spec.environment_name,
             environment_version=spec.environment_version,
+            allow_reuse=False,  # each invocation scores its input (see ParallelRunStep)
         )
         for i in range(count)
     ]
@@ -171,6 +172,7 @@ def batch_pipeline(spec: BatchDeploymentSpec, data: JobInput) -> PipelineSpec:
         environment_name=spec.environment_name,
         environment_version=spec.environment_version,
         depends_on=[w.name for w in workers],
+        allow_reuse=False,
     )
     return PipelineSpec(
         steps=[*workers, gather_step],

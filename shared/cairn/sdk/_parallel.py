@@ -34,7 +34,7 @@ from cairn.sdk._datastores import DataBinding
 from cairn.sdk._jobs import ScriptRunConfig
 from cairn.sdk._parallel_driver import parse_size
 from cairn.sdk._pipelines import PythonScriptStep, _Produced
-from cairn.sdk._refusals import refuses
+from cairn.sdk._refusals import inherent, refuses
 
 __all__ = ["ParallelRunConfig", "ParallelRunStep"]
 
@@ -203,12 +203,22 @@ class _Part(PythonScriptStep):
         return [*super()._upstream(), *self.after]
 
 
+_NO_REUSE = (
+    "a parallel run step always runs: its results live on its own pipeline run's parallel"
+    " run, which a step reused from an earlier pipeline run would not have (allow_reuse=False"
+    " is what it does)"
+)
+
+
 class ParallelRunStep:
     """``parallel_run_config``'s entry script over ``inputs`` (one dataset, as a named
     input), its mini-batches shared by the workers; the results appended to ``output``.
     ``side_inputs`` reach every worker as a ``PythonScriptStep``'s inputs do; ``arguments``
-    are the entry script's ``sys.argv[1:]``."""
+    are the entry script's ``sys.argv[1:]``. Its parts are never reused from an earlier
+    pipeline run (``allow_reuse`` or not): a partly reused step would read another run's
+    mini-batches."""
 
+    @inherent(allow_reuse=_NO_REUSE)
     def __init__(
         self,
         name: str,
@@ -270,7 +280,7 @@ class ParallelRunStep:
                 worker,
                 config,
                 inputs=[named, *(side_inputs or [])],
-                allow_reuse=allow_reuse,
+                allow_reuse=False,
             )
             for i in range(count)
         ]
@@ -287,7 +297,7 @@ class ParallelRunStep:
             gather,
             config,
             outputs=[output] if output is not None else [],
-            allow_reuse=allow_reuse,
+            allow_reuse=False,
         )
         self.gather.after = list(self.workers)
         if config.description:
