@@ -187,3 +187,33 @@ async def test_failed_items_over_error_threshold_fail_the_run(
     assert "exceed error_threshold 99" in state["aborted"]
     assert state["committed"] < 10 or state["failed_items"] == 100
     assert over["steps"].get("score") in (None, "Skipped", "NotStarted")
+
+
+async def test_a_file_dataset_is_scored_in_mini_batches_of_files(
+    client: Client, client_settings: Settings, agents: Agents, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    """12 files in mini-batches of 5 by one node's two processes, the entry script's
+    arguments, another output file name; the mini-batch with slow.txt times out on both
+    tries: its items are failed (within error_threshold) and the rest are scored once."""
+    await agents.start(slots=3)
+    shutil.copytree(SRC, tmp_path / "src", dirs_exist_ok=True)
+    env = sdk_env(client_settings, client.workspace, tmp_path / "home")
+    script = str(Path(__file__).with_name("parallel_files_script.py"))
+    got = await run_script(
+        script, str(tmp_path / "src"), str(tmp_path / "lake"), env=env, cwd=tmp_path, timeout=400
+    )
+    assert got["status"] == "Completed", got
+    gather = parallel_run_id(got["run_id"], "files")
+    names = [f["path"] for f in await ws.run(gather).files()]
+    found = [n for n in names if n.endswith("scored.txt")]
+    assert found, names
+    target = await ws.run(gather).download_file(found[0], tmp_path / "scored.txt")
+    rows = [line.split() for line in target.read_text().splitlines()]
+    # files in path order: f00..f09 (batches 0 and 1), then f10 and slow.txt (batch 2, failed)
+    assert [r[0] for r in rows] == [f"f{i:02d}.txt" for i in range(10)]
+    assert [int(r[1]) for r in rows] == list(range(10)) and {r[2] for r in rows} == {"ok"}
+    state = (await ws.client.ask(GetParallelRun(parallel_id=gather))).data
+    assert (state["batches"], state["failed_items"], state["failed_batches"]) == (3, 2, 1)
+    assert "run_invocation_timeout" in state["errors"][0]["error"]
+    steps = (await ws.client.ask(GetPipeline(run_id=got["run_id"]))).data["steps"]
+    assert sorted(s["step"] for s in steps) == ["files", "files-w0", "files-w1"]
