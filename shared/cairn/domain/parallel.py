@@ -26,6 +26,7 @@ from cairn.proto.events import (
 )
 from cairn.proto.parallel import (
     MAX_BATCHES,
+    MAX_RESULT_ROWS,
     CommitMiniBatch,
     FailureLimits,
     PrepareMiniBatches,
@@ -220,6 +221,8 @@ def _commit(state: ParallelState, cmd: Commit) -> list[Event]:
             f"parallel.commit: mini-batch {c.batch} is not leased to attempt {c.attempt} of"
             f" {c.run_id}"
         )
+    if len(c.rows) > MAX_RESULT_ROWS:
+        raise InvalidInput(f"parallel.commit: at most {MAX_RESULT_ROWS} rows a mini-batch")
     start, end = batch_bounds(state.prepared, c.batch)
     if c.failed_items > end - start:
         raise InvalidInput(

@@ -19,7 +19,7 @@ from cairn import lookup
 from cairn.bus import CommandContext, execute
 from cairn.domain import parallel as domain
 from cairn.domain import run as runs
-from cairn.errors import InvalidInput, NotFound, StaleAttempt
+from cairn.errors import InvalidInput, NotFound, PermissionDenied, StaleAttempt
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
 from cairn.proto.events import RunSubmitted
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ParallelRuns"]
 
+#: the tag naming a pipeline step's run's step
+STEP_TAG = "pipeline_step"
 _LIVE = (runs.RunStatus.PREPARING, runs.RunStatus.RUNNING, runs.RunStatus.CANCEL_REQUESTED)
 
 
@@ -67,6 +69,10 @@ class ParallelRuns:
             raise StaleAttempt(
                 f"attempt {cmd.attempt} of run {cmd.run_id} is not running (the run is"
                 f" {run.status.value}, attempt {run.attempt})"
+            )
+        if not run.tags.get(STEP_TAG, "").startswith(f"{cmd.step}-w"):
+            raise PermissionDenied(
+                f"run {cmd.run_id} is not a worker of parallel run step {cmd.step!r}"
             )
         return parallel_run_id(await self._pipeline_run(ws, cmd.run_id), cmd.step)
 
