@@ -18,7 +18,8 @@ from cairn.proto.events import MiniBatchCommitted, MiniBatchLeased, RunAssigned
 from cairn.proto.parallel import GetParallelRun, parallel_run_id
 from cairn.proto.pipelines import GetPipeline
 from cairn.rpc import Client
-from cairn.sdk import AsyncWorkspace
+from cairn.sdk import AsyncWorkspace, ScriptRunConfig
+from cairn.sdk._jobs import follow, submit
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.sdk.test_sync_sdk import run_script, sdk_env
@@ -217,3 +218,42 @@ async def test_a_file_dataset_is_scored_in_mini_batches_of_files(
     assert "run_invocation_timeout" in state["errors"][0]["error"]
     steps = (await ws.client.ask(GetPipeline(run_id=got["run_id"]))).data["steps"]
     assert sorted(s["step"] for s in steps) == ["files", "files-w0", "files-w1"]
+
+
+ROGUE = """\
+import os
+import sys
+
+from cairn.errors import PermissionDenied
+from cairn.proto.parallel import TakeMiniBatch
+from cairn.sdk import Workspace
+from cairn.sdk._async_parallel import send_worker
+
+ws = Workspace()
+take = TakeMiniBatch(
+    command_id="rogue-take",
+    run_id=os.environ["CAIRN_RUN_ID"],
+    attempt=int(os.environ["CAIRN_ATTEMPT"]),
+    step="score",
+)
+try:
+    ws._run(send_worker(ws.core, take))
+except PermissionDenied as exc:
+    print("refused:", exc, flush=True)
+    sys.exit(0 if "not a worker of parallel run step 'score'" in str(exc) else 3)
+sys.exit(4)
+"""
+
+
+async def test_a_job_that_is_not_a_worker_of_the_step_takes_no_mini_batch(
+    agents: Agents, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    """Its own run and attempt pass its agent's gate; the pipelines service refuses it, since
+    its run is no worker of that step (a job of the same workspace cannot score, or fake, a
+    parallel run's mini-batches)."""
+    await agents.start()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "rogue.py").write_text(ROGUE)
+    config = ScriptRunConfig(source_directory=tmp_path / "src", script="rogue.py")
+    run_id = await submit(ws, "rogue", config)
+    assert (await follow(ws, run_id, timeout=120))["status"] == "Completed"
