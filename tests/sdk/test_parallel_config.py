@@ -111,3 +111,24 @@ def test_a_step_is_its_workers_and_a_gather_step_after_them(src: Path) -> None:
     gather = steps[-1]
     assert out.producer is gather and gather.tags == {"description": "nightly"}
     assert {s.name for s in gather._upstream()} == {"score-w0", "score-w1", "score-w2", "score-w3"}
+
+
+def test_side_inputs_and_arguments_reach_every_worker(src: Path) -> None:
+    side = _registered("file")
+    side.name = "labels"
+    step = ParallelRunStep(
+        "score",
+        config(src, node_count=2, environment_variables={"MODE": "x"}),
+        inputs=[_registered("tabular").as_named_input("rows")],
+        side_inputs=[side.as_named_input("labels")],
+        arguments=["--threshold", 3],
+    )
+    for worker in step.workers:
+        made = worker._config({})
+        assert sorted(i.name for i in made.job_inputs) == ["labels", "rows"]
+        assert made.argv()[:3] == ["python", "-m", "cairn.sdk._parallel_driver"]
+        assert made.argv()[-3:] == ["--", "--threshold", "3"]
+        assert made.environment_variables == {"MODE": "x"}
+        assert not worker.allow_reuse
+    gather = step.gather._config({})
+    assert gather.argv()[3] == "gather" and gather.argv()[-2:] == ["--output-dir", "outputs"]
