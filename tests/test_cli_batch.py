@@ -80,6 +80,7 @@ async def _ended(ws: AsyncWorkspace, run_id: str) -> dict[str, Any]:
     raise AssertionError(f"pipeline {run_id} did not end")
 
 
+@pytest.mark.timeout(300)
 async def test_a_batch_endpoint_scores_every_file_once(
     client: Client, client_settings: Settings, agents: Agents, ws: AsyncWorkspace, tmp_path: Path
 ) -> None:
@@ -111,6 +112,32 @@ async def test_a_batch_endpoint_scores_every_file_once(
     assert {r[2] for r in rows} == {"1"}  # init() once per worker
     state = (await ws.client.ask(GetPipeline(run_id=invoked["run_id"]))).data
     assert sorted(s["step"] for s in state["steps"]) == ["score", "score-w0", "score-w1"]
+    # a registered dataset as the input, the deployment named
+    lake = tmp_path / "lake"
+    (lake / "items").mkdir(parents=True)
+    for i in range(6):
+        (lake / "items" / f"d{i}.txt").write_text("z" * (i + 1))
+    await cli("datastore", "create", "lake", "--path", str(lake), env=env, cwd=tmp_path)
+    await cli("dataset", "create", "items", "--path", "lake:items/*.txt", env=env, cwd=tmp_path)
+    by_name = await cli_json(
+        "batch-endpoint",
+        "invoke",
+        "--name",
+        "scorer",
+        "--input",
+        "azureml:items:1",
+        "--deployment-name",
+        "v1",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert (await _ended(ws, by_name["run_id"]))["status"] == "Completed"
+    gather = parallel_run_id(by_name["run_id"], "score")
+    names = [f["path"] for f in await ws.run(gather).files()]
+    found = [n for n in names if n.endswith("predictions.csv")]
+    target = await ws.run(gather).download_file(found[0], tmp_path / "second.csv")
+    rows = [line.split() for line in target.read_text().splitlines()]
+    assert [(r[0], int(r[1])) for r in rows] == [(f"d{i}.txt", i + 1) for i in range(6)]
     again = await cli("batch-endpoint", "show", "--name", "scorer", env=env, cwd=tmp_path)
     assert "v1" in again
     code, _, err = await run_cli(
