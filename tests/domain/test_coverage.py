@@ -10,9 +10,11 @@ import pytest
 from cairn.domain import (
     Aggregate,
     asset,
+    batch,
     endpoint,
     experiment,
     model,
+    parallel,
     pipeline,
     published,
     run,
@@ -24,8 +26,10 @@ from cairn.domain import (
 )
 from tests.domain import (
     test_asset,
+    test_batch,
     test_endpoint,
     test_model,
+    test_parallel,
     test_pipeline,
     test_published,
     test_run,
@@ -48,6 +52,8 @@ TABLES: dict[str, tuple[Aggregate[Any, Any], Sequence[Case]]] = {
     "keyring": (secret.KEYRING, test_secret.KEYRING_CASES),
     "schedule": (schedule.AGGREGATE, test_schedule.CASES),
     "pipeline": (pipeline.AGGREGATE, test_pipeline.CASES),
+    "parallel": (parallel.AGGREGATE, test_parallel.CASES),
+    "batch_endpoint": (batch.AGGREGATE, test_batch.CASES),
     "published_pipeline": (published.PUBLISHED, test_published.CASES),
     "pipeline_endpoint": (published.ENDPOINT, test_published.ENDPOINT_CASES),
     "webhook": (webhook.AGGREGATE, test_webhook.CASES),

@@ -18,6 +18,8 @@ FACADE = {
     "_runtime",
     "_sync",
     "_pipelines",
+    "_parallel",
+    "_parallel_driver",
     "_pipelineruns",
     "_assets",
     "_models",
@@ -40,6 +42,7 @@ FACADE = {
     "_runs",
     "_webservice",
     "_onlinefile",
+    "_batchfile",
 }
 #: the async core: what the facade wraps (and the async face users get from ``connect``)
 CORE = {
@@ -59,6 +62,7 @@ CORE = {
     "_outbox",
     "_waiting",
     "_refusals",
+    "_async_parallel",
 }
 
 

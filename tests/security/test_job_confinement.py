@@ -15,7 +15,7 @@ import pytest
 
 from cairn.bus import Connection, connect
 from cairn.bus._link import AgentLink
-from cairn.errors import PermissionDenied, Unavailable
+from cairn.errors import PermissionDenied, StaleAttempt, Unavailable
 from cairn.proto.commands import (
     CreateExperiment,
     CreateRun,
@@ -24,6 +24,7 @@ from cairn.proto.commands import (
     StartRun,
 )
 from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.proto.parallel import TakeMiniBatch
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
@@ -270,6 +271,9 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
         point = MetricPoint("m", "scalar", 1.0, 0, 1.0)
         return LogMetrics(command_id=uuid.uuid4().hex, run_id=run, points=[point], attempt=attempt)
 
+    def take(run: str, attempt: int) -> TakeMiniBatch:
+        return TakeMiniBatch(command_id=uuid.uuid4().hex, run_id=run, attempt=attempt, step="s")
+
     await job.send(metrics(run_id))  # its own run
     child = uuid.uuid4().hex
     await job.send(
@@ -289,7 +293,12 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
         metrics(run_id, attempt=2),  # another attempt of its run
         CreateExperiment(command_id=uuid.uuid4().hex, name="another"),
         CreateRun(command_id=uuid.uuid4().hex, run_id=uuid.uuid4().hex, experiment_name="gated"),
+        take(uuid.uuid4().hex, 1),  # mini-batches for another run
+        take(run_id, 2),  # or for another attempt of its own
     ]
+    # its own run and attempt reach the pipelines service, which finds no running attempt
+    with pytest.raises(StaleAttempt):
+        await job.send_any(take(run_id, 1))
     for cmd in refused:
         with pytest.raises(PermissionDenied):
             await job.send(cmd)

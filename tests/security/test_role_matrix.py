@@ -29,6 +29,7 @@ from cairn.proto.assets import (
     RegisterComponent,
     RegisterEnvironment,
 )
+from cairn.proto.batch import BatchDeploymentSpec, SetBatchDeployment
 from cairn.proto.commands import (
     Command,
     CreateExperiment,
@@ -41,6 +42,7 @@ from cairn.proto.feed import ReadEvents
 from cairn.proto.jobs import JobSpec, ReportJob, SubmitJob
 from cairn.proto.members import AddMember
 from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.proto.parallel import TakeMiniBatch
 from cairn.proto.pipelines import (
     PipelineSpec,
     PipelineStep,
@@ -117,6 +119,17 @@ def _family(ws: str) -> dict[str, Callable[[], Command | Query]]:
         ),
         "published pipelines": lambda: RunPublishedPipeline(
             command_id=cid(), run_id=cid()[:12], experiment_name="matrix", pipeline_id="mx-none"
+        ),
+        "parallel batches": lambda: TakeMiniBatch(
+            command_id=cid(), run_id="mx-missing", attempt=1, step="mx"
+        ),
+        "batch endpoint commands": lambda: SetBatchDeployment(
+            command_id=cid(),
+            endpoint="mx-none",
+            name="mx",
+            spec=BatchDeploymentSpec(
+                job=JobSpec(command=[]), scoring_script="s.py", compute="mx-none"
+            ),
         ),
         "job reports": lambda: ReportJob(command_id=cid(), run_id="mx-missing", attempt=1),
         "sweep commands": lambda: CancelSweep(command_id=cid(), run_id="mx-missing"),

@@ -22,9 +22,11 @@ import msgspec
 
 from cairn.proto._base import Checked, Count, Digest, Id, Key, Name, TagKey, TagValue, Text
 from cairn.proto.assets import AssetSpec, DataFile
+from cairn.proto.batch import BatchDeploymentSpec
 from cairn.proto.errors import UnknownMessageType
 from cairn.proto.jobs import JobSpec, ScheduledBy
 from cairn.proto.members import Role
+from cairn.proto.parallel import FailureLimits
 from cairn.proto.pipelines import PipelineSpec, SubmitPipeline
 from cairn.proto.schedules import CatchUp, Submission, Trigger
 from cairn.proto.secrets import SecretName
@@ -37,6 +39,8 @@ __all__ = [
     "ArtifactCommitted",
     "AssetDeleted",
     "AssetRegistered",
+    "BatchDeploymentSet",
+    "BatchEndpointCreated",
     "ChainCheckpointed",
     "ChainEntry",
     "DatastoreCredentialsResealed",
@@ -58,11 +62,15 @@ __all__ = [
     "MemberAdded",
     "MemberRemoved",
     "MemberRolesChanged",
+    "MiniBatchCommitted",
+    "MiniBatchLeased",
+    "MiniBatchesPrepared",
     "ModelAliasSet",
     "ModelFile",
     "ModelVersionArchived",
     "ModelVersionRegistered",
     "ModelVersionRestored",
+    "ParallelRunAborted",
     "PipelineEnded",
     "PipelineEndpointSet",
     "PipelinePublished",
@@ -605,6 +613,73 @@ class PipelineEndpointSet(Event, frozen=True, kw_only=True):
     description: Text = ""
 
 
+class MiniBatchesPrepared(Event, frozen=True, kw_only=True):
+    """Parallel run ``parallel_id`` (step ``step`` of pipeline run ``pipeline_run_id``)
+    splits its input of ``items`` items into mini-batches starting at ``starts``;
+    ``digest`` names the items; ``limits`` say when it is aborted."""
+
+    KIND = "parallel"
+    parallel_id: Id
+    pipeline_run_id: Id
+    step: Id
+    kind: Literal["tabular", "file"]
+    items: Count
+    starts: list[Count]
+    digest: Text
+    limits: FailureLimits = msgspec.field(default_factory=FailureLimits)
+
+
+class MiniBatchLeased(Event, frozen=True, kw_only=True):
+    """Mini-batch ``batch`` is worked on by attempt ``attempt`` of worker run ``run_id``
+    (its ``delivery``-th lease): until that attempt ends, no one else takes it."""
+
+    KIND = "parallel"
+    batch: Count
+    run_id: Id
+    attempt: Count
+    delivery: Count = 1
+
+
+class MiniBatchCommitted(Event, frozen=True, kw_only=True):
+    """Mini-batch ``batch``'s result, committed once: its rows, its failed items and why."""
+
+    KIND = "parallel"
+    batch: Count
+    run_id: Id
+    attempt: Count
+    rows: list[str] = msgspec.field(default_factory=list)
+    failed_items: Count = 0
+    error: Text = ""
+
+
+class ParallelRunAborted(Event, frozen=True, kw_only=True):
+    """Failures passed a limit: no mini-batch is handed out any more."""
+
+    KIND = "parallel"
+    reason: Text
+
+
+class BatchEndpointCreated(Event, frozen=True, kw_only=True):
+    """Batch endpoint ``name``: each invocation a pipeline run of its default deployment (or
+    the one named)."""
+
+    KIND = "batch_endpoint"
+    name: Name
+    description: Text = ""
+    tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+
+
+class BatchDeploymentSet(Event, frozen=True, kw_only=True):
+    """Deployment ``name`` of batch endpoint ``endpoint`` runs ``spec`` from now on
+    (``default``: the endpoint's default deployment from now on)."""
+
+    KIND = "batch_endpoint"
+    endpoint: Name
+    name: Id
+    spec: BatchDeploymentSpec
+    default: bool = False
+
+
 class WebhookCreated(Event, frozen=True, kw_only=True):
     """Webhook ``webhook_id`` delivers the workspace's events of ``event_types`` (matching
     every ``filters`` entry) to ``url``, signed with a secret sealed under workspace key
@@ -897,6 +972,12 @@ EVENT_TYPES: dict[str, type[Event]] = {
         PipelineEnded,
         PipelinePublished,
         PipelineEndpointSet,
+        MiniBatchesPrepared,
+        MiniBatchLeased,
+        MiniBatchCommitted,
+        ParallelRunAborted,
+        BatchEndpointCreated,
+        BatchDeploymentSet,
         WebhookCreated,
         WebhookDeleted,
         WebhookSecretResealed,

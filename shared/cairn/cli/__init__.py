@@ -10,6 +10,7 @@ from cairn.cli import (  # noqa: F401  (they register the commands)
     _admin,
     _audit,
     _backup,
+    _batch,
     _cluster,
     _data,
     _events,

@@ -61,6 +61,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Registry: models, environments, compute targets": ("model", "environment", "compute"),
     "Data": ("datastore", "dataset"),
     "Deploy models: online endpoints": ("online-endpoint", "online-deployment"),
+    "Score in batches: batch endpoints": ("batch-endpoint", "batch-deployment"),
     "Secrets": ("secret",),
     "Automate on events": ("events", "webhook"),
     "Operate the stack": (

@@ -108,6 +108,7 @@ ROLE_COMMANDS: dict[str, tuple[str, ...]] = {
         "secret.>",
         "webhook.>",
         "endpoint.>",
+        "batch.>",
     ),
     COMPUTE_OPERATOR: ("compute.>",),
     AUDITOR: (),
@@ -129,6 +130,9 @@ AGENT_COMMANDS = (
     "secret.read",
     # a serving replica's start: ready, or its init() failed
     "replica.report",
+    # a parallel run step's worker: its mini-batches (its own run and attempt, checked by
+    # the agent's gate and by the pipelines service)
+    "parallel.>",
 )
 #: what no one but the admin may do to a stream
 _ADMIN_ONLY = (

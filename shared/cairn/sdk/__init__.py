@@ -5,19 +5,29 @@ Azure ML v1 names (``Workspace``, ``Experiment``, ``Run``, ``ScriptRunConfig``,
 Layers, each importing only those below it: ``_refusals`` (what is refused by name) and
 ``_session`` (connection, client, sequences seen) <- ``_waiting`` (what a wait on a run shows)
 <- ``_async_assets``, ``_async_models``, ``_async_data``, ``_async_secrets``,
-``_async_schedules``, ``_async_events``, ``_async_pipelines``, ``_jobs`` <-
+``_async_schedules``, ``_async_events``, ``_async_pipelines``, ``_jobs`` <- ``_async_parallel``
+(parallel runs' core calls, batch endpoints' invocation) and
 ``_async_endpoints`` <- ``_hyperdrive`` (sweeps: their configuration and their core calls) <-
 ``_async`` (the async face) <- ``_runtime`` (the facade's event loop) <- ``_assets``,
 ``_compute``, ``_webservice`` <- ``_models``, ``_datastores``, ``_keyvault``, ``_offline`` <-
-``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules`` <-
+``_runconfig``, ``_datasets``, ``_jobfile`` <- ``_schedulefile``, ``_schedules``,
+``_batchfile`` (batch endpoints' YAML) <-
 ``_estimators``, ``_sync`` <- ``_pipelineruns`` <- ``_pipelines`` (Azure ML v1's Python
-pipelines). Bytes move through :mod:`cairn.data`.
+pipelines) <- ``_parallel`` (``ParallelRunStep``, whose jobs run ``_parallel_driver``).
+Bytes move through :mod:`cairn.data`.
 """
 
 from cairn.sdk._assets import CondaDependencies, Environment
 from cairn.sdk._async import AsyncExperiment, AsyncRun, AsyncWorkspace, connect, new_id
 from cairn.sdk._async_events import FeedEvent
+from cairn.sdk._async_parallel import get_batch_endpoint, invoke_batch_endpoint
 from cairn.sdk._automl import AutoMLConfig
+from cairn.sdk._batchfile import (
+    create_batch_deployment,
+    create_batch_endpoint,
+    load_batch_deployment_file,
+    load_batch_endpoint_file,
+)
 from cairn.sdk._compute import AmlCompute, ComputeTarget, ComputeTargetException
 from cairn.sdk._datasets import Dataset
 from cairn.sdk._datastores import Datastore
@@ -50,6 +60,7 @@ from cairn.sdk._models import Model
 from cairn.sdk._offline import OfflineRun
 from cairn.sdk._onlinefile import load_deployment_file, load_endpoint_file
 from cairn.sdk._outbox import replay_spool_dir
+from cairn.sdk._parallel import ParallelRunConfig, ParallelRunStep
 from cairn.sdk._pipelinefile import (
     LoadedPipeline,
     load_pipeline_file,
@@ -121,6 +132,8 @@ __all__ = [
     "NoTerminationPolicy",
     "OfflineRun",
     "OutputFileDatasetConfig",
+    "ParallelRunConfig",
+    "ParallelRunStep",
     "Pipeline",
     "PipelineData",
     "PipelineEndpoint",
@@ -146,6 +159,12 @@ __all__ = [
     "Workspace",
     "choice",
     "connect",
+    "create_batch_deployment",
+    "create_batch_endpoint",
+    "get_batch_endpoint",
+    "invoke_batch_endpoint",
+    "load_batch_deployment_file",
+    "load_batch_endpoint_file",
     "load_deployment_file",
     "load_endpoint_file",
     "load_job_file",

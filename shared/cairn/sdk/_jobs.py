@@ -53,6 +53,7 @@ __all__ = [
     "print_logs",
     "submit",
     "upload_code",
+    "upload_local_input",
     "upload_snapshot",
 ]
 
@@ -244,7 +245,7 @@ async def build_job(
     inputs += config.job_inputs
     inputs = [await _s3_input(ws, item) for item in inputs]
     for name, (local, mode) in config.local_inputs.items():
-        inputs.append(await _upload_local_input(ws, name, local, mode, datastore))
+        inputs.append(await upload_local_input(ws, name, local, mode, datastore))
     outputs += config.job_outputs
     job = JobSpec(
         command=config.argv() if command is None else command,
@@ -313,7 +314,7 @@ async def _s3_input(ws: Session, item: JobInput) -> JobInput:
     return msgspec.structs.replace(item, datastore=store, path=path)
 
 
-async def _upload_local_input(
+async def upload_local_input(
     ws: Session, name: str, local: Path, mode: InputMode, datastore: str | None = None
 ) -> JobInput:
     """A local file or folder, uploaded once per content into the default datastore."""

@@ -206,6 +206,8 @@ class PythonScriptStep:
         self.source_given = source_directory is not None
         self.source_directory = Path(source_directory or ".")
         self.allow_reuse = allow_reuse
+        #: the tags of the step's run
+        self.tags: dict[str, str] = {}
         for item in self.outputs:
             if not isinstance(item, _Produced):
                 raise InvalidInput(
@@ -226,6 +228,10 @@ class PythonScriptStep:
             if isinstance(item, _Produced) and item.producer is not self:
                 found.setdefault(id(item), item)
         return list(found.values())
+
+    def _upstream(self) -> builtins.list[PythonScriptStep]:
+        """The steps this one runs after: the producers of what it reads."""
+        return [p.producer for p in self._consumed() if p.producer is not None]
 
     def _config(self, values: dict[str, Any]) -> ScriptRunConfig:
         args: list[str] = []
@@ -275,7 +281,7 @@ class Pipeline:
     def __init__(
         self,
         workspace: Workspace,
-        steps: Sequence[PythonScriptStep],
+        steps: Sequence[Any],
         description: str | None = None,
         default_datastore: Datastore | str | None = None,
         default_source_directory: str | Path | None = None,
@@ -312,7 +318,11 @@ class Pipeline:
                     compute=config.compute_name,
                     job=job,
                     step_inputs=step_inputs,
+                    depends_on=sorted(
+                        {u.name for u in step._upstream()} - {i.step for i in step_inputs}
+                    ),
                     allow_reuse=step.allow_reuse,
+                    tags=step.tags,
                 )
             )
         return PipelineSpec(steps=steps, force_rerun=regenerate_outputs)
@@ -380,18 +390,24 @@ class Pipeline:
         return PipelineRun(experiment, ws._run(send()))
 
 
-def _closure(steps: Sequence[PythonScriptStep]) -> list[PythonScriptStep]:
-    """The steps and, transitively, the producers of what they read, in the order met."""
+def _closure(steps: Sequence[Any]) -> list[PythonScriptStep]:
+    """The steps and, transitively, the producers of what they read, in the order met (a
+    ``ParallelRunStep`` is its workers and its gather step)."""
     found: dict[int, PythonScriptStep] = {}
-    pending = list(steps)
+    pending: list[Any] = []
+    for given in steps:
+        parts = getattr(given, "steps", None)
+        pending += parts() if callable(parts) else [given]
     while pending:
         step = pending.pop(0)
         if not isinstance(step, PythonScriptStep):
-            raise InvalidInput(f"a step is a PythonScriptStep, not {type(step).__name__}")
+            raise InvalidInput(
+                f"a step is a PythonScriptStep or a ParallelRunStep, not {type(step).__name__}"
+            )
         if id(step) in found:
             continue
         found[id(step)] = step
-        pending += [p.producer for p in step._consumed() if p.producer is not None]
+        pending += step._upstream()
         for p in step._consumed():
             if p.producer is None:
                 raise InvalidInput(

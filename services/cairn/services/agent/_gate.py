@@ -13,7 +13,9 @@ closed when the attempt ends, which revokes it. A job may:
   run, which its agent ends from the script's exit code;
 - register a model from its own runs' files, or from a staging area it filled itself;
 - get-or-create its own experiment (the SDK does on first use);
-- read the workspace secrets its job spec names (``JobSpec.secrets``), for its own runs.
+- read the workspace secrets its job spec names (``JobSpec.secrets``), for its own runs;
+- as a worker of a parallel run step, prepare, take and commit mini-batches
+  (``parallel.*``) for its own run and attempt only.
 
 Anything else — another run, another workspace, job tickets and reports, compute targets,
 environments, datastores — is refused with ``PermissionDenied`` naming what was asked, and
@@ -274,6 +276,9 @@ class JobGate:
             "run.create": self._child_run,
             "secret.read": self._secret,
             "model.register": self._model,
+            "parallel.prepare": self._parallel,
+            "parallel.take": self._parallel,
+            "parallel.commit": self._parallel,
         }.get(verb)
         if verb == "artifact.upload":
             await self._upload(body)
@@ -317,6 +322,13 @@ class JobGate:
                 " job's secrets (ScriptRunConfig(secrets=[...]), `secrets:` in a job file)"
             )
         self._own_run("secret.read", body.get("run_id"), itself=True)
+
+    def _parallel(self, body: dict[str, Any]) -> None:
+        if body.get("run_id") != self.run_id or body.get("attempt") != self.attempt:
+            raise _Refused(
+                f"parallel: a worker sends mini-batch commands as attempt {self.attempt} of its"
+                " own run only"
+            )
 
     def _model(self, body: dict[str, Any]) -> None:
         staging = body.get("staging_id")

@@ -52,6 +52,7 @@ from cairn.errors import (
 from cairn.log import get_logger
 from cairn.projection import Tables
 from cairn.proto import subjects
+from cairn.proto.batch import BATCH_COMMAND_TYPES, BATCH_QUERY_TYPES
 from cairn.proto.commands import (
     Accepted,
     AddRunProperties,
@@ -65,6 +66,7 @@ from cairn.proto.commands import (
 )
 from cairn.proto.events import PipelineStepReused, PipelineSubmitted
 from cairn.proto.jobs import JobInput, SubmitJob, derived_id
+from cairn.proto.parallel import PARALLEL_COMMAND_TYPES, PARALLEL_QUERY_TYPES
 from cairn.proto.pipelines import (
     PIPELINE_COMMAND_TYPES,
     PIPELINE_QUERY_TYPES,
@@ -74,6 +76,8 @@ from cairn.proto.pipelines import (
 )
 from cairn.rpc import Client, Request, Responder
 from cairn.service import ProjectedService, reconcile_every
+from cairn.services.pipelines._batch import BatchEndpoints
+from cairn.services.pipelines._parallel import ParallelRuns
 from cairn.services.pipelines._projection import PipelinesProjection, read_pipeline
 from cairn.services.pipelines._published import PublishedPipelines
 from cairn.services.pipelines._reuse import reuse_key, upstream_fingerprint
@@ -105,6 +109,8 @@ class PipelinesService(ProjectedService):
         self.seen: dict[tuple[str, str], int] = {}  # pipeline -> the seq last reconciled
         self.full_pass_at = 0.0
         self.published = PublishedPipelines(self)
+        self.parallel = ParallelRuns(self)
+        self.batch = BatchEndpoints(self)
         self.responders = [
             Responder(
                 conn,
@@ -119,6 +125,34 @@ class PipelinesService(ProjectedService):
                 queue="pipelines",
                 types=PIPELINE_QUERY_TYPES,
                 routes={GetPipeline.NAME: self._get, **self.published.queries()},
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("parallel")],
+                queue="pipelines",
+                types=PARALLEL_COMMAND_TYPES,
+                routes=self.parallel.commands(),
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("parallel")],
+                queue="pipelines",
+                types=PARALLEL_QUERY_TYPES,
+                routes=self.parallel.queries(),
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.command_filter("batch")],
+                queue="pipelines",
+                types=BATCH_COMMAND_TYPES,
+                routes=self.batch.commands(),
+            ),
+            Responder(
+                conn,
+                subjects=[subjects.query_filter("batch")],
+                queue="pipelines",
+                types=BATCH_QUERY_TYPES,
+                routes=self.batch.queries(),
             ),
         ]
 
