@@ -34,12 +34,18 @@ from cairn.backup import (
     verify_read_models,
 )
 from cairn.bus import Connection, connect, provision
-from cairn.bus._snapshot import delete_stream, restore_stream, snapshot_stream, stream_info
+from cairn.bus._snapshot import (
+    delete_stream,
+    purge_stream,
+    restore_stream,
+    snapshot_stream,
+    stream_info,
+)
 from cairn.embedded import NatsServer
 from cairn.embedded._auth import ADMIN_USER
 from cairn.embedded._up import all_services, read_models
 from cairn.errors import NotFound, PermissionDenied
-from cairn.proto.streams import EVENTS, METRICS
+from cairn.proto.streams import EVENTS, JOBS, LOGS, METRICS
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
 from cairn.settings import Settings
@@ -253,9 +259,26 @@ async def test_restore_onto_a_store_with_data_is_refused_unless_forced(tmp_path:
         assert caught.value.stream == "METRICS"
         info = await stream_info(admin, EVENTS.name)
         assert info is not None and info["state"]["messages"] == 21  # nothing was deleted
+        await admin.js.publish("cairn.jobs.w1.local", b"{}")  # a ticket of the replaced log
         await restore(admin, folder, settings, force=True)
         info = await stream_info(admin, EVENTS.name)
         assert info is not None and info["state"]["messages"] == 20  # as backed up
+        jobs = await stream_info(admin, JOBS.name)
+        assert jobs is not None and jobs["state"]["messages"] == 0  # purged when forced
+
+
+async def test_a_stream_with_history_but_no_messages_is_not_empty(tmp_path: Path) -> None:
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        await provision(admin_b)
+        await admin_b.js.publish("cairn.logs.w1.r1", b"a line")
+        await purge_stream(admin_b, LOGS.name)
+        info = await stream_info(admin_b, LOGS.name)
+        assert info is not None and info["state"]["messages"] == 0
+        with pytest.raises(StreamNotEmpty, match="stream LOGS already holds messages up to seq 1"):
+            await restore(admin_b, folder, settings_for(server_b, service=True))
 
 
 async def test_only_the_admin_may_snapshot_restore_or_delete_a_stream(tmp_path: Path) -> None:

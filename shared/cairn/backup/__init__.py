@@ -32,8 +32,8 @@ must not make EVENTS deletable), before it touches the server; it refuses a stre
 exists with history (``StreamNotEmpty``) unless forced, which deletes it just before restoring
 it (and purges JOBS). An existing empty stream (provisioned by services that were started) is
 replaced. Each snapshot is hashed again as it is sent, and the stream made only when it
-matches. A restore that fails part-way is finished by running it again, forced. Both need the admin (``cairn-admin``):
-only it may snapshot, restore or delete a stream.
+matches. A restore that fails part-way is finished by running it again, forced. Both need
+the admin (``cairn-admin``): only it may snapshot, restore or delete a stream.
 
 Errors: ``BackupError`` (an ``InvalidInput``) and below it ``ManifestMissing``,
 ``ChecksumMismatch`` (naming the stream or file), ``BackupDirNotEmpty``; ``StreamNotEmpty``
