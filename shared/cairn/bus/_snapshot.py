@@ -295,9 +295,11 @@ async def restore_stream(
     try:
         done = await _request(conn, deliver, b"", what, finish_timeout_s)
     except Unavailable as exc:
+        info = await stream_info(conn, name)
+        now = "not there" if info is None else f"there up to seq {info['state']['last_seq']}"
         raise Unavailable(
             f"{what}: all {sent} bytes sent, but the server did not finish within"
-            f" {finish_timeout_s:g} s; it may still be building the stream (see its stream info)"
+            f" {finish_timeout_s:g} s; the stream is {now} (the server may still be building it)"
         ) from exc
     answer = json.loads(done.data)
     _raise_for(answer, what)
