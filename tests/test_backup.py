@@ -277,8 +277,11 @@ async def test_a_stream_with_history_but_no_messages_is_not_empty(tmp_path: Path
         await purge_stream(admin_b, LOGS.name)
         info = await stream_info(admin_b, LOGS.name)
         assert info is not None and info["state"]["messages"] == 0
+        _edit_manifest(folder, lambda m: m.update(server_version="2.9.0"))
+        said: list[str] = []
         with pytest.raises(StreamNotEmpty, match="stream LOGS already holds messages up to seq 1"):
-            await restore(admin_b, folder, settings_for(server_b, service=True))
+            await restore(admin_b, folder, settings_for(server_b, service=True), say=said.append)
+        assert said[0].startswith("warning: the backup was taken from nats-server 2.9.0;")
 
 
 async def test_only_the_admin_may_snapshot_restore_or_delete_a_stream(tmp_path: Path) -> None:
@@ -571,6 +574,28 @@ async def test_a_failed_backup_leaves_the_folder_as_it_found_it(tmp_path: Path) 
                 await backup(admin, folder, settings)
         assert not (tmp_path / "new").exists()
         assert list(given.iterdir()) == []
+
+
+async def test_an_interrupted_backup_leaves_no_part_behind(tmp_path: Path) -> None:
+    """Cancelled as its second snapshot begins (a ``.part`` file open): the part and the
+    folder the backup made are gone, and the connection goes on."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        settings = settings_for(server, service=True, artifacts_dir=str(tmp_path / "none"))
+        await provision(admin)
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        said: list[str] = []
+
+        def say(line: str) -> None:  # the first stream is taken: stop at the next await
+            said.append(line)
+            task.cancel()
+
+        task = asyncio.create_task(backup(admin, folder, settings, say=say))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert said[0].startswith("METRICS:")
+        assert not folder.exists()
+        assert await stream_info(admin, EVENTS.name) is not None
 
 
 async def test_a_restore_that_fails_part_way_is_finished_by_running_it_again_forced(
