@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -29,15 +30,22 @@ from cairn.backup import (
     backup,
     read_manifest,
     restore,
+    verify_files,
     verify_read_models,
 )
 from cairn.bus import Connection, connect, provision
-from cairn.bus._snapshot import snapshot_stream, stream_info
+from cairn.bus._snapshot import (
+    delete_stream,
+    purge_stream,
+    restore_stream,
+    snapshot_stream,
+    stream_info,
+)
 from cairn.embedded import NatsServer
 from cairn.embedded._auth import ADMIN_USER
 from cairn.embedded._up import all_services, read_models
-from cairn.errors import PermissionDenied
-from cairn.proto.streams import EVENTS, METRICS
+from cairn.errors import NotFound, PermissionDenied
+from cairn.proto.streams import EVENTS, JOBS, LOGS, METRICS
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
 from cairn.settings import Settings
@@ -167,8 +175,10 @@ async def test_a_backup_under_write_load_restores_into_a_fresh_server(tmp_path: 
         settings_b = settings_for(
             server_b, service=True, artifacts_dir=str(tmp_path / "b" / "artifacts")
         )
-        restored = await restore(admin_b, folder, settings_b)
-        assert restored == read_manifest(folder)
+        await restore(admin_b, folder, settings_b)
+        for entry in manifest.streams:  # every stream reaches its recorded position
+            info = await stream_info(admin_b, entry.name)
+            assert info is not None and info["state"]["last_seq"] >= entry.last_seq
         # the same messages at the same sequences: subject, body, headers (message ids)
         after = [await _raw(admin_b, EVENTS.name, s) for s in (1, events.last_seq)]
         assert after == before
@@ -242,26 +252,64 @@ async def test_restore_onto_a_store_with_data_is_refused_unless_forced(tmp_path:
         await _small_backup(server, admin, folder)
         await admin.js.publish("cairn.ev.w1.run.r9", b"{}")  # written after the backup
         settings = settings_for(server, service=True)
-        with pytest.raises(StreamNotEmpty, match="stream METRICS already holds 20") as caught:
+        with pytest.raises(
+            StreamNotEmpty, match=r"stream METRICS already holds .* seq 20"
+        ) as caught:
             await restore(admin, folder, settings)
         assert caught.value.stream == "METRICS"
         info = await stream_info(admin, EVENTS.name)
         assert info is not None and info["state"]["messages"] == 21  # nothing was deleted
+        await admin.js.publish("cairn.jobs.w1.local", b"{}")  # a ticket of the replaced log
         await restore(admin, folder, settings, force=True)
         info = await stream_info(admin, EVENTS.name)
         assert info is not None and info["state"]["messages"] == 20  # as backed up
+        jobs = await stream_info(admin, JOBS.name)
+        assert jobs is not None and jobs["state"]["messages"] == 0  # purged when forced
 
 
-async def test_only_the_admin_may_take_a_snapshot(tmp_path: Path) -> None:
+async def test_a_stream_with_history_but_no_messages_is_not_empty(tmp_path: Path) -> None:
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        await provision(admin_b)
+        await admin_b.js.publish("cairn.logs.w1.r1", b"a line")
+        await purge_stream(admin_b, LOGS.name)
+        info = await stream_info(admin_b, LOGS.name)
+        assert info is not None and info["state"]["messages"] == 0
+        _edit_manifest(folder, lambda m: m.update(server_version="2.9.0"))
+        said: list[str] = []
+        with pytest.raises(StreamNotEmpty, match="stream LOGS already holds messages up to seq 1"):
+            await restore(admin_b, folder, settings_for(server_b, service=True), say=said.append)
+        assert said[0].startswith("warning: the backup was taken from nats-server 2.9.0;")
+
+
+async def test_only_the_admin_may_snapshot_restore_or_delete_a_stream(tmp_path: Path) -> None:
+    """The server refuses the services' user (a permissions violation the connection sees,
+    not a bare timeout), and the stream is left as it was."""
     async with _server(tmp_path / "a") as (server, admin):
         await _small_backup(server, admin, tmp_path / "backup")
+        info = await stream_info(admin, METRICS.name)
+        assert info is not None
         service = await connect(settings_for(server, service=True, request_timeout=2.0))
         try:
             with (tmp_path / "x").open("wb") as out:
                 with pytest.raises(PermissionDenied, match="admin's alone"):
                     await snapshot_stream(service, EVENTS.name, out)
+            assert service.denied(f"$JS.API.STREAM.SNAPSHOT.{EVENTS.name}")
+            with pytest.raises(PermissionDenied, match="admin's alone"):
+                await delete_stream(service, METRICS.name)
+            assert service.denied(f"$JS.API.STREAM.DELETE.{METRICS.name}")
+            config = {**info["config"], "name": "COPY", "subjects": ["copy.>"]}
+            with (tmp_path / "backup" / "streams" / "METRICS.tar.s2").open("rb") as source:
+                with pytest.raises(PermissionDenied, match="admin's alone"):
+                    await restore_stream(service, config, info["state"], source)
+            assert service.denied("$JS.API.STREAM.RESTORE.COPY")
         finally:
             await service.close()
+        after = await stream_info(admin, METRICS.name)
+        assert after is not None and after["state"]["messages"] == 20
+        assert await stream_info(admin, "COPY") is None
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -383,3 +431,196 @@ async def test_the_commands_start_no_server_in_a_home_that_has_none(tmp_path: Pa
         code, _, err = await run_cli(command, str(target), env=_env(home), cwd=tmp_path)
         assert code == 1 and "holds no server of its own" in err, err
     assert sorted(p.name for p in home.iterdir()) == ["config.json"]
+
+
+async def test_a_snapshot_past_the_servers_window_is_acknowledged_chunk_by_chunk(
+    tmp_path: Path,
+) -> None:
+    """50 MiB of incompressible messages: the server stops sending past its window of
+    unanswered chunks, so the backup finishes only because each chunk is answered; the
+    restored stream holds the same last message."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await provision(admin)
+        for _ in range(10):
+            bodies = [os.urandom(256 * 1024) for _ in range(20)]
+            await asyncio.gather(
+                *(admin.js.publish(f"cairn.metrics.w1.r{i}", b) for i, b in enumerate(bodies))
+            )
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        last = await admin.js.get_msg(METRICS.name, 200)
+        await backup(admin, folder, settings_for(server, service=True))
+    entry = next(e for e in read_manifest(folder).streams if e.name == METRICS.name)
+    assert entry.size > 48 * 1024 * 1024 and entry.messages == 200
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        await restore(admin_b, folder, settings_for(server_b, service=True))
+        assert (await admin_b.js.get_msg(METRICS.name, 200)).data == last.data
+
+
+def _edit_manifest(folder: Path, edit: Any) -> None:
+    raw = json.loads((folder / MANIFEST).read_text())
+    edit(raw)
+    (folder / MANIFEST).write_text(json.dumps(raw))
+
+
+def _events_entry(raw: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = next(e for e in raw["streams"] if e["name"] == "EVENTS")
+    return entry
+
+
+_BAD_MANIFESTS: dict[str, tuple[Any, str]] = {
+    "file outside": (
+        lambda m: _events_entry(m).update(file="../../x"),
+        "names file '../../x'",
+    ),
+    "absolute file": (
+        lambda m: _events_entry(m).update(file="/etc/passwd"),
+        "names file '/etc/passwd'",
+    ),
+    "name with a dot": (
+        lambda m: _events_entry(m).update(name="EV.ENTS", file="streams/EV.ENTS.tar.s2"),
+        "stream entry 'EV.ENTS'",
+    ),
+    "config of another stream": (
+        lambda m: _events_entry(m)["config"].update(name="METRICS"),
+        "configuration names another",
+    ),
+    "EVENTS made deletable": (
+        lambda m: _events_entry(m)["config"].update(deny_delete=False),
+        "EVENTS with deny_delete False",
+    ),
+    "EVENTS with other subjects": (
+        lambda m: _events_entry(m)["config"].update(subjects=["cairn.>"]),
+        "EVENTS with subjects",
+    ),
+    "republished elsewhere": (
+        lambda m: _events_entry(m)["config"].update(republish={"src": ">", "dest": "x.>"}),
+        "sets \\['republish'\\]",
+    ),
+    "a stream twice": (
+        lambda m: m["streams"].append(m["streams"][0]),
+        "named twice",
+    ),
+    "wrong field type": (
+        lambda m: _events_entry(m).update(last_seq="20"),
+        "not a backup manifest",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_MANIFESTS))
+async def test_an_edited_manifest_is_refused(
+    case: str, tmp_path_factory: pytest.TempPathFactory, small_backup: Path
+) -> None:
+    folder = tmp_path_factory.mktemp("edited") / "backup"
+    shutil.copytree(small_backup, folder)
+    edit, message = _BAD_MANIFESTS[case]
+    _edit_manifest(folder, edit)
+    with pytest.raises(BackupError, match=message):
+        read_manifest(folder)
+
+
+async def test_a_hostile_artifact_index_is_refused(tmp_path: Path, small_backup: Path) -> None:
+    folder = tmp_path / "backup"
+    shutil.copytree(small_backup, folder)
+    index = folder / "artifacts" / "index.json"
+    index.write_text('[{"digest": "sha256:../../../etc", "size": 1}]')
+    digest = digest_of_file(index).removeprefix("sha256:")
+    _edit_manifest(folder, lambda m: m["artifacts"].update(sha256=digest))
+    with pytest.raises(BackupError, match="artifact index"):
+        verify_files(folder, read_manifest(folder))
+
+
+@pytest.fixture(scope="module")
+async def small_backup(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small backup with one local artifact, taken once for the checks that only read it."""
+    root = tmp_path_factory.mktemp("small")
+    blob = root / "artifacts" / "sha256" / "ab"
+    async with _server(root / "a") as (server, admin):
+        settings = settings_for(server, service=True, artifacts_dir=str(root / "artifacts"))
+        await provision(admin)
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        data = b"weights"
+        digest = hashlib.sha256(data).hexdigest()
+        blob = root / "artifacts" / "sha256" / digest[:2] / digest[2:4] / digest
+        blob.parent.mkdir(parents=True)
+        blob.write_bytes(data)
+        await backup(admin, root / "backup", settings)
+    return root / "backup"
+
+
+def test_a_backup_is_private_to_its_owner(small_backup: Path) -> None:
+    """Folders 0700, files 0600: a backup holds every secret the log holds."""
+    wrong = [
+        (str(p.relative_to(small_backup)), oct(p.stat().st_mode & 0o777))
+        for p in [small_backup, *small_backup.rglob("*")]
+        if p.stat().st_mode & 0o777 != (0o700 if p.is_dir() else 0o600)
+    ]
+    assert wrong == []
+    assert (small_backup / "artifacts" / "index.json").is_file()
+
+
+async def test_a_failed_backup_leaves_the_folder_as_it_found_it(tmp_path: Path) -> None:
+    """A snapshot refused part-way (here: no EVENTS stream) removes what the run wrote:
+    the folder it made, or the contents of the empty one it was given."""
+    async with _server(tmp_path / "a") as (server, admin):
+        settings = settings_for(server, service=True, artifacts_dir=str(tmp_path / "none"))
+        await provision(admin)
+        await delete_stream(admin, EVENTS.name)
+        given = tmp_path / "given"
+        given.mkdir()
+        for folder in (tmp_path / "new", given):
+            with pytest.raises(NotFound, match="no EVENTS stream"):
+                await backup(admin, folder, settings)
+        assert not (tmp_path / "new").exists()
+        assert list(given.iterdir()) == []
+
+
+async def test_an_interrupted_backup_leaves_no_part_behind(tmp_path: Path) -> None:
+    """Cancelled as its second snapshot begins (a ``.part`` file open): the part and the
+    folder the backup made are gone, and the connection goes on."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        settings = settings_for(server, service=True, artifacts_dir=str(tmp_path / "none"))
+        await provision(admin)
+        await admin.js.publish("cairn.ev.w1.run.r1", b"{}")
+        said: list[str] = []
+
+        def say(line: str) -> None:  # the first stream is taken: stop at the next await
+            said.append(line)
+            task.cancel()
+
+        task = asyncio.create_task(backup(admin, folder, settings, say=say))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert said[0].startswith("METRICS:")
+        assert not folder.exists()
+        assert await stream_info(admin, EVENTS.name) is not None
+
+
+async def test_a_restore_that_fails_part_way_is_finished_by_running_it_again_forced(
+    tmp_path: Path,
+) -> None:
+    """A snapshot file that changes after the checks (here: EVENTS, restored last) is caught
+    by the checksum of what was sent: the earlier streams are restored, EVENTS is not made;
+    the same restore again, forced, completes."""
+    folder = tmp_path / "backup"
+    async with _server(tmp_path / "a") as (server, admin):
+        await _small_backup(server, admin, folder)
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    events = folder / "streams" / "EVENTS.tar.s2"
+    good = events.read_bytes()
+    events.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    async with _server(tmp_path / "b") as (server_b, admin_b):
+        settings = settings_for(server_b, service=True)
+        with pytest.raises(ChecksumMismatch, match=r"stream EVENTS: .* changed while"):
+            await restore(admin_b, folder, settings, checked=manifest)
+        assert await stream_info(admin_b, METRICS.name) is not None
+        assert await stream_info(admin_b, EVENTS.name) is None
+        events.write_bytes(good)
+        with pytest.raises(StreamNotEmpty, match="stream METRICS"):
+            await restore(admin_b, folder, settings)
+        await restore(admin_b, folder, settings, force=True)
+        info = await stream_info(admin_b, EVENTS.name)
+        assert info is not None and info["state"]["last_seq"] == 20

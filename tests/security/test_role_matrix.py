@@ -261,14 +261,23 @@ async def _check_matrix(conns: dict[str, Connection], other_ws: str) -> None:
 async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_directly(
     user: str, people: dict[str, Connection], agent_conn: Connection, conn: Connection
 ) -> None:
-    """No snapshot or restore of a stream, no subscription to ``>``, no place in a service's
+    """No snapshot, restore or deletion of a stream, no chunk into a running restore or
+    snapshot (``$JS.SNAPSHOT.>``), no subscription to ``>`` or to the API audit advisories
+    (they carry a restore's chunk subject), no place in a service's
     queue group, no message straight into METRICS, LOGS or a KV bucket, except what a user of
     the stack needs for its work: services serve and write METRICS and KV, agents write their
     jobs' logs and their heartbeat key. Nor may anyone but the services (and the admin) ask
     the services to verify their read models against a replay, or append a checkpoint to a
     workspace's audit chain."""
     c = {**people, "agent": agent_conn, "service": conn}[user]
-    publish = ["$JS.API.STREAM.SNAPSHOT.EVENTS", "$JS.API.STREAM.RESTORE.EVENTS"]
+    publish = [
+        "$JS.API.STREAM.SNAPSHOT.EVENTS",
+        "$JS.API.STREAM.RESTORE.EVENTS",
+        "$JS.API.STREAM.DELETE.EVENTS",
+        "$JS.SNAPSHOT.RESTORE.EVENTS.x",
+        "$JS.SNAPSHOT.ACK.EVENTS.x.1.1",
+    ]
+    watched = [">", "$JS.EVENT.ADVISORY.API"]
     queue_groups: list[str] = []
     if user != "service":
         publish += [f"cairn.metrics.{MATRIX_WS}.x", f"$KV.cairn_job_leases.{MATRIX_WS}.x"]
@@ -279,10 +288,10 @@ async def test_only_the_admin_snapshots_reads_everything_or_writes_streams_direc
         publish += [f"cairn.logs.{MATRIX_WS}.x", "$KV.cairn_agents.mx-fake"]
     for subject in publish:
         await c.nc.publish(subject, b"{}")
-    subs = [await c.nc.subscribe(">")]
+    subs = [await c.nc.subscribe(s) for s in watched]
     subs += [await c.nc.subscribe(s, queue="tracking") for s in queue_groups]
     await c.nc.flush()
-    wanted = [*publish, ">", *queue_groups]
+    wanted = [*publish, *watched, *queue_groups]
     for _ in range(50):
         if all(c.denied(s) for s in wanted):
             break

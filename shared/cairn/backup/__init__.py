@@ -26,11 +26,14 @@ metadata. With the local store the blobs are copied too; with S3 only the index 
 backed-up position of its stream; ``restore --verify`` rebuilds them from the restored store
 to the same positions and compares.
 
-Restore refuses a backup whose manifest is missing or unreadable, or whose files do not
-match their checksums, before it touches the server; it refuses a stream that exists with
-data (``StreamNotEmpty``) unless forced, which deletes it first. An existing empty stream
-(provisioned by services that were started) is replaced. Both need the admin (``cairn-admin``):
-only it may snapshot, restore or delete a stream.
+Restore refuses a backup whose manifest is missing or unreadable, whose files do not match
+their checksums, or whose stream configurations are not the streams' own (an edited manifest
+must not make EVENTS deletable), before it touches the server; it refuses a stream that
+exists with history (``StreamNotEmpty``) unless forced, which deletes it just before restoring
+it (and purges JOBS). An existing empty stream (provisioned by services that were started) is
+replaced. Each snapshot is hashed again as it is sent, and the stream made only when it
+matches. A restore that fails part-way is finished by running it again, forced. Both need
+the admin (``cairn-admin``): only it may snapshot, restore or delete a stream.
 
 Errors: ``BackupError`` (an ``InvalidInput``) and below it ``ManifestMissing``,
 ``ChecksumMismatch`` (naming the stream or file), ``BackupDirNotEmpty``; ``StreamNotEmpty``

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from importlib import metadata
@@ -13,6 +12,7 @@ import msgspec
 
 from cairn.bus import Connection
 from cairn.errors import AlreadyExists, InvalidInput
+from cairn.proto.streams import STREAMS
 from cairn.storage import blob_key, digest_of_file
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "BackupDirNotEmpty",
     "BackupError",
     "ChecksumMismatch",
+    "IndexRow",
     "Manifest",
     "ManifestMissing",
     "ReadModelEntry",
@@ -88,6 +89,13 @@ class StreamEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     config: dict[str, Any]
     state: dict[str, Any]
     taken_at: str
+
+
+class IndexRow(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One blob of the artifact store's index (``artifacts/index.json``)."""
+
+    digest: str
+    size: int
 
 
 class ArtifactsEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -158,14 +166,46 @@ def read_manifest(folder: Path) -> Manifest:
         raise BackupError(f"{path} is not JSON: {exc}") from exc
     if manifest.format != FORMAT:
         raise BackupError(f"{path}: format {manifest.format}, this version reads {FORMAT}")
+    names = [entry.name for entry in manifest.streams]
+    if len(set(names)) != len(names):
+        raise BackupError(f"{path}: a stream is named twice in {names}")
     for entry in manifest.streams:
         if not STREAM_NAME.fullmatch(entry.name) or entry.file != f"streams/{entry.name}.tar.s2":
             raise BackupError(f"{path}: stream entry {entry.name!r} names file {entry.file!r}")
-        if entry.config.get("name") != entry.name:
-            raise BackupError(f"{path}: stream {entry.name}'s configuration names another")
+        _check_config(path, entry)
     if manifest.artifacts is not None and manifest.artifacts.index != "artifacts/index.json":
         raise BackupError(f"{path}: the artifact index is {manifest.artifacts.index!r}")
     return manifest
+
+
+#: what a stream restored from a backup may not have: it would copy or move messages elsewhere
+_FOREIGN = ("mirror", "sources", "republish", "subject_transform")
+#: what Cairn's own streams are made with and a restore must keep (their immutability)
+_KEPT = ("subjects", "retention", "deny_delete", "deny_purge", "allow_rollup_hdrs")
+_KNOWN = {c.name: msgspec.to_builtins(c) for c in STREAMS}
+
+
+def _check_config(path: Path, entry: StreamEntry) -> None:
+    """The configuration a stream is restored with is the stream's: its own name, nothing
+    copied in from or out to another stream, and for Cairn's streams the subjects, retention
+    and immutability they are made with (the manifest is not signed: an edited one must not
+    make EVENTS deletable)."""
+    config = entry.config
+    if config.get("name") != entry.name:
+        raise BackupError(f"{path}: stream {entry.name}'s configuration names another")
+    if foreign := [k for k in _FOREIGN if config.get(k)]:
+        raise BackupError(f"{path}: stream {entry.name}'s configuration sets {foreign}")
+    known = _KNOWN.get(entry.name)
+    if known is None:
+        return
+    for key in _KEPT:
+        want, got = known.get(key) or False, config.get(key) or False
+        if isinstance(want, tuple):  # subjects: a list in JSON
+            want = list(want)
+        if got != want:
+            raise BackupError(
+                f"{path}: stream {entry.name} with {key} {got!r}; Cairn makes it with {want!r}"
+            )
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:
@@ -195,5 +235,8 @@ def indexed_blobs(folder: Path, manifest: Manifest) -> list[tuple[str, Path]]:
     index = folder / entry.index
     if not index.is_file() or sha256_of(index) != entry.sha256:
         raise ChecksumMismatch(f"artifact index: {index} is missing or does not match")
-    rows = json.loads(index.read_text())
-    return [(str(r["digest"]), folder / "artifacts" / blob_key(str(r["digest"]))) for r in rows]
+    try:
+        rows = msgspec.json.decode(index.read_bytes(), type=list[IndexRow])
+        return [(r.digest, folder / "artifacts" / blob_key(r.digest)) for r in rows]
+    except (msgspec.DecodeError, InvalidInput) as exc:
+        raise BackupError(f"artifact index {index}: {exc}") from exc

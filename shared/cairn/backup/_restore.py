@@ -17,32 +17,34 @@ from cairn.backup._manifest import (
     StreamNotEmpty,
     indexed_blobs,
     read_manifest,
+    server_version,
     verify_files,
 )
 from cairn.bus import Connection
-from cairn.bus._snapshot import delete_stream, restore_stream, stream_info
+from cairn.bus._snapshot import delete_stream, purge_stream, restore_stream, stream_info
+from cairn.proto.streams import JOBS
 from cairn.settings import Settings
 from cairn.storage import blob_key
 
 __all__ = ["restore"]
 
 
-async def _check_targets(conn: Connection, manifest: Manifest, force: bool) -> list[str]:
-    """Refuse (``StreamNotEmpty``) a stream that exists with messages unless ``force``;
-    return the streams that exist and must be deleted first."""
-    existing = []
+async def _check_targets(conn: Connection, manifest: Manifest, force: bool) -> set[str]:
+    """Refuse (``StreamNotEmpty``) a stream that exists with history (a last sequence, even
+    with no messages left) unless ``force``; return the streams that exist."""
+    existing = set()
     for entry in manifest.streams:
         info = await stream_info(conn, entry.name)
         if info is None:
             continue
-        held = int(info.get("state", {}).get("messages", 0))
-        if held and not force:
+        last = int(info.get("state", {}).get("last_seq", 0))
+        if last and not force:
             raise StreamNotEmpty(
-                f"stream {entry.name} already holds {held} messages: restore does not replace"
-                " data (restore into a fresh home, or --force to delete it first)",
+                f"stream {entry.name} already holds messages up to seq {last}: restore does"
+                " not replace data (restore into a fresh home, or --force to delete it first)",
                 entry.name,
             )
-        existing.append(entry.name)
+        existing.add(entry.name)
     return existing
 
 
@@ -58,36 +60,64 @@ async def restore(
 ) -> Manifest:
     """Restore the backup in ``folder`` into the store ``conn`` reaches, as the admin.
 
-    Checks everything first (manifest, checksums, targets), then deletes the streams that
-    exist (empty ones always, ones with data only with ``force``), restores each stream with
-    the configuration it was taken with (``replicas``: another ``num_replicas``, e.g. an R1
-    backup into a three-node cluster), checks each restored stream holds at least the
-    recorded position, and puts back the local artifact store's blobs. ``checked``: the
-    manifest as the caller read it and checked the files against it (``read_manifest``,
-    ``verify_files``), which are then not read twice."""
+    Checks everything first (manifest, checksums, targets), then, stream by stream, deletes
+    it where it exists (an empty one always, one with data only with ``force``) and restores
+    it with the configuration it was taken with (``replicas``: another ``num_replicas``, e.g.
+    an R1 backup into a three-node cluster), sending only the bytes whose checksum the
+    manifest records, and checks it holds at least the recorded position; then puts back the
+    local artifact store's blobs. ``force`` also purges JOBS (its tickets belong to the log
+    that was replaced). A restore that fails part-way leaves the streams before the failing
+    one restored: run it again with ``force``. ``checked``: the manifest as the caller read it
+    and checked the files against it (``read_manifest``, ``verify_files``)."""
     manifest = checked
     if manifest is None:
         manifest = read_manifest(folder)
         verify_files(folder, manifest)
+    if manifest.server_version != (here := server_version(conn)):
+        taken = manifest.server_version
+        say(f"warning: the backup was taken from nats-server {taken}; this one is {here}")
     existing = await _check_targets(conn, manifest, force)
-    for name in existing:
-        await delete_stream(conn, name)
-        say(f"{name}: deleted the existing stream")
+    if force and await stream_info(conn, JOBS.name) is not None:
+        await purge_stream(conn, JOBS.name)
+        say(f"{JOBS.name}: purged (its tickets were the replaced log's)")
     for entry in manifest.streams:
-        config = dict(entry.config)
-        if replicas is not None:
-            config["num_replicas"] = replicas
-        t0 = time.monotonic()
-        source = await asyncio.to_thread(open, folder / entry.file, "rb")
-        with source:
-            done = await restore_stream(conn, config, entry.state, source)
-        _check_restored(entry, done.state)
-        say(
-            f"{entry.name}: {done.state.get('messages')} messages up to seq"
-            f" {done.state.get('last_seq')} in {time.monotonic() - t0:.1f}s"
-        )
+        if entry.name in existing:
+            await delete_stream(conn, entry.name)
+            say(f"{entry.name}: deleted the existing stream")
+        await _restore_one(conn, folder, entry, replicas, say)
     await _artifacts_in(folder, manifest, settings, say)
     return manifest
+
+
+async def _restore_one(
+    conn: Connection,
+    folder: Path,
+    entry: StreamEntry,
+    replicas: int | None,
+    say: Callable[[str], None],
+) -> None:
+    config = dict(entry.config)
+    if replicas is not None:
+        config["num_replicas"] = replicas
+
+    def check_sent(size: int, sha256: str) -> None:
+        if (size, sha256) != (entry.size, entry.sha256):
+            raise ChecksumMismatch(
+                f"stream {entry.name}: {folder / entry.file} changed while it was restored"
+                f" (sent sha256 {sha256}, {size} bytes; recorded {entry.sha256}, {entry.size}"
+                " bytes); the stream was not made",
+                entry.name,
+            )
+
+    t0 = time.monotonic()
+    source = await asyncio.to_thread(open, folder / entry.file, "rb")
+    with source:
+        done = await restore_stream(conn, config, entry.state, source, check_sent=check_sent)
+    _check_restored(entry, done.state)
+    say(
+        f"{entry.name}: {done.state.get('messages')} messages up to seq"
+        f" {done.state.get('last_seq')} in {time.monotonic() - t0:.1f}s"
+    )
 
 
 def _check_restored(entry: StreamEntry, state: dict[str, Any]) -> None:

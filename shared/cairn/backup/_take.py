@@ -3,7 +3,6 @@ hashes, then the manifest."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -49,13 +48,44 @@ def _order(names: list[str]) -> tuple[list[str], list[str]]:
     return wanted, [n for n in names if n not in wanted]
 
 
-def _prepare_dir(folder: Path) -> None:
+def _prepare_dir(folder: Path) -> bool:
+    """Make ``folder`` (0700) with its ``streams``; whether it was made (else it was empty)."""
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise BackupDirNotEmpty(
             f"{folder} exists and is not an empty folder: a backup goes into a new or empty one"
         )
+    made = not folder.exists()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
     (folder / "streams").mkdir(mode=0o700)
+    return made
+
+
+def _undo(folder: Path, made: bool) -> None:
+    """Remove what a failed backup wrote: the folder it made, or the contents of the empty
+    one it was given."""
+    if made:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _sync_dirs(folder: Path) -> None:
+    """Every folder under ``folder`` (its files' names) on disk."""
+    for path, _, _ in os.walk(folder):
+        _sync_dir(Path(path))
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def backup(
@@ -70,7 +100,23 @@ async def backup(
 
     ``read_models`` (name -> projection factory, as :func:`cairn.embedded._up.read_models`):
     the read models whose content hashes at the backed-up positions go into the manifest."""
-    _prepare_dir(folder)
+    made = _prepare_dir(folder)
+    try:
+        manifest = await _write(conn, folder, settings, read_models, say)
+    except BaseException:
+        _undo(folder, made)
+        raise
+    _sync_dir(folder)
+    return manifest
+
+
+async def _write(
+    conn: Connection,
+    folder: Path,
+    settings: Settings,
+    read_models: dict[str, Callable[[], Any]] | None,
+    say: Callable[[str], None],
+) -> Manifest:
     names, skipped = _order(await stream_names(conn))
     entries = []
     for name in names:
@@ -83,7 +129,12 @@ async def backup(
     hashes = {}
     if read_models:
         positions = {e.name: e.last_seq for e in entries}
-        hashes = await _hashes(conn, read_models, positions)
+        wanted = {}
+        for name, make in read_models.items():
+            stream = make().source.stream
+            if stream in positions:
+                wanted[name] = (make, positions[stream])
+        hashes = await _hashes(conn, wanted)
     manifest = Manifest(
         format=FORMAT,
         cairn_version=version(),
@@ -94,6 +145,7 @@ async def backup(
         artifacts=artifacts,
         read_models=hashes,
     )
+    _sync_dirs(folder)  # every file is synced as written; now their names
     _write_synced(folder / MANIFEST, msgspec.json.format(msgspec.json.encode(manifest)) + b"\n")
     return manifest
 
@@ -169,6 +221,15 @@ async def _s3_index(settings: Settings) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["digest"])
 
 
+def _copy_synced(source: Path, target: Path) -> None:
+    """``source``'s bytes at ``target`` (0600), on disk."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+        shutil.copyfileobj(src, out, 1024 * 1024)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 async def _artifacts_out(folder: Path, settings: Settings) -> ArtifactsEntry | None:
     out = folder / "artifacts"
     backend: Literal["local", "s3"] = "local" if settings.artifact_s3 is None else "s3"
@@ -178,17 +239,19 @@ async def _artifacts_out(folder: Path, settings: Settings) -> ArtifactsEntry | N
         root = settings.artifacts_path
         if not root.is_dir():
             return None
+        out.mkdir(mode=0o700)
         rows = []
         for digest, path in _local_blobs(root):
             target = out / blob_key(digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+            for part in reversed(Path(blob_key(digest)).parents[:-1]):  # each one 0700
+                (out / part).mkdir(mode=0o700, exist_ok=True)
+            _copy_synced(path, target)
             if "sha256:" + sha256_of(target) != digest:  # a blob that is not its name
                 raise ChecksumMismatch(f"artifact store: {path} does not hash to its name")
             rows.append({"digest": digest, "size": target.stat().st_size})
     out.mkdir(mode=0o700, exist_ok=True)
     index = out / "index.json"
-    index.write_text(json.dumps(rows, indent=1) + "\n")
+    _write_synced(index, msgspec.json.format(msgspec.json.encode(rows), indent=1) + b"\n")
     return ArtifactsEntry(
         backend=backend,
         index="artifacts/index.json",
@@ -203,22 +266,20 @@ async def _artifacts_out(folder: Path, settings: Settings) -> ArtifactsEntry | N
 
 
 async def _hashes(
-    conn: Connection, read_models: dict[str, Callable[[], Any]], positions: dict[str, int]
+    conn: Connection, read_models: dict[str, tuple[Callable[[], Any], int]]
 ) -> dict[str, ReadModelEntry]:
-    """Each read model rebuilt from sequence 1 up to its stream's position (``cairn replay``'s
-    machinery, into a temporary folder): its content hash."""
+    """Each read model (name -> its factory and a position of its stream) rebuilt from
+    sequence 1 up to that position (``cairn replay``'s machinery, into a temporary folder):
+    its content hash."""
     from cairn.projection import replay
 
     found = {}
     with tempfile.TemporaryDirectory(prefix="cairn-backup-") as tmp:
-        for name, make in sorted(read_models.items()):
+        for name, (make, until) in sorted(read_models.items()):
             projection = make()
-            stream = projection.source.stream
-            if stream not in positions:
-                continue
-            until = positions[stream]
             done = await replay(conn, projection, Path(tmp) / f"{name}.sqlite", until)
             done.db.close()
+            stream = projection.source.stream
             found[name] = ReadModelEntry(stream=stream, last_seq=until, hash=done.hash)
     return found
 
@@ -226,12 +287,15 @@ async def _hashes(
 async def verify_read_models(
     conn: Connection, manifest: Manifest, read_models: dict[str, Callable[[], Any]]
 ) -> list[dict[str, Any]]:
-    """Rebuild every read model the manifest names up to its recorded position, from the
+    """Rebuild every read model the manifest names up to its own recorded position, from the
     store ``conn`` reaches, and compare its content hash with the recorded one."""
-    wanted = {n: m for n, m in read_models.items() if n in manifest.read_models}
+    wanted = {
+        name: (make, manifest.read_models[name].last_seq)
+        for name, make in read_models.items()
+        if name in manifest.read_models
+    }
     unknown = sorted(set(manifest.read_models) - set(read_models))
-    positions = {e.stream: e.last_seq for e in manifest.read_models.values()}
-    now = await _hashes(conn, wanted, positions)
+    now = await _hashes(conn, wanted)
     rows = []
     for name, recorded in sorted(manifest.read_models.items()):
         got = now.get(name)

@@ -11,25 +11,37 @@ The protocol, as nats-server (``server/jetstream_api.go``: ``jsStreamSnapshotReq
 
 - **Snapshot.** The client subscribes to an inbox, then asks with ``{"deliver_subject":
   inbox, "chunk_size": n, "jsck": true}`` (``jsck``: the server checks every message's
-  checksum first). The answer carries the stream's ``config`` and its ``state`` when the
-  snapshot began (first and last sequence, message count). The chunks then arrive on the
-  inbox, each with a reply subject the client answers with an empty message: the server stops
-  sending while more than its window (32 MiB) is unanswered. An empty message ends it.
+  checksum first, before it answers, so the answer can take as long as reading the whole
+  stream). The answer carries the stream's ``config`` and its ``state`` when the snapshot
+  began (first and last sequence, message count). The chunks then arrive on the inbox, each
+  but the last with a reply subject ``$JS.SNAPSHOT.ACK.<stream>.<id>.<bytes>.<index>``
+  (the chunk's size, its number from 1) the client answers with an empty message: the server
+  stops sending while more than its window is unanswered. An empty message (status 204) ends
+  it. Nothing marks a lost chunk but a gap in the numbers or a size that differs, so a
+  snapshot during which the connection dropped is refused whole.
 - **Restore.** The client asks with ``{"config": ..., "state": ...}``; the stream must not
-  exist. The answer names a ``deliver_subject``; every chunk is a request to it, answered
-  empty (or ``-ERR ...``); a last, empty request makes the server build the stream from what
-  it staged and answer with the stream's info (or an error). The server unpacks each chunk
-  before it answers and gives the restore up when nothing completes for 5 s, so chunks are
-  small (``RESTORE_CHUNK_BYTES``).
+  exist. The answer names a ``deliver_subject`` (``$JS.SNAPSHOT.RESTORE.<stream>.<id>``);
+  every chunk is a request to it, answered empty (or with an error); a last, empty request
+  makes the server finish the stream and answer with its info (or an error). The server
+  unpacks each chunk as it arrives (measured on 2.15.1: 24 MB of repetitive messages packed
+  in 210 KB took 14 s in 16 KiB chunks, most of it in the chunks, 0.1 s after the last), and
+  gives the restore up when a chunk takes 5 s, so chunks are small (``RESTORE_CHUNK_BYTES``)
+  and sent one at a time.
 
-Both are the admin's alone (``cairn-admin``): the server refuses them to every other user
-(:mod:`cairn.embedded._auth`, docs/security.md).
+Both are the admin's alone (``cairn-admin``): the server refuses them, and the
+``$JS.SNAPSHOT.>`` subjects their chunks travel on, to every other user
+(:mod:`cairn.embedded._auth`, docs/security.md). A request the server refuses for want of
+permission is ``PermissionDenied`` (the connection saw the violation); one nobody answers is
+``Unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from typing import Any, BinaryIO, NamedTuple
 
 import nats.errors
@@ -43,6 +55,7 @@ __all__ = [
     "Restored",
     "Snapshot",
     "delete_stream",
+    "purge_stream",
     "restore_stream",
     "snapshot_stream",
     "stream_info",
@@ -52,16 +65,20 @@ __all__ = [
 #: bytes per snapshot chunk the server sends (well under the 1 MiB a server takes by default)
 CHUNK_BYTES = 128 * 1024
 #: bytes per restore chunk: the server unpacks each chunk into the stream's files before it
-#: answers, and gives the restore up when one takes 5 s. A snapshot of repetitive messages
-#: unpacks to a hundred times its size: with ``sync_interval: always`` on a shared test
-#: machine, a 128 KiB chunk of one (24 MB of blocks in 200 KB) took longer than that, 16 KiB
-#: chunks about 0.45 s each
+#: answers, and gives the restore up when one takes 5 s (nats-server 2.15.1, measured). A
+#: snapshot of repetitive messages unpacks to a hundred times its size: with
+#: ``sync_interval: always`` on a shared test machine, a 128 KiB chunk of one (24 MB of
+#: blocks in 210 KB) took longer than that, 16 KiB chunks up to 2 s each; 50 MB of
+#: incompressible messages restore in 2 s
 RESTORE_CHUNK_BYTES = 16 * 1024
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10130  # "stream name already in use, cannot restore"
+#: a snapshot chunk's reply subject: its size and its number (from 1)
+_CHUNK_ACK = re.compile(r"\$JS\.SNAPSHOT\.ACK\.[^.]+\.[^.]+\.(\d+)\.(\d+)")
+#: how often a long wait for an answer looks for a permissions violation of its request
+_DENIED_POLL_S = 0.2
 _ADMIN_ONLY = (
-    "no answer: snapshots, restores and stream deletion are the admin's alone (cairn-admin,"
-    " admin.json), or the server is unreachable"
+    "snapshots, restores and stream deletion are the admin's alone (cairn-admin, admin.json)"
 )
 
 
@@ -82,14 +99,40 @@ class Restored(NamedTuple):
     sent: int
 
 
-async def _api(conn: Connection, subject: str, body: dict[str, Any] | None, what: str) -> Any:
-    payload = json.dumps(body).encode() if body is not None else b""
+async def _request(
+    conn: Connection, subject: str, payload: bytes, what: str, timeout: float | None = None
+) -> Any:
+    """The answer to one request; a refused one is ``PermissionDenied`` (as soon as the
+    connection sees the violation, however long the wait allowed), an unanswered one
+    ``Unavailable``."""
+    wait = conn.settings.request_timeout if timeout is None else timeout
+    asked = asyncio.ensure_future(conn.nc.request(subject, payload, timeout=wait))
     try:
-        msg = await conn.nc.request(subject, payload, timeout=conn.settings.request_timeout)
-    except nats.errors.TimeoutError as exc:
-        raise PermissionDenied(f"{what}: {_ADMIN_ONLY}") from exc
-    except nats.errors.NoRespondersError as exc:
-        raise Unavailable(f"{what}: JetStream does not answer (no responders)") from exc
+        while not asked.done() and not conn.denied(subject):
+            await asyncio.wait({asked}, timeout=_DENIED_POLL_S)
+        if not asked.done():
+            raise PermissionDenied(f"{what}: {_ADMIN_ONLY}")
+        return asked.result()
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        if conn.denied(subject):
+            raise PermissionDenied(f"{what}: {_ADMIN_ONLY}") from exc
+        cause = "no responders" if isinstance(exc, nats.errors.NoRespondersError) else "timeout"
+        raise Unavailable(f"{what}: no answer within {wait:g} s ({cause})") from exc
+    finally:
+        if not asked.done():
+            asked.cancel()
+            await asyncio.gather(asked, return_exceptions=True)
+
+
+async def _api(
+    conn: Connection,
+    subject: str,
+    body: dict[str, Any] | None,
+    what: str,
+    timeout: float | None = None,
+) -> Any:
+    payload = json.dumps(body).encode() if body is not None else b""
+    msg = await _request(conn, subject, payload, what, timeout)
     return json.loads(msg.data)
 
 
@@ -136,6 +179,13 @@ async def delete_stream(conn: Connection, stream: str) -> None:
     _raise_for(reply, what)
 
 
+async def purge_stream(conn: Connection, stream: str) -> None:
+    """Remove every message of the stream (the admin's alone)."""
+    what = f"purge stream {stream}"
+    reply = await _api(conn, f"$JS.API.STREAM.PURGE.{stream}", None, what)
+    _raise_for(reply, what)
+
+
 async def snapshot_stream(
     conn: Connection,
     stream: str,
@@ -144,21 +194,28 @@ async def snapshot_stream(
     chunk_bytes: int = CHUNK_BYTES,
     check_messages: bool = True,
     idle_timeout_s: float = 60.0,
+    check_timeout_s: float = 3600.0,
 ) -> Snapshot:
     """Write a snapshot of ``stream`` (with its durable consumers) to ``out``.
 
-    ``idle_timeout_s`` bounds the wait for each chunk (the server's check of every message,
-    ``check_messages``, comes before the first). A stream that does not exist is ``NotFound``;
-    a user other than the admin gets ``PermissionDenied``."""
+    The server checks every message (``check_messages``) before it answers the request:
+    ``check_timeout_s`` bounds that answer (``request_timeout`` without the check);
+    ``idle_timeout_s`` bounds the wait for each chunk after it. A chunk missing or of
+    another size than announced, or a reconnect while the snapshot runs, is ``Unavailable``
+    (the snapshot is incomplete). A stream that does not exist is ``NotFound``; a user other
+    than the admin gets ``PermissionDenied``."""
     nc = conn.nc
     inbox = nc.new_inbox()
+    # far above the server's window of unanswered chunks: nothing is dropped as slow
     sub = await nc.subscribe(inbox, pending_bytes_limit=256 * 1024 * 1024)
     what = f"snapshot of stream {stream}"
+    reconnects = nc.stats["reconnects"]
     try:
         body = {"deliver_subject": inbox, "chunk_size": chunk_bytes, "jsck": check_messages}
-        reply = await _api(conn, f"$JS.API.STREAM.SNAPSHOT.{stream}", body, what)
+        wait = check_timeout_s if check_messages else None
+        reply = await _api(conn, f"$JS.API.STREAM.SNAPSHOT.{stream}", body, what, wait)
         _raise_for(reply, what)
-        digest, size = hashlib.sha256(), 0
+        digest, size, index = hashlib.sha256(), 0, 0
         while True:
             try:
                 msg = await sub.next_msg(timeout=idle_timeout_s)
@@ -167,14 +224,34 @@ async def snapshot_stream(
             if not msg.data:
                 _check_end(msg, what)
                 break
+            index += 1
+            _check_chunk(msg, index, what)
             out.write(msg.data)
             digest.update(msg.data)
             size += len(msg.data)
             if msg.reply:  # flow control: the server waits for these past its window
                 await nc.publish(msg.reply, b"")
+        if nc.stats["reconnects"] != reconnects:
+            raise Unavailable(f"{what}: the connection dropped while it ran; chunks may be lost")
         return Snapshot(reply["config"], reply["state"], size, digest.hexdigest())
     finally:
         await sub.unsubscribe()
+
+
+def _check_chunk(msg: Any, index: int, what: str) -> None:
+    """The chunk is the next one, of the size its reply subject announces (the last chunk
+    comes without a reply subject)."""
+    if not msg.reply:
+        return
+    match = _CHUNK_ACK.fullmatch(msg.reply)
+    if match is None:
+        raise CairnError(f"{what}: a chunk with the reply subject {msg.reply!r}")
+    announced, number = int(match.group(1)), int(match.group(2))
+    if number != index or announced != len(msg.data):
+        raise Unavailable(
+            f"{what}: chunk {number} of {len(msg.data)} bytes where chunk {index} of"
+            f" {announced} bytes was due: chunks were lost"
+        )
 
 
 def _check_end(msg: Any, what: str) -> None:
@@ -193,28 +270,37 @@ async def restore_stream(
     *,
     chunk_bytes: int = RESTORE_CHUNK_BYTES,
     finish_timeout_s: float = 600.0,
+    check_sent: Callable[[int, str], None] = lambda size, sha256: None,
 ) -> Restored:
     """Make the stream ``config["name"]`` from a snapshot read from ``source``. The stream
-    must not exist (``AlreadyExists``). ``finish_timeout_s`` bounds the server's work after
-    the last chunk (it rebuilds the stream from the staged snapshot)."""
+    must not exist (``AlreadyExists``). ``check_sent`` sees the size and SHA-256 of every
+    byte sent before the server is told to finish: an error it raises leaves the stream
+    unmade (the server drops what it staged). ``finish_timeout_s`` bounds the server's work
+    after the last chunk."""
     name = config["name"]
     what = f"restore of stream {name}"
-    nc = conn.nc
     reply = await _api(
         conn, f"$JS.API.STREAM.RESTORE.{name}", {"config": config, "state": state}, what
     )
     _raise_for(reply, what)
     deliver = reply["deliver_subject"]
-    sent = 0
+    sent, digest = 0, hashlib.sha256()
+    while chunk := source.read(chunk_bytes):
+        ack = await _request(conn, deliver, chunk, f"{what} after {sent} bytes")
+        if ack.data:
+            raise CairnError(f"{what}: the server refused a chunk: {ack.data.decode()!r}")
+        sent += len(chunk)
+        digest.update(chunk)
+    check_sent(sent, digest.hexdigest())
     try:
-        while chunk := source.read(chunk_bytes):
-            ack = await nc.request(deliver, chunk, timeout=conn.settings.request_timeout)
-            if ack.data:
-                raise CairnError(f"{what}: the server refused a chunk: {ack.data.decode()!r}")
-            sent += len(chunk)
-        done = await nc.request(deliver, b"", timeout=finish_timeout_s)
-    except nats.errors.TimeoutError as exc:
-        raise Unavailable(f"{what}: the server stopped answering after {sent} bytes") from exc
+        done = await _request(conn, deliver, b"", what, finish_timeout_s)
+    except Unavailable as exc:
+        info = await stream_info(conn, name)
+        now = "not there" if info is None else f"there up to seq {info['state']['last_seq']}"
+        raise Unavailable(
+            f"{what}: all {sent} bytes sent, but the server did not finish within"
+            f" {finish_timeout_s:g} s; the stream is {now} (the server may still be building it)"
+        ) from exc
     answer = json.loads(done.data)
     _raise_for(answer, what)
     return Restored(answer["state"], sent)

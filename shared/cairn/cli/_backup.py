@@ -147,8 +147,9 @@ _VERIFY_COLUMNS = [
 @click.option(
     "--force",
     is_flag=True,
-    help="delete streams that already hold messages before restoring them, and this"
-    " home's read models (state/*.sqlite: rebuilt from the restored log)",
+    help="delete streams that already hold messages, each just before restoring it, purge"
+    " JOBS (the replaced log's tickets), and delete this home's read models (state/*.sqlite:"
+    " rebuilt from the restored log); also how a restore that failed part-way is run again",
 )
 @click.option(
     "--replicas",

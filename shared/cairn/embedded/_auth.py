@@ -141,6 +141,8 @@ _ADMIN_ONLY = (
     "$JS.API.STREAM.UPDATE.>",
     "$JS.API.STREAM.SNAPSHOT.>",
     "$JS.API.STREAM.RESTORE.>",
+    # a snapshot's chunks and their acknowledgements, a restore's chunks
+    "$JS.SNAPSHOT.>",
     "$JS.API.STREAM.MSG.DELETE.EVENTS",
     "$JS.API.STREAM.MSG.DELETE.METRICS",
     "$JS.API.STREAM.MSG.DELETE.LOGS",
@@ -497,7 +499,13 @@ def _service(password: str) -> str:
         f"_INBOX_{SCORER_USER}.>",
     ]
     publish = ["cairn.>", "$JS.>", "$KV.>", *replies]
-    subscribe = ["cairn.>", "$JS.EVENT.ADVISORY.>", f"_INBOX_{SERVICE_USER}.>"]
+    # advisories: the scheduler's ``MAX_DELIVERIES`` only (the API audit advisories carry
+    # the admin's requests and answers, a restore's chunk subject among them)
+    subscribe = [
+        "cairn.>",
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
+        f"_INBOX_{SERVICE_USER}.>",
+    ]
     permissions = _permissions(publish, subscribe, deny_publish=_ADMIN_ONLY, responses=True)
     return _user(SERVICE_USER, password, permissions)
 
