@@ -139,7 +139,7 @@ async def test_an_import_into_a_fresh_home_replays_to_the_same_read_models(
 ) -> None:
     settings, conn = target
     blobs = LocalBlobStore(settings.artifacts_path)
-    done = await import_workspace(conn, exported.folder, blobs=blobs)
+    done = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
     n_events = len(exported.source[EVENTS.name])
     assert (done.events, done.events_present) == (n_events, 0)
     assert (done.metrics, done.artifacts) == (len(exported.source[METRICS.name]), 1)
@@ -163,7 +163,7 @@ async def test_an_import_into_a_fresh_home_replays_to_the_same_read_models(
     (row,) = await _signed(conn, settings, n_events)
     assert row["verdict"] == "ok" and row["workspace"] == exported.workspace
     # an import repeated stores nothing again
-    again = await import_workspace(conn, exported.folder, blobs=blobs)
+    again = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
     assert (again.events, again.events_present, again.metrics) == (0, n_events, 0)
     assert await _held(conn, exported.workspace) == exported.source
 
@@ -196,7 +196,9 @@ async def test_an_export_whose_chain_does_not_verify_is_refused(
 
     _rewrite_line(folder / "events.jsonl", 2, retag)
     with pytest.raises(InvalidInput, match=r"events\.jsonl line 3: .*digest does not verify"):
-        await import_workspace(conn, folder, blobs=LocalBlobStore(settings.artifacts_path))
+        await import_workspace(
+            conn, folder, blobs=LocalBlobStore(settings.artifacts_path), members="keep"
+        )
     assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
 
     # the digest written again to match: the chain still gives it away
@@ -271,7 +273,9 @@ async def test_a_workspace_with_other_events_in_the_target_is_refused(
         subjects.event(ws, "experiment", "elsewhere"), [other], expected_seq=0, msg_id="other"
     )
     with pytest.raises(AlreadyExists, match="already has other events"):
-        await import_workspace(conn, exported.folder, blobs=LocalBlobStore(settings.artifacts_path))
+        await import_workspace(
+            conn, exported.folder, blobs=LocalBlobStore(settings.artifacts_path), members="keep"
+        )
     held = await _held(conn, ws)
     assert len(held[EVENTS.name]) == 1 and held[METRICS.name] == []
 
@@ -298,9 +302,9 @@ async def test_an_export_since_a_moment_carries_on_an_earlier_import(
     assert manifest.events.count > 0 and manifest.metrics.count == 1
     # not before the history it continues
     with pytest.raises(AlreadyExists, match="continues a history"):
-        await import_workspace(into, later)
-    await import_workspace(into, first)
-    done = await import_workspace(into, later)
+        await import_workspace(into, later, members="keep")
+    await import_workspace(into, first, members="keep")
+    done = await import_workspace(into, later, members="keep")
     assert done.events == manifest.events.count and done.metrics == 1
     assert await _held(into, ws.name) == await _held(conn, ws.name)
 
@@ -343,18 +347,43 @@ async def test_the_command_line_exports_and_imports(
     whole = events.read_bytes()
     events.write_bytes(whole.replace(b'"team":"vision"', b'"team":"vandal"', 1))
     code, _, err = await run_cli(
-        "import", "--creds", str(into), str(folder), env=target_env, cwd=tmp_path
+        "import",
+        "--creds",
+        str(into),
+        "--members",
+        "keep",
+        "--trust-export-key",
+        str(folder),
+        env=target_env,
+        cwd=tmp_path,
     )
     assert code == 1 and "error [invalid_input]: the export is refused: events.jsonl line" in err
     assert "Traceback" not in err
     events.write_bytes(whole)
     checked = json.loads(
-        await cli("import", "--check", str(folder), "--json", env=target_env, cwd=tmp_path)
+        await cli(
+            "import",
+            "--check",
+            "--trust-export-key",
+            str(folder),
+            "--json",
+            env=target_env,
+            cwd=tmp_path,
+        )
     )
     assert checked["events"] == exported["events"]
     done = json.loads(
         await cli(
-            "import", "--creds", str(into), str(folder), "--json", env=target_env, cwd=tmp_path
+            "import",
+            "--creds",
+            str(into),
+            "--members",
+            "keep",
+            "--trust-export-key",
+            str(folder),
+            "--json",
+            env=target_env,
+            cwd=tmp_path,
         )
     )
     assert done["events"] == exported["events"] and done["artifacts"] == 1
@@ -387,7 +416,8 @@ async def test_the_sources_signed_checkpoints_are_checked_against_the_key_truste
         await conn.close()
         server.stop()
     assert verify_export(folder, public)[1] == 8  # events 1-8 signed, the 9th not yet
-    assert verify_export(folder)[1] == 8  # the key the export names
+    assert verify_export(folder, trust_export_key=True)[1] == 8  # the key the export names
+    assert verify_export(folder)[1] == 0  # no key: nothing vouched for
     stranger = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(InvalidInput, match="not by the key trusted"):
         verify_export(folder, stranger)
@@ -440,8 +470,8 @@ async def test_two_imports_of_one_export_at_once_store_it_once_in_its_order(
     settings, conn = target
     blobs = LocalBlobStore(settings.artifacts_path)
     first, second = await asyncio.gather(
-        import_workspace(conn, exported.folder, blobs=blobs),
-        import_workspace(conn, exported.folder, blobs=blobs),
+        import_workspace(conn, exported.folder, blobs=blobs, members="keep"),
+        import_workspace(conn, exported.folder, blobs=blobs, members="keep"),
     )
     n_events = len(exported.source[EVENTS.name])
     assert first.events == second.events == n_events  # each stored or found every one

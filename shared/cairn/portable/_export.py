@@ -14,7 +14,7 @@ from typing import IO
 
 import msgspec
 
-from cairn.audit import GENESIS, chain_step, event_digest, split_subject
+from cairn.audit import GENESIS, chain_step, event_digest, parse_public_key, split_subject
 from cairn.audit._read import MAX_BATCH_BYTES
 from cairn.bus import Connection, EventStore, Stored
 from cairn.errors import InvalidInput, NotFound
@@ -33,6 +33,8 @@ from cairn.portable._format import (
     Part,
     artifact_file,
     blob_refs,
+    check_checkpoints,
+    load_export,
 )
 from cairn.proto import subjects
 from cairn.proto.events import EVENT_TYPES
@@ -247,14 +249,17 @@ async def export_workspace(
         artifacts=artifacts,
         missing_artifacts=missing,
     )
-    _write_manifest(dest, manifest)
+    _write_manifest(dest, manifest, audit_key)
     return manifest
 
 
 def _make_empty(dest: Path) -> None:
+    """The export's folder, new or empty, readable by its owner only (it holds the whole
+    history of a workspace)."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInput(f"{dest} is not an empty folder")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.chmod(0o700)
 
 
 def _write_lines(
@@ -271,7 +276,17 @@ def _write_lines(
     return events, checkpoints, metrics, refs
 
 
-def _write_manifest(dest: Path, manifest: Manifest) -> None:
+def _write_manifest(dest: Path, manifest: Manifest, audit_key: str) -> None:
+    """The manifest, once what it describes reads back whole and the source's checkpoints
+    agree with the events written (signed by ``audit_key`` when one is named): an export
+    that would be refused on import is not finished."""
     staged = dest / (MANIFEST_FILE + ".tmp")
     staged.write_bytes(msgspec.json.format(_encoder.encode(manifest), indent=2) + b"\n")
     os.replace(staged, dest / MANIFEST_FILE)
+    try:
+        loaded = load_export(dest)
+        key = parse_public_key(audit_key, "the audit key") if audit_key else None
+        check_checkpoints(loaded, key)
+    except InvalidInput:
+        (dest / MANIFEST_FILE).unlink()
+        raise

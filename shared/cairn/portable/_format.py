@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,9 +37,17 @@ from cairn.audit import (
     split_subject,
     verify_signature,
 )
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, UnknownMessageType
 from cairn.proto import subjects
-from cairn.proto.events import EVENT_TYPES, ChainCheckpointed, ChainEntry, Envelope
+from cairn.proto.events import (
+    EVENT_TYPES,
+    ChainCheckpointed,
+    ChainEntry,
+    Envelope,
+    decode_envelope,
+)
+from cairn.proto.metrics import MetricsLogged
+from cairn.proto.streams import EVENTS, METRICS, STREAMS
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -58,6 +66,7 @@ __all__ = [
     "artifact_file",
     "blob_refs",
     "check_checkpoints",
+    "data_limit",
     "load_export",
 ]
 
@@ -69,6 +78,19 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 ARTIFACTS_DIR = "artifacts"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: the longest ``Nats-Msg-Id`` an export carries; every id Cairn makes is far shorter
+MAX_MSG_ID = 256
+#: room left in a stored message for its headers (as :class:`cairn.bus.EventStore` keeps)
+_HEADER_ALLOWANCE = 512
+#: a hex SHA-256, as digests, chain hashes and file hashes are written
+Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+#: a ``Nats-Msg-Id`` as the server keeps it: visible ASCII, no white space (the client strips
+#: white space from header values, so an id with it would be stored as another id)
+MsgId = Annotated[str, msgspec.Meta(pattern="^[!-~]+$", max_length=MAX_MSG_ID)]
+#: the same, or "" where there is none
+Hex64OrNone = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=1)]
 #: the fields of an event's data that name a blob of the artifact store
 _BLOB_FIELDS = frozenset({"digest", "blob", "snapshot"})
 
@@ -76,32 +98,32 @@ _BLOB_FIELDS = frozenset({"digest", "blob", "snapshot"})
 class Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One stored message: where it was, what it is, and its bytes as the JSON they are."""
 
-    seq: int
+    seq: Seq
     subject: str
-    msg_id: str
-    digest: str
+    msg_id: MsgId
+    digest: Hex64
     #: the workspace's chain hash after this event (events only; "" elsewhere)
-    chain: str = ""
+    chain: Hex64OrNone = ""
     data: msgspec.Raw
 
 
 class Part(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One file of lines: how many, what came before them (``--since``), the file's SHA-256."""
 
-    count: int
+    count: Count
     #: messages of the workspace stored before the first line (an export ``--since``)
-    prev_count: int = 0
+    prev_count: Count = 0
     #: the digest of the last of those ("" when none)
-    prev_last: str = ""
-    sha256: str
+    prev_last: Hex64OrNone = ""
+    sha256: Hex64
 
 
 class EventsPart(Part, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The events file, with its chain's ends: the hash before the first line and after the
     last."""
 
-    prev_chain: str = GENESIS
-    chain: str = GENESIS
+    prev_chain: Hex64 = GENESIS
+    chain: Hex64 = GENESIS
 
 
 class ArtifactEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -169,9 +191,16 @@ def _refuse(file: str, number: int, what: str) -> InvalidInput:
     return InvalidInput(f"the export is refused: {file} line {number}: {what}")
 
 
-def _read_lines(root: Path, file: str, part: Part) -> tuple[list[Line], str]:
-    """The lines of one file, each whole and well-formed, as many as the manifest counts,
-    and the file's SHA-256."""
+def data_limit(stream: str) -> int:
+    """The most bytes one line's data may hold to be stored in ``stream`` again (its largest
+    message, less room for headers); the target's server may allow less (checked there)."""
+    size = next(d.max_msg_size for d in STREAMS if d.name == stream)
+    return size - _HEADER_ALLOWANCE
+
+
+def _read_lines(root: Path, file: str, part: Part, stream: str) -> tuple[list[Line], str]:
+    """The lines of one file, each whole and well-formed and small enough to be stored in
+    ``stream``, as many as the manifest counts, and the file's SHA-256."""
     path = root / file
     try:
         body = path.read_bytes()
@@ -179,6 +208,7 @@ def _read_lines(root: Path, file: str, part: Part) -> tuple[list[Line], str]:
         raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
     if body and not body.endswith(b"\n"):
         raise _refuse(file, body.count(b"\n") + 1, "truncated (no end of line)")
+    limit = data_limit(stream)
     lines: list[Line] = []
     for number, text in enumerate(body.splitlines(), start=1):
         try:
@@ -186,8 +216,10 @@ def _read_lines(root: Path, file: str, part: Part) -> tuple[list[Line], str]:
             msgspec.json.decode(line.data)  # the data is one whole JSON value
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise _refuse(file, number, f"malformed: {exc}") from exc
-        if not line.msg_id:
-            raise _refuse(file, number, "no Nats-Msg-Id: an import could not be repeated safely")
+        if len(line.data) > limit:
+            raise _refuse(
+                file, number, f"{len(line.data)} bytes of data exceed {stream}'s limit of {limit}"
+            )
         if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
             raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
         if lines and line.seq <= lines[-1].seq:
@@ -209,23 +241,26 @@ def _check_hash(file: str, part: Part, sha256: str) -> None:
 
 def _check_event(ws: str, number: int, line: Line) -> None:
     """An event line's envelope: of this workspace, on its aggregate's subject, of a type and
-    version this Cairn reads."""
+    version this Cairn reads (upcast and decoded whole), of its type's aggregate kind, and not
+    the audit service's (a target's checkpoints are its own, signed with its key)."""
     try:
-        env = _raw_envelope.decode(line.data)
+        env = decode_envelope(bytes(line.data))
+    except UnknownMessageType as exc:
+        raise _refuse(EVENTS_FILE, number, f"{exc}: upgrade this Cairn first") from exc
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _refuse(EVENTS_FILE, number, f"not an event envelope: {exc}") from exc
+        raise _refuse(EVENTS_FILE, number, f"not an event this Cairn reads: {exc}") from exc
     try:
         subject = subjects.event(env.workspace, env.aggregate_kind, env.aggregate_id)
     except InvalidInput as exc:
         raise _refuse(EVENTS_FILE, number, str(exc)) from exc
     if env.workspace != ws or line.subject != subject:
         raise _refuse(EVENTS_FILE, number, f"{line.subject} is not an event of workspace {ws}")
-    cls = EVENT_TYPES.get(env.type)
-    if cls is None or env.schema_version > cls.VERSION:
+    kind = EVENT_TYPES[env.type].KIND
+    if env.aggregate_kind == subjects.AUDIT_KIND or kind == subjects.AUDIT_KIND:
+        raise _refuse(EVENTS_FILE, number, "an audit checkpoint among the events")
+    if env.aggregate_kind != kind:
         raise _refuse(
-            EVENTS_FILE,
-            number,
-            f"{env.type} v{env.schema_version} is unknown to this Cairn: upgrade it first",
+            EVENTS_FILE, number, f"{env.type} is an event of a {kind}, not of {env.aggregate_kind}"
         )
 
 
@@ -244,11 +279,28 @@ def _check_chain(manifest: Manifest, events: list[Line]) -> None:
         )
 
 
+_metrics_decoder = msgspec.json.Decoder(MetricsLogged)
+
+
 def _check_metrics(ws: str, metrics: list[Line]) -> None:
-    prefix = f"cairn.metrics.{ws}."
+    """Each metric batch on its run's subject of this workspace, and naming that workspace and
+    run itself (the ingester and the read models go by the batch's own fields)."""
     for number, line in enumerate(metrics, start=1):
-        if not line.subject.startswith(prefix) or len(line.subject.split(".")) != 4:
-            raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+        parts = line.subject.split(".")
+        try:
+            if len(parts) != 4 or line.subject != subjects.metrics(ws, parts[3]):
+                raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+            batch = _metrics_decoder.decode(line.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _refuse(METRICS_FILE, number, f"not a metric batch: {exc}") from exc
+        except InvalidInput as exc:
+            raise _refuse(METRICS_FILE, number, str(exc)) from exc
+        if batch.workspace != ws or batch.run_id != parts[3]:
+            raise _refuse(
+                METRICS_FILE,
+                number,
+                f"a batch of {batch.workspace}/{batch.run_id} on {line.subject}",
+            )
 
 
 def _check_manifest(manifest: Manifest) -> None:
@@ -258,6 +310,16 @@ def _check_manifest(manifest: Manifest) -> None:
             f" this Cairn reads {FORMAT!r} v{FORMAT_VERSION}"
         )
     subjects.validate_token(manifest.workspace, "workspace")
+    newer = sorted(
+        f"{name} v{version}"
+        for name, version in manifest.schema_versions.items()
+        if name not in EVENT_TYPES or version > EVENT_TYPES[name].VERSION
+    )
+    if newer:
+        raise InvalidInput(
+            "the export is refused: it was written by a Cairn with event types or versions"
+            f" this one does not read ({', '.join(newer[:5])}): upgrade this Cairn first"
+        )
     for entry in manifest.artifacts or []:
         if not _DIGEST.fullmatch(entry.digest) or entry.file != artifact_file(entry.digest):
             raise InvalidInput(
@@ -278,30 +340,38 @@ def load_export(root: Path) -> Loaded:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"the export is refused: {MANIFEST_FILE} is malformed: {exc}") from exc
     _check_manifest(manifest)
-    events, sha = _read_lines(root, EVENTS_FILE, manifest.events)
+    events, sha = _read_lines(root, EVENTS_FILE, manifest.events, EVENTS.name)
     _check_chain(manifest, events)
     _check_hash(EVENTS_FILE, manifest.events, sha)
-    metrics, sha = _read_lines(root, METRICS_FILE, manifest.metrics)
+    metrics, sha = _read_lines(root, METRICS_FILE, manifest.metrics, METRICS.name)
     _check_metrics(manifest.workspace, metrics)
     _check_hash(METRICS_FILE, manifest.metrics, sha)
-    checkpoints, sha = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints)
+    checkpoints, sha = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints, EVENTS.name)
     _check_hash(CHECKPOINTS_FILE, manifest.checkpoints, sha)
     return Loaded(root, manifest, events, metrics, checkpoints)
 
 
+def _signed_ok(public: Ed25519PublicKey, cp: ChainCheckpointed) -> bool:
+    return cp.key_id == key_id_of(public) and verify_signature(public, cp)
+
+
 def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
     """Check the export's signed checkpoints against its events: each of this workspace,
-    signed by ``public`` (when given) and listing exactly the events the export holds in its
-    window, its chain hash the one recomputed there. Returns how many events they cover."""
+    numbered upwards without repeats, signed by ``public``, and listing exactly the events the
+    export holds in its window, its chain hash the one recomputed there. Returns how many
+    distinct events checkpoints verified with ``public`` cover: 0 when no key is given (the
+    windows are still compared; nothing is vouched for)."""
     ws = loaded.manifest.workspace
     chain_at = {line.seq: line.chain for line in loaded.events}
     entries: list[ChainEntry] = []
     for line in loaded.events:
         split = split_subject(line.subject)
-        assert split is not None  # checked: an event of the workspace
+        if split is None:  # _check_event refuses these; never count what is not an event
+            raise _refuse(EVENTS_FILE, len(entries) + 1, f"{line.subject} is not an event")
         entries.append(ChainEntry(seq=line.seq, digest=line.digest, subject=split[1]))
     first = loaded.events[0].seq if loaded.events else 0
-    covered = 0
+    covered: set[int] = set()
+    last_index = -1
     for number, line in enumerate(loaded.checkpoints, start=1):
         try:
             cp = msgspec.json.decode(line.data, type=Envelope[ChainCheckpointed]).data
@@ -309,9 +379,12 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
             raise _refuse(CHECKPOINTS_FILE, number, f"not a checkpoint: {exc}") from exc
         if cp.workspace != ws or line.subject != subjects.audit_chain(ws):
             raise _refuse(CHECKPOINTS_FILE, number, f"a checkpoint of {cp.workspace}")
-        if public is not None and (
-            cp.key_id != key_id_of(public) or not verify_signature(public, cp)
-        ):
+        if cp.index <= last_index:
+            raise _refuse(
+                CHECKPOINTS_FILE, number, f"checkpoint {cp.index} does not follow {last_index}"
+            )
+        last_index = cp.index
+        if public is not None and not _signed_ok(public, cp):
             raise _refuse(
                 CHECKPOINTS_FILE, number, f"checkpoint {cp.index} is not signed by the key trusted"
             )
@@ -327,5 +400,6 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
                 f"checkpoint {cp.index} disagrees with the events at seq"
                 f" {cp.from_seq}-{cp.up_to_seq}: {what}",
             )
-        covered += len(window)
-    return covered
+        if public is not None:
+            covered.update(e.seq for e in window)
+    return len(covered)
