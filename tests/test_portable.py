@@ -15,6 +15,7 @@ import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -29,14 +30,15 @@ from cairn.audit import (
 )
 from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
-from cairn.embedded._up import read_models
-from cairn.errors import AlreadyExists, InvalidInput, NotFound
+from cairn.embedded._up import all_services, read_models
+from cairn.errors import AlreadyExists, ConcurrencyConflict, InvalidInput, NotFound, Unavailable
 from cairn.portable import export_workspace, import_workspace, load_export, verify_export
 from cairn.portable._export import _stored
 from cairn.projection import replay, replay_offline
 from cairn.proto import subjects
 from cairn.proto.streams import EVENTS, METRICS
 from cairn.sdk import AsyncWorkspace
+from cairn.service import run_services
 from cairn.services.audit import AuditService
 from cairn.settings import Settings
 from cairn.storage import LocalBlobStore
@@ -335,6 +337,7 @@ async def test_the_command_line_exports_and_imports(
     args.append("--json")
     exported = json.loads(await cli(*args, env=source_env, cwd=tmp_path))
     assert exported["artifacts"] == 1 and exported["events"] > 0
+    assert folder.stat().st_mode & 0o777 == 0o700  # the whole history: its owner's only
     target_env = {
         **os.environ,
         "CAIRN_HOME": settings.home,
@@ -372,6 +375,12 @@ async def test_the_command_line_exports_and_imports(
         )
     )
     assert checked["events"] == exported["events"]
+    # checked with the key the export names, which signed none of these yet: the JSON says so
+    assert checked["key"].startswith("ed25519-")
+    assert (checked["signed"], checked["unsigned"]) == (0, checked["events"])
+    # without a key to check with, or a word that the export's own will do: refused
+    code, _, err = await run_cli("import", "--check", str(folder), env=target_env, cwd=tmp_path)
+    assert code == 2 and "--trust-export-key" in err
     done = json.loads(
         await cli(
             "import",
@@ -418,6 +427,19 @@ async def test_the_sources_signed_checkpoints_are_checked_against_the_key_truste
     assert verify_export(folder, public)[1] == 8  # events 1-8 signed, the 9th not yet
     assert verify_export(folder, trust_export_key=True)[1] == 8  # the key the export names
     assert verify_export(folder)[1] == 0  # no key: nothing vouched for
+    # a checkpoint repeated (stored again later, its line's seq and id not signed) is not
+    # counted twice: refused
+    checkpoints = folder / "checkpoints.jsonl"
+    signed_whole = checkpoints.read_bytes()
+
+    def repeat(lines: list[dict[str, Any]]) -> None:
+        lines.append({**lines[0], "seq": lines[-1]["seq"] + 1, "msg_id": "again"})
+
+    _rewrite_whole(folder, "checkpoints.jsonl", repeat)
+    with pytest.raises(InvalidInput, match=r"line 3: checkpoint 1 does not follow 2"):
+        verify_export(folder, public)
+    _rewrite_whole(folder, "checkpoints.jsonl", lambda lines: lines.pop())
+    assert checkpoints.read_bytes() == signed_whole
     stranger = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(InvalidInput, match="not by the key trusted"):
         verify_export(folder, stranger)
@@ -482,3 +504,235 @@ async def test_a_workspace_without_events_is_not_exported(conn: Connection, tmp_
     with pytest.raises(NotFound, match="has no events"):
         await export_workspace(conn, "nosuchworkspace", tmp_path / "x", now=datetime.now(UTC))
     assert not (tmp_path / "x").exists()
+
+
+def _rewrite_whole(folder: Path, file: str, edit: object) -> None:
+    """Edit one lines file's parsed lines with ``edit`` and make the export agree with itself
+    again (digests, chain hashes, counts, the manifest's hashes): only the checks on what the
+    lines mean can refuse it then."""
+    assert callable(edit)
+    path = folder / file
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    edit(lines)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    part = {"events.jsonl": "events", "metrics.jsonl": "metrics"}.get(file, "checkpoints")
+    chain = manifest["events"]["prev_chain"]
+    body = b""
+    for line in lines:
+        raw = json.dumps(line["data"], separators=(",", ":")).encode()
+        line["digest"] = event_digest(line["subject"], line["msg_id"], raw)
+        if part == "events":
+            chain = line["chain"] = chain_step(chain, line["seq"], line["digest"])
+        body += json.dumps(line, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(body)
+    if part == "events":
+        manifest["events"]["chain"] = chain
+    manifest[part]["count"] = len(lines)
+    manifest[part]["sha256"] = hashlib.sha256(body).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_metric_batches_of_another_workspace_or_run_are_refused(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """The ingester and the read models go by a batch's own workspace and run fields."""
+    folder = _copy(exported, tmp_path)
+    metrics = folder / "metrics.jsonl"
+    whole = metrics.read_bytes()
+
+    def other_workspace(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["workspace"] = "victim"
+
+    _rewrite_whole(folder, "metrics.jsonl", other_workspace)
+    with pytest.raises(InvalidInput, match=r"metrics\.jsonl line 1: a batch of victim/"):
+        verify_export(folder)
+    metrics.write_bytes(whole)
+    folder = _copy(exported, tmp_path / "b")
+
+    def other_run(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["run_id"] = "another"
+
+    _rewrite_whole(folder, "metrics.jsonl", other_run)
+    with pytest.raises(InvalidInput, match=r"line 1: a batch of .*/another on"):
+        verify_export(folder)
+    folder = _copy(exported, tmp_path / "c")
+
+    def wildcard(lines: list[dict[str, Any]]) -> None:
+        lines[0]["subject"] = f"cairn.metrics.{exported.workspace}.>"
+
+    _rewrite_whole(folder, "metrics.jsonl", wildcard)
+    with pytest.raises(InvalidInput, match=r"metrics\.jsonl line 1: .*must match"):
+        verify_export(folder)
+    folder = _copy(exported, tmp_path / "d")
+
+    def not_a_batch(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"] = {"anything": 1}
+
+    _rewrite_whole(folder, "metrics.jsonl", not_a_batch)
+    with pytest.raises(InvalidInput, match=r"line 1: not a metric batch"):
+        verify_export(folder)
+
+
+def test_events_are_decoded_whole_and_of_their_aggregates_kind(
+    exported: Exported, tmp_path: Path
+) -> None:
+    def audit(lines: list[dict[str, Any]]) -> None:
+        ws = exported.workspace
+        lines[1]["subject"] = f"cairn.ev.{ws}.audit.chain"
+        lines[1]["data"].update(type="ChainCheckpointed", aggregate_kind="audit")
+        lines[1]["data"]["aggregate_id"] = "chain"
+
+    def other_kind(lines: list[dict[str, Any]]) -> None:
+        data = lines[1]["data"]
+        data["aggregate_kind"] = "model"
+        lines[1]["subject"] = f"cairn.ev.{exported.workspace}.model.{data['aggregate_id']}"
+
+    def bad_body(lines: list[dict[str, Any]]) -> None:
+        lines[1]["data"]["data"] = {"no": "such fields"}
+
+    for n, (edit, refusal) in enumerate(
+        [
+            (audit, "line 2: "),
+            (other_kind, r"line 2: \w+ is an event of a \w+, not of model"),
+            (bad_body, "line 2: not an event this Cairn reads"),
+        ]
+    ):
+        folder = _copy(exported, tmp_path / str(n))
+        _rewrite_whole(folder, "events.jsonl", edit)
+        with pytest.raises(InvalidInput, match=refusal):
+            verify_export(folder)
+
+
+def test_numbers_hashes_ids_and_sizes_are_checked_on_load(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """Each refused as the malformed export it is, before any import starts."""
+
+    def manifest_edit(folder: Path, part: str, key: str, value: object) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest[part][key] = value
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    for n, (part, key, value) in enumerate(
+        [
+            ("events", "prev_chain", "zz" * 32),
+            ("events", "prev_count", -1),
+            ("metrics", "count", -3),
+            ("events", "prev_last", "not hex"),
+        ]
+    ):
+        folder = _copy(exported, tmp_path / f"m{n}")
+        manifest_edit(folder, part, key, value)
+        with pytest.raises(InvalidInput, match=r"manifest\.json is malformed"):
+            verify_export(folder)
+
+    def seq(lines: list[dict[str, Any]]) -> None:
+        lines[0]["seq"] = -1
+
+    def spaced_id(lines: list[dict[str, Any]]) -> None:
+        lines[0]["msg_id"] = lines[0]["msg_id"] + " "
+
+    def long_id(lines: list[dict[str, Any]]) -> None:
+        lines[0]["msg_id"] = "x" * 257
+
+    def huge(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["actor"] = "k" * (2 * 1024 * 1024)
+
+    for n, (file, edit, refusal) in enumerate(
+        [
+            ("metrics.jsonl", seq, "line 1: malformed"),
+            ("events.jsonl", spaced_id, "line 1: malformed"),
+            ("metrics.jsonl", long_id, "line 1: malformed"),
+            ("metrics.jsonl", huge, "line 1: .* bytes of data exceed METRICS's limit"),
+        ]
+    ):
+        folder = _copy(exported, tmp_path / f"l{n}")
+        _rewrite_whole(folder, file, edit)
+        with pytest.raises(InvalidInput, match=refusal):
+            verify_export(folder)
+
+
+async def test_membership_events_travel_only_when_asked(
+    exported: Exported, target: tuple[Settings, Connection]
+) -> None:
+    """A member of the source is one in the target only with --members keep."""
+    settings, conn = target
+    blobs = LocalBlobStore(settings.artifacts_path)
+    with pytest.raises(InvalidInput, match="--members keep"):
+        await import_workspace(conn, exported.folder, blobs=blobs)
+    assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
+    done = await import_workspace(conn, exported.folder, blobs=blobs, members="drop")
+    assert done.members_dropped >= 1
+    held = await _held(conn, exported.workspace)
+    types = [json.loads(data)["type"] for _, data in held[EVENTS.name]]
+    assert "WorkspaceCreated" in types and "MemberAdded" not in types
+    assert len(types) == len(exported.source[EVENTS.name]) - done.members_dropped
+    again = await import_workspace(conn, exported.folder, blobs=blobs, members="drop")
+    assert (again.events, again.events_present) == (0, len(types))
+
+
+async def test_an_import_is_refused_while_the_targets_services_run_and_passes_over_its_audit(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """The whole stack running in the target: refused, nothing stored. Every service stopped
+    but the audit service, which signs a checkpoint after every event: the import moves past
+    each checkpoint it finds in its way, and the target holds the export in its order."""
+    server, settings, conn = await own_server(tmp_path / "live", request_timeout=5.0)
+    settings = msgspec.structs.replace(
+        settings,
+        state_dir=str(tmp_path / "live" / "state"),
+        artifacts_dir=str(tmp_path / "live" / "artifacts"),
+        audit_every_events=1,
+        audit_every_s=0.05,
+    )
+    blobs = LocalBlobStore(settings.artifacts_path)
+    try:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        stack = asyncio.create_task(
+            run_services(settings, list(all_services().values()), stop=stop, ready=ready)
+        )
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            with pytest.raises(Unavailable, match="the target's services are running"):
+                await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
+        finally:
+            stop.set()
+            await stack
+        assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
+        audit = AuditService(conn, settings, poll_s=0.01)
+        await audit.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(audit.run(stop))
+        try:
+            done = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
+        finally:
+            stop.set()
+            await task
+        assert done.events == len(exported.source[EVENTS.name])
+        assert await _held(conn, exported.workspace) == exported.source
+        stored = await _stored(conn, EVENTS.name, subjects.events_of_workspace(exported.workspace))
+        assert any(".audit." in m.subject for m in stored)
+    finally:
+        await conn.close()
+        server.stop()
+
+
+async def test_a_checkpoint_of_the_target_in_the_way_is_passed_over(
+    exported: Exported, target: tuple[Settings, Connection]
+) -> None:
+    """Its append refused by the CAS because the target's audit service stored a checkpoint
+    since, the import expects that checkpoint's sequence and tries again."""
+    from cairn.portable._import import _publish
+
+    _, conn = target
+    ws = exported.workspace
+    store = EventStore(conn)
+    await store.publish(subjects.audit_chain(ws), b"{}", msg_id="theirs")
+    lines = load_export(exported.folder).events
+    await _publish(store, subjects.events_of_workspace(ws), lines[:3], [])
+    stored = await _stored(conn, EVENTS.name, subjects.events_of_workspace(ws))
+    assert [m.msg_id for m in stored] == ["theirs", *(line.msg_id for line in lines[:3])]
+    # another message of the workspace in the way is not passed over
+    await store.publish(subjects.event(ws, "experiment", "x"), b"{}", msg_id="other")
+    with pytest.raises(ConcurrencyConflict, match="is not the export's"):
+        await _publish(store, subjects.events_of_workspace(ws), lines[3:4], stored)
