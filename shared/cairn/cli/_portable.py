@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from cairn.cli._base import cli, emit, json_option, run
 from cairn.settings import Settings
@@ -46,6 +47,37 @@ async def _blobs(loaded: Settings) -> AsyncIterator[Any]:
         yield store
     finally:
         await store.close()
+
+
+@contextlib.asynccontextmanager
+async def _target(loaded: Settings, creds: Path | None, as_json: bool) -> AsyncIterator[Any]:
+    """A connection as the service user to the target; with no ``creds`` in a home ``cairn
+    up`` made whose server is not running, its server is started alone for the import (its
+    services stay stopped, as an import needs) and stopped after it."""
+    from cairn.bus import connect
+    from cairn.embedded._server import NatsServer
+
+    server = None
+    home = loaded.home_path
+    if creds is None and (home / "nats" / "nats.conf").is_file():
+        probe = NatsServer(home, port=0)
+        if probe.running_pid() is None:
+            server = probe
+            await server.start()
+            if not as_json:
+                click.echo(
+                    f"started this home's server alone for the import: {server.url}", err=True
+                )
+            loaded = msgspec.structs.replace(loaded, nats_url=server.url)
+    try:
+        conn = await connect(loaded, name="cairn-import")
+        try:
+            yield conn
+        finally:
+            await conn.close()
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _audit_key(loaded: Settings, given: str | None) -> str:
@@ -242,7 +274,8 @@ def import_(
     import repeated stores nothing again, and one cut short finishes when run again.
 
     The target's services must be stopped while it runs (the audit service may run): it
-    refuses a target whose services consume the log.
+    refuses a target whose services consume the log. In a home 'cairn up' made and not
+    running, it starts the home's server alone for the import.
 
     \b
     Example:
@@ -282,22 +315,17 @@ def import_(
     loaded = service_connection_settings(creds)
 
     async def go() -> dict[str, Any]:
-        from cairn.bus import connect
         from cairn.portable import import_workspace
 
-        conn = await connect(loaded, name="cairn-import")
-        try:
-            async with _blobs(loaded) as blobs:
-                done = await import_workspace(
-                    conn,
-                    folder,
-                    blobs=blobs,
-                    public=trusted,
-                    trust_export_key=trust_export_key,
-                    members="keep" if members == "keep" else "drop" if members else None,
-                )
-        finally:
-            await conn.close()
+        async with _target(loaded, creds, as_json) as conn, _blobs(loaded) as blobs:
+            done = await import_workspace(
+                conn,
+                folder,
+                blobs=blobs,
+                public=trusted,
+                trust_export_key=trust_export_key,
+                members="keep" if members == "keep" else "drop" if members else None,
+            )
         row = done._asdict()
         row["unsigned"] = done.events + done.events_present - done.signed
         return row

@@ -269,7 +269,7 @@ async def _refuse_live(conn: Connection) -> None:
                 if (info.num_waiting or 0) > 0 or info.push_bound:
                     raise Unavailable(
                         f"the target's services are running (consumer {info.name} of {stream}"
-                        " is in use): stop them (cairn down, or every cairn serve but the audit"
+                        " is in use): stop them ('cairn up', or every 'cairn serve' but the audit"
                         " service) before an import, and start them again after it"
                     )
 
