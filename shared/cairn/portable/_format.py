@@ -39,6 +39,7 @@ from cairn.audit import (
 )
 from cairn.errors import InvalidInput, UnknownMessageType
 from cairn.proto import subjects
+from cairn.proto.assets import ASSET_KINDS
 from cairn.proto.events import (
     EVENT_TYPES,
     ChainCheckpointed,
@@ -258,7 +259,7 @@ def _check_event(ws: str, number: int, line: Line) -> None:
     kind = EVENT_TYPES[env.type].KIND
     if env.aggregate_kind == subjects.AUDIT_KIND or kind == subjects.AUDIT_KIND:
         raise _refuse(EVENTS_FILE, number, "an audit checkpoint among the events")
-    if env.aggregate_kind != kind:
+    if env.aggregate_kind not in _KINDS_OF.get(kind, (kind,)):
         raise _refuse(
             EVENTS_FILE, number, f"{env.type} is an event of a {kind}, not of {env.aggregate_kind}"
         )
@@ -280,6 +281,14 @@ def _check_chain(manifest: Manifest, events: list[Line]) -> None:
 
 
 _metrics_decoder = msgspec.json.Decoder(MetricsLogged)
+#: the aggregate kinds whose subjects hold events of a type's ``KIND``, where they are more
+#: than that kind itself: asset events live on the aggregate of each asset kind
+#: (cairn.domain.asset.AGGREGATES), and a staging area is folded as a run
+#: (cairn.domain.run.STAGING)
+_KINDS_OF: dict[str, tuple[str, ...]] = {
+    "asset": ASSET_KINDS,
+    "run": ("run", "staging"),
+}
 
 
 def _check_metrics(ws: str, metrics: list[Line]) -> None:
