@@ -228,6 +228,9 @@ def test_a_truncated_or_malformed_export_is_refused(exported: Exported, tmp_path
     events.write_bytes(b"".join([b"{not json\n", *cut[1:]]))
     with pytest.raises(InvalidInput, match="line 1: malformed"):
         verify_export(folder)
+    events.write_bytes(whole + cut[-1])  # a line more than the manifest counts
+    with pytest.raises(InvalidInput, match=f"line {len(cut) + 1}: more lines than the manifest"):
+        verify_export(folder)
     events.write_bytes(whole)
     (folder / "manifest.json").write_text("{}")
     with pytest.raises(InvalidInput, match=r"manifest\.json is malformed"):
@@ -635,6 +638,9 @@ def test_numbers_hashes_ids_and_sizes_are_checked_on_load(
     def long_id(lines: list[dict[str, Any]]) -> None:
         lines[0]["msg_id"] = "x" * 257
 
+    def large(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["actor"] = "k" * (1024 * 1024)
+
     def huge(lines: list[dict[str, Any]]) -> None:
         lines[0]["data"]["actor"] = "k" * (2 * 1024 * 1024)
 
@@ -643,7 +649,8 @@ def test_numbers_hashes_ids_and_sizes_are_checked_on_load(
             ("metrics.jsonl", seq, "line 1: malformed"),
             ("events.jsonl", spaced_id, "line 1: malformed"),
             ("metrics.jsonl", long_id, "line 1: malformed"),
-            ("metrics.jsonl", huge, "line 1: .* bytes of data exceed METRICS's limit"),
+            ("metrics.jsonl", large, "line 1: .* bytes of data exceed METRICS's limit"),
+            ("metrics.jsonl", huge, "line 1: longer than METRICS could store"),
         ]
     ):
         folder = _copy(exported, tmp_path / f"l{n}")

@@ -199,39 +199,57 @@ def data_limit(stream: str) -> int:
     return size - _HEADER_ALLOWANCE
 
 
+#: a line's bytes besides its data: seq, subject, msg id, digest, chain and JSON punctuation
+_LINE_OVERHEAD = 2048
+
+
 def _read_lines(root: Path, file: str, part: Part, stream: str) -> tuple[list[Line], str]:
     """The lines of one file, each whole and well-formed and small enough to be stored in
-    ``stream``, as many as the manifest counts, and the file's SHA-256."""
+    ``stream``, as many as the manifest counts, and the file's SHA-256. Read a line at a
+    time, none longer than the stream could store and no more than the manifest counts, so a
+    hostile file cannot make the reader hold more than the export it claims to be."""
     path = root / file
+    limit = data_limit(stream)
+    sha = hashlib.sha256()
+    lines: list[Line] = []
     try:
-        body = path.read_bytes()
+        with open(path, "rb") as f:
+            number = 0
+            while text := f.readline(limit + _LINE_OVERHEAD + 1):
+                number += 1
+                sha.update(text)
+                if not text.endswith(b"\n"):
+                    if len(text) > limit + _LINE_OVERHEAD:
+                        raise _refuse(file, number, f"longer than {stream} could store")
+                    raise _refuse(file, number, "truncated (no end of line)")
+                if number > part.count:
+                    raise _refuse(file, number, f"more lines than the manifest's {part.count}")
+                lines.append(_line(file, number, text, limit, stream, lines))
     except OSError as exc:
         raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
-    if body and not body.endswith(b"\n"):
-        raise _refuse(file, body.count(b"\n") + 1, "truncated (no end of line)")
-    limit = data_limit(stream)
-    lines: list[Line] = []
-    for number, text in enumerate(body.splitlines(), start=1):
-        try:
-            line = _line_decoder.decode(text)
-            msgspec.json.decode(line.data)  # the data is one whole JSON value
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _refuse(file, number, f"malformed: {exc}") from exc
-        if len(line.data) > limit:
-            raise _refuse(
-                file, number, f"{len(line.data)} bytes of data exceed {stream}'s limit of {limit}"
-            )
-        if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
-            raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
-        if lines and line.seq <= lines[-1].seq:
-            raise _refuse(file, number, f"seq {line.seq} does not follow seq {lines[-1].seq}")
-        lines.append(line)
     if len(lines) != part.count:
         raise InvalidInput(
             f"the export is refused: {file} holds {len(lines)} lines, the manifest counts"
             f" {part.count} (truncated?)"
         )
-    return lines, hashlib.sha256(body).hexdigest()
+    return lines, sha.hexdigest()
+
+
+def _line(file: str, number: int, text: bytes, limit: int, stream: str, before: list[Line]) -> Line:
+    try:
+        line = _line_decoder.decode(text)
+        msgspec.json.decode(line.data)  # the data is one whole JSON value
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _refuse(file, number, f"malformed: {exc}") from exc
+    if len(line.data) > limit:
+        raise _refuse(
+            file, number, f"{len(line.data)} bytes of data exceed {stream}'s limit of {limit}"
+        )
+    if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
+        raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
+    if before and line.seq <= before[-1].seq:
+        raise _refuse(file, number, f"seq {line.seq} does not follow seq {before[-1].seq}")
+    return line
 
 
 def _check_hash(file: str, part: Part, sha256: str) -> None:
