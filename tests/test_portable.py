@@ -743,3 +743,22 @@ async def test_a_checkpoint_of_the_target_in_the_way_is_passed_over(
     await store.publish(subjects.event(ws, "experiment", "x"), b"{}", msg_id="other")
     with pytest.raises(ConcurrencyConflict, match="is not the export's"):
         await _publish(store, subjects.events_of_workspace(ws), lines[3:4], stored)
+
+
+async def test_the_command_line_imports_into_a_stopped_home_with_its_server_alone(
+    tmp_path: Path,
+) -> None:
+    """A home whose stack is stopped: 'cairn import' starts its server alone (no services,
+    as an import needs), stores the export, and stops the server again."""
+    server, _, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    await conn.close()
+    server.stop()
+    env = {**os.environ, "CAIRN_HOME": str(server.home)}
+    env.pop("CAIRN_NATS_URL", None)
+    history = str(Path(__file__).parent / "golden" / "v1" / "history")
+    args = ["import", "--trust-export-key", "--members", "keep", history, "--json"]
+    done = json.loads(await cli(*args, env=env, cwd=tmp_path))
+    assert done["events"] == load_export(Path(history)).manifest.events.count
+    assert server.running_pid() is None
+    again = json.loads(await cli(*args, env=env, cwd=tmp_path))
+    assert (again["events"], again["events_present"]) == (0, done["events"])

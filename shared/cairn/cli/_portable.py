@@ -55,7 +55,7 @@ async def _target(loaded: Settings, creds: Path | None, as_json: bool) -> AsyncI
     up`` made whose server is not running, its server is started alone for the import (its
     services stay stopped, as an import needs) and stopped after it."""
     from cairn.bus import connect
-    from cairn.embedded._server import NatsServer
+    from cairn.embedded._server import SERVICE_USER, NatsServer
 
     server = None
     home = loaded.home_path
@@ -68,7 +68,15 @@ async def _target(loaded: Settings, creds: Path | None, as_json: bool) -> AsyncI
                 click.echo(
                     f"started this home's server alone for the import: {server.url}", err=True
                 )
-            loaded = msgspec.structs.replace(loaded, nats_url=server.url)
+            creds_of = server.credentials
+            assert creds_of is not None  # a home 'cairn up' made has them
+            loaded = msgspec.structs.replace(
+                loaded,
+                nats_url=server.url,
+                nats_user=SERVICE_USER,
+                nats_password=creds_of.service_password,
+                nats_creds=None,
+            )
     try:
         conn = await connect(loaded, name="cairn-import")
         try:
