@@ -174,7 +174,8 @@ def test_synthetic_events_of_the_types_no_history_holds_decode_fold_and_project(
     have |= {json.loads(data)["type"] for _, data in extra}
     assert have | synthetic.NEVER_IN_HISTORY == set(EVENT_TYPES), (
         f"no event of {sorted(set(EVENT_TYPES) - have - synthetic.NEVER_IN_HISTORY)} in"
-        f" {fixture.name}: python -m tests.golden.synthetic {fixture.name}"
+        f" {fixture.name}: add one to tests/golden/synthetic.py and run"
+        f" python -m tests.golden.synthetic {fixture.name}, or record a history that holds it"
     )
     by_subject: dict[str, list[Any]] = {}
     for line in history.events:
