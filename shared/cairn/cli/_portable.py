@@ -303,7 +303,9 @@ def import_(
     if check:
         from cairn.portable import verify_export
 
-        loaded_export, signed = verify_export(folder, trusted, trust_export_key=trust_export_key)
+        loaded_export, signed = verify_export(
+            folder, trusted, trust_export_key=trust_export_key, data=False
+        )
         m = loaded_export.manifest
         row = {
             "workspace": m.workspace,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -68,6 +69,7 @@ __all__ = [
     "blob_refs",
     "check_checkpoints",
     "data_limit",
+    "iter_lines",
     "load_export",
 ]
 
@@ -155,13 +157,18 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class Loaded(NamedTuple):
-    """An export read and checked: its manifest and its lines."""
+    """An export read and checked: its manifest and its lines (without their data when
+    loaded with ``data=False``: :func:`iter_lines` reads them again)."""
 
     root: Path
     manifest: Manifest
     events: list[Line]
     metrics: list[Line]
     checkpoints: list[Line]
+    #: each event's type, in order
+    types: list[str]
+    #: the most bytes of data one event line and one metric batch line holds
+    largest: tuple[int, int]
 
 
 _manifest_decoder = msgspec.json.Decoder(Manifest)
@@ -203,18 +210,17 @@ def data_limit(stream: str) -> int:
 _LINE_OVERHEAD = 2048
 
 
-def _read_lines(root: Path, file: str, part: Part, stream: str) -> tuple[list[Line], str]:
+def _lines(root: Path, file: str, part: Part, stream: str, sha: Any) -> Iterator[tuple[int, Line]]:
     """The lines of one file, each whole and well-formed and small enough to be stored in
-    ``stream``, as many as the manifest counts, and the file's SHA-256. Read a line at a
-    time, none longer than the stream could store and no more than the manifest counts, so a
-    hostile file cannot make the reader hold more than the export it claims to be."""
-    path = root / file
+    ``stream``, as many as the manifest counts; ``sha`` hashes the file as it is read. Read
+    a line at a time, none longer than the stream could store and no more than the manifest
+    counts, so a hostile file cannot make the reader hold more than the export it claims to
+    be."""
     limit = data_limit(stream)
-    sha = hashlib.sha256()
-    lines: list[Line] = []
+    number = 0
+    last: Line | None = None
     try:
-        with open(path, "rb") as f:
-            number = 0
+        with open(root / file, "rb") as f:
             while text := f.readline(limit + _LINE_OVERHEAD + 1):
                 number += 1
                 sha.update(text)
@@ -224,18 +230,58 @@ def _read_lines(root: Path, file: str, part: Part, stream: str) -> tuple[list[Li
                     raise _refuse(file, number, "truncated (no end of line)")
                 if number > part.count:
                     raise _refuse(file, number, f"more lines than the manifest's {part.count}")
-                lines.append(_line(file, number, text, limit, stream, lines))
+                last = _line(file, number, text, limit, stream, last)
+                yield number, last
     except OSError as exc:
         raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
-    if len(lines) != part.count:
+    if number != part.count:
         raise InvalidInput(
-            f"the export is refused: {file} holds {len(lines)} lines, the manifest counts"
+            f"the export is refused: {file} holds {number} lines, the manifest counts"
             f" {part.count} (truncated?)"
         )
-    return lines, sha.hexdigest()
 
 
-def _line(file: str, number: int, text: bytes, limit: int, stream: str, before: list[Line]) -> Line:
+_NO_DATA = msgspec.Raw(b"null")
+
+
+def _read_lines(
+    root: Path,
+    file: str,
+    part: Part,
+    stream: str,
+    check: Callable[[int, Line], None] | None = None,
+    data: bool = True,
+) -> tuple[list[Line], str, int]:
+    """The lines of one file (:func:`_lines`), each checked by ``check``, kept with their data
+    or without; the file's SHA-256; the most bytes of data one line holds."""
+    sha = hashlib.sha256()
+    lines: list[Line] = []
+    largest = 0
+    for number, line in _lines(root, file, part, stream, sha):
+        if check is not None:
+            check(number, line)
+        largest = max(largest, len(line.data))
+        lines.append(line if data else msgspec.structs.replace(line, data=_NO_DATA))
+    return lines, sha.hexdigest(), largest
+
+
+def iter_lines(loaded: Loaded, file: str) -> Iterator[Line]:
+    """The lines of one file of an export loaded before, read again with their data, each
+    checked as when loaded besides what needs the whole file, and the file's hash at the end
+    (what the loaded lines' digests stand for is what the caller compares)."""
+    part, stream = {
+        EVENTS_FILE: (loaded.manifest.events, EVENTS.name),
+        METRICS_FILE: (loaded.manifest.metrics, METRICS.name),
+    }[file]
+    sha = hashlib.sha256()
+    for _, line in _lines(loaded.root, file, part, stream, sha):
+        yield line
+    _check_hash(file, part, sha.hexdigest())
+
+
+def _line(
+    file: str, number: int, text: bytes, limit: int, stream: str, before: Line | None
+) -> Line:
     try:
         line = _line_decoder.decode(text)
         msgspec.json.decode(line.data)  # the data is one whole JSON value
@@ -247,8 +293,8 @@ def _line(file: str, number: int, text: bytes, limit: int, stream: str, before: 
         )
     if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
         raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
-    if before and line.seq <= before[-1].seq:
-        raise _refuse(file, number, f"seq {line.seq} does not follow seq {before[-1].seq}")
+    if before is not None and line.seq <= before.seq:
+        raise _refuse(file, number, f"seq {line.seq} does not follow seq {before.seq}")
     return line
 
 
@@ -258,7 +304,7 @@ def _check_hash(file: str, part: Part, sha256: str) -> None:
         raise InvalidInput(f"the export is refused: {file} is not the file the manifest hashed")
 
 
-def _check_event(ws: str, number: int, line: Line) -> None:
+def _check_event(ws: str, number: int, line: Line) -> str:
     """An event line's envelope: of this workspace, on its aggregate's subject, of a type and
     version this Cairn reads (upcast and decoded whole), of its type's aggregate kind, and not
     the audit service's (a target's checkpoints are its own, signed with its key)."""
@@ -281,12 +327,12 @@ def _check_event(ws: str, number: int, line: Line) -> None:
         raise _refuse(
             EVENTS_FILE, number, f"{env.type} is an event of a {kind}, not of {env.aggregate_kind}"
         )
+    return env.type
 
 
 def _check_chain(manifest: Manifest, events: list[Line]) -> None:
     chain = manifest.events.prev_chain
     for number, line in enumerate(events, start=1):
-        _check_event(manifest.workspace, number, line)
         chain = chain_step(chain, line.seq, line.digest)
         if line.chain != chain:
             raise _refuse(
@@ -309,25 +355,24 @@ _KINDS_OF: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_metrics(ws: str, metrics: list[Line]) -> None:
-    """Each metric batch on its run's subject of this workspace, and naming that workspace and
+def _check_metric(ws: str, number: int, line: Line) -> None:
+    """A metric batch on its run's subject of this workspace, and naming that workspace and
     run itself (the ingester and the read models go by the batch's own fields)."""
-    for number, line in enumerate(metrics, start=1):
-        parts = line.subject.split(".")
-        try:
-            if len(parts) != 4 or line.subject != subjects.metrics(ws, parts[3]):
-                raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
-            batch = _metrics_decoder.decode(line.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _refuse(METRICS_FILE, number, f"not a metric batch: {exc}") from exc
-        except InvalidInput as exc:
-            raise _refuse(METRICS_FILE, number, str(exc)) from exc
-        if batch.workspace != ws or batch.run_id != parts[3]:
-            raise _refuse(
-                METRICS_FILE,
-                number,
-                f"a batch of {batch.workspace}/{batch.run_id} on {line.subject}",
-            )
+    parts = line.subject.split(".")
+    try:
+        subject = subjects.metrics(ws, parts[3]) if len(parts) == 4 else ""
+    except InvalidInput as exc:
+        raise _refuse(METRICS_FILE, number, str(exc)) from exc
+    if line.subject != subject:
+        raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+    try:
+        batch = _metrics_decoder.decode(line.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _refuse(METRICS_FILE, number, f"not a metric batch: {exc}") from exc
+    if batch.workspace != ws or batch.run_id != parts[3]:
+        raise _refuse(
+            METRICS_FILE, number, f"a batch of {batch.workspace}/{batch.run_id} on {line.subject}"
+        )
 
 
 def _check_manifest(manifest: Manifest) -> None:
@@ -357,9 +402,10 @@ def _check_manifest(manifest: Manifest) -> None:
             raise InvalidInput(f"the export is refused: artifact {entry.file} has a negative size")
 
 
-def load_export(root: Path) -> Loaded:
+def load_export(root: Path, *, data: bool = True) -> Loaded:
     """Read and check the export in ``root`` (module docstring); ``InvalidInput`` names what
-    is wrong."""
+    is wrong. With ``data=False`` the event and metric lines are kept without their data (an
+    import reads them again as it stores them: :func:`iter_lines`)."""
     try:
         manifest = _manifest_decoder.decode((root / MANIFEST_FILE).read_bytes())
     except OSError as exc:
@@ -367,15 +413,32 @@ def load_export(root: Path) -> Loaded:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"the export is refused: {MANIFEST_FILE} is malformed: {exc}") from exc
     _check_manifest(manifest)
-    events, sha = _read_lines(root, EVENTS_FILE, manifest.events, EVENTS.name)
+    ws = manifest.workspace
+    types: list[str] = []
+    events, sha, largest_event = _read_lines(
+        root,
+        EVENTS_FILE,
+        manifest.events,
+        EVENTS.name,
+        lambda number, line: types.append(_check_event(ws, number, line)),
+        data,
+    )
     _check_chain(manifest, events)
     _check_hash(EVENTS_FILE, manifest.events, sha)
-    metrics, sha = _read_lines(root, METRICS_FILE, manifest.metrics, METRICS.name)
-    _check_metrics(manifest.workspace, metrics)
+    metrics, sha, largest_metric = _read_lines(
+        root,
+        METRICS_FILE,
+        manifest.metrics,
+        METRICS.name,
+        lambda number, line: _check_metric(ws, number, line),
+        data,
+    )
     _check_hash(METRICS_FILE, manifest.metrics, sha)
-    checkpoints, sha = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints, EVENTS.name)
+    checkpoints, sha, _ = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints, EVENTS.name)
     _check_hash(CHECKPOINTS_FILE, manifest.checkpoints, sha)
-    return Loaded(root, manifest, events, metrics, checkpoints)
+    return Loaded(
+        root, manifest, events, metrics, checkpoints, types, (largest_event, largest_metric)
+    )
 
 
 def _signed_ok(public: Ed25519PublicKey, cp: ChainCheckpointed) -> bool:

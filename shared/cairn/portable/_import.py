@@ -22,10 +22,10 @@ import asyncio
 import hashlib
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from cairn.audit import event_digest, key_id_of, parse_public_key
@@ -33,11 +33,14 @@ from cairn.bus import Connection, EventStore, Stored
 from cairn.errors import AlreadyExists, ConcurrencyConflict, InvalidInput, Unavailable
 from cairn.portable._export import _stored
 from cairn.portable._format import (
+    EVENTS_FILE,
+    METRICS_FILE,
     ArtifactEntry,
     Line,
     Loaded,
     Part,
     check_checkpoints,
+    iter_lines,
     load_export,
 )
 from cairn.proto import subjects
@@ -57,22 +60,11 @@ MEMBER_EVENTS = frozenset({"MemberAdded", "MemberRolesChanged", "MemberRemoved"}
 Members = Literal["keep", "drop"]
 
 
-class _Typed(msgspec.Struct):
-    type: str
-
-
-_typed = msgspec.json.Decoder(_Typed)
-
-
-def _member_event(line: Line) -> bool:
-    return _typed.decode(line.data).type in MEMBER_EVENTS
-
-
 def _members_chosen(loaded: Loaded, members: Members | None) -> list[Line]:
     """The export's events to store: all of them (``keep``), or all but its member events
     (``drop``); an export with member events and no choice is refused, since they grant roles
     in the target to whoever has the same user name there (docs/security.md)."""
-    held = [line for line in loaded.events if _member_event(line)]
+    held = [line for line, t in zip(loaded.events, loaded.types, strict=True) if t in MEMBER_EVENTS]
     if not held or members == "keep":
         return loaded.events
     if members is None:
@@ -86,7 +78,9 @@ def _members_chosen(loaded: Loaded, members: Members | None) -> list[Line]:
             "--members drop takes an export of a whole history: an export --since continues"
             " one whose member events this import cannot tell apart"
         )
-    return [line for line in loaded.events if not _member_event(line)]
+    return [
+        line for line, t in zip(loaded.events, loaded.types, strict=True) if t not in MEMBER_EVENTS
+    ]
 
 
 class Imported(NamedTuple):
@@ -112,13 +106,18 @@ class Imported(NamedTuple):
 
 
 def verify_export(
-    root: Path, public: Ed25519PublicKey | None = None, *, trust_export_key: bool = False
+    root: Path,
+    public: Ed25519PublicKey | None = None,
+    *,
+    trust_export_key: bool = False,
+    data: bool = True,
 ) -> tuple[Loaded, int]:
     """Read and check an export (its lines, digests, chain, files), and its checkpoints
     against ``public`` or, with ``trust_export_key``, against the key the export names (which
     vouches only for an export that was not rewritten whole); the export and how many of its
-    events checkpoints verified with a key cover (0 when no key was used)."""
-    loaded = load_export(root)
+    events checkpoints verified with a key cover (0 when no key was used). ``data=False``:
+    the lines are kept without their data (:func:`cairn.portable._format.load_export`)."""
+    loaded = load_export(root, data=data)
     named = None
     if loaded.manifest.audit_key:
         named = parse_public_key(loaded.manifest.audit_key, "the export's audit key")
@@ -247,7 +246,9 @@ async def _publish_one(store: EventStore, space: str, line: Line, last: int) -> 
     )
 
 
-async def _publish(store: EventStore, space: str, lines: list[Line], held: list[Stored]) -> None:
+async def _publish(
+    store: EventStore, space: str, lines: Iterable[Line], held: list[Stored]
+) -> None:
     """``lines`` in order, each with its ``Nats-Msg-Id`` and a CAS on the last of all the
     workspace's messages (``space``: its subjects) in the target, so the export's order is
     the target's, even against another import of the same export at the same time; the
@@ -294,13 +295,30 @@ async def _read_back(conn: Connection, ws: str, events: list[Line], metrics: lis
 
 def _check_sizes(loaded: Loaded, events: EventStore, metrics: EventStore) -> None:
     """Every line fits the target's server before anything is stored."""
-    for store, lines in ((events, loaded.events), (metrics, loaded.metrics)):
-        for line in lines:
-            if len(line.data) > store.max_bytes:
-                raise InvalidInput(
-                    f"the export's seq {line.seq} on {line.subject} holds {len(line.data)}"
-                    f" bytes; this target stores at most {store.max_bytes}"
-                )
+    for store, largest, what in (
+        (events, loaded.largest[0], "event"),
+        (metrics, loaded.largest[1], "metric batch"),
+    ):
+        if largest > store.max_bytes:
+            raise InvalidInput(
+                f"the export holds an {what} of {largest} bytes; this target stores at most"
+                f" {store.max_bytes}"
+            )
+
+
+def _again(loaded: Loaded, file: str, chosen: list[Line]) -> Iterator[Line]:
+    """The lines ``chosen`` (checked when the export was loaded, kept without their data)
+    read again with their data, each the one checked (its digest covers its subject, id and
+    bytes); ``InvalidInput`` when the file changed in between."""
+    at = 0
+    for line in iter_lines(loaded, file):
+        if at < len(chosen) and line.seq == chosen[at].seq:
+            if line.digest != chosen[at].digest:
+                raise InvalidInput(f"the export's {file} changed while it was imported")
+            yield line
+            at += 1
+    if at != len(chosen):
+        raise InvalidInput(f"the export's {file} changed while it was imported")
 
 
 def _copy_hashed(src: Path, dest: Path) -> str:
@@ -344,7 +362,7 @@ async def import_workspace(
     """Check the export in ``root`` whole, check the target's history of its workspace and
     that its services are stopped, then store the export's blobs, events and metric batches
     and read them back (module docstring)."""
-    loaded, signed = verify_export(root, public, trust_export_key=trust_export_key)
+    loaded, signed = verify_export(root, public, trust_export_key=trust_export_key, data=False)
     ws = loaded.manifest.workspace
     lines = _members_chosen(loaded, members)
     events_store = EventStore(conn, stream=EVENTS.name)
@@ -360,8 +378,10 @@ async def import_workspace(
         "metric batches", ws, loaded.manifest.metrics, loaded.metrics, held_metrics
     )
     stored, present = await _store_artifacts(loaded, blobs)
-    await _publish(events_store, events_space, lines[have_events:], stored_events)
-    await _publish(metrics_store, metrics_space, loaded.metrics[have_metrics:], held_metrics)
+    todo_events = _again(loaded, EVENTS_FILE, lines[have_events:])
+    await _publish(events_store, events_space, todo_events, stored_events)
+    todo_metrics = _again(loaded, METRICS_FILE, loaded.metrics[have_metrics:])
+    await _publish(metrics_store, metrics_space, todo_metrics, held_metrics)
     await _read_back(conn, ws, lines, loaded.metrics)
     return Imported(
         workspace=ws,
