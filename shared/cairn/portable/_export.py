@@ -306,7 +306,7 @@ def _write_manifest(dest: Path, manifest: Manifest, audit_key: str) -> None:
     staged.write_bytes(msgspec.json.format(_encoder.encode(manifest), indent=2) + b"\n")
     os.replace(staged, dest / MANIFEST_FILE)
     try:
-        loaded = load_export(dest)
+        loaded = load_export(dest, data=False)
         key = parse_public_key(audit_key, "the audit key") if audit_key else None
         check_checkpoints(loaded, key)
     except InvalidInput:
