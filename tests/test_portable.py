@@ -32,7 +32,13 @@ from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
 from cairn.embedded._up import all_services, read_models
 from cairn.errors import AlreadyExists, ConcurrencyConflict, InvalidInput, NotFound, Unavailable
-from cairn.portable import export_workspace, import_workspace, load_export, verify_export
+from cairn.portable import (
+    export_workspace,
+    import_workspace,
+    load_export,
+    refuse_unsigned,
+    verify_export,
+)
 from cairn.portable._export import _stored
 from cairn.projection import replay, replay_offline
 from cairn.proto import subjects
@@ -428,6 +434,16 @@ async def test_the_sources_signed_checkpoints_are_checked_against_the_key_truste
         await conn.close()
         server.stop()
     assert verify_export(folder, public)[1] == 8  # events 1-8 signed, the 9th not yet
+    # with the key given, an unsigned tail is refused unless allowed
+    with pytest.raises(InvalidInput, match="1 of its 9 events are in no checkpoint"):
+        refuse_unsigned(*verify_export(folder, public))
+    check = ["import", "--check", "--public-key", public_key_hex(public), str(folder)]
+    code, _, err = await run_cli(*check, env=dict(os.environ), cwd=tmp_path)
+    assert code == 1 and "1 of its 9 events are in no checkpoint" in err, err
+    code, out, err = await run_cli(
+        *check, "--allow-unsigned-tail", "--json", env=dict(os.environ), cwd=tmp_path
+    )
+    assert code == 0 and json.loads(out)["unsigned"] == 1, err
     assert verify_export(folder, trust_export_key=True)[1] == 8  # the key the export names
     assert verify_export(folder)[1] == 0  # no key: nothing vouched for
     # a checkpoint repeated (stored again later, its line's seq and id not signed) is not

@@ -247,6 +247,12 @@ def _trusted(given: str | None) -> Any:
     " export not rewritten whole by someone who could also replace that key)",
 )
 @click.option(
+    "--allow-unsigned-tail",
+    is_flag=True,
+    help="with --public-key: import although the last events are in no signed checkpoint"
+    " yet (they are vouched for by the export's own chain only)",
+)
+@click.option(
     "--members",
     type=click.Choice(["keep", "drop"]),
     default=None,
@@ -266,6 +272,7 @@ def _trusted(given: str | None) -> Any:
 def import_(
     public_key: str | None,
     trust_export_key: bool,
+    allow_unsigned_tail: bool,
     members: str | None,
     check: bool,
     creds: Path | None,
@@ -280,6 +287,9 @@ def import_(
     chain hash recomputed equal, the signed checkpoints agreeing with the events, and the
     files the manifest hashed. A workspace that already has other events here is refused; an
     import repeated stores nothing again, and one cut short finishes when run again.
+
+    With --public-key, every event must be in a checkpoint the key verifies, unless
+    --allow-unsigned-tail.
 
     The target's services must be stopped while it runs (the audit service may run): it
     refuses a target whose services consume the log. In a home 'cairn up' made and not
@@ -300,12 +310,17 @@ def import_(
             " the checkpoints with the key the export names"
         )
     trusted = _trusted(public_key)
+    require_signed = public_key is not None and not allow_unsigned_tail
     if check:
         from cairn.portable import verify_export
 
         loaded_export, signed = verify_export(
             folder, trusted, trust_export_key=trust_export_key, data=False
         )
+        if require_signed:
+            from cairn.portable import refuse_unsigned
+
+            refuse_unsigned(loaded_export, signed)
         m = loaded_export.manifest
         row = {
             "workspace": m.workspace,
@@ -335,6 +350,7 @@ def import_(
                 public=trusted,
                 trust_export_key=trust_export_key,
                 members="keep" if members == "keep" else "drop" if members else None,
+                require_signed=require_signed,
             )
         row = done._asdict()
         row["unsigned"] = done.events + done.events_present - done.signed

@@ -47,7 +47,14 @@ from cairn.proto import subjects
 from cairn.proto.streams import EVENTS, METRICS
 from cairn.storage import BlobStore
 
-__all__ = ["MEMBER_EVENTS", "Imported", "Members", "import_workspace", "verify_export"]
+__all__ = [
+    "MEMBER_EVENTS",
+    "Imported",
+    "Members",
+    "import_workspace",
+    "refuse_unsigned",
+    "verify_export",
+]
 
 _CHUNK = 1 << 20
 #: tries of one line against the target's own checkpoints and a cluster's "in process" answers
@@ -128,6 +135,16 @@ def verify_export(
         )
     key = public if public is not None else (named if trust_export_key else None)
     return loaded, check_checkpoints(loaded, key)
+
+
+def refuse_unsigned(loaded: Loaded, signed: int) -> None:
+    """Refuse an export whose events are not all covered by verified checkpoints."""
+    if signed < len(loaded.events):
+        raise InvalidInput(
+            f"the export is refused: {len(loaded.events) - signed} of its {len(loaded.events)}"
+            " events are in no checkpoint of the source verified with the key given (export"
+            " again once the source's audit service signed them, or allow the unsigned tail)"
+        )
 
 
 def _key_used(loaded: Loaded, public: Ed25519PublicKey | None, trust_export_key: bool) -> str:
@@ -358,11 +375,14 @@ async def import_workspace(
     public: Ed25519PublicKey | None = None,
     trust_export_key: bool = False,
     members: Members | None = None,
+    require_signed: bool = False,
 ) -> Imported:
     """Check the export in ``root`` whole, check the target's history of its workspace and
     that its services are stopped, then store the export's blobs, events and metric batches
     and read them back (module docstring)."""
     loaded, signed = verify_export(root, public, trust_export_key=trust_export_key, data=False)
+    if require_signed:
+        refuse_unsigned(loaded, signed)
     ws = loaded.manifest.workspace
     lines = _members_chosen(loaded, members)
     events_store = EventStore(conn, stream=EVENTS.name)
