@@ -60,6 +60,7 @@ PINNED = {
         "export_workspace",
         "import_workspace",
         "load_export",
+        "refuse_unsigned",
         "verify_export",
     ],
     "cairn.projection": [

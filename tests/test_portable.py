@@ -15,6 +15,7 @@ import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -29,14 +30,21 @@ from cairn.audit import (
 )
 from cairn.bus import Connection, EventStore
 from cairn.embedded import NatsServer
-from cairn.embedded._up import read_models
-from cairn.errors import AlreadyExists, InvalidInput, NotFound
-from cairn.portable import export_workspace, import_workspace, load_export, verify_export
+from cairn.embedded._up import all_services, read_models
+from cairn.errors import AlreadyExists, ConcurrencyConflict, InvalidInput, NotFound, Unavailable
+from cairn.portable import (
+    export_workspace,
+    import_workspace,
+    load_export,
+    refuse_unsigned,
+    verify_export,
+)
 from cairn.portable._export import _stored
 from cairn.projection import replay, replay_offline
 from cairn.proto import subjects
 from cairn.proto.streams import EVENTS, METRICS
 from cairn.sdk import AsyncWorkspace
+from cairn.service import run_services
 from cairn.services.audit import AuditService
 from cairn.settings import Settings
 from cairn.storage import LocalBlobStore
@@ -139,7 +147,7 @@ async def test_an_import_into_a_fresh_home_replays_to_the_same_read_models(
 ) -> None:
     settings, conn = target
     blobs = LocalBlobStore(settings.artifacts_path)
-    done = await import_workspace(conn, exported.folder, blobs=blobs)
+    done = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
     n_events = len(exported.source[EVENTS.name])
     assert (done.events, done.events_present) == (n_events, 0)
     assert (done.metrics, done.artifacts) == (len(exported.source[METRICS.name]), 1)
@@ -163,7 +171,7 @@ async def test_an_import_into_a_fresh_home_replays_to_the_same_read_models(
     (row,) = await _signed(conn, settings, n_events)
     assert row["verdict"] == "ok" and row["workspace"] == exported.workspace
     # an import repeated stores nothing again
-    again = await import_workspace(conn, exported.folder, blobs=blobs)
+    again = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
     assert (again.events, again.events_present, again.metrics) == (0, n_events, 0)
     assert await _held(conn, exported.workspace) == exported.source
 
@@ -196,7 +204,9 @@ async def test_an_export_whose_chain_does_not_verify_is_refused(
 
     _rewrite_line(folder / "events.jsonl", 2, retag)
     with pytest.raises(InvalidInput, match=r"events\.jsonl line 3: .*digest does not verify"):
-        await import_workspace(conn, folder, blobs=LocalBlobStore(settings.artifacts_path))
+        await import_workspace(
+            conn, folder, blobs=LocalBlobStore(settings.artifacts_path), members="keep"
+        )
     assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
 
     # the digest written again to match: the chain still gives it away
@@ -223,6 +233,9 @@ def test_a_truncated_or_malformed_export_is_refused(exported: Exported, tmp_path
         verify_export(folder)
     events.write_bytes(b"".join([b"{not json\n", *cut[1:]]))
     with pytest.raises(InvalidInput, match="line 1: malformed"):
+        verify_export(folder)
+    events.write_bytes(whole + cut[-1])  # a line more than the manifest counts
+    with pytest.raises(InvalidInput, match=f"line {len(cut) + 1}: more lines than the manifest"):
         verify_export(folder)
     events.write_bytes(whole)
     (folder / "manifest.json").write_text("{}")
@@ -271,7 +284,9 @@ async def test_a_workspace_with_other_events_in_the_target_is_refused(
         subjects.event(ws, "experiment", "elsewhere"), [other], expected_seq=0, msg_id="other"
     )
     with pytest.raises(AlreadyExists, match="already has other events"):
-        await import_workspace(conn, exported.folder, blobs=LocalBlobStore(settings.artifacts_path))
+        await import_workspace(
+            conn, exported.folder, blobs=LocalBlobStore(settings.artifacts_path), members="keep"
+        )
     held = await _held(conn, ws)
     assert len(held[EVENTS.name]) == 1 and held[METRICS.name] == []
 
@@ -298,9 +313,9 @@ async def test_an_export_since_a_moment_carries_on_an_earlier_import(
     assert manifest.events.count > 0 and manifest.metrics.count == 1
     # not before the history it continues
     with pytest.raises(AlreadyExists, match="continues a history"):
-        await import_workspace(into, later)
-    await import_workspace(into, first)
-    done = await import_workspace(into, later)
+        await import_workspace(into, later, members="keep")
+    await import_workspace(into, first, members="keep")
+    done = await import_workspace(into, later, members="keep")
     assert done.events == manifest.events.count and done.metrics == 1
     assert await _held(into, ws.name) == await _held(conn, ws.name)
 
@@ -331,6 +346,7 @@ async def test_the_command_line_exports_and_imports(
     args.append("--json")
     exported = json.loads(await cli(*args, env=source_env, cwd=tmp_path))
     assert exported["artifacts"] == 1 and exported["events"] > 0
+    assert folder.stat().st_mode & 0o777 == 0o700  # the whole history: its owner's only
     target_env = {
         **os.environ,
         "CAIRN_HOME": settings.home,
@@ -343,18 +359,49 @@ async def test_the_command_line_exports_and_imports(
     whole = events.read_bytes()
     events.write_bytes(whole.replace(b'"team":"vision"', b'"team":"vandal"', 1))
     code, _, err = await run_cli(
-        "import", "--creds", str(into), str(folder), env=target_env, cwd=tmp_path
+        "import",
+        "--creds",
+        str(into),
+        "--members",
+        "keep",
+        "--trust-export-key",
+        str(folder),
+        env=target_env,
+        cwd=tmp_path,
     )
     assert code == 1 and "error [invalid_input]: the export is refused: events.jsonl line" in err
     assert "Traceback" not in err
     events.write_bytes(whole)
     checked = json.loads(
-        await cli("import", "--check", str(folder), "--json", env=target_env, cwd=tmp_path)
+        await cli(
+            "import",
+            "--check",
+            "--trust-export-key",
+            str(folder),
+            "--json",
+            env=target_env,
+            cwd=tmp_path,
+        )
     )
     assert checked["events"] == exported["events"]
+    # checked with the key the export names, which signed none of these yet: the JSON says so
+    assert checked["key"].startswith("ed25519-")
+    assert (checked["signed"], checked["unsigned"]) == (0, checked["events"])
+    # without a key to check with, or a word that the export's own will do: refused
+    code, _, err = await run_cli("import", "--check", str(folder), env=target_env, cwd=tmp_path)
+    assert code == 2 and "--trust-export-key" in err
     done = json.loads(
         await cli(
-            "import", "--creds", str(into), str(folder), "--json", env=target_env, cwd=tmp_path
+            "import",
+            "--creds",
+            str(into),
+            "--members",
+            "keep",
+            "--trust-export-key",
+            str(folder),
+            "--json",
+            env=target_env,
+            cwd=tmp_path,
         )
     )
     assert done["events"] == exported["events"] and done["artifacts"] == 1
@@ -387,7 +434,31 @@ async def test_the_sources_signed_checkpoints_are_checked_against_the_key_truste
         await conn.close()
         server.stop()
     assert verify_export(folder, public)[1] == 8  # events 1-8 signed, the 9th not yet
-    assert verify_export(folder)[1] == 8  # the key the export names
+    # with the key given, an unsigned tail is refused unless allowed
+    with pytest.raises(InvalidInput, match="1 of its 9 events are in no checkpoint"):
+        refuse_unsigned(*verify_export(folder, public))
+    check = ["import", "--check", "--public-key", public_key_hex(public), str(folder)]
+    code, _, err = await run_cli(*check, env=dict(os.environ), cwd=tmp_path)
+    assert code == 1 and "1 of its 9 events are in no checkpoint" in err, err
+    code, out, err = await run_cli(
+        *check, "--allow-unsigned-tail", "--json", env=dict(os.environ), cwd=tmp_path
+    )
+    assert code == 0 and json.loads(out)["unsigned"] == 1, err
+    assert verify_export(folder, trust_export_key=True)[1] == 8  # the key the export names
+    assert verify_export(folder)[1] == 0  # no key: nothing vouched for
+    # a checkpoint repeated (stored again later, its line's seq and id not signed) is not
+    # counted twice: refused
+    checkpoints = folder / "checkpoints.jsonl"
+    signed_whole = checkpoints.read_bytes()
+
+    def repeat(lines: list[dict[str, Any]]) -> None:
+        lines.append({**lines[0], "seq": lines[-1]["seq"] + 1, "msg_id": "again"})
+
+    _rewrite_whole(folder, "checkpoints.jsonl", repeat)
+    with pytest.raises(InvalidInput, match=r"line 3: checkpoint 1 does not follow 2"):
+        verify_export(folder, public)
+    _rewrite_whole(folder, "checkpoints.jsonl", lambda lines: lines.pop())
+    assert checkpoints.read_bytes() == signed_whole
     stranger = Ed25519PrivateKey.generate().public_key()
     with pytest.raises(InvalidInput, match="not by the key trusted"):
         verify_export(folder, stranger)
@@ -440,8 +511,8 @@ async def test_two_imports_of_one_export_at_once_store_it_once_in_its_order(
     settings, conn = target
     blobs = LocalBlobStore(settings.artifacts_path)
     first, second = await asyncio.gather(
-        import_workspace(conn, exported.folder, blobs=blobs),
-        import_workspace(conn, exported.folder, blobs=blobs),
+        import_workspace(conn, exported.folder, blobs=blobs, members="keep"),
+        import_workspace(conn, exported.folder, blobs=blobs, members="keep"),
     )
     n_events = len(exported.source[EVENTS.name])
     assert first.events == second.events == n_events  # each stored or found every one
@@ -452,3 +523,281 @@ async def test_a_workspace_without_events_is_not_exported(conn: Connection, tmp_
     with pytest.raises(NotFound, match="has no events"):
         await export_workspace(conn, "nosuchworkspace", tmp_path / "x", now=datetime.now(UTC))
     assert not (tmp_path / "x").exists()
+
+
+def _rewrite_whole(folder: Path, file: str, edit: object) -> None:
+    """Edit one lines file's parsed lines with ``edit`` and make the export agree with itself
+    again (digests, chain hashes, counts, the manifest's hashes): only the checks on what the
+    lines mean can refuse it then."""
+    assert callable(edit)
+    path = folder / file
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    edit(lines)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    part = {"events.jsonl": "events", "metrics.jsonl": "metrics"}.get(file, "checkpoints")
+    chain = manifest["events"]["prev_chain"]
+    body = b""
+    for line in lines:
+        raw = json.dumps(line["data"], separators=(",", ":")).encode()
+        line["digest"] = event_digest(line["subject"], line["msg_id"], raw)
+        if part == "events":
+            chain = line["chain"] = chain_step(chain, line["seq"], line["digest"])
+        body += json.dumps(line, separators=(",", ":")).encode() + b"\n"
+    path.write_bytes(body)
+    if part == "events":
+        manifest["events"]["chain"] = chain
+    manifest[part]["count"] = len(lines)
+    manifest[part]["sha256"] = hashlib.sha256(body).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_metric_batches_of_another_workspace_or_run_are_refused(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """The ingester and the read models go by a batch's own workspace and run fields."""
+    folder = _copy(exported, tmp_path)
+    metrics = folder / "metrics.jsonl"
+    whole = metrics.read_bytes()
+
+    def other_workspace(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["workspace"] = "victim"
+
+    _rewrite_whole(folder, "metrics.jsonl", other_workspace)
+    with pytest.raises(InvalidInput, match=r"metrics\.jsonl line 1: a batch of victim/"):
+        verify_export(folder)
+    metrics.write_bytes(whole)
+    folder = _copy(exported, tmp_path / "b")
+
+    def other_run(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["run_id"] = "another"
+
+    _rewrite_whole(folder, "metrics.jsonl", other_run)
+    with pytest.raises(InvalidInput, match=r"line 1: a batch of .*/another on"):
+        verify_export(folder)
+    folder = _copy(exported, tmp_path / "c")
+
+    def wildcard(lines: list[dict[str, Any]]) -> None:
+        lines[0]["subject"] = f"cairn.metrics.{exported.workspace}.>"
+
+    _rewrite_whole(folder, "metrics.jsonl", wildcard)
+    with pytest.raises(InvalidInput, match=r"metrics\.jsonl line 1: .*must match"):
+        verify_export(folder)
+    folder = _copy(exported, tmp_path / "d")
+
+    def not_a_batch(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"] = {"anything": 1}
+
+    _rewrite_whole(folder, "metrics.jsonl", not_a_batch)
+    with pytest.raises(InvalidInput, match=r"line 1: not a metric batch"):
+        verify_export(folder)
+
+
+def test_events_are_decoded_whole_and_of_their_aggregates_kind(
+    exported: Exported, tmp_path: Path
+) -> None:
+    def audit(lines: list[dict[str, Any]]) -> None:
+        ws = exported.workspace
+        lines[1]["subject"] = f"cairn.ev.{ws}.audit.chain"
+        lines[1]["data"].update(type="ChainCheckpointed", aggregate_kind="audit")
+        lines[1]["data"]["aggregate_id"] = "chain"
+
+    def other_kind(lines: list[dict[str, Any]]) -> None:
+        data = lines[1]["data"]
+        data["aggregate_kind"] = "model"
+        lines[1]["subject"] = f"cairn.ev.{exported.workspace}.model.{data['aggregate_id']}"
+
+    def bad_body(lines: list[dict[str, Any]]) -> None:
+        lines[1]["data"]["data"] = {"no": "such fields"}
+
+    for n, (edit, refusal) in enumerate(
+        [
+            (audit, "line 2: "),
+            (other_kind, r"line 2: \w+ is an event of a \w+, not of model"),
+            (bad_body, "line 2: not an event this Cairn reads"),
+        ]
+    ):
+        folder = _copy(exported, tmp_path / str(n))
+        _rewrite_whole(folder, "events.jsonl", edit)
+        with pytest.raises(InvalidInput, match=refusal):
+            verify_export(folder)
+
+
+def test_numbers_hashes_ids_and_sizes_are_checked_on_load(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """Each refused as the malformed export it is, before any import starts."""
+
+    def manifest_edit(folder: Path, part: str, key: str, value: object) -> None:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest[part][key] = value
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    for n, (part, key, value) in enumerate(
+        [
+            ("events", "prev_chain", "zz" * 32),
+            ("events", "prev_count", -1),
+            ("metrics", "count", -3),
+            ("events", "prev_last", "not hex"),
+        ]
+    ):
+        folder = _copy(exported, tmp_path / f"m{n}")
+        manifest_edit(folder, part, key, value)
+        with pytest.raises(InvalidInput, match=r"manifest\.json is malformed"):
+            verify_export(folder)
+
+    def seq(lines: list[dict[str, Any]]) -> None:
+        lines[0]["seq"] = -1
+
+    def spaced_id(lines: list[dict[str, Any]]) -> None:
+        lines[0]["msg_id"] = lines[0]["msg_id"] + " "
+
+    def long_id(lines: list[dict[str, Any]]) -> None:
+        lines[0]["msg_id"] = "x" * 257
+
+    def large(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["actor"] = "k" * (1024 * 1024)
+
+    def huge(lines: list[dict[str, Any]]) -> None:
+        lines[0]["data"]["actor"] = "k" * (2 * 1024 * 1024)
+
+    for n, (file, edit, refusal) in enumerate(
+        [
+            ("metrics.jsonl", seq, "line 1: malformed"),
+            ("events.jsonl", spaced_id, "line 1: malformed"),
+            ("metrics.jsonl", long_id, "line 1: malformed"),
+            ("metrics.jsonl", large, "line 1: .* bytes of data exceed METRICS's limit"),
+            ("metrics.jsonl", huge, "line 1: longer than METRICS could store"),
+        ]
+    ):
+        folder = _copy(exported, tmp_path / f"l{n}")
+        _rewrite_whole(folder, file, edit)
+        with pytest.raises(InvalidInput, match=refusal):
+            verify_export(folder)
+
+
+async def test_membership_events_travel_only_when_asked(
+    exported: Exported, target: tuple[Settings, Connection]
+) -> None:
+    """A member of the source is one in the target only with --members keep."""
+    settings, conn = target
+    blobs = LocalBlobStore(settings.artifacts_path)
+    with pytest.raises(InvalidInput, match="--members keep"):
+        await import_workspace(conn, exported.folder, blobs=blobs)
+    assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
+    done = await import_workspace(conn, exported.folder, blobs=blobs, members="drop")
+    assert done.members_dropped >= 1
+    held = await _held(conn, exported.workspace)
+    types = [json.loads(data)["type"] for _, data in held[EVENTS.name]]
+    assert "WorkspaceCreated" in types and "MemberAdded" not in types
+    assert len(types) == len(exported.source[EVENTS.name]) - done.members_dropped
+    again = await import_workspace(conn, exported.folder, blobs=blobs, members="drop")
+    assert (again.events, again.events_present) == (0, len(types))
+
+
+async def test_an_import_is_refused_while_the_targets_services_run_and_passes_over_its_audit(
+    exported: Exported, tmp_path: Path
+) -> None:
+    """The whole stack running in the target: refused, nothing stored. Every service stopped
+    but the audit service, which signs a checkpoint after every event: the import moves past
+    each checkpoint it finds in its way, and the target holds the export in its order."""
+    server, settings, conn = await own_server(tmp_path / "live", request_timeout=5.0)
+    settings = msgspec.structs.replace(
+        settings,
+        state_dir=str(tmp_path / "live" / "state"),
+        artifacts_dir=str(tmp_path / "live" / "artifacts"),
+        audit_every_events=1,
+        audit_every_s=0.05,
+    )
+    blobs = LocalBlobStore(settings.artifacts_path)
+    try:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        stack = asyncio.create_task(
+            run_services(settings, list(all_services().values()), stop=stop, ready=ready)
+        )
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            with pytest.raises(Unavailable, match="the target's services are running"):
+                await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
+        finally:
+            stop.set()
+            await stack
+        assert await _held(conn, exported.workspace) == {EVENTS.name: [], METRICS.name: []}
+        audit = AuditService(conn, settings, poll_s=0.01)
+        await audit.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(audit.run(stop))
+        try:
+            done = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
+        finally:
+            stop.set()
+            await task
+        assert done.events == len(exported.source[EVENTS.name])
+        assert await _held(conn, exported.workspace) == exported.source
+        stored = await _stored(conn, EVENTS.name, subjects.events_of_workspace(exported.workspace))
+        assert any(".audit." in m.subject for m in stored)
+    finally:
+        await conn.close()
+        server.stop()
+
+
+async def test_a_checkpoint_of_the_target_in_the_way_is_passed_over(
+    exported: Exported, target: tuple[Settings, Connection]
+) -> None:
+    """Its append refused by the CAS because the target's audit service stored a checkpoint
+    since, the import expects that checkpoint's sequence and tries again."""
+    from cairn.portable._import import _publish
+
+    _, conn = target
+    ws = exported.workspace
+    store = EventStore(conn)
+    await store.publish(subjects.audit_chain(ws), b"{}", msg_id="theirs")
+    lines = load_export(exported.folder).events
+    await _publish(store, subjects.events_of_workspace(ws), lines[:3], [])
+    stored = await _stored(conn, EVENTS.name, subjects.events_of_workspace(ws))
+    assert [m.msg_id for m in stored] == ["theirs", *(line.msg_id for line in lines[:3])]
+    # another message of the workspace in the way is not passed over
+    await store.publish(subjects.event(ws, "experiment", "x"), b"{}", msg_id="other")
+    with pytest.raises(ConcurrencyConflict, match="is not the export's"):
+        await _publish(store, subjects.events_of_workspace(ws), lines[3:4], stored)
+
+
+async def test_the_command_line_imports_into_a_stopped_home_with_its_server_alone(
+    tmp_path: Path,
+) -> None:
+    """A home whose stack is stopped: 'cairn import' starts its server alone (no services,
+    as an import needs), stores the export, and stops the server again."""
+    server, _, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    await conn.close()
+    server.stop()
+    env = {**os.environ, "CAIRN_HOME": str(server.home)}
+    env.pop("CAIRN_NATS_URL", None)
+    history = str(Path(__file__).parent / "golden" / "v1" / "history")
+    args = ["import", "--trust-export-key", "--members", "keep", history, "--json"]
+    done = json.loads(await cli(*args, env=env, cwd=tmp_path))
+    assert done["events"] == load_export(Path(history)).manifest.events.count
+    assert server.running_pid() is None
+    again = json.loads(await cli(*args, env=env, cwd=tmp_path))
+    assert (again["events"], again["events_present"]) == (0, done["events"])
+
+
+def test_an_import_stores_only_the_lines_it_checked(exported: Exported, tmp_path: Path) -> None:
+    """The import checks the export whole keeping no data, then reads each line again as it
+    stores it: a line changed in between (even made consistent again) is refused there."""
+    from cairn.portable._import import _again
+
+    folder = _copy(exported, tmp_path)
+    loaded = load_export(folder, data=False)
+    assert all(bytes(line.data) == b"null" for line in loaded.events)
+    assert [line.digest for line in _again(loaded, "events.jsonl", loaded.events)] == [
+        line.digest for line in loaded.events
+    ]
+
+    def retag(lines: list[dict[str, Any]]) -> None:
+        lines[2]["data"]["actor"] = "mallory"
+
+    _rewrite_whole(folder, "events.jsonl", retag)
+    again = _again(loaded, "events.jsonl", loaded.events)
+    assert next(again).seq == loaded.events[0].seq
+    next(again)
+    with pytest.raises(InvalidInput, match=r"events\.jsonl changed while it was imported"):
+        next(again)

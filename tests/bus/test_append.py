@@ -9,7 +9,7 @@ import pytest
 
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
 from cairn.domain import Aggregate
-from cairn.errors import ConcurrencyConflict, PayloadTooLarge
+from cairn.errors import ConcurrencyConflict, InvalidInput, PayloadTooLarge
 from cairn.proto.events import Event, ExperimentCreated, RunFailed, encode_envelope
 from cairn.proto.subjects import event as event_subject
 from tests.helpers import envelope
@@ -343,3 +343,7 @@ async def test_a_cas_against_a_wildcard_sees_every_subject_under_it(
         first, payload, msg_id=f"{ws_name}-w4", expected_seq=last, expected_subject=space
     )
     assert again.seq > last and not again.duplicate
+    # the subjects of a CAS without the sequence it expects: refused, nothing stored
+    with pytest.raises(InvalidInput, match="give expected_seq"):
+        await store.publish(first, payload, msg_id=f"{ws_name}-w5", expected_subject=space)
+    assert (await store.read_stored(first))[-1].seq == again.seq

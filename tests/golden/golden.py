@@ -5,6 +5,7 @@ A fixture is a folder ``tests/golden/v<N>/``::
 
     history/            a workspace's history in the export format (cairn.portable)
     read_models/<name>.json   every read model replayed from it: version, hash, rows
+    aggregates.json     every aggregate of it folded by its domain module: subject -> state
     schemas.json        the fingerprint of the event schemas it was recorded with
 """
 
@@ -15,17 +16,36 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from cairn.domain import (
+    Aggregate,
+    asset,
+    endpoint,
+    experiment,
+    model,
+    pipeline,
+    published,
+    run,
+    schedule,
+    secret,
+    sweep,
+    webhook,
+    workspace,
+)
 from cairn.embedded._up import read_models
 from cairn.portable import load_export
 from cairn.projection import dump_tables, replay_offline
-from cairn.proto.events import EVENT_TYPES, UPCASTERS
+from cairn.proto.events import EVENT_TYPES, UPCASTERS, Event, decode_envelope
 from cairn.proto.schema import SCHEMA_DIR
 from cairn.proto.streams import EVENTS, METRICS
 
 __all__ = [
+    "AGGREGATES",
     "GOLDEN",
     "RECORD",
     "fixtures",
+    "folded",
     "newest",
     "replayed",
     "schema_findings",
@@ -143,4 +163,45 @@ def replayed(history: Path) -> dict[str, dict[str, Any]]:
             }
         finally:
             done.db.close()
+    return out
+
+
+#: every aggregate the domain folds, by the kind its subjects name
+AGGREGATES: dict[str, Aggregate[Any, Any]] = {
+    a.kind: a
+    for a in [
+        endpoint.ENDPOINT,
+        endpoint.DEPLOYMENT,
+        experiment.AGGREGATE,
+        model.AGGREGATE,
+        pipeline.AGGREGATE,
+        published.PUBLISHED,
+        published.ENDPOINT,
+        run.AGGREGATE,
+        run.STAGING,
+        schedule.AGGREGATE,
+        secret.AGGREGATE,
+        secret.KEYRING,
+        sweep.AGGREGATE,
+        webhook.AGGREGATE,
+        workspace.AGGREGATE,
+        *asset.AGGREGATES.values(),
+    ]
+}
+
+
+def folded(history: Path) -> dict[str, Any]:
+    """Every aggregate of a recorded history folded by its domain module (through today's
+    decoders and upcasters), subject by subject: its state as plain JSON values."""
+    loaded = load_export(history)
+    events: dict[str, list[Event]] = {}
+    for line in loaded.events:
+        events.setdefault(line.subject, []).append(decode_envelope(bytes(line.data)).data)
+    out: dict[str, Any] = {}
+    for subject, history_of in sorted(events.items()):
+        kind = subject.split(".")[3]
+        aggregate = AGGREGATES.get(kind)
+        if aggregate is None:
+            raise LookupError(f"{subject}: no aggregate of kind {kind} in AGGREGATES")
+        out[subject] = msgspec.to_builtins(aggregate.fold(history_of), order="sorted")
     return out

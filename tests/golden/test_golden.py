@@ -14,10 +14,21 @@ import pytest
 
 from cairn.embedded._up import read_models
 from cairn.portable import load_export
-from cairn.proto.events import UPCASTERS, RunTagsSet
+from cairn.projection import replay_offline
+from cairn.proto.events import (
+    EVENT_TYPES,
+    UPCASTERS,
+    RunTagsSet,
+    decode_envelope,
+    encode_envelope,
+)
+from cairn.proto.streams import EVENTS, METRICS
+from tests.golden import synthetic
 from tests.golden.golden import (
+    AGGREGATES,
     RECORD,
     fixtures,
+    folded,
     newest,
     replayed,
     schema_findings,
@@ -82,6 +93,22 @@ def test_a_golden_history_replays_to_the_read_models_recorded_with_it(fixture: P
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_a_golden_history_folds_to_the_aggregates_recorded_with_it(fixture: Path) -> None:
+    """Each aggregate's events folded by its domain module (what every command decides on)
+    give the state recorded with the history."""
+    path = fixture / "aggregates.json"
+    assert path.is_file(), f"{fixture.name} has no aggregates.json: {RECORD} --dumps {fixture.name}"
+    stored = json.loads(path.read_text())
+    now = json.loads(json.dumps(folded(fixture / "history")))
+    assert now.keys() == stored.keys()
+    changed = [s for s in sorted(now) if now[s] != stored[s]]
+    assert not changed, (
+        f"{len(changed)} aggregate(s) of {fixture.name} fold to another state than recorded,"
+        f" first {changed[0]}: {stored[changed[0]]} recorded, {now[changed[0]]} now"
+    )
+
+
 def test_todays_event_schemas_are_those_of_the_newest_golden_history() -> None:
     fixture = newest()
     assert fixture is not None
@@ -131,3 +158,41 @@ def test_golden_histories_replay_through_the_upcasters(monkeypatch: pytest.Monke
     problems = _compare(fixture)
     assert not problems, "\n".join(problems)
     assert calls, f"{fixture.name} holds no RunTagsSet: pick another type here"
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_synthetic_events_of_the_types_no_history_holds_decode_fold_and_project(
+    fixture: Path,
+) -> None:
+    """The types a recorded history lacks (failures, fires, key rotations, membership
+    changes), stored once as synthetic events on the history's own aggregates: each decodes
+    through today's decoders and upcasters to what was stored, folds into its aggregate after
+    the recorded events, and every read model takes them without setting one aside."""
+    extra = synthetic.load(fixture)
+    history = load_export(fixture / "history")
+    have = {json.loads(bytes(line.data))["type"] for line in history.events}
+    have |= {json.loads(data)["type"] for _, data in extra}
+    assert have | synthetic.NEVER_IN_HISTORY == set(EVENT_TYPES), (
+        f"no event of {sorted(set(EVENT_TYPES) - have - synthetic.NEVER_IN_HISTORY)} in"
+        f" {fixture.name}: add one to tests/golden/synthetic.py and run"
+        f" python -m tests.golden.synthetic {fixture.name}, or record a history that holds it"
+    )
+    by_subject: dict[str, list[Any]] = {}
+    for line in history.events:
+        by_subject.setdefault(line.subject, []).append(decode_envelope(bytes(line.data)).data)
+    for subject, data in extra:
+        env = decode_envelope(data)
+        if env.schema_version == json.loads(data)["schema_version"]:
+            assert encode_envelope(env) == data, f"{env.type} does not decode to what was stored"
+        by_subject.setdefault(subject, []).append(env.data)
+    for subject, events in by_subject.items():
+        AGGREGATES[subject.split(".")[3]].fold(events)  # raises on an event it cannot take
+    streams = {
+        EVENTS.name: [(line.subject, bytes(line.data)) for line in history.events] + extra,
+        METRICS.name: [(line.subject, bytes(line.data)) for line in history.metrics],
+    }
+    for name, make in sorted(read_models().items()):
+        projection = make()
+        done = replay_offline(projection, streams[projection.source.stream])
+        done.db.close()
+        assert not done.errors, f"{name} set synthetic events aside: {done.errors[:3]}"

@@ -34,6 +34,7 @@ from cairn.errors import (
     BatchRejected,
     CairnError,
     ConcurrencyConflict,
+    InvalidInput,
     PayloadTooLarge,
     PermissionDenied,
     Unavailable,
@@ -209,6 +210,8 @@ class EventStore:
         ``subject``'s (``Nats-Expected-Last-Subject-Sequence-Subject``)."""
         if len(payload) > self.max_bytes:
             raise PayloadTooLarge(f"{len(payload)} bytes exceed the {self.max_bytes} byte limit")
+        if expected_subject is not None and expected_seq is None:
+            raise InvalidInput("expected_subject names the subjects of a CAS: give expected_seq")
         headers = {"Nats-Msg-Id": msg_id}
         if expected_seq is not None:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_seq)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from cairn.cli._base import cli, emit, json_option, run
 from cairn.settings import Settings
@@ -48,12 +49,62 @@ async def _blobs(loaded: Settings) -> AsyncIterator[Any]:
         await store.close()
 
 
-def _audit_key(loaded: Settings) -> str:
-    """The home's audit public key (hex), when this machine runs the audit service."""
+@contextlib.asynccontextmanager
+async def _target(loaded: Settings, creds: Path | None, as_json: bool) -> AsyncIterator[Any]:
+    """A connection as the service user to the target; with no ``creds`` in a home ``cairn
+    up`` made whose server is not running, its server is started alone for the import (its
+    services stay stopped, as an import needs) and stopped after it."""
+    from cairn.bus import connect
+    from cairn.embedded._server import SERVICE_USER, NatsServer
+
+    server = None
+    home = loaded.home_path
+    if creds is None and (home / "nats" / "nats.conf").is_file():
+        probe = NatsServer(home, port=0)
+        if probe.running_pid() is None:
+            server = probe
+            await server.start()
+            if not as_json:
+                click.echo(
+                    f"started this home's server alone for the import: {server.url}", err=True
+                )
+            creds_of = server.credentials
+            assert creds_of is not None  # a home 'cairn up' made has them
+            loaded = msgspec.structs.replace(
+                loaded,
+                nats_url=server.url,
+                nats_user=SERVICE_USER,
+                nats_password=creds_of.service_password,
+                nats_creds=None,
+            )
+    try:
+        conn = await connect(loaded, name="cairn-import")
+        try:
+            yield conn
+        finally:
+            await conn.close()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _audit_key(loaded: Settings, given: str | None) -> str:
+    """The source's audit public key (hex): the one given, else the home's key file when this
+    machine runs the audit service, else none (said on stderr: the checkpoints are exported
+    all the same, and an import needs the key from elsewhere to check them)."""
     from cairn.audit import public_key_hex, public_key_path, read_public_key
 
+    if given is not None:
+        return public_key_hex(_trusted(given))
     path = public_key_path(loaded)
-    return public_key_hex(read_public_key(path)) if path.is_file() else ""
+    if path.is_file():
+        return public_key_hex(read_public_key(path))
+    click.echo(
+        f"no audit public key at {path} (the audit service runs elsewhere?): the export names"
+        " no key; pass --audit-key, or give the importer the key with --public-key",
+        err=True,
+    )
+    return ""
 
 
 @cli.command("export")
@@ -68,6 +119,13 @@ def _audit_key(loaded: Settings) -> str:
     "--artifacts", is_flag=True, help="also write the blobs the events name (files, models, data)"
 )
 @click.option(
+    "--audit-key",
+    "audit_key",
+    default=None,
+    help="the audit service's public key (64 hex digits or a file holding them) to name in"
+    " the export and check its checkpoints with (default: this home's key file)",
+)
+@click.option(
     "--creds",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
@@ -79,6 +137,7 @@ def export(
     workspace: str,
     since: str | None,
     artifacts: bool,
+    audit_key: str | None,
     creds: Path | None,
     folder: Path,
     as_json: bool,
@@ -102,6 +161,7 @@ def export(
     validate_token(workspace, "workspace")
     moment = _moment(since)
     loaded = service_connection_settings(creds)
+    key = _audit_key(loaded, audit_key)
 
     async def go() -> dict[str, Any]:
         from cairn.bus import connect
@@ -117,7 +177,7 @@ def export(
                     now=datetime.now(UTC),
                     since=moment,
                     blobs=blobs if artifacts else None,
-                    audit_key=_audit_key(loaded),
+                    audit_key=key,
                 )
         finally:
             await conn.close()
@@ -157,6 +217,7 @@ _IMPORT_COLUMNS = [
     ("metrics", "METRIC BATCHES STORED"),
     ("artifacts", "ARTIFACTS STORED"),
     ("signed", "EVENTS SIGNED"),
+    ("key", "KEY CHECKED"),
     ("chain", "CHAIN"),
 ]
 
@@ -177,7 +238,27 @@ def _trusted(given: str | None) -> Any:
     "public_key",
     default=None,
     help="the source's audit key (64 hex digits or a file holding them) the export's"
-    " checkpoints must be signed with (default: the key the export names)",
+    " checkpoints must be signed with; this or --trust-export-key is required",
+)
+@click.option(
+    "--trust-export-key",
+    is_flag=True,
+    help="check the checkpoints with the key the export names itself (it vouches only for an"
+    " export not rewritten whole by someone who could also replace that key)",
+)
+@click.option(
+    "--allow-unsigned-tail",
+    is_flag=True,
+    help="with --public-key: import although the last events are in no signed checkpoint"
+    " yet (they are vouched for by the export's own chain only)",
+)
+@click.option(
+    "--members",
+    type=click.Choice(["keep", "drop"]),
+    default=None,
+    help="the export's membership events grant roles by user name: keep them (the same users"
+    " here are the same people) or drop them (an admin adds members here after); required"
+    " when the export holds any",
 )
 @click.option("--check", is_flag=True, help="only check the export; store nothing")
 @click.option(
@@ -189,7 +270,14 @@ def _trusted(given: str | None) -> Any:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @json_option
 def import_(
-    public_key: str | None, check: bool, creds: Path | None, folder: Path, as_json: bool
+    public_key: str | None,
+    trust_export_key: bool,
+    allow_unsigned_tail: bool,
+    members: str | None,
+    check: bool,
+    creds: Path | None,
+    folder: Path,
+    as_json: bool,
 ) -> None:
     """Store the workspace history that 'cairn export' wrote into FOLDER in this home or
     cluster, with its events' ids, order and bytes unchanged (and their chain with them), its
@@ -200,48 +288,73 @@ def import_(
     files the manifest hashed. A workspace that already has other events here is refused; an
     import repeated stores nothing again, and one cut short finishes when run again.
 
+    With --public-key, every event must be in a checkpoint the key verifies, unless
+    --allow-unsigned-tail.
+
+    The target's services must be stopped while it runs (the audit service may run): it
+    refuses a target whose services consume the log. In a home 'cairn up' made and not
+    running, it starts the home's server alone for the import.
+
     \b
     Example:
-      cairn import ./default-export
-      cairn import --public-key 3f…e1 --check ./default-export
+      cairn import --public-key 3f…e1 --members keep ./default-export
+      cairn import --trust-export-key --check ./default-export
     """
     from cairn.cli._stack import service_connection_settings
 
+    if public_key is not None and trust_export_key:
+        raise click.UsageError("give --public-key or --trust-export-key, not both")
+    if public_key is None and not trust_export_key:
+        raise click.UsageError(
+            "give the source's audit key with --public-key, or say --trust-export-key to check"
+            " the checkpoints with the key the export names"
+        )
     trusted = _trusted(public_key)
+    require_signed = public_key is not None and not allow_unsigned_tail
     if check:
         from cairn.portable import verify_export
 
-        loaded_export, signed = verify_export(folder, trusted)
-        m = loaded_export.manifest
-        emit(
-            {
-                "workspace": m.workspace,
-                "events": m.events.count,
-                "events_present": None,
-                "metrics": m.metrics.count,
-                "artifacts": None if m.artifacts is None else len(m.artifacts),
-                "signed": signed,
-                "chain": m.events.chain,
-            },
-            as_json,
-            _IMPORT_COLUMNS,
+        loaded_export, signed = verify_export(
+            folder, trusted, trust_export_key=trust_export_key, data=False
         )
+        if require_signed:
+            from cairn.portable import refuse_unsigned
+
+            refuse_unsigned(loaded_export, signed)
+        m = loaded_export.manifest
+        row = {
+            "workspace": m.workspace,
+            "events": m.events.count,
+            "events_present": None,
+            "metrics": m.metrics.count,
+            "artifacts": None if m.artifacts is None else len(m.artifacts),
+            "signed": signed,
+            "unsigned": m.events.count - signed,
+            "key": _key_checked(trusted, m.audit_key if trust_export_key else ""),
+            "chain": m.events.chain,
+        }
+        emit(row, as_json, _IMPORT_COLUMNS)
         if not as_json:
             _unsigned(m.events.count, signed)
         return
     loaded = service_connection_settings(creds)
 
     async def go() -> dict[str, Any]:
-        from cairn.bus import connect
         from cairn.portable import import_workspace
 
-        conn = await connect(loaded, name="cairn-import")
-        try:
-            async with _blobs(loaded) as blobs:
-                done = await import_workspace(conn, folder, blobs=blobs, public=trusted)
-        finally:
-            await conn.close()
-        return done._asdict()
+        async with _target(loaded, creds, as_json) as conn, _blobs(loaded) as blobs:
+            done = await import_workspace(
+                conn,
+                folder,
+                blobs=blobs,
+                public=trusted,
+                trust_export_key=trust_export_key,
+                members="keep" if members == "keep" else "drop" if members else None,
+                require_signed=require_signed,
+            )
+        row = done._asdict()
+        row["unsigned"] = done.events + done.events_present - done.signed
+        return row
 
     row = run(go())
     if as_json:
@@ -251,12 +364,24 @@ def import_(
     _unsigned(row["events"] + row["events_present"], row["signed"])
 
 
+def _key_checked(trusted: Any, named: str) -> str:
+    """The id of the key the checkpoints were checked with, or "none" (nothing vouched for)."""
+    from cairn.audit import key_id_of, parse_public_key
+
+    if trusted is not None:
+        return str(key_id_of(trusted))
+    if named:
+        return str(key_id_of(parse_public_key(named, "the export's audit key")))
+    return "none"
+
+
 def _unsigned(events: int, signed: int) -> None:
     """Say how much of the export no signed checkpoint of the source covers."""
     if signed < events:
         click.echo(
-            f"{events - signed} of the export's {events} events are in no signed checkpoint of"
-            " the source (signed every audit_every_events or audit_every_s there): their"
-            " chain is the export's own",
+            f"{events - signed} of the export's {events} events are in no checkpoint of the"
+            " source verified with an audit key (signed every audit_every_events or"
+            " audit_every_s there; none when the export names no key): their chain is the"
+            " export's own",
             err=True,
         )

@@ -16,7 +16,7 @@ from cairn.portable._format import (
     Part,
     load_export,
 )
-from cairn.portable._import import Imported, import_workspace, verify_export
+from cairn.portable._import import Imported, import_workspace, refuse_unsigned, verify_export
 
 __all__ = [
     "FORMAT",
@@ -31,5 +31,6 @@ __all__ = [
     "export_workspace",
     "import_workspace",
     "load_export",
+    "refuse_unsigned",
     "verify_export",
 ]

@@ -5,8 +5,10 @@ when asked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import IO
 
 import msgspec
 
-from cairn.audit import GENESIS, chain_step, event_digest, split_subject
+from cairn.audit import GENESIS, chain_step, event_digest, parse_public_key, split_subject
 from cairn.audit._read import MAX_BATCH_BYTES
 from cairn.bus import Connection, EventStore, Stored
 from cairn.errors import InvalidInput, NotFound
@@ -33,6 +35,8 @@ from cairn.portable._format import (
     Part,
     artifact_file,
     blob_refs,
+    check_checkpoints,
+    load_export,
 )
 from cairn.proto import subjects
 from cairn.proto.events import EVENT_TYPES
@@ -56,6 +60,8 @@ class _File:
     prev_last: str = ""
     prev_chain: str = GENESIS
     chain: str = GENESIS
+    #: whether the lines began (``--since``: from the first message stored after it on)
+    started: bool = False
 
     def write(self, line: Line) -> None:
         body = _encoder.encode(line) + b"\n"
@@ -72,18 +78,23 @@ class _File:
         )
 
 
-async def _stored(conn: Connection, stream: str, subject_filter: str) -> list[Stored]:
-    """Every message on ``subject_filter`` of ``stream`` as it is while reading, oldest
-    first, with the server's time."""
+async def _pages(conn: Connection, stream: str, subject_filter: str) -> AsyncIterator[list[Stored]]:
+    """The messages on ``subject_filter`` of ``stream`` as they are while reading, oldest
+    first, with the server's time, a page at a time (never an empty one)."""
     store = EventStore(conn, stream=stream)
-    out: list[Stored] = []
     start = 1
     while True:
         got, more = await store.batch(subject_filter, start, limit=256, max_bytes=MAX_BATCH_BYTES)
-        out.extend(got)
+        if got:
+            yield got
         if not got or not more:
-            return out
+            return
         start = got[-1].seq + 1
+
+
+async def _stored(conn: Connection, stream: str, subject_filter: str) -> list[Stored]:
+    """Every message on ``subject_filter`` of ``stream``, oldest first, in one list."""
+    return [m async for page in _pages(conn, stream, subject_filter) for m in page]
 
 
 def _raw(m: Stored) -> msgspec.Raw:
@@ -107,14 +118,17 @@ def _after(since: datetime | None, message: Stored, started: bool) -> bool:
 
 
 def _write_events(
-    messages: list[Stored], since: datetime | None, events: _File, checkpoints: _File
-) -> dict[str, None]:
-    """Events (chained) and checkpoints into their files; the blobs the events name."""
-    refs: dict[str, None] = {}
-    started = False
+    messages: list[Stored],
+    since: datetime | None,
+    events: _File,
+    checkpoints: _File,
+    refs: dict[str, None],
+) -> None:
+    """Events (chained) and checkpoints into their files, going on from where ``events``
+    stands; the blobs the events name into ``refs``."""
     for m in messages:
         if split_subject(m.subject) is None:  # the workspace's checkpoints (audit kind)
-            if _after(since, m, started):
+            if _after(since, m, events.started):
                 digest = event_digest(m.subject, m.msg_id, m.data)
                 data = _raw(m)
                 checkpoints.write(
@@ -123,8 +137,8 @@ def _write_events(
             continue
         digest = event_digest(m.subject, m.msg_id, m.data)
         events.chain = chain_step(events.chain, m.seq, digest)
-        started = _after(since, m, started)
-        if not started:
+        events.started = _after(since, m, events.started)
+        if not events.started:
             events.prev_count += 1
             events.prev_last, events.prev_chain = digest, events.chain
             continue
@@ -138,15 +152,13 @@ def _write_events(
         )
         events.write(line)
         blob_refs(msgspec.json.decode(m.data).get("data"), refs)
-    return refs
 
 
 def _write_metrics(messages: list[Stored], since: datetime | None, metrics: _File) -> None:
-    started = False
     for m in messages:
         digest = event_digest(m.subject, m.msg_id, m.data)
-        started = _after(since, m, started)
-        if not started:
+        metrics.started = _after(since, m, metrics.started)
+        if not metrics.started:
             metrics.prev_count += 1
             metrics.prev_last = digest
             continue
@@ -215,12 +227,14 @@ async def export_workspace(
     ``since``, only what was stored after it; with ``blobs``, the blobs its events name. The
     manifest is written last, so a folder without one is an export that did not finish."""
     subjects.validate_token(workspace, "workspace")
-    stored_events = await _stored(conn, EVENTS.name, subjects.events_of_workspace(workspace))
-    if not stored_events:
+    event_pages = _pages(conn, EVENTS.name, subjects.events_of_workspace(workspace))
+    first = await anext(event_pages, None)
+    if first is None:
         raise NotFound(f"workspace {workspace} has no events in this log")
     _make_empty(dest)
-    stored_metrics = await _stored(conn, METRICS.name, f"cairn.metrics.{workspace}.>")
-    events, checkpoints, metrics, refs = _write_lines(dest, stored_events, stored_metrics, since)
+    events, checkpoints, metrics, refs = await _write_lines(
+        dest, first, event_pages, _pages(conn, METRICS.name, f"cairn.metrics.{workspace}.>"), since
+    )
     artifacts: list[ArtifactEntry] | None = None
     missing: list[str] = []
     if blobs is not None:
@@ -247,31 +261,54 @@ async def export_workspace(
         artifacts=artifacts,
         missing_artifacts=missing,
     )
-    _write_manifest(dest, manifest)
+    _write_manifest(dest, manifest, audit_key)
     return manifest
 
 
 def _make_empty(dest: Path) -> None:
+    """The export's folder, new or empty, readable by its owner only (it holds the whole
+    history of a workspace)."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInput(f"{dest} is not an empty folder")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.chmod(0o700)
 
 
-def _write_lines(
-    dest: Path, stored_events: list[Stored], stored_metrics: list[Stored], since: datetime | None
+async def _write_lines(
+    dest: Path,
+    first: list[Stored],
+    event_pages: AsyncIterator[list[Stored]],
+    metric_pages: AsyncIterator[list[Stored]],
+    since: datetime | None,
 ) -> tuple[_File, _File, _File, dict[str, None]]:
-    with (
-        open(dest / EVENTS_FILE, "wb") as ev,
-        open(dest / CHECKPOINTS_FILE, "wb") as cp,
-        open(dest / METRICS_FILE, "wb") as mx,
-    ):
+    """The lines files, written a page at a time as the log is read (the export never holds
+    more of the log than a page; what it keeps is the blobs' names)."""
+    refs: dict[str, None] = {}
+    with contextlib.ExitStack() as files:
+        ev, cp, mx = [
+            files.enter_context(await asyncio.to_thread(open, dest / name, "wb"))
+            for name in (EVENTS_FILE, CHECKPOINTS_FILE, METRICS_FILE)
+        ]
         events, checkpoints, metrics = _File(ev), _File(cp), _File(mx)
-        refs = _write_events(stored_events, since, events, checkpoints)
-        _write_metrics(stored_metrics, since, metrics)
+        _write_events(first, since, events, checkpoints, refs)
+        async for page in event_pages:
+            _write_events(page, since, events, checkpoints, refs)
+        async for page in metric_pages:
+            _write_metrics(page, since, metrics)
     return events, checkpoints, metrics, refs
 
 
-def _write_manifest(dest: Path, manifest: Manifest) -> None:
+def _write_manifest(dest: Path, manifest: Manifest, audit_key: str) -> None:
+    """The manifest, once what it describes reads back whole and the source's checkpoints
+    agree with the events written (signed by ``audit_key`` when one is named): an export
+    that would be refused on import is not finished."""
     staged = dest / (MANIFEST_FILE + ".tmp")
     staged.write_bytes(msgspec.json.format(_encoder.encode(manifest), indent=2) + b"\n")
     os.replace(staged, dest / MANIFEST_FILE)
+    try:
+        loaded = load_export(dest, data=False)
+        key = parse_public_key(audit_key, "the audit key") if audit_key else None
+        check_checkpoints(loaded, key)
+    except InvalidInput:
+        (dest / MANIFEST_FILE).unlink()
+        raise

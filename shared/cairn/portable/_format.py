@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,9 +38,18 @@ from cairn.audit import (
     split_subject,
     verify_signature,
 )
-from cairn.errors import InvalidInput
+from cairn.errors import InvalidInput, UnknownMessageType
 from cairn.proto import subjects
-from cairn.proto.events import EVENT_TYPES, ChainCheckpointed, ChainEntry, Envelope
+from cairn.proto.assets import ASSET_KINDS
+from cairn.proto.events import (
+    EVENT_TYPES,
+    ChainCheckpointed,
+    ChainEntry,
+    Envelope,
+    decode_envelope,
+)
+from cairn.proto.metrics import MetricsLogged
+from cairn.proto.streams import EVENTS, METRICS, STREAMS
 
 __all__ = [
     "ARTIFACTS_DIR",
@@ -58,6 +68,8 @@ __all__ = [
     "artifact_file",
     "blob_refs",
     "check_checkpoints",
+    "data_limit",
+    "iter_lines",
     "load_export",
 ]
 
@@ -69,6 +81,19 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 ARTIFACTS_DIR = "artifacts"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: the longest ``Nats-Msg-Id`` an export carries; every id Cairn makes is far shorter
+MAX_MSG_ID = 256
+#: room left in a stored message for its headers (as :class:`cairn.bus.EventStore` keeps)
+_HEADER_ALLOWANCE = 512
+#: a hex SHA-256, as digests, chain hashes and file hashes are written
+Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+#: a ``Nats-Msg-Id`` as the server keeps it: visible ASCII, no white space (the client strips
+#: white space from header values, so an id with it would be stored as another id)
+MsgId = Annotated[str, msgspec.Meta(pattern="^[!-~]+$", max_length=MAX_MSG_ID)]
+#: the same, or "" where there is none
+Hex64OrNone = Annotated[str, msgspec.Meta(pattern="^([0-9a-f]{64})?$")]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seq = Annotated[int, msgspec.Meta(ge=1)]
 #: the fields of an event's data that name a blob of the artifact store
 _BLOB_FIELDS = frozenset({"digest", "blob", "snapshot"})
 
@@ -76,32 +101,32 @@ _BLOB_FIELDS = frozenset({"digest", "blob", "snapshot"})
 class Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One stored message: where it was, what it is, and its bytes as the JSON they are."""
 
-    seq: int
+    seq: Seq
     subject: str
-    msg_id: str
-    digest: str
+    msg_id: MsgId
+    digest: Hex64
     #: the workspace's chain hash after this event (events only; "" elsewhere)
-    chain: str = ""
+    chain: Hex64OrNone = ""
     data: msgspec.Raw
 
 
 class Part(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One file of lines: how many, what came before them (``--since``), the file's SHA-256."""
 
-    count: int
+    count: Count
     #: messages of the workspace stored before the first line (an export ``--since``)
-    prev_count: int = 0
+    prev_count: Count = 0
     #: the digest of the last of those ("" when none)
-    prev_last: str = ""
-    sha256: str
+    prev_last: Hex64OrNone = ""
+    sha256: Hex64
 
 
 class EventsPart(Part, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The events file, with its chain's ends: the hash before the first line and after the
     last."""
 
-    prev_chain: str = GENESIS
-    chain: str = GENESIS
+    prev_chain: Hex64 = GENESIS
+    chain: Hex64 = GENESIS
 
 
 class ArtifactEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -132,13 +157,18 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class Loaded(NamedTuple):
-    """An export read and checked: its manifest and its lines."""
+    """An export read and checked: its manifest and its lines (without their data when
+    loaded with ``data=False``: :func:`iter_lines` reads them again)."""
 
     root: Path
     manifest: Manifest
     events: list[Line]
     metrics: list[Line]
     checkpoints: list[Line]
+    #: each event's type, in order
+    types: list[str]
+    #: the most bytes of data one event line and one metric batch line holds
+    largest: tuple[int, int]
 
 
 _manifest_decoder = msgspec.json.Decoder(Manifest)
@@ -169,36 +199,103 @@ def _refuse(file: str, number: int, what: str) -> InvalidInput:
     return InvalidInput(f"the export is refused: {file} line {number}: {what}")
 
 
-def _read_lines(root: Path, file: str, part: Part) -> tuple[list[Line], str]:
-    """The lines of one file, each whole and well-formed, as many as the manifest counts,
-    and the file's SHA-256."""
-    path = root / file
+def data_limit(stream: str) -> int:
+    """The most bytes one line's data may hold to be stored in ``stream`` again (its largest
+    message, less room for headers); the target's server may allow less (checked there)."""
+    size = next(d.max_msg_size for d in STREAMS if d.name == stream)
+    return size - _HEADER_ALLOWANCE
+
+
+#: a line's bytes besides its data: seq, subject, msg id, digest, chain and JSON punctuation
+_LINE_OVERHEAD = 2048
+
+
+def _lines(root: Path, file: str, part: Part, stream: str, sha: Any) -> Iterator[tuple[int, Line]]:
+    """The lines of one file, each whole and well-formed and small enough to be stored in
+    ``stream``, as many as the manifest counts; ``sha`` hashes the file as it is read. Read
+    a line at a time, none longer than the stream could store and no more than the manifest
+    counts, so a hostile file cannot make the reader hold more than the export it claims to
+    be."""
+    limit = data_limit(stream)
+    number = 0
+    last: Line | None = None
     try:
-        body = path.read_bytes()
+        with open(root / file, "rb") as f:
+            while text := f.readline(limit + _LINE_OVERHEAD + 1):
+                number += 1
+                sha.update(text)
+                if not text.endswith(b"\n"):
+                    if len(text) > limit + _LINE_OVERHEAD:
+                        raise _refuse(file, number, f"longer than {stream} could store")
+                    raise _refuse(file, number, "truncated (no end of line)")
+                if number > part.count:
+                    raise _refuse(file, number, f"more lines than the manifest's {part.count}")
+                last = _line(file, number, text, limit, stream, last)
+                yield number, last
     except OSError as exc:
         raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
-    if body and not body.endswith(b"\n"):
-        raise _refuse(file, body.count(b"\n") + 1, "truncated (no end of line)")
-    lines: list[Line] = []
-    for number, text in enumerate(body.splitlines(), start=1):
-        try:
-            line = _line_decoder.decode(text)
-            msgspec.json.decode(line.data)  # the data is one whole JSON value
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _refuse(file, number, f"malformed: {exc}") from exc
-        if not line.msg_id:
-            raise _refuse(file, number, "no Nats-Msg-Id: an import could not be repeated safely")
-        if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
-            raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
-        if lines and line.seq <= lines[-1].seq:
-            raise _refuse(file, number, f"seq {line.seq} does not follow seq {lines[-1].seq}")
-        lines.append(line)
-    if len(lines) != part.count:
+    if number != part.count:
         raise InvalidInput(
-            f"the export is refused: {file} holds {len(lines)} lines, the manifest counts"
+            f"the export is refused: {file} holds {number} lines, the manifest counts"
             f" {part.count} (truncated?)"
         )
-    return lines, hashlib.sha256(body).hexdigest()
+
+
+_NO_DATA = msgspec.Raw(b"null")
+
+
+def _read_lines(
+    root: Path,
+    file: str,
+    part: Part,
+    stream: str,
+    check: Callable[[int, Line], None] | None = None,
+    data: bool = True,
+) -> tuple[list[Line], str, int]:
+    """The lines of one file (:func:`_lines`), each checked by ``check``, kept with their data
+    or without; the file's SHA-256; the most bytes of data one line holds."""
+    sha = hashlib.sha256()
+    lines: list[Line] = []
+    largest = 0
+    for number, line in _lines(root, file, part, stream, sha):
+        if check is not None:
+            check(number, line)
+        largest = max(largest, len(line.data))
+        lines.append(line if data else msgspec.structs.replace(line, data=_NO_DATA))
+    return lines, sha.hexdigest(), largest
+
+
+def iter_lines(loaded: Loaded, file: str) -> Iterator[Line]:
+    """The lines of one file of an export loaded before, read again with their data, each
+    checked as when loaded besides what needs the whole file, and the file's hash at the end
+    (what the loaded lines' digests stand for is what the caller compares)."""
+    part, stream = {
+        EVENTS_FILE: (loaded.manifest.events, EVENTS.name),
+        METRICS_FILE: (loaded.manifest.metrics, METRICS.name),
+    }[file]
+    sha = hashlib.sha256()
+    for _, line in _lines(loaded.root, file, part, stream, sha):
+        yield line
+    _check_hash(file, part, sha.hexdigest())
+
+
+def _line(
+    file: str, number: int, text: bytes, limit: int, stream: str, before: Line | None
+) -> Line:
+    try:
+        line = _line_decoder.decode(text)
+        msgspec.json.decode(line.data)  # the data is one whole JSON value
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _refuse(file, number, f"malformed: {exc}") from exc
+    if len(line.data) > limit:
+        raise _refuse(
+            file, number, f"{len(line.data)} bytes of data exceed {stream}'s limit of {limit}"
+        )
+    if event_digest(line.subject, line.msg_id, bytes(line.data)) != line.digest:
+        raise _refuse(file, number, f"seq {line.seq} {line.subject}: digest does not verify")
+    if before is not None and line.seq <= before.seq:
+        raise _refuse(file, number, f"seq {line.seq} does not follow seq {before.seq}")
+    return line
 
 
 def _check_hash(file: str, part: Part, sha256: str) -> None:
@@ -207,32 +304,35 @@ def _check_hash(file: str, part: Part, sha256: str) -> None:
         raise InvalidInput(f"the export is refused: {file} is not the file the manifest hashed")
 
 
-def _check_event(ws: str, number: int, line: Line) -> None:
+def _check_event(ws: str, number: int, line: Line) -> str:
     """An event line's envelope: of this workspace, on its aggregate's subject, of a type and
-    version this Cairn reads."""
+    version this Cairn reads (upcast and decoded whole), of its type's aggregate kind, and not
+    the audit service's (a target's checkpoints are its own, signed with its key)."""
     try:
-        env = _raw_envelope.decode(line.data)
+        env = decode_envelope(bytes(line.data))
+    except UnknownMessageType as exc:
+        raise _refuse(EVENTS_FILE, number, f"{exc}: upgrade this Cairn first") from exc
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _refuse(EVENTS_FILE, number, f"not an event envelope: {exc}") from exc
+        raise _refuse(EVENTS_FILE, number, f"not an event this Cairn reads: {exc}") from exc
     try:
         subject = subjects.event(env.workspace, env.aggregate_kind, env.aggregate_id)
     except InvalidInput as exc:
         raise _refuse(EVENTS_FILE, number, str(exc)) from exc
     if env.workspace != ws or line.subject != subject:
         raise _refuse(EVENTS_FILE, number, f"{line.subject} is not an event of workspace {ws}")
-    cls = EVENT_TYPES.get(env.type)
-    if cls is None or env.schema_version > cls.VERSION:
+    kind = EVENT_TYPES[env.type].KIND
+    if env.aggregate_kind == subjects.AUDIT_KIND or kind == subjects.AUDIT_KIND:
+        raise _refuse(EVENTS_FILE, number, "an audit checkpoint among the events")
+    if env.aggregate_kind not in _KINDS_OF.get(kind, (kind,)):
         raise _refuse(
-            EVENTS_FILE,
-            number,
-            f"{env.type} v{env.schema_version} is unknown to this Cairn: upgrade it first",
+            EVENTS_FILE, number, f"{env.type} is an event of a {kind}, not of {env.aggregate_kind}"
         )
+    return env.type
 
 
 def _check_chain(manifest: Manifest, events: list[Line]) -> None:
     chain = manifest.events.prev_chain
     for number, line in enumerate(events, start=1):
-        _check_event(manifest.workspace, number, line)
         chain = chain_step(chain, line.seq, line.digest)
         if line.chain != chain:
             raise _refuse(
@@ -244,11 +344,35 @@ def _check_chain(manifest: Manifest, events: list[Line]) -> None:
         )
 
 
-def _check_metrics(ws: str, metrics: list[Line]) -> None:
-    prefix = f"cairn.metrics.{ws}."
-    for number, line in enumerate(metrics, start=1):
-        if not line.subject.startswith(prefix) or len(line.subject.split(".")) != 4:
-            raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+_metrics_decoder = msgspec.json.Decoder(MetricsLogged)
+#: the aggregate kinds whose subjects hold events of a type's ``KIND``, where they are more
+#: than that kind itself: asset events live on the aggregate of each asset kind
+#: (cairn.domain.asset.AGGREGATES), and a staging area is folded as a run
+#: (cairn.domain.run.STAGING)
+_KINDS_OF: dict[str, tuple[str, ...]] = {
+    "asset": ASSET_KINDS,
+    "run": ("run", "staging"),
+}
+
+
+def _check_metric(ws: str, number: int, line: Line) -> None:
+    """A metric batch on its run's subject of this workspace, and naming that workspace and
+    run itself (the ingester and the read models go by the batch's own fields)."""
+    parts = line.subject.split(".")
+    try:
+        subject = subjects.metrics(ws, parts[3]) if len(parts) == 4 else ""
+    except InvalidInput as exc:
+        raise _refuse(METRICS_FILE, number, str(exc)) from exc
+    if line.subject != subject:
+        raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+    try:
+        batch = _metrics_decoder.decode(line.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _refuse(METRICS_FILE, number, f"not a metric batch: {exc}") from exc
+    if batch.workspace != ws or batch.run_id != parts[3]:
+        raise _refuse(
+            METRICS_FILE, number, f"a batch of {batch.workspace}/{batch.run_id} on {line.subject}"
+        )
 
 
 def _check_manifest(manifest: Manifest) -> None:
@@ -258,6 +382,16 @@ def _check_manifest(manifest: Manifest) -> None:
             f" this Cairn reads {FORMAT!r} v{FORMAT_VERSION}"
         )
     subjects.validate_token(manifest.workspace, "workspace")
+    newer = sorted(
+        f"{name} v{version}"
+        for name, version in manifest.schema_versions.items()
+        if name not in EVENT_TYPES or version > EVENT_TYPES[name].VERSION
+    )
+    if newer:
+        raise InvalidInput(
+            "the export is refused: it was written by a Cairn with event types or versions"
+            f" this one does not read ({', '.join(newer[:5])}): upgrade this Cairn first"
+        )
     for entry in manifest.artifacts or []:
         if not _DIGEST.fullmatch(entry.digest) or entry.file != artifact_file(entry.digest):
             raise InvalidInput(
@@ -268,9 +402,10 @@ def _check_manifest(manifest: Manifest) -> None:
             raise InvalidInput(f"the export is refused: artifact {entry.file} has a negative size")
 
 
-def load_export(root: Path) -> Loaded:
+def load_export(root: Path, *, data: bool = True) -> Loaded:
     """Read and check the export in ``root`` (module docstring); ``InvalidInput`` names what
-    is wrong."""
+    is wrong. With ``data=False`` the event and metric lines are kept without their data (an
+    import reads them again as it stores them: :func:`iter_lines`)."""
     try:
         manifest = _manifest_decoder.decode((root / MANIFEST_FILE).read_bytes())
     except OSError as exc:
@@ -278,30 +413,55 @@ def load_export(root: Path) -> Loaded:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"the export is refused: {MANIFEST_FILE} is malformed: {exc}") from exc
     _check_manifest(manifest)
-    events, sha = _read_lines(root, EVENTS_FILE, manifest.events)
+    ws = manifest.workspace
+    types: list[str] = []
+    events, sha, largest_event = _read_lines(
+        root,
+        EVENTS_FILE,
+        manifest.events,
+        EVENTS.name,
+        lambda number, line: types.append(_check_event(ws, number, line)),
+        data,
+    )
     _check_chain(manifest, events)
     _check_hash(EVENTS_FILE, manifest.events, sha)
-    metrics, sha = _read_lines(root, METRICS_FILE, manifest.metrics)
-    _check_metrics(manifest.workspace, metrics)
+    metrics, sha, largest_metric = _read_lines(
+        root,
+        METRICS_FILE,
+        manifest.metrics,
+        METRICS.name,
+        lambda number, line: _check_metric(ws, number, line),
+        data,
+    )
     _check_hash(METRICS_FILE, manifest.metrics, sha)
-    checkpoints, sha = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints)
+    checkpoints, sha, _ = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints, EVENTS.name)
     _check_hash(CHECKPOINTS_FILE, manifest.checkpoints, sha)
-    return Loaded(root, manifest, events, metrics, checkpoints)
+    return Loaded(
+        root, manifest, events, metrics, checkpoints, types, (largest_event, largest_metric)
+    )
+
+
+def _signed_ok(public: Ed25519PublicKey, cp: ChainCheckpointed) -> bool:
+    return cp.key_id == key_id_of(public) and verify_signature(public, cp)
 
 
 def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
     """Check the export's signed checkpoints against its events: each of this workspace,
-    signed by ``public`` (when given) and listing exactly the events the export holds in its
-    window, its chain hash the one recomputed there. Returns how many events they cover."""
+    numbered upwards without repeats, signed by ``public``, and listing exactly the events the
+    export holds in its window, its chain hash the one recomputed there. Returns how many
+    distinct events checkpoints verified with ``public`` cover: 0 when no key is given (the
+    windows are still compared; nothing is vouched for)."""
     ws = loaded.manifest.workspace
     chain_at = {line.seq: line.chain for line in loaded.events}
     entries: list[ChainEntry] = []
     for line in loaded.events:
         split = split_subject(line.subject)
-        assert split is not None  # checked: an event of the workspace
+        if split is None:  # _check_event refuses these; never count what is not an event
+            raise _refuse(EVENTS_FILE, len(entries) + 1, f"{line.subject} is not an event")
         entries.append(ChainEntry(seq=line.seq, digest=line.digest, subject=split[1]))
     first = loaded.events[0].seq if loaded.events else 0
-    covered = 0
+    covered: set[int] = set()
+    last_index = -1
     for number, line in enumerate(loaded.checkpoints, start=1):
         try:
             cp = msgspec.json.decode(line.data, type=Envelope[ChainCheckpointed]).data
@@ -309,9 +469,12 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
             raise _refuse(CHECKPOINTS_FILE, number, f"not a checkpoint: {exc}") from exc
         if cp.workspace != ws or line.subject != subjects.audit_chain(ws):
             raise _refuse(CHECKPOINTS_FILE, number, f"a checkpoint of {cp.workspace}")
-        if public is not None and (
-            cp.key_id != key_id_of(public) or not verify_signature(public, cp)
-        ):
+        if cp.index <= last_index:
+            raise _refuse(
+                CHECKPOINTS_FILE, number, f"checkpoint {cp.index} does not follow {last_index}"
+            )
+        last_index = cp.index
+        if public is not None and not _signed_ok(public, cp):
             raise _refuse(
                 CHECKPOINTS_FILE, number, f"checkpoint {cp.index} is not signed by the key trusted"
             )
@@ -327,5 +490,6 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
                 f"checkpoint {cp.index} disagrees with the events at seq"
                 f" {cp.from_seq}-{cp.up_to_seq}: {what}",
             )
-        covered += len(window)
-    return covered
+        if public is not None:
+            covered.update(e.seq for e in window)
+    return len(covered)
