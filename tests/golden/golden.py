@@ -21,9 +21,11 @@ import msgspec
 from cairn.domain import (
     Aggregate,
     asset,
+    batch,
     endpoint,
     experiment,
     model,
+    parallel,
     pipeline,
     published,
     run,
@@ -170,10 +172,12 @@ def replayed(history: Path) -> dict[str, dict[str, Any]]:
 AGGREGATES: dict[str, Aggregate[Any, Any]] = {
     a.kind: a
     for a in [
+        batch.AGGREGATE,
         endpoint.ENDPOINT,
         endpoint.DEPLOYMENT,
         experiment.AGGREGATE,
         model.AGGREGATE,
+        parallel.AGGREGATE,
         pipeline.AGGREGATE,
         published.PUBLISHED,
         published.ENDPOINT,

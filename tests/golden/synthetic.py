@@ -17,15 +17,22 @@ import msgspec
 
 from cairn.portable import load_export
 from cairn.proto import subjects
+from cairn.proto.batch import BatchDeploymentSpec
 from cairn.proto.events import (
     EVENT_TYPES,
     AssetDeleted,
+    BatchDeploymentSet,
+    BatchEndpointCreated,
     DatastoreCredentialsResealed,
     DefaultDatastoreSet,
     Envelope,
     Event,
     MemberRemoved,
     MemberRolesChanged,
+    MiniBatchCommitted,
+    MiniBatchesPrepared,
+    MiniBatchLeased,
+    ParallelRunAborted,
     PipelineEndpointSet,
     RunRequeued,
     ScheduleFired,
@@ -41,6 +48,7 @@ from cairn.proto.events import (
     decode_envelope,
     encode_envelope,
 )
+from cairn.proto.jobs import JobSpec
 from tests.golden.golden import GOLDEN
 
 __all__ = ["FILE", "NEVER_IN_HISTORY", "load", "write"]
@@ -174,6 +182,43 @@ def _events(envs: list[Envelope[Event]]) -> list[tuple[str, str, Event]]:
             "golden-endpoint",
             PipelineEndpointSet(
                 name="golden-endpoint", pipeline_id=published.aggregate_id, default=True
+            ),
+        ),
+        (
+            "parallel",
+            "golden-parallel",
+            MiniBatchesPrepared(
+                parallel_id="golden-parallel",
+                pipeline_run_id=run.aggregate_id,
+                step="score",
+                kind="tabular",
+                items=4,
+                starts=[0, 2],
+                digest="synthetic",
+            ),
+        ),
+        (
+            "parallel",
+            "golden-parallel",
+            MiniBatchLeased(batch=0, run_id="golden-parallel-w0", attempt=1),
+        ),
+        (
+            "parallel",
+            "golden-parallel",
+            MiniBatchCommitted(batch=0, run_id="golden-parallel-w0", attempt=1, rows=["0", "1"]),
+        ),
+        ("parallel", "golden-parallel", ParallelRunAborted(reason="synthetic")),
+        ("batch_endpoint", "golden-batch", BatchEndpointCreated(name="golden-batch")),
+        (
+            "batch_endpoint",
+            "golden-batch",
+            BatchDeploymentSet(
+                endpoint="golden-batch",
+                name="blue",
+                spec=BatchDeploymentSpec(
+                    job=JobSpec(command=["python", "score.py"]), scoring_script="score.py"
+                ),
+                default=True,
             ),
         ),
         ("workspace", ws, MemberRolesChanged(user="user", roles=["data_scientist"])),
