@@ -18,11 +18,17 @@ from typing import Any
 import msgspec
 import nats.errors
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 
-from cairn.bus._connect import Connection
+from cairn.bus._connect import Connection, _backoff, _stopped
 from cairn.errors import CairnError, PermissionDenied, Unavailable, UnderReplicated
-from cairn.proto.streams import KV_BUCKETS, STREAMS, ConsumerConfig, StreamConfig
+from cairn.log import get_logger
+from cairn.proto.streams import (
+    KV_BUCKETS,
+    STREAMS,
+    ConsumerConfig,
+    StreamConfig,
+)
 
 __all__ = [
     "CLUSTER_REPLICAS",
@@ -39,6 +45,11 @@ _STREAM_NOT_FOUND = 10059
 #: maintenance) without losing a write or the quorum
 CLUSTER_REPLICAS = 3
 MIGRATE_COMMAND = "cairn cluster migrate"
+#: no answer in time, nobody to answer, or "temporarily unavailable": JetStream is busy or
+#: has no quorum yet; asked again later (never a refusal of what was asked)
+_NOT_NOW = (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+log = get_logger("cairn.bus")
 
 
 async def _api(
@@ -130,12 +141,42 @@ async def _under_replicated(conn: Connection, wanted: int) -> dict[str, int]:
     return short
 
 
-async def provision(conn: Connection, *, replicas: int | None = None) -> dict[str, str]:
+async def provision(
+    conn: Connection, *, replicas: int | None = None, stop: asyncio.Event | None = None
+) -> dict[str, str]:
     """Make every stream and bucket exist with the contract's settings; safe to repeat.
 
     ``replicas`` (default :func:`cluster_replicas`) is how many copies each keeps. An existing
     stream with fewer is ``UnderReplicated``, checked before anything is created or changed.
+
+    A request JetStream does not answer in time is asked again (the whole pass: each step is
+    create-or-update) with backoff until it is answered, logged once, or until ``stop`` is
+    set: then, or at once without ``stop``, it is ``Unavailable``. Error replies are raised
+    at once.
     """
+    attempt = 0
+    while True:
+        try:
+            done = await _provision_once(conn, replicas)
+        except _NOT_NOW as exc:
+            cause = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            error = Unavailable(
+                f"JetStream did not answer the provisioning of the streams ({cause})"
+            )
+            if stop is None:
+                raise error from exc
+            if attempt == 0:
+                log.warning("provision_retrying", cause=cause)
+            if await _stopped(stop, _backoff(attempt)):
+                raise error from exc
+            attempt += 1
+            continue
+        if attempt:
+            log.info("provisioned", attempts=attempt + 1)
+        return done
+
+
+async def _provision_once(conn: Connection, replicas: int | None) -> dict[str, str]:
     wanted = replicas if replicas is not None else cluster_replicas(conn)
     short = await _under_replicated(conn, wanted)
     if short:
