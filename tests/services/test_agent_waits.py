@@ -56,10 +56,12 @@ async def test_an_agent_waits_for_the_streams_then_starts(tmp_path: Path) -> Non
         assert [a.compute for a in await list_agents(conn)] == ["local"]
     finally:
         stop.set()
-        if task is not None:
-            await task
-        await conn.close()
-        server.stop()
+        try:
+            if task is not None:
+                await task
+        finally:
+            await conn.close()
+            server.stop()
 
 
 async def test_an_agent_waiting_for_the_streams_stops_when_asked(tmp_path: Path) -> None:
