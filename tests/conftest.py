@@ -97,15 +97,16 @@ def settings_for(
 
 
 async def own_server(
-    home: Path, *, request_timeout: float
+    home: Path, *, request_timeout: float, provisioned: bool = True
 ) -> tuple[NatsServer, Settings, Connection]:
-    """A server of the test's own (for tests that kill or restart it), provisioned and
-    connected as the services connect."""
+    """A server of the test's own (for tests that kill or restart it), provisioned (unless
+    ``provisioned=False``: no stream exists yet) and connected as the services connect."""
     server = NatsServer(home, port=0)
     await server.start()
     settings = settings_for(server, service=True, request_timeout=request_timeout)
     conn = await connect(settings)
-    await provision(conn)
+    if provisioned:
+        await provision(conn)
     return server, settings, conn
 
 

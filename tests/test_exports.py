@@ -6,6 +6,7 @@ import pytest
 
 PINNED = {
     "cairn.bus": [
+        "AGENT_STREAMS",
         "AggregateCache",
         "AppendResult",
         "CommandContext",
@@ -26,6 +27,7 @@ PINNED = {
         "per_client",
         "provision",
         "stored_time",
+        "wait_for_streams",
     ],
     "cairn.telemetry": [
         "AGENT_BUSY_SLOTS",

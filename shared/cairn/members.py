@@ -157,18 +157,36 @@ class Membership:
             # a consumer lost with a restarted server is expected (the view subscribes again);
             # one that is alive but delivers nothing is not
             lost = False
-            try:
-                behind = not self._has_all(await self._sub.consumer_info())
-            except Exception as exc:
-                log.info("members_consumer_lost", error=str(exc))
+            sub = self._sub
+            if sub is None:  # the last attempt to follow again failed: the server was away
                 behind = lost = True
+            else:
+                try:
+                    behind = not self._has_all(await sub.consumer_info())
+                except Exception as exc:
+                    log.info("members_consumer_lost", error=str(exc))
+                    behind = lost = True
             if behind and looked_at - self._progress_at >= self.stall_s:
-                if lost or not self.conn.nc.is_connected:
-                    log.info("members_resubscribing", seq=self._applied)
-                else:
-                    log.warning("members_stalled", seq=self._applied)
-                with contextlib.suppress(Exception):
-                    await self._subscribe()
+                if sub is not None:  # else: said when the last attempt failed
+                    if lost or not self.conn.nc.is_connected:
+                        log.info("members_resubscribing", seq=self._applied)
+                    else:
+                        log.warning("members_stalled", seq=self._applied)
+                await self._resubscribe(quiet=sub is None)
+
+    async def _resubscribe(self, *, quiet: bool = False) -> bool:
+        """Follow the log again from the last event folded; False (said once, not on the
+        attempts that follow: ``quiet``) when that fails, the server being away: the
+        subscription is then None until the next attempt succeeds."""
+        try:
+            await self._subscribe()
+        except Exception as exc:
+            if not quiet:
+                log.info("members_resubscribe_failed", seq=self._applied, error=str(exc))
+            return False
+        if quiet:
+            log.info("members_resubscribed", seq=self._applied)
+        return True
 
     async def _on_msg(self, msg: Any) -> None:
         self._progress_at = time.monotonic()
@@ -203,6 +221,9 @@ class Membership:
                 return
             started = time.monotonic()
             deadline = started + timeout
+            if self._sub is None:  # not following (the server was away): try now
+                if not await self._resubscribe(quiet=True):
+                    return
             try:
                 while time.monotonic() < deadline:
                     if self._has_all(await self._sub.consumer_info()):
@@ -211,8 +232,7 @@ class Membership:
                     await asyncio.sleep(0.005)
             except Exception as exc:  # the consumer is gone (a server restart): follow anew
                 log.warning("members_resubscribe", error=str(exc))
-                with contextlib.suppress(Exception):
-                    await self._subscribe()
+                await self._resubscribe()
 
     # -- the gate -------------------------------------------------------------------------
 

@@ -23,7 +23,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-from cairn.bus import AggregateCache, Connection, EventStore, connect, provision
+from cairn.bus import (
+    AggregateCache,
+    Connection,
+    EventStore,
+    connect,
+    provision,
+    wait_for_streams,
+)
 from cairn.errors import Unauthenticated
 from cairn.log import get_logger
 from cairn.members import Membership
@@ -84,7 +91,10 @@ async def run_services(
     provision_streams: bool = True,
 ) -> None:
     """``provision_streams=False`` for processes that connect as clients (agents): they use
-    the streams but may not create them, serve no person's requests and follow no members."""
+    the streams but may not create them (they wait until a service has: an agent may start
+    first), serve no person's requests and follow no members. Provisioning that JetStream
+    does not answer in time (a loaded cluster) is tried again until it is, or until
+    ``stop``."""
     stop = stop or asyncio.Event()
     conn = await connect(settings, name="cairn-services", wait=True, stop=stop)
     members: Membership | None = None
@@ -97,8 +107,11 @@ async def run_services(
                 " `cairn serve` (`--creds FILE`, or the home's credentials.json), cairn-agent"
                 " for `cairn agent` (CAIRN_NATS_USER and CAIRN_NATS_PASSWORD)"
             )
-        if provision_streams:
-            await provision(conn)
+        if not provision_streams:
+            if not await wait_for_streams(conn, stop=stop):
+                return  # stopped before the streams were there: nothing was started
+        else:
+            await provision(conn, stop=stop)
             members = Membership(conn)
             await members.start()
             install_gate(conn, members)

@@ -8,18 +8,24 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+import structlog
 
 from cairn.bus import Connection, EventStore
+from cairn.embedded import NatsServer
 from cairn.embedded._admin import add_member, adopt_memberless, remove_member
-from cairn.errors import InvalidInput, NotFound, PermissionDenied, Unavailable
+from cairn.errors import CairnError, InvalidInput, NotFound, PermissionDenied, Unavailable
 from cairn.members import Membership, roles_allow
 from cairn.proto import subjects
 from cairn.proto.commands import CreateExperiment, CreateWorkspace, ListExperiments
+from cairn.proto.events import MemberAdded
 from cairn.proto.members import AddMember, ListMembers
 from cairn.rpc import ADMIN_ACTOR, Client, Request
 from cairn.settings import Settings
+from tests.conftest import LEAKS_SOCKETS, own_server
+from tests.helpers import envelope
 
 
 def cid() -> str:
@@ -229,3 +235,59 @@ async def test_a_view_whose_subscription_stopped_follows_the_log_again(
         assert view.members[client.workspace]["audrey"] == frozenset({"auditor"})
     finally:
         await view.stop()
+
+
+@LEAKS_SOCKETS
+async def test_a_view_follows_the_log_again_after_a_server_restart(
+    tmp_path: Path, nats_py_leaks: None
+) -> None:
+    """While the server is away the view's attempts to follow again fail (it has no consumer
+    then); once the server is back it follows the log from where it was, and no attempt
+    reaches for a consumer it does not have."""
+    server, _, conn = await own_server(tmp_path / "home", request_timeout=1.0)
+    store = EventStore(conn)
+    subject = subjects.event("rs", "workspace", "rs")
+    view = Membership(conn, heartbeat_s=0.5, stall_s=0.2)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await view.start()
+            added = MemberAdded(user="dana", roles=["auditor"])
+            await store.append(
+                subject,
+                [envelope("rs", "rs", added, kind="workspace")],
+                expected_seq=0,
+                msg_id="a",
+            )
+            await _until(lambda: "dana" in view.members.get("rs", {}))
+            server.stop()
+            # the view tries to follow again while the server is away (and fails)
+            await _until(lambda: any(e["event"] == "members_resubscribing" for e in logs))
+            await asyncio.sleep(4 * view.stall_s)  # and tries again, several times
+            server = NatsServer(tmp_path / "home", port=server.port)
+            await server.start()
+            added = MemberAdded(user="erin", roles=["auditor"])
+            for _ in range(100):  # the client reconnects on its own
+                try:
+                    await store.append(
+                        subject,
+                        [envelope("rs", "rs", added, kind="workspace")],
+                        expected_seq=None,
+                        msg_id="b",
+                    )
+                    break
+                except CairnError:
+                    await asyncio.sleep(0.2)
+            await _until(lambda: "erin" in view.members.get("rs", {}))
+        errors = [str(e.get("error")) for e in logs if "error" in e]
+        assert not [e for e in errors if "NoneType" in e], errors
+        assert any(e["event"] == "members_resubscribed" for e in logs)
+    finally:
+        await view.stop()
+        await conn.close()
+        server.stop()
+
+
+async def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.05)

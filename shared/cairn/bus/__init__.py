@@ -5,15 +5,18 @@ from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._provision import (
+    AGENT_STREAMS,
     cluster_replicas,
     ensure_consumer,
     ensure_stream,
     migrate_replicas,
     provision,
+    wait_for_streams,
 )
 from cairn.bus._store import AppendResult, EventStore, Recorded, Stored, stored_time
 
 __all__ = [
+    "AGENT_STREAMS",
     "RECONNECT_MAX_S",
     "SCORER_USER",
     "AggregateCache",
@@ -34,4 +37,5 @@ __all__ = [
     "per_client",
     "provision",
     "stored_time",
+    "wait_for_streams",
 ]

@@ -18,13 +18,22 @@ from typing import Any
 import msgspec
 import nats.errors
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 
-from cairn.bus._connect import Connection
+from cairn.bus._connect import Connection, _backoff, _stopped
 from cairn.errors import CairnError, PermissionDenied, Unavailable, UnderReplicated
-from cairn.proto.streams import KV_BUCKETS, STREAMS, ConsumerConfig, StreamConfig
+from cairn.log import get_logger
+from cairn.proto.streams import (
+    AGENTS_BUCKET,
+    JOBS,
+    KV_BUCKETS,
+    STREAMS,
+    ConsumerConfig,
+    StreamConfig,
+)
 
 __all__ = [
+    "AGENT_STREAMS",
     "CLUSTER_REPLICAS",
     "cluster_replicas",
     "ensure_consumer",
@@ -32,13 +41,26 @@ __all__ = [
     "migrate_replicas",
     "provision",
     "stream_names",
+    "wait_for_streams",
 ]
 
 _STREAM_NOT_FOUND = 10059
+_CONSUMER_NOT_FOUND = 10014
+#: the streams an agent uses (its compute target's tickets, its heartbeat bucket), which it
+#: may not create: it waits for a service to provision them
+AGENT_STREAMS = (JOBS.name, f"KV_{AGENTS_BUCKET.bucket}")
+#: the consumer a stream is asked about to learn whether the stream exists (none has this
+#: name: the answer is "consumer not found" when it does, "stream not found" when it does not)
+_PROBE_CONSUMER = "cairn-stream-probe"
 #: the replicas of every stream and bucket on a cluster: one node may be lost (or be down for
 #: maintenance) without losing a write or the quorum
 CLUSTER_REPLICAS = 3
 MIGRATE_COMMAND = "cairn cluster migrate"
+#: no answer in time, nobody to answer, or "temporarily unavailable": JetStream is busy or
+#: has no quorum yet; asked again later (never a refusal of what was asked)
+_NOT_NOW = (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+
+log = get_logger("cairn.bus")
 
 
 async def _api(
@@ -130,12 +152,42 @@ async def _under_replicated(conn: Connection, wanted: int) -> dict[str, int]:
     return short
 
 
-async def provision(conn: Connection, *, replicas: int | None = None) -> dict[str, str]:
+async def provision(
+    conn: Connection, *, replicas: int | None = None, stop: asyncio.Event | None = None
+) -> dict[str, str]:
     """Make every stream and bucket exist with the contract's settings; safe to repeat.
 
     ``replicas`` (default :func:`cluster_replicas`) is how many copies each keeps. An existing
     stream with fewer is ``UnderReplicated``, checked before anything is created or changed.
+
+    A request JetStream does not answer in time is asked again (the whole pass: each step is
+    create-or-update) with backoff until it is answered, logged once, or until ``stop`` is
+    set: then, or at once without ``stop``, it is ``Unavailable``. Error replies are raised
+    at once.
     """
+    attempt = 0
+    while True:
+        try:
+            done = await _provision_once(conn, replicas)
+        except _NOT_NOW as exc:
+            cause = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            error = Unavailable(
+                f"JetStream did not answer the provisioning of the streams ({cause})"
+            )
+            if stop is None:
+                raise error from exc
+            if attempt == 0:
+                log.warning("provision_retrying", cause=cause)
+            if await _stopped(stop, _backoff(attempt)):
+                raise error from exc
+            attempt += 1
+            continue
+        if attempt:
+            log.info("provisioned", attempts=attempt + 1)
+        return done
+
+
+async def _provision_once(conn: Connection, replicas: int | None) -> dict[str, str]:
     wanted = replicas if replicas is not None else cluster_replicas(conn)
     short = await _under_replicated(conn, wanted)
     if short:
@@ -217,3 +269,39 @@ async def _wait_current(conn: Connection, name: str, replicas: int, deadline: fl
             why = f"{len(followers) + 1 if cluster.get('leader') else 0} of {replicas} placed"
         await asyncio.sleep(0.2)
     raise Unavailable(f"stream {name} did not reach {replicas} current replicas: {why}")
+
+
+async def _stream_exists(conn: Connection, name: str) -> bool:
+    """Whether stream ``name`` exists, asked as a consumer's info (the one question about a
+    stream an agent may ask: it may not read a stream's info); False while JetStream does not
+    answer in time. A refusal is raised."""
+    try:
+        reply = await _api(conn, f"$JS.API.CONSUMER.INFO.{name}.{_PROBE_CONSUMER}")
+    except _NOT_NOW:
+        return False
+    error = reply.get("error")
+    if error is None or error.get("err_code") == _CONSUMER_NOT_FOUND:
+        return True
+    if error.get("err_code") == _STREAM_NOT_FOUND or error.get("code") == 503:
+        return False
+    raise CairnError(f"cannot ask about stream {name}: {error.get('description')}")
+
+
+async def wait_for_streams(
+    conn: Connection, names: tuple[str, ...] = AGENT_STREAMS, *, stop: asyncio.Event
+) -> bool:
+    """Until every stream of ``names`` exists (a process that may not create them: an agent
+    started before the services), asked with backoff and logged once (``streams_missing_waiting``,
+    then ``streams_found``). True once they do; False when ``stop`` is set first."""
+    attempt = 0
+    while True:
+        missing = [name for name in names if not await _stream_exists(conn, name)]
+        if not missing:
+            if attempt:
+                log.info("streams_found", streams=list(names), attempts=attempt + 1)
+            return True
+        if attempt == 0:
+            log.warning("streams_missing_waiting", missing=missing)
+        if await _stopped(stop, _backoff(attempt)):
+            return False
+        attempt += 1
