@@ -203,11 +203,22 @@ async def test_the_pipeline_page_follows_its_steps_live(
     tmp_path: Path,
 ) -> None:
     await agents.start()
-    sent = await submit(ws, write_pipeline(tmp_path, FORK))
+    gate = tmp_path / "gate"  # prep waits for it: the page opens before any step has ended
+    held = FORK.replace(
+        "command: python prep.py",
+        f"command: while [ ! -e {gate} ]; do sleep 0.1; done; python prep.py",
+    )
+    sent = await submit(ws, write_pipeline(tmp_path, held))
     await log_in(
         page, gateway.url, *login_password(nats_server), f"/w/{ws.name}/pipelines/{sent.run_id}"
     )
+    first = await page.eval_on_selector_all(".dag .step", "els => els.map(e => e.dataset.status)")
+    assert "Completed" not in first, first
+    await screenshot(page, tmp_path, "pipeline-running")
+    await page.evaluate("() => { window.sameDocument = true; }")
+    gate.touch()
     await page.wait_for_function("() => window.Flows && Flows.ended", timeout=WAIT_MS)
+    assert await page.evaluate("() => window.sameDocument === true && Flows.updates > 0")
     done = await wait_pipeline(ws, sent.run_id)
     assert done["status"] == "Completed", done
     statuses = await page.eval_on_selector_all(
