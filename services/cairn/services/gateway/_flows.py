@@ -141,6 +141,8 @@ def _pipeline_context(view: dict[str, Any]) -> dict[str, Any]:
             "duration": _seconds(s.get("duration_s")),
             "reused": bool(s.get("reused_run_id")),
             "started_text": _when(s.get("started_at")),
+            # a step still running: the page counts its time from here
+            "running_since": s.get("started_at") if s.get("status") == "Running" else None,
         }
         for s in view["steps"]
     ]

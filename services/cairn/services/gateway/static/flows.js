@@ -37,10 +37,26 @@
       if (now && next) now.replaceWith(next);
     }
     drawSweep();
+    tick();
     Flows.updates += 1;
   }
 
+  /* A running step's time so far, counted in the browser from its start (epoch seconds). */
+  function elapsed(seconds) {
+    if (seconds < 60) return seconds.toFixed(0) + " s so far";
+    const m = Math.floor(seconds / 60), h = Math.floor(m / 60);
+    return (h ? `${h}h ${String(m % 60).padStart(2, "0")}m` : `${m}m ${String(Math.floor(seconds % 60)).padStart(2, "0")}s`) + " so far";
+  }
+
+  function tick() {
+    for (const el of document.querySelectorAll(".elapsed[data-since]")) {
+      el.textContent = elapsed(Math.max(0, Date.now() / 1000 - Number(el.dataset.since)));
+    }
+  }
+
   function follow(opts) {
+    tick();
+    setInterval(tick, 1000);
     const dot = document.getElementById("live-dot"), text = document.getElementById("live-text");
     drawSweep();
     if (!opts.live) { text.textContent = "ended"; Flows.ended = true; return; }
