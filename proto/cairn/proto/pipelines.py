@@ -181,7 +181,8 @@ class GetPipelineEndpoint(Query, frozen=True, kw_only=True, tag=True):
 
 
 class GetPipeline(Query, frozen=True, kw_only=True, tag=True):
-    """A pipeline run with its steps: status, run id, reuse, times."""
+    """A pipeline run with its steps: status, run id, reuse, times, the steps each waits for
+    (``upstream``)."""
 
     NAME = "pipeline.get"
     run_id: Id

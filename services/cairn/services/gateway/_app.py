@@ -202,6 +202,7 @@ def create_app(
     cookie is then sent over HTTPS only)."""
     from cairn.services.gateway._api import API_ROUTES
     from cairn.services.gateway._assets import ASSET_PAGES
+    from cairn.services.gateway._flows import FLOW_PAGES
     from cairn.services.gateway._live import LIVE_ROUTES
     from cairn.services.gateway._pages import PAGES
     from cairn.services.gateway._pipelines import PIPELINE_ROUTES
@@ -230,6 +231,7 @@ def create_app(
             *PAGES,
             *RUN_PAGES,
             *ASSET_PAGES,
+            *FLOW_PAGES,
             *API_ROUTES,
             *PIPELINE_ROUTES,
             *LIVE_ROUTES,

@@ -32,6 +32,7 @@ from cairn.proto.registry import ListModels, ModelAliasHistory, ModelLineage
 from cairn.rpc import Client
 from cairn.services.gateway._app import ask
 from cairn.services.gateway._auth import principal_of
+from cairn.services.gateway._flows import flow_links
 from cairn.services.gateway._pages import page
 
 __all__ = ["ASSET_PAGES", "JOB_FILTERS"]
@@ -409,6 +410,7 @@ async def jobs(
         }
         for row in of(status)
     ]
+    await flow_links(request, workspace, shown)
     filters = [
         {
             "name": name,

@@ -26,7 +26,9 @@ from cairn.proto.commands import GetRun, ListRuns
 from cairn.proto.jobs import DatasetRuns, GetJob
 from cairn.proto.metrics import GetMetrics
 from cairn.proto.paths import validate_run_path
+from cairn.proto.pipelines import GetPipeline
 from cairn.proto.registry import ListModels, ModelLineage
+from cairn.proto.sweeps import GetSweep
 from cairn.rpc import Client
 from cairn.services.gateway._app import ask
 from cairn.services.gateway._auth import principal_of
@@ -319,12 +321,14 @@ async def run_page(
     prefix: FromQuery[str] = "",
 ) -> Template:
     run = await run_record(request, workspace, run_id)
-    job, files, children, names, models = await asyncio.gather(
+    job, files, children, names, models, pipeline, sweep = await asyncio.gather(
         _optional(ask(request, workspace, GetJob(run_id=run_id))),
         run_files(request, workspace, run_id, prefix),
         ask(request, workspace, ListRuns(parent_run_id=run_id, limit=200)),
         metric_names(request, workspace, run_id),
         _lineage(request, workspace, run_id),
+        _optional(ask(request, workspace, GetPipeline(run_id=run_id))),
+        _optional(ask(request, workspace, GetSweep(run_id=run_id))),
     )
     datasets = await _datasets_read(request, workspace, run_id) if job is not None else []
     for f in files:
@@ -348,6 +352,8 @@ async def run_page(
         metrics=names,
         models=models,
         datasets=datasets,
+        pipeline=pipeline,
+        sweep=sweep,
         live=run.get("status") not in _TERMINAL,
     )
 

@@ -226,6 +226,9 @@ class PipelinesService(ProjectedService):
                 if step.name not in listed:
                     result.data["steps"].append({"step": step.name, "status": "NotStarted"})
             result.data["outputs"] = [msgspec.to_builtins(o) for o in state.spec.outputs]
+            upstream = {s.name: sorted(pipelines.upstream(s)) for s in state.spec.steps}
+            for found in result.data["steps"]:
+                found["upstream"] = upstream.get(found["step"], [])
         for step in result.data["steps"]:
             started, ended = step.get("started_at"), step.get("ended_at")
             step["duration_s"] = round(ended - started, 3) if started and ended else None
