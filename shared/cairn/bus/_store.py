@@ -18,6 +18,7 @@ other batch errors                      ``BatchRejected``
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import random
@@ -262,15 +263,67 @@ class EventStore:
     async def read_stored(
         self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
     ) -> list[Stored]:
-        """The messages of one subject as stored (not decoded), with the server's time."""
+        """The messages of one subject as stored (not decoded), with the server's time.
+
+        With ``up_to_seq``, every message up to that sequence: a direct get is answered by
+        any replica of the stream, and a follower may not have applied the latest writes yet
+        (ADR-31; a batched direct get does not honour ``min_last_seq``). The stream leader,
+        which has every acknowledged write, is asked once at the end whether another message
+        of the subject follows up to ``up_to_seq``; if one does, the read goes on from it."""
         out: list[Stored] = []
         start = after_seq + 1
         while True:
             got, more = await self._direct_batch(subject, start, up_to_seq)
             out.extend(got)
-            if not more or not got:
+            if got and more:
+                start = got[-1].seq + 1
+                continue
+            if up_to_seq is None:
                 return out
-            start = got[-1].seq + 1
+            start = (out[-1].seq if out else after_seq) + 1
+            if start > up_to_seq:
+                return out
+            following = await self._leader_next(subject, start)
+            if following is None or following.seq > up_to_seq:
+                return out
+            out.append(following)
+            start = following.seq + 1
+
+    async def _leader_next(self, subject: str, start: int) -> Stored | None:
+        """The first message of ``subject`` from ``start`` on, as the stream leader has it
+        (``$JS.API.STREAM.MSG.GET``, which only the leader answers), or None."""
+        body = json.dumps({"seq": start, "next_by_subj": subject}).encode()
+        try:
+            msg = await self.conn.nc.request(
+                f"$JS.API.STREAM.MSG.GET.{self.stream}",
+                body,
+                timeout=self.conn.settings.request_timeout,
+            )
+        except TRANSIENT as exc:
+            raise Unavailable(f"the leader of {self.stream} did not answer: {exc!r}") from exc
+        reply: dict[str, Any] = json.loads(msg.data)
+        error = reply.get("error")
+        if error:
+            if int(error.get("code", 0)) == 404:
+                return None
+            _raise_for(error, subject)
+        found = reply["message"]
+        headers = base64.b64decode(found.get("hdrs") or b"").decode(errors="replace")
+        msg_id = next(
+            (
+                line.partition(":")[2].strip()
+                for line in headers.splitlines()
+                if line.lower().startswith("nats-msg-id:")
+            ),
+            "",
+        )
+        return Stored(
+            int(found["seq"]),
+            found["subject"],
+            stored_time(found.get("time", "")),
+            base64.b64decode(found.get("data") or b""),
+            msg_id,
+        )
 
     async def _direct_batch(
         self, subject: str, start: int, up_to_seq: int | None
@@ -314,6 +367,8 @@ class EventStore:
                     return got, False
                 if status == "204":
                     return got, int(headers.get("Nats-Num-Pending", "0")) > 0
+                if status == "503":  # no responders: no replica serves direct gets now
+                    raise Unavailable(f"direct get on {self.stream}: no replica answers now")
                 if status:
                     raise CairnError(f"direct get failed: {status} {headers.get('Description')}")
                 seq = int(headers["Nats-Sequence"])
