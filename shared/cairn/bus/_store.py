@@ -237,11 +237,19 @@ class EventStore:
     # -- read -----------------------------------------------------------------------------
 
     async def read(
-        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+        self,
+        subject: str,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        complete: bool = False,
     ) -> list[Recorded]:
         """All events of one aggregate subject after ``after_seq`` (and up to ``up_to_seq``),
-        fetched with batched direct gets (ADR-31), oldest first."""
-        stored = await self.read_stored(subject, after_seq=after_seq, up_to_seq=up_to_seq)
+        fetched with batched direct gets (ADR-31), oldest first. ``complete``: every event
+        the stream leader has (:meth:`read_stored`)."""
+        stored = await self.read_stored(
+            subject, after_seq=after_seq, up_to_seq=up_to_seq, complete=complete
+        )
         try:
             return [Recorded(m.seq, m.subject, decode_envelope(m.data)) for m in stored]
         except msgspec.DecodeError as exc:
@@ -261,15 +269,22 @@ class EventStore:
             raise CairnError(f"undecodable event on {subject}: {exc}") from exc
 
     async def read_stored(
-        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+        self,
+        subject: str,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        complete: bool = False,
     ) -> list[Stored]:
         """The messages of one subject as stored (not decoded), with the server's time.
 
-        With ``up_to_seq``, every message up to that sequence: a direct get is answered by
-        any replica of the stream, and a follower may not have applied the latest writes yet
-        (ADR-31; a batched direct get does not honour ``min_last_seq``). The stream leader,
-        which has every acknowledged write, is asked once at the end whether another message
-        of the subject follows up to ``up_to_seq``; if one does, the read goes on from it."""
+        With ``up_to_seq`` (or ``complete``), every message up to that sequence (or every one
+        acknowledged so far): a direct get is answered by any replica of the stream, and a
+        follower may not have applied the latest writes yet (ADR-31; a batched direct get does
+        not honour ``min_last_seq``). The stream leader, which has every acknowledged write,
+        is asked once at the end whether another message of the subject follows (up to
+        ``up_to_seq``); if one does, the read goes on from it. Without either, the read is as
+        fast as the nearest replica and may miss the latest writes."""
         out: list[Stored] = []
         start = after_seq + 1
         while True:
@@ -278,13 +293,13 @@ class EventStore:
             if got and more:
                 start = got[-1].seq + 1
                 continue
-            if up_to_seq is None:
+            if up_to_seq is None and not complete:
                 return out
             start = (out[-1].seq if out else after_seq) + 1
-            if start > up_to_seq:
+            if up_to_seq is not None and start > up_to_seq:
                 return out
             following = await self._leader_next(subject, start)
-            if following is None or following.seq > up_to_seq:
+            if following is None or (up_to_seq is not None and following.seq > up_to_seq):
                 return out
             out.append(following)
             start = following.seq + 1
