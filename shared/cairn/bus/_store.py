@@ -298,15 +298,17 @@ class EventStore:
             start = (out[-1].seq if out else after_seq) + 1
             if up_to_seq is not None and start > up_to_seq:
                 return out
-            following = await self._leader_next(subject, start)
+            following = await self.leader_next(subject, start)
             if following is None or (up_to_seq is not None and following.seq > up_to_seq):
                 return out
             out.append(following)
             start = following.seq + 1
 
-    async def _leader_next(self, subject: str, start: int) -> Stored | None:
-        """The first message of ``subject`` from ``start`` on, as the stream leader has it
-        (``$JS.API.STREAM.MSG.GET``, which only the leader answers), or None."""
+    async def leader_next(self, subject: str, start: int) -> Stored | None:
+        """The first message of ``subject`` (wildcards allowed) from ``start`` on, as the
+        stream leader has it (``$JS.API.STREAM.MSG.GET``, which only the leader answers:
+        every acknowledged write is there, unlike on a follower that answers a direct get),
+        or None."""
         body = json.dumps({"seq": start, "next_by_subj": subject}).encode()
         try:
             msg = await self.conn.nc.request(
