@@ -8,7 +8,7 @@ JetStream                               Cairn
 PubAck (``duplicate`` true or false)    success
 err 10071 / 10164 (wrong last seq)      ``ConcurrencyConflict`` (the caller reloads)
 err 10201 (batch repeats a msg id)      ``ConcurrencyConflict`` (same: reload, look up)
-err 10158 / no responders / timeout     retried with the same ids, then ``Unavailable``
+err 10158 / 10008 / timeout / no reply  retried with the same ids, then ``Unavailable``
 timeout after a permissions violation   ``PermissionDenied``
 err 10054 or encoded size over limit    ``PayloadTooLarge`` (checked before publishing)
 other batch errors                      ``BatchRejected``
@@ -49,7 +49,10 @@ _CONFLICT = {10071, 10164, 10201}
 #: answers that mean "not now": the same message may be sent again after a pause
 _IN_PROCESS = 10158
 _TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream
-_BUSY = {_IN_PROCESS, _TOO_MANY_BATCHES}
+#: "JetStream system temporarily unavailable": a server that knows no leader now (one cut off
+#: from its cluster's majority, or during an election)
+_CLUSTER_UNAVAILABLE = 10008
+_BUSY = {_IN_PROCESS, _TOO_MANY_BATCHES, _CLUSTER_UNAVAILABLE}
 _TOO_LARGE = 10054
 _PERMISSION = 10057
 _HEADER_ALLOWANCE = 512
