@@ -291,7 +291,13 @@ def _leaf(
 ) -> x509.Certificate:
     now = _now()
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
-    usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    # a server's certificate is also the client certificate a cluster node presents when it
+    # dials a route to another (nats-server requires mutual TLS between routes)
+    usage = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

@@ -1,22 +1,39 @@
-"""A NATS JetStream cluster of real nats-server processes per test (``cairn.embedded.NatsCluster``):
-free ports for every node, every process killed at teardown."""
+"""NATS JetStream clusters of real nats-server processes (``cairn.embedded.NatsCluster``): free
+ports for every node, every process killed at teardown."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cairn.embedded import NatsCluster
 
+MakeCluster = Callable[..., Awaitable[NatsCluster]]
+
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[NatsCluster]:
-    """Three nodes, started and ready (every node up, a JetStream meta leader elected)."""
-    nodes = NatsCluster(tmp_path / "cluster", nodes=3)
-    try:
+async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
+    """Start a cluster: ``await make_cluster(nodes=5)`` (any ``NatsCluster`` argument), ready
+    (every node up, a JetStream meta leader elected); each is killed at teardown."""
+    made: list[NatsCluster] = []
+
+    async def make(**options: Any) -> NatsCluster:
+        nodes = NatsCluster(tmp_path / f"cluster{len(made)}", **options)
+        made.append(nodes)
         await nodes.start()
-        yield nodes
+        return nodes
+
+    try:
+        yield make
     finally:
-        nodes.kill()
+        for nodes in made:
+            nodes.kill()
+
+
+@pytest.fixture
+async def cluster(make_cluster: MakeCluster) -> NatsCluster:
+    """Three nodes, started and ready."""
+    return await make_cluster(nodes=3)

@@ -66,7 +66,14 @@ from cairn.errors import CairnError, InvalidInput, Unauthenticated, Unavailable
 from cairn.log import get_logger
 from cairn.settings import Settings
 
-__all__ = ["PEOPLE_JS_PREFIX", "RECONNECT_MAX_S", "Connection", "connect", "per_client"]
+__all__ = [
+    "PEOPLE_JS_PREFIX",
+    "PING_INTERVAL_S",
+    "RECONNECT_MAX_S",
+    "Connection",
+    "connect",
+    "per_client",
+]
 
 log = get_logger("cairn.bus")
 T = TypeVar("T")
@@ -80,6 +87,11 @@ _LINK_ERRORS = (OSError, asyncio.TimeoutError, nats.errors.StaleConnectionError)
 #: is back at most ``RECONNECT_MAX_S`` after its server is
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = RECONNECT_MAX_S = 5.0
+#: a connection whose server left ``_MAX_PINGS_OUT`` pings, sent every ``PING_INTERVAL_S``,
+#: unanswered is stale: the client reconnects (to another node of a cluster) within
+#: ``PING_INTERVAL_S * (_MAX_PINGS_OUT + 1)``, 15 s
+PING_INTERVAL_S = 5.0
+_MAX_PINGS_OUT = 2
 #: how long closing a failed attempt may take
 _DISCARD_S = 0.5
 #: where an account without JetStream (people's) imports the services' JetStream API
@@ -235,6 +247,11 @@ def _options(settings: Settings, name: str) -> dict[str, Any]:
         # the reconnect handler sets the delays; this only bounds how long close() waits
         # for a reconnect in progress
         "reconnect_time_wait": 0.5,
+        # a server that hangs (a paused process, a partition that drops packets) keeps the
+        # socket open: only unanswered pings tell, after ping_interval x (max + 1) s, and
+        # the client moves to another node (nats-py's default, 2 min x 3, leaves it stuck)
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": _MAX_PINGS_OUT,
     }
     tls = _tls_context(settings)
     if tls is not None:

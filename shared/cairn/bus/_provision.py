@@ -21,7 +21,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import BadRequestError
 
 from cairn.bus._connect import Connection
-from cairn.errors import CairnError, Unavailable, UnderReplicated
+from cairn.errors import CairnError, PermissionDenied, Unavailable, UnderReplicated
 from cairn.proto.streams import KV_BUCKETS, STREAMS, ConsumerConfig, StreamConfig
 
 __all__ = [
@@ -45,7 +45,13 @@ async def _api(
     conn: Connection, subject: str, body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     payload = json.dumps(body).encode() if body is not None else b""
-    msg = await conn.nc.request(subject, payload, timeout=conn.settings.request_timeout)
+    try:
+        msg = await conn.nc.request(subject, payload, timeout=conn.settings.request_timeout)
+    except TimeoutError as exc:
+        if conn.denied(subject):  # the server said so only to the error callback
+            who = conn.settings.nats_user or "this user"
+            raise PermissionDenied(f"{who} may not publish to {subject}") from exc
+        raise
     reply: dict[str, Any] = json.loads(msg.data)
     return reply
 

@@ -27,12 +27,7 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +43,11 @@ from cairn.embedded._auth import (
     admin_password,
     write_private,
 )
-from cairn.embedded._server import find_nats_server, free_port, server_config
+from cairn.embedded._node import ClusterNode
+from cairn.embedded._server import free_port
 from cairn.errors import CairnError, InvalidInput, Unavailable
 from cairn.settings import Settings
+from cairn.tls import CertFiles, server_tls_block
 
 __all__ = ["ROUTE_USER", "ClusterNode", "NatsCluster", "check_node_count"]
 
@@ -77,169 +74,6 @@ def check_node_count(nodes: int) -> int:
     return nodes
 
 
-class ClusterNode:
-    """One nats-server of a :class:`NatsCluster`: its folder, ports and process."""
-
-    def __init__(
-        self,
-        cluster: NatsCluster,
-        name: str,
-        *,
-        host: str,
-        port: int,
-        route_port: int,
-        monitor_port: int,
-    ) -> None:
-        self.cluster = cluster
-        self.name = name
-        self.host = host
-        self.port = port
-        self.route_port = route_port
-        self.monitor_port = monitor_port
-        self.dir = cluster.folder / name
-        self.conf = self.dir / "nats.conf"
-        self.accounts_file = self.dir / "accounts.conf"
-        self.store = self.dir / "store"
-        self.log = self.dir / "server.log"
-        self.pid_file = self.dir / "nats.pid"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.paused = False
-        #: the argv the server's command is run under (``["ip", "netns", "exec", NS]``: in a
-        #: network namespace of its own, for partition tests; it must exec, keeping the pid)
-        self.launcher: list[str] = []
-        #: where monitoring listens: loopback (it has no authentication); a node in a network
-        #: namespace of its own serves it on its own address
-        self.monitor_host = "127.0.0.1"
-
-    def __repr__(self) -> str:
-        state = "paused" if self.paused else "running" if self.running else "stopped"
-        return f"<ClusterNode {self.name} {self.url} {state}>"
-
-    @property
-    def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
-
-    @property
-    def route_url(self) -> str:
-        return f"nats-route://{self.host}:{self.route_port}"
-
-    @property
-    def running(self) -> bool:
-        """Its process is alive (a paused one too)."""
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.running and self.proc is not None else None
-
-    def config_text(self) -> str:
-        return server_config(
-            name=self.name,
-            listen=f"{self.host}:{self.port}",
-            store_dir=self.store,
-            pid_file=self.pid_file,
-            cluster=self.cluster.cluster_block(self),
-            monitor=f"{self.monitor_host}:{self.monitor_port}",
-            accounts_file=self.accounts_file,
-        )
-
-    def write(self) -> None:
-        """This node's ``nats.conf`` and ``accounts.conf`` (0600: they hold passwords)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
-        write_private(self.accounts_file, self.cluster.accounts_text())
-        write_private(self.conf, self.config_text())
-
-    def spawn(self) -> int:
-        """Start the process (its configs written again); return the log offset its start
-        begins at. A no-op (the current offset) when it runs."""
-        if self.running:
-            return self.log.stat().st_size if self.log.exists() else 0
-        self.write()
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [*self.launcher, find_nats_server(), "-c", str(self.conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.paused = False
-        return offset
-
-    async def start(self, timeout: float = 20.0) -> None:
-        """Start this node (if it is not running) and wait until it accepts clients."""
-        offset = self.spawn()
-        await self.wait_listening(offset, timeout)
-
-    async def wait_listening(self, offset: int = 0, timeout: float = 20.0) -> None:
-        """Until the process logged "Server is ready" (after ``offset``) and takes clients."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise Unavailable(f"nats-server {self.name} exited with {code}:\n{self.tail()}")
-            ready = "Server is ready" in self.log.read_text(errors="replace")[offset:]
-            if ready and _accepts(self.host, self.port):
-                return
-            await asyncio.sleep(0.05)
-        raise Unavailable(f"nats-server {self.name} not ready within {timeout}s:\n{self.tail()}")
-
-    async def restart(self, timeout: float = 20.0) -> None:
-        """Stop (gracefully) and start again over the same store."""
-        self.stop()
-        await self.start(timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful stop (SIGTERM; a paused node is resumed first), SIGKILL if it does not
-        exit within ``timeout``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.resume()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL: what a crash looks like (the store keeps what was synced)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.paused = False
-
-    def pause(self) -> None:
-        """SIGSTOP: the process stays, answers nothing (its peers and clients time out)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGSTOP)
-            self.paused = True
-
-    def resume(self) -> None:
-        """SIGCONT after :meth:`pause`."""
-        if self.proc is not None and self.proc.poll() is None and self.paused:
-            self.proc.send_signal(signal.SIGCONT)
-        self.paused = False
-
-    def monitor(self, path: str, timeout: float = 2.0) -> dict[str, Any]:
-        """GET ``path`` (``/jsz``, ``/healthz``, ``/varz``...) from this node's monitoring
-        port; ``Unavailable`` when it does not answer. A non-200 answer is returned as its
-        JSON body too (``/healthz`` says why it is not ok)."""
-        url = f"http://{self.monitor_host}:{self.monitor_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as reply:
-                body: dict[str, Any] = json.loads(reply.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                body = json.loads(exc.read() or b"{}")
-        except (OSError, ValueError) as exc:
-            raise Unavailable(f"{self.name}'s monitoring port does not answer: {exc}") from exc
-        return body
-
-    def tail(self, chars: int = 2000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-
 class NatsCluster:
     """``nodes`` nats-servers over ``folder``, routed to each other as one JetStream cluster.
 
@@ -258,12 +92,16 @@ class NatsCluster:
         hosts: Sequence[str] = ("127.0.0.1",),
         base_port: int = 0,
         name: str = "cairn",
+        tls: CertFiles | None = None,
     ) -> None:
         check_node_count(nodes)
         if len(hosts) not in (1, nodes):
             raise InvalidInput(f"give one host for every node or one per node ({nodes})")
         self.folder = folder
         self.name = name
+        #: the CA and the nodes' certificate (``cairn cluster certs``, whose ``--host`` names
+        #: every node): clients must speak TLS, routes mutual TLS
+        self.tls = tls
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)
         self.credentials = Credentials.load_or_create(self.credentials_file)
@@ -335,8 +173,17 @@ class NatsCluster:
             f"    password: {json.dumps(self.route_password)}",
             "  }",
             f"  routes: {json.dumps(routes)}",
+            *(f"  {line}" for line in self._route_tls()),
             "}",
         ]
+
+    def _route_tls(self) -> list[str]:
+        """Mutual TLS between routes (nats-server requires it of a cluster's ``tls``): each
+        node presents the nodes' certificate and verifies its peer's against the CA."""
+        if self.tls is None:
+            return []
+        tls = self.tls
+        return server_tls_block(tls.server_cert, tls.server_key, tls.ca, verify=True)
 
     def write(self) -> None:
         """Every node's config (safe to repeat: the credentials are kept)."""
@@ -345,6 +192,8 @@ class NatsCluster:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start every node that is not running and wait until the cluster is ready."""
+        for node in self.nodes:
+            node.check_store()  # before any starts
         offsets = {node.name: node.spawn() for node in self.nodes}
         for node in self.nodes:
             await node.wait_listening(offsets[node.name], timeout)
@@ -365,7 +214,8 @@ class NatsCluster:
     ) -> None:
         """Until each of ``nodes`` (default: every running, unpaused node) answers
         ``/healthz`` ok (JetStream enabled, its meta group and its streams current) and
-        names a JetStream meta leader in ``/jsz``; ``Unavailable`` after ``timeout``."""
+        names in ``/jsz`` a JetStream meta leader that is live (after a kill or a pause of
+        the leader: until the others elected another); ``Unavailable`` after ``timeout``."""
         wanted = list(nodes) if nodes is not None else self.live()
         deadline = time.monotonic() + timeout
         while True:
@@ -387,8 +237,11 @@ class NatsCluster:
                 return exc.message
             if health.get("status") != "ok":
                 return f"{node.name}: {health.get('error') or health}"
-            if len(self.nodes) > 1 and not meta.get("leader"):
+            leader = meta.get("leader")
+            if len(self.nodes) > 1 and not leader:
                 return f"{node.name} knows no JetStream meta leader"
+            if len(self.nodes) > 1 and leader not in {n.name for n in self.live()}:
+                return f"{node.name} still follows meta leader {leader}, which is not live"
         return None
 
     def live(self) -> list[ClusterNode]:
@@ -407,11 +260,15 @@ class NatsCluster:
         return None
 
     async def stream_info(self, stream: str, timeout: float = 10.0) -> dict[str, Any]:
-        """``$JS.API.STREAM.INFO.<stream>`` as the service user, retried (through any live
-        node) until the stream has a leader or ``timeout`` passes."""
+        """``$JS.API.STREAM.INFO.<stream>`` as the service user, retried (through the live
+        nodes: a paused one would stall the connect) until the stream has a leader or
+        ``timeout`` passes."""
         from cairn.bus import connect
 
-        settings = self.settings(user=SERVICE_USER, request_timeout=2.0)
+        live = self.live()
+        if not live:
+            raise Unavailable(f"no node of the cluster runs to ask about stream {stream}")
+        settings = self.settings(user=SERVICE_USER, nodes=live, request_timeout=2.0)
         deadline = time.monotonic() + timeout
         last: object = None
         conn = await connect(settings, name="cairn-cluster-probe")
@@ -439,6 +296,27 @@ class NatsCluster:
         leader = (info.get("cluster") or {}).get("leader")
         return self.node(leader) if leader else self.nodes[0]
 
+    async def wait_current(self, stream: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Until ``stream`` has a live leader and every replica it was configured with is
+        current (after a restart: caught up); returns its info. ``Unavailable`` after
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
+        why = "not asked yet"
+        while time.monotonic() < deadline:
+            info = await self.stream_info(stream, max(deadline - time.monotonic(), 0.1))
+            cluster = info.get("cluster") or {}
+            followers = cluster.get("replicas") or []
+            want = int(info["config"].get("num_replicas", 1))
+            live = {n.name for n in self.live()}
+            behind = [f["name"] for f in followers if not f.get("current") or f["name"] not in live]
+            if len(self.nodes) == 1 or (
+                cluster.get("leader") in live and len(followers) == want - 1 and not behind
+            ):
+                return info
+            why = f"leader {cluster.get('leader')}, not current: {behind or 'replicas missing'}"
+            await asyncio.sleep(0.1)
+        raise Unavailable(f"stream {stream}'s replicas are not current after {timeout}s: {why}")
+
     def connected_node(self, nc: Any) -> ClusterNode:
         """The node a nats-py client (``conn.nc``) is connected to now."""
         url = nc.connected_url
@@ -449,10 +327,17 @@ class NatsCluster:
                 return node
         raise InvalidInput(f"the client is connected to {url.netloc}, not a node of this cluster")
 
-    def settings(self, *, user: str | None = None, **extra: Any) -> Settings:
-        """Settings that connect to every node as ``user``: ``cairn-service``,
-        ``cairn-agent``, ``cairn-admin`` or a person (default: the local person); ``extra``
-        sets other fields (``request_timeout``, ``state_dir``...)."""
+    def settings(
+        self,
+        *,
+        user: str | None = None,
+        nodes: Iterable[ClusterNode] | None = None,
+        **extra: Any,
+    ) -> Settings:
+        """Settings that connect as ``user``: ``cairn-service``, ``cairn-agent``,
+        ``cairn-admin`` or a person (default: the local person), to every node (or to
+        ``nodes`` alone, in their order); ``extra`` sets other fields (``request_timeout``,
+        ``state_dir``...)."""
         creds = self.credentials
         passwords = {
             SERVICE_USER: creds.service_password,
@@ -463,9 +348,11 @@ class NatsCluster:
         user = user or creds.client_user
         if user not in passwords:
             raise InvalidInput(f"no user {user!r} in {self.credentials_file}")
+        if self.tls is not None:
+            extra = {"tls_ca": str(self.tls.ca), **extra}
         values = {
             "home": str(self.folder),
-            "nats_url": self.url,
+            "nats_url": self.url if nodes is None else ",".join(n.url for n in nodes),
             "nats_user": user,
             "nats_password": passwords[user],
             **extra,
@@ -476,12 +363,15 @@ class NatsCluster:
         """What ``config.json`` in the folder says (the local person over every node), so that
         ``CAIRN_HOME=<folder>`` commands reach the cluster."""
         s = self.settings()
-        return {
+        config = {
             "nats_url": s.nats_url,
             "nats_user": s.nats_user or "",
             "nats_password": s.nats_password or "",
             "workspace": s.workspace,
         }
+        if s.tls_ca is not None:
+            config["tls_ca"] = s.tls_ca
+        return config
 
 
 def _route_password(path: Path) -> str:
@@ -496,11 +386,3 @@ def _route_password(path: Path) -> str:
     body = {"route_user": ROUTE_USER, "route_password": password}
     write_private(path, json.dumps(body, indent=2) + "\n")
     return password
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
