@@ -3,7 +3,8 @@
 They read aggregates through a service's :class:`AggregateCache` and fold them with their
 domain descriptors (the cache keeps the folded state with the history). Existence cannot be
 undone (workspaces, experiments and runs are never deleted), so a cached "exists" is trusted
-and only a "missing" is confirmed by a fresh read.
+and only a "missing" is confirmed by a fresh read, which the stream leader completes (a
+follower that answers a read may be behind it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ async def state(
     """The state of an aggregate: cached when it has any history (refreshed with ``fresh``)."""
     subject = subjects.event(ws, aggregate.kind, aggregate_id)
     history = await (cache.refresh(subject) if fresh else cache.read(subject, _exists))
+    if not history:  # "missing" only on the stream leader's word: a follower may be behind
+        history = await cache.refresh(subject, complete=True)
     return cache.state(subject, aggregate, history)
 
 

@@ -6,8 +6,10 @@ ordered consumer on its connection and folds the members in memory; :mod:`cairn.
 responders ask :meth:`Membership.admit` before a person's request reaches its handler. A
 member's request costs two dictionary lookups (their roles in the workspace, then whether
 those roles allow the verb, cached per roles and verb). Only a refusal costs more: before
-refusing, the view catches up with the log as it is now (one consumer-info request), so a
-member added a moment ago is not refused by a view that has not folded it yet.
+refusing, the view catches up with the log as the stream leader has it now (whether a
+workspace event follows the last one folded: one request the leader answers; the consumer's
+own count may come from a follower that is behind), so a member added a moment ago is not
+refused by a view that has not folded it yet.
 
 Until the view has caught up with the log it refuses people with ``Unavailable``; requests
 from inside the services' account (services, agents, the admin) are not member-checked.
@@ -27,7 +29,7 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from cairn.bus import Connection
+from cairn.bus import Connection, EventStore
 from cairn.embedded._auth import ROLE_COMMANDS
 from cairn.errors import PermissionDenied, Unavailable
 from cairn.log import get_logger
@@ -74,6 +76,7 @@ class Membership:
 
     def __init__(self, conn: Connection, *, heartbeat_s: float = 5.0, stall_s: float = 5.0) -> None:
         self.conn = conn
+        self._store = EventStore(conn)
         self.heartbeat_s = heartbeat_s
         self.stall_s = stall_s
         #: workspace -> user -> roles there
@@ -226,9 +229,14 @@ class Membership:
                     return
             try:
                 while time.monotonic() < deadline:
-                    if self._has_all(await self._sub.consumer_info()):
+                    # the stream leader's word, not the consumer's: on an R3 stream the
+                    # consumer may sit on a follower that has not applied the latest member
+                    # yet, and would report nothing pending
+                    following = await self._store.leader_next(WORKSPACE_EVENTS, self._applied + 1)
+                    if following is None:
                         self._synced_from = started
                         return
+                    await self._sub.consumer_info()  # raises when the consumer is gone
                     await asyncio.sleep(0.005)
             except Exception as exc:  # the consumer is gone (a server restart): follow anew
                 log.warning("members_resubscribe", error=str(exc))

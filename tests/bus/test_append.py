@@ -233,10 +233,17 @@ class _CountingStore(EventStore):
     reads = 0
 
     async def read(
-        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+        self,
+        subject: str,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        complete: bool = False,
     ) -> list[Recorded]:
         self.reads += 1
-        return await super().read(subject, after_seq=after_seq, up_to_seq=up_to_seq)
+        return await super().read(
+            subject, after_seq=after_seq, up_to_seq=up_to_seq, complete=complete
+        )
 
 
 async def test_a_new_aggregate_is_decided_without_a_read_and_an_existing_one_is_caught(

@@ -205,14 +205,16 @@ class AggregateCache:
             return entry.history
         return await self.refresh(subject)
 
-    async def refresh(self, subject: str) -> list[Recorded]:
-        """The cached history plus whatever was appended since (all of it if not cached)."""
+    async def refresh(self, subject: str, *, complete: bool = False) -> list[Recorded]:
+        """The cached history plus whatever was appended since (all of it if not cached).
+        ``complete``: everything the stream leader has (a follower that answers a read may
+        be behind), for a refusal, which must not rest on a stale read."""
         history = self.get(subject)
         if history is None:
-            history = await self.store.read(subject)
+            history = await self.store.read(subject, complete=complete)
         else:
             after = history[-1].seq if history else 0
-            history = history + await self.store.read(subject, after_seq=after)
+            history = history + await self.store.read(subject, after_seq=after, complete=complete)
         self.put(subject, history)
         return history
 
@@ -275,6 +277,7 @@ class _Execution:
         fresh = history is None
         if history is None:
             history = await cache.refresh(subject)
+        confirmed = False  # the history read is all the stream leader has
         for attempt in range(attempts):
             done = cache.caused_by(subject, history, self.ctx.command_id)
             if done is not None:  # in the log for good, cached or not: the command took effect
@@ -282,11 +285,15 @@ class _Execution:
             try:
                 return await self.once(history, command, fresh)
             except CairnError as exc:
-                if fresh and not isinstance(exc, ConcurrencyConflict):
+                refused = not isinstance(exc, ConcurrencyConflict)
+                if fresh and refused and confirmed:
                     raise  # decided on the log as it is: a real refusal
-                if fresh:
+                if fresh and not refused:
                     await asyncio.sleep(random.uniform(0, 0.005 * (2 ** min(attempt, 6))))
-                history = await cache.refresh(subject)
+                # a refusal is believed only on the whole history: the replica that answered
+                # the read may be behind the stream leader
+                history = await cache.refresh(subject, complete=refused)
+                confirmed = confirmed or refused
                 fresh = True
         raise ConcurrencyConflict(f"{subject}: gave up after {attempts} conflicting attempts")
 

@@ -16,6 +16,8 @@ import msgspec
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from cairn.bus._connect import Connection
+from cairn.bus._store import TRANSIENT
+from cairn.errors import Unavailable
 
 __all__ = ["RunKeyMirror"]
 
@@ -58,8 +60,13 @@ class RunKeyMirror(Generic[T]):
                 self.values[(ws, run_id)] = msgspec.json.decode(entry.value, type=self.value_type)
 
     async def put(self, ws: str, run_id: str, value: T) -> None:
+        """Keep ``value`` here and in the bucket; ``Unavailable`` when the bucket does not
+        take it now (no answer, or no leader during an election: the next value will)."""
         self.values[(ws, run_id)] = value
-        await self._kv.put(f"{ws}.{run_id}", msgspec.json.encode(value))
+        try:
+            await self._kv.put(f"{ws}.{run_id}", msgspec.json.encode(value))
+        except TRANSIENT as exc:
+            raise Unavailable(f"bucket {self.bucket} did not take {ws}.{run_id}: {exc!r}") from exc
 
     async def read(self, ws: str, run_id: str) -> T | None:
         """The bucket's own value (the mirror may lag); None when there is none or it does

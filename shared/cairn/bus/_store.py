@@ -8,7 +8,7 @@ JetStream                               Cairn
 PubAck (``duplicate`` true or false)    success
 err 10071 / 10164 (wrong last seq)      ``ConcurrencyConflict`` (the caller reloads)
 err 10201 (batch repeats a msg id)      ``ConcurrencyConflict`` (same: reload, look up)
-err 10158 / no responders / timeout     retried with the same ids, then ``Unavailable``
+err 10158 / 10008 / timeout / no reply  retried with the same ids, then ``Unavailable``
 timeout after a permissions violation   ``PermissionDenied``
 err 10054 or encoded size over limit    ``PayloadTooLarge`` (checked before publishing)
 other batch errors                      ``BatchRejected``
@@ -18,6 +18,7 @@ other batch errors                      ``BatchRejected``
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import random
@@ -48,7 +49,10 @@ _CONFLICT = {10071, 10164, 10201}
 #: answers that mean "not now": the same message may be sent again after a pause
 _IN_PROCESS = 10158
 _TOO_MANY_BATCHES = 10210  # the server's limit of atomic batches in flight per stream
-_BUSY = {_IN_PROCESS, _TOO_MANY_BATCHES}
+#: "JetStream system temporarily unavailable": a server that knows no leader now (one cut off
+#: from its cluster's majority, or during an election)
+_CLUSTER_UNAVAILABLE = 10008
+_BUSY = {_IN_PROCESS, _TOO_MANY_BATCHES, _CLUSTER_UNAVAILABLE}
 _TOO_LARGE = 10054
 _PERMISSION = 10057
 _HEADER_ALLOWANCE = 512
@@ -127,6 +131,8 @@ class _DirectAnswer:
             self.done.set_result(False)
         elif status == "204":
             self.done.set_result(int(headers.get("Nats-Num-Pending", "0")) > 0)
+        elif status == "503":  # no responders: no replica serves direct gets now
+            self.done.set_exception(Unavailable("direct get: no replica answers now"))
         elif status:
             error = CairnError(f"direct get failed: {status} {headers.get('Description')}")
             self.done.set_exception(error)
@@ -282,11 +288,19 @@ class EventStore:
     # -- read -----------------------------------------------------------------------------
 
     async def read(
-        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+        self,
+        subject: str,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        complete: bool = False,
     ) -> list[Recorded]:
         """All events of one aggregate subject after ``after_seq`` (and up to ``up_to_seq``),
-        fetched with batched direct gets (ADR-31), oldest first."""
-        stored = await self.read_stored(subject, after_seq=after_seq, up_to_seq=up_to_seq)
+        fetched with batched direct gets (ADR-31), oldest first. ``complete``: every event
+        the stream leader has (:meth:`read_stored`)."""
+        stored = await self.read_stored(
+            subject, after_seq=after_seq, up_to_seq=up_to_seq, complete=complete
+        )
         try:
             return [Recorded(m.seq, m.subject, decode_envelope(m.data)) for m in stored]
         except msgspec.DecodeError as exc:
@@ -306,17 +320,78 @@ class EventStore:
             raise CairnError(f"undecodable event on {subject}: {exc}") from exc
 
     async def read_stored(
-        self, subject: str, *, after_seq: int = 0, up_to_seq: int | None = None
+        self,
+        subject: str,
+        *,
+        after_seq: int = 0,
+        up_to_seq: int | None = None,
+        complete: bool = False,
     ) -> list[Stored]:
-        """The messages of one subject as stored (not decoded), with the server's time."""
+        """The messages of one subject as stored (not decoded), with the server's time.
+
+        With ``up_to_seq`` (or ``complete``), every message up to that sequence (or every one
+        acknowledged so far): a direct get is answered by any replica of the stream, and a
+        follower may not have applied the latest writes yet (ADR-31; a batched direct get does
+        not honour ``min_last_seq``). The stream leader, which has every acknowledged write,
+        is asked once at the end whether another message of the subject follows (up to
+        ``up_to_seq``); if one does, the read goes on from it. Without either, the read is as
+        fast as the nearest replica and may miss the latest writes."""
         out: list[Stored] = []
         start = after_seq + 1
         while True:
             got, more = await self._direct_batch(subject, start, up_to_seq)
             out.extend(got)
-            if not more or not got:
+            if got and more:
+                start = got[-1].seq + 1
+                continue
+            if up_to_seq is None and not complete:
                 return out
-            start = got[-1].seq + 1
+            start = (out[-1].seq if out else after_seq) + 1
+            if up_to_seq is not None and start > up_to_seq:
+                return out
+            following = await self.leader_next(subject, start)
+            if following is None or (up_to_seq is not None and following.seq > up_to_seq):
+                return out
+            out.append(following)
+            start = following.seq + 1
+
+    async def leader_next(self, subject: str, start: int) -> Stored | None:
+        """The first message of ``subject`` (wildcards allowed) from ``start`` on, as the
+        stream leader has it (``$JS.API.STREAM.MSG.GET``, which only the leader answers:
+        every acknowledged write is there, unlike on a follower that answers a direct get),
+        or None."""
+        body = json.dumps({"seq": start, "next_by_subj": subject}).encode()
+        try:
+            msg = await self.conn.nc.request(
+                f"$JS.API.STREAM.MSG.GET.{self.stream}",
+                body,
+                timeout=self.conn.settings.request_timeout,
+            )
+        except TRANSIENT as exc:
+            raise Unavailable(f"the leader of {self.stream} did not answer: {exc!r}") from exc
+        reply: dict[str, Any] = json.loads(msg.data)
+        error = reply.get("error")
+        if error:
+            if int(error.get("code", 0)) == 404:
+                return None
+            _raise_for(error, subject)
+        found = reply["message"]
+        headers = base64.b64decode(found.get("hdrs") or b"").decode(errors="replace")
+        msg_id = next(
+            (
+                line.partition(":")[2].strip()
+                for line in headers.splitlines()
+                if line.lower().startswith("nats-msg-id:")
+            ),
+            "",
+        )
+        return Stored(
+            int(found["seq"]),
+            found["subject"],
+            stored_time(found.get("time", "")),
+            base64.b64decode(found.get("data") or b""),
+            msg_id,
+        )
 
     async def _direct_batch(
         self, subject: str, start: int, up_to_seq: int | None

@@ -65,6 +65,12 @@ class ClusterNode:
         self.pid_file = self.dir / "nats.pid"
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
+        #: the argv the server's command is run under (``["ip", "netns", "exec", NS]``: in a
+        #: network namespace of its own, for partition tests; it must exec, keeping the pid)
+        self.launcher: list[str] = []
+        #: where monitoring listens: loopback (it has no authentication); a node in a network
+        #: namespace of its own serves it on its own address
+        self.monitor_host = "127.0.0.1"
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.running else "stopped"
@@ -95,7 +101,7 @@ class ClusterNode:
             store_dir=self.store,
             pid_file=self.pid_file,
             cluster=self.cluster.cluster_block(self),
-            monitor=f"127.0.0.1:{self.monitor_port}",
+            monitor=f"{self.monitor_host}:{self.monitor_port}",
             tls=self.cluster.tls,
             accounts_file=self.accounts_file,
         )
@@ -117,7 +123,7 @@ class ClusterNode:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [find_nats_server(), "-c", str(self.conf)],
+                [*self.launcher, find_nats_server(), "-c", str(self.conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -206,7 +212,7 @@ class ClusterNode:
         """GET ``path`` (``/jsz``, ``/healthz``, ``/varz``...) from this node's monitoring
         port; ``Unavailable`` when it does not answer. A non-200 answer is returned as its
         JSON body too (``/healthz`` says why it is not ok)."""
-        url = f"http://127.0.0.1:{self.monitor_port}{path}"
+        url = f"http://{self.monitor_host}:{self.monitor_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as reply:
                 body: dict[str, Any] = json.loads(reply.read())

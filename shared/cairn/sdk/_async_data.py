@@ -161,7 +161,9 @@ class AsyncDatasets:
             tags=dict(tags or {}),
         )
         reply = await self._session.send(cmd)
-        return await self.get(name, min_seq=reply.seq)
+        # the version this command made (or found) is the latest as of its own event; the
+        # latest now may be another client's, registered since
+        return await self.get(name, as_of=reply.seq)
 
     async def resolved(self, spec: DatasetSpec) -> DatasetSpec:
         """``spec`` with its URLs resolved (an ``s3://`` one to its bucket's datastore, the
