@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -78,10 +78,23 @@ def _children(pid: int, name: str | None = None) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-def _processes(stack: EmbeddedStack, agents: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
+class Stack(Protocol):
+    """What the jobs benchmark needs of a stack: ``EmbeddedStack`` (``cairn up``), or the
+    single node and the cluster of ``bench/cluster.py``."""
+
+    @property
+    def home(self) -> Path: ...
+
+    @property
+    def services_pid(self) -> int: ...
+
+    def server_pids(self) -> list[int]: ...
+
+
+def _processes(stack: Stack, agents: list[subprocess.Popen[bytes]]) -> dict[str, list[int]]:
     return {
-        "nats-server": _children(stack.proc.pid, "nats-server"),
-        "services": [stack.proc.pid],
+        "nats-server": stack.server_pids(),
+        "services": [stack.services_pid],
         "agents": [a.pid for a in agents],
         "submitter": [os.getpid()],
         "zygotes": [z for a in agents for z in _children(a.pid)],
@@ -155,7 +168,7 @@ async def _job_first_line(ws: AsyncWorkspace, config: ScriptRunConfig) -> float:
     return took
 
 
-def _agents(stack: EmbeddedStack, n: int, warm: bool = True) -> list[subprocess.Popen[bytes]]:
+def _agents(stack: Stack, n: int, warm: bool = True) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "CAIRN_HOME": str(stack.home),
@@ -188,7 +201,7 @@ async def _wait_agents(ws: AsyncWorkspace, n: int, only: list[int] | None = None
 async def _throughput(
     ws: AsyncWorkspace,
     observer: Connection,
-    stack: EmbeddedStack,
+    stack: Stack,
     agents: list[subprocess.Popen[bytes]],
     config: ScriptRunConfig,
     jobs: int,
@@ -235,7 +248,7 @@ async def _throughput(
     return r
 
 
-async def _logging(ws: AsyncWorkspace, stack: EmbeddedStack, points: int) -> dict[str, float]:
+async def _logging(ws: AsyncWorkspace, stack: Stack, points: int) -> dict[str, float]:
     """Points/s of one script's log-and-flush, inside a job and as a plain process."""
     folder = Path(tempfile.mkdtemp(prefix="cairn-bench-log-"))
     (folder / "log.py").write_text(LOGGING)
@@ -262,8 +275,10 @@ async def _logging(ws: AsyncWorkspace, stack: EmbeddedStack, points: int) -> dic
 
 
 async def measure(
-    stack: EmbeddedStack, latency_jobs: int, jobs: int, points: int = 20000
+    stack: Stack, latency_jobs: int, jobs: int, points: int = 20000, *, headline: bool = False
 ) -> dict[str, Any]:
+    """Every measurement; with ``headline``, only latency and warm-start throughput (what
+    ``bench/cluster.py`` compares between a single node and a cluster)."""
     settings = load_settings(file=stack.home / "config.json")
     folder = Path(tempfile.mkdtemp(prefix="cairn-bench-job-"))
     script = folder / "noop.py"
@@ -290,15 +305,19 @@ async def measure(
             r["floor_p50_ms"], r["floor_p95_ms"] = _pct(floor, 0.5) * 1e3, _pct(floor, 0.95) * 1e3
             r["job_p50_ms"], r["job_p95_ms"] = _pct(lat, 0.5) * 1e3, _pct(lat, 0.95) * 1e3
             r["p50_over_floor_ms"] = r["job_p50_ms"] - r["floor_p50_ms"]
-            for _ in range(2):  # the second of each counts (the first warms both paths)
+            for _ in range(0 if headline else 2):  # the second counts (the first warms up)
                 r.update(await _logging(ws, stack, points))
-            r["job_vs_plain_logging"] = r["job_points_per_s"] / r["plain_points_per_s"]
+            if not headline:
+                r["job_vs_plain_logging"] = r["job_points_per_s"] / r["plain_points_per_s"]
 
             agents += _agents(stack, 3)
             await _wait_agents(ws, 4)
             r["ceiling_jobs_per_s"] = await _spawn_all(script, jobs, 4)
             r.update(await _throughput(ws, observer, stack, agents, config, jobs, ""))
             r["median_job_run"] = statistics.median(lat)
+            r["throughput_vs_ceiling"] = r["jobs_per_s"] / r["ceiling_jobs_per_s"]
+            if headline:
+                return r
             for proc in agents:  # the same again with every interpreter started cold
                 proc.terminate()
             for proc in agents:

@@ -31,7 +31,7 @@ from typing import Any
 from cairn.bus import connect
 from cairn.proto.registry import ListModels, RegisterModelVersion
 from cairn.rpc import Client
-from cairn.sdk import Experiment
+from cairn.sdk import Experiment, Workspace
 from cairn.settings import load_settings
 
 
@@ -44,15 +44,21 @@ def cairn_side(versions: int) -> dict[str, Any]:
 
     stack = EmbeddedStack()
     try:
-        run = Experiment(stack.workspace(), "bench").start_logging()
-        src = Path(stack.home) / "model.bin"
-        src.write_bytes(b"weights" * 100)
-        run.upload_file("outputs/model.bin", str(src))
-        run.complete()
-        settings = load_settings(file=stack.home / "config.json")
-        return asyncio.run(_cairn_rates(settings, run.id, versions))
+        return cairn_workload(stack.home, versions)
     finally:
         stack.stop()
+
+
+def cairn_workload(home: Path, versions: int) -> dict[str, Any]:
+    """The Cairn side's measurements against the stack whose ``config.json`` lies in ``home``
+    (``bench/cluster.py`` runs it against a single node and a cluster)."""
+    run = Experiment(Workspace.from_config(home / "config.json"), "bench").start_logging()
+    src = Path(home) / "model.bin"
+    src.write_bytes(b"weights" * 100)
+    run.upload_file("outputs/model.bin", str(src))
+    run.complete()
+    settings = load_settings(file=home / "config.json")
+    return asyncio.run(_cairn_rates(settings, run.id, versions))
 
 
 async def _cairn_rates(settings: Any, run_id: str, versions: int) -> dict[str, Any]:

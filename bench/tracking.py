@@ -94,6 +94,18 @@ class EmbeddedStack:
     def workspace(self) -> Workspace:
         return Workspace.from_config(self.home / "config.json")
 
+    @property
+    def services_pid(self) -> int:
+        """The process the services run in (``cairn up``)."""
+        return self.proc.pid
+
+    def server_pids(self) -> list[int]:
+        """The nats-server processes (the one ``cairn up`` started)."""
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid), "nats-server"], capture_output=True, text=True
+        )
+        return [int(p) for p in found.stdout.split()]
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(30)
@@ -101,39 +113,45 @@ class EmbeddedStack:
 
 def cairn_side(points: int, calls: int, runs: int) -> dict[str, float]:
     stack = EmbeddedStack()
-    r: dict[str, float] = {}
     try:
-        exp = Experiment(stack.workspace(), "bench")
-        run = exp.start_logging()
-        t0 = time.perf_counter()
-        for step in range(points):
-            run.log("loss", 1.0 / (step + 1), step=step)
-        run.flush()  # every point acknowledged as stored; then the read model must have them
-        assert _count_in_read_model(run, "loss") == points
-        r["ingest_points_per_s"] = points / (time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        history = run.get_metrics("loss")["loss"]
-        r["history_read_s"] = time.perf_counter() - t0
-        assert len(history) == points
-
-        samples = []
-        for i in range(calls):
-            t = time.perf_counter_ns()
-            run.log("per_call", i)
-            samples.append((time.perf_counter_ns() - t) / 1000)
-        run.complete()
-        r["log_call_median_us"], r["log_call_p99_us"] = statistics.median(samples), _p99(samples)
-
-        tags = {f"tag{i}": f"value{i}" for i in range(10)}
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            each = exp.start_logging()
-            each.set_tags(tags)
-            each.complete()
-        r["runs_per_s"] = runs / (time.perf_counter() - t0)
+        return cairn_workload(stack.workspace(), points, calls, runs)
     finally:
         stack.stop()
+
+
+def cairn_workload(ws: Workspace, points: int, calls: int, runs: int) -> dict[str, float]:
+    """The Cairn side's measurements against whatever stack ``ws`` reaches (``bench/cluster.py``
+    runs it against a single node and a cluster)."""
+    r: dict[str, float] = {}
+    exp = Experiment(ws, "bench")
+    run = exp.start_logging()
+    t0 = time.perf_counter()
+    for step in range(points):
+        run.log("loss", 1.0 / (step + 1), step=step)
+    run.flush()  # every point acknowledged as stored; then the read model must have them
+    assert _count_in_read_model(run, "loss") == points
+    r["ingest_points_per_s"] = points / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    history = run.get_metrics("loss")["loss"]
+    r["history_read_s"] = time.perf_counter() - t0
+    assert len(history) == points
+
+    samples = []
+    for i in range(calls):
+        t = time.perf_counter_ns()
+        run.log("per_call", i)
+        samples.append((time.perf_counter_ns() - t) / 1000)
+    run.complete()
+    r["log_call_median_us"], r["log_call_p99_us"] = statistics.median(samples), _p99(samples)
+
+    tags = {f"tag{i}": f"value{i}" for i in range(10)}
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        each = exp.start_logging()
+        each.set_tags(tags)
+        each.complete()
+    r["runs_per_s"] = runs / (time.perf_counter() - t0)
     return r
 
 
