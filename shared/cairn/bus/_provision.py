@@ -56,9 +56,18 @@ _PROBE_CONSUMER = "cairn-stream-probe"
 #: maintenance) without losing a write or the quorum
 CLUSTER_REPLICAS = 3
 MIGRATE_COMMAND = "cairn cluster migrate"
-#: no answer in time, nobody to answer, or "temporarily unavailable": JetStream is busy or
-#: has no quorum yet; asked again later (never a refusal of what was asked)
-_NOT_NOW = (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError)
+#: "no suitable peers for placement": a cluster still forming (a peer not yet known to the
+#: meta leader, or restarting) cannot place the replicas now; it can once the peer is back
+_NO_PEERS = 10005
+
+
+class _NoPeersYet(Exception):
+    """JetStream answered that it cannot place a stream's replicas now."""
+
+
+#: no answer in time, nobody to answer, "temporarily unavailable" or no peers yet: JetStream is
+#: busy or has no quorum yet; asked again later (never a refusal of what was asked)
+_NOT_NOW = (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError, _NoPeersYet)
 
 log = get_logger("cairn.bus")
 
@@ -128,7 +137,10 @@ async def _ensure(
     else:
         action, reply = "updated", await _api(conn, f"$JS.API.STREAM.UPDATE.{name}", body)
     if "error" in reply:
-        raise CairnError(f"cannot provision stream {name}: {reply['error'].get('description')}")
+        text = f"cannot provision stream {name}: {reply['error'].get('description')}"
+        if reply["error"].get("err_code") == _NO_PEERS:
+            raise _NoPeersYet(text)
+        raise CairnError(text)
     return action
 
 
