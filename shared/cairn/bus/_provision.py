@@ -1,7 +1,8 @@
 """Idempotent provisioning of Cairn's streams and KV buckets through the JetStream API.
 
-How many replicas: 3 when the server the connection reached belongs to a cluster, 1 alone
-(:func:`cluster_replicas`; docs/design.md says why from the server's INFO). A store whose
+How many replicas: the ``stream_replicas`` setting (``cairn cluster init`` writes the
+cluster's into the settings it makes); without it, 3 when the server the connection reached
+has cluster peers, 1 alone (:func:`cluster_replicas`; docs/design.md says why). A store whose
 streams have fewer replicas than that (a single-node home brought onto a cluster) is refused
 with ``UnderReplicated`` before anything is created or changed: the admin moves it with
 ``cairn cluster migrate`` (:func:`migrate_replicas`), which scales each stream up and waits
@@ -57,12 +58,20 @@ async def _api(
 
 
 def cluster_replicas(conn: Connection) -> int:
-    """``CLUSTER_REPLICAS`` when the server ``conn`` reached belongs to a cluster (its INFO
-    names one), else 1. The cluster's name is the server's configuration: it is there whether
-    or not its peers are up now, so an outage never changes the answer (an R3 stream created
-    while too few nodes are up fails loudly; it is never made R1)."""
+    """How many replicas each stream and bucket keeps: the ``stream_replicas`` setting when it
+    is given (``cairn cluster init`` writes it), else a guess from the INFO of the server
+    ``conn`` reached: ``CLUSTER_REPLICAS`` when it announced cluster peers to connect to
+    (``connect_urls``), 1 otherwise.
+
+    The INFO's ``cluster`` field alone says nothing: a single server with a leafnode remote
+    reports ``"leaf"``, and a server whose routes are configured but not (yet) connected names
+    its cluster too; ``$JS.API.INFO`` reports no cluster size at all (nats-server 2.15.1). The
+    guess depends on the routes being up when the client connected, and a cluster whose
+    servers set ``no_advertise`` announces no peers: hence the explicit setting."""
+    if conn.settings.stream_replicas is not None:
+        return conn.settings.stream_replicas
     info: dict[str, Any] = getattr(conn.nc, "_server_info", None) or {}
-    return CLUSTER_REPLICAS if info.get("cluster") else 1
+    return CLUSTER_REPLICAS if info.get("connect_urls") else 1
 
 
 def stream_names() -> list[str]:

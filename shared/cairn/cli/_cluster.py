@@ -82,9 +82,10 @@ def init(
     """Write one nats-server config per node (JetStream with sync_interval: always, the
     routes to every other node with a password of their own, the accounts and users of
     Cairn's security model) and the credentials (credentials.json, admin.json, as
-    cairn up makes them; reused when --dir has them), and config.json, the client
-    settings over every node. Safe to repeat. Prints how to start each node and what
-    clients and services are given.
+    cairn up makes them; reused when --dir has them), and config.json, the client and
+    service settings over every node (stream_replicas: 3, or 1 for one node). Safe to
+    repeat. Prints how to
+    start each node and what clients and services are given.
 
     \b
     Example:
@@ -146,6 +147,7 @@ def init(
         ],
         "credentials": str(made.credentials_file),
         "admin": str(made.folder / "admin.json"),
+        "stream_replicas": made.replicas,
         "client_config": str(config),
         "tls_ca": str(tls.ca) if tls is not None else None,
     }
@@ -156,6 +158,7 @@ def init(
         *(f"wrote {n.conf} ({n.url}, routes :{n.route_port})" for n in made.nodes),
         f"credentials: {made.credentials_file}, {made.folder / 'admin.json'} (the admin's),"
         f" {made.folder / 'cluster.json'} (the routes')",
+        f"streams and buckets keep {made.replicas} replicas (stream_replicas in {config})",
         "",
         "start each node (on its machine; the folder at the same path there):",
         *(f"  {server} -c {n.conf}" for n in made.nodes),

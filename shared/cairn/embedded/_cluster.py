@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from cairn.bus._provision import CLUSTER_REPLICAS
 from cairn.embedded._auth import (
     ADMIN_USER,
     AGENT_USER,
@@ -336,8 +337,9 @@ class NatsCluster:
     ) -> Settings:
         """Settings that connect as ``user``: ``cairn-service``, ``cairn-agent``,
         ``cairn-admin`` or a person (default: the local person), to every node (or to
-        ``nodes`` alone, in their order); ``extra`` sets other fields (``request_timeout``,
-        ``state_dir``...)."""
+        ``nodes`` alone, in their order), with the cluster's ``stream_replicas`` (as
+        ``config.json``); ``extra`` sets other fields (``request_timeout``, ``state_dir``,
+        ``stream_replicas=None`` to let the server's INFO decide...)."""
         creds = self.credentials
         passwords = {
             SERVICE_USER: creds.service_password,
@@ -355,19 +357,28 @@ class NatsCluster:
             "nats_url": self.url if nodes is None else ",".join(n.url for n in nodes),
             "nats_user": user,
             "nats_password": passwords[user],
+            "stream_replicas": self.replicas,
             **extra,
         }
         return msgspec.convert(values, Settings)
 
-    def client_config(self) -> dict[str, str]:
-        """What ``config.json`` in the folder says (the local person over every node), so that
-        ``CAIRN_HOME=<folder>`` commands reach the cluster."""
+    @property
+    def replicas(self) -> int:
+        """The replicas of every stream and bucket on this cluster: ``CLUSTER_REPLICAS`` (3),
+        or fewer nodes' worth (1 for a single node)."""
+        return min(CLUSTER_REPLICAS, len(self.nodes))
+
+    def client_config(self) -> dict[str, Any]:
+        """What ``config.json`` in the folder says (the local person over every node, and the
+        replicas streams keep), so that ``CAIRN_HOME=<folder>`` commands and services reach
+        the cluster and provision what it warrants."""
         s = self.settings()
-        config = {
+        config: dict[str, Any] = {
             "nats_url": s.nats_url,
             "nats_user": s.nats_user or "",
             "nats_password": s.nats_password or "",
             "workspace": s.workspace,
+            "stream_replicas": self.replicas,
         }
         if s.tls_ca is not None:
             config["tls_ca"] = s.tls_ca
