@@ -9,11 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from cairn.bus import Connection, connect, migrate_replicas, provision
+from cairn.bus import (
+    Connection,
+    connect,
+    ensure_stream,
+    migrate_replicas,
+    provision,
+)
 from cairn.bus._provision import stream_names
 from cairn.embedded import NatsCluster
 from cairn.embedded._auth import ADMIN_USER, SERVICE_USER
 from cairn.errors import CairnError, PermissionDenied, UnderReplicated
+from cairn.proto.streams import EVENTS, KV_BUCKETS
 from tests.conftest import own_server
 
 #: a few messages on each stream that keeps them (JOBS too: no consumer takes its tickets)
@@ -65,6 +72,13 @@ async def test_r1_streams_are_refused_then_migrated_with_every_message(
             info = await cluster.stream_info(name)
             assert info["config"]["num_replicas"] == 3, name
             assert all(r["current"] for r in info["cluster"]["replicas"]), name
+        # services set up for fewer copies start on the migrated store, buckets too, and
+        # nothing is scaled down (not even by the admin's contract-replicas ensure_stream)
+        fewer = await provision(conn, replicas=1)
+        assert set(fewer.values()) == {"unchanged"}, fewer
+        assert {b.bucket for b in KV_BUCKETS} <= set(fewer)
+        assert await ensure_stream(admin, EVENTS) == "unchanged"
+        assert (await cluster.stream_info("EVENTS"))["config"]["num_replicas"] == 3
     finally:
         await conn.close()
         await admin.close()

@@ -23,11 +23,18 @@ from nats.js.errors import BadRequestError
 
 from cairn.bus._connect import Connection
 from cairn.errors import CairnError, PermissionDenied, Unavailable, UnderReplicated
-from cairn.proto.streams import KV_BUCKETS, STREAMS, ConsumerConfig, StreamConfig
+from cairn.proto.streams import (
+    KV_BUCKETS,
+    STREAMS,
+    BucketConfig,
+    ConsumerConfig,
+    StreamConfig,
+)
 
 __all__ = [
     "CLUSTER_REPLICAS",
     "cluster_replicas",
+    "ensure_bucket",
     "ensure_consumer",
     "ensure_stream",
     "migrate_replicas",
@@ -104,9 +111,9 @@ async def _ensure(
     conn: Connection, definition: StreamConfig, info: dict[str, Any] | None, replicas: int | None
 ) -> str:
     name = definition.name
-    if replicas is not None:
-        have = int(info["config"].get("num_replicas", 1)) if info is not None else 0
-        definition = msgspec.structs.replace(definition, num_replicas=max(replicas, have))
+    want = replicas if replicas is not None else definition.num_replicas
+    have = _replicas(info) if info is not None else 0
+    definition = msgspec.structs.replace(definition, num_replicas=max(want, have))
     body = definition.to_api()
     if info is None:
         action, reply = "created", await _api(conn, f"$JS.API.STREAM.CREATE.{name}", body)
@@ -117,6 +124,50 @@ async def _ensure(
     if "error" in reply:
         raise CairnError(f"cannot provision stream {name}: {reply['error'].get('description')}")
     return action
+
+
+def _replicas(info: dict[str, Any]) -> int:
+    return int(info["config"].get("num_replicas") or 1)
+
+
+async def ensure_bucket(
+    conn: Connection, bucket: BucketConfig, *, replicas: int | None = None
+) -> str:
+    """Create the KV bucket, or update its stream (``KV_<bucket>``) where the contract's
+    settings drifted or it has fewer than ``replicas`` (default 1); one with more keeps them
+    (a store migrated to R5 still starts). Returns what was done."""
+    name = f"KV_{bucket.bucket}"
+    info = await _stream_info(conn, name)
+    want = replicas if replicas is not None else 1
+    if info is None:
+        config = KeyValueConfig(
+            bucket=bucket.bucket,
+            history=bucket.history,
+            ttl=bucket.ttl_s,
+            description=bucket.description,
+            direct=True,
+            replicas=want,
+        )
+        try:
+            await conn.js.create_key_value(config)
+        except BadRequestError as exc:
+            raise CairnError(f"cannot provision bucket {bucket.bucket}: {exc}") from exc
+        return "created"
+    contract = {
+        "num_replicas": max(want, _replicas(info)),
+        "max_msgs_per_subject": bucket.history,
+        "max_age": int(bucket.ttl_s * 1_000_000_000),
+        "description": bucket.description,
+        "allow_direct": True,
+    }
+    if all(info["config"].get(k) == v for k, v in contract.items()):
+        return "unchanged"
+    reply = await _api(conn, f"$JS.API.STREAM.UPDATE.{name}", {**info["config"], **contract})
+    if "error" in reply:
+        raise CairnError(
+            f"cannot provision bucket {bucket.bucket}: {reply['error'].get('description')}"
+        )
+    return "updated"
 
 
 async def ensure_consumer(conn: Connection, stream: str, config: ConsumerConfig) -> None:
@@ -133,7 +184,7 @@ async def _under_replicated(conn: Connection, wanted: int) -> dict[str, int]:
     short = {}
     for name in stream_names():
         info = await _stream_info(conn, name)
-        have = int(info["config"].get("num_replicas", 1)) if info is not None else wanted
+        have = _replicas(info) if info is not None else wanted
         if have < wanted:
             short[name] = have
     return short
@@ -160,19 +211,7 @@ async def provision(conn: Connection, *, replicas: int | None = None) -> dict[st
         info = await _stream_info(conn, definition.name)
         done[definition.name] = await _ensure(conn, definition, info, wanted)
     for bucket in KV_BUCKETS:
-        config = KeyValueConfig(
-            bucket=bucket.bucket,
-            history=bucket.history,
-            ttl=bucket.ttl_s,
-            description=bucket.description,
-            direct=True,
-            replicas=wanted,
-        )
-        try:
-            await conn.js.create_key_value(config)
-            done[bucket.bucket] = "ready"
-        except BadRequestError as exc:
-            raise CairnError(f"cannot provision bucket {bucket.bucket}: {exc}") from exc
+        done[bucket.bucket] = await ensure_bucket(conn, bucket, replicas=wanted)
     return done
 
 
