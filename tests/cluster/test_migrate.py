@@ -62,6 +62,9 @@ async def test_r1_streams_are_refused_then_migrated_with_every_message(
         for name in stream_names():
             assert f"{name} (1)" in refused.value.message
         assert "cairn cluster migrate" in refused.value.message
+        assert "the stream_replicas setting asks for 3" in refused.value.message
+        with pytest.raises(UnderReplicated, match="3 replicas per stream were asked for"):
+            await provision(conn, replicas=3)
 
         moved = await migrate_replicas(admin, timeout=45.0)
         assert moved == dict.fromkeys(stream_names(), (1, 3))

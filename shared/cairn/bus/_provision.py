@@ -200,9 +200,16 @@ async def provision(conn: Connection, *, replicas: int | None = None) -> dict[st
     short = await _under_replicated(conn, wanted)
     if short:
         listed = ", ".join(f"{name} ({have})" for name, have in short.items())
+        if replicas is not None:
+            why = f"{wanted} replicas per stream were asked for"
+        elif conn.settings.stream_replicas is not None:
+            where = f" ({conn.settings.config_file})" if conn.settings.config_file else ""
+            why = f"the stream_replicas setting{where} asks for {wanted} replicas per stream"
+        else:
+            why = f"the server has cluster peers, so its streams keep {wanted} replicas"
         raise UnderReplicated(
-            f"the server is part of a cluster whose streams keep {wanted} replicas, but these"
-            f" have fewer: {listed}. Cairn does not run a cluster on single copies; as the"
+            f"{why}, but these have fewer: {listed}. Cairn does not run a cluster on fewer"
+            " copies than it was set up with; as the"
             f" admin, run `{MIGRATE_COMMAND}` (ops/README.md, 'Moving a single-node home onto"
             " a cluster') to give each stream its replicas, then start the services again"
         )
