@@ -12,6 +12,7 @@ import pytest
 from cairn.bus import (
     Connection,
     connect,
+    ensure_consumer,
     ensure_stream,
     migrate_replicas,
     provision,
@@ -20,8 +21,21 @@ from cairn.bus._provision import stream_names
 from cairn.embedded import NatsCluster
 from cairn.embedded._auth import ADMIN_USER, SERVICE_USER
 from cairn.errors import CairnError, PermissionDenied, UnderReplicated
-from cairn.proto.streams import EVENTS, KV_BUCKETS
+from cairn.proto.streams import EVENTS, KV_BUCKETS, ConsumerConfig
 from tests.conftest import own_server
+
+#: a durable consumer on EVENTS, as the projections keep theirs
+PROBE = ConsumerConfig(
+    durable_name="migrate-probe",
+    filter_subject="cairn.ev.>",
+    ack_policy="explicit",
+    ack_wait=30 * 10**9,
+    max_deliver=-1,
+    backoff=(),
+    max_ack_pending=100,
+    max_waiting=16,
+    deliver_policy="all",
+)
 
 #: a few messages on each stream that keeps them (JOBS too: no consumer takes its tickets)
 SUBJECTS = {
@@ -54,6 +68,7 @@ async def test_r1_streams_are_refused_then_migrated_with_every_message(
     admin = await connect(cluster.settings(user=ADMIN_USER, request_timeout=5.0))
     try:
         await provision(conn, replicas=1)  # what a single-node home's streams are
+        await ensure_consumer(conn, EVENTS.name, PROBE)
         sent = await _fill(conn, 20)
         holder = {name: await cluster.stream_leader(name) for name in SUBJECTS}
 
@@ -69,6 +84,9 @@ async def test_r1_streams_are_refused_then_migrated_with_every_message(
         moved = await migrate_replicas(admin, timeout=45.0)
         assert moved == dict.fromkeys(stream_names(), (1, 3))
         assert await migrate_replicas(admin) == dict.fromkeys(stream_names(), (3, 3))
+        probe = await admin.js.consumer_info(EVENTS.name, PROBE.durable_name)
+        assert probe.cluster is not None and len(probe.cluster.replicas or []) == 2
+        assert all(r.current for r in probe.cluster.replicas or [])  # migrate waited for it
         done = await provision(conn)  # the services start again
         assert done["EVENTS"] == "unchanged"
         for name in stream_names():

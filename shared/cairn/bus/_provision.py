@@ -227,7 +227,9 @@ async def migrate_replicas(
 ) -> dict[str, tuple[int, int]]:
     """Scale every existing Cairn stream (and bucket) with fewer than ``replicas`` (default
     :func:`cluster_replicas`) up to that count (``$JS.API.STREAM.UPDATE``: the admin's alone),
-    then wait until each new replica is current (holds every message). Returns, per stream,
+    then wait until each new replica is current (holds every message), and so are the
+    replicas of every durable consumer on it (a consumer follows its stream's replicas; its
+    acknowledged positions would be lost with a node otherwise). Returns, per stream,
     its replicas before and after; a stream that had enough is (n, n). Safe to repeat."""
     wanted = replicas if replicas is not None else cluster_replicas(conn)
     done: dict[str, tuple[int, int]] = {}
@@ -248,17 +250,48 @@ async def migrate_replicas(
     deadline = time.monotonic() + timeout
     for name, (_, after) in done.items():
         await _wait_current(conn, name, after, deadline)
+    for name, (_, after) in done.items():
+        for consumer, replicas in (await _durables(conn, name, after)).items():
+            await _wait_current(conn, f"{name}.{consumer}", replicas, deadline, consumer=True)
     return done
 
 
-async def _wait_current(conn: Connection, name: str, replicas: int, deadline: float) -> None:
-    """Until ``name`` has a leader and ``replicas - 1`` followers, each current."""
+async def _durables(conn: Connection, stream: str, stream_replicas: int) -> dict[str, int]:
+    """The durable consumers of ``stream`` and the replicas each has (its own
+    ``num_replicas``, else the stream's)."""
+    found: dict[str, int] = {}
+    offset = 0
+    while True:
+        reply = await _api(conn, f"$JS.API.CONSUMER.LIST.{stream}", {"offset": offset})
+        if "error" in reply:
+            raise CairnError(
+                f"cannot list the consumers of {stream}: {reply['error'].get('description')}"
+            )
+        consumers = reply.get("consumers") or []
+        for info in consumers:
+            config = info.get("config") or {}
+            if config.get("durable_name"):
+                found[info["name"]] = int(config.get("num_replicas") or stream_replicas)
+        offset += len(consumers)
+        if not consumers or offset >= int(reply.get("total", 0)):
+            return found
+
+
+async def _wait_current(
+    conn: Connection, name: str, replicas: int, deadline: float, *, consumer: bool = False
+) -> None:
+    """Until stream ``name`` (``consumer``: consumer ``<stream>.<durable>``) has a leader and
+    ``replicas - 1`` followers, each current."""
     why = "not asked yet"
+    what = "consumer" if consumer else "stream"
     while time.monotonic() < deadline:
         try:
-            info = await _stream_info(conn, name)
+            info = await (_consumer_info(conn, name) if consumer else _stream_info(conn, name))
         except (CairnError, TimeoutError, nats.errors.NoRespondersError) as exc:  # an election
             info, why = None, str(exc)
+        else:
+            if info is None and consumer:  # deleted meanwhile: nothing to wait for
+                return
         cluster = (info or {}).get("cluster") or {}
         followers = cluster.get("replicas") or []
         if replicas == 1 and info is not None:
@@ -271,4 +304,15 @@ async def _wait_current(conn: Connection, name: str, replicas: int, deadline: fl
         elif info is not None:
             why = f"{len(followers) + 1 if cluster.get('leader') else 0} of {replicas} placed"
         await asyncio.sleep(0.2)
-    raise Unavailable(f"stream {name} did not reach {replicas} current replicas: {why}")
+    raise Unavailable(f"{what} {name} did not reach {replicas} current replicas: {why}")
+
+
+async def _consumer_info(conn: Connection, name: str) -> dict[str, Any] | None:
+    """Consumer ``<stream>.<durable>``'s info; None when it no longer exists."""
+    info = await _api(conn, f"$JS.API.CONSUMER.INFO.{name}")
+    error = info.get("error")
+    if error and error.get("code") == 404:
+        return None
+    if error:
+        raise CairnError(f"consumer {name}: {error.get('description')}")
+    return info
