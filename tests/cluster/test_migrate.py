@@ -7,8 +7,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from cairn.backup import backup, restore
 from cairn.bus import (
     Connection,
     connect,
@@ -147,3 +149,32 @@ async def test_only_the_admin_may_migrate(cluster: NatsCluster) -> None:
     finally:
         await conn.close()
     assert (await cluster.stream_info("EVENTS"))["config"]["num_replicas"] == 1
+
+
+async def test_a_restore_onto_a_cluster_gets_the_clusters_replicas(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """A single server's backup restored without ``replicas`` gets the cluster's (3), so the
+    services start on it without a migration."""
+    folder = tmp_path / "backup"
+    server, settings, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    try:
+        await conn.js.publish("cairn.ev.ws1.experiment.e1", b"history", stream="EVENTS")
+        single = msgspec.structs.replace(
+            settings, nats_user=ADMIN_USER, nats_password=server.admin_password
+        )
+        admin = await connect(single)
+        try:
+            await backup(admin, folder, single)
+        finally:
+            await admin.close()
+    finally:
+        await conn.close()
+        server.stop()
+    admin = await connect(cluster.settings(user=ADMIN_USER, request_timeout=10.0))
+    try:
+        await restore(admin, folder, cluster.settings(user=ADMIN_USER))
+    finally:
+        await admin.close()
+    info = await cluster.stream_info("EVENTS")
+    assert info["config"]["num_replicas"] == 3 and info["state"]["messages"] == 1
