@@ -83,8 +83,8 @@ def init(
     routes to every other node with a password of their own, the accounts and users of
     Cairn's security model) and the credentials (credentials.json, admin.json, as
     cairn up makes them; reused when --dir has them), and config.json, the client and
-    service settings over every node (stream_replicas: 3, or 1 for one node). Safe to
-    repeat. Prints how to
+    service settings over every node (stream_replicas: 3, or 1 for one node). Refuses a
+    node whose store already holds a single server's streams. Safe to repeat. Prints how to
     start each node and what clients and services are given.
 
     \b
@@ -127,6 +127,8 @@ def init(
         name=name,
         tls=tls,
     )
+    for node in made.nodes:
+        node.check_store()  # a single server's store copied in: refused before any config
     made.write()
     config = made.folder / "config.json"
     write_private(config, json.dumps(made.client_config(), indent=2) + "\n")
