@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
 
 import msgspec
+import nats
+import nats.errors
 import pytest
+from nats.aio.msg import Msg
 
 from cairn.bus import cluster_replicas, connect, provision
 from cairn.embedded import NatsCluster
-from cairn.embedded._auth import SERVICE_USER
+from cairn.embedded._auth import SERVICE_USER, SYSTEM_USER
 from cairn.embedded._server import find_nats_server, free_port
 from cairn.errors import CairnError
 from cairn.proto.streams import KV_BUCKETS, STREAMS
@@ -108,3 +112,40 @@ async def _ready(proc: subprocess.Popen[bytes], folder: Path, timeout: float = 3
         assert proc.poll() is None, (folder / "server.log").read_text()
         assert time.monotonic() < deadline, "nats-server not ready"
         await asyncio.sleep(0.05)
+
+
+async def test_the_system_user_reports_every_server(cluster: NatsCluster) -> None:
+    """``admin.json`` keeps the system account's user, for ``nats server report`` and
+    peer removal; no other file gives it, and the services' user cannot ask the servers."""
+    kept = json.loads((cluster.folder / "admin.json").read_text())
+    assert kept["system_user"] == SYSTEM_USER
+    for other in ("credentials.json", "roles.json", "cluster.json"):
+        assert kept["system_password"] not in (cluster.folder / other).read_text(), other
+    assert kept["system_password"] not in json.dumps(cluster.client_config())
+    system = await nats.connect(
+        cluster.url.split(","), user=SYSTEM_USER, password=kept["system_password"]
+    )
+    try:
+        inbox = system.new_inbox()
+        answers: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+        async def take(msg: Msg) -> None:
+            answers.put_nowait(json.loads(msg.data))
+
+        await system.subscribe(inbox, cb=take)
+        await system.publish("$SYS.REQ.SERVER.PING.JSZ", b"", reply=inbox)
+        names = set()
+        for _ in cluster.nodes:
+            answer = await asyncio.wait_for(answers.get(), 10)
+            server = answer.get("server")
+            assert isinstance(server, dict)
+            names.add(server["name"])
+        assert names == {n.name for n in cluster.nodes}
+    finally:
+        await system.close()
+    conn = await connect(cluster.settings(user=SERVICE_USER, request_timeout=2.0))
+    try:
+        with pytest.raises((TimeoutError, nats.errors.NoRespondersError)):
+            await conn.nc.request("$SYS.REQ.SERVER.PING.JSZ", b"", timeout=2)
+    finally:
+        await conn.close()

@@ -3,7 +3,8 @@
 ``cairn cluster init`` writes the folder this class works over, and tests (the cluster
 profile's, the fault suite's) start and break its nodes through it::
 
-    <folder>/credentials.json, admin.json, roles.json   who may connect (as ``cairn up``)
+    <folder>/credentials.json, admin.json, roles.json   who may connect (as ``cairn up``;
+                                                        admin.json also the system user's)
     <folder>/cluster.json                               the routes' own user and password
     <folder>/<node>/nats.conf, accounts.conf            one server's config (``server_config``)
     <folder>/<node>/store/                              its JetStream store
@@ -42,6 +43,7 @@ from cairn.embedded._auth import (
     Credentials,
     accounts_config,
     admin_password,
+    system_password,
     write_private,
 )
 from cairn.embedded._node import ClusterNode
@@ -107,6 +109,8 @@ class NatsCluster:
         os.chmod(folder, 0o700)
         self.credentials = Credentials.load_or_create(self.credentials_file)
         self.admin_password = admin_password(folder / "admin.json")
+        #: the system account's user (``SYSTEM_USER``), for operators' ``nats server ...``
+        self.system_password = system_password(folder / "admin.json")
         self.route_password = _route_password(folder / "cluster.json")
         write_private(
             folder / "roles.json", json.dumps(self.credentials.roles_file(), indent=2) + "\n"
@@ -153,7 +157,8 @@ class NatsCluster:
 
     def accounts_text(self) -> str:
         self.credentials = Credentials.load_or_create(self.credentials_file)
-        return "\n".join(accounts_config(self.credentials, self.admin_password)) + "\n"
+        lines = accounts_config(self.credentials, self.admin_password, self.system_password)
+        return "\n".join(lines) + "\n"
 
     def cluster_block(self, node: ClusterNode) -> list[str] | None:
         """``node``'s ``cluster { }`` lines; None for a cluster of one (a plain server)."""
