@@ -81,11 +81,14 @@ SERVICE_USER = "cairn-service"
 AGENT_USER = "cairn-agent"
 
 ADMIN_USER = ADMIN_ACTOR
-#: the nats-server system account of a cluster (``system_account``) and its one user, whose
-#: password ``admin.json`` keeps beside the admin's: for operators' server requests (``nats
-#: server report jetstream``, ``nats server raft peer-remove``, step-downs). It sees no
-#: Cairn subject and holds no stream; no Cairn process connects as it
-SYSTEM_ACCOUNT = "SYS"
+#: nats-server's own system account and its one user in a cluster, whose password
+#: ``admin.json`` keeps beside the admin's: for operators' server requests (``nats server
+#: report jetstream``, ``nats server raft peer-remove``, step-downs). It sees no Cairn subject
+#: and holds no stream; no Cairn process connects as it. The default account (``$SYS``) is
+#: given the user rather than another account made the system one: the servers keep the
+#: JetStream meta group under the system account's folder of the store, so renaming it would
+#: leave an existing cluster's record of its streams behind
+SYSTEM_ACCOUNT = "$SYS"
 SYSTEM_USER = "cairn-system"
 DATA_SCIENTIST = "data_scientist"
 COMPUTE_OPERATOR = "compute_operator"
@@ -586,7 +589,6 @@ def accounts_config(
         "  }",
         *_system_account(system_password),
         "}",
-        *([f"system_account: {SYSTEM_ACCOUNT}"] if system_password is not None else []),
     ]
 
 
