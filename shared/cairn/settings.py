@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -41,6 +41,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     actor: str | None = None
     state_dir: str | None = None
     request_timeout: float = 10.0
+    #: how many replicas each stream and KV bucket keeps (``CAIRN_STREAM_REPLICAS``):
+    #: ``cairn cluster init`` writes the cluster's (3; 1 for one node) into the settings it
+    #: makes. None: 3 when the server has cluster peers when the process connects, else 1
+    #: (a guess: cairn.bus.cluster_replicas says what it cannot see)
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
     #: how long a client (CLI, SDK) tries to reach the server before it gives up with the
     #: cause; long-running processes (services, agents) keep trying with backoff instead
     connect_timeout_s: float = 5.0

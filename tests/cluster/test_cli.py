@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from cairn.bus import connect, provision
 from cairn.cli import cli
 from cairn.embedded import NatsCluster
 from cairn.embedded._auth import SERVICE_USER
+from cairn.errors import CairnError, InvalidInput
+from cairn.settings import load_settings
+from tests.conftest import own_server
 
 
 def test_init_refuses_an_even_count(tmp_path: Path) -> None:
@@ -121,3 +126,36 @@ def test_init_with_certificates_requires_tls(tmp_path: Path) -> None:
     assert json.loads((folder / "config.json").read_text())["tls_ca"] == str(
         tls.resolve() / "ca.pem"
     )
+
+
+async def test_init_refuses_a_nodes_store_holding_a_single_servers_streams(
+    tmp_path: Path,
+) -> None:
+    """A single server's store copied under a node would not come into the cluster: init
+    refuses it by name before writing any node's config."""
+    server, _, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    await conn.close()
+    server.stop()
+    folder = tmp_path / "c"
+    shutil.copytree(server.dir / "store", folder / "n2" / "store")
+    result = CliRunner().invoke(cli, ["cluster", "init", "--dir", str(folder)])
+    assert isinstance(result.exception, CairnError), result.output
+    assert "holds the streams of a single server" in result.exception.message
+    assert "n2" in result.exception.message and "EVENTS" in result.exception.message
+    assert not (folder / "n1" / "nats.conf").exists()
+
+
+def test_init_writes_the_clusters_replicas_into_the_settings(tmp_path: Path) -> None:
+    """config.json (what CAIRN_HOME=<dir> clients and services read) says how many copies
+    streams keep, so nothing has to guess it from the server."""
+    for nodes, replicas in ((3, 3), (1, 1)):
+        folder = tmp_path / f"c{nodes}"
+        args = ["cluster", "init", "--nodes", str(nodes), "--dir", str(folder)]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads((folder / "config.json").read_text())["stream_replicas"] == replicas
+        loaded = load_settings(env={"CAIRN_HOME": str(folder)})
+        assert loaded.stream_replicas == replicas
+    assert load_settings(env={"CAIRN_STREAM_REPLICAS": "5"}).stream_replicas == 5
+    with pytest.raises(InvalidInput, match="stream_replicas"):
+        load_settings(env={"CAIRN_STREAM_REPLICAS": "0"})

@@ -7,14 +7,37 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from cairn.bus import Connection, connect, migrate_replicas, provision
+from cairn.backup import backup, restore
+from cairn.bus import (
+    Connection,
+    connect,
+    ensure_consumer,
+    ensure_stream,
+    migrate_replicas,
+    provision,
+)
 from cairn.bus._provision import stream_names
 from cairn.embedded import NatsCluster
 from cairn.embedded._auth import ADMIN_USER, SERVICE_USER
 from cairn.errors import CairnError, PermissionDenied, UnderReplicated
+from cairn.proto.streams import EVENTS, KV_BUCKETS, ConsumerConfig
 from tests.conftest import own_server
+
+#: a durable consumer on EVENTS, as the projections keep theirs
+PROBE = ConsumerConfig(
+    durable_name="migrate-probe",
+    filter_subject="cairn.ev.>",
+    ack_policy="explicit",
+    ack_wait=30 * 10**9,
+    max_deliver=-1,
+    backoff=(),
+    max_ack_pending=100,
+    max_waiting=16,
+    deliver_policy="all",
+)
 
 #: a few messages on each stream that keeps them (JOBS too: no consumer takes its tickets)
 SUBJECTS = {
@@ -47,6 +70,7 @@ async def test_r1_streams_are_refused_then_migrated_with_every_message(
     admin = await connect(cluster.settings(user=ADMIN_USER, request_timeout=5.0))
     try:
         await provision(conn, replicas=1)  # what a single-node home's streams are
+        await ensure_consumer(conn, EVENTS.name, PROBE)
         sent = await _fill(conn, 20)
         holder = {name: await cluster.stream_leader(name) for name in SUBJECTS}
 
@@ -55,16 +79,29 @@ async def test_r1_streams_are_refused_then_migrated_with_every_message(
         for name in stream_names():
             assert f"{name} (1)" in refused.value.message
         assert "cairn cluster migrate" in refused.value.message
+        assert "the stream_replicas setting asks for 3" in refused.value.message
+        with pytest.raises(UnderReplicated, match="3 replicas per stream were asked for"):
+            await provision(conn, replicas=3)
 
         moved = await migrate_replicas(admin, timeout=45.0)
         assert moved == dict.fromkeys(stream_names(), (1, 3))
         assert await migrate_replicas(admin) == dict.fromkeys(stream_names(), (3, 3))
+        probe = await admin.js.consumer_info(EVENTS.name, PROBE.durable_name)
+        assert probe.cluster is not None and len(probe.cluster.replicas or []) == 2
+        assert all(r.current for r in probe.cluster.replicas or [])  # migrate waited for it
         done = await provision(conn)  # the services start again
         assert done["EVENTS"] == "unchanged"
         for name in stream_names():
             info = await cluster.stream_info(name)
             assert info["config"]["num_replicas"] == 3, name
             assert all(r["current"] for r in info["cluster"]["replicas"]), name
+        # services set up for fewer copies start on the migrated store, buckets too, and
+        # nothing is scaled down (not even by the admin's contract-replicas ensure_stream)
+        fewer = await provision(conn, replicas=1)
+        assert set(fewer.values()) == {"unchanged"}, fewer
+        assert {b.bucket for b in KV_BUCKETS} <= set(fewer)
+        assert await ensure_stream(admin, EVENTS) == "unchanged"
+        assert (await cluster.stream_info("EVENTS"))["config"]["num_replicas"] == 3
     finally:
         await conn.close()
         await admin.close()
@@ -112,3 +149,32 @@ async def test_only_the_admin_may_migrate(cluster: NatsCluster) -> None:
     finally:
         await conn.close()
     assert (await cluster.stream_info("EVENTS"))["config"]["num_replicas"] == 1
+
+
+async def test_a_restore_onto_a_cluster_gets_the_clusters_replicas(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """A single server's backup restored without ``replicas`` gets the cluster's (3), so the
+    services start on it without a migration."""
+    folder = tmp_path / "backup"
+    server, settings, conn = await own_server(tmp_path / "home", request_timeout=5.0)
+    try:
+        await conn.js.publish("cairn.ev.ws1.experiment.e1", b"history", stream="EVENTS")
+        single = msgspec.structs.replace(
+            settings, nats_user=ADMIN_USER, nats_password=server.admin_password
+        )
+        admin = await connect(single)
+        try:
+            await backup(admin, folder, single)
+        finally:
+            await admin.close()
+    finally:
+        await conn.close()
+        server.stop()
+    admin = await connect(cluster.settings(user=ADMIN_USER, request_timeout=10.0))
+    try:
+        await restore(admin, folder, cluster.settings(user=ADMIN_USER))
+    finally:
+        await admin.close()
+    info = await cluster.stream_info("EVENTS")
+    assert info["config"]["num_replicas"] == 3 and info["state"]["messages"] == 1

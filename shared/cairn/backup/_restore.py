@@ -20,7 +20,7 @@ from cairn.backup._manifest import (
     server_version,
     verify_files,
 )
-from cairn.bus import Connection
+from cairn.bus import Connection, cluster_replicas
 from cairn.bus._snapshot import delete_stream, purge_stream, restore_stream, stream_info
 from cairn.proto.streams import JOBS
 from cairn.settings import Settings
@@ -60,13 +60,14 @@ async def restore(
 ) -> Manifest:
     """Restore the backup in ``folder`` into the store ``conn`` reaches, as the admin.
 
-    Checks everything first (manifest, checksums, targets), then, stream by stream, deletes
-    it where it exists (an empty one always, one with data only with ``force``) and restores
-    it with the configuration it was taken with (``replicas``: another ``num_replicas``, e.g.
-    an R1 backup into a three-node cluster), sending only the bytes whose checksum the
-    manifest records, and checks it holds at least the recorded position; then puts back the
-    local artifact store's blobs. ``force`` also purges JOBS (its tickets belong to the log
-    that was replaced). A restore that fails part-way leaves the streams before the failing
+    Checks everything first (manifest, checksums, targets), then, stream by stream, deletes it
+    where it exists (an empty one always, one with data only with ``force``) and restores it
+    with the configuration it was taken with, but with ``replicas`` copies (default: the
+    target's, :func:`cairn.bus.cluster_replicas`: an R1 backup restored into a three-node
+    cluster gets 3, an R3 one restored onto a single server 1), sending only the bytes whose
+    checksum the manifest records, and checks it holds at least the recorded position; then puts
+    back the local artifact store's blobs. ``force`` also purges JOBS (its tickets belong to the
+    log that was replaced). A restore that fails part-way leaves the streams before the failing
     one restored: run it again with ``force``. ``checked``: the manifest as the caller read it
     and checked the files against it (``read_manifest``, ``verify_files``)."""
     manifest = checked
@@ -76,6 +77,7 @@ async def restore(
     if manifest.server_version != (here := server_version(conn)):
         taken = manifest.server_version
         say(f"warning: the backup was taken from nats-server {taken}; this one is {here}")
+    replicas = replicas if replicas is not None else cluster_replicas(conn)
     existing = await _check_targets(conn, manifest, force)
     if force and await stream_info(conn, JOBS.name) is not None:
         await purge_stream(conn, JOBS.name)
@@ -93,12 +95,10 @@ async def _restore_one(
     conn: Connection,
     folder: Path,
     entry: StreamEntry,
-    replicas: int | None,
+    replicas: int,
     say: Callable[[str], None],
 ) -> None:
-    config = dict(entry.config)
-    if replicas is not None:
-        config["num_replicas"] = replicas
+    config = {**entry.config, "num_replicas": replicas}
 
     def check_sent(size: int, sha256: str) -> None:
         if (size, sha256) != (entry.size, entry.sha256):

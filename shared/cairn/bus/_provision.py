@@ -1,7 +1,8 @@
 """Idempotent provisioning of Cairn's streams and KV buckets through the JetStream API.
 
-How many replicas: 3 when the server the connection reached belongs to a cluster, 1 alone
-(:func:`cluster_replicas`; docs/design.md says why from the server's INFO). A store whose
+How many replicas: the ``stream_replicas`` setting (``cairn cluster init`` writes the
+cluster's into the settings it makes); without it, 3 when the server the connection reached
+has cluster peers, 1 alone (:func:`cluster_replicas`; docs/design.md says why). A store whose
 streams have fewer replicas than that (a single-node home brought onto a cluster) is refused
 with ``UnderReplicated`` before anything is created or changed: the admin moves it with
 ``cairn cluster migrate`` (:func:`migrate_replicas`), which scales each stream up and waits
@@ -28,6 +29,7 @@ from cairn.proto.streams import (
     JOBS,
     KV_BUCKETS,
     STREAMS,
+    BucketConfig,
     ConsumerConfig,
     StreamConfig,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "AGENT_STREAMS",
     "CLUSTER_REPLICAS",
     "cluster_replicas",
+    "ensure_bucket",
     "ensure_consumer",
     "ensure_stream",
     "migrate_replicas",
@@ -88,12 +91,20 @@ async def _api(
 
 
 def cluster_replicas(conn: Connection) -> int:
-    """``CLUSTER_REPLICAS`` when the server ``conn`` reached belongs to a cluster (its INFO
-    names one), else 1. The cluster's name is the server's configuration: it is there whether
-    or not its peers are up now, so an outage never changes the answer (an R3 stream created
-    while too few nodes are up fails loudly; it is never made R1)."""
+    """How many replicas each stream and bucket keeps: the ``stream_replicas`` setting when it
+    is given (``cairn cluster init`` writes it), else a guess from the INFO of the server
+    ``conn`` reached: ``CLUSTER_REPLICAS`` when it announced cluster peers to connect to
+    (``connect_urls``), 1 otherwise.
+
+    The INFO's ``cluster`` field alone says nothing: a single server with a leafnode remote
+    reports ``"leaf"``, and a server whose routes are configured but not (yet) connected names
+    its cluster too; ``$JS.API.INFO`` reports no cluster size at all (nats-server 2.15.1). The
+    guess depends on the routes being up when the client connected, and a cluster whose
+    servers set ``no_advertise`` announces no peers: hence the explicit setting."""
+    if conn.settings.stream_replicas is not None:
+        return conn.settings.stream_replicas
     info: dict[str, Any] = getattr(conn.nc, "_server_info", None) or {}
-    return CLUSTER_REPLICAS if info.get("cluster") else 1
+    return CLUSTER_REPLICAS if info.get("connect_urls") else 1
 
 
 def stream_names() -> list[str]:
@@ -126,9 +137,9 @@ async def _ensure(
     conn: Connection, definition: StreamConfig, info: dict[str, Any] | None, replicas: int | None
 ) -> str:
     name = definition.name
-    if replicas is not None:
-        have = int(info["config"].get("num_replicas", 1)) if info is not None else 0
-        definition = msgspec.structs.replace(definition, num_replicas=max(replicas, have))
+    want = replicas if replicas is not None else definition.num_replicas
+    have = _replicas(info) if info is not None else 0
+    definition = msgspec.structs.replace(definition, num_replicas=max(want, have))
     body = definition.to_api()
     if info is None:
         action, reply = "created", await _api(conn, f"$JS.API.STREAM.CREATE.{name}", body)
@@ -142,6 +153,53 @@ async def _ensure(
             raise _NoPeersYet(text)
         raise CairnError(text)
     return action
+
+
+def _replicas(info: dict[str, Any]) -> int:
+    return int(info["config"].get("num_replicas") or 1)
+
+
+async def ensure_bucket(
+    conn: Connection, bucket: BucketConfig, *, replicas: int | None = None
+) -> str:
+    """Create the KV bucket, or update its stream (``KV_<bucket>``) where the contract's
+    settings drifted or it has fewer than ``replicas`` (default 1); one with more keeps them
+    (a store migrated to R5 still starts). Returns what was done."""
+    name = f"KV_{bucket.bucket}"
+    info = await _stream_info(conn, name)
+    want = replicas if replicas is not None else 1
+    if info is None:
+        config = KeyValueConfig(
+            bucket=bucket.bucket,
+            history=bucket.history,
+            ttl=bucket.ttl_s,
+            description=bucket.description,
+            direct=True,
+            replicas=want,
+        )
+        try:
+            await conn.js.create_key_value(config)
+        except BadRequestError as exc:
+            text = f"cannot provision bucket {bucket.bucket}: {exc}"
+            if exc.err_code == _NO_PEERS:
+                raise _NoPeersYet(text) from exc
+            raise CairnError(text) from exc
+        return "created"
+    contract = {
+        "num_replicas": max(want, _replicas(info)),
+        "max_msgs_per_subject": bucket.history,
+        "max_age": int(bucket.ttl_s * 1_000_000_000),
+        "description": bucket.description,
+        "allow_direct": True,
+    }
+    if all(info["config"].get(k) == v for k, v in contract.items()):
+        return "unchanged"
+    reply = await _api(conn, f"$JS.API.STREAM.UPDATE.{name}", {**info["config"], **contract})
+    if "error" in reply:
+        raise CairnError(
+            f"cannot provision bucket {bucket.bucket}: {reply['error'].get('description')}"
+        )
+    return "updated"
 
 
 async def ensure_consumer(conn: Connection, stream: str, config: ConsumerConfig) -> None:
@@ -158,7 +216,7 @@ async def _under_replicated(conn: Connection, wanted: int) -> dict[str, int]:
     short = {}
     for name in stream_names():
         info = await _stream_info(conn, name)
-        have = int(info["config"].get("num_replicas", 1)) if info is not None else wanted
+        have = _replicas(info) if info is not None else wanted
         if have < wanted:
             short[name] = have
     return short
@@ -204,9 +262,16 @@ async def _provision_once(conn: Connection, replicas: int | None) -> dict[str, s
     short = await _under_replicated(conn, wanted)
     if short:
         listed = ", ".join(f"{name} ({have})" for name, have in short.items())
+        if replicas is not None:
+            why = f"{wanted} replicas per stream were asked for"
+        elif conn.settings.stream_replicas is not None:
+            where = f" ({conn.settings.config_file})" if conn.settings.config_file else ""
+            why = f"the stream_replicas setting{where} asks for {wanted} replicas per stream"
+        else:
+            why = f"the server has cluster peers, so its streams keep {wanted} replicas"
         raise UnderReplicated(
-            f"the server is part of a cluster whose streams keep {wanted} replicas, but these"
-            f" have fewer: {listed}. Cairn does not run a cluster on single copies; as the"
+            f"{why}, but these have fewer: {listed}. Cairn does not run a cluster on fewer"
+            " copies than it was set up with; as the"
             f" admin, run `{MIGRATE_COMMAND}` (ops/README.md, 'Moving a single-node home onto"
             " a cluster') to give each stream its replicas, then start the services again"
         )
@@ -215,19 +280,7 @@ async def _provision_once(conn: Connection, replicas: int | None) -> dict[str, s
         info = await _stream_info(conn, definition.name)
         done[definition.name] = await _ensure(conn, definition, info, wanted)
     for bucket in KV_BUCKETS:
-        config = KeyValueConfig(
-            bucket=bucket.bucket,
-            history=bucket.history,
-            ttl=bucket.ttl_s,
-            description=bucket.description,
-            direct=True,
-            replicas=wanted,
-        )
-        try:
-            await conn.js.create_key_value(config)
-            done[bucket.bucket] = "ready"
-        except BadRequestError as exc:
-            raise CairnError(f"cannot provision bucket {bucket.bucket}: {exc}") from exc
+        done[bucket.bucket] = await ensure_bucket(conn, bucket, replicas=wanted)
     return done
 
 
@@ -236,7 +289,9 @@ async def migrate_replicas(
 ) -> dict[str, tuple[int, int]]:
     """Scale every existing Cairn stream (and bucket) with fewer than ``replicas`` (default
     :func:`cluster_replicas`) up to that count (``$JS.API.STREAM.UPDATE``: the admin's alone),
-    then wait until each new replica is current (holds every message). Returns, per stream,
+    then wait until each new replica is current (holds every message), and so are the
+    replicas of every durable consumer on it (a consumer follows its stream's replicas; its
+    acknowledged positions would be lost with a node otherwise). Returns, per stream,
     its replicas before and after; a stream that had enough is (n, n). Safe to repeat."""
     wanted = replicas if replicas is not None else cluster_replicas(conn)
     done: dict[str, tuple[int, int]] = {}
@@ -257,17 +312,48 @@ async def migrate_replicas(
     deadline = time.monotonic() + timeout
     for name, (_, after) in done.items():
         await _wait_current(conn, name, after, deadline)
+    for name, (_, after) in done.items():
+        for consumer, replicas in (await _durables(conn, name, after)).items():
+            await _wait_current(conn, f"{name}.{consumer}", replicas, deadline, consumer=True)
     return done
 
 
-async def _wait_current(conn: Connection, name: str, replicas: int, deadline: float) -> None:
-    """Until ``name`` has a leader and ``replicas - 1`` followers, each current."""
+async def _durables(conn: Connection, stream: str, stream_replicas: int) -> dict[str, int]:
+    """The durable consumers of ``stream`` and the replicas each has (its own
+    ``num_replicas``, else the stream's)."""
+    found: dict[str, int] = {}
+    offset = 0
+    while True:
+        reply = await _api(conn, f"$JS.API.CONSUMER.LIST.{stream}", {"offset": offset})
+        if "error" in reply:
+            raise CairnError(
+                f"cannot list the consumers of {stream}: {reply['error'].get('description')}"
+            )
+        consumers = reply.get("consumers") or []
+        for info in consumers:
+            config = info.get("config") or {}
+            if config.get("durable_name"):
+                found[info["name"]] = int(config.get("num_replicas") or stream_replicas)
+        offset += len(consumers)
+        if not consumers or offset >= int(reply.get("total", 0)):
+            return found
+
+
+async def _wait_current(
+    conn: Connection, name: str, replicas: int, deadline: float, *, consumer: bool = False
+) -> None:
+    """Until stream ``name`` (``consumer``: consumer ``<stream>.<durable>``) has a leader and
+    ``replicas - 1`` followers, each current."""
     why = "not asked yet"
+    what = "consumer" if consumer else "stream"
     while time.monotonic() < deadline:
         try:
-            info = await _stream_info(conn, name)
+            info = await (_consumer_info(conn, name) if consumer else _stream_info(conn, name))
         except (CairnError, TimeoutError, nats.errors.NoRespondersError) as exc:  # an election
             info, why = None, str(exc)
+        else:
+            if info is None and consumer:  # deleted meanwhile: nothing to wait for
+                return
         cluster = (info or {}).get("cluster") or {}
         followers = cluster.get("replicas") or []
         if replicas == 1 and info is not None:
@@ -280,7 +366,18 @@ async def _wait_current(conn: Connection, name: str, replicas: int, deadline: fl
         elif info is not None:
             why = f"{len(followers) + 1 if cluster.get('leader') else 0} of {replicas} placed"
         await asyncio.sleep(0.2)
-    raise Unavailable(f"stream {name} did not reach {replicas} current replicas: {why}")
+    raise Unavailable(f"{what} {name} did not reach {replicas} current replicas: {why}")
+
+
+async def _consumer_info(conn: Connection, name: str) -> dict[str, Any] | None:
+    """Consumer ``<stream>.<durable>``'s info; None when it no longer exists."""
+    info = await _api(conn, f"$JS.API.CONSUMER.INFO.{name}")
+    error = info.get("error")
+    if error and error.get("code") == 404:
+        return None
+    if error:
+        raise CairnError(f"consumer {name}: {error.get('description')}")
+    return info
 
 
 async def _stream_exists(conn: Connection, name: str) -> bool:

@@ -155,8 +155,9 @@ _VERIFY_COLUMNS = [
     "--replicas",
     type=click.IntRange(1, 5),
     default=None,
-    help="restore each stream with this many replicas (e.g. 3 into a cluster)"
-    " instead of the number it was backed up with",
+    help="restore each stream with this many replicas instead of the target's (default: the"
+    " stream_replicas setting, which cairn cluster init writes; else 3 on a server with"
+    " cluster peers, 1 alone)",
 )
 @click.option(
     "--verify/--no-verify",

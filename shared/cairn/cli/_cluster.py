@@ -82,9 +82,11 @@ def init(
     """Write one nats-server config per node (JetStream with sync_interval: always, the
     routes to every other node with a password of their own, the accounts and users of
     Cairn's security model) and the credentials (credentials.json, admin.json, as
-    cairn up makes them; reused when --dir has them), and config.json, the client
-    settings over every node. Safe to repeat. Prints how to start each node and what
-    clients and services are given.
+    cairn up makes them; reused when --dir has them; admin.json also holds the system
+    account's user, cairn-system, for nats server commands), and config.json, the client
+    and service settings over every node (stream_replicas: 3, or 1 for one node). Refuses a
+    node whose store already holds a single server's streams. Safe to repeat. Prints how to
+    start each node and what clients and services are given.
 
     \b
     Example:
@@ -92,7 +94,7 @@ def init(
       cairn cluster init --dir /srv/cairn --host 10.0.0.1 --host 10.0.0.2 --host 10.0.0.3
       cairn cluster init --dir /srv/cairn --tls ./tls --host nats1.example.org ...
     """
-    from cairn.embedded._auth import write_private
+    from cairn.embedded._auth import SYSTEM_USER, write_private
     from cairn.embedded._cluster import MONITOR_OFFSET, NatsCluster, check_node_count
     from cairn.embedded._server import find_nats_server
     from cairn.errors import InvalidInput
@@ -126,6 +128,8 @@ def init(
         name=name,
         tls=tls,
     )
+    for node in made.nodes:
+        node.check_store()  # a single server's store copied in: refused before any config
     made.write()
     config = made.folder / "config.json"
     write_private(config, json.dumps(made.client_config(), indent=2) + "\n")
@@ -146,6 +150,8 @@ def init(
         ],
         "credentials": str(made.credentials_file),
         "admin": str(made.folder / "admin.json"),
+        "system_user": SYSTEM_USER,
+        "stream_replicas": made.replicas,
         "client_config": str(config),
         "tls_ca": str(tls.ca) if tls is not None else None,
     }
@@ -154,8 +160,10 @@ def init(
         as_json,
         data,
         *(f"wrote {n.conf} ({n.url}, routes :{n.route_port})" for n in made.nodes),
-        f"credentials: {made.credentials_file}, {made.folder / 'admin.json'} (the admin's),"
-        f" {made.folder / 'cluster.json'} (the routes')",
+        f"credentials: {made.credentials_file}, {made.folder / 'admin.json'} (the admin's,"
+        f" and {SYSTEM_USER}'s for nats server commands), {made.folder / 'cluster.json'}"
+        " (the routes')",
+        f"streams and buckets keep {made.replicas} replicas (stream_replicas in {config})",
         "",
         "start each node (on its machine; the folder at the same path there):",
         *(f"  {server} -c {n.conf}" for n in made.nodes),

@@ -62,6 +62,8 @@ __all__ = [
     "ROLES",
     "SCORER_USER",
     "SERVICE_USER",
+    "SYSTEM_ACCOUNT",
+    "SYSTEM_USER",
     "Credentials",
     "Person",
     "Token",
@@ -71,6 +73,7 @@ __all__ = [
     "embedded_agent_settings",
     "embedded_service_settings",
     "person_publish",
+    "system_password",
     "write_private",
 ]
 
@@ -78,6 +81,15 @@ SERVICE_USER = "cairn-service"
 AGENT_USER = "cairn-agent"
 
 ADMIN_USER = ADMIN_ACTOR
+#: nats-server's own system account and its one user in a cluster, whose password
+#: ``admin.json`` keeps beside the admin's: for operators' server requests (``nats server
+#: report jetstream``, ``nats server raft peer-remove``, step-downs). It sees no Cairn subject
+#: and holds no stream; no Cairn process connects as it. The default account (``$SYS``) is
+#: given the user rather than another account made the system one: the servers keep the
+#: JetStream meta group under the system account's folder of the store, so renaming it would
+#: leave an existing cluster's record of its streams behind
+SYSTEM_ACCOUNT = "$SYS"
+SYSTEM_USER = "cairn-system"
 DATA_SCIENTIST = "data_scientist"
 COMPUTE_OPERATOR = "compute_operator"
 AUDITOR = "auditor"
@@ -380,6 +392,20 @@ def admin_password(path: Path) -> str:
     return password
 
 
+def system_password(path: Path) -> str:
+    """The system user's password, kept in the admin's file (``admin.json``, 0600) as
+    ``system_user`` and ``system_password``: added on first use, the admin's kept."""
+    kept: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if kept.get("system_password"):
+        return str(kept["system_password"])
+    if "password" not in kept:
+        kept = {"user": ADMIN_USER, "password": admin_password(path)}
+    password = secrets.token_urlsafe(24)
+    kept.update(system_user=SYSTEM_USER, system_password=password)
+    write_private(path, json.dumps(kept, indent=2) + "\n")
+    return password
+
+
 def _q(value: str) -> str:
     return json.dumps(value)
 
@@ -510,8 +536,11 @@ def _service(password: str) -> str:
     return _user(SERVICE_USER, password, permissions)
 
 
-def accounts_config(creds: Credentials, admin_password: str | None = None) -> list[str]:
-    """The ``accounts`` block of the server's config."""
+def accounts_config(
+    creds: Credentials, admin_password: str | None = None, system_password: str | None = None
+) -> list[str]:
+    """The ``accounts`` block of the server's config; with ``system_password`` also the
+    system account (``SYSTEM_ACCOUNT``, its one user ``SYSTEM_USER``: server requests only)."""
     js_api = _people_js_api()
     exports = [f"{{service: {_q(s)}}}" for s in _SHARED_SERVICES]
     exports.append(f"{{service: {_q(_BROADCASTS)}, response_type: stream}}")
@@ -558,7 +587,18 @@ def accounts_config(creds: Credentials, admin_password: str | None = None) -> li
         *(f"      {i}" for i in imports),
         "    ]",
         "  }",
+        *_system_account(system_password),
         "}",
+    ]
+
+
+def _system_account(password: str | None) -> list[str]:
+    if password is None:
+        return []
+    return [
+        f"  {SYSTEM_ACCOUNT} {{",
+        f"    users: [{_user(SYSTEM_USER, password, None)}]",
+        "  }",
     ]
 
 

@@ -3,7 +3,8 @@
 ``cairn cluster init`` writes the folder this class works over, and tests (the cluster
 profile's, the fault suite's) start and break its nodes through it::
 
-    <folder>/credentials.json, admin.json, roles.json   who may connect (as ``cairn up``)
+    <folder>/credentials.json, admin.json, roles.json   who may connect (as ``cairn up``;
+                                                        admin.json also the system user's)
     <folder>/cluster.json                               the routes' own user and password
     <folder>/<node>/nats.conf, accounts.conf            one server's config (``server_config``)
     <folder>/<node>/store/                              its JetStream store
@@ -34,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from cairn.bus._provision import CLUSTER_REPLICAS
 from cairn.embedded._auth import (
     ADMIN_USER,
     AGENT_USER,
@@ -41,6 +43,7 @@ from cairn.embedded._auth import (
     Credentials,
     accounts_config,
     admin_password,
+    system_password,
     write_private,
 )
 from cairn.embedded._node import ClusterNode
@@ -106,6 +109,8 @@ class NatsCluster:
         os.chmod(folder, 0o700)
         self.credentials = Credentials.load_or_create(self.credentials_file)
         self.admin_password = admin_password(folder / "admin.json")
+        #: the system account's user (``SYSTEM_USER``), for operators' ``nats server ...``
+        self.system_password = system_password(folder / "admin.json")
         self.route_password = _route_password(folder / "cluster.json")
         write_private(
             folder / "roles.json", json.dumps(self.credentials.roles_file(), indent=2) + "\n"
@@ -152,7 +157,8 @@ class NatsCluster:
 
     def accounts_text(self) -> str:
         self.credentials = Credentials.load_or_create(self.credentials_file)
-        return "\n".join(accounts_config(self.credentials, self.admin_password)) + "\n"
+        lines = accounts_config(self.credentials, self.admin_password, self.system_password)
+        return "\n".join(lines) + "\n"
 
     def cluster_block(self, node: ClusterNode) -> list[str] | None:
         """``node``'s ``cluster { }`` lines; None for a cluster of one (a plain server)."""
@@ -336,8 +342,9 @@ class NatsCluster:
     ) -> Settings:
         """Settings that connect as ``user``: ``cairn-service``, ``cairn-agent``,
         ``cairn-admin`` or a person (default: the local person), to every node (or to
-        ``nodes`` alone, in their order); ``extra`` sets other fields (``request_timeout``,
-        ``state_dir``...)."""
+        ``nodes`` alone, in their order), with the cluster's ``stream_replicas`` (as
+        ``config.json``); ``extra`` sets other fields (``request_timeout``, ``state_dir``,
+        ``stream_replicas=None`` to let the server's INFO decide...)."""
         creds = self.credentials
         passwords = {
             SERVICE_USER: creds.service_password,
@@ -355,19 +362,28 @@ class NatsCluster:
             "nats_url": self.url if nodes is None else ",".join(n.url for n in nodes),
             "nats_user": user,
             "nats_password": passwords[user],
+            "stream_replicas": self.replicas,
             **extra,
         }
         return msgspec.convert(values, Settings)
 
-    def client_config(self) -> dict[str, str]:
-        """What ``config.json`` in the folder says (the local person over every node), so that
-        ``CAIRN_HOME=<folder>`` commands reach the cluster."""
+    @property
+    def replicas(self) -> int:
+        """The replicas of every stream and bucket on this cluster: ``CLUSTER_REPLICAS`` (3),
+        or fewer nodes' worth (1 for a single node)."""
+        return min(CLUSTER_REPLICAS, len(self.nodes))
+
+    def client_config(self) -> dict[str, Any]:
+        """What ``config.json`` in the folder says (the local person over every node, and the
+        replicas streams keep), so that ``CAIRN_HOME=<folder>`` commands and services reach
+        the cluster and provision what it warrants."""
         s = self.settings()
-        config = {
+        config: dict[str, Any] = {
             "nats_url": s.nats_url,
             "nats_user": s.nats_user or "",
             "nats_password": s.nats_password or "",
             "workspace": s.workspace,
+            "stream_replicas": self.replicas,
         }
         if s.tls_ca is not None:
             config["tls_ca"] = s.tls_ca
