@@ -9,7 +9,8 @@ replica sees the run as alive. Renewals are not decisions and are not appended t
 expiry they lead to is (``RunRequeued``), through the run aggregate with a derived command
 id, so replicas that reach it together take it once.
 
-After a start, and after its own connection to the bus came back, a replica waits one lease
+After a start, and after its own connection to the bus was lost or came back (stamped by the
+client's own callbacks, ``Connection.link_changed``), a replica waits one lease
 before expiring anything: agents whose reports failed while no scheduler ran (or could not
 reach this one) get the chance to report again, and this replica's mirror the time to catch up.
 An expiry its mirror suggests is checked against the bucket itself before it is decided: a
@@ -71,7 +72,9 @@ class Leases:
         """Whether attempt ``attempt`` has gone a lease without a sign of life, as this
         replica's mirror has it: ``alive_at`` (its last one in the log) or a later renewal of
         that attempt."""
-        if time.monotonic() - self.started < lease_s:
+        # a start, or the link lost or back (stamped by the client's callbacks, so an outage
+        # that ends between two reconcile passes counts too)
+        if time.monotonic() - max(self.started, self.conn.link_changed) < lease_s:
             return False
         return _silent(self.renewed.get((ws, run_id)), attempt, lease_s, alive_at)
 
