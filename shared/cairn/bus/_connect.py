@@ -123,6 +123,10 @@ class Connection:
     #: False for a user whose account has no JetStream (people): it reads the services'
     #: streams through imports, and may not write them
     own_jetstream: bool = True
+    #: local monotonic time of the link's last loss or recovery (0: none since it opened),
+    #: stamped by the client's own callbacks, so an outage that ends before anyone looks at
+    #: ``nc.is_connected`` is still seen
+    link_changed: float = 0.0
     _violations: dict[str, float] = field(default_factory=dict)
 
     def note_error(self, err: Exception) -> None:
@@ -629,11 +633,15 @@ class _Watch:
     async def disconnected(self) -> None:
         if self.state != "open" or self.nc.is_closed or self.nc.is_draining:
             return
+        if self.conn is not None:
+            self.conn.link_changed = time.monotonic()
         if self.down_since is None:
             self.down_since = time.monotonic()
             log.warning("nats_disconnected", name=self.name, url=self.url)
 
     async def reconnected(self) -> None:
+        if self.conn is not None:
+            self.conn.link_changed = time.monotonic()
         if self.down_since is not None:
             outage = round(time.monotonic() - self.down_since, 1)
             log.info("nats_reconnected", name=self.name, url=self.url, outage_s=outage)

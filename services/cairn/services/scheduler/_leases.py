@@ -3,39 +3,63 @@
 A lease runs from the attempt's last sign of life. The log holds the first ones: the claim
 (``RunAssigned``) and the start (``RunStarted``) are events with a time, so a short job never
 writes a renewal. The agent's progress reports, which append nothing, renew it in the
-``cairn_job_leases`` bucket (key ``<workspace>.<run>``: attempt and wall-clock time), and every
-replica mirrors the bucket through a watcher, so whichever replica answered a report, every
-replica sees the run as alive. Renewals are not decisions and are not appended to EVENTS; the
-expiry they lead to is (``RunRequeued``), through the run aggregate with a derived command
-id, so replicas that reach it together take it once.
+``cairn_job_leases`` bucket (key ``<workspace>.<run>``), and every replica mirrors the bucket
+through a watcher, so whichever replica answered a report, every replica sees the run as alive.
 
-After a start, and after its own connection to the bus came back, a replica waits one lease
-before expiring anything: agents whose reports failed while no scheduler ran (or could not
-reach this one) get the chance to report again, and this replica's mirror the time to catch up.
-An expiry its mirror suggests is checked against the bucket itself before it is decided: a
-replica cut off from the bus missed the renewals other replicas wrote meanwhile, and a request
-it sends while cut off is buffered by the client and would still reach the server once the
-connection is back, so it takes no decision while it is away (``away()``).
+Time is this replica's own: a sign of life counts from the local monotonic time at which this
+replica first saw it (the key's new revision, or the read model's new ``alive_at``), never from
+a writer's wall clock. After a start, and after each loss or recovery of its connection
+(stamped by the client's callbacks, ``Connection.link_changed``), a replica waits one lease
+before expiring anything.
+
+The key orders a renewal against an expiry. An expiry the mirror suggests is read again from
+the bucket's stream leader (not a direct get, which a stale replica may answer; no answer
+counts as being away), and is taken only by a compare-and-set on that revision that writes a
+lost marker for the attempt (``take_back``); ``LoseAttempt`` is appended only after that write
+succeeded. A renewal is a compare-and-set too, and is refused with ``StaleAttempt`` when the key
+holds the attempt's lost marker. So whichever write lands second fails: a renewal between an
+expiry's read and its write makes the expiry fail, and a write sent late (buffered across a
+reconnect) carries its old revision and fails on its own. A marker whose ``LoseAttempt`` did
+not follow (the replica stopped, the append failed) is found by the next pass, which appends it
+then (a derived command id: once).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
+import nats.errors
 
 from cairn.bus import Connection, RunKeyMirror
+from cairn.errors import ConcurrencyConflict, StaleAttempt
 from cairn.log import get_logger
 from cairn.proto.streams import LEASES_BUCKET
 
-__all__ = ["Leases"]
+__all__ = ["LeaseRead", "Leases"]
 
 log = get_logger("cairn.scheduler")
+_RENEW_TRIES = 3
 
 
 class _Renewal(msgspec.Struct, frozen=True, array_like=True):
     attempt: int
+    #: the writer's wall clock, for people reading the bucket: never compared
     at: float
+    #: the attempt's lease was taken back (an expiry's compare-and-set)
+    lost: bool = False
+
+
+class LeaseRead(msgspec.Struct, frozen=True, kw_only=True):
+    """An expiry's read of the key from the leader: the revision its write must find."""
+
+    ws: str
+    run_id: str
+    attempt: int
+    revision: int
+    #: the key already holds this attempt's lost marker (its decision may not have followed)
+    taken: bool = False
 
 
 class Leases:
@@ -43,6 +67,8 @@ class Leases:
         self.conn, self.lease_s = conn, lease_s
         self.keys = RunKeyMirror(conn, LEASES_BUCKET.bucket, _Renewal)
         self.started = time.monotonic()
+        #: per run, the log's last sign of life (attempt, ``alive_at``) and when it was seen
+        self.logged: dict[tuple[str, str], tuple[int, float, float]] = {}
 
     @property
     def renewed(self) -> dict[tuple[str, str], _Renewal]:
@@ -55,35 +81,97 @@ class Leases:
         await self.keys.stop()
 
     async def renew(self, ws: str, run_id: str, attempt: int) -> None:
-        await self.keys.put(ws, run_id, _Renewal(attempt, time.time()))
+        """Renew attempt ``attempt``'s lease, by compare-and-set on the key as the leader has
+        it; ``StaleAttempt`` when an expiry took the lease back first."""
+        for _ in range(_RENEW_TRIES):
+            value, revision = await self.keys.leader(ws, run_id)
+            if value is not None and value.lost and value.attempt >= attempt:
+                raise StaleAttempt(
+                    f"attempt {attempt} of run {run_id} lost its lease (no report for a lease)"
+                )
+            try:
+                await self.keys.update(ws, run_id, _Renewal(attempt, time.time()), revision)
+                return
+            except ConcurrencyConflict:
+                continue
+        raise ConcurrencyConflict(f"the lease of run {run_id} changed {_RENEW_TRIES} times")
 
     async def end(self, ws: str, run_id: str) -> None:
         """Forget the run's renewal, if it has one (most jobs end before their first)."""
+        self.logged.pop((ws, run_id), None)
         if (ws, run_id) in self.renewed:
             await self.keys.delete(ws, run_id)
+
+    def keep(self, active: Iterable[tuple[str, str]]) -> None:
+        """Forget the log's signs of life of runs no longer active."""
+        wanted = set(active)
+        self.logged = {k: v for k, v in self.logged.items() if k in wanted}
 
     def away(self) -> None:
         """This replica's connection is down: count a new lease from now (its renewals can
         only be seen again once the connection is back)."""
         self.started = time.monotonic()
 
+    def _last_sign(self, key: tuple[str, str], attempt: int, alive_at: float) -> float:
+        """The local monotonic time of the attempt's last sign of life seen here."""
+        now = time.monotonic()
+        logged = self.logged.get(key)
+        if logged is None or logged[:2] != (attempt, alive_at):
+            logged = self.logged[key] = (attempt, alive_at, now)
+        changed = self.keys.changed.get(key)
+        return max(logged[2], changed[1] if changed is not None else 0.0)
+
     def expired(self, ws: str, run_id: str, attempt: int, lease_s: float, alive_at: float) -> bool:
-        """Whether attempt ``attempt`` has gone a lease without a sign of life, as this
-        replica's mirror has it: ``alive_at`` (its last one in the log) or a later renewal of
-        that attempt."""
-        if time.monotonic() - self.started < lease_s:
+        """Whether, as this replica's mirror has it, attempt ``attempt`` has gone a lease
+        without a sign of life (``alive_at``: its last one in the log), or its lease was
+        taken back already."""
+        now = time.monotonic()
+        if now - max(self.started, self.conn.link_changed) < lease_s:
             return False
-        return _silent(self.renewed.get((ws, run_id)), attempt, lease_s, alive_at)
+        key = (ws, run_id)
+        value = self.renewed.get(key)
+        if value is not None and value.lost and value.attempt == attempt:
+            return True
+        return now - self._last_sign(key, attempt, alive_at) >= lease_s
 
-    async def confirmed(
+    async def read(
         self, ws: str, run_id: str, attempt: int, lease_s: float, alive_at: float
-    ) -> bool:
-        """Whether the bucket itself (not the mirror, which may lag) says the attempt has gone
-        a lease without a sign of life. A bucket that cannot be read raises."""
-        return _silent(await self.keys.read(ws, run_id), attempt, lease_s, alive_at)
+    ) -> LeaseRead | None:
+        """The key as the leader has it, if it too shows the attempt silent for a lease (its
+        revision is the one this replica saw change a lease ago); None otherwise, and when the
+        leader cannot be asked (counted as being away)."""
+        try:
+            value, revision = await self.keys.leader(ws, run_id)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("lease_unreadable", run_id=run_id, error=repr(exc))
+            self.away()
+            return None
+        if value is not None and value.lost and value.attempt == attempt:
+            return LeaseRead(ws=ws, run_id=run_id, attempt=attempt, revision=revision, taken=True)
+        if time.monotonic() - self._last_sign((ws, run_id), attempt, alive_at) < lease_s:
+            return None  # the leader has a revision this replica had not seen
+        return LeaseRead(ws=ws, run_id=run_id, attempt=attempt, revision=revision)
 
+    async def take_back(self, lease: LeaseRead) -> bool:
+        """Write the attempt's lost marker if the key is still at the revision read; whether
+        the lease is now taken back (False: a renewal or another write came first, or the
+        write's outcome is unknown, which the next pass reads again)."""
+        if lease.taken:
+            return True
+        marker = _Renewal(lease.attempt, time.time(), lost=True)
+        try:
+            await self.keys.update(lease.ws, lease.run_id, marker, lease.revision)
+        except ConcurrencyConflict:
+            log.info("lease_renewed_meanwhile", run_id=lease.run_id, attempt=lease.attempt)
+            return False
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("lease_take_back_failed", run_id=lease.run_id, error=repr(exc))
+            return False
+        return True
 
-def _silent(renewal: _Renewal | None, attempt: int, lease_s: float, alive_at: float) -> bool:
-    if renewal is not None and renewal.attempt == attempt:
-        alive_at = max(alive_at, renewal.at)
-    return time.time() > alive_at + lease_s
+    async def expire(self, lease: LeaseRead, decide: Callable[[], Awaitable[object]]) -> bool:
+        """Take the lease back and, only if that succeeded, ``decide`` (append the loss)."""
+        if not await self.take_back(lease):
+            return False
+        await decide()
+        return True

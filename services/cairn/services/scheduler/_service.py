@@ -11,7 +11,8 @@ MAX_DELIVERIES advisory), deleting that ticket.
 Every decision goes through the run aggregate with a command id derived from what caused it
 (``derived_id("lost", ws, run, attempt)``), so a repeated decision is a no-op and a stale view of
 the read model can never move a run wrongly. Lease renewals live in a KV bucket that every
-replica mirrors (see ``_leases``), so several replicas can share the work.
+replica mirrors, and an expiry is a compare-and-set on the run's key that a renewal makes fail
+(see ``_leases``), so several replicas can share the work.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ class SchedulerService(ProjectedService):
     async def reconcile(self) -> None:
         """One pass over the active jobs: tickets, leases, timeouts. None while this replica
         is cut off from the bus: what it would send is buffered and sent once the connection
-        is back, decided on what it saw before (``Leases.away``)."""
+        is back, decided on what it saw before (``Leases.away``; the client's callbacks stamp
+        an outage too short for a pass to see)."""
         if not self.conn.nc.is_connected:
             self.leases.away()
             return
@@ -205,6 +207,7 @@ class SchedulerService(ProjectedService):
     async def _forget_ended(self, active: set[tuple[str, str]]) -> None:
         """Delete the renewals of runs that have ended: the replica that recorded the end
         deletes its run's renewal, but may not have seen one another replica wrote."""
+        self.leases.keep(active)
         left = [key for key in self.leases.renewed if key not in active]
         if not left:
             return
@@ -222,11 +225,17 @@ class SchedulerService(ProjectedService):
         lease_s, alive_at = job["lease_s"], job["alive_at"] or 0.0
         if not self.leases.expired(ws, run_id, attempt, lease_s, alive_at):
             return
-        if await self.leases.confirmed(ws, run_id, attempt, lease_s, alive_at):
-            reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
+        lease = await self.leases.read(ws, run_id, attempt, lease_s, alive_at)
+        if lease is None:
+            return
+        reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
+        command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
+
+        async def lose() -> Accepted:
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
-            command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
-            await self._decide(ws, run_id, derived_id("lost", ws, run_id, attempt), command)
+            return await self._decide(ws, run_id, derived_id("lost", ws, run_id, attempt), command)
+
+        await self.leases.expire(lease, lose)
 
     async def _release(self, ws: str, compute: str) -> None:
         """A ticket was claimed: hand out the next ones (highest priority first)."""
@@ -398,6 +407,7 @@ class SchedulerService(ProjectedService):
         accepted = await self._on_run(req, cmd.run_id, cmd)
         state = await lookup.run_state(self.cache, req.workspace, cmd.run_id)
         if cmd.phase == "progress":  # a start is in the log, and renews the lease from there
+            # refused (StaleAttempt) once an expiry took the lease back: the agent stops
             await self.leases.renew(req.workspace, cmd.run_id, cmd.attempt)
         cancel = state.status == runs.RunStatus.CANCEL_REQUESTED
         status = JobStatus(
