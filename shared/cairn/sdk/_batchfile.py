@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
 from cairn.errors import InvalidInput
 from cairn.proto.batch import BatchDeploymentSpec, CreateBatchEndpoint, SetBatchDeployment
-from cairn.sdk._jobfile import InlineEnvironment, environment_of
+from cairn.sdk._jobfile import InlineEnvironment, environment_of, load_yaml_as
 from cairn.sdk._jobs import ScriptRunConfig, build_job
 from cairn.sdk._refusals import refuse
 from cairn.sdk._session import Session, new_id
@@ -168,28 +167,15 @@ class BatchDeploymentFile(
         return self
 
 
-def _load(path: Path, kind: type[Any]) -> Any:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"{path}: a mapping of keys")
-    try:
-        return msgspec.convert(doc, kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidInput(f"{path}: {exc}") from exc
-
-
 def load_batch_endpoint_file(path: Path) -> BatchEndpointFile:
-    found: BatchEndpointFile = _load(path, BatchEndpointFile)
+    found: BatchEndpointFile = load_yaml_as(path, BatchEndpointFile)
     if found.schema is not None and not found.schema.endswith(_ENDPOINT_SCHEMA):
         raise InvalidInput(f"{path}: $schema {found.schema!r} is not a batch endpoint's")
     return found.checked(path)
 
 
 def load_batch_deployment_file(path: Path) -> BatchDeploymentFile:
-    found: BatchDeploymentFile = _load(path, BatchDeploymentFile)
+    found: BatchDeploymentFile = load_yaml_as(path, BatchDeploymentFile)
     if found.schema is not None and not found.schema.endswith(_DEPLOYMENT_SCHEMAS):
         raise InvalidInput(f"{path}: $schema {found.schema!r} is not a batch deployment's")
     return found.checked(path)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import msgspec
 import yaml
@@ -53,8 +53,11 @@ __all__ = [
     "job_from_doc",
     "load_job_doc",
     "load_job_file",
+    "load_yaml_as",
     "read_yaml",
 ]
+
+_T = TypeVar("_T")
 
 #: keys the loader needs not read, and why (every other key is read: honoured or refused)
 UNREAD_KEYS: dict[str, str] = {
@@ -341,6 +344,21 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidInput(f"cannot read job file {path}: {exc}") from exc
     return _mapping(doc, path)
+
+
+def load_yaml_as(path: Path, kind: type[_T]) -> _T:
+    """A YAML file of one mapping of keys (an endpoint's or a deployment's), checked as
+    ``kind``; ``InvalidInput`` naming the file and what is wrong."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{path}: a mapping of keys")
+    try:
+        return msgspec.convert(doc, kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{path}: {exc}") from exc
 
 
 def load_job_doc(doc: Any, path: Path) -> tuple[JobFile, ScriptRunConfig]:

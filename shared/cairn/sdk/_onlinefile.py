@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import yaml
 
 from cairn.domain.environment import parse_reference
 from cairn.errors import InvalidInput
 from cairn.proto.assets import EnvironmentSpec
-from cairn.sdk._jobfile import InlineEnvironment, environment_of
+from cairn.sdk._jobfile import InlineEnvironment, environment_of, load_yaml_as
 from cairn.sdk._refusals import refuse
 from cairn.sdk._webservice import environment_ref
 
@@ -183,21 +182,8 @@ class DeploymentFile(
         return base / self.code_configuration.code
 
 
-def _load(path: Path, kind: type[Any]) -> Any:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"cannot read {path}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"{path}: a mapping of keys")
-    try:
-        return msgspec.convert(doc, kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidInput(f"{path}: {exc}") from exc
-
-
 def load_endpoint_file(path: Path) -> EndpointFile:
-    found: EndpointFile = _load(path, EndpointFile)
+    found: EndpointFile = load_yaml_as(path, EndpointFile)
     if found.schema is not None and not found.schema.endswith(_ENDPOINT_SCHEMA):
         raise InvalidInput(f"{path}: $schema {found.schema!r} is not an online endpoint's")
     return found.checked(path)
@@ -205,7 +191,7 @@ def load_endpoint_file(path: Path) -> EndpointFile:
 
 def load_deployment_file(path: Path) -> DeploymentFile:
     """The checked file; its paths are relative to ``path.parent``."""
-    found: DeploymentFile = _load(path, DeploymentFile)
+    found: DeploymentFile = load_yaml_as(path, DeploymentFile)
     if found.schema is not None and not found.schema.endswith(_DEPLOYMENT_SCHEMAS):
         raise InvalidInput(f"{path}: $schema {found.schema!r} is not an online deployment's")
     return found.checked(path)
