@@ -42,44 +42,37 @@ async def _admin(
     server running over this home, this home's server is started for the command (its
     services stay stopped) and stopped after it."""
     from cairn.bus import connect
-    from cairn.cli._stack import _read_creds
+    from cairn.cli._stack import _read_creds, home_server_alone
     from cairn.embedded._admin import admin_settings
     from cairn.embedded._auth import ADMIN_USER
-    from cairn.embedded._server import NatsServer
 
-    server = None
-    if creds is not None:
-        user, password = _read_creds(creds)
-        chosen = msgspec.structs.replace(
-            loaded, nats_user=user, nats_password=password, nats_creds=None
-        )
-    else:
-        home = loaded.home_path
-        if not _startable(home, fresh_ok):
-            raise click.ClickException(
-                f"{home} holds no server of its own: for a server elsewhere give the admin's"
-                " credentials (--creds) and its address (CAIRN_NATS_URL)"
-            )
-        probe = NatsServer(home, port=0)
-        if probe.running_pid() is None:
-            server = probe
-            await server.start()
-            say(f"started this home's server alone for the command: {server.url}")
-            loaded = msgspec.structs.replace(loaded, nats_url=server.url)
+    async with contextlib.AsyncExitStack() as stack:
+        if creds is not None:
+            user, password = _read_creds(creds)
             chosen = msgspec.structs.replace(
-                loaded, nats_user=ADMIN_USER, nats_password=server.admin_password
+                loaded, nats_user=user, nats_password=password, nats_creds=None
             )
         else:
-            chosen = admin_settings(loaded)
-    try:
+            home = loaded.home_path
+            if not _startable(home, fresh_ok):
+                raise click.ClickException(
+                    f"{home} holds no server of its own: for a server elsewhere give the"
+                    " admin's credentials (--creds) and its address (CAIRN_NATS_URL)"
+                )
+            server = await stack.enter_async_context(home_server_alone(home, say, "command"))
+            if server is None:
+                chosen = admin_settings(loaded)
+            else:
+                chosen = msgspec.structs.replace(
+                    loaded,
+                    nats_url=server.url,
+                    nats_user=ADMIN_USER,
+                    nats_password=server.admin_password,
+                    nats_creds=None,
+                )
         conn = await connect(chosen, name="cairn-backup")
-        try:
-            yield conn
-        finally:
-            await conn.close()
-    finally:
-        if server is not None:
-            server.stop()
+        stack.push_async_callback(conn.close)
+        yield conn
 
 
 @cli.command("backup")

@@ -55,37 +55,30 @@ async def _target(loaded: Settings, creds: Path | None, as_json: bool) -> AsyncI
     up`` made whose server is not running, its server is started alone for the import (its
     services stay stopped, as an import needs) and stopped after it."""
     from cairn.bus import connect
-    from cairn.embedded._server import SERVICE_USER, NatsServer
+    from cairn.cli._stack import home_server_alone
+    from cairn.embedded._server import SERVICE_USER
 
-    server = None
-    home = loaded.home_path
-    if creds is None and (home / "nats" / "nats.conf").is_file():
-        probe = NatsServer(home, port=0)
-        if probe.running_pid() is None:
-            server = probe
-            await server.start()
-            if not as_json:
-                click.echo(
-                    f"started this home's server alone for the import: {server.url}", err=True
+    def say(line: str) -> None:
+        if not as_json:
+            click.echo(line, err=True)
+
+    async with contextlib.AsyncExitStack() as stack:
+        home = loaded.home_path
+        if creds is None and (home / "nats" / "nats.conf").is_file():
+            server = await stack.enter_async_context(home_server_alone(home, say, "import"))
+            if server is not None:
+                creds_of = server.credentials
+                assert creds_of is not None  # a home 'cairn up' made has them
+                loaded = msgspec.structs.replace(
+                    loaded,
+                    nats_url=server.url,
+                    nats_user=SERVICE_USER,
+                    nats_password=creds_of.service_password,
+                    nats_creds=None,
                 )
-            creds_of = server.credentials
-            assert creds_of is not None  # a home 'cairn up' made has them
-            loaded = msgspec.structs.replace(
-                loaded,
-                nats_url=server.url,
-                nats_user=SERVICE_USER,
-                nats_password=creds_of.service_password,
-                nats_creds=None,
-            )
-    try:
         conn = await connect(loaded, name="cairn-import")
-        try:
-            yield conn
-        finally:
-            await conn.close()
-    finally:
-        if server is not None:
-            server.stop()
+        stack.push_async_callback(conn.close)
+        yield conn
 
 
 def _audit_key(loaded: Settings, given: str | None) -> str:

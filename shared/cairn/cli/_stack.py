@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +16,7 @@ from cairn.cli._base import cli, done, json_option, run, settings
 from cairn.settings import Settings
 
 if TYPE_CHECKING:
+    from cairn.embedded._server import NatsServer
     from cairn.service import OpsAddress
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -457,3 +459,23 @@ def agent_list(as_json: bool) -> None:
         row["gpu_count"] = len(row["gpus"])
         row["heartbeat_age_s"] = round(time.time() - row["heartbeat_at"], 1)
     emit(rows, as_json, _AGENT_COLUMNS)
+
+
+@contextlib.asynccontextmanager
+async def home_server_alone(
+    home: Path, say: Callable[[str], None], what: str
+) -> AsyncIterator[NatsServer | None]:
+    """This home's nats-server started alone (no services) for one command and stopped after
+    it, when none runs over the home; ``None`` when one does (the command uses that one)."""
+    from cairn.embedded._server import NatsServer
+
+    server = NatsServer(home, port=0)
+    if server.running_pid() is not None:
+        yield None
+        return
+    await server.start()
+    say(f"started this home's server alone for the {what}: {server.url}")
+    try:
+        yield server
+    finally:
+        server.stop()
