@@ -8,9 +8,10 @@ import os
 import shutil
 import sys
 import textwrap
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -36,7 +37,10 @@ __all__ = [
     "sync_workspace",
     "table_width",
     "with_workspace",
+    "yaml_file_option",
 ]
+
+_C = TypeVar("_C", bound=Callable[..., Any])
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -304,3 +308,16 @@ as_of_option = click.option(
     callback=lambda _ctx, _param, text: parse_as_of(text),
     help="as it was then, read from the log: a stream sequence or an ISO 8601 time",
 )
+
+
+def yaml_file_option(what: str = "the YAML file") -> Callable[[_C], _C]:
+    """``--file/-f PATH`` (required), given to the command as ``path``."""
+    option: Callable[[_C], _C] = click.option(
+        "--file",
+        "-f",
+        "path",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=what,
+    )
+    return option

@@ -10,19 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, done, json_option, run, show, with_workspace
+from cairn.cli._base import cli, done, json_option, run, show, with_workspace, yaml_file_option
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
 
-_FILE = click.option(
-    "--file",
-    "-f",
-    "path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the YAML file",
-)
+_FILE = yaml_file_option()
 
 
 @cli.group("batch-endpoint")

@@ -10,20 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, done, emit, json_option, run, show, with_workspace
+from cairn.cli._base import (
+    cli,
+    done,
+    emit,
+    json_option,
+    run,
+    show,
+    with_workspace,
+    yaml_file_option,
+)
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
 
 _NAME = click.option("--name", "-n", required=True, help="the endpoint's name")
-_FILE = click.option(
-    "--file",
-    "-f",
-    "path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the YAML file",
-)
+_FILE = yaml_file_option()
 
 
 def _traffic(text: str) -> dict[str, int]:

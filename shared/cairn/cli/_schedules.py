@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli._base import cli, done, emit, json_option, run, show, with_workspace
+from cairn.cli._base import (
+    cli,
+    done,
+    emit,
+    json_option,
+    run,
+    show,
+    with_workspace,
+    yaml_file_option,
+)
 
 if TYPE_CHECKING:
     from cairn.sdk import AsyncWorkspace
@@ -25,14 +34,7 @@ def schedule() -> None:
     """
 
 
-_FILE = click.option(
-    "--file",
-    "-f",
-    "path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="the schedule's YAML file",
-)
+_FILE = yaml_file_option("the schedule's YAML file")
 
 
 def _apply(path: Path, as_json: bool, *, update: bool) -> None:
