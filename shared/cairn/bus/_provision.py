@@ -223,7 +223,11 @@ async def _under_replicated(conn: Connection, wanted: int) -> dict[str, int]:
 
 
 async def provision(
-    conn: Connection, *, replicas: int | None = None, stop: asyncio.Event | None = None
+    conn: Connection,
+    *,
+    replicas: int | None = None,
+    stop: asyncio.Event | None = None,
+    patience_s: float = 60.0,
 ) -> dict[str, str]:
     """Make every stream and bucket exist with the contract's settings; safe to repeat.
 
@@ -232,10 +236,12 @@ async def provision(
 
     A request JetStream does not answer in time is asked again (the whole pass: each step is
     create-or-update) with backoff until it is answered, logged once, or until ``stop`` is
-    set: then, or at once without ``stop``, it is ``Unavailable``. Error replies are raised
-    at once.
+    set (a service: it waits as long as it runs), or, without ``stop`` (a command, a test: a
+    cluster just started may not answer its first requests), until ``patience_s`` have passed
+    since the first: then it is ``Unavailable``. Error replies are raised at once.
     """
     attempt = 0
+    give_up = asyncio.get_running_loop().time() + patience_s
     while True:
         try:
             done = await _provision_once(conn, replicas)
@@ -244,7 +250,7 @@ async def provision(
             error = Unavailable(
                 f"JetStream did not answer the provisioning of the streams ({cause})"
             )
-            if stop is None:
+            if stop is None and asyncio.get_running_loop().time() >= give_up:
                 raise error from exc
             if attempt == 0:
                 log.warning("provision_retrying", cause=cause)
