@@ -112,6 +112,8 @@ class Pool:
         self._failures: dict[str, deque[float]] = {}
         self._blocked: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
+        #: connections being closed; :meth:`close` waits for them
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _digest(self, user: str, password: str) -> bytes:
         return hashlib.sha256(f"{user}\0{password}".encode()).digest()
@@ -260,11 +262,19 @@ class Pool:
                 excess -= 1
                 self._entries.pop(user, None)
                 if not closed:
-                    await entry.conn.close()
+                    await self._close_conn(entry.conn)
+
+    async def _close_conn(self, conn: Connection) -> None:
+        """Close ``conn`` to the end even when the caller is cancelled (the reaper, when the
+        gateway stops): :meth:`close` waits for it rather than leaving a socket open."""
+        task = asyncio.create_task(conn.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        await asyncio.shield(task)
 
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         entries, self._entries = self._entries, {}
-        await asyncio.gather(*(e.conn.close() for e in entries.values()))
+        await asyncio.gather(*(e.conn.close() for e in entries.values()), *self._closing)
