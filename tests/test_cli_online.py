@@ -245,6 +245,17 @@ def test_request_settings_set_each_replicas_concurrency_and_queue_wait(tmp_path:
     assert (spec.max_concurrent_requests, spec.max_queue_wait_s) == (4, 0.2)
 
 
+def test_the_v1_aks_configuration_sets_each_replicas_concurrency_and_queue_wait() -> None:
+    from cairn.sdk import AksWebservice
+
+    plain = AksWebservice.deploy_configuration(num_replicas=2)
+    assert (plain.max_concurrent_requests, plain.max_queue_wait_s) == (1, 0.5)
+    config = AksWebservice.deploy_configuration(
+        num_replicas=2, replica_max_concurrent_requests=4, max_request_wait_time=200
+    )
+    assert (config.max_concurrent_requests, config.max_queue_wait_s) == (4, 0.2)
+
+
 def test_a_model_needs_its_version(tmp_path: Path) -> None:
     path = tmp_path / "blue.yml"
     path.write_text(DEPLOYMENT.format(name="blue").replace("azureml:clf:1", "azureml:clf"))
