@@ -208,10 +208,11 @@ def test_endpoint_keys_are_read_or_refused(
         ("liveness_probe: {period: 10}\n", Unsupported, "liveness_probe"),
         ("scale_settings: {type: target_utilization}\n", Unsupported, "scale_settings"),
         (
-            "request_settings: {max_concurrent_requests_per_instance: 4}\n",
-            Unsupported,
+            "request_settings: {max_concurrent_requests_per_instance: 0}\n",
+            InvalidInput,
             "max_concurrent_requests_per_instance",
         ),
+        ("request_settings: {max_queue_wait_ms: -1}\n", InvalidInput, "max_queue_wait_ms"),
         ("app_insights_enabled: true\n", Unsupported, "app_insights_enabled"),
         ("replicas: 3\n", InvalidInput, "replicas"),
     ],
@@ -226,6 +227,33 @@ def test_deployment_keys_are_read_or_refused(
     path.write_text(text + extra)
     with pytest.raises(error, match=named):
         load_deployment_file(path)
+
+
+def test_request_settings_set_each_replicas_concurrency_and_queue_wait(tmp_path: Path) -> None:
+    path = tmp_path / "blue.yml"
+    text = DEPLOYMENT.format(name="blue").replace(
+        "request_settings: {request_timeout_ms: 30000}\n", ""
+    )
+    path.write_text(text)
+    plain = load_deployment_file(path)
+    assert (plain.max_concurrent_requests, plain.max_queue_wait_s) == (1, 0.5)  # Azure's
+    path.write_text(
+        text
+        + "request_settings: {max_concurrent_requests_per_instance: 4, max_queue_wait_ms: 200}\n"
+    )
+    spec = load_deployment_file(path)
+    assert (spec.max_concurrent_requests, spec.max_queue_wait_s) == (4, 0.2)
+
+
+def test_the_v1_aks_configuration_sets_each_replicas_concurrency_and_queue_wait() -> None:
+    from cairn.sdk import AksWebservice
+
+    plain = AksWebservice.deploy_configuration(num_replicas=2)
+    assert (plain.max_concurrent_requests, plain.max_queue_wait_s) == (1, 0.5)
+    config = AksWebservice.deploy_configuration(
+        num_replicas=2, replica_max_concurrent_requests=4, max_request_wait_time=200
+    )
+    assert (config.max_concurrent_requests, config.max_queue_wait_s) == (4, 0.2)
 
 
 def test_a_model_needs_its_version(tmp_path: Path) -> None:

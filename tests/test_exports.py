@@ -32,6 +32,7 @@ PINNED = {
     "cairn.telemetry": [
         "AGENT_BUSY_SLOTS",
         "AGENT_SLOTS",
+        "MIRROR_DROPPED",
         "PROJECTION_APPLIED",
         "PROJECTION_LAG",
         "REQUESTS",

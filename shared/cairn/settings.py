@@ -121,6 +121,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: how long a scoring request is retried while no replica of the chosen deployment
     #: answers (none subscribed yet, or all being replaced); then 503
     gateway_score_retry_s: float = 10.0
+    #: copies of requests to a mirrored deployment (``mirror_traffic``) on their way at once;
+    #: a copy beyond them is dropped and counted (``cairn_gateway_mirror_dropped_total``)
+    gateway_mirror_max_inflight: int = 64
     #: seed of the gateway's weighted choice of a deployment (None: from the OS): for tests
     #: that count where requests went
     gateway_route_seed: int | None = None

@@ -19,6 +19,7 @@ from cairn.errors import PermissionDenied, StaleAttempt, Unavailable
 from cairn.proto.commands import (
     CreateExperiment,
     CreateRun,
+    GetRun,
     HeartbeatRun,
     ListExperiments,
     StartRun,
@@ -312,6 +313,55 @@ async def test_the_gate_refuses_before_anything_reaches_a_service(
         await AgentLink(str(gate.path)).open()
     await job.conn.close()
     assert not gate.path.parent.exists(), "the gate's folder is removed"
+
+
+async def test_a_serving_replica_may_send_nothing_through_its_gate(
+    client_conn: Connection, client: Client, agent_conn: Connection
+) -> None:
+    """A replica needs no authority of its own: its agent takes the deployment's requests
+    and reports for it. Its gate refuses its own run's metrics, any query and any command,
+    so its ``run()`` cannot log, read other runs or act for anyone."""
+    run_id = uuid.uuid4().hex
+    await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="served"))
+    await client.send(
+        CreateRun(command_id=uuid.uuid4().hex, run_id=run_id, experiment_name="served")
+    )
+    other = uuid.uuid4().hex
+    await client.send(
+        CreateRun(command_id=uuid.uuid4().hex, run_id=other, experiment_name="served")
+    )
+    gate = JobGate(
+        agent_conn.nc,
+        workspace=client.workspace,
+        run_id=run_id,
+        attempt=1,
+        experiment="served",
+        replica=True,
+    )
+    await gate.open()
+    gate.admit(os.getsid(0))
+    replica = Client(await _through(gate, client_conn.settings), client.workspace)
+    try:
+        point = MetricPoint("m", "scalar", 1.0, 0, 1.0)
+        for cmd in [
+            LogMetrics(command_id=uuid.uuid4().hex, run_id=run_id, points=[point]),
+            LogMetrics(command_id=uuid.uuid4().hex, run_id=other, points=[point]),
+            CreateRun(
+                command_id=uuid.uuid4().hex,
+                run_id=uuid.uuid4().hex,
+                experiment_name="served",
+                parent_run_id=run_id,
+            ),
+            HeartbeatRun(command_id=uuid.uuid4().hex, run_id=run_id),
+        ]:
+            with pytest.raises(PermissionDenied, match="serving replica"):
+                await replica.send(cmd)
+        for query in [GetRun(run_id=other), ListExperiments()]:
+            with pytest.raises(PermissionDenied, match="serving replica"):
+                await replica.ask(query)
+    finally:
+        await replica.conn.close()
+        await gate.close()
 
 
 async def test_a_process_of_another_session_is_not_let_in(

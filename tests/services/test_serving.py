@@ -51,6 +51,8 @@ def run(raw_data):
         raise ValueError("boom was asked for")
     if data.get("pid"):
         return {"pid": os.getpid(), "name": NAME}
+    if data.get("big"):
+        return {"x": "a" * data["big"]}
     if data.get("sleep"):
         import time
 
@@ -185,6 +187,24 @@ async def test_a_deployed_model_answers_with_its_key_only(
         await asyncio.sleep(0.2)
     assert metrics["requests"] == 6 and metrics["status_codes"] == {"200": 5, "500": 1}
     assert metrics["latency_ms_mean"] > 0
+
+
+async def test_answers_larger_than_a_nats_message_come_back_whole(
+    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
+) -> None:
+    """3 MiB, and 12 MiB (over the servers' 8 MB max_payload: the agent sends it in chunks
+    that the gateway puts back together)."""
+    _, ws = scoring
+    await _register(ws, tmp_path)
+    await agents.start()
+    keys = await ws.endpoints.create("ep")
+    assert (await _deploy(ws, _source(tmp_path / "src", "blue"), "blue"))["status"] == "Succeeded"
+    url = ws.endpoints.scoring_uri("ep")
+    async with httpx.AsyncClient() as http:
+        for size in (3 * 1024 * 1024, 12 * 1024 * 1024):
+            reply = await _post(http, url, {"big": size}, keys["primary"])
+            assert reply.status_code == 200, reply.text[:200]
+            assert reply.json()["x"] == "a" * size
 
 
 async def test_traffic_is_split_by_weight_per_request(

@@ -30,6 +30,7 @@ from cairn.proto.commands import Command, Query
 __all__ = [
     "ENDPOINT_COMMAND_TYPES",
     "ENDPOINT_QUERY_TYPES",
+    "MAX_CONCURRENT_REQUESTS",
     "MAX_REPLICAS",
     "CreateEndpoint",
     "DeleteDeployment",
@@ -55,6 +56,11 @@ EndpointName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{1,31}$")]
 DeploymentName = EndpointName
 #: the most replicas one deployment may ask for
 MAX_REPLICAS = 64
+#: the most requests one replica may answer at once (worker threads of its process)
+MAX_CONCURRENT_REQUESTS = 1000
+MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENT_REQUESTS)]
+#: how long a request may wait for a replica's free worker, in seconds
+QueueWait = Annotated[float, msgspec.Meta(ge=0, le=600)]
 
 
 def deployment_id(endpoint: str, deployment: str) -> str:
@@ -79,6 +85,12 @@ class ReplicaSpec(Strict, frozen=True, kw_only=True):
     models: list[ModelRef] = msgspec.field(default_factory=list)
     #: how long one ``run()`` may take before the caller is answered 504
     request_timeout_s: float = 60.0
+    #: ``run()`` calls the replica makes at once, each in a worker thread (Azure's
+    #: ``max_concurrent_requests_per_instance``); as many more wait, beyond that 429
+    max_concurrent_requests: MaxConcurrent = 1
+    #: how long a request may wait for a free worker before it is answered 503 (Azure v1's
+    #: ``max_request_wait_time``, v2's ``max_queue_wait_ms``)
+    max_queue_wait_s: QueueWait = 0.5
 
 
 class DeploymentSpec(Strict, frozen=True, kw_only=True):
@@ -104,6 +116,10 @@ class DeploymentSpec(Strict, frozen=True, kw_only=True):
     request_timeout_s: float = 60.0
     description: Text = ""
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: :attr:`ReplicaSpec.max_concurrent_requests`, per replica
+    max_concurrent_requests: MaxConcurrent = 1
+    #: :attr:`ReplicaSpec.max_queue_wait_s`
+    max_queue_wait_s: QueueWait = 0.5
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):

@@ -318,6 +318,8 @@ def deployment_create(path: Path, all_traffic: bool, no_wait: bool, as_json: boo
             replicas=spec.instance_count,
             env_vars={k: str(v) for k, v in spec.environment_variables.items()},
             request_timeout_s=spec.request_timeout_s,
+            max_concurrent_requests=spec.max_concurrent_requests,
+            max_queue_wait_s=spec.max_queue_wait_s,
             description=spec.description,
             tags=spec.tag_strings,
             all_traffic=all_traffic,

@@ -49,6 +49,7 @@ from cairn.bus._connect import PEOPLE_JS_PREFIX
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
 from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SCORER_USER, SERVICE_ACCOUNT
+from cairn.serving import MAX_ANSWER_CHUNKS
 from cairn.settings import Settings
 from cairn.tokens import PERSON_NAME, TOKEN_MARK
 
@@ -432,12 +433,13 @@ def _permissions(
     subscribe: Iterable[str],
     *,
     deny_publish: Iterable[str] = (),
-    responses: bool = False,
+    responses: int = 0,
 ) -> str:
+    """``responses``: how many messages may answer each request the user received."""
     pub = f"allow: {json.dumps(list(publish))}"
     if deny := list(deny_publish):
         pub += f", deny: {json.dumps(deny)}"
-    extra = ", allow_responses: true" if responses else ""
+    extra = f", allow_responses: {{max: {responses}}}" if responses else ""
     return (
         f"permissions: {{publish: {{{pub}}}, subscribe: {{allow: {json.dumps(list(subscribe))}}}"
         f"{extra}}}"
@@ -498,9 +500,10 @@ def _agent(password: str) -> str:
         "cairn.artifacts.>",
     ]
     # ``cairn.serve.>``: the requests of the deployments whose replicas it runs (in each
-    # deployment's queue group), answered through ``responses``
+    # deployment's queue group), answered through ``responses`` (a large answer in chunks)
     subscribe = [f"_INBOX_{AGENT_USER}.>", "cairn.ev.*.run.*", PING_SUBJECT, "cairn.serve.>"]
-    return _user(AGENT_USER, password, _permissions(publish, subscribe, responses=True))
+    permissions = _permissions(publish, subscribe, responses=MAX_ANSWER_CHUNKS)
+    return _user(AGENT_USER, password, permissions)
 
 
 def _scorer(password: str) -> str:
@@ -532,7 +535,7 @@ def _service(password: str) -> str:
         "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>",
         f"_INBOX_{SERVICE_USER}.>",
     ]
-    permissions = _permissions(publish, subscribe, deny_publish=_ADMIN_ONLY, responses=True)
+    permissions = _permissions(publish, subscribe, deny_publish=_ADMIN_ONLY, responses=1)
     return _user(SERVICE_USER, password, permissions)
 
 

@@ -194,9 +194,13 @@ class AsyncEndpoints:
         description: str = "",
         tags: dict[str, str] | None = None,
         all_traffic: bool = False,
+        max_concurrent_requests: int = 1,
+        max_queue_wait_s: float = 0.5,
     ) -> None:
         """Create deployment ``deployment`` of ``endpoint`` or replace its spec: the source
-        folder is uploaded as a job's snapshot is; its replicas start on ``compute``."""
+        folder is uploaded as a job's snapshot is; its replicas start on ``compute``. Each
+        replica calls ``run()`` for up to ``max_concurrent_requests`` requests at once (worker
+        threads); as many more wait up to ``max_queue_wait_s`` (then 503), beyond them 429."""
         source = Path(source_directory)
         script = Path(entry_script)
         if script.is_absolute():
@@ -224,6 +228,8 @@ class AsyncEndpoints:
             memory_gb=memory_gb,
             env_vars=env_vars or {},
             request_timeout_s=request_timeout_s,
+            max_concurrent_requests=max_concurrent_requests,
+            max_queue_wait_s=max_queue_wait_s,
             description=description,
             tags=tags or {},
         )

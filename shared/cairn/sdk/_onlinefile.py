@@ -135,14 +135,12 @@ class DeploymentFile(
         if self.egress_public_network_access is not None:
             raise refuse(where, "egress_public_network_access", "replicas run on agents")
         settings = self.request_settings or RequestSettings()
-        if settings.max_concurrent_requests_per_instance not in (None, 1):
-            raise refuse(
-                where,
-                "request_settings.max_concurrent_requests_per_instance",
-                "a replica answers one request at a time: add instances",
-            )
-        if settings.max_queue_wait_ms is not None:
-            raise refuse(where, "request_settings.max_queue_wait_ms", "the gateway's retry budget")
+        for key in ("request_timeout_ms", "max_concurrent_requests_per_instance"):
+            value = getattr(settings, key)
+            if value is not None and value < 1:
+                raise InvalidInput(f"{where}: request_settings.{key} must be at least 1")
+        if settings.max_queue_wait_ms is not None and settings.max_queue_wait_ms < 0:
+            raise InvalidInput(f"{where}: request_settings.max_queue_wait_ms must not be negative")
         self.models  # noqa: B018 - checks the reference now
         return self
 
@@ -165,6 +163,18 @@ class DeploymentFile(
     def environment_ref(self, base: Path) -> tuple[str | None, int | None, EnvironmentSpec | None]:
         """The environment as a deployment names it (paths relative to ``base``)."""
         return environment_ref(environment_of(self.environment, base))
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        """``request_settings.max_concurrent_requests_per_instance`` (1, as Azure's)."""
+        found = (self.request_settings or RequestSettings()).max_concurrent_requests_per_instance
+        return 1 if found is None else found
+
+    @property
+    def max_queue_wait_s(self) -> float:
+        """``request_settings.max_queue_wait_ms`` (500, as Azure's), in seconds."""
+        found = (self.request_settings or RequestSettings()).max_queue_wait_ms
+        return 0.5 if found is None else found / 1000
 
     @property
     def request_timeout_s(self) -> float:

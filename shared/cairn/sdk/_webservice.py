@@ -122,6 +122,9 @@ class DeploymentConfiguration:
     request_timeout_s: float = 60.0
     tags: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    #: ``run()`` calls each replica makes at once, and how long a request waits for one
+    max_concurrent_requests: int = 1
+    max_queue_wait_s: float = 0.5
 
 
 def _auth(auth_enabled: bool | None) -> None:
@@ -216,9 +219,14 @@ class AksWebservice:
         gpu_cores: int | None = None,
         namespace: str | None = None,
         token_auth_enabled: bool | None = None,
+        replica_max_concurrent_requests: int | None = None,
+        max_request_wait_time: int | None = None,
     ) -> DeploymentConfiguration:
         """``scoring_timeout_ms`` bounds one ``run()`` (504 past it); a member's Cairn token
-        is always accepted beside the keys, whatever ``token_auth_enabled`` says."""
+        is always accepted beside the keys, whatever ``token_auth_enabled`` says.
+        ``replica_max_concurrent_requests`` (1) ``run()`` calls each replica makes at once,
+        in worker threads; a request waits for a free one at most ``max_request_wait_time``
+        ms (500), then is 503; beyond as many waiting as running, 429."""
         _auth(auth_enabled)
         if token_auth_enabled is False and auth_enabled is False:  # pragma: no cover
             raise InvalidInput("a service needs its keys or tokens")
@@ -230,6 +238,8 @@ class AksWebservice:
             request_timeout_s=60.0 if scoring_timeout_ms is None else scoring_timeout_ms / 1000,
             tags={**(properties or {}), **(tags or {})},
             description=description or "",
+            max_concurrent_requests=replica_max_concurrent_requests or 1,
+            max_queue_wait_s=0.5 if max_request_wait_time is None else max_request_wait_time / 1000,
         )
 
 
@@ -287,6 +297,8 @@ def deploy(
             cpu_cores=config.cpu_cores,
             memory_gb=config.memory_gb,
             request_timeout_s=config.request_timeout_s,
+            max_concurrent_requests=config.max_concurrent_requests,
+            max_queue_wait_s=config.max_queue_wait_s,
             description=config.description,
             tags={**tags, COMPUTE_TYPE: config.kind},
             all_traffic=True,
@@ -422,6 +434,8 @@ class Webservice:
                 cpu_cores=current["cpu_cores"],
                 memory_gb=current["memory_gb"],
                 request_timeout_s=current["request_timeout_s"],
+                max_concurrent_requests=current.get("max_concurrent_requests", 1),
+                max_queue_wait_s=current.get("max_queue_wait_s", 0.5),
                 description=current["description"],
                 tags=current["tags"],
             )

@@ -2,9 +2,11 @@
 per request (``python -m cairn.serving score.py``; :mod:`cairn.serving._replica`).
 
 The agent listens on ``serve.sock`` beside the job's gate socket (the folder of
-``CAIRN_AGENT_SOCKET``), letting in only processes of the replica's own session. The replica
-connects once ``init()`` has returned; that connection is its readiness. The agent then
-sends each request of the deployment's queue group down it and relays the answer. Frames
+``CAIRN_AGENT_SOCKET``), letting in only the replica's own process once it is launched. The
+replica connects once ``init()`` has returned; that connection is its readiness. The agent
+then sends each request of the deployment's queue group down it, up to
+``CAIRN_SERVE_WORKERS`` at once (the deployment's ``max_concurrent_requests``), and relays
+the answers, which come back in any order (matched by ``id``). Frames
 are msgpack, each preceded by its length (4 bytes, big-endian), as on the gate.
 """
 
@@ -16,8 +18,11 @@ import msgspec
 
 __all__ = [
     "INIT_FAILED",
+    "MAX_ANSWER_BYTES",
+    "MAX_ANSWER_CHUNKS",
     "MAX_FRAME_BYTES",
     "SOCKET_NAME",
+    "WORKERS_ENV",
     "ServeAnswer",
     "ServeHello",
     "ServeRequest",
@@ -29,8 +34,18 @@ __all__ = [
 SOCKET_NAME = "serve.sock"
 #: the replica's exit code when ``init()`` (or importing the entry script) raised
 INIT_FAILED = 3
+#: the variable telling the replica how many ``run()`` calls to make at once
+WORKERS_ENV = "CAIRN_SERVE_WORKERS"
+#: the largest answer a replica gives (``run()``'s result as JSON); a larger one is answered
+#: 500 naming this limit
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: an answer larger than a NATS message (the server's ``max_payload``) travels from the agent
+#: to the gateway in at most this many messages (``Cairn-Chunk`` ``i``/``Cairn-Chunks`` ``n``
+#: headers), which the gateway puts back together; the agent's NATS user may send as many
+#: answers to one request
+MAX_ANSWER_CHUNKS = 128
 #: the largest frame either side accepts
-MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_FRAME_BYTES = MAX_ANSWER_BYTES + 1024 * 1024
 LENGTH = struct.Struct(">I")
 
 
@@ -41,8 +56,12 @@ class ServeHello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
 
 
 class ServeRequest(msgspec.Struct, frozen=True, array_like=True, tag="request"):
+    """One request; ``deadline`` (``time.time()``, 0: none) is when its caller gives up: a
+    request still waiting for a worker then is answered 504 without calling ``run()``."""
+
     id: int
     body: bytes
+    deadline: float = 0.0
 
 
 class ServeAnswer(msgspec.Struct, frozen=True, array_like=True, tag="answer"):

@@ -1,5 +1,8 @@
 """The replica's loop: load the entry script, call ``init()`` once, connect to the agent
-(readiness), then answer each request with ``run(raw_json_str)``.
+(readiness), then answer each request with ``run(raw_json_str)``, in a pool of
+``CAIRN_SERVE_WORKERS`` threads (1 by default: one ``run()`` at a time). A request whose
+caller has given up (its ``deadline`` passed) before a worker takes it is answered 504
+without calling ``run()``.
 
 What ``init()`` or importing the script raises is printed (its traceback goes to the
 replica's log, which its agent reports as the deployment's failure) and ends the process
@@ -17,7 +20,10 @@ import json
 import os
 import socket
 import sys
+import threading
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,8 +31,10 @@ from typing import Any
 from cairn.serving import (
     INIT_FAILED,
     LENGTH,
+    MAX_ANSWER_BYTES,
     MAX_FRAME_BYTES,
     SOCKET_NAME,
+    WORKERS_ENV,
     ServeAnswer,
     ServeHello,
     ServeRequest,
@@ -82,7 +90,13 @@ def _recv(sock: socket.socket, size: int) -> bytes:
     return bytes(out)
 
 
-def _answer(module: ModuleType, request: ServeRequest) -> ServeAnswer:
+def _answer(
+    module: ModuleType, request: ServeRequest, limit: int = MAX_ANSWER_BYTES
+) -> ServeAnswer:
+    if request.deadline and time.time() > request.deadline:
+        return ServeAnswer(
+            id=request.id, status=504, body=_error("the caller gave up before run() was called")
+        )
     try:
         raw = request.body.decode()
         json.loads(raw)
@@ -94,6 +108,12 @@ def _answer(module: ModuleType, request: ServeRequest) -> ServeAnswer:
     except Exception as exc:
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
+        return ServeAnswer(id=request.id, status=500, body=_error(message))
+    if len(body) > limit:
+        message = (
+            f"run()'s answer is {len(body)} bytes, over the limit of {limit} bytes"
+            f" ({limit / 2**20:g} MiB) of an answer"
+        )
         return ServeAnswer(id=request.id, status=500, body=_error(message))
     return ServeAnswer(id=request.id, status=200, body=body)
 
@@ -130,7 +150,19 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(Path(gate).parent / SOCKET_NAME))
     sock.sendall(encode(ServeHello(pid=os.getpid())))
-    print("cairn.serving: init() returned; serving requests", flush=True)
+    workers = max(1, int(os.environ.get(WORKERS_ENV) or 1))
+    print(f"cairn.serving: init() returned; serving requests ({workers} at once)", flush=True)
+    sending = threading.Lock()
+
+    def answer(frame: ServeRequest) -> None:
+        out = encode(_answer(module, frame))
+        with sending:
+            try:
+                sock.sendall(out)
+            except OSError:  # the agent closed the channel: its reader ends the loop
+                pass
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
     try:
         while True:
             (size,) = LENGTH.unpack(_recv(sock, LENGTH.size))
@@ -138,8 +170,12 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"a frame of {size} bytes")
             frame = decode(_recv(sock, size))
             if isinstance(frame, ServeRequest):
-                sock.sendall(encode(_answer(module, frame)))
-    except EOFError:  # the agent closed the channel: the replica is done
-        return 0
-    finally:
-        sock.close()
+                pool.submit(answer, frame)
+    except (EOFError, OSError):  # the agent closed the channel: the replica is done
+        pass
+    # a run() still working (past its time) is abandoned: its thread cannot be stopped, and
+    # would hold the interpreter's exit
+    sock.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from cairn.telemetry._metrics import (
     AGENT_BUSY_SLOTS,
     AGENT_SLOTS,
+    MIRROR_DROPPED,
     PROJECTION_APPLIED,
     PROJECTION_LAG,
     REQUEST_SECONDS,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AGENT_BUSY_SLOTS",
     "AGENT_SLOTS",
+    "MIRROR_DROPPED",
     "PROJECTION_APPLIED",
     "PROJECTION_LAG",
     "REQUESTS",

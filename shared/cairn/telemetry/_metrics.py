@@ -18,6 +18,7 @@ from prometheus_client import (
 __all__ = [
     "AGENT_BUSY_SLOTS",
     "AGENT_SLOTS",
+    "MIRROR_DROPPED",
     "PROJECTION_APPLIED",
     "PROJECTION_LAG",
     "REQUESTS",
@@ -62,6 +63,11 @@ WEBHOOK_ATTEMPTS = Counter(
     "cairn_webhook_attempts",
     "Webhook delivery attempts, by outcome: delivered (2xx), failed (retried), dead_lettered",
     ["outcome"],
+)
+MIRROR_DROPPED = Counter(
+    "cairn_gateway_mirror_dropped",
+    "Copies of scoring requests to a mirrored deployment dropped because"
+    " gateway_mirror_max_inflight copies were on their way",
 )
 SCHEDULER_QUEUED = Gauge(
     "cairn_scheduler_queued_jobs",

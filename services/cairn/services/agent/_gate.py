@@ -19,8 +19,15 @@ closed when the attempt ends, which revokes it. A job may:
 
 Anything else — another run, another workspace, job tickets and reports, compute targets,
 environments, datastores — is refused with ``PermissionDenied`` naming what was asked, and
-nothing reaches the services. Only the ``Cairn-Offset`` header of an upload chunk is
-forwarded: no header a job sets can speak for anyone.
+nothing reaches the services.
+
+A serving replica's gate (``replica=True``) lets nothing through at all: a replica needs no
+query and no command. Its agent subscribes to the deployment's queue group and sends its
+``ready`` report and request metrics with its own connection; the replica only answers
+requests on ``serve.sock`` (:mod:`cairn.services.agent._serving`).
+
+Only the ``Cairn-Offset`` header of an upload chunk is forwarded: no header a job sets can
+speak for anyone.
 """
 
 from __future__ import annotations
@@ -104,8 +111,11 @@ class JobGate:
         attempt: int,
         experiment: str,
         secrets: Iterable[str] = (),
+        replica: bool = False,
     ) -> None:
         self.nc = nc
+        #: a serving replica's gate, which lets nothing through
+        self.replica = replica
         self.workspace, self.run_id, self.attempt = workspace, run_id, attempt
         self.experiment = experiment
         #: the secrets the job was granted (``JobSpec.secrets``)
@@ -242,6 +252,11 @@ class JobGate:
     async def _check(self, subject: str, data: bytes) -> dict[str, Any] | None:
         """Refuse what the job may not send; returns a command's body (to learn from its
         reply), None for a query or an upload session's message."""
+        if self.replica:
+            raise _Refused(
+                f"a serving replica may send nothing through its agent, not {subject}: its"
+                " agent takes its requests and reports for it (docs/security.md)"
+            )
         if subject in self.sessions or subject.removesuffix(".commit") in self.sessions:
             return None
         if subject.startswith(f"cairn.q.{self.workspace}."):

@@ -66,8 +66,14 @@ from cairn.services.agent._data import (
 from cairn.services.agent._gate import JobGate
 from cairn.services.agent._mlflow import MlflowEndpoint
 from cairn.services.agent._phases import PhaseLines, reporting
-from cairn.services.agent._serving import ReplicaChannel, RequestStats, relay
-from cairn.serving import INIT_FAILED
+from cairn.services.agent._serving import (
+    Relay,
+    ReplicaChannel,
+    RequestStats,
+    relay,
+    until_acknowledged,
+)
+from cairn.serving import INIT_FAILED, WORKERS_ENV
 from cairn.settings import Settings
 
 __all__ = ["LOG_FILE", "Attempt"]
@@ -78,6 +84,9 @@ _LOG_FLUSH_S = 0.1
 _LOG_BATCH = 64 * 1024
 #: seconds between a replica's request metrics (logged only when it answered something)
 REQUEST_METRICS_S = 5.0
+#: a replica's ``ready`` report is sent again after this, doubling up to the most
+READY_RETRY_FIRST_S = 0.5
+READY_RETRY_MOST_S = 30.0
 _REF = re.compile(r"\$\{\{\s*((?:inputs|outputs)\.[A-Za-z0-9_-]+)\s*\}\}")
 
 
@@ -120,7 +129,7 @@ class Attempt:
         self.launched: Launched | None = None
         #: a serving replica's channel (``JobSpec.serve``), and its relay's subscription
         self.channel: ReplicaChannel | None = None
-        self._serving: Any = None
+        self._serving: Relay | None = None
         self.requests = RequestStats()
         self._log_seq = 0
         self._log_file: Any = None
@@ -204,7 +213,7 @@ class Attempt:
             finally:
                 self.stopping.set()
             if self.a.job.serve is not None and outcome == "failed" and not self.stale:
-                await self._report_replica("failed", error)
+                await self._report_failed(error)
             if self.stale:
                 log.info("attempt_stale", run_id=self.a.run_id, attempt=self.a.attempt)
                 return
@@ -300,10 +309,10 @@ class Attempt:
             return "failed", code, _tail(src / LOG_FILE)
         return "lost", code, f"the replica's process exited with code {code}"
 
-    async def _report_replica(self, phase: Literal["ready", "failed"], error: str = "") -> None:
+    def _replica_report(self, phase: Literal["ready", "failed"], error: str = "") -> ReportReplica:
         serve = self.a.job.serve
         assert serve is not None
-        cmd = ReportReplica(
+        return ReportReplica(
             command_id=derived_id(f"replica-{phase}", self.a.run_id, self.a.attempt),
             endpoint=serve.endpoint,
             deployment=serve.deployment,
@@ -312,10 +321,26 @@ class Attempt:
             phase=phase,
             error=error[-16000:],
         )
+
+    async def _report_failed(self, error: str) -> None:
         try:
-            await self.client.send(cmd)
+            await self.client.send(self._replica_report("failed", error))
         except CairnError as exc:  # a deployment replaced or deleted meanwhile
             log.warning("replica_report_refused", run_id=self.a.run_id, error=exc.message)
+
+    async def _report_ready(self, channel: ReplicaChannel) -> None:
+        """``ready``, sent again (the same command) until the scheduler acknowledges it: a
+        lost report would leave a rolling update waiting with both specs' replicas up."""
+        cmd = self._replica_report("ready")
+        sent = await until_acknowledged(
+            lambda: self.client.send(cmd),
+            stop=channel.closed,
+            passing=_passing,
+            first_s=READY_RETRY_FIRST_S,
+            most_s=READY_RETRY_MOST_S,
+        )
+        if not sent:  # a deployment replaced or deleted meanwhile, or the replica gone
+            log.warning("replica_ready_not_recorded", run_id=self.a.run_id)
 
     async def _serve(self, channel: ReplicaChannel) -> None:
         """Once the replica is ready: take its deployment's requests, then say so."""
@@ -325,11 +350,16 @@ class Attempt:
         nc = self.client.conn.nc
         self._serving = await relay(nc, self.ws, serve, channel, self.requests)
         log.info("replica_ready", run_id=self.a.run_id, deployment=serve.deployment)
-        await self._report_replica("ready")
-        while not channel.closed.is_set():  # its request metrics, every few seconds
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
-            await self._log_requests()
+        reporting = asyncio.create_task(self._report_ready(channel))
+        try:
+            while not channel.closed.is_set():  # its request metrics, every few seconds
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
+                await self._log_requests()
+        finally:
+            reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporting
         # a run() past its time, or a broken channel: this replica is done; its loss gets it
         # replaced
         await self._stop_serving()
@@ -436,6 +466,7 @@ class Attempt:
         if (serve := self.a.job.serve) is not None:  # relative to the replica's folder
             dirs = {m.name: f"azureml-models/{m.name}/{m.version}" for m in serve.models}
             env["CAIRN_MODEL_DIRS"] = msgspec.json.encode(dirs).decode()
+            env[WORKERS_ENV] = str(serve.max_concurrent_requests)
         return env
 
     def _argv(self, python: str) -> list[str]:
@@ -450,6 +481,22 @@ class Attempt:
         if argv[0] == "python":
             argv[0] = python
         return argv
+
+    async def _open_ways(self, gate: JobGate) -> tuple[dict[str, str], MlflowEndpoint | None]:
+        """Open the job's ways out: its gate, and either a replica's channel or the MLflow
+        endpoint (a replica gets none); returns the process's environment."""
+        folder = await gate.open(self.gates)
+        environ = self._environ(gate.path)
+        serve = self.a.job.serve
+        if serve is not None:
+            self.channel = ReplicaChannel(
+                folder, workers=serve.max_concurrent_requests, queue_wait=serve.max_queue_wait_s
+            )
+            await self.channel.open()
+            return environ, None
+        mlflow = MlflowEndpoint(gate, self.settings)
+        environ.update(mlflow.environ())
+        return environ, mlflow
 
     async def _execute(self, src: Path, runtime: Runtime) -> int | None:
         argv = self._argv(runtime.python)
@@ -472,21 +519,17 @@ class Attempt:
             attempt=self.a.attempt,
             experiment=self.a.experiment_name,
             secrets=self.a.job.secrets,
+            replica=self.a.job.serve is not None,
         )
         mlflow: MlflowEndpoint | None = None
         try:
-            folder = await gate.open(self.gates)
-            if self.a.job.serve is not None:
-                self.channel = ReplicaChannel(folder)
-                await self.channel.open()
-            mlflow = MlflowEndpoint(gate, self.settings)
-            environ = {**self._environ(gate.path), **mlflow.environ()}
+            environ, mlflow = await self._open_ways(gate)
             self.launched = launched = await self.backend.launch(
                 runtime, argv, src, environ, labels, self.gpus
             )
             gate.admit(launched.session)
             if self.channel is not None:
-                self.channel.session = launched.session
+                self.channel.admit(launched.session)
         except (OSError, CairnError) as exc:
             gate.admit(None)
             if mlflow is not None:
@@ -524,7 +567,8 @@ class Attempt:
             await self._stop_serving()
             if self.channel is not None:
                 await self.channel.close()
-            await mlflow.close()
+            if mlflow is not None:
+                await mlflow.close()
             await gate.close()  # revoked: nothing the job left behind can speak for it
             self._log_file.close()
             if launched.cleanup is not None:

@@ -1,13 +1,18 @@
 """A serving replica's agent side: the channel to its process, and the relay of the
 deployment's requests to it.
 
-The replica holds no NATS connection, as no job does. The agent listens on ``serve.sock`` in
-the attempt's gate folder (only the replica's own session may connect); the replica connects
-once its ``init()`` returned (:mod:`cairn.serving`). Then, and only then, the agent reports it
-ready and subscribes with its own connection to ``cairn.serve.<ws>.<endpoint>.<deployment>``
-in the deployment's queue group, relaying each request down the channel and the answer back
-with its status in the ``Cairn-Status`` header. So the replica serves exactly its deployment's
-requests and can send nothing anywhere but its answers.
+The replica holds no NATS connection, as no job does, and its gate lets nothing through. The
+agent listens on ``serve.sock`` in the attempt's gate folder (only the launched replica's own
+process may connect); the replica connects once its ``init()`` returned
+(:mod:`cairn.serving`). Then, and only then, the agent subscribes with its own connection to
+``cairn.serve.<ws>.<endpoint>.<deployment>`` in the deployment's queue group and reports the
+replica ready (again until the scheduler acknowledges it: :func:`until_acknowledged`),
+relaying each request down the channel (up to the deployment's ``max_concurrent_requests``
+at once, as many more waiting) and the answer back with its status in the ``Cairn-Status``
+header, in chunks when it is larger than a NATS message (:func:`publish_answer`). A request
+carries the gateway's ``Cairn-Timeout-Ms``; one whose caller has given up while it waited is
+dropped, not computed. So the replica serves exactly its deployment's requests and can send
+nothing anywhere but its answers.
 """
 
 from __future__ import annotations
@@ -16,13 +21,18 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import socket
+import struct
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from cairn.errors import CairnError
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.metrics import MetricPoint
@@ -31,6 +41,7 @@ from cairn.rpc import SCORER_USER
 from cairn.services.agent._gate import peer_in_session
 from cairn.serving import (
     LENGTH,
+    MAX_ANSWER_CHUNKS,
     MAX_FRAME_BYTES,
     SOCKET_NAME,
     ServeAnswer,
@@ -40,11 +51,30 @@ from cairn.serving import (
     encode,
 )
 
-__all__ = ["STATUS_HEADER", "ReplicaChannel", "RequestStats", "relay"]
+__all__ = [
+    "CHUNKS_HEADER",
+    "CHUNK_HEADER",
+    "STATUS_HEADER",
+    "TIMEOUT_HEADER",
+    "Relay",
+    "ReplicaChannel",
+    "RequestStats",
+    "deadline_of",
+    "publish_answer",
+    "relay",
+    "until_acknowledged",
+]
 
 log = get_logger("cairn.agent")
 #: the reply header carrying the HTTP status of an answer
 STATUS_HEADER = "Cairn-Status"
+#: the headers of an answer sent in chunks: the chunk's index, and how many there are
+CHUNK_HEADER = "Cairn-Chunk"
+CHUNKS_HEADER = "Cairn-Chunks"
+#: room left in a message beside a chunk (its headers and the protocol's own)
+CHUNK_HEADROOM = 64 * 1024
+#: the request header saying how many milliseconds the caller still waits for the answer
+TIMEOUT_HEADER = "Cairn-Timeout-Ms"
 #: the queue group of a deployment's replicas (the subject names the deployment)
 QUEUE = "replicas"
 
@@ -54,38 +84,103 @@ def _error(message: str) -> bytes:
 
 
 class ReplicaChannel:
-    """The socket one replica connects to once it is ready; requests go down it one at a
-    time (the entry script's ``run()`` is called from one thread)."""
+    """The socket one replica connects to once it is ready. Up to ``workers`` requests are in
+    the replica's hands at once (its ``run()`` calls, each in a worker thread); as many more
+    wait for a free worker, for at most ``queue_wait`` seconds (then 503); beyond those the
+    replica is busy (429, which nothing has run, so the gateway may ask another replica).
 
-    def __init__(self, folder: Path) -> None:
+    Only the launched replica is let in: a connection is held until :meth:`admit` names the
+    replica's session, then kept only when its peer (``SO_PEERCRED``) runs as this agent's
+    user, in that session, and is the process its hello names."""
+
+    def __init__(self, folder: Path, *, workers: int = 1, queue_wait: float = 0.5) -> None:
         self.path = folder / SOCKET_NAME
         self.session: int | None = None
+        self.workers, self.queue_wait = workers, queue_wait
         self.ready = asyncio.Event()
         self.closed = asyncio.Event()
+        self._launched = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Task[None] | None = None
+        self._room = asyncio.Semaphore(workers)
+        #: requests running or waiting for a worker
+        self._admitted = 0
+        self._pending: dict[int, asyncio.Future[ServeAnswer]] = {}
         self._ids = itertools.count(1)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def open(self) -> None:
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.path))
         self.path.chmod(0o600)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._writer is not None or not peer_in_session(writer, self.session):
-            writer.close()
-            return
+    def admit(self, session: int | None) -> None:
+        """The replica is launched: from now on only its own process may connect (None: a
+        container's, which reaches only its own folder)."""
+        self.session = session
+        self._launched.set()
+
+    def _peer_is_replica(self, writer: asyncio.StreamWriter, hello: ServeHello) -> bool:
+        if not peer_in_session(writer, self.session):
+            return False
         try:
-            frame = decode(await self._frame(reader))
-        except (OSError, ValueError, asyncio.IncompleteReadError):
+            raw = writer.get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+        except OSError:
+            return False
+        pid, uid, _ = struct.unpack("3i", raw)
+        if uid != os.geteuid():
+            return False
+        # in a container the replica's pid is of its own namespace
+        return self.session is None or pid == hello.pid
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(self._launched.wait(), 30)
+            frame = decode(await asyncio.wait_for(self._frame(reader), 30))
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
             writer.close()
             return
-        if not isinstance(frame, ServeHello):
+        if (
+            self._writer is not None
+            or self.closed.is_set()
+            or not isinstance(frame, ServeHello)
+            or not self._peer_is_replica(writer, frame)
+        ):
+            log.warning("serve_peer_refused", path=str(self.path))
             writer.close()
             return
-        self._reader, self._writer = reader, writer
+        self._writer = writer
+        self._reading = asyncio.create_task(self._read(reader))
         self.ready.set()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Hand each answer to the request it answers; a broken channel ends them all."""
+        try:
+            while True:
+                frame = decode(await self._frame(reader))
+                if not isinstance(frame, ServeAnswer):
+                    raise ValueError("the replica sent what is no answer")
+                future = self._pending.pop(frame.id, None)
+                if future is None:
+                    raise ValueError("the replica answered out of turn")
+                if not future.done():
+                    future.set_result(frame)
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            if not self.closed.is_set():
+                log.warning("serve_channel_broken", path=str(self.path), error=str(exc))
+            self._shut()
+
+    def _shut(self) -> None:
+        self.closed.set()
+        if self._writer is not None:
+            self._writer.close()
+        for future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        self._pending.clear()
 
     @staticmethod
     async def _frame(reader: asyncio.StreamReader) -> bytes:
@@ -94,39 +189,92 @@ class ReplicaChannel:
             raise ValueError(f"a frame of {size} bytes exceeds {MAX_FRAME_BYTES}")
         return await reader.readexactly(size)
 
-    async def request(self, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """The replica's answer to one request: (HTTP status, body)."""
-        async with self._lock:
-            reader, writer = self._reader, self._writer
-            if reader is None or writer is None or self.closed.is_set():
-                return 503, _error("the replica is not serving")
-            rid = next(self._ids)
-            try:
-                writer.write(encode(ServeRequest(id=rid, body=body)))
-                await writer.drain()
-                frame = decode(await asyncio.wait_for(self._frame(reader), timeout))
-            except TimeoutError:  # the channel is out of step now: this replica is done
-                self.closed.set()
-                writer.close()
-                return 504, _error(f"run() took longer than {timeout:g} s")
-            except (OSError, ValueError, asyncio.IncompleteReadError):
-                self.closed.set()
-                return 503, _error("the replica stopped while answering")
-            if not isinstance(frame, ServeAnswer) or frame.id != rid:
-                return 502, _error("the replica answered out of turn")
-            return frame.status, frame.body
+    async def request(
+        self, body: bytes, timeout: float, deadline: float | None = None
+    ) -> tuple[int, bytes]:
+        """The replica's answer to one request: (HTTP status, body). ``deadline``
+        (``time.monotonic()``) is when the caller gives up: a request still waiting then is
+        dropped (504) rather than computed."""
+        if self.closed.is_set() or self._writer is None:
+            return 503, _error("the replica is not serving")
+        if self._admitted >= 2 * self.workers:
+            return 429, _error(
+                f"the replica is busy: {self.workers} requests running and {self.workers}"
+                " waiting (max_concurrent_requests)"
+            )
+        self._admitted += 1
+        self._idle.clear()
+        try:
+            return await self._queued(body, timeout, deadline)
+        finally:
+            self._admitted -= 1
+            if not self._admitted:
+                self._idle.set()
+
+    async def _queued(
+        self, body: bytes, timeout: float, deadline: float | None
+    ) -> tuple[int, bytes]:
+        wait = self.queue_wait
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+        try:
+            if not self._room.locked():
+                await self._room.acquire()
+            elif wait <= 0:
+                raise TimeoutError
+            else:
+                await asyncio.wait_for(self._room.acquire(), wait)
+        except TimeoutError:
+            if deadline is not None and time.monotonic() >= deadline:
+                return 504, _error("the caller gave up while the request waited for the replica")
+            return 503, _error(f"no worker of the replica was free within {self.queue_wait:g} s")
+        try:
+            return await self._ask(body, timeout, deadline)
+        finally:
+            self._room.release()
+
+    async def _ask(self, body: bytes, timeout: float, deadline: float | None) -> tuple[int, bytes]:
+        writer = self._writer
+        if writer is None or self.closed.is_set():
+            return 503, _error("the replica is not serving")
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return 504, _error("the caller gave up while the request waited for the replica")
+        rid = next(self._ids)
+        future: asyncio.Future[ServeAnswer] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        until = 0.0 if left is None else time.time() + left
+        try:
+            writer.write(encode(ServeRequest(id=rid, body=body, deadline=until)))
+            await writer.drain()
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:  # run() is stuck in a worker: this replica is done
+            self._shut()
+            return 504, _error(f"run() took longer than {timeout:g} s")
+        except OSError:
+            self._shut()
+            return 503, _error("the replica stopped while answering")
+        except asyncio.CancelledError:
+            if not (future.cancelled() and self.closed.is_set()):
+                raise
+            return 503, _error("the replica stopped while answering")
+        finally:
+            self._pending.pop(rid, None)
+        return answer.status, answer.body
 
     async def idle(self) -> None:
-        """Return once no request is in the replica's hands (the one there is answered)."""
-        async with self._lock:
-            pass
+        """Return once no request is in the replica's hands or waiting for it."""
+        await self._idle.wait()
 
     async def close(self) -> None:
-        self.closed.set()
+        self._shut()
+        self._launched.set()  # a connection held for the launch is refused now
         if self._server is not None:
             self._server.close()
-        if self._writer is not None:
-            self._writer.close()
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
         with contextlib.suppress(OSError):
             self.path.unlink()
 
@@ -168,16 +316,114 @@ class RequestStats:
         return points
 
 
+class Relay:
+    """A replica's subscription to its deployment's queue group; each request is answered in
+    a task of its own (the replica may hold several at once)."""
+
+    def __init__(self) -> None:
+        self.sub: Any = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        """No more requests: those already delivered are answered."""
+        await self.sub.drain()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def unsubscribe(self) -> None:
+        """No more requests, and those being answered are dropped."""
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def until_acknowledged(
+    send: Callable[[], Awaitable[object]],
+    *,
+    stop: asyncio.Event,
+    passing: Callable[[CairnError], bool],
+    first_s: float = 0.5,
+    most_s: float = 30.0,
+) -> bool:
+    """Send until the receiver acknowledges (True), refuses for good (False) or ``stop`` is
+    set (False). A refusal that ``passing`` calls passing (the receiver away, a lost race)
+    is sent again after ``first_s``, doubling up to ``most_s``. The command keeps its id, so
+    the receiver records it once however often it arrives."""
+    delay = first_s
+    while not stop.is_set():
+        try:
+            await send()
+            return True
+        except CairnError as exc:
+            if not passing(exc):
+                log.warning("report_refused", error=exc.message)
+                return False
+            log.info("report_retried", error=exc.message, delay_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, most_s)
+    return False
+
+
+async def publish_answer(nc: NATS, reply: str, status: int, body: bytes) -> None:
+    """The answer on ``reply``: one message when it fits the server's ``max_payload``, else
+    in chunks (``Cairn-Chunk``: index, ``Cairn-Chunks``: how many), in order."""
+    size = max(nc.max_payload - CHUNK_HEADROOM, CHUNK_HEADROOM)
+    if len(body) <= size:
+        await nc.publish(reply, body, headers={STATUS_HEADER: str(status)})
+        return
+    count = -(-len(body) // size)
+    if count > MAX_ANSWER_CHUNKS:  # a server whose max_payload is tiny: say so
+        message = f"the answer needs {count} messages, more than {MAX_ANSWER_CHUNKS}"
+        await nc.publish(reply, _error(message), headers={STATUS_HEADER: "500"})
+        return
+    for index in range(count):
+        headers = {STATUS_HEADER: str(status), CHUNK_HEADER: str(index), CHUNKS_HEADER: str(count)}
+        await nc.publish(reply, body[index * size : (index + 1) * size], headers=headers)
+
+
+def deadline_of(headers: dict[str, str] | None) -> float | None:
+    """When the caller gives up (``time.monotonic()``), from its ``Cairn-Timeout-Ms``."""
+    raw = (headers or {}).get(TIMEOUT_HEADER, "")
+    try:
+        ms = float(raw)
+    except ValueError:
+        return None
+    return time.monotonic() + ms / 1000 if ms >= 0 else None
+
+
 async def relay(
     nc: NATS,
     workspace: str,
     spec: ReplicaSpec,
     channel: ReplicaChannel,
     stats: RequestStats | None = None,
-) -> Any:
+) -> Relay:
     """Subscribe to the deployment's requests in its queue group and answer each from the
-    replica (counted in ``stats``); returns the subscription (unsubscribe it when the replica
+    replica (counted in ``stats``); returns the :class:`Relay` (drain it when the replica
     ends)."""
+    relayed = Relay()
+
+    async def answer(msg: Any) -> None:
+        started = time.monotonic()
+        deadline = deadline_of(msg.headers)
+        status, body = await channel.request(msg.data, spec.request_timeout_s, deadline)
+        if stats is not None:
+            stats.add(status, time.monotonic() - started)
+        if deadline is not None and status == 504 and time.monotonic() >= deadline:
+            return  # nobody is waiting for it
+        try:
+            await publish_answer(nc, msg.reply, status, body)
+        except Exception as exc:  # the caller is gone, or the connection is away
+            log.warning("serve_reply_failed", deployment=spec.deployment, error=repr(exc))
 
     async def on_request(msg: Any) -> None:
         if not msg.reply or not msg.reply.startswith(f"_INBOX_{SCORER_USER}."):
@@ -185,14 +431,8 @@ async def relay(
             # user's run() output) is never published on a subject a sender chose
             log.warning("serve_request_dropped", deployment=spec.deployment)
             return
-        started = time.monotonic()
-        status, body = await channel.request(msg.data, spec.request_timeout_s)
-        if stats is not None:
-            stats.add(status, time.monotonic() - started)
-        try:
-            await nc.publish(msg.reply, body, headers={STATUS_HEADER: str(status)})
-        except Exception as exc:  # the caller is gone, or the connection is away
-            log.warning("serve_reply_failed", deployment=spec.deployment, error=repr(exc))
+        relayed.spawn(answer(msg))
 
     subject = subjects.serve(workspace, spec.endpoint, spec.deployment)
-    return await nc.subscribe(subject, queue=QUEUE, cb=on_request)
+    relayed.sub = await nc.subscribe(subject, queue=QUEUE, cb=on_request)
+    return relayed

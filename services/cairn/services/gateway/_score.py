@@ -8,9 +8,16 @@ connection (the membership check). It picks a deployment by weight for each requ
 the one the ``azureml-model-deployment`` header names) and sends
 the body, unchanged, to that deployment's queue group over NATS request/reply; whichever
 replica takes it answers. A mirrored deployment (``mirror_traffic``) gets a copy of its
-share of requests, sent alongside and its answer dropped. The replica's status
+share of requests, sent alongside and its answer dropped; at most
+``gateway_mirror_max_inflight`` copies are on their way at once, and one beyond them is dropped
+and counted (``Scorer.mirrors_dropped``, ``cairn_gateway_mirror_dropped_total`` on /metrics),
+so a slow mirrored deployment cannot exhaust the gateway. The replica's status
 (``Cairn-Status``: 200, 400 for a body its ``run()`` cannot read, 500 when ``run()`` raised)
-and body come back as they are.
+and body come back as they are; an answer larger than a NATS message (the server's
+``max_payload``) comes in chunks (``Cairn-Chunk``/``Cairn-Chunks``) on the request's own
+inbox and is put back together here, up to the replica's limit of 64 MiB. Each request
+carries ``Cairn-Timeout-Ms``, how long the gateway still waits for its answer: a replica
+drops one whose caller has given up instead of computing it.
 
 Limits: a body over ``gateway_score_max_bytes`` is 413 before anything is asked; a body that
 is not JSON is 400 (once the caller is known). **Retry budget**: when no replica of the
@@ -18,7 +25,9 @@ chosen deployment is subscribed (none ready yet, or one being replaced by the sc
 the request is sent again after 0.05 s, doubling up to 1 s, until ``gateway_score_retry_s``
 (10 s by default) has passed, then answered 503; one the replica took but did not answer
 within the deployment's ``request_timeout_s`` is 504 and is not sent again (``run()`` may
-have had effects).
+have had effects). A replica that is busy (its workers and its queue full: 429, nothing ran)
+is asked again within the same budget, as the queue group may pick another replica; past it,
+the caller gets the 429.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromPath
+from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -46,6 +56,7 @@ from cairn.proto.serving import RouteEndpoint
 from cairn.rpc import SCORER_USER, Client
 from cairn.services.gateway._pool import Principal
 from cairn.settings import Settings
+from cairn.telemetry import MIRROR_DROPPED
 
 __all__ = ["SCORE_PATH", "EndpointKey", "Scorer", "score", "swagger"]
 
@@ -53,6 +64,17 @@ log = get_logger("cairn.gateway")
 #: the scoring route's pattern (its bearer value may be an endpoint's key, not a token)
 SCORE_PATH = r"^/endpoints/[^/]+/[^/]+/(score|swagger\.json)$"
 STATUS_HEADER = "Cairn-Status"
+#: an answer larger than a NATS message comes in chunks: the chunk's index, how many there are
+CHUNK_HEADER = "Cairn-Chunk"
+CHUNKS_HEADER = "Cairn-Chunks"
+#: the largest answer the gateway puts back together (a replica's limit, 64 MiB)
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: the server's own status header, and its status when no one listens
+NATS_STATUS = "Status"
+NO_RESPONDERS = "503"
+#: how many milliseconds the gateway still waits for a request's answer (a replica drops a
+#: request whose caller has given up)
+TIMEOUT_HEADER = "Cairn-Timeout-Ms"
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,8 @@ class Scorer:
         self._lock = asyncio.Lock()
         #: copies of requests on their way to a mirrored deployment (answers dropped)
         self._mirrors: set[asyncio.Task[None]] = set()
+        #: copies not sent because ``gateway_mirror_max_inflight`` were on their way
+        self.mirrors_dropped = 0
 
     def _password(self) -> str | None:
         if self.settings.scorer_password:
@@ -118,9 +142,17 @@ class Scorer:
 
     def mirror(self, mirror: dict[str, int], subject_of: Any, body: bytes, timeout: float) -> None:
         """Send a copy of the request to the mirrored deployment, for its share of requests;
-        its answer (or its absence) is dropped, and the caller does not wait for it."""
+        its answer (or its absence) is dropped, and the caller does not wait for it. Beyond
+        ``gateway_mirror_max_inflight`` copies on their way, a copy is dropped and counted."""
         for deployment, percent in mirror.items():
             if self.rng.random() * 100 >= percent:
+                continue
+            if len(self._mirrors) >= self.settings.gateway_mirror_max_inflight:
+                self.mirrors_dropped += 1
+                MIRROR_DROPPED.inc()
+                log.warning(
+                    "mirror_copy_dropped", deployment=deployment, total=self.mirrors_dropped
+                )
                 continue
             task = asyncio.create_task(self._copy(subject_of(deployment), body, timeout))
             self._mirrors.add(task)
@@ -129,20 +161,21 @@ class Scorer:
     async def _copy(self, subject: str, body: bytes, timeout: float) -> None:
         conn = await self.connection()
         with contextlib.suppress(Exception):  # a mirror's failures are its own
-            await conn.nc.request(subject, body, timeout=timeout)
+            await conn.nc.request(subject, body, timeout=timeout, headers=_deadline(timeout))
 
     def choose(self, traffic: dict[str, int]) -> str:
         names = sorted(traffic)
         return self.rng.choices(names, weights=[traffic[n] for n in names])[0]
 
     async def forward(self, subject: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """The chosen deployment's answer, retried while no replica listens (the budget)."""
+        """The chosen deployment's answer, retried while no replica listens or the one asked
+        was busy (the budget)."""
         conn = await self.connection()
         deadline = time.monotonic() + self.settings.gateway_score_retry_s
         delay = 0.05
         while True:
             try:
-                msg = await conn.nc.request(subject, body, timeout=timeout)
+                status, answer = await _ask_replica(conn.nc, subject, body, timeout)
             except NoRespondersError:
                 if time.monotonic() + delay > deadline:
                     budget = self.settings.gateway_score_retry_s
@@ -152,8 +185,44 @@ class Scorer:
                 continue
             except NatsTimeout:
                 return 504, _error(f"no answer within {timeout:g} s")
-            status = (msg.headers or {}).get(STATUS_HEADER, "200")
-            return (int(status) if status.isdigit() else 502), msg.data
+            if status == 429 and time.monotonic() + delay <= deadline:  # nothing ran
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            return status, answer
+
+
+async def _ask_replica(nc: NATS, subject: str, body: bytes, timeout: float) -> tuple[int, bytes]:
+    """A replica's answer (status, body), put back together when it came in chunks; raises
+    ``NoRespondersError`` when no replica listens, nats' ``TimeoutError`` past ``timeout``."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, pending_bytes_limit=2 * MAX_ANSWER_BYTES)
+    try:
+        await nc.publish(subject, body, reply=inbox, headers=_deadline(timeout))
+        until = time.monotonic() + timeout
+        parts: dict[int, bytes] = {}
+        while True:
+            msg = await sub.next_msg(timeout=max(until - time.monotonic(), 0.001))
+            headers = msg.headers or {}
+            if headers.get(NATS_STATUS) == NO_RESPONDERS and not msg.data:
+                raise NoRespondersError
+            raw = headers.get(STATUS_HEADER, "200")
+            status = int(raw) if raw.isdigit() else 502
+            count, index = headers.get(CHUNKS_HEADER), headers.get(CHUNK_HEADER, "")
+            if count is None:
+                return status, msg.data
+            if not (count.isdigit() and index.isdigit() and int(index) < int(count) <= 1024):
+                return 502, _error("a replica's answer came in chunks that do not fit together")
+            parts[int(index)] = msg.data
+            if len(parts) == int(count):
+                return status, b"".join(parts[i] for i in range(int(count)))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _deadline(timeout: float) -> dict[str, str]:
+    return {TIMEOUT_HEADER: str(int(timeout * 1000))}
 
 
 def _error(message: str) -> bytes:
@@ -243,8 +312,12 @@ async def swagger(
                         "400": {"description": "the body is not JSON"},
                         "401": {"description": "no valid key or token"},
                         "413": {"description": "the body is too large"},
+                        "429": {"description": "every replica asked was busy"},
                         "500": {"description": "run() raised: {error}"},
-                        "503": {"description": "no replica answered within the retry budget"},
+                        "503": {
+                            "description": "no replica answered within the retry budget, or"
+                            " none had a free worker within max_queue_wait"
+                        },
                         "504": {"description": "run() took longer than the deployment allows"},
                     },
                 }

@@ -1,0 +1,274 @@
+"""A replica's process and its agent's side of ``serve.sock``, without a scheduler: several
+``run()`` calls at once, a bounded queue (429 beyond it, 503 past its wait), requests whose
+caller gave up dropped, only the launched replica let in, and the ``ready`` report sent
+again until it is acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+
+from cairn.errors import CairnError, NotFound
+from cairn.proto.commands import Accepted, ErrorReply
+from cairn.proto.serving import ReportReplica
+from cairn.rpc import Client
+from cairn.services.agent._runner import _passing
+from cairn.services.agent._serving import (
+    TIMEOUT_HEADER,
+    ReplicaChannel,
+    deadline_of,
+    until_acknowledged,
+)
+from cairn.serving import WORKERS_ENV, ServeHello, ServeRequest, encode
+from cairn.serving._replica import _answer
+from tests.conftest import own_server
+
+#: ``{"wait": name}`` blocks until file ``name`` exists beside the script; every call is
+#: recorded in ``calls.txt``
+SCORE = """
+import json, os, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def init():
+    pass
+
+
+def run(raw):
+    data = json.loads(raw)
+    with open(os.path.join(HERE, "calls.txt"), "a") as f:
+        f.write(json.dumps(data) + "\\n")
+    if "wait" in data:
+        while not os.path.exists(os.path.join(HERE, data["wait"])):
+            time.sleep(0.01)
+    if "big" in data:
+        return {"x": "a" * data["big"]}
+    return {"echo": data}
+"""
+
+
+class Replica:
+    def __init__(self, folder: Path, channel: ReplicaChannel, proc: asyncio.subprocess.Process):
+        self.folder, self.channel, self.proc = folder, channel, proc
+
+    def release(self, name: str) -> None:
+        (self.folder / name).write_text("")
+
+    def calls(self) -> list[dict[str, object]]:
+        path = self.folder / "calls.txt"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    async def ask(self, body: object, deadline: float | None = None) -> tuple[int, object]:
+        status, answer = await self.channel.request(json.dumps(body).encode(), 60.0, deadline)
+        return status, json.loads(answer)
+
+
+def _script(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "score.py").write_text(SCORE)
+
+
+async def _replica(folder: Path, *, workers: int, queue_wait: float) -> AsyncIterator[Replica]:
+    _script(folder)
+    channel = ReplicaChannel(folder, workers=workers, queue_wait=queue_wait)
+    await channel.open()
+    env = {
+        **os.environ,
+        "CAIRN_AGENT_SOCKET": str(folder / "agent.sock"),  # serve.sock is beside it
+        WORKERS_ENV: str(workers),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cairn.serving",
+        str(folder / "score.py"),
+        env=env,
+        cwd=folder,
+        start_new_session=True,
+    )
+    channel.admit(proc.pid)  # it leads its own session
+    try:
+        await asyncio.wait_for(channel.ready.wait(), 60)
+        yield Replica(folder, channel, proc)
+    finally:
+        await channel.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture
+async def two_workers(tmp_path: Path) -> AsyncIterator[Replica]:
+    async for replica in _replica(tmp_path / "r", workers=2, queue_wait=60.0):
+        yield replica
+
+
+async def test_a_slow_request_does_not_hold_up_the_next(two_workers: Replica) -> None:
+    slow = asyncio.create_task(two_workers.ask({"wait": "go"}))
+    while not two_workers.calls():  # the slow one is in run()
+        await asyncio.sleep(0.01)
+    assert await two_workers.ask({"n": 1}) == (200, {"echo": {"n": 1}})
+    assert not slow.done()
+    two_workers.release("go")
+    assert await asyncio.wait_for(slow, 60) == (200, {"echo": {"wait": "go"}})
+
+
+async def test_as_many_wait_as_run_and_beyond_them_the_replica_is_busy(
+    two_workers: Replica,
+) -> None:
+    running = [asyncio.create_task(two_workers.ask({"wait": "go", "i": i})) for i in range(2)]
+    while len(two_workers.calls()) < 2:
+        await asyncio.sleep(0.01)
+    waiting = [asyncio.create_task(two_workers.ask({"i": i})) for i in (2, 3)]
+    await asyncio.sleep(0)  # the two are admitted and wait for a worker
+    status, answer = await two_workers.ask({"i": 4})
+    assert status == 429 and "busy" in str(answer)
+    two_workers.release("go")
+    done = await asyncio.wait_for(asyncio.gather(*running, *waiting), 60)
+    assert [status for status, _ in done] == [200] * 4
+    assert {c.get("i") for c in two_workers.calls()} == {0, 1, 2, 3}  # not the refused one
+
+
+async def test_a_request_past_the_queue_wait_is_503(tmp_path: Path) -> None:
+    async for replica in _replica(tmp_path / "r", workers=1, queue_wait=0.0):
+        held = asyncio.create_task(replica.ask({"wait": "go"}))
+        while not replica.calls():
+            await asyncio.sleep(0.01)
+        status, answer = await replica.ask({"late": True})
+        assert status == 503 and "free" in str(answer)
+        replica.release("go")
+        assert (await asyncio.wait_for(held, 60))[0] == 200
+        assert {"late": True} not in replica.calls()
+
+
+async def test_a_request_whose_caller_gave_up_is_not_computed(two_workers: Replica) -> None:
+    status, _ = await two_workers.ask({"gone": True}, deadline=time.monotonic() - 0.001)
+    assert status == 504
+    assert await two_workers.ask({"here": True}) == (200, {"echo": {"here": True}})
+    assert {"gone": True} not in two_workers.calls()
+    # the gateway's header says how long it still waits
+    assert deadline_of({TIMEOUT_HEADER: "2000"}) is not None
+    assert deadline_of({TIMEOUT_HEADER: "soon"}) is None and deadline_of(None) is None
+
+
+async def test_an_answer_of_several_mib_comes_back_whole(two_workers: Replica) -> None:
+    status, answer = await two_workers.ask({"big": 3 * 1024 * 1024})
+    assert status == 200 and isinstance(answer, dict) and len(answer["x"]) == 3 * 1024 * 1024
+
+
+def test_an_answer_over_the_limit_is_refused_naming_it() -> None:
+    module = types.ModuleType("score")
+    module.__dict__["run"] = lambda raw: "a" * 2048
+    answer = _answer(module, ServeRequest(id=1, body=b"{}"), limit=1024)
+    assert answer.status == 500
+    assert "2050 bytes, over the limit of 1024 bytes" in json.loads(answer.body)["error"]
+
+
+def _connect_and_hello(path: Path, pid: int) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    sock.sendall(encode(ServeHello(pid=pid)))
+    return sock
+
+
+async def _closed_by_agent(sock: socket.socket) -> bool:
+    sock.settimeout(30)
+    return await asyncio.to_thread(sock.recv, 1) == b""
+
+
+@pytest.mark.parametrize("case", ["before_launch", "another_session", "another_pid"])
+async def test_only_the_launched_replica_is_let_in(tmp_path: Path, case: str) -> None:
+    """A process that reaches ``serve.sock`` before the replica is launched, or from another
+    session, or naming another process in its hello, is dropped and the replica is not
+    ready."""
+    channel = ReplicaChannel(tmp_path)
+    await channel.open()
+    try:
+        own = os.getsid(0)
+        pid = os.getpid() + 1 if case == "another_pid" else os.getpid()
+        sock = await asyncio.to_thread(_connect_and_hello, channel.path, pid)
+        try:
+            if case == "before_launch":
+                await asyncio.sleep(0.05)  # nothing is admitted while nothing is launched
+                assert not channel.ready.is_set()
+                channel.admit(own + 1_000_000)  # the replica's session, not this process's
+            else:
+                channel.admit(own + 1_000_000 if case == "another_session" else own)
+            assert await _closed_by_agent(sock)
+            assert not channel.ready.is_set()
+        finally:
+            sock.close()
+    finally:
+        await channel.close()
+
+
+async def test_a_lost_ready_report_is_sent_again_until_acknowledged(tmp_path: Path) -> None:
+    """The scheduler away at first (no responder), then a report lost (asked, never
+    answered), then acknowledged: the same command each time; a refusal for good stops."""
+    server, _, conn = await own_server(tmp_path / "home", request_timeout=0.5)
+    try:
+        client = Client(conn, "ws", attempts=1, timeout=0.5)
+        cmd = ReportReplica(
+            command_id="c" * 32,
+            endpoint="ep",
+            deployment="blue",
+            run_id="r" * 32,
+            attempt=1,
+            phase="ready",
+        )
+        away = asyncio.Event()
+        stop = asyncio.Event()
+
+        def passing(exc: CairnError) -> bool:
+            away.set()
+            return _passing(exc)
+
+        sending = asyncio.create_task(
+            until_acknowledged(
+                lambda: client.send(cmd), stop=stop, passing=passing, first_s=0.05, most_s=0.2
+            )
+        )
+        await asyncio.wait_for(away.wait(), 30)
+        seen: list[str] = []
+
+        async def scheduler(msg: Msg) -> None:
+            body = msgspec.json.decode(msg.data)
+            seen.append(body["command_id"])
+            if len(seen) == 1:
+                return  # lost: the agent's request times out
+            reply = Accepted(command_id=body["command_id"], aggregate_id="ep_blue", seq=1)
+            await msg.respond(msgspec.json.encode(reply))
+
+        sub = await conn.nc.subscribe("cairn.cmd.ws.replica.report", cb=scheduler)
+        assert await asyncio.wait_for(sending, 60) is True
+        assert len(seen) >= 2 and set(seen) == {cmd.command_id}
+        await sub.unsubscribe()
+
+        async def refusing(msg: Msg) -> None:
+            reply = ErrorReply(code=NotFound.code, message="no deployment blue")
+            await msg.respond(msgspec.json.encode(reply))
+
+        sub = await conn.nc.subscribe("cairn.cmd.ws.replica.report", cb=refusing)
+        assert (
+            await until_acknowledged(lambda: client.send(cmd), stop=stop, passing=_passing) is False
+        )
+        await sub.unsubscribe()
+    finally:
+        await conn.close()
+        server.stop()
