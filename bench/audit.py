@@ -8,8 +8,7 @@ does for a new aggregate. "on" rounds run the audit service in the same process 
 ``cairn up`` does), following and signing every ``--every`` events; "off" rounds do not.
 Rounds alternate off, on, off, on... After an "on" round: how long after the last append
 the service had signed every full window, the bytes of the checkpoints beside the events',
-and how fast ``verify_log`` reads, digests and checks the whole log (a bound on what a
-restarted service's read-back costs: it digests only what is not yet signed).
+and how fast ``verify_log`` reads (one ordered consumer), digests and checks the whole log.
 
 Usage: python bench/audit.py [--awaited N] [--pipelined N] [--window W] [--rounds R]
 """

@@ -112,12 +112,21 @@ class Exported:
 
 @pytest.fixture
 async def exported(
-    ws: AsyncWorkspace, conn: Connection, service_settings: Settings, tmp_path: Path
+    request: pytest.FixtureRequest,
+    ws: AsyncWorkspace,
+    conn: Connection,
+    service_settings: Settings,
+    tmp_path: Path,
 ) -> Exported:
+    """An export of a fresh history, as JSON lines (or, parametrized indirectly, in the
+    encoding given)."""
+    encoding = getattr(request, "param", "jsonl")
     await _make_history(ws, tmp_path)
     folder = tmp_path / "export"
     blobs = LocalBlobStore(service_settings.artifacts_path)
-    manifest = await export_workspace(conn, ws.name, folder, now=datetime.now(UTC), blobs=blobs)
+    manifest = await export_workspace(
+        conn, ws.name, folder, now=datetime.now(UTC), blobs=blobs, encoding=encoding
+    )
     assert manifest.artifacts is not None and len(manifest.artifacts) == 1
     assert manifest.missing_artifacts == []
     assert manifest.metrics.count >= 2
@@ -142,10 +151,23 @@ async def target(tmp_path: Path) -> AsyncIterator[tuple[Settings, Connection]]:
         server.stop()
 
 
+@pytest.mark.parametrize("exported", ["jsonl", "parquet"], indirect=True)
 async def test_an_import_into_a_fresh_home_replays_to_the_same_read_models(
     exported: Exported, target: tuple[Settings, Connection], tmp_path: Path
 ) -> None:
     settings, conn = target
+    files = sorted(p.name for p in exported.folder.iterdir() if p.is_file())
+    if exported.folder.joinpath("events.parquet").exists():
+        assert files == [
+            "checkpoints.parquet",
+            "events.parquet",
+            "manifest.json",
+            "metrics.parquet",
+        ]
+        assert json.loads((exported.folder / "manifest.json").read_text())["encoding"] == "parquet"
+    else:  # JSON lines: the manifest a Cairn without Parquet writes, no "encoding" in it
+        assert files == ["checkpoints.jsonl", "events.jsonl", "manifest.json", "metrics.jsonl"]
+        assert "encoding" not in json.loads((exported.folder / "manifest.json").read_text())
     blobs = LocalBlobStore(settings.artifacts_path)
     done = await import_workspace(conn, exported.folder, blobs=blobs, members="keep")
     n_events = len(exported.source[EVENTS.name])
@@ -244,6 +266,82 @@ def test_a_truncated_or_malformed_export_is_refused(exported: Exported, tmp_path
     (folder / "manifest.json").unlink()
     with pytest.raises(InvalidInput, match="holds no export"):
         verify_export(folder)
+
+
+def _rewrite_parquet(path: Path, edit: Any) -> None:
+    """The Parquet part at ``path`` written again with ``edit`` applied to its table."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pq.write_table(edit(table), path)
+
+
+@pytest.mark.parametrize("exported", ["parquet"], indirect=True)
+def test_a_parquet_export_is_checked_as_json_lines_are(exported: Exported, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    folder = _copy(exported, tmp_path)
+    events = folder / "events.parquet"
+    whole = events.read_bytes()
+    loaded = load_export(folder)  # the stored bytes, unchanged, on their subjects
+    assert [(line.subject, bytes(line.data)) for line in loaded.events] == exported.source[
+        EVENTS.name
+    ]
+
+    def retag(table: Any) -> Any:
+        data = table.column("data").to_pylist()
+        data[2] = data[2].replace(b'"actor":"', b'"actor":"mallory', 1)
+        return table.set_column(5, table.schema.field("data"), pa.array(data, pa.binary()))
+
+    _rewrite_parquet(events, retag)
+    with pytest.raises(InvalidInput, match=r"events\.parquet row 3: .*digest does not verify"):
+        verify_export(folder)
+
+    def drop_last(table: Any) -> Any:
+        return table.slice(0, table.num_rows - 1)
+
+    events.write_bytes(whole)
+    _rewrite_parquet(events, drop_last)
+    with pytest.raises(InvalidInput, match="the manifest counts"):
+        verify_export(folder)
+
+    def other_columns(table: Any) -> Any:
+        return table.drop_columns(["chain"])
+
+    events.write_bytes(whole)
+    _rewrite_parquet(events, other_columns)
+    with pytest.raises(InvalidInput, match=r"events\.parquet: its columns are"):
+        verify_export(folder)
+    events.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InvalidInput, match=r"events\.parquet: not a Parquet file"):
+        verify_export(folder)
+    # the same rows written again by another writer: a file the manifest did not hash
+    events.write_bytes(whole)
+    _rewrite_parquet(events, lambda table: table)
+    with pytest.raises(InvalidInput, match=r"events\.parquet is not the file the manifest hashed"):
+        verify_export(folder)
+    events.write_bytes(whole)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["encoding"] = "csv"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInput, match="its parts are written as 'csv'"):
+        verify_export(folder)
+
+
+async def test_an_unknown_export_format_is_refused_by_name(
+    conn: Connection, store: EventStore, ws_name: str, tmp_path: Path
+) -> None:
+    await store.append(
+        subjects.event(ws_name, "experiment", "e"),
+        [envelope(ws_name, "e")],
+        expected_seq=0,
+        msg_id="e",
+    )
+    with pytest.raises(InvalidInput, match="no export format 'csv': one of jsonl, parquet"):
+        await export_workspace(
+            conn, ws_name, tmp_path / "out", now=datetime.now(UTC), encoding="csv"
+        )
+    assert not (tmp_path / "out").exists()
 
 
 async def test_artifacts_are_checked_and_named_only_by_their_digest(
@@ -406,6 +504,52 @@ async def test_the_command_line_exports_and_imports(
     )
     assert done["events"] == exported["events"] and done["artifacts"] == 1
     assert await _held(conn, ws.name) == await _held(source, ws.name)
+
+
+async def test_the_command_line_exports_parquet_to_out_and_refuses_an_unknown_format(
+    ws: AsyncWorkspace,
+    nats_server: NatsServer,
+    service_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    await _make_history(ws, tmp_path)
+    env = {
+        **os.environ,
+        "CAIRN_HOME": str(nats_server.home),
+        "CAIRN_NATS_URL": nats_server.url,
+        "CAIRN_ARTIFACTS_DIR": str(service_settings.artifacts_path),
+    }
+    creds = tmp_path / "source-creds.json"
+    creds.write_text(
+        json.dumps({"user": service_settings.nats_user, "password": service_settings.nats_password})
+    )
+    base = ["export", "--workspace", ws.name, "--creds", str(creds)]
+    code, _, err = await run_cli(
+        *base, "--format", "csv", "--out", str(tmp_path / "csv"), env=env, cwd=tmp_path
+    )
+    assert code == 2 and "'csv' is not one of 'jsonl', 'parquet'" in err
+    code, _, err = await run_cli(
+        *base, "--out", str(tmp_path / "a"), str(tmp_path / "b"), env=env, cwd=tmp_path
+    )
+    assert code == 2 and "two folders given" in err
+    code, _, err = await run_cli(*base, env=env, cwd=tmp_path)
+    assert code == 2 and "FOLDER or --out DIR" in err
+    assert not any((tmp_path / name).exists() for name in ("csv", "a", "b"))
+    folder = tmp_path / "parquet-export"
+    args = [*base, "--out", str(folder), "--format", "parquet", "--json"]
+    exported = json.loads(await cli(*args, env=env, cwd=tmp_path))
+    assert exported["format"] == "parquet" and exported["events"] > 0
+    assert (folder / "events.parquet").is_file() and not (folder / "events.jsonl").exists()
+    checked = json.loads(
+        await cli(
+            "import", "--check", "--trust-export-key", str(folder), "--json", env=env, cwd=tmp_path
+        )
+    )
+    assert (checked["events"], checked["metrics"]) == (
+        exported["events"],
+        exported["metric_batches"],
+    )
+    assert checked["chain"] == exported["chain"]
 
 
 async def test_the_sources_signed_checkpoints_are_checked_against_the_key_trusted(

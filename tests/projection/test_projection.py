@@ -12,10 +12,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from cairn.bus import Connection, EventStore
+from cairn.bus import Connection, EventStore, stream_seq
 from cairn.embedded import NatsServer
 from cairn.projection import Delivered, ProjectionRunner, Tables, events_of
-from cairn.projection._engine import _Feed, _hub_for, stream_seq
+from cairn.projection._engine import _Feed, _hub_for
 from cairn.proto.commands import CompleteRun, CreateExperiment, CreateRun, StartRun
 from cairn.rpc import Client
 from cairn.services.tracking import TrackingProjection

@@ -17,10 +17,9 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from cairn.bus import Connection
+from cairn.bus import Connection, stream_position
 from cairn.cli import cli
 from cairn.errors import InvalidInput, NotFound
-from cairn.projection._engine import stream_position
 from cairn.proto.assets import ComputeSpec, CreateCompute
 from cairn.proto.commands import CreateExperiment, GetRun, ListRuns
 from cairn.proto.jobs import JobSpec, SubmitJob

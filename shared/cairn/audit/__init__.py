@@ -24,7 +24,7 @@ from cairn.audit._files import (
     public_key_path,
     read_public_key,
 )
-from cairn.audit._read import read_batch, read_raw
+from cairn.audit._read import read_batch, read_in_order, read_raw
 from cairn.audit._verify import Head, WorkspaceCheck, read_anchor, verify_log
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "public_key_path",
     "read_anchor",
     "read_batch",
+    "read_in_order",
     "read_public_key",
     "read_raw",
     "signed_bytes",

@@ -1,15 +1,20 @@
-"""Stored messages as the server hands them out, bytes untouched: batched direct gets
-(ADR-31) over a subject filter, with each message's sequence, subject and ``Nats-Msg-Id``."""
+"""Stored messages as the server hands them out, bytes untouched, with each message's
+sequence, subject and ``Nats-Msg-Id``: batched direct gets (ADR-31) over a subject filter,
+from any position and without consumer state (the audit service follows the log this way),
+or one pass of an ordered consumer (:func:`read_in_order`: ``cairn audit verify``, which
+reads the whole log once, 2-3x faster; docs/benchmarks.md, *Replay*)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+
+from nats.aio.msg import Msg
 
 from cairn.audit._chain import RawEvent
-from cairn.bus import Connection, EventStore
+from cairn.bus import Connection, EventStore, read_ordered
 from cairn.proto.streams import EVENTS
 
-__all__ = ["MAX_BATCH_BYTES", "read_batch", "read_raw"]
+__all__ = ["MAX_BATCH_BYTES", "read_batch", "read_in_order", "read_raw"]
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 
@@ -38,3 +43,22 @@ async def read_raw(
         if not got or not more:
             return
         start = got[-1].seq + 1
+
+
+async def read_in_order(
+    conn: Connection,
+    subjects: str,
+    on_event: Callable[[RawEvent], None],
+    *,
+    stream: str = EVENTS.name,
+) -> int:
+    """Hand every message on ``subjects`` to ``on_event``, oldest first, up to the stream's
+    last sequence when the read began, through an ordered consumer
+    (:func:`cairn.bus.read_ordered`); the sequence of the last one (0 when none)."""
+
+    def take(seq: int, msg: Msg) -> None:
+        headers = msg.headers
+        msg_id = headers.get("Nats-Msg-Id", "") if headers else ""
+        on_event(RawEvent(seq, msg.subject, msg_id, msg.data))
+
+    return await read_ordered(conn, subjects, take, stream=stream)

@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cairn.audit._chain import (
     GENESIS,
     Finding,
+    RawEvent,
     chain_step,
     compare_window,
     event_digest,
     key_id_of,
     verify_signature,
 )
-from cairn.audit._read import read_raw
+from cairn.audit._read import read_in_order
 from cairn.bus import Connection
 from cairn.errors import InvalidInput
 from cairn.proto.events import ChainCheckpointed, ChainEntry, decode_envelope
@@ -198,7 +199,9 @@ async def verify_log(
     workspace: str | None = None,
     anchor: dict[str, Head] | None = None,
 ) -> list[dict[str, Any]]:
-    """One verdict per workspace (those of the log and of the anchor), by name."""
+    """One verdict per workspace (those of the log and of the anchor), by name: the log
+    read once, in order, up to its last sequence when the read began (an ordered consumer:
+    :func:`cairn.audit.read_in_order`), each event digested and checked as it comes."""
     heads = {
         ws: head for ws, head in (anchor or {}).items() if workspace is None or ws == workspace
     }
@@ -210,17 +213,19 @@ async def verify_log(
             found = checks[ws] = WorkspaceCheck(ws, public, heads.get(ws))
         return found
 
-    subjects = events_of_workspace(workspace) if workspace else EVENTS_ALL
-    async for raw in read_raw(conn, subjects):
+    def take(raw: RawEvent) -> None:
         parts = raw.subject.split(".")
         if len(parts) != 5:
-            continue  # not an aggregate's subject: no workspace's chain covers it
+            return  # not an aggregate's subject: no workspace's chain covers it
         check = check_of(parts[2])
         if parts[3] == AUDIT_KIND:
             check.checkpoint(raw.seq, _checkpoint_of(raw.data))
-            continue
+            return
         digest = event_digest(raw.subject, raw.msg_id, raw.data)
         check.event(ChainEntry(seq=raw.seq, digest=digest, subject=f"{parts[3]}.{parts[4]}"))
+
+    subjects = events_of_workspace(workspace) if workspace else EVENTS_ALL
+    await read_in_order(conn, subjects, take)
     for ws in heads:
         check_of(ws)
     return [checks[ws].verdict() for ws in sorted(checks)]

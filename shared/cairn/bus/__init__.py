@@ -4,6 +4,13 @@ from cairn.bus._agents import live_agents
 from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._mirror import RunKeyMirror
+from cairn.bus._ordered import (
+    drop_subscription,
+    read_ordered,
+    stream_position,
+    stream_seq,
+    stream_time,
+)
 from cairn.bus._provision import (
     AGENT_STREAMS,
     cluster_replicas,
@@ -29,6 +36,7 @@ __all__ = [
     "Stored",
     "cluster_replicas",
     "connect",
+    "drop_subscription",
     "ensure_consumer",
     "ensure_stream",
     "execute",
@@ -36,6 +44,10 @@ __all__ = [
     "migrate_replicas",
     "per_client",
     "provision",
+    "read_ordered",
     "stored_time",
+    "stream_position",
+    "stream_seq",
+    "stream_time",
     "wait_for_streams",
 ]

@@ -1,5 +1,5 @@
-"""``cairn export`` and ``cairn import``: one workspace's history as a folder of JSON lines,
-carried to another home or cluster (docs/design.md, *Export and import*)."""
+"""``cairn export`` and ``cairn import``: one workspace's history as a folder of JSON lines
+or Parquet files, carried to another home or cluster (docs/design.md, *Export and import*)."""
 
 from __future__ import annotations
 
@@ -119,38 +119,61 @@ def _audit_key(loaded: Settings, given: str | None) -> str:
     " the export and check its checkpoints with (default: this home's key file)",
 )
 @click.option(
+    "--format",
+    "encoding",
+    type=click.Choice(["jsonl", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="how the parts are written: JSON lines, or Parquet files with the same columns",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="the folder to write (new or empty); the same as FOLDER",
+)
+@click.option(
     "--creds",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help=_CREDS_HELP,
 )
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), required=False)
 @json_option
 def export(
     workspace: str,
     since: str | None,
     artifacts: bool,
     audit_key: str | None,
+    encoding: str,
+    out: Path | None,
     creds: Path | None,
-    folder: Path,
+    folder: Path | None,
     as_json: bool,
 ) -> None:
-    """Write a workspace's history into FOLDER (new or empty): its events as JSON lines with
+    """Write a workspace's history into FOLDER (or --out; new or empty): its events with
     the audit chain over them (events.jsonl), its runs' metric batches (metrics.jsonl), the
     audit service's signed checkpoints (checkpoints.jsonl) and a manifest; with --artifacts
-    also the blobs its events name (artifacts/<sha256>). 'cairn import' reads it into
-    another home or cluster. Parquet is not written: no Parquet library is among Cairn's.
+    also the blobs its events name (artifacts/<sha256>). With --format parquet the three
+    parts are Parquet files with the same columns (events.parquet, ...; the stored bytes as
+    binary). 'cairn import' reads either into another home or cluster.
 
     It reads the log as the services do, with the service user's credentials.
 
     \b
     Example:
       cairn export --workspace default --artifacts ./default-export
+      cairn export --workspace default --out ./default-parquet --format parquet
       cairn export --workspace default --since 2026-11-29T00:00:00Z ./default-since
     """
     from cairn.cli._stack import service_connection_settings
     from cairn.proto.subjects import validate_token
 
+    if folder is not None and out is not None and folder != out:
+        raise click.UsageError(f"two folders given: {folder} and --out {out}; give one")
+    folder = folder if folder is not None else out
+    if folder is None:
+        raise click.UsageError("give the folder to write: FOLDER or --out DIR")
     validate_token(workspace, "workspace")
     moment = _moment(since)
     loaded = service_connection_settings(creds)
@@ -171,12 +194,14 @@ def export(
                     since=moment,
                     blobs=blobs if artifacts else None,
                     audit_key=key,
+                    encoding=encoding,
                 )
         finally:
             await conn.close()
         return {
             "workspace": workspace,
             "folder": str(folder),
+            "format": encoding,
             "events": manifest.events.count,
             "metric_batches": manifest.metrics.count,
             "checkpoints": manifest.checkpoints.count,

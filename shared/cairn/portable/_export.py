@@ -1,6 +1,6 @@
 """``cairn export``: one workspace's events, metric batches and audit checkpoints, as stored,
-into a folder of JSON lines (:mod:`cairn.portable._format`), with the blobs its events name
-when asked."""
+into a folder of JSON lines or Parquet files (:mod:`cairn.portable._format`), with the blobs
+its events name when asked."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 
@@ -23,6 +23,7 @@ from cairn.errors import InvalidInput, NotFound
 from cairn.portable._format import (
     ARTIFACTS_DIR,
     CHECKPOINTS_FILE,
+    ENCODINGS,
     EVENTS_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -37,6 +38,7 @@ from cairn.portable._format import (
     blob_refs,
     check_checkpoints,
     load_export,
+    part_file,
 )
 from cairn.proto import subjects
 from cairn.proto.events import EVENT_TYPES
@@ -49,12 +51,68 @@ _CHUNK = 1 << 20
 _encoder = msgspec.json.Encoder()
 
 
+class _Sink(Protocol):
+    """Where one part's lines go: a JSON lines file or a Parquet file."""
+
+    def write(self, line: Line) -> None: ...
+
+    def close(self) -> None: ...
+
+    def sha256(self) -> str:
+        """The file's SHA-256 (hex), once closed."""
+        ...
+
+
+class _JsonLines:
+    def __init__(self, path: Path) -> None:
+        self.out: IO[bytes] = open(path, "wb")
+        self.sha = hashlib.sha256()
+
+    def write(self, line: Line) -> None:
+        body = _encoder.encode(line) + b"\n"
+        self.out.write(body)
+        self.sha.update(body)
+
+    def close(self) -> None:
+        self.out.close()
+
+    def sha256(self) -> str:
+        return self.sha.hexdigest()
+
+
+class _Parquet:
+    def __init__(self, path: Path) -> None:
+        from cairn.portable._parquet import ParquetPart
+
+        self.path = path
+        self.part = ParquetPart(path)
+
+    def write(self, line: Line) -> None:
+        self.part.write(
+            line.seq, line.subject, line.msg_id, line.digest, line.chain, bytes(line.data)
+        )
+
+    def close(self) -> None:
+        self.part.close()
+
+    def sha256(self) -> str:
+        sha = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                sha.update(chunk)
+        return sha.hexdigest()
+
+
+def _sink(dest: Path, file: str, encoding: str) -> _Sink:
+    path = dest / part_file(file, encoding)
+    return _Parquet(path) if encoding == "parquet" else _JsonLines(path)
+
+
 @dataclass
 class _File:
-    """One lines file being written: its hash, its lines, and what came before them."""
+    """One part being written: its lines, and what came before them."""
 
-    out: IO[bytes]
-    sha: hashlib._Hash = field(default_factory=hashlib.sha256)
+    out: _Sink
     count: int = 0
     prev_count: int = 0
     prev_last: str = ""
@@ -64,17 +122,16 @@ class _File:
     started: bool = False
 
     def write(self, line: Line) -> None:
-        body = _encoder.encode(line) + b"\n"
-        self.out.write(body)
-        self.sha.update(body)
+        self.out.write(line)
         self.count += 1
 
     def part(self) -> Part:
+        """What the manifest says of it, once closed."""
         return Part(
             count=self.count,
             prev_count=self.prev_count,
             prev_last=self.prev_last,
-            sha256=self.sha.hexdigest(),
+            sha256=self.out.sha256(),
         )
 
 
@@ -222,18 +279,27 @@ async def export_workspace(
     since: datetime | None = None,
     blobs: BlobStore | None = None,
     audit_key: str = "",
+    encoding: str = "jsonl",
 ) -> Manifest:
     """Write workspace ``workspace``'s history into the new (or empty) folder ``dest``: with
-    ``since``, only what was stored after it; with ``blobs``, the blobs its events name. The
-    manifest is written last, so a folder without one is an export that did not finish."""
+    ``since``, only what was stored after it; with ``blobs``, the blobs its events name; its
+    parts as JSON lines or, with ``encoding="parquet"``, as Parquet files. The manifest is
+    written last, so a folder without one is an export that did not finish."""
     subjects.validate_token(workspace, "workspace")
+    if encoding not in ENCODINGS:
+        raise InvalidInput(f"no export format {encoding!r}: one of {', '.join(ENCODINGS)}")
     event_pages = _pages(conn, EVENTS.name, subjects.events_of_workspace(workspace))
     first = await anext(event_pages, None)
     if first is None:
         raise NotFound(f"workspace {workspace} has no events in this log")
     _make_empty(dest)
     events, checkpoints, metrics, refs = await _write_lines(
-        dest, first, event_pages, _pages(conn, METRICS.name, f"cairn.metrics.{workspace}.>"), since
+        dest,
+        first,
+        event_pages,
+        _pages(conn, METRICS.name, f"cairn.metrics.{workspace}.>"),
+        since,
+        encoding,
     )
     artifacts: list[ArtifactEntry] | None = None
     missing: list[str] = []
@@ -260,6 +326,7 @@ async def export_workspace(
         schema_versions={name: cls.VERSION for name, cls in sorted(EVENT_TYPES.items())},
         artifacts=artifacts,
         missing_artifacts=missing,
+        encoding=msgspec.UNSET if encoding == "jsonl" else encoding,
     )
     _write_manifest(dest, manifest, audit_key)
     return manifest
@@ -280,16 +347,18 @@ async def _write_lines(
     event_pages: AsyncIterator[list[Stored]],
     metric_pages: AsyncIterator[list[Stored]],
     since: datetime | None,
+    encoding: str,
 ) -> tuple[_File, _File, _File, dict[str, None]]:
-    """The lines files, written a page at a time as the log is read (the export never holds
-    more of the log than a page; what it keeps is the blobs' names)."""
+    """The parts, written a page at a time as the log is read (the export never holds more
+    of the log than a page, or a Parquet row group; what it keeps is the blobs' names)."""
     refs: dict[str, None] = {}
     with contextlib.ExitStack() as files:
-        ev, cp, mx = [
-            files.enter_context(await asyncio.to_thread(open, dest / name, "wb"))
-            for name in (EVENTS_FILE, CHECKPOINTS_FILE, METRICS_FILE)
-        ]
-        events, checkpoints, metrics = _File(ev), _File(cp), _File(mx)
+        sinks = []
+        for name in (EVENTS_FILE, CHECKPOINTS_FILE, METRICS_FILE):
+            sink = await asyncio.to_thread(_sink, dest, name, encoding)
+            files.callback(sink.close)
+            sinks.append(sink)
+        events, checkpoints, metrics = (_File(sink) for sink in sinks)
         _write_events(first, since, events, checkpoints, refs)
         async for page in event_pages:
             _write_events(page, since, events, checkpoints, refs)

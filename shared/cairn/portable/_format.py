@@ -13,6 +13,10 @@ where the message was stored, its subject and ``Nats-Msg-Id``, its audit digest
 (:func:`cairn.audit.chain_step`: the same chain the audit service signs), and its stored bytes,
 unchanged, as the JSON value they are.
 
+Written ``--format parquet`` (the manifest's ``encoding``), each part is a Parquet file
+instead (``events.parquet``, ``metrics.parquet``, ``checkpoints.parquet``) with the same
+columns, ``data`` as binary (:mod:`cairn.portable._parquet`); everything else is the same.
+
 :func:`load_export` reads a folder and refuses it, naming the line, unless every line is whole
 and well-formed, every digest and chain hash is recomputed equal, the chain ends where the
 manifest says, and every file is the one the manifest hashed.
@@ -54,6 +58,7 @@ from cairn.proto.streams import EVENTS, METRICS, STREAMS
 __all__ = [
     "ARTIFACTS_DIR",
     "CHECKPOINTS_FILE",
+    "ENCODINGS",
     "EVENTS_FILE",
     "FORMAT",
     "FORMAT_VERSION",
@@ -69,8 +74,10 @@ __all__ = [
     "blob_refs",
     "check_checkpoints",
     "data_limit",
+    "encoding_of",
     "iter_lines",
     "load_export",
+    "part_file",
 ]
 
 FORMAT = "cairn-export"
@@ -80,6 +87,9 @@ EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 ARTIFACTS_DIR = "artifacts"
+#: how the parts are written: JSON lines (the default, and what an export without an
+#: ``encoding`` in its manifest holds) or Parquet files
+ENCODINGS = ("jsonl", "parquet")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 #: the longest ``Nats-Msg-Id`` an export carries; every id Cairn makes is far shorter
 MAX_MSG_ID = 256
@@ -154,6 +164,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     artifacts: list[ArtifactEntry] | None = None
     #: blobs the events name that the artifact store did not hold
     missing_artifacts: list[str] = []
+    #: how the parts are written (:data:`ENCODINGS`); left out for JSON lines, so that such
+    #: a manifest is the one a Cairn without Parquet writes and reads
+    encoding: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Loaded(NamedTuple):
@@ -176,6 +189,19 @@ _line_decoder = msgspec.json.Decoder(Line)
 _raw_envelope = msgspec.json.Decoder(Envelope[msgspec.Raw])
 
 
+def encoding_of(manifest: Manifest) -> str:
+    """How an export's parts are written: ``jsonl`` or ``parquet``."""
+    return "jsonl" if manifest.encoding is msgspec.UNSET else manifest.encoding
+
+
+def part_file(file: str, encoding: str) -> str:
+    """The file a part (named by its JSON lines file: :data:`EVENTS_FILE` ...) is written to
+    in ``encoding``; ``InvalidInput`` names an encoding this Cairn does not write."""
+    if encoding not in ENCODINGS:
+        raise InvalidInput(f"no export format {encoding!r}: one of {', '.join(ENCODINGS)}")
+    return file if encoding == "jsonl" else file.removesuffix(".jsonl") + ".parquet"
+
+
 def artifact_file(digest: str) -> str:
     """Where a blob lies in an export: ``artifacts/<hex>``."""
     return f"{ARTIFACTS_DIR}/{digest.removeprefix('sha256:')}"
@@ -196,7 +222,8 @@ def blob_refs(value: Any, found: dict[str, None]) -> None:
 
 
 def _refuse(file: str, number: int, what: str) -> InvalidInput:
-    return InvalidInput(f"the export is refused: {file} line {number}: {what}")
+    unit = "row" if file.endswith(".parquet") else "line"
+    return InvalidInput(f"the export is refused: {file} {unit} {number}: {what}")
 
 
 def data_limit(stream: str) -> int:
@@ -210,12 +237,23 @@ def data_limit(stream: str) -> int:
 _LINE_OVERHEAD = 2048
 
 
-def _lines(root: Path, file: str, part: Part, stream: str, sha: Any) -> Iterator[tuple[int, Line]]:
-    """The lines of one file, each whole and well-formed and small enough to be stored in
-    ``stream``, as many as the manifest counts; ``sha`` hashes the file as it is read. Read
-    a line at a time, none longer than the stream could store and no more than the manifest
-    counts, so a hostile file cannot make the reader hold more than the export it claims to
-    be."""
+def _lines(
+    root: Path, file: str, part: Part, stream: str, sha: Any, encoding: str = "jsonl"
+) -> Iterator[tuple[int, Line]]:
+    """The lines of one part (``file``: its JSON lines name) in ``encoding``, each whole and
+    well-formed and small enough to be stored in ``stream``, as many as the manifest counts;
+    ``sha`` hashes the file as it is read."""
+    if encoding == "parquet":
+        return _parquet_lines(root, part_file(file, encoding), part, stream, sha)
+    return _json_lines(root, file, part, stream, sha)
+
+
+def _json_lines(
+    root: Path, file: str, part: Part, stream: str, sha: Any
+) -> Iterator[tuple[int, Line]]:
+    """Read a line at a time, none longer than the stream could store and no more than the
+    manifest counts, so a hostile file cannot make the reader hold more than the export it
+    claims to be."""
     limit = data_limit(stream)
     number = 0
     last: Line | None = None
@@ -230,7 +268,11 @@ def _lines(root: Path, file: str, part: Part, stream: str, sha: Any) -> Iterator
                     raise _refuse(file, number, "truncated (no end of line)")
                 if number > part.count:
                     raise _refuse(file, number, f"more lines than the manifest's {part.count}")
-                last = _line(file, number, text, limit, stream, last)
+                try:
+                    line = _line_decoder.decode(text)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise _refuse(file, number, f"malformed: {exc}") from exc
+                last = _line(file, number, line, limit, stream, last)
                 yield number, last
     except OSError as exc:
         raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
@@ -239,6 +281,61 @@ def _lines(root: Path, file: str, part: Part, stream: str, sha: Any) -> Iterator
             f"the export is refused: {file} holds {number} lines, the manifest counts"
             f" {part.count} (truncated?)"
         )
+
+
+class _Head(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A Parquet row's fields besides its data, checked as a line's are."""
+
+    seq: Seq
+    subject: str
+    msg_id: MsgId
+    digest: Hex64
+    chain: Hex64OrNone = ""
+
+
+def _parquet_lines(
+    root: Path, file: str, part: Part, stream: str, sha: Any
+) -> Iterator[tuple[int, Line]]:
+    """The file is hashed whole first, then its rows are read from the same open file a
+    batch at a time (:func:`cairn.portable._parquet.read_rows` bounds what one holds)."""
+    from cairn.portable._parquet import read_rows
+
+    limit = data_limit(stream)
+    last: Line | None = None
+    try:
+        with open(root / file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+            f.seek(0)
+            rows = read_rows(f, file, part.count, limit + _LINE_OVERHEAD)
+            for number, (seq, subject, msg_id, digest, chain, data) in enumerate(rows, start=1):
+                try:
+                    head = msgspec.convert(
+                        {
+                            "seq": seq,
+                            "subject": subject,
+                            "msg_id": msg_id,
+                            "digest": digest,
+                            "chain": chain,
+                        },
+                        _Head,
+                    )
+                except msgspec.ValidationError as exc:
+                    raise _refuse(file, number, f"malformed: {exc}") from exc
+                if len(data) > limit:
+                    raise _refuse(file, number, f"longer than {stream} could store")
+                line = Line(
+                    seq=head.seq,
+                    subject=head.subject,
+                    msg_id=head.msg_id,
+                    digest=head.digest,
+                    chain=head.chain,
+                    data=msgspec.Raw(data),
+                )
+                last = _line(file, number, line, limit, stream, last)
+                yield number, last
+    except OSError as exc:
+        raise InvalidInput(f"the export is refused: cannot read {file}: {exc}") from exc
 
 
 _NO_DATA = msgspec.Raw(b"null")
@@ -251,13 +348,14 @@ def _read_lines(
     stream: str,
     check: Callable[[int, Line], None] | None = None,
     data: bool = True,
+    encoding: str = "jsonl",
 ) -> tuple[list[Line], str, int]:
     """The lines of one file (:func:`_lines`), each checked by ``check``, kept with their data
     or without; the file's SHA-256; the most bytes of data one line holds."""
     sha = hashlib.sha256()
     lines: list[Line] = []
     largest = 0
-    for number, line in _lines(root, file, part, stream, sha):
+    for number, line in _lines(root, file, part, stream, sha, encoding):
         if check is not None:
             check(number, line)
         largest = max(largest, len(line.data))
@@ -273,17 +371,15 @@ def iter_lines(loaded: Loaded, file: str) -> Iterator[Line]:
         EVENTS_FILE: (loaded.manifest.events, EVENTS.name),
         METRICS_FILE: (loaded.manifest.metrics, METRICS.name),
     }[file]
+    encoding = encoding_of(loaded.manifest)
     sha = hashlib.sha256()
-    for _, line in _lines(loaded.root, file, part, stream, sha):
+    for _, line in _lines(loaded.root, file, part, stream, sha, encoding):
         yield line
-    _check_hash(file, part, sha.hexdigest())
+    _check_hash(part_file(file, encoding), part, sha.hexdigest())
 
 
-def _line(
-    file: str, number: int, text: bytes, limit: int, stream: str, before: Line | None
-) -> Line:
+def _line(file: str, number: int, line: Line, limit: int, stream: str, before: Line | None) -> Line:
     try:
-        line = _line_decoder.decode(text)
         msgspec.json.decode(line.data)  # the data is one whole JSON value
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _refuse(file, number, f"malformed: {exc}") from exc
@@ -304,40 +400,38 @@ def _check_hash(file: str, part: Part, sha256: str) -> None:
         raise InvalidInput(f"the export is refused: {file} is not the file the manifest hashed")
 
 
-def _check_event(ws: str, number: int, line: Line) -> str:
+def _check_event(ws: str, file: str, number: int, line: Line) -> str:
     """An event line's envelope: of this workspace, on its aggregate's subject, of a type and
     version this Cairn reads (upcast and decoded whole), of its type's aggregate kind, and not
     the audit service's (a target's checkpoints are its own, signed with its key)."""
     try:
         env = decode_envelope(bytes(line.data))
     except UnknownMessageType as exc:
-        raise _refuse(EVENTS_FILE, number, f"{exc}: upgrade this Cairn first") from exc
+        raise _refuse(file, number, f"{exc}: upgrade this Cairn first") from exc
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _refuse(EVENTS_FILE, number, f"not an event this Cairn reads: {exc}") from exc
+        raise _refuse(file, number, f"not an event this Cairn reads: {exc}") from exc
     try:
         subject = subjects.event(env.workspace, env.aggregate_kind, env.aggregate_id)
     except InvalidInput as exc:
-        raise _refuse(EVENTS_FILE, number, str(exc)) from exc
+        raise _refuse(file, number, str(exc)) from exc
     if env.workspace != ws or line.subject != subject:
-        raise _refuse(EVENTS_FILE, number, f"{line.subject} is not an event of workspace {ws}")
+        raise _refuse(file, number, f"{line.subject} is not an event of workspace {ws}")
     kind = EVENT_TYPES[env.type].KIND
     if env.aggregate_kind == subjects.AUDIT_KIND or kind == subjects.AUDIT_KIND:
-        raise _refuse(EVENTS_FILE, number, "an audit checkpoint among the events")
+        raise _refuse(file, number, "an audit checkpoint among the events")
     if env.aggregate_kind not in _KINDS_OF.get(kind, (kind,)):
         raise _refuse(
-            EVENTS_FILE, number, f"{env.type} is an event of a {kind}, not of {env.aggregate_kind}"
+            file, number, f"{env.type} is an event of a {kind}, not of {env.aggregate_kind}"
         )
     return env.type
 
 
-def _check_chain(manifest: Manifest, events: list[Line]) -> None:
+def _check_chain(manifest: Manifest, events: list[Line], file: str) -> None:
     chain = manifest.events.prev_chain
     for number, line in enumerate(events, start=1):
         chain = chain_step(chain, line.seq, line.digest)
         if line.chain != chain:
-            raise _refuse(
-                EVENTS_FILE, number, f"seq {line.seq} {line.subject}: the chain does not verify"
-            )
+            raise _refuse(file, number, f"seq {line.seq} {line.subject}: the chain does not verify")
     if chain != manifest.events.chain:
         raise InvalidInput(
             "the export is refused: its chain ends at another hash than the manifest's"
@@ -355,23 +449,23 @@ _KINDS_OF: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_metric(ws: str, number: int, line: Line) -> None:
+def _check_metric(ws: str, file: str, number: int, line: Line) -> None:
     """A metric batch on its run's subject of this workspace, and naming that workspace and
     run itself (the ingester and the read models go by the batch's own fields)."""
     parts = line.subject.split(".")
     try:
         subject = subjects.metrics(ws, parts[3]) if len(parts) == 4 else ""
     except InvalidInput as exc:
-        raise _refuse(METRICS_FILE, number, str(exc)) from exc
+        raise _refuse(file, number, str(exc)) from exc
     if line.subject != subject:
-        raise _refuse(METRICS_FILE, number, f"{line.subject} is not a run's of {ws}")
+        raise _refuse(file, number, f"{line.subject} is not a run's of {ws}")
     try:
         batch = _metrics_decoder.decode(line.data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _refuse(METRICS_FILE, number, f"not a metric batch: {exc}") from exc
+        raise _refuse(file, number, f"not a metric batch: {exc}") from exc
     if batch.workspace != ws or batch.run_id != parts[3]:
         raise _refuse(
-            METRICS_FILE, number, f"a batch of {batch.workspace}/{batch.run_id} on {line.subject}"
+            file, number, f"a batch of {batch.workspace}/{batch.run_id} on {line.subject}"
         )
 
 
@@ -380,6 +474,11 @@ def _check_manifest(manifest: Manifest) -> None:
         raise InvalidInput(
             f"the export is refused: format {manifest.format!r} v{manifest.format_version};"
             f" this Cairn reads {FORMAT!r} v{FORMAT_VERSION}"
+        )
+    if encoding_of(manifest) not in ENCODINGS:
+        raise InvalidInput(
+            f"the export is refused: its parts are written as {encoding_of(manifest)!r};"
+            f" this Cairn reads {', '.join(ENCODINGS)}"
         )
     subjects.validate_token(manifest.workspace, "workspace")
     newer = sorted(
@@ -414,28 +513,36 @@ def load_export(root: Path, *, data: bool = True) -> Loaded:
         raise InvalidInput(f"the export is refused: {MANIFEST_FILE} is malformed: {exc}") from exc
     _check_manifest(manifest)
     ws = manifest.workspace
+    encoding = encoding_of(manifest)
+    events_file, metrics_file, checkpoints_file = (
+        part_file(name, encoding) for name in (EVENTS_FILE, METRICS_FILE, CHECKPOINTS_FILE)
+    )
     types: list[str] = []
     events, sha, largest_event = _read_lines(
         root,
         EVENTS_FILE,
         manifest.events,
         EVENTS.name,
-        lambda number, line: types.append(_check_event(ws, number, line)),
+        lambda number, line: types.append(_check_event(ws, events_file, number, line)),
         data,
+        encoding,
     )
-    _check_chain(manifest, events)
-    _check_hash(EVENTS_FILE, manifest.events, sha)
+    _check_chain(manifest, events, events_file)
+    _check_hash(events_file, manifest.events, sha)
     metrics, sha, largest_metric = _read_lines(
         root,
         METRICS_FILE,
         manifest.metrics,
         METRICS.name,
-        lambda number, line: _check_metric(ws, number, line),
+        lambda number, line: _check_metric(ws, metrics_file, number, line),
         data,
+        encoding,
     )
-    _check_hash(METRICS_FILE, manifest.metrics, sha)
-    checkpoints, sha, _ = _read_lines(root, CHECKPOINTS_FILE, manifest.checkpoints, EVENTS.name)
-    _check_hash(CHECKPOINTS_FILE, manifest.checkpoints, sha)
+    _check_hash(metrics_file, manifest.metrics, sha)
+    checkpoints, sha, _ = _read_lines(
+        root, CHECKPOINTS_FILE, manifest.checkpoints, EVENTS.name, encoding=encoding
+    )
+    _check_hash(checkpoints_file, manifest.checkpoints, sha)
     return Loaded(
         root, manifest, events, metrics, checkpoints, types, (largest_event, largest_metric)
     )
@@ -452,12 +559,14 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
     distinct events checkpoints verified with ``public`` cover: 0 when no key is given (the
     windows are still compared; nothing is vouched for)."""
     ws = loaded.manifest.workspace
+    encoding = encoding_of(loaded.manifest)
+    events_file, file = part_file(EVENTS_FILE, encoding), part_file(CHECKPOINTS_FILE, encoding)
     chain_at = {line.seq: line.chain for line in loaded.events}
     entries: list[ChainEntry] = []
     for line in loaded.events:
         split = split_subject(line.subject)
         if split is None:  # _check_event refuses these; never count what is not an event
-            raise _refuse(EVENTS_FILE, len(entries) + 1, f"{line.subject} is not an event")
+            raise _refuse(events_file, len(entries) + 1, f"{line.subject} is not an event")
         entries.append(ChainEntry(seq=line.seq, digest=line.digest, subject=split[1]))
     first = loaded.events[0].seq if loaded.events else 0
     covered: set[int] = set()
@@ -466,18 +575,14 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
         try:
             cp = msgspec.json.decode(line.data, type=Envelope[ChainCheckpointed]).data
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise _refuse(CHECKPOINTS_FILE, number, f"not a checkpoint: {exc}") from exc
+            raise _refuse(file, number, f"not a checkpoint: {exc}") from exc
         if cp.workspace != ws or line.subject != subjects.audit_chain(ws):
-            raise _refuse(CHECKPOINTS_FILE, number, f"a checkpoint of {cp.workspace}")
+            raise _refuse(file, number, f"a checkpoint of {cp.workspace}")
         if cp.index <= last_index:
-            raise _refuse(
-                CHECKPOINTS_FILE, number, f"checkpoint {cp.index} does not follow {last_index}"
-            )
+            raise _refuse(file, number, f"checkpoint {cp.index} does not follow {last_index}")
         last_index = cp.index
         if public is not None and not _signed_ok(public, cp):
-            raise _refuse(
-                CHECKPOINTS_FILE, number, f"checkpoint {cp.index} is not signed by the key trusted"
-            )
+            raise _refuse(file, number, f"checkpoint {cp.index} is not signed by the key trusted")
         if cp.from_seq < first:
             continue  # its window starts before the export (--since): not all of it is here
         window = [e for e in entries if cp.from_seq <= e.seq <= cp.up_to_seq]
@@ -485,7 +590,7 @@ def check_checkpoints(loaded: Loaded, public: Ed25519PublicKey | None) -> int:
         if finding is not None or chain_at.get(cp.up_to_seq) != cp.chain:
             what = "its chain hash differs" if finding is None else finding.detail
             raise _refuse(
-                CHECKPOINTS_FILE,
+                file,
                 number,
                 f"checkpoint {cp.index} disagrees with the events at seq"
                 f" {cp.from_seq}-{cp.up_to_seq}: {what}",

@@ -43,7 +43,15 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from cairn.bus import Connection, EventStore, per_client
+from cairn.bus import (
+    Connection,
+    EventStore,
+    drop_subscription,
+    per_client,
+    stream_position,
+    stream_seq,
+    stream_time,
+)
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
 from cairn.projection._control import control_for
@@ -169,33 +177,6 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     db.execute(_STATE_DDL)
     db.execute(_QUARANTINE_DDL)
     return db
-
-
-def stream_seq(reply: str) -> int:
-    """The stream sequence from a JetStream delivery's reply subject, in either form:
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`` or, with a domain
-    and account hash, ``$JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...``.
-    (nats-py's ``msg.metadata`` builds four objects per message to get the same number.)"""
-    tokens = reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
-
-
-def stream_time(reply: str) -> float:
-    """When the server stored a delivered message (seconds since the epoch), from its reply
-    subject."""
-    tokens = reply.split(".")
-    return int(tokens[7] if len(tokens) == 9 else tokens[9]) / 1e9
-
-
-def stream_position(reply: str) -> tuple[int, int]:
-    """A delivery's stream sequence and the stream's last sequence as the server saw it then
-    (the sequence plus the messages pending after it), from its reply subject."""
-    tokens = reply.split(".")
-    if len(tokens) == 9:
-        seq, pending = int(tokens[5]), int(tokens[8])
-    else:
-        seq, pending = int(tokens[7]), int(tokens[10])
-    return seq, seq + pending
 
 
 class ProjectionRunner(Generic[V]):
@@ -641,7 +622,7 @@ class ProjectionRunner(Generic[V]):
                     log.info("projection_rebuilt", projection=self.projection.name, seq=seq)
                     return seq
         finally:
-            await _quietly_unsubscribe(self.conn, feed.sub)
+            await drop_subscription(self.conn, feed.sub)
 
     def close(self) -> None:
         self.db.close()
@@ -705,7 +686,7 @@ async def replay(
                     if len(taken) < len(batch):
                         break  # past the sequence or the time asked for
             finally:
-                await _quietly_unsubscribe(conn, feed.sub)
+                await drop_subscription(conn, feed.sub)
         runner.db.execute("PRAGMA synchronous=NORMAL")
         with runner.db:
             runner.db.execute("BEGIN")
@@ -861,7 +842,7 @@ class _Hub:
         async with self._lock:
             if not self.members and self.sub is not None:
                 sub, self.sub = self.sub, None
-                await _quietly_unsubscribe(self.conn, sub)
+                await drop_subscription(self.conn, sub)
 
     async def resubscribe(self) -> None:
         async with self._lock:
@@ -870,7 +851,7 @@ class _Hub:
 
     async def _restart(self) -> None:
         if self.sub is not None:
-            await _quietly_unsubscribe(self.conn, self.sub)
+            await drop_subscription(self.conn, self.sub)
         self.start = min(r.last_seq for r in self.members) + 1
         self.delivered = self.start - 1
         beat = min(r.poll_s for r in self.members)
@@ -898,18 +879,3 @@ def _kind(subject: str) -> str:
     """The aggregate kind of an event subject ``cairn.ev.<ws>.<kind>.<id>``."""
     tokens = subject.split(".", 4)
     return tokens[3] if len(tokens) == 5 else ""
-
-
-async def _quietly_unsubscribe(conn: Connection, sub: Any) -> None:
-    """Stop a feed and delete its consumer now (the server would otherwise keep an ephemeral
-    consumer without interest for a few seconds, and a restarted feed would count twice)."""
-    try:
-        await sub.unsubscribe()
-    except Exception as exc:  # the connection may already be closing
-        log.debug("unsubscribe_failed", error=str(exc))
-        return
-    try:
-        info = await sub.consumer_info()
-        await conn.js.delete_consumer(info.stream_name, info.name)
-    except Exception as exc:  # already gone (a server restart), or no answer: it expires
-        log.debug("consumer_delete_failed", error=str(exc))
