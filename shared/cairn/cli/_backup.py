@@ -63,13 +63,7 @@ async def _admin(
             if server is None:
                 chosen = admin_settings(loaded)
             else:
-                chosen = msgspec.structs.replace(
-                    loaded,
-                    nats_url=server.url,
-                    nats_user=ADMIN_USER,
-                    nats_password=server.admin_password,
-                    nats_creds=None,
-                )
+                chosen = server.settings_as(loaded, ADMIN_USER)
         conn = await connect(chosen, name="cairn-backup")
         stack.push_async_callback(conn.close)
         yield conn

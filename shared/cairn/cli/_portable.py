@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 
 from cairn.cli._base import cli, emit, json_option, run
 from cairn.settings import Settings
@@ -67,15 +66,7 @@ async def _target(loaded: Settings, creds: Path | None, as_json: bool) -> AsyncI
         if creds is None and (home / "nats" / "nats.conf").is_file():
             server = await stack.enter_async_context(home_server_alone(home, say, "import"))
             if server is not None:
-                creds_of = server.credentials
-                assert creds_of is not None  # a home 'cairn up' made has them
-                loaded = msgspec.structs.replace(
-                    loaded,
-                    nats_url=server.url,
-                    nats_user=SERVICE_USER,
-                    nats_password=creds_of.service_password,
-                    nats_creds=None,
-                )
+                loaded = server.settings_as(loaded, SERVICE_USER)
         conn = await connect(loaded, name="cairn-import")
         stack.push_async_callback(conn.close)
         yield conn

@@ -35,7 +35,10 @@ import sysconfig
 import time
 from pathlib import Path
 
+import msgspec
+
 from cairn.embedded._auth import (
+    ADMIN_USER,
     SERVICE_USER,
     Credentials,
     accounts_config,
@@ -44,6 +47,7 @@ from cairn.embedded._auth import (
 )
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
+from cairn.settings import Settings
 from cairn.tls import CertFiles, server_tls_block
 
 __all__ = [
@@ -187,6 +191,20 @@ class NatsServer:
     def admin_password(self) -> str:
         """The admin user's password (``admin.json``, 0600, apart from every other)."""
         return admin_password(self.home / "admin.json")
+
+    def settings_as(self, base: Settings, user: str) -> Settings:
+        """``base`` pointed at this server as one of its own users, the admin
+        (:data:`ADMIN_USER`) or the services' user (:data:`SERVICE_USER`), with the password
+        this home keeps for that user."""
+        if user == ADMIN_USER:
+            password = self.admin_password
+        elif user == SERVICE_USER and self.credentials is not None:
+            password = self.credentials.service_password
+        else:
+            raise ValueError(f"{user!r} is not one of this server's own users")
+        return msgspec.structs.replace(
+            base, nats_url=self.url, nats_user=user, nats_password=password, nats_creds=None
+        )
 
     def add_person(self, name: str, roles: tuple[str, ...]) -> str:
         """Add person ``name`` with ``roles`` (a new password, returned) to the credentials;
