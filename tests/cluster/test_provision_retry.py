@@ -5,12 +5,15 @@ tries again, logged once, and completes once the cluster answers; stopped, it is
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import structlog
 
-from cairn.bus import connect, provision
+from cairn.bus import Connection, connect, provision
+from cairn.embedded import ClusterNode
 from cairn.embedded._auth import SERVICE_USER
 from cairn.errors import Unavailable
 from cairn.proto.streams import KV_BUCKETS, STREAMS
@@ -23,25 +26,26 @@ async def _until_logged(logs: list[dict[str, Any]], event: str, timeout: float =
             await asyncio.sleep(0.05)
 
 
-async def test_provisioning_without_a_quorum_waits_for_it(make_cluster: MakeCluster) -> None:
+@dataclass
+class Quorumless:
+    """A connection to the one node left answering of three; the other two are paused
+    (resumed at the end whatever happened)."""
+
+    conn: Connection
+    hung: list[ClusterNode]
+    stop: asyncio.Event
+
+
+@pytest.fixture
+async def quorumless(make_cluster: MakeCluster) -> AsyncIterator[Quorumless]:
     cluster = await make_cluster(nodes=3)
     up, *hung = cluster.nodes
     conn = await connect(cluster.settings(user=SERVICE_USER, nodes=[up], request_timeout=1.0))
+    for node in hung:
+        node.pause()
     stop = asyncio.Event()
     try:
-        for node in hung:
-            node.pause()
-        with structlog.testing.capture_logs() as logs:
-            task = asyncio.create_task(provision(conn, stop=stop))
-            await _until_logged(logs, "provision_retrying")
-            assert not task.done()
-            for node in hung:
-                node.resume()
-            done = await asyncio.wait_for(task, 120)
-        assert set(done) == {s.name for s in STREAMS} | {b.bucket for b in KV_BUCKETS}
-        assert [e["event"] for e in logs].count("provision_retrying") == 1
-        again = await provision(conn)  # every stream there, with its three replicas
-        assert {again[s.name] for s in STREAMS} == {"unchanged"}
+        yield Quorumless(conn, hung, stop)
     finally:
         for node in hung:
             if node.paused:
@@ -50,21 +54,24 @@ async def test_provisioning_without_a_quorum_waits_for_it(make_cluster: MakeClus
         await conn.close()
 
 
-async def test_provisioning_without_a_quorum_stops_when_asked(make_cluster: MakeCluster) -> None:
-    cluster = await make_cluster(nodes=3)
-    up, *hung = cluster.nodes
-    conn = await connect(cluster.settings(user=SERVICE_USER, nodes=[up], request_timeout=1.0))
-    stop = asyncio.Event()
-    try:
-        for node in hung:
-            node.pause()
-        with structlog.testing.capture_logs() as logs:
-            task = asyncio.create_task(provision(conn, stop=stop))
-            await _until_logged(logs, "provision_retrying")
-            stop.set()
-            with pytest.raises(Unavailable):
-                await asyncio.wait_for(task, 30)
-    finally:
-        for node in hung:
+async def test_provisioning_without_a_quorum_waits_for_it(quorumless: Quorumless) -> None:
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(provision(quorumless.conn, stop=quorumless.stop))
+        await _until_logged(logs, "provision_retrying")
+        assert not task.done()
+        for node in quorumless.hung:
             node.resume()
-        await conn.close()
+        done = await asyncio.wait_for(task, 120)
+    assert set(done) == {s.name for s in STREAMS} | {b.bucket for b in KV_BUCKETS}
+    assert [e["event"] for e in logs].count("provision_retrying") == 1
+    again = await provision(quorumless.conn)  # every stream there, with its three replicas
+    assert {again[s.name] for s in STREAMS} == {"unchanged"}
+
+
+async def test_provisioning_without_a_quorum_stops_when_asked(quorumless: Quorumless) -> None:
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(provision(quorumless.conn, stop=quorumless.stop))
+        await _until_logged(logs, "provision_retrying")
+        quorumless.stop.set()
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(task, 30)
