@@ -17,6 +17,7 @@ PINNED = {
         "RunKeyMirror",
         "SCORER_USER",
         "Stored",
+        "TRANSIENT",
         "cluster_replicas",
         "connect",
         "drop_subscription",

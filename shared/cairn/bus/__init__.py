@@ -20,12 +20,13 @@ from cairn.bus._provision import (
     provision,
     wait_for_streams,
 )
-from cairn.bus._store import AppendResult, EventStore, Recorded, Stored, stored_time
+from cairn.bus._store import TRANSIENT, AppendResult, EventStore, Recorded, Stored, stored_time
 
 __all__ = [
     "AGENT_STREAMS",
     "RECONNECT_MAX_S",
     "SCORER_USER",
+    "TRANSIENT",
     "AggregateCache",
     "AppendResult",
     "CommandContext",

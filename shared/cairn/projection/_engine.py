@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import APIError
 
 from cairn.bus import (
+    TRANSIENT,
     Connection,
     EventStore,
     drop_subscription,
@@ -558,7 +560,7 @@ class ProjectionRunner(Generic[V]):
                     self.last_seq = await self._apply_retrying(batch, stop)
                     self._progress_at = time.monotonic()
                     self._advanced.set()
-                elif await self._stalled():
+                elif hub.due or await self._stalled():
                     self.resubscriptions += 1
                     await hub.resubscribe()
         finally:
@@ -827,6 +829,10 @@ class _Hub:
         #: the stream's last sequence as the latest delivery reported it
         self.head = 0
         self._lock = asyncio.Lock()
+        #: after a feed the server could not make now (an election, no quorum): when to ask
+        #: again, and the pause after that
+        self._retry_at: float | None = None
+        self._backoff = 0.0
 
     async def join(self, runner: ProjectionRunner[Any]) -> _Feed:
         feed = self.members[runner] = _Feed(runner.batch_size * 4)
@@ -844,18 +850,45 @@ class _Hub:
                 sub, self.sub = self.sub, None
                 await drop_subscription(self.conn, sub)
 
+    @property
+    def due(self) -> bool:
+        """No feed now (the server could not make one) and the pause before asking again is
+        over: the next member to look asks."""
+        return self._retry_at is not None and time.monotonic() >= self._retry_at
+
     async def resubscribe(self) -> None:
         async with self._lock:
             if self.members:
                 await self._restart()
 
     async def _restart(self) -> None:
+        """A new feed from the lowest member's position. When the server cannot make one now
+        (an election under way, no quorum: err 10008, a timeout), the feed is left without a
+        consumer and asked for again after a pause (doubling to 10 s, see :attr:`due`) rather
+        than stopping every projection of the process."""
         if self.sub is not None:
-            await drop_subscription(self.conn, self.sub)
+            sub, self.sub = self.sub, None
+            await drop_subscription(self.conn, sub)
         self.start = min(r.last_seq for r in self.members) + 1
         self.delivered = self.start - 1
         beat = min(r.poll_s for r in self.members)
-        self.sub = await _ordered_consumer(self.conn, self.source, self.start, beat, self._deliver)
+        try:
+            self.sub = await _ordered_consumer(
+                self.conn, self.source, self.start, beat, self._deliver
+            )
+        except TRANSIENT as exc:
+            if isinstance(exc, APIError) and exc.code not in (None, 408, 500, 503):
+                raise  # refused (permissions, a bad request): not a matter of time
+            self._backoff = min(max(self._backoff * 2, beat), 10.0)
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning(
+                "projection_feed_unavailable",
+                stream=self.source.stream,
+                error=str(exc) or type(exc).__name__,
+                retry_s=round(self._backoff, 2),
+            )
+            return
+        self._retry_at, self._backoff = None, 0.0
 
     async def _deliver(self, msg: Any) -> None:
         (seq, self.head), kind = stream_position(msg.reply), _kind(msg.subject)
