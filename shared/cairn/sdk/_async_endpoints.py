@@ -33,6 +33,7 @@ from cairn.proto.serving import (
     GetEndpoint,
     ListEndpoints,
     ModelRef,
+    ScaleSettings,
     SetEndpointKeys,
     UpdateEndpoint,
 )
@@ -194,9 +195,11 @@ class AsyncEndpoints:
         description: str = "",
         tags: dict[str, str] | None = None,
         all_traffic: bool = False,
+        scale: ScaleSettings | None = None,
     ) -> None:
         """Create deployment ``deployment`` of ``endpoint`` or replace its spec: the source
-        folder is uploaded as a job's snapshot is; its replicas start on ``compute``."""
+        folder is uploaded as a job's snapshot is; its replicas start on ``compute``.
+        ``scale``: autoscale between its bounds (``replicas`` is the count it starts with)."""
         source = Path(source_directory)
         script = Path(entry_script)
         if script.is_absolute():
@@ -226,6 +229,7 @@ class AsyncEndpoints:
             request_timeout_s=request_timeout_s,
             description=description,
             tags=tags or {},
+            scale=scale,
         )
         await self._session.send(
             DeployModel(

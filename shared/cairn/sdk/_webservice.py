@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.serving import ScaleSettings
 from cairn.sdk._refusals import refuse, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
@@ -122,6 +125,8 @@ class DeploymentConfiguration:
     request_timeout_s: float = 60.0
     tags: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    #: autoscaling (AKS's ``autoscale_*``); None: ``replicas``, always
+    scale: ScaleSettings | None = None
 
 
 def _auth(auth_enabled: bool | None) -> None:
@@ -189,9 +194,6 @@ class AksWebservice:
 
     @staticmethod
     @refuses(
-        autoscale_enabled="set num_replicas (and update(num_replicas=) to scale)",
-        autoscale_min_replicas="set num_replicas",
-        autoscale_max_replicas="set num_replicas",
         gpu_cores="replicas take no GPUs yet",
         enable_app_insights="a deployment's logs are get_logs(); metrics are at /metrics",
         primary_key="keys are made by Cairn (regen_key makes new ones)",
@@ -216,14 +218,34 @@ class AksWebservice:
         gpu_cores: int | None = None,
         namespace: str | None = None,
         token_auth_enabled: bool | None = None,
+        autoscale_refresh_seconds: int | None = None,
+        autoscale_target_utilization: int | None = None,
     ) -> DeploymentConfiguration:
         """``scoring_timeout_ms`` bounds one ``run()`` (504 past it); a member's Cairn token
-        is always accepted beside the keys, whatever ``token_auth_enabled`` says."""
+        is always accepted beside the keys, whatever ``token_auth_enabled`` says.
+
+        ``autoscale_enabled=True``: the scheduler keeps between ``autoscale_min_replicas``
+        (default 1) and ``autoscale_max_replicas`` (10) replicas, looking every
+        ``autoscale_refresh_seconds`` (1) at how busy they are against
+        ``autoscale_target_utilization`` percent (70); it starts with the minimum. Unlike
+        Azure, autoscaling is off unless asked for (then ``num_replicas`` replicas, always,
+        default 1)."""
         _auth(auth_enabled)
         if token_auth_enabled is False and auth_enabled is False:  # pragma: no cover
             raise InvalidInput("a service needs its keys or tokens")
+        scale = _autoscale(
+            autoscale_enabled,
+            num_replicas,
+            autoscale_min_replicas=autoscale_min_replicas,
+            autoscale_max_replicas=autoscale_max_replicas,
+            autoscale_refresh_seconds=autoscale_refresh_seconds,
+            autoscale_target_utilization=autoscale_target_utilization,
+        )
+        if scale is not None:
+            num_replicas = scale.min_replicas
         return DeploymentConfiguration(
             kind="AKS",
+            scale=scale,
             replicas=1 if num_replicas is None else num_replicas,
             cpu_cores=cpu_cores,
             memory_gb=memory_gb,
@@ -231,6 +253,35 @@ class AksWebservice:
             tags={**(properties or {}), **(tags or {})},
             description=description or "",
         )
+
+
+def _autoscale(
+    enabled: bool | None, num_replicas: int | None, **given: int | None
+) -> ScaleSettings | None:
+    """AKS's ``autoscale_*`` as ``ScaleSettings``; each is refused by name unless
+    ``autoscale_enabled=True``, and ``num_replicas`` is refused beside it."""
+    where = "AksWebservice.deploy_configuration"
+    if not enabled:
+        for name, value in given.items():
+            if value is not None:
+                raise refuse(where, name, "set autoscale_enabled=True as well (or num_replicas)")
+        return None
+    if num_replicas is not None:
+        raise refuse(where, "num_replicas", "an autoscaled service starts with its minimum")
+    low, high = given["autoscale_min_replicas"], given["autoscale_max_replicas"]
+    refresh, target = given["autoscale_refresh_seconds"], given["autoscale_target_utilization"]
+    try:
+        return msgspec.convert(
+            {
+                "min_replicas": 1 if low is None else low,
+                "max_replicas": 10 if high is None else high,
+                "polling_interval_s": 1.0 if refresh is None else float(refresh),
+                "target_utilization_pct": 70.0 if target is None else float(target),
+            },
+            ScaleSettings,
+        )
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
 
 
 def _compute(target: Any) -> str:
@@ -290,6 +341,7 @@ def deploy(
             description=config.description,
             tags={**tags, COMPUTE_TYPE: config.kind},
             all_traffic=True,
+            scale=config.scale,
         )
     )
     return Webservice(workspace, name)
@@ -424,6 +476,9 @@ class Webservice:
                 request_timeout_s=current["request_timeout_s"],
                 description=current["description"],
                 tags=current["tags"],
+                scale=None
+                if current.get("scale") is None
+                else msgspec.convert(current["scale"], ScaleSettings),
             )
         )
 
