@@ -415,7 +415,7 @@ class Webservice:
     @refuses(
         image="give inference_config (and models) instead",
         auth_enabled="every Cairn endpoint answers only its keys or a member's token",
-        autoscale_enabled="set num_replicas",
+        autoscale_enabled="deploy again with deploy_configuration(autoscale_enabled=...)",
     )
     def update(
         self,
