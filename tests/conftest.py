@@ -39,6 +39,8 @@ JOB_SETTINGS: dict[str, object] = {
     "job_lease_s": 2.0,
     "job_max_deliver": 3,
     "job_cancel_grace_s": 2.0,
+    # a replica's back-off starts over once it was ready this long (tests wait it out)
+    "replica_stable_s": 10.0,
 }
 
 #: short timeouts and few attempts, so a receiver that never answers is given up in seconds

@@ -14,6 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cairn.errors import InvalidInput, Unsupported
+from cairn.proto.serving import ScaleSettings
 from cairn.rpc import Client
 from cairn.sdk import _onlinefile, load_deployment_file, load_endpoint_file
 from cairn.services.gateway import Gateway
@@ -206,7 +207,18 @@ def test_endpoint_keys_are_read_or_refused(
     ("extra", "error", "named"),
     [
         ("liveness_probe: {period: 10}\n", Unsupported, "liveness_probe"),
-        ("scale_settings: {type: target_utilization}\n", Unsupported, "scale_settings"),
+        (
+            "scale_settings: {type: default, min_instances: 2}\n",
+            Unsupported,
+            "scale_settings.min_instances",
+        ),
+        ("scale_settings: {type: burst}\n", InvalidInput, "type"),
+        (
+            "scale_settings: {type: target_utilization, target_utilization_percentage: 0}\n",
+            InvalidInput,
+            "target_utilization_pct",
+        ),
+        ("scale_settings: {type: target_utilization, cooldown: 5}\n", InvalidInput, "cooldown"),
         (
             "request_settings: {max_concurrent_requests_per_instance: 0}\n",
             InvalidInput,
@@ -256,6 +268,20 @@ def test_the_v1_aks_configuration_sets_each_replicas_concurrency_and_queue_wait(
     assert (config.max_concurrent_requests, config.max_queue_wait_s) == (4, 0.2)
 
 
+def test_scale_settings_become_the_deployments_autoscaling(tmp_path: Path) -> None:
+    path = tmp_path / "blue.yml"
+    path.write_text(
+        DEPLOYMENT.format(name="blue")
+        + "scale_settings:\n  type: target_utilization\n  min_instances: 1\n"
+        "  max_instances: 3\n  polling_interval: 5\n  target_utilization_percentage: 60\n"
+    )
+    assert load_deployment_file(path).scale == ScaleSettings(
+        min_replicas=1, max_replicas=3, polling_interval_s=5.0, target_utilization_pct=60.0
+    )
+    path.write_text(DEPLOYMENT.format(name="blue") + "scale_settings: {type: default}\n")
+    assert load_deployment_file(path).scale is None
+
+
 def test_a_model_needs_its_version(tmp_path: Path) -> None:
     path = tmp_path / "blue.yml"
     path.write_text(DEPLOYMENT.format(name="blue").replace("azureml:clf:1", "azureml:clf"))
@@ -274,7 +300,7 @@ def test_every_key_of_the_online_files_is_read() -> None:
         and issubclass(obj, msgspec.Struct)
         and obj.__module__ == _onlinefile.__name__
     ]
-    assert len(structs) == 4
+    assert len(structs) == 5
     unread = [
         f"{s.__name__}.{f.name}"
         for s in structs

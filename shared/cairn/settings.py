@@ -80,6 +80,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_ticket_window: int = 16
     #: seconds between SIGTERM and SIGKILL when a job is canceled
     job_cancel_grace_s: float = 10.0
+    #: how long a serving replica must have been ready before its loss starts its re-queue
+    #: back-off over (as Kubernetes resets a crash loop's after ten minutes)
+    replica_stable_s: float = 600.0
     #: fork ``python <script>`` jobs from a warm interpreter (process backend); off: every
     #: job's interpreter starts cold (``CAIRN_JOB_WARM_START=0``)
     job_warm_start: bool = True

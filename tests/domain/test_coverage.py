@@ -71,7 +71,7 @@ def test_every_command_has_a_row(name: str) -> None:
 
 def test_the_union_is_walked() -> None:
     """The check sees each member of a union (and a single command type as itself)."""
-    assert len(command_types(run.AGGREGATE)) == 16
+    assert len(command_types(run.AGGREGATE)) == 17
     assert len(command_types(experiment.AGGREGATE)) == 2
     assert command_types(run.STAGING) == (run.StagingCommand,)
     assert len(command_types(workspace.AGGREGATE)) == 6

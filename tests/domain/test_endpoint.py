@@ -13,11 +13,14 @@ from cairn.proto.events import (
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentFailed,
+    DeploymentRolledBack,
+    DeploymentScaled,
     DeploymentUpdated,
     EndpointCreated,
     EndpointDeleted,
     EndpointKeysSet,
     EndpointUpdated,
+    Event,
     ReplicaReady,
 )
 from cairn.proto.jobs import JobSpec
@@ -29,6 +32,7 @@ from cairn.proto.serving import (
     DeployModel,
     ModelRef,
     ReportReplica,
+    ScaleSettings,
     SetEndpointKeys,
     UpdateEndpoint,
 )
@@ -186,6 +190,78 @@ RETIRE = endpoint.RetireDeployment(
 )
 DELETED = DeploymentDeleted(endpoint="ep", deployment="blue", replicas=["r1", "r2"])
 
+UPDATED = DeploymentUpdated(
+    endpoint="ep",
+    deployment="blue",
+    spec=SPEC2,
+    job=JOB,
+    replicas=["r3", "r4"],
+    retired=["r1", "r2"],
+)
+#: a roll under way: the first spec served (both replicas ready), the new one is starting
+ROLLING = [D_CREATED, ready("r1"), ready("r2"), UPDATED, ready("r3")]
+
+
+def failed(run: str, restore: dict[str, str] | None = None) -> endpoint.ReplicaFailed:
+    return endpoint.ReplicaFailed(command=report(run, "failed"), restore=restore or {})
+
+
+def rolled_back(replicas: list[str]) -> DeploymentRolledBack:
+    return DeploymentRolledBack(
+        endpoint="ep",
+        deployment="blue",
+        run_id="r4",
+        attempt=1,
+        error="Traceback",
+        replicas=replicas,
+        retired=["r3", "r4"],
+    )
+
+
+AUTO = DeploymentSpec(
+    entry_script="score.py",
+    scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=1),
+)
+A_CREATED = DeploymentCreated(
+    endpoint="ep", deployment="blue", spec=AUTO, job=JOB, experiment_name="e", replicas=["r1"]
+)
+A_SERVING = [A_CREATED, ready("r1")]
+
+
+def scale(
+    before: int, to: int, added: list[str] | None = None, at: float = 100.0
+) -> endpoint.ScaleDeployment:
+    return endpoint.ScaleDeployment(
+        at=at,
+        cooldown_s=20.0,
+        replicas_before=before,
+        replicas=to,
+        utilization_pct=300.0,
+        target_pct=70.0,
+        window_s=10.0,
+        requests=40,
+        added=added or [],
+    )
+
+
+def scaled(
+    before: int, after: int, added: list[str], removed: list[str], at: float = 100.0
+) -> DeploymentScaled:
+    return DeploymentScaled(
+        endpoint="ep",
+        deployment="blue",
+        replicas_before=before,
+        replicas_after=after,
+        utilization_pct=300.0,
+        target_pct=70.0,
+        window_s=10.0,
+        at=at,
+        requests=40,
+        added=added,
+        removed=removed,
+    )
+
+
 DEPLOYMENT_CASES = [
     Case("create", [], resolved(["r1", "r2"]), [D_CREATED]),
     Case("no replicas", [], resolved([]), InvalidInput),
@@ -225,6 +301,65 @@ DEPLOYMENT_CASES = [
             )
         ],
     ),
+    # a roll whose new replica cannot start goes back to the previous spec
+    Case(
+        "a failed replica mid-roll rolls back",
+        ROLLING,
+        failed("r4"),
+        [rolled_back(["r1", "r2"])],
+    ),
+    Case(
+        "a previous replica the roll stopped comes back as a new run",
+        ROLLING,
+        failed("r4", {"r1": "r5"}),
+        [rolled_back(["r5", "r2"])],
+    ),
+    Case(
+        "a failed replica with no previous spec fails the deployment",
+        [D_CREATED],
+        failed("r2"),
+        [
+            DeploymentFailed(
+                endpoint="ep", deployment="blue", run_id="r2", attempt=1, error="Traceback"
+            )
+        ],
+    ),
+    Case(
+        "a failed replica of a rolled back spec",
+        [*ROLLING, rolled_back(["r1", "r2"])],
+        failed("r4"),
+        StaleAttempt,
+    ),
+    # autoscaling, within the spec's bounds
+    Case("scale up", A_SERVING, scale(1, 3, ["r2", "r3"]), [scaled(1, 3, ["r2", "r3"], [])]),
+    Case(
+        "scale up past the max",
+        A_SERVING,
+        scale(1, 9, ["r2", "r3"]),
+        [scaled(1, 3, ["r2", "r3"], [])],
+    ),
+    Case(
+        "scale down stops the newest",
+        [*A_SERVING, scaled(1, 3, ["r2", "r3"], [])],
+        scale(3, 1, at=130.0),
+        [scaled(3, 1, [], ["r2", "r3"], at=130.0)],
+    ),
+    Case(
+        "no change within the cooldown",
+        [*A_SERVING, scaled(1, 3, ["r2", "r3"], [])],
+        scale(3, 1, at=110.0),
+        [],
+    ),
+    Case("scale to the same count", A_SERVING, scale(1, 0), []),
+    Case("scale on a stale count", A_SERVING, scale(2, 3, ["r2"]), StaleAttempt),
+    Case("scale without new run ids", A_SERVING, scale(1, 2), InvalidInput),
+    Case(
+        "scale a fixed deployment",
+        [D_CREATED, ready("r1"), ready("r2")],
+        scale(2, 3, ["r3"]),
+        InvalidTransition,
+    ),
+    Case("scale while starting", [A_CREATED], scale(1, 2, ["r2"]), StaleAttempt),
     Case("delete", [D_CREATED], RETIRE, [DELETED]),
     Case("delete twice", [D_CREATED, DELETED], RETIRE, []),
     Case("delete none", [], RETIRE, NotFound),
@@ -272,3 +407,50 @@ def test_status_follows_the_replicas() -> None:
     )
     assert failed.status == endpoint.DeploymentStatus.FAILED and failed.error == "boom"
     assert agg.fold([D_CREATED, DELETED]).retired == ("r1", "r2")
+
+
+def test_a_rolled_back_deployment_serves_its_previous_spec() -> None:
+    """The previous spec, its replicas and their readiness are the deployment's again; the
+    new spec's replicas are retired; the reason shows."""
+    state = endpoint.DEPLOYMENT.fold([*ROLLING, rolled_back(["r5", "r2"])])
+    assert state.spec == SPEC and state.replicas == ("r5", "r2")
+    assert state.ready == {"r2": 1}
+    assert state.status == endpoint.DeploymentStatus.FAILED and state.serving
+    assert state.update_error == "Traceback" and "rolled back" in state.error
+    assert state.retired[-2:] == ("r3", "r4") and "r2" not in state.retired
+    assert state.previous is None
+    # a later good spec rolls out from the restored one, and clears the failed update's note
+    rolling = endpoint.DEPLOYMENT.fold(
+        [*ROLLING, rolled_back(["r5", "r2"]), ready("r5"), UPDATED_AGAIN]
+    )
+    assert rolling.previous is not None and rolling.previous.replicas == ("r5", "r2")
+    done = endpoint.DEPLOYMENT.fold([ready("r6")], onto=rolling)
+    assert done.status == endpoint.DeploymentStatus.SUCCEEDED and done.update_error == ""
+    assert done.previous is None
+
+
+UPDATED_AGAIN = DeploymentUpdated(
+    endpoint="ep", deployment="blue", spec=SPEC2, job=JOB, replicas=["r6"], retired=["r5", "r2"]
+)
+
+
+def test_retired_replicas_are_bounded() -> None:
+    """However many specs roll out, the deployment keeps the newest RETIRED_KEPT retired."""
+    events: list[Event] = [D_CREATED]
+    before = ["r1", "r2"]
+    for n in range(200):
+        replicas = [f"n{n}a", f"n{n}b"]
+        events.append(
+            DeploymentUpdated(
+                endpoint="ep",
+                deployment="blue",
+                spec=SPEC2,
+                job=JOB,
+                replicas=replicas,
+                retired=before,
+            )
+        )
+        before = replicas
+    state = endpoint.DEPLOYMENT.fold(events)
+    assert len(state.retired) == endpoint.RETIRED_KEPT
+    assert state.retired[-1] == "n198b" and state.replicas == ("n199a", "n199b")

@@ -120,8 +120,22 @@ def finish(
     )
 
 
-def lose(attempt: int = 1) -> run.LoseAttempt:
-    return run.LoseAttempt(run_id=R, attempt=attempt, reason="lease expired")
+def lose(attempt: int = 1, *, stable: bool = False) -> run.LoseAttempt:
+    return run.LoseAttempt(run_id=R, attempt=attempt, reason="lease expired", stable=stable)
+
+
+def lost_times(n: int, *, reset_at: int | None = None) -> list[Event]:
+    """A replica's history: submitted, then lost ``n`` times (the ``reset_at``-th loss after
+    a stable period), and assigned again."""
+    job = JobSpec(command=["true"], max_attempts=1000)
+    events: list[Event] = [
+        RunSubmitted(run_id=R, compute="local", job=job, experiment_id="e", experiment_name="e")
+    ]
+    for i in range(1, n + 1):
+        events.append(RunAssigned(run_id=R, attempt=i, queue_n=i, agent_id="a", lease_s=30.0))
+        events.append(RunRequeued(run_id=R, attempt=i, reason="lost", backoff_reset=i == reset_at))
+    events.append(RunAssigned(run_id=R, attempt=n + 1, queue_n=n + 1, agent_id="a", lease_s=30.0))
+    return events
 
 
 LOST = "lost: no heartbeat for 30 s"
@@ -328,6 +342,31 @@ CASES = [
         [RunFailed(run_id=R, attempt=1, error="timeout: ran past 5 s")],
     ),
     Case("lose an old attempt is a no-op", REQUEUED, lose(), []),
+    # a replica's back-off grows with losses in a row, and starts over after a stable period
+    Case(
+        "losses in a row back off to the longest delay",
+        lost_times(6),
+        lose(attempt=7),
+        [RunRequeued(run_id=R, attempt=7, reason="lease expired", delay_s=120.0)],
+    ),
+    Case(
+        "a loss after a stable period is re-queued at once",
+        lost_times(6),
+        lose(attempt=7, stable=True),
+        [RunRequeued(run_id=R, attempt=7, reason="lease expired", delay_s=0.0, backoff_reset=True)],
+    ),
+    Case(
+        "after a reset the back-off grows again from its start",
+        lost_times(6, reset_at=6),
+        lose(attempt=7),
+        [RunRequeued(run_id=R, attempt=7, reason="lease expired", delay_s=2.0)],
+    ),
+    Case(
+        "an agent's lost report after a stable period is re-queued at once",
+        [*lost_times(6), RunStarted(run_id=R, attempt=7)],
+        run.FinishStableJob(command=finish("lost", attempt=7, error="exited"), stable=True),
+        [RunRequeued(run_id=R, attempt=7, reason="exited", delay_s=0.0, backoff_reset=True)],
+    ),
     Case("lose an ended run is a no-op", JOB_COMPLETED, lose(), []),
     Case("lose a run that is not a job is a no-op", RUNNING, lose(), []),
     # timeout: ask the agent to stop

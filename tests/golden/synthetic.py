@@ -25,6 +25,8 @@ from cairn.proto.events import (
     BatchEndpointCreated,
     DatastoreCredentialsResealed,
     DefaultDatastoreSet,
+    DeploymentRolledBack,
+    DeploymentScaled,
     Envelope,
     Event,
     MemberRemoved,
@@ -223,6 +225,45 @@ def _events(envs: list[Envelope[Event]]) -> list[tuple[str, str, Event]]:
         ),
         ("workspace", ws, MemberRolesChanged(user="user", roles=["data_scientist"])),
         ("workspace", ws, MemberRemoved(user="user")),
+        *_deployment_events(envs),
+    ]
+
+
+def _deployment_events(envs: list[Envelope[Event]]) -> list[tuple[str, str, Event]]:
+    """A roll-back and a scaling decision on a deployment of the history (neither is
+    provoked by the script: a roll-back needs a replica failing mid-roll, a scaling an
+    autoscaled deployment under load)."""
+    deployment = _first(envs, "DeploymentCreated")
+    data: Any = deployment.data
+    names = {"endpoint": data.endpoint, "deployment": data.deployment}
+    return [
+        (
+            "deployment",
+            deployment.aggregate_id,
+            DeploymentRolledBack(
+                **names,
+                run_id="synthetic-new-replica",
+                attempt=1,
+                error="Traceback: init() raised",
+                replicas=list(data.replicas),
+                retired=["synthetic-new-replica"],
+            ),
+        ),
+        (
+            "deployment",
+            deployment.aggregate_id,
+            DeploymentScaled(
+                **names,
+                replicas_before=len(data.replicas),
+                replicas_after=len(data.replicas) + 1,
+                utilization_pct=140.0,
+                target_pct=70.0,
+                window_s=10.0,
+                at=1_767_594_600.0,
+                requests=50,
+                added=["synthetic-scaled-replica"],
+            ),
+        ),
     ]
 
 

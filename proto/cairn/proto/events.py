@@ -49,6 +49,8 @@ __all__ = [
     "DeploymentCreated",
     "DeploymentDeleted",
     "DeploymentFailed",
+    "DeploymentRolledBack",
+    "DeploymentScaled",
     "DeploymentUpdated",
     "EndpointCreated",
     "EndpointDeleted",
@@ -271,13 +273,19 @@ class RunAssigned(Event, frozen=True, kw_only=True):
 
 class RunRequeued(Event, frozen=True, kw_only=True):
     """Attempt ``attempt`` was lost (its agent went silent or could not run it); the run is
-    queued again under the next queue number, not before ``delay_s`` has passed."""
+    queued again under the next queue number, not before ``delay_s`` has passed.
 
+    Version 2 added ``backoff_reset`` (version 1 is read as ``False``: no reset)."""
+
+    VERSION = 2
     KIND = "run"
     run_id: Id
     attempt: int
     reason: Text
     delay_s: float = 0.0
+    #: the lost attempt had run (a serving replica: been ready) for a stable period: its
+    #: back-off starts over, as after a first loss
+    backoff_reset: bool = False
 
 
 class RunCancelRequested(Event, frozen=True, kw_only=True):
@@ -921,6 +929,44 @@ class DeploymentDeleted(Event, frozen=True, kw_only=True):
     replicas: list[Id] = msgspec.field(default_factory=list)
 
 
+class DeploymentRolledBack(Event, frozen=True, kw_only=True):
+    """A rolling update failed (replica ``run_id``'s attempt ``attempt`` could not start:
+    ``error``): the roll stopped, the previous spec is the deployment's again with
+    ``replicas`` (its replicas still running, and new runs in place of those the roll had
+    stopped), and the new spec's replicas (``retired``) are stopped."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    run_id: Id
+    attempt: int
+    error: Text
+    replicas: list[Id]
+    retired: list[Id] = msgspec.field(default_factory=list)
+
+
+class DeploymentScaled(Event, frozen=True, kw_only=True):
+    """The autoscaler's decision: over the ``window_s`` seconds before it, the replicas
+    were busy ``utilization_pct`` percent of the time on average (requests in flight per
+    replica, in percent of the one each answers at a time), against a target of
+    ``target_pct``; so ``replicas_before`` became ``replicas_after`` (within the spec's
+    bounds), ``added`` replicas started and ``removed`` ones stopped."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    replicas_before: int
+    replicas_after: int
+    utilization_pct: float
+    target_pct: float
+    window_s: float
+    #: when it was decided (the deciding scheduler's clock): the cooldown counts from here
+    at: float
+    requests: int = 0
+    added: list[Id] = msgspec.field(default_factory=list)
+    removed: list[Id] = msgspec.field(default_factory=list)
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -998,11 +1044,21 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReplicaReady,
         DeploymentFailed,
         DeploymentDeleted,
+        DeploymentRolledBack,
+        DeploymentScaled,
     )
 }
 
+
+def _requeued_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """``RunRequeued`` v1 had no ``backoff_reset``: its back-off never started over."""
+    return {**data, "backoff_reset": False}
+
+
 #: ``(type, from_version) -> f(data) -> data of from_version + 1``; pure functions on dicts.
-UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("RunRequeued", 1): _requeued_v1,
+}
 
 
 _raw_decoder = msgspec.json.Decoder(Envelope[msgspec.Raw])

@@ -45,6 +45,7 @@ __all__ = [
     "ReplicaSpec",
     "ReportReplica",
     "RouteEndpoint",
+    "ScaleSettings",
     "SetEndpointKeys",
     "UpdateEndpoint",
     "deployment_id",
@@ -93,6 +94,23 @@ class ReplicaSpec(Strict, frozen=True, kw_only=True):
     max_queue_wait_s: QueueWait = 0.5
 
 
+class ScaleSettings(Strict, frozen=True, kw_only=True):
+    """Autoscaling (Azure's ``scale_settings: {type: target_utilization}``, and v1's
+    ``autoscale_*``): every ``polling_interval_s`` the scheduler compares the replicas'
+    utilisation (requests in flight per replica, in percent of the one a replica answers at
+    a time) with ``target_utilization_pct`` and sets the replica count within
+    ``[min_replicas, max_replicas]``; after a change it waits ``cooldown_s`` before the
+    next."""
+
+    min_replicas: Count = 1
+    max_replicas: Count = 10
+    polling_interval_s: Annotated[float, msgspec.Meta(ge=0.5, le=3600)] = 1.0
+    target_utilization_pct: Annotated[float, msgspec.Meta(gt=0, le=100)] = 70.0
+    #: after a change, how long no other is made (None: three polling intervals, at least
+    #: the length of the window the utilisation is measured over)
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] | None = None
+
+
 class DeploymentSpec(Strict, frozen=True, kw_only=True):
     """A deployment as its client describes it: the models, the entry script in the source
     snapshot (committed in a staging area, as a job's), the environment (registered by name,
@@ -120,6 +138,9 @@ class DeploymentSpec(Strict, frozen=True, kw_only=True):
     max_concurrent_requests: MaxConcurrent = 1
     #: :attr:`ReplicaSpec.max_queue_wait_s`
     max_queue_wait_s: QueueWait = 0.5
+    #: autoscaling (None: ``replicas`` replicas, always); ``replicas`` is then the count it
+    #: starts with
+    scale: ScaleSettings | None = None
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):

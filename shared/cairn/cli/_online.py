@@ -52,6 +52,12 @@ def _endpoint_row(
             "replicas": len(d["replicas"]),
             "ready": len(d["ready"]),
             **({"error": d["error"].strip().splitlines()[-1]} if d["error"].strip() else {}),
+            **(
+                {"update": "Failed, rolled back to the previous spec"}
+                if d.get("update_error")
+                else {}
+            ),
+            **({"autoscale": _scale_text(d)} if (d["spec"] or {}).get("scale") else {}),
             **(requests or {}).get(d["name"], {}),
         }
         for d in row["deployments"]
@@ -65,6 +71,15 @@ def _endpoint_row(
         "mirror_traffic": row["mirror_traffic"],
         "deployments": deployments,
     }
+
+
+def _scale_text(row: dict[str, Any]) -> str:
+    scale = row["spec"]["scale"]
+    return (
+        f"{scale['min_replicas']}..{scale['max_replicas']} replicas at"
+        f" {scale['target_utilization_pct']:g}% (every {scale['polling_interval_s']:g} s),"
+        f" {row.get('scalings', 0)} changes"
+    )
 
 
 @cli.group("online-endpoint")
@@ -323,6 +338,7 @@ def deployment_create(path: Path, all_traffic: bool, no_wait: bool, as_json: boo
             description=spec.description,
             tags=spec.tag_strings,
             all_traffic=all_traffic,
+            scale=spec.scale,
         )
         if no_wait:
             return await ws.endpoints.deployment(spec.endpoint_name, spec.name)
@@ -349,6 +365,8 @@ def _deployment_row(row: dict[str, Any]) -> dict[str, Any]:
         "entry_script": spec.get("entry_script"),
         "tags": spec.get("tags", {}),
         "error": row["error"],
+        "update_error": row.get("update_error", ""),
+        "scale": spec.get("scale"),
     }
 
 

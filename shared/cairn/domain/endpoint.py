@@ -7,6 +7,16 @@ each replica is a job (``JobSpec.serve``) that the scheduler leases, and re-queu
 like any other. A deployment is ``Creating`` until every replica has reported ready once,
 then ``Succeeded``; a replica whose ``init()`` raised makes it ``Failed`` (until a new spec
 replaces it); a deleted one is ``Deleted`` and may be created again.
+
+A new spec of a ``Succeeded`` deployment rolls out: the previous spec (its job, replicas and
+their readiness) is kept until every new replica is ready. A new replica that cannot start
+meanwhile rolls the deployment back (``DeploymentRolledBack``): the previous spec is its own
+again and it is ``Failed`` with the reason, while the previous replicas serve on. Replicas of
+earlier specs are kept by run id for the last ``RETIRED_KEPT`` only: a roll retires at most
+``MAX_REPLICAS`` at once, so the window holds every one that may still be stopping.
+
+With ``spec.scale`` the replica count moves within its bounds (``ScaleDeployment``, the
+scheduler's decision from the replicas' request metrics, ``DeploymentScaled``).
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ from cairn.proto.events import (
     DeploymentCreated,
     DeploymentDeleted,
     DeploymentFailed,
+    DeploymentRolledBack,
+    DeploymentScaled,
     DeploymentUpdated,
     EndpointCreated,
     EndpointDeleted,
@@ -31,6 +43,7 @@ from cairn.proto.events import (
 )
 from cairn.proto.jobs import JobSpec
 from cairn.proto.serving import (
+    MAX_REPLICAS,
     CreateEndpoint,
     DeleteDeployment,
     DeleteEndpoint,
@@ -44,15 +57,22 @@ from cairn.proto.serving import (
 __all__ = [
     "DEPLOYMENT",
     "ENDPOINT",
+    "RETIRED_KEPT",
     "DeploymentCommand",
     "DeploymentState",
     "DeploymentStatus",
     "EndpointCommand",
     "EndpointState",
+    "PreviousSpec",
+    "ReplicaFailed",
     "ResolvedDeploy",
     "ResolvedTraffic",
     "RetireDeployment",
+    "ScaleDeployment",
 ]
+
+#: how many runs of earlier specs a deployment keeps by id (the newest)
+RETIRED_KEPT = 2 * MAX_REPLICAS
 
 #: key slots, in the order of ``key_hashes``
 SLOTS = ("primary", "secondary")
@@ -213,6 +233,16 @@ class DeploymentStatus(StrEnum):
     DELETED = "Deleted"
 
 
+class PreviousSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a rolling update replaces, kept until it is done: the last spec that had every
+    replica ready, its job, its replicas and the attempts they were ready with."""
+
+    spec: DeploymentSpec
+    job: JobSpec
+    replicas: tuple[str, ...]
+    ready: dict[str, int]
+
+
 class DeploymentState(msgspec.Struct, frozen=True, kw_only=True):
     exists: bool = False
     endpoint: str = ""
@@ -224,13 +254,29 @@ class DeploymentState(msgspec.Struct, frozen=True, kw_only=True):
     #: the runs of the current replicas, and the attempt each last reported ready with
     replicas: tuple[str, ...] = ()
     ready: dict[str, int] = msgspec.field(default_factory=dict)
-    #: runs of earlier specs (stopped)
+    #: runs of earlier specs, or scaled away (stopped): the last ``RETIRED_KEPT``
     retired: tuple[str, ...] = ()
     error: str = ""
+    #: during a rolling update: what it replaces
+    previous: PreviousSpec | None = None
+    #: the last update that failed and was rolled back (its reason); "" once a spec rolls out
+    update_error: str = ""
+    #: scaling decisions so far (the next one's replica ids derive from it), the last one's
+    #: time
+    scalings: int = 0
+    scaled_at: float = 0.0
 
     @property
     def live(self) -> bool:
         return self.exists and self.status != DeploymentStatus.DELETED
+
+    @property
+    def serving(self) -> bool:
+        """Its spec has had every replica ready: ``Succeeded``, or ``Failed`` by an update
+        that was rolled back."""
+        return self.status == DeploymentStatus.SUCCEEDED or (
+            self.status == DeploymentStatus.FAILED and bool(self.update_error)
+        )
 
 
 def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
@@ -244,7 +290,9 @@ def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
                 job=ev.job,
                 experiment_name=ev.experiment_name,
                 replicas=tuple(ev.replicas),
-                retired=state.retired + state.replicas,
+                retired=_kept(state.retired + state.replicas),
+                scalings=state.scalings,
+                scaled_at=state.scaled_at,
             )
         case DeploymentUpdated() as ev:
             return msgspec.structs.replace(
@@ -254,26 +302,83 @@ def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
                 job=ev.job,
                 replicas=tuple(ev.replicas),
                 ready={},
-                retired=state.retired + tuple(ev.retired),
+                retired=_kept(state.retired + tuple(ev.retired)),
                 error="",
+                previous=_previous(state),
             )
         case ReplicaReady(run_id=run_id, attempt=attempt):
-            ready = {**state.ready, run_id: attempt}
-            status = state.status
-            if status == DeploymentStatus.CREATING and set(ready) >= set(state.replicas):
-                status = DeploymentStatus.SUCCEEDED
-            return msgspec.structs.replace(state, ready=ready, status=status)
+            return _ready(state, run_id, attempt)
         case DeploymentFailed(error=error):
-            return msgspec.structs.replace(state, status=DeploymentStatus.FAILED, error=error)
+            return msgspec.structs.replace(
+                state, status=DeploymentStatus.FAILED, error=error, previous=None
+            )
+        case DeploymentRolledBack() as ev:
+            return _rolled_back(state, ev)
+        case DeploymentScaled(added=added, removed=removed, at=at):
+            gone = set(removed)
+            return msgspec.structs.replace(
+                state,
+                replicas=tuple(r for r in state.replicas if r not in gone) + tuple(added),
+                ready={r: a for r, a in state.ready.items() if r not in gone},
+                retired=_kept(state.retired + tuple(removed)),
+                scalings=state.scalings + 1,
+                scaled_at=at,
+            )
         case DeploymentDeleted():
             return msgspec.structs.replace(
                 state,
                 status=DeploymentStatus.DELETED,
-                retired=state.retired + state.replicas,
+                retired=_kept(state.retired + state.replicas),
                 replicas=(),
                 ready={},
+                previous=None,
             )
     return state
+
+
+def _kept(retired: tuple[str, ...]) -> tuple[str, ...]:
+    return retired[-RETIRED_KEPT:]
+
+
+def _previous(state: DeploymentState) -> PreviousSpec | None:
+    """What an update of ``state`` replaces: its spec if every replica of it is ready; the
+    one an unfinished roll replaces if it is mid-roll; nothing if it never had one working."""
+    if state.serving and state.spec and state.job:
+        return PreviousSpec(
+            spec=state.spec, job=state.job, replicas=state.replicas, ready=dict(state.ready)
+        )
+    if state.status == DeploymentStatus.CREATING:
+        return state.previous
+    return None
+
+
+def _ready(state: DeploymentState, run_id: str, attempt: int) -> DeploymentState:
+    ready = {**state.ready, run_id: attempt}
+    status, previous, update_error = state.status, state.previous, state.update_error
+    if status == DeploymentStatus.CREATING and set(ready) >= set(state.replicas):
+        status, previous, update_error = DeploymentStatus.SUCCEEDED, None, ""
+    return msgspec.structs.replace(
+        state, ready=ready, status=status, previous=previous, update_error=update_error
+    )
+
+
+def _rolled_back(state: DeploymentState, ev: DeploymentRolledBack) -> DeploymentState:
+    previous = state.previous
+    if previous is None:  # never appended without one
+        return state
+    error = f"the update failed and was rolled back: {ev.error}"
+    return msgspec.structs.replace(
+        state,
+        status=DeploymentStatus.FAILED,
+        spec=previous.spec,
+        job=previous.job,
+        replicas=tuple(ev.replicas),
+        ready={r: a for r, a in previous.ready.items() if r in ev.replicas},
+        retired=_kept(tuple(r for r in state.retired if r not in ev.replicas) + tuple(ev.retired)),
+        error=error,
+        update_error=ev.error,
+        previous=None,
+    )
 
 
 class ResolvedDeploy(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -293,7 +398,36 @@ class RetireDeployment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     command: DeleteDeployment
 
 
-DeploymentCommand = ResolvedDeploy | ReportReplica | RetireDeployment
+class ReplicaFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A replica's failed ``ReportReplica``, with what a roll-back needs (looked up by the
+    service): for each replica of the previous spec, the run that takes its place (itself
+    while it runs; a new run id for one the roll already stopped)."""
+
+    command: ReportReplica
+    restore: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class ScaleDeployment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The autoscaler's decision (the scheduler's, from the replicas' request metrics over
+    ``window_s``, at time ``at``): ``replicas`` replicas, was ``replicas_before`` when it
+    looked (refused as stale otherwise). New replicas' run ids are ``added`` (as many as
+    needed, made by the service); the newest ones are removed. Within ``cooldown_s`` of the
+    last change nothing changes."""
+
+    at: float
+    cooldown_s: float
+    replicas_before: int
+    replicas: int
+    utilization_pct: float
+    target_pct: float
+    window_s: float
+    requests: int
+    added: list[str] = msgspec.field(default_factory=list)
+
+
+DeploymentCommand = (
+    ResolvedDeploy | ReportReplica | ReplicaFailed | RetireDeployment | ScaleDeployment
+)
 
 
 def decide_deployment(state: DeploymentState, command: DeploymentCommand) -> list[Event]:
@@ -302,6 +436,10 @@ def decide_deployment(state: DeploymentState, command: DeploymentCommand) -> lis
             return _deploy(state, command)
         case ReportReplica():
             return _report(state, command)
+        case ReplicaFailed():
+            return _failed(state, command)
+        case ScaleDeployment():
+            return _scale(state, command)
         case RetireDeployment(command=delete):
             if not state.exists:
                 raise NotFound(f"deployment {delete.deployment} does not exist")
@@ -370,6 +508,64 @@ def _report(state: DeploymentState, command: ReportReplica) -> list[Event]:
             run_id=command.run_id,
             attempt=command.attempt,
             error=command.error,
+        )
+    ]
+
+
+def _failed(state: DeploymentState, command: ReplicaFailed) -> list[Event]:
+    """A replica could not start. Mid-roll (a previous spec to go back to) the roll stops:
+    the previous spec's replicas come back (``restore``) and the new ones are stopped."""
+    report = command.command
+    previous = state.previous
+    if (
+        previous is None
+        or state.status != DeploymentStatus.CREATING
+        or report.run_id not in state.replicas
+    ):
+        return _report(state, report)
+    replicas = [command.restore.get(r, r) for r in previous.replicas]
+    if set(replicas) & set(state.replicas):
+        raise InvalidInput("a restored replica cannot be one of the failed spec's")
+    return [
+        DeploymentRolledBack(
+            endpoint=state.endpoint,
+            deployment=state.name,
+            run_id=report.run_id,
+            attempt=report.attempt,
+            error=report.error,
+            replicas=replicas,
+            retired=list(state.replicas),
+        )
+    ]
+
+
+def _scale(state: DeploymentState, command: ScaleDeployment) -> list[Event]:
+    if not state.live or state.spec is None or state.spec.scale is None:
+        raise InvalidTransition(f"deployment {state.name} does not autoscale")
+    if not state.serving or len(state.replicas) != command.replicas_before:
+        raise StaleAttempt(f"deployment {state.name} changed since its load was measured")
+    scale = state.spec.scale
+    after = max(scale.min_replicas, min(scale.max_replicas, command.replicas))
+    before = len(state.replicas)
+    if after == before or command.at - state.scaled_at < command.cooldown_s:
+        return []
+    added = list(command.added[: max(0, after - before)])
+    if len(added) != max(0, after - before) or set(added) & set(state.replicas + state.retired):
+        raise InvalidInput(f"scaling to {after} replicas needs {after - before} new run ids")
+    removed = list(state.replicas[after:]) if after < before else []
+    return [
+        DeploymentScaled(
+            endpoint=state.endpoint,
+            deployment=state.name,
+            replicas_before=before,
+            replicas_after=after,
+            utilization_pct=command.utilization_pct,
+            target_pct=command.target_pct,
+            window_s=command.window_s,
+            at=command.at,
+            requests=command.requests,
+            added=added,
+            removed=removed,
         )
     ]
 

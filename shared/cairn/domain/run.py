@@ -53,6 +53,7 @@ __all__ = [
     "CommitArtifact",
     "CreateResolvedRun",
     "FailUndeliverable",
+    "FinishStableJob",
     "LoseAttempt",
     "LoseRun",
     "RunCommand",
@@ -107,6 +108,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str = ""
     lease_s: float = 0.0
     lost: int = 0
+    #: losses since the back-off last started over (what the next re-queue's delay and the
+    #: attempt budget count)
+    streak: int = 0
     started: bool = False
     cancel_reason: str = ""
     #: the schedule fire that submitted it
@@ -135,13 +139,14 @@ def evolve(state: RunState, event: Event) -> RunState:
                 lease_s=lease_s,
                 started=False,
             )
-        case RunRequeued():
+        case RunRequeued(backoff_reset=reset):
             return msgspec.structs.replace(
                 state,
                 status=RunStatus.QUEUED,
                 agent_id="",
                 queue_n=state.queue_n + 1,
                 lost=state.lost + 1,
+                streak=1 if reset else state.streak + 1,
             )
         case RunCancelRequested(reason=reason):
             return msgspec.structs.replace(
@@ -223,11 +228,23 @@ class CommitArtifact(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class LoseAttempt(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Attempt ``attempt`` is lost (its lease expired)."""
+    """Attempt ``attempt`` is lost (its lease expired). ``stable``: it had run (a serving
+    replica: been ready) for a stable period first, as the scheduler saw it: its back-off
+    starts over."""
 
     run_id: str
     attempt: int
     reason: str
+    stable: bool = False
+
+
+class FinishStableJob(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An agent's ``FinishJob`` with what the scheduler saw: ``stable``, the attempt had run
+    (a serving replica: been ready) for a stable period, so a loss starts its back-off
+    over."""
+
+    command: FinishJob
+    stable: bool = False
 
 
 class LoseRun(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -270,6 +287,7 @@ RunCommand = (
     | AssignJob
     | ReportJob
     | FinishJob
+    | FinishStableJob
     | LoseAttempt
     | LoseRun
     | TimeOutAttempt
@@ -291,8 +309,10 @@ def decide(state: RunState, command: RunCommand) -> list[Event]:
             return _report(state, command)
         case FinishJob():
             return _finish(state, command)
-        case LoseAttempt(attempt=attempt, reason=reason):
-            return _lost(state, attempt, reason)
+        case FinishStableJob(command=finish, stable=stable):
+            return _finish(state, finish, stable=stable)
+        case LoseAttempt(attempt=attempt, reason=reason, stable=stable):
+            return _lost(state, attempt, reason, stable=stable)
         case LoseRun(reason=reason):
             return _silent(state, reason)
         case TimeOutAttempt(attempt=attempt, timeout_s=timeout_s):
@@ -444,7 +464,7 @@ def _report(state: RunState, command: ReportJob) -> list[Event]:
     return []
 
 
-def _finish(state: RunState, command: FinishJob) -> list[Event]:
+def _finish(state: RunState, command: FinishJob, *, stable: bool = False) -> list[Event]:
     _require_current(state, command.run_id, command.attempt)
     run_id, attempt, exit_code = state.run_id, command.attempt, command.exit_code
     match command.outcome:
@@ -461,27 +481,38 @@ def _finish(state: RunState, command: FinishJob) -> list[Event]:
                     RunFailed(run_id=run_id, attempt=attempt, error=reason, exit_code=exit_code)
                 ]
             return [RunCanceled(run_id=run_id, attempt=attempt, reason=reason)]
-    return _lost(state, attempt, command.error or "the agent could not run the job")
+    return _lost(state, attempt, command.error or "the agent could not run the job", stable=stable)
 
 
 #: seconds to wait before the n-th re-queue of a run (infrastructure failures)
 REQUEUE_BACKOFF_S = (0.0, 2.0, 10.0, 30.0, 120.0)
 
 
-def _lost(state: RunState, attempt: int, reason: str) -> list[Event]:
+def _lost(state: RunState, attempt: int, reason: str, *, stable: bool = False) -> list[Event]:
     """Attempt ``attempt`` is lost (lease expired, agent failure): re-queue it while the budget
-    lasts, else fail the run. A run whose cancel was requested is canceled instead."""
+    lasts, else fail the run. A run whose cancel was requested is canceled instead. The delay
+    and the budget count the losses in a row: an attempt that ran for a stable period
+    (``stable``) starts them over, as Kubernetes resets a container's crash-loop back-off."""
     if state.job is None or attempt != state.attempt or not state.status.held:
         return []
     if state.status == RunStatus.CANCEL_REQUESTED:
         if state.cancel_reason.startswith("timeout"):
             return [RunFailed(run_id=state.run_id, attempt=attempt, error=state.cancel_reason)]
         return [RunCanceled(run_id=state.run_id, attempt=attempt, reason=state.cancel_reason)]
-    if state.lost + 1 >= state.job.max_attempts:
-        error = f"gave up after {state.lost + 1} lost attempts; the last: {reason}"
+    streak = 0 if stable else state.streak
+    if streak + 1 >= state.job.max_attempts:
+        error = f"gave up after {streak + 1} lost attempts; the last: {reason}"
         return [RunFailed(run_id=state.run_id, attempt=attempt, error=error)]
-    delay = REQUEUE_BACKOFF_S[min(state.lost, len(REQUEUE_BACKOFF_S) - 1)]
-    return [RunRequeued(run_id=state.run_id, attempt=attempt, reason=reason, delay_s=delay)]
+    delay = REQUEUE_BACKOFF_S[min(streak, len(REQUEUE_BACKOFF_S) - 1)]
+    return [
+        RunRequeued(
+            run_id=state.run_id,
+            attempt=attempt,
+            reason=reason,
+            delay_s=delay,
+            backoff_reset=stable,
+        )
+    ]
 
 
 def _silent(state: RunState, reason: str) -> list[Event]:

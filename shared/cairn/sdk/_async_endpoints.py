@@ -33,6 +33,7 @@ from cairn.proto.serving import (
     GetEndpoint,
     ListEndpoints,
     ModelRef,
+    ScaleSettings,
     SetEndpointKeys,
     UpdateEndpoint,
 )
@@ -196,11 +197,13 @@ class AsyncEndpoints:
         all_traffic: bool = False,
         max_concurrent_requests: int = 1,
         max_queue_wait_s: float = 0.5,
+        scale: ScaleSettings | None = None,
     ) -> None:
         """Create deployment ``deployment`` of ``endpoint`` or replace its spec: the source
         folder is uploaded as a job's snapshot is; its replicas start on ``compute``. Each
         replica calls ``run()`` for up to ``max_concurrent_requests`` requests at once (worker
-        threads); as many more wait up to ``max_queue_wait_s`` (then 503), beyond them 429."""
+        threads); as many more wait up to ``max_queue_wait_s`` (then 503), beyond them 429.
+        ``scale``: autoscale between its bounds (``replicas`` is the count it starts with)."""
         source = Path(source_directory)
         script = Path(entry_script)
         if script.is_absolute():
@@ -232,6 +235,7 @@ class AsyncEndpoints:
             max_queue_wait_s=max_queue_wait_s,
             description=description,
             tags=tags or {},
+            scale=scale,
         )
         await self._session.send(
             DeployModel(

@@ -16,6 +16,12 @@
     instance_count: 2                       # replicas
     compute: local                          # the compute target whose agents run them
     request_settings: {request_timeout_ms: 5000}
+    scale_settings:                         # or {type: default}: instance_count, always
+      type: target_utilization
+      min_instances: 1
+      max_instances: 3
+      polling_interval: 10                  # seconds
+      target_utilization_percentage: 70
 
 Every key is read: honoured, or refused naming it. Paths are relative to the YAML file.
 """
@@ -30,6 +36,7 @@ import msgspec
 from cairn.domain.environment import parse_reference
 from cairn.errors import InvalidInput
 from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.serving import ScaleSettings
 from cairn.sdk._jobfile import InlineEnvironment, environment_of, load_yaml_as
 from cairn.sdk._refusals import refuse
 from cairn.sdk._webservice import environment_ref
@@ -98,6 +105,42 @@ class RequestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_queue_wait_ms: int | None = None
 
 
+class ScaleSettingsFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``scale_settings``: ``{type: default}`` (``instance_count`` replicas, always) or
+    ``{type: target_utilization, min_instances, max_instances, polling_interval,
+    target_utilization_percentage}`` (autoscaling; ``instance_count`` is where it starts)."""
+
+    type: Literal["default", "target_utilization"] = "default"
+    min_instances: int | None = None
+    max_instances: int | None = None
+    polling_interval: float | None = None
+    target_utilization_percentage: float | None = None
+
+    def settings(self, where: str) -> ScaleSettings | None:
+        given = {
+            "min_replicas": self.min_instances,
+            "max_replicas": self.max_instances,
+            "polling_interval_s": self.polling_interval,
+            "target_utilization_pct": self.target_utilization_percentage,
+        }
+        if self.type == "default":
+            for key in (
+                "min_instances",
+                "max_instances",
+                "polling_interval",
+                "target_utilization_percentage",
+            ):
+                if getattr(self, key) is not None:
+                    raise refuse(
+                        where, f"scale_settings.{key}", "set type: target_utilization as well"
+                    )
+            return None
+        try:
+            return msgspec.convert({k: v for k, v in given.items() if v is not None}, ScaleSettings)
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(f"{where}: scale_settings: {exc}") from None
+
+
 class DeploymentFile(
     msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"schema": "$schema"}
 ):
@@ -117,7 +160,7 @@ class DeploymentFile(
     liveness_probe: Any = None
     readiness_probe: Any = None
     app_insights_enabled: bool = False
-    scale_settings: Any = None
+    scale_settings: ScaleSettingsFile | None = None
     data_collector: Any = None
     egress_public_network_access: str | None = None
 
@@ -128,8 +171,8 @@ class DeploymentFile(
                 raise refuse(where, key, _PROBES)
         if self.app_insights_enabled:
             raise refuse(where, "app_insights_enabled", "the gateway's /metrics and get-logs")
-        if self.scale_settings not in (None, {"type": "default"}):
-            raise refuse(where, "scale_settings", "set instance_count")
+        if self.scale_settings is not None:
+            self.scale_settings.settings(where)
         if self.data_collector is not None:
             raise refuse(where, "data_collector", "requests are not collected")
         if self.egress_public_network_access is not None:
@@ -175,6 +218,12 @@ class DeploymentFile(
         """``request_settings.max_queue_wait_ms`` (500, as Azure's), in seconds."""
         found = (self.request_settings or RequestSettings()).max_queue_wait_ms
         return 0.5 if found is None else found / 1000
+
+    @property
+    def scale(self) -> ScaleSettings | None:
+        """``scale_settings`` in Cairn's terms (None: ``instance_count`` replicas)."""
+        found = self.scale_settings
+        return None if found is None else found.settings("deployment file")
 
     @property
     def request_timeout_s(self) -> float:

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.assets import EnvironmentSpec
+from cairn.proto.serving import ScaleSettings
 from cairn.sdk._refusals import refuse, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
@@ -125,6 +128,8 @@ class DeploymentConfiguration:
     #: ``run()`` calls each replica makes at once, and how long a request waits for one
     max_concurrent_requests: int = 1
     max_queue_wait_s: float = 0.5
+    #: autoscaling (AKS's ``autoscale_*``); None: ``replicas``, always
+    scale: ScaleSettings | None = None
 
 
 def _auth(auth_enabled: bool | None) -> None:
@@ -192,9 +197,6 @@ class AksWebservice:
 
     @staticmethod
     @refuses(
-        autoscale_enabled="set num_replicas (and update(num_replicas=) to scale)",
-        autoscale_min_replicas="set num_replicas",
-        autoscale_max_replicas="set num_replicas",
         gpu_cores="replicas take no GPUs yet",
         enable_app_insights="a deployment's logs are get_logs(); metrics are at /metrics",
         primary_key="keys are made by Cairn (regen_key makes new ones)",
@@ -221,17 +223,37 @@ class AksWebservice:
         token_auth_enabled: bool | None = None,
         replica_max_concurrent_requests: int | None = None,
         max_request_wait_time: int | None = None,
+        autoscale_refresh_seconds: int | None = None,
+        autoscale_target_utilization: int | None = None,
     ) -> DeploymentConfiguration:
         """``scoring_timeout_ms`` bounds one ``run()`` (504 past it); a member's Cairn token
         is always accepted beside the keys, whatever ``token_auth_enabled`` says.
         ``replica_max_concurrent_requests`` (1) ``run()`` calls each replica makes at once,
         in worker threads; a request waits for a free one at most ``max_request_wait_time``
-        ms (500), then is 503; beyond as many waiting as running, 429."""
+        ms (500), then is 503; beyond as many waiting as running, 429.
+
+        ``autoscale_enabled=True``: the scheduler keeps between ``autoscale_min_replicas``
+        (default 1) and ``autoscale_max_replicas`` (10) replicas, looking every
+        ``autoscale_refresh_seconds`` (1) at how busy they are against
+        ``autoscale_target_utilization`` percent (70); it starts with the minimum. Unlike
+        Azure, autoscaling is off unless asked for (then ``num_replicas`` replicas, always,
+        default 1)."""
         _auth(auth_enabled)
         if token_auth_enabled is False and auth_enabled is False:  # pragma: no cover
             raise InvalidInput("a service needs its keys or tokens")
+        scale = _autoscale(
+            autoscale_enabled,
+            num_replicas,
+            autoscale_min_replicas=autoscale_min_replicas,
+            autoscale_max_replicas=autoscale_max_replicas,
+            autoscale_refresh_seconds=autoscale_refresh_seconds,
+            autoscale_target_utilization=autoscale_target_utilization,
+        )
+        if scale is not None:
+            num_replicas = scale.min_replicas
         return DeploymentConfiguration(
             kind="AKS",
+            scale=scale,
             replicas=1 if num_replicas is None else num_replicas,
             cpu_cores=cpu_cores,
             memory_gb=memory_gb,
@@ -241,6 +263,35 @@ class AksWebservice:
             max_concurrent_requests=replica_max_concurrent_requests or 1,
             max_queue_wait_s=0.5 if max_request_wait_time is None else max_request_wait_time / 1000,
         )
+
+
+def _autoscale(
+    enabled: bool | None, num_replicas: int | None, **given: int | None
+) -> ScaleSettings | None:
+    """AKS's ``autoscale_*`` as ``ScaleSettings``; each is refused by name unless
+    ``autoscale_enabled=True``, and ``num_replicas`` is refused beside it."""
+    where = "AksWebservice.deploy_configuration"
+    if not enabled:
+        for name, value in given.items():
+            if value is not None:
+                raise refuse(where, name, "set autoscale_enabled=True as well (or num_replicas)")
+        return None
+    if num_replicas is not None:
+        raise refuse(where, "num_replicas", "an autoscaled service starts with its minimum")
+    low, high = given["autoscale_min_replicas"], given["autoscale_max_replicas"]
+    refresh, target = given["autoscale_refresh_seconds"], given["autoscale_target_utilization"]
+    try:
+        return msgspec.convert(
+            {
+                "min_replicas": 1 if low is None else low,
+                "max_replicas": 10 if high is None else high,
+                "polling_interval_s": 1.0 if refresh is None else float(refresh),
+                "target_utilization_pct": 70.0 if target is None else float(target),
+            },
+            ScaleSettings,
+        )
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
 
 
 def _compute(target: Any) -> str:
@@ -302,6 +353,7 @@ def deploy(
             description=config.description,
             tags={**tags, COMPUTE_TYPE: config.kind},
             all_traffic=True,
+            scale=config.scale,
         )
     )
     return Webservice(workspace, name)
@@ -375,7 +427,7 @@ class Webservice:
     @refuses(
         image="give inference_config (and models) instead",
         auth_enabled="every Cairn endpoint answers only its keys or a member's token",
-        autoscale_enabled="set num_replicas",
+        autoscale_enabled="deploy again with deploy_configuration(autoscale_enabled=...)",
     )
     def update(
         self,
@@ -438,6 +490,9 @@ class Webservice:
                 max_queue_wait_s=current.get("max_queue_wait_s", 0.5),
                 description=current["description"],
                 tags=current["tags"],
+                scale=None
+                if current.get("scale") is None
+                else msgspec.convert(current["scale"], ScaleSettings),
             )
         )
 

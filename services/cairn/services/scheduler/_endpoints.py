@@ -12,9 +12,9 @@ the gateway the traffic weights once the caller's key matches one of the endpoin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +26,7 @@ from cairn.domain import endpoint as endpoints
 from cairn.domain import experiment
 from cairn.domain import run as runs
 from cairn.errors import InvalidInput, InvalidTransition, NotFound, Unauthenticated
+from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, CancelRun, CreateExperiment, QueryResult
 from cairn.proto.jobs import JobEnvironment, JobInput, JobSpec, SubmitJob, derived_id
@@ -35,6 +36,7 @@ from cairn.proto.serving import (
     CreateEndpoint,
     DeleteDeployment,
     DeleteEndpoint,
+    DeploymentSpec,
     DeployModel,
     GetEndpoint,
     ListEndpoints,
@@ -53,6 +55,7 @@ from cairn.settings import Settings
 
 __all__ = ["REPLICA_MAX_ATTEMPTS", "Endpoints", "replica_command"]
 
+log = get_logger("cairn.scheduler")
 #: how often a replica may be lost before its run fails (a replica is meant to run for good;
 #: re-queues back off up to 120 s)
 REPLICA_MAX_ATTEMPTS = 1000
@@ -82,6 +85,8 @@ class Endpoints:
     ) -> None:
         self.conn, self.settings, self.cache, self.pythons = conn, settings, cache, pythons
         self.publish = publish
+        #: a deployment's request telemetry windows (the autoscaler's, set by the service)
+        self.load: Callable[[str, str], list[dict[str, float]]] = lambda ws, did: []
         self.responders = [
             Responder(
                 conn,
@@ -182,6 +187,7 @@ class Endpoints:
             raise InvalidInput(f"replicas must be between 1 and {MAX_REPLICAS}")
         if spec.request_timeout_s <= 0 or spec.request_timeout_s > 3600:
             raise InvalidInput("request_timeout_s must be within (0, 3600]")
+        _check_scale(spec)
         experiment_name = f"endpoint-{cmd.endpoint}"
         await self._experiment(req, experiment_name)
         replicas = [derived_id("replica", cmd.command_id, i) for i in range(spec.replicas)]
@@ -246,6 +252,8 @@ class Endpoints:
             entry_script=spec.entry_script,
             models=spec.models,
             request_timeout_s=spec.request_timeout_s,
+            max_concurrent_requests=spec.max_concurrent_requests,
+            max_queue_wait_s=spec.max_queue_wait_s,
         )
         job = JobSpec(
             command=replica_command(spec.entry_script),
@@ -273,6 +281,20 @@ class Endpoints:
     async def _submit(
         self, req: Request, run_id: str, experiment_name: str, job: JobSpec, compute: str
     ) -> None:
+        await self.submit_replica(
+            req.workspace, run_id, experiment_name, job, compute, lambda c: self._ctx(req, c)
+        )
+
+    async def submit_replica(
+        self,
+        ws: str,
+        run_id: str,
+        experiment_name: str,
+        job: JobSpec,
+        compute: str,
+        ctx: Callable[[str], CommandContext],
+    ) -> None:
+        """Submit a replica's run (its command id derived from the run id: once)."""
         submit = SubmitJob(
             command_id=derived_id("replica-submit", run_id),
             run_id=run_id,
@@ -284,20 +306,25 @@ class Endpoints:
         resolved = runs.SubmitResolvedJob(
             command=submit, experiment_id=subjects.name_to_id(experiment_name), job=job
         )
-        ctx = self._ctx(req, submit.command_id)
-        accepted = await execute(ctx, runs.AGGREGATE, run_id, resolved, cache=self.cache, new=True)
+        accepted = await execute(
+            ctx(submit.command_id), runs.AGGREGATE, run_id, resolved, cache=self.cache, new=True
+        )
         if not accepted.replayed:
             try:
-                await self.publish(req.workspace, run_id, 1, compute)
+                await self.publish(ws, run_id, 1, compute)
             except Exception:  # the reconcile loop publishes it
                 pass
 
     async def _cancel(self, req: Request, run_id: str, reason: str) -> None:
+        await self.cancel_replica(run_id, reason, lambda c: self._ctx(req, c))
+
+    async def cancel_replica(
+        self, run_id: str, reason: str, ctx: Callable[[str], CommandContext]
+    ) -> None:
+        """Stop a replica's run (a no-op once it ended)."""
         cancel = CancelRun(command_id=derived_id("retire", run_id), run_id=run_id, reason=reason)
         try:
-            await execute(
-                self._ctx(req, cancel.command_id), runs.AGGREGATE, run_id, cancel, cache=self.cache
-            )
+            await execute(ctx(cancel.command_id), runs.AGGREGATE, run_id, cancel, cache=self.cache)
         except (InvalidTransition, NotFound):  # it ended already
             pass
 
@@ -328,14 +355,69 @@ class Endpoints:
         return accepted
 
     async def _report(self, req: Request) -> Accepted:
-        """A replica's start; a ready one of a new spec retires replicas of earlier ones."""
+        """A replica's start; a ready one of a new spec retires replicas of earlier ones, a
+        failed one mid-roll rolls the deployment back."""
         cmd: ReportReplica = req.body
         did = deployment_id(cmd.endpoint, cmd.deployment)
+        if cmd.phase == "failed":
+            return await self._failed(req, cmd)
         accepted = await execute(req.context(), endpoints.DEPLOYMENT, did, cmd, cache=self.cache)
-        if cmd.phase == "ready":
-            state = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
-            await self._roll(req, state)
+        state = await self._deployment(req.workspace, cmd.endpoint, cmd.deployment)
+        await self._roll(req, state)
         return accepted
+
+    async def _failed(self, req: Request, cmd: ReportReplica) -> Accepted:
+        """A replica that could not start. Mid-roll, the previous spec's replicas come back:
+        those still running as they are, each one the roll stopped as a new run (its id
+        derived from this report); then the new spec's replicas are stopped as the previous
+        ones are ready (``_roll``), so the endpoint never has none."""
+        ws = req.workspace
+        did = deployment_id(cmd.endpoint, cmd.deployment)
+        before = await self._deployment(ws, cmd.endpoint, cmd.deployment)
+        restore: dict[str, str] = {}
+        if before.previous is not None:
+            for run_id in before.previous.replicas:
+                if not await self._running(ws, run_id):
+                    restore[run_id] = derived_id("restore", did, cmd.run_id, cmd.attempt, run_id)
+        command = endpoints.ReplicaFailed(command=cmd, restore=restore)
+        accepted = await execute(
+            req.context(), endpoints.DEPLOYMENT, did, command, cache=self.cache
+        )
+        state = await self._deployment(ws, cmd.endpoint, cmd.deployment)
+        if before.previous is None or not state.update_error or not state.job or not state.spec:
+            return accepted  # no roll-back: the deployment failed
+        log.warning("deployment_rolled_back", deployment=did, run_id=cmd.run_id)
+        fresh = set(restore.values())
+        for run_id in state.replicas:
+            if run_id in fresh:
+                await self._submit(
+                    req, run_id, state.experiment_name, state.job, state.spec.compute
+                )
+        await self._roll(req, state)
+        return accepted
+
+    async def _running(self, ws: str, run_id: str) -> bool:
+        """Whether the run is still going (not ended, not asked to stop)."""
+        try:
+            found = await lookup.run_state(self.cache, ws, run_id, fresh=True)
+        except NotFound:
+            return False
+        return not found.status.terminal and found.status != runs.RunStatus.CANCEL_REQUESTED
+
+    async def stable(self, ws: str, run_id: str, attempt: int, started_at: float | None) -> bool:
+        """Whether attempt ``attempt`` of a serving replica had been ready, and running for
+        ``replica_stable_s``, before it was lost (then its back-off starts over)."""
+        if started_at is None or time.time() - started_at < self.settings.replica_stable_s:
+            return False
+        try:
+            run = await lookup.run_state(self.cache, ws, run_id)
+        except NotFound:
+            return False
+        serve = None if run.job is None else run.job.serve
+        if serve is None:
+            return False
+        state = await self._deployment(ws, serve.endpoint, serve.deployment)
+        return state.ready.get(run_id) == attempt
 
     async def _roll(self, req: Request, state: endpoints.DeploymentState) -> None:
         """A rolling update's next step. Nothing is stopped before a replica of the new spec
@@ -347,12 +429,7 @@ class Endpoints:
         if not ready or not state.retired:
             return
         keep = max(0, len(state.replicas) - ready - 1)
-        running = []
-        for run_id in state.retired:
-            with contextlib.suppress(NotFound):
-                found = await lookup.run_state(self.cache, req.workspace, run_id, fresh=True)
-                if not found.status.terminal and found.status != runs.RunStatus.CANCEL_REQUESTED:
-                    running.append(run_id)
+        running = [r for r in state.retired if await self._running(req.workspace, r)]
         for run_id in running[: max(0, len(running) - keep)]:
             await self._cancel(req, run_id, f"deployment {state.name} was replaced")
 
@@ -386,9 +463,14 @@ class Endpoints:
         q: GetEndpoint = req.body
         state = await self._endpoint(req.workspace, q.endpoint)
         deployments = [
-            _deployment_row(d) for d in await self._deployments(req.workspace, q.endpoint)
+            self._row(req.workspace, d) for d in await self._deployments(req.workspace, q.endpoint)
         ]
         return QueryResult(seq=0, data=_endpoint_row(state, deployments))
+
+    def _row(self, ws: str, state: endpoints.DeploymentState) -> dict[str, Any]:
+        row = _deployment_row(state)
+        row["load"] = self.load(ws, deployment_id(state.endpoint, state.name))
+        return row
 
     async def _list(self, req: Request) -> QueryResult:
         rows = []
@@ -398,10 +480,27 @@ class Endpoints:
             )
             if state.live:
                 deployments = [
-                    _deployment_row(d) for d in await self._deployments(req.workspace, name)
+                    self._row(req.workspace, d)
+                    for d in await self._deployments(req.workspace, name)
                 ]
                 rows.append(_endpoint_row(state, deployments))
         return QueryResult(seq=0, data=rows)
+
+
+def _check_scale(spec: DeploymentSpec) -> None:
+    scale = spec.scale
+    if scale is None:
+        return
+    if not 1 <= scale.min_replicas <= scale.max_replicas <= MAX_REPLICAS:
+        raise InvalidInput(
+            f"scale: min_replicas ({scale.min_replicas}) and max_replicas"
+            f" ({scale.max_replicas}) must be within 1 <= min <= max <= {MAX_REPLICAS}"
+        )
+    if not scale.min_replicas <= spec.replicas <= scale.max_replicas:
+        raise InvalidInput(
+            f"replicas ({spec.replicas}), the count an autoscaled deployment starts with, must be"
+            f" within [{scale.min_replicas}, {scale.max_replicas}]"
+        )
 
 
 def _endpoint_row(
@@ -428,5 +527,9 @@ def _deployment_row(state: endpoints.DeploymentState) -> dict[str, Any]:
         "retired": list(state.retired),
         "experiment_name": state.experiment_name,
         "error": state.error,
+        #: the last update that failed and was rolled back ("" once a spec rolls out)
+        "update_error": state.update_error,
+        "rolling_out": state.previous is not None,
+        "scalings": state.scalings,
         "spec": msgspec.to_builtins(state.spec) if state.spec is not None else None,
     }

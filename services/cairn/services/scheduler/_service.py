@@ -53,6 +53,7 @@ from cairn.proto.jobs import (
 from cairn.proto.streams import JOBS, job_consumer
 from cairn.rpc import SERVICE_ACTOR, Request, Responder
 from cairn.service import ProjectedService, reconcile_every
+from cairn.services.scheduler._autoscale import Autoscaler
 from cairn.services.scheduler._endpoints import Endpoints
 from cairn.services.scheduler._leases import Leases
 from cairn.services.scheduler._projection import ACTIVE, JOB_COLUMNS, JobsProjection
@@ -114,6 +115,10 @@ class SchedulerService(ProjectedService):
         ]
         self.endpoints = Endpoints(conn, settings, self.cache, self.pythons, self._publish)
         self.responders += self.endpoints.responders
+        self.autoscaler = Autoscaler(
+            conn, self.cache, self.endpoints.submit_replica, self.endpoints.cancel_replica
+        )
+        self.endpoints.load = self.autoscaler.load
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class SchedulerService(ProjectedService):
                 forget(SCHEDULER_QUEUED, compute)
                 forget(SCHEDULER_RUNNING, compute)
             await self.leases.stop()
+            await self.autoscaler.close()
             with contextlib.suppress(Exception):
                 await self._advisories.unsubscribe()
 
@@ -189,6 +195,7 @@ class SchedulerService(ProjectedService):
             if timeout and started and job["status"] == runs.RunStatus.RUNNING:
                 if now > started + timeout:
                     await self._time_out(job["workspace"], job["run_id"], job["attempt"], timeout)
+        await self.autoscaler.tick()
 
     def count_jobs(self, active: list[dict[str, Any]]) -> None:
         """Set the queued and running job gauges from the active jobs, per compute target (a
@@ -229,7 +236,8 @@ class SchedulerService(ProjectedService):
         if lease is None:
             return
         reason = f"lease expired: agent {job['agent_id']} silent for {job['lease_s']:g} s"
-        command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason)
+        stable = await self.endpoints.stable(ws, run_id, attempt, job["started_at"])
+        command = runs.LoseAttempt(run_id=run_id, attempt=attempt, reason=reason, stable=stable)
 
         async def lose() -> Accepted:
             log.info("lease_expired", run_id=run_id, attempt=attempt, agent=job["agent_id"])
@@ -421,9 +429,25 @@ class SchedulerService(ProjectedService):
 
     async def _finish(self, req: Request) -> Accepted:
         cmd: FinishJob = req.body
-        accepted = await self._on_run(req, cmd.run_id, cmd)
+        stable = False
+        if cmd.outcome == "lost":  # a replica that served for a while starts its back-off over
+            stable = await self.endpoints.stable(
+                req.workspace, cmd.run_id, cmd.attempt, self._started_at(req.workspace, cmd.run_id)
+            )
+        finish = runs.FinishStableJob(command=cmd, stable=stable)
+        accepted = await self._on_run(req, cmd.run_id, finish)
         await self.leases.end(req.workspace, cmd.run_id)
         return accepted
+
+    def _started_at(self, ws: str, run_id: str) -> float | None:
+        """When the run's current attempt started, as the read model has it."""
+
+        def fn(db: sqlite3.Connection, t: Tables) -> float | None:
+            sql = f"SELECT started_at FROM {t('jobs')} WHERE workspace=? AND run_id=?"
+            row = db.execute(sql, (ws, run_id)).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return self.projection.read(fn)[0]
 
     # -- queries -------------------------------------------------------------------------
 

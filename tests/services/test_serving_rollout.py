@@ -1,0 +1,301 @@
+"""Online deployments over time, end to end (a real scheduler, agents running replicas, the
+gateway): a replica's re-queue back-off starts over once it served for a stable period, a
+rolling update whose new replicas cannot start is rolled back while the old ones serve, and
+an autoscaled deployment follows its load up and down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import msgspec
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from cairn.bus import Connection, connect
+from cairn.cli._online import _endpoint_row
+from cairn.proto import subjects
+from cairn.proto.events import DeploymentScaled, RunRequeued, decode_envelope
+from cairn.proto.jobs import derived_id
+from cairn.proto.serving import DeploymentSpec, DeployModel, ScaleSettings, deployment_id
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
+from cairn.services.gateway import Gateway, running
+from cairn.settings import Settings
+from tests.conftest import JOB_SETTINGS, Agents
+
+#: a replica that fails to start when it is the run named by FAIL_RUN; answers with VERSION
+SCORE = """
+import json
+import os
+import time
+
+NAME = os.environ.get("VERSION", "v1")
+
+
+def init():
+    if os.environ.get("FAIL_RUN") == os.environ["CAIRN_RUN_ID"]:
+        raise RuntimeError("this replica refuses to start on purpose")
+
+
+def run(raw_data):
+    data = json.loads(raw_data)
+    if data.get("sleep"):
+        time.sleep(data["sleep"])
+    return {"pid": os.getpid(), "name": NAME}
+"""
+
+
+STABLE_S = float(str(JOB_SETTINGS["replica_stable_s"]))
+
+
+@pytest.fixture
+async def scoring(
+    services: None, client_settings: Settings, client: Client
+) -> AsyncIterator[tuple[Gateway, AsyncWorkspace]]:
+    gw_settings = msgspec.structs.replace(
+        client_settings, nats_user=None, nats_password=None, gateway_port=0
+    )
+    async with running(gw_settings) as gw:
+        settings = msgspec.structs.replace(client_settings, gateway_url=gw.url)
+        conn = await connect(settings)
+        ws = AsyncWorkspace(conn, client.workspace, settings)
+        try:
+            yield gw, ws
+        finally:
+            await ws.close()
+            await conn.close()
+
+
+def _source(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "score.py").write_text(SCORE)
+    model = LogisticRegression().fit(np.eye(2), [0, 1])
+    joblib.dump(model, folder / "model.pkl")
+    return folder
+
+
+async def _post(http: httpx.AsyncClient, url: str, key: str, body: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"}
+    return await http.post(url, content=json.dumps(body), headers=headers, timeout=120)
+
+
+class Asking:
+    """Clients that keep scoring, each recording (status, name) of every answer."""
+
+    def __init__(self, url: str, key: str, clients: int, body: dict[str, Any]) -> None:
+        self.answers: list[tuple[int, str]] = []
+        self.stop = asyncio.Event()
+        self.tasks = [asyncio.create_task(self._ask(url, key, body)) for _ in range(clients)]
+
+    async def _ask(self, url: str, key: str, body: dict[str, Any]) -> None:
+        async with httpx.AsyncClient() as http:
+            while not self.stop.is_set():
+                reply = await _post(http, url, key, body)
+                name = reply.json().get("name", reply.text) if reply.status_code == 200 else ""
+                self.answers.append((reply.status_code, name or reply.text))
+
+    async def until(self, count: int, name: str | None = None, timeout: float = 120) -> None:
+        """Until ``count`` more answers came (from ``name``, when given, in a row)."""
+        deadline = time.monotonic() + timeout
+        seen = len(self.answers)
+        while time.monotonic() < deadline:
+            recent = self.answers[seen:]
+            if name is not None:
+                tail = 0
+                for _, got in reversed(recent):
+                    if got != name:
+                        break
+                    tail += 1
+                if tail >= count:
+                    return
+            elif len(recent) >= count:
+                return
+            if any(t.done() for t in self.tasks):
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {count} answers{f' from {name}' if name else ''}: {recent[-5:]}")
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 120)  # raises what they raised
+
+
+async def _events(
+    conn: Connection, ws: str, kind: str, aggregate_id: str
+) -> tuple[asyncio.Queue[Any], Any]:
+    """A queue of the aggregate's events as they are appended."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def on(msg: Any) -> None:
+        queue.put_nowait(decode_envelope(msg.data).data)
+
+    sub = await conn.nc.subscribe(subjects.event(ws, kind, aggregate_id), cb=on)
+    return queue, sub
+
+
+async def _next(queue: asyncio.Queue[Any], kind: type[Any], timeout: float = 180) -> Any:
+    async def find() -> Any:
+        while True:
+            event = await queue.get()
+            if isinstance(event, kind):
+                return event
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+@pytest.mark.timeout(400)
+async def test_a_replica_that_served_a_stable_period_is_replaced_at_once(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    agents: Agents,
+    conn: Connection,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """Two losses in a row back the replica off; once its next attempt has been ready for
+    ``replica_stable_s``, a single loss is re-queued without delay (the back-off starts over)
+    instead of after the third step of the back-off."""
+    _, ws = scoring
+    await agents.start()
+    keys = await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "blue",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+        all_traffic=True,
+    )
+    assert (await ws.endpoints.wait("ep", "blue", timeout=120))["status"] == "Succeeded"
+    run_id = (await ws.endpoints.deployment("ep", "blue"))["replicas"][0]
+    requeued, sub = await _events(conn, client.workspace, "run", run_id)
+    url = ws.endpoints.scoring_uri("ep")
+    try:
+        async with httpx.AsyncClient() as http:
+
+            async def serving_pid(other_than: int | None) -> int:
+                for _ in range(600):  # the gateway retries while no replica listens
+                    reply = await _post(http, url, keys["primary"], {})
+                    if reply.status_code == 200 and reply.json()["pid"] != other_than:
+                        return int(reply.json()["pid"])
+                    await asyncio.sleep(0.2)
+                raise AssertionError(f"no new replica answered: {reply.status_code}")
+
+            pid = await serving_pid(None)
+            for _ in range(2):  # lost twice, as soon as it serves: the back-off grows
+                os.kill(pid, signal.SIGKILL)
+                await _next(requeued, RunRequeued)
+                pid = await serving_pid(pid)
+            await asyncio.sleep(STABLE_S + 1)  # the time that makes it stable passes
+            os.kill(pid, signal.SIGKILL)
+            third = await _next(requeued, RunRequeued)
+            assert third.backoff_reset and third.delay_s == 0.0, third
+            await serving_pid(pid)  # and it is back
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.timeout(400)
+async def test_a_new_spec_whose_replica_cannot_start_is_rolled_back(
+    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, client: Client, tmp_path: Path
+) -> None:
+    """One replica of the new spec starts, the other's init() raises: the roll stops, the
+    previous spec serves again (every answer meanwhile a 200), and the deployment shows the
+    update Failed with its reason."""
+    _, ws = scoring
+    await agents.start(slots=6)
+    keys = await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "blue",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+        replicas=2,
+        all_traffic=True,
+    )
+    first = await ws.endpoints.wait("ep", "blue", timeout=120)
+    assert first["status"] == "Succeeded", first
+    asking = Asking(ws.endpoints.scoring_uri("ep"), keys["primary"], 2, {})
+    try:
+        await asking.until(5, "v1")
+        # v2: the same code, but its second replica refuses to start
+        command_id = "update-" + os.urandom(8).hex()
+        bad = derived_id("replica", command_id, 1)
+        spec = msgspec.structs.replace(
+            msgspec.convert(first["spec"], DeploymentSpec),
+            env_vars={"VERSION": "v2", "FAIL_RUN": bad},
+        )
+        await client.send(
+            DeployModel(command_id=command_id, endpoint="ep", deployment="blue", spec=spec)
+        )
+        row = await ws.endpoints.wait("ep", "blue", timeout=180)
+        assert row["status"] == "Failed", row
+        assert "refuses to start on purpose" in row["update_error"], row
+        assert row["spec"]["env_vars"] == {}, row["spec"]  # the previous spec, again
+        assert bad in row["retired"] and not set(row["replicas"]) & set(row["retired"][-2:])
+        shown = _endpoint_row(await ws.endpoints.get("ep"))["deployments"]["blue"]
+        assert shown["update"].startswith("Failed, rolled back"), shown
+        await asking.until(20, "v1", timeout=180)  # the previous replicas answer everything
+    finally:
+        await asking.close()
+    assert {status for status, _ in asking.answers} == {200}, asking.answers[-5:]
+
+
+@pytest.mark.timeout(600)  # a window, a cooldown and a replica's start per step
+async def test_an_autoscaled_deployment_follows_its_load(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    agents: Agents,
+    conn: Connection,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """min 1, max 3: under sustained concurrent load it scales up to 3, each decision an
+    event with the numbers compared; idle, it scales back to 1."""
+    _, ws = scoring
+    await agents.start(slots=4)
+    keys = await ws.endpoints.create("ep")
+    scaled, sub = await _events(conn, client.workspace, "deployment", deployment_id("ep", "auto"))
+    try:
+        await ws.endpoints.deploy(
+            "ep",
+            "auto",
+            entry_script="score.py",
+            source_directory=_source(tmp_path / "src"),
+            models=[],
+            all_traffic=True,
+            scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=1.0),
+        )
+        assert (await ws.endpoints.wait("ep", "auto", timeout=120))["status"] == "Succeeded"
+        asking = Asking(ws.endpoints.scoring_uri("ep"), keys["primary"], 5, {"sleep": 0.2})
+        try:
+            ups: list[DeploymentScaled] = []
+            while not ups or ups[-1].replicas_after < 3:
+                ups.append(await _next(scaled, DeploymentScaled, timeout=240))
+                up = ups[-1]
+                assert up.replicas_after > up.replicas_before, ups
+                assert up.utilization_pct > up.target_pct == 70.0 and up.requests > 0, up
+        finally:
+            await asking.close()
+        assert {status for status, _ in asking.answers} == {200}, asking.answers[-5:]
+        row = await ws.endpoints.deployment("ep", "auto")
+        assert len(row["replicas"]) == 3 and row["load"], row
+        downs: list[DeploymentScaled] = []  # idle now: back to the minimum
+        while not downs or downs[-1].replicas_after > 1:
+            downs.append(await _next(scaled, DeploymentScaled, timeout=240))
+            down = downs[-1]
+            assert down.replicas_after < down.replicas_before, downs
+            assert down.utilization_pct < down.target_pct and down.removed, down
+        row = await ws.endpoints.deployment("ep", "auto")
+        assert len(row["replicas"]) == 1 and row["scalings"] == len(ups) + len(downs), row
+    finally:
+        await sub.unsubscribe()
