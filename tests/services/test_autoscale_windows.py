@@ -52,3 +52,10 @@ def test_the_cooldown_is_at_least_a_window() -> None:
     assert cooldown_of(ScaleSettings(polling_interval_s=1.0)) == 10.0
     assert cooldown_of(ScaleSettings(polling_interval_s=30.0)) == 90.0
     assert cooldown_of(ScaleSettings(polling_interval_s=1.0, cooldown_s=0.0)) == 0.0
+
+
+def test_the_utilisation_is_over_the_requests_a_replica_runs_at_once() -> None:
+    """Two replicas each running four requests at once, busy 40 s over 10 s: half their
+    capacity (50 %), not 200 %."""
+    found = desired_replicas(SCALE, 2, 100, 40.0, 10.0, concurrency=4)
+    assert found.utilization_pct == 50.0 and found.desired == 2, found

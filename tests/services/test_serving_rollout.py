@@ -274,6 +274,9 @@ async def test_an_autoscaled_deployment_follows_its_load(
             models=[],
             all_traffic=True,
             scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=1.0),
+            # room for the five clients in one replica (three at once, three waiting): no
+            # 429 while it scales; the utilisation is over the three a replica runs at once
+            max_concurrent_requests=3,
         )
         assert (await ws.endpoints.wait("ep", "auto", timeout=120))["status"] == "Succeeded"
         asking = Asking(ws.endpoints.scoring_uri("ep"), keys["primary"], 5, {"sleep": 0.2})

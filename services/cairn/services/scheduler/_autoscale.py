@@ -162,11 +162,17 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def desired_replicas(
-    scale: Any, replicas: int, requests: int, busy_s: float, window_s: float
+    scale: Any,
+    replicas: int,
+    requests: int,
+    busy_s: float,
+    window_s: float,
+    concurrency: int = 1,
 ) -> Decision:
     """The replica count for the load measured: ``busy_s`` seconds in the replicas over
-    ``window_s``."""
-    utilization = 100.0 * busy_s / (window_s * replicas)
+    ``window_s``, each replica answering ``concurrency`` requests at once (its
+    ``max_concurrent_requests``: a replica busy with that many all the time is at 100 %)."""
+    utilization = 100.0 * busy_s / (window_s * replicas * concurrency)
     ratio = utilization / scale.target_utilization_pct
     desired = replicas if abs(ratio - 1) <= TOLERANCE else math.ceil(replicas * ratio - 1e-9)
     desired = max(scale.min_replicas, min(scale.max_replicas, desired))
@@ -269,7 +275,15 @@ class Autoscaler:
         ):
             return
         requests, busy = self.telemetry.windows[key].since(now - window)
-        found = desired_replicas(scale, len(state.replicas), requests, busy, window)
+        assert state.spec is not None
+        found = desired_replicas(
+            scale,
+            len(state.replicas),
+            requests,
+            busy,
+            window,
+            state.spec.max_concurrent_requests,
+        )
         if found.desired == found.replicas:
             return
         await self._scale(ws, did, state, found, now, cooldown)
