@@ -14,6 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cairn.errors import InvalidInput, Unsupported
+from cairn.proto.serving import DataCollector
 from cairn.rpc import Client
 from cairn.sdk import _onlinefile, load_deployment_file, load_endpoint_file
 from cairn.services.gateway import Gateway
@@ -214,6 +215,38 @@ def test_endpoint_keys_are_read_or_refused(
         ),
         ("app_insights_enabled: true\n", Unsupported, "app_insights_enabled"),
         ("replicas: 3\n", InvalidInput, "replicas"),
+        (
+            "data_collector: {collections: {request: {enabled: 'True'}}}\n",
+            Unsupported,
+            "data_collector.collections.request",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'True'}}, colour: red}\n",
+            InvalidInput,
+            "colour",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'True', tint: 1}}}\n",
+            InvalidInput,
+            "tint",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'yes'}}}\n",
+            InvalidInput,
+            "model_inputs.enabled",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'True', data: {name: x}}}}\n",
+            Unsupported,
+            "model_inputs.data",
+        ),
+        (
+            "data_collector: {collections: {}, request_logging: {capture_headers: [a]}}\n",
+            Unsupported,
+            "data_collector.request_logging",
+        ),
+        ("data_collector: {sampling_rate: 1.5}\n", InvalidInput, "sampling_rate"),
+        ("data_collector: {rolling_rate: Week}\n", InvalidInput, "rolling_rate"),
     ],
 )
 def test_deployment_keys_are_read_or_refused(
@@ -226,6 +259,30 @@ def test_deployment_keys_are_read_or_refused(
     path.write_text(text + extra)
     with pytest.raises(error, match=named):
         load_deployment_file(path)
+
+
+def test_a_data_collector_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "blue.yml"
+    path.write_text(
+        DEPLOYMENT.format(name="blue")
+        + "data_collector:\n"
+        + "  collections:\n"
+        + "    model_inputs: {enabled: 'True'}\n"
+        + "    model_outputs: {enabled: 'False'}\n"
+        + "  sampling_rate: 0.25\n"
+        + "  rolling_rate: Minute\n"
+    )
+    found = load_deployment_file(path).collector("store")
+    assert found == DataCollector(
+        datastore="store", collections=["model_inputs"], sampling_rate=0.25, rolling_rate="minute"
+    )
+    path.write_text(
+        DEPLOYMENT.format(name="blue")
+        + "data_collector: {collections: {model_inputs: {enabled: false}}}\n"
+    )
+    assert load_deployment_file(path).collector("store") is None  # nothing enabled
+    path.write_text(DEPLOYMENT.format(name="blue"))
+    assert load_deployment_file(path).collector("store") is None
 
 
 def test_a_model_needs_its_version(tmp_path: Path) -> None:
@@ -246,7 +303,7 @@ def test_every_key_of_the_online_files_is_read() -> None:
         and issubclass(obj, msgspec.Struct)
         and obj.__module__ == _onlinefile.__name__
     ]
-    assert len(structs) == 4
+    assert len(structs) == 6
     unread = [
         f"{s.__name__}.{f.name}"
         for s in structs

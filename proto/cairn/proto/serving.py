@@ -32,6 +32,7 @@ __all__ = [
     "ENDPOINT_QUERY_TYPES",
     "MAX_REPLICAS",
     "CreateEndpoint",
+    "DataCollector",
     "DeleteDeployment",
     "DeleteEndpoint",
     "DeployModel",
@@ -69,6 +70,24 @@ class ModelRef(Strict, frozen=True, kw_only=True):
     version: Count
 
 
+class DataCollector(Strict, frozen=True, kw_only=True):
+    """What a deployment's replicas collect of their requests (``data_collector`` of a v2
+    deployment file): each sampled request's body (``model_inputs``) and/or its answer
+    (``model_outputs``), as JSON lines appended to files under
+    ``modelDataCollector/<endpoint>/<deployment>/<collection>/<yyyy>/<mm>/<dd>/<hh>/`` (one
+    file per replica) in ``datastore``, the workspace's default datastore when deployed.
+    ``rolling_rate``: how often a replica starts a new file (``day`` drops the hour's folder,
+    ``minute`` adds one for the minute). ``sampling_rate``: the share of requests collected,
+    chosen by the request's id (the same id is always chosen, or never)."""
+
+    datastore: Name
+    collections: Annotated[
+        list[Literal["model_inputs", "model_outputs"]], msgspec.Meta(min_length=1, max_length=2)
+    ]
+    sampling_rate: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    rolling_rate: Literal["minute", "hour", "day"] = "hour"
+
+
 class ReplicaSpec(Strict, frozen=True, kw_only=True):
     """What makes a job a serving replica (``JobSpec.serve``): its agent starts the entry
     script's ``init()`` once and relays the deployment's requests to its ``run()``."""
@@ -79,6 +98,8 @@ class ReplicaSpec(Strict, frozen=True, kw_only=True):
     models: list[ModelRef] = msgspec.field(default_factory=list)
     #: how long one ``run()`` may take before the caller is answered 504
     request_timeout_s: float = 60.0
+    #: what the replica collects of its requests (None: nothing)
+    data_collector: DataCollector | None = None
 
 
 class DeploymentSpec(Strict, frozen=True, kw_only=True):
@@ -104,6 +125,8 @@ class DeploymentSpec(Strict, frozen=True, kw_only=True):
     request_timeout_s: float = 60.0
     description: Text = ""
     tags: dict[TagKey, TagValue] = msgspec.field(default_factory=dict)
+    #: what its replicas collect of their requests (None: nothing)
+    data_collector: DataCollector | None = None
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):

@@ -321,6 +321,9 @@ def deployment_create(path: Path, all_traffic: bool, no_wait: bool, as_json: boo
             description=spec.description,
             tags=spec.tag_strings,
             all_traffic=all_traffic,
+            data_collector=spec.collector(await ws.default_datastore())
+            if spec.data_collector is not None
+            else None,
         )
         if no_wait:
             return await ws.endpoints.deployment(spec.endpoint_name, spec.name)

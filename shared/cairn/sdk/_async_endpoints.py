@@ -26,6 +26,7 @@ from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.metrics import GetMetrics, MetricHistory
 from cairn.proto.serving import (
     CreateEndpoint,
+    DataCollector,
     DeleteDeployment,
     DeleteEndpoint,
     DeploymentSpec,
@@ -194,9 +195,11 @@ class AsyncEndpoints:
         description: str = "",
         tags: dict[str, str] | None = None,
         all_traffic: bool = False,
+        data_collector: DataCollector | None = None,
     ) -> None:
         """Create deployment ``deployment`` of ``endpoint`` or replace its spec: the source
-        folder is uploaded as a job's snapshot is; its replicas start on ``compute``."""
+        folder is uploaded as a job's snapshot is; its replicas start on ``compute``.
+        ``data_collector``: what its replicas collect of their requests, and where."""
         source = Path(source_directory)
         script = Path(entry_script)
         if script.is_absolute():
@@ -226,6 +229,7 @@ class AsyncEndpoints:
             request_timeout_s=request_timeout_s,
             description=description,
             tags=tags or {},
+            data_collector=data_collector,
         )
         await self._session.send(
             DeployModel(

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +34,7 @@ from cairn.serving import (
     decode,
     encode,
 )
+from cairn.serving._collect import collector_from_env
 
 __all__ = ["main", "model_dirs"]
 
@@ -127,6 +129,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         return INIT_FAILED
+    collector = collector_from_env()  # the deployment's data collector, if it has one
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(Path(gate).parent / SOCKET_NAME))
     sock.sendall(encode(ServeHello(pid=os.getpid())))
@@ -138,8 +141,14 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"a frame of {size} bytes")
             frame = decode(_recv(sock, size))
             if isinstance(frame, ServeRequest):
-                sock.sendall(encode(_answer(module, frame)))
+                received = time.time()
+                answer = _answer(module, frame)
+                sock.sendall(encode(answer))
+                if collector is not None:
+                    collector.add(frame, answer, received)
     except EOFError:  # the agent closed the channel: the replica is done
         return 0
     finally:
         sock.close()
+        if collector is not None:
+            collector.close()

@@ -56,6 +56,7 @@ from cairn.proto.metrics import LogMetrics
 from cairn.proto.serving import ReportReplica
 from cairn.rpc import Client
 from cairn.services.agent._backends import STACK_LABEL, Backend, Launched, Runtime, stack_of
+from cairn.services.agent._collect import CollectedData
 from cairn.services.agent._data import (
     DataContext,
     Staged,
@@ -122,6 +123,15 @@ class Attempt:
         self.channel: ReplicaChannel | None = None
         self._serving: Any = None
         self.requests = RequestStats()
+        #: what a replica with a data collector collected, delivered to its datastore
+        self.collected = CollectedData.of(
+            client,
+            settings,
+            assignment.job.serve,
+            workdir / "src",
+            assignment.run_id,
+            assignment.attempt,
+        )
         self._log_seq = 0
         self._log_file: Any = None
 
@@ -275,6 +285,8 @@ class Attempt:
 
     async def _ended(self, code: int | None, src: Path) -> tuple[Outcome, int | None, str]:
         """The outcome once the job's process is gone (its outputs delivered first)."""
+        if self.collected is not None and not self.stale:  # the replica's last records
+            await self.collected.deliver(final=True)
         if self.lost_reason is not None:
             return "lost", code, self.lost_reason
         if self.cancel_reason is not None:
@@ -330,6 +342,8 @@ class Attempt:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
             await self._log_requests()
+            if self.collected is not None:
+                await self.collected.deliver()
         # a run() past its time, or a broken channel: this replica is done; its loss gets it
         # replaced
         await self._stop_serving()
@@ -436,6 +450,8 @@ class Attempt:
         if (serve := self.a.job.serve) is not None:  # relative to the replica's folder
             dirs = {m.name: f"azureml-models/{m.name}/{m.version}" for m in serve.models}
             env["CAIRN_MODEL_DIRS"] = msgspec.json.encode(dirs).decode()
+        if self.collected is not None:
+            env.update(self.collected.environ())
         return env
 
     def _argv(self, python: str) -> list[str]:

@@ -246,6 +246,7 @@ class Endpoints:
             entry_script=spec.entry_script,
             models=spec.models,
             request_timeout_s=spec.request_timeout_s,
+            data_collector=spec.data_collector,
         )
         job = JobSpec(
             command=replica_command(spec.entry_script),
