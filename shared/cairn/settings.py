@@ -80,6 +80,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     job_ticket_window: int = 16
     #: seconds between SIGTERM and SIGKILL when a job is canceled
     job_cancel_grace_s: float = 10.0
+    #: seconds between two deliveries of a serving replica's collected requests
+    #: (``data_collector``) to its datastore, and once more when it stops; each delivery is
+    #: one upload record on the datastore's history
+    collect_deliver_s: float = 60.0
     #: fork ``python <script>`` jobs from a warm interpreter (process backend); off: every
     #: job's interpreter starts cold (``CAIRN_JOB_WARM_START=0``)
     job_warm_start: bool = True

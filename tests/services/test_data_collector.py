@@ -84,6 +84,7 @@ async def test_every_request_is_collected_once_in_the_default_datastore(
 ) -> None:
     ws = scoring_ws
     model, X = await _register(ws, tmp_path)
+    agents.settings = msgspec.structs.replace(agents.settings, collect_deliver_s=0.5)
     await agents.start()
     keys = await ws.endpoints.create("ep")
     collector = DataCollector(
@@ -138,6 +139,7 @@ async def test_a_sampling_rate_collects_the_requests_its_ids_choose(
 ) -> None:
     ws = scoring_ws
     _, X = await _register(ws, tmp_path)
+    agents.settings = msgspec.structs.replace(agents.settings, collect_deliver_s=0.5)
     await agents.start()
     keys = await ws.endpoints.create("ep")
     collector = DataCollector(

@@ -1,10 +1,11 @@
 """A serving replica's collected data, delivered by its agent as a job's declared outputs are.
 
 The replica appends what it samples to files under ``.collected/`` in its own folder
-(:mod:`cairn.serving._collect`). Every few seconds while it serves, and once more when its
-process is gone, the agent copies the complete lines of each file that grew and writes the
-copy over ``modelDataCollector/<endpoint>/<deployment>/<the file's path>`` in the datastore
-the deployment names (``ReplicaSpec.data_collector``), with the workspace key, as it
+(:mod:`cairn.serving._collect`). Every ``collect_deliver_s`` (60 s; checked at the request
+metrics' beat, 5 s) while it serves, and once more when its process is gone, the agent
+copies the complete lines of each file that grew and writes the copy over
+``modelDataCollector/<endpoint>/<deployment>/<the file's path>`` in the datastore the
+deployment names (``ReplicaSpec.data_collector``), with the workspace key, as it
 delivers any job's outputs (``cairn.data.upload_pairs``, each write recorded). The replica
 never holds the datastore's credentials, and what it can write is bounded by its deployment:
 only paths of the collector's shape (:data:`cairn.serving.COLLECTED_FILE`) under its
@@ -70,6 +71,7 @@ class CollectedData:
         self._counted = {"collected": 0, "dropped": 0}
         self._step = 0
         self._lock = asyncio.Lock()
+        self._last = time.monotonic()
 
     @classmethod
     def of(
@@ -101,10 +103,15 @@ class CollectedData:
     def prefix(self) -> str:
         return f"{COLLECTED_ROOT}/{self.serve.endpoint}/{self.serve.deployment}"
 
+    def due(self) -> bool:
+        """Whether ``collect_deliver_s`` passed since the last delivery."""
+        return time.monotonic() - self._last >= self.settings.collect_deliver_s
+
     async def deliver(self, *, final: bool = False) -> None:
         """Write the files that grew to the datastore; never raises (a failure is logged and
         tried again next time, or, ``final``, its undelivered lines counted as dropped)."""
         async with self._lock:
+            self._last = time.monotonic()
             tmp = Path(tempfile.mkdtemp(prefix="collected-"))
             try:
                 grown = await asyncio.to_thread(_read_grown, self.folder, self.delivered, tmp)

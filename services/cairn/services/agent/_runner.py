@@ -342,7 +342,7 @@ class Attempt:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
             await self._log_requests()
-            if self.collected is not None:
+            if self.collected is not None and self.collected.due():
                 await self.collected.deliver()
         # a run() past its time, or a broken channel: this replica is done; its loss gets it
         # replaced
