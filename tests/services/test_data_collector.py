@@ -21,7 +21,7 @@ from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.agent._collect import _read_grown
 from cairn.services.gateway import running
-from cairn.serving import sampled
+from cairn.serving import ServeAnswer, ServeRequest, _collect, sampled
 from cairn.settings import Settings
 from tests.conftest import Agents
 from tests.services.test_serving import _register, _source
@@ -194,3 +194,21 @@ def test_the_agent_delivers_only_collector_files_and_follows_no_link(tmp_path: P
     assert grown[0][1].read_text() == '{"id": "a"}\n{"id": "b"}\n'  # complete lines only
     # nothing grew since: nothing to deliver
     assert _read_grown(folder, {"model_inputs/2026/11/30/04/r-1.jsonl": 24}, out) == []
+
+
+def test_a_full_collector_drops_and_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_collect, "CAPACITY", 2)
+    collector = _collect.Collector(
+        tmp_path,
+        replica="r-1",
+        endpoint="ep",
+        deployment="blue",
+        collections=["model_inputs", "model_outputs"],
+    )
+    for i in range(1, 5):
+        collector.add(ServeRequest(id=i, body=b'{"n": %d}' % i), ServeAnswer(i, 200, b"[1]"), 0)
+    collector.flush()
+    assert (collector.collected, collector.dropped) == (4, 4)  # 2 kept, 2 dropped: 2 lines each
+    lines = (tmp_path / "model_inputs/1970/01/01/00/r-1.jsonl").read_text().splitlines()
+    assert [json.loads(line)["data"] for line in lines] == [{"n": 1}, {"n": 2}]
+    assert json.loads((tmp_path / "counts.json").read_text()) == {"collected": 4, "dropped": 4}
