@@ -14,7 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cairn.errors import InvalidInput, Unsupported
-from cairn.proto.serving import DataCollector
+from cairn.proto.serving import DataCollector, GetEndpoint
 from cairn.rpc import Client
 from cairn.sdk import _onlinefile, load_deployment_file, load_endpoint_file
 from cairn.services.gateway import Gateway
@@ -65,7 +65,10 @@ def _files(tmp_path: Path) -> None:
     for name in ("blue", "green"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "score.py").write_text(f"WHO = {name!r}\n" + SCORE)
-        (tmp_path / f"{name}.yml").write_text(DEPLOYMENT.format(name=name))
+        collect = "data_collector: {collections: {model_inputs: {enabled: 'True'}}}\n"
+        (tmp_path / f"{name}.yml").write_text(
+            DEPLOYMENT.format(name=name) + (collect if name == "green" else "")
+        )
 
 
 async def test_the_online_commands(
@@ -106,6 +109,17 @@ async def test_the_online_commands(
     )
     assert blue["status"] == "Succeeded" and blue["tags"] == {"instance_type": "Standard_DS3_v2"}
     await cli("online-deployment", "create", "--file", "green.yml", env=env, cwd=tmp_path)
+    rows = (await client.ask(GetEndpoint(endpoint="clf-ep"))).data["deployments"]
+    specs = {row["name"]: row["spec"]["data_collector"] for row in rows}
+    assert specs == {  # collected into the workspace's default datastore
+        "blue": None,
+        "green": {
+            "datastore": "workspaceblobstore",
+            "collections": ["model_inputs"],
+            "sampling_rate": 1.0,
+            "rolling_rate": "hour",
+        },
+    }
     await cli(
         "online-endpoint",
         "update",
