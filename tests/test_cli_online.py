@@ -14,7 +14,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cairn.errors import InvalidInput, Unsupported
-from cairn.proto.serving import ScaleSettings
+from cairn.proto.serving import DataCollector, GetEndpoint, ScaleSettings
 from cairn.rpc import Client
 from cairn.sdk import _onlinefile, load_deployment_file, load_endpoint_file
 from cairn.services.gateway import Gateway
@@ -65,7 +65,10 @@ def _files(tmp_path: Path) -> None:
     for name in ("blue", "green"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "score.py").write_text(f"WHO = {name!r}\n" + SCORE)
-        (tmp_path / f"{name}.yml").write_text(DEPLOYMENT.format(name=name))
+        collect = "data_collector: {collections: {model_inputs: {enabled: 'True'}}}\n"
+        (tmp_path / f"{name}.yml").write_text(
+            DEPLOYMENT.format(name=name) + (collect if name == "green" else "")
+        )
 
 
 async def test_the_online_commands(
@@ -106,6 +109,17 @@ async def test_the_online_commands(
     )
     assert blue["status"] == "Succeeded" and blue["tags"] == {"instance_type": "Standard_DS3_v2"}
     await cli("online-deployment", "create", "--file", "green.yml", env=env, cwd=tmp_path)
+    rows = (await client.ask(GetEndpoint(endpoint="clf-ep"))).data["deployments"]
+    specs = {row["name"]: row["spec"]["data_collector"] for row in rows}
+    assert specs == {  # collected into the workspace's default datastore
+        "blue": None,
+        "green": {
+            "datastore": "workspaceblobstore",
+            "collections": ["model_inputs"],
+            "sampling_rate": 1.0,
+            "rolling_rate": "hour",
+        },
+    }
     await cli(
         "online-endpoint",
         "update",
@@ -227,6 +241,38 @@ def test_endpoint_keys_are_read_or_refused(
         ("request_settings: {max_queue_wait_ms: -1}\n", InvalidInput, "max_queue_wait_ms"),
         ("app_insights_enabled: true\n", Unsupported, "app_insights_enabled"),
         ("replicas: 3\n", InvalidInput, "replicas"),
+        (
+            "data_collector: {collections: {request: {enabled: 'True'}}}\n",
+            Unsupported,
+            "data_collector.collections.request",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'True'}}, colour: red}\n",
+            InvalidInput,
+            "colour",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'True', tint: 1}}}\n",
+            InvalidInput,
+            "tint",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'yes'}}}\n",
+            InvalidInput,
+            "model_inputs.enabled",
+        ),
+        (
+            "data_collector: {collections: {model_inputs: {enabled: 'True', data: {name: x}}}}\n",
+            Unsupported,
+            "model_inputs.data",
+        ),
+        (
+            "data_collector: {collections: {}, request_logging: {capture_headers: [a]}}\n",
+            Unsupported,
+            "data_collector.request_logging",
+        ),
+        ("data_collector: {sampling_rate: 1.5}\n", InvalidInput, "sampling_rate"),
+        ("data_collector: {rolling_rate: Week}\n", InvalidInput, "rolling_rate"),
     ],
 )
 def test_deployment_keys_are_read_or_refused(
@@ -282,6 +328,30 @@ def test_scale_settings_become_the_deployments_autoscaling(tmp_path: Path) -> No
     assert load_deployment_file(path).scale is None
 
 
+def test_a_data_collector_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "blue.yml"
+    path.write_text(
+        DEPLOYMENT.format(name="blue")
+        + "data_collector:\n"
+        + "  collections:\n"
+        + "    model_inputs: {enabled: 'True'}\n"
+        + "    model_outputs: {enabled: 'False'}\n"
+        + "  sampling_rate: 0.25\n"
+        + "  rolling_rate: Minute\n"
+    )
+    found = load_deployment_file(path).collector("store")
+    assert found == DataCollector(
+        datastore="store", collections=["model_inputs"], sampling_rate=0.25, rolling_rate="minute"
+    )
+    path.write_text(
+        DEPLOYMENT.format(name="blue")
+        + "data_collector: {collections: {model_inputs: {enabled: false}}}\n"
+    )
+    assert load_deployment_file(path).collector("store") is None  # nothing enabled
+    path.write_text(DEPLOYMENT.format(name="blue"))
+    assert load_deployment_file(path).collector("store") is None
+
+
 def test_a_model_needs_its_version(tmp_path: Path) -> None:
     path = tmp_path / "blue.yml"
     path.write_text(DEPLOYMENT.format(name="blue").replace("azureml:clf:1", "azureml:clf"))
@@ -300,7 +370,7 @@ def test_every_key_of_the_online_files_is_read() -> None:
         and issubclass(obj, msgspec.Struct)
         and obj.__module__ == _onlinefile.__name__
     ]
-    assert len(structs) == 5
+    assert len(structs) == 7
     unread = [
         f"{s.__name__}.{f.name}"
         for s in structs

@@ -83,6 +83,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: how long a serving replica must have been ready before its loss starts its re-queue
     #: back-off over (as Kubernetes resets a crash loop's after ten minutes)
     replica_stable_s: float = 600.0
+    #: seconds between two deliveries of a serving replica's collected requests
+    #: (``data_collector``) to its datastore, and once more when it stops; each delivery is
+    #: one upload record on the datastore's history
+    collect_deliver_s: float = 60.0
     #: fork ``python <script>`` jobs from a warm interpreter (process backend); off: every
     #: job's interpreter starts cold (``CAIRN_JOB_WARM_START=0``)
     job_warm_start: bool = True

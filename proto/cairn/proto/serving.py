@@ -33,6 +33,7 @@ __all__ = [
     "MAX_CONCURRENT_REQUESTS",
     "MAX_REPLICAS",
     "CreateEndpoint",
+    "DataCollector",
     "DeleteDeployment",
     "DeleteEndpoint",
     "DeployModel",
@@ -76,6 +77,24 @@ class ModelRef(Strict, frozen=True, kw_only=True):
     version: Count
 
 
+class DataCollector(Strict, frozen=True, kw_only=True):
+    """What a deployment's replicas collect of their requests (``data_collector`` of a v2
+    deployment file): each sampled request's body (``model_inputs``) and/or its answer
+    (``model_outputs``), as JSON lines appended to files under
+    ``modelDataCollector/<endpoint>/<deployment>/<collection>/<yyyy>/<mm>/<dd>/<hh>/`` (one
+    file per replica) in ``datastore``, the workspace's default datastore when deployed.
+    ``rolling_rate``: how often a replica starts a new file (``day`` drops the hour's folder,
+    ``minute`` adds one for the minute). ``sampling_rate``: the share of requests collected,
+    chosen by the request's id (the same id is always chosen, or never)."""
+
+    datastore: Name
+    collections: Annotated[
+        list[Literal["model_inputs", "model_outputs"]], msgspec.Meta(min_length=1, max_length=2)
+    ]
+    sampling_rate: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
+    rolling_rate: Literal["minute", "hour", "day"] = "hour"
+
+
 class ReplicaSpec(Strict, frozen=True, kw_only=True):
     """What makes a job a serving replica (``JobSpec.serve``): its agent starts the entry
     script's ``init()`` once and relays the deployment's requests to its ``run()``."""
@@ -92,6 +111,8 @@ class ReplicaSpec(Strict, frozen=True, kw_only=True):
     #: how long a request may wait for a free worker before it is answered 503 (Azure v1's
     #: ``max_request_wait_time``, v2's ``max_queue_wait_ms``)
     max_queue_wait_s: QueueWait = 0.5
+    #: what the replica collects of its requests (None: nothing)
+    data_collector: DataCollector | None = None
 
 
 class ScaleSettings(Strict, frozen=True, kw_only=True):
@@ -141,6 +162,8 @@ class DeploymentSpec(Strict, frozen=True, kw_only=True):
     #: autoscaling (None: ``replicas`` replicas, always); ``replicas`` is then the count it
     #: starts with
     scale: ScaleSettings | None = None
+    #: what its replicas collect of their requests (None: nothing)
+    data_collector: DataCollector | None = None
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):

@@ -339,6 +339,9 @@ def deployment_create(path: Path, all_traffic: bool, no_wait: bool, as_json: boo
             tags=spec.tag_strings,
             all_traffic=all_traffic,
             scale=spec.scale,
+            data_collector=spec.collector(await ws.default_datastore())
+            if spec.data_collector is not None
+            else None,
         )
         if no_wait:
             return await ws.endpoints.deployment(spec.endpoint_name, spec.name)

@@ -26,6 +26,7 @@ from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.metrics import GetMetrics, MetricHistory
 from cairn.proto.serving import (
     CreateEndpoint,
+    DataCollector,
     DeleteDeployment,
     DeleteEndpoint,
     DeploymentSpec,
@@ -198,12 +199,14 @@ class AsyncEndpoints:
         max_concurrent_requests: int = 1,
         max_queue_wait_s: float = 0.5,
         scale: ScaleSettings | None = None,
+        data_collector: DataCollector | None = None,
     ) -> None:
         """Create deployment ``deployment`` of ``endpoint`` or replace its spec: the source
         folder is uploaded as a job's snapshot is; its replicas start on ``compute``. Each
         replica calls ``run()`` for up to ``max_concurrent_requests`` requests at once (worker
         threads); as many more wait up to ``max_queue_wait_s`` (then 503), beyond them 429.
-        ``scale``: autoscale between its bounds (``replicas`` is the count it starts with)."""
+        ``scale``: autoscale between its bounds (``replicas`` is the count it starts with).
+        ``data_collector``: what its replicas collect of their requests, and where."""
         source = Path(source_directory)
         script = Path(entry_script)
         if script.is_absolute():
@@ -236,6 +239,7 @@ class AsyncEndpoints:
             description=description,
             tags=tags or {},
             scale=scale,
+            data_collector=data_collector,
         )
         await self._session.send(
             DeployModel(

@@ -22,6 +22,12 @@
       max_instances: 3
       polling_interval: 10                  # seconds
       target_utilization_percentage: 70
+    data_collector:                         # requests and answers as JSON lines in the
+      collections:                          # workspace's default datastore
+        model_inputs: {enabled: 'True'}
+        model_outputs: {enabled: 'True'}
+      sampling_rate: 1.0                    # the share of requests collected
+      rolling_rate: Hour                    # Minute, Hour or Day: a new file each
 
 Every key is read: honoured, or refused naming it. Paths are relative to the YAML file.
 """
@@ -36,7 +42,7 @@ import msgspec
 from cairn.domain.environment import parse_reference
 from cairn.errors import InvalidInput
 from cairn.proto.assets import EnvironmentSpec
-from cairn.proto.serving import ScaleSettings
+from cairn.proto.serving import DataCollector, ScaleSettings
 from cairn.sdk._jobfile import InlineEnvironment, environment_of, load_yaml_as
 from cairn.sdk._refusals import refuse
 from cairn.sdk._webservice import environment_ref
@@ -141,6 +147,87 @@ class ScaleSettingsFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
             raise InvalidInput(f"{where}: scale_settings: {exc}") from None
 
 
+class Collection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: str | bool = False
+    data: Any = None
+
+
+Rolling = Literal["minute", "hour", "day"]
+CollectionName = Literal["model_inputs", "model_outputs"]
+_ROLLING: dict[str, Rolling] = {"minute": "minute", "hour": "hour", "day": "day"}
+_COLLECTIONS: dict[str, CollectionName] = {
+    "model_inputs": "model_inputs",
+    "model_outputs": "model_outputs",
+}
+
+
+class DataCollectorSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``data_collector`` of a deployment file: which of the request's body
+    (``model_inputs``) and ``run()``'s answer (``model_outputs``) its replicas collect."""
+
+    collections: dict[str, Collection] = msgspec.field(default_factory=dict)
+    sampling_rate: float = 1.0
+    rolling_rate: str = "Hour"
+    request_logging: Any = None
+
+    def collected(self, where: str) -> list[CollectionName]:
+        """The enabled collections, checked (every key honoured or refused by name)."""
+        if self.request_logging is not None:
+            raise refuse(
+                where,
+                "data_collector.request_logging",
+                "headers are not collected; the request's id, time and body are",
+            )
+        if not 0 < self.sampling_rate <= 1:
+            raise InvalidInput(f"{where}: data_collector.sampling_rate must be within (0, 1]")
+        if self.rolling_rate.lower() not in _ROLLING:
+            raise InvalidInput(
+                f"{where}: data_collector.rolling_rate {self.rolling_rate!r} is none of"
+                " Minute, Hour, Day"
+            )
+        enabled: list[CollectionName] = []
+        for name, collection in sorted(self.collections.items()):
+            key = f"data_collector.collections.{name}"
+            if name not in _COLLECTIONS:
+                raise refuse(
+                    where,
+                    key,
+                    "a replica collects model_inputs (the request's body) and model_outputs"
+                    " (run()'s answer)",
+                )
+            if collection.data is not None:
+                raise refuse(
+                    where,
+                    f"{key}.data",
+                    "collected data lands in the workspace's default datastore under"
+                    " modelDataCollector/<endpoint>/<deployment>/",
+                )
+            if _enabled(collection.enabled, f"{where}: {key}.enabled"):
+                enabled.append(_COLLECTIONS[name])
+        return enabled
+
+    def spec(self, datastore: str) -> DataCollector | None:
+        """The deployment's collector writing to ``datastore`` (None: nothing enabled)."""
+        collections = self.collected("deployment file")
+        if not collections:
+            return None
+        return DataCollector(
+            datastore=datastore,
+            collections=collections,
+            sampling_rate=self.sampling_rate,
+            rolling_rate=_ROLLING[self.rolling_rate.lower()],
+        )
+
+
+def _enabled(value: str | bool, where: str) -> bool:
+    """``enabled`` as Azure writes it (``'True'``/``'False'``) or as a YAML boolean."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidInput(f"{where} is {value!r}: write 'True' or 'False'")
+
+
 class DeploymentFile(
     msgspec.Struct, forbid_unknown_fields=True, kw_only=True, rename={"schema": "$schema"}
 ):
@@ -161,7 +248,7 @@ class DeploymentFile(
     readiness_probe: Any = None
     app_insights_enabled: bool = False
     scale_settings: ScaleSettingsFile | None = None
-    data_collector: Any = None
+    data_collector: DataCollectorSettings | None = None
     egress_public_network_access: str | None = None
 
     def checked(self, path: Path) -> DeploymentFile:
@@ -174,7 +261,7 @@ class DeploymentFile(
         if self.scale_settings is not None:
             self.scale_settings.settings(where)
         if self.data_collector is not None:
-            raise refuse(where, "data_collector", "requests are not collected")
+            self.data_collector.collected(where)
         if self.egress_public_network_access is not None:
             raise refuse(where, "egress_public_network_access", "replicas run on agents")
         settings = self.request_settings or RequestSettings()
@@ -206,6 +293,10 @@ class DeploymentFile(
     def environment_ref(self, base: Path) -> tuple[str | None, int | None, EnvironmentSpec | None]:
         """The environment as a deployment names it (paths relative to ``base``)."""
         return environment_ref(environment_of(self.environment, base))
+
+    def collector(self, datastore: str) -> DataCollector | None:
+        """What the replicas collect, into ``datastore`` (the workspace's default)."""
+        return None if self.data_collector is None else self.data_collector.spec(datastore)
 
     @property
     def max_concurrent_requests(self) -> int:

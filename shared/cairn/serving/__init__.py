@@ -8,15 +8,26 @@ then sends each request of the deployment's queue group down it, up to
 ``CAIRN_SERVE_WORKERS`` at once (the deployment's ``max_concurrent_requests``), and relays
 the answers, which come back in any order (matched by ``id``). Frames
 are msgpack, each preceded by its length (4 bytes, big-endian), as on the gate.
+
+A deployment with a data collector (``ReplicaSpec.data_collector``) gets it as
+``CAIRN_DATA_COLLECTOR`` (JSON); the replica appends the requests it samples to JSON lines
+files under ``.collected/`` in its folder (``<collection>/<yyyy>/<mm>/<dd>/<hh>/<replica>.jsonl``,
+:mod:`cairn.serving._collect`), and its agent delivers them to the datastore
+(``cairn.services.agent._collect``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import struct
 
 import msgspec
 
 __all__ = [
+    "COLLECTED_FILE",
+    "COLLECT_ENV",
+    "COLLECT_FOLDER",
     "INIT_FAILED",
     "MAX_ANSWER_BYTES",
     "MAX_ANSWER_CHUNKS",
@@ -28,6 +39,7 @@ __all__ = [
     "ServeRequest",
     "decode",
     "encode",
+    "sampled",
 ]
 
 #: the socket's name in the gate's folder
@@ -47,6 +59,23 @@ MAX_ANSWER_CHUNKS = 128
 #: the largest frame either side accepts
 MAX_FRAME_BYTES = MAX_ANSWER_BYTES + 1024 * 1024
 LENGTH = struct.Struct(">I")
+#: the variable holding a replica's data collector (JSON), when it has one
+COLLECT_ENV = "CAIRN_DATA_COLLECTOR"
+#: where in its folder a replica appends what it collects
+COLLECT_FOLDER = ".collected"
+#: the only paths under COLLECT_FOLDER its agent delivers
+COLLECTED_FILE = re.compile(
+    r"^(model_inputs|model_outputs)/[0-9]{4}/[0-9]{2}/[0-9]{2}(/[0-9]{2}){0,2}/[A-Za-z0-9_.-]{1,128}\.jsonl$"
+)
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether the request ``request_id`` is collected at ``rate``: the same id always gets
+    the same answer (its sha256, as a fraction of 2**64, below the rate)."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.sha256(request_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < rate * 2**64
 
 
 class ServeHello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):

@@ -41,6 +41,7 @@ from cairn.serving import (
     decode,
     encode,
 )
+from cairn.serving._collect import collector_from_env
 
 __all__ = ["main", "model_dirs"]
 
@@ -147,6 +148,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         return INIT_FAILED
+    collector = collector_from_env()  # the deployment's data collector, if it has one
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(Path(gate).parent / SOCKET_NAME))
     sock.sendall(encode(ServeHello(pid=os.getpid())))
@@ -154,13 +156,16 @@ def main(argv: list[str]) -> int:
     print(f"cairn.serving: init() returned; serving requests ({workers} at once)", flush=True)
     sending = threading.Lock()
 
-    def answer(frame: ServeRequest) -> None:
-        out = encode(_answer(module, frame))
+    def answer(frame: ServeRequest, received: float) -> None:
+        answered = _answer(module, frame)
+        out = encode(answered)
         with sending:
             try:
                 sock.sendall(out)
             except OSError:  # the agent closed the channel: its reader ends the loop
-                pass
+                return
+        if collector is not None:  # after the answer went: never in the request's way
+            collector.add(frame, answered, received)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
     try:
@@ -170,12 +175,14 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"a frame of {size} bytes")
             frame = decode(_recv(sock, size))
             if isinstance(frame, ServeRequest):
-                pool.submit(answer, frame)
+                pool.submit(answer, frame, time.time())
     except (EOFError, OSError):  # the agent closed the channel: the replica is done
         pass
     # a run() still working (past its time) is abandoned: its thread cannot be stopped, and
     # would hold the interpreter's exit
     sock.close()
+    if collector is not None:
+        collector.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -56,6 +56,7 @@ from cairn.proto.metrics import LogMetrics
 from cairn.proto.serving import ReportReplica
 from cairn.rpc import Client
 from cairn.services.agent._backends import STACK_LABEL, Backend, Launched, Runtime, stack_of
+from cairn.services.agent._collect import CollectedData
 from cairn.services.agent._data import (
     DataContext,
     Staged,
@@ -131,6 +132,15 @@ class Attempt:
         self.channel: ReplicaChannel | None = None
         self._serving: Relay | None = None
         self.requests = RequestStats()
+        #: what a replica with a data collector collected, delivered to its datastore
+        self.collected = CollectedData.of(
+            client,
+            settings,
+            assignment.job.serve,
+            workdir / "src",
+            assignment.run_id,
+            assignment.attempt,
+        )
         self._log_seq = 0
         self._log_file: Any = None
 
@@ -284,6 +294,8 @@ class Attempt:
 
     async def _ended(self, code: int | None, src: Path) -> tuple[Outcome, int | None, str]:
         """The outcome once the job's process is gone (its outputs delivered first)."""
+        if self.collected is not None and not self.stale:  # the replica's last records
+            await self.collected.deliver(final=True)
         if self.lost_reason is not None:
             return "lost", code, self.lost_reason
         if self.cancel_reason is not None:
@@ -356,6 +368,8 @@ class Attempt:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
                 await self._log_requests()
+                if self.collected is not None and self.collected.due():
+                    await self.collected.deliver()
         finally:
             reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -467,6 +481,8 @@ class Attempt:
             dirs = {m.name: f"azureml-models/{m.name}/{m.version}" for m in serve.models}
             env["CAIRN_MODEL_DIRS"] = msgspec.json.encode(dirs).decode()
             env[WORKERS_ENV] = str(serve.max_concurrent_requests)
+        if self.collected is not None:
+            env.update(self.collected.environ())
         return env
 
     def _argv(self, python: str) -> list[str]:

@@ -254,6 +254,7 @@ class Endpoints:
             request_timeout_s=spec.request_timeout_s,
             max_concurrent_requests=spec.max_concurrent_requests,
             max_queue_wait_s=spec.max_queue_wait_s,
+            data_collector=spec.data_collector,
         )
         job = JobSpec(
             command=replica_command(spec.entry_script),
