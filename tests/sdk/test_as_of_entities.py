@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from click.testing import CliRunner
 
+from cairn.cli import cli as cli_group
 from cairn.errors import InvalidInput, NotFound
 from cairn.proto.assets import (
     ComputeSpec,
@@ -241,10 +243,12 @@ async def test_the_cli_lists_as_of_and_refuses_bad_moments(
         ("dataset", "list"),
         ("dataset", "versions", "rows"),
     ):
-        code, _, err = await run_cli(*command, "--as-of", "soon", env=env, cwd=tmp_path)
-        assert code == 2 and "neither a sequence number nor an ISO 8601 time" in err, command
-        code, _, err = await run_cli(*command, "--as-of", "0", env=env, cwd=tmp_path)
-        assert code == 2 and "a stream sequence is 1 or more" in err, command
+        # refused as usage errors before anything connects: in process, not a CLI each
+        refused = CliRunner().invoke(cli_group, [*command, "--as-of", "soon"], env=env)
+        assert refused.exit_code == 2, (command, refused.output)
+        assert "neither a sequence number nor an ISO 8601 time" in refused.stderr, command
+        refused = CliRunner().invoke(cli_group, [*command, "--as-of", "0"], env=env)
+        assert refused.exit_code == 2 and "a stream sequence is 1 or more" in refused.stderr
 
 
 def _lister(ws: AsyncWorkspace, kind: Any) -> Read:
