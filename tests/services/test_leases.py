@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from cairn.bus import Connection, EventStore, connect
-from cairn.errors import StaleAttempt
+from cairn.errors import StaleAttempt, Unavailable
 from cairn.proto.events import RunAssigned, RunCompleted, RunFailed, RunRequeued
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
@@ -158,6 +158,32 @@ async def test_a_short_outage_restarts_the_lease_wait(
                 await asyncio.sleep(0.02)
         assert not leases.expired(ws, run_id, 1, 60.0, 0.0)
     finally:
+        await conn.close()
+        await proxy.close()
+
+
+@LEAKS_SOCKETS
+async def test_a_renewal_the_bucket_cannot_take_now_is_unavailable(
+    service_settings: Settings, nats_py_leaks: None
+) -> None:
+    """No answer from the bucket (as during an election, or cut off): a typed ``Unavailable``,
+    which the agent's next report retries, not an internal error."""
+    host, port = service_settings.nats_url.removeprefix("nats://").rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    await proxy.start()
+    settings = msgspec.structs.replace(service_settings, nats_url=proxy.url, request_timeout=1.0)
+    conn = await connect(settings)
+    leases = Leases(conn, 60.0)
+    try:
+        await leases.start()
+        ws, run_id = _run()
+        await leases.renew(ws, run_id, 1)
+        proxy.cut()
+        with pytest.raises(Unavailable, match="cannot be renewed now"):
+            await leases.renew(ws, run_id, 1)
+    finally:
+        proxy.heal()
+        await leases.stop()
         await conn.close()
         await proxy.close()
 
