@@ -8,8 +8,9 @@ import uuid
 import pytest
 
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
+from cairn.bus._store import _raise_for
 from cairn.domain import Aggregate
-from cairn.errors import ConcurrencyConflict, InvalidInput, PayloadTooLarge
+from cairn.errors import ConcurrencyConflict, InvalidInput, PayloadTooLarge, Unavailable
 from cairn.proto.events import Event, ExperimentCreated, RunFailed, encode_envelope
 from cairn.proto.subjects import event as event_subject
 from tests.helpers import envelope
@@ -354,3 +355,15 @@ async def test_a_cas_against_a_wildcard_sees_every_subject_under_it(
     with pytest.raises(InvalidInput, match="give expected_seq"):
         await store.publish(first, payload, msg_id=f"{ws_name}-w5", expected_subject=space)
     assert (await store.read_stored(first))[-1].seq == again.seq
+
+
+def test_a_server_without_a_leader_now_is_unavailable_not_internal() -> None:
+    """err 10008 ("JetStream system temporarily unavailable", during an election) answered to a
+    read or an append is ``Unavailable``: callers retry it; it is no internal error."""
+    error = {
+        "err_code": 10008,
+        "code": 503,
+        "description": "JetStream system temporarily unavailable",
+    }
+    with pytest.raises(Unavailable, match="err 10008"):
+        _raise_for(error, "cairn.ev.w.run.r")

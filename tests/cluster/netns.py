@@ -1,7 +1,8 @@
 """Network namespaces for partition tests: one per cluster node, each joined to a bridge in
 this namespace by a veth pair, so that the test's clients reach every node and a node's
 links to its peers can be cut (``iptables`` inside the node's namespace drops what it sends
-to and receives from them) and healed, while the processes keep running.
+to and receives from them), or all of its traffic dropped (a black hole, clients included),
+and healed, while the processes keep running.
 
 Needs root, ``ip`` and ``iptables``: :func:`unavailable` says why it cannot, for a skip.
 """
@@ -89,6 +90,14 @@ class Namespaces:
                 continue
             _run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", other, "-j", "DROP")
             _run("ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", other, "-j", "DROP")
+
+    def black_hole(self, index: int) -> None:
+        """Drop everything node ``index`` sends and receives but its loopback: its peers and
+        every client alike. Nothing is refused or reset: connections to it stay open and go
+        silent, new ones get no answer to their SYN (the process keeps running)."""
+        ns = self.names[index]
+        _run("ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "!", "-i", "lo", "-j", "DROP")
+        _run("ip", "netns", "exec", ns, "iptables", "-A", "OUTPUT", "!", "-o", "lo", "-j", "DROP")
 
     def heal(self, index: int) -> None:
         _run("ip", "netns", "exec", self.names[index], "iptables", "-F")

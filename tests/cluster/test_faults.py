@@ -5,8 +5,9 @@ drives the seeded workload of :mod:`tests.cluster.workload` through them, and me
 breaks the cluster one way: the EVENTS stream leader killed (SIGKILL) mid-burst, a follower
 killed and brought back, a node stopped (SIGSTOP) past the election timeout and continued, a
 rolling restart of every node, a node cut off from its peers by a network partition (network
-namespaces). When the node is back and every acknowledged job has ended, the checker
-(:mod:`tests.cluster.checker`) must find nothing wrong.
+namespaces), a node whose every packet is dropped (a black hole: clients and peers alike get
+silence, not a refusal). When the node is back and every acknowledged job has ended, the
+checker (:mod:`tests.cluster.checker`) must find nothing wrong.
 
 Seeded: ``CAIRN_FAULT_SEED`` (default 22). Each fault runs ``CAIRN_FAULT_REPEAT`` times in a
 row (default 1), each round with the next seed::
@@ -26,9 +27,11 @@ from pathlib import Path
 import pytest
 
 from cairn.bus import connect
+from cairn.bus._connect import PING_INTERVAL_S
 from cairn.embedded import NatsCluster
 from cairn.embedded._auth import AGENT_USER, SERVICE_USER
 from cairn.log import get_logger
+from cairn.proto.commands import Query
 from tests.cluster import stack
 from tests.cluster.checker import check, wait_for_jobs
 from tests.cluster.netns import Namespaces, unavailable
@@ -50,6 +53,9 @@ FAULT_AT_S = 4.0
 PAUSE_S = 8.0
 DOWN_S = 4.0
 PARTITION_S = 8.0
+#: longer than a client takes to find a silent connection dead (``PING_INTERVAL_S`` x 3,
+#: 15 s): the clients on the node must give it up and move, not wait for the heal
+BLACK_HOLE_S = 16.0
 
 Fault = Callable[[NatsCluster, History], Awaitable[str]]
 
@@ -61,9 +67,11 @@ async def _mid_burst(history: History) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _scenario(cluster: NatsCluster, tmp: Path, seed: int, fault: Fault) -> None:
+async def _scenario(
+    cluster: NatsCluster, tmp: Path, seed: int, fault: Fault
+) -> tuple[History, list[str]]:
     """Services and an agent over ``cluster``, the workload, ``fault`` inside it; then the
-    checker, which must find nothing wrong."""
+    checker, which must find nothing wrong. The workload's history and its clients' errors."""
     settings = stack.service_settings(cluster.settings(user=SERVICE_USER), tmp)
     workspace = "f" + uuid.uuid4().hex[:10]
     conn = await connect(settings, name="cairn-fault-checker")
@@ -81,6 +89,7 @@ async def _scenario(cluster: NatsCluster, tmp: Path, seed: int, fault: Fault) ->
             account = describe(history, load.errors)
             print(f"seed {seed}: {what}; {account}\n{report}")
             assert report.ok, f"seed {seed}, {what}:\n{report}\n{account}\njobs left: {left}"
+            return history, load.errors
     finally:
         await conn.close()
 
@@ -204,3 +213,41 @@ async def test_the_events_leader_partitioned_from_its_peers(
         return f"cut EVENTS leader {leader.name} off its peers for {PARTITION_S:g}s"
 
     await _scenario(cluster, tmp_path, _seed(round_), fault)
+
+
+@LEAKS_SOCKETS
+@pytest.mark.timeout(240)
+@ROUNDS
+async def test_the_events_leader_black_holed(
+    cluster_in_namespaces: tuple[NatsCluster, Namespaces],
+    tmp_path: Path,
+    round_: int,
+    nats_py_leaks: None,
+) -> None:
+    """Every packet to and from the EVENTS leader is dropped, for longer than a client takes
+    to find a silent connection dead. Beyond the checker's invariants, no client request
+    hangs: each ends, answered or failed, within its own budget (the RPC client's attempts
+    of ``request_timeout`` each, and their pauses)."""
+    cluster, spaces = cluster_in_namespaces
+
+    async def fault(cluster: NatsCluster, history: History) -> str:
+        await _mid_burst(history)
+        leader = await cluster.stream_leader("EVENTS")
+        index = cluster.nodes.index(leader)
+        spaces.black_hole(index)
+        try:
+            await asyncio.sleep(BLACK_HOLE_S)
+        finally:
+            spaces.heal(index)
+        return f"black-holed EVENTS leader {leader.name} for {BLACK_HOLE_S:g}s"
+
+    assert BLACK_HOLE_S > PING_INTERVAL_S * 3
+    history, errors = await _scenario(cluster, tmp_path, _seed(round_), fault)
+    timeout = cluster.settings().request_timeout
+    # Client._request: 3 attempts, each up to max(request_timeout, wait_s + 2) then a pause
+    # of 0.2 s x its number; the slack is for a loaded machine's event loop, not the network
+    budget = 3 * max(timeout, Query().wait_s + 2) + 1.2 + 10
+    slow = [c for c in history.calls if c.seconds > budget]
+    assert history.calls and not slow, f"requests past their budget of {budget:g} s: {slow}"
+    longest = max(c.seconds for c in history.calls)
+    print(f"{len(history.calls)} requests, the longest {longest:.1f} s; errors: {errors[:5]}")

@@ -29,14 +29,14 @@ import msgspec
 from cairn.bus import Connection, connect
 from cairn.errors import CairnError, Unavailable
 from cairn.proto.assets import DataPath, DatasetSpec, DatastoreSpec
-from cairn.proto.commands import Accepted, Command, Reply
+from cairn.proto.commands import Accepted, Command, Query, QueryResult, Reply
 from cairn.proto.jobs import JobSpec, SubmitJob
 from cairn.proto.registry import RegisterModelVersion
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.settings import Settings
 
-__all__ = ["Ack", "History", "Invoked", "RecordingClient", "Workload"]
+__all__ = ["Ack", "Call", "History", "Invoked", "RecordingClient", "Workload"]
 
 #: the names the clients contend for (versions of one name must never be given twice)
 MODEL_NAMES = ("m-alpha", "m-beta")
@@ -73,6 +73,17 @@ class Ack:
 
 
 @dataclass
+class Call:
+    """One request of a client (a command or a query, the RPC client's own retries
+    included): what it was, how long it took until its reply or its error, and that error's
+    code (empty: answered)."""
+
+    kind: str
+    seconds: float
+    error: str
+
+
+@dataclass
 class History:
     """What the clients did, as they saw it."""
 
@@ -84,6 +95,8 @@ class History:
     jobs: dict[str, str] = field(default_factory=dict)
     #: operations finished, by kind (for the report)
     done: dict[str, int] = field(default_factory=dict)
+    #: every request the clients made (commands and queries), as it ended
+    calls: list[Call] = field(default_factory=list)
 
     def invoke(self, cmd: Command) -> None:
         if cmd.command_id not in self.invoked:
@@ -141,13 +154,30 @@ class RecordingClient(Client):
 
     async def send(self, cmd: Command) -> Accepted:
         self.history.invoke(cmd)
+        started = time.monotonic()
         try:
             reply = await super().send(cmd)
         except BaseException as exc:
             self.history.fail(cmd, exc)
+            self._ended(type(cmd).__name__, started, exc)
             raise
+        self._ended(type(cmd).__name__, started, None)
         self._acked(cmd, reply)
         return reply
+
+    async def ask(self, q: Query) -> QueryResult:
+        started = time.monotonic()
+        try:
+            result = await super().ask(q)
+        except BaseException as exc:
+            self._ended(type(q).__name__, started, exc)
+            raise
+        self._ended(type(q).__name__, started, None)
+        return result
+
+    def _ended(self, kind: str, started: float, exc: BaseException | None) -> None:
+        error = "" if exc is None else exc.code if isinstance(exc, CairnError) else repr(exc)
+        self.history.calls.append(Call(kind, time.monotonic() - started, error))
 
     def _acked(self, cmd: Command, reply: Reply) -> None:
         self.history.ack(cmd, reply)
@@ -157,11 +187,14 @@ class RecordingClient(Client):
 
     async def send_any(self, cmd: Command) -> Reply:
         self.history.invoke(cmd)
+        started = time.monotonic()
         try:
             reply = await super().send_any(cmd)
         except BaseException as exc:
             self.history.fail(cmd, exc)
+            self._ended(type(cmd).__name__, started, exc)
             raise
+        self._ended(type(cmd).__name__, started, None)
         self._acked(cmd, reply)
         return reply
 

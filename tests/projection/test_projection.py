@@ -44,6 +44,16 @@ async def _caught_up(runner: ProjectionRunner, store: EventStore) -> None:
     await runner.wait_for(await store.last_seq(), timeout=30)
 
 
+async def _subscription(runner: ProjectionRunner) -> Any:
+    """The runner's shared feed, once it has its subscription (a runner on an empty stream is
+    caught up before it has subscribed)."""
+    hub = _hub_for(runner.conn, runner.projection.source)
+    async with asyncio.timeout(30):
+        while hub.sub is None:
+            await asyncio.sleep(0.02)
+    return hub
+
+
 async def test_killed_mid_batch_and_rebuilt_equal_live(
     client: Client, conn: Connection, store: EventStore, service_settings: Settings, tmp_path: Path
 ) -> None:
@@ -215,7 +225,7 @@ async def test_watchdog_resubscribes_a_silent_subscription(
     task = asyncio.create_task(runner.run(stop))
     try:
         await _caught_up(runner, store)
-        hub = _hub_for(conn, runner.projection.source)
+        hub = await _subscription(runner)
         await hub.sub.unsubscribe()  # the shared subscription goes quiet behind its back
         result = await store.append(
             f"cairn.ev.{ws_name}.experiment.w",
@@ -225,6 +235,56 @@ async def test_watchdog_resubscribes_a_silent_subscription(
         )
         await runner.wait_for(result.seq, timeout=15)
         assert runner.resubscriptions >= 1
+    finally:
+        stop.set()
+        await task
+
+
+@LEAKS_SOCKETS
+async def test_a_resubscription_refused_once_is_tried_again(
+    conn: Connection,
+    store: EventStore,
+    tmp_path: Path,
+    ws_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    nats_py_leaks: None,
+) -> None:
+    """The watchdog's first resubscription is answered as a server without a stream leader
+    answers during an election (503, err 10008; injected here: one node cannot hold one):
+    the runner lives on, tries again after another stall, and catches up."""
+    from nats.js.errors import ServiceUnavailableError
+
+    from cairn.projection import _engine
+
+    real = _engine._ordered_consumer
+    refused: list[int] = []
+
+    async def once_refused(*args: Any) -> Any:
+        if not refused:
+            refused.append(1)
+            raise ServiceUnavailableError(
+                code=503, err_code=10008, description="JetStream system temporarily unavailable"
+            )
+        return await real(*args)
+
+    runner = ProjectionRunner(
+        conn, tmp_path / "r.sqlite", TrackingProjection(), stall_s=1.0, poll_s=0.2
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await _caught_up(runner, store)
+        hub = await _subscription(runner)
+        monkeypatch.setattr(_engine, "_ordered_consumer", once_refused)
+        await hub.sub.unsubscribe()  # the shared subscription goes quiet behind its back
+        result = await store.append(
+            f"cairn.ev.{ws_name}.experiment.r",
+            [envelope(ws_name, "r")],
+            expected_seq=0,
+            msg_id=uuid.uuid4().hex,
+        )
+        await runner.wait_for(result.seq, timeout=30)
+        assert refused == [1] and runner.resubscriptions >= 2 and not task.done()
     finally:
         stop.set()
         await task

@@ -13,13 +13,16 @@ from typing import Any
 
 import msgspec
 
+from cairn.bus import connect
 from cairn.errors import InvalidInput
-from cairn.proto.commands import CompleteRun
+from cairn.proto.commands import CompleteRun, CreateExperiment, ListExperiments
 from cairn.proto.metrics import LogMetrics, MetricPoint
+from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, new_id
 from cairn.settings import Settings
 from cairn.spool import Refused, Spool
-from tests.conftest import Agents
+from tests.cluster.proxy import Proxy
+from tests.conftest import LEAKS_SOCKETS, Agents
 from tests.sdk.test_processes import Stack
 from tests.sdk.test_sync_sdk import sdk_env
 
@@ -142,3 +145,36 @@ async def test_async_nan_under_a_strict_policy_is_refused_as_the_sync_facade_s(
     else:
         raise AssertionError("a NaN was accepted under the strict policy")
     await run.complete()
+
+
+@LEAKS_SOCKETS
+async def test_closing_while_the_spool_drains_waits_for_it(
+    client: Client, client_settings: Settings, tmp_path: Path, nats_py_leaks: None
+) -> None:
+    """A command spooled while the bus was away; the bus back, ``close`` waits for the spool's
+    replay, which ends (and forgets itself) meanwhile: the close ends cleanly and the command
+    got through."""
+    host, port = client_settings.nats_url.removeprefix("nats://").rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    await proxy.start()
+    settings = msgspec.structs.replace(
+        client_settings, nats_url=proxy.url, request_timeout=1.0, home=str(tmp_path / "home")
+    )
+    conn = await connect(settings)
+    ws = AsyncWorkspace(conn, client.workspace, settings)
+    name = f"spooled-{new_id()[:8]}"
+    try:
+        proxy.cut()
+        reply = await ws.record(CreateExperiment(command_id=new_id(), name=name))
+        assert reply is None  # spooled, and a replay started
+        proxy.heal()
+        async with asyncio.timeout(30):
+            while not conn.nc.is_connected:
+                await asyncio.sleep(0.05)
+        await ws.close(timeout=30)
+    finally:
+        proxy.heal()
+        await conn.close()
+        await proxy.close()
+    names = {e["name"] for e in (await client.ask(ListExperiments())).data}
+    assert name in names

@@ -1,25 +1,34 @@
 """Job leases against a real nats-server: an expiry is a compare-and-set on the run's lease key,
 so a renewal that lands between an expiry's read and its write (or that a stale read missed)
 makes the expiry fail, and no loss is decided; an expiry that won makes the next renewal
-fail with ``StaleAttempt``. Outages too short for a reconcile pass to see still restart the
-lease wait (the connection's callbacks stamp them)."""
+fail with ``StaleAttempt``, and a real agent then stops the job's process and reports nothing
+of it. Outages too short for a reconcile pass to see still restart the lease wait (the
+connection's callbacks stamp them)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import pytest
+import structlog
 
-from cairn.bus import Connection, connect
-from cairn.errors import StaleAttempt
+from cairn.bus import Connection, EventStore, connect
+from cairn.errors import StaleAttempt, Unavailable
+from cairn.proto.events import RunAssigned, RunCompleted, RunFailed, RunRequeued
+from cairn.sdk import AsyncWorkspace, ScriptRunConfig
+from cairn.sdk._jobs import follow, submit
 from cairn.services.scheduler._leases import LeaseRead, Leases
 from cairn.settings import Settings
 from tests.cluster.proxy import Proxy
-from tests.conftest import LEAKS_SOCKETS
+from tests.conftest import LEAKS_SOCKETS, Agents
+from tests.services.test_jobs import history
 
 LEASE_S = 0.3
 
@@ -151,3 +160,101 @@ async def test_a_short_outage_restarts_the_lease_wait(
     finally:
         await conn.close()
         await proxy.close()
+
+
+@LEAKS_SOCKETS
+async def test_a_renewal_the_bucket_cannot_take_now_is_unavailable(
+    service_settings: Settings, nats_py_leaks: None
+) -> None:
+    """No answer from the bucket (as during an election, or cut off): a typed ``Unavailable``,
+    which the agent's next report retries, not an internal error."""
+    host, port = service_settings.nats_url.removeprefix("nats://").rsplit(":", 1)
+    proxy = Proxy(host, int(port))
+    await proxy.start()
+    settings = msgspec.structs.replace(service_settings, nats_url=proxy.url, request_timeout=1.0)
+    conn = await connect(settings)
+    leases = Leases(conn, 60.0)
+    try:
+        await leases.start()
+        ws, run_id = _run()
+        await leases.renew(ws, run_id, 1)
+        proxy.cut()
+        with pytest.raises(Unavailable, match="cannot be renewed now"):
+            await leases.renew(ws, run_id, 1)
+    finally:
+        proxy.heal()
+        await leases.stop()
+        await conn.close()
+        await proxy.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_an_agent_whose_lease_was_taken_back_stops_the_job_and_reports_nothing(
+    ws: AsyncWorkspace, agents: Agents, conn: Connection, store: EventStore, tmp_path: Path
+) -> None:
+    """The lease of a running attempt is taken back as a scheduler's expiry does (its lost
+    marker written by compare-and-set) while the agent is alive and reporting: the agent's
+    next renewal is refused, it stops the job's process (which ignores SIGTERM: killed after
+    the grace period) and records nothing for that attempt; the run completes as attempt 2."""
+    signals = tmp_path / "signals"  # beside the agent's folder: the job may write here
+    signals.mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "job.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, pathlib, signal, time
+            attempt = os.environ["CAIRN_ATTEMPT"]
+            if attempt == "1":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                tmp = pathlib.Path({str(signals)!r}) / "pid.tmp"
+                tmp.write_text(str(os.getpid()))
+                tmp.rename(tmp.with_name("pid"))
+                time.sleep(600)
+            print("done on attempt", attempt)
+            """
+        )
+    )
+    await agents.start(slots=1)
+    run_id = await submit(ws, "jobs", ScriptRunConfig(source_directory=src, script="job.py"))
+    pid_file = signals / "pid"
+    async with asyncio.timeout(60):
+        while not pid_file.exists():
+            await asyncio.sleep(0.05)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+
+    leases = Leases(conn, 2.0)
+    await leases.start()
+    with structlog.testing.capture_logs() as logs:
+        try:
+            async with asyncio.timeout(30):  # a renewal may land between the read and the write
+                while True:
+                    _, revision = await leases.keys.leader(ws.name, run_id)
+                    lease = LeaseRead(ws=ws.name, run_id=run_id, attempt=1, revision=revision)
+                    if await leases.take_back(lease):
+                        break
+        finally:
+            await leases.stop()
+        async with asyncio.timeout(60):
+            while _alive(pid):
+                await asyncio.sleep(0.05)
+        details = await follow(ws, run_id, timeout=60)
+    assert details["status"] == "Completed", details
+    events = await history(store, ws.name, run_id)
+    assert [e.attempt for e in events if isinstance(e, RunAssigned)] == [1, 2]
+    assert [e.attempt for e in events if isinstance(e, RunRequeued)] == [1]
+    ends = [e for e in events if isinstance(e, (RunCompleted, RunFailed))]
+    assert [(type(e), e.attempt) for e in ends] == [(RunCompleted, 2)]
+    lost = [e for e in logs if e["event"] == "lease_lost" and e["run_id"] == run_id]
+    assert lost and {e["attempt"] for e in lost} == {1}, lost
+    stale = [e for e in logs if e["event"] == "attempt_stale" and e["run_id"] == run_id]
+    assert [e["attempt"] for e in stale] == [1]
+    assert not [e for e in logs if e["event"] == "attempt_finished" and e["attempt"] == 1]

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
+from cairn.bus import connect
 from cairn.embedded._up import all_services
 from cairn.errors import InvalidInput, UnknownEventType
 from cairn.proto.commands import CreateExperiment, CreateWorkspace
@@ -20,8 +21,10 @@ from cairn.proto.webhooks import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, CreateWebh
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
+from cairn.services.webhooks._service import WebhookService
 from cairn.settings import Settings
-from tests.conftest import own_server
+from tests.cluster.proxy import Proxy
+from tests.conftest import LEAKS_SOCKETS, own_server
 from tests.receiver import Receiver
 from tests.sdk.test_sync_sdk import sdk_env
 
@@ -284,3 +287,40 @@ async def test_cairn_webhook_create_list_deliveries_delete(
         env, tmp_path, "webhook", "create", "--url", "file:///etc/passwd", "--events", "RunFailed"
     )
     assert rc == 1 and "scheme" in err
+
+
+@LEAKS_SOCKETS
+async def test_the_service_starts_while_events_cannot_be_read_and_follows_later(
+    ws: AsyncWorkspace, service_settings: Settings, nats_py_leaks: None
+) -> None:
+    """EVENTS not answering reads at start (a cluster just started, an election; here the
+    service's link cut): the service starts all the same, and follows the webhooks once the
+    log answers."""
+    async with Receiver() as receiver:
+        hook = await ws.webhooks.create(receiver.url, ["ExperimentCreated"], secret=SECRET)
+        host, port = service_settings.nats_url.removeprefix("nats://").rsplit(":", 1)
+        proxy = Proxy(host, int(port))
+        await proxy.start()
+        settings = msgspec.structs.replace(
+            service_settings, nats_url=proxy.url, request_timeout=1.0
+        )
+        conn = await connect(settings)
+        service = WebhookService(conn, settings, follow_every_s=0.2)
+        stop = asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        try:
+            proxy.cut()
+            await service.start()  # the first follow failed: no raise
+            assert (ws.name, hook) not in service.hooks
+            proxy.heal()
+            task = asyncio.create_task(service.run(stop))
+            async with asyncio.timeout(30):
+                while (ws.name, hook) not in service.hooks:
+                    await asyncio.sleep(0.05)
+        finally:
+            proxy.heal()
+            stop.set()
+            if task is not None:
+                await task
+            await conn.close()
+            await proxy.close()

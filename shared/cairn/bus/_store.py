@@ -9,6 +9,7 @@ PubAck (``duplicate`` true or false)    success
 err 10071 / 10164 (wrong last seq)      ``ConcurrencyConflict`` (the caller reloads)
 err 10201 (batch repeats a msg id)      ``ConcurrencyConflict`` (same: reload, look up)
 err 10158 / 10008 / timeout / no reply  retried with the same ids, then ``Unavailable``
+                                        (a read answered 10008 or 10158: ``Unavailable``)
 timeout after a permissions violation   ``PermissionDenied``
 err 10054 or encoded size over limit    ``PayloadTooLarge`` (checked before publishing)
 other batch errors                      ``BatchRejected``
@@ -105,6 +106,8 @@ def _raise_for(error: dict[str, Any], subject: str) -> None:
         raise PayloadTooLarge(text)
     if code == _PERMISSION:
         raise PermissionDenied(text)
+    if code in _BUSY:  # a server without a leader now (an election): may pass later
+        raise Unavailable(text)
     if 10170 <= code <= 10210:
         raise BatchRejected(text)
     raise CairnError(text)

@@ -562,7 +562,14 @@ class ProjectionRunner(Generic[V]):
                     self._advanced.set()
                 elif hub.due or await self._stalled():
                     self.resubscriptions += 1
-                    await hub.resubscribe()
+                    try:
+                        await hub.resubscribe()
+                    except Exception as exc:  # no stream leader now (an election), no answer:
+                        # the watchdog tries again after another stall_s; raising here ended
+                        # the runner, and its read model stood still with no one told
+                        log.warning(
+                            "projection_resubscribe_failed", projection=name, error=repr(exc)
+                        )
         finally:
             if stopped is not None:
                 stopped.cancel()

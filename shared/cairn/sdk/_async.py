@@ -312,11 +312,14 @@ class AsyncWorkspace(Session):
             await run.stop_flusher()
         for run in list(self._beating):
             await run.stop_beating()
-        if self._replayer is not None:
+        replayer = self._replayer  # it clears the attribute itself when it ends
+        if replayer is not None:
             if self.conn.nc.is_connected:  # the bus is back: give the spool a chance to drain
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._replayer), timeout)
-            self._replayer.cancel()
+                await asyncio.wait([replayer], timeout=timeout)
+            replayer.cancel()
+            await asyncio.wait([replayer])
+            if not replayer.cancelled() and (exc := replayer.exception()) is not None:
+                log.warning("spool_replay_failed", error=repr(exc))
         self.outbox.close()
 
 

@@ -19,11 +19,19 @@ import uvicorn
 from litestar import Litestar, MediaType, Response, get
 from litestar.handlers import HTTPRouteHandler
 
-from cairn.errors import InvalidInput
+from cairn.errors import CairnError, InvalidInput
 from cairn.log import get_logger
 from cairn.telemetry._metrics import readiness, render
 
-__all__ = ["KEEP_ALIVE_S", "LoopServer", "bind_socket", "ops_app", "ops_routes", "ops_server"]
+__all__ = [
+    "KEEP_ALIVE_S",
+    "LoopServer",
+    "bind_socket",
+    "log_unexpected",
+    "ops_app",
+    "ops_routes",
+    "ops_server",
+]
 
 log = get_logger("cairn.telemetry")
 #: how long the gateway and an agent's MLflow endpoint keep an idle HTTP/1.1 connection open
@@ -56,9 +64,33 @@ def ops_routes() -> list[HTTPRouteHandler]:
     return [metrics, healthz, readyz]
 
 
+async def log_unexpected(exc: BaseException, scope: Any) -> None:
+    """An ``after_exception`` hook for our Litestar apps, which are built with
+    ``logging_config=None``: Litestar's default logging config starts a ``QueueListener``
+    thread for each app and never stops it. An error the app answers as expected (a typed
+    ``CairnError``, an HTTP error under 500) is the client's answer and no log line; any other
+    leaves one line with its traceback here, while the client gets a plain 500 without it."""
+    from litestar.exceptions import HTTPException
+
+    if isinstance(exc, CairnError) or (isinstance(exc, HTTPException) and exc.status_code < 500):
+        return
+    log.error(
+        "http_unhandled_error",
+        method=scope.get("method"),
+        path=scope.get("path"),
+        error=type(exc).__name__,
+        exc_info=exc,
+    )
+
+
 def ops_app() -> Litestar:
     """An app with the ops routes alone."""
-    return Litestar(route_handlers=ops_routes(), openapi_config=None, logging_config=None)
+    return Litestar(
+        route_handlers=ops_routes(),
+        openapi_config=None,
+        logging_config=None,
+        after_exception=[log_unexpected],
+    )
 
 
 class LoopServer(uvicorn.Server):

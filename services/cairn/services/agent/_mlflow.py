@@ -37,7 +37,7 @@ from cairn.rpc import Client
 from cairn.services.agent._gate import JobGate
 from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
-from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket
+from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket, log_unexpected
 
 __all__ = ["MlflowEndpoint"]
 
@@ -94,7 +94,12 @@ class MlflowEndpoint:
             attempt=gate.attempt,
             job_experiment=gate.experiment,
         )
-        app = Litestar(route_handlers=mlflow_routes(self._resolve), openapi_config=None)
+        app = Litestar(
+            route_handlers=mlflow_routes(self._resolve),
+            openapi_config=None,
+            logging_config=None,  # the default starts a thread per app, never stopped
+            after_exception=[log_unexpected],
+        )
         self.socket = bind_socket("127.0.0.1", 0, "a job's MLflow endpoint")
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host}:{port}"

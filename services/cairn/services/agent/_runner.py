@@ -205,7 +205,10 @@ class Attempt:
                 return
             try:
                 await self._report("progress")
-            except (StaleAttempt, NotFound):
+            except (StaleAttempt, NotFound) as exc:  # the lease was taken back: stop the job
+                log.warning(
+                    "lease_lost", run_id=self.a.run_id, attempt=self.a.attempt, error=str(exc)
+                )
                 self._stop(stale=True)
                 return
             except Exception as exc:  # the scheduler may be restarting; the lease has slack

@@ -59,7 +59,7 @@ from cairn.services.gateway._score import Scorer, score, swagger
 from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
 from cairn.telemetry import ops_routes, readiness
-from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket
+from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket, log_unexpected
 
 __all__ = ["Gateway", "ask", "create_app", "gateway_key", "send"]
 
@@ -253,6 +253,9 @@ def create_app(
         },
         openapi_config=None,
         debug=False,
+        # Litestar's default starts a logging thread per app and never stops it
+        logging_config=None,
+        after_exception=[log_unexpected],
     )
     app.state.settings = settings
     app.state.pool = pool

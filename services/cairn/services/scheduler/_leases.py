@@ -33,7 +33,7 @@ import msgspec
 import nats.errors
 
 from cairn.bus import Connection, RunKeyMirror
-from cairn.errors import ConcurrencyConflict, StaleAttempt
+from cairn.errors import ConcurrencyConflict, StaleAttempt, Unavailable
 from cairn.log import get_logger
 from cairn.proto.streams import LEASES_BUCKET
 
@@ -82,18 +82,24 @@ class Leases:
 
     async def renew(self, ws: str, run_id: str, attempt: int) -> None:
         """Renew attempt ``attempt``'s lease, by compare-and-set on the key as the leader has
-        it; ``StaleAttempt`` when an expiry took the lease back first."""
+        it; ``StaleAttempt`` when an expiry took the lease back first, ``Unavailable`` when
+        the bucket cannot be read or written now (no leader during an election, no answer):
+        the agent's next report tries again, within the lease's slack."""
         for _ in range(_RENEW_TRIES):
-            value, revision = await self.keys.leader(ws, run_id)
-            if value is not None and value.lost and value.attempt >= attempt:
-                raise StaleAttempt(
-                    f"attempt {attempt} of run {run_id} lost its lease (no report for a lease)"
-                )
             try:
+                value, revision = await self.keys.leader(ws, run_id)
+                if value is not None and value.lost and value.attempt >= attempt:
+                    raise StaleAttempt(
+                        f"attempt {attempt} of run {run_id} lost its lease (no report for a lease)"
+                    )
                 await self.keys.update(ws, run_id, _Renewal(attempt, time.time()), revision)
                 return
             except ConcurrencyConflict:
                 continue
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise Unavailable(
+                    f"the lease of run {run_id} cannot be renewed now: {exc!r}"
+                ) from exc
         raise ConcurrencyConflict(f"the lease of run {run_id} changed {_RENEW_TRIES} times")
 
     async def end(self, ws: str, run_id: str) -> None:

@@ -92,7 +92,11 @@ class WebhookService:
     # -- the service's shape --------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._follow_once()
+        try:
+            await self._follow_once()
+        except CairnError as exc:  # EVENTS not serving reads yet (a cluster just started, an
+            # election): the process starts all the same, and run() follows every round
+            log.warning("webhooks_follow_failed", error=str(exc))
         for responder in self.responders:
             await responder.start()
 
