@@ -13,21 +13,34 @@ and gather step over the given input.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from cairn.proto._base import Count, Id, Int64, Key, Name, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
-from cairn.proto.jobs import JobSpec
+from cairn.proto.errors import InvalidInput, NotFound
+from cairn.proto.jobs import JobInput, JobOutput, JobSpec
+from cairn.proto.pipelines import PipelineOutput, PipelineSpec, PipelineStep, SubmitPipeline
 
 __all__ = [
     "BATCH_COMMAND_TYPES",
+    "BATCH_INPUT",
+    "BATCH_OUTPUT",
     "BATCH_QUERY_TYPES",
+    "BATCH_STEP",
+    "DRIVER",
     "BatchDeploymentSpec",
     "CreateBatchEndpoint",
     "GetBatchEndpoint",
     "SetBatchDeployment",
+    "batch_jobs_path",
+    "batch_pipeline",
+    "chosen_deployment",
+    "dataset_ref",
+    "gather_args",
+    "invocation",
+    "worker_args",
 ]
 
 
@@ -82,3 +95,164 @@ class GetBatchEndpoint(Query, frozen=True, kw_only=True, tag=True):
 
 BATCH_COMMAND_TYPES: tuple[type[Command], ...] = (CreateBatchEndpoint, SetBatchDeployment)
 BATCH_QUERY_TYPES: tuple[type[Query], ...] = (GetBatchEndpoint,)
+
+
+def batch_jobs_path(workspace: str, endpoint: str) -> str:
+    """The path of batch endpoint ``endpoint``'s scoring address on the gateway (its
+    ``scoring_uri`` past the gateway's URL): ``POST`` invokes it, ``GET <path>/<job>`` polls
+    one invocation."""
+    return f"/batch-endpoints/{workspace}/{endpoint}/jobs"
+
+
+def dataset_ref(given: str, where: str) -> tuple[str, int | None]:
+    """A registered dataset version named as ``azureml:<name>:<version>``, ``<name>:<version>``,
+    ``<name>@latest`` or ``<name>``: its name and version (``None``: the latest). ``where``
+    names the argument in the error."""
+    text = given.removeprefix("azureml:")
+    name, sep, version = text.partition(":")
+    if not sep:
+        name, _, label = text.partition("@")
+        if label not in ("", "latest"):
+            raise InvalidInput(f"{where} {given!r}: a dataset's version is a number or latest")
+        version = ""
+    if not name or (version and not version.isdigit()) or (sep and not version):
+        raise InvalidInput(f"{where} {given!r}: a registered dataset is azureml:<name>:<version>")
+    return name, int(version) if version else None
+
+
+def _flags(options: dict[str, str]) -> list[str]:
+    return [part for key, value in options.items() for part in (f"--{key}", value)]
+
+
+def worker_args(
+    step: str,
+    *,
+    entry_script: str,
+    input_name: str,
+    kind: str,
+    mini_batch_size: str,
+    output_action: str,
+    error_threshold: int,
+    run_invocation_timeout: float,
+    run_max_try: int,
+    logging_level: str,
+    allowed_failed_count: int | None = None,
+    allowed_failed_percent: float | None = None,
+) -> list[str]:
+    """The driver's arguments for a worker (``python -m cairn.sdk._parallel_driver ...``);
+    the entry script's own arguments go after them, behind ``--``."""
+    options = {
+        "step": step,
+        "entry-script": entry_script,
+        "input": input_name,
+        "kind": kind,
+        "mini-batch-size": mini_batch_size,
+        "output-action": output_action,
+        "error-threshold": str(error_threshold),
+        "run-invocation-timeout": str(run_invocation_timeout),
+        "run-max-try": str(run_max_try),
+        "logging-level": logging_level,
+    }
+    if allowed_failed_count is not None:
+        options["allowed-failed-count"] = str(allowed_failed_count)
+    if allowed_failed_percent is not None:
+        options["allowed-failed-percent"] = str(allowed_failed_percent)
+    return ["worker", *_flags(options)]
+
+
+def gather_args(step: str, *, file_name: str, output_action: str) -> list[str]:
+    """The driver's arguments for the gather step, but ``--output-dir``."""
+    options = {"step": step, "file-name": file_name, "output-action": output_action}
+    return ["gather", *_flags(options)]
+
+
+DRIVER = ["python", "-m", "cairn.sdk._parallel_driver"]
+#: the step name of a batch endpoint's invocation, its input's and its output's names
+BATCH_STEP, BATCH_INPUT, BATCH_OUTPUT = "score", "data", "predictions"
+
+
+def batch_pipeline(spec: BatchDeploymentSpec, data: JobInput) -> PipelineSpec:
+    """The pipeline of one invocation: the deployment's workers over ``data`` (mini-batches of
+    files) and the gather step writing ``predictions``."""
+    count = spec.instance_count * spec.max_concurrency_per_instance
+    args = worker_args(
+        BATCH_STEP,
+        entry_script=spec.scoring_script,
+        input_name=BATCH_INPUT,
+        kind="file",
+        mini_batch_size=str(spec.mini_batch_size),
+        output_action=spec.output_action,
+        error_threshold=spec.error_threshold,
+        run_invocation_timeout=spec.timeout_s,
+        run_max_try=spec.max_retries,
+        logging_level=spec.logging_level,
+    )
+    workers = [
+        PipelineStep(
+            name=f"{BATCH_STEP}-w{i}",
+            compute=spec.compute,
+            job=msgspec.structs.replace(
+                spec.job, command=[*DRIVER, *args, "--"], inputs=[*spec.job.inputs, data]
+            ),
+            environment_name=spec.environment_name,
+            environment_version=spec.environment_version,
+            allow_reuse=False,  # each invocation scores its input (see ParallelRunStep)
+        )
+        for i in range(count)
+    ]
+    out = JobOutput(name=BATCH_OUTPUT)
+    gather = gather_args(
+        BATCH_STEP, file_name=spec.output_file_name, output_action=spec.output_action
+    )
+    gather_step = PipelineStep(
+        name=BATCH_STEP,
+        compute=spec.compute,
+        job=msgspec.structs.replace(
+            spec.job,
+            command=[*DRIVER, *gather, "--output-dir", f"${{{{outputs.{BATCH_OUTPUT}}}}}"],
+            outputs=[out],
+        ),
+        environment_name=spec.environment_name,
+        environment_version=spec.environment_version,
+        depends_on=[w.name for w in workers],
+        allow_reuse=False,
+    )
+    return PipelineSpec(
+        steps=[*workers, gather_step],
+        outputs=[PipelineOutput(name=BATCH_OUTPUT, step=BATCH_STEP, output=BATCH_OUTPUT)],
+    )
+
+
+def chosen_deployment(
+    endpoint: str, row: dict[str, Any], deployment: str | None
+) -> tuple[str, BatchDeploymentSpec]:
+    """The deployment an invocation of ``endpoint`` runs (``row`` is ``GetBatchEndpoint``'s
+    answer): ``deployment``, else the endpoint's default; its name and spec."""
+    chosen = deployment or row["default_deployment"]
+    if chosen is None:
+        raise NotFound(f"batch endpoint {endpoint!r} has no deployment yet")
+    if chosen not in row["deployments"]:
+        raise NotFound(f"batch endpoint {endpoint!r} has no deployment {chosen!r}")
+    return chosen, msgspec.convert(row["deployments"][chosen], BatchDeploymentSpec)
+
+
+def invocation(
+    endpoint: str,
+    deployment: str,
+    spec: BatchDeploymentSpec,
+    data: JobInput,
+    *,
+    experiment_name: str,
+    command_id: str,
+    run_id: str,
+) -> SubmitPipeline:
+    """The command of one invocation of ``endpoint``'s ``deployment`` over ``data``, the same
+    from the SDK and from the gateway: a pipeline run tagged with both names."""
+    return SubmitPipeline(
+        command_id=command_id,
+        run_id=run_id,
+        experiment_name=experiment_name,
+        pipeline=batch_pipeline(spec, data),
+        display_name=f"{endpoint}-{deployment}",
+        tags={"batch_endpoint": endpoint, "batch_deployment": deployment},
+    )

@@ -55,7 +55,8 @@ def endpoint_create(path: Path, as_json: bool) -> None:
 @click.option("--name", "-n", required=True, help="the endpoint's name")
 @json_option
 def endpoint_show(name: str, as_json: bool) -> None:
-    """An endpoint: its default deployment and its deployments' settings.
+    """An endpoint: its default deployment, its deployments' settings and its scoring_uri
+    (POST it with an API token to invoke the endpoint over HTTP).
 
     \b
     Example:
@@ -159,4 +160,5 @@ def _row(found: dict[str, Any]) -> dict[str, Any]:
         "tags": found["tags"],
         "default_deployment": found["default_deployment"],
         "deployments": deployments,
+        "scoring_uri": found["scoring_uri"],
     }

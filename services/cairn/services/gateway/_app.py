@@ -202,6 +202,7 @@ def create_app(
     cookie is then sent over HTTPS only)."""
     from cairn.services.gateway._api import API_ROUTES
     from cairn.services.gateway._assets import ASSET_PAGES
+    from cairn.services.gateway._batch import BATCH_ROUTES
     from cairn.services.gateway._flows import FLOW_PAGES
     from cairn.services.gateway._live import LIVE_ROUTES
     from cairn.services.gateway._pages import PAGES
@@ -237,6 +238,7 @@ def create_app(
             *LIVE_ROUTES,
             score,
             swagger,
+            *BATCH_ROUTES,
             *mlflow_routes(mlflow_tracker),
             *mlflow_routes(mlflow_tracker, "/mlflow/{workspace:str}"),
             *route_handlers,

@@ -1,0 +1,202 @@
+"""A batch endpoint invoked over HTTP (the Azure ML v2 REST shape), against the real server,
+services, gateway and an agent: a member's API token invokes it, the job is polled until it
+completes and its predictions, read through the gateway, are those of the same endpoint
+invoked from the command line; a missing or wrong token is 401, a malformed body 400 naming
+the field, an unknown endpoint, datastore or dataset 404, a path leaving its datastore 400."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cairn.embedded._server import NatsServer
+from cairn.embedded._users import create_token, revoke_token
+from cairn.proto.parallel import parallel_run_id
+from cairn.rpc import Client
+from cairn.sdk import AsyncWorkspace
+from cairn.services.gateway import Gateway
+from cairn.settings import Settings
+from tests.conftest import Agents
+from tests.gateway.conftest import login_password
+from tests.sdk.test_sync_sdk import sdk_env
+from tests.test_cli import cli, cli_json
+from tests.test_cli_batch import _ended, _files
+
+
+@pytest.fixture
+async def token(nats_server: NatsServer) -> AsyncIterator[str]:
+    """An API token of the local person (a member of the test's workspace), revoked after."""
+    user, _ = login_password(nats_server)
+    row, secret, _ = create_token(nats_server.home, user, "batch")
+    yield secret
+    revoke_token(nats_server.home, row["id"])
+
+
+def _body(uri: str, kind: str = "UriFolder") -> dict[str, Any]:
+    return {"properties": {"InputData": {"input": {"JobInputType": kind, "Uri": uri}}}}
+
+
+async def _completed(http: httpx.AsyncClient, url: str, auth: dict[str, str]) -> dict[str, Any]:
+    for _ in range(1200):
+        reply = await http.get(url, headers=auth)
+        assert reply.status_code == 200, reply.text
+        job = reply.json()
+        if job["status"] in ("Completed", "Failed", "Canceled"):
+            return job
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"job {url} did not end")
+
+
+@pytest.mark.timeout(300)
+async def test_a_batch_endpoint_invoked_over_http_scores_as_from_the_cli(
+    client: Client,
+    client_settings: Settings,
+    agents: Agents,
+    ws: AsyncWorkspace,
+    gateway: Gateway,
+    token: str,
+    tmp_path: Path,
+) -> None:
+    await agents.start(slots=3)
+    _files(tmp_path)
+    env = {
+        **sdk_env(client_settings, client.workspace, tmp_path / "home"),
+        "CAIRN_GATEWAY_URL": gateway.url,
+    }
+    await cli_json("batch-endpoint", "create", "--file", "endpoint.yml", env=env, cwd=tmp_path)
+    await cli_json("batch-deployment", "create", "--file", "deployment.yml", env=env, cwd=tmp_path)
+    shown = await cli_json("batch-endpoint", "show", "--name", "scorer", env=env, cwd=tmp_path)
+    scoring_uri = shown["scoring_uri"]
+    assert scoring_uri == f"{gateway.url}/batch-endpoints/{client.workspace}/scorer/jobs"
+    lake = tmp_path / "lake"
+    (lake / "items").mkdir(parents=True)
+    for i in range(6):
+        (lake / "items" / f"d{i}.txt").write_text("z" * (i + 1))
+    await cli("datastore", "create", "lake", "--path", str(lake), env=env, cwd=tmp_path)
+    await cli("dataset", "create", "items", "--path", "lake:items/*.txt", env=env, cwd=tmp_path)
+    invoke = ["batch-endpoint", "invoke", "--name", "scorer", "--input", "azureml:items:1"]
+    by_cli = await cli_json(*invoke, env=env, cwd=tmp_path)
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        # the endpoint's default deployment over a datastore folder, as the token's person
+        reply = await http.post(
+            scoring_uri, json=_body("azureml://datastores/lake/paths/items/"), headers=auth
+        )
+        assert reply.status_code == 200, reply.text
+        invoked = reply.json()
+        assert invoked["name"] == invoked["id"] and invoked["status"]
+        assert invoked["properties"]["deploymentName"] == "v1"
+        poll = gateway.url + reply.headers["location"]
+        # a registered dataset, the deployment named as Azure ML's header does
+        reply = await http.post(
+            scoring_uri,
+            json=_body("azureml:items:1"),
+            headers={**auth, "azureml-model-deployment": "v1"},
+        )
+        assert reply.status_code == 200, reply.text
+        second = gateway.url + reply.headers["location"]
+        job = await _completed(http, poll, auth)
+        assert job["status"] == "Completed", job
+        assert (await _completed(http, second, auth))["status"] == "Completed"
+        output_run = job["properties"]["outputs"]["predictions"]["run_id"]
+        assert output_run == parallel_run_id(invoked["name"], "score")
+        listing = job["properties"]["outputs"]["predictions"]["files"]
+        files = await http.get(gateway.url + listing, headers=auth)
+        assert files.status_code == 200, files.text
+        names = [f["path"] for f in files.json() if f["path"].endswith("predictions.csv")]
+        assert names, files.text
+        got = await http.get(
+            f"{gateway.url}/api/w/{client.workspace}/runs/{output_run}/file",
+            params={"path": names[0]},
+            headers=auth,
+        )
+        assert got.status_code == 200, got.text
+        # what is not there is 404, once the body is good
+        for body, headers, named in [
+            (_body("azureml://datastores/nolake/paths/items"), auth, "nolake"),
+            (_body("azureml:noitems:1"), auth, "noitems"),
+            (_body("azureml:items:7"), auth, "items"),
+            (_body("azureml:items:1"), {**auth, "azureml-model-deployment": "v9"}, "'v9'"),
+        ]:
+            reply = await http.post(scoring_uri, json=body, headers=headers)
+            assert reply.status_code == 404, (body, reply.text)
+            assert named in reply.json()["message"], (body, reply.text)
+    assert (await _ended(ws, by_cli["run_id"]))["status"] == "Completed"
+    gather = parallel_run_id(by_cli["run_id"], "score")
+    listed = [f["path"] for f in await ws.run(gather).files()]
+    found = [n for n in listed if n.endswith("predictions.csv")]
+    expected = await ws.run(gather).download_file(found[0], tmp_path / "cli.csv")
+    assert got.text.splitlines() == expected.read_text().splitlines()
+    rows = [line.split() for line in got.text.splitlines()]
+    assert [(r[0], int(r[1])) for r in rows] == [(f"d{i}.txt", i + 1) for i in range(6)]
+
+
+async def test_refusals_are_typed(
+    client: Client, gateway: Gateway, token: str, ws: AsyncWorkspace, tmp_path: Path
+) -> None:
+    """No token 401, a wrong one 401; a malformed body 400 naming the field; an unknown
+    endpoint, datastore or dataset 404; a path leaving its datastore 400. Nothing runs."""
+    url = f"{gateway.url}/batch-endpoints/{client.workspace}/scorer2/jobs"
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        reply = await http.post(url, json=_body("azureml:items:1"))
+        assert reply.status_code == 401 and reply.json()["code"] == "unauthenticated"
+        for wrong in ("Bearer not-a-token", "Basic abc", f"Bearer {token}x"):
+            reply = await http.post(
+                url, json=_body("azureml:items:1"), headers={"authorization": wrong}
+            )
+            assert reply.status_code == 401, (wrong, reply.text)
+        reply = await http.get(f"{url}/abc", headers={})
+        assert reply.status_code == 401
+        # an unknown endpoint
+        reply = await http.post(url, json=_body("azureml:items:1"), headers=auth)
+        assert reply.status_code == 404 and "no batch endpoint 'scorer2'" in reply.json()["message"]
+        # malformed bodies, each refused naming what is wrong
+        for body, named in [
+            (b"not json", "not JSON"),
+            (b"", "empty"),
+            (b"[1]", "the body must be a JSON object"),
+            (b'{"props": {}}', "props"),
+            (b'{"properties": {}}', "properties.InputData"),
+            (b'{"properties": {"InputData": {}}}', "properties.InputData"),
+            (b'{"properties": {"InputData": {"a": {"Uri": "azureml:x:1"}}}}', "JobInputType"),
+            (b'{"properties": {"InputData": {"a": {"JobInputType": "UriFolder"}}}}', ".Uri"),
+            (
+                b'{"properties": {"InputData": {"a": {"JobInputType": "Table", "Uri": "x"}}}}',
+                "JobInputType",
+            ),
+            (
+                b'{"properties": {"InputData": {"a": {"JobInputType": "UriFile", "Uri": "x",'
+                b' "Extra": 1}}}}',
+                "properties.InputData.a.Extra",
+            ),
+            (b'{"properties": {"InputData": {"a": 1}}}', "properties.InputData.a"),
+        ]:
+            reply = await http.post(
+                url, content=body, headers={**auth, "content-type": "application/json"}
+            )
+            assert reply.status_code == 400, (body, reply.text)
+            assert named in reply.json()["message"], (body, reply.text)
+        for uri in (
+            "azureml://datastores/lake/paths/../secret",
+            "azureml://datastores/lake/paths/a/%2e%2e/b",
+            "azureml://datastores/lake/paths//etc/passwd",
+            "azureml://datastores/lake/paths/",
+            "azureml://datastores/../paths/x",
+            "file:///etc/passwd",
+            "/etc/passwd",
+            "azureml://subscriptions/s/datastores/lake/paths/x",
+        ):
+            reply = await http.post(url, json=_body(uri), headers=auth)
+            assert reply.status_code == 400, (uri, reply.text)
+            assert "properties.InputData.input" in reply.json()["message"], (uri, reply.text)
+        reply = await http.post(url, json=_body("https://example.invalid/x"), headers=auth)
+        assert reply.status_code == 400 and "UriFile" in reply.json()["message"]
+        # a job that is no invocation of this endpoint
+        reply = await http.get(f"{url}/nosuchjob", headers=auth)
+        assert reply.status_code == 404, reply.text
