@@ -1,5 +1,5 @@
 """The sweep controller SIGKILLed at random points, in its own process (``cairn serve
-sweeps``), while three sweeps run on a server of the test's own: each sweep still ends with
+sweeps``), while ten sweeps run on a server of the test's own: each sweep still ends with
 exactly its trials, none proposed, submitted or ended twice, and every proposal is the one the
 sampler makes from the seed and the events before it, which is what an uninterrupted
 controller proposes."""
@@ -68,29 +68,23 @@ async def start_controller(settings: Any, state: Path) -> asyncio.subprocess.Pro
 
 
 def configs(tmp_path: Path) -> list[HyperDriveConfig]:
+    """Ten small sweeps: random and Bayesian sampling by turns, each with a seed of its own,
+    two or three trials, one to three at a time."""
     run = ScriptRunConfig(source_directory=source(tmp_path), script="train.py")
     space = {"learning_rate": uniform(0.0, 0.1), "n_estimators": choice(10, 20, 50)}
     common = {"run_config": run, "primary_metric_name": "AUC", "primary_metric_goal": "MAXIMIZE"}
-    return [
-        HyperDriveConfig(
-            hyperparameter_sampling=RandomParameterSampling(space, seed=1),
-            max_total_runs=6,
-            max_concurrent_runs=2,
-            **common,
-        ),
-        HyperDriveConfig(
-            hyperparameter_sampling=RandomParameterSampling(space, seed=2),
-            max_total_runs=5,
-            max_concurrent_runs=3,
-            **common,
-        ),
-        HyperDriveConfig(
-            hyperparameter_sampling=BayesianParameterSampling(space, seed=3),
-            max_total_runs=6,
-            max_concurrent_runs=2,
-            **common,
-        ),
-    ]
+    made = []
+    for seed in range(1, 11):
+        sampling = BayesianParameterSampling if seed % 2 == 0 else RandomParameterSampling
+        made.append(
+            HyperDriveConfig(
+                hyperparameter_sampling=sampling(space, seed=seed),
+                max_total_runs=2 + seed % 2,
+                max_concurrent_runs=1 + seed % 3,
+                **common,
+            )
+        )
+    return made
 
 
 async def check_sweep(store: EventStore, client: Client, run_id: str, total: int) -> None:
