@@ -238,8 +238,12 @@ class SweepsService(ProjectedService):
         self, ws: str, sweep_id: str, command_id: str, command: sweep.SweepCommand
     ) -> sweep.SweepState:
         ctx = CommandContext(workspace=ws, command_id=command_id, actor=ACTOR)
-        await execute(ctx, sweep.AGGREGATE, sweep_id, command, cache=self.cache)
-        return await lookup.state(self.cache, sweep.AGGREGATE, ws, sweep_id)
+        accepted = await execute(ctx, sweep.AGGREGATE, sweep_id, command, cache=self.cache)
+        # a replayed command (another controller took it first: the server's duplicate answer
+        # leaves the cached history as it was) is read back from the log
+        return await lookup.state(
+            self.cache, sweep.AGGREGATE, ws, sweep_id, fresh=accepted.replayed
+        )
 
     async def _on_run(self, ws: str, run_id: str, command_id: str, command: Any) -> None:
         ctx = CommandContext(workspace=ws, command_id=command_id, actor=ACTOR)
@@ -420,8 +424,9 @@ class SweepsService(ProjectedService):
             state = await self._decide(
                 ws, sweep_id, derived_id("propose", sweep_id, index), command
             )
-            if len(state.trials) > index:
-                await self._submit_trial(ws, state, state.trials[index])
+            if len(state.trials) <= index:  # not in the log as read: the next pass
+                break
+            await self._submit_trial(ws, state, state.trials[index])
         return state
 
     async def _submit_trial(
