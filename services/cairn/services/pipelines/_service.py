@@ -8,18 +8,22 @@ events) moved since it last looked, plus all active ones every few seconds, read
 pipeline's aggregate and decides, through ``cairn.bus.execute``, under a command id derived
 from what the decision follows. The steps a pass starts together (a wave: every step whose
 upstream steps have completed), and the steps it follows, are taken concurrently, at most
-``_CONCURRENT`` at a time; decisions on the pipeline aggregate still take turns (one writer
-per aggregate), the rest (reuse keys, job submissions, a reused step's child run) overlaps.
+``_CONCURRENT`` at a time (reuse keys, job submissions, a reused step's child run), and
+their decisions on the pipeline aggregate, which takes one writer at a time, are one append
+per wave (``DecideSteps``) and one for the ends found (``EndSteps``): the events of one
+command per step, each step decided as alone.
 
 ======================  ==========================================  ==========================
 decision                command (aggregate)                          id
 ======================  ==========================================  ==========================
 create the run          ``CreateRun`` + ``StartRun`` (run)           ``pl-run``/``pl-start``
 start a step            ``StartStep`` (pipeline)                     ``pl-step`` (pipeline, step)
+start a wave            ``DecideSteps`` (pipeline)                   ``pl-steps`` (pipeline, steps)
 submit its job          ``SubmitJob`` to the scheduler               ``pl-submit`` (step run)
 reuse an earlier run    ``ReuseStep`` (pipeline), then its child     ``pl-reuse`` (pipeline,
                         run created and completed (run)              step)
 record a step's end     ``EndStep`` (pipeline)                       ``pl-end`` (pipeline, step)
+record several ends     ``EndSteps`` (pipeline)                      ``pl-ends`` (pipeline, steps)
 stop a step             ``CancelRun`` (the step's run)               ``pl-cancel`` (step run)
 end the pipeline        ``CompleteRun``/``FailRun`` (run), then      ``pl-done`` (pipeline)
                         ``EndPipeline`` (pipeline)
@@ -103,8 +107,9 @@ _TERMINAL: dict[str, Literal["Completed", "Failed", "Canceled"]] = {
 }
 #: how often every active pipeline is looked at, changed or not (a submit that failed)
 _FULL_PASS_S = 3.0
-#: at most this many steps of one pipeline started or followed at once in a pass
-_CONCURRENT = 16
+#: at most this many steps of one pipeline started or followed at once in a pass (a wave
+#: of 48 reused steps writes its child runs in one go)
+_CONCURRENT = 64
 #: at most this many steps' decisions in one append
 _BATCH = 100
 _T = TypeVar("_T")
