@@ -196,7 +196,9 @@ def run_metaflow(folder: Path, width: int, workers: int) -> float:
     return took
 
 
-async def measure(stack: EmbeddedStack, width: int, rounds: int, workers: int) -> dict[str, Any]:
+async def measure(
+    stack: EmbeddedStack, width: int, rounds: int, workers: int, peer: bool = True
+) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="cairn-bench-pipe-"))
     (folder / "src").mkdir()
     (folder / "src" / "noop.py").write_text(NOOP)
@@ -239,6 +241,9 @@ async def measure(stack: EmbeddedStack, width: int, rounds: int, workers: int) -
                 assert all(s["reused_run_id"] for s in view["steps"]), view
                 r["reused_s"].append(took)
                 r["submit_s"]["reused"].append(view["submit_s"])
+                if not peer:
+                    r["metaflow_s"].append(float("nan"))
+                    continue
                 mf = folder / f"metaflow{k}"
                 mf.mkdir()
                 r["metaflow_s"].append(await asyncio.to_thread(run_metaflow, mf, width, workers))
@@ -253,12 +258,15 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=48, help="parallel middle steps")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--slots", type=int, default=4, help="local agent slots = Metaflow workers")
+    parser.add_argument(
+        "--cairn-only", action="store_true", help="skip Metaflow (its figures print as nan)"
+    )
     args = parser.parse_args()
     import metaflow
 
     stack = EmbeddedStack(extra=["--local-slots", str(args.slots)])
     try:
-        r = asyncio.run(measure(stack, args.width, args.rounds, args.slots))
+        r = asyncio.run(measure(stack, args.width, args.rounds, args.slots, not args.cairn_only))
     finally:
         stack.stop()
     r["versions"] = {"metaflow": metaflow.__version__, "python": sys.version.split()[0]}

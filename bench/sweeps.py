@@ -189,6 +189,7 @@ async def cairn_side(trials: int, steps: int, concurrency: int) -> dict[str, Any
             params = [t["parameters"] for t in trials_view]
             r["sweep_s"] = done["s"]
             r["sweep_best"] = min(float(t["best"]) for t in trials_view)
+            r["trial_end_ms"] = await trial_end_ms(observer, ws.name, done["view"])
             r["hand_s"] = await by_hand(ws, ends, params)
             cpu2 = _cpu_s(stack.services_pid)[0]
             r["services_cpu_ms_per_trial"] = {
@@ -202,17 +203,51 @@ async def cairn_side(trials: int, steps: int, concurrency: int) -> dict[str, Any
     return r
 
 
+async def trial_end_ms(conn: Any, ws: str, view: dict[str, Any]) -> dict[str, float]:
+    """From each trial run's ``RunCompleted`` to the sweep's ``TrialEnded`` for it (the
+    events' timestamps): what the controller adds per trial. Median and max, ms."""
+    from cairn.bus import EventStore
+    from cairn.proto import subjects
+    from cairn.proto.events import RunCompleted, TrialEnded
+
+    store = EventStore(conn)
+    history = await store.read(subjects.event(ws, "sweep", view["run_id"]))
+    ended = {
+        r.envelope.data.index: r.envelope.timestamp
+        for r in history
+        if isinstance(r.envelope.data, TrialEnded)
+    }
+    gaps = []
+    for trial in view["trials"]:
+        runs = await store.read(subjects.event(ws, "run", trial["run_id"]))
+        done = [r.envelope.timestamp for r in runs if isinstance(r.envelope.data, RunCompleted)]
+        if done and trial["index"] in ended:
+            gaps.append((ended[trial["index"]] - done[0]).total_seconds() * 1e3)
+    gaps.sort()
+    return {"median": gaps[len(gaps) // 2], "max": gaps[-1]} if gaps else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--side", choices=["both", "ray"], default="both", help=argparse.SUPPRESS)
+    parser.add_argument("--cairn-only", action="store_true", help="skip Ray Tune")
     args = parser.parse_args()
     if args.side == "ray":  # in a fresh process of its own, as below
         print(json.dumps(ray_side(args.trials, args.steps, args.concurrency)))
         return
     r = asyncio.run(cairn_side(args.trials, args.steps, args.concurrency))
+    if args.cairn_only:
+        r["load"] = os.getloadavg()
+        print(json.dumps(r, indent=2))
+        print(
+            f"{args.trials} trials: Cairn sweep {r['sweep_s']:.2f} s, by hand {r['hand_s']:.2f} s,"
+            f" vs by hand {r['sweep_s'] / r['hand_s']:.2f}x (goal <= 1.2x);"
+            f" RunCompleted -> TrialEnded {r['trial_end_ms']}"
+        )
+        return
     ray_run = subprocess.run(
         [sys.executable, __file__, "--side", "ray", *sys.argv[1:]],
         capture_output=True,

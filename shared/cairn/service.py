@@ -179,18 +179,44 @@ def service_main(
 
 
 async def reconcile_every(
-    stop: asyncio.Event, tick_s: float, reconcile: Callable[[], Awaitable[None]], event: str
+    stop: asyncio.Event,
+    tick_s: float,
+    reconcile: Callable[[], Awaitable[None]],
+    event: str,
+    *,
+    wake: asyncio.Event | None = None,
 ) -> None:
     """A process manager's loop: ``reconcile`` now and every ``tick_s`` until ``stop``. A
     failed pass is logged (as ``event``) and the next one tries again: the decisions it takes
-    have ids derived from their facts, so a pass repeated is a pass taken once."""
+    have ids derived from their facts, so a pass repeated is a pass taken once. ``wake``, set
+    by whatever saw a fact the loop acts on (a read model applying it), starts the next pass
+    at once; set during a pass, it starts another one after it. The timer stays the fallback
+    for what no fact announces."""
     while not stop.is_set():
+        if wake is not None:
+            wake.clear()
         try:
             await reconcile()
         except Exception as exc:  # the bus may be away; the next pass tries again
             log.warning(event, error=repr(exc))
+        await _first_of(stop, wake, tick_s)
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event | None, timeout: float) -> None:
+    """Wait until ``stop`` or ``wake`` is set, for at most ``timeout`` seconds."""
+    if wake is None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), tick_s)
+            await asyncio.wait_for(stop.wait(), timeout)
+        return
+    if stop.is_set() or wake.is_set():
+        return
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
 
 
 class ProjectedService:

@@ -7,8 +7,10 @@ import pytest
 
 from cairn.domain import pipeline
 from cairn.domain.pipeline import (
+    DecideSteps,
     EndPipeline,
     EndStep,
+    EndSteps,
     ReuseStep,
     StartStep,
     SubmitResolvedPipeline,
@@ -57,6 +59,14 @@ PREP_STARTED = PipelineStepStarted(step="prep", run_id=PREP, reuse_key="k1")
 PREP_DONE = PipelineStepEnded(step="prep", status="Completed", run_id=PREP, reuse_key="k1")
 TRAIN_STARTED = PipelineStepStarted(step="train", run_id=TRAIN, reuse_key="k2")
 TRAIN_DONE = PipelineStepEnded(step="train", status="Completed", run_id=TRAIN, reuse_key="k2")
+WIDE = PipelineSpec(steps=[step("prep"), step("a", after=("prep",)), step("b", after=("prep",))])
+WIDE_SUBMITTED = PipelineSubmitted(
+    run_id="p1", experiment_id="e", experiment_name="e", pipeline=WIDE
+)
+A, B = step_run_id("p1", "a"), step_run_id("p1", "b")
+WIDE_READY = [WIDE_SUBMITTED, PREP_STARTED, PREP_DONE]
+A_REUSED = PipelineStepReused(step="a", run_id=A, reused_run_id="old", reuse_key="ka", reason="r")
+B_STARTED = PipelineStepStarted(step="b", run_id=B, reuse_key="kb")
 
 CASES = [
     Case("submit records the pipeline", [], submit(TWO), [SUBMITTED]),
@@ -164,6 +174,38 @@ CASES = [
         [SUBMITTED],
         EndStep(step="train", status="Completed"),
         InvalidTransition,
+    ),
+    Case(
+        "a wave is decided together, each step as alone",
+        WIDE_READY,
+        DecideSteps(
+            steps=[
+                ReuseStep(step="a", reused_run_id="old", reuse_key="ka", reason="r"),
+                StartStep(step="b", reuse_key="kb"),
+            ]
+        ),
+        [A_REUSED, B_STARTED],
+    ),
+    Case(
+        "a step of a wave decided before stands",
+        [*WIDE_READY, A_REUSED],
+        DecideSteps(steps=[StartStep(step="a"), StartStep(step="b", reuse_key="kb")]),
+        [B_STARTED],
+    ),
+    Case(
+        "a wave with a step not ready is refused whole",
+        [WIDE_SUBMITTED],
+        DecideSteps(steps=[StartStep(step="prep"), StartStep(step="a")]),
+        InvalidTransition,
+        "waits for prep",
+    ),
+    Case(
+        "ends are recorded together, each once",
+        [*WIDE_READY, A_REUSED, B_STARTED, PipelineStepEnded(step="b", status="Failed", run_id=B)],
+        EndSteps(
+            steps=[EndStep(step="a", status="Completed"), EndStep(step="b", status="Completed")]
+        ),
+        [PipelineStepEnded(step="a", status="Completed", run_id=A)],
     ),
     Case(
         "the pipeline ends once every step has",

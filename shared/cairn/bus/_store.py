@@ -466,6 +466,26 @@ class EventStore:
             return None
         return stored_time(headers.get("Nats-Time-Stamp", ""))
 
+    async def last_seq_on(self, subject: str) -> int:
+        """The sequence of the last message stored on ``subject`` (0 when there is none):
+        one direct get, whatever the subject's size."""
+        body = json.dumps({"last_by_subj": subject}).encode()
+        try:
+            msg = await self.conn.nc.request(
+                f"$JS.API.DIRECT.GET.{self.stream}",
+                body,
+                timeout=self.conn.settings.request_timeout,
+            )
+        except TRANSIENT as exc:
+            raise Unavailable(f"direct get on {self.stream} failed: {exc!r}") from exc
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status == "404":  # nothing stored on it
+            return 0
+        if status:
+            raise Unavailable(f"direct get on {self.stream}: {status} {headers.get('Description')}")
+        return int(headers["Nats-Sequence"])
+
     async def page(
         self,
         subject_filter: str,

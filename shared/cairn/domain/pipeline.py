@@ -10,7 +10,7 @@ A step starts only once every step upstream of it has completed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import msgspec
@@ -30,8 +30,10 @@ from cairn.proto.pipelines import PipelineSpec, PipelineStep, SubmitPipeline, st
 __all__ = [
     "AGGREGATE",
     "KIND",
+    "DecideSteps",
     "EndPipeline",
     "EndStep",
+    "EndSteps",
     "PipelineCommand",
     "PipelineState",
     "ReuseStep",
@@ -232,7 +234,22 @@ class EndPipeline(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     error: str = ""
 
 
-PipelineCommand = SubmitResolvedPipeline | StartStep | ReuseStep | EndStep | EndPipeline
+class DecideSteps(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Several steps started or reused together, each as its own command would (a step
+    decided before stands): one append for a wave of independent steps. All or none."""
+
+    steps: list[StartStep | ReuseStep]
+
+
+class EndSteps(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Several steps' ends recorded together, each as its own ``EndStep`` would. All or none."""
+
+    steps: list[EndStep]
+
+
+PipelineCommand = (
+    SubmitResolvedPipeline | StartStep | ReuseStep | EndStep | EndPipeline | DecideSteps | EndSteps
+)
 
 
 def decide(state: PipelineState, command: PipelineCommand) -> list[Event]:
@@ -243,6 +260,8 @@ def decide(state: PipelineState, command: PipelineCommand) -> list[Event]:
             return _start(state, command)
         case EndStep():
             return _end_step(state, command)
+        case DecideSteps(steps=many) | EndSteps(steps=many):
+            return _each(state, many)
         case EndPipeline(status=status, error=error):
             _require(state)
             if state.ended:
@@ -256,6 +275,18 @@ def decide(state: PipelineState, command: PipelineCommand) -> list[Event]:
                     f" {', '.join(running + unstarted)}"
                 )
             return [PipelineEnded(status=status, error=error)]
+
+
+def _each(state: PipelineState, commands: Sequence[PipelineCommand]) -> list[Event]:
+    """The events of ``commands`` decided one after another, each on the state the ones
+    before it left."""
+    out: list[Event] = []
+    for command in commands:
+        events = decide(state, command)
+        for event in events:
+            state = evolve(state, event)
+        out += events
+    return out
 
 
 def _require(state: PipelineState) -> PipelineSpec:

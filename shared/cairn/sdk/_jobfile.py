@@ -337,10 +337,20 @@ def load_job_file(path: Path) -> tuple[JobFile, ScriptRunConfig]:
     return job_from_doc(read_yaml(path), path)
 
 
+#: libyaml's safe loader where PyYAML was built with it (the same documents and errors, with
+#: their line and column, at a tenth of the pure-Python loader's cost), else PyYAML's own
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _safe_load(text: str) -> Any:
+    """``yaml.safe_load`` through the fastest safe loader at hand."""
+    return yaml.load(text, Loader=_SAFE_LOADER)  # a safe loader, as yaml.safe_load uses
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A job file's mapping of keys."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = _safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidInput(f"cannot read job file {path}: {exc}") from exc
     return _mapping(doc, path)
@@ -350,7 +360,7 @@ def load_yaml_as(path: Path, kind: type[_T]) -> _T:
     """A YAML file of one mapping of keys (an endpoint's or a deployment's), checked as
     ``kind``; ``InvalidInput`` naming the file and what is wrong."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = _safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from exc
     if not isinstance(doc, dict):

@@ -9,12 +9,16 @@
 * ``reuse``: the completed step runs a later step with the same reuse key may stand for
   (the latest per key).
 * ``published``: the published pipelines (``pipeline.published.list``).
+
+``on_change``, when set (the orchestrator sets it), is called for each applied event the
+reconcile loop acts on: any event of a pipeline, and a watched run's end.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from cairn.projection import Delivered, Tables, events_of
@@ -46,12 +50,16 @@ _RUN_STATUS: dict[type[Event], str] = {
     RunCanceled: "Canceled",
 }
 
+_ENDED = frozenset({"Completed", "Failed", "Canceled"})
+
 
 class PipelinesProjection:
     name = "pipelines"
     version = 2
     tables: tuple[str, ...] = ("pipelines", "steps", "watch", "reuse", "published")
     source = events_of("pipeline", "run", "published_pipeline")
+    #: called after an event the orchestrator acts on (set on the live instance only)
+    on_change: Callable[[], None] | None = None
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
@@ -148,6 +156,8 @@ class PipelinesProjection:
                     (status, error, at, ws, pid),
                 )
         db.execute(touch, (seq, ws, pid))
+        if self.on_change is not None:
+            self.on_change()
 
     def _run(
         self, db: sqlite3.Connection, t: Tables, ws: str, run_id: str, ev: Event, seq: int
@@ -166,6 +176,8 @@ class PipelinesProjection:
                 f"UPDATE {t('pipelines')} SET seq=? WHERE workspace=? AND run_id=?",
                 (seq, ws, row[0]),
             )
+            if self.on_change is not None and status in _ENDED:
+                self.on_change()
 
 
 def read_pipeline(db: sqlite3.Connection, t: Tables, ws: str, run_id: str) -> dict[str, Any] | None:

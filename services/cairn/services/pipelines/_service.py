@@ -1,20 +1,29 @@
 """The pipelines service: it takes ``SubmitPipeline`` and orchestrates the steps.
 
 It is a process manager like the scheduler: a projection of EVENTS into its own SQLite read
-model (:mod:`._projection`) plus a reconcile loop. Each pass looks at the pipelines whose
-events (or whose runs' events) moved since it last looked, plus all active ones every few
-seconds, reads the pipeline's aggregate and decides, through ``cairn.bus.execute``, under a
-command id derived from what the decision follows:
+model (:mod:`._projection`) plus a reconcile loop. A pass starts as soon as the read model
+applies an event the loop acts on (a pipeline's event, the end of a run it watches), and at
+the latest after ``tick_s``. Each pass looks at the pipelines whose events (or whose runs'
+events) moved since it last looked, plus all active ones every few seconds, reads the
+pipeline's aggregate and decides, through ``cairn.bus.execute``, under a command id derived
+from what the decision follows. The steps a pass starts together (a wave: every step whose
+upstream steps have completed), and the steps it follows, are taken concurrently, at most
+``_CONCURRENT`` at a time (reuse keys, job submissions, a reused step's child run), and
+their decisions on the pipeline aggregate, which takes one writer at a time, are one append
+per wave (``DecideSteps``) and one for the ends found (``EndSteps``): the events of one
+command per step, each step decided as alone.
 
 ======================  ==========================================  ==========================
 decision                command (aggregate)                          id
 ======================  ==========================================  ==========================
 create the run          ``CreateRun`` + ``StartRun`` (run)           ``pl-run``/``pl-start``
 start a step            ``StartStep`` (pipeline)                     ``pl-step`` (pipeline, step)
+start a wave            ``DecideSteps`` (pipeline)                   ``pl-steps`` (pipeline, steps)
 submit its job          ``SubmitJob`` to the scheduler               ``pl-submit`` (step run)
 reuse an earlier run    ``ReuseStep`` (pipeline), then its child     ``pl-reuse`` (pipeline,
                         run created and completed (run)              step)
 record a step's end     ``EndStep`` (pipeline)                       ``pl-end`` (pipeline, step)
+record several ends     ``EndSteps`` (pipeline)                      ``pl-ends`` (pipeline, steps)
 stop a step             ``CancelRun`` (the step's run)               ``pl-cancel`` (step run)
 end the pipeline        ``CompleteRun``/``FailRun`` (run), then      ``pl-done`` (pipeline)
                         ``EndPipeline`` (pipeline)
@@ -30,9 +39,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -96,15 +107,25 @@ _TERMINAL: dict[str, Literal["Completed", "Failed", "Canceled"]] = {
 }
 #: how often every active pipeline is looked at, changed or not (a submit that failed)
 _FULL_PASS_S = 3.0
+#: at most this many steps of one pipeline started or followed at once in a pass (a wave
+#: of 48 reused steps writes its child runs in one go)
+_CONCURRENT = 64
+#: at most this many steps' decisions in one append
+_BATCH = 100
+_T = TypeVar("_T")
 
 
 class PipelinesService(ProjectedService):
     name = "pipelines"
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
-        super().__init__(conn, settings, PipelinesProjection())
+        projection = PipelinesProjection()
+        super().__init__(conn, settings, projection)
         self.settings = settings
-        self.tick_s = 0.1
+        #: the longest wait between passes; a pass starts at once on a fact it acts on
+        self.tick_s = 0.5
+        self._wake = asyncio.Event()
+        projection.on_change = self._wake.set
         self.pythons = Pythons(conn, downloads=settings.python_downloads)
         self.seen: dict[tuple[str, str], int] = {}  # pipeline -> the seq last reconciled
         self.full_pass_at = 0.0
@@ -166,7 +187,9 @@ class PipelinesService(ProjectedService):
             await loop
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        await reconcile_every(stop, self.tick_s, self.reconcile, "reconcile_failed")
+        await reconcile_every(
+            stop, self.tick_s, self.reconcile, "reconcile_failed", wake=self._wake
+        )
 
     # -- commands -------------------------------------------------------------------------
 
@@ -362,21 +385,27 @@ class PipelinesService(ProjectedService):
         run_ended = run.status if run.status.terminal else None
         failed = {n for n, s in state.steps.items() if s.status in ("Failed", "Canceled")}
         stop = run_ended is not None or bool(failed and not spec.continue_on_step_failure)
-        for name, step in list(state.steps.items()):
-            if step.status == "Running":
-                state = await self._follow(ws, state, name, step, watched, stop)
-            elif step.status == "Reused":
-                state = await self._reused(ws, state, name, step)
+        followed = [(n, s) for n, s in state.steps.items() if s.status in ("Running", "Reused")]
+        found = await _bounded(
+            functools.partial(self._follow, ws, state, name, step, watched, stop)
+            if step.status == "Running"
+            else functools.partial(self._reused, ws, state, name, step)
+            for name, step in followed
+        )
+        ends = [end for end in found if isinstance(end, pipelines.EndStep)]
         unstarted = [s.name for s in spec.steps if s.name not in state.steps]
         skip = set(unstarted) if stop else pipelines.downstream(spec, failed)
-        for name in unstarted:
-            if name in skip:
-                cmd = pipelines.EndStep(step=name, status="Skipped")
-                state = await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
-        if not stop:
-            for ready in spec.steps:
-                if ready.name not in state.steps and self._ready(state, ready):
-                    state = await self._start(ws, state, ready)
+        ends += [pipelines.EndStep(step=n, status="Skipped") for n in unstarted if n in skip]
+        if ends or followed:
+            state = await self._end_steps(ws, pid, ends)
+        _raise_first(found)
+        while not stop:  # wave after wave: a reused step has completed when it is decided
+            wave = [s for s in spec.steps if s.name not in state.steps and self._ready(state, s)]
+            if not wave:
+                break
+            state = await self._start_wave(ws, state, wave)
+            if any(s.status in ("Failed", "Canceled") for s in state.steps.values()):
+                break  # the next pass skips what follows it, or stops the pipeline
         if all(s.name in state.steps and state.steps[s.name].ended for s in spec.steps):
             await self._finish(ws, state, run_ended, run.error)
 
@@ -394,17 +423,16 @@ class PipelinesService(ProjectedService):
         step: StepState,
         watched: dict[str, tuple[str | None, str]],
         stop: bool,
-    ) -> PipelineState:
+    ) -> pipelines.EndStep | None:
         """A started step: its job submitted (again, under the same id: a no-op once it is),
-        its end recorded, or its run stopped when the pipeline stops."""
+        its end to record, or its run stopped when the pipeline stops."""
         pid = state.run_id
         status, error = watched.get(step.run_id, (None, ""))
         if status is None:
             await self._submit_step(ws, state, state.step(name), step.run_id)
             status, error = self._runs(ws, pid).get(step.run_id, (None, ""))
         if status is not None and (ended := _TERMINAL.get(status)) is not None:
-            cmd = pipelines.EndStep(step=name, status=ended, error=error)
-            return await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
+            return pipelines.EndStep(step=name, status=ended, error=error)
         if stop:
             cid = derived_id("pl-cancel", step.run_id)
             reason = "the pipeline stopped"
@@ -415,9 +443,39 @@ class PipelinesService(ProjectedService):
                     cid,
                     CancelRun(command_id=cid, run_id=step.run_id, reason=reason),
                 )
+        return None
+
+    async def _start_wave(
+        self, ws: str, state: PipelineState, wave: list[PipelineStep]
+    ) -> PipelineState:
+        """Start or reuse every step of ``wave`` (each ready, none decided yet): their reuse
+        keys found concurrently, the decisions taken in one append, then each followed through
+        (a job submitted, a reused step's child run) concurrently and the reused steps' ends
+        recorded in one append."""
+        pid = state.run_id
+        chosen = await _bounded(functools.partial(self._choose, ws, state, s) for s in wave)
+        state = await self._decide_many(
+            ws, pid, "pl-step", [c for c in chosen if not isinstance(c, BaseException)]
+        )
+        by_name = {s.name: s for s in wave}
+        decided = [(n, state.steps[n]) for n in by_name if n in state.steps]
+        found = await _bounded(
+            functools.partial(self._submit_step, ws, state, by_name[name], step.run_id)
+            if step.status == "Running"
+            else functools.partial(self._reused, ws, state, name, step)
+            for name, step in decided
+            if step.status in ("Running", "Reused")
+        )
+        ends = [end for end in found if isinstance(end, pipelines.EndStep)]
+        state = await self._end_steps(ws, pid, ends)
+        _raise_first([*chosen, *found])
         return state
 
-    async def _start(self, ws: str, state: PipelineState, step: PipelineStep) -> PipelineState:
+    async def _choose(
+        self, ws: str, state: PipelineState, step: PipelineStep
+    ) -> pipelines.StartStep | pipelines.ReuseStep:
+        """Whether ``step`` starts or reuses an earlier run: its reuse key and the run that
+        completed with it, if reuse is allowed."""
         pid = state.run_id
         upstream: dict[str, list[list[str]]] = {}
         for bound in step.step_inputs:
@@ -434,20 +492,55 @@ class PipelinesService(ProjectedService):
         assert state.spec is not None
         reuse = key and step.allow_reuse and not state.spec.force_rerun
         found = self._reusable(ws, key) if reuse else None
-        command: pipelines.PipelineCommand
         if found is not None:
             reason = f"the same code, environment, command and inputs as run {found}"
-            command = pipelines.ReuseStep(
+            return pipelines.ReuseStep(
                 step=step.name, reused_run_id=found, reuse_key=key, reason=reason
             )
-        else:
-            command = pipelines.StartStep(step=step.name, reuse_key=key)
-        state = await self._decide(ws, pid, derived_id("pl-step", pid, step.name), command)
-        decided = state.steps[step.name]
-        if decided.status == "Running":
-            await self._submit_step(ws, state, step, decided.run_id)
-        elif decided.status == "Reused":
-            state = await self._reused(ws, state, step.name, decided)
+        return pipelines.StartStep(step=step.name, reuse_key=key)
+
+    async def _end_steps(self, ws: str, pid: str, ends: list[pipelines.EndStep]) -> PipelineState:
+        """Record ``ends`` (one append); the pipeline as the log has it."""
+        return await self._decide_many(ws, pid, "pl-end", ends)
+
+    async def _decide_many(
+        self,
+        ws: str,
+        pid: str,
+        kind: str,
+        commands: Sequence[pipelines.StartStep | pipelines.ReuseStep | pipelines.EndStep],
+    ) -> PipelineState:
+        """Decide per-step ``commands`` on the pipeline: one alone under its own id
+        (``derived_id(kind, pipeline, step)``), several as one command (``DecideSteps``,
+        ``EndSteps``: one append) under an id derived from their steps; when the aggregate
+        refuses the batch, each is decided alone (the others' decisions still stand). The
+        pipeline as the log has it after them."""
+        if not commands:
+            return await self._state(ws, pid)
+        if len(commands) == 1:
+            (only,) = commands
+            return await self._decide(ws, pid, derived_id(kind, pid, only.step), only)
+        state: PipelineState | None = None
+        for i in range(0, len(commands), _BATCH):
+            part = list(commands[i : i + _BATCH])
+            names = sorted(c.step for c in part)
+            batch: pipelines.PipelineCommand
+            if kind == "pl-end":
+                batch = pipelines.EndSteps(
+                    steps=[c for c in part if isinstance(c, pipelines.EndStep)]
+                )
+            else:
+                batch = pipelines.DecideSteps(
+                    steps=[c for c in part if not isinstance(c, pipelines.EndStep)]
+                )
+            try:
+                state = await self._decide(ws, pid, derived_id(f"{kind}s", pid, *names), batch)
+            except REFUSALS:  # one of them is refused: each alone, as before the batch
+                for command in part:
+                    state = await self._decide(
+                        ws, pid, derived_id(kind, pid, command.step), command
+                    )
+        assert state is not None
         return state
 
     def _reusable(self, ws: str, key: str) -> str | None:
@@ -487,9 +580,9 @@ class PipelinesService(ProjectedService):
 
     async def _reused(
         self, ws: str, state: PipelineState, name: str, step: StepState
-    ) -> PipelineState:
+    ) -> pipelines.EndStep:
         """The child run of a reused step: created under the pipeline run, marked with the run
-        it stands for and why, and completed; then the step ends Completed."""
+        it stands for and why, and completed; then the step's end to record (Completed)."""
         pid, run_id = state.run_id, step.run_id
         experiment_id = await lookup.experiment_id(self.cache, ws, state.experiment_name)
         create = CreateRun(
@@ -515,15 +608,19 @@ class PipelinesService(ProjectedService):
         )
         cid = derived_id("pl-reused-end", run_id)
         await self._on_run(ws, run_id, cid, CompleteRun(command_id=cid, run_id=run_id))
-        cmd = pipelines.EndStep(step=name, status="Completed")
-        return await self._decide(ws, pid, derived_id("pl-end", pid, name), cmd)
+        return pipelines.EndStep(step=name, status="Completed")
 
     async def _reuse_reason(self, ws: str, pid: str, name: str) -> str:
-        history = await self.cache.refresh(subjects.event(ws, pipelines.KIND, pid))
-        for recorded in history:
-            ev = recorded.envelope.data
-            if isinstance(ev, PipelineStepReused) and ev.step == name:
-                return ev.reason
+        """The reason recorded with the step's reuse: from the cached history (refreshed
+        after the decision) when it holds it, else from the log."""
+        subject = subjects.event(ws, pipelines.KIND, pid)
+        for history in (self.cache.get(subject) or [], None):
+            if history is None:
+                history = await self.cache.refresh(subject)
+            for recorded in history:
+                ev = recorded.envelope.data
+                if isinstance(ev, PipelineStepReused) and ev.step == name:
+                    return ev.reason
         return ""
 
     async def _finish(
@@ -562,6 +659,26 @@ class PipelinesService(ProjectedService):
             command = CancelRun(command_id=cid, run_id=pid, reason=state.error)
         with contextlib.suppress(InvalidTransition):  # canceled by hand meanwhile
             await self._on_run(ws, pid, cid, command)
+
+
+async def _bounded(works: Iterable[Callable[[], Awaitable[_T]]]) -> list[_T | BaseException]:
+    """Await ``works`` concurrently, at most ``_CONCURRENT`` at a time: each one's result or
+    what it raised (the others' decisions stand; :func:`_raise_first` once they are used)."""
+    gate = asyncio.Semaphore(_CONCURRENT)
+
+    async def one(work: Callable[[], Awaitable[_T]]) -> _T:
+        async with gate:
+            return await work()
+
+    return await asyncio.gather(*(one(w) for w in works), return_exceptions=True)
+
+
+def _raise_first(results: Iterable[object]) -> None:
+    """Raise the first failure among ``_bounded``'s results (the pipeline waits for the next
+    pass, as when a decision taken alone fails)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _run_exists(cache: AggregateCache, ws: str, run_id: str) -> bool:

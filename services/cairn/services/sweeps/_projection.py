@@ -7,6 +7,9 @@ status of its parent run), ``trials`` a row per proposal (the child run's status
 run's events), ``stops`` the policy's decisions. ``reports`` holds every finite number a trial
 run logged, numbered per metric in the order the ingester stored them (``n``: the report's
 interval), which is what a policy compares.
+
+``SweepsProjection.on_change``, when set (the controller sets it), is called for each applied
+event the controller acts on: a sweep's event, the end of a trial's run or of a sweep's run.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Callable
 
 import msgspec
 
@@ -56,6 +60,8 @@ class SweepsProjection:
     version = 1
     tables: tuple[str, ...] = ("sweeps", "trials", "stops")
     source = events_of("sweep", "run")
+    #: called after an event the controller acts on (set on the live instance only)
+    on_change: Callable[[], None] | None = None
 
     def create(self, db: sqlite3.Connection, t: Tables) -> None:
         db.execute(
@@ -82,7 +88,13 @@ class SweepsProjection:
         env, seq = item.value, item.seq
         ws, key = env.workspace, (env.workspace, env.aggregate_id)
         at = env.timestamp.timestamp()
-        match env.data:
+        data = env.data
+        if self.on_change is not None and (
+            env.aggregate_kind == "sweep"
+            or isinstance(data, RunCompleted | RunFailed | RunCanceled)
+        ):
+            self.on_change()
+        match data:
             case SweepSubmitted() as ev:
                 db.execute(
                     f"INSERT OR IGNORE INTO {t('sweeps')} VALUES"

@@ -23,10 +23,10 @@ from typing import Any
 import msgspec
 
 from cairn import lookup
-from cairn.bus import CommandContext, Connection, execute
+from cairn.bus import CommandContext, Connection, EventStore, execute
 from cairn.domain import run as runs
 from cairn.domain import sweep
-from cairn.errors import REFUSALS, CairnError, NotFound
+from cairn.errors import REFUSALS, CairnError, NotFound, Unavailable
 from cairn.log import get_logger
 from cairn.projection import ProjectionRunner, Tables
 from cairn.proto import subjects
@@ -63,6 +63,8 @@ __all__ = ["SweepsService", "trial_command", "trial_run_id"]
 log = get_logger("cairn.sweeps")
 ACTOR = "cairn-sweeps"
 _TERMINAL = {s.value for s in runs.RunStatus if s.terminal}
+#: how long a pass waits for the reports read model to read an ended trial's last metrics
+_REPORTS_WAIT_S = 1.0
 
 
 def trial_run_id(sweep_id: str, index: int) -> str:
@@ -87,7 +89,8 @@ class SweepsService(ProjectedService):
     name = "sweeps"
 
     def __init__(self, conn: Connection, settings: Settings) -> None:
-        super().__init__(conn, settings, SweepsProjection())
+        projection = SweepsProjection()
+        super().__init__(conn, settings, projection)
         self.settings = settings
         self.reports: ProjectionRunner[MetricsLogged] = ProjectionRunner(
             conn,
@@ -96,7 +99,12 @@ class SweepsService(ProjectedService):
         )
         self._stop_reports = asyncio.Event()
         self._reports_task: asyncio.Task[None] | None = None
+        #: the longest wait between passes (a policy's reports announce nothing); a pass
+        #: starts at once on a sweep's event or a run's end
         self.tick_s = 0.2
+        self._wake = asyncio.Event()
+        projection.on_change = self._wake.set
+        self.metrics = EventStore(conn, stream=METRICS.name)
         #: (workspace, sweep, trial) -> the last interval the policy was applied at
         self.evaluated: dict[tuple[str, str, int], int] = {}
         #: (workspace, sweep) -> trial index -> its primary metric's reports read so far
@@ -136,7 +144,9 @@ class SweepsService(ProjectedService):
             self.reports.close()
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        await reconcile_every(stop, self.tick_s, self.reconcile, "sweeps_reconcile_failed")
+        await reconcile_every(
+            stop, self.tick_s, self.reconcile, "sweeps_reconcile_failed", wake=self._wake
+        )
 
     # -- commands and queries ------------------------------------------------------------
 
@@ -228,8 +238,12 @@ class SweepsService(ProjectedService):
         self, ws: str, sweep_id: str, command_id: str, command: sweep.SweepCommand
     ) -> sweep.SweepState:
         ctx = CommandContext(workspace=ws, command_id=command_id, actor=ACTOR)
-        await execute(ctx, sweep.AGGREGATE, sweep_id, command, cache=self.cache)
-        return await lookup.state(self.cache, sweep.AGGREGATE, ws, sweep_id)
+        accepted = await execute(ctx, sweep.AGGREGATE, sweep_id, command, cache=self.cache)
+        # a replayed command (another controller took it first: the server's duplicate answer
+        # leaves the cached history as it was) is read back from the log
+        return await lookup.state(
+            self.cache, sweep.AGGREGATE, ws, sweep_id, fresh=accepted.replayed
+        )
 
     async def _on_run(self, ws: str, run_id: str, command_id: str, command: Any) -> None:
         ctx = CommandContext(workspace=ws, command_id=command_id, actor=ACTOR)
@@ -295,21 +309,25 @@ class SweepsService(ProjectedService):
         known.update(series)
         return series
 
-    async def _reports_caught_up(self) -> bool:
-        """Whether the reports read model holds every batch stored so far (a trial's last
-        reports are stored before its run ends: its script flushes them before it exits).
-        Not waited for here: a pass that finds it behind leaves trial ends to the next."""
-        info = await self.conn.js.stream_info(METRICS.name)
-        return self.reports.last_seq >= info.state.last_seq
+    async def _reports_read(self, ws: str, run_id: str) -> bool:
+        """Whether the reports read model holds the trial run's last metrics batch (its
+        reports are stored before its run ends: its script flushes them before it exits),
+        waited for a little; a pass that finds it behind leaves the trial's end to the next."""
+        last = await self.metrics.last_seq_on(subjects.metrics(ws, run_id))
+        try:
+            await self.reports.wait_for(last, timeout=_REPORTS_WAIT_S)
+        except Unavailable:
+            return False
+        return True
 
     async def _follow_trials(
         self, ws: str, sweep_id: str, state: sweep.SweepState
     ) -> sweep.SweepState:
         rows = self._trial_rows(ws, sweep_id)
         running = [t for t in state.trials if t.status is None]
-        caught_up = True
-        if any(rows.get(t.index) in _TERMINAL for t in running):
-            caught_up = await self._reports_caught_up()
+        ended = [t for t in running if rows.get(t.index) in _TERMINAL]
+        read = await asyncio.gather(*(self._reports_read(ws, t.run_id) for t in ended))
+        caught_up = {t.index for t, ok in zip(ended, read, strict=True) if ok}
         series = self._series(ws, state)
         assert state.spec is not None
         goal, policy = state.spec.objective.goal, state.spec.policy
@@ -319,7 +337,7 @@ class SweepsService(ProjectedService):
             if child is None:
                 await self._submit_trial(ws, state, trial)
             elif child in _TERMINAL:
-                if not caught_up:  # its last reports may not be read yet: the next pass
+                if trial.index not in caught_up:  # its last reports not read yet: the next pass
                     continue
                 best = (max(values) if goal == "maximize" else min(values)) if values else None
                 end = sweep.EndTrial(
@@ -406,8 +424,9 @@ class SweepsService(ProjectedService):
             state = await self._decide(
                 ws, sweep_id, derived_id("propose", sweep_id, index), command
             )
-            if len(state.trials) > index:
-                await self._submit_trial(ws, state, state.trials[index])
+            if len(state.trials) <= index:  # not in the log as read: the next pass
+                break
+            await self._submit_trial(ws, state, state.trials[index])
         return state
 
     async def _submit_trial(
