@@ -21,12 +21,25 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cairn.bus import Connection, connect
+from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, connect, execute
 from cairn.cli._online import _endpoint_row
+from cairn.domain import endpoint as endpoints
 from cairn.proto import subjects
-from cairn.proto.events import DeploymentScaled, RunRequeued, decode_envelope
+from cairn.proto.events import (
+    DeploymentScaled,
+    RunCanceled,
+    RunRequeued,
+    RunSubmitted,
+    decode_envelope,
+)
 from cairn.proto.jobs import derived_id
-from cairn.proto.serving import DeploymentSpec, DeployModel, ScaleSettings, deployment_id
+from cairn.proto.serving import (
+    DeploymentSpec,
+    DeployModel,
+    ReportReplica,
+    ScaleSettings,
+    deployment_id,
+)
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, running
@@ -300,5 +313,77 @@ async def test_an_autoscaled_deployment_follows_its_load(
             assert down.utilization_pct < down.target_pct and down.removed, down
         row = await ws.endpoints.deployment("ep", "auto")
         assert len(row["replicas"]) == 1 and row["scalings"] == len(ups) + len(downs), row
+    finally:
+        await sub.unsubscribe()
+
+
+async def _decide(
+    store: EventStore, ws: str, did: str, command_id: str, command: endpoints.DeploymentCommand
+) -> None:
+    """A decision appended as the scheduler would, and nothing done after it (a scheduler
+    stopped between the event and its submits or stops)."""
+    ctx = CommandContext(workspace=ws, command_id=command_id, actor="cairn-scheduler")
+    await execute(ctx, endpoints.DEPLOYMENT, did, command, cache=AggregateCache(store))
+
+
+@pytest.mark.timeout(300)
+async def test_what_a_scale_event_leaves_undone_is_done_by_the_reconcile_pass(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    conn: Connection,
+    store: EventStore,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """``DeploymentScaled`` appended, then the scheduler gone before it submits the new
+    replica or stops the removed one: the reconcile pass, from the deployment's state,
+    submits the replica it names and never was submitted, and stops the one it removed."""
+    _, ws = scoring
+    wsn, did = client.workspace, deployment_id("ep", "auto")
+    await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "auto",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+        replicas=2,
+        scale=ScaleSettings(
+            min_replicas=1, max_replicas=3, polling_interval_s=600.0, cooldown_s=0.0
+        ),
+    )
+    replicas = (await ws.endpoints.deployment("ep", "auto"))["replicas"]
+    for run_id in replicas:  # no agent runs them: their ready reports, as the agents'd send
+        report = ReportReplica(
+            command_id=f"ready-{run_id}",
+            endpoint="ep",
+            deployment="auto",
+            run_id=run_id,
+            attempt=1,
+            phase="ready",
+        )
+        await _decide(store, wsn, did, report.command_id, report)
+    added = derived_id("scale", wsn, did, 0, 0)
+    submitted, sub = await _events(conn, wsn, "run", added)
+    try:
+        out = endpoints.ScaleDeployment(
+            at=time.time(),
+            cooldown_s=0.0,
+            replicas_before=2,
+            replicas=3,
+            utilization_pct=100.0,
+            target_pct=70.0,
+            window_s=10.0,
+            requests=10,
+            added=[added],
+        )
+        await _decide(store, wsn, did, f"out-{added}", out)
+        await _next(submitted, RunSubmitted, timeout=120)
+        row = await ws.endpoints.deployment("ep", "auto")
+        assert row["replicas"] == [*replicas, added], row
+        back = msgspec.structs.replace(
+            out, at=time.time(), replicas_before=3, replicas=2, utilization_pct=10.0, added=[]
+        )
+        await _decide(store, wsn, did, f"in-{added}", back)
+        await _next(submitted, RunCanceled, timeout=120)  # the removed replica is stopped
     finally:
         await sub.unsubscribe()

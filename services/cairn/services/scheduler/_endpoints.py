@@ -25,7 +25,13 @@ from cairn.bus import AggregateCache, CommandContext, Connection, execute
 from cairn.domain import endpoint as endpoints
 from cairn.domain import experiment
 from cairn.domain import run as runs
-from cairn.errors import InvalidInput, InvalidTransition, NotFound, Unauthenticated
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    Unauthenticated,
+)
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, CancelRun, CreateExperiment, QueryResult
@@ -59,6 +65,10 @@ log = get_logger("cairn.scheduler")
 #: how often a replica may be lost before its run fails (a replica is meant to run for good;
 #: re-queues back off up to 120 s)
 REPLICA_MAX_ATTEMPTS = 1000
+#: how often the reconcile pass brings the deployments' replicas to what their state says
+CONVERGE_S = 5.0
+#: who the scheduler's own decisions are made as
+SCHEDULER_ACTOR = "cairn-scheduler"
 #: where a replica's models land in its folder (``AZUREML_MODEL_DIR`` points there)
 MODELS_DIR = "azureml-models"
 
@@ -85,6 +95,7 @@ class Endpoints:
     ) -> None:
         self.conn, self.settings, self.cache, self.pythons = conn, settings, cache, pythons
         self.publish = publish
+        self.next_converge = 0.0
         #: a deployment's request telemetry windows (the autoscaler's, set by the service)
         self.load: Callable[[str, str], list[dict[str, float]]] = lambda ws, did: []
         self.responders = [
@@ -421,18 +432,99 @@ class Endpoints:
         return state.ready.get(run_id) == attempt
 
     async def _roll(self, req: Request, state: endpoints.DeploymentState) -> None:
+        await self.roll(req.workspace, state, lambda c: self._ctx(req, c))
+
+    async def roll(
+        self,
+        ws: str,
+        state: endpoints.DeploymentState,
+        ctx: Callable[[str], CommandContext],
+        strays: list[str] | None = None,
+    ) -> None:
         """A rolling update's next step. Nothing is stopped before a replica of the new spec
         is ready; then the earlier replicas still running are stopped down to (new replicas
         - ready ones - 1): one new replica ready stops an old one, so that a new replica
         finds a free slot even where the agents have just one to spare, and the deployment
-        never has none ready."""
+        never has none ready. ``strays``: running replicas of the deployment that its state
+        no longer names (earlier specs' beyond the retired ones it keeps by id), stopped
+        first."""
         ready = len(set(state.ready) & set(state.replicas))
-        if not ready or not state.retired:
+        if not ready or not (state.retired or strays):
             return
         keep = max(0, len(state.replicas) - ready - 1)
-        running = [r for r in state.retired if await self._running(req.workspace, r)]
+        current = set(state.replicas)
+        running = list(strays or [])
+        running += [r for r in state.retired if r not in current and await self._running(ws, r)]
         for run_id in running[: max(0, len(running) - keep)]:
-            await self._cancel(req, run_id, f"deployment {state.name} was replaced")
+            await self.cancel_replica(run_id, f"deployment {state.name} was replaced", ctx)
+
+    async def converge(self, active: list[tuple[str, str]]) -> None:
+        """The reconcile pass's step for deployments (every ``CONVERGE_S``): each one's
+        replica runs are brought to what its state says, so that whatever a decision left
+        undone (a scheduler stopped between ``DeploymentScaled``/``DeploymentRolledBack``
+        and its submits or stops, a submit refused) is done by any replica of the scheduler,
+        from the log. Every replica it names that was never submitted is submitted (the
+        submit's id derives from the run id: once); earlier replicas are stopped as a roll
+        has it (``roll``), those of the deployment still running that it no longer names
+        too; a deleted deployment's running replicas are stopped. ``active``: the runs not
+        ended (workspace, run id)."""
+        now = time.time()
+        if now < self.next_converge:
+            return
+        self.next_converge = now + CONVERGE_S
+        running: dict[tuple[str, str], list[str]] = {}
+        for ws, run_id in active:
+            try:
+                run = await lookup.run_state(self.cache, ws, run_id)
+            except NotFound:
+                continue
+            serve = None if run.job is None else run.job.serve
+            if serve is not None and run.status != runs.RunStatus.CANCEL_REQUESTED:
+                key = (ws, deployment_id(serve.endpoint, serve.deployment))
+                running.setdefault(key, []).append(run_id)
+        base = subjects.events_of_kind(endpoints.DEPLOYMENT.kind)
+        info = await self.conn.js.stream_info(EVENTS.name, subjects_filter=base)
+        for subject in (info.state.subjects or {}) if info.state else {}:
+            parts = subject.split(".")
+            key = (parts[2], parts[-1])
+            try:
+                await self._converge(key, running.get(key, []))
+            except CairnError as exc:  # the next pass tries again
+                log.warning("deployment_converge_failed", deployment=key[1], error=exc.message)
+
+    async def _converge(self, key: tuple[str, str], running: list[str]) -> None:
+        ws, did = key
+        state = await lookup.state(self.cache, endpoints.DEPLOYMENT, ws, did, fresh=True)
+        if not state.exists:
+            return
+
+        def ctx(cid: str) -> CommandContext:
+            return CommandContext(
+                workspace=ws, command_id=cid, actor=SCHEDULER_ACTOR, correlation_id=cid
+            )
+
+        if not state.live:
+            for run_id in running:
+                await self.cancel_replica(run_id, f"deployment {state.name} was deleted", ctx)
+            return
+        if state.job is not None and state.spec is not None:
+            for run_id in state.replicas:
+                if not await self._exists(ws, run_id):
+                    log.info("replica_submitted_again", deployment=did, run_id=run_id)
+                    await self.submit_replica(
+                        ws, run_id, state.experiment_name, state.job, state.spec.compute, ctx
+                    )
+        named = {*state.replicas, *state.retired}
+        if state.previous is not None:
+            named |= set(state.previous.replicas)
+        await self.roll(ws, state, ctx, [r for r in running if r not in named])
+
+    async def _exists(self, ws: str, run_id: str) -> bool:
+        try:
+            await lookup.run_state(self.cache, ws, run_id, fresh=True)
+        except NotFound:
+            return False
+        return True
 
     # -- queries ------------------------------------------------------------------------------
 
