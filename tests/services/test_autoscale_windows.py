@@ -3,10 +3,12 @@ of fixed windows, and the replica count it asks for."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from cairn.bus import Connection
-from cairn.proto.serving import ScaleSettings
+from cairn.domain.endpoint import DeploymentState
+from cairn.proto.serving import DeploymentSpec, ScaleSettings
 from cairn.services.scheduler._autoscale import (
     BUCKET_S,
     BUCKETS,
@@ -15,6 +17,7 @@ from cairn.services.scheduler._autoscale import (
     cooldown_of,
     desired_replicas,
 )
+from cairn.services.scheduler._endpoints import _starting_count
 
 
 def test_telemetry_is_kept_in_a_bounded_number_of_fixed_windows() -> None:
@@ -112,3 +115,21 @@ async def test_the_window_starts_once_the_changed_replicas_are_ready(conn: Conne
         assert windows.complete(1205.0, 10.0)[0] < 1200.0
     finally:
         await telemetry.close()
+
+
+def test_an_update_of_an_autoscaled_deployment_keeps_its_count() -> None:
+    """Scaled out to 10 and updated to a spec starting at 2: the new spec starts with 10,
+    held within its bounds; a deployment that does not autoscale starts with its count."""
+    auto = DeploymentSpec(
+        entry_script="score.py", replicas=2, scale=ScaleSettings(min_replicas=1, max_replicas=8)
+    )
+    ten = DeploymentState(
+        exists=True,
+        spec=msgspec.structs.replace(auto, scale=ScaleSettings(max_replicas=12)),
+        replicas=tuple(f"r{i}" for i in range(10)),
+    )
+    assert _starting_count(ten, auto) == 8  # the new max
+    assert _starting_count(ten, msgspec.structs.replace(auto, scale=SCALE)) == 3
+    assert _starting_count(DeploymentState(), auto) == 2  # a new deployment
+    fixed = msgspec.structs.replace(auto, scale=None)
+    assert _starting_count(ten, fixed) == 2

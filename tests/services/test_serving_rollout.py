@@ -21,12 +21,15 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, connect, execute
 from cairn.cli._online import _endpoint_row
 from cairn.domain import endpoint as endpoints
 from cairn.proto import subjects
+from cairn.proto.commands import CancelRun
 from cairn.proto.events import (
     DeploymentScaled,
+    ReplicaReplaced,
     RunCanceled,
     RunRequeued,
     RunSubmitted,
@@ -43,6 +46,7 @@ from cairn.proto.serving import (
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, running
+from cairn.services.scheduler._autoscale import Autoscaler, Decision
 from cairn.settings import Settings
 from tests.conftest import JOB_SETTINGS, Agents
 
@@ -387,3 +391,79 @@ async def test_what_a_scale_event_leaves_undone_is_done_by_the_reconcile_pass(
         await _next(submitted, RunCanceled, timeout=120)  # the removed replica is stopped
     finally:
         await sub.unsubscribe()
+    # a replica the deployment names is stopped (a roll stopping one that a roll-back kept):
+    # it is replaced, after its back-off, and the deployment serves on
+    successor = derived_id("replace", did, replicas[0])
+    changes, dsub = await _events(conn, wsn, "deployment", did)
+    started, rsub = await _events(conn, wsn, "run", successor)
+    try:
+        await client.send(
+            CancelRun(command_id=f"stop-{replicas[0]}", run_id=replicas[0], reason="a race")
+        )
+        swap = await _next(changes, ReplicaReplaced, timeout=120)
+        assert (swap.run_id, swap.replacement) == (replicas[0], successor), swap
+        await _next(started, RunSubmitted, timeout=120)
+        row = await ws.endpoints.deployment("ep", "auto")
+        assert row["replicas"] == [successor, replicas[1]] and row["replacements"] == 1, row
+        assert row["status"] == "Succeeded", row
+    finally:
+        await dsub.unsubscribe()
+        await rsub.unsubscribe()
+
+
+@pytest.mark.timeout(300)
+async def test_two_schedulers_deciding_at_once_make_one_change(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    conn: Connection,
+    store: EventStore,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """Two autoscalers (two replicas of the scheduler) decide 1 -> 3 on the same view at the
+    same time: one DeploymentScaled, the same two new replicas."""
+    _, ws = scoring
+    wsn, did = client.workspace, deployment_id("ep", "auto")
+    await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "auto",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+        scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=600.0),
+    )
+    (first,) = (await ws.endpoints.deployment("ep", "auto"))["replicas"]
+    ready = ReportReplica(
+        command_id=f"ready-{first}",
+        endpoint="ep",
+        deployment="auto",
+        run_id=first,
+        attempt=1,
+        phase="ready",
+    )
+    await _decide(store, wsn, did, ready.command_id, ready)
+    submitted: list[str] = []
+
+    async def submit(ws: str, run_id: str, *_: Any) -> None:
+        submitted.append(run_id)
+
+    async def cancel(*_: Any) -> None:
+        raise AssertionError("nothing is removed")
+
+    scalers = [Autoscaler(conn, AggregateCache(store), submit, cancel) for _ in range(2)]
+    try:
+        state = await lookup.state(
+            AggregateCache(store), endpoints.DEPLOYMENT, wsn, did, fresh=True
+        )
+        found = Decision(replicas=1, desired=3, utilization_pct=200.0, window_s=10.0, requests=9)
+        now = time.time()
+        await asyncio.gather(
+            *(s._scale(wsn, did, state, found, now + i, 0.0) for i, s in enumerate(scalers))
+        )
+    finally:
+        for scaler in scalers:
+            await scaler.close()
+    row = await ws.endpoints.deployment("ep", "auto")
+    added = [derived_id("scale", wsn, did, 0, i) for i in range(2)]
+    assert row["scalings"] == 1 and row["replicas"] == [first, *added], row
+    assert sorted(set(submitted)) == sorted(added), submitted
