@@ -28,6 +28,7 @@ from cairn.domain import endpoint as endpoints
 from cairn.proto import subjects
 from cairn.proto.commands import CancelRun
 from cairn.proto.events import (
+    DeploymentRolledBack,
     DeploymentScaled,
     ReplicaReplaced,
     RunCanceled,
@@ -467,3 +468,60 @@ async def test_two_schedulers_deciding_at_once_make_one_change(
     added = [derived_id("scale", wsn, did, 0, i) for i in range(2)]
     assert row["scalings"] == 1 and row["replicas"] == [first, *added], row
     assert sorted(set(submitted)) == sorted(added), submitted
+
+
+@pytest.mark.timeout(300)
+async def test_a_roll_with_no_new_replica_ready_by_its_deadline_is_rolled_back(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    conn: Connection,
+    store: EventStore,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """An update whose new replica never becomes ready (no agent takes it; as with a failed
+    report lost for good) is rolled back once its ``rollout_timeout_s`` passed, with the
+    reason; the previous spec's replica is the deployment's again."""
+    _, ws = scoring
+    wsn, did = client.workspace, deployment_id("ep", "blue")
+    await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "blue",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+    )
+    first = await ws.endpoints.deployment("ep", "blue")
+    (old,) = first["replicas"]
+    ready = ReportReplica(
+        command_id=f"ready-{old}",
+        endpoint="ep",
+        deployment="blue",
+        run_id=old,
+        attempt=1,
+        phase="ready",
+    )
+    await _decide(store, wsn, did, ready.command_id, ready)
+    changes, sub = await _events(conn, wsn, "deployment", did)
+    try:
+        spec = msgspec.structs.replace(
+            msgspec.convert(first["spec"], DeploymentSpec),
+            env_vars={"VERSION": "v2"},
+            rollout_timeout_s=1.0,
+        )
+        await client.send(
+            DeployModel(
+                command_id="update-" + os.urandom(8).hex(),
+                endpoint="ep",
+                deployment="blue",
+                spec=spec,
+            )
+        )
+        back = await _next(changes, DeploymentRolledBack, timeout=120)
+        assert back.error == "no new replica was ready within 1 s", back
+        assert back.replicas == [old], back
+    finally:
+        await sub.unsubscribe()
+    row = await ws.endpoints.deployment("ep", "blue")
+    assert row["status"] == "Failed" and row["spec"]["env_vars"] == {}, row
+    assert "no new replica was ready" in row["update_error"], row
