@@ -398,6 +398,12 @@ DEPLOYMENT_CASES = [
         [replaced("r2", "r9", attempt=1, error="Traceback")],
     ),
     Case(
+        "a failure after the roll completed replaces the replica, no roll-back",
+        [*ROLLING, ready("r4")],
+        replaced_failed("r4", "r9"),
+        [replaced("r4", "r9", attempt=1, error="Traceback")],
+    ),
+    Case(
         "a replacement needs a new run id",
         [*A_SERVING, scaled(1, 2, ["r2"], [])],
         replaced_failed("r2", "r1"),

@@ -25,6 +25,7 @@ from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, connect, execute
 from cairn.cli._online import _endpoint_row
 from cairn.domain import endpoint as endpoints
+from cairn.domain import run as runs
 from cairn.proto import subjects
 from cairn.proto.commands import CancelRun
 from cairn.proto.events import (
@@ -36,7 +37,7 @@ from cairn.proto.events import (
     RunSubmitted,
     decode_envelope,
 )
-from cairn.proto.jobs import derived_id
+from cairn.proto.jobs import SubmitJob, derived_id
 from cairn.proto.serving import (
     DeploymentSpec,
     DeployModel,
@@ -392,6 +393,28 @@ async def test_what_a_scale_event_leaves_undone_is_done_by_the_reconcile_pass(
         await _next(submitted, RunCanceled, timeout=120)  # the removed replica is stopped
     finally:
         await sub.unsubscribe()
+    # a replica run of the deployment that its state does not name (an earlier spec's, fallen
+    # off the retired ids it keeps) is stopped too
+    state = await lookup.state(AggregateCache(store), endpoints.DEPLOYMENT, wsn, did, fresh=True)
+    assert state.job is not None and state.spec is not None
+    stray = "stray" + os.urandom(8).hex()
+    submit = SubmitJob(
+        command_id=f"submit-{stray}",
+        run_id=stray,
+        experiment_name=state.experiment_name,
+        compute=state.spec.compute,
+        job=state.job,
+    )
+    resolved = runs.SubmitResolvedJob(
+        command=submit, experiment_id=subjects.name_to_id(state.experiment_name), job=state.job
+    )
+    stopped, ssub = await _events(conn, wsn, "run", stray)
+    try:
+        ctx = CommandContext(workspace=wsn, command_id=submit.command_id, actor="cairn-scheduler")
+        await execute(ctx, runs.AGGREGATE, stray, resolved, cache=AggregateCache(store), new=True)
+        await _next(stopped, RunCanceled, timeout=120)
+    finally:
+        await ssub.unsubscribe()
     # a replica the deployment names is stopped (a roll stopping one that a roll-back kept):
     # it is replaced, after its back-off, and the deployment serves on
     successor = derived_id("replace", did, replicas[0])
