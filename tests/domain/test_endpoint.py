@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
 import pytest
 
 from cairn.domain import endpoint
@@ -22,6 +23,7 @@ from cairn.proto.events import (
     EndpointUpdated,
     Event,
     ReplicaReady,
+    ReplicaReplaced,
 )
 from cairn.proto.jobs import JobSpec
 from cairn.proto.serving import (
@@ -262,6 +264,34 @@ def scaled(
     )
 
 
+def replaced_failed(run: str, replacement: str) -> endpoint.ReplicaFailed:
+    return endpoint.ReplicaFailed(command=report(run, "failed"), replacement=replacement)
+
+
+def replaced(
+    run: str, replacement: str, *, attempt: int, error: str, at: float = 0.0
+) -> ReplicaReplaced:
+    return ReplicaReplaced(
+        endpoint="ep",
+        deployment="blue",
+        run_id=run,
+        attempt=attempt,
+        replacement=replacement,
+        error=error,
+        at=at,
+    )
+
+
+#: a third spec while the second one is still rolling
+UPDATED_C = DeploymentUpdated(
+    endpoint="ep",
+    deployment="blue",
+    spec=DeploymentSpec(entry_script="score3.py"),
+    job=JOB,
+    replicas=["r5"],
+    retired=["r3", "r4"],
+)
+
 DEPLOYMENT_CASES = [
     Case("create", [], resolved(["r1", "r2"]), [D_CREATED]),
     Case("no replicas", [], resolved([]), InvalidInput),
@@ -360,6 +390,96 @@ DEPLOYMENT_CASES = [
         InvalidTransition,
     ),
     Case("scale while starting", [A_CREATED], scale(1, 2, ["r2"]), StaleAttempt),
+    # a serving deployment's replica gone for good is replaced; its status stays
+    Case(
+        "a scaled-out replica whose init failed is replaced, the deployment still serving",
+        [*A_SERVING, scaled(1, 2, ["r2"], [])],
+        replaced_failed("r2", "r9"),
+        [replaced("r2", "r9", attempt=1, error="Traceback")],
+    ),
+    Case(
+        "a failure after the roll completed replaces the replica, no roll-back",
+        [*ROLLING, ready("r4")],
+        replaced_failed("r4", "r9"),
+        [replaced("r4", "r9", attempt=1, error="Traceback")],
+    ),
+    Case(
+        "a replacement needs a new run id",
+        [*A_SERVING, scaled(1, 2, ["r2"], [])],
+        replaced_failed("r2", "r1"),
+        InvalidInput,
+    ),
+    Case(
+        "a replica that failed when the deployment was first created still fails it",
+        [D_CREATED],
+        replaced_failed("r2", "r9"),
+        [
+            DeploymentFailed(
+                endpoint="ep", deployment="blue", run_id="r2", attempt=1, error="Traceback"
+            )
+        ],
+    ),
+    Case(
+        "a restored replica whose run was stopped is replaced",
+        [*ROLLING, rolled_back(["r1", "r2"])],
+        endpoint.ReplaceReplica(run_id="r1", replacement="r9", error="canceled", at=50.0),
+        [replaced("r1", "r9", attempt=0, error="canceled", at=50.0)],
+    ),
+    Case(
+        "a replica no longer named is not replaced",
+        [*ROLLING, rolled_back(["r1", "r2"])],
+        endpoint.ReplaceReplica(run_id="r4", replacement="r9", error="canceled", at=50.0),
+        [],
+    ),
+    # a roll with no new replica ready within its deadline is rolled back
+    Case(
+        "a roll past its deadline is rolled back",
+        [D_CREATED, ready("r1"), ready("r2"), UPDATED],
+        endpoint.RollTimedOut(at=2000.0, since=100.0),
+        [
+            msgspec.structs.replace(
+                rolled_back(["r1", "r2"]),
+                run_id="r3",
+                attempt=0,
+                error="no new replica was ready within 1800 s",
+            )
+        ],
+    ),
+    Case(
+        "a roll within its deadline goes on",
+        [D_CREATED, ready("r1"), ready("r2"), UPDATED],
+        endpoint.RollTimedOut(at=1000.0, since=100.0),
+        [],
+    ),
+    Case(
+        "a roll with a new replica ready goes on past its deadline",
+        ROLLING,
+        endpoint.RollTimedOut(at=5000.0, since=100.0),
+        [],
+    ),
+    Case(
+        "no roll, no deadline",
+        [D_CREATED, ready("r1"), ready("r2")],
+        endpoint.RollTimedOut(at=5000.0, since=100.0),
+        [],
+    ),
+    # A -> B -> C while B is still rolling: C failing goes back to A, which last served
+    Case(
+        "a rollback during a rollback goes back to the spec that last served",
+        [D_CREATED, ready("r1"), ready("r2"), UPDATED, UPDATED_C],
+        failed("r5"),
+        [
+            DeploymentRolledBack(
+                endpoint="ep",
+                deployment="blue",
+                run_id="r5",
+                attempt=1,
+                error="Traceback",
+                replicas=["r1", "r2"],
+                retired=["r5"],
+            )
+        ],
+    ),
     Case("delete", [D_CREATED], RETIRE, [DELETED]),
     Case("delete twice", [D_CREATED, DELETED], RETIRE, []),
     Case("delete none", [], RETIRE, NotFound),
@@ -454,3 +574,32 @@ def test_retired_replicas_are_bounded() -> None:
     state = endpoint.DEPLOYMENT.fold(events)
     assert len(state.retired) == endpoint.RETIRED_KEPT
     assert state.retired[-1] == "n198b" and state.replicas == ("n199a", "n199b")
+
+
+def test_a_replaced_replica_keeps_the_deployment_serving_and_backs_off() -> None:
+    """The successor takes the failed replica's place (the count stays), the failed one is
+    retired, the status stays Succeeded and autoscaling goes on; each replacement in a row
+    doubles the back-off, and a replica ready again starts it over."""
+    events: list[Event] = [*A_SERVING, scaled(1, 2, ["r2"], [])]
+    state = endpoint.DEPLOYMENT.fold(
+        [*events, replaced("r2", "r9", attempt=1, error="boom", at=1000.0)]
+    )
+    assert state.replicas == ("r1", "r9") and "r2" in state.retired
+    assert state.status == endpoint.DeploymentStatus.SUCCEEDED and state.serving
+    assert state.replacements == 1
+    assert endpoint.replace_after(state) == 1000.0 + endpoint.REPLACE_FIRST_S
+    again = endpoint.DEPLOYMENT.fold(
+        [replaced("r9", "r10", attempt=1, error="boom", at=1010.0)], onto=state
+    )
+    assert endpoint.replace_after(again) == 1010.0 + 2 * endpoint.REPLACE_FIRST_S
+    assert again.replacements == 2
+    well = endpoint.DEPLOYMENT.fold([ready("r10")], onto=again)
+    assert endpoint.replace_after(well) == 0.0 and well.replacements == 2
+
+
+def test_an_update_records_when_its_roll_started() -> None:
+    command = msgspec.structs.replace(resolved(["r3"], SPEC2), at=123.0)
+    state = endpoint.DEPLOYMENT.fold([D_CREATED, ready("r1"), ready("r2")])
+    (updated,) = endpoint.DEPLOYMENT.decide(state, command)
+    assert isinstance(updated, DeploymentUpdated) and updated.at == 123.0
+    assert endpoint.DEPLOYMENT.fold([updated], onto=state).rolling_since == 123.0

@@ -36,6 +36,7 @@ from cairn.proto.events import (
     MiniBatchLeased,
     ParallelRunAborted,
     PipelineEndpointSet,
+    ReplicaReplaced,
     RunRequeued,
     ScheduleFired,
     ScheduleFireFailed,
@@ -262,6 +263,18 @@ def _deployment_events(envs: list[Envelope[Event]]) -> list[tuple[str, str, Even
                 at=1_767_594_600.0,
                 requests=50,
                 added=["synthetic-scaled-replica"],
+            ),
+        ),
+        (
+            "deployment",
+            deployment.aggregate_id,
+            ReplicaReplaced(
+                **names,
+                run_id="synthetic-scaled-replica",
+                attempt=1,
+                replacement="synthetic-replacement",
+                error="Traceback: init() raised",
+                at=1_767_594_700.0,
             ),
         ),
     ]

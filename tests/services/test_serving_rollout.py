@@ -21,15 +21,34 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cairn.bus import Connection, connect
+from cairn import lookup
+from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, connect, execute
 from cairn.cli._online import _endpoint_row
+from cairn.domain import endpoint as endpoints
+from cairn.domain import run as runs
 from cairn.proto import subjects
-from cairn.proto.events import DeploymentScaled, RunRequeued, decode_envelope
-from cairn.proto.jobs import derived_id
-from cairn.proto.serving import DeploymentSpec, DeployModel, ScaleSettings, deployment_id
+from cairn.proto.commands import CancelRun
+from cairn.proto.events import (
+    DeploymentRolledBack,
+    DeploymentScaled,
+    ReplicaReplaced,
+    RunCanceled,
+    RunRequeued,
+    RunSubmitted,
+    decode_envelope,
+)
+from cairn.proto.jobs import SubmitJob, derived_id
+from cairn.proto.serving import (
+    DeploymentSpec,
+    DeployModel,
+    ReportReplica,
+    ScaleSettings,
+    deployment_id,
+)
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, running
+from cairn.services.scheduler._autoscale import Autoscaler, Decision
 from cairn.settings import Settings
 from tests.conftest import JOB_SETTINGS, Agents
 
@@ -302,3 +321,230 @@ async def test_an_autoscaled_deployment_follows_its_load(
         assert len(row["replicas"]) == 1 and row["scalings"] == len(ups) + len(downs), row
     finally:
         await sub.unsubscribe()
+
+
+async def _decide(
+    store: EventStore, ws: str, did: str, command_id: str, command: endpoints.DeploymentCommand
+) -> None:
+    """A decision appended as the scheduler would, and nothing done after it (a scheduler
+    stopped between the event and its submits or stops)."""
+    ctx = CommandContext(workspace=ws, command_id=command_id, actor="cairn-scheduler")
+    await execute(ctx, endpoints.DEPLOYMENT, did, command, cache=AggregateCache(store))
+
+
+@pytest.mark.timeout(300)
+async def test_what_a_scale_event_leaves_undone_is_done_by_the_reconcile_pass(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    conn: Connection,
+    store: EventStore,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """``DeploymentScaled`` appended, then the scheduler gone before it submits the new
+    replica or stops the removed one: the reconcile pass, from the deployment's state,
+    submits the replica it names and never was submitted, and stops the one it removed."""
+    _, ws = scoring
+    wsn, did = client.workspace, deployment_id("ep", "auto")
+    await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "auto",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+        replicas=2,
+        scale=ScaleSettings(
+            min_replicas=1, max_replicas=3, polling_interval_s=600.0, cooldown_s=0.0
+        ),
+    )
+    replicas = (await ws.endpoints.deployment("ep", "auto"))["replicas"]
+    for run_id in replicas:  # no agent runs them: their ready reports, as the agents'd send
+        report = ReportReplica(
+            command_id=f"ready-{run_id}",
+            endpoint="ep",
+            deployment="auto",
+            run_id=run_id,
+            attempt=1,
+            phase="ready",
+        )
+        await _decide(store, wsn, did, report.command_id, report)
+    added = derived_id("scale", wsn, did, 0, 0)
+    submitted, sub = await _events(conn, wsn, "run", added)
+    try:
+        out = endpoints.ScaleDeployment(
+            at=time.time(),
+            cooldown_s=0.0,
+            replicas_before=2,
+            replicas=3,
+            utilization_pct=100.0,
+            target_pct=70.0,
+            window_s=10.0,
+            requests=10,
+            added=[added],
+        )
+        await _decide(store, wsn, did, f"out-{added}", out)
+        await _next(submitted, RunSubmitted, timeout=120)
+        row = await ws.endpoints.deployment("ep", "auto")
+        assert row["replicas"] == [*replicas, added], row
+        back = msgspec.structs.replace(
+            out, at=time.time(), replicas_before=3, replicas=2, utilization_pct=10.0, added=[]
+        )
+        await _decide(store, wsn, did, f"in-{added}", back)
+        await _next(submitted, RunCanceled, timeout=120)  # the removed replica is stopped
+    finally:
+        await sub.unsubscribe()
+    # a replica run of the deployment that its state does not name (an earlier spec's, fallen
+    # off the retired ids it keeps) is stopped too
+    state = await lookup.state(AggregateCache(store), endpoints.DEPLOYMENT, wsn, did, fresh=True)
+    assert state.job is not None and state.spec is not None
+    stray = "stray" + os.urandom(8).hex()
+    submit = SubmitJob(
+        command_id=f"submit-{stray}",
+        run_id=stray,
+        experiment_name=state.experiment_name,
+        compute=state.spec.compute,
+        job=state.job,
+    )
+    resolved = runs.SubmitResolvedJob(
+        command=submit, experiment_id=subjects.name_to_id(state.experiment_name), job=state.job
+    )
+    stopped, ssub = await _events(conn, wsn, "run", stray)
+    try:
+        ctx = CommandContext(workspace=wsn, command_id=submit.command_id, actor="cairn-scheduler")
+        await execute(ctx, runs.AGGREGATE, stray, resolved, cache=AggregateCache(store), new=True)
+        await _next(stopped, RunCanceled, timeout=120)
+    finally:
+        await ssub.unsubscribe()
+    # a replica the deployment names is stopped (a roll stopping one that a roll-back kept):
+    # it is replaced, after its back-off, and the deployment serves on
+    successor = derived_id("replace", did, replicas[0])
+    changes, dsub = await _events(conn, wsn, "deployment", did)
+    started, rsub = await _events(conn, wsn, "run", successor)
+    try:
+        await client.send(
+            CancelRun(command_id=f"stop-{replicas[0]}", run_id=replicas[0], reason="a race")
+        )
+        swap = await _next(changes, ReplicaReplaced, timeout=120)
+        assert (swap.run_id, swap.replacement) == (replicas[0], successor), swap
+        await _next(started, RunSubmitted, timeout=120)
+        row = await ws.endpoints.deployment("ep", "auto")
+        assert row["replicas"] == [successor, replicas[1]] and row["replacements"] == 1, row
+        assert row["status"] == "Succeeded", row
+    finally:
+        await dsub.unsubscribe()
+        await rsub.unsubscribe()
+
+
+@pytest.mark.timeout(300)
+async def test_two_schedulers_deciding_at_once_make_one_change(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    conn: Connection,
+    store: EventStore,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """Two autoscalers (two replicas of the scheduler) decide 1 -> 3 on the same view at the
+    same time: one DeploymentScaled, the same two new replicas."""
+    _, ws = scoring
+    wsn, did = client.workspace, deployment_id("ep", "auto")
+    await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "auto",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+        scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=600.0),
+    )
+    (first,) = (await ws.endpoints.deployment("ep", "auto"))["replicas"]
+    ready = ReportReplica(
+        command_id=f"ready-{first}",
+        endpoint="ep",
+        deployment="auto",
+        run_id=first,
+        attempt=1,
+        phase="ready",
+    )
+    await _decide(store, wsn, did, ready.command_id, ready)
+    submitted: list[str] = []
+
+    async def submit(ws: str, run_id: str, *_: Any) -> None:
+        submitted.append(run_id)
+
+    async def cancel(*_: Any) -> None:
+        raise AssertionError("nothing is removed")
+
+    scalers = [Autoscaler(conn, AggregateCache(store), submit, cancel) for _ in range(2)]
+    try:
+        state = await lookup.state(
+            AggregateCache(store), endpoints.DEPLOYMENT, wsn, did, fresh=True
+        )
+        found = Decision(replicas=1, desired=3, utilization_pct=200.0, window_s=10.0, requests=9)
+        now = time.time()
+        await asyncio.gather(
+            *(s._scale(wsn, did, state, found, now + i, 0.0) for i, s in enumerate(scalers))
+        )
+    finally:
+        for scaler in scalers:
+            await scaler.close()
+    row = await ws.endpoints.deployment("ep", "auto")
+    added = [derived_id("scale", wsn, did, 0, i) for i in range(2)]
+    assert row["scalings"] == 1 and row["replicas"] == [first, *added], row
+    assert sorted(set(submitted)) == sorted(added), submitted
+
+
+@pytest.mark.timeout(300)
+async def test_a_roll_with_no_new_replica_ready_by_its_deadline_is_rolled_back(
+    scoring: tuple[Gateway, AsyncWorkspace],
+    conn: Connection,
+    store: EventStore,
+    client: Client,
+    tmp_path: Path,
+) -> None:
+    """An update whose new replica never becomes ready (no agent takes it; as with a failed
+    report lost for good) is rolled back once its ``rollout_timeout_s`` passed, with the
+    reason; the previous spec's replica is the deployment's again."""
+    _, ws = scoring
+    wsn, did = client.workspace, deployment_id("ep", "blue")
+    await ws.endpoints.create("ep")
+    await ws.endpoints.deploy(
+        "ep",
+        "blue",
+        entry_script="score.py",
+        source_directory=_source(tmp_path / "src"),
+        models=[],
+    )
+    first = await ws.endpoints.deployment("ep", "blue")
+    (old,) = first["replicas"]
+    ready = ReportReplica(
+        command_id=f"ready-{old}",
+        endpoint="ep",
+        deployment="blue",
+        run_id=old,
+        attempt=1,
+        phase="ready",
+    )
+    await _decide(store, wsn, did, ready.command_id, ready)
+    changes, sub = await _events(conn, wsn, "deployment", did)
+    try:
+        spec = msgspec.structs.replace(
+            msgspec.convert(first["spec"], DeploymentSpec),
+            env_vars={"VERSION": "v2"},
+            rollout_timeout_s=1.0,
+        )
+        await client.send(
+            DeployModel(
+                command_id="update-" + os.urandom(8).hex(),
+                endpoint="ep",
+                deployment="blue",
+                spec=spec,
+            )
+        )
+        back = await _next(changes, DeploymentRolledBack, timeout=120)
+        assert back.error == "no new replica was ready within 1 s", back
+        assert back.replicas == [old], back
+    finally:
+        await sub.unsubscribe()
+    row = await ws.endpoints.deployment("ep", "blue")
+    assert row["status"] == "Failed" and row["spec"]["env_vars"] == {}, row
+    assert "no new replica was ready" in row["update_error"], row

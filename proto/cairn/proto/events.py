@@ -81,6 +81,7 @@ __all__ = [
     "PipelineStepStarted",
     "PipelineSubmitted",
     "ReplicaReady",
+    "ReplicaReplaced",
     "RunAssigned",
     "RunCancelRequested",
     "RunCanceled",
@@ -899,6 +900,9 @@ class DeploymentUpdated(Event, frozen=True, kw_only=True):
     job: JobSpec
     replicas: list[Id]
     retired: list[Id] = msgspec.field(default_factory=list)
+    #: when it was decided (the scheduler's clock): a roll's deadline counts from here (0: not
+    #: recorded, before this field; the deadline then counts from the first look at it)
+    at: float = 0.0
 
 
 class ReplicaReady(Event, frozen=True, kw_only=True):
@@ -965,6 +969,23 @@ class DeploymentScaled(Event, frozen=True, kw_only=True):
     requests: int = 0
     added: list[Id] = msgspec.field(default_factory=list)
     removed: list[Id] = msgspec.field(default_factory=list)
+
+
+class ReplicaReplaced(Event, frozen=True, kw_only=True):
+    """A replica of a serving deployment is gone for good (its ``init()`` raised: a scaled-out
+    or restored replica, ``attempt``; or its run ended or was stopped while the deployment
+    still named it): ``replacement`` takes its place, started after a back-off that grows
+    with the replacements in a row (``at``: when it was decided). The deployment keeps its
+    status: only a new spec's replica failing fails or rolls back a deployment."""
+
+    KIND = "deployment"
+    endpoint: Id
+    deployment: Id
+    run_id: Id
+    attempt: int
+    replacement: Id
+    error: Text
+    at: float
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
@@ -1046,6 +1067,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         DeploymentDeleted,
         DeploymentRolledBack,
         DeploymentScaled,
+        ReplicaReplaced,
     )
 }
 

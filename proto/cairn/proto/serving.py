@@ -118,10 +118,10 @@ class ReplicaSpec(Strict, frozen=True, kw_only=True):
 class ScaleSettings(Strict, frozen=True, kw_only=True):
     """Autoscaling (Azure's ``scale_settings: {type: target_utilization}``, and v1's
     ``autoscale_*``): every ``polling_interval_s`` the scheduler compares the replicas'
-    utilisation (requests in flight per replica, in percent of the one a replica answers at
-    a time) with ``target_utilization_pct`` and sets the replica count within
-    ``[min_replicas, max_replicas]``; after a change it waits ``cooldown_s`` before the
-    next."""
+    utilisation (requests in flight per replica, in percent of the
+    ``max_concurrent_requests`` a replica runs at once) with ``target_utilization_pct`` and
+    sets the replica count within ``[min_replicas, max_replicas]``; after a change it waits
+    ``cooldown_s`` before the next."""
 
     min_replicas: Count = 1
     max_replicas: Count = 10
@@ -164,6 +164,9 @@ class DeploymentSpec(Strict, frozen=True, kw_only=True):
     scale: ScaleSettings | None = None
     #: what its replicas collect of their requests (None: nothing)
     data_collector: DataCollector | None = None
+    #: how long a rolling update to this spec may take: no new replica ready within it, the
+    #: deployment is rolled back to its previous spec (Kubernetes' progressDeadlineSeconds)
+    rollout_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 1800.0
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):

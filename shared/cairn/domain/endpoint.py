@@ -10,10 +10,17 @@ replaces it); a deleted one is ``Deleted`` and may be created again.
 
 A new spec of a ``Succeeded`` deployment rolls out: the previous spec (its job, replicas and
 their readiness) is kept until every new replica is ready. A new replica that cannot start
-meanwhile rolls the deployment back (``DeploymentRolledBack``): the previous spec is its own
-again and it is ``Failed`` with the reason, while the previous replicas serve on. Replicas of
-earlier specs are kept by run id for the last ``RETIRED_KEPT`` only: a roll retires at most
-``MAX_REPLICAS`` at once, so the window holds every one that may still be stopping.
+meanwhile, or none ready within the spec's ``rollout_timeout_s``, rolls the deployment back
+(``DeploymentRolledBack``): the previous spec is its own again and it is ``Failed`` with the
+reason, while the previous replicas serve on. Replicas of earlier specs are kept by run id for
+the last ``RETIRED_KEPT`` only (bounded however often it rolls); the scheduler stops every
+running replica run of a deployment that its state no longer names, so a replica that fell off
+that list while still running is stopped all the same (``Endpoints.converge``).
+
+Once a deployment serves, a replica that is gone for good (a scaled-out or restored one whose
+``init()`` raised, or one whose run ended while the deployment still names it) is replaced
+(``ReplicaReplaced``) with a back-off that grows with the replacements in a row; the status
+stays: only a new spec's replica failing fails or rolls back a deployment.
 
 With ``spec.scale`` the replica count moves within its bounds (``ScaleDeployment``, the
 scheduler's decision from the replicas' request metrics, ``DeploymentScaled``).
@@ -40,6 +47,7 @@ from cairn.proto.events import (
     EndpointUpdated,
     Event,
     ReplicaReady,
+    ReplicaReplaced,
 )
 from cairn.proto.jobs import JobSpec
 from cairn.proto.serving import (
@@ -57,6 +65,8 @@ from cairn.proto.serving import (
 __all__ = [
     "DEPLOYMENT",
     "ENDPOINT",
+    "REPLACE_FIRST_S",
+    "REPLACE_MOST_S",
     "RETIRED_KEPT",
     "DeploymentCommand",
     "DeploymentState",
@@ -64,15 +74,22 @@ __all__ = [
     "EndpointCommand",
     "EndpointState",
     "PreviousSpec",
+    "ReplaceReplica",
     "ReplicaFailed",
     "ResolvedDeploy",
     "ResolvedTraffic",
     "RetireDeployment",
+    "RollTimedOut",
     "ScaleDeployment",
+    "replace_after",
 ]
 
 #: how many runs of earlier specs a deployment keeps by id (the newest)
 RETIRED_KEPT = 2 * MAX_REPLICAS
+#: a replaced replica's successor starts after this, doubling with each replacement in a row
+#: (one ready again starts it over), up to the most
+REPLACE_FIRST_S = 5.0
+REPLACE_MOST_S = 300.0
 
 #: key slots, in the order of ``key_hashes``
 SLOTS = ("primary", "secondary")
@@ -265,6 +282,12 @@ class DeploymentState(msgspec.Struct, frozen=True, kw_only=True):
     #: time
     scalings: int = 0
     scaled_at: float = 0.0
+    #: when the rolling update under way was decided (0: not recorded)
+    rolling_since: float = 0.0
+    #: replicas replaced so far, those since one was last ready, the last one's time
+    replacements: int = 0
+    replaced_in_row: int = 0
+    replaced_at: float = 0.0
 
     @property
     def live(self) -> bool:
@@ -293,6 +316,7 @@ def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
                 retired=_kept(state.retired + state.replicas),
                 scalings=state.scalings,
                 scaled_at=state.scaled_at,
+                replacements=state.replacements,
             )
         case DeploymentUpdated() as ev:
             return msgspec.structs.replace(
@@ -305,6 +329,8 @@ def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
                 retired=_kept(state.retired + tuple(ev.retired)),
                 error="",
                 previous=_previous(state),
+                rolling_since=ev.at,
+                replaced_in_row=0,
             )
         case ReplicaReady(run_id=run_id, attempt=attempt):
             return _ready(state, run_id, attempt)
@@ -323,6 +349,16 @@ def evolve_deployment(state: DeploymentState, event: Event) -> DeploymentState:
                 retired=_kept(state.retired + tuple(removed)),
                 scalings=state.scalings + 1,
                 scaled_at=at,
+            )
+        case ReplicaReplaced() as ev:
+            return msgspec.structs.replace(
+                state,
+                replicas=tuple(ev.replacement if r == ev.run_id else r for r in state.replicas),
+                ready={r: a for r, a in state.ready.items() if r != ev.run_id},
+                retired=_kept((*state.retired, ev.run_id)),
+                replacements=state.replacements + 1,
+                replaced_in_row=state.replaced_in_row + 1,
+                replaced_at=ev.at,
             )
         case DeploymentDeleted():
             return msgspec.structs.replace(
@@ -358,8 +394,22 @@ def _ready(state: DeploymentState, run_id: str, attempt: int) -> DeploymentState
     if status == DeploymentStatus.CREATING and set(ready) >= set(state.replicas):
         status, previous, update_error = DeploymentStatus.SUCCEEDED, None, ""
     return msgspec.structs.replace(
-        state, ready=ready, status=status, previous=previous, update_error=update_error
+        state,
+        ready=ready,
+        status=status,
+        previous=previous,
+        update_error=update_error,
+        replaced_in_row=0,
     )
+
+
+def replace_after(state: DeploymentState) -> float:
+    """When a replacement replica may start: a back-off after the last replacement that
+    doubles with each one in a row."""
+    if not state.replaced_in_row:
+        return 0.0
+    delay = min(REPLACE_MOST_S, REPLACE_FIRST_S * 2.0 ** min(state.replaced_in_row - 1, 16))
+    return state.replaced_at + delay
 
 
 def _rolled_back(state: DeploymentState, ev: DeploymentRolledBack) -> DeploymentState:
@@ -389,6 +439,8 @@ class ResolvedDeploy(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     job: JobSpec
     replicas: list[str]
     experiment_name: str
+    #: when it was decided (the scheduler's clock): an update's roll deadline counts from here
+    at: float = 0.0
 
 
 class RetireDeployment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -401,9 +453,32 @@ class RetireDeployment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 class ReplicaFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A replica's failed ``ReportReplica``, with what a roll-back needs (looked up by the
     service): for each replica of the previous spec, the run that takes its place (itself
-    while it runs; a new run id for one the roll already stopped)."""
+    while it runs; a new run id for one the roll already stopped); and, for a replica of a
+    deployment that serves (a scaled-out or restored one), the run that replaces it and when
+    that was decided."""
 
     command: ReportReplica
+    restore: dict[str, str] = msgspec.field(default_factory=dict)
+    replacement: str = ""
+    at: float = 0.0
+
+
+class ReplaceReplica(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The scheduler found replica ``run_id`` of a serving deployment ended or stopped while
+    the deployment still names it (``error``: how): ``replacement`` takes its place."""
+
+    run_id: str
+    replacement: str
+    error: str
+    at: float
+
+
+class RollTimedOut(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The scheduler's look at a rolling update at ``at``, under way since ``since``: past the
+    spec's ``rollout_timeout_s`` it is rolled back (``restore`` as ``ReplicaFailed``'s)."""
+
+    at: float
+    since: float
     restore: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -426,7 +501,13 @@ class ScaleDeployment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 DeploymentCommand = (
-    ResolvedDeploy | ReportReplica | ReplicaFailed | RetireDeployment | ScaleDeployment
+    ResolvedDeploy
+    | ReportReplica
+    | ReplicaFailed
+    | ReplaceReplica
+    | RollTimedOut
+    | RetireDeployment
+    | ScaleDeployment
 )
 
 
@@ -438,6 +519,10 @@ def decide_deployment(state: DeploymentState, command: DeploymentCommand) -> lis
             return _report(state, command)
         case ReplicaFailed():
             return _failed(state, command)
+        case ReplaceReplica():
+            return _replace(state, command)
+        case RollTimedOut():
+            return _timed_out(state, command)
         case ScaleDeployment():
             return _scale(state, command)
         case RetireDeployment(command=delete):
@@ -479,6 +564,7 @@ def _deploy(state: DeploymentState, command: ResolvedDeploy) -> list[Event]:
             job=command.job,
             replicas=command.replicas,
             retired=list(state.replicas),
+            at=command.at,
         )
     ]
 
@@ -514,29 +600,90 @@ def _report(state: DeploymentState, command: ReportReplica) -> list[Event]:
 
 def _failed(state: DeploymentState, command: ReplicaFailed) -> list[Event]:
     """A replica could not start. Mid-roll (a previous spec to go back to) the roll stops:
-    the previous spec's replicas come back (``restore``) and the new ones are stopped."""
+    the previous spec's replicas come back (``restore``) and the new ones are stopped. Once
+    the deployment serves (a scaled-out or restored replica), the replica is replaced and the
+    status stays."""
     report = command.command
     previous = state.previous
+    if state.live and state.serving and report.run_id in state.replicas:
+        return _replaced(state, report.run_id, report.attempt, report.error, command)
     if (
         previous is None
         or state.status != DeploymentStatus.CREATING
         or report.run_id not in state.replicas
     ):
         return _report(state, report)
+    return [_rollback(state, previous, report.run_id, report.attempt, report.error, command)]
+
+
+def _rollback(
+    state: DeploymentState,
+    previous: PreviousSpec,
+    run_id: str,
+    attempt: int,
+    error: str,
+    command: ReplicaFailed | RollTimedOut,
+) -> DeploymentRolledBack:
     replicas = [command.restore.get(r, r) for r in previous.replicas]
     if set(replicas) & set(state.replicas):
         raise InvalidInput("a restored replica cannot be one of the failed spec's")
+    return DeploymentRolledBack(
+        endpoint=state.endpoint,
+        deployment=state.name,
+        run_id=run_id,
+        attempt=attempt,
+        error=error,
+        replicas=replicas,
+        retired=list(state.replicas),
+    )
+
+
+def _replaced(
+    state: DeploymentState,
+    run_id: str,
+    attempt: int,
+    error: str,
+    command: ReplicaFailed | ReplaceReplica,
+) -> list[Event]:
+    if not command.replacement or command.replacement in {*state.replicas, *state.retired}:
+        raise InvalidInput(f"replacing replica {run_id} needs a new run id")
     return [
-        DeploymentRolledBack(
+        ReplicaReplaced(
             endpoint=state.endpoint,
             deployment=state.name,
-            run_id=report.run_id,
-            attempt=report.attempt,
-            error=report.error,
-            replicas=replicas,
-            retired=list(state.replicas),
+            run_id=run_id,
+            attempt=attempt,
+            replacement=command.replacement,
+            error=error,
+            at=command.at,
         )
     ]
+
+
+def _replace(state: DeploymentState, command: ReplaceReplica) -> list[Event]:
+    """A serving deployment's replica whose run is gone: replaced (nothing when the
+    deployment no longer names it or does not serve: a roll or a delete took it)."""
+    if not state.live or not state.serving or command.run_id not in state.replicas:
+        return []
+    return _replaced(state, command.run_id, 0, command.error, command)
+
+
+def _timed_out(state: DeploymentState, command: RollTimedOut) -> list[Event]:
+    """A rolling update with no new replica ready within its deadline is rolled back; one
+    with a new replica ready (each ready one stops an old one), or none under way, stays."""
+    previous, spec = state.previous, state.spec
+    if (
+        not state.live
+        or previous is None
+        or spec is None
+        or state.status != DeploymentStatus.CREATING
+        or set(state.ready) & set(state.replicas)
+        or command.at - command.since < spec.rollout_timeout_s
+    ):
+        return []
+    waiting = [r for r in state.replicas if r not in state.ready]
+    error = f"no new replica was ready within {spec.rollout_timeout_s:g} s"
+    return [_rollback(state, previous, waiting[0], 0, error, command)]
 
 
 def _scale(state: DeploymentState, command: ScaleDeployment) -> list[Event]:

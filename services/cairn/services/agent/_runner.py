@@ -16,6 +16,7 @@ import contextlib
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,9 @@ REQUEST_METRICS_S = 5.0
 #: a replica's ``ready`` report is sent again after this, doubling up to the most
 READY_RETRY_FIRST_S = 0.5
 READY_RETRY_MOST_S = 30.0
+#: a replica's ``failed`` report is sent again for at most this long (a report never recorded
+#: is covered by the roll's deadline, ``DeploymentSpec.rollout_timeout_s``)
+FAILED_REPORT_WITHIN_S = 300.0
 _REF = re.compile(r"\$\{\{\s*((?:inputs|outputs)\.[A-Za-z0-9_-]+)\s*\}\}")
 
 
@@ -95,6 +99,26 @@ def _passing(exc: CairnError) -> bool:
     """A refusal worth another try: the scheduler away or restarting, a lost race, or an
     internal error (the root class itself, which unknown codes also become)."""
     return isinstance(exc, (Unavailable, ConcurrencyConflict)) or type(exc) is CairnError
+
+
+async def _send_failed(
+    send: Callable[[], Awaitable[object]],
+    *,
+    stop: asyncio.Event,
+    within_s: float = FAILED_REPORT_WITHIN_S,
+    first_s: float = READY_RETRY_FIRST_S,
+    most_s: float = READY_RETRY_MOST_S,
+) -> bool:
+    """A ``failed`` report, sent as ``ready`` is (the same command, again until the scheduler
+    acknowledges it or refuses it for good), but for ``within_s`` at most: the attempt's end
+    waits on it. False when it was not recorded."""
+    try:
+        return await asyncio.wait_for(
+            until_acknowledged(send, stop=stop, passing=_passing, first_s=first_s, most_s=most_s),
+            within_s,
+        )
+    except TimeoutError:
+        return False
 
 
 class Attempt:
@@ -123,6 +147,7 @@ class Attempt:
         self.cancel_reason: str | None = None
         self.lost_reason: str | None = None
         self.stopping = asyncio.Event()  # the job's process must stop
+        self.gone = asyncio.Event()  # the attempt went stale: the run moved on without it
         self.finished = asyncio.Event()  # the attempt's end is recorded (or it went stale)
         #: the job's process is gone: its slot (and GPUs) may take the next job while the
         #: attempt uploads its outputs and records its end
@@ -167,6 +192,7 @@ class Attempt:
     def _stop(self, *, cancel: str | None = None, stale: bool = False) -> None:
         if stale:
             self.stale = True
+            self.gone.set()
         if cancel is not None and self.cancel_reason is None:
             self.cancel_reason = cancel
         self.stopping.set()
@@ -338,10 +364,13 @@ class Attempt:
         )
 
     async def _report_failed(self, error: str) -> None:
-        try:
-            await self.client.send(self._replica_report("failed", error))
-        except CairnError as exc:  # a deployment replaced or deleted meanwhile
-            log.warning("replica_report_refused", run_id=self.a.run_id, error=exc.message)
+        """``failed``, sent again until the scheduler acknowledges it (``_send_failed``): a
+        lost report would leave a rolling update open with both specs' replicas up."""
+        cmd = self._replica_report("failed", error)
+        if not await _send_failed(lambda: self.client.send(cmd), stop=self.gone):
+            # a deployment replaced or deleted meanwhile, the attempt gone, or the scheduler
+            # away for good: the roll's deadline rolls it back
+            log.warning("replica_failed_not_recorded", run_id=self.a.run_id)
 
     async def _report_ready(self, channel: ReplicaChannel) -> None:
         """``ready``, sent again (the same command) until the scheduler acknowledges it: a

@@ -5,20 +5,27 @@ reconcile pass.
 (``requests``, ``latency_ms_total``: the time its requests spent in the replica). The
 autoscaler follows the metric subjects of the current replicas of every autoscaled
 deployment and adds each batch into fixed windows of ``BUCKET_S`` seconds per deployment, of
-which it keeps the last ``BUCKETS`` (bounded, whatever the traffic). A replica answers one
-request at a time, so the time its requests spent in it over a window, divided by the window,
-is the average number of requests it had in flight: its utilisation.
+which it keeps the last ``BUCKETS`` (bounded, whatever the traffic). A replica runs up to its
+``max_concurrent_requests`` at once, so the time its requests spent in it over a span,
+divided by the span and by that count, is its utilisation (100 %: that many in flight all the
+time).
 
-**Decision.** Every ``polling_interval_s`` the utilisation over the last ``window_s``
-(``max(polling_interval_s, MIN_WINDOW_S)``: a window holds at least two of each replica's
-reports) is compared with the target, as Kubernetes' horizontal autoscaler does:
+**Decision.** Every ``polling_interval_s`` the utilisation over the last whole windows that
+cover ``window_s`` (``max(polling_interval_s, MIN_WINDOW_S)``: two of each replica's reports)
+is compared with the target, as Kubernetes' horizontal autoscaler does:
 ``desired = ceil(replicas * utilisation / target)``, kept as is within ``TOLERANCE`` of the
-target, then held within ``[min_replicas, max_replicas]``. Nothing is decided while a
-replica is starting (not ready), while the deployment is rolling out a new spec, before the
-replicas were followed for a whole window (after a start of the scheduler, the windows fill
-again from new reports), or within ``cooldown_s`` of the last change. A change is the
-``ScaleDeployment`` command, whose ``DeploymentScaled`` event records the numbers compared;
-new replicas are submitted, removed ones (the newest) stopped, their requests answered first.
+target, then held within ``[min_replicas, max_replicas]``. The window still filling is left
+out, and the seconds summed are divided by the span of the windows summed. The measured span
+starts only once the current replicas are all followed and ready: nothing is decided while a
+replica is starting, while the deployment is rolling out a new spec, until a whole span has
+passed since the last change's replicas were ready (a new replica's start-up is not idle time,
+a removed one's busy time is not counted against fewer replicas; after a start of the
+scheduler the windows fill again from new reports), or within ``cooldown_s`` of the last
+change. A change is the ``ScaleDeployment`` command, whose ``DeploymentScaled`` event records
+the numbers compared; new replicas are submitted, removed ones (the newest) stopped, their
+requests answered first. What a change leaves to do is also done by the scheduler's
+reconcile pass from the deployment's state (``Endpoints.converge``), so a scheduler that
+stops between the event and the submits leaves nothing undone.
 
 **Several schedulers.** Each one decides on its own view; the command id derives from the
 deployment and its number of scalings so far, and the aggregate refuses a decision on a
@@ -78,11 +85,16 @@ class Windows:
             for old in sorted(self.buckets)[: len(self.buckets) - BUCKETS]:
                 del self.buckets[old]
 
-    def since(self, start: float) -> tuple[int, float]:
-        """The requests and their seconds in the windows from the one holding ``start``."""
-        first = int(start // BUCKET_S)
-        found = [v for n, v in self.buckets.items() if n >= first]
-        return sum(c for c, _ in found), sum(b for _, b in found)
+    def complete(self, now: float, window_s: float) -> tuple[float, float, int, float]:
+        """The whole windows that ended by ``now``, the last ones covering at least
+        ``window_s``: their span (start, end) and the requests and seconds in them. The window
+        holding ``now`` is left out (it is still filling), so the seconds summed and the span
+        they are divided by are the same time."""
+        end = math.floor(now / BUCKET_S)
+        first = end - max(1, math.ceil(window_s / BUCKET_S - 1e-9))
+        found = [self.buckets[n] for n in range(first, end) if n in self.buckets]
+        requests, busy = sum(c for c, _ in found), sum(b for _, b in found)
+        return first * BUCKET_S, end * BUCKET_S, requests, busy
 
     def rows(self) -> list[dict[str, float]]:
         return [
@@ -97,25 +109,47 @@ class Telemetry:
     def __init__(self, conn: Connection, clock: Callable[[], float] = time.time) -> None:
         self.conn, self.clock = conn, clock
         self.windows: dict[tuple[str, str], Windows] = {}
-        #: per deployment, since when its current replicas have all been followed
+        #: per deployment, since when its current replicas have all been followed (reset when
+        #: the set changes: a scale-out or a scale-in)
         self.followed_since: dict[tuple[str, str], float] = {}
+        #: per deployment, since when its current replicas have all been seen ready
+        self.ready_since: dict[tuple[str, str], float] = {}
         self._subs: dict[tuple[str, str], tuple[tuple[str, str], Any]] = {}
 
     async def follow(self, ws: str, did: str, replicas: tuple[str, ...]) -> None:
         """Follow exactly these replicas' metrics for deployment ``did``."""
         key = (ws, did)
         wanted = {(ws, r) for r in replicas}
+        gone = False
         for run_key, (owner, sub) in list(self._subs.items()):
             if owner == key and run_key not in wanted:
                 del self._subs[run_key]
+                gone = True
                 await sub.unsubscribe()
         new = [r for r in wanted if r not in self._subs]
         for run_key in new:
             sub = await self.conn.nc.subscribe(subjects.metrics(*run_key), cb=self._taker(key))
             self._subs[run_key] = (key, sub)
         self.windows.setdefault(key, Windows())
-        if new or key not in self.followed_since:
+        if new or gone or key not in self.followed_since:
             self.followed_since[key] = self.clock()
+            self.ready_since.pop(key, None)
+
+    def ready(self, key: tuple[str, str], all_ready: bool) -> float | None:
+        """Since when every replica followed for ``key`` has been ready (None: one is not):
+        the time it was first seen so, after the set last changed."""
+        if not all_ready:
+            self.ready_since.pop(key, None)
+            return None
+        return self.ready_since.setdefault(key, self.clock())
+
+    def measured_from(self, key: tuple[str, str]) -> float | None:
+        """Where a measuring window may start: once the current replicas are followed and
+        all ready. Before that, a new replica's start-up would read as idle, and a removed
+        one's busy seconds would still count against fewer replicas."""
+        ready = self.ready_since.get(key)
+        followed = self.followed_since.get(key)
+        return None if ready is None or followed is None else max(ready, followed)
 
     def _taker(self, key: tuple[str, str]) -> Callable[[Any], Any]:
         async def take(msg: Any) -> None:
@@ -141,6 +175,7 @@ class Telemetry:
         await self.follow(*key, ())
         self.windows.pop(key, None)
         self.followed_since.pop(key, None)
+        self.ready_since.pop(key, None)
 
     async def close(self) -> None:
         for _, sub in self._subs.values():
@@ -267,21 +302,21 @@ class Autoscaler:
         await self.telemetry.follow(ws, did, state.replicas)
         window = max(scale.polling_interval_s, MIN_WINDOW_S)
         cooldown = cooldown_of(scale)
-        if (
-            not state.serving
-            or not set(state.replicas) <= set(state.ready)
-            or now - self.telemetry.followed_since[key] < window
-            or now - state.scaled_at < cooldown
-        ):
+        all_ready = state.serving and set(state.replicas) <= set(state.ready)
+        self.telemetry.ready(key, all_ready)
+        since = self.telemetry.measured_from(key)
+        if not all_ready or since is None or now - state.scaled_at < cooldown:
             return
-        requests, busy = self.telemetry.windows[key].since(now - window)
+        start, end, requests, busy = self.telemetry.windows[key].complete(now, window)
+        if start < since:  # not a whole window since the replicas were all ready
+            return
         assert state.spec is not None
         found = desired_replicas(
             scale,
             len(state.replicas),
             requests,
             busy,
-            window,
+            end - start,
             state.spec.max_concurrent_requests,
         )
         if found.desired == found.replicas:

@@ -25,7 +25,13 @@ from cairn.bus import AggregateCache, CommandContext, Connection, execute
 from cairn.domain import endpoint as endpoints
 from cairn.domain import experiment
 from cairn.domain import run as runs
-from cairn.errors import InvalidInput, InvalidTransition, NotFound, Unauthenticated
+from cairn.errors import (
+    CairnError,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    Unauthenticated,
+)
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, CancelRun, CreateExperiment, QueryResult
@@ -59,6 +65,10 @@ log = get_logger("cairn.scheduler")
 #: how often a replica may be lost before its run fails (a replica is meant to run for good;
 #: re-queues back off up to 120 s)
 REPLICA_MAX_ATTEMPTS = 1000
+#: how often the reconcile pass brings the deployments' replicas to what their state says
+CONVERGE_S = 5.0
+#: who the scheduler's own decisions are made as
+SCHEDULER_ACTOR = "cairn-scheduler"
 #: where a replica's models land in its folder (``AZUREML_MODEL_DIR`` points there)
 MODELS_DIR = "azureml-models"
 
@@ -85,6 +95,9 @@ class Endpoints:
     ) -> None:
         self.conn, self.settings, self.cache, self.pythons = conn, settings, cache, pythons
         self.publish = publish
+        self.next_converge = 0.0
+        #: rolling updates recorded without their time: when this scheduler first saw each
+        self.rolls_seen: dict[tuple[str, str], tuple[str, float]] = {}
         #: a deployment's request telemetry windows (the autoscaler's, set by the service)
         self.load: Callable[[str, str], list[dict[str, float]]] = lambda ws, did: []
         self.responders = [
@@ -190,12 +203,18 @@ class Endpoints:
         _check_scale(spec)
         experiment_name = f"endpoint-{cmd.endpoint}"
         await self._experiment(req, experiment_name)
-        replicas = [derived_id("replica", cmd.command_id, i) for i in range(spec.replicas)]
+        did = deployment_id(cmd.endpoint, cmd.deployment)
+        before = await self._deployment(ws, cmd.endpoint, cmd.deployment)
+        count = _starting_count(before, spec)
+        replicas = [derived_id("replica", cmd.command_id, i) for i in range(count)]
         job = await self._resolve(ws, cmd, replicas[0], experiment_name)
         resolved = endpoints.ResolvedDeploy(
-            command=cmd, job=job, replicas=replicas, experiment_name=experiment_name
+            command=cmd,
+            job=job,
+            replicas=replicas,
+            experiment_name=experiment_name,
+            at=time.time(),
         )
-        did = deployment_id(cmd.endpoint, cmd.deployment)
         accepted = await execute(
             req.context(), endpoints.DEPLOYMENT, did, resolved, cache=self.cache
         )
@@ -375,18 +394,21 @@ class Endpoints:
         ws = req.workspace
         did = deployment_id(cmd.endpoint, cmd.deployment)
         before = await self._deployment(ws, cmd.endpoint, cmd.deployment)
-        restore: dict[str, str] = {}
-        if before.previous is not None:
-            for run_id in before.previous.replicas:
-                if not await self._running(ws, run_id):
-                    restore[run_id] = derived_id("restore", did, cmd.run_id, cmd.attempt, run_id)
-        command = endpoints.ReplicaFailed(command=cmd, restore=restore)
+        restore = await self._restore(ws, before, f"{cmd.run_id}-{cmd.attempt}")
+        command = endpoints.ReplicaFailed(
+            command=cmd,
+            restore=restore,
+            replacement=derived_id("replace", did, cmd.run_id),
+            at=time.time(),
+        )
         accepted = await execute(
             req.context(), endpoints.DEPLOYMENT, did, command, cache=self.cache
         )
         state = await self._deployment(ws, cmd.endpoint, cmd.deployment)
-        if before.previous is None or not state.update_error or not state.job or not state.spec:
-            return accepted  # no roll-back: the deployment failed
+        if before.previous is None or state.previous is not None or not state.update_error:
+            return accepted  # no roll-back: the deployment failed, or the replica is replaced
+        if not state.job or not state.spec:
+            return accepted
         log.warning("deployment_rolled_back", deployment=did, run_id=cmd.run_id)
         fresh = set(restore.values())
         for run_id in state.replicas:
@@ -396,6 +418,19 @@ class Endpoints:
                 )
         await self._roll(req, state)
         return accepted
+
+    async def _restore(
+        self, ws: str, state: endpoints.DeploymentState, cause: str
+    ) -> dict[str, str]:
+        """For a roll-back: each previous replica the roll already stopped, and the new run
+        that takes its place (its id derived from ``cause``)."""
+        restore: dict[str, str] = {}
+        if state.previous is not None:
+            did = deployment_id(state.endpoint, state.name)
+            for run_id in state.previous.replicas:
+                if not await self._running(ws, run_id):
+                    restore[run_id] = derived_id("restore", did, cause, run_id)
+        return restore
 
     async def _running(self, ws: str, run_id: str) -> bool:
         """Whether the run is still going (not ended, not asked to stop)."""
@@ -421,18 +456,169 @@ class Endpoints:
         return state.ready.get(run_id) == attempt
 
     async def _roll(self, req: Request, state: endpoints.DeploymentState) -> None:
+        await self.roll(req.workspace, state, lambda c: self._ctx(req, c))
+
+    async def roll(
+        self,
+        ws: str,
+        state: endpoints.DeploymentState,
+        ctx: Callable[[str], CommandContext],
+        strays: list[str] | None = None,
+    ) -> None:
         """A rolling update's next step. Nothing is stopped before a replica of the new spec
         is ready; then the earlier replicas still running are stopped down to (new replicas
         - ready ones - 1): one new replica ready stops an old one, so that a new replica
         finds a free slot even where the agents have just one to spare, and the deployment
-        never has none ready."""
+        never has none ready. ``strays``: running replicas of the deployment that its state
+        no longer names (earlier specs' beyond the retired ones it keeps by id), stopped
+        first."""
         ready = len(set(state.ready) & set(state.replicas))
-        if not ready or not state.retired:
+        if not ready or not (state.retired or strays):
             return
         keep = max(0, len(state.replicas) - ready - 1)
-        running = [r for r in state.retired if await self._running(req.workspace, r)]
+        current = set(state.replicas)
+        running = list(strays or [])
+        running += [r for r in state.retired if r not in current and await self._running(ws, r)]
         for run_id in running[: max(0, len(running) - keep)]:
-            await self._cancel(req, run_id, f"deployment {state.name} was replaced")
+            await self.cancel_replica(run_id, f"deployment {state.name} was replaced", ctx)
+
+    async def converge(self, active: list[tuple[str, str]]) -> None:
+        """The reconcile pass's step for deployments (every ``CONVERGE_S``): each one's
+        replica runs are brought to what its state says, so that whatever a decision left
+        undone (a scheduler stopped between ``DeploymentScaled``/``DeploymentRolledBack``
+        and its submits or stops, a submit refused) is done by any replica of the scheduler,
+        from the log. Every replica it names that was never submitted is submitted (the
+        submit's id derives from the run id: once); earlier replicas are stopped as a roll
+        has it (``roll``), those of the deployment still running that it no longer names
+        too; a deleted deployment's running replicas are stopped. ``active``: the runs not
+        ended (workspace, run id)."""
+        now = time.time()
+        if now < self.next_converge:
+            return
+        self.next_converge = now + CONVERGE_S
+        running: dict[tuple[str, str], list[str]] = {}
+        for ws, run_id in active:
+            try:
+                run = await lookup.run_state(self.cache, ws, run_id)
+            except NotFound:
+                continue
+            serve = None if run.job is None else run.job.serve
+            if serve is not None and run.status != runs.RunStatus.CANCEL_REQUESTED:
+                key = (ws, deployment_id(serve.endpoint, serve.deployment))
+                running.setdefault(key, []).append(run_id)
+        base = subjects.events_of_kind(endpoints.DEPLOYMENT.kind)
+        info = await self.conn.js.stream_info(EVENTS.name, subjects_filter=base)
+        for subject in (info.state.subjects or {}) if info.state else {}:
+            parts = subject.split(".")
+            key = (parts[2], parts[-1])
+            try:
+                await self._converge(key, running.get(key, []))
+            except CairnError as exc:  # the next pass tries again
+                log.warning("deployment_converge_failed", deployment=key[1], error=exc.message)
+
+    async def _converge(self, key: tuple[str, str], running: list[str]) -> None:
+        ws, did = key
+        state = await lookup.state(self.cache, endpoints.DEPLOYMENT, ws, did, fresh=True)
+        if not state.exists:
+            return
+
+        def ctx(cid: str) -> CommandContext:
+            return CommandContext(
+                workspace=ws, command_id=cid, actor=SCHEDULER_ACTOR, correlation_id=cid
+            )
+
+        if not state.live:
+            for run_id in running:
+                await self.cancel_replica(run_id, f"deployment {state.name} was deleted", ctx)
+            return
+        state = await self._timeout(key, state, ctx)
+        await self._replace_ended(key, state, ctx)
+        state = await lookup.state(self.cache, endpoints.DEPLOYMENT, ws, did, fresh=True)
+        if state.job is not None and state.spec is not None:
+            for run_id in state.replicas:
+                if not await self._exists(ws, run_id):
+                    if time.time() < endpoints.replace_after(state):
+                        continue  # a replacement, after its back-off
+                    log.info("replica_submitted", deployment=did, run_id=run_id)
+                    await self.submit_replica(
+                        ws, run_id, state.experiment_name, state.job, state.spec.compute, ctx
+                    )
+        named = {*state.replicas, *state.retired}
+        if state.previous is not None:
+            named |= set(state.previous.replicas)
+        await self.roll(ws, state, ctx, [r for r in running if r not in named])
+
+    async def _timeout(
+        self,
+        key: tuple[str, str],
+        state: endpoints.DeploymentState,
+        ctx: Callable[[str], CommandContext],
+    ) -> endpoints.DeploymentState:
+        """A rolling update past its spec's ``rollout_timeout_s`` with no new replica ready
+        is rolled back (counted from the update's time; for an update recorded without one,
+        from this scheduler's first look at it)."""
+        ws, did = key
+        if state.previous is None or state.status != endpoints.DeploymentStatus.CREATING:
+            self.rolls_seen.pop(key, None)
+            return state
+        now = time.time()
+        roll = derived_id("roll", *state.replicas)
+        seen = self.rolls_seen.get(key)
+        if seen is None or seen[0] != roll:
+            seen = self.rolls_seen[key] = (roll, now)
+        since = state.rolling_since or seen[1]
+        if state.spec is None or now - since < state.spec.rollout_timeout_s:
+            return state
+        command = endpoints.RollTimedOut(
+            at=now, since=since, restore=await self._restore(ws, state, f"timeout-{roll}")
+        )
+        await execute(
+            ctx(derived_id("roll-timeout", ws, did, roll)),
+            endpoints.DEPLOYMENT,
+            did,
+            command,
+            cache=self.cache,
+        )
+        after = await lookup.state(self.cache, endpoints.DEPLOYMENT, ws, did, fresh=True)
+        if after.previous is None:
+            log.warning("deployment_rolled_back", deployment=did, error=after.update_error)
+        return after
+
+    async def _replace_ended(
+        self,
+        key: tuple[str, str],
+        state: endpoints.DeploymentState,
+        ctx: Callable[[str], CommandContext],
+    ) -> None:
+        """Each replica a serving deployment names whose run ended or is being stopped (a
+        roll that stopped a replica a roll-back kept, a replica that failed for good) is
+        replaced."""
+        if not state.serving:
+            return
+        ws, did = key
+        for run_id in state.replicas:
+            try:
+                run = await lookup.run_state(self.cache, ws, run_id, fresh=True)
+            except NotFound:
+                continue
+            if not run.status.terminal and run.status != runs.RunStatus.CANCEL_REQUESTED:
+                continue
+            command = endpoints.ReplaceReplica(
+                run_id=run_id,
+                replacement=derived_id("replace", did, run_id),
+                error=f"its run is {run.status.value}",
+                at=time.time(),
+            )
+            log.warning("replica_replaced", deployment=did, run_id=run_id, error=command.error)
+            cid = derived_id("replace-ended", ws, did, run_id)
+            await execute(ctx(cid), endpoints.DEPLOYMENT, did, command, cache=self.cache)
+
+    async def _exists(self, ws: str, run_id: str) -> bool:
+        try:
+            await lookup.run_state(self.cache, ws, run_id, fresh=True)
+        except NotFound:
+            return False
+        return True
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -488,6 +674,17 @@ class Endpoints:
         return QueryResult(seq=0, data=rows)
 
 
+def _starting_count(before: endpoints.DeploymentState, spec: DeploymentSpec) -> int:
+    """How many replicas a spec starts with: ``spec.replicas``; for an update of an
+    autoscaled deployment to an autoscaled spec, the count it has now, held within the new
+    bounds (an update under load keeps its capacity, as Kubernetes keeps the horizontal
+    autoscaler's count across a rollout)."""
+    scale = spec.scale
+    if not before.live or before.spec is None or before.spec.scale is None or scale is None:
+        return spec.replicas
+    return max(scale.min_replicas, min(scale.max_replicas, len(before.replicas)))
+
+
 def _check_scale(spec: DeploymentSpec) -> None:
     scale = spec.scale
     if scale is None:
@@ -532,5 +729,7 @@ def _deployment_row(state: endpoints.DeploymentState) -> dict[str, Any]:
         "update_error": state.update_error,
         "rolling_out": state.previous is not None,
         "scalings": state.scalings,
+        #: replicas replaced so far (gone for good while the deployment served)
+        "replacements": state.replacements,
         "spec": msgspec.to_builtins(state.spec) if state.spec is not None else None,
     }

@@ -195,6 +195,10 @@ class SchedulerService(ProjectedService):
             if timeout and started and job["status"] == runs.RunStatus.RUNNING:
                 if now > started + timeout:
                     await self._time_out(job["workspace"], job["run_id"], job["attempt"], timeout)
+        try:
+            await self.endpoints.converge([(j["workspace"], j["run_id"]) for j in jobs])
+        except Exception as exc:  # the stream info may be unanswered for a while
+            log.warning("deployments_converge_failed", error=repr(exc))
         await self.autoscaler.tick()
 
     def count_jobs(self, active: list[dict[str, Any]]) -> None:
