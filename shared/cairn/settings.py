@@ -131,6 +131,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: copies of requests to a mirrored deployment (``mirror_traffic``) on their way at once;
     #: a copy beyond them is dropped and counted (``cairn_gateway_mirror_dropped_total``)
     gateway_mirror_max_inflight: int = 64
+    #: how long the gateway keeps an endpoint's route asked with a key (``endpoint.route``),
+    #: at most: an event of the endpoint (keys, traffic, deletion) drops it at once; 0: ask
+    #: for every request
+    gateway_route_cache_s: float = 1.0
     #: seed of the gateway's weighted choice of a deployment (None: from the OS): for tests
     #: that count where requests went
     gateway_route_seed: int | None = None

@@ -376,6 +376,23 @@ async def test_the_scoring_user_reaches_deployments_and_routes_alone(
         assert not agent_conn.denied("cairn.serve.>")
         for s in (sub, person_sub, agent_sub):
             await s.unsubscribe()
+        # the endpoints' events (the gateway drops a kept route on them), and no other's: a
+        # deployment's carry its job's spec
+        watched = await scorer.nc.subscribe("cairn.ev.*.endpoint.*")
+        others = [
+            await scorer.nc.subscribe(s)
+            for s in ("cairn.ev.*.deployment.*", "cairn.ev.>", f"cairn.ev.{MATRIX_WS}.run.*")
+        ]
+        await scorer.nc.flush()
+        for _ in range(50):
+            if scorer.denied("cairn.ev.>"):
+                break
+            await asyncio.sleep(0.05)
+        assert not scorer.denied("cairn.ev.*.endpoint.*")
+        for s in ("cairn.ev.*.deployment.*", "cairn.ev.>", f"cairn.ev.{MATRIX_WS}.run.*"):
+            assert scorer.denied(s), s
+        for s in (watched, *others):
+            await s.unsubscribe()
         # a request whose reply subject is no inbox is dropped unanswered: an answer there
         # would be published with the services' authority (here: into EVENTS)
         victim = f"cairn.ev.{MATRIX_WS}.endpoint.mx-victim"

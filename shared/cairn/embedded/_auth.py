@@ -509,9 +509,11 @@ def _agent(password: str) -> str:
 def _scorer(password: str) -> str:
     """The gateway's scoring user: a request to a deployment's replicas, and the traffic of
     an endpoint, which the scheduler answers only with one of that endpoint's keys; its
-    inbox. It cannot send a command, read a stream or another query."""
+    inbox; the endpoints' events as they are appended (key digests, traffic, deletion: a
+    route the gateway keeps is dropped on them). It cannot send a command, read a stream,
+    another aggregate's events or another query."""
     publish = ["cairn.serve.>", "cairn.q.*.endpoint.route"]
-    subscribe = [f"_INBOX_{SCORER_USER}.>"]
+    subscribe = [f"_INBOX_{SCORER_USER}.>", "cairn.ev.*.endpoint.*"]
     return _user(SCORER_USER, password, _permissions(publish, subscribe))
 
 

@@ -26,13 +26,16 @@ the request is sent again after 0.05 s, doubling up to 1 s, until ``gateway_scor
 (10 s by default) has passed, then answered 503; one the replica took but did not answer
 within the deployment's ``request_timeout_s`` is 504 and is not sent again (``run()`` may
 have had effects). A replica that is busy (its workers and its queue full: 429, nothing ran)
-is asked again within the same budget, as the queue group may pick another replica; past it,
-the caller gets the 429.
+is asked again within the same budget, as the queue group may pick another replica: as soon
+as an answer of that deployment comes back through this gateway (a place may be free; the
+longest waiting request first), at most after the same delays; past it, the caller gets the
+429. An endpoint's route asked with a key is kept a short while (``_routes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -45,6 +48,7 @@ from litestar import Request, Response, get, post
 from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromPath
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -55,6 +59,7 @@ from cairn.proto import subjects
 from cairn.proto.serving import RouteEndpoint
 from cairn.rpc import SCORER_USER, Client
 from cairn.services.gateway._pool import Principal
+from cairn.services.gateway._routes import RouteCache, route_key
 from cairn.settings import Settings
 from cairn.telemetry import MIRROR_DROPPED
 
@@ -75,6 +80,8 @@ NO_RESPONDERS = "503"
 #: how many milliseconds the gateway still waits for a request's answer (a replica drops a
 #: request whose caller has given up)
 TIMEOUT_HEADER = "Cairn-Timeout-Ms"
+#: the endpoints' aggregate kind (their events' subjects: ``cairn.ev.<ws>.endpoint.<name>``)
+ENDPOINT_KIND = "endpoint"
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,13 @@ class Scorer:
         self._mirrors: set[asyncio.Task[None]] = set()
         #: copies not sent because ``gateway_mirror_max_inflight`` were on their way
         self.mirrors_dropped = 0
+        #: requests answered 429 (their replica busy), waiting to be asked again, by subject
+        self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        #: routes asked with a key, dropped on their endpoint's events (``_routes``)
+        self.routes = RouteCache(settings.gateway_route_cache_s)
+        #: the link's ``link_changed`` when the endpoints' events were last subscribed to;
+        #: None: not subscribed (no route is kept)
+        self._watching: float | None = None
 
     def _password(self) -> str | None:
         if self.settings.scorer_password:
@@ -128,7 +142,53 @@ class Scorer:
                 self.settings, nats_user=SCORER_USER, nats_password=password
             )
             self._conn = await connect(settings, name="cairn-gateway-scorer")
+            await self._watch(self._conn)
             return self._conn
+
+    async def _watch(self, conn: Connection) -> None:
+        """Follow the endpoints' events, so that a cached route is dropped when its endpoint
+        changes; when the server refuses the subscription, routes are not cached."""
+        self.routes.clear()
+        self._watching = None
+        if self.settings.gateway_route_cache_s <= 0:
+            return
+        watched = subjects.events_of_kind(ENDPOINT_KIND)
+        await conn.nc.subscribe(watched, cb=self._changed)
+        await conn.nc.flush()
+        if conn.denied(watched):
+            log.warning("route_cache_off", reason=f"the scoring user may not read {watched}")
+            return
+        self._watching = conn.link_changed
+
+    async def _changed(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")  # cairn.ev.<ws>.endpoint.<endpoint>
+        if len(tokens) == 5:
+            self.routes.invalidate(tokens[2], tokens[4])
+        else:
+            self.routes.clear()
+
+    async def route(
+        self, workspace: str, endpoint: str, key: str, deployment: str | None
+    ) -> dict[str, Any]:
+        """The endpoint's route for a caller with ``key``: kept from an earlier answer while
+        no event of the endpoint came (``_routes``), else asked of the scheduler."""
+        conn = await self.connection()
+        if self._watching is not None and conn.link_changed != self._watching:
+            self.routes.clear()  # events may have been lost while the link was down
+            if conn.nc.is_connected:
+                self._watching = conn.link_changed
+        cached = self._watching is not None and conn.nc.is_connected
+        ck = route_key(workspace, endpoint, key, deployment)
+        if cached:
+            found = self.routes.get(ck)
+            if found is not None:
+                return found
+        generation = self.routes.generation
+        query = RouteEndpoint(endpoint=endpoint, key=key, deployment=deployment)
+        route: dict[str, Any] = (await Client(conn, workspace).ask(query)).data
+        if cached:
+            self.routes.put(ck, route, generation)
+        return route
 
     async def close(self) -> None:
         for task in list(self._mirrors):
@@ -173,6 +233,7 @@ class Scorer:
         conn = await self.connection()
         deadline = time.monotonic() + self.settings.gateway_score_retry_s
         delay = 0.05
+        woken = False
         while True:
             try:
                 status, answer = await _ask_replica(conn.nc, subject, body, timeout)
@@ -186,10 +247,41 @@ class Scorer:
             except NatsTimeout:
                 return 504, _error(f"no answer within {timeout:g} s")
             if status == 429 and time.monotonic() + delay <= deadline:  # nothing ran
-                await asyncio.sleep(delay)
+                woken = await self._room(subject, delay, first=woken)
                 delay = min(delay * 2, 1.0)
                 continue
+            self._answered(subject)
             return status, answer
+
+    async def _room(self, subject: str, delay: float, *, first: bool = False) -> bool:
+        """Until an answer of ``subject``'s deployment comes back through this gateway (its
+        replica may have a place again: the first request waiting is woken), at most
+        ``delay`` seconds; True when woken. ``first``: at the head of the line (a request
+        woken that found no place after all)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiting.setdefault(subject, collections.deque())
+        if first:
+            waiters.appendleft(waiter)
+        else:
+            waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, delay)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                waiters.remove(waiter)
+            if not waiters and self._waiting.get(subject) is waiters:
+                del self._waiting[subject]
+
+    def _answered(self, subject: str) -> None:
+        waiters = self._waiting.get(subject)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 async def _ask_replica(nc: NATS, subject: str, body: bytes, timeout: float) -> tuple[int, bytes]:
@@ -282,13 +374,11 @@ async def _route(
     scorer: Scorer = request.app.state.scorer
     user = request.scope.get("user")
     if isinstance(user, EndpointKey):
-        asker, key = await scorer.connection(), user.key
-    elif isinstance(user, Principal):
-        asker, key = user.conn, None
-    else:
+        return await scorer.route(workspace, endpoint, user.key, deployment)
+    if not isinstance(user, Principal):
         raise NotAuthorizedException("show the endpoint's key: Authorization: Bearer <key>")
-    query = RouteEndpoint(endpoint=endpoint, key=key, deployment=deployment)
-    route: dict[str, Any] = (await Client(asker, workspace).ask(query)).data
+    query = RouteEndpoint(endpoint=endpoint, deployment=deployment)
+    route: dict[str, Any] = (await Client(user.conn, workspace).ask(query)).data
     return route
 
 
