@@ -60,6 +60,7 @@ from cairn.proto.serving import RouteEndpoint
 from cairn.rpc import SCORER_USER, Client
 from cairn.services.gateway._pool import Principal
 from cairn.services.gateway._routes import RouteCache, route_key
+from cairn.serving import MAX_ANSWER_BYTES, MAX_ANSWER_CHUNKS
 from cairn.settings import Settings
 from cairn.telemetry import MIRROR_DROPPED
 
@@ -72,8 +73,6 @@ STATUS_HEADER = "Cairn-Status"
 #: an answer larger than a NATS message comes in chunks: the chunk's index, how many there are
 CHUNK_HEADER = "Cairn-Chunk"
 CHUNKS_HEADER = "Cairn-Chunks"
-#: the largest answer the gateway puts back together (a replica's limit, 64 MiB)
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
 #: the server's own status header, and its status when no one listens
 NATS_STATUS = "Status"
 NO_RESPONDERS = "503"
@@ -293,6 +292,7 @@ async def _ask_replica(nc: NATS, subject: str, body: bytes, timeout: float) -> t
         await nc.publish(subject, body, reply=inbox, headers=_deadline(timeout))
         until = time.monotonic() + timeout
         parts: dict[int, bytes] = {}
+        expected, size = 0, 0
         while True:
             msg = await sub.next_msg(timeout=max(until - time.monotonic(), 0.001))
             headers = msg.headers or {}
@@ -303,11 +303,18 @@ async def _ask_replica(nc: NATS, subject: str, body: bytes, timeout: float) -> t
             count, index = headers.get(CHUNKS_HEADER), headers.get(CHUNK_HEADER, "")
             if count is None:
                 return status, msg.data
-            if not (count.isdigit() and index.isdigit() and int(index) < int(count) <= 1024):
+            # every chunk names the same count, within the bounds the replicas keep to, and
+            # the whole stays within MAX_ANSWER_BYTES: a replica cannot make the gateway hold more
+            fits = count.isdigit() and index.isdigit() and int(index) < int(count)
+            fits = fits and int(count) <= MAX_ANSWER_CHUNKS and expected in (0, int(count))
+            if fits and int(index) not in parts:
+                size += len(msg.data)
+            if not fits or size > MAX_ANSWER_BYTES:
                 return 502, _error("a replica's answer came in chunks that do not fit together")
-            parts[int(index)] = msg.data
-            if len(parts) == int(count):
-                return status, b"".join(parts[i] for i in range(int(count)))
+            expected = int(count)
+            parts.setdefault(int(index), msg.data)
+            if len(parts) == expected:
+                return status, b"".join(parts[i] for i in range(expected))
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
