@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import structlog
 
-from cairn.bus import Connection, EventStore, stream_seq
+from cairn.bus import Connection, EventStore, connect, stream_seq
 from cairn.embedded import NatsServer
 from cairn.projection import Delivered, ProjectionRunner, Tables, events_of
 from cairn.projection._engine import _Feed, _hub_for
@@ -333,6 +333,38 @@ async def test_a_refusal_after_an_unavailable_feed_backs_off_and_is_logged_once(
     finally:
         stop.set()
         await task
+
+
+async def test_a_feed_refused_by_permissions_is_logged_as_an_error_naming_it(
+    agent_settings: Settings, tmp_path: Path
+) -> None:
+    """A projection whose user may not create a consumer on EVENTS (here an agent's): the
+    refusal is logged once as an error naming the subject, the next try waits the longest
+    pause, and the runner keeps running (not ready) instead of retrying quietly."""
+    settings = msgspec.structs.replace(agent_settings, request_timeout=1.0)
+    conn = await connect(settings)
+    stop = asyncio.Event()
+    runner = ProjectionRunner(conn, tmp_path / "d.sqlite", TrackingProjection(), poll_s=0.2)
+    task: asyncio.Task[None] | None = None
+    try:
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(runner.run(stop))
+            hub = _hub_for(conn, runner.projection.source)
+            async with asyncio.timeout(30):
+                while not any(e["event"] == "projection_feed_refused" for e in logs):
+                    await asyncio.sleep(0.05)
+        refused = [e for e in logs if e["event"] == "projection_feed_refused"]
+        assert len(refused) == 1 and refused[0]["log_level"] == "error"
+        assert (
+            "not allowed" in refused[0]["error"]
+            and "consumer.create.events" in (refused[0]["error"])
+        )
+        assert hub.sub is None and not hub.due and not task.done()
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        await conn.close()
 
 
 async def test_members_due_at_once_restart_the_feed_once(

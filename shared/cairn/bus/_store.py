@@ -458,6 +458,9 @@ class EventStore:
                     more = await asyncio.wait_for(asyncio.shield(answer.done), timeout)
                 except TimeoutError as exc:
                     if answer.taken == seen:
+                        denied = permission_denied(self.conn, f"$JS.API.DIRECT.GET.{self.stream}")
+                        if denied is not None:
+                            raise denied from exc
                         raise Unavailable(f"direct get on {self.stream} timed out") from exc
                     continue
                 return answer.got, more
