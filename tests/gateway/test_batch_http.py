@@ -22,7 +22,7 @@ from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import NotFound
 from cairn.proto.assets import ComputeSpec, CreateCompute
 from cairn.proto.batch import BatchDeploymentSpec, CreateBatchEndpoint, SetBatchDeployment
-from cairn.proto.commands import GetExperiment, ListRuns
+from cairn.proto.commands import CreateExperiment, GetExperiment, ListRuns
 from cairn.proto.jobs import JobSpec
 from cairn.proto.parallel import parallel_run_id
 from cairn.rpc import Client
@@ -229,6 +229,13 @@ async def _queued_endpoints(client: Client, *names: str) -> None:
         )
 
 
+async def _runs(client: Client) -> list[dict[str, Any]]:
+    """Every run of the workspace, as read after a command sent now (so after every command
+    the test's requests sent before)."""
+    marker = await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="marker"))
+    return list((await client.ask(ListRuns(min_seq=marker.seq))).data["runs"])
+
+
 async def test_names_that_need_encoding_round_trip(
     client: Client, gateway: Gateway, token: str, ws: AsyncWorkspace
 ) -> None:
@@ -300,8 +307,9 @@ async def test_a_retried_post_with_its_key_answers_the_same_job(
         assert await invoke("idem-a", {"Idempotency-Key": "k2"}) != first
         assert await invoke("idem-b", {"Idempotency-Key": "k1"}) != first
         assert await invoke("idem-a", {}) != await invoke("idem-a", {})
-    runs = (await client.ask(ListRuns())).data["runs"]
-    assert sum(1 for r in runs if r["run_id"] == first) == 1
+    invocations = [r for r in await _runs(client) if r["parent_run_id"] is None]
+    assert sum(1 for r in invocations if r["tags"].get("batch_endpoint") == "idem-a") == 4
+    assert sum(1 for r in invocations if r["run_id"] == first) == 1
 
 
 async def test_a_refused_post_queues_nothing(
@@ -321,7 +329,7 @@ async def test_a_refused_post_queues_nothing(
         assert signed.status_code == 303, signed.text
         refused = await http.post(url, json=_URL_BODY)
         assert refused.status_code == 403, refused.text
-        assert (await client.ask(ListRuns())).data["runs"] == []
+        assert await _runs(client) == []
         with pytest.raises(NotFound):
             await client.ask(GetExperiment(name="refusing"))
         page = await http.get(f"/w/{client.workspace}/experiments")
