@@ -7,6 +7,7 @@ the field, an unknown endpoint, datastore or dataset 404, a path leaving its dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -19,10 +20,10 @@ import pytest
 
 from cairn.embedded._server import NatsServer
 from cairn.embedded._users import create_token, revoke_token
-from cairn.errors import NotFound
+from cairn.errors import CairnError, NotFound
 from cairn.proto.assets import ComputeSpec, CreateCompute
 from cairn.proto.batch import BatchDeploymentSpec, CreateBatchEndpoint, SetBatchDeployment
-from cairn.proto.commands import CreateExperiment, GetExperiment, ListRuns
+from cairn.proto.commands import CancelRun, CreateExperiment, GetExperiment, ListRuns
 from cairn.proto.jobs import JobSpec
 from cairn.proto.parallel import parallel_run_id
 from cairn.rpc import Client
@@ -216,6 +217,16 @@ _QUEUE = "batch-http-queue"
 _URL_BODY = _body("https://example.invalid/a.csv", "UriFile")
 
 
+@pytest.fixture
+async def cancelled_after(client: Client) -> AsyncIterator[None]:
+    """Cancels the runs the test queued (on a compute no agent serves), so no job ticket
+    stays queued for the rest of the session."""
+    yield
+    for run in await _runs(client):
+        with contextlib.suppress(CairnError):  # ended already, or cancelled with its pipeline
+            await client.send(CancelRun(command_id=uuid.uuid4().hex, run_id=run["run_id"]))
+
+
 async def _queued_endpoints(client: Client, *names: str) -> None:
     """Batch endpoints ``names`` with a default deployment on a compute no agent serves."""
     await client.send(
@@ -237,7 +248,7 @@ async def _runs(client: Client) -> list[dict[str, Any]]:
 
 
 async def test_names_that_need_encoding_round_trip(
-    client: Client, gateway: Gateway, token: str, ws: AsyncWorkspace
+    client: Client, gateway: Gateway, token: str, ws: AsyncWorkspace, cancelled_after: None
 ) -> None:
     """An endpoint named with a space, Latin-1, other Unicode or URL punctuation is invoked at
     its percent-encoded address; ``Location`` is ASCII and polls the same job. A name no route
@@ -266,7 +277,7 @@ async def test_names_that_need_encoding_round_trip(
 
 
 async def test_a_job_is_polled_only_at_its_own_endpoint(
-    client: Client, gateway: Gateway, token: str
+    client: Client, gateway: Gateway, token: str, cancelled_after: None
 ) -> None:
     """A job of endpoint A polled at endpoint B's address is 404, as is a run that is no
     batch invocation at all."""
@@ -284,7 +295,7 @@ async def test_a_job_is_polled_only_at_its_own_endpoint(
 
 
 async def test_a_retried_post_with_its_key_answers_the_same_job(
-    client: Client, gateway: Gateway, token: str
+    client: Client, gateway: Gateway, token: str, cancelled_after: None
 ) -> None:
     """The same idempotency key (``Idempotency-Key`` or ``x-ms-client-request-id``) answers
     the job the first POST made, and queues nothing more; another key, or the same key at
@@ -313,7 +324,7 @@ async def test_a_retried_post_with_its_key_answers_the_same_job(
 
 
 async def test_a_refused_post_queues_nothing(
-    client: Client, gateway: Gateway, token: str, nats_server: NatsServer
+    client: Client, gateway: Gateway, token: str, nats_server: NatsServer, cancelled_after: None
 ) -> None:
     """Refusals (a bad body, an unknown dataset, a session POST without its CSRF token)
     happen before any command: no experiment and no run exist afterwards. With the token the
