@@ -92,6 +92,8 @@ def settings_for(
             "nats_user": user,
             "nats_password": password,
             "request_timeout": 5.0,
+            # the tests serve URL inputs from a local http server (127.0.0.1)
+            "url_allow_private_hosts": True,
             **extra,
         },
         Settings,

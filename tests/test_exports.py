@@ -27,6 +27,7 @@ PINNED = {
         "live_agents",
         "migrate_replicas",
         "per_client",
+        "permission_denied",
         "provision",
         "read_ordered",
         "stored_time",

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import msgspec
 import pytest
@@ -38,7 +39,22 @@ class _Counting(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.gets[self.path] = self.gets.get(self.path, 0) + 1
-        super().do_GET()
+        if not self._redirected():
+            super().do_GET()
+
+    def do_HEAD(self) -> None:
+        if not self._redirected():
+            super().do_HEAD()
+
+    def _redirected(self) -> bool:
+        """``/redirect-to/<quoted URL>``: a redirect to that URL."""
+        if not self.path.startswith("/redirect-to/"):
+            return False
+        self.send_response(302)
+        self.send_header("Location", unquote(self.path.removeprefix("/redirect-to/")))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -308,8 +324,8 @@ async def test_a_download_over_the_size_bound_stops(tmp_path: Path, served: str)
     folder = tmp_path / "in"
     folder.mkdir()
     with pytest.raises(InvalidInput, match="over the bound of 3"):
-        await download_url(f"{served}/data.csv", folder, max_bytes=3)
-    got = await download_url(f"{served}/data.csv", folder, max_bytes=6)
+        await download_url(f"{served}/data.csv", folder, max_bytes=3, allow_private=True)
+    got = await download_url(f"{served}/data.csv", folder, max_bytes=6, allow_private=True)
     assert got == folder / "data.csv" and got.read_text() == "x\n1\n2\n"
 
 
@@ -343,3 +359,32 @@ async def test_the_cli_registers_a_dataset_from_a_url(
     assert made["files"] == [f"{url} (6 B)"] and made["spec"]["urls"] == [url]
     await cli("dataset", "download", "web", "out", env=env, cwd=tmp_path)
     assert (tmp_path / "out" / "data.csv").read_text() == "x\n1\n2\n"
+
+
+async def test_private_hosts_and_redirects_off_https_are_refused(
+    tmp_path: Path, served: Served
+) -> None:
+    """By default a URL whose host is or resolves to a loopback, private or link-local
+    address is refused before any request (the metadata service, the cluster's own
+    services); ``url_allow_private_hosts`` allows them. A redirect is followed only to an
+    https:// URL, whatever the setting."""
+    folder = tmp_path / "private"
+    for url in (
+        f"{served}/data.csv",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://10.1.2.3/x.csv",
+        "https://[::1]/x.csv",
+        "http://localhost:1/x.csv",
+    ):
+        with pytest.raises(InvalidInput, match="url_allow_private_hosts"):
+            await download_url(url, folder)
+    assert served.gets == {}
+    got = await download_url(f"{served}/data.csv", folder, allow_private=True)
+    assert got.read_text() == "x\n1\n2\n"
+    to_http = f"{served}/redirect-to/{quote(served + '/data.csv', safe='')}"
+    with pytest.raises(InvalidInput, match="https:// URLs only"):
+        await download_url(to_http, tmp_path / "redirected", allow_private=True)
+    to_metadata = f"{served}/redirect-to/{quote('http://169.254.169.254/x', safe='')}"
+    with pytest.raises(InvalidInput, match="https:// URLs only"):
+        await download_url(to_metadata, tmp_path / "redirected", allow_private=True)
+    assert not (tmp_path / "redirected").exists() or not any((tmp_path / "redirected").iterdir())

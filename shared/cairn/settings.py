@@ -59,6 +59,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: live. A datastore's folder is staged into jobs, so a root such as ``/`` or a home
     #: folder would hand the host's files (keys, credentials) to any job
     datastore_roots: str | None = None
+    #: whether http(s) URL inputs (jobs, datasets, batch invocations) may name hosts that
+    #: are or resolve to loopback, private, link-local or multicast addresses; off by
+    #: default, as such a URL is read with the reading machine's network position (the
+    #: cloud metadata service, the cluster's own services)
+    url_allow_private_hosts: bool = False
     #: where workspace keys live (default ``<home>/keys``); a process that moves datastore
     #: bytes (the SDK, an agent) needs the key to open the datastore's credentials
     keys_dir: str | None = None

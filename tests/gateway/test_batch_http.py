@@ -7,22 +7,32 @@ the field, an unknown endpoint, datastore or dataset 404, a path leaving its dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 
 from cairn.embedded._server import NatsServer
 from cairn.embedded._users import create_token, revoke_token
+from cairn.errors import CairnError, NotFound
+from cairn.proto.assets import ComputeSpec, CreateCompute
+from cairn.proto.batch import BatchDeploymentSpec, CreateBatchEndpoint, SetBatchDeployment
+from cairn.proto.commands import CancelRun, CreateExperiment, GetExperiment, ListRuns
+from cairn.proto.jobs import JobSpec
 from cairn.proto.parallel import parallel_run_id
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
+from cairn.sdk._async_parallel import get_batch_endpoint
 from cairn.services.gateway import Gateway
 from cairn.settings import Settings
 from tests.conftest import Agents
-from tests.gateway.conftest import login_password
+from tests.gateway.conftest import login_password, sign_in
 from tests.sdk.test_sync_sdk import sdk_env
 from tests.test_cli import cli, cli_json
 from tests.test_cli_batch import _ended, _files
@@ -200,3 +210,141 @@ async def test_refusals_are_typed(
         # a job that is no invocation of this endpoint
         reply = await http.get(f"{url}/nosuchjob", headers=auth)
         assert reply.status_code == 404, reply.text
+
+
+#: a compute target no agent serves: an invocation stays queued, nothing runs
+_QUEUE = "batch-http-queue"
+_URL_BODY = _body("https://example.invalid/a.csv", "UriFile")
+
+
+@pytest.fixture
+async def cancelled_after(client: Client) -> AsyncIterator[None]:
+    """Cancels the runs the test queued (on a compute no agent serves), so no job ticket
+    stays queued for the rest of the session."""
+    yield
+    for run in await _runs(client):
+        with contextlib.suppress(CairnError):  # ended already, or cancelled with its pipeline
+            await client.send(CancelRun(command_id=uuid.uuid4().hex, run_id=run["run_id"]))
+
+
+async def _queued_endpoints(client: Client, *names: str) -> None:
+    """Batch endpoints ``names`` with a default deployment on a compute no agent serves."""
+    await client.send(
+        CreateCompute(command_id=uuid.uuid4().hex, name=_QUEUE, spec=ComputeSpec(kind="cluster"))
+    )
+    spec = BatchDeploymentSpec(job=JobSpec(command=[]), scoring_script="s.py", compute=_QUEUE)
+    for name in names:
+        await client.send(CreateBatchEndpoint(command_id=uuid.uuid4().hex, name=name))
+        await client.send(
+            SetBatchDeployment(command_id=uuid.uuid4().hex, endpoint=name, name="v1", spec=spec)
+        )
+
+
+async def _runs(client: Client) -> list[dict[str, Any]]:
+    """Every run of the workspace, as read after a command sent now (so after every command
+    the test's requests sent before)."""
+    marker = await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="marker"))
+    return list((await client.ask(ListRuns(min_seq=marker.seq))).data["runs"])
+
+
+async def test_names_that_need_encoding_round_trip(
+    client: Client, gateway: Gateway, token: str, ws: AsyncWorkspace, cancelled_after: None
+) -> None:
+    """An endpoint named with a space, Latin-1, other Unicode or URL punctuation is invoked at
+    its percent-encoded address; ``Location`` is ASCII and polls the same job. A name no route
+    can match (``/`` in it) advertises no address."""
+    names = ["a b", "scörer", "日本", "p?q#r&s=t"]
+    await _queued_endpoints(client, *names, "a/b", "a%2Fb")
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        for name in names:
+            scoring_uri = (await get_batch_endpoint(ws, name))["scoring_uri"]
+            assert scoring_uri is not None and scoring_uri.isascii(), name
+            path = f"/batch-endpoints/{client.workspace}/{quote(name, safe='')}/jobs"
+            assert scoring_uri.endswith(path), (scoring_uri, path)
+            reply = await http.post(path, json=_URL_BODY, headers=auth)
+            assert reply.status_code == 200, (name, reply.text)
+            job = reply.json()
+            assert job["properties"]["endpointName"] == name
+            location = reply.headers["location"]
+            assert location.isascii() and location == job["properties"]["jobUri"]
+            polled = await http.get(location, headers=auth)
+            assert polled.status_code == 200, (name, polled.text)
+            assert polled.json()["name"] == job["name"]
+            assert polled.json()["properties"]["endpointName"] == name
+    for unroutable in ("a/b", "a%2Fb"):
+        assert (await get_batch_endpoint(ws, unroutable))["scoring_uri"] is None
+
+
+async def test_a_job_is_polled_only_at_its_own_endpoint(
+    client: Client, gateway: Gateway, token: str, cancelled_after: None
+) -> None:
+    """A job of endpoint A polled at endpoint B's address is 404, as is a run that is no
+    batch invocation at all."""
+    await _queued_endpoints(client, "ep-a", "ep-b")
+    auth = {"authorization": f"Bearer {token}"}
+    base = f"/batch-endpoints/{client.workspace}"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        reply = await http.post(f"{base}/ep-a/jobs", json=_URL_BODY, headers=auth)
+        assert reply.status_code == 200, reply.text
+        job = reply.json()["name"]
+        assert (await http.get(f"{base}/ep-a/jobs/{job}", headers=auth)).status_code == 200
+        other = await http.get(f"{base}/ep-b/jobs/{job}", headers=auth)
+        assert other.status_code == 404, other.text
+        assert "ep-b" in other.json()["message"]
+
+
+async def test_a_retried_post_with_its_key_answers_the_same_job(
+    client: Client, gateway: Gateway, token: str, cancelled_after: None
+) -> None:
+    """The same idempotency key (``Idempotency-Key`` or ``x-ms-client-request-id``) answers
+    the job the first POST made, and queues nothing more; another key, or the same key at
+    another endpoint, is another job."""
+    await _queued_endpoints(client, "idem-a", "idem-b")
+    auth = {"authorization": f"Bearer {token}"}
+    base = f"/batch-endpoints/{client.workspace}"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+
+        async def invoke(endpoint: str, headers: dict[str, str]) -> str:
+            reply = await http.post(
+                f"{base}/{endpoint}/jobs", json=_URL_BODY, headers={**auth, **headers}
+            )
+            assert reply.status_code == 200, reply.text
+            return str(reply.json()["name"])
+
+        first = await invoke("idem-a", {"Idempotency-Key": "k1"})
+        assert await invoke("idem-a", {"Idempotency-Key": "k1"}) == first
+        assert await invoke("idem-a", {"x-ms-client-request-id": "k1"}) == first
+        assert await invoke("idem-a", {"Idempotency-Key": "k2"}) != first
+        assert await invoke("idem-b", {"Idempotency-Key": "k1"}) != first
+        assert await invoke("idem-a", {}) != await invoke("idem-a", {})
+    invocations = [r for r in await _runs(client) if r["parent_run_id"] is None]
+    assert sum(1 for r in invocations if r["tags"].get("batch_endpoint") == "idem-a") == 4
+    assert sum(1 for r in invocations if r["run_id"] == first) == 1
+
+
+async def test_a_refused_post_queues_nothing(
+    client: Client, gateway: Gateway, token: str, nats_server: NatsServer, cancelled_after: None
+) -> None:
+    """Refusals (a bad body, an unknown dataset, a session POST without its CSRF token)
+    happen before any command: no experiment and no run exist afterwards. With the token the
+    session's POST goes through."""
+    await _queued_endpoints(client, "refusing")
+    url = f"/batch-endpoints/{client.workspace}/refusing/jobs"
+    auth = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        for body in (_body("azureml:noitems:1"), _body("azureml://datastores/x/paths/../y")):
+            reply = await http.post(url, json=body, headers=auth)
+            assert reply.status_code in (400, 404), reply.text
+        signed = await sign_in(http, *login_password(nats_server))
+        assert signed.status_code == 303, signed.text
+        refused = await http.post(url, json=_URL_BODY)
+        assert refused.status_code == 403, refused.text
+        assert await _runs(client) == []
+        with pytest.raises(NotFound):
+            await client.ask(GetExperiment(name="refusing"))
+        page = await http.get(f"/w/{client.workspace}/experiments")
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+        assert csrf, page.text
+        allowed = await http.post(url, json=_URL_BODY, headers={"x-csrf-token": csrf.group(1)})
+        assert allowed.status_code == 200, allowed.text

@@ -11,8 +11,9 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 
-from cairn.bus import Connection, EventStore, stream_seq
+from cairn.bus import Connection, EventStore, connect, stream_seq
 from cairn.embedded import NatsServer
 from cairn.projection import Delivered, ProjectionRunner, Tables, events_of
 from cairn.projection._engine import _Feed, _hub_for
@@ -288,6 +289,116 @@ async def test_a_resubscription_refused_once_is_tried_again(
     finally:
         stop.set()
         await task
+
+
+async def test_a_refusal_after_an_unavailable_feed_backs_off_and_is_logged_once(
+    conn: Connection, store: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feed the server cannot make now (503, err 10008) and then refuses (400, err 10057):
+    every failure puts the next try in the future (the hub is not due at once, so no member
+    spins on it), the refusal takes the longest pause and is logged as an error once, however
+    often it is answered again; a member's watchdog does not retry before the pause is over."""
+    from nats.js.errors import APIError, ServiceUnavailableError
+
+    from cairn.projection import _engine
+
+    runner = ProjectionRunner(conn, tmp_path / "b.sqlite", TrackingProjection(), poll_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    tries: list[int] = []
+
+    async def failing(*args: Any) -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ServiceUnavailableError(code=503, err_code=10008, description="no leader")
+        raise APIError(code=400, err_code=10057, description="bad request")
+
+    try:
+        await _caught_up(runner, store)
+        hub = await _subscription(runner)
+        monkeypatch.setattr(_engine, "_ordered_consumer", failing)
+        with structlog.testing.capture_logs() as logs:
+            await hub.resubscribe()
+            assert hub.sub is None and not hub.due
+            for _ in range(2):
+                await hub.resubscribe()
+                assert hub.sub is None and not hub.due
+            await hub.resubscribe(hub.generation)  # as a member's watchdog: too early
+        assert len(tries) == 3
+        refused = [e for e in logs if e["event"] == "projection_feed_refused"]
+        assert len(refused) == 1 and refused[0]["log_level"] == "error", logs
+        assert "bad request" in refused[0]["error"]
+        assert any(e["event"] == "projection_feed_unavailable" for e in logs), logs
+        assert not task.done()
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_feed_refused_by_permissions_is_logged_as_an_error_naming_it(
+    agent_settings: Settings, tmp_path: Path
+) -> None:
+    """A projection whose user may not create a consumer on EVENTS (here an agent's): the
+    refusal is logged once as an error naming the subject, the next try waits the longest
+    pause, and the runner keeps running (not ready) instead of retrying quietly."""
+    settings = msgspec.structs.replace(agent_settings, request_timeout=1.0)
+    conn = await connect(settings)
+    stop = asyncio.Event()
+    runner = ProjectionRunner(conn, tmp_path / "d.sqlite", TrackingProjection(), poll_s=0.2)
+    task: asyncio.Task[None] | None = None
+    try:
+        with structlog.testing.capture_logs() as logs:
+            task = asyncio.create_task(runner.run(stop))
+            hub = _hub_for(conn, runner.projection.source)
+            async with asyncio.timeout(30):
+                while not any(e["event"] == "projection_feed_refused" for e in logs):
+                    await asyncio.sleep(0.05)
+        refused = [e for e in logs if e["event"] == "projection_feed_refused"]
+        assert len(refused) == 1 and refused[0]["log_level"] == "error"
+        assert (
+            "not allowed" in refused[0]["error"]
+            and "consumer.create.events" in (refused[0]["error"])
+        )
+        assert hub.sub is None and not hub.due and not task.done()
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        await conn.close()
+
+
+async def test_members_due_at_once_restart_the_feed_once(
+    conn: Connection, store: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several members that saw the feed due (the same generation) and queue on the hub's
+    lock restart the shared consumer once, not once each."""
+    from cairn.projection import _engine
+
+    runners = [
+        ProjectionRunner(conn, tmp_path / f"m{i}.sqlite", TrackingProjection(), poll_s=0.2)
+        for i in range(3)
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    real = _engine._ordered_consumer
+    made: list[int] = []
+
+    async def counted(*args: Any) -> Any:
+        made.append(1)
+        return await real(*args)
+
+    try:
+        for runner in runners:
+            await _caught_up(runner, store)
+        hub = await _subscription(runners[0])
+        monkeypatch.setattr(_engine, "_ordered_consumer", counted)
+        seen = hub.generation
+        await asyncio.gather(*(hub.resubscribe(seen) for _ in range(5)))
+        assert made == [1] and hub.sub is not None and hub.generation == seen + 1
+    finally:
+        stop.set()
+        for task in tasks:
+            await task
 
 
 async def test_events_of_other_kinds_are_passed_over_undecoded(

@@ -24,6 +24,8 @@ def sdk_env(settings: Settings, workspace: str, home: Path) -> dict[str, str]:
         "CAIRN_NATS_PASSWORD": settings.nats_password or "",
         "CAIRN_WORKSPACE": workspace,
         "CAIRN_LOG_FORMAT": "json",
+        # the tests serve URL inputs from a local http server (127.0.0.1)
+        "CAIRN_URL_ALLOW_PRIVATE_HOSTS": "true",
     }
 
 

@@ -2,7 +2,8 @@
 gateway routes), cell by cell: each person, with an API token of theirs, invokes a batch
 endpoint and polls a job over HTTP in a workspace they are a member of and in another that
 exists. ``allowed``: past the permissions and the membership check (an invocation queued on a
-compute target no agent serves, so nothing runs; or no such job); ``denied``: 403."""
+compute target no agent serves, so nothing runs, and cancelled after; a real queued job read,
+or 404 in the workspace that does not have it); ``denied``: 403."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import AlreadyExists
 from cairn.proto.assets import ComputeSpec, CreateCompute
 from cairn.proto.batch import BatchDeploymentSpec, CreateBatchEndpoint, SetBatchDeployment
-from cairn.proto.commands import CreateWorkspace
+from cairn.proto.commands import CancelRun, CreateWorkspace
 from cairn.proto.jobs import JobSpec
 from cairn.rpc import Client
 from cairn.services.gateway import Gateway
@@ -109,26 +110,56 @@ async def test_every_cell_of_the_batch_routes(
         await owner.send(
             SetBatchDeployment(command_id=uuid.uuid4().hex, endpoint=ENDPOINT, name="v1", spec=spec)
         )
-    wrong = []
-    with _tokens(nats_server) as tokens:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
-            for role, route, own, other in read_table():
-                method, path = route.split(" ", 1)
-                auth = {"authorization": f"Bearer {tokens[ROLE_USERS[role]]}"}
-                for ws, expected in ((MATRIX_WS, own), (other_ws, other)):
-                    url = path.format(workspace=ws, endpoint=ENDPOINT, job="mxnojob")
-                    if method == "POST":
-                        reply = await http.post(url, json=BODY, headers=auth)
-                    else:
-                        reply = await http.get(url, headers=auth)
-                    assert reply.status_code != 401, reply.text
-                    actual = "denied" if reply.status_code == 403 else "allowed"
-                    if actual == "allowed":  # an invocation queued, or no such job
-                        ok = 200 if method == "POST" else 404
-                        assert reply.status_code == ok, (role, route, reply.text)
-                    if actual != expected:
-                        wrong.append(f"{role} / {route} in {ws}: {actual} ({reply.text})")
+    wrong: list[str] = []
+    queued: list[str] = []
+    try:
+        with _tokens(nats_server) as tokens:
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+                # a real (queued) job of the endpoint, for the GET cells to read
+                auth = {"authorization": f"Bearer {tokens['mx-ds']}"}
+                reply = await http.post(
+                    f"/batch-endpoints/{MATRIX_WS}/{ENDPOINT}/jobs", json=BODY, headers=auth
+                )
+                assert reply.status_code == 200, reply.text
+                job = reply.json()["name"]
+                queued.append(job)
+                for role, route, own, other in read_table():
+                    auth = {"authorization": f"Bearer {tokens[ROLE_USERS[role]]}"}
+                    for ws, expected in ((MATRIX_WS, own), (other_ws, other)):
+                        actual = await _cell(http, route, ws, job, auth, queued)
+                        if actual != expected:
+                            wrong.append(f"{role} / {route} in {ws}: {actual}")
+    finally:  # no invocation stays queued for the rest of the session
+        owner = Client(people["mx-ds"], MATRIX_WS)
+        for run_id in queued:
+            await owner.send(CancelRun(command_id=uuid.uuid4().hex, run_id=run_id))
     assert not wrong, "\n".join(wrong)
+
+
+async def _cell(
+    http: httpx.AsyncClient,
+    route: str,
+    ws: str,
+    job: str,
+    auth: dict[str, str],
+    queued: list[str],
+) -> str:
+    """One cell: ``allowed`` (an invocation queued, or the job read: 200 in the workspace
+    that has it, 404 in the other) or ``denied`` (403)."""
+    method, path = route.split(" ", 1)
+    url = path.format(workspace=ws, endpoint=ENDPOINT, job=job)
+    if method == "POST":
+        reply = await http.post(url, json=BODY, headers=auth)
+    else:
+        reply = await http.get(url, headers=auth)
+    assert reply.status_code != 401, reply.text
+    if reply.status_code == 403:
+        return "denied"
+    ok = 200 if method == "POST" or ws == MATRIX_WS else 404
+    assert reply.status_code == ok, (route, ws, reply.text)
+    if method == "POST" and ws == MATRIX_WS:
+        queued.append(reply.json()["name"])
+    return "allowed"
 
 
 @pytest.mark.parametrize("header", ["Bearer not-a-token", "Basic eDp5"])

@@ -20,7 +20,7 @@ import pytest
 import structlog
 
 from cairn.bus import Connection, EventStore, connect
-from cairn.errors import StaleAttempt, Unavailable
+from cairn.errors import PermissionDenied, StaleAttempt, Unavailable
 from cairn.proto.events import RunAssigned, RunCompleted, RunFailed, RunRequeued
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
@@ -258,3 +258,20 @@ async def test_an_agent_whose_lease_was_taken_back_stops_the_job_and_reports_not
     stale = [e for e in logs if e["event"] == "attempt_stale" and e["run_id"] == run_id]
     assert [e["attempt"] for e in stale] == [1]
     assert not [e for e in logs if e["event"] == "attempt_finished" and e["attempt"] == 1]
+
+
+async def test_a_renewal_refused_by_permissions_names_it(agent_settings: Settings) -> None:
+    """A scheduler whose user may not read the leases bucket (here an agent's) gets
+    ``PermissionDenied`` naming the subject on renewal, not ``Unavailable`` (which the agent
+    retries until every lease is lost, with no cause named)."""
+    settings = msgspec.structs.replace(agent_settings, request_timeout=1.0)
+    conn = await connect(settings)
+    try:
+        leases = Leases(conn, 60.0)
+        ws, run_id = _run()
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(PermissionDenied, match=r"stream\.msg\.get\.kv_"):
+                await leases.renew(ws, run_id, 1)
+        assert any(e["event"] == "lease_renew_refused" for e in logs), logs
+    finally:
+        await conn.close()

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from cairn.bus import connect
 from cairn.embedded._up import all_services
-from cairn.errors import InvalidInput, UnknownEventType
+from cairn.errors import InvalidInput, PermissionDenied, UnknownEventType
 from cairn.proto.commands import CreateExperiment, CreateWorkspace
 from cairn.proto.webhooks import SIGNATURE_HEADER, WEBHOOK_ID_HEADER, CreateWebhook, verify
 from cairn.rpc import Client
@@ -324,3 +324,19 @@ async def test_the_service_starts_while_events_cannot_be_read_and_follows_later(
                 await task
             await conn.close()
             await proxy.close()
+
+
+async def test_a_start_without_permission_to_read_the_log_fails_naming_it(
+    client_settings: Settings,
+) -> None:
+    """A webhooks service whose user may not read EVENTS (here a person's, whose account
+    has no JetStream of its own) fails to start with ``PermissionDenied`` naming the subject,
+    instead of starting "healthy" and retrying for ever."""
+    settings = msgspec.structs.replace(client_settings, request_timeout=1.0)
+    conn = await connect(settings)
+    try:
+        service = WebhookService(conn, settings, follow_every_s=0.2)
+        with pytest.raises(PermissionDenied, match=r"direct\.get\.events"):
+            await service.start()
+    finally:
+        await conn.close()

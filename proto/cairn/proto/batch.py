@@ -14,12 +14,13 @@ and gather step over the given input.
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 import msgspec
 
 from cairn.proto._base import Count, Id, Int64, Key, Name, TagKey, TagValue, Text
 from cairn.proto.commands import Command, Query
-from cairn.proto.errors import InvalidInput, NotFound
+from cairn.proto.errors import InvalidInput, NotFound, Unsupported
 from cairn.proto.jobs import JobInput, JobOutput, JobSpec
 from cairn.proto.pipelines import PipelineOutput, PipelineSpec, PipelineStep, SubmitPipeline
 
@@ -36,6 +37,7 @@ __all__ = [
     "SetBatchDeployment",
     "batch_jobs_path",
     "batch_pipeline",
+    "batch_routable",
     "chosen_deployment",
     "dataset_ref",
     "gather_args",
@@ -97,11 +99,26 @@ BATCH_COMMAND_TYPES: tuple[type[Command], ...] = (CreateBatchEndpoint, SetBatchD
 BATCH_QUERY_TYPES: tuple[type[Query], ...] = (GetBatchEndpoint,)
 
 
+def batch_routable(endpoint: str) -> bool:
+    """Whether batch endpoint ``endpoint`` has an HTTP address. A name with ``/`` in it
+    matches no route even percent-encoded (the server decodes ``%2F`` before routing); the
+    router decodes path parameters once more, so a ``%`` would not come back as sent; and
+    ``.`` and ``..`` are folded away by clients as path steps."""
+    return not ("/" in endpoint or "%" in endpoint or endpoint in (".", ".."))
+
+
 def batch_jobs_path(workspace: str, endpoint: str) -> str:
     """The path of batch endpoint ``endpoint``'s scoring address on the gateway (its
     ``scoring_uri`` past the gateway's URL): ``POST`` invokes it, ``GET <path>/<job>`` polls
-    one invocation."""
-    return f"/batch-endpoints/{workspace}/{endpoint}/jobs"
+    one invocation. Each segment is percent-encoded (UTF-8), so the path is ASCII and valid
+    in a URL and in a ``Location`` header whatever the name; ``Unsupported`` for a name that
+    no route can match (:func:`batch_routable`)."""
+    if not batch_routable(endpoint):
+        raise Unsupported(
+            f"batch endpoint {endpoint!r:.100} has no HTTP address: its name is '.' or '..'"
+            " or has '/' or '%' in it (invoke it with cairn batch-endpoint invoke)"
+        )
+    return f"/batch-endpoints/{quote(workspace, safe='')}/{quote(endpoint, safe='')}/jobs"
 
 
 def dataset_ref(given: str, where: str) -> tuple[str, int | None]:

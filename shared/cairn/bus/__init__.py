@@ -20,7 +20,15 @@ from cairn.bus._provision import (
     provision,
     wait_for_streams,
 )
-from cairn.bus._store import TRANSIENT, AppendResult, EventStore, Recorded, Stored, stored_time
+from cairn.bus._store import (
+    TRANSIENT,
+    AppendResult,
+    EventStore,
+    Recorded,
+    Stored,
+    permission_denied,
+    stored_time,
+)
 
 __all__ = [
     "AGENT_STREAMS",
@@ -44,6 +52,7 @@ __all__ = [
     "live_agents",
     "migrate_replicas",
     "per_client",
+    "permission_denied",
     "provision",
     "read_ordered",
     "stored_time",

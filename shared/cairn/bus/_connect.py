@@ -138,6 +138,16 @@ class Connection:
         at = self._violations.get(subject.lower())
         return at is not None and time.monotonic() - at < within_s
 
+    def denied_matching(self, fragment: str, within_s: float = 60.0) -> str | None:
+        """A subject the server reported a permissions violation on within ``within_s`` that
+        contains ``fragment`` (compared in lower case), if any: for requests whose exact
+        subject the client library builds (a consumer's create, a KV read)."""
+        now, wanted = time.monotonic(), fragment.lower()
+        for subject, at in self._violations.items():
+            if wanted in subject and now - at < within_s:
+                return subject
+        return None
+
     @property
     def max_payload(self) -> int:
         return int(self.nc.max_payload)

@@ -44,7 +44,14 @@ from cairn.errors import (
 from cairn.proto.events import Envelope, Event, decode_envelope, encode_envelope
 from cairn.proto.streams import EVENTS, STREAMS
 
-__all__ = ["AppendResult", "EventStore", "Recorded", "Stored", "stored_time"]
+__all__ = [
+    "AppendResult",
+    "EventStore",
+    "Recorded",
+    "Stored",
+    "permission_denied",
+    "stored_time",
+]
 
 _CONFLICT = {10071, 10164, 10201}
 #: answers that mean "not now": the same message may be sent again after a pause
@@ -59,6 +66,18 @@ _PERMISSION = 10057
 _HEADER_ALLOWANCE = 512
 #: failures after which the same message may be sent again: nothing or the same thing stored
 TRANSIENT = (NatsError, ConnectionError, asyncio.TimeoutError)
+
+
+def permission_denied(conn: Connection, *fragments: str) -> PermissionDenied | None:
+    """How the store reads a failed request (a timeout, a transport error): as a refusal when
+    the server reported a permissions violation on a subject that contains one of
+    ``fragments`` (an exact subject, or a part such as ``.CONSUMER.CREATE.EVENTS``), so the
+    failure names its cause instead of passing for "try again later"; None otherwise."""
+    for fragment in fragments:
+        subject = conn.denied_matching(fragment)
+        if subject is not None:
+            return PermissionDenied(f"not allowed to publish to {subject}")
+    return None
 
 
 class Recorded(NamedTuple):
@@ -248,8 +267,9 @@ class EventStore:
             try:
                 reply: dict[str, Any] = await once()
             except TRANSIENT as exc:
-                if self.conn.denied(subject):
-                    raise PermissionDenied(f"not allowed to publish to {subject}") from exc
+                denied = permission_denied(self.conn, subject)
+                if denied is not None:
+                    raise denied from exc
                 last = exc
             else:
                 error = reply.get("error")
@@ -438,6 +458,9 @@ class EventStore:
                     more = await asyncio.wait_for(asyncio.shield(answer.done), timeout)
                 except TimeoutError as exc:
                     if answer.taken == seen:
+                        denied = permission_denied(self.conn, f"$JS.API.DIRECT.GET.{self.stream}")
+                        if denied is not None:
+                            raise denied from exc
                         raise Unavailable(f"direct get on {self.stream} timed out") from exc
                     continue
                 return answer.got, more

@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 
-async def resolve_urls(client: Client, spec: DatasetSpec) -> DatasetSpec:
+async def resolve_urls(
+    client: Client, spec: DatasetSpec, *, allow_private: bool = False
+) -> DatasetSpec:
     """``spec`` with its URLs resolved: each ``s3://`` one a path of its bucket's datastore,
     the files of the others (with their validators) in ``url_files``. A spec without URLs,
     or one resolved already, is returned as it is."""
@@ -58,7 +60,7 @@ async def resolve_urls(client: Client, spec: DatasetSpec) -> DatasetSpec:
             if DataPath(store, path) not in paths:
                 paths.append(DataPath(store, path))
         else:
-            remotes += await list_url(url)
+            remotes += await list_url(url, allow_private=allow_private)
     seen: dict[str, str] = {}
     for r in remotes:
         if r.path in seen:
@@ -116,7 +118,11 @@ async def snapshot_files(
 
 
 async def snapshot_url_files(
-    client: Client, files: list[UrlFile], *, show: bool | None = False
+    client: Client,
+    files: list[UrlFile],
+    *,
+    show: bool | None = False,
+    allow_private: bool = False,
 ) -> list[UrlFile]:
     """Copy every URL file into the artifact store; the files with their copies' digests."""
     area = f"dataset-{uuid.uuid4().hex}"
@@ -127,14 +133,16 @@ async def snapshot_url_files(
     ):
         for i, f in enumerate(files):
             remote = Remote(f.url, str(i), f.size, f.validator)
-            local = await fetch_remote(remote, Path(tmp))
+            local = await fetch_remote(remote, Path(tmp), allow_private=allow_private)
             await upload_file(client, area, str(i), local, staging=True, progress=bar)
             blob = await asyncio.to_thread(digest_of_file, local)
             out.append(msgspec.structs.replace(f, blob=blob))
     return out
 
 
-async def _url_files(client: Client, spec: DatasetSpec, target: Path, label: str) -> list[Path]:
+async def _url_files(
+    client: Client, spec: DatasetSpec, target: Path, label: str, allow_private: bool
+) -> list[Path]:
     out = []
     for f in spec.url_files:
         local = local_target(target, f.path)
@@ -143,7 +151,8 @@ async def _url_files(client: Client, spec: DatasetSpec, target: Path, label: str
                 await download_blob(client, f.blob, f.size, local)
         else:
             try:
-                await fetch_remote(Remote(f.url, f.path, f.size, f.validator), target)
+                remote = Remote(f.url, f.path, f.size, f.validator)
+                await fetch_remote(remote, target, allow_private=allow_private)
             except DataChanged as e:
                 raise DataChanged(f"{label}: {e} since it was registered") from e
         out.append(local)
@@ -162,7 +171,8 @@ async def materialise(
     """The dataset's files under ``target`` (paths relative to their common folder), checked
     against the version's fingerprint when it has one. The bar (``show``) starts at the bytes
     of snapshot files already there (kept from an earlier download)."""
-    spec = await resolve_urls(client, spec)
+    allow_private = settings is not None and settings.url_allow_private_hosts
+    spec = await resolve_urls(client, spec, allow_private=allow_private)
     files = spec.files or await fingerprint(client, spec, settings=settings)
     base = common_dir([f.path for f in files])
     placed = [(f, local_target(target, f.path[len(base) :].lstrip("/"))) for f in files]
@@ -187,7 +197,7 @@ async def materialise(
                         raise DataChanged(f"{label}: {where} {what} since it was registered")
                 await store.get(f.path, local, progress=bar.update)
                 out.append(local)
-    return out + await _url_files(client, spec, target, label)
+    return out + await _url_files(client, spec, target, label, allow_private)
 
 
 def common_dir(paths: list[str]) -> str:

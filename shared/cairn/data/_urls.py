@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,20 +309,83 @@ def _info_validator(info: dict[str, Any]) -> str:
     return ";".join([*parts, f"size={info.get('size')}"]) if parts else ""
 
 
-def _client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(follow_redirects=True, max_redirects=_MAX_REDIRECTS, timeout=_TIMEOUT)
+def _not_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    if mapped is not None:
+        ip = mapped
+    return (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
 
 
-async def list_url(url: str) -> list[Remote]:
+async def _check_public(url: httpx.URL) -> None:
+    """Refuse ``url`` when its host is, or resolves to, a loopback, private, link-local,
+    multicast or reserved address (the cloud metadata service at 169.254.169.254, the
+    cluster's own services): a URL given by a member is fetched with the reading machine's
+    network position."""
+    host = url.host
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port)
+        except OSError as e:
+            raise InvalidInput(f"{str(url)!r:.200}: host {host!r} does not resolve: {e}") from e
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    refused = next((a for a in addresses if _not_public(a)), None)
+    if refused is not None:
+        raise InvalidInput(
+            f"{str(url)!r:.200}: host {host!r} is a private, loopback, link-local or multicast"
+            f" address ({refused}); the setting url_allow_private_hosts allows such hosts"
+        )
+
+
+async def _https_redirects_only(response: httpx.Response) -> None:
+    """Refuse a redirect to a scheme other than https (an https URL sent to http, or to a
+    plain-http internal service)."""
+    if response.has_redirect_location:
+        target = response.request.url.join(response.headers["location"])
+        if target.scheme != "https":
+            raise InvalidInput(
+                f"{str(response.request.url)!r:.200} redirects to {str(target)!r:.200}:"
+                " redirects are followed to https:// URLs only"
+            )
+
+
+def _client(allow_private: bool) -> httpx.AsyncClient:
+    """The http client of URL inputs: bounded redirects, to https only; each request (the
+    first and every redirect) refused when its host is not public, unless
+    ``allow_private`` (the setting ``url_allow_private_hosts``)."""
+    hooks: dict[str, list[Any]] = {"response": [_https_redirects_only]}
+    if not allow_private:
+
+        async def check(request: httpx.Request) -> None:
+            await _check_public(request.url)
+
+        hooks["request"] = [check]
+    return httpx.AsyncClient(
+        follow_redirects=True, max_redirects=_MAX_REDIRECTS, timeout=_TIMEOUT, event_hooks=hooks
+    )
+
+
+async def list_url(url: str, *, allow_private: bool = False) -> list[Remote]:
     """The files ``url`` names now: one for a file, every file below it for an fsspec
-    folder (relative paths checked: a name with ``..`` or an absolute one is refused)."""
+    folder (relative paths checked: a name with ``..`` or an absolute one is refused).
+    ``allow_private``: http(s) hosts with private addresses may be read (see
+    :func:`_client`)."""
     scheme = _scheme(url)
     if scheme == "s3":
         raise InvalidInput(f"{url!r:.200} is read through its bucket's datastore")
     if scheme not in _HTTP:
         return await asyncio.to_thread(_fsspec_list, url)
     name = url_file_name(url) or "download"
-    async with _client() as client:
+    async with _client(allow_private) as client:
         try:
             response = await client.head(url)
         except httpx.HTTPError as e:
@@ -364,7 +428,12 @@ def _fsspec_list(url: str) -> list[Remote]:
 
 
 async def fetch_remote(
-    remote: Remote, folder: Path, *, max_bytes: int = MAX_URL_BYTES, check: bool = True
+    remote: Remote,
+    folder: Path,
+    *,
+    max_bytes: int = MAX_URL_BYTES,
+    check: bool = True,
+    allow_private: bool = False,
 ) -> Path:
     """``remote`` into ``folder/<its path>``; with ``check`` (and a validator), the bytes
     must be the ones it described, else ``DataChanged``."""
@@ -373,7 +442,7 @@ async def fetch_remote(
     if _scheme(remote.url) not in _HTTP:
         await asyncio.to_thread(_fsspec_copy, remote, target, max_bytes, check)
         return target
-    async with _client() as client:
+    async with _client(allow_private) as client:
         try:
             async with client.stream("GET", remote.url) as response:
                 if response.status_code != 200:
@@ -413,10 +482,14 @@ def _fsspec_copy(remote: Remote, target: Path, max_bytes: int, check: bool) -> N
             out.write(chunk)
 
 
-async def download_url(url: str, folder: Path, *, max_bytes: int = MAX_URL_BYTES) -> Path:
+async def download_url(
+    url: str, folder: Path, *, max_bytes: int = MAX_URL_BYTES, allow_private: bool = False
+) -> Path:
     """The file at ``url`` into ``folder`` under its own name (the path written); a folder
     URL's files under their relative paths (``folder`` returned)."""
-    remotes = await list_url(url)
+    remotes = await list_url(url, allow_private=allow_private)
     for remote in remotes:
-        got = await fetch_remote(remote, folder, max_bytes=max_bytes, check=False)
+        got = await fetch_remote(
+            remote, folder, max_bytes=max_bytes, check=False, allow_private=allow_private
+        )
     return folder if remotes[0].in_folder else got

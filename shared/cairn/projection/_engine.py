@@ -50,6 +50,7 @@ from cairn.bus import (
     EventStore,
     drop_subscription,
     per_client,
+    permission_denied,
     stream_position,
     stream_seq,
     stream_time,
@@ -560,16 +561,11 @@ class ProjectionRunner(Generic[V]):
                     self.last_seq = await self._apply_retrying(batch, stop)
                     self._progress_at = time.monotonic()
                     self._advanced.set()
-                elif hub.due or await self._stalled():
-                    self.resubscriptions += 1
-                    try:
-                        await hub.resubscribe()
-                    except Exception as exc:  # no stream leader now (an election), no answer:
-                        # the watchdog tries again after another stall_s; raising here ended
-                        # the runner, and its read model stood still with no one told
-                        log.warning(
-                            "projection_resubscribe_failed", projection=name, error=repr(exc)
-                        )
+                else:
+                    seen = hub.generation  # before any await: a restart meanwhile is seen
+                    if hub.due or await self._stalled():
+                        self.resubscriptions += 1
+                        await hub.resubscribe(seen)
         finally:
             if stopped is not None:
                 stopped.cancel()
@@ -814,6 +810,24 @@ async def _ordered_consumer(
     )
 
 
+#: the longest pause between two tries to make a projection feed
+_FEED_RETRY_MAX_S = 10.0
+#: JetStream API answers that may pass: a timeout, a server error, no leader now (10008),
+#: a stream a recovering cluster does not know yet (10059)
+_FEED_TRANSIENT_CODES = (408, 500, 503)
+_FEED_TRANSIENT_ERR_CODES = (10008, 10059)
+
+
+def _feed_transient(exc: Exception) -> bool:
+    """Whether a failure to make the feed may pass by itself (classified by ``err_code``
+    first, then by the HTTP-like code)."""
+    if isinstance(exc, APIError):
+        if exc.err_code in _FEED_TRANSIENT_ERR_CODES:
+            return True
+        return exc.err_code is None and exc.code in (None, *_FEED_TRANSIENT_CODES)
+    return isinstance(exc, TRANSIENT)
+
+
 class _Hub:
     """One ordered consumer per connection and source, shared by every projection that
     follows it in this process: the server sends each event once, not once per read model.
@@ -836,10 +850,15 @@ class _Hub:
         #: the stream's last sequence as the latest delivery reported it
         self.head = 0
         self._lock = asyncio.Lock()
-        #: after a feed the server could not make now (an election, no quorum): when to ask
-        #: again, and the pause after that
+        #: after a feed the server could not make: when to ask again, and the pause after
+        #: that (one state for the whole hub, however many members look)
         self._retry_at: float | None = None
         self._backoff = 0.0
+        #: the cause of the last refusal logged (logged as an error once, not at every try)
+        self._refused: str | None = None
+        #: how many times the feed was (re)started: a member that saw the feed due compares
+        #: it under the lock, so several members due at once restart it once
+        self.generation = 0
 
     async def join(self, runner: ProjectionRunner[Any]) -> _Feed:
         feed = self.members[runner] = _Feed(runner.batch_size * 4)
@@ -861,18 +880,33 @@ class _Hub:
     def due(self) -> bool:
         """No feed now (the server could not make one) and the pause before asking again is
         over: the next member to look asks."""
-        return self._retry_at is not None and time.monotonic() >= self._retry_at
+        return self.sub is None and self._retry_over()
 
-    async def resubscribe(self) -> None:
+    def _retry_over(self) -> bool:
+        return self._retry_at is None or time.monotonic() >= self._retry_at
+
+    async def resubscribe(self, seen: int | None = None) -> None:
+        """Start the feed again from the lowest member's position. ``seen``: the
+        :attr:`generation` the caller saw when it decided to; nothing is done when another
+        member restarted the feed since, or when there is no feed and the pause before the
+        next try is not over (None: restart in any case)."""
         async with self._lock:
-            if self.members:
-                await self._restart()
+            if not self.members:
+                return
+            if seen is not None and (
+                seen != self.generation or (self.sub is None and not self._retry_over())
+            ):
+                return
+            await self._restart()
 
     async def _restart(self) -> None:
-        """A new feed from the lowest member's position. When the server cannot make one now
-        (an election under way, no quorum: err 10008, a timeout), the feed is left without a
-        consumer and asked for again after a pause (doubling to 10 s, see :attr:`due`) rather
-        than stopping every projection of the process."""
+        """A new feed from the lowest member's position. When the server does not make one,
+        the feed is left without a consumer and asked for again after a pause (see
+        :attr:`due`) rather than stopping every projection of the process: a pause doubling
+        to :data:`_FEED_RETRY_MAX_S` when it may pass (an election, no quorum: err 10008, a
+        timeout), the longest one at once when it was refused (a permissions violation, a
+        bad request), which is logged as an error naming its cause."""
+        self.generation += 1
         if self.sub is not None:
             sub, self.sub = self.sub, None
             await drop_subscription(self.conn, sub)
@@ -883,19 +917,33 @@ class _Hub:
             self.sub = await _ordered_consumer(
                 self.conn, self.source, self.start, beat, self._deliver
             )
-        except TRANSIENT as exc:
-            if isinstance(exc, APIError) and exc.code not in (None, 408, 500, 503):
-                raise  # refused (permissions, a bad request): not a matter of time
-            self._backoff = min(max(self._backoff * 2, beat), 10.0)
-            self._retry_at = time.monotonic() + self._backoff
+        except Exception as exc:  # every failure schedules the next try; none ends the hub
+            self._failed(exc, beat)
+            return
+        self._retry_at, self._backoff, self._refused = None, 0.0, None
+
+    def _failed(self, exc: Exception, beat: float) -> None:
+        denied = permission_denied(self.conn, f".CONSUMER.CREATE.{self.source.stream}")
+        cause = str(denied or exc) or type(exc).__name__
+        if denied is None and _feed_transient(exc):
+            self._backoff = min(max(self._backoff * 2, beat), _FEED_RETRY_MAX_S)
             log.warning(
                 "projection_feed_unavailable",
                 stream=self.source.stream,
-                error=str(exc) or type(exc).__name__,
+                error=cause,
                 retry_s=round(self._backoff, 2),
             )
-            return
-        self._retry_at, self._backoff = None, 0.0
+        else:
+            self._backoff = _FEED_RETRY_MAX_S
+            if cause != self._refused:
+                self._refused = cause
+                log.error(
+                    "projection_feed_refused",
+                    stream=self.source.stream,
+                    error=cause,
+                    retry_s=_FEED_RETRY_MAX_S,
+                )
+        self._retry_at = time.monotonic() + self._backoff
 
     async def _deliver(self, msg: Any) -> None:
         (seq, self.head), kind = stream_position(msg.reply), _kind(msg.subject)

@@ -148,7 +148,12 @@ class AsyncDatasets:
         files = spec.files
         if snapshot:
             files = await snapshot_files(s.client, files, settings=s.settings, show=show_progress)
-            url_files = await snapshot_url_files(s.client, url_files, show=show_progress)
+            url_files = await snapshot_url_files(
+                s.client,
+                url_files,
+                show=show_progress,
+                allow_private=s.settings.url_allow_private_hosts,
+            )
         versioned = msgspec.structs.replace(
             spec, files=files, url_files=url_files, snapshot=snapshot
         )
@@ -169,7 +174,7 @@ class AsyncDatasets:
         """``spec`` with its URLs resolved (an ``s3://`` one to its bucket's datastore, the
         others' files with their validators) and the files its paths match now."""
         s = self._session
-        spec = await resolve_urls(s.client, spec)
+        spec = await resolve_urls(s.client, spec, allow_private=s.settings.url_allow_private_hosts)
         if spec.files:
             return spec
         files = await fingerprint(s.client, spec, settings=s.settings)

@@ -18,6 +18,7 @@ from cairn.proto.batch import (
     GetBatchEndpoint,
     batch_jobs_path,
     batch_pipeline,
+    batch_routable,
     chosen_deployment,
     dataset_ref,
     gather_args,
@@ -78,9 +79,12 @@ async def batch_input(ws: Session, given: str) -> JobInput:
     return JobInput(name=BATCH_INPUT, dataset=name, version=int(row["version"]), as_dataset=True)
 
 
-def batch_scoring_uri(ws: Session, name: str) -> str:
+def batch_scoring_uri(ws: Session, name: str) -> str | None:
     """Batch endpoint ``name``'s address on the gateway (``gateway_url``, else
-    ``gateway_host:gateway_port``): ``POST`` invokes it with a member's token."""
+    ``gateway_host:gateway_port``): ``POST`` invokes it with a member's token. None for a
+    name no route can match (``/`` in it): such an endpoint is invoked from the SDK or CLI."""
+    if not batch_routable(name):
+        return None
     settings = ws.settings
     base = settings.gateway_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
     return base.rstrip("/") + batch_jobs_path(ws.name, name)

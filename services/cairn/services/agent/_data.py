@@ -143,18 +143,19 @@ async def _datastore_copy(ctx: DataContext, item: JobInput, cache: Path) -> tupl
         return tmp, False
 
 
-async def _url_copy(item: JobInput, cache: Path) -> tuple[Path, bool, Path]:
+async def _url_copy(item: JobInput, cache: Path, allow_private: bool) -> tuple[Path, bool, Path]:
     """The URL's file (or an fsspec folder's files, in their layout) in a folder of their
     own, and the file or folder the job gets. Cached by URL and the validators the server
     gives now (ETag, Last-Modified, size), so a changed file is fetched again and an
     unchanged one is not; a URL without validators is fetched for each job."""
     assert item.url is not None
     for attempt in range(2):
-        remotes = await list_url(item.url)
+        remotes = await list_url(item.url, allow_private=allow_private)
 
         async def fill(tmp: Path, remotes: list[Remote] = remotes) -> None:
             for r in remotes:
-                await fetch_remote(r, tmp)  # DataChanged if it is not what was listed
+                # DataChanged if it is not what was listed
+                await fetch_remote(r, tmp, allow_private=allow_private)
 
         try:
             if all(r.validator for r in remotes):
@@ -205,7 +206,7 @@ async def stage_inputs(
     for item in inputs:
         path = input_path(item)
         if item.url is not None and item.datastore is None:
-            copy, cached, inner = await _url_copy(item, cache)
+            copy, cached, inner = await _url_copy(item, cache, ctx.settings.url_allow_private_hosts)
         elif item.dataset is not None:
             copy, cached = await _dataset_copy(ctx, item, cache)
             inner = copy

@@ -27,6 +27,7 @@ datastore (``..``, absolute, encoded) is 400.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
 from cairn.data import check_url
-from cairn.errors import InvalidInput, NotFound, Unsupported
+from cairn.errors import InvalidInput, NotFound, Unavailable, Unsupported
 from cairn.proto import subjects
 from cairn.proto.assets import GetAsset
 from cairn.proto.batch import (
@@ -53,11 +54,14 @@ from cairn.proto.jobs import JobInput
 from cairn.proto.paths import validate_run_path
 from cairn.proto.pipelines import GetPipeline
 from cairn.services.gateway._app import ask, send
+from cairn.services.gateway._auth import principal_of
 
-__all__ = ["BATCH_ROUTES", "DEPLOYMENT_HEADER", "parse_input"]
+__all__ = ["BATCH_ROUTES", "DEPLOYMENT_HEADER", "IDEMPOTENCY_HEADERS", "parse_input"]
 
 #: the header naming a deployment other than the endpoint's default (as Azure ML's)
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+#: the headers whose value makes a POST idempotent (the first one present counts)
+IDEMPOTENCY_HEADERS = ("idempotency-key", "x-ms-client-request-id")
 _DATASTORE_URI = "azureml://datastores/"
 #: the input types a batch invocation reads (as Azure ML spells them, or as its YAML does)
 _KINDS = {"urifolder": "UriFolder", "urifile": "UriFile"}
@@ -170,7 +174,9 @@ async def _decode(request: Request[Any, Any, Any]) -> Any:
         raise InvalidInput(f"the body is not JSON: {exc}") from None
 
 
-def _job(workspace: str, endpoint: str, found: dict[str, Any], run: dict[str, Any]) -> Any:
+def _job(
+    workspace: str, endpoint: str, found: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
     """A job as the REST API shows it: its name, status, and where its predictions are."""
     run_id = found["run_id"]
     tags = run.get("tags") or {}
@@ -201,34 +207,58 @@ def _job(workspace: str, endpoint: str, found: dict[str, Any], run: dict[str, An
     }
 
 
+def _ids(request: Request[Any, Any, Any], workspace: str, endpoint: str) -> tuple[str, str, str]:
+    """The experiment command's, the submit's and the run's ids: derived from the caller's
+    idempotency key (``Idempotency-Key`` or Azure's ``x-ms-client-request-id``) with their
+    person, the workspace and the endpoint, so a retried POST answers the job the first
+    made (and one caller's key cannot name another's job); fresh ones without a key."""
+    key = next((request.headers.get(h) for h in IDEMPOTENCY_HEADERS if request.headers.get(h)), "")
+    if not key:
+        return uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    if len(key) > 200:
+        raise InvalidInput(f"{IDEMPOTENCY_HEADERS[0]}: at most 200 characters")
+    scope = "\0".join(("batch", principal_of(request).person, workspace, endpoint, key))
+    experiment, command, run = (
+        uuid.uuid5(uuid.NAMESPACE_URL, f"{scope}\0{part}").hex for part in "ecr"
+    )
+    return experiment, command, run
+
+
 @post("/batch-endpoints/{workspace:str}/{endpoint:str}/jobs", status_code=200)
 async def invoke_batch(
     request: Request[Any, Any, Any], workspace: FromPath[str], endpoint: FromPath[str]
 ) -> Response[Any]:
     """Invoke the endpoint as the caller: the new job (a pipeline run), ``Location`` its
-    address to poll."""
+    address to poll. Everything that can refuse is checked before the first command is
+    sent, and the answer is built from the accepted command, so nothing fails after the
+    job exists (a client retrying a 5xx would start the whole fan-out again)."""
     subjects.validate_token(workspace, "workspace")
+    jobs_path = batch_jobs_path(workspace, endpoint)
+    experiment_command, command_id, run_id = _ids(request, workspace, endpoint)
     data = parse_input(await _decode(request))
     deployment = request.headers.get(DEPLOYMENT_HEADER) or None
     row = (await ask(request, workspace, GetBatchEndpoint(name=endpoint))).data
     chosen, spec = chosen_deployment(endpoint, row, deployment)
     data = await _resolved(request, workspace, data)
     experiment = subjects.name_to_id(endpoint)
-    await send(request, workspace, CreateExperiment(command_id=uuid.uuid4().hex, name=experiment))
     command = invocation(
         endpoint,
         chosen,
         spec,
         data,
         experiment_name=experiment,
-        command_id=uuid.uuid4().hex,
-        run_id=uuid.uuid4().hex,
+        command_id=command_id,
+        run_id=run_id,
     )
-    await send(request, workspace, command)
-    found = (await ask(request, workspace, GetPipeline(run_id=command.run_id))).data
-    run = {"tags": command.tags}
-    job = _job(workspace, endpoint, found, run)
-    return Response(job, status_code=200, headers={"Location": job["properties"]["jobUri"]})
+    await send(request, workspace, CreateExperiment(command_id=experiment_command, name=experiment))
+    accepted = await send(request, workspace, command)
+    found: dict[str, Any] = {"run_id": run_id, "status": "NotStarted"}
+    found["experiment_name"] = experiment
+    if accepted.replayed:  # a retried POST: the job as it stands now, if the read has it
+        with contextlib.suppress(NotFound, Unavailable):
+            found = (await ask(request, workspace, GetPipeline(run_id=run_id))).data
+    job = _job(workspace, endpoint, found, {"tags": command.tags})
+    return Response(job, status_code=200, headers={"Location": f"{jobs_path}/{run_id}"})
 
 
 @get("/batch-endpoints/{workspace:str}/{endpoint:str}/jobs/{job:str}")

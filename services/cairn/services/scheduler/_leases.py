@@ -31,9 +31,10 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import nats.errors
+from nats.js.errors import APIError
 
-from cairn.bus import Connection, RunKeyMirror
-from cairn.errors import ConcurrencyConflict, StaleAttempt, Unavailable
+from cairn.bus import Connection, RunKeyMirror, permission_denied
+from cairn.errors import CairnError, ConcurrencyConflict, StaleAttempt, Unavailable
 from cairn.log import get_logger
 from cairn.proto.streams import LEASES_BUCKET
 
@@ -84,7 +85,8 @@ class Leases:
         """Renew attempt ``attempt``'s lease, by compare-and-set on the key as the leader has
         it; ``StaleAttempt`` when an expiry took the lease back first, ``Unavailable`` when
         the bucket cannot be read or written now (no leader during an election, no answer):
-        the agent's next report tries again, within the lease's slack."""
+        the agent's next report tries again, within the lease's slack; ``PermissionDenied``
+        naming the subject when this service may not read or write the bucket."""
         for _ in range(_RENEW_TRIES):
             try:
                 value, revision = await self.keys.leader(ws, run_id)
@@ -97,10 +99,33 @@ class Leases:
             except ConcurrencyConflict:
                 continue
             except (nats.errors.Error, TimeoutError) as exc:
-                raise Unavailable(
-                    f"the lease of run {run_id} cannot be renewed now: {exc!r}"
-                ) from exc
+                failure = self._failure(ws, run_id, exc)
+                if not isinstance(failure, Unavailable):  # no matter of time: said here too
+                    log.error("lease_renew_refused", run_id=run_id, error=str(failure))
+                raise failure from exc
         raise ConcurrencyConflict(f"the lease of run {run_id} changed {_RENEW_TRIES} times")
+
+    def _failure(self, ws: str, run_id: str, exc: Exception) -> CairnError:
+        """What a failed read or write of the run's lease key is: ``PermissionDenied`` naming
+        the subject when the server reported a permissions violation on it (which the client
+        sees as a timeout), ``Unavailable`` when it may pass (a timeout, no responders, no
+        leader now), the server's refusal otherwise."""
+        bucket = self.keys.bucket
+        denied = permission_denied(
+            self.conn, f".STREAM.MSG.GET.KV_{bucket}", f"$KV.{bucket}.{ws}.{run_id}"
+        )
+        if denied is not None:
+            return denied
+        if isinstance(exc, APIError) and exc.code not in (None, 408, 503):
+            return CairnError(f"the lease of run {run_id} was refused: {exc}")
+        return Unavailable(f"the lease of run {run_id} cannot be renewed now: {exc!r}")
+
+    def _log_failure(self, event: str, ws: str, run_id: str, exc: Exception) -> None:
+        failure = self._failure(ws, run_id, exc)
+        if isinstance(failure, Unavailable):  # the next pass reads again
+            log.warning(event, run_id=run_id, error=repr(exc))
+        else:
+            log.error(event, run_id=run_id, error=str(failure), code=failure.code)
 
     async def end(self, ws: str, run_id: str) -> None:
         """Forget the run's renewal, if it has one (most jobs end before their first)."""
@@ -149,7 +174,7 @@ class Leases:
         try:
             value, revision = await self.keys.leader(ws, run_id)
         except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("lease_unreadable", run_id=run_id, error=repr(exc))
+            self._log_failure("lease_unreadable", ws, run_id, exc)
             self.away()
             return None
         if value is not None and value.lost and value.attempt == attempt:
@@ -171,7 +196,7 @@ class Leases:
             log.info("lease_renewed_meanwhile", run_id=lease.run_id, attempt=lease.attempt)
             return False
         except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("lease_take_back_failed", run_id=lease.run_id, error=repr(exc))
+            self._log_failure("lease_take_back_failed", lease.ws, lease.run_id, exc)
             return False
         return True
 

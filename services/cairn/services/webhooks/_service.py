@@ -20,7 +20,7 @@ from cairn import lookup
 from cairn.bus import AggregateCache, CommandContext, Connection, EventStore, Recorded, execute
 from cairn.domain import webhook
 from cairn.domain.webhook import CreateSealedWebhook, GiveUpDelivery, WebhookState
-from cairn.errors import CairnError
+from cairn.errors import CairnError, PermissionDenied, Unauthenticated
 from cairn.log import get_logger
 from cairn.proto import subjects
 from cairn.proto.commands import Accepted, QueryResult
@@ -94,6 +94,8 @@ class WebhookService:
     async def start(self) -> None:
         try:
             await self._follow_once()
+        except (PermissionDenied, Unauthenticated):
+            raise  # wrong credentials or permissions: no matter of time, the start fails
         except CairnError as exc:  # EVENTS not serving reads yet (a cluster just started, an
             # election): the process starts all the same, and run() follows every round
             log.warning("webhooks_follow_failed", error=str(exc))
@@ -109,6 +111,8 @@ class WebhookService:
                     break
                 try:
                     await self._follow_once()
+                except (PermissionDenied, Unauthenticated) as exc:  # said, not retried quietly
+                    log.error("webhooks_follow_refused", error=str(exc), code=exc.code)
                 except CairnError as exc:  # the bus is away: the next round tries again
                     log.debug("webhooks_follow_failed", error=str(exc))
         finally:
