@@ -81,6 +81,7 @@ from cairn.audit import (
 from cairn.bus import Connection, EventStore, connect, stream_seq
 from cairn.embedded._auth import embedded_service_settings
 from cairn.embedded._up import read_models
+from cairn.errors import ConcurrencyConflict
 from cairn.log import configure_logging
 from cairn.projection import Projection, replay
 from cairn.proto import subjects
@@ -248,13 +249,17 @@ class _Copier:
         try:
             expected = 0 if before is None else await before
             envelopes = [decode_envelope(c.data(p)) for p in payloads]
-            result = await self.store.append(
-                subject, envelopes, expected_seq=expected, msg_id=c.command(command)
-            )
-            if result.duplicate:
-                raise RuntimeError(f"{command}: copied as a duplicate, not stored")
-            c.last_seq = max(c.last_seq, result.seq)
-            done.set_result(result.seq)
+            msg_id = c.command(command)
+            try:
+                result = await self.store.append(
+                    subject, envelopes, expected_seq=expected, msg_id=msg_id
+                )
+                # a duplicate is this append stored by an earlier attempt (the ids are fresh)
+                seq = result.seq
+            except ConcurrencyConflict:
+                seq = await self._stored_already(subject, f"{msg_id}:{len(envelopes) - 1}")
+            c.last_seq = max(c.last_seq, seq)
+            done.set_result(seq)
         except BaseException as exc:
             self.failures.append(exc)
             done.cancel()
@@ -262,13 +267,22 @@ class _Copier:
         finally:
             self.window.release()
 
+    async def _stored_already(self, subject: str, msg_id: str) -> int:
+        """After a conflict: where this append was stored by an earlier attempt whose answer
+        was lost (a timeout on a loaded machine, then a retry that the CAS refuses), as a
+        service would find it on reloading; anything else on the subject is an error."""
+        last = await self.store.conn.js.get_last_msg(self.store.stream, subject)
+        if (last.headers or {}).get("Nats-Msg-Id") != msg_id:
+            found = decode_envelope(last.data).type if last.data else "nothing"
+            raise RuntimeError(f"{subject}: seq {last.seq} is a {found}, not the copy's {msg_id}")
+        return int(last.seq or 0)
+
     async def _publish_metrics(self, c: _Copy, m: RawEvent) -> None:
         try:
-            result = await self.metrics_store.publish(
+            # a duplicate is this batch stored by an earlier attempt (the ids are fresh)
+            await self.metrics_store.publish(
                 c.subject(m.subject), c.data(m.data), msg_id=c.command(m.msg_id)
             )
-            if result.duplicate:
-                raise RuntimeError(f"{m.msg_id}: copied as a duplicate, not stored")
         except BaseException as exc:
             self.failures.append(exc)
             raise
