@@ -30,7 +30,10 @@ here). What is real and what is copied:
   causation, staging ids, in subjects, envelopes, data and ``Nats-Msg-Id``) is replaced by a
   fresh one, the same fresh one wherever the seed had the same id; so each copy's events are
   valid for the read models, and no copy is a duplicate of another. Names (experiments, models,
-  environments), timestamps, actors and metric values are the seed's. Model files are not
+  environments), actors and metric batches' contents are the seed's; the envelopes'
+  timestamps are the time of the copy's append (as a service stamps its events; with the
+  seed's, the live tracking service fails the copies' interactive runs as lost, their starts
+  being older than its heartbeat bound). Model files are not
   copied in the blob store (the copies' versions name staging paths that hold nothing; no read
   model reads them);
 * appended as the services append: ``EventStore.append`` with the seed's batches as they
@@ -63,9 +66,11 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvloop
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -248,7 +253,12 @@ class _Copier:
     ) -> None:
         try:
             expected = 0 if before is None else await before
-            envelopes = [decode_envelope(c.data(p)) for p in payloads]
+            # stamped now, as a service stamps what it appends: the tracking service fails an
+            # interactive run whose start is older than its heartbeat bound as lost
+            now = datetime.now(UTC)
+            envelopes = [
+                msgspec.structs.replace(decode_envelope(c.data(p)), timestamp=now) for p in payloads
+            ]
             msg_id = c.command(command)
             try:
                 result = await self.store.append(
