@@ -491,6 +491,13 @@ def report(r: dict[str, Any]) -> None:
     print(f"load average before / after: {r['load_before']} / {r['load_after']}")
     print(f"history: {r['events']:,} events, {r['metrics_batches']:,} metric batches,")
     print(f"  {r['runs']:,} runs, generated in {r['generate_s']} s")
+    if "copies" in r:
+        print(
+            f"  synthesized: a seed of {r['seed_events']:,} events and"
+            f" {r['seed_metric_batches']:,} batches ({r['runs']:,} runs) through the services"
+            f" in {r['seed_generate_s']} s, {r['copies']} copies appended in {r['copy_s']} s"
+            f" ({r['copy_per_s']:,}/s), the audit chain caught up {r['audit_catch_up_s']} s after"
+        )
     head = ("read model", "messages", "raw (msg/s)", "replay (msg/s)", "ratio")
     print(f"{head[0]:<14} {head[1]:>9} {head[2]:>12} {head[3]:>15} {head[4]:>6}")
     for name, m in r["read_models"].items():
