@@ -377,8 +377,9 @@ async def _audit_caught_up(
                 msg = await conn.js.get_last_msg(EVENTS.name, subjects.audit_chain(ws))
             except NotFoundError:
                 break
-            checkpoint = decode_envelope(msg.data).data
-            assert isinstance(checkpoint, ChainCheckpointed)
+            checkpoint = decode_envelope(msg.data or b"").data
+            if not isinstance(checkpoint, ChainCheckpointed):
+                raise RuntimeError(f"{ws}'s audit chain holds a {type(checkpoint).__name__}")
             if checkpoint.up_to_seq < last:
                 break
             del todo[ws]
