@@ -33,16 +33,17 @@ here). What is real and what is copied:
   environments), actors and metric batches' contents are the seed's; the envelopes'
   timestamps are the time of the copy's append (as a service stamps its events; with the
   seed's, the live tracking service fails the copies' interactive runs as lost, their starts
-  being older than its heartbeat bound). Model files are not
-  copied in the blob store (the copies' versions name staging paths that hold nothing; no read
-  model reads them);
+  being older than its heartbeat bound). Model files are not copied in the blob store (the
+  copies' versions name staging paths that hold nothing; no read model reads them);
 * appended as the services append: ``EventStore.append`` with the seed's batches as they
   were (one atomic batch per command), each event re-encoded from its decoded ``Envelope``, with
   the expected last subject sequence (0 for an aggregate's first append, then its previous
   append's sequence), and metric batches with ``EventStore.publish`` and a ``Nats-Msg-Id`` as the
   ingester does; pipelined (256 in flight; an aggregate's next append waits for its previous
   one's sequence, so within an aggregate the order is the seed's; across aggregates an event
-  may land later than in the seed, never before one sent ahead of it);
+  may land later than in the seed, never before one sent ahead of it). A CAS conflict stops
+  the run, naming what the subject holds, unless its last message carries the append's own
+  ``Nats-Msg-Id`` (an answer lost on a loaded machine, then a retry the CAS refused);
 * chained and signed by the real audit service of ``cairn up``, which follows EVENTS as it
   always does: the run waits until the last checkpoint of every copy's workspace covers that
   workspace's last event, so verification checks the whole log.
