@@ -34,6 +34,7 @@ from cairn.serving import (
     MAX_ANSWER_BYTES,
     MAX_FRAME_BYTES,
     SOCKET_NAME,
+    TOKEN_ENV,
     WORKERS_ENV,
     ServeAnswer,
     ServeHello,
@@ -139,6 +140,7 @@ def main(argv: list[str]) -> int:
     if not gate:
         print("cairn.serving runs as a deployment's replica, under its agent", file=sys.stderr)
         return 2
+    token = os.environ.pop(TOKEN_ENV, "")  # the hello's, for no process the script starts
     _set_model_dir()
     try:
         module = _load(argv[0])
@@ -151,7 +153,7 @@ def main(argv: list[str]) -> int:
     collector = collector_from_env()  # the deployment's data collector, if it has one
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(Path(gate).parent / SOCKET_NAME))
-    sock.sendall(encode(ServeHello(pid=os.getpid())))
+    sock.sendall(encode(ServeHello(pid=os.getpid(), token=token)))
     workers = max(1, int(os.environ.get(WORKERS_ENV) or 1))
     print(f"cairn.serving: init() returned; serving requests ({workers} at once)", flush=True)
     sending = threading.Lock()
