@@ -519,8 +519,6 @@ class Attempt:
             dirs = {m.name: f"azureml-models/{m.name}/{m.version}" for m in serve.models}
             env["CAIRN_MODEL_DIRS"] = msgspec.json.encode(dirs).decode()
             env[WORKERS_ENV] = str(serve.max_concurrent_requests)
-            if self.channel is not None:  # its hello's: no other process has it
-                env[TOKEN_ENV] = self.channel.token
         if self.collected is not None:
             env.update(self.collected.environ())
         return env
@@ -549,6 +547,7 @@ class Attempt:
                 folder, workers=serve.max_concurrent_requests, queue_wait=serve.max_queue_wait_s
             )
             await self.channel.open()
+            environ[TOKEN_ENV] = self.channel.token  # its hello's: no other process has it
             return environ, None
         mlflow = MlflowEndpoint(gate, self.settings)
         environ.update(mlflow.environ())

@@ -186,27 +186,32 @@ class ReplicaChannel:
         self.session, self.root = session, root
         self._launched.set()
 
-    def _peer_is_replica(self, writer: asyncio.StreamWriter, hello: ServeHello) -> bool:
+    def _refusal(self, writer: asyncio.StreamWriter, hello: ServeHello) -> str | None:
+        """Why the peer is not the launched replica (None: it is)."""
         if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
-            return False
+            return "its hello has not the launch's token"
         if not peer_in_session(writer, self.session):
-            return False
+            return "it is not in the replica's session"
         try:
             raw = writer.get_extra_info("socket").getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
             )
         except OSError:
-            return False
+            return "its credentials cannot be read"
         pid, uid, _ = struct.unpack("3i", raw)
         if uid != os.geteuid():
-            return False
+            return f"it runs as uid {uid}"
         if self.session is not None:  # a process: the launched one, or one it started
-            return self.root is not None and descends_from(pid, self.root)
+            if self.root is None or not descends_from(pid, self.root):
+                return f"process {pid} is not the launched one ({self.root}) nor its descendant"
+            return None
         # a container: pid 0 is a peer this namespace does not show (an agent in a
         # container of its own, beside the replica's), and with no first process known the
         # token and the user are what is checked; else it descends from the container's
         # first process
-        return pid == 0 or self.root is None or descends_from(pid, self.root)
+        if pid == 0 or self.root is None or descends_from(pid, self.root):
+            return None
+        return f"process {pid} is not of the launched container ({self.root})"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -215,13 +220,14 @@ class ReplicaChannel:
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
             writer.close()
             return
-        if (
-            self._writer is not None
-            or self.closed.is_set()
-            or not isinstance(frame, ServeHello)
-            or not self._peer_is_replica(writer, frame)
-        ):
-            log.warning("serve_peer_refused", path=str(self.path))
+        if self._writer is not None or self.closed.is_set():
+            refused: str | None = "a replica is connected already, or it has ended"
+        elif not isinstance(frame, ServeHello):
+            refused = "its first frame is no hello"
+        else:
+            refused = self._refusal(writer, frame)
+        if refused is not None:
+            log.warning("serve_peer_refused", path=str(self.path), reason=refused)
             writer.close()
             return
         self._writer = writer
