@@ -33,6 +33,10 @@ def test_the_configurations_carry_both_timeouts() -> None:
             lambda: AksWebservice.deploy_configuration(scoring_timeout_ms=300_001),
             "scoring_timeout_ms",
         ),
+        (  # 0 is refused, not taken for 1
+            lambda: AksWebservice.deploy_configuration(replica_max_concurrent_requests=0),
+            "replica_max_concurrent_requests",
+        ),
     ],
 )
 def test_timeouts_beyond_their_range_are_refused_by_name(

@@ -176,6 +176,18 @@ async def test_an_answer_of_several_mib_comes_back_whole(two_workers: Replica) -
     assert status == 200 and isinstance(answer, dict) and len(answer["x"]) == 3 * 1024 * 1024
 
 
+def test_a_run_that_exits_is_answered_500() -> None:
+    """``SystemExit`` from ``run()`` is answered as any error (nothing is left unanswered)."""
+    module = types.ModuleType("score")
+
+    def run(raw: str) -> None:
+        raise SystemExit(2)
+
+    module.__dict__["run"] = run
+    answer = _answer(module, ServeRequest(id=1, body=b"{}"))
+    assert answer.status == 500 and "SystemExit" in json.loads(answer.body)["error"]
+
+
 def test_an_answer_over_the_limit_is_refused_naming_it() -> None:
     module = types.ModuleType("score")
     module.__dict__["run"] = lambda raw: "a" * 2048

@@ -22,7 +22,12 @@ import msgspec
 
 from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.assets import EnvironmentSpec
-from cairn.proto.serving import MAX_REQUEST_TIMEOUT_S, ScaleSettings, check_timeouts
+from cairn.proto.serving import (
+    MAX_CONCURRENT_REQUESTS,
+    MAX_REQUEST_TIMEOUT_S,
+    ScaleSettings,
+    check_timeouts,
+)
 from cairn.sdk._refusals import refuse, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
@@ -266,6 +271,13 @@ class AksWebservice:
         request_timeout_s, rollout_s = _timeouts(
             "AksWebservice.deploy_configuration", scoring_timeout_ms, rollout_timeout_s
         )
+        if replica_max_concurrent_requests is not None and not (
+            1 <= replica_max_concurrent_requests <= MAX_CONCURRENT_REQUESTS
+        ):
+            raise InvalidInput(
+                "AksWebservice.deploy_configuration: replica_max_concurrent_requests must be"
+                f" within [1, {MAX_CONCURRENT_REQUESTS}]: {replica_max_concurrent_requests} given"
+            )
         return DeploymentConfiguration(
             kind="AKS",
             scale=scale,
@@ -276,7 +288,9 @@ class AksWebservice:
             rollout_timeout_s=rollout_s,
             tags={**(properties or {}), **(tags or {})},
             description=description or "",
-            max_concurrent_requests=replica_max_concurrent_requests or 1,
+            max_concurrent_requests=1
+            if replica_max_concurrent_requests is None
+            else replica_max_concurrent_requests,
             max_queue_wait_s=0.5 if max_request_wait_time is None else max_request_wait_time / 1000,
         )
 

@@ -107,7 +107,8 @@ def _answer(
     try:
         result: Any = module.run(raw)
         body = json.dumps(result, default=_plain).encode()
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: every request is answered (else its
+        # agent waits request_timeout_s, then restarts the replica)
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
         return ServeAnswer(id=request.id, status=500, body=_error(message))
@@ -178,8 +179,8 @@ def main(argv: list[str]) -> int:
             frame = decode(_recv(sock, size))
             if isinstance(frame, ServeRequest):
                 pool.submit(answer, frame, time.time())
-    except (EOFError, OSError):  # the agent closed the channel: the replica is done
-        pass
+    except (EOFError, OSError, ValueError):  # the agent closed the channel (or broke its
+        pass  # framing): the replica is done, a run() still working or not
     # a run() still working (past its time) is abandoned: its thread cannot be stopped, and
     # would hold the interpreter's exit
     sock.close()

@@ -353,7 +353,8 @@ class ReplicaChannel:
             return 503, _error("the replica stopped while answering"), False
         except asyncio.CancelledError:
             if not (future.cancelled() and self.closed.is_set()):
-                raise
+                self._abandoned.add(rid)  # dropped (the relay past its grace): its answer is
+                raise  # no protocol error when it comes
             return 503, _error("the replica stopped while answering"), False
         finally:
             self._pending.pop(rid, None)
