@@ -378,3 +378,49 @@ def test_every_key_of_the_online_files_is_read() -> None:
         if f".{f.name}" not in source and f'"{f.name}"' not in source
     ]
     assert unread == []
+
+
+def test_a_deployments_timeouts_are_read_within_their_ranges(tmp_path: Path) -> None:
+    """``rollout_timeout_s`` (Cairn's key) is the deployment's roll deadline (1800 when left
+    out); it and ``request_settings.request_timeout_ms`` beyond their ranges are refused
+    naming the key."""
+    path = tmp_path / "blue.yml"
+    path.write_text(DEPLOYMENT.format(name="blue"))
+    assert load_deployment_file(path).rollout_timeout == 1800.0
+    path.write_text(DEPLOYMENT.format(name="blue") + "rollout_timeout_s: 120\n")
+    assert load_deployment_file(path).rollout_timeout == 120.0
+    for extra, named in [
+        ("rollout_timeout_s: 0\n", "rollout_timeout_s"),
+        ("rollout_timeout_s: 86401\n", "rollout_timeout_s"),
+    ]:
+        path.write_text(DEPLOYMENT.format(name="blue") + extra)
+        with pytest.raises(InvalidInput, match=named):
+            load_deployment_file(path)
+    path.write_text(
+        DEPLOYMENT.format(name="blue").replace(
+            "request_timeout_ms: 30000", "request_timeout_ms: 300001"
+        )
+    )
+    with pytest.raises(InvalidInput, match="request_timeout_ms must be at most 300000"):
+        load_deployment_file(path)
+
+
+def test_deployment_show_says_its_timeouts_and_replacements() -> None:
+    from cairn.cli._online import _deployment_row
+
+    row = {
+        "name": "blue",
+        "endpoint": "clf-ep",
+        "status": "Succeeded",
+        "replicas": ["r1"],
+        "ready": {"r1": 1},
+        "error": "",
+        "replacements": 3,
+        "spec": {"request_timeout_s": 30.0, "rollout_timeout_s": 600.0, "models": []},
+    }
+    shown = _deployment_row(row)
+    assert (shown["replacements"], shown["rollout_timeout_s"], shown["request_timeout_s"]) == (
+        3,
+        600.0,
+        30.0,
+    )

@@ -136,6 +136,14 @@ async def test_a_batch_endpoint_invoked_over_http_scores_as_from_the_cli(
             reply = await http.post(scoring_uri, json=body, headers=headers)
             assert reply.status_code == 404, (body, reply.text)
             assert named in reply.json()["message"], (body, reply.text)
+        # a header's value is echoed cut short
+        long_name = {**auth, "azureml-model-deployment": "v" * 5000}
+        reply = await http.post(scoring_uri, json=_body("azureml:items:1"), headers=long_name)
+        assert reply.status_code == 404 and len(reply.json()["message"]) < 300, reply.text
+        # JobInputType UriFile is one file: a dataset of six is refused naming both
+        reply = await http.post(scoring_uri, json=_body("azureml:items:1", "UriFile"), headers=auth)
+        assert reply.status_code == 400, reply.text
+        assert "UriFile names one file: dataset items:1 has 6" in reply.json()["message"]
     assert (await _ended(ws, by_cli["run_id"]))["status"] == "Completed"
     gather = parallel_run_id(by_cli["run_id"], "score")
     listed = [f["path"] for f in await ws.run(gather).files()]
@@ -207,6 +215,10 @@ async def test_refusals_are_typed(
             assert "properties.InputData.input" in reply.json()["message"], (uri, reply.text)
         reply = await http.post(url, json=_body("https://example.invalid/x"), headers=auth)
         assert reply.status_code == 400 and "UriFile" in reply.json()["message"]
+        # a folder (trailing /) named as one file
+        folder = _body("azureml://datastores/lake/paths/items/", "UriFile")
+        reply = await http.post(url, json=folder, headers=auth)
+        assert reply.status_code == 400 and "UriFile names one file" in reply.json()["message"]
         # a job that is no invocation of this endpoint
         reply = await http.get(f"{url}/nosuchjob", headers=auth)
         assert reply.status_code == 404, reply.text

@@ -28,9 +28,10 @@ from cairn.services.agent._serving import (
     TIMEOUT_HEADER,
     ReplicaChannel,
     deadline_of,
+    descends_from,
     until_acknowledged,
 )
-from cairn.serving import WORKERS_ENV, ServeHello, ServeRequest, encode
+from cairn.serving import TOKEN_ENV, WORKERS_ENV, ServeHello, ServeRequest, encode
 from cairn.serving._replica import _answer
 from tests.conftest import own_server
 
@@ -77,19 +78,22 @@ class Replica:
         return status, json.loads(answer)
 
 
-def _script(folder: Path) -> None:
+def _script(folder: Path, script: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "score.py").write_text(SCORE)
+    (folder / "score.py").write_text(script)
 
 
-async def _replica(folder: Path, *, workers: int, queue_wait: float) -> AsyncIterator[Replica]:
-    _script(folder)
+async def _replica(
+    folder: Path, *, workers: int, queue_wait: float, script: str = SCORE
+) -> AsyncIterator[Replica]:
+    _script(folder, script)
     channel = ReplicaChannel(folder, workers=workers, queue_wait=queue_wait)
     await channel.open()
     env = {
         **os.environ,
         "CAIRN_AGENT_SOCKET": str(folder / "agent.sock"),  # serve.sock is beside it
         WORKERS_ENV: str(workers),
+        TOKEN_ENV: channel.token,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -100,7 +104,7 @@ async def _replica(folder: Path, *, workers: int, queue_wait: float) -> AsyncIte
         cwd=folder,
         start_new_session=True,
     )
-    channel.admit(proc.pid)  # it leads its own session
+    channel.admit(proc.pid, proc.pid)  # it leads its own session
     try:
         await asyncio.wait_for(channel.ready.wait(), 60)
         yield Replica(folder, channel, proc)
@@ -172,6 +176,18 @@ async def test_an_answer_of_several_mib_comes_back_whole(two_workers: Replica) -
     assert status == 200 and isinstance(answer, dict) and len(answer["x"]) == 3 * 1024 * 1024
 
 
+def test_a_run_that_exits_is_answered_500() -> None:
+    """``SystemExit`` from ``run()`` is answered as any error (nothing is left unanswered)."""
+    module = types.ModuleType("score")
+
+    def run(raw: str) -> None:
+        raise SystemExit(2)
+
+    module.__dict__["run"] = run
+    answer = _answer(module, ServeRequest(id=1, body=b"{}"))
+    assert answer.status == 500 and "SystemExit" in json.loads(answer.body)["error"]
+
+
 def test_an_answer_over_the_limit_is_refused_naming_it() -> None:
     module = types.ModuleType("score")
     module.__dict__["run"] = lambda raw: "a" * 2048
@@ -180,10 +196,10 @@ def test_an_answer_over_the_limit_is_refused_naming_it() -> None:
     assert "2050 bytes, over the limit of 1024 bytes" in json.loads(answer.body)["error"]
 
 
-def _connect_and_hello(path: Path, pid: int) -> socket.socket:
+def _connect_and_hello(path: Path, pid: int, token: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(path))
-    sock.sendall(encode(ServeHello(pid=pid)))
+    sock.sendall(encode(ServeHello(pid=pid, token=token)))
     return sock
 
 
@@ -192,30 +208,78 @@ async def _closed_by_agent(sock: socket.socket) -> bool:
     return await asyncio.to_thread(sock.recv, 1) == b""
 
 
-@pytest.mark.parametrize("case", ["before_launch", "another_session", "another_pid"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "before_launch",
+        "another_session",
+        "not_the_launched_process",
+        "wrong_token",
+        "container_not_the_launched_process",
+    ],
+)
 async def test_only_the_launched_replica_is_let_in(tmp_path: Path, case: str) -> None:
-    """A process that reaches ``serve.sock`` before the replica is launched, or from another
-    session, or naming another process in its hello, is dropped and the replica is not
-    ready."""
+    """A process that reaches ``serve.sock`` before the replica is launched, from another
+    session, that is not the launched process nor one of its descendants (a process in the
+    same session, or, for a container, any process this agent sees outside the container),
+    or without the launch's token, is dropped and the replica is not ready. The peer's pid
+    is the kernel's (``SO_PEERCRED``), whatever its hello says."""
     channel = ReplicaChannel(tmp_path)
     await channel.open()
+    # another process of this test's session: what the replica would be, launched
+    launched = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(120)"
+    )
     try:
         own = os.getsid(0)
-        pid = os.getpid() + 1 if case == "another_pid" else os.getpid()
-        sock = await asyncio.to_thread(_connect_and_hello, channel.path, pid)
+        token = "0" * 32 if case == "wrong_token" else channel.token
+        # the hello names the launched process: a claim, which proves nothing
+        sock = await asyncio.to_thread(_connect_and_hello, channel.path, launched.pid, token)
         try:
             if case == "before_launch":
                 await asyncio.sleep(0.05)  # nothing is admitted while nothing is launched
                 assert not channel.ready.is_set()
-                channel.admit(own + 1_000_000)  # the replica's session, not this process's
+                channel.admit(own + 1_000_000, launched.pid)  # the replica's session
+            elif case == "another_session":
+                channel.admit(own + 1_000_000, os.getpid())
+            elif case == "not_the_launched_process":
+                channel.admit(own, launched.pid)
+            elif case == "wrong_token":
+                channel.admit(own, os.getpid())
             else:
-                channel.admit(own + 1_000_000 if case == "another_session" else own)
+                channel.admit(None, launched.pid)
             assert await _closed_by_agent(sock)
             assert not channel.ready.is_set()
         finally:
             sock.close()
     finally:
+        launched.kill()
+        await launched.wait()
         await channel.close()
+
+
+@pytest.mark.parametrize("session", [True, False], ids=["process", "container"])
+async def test_the_launched_process_with_its_token_is_let_in(tmp_path: Path, session: bool) -> None:
+    """The same connection is let in when it is the launched process (or descends from it)
+    with the launch's token: the refusals above are the checks', not the socket's."""
+    channel = ReplicaChannel(tmp_path)
+    await channel.open()
+    try:
+        sock = await asyncio.to_thread(_connect_and_hello, channel.path, 1, channel.token)
+        try:
+            channel.admit(os.getsid(0) if session else None, os.getpid())
+            await asyncio.wait_for(channel.ready.wait(), 30)
+        finally:
+            sock.close()
+    finally:
+        await channel.close()
+
+
+def test_a_process_descends_from_its_parents_only() -> None:
+    assert descends_from(os.getpid(), os.getpid())
+    assert descends_from(os.getpid(), os.getppid())
+    assert not descends_from(os.getppid(), os.getpid())
+    assert not descends_from(os.getpid(), 2**22 + 1)
 
 
 async def test_a_lost_ready_report_is_sent_again_until_acknowledged(tmp_path: Path) -> None:
@@ -272,3 +336,51 @@ async def test_a_lost_ready_report_is_sent_again_until_acknowledged(tmp_path: Pa
     finally:
         await conn.close()
         server.stop()
+
+
+#: a replica whose own code answers 429 after run() ran (it patches the frames it sends)
+BUSY_AFTER_RUN = (
+    SCORE
+    + """
+import sys
+
+_replica = sys.modules["cairn.serving._replica"]
+_real = _replica._answer
+
+
+def _busy(module, request, *args, **kwargs):
+    answered = _real(module, request, *args, **kwargs)  # run() ran: its effects are done
+    return type(answered)(id=answered.id, status=429, body=answered.body)
+
+
+_replica._answer = _busy
+"""
+)
+
+
+async def test_a_status_a_replica_may_not_give_is_502(tmp_path: Path) -> None:
+    """A 429 says "nothing ran", which only the agent knows: a replica's own 429 (after its
+    run() ran) is 502, so nothing asks another replica to run it again."""
+    async for replica in _replica(tmp_path / "r", workers=1, queue_wait=1.0, script=BUSY_AFTER_RUN):
+        status, answer = await replica.ask({"n": 1})
+        assert status == 502 and "status 429" in str(answer)
+        assert replica.calls() == [{"n": 1}]
+
+
+async def test_a_run_past_its_time_fails_itself_alone(two_workers: Replica) -> None:
+    """One run() past its time is 504; the request beside it in the replica's hands is
+    answered when it ends (not 503), and from then on the replica takes nothing new (429,
+    nothing ran) until its agent restarts it."""
+    channel = two_workers.channel
+    beside = asyncio.create_task(two_workers.ask({"wait": "go"}))
+    while not two_workers.calls():
+        await asyncio.sleep(0.01)
+    stuck = await channel.request(json.dumps({"wait": "never"}).encode(), 0.5)
+    assert stuck[0] == 504 and b"longer than 0.5 s" in stuck[1]
+    assert channel.stopping.is_set() and channel.over.is_set()
+    assert not channel.closed.is_set() and not beside.done()
+    status, answer = await two_workers.ask({"late": True})
+    assert status == 429 and "restarting" in str(answer)
+    two_workers.release("go")
+    assert await asyncio.wait_for(beside, 60) == (200, {"echo": {"wait": "go"}})
+    assert {"late": True} not in two_workers.calls()

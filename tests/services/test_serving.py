@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from cairn.bus import connect
 from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
-from cairn.errors import NotFound
+from cairn.errors import InvalidInput, NotFound
+from cairn.proto.serving import DeploymentSpec, DeployModel
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
 from cairn.services.gateway import Gateway, running
@@ -447,3 +449,22 @@ async def test_a_members_token_scores_and_anothers_is_refused(
     finally:
         for row, _, _ in made:
             revoke_token(nats_server.home, row["id"])
+
+
+async def test_a_deployment_timeout_out_of_range_is_refused_naming_it(
+    scoring: tuple[Gateway, AsyncWorkspace], client: Client
+) -> None:
+    """The scheduler refuses a ``request_timeout_s`` past ``MAX_REQUEST_TIMEOUT_S`` (the
+    agent's reply permission expires soon after it) and a ``rollout_timeout_s`` out of its
+    range, whatever client sent them."""
+    _, ws = scoring
+    await ws.endpoints.create("ep")
+    for spec, named in [
+        (DeploymentSpec(entry_script="score.py", request_timeout_s=301.0), "request_timeout_s"),
+        (DeploymentSpec(entry_script="score.py", rollout_timeout_s=0.0), "rollout_timeout_s"),
+    ]:
+        command = DeployModel(
+            command_id=uuid.uuid4().hex, endpoint="ep", deployment="blue", spec=spec
+        )
+        with pytest.raises(InvalidInput, match=named):
+            await client.send(command)

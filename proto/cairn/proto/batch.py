@@ -249,7 +249,7 @@ def chosen_deployment(
     if chosen is None:
         raise NotFound(f"batch endpoint {endpoint!r} has no deployment yet")
     if chosen not in row["deployments"]:
-        raise NotFound(f"batch endpoint {endpoint!r} has no deployment {chosen!r}")
+        raise NotFound(f"batch endpoint {endpoint!r} has no deployment {chosen!r:.100}")
     return chosen, msgspec.convert(row["deployments"][chosen], BatchDeploymentSpec)
 
 

@@ -26,12 +26,15 @@ import msgspec
 from cairn.proto._base import Count, Digest, Id, Key, Name, Strict, TagKey, TagValue, Text
 from cairn.proto.assets import EnvironmentSpec
 from cairn.proto.commands import Command, Query
+from cairn.proto.errors import InvalidInput
 
 __all__ = [
     "ENDPOINT_COMMAND_TYPES",
     "ENDPOINT_QUERY_TYPES",
     "MAX_CONCURRENT_REQUESTS",
     "MAX_REPLICAS",
+    "MAX_REQUEST_TIMEOUT_S",
+    "MAX_ROLLOUT_TIMEOUT_S",
     "CreateEndpoint",
     "DataCollector",
     "DeleteDeployment",
@@ -49,6 +52,7 @@ __all__ = [
     "ScaleSettings",
     "SetEndpointKeys",
     "UpdateEndpoint",
+    "check_timeouts",
     "deployment_id",
 ]
 
@@ -63,6 +67,28 @@ MAX_CONCURRENT_REQUESTS = 1000
 MaxConcurrent = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENT_REQUESTS)]
 #: how long a request may wait for a replica's free worker, in seconds
 QueueWait = Annotated[float, msgspec.Meta(ge=0, le=600)]
+#: the longest ``request_timeout_s`` a deployment may ask for (``endpoint.deploy`` refuses
+#: more): an answer goes back under the agent's reply permission, which the server lets
+#: expire (``cairn.embedded._auth.ANSWER_EXPIRES_S`` covers this), and each request holds an
+#: entry of that permission until it does (docs/security.md)
+MAX_REQUEST_TIMEOUT_S = 300.0
+#: the longest ``rollout_timeout_s``
+MAX_ROLLOUT_TIMEOUT_S = 86400
+
+
+def check_timeouts(*, request_timeout_s: float, rollout_timeout_s: float, where: str = "") -> None:
+    """``InvalidInput`` naming the one of a deployment's timeouts (in seconds) out of its
+    range: ``request_timeout_s`` within (0, :data:`MAX_REQUEST_TIMEOUT_S`],
+    ``rollout_timeout_s`` within (0, :data:`MAX_ROLLOUT_TIMEOUT_S`]. ``where``: what to name
+    them after (a file's key, an argument)."""
+    for name, value, most in (
+        ("request_timeout_s", request_timeout_s, MAX_REQUEST_TIMEOUT_S),
+        ("rollout_timeout_s", rollout_timeout_s, MAX_ROLLOUT_TIMEOUT_S),
+    ):
+        if not 0 < value <= most:  # NaN too
+            raise InvalidInput(
+                f"{where or name} must be within (0, {most:g}] seconds: {value:g} given"
+            )
 
 
 def deployment_id(endpoint: str, deployment: str) -> str:
@@ -166,7 +192,7 @@ class DeploymentSpec(Strict, frozen=True, kw_only=True):
     data_collector: DataCollector | None = None
     #: how long a rolling update to this spec may take: no new replica ready within it, the
     #: deployment is rolled back to its previous spec (Kubernetes' progressDeadlineSeconds)
-    rollout_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 1800.0
+    rollout_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=MAX_ROLLOUT_TIMEOUT_S)] = 1800.0
 
 
 class CreateEndpoint(Command, frozen=True, kw_only=True, tag=True):

@@ -333,6 +333,7 @@ def deployment_create(path: Path, all_traffic: bool, no_wait: bool, as_json: boo
             replicas=spec.instance_count,
             env_vars={k: str(v) for k, v in spec.environment_variables.items()},
             request_timeout_s=spec.request_timeout_s,
+            rollout_timeout_s=spec.rollout_timeout,
             max_concurrent_requests=spec.max_concurrent_requests,
             max_queue_wait_s=spec.max_queue_wait_s,
             description=spec.description,
@@ -370,6 +371,10 @@ def _deployment_row(row: dict[str, Any]) -> dict[str, Any]:
         "error": row["error"],
         "update_error": row.get("update_error", ""),
         "scale": spec.get("scale"),
+        "request_timeout_s": spec.get("request_timeout_s"),
+        "rollout_timeout_s": spec.get("rollout_timeout_s"),
+        #: replicas replaced while it served (gone for good: init() failed, the run ended)
+        "replacements": row.get("replacements", 0),
     }
 
 

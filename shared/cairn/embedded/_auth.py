@@ -47,6 +47,7 @@ import msgspec
 
 from cairn.bus._connect import PEOPLE_JS_PREFIX
 from cairn.errors import InvalidInput, NotFound
+from cairn.proto.serving import MAX_REQUEST_TIMEOUT_S
 from cairn.proto.streams import AGENTS_BUCKET, JOBS, LOGS, STREAMS
 from cairn.rpc import ADMIN_ACTOR, PEOPLE_ACCOUNT, PING_SUBJECT, SCORER_USER, SERVICE_ACCOUNT
 from cairn.serving import MAX_ANSWER_CHUNKS
@@ -407,6 +408,12 @@ def system_password(path: Path) -> str:
     return password
 
 
+#: how long after a request reached an agent it may still answer it: the longest
+#: ``request_timeout_s`` a deployment may have, the gateway's second beyond it and a margin
+#: for delivery; the server's default (2 minutes) would refuse, silently, any answer later
+ANSWER_EXPIRES_S = MAX_REQUEST_TIMEOUT_S + 60
+
+
 def _q(value: str) -> str:
     return json.dumps(value)
 
@@ -434,12 +441,17 @@ def _permissions(
     *,
     deny_publish: Iterable[str] = (),
     responses: int = 0,
+    expires_s: float | None = None,
 ) -> str:
-    """``responses``: how many messages may answer each request the user received."""
+    """``responses``: how many messages may answer each request the user received, for
+    ``expires_s`` seconds after it arrived (None: the server's default, 2 minutes)."""
     pub = f"allow: {json.dumps(list(publish))}"
     if deny := list(deny_publish):
         pub += f", deny: {json.dumps(deny)}"
-    extra = f", allow_responses: {{max: {responses}}}" if responses else ""
+    extra = ""
+    if responses:
+        expires = "" if expires_s is None else f", expires: {_q(f'{expires_s:g}s')}"
+        extra = f", allow_responses: {{max: {responses}{expires}}}"
     return (
         f"permissions: {{publish: {{{pub}}}, subscribe: {{allow: {json.dumps(list(subscribe))}}}"
         f"{extra}}}"
@@ -502,7 +514,9 @@ def _agent(password: str) -> str:
     # ``cairn.serve.>``: the requests of the deployments whose replicas it runs (in each
     # deployment's queue group), answered through ``responses`` (a large answer in chunks)
     subscribe = [f"_INBOX_{AGENT_USER}.>", "cairn.ev.*.run.*", PING_SUBJECT, "cairn.serve.>"]
-    permissions = _permissions(publish, subscribe, responses=MAX_ANSWER_CHUNKS)
+    permissions = _permissions(
+        publish, subscribe, responses=MAX_ANSWER_CHUNKS, expires_s=ANSWER_EXPIRES_S
+    )
     return _user(AGENT_USER, password, permissions)
 
 

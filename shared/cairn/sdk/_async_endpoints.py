@@ -37,6 +37,7 @@ from cairn.proto.serving import (
     ScaleSettings,
     SetEndpointKeys,
     UpdateEndpoint,
+    check_timeouts,
 )
 from cairn.sdk._async_secrets import AsyncSecrets
 from cairn.sdk._jobs import print_logs, upload_snapshot
@@ -200,13 +201,18 @@ class AsyncEndpoints:
         max_queue_wait_s: float = 0.5,
         scale: ScaleSettings | None = None,
         data_collector: DataCollector | None = None,
+        rollout_timeout_s: float = 1800.0,
     ) -> None:
         """Create deployment ``deployment`` of ``endpoint`` or replace its spec: the source
-        folder is uploaded as a job's snapshot is; its replicas start on ``compute``. Each
+        folder is uploaded as a job's snapshot is; its replicas start on ``compute``.
+        ``request_timeout_s`` bounds one ``run()`` (504 past it; at most
+        ``MAX_REQUEST_TIMEOUT_S``, 300); ``rollout_timeout_s`` a rolling update to this spec
+        (no new replica ready within it: rolled back; at most a day). Each
         replica calls ``run()`` for up to ``max_concurrent_requests`` requests at once (worker
         threads); as many more wait up to ``max_queue_wait_s`` (then 503), beyond them 429.
         ``scale``: autoscale between its bounds (``replicas`` is the count it starts with).
         ``data_collector``: what its replicas collect of their requests, and where."""
+        check_timeouts(request_timeout_s=request_timeout_s, rollout_timeout_s=rollout_timeout_s)
         source = Path(source_directory)
         script = Path(entry_script)
         if script.is_absolute():
@@ -240,6 +246,7 @@ class AsyncEndpoints:
             tags=tags or {},
             scale=scale,
             data_collector=data_collector,
+            rollout_timeout_s=rollout_timeout_s,
         )
         await self._session.send(
             DeployModel(

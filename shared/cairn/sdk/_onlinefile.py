@@ -15,7 +15,9 @@
     instance_type: Standard_DS3_v2          # recorded (a replica takes one slot of an agent)
     instance_count: 2                       # replicas
     compute: local                          # the compute target whose agents run them
-    request_settings: {request_timeout_ms: 5000}
+    request_settings: {request_timeout_ms: 5000}   # at most 300000
+    rollout_timeout_s: 1800                 # Cairn's: an update with no new replica ready
+                                            # within it is rolled back (at most 86400)
     scale_settings:                         # or {type: default}: instance_count, always
       type: target_utilization
       min_instances: 1
@@ -42,7 +44,12 @@ import msgspec
 from cairn.domain.environment import parse_reference
 from cairn.errors import InvalidInput
 from cairn.proto.assets import EnvironmentSpec
-from cairn.proto.serving import DataCollector, ScaleSettings
+from cairn.proto.serving import (
+    MAX_REQUEST_TIMEOUT_S,
+    DataCollector,
+    ScaleSettings,
+    check_timeouts,
+)
 from cairn.sdk._jobfile import InlineEnvironment, environment_of, load_yaml_as
 from cairn.sdk._refusals import refuse
 from cairn.sdk._webservice import environment_ref
@@ -250,6 +257,8 @@ class DeploymentFile(
     scale_settings: ScaleSettingsFile | None = None
     data_collector: DataCollectorSettings | None = None
     egress_public_network_access: str | None = None
+    #: Cairn's: how long a rolling update to this file's spec may take (seconds)
+    rollout_timeout_s: float | None = None
 
     def checked(self, path: Path) -> DeploymentFile:
         where = str(path)
@@ -271,6 +280,18 @@ class DeploymentFile(
                 raise InvalidInput(f"{where}: request_settings.{key} must be at least 1")
         if settings.max_queue_wait_ms is not None and settings.max_queue_wait_ms < 0:
             raise InvalidInput(f"{where}: request_settings.max_queue_wait_ms must not be negative")
+        if settings.request_timeout_ms is not None and self.request_timeout_s > (
+            MAX_REQUEST_TIMEOUT_S
+        ):
+            raise InvalidInput(
+                f"{where}: request_settings.request_timeout_ms must be at most"
+                f" {MAX_REQUEST_TIMEOUT_S * 1000:g}: {settings.request_timeout_ms} given"
+            )
+        check_timeouts(
+            request_timeout_s=self.request_timeout_s,
+            rollout_timeout_s=self.rollout_timeout,
+            where=f"{where}: rollout_timeout_s",
+        )
         self.models  # noqa: B018 - checks the reference now
         return self
 
@@ -315,6 +336,11 @@ class DeploymentFile(
         """``scale_settings`` in Cairn's terms (None: ``instance_count`` replicas)."""
         found = self.scale_settings
         return None if found is None else found.settings("deployment file")
+
+    @property
+    def rollout_timeout(self) -> float:
+        """``rollout_timeout_s`` (1800, as a deployment's)."""
+        return 1800.0 if self.rollout_timeout_s is None else float(self.rollout_timeout_s)
 
     @property
     def request_timeout_s(self) -> float:

@@ -22,7 +22,12 @@ import msgspec
 
 from cairn.errors import AlreadyExists, InvalidInput, NotFound
 from cairn.proto.assets import EnvironmentSpec
-from cairn.proto.serving import ScaleSettings
+from cairn.proto.serving import (
+    MAX_CONCURRENT_REQUESTS,
+    MAX_REQUEST_TIMEOUT_S,
+    ScaleSettings,
+    check_timeouts,
+)
 from cairn.sdk._refusals import refuse, refuses
 from cairn.sdk._runtime import WorkspaceBase
 
@@ -123,6 +128,8 @@ class DeploymentConfiguration:
     cpu_cores: float | None = None
     memory_gb: float | None = None
     request_timeout_s: float = 60.0
+    #: how long a rolling update may take before it is rolled back
+    rollout_timeout_s: float = 1800.0
     tags: dict[str, str] = field(default_factory=dict)
     description: str = ""
     #: ``run()`` calls each replica makes at once, and how long a request waits for one
@@ -178,12 +185,17 @@ class AciWebservice:
         dns_name_label: str | None = None,
         primary_key: str | None = None,
         secondary_key: str | None = None,
+        rollout_timeout_s: float | None = None,
     ) -> DeploymentConfiguration:
         """``cpu_cores`` and ``memory_gb`` are recorded on the deployment (each replica takes
-        one slot of an agent); ``properties`` join the tags."""
+        one slot of an agent); ``properties`` join the tags. ``rollout_timeout_s`` (Cairn's;
+        1800, at most a day): an update of the service with no new replica ready within it is
+        rolled back."""
         _auth(auth_enabled)
+        _, rollout_s = _timeouts("AciWebservice.deploy_configuration", None, rollout_timeout_s)
         return DeploymentConfiguration(
             kind="ACI",
+            rollout_timeout_s=rollout_s,
             cpu_cores=cpu_cores,
             memory_gb=memory_gb,
             tags={**(properties or {}), **(tags or {})},
@@ -225,6 +237,7 @@ class AksWebservice:
         max_request_wait_time: int | None = None,
         autoscale_refresh_seconds: int | None = None,
         autoscale_target_utilization: int | None = None,
+        rollout_timeout_s: float | None = None,
     ) -> DeploymentConfiguration:
         """``scoring_timeout_ms`` bounds one ``run()`` (504 past it); a member's Cairn token
         is always accepted beside the keys, whatever ``token_auth_enabled`` says.
@@ -237,7 +250,11 @@ class AksWebservice:
         ``autoscale_refresh_seconds`` (1) at how busy they are against
         ``autoscale_target_utilization`` percent (70); it starts with the minimum. Unlike
         Azure, autoscaling is off unless asked for (then ``num_replicas`` replicas, always,
-        default 1)."""
+        default 1).
+
+        ``rollout_timeout_s`` (Cairn's; 1800): an update of the service with no new replica
+        ready within it is rolled back. ``scoring_timeout_ms`` is at most 300,000 and
+        ``rollout_timeout_s`` at most a day (``InvalidInput`` naming either)."""
         _auth(auth_enabled)
         if token_auth_enabled is False and auth_enabled is False:  # pragma: no cover
             raise InvalidInput("a service needs its keys or tokens")
@@ -251,18 +268,51 @@ class AksWebservice:
         )
         if scale is not None:
             num_replicas = scale.min_replicas
+        request_timeout_s, rollout_s = _timeouts(
+            "AksWebservice.deploy_configuration", scoring_timeout_ms, rollout_timeout_s
+        )
+        if replica_max_concurrent_requests is not None and not (
+            1 <= replica_max_concurrent_requests <= MAX_CONCURRENT_REQUESTS
+        ):
+            raise InvalidInput(
+                "AksWebservice.deploy_configuration: replica_max_concurrent_requests must be"
+                f" within [1, {MAX_CONCURRENT_REQUESTS}]: {replica_max_concurrent_requests} given"
+            )
         return DeploymentConfiguration(
             kind="AKS",
             scale=scale,
             replicas=1 if num_replicas is None else num_replicas,
             cpu_cores=cpu_cores,
             memory_gb=memory_gb,
-            request_timeout_s=60.0 if scoring_timeout_ms is None else scoring_timeout_ms / 1000,
+            request_timeout_s=request_timeout_s,
+            rollout_timeout_s=rollout_s,
             tags={**(properties or {}), **(tags or {})},
             description=description or "",
-            max_concurrent_requests=replica_max_concurrent_requests or 1,
+            max_concurrent_requests=1
+            if replica_max_concurrent_requests is None
+            else replica_max_concurrent_requests,
             max_queue_wait_s=0.5 if max_request_wait_time is None else max_request_wait_time / 1000,
         )
+
+
+def _timeouts(
+    where: str, scoring_timeout_ms: float | None, rollout_timeout_s: float | None
+) -> tuple[float, float]:
+    """``scoring_timeout_ms`` (60,000) in seconds and ``rollout_timeout_s`` (1800), each
+    within its range or ``InvalidInput`` naming it."""
+    request_s = 60.0 if scoring_timeout_ms is None else scoring_timeout_ms / 1000
+    rollout_s = 1800.0 if rollout_timeout_s is None else float(rollout_timeout_s)
+    if not 0 < request_s <= MAX_REQUEST_TIMEOUT_S:
+        raise InvalidInput(
+            f"{where}: scoring_timeout_ms must be within (0, {MAX_REQUEST_TIMEOUT_S * 1000:g}]:"
+            f" {scoring_timeout_ms} given"
+        )
+    check_timeouts(
+        request_timeout_s=request_s,
+        rollout_timeout_s=rollout_s,
+        where=f"{where}: rollout_timeout_s",
+    )
+    return request_s, rollout_s
 
 
 def _autoscale(
@@ -348,6 +398,7 @@ def deploy(
             cpu_cores=config.cpu_cores,
             memory_gb=config.memory_gb,
             request_timeout_s=config.request_timeout_s,
+            rollout_timeout_s=config.rollout_timeout_s,
             max_concurrent_requests=config.max_concurrent_requests,
             max_queue_wait_s=config.max_queue_wait_s,
             description=config.description,
@@ -486,6 +537,7 @@ class Webservice:
                 cpu_cores=current["cpu_cores"],
                 memory_gb=current["memory_gb"],
                 request_timeout_s=current["request_timeout_s"],
+                rollout_timeout_s=current.get("rollout_timeout_s", 1800.0),
                 max_concurrent_requests=current.get("max_concurrent_requests", 1),
                 max_queue_wait_s=current.get("max_queue_wait_s", 0.5),
                 description=current["description"],

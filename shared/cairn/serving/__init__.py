@@ -33,6 +33,7 @@ __all__ = [
     "MAX_ANSWER_CHUNKS",
     "MAX_FRAME_BYTES",
     "SOCKET_NAME",
+    "TOKEN_ENV",
     "WORKERS_ENV",
     "ServeAnswer",
     "ServeHello",
@@ -48,6 +49,10 @@ SOCKET_NAME = "serve.sock"
 INIT_FAILED = 3
 #: the variable telling the replica how many ``run()`` calls to make at once
 WORKERS_ENV = "CAIRN_SERVE_WORKERS"
+#: the variable holding the token the replica's hello carries: its agent makes one per launch
+#: and gives it to the replica's environment alone, so a process that merely reaches
+#: ``serve.sock`` cannot pass for the replica
+TOKEN_ENV = "CAIRN_SERVE_TOKEN"
 #: the largest answer a replica gives (``run()``'s result as JSON); a larger one is answered
 #: 500 naming this limit
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
@@ -79,9 +84,11 @@ def sampled(request_id: str, rate: float) -> bool:
 
 
 class ServeHello(msgspec.Struct, frozen=True, array_like=True, tag="hello"):
-    """The replica's first frame: ``init()`` returned."""
+    """The replica's first frame: ``init()`` returned. ``token``: its launch's
+    (:data:`TOKEN_ENV`)."""
 
     pid: int
+    token: str = ""
 
 
 class ServeRequest(msgspec.Struct, frozen=True, array_like=True, tag="request"):

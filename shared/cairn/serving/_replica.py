@@ -34,6 +34,7 @@ from cairn.serving import (
     MAX_ANSWER_BYTES,
     MAX_FRAME_BYTES,
     SOCKET_NAME,
+    TOKEN_ENV,
     WORKERS_ENV,
     ServeAnswer,
     ServeHello,
@@ -106,7 +107,8 @@ def _answer(
     try:
         result: Any = module.run(raw)
         body = json.dumps(result, default=_plain).encode()
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: every request is answered (else its
+        # agent waits request_timeout_s, then restarts the replica)
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
         return ServeAnswer(id=request.id, status=500, body=_error(message))
@@ -139,6 +141,7 @@ def main(argv: list[str]) -> int:
     if not gate:
         print("cairn.serving runs as a deployment's replica, under its agent", file=sys.stderr)
         return 2
+    token = os.environ.pop(TOKEN_ENV, "")  # the hello's, for no process the script starts
     _set_model_dir()
     try:
         module = _load(argv[0])
@@ -151,7 +154,7 @@ def main(argv: list[str]) -> int:
     collector = collector_from_env()  # the deployment's data collector, if it has one
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(Path(gate).parent / SOCKET_NAME))
-    sock.sendall(encode(ServeHello(pid=os.getpid())))
+    sock.sendall(encode(ServeHello(pid=os.getpid(), token=token)))
     workers = max(1, int(os.environ.get(WORKERS_ENV) or 1))
     print(f"cairn.serving: init() returned; serving requests ({workers} at once)", flush=True)
     sending = threading.Lock()
@@ -176,8 +179,8 @@ def main(argv: list[str]) -> int:
             frame = decode(_recv(sock, size))
             if isinstance(frame, ServeRequest):
                 pool.submit(answer, frame, time.time())
-    except (EOFError, OSError):  # the agent closed the channel: the replica is done
-        pass
+    except (EOFError, OSError, ValueError):  # the agent closed the channel (or broke its
+        pass  # framing): the replica is done, a run() still working or not
     # a run() still working (past its time) is abandoned: its thread cannot be stopped, and
     # would hold the interpreter's exit
     sock.close()

@@ -68,11 +68,14 @@ async def log_unexpected(exc: BaseException, scope: Any) -> None:
     """An ``after_exception`` hook for our Litestar apps, which are built with
     ``logging_config=None``: Litestar's default logging config starts a ``QueueListener``
     thread for each app and never stops it. An error the app answers as expected (a typed
-    ``CairnError``, an HTTP error under 500) is the client's answer and no log line; any other
-    leaves one line with its traceback here, while the client gets a plain 500 without it."""
+    ``CairnError`` subclass, an HTTP error under 500) is the client's answer and no log line;
+    any other, the bare ``CairnError`` among them (an internal error or an unexpected reply,
+    answered 500), leaves one line with its traceback here, while the client gets a plain 500
+    without it."""
     from litestar.exceptions import HTTPException
 
-    if isinstance(exc, CairnError) or (isinstance(exc, HTTPException) and exc.status_code < 500):
+    expected = isinstance(exc, CairnError) and type(exc) is not CairnError
+    if expected or (isinstance(exc, HTTPException) and exc.status_code < 500):
         return
     log.error(
         "http_unhandled_error",

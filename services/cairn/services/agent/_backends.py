@@ -131,12 +131,16 @@ class Launched:
         kill: Callable[[], None],
         cleanup: Callable[[], None] | None = None,
         session: int | None = None,
+        pid: int | None = None,
     ) -> None:
         self.output, self.wait, self.terminate, self.kill = output, wait, terminate, kill
         self.cleanup = cleanup  # blocking (a container to remove): run in a thread
         #: the session the job's processes are in (a process job leads its own); None for a
         #: container, whose processes reach only their own socket anyway
         self.session = session
+        #: the launched process, as this agent's pid namespace numbers it (a container's
+        #: first process); None when not known
+        self.pid = pid
 
 
 class Backend(Protocol):
@@ -511,6 +515,7 @@ async def _attach(pid: int, output: int, exited: Awaitable[int]) -> Launched:
         lambda: signal_group(signal.SIGTERM),
         lambda: signal_group(signal.SIGKILL),
         session=pid,
+        pid=pid,
     )
 
 
@@ -818,4 +823,35 @@ class DockerBackend:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
 
-        return Launched(output, wait(), lambda: send("SIGTERM"), lambda: send("SIGKILL"), remove)
+        return Launched(
+            output,
+            wait(),
+            lambda: send("SIGTERM"),
+            lambda: send("SIGKILL"),
+            remove,
+            pid=await asyncio.to_thread(_container_pid, container),
+        )
+
+
+def _container_pid(container: Any) -> int | None:
+    """The container's first process as the engine's pid namespace numbers it: this agent's
+    too when it shows that process (else None: an agent in a container of its own)."""
+    try:
+        container.reload()
+        pid = int(container.attrs["State"]["Pid"])
+    except Exception:  # gone already, or an engine that does not say
+        return None
+    return pid if pid > 0 and _shown_here(pid) else None
+
+
+def _shown_here(pid: int) -> bool:
+    """Whether ``pid`` (the engine's number) names the container's process in this agent's
+    pid namespace: a process there in a pid namespace of its own, below ours."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        ours = os.readlink("/proc/self/ns/pid")
+        theirs = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return False
+    nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+    return theirs != ours and len(nspid) > 1 and nspid[0] == str(pid)

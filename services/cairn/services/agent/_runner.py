@@ -75,7 +75,7 @@ from cairn.services.agent._serving import (
     relay,
     until_acknowledged,
 )
-from cairn.serving import INIT_FAILED, WORKERS_ENV
+from cairn.serving import INIT_FAILED, TOKEN_ENV, WORKERS_ENV
 from cairn.settings import Settings
 
 __all__ = ["LOG_FILE", "Attempt"]
@@ -396,9 +396,9 @@ class Attempt:
         log.info("replica_ready", run_id=self.a.run_id, deployment=serve.deployment)
         reporting = asyncio.create_task(self._report_ready(channel))
         try:
-            while not channel.closed.is_set():  # its request metrics, every few seconds
+            while not channel.over.is_set():  # its request metrics, every few seconds
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(channel.closed.wait(), REQUEST_METRICS_S)
+                    await asyncio.wait_for(channel.over.wait(), REQUEST_METRICS_S)
                 await self._log_requests()
                 if self.collected is not None and self.collected.due():
                     await self.collected.deliver()
@@ -407,20 +407,26 @@ class Attempt:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporting
         # a run() past its time, or a broken channel: this replica is done; its loss gets it
-        # replaced
-        await self._stop_serving()
+        # replaced. After a run() past its time the others in its hands finish first (each
+        # within its own time, the ones waiting for a worker refused unrun)
+        grace = self.settings.job_cancel_grace_s
+        if not channel.closed.is_set():
+            grace = max(grace, serve.request_timeout_s + serve.max_queue_wait_s + 1.0)
+        await self._stop_serving(grace)
         if self.launched is not None:
             log.warning("replica_channel_closed", run_id=self.a.run_id)
             self.launched.kill()
 
-    async def _stop_serving(self) -> None:
+    async def _stop_serving(self, grace: float | None = None) -> None:
         """No more requests for this replica: the server is told first, then the requests
         already delivered are answered (a plain unsubscribe would drop them, and cancel the
-        one being answered, leaving their callers to time out)."""
+        one being answered, leaving their callers to time out), for at most ``grace``
+        seconds (``job_cancel_grace_s``)."""
         sub, self._serving = self._serving, None
         if sub is not None:
             try:
-                await asyncio.wait_for(sub.drain(), self.settings.job_cancel_grace_s)
+                limit = self.settings.job_cancel_grace_s if grace is None else grace
+                await asyncio.wait_for(sub.drain(), limit)
             except Exception:  # past the grace period, or the connection is away
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -541,6 +547,7 @@ class Attempt:
                 folder, workers=serve.max_concurrent_requests, queue_wait=serve.max_queue_wait_s
             )
             await self.channel.open()
+            environ[TOKEN_ENV] = self.channel.token  # its hello's: no other process has it
             return environ, None
         mlflow = MlflowEndpoint(gate, self.settings)
         environ.update(mlflow.environ())
@@ -577,7 +584,7 @@ class Attempt:
             )
             gate.admit(launched.session)
             if self.channel is not None:
-                self.channel.admit(launched.session)
+                self.channel.admit(launched.session, launched.pid)
         except (OSError, CairnError) as exc:
             gate.admit(None)
             if mlflow is not None:

@@ -13,15 +13,27 @@ header, in chunks when it is larger than a NATS message (:func:`publish_answer`)
 carries the gateway's ``Cairn-Timeout-Ms``; one whose caller has given up while it waited is
 dropped, not computed. So the replica serves exactly its deployment's requests and can send
 nothing anywhere but its answers.
+
+The replica's status is user code's to choose (it can write its own frames): only those a
+replica gives (:data:`REPLICA_STATUSES`) pass, any other is 502. A 429 comes from the agent
+alone, for a request that never reached ``run()``, and only it carries ``Cairn-Unrun: 1``,
+the one answer the gateway may send to another replica.
+
+A ``run()`` past ``request_timeout_s`` is answered 504 and ends the replica, but not the
+requests it is answering: the channel stops taking requests (:attr:`ReplicaChannel.stopping`,
+429 to any new one), the relay drains (the others finish within their own time), then the
+agent kills the replica and its loss gets it started again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
 import os
+import secrets
 import socket
 import struct
 import time
@@ -54,12 +66,15 @@ from cairn.serving import (
 __all__ = [
     "CHUNKS_HEADER",
     "CHUNK_HEADER",
+    "REPLICA_STATUSES",
     "STATUS_HEADER",
     "TIMEOUT_HEADER",
+    "UNRUN_HEADER",
     "Relay",
     "ReplicaChannel",
     "RequestStats",
     "deadline_of",
+    "descends_from",
     "publish_answer",
     "relay",
     "until_acknowledged",
@@ -77,10 +92,40 @@ CHUNK_HEADROOM = 64 * 1024
 TIMEOUT_HEADER = "Cairn-Timeout-Ms"
 #: the queue group of a deployment's replicas (the subject names the deployment)
 QUEUE = "replicas"
+#: the answer header (``1``) saying that nothing ran: set by the agent alone, on a 429 of
+#: its own (admission refused before ``run()``); the gateway asks another replica only then
+UNRUN_HEADER = "Cairn-Unrun"
+#: the statuses a replica may answer (``cairn.serving``: run()'s answer, a body that is not
+#: JSON, run() raised, its caller gone before run()); any other is 502
+REPLICA_STATUSES = frozenset({200, 400, 500, 504})
 
 
 def _error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
+
+
+def _restarting() -> tuple[int, bytes]:
+    return 429, _error("the replica is restarting (a run() took longer than its time)")
+
+
+def descends_from(pid: int, root: int) -> bool:
+    """Whether process ``pid`` is ``root`` or one of its descendants (its parents, read
+    from ``/proc``)."""
+    seen = 0
+    while pid > 1 and seen < 4096:
+        if pid == root:
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        parent = next((ln for ln in status.splitlines() if ln.startswith("PPid:")), "")
+        try:
+            pid = int(parent.split()[1])
+        except (IndexError, ValueError):
+            return False
+        seen += 1
+    return pid == root
 
 
 class ReplicaChannel:
@@ -89,16 +134,34 @@ class ReplicaChannel:
     wait for a free worker, for at most ``queue_wait`` seconds (then 503); beyond those the
     replica is busy (429, which nothing has run, so the gateway may ask another replica).
 
-    Only the launched replica is let in: a connection is held until :meth:`admit` names the
-    replica's session, then kept only when its peer (``SO_PEERCRED``) runs as this agent's
-    user, in that session, and is the process its hello names."""
+    Only the launched replica is let in: a connection is held until :meth:`admit` says what
+    was launched, then kept only when its peer (``SO_PEERCRED``, what the kernel says, not
+    the peer) runs as this agent's user, in the replica's session (a process), is the
+    launched process or one of its descendants (a container: of the container's first
+    process, when this agent's pid namespace shows it), and its hello carries the token
+    only the launched replica's environment holds (:data:`cairn.serving.TOKEN_ENV`).
+
+    A ``run()`` past its time sets :attr:`stopping`: the request is answered 504, its worker
+    stays counted as taken (its thread cannot be stopped), new requests are refused (429,
+    nothing ran) and those in the replica's hands go on; its agent then drains and restarts
+    the replica."""
 
     def __init__(self, folder: Path, *, workers: int = 1, queue_wait: float = 0.5) -> None:
         self.path = folder / SOCKET_NAME
         self.session: int | None = None
+        #: the launched process (None: not known in this agent's pid namespace)
+        self.root: int | None = None
+        #: what the replica's hello must carry: given to it in its environment alone
+        self.token = secrets.token_hex(16)
         self.workers, self.queue_wait = workers, queue_wait
         self.ready = asyncio.Event()
         self.closed = asyncio.Event()
+        #: a run() overran: no new request; those in the replica's hands finish
+        self.stopping = asyncio.Event()
+        #: closed or stopping: the replica serves no more
+        self.over = asyncio.Event()
+        #: requests whose run() overran: a late answer to one is dropped
+        self._abandoned: set[int] = set()
         self._launched = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -115,26 +178,40 @@ class ReplicaChannel:
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.path))
         self.path.chmod(0o600)
 
-    def admit(self, session: int | None) -> None:
-        """The replica is launched: from now on only its own process may connect (None: a
-        container's, which reaches only its own folder)."""
-        self.session = session
+    def admit(self, session: int | None, root: int | None = None) -> None:
+        """The replica is launched: from now on only it may connect. ``session``: the
+        session a process replica leads (None: a container's); ``root``: the launched
+        process (a container's first process, as this agent's pid namespace numbers it;
+        None when it cannot)."""
+        self.session, self.root = session, root
         self._launched.set()
 
-    def _peer_is_replica(self, writer: asyncio.StreamWriter, hello: ServeHello) -> bool:
+    def _refusal(self, writer: asyncio.StreamWriter, hello: ServeHello) -> str | None:
+        """Why the peer is not the launched replica (None: it is)."""
+        if not hmac.compare_digest(hello.token.encode(), self.token.encode()):
+            return "its hello has not the launch's token"
         if not peer_in_session(writer, self.session):
-            return False
+            return "it is not in the replica's session"
         try:
             raw = writer.get_extra_info("socket").getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
             )
         except OSError:
-            return False
+            return "its credentials cannot be read"
         pid, uid, _ = struct.unpack("3i", raw)
         if uid != os.geteuid():
-            return False
-        # in a container the replica's pid is of its own namespace
-        return self.session is None or pid == hello.pid
+            return f"it runs as uid {uid}"
+        if self.session is not None:  # a process: the launched one, or one it started
+            if self.root is None or not descends_from(pid, self.root):
+                return f"process {pid} is not the launched one ({self.root}) nor its descendant"
+            return None
+        # a container: pid 0 is a peer this namespace does not show (an agent in a
+        # container of its own, beside the replica's), and with no first process known the
+        # token and the user are what is checked; else it descends from the container's
+        # first process
+        if pid == 0 or self.root is None or descends_from(pid, self.root):
+            return None
+        return f"process {pid} is not of the launched container ({self.root})"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -143,13 +220,14 @@ class ReplicaChannel:
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
             writer.close()
             return
-        if (
-            self._writer is not None
-            or self.closed.is_set()
-            or not isinstance(frame, ServeHello)
-            or not self._peer_is_replica(writer, frame)
-        ):
-            log.warning("serve_peer_refused", path=str(self.path))
+        if self._writer is not None or self.closed.is_set():
+            refused: str | None = "a replica is connected already, or it has ended"
+        elif not isinstance(frame, ServeHello):
+            refused = "its first frame is no hello"
+        else:
+            refused = self._refusal(writer, frame)
+        if refused is not None:
+            log.warning("serve_peer_refused", path=str(self.path), reason=refused)
             writer.close()
             return
         self._writer = writer
@@ -164,6 +242,9 @@ class ReplicaChannel:
                 if not isinstance(frame, ServeAnswer):
                     raise ValueError("the replica sent what is no answer")
                 future = self._pending.pop(frame.id, None)
+                if future is None and frame.id in self._abandoned:
+                    self._abandoned.discard(frame.id)  # a run() past its time, answered late
+                    continue
                 if future is None:
                     raise ValueError("the replica answered out of turn")
                 if not future.done():
@@ -175,6 +256,7 @@ class ReplicaChannel:
 
     def _shut(self) -> None:
         self.closed.set()
+        self.over.set()
         if self._writer is not None:
             self._writer.close()
         for future in self._pending.values():
@@ -197,6 +279,8 @@ class ReplicaChannel:
         dropped (504) rather than computed."""
         if self.closed.is_set() or self._writer is None:
             return 503, _error("the replica is not serving")
+        if self.stopping.is_set():
+            return _restarting()
         if self._admitted >= 2 * self.workers:
             return 429, _error(
                 f"the replica is busy: {self.workers} requests running and {self.workers}"
@@ -228,18 +312,27 @@ class ReplicaChannel:
             if deadline is not None and time.monotonic() >= deadline:
                 return 504, _error("the caller gave up while the request waited for the replica")
             return 503, _error(f"no worker of the replica was free within {self.queue_wait:g} s")
+        stuck = False
         try:
-            return await self._ask(body, timeout, deadline)
+            status, answer, stuck = await self._ask(body, timeout, deadline)
+            return status, answer
         finally:
-            self._room.release()
+            if not stuck:  # a run() past its time keeps its worker busy
+                self._room.release()
 
-    async def _ask(self, body: bytes, timeout: float, deadline: float | None) -> tuple[int, bytes]:
+    async def _ask(
+        self, body: bytes, timeout: float, deadline: float | None
+    ) -> tuple[int, bytes, bool]:
+        """(status, body, whether run() overran: its worker is still taken)."""
         writer = self._writer
         if writer is None or self.closed.is_set():
-            return 503, _error("the replica is not serving")
+            return 503, _error("the replica is not serving"), False
+        if self.stopping.is_set():
+            return (*_restarting(), False)
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            return 504, _error("the caller gave up while the request waited for the replica")
+            message = "the caller gave up while the request waited for the replica"
+            return 504, _error(message), False
         rid = next(self._ids)
         future: asyncio.Future[ServeAnswer] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
@@ -248,19 +341,27 @@ class ReplicaChannel:
             writer.write(encode(ServeRequest(id=rid, body=body, deadline=until)))
             await writer.drain()
             answer = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:  # run() is stuck in a worker: this replica is done
-            self._shut()
-            return 504, _error(f"run() took longer than {timeout:g} s")
+        except TimeoutError:  # run() is stuck in a worker: this replica is done, once the
+            # others in its hands are answered
+            if not self.closed.is_set():
+                self._abandoned.add(rid)
+            self.stopping.set()
+            self.over.set()
+            return 504, _error(f"run() took longer than {timeout:g} s"), True
         except OSError:
             self._shut()
-            return 503, _error("the replica stopped while answering")
+            return 503, _error("the replica stopped while answering"), False
         except asyncio.CancelledError:
             if not (future.cancelled() and self.closed.is_set()):
-                raise
-            return 503, _error("the replica stopped while answering")
+                self._abandoned.add(rid)  # dropped (the relay past its grace): its answer is
+                raise  # no protocol error when it comes
+            return 503, _error("the replica stopped while answering"), False
         finally:
             self._pending.pop(rid, None)
-        return answer.status, answer.body
+        if answer.status not in REPLICA_STATUSES:  # only the agent says "nothing ran"
+            message = f"the replica answered status {answer.status}, which a replica may not"
+            return 502, _error(message), False
+        return answer.status, answer.body, False
 
     async def idle(self) -> None:
         """Return once no request is in the replica's hands or waiting for it."""
@@ -373,12 +474,18 @@ async def until_acknowledged(
     return False
 
 
-async def publish_answer(nc: NATS, reply: str, status: int, body: bytes) -> None:
+async def publish_answer(
+    nc: NATS, reply: str, status: int, body: bytes, *, unrun: bool = False
+) -> None:
     """The answer on ``reply``: one message when it fits the server's ``max_payload``, else
-    in chunks (``Cairn-Chunk``: index, ``Cairn-Chunks``: how many), in order."""
+    in chunks (``Cairn-Chunk``: index, ``Cairn-Chunks``: how many), in order. ``unrun``:
+    nothing ran (``Cairn-Unrun: 1``; the agent's own small answers only)."""
     size = max(nc.max_payload - CHUNK_HEADROOM, CHUNK_HEADROOM)
     if len(body) <= size:
-        await nc.publish(reply, body, headers={STATUS_HEADER: str(status)})
+        headers = {STATUS_HEADER: str(status)}
+        if unrun:
+            headers[UNRUN_HEADER] = "1"
+        await nc.publish(reply, body, headers=headers)
         return
     count = -(-len(body) // size)
     if count > MAX_ANSWER_CHUNKS:  # a server whose max_payload is tiny: say so
@@ -420,8 +527,8 @@ async def relay(
             stats.add(status, time.monotonic() - started)
         if deadline is not None and status == 504 and time.monotonic() >= deadline:
             return  # nobody is waiting for it
-        try:
-            await publish_answer(nc, msg.reply, status, body)
+        try:  # a 429 is the channel's own (a replica's is 502 by now): nothing ran
+            await publish_answer(nc, msg.reply, status, body, unrun=status == 429)
         except Exception as exc:  # the caller is gone, or the connection is away
             log.warning("serve_reply_failed", deployment=spec.deployment, error=repr(exc))
 

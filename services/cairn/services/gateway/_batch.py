@@ -20,7 +20,10 @@ The body::
 names one input, whose ``Uri`` is a datastore path (``azureml://datastores/<name>/paths/
 <path>``), a registered dataset version (``azureml:<name>:<version>``, ``azureml:<name>@latest``)
 or an ``https://`` file (``UriFile``). The deployment is the endpoint's default, or the one the
-``azureml-model-deployment`` header names. Every key is honoured or refused by name (400);
+``azureml-model-deployment`` header names. ``JobInputType`` is checked against what the
+``Uri`` names: ``UriFile`` is one file (an ``https://`` URL, a dataset version of one file,
+a datastore path not ending in ``/``), ``UriFolder`` no ``https://`` URL (one file).
+Every key is honoured or refused by name (400);
 an unknown endpoint, deployment, dataset or datastore is 404; a path that leaves its
 datastore (``..``, absolute, encoded) is 400.
 """
@@ -97,9 +100,28 @@ def _datastore_input(uri: str, mode: Mode) -> JobInput:
     return JobInput(name=BATCH_INPUT, mode=mode, datastore=name, path=path)
 
 
+def _datastore_item(uri: str, mode: Mode, kind: str, where: str) -> JobInput:
+    """A datastore path as the input at ``where`` (``UriFile``: no folder's trailing ``/``)."""
+    if kind == "UriFile" and uri.endswith("/"):
+        raise InvalidInput(
+            f"{where}.Uri {uri!r:.200} ends with '/', a folder: JobInputType UriFile names"
+            " one file (UriFolder reads a folder)"
+        )
+    try:
+        return _datastore_input(uri, mode)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}.Uri {uri!r:.200}: {exc.message}") from exc
+
+
 def parse_input(body: Any) -> JobInput:
     """The invocation's input from the request's body (its datastore or dataset not yet
     looked up); ``InvalidInput`` naming the field for anything else."""
+    return _parsed(body)[0]
+
+
+def _parsed(body: Any) -> tuple[JobInput, str, str]:
+    """:func:`parse_input`, with the ``JobInputType`` given (``UriFile``/``UriFolder``) and
+    where the input is in the body."""
     top = _object(body, "the body", {"properties"})
     if "properties" not in top:
         raise InvalidInput('properties is required: {"properties": {"InputData": {...}}}')
@@ -125,10 +147,7 @@ def parse_input(body: Any) -> JobInput:
         raise InvalidInput(f"{where}.Mode must be Download or ReadOnlyMount")
     uri = uri.strip()
     if uri.startswith(_DATASTORE_URI):
-        try:
-            return _datastore_input(uri, mode)
-        except InvalidInput as exc:
-            raise InvalidInput(f"{where}.Uri {uri!r:.200}: {exc.message}") from exc
+        return _datastore_item(uri, mode, kind, where), kind, where
     if uri.startswith("azureml://"):
         raise Unsupported(
             f"{where}.Uri {uri!r:.200}: of azureml:// URIs Cairn reads"
@@ -136,21 +155,23 @@ def parse_input(body: Any) -> JobInput:
         )
     if uri.startswith("azureml:"):
         name, version = dataset_ref(uri, f"{where}.Uri")
-        return JobInput(name=BATCH_INPUT, mode=mode, dataset=name, version=version)
+        return JobInput(name=BATCH_INPUT, mode=mode, dataset=name, version=version), kind, where
     if uri.lower().startswith("https://"):
         if kind != "UriFile":
             raise Unsupported(f"{where}.Uri: an https:// URL names one file (JobInputType UriFile)")
         check_url(uri, f"{where}.Uri")  # a host, no credentials in it
-        return JobInput(name=BATCH_INPUT, mode=mode, url=uri)
+        return JobInput(name=BATCH_INPUT, mode=mode, url=uri), kind, where
     raise InvalidInput(
         f"{where}.Uri {uri!r:.200}: a datastore path (azureml://datastores/<name>/paths/<path>),"
         " a registered dataset (azureml:<name>:<version>) or an https:// URL"
     )
 
 
-async def _resolved(request: Request[Any, Any, Any], workspace: str, data: JobInput) -> JobInput:
+async def _resolved(
+    request: Request[Any, Any, Any], workspace: str, data: JobInput, kind: str, where: str
+) -> JobInput:
     """``data`` with its datastore known to exist, or its dataset version pinned (as the SDK
-    does); ``NotFound`` otherwise."""
+    does); ``NotFound`` otherwise. A dataset given as ``UriFile`` must be one file."""
     if data.datastore is not None:
         await ask(request, workspace, GetAsset(asset_kind="datastore", name=data.datastore))
         return data
@@ -160,7 +181,15 @@ async def _resolved(request: Request[Any, Any, Any], workspace: str, data: JobIn
             workspace,
             GetAsset(asset_kind="dataset", name=data.dataset, version=data.version),
         )
-        return msgspec.structs.replace(data, version=int(found.data["version"]), as_dataset=True)
+        version = int(found.data["version"])
+        spec = found.data.get("spec") or {}
+        files = len(spec.get("files") or ()) + len(spec.get("url_files") or ())
+        if kind == "UriFile" and files != 1:
+            raise InvalidInput(
+                f"{where}.JobInputType UriFile names one file: dataset"
+                f" {data.dataset}:{version} has {files} (UriFolder reads them all)"
+            )
+        return msgspec.structs.replace(data, version=version, as_dataset=True)
     return data
 
 
@@ -235,11 +264,11 @@ async def invoke_batch(
     subjects.validate_token(workspace, "workspace")
     jobs_path = batch_jobs_path(workspace, endpoint)
     experiment_command, command_id, run_id = _ids(request, workspace, endpoint)
-    data = parse_input(await _decode(request))
+    data, kind, where = _parsed(await _decode(request))
     deployment = request.headers.get(DEPLOYMENT_HEADER) or None
     row = (await ask(request, workspace, GetBatchEndpoint(name=endpoint))).data
     chosen, spec = chosen_deployment(endpoint, row, deployment)
-    data = await _resolved(request, workspace, data)
+    data = await _resolved(request, workspace, data, kind, where)
     experiment = subjects.name_to_id(endpoint)
     command = invocation(
         endpoint,

@@ -25,11 +25,12 @@ chosen deployment is subscribed (none ready yet, or one being replaced by the sc
 the request is sent again after 0.05 s, doubling up to 1 s, until ``gateway_score_retry_s``
 (10 s by default) has passed, then answered 503; one the replica took but did not answer
 within the deployment's ``request_timeout_s`` is 504 and is not sent again (``run()`` may
-have had effects). A replica that is busy (its workers and its queue full: 429, nothing ran)
-is asked again within the same budget, as the queue group may pick another replica: as soon
-as an answer of that deployment comes back through this gateway (a place may be free; the
-longest waiting request first), at most after the same delays; past it, the caller gets the
-429. An endpoint's route asked with a key is kept a short while (``_routes``).
+have had effects). A replica that is busy (its workers and its queue full, or restarting:
+429, nothing ran, which its agent alone says with ``Cairn-Unrun: 1``; a replica's own status
+cannot say it) is asked again within the same budget, as the queue group may pick another
+replica: as soon as an answer of that deployment comes back through this gateway (a place
+may be free; the longest waiting request first), at most after the same delays; past it, the
+caller gets the 429. An endpoint's route asked with a key is kept a short while (``_routes``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,20 @@ NO_RESPONDERS = "503"
 #: how many milliseconds the gateway still waits for a request's answer (a replica drops a
 #: request whose caller has given up)
 TIMEOUT_HEADER = "Cairn-Timeout-Ms"
+#: the answer header (``1``) with which a replica's agent says that nothing ran (its own 429):
+#: only such an answer is asked again of the deployment
+UNRUN_HEADER = "Cairn-Unrun"
 #: the endpoints' aggregate kind (their events' subjects: ``cairn.ev.<ws>.endpoint.<name>``)
 ENDPOINT_KIND = "endpoint"
+
+
+class _Unrun(Exception):
+    """An answer of a replica's agent that nothing ran (``Cairn-Unrun``): the request may
+    go to another replica."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
 
 
 @dataclass(frozen=True)
@@ -245,10 +258,12 @@ class Scorer:
                 continue
             except NatsTimeout:
                 return 504, _error(f"no answer within {timeout:g} s")
-            if status == 429 and time.monotonic() + delay <= deadline:  # nothing ran
-                woken = await self._room(subject, delay, first=woken)
-                delay = min(delay * 2, 1.0)
-                continue
+            except _Unrun as unrun:  # its agent says nothing ran: another replica may
+                if time.monotonic() + delay <= deadline:
+                    woken = await self._room(subject, delay, first=woken)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                status, answer = unrun.status, unrun.body
             self._answered(subject)
             return status, answer
 
@@ -285,7 +300,8 @@ class Scorer:
 
 async def _ask_replica(nc: NATS, subject: str, body: bytes, timeout: float) -> tuple[int, bytes]:
     """A replica's answer (status, body), put back together when it came in chunks; raises
-    ``NoRespondersError`` when no replica listens, nats' ``TimeoutError`` past ``timeout``."""
+    ``NoRespondersError`` when no replica listens, nats' ``TimeoutError`` past ``timeout``,
+    ``_Unrun`` when its agent says nothing ran."""
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, pending_bytes_limit=2 * MAX_ANSWER_BYTES)
     try:
@@ -302,6 +318,8 @@ async def _ask_replica(nc: NATS, subject: str, body: bytes, timeout: float) -> t
             status = int(raw) if raw.isdigit() else 502
             count, index = headers.get(CHUNKS_HEADER), headers.get(CHUNK_HEADER, "")
             if count is None:
+                if headers.get(UNRUN_HEADER) == "1":
+                    raise _Unrun(status, msg.data)
                 return status, msg.data
             # every chunk names the same count, within the bounds the replicas keep to, and
             # the whole stays within MAX_ANSWER_BYTES: a replica cannot make the gateway hold more

@@ -51,6 +51,7 @@ from cairn.proto.serving import (
     RouteEndpoint,
     SetEndpointKeys,
     UpdateEndpoint,
+    check_timeouts,
     deployment_id,
 )
 from cairn.proto.streams import EVENTS
@@ -198,8 +199,9 @@ class Endpoints:
         await self._endpoint(ws, cmd.endpoint)
         if not 1 <= spec.replicas <= MAX_REPLICAS:
             raise InvalidInput(f"replicas must be between 1 and {MAX_REPLICAS}")
-        if spec.request_timeout_s <= 0 or spec.request_timeout_s > 3600:
-            raise InvalidInput("request_timeout_s must be within (0, 3600]")
+        check_timeouts(
+            request_timeout_s=spec.request_timeout_s, rollout_timeout_s=spec.rollout_timeout_s
+        )
         _check_scale(spec)
         experiment_name = f"endpoint-{cmd.endpoint}"
         await self._experiment(req, experiment_name)
