@@ -430,21 +430,28 @@ class Client:
             raise PayloadTooLarge(f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
         last: Exception | None = None
         for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(0.2 * attempt)
             try:
-                msg = await self.conn.nc.request(
+                msg = await self.conn.request(
                     subject, payload, timeout=timeout or self.timeout, headers=self.headers
                 )
             except (TimeoutError, NatsTimeout, NoRespondersError) as exc:
                 if self.conn.denied(subject):
                     raise PermissionDenied(f"not allowed to send to {subject}") from exc
                 last = exc
-                await asyncio.sleep(0.2 * (attempt + 1))
                 continue
             reply: Reply = _reply_decoder.decode(msg.data)
             if isinstance(reply, ErrorReply):
-                raise error_for_code(reply.code, reply.message)
+                error = error_for_code(reply.code, reply.message)
+                if isinstance(error, Unavailable) and attempt + 1 < self.attempts:
+                    # the service could not reach its stream (no leader past its own retries):
+                    # the same command again (its id makes it at most once)
+                    last = error
+                    continue
+                raise error
             return reply
-        raise Unavailable(f"no service answered {subject}: {type(last).__name__}")
+        raise Unavailable(f"no service answered {subject}: {last!r}")
 
 
 async def answer_pings(conn: Connection, name: str, stop: asyncio.Event) -> None:

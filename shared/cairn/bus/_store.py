@@ -23,6 +23,7 @@ import base64
 import itertools
 import json
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple
 import msgspec
 from nats.errors import Error as NatsError
 
-from cairn.bus._connect import Connection
+from cairn.bus._connect import Connection, LinkLost
 from cairn.errors import (
     BatchRejected,
     CairnError,
@@ -66,6 +67,17 @@ _PERMISSION = 10057
 _HEADER_ALLOWANCE = 512
 #: failures after which the same message may be sent again: nothing or the same thing stored
 TRANSIENT = (NatsError, ConnectionError, asyncio.TimeoutError)
+#: an append's transient failures are retried for at least this long: past nats-server's RAFT
+#: election window (4-9 s after a leader is lost, fixed in its code), so that a command spans
+#: an election instead of failing in it
+_RETRY_FOR_S = 12.0
+#: the pause between those retries doubles up to this: once the new leader is elected, the
+#: next retry is at most this far off
+_RETRY_PAUSE_MAX_S = 0.25
+#: an append unanswered this long is sent again (the same ids: a duplicate if the first was
+#: stored), doubling up to ``request_timeout``: one sent to a leader just killed has no
+#: answer coming, and the next attempt must not wait out the whole request timeout
+_ATTEMPT_TIMEOUT_S = 2.0
 
 
 def permission_denied(conn: Connection, *fragments: str) -> PermissionDenied | None:
@@ -177,13 +189,17 @@ class EventStore:
         *,
         stream: str = EVENTS.name,
         attempts: int = 5,
-        backoff_s: float = 0.25,
+        backoff_s: float = 0.05,
+        retry_for_s: float = _RETRY_FOR_S,
         read_batch: int = 256,
     ) -> None:
         self.conn = conn
         self.stream = stream
+        #: an append is tried at least ``attempts`` times (1: once, no retry) and, when
+        #: retried at all, for at least ``retry_for_s``
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.retry_for_s = retry_for_s
         self.read_batch = read_batch
         limit = next((d.max_msg_size for d in STREAMS if d.name == stream), -1)
         limit = conn.max_payload if limit <= 0 else min(limit, conn.max_payload)
@@ -219,7 +235,8 @@ class EventStore:
                 subject, payloads[0], msg_id=f"{msg_id}:0", expected_seq=expected_seq
             )
         reply = await self._retrying(
-            subject, lambda: self._publish_batch(subject, payloads, expected_seq, msg_id)
+            subject,
+            lambda timeout: self._publish_batch(subject, payloads, expected_seq, msg_id, timeout),
         )
         return AppendResult(seq=int(reply["seq"]), duplicate=bool(reply.get("duplicate")))
 
@@ -251,26 +268,34 @@ class EventStore:
     async def _request(
         self, subject: str, payload: bytes, headers: dict[str, str]
     ) -> dict[str, Any]:
-        async def once() -> dict[str, Any]:
-            msg = await self.conn.nc.request(
-                subject, payload, timeout=self.conn.settings.request_timeout, headers=headers
-            )
+        async def once(timeout: float) -> dict[str, Any]:
+            msg = await self.conn.request(subject, payload, timeout=timeout, headers=headers)
             reply: dict[str, Any] = json.loads(msg.data)
             return reply
 
         return await self._retrying(subject, once)
 
     async def _retrying(self, subject: str, once: Any) -> dict[str, Any]:
-        """Run ``once`` until it gets an answer; transient failures retry the same message."""
+        """Run ``once(timeout)`` until it gets an answer; transient failures retry the same
+        message, at least ``attempts`` times and (when retrying at all) for ``retry_for_s``,
+        after pauses that double from ``backoff_s`` up to ``_RETRY_PAUSE_MAX_S``. An attempt
+        waits ``_ATTEMPT_TIMEOUT_S``, doubled after each unanswered one, up to the request
+        timeout."""
         last: Exception | None = None
-        for attempt in range(self.attempts):
+        started = time.monotonic()
+        timeout = self.conn.settings.request_timeout
+        wait_s = min(_ATTEMPT_TIMEOUT_S, timeout)
+        attempt = 0
+        while True:
             try:
-                reply: dict[str, Any] = await once()
+                reply: dict[str, Any] = await once(wait_s)
             except TRANSIENT as exc:
                 denied = permission_denied(self.conn, subject)
                 if denied is not None:
                     raise denied from exc
                 last = exc
+                if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, LinkLost):
+                    wait_s = min(wait_s * 2, timeout)
             else:
                 error = reply.get("error")
                 if not error:
@@ -278,14 +303,28 @@ class EventStore:
                 if int(error.get("err_code", 0)) not in _BUSY:
                     _raise_for(error, subject)
                 last = CairnError(str(error))
-            await asyncio.sleep(self.backoff_s * (2**attempt) * random.uniform(0.5, 1.5))
-        raise Unavailable(f"no answer from stream {self.stream} for {subject}: {last}")
+            attempt += 1
+            if attempt >= self.attempts and (
+                self.attempts <= 1 or time.monotonic() - started >= self.retry_for_s
+            ):
+                break
+            pause = min(self.backoff_s * 2 ** min(attempt - 1, 16), _RETRY_PAUSE_MAX_S)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+        raise Unavailable(
+            f"no answer from stream {self.stream} for {subject} after {attempt} attempts in"
+            f" {time.monotonic() - started:.1f}s: {last!r}"
+        )
 
     async def _publish_batch(
-        self, subject: str, payloads: list[bytes], expected_seq: int | None, msg_id: str
+        self,
+        subject: str,
+        payloads: list[bytes],
+        expected_seq: int | None,
+        msg_id: str,
+        timeout: float,
     ) -> dict[str, Any]:
         """An atomic batch (ADR-50): stored all together at commit, or not at all."""
-        nc, timeout = self.conn.nc, self.conn.settings.request_timeout
+        nc = self.conn.nc
         batch_id = uuid.uuid4().hex
         last = len(payloads) - 1
         reply: dict[str, Any] = {}
@@ -300,7 +339,7 @@ class EventStore:
             if i == last:
                 headers["Nats-Batch-Commit"] = "1"
             if i in (0, last):
-                msg = await nc.request(subject, payload, timeout=timeout, headers=headers)
+                msg = await self.conn.request(subject, payload, timeout=timeout, headers=headers)
                 reply = json.loads(msg.data) if msg.data else {}
                 if "error" in reply:
                     return reply
