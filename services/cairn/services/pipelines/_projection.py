@@ -12,7 +12,9 @@
 * ``published``: the published pipelines (``pipeline.published.list``).
 
 ``on_change``, when set (the orchestrator sets it), is called for each applied event the
-reconcile loop acts on: any event of a pipeline, and a watched run's end.
+reconcile loop acts on at once: a pipeline submitted, a step that did not complete, and a
+watched run's end (not for the orchestrator's own decisions, which the pass that took them
+has followed through: one pass fewer per decision).
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ _RUN_STATUS: dict[type[Event], str] = {
 }
 
 _ENDED = frozenset({"Completed", "Failed", "Canceled"})
+
+
+def _wakes(ev: Event) -> bool:
+    """Whether a pipeline's event calls for a pass at once: its submission (taken by the
+    replica that accepted it, at once, unless that one died), and a step that did not
+    complete (the pipeline stops or skips what follows). The rest are the orchestrator's own
+    decisions, whose pass has followed them through already; the next pass over the
+    pipeline, or the full one every few seconds, sees them anyway (``seq`` moves)."""
+    if isinstance(ev, PipelineSubmitted):
+        return True
+    return isinstance(ev, PipelineStepEnded) and ev.status != "Completed"
 
 
 class PipelinesProjection:
@@ -157,7 +170,7 @@ class PipelinesProjection:
                     (status, error, at, ws, pid),
                 )
         db.execute(touch, (seq, ws, pid))
-        if self.on_change is not None:
+        if self.on_change is not None and _wakes(ev):
             self.on_change()
 
     def _run(

@@ -2,8 +2,8 @@
 
 It is a process manager like the scheduler: a projection of EVENTS into its own SQLite read
 model (:mod:`._projection`) plus a reconcile loop. A pass starts as soon as the read model
-applies an event the loop acts on (a pipeline's event, the end of a run it watches), and at
-the latest after ``tick_s``. Each pass looks at the pipelines whose events (or whose runs'
+applies an event the loop acts on (a pipeline submitted, a step that did not complete, the
+end of a run it watches), and at the latest after ``tick_s``. Each pass looks at the pipelines whose events (or whose runs'
 events) moved since it last looked, plus all active ones every few seconds, reads the
 pipeline's aggregate and decides, through ``cairn.bus.execute``, under a command id derived
 from what the decision follows. The steps a pass starts together (a wave: every step whose
