@@ -3,8 +3,9 @@
 It is a process manager like the scheduler: a projection of EVENTS into its own SQLite read
 model (:mod:`._projection`) plus a reconcile loop. A pass starts as soon as the read model
 applies an event the loop acts on (a pipeline submitted, a step that did not complete, the
-end of a run it watches), and at the latest after ``tick_s``. Each pass looks at the pipelines whose events (or whose runs'
-events) moved since it last looked, plus all active ones every few seconds, reads the
+end of a run it watches), and at the latest after ``tick_s``. Each pass looks at the
+pipelines whose events (or whose runs' ends) moved since it last looked, plus all active
+ones every few seconds, reads the
 pipeline's aggregate and decides, through ``cairn.bus.execute``, under a command id derived
 from what the decision follows. The steps a pass starts together (a wave: every step whose
 upstream steps have completed), and the steps it follows, are taken concurrently, at most
@@ -12,9 +13,8 @@ upstream steps have completed), and the steps it follows, are taken concurrently
 their decisions on the pipeline aggregate, which takes one writer at a time, are one append
 per wave (``DecideSteps``, which also records the ends the wave waited for) and one for the
 ends found when no wave follows (``EndSteps``): the events of one command per step, each
-step decided as alone. A submission starts
-a pass over its pipeline at once, so a fully reused pipeline is decided, wave after wave, in
-that one pass.
+step decided as alone. A submission starts a pass over its pipeline at once, so a fully
+reused pipeline is decided, wave after wave, in that one pass.
 
 ======================  ==========================================  ==========================
 decision                command (aggregate)                          id
@@ -523,6 +523,7 @@ class PipelinesService(ProjectedService):
             if step.status in ("Running", "Reused")
         )
         ended = [end for end in found if isinstance(end, pipelines.EndStep)]
+        state = await self._cached(ws, pid)  # a refused submission's end included
         if any(isinstance(r, BaseException) for r in [*chosen, *found]):
             await self._end_steps(ws, pid, ended)
             _raise_first([*chosen, *found])
