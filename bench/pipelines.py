@@ -52,6 +52,7 @@ from cairn.sdk import AsyncWorkspace, ScriptRunConfig, connect, load_pipeline_fi
 from cairn.sdk._jobs import submit
 from cairn.settings import load_settings
 from jobs import _cpu_s
+from steptimes import Recorder, breakdown, format_breakdown, job_phases
 from tracking import EmbeddedStack
 
 NOOP = "import sys\n"
@@ -118,12 +119,14 @@ class Ends:
         self.observer, self.ws = observer, ws
         self.ended: dict[str, str] = {}
         self.waiting: dict[str, asyncio.Future[str]] = {}
+        self.recorder = Recorder()  # every event, for the timeline of each run
 
     async def start(self) -> None:
         self.sub = await self.observer.nc.subscribe(f"cairn.ev.{self.ws}.>", cb=self._on)
 
     async def _on(self, msg: Any) -> None:
         env = json.loads(msg.data)
+        self.recorder.add(env)
         kind = env["type"]
         if kind in ("RunCompleted", "RunFailed", "RunCanceled"):
             key, status = env["aggregate_id"], kind
@@ -149,29 +152,34 @@ class Ends:
 async def run_pipeline(ws: AsyncWorkspace, ends: Ends, path: Path) -> tuple[float, dict[str, Any]]:
     """Seconds from loading ``path`` to the pipeline's end, and the pipeline's view (with
     ``submit_s``: the seconds until ``SubmitPipeline`` was accepted)."""
-    t0 = time.perf_counter()
+    wall, t0 = time.time(), time.perf_counter()
     sent = await submit_pipeline(ws, load_pipeline_file(path))
     submitted = time.perf_counter() - t0
     status = await ends.wait("p:" + sent.run_id)
     took = time.perf_counter() - t0
     view = await ws.run(sent.run_id).pipeline()
     assert status == "Completed", view
-    return took, {**view, "submit_s": submitted}
+    return took, {**view, "submit_s": submitted, "run_id": sent.run_id, "t_client": wall}
 
 
-async def run_by_hand(ws: AsyncWorkspace, ends: Ends, src: Path, width: int, nonce: str) -> float:
-    """Seconds for the same jobs submitted in topological order, each wave waited for."""
+async def run_by_hand(
+    ws: AsyncWorkspace, ends: Ends, src: Path, width: int, nonce: str
+) -> tuple[float, list[str]]:
+    """Seconds for the same jobs submitted in topological order, each wave waited for, and
+    their run ids."""
 
     async def job(name: str) -> str:
         config = ScriptRunConfig(source_directory=src, script="noop.py", arguments=[name, nonce])
         return await submit(ws, EXPERIMENT, config)
 
     t0 = time.perf_counter()
+    every: list[str] = []
     for wave in (["start"], [f"w{i:02d}" for i in range(width)], ["join"]):
         run_ids = await asyncio.gather(*(job(name) for name in wave))
         statuses = await asyncio.gather(*(ends.wait(r) for r in run_ids))
         assert set(statuses) == {"RunCompleted"}, statuses
-    return time.perf_counter() - t0
+        every += run_ids
+    return time.perf_counter() - t0, every
 
 
 def run_metaflow(folder: Path, width: int, workers: int) -> float:
@@ -214,6 +222,8 @@ async def measure(
     r: dict[str, Any] = {"pipeline_s": [], "hand_s": [], "reused_s": [], "metaflow_s": []}
     r["submit_s"] = {"pipeline": [], "reused": []}
     r["services_cpu_s"] = {"pipeline": [], "hand": [], "reused": []}
+    r["timeline"] = {"pipeline": [], "reused": [], "hand": []}
+    waves = [["start"], [f"w{i:02d}" for i in range(width)], ["join"]]
     try:
         async with connect(load_settings(file=stack.home / "config.json")) as ws:
             ends = Ends(observer, ws.name)
@@ -232,8 +242,12 @@ async def measure(
                 assert not any(s["reused_run_id"] for s in view["steps"]), view
                 r["pipeline_s"].append(took)
                 r["submit_s"]["pipeline"].append(view["submit_s"])
+                line = breakdown(ends.recorder, view["run_id"], waves, view["t_client"])
+                r["timeline"]["pipeline"].append(line)
                 r["services_cpu_s"]["pipeline"].append(cpu1 - cpu0)
-                r["hand_s"].append(await run_by_hand(ws, ends, folder / "src", width, nonce))
+                took, by_hand = await run_by_hand(ws, ends, folder / "src", width, nonce)
+                r["hand_s"].append(took)
+                r["timeline"]["hand"].append(job_phases(ends.recorder, by_hand))
                 cpu2 = _cpu_s(stack.services_pid)[0]
                 r["services_cpu_s"]["hand"].append(cpu2 - cpu1)
                 took, view = await run_pipeline(ws, ends, path)
@@ -241,6 +255,8 @@ async def measure(
                 assert all(s["reused_run_id"] for s in view["steps"]), view
                 r["reused_s"].append(took)
                 r["submit_s"]["reused"].append(view["submit_s"])
+                line = breakdown(ends.recorder, view["run_id"], waves, view["t_client"])
+                r["timeline"]["reused"].append(line)
                 if not peer:
                     r["metaflow_s"].append(float("nan"))
                     continue
@@ -264,14 +280,23 @@ def main() -> None:
     args = parser.parse_args()
     import metaflow
 
-    stack = EmbeddedStack(extra=["--local-slots", str(args.slots)])
+    # no studio: nothing here reads it, and another stack on the machine may hold its port
+    stack = EmbeddedStack(extra=["--local-slots", str(args.slots), "--gateway-port", "0"])
     try:
         r = asyncio.run(measure(stack, args.width, args.rounds, args.slots, not args.cairn_only))
     finally:
         stack.stop()
     r["versions"] = {"metaflow": metaflow.__version__, "python": sys.version.split()[0]}
     r["load"] = os.getloadavg()
+    timeline = r.pop("timeline")
     print(json.dumps(r, indent=2))
+    for kind in ("pipeline", "reused"):
+        for k, line in enumerate(timeline[kind]):
+            print(format_breakdown(f"round {k + 1} {kind}", line))
+    for k, phases in enumerate(timeline["hand"]):
+        print(f"round {k + 1} by hand, per job, median / max:")
+        for label, (m, x) in phases.items():
+            print(f"    {label:<52} {m:8.1f} / {x:.1f} ms")
     steps = args.width + 2
     for k in range(args.rounds):
         p, h, u, m = (r[x][k] for x in ("pipeline_s", "hand_s", "reused_s", "metaflow_s"))

@@ -187,6 +187,25 @@ CASES = [
         [A_REUSED, B_STARTED],
     ),
     Case(
+        "the ends a wave waited for come first, in the same append",
+        [WIDE_SUBMITTED, PREP_STARTED],
+        DecideSteps(
+            steps=[
+                EndStep(step="prep", status="Completed"),
+                ReuseStep(step="a", reused_run_id="old", reuse_key="ka", reason="r"),
+                StartStep(step="b", reuse_key="kb"),
+            ]
+        ),
+        [PREP_DONE, A_REUSED, B_STARTED],
+    ),
+    Case(
+        "a wave before the end it waits for is refused whole",
+        [WIDE_SUBMITTED, PREP_STARTED],
+        DecideSteps(steps=[StartStep(step="a"), EndStep(step="prep", status="Completed")]),
+        InvalidTransition,
+        "waits for prep",
+    ),
+    Case(
         "a step of a wave decided before stands",
         [*WIDE_READY, A_REUSED],
         DecideSteps(steps=[StartStep(step="a"), StartStep(step="b", reuse_key="kb")]),

@@ -236,9 +236,11 @@ class EndPipeline(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 class DecideSteps(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Several steps started or reused together, each as its own command would (a step
-    decided before stands): one append for a wave of independent steps. All or none."""
+    decided before stands): one append for a wave of independent steps. All or none. Ends
+    may come first (each as its own ``EndStep``): the ends of the steps a wave waited for,
+    recorded in the same append as the wave's decisions."""
 
-    steps: list[StartStep | ReuseStep]
+    steps: list[StartStep | ReuseStep | EndStep]
 
 
 class EndSteps(msgspec.Struct, frozen=True, kw_only=True, tag=True):

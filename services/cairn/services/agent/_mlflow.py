@@ -1,25 +1,31 @@
-"""A job's MLflow endpoint: the MLflow API (``cairn.services.mlflow``) for one attempt, on a
-loopback port of its agent, acting through the attempt's gate (``_gate.py``).
+"""The MLflow endpoint of an agent's jobs: the MLflow API (``cairn.services.mlflow``) on one
+loopback port of the agent, each request acting through the gate of the attempt whose token
+it carries (``_gate.py``).
 
-``mlflow`` speaks HTTP, not the gate's socket; so for each attempt the agent serves the same
-routes as the gateway on ``127.0.0.1:<port>`` and gives the job ``MLFLOW_TRACKING_URI``, a
-random token of the attempt (``MLFLOW_TRACKING_TOKEN``: the client sends it as
-``Authorization: Bearer``) and ``MLFLOW_RUN_ID`` (its run). Every request with that token is
-turned into the same commands and queries as at the gateway, each checked by the attempt's
-gate exactly as the job's own SDK requests are (its own run and its children, its
-experiment, its workspace's queries); a refusal is MLflow's 403 ``PERMISSION_DENIED``. A
-request without the token gets 401 and reaches nothing: loopback ports are open to every
-process of the machine, which is why the token is there. The endpoint closes with the gate,
-which revokes the token. The job never holds its person's token nor any NATS credential.
+``mlflow`` speaks HTTP, not the gate's socket; so the agent serves the same routes as the
+gateway on ``127.0.0.1:<port>`` and gives each job ``MLFLOW_TRACKING_URI``, a random token of
+its attempt (``MLFLOW_TRACKING_TOKEN``: the client sends it as ``Authorization: Bearer``) and
+``MLFLOW_RUN_ID`` (its run). Every request with a token is turned into the same commands and
+queries as at the gateway, each checked by that attempt's gate exactly as the job's own SDK
+requests are (its own run and its children, its experiment, its workspace's queries); a
+refusal is MLflow's 403 ``PERMISSION_DENIED``. A request without a live token gets 401 and
+reaches nothing: loopback ports are open to every process of the machine, which is why the
+token is there. An attempt's token is dropped when its gate closes: from then on it is
+refused like any other. The job never holds its person's token nor any NATS credential.
+
+One server for all of an agent's attempts, started with its first job: an app and a uvicorn
+server per attempt cost ≈ 6 ms of CPU to build, and stopping one waited for uvicorn's 0.1 s
+tick while the attempt still held its slot (docs/benchmarks.md, pipelines).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import hashlib
 import itertools
 import secrets
+import socket
 from typing import Any
 
 import uvicorn
@@ -39,7 +45,7 @@ from cairn.services.mlflow import Tracker, mlflow_routes
 from cairn.settings import Settings
 from cairn.telemetry._http import KEEP_ALIVE_S, LoopServer, bind_socket, log_unexpected
 
-__all__ = ["MlflowEndpoint"]
+__all__ = ["MlflowEndpoint", "MlflowServer"]
 
 log = get_logger("cairn.agent")
 _MAX_PAYLOAD = 1024 * 1024
@@ -82,26 +88,48 @@ class GateClient(NATS):
 
 
 class MlflowEndpoint:
-    """The MLflow API of one attempt, on a loopback port, until :meth:`close`."""
+    """One attempt's way into the agent's MLflow server, until :meth:`close`."""
 
-    def __init__(self, gate: JobGate, settings: Settings) -> None:
-        nc = GateClient(gate)
-        conn = Connection(nc=nc, js=nc.jetstream(), settings=settings, own_jetstream=False)
-        self.token = secrets.token_urlsafe(32)
-        self.tracker = Tracker(
-            Client(conn, gate.workspace),
-            job_run=gate.run_id,
-            attempt=gate.attempt,
-            job_experiment=gate.experiment,
-        )
+    def __init__(self, server: MlflowServer, key: bytes, token: str, tracker: Tracker) -> None:
+        self._server, self._key = server, key
+        self.token, self.tracker = token, tracker
+
+    def environ(self) -> dict[str, str]:
+        """What the job's process is given to log with ``mlflow`` into its own run."""
+        return {
+            "MLFLOW_TRACKING_URI": self._server.url,
+            "MLFLOW_TRACKING_TOKEN": self.token,
+            "MLFLOW_RUN_ID": self.tracker.job_run or "",
+        }
+
+    async def close(self) -> None:
+        """The token means nothing from now on."""
+        self._server.trackers.pop(self._key, None)
+
+
+class MlflowServer:
+    """The MLflow API of an agent's attempts on one loopback port, started by the first
+    :meth:`open` and stopped by :meth:`close`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        #: SHA-256 of a live token -> its attempt's tracker (looked up by the digest, so the
+        #: lookup's time says nothing about the token)
+        self.trackers: dict[bytes, Tracker] = {}
+        self.url = ""
+        self._socket: socket.socket | None = None
+        self._server: LoopServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
         app = Litestar(
             route_handlers=mlflow_routes(self._resolve),
             openapi_config=None,
             logging_config=None,  # the default starts a thread per app, never stopped
             after_exception=[log_unexpected],
         )
-        self.socket = bind_socket("127.0.0.1", 0, "a job's MLflow endpoint")
-        host, port = self.socket.getsockname()[:2]
+        self._socket = bind_socket("127.0.0.1", 0, "the jobs' MLflow endpoint")
+        host, port = self._socket.getsockname()[:2]
         self.url = f"http://{host}:{port}"
         config = uvicorn.Config(
             app,
@@ -112,25 +140,44 @@ class MlflowEndpoint:
             timeout_keep_alive=KEEP_ALIVE_S,  # a script logs once an epoch: keep its connection
         )
         self._server = LoopServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[self.socket]))
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
 
-    def environ(self) -> dict[str, str]:
-        """What the job's process is given to log with ``mlflow`` into its own run."""
-        return {
-            "MLFLOW_TRACKING_URI": self.url,
-            "MLFLOW_TRACKING_TOKEN": self.token,
-            "MLFLOW_RUN_ID": self.tracker.job_run or "",
-        }
+    def open(self, gate: JobGate) -> MlflowEndpoint:
+        """A token for the attempt of ``gate``: its requests act through that gate."""
+        if self._server is None:
+            self._start()
+        nc = GateClient(gate)
+        conn = Connection(nc=nc, js=nc.jetstream(), settings=self.settings, own_jetstream=False)
+        tracker = Tracker(
+            Client(conn, gate.workspace),
+            job_run=gate.run_id,
+            attempt=gate.attempt,
+            job_experiment=gate.experiment,
+        )
+        token = secrets.token_urlsafe(32)
+        key = _digest(token)
+        self.trackers[key] = tracker
+        return MlflowEndpoint(self, key, token, tracker)
 
     async def _resolve(self, request: Request[Any, Any, Any]) -> Tracker:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), self.token):
-            raise Unauthenticated("this endpoint answers its job alone (MLFLOW_TRACKING_TOKEN)")
-        return self.tracker
+        tracker = self.trackers.get(_digest(given.strip())) if scheme.lower() == "bearer" else None
+        if tracker is None:
+            raise Unauthenticated("this endpoint answers its jobs alone (MLFLOW_TRACKING_TOKEN)")
+        return tracker
 
     async def close(self) -> None:
-        """Stop serving: the token means nothing from now on."""
-        self._server.should_exit = True
-        with contextlib.suppress(Exception):
-            await self._task
-        self.socket.close()
+        """Stop serving; every token is dropped."""
+        self.trackers.clear()
+        server, task, sock = self._server, self._task, self._socket
+        self._server, self._task, self._socket = None, None, None
+        if server is not None and task is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await task
+        if sock is not None:
+            sock.close()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

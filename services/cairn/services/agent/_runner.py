@@ -66,7 +66,7 @@ from cairn.services.agent._data import (
     stage_inputs,
 )
 from cairn.services.agent._gate import JobGate
-from cairn.services.agent._mlflow import MlflowEndpoint
+from cairn.services.agent._mlflow import MlflowEndpoint, MlflowServer
 from cairn.services.agent._phases import PhaseLines, reporting
 from cairn.services.agent._serving import (
     Relay,
@@ -135,8 +135,10 @@ class Attempt:
         backend: Backend,
         gpus: list[int],
         gates: Path | None = None,
+        mlflow: MlflowServer,
     ) -> None:
         self.client, self.settings, self.a = client, settings, assignment
+        self.mlflow = mlflow  # the agent's MLflow server: the attempt's token in it
         self.gates = gates
         self.agent_id, self.workdir, self.snapshots = agent_id, workdir, snapshots
         self.data_cache = data_cache
@@ -549,7 +551,7 @@ class Attempt:
             await self.channel.open()
             environ[TOKEN_ENV] = self.channel.token  # its hello's: no other process has it
             return environ, None
-        mlflow = MlflowEndpoint(gate, self.settings)
+        mlflow = self.mlflow.open(gate)
         environ.update(mlflow.environ())
         return environ, mlflow
 

@@ -39,6 +39,7 @@ from cairn.rpc import Client
 from cairn.services.agent._backends import Backend, DockerBackend, ProcessBackend, stack_of
 from cairn.services.agent._capacity import AgentInfo, detect, detect_gpus
 from cairn.services.agent._env import Environments
+from cairn.services.agent._mlflow import MlflowServer
 from cairn.services.agent._runner import Attempt
 from cairn.settings import Settings
 from cairn.spool import SEND_EVERY_S, send_spools_periodically
@@ -108,6 +109,8 @@ class AgentService:
         self.free_gpus = list(self.gpus)
         self.pythons: list[str] = []  # read in start(): uv takes a moment
         self._slot_freed = asyncio.Event()
+        #: the MLflow API of this agent's jobs, one loopback port for all (``_mlflow``)
+        self.mlflow = MlflowServer(settings)
 
     async def heartbeat(self) -> AgentInfo:
         """Write the agent's key (capacity, free slots, time); the bucket's TTL drops it if
@@ -166,6 +169,7 @@ class AgentService:
                 tg.create_task(self._pull(stop))
                 tg.create_task(self._send_spools(stop))
         finally:
+            await self.mlflow.close()
             self.backend.close()
             shutil.rmtree(self.gates, ignore_errors=True)
             forget(AGENT_SLOTS, self.agent_id, self.compute)
@@ -303,6 +307,7 @@ class AgentService:
             backend=self.backend,
             gpus=gpus,
             gates=self.gates,
+            mlflow=self.mlflow,
         )
         self.attempts[key] = attempt
         self.running[key] = asyncio.create_task(self._run_attempt(key, attempt, gpus))

@@ -1,7 +1,8 @@
 """The orchestrator's read model: pipelines, their steps, the runs it watches, reuse keys.
 
 * ``pipelines``: one row per pipeline run; ``seq`` moves with every event about the pipeline
-  or one of its runs, so the reconcile loop looks again only at pipelines that changed.
+  and with the end of one of its runs, so the reconcile loop looks again only at pipelines
+  that changed.
 * ``steps``: what the pipeline aggregate decided per step, with times (``cairn job show``).
 * ``watch``: the runs of a pipeline (its own run, its steps' runs) and their last status,
   taken from run events; a step's run is watched from its ``PipelineStepStarted``, which is
@@ -11,7 +12,9 @@
 * ``published``: the published pipelines (``pipeline.published.list``).
 
 ``on_change``, when set (the orchestrator sets it), is called for each applied event the
-reconcile loop acts on: any event of a pipeline, and a watched run's end.
+reconcile loop acts on at once: a pipeline submitted, a step that did not complete, and a
+watched run's end (not for the orchestrator's own decisions, which the pass that took them
+has followed through: one pass fewer per decision).
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ _RUN_STATUS: dict[type[Event], str] = {
 }
 
 _ENDED = frozenset({"Completed", "Failed", "Canceled"})
+
+
+def _wakes(ev: Event) -> bool:
+    """Whether a pipeline's event calls for a pass at once: its submission (taken by the
+    replica that accepted it, at once, unless that one died), and a step that did not
+    complete (the pipeline stops or skips what follows). The rest are the orchestrator's own
+    decisions, whose pass has followed them through already; the next pass over the
+    pipeline, or the full one every few seconds, sees them anyway (``seq`` moves)."""
+    if isinstance(ev, PipelineSubmitted):
+        return True
+    return isinstance(ev, PipelineStepEnded) and ev.status != "Completed"
 
 
 class PipelinesProjection:
@@ -156,7 +170,7 @@ class PipelinesProjection:
                     (status, error, at, ws, pid),
                 )
         db.execute(touch, (seq, ws, pid))
-        if self.on_change is not None:
+        if self.on_change is not None and _wakes(ev):
             self.on_change()
 
     def _run(
@@ -171,12 +185,16 @@ class PipelinesProjection:
             " RETURNING pipeline",
             (status, error, ws, run_id),
         ).fetchone()
-        if row is not None:
+        # the pipeline moved, for its orchestrator, when one of its runs ended: a run queued
+        # or started calls for nothing (a pass over the pipeline per such event cost ≈ 1 ms
+        # of CPU each, two per step), and every active pipeline is looked at every few
+        # seconds regardless
+        if row is not None and status in _ENDED:
             db.execute(
                 f"UPDATE {t('pipelines')} SET seq=? WHERE workspace=? AND run_id=?",
                 (seq, ws, row[0]),
             )
-            if self.on_change is not None and status in _ENDED:
+            if self.on_change is not None:
                 self.on_change()
 
 

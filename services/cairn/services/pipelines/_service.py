@@ -2,23 +2,27 @@
 
 It is a process manager like the scheduler: a projection of EVENTS into its own SQLite read
 model (:mod:`._projection`) plus a reconcile loop. A pass starts as soon as the read model
-applies an event the loop acts on (a pipeline's event, the end of a run it watches), and at
-the latest after ``tick_s``. Each pass looks at the pipelines whose events (or whose runs'
-events) moved since it last looked, plus all active ones every few seconds, reads the
+applies an event the loop acts on (a pipeline submitted, a step that did not complete, the
+end of a run it watches), and at the latest after ``tick_s``. Each pass looks at the
+pipelines whose events (or whose runs' ends) moved since it last looked, plus all active
+ones every few seconds, reads the
 pipeline's aggregate and decides, through ``cairn.bus.execute``, under a command id derived
 from what the decision follows. The steps a pass starts together (a wave: every step whose
 upstream steps have completed), and the steps it follows, are taken concurrently, at most
 ``_CONCURRENT`` at a time (reuse keys, job submissions, a reused step's child run), and
 their decisions on the pipeline aggregate, which takes one writer at a time, are one append
-per wave (``DecideSteps``) and one for the ends found (``EndSteps``): the events of one
-command per step, each step decided as alone.
+per wave (``DecideSteps``, which also records the ends the wave waited for) and one for the
+ends found when no wave follows (``EndSteps``): the events of one command per step, each
+step decided as alone. A submission starts a pass over its pipeline at once, so a fully
+reused pipeline is decided, wave after wave, in that one pass.
 
 ======================  ==========================================  ==========================
 decision                command (aggregate)                          id
 ======================  ==========================================  ==========================
 create the run          ``CreateRun`` + ``StartRun`` (run)           ``pl-run``/``pl-start``
 start a step            ``StartStep`` (pipeline)                     ``pl-step`` (pipeline, step)
-start a wave            ``DecideSteps`` (pipeline)                   ``pl-steps`` (pipeline, steps)
+start a wave            ``DecideSteps`` (pipeline), with the ends    ``pl-steps`` (pipeline,
+                        it waited for                                steps, ``pl-end:`` ends)
 submit its job          ``SubmitJob`` to the scheduler               ``pl-submit`` (step run)
 reuse an earlier run    ``ReuseStep`` (pipeline), then its child     ``pl-reuse`` (pipeline,
                         run created and completed (run)              step)
@@ -129,6 +133,10 @@ class PipelinesService(ProjectedService):
         self.pythons = Pythons(conn, downloads=settings.python_downloads)
         self.seen: dict[tuple[str, str], int] = {}  # pipeline -> the seq last reconciled
         self.full_pass_at = 0.0
+        #: one pass at a time per pipeline in this process (another replica's are caught by
+        #: the appends' CAS and the derived command ids)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._kicked: set[asyncio.Task[None]] = set()  # passes started by a submission
         self.published = PublishedPipelines(self)
         self.parallel = ParallelRuns(self)
         self.batch = BatchEndpoints(self)
@@ -185,6 +193,9 @@ class PipelinesService(ProjectedService):
             await super().run(stop)
         finally:
             await loop
+            for task in list(self._kicked):
+                task.cancel()
+            await asyncio.gather(*self._kicked, return_exceptions=True)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         await reconcile_every(
@@ -210,7 +221,22 @@ class PipelinesService(ProjectedService):
         )
         state = await self._state(ws, cmd.run_id)
         seq = await self._ensure_run(ws, state, experiment_id)
+        if not accepted.replayed:
+            self._kick(ws, cmd.run_id)
         return msgspec.structs.replace(accepted, seq=max(accepted.seq, seq))
+
+    def _kick(self, ws: str, pid: str) -> None:
+        """A pass over a pipeline just submitted, now: its first wave (or, when every step is
+        reused, all of it) need not wait until the read model applies the submission."""
+        task = asyncio.create_task(self._pass(ws, pid))
+        self._kicked.add(task)
+        task.add_done_callback(self._kicked.discard)
+
+    async def _pass(self, ws: str, pid: str) -> None:
+        try:
+            await self.reconcile_pipeline(ws, pid)
+        except Exception as exc:  # the loop's passes take it from here
+            log.warning("pipeline_reconcile_failed", run_id=pid, error=repr(exc))
 
     async def check(self, ws: str, cmd: SubmitPipeline) -> None:
         """Refuse what the scheduler would refuse when a step starts (a bad graph too)."""
@@ -281,10 +307,18 @@ class PipelinesService(ProjectedService):
     async def _state(self, ws: str, pid: str) -> PipelineState:
         return await lookup.state(self.cache, pipelines.AGGREGATE, ws, pid, fresh=True)
 
+    async def _cached(self, ws: str, pid: str) -> PipelineState:
+        """The pipeline as this process last saw it (its own appends included): a decision
+        on a stale view is caught by the append's CAS."""
+        return await lookup.state(self.cache, pipelines.AGGREGATE, ws, pid)
+
     async def _ensure_run(self, ws: str, state: PipelineState, experiment_id: str = "") -> int:
         """The pipeline run exists and is Running (or ended): created by the submission, or
         by a later pass when the submitting process died in between."""
         pid = state.run_id
+        run = await lookup.state(self.cache, runs.AGGREGATE, ws, pid)
+        if run.exists and run.status != runs.RunStatus.NOT_STARTED:
+            return 0  # started, as the log has it (a start is for good): nothing to read
         run = await lookup.state(self.cache, runs.AGGREGATE, ws, pid, fresh=True)
         seq = 0
         if not run.exists:
@@ -350,6 +384,7 @@ class PipelinesService(ProjectedService):
         todo = [(ws, pid, seq) for ws, pid, seq in rows if full or self.seen.get((ws, pid)) != seq]
         live = {(ws, pid) for ws, pid, _ in rows}
         self.seen = {k: v for k, v in self.seen.items() if k in live}
+        self._locks = {k: v for k, v in self._locks.items() if k in live or v.locked()}
 
         async def one(ws: str, pid: str, seq: int) -> None:
             try:
@@ -371,6 +406,12 @@ class PipelinesService(ProjectedService):
         return self.projection.read(fn)[0]
 
     async def reconcile_pipeline(self, ws: str, pid: str) -> None:
+        """One pass over pipeline ``pid``: what its steps' ends and its state call for."""
+        lock = self._locks.setdefault((ws, pid), asyncio.Lock())
+        async with lock:
+            await self._reconcile_pipeline(ws, pid)
+
+    async def _reconcile_pipeline(self, ws: str, pid: str) -> None:
         state = await self._state(ws, pid)
         spec = state.spec
         if not state.exists or spec is None:
@@ -396,16 +437,26 @@ class PipelinesService(ProjectedService):
         unstarted = [s.name for s in spec.steps if s.name not in state.steps]
         skip = set(unstarted) if stop else pipelines.downstream(spec, failed)
         ends += [pipelines.EndStep(step=n, status="Skipped") for n in unstarted if n in skip]
-        if ends or followed:
-            state = await self._end_steps(ws, pid, ends)
-        _raise_first(found)
+        if followed:  # what following them decided (a refused submission's end) included
+            state = await self._cached(ws, pid)
+        if stop or any(isinstance(f, BaseException) for f in found):
+            state = await self._end_steps(ws, pid, ends) if ends or followed else state
+            _raise_first(found)
+            ends = []
         while not stop:  # wave after wave: a reused step has completed when it is decided
-            wave = [s for s in spec.steps if s.name not in state.steps and self._ready(state, s)]
+            ahead = _ahead(state, ends)  # as it is once the ends found are recorded
+            if ahead is None:  # refused: the ends alone, as recorded before
+                state, ends = await self._end_steps(ws, pid, ends), []
+                ahead = state
+            wave = [s for s in spec.steps if s.name not in ahead.steps and self._ready(ahead, s)]
             if not wave:
                 break
-            state = await self._start_wave(ws, state, wave)
+            # the ends it waited for and the wave's decisions: one append
+            state, ends = await self._start_wave(ws, state, ahead, ends, wave)
             if any(s.status in ("Failed", "Canceled") for s in state.steps.values()):
                 break  # the next pass skips what follows it, or stops the pipeline
+        if ends:
+            state = await self._end_steps(ws, pid, ends)
         if all(s.name in state.steps and state.steps[s.name].ended for s in spec.steps):
             await self._finish(ws, state, run_ended, run.error)
 
@@ -446,17 +497,22 @@ class PipelinesService(ProjectedService):
         return None
 
     async def _start_wave(
-        self, ws: str, state: PipelineState, wave: list[PipelineStep]
-    ) -> PipelineState:
-        """Start or reuse every step of ``wave`` (each ready, none decided yet): their reuse
-        keys found concurrently, the decisions taken in one append, then each followed through
-        (a job submitted, a reused step's child run) concurrently and the reused steps' ends
-        recorded in one append."""
+        self,
+        ws: str,
+        state: PipelineState,
+        ahead: PipelineState,
+        ends: list[pipelines.EndStep],
+        wave: list[PipelineStep],
+    ) -> tuple[PipelineState, list[pipelines.EndStep]]:
+        """Start or reuse every step of ``wave`` (each ready in ``ahead``: ``state`` with
+        ``ends`` recorded; none decided yet): their reuse keys found concurrently, ``ends`` and
+        the decisions taken in one append, then each followed through (a job submitted, a
+        reused step's child run) concurrently. Returns the pipeline as the log has it and the
+        reused steps' ends, which the next wave's append records (or one of their own)."""
         pid = state.run_id
-        chosen = await _bounded(functools.partial(self._choose, ws, state, s) for s in wave)
-        state = await self._decide_many(
-            ws, pid, "pl-step", [c for c in chosen if not isinstance(c, BaseException)]
-        )
+        chosen = await _bounded(functools.partial(self._choose, ws, ahead, s) for s in wave)
+        decisions = [c for c in chosen if not isinstance(c, BaseException)]
+        state = await self._decide_many(ws, pid, "pl-step", [*ends, *decisions])
         by_name = {s.name: s for s in wave}
         decided = [(n, state.steps[n]) for n in by_name if n in state.steps]
         found = await _bounded(
@@ -466,10 +522,12 @@ class PipelinesService(ProjectedService):
             for name, step in decided
             if step.status in ("Running", "Reused")
         )
-        ends = [end for end in found if isinstance(end, pipelines.EndStep)]
-        state = await self._end_steps(ws, pid, ends)
-        _raise_first([*chosen, *found])
-        return state
+        ended = [end for end in found if isinstance(end, pipelines.EndStep)]
+        state = await self._cached(ws, pid)  # a refused submission's end included
+        if any(isinstance(r, BaseException) for r in [*chosen, *found]):
+            await self._end_steps(ws, pid, ended)
+            _raise_first([*chosen, *found])
+        return state, ended
 
     async def _choose(
         self, ws: str, state: PipelineState, step: PipelineStep
@@ -511,35 +569,33 @@ class PipelinesService(ProjectedService):
         commands: Sequence[pipelines.StartStep | pipelines.ReuseStep | pipelines.EndStep],
     ) -> PipelineState:
         """Decide per-step ``commands`` on the pipeline: one alone under its own id
-        (``derived_id(kind, pipeline, step)``), several as one command (``DecideSteps``,
-        ``EndSteps``: one append) under an id derived from their steps; when the aggregate
-        refuses the batch, each is decided alone (the others' decisions still stand). The
-        pipeline as the log has it after them."""
+        (``derived_id("pl-step" | "pl-end", pipeline, step)``), several as one command
+        (``DecideSteps``, ``EndSteps``: one append) under an id derived from ``kind`` and
+        their steps (ends marked as such among decisions); when the aggregate refuses the
+        batch, each is decided alone (the others' decisions still stand). The pipeline as the
+        log has it after them."""
         if not commands:
             return await self._state(ws, pid)
         if len(commands) == 1:
             (only,) = commands
-            return await self._decide(ws, pid, derived_id(kind, pid, only.step), only)
+            return await self._decide(ws, pid, derived_id(_kind(only), pid, only.step), only)
         state: PipelineState | None = None
         for i in range(0, len(commands), _BATCH):
             part = list(commands[i : i + _BATCH])
-            names = sorted(c.step for c in part)
             batch: pipelines.PipelineCommand
-            if kind == "pl-end":
-                batch = pipelines.EndSteps(
-                    steps=[c for c in part if isinstance(c, pipelines.EndStep)]
-                )
+            ends = [c for c in part if isinstance(c, pipelines.EndStep)]
+            if kind == "pl-end" and len(ends) == len(part):
+                batch = pipelines.EndSteps(steps=ends)
+                names = sorted(c.step for c in part)
             else:
-                batch = pipelines.DecideSteps(
-                    steps=[c for c in part if not isinstance(c, pipelines.EndStep)]
-                )
+                batch = pipelines.DecideSteps(steps=part)
+                names = sorted(c.step if _kind(c) == kind else f"{_kind(c)}:{c.step}" for c in part)
             try:
                 state = await self._decide(ws, pid, derived_id(f"{kind}s", pid, *names), batch)
             except REFUSALS:  # one of them is refused: each alone, as before the batch
                 for command in part:
-                    state = await self._decide(
-                        ws, pid, derived_id(kind, pid, command.step), command
-                    )
+                    cid = derived_id(_kind(command), pid, command.step)
+                    state = await self._decide(ws, pid, cid, command)
         assert state is not None
         return state
 
@@ -592,6 +648,9 @@ class PipelinesService(ProjectedService):
             display_name=state.step(name).display_name or name,
             parent_run_id=pid,
         )
+        # three single appends, not one atomic batch: JetStream takes several batches at
+        # once on a stream far more slowly (48 batches of 3 at once: 0.6-1 s; the same 144
+        # events as single appends: 5-50 ms; docs/benchmarks.md, pipelines)
         with contextlib.suppress(AlreadyExists):
             await self._on_run(
                 ws,
@@ -684,6 +743,24 @@ def _raise_first(results: Iterable[object]) -> None:
 async def _run_exists(cache: AggregateCache, ws: str, run_id: str) -> bool:
     """Whether the log holds the run (a job's run exists once its submission was accepted)."""
     return bool((await lookup.state(cache, runs.AGGREGATE, ws, run_id, fresh=True)).exists)
+
+
+def _kind(command: pipelines.StartStep | pipelines.ReuseStep | pipelines.EndStep) -> str:
+    """The prefix of a per-step decision's command id."""
+    return "pl-end" if isinstance(command, pipelines.EndStep) else "pl-step"
+
+
+def _ahead(state: PipelineState, ends: list[pipelines.EndStep]) -> PipelineState | None:
+    """``state`` as it is once ``ends`` are recorded (None: the aggregate refuses them)."""
+    if not ends:
+        return state
+    try:
+        events = pipelines.decide(state, pipelines.EndSteps(steps=ends))
+    except REFUSALS:
+        return None
+    for event in events:
+        state = pipelines.evolve(state, event)
+    return state
 
 
 def _producer(step: StepState) -> str:
