@@ -202,3 +202,35 @@ async def test_a_job_forked_after_its_launch_gave_up_runs_nothing_of_the_job(
         assert await exited == 0 and marker.read_text() == "x"
     finally:
         zygote.close()
+
+
+async def test_a_zygote_that_does_not_answer_is_passed_by_until_it_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """Its job starts cold after ``warm_answer_s``, the next one at once; once the stopped
+    zygote is gone, the next job is forked by a new one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "job.py").write_text("import os\nprint(os.getppid(), flush=True)\n")
+    backend = ProcessBackend(_python_for, warm_answer_s=0.5)
+
+    async def parent() -> int:
+        launched = await backend.launch(Runtime(PYTHON), [PYTHON, "job.py"], src, WARM, {}, [])
+        out, code = await _output(launched)
+        assert code == 0
+        return int(out)
+
+    try:
+        zygote = await parent()
+        zygotes = list(backend._zygotes.values())
+        os.kill(zygote, signal.SIGSTOP)
+        assert await parent() == os.getpid()  # cold: after the wait
+        assert not zygotes[0].answering
+        assert await parent() == os.getpid()  # cold: at once
+        os.kill(zygote, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while not zygotes[0].answering:  # its end read: the next use starts another
+                await asyncio.sleep(0.01)
+        assert await parent() not in (zygote, os.getpid())
+    finally:
+        backend.close()

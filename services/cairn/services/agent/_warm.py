@@ -88,7 +88,6 @@ class Zygote:
 
     def _start(self) -> socket.socket:
         self._walls_sent: float | None = None  # a new interpreter has none
-        self.answering = True
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self._proc = subprocess.Popen(
@@ -200,6 +199,7 @@ class Zygote:
         return pid, read, exited
 
     def close(self) -> None:
+        self.answering = True  # the next launch starts a new interpreter
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(Exception):
