@@ -156,7 +156,8 @@ class Backend(Protocol):
     ) -> Launched:
         """Start the job's process. ``Unavailable`` when it could not be started for a
         cause that may pass (``_launch.launch_passing``: the machine or the engine short of
-        something now); any other error is the job's own (its command)."""
+        something now); any other error is the job's own (its command). Whatever it raises,
+        no process of the job is left running (the run may be re-queued and run elsewhere)."""
         ...
 
     async def unpack(self, archive: Path, target: Path) -> None:
@@ -183,11 +184,14 @@ class _Keeper:
         self._fd: int | None = None
 
     def watch(self, pgid: int) -> None:
+        """Tell the keeper about group ``pgid``; never raises (the job is running already:
+        a keeper that cannot be started or told is logged, and the group then dies with the
+        agent through its parent-death signal alone)."""
         for _ in range(2):
-            if self._fd is None:
-                self._start()
-            assert self._fd is not None
             try:
+                if self._fd is None:
+                    self._start()
+                assert self._fd is not None
                 os.write(self._fd, f"+{pgid}\n".encode())
                 return
             except OSError as exc:  # it died: a new one takes over from the next job on
@@ -517,11 +521,18 @@ async def _spawn(
         start_new_session=True,
         preexec_fn=preexec,
     )
-    if started is not None:
-        started(proc.pid)
     assert proc.stdout is not None
-    output = os.dup(proc.stdout.fileno())
-    proc.stdout.close()
+    try:
+        if started is not None:
+            started(proc.pid)
+        output = os.dup(proc.stdout.fileno())
+    except BaseException:  # not to be followed: it must not run on (its launch failed)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
     return await _attach(proc.pid, output, _exit_of(proc))
 
 
@@ -862,7 +873,12 @@ class DockerBackend:
             finally:
                 loop.call_soon_threadsafe(output.feed_eof)
 
-        threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
+        try:
+            threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
+        except RuntimeError as exc:  # no thread now: the container must not run unfollowed
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(container.remove, force=True)
+            raise Unavailable(f"the job's output cannot be followed now: {exc}") from exc
 
         async def wait() -> int:
             result = await asyncio.to_thread(container.wait)

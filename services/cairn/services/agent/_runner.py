@@ -361,6 +361,8 @@ class Attempt:
         scheduler puts the replica back in the queue as it does a lost job."""
         if code == INIT_FAILED and (self.channel is None or not self.channel.ready.is_set()):
             return "failed", code, _tail(src / LOG_FILE)
+        if self.not_started is not None:  # a command of its own it cannot start
+            return "lost", code, self.not_started[0]
         return "lost", code, f"the replica's process exited with code {code}"
 
     def _replica_report(self, phase: Literal["ready", "failed"], error: str = "") -> ReportReplica:
