@@ -34,6 +34,7 @@ PINNED = {
         "stream_position",
         "stream_seq",
         "stream_time",
+        "transient",
         "wait_for_streams",
     ],
     "cairn.telemetry": [

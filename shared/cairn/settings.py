@@ -95,6 +95,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: fork ``python <script>`` jobs from a warm interpreter (process backend); off: every
     #: job's interpreter starts cold (``CAIRN_JOB_WARM_START=0``)
     job_warm_start: bool = True
+    #: seconds a job's warm start waits for its interpreter to answer; past them (a machine
+    #: under load) the job starts cold, and so do the next ones until it answers again
+    job_warm_answer_s: float = 30.0
     #: more of an agent's environment variables its jobs may see, beyond the built-in
     #: allow-list (locale, paths, proxies, CUDA...): comma-separated names or ``PREFIX*``
     job_env_allow: str = ""

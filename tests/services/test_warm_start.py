@@ -166,29 +166,71 @@ async def test_many_jobs_that_end_at_once_each_get_their_own_exit(tmp_path: Path
         backend.close()
 
 
-async def test_a_job_forked_after_its_launch_gave_up_is_killed(tmp_path: Path) -> None:
-    """A zygote that answers too late must not leave a job running that nobody follows (the
-    attempt would otherwise run it twice)."""
+async def test_a_job_forked_after_its_launch_gave_up_runs_nothing_of_the_job(
+    tmp_path: Path,
+) -> None:
+    """A zygote that answers too late must not run the job (the agent starts it cold once it
+    gave up waiting): the child it forks finds its go pipe closed and leaves before running
+    anything, however fast the job would have been; the zygote answers again after."""
     from cairn.services.agent._warm import Zygote
 
     src = tmp_path / "src"
     src.mkdir()
     marker = tmp_path / "ran"
-    (src / "job.py").write_text(f"import time\ntime.sleep(1)\nopen({str(marker)!r}, 'w')\n")
-    zygote = Zygote(PYTHON, {**os.environ, **WARM}, lambda argv: argv, answer_s=0.5)
+    (src / "job.py").write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    env = {**os.environ, **WARM}
+    zygote = Zygote(PYTHON, env, lambda argv: argv, answer_s=0.5)
     try:
-        _, output, exited = await zygote.launch(["job.py"], src, {**os.environ, **WARM})
+        _, output, exited = await zygote.launch(["job.py"], src, env)
         os.close(output)
-        assert await exited == 0 and marker.exists()
+        assert await exited == 0 and marker.read_text() == "x"
         marker.unlink()
         assert zygote._proc is not None
         os.kill(zygote._proc.pid, signal.SIGSTOP)
         try:
             with pytest.raises(TimeoutError):
-                await zygote.launch(["job.py"], src, {**os.environ, **WARM})
+                await zygote.launch(["job.py"], src, env)
+            assert not zygote.answering
         finally:
             os.kill(zygote._proc.pid, signal.SIGCONT)
-        await asyncio.sleep(2.5)
+        async with asyncio.timeout(30):  # the late child forked, reported and gone
+            while not zygote.answering or zygote._exits:
+                await asyncio.sleep(0.01)
         assert not marker.exists()
+        _, output, exited = await zygote.launch(["job.py"], src, env)
+        os.close(output)
+        assert await exited == 0 and marker.read_text() == "x"
     finally:
         zygote.close()
+
+
+async def test_a_zygote_that_does_not_answer_is_passed_by_until_it_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """Its job starts cold after ``warm_answer_s``, the next one at once; once the stopped
+    zygote is gone, the next job is forked by a new one."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "job.py").write_text("import os\nprint(os.getppid(), flush=True)\n")
+    backend = ProcessBackend(_python_for, warm_answer_s=0.5)
+
+    async def parent() -> int:
+        launched = await backend.launch(Runtime(PYTHON), [PYTHON, "job.py"], src, WARM, {}, [])
+        out, code = await _output(launched)
+        assert code == 0
+        return int(out)
+
+    try:
+        zygote = await parent()
+        zygotes = list(backend._zygotes.values())
+        os.kill(zygote, signal.SIGSTOP)
+        assert await parent() == os.getpid()  # cold: after the wait
+        assert not zygotes[0].answering
+        assert await parent() == os.getpid()  # cold: at once
+        os.kill(zygote, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while not zygotes[0].answering:  # its end read: the next use starts another
+                await asyncio.sleep(0.01)
+        assert await parent() not in (zygote, os.getpid())
+    finally:
+        backend.close()

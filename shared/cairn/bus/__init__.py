@@ -3,6 +3,7 @@
 from cairn.bus._agents import live_agents
 from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
+from cairn.bus._failures import transient
 from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._ordered import (
     drop_subscription,
@@ -59,5 +60,6 @@ __all__ = [
     "stream_position",
     "stream_seq",
     "stream_time",
+    "transient",
     "wait_for_streams",
 ]

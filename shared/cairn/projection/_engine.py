@@ -42,10 +42,8 @@ from pathlib import Path
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
 
 from cairn.bus import (
-    TRANSIENT,
     Connection,
     EventStore,
     drop_subscription,
@@ -54,6 +52,7 @@ from cairn.bus import (
     stream_position,
     stream_seq,
     stream_time,
+    transient,
 )
 from cairn.errors import CairnError, Unavailable
 from cairn.log import get_logger
@@ -812,20 +811,6 @@ async def _ordered_consumer(
 
 #: the longest pause between two tries to make a projection feed
 _FEED_RETRY_MAX_S = 10.0
-#: JetStream API answers that may pass: a timeout, a server error, no leader now (10008),
-#: a stream a recovering cluster does not know yet (10059)
-_FEED_TRANSIENT_CODES = (408, 500, 503)
-_FEED_TRANSIENT_ERR_CODES = (10008, 10059)
-
-
-def _feed_transient(exc: Exception) -> bool:
-    """Whether a failure to make the feed may pass by itself (classified by ``err_code``
-    first, then by the HTTP-like code)."""
-    if isinstance(exc, APIError):
-        if exc.err_code in _FEED_TRANSIENT_ERR_CODES:
-            return True
-        return exc.err_code is None and exc.code in (None, *_FEED_TRANSIENT_CODES)
-    return isinstance(exc, TRANSIENT)
 
 
 class _Hub:
@@ -925,7 +910,7 @@ class _Hub:
     def _failed(self, exc: Exception, beat: float) -> None:
         denied = permission_denied(self.conn, f".CONSUMER.CREATE.{self.source.stream}")
         cause = str(denied or exc) or type(exc).__name__
-        if denied is None and _feed_transient(exc):
+        if denied is None and transient(exc):
             self._backoff = min(max(self._backoff * 2, beat), _FEED_RETRY_MAX_S)
             log.warning(
                 "projection_feed_unavailable",

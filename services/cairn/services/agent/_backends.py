@@ -37,6 +37,7 @@ from cairn.errors import InvalidInput, Unavailable
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
 from cairn.services.agent import _landlock
+from cairn.services.agent._launch import launch_passing
 from cairn.services.agent._phases import phase
 from cairn.services.agent._warm import Confinement, Zygote, warm_argv
 from cairn.settings import Settings
@@ -156,7 +157,12 @@ class Backend(Protocol):
         env: dict[str, str],
         labels: dict[str, str],
         gpus: list[int],
-    ) -> Launched: ...
+    ) -> Launched:
+        """Start the job's process. ``Unavailable`` when it could not be started for a
+        cause that may pass (``_launch.launch_passing``: the machine or the engine short of
+        something now); any other error is the job's own (its command). Whatever it raises,
+        no process of the job is left running (the run may be re-queued and run elsewhere)."""
+        ...
 
     async def unpack(self, archive: Path, target: Path) -> None:
         """Extract a job's snapshot as folder ``target`` (``cairn.snapshot.unpack``'s checks:
@@ -182,11 +188,14 @@ class _Keeper:
         self._fd: int | None = None
 
     def watch(self, pgid: int) -> None:
+        """Tell the keeper about group ``pgid``; never raises (the job is running already:
+        a keeper that cannot be started or told is logged, and the group then dies with the
+        agent through its parent-death signal alone)."""
         for _ in range(2):
-            if self._fd is None:
-                self._start()
-            assert self._fd is not None
             try:
+                if self._fd is None:
+                    self._start()
+                assert self._fd is not None
                 os.write(self._fd, f"+{pgid}\n".encode())
                 return
             except OSError as exc:  # it died: a new one takes over from the next job on
@@ -234,7 +243,13 @@ class ProcessBackend:
     ``python <script>`` jobs are forked from a warm interpreter when they can be (``_warm``),
     unless ``warm`` is off. A job kept out of the agent's files (``protect``, Landlock) that
     starts cold is launched by that interpreter too: it forks, confines itself with the walls
-    it holds open, and executes the command, so the agent itself never forks."""
+    it holds open, and executes the command, so the agent itself never forks. A zygote that
+    cannot be asked, or does not answer within ``warm_answer_s`` (a machine under load), is
+    passed by: the job starts cold here, and so do the next ones until it answers again.
+
+    ``launch`` raises ``Unavailable`` when the process could not be started for a cause that
+    may pass (:func:`launch_passing`: the machine short of processes, memory or descriptors
+    now); any other error is the job's own (a command that is not there, or not executable)."""
 
     name = "process"
 
@@ -243,11 +258,14 @@ class ProcessBackend:
         python_for: Callable[[JobEnvironment | None], Awaitable[Path]],
         *,
         warm: bool = True,
+        warm_answer_s: float = 30.0,
         env_allow: str = "",
         protect: list[Path] | None = None,
     ) -> None:
         self._python_for = python_for
         self.warm = warm
+        #: how long a launch waits for a zygote's answer before it starts the job cold
+        self.warm_answer_s = warm_answer_s
         #: the folders a job must not reach (the agent's home, state, artifacts, keys), kept
         #: from it with Landlock (``_landlock.py``); None: not confined
         self.protect = [str(p) for p in protect] if protect is not None else None
@@ -288,32 +306,28 @@ class ProcessBackend:
         # where the job's own ``pip install`` puts packages: its folder, not its environment
         # (shared with other jobs) nor the agent's installation (``_env``'s pip and .pth)
         env["CAIRN_JOB_SITE"] = str(cwd.parent / "packages")
+        try:
+            return await self._launch(runtime, argv, cwd, env)
+        except OSError as exc:
+            if launch_passing(exc):  # the machine short of something now: not the job's
+                raise Unavailable(f"the job's process could not be started now: {exc}") from exc
+            raise
+
+    async def _launch(
+        self, runtime: Runtime, argv: list[str], cwd: Path, env: dict[str, str]
+    ) -> Launched:
         confine = await self._confinement(runtime, cwd, env)
         warm = warm_argv(runtime.python, argv) if self.warm else None
-        if warm is not None:
-            zygote = self._zygote(runtime.python)
-            if zygote is not None and zygote.fits(env):
-                try:
-                    pid, output, exited = await zygote.launch(warm, cwd, env, confine)
-                except OSError as exc:  # not forked: start it cold
-                    log.warning("warm_start_failed", python=runtime.python, error=repr(exc))
-                except TimeoutError as exc:  # maybe forked late (then killed): not twice
-                    raise OSError("the warm interpreter did not answer within 30 s") from exc
-                else:
-                    self._keeper.watch(pid)
-                    return await _attach(pid, output, exited)
-        if confine is not None:  # confined: launched by a zygote, which holds the walls
-            zygote = self._zygote(runtime.python)
-            if zygote is not None:
-                try:
-                    pid, output, exited = await zygote.launch(argv, cwd, env, confine, execute=True)
-                except OSError as exc:  # not forked: start it here
-                    log.warning("zygote_launch_failed", python=runtime.python, error=repr(exc))
-                except TimeoutError as exc:
-                    raise OSError("the warm interpreter did not answer within 30 s") from exc
-                else:
-                    self._keeper.watch(pid)
-                    return await _attach(pid, output, exited)
+        zygote = self._zygote(runtime.python) if warm is not None or confine is not None else None
+        if warm is not None and zygote is not None and zygote.fits(env):
+            started = await self._from_zygote(zygote, warm, cwd, env, confine)
+            if started is not None:
+                return started
+        if confine is not None and zygote is not None:
+            # confined: launched by a zygote, which holds the walls
+            started = await self._from_zygote(zygote, argv, cwd, env, confine, execute=True)
+            if started is not None:
+                return started
         # dies with the agent (kill -9 included): through setpriv when it is there, which
         # keeps the spawn a cheap vfork; else a preexec hook, which forces a full fork (as
         # confinement does: the child restricts itself before it executes the job)
@@ -322,6 +336,34 @@ class ProcessBackend:
         opened = self._walls_opened(confine) if confine is not None else None
         preexec = _before_exec(dies, rules, opened) if dies or rules is not None else None
         return await _spawn(_with_pdeathsig(argv), cwd, env, preexec, self._keeper.watch)
+
+    async def _from_zygote(
+        self,
+        zygote: Zygote,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        confine: Confinement | None,
+        *,
+        execute: bool = False,
+    ) -> Launched | None:
+        """The job forked by ``zygote``; None when it could not be (the caller starts it
+        cold): the zygote could not be asked, or did not answer within its ``answer_s`` (a
+        child it forks late never runs the job, see ``Zygote.launch``), or has not answered
+        since it last failed to (no wait then: a stopped or starved interpreter would make
+        every job wait for it)."""
+        if not zygote.answering:
+            return None
+        try:
+            pid, output, exited = await zygote.launch(argv, cwd, env, confine, execute=execute)
+        except OSError as exc:  # not forked
+            log.warning("warm_start_failed", python=zygote.python, error=repr(exc))
+            return None
+        except TimeoutError:
+            log.warning("warm_start_unanswered", python=zygote.python, answer_s=zygote.answer_s)
+            return None
+        self._keeper.watch(pid)
+        return await _attach(pid, output, exited)
 
     def _walls_opened(self, confine: Confinement) -> dict[str, int]:
         """The walls' paths opened once per version in the agent: a cold start's child
@@ -380,7 +422,9 @@ class ProcessBackend:
         zygote = self._zygotes.get(python)
         if zygote is None and len(self._zygotes) < MAX_ZYGOTES:
             env = {**self._base_env(python), "PYTHONUNBUFFERED": "1"}
-            zygote = self._zygotes[python] = Zygote(python, env, _with_pdeathsig)
+            zygote = self._zygotes[python] = Zygote(
+                python, env, _with_pdeathsig, answer_s=self.warm_answer_s
+            )
         return zygote
 
     def _base_env(self, python: str) -> dict[str, str]:
@@ -481,11 +525,18 @@ async def _spawn(
         start_new_session=True,
         preexec_fn=preexec,
     )
-    if started is not None:
-        started(proc.pid)
     assert proc.stdout is not None
-    output = os.dup(proc.stdout.fileno())
-    proc.stdout.close()
+    try:
+        if started is not None:
+            started(proc.pid)
+        output = os.dup(proc.stdout.fileno())
+    except BaseException:  # not to be followed: it must not run on (its launch failed)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
     return await _attach(proc.pid, output, _exit_of(proc))
 
 
@@ -761,6 +812,25 @@ class DockerBackend:
             raise InvalidInput(f"building image {tag} failed: {said[-4000:]}")
         phase(f"image {tag} ready in {time.monotonic() - started:.1f} s")
 
+    async def _run_container(self, image: str | None, argv: list[str], **options: Any) -> Any:
+        """Start the job's container; ``Unavailable`` when the engine did not answer or
+        answered with a server error (5xx: its own trouble; some engines also report a command
+        that is not in the image this way, which is then tried again within the run's attempt
+        budget and named when it ends it), the engine's refusal otherwise (4xx: the job's
+        own, an image that is not there, a bad command)."""
+        import docker.errors
+
+        try:
+            return await asyncio.to_thread(self.client.containers.run, image, argv, **options)
+        except docker.errors.APIError as exc:
+            if exc.is_server_error():
+                raise Unavailable(f"the Docker engine could not start the job now: {exc}") from exc
+            raise
+        except docker.errors.DockerException:
+            raise
+        except OSError as exc:  # the HTTP client's connection errors and timeouts
+            raise Unavailable(f"the Docker engine did not answer: {exc!r}") from exc
+
     async def launch(
         self,
         runtime: Runtime,
@@ -786,8 +856,7 @@ class DockerBackend:
         if gpus:  # the devices this job was given, through the NVIDIA container toolkit
             ids = [str(i) for i in gpus]
             requests.append(docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]]))
-        container = await asyncio.to_thread(
-            self.client.containers.run,
+        container = await self._run_container(
             runtime.image,
             argv,
             detach=True,
@@ -809,7 +878,12 @@ class DockerBackend:
             finally:
                 loop.call_soon_threadsafe(output.feed_eof)
 
-        threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
+        try:
+            threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
+        except RuntimeError as exc:  # no thread now: the container must not run unfollowed
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(container.remove, force=True)
+            raise Unavailable(f"the job's output cannot be followed now: {exc}") from exc
 
         async def wait() -> int:
             result = await asyncio.to_thread(container.wait)

@@ -7,6 +7,11 @@ attempt, an end) stops it too. Progress reports renew the lease and are the back
 a missed event: their reply says whether the attempt is still current and whether to cancel.
 A stale attempt reports nothing more and uploads nothing (the artifact service refuses an
 upload from a stale attempt as well).
+
+A job whose process could not be started fails its run with the cause when the cause is the
+job's own (its command), and loses the attempt when it may pass (``_launch``: the machine
+short of something now, the job's socket or endpoint not opened): the scheduler re-queues the
+run within its attempt budget, as it does for any lost attempt.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from cairn.services.agent._data import (
     stage_inputs,
 )
 from cairn.services.agent._gate import JobGate
+from cairn.services.agent._launch import launch_passing
 from cairn.services.agent._mlflow import MlflowEndpoint, MlflowServer
 from cairn.services.agent._phases import PhaseLines, reporting
 from cairn.services.agent._serving import (
@@ -170,6 +176,8 @@ class Attempt:
         )
         self._log_seq = 0
         self._log_file: Any = None
+        #: why the job's process was not started, and whether that may pass (``_not_started``)
+        self.not_started: tuple[str, bool] | None = None
 
     # -- signals from the log ------------------------------------------------------------
 
@@ -331,10 +339,15 @@ class Attempt:
             return "lost", code, self.lost_reason
         if self.cancel_reason is not None:
             return self._stopped_outcome(code)
+        unstarted, passing = self.not_started or ("", False)
+        if passing:  # not the job's: the run is re-queued within its attempt budget
+            return "lost", None, f"agent {self.agent_id} could not start the job: {unstarted}"
         if self.a.job.serve is not None:
             return self._replica_outcome(code, src)
         if not self.stale:
             await self._upload_outputs(src)
+        if unstarted:  # the job's own: its log says the same
+            return "failed", code, unstarted
         if code == 0 and not self.stale and self.a.job.outputs:
             try:
                 await deliver_outputs(self._data(), self.a.job.outputs, src, self.a.run_id)
@@ -350,6 +363,8 @@ class Attempt:
         scheduler puts the replica back in the queue as it does a lost job."""
         if code == INIT_FAILED and (self.channel is None or not self.channel.ready.is_set()):
             return "failed", code, _tail(src / LOG_FILE)
+        if self.not_started is not None:  # a command of its own it cannot start
+            return "lost", code, self.not_started[0]
         return "lost", code, f"the replica's process exited with code {code}"
 
     def _replica_report(self, phase: Literal["ready", "failed"], error: str = "") -> ReportReplica:
@@ -555,14 +570,40 @@ class Attempt:
         environ.update(mlflow.environ())
         return environ, mlflow
 
-    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
-        argv = self._argv(runtime.python)
+    def _job_folders(self, src: Path) -> None:
+        """``./outputs``, the outputs' folders, and the job's log file, opened."""
         (src / "outputs").mkdir(exist_ok=True)
         for out in self.a.job.outputs:
             (src / output_path(out)).mkdir(parents=True, exist_ok=True)
         log_path = src / LOG_FILE
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(log_path, "ab")  # noqa: ASYNC230 - local disk, written in chunks
+        self._log_file = open(log_path, "ab")  # local disk, written in chunks
+
+    def _not_started(self, argv: list[str], exc: BaseException, *, passing: bool) -> int:
+        """The job's process was not started: said in its log, and remembered for its outcome
+        (:meth:`_ended`): ``passing``, a cause that may pass (the attempt is lost and the run
+        re-queued), else the job's own (its run fails with the cause). 127, as a shell
+        answers a command it cannot start."""
+        said = f"cannot start {argv[0]!r}: {exc}"
+        self.not_started = (said, passing)
+        self._write_log(f"{said}\n".encode())
+        if self._log_file is not None:
+            self._log_file.close()
+        log.warning(
+            "job_not_started",
+            run_id=self.a.run_id,
+            attempt=self.a.attempt,
+            error=said,
+            passing=passing,
+        )
+        return 127
+
+    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
+        argv = self._argv(runtime.python)
+        try:
+            self._job_folders(src)
+        except OSError as exc:  # a path of the job's in the way (the job's), or a full disk
+            return self._not_started(argv, exc, passing=launch_passing(exc))
         labels = {
             "cairn.run": self.a.run_id,
             "cairn.attempt": str(self.a.attempt),
@@ -579,24 +620,25 @@ class Attempt:
             replica=self.a.job.serve is not None,
         )
         mlflow: MlflowEndpoint | None = None
+        launching = False
         try:
             environ, mlflow = await self._open_ways(gate)
+            launching = True
             self.launched = launched = await self.backend.launch(
                 runtime, argv, src, environ, labels, self.gpus
             )
             gate.admit(launched.session)
             if self.channel is not None:
                 self.channel.admit(launched.session, launched.pid)
-        except (OSError, CairnError) as exc:
+        except (OSError, ValueError, CairnError) as exc:
             gate.admit(None)
             if mlflow is not None:
                 await mlflow.close()
             if self.channel is not None:
                 await self.channel.close()
             await gate.close()
-            self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
-            self._log_file.close()
-            return 127
+            # the job's ways out are the agent's to open: their failure is never the job's
+            return self._not_started(argv, exc, passing=not launching or launch_passing(exc))
         try:
             pump = asyncio.create_task(self._pump_logs(launched.output))
             waiter = asyncio.ensure_future(launched.wait)

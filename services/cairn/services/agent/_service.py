@@ -97,6 +97,7 @@ class AgentService:
             self.backend = ProcessBackend(
                 Environments(root / "envs", downloads=settings.python_downloads).python_for,
                 warm=settings.job_warm_start,
+                warm_answer_s=settings.job_warm_answer_s,
                 env_allow=settings.job_env_allow,
                 protect=[*_protected(settings), self.gates] if settings.job_confine_files else None,
             )

@@ -79,6 +79,9 @@ class Zygote:
         self._next = 0
         self._pids: dict[int, asyncio.Future[tuple[int, asyncio.Future[int]]]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
+        #: False from a launch it did not answer in time until its next message (a zygote
+        #: stopped or starved): the agent starts jobs cold meanwhile instead of waiting again
+        self.answering = True
 
     def fits(self, env: dict[str, str]) -> bool:
         return _startup_env(env) == self.startup
@@ -113,6 +116,7 @@ class Zygote:
             if not data:
                 self._lost()
                 return
+            self.answering = True
             msg = json.loads(data)
             if "exit" in msg:
                 future = self._exits.pop(int(msg["pid"]), None)
@@ -149,8 +153,11 @@ class Zygote:
         a whole command (its program first), which the child executes — a cold start that
         the zygote only launches, confined without forking the agent.
 
-        ``OSError`` when the zygote could not be asked (nothing was forked: a cold start is
-        safe); ``TimeoutError`` when it did not answer (a child forked late is killed)."""
+        ``OSError`` when the zygote could not be asked; ``TimeoutError`` when it did not answer
+        within ``answer_s`` (:attr:`answering` is False then, until it says something again).
+        Either way no child of this request runs the job: one forked late finds its go pipe
+        closed unwritten and leaves (and is killed when its pid arrives), so a cold start is
+        safe."""
         sock = self._sock or self._start()
         self._next += 1
         ident = self._next
@@ -167,21 +174,32 @@ class Zygote:
                 job["walls"] = confine.walls
         body = json.dumps(job).encode()
         read, write = os.pipe()
+        go_read, go = os.pipe()
         try:
             try:
-                socket.send_fds(sock, [body], [write])
+                socket.send_fds(sock, [body], [write, go_read])
             finally:
                 os.close(write)
+                os.close(go_read)
             if "walls" in job:  # the zygote has them now (not before the send succeeded)
                 self._walls_sent = job["walls_id"]
-            pid, exited = await asyncio.wait_for(started, self.answer_s)
+            try:
+                pid, exited = await asyncio.wait_for(started, self.answer_s)
+            except TimeoutError:
+                self.answering = False  # until it says something again
+                raise
+            with contextlib.suppress(BrokenPipeError):  # a child that died already: its exit
+                os.write(go, b"1")  # tells
         except BaseException:
             self._pids.pop(ident, None)
             os.close(read)
             raise
+        finally:
+            os.close(go)  # unwritten: a child forked from now on leaves at once
         return pid, read, exited
 
     def close(self) -> None:
+        self.answering = True  # the next launch starts a new interpreter
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(Exception):

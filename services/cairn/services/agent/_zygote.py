@@ -4,12 +4,16 @@ Run as a script by the agent (``cairn.services.agent._warm``), never imported: w
 it must hold nothing but the interpreter's start-up and a few standard modules, so that the
 child is what ``python script.py`` would have been. It answers on the ``SOCK_SEQPACKET``
 socket ``FD``: each request is a job (JSON: ``id``, ``argv`` = script or ``-m module`` and
-its arguments, ``cwd``, ``env``) with the write end of the job's output pipe attached; it forks,
-answers ``{"id", "pid"}``, and when a child exits, ``{"pid", "exit"}`` (the exit code, or minus
-the signal). End of file on the socket (the agent is gone) ends it; its children die with it
-(``PR_SET_PDEATHSIG``). A request's ``rules`` confine the child to the job's files
-(``_landlock.py``) before it runs anything of the job's. A request with ``exec`` is a cold
-start: the child executes ``argv`` (a whole command) instead of running Python here.
+its arguments, ``cwd``, ``env``) with the write end of the job's output pipe and the read end
+of its *go* pipe attached; it forks, answers ``{"id", "pid"}``, and when a child exits,
+``{"pid", "exit"}`` (the exit code, or minus the signal). The child runs nothing of the job
+before the agent writes a byte on the go pipe, which it does once it has the pid; an agent
+that gave up waiting closes it instead, and the child leaves: a job whose warm start was not
+answered in time can start cold without a late fork running it a second time. End of file on
+the socket (the agent is gone) ends it; its children die with it (``PR_SET_PDEATHSIG``). A
+request's ``rules`` confine the child to the job's files (``_landlock.py``) before it runs
+anything of the job's. A request with ``exec`` is a cold start: the child executes ``argv``
+(a whole command) instead of running Python here.
 
 The child starts a session of its own, takes the pipe as stdout and stderr, the job's working
 folder, environment and ``sys.argv``, puts the script's folder first on ``sys.path`` and runs it
@@ -117,7 +121,7 @@ def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
                         break
                 _reap(sock)
                 continue
-            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 1)
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 2)
             if not message:
                 os._exit(0)  # the agent is gone
             job = json.loads(message)
@@ -131,10 +135,26 @@ def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
                     os.close(fd)
                 sock.close()
                 _die_with_parent(me)
+                if len(fds) > 1:
+                    _wait_for_go(fds[1])
                 return job, fds[0]
             for fd in fds:
                 os.close(fd)
             sock.send(json.dumps({"id": job["id"], "pid": pid}).encode())
+
+
+def _wait_for_go(go: int) -> None:
+    """Run nothing of the job until the agent has taken this child as its job's process: it
+    writes a byte on ``go`` once it has the pid. End of file instead (the agent gave up
+    waiting for this answer, and may have started the job cold, or it died) means the job
+    is not this child's to run: it leaves at once."""
+    try:
+        said = os.read(go, 1)
+    except OSError:
+        said = b""
+    os.close(go)
+    if not said:
+        os._exit(0)
 
 
 def become(job: dict[str, Any], output: int) -> None:
@@ -181,7 +201,7 @@ def _execute(argv: list[str]) -> None:
     """Replace this child with the job's command (a cold start); 127 when it cannot start."""
     try:
         os.execvpe(argv[0], argv, os.environ)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
         print(f"cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
         os._exit(127)
 

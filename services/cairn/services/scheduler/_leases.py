@@ -31,9 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 import nats.errors
-from nats.js.errors import APIError
 
-from cairn.bus import Connection, RunKeyMirror, permission_denied
+from cairn.bus import Connection, RunKeyMirror, permission_denied, transient
 from cairn.errors import CairnError, ConcurrencyConflict, StaleAttempt, Unavailable
 from cairn.log import get_logger
 from cairn.proto.streams import LEASES_BUCKET
@@ -108,15 +107,15 @@ class Leases:
     def _failure(self, ws: str, run_id: str, exc: Exception) -> CairnError:
         """What a failed read or write of the run's lease key is: ``PermissionDenied`` naming
         the subject when the server reported a permissions violation on it (which the client
-        sees as a timeout), ``Unavailable`` when it may pass (a timeout, no responders, no
-        leader now), the server's refusal otherwise."""
+        sees as a timeout), ``Unavailable`` when it may pass (``cairn.bus.transient``: a
+        timeout, no responders, no leader now), the server's refusal otherwise."""
         bucket = self.keys.bucket
         denied = permission_denied(
             self.conn, f".STREAM.MSG.GET.KV_{bucket}", f"$KV.{bucket}.{ws}.{run_id}"
         )
         if denied is not None:
             return denied
-        if isinstance(exc, APIError) and exc.code not in (None, 408, 503):
+        if not transient(exc):
             return CairnError(f"the lease of run {run_id} was refused: {exc}")
         return Unavailable(f"the lease of run {run_id} cannot be renewed now: {exc!r}")
 
