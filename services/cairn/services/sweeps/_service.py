@@ -3,8 +3,9 @@
 The controller is a process manager of the scheduler's shape: read models of EVENTS (sweeps,
 their trials, the child runs' states) and METRICS (the trial runs' reports), and a reconcile
 loop that turns what they say into the next decision for each running sweep, taken on the
-sweep aggregate (``cairn.domain.sweep``) under a command id derived from the fact it follows:
-``derived_id("propose", sweep, n)``, ``derived_id("stop", sweep, n)``... The aggregate
+sweep aggregate (``cairn.domain.sweep``) under a command id derived from the facts it follows:
+``derived_id("advance", sweep, ...)`` (the trials a pass found ended and the proposals that
+fill their places, one append), ``derived_id("stop", sweep, n)``... The aggregate
 refuses what would break a limit, so two controllers, or one that died and came back, take
 each decision once. Trials are child jobs submitted through the scheduler (``SubmitJob``
 with ``parent_run_id``, run id ``derived_id("trial", sweep, n)``), canceled with
@@ -109,6 +110,10 @@ class SweepsService(ProjectedService):
         self.evaluated: dict[tuple[str, str, int], int] = {}
         #: (workspace, sweep) -> trial index -> its primary metric's reports read so far
         self.series: dict[tuple[str, str], dict[int, list[float]]] = {}
+        #: (workspace, sweep) -> the trials whose job this process had accepted: a pass sends
+        #: ``SubmitJob`` again only for a trial outside it whose run the read model has not
+        #: seen submitted (another controller's proposal, or one from before a restart)
+        self.submitted: dict[tuple[str, str], set[int]] = {}
         self.responders = [
             Responder(
                 conn,
@@ -226,6 +231,7 @@ class SweepsService(ProjectedService):
         active = self._active()
         live = {(ws, sweep_id) for ws, sweep_id, _ in active}
         self.series = {k: v for k, v in self.series.items() if k in live}
+        self.submitted = {k: v for k, v in self.submitted.items() if k in live}
         for ws, sweep_id, submitted_at in active:
             try:
                 await self.drive(ws, sweep_id, submitted_at)
@@ -250,11 +256,36 @@ class SweepsService(ProjectedService):
         await execute(ctx, runs.AGGREGATE, run_id, command, cache=self.cache)
 
     async def drive(self, ws: str, sweep_id: str, submitted_at: float) -> None:
-        """One pass over one sweep: start, end trials, stop, propose, end."""
-        state = await lookup.state(self.cache, sweep.AGGREGATE, ws, sweep_id, fresh=True)
+        """One pass over one sweep: start, end trials, stop, propose, end.
+
+        Its reads go out together: the sweep and its run fresh from the log, and the last
+        metrics batch of each trial whose run the read model has seen end (what the trial's
+        end waits for), so a trial's end costs one round trip before its decision."""
+        rows = self._trial_rows(ws, sweep_id)
+        ending = {
+            i: run_id
+            for i, (run_id, status, ended) in rows.items()
+            if status in _TERMINAL and ended is None
+        }
+        reads = asyncio.gather(
+            lookup.state(self.cache, sweep.AGGREGATE, ws, sweep_id, fresh=True),
+            lookup.run_state(self.cache, ws, sweep_id, fresh=True),
+            return_exceptions=True,
+        )
+        lasts = asyncio.gather(
+            *(self.metrics.last_seq_on(subjects.metrics(ws, r)) for r in ending.values()),
+            return_exceptions=True,  # one not read here is read again where it is needed
+        )
+        (state, parent), found = await asyncio.gather(reads, lasts)
+        if isinstance(state, BaseException):
+            raise state
         if not state.exists:
             return
-        parent = await lookup.run_state(self.cache, ws, sweep_id, fresh=True)
+        if isinstance(parent, BaseException):
+            raise parent
+        last_batches = {
+            i: seq for i, seq in zip(ending, found, strict=True) if isinstance(seq, int)
+        }
         if state.ended:
             await self._end_parent(ws, sweep_id, state, parent.status)
             return
@@ -269,19 +300,22 @@ class SweepsService(ProjectedService):
         if timeout is not None and time.time() > submitted_at + timeout:
             command = sweep.TimeOutSweep(timeout_s=timeout)
             state = await self._decide(ws, sweep_id, derived_id("timeout", sweep_id), command)
-        state = await self._follow_trials(ws, sweep_id, state)
-        state = await self._propose(ws, sweep_id, state)
+        state, ends = await self._follow_trials(ws, sweep_id, state, rows, last_batches)
+        state = await self._advance(ws, sweep_id, state, ends)
         if not state.running and not state.proposing:
             state = await self._decide(ws, sweep_id, derived_id("end", sweep_id), sweep.EndSweep())
             await self._end_parent(ws, sweep_id, state, parent.status)
 
-    def _trial_rows(self, ws: str, sweep_id: str) -> dict[int, str | None]:
-        def fn(db: sqlite3.Connection, t: Tables) -> dict[int, str | None]:
+    def _trial_rows(self, ws: str, sweep_id: str) -> dict[int, tuple[str, str | None, str | None]]:
+        """Each trial's run id, its run's status and its ``TrialEnded`` status, as read."""
+
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[int, tuple[str, str | None, str | None]]:
             rows = db.execute(
-                f"SELECT idx, status FROM {t('trials')} WHERE workspace=? AND sweep_id=?",
+                f"SELECT idx, run_id, status, ended FROM {t('trials')} WHERE workspace=?"
+                " AND sweep_id=?",
                 (ws, sweep_id),
             )
-            return {int(i): s for i, s in rows}
+            return {int(i): (str(r), s, e) for i, r, s, e in rows}
 
         return self.projection.read(fn)[0]
 
@@ -297,6 +331,9 @@ class SweepsService(ProjectedService):
             out: dict[int, list[float]] = {}
             for trial in state.trials:
                 before = known.get(trial.index, [])
+                if trial.status is not None and len(before) == trial.reports:
+                    out[trial.index] = before  # ended with these reports: nothing more comes
+                    continue
                 rows = db.execute(
                     f"SELECT value FROM {t('reports')} WHERE workspace=? AND run_id=? AND name=?"
                     " AND n > ? ORDER BY n",
@@ -309,11 +346,13 @@ class SweepsService(ProjectedService):
         known.update(series)
         return series
 
-    async def _reports_read(self, ws: str, run_id: str) -> bool:
+    async def _reports_read(self, ws: str, run_id: str, last: int | None) -> bool:
         """Whether the reports read model holds the trial run's last metrics batch (its
         reports are stored before its run ends: its script flushes them before it exits),
-        waited for a little; a pass that finds it behind leaves the trial's end to the next."""
-        last = await self.metrics.last_seq_on(subjects.metrics(ws, run_id))
+        waited for a little; a pass that finds it behind leaves the trial's end to the next.
+        ``last``: that batch's sequence when the pass read it already."""
+        if last is None:
+            last = await self.metrics.last_seq_on(subjects.metrics(ws, run_id))
         try:
             await self.reports.wait_for(last, timeout=_REPORTS_WAIT_S)
         except Unavailable:
@@ -321,21 +360,33 @@ class SweepsService(ProjectedService):
         return True
 
     async def _follow_trials(
-        self, ws: str, sweep_id: str, state: sweep.SweepState
-    ) -> sweep.SweepState:
-        rows = self._trial_rows(ws, sweep_id)
+        self,
+        ws: str,
+        sweep_id: str,
+        state: sweep.SweepState,
+        rows: dict[int, tuple[str, str | None, str | None]],
+        last_batches: dict[int, int],
+    ) -> tuple[sweep.SweepState, list[sweep.EndTrial]]:
+        """Submit, stop or cancel the running trials as needed; the ends of those whose run
+        ended (with its reports read) are returned, for :meth:`_advance` to record."""
+        ends: list[sweep.EndTrial] = []
+        statuses = {i: status for i, (_, status, _) in rows.items()}
         running = [t for t in state.trials if t.status is None]
-        ended = [t for t in running if rows.get(t.index) in _TERMINAL]
-        read = await asyncio.gather(*(self._reports_read(ws, t.run_id) for t in ended))
+        ended = [t for t in running if statuses.get(t.index) in _TERMINAL]
+        read = await asyncio.gather(
+            *(self._reports_read(ws, t.run_id, last_batches.get(t.index)) for t in ended)
+        )
         caught_up = {t.index for t, ok in zip(ended, read, strict=True) if ok}
         series = self._series(ws, state)
         assert state.spec is not None
         goal, policy = state.spec.objective.goal, state.spec.policy
+        mine = self.submitted.get((ws, sweep_id), set())
         for trial in running:
-            child = rows.get(trial.index)
+            child = statuses.get(trial.index)
             values = series.get(trial.index, [])
             if child is None:
-                await self._submit_trial(ws, state, trial)
+                if trial.index not in mine:  # its run not seen submitted, nor sent from here
+                    await self._submit_trial(ws, state, trial)
             elif child in _TERMINAL:
                 if trial.index not in caught_up:  # its last reports not read yet: the next pass
                     continue
@@ -347,10 +398,7 @@ class SweepsService(ProjectedService):
                     last=values[-1] if values else None,
                     reports=len(values),
                 )
-                state = await self._decide(
-                    ws, sweep_id, derived_id("trial-end", sweep_id, trial.index), end
-                )
-                self.evaluated.pop((ws, sweep_id, trial.index), None)
+                ends.append(end)
             elif state.cancel_requested or trial.stopped is not None:
                 # (a child's cancel reason starting "timeout" would make it a job timeout)
                 reason = (
@@ -366,7 +414,7 @@ class SweepsService(ProjectedService):
                 await self._on_run(ws, trial.run_id, cancel.command_id, cancel)
             elif policy is not None:
                 state = await self._apply_policy(ws, sweep_id, state, trial.index, series)
-        return state
+        return state, ends
 
     async def _apply_policy(
         self,
@@ -406,27 +454,45 @@ class SweepsService(ProjectedService):
             break
         return state
 
-    async def _propose(self, ws: str, sweep_id: str, state: sweep.SweepState) -> sweep.SweepState:
+    async def _advance(
+        self, ws: str, sweep_id: str, state: sweep.SweepState, ends: list[sweep.EndTrial]
+    ) -> sweep.SweepState:
+        """Record ``ends`` and the proposals that fill the places they free, as one decision
+        (``AdvanceSweep``: one append), then submit the proposed trials' jobs together. Each
+        proposal is made from the state as read with the ends and the proposals before it
+        folded in, which is the state the log holds before it once the append is taken."""
         assert state.spec is not None
-        while state.proposing and state.running < state.spec.limits.max_concurrent_trials:
-            index = len(state.trials)
-            seen = {t.index for t in state.trials if t.status is not None}
-            proposal = await asyncio.to_thread(
-                propose, state.spec, state.seed, index, state.trials, seen
-            )
-            command = sweep.ProposeTrial(
+        spec = state.spec
+        after = state
+        for end in ends:
+            after = sweep.AGGREGATE.fold(sweep.decide(after, end), onto=after)
+        proposals: list[sweep.ProposeTrial] = []
+        while after.proposing and after.running < spec.limits.max_concurrent_trials:
+            index = len(after.trials)
+            seen = {t.index for t in after.trials if t.status is not None}
+            made = await asyncio.to_thread(propose, spec, after.seed, index, after.trials, seen)
+            proposal = sweep.ProposeTrial(
                 index=index,
                 run_id=trial_run_id(sweep_id, index),
-                parameters=proposal.parameters,
-                sampled=proposal.sampled,
+                parameters=made.parameters,
+                sampled=made.sampled,
                 seen=sorted(seen),
             )
-            state = await self._decide(
-                ws, sweep_id, derived_id("propose", sweep_id, index), command
-            )
-            if len(state.trials) <= index:  # not in the log as read: the next pass
-                break
-            await self._submit_trial(ws, state, state.trials[index])
+            proposals.append(proposal)
+            after = sweep.AGGREGATE.fold(sweep.decide(after, proposal), onto=after)
+        if not ends and not proposals:
+            return state
+        facts = [*(f"end:{e.index}" for e in ends), *(f"propose:{p.index}" for p in proposals)]
+        command = sweep.AdvanceSweep(ends=ends, proposals=proposals)
+        state = await self._decide(ws, sweep_id, derived_id("advance", sweep_id, *facts), command)
+        for end in ends:
+            self.evaluated.pop((ws, sweep_id, end.index), None)
+        fresh = [  # what the log holds for each proposal (a proposal left out: the next pass)
+            state.trials[p.index]
+            for p in proposals
+            if p.index < len(state.trials) and state.trials[p.index].status is None
+        ]
+        await asyncio.gather(*(self._submit_trial(ws, state, trial) for trial in fresh))
         return state
 
     async def _submit_trial(
@@ -453,6 +519,7 @@ class SweepsService(ProjectedService):
         )
         try:
             await Client(self.conn, ws).send(submit)
+            self.submitted.setdefault((ws, state.run_id), set()).add(trial.index)
         except REFUSALS as exc:  # it cannot run as written: it fails
             run = await lookup.state(self.cache, runs.AGGREGATE, ws, trial.run_id, fresh=True)
             if run.exists:  # an earlier copy was accepted: the trial runs
