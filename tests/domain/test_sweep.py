@@ -71,10 +71,6 @@ def ended(i: int, best: float | None = 0.5, status: str = "Completed") -> TrialE
     return TrialEnded(index=i, status=status, best=best, last=best, reports=1 if best else 0)
 
 
-def end(i: int, best: float | None = 0.5, status: str = "Completed") -> sweep.EndTrial:
-    return sweep.EndTrial(index=i, status=status, best=best, last=best, reports=1 if best else 0)
-
-
 STOP = sweep.StopTrial(
     index=0, policy="bandit", interval=2, value=0.5, reference=0.9, threshold=0.81, reason="r"
 )
@@ -213,48 +209,6 @@ CASES = [
         [SUBMITTED, proposed(0), ended(0)],
         sweep.EndTrial(index=0, status="Failed"),
         [],
-    ),
-    Case(
-        "advance: ends, then the proposals made after them, in one decision",
-        [SUBMITTED, proposed(0), proposed(1)],
-        sweep.AdvanceSweep(ends=[end(0), end(1)], proposals=[propose(2, [0, 1])]),
-        [ended(0), ended(1), proposed(2, [0, 1])],
-    ),
-    Case(
-        "advance: an end recorded as this one says keeps the proposals",
-        [SUBMITTED, proposed(0), proposed(1), ended(0)],
-        sweep.AdvanceSweep(ends=[end(0)], proposals=[propose(2, [0])]),
-        [proposed(2, [0])],
-    ),
-    Case(
-        "advance: an end recorded with other numbers drops the proposals made from it",
-        [SUBMITTED, proposed(0), proposed(1), ended(0, 0.9)],
-        sweep.AdvanceSweep(ends=[end(0), end(1)], proposals=[propose(2, [0, 1])]),
-        [ended(1)],
-    ),
-    Case(
-        "advance: a proposal already in the log ends the proposals",
-        [SUBMITTED, proposed(0)],
-        sweep.AdvanceSweep(proposals=[propose(0), propose(1)]),
-        [],
-    ),
-    Case(
-        "advance: proposals stop at the first that does not fit",
-        [SUBMITTED],
-        sweep.AdvanceSweep(proposals=[propose(0), propose(1), propose(2)]),
-        [proposed(0), proposed(1)],
-    ),
-    Case(
-        "advance: a proposal that saw a result not recorded is left out",
-        [SUBMITTED, proposed(0)],
-        sweep.AdvanceSweep(proposals=[propose(1, [0])]),
-        [],
-    ),
-    Case(
-        "advance: an end of no trial is refused",
-        [SUBMITTED],
-        sweep.AdvanceSweep(ends=[end(0)]),
-        NotFound,
     ),
     Case(
         "cancel",

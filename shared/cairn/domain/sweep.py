@@ -10,12 +10,6 @@ one that was killed and came back, take each decision once and in order:
   its proposal until its ``TrialEnded``, so the children that can run at once never exceed the
   limit, whoever proposes.
 * ``StopTrial`` records the policy's decision once per trial; ``EndTrial`` a child run's end.
-* ``AdvanceSweep`` is trial ends and the proposals that follow them as one decision (one
-  append): the ends first, then each proposal as ``ProposeTrial`` would take it on the state
-  after them. The proposals were made from that state, so they are taken only while it is
-  the one they were made from: none when an end was recorded before with other numbers, and
-  none after the first one that is already in the log or no longer fits (the controller reads
-  the state after the append and proposes the rest from it).
 * ``EndSweep`` is accepted once no trial runs and nothing more will be proposed; the status
   follows from the state: ``Canceled`` after a person's cancel, ``Failed`` naming the primary
   metric when no trial ever logged it, else ``Completed`` (after a timeout too: the trials it
@@ -58,7 +52,6 @@ __all__ = [
     "AGGREGATE",
     "KIND",
     "MAX_GRID_POINTS",
-    "AdvanceSweep",
     "EndSweep",
     "EndTrial",
     "ProposeTrial",
@@ -281,13 +274,6 @@ class EndTrial(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     error: str = ""
 
 
-class AdvanceSweep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Trial ends, then the proposals made from the state after them, as one decision."""
-
-    ends: list[EndTrial] = msgspec.field(default_factory=list)
-    proposals: list[ProposeTrial] = msgspec.field(default_factory=list)
-
-
 class TimeOutSweep(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The sweep ran past its ``timeout_s`` (the controller read the clock)."""
 
@@ -304,7 +290,6 @@ SweepCommand = (
     | ProposeTrial
     | StopTrial
     | EndTrial
-    | AdvanceSweep
     | TimeOutSweep
     | EndSweep
 )
@@ -330,8 +315,6 @@ def decide(state: SweepState, command: SweepCommand) -> list[Event]:
             return _stop(state, command)
         case EndTrial():
             return _end_trial(state, command)
-        case AdvanceSweep():
-            return _advance(state, command)
         case EndSweep():
             return _end(state)
 
@@ -418,35 +401,6 @@ def _end_trial(state: SweepState, command: EndTrial) -> list[Event]:
             error=command.error,
         )
     ]
-
-
-def _recorded_as(trial: TrialState, end: EndTrial) -> bool:
-    """Whether ``trial`` ended with the numbers ``end`` gives."""
-    recorded = (trial.status, trial.best, trial.last, trial.reports, trial.error)
-    return recorded == (end.status, end.best, end.last, end.reports, end.error)
-
-
-def _advance(state: SweepState, command: AdvanceSweep) -> list[Event]:
-    events: list[Event] = []
-    same = True  # the state is the one the proposals were made from
-    for end in command.ends:
-        new = _end_trial(state, end)
-        if not new:
-            same = same and _recorded_as(_trial(state, end.index), end)
-        for event in new:
-            state = evolve(state, event)
-        events += new
-    for proposal in command.proposals if same else ():
-        if proposal.index != len(state.trials):  # proposed already: the rest is stale
-            break
-        try:
-            new = _propose(state, proposal)
-        except InvalidTransition:  # no longer fits: proposed again from the state after
-            break
-        for event in new:
-            state = evolve(state, event)
-        events += new
-    return events
 
 
 def best_index(state: SweepState) -> int | None:

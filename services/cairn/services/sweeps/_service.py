@@ -3,9 +3,8 @@
 The controller is a process manager of the scheduler's shape: read models of EVENTS (sweeps,
 their trials, the child runs' states) and METRICS (the trial runs' reports), and a reconcile
 loop that turns what they say into the next decision for each running sweep, taken on the
-sweep aggregate (``cairn.domain.sweep``) under a command id derived from the facts it follows:
-``derived_id("advance", sweep, ...)`` (the trials a pass found ended and the proposals that
-fill their places, one append), ``derived_id("stop", sweep, n)``... The aggregate
+sweep aggregate (``cairn.domain.sweep``) under a command id derived from the fact it follows:
+``derived_id("propose", sweep, n)``, ``derived_id("stop", sweep, n)``... The aggregate
 refuses what would break a limit, so two controllers, or one that died and came back, take
 each decision once. Trials are child jobs submitted through the scheduler (``SubmitJob``
 with ``parent_run_id``, run id ``derived_id("trial", sweep, n)``), canceled with
@@ -66,6 +65,9 @@ ACTOR = "cairn-sweeps"
 _TERMINAL = {s.value for s in runs.RunStatus if s.terminal}
 #: how long a pass waits for the reports read model to read an ended trial's last metrics
 _REPORTS_WAIT_S = 1.0
+#: timer ticks a controller lets pass without a pass when nothing asked for one (a fact
+#: missed by the wake-ups is still followed within this many ticks)
+_IDLE_TICKS = 5
 
 
 def trial_run_id(sweep_id: str, index: int) -> str:
@@ -104,7 +106,14 @@ class SweepsService(ProjectedService):
         #: starts at once on a sweep's event or a run's end
         self.tick_s = 0.2
         self._wake = asyncio.Event()
-        projection.on_change = self._wake.set
+        projection.on_change = self.fact_applied
+        #: a fact the loop acts on was applied since the last pass began
+        self.changed = True
+        #: the last pass left something for the timer: a policy or a timeout to follow, a
+        #: trial's reports not read yet, a proposal not taken, a failed or refused decision
+        self.pending = True
+        #: timer ticks skipped since the last pass
+        self.idle = 0
         self.metrics = EventStore(conn, stream=METRICS.name)
         #: (workspace, sweep, trial) -> the last interval the policy was applied at
         self.evaluated: dict[tuple[str, str, int], int] = {}
@@ -227,7 +236,26 @@ class SweepsService(ProjectedService):
 
         return self.projection.read(fn)[0]
 
+    def fact_applied(self) -> None:
+        """Called by the sweeps read model for each event the loop acts on: a pass now."""
+        self.changed = True
+        self._wake.set()
+
     async def reconcile(self) -> None:
+        """A pass over every running sweep; a timer tick with nothing to follow (no fact
+        applied since the last pass, which left nothing pending) is skipped, up to
+        ``_IDLE_TICKS`` in a row."""
+        if not (self.changed or self.pending or self.idle >= _IDLE_TICKS):
+            self.idle += 1
+            return
+        self.changed, self.pending, self.idle = False, False, 0
+        try:
+            await self._pass()
+        except BaseException:
+            self.pending = True
+            raise
+
+    async def _pass(self) -> None:
         active = self._active()
         live = {(ws, sweep_id) for ws, sweep_id, _ in active}
         self.series = {k: v for k, v in self.series.items() if k in live}
@@ -236,8 +264,10 @@ class SweepsService(ProjectedService):
             try:
                 await self.drive(ws, sweep_id, submitted_at)
             except CairnError as exc:  # a race with another controller, or bad input
+                self.pending = True
                 log.warning("sweep_decision_refused", sweep=sweep_id, error=repr(exc))
             except Exception as exc:  # this sweep waits for the next pass, not the others
+                self.pending = True
                 log.exception("sweep_drive_failed", sweep=sweep_id, error=repr(exc))
 
     async def _decide(
@@ -279,7 +309,8 @@ class SweepsService(ProjectedService):
         (state, parent), found = await asyncio.gather(reads, lasts)
         if isinstance(state, BaseException):
             raise state
-        if not state.exists:
+        if not state.exists:  # the read model is ahead of the log as read: a later pass
+            self.pending = True
             return
         if isinstance(parent, BaseException):
             raise parent
@@ -297,11 +328,13 @@ class SweepsService(ProjectedService):
             await self._on_run(ws, sweep_id, start.command_id, start)
         assert state.spec is not None
         timeout = state.spec.limits.timeout_s
+        if timeout is not None or state.spec.policy is not None:  # what the timer follows
+            self.pending = True
         if timeout is not None and time.time() > submitted_at + timeout:
             command = sweep.TimeOutSweep(timeout_s=timeout)
             state = await self._decide(ws, sweep_id, derived_id("timeout", sweep_id), command)
-        state, ends = await self._follow_trials(ws, sweep_id, state, rows, last_batches)
-        state = await self._advance(ws, sweep_id, state, ends)
+        state = await self._follow_trials(ws, sweep_id, state, rows, last_batches)
+        state = await self._propose(ws, sweep_id, state)
         if not state.running and not state.proposing:
             state = await self._decide(ws, sweep_id, derived_id("end", sweep_id), sweep.EndSweep())
             await self._end_parent(ws, sweep_id, state, parent.status)
@@ -366,10 +399,7 @@ class SweepsService(ProjectedService):
         state: sweep.SweepState,
         rows: dict[int, tuple[str, str | None, str | None]],
         last_batches: dict[int, int],
-    ) -> tuple[sweep.SweepState, list[sweep.EndTrial]]:
-        """Submit, stop or cancel the running trials as needed; the ends of those whose run
-        ended (with its reports read) are returned, for :meth:`_advance` to record."""
-        ends: list[sweep.EndTrial] = []
+    ) -> sweep.SweepState:
         statuses = {i: status for i, (_, status, _) in rows.items()}
         running = [t for t in state.trials if t.status is None]
         ended = [t for t in running if statuses.get(t.index) in _TERMINAL]
@@ -389,6 +419,7 @@ class SweepsService(ProjectedService):
                     await self._submit_trial(ws, state, trial)
             elif child in _TERMINAL:
                 if trial.index not in caught_up:  # its last reports not read yet: the next pass
+                    self.pending = True
                     continue
                 best = (max(values) if goal == "maximize" else min(values)) if values else None
                 end = sweep.EndTrial(
@@ -398,7 +429,10 @@ class SweepsService(ProjectedService):
                     last=values[-1] if values else None,
                     reports=len(values),
                 )
-                ends.append(end)
+                state = await self._decide(
+                    ws, sweep_id, derived_id("trial-end", sweep_id, trial.index), end
+                )
+                self.evaluated.pop((ws, sweep_id, trial.index), None)
             elif state.cancel_requested or trial.stopped is not None:
                 # (a child's cancel reason starting "timeout" would make it a job timeout)
                 reason = (
@@ -414,7 +448,7 @@ class SweepsService(ProjectedService):
                 await self._on_run(ws, trial.run_id, cancel.command_id, cancel)
             elif policy is not None:
                 state = await self._apply_policy(ws, sweep_id, state, trial.index, series)
-        return state, ends
+        return state
 
     async def _apply_policy(
         self,
@@ -454,45 +488,35 @@ class SweepsService(ProjectedService):
             break
         return state
 
-    async def _advance(
-        self, ws: str, sweep_id: str, state: sweep.SweepState, ends: list[sweep.EndTrial]
-    ) -> sweep.SweepState:
-        """Record ``ends`` and the proposals that fill the places they free, as one decision
-        (``AdvanceSweep``: one append), then submit the proposed trials' jobs together. Each
-        proposal is made from the state as read with the ends and the proposals before it
-        folded in, which is the state the log holds before it once the append is taken."""
+    async def _propose(self, ws: str, sweep_id: str, state: sweep.SweepState) -> sweep.SweepState:
+        """Propose while there is room, each trial's job submitted after its proposal. A
+        Bayesian proposal (a TPE study over every earlier trial: tens of ms) is made in a
+        thread; a random or grid one (well under a millisecond, whatever the sweep's length)
+        on the loop, where a hop to a thread and back would cost more than the proposal."""
         assert state.spec is not None
         spec = state.spec
-        after = state
-        for end in ends:
-            after = sweep.AGGREGATE.fold(sweep.decide(after, end), onto=after)
-        proposals: list[sweep.ProposeTrial] = []
-        while after.proposing and after.running < spec.limits.max_concurrent_trials:
-            index = len(after.trials)
-            seen = {t.index for t in after.trials if t.status is not None}
-            made = await asyncio.to_thread(propose, spec, after.seed, index, after.trials, seen)
-            proposal = sweep.ProposeTrial(
+        while state.proposing and state.running < spec.limits.max_concurrent_trials:
+            index = len(state.trials)
+            seen = {t.index for t in state.trials if t.status is not None}
+            args = (spec, state.seed, index, state.trials, seen)
+            if spec.sampling.algorithm == "bayesian":
+                proposal = await asyncio.to_thread(propose, *args)
+            else:
+                proposal = propose(*args)
+            command = sweep.ProposeTrial(
                 index=index,
                 run_id=trial_run_id(sweep_id, index),
-                parameters=made.parameters,
-                sampled=made.sampled,
+                parameters=proposal.parameters,
+                sampled=proposal.sampled,
                 seen=sorted(seen),
             )
-            proposals.append(proposal)
-            after = sweep.AGGREGATE.fold(sweep.decide(after, proposal), onto=after)
-        if not ends and not proposals:
-            return state
-        facts = [*(f"end:{e.index}" for e in ends), *(f"propose:{p.index}" for p in proposals)]
-        command = sweep.AdvanceSweep(ends=ends, proposals=proposals)
-        state = await self._decide(ws, sweep_id, derived_id("advance", sweep_id, *facts), command)
-        for end in ends:
-            self.evaluated.pop((ws, sweep_id, end.index), None)
-        fresh = [  # what the log holds for each proposal (a proposal left out: the next pass)
-            state.trials[p.index]
-            for p in proposals
-            if p.index < len(state.trials) and state.trials[p.index].status is None
-        ]
-        await asyncio.gather(*(self._submit_trial(ws, state, trial) for trial in fresh))
+            state = await self._decide(
+                ws, sweep_id, derived_id("propose", sweep_id, index), command
+            )
+            if len(state.trials) <= index:  # not in the log as read: the next pass
+                self.pending = True
+                break
+            await self._submit_trial(ws, state, state.trials[index])
         return state
 
     async def _submit_trial(
