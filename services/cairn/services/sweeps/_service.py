@@ -492,7 +492,8 @@ class SweepsService(ProjectedService):
         """Propose while there is room, each trial's job submitted after its proposal. A
         Bayesian proposal (a TPE study over every earlier trial: tens of ms) is made in a
         thread; a random or grid one (well under a millisecond, whatever the sweep's length)
-        on the loop, where a hop to a thread and back would cost more than the proposal."""
+        on the loop, without a hop to a thread and back between a trial's end and the next
+        proposal."""
         assert state.spec is not None
         spec = state.spec
         while state.proposing and state.running < spec.limits.max_concurrent_trials:
