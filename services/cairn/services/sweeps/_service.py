@@ -65,6 +65,9 @@ ACTOR = "cairn-sweeps"
 _TERMINAL = {s.value for s in runs.RunStatus if s.terminal}
 #: how long a pass waits for the reports read model to read an ended trial's last metrics
 _REPORTS_WAIT_S = 1.0
+#: timer ticks a controller lets pass without a pass when nothing asked for one (a fact
+#: missed by the wake-ups is still followed within this many ticks)
+_IDLE_TICKS = 5
 
 
 def trial_run_id(sweep_id: str, index: int) -> str:
@@ -103,12 +106,23 @@ class SweepsService(ProjectedService):
         #: starts at once on a sweep's event or a run's end
         self.tick_s = 0.2
         self._wake = asyncio.Event()
-        projection.on_change = self._wake.set
+        projection.on_change = self.fact_applied
+        #: a fact the loop acts on was applied since the last pass began
+        self.changed = True
+        #: the last pass left something for the timer: a policy or a timeout to follow, a
+        #: trial's reports not read yet, a proposal not taken, a failed or refused decision
+        self.pending = True
+        #: timer ticks skipped since the last pass
+        self.idle = 0
         self.metrics = EventStore(conn, stream=METRICS.name)
         #: (workspace, sweep, trial) -> the last interval the policy was applied at
         self.evaluated: dict[tuple[str, str, int], int] = {}
         #: (workspace, sweep) -> trial index -> its primary metric's reports read so far
         self.series: dict[tuple[str, str], dict[int, list[float]]] = {}
+        #: (workspace, sweep) -> the trials whose job this process had accepted: a pass sends
+        #: ``SubmitJob`` again only for a trial outside it whose run the read model has not
+        #: seen submitted (another controller's proposal, or one from before a restart)
+        self.submitted: dict[tuple[str, str], set[int]] = {}
         self.responders = [
             Responder(
                 conn,
@@ -222,16 +236,38 @@ class SweepsService(ProjectedService):
 
         return self.projection.read(fn)[0]
 
+    def fact_applied(self) -> None:
+        """Called by the sweeps read model for each event the loop acts on: a pass now."""
+        self.changed = True
+        self._wake.set()
+
     async def reconcile(self) -> None:
+        """A pass over every running sweep; a timer tick with nothing to follow (no fact
+        applied since the last pass, which left nothing pending) is skipped, up to
+        ``_IDLE_TICKS`` in a row."""
+        if not (self.changed or self.pending or self.idle >= _IDLE_TICKS):
+            self.idle += 1
+            return
+        self.changed, self.pending, self.idle = False, False, 0
+        try:
+            await self._pass()
+        except BaseException:
+            self.pending = True
+            raise
+
+    async def _pass(self) -> None:
         active = self._active()
         live = {(ws, sweep_id) for ws, sweep_id, _ in active}
         self.series = {k: v for k, v in self.series.items() if k in live}
+        self.submitted = {k: v for k, v in self.submitted.items() if k in live}
         for ws, sweep_id, submitted_at in active:
             try:
                 await self.drive(ws, sweep_id, submitted_at)
             except CairnError as exc:  # a race with another controller, or bad input
+                self.pending = True
                 log.warning("sweep_decision_refused", sweep=sweep_id, error=repr(exc))
             except Exception as exc:  # this sweep waits for the next pass, not the others
+                self.pending = True
                 log.exception("sweep_drive_failed", sweep=sweep_id, error=repr(exc))
 
     async def _decide(
@@ -250,11 +286,37 @@ class SweepsService(ProjectedService):
         await execute(ctx, runs.AGGREGATE, run_id, command, cache=self.cache)
 
     async def drive(self, ws: str, sweep_id: str, submitted_at: float) -> None:
-        """One pass over one sweep: start, end trials, stop, propose, end."""
-        state = await lookup.state(self.cache, sweep.AGGREGATE, ws, sweep_id, fresh=True)
-        if not state.exists:
+        """One pass over one sweep: start, end trials, stop, propose, end.
+
+        Its reads go out together: the sweep and its run fresh from the log, and the last
+        metrics batch of each trial whose run the read model has seen end (what the trial's
+        end waits for), so a trial's end costs one round trip before its decision."""
+        rows = self._trial_rows(ws, sweep_id)
+        ending = {
+            i: run_id
+            for i, (run_id, status, ended) in rows.items()
+            if status in _TERMINAL and ended is None
+        }
+        reads = asyncio.gather(
+            lookup.state(self.cache, sweep.AGGREGATE, ws, sweep_id, fresh=True),
+            lookup.run_state(self.cache, ws, sweep_id, fresh=True),
+            return_exceptions=True,
+        )
+        lasts = asyncio.gather(
+            *(self.metrics.last_seq_on(subjects.metrics(ws, r)) for r in ending.values()),
+            return_exceptions=True,  # one not read here is read again where it is needed
+        )
+        (state, parent), found = await asyncio.gather(reads, lasts)
+        if isinstance(state, BaseException):
+            raise state
+        if not state.exists:  # the read model is ahead of the log as read: a later pass
+            self.pending = True
             return
-        parent = await lookup.run_state(self.cache, ws, sweep_id, fresh=True)
+        if isinstance(parent, BaseException):
+            raise parent
+        last_batches = {
+            i: seq for i, seq in zip(ending, found, strict=True) if isinstance(seq, int)
+        }
         if state.ended:
             await self._end_parent(ws, sweep_id, state, parent.status)
             return
@@ -266,22 +328,27 @@ class SweepsService(ProjectedService):
             await self._on_run(ws, sweep_id, start.command_id, start)
         assert state.spec is not None
         timeout = state.spec.limits.timeout_s
+        if timeout is not None or state.spec.policy is not None:  # what the timer follows
+            self.pending = True
         if timeout is not None and time.time() > submitted_at + timeout:
             command = sweep.TimeOutSweep(timeout_s=timeout)
             state = await self._decide(ws, sweep_id, derived_id("timeout", sweep_id), command)
-        state = await self._follow_trials(ws, sweep_id, state)
+        state = await self._follow_trials(ws, sweep_id, state, rows, last_batches)
         state = await self._propose(ws, sweep_id, state)
         if not state.running and not state.proposing:
             state = await self._decide(ws, sweep_id, derived_id("end", sweep_id), sweep.EndSweep())
             await self._end_parent(ws, sweep_id, state, parent.status)
 
-    def _trial_rows(self, ws: str, sweep_id: str) -> dict[int, str | None]:
-        def fn(db: sqlite3.Connection, t: Tables) -> dict[int, str | None]:
+    def _trial_rows(self, ws: str, sweep_id: str) -> dict[int, tuple[str, str | None, str | None]]:
+        """Each trial's run id, its run's status and its ``TrialEnded`` status, as read."""
+
+        def fn(db: sqlite3.Connection, t: Tables) -> dict[int, tuple[str, str | None, str | None]]:
             rows = db.execute(
-                f"SELECT idx, status FROM {t('trials')} WHERE workspace=? AND sweep_id=?",
+                f"SELECT idx, run_id, status, ended FROM {t('trials')} WHERE workspace=?"
+                " AND sweep_id=?",
                 (ws, sweep_id),
             )
-            return {int(i): s for i, s in rows}
+            return {int(i): (str(r), s, e) for i, r, s, e in rows}
 
         return self.projection.read(fn)[0]
 
@@ -297,6 +364,9 @@ class SweepsService(ProjectedService):
             out: dict[int, list[float]] = {}
             for trial in state.trials:
                 before = known.get(trial.index, [])
+                if trial.status is not None and len(before) == trial.reports:
+                    out[trial.index] = before  # ended with these reports: nothing more comes
+                    continue
                 rows = db.execute(
                     f"SELECT value FROM {t('reports')} WHERE workspace=? AND run_id=? AND name=?"
                     " AND n > ? ORDER BY n",
@@ -309,11 +379,13 @@ class SweepsService(ProjectedService):
         known.update(series)
         return series
 
-    async def _reports_read(self, ws: str, run_id: str) -> bool:
+    async def _reports_read(self, ws: str, run_id: str, last: int | None) -> bool:
         """Whether the reports read model holds the trial run's last metrics batch (its
         reports are stored before its run ends: its script flushes them before it exits),
-        waited for a little; a pass that finds it behind leaves the trial's end to the next."""
-        last = await self.metrics.last_seq_on(subjects.metrics(ws, run_id))
+        waited for a little; a pass that finds it behind leaves the trial's end to the next.
+        ``last``: that batch's sequence when the pass read it already."""
+        if last is None:
+            last = await self.metrics.last_seq_on(subjects.metrics(ws, run_id))
         try:
             await self.reports.wait_for(last, timeout=_REPORTS_WAIT_S)
         except Unavailable:
@@ -321,23 +393,33 @@ class SweepsService(ProjectedService):
         return True
 
     async def _follow_trials(
-        self, ws: str, sweep_id: str, state: sweep.SweepState
+        self,
+        ws: str,
+        sweep_id: str,
+        state: sweep.SweepState,
+        rows: dict[int, tuple[str, str | None, str | None]],
+        last_batches: dict[int, int],
     ) -> sweep.SweepState:
-        rows = self._trial_rows(ws, sweep_id)
+        statuses = {i: status for i, (_, status, _) in rows.items()}
         running = [t for t in state.trials if t.status is None]
-        ended = [t for t in running if rows.get(t.index) in _TERMINAL]
-        read = await asyncio.gather(*(self._reports_read(ws, t.run_id) for t in ended))
+        ended = [t for t in running if statuses.get(t.index) in _TERMINAL]
+        read = await asyncio.gather(
+            *(self._reports_read(ws, t.run_id, last_batches.get(t.index)) for t in ended)
+        )
         caught_up = {t.index for t, ok in zip(ended, read, strict=True) if ok}
         series = self._series(ws, state)
         assert state.spec is not None
         goal, policy = state.spec.objective.goal, state.spec.policy
+        mine = self.submitted.get((ws, sweep_id), set())
         for trial in running:
-            child = rows.get(trial.index)
+            child = statuses.get(trial.index)
             values = series.get(trial.index, [])
             if child is None:
-                await self._submit_trial(ws, state, trial)
+                if trial.index not in mine:  # its run not seen submitted, nor sent from here
+                    await self._submit_trial(ws, state, trial)
             elif child in _TERMINAL:
                 if trial.index not in caught_up:  # its last reports not read yet: the next pass
+                    self.pending = True
                     continue
                 best = (max(values) if goal == "maximize" else min(values)) if values else None
                 end = sweep.EndTrial(
@@ -407,13 +489,21 @@ class SweepsService(ProjectedService):
         return state
 
     async def _propose(self, ws: str, sweep_id: str, state: sweep.SweepState) -> sweep.SweepState:
+        """Propose while there is room, each trial's job submitted after its proposal. A
+        Bayesian proposal (a TPE study over every earlier trial: tens of ms) is made in a
+        thread; a random or grid one (well under a millisecond, whatever the sweep's length)
+        on the loop, without a hop to a thread and back between a trial's end and the next
+        proposal."""
         assert state.spec is not None
-        while state.proposing and state.running < state.spec.limits.max_concurrent_trials:
+        spec = state.spec
+        while state.proposing and state.running < spec.limits.max_concurrent_trials:
             index = len(state.trials)
             seen = {t.index for t in state.trials if t.status is not None}
-            proposal = await asyncio.to_thread(
-                propose, state.spec, state.seed, index, state.trials, seen
-            )
+            args = (spec, state.seed, index, state.trials, seen)
+            if spec.sampling.algorithm == "bayesian":
+                proposal = await asyncio.to_thread(propose, *args)
+            else:
+                proposal = propose(*args)
             command = sweep.ProposeTrial(
                 index=index,
                 run_id=trial_run_id(sweep_id, index),
@@ -425,6 +515,7 @@ class SweepsService(ProjectedService):
                 ws, sweep_id, derived_id("propose", sweep_id, index), command
             )
             if len(state.trials) <= index:  # not in the log as read: the next pass
+                self.pending = True
                 break
             await self._submit_trial(ws, state, state.trials[index])
         return state
@@ -453,6 +544,7 @@ class SweepsService(ProjectedService):
         )
         try:
             await Client(self.conn, ws).send(submit)
+            self.submitted.setdefault((ws, state.run_id), set()).add(trial.index)
         except REFUSALS as exc:  # it cannot run as written: it fails
             run = await lookup.state(self.cache, runs.AGGREGATE, ws, trial.run_id, fresh=True)
             if run.exists:  # an earlier copy was accepted: the trial runs
