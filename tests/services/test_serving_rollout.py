@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from cairn.cli._online import _endpoint_row
 from cairn.domain import endpoint as endpoints
 from cairn.domain import run as runs
 from cairn.proto import subjects
-from cairn.proto.commands import CancelRun, CreateWorkspace
+from cairn.proto.commands import CancelRun
 from cairn.proto.events import (
     DeploymentRolledBack,
     DeploymentScaled,
@@ -49,7 +47,7 @@ from cairn.proto.serving import (
 )
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
-from cairn.services.gateway import Gateway
+from cairn.services.gateway import running
 from cairn.services.scheduler._autoscale import Autoscaler, Decision
 from cairn.settings import Settings
 from tests.conftest import JOB_SETTINGS, Agents
@@ -59,7 +57,6 @@ SCORE = """
 import json
 import os
 import time
-import uuid
 
 NAME = os.environ.get("VERSION", "v1")
 
@@ -80,43 +77,23 @@ def run(raw_data):
 STABLE_S = float(str(JOB_SETTINGS["replica_stable_s"]))
 
 
-@dataclass
-class Serving:
-    """The module's workspace with an agent (slots for every test's replicas: each test
-    deploys an endpoint of its own), scored through the session's gateway."""
-
-    ws: AsyncWorkspace
-    client: Client
-
-
-@pytest.fixture(scope="module")
-async def serving(
-    services: None,
-    gateway: Gateway,
-    client_conn: Connection,
-    client_settings: Settings,
-    agent_settings: Settings,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Serving]:
-    """One workspace, agent and scoring address for the tests whose replicas really run
-    (an agent's start is paid once)."""
-    workspace = "t" + uuid.uuid4().hex[:12]
-    client = Client(client_conn, workspace)
-    await client.send(CreateWorkspace(command_id=uuid.uuid4().hex, name=workspace))
-    state_dir = str(tmp_path_factory.mktemp("agent") / "state")
-    agents = Agents(
-        msgspec.structs.replace(agent_settings, workspace=workspace, state_dir=state_dir)
+@pytest.fixture
+async def scoring(
+    services: None, client_settings: Settings, client: Client
+) -> AsyncIterator[AsyncWorkspace]:
+    """The test's workspace, scored through a gateway of the test's own."""
+    gw_settings = msgspec.structs.replace(
+        client_settings, nats_user=None, nats_password=None, gateway_port=0
     )
-    settings = msgspec.structs.replace(client_settings, gateway_url=gateway.url)
-    conn = await connect(settings)
-    ws = AsyncWorkspace(conn, workspace, settings)
-    try:
-        await agents.start(slots=10)
-        yield Serving(ws=ws, client=client)
-    finally:
-        await agents.close()
-        await ws.close()
-        await conn.close()
+    async with running(gw_settings) as gw:
+        settings = msgspec.structs.replace(client_settings, gateway_url=gw.url)
+        conn = await connect(settings)
+        ws = AsyncWorkspace(conn, client.workspace, settings)
+        try:
+            yield ws
+        finally:
+            await ws.close()
+            await conn.close()
 
 
 Deploy = Callable[..., Awaitable[dict[str, str]]]
@@ -223,12 +200,13 @@ async def _next(queue: asyncio.Queue[Any], kind: type[Any], timeout: float = 180
 
 @pytest.mark.timeout(400)
 async def test_a_replica_that_served_a_stable_period_is_replaced_at_once(
-    serving: Serving, deploy: Deploy, conn: Connection
+    scoring: AsyncWorkspace, agents: Agents, deploy: Deploy, conn: Connection
 ) -> None:
     """Two losses in a row back the replica off; once its next attempt has been ready for
     ``replica_stable_s``, a single loss is re-queued without delay (the back-off starts over)
     instead of after the third step of the back-off."""
-    ws = serving.ws
+    ws = scoring
+    await agents.start()
     keys = await deploy(ws, "stable", "blue", all_traffic=True)
     assert (await ws.endpoints.wait("stable", "blue", timeout=120))["status"] == "Succeeded"
     run_id = (await ws.endpoints.deployment("stable", "blue"))["replicas"][0]
@@ -261,12 +239,13 @@ async def test_a_replica_that_served_a_stable_period_is_replaced_at_once(
 
 @pytest.mark.timeout(400)
 async def test_a_new_spec_whose_replica_cannot_start_is_rolled_back(
-    serving: Serving, deploy: Deploy
+    scoring: AsyncWorkspace, agents: Agents, deploy: Deploy, client: Client
 ) -> None:
     """One replica of the new spec starts, the other's init() raises: the roll stops, the
     previous spec serves again (every answer meanwhile a 200), and the deployment shows the
     update Failed with its reason."""
-    ws, client = serving.ws, serving.client
+    ws = scoring
+    await agents.start(slots=6)
     keys = await deploy(ws, "roll", "blue", replicas=2, all_traffic=True)
     first = await ws.endpoints.wait("roll", "blue", timeout=120)
     assert first["status"] == "Succeeded", first
@@ -298,11 +277,12 @@ async def test_a_new_spec_whose_replica_cannot_start_is_rolled_back(
 
 @pytest.mark.timeout(600)  # a window, a cooldown and a replica's start per step
 async def test_an_autoscaled_deployment_follows_its_load(
-    serving: Serving, deploy: Deploy, conn: Connection
+    scoring: AsyncWorkspace, agents: Agents, deploy: Deploy, conn: Connection
 ) -> None:
     """min 1, max 3: under sustained concurrent load it scales up to 3, each decision an
     event with the numbers compared; idle, it scales back to 1."""
-    ws = serving.ws
+    ws = scoring
+    await agents.start(slots=4)
     scaled, sub = await _events(conn, ws.name, "deployment", deployment_id("load", "auto"))
     try:
         keys = await deploy(
