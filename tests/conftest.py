@@ -41,9 +41,6 @@ JOB_SETTINGS: dict[str, object] = {
     "job_cancel_grace_s": 2.0,
     # a replica's back-off starts over once it was ready this long (tests wait it out)
     "replica_stable_s": 10.0,
-    # the scheduler's reconcile pass over the deployments: tests of what it does (replace a
-    # lost replica, submit what a decision left, roll back a late roll) wait on it
-    "deployment_converge_s": 1.0,
 }
 
 #: short timeouts and few attempts, so a receiver that never answers is given up in seconds

@@ -88,10 +88,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: how long a serving replica must have been ready before its loss starts its re-queue
     #: back-off over (as Kubernetes resets a crash loop's after ten minutes)
     replica_stable_s: float = 600.0
-    #: how often the scheduler's reconcile pass brings every deployment's replica runs to
-    #: what its state says (submits a replica a decision left unsubmitted, stops one it
-    #: removed, replaces a lost one after its back-off, rolls back a roll past its deadline)
-    deployment_converge_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     #: seconds between two deliveries of a serving replica's collected requests
     #: (``data_collector``) to its datastore, and once more when it stops; each delivery is
     #: one upload record on the datastore's history

@@ -65,6 +65,8 @@ log = get_logger("cairn.scheduler")
 #: how often a replica may be lost before its run fails (a replica is meant to run for good;
 #: re-queues back off up to 120 s)
 REPLICA_MAX_ATTEMPTS = 1000
+#: how often the reconcile pass brings the deployments' replicas to what their state says
+CONVERGE_S = 5.0
 #: who the scheduler's own decisions are made as
 SCHEDULER_ACTOR = "cairn-scheduler"
 #: where a replica's models land in its folder (``AZUREML_MODEL_DIR`` points there)
@@ -481,8 +483,8 @@ class Endpoints:
             await self.cancel_replica(run_id, f"deployment {state.name} was replaced", ctx)
 
     async def converge(self, active: list[tuple[str, str]]) -> None:
-        """The reconcile pass's step for deployments (every ``deployment_converge_s``): each
-        one's replica runs are brought to what its state says, so that whatever a decision left
+        """The reconcile pass's step for deployments (every ``CONVERGE_S``): each one's
+        replica runs are brought to what its state says, so that whatever a decision left
         undone (a scheduler stopped between ``DeploymentScaled``/``DeploymentRolledBack``
         and its submits or stops, a submit refused) is done by any replica of the scheduler,
         from the log. Every replica it names that was never submitted is submitted (the
@@ -493,7 +495,7 @@ class Endpoints:
         now = time.time()
         if now < self.next_converge:
             return
-        self.next_converge = now + self.settings.deployment_converge_s
+        self.next_converge = now + CONVERGE_S
         running: dict[tuple[str, str], list[str]] = {}
         for ws, run_id in active:
             try:
