@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+import numpy as np
 import pytest
 
-from cairn.bus import connect
+from cairn.bus import Connection, connect
+from cairn.proto.commands import CreateWorkspace
 from cairn.proto.serving import DataCollector
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
@@ -27,32 +31,64 @@ from tests.conftest import Agents
 from tests.services.test_serving import _register, _source
 
 
-@pytest.fixture
-async def scoring_ws(
-    services: None, client_settings: Settings, client: Client
-) -> AsyncIterator[AsyncWorkspace]:
-    """A workspace whose scoring address is a gateway of the test's own."""
+@dataclass
+class Collecting:
+    """The module's workspace: a gateway of its own as its scoring address, an agent that
+    delivers collected data every 0.5 s, and model iris-like 1 registered (with its rows)."""
+
+    ws: AsyncWorkspace
+    model: Any
+    X: np.ndarray
+
+
+@pytest.fixture(scope="module")
+async def collecting(
+    services: None,
+    client_conn: Connection,
+    client_settings: Settings,
+    agent_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Collecting]:
+    """One workspace, gateway and agent for the tests that deploy with a data collector (each
+    deploys an endpoint of its own)."""
+    tmp = tmp_path_factory.mktemp("collecting")
+    workspace = "t" + uuid.uuid4().hex[:12]
+    await Client(client_conn, workspace).send(
+        CreateWorkspace(command_id=uuid.uuid4().hex, name=workspace)
+    )
     gw_settings = msgspec.structs.replace(
         client_settings, nats_user=None, nats_password=None, gateway_port=0
+    )
+    agents = Agents(
+        msgspec.structs.replace(
+            agent_settings,
+            workspace=workspace,
+            state_dir=str(tmp / "agent-state"),
+            collect_deliver_s=0.5,
+        )
     )
     async with running(gw_settings) as gw:
         settings = msgspec.structs.replace(client_settings, gateway_url=gw.url)
         conn = await connect(settings)
-        ws = AsyncWorkspace(conn, client.workspace, settings)
+        ws = AsyncWorkspace(conn, workspace, settings)
         try:
-            yield ws
+            model, X = await _register(ws, tmp)
+            await agents.start()
+            yield Collecting(ws=ws, model=model, X=X)
         finally:
+            await agents.close()
             await ws.close()
             await conn.close()
 
 
 async def _collected(
-    ws: AsyncWorkspace, tmp_path: Path, collection: str, expected: int
+    ws: AsyncWorkspace, tmp_path: Path, endpoint: str, collection: str, expected: int
 ) -> list[dict[str, Any]]:
-    """The records of ``collection`` in the default datastore, once there are ``expected``
-    of them (read back as files, waiting up to 120 s for the agent's deliveries)."""
+    """The records of ``collection`` of ``endpoint``'s deployment blue in the default
+    datastore, once there are ``expected`` of them (read back as files, waiting up to 120 s
+    for the agent's deliveries)."""
     store = await ws.default_datastore()
-    prefix = f"modelDataCollector/ep/blue/{collection}"
+    prefix = f"modelDataCollector/{endpoint}/blue/{collection}"
     records: list[dict[str, Any]] = []
     for _ in range(240):
         target = tmp_path / f"read-{collection}"
@@ -68,8 +104,10 @@ async def _collected(
     raise AssertionError(f"{len(records)} {collection} records collected, not {expected}")
 
 
-async def _score(ws: AsyncWorkspace, key: str, bodies: list[dict[str, Any]]) -> list[Any]:
-    url = ws.endpoints.scoring_uri("ep")
+async def _score(
+    ws: AsyncWorkspace, endpoint: str, key: str, bodies: list[dict[str, Any]]
+) -> list[Any]:
+    url = ws.endpoints.scoring_uri(endpoint)
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
         answers = []
         for body in bodies:
@@ -80,12 +118,9 @@ async def _score(ws: AsyncWorkspace, key: str, bodies: list[dict[str, Any]]) -> 
 
 
 async def test_every_request_is_collected_once_in_the_default_datastore(
-    scoring_ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+    collecting: Collecting, tmp_path: Path
 ) -> None:
-    ws = scoring_ws
-    model, X = await _register(ws, tmp_path)
-    agents.settings = msgspec.structs.replace(agents.settings, collect_deliver_s=0.5)
-    await agents.start()
+    ws, model, X = collecting.ws, collecting.model, collecting.X
     keys = await ws.endpoints.create("ep")
     collector = DataCollector(
         datastore=await ws.default_datastore(),
@@ -105,11 +140,11 @@ async def test_every_request_is_collected_once_in_the_default_datastore(
     assert row["spec"]["data_collector"]["collections"] == ["model_inputs", "model_outputs"]
     n = 25
     bodies = [{"data": X[i % len(X) : i % len(X) + 1].tolist(), "n": i} for i in range(n)]
-    answers = await _score(ws, keys["primary"], bodies)
+    answers = await _score(ws, "ep", keys["primary"], bodies)
     assert answers[0]["predictions"] == model.predict(X[:1]).tolist()
 
-    inputs = await _collected(ws, tmp_path, "model_inputs", n)
-    outputs = await _collected(ws, tmp_path, "model_outputs", n)
+    inputs = await _collected(ws, tmp_path, "ep", "model_inputs", n)
+    outputs = await _collected(ws, tmp_path, "ep", "model_outputs", n)
     assert sorted(r["data"]["n"] for r in inputs) == list(range(n))  # each exactly once
     assert len({r["id"] for r in inputs}) == n
     assert {r["id"] for r in outputs} == {r["id"] for r in inputs}
@@ -135,13 +170,10 @@ async def test_every_request_is_collected_once_in_the_default_datastore(
 
 
 async def test_a_sampling_rate_collects_the_requests_its_ids_choose(
-    scoring_ws: AsyncWorkspace, agents: Agents, tmp_path: Path
+    collecting: Collecting, tmp_path: Path
 ) -> None:
-    ws = scoring_ws
-    _, X = await _register(ws, tmp_path)
-    agents.settings = msgspec.structs.replace(agents.settings, collect_deliver_s=0.5)
-    await agents.start()
-    keys = await ws.endpoints.create("ep")
+    ws, X = collecting.ws, collecting.X
+    keys = await ws.endpoints.create("sampled")
     collector = DataCollector(
         datastore=await ws.default_datastore(),
         collections=["model_inputs"],
@@ -149,7 +181,7 @@ async def test_a_sampling_rate_collects_the_requests_its_ids_choose(
         rolling_rate="day",
     )
     await ws.endpoints.deploy(
-        "ep",
+        "sampled",
         "blue",
         entry_script="score.py",
         source_directory=_source(tmp_path / "src", "blue"),
@@ -157,20 +189,22 @@ async def test_a_sampling_rate_collects_the_requests_its_ids_choose(
         all_traffic=True,
         data_collector=collector,
     )
-    row = await ws.endpoints.wait("ep", "blue", timeout=90)
+    row = await ws.endpoints.wait("sampled", "blue", timeout=90)
     assert row["status"] == "Succeeded", row
     n = 200
-    await _score(ws, keys["primary"], [{"data": X[:1].tolist(), "n": i} for i in range(n)])
+    await _score(
+        ws, "sampled", keys["primary"], [{"data": X[:1].tolist(), "n": i} for i in range(n)]
+    )
     # the replica numbers its requests from 1; its ids choose which are collected
     replica = f"{row['replicas'][0]}-1"
     chosen = {f"{replica}-{i}" for i in range(1, n + 1) if sampled(f"{replica}-{i}", 0.5)}
     assert 60 < len(chosen) < 140  # about half: 200 draws of a fair coin
-    inputs = await _collected(ws, tmp_path, "model_inputs", len(chosen))
+    inputs = await _collected(ws, tmp_path, "sampled", "model_inputs", len(chosen))
     assert len(inputs) == len(chosen)
     assert {r["id"] for r in inputs} == chosen
     store = await ws.default_datastore()
-    listed = await ws.datastores.list_files(store, "modelDataCollector/ep/blue")
-    assert all(e.path.startswith("modelDataCollector/ep/blue/model_inputs/") for e in listed)
+    listed = await ws.datastores.list_files(store, "modelDataCollector/sampled/blue")
+    assert all(e.path.startswith("modelDataCollector/sampled/blue/model_inputs/") for e in listed)
     assert all(len(e.path.split("/")) == 8 for e in listed)  # by day: no hour's folder
 
 

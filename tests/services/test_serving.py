@@ -10,6 +10,8 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,11 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from cairn.bus import connect
+from cairn.bus import Connection, connect
 from cairn.embedded import NatsServer
 from cairn.embedded._users import create_token, revoke_token
 from cairn.errors import InvalidInput, NotFound
+from cairn.proto.commands import CreateWorkspace
 from cairn.proto.serving import DeploymentSpec, DeployModel
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
@@ -88,11 +91,11 @@ def _source(folder: Path, name: str, text: str = SCORE) -> Path:
     return folder
 
 
-@pytest.fixture
-async def scoring(
-    services: None, client_settings: Settings, client: Client
+@asynccontextmanager
+async def _scoring(
+    client_settings: Settings, workspace: str
 ) -> AsyncIterator[tuple[Gateway, AsyncWorkspace]]:
-    """A gateway of the test's own (a seeded choice of deployment) and a workspace whose
+    """A gateway of the caller's own (a seeded choice of deployment) and a workspace whose
     scoring address is that gateway."""
     gw_settings = msgspec.structs.replace(
         client_settings,
@@ -105,12 +108,21 @@ async def scoring(
     async with running(gw_settings) as gw:
         settings = msgspec.structs.replace(client_settings, gateway_url=gw.url)
         conn = await connect(settings)
-        ws = AsyncWorkspace(conn, client.workspace, settings)
+        ws = AsyncWorkspace(conn, workspace, settings)
         try:
             yield gw, ws
         finally:
             await ws.close()
             await conn.close()
+
+
+@pytest.fixture
+async def scoring(
+    services: None, client_settings: Settings, client: Client
+) -> AsyncIterator[tuple[Gateway, AsyncWorkspace]]:
+    """A gateway of the test's own and a workspace whose scoring address is that gateway."""
+    async with _scoring(client_settings, client.workspace) as found:
+        yield found
 
 
 async def _register(ws: AsyncWorkspace, tmp_path: Path) -> tuple[Any, np.ndarray]:
@@ -141,15 +153,53 @@ async def _post(http: httpx.AsyncClient, url: str, body: Any, key: str | None) -
     return await http.post(url, content=content, headers=headers, timeout=60)
 
 
-async def test_a_deployed_model_answers_with_its_key_only(
-    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
-) -> None:
-    _, ws = scoring
-    model, X = await _register(ws, tmp_path)
-    await agents.start()
-    keys = await ws.endpoints.create("ep")
-    row = await _deploy(ws, _source(tmp_path / "src", "blue"), "blue")
-    assert row["status"] == "Succeeded", row
+@dataclass
+class Served:
+    """The module's one deployment, ``blue`` of endpoint ``ep`` (model iris-like 1, one
+    replica, all the traffic), for the tests that only score it."""
+
+    ws: AsyncWorkspace
+    keys: dict[str, str]
+    model: Any
+    X: np.ndarray
+    row: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+async def served(
+    services: None,
+    client_conn: Connection,
+    client_settings: Settings,
+    agent_settings: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Served]:
+    """One workspace, gateway, agent and deployment for the tests that score it and change
+    nothing another test checks (each replica start takes seconds). The test of the keys
+    runs first (it counts the replica's requests); the test that kills the replica last."""
+    tmp = tmp_path_factory.mktemp("served")
+    workspace = "t" + uuid.uuid4().hex[:12]
+    await Client(client_conn, workspace).send(
+        CreateWorkspace(command_id=uuid.uuid4().hex, name=workspace)
+    )
+    async with _scoring(client_settings, workspace) as (_, ws):
+        agents = Agents(
+            msgspec.structs.replace(
+                agent_settings, workspace=workspace, state_dir=str(tmp / "agent-state")
+            )
+        )
+        try:
+            model, X = await _register(ws, tmp)
+            await agents.start()
+            keys = await ws.endpoints.create("ep")
+            row = await _deploy(ws, _source(tmp / "src", "blue"), "blue")
+            yield Served(ws=ws, keys=keys, model=model, X=X, row=row)
+        finally:
+            await agents.close()
+
+
+async def test_a_deployed_model_answers_with_its_key_only(served: Served) -> None:
+    ws, keys, model, X = served.ws, served.keys, served.model, served.X
+    assert served.row["status"] == "Succeeded", served.row
     url = ws.endpoints.scoring_uri("ep")
     async with httpx.AsyncClient() as http:
         reply = await _post(http, url, {"data": X.tolist()}, keys["primary"])
@@ -191,27 +241,66 @@ async def test_a_deployed_model_answers_with_its_key_only(
     assert metrics["latency_ms_mean"] > 0
 
 
-async def test_answers_larger_than_a_nats_message_come_back_whole(
-    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
-) -> None:
+async def test_answers_larger_than_a_nats_message_come_back_whole(served: Served) -> None:
     """3 MiB, and 12 MiB (over the servers' 8 MB max_payload: the agent sends it in chunks
     that the gateway puts back together)."""
-    _, ws = scoring
-    await _register(ws, tmp_path)
-    await agents.start()
-    keys = await ws.endpoints.create("ep")
-    assert (await _deploy(ws, _source(tmp_path / "src", "blue"), "blue"))["status"] == "Succeeded"
+    ws = served.ws
+    assert served.row["status"] == "Succeeded", served.row
     url = ws.endpoints.scoring_uri("ep")
     async with httpx.AsyncClient() as http:
         for size in (3 * 1024 * 1024, 12 * 1024 * 1024):
-            reply = await _post(http, url, {"big": size}, keys["primary"])
+            reply = await _post(http, url, {"big": size}, served.keys["secondary"])
             assert reply.status_code == 200, reply.text[:200]
             assert reply.json()["x"] == "a" * size
 
 
-async def test_traffic_is_split_by_weight_per_request(
+async def test_a_members_token_scores_and_anothers_is_refused(
+    served: Served, nats_server: NatsServer
+) -> None:
+    """Beside the keys, a Cairn API token of a member of the workspace scores (the route is
+    asked over that person's own connection); one of a person who is not a member is 403."""
+    ws, model, X = served.ws, served.model, served.X
+    assert served.row["status"] == "Succeeded", served.row
+    made = [create_token(nats_server.home, person, "scoring") for person in (None, "dana")]
+    try:
+        (_, member, _), (_, stranger, _) = made
+        url = ws.endpoints.scoring_uri("ep")
+        async with httpx.AsyncClient() as http:
+            reply = await _post(http, url, {"data": X[:2].tolist()}, member)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["predictions"] == model.predict(X[:2]).tolist()
+            assert (await _post(http, url, {"data": []}, stranger)).status_code == 403
+    finally:
+        for row, _, _ in made:
+            revoke_token(nats_server.home, row["id"])
+
+
+async def test_a_killed_replica_is_replaced_and_requests_resume(served: Served) -> None:
+    """(The last test on the module's deployment: it kills its replica.)"""
+    ws, key = served.ws, served.keys["secondary"]
+    assert served.row["status"] == "Succeeded", served.row
+    url = ws.endpoints.scoring_uri("ep")
+    async with httpx.AsyncClient() as http:
+        first = (await _post(http, url, {"pid": True}, key)).json()["pid"]
+        os.kill(first, signal.SIGKILL)
+        for _ in range(60):  # the gateway retries while no replica listens
+            reply = await _post(http, url, {"pid": True}, key)
+            if reply.status_code == 200 and reply.json()["pid"] != first:
+                break
+            await asyncio.sleep(0.5)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["pid"] != first
+    row = await ws.endpoints.deployment("ep", "blue")
+    assert len(row["replicas"]) == 1 and row["ready"][row["replicas"][0]] == 2  # attempt 2
+
+
+@pytest.mark.timeout(300)  # two deployments' starts and 1,200 requests, on a busy machine
+async def test_a_mirrored_share_is_not_answered_and_traffic_is_split_by_weight(
     scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
 ) -> None:
+    """Two deployments of one endpoint: first blue takes all the traffic and half of it is
+    mirrored to green (which gets its copies, whose answers are dropped); then the traffic
+    is split 90/10 per request and a caller may name a deployment."""
     _, ws = scoring
     await _register(ws, tmp_path)
     await agents.start(slots=2)
@@ -219,8 +308,25 @@ async def test_traffic_is_split_by_weight_per_request(
     assert (await _deploy(ws, _source(tmp_path / "blue", "blue"), "blue"))["status"] == "Succeeded"
     green = await _deploy(ws, _source(tmp_path / "green", "green"), "green", all_traffic=False)
     assert green["status"] == "Succeeded"
-    await ws.endpoints.update("ep", traffic={"blue": 90, "green": 10})
     url = ws.endpoints.scoring_uri("ep")
+    # a mirrored share reaches its deployment and is not answered from it
+    await ws.endpoints.update("ep", mirror_traffic={"green": 50})
+    assert (await ws.endpoints.get("ep"))["mirror_traffic"] == {"green": 50}
+    async with httpx.AsyncClient() as http:
+        names = [
+            (await _post(http, url, {"data": [[0, 0, 0, 0]]}, keys["primary"])).json()["name"]
+            for _ in range(200)
+        ]
+    assert set(names) == {"blue"}  # the mirror's answers are dropped
+    for _ in range(100):
+        counted = await ws.endpoints.request_metrics("ep")
+        if counted["blue"]["requests"] == 200 and counted["green"]["requests"] >= 70:
+            break
+        await asyncio.sleep(0.2)
+    assert counted["blue"]["requests"] == 200
+    assert 70 <= counted["green"]["requests"] <= 130, counted
+    # traffic split by weight per request (no mirror: green takes live traffic now)
+    await ws.endpoints.update("ep", traffic={"blue": 90, "green": 10}, mirror_traffic={})
     seen: Counter[str] = Counter()
     async with httpx.AsyncClient() as http:
         for _ in range(1000):
@@ -235,29 +341,6 @@ async def test_traffic_is_split_by_weight_per_request(
         assert got["name"] == "green"
     with pytest.raises(NotFound, match="no deployment red"):
         await ws.endpoints.invoke("ep", "{}", deployment="red")
-
-
-async def test_a_killed_replica_is_replaced_and_requests_resume(
-    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
-) -> None:
-    _, ws = scoring
-    await _register(ws, tmp_path)
-    await agents.start()
-    keys = await ws.endpoints.create("ep")
-    assert (await _deploy(ws, _source(tmp_path / "src", "blue"), "blue"))["status"] == "Succeeded"
-    url = ws.endpoints.scoring_uri("ep")
-    async with httpx.AsyncClient() as http:
-        first = (await _post(http, url, {"pid": True}, keys["primary"])).json()["pid"]
-        os.kill(first, signal.SIGKILL)
-        for _ in range(60):  # the gateway retries while no replica listens
-            reply = await _post(http, url, {"pid": True}, keys["primary"])
-            if reply.status_code == 200 and reply.json()["pid"] != first:
-                break
-            await asyncio.sleep(0.5)
-        assert reply.status_code == 200, reply.text
-        assert reply.json()["pid"] != first
-    row = await ws.endpoints.deployment("ep", "blue")
-    assert len(row["replicas"]) == 1 and row["ready"][row["replicas"][0]] == 2  # attempt 2
 
 
 async def test_an_init_that_raises_fails_the_deployment_with_its_traceback(
@@ -337,34 +420,6 @@ async def test_a_run_past_its_time_is_504_and_its_replica_replaced(
         assert reply.status_code == 200 and reply.json()["pid"] != first
 
 
-async def test_a_mirrored_share_reaches_its_deployment_and_is_not_answered_from_it(
-    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, tmp_path: Path
-) -> None:
-    _, ws = scoring
-    await _register(ws, tmp_path)
-    await agents.start(slots=2)
-    keys = await ws.endpoints.create("ep")
-    assert (await _deploy(ws, _source(tmp_path / "blue", "blue"), "blue"))["status"] == "Succeeded"
-    green = await _deploy(ws, _source(tmp_path / "green", "green"), "green", all_traffic=False)
-    assert green["status"] == "Succeeded"
-    await ws.endpoints.update("ep", mirror_traffic={"green": 50})
-    assert (await ws.endpoints.get("ep"))["mirror_traffic"] == {"green": 50}
-    url = ws.endpoints.scoring_uri("ep")
-    async with httpx.AsyncClient() as http:
-        names = [
-            (await _post(http, url, {"data": [[0, 0, 0, 0]]}, keys["primary"])).json()["name"]
-            for _ in range(200)
-        ]
-    assert set(names) == {"blue"}  # the mirror's answers are dropped
-    for _ in range(100):
-        counted = await ws.endpoints.request_metrics("ep")
-        if counted["blue"]["requests"] == 200 and counted["green"]["requests"] >= 70:
-            break
-        await asyncio.sleep(0.2)
-    assert counted["blue"]["requests"] == 200
-    assert 70 <= counted["green"]["requests"] <= 130, counted
-
-
 PLAIN = """
 import json
 import os
@@ -422,33 +477,6 @@ async def test_a_replica_serves_from_a_container_on_the_docker_backend(
         "model_dir": "/workspace/azureml-models/plain/1",
         "cwd": "/workspace",
     }
-
-
-async def test_a_members_token_scores_and_anothers_is_refused(
-    scoring: tuple[Gateway, AsyncWorkspace],
-    agents: Agents,
-    nats_server: NatsServer,
-    tmp_path: Path,
-) -> None:
-    """Beside the keys, a Cairn API token of a member of the workspace scores (the route is
-    asked over that person's own connection); one of a person who is not a member is 403."""
-    _, ws = scoring
-    model, X = await _register(ws, tmp_path)
-    await agents.start()
-    await ws.endpoints.create("ep")
-    assert (await _deploy(ws, _source(tmp_path / "src", "blue"), "blue"))["status"] == "Succeeded"
-    made = [create_token(nats_server.home, person, "scoring") for person in (None, "dana")]
-    try:
-        (_, member, _), (_, stranger, _) = made
-        url = ws.endpoints.scoring_uri("ep")
-        async with httpx.AsyncClient() as http:
-            reply = await _post(http, url, {"data": X[:2].tolist()}, member)
-            assert reply.status_code == 200, reply.text
-            assert reply.json()["predictions"] == model.predict(X[:2]).tolist()
-            assert (await _post(http, url, {"data": []}, stranger)).status_code == 403
-    finally:
-        for row, _, _ in made:
-            revoke_token(nats_server.home, row["id"])
 
 
 async def test_a_deployment_timeout_out_of_range_is_refused_naming_it(

@@ -10,7 +10,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from cairn.proto.serving import (
 )
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace
-from cairn.services.gateway import Gateway, running
+from cairn.services.gateway import running
 from cairn.services.scheduler._autoscale import Autoscaler, Decision
 from cairn.settings import Settings
 from tests.conftest import JOB_SETTINGS, Agents
@@ -80,7 +80,8 @@ STABLE_S = float(str(JOB_SETTINGS["replica_stable_s"]))
 @pytest.fixture
 async def scoring(
     services: None, client_settings: Settings, client: Client
-) -> AsyncIterator[tuple[Gateway, AsyncWorkspace]]:
+) -> AsyncIterator[AsyncWorkspace]:
+    """The test's workspace, scored through a gateway of the test's own."""
     gw_settings = msgspec.structs.replace(
         client_settings, nats_user=None, nats_password=None, gateway_port=0
     )
@@ -89,10 +90,35 @@ async def scoring(
         conn = await connect(settings)
         ws = AsyncWorkspace(conn, client.workspace, settings)
         try:
-            yield gw, ws
+            yield ws
         finally:
             await ws.close()
             await conn.close()
+
+
+Deploy = Callable[..., Awaitable[dict[str, str]]]
+
+
+@pytest.fixture
+def deploy(tmp_path: Path) -> Deploy:
+    """``await deploy(ws, endpoint, deployment, **spec)``: the endpoint made and the
+    deployment of SCORE (no model) deployed to it; the endpoint's keys."""
+
+    async def make(
+        ws: AsyncWorkspace, endpoint: str, deployment: str, **spec: Any
+    ) -> dict[str, str]:
+        keys = await ws.endpoints.create(endpoint)
+        await ws.endpoints.deploy(
+            endpoint,
+            deployment,
+            entry_script="score.py",
+            source_directory=_source(tmp_path / f"src-{endpoint}-{deployment}"),
+            models=[],
+            **spec,
+        )
+        return keys
+
+    return make
 
 
 def _source(folder: Path) -> Path:
@@ -174,30 +200,18 @@ async def _next(queue: asyncio.Queue[Any], kind: type[Any], timeout: float = 180
 
 @pytest.mark.timeout(400)
 async def test_a_replica_that_served_a_stable_period_is_replaced_at_once(
-    scoring: tuple[Gateway, AsyncWorkspace],
-    agents: Agents,
-    conn: Connection,
-    client: Client,
-    tmp_path: Path,
+    scoring: AsyncWorkspace, agents: Agents, deploy: Deploy, conn: Connection
 ) -> None:
     """Two losses in a row back the replica off; once its next attempt has been ready for
     ``replica_stable_s``, a single loss is re-queued without delay (the back-off starts over)
     instead of after the third step of the back-off."""
-    _, ws = scoring
+    ws = scoring
     await agents.start()
-    keys = await ws.endpoints.create("ep")
-    await ws.endpoints.deploy(
-        "ep",
-        "blue",
-        entry_script="score.py",
-        source_directory=_source(tmp_path / "src"),
-        models=[],
-        all_traffic=True,
-    )
-    assert (await ws.endpoints.wait("ep", "blue", timeout=120))["status"] == "Succeeded"
-    run_id = (await ws.endpoints.deployment("ep", "blue"))["replicas"][0]
-    requeued, sub = await _events(conn, client.workspace, "run", run_id)
-    url = ws.endpoints.scoring_uri("ep")
+    keys = await deploy(ws, "stable", "blue", all_traffic=True)
+    assert (await ws.endpoints.wait("stable", "blue", timeout=120))["status"] == "Succeeded"
+    run_id = (await ws.endpoints.deployment("stable", "blue"))["replicas"][0]
+    requeued, sub = await _events(conn, ws.name, "run", run_id)
+    url = ws.endpoints.scoring_uri("stable")
     try:
         async with httpx.AsyncClient() as http:
 
@@ -225,26 +239,17 @@ async def test_a_replica_that_served_a_stable_period_is_replaced_at_once(
 
 @pytest.mark.timeout(400)
 async def test_a_new_spec_whose_replica_cannot_start_is_rolled_back(
-    scoring: tuple[Gateway, AsyncWorkspace], agents: Agents, client: Client, tmp_path: Path
+    scoring: AsyncWorkspace, agents: Agents, deploy: Deploy, client: Client
 ) -> None:
     """One replica of the new spec starts, the other's init() raises: the roll stops, the
     previous spec serves again (every answer meanwhile a 200), and the deployment shows the
     update Failed with its reason."""
-    _, ws = scoring
+    ws = scoring
     await agents.start(slots=6)
-    keys = await ws.endpoints.create("ep")
-    await ws.endpoints.deploy(
-        "ep",
-        "blue",
-        entry_script="score.py",
-        source_directory=_source(tmp_path / "src"),
-        models=[],
-        replicas=2,
-        all_traffic=True,
-    )
-    first = await ws.endpoints.wait("ep", "blue", timeout=120)
+    keys = await deploy(ws, "roll", "blue", replicas=2, all_traffic=True)
+    first = await ws.endpoints.wait("roll", "blue", timeout=120)
     assert first["status"] == "Succeeded", first
-    asking = Asking(ws.endpoints.scoring_uri("ep"), keys["primary"], 2, {})
+    asking = Asking(ws.endpoints.scoring_uri("roll"), keys["primary"], 2, {})
     try:
         await asking.until(5, "v1")
         # v2: the same code, but its second replica refuses to start
@@ -255,14 +260,14 @@ async def test_a_new_spec_whose_replica_cannot_start_is_rolled_back(
             env_vars={"VERSION": "v2", "FAIL_RUN": bad},
         )
         await client.send(
-            DeployModel(command_id=command_id, endpoint="ep", deployment="blue", spec=spec)
+            DeployModel(command_id=command_id, endpoint="roll", deployment="blue", spec=spec)
         )
-        row = await ws.endpoints.wait("ep", "blue", timeout=180)
+        row = await ws.endpoints.wait("roll", "blue", timeout=180)
         assert row["status"] == "Failed", row
         assert "refuses to start on purpose" in row["update_error"], row
         assert row["spec"]["env_vars"] == {}, row["spec"]  # the previous spec, again
         assert bad in row["retired"] and not set(row["replicas"]) & set(row["retired"][-2:])
-        shown = _endpoint_row(await ws.endpoints.get("ep"))["deployments"]["blue"]
+        shown = _endpoint_row(await ws.endpoints.get("roll"))["deployments"]["blue"]
         assert shown["update"].startswith("Failed, rolled back"), shown
         await asking.until(20, "v1", timeout=180)  # the previous replicas answer everything
     finally:
@@ -272,33 +277,26 @@ async def test_a_new_spec_whose_replica_cannot_start_is_rolled_back(
 
 @pytest.mark.timeout(600)  # a window, a cooldown and a replica's start per step
 async def test_an_autoscaled_deployment_follows_its_load(
-    scoring: tuple[Gateway, AsyncWorkspace],
-    agents: Agents,
-    conn: Connection,
-    client: Client,
-    tmp_path: Path,
+    scoring: AsyncWorkspace, agents: Agents, deploy: Deploy, conn: Connection
 ) -> None:
     """min 1, max 3: under sustained concurrent load it scales up to 3, each decision an
     event with the numbers compared; idle, it scales back to 1."""
-    _, ws = scoring
+    ws = scoring
     await agents.start(slots=4)
-    keys = await ws.endpoints.create("ep")
-    scaled, sub = await _events(conn, client.workspace, "deployment", deployment_id("ep", "auto"))
+    scaled, sub = await _events(conn, ws.name, "deployment", deployment_id("load", "auto"))
     try:
-        await ws.endpoints.deploy(
-            "ep",
+        keys = await deploy(
+            ws,
+            "load",
             "auto",
-            entry_script="score.py",
-            source_directory=_source(tmp_path / "src"),
-            models=[],
             all_traffic=True,
             scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=1.0),
             # room for the five clients in one replica (three at once, three waiting): no
             # 429 while it scales; the utilisation is over the three a replica runs at once
             max_concurrent_requests=3,
         )
-        assert (await ws.endpoints.wait("ep", "auto", timeout=120))["status"] == "Succeeded"
-        asking = Asking(ws.endpoints.scoring_uri("ep"), keys["primary"], 5, {"sleep": 0.2})
+        assert (await ws.endpoints.wait("load", "auto", timeout=120))["status"] == "Succeeded"
+        asking = Asking(ws.endpoints.scoring_uri("load"), keys["primary"], 5, {"sleep": 0.2})
         try:
             ups: list[DeploymentScaled] = []
             while not ups or ups[-1].replicas_after < 3:
@@ -309,7 +307,7 @@ async def test_an_autoscaled_deployment_follows_its_load(
         finally:
             await asking.close()
         assert {status for status, _ in asking.answers} == {200}, asking.answers[-5:]
-        row = await ws.endpoints.deployment("ep", "auto")
+        row = await ws.endpoints.deployment("load", "auto")
         assert len(row["replicas"]) == 3 and row["load"], row
         downs: list[DeploymentScaled] = []  # idle now: back to the minimum
         while not downs or downs[-1].replicas_after > 1:
@@ -317,7 +315,7 @@ async def test_an_autoscaled_deployment_follows_its_load(
             down = downs[-1]
             assert down.replicas_after < down.replicas_before, downs
             assert down.utilization_pct < down.target_pct and down.removed, down
-        row = await ws.endpoints.deployment("ep", "auto")
+        row = await ws.endpoints.deployment("load", "auto")
         assert len(row["replicas"]) == 1 and row["scalings"] == len(ups) + len(downs), row
     finally:
         await sub.unsubscribe()
@@ -332,42 +330,40 @@ async def _decide(
     await execute(ctx, endpoints.DEPLOYMENT, did, command, cache=AggregateCache(store))
 
 
+async def _ready(store: EventStore, ws: str, endpoint: str, deployment: str, run_id: str) -> None:
+    """The replica's ready report, as its agent would send it (no agent runs it)."""
+    report = ReportReplica(
+        command_id=f"ready-{run_id}",
+        endpoint=endpoint,
+        deployment=deployment,
+        run_id=run_id,
+        attempt=1,
+        phase="ready",
+    )
+    did = deployment_id(endpoint, deployment)
+    await _decide(store, ws, did, report.command_id, report)
+
+
 @pytest.mark.timeout(300)
 async def test_what_a_scale_event_leaves_undone_is_done_by_the_reconcile_pass(
-    scoring: tuple[Gateway, AsyncWorkspace],
-    conn: Connection,
-    store: EventStore,
-    client: Client,
-    tmp_path: Path,
+    ws: AsyncWorkspace, deploy: Deploy, conn: Connection, store: EventStore, client: Client
 ) -> None:
     """``DeploymentScaled`` appended, then the scheduler gone before it submits the new
     replica or stops the removed one: the reconcile pass, from the deployment's state,
     submits the replica it names and never was submitted, and stops the one it removed."""
-    _, ws = scoring
     wsn, did = client.workspace, deployment_id("ep", "auto")
-    await ws.endpoints.create("ep")
-    await ws.endpoints.deploy(
+    await deploy(
+        ws,
         "ep",
         "auto",
-        entry_script="score.py",
-        source_directory=_source(tmp_path / "src"),
-        models=[],
         replicas=2,
         scale=ScaleSettings(
             min_replicas=1, max_replicas=3, polling_interval_s=600.0, cooldown_s=0.0
         ),
     )
     replicas = (await ws.endpoints.deployment("ep", "auto"))["replicas"]
-    for run_id in replicas:  # no agent runs them: their ready reports, as the agents'd send
-        report = ReportReplica(
-            command_id=f"ready-{run_id}",
-            endpoint="ep",
-            deployment="auto",
-            run_id=run_id,
-            attempt=1,
-            phase="ready",
-        )
-        await _decide(store, wsn, did, report.command_id, report)
+    for run_id in replicas:  # no agent runs them
+        await _ready(store, wsn, "ep", "auto", run_id)
     added = derived_id("scale", wsn, did, 0, 0)
     submitted, sub = await _events(conn, wsn, "run", added)
     try:
@@ -437,35 +433,15 @@ async def test_what_a_scale_event_leaves_undone_is_done_by_the_reconcile_pass(
 
 @pytest.mark.timeout(300)
 async def test_two_schedulers_deciding_at_once_make_one_change(
-    scoring: tuple[Gateway, AsyncWorkspace],
-    conn: Connection,
-    store: EventStore,
-    client: Client,
-    tmp_path: Path,
+    ws: AsyncWorkspace, deploy: Deploy, conn: Connection, store: EventStore, client: Client
 ) -> None:
     """Two autoscalers (two replicas of the scheduler) decide 1 -> 3 on the same view at the
     same time: one DeploymentScaled, the same two new replicas."""
-    _, ws = scoring
     wsn, did = client.workspace, deployment_id("ep", "auto")
-    await ws.endpoints.create("ep")
-    await ws.endpoints.deploy(
-        "ep",
-        "auto",
-        entry_script="score.py",
-        source_directory=_source(tmp_path / "src"),
-        models=[],
-        scale=ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=600.0),
-    )
+    scale = ScaleSettings(min_replicas=1, max_replicas=3, polling_interval_s=600.0)
+    await deploy(ws, "ep", "auto", scale=scale)
     (first,) = (await ws.endpoints.deployment("ep", "auto"))["replicas"]
-    ready = ReportReplica(
-        command_id=f"ready-{first}",
-        endpoint="ep",
-        deployment="auto",
-        run_id=first,
-        attempt=1,
-        phase="ready",
-    )
-    await _decide(store, wsn, did, ready.command_id, ready)
+    await _ready(store, wsn, "ep", "auto", first)
     submitted: list[str] = []
 
     async def submit(ws: str, run_id: str, *_: Any) -> None:
@@ -495,36 +471,16 @@ async def test_two_schedulers_deciding_at_once_make_one_change(
 
 @pytest.mark.timeout(300)
 async def test_a_roll_with_no_new_replica_ready_by_its_deadline_is_rolled_back(
-    scoring: tuple[Gateway, AsyncWorkspace],
-    conn: Connection,
-    store: EventStore,
-    client: Client,
-    tmp_path: Path,
+    ws: AsyncWorkspace, deploy: Deploy, conn: Connection, store: EventStore, client: Client
 ) -> None:
     """An update whose new replica never becomes ready (no agent takes it; as with a failed
     report lost for good) is rolled back once its ``rollout_timeout_s`` passed, with the
     reason; the previous spec's replica is the deployment's again."""
-    _, ws = scoring
     wsn, did = client.workspace, deployment_id("ep", "blue")
-    await ws.endpoints.create("ep")
-    await ws.endpoints.deploy(
-        "ep",
-        "blue",
-        entry_script="score.py",
-        source_directory=_source(tmp_path / "src"),
-        models=[],
-    )
+    await deploy(ws, "ep", "blue")
     first = await ws.endpoints.deployment("ep", "blue")
     (old,) = first["replicas"]
-    ready = ReportReplica(
-        command_id=f"ready-{old}",
-        endpoint="ep",
-        deployment="blue",
-        run_id=old,
-        attempt=1,
-        phase="ready",
-    )
-    await _decide(store, wsn, did, ready.command_id, ready)
+    await _ready(store, wsn, "ep", "blue", old)
     changes, sub = await _events(conn, wsn, "deployment", did)
     try:
         spec = msgspec.structs.replace(
