@@ -163,6 +163,40 @@ async def test_a_launch_that_keeps_failing_ends_failed_with_its_last_cause(
     assert not (marks / run_id).exists()
 
 
+async def test_a_job_whose_process_the_system_could_not_fork_now_is_requeued(
+    ws: AsyncWorkspace,
+    agents: Agents,
+    store: EventStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The launch itself fails (not the agent's ways out before it) with an errno of the
+    table: the attempt is lost through the classification, and the next one runs the job."""
+    agents.settings = msgspec.structs.replace(
+        agents.settings, job_warm_start=False, job_confine_files=False
+    )
+    config, marks = _job(tmp_path)
+    real = _backends.subprocess.Popen
+    refused: list[list[str]] = []
+
+    def short(argv: list[str], *args: object, **kwargs: object) -> object:
+        if not refused and any(str(a).endswith("job.py") for a in argv):  # its first launch
+            refused.append(argv)
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real(argv, *args, **kwargs)
+
+    await agents.start(slots=1)
+    monkeypatch.setattr(_backends.subprocess, "Popen", short)
+    run_id = await submit(ws, "jobs", config)
+    requeued = await _requeued(store, ws.name, run_id)
+    assert "could not be started now" in requeued.reason
+    assert "Resource temporarily unavailable" in requeued.reason
+    details = await follow(ws, run_id, timeout=90)
+    assert details["status"] == "Completed", details
+    assert (marks / run_id).read_text() == "x"
+    assert len(refused) == 1
+
+
 async def test_a_command_the_system_refuses_fails_its_run_at_once_with_the_cause(
     ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
 ) -> None:

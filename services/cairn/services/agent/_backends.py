@@ -564,13 +564,13 @@ async def _attach(pid: int, output: int, exited: Awaitable[int], go: int | None 
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
         if go is not None:
+            written, go = go, None  # closed below whatever the write does
             try:
-                os.write(go, b"1")
+                os.write(written, b"1")
             except BrokenPipeError:  # the child died already: its exit tells
                 pass
             finally:
-                go, closing = None, go
-                os.close(closing)
+                os.close(written)
     except BaseException:
         pipe.close()
         await _give_up(pid, exited, go)
