@@ -331,6 +331,7 @@ async def test_a_docker_refusal_is_the_jobs_own() -> None:
         await _docker(engine)._run_container("img", ["python", "job.py"], LABELS)
     assert raised.value.is_client_error()
     assert not launch_passing(raised.value)
+    assert engine.containers == []  # a container created before the refusal is removed
 
 
 async def _python_for(_: object) -> Path:

@@ -857,7 +857,9 @@ class DockerBackend:
         An engine that did not answer, or answered 5xx, may still have created or started the
         container (a start that outlived the client's timeout): the containers labelled with
         this attempt are removed first (:meth:`_remove_attempt`), and where that cannot be
-        confirmed, the launch fails with a ``CairnError`` that does not re-queue the run."""
+        confirmed, the launch fails with a ``CairnError`` that does not re-queue the run. After
+        a refusal, a container created before it (not running) is removed once, a failure
+        to do so logged."""
         import docker.errors
 
         try:
@@ -865,7 +867,11 @@ class DockerBackend:
                 self.client.containers.run, image, argv, labels=labels, **options
             )
         except docker.errors.APIError as exc:
-            if not exc.is_server_error():
+            if not exc.is_server_error():  # the job's own; a container it created goes
+                try:
+                    await asyncio.to_thread(self._remove_labelled, _attempt_labels(labels))
+                except Exception as removing:  # not running (refused): left, and said
+                    log.warning("attempt_container_left", labels=labels, error=repr(removing))
                 raise
             cause: BaseException = exc
             said = f"the Docker engine could not start the job now: {exc}"
@@ -880,7 +886,7 @@ class DockerBackend:
         """Remove every container of this attempt (by its ``cairn.run`` and ``cairn.attempt``
         labels), a few tries; a ``CairnError`` naming ``cause`` when no try confirmed that none
         is left: the attempt may be running unfollowed, so its run must not be re-queued."""
-        wanted = [f"{k}={labels[k]}" for k in ("cairn.run", "cairn.attempt") if k in labels]
+        wanted = _attempt_labels(labels)
         last: BaseException | None = None
         for delay in _REMOVE_DELAYS_S:
             await asyncio.sleep(delay)
@@ -980,6 +986,11 @@ class DockerBackend:
             remove,
             pid=await asyncio.to_thread(_container_pid, container),
         )
+
+
+def _attempt_labels(labels: dict[str, str]) -> list[str]:
+    """The label filters that name one attempt's containers."""
+    return [f"{k}={labels[k]}" for k in ("cairn.run", "cairn.attempt") if k in labels]
 
 
 def _container_pid(container: Any) -> int | None:
