@@ -140,7 +140,10 @@ async def test_a_job_the_agent_could_not_start_is_requeued_and_completes_once(
     details = await follow(ws, run_id, timeout=90)
     assert details["status"] == "Completed", details
     events = await history(store, ws.name, run_id)
-    assert [e.attempt for e in events if isinstance(e, RunCompleted)] == [2]
+    # the first re-queue has no delay: attempt 2 may come back while the folder is still
+    # blocked, and be lost too; whichever attempt completes, the job ran once
+    completed = [e.attempt for e in events if isinstance(e, RunCompleted)]
+    assert len(completed) == 1 and completed[0] >= 2
     assert not [e for e in events if isinstance(e, RunFailed)]
     assert (marks / run_id).read_text() == "x"
 
