@@ -181,7 +181,9 @@ async def test_a_job_forked_after_its_launch_gave_up_runs_nothing_of_the_job(
     env = {**os.environ, **WARM}
     zygote = Zygote(PYTHON, env, lambda argv: argv, answer_s=0.5)
     try:
-        _, output, exited = await zygote.launch(["job.py"], src, env)
+        _, output, exited, go = await zygote.launch(["job.py"], src, env)
+        os.write(go, b"1")
+        os.close(go)
         os.close(output)
         assert await exited == 0 and marker.read_text() == "x"
         marker.unlink()
@@ -197,7 +199,9 @@ async def test_a_job_forked_after_its_launch_gave_up_runs_nothing_of_the_job(
             while not zygote.answering or zygote._exits:
                 await asyncio.sleep(0.01)
         assert not marker.exists()
-        _, output, exited = await zygote.launch(["job.py"], src, env)
+        _, output, exited, go = await zygote.launch(["job.py"], src, env)
+        os.write(go, b"1")
+        os.close(go)
         os.close(output)
         assert await exited == 0 and marker.read_text() == "x"
     finally:

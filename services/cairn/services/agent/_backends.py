@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from cairn.errors import InvalidInput, Unavailable
+from cairn.errors import CairnError, InvalidInput, Unavailable
 from cairn.log import get_logger
 from cairn.proto.jobs import JobEnvironment
 from cairn.services.agent import _landlock
@@ -355,15 +355,22 @@ class ProcessBackend:
         if not zygote.answering:
             return None
         try:
-            pid, output, exited = await zygote.launch(argv, cwd, env, confine, execute=execute)
+            launched = await zygote.launch(argv, cwd, env, confine, execute=execute)
         except OSError as exc:  # not forked
             log.warning("warm_start_failed", python=zygote.python, error=repr(exc))
             return None
         except TimeoutError:
             log.warning("warm_start_unanswered", python=zygote.python, answer_s=zygote.answer_s)
             return None
-        self._keeper.watch(pid)
-        return await _attach(pid, output, exited)
+        pid, output, exited, go = launched
+        try:
+            self._keeper.watch(pid)
+        except BaseException:
+            os.close(output)
+            os.close(go)  # unwritten: the child leaves without running anything of the job
+            raise
+        # the go byte only once the output is joined: a child given up never runs the job
+        return await _attach(pid, output, exited, go)
 
     def _walls_opened(self, confine: Confinement) -> dict[str, int]:
         """The walls' paths opened once per version in the agent: a cold start's child
@@ -540,20 +547,33 @@ async def _spawn(
     return await _attach(proc.pid, output, _exit_of(proc))
 
 
-async def _attach(pid: int, output: int, exited: Awaitable[int]) -> Launched:
+async def _attach(pid: int, output: int, exited: Awaitable[int], go: int | None = None) -> Launched:
     """A started process group ``pid``: its output pipe joined to the loop, its exit, and how
-    to signal the group."""
+    to signal the group. ``go``: the child's go pipe (``_zygote.py``), closed here in every
+    case: written once the output is joined, else closed unwritten before the group is
+    killed, so that the child leaves by itself even where the kill cannot reach it."""
     reader = asyncio.StreamReader()
-    pipe = os.fdopen(output, "rb", buffering=0)
+    try:
+        pipe = os.fdopen(output, "rb", buffering=0)
+    except BaseException:
+        os.close(output)
+        await _give_up(pid, exited, go)
+        raise
     try:
         await asyncio.get_running_loop().connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), pipe
         )
+        if go is not None:
+            written, go = go, None  # closed below whatever the write does
+            try:
+                os.write(written, b"1")
+            except BrokenPipeError:  # the child died already: its exit tells
+                pass
+            finally:
+                os.close(written)
     except BaseException:
         pipe.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        await exited
+        await _give_up(pid, exited, go)
         raise
 
     def signal_group(sig: int) -> None:
@@ -568,6 +588,17 @@ async def _attach(pid: int, output: int, exited: Awaitable[int]) -> Launched:
         session=pid,
         pid=pid,
     )
+
+
+async def _give_up(pid: int, exited: Awaitable[int], go: int | None) -> None:
+    """A started process that is not to be followed: its go pipe (when still open) closed
+    unwritten, its group killed, its exit awaited (it must not run on: the run may be
+    re-queued)."""
+    if go is not None:
+        os.close(go)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    await exited
 
 
 async def _exit_of(proc: subprocess.Popen[bytes]) -> int:
@@ -630,6 +661,8 @@ def _sdk_paths() -> list[str]:
     ]
 
 
+#: the waits before each try to remove an attempt's containers after a failed start
+_REMOVE_DELAYS_S = (0.0, 1.0, 5.0)
 _SGR = re.compile(r"\x1b\[[0-9;]*m")
 _BUILD_NOISE = (" ---> ", "Removing intermediate container")
 
@@ -812,24 +845,73 @@ class DockerBackend:
             raise InvalidInput(f"building image {tag} failed: {said[-4000:]}")
         phase(f"image {tag} ready in {time.monotonic() - started:.1f} s")
 
-    async def _run_container(self, image: str | None, argv: list[str], **options: Any) -> Any:
+    async def _run_container(
+        self, image: str | None, argv: list[str], labels: dict[str, str], **options: Any
+    ) -> Any:
         """Start the job's container; ``Unavailable`` when the engine did not answer or
         answered with a server error (5xx: its own trouble; some engines also report a command
         that is not in the image this way, which is then tried again within the run's attempt
         budget and named when it ends it), the engine's refusal otherwise (4xx: the job's
-        own, an image that is not there, a bad command)."""
+        own, an image that is not there, a bad command).
+
+        An engine that did not answer, or answered 5xx, may still have created or started the
+        container (a start that outlived the client's timeout): the containers labelled with
+        this attempt are removed first (:meth:`_remove_attempt`), and where that cannot be
+        confirmed, the launch fails with a ``CairnError`` that does not re-queue the run. After
+        a refusal, a container created before it (not running) is removed once, a failure
+        to do so logged."""
         import docker.errors
 
         try:
-            return await asyncio.to_thread(self.client.containers.run, image, argv, **options)
+            return await asyncio.to_thread(
+                self.client.containers.run, image, argv, labels=labels, **options
+            )
         except docker.errors.APIError as exc:
-            if exc.is_server_error():
-                raise Unavailable(f"the Docker engine could not start the job now: {exc}") from exc
-            raise
+            if not exc.is_server_error():  # the job's own; a container it created goes
+                try:
+                    await asyncio.to_thread(self._remove_labelled, _attempt_labels(labels))
+                except Exception as removing:  # not running (refused): left, and said
+                    log.warning("attempt_container_left", labels=labels, error=repr(removing))
+                raise
+            cause: BaseException = exc
+            said = f"the Docker engine could not start the job now: {exc}"
         except docker.errors.DockerException:
             raise
         except OSError as exc:  # the HTTP client's connection errors and timeouts
-            raise Unavailable(f"the Docker engine did not answer: {exc!r}") from exc
+            cause, said = exc, f"the Docker engine did not answer: {exc!r}"
+        await self._remove_attempt(labels, cause)
+        raise Unavailable(said) from cause
+
+    async def _remove_attempt(self, labels: dict[str, str], cause: BaseException) -> None:
+        """Remove every container of this attempt (by its ``cairn.run`` and ``cairn.attempt``
+        labels), a few tries; a ``CairnError`` naming ``cause`` when no try confirmed that none
+        is left: the attempt may be running unfollowed, so its run must not be re-queued."""
+        wanted = _attempt_labels(labels)
+        last: BaseException | None = None
+        for delay in _REMOVE_DELAYS_S:
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(self._remove_labelled, wanted)
+                return
+            except Exception as exc:  # the engine still in trouble: tried again
+                last = exc
+        log.error("attempt_containers_not_removed", labels=wanted, error=repr(last))
+        raise CairnError(
+            f"the job's container may have started ({cause!r}) and could not be removed:"
+            f" {last!r}; the run is not re-queued, so that it does not run twice"
+        ) from cause
+
+    def _remove_labelled(self, wanted: list[str]) -> None:
+        """Remove the containers labelled with all of ``wanted``; raises unless the engine
+        then lists none."""
+        import docker.errors
+
+        for container in self.client.containers.list(all=True, filters={"label": wanted}):
+            with contextlib.suppress(docker.errors.NotFound):  # gone meanwhile
+                container.remove(force=True)
+        left = self.client.containers.list(all=True, filters={"label": wanted})
+        if left:
+            raise Unavailable(f"{len(left)} container(s) of the attempt left")
 
     async def launch(
         self,
@@ -859,12 +941,12 @@ class DockerBackend:
         container = await self._run_container(
             runtime.image,
             argv,
+            labels,
             detach=True,
             network_mode="host",
             working_dir="/workspace",
             volumes=volumes,
             environment=environment,
-            labels=labels,
             user=f"{os.getuid()}:{os.getgid()}",
             device_requests=requests,
         )
@@ -881,8 +963,7 @@ class DockerBackend:
         try:
             threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
         except RuntimeError as exc:  # no thread now: the container must not run unfollowed
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(container.remove, force=True)
+            await self._remove_attempt(labels, exc)
             raise Unavailable(f"the job's output cannot be followed now: {exc}") from exc
 
         async def wait() -> int:
@@ -905,6 +986,11 @@ class DockerBackend:
             remove,
             pid=await asyncio.to_thread(_container_pid, container),
         )
+
+
+def _attempt_labels(labels: dict[str, str]) -> list[str]:
+    """The label filters that name one attempt's containers."""
+    return [f"{k}={labels[k]}" for k in ("cairn.run", "cairn.attempt") if k in labels]
 
 
 def _container_pid(container: Any) -> int | None:

@@ -7,6 +7,12 @@ its attempt budget (``JobSpec.max_attempts``), each loss a ``RunRequeued`` namin
 the last one's cause in the ``RunFailed`` that ends the budget. Any other cause is the job's
 own and fails its run at once, named: a command that is not there or not executable, an
 argument the system refuses.
+
+The table applies to errors the agent itself sees: creating pipes and sockets, the fork and
+exec that ``subprocess.Popen`` reports (of ``setpriv`` where the agent starts jobs through it,
+of the command where it does not), the zygote's answer, the Docker engine's. An error of the
+job command's own ``execve`` behind ``setpriv`` or the zygote comes back later as the job's
+exit code (126 or 127) and is the job's (``docs/design.md``).
 """
 
 from __future__ import annotations

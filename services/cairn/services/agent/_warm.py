@@ -146,12 +146,16 @@ class Zygote:
         confine: Confinement | None = None,
         *,
         execute: bool = False,
-    ) -> tuple[int, int, asyncio.Future[int]]:
-        """Fork a job: its pid, the read end of its output pipe, and its exit code to come.
-        ``confine``: the Landlock rules the child confines itself to before it runs the job
-        (the walls are sent when this zygote has not had them yet). ``execute``: ``argv`` is
-        a whole command (its program first), which the child executes — a cold start that
-        the zygote only launches, confined without forking the agent.
+    ) -> tuple[int, int, asyncio.Future[int], int]:
+        """Fork a job: its pid, the read end of its output pipe, its exit code to come, and
+        its go pipe. The child runs nothing of the job until a byte is written on the go
+        pipe: the caller writes it once it has taken the child as its job's process (its
+        output joined to the loop), and closes it unwritten on any failure, on which the
+        child leaves by itself. ``confine``: the Landlock rules the child confines itself to
+        before it runs the job (the walls are sent when this zygote has not had them yet).
+        ``execute``: ``argv`` is a whole command (its program first), which the child
+        executes — a cold start that the zygote only launches, confined without forking the
+        agent.
 
         ``OSError`` when the zygote could not be asked; ``TimeoutError`` when it did not answer
         within ``answer_s`` (:attr:`answering` is False then, until it says something again).
@@ -164,7 +168,6 @@ class Zygote:
         started: asyncio.Future[tuple[int, asyncio.Future[int]]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._pids[ident] = started
         job: dict[str, Any] = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env}
         if execute:
             job["exec"] = True
@@ -173,14 +176,19 @@ class Zygote:
             if self._walls_sent != confine.walls_id:
                 job["walls"] = confine.walls
         body = json.dumps(job).encode()
-        read, write = os.pipe()
-        go_read, go = os.pipe()
+        opened: list[int] = []  # every end made here, each closed on a failure
         try:
+            read, write = os.pipe()
+            opened += (read, write)
+            go_read, go = os.pipe()
+            opened += (go_read, go)
+            self._pids[ident] = started
             try:
                 socket.send_fds(sock, [body], [write, go_read])
             finally:
                 os.close(write)
                 os.close(go_read)
+                opened = [read, go]
             if "walls" in job:  # the zygote has them now (not before the send succeeded)
                 self._walls_sent = job["walls_id"]
             try:
@@ -188,15 +196,12 @@ class Zygote:
             except TimeoutError:
                 self.answering = False  # until it says something again
                 raise
-            with contextlib.suppress(BrokenPipeError):  # a child that died already: its exit
-                os.write(go, b"1")  # tells
         except BaseException:
             self._pids.pop(ident, None)
-            os.close(read)
+            for fd in opened:  # the go pipe unwritten: a child forked from now on leaves
+                os.close(fd)
             raise
-        finally:
-            os.close(go)  # unwritten: a child forked from now on leaves at once
-        return pid, read, exited
+        return pid, read, exited, go
 
     def close(self) -> None:
         self.answering = True  # the next launch starts a new interpreter

@@ -6,16 +6,18 @@ child is what ``python script.py`` would have been. It answers on the ``SOCK_SEQ
 socket ``FD``: each request is a job (JSON: ``id``, ``argv`` = script or ``-m module`` and
 its arguments, ``cwd``, ``env``) with the write end of the job's output pipe and the read end
 of its *go* pipe attached; it forks, answers ``{"id", "pid"}``, and when a child exits,
-``{"pid", "exit"}`` (the exit code, or minus the signal). The child runs nothing of the job
-before the agent writes a byte on the go pipe, which it does once it has the pid; an agent
-that gave up waiting closes it instead, and the child leaves: a job whose warm start was not
-answered in time can start cold without a late fork running it a second time. End of file on
+``{"pid", "exit"}`` (the exit code, or minus the signal). The child starts a session of its
+own at once (a kill of its group reaches it from then on) and runs nothing of the job before
+the agent writes a byte on the go pipe, which it does once it has the pid and has joined the
+output pipe to its loop; an agent that gave up waiting, or failed to take the child, closes
+it instead, and the child leaves: a job whose launch failed can be re-queued or started cold
+without the child running it a second time. End of file on
 the socket (the agent is gone) ends it; its children die with it (``PR_SET_PDEATHSIG``). A
 request's ``rules`` confine the child to the job's files (``_landlock.py``) before it runs
 anything of the job's. A request with ``exec`` is a cold start: the child executes ``argv``
 (a whole command) instead of running Python here.
 
-The child starts a session of its own, takes the pipe as stdout and stderr, the job's working
+The child takes the pipe as stdout and stderr, the job's working
 folder, environment and ``sys.argv``, puts the script's folder first on ``sys.path`` and runs it
 as ``__main__`` with ``runpy``. Not carried over from a cold start: anything Python reads from
 the environment at start-up (the agent sends a job here only when those variables match this
@@ -135,6 +137,9 @@ def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
                     os.close(fd)
                 sock.close()
                 _die_with_parent(me)
+                # a session of its own before it waits: a kill of the group that the agent
+                # sends when it gives this child up reaches it from now on
+                os.setsid()
                 if len(fds) > 1:
                     _wait_for_go(fds[1])
                 return job, fds[0]
@@ -145,9 +150,10 @@ def serve(sock: socket.socket) -> tuple[dict[str, Any], int]:
 
 def _wait_for_go(go: int) -> None:
     """Run nothing of the job until the agent has taken this child as its job's process: it
-    writes a byte on ``go`` once it has the pid. End of file instead (the agent gave up
-    waiting for this answer, and may have started the job cold, or it died) means the job
-    is not this child's to run: it leaves at once."""
+    writes a byte on ``go`` once it has the pid and the output pipe is joined to its loop.
+    End of file instead (the agent gave up waiting for this answer, or could not take the
+    child, and may have started the job cold or re-queued it, or it died) means the job is
+    not this child's to run: it leaves at once."""
     try:
         said = os.read(go, 1)
     except OSError:
@@ -158,8 +164,8 @@ def _wait_for_go(go: int) -> None:
 
 
 def become(job: dict[str, Any], output: int) -> None:
-    """Turn this forked child into the job's process, as a cold start would have made it."""
-    os.setsid()
+    """Turn this forked child into the job's process, as a cold start would have made it
+    (it is in a session of its own already)."""
     os.dup2(output, 1)
     os.dup2(output, 2)
     os.close(output)
