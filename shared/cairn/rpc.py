@@ -537,11 +537,15 @@ class _Attempts:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.client.conn.denied(self.subject):
+            # the server refused what was sent (it tells only the error callback)
+            raise PermissionDenied(f"not allowed to send to {self.subject}")
         if isinstance(self.last, Unavailable):
             raise self.last
+        why = repr(self.last) if self.last is not None else "no answer in time"
         raise Unavailable(
             f"no service answered {self.subject} ({self.sent} sent in"
-            f" {time.monotonic() - self.started:.1f}s): {self.last!r}"
+            f" {time.monotonic() - self.started:.1f}s): {why}"
         )
 
     async def _send(self, timeout: float) -> Any:
