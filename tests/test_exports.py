@@ -12,6 +12,7 @@ PINNED = {
         "CommandContext",
         "Connection",
         "EventStore",
+        "LinkLost",
         "RECONNECT_MAX_S",
         "Recorded",
         "RunKeyMirror",
