@@ -553,14 +553,18 @@ class Attempt:
         environ.update(mlflow.environ())
         return environ, mlflow
 
-    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
-        argv = self._argv(runtime.python)
+    def _job_folders(self, src: Path) -> None:
+        """``./outputs``, the outputs' folders, and the job's log file, opened."""
         (src / "outputs").mkdir(exist_ok=True)
         for out in self.a.job.outputs:
             (src / output_path(out)).mkdir(parents=True, exist_ok=True)
         log_path = src / LOG_FILE
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(log_path, "ab")  # noqa: ASYNC230 - local disk, written in chunks
+        self._log_file = open(log_path, "ab")  # local disk, written in chunks
+
+    async def _execute(self, src: Path, runtime: Runtime) -> int | None:
+        argv = self._argv(runtime.python)
+        self._job_folders(src)
         labels = {
             "cairn.run": self.a.run_id,
             "cairn.attempt": str(self.a.attempt),
@@ -595,9 +599,12 @@ class Attempt:
             self._write_log(f"cannot start {argv[0]!r}: {exc}\n".encode())
             self._log_file.close()
             return 127
+        except BaseException as exc:  # the agent's own fault, or canceled
+            await self._unlaunched(exc, gate, mlflow)
+            return None
+        waiter = asyncio.ensure_future(launched.wait)
         try:
             pump = asyncio.create_task(self._pump_logs(launched.output))
-            waiter = asyncio.ensure_future(launched.wait)
             stopper = asyncio.create_task(self.stopping.wait())
             serving = (
                 None if self.channel is None else asyncio.create_task(self._serve(self.channel))
@@ -619,6 +626,8 @@ class Attempt:
             await pump
             return waiter.result()
         finally:
+            if not waiter.done():  # an error on the way: the job must not run on
+                launched.kill()
             await self._stop_serving()
             if self.channel is not None:
                 await self.channel.close()
@@ -629,6 +638,35 @@ class Attempt:
             if launched.cleanup is not None:
                 await asyncio.to_thread(launched.cleanup)
             self.exited.set()
+
+    async def _unlaunched(
+        self, exc: BaseException, gate: JobGate, mlflow: MlflowEndpoint | None
+    ) -> None:
+        """A launch that failed unexpectedly (``exc``), maybe once its process or container
+        started: that is killed and removed, the job's ways out and its log file are closed
+        (its slot and GPUs are freed as the attempt ends), and the attempt is lost, naming
+        the cause; a cancellation goes on."""
+        if isinstance(exc, Exception):
+            self.lost_reason = f"agent {self.agent_id} could not start the job: {exc!r}"
+            self._write_log(f"cairn: {self.lost_reason}\n".encode())
+            log.warning("launch_failed", run_id=self.a.run_id, error=repr(exc))
+        launched = self.launched
+        if launched is not None:
+            launched.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(launched.wait, self.settings.job_cancel_grace_s)
+            if launched.cleanup is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(launched.cleanup)
+        gate.admit(None)
+        if mlflow is not None:
+            await mlflow.close()
+        if self.channel is not None:
+            await self.channel.close()
+        await gate.close()
+        self._log_file.close()
+        if not isinstance(exc, Exception):
+            raise exc
 
     async def _stop_job(self, launched: Launched, waiter: asyncio.Future[int]) -> None:
         """SIGTERM, the grace period, then SIGKILL (to the whole group or container)."""

@@ -115,11 +115,11 @@ def descends_from(pid: int, root: int) -> bool:
     while pid > 1 and seen < 4096:
         if pid == root:
             return True
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
+        try:  # bytes: a process names itself, in any bytes (its Name: line)
+            status = Path(f"/proc/{pid}/status").read_bytes()
         except OSError:
             return False
-        parent = next((ln for ln in status.splitlines() if ln.startswith("PPid:")), "")
+        parent = next((ln for ln in status.splitlines() if ln.startswith(b"PPid:")), b"")
         try:
             pid = int(parent.split()[1])
         except (IndexError, ValueError):
