@@ -55,3 +55,16 @@ def test_the_one_range_check_names_what_is_out_of_it() -> None:
     ]:
         with pytest.raises(InvalidInput, match=named):
             check_timeouts(request_timeout_s=request, rollout_timeout_s=rollout)
+
+
+def test_the_range_check_names_each_value_after_the_callers_prefix() -> None:
+    """A caller's prefix (its file) comes before the name of the value out of range, whichever
+    of the two it is: a bad request_timeout_s is never reported as rollout_timeout_s."""
+    with pytest.raises(InvalidInput) as bad_request:
+        check_timeouts(
+            request_timeout_s=MAX_REQUEST_TIMEOUT_S + 1, rollout_timeout_s=60.0, where="o.yml: "
+        )
+    assert bad_request.value.message.startswith("o.yml: request_timeout_s must be within")
+    with pytest.raises(InvalidInput) as bad_rollout:
+        check_timeouts(request_timeout_s=60.0, rollout_timeout_s=0.0, where="o.yml: ")
+    assert bad_rollout.value.message.startswith("o.yml: rollout_timeout_s must be within")

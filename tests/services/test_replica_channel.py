@@ -384,3 +384,25 @@ async def test_a_run_past_its_time_fails_itself_alone(two_workers: Replica) -> N
     two_workers.release("go")
     assert await asyncio.wait_for(beside, 60) == (200, {"echo": {"wait": "go"}})
     assert {"late": True} not in two_workers.calls()
+
+
+async def test_a_request_waiting_for_a_worker_is_refused_unrun_when_a_run_overruns(
+    tmp_path: Path,
+) -> None:
+    """One worker, held by a run() that overruns, and one request waiting for it: the worker
+    is never freed, so the waiting request is refused at once (429, nothing ran: the gateway
+    asks another replica), not held for the queue's wait and then answered 503."""
+    async for replica in _replica(tmp_path / "r", workers=1, queue_wait=600.0):
+        channel = replica.channel
+        stuck = asyncio.create_task(channel.request(json.dumps({"wait": "never"}).encode(), 5.0))
+        while not replica.calls():  # it is in run()
+            await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(replica.ask({"waiting": True}))
+        while channel._admitted < 2:  # it waits for the worker
+            await asyncio.sleep(0)
+        assert not channel.stopping.is_set(), "the premise: it waited before the overrun"
+        status, _ = await asyncio.wait_for(stuck, 60)
+        assert status == 504
+        status, answer = await asyncio.wait_for(waiting, 60)
+        assert status == 429 and "restarting" in str(answer)
+        assert {"waiting": True} not in replica.calls()

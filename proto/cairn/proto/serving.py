@@ -79,15 +79,15 @@ MAX_ROLLOUT_TIMEOUT_S = 86400
 def check_timeouts(*, request_timeout_s: float, rollout_timeout_s: float, where: str = "") -> None:
     """``InvalidInput`` naming the one of a deployment's timeouts (in seconds) out of its
     range: ``request_timeout_s`` within (0, :data:`MAX_REQUEST_TIMEOUT_S`],
-    ``rollout_timeout_s`` within (0, :data:`MAX_ROLLOUT_TIMEOUT_S`]. ``where``: what to name
-    them after (a file's key, an argument)."""
+    ``rollout_timeout_s`` within (0, :data:`MAX_ROLLOUT_TIMEOUT_S`]. ``where``: what comes
+    before the value's name (a file and ``": "``); each value is named for itself."""
     for name, value, most in (
         ("request_timeout_s", request_timeout_s, MAX_REQUEST_TIMEOUT_S),
         ("rollout_timeout_s", rollout_timeout_s, MAX_ROLLOUT_TIMEOUT_S),
     ):
         if not 0 < value <= most:  # NaN too
             raise InvalidInput(
-                f"{where or name} must be within (0, {most:g}] seconds: {value:g} given"
+                f"{where}{name} must be within (0, {most:g}] seconds: {value:g} given"
             )
 
 

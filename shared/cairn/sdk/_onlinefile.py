@@ -290,7 +290,7 @@ class DeploymentFile(
         check_timeouts(
             request_timeout_s=self.request_timeout_s,
             rollout_timeout_s=self.rollout_timeout,
-            where=f"{where}: rollout_timeout_s",
+            where=f"{where}: ",
         )
         self.models  # noqa: B018 - checks the reference now
         return self

@@ -310,7 +310,7 @@ def _timeouts(
     check_timeouts(
         request_timeout_s=request_s,
         rollout_timeout_s=rollout_s,
-        where=f"{where}: rollout_timeout_s",
+        where=f"{where}: ",
     )
     return request_s, rollout_s
 

@@ -950,42 +950,50 @@ class DockerBackend:
             user=f"{os.getuid()}:{os.getgid()}",
             device_requests=requests,
         )
-        loop = asyncio.get_running_loop()
-        output = asyncio.StreamReader()
+        try:  # from here on, whatever is raised, the container must not run on
+            loop = asyncio.get_running_loop()
+            output = asyncio.StreamReader()
 
-        def stream() -> None:
+            def stream() -> None:
+                try:
+                    for chunk in container.logs(stream=True, follow=True):
+                        loop.call_soon_threadsafe(output.feed_data, chunk)
+                finally:
+                    loop.call_soon_threadsafe(output.feed_eof)
+
             try:
-                for chunk in container.logs(stream=True, follow=True):
-                    loop.call_soon_threadsafe(output.feed_data, chunk)
-            finally:
-                loop.call_soon_threadsafe(output.feed_eof)
+                threading.Thread(
+                    target=stream, name=f"logs-{container.short_id}", daemon=True
+                ).start()
+            except RuntimeError as exc:  # no thread now: the container must not run unfollowed
+                await self._remove_attempt(labels, exc)
+                raise Unavailable(f"the job's output cannot be followed now: {exc}") from exc
 
-        try:
-            threading.Thread(target=stream, name=f"logs-{container.short_id}", daemon=True).start()
-        except RuntimeError as exc:  # no thread now: the container must not run unfollowed
-            await self._remove_attempt(labels, exc)
-            raise Unavailable(f"the job's output cannot be followed now: {exc}") from exc
+            async def wait() -> int:
+                result = await asyncio.to_thread(container.wait)
+                return int(result.get("StatusCode", -1))
 
-        async def wait() -> int:
-            result = await asyncio.to_thread(container.wait)
-            return int(result.get("StatusCode", -1))
+            def send(sig: str) -> None:
+                with contextlib.suppress(Exception):  # already gone
+                    container.kill(signal=sig)
 
-        def send(sig: str) -> None:
-            with contextlib.suppress(Exception):  # already gone
-                container.kill(signal=sig)
+            def remove() -> None:
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
 
-        def remove() -> None:
+            pid = await asyncio.to_thread(_container_pid, container)
+            return Launched(
+                output,
+                wait(),
+                lambda: send("SIGTERM"),
+                lambda: send("SIGKILL"),
+                remove,
+                pid=pid,
+            )
+        except BaseException:
             with contextlib.suppress(Exception):
-                container.remove(force=True)
-
-        return Launched(
-            output,
-            wait(),
-            lambda: send("SIGTERM"),
-            lambda: send("SIGKILL"),
-            remove,
-            pid=await asyncio.to_thread(_container_pid, container),
-        )
+                await asyncio.shield(asyncio.to_thread(container.remove, force=True))
+            raise
 
 
 def _attempt_labels(labels: dict[str, str]) -> list[str]:
@@ -995,23 +1003,28 @@ def _attempt_labels(labels: dict[str, str]) -> list[str]:
 
 def _container_pid(container: Any) -> int | None:
     """The container's first process as the engine's pid namespace numbers it: this agent's
-    too when it shows that process (else None: an agent in a container of its own)."""
+    too when it shows that process (else None: an agent in a container of its own). Never
+    raises: the container runs already, and a launch that raised would leave it behind."""
     try:
         container.reload()
         pid = int(container.attrs["State"]["Pid"])
+        return pid if pid > 0 and _shown_here(pid) else None
     except Exception:  # gone already, or an engine that does not say
         return None
-    return pid if pid > 0 and _shown_here(pid) else None
 
 
 def _shown_here(pid: int) -> bool:
-    """Whether ``pid`` (the engine's number) names the container's process in this agent's
-    pid namespace: a process there in a pid namespace of its own, below ours."""
+    """Whether ``pid`` (the engine's number) names a container's first process in this
+    agent's pid namespace: a process there in a pid namespace of its own, below ours, where
+    it is process 1. ``/proc/<pid>/status`` is read as bytes: its ``Name:`` line is the
+    process's to choose, in any bytes."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_bytes()
         ours = os.readlink("/proc/self/ns/pid")
         theirs = os.readlink(f"/proc/{pid}/ns/pid")
     except OSError:
         return False
-    nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
-    return theirs != ours and len(nspid) > 1 and nspid[0] == str(pid)
+    nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith(b"NSpid:")), [])
+    # NSpid lists the process's number in each namespace from ours down to its own: the
+    # first is always ``pid``, the last is 1 for a namespace's first process
+    return theirs != ours and len(nspid) > 1 and nspid[-1] == b"1"

@@ -631,17 +631,15 @@ class Attempt:
             if self.channel is not None:
                 self.channel.admit(launched.session, launched.pid)
         except (OSError, ValueError, CairnError) as exc:
-            gate.admit(None)
-            if mlflow is not None:
-                await mlflow.close()
-            if self.channel is not None:
-                await self.channel.close()
-            await gate.close()
+            await self._close_ways(gate, mlflow)
             # the job's ways out are the agent's to open: their failure is never the job's
             return self._not_started(argv, exc, passing=not launching or launch_passing(exc))
+        except BaseException as exc:  # the agent's own fault, or canceled
+            await self._unlaunched(exc, gate, mlflow)
+            return None
+        waiter = asyncio.ensure_future(launched.wait)
         try:
             pump = asyncio.create_task(self._pump_logs(launched.output))
-            waiter = asyncio.ensure_future(launched.wait)
             stopper = asyncio.create_task(self.stopping.wait())
             serving = (
                 None if self.channel is None else asyncio.create_task(self._serve(self.channel))
@@ -663,6 +661,8 @@ class Attempt:
             await pump
             return waiter.result()
         finally:
+            if not waiter.done():  # an error on the way: the job must not run on
+                launched.kill()
             await self._stop_serving()
             if self.channel is not None:
                 await self.channel.close()
@@ -673,6 +673,40 @@ class Attempt:
             if launched.cleanup is not None:
                 await asyncio.to_thread(launched.cleanup)
             self.exited.set()
+
+    async def _unlaunched(
+        self, exc: BaseException, gate: JobGate, mlflow: MlflowEndpoint | None
+    ) -> None:
+        """A launch that failed unexpectedly (``exc``), maybe once its process or container
+        started: that is killed and removed, the job's ways out and its log file are closed
+        (its slot and GPUs are freed as the attempt ends), and the attempt is lost, naming
+        the cause; a cancellation goes on."""
+        if isinstance(exc, Exception):
+            self.lost_reason = f"agent {self.agent_id} could not start the job: {exc!r}"
+            self._write_log(f"cairn: {self.lost_reason}\n".encode())
+            log.warning("launch_failed", run_id=self.a.run_id, error=repr(exc))
+        launched = self.launched
+        if launched is not None:
+            launched.kill()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(launched.wait, self.settings.job_cancel_grace_s)
+            if launched.cleanup is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(launched.cleanup)
+        await self._close_ways(gate, mlflow)
+        self._log_file.close()
+        if not isinstance(exc, Exception):
+            raise exc
+
+    async def _close_ways(self, gate: JobGate, mlflow: MlflowEndpoint | None) -> None:
+        """A job that did not start: its ways out (gate, MLflow endpoint, replica channel)
+        closed, nothing admitted through them."""
+        gate.admit(None)
+        if mlflow is not None:
+            await mlflow.close()
+        if self.channel is not None:
+            await self.channel.close()
+        await gate.close()
 
     async def _stop_job(self, launched: Launched, waiter: asyncio.Future[int]) -> None:
         """SIGTERM, the grace period, then SIGKILL (to the whole group or container)."""

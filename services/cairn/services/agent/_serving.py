@@ -115,11 +115,11 @@ def descends_from(pid: int, root: int) -> bool:
     while pid > 1 and seen < 4096:
         if pid == root:
             return True
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
+        try:  # bytes: a process names itself, in any bytes (its Name: line)
+            status = Path(f"/proc/{pid}/status").read_bytes()
         except OSError:
             return False
-        parent = next((ln for ln in status.splitlines() if ln.startswith("PPid:")), "")
+        parent = next((ln for ln in status.splitlines() if ln.startswith(b"PPid:")), b"")
         try:
             pid = int(parent.split()[1])
         except (IndexError, ValueError):
@@ -306,8 +306,8 @@ class ReplicaChannel:
                 await self._room.acquire()
             elif wait <= 0:
                 raise TimeoutError
-            else:
-                await asyncio.wait_for(self._room.acquire(), wait)
+            elif not await self._worker(wait):  # a run() overran meanwhile: nothing ran
+                return _restarting()
         except TimeoutError:
             if deadline is not None and time.monotonic() >= deadline:
                 return 504, _error("the caller gave up while the request waited for the replica")
@@ -319,6 +319,27 @@ class ReplicaChannel:
         finally:
             if not stuck:  # a run() past its time keeps its worker busy
                 self._room.release()
+
+    async def _worker(self, wait: float) -> bool:
+        """Wait for a free worker (True: taken) until the channel stops (False: a ``run()``
+        overran, and its worker is never freed), for at most ``wait`` seconds (TimeoutError)."""
+        taking = asyncio.ensure_future(self._room.acquire())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait(
+                [taking, stopping], timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
+        except BaseException:
+            if not taking.cancel():  # taken just now: given back
+                self._room.release()
+            raise
+        finally:
+            stopping.cancel()
+        if not taking.cancel():  # done: a worker is this request's (cancel() says False)
+            return True
+        if self.stopping.is_set():
+            return False
+        raise TimeoutError
 
     async def _ask(
         self, body: bytes, timeout: float, deadline: float | None
