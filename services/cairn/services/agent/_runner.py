@@ -601,8 +601,10 @@ class Attempt:
     async def _execute(self, src: Path, runtime: Runtime) -> int | None:
         argv = self._argv(runtime.python)
         try:
+            _no_nul(argv)
             self._job_folders(src)
-        except OSError as exc:  # a path of the job's in the way (the job's), or a full disk
+        except (OSError, ValueError) as exc:  # an argument no program can be given, a path
+            # of the job's in the way (the job's), or a full disk
             return self._not_started(argv, exc, passing=launch_passing(exc))
         labels = {
             "cairn.run": self.a.run_id,
@@ -630,7 +632,7 @@ class Attempt:
             gate.admit(launched.session)
             if self.channel is not None:
                 self.channel.admit(launched.session, launched.pid)
-        except (OSError, ValueError, CairnError) as exc:
+        except (OSError, CairnError) as exc:
             await self._close_ways(gate, mlflow)
             # the job's ways out are the agent's to open: their failure is never the job's
             return self._not_started(argv, exc, passing=not launching or launch_passing(exc))
@@ -788,3 +790,12 @@ def _tail(path: Path, size: int = 16000) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def _no_nul(argv: list[str]) -> None:
+    """Raise ``ValueError`` (as ``subprocess`` would) for an argument with a NUL byte: no
+    program can be given one, which is the job's own fault; any other ``ValueError`` of a
+    launch is the agent's (its attempt is lost, not the job failed)."""
+    for arg in argv:
+        if "\0" in arg:
+            raise ValueError(f"embedded null byte in argument {arg!r}")
