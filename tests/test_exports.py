@@ -12,7 +12,6 @@ PINNED = {
         "CommandContext",
         "Connection",
         "EventStore",
-        "LinkLost",
         "RECONNECT_MAX_S",
         "Recorded",
         "RunKeyMirror",

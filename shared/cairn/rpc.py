@@ -9,8 +9,6 @@ for those in flight. Each request is counted by outcome and timed (:mod:`cairn.t
 
 Client side, :class:`Client` checks the size before sending, retries timeouts with the same
 bytes (commands are idempotent by ``command_id``) and raises the ``CairnError`` of a reply's code.
-A command unanswered after 2 s is sent again, the wait doubling up to the client's timeout,
-while every attempt keeps listening for its answer: the first answer to any of them is taken.
 
 Who sent a request is what the server attests, never what the client says: people connect to
 the ``USERS`` account, which imports the services' subjects with ``share: true``, so each of
@@ -47,7 +45,7 @@ import structlog
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from cairn.bus import SCORER_USER, CommandContext, Connection, LinkLost
+from cairn.bus import SCORER_USER, CommandContext, Connection
 from cairn.errors import (
     CairnError,
     InvalidInput,
@@ -58,7 +56,6 @@ from cairn.errors import (
     error_for_code,
 )
 from cairn.log import get_logger
-from cairn.proto.artifacts import OpenUpload
 from cairn.proto.commands import (
     Accepted,
     Command,
@@ -106,16 +103,6 @@ SERVICE_ACTOR = "cairn"
 ADMIN_ACTOR = "cairn-admin"
 _encoder = msgspec.json.Encoder()
 _reply_decoder = msgspec.json.Decoder(Reply)
-#: a command unanswered this long is sent again, the wait doubling up to the client's timeout
-#: (``Client._command``): one lost on its way (a route through a node just killed) has no
-#: answer coming, and the next attempt must not wait out the whole request timeout
-_FIRST_WAIT_S = 2.0
-
-
-def _deduplicated(cmd: Command) -> bool:
-    """Whether the service applies ``cmd`` once however many times it is sent (by its command
-    id). Not so an ``OpenUpload`` without its data: each one opens a new upload session."""
-    return not (isinstance(cmd, OpenUpload) and cmd.data is None)
 
 
 @dataclass(frozen=True)
@@ -422,30 +409,14 @@ class Client:
         self.headers: dict[str, str] = {}
 
     async def send(self, cmd: Command) -> Accepted:
-        reply = await self._command(cmd)
+        reply = await self._request(command(self.workspace, cmd.VERB), _encoder.encode(cmd))
         if not isinstance(reply, Accepted):
             raise CairnError(f"unexpected reply {type(reply).__name__} to {cmd.VERB}")
         return reply
 
     async def send_any(self, cmd: Command) -> Reply:
         """A command whose reply is not ``Accepted`` (an upload opens a session)."""
-        return await self._command(cmd)
-
-    async def _command(self, cmd: Command) -> Reply:
-        """``cmd`` sent, and sent again with the same bytes while no answer comes: after
-        ``_FIRST_WAIT_S``, then after twice as long each time, up to ``timeout``; a lost link
-        at once; an ``Unavailable`` answer or no responders after a short pause (at most
-        ``attempts`` of those). Every attempt keeps listening for its answer until the end,
-        ``attempts`` x ``timeout`` after the first send, and the first answer to any of them is
-        taken: a service slower than the first wait (under load) answers the first attempt,
-        and its command id makes the resends replays of it, not new commands. A command a
-        service does not deduplicate by its id is sent again only after ``timeout``."""
-        payload = _encoder.encode(cmd)
-        subject = command(self.workspace, cmd.VERB)
-        if len(payload) > MAX_REQUEST_BYTES:
-            raise PayloadTooLarge(f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
-        early = self.attempts > 1 and _deduplicated(cmd)
-        return await _Attempts(self, subject, payload, early).run()
+        return await self._request(command(self.workspace, cmd.VERB), _encoder.encode(cmd))
 
     async def ask(self, q: Query) -> QueryResult:
         timeout = max(self.timeout, q.wait_s + 2)
@@ -455,8 +426,6 @@ class Client:
         return reply
 
     async def _request(self, subject: str, payload: bytes, timeout: float | None = None) -> Reply:
-        """A query: sent again (the same bytes) only after a timeout, no responders or an
-        ``Unavailable`` answer, at most ``attempts`` times."""
         if len(payload) > MAX_REQUEST_BYTES:
             raise PayloadTooLarge(f"request of {len(payload)} bytes exceeds {MAX_REQUEST_BYTES}")
         last: Exception | None = None
@@ -483,108 +452,6 @@ class Client:
                 raise error
             return reply
         raise Unavailable(f"no service answered {subject}: {last!r}")
-
-
-class _Attempts:
-    """One command's attempts (``Client._command``): the same bytes on ``subject``, each
-    attempt's answer awaited until the deadline, the first answer to any taken."""
-
-    def __init__(self, client: Client, subject: str, payload: bytes, early: bool) -> None:
-        self.client, self.subject, self.payload = client, subject, payload
-        self.started = time.monotonic()
-        #: the caller's bound, as before resends came early: ``attempts`` waits of ``timeout``
-        self.deadline = self.started + client.attempts * client.timeout
-        #: how long the next attempt goes unanswered before another is sent
-        self.wait_s = min(_FIRST_WAIT_S, client.timeout) if early else client.timeout
-        self.early = early
-        self.failures = 0  # answers that say "not now": Unavailable, no responders
-        self.sent = 0
-        self.last: Exception | None = None
-        self.resend_in: float | None = None
-
-    async def run(self) -> Reply:
-        tasks: set[asyncio.Task[Any]] = set()
-        pending: set[asyncio.Task[Any]] = set()
-        send_at = self.started
-        try:
-            while (now := time.monotonic()) < self.deadline:
-                if now >= send_at:
-                    if self.sent and self.client.conn.denied(self.subject):
-                        # the server refused what was sent (it tells only the error callback)
-                        raise PermissionDenied(f"not allowed to send to {self.subject}")
-                    task = asyncio.ensure_future(self._send(self.deadline - now))
-                    tasks.add(task)
-                    pending.add(task)
-                    send_at = now + self.wait_s
-                    if self.early:
-                        self.wait_s = min(self.wait_s * 2, self.client.timeout)
-                wake = min(send_at, self.deadline) - now
-                if not pending:
-                    await asyncio.sleep(wake)
-                    continue
-                done, pending = await asyncio.wait(
-                    pending, timeout=wake, return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    reply = self._settle(task)
-                    if reply is not None:
-                        return reply
-                    if self.resend_in is not None:
-                        send_at = min(send_at, time.monotonic() + self.resend_in)
-                if self.failures >= self.client.attempts:
-                    break
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self.client.conn.denied(self.subject):
-            # the server refused what was sent (it tells only the error callback)
-            raise PermissionDenied(f"not allowed to send to {self.subject}")
-        if isinstance(self.last, Unavailable):
-            raise self.last
-        why = repr(self.last) if self.last is not None else "no answer in time"
-        raise Unavailable(
-            f"no service answered {self.subject} ({self.sent} sent in"
-            f" {time.monotonic() - self.started:.1f}s): {why}"
-        )
-
-    async def _send(self, timeout: float) -> Any:
-        self.sent += 1
-        return await self.client.conn.request(
-            self.subject, self.payload, timeout=timeout, headers=self.client.headers
-        )
-
-    def _settle(self, task: asyncio.Task[Any]) -> Reply | None:
-        """An attempt's answer, or None with ``resend_in`` set: the command is sent again that
-        many seconds from now (at once after a lost link: the client is on another node; after
-        a pause growing with the failures after a "not now"; None: when the next wait ends, as
-        for an attempt that ran out of time); raises a refusal."""
-        self.resend_in = None
-        try:
-            msg = task.result()
-        except LinkLost as exc:
-            self.last, self.resend_in = exc, 0.0
-            return None
-        except (TimeoutError, NatsTimeout, NoRespondersError) as exc:
-            if self.client.conn.denied(self.subject):
-                raise PermissionDenied(f"not allowed to send to {self.subject}") from exc
-            self.last = exc
-            if isinstance(exc, NoRespondersError):
-                self.failures += 1
-                self.resend_in = 0.2 * self.failures
-            return None
-        reply: Reply = _reply_decoder.decode(msg.data)
-        if isinstance(reply, ErrorReply):
-            error = error_for_code(reply.code, reply.message)
-            if isinstance(error, Unavailable):
-                # the service could not reach its stream (no leader past its own retries):
-                # the same command again (its id makes it at most once)
-                self.last = error
-                self.failures += 1
-                self.resend_in = 0.2 * self.failures
-                return None
-            raise error
-        return reply
 
 
 async def answer_pings(conn: Connection, name: str, stop: asyncio.Event) -> None:

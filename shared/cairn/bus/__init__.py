@@ -1,14 +1,7 @@
 """The bus: connect, provision, the one append path, aggregate reads, command execution."""
 
 from cairn.bus._agents import live_agents
-from cairn.bus._connect import (
-    RECONNECT_MAX_S,
-    SCORER_USER,
-    Connection,
-    LinkLost,
-    connect,
-    per_client,
-)
+from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect, per_client
 from cairn.bus._execute import AggregateCache, CommandContext, execute
 from cairn.bus._failures import transient
 from cairn.bus._mirror import RunKeyMirror
@@ -48,7 +41,6 @@ __all__ = [
     "CommandContext",
     "Connection",
     "EventStore",
-    "LinkLost",
     "Recorded",
     "RunKeyMirror",
     "Stored",
