@@ -200,23 +200,29 @@ async def test_a_job_whose_process_the_system_could_not_fork_now_is_requeued(
     assert len(refused) == 1
 
 
+@pytest.mark.parametrize("where", ["argument", "variable"])
 async def test_a_command_the_system_refuses_fails_its_run_at_once_with_the_cause(
-    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path
+    ws: AsyncWorkspace, agents: Agents, store: EventStore, tmp_path: Path, where: str
 ) -> None:
-    """An argument with a NUL byte cannot be given to a program: the job's own fault, not
-    retried."""
+    """An argument or an environment variable's value with a NUL byte cannot be given to a
+    program: the job's own fault, not retried."""
     agents.settings = msgspec.structs.replace(
         agents.settings, job_warm_start=False, job_confine_files=False
     )
     config, marks = _job(tmp_path)
+    bad = where == "argument"
     config = ScriptRunConfig(
-        source_directory=config.source_directory, script="job.py", arguments=[f"{marks}\0"]
+        source_directory=config.source_directory,
+        script="job.py",
+        arguments=[f"{marks}\0" if bad else str(marks)],
+        environment_variables={} if bad else {"BAD": "a\0b"},
     )
     await agents.start(slots=1)
     run_id = await submit(ws, "jobs", config)
     details = await follow(ws, run_id, timeout=90)
     assert details["status"] == "Failed", details
-    assert "cannot start" in details["error"] and "null byte" in details["error"]
+    said = "null byte" if bad else "environment variable 'BAD'"
+    assert "cannot start" in details["error"] and said in details["error"]
     events = await history(store, ws.name, run_id)
     assert not [e for e in events if isinstance(e, RunRequeued)]
     assert isinstance(events[-1], RunFailed) and events[-1].attempt == 1

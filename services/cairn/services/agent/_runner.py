@@ -509,16 +509,21 @@ class Attempt:
             raise InvalidInput(f"staging area {area} holds another snapshot")
         return int(info["size"])
 
-    def _environ(self, gate: Path) -> dict[str, str]:
-        """What the job's process sees besides what it keeps of the machine's environment:
-        the environment's and the job's variables, where its run is (``Run.get_context()``
-        binds to it) and its agent's socket — no credentials, no agent files: a private
-        ``CAIRN_HOME`` in the job's folder (where its SDK spools)."""
+    def _job_vars(self) -> dict[str, str]:
+        """The environment's variables, then the job's."""
         env: dict[str, str] = {}
         job_env = self.a.job.environment
         if job_env is not None:
             env.update(job_env.spec.env_vars)
         env.update(self.a.job.env_vars)
+        return env
+
+    def _environ(self, gate: Path) -> dict[str, str]:
+        """What the job's process sees besides what it keeps of the machine's environment:
+        the environment's and the job's variables, where its run is (``Run.get_context()``
+        binds to it) and its agent's socket — no credentials, no agent files: a private
+        ``CAIRN_HOME`` in the job's folder (where its SDK spools)."""
+        env = self._job_vars()
         env.update(
             PYTHONUNBUFFERED="1",
             CAIRN_HOME=str(self.workdir / "src" / ".cairn"),
@@ -601,7 +606,7 @@ class Attempt:
     async def _execute(self, src: Path, runtime: Runtime) -> int | None:
         argv = self._argv(runtime.python)
         try:
-            _no_nul(argv)
+            _startable(argv, self._job_vars())
             self._job_folders(src)
         except (OSError, ValueError) as exc:  # an argument no program can be given, a path
             # of the job's in the way (the job's), or a full disk
@@ -792,10 +797,14 @@ def _tail(path: Path, size: int = 16000) -> str:
         return ""
 
 
-def _no_nul(argv: list[str]) -> None:
-    """Raise ``ValueError`` (as ``subprocess`` would) for an argument with a NUL byte: no
-    program can be given one, which is the job's own fault; any other ``ValueError`` of a
-    launch is the agent's (its attempt is lost, not the job failed)."""
+def _startable(argv: list[str], env: dict[str, str]) -> None:
+    """Raise ``ValueError`` (as ``subprocess`` would) for what no program can be given: an
+    argument or a variable's value with a NUL byte, a variable's name with ``=`` or NUL.
+    That is the job's own fault; any other ``ValueError`` of a launch is the agent's (its
+    attempt is lost, not the job failed)."""
     for arg in argv:
         if "\0" in arg:
             raise ValueError(f"embedded null byte in argument {arg!r}")
+    for name, value in env.items():
+        if "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(f"environment variable {name!r} cannot be given to a program")
