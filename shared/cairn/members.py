@@ -187,8 +187,7 @@ class Membership:
             if not quiet:
                 log.info("members_resubscribe_failed", seq=self._applied, error=str(exc))
             return False
-        if quiet:
-            log.info("members_resubscribed", seq=self._applied)
+        log.info("members_resubscribed", seq=self._applied)  # after a notice or a failure
         return True
 
     async def _on_msg(self, msg: Any) -> None:
