@@ -92,10 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: (``data_collector``) to its datastore, and once more when it stops; each delivery is
     #: one upload record on the datastore's history
     collect_deliver_s: float = 60.0
-    #: fork ``python <script>`` jobs from a warm interpreter (process backend,
-    #: ``CAIRN_JOB_WARM_START=1``); off by default for now: with the go pipe, concurrent warm
-    #: starts on one agent were seen to fail a launch with EBADF (docs/design.md)
-    job_warm_start: bool = False
+    #: fork ``python <script>`` jobs from a warm interpreter (process backend); off: every
+    #: job's interpreter starts cold (``CAIRN_JOB_WARM_START=0``)
+    job_warm_start: bool = True
     #: seconds a job's warm start waits for its interpreter to answer; past them (a machine
     #: under load) the job starts cold, and so do the next ones until it answers again
     job_warm_answer_s: float = 30.0

@@ -6,6 +6,7 @@ others from it), so the fault takes them away too and the command proves they fa
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from cairn.embedded import ClusterNode, NatsCluster
 from cairn.embedded._auth import SERVICE_USER
+from cairn.embedded._cluster import ROUTE_PING_INTERVAL_S, ROUTE_PING_MAX
 from cairn.embedded._up import all_services
 from cairn.sdk import connect
 from cairn.service import run_services
@@ -96,4 +98,20 @@ async def test_the_next_command_succeeds_through_another_node(
             assert await after.get_status() == "Completed"
             names = sorted(r["display_name"] for r in await exp.runs())
             assert names == ["after", "before"]
+            if fault == "pause":  # its peers closed their routes to it: no request waits on it
+                await _routes_dropped(cluster, node)
             node.resume()
+
+
+async def _routes_dropped(cluster: NatsCluster, hung: ClusterNode) -> None:
+    """Every other node has closed its route to ``hung`` (its pings unanswered), within the
+    time the generated configuration allows and some slack."""
+    others = [n for n in cluster.nodes if n is not hung]
+    deadline = time.monotonic() + 3 * ROUTE_PING_INTERVAL_S * (ROUTE_PING_MAX + 1)
+    while True:
+        routes = [await asyncio.to_thread(n.monitor, "/routez") for n in others]
+        left = [r["remote_name"] for z in routes for r in z.get("routes") or []]
+        if hung.name not in left:
+            return
+        assert time.monotonic() < deadline, f"routes to the hung node still open: {left}"
+        await asyncio.sleep(1.0)

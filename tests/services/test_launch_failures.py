@@ -5,6 +5,7 @@ within the run's attempt budget and named; a cause of the job's own fails its ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -457,3 +458,70 @@ async def test_a_zygote_that_cannot_make_the_go_pipe_leaks_no_descriptor(
         assert not zygote._pids
     finally:
         zygote.close()
+
+
+def test_a_jobs_output_pipe_is_closed_once_under_uvloop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop's pipe transport closes the descriptor, then the file object it was given
+    (uvloop issue 763): a second close of a number another thread may hold by then, which
+    failed launches with ``EBADF``. The agent's loop is uvloop's: the job's output pipe is
+    closed there exactly once, at its end of file. A probe file object re-occupies the number
+    as soon as it closes it, so a later close by the transport shows either way round."""
+    import gc
+    import io
+
+    import uvloop
+
+    given: list[int] = []
+    doubled: list[int] = []
+    held: list[int] = []
+
+    class Probe(io.FileIO):
+        def close(self) -> None:
+            if not self.closefd or self.closed:
+                super().close()
+                return
+            fd = self.fileno()
+            try:
+                os.fstat(fd)
+            except OSError:  # the transport closed it first: this close is the second
+                doubled.append(fd)
+                return
+            super().close()
+            sentinel = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(sentinel, fd)  # the number taken again, as another thread might
+            os.close(sentinel)
+            held.append(fd)
+
+    def fdopen(fd: int, mode: str, buffering: int = -1, closefd: bool = True) -> Probe:
+        given.append(fd)
+        return Probe(fd, "rb", closefd=closefd)
+
+    monkeypatch.setattr(_backends.os, "fdopen", fdopen)
+
+    async def job() -> tuple[bytes, int]:
+        argv = [sys.executable, "-c", "print('out')"]
+        launched = await _backends._spawn(argv, tmp_path, dict(os.environ))
+        out = await launched.output.read()
+        code = await launched.wait
+        for _ in range(3):  # the transport's close runs in the loop's next iterations
+            await asyncio.sleep(0)
+        return out, code
+
+    out, code = uvloop.run(job())
+    gc.collect()
+    monkeypatch.undo()
+    try:
+        assert (out, code) == (b"out\n", 0)
+        assert len(given) == 1 and not doubled
+        for fd in held:  # re-occupied after the probe closed it: nobody closed it again
+            os.fstat(fd)
+        if not held:  # the transport owned it: closed, once
+            with pytest.raises(OSError) as closed:
+                os.fstat(given[0])
+            assert closed.value.errno == errno.EBADF
+    finally:
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -61,6 +61,11 @@ ROUTE_USER = "cairn-route"
 #: (4222, 6222, 8222 for the first node by default, as nats-server's own defaults)
 ROUTE_OFFSET = 2000
 MONITOR_OFFSET = 4000
+#: a route whose peer answers none of this many pings, one every this many seconds, is
+#: closed (10 to 15 s), and its peer's subscriptions with it: the order of JetStream's own
+#: leader election (4 to 9 s), where nats-server's defaults take up to six minutes
+ROUTE_PING_INTERVAL_S = 5
+ROUTE_PING_MAX = 2
 
 
 def check_node_count(nodes: int) -> int:
@@ -179,6 +184,11 @@ class NatsCluster:
             f"    password: {json.dumps(self.route_password)}",
             "  }",
             f"  routes: {json.dumps(routes)}",
+            # a node that hangs (paused, swapping) keeps its sockets open: only unanswered
+            # pings tell its peers, which meanwhile route requests to the queue members
+            # that were connected to it (nats-server's default: two minutes, twice)
+            f'  ping_interval: "{ROUTE_PING_INTERVAL_S}s"',
+            f"  ping_max: {ROUTE_PING_MAX}",
             *(f"  {line}" for line in self._route_tls()),
             "}",
         ]

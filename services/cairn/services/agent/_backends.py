@@ -553,16 +553,15 @@ async def _attach(pid: int, output: int, exited: Awaitable[int], go: int | None 
     case: written once the output is joined, else closed unwritten before the group is
     killed, so that the child leaves by itself even where the kill cannot reach it."""
     reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
     try:
-        pipe = os.fdopen(output, "rb", buffering=0)
+        pipe = os.fdopen(output, "rb", buffering=0, closefd=not _loop_closes_pipes(loop))
     except BaseException:
         os.close(output)
         await _give_up(pid, exited, go)
         raise
     try:
-        await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
+        await loop.connect_read_pipe(lambda: _OutputProtocol(reader), pipe)
         if go is not None:
             written, go = go, None  # closed below whatever the write does
             try:
@@ -588,6 +587,24 @@ async def _attach(pid: int, output: int, exited: Awaitable[int], go: int | None 
         session=pid,
         pid=pid,
     )
+
+
+def _loop_closes_pipes(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop``'s pipe transport closes the descriptor itself. uvloop's does (libuv
+    owns it), then closes the file object it was given too: the same number closed twice, the
+    second time maybe another thread's file or pipe, opened in between (uvloop issue 763: a
+    launch then failed with ``EBADF``). There the file object must not own the descriptor;
+    asyncio's transport closes only the file object, which must."""
+    return type(loop).__module__.partition(".")[0] == "uvloop"
+
+
+class _OutputProtocol(asyncio.StreamReaderProtocol):
+    """A job's output: its transport closed at end of file (asyncio's pipe transport does so
+    anyway; uvloop's would stay open until collected, with the descriptor)."""
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
 
 
 async def _give_up(pid: int, exited: Awaitable[int], go: int | None) -> None:

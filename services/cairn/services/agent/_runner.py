@@ -707,13 +707,22 @@ class Attempt:
 
     async def _close_ways(self, gate: JobGate, mlflow: MlflowEndpoint | None) -> None:
         """A job that did not start: its ways out (gate, MLflow endpoint, replica channel)
-        closed, nothing admitted through them."""
+        closed, nothing admitted through them; one that fails to close is logged and the
+        others are closed still (the launch's own failure is what the attempt reports)."""
         gate.admit(None)
-        if mlflow is not None:
-            await mlflow.close()
-        if self.channel is not None:
-            await self.channel.close()
-        await gate.close()
+        ways = [mlflow, self.channel, gate]
+        for way in ways:
+            if way is None:
+                continue
+            try:
+                await way.close()
+            except Exception as exc:
+                log.warning(
+                    "job_way_not_closed",
+                    run_id=self.a.run_id,
+                    way=type(way).__name__,
+                    error=repr(exc),
+                )
 
     async def _stop_job(self, launched: Launched, waiter: asyncio.Future[int]) -> None:
         """SIGTERM, the grace period, then SIGKILL (to the whole group or container)."""
