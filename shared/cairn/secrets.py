@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets as _random
@@ -41,6 +42,7 @@ __all__ = [
     "require_any_role",
     "require_role",
     "roles_of",
+    "rotation_key_id",
     "seal",
     "seal_text",
     "unseal",
@@ -144,18 +146,29 @@ def keyring(settings: Settings, workspace: str, *, create: bool = True) -> Keyri
     return ring
 
 
-def add_key(settings: Settings, workspace: str) -> tuple[str, list[str]]:
+def add_key(settings: Settings, workspace: str, key_id: str | None = None) -> tuple[str, list[str]]:
     """Make a new key the workspace's current one, keeping the others (what they sealed still
-    opens); returns the new key's id and the ids of the keys it joins."""
+    opens); returns the new key's id and the ids of the other keys. ``key_id``: the new key's
+    id (a rotation derives it from its command, :func:`rotation_key_id`); a key of that id
+    already there is kept as it is, so that a rotation's copy run again (a resent command, a
+    second replica of the service) adds nothing and leaves the key the first one made."""
     with _locked(settings, workspace):
         ring = _read(settings, workspace)
         old = dict(ring.keys) if ring else {}
-        key_id = _new_key_id()
+        if key_id is not None and key_id in old:
+            return key_id, sorted(k for k in old if k != key_id)
+        key_id = key_id or _new_key_id()
         _write(
             _paths(settings, workspace)[0],
             Keyring(current=key_id, keys={**old, key_id: Fernet.generate_key()}),
         )
     return key_id, sorted(old)
+
+
+def rotation_key_id(workspace: str, command_id: str) -> str:
+    """The id of the key a rotation command adds: the same for every copy of the command."""
+    digest = hashlib.sha256(f"{workspace}/{command_id}".encode()).hexdigest()
+    return "k" + digest[:12]
 
 
 def drop_keys(settings: Settings, workspace: str, keep: str) -> list[str]:

@@ -45,7 +45,15 @@ from cairn.proto.secrets import (
 from cairn.rpc import Client
 from cairn.sdk import AsyncWorkspace, ScriptRunConfig
 from cairn.sdk._jobs import follow, submit
-from cairn.secrets import keyring, unseal, unseal_text
+from cairn.secrets import (
+    add_key,
+    key_id_of,
+    keyring,
+    rotation_key_id,
+    seal_text,
+    unseal,
+    unseal_text,
+)
 from cairn.settings import Settings
 from tests.conftest import MATRIX_WS, Agents, add_people
 from tests.services.test_jobs import source
@@ -289,6 +297,32 @@ async def test_rotation_reseals_secrets_and_credentials_and_drops_the_old_key(
     ring = keyring(service_settings, ws.name, create=False)
     assert ring.current != new_id and set(ring.keys) == {new_id, ring.current}
     assert await ws.secrets.get("db-pass") == "before-rotation"
+
+
+async def test_a_rotation_run_again_elsewhere_adds_no_second_key(
+    ws: AsyncWorkspace, store: EventStore, service_settings: Settings
+) -> None:
+    """Another replica of the registry got the same rotation command first (a resend) and
+    added its key, then this one runs it: the key it adds is that one, left as it was, and
+    nothing the first copy sealed under it becomes unopenable when the others are dropped."""
+    await ws.secrets.set("db-pass", "kept")
+    command_id = cid()
+    key_id, _ = add_key(service_settings, ws.name, rotation_key_id(ws.name, command_id))
+    material = keyring(service_settings, ws.name).keys[key_id]
+    sealed_elsewhere = seal_text(service_settings, ws.name, "sealed by the first copy")
+    assert key_id_of(sealed_elsewhere) == key_id
+
+    done = await ws.client.send(RotateWorkspaceKey(command_id=command_id))
+    assert not done.replayed
+    rotated = await events(store, ws.name, "keyring", ws.name)
+    assert len(rotated) == 1 and isinstance(rotated[0], WorkspaceKeyRotated)
+    assert rotated[0].key_id == key_id
+    ring = keyring(service_settings, ws.name, create=False)
+    assert ring.current == key_id and ring.keys == {key_id: material}
+    assert unseal_text(service_settings, ws.name, sealed_elsewhere) == "sealed by the first copy"
+    assert await ws.secrets.get("db-pass") == "kept"
+    assert add_key(service_settings, ws.name, key_id) == (key_id, [])  # again: nothing added
+    assert keyring(service_settings, ws.name).keys == {key_id: material}
 
 
 async def test_a_read_that_cannot_be_recorded_returns_no_value(

@@ -44,6 +44,7 @@ from cairn.secrets import (
     drop_keys,
     key_id_of,
     require_any_role,
+    rotation_key_id,
     seal,
     seal_text,
     unseal,
@@ -163,7 +164,10 @@ class SecretHandlers:
                 return Accepted(
                     command_id=cmd.command_id, aggregate_id=ws, seq=done.seq, replayed=True
                 )
-            key_id, previous = await asyncio.to_thread(add_key, self.settings, ws)
+            # the key's id from the command's: a copy of this command run again (resent, or
+            # on another replica of this service) adds no second key and drops none it needs
+            key_id = rotation_key_id(ws, cmd.command_id)
+            key_id, previous = await asyncio.to_thread(add_key, self.settings, ws, key_id)
             log.info("workspace_key_added", key_id=key_id, previous=previous)
             secrets_n, stores_n = await self._reseal_all(req, key_id)
             dropped: list[str] = []
