@@ -4,6 +4,7 @@ bindings in a ``SubmitPipeline`` sent directly."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cairn.errors import InvalidBinding, NotFound
+from cairn.proto.assets import ComputeSpec, CreateCompute, DeleteCompute
 from cairn.proto.commands import CreateExperiment
 from cairn.proto.jobs import JobOutput, JobSpec
 from cairn.proto.pipelines import PipelineSpec, PipelineStep, StepInput, SubmitPipeline
@@ -201,3 +203,43 @@ async def test_the_service_refuses_a_bad_binding_and_queues_nothing(
     with pytest.raises(NotFound):
         await ws.run(run_id).pipeline()
     assert await ws.jobs() == []
+
+
+async def test_a_resent_submission_is_a_replay_after_its_compute_was_deleted(
+    client: Client, ws: AsyncWorkspace
+) -> None:
+    """A submission whose reply was lost is sent again under its command id; by then a
+    step's compute target may be gone. The copy is answered as the replay it is, not refused
+    (as the scheduler answers a resent ``SubmitJob``)."""
+    await client.send(CreateExperiment(command_id=uuid.uuid4().hex, name="resent"))
+    spec = ComputeSpec(kind="cluster", min_nodes=0, max_nodes=1)
+    await client.send(CreateCompute(command_id=uuid.uuid4().hex, name="brief", spec=spec))
+    pipeline = PipelineSpec(
+        steps=[PipelineStep(name="a", job=JobSpec(command=["true"]), compute="brief")]
+    )
+
+    def submission() -> SubmitPipeline:
+        return SubmitPipeline(
+            command_id=uuid.uuid4().hex,
+            run_id=uuid.uuid4().hex[:16],
+            experiment_name="resent",
+            pipeline=pipeline,
+        )
+
+    cmd = submission()
+    first = await client.send(cmd)
+    resent = await client.send(cmd)  # while its compute is there: the ordinary replay
+    assert resent.replayed and not first.replayed
+    await client.send(DeleteCompute(command_id=uuid.uuid4().hex, name="brief"))
+    async with asyncio.timeout(30):  # until the pipelines service has seen the deletion
+        while True:
+            try:
+                await client.send(submission())
+            except InvalidBinding as exc:
+                assert "jobs.a.compute" in str(exc)
+                break
+            await asyncio.sleep(0.2)
+    again = await client.send(cmd)
+    assert again == resent
+    with pytest.raises(InvalidBinding, match=r"jobs\.a\.compute"):  # a new one is still refused
+        await client.send(submission())

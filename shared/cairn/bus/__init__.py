@@ -2,7 +2,7 @@
 
 from cairn.bus._agents import live_agents
 from cairn.bus._connect import RECONNECT_MAX_S, SCORER_USER, Connection, connect, per_client
-from cairn.bus._execute import AggregateCache, CommandContext, execute
+from cairn.bus._execute import AggregateCache, CommandContext, execute, replayed
 from cairn.bus._failures import transient
 from cairn.bus._mirror import RunKeyMirror
 from cairn.bus._ordered import (
@@ -56,6 +56,7 @@ __all__ = [
     "permission_denied",
     "provision",
     "read_ordered",
+    "replayed",
     "stored_time",
     "stream_position",
     "stream_seq",

@@ -27,7 +27,7 @@ from cairn.proto import subjects
 from cairn.proto.commands import Accepted
 from cairn.proto.events import Envelope, Event
 
-__all__ = ["AggregateCache", "CommandContext", "execute"]
+__all__ = ["AggregateCache", "CommandContext", "execute", "replayed"]
 
 S = TypeVar("S")
 C = TypeVar("C")
@@ -245,6 +245,26 @@ async def execute(
         return await _Execution(ctx, aggregate, aggregate_id, subject, cache).run(
             command, new, attempts
         )
+
+
+async def replayed(
+    ctx: CommandContext, kind: str, aggregate_id: str, cache: AggregateCache
+) -> Accepted | None:
+    """``Accepted`` (replayed) when the log holds what ``ctx``'s command caused on the
+    aggregate, read fresh; else None. For a command whose checks before ``execute`` failed:
+    a copy sent again after its first was accepted (its reply lost) is answered as the replay
+    it is, even when what it names has changed or gone since."""
+    subject = subjects.event(ctx.workspace, kind, aggregate_id)
+    history = await cache.refresh(subject)
+    done = cache.caused_by(subject, history, ctx.command_id)
+    if done is None:
+        return None
+    return Accepted(
+        command_id=done.envelope.causation_id,
+        aggregate_id=aggregate_id,
+        seq=done.seq,
+        replayed=True,
+    )
 
 
 class _Execution:

@@ -52,7 +52,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from cairn import lookup
-from cairn.bus import AggregateCache, CommandContext, Connection, execute
+from cairn.bus import AggregateCache, CommandContext, Connection, execute, replayed
 from cairn.domain import pipeline as pipelines
 from cairn.domain import run as runs
 from cairn.domain.pipeline import PipelineState, StepState
@@ -213,8 +213,16 @@ class PipelinesService(ProjectedService):
         await lookup.require_workspace(self.cache, ws)
         if cmd.scheduled is not None:
             await self.published.check_fired(ws, cmd, req.actor)
-        experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
-        await self.check(ws, cmd)
+        try:
+            experiment_id = await lookup.experiment_id(self.cache, ws, cmd.experiment_name)
+            await self.check(ws, cmd)
+        except CairnError:
+            # a copy sent again after its first was accepted (its reply lost), whose compute
+            # target or environment has gone since: the replay it is, as the scheduler says
+            done = await replayed(req.context(), pipelines.KIND, cmd.run_id, self.cache)
+            if done is None:
+                raise
+            return done
         submit = pipelines.SubmitResolvedPipeline(command=cmd, experiment_id=experiment_id)
         accepted = await execute(
             req.context(), pipelines.AGGREGATE, cmd.run_id, submit, cache=self.cache, new=True

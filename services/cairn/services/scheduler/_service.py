@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from cairn import lookup
-from cairn.bus import CommandContext, Connection, ensure_consumer, execute
+from cairn.bus import CommandContext, Connection, ensure_consumer, execute, replayed
 from cairn.domain import run as runs
 from cairn.domain import schedule as schedules
 from cairn.errors import CairnError, InvalidInput, NotFound, PermissionDenied, StaleAttempt
@@ -333,10 +333,10 @@ class SchedulerService(ProjectedService):
         except CairnError:
             # a copy sent again after its first was accepted (its reply lost) is answered as
             # the replay it is, even when what it names has changed or gone since
-            replayed = await self._replayed(req, cmd.run_id)
-            if replayed is None:
+            done = await replayed(req.context(), runs.KIND, cmd.run_id, self.cache)
+            if done is None:
                 raise
-            return replayed
+            return done
         accepted = await self._on_run(req, cmd.run_id, submit, new=True)
         if not accepted.replayed:  # the fast path; the reconcile loop is the safety net
             with contextlib.suppress(Exception):
@@ -359,17 +359,6 @@ class SchedulerService(ProjectedService):
         )
         job = await resolve_job(self.cache, self.settings, ws, cmd, self.pythons)
         return runs.SubmitResolvedJob(command=cmd, experiment_id=experiment_id, job=job)
-
-    async def _replayed(self, req: Request, run_id: str) -> Accepted | None:
-        """``Accepted`` (replayed) when the log holds what this request's command id caused."""
-        subject = subjects.event(req.workspace, runs.KIND, run_id)
-        history = await self.cache.refresh(subject)
-        done = self.cache.caused_by(subject, history, req.context().command_id)
-        if done is None:
-            return None
-        return Accepted(
-            command_id=done.envelope.causation_id, aggregate_id=run_id, seq=done.seq, replayed=True
-        )
 
     async def _check_fired(self, req: Request, cmd: SubmitJob) -> None:
         """A run that says a schedule fired it is accepted only from the services (the
