@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from cairn.bus import Connection, EventStore, connect
 from cairn.embedded._up import all_services
@@ -24,6 +25,7 @@ from cairn.proto.pipelines import SubmitPipeline
 from cairn.rpc import Client, ping_all
 from cairn.sdk import AsyncWorkspace
 from cairn.service import run_services
+from cairn.services.pipelines._service import PipelinesService
 from tests.conftest import JOB_SETTINGS, Agents, own_server, settings_for
 from tests.pipelines.helpers import submit, wait_pipeline, write_pipeline
 from tests.test_cli import CAIRN
@@ -176,3 +178,35 @@ async def test_a_killed_orchestrator_runs_every_step_once(tmp_path: Path) -> Non
         await conn.close()
         with contextlib.suppress(Exception):
             server.stop()
+
+
+async def test_passes_over_one_pipeline_take_turns_and_leave_no_lock_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Passes over one pipeline (the loop's, a submission's kick) run one at a time, a pass
+    waiting for its turn keeps the lock alive, and the last one out drops it: no pruning that
+    could hand a newcomer a second lock while a waiter holds the first."""
+    service = object.__new__(PipelinesService)
+    service._locks = {}
+    inside: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+
+    async def one_pass(ws: str, pid: str) -> None:
+        inside.append(pid)
+        if inside.count(pid) > 1:
+            overlaps.append(tuple(inside))
+        await asyncio.sleep(random.uniform(0, 0.005))
+        inside.remove(pid)
+
+    monkeypatch.setattr(service, "_reconcile_pipeline", one_pass)
+    passes = [service.reconcile_pipeline("ws", f"p{i % 3}") for i in range(60)]
+    first = asyncio.gather(*passes[:30])
+    await asyncio.sleep(0)
+    assert {k: n for k, (_, n) in service._locks.items()} == {  # waiters included
+        ("ws", "p0"): 10,
+        ("ws", "p1"): 10,
+        ("ws", "p2"): 10,
+    }
+    await asyncio.gather(first, *passes[30:])
+    assert not overlaps and not inside
+    assert service._locks == {}

@@ -116,6 +116,8 @@ _FULL_PASS_S = 3.0
 _CONCURRENT = 64
 #: at most this many steps' decisions in one append
 _BATCH = 100
+#: passes started by submissions themselves, at most, at once
+_KICKED = 16
 _T = TypeVar("_T")
 
 
@@ -135,7 +137,9 @@ class PipelinesService(ProjectedService):
         self.full_pass_at = 0.0
         #: one pass at a time per pipeline in this process (another replica's are caught by
         #: the appends' CAS and the derived command ids)
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: one lock per pipeline with a pass running or waiting, and how many use it: it is
+        #: dropped when the last one leaves (never while one waits for it)
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._kicked: set[asyncio.Task[None]] = set()  # passes started by a submission
         self.published = PublishedPipelines(self)
         self.parallel = ParallelRuns(self)
@@ -235,7 +239,11 @@ class PipelinesService(ProjectedService):
 
     def _kick(self, ws: str, pid: str) -> None:
         """A pass over a pipeline just submitted, now: its first wave (or, when every step is
-        reused, all of it) need not wait until the read model applies the submission."""
+        reused, all of it) need not wait until the read model applies the submission. At most
+        ``_KICKED`` at once: past them (a burst of submissions) the loop's passes, woken as
+        the read model applies each submission, take the pipeline."""
+        if len(self._kicked) >= _KICKED:
+            return
         task = asyncio.create_task(self._pass(ws, pid))
         self._kicked.add(task)
         task.add_done_callback(self._kicked.discard)
@@ -392,7 +400,6 @@ class PipelinesService(ProjectedService):
         todo = [(ws, pid, seq) for ws, pid, seq in rows if full or self.seen.get((ws, pid)) != seq]
         live = {(ws, pid) for ws, pid, _ in rows}
         self.seen = {k: v for k, v in self.seen.items() if k in live}
-        self._locks = {k: v for k, v in self._locks.items() if k in live or v.locked()}
 
         async def one(ws: str, pid: str, seq: int) -> None:
             try:
@@ -415,9 +422,18 @@ class PipelinesService(ProjectedService):
 
     async def reconcile_pipeline(self, ws: str, pid: str) -> None:
         """One pass over pipeline ``pid``: what its steps' ends and its state call for."""
-        lock = self._locks.setdefault((ws, pid), asyncio.Lock())
-        async with lock:
-            await self._reconcile_pipeline(ws, pid)
+        key = (ws, pid)
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                await self._reconcile_pipeline(ws, pid)
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     async def _reconcile_pipeline(self, ws: str, pid: str) -> None:
         state = await self._state(ws, pid)
