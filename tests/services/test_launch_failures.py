@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -298,6 +299,7 @@ class _Engine:
 def _docker(engine: _Engine) -> DockerBackend:
     backend = DockerBackend.__new__(DockerBackend)  # no engine here: the client is the fake's
     backend.client = types.SimpleNamespace(containers=engine)
+    backend._removing = set()
     return backend
 
 
@@ -331,6 +333,36 @@ async def test_a_docker_start_whose_container_cannot_be_removed_is_not_requeued(
         await _docker(engine)._run_container("img", ["python", "job.py"], LABELS)
     assert not launch_passing(raised.value)
     assert "could not be removed" in str(raised.value)
+
+
+async def test_a_docker_launch_cancelled_while_the_engine_starts_it_leaves_no_container() -> None:
+    """The agent gave the launch up (its attempt cancelled, the agent stopping) while the
+    engine's call was on its way: the call goes on in its thread and starts the container,
+    which nobody follows; it is removed once the call returns."""
+    began, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    class Slow(_Engine):
+        def run(self, image: str, argv: list[str], labels: dict[str, str], **_: object) -> None:
+            began.set()
+            release.wait(10)
+            self.containers.append(_Container(self, labels))
+            returned.set()
+
+    engine = Slow(RuntimeError("unused"))
+    other = _Container(engine, {**LABELS, "cairn.attempt": "1"})  # not this attempt's
+    engine.containers.append(other)
+    launch = asyncio.ensure_future(_docker(engine)._run_container("img", ["true"], LABELS))
+    async with asyncio.timeout(10):
+        while not began.is_set():
+            await asyncio.sleep(0.01)
+    launch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await launch
+    release.set()  # the engine's call returns: the container it started is there now
+    assert await asyncio.to_thread(returned.wait, 10)
+    async with asyncio.timeout(5):
+        while engine.containers != [other]:
+            await asyncio.sleep(0.01)
 
 
 async def test_a_docker_refusal_is_the_jobs_own() -> None:

@@ -708,6 +708,7 @@ class DockerBackend:
         self.base_image = base_image
         self.sdk_dir = state / "sdk"
         self._locks: dict[str, asyncio.Lock] = {}
+        self._removing: set[asyncio.Task[None]] = set()  # containers of launches given up
         self._write_sitecustomize()
 
     def close(self) -> None:
@@ -879,10 +880,16 @@ class DockerBackend:
         to do so logged."""
         import docker.errors
 
+        running = asyncio.ensure_future(
+            asyncio.to_thread(self.client.containers.run, image, argv, labels=labels, **options)
+        )
         try:
-            return await asyncio.to_thread(
-                self.client.containers.run, image, argv, labels=labels, **options
-            )
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # the engine's call goes on in its thread and may yet start the container, which
+            # nobody would follow: once the call returns, the attempt's containers are removed
+            running.add_done_callback(lambda _: self._remove_unfollowed(labels))
+            raise
         except docker.errors.APIError as exc:
             if not exc.is_server_error():  # the job's own; a container it created goes
                 try:
@@ -898,6 +905,22 @@ class DockerBackend:
             cause, said = exc, f"the Docker engine did not answer: {exc!r}"
         await self._remove_attempt(labels, cause)
         raise Unavailable(said) from cause
+
+    def _remove_unfollowed(self, labels: dict[str, str]) -> None:
+        """Remove, in the background, the containers of an attempt whose launch was given up
+        (cancelled while the engine started it); a failure is logged (the agent's reap of a
+        gone agent's containers is the last resort)."""
+        wanted = _attempt_labels(labels)
+
+        async def remove() -> None:
+            try:
+                await asyncio.to_thread(self._remove_labelled, wanted)
+            except Exception as exc:
+                log.warning("attempt_container_left", labels=wanted, error=repr(exc))
+
+        task = asyncio.ensure_future(remove())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
 
     async def _remove_attempt(self, labels: dict[str, str], cause: BaseException) -> None:
         """Remove every container of this attempt (by its ``cairn.run`` and ``cairn.attempt``
