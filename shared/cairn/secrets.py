@@ -150,12 +150,15 @@ def add_key(settings: Settings, workspace: str, key_id: str | None = None) -> tu
     """Make a new key the workspace's current one, keeping the others (what they sealed still
     opens); returns the new key's id and the ids of the other keys. ``key_id``: the new key's
     id (a rotation derives it from its command, :func:`rotation_key_id`); a key of that id
-    already there is kept as it is, so that a rotation's copy run again (a resent command, a
-    second replica of the service) adds nothing and leaves the key the first one made."""
+    already there is kept as it is (made current again if another rotation came since), so
+    that a rotation's copy run again (a resent command, a second replica of the service) adds
+    nothing and seals under the key the first one made."""
     with _locked(settings, workspace):
         ring = _read(settings, workspace)
         old = dict(ring.keys) if ring else {}
         if key_id is not None and key_id in old:
+            if ring is not None and ring.current != key_id:
+                _write(_paths(settings, workspace)[0], Keyring(current=key_id, keys=old))
             return key_id, sorted(k for k in old if k != key_id)
         key_id = key_id or _new_key_id()
         _write(

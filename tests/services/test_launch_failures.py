@@ -299,7 +299,6 @@ class _Engine:
 def _docker(engine: _Engine) -> DockerBackend:
     backend = DockerBackend.__new__(DockerBackend)  # no engine here: the client is the fake's
     backend.client = types.SimpleNamespace(containers=engine)
-    backend._removing = set()
     return backend
 
 
@@ -335,34 +334,50 @@ async def test_a_docker_start_whose_container_cannot_be_removed_is_not_requeued(
     assert "could not be removed" in str(raised.value)
 
 
-async def test_a_docker_launch_cancelled_while_the_engine_starts_it_leaves_no_container() -> None:
-    """The agent gave the launch up (its attempt cancelled, the agent stopping) while the
-    engine's call was on its way: the call goes on in its thread and starts the container,
-    which nobody follows; it is removed once the call returns."""
-    began, release, returned = threading.Event(), threading.Event(), threading.Event()
+class _SlowEngine(_Engine):
+    """An engine whose ``run`` starts the container only once released."""
 
-    class Slow(_Engine):
-        def run(self, image: str, argv: list[str], labels: dict[str, str], **_: object) -> None:
-            began.set()
-            release.wait(10)
-            self.containers.append(_Container(self, labels))
-            returned.set()
+    def __init__(self) -> None:
+        super().__init__(RuntimeError("unused"))
+        self.began, self.release = threading.Event(), threading.Event()
+        self.other = _Container(self, {**LABELS, "cairn.attempt": "1"})  # not this attempt's
+        self.containers.append(self.other)
 
-    engine = Slow(RuntimeError("unused"))
-    other = _Container(engine, {**LABELS, "cairn.attempt": "1"})  # not this attempt's
-    engine.containers.append(other)
+    def run(self, image: str, argv: list[str], labels: dict[str, str], **_: object) -> None:
+        self.began.set()
+        self.release.wait(10)
+        self.containers.append(_Container(self, labels))
+
+
+async def _give_up_launch(engine: _SlowEngine) -> None:
     launch = asyncio.ensure_future(_docker(engine)._run_container("img", ["true"], LABELS))
     async with asyncio.timeout(10):
-        while not began.is_set():
+        while not engine.began.is_set():
             await asyncio.sleep(0.01)
     launch.cancel()
     with pytest.raises(asyncio.CancelledError):
         await launch
-    release.set()  # the engine's call returns: the container it started is there now
-    assert await asyncio.to_thread(returned.wait, 10)
+
+
+async def test_a_docker_launch_cancelled_while_the_engine_starts_it_leaves_no_container() -> None:
+    """The agent gave the launch up (its attempt cancelled) while the engine's call was on its
+    way: the call goes on in its thread and starts the container, which nobody follows; it is
+    removed once the call returns."""
+    engine = _SlowEngine()
+    await _give_up_launch(engine)
+    engine.release.set()  # the engine's call returns: the container it started is there now
     async with asyncio.timeout(5):
-        while engine.containers != [other]:
+        while engine.containers != [engine.other]:
             await asyncio.sleep(0.01)
+
+
+def test_a_docker_launch_given_up_as_the_agent_stops_leaves_no_container() -> None:
+    """The same while the agent stops: its loop ends (every task cancelled) before the
+    engine's call returns; the container is removed all the same."""
+    engine = _SlowEngine()
+    threading.Timer(0.3, engine.release.set).start()  # after the loop has begun to end
+    asyncio.run(_give_up_launch(engine))  # waits for the engine call's thread as it ends
+    assert engine.containers == [engine.other]
 
 
 async def test_a_docker_refusal_is_the_jobs_own() -> None:

@@ -324,6 +324,17 @@ async def test_a_rotation_run_again_elsewhere_adds_no_second_key(
     assert add_key(service_settings, ws.name, key_id) == (key_id, [])  # again: nothing added
     assert keyring(service_settings, ws.name).keys == {key_id: material}
 
+    # a rotation that failed after adding its key, then another that kept the old keys: the
+    # first one sent again makes its key current again and completes
+    stuck = cid()
+    stuck_key, _ = add_key(service_settings, ws.name, rotation_key_id(ws.name, stuck))
+    later = await ws.secrets.rotate_key(keep_old_keys=True)
+    assert keyring(service_settings, ws.name).current not in (stuck_key, key_id)
+    done = await ws.client.send(RotateWorkspaceKey(command_id=stuck))
+    assert not done.replayed and done.seq > later.seq
+    assert set(keyring(service_settings, ws.name).keys) == {stuck_key}
+    assert await ws.secrets.get("db-pass") == "kept"
+
 
 async def test_a_read_that_cannot_be_recorded_returns_no_value(
     ws: AsyncWorkspace, store: EventStore, monkeypatch: pytest.MonkeyPatch

@@ -708,7 +708,6 @@ class DockerBackend:
         self.base_image = base_image
         self.sdk_dir = state / "sdk"
         self._locks: dict[str, asyncio.Lock] = {}
-        self._removing: set[asyncio.Task[None]] = set()  # containers of launches given up
         self._write_sitecustomize()
 
     def close(self) -> None:
@@ -880,15 +879,30 @@ class DockerBackend:
         to do so logged."""
         import docker.errors
 
-        running = asyncio.ensure_future(
-            asyncio.to_thread(self.client.containers.run, image, argv, labels=labels, **options)
-        )
+        given_up = threading.Lock()  # held by whichever of the call and its giving up is last
+        ended = [False, False]  # the engine's call returned; the launch was given up
+
+        def run() -> Any:
+            try:
+                return self.client.containers.run(image, argv, labels=labels, **options)
+            finally:
+                with given_up:
+                    ended[0] = True
+                    abandoned = ended[1]
+                if abandoned:  # nobody follows what this call started: it goes
+                    self._remove_unfollowed(labels)
+
         try:
-            return await asyncio.shield(running)
+            return await asyncio.to_thread(run)
         except asyncio.CancelledError:
             # the engine's call goes on in its thread and may yet start the container, which
-            # nobody would follow: once the call returns, the attempt's containers are removed
-            running.add_done_callback(lambda _: self._remove_unfollowed(labels))
+            # nobody would follow: removed once the call returns, by its own thread (which the
+            # interpreter waits for even when the agent is stopping)
+            with given_up:
+                ended[1] = True
+                returned = ended[0]
+            if returned:  # returned just as the launch was given up
+                threading.Thread(target=self._remove_unfollowed, args=(labels,)).start()
             raise
         except docker.errors.APIError as exc:
             if not exc.is_server_error():  # the job's own; a container it created goes
@@ -907,20 +921,20 @@ class DockerBackend:
         raise Unavailable(said) from cause
 
     def _remove_unfollowed(self, labels: dict[str, str]) -> None:
-        """Remove, in the background, the containers of an attempt whose launch was given up
-        (cancelled while the engine started it); a failure is logged (the agent's reap of a
-        gone agent's containers is the last resort)."""
+        """Remove the containers of an attempt whose launch was given up while the engine
+        started it (blocking: in the engine call's own thread), a few tries as
+        :meth:`_remove_attempt` makes; a failure is logged (the reap of a gone agent's
+        containers is the last resort)."""
         wanted = _attempt_labels(labels)
-
-        async def remove() -> None:
+        last: BaseException | None = None
+        for delay in _REMOVE_DELAYS_S:
+            time.sleep(delay)
             try:
-                await asyncio.to_thread(self._remove_labelled, wanted)
+                self._remove_labelled(wanted)
+                return
             except Exception as exc:
-                log.warning("attempt_container_left", labels=wanted, error=repr(exc))
-
-        task = asyncio.ensure_future(remove())
-        self._removing.add(task)
-        task.add_done_callback(self._removing.discard)
+                last = exc
+        log.error("attempt_containers_not_removed", labels=wanted, error=repr(last))
 
     async def _remove_attempt(self, labels: dict[str, str], cause: BaseException) -> None:
         """Remove every container of this attempt (by its ``cairn.run`` and ``cairn.attempt``
