@@ -15,13 +15,14 @@ permissions are the first gate (docs/security.md), this check of the attested ac
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import secrets as _random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "rotation_key_id",
     "seal",
     "seal_text",
+    "sealing",
     "unseal",
     "unseal_text",
 ]
@@ -81,19 +83,44 @@ def _new_key_id() -> str:
     return "k" + _random.token_hex(6)
 
 
-@contextlib.contextmanager
-def _locked(settings: Settings, workspace: str) -> Iterator[None]:
-    """One writer of a workspace's key files at a time (processes sharing the folder)."""
+def _lock(settings: Settings, workspace: str, mode: int) -> int:
+    """A descriptor holding the workspace's key lock in ``mode`` (closing it releases it)."""
     folder = _folder(settings)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(
         folder / f"{validate_token(workspace, 'workspace')}.lock", os.O_RDWR | os.O_CREAT, 0o600
     )
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(settings: Settings, workspace: str) -> Iterator[None]:
+    """One writer of a workspace's key files at a time (processes sharing the folder)."""
+    fd = _lock(settings, workspace, fcntl.LOCK_EX)
+    try:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.asynccontextmanager
+async def sealing(settings: Settings, workspace: str) -> AsyncIterator[None]:
+    """Held (shared) from sealing a value until its event is stored. A rotation's new key
+    (:func:`add_key`, exclusive) waits for every value sealed under the old key to be stored
+    first, so that the re-seal pass that follows finds it: a value sealed under the old key
+    but stored after that pass would have been lost when the old key was dropped. The
+    workspace's keyring is made first (its making takes the lock exclusive)."""
+    await asyncio.to_thread(keyring, settings, workspace)
+    fd = await asyncio.to_thread(_lock, settings, workspace, fcntl.LOCK_SH)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write(path: Path, ring: Keyring) -> None:

@@ -3,6 +3,7 @@ the single-key file of before read as the key ``legacy``, rotation and dropping 
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cairn.secrets import (
     keyring,
     seal,
     seal_text,
+    sealing,
     unseal,
     unseal_text,
 )
@@ -74,3 +76,22 @@ def test_the_single_key_file_of_before_until_a_rotation_drops_it(
     assert unseal_text(settings, "ws1", fresh) == "w"
     with pytest.raises(CairnError, match="no longer"):
         drop_keys(settings, "ws1", LEGACY_KEY_ID)
+
+
+async def test_a_new_key_waits_for_values_sealed_under_the_old_one_to_be_stored(
+    settings: Settings,
+) -> None:
+    """A value is sealed and its event stored under ``sealing``; a rotation's new key waits
+    for it, so that the rotation's re-seal pass, which follows, finds the value (stored
+    after it, a value under a key the rotation then drops could never be opened)."""
+    old = keyring(settings, "ws1").current
+    async with sealing(settings, "ws1"):
+        token = seal_text(settings, "ws1", "in flight")
+        adding = asyncio.ensure_future(asyncio.to_thread(add_key, settings, "ws1"))
+        async with sealing(settings, "ws1"):  # shared: other values are sealed meanwhile
+            assert key_id_of(seal_text(settings, "ws1", "beside it")) == old
+        await asyncio.sleep(0.3)
+        assert not adding.done() and keyring(settings, "ws1").current == old
+    new, previous = await asyncio.wait_for(adding, 10)
+    assert previous == [old] and keyring(settings, "ws1").current == new
+    assert key_id_of(token) == old and unseal_text(settings, "ws1", token) == "in flight"

@@ -41,7 +41,7 @@ from cairn.proto.commands import Accepted
 from cairn.proto.jobs import SNAPSHOT_FILE
 from cairn.proto.paths import validate_run_path
 from cairn.rpc import Request
-from cairn.secrets import require_role, seal
+from cairn.secrets import require_role, seal, sealing
 from cairn.services.registry._projection import public_spec
 from cairn.settings import Settings
 
@@ -116,6 +116,12 @@ class AssetHandlers:
         self.store, self.cache, self.settings = store, cache, settings
 
     async def command(self, req: Request) -> Accepted:
+        if isinstance(req.body, RegisterDatastore) and req.body.credentials:
+            async with sealing(self.settings, req.workspace):  # sealed until stored
+                return await self._command(req)
+        return await self._command(req)
+
+    async def _command(self, req: Request) -> Accepted:
         cmd: AssetWire = req.body
         kind = cmd.VERB.split(".")[0]
         command: asset.AssetCommand

@@ -47,6 +47,7 @@ from cairn.secrets import (
     rotation_key_id,
     seal,
     seal_text,
+    sealing,
     unseal,
     unseal_text,
 )
@@ -101,9 +102,10 @@ class SecretHandlers:
                 self._allow(req, WRITERS, "set secrets")
                 check_secret_name(name)
                 check_secret_value(value)
-                sealed = seal_text(self.settings, req.workspace, value)
-                store = secret.StoreValue(name=name, sealed=sealed, key_id=_key_id(sealed))
-                return await self._execute(req, name, store)
+                async with sealing(self.settings, req.workspace):
+                    sealed = seal_text(self.settings, req.workspace, value)
+                    store = secret.StoreValue(name=name, sealed=sealed, key_id=_key_id(sealed))
+                    return await self._execute(req, name, store)
             case DeleteSecret(name=name):
                 self._allow(req, WRITERS, "delete secrets")
                 return await self._execute(req, check_secret_name(name), cmd)

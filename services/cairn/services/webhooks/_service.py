@@ -37,7 +37,7 @@ from cairn.proto.webhooks import (
     check_webhook_url,
 )
 from cairn.rpc import SERVICE_ACTOR, Request, Responder
-from cairn.secrets import key_id_of, seal_text, unseal_text
+from cairn.secrets import key_id_of, seal_text, sealing, unseal_text
 from cairn.services.webhooks._delivery import Delivery, Webhook
 from cairn.services.webhooks._feed import read_events
 from cairn.settings import Settings
@@ -202,11 +202,19 @@ class WebhookService:
                 check_webhook_url(cmd.url)
                 check_event_types(cmd.event_types)
                 await lookup.require_workspace(self.cache, req.workspace)
-                sealed = seal_text(self.settings, req.workspace, cmd.secret)
-                command = CreateSealedWebhook(
-                    command=cmd, sealed=sealed, key_id=key_id_of(sealed) or "k0"
-                )
-                new = True
+                async with sealing(self.settings, req.workspace):  # sealed until stored
+                    sealed = seal_text(self.settings, req.workspace, cmd.secret)
+                    command = CreateSealedWebhook(
+                        command=cmd, sealed=sealed, key_id=key_id_of(sealed) or "k0"
+                    )
+                    return await execute(
+                        req.context(),
+                        webhook.AGGREGATE,
+                        cmd.webhook_id,
+                        command,
+                        cache=self.cache,
+                        new=True,
+                    )
             case DeleteWebhook():
                 command, new = cmd, False
         return await execute(
