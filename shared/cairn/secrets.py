@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets as _random
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +117,41 @@ async def sealing(settings: Settings, workspace: str) -> AsyncIterator[None]:
     but stored after that pass would have been lost when the old key was dropped. The
     workspace's keyring is made first (its making takes the lock exclusive)."""
     await asyncio.to_thread(keyring, settings, workspace)
-    fd = await asyncio.to_thread(_lock, settings, workspace, fcntl.LOCK_SH)
+    try:  # at once, unless a rotation holds it now
+        fd = _lock(settings, workspace, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fd = await _wait_for_lock(settings, workspace, fcntl.LOCK_SH)
     try:
         yield
     finally:
         os.close(fd)
+
+
+async def _wait_for_lock(settings: Settings, workspace: str, mode: int) -> int:
+    """The key lock taken in a thread; a wait given up (cancelled) leaves no descriptor and
+    no lock behind, whenever the thread gets it."""
+    guard = threading.Lock()
+    taken: list[int] = []
+    abandoned = [False]
+
+    def take() -> int:
+        fd = _lock(settings, workspace, mode)
+        with guard:
+            if abandoned[0]:
+                os.close(fd)
+                return -1
+            taken.append(fd)
+        return fd
+
+    try:
+        return await asyncio.to_thread(take)
+    except asyncio.CancelledError:
+        with guard:
+            abandoned[0] = True
+            left = list(taken)
+        for fd in left:
+            os.close(fd)
+        raise
 
 
 def _write(path: Path, ring: Keyring) -> None:

@@ -4,6 +4,8 @@ the single-key file of before read as the key ``legacy``, rotation and dropping 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import stat
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from cryptography.fernet import Fernet
 from cairn.errors import CairnError, PermissionDenied
 from cairn.secrets import (
     LEGACY_KEY_ID,
+    _lock,
     add_key,
     drop_keys,
     key_id_of,
@@ -95,3 +98,20 @@ async def test_a_new_key_waits_for_values_sealed_under_the_old_one_to_be_stored(
     new, previous = await asyncio.wait_for(adding, 10)
     assert previous == [old] and keyring(settings, "ws1").current == new
     assert key_id_of(token) == old and unseal_text(settings, "ws1", token) == "in flight"
+
+
+async def test_a_wait_for_the_key_lock_given_up_leaves_no_lock_behind(settings: Settings) -> None:
+    """A request that waits to seal while a rotation holds the keys, then is cancelled (its
+    caller gone, the service stopping): when the rotation lets go, the wait takes nothing,
+    and the next rotation is not blocked by a lock nobody holds any more."""
+    keyring(settings, "ws1")
+    exclusive = _lock(settings, "ws1", fcntl.LOCK_EX)  # a rotation adding its key
+    waiting = asyncio.ensure_future(sealing(settings, "ws1").__aenter__())
+    await asyncio.sleep(0.2)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    os.close(exclusive)
+    await asyncio.sleep(0.2)  # the waiting thread got the lock meanwhile, and let it go
+    new, _ = await asyncio.wait_for(asyncio.to_thread(add_key, settings, "ws1"), 5)
+    assert keyring(settings, "ws1").current == new

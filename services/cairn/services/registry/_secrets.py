@@ -235,15 +235,16 @@ class SecretHandlers:
             except CairnError as exc:  # its key is gone: nothing can open it any more
                 log.warning("webhook_secret_unopenable", webhook=webhook_id, error=exc.message)
                 continue
-            sealed = seal_text(self.settings, ws, value)
-            command = webhook.ResealSecret(sealed=sealed, key_id=_key_id(sealed))
-            await execute(
-                self._step(req, WEBHOOK_KIND, webhook_id, state.key_id),
-                webhook.AGGREGATE,
-                webhook_id,
-                command,
-                cache=self.cache,
-            )
+            async with sealing(self.settings, ws):  # sealed until stored, as any value
+                sealed = seal_text(self.settings, ws, value)
+                command = webhook.ResealSecret(sealed=sealed, key_id=_key_id(sealed))
+                await execute(
+                    self._step(req, WEBHOOK_KIND, webhook_id, state.key_id),
+                    webhook.AGGREGATE,
+                    webhook_id,
+                    command,
+                    cache=self.cache,
+                )
 
     async def _reseal_secret(self, req: Request, name: str, key_id: str) -> int:
         ws = req.workspace
@@ -257,17 +258,19 @@ class SecretHandlers:
         except CairnError as exc:  # its key is gone: nothing can open it any more
             log.warning("secret_unopenable", name=name, key_id=state.key_id, error=exc.message)
             return 0
-        sealed = seal_text(self.settings, ws, value)
-        command = secret.ResealValue(
-            name=name, version=state.version, sealed=sealed, key_id=_key_id(sealed)
-        )
-        reply = await execute(
-            self._step(req, SECRET_KIND, name, state.version),
-            secret.AGGREGATE,
-            subjects.name_to_id(name),
-            command,
-            cache=self.cache,
-        )
+        # sealed until stored, as any value: another rotation's new key waits for it
+        async with sealing(self.settings, ws):
+            sealed = seal_text(self.settings, ws, value)
+            command = secret.ResealValue(
+                name=name, version=state.version, sealed=sealed, key_id=_key_id(sealed)
+            )
+            reply = await execute(
+                self._step(req, SECRET_KIND, name, state.version),
+                secret.AGGREGATE,
+                subjects.name_to_id(name),
+                command,
+                cache=self.cache,
+            )
         return 0 if reply.replayed else 1
 
     async def _reseal_datastore(self, req: Request, datastore_id: str, key_id: str) -> int:
@@ -289,17 +292,22 @@ class SecretHandlers:
                     "credentials_unopenable", datastore=ev.name, version=version, error=exc.message
                 )
                 continue
-            sealed = seal(self.settings, ws, credentials)
-            command = asset.ResealCredentials(
-                name=ev.name, version=version, replaces=token, sealed=sealed, key_id=_key_id(sealed)
-            )
-            reply = await execute(
-                self._step(req, "datastore", datastore_id, version),
-                datastores,
-                datastore_id,
-                command,
-                cache=self.cache,
-            )
+            async with sealing(self.settings, ws):  # sealed until stored, as any value
+                sealed = seal(self.settings, ws, credentials)
+                command = asset.ResealCredentials(
+                    name=ev.name,
+                    version=version,
+                    replaces=token,
+                    sealed=sealed,
+                    key_id=_key_id(sealed),
+                )
+                reply = await execute(
+                    self._step(req, "datastore", datastore_id, version),
+                    datastores,
+                    datastore_id,
+                    command,
+                    cache=self.cache,
+                )
             count += 0 if reply.replayed else 1
         return count
 
