@@ -920,40 +920,33 @@ class DockerBackend:
         await self._remove_attempt(labels, cause)
         raise Unavailable(said) from cause
 
-    def _remove_unfollowed(self, labels: dict[str, str]) -> None:
-        """Remove the containers of an attempt whose launch was given up while the engine
-        started it (blocking: in the engine call's own thread), a few tries as
-        :meth:`_remove_attempt` makes; a failure is logged (the reap of a gone agent's
-        containers is the last resort)."""
+    def _remove_unfollowed(self, labels: dict[str, str]) -> BaseException | None:
+        """Remove every container of this attempt (by its ``cairn.run`` and ``cairn.attempt``
+        labels), a few tries (blocking: in a thread); None once the engine lists none, else
+        the last try's error, logged. Called for a launch given up while the engine started
+        it (in the engine call's own thread), and through :meth:`_remove_attempt`."""
         wanted = _attempt_labels(labels)
         last: BaseException | None = None
         for delay in _REMOVE_DELAYS_S:
             time.sleep(delay)
             try:
                 self._remove_labelled(wanted)
-                return
-            except Exception as exc:
-                last = exc
-        log.error("attempt_containers_not_removed", labels=wanted, error=repr(last))
-
-    async def _remove_attempt(self, labels: dict[str, str], cause: BaseException) -> None:
-        """Remove every container of this attempt (by its ``cairn.run`` and ``cairn.attempt``
-        labels), a few tries; a ``CairnError`` naming ``cause`` when no try confirmed that none
-        is left: the attempt may be running unfollowed, so its run must not be re-queued."""
-        wanted = _attempt_labels(labels)
-        last: BaseException | None = None
-        for delay in _REMOVE_DELAYS_S:
-            await asyncio.sleep(delay)
-            try:
-                await asyncio.to_thread(self._remove_labelled, wanted)
-                return
+                return None
             except Exception as exc:  # the engine still in trouble: tried again
                 last = exc
         log.error("attempt_containers_not_removed", labels=wanted, error=repr(last))
-        raise CairnError(
-            f"the job's container may have started ({cause!r}) and could not be removed:"
-            f" {last!r}; the run is not re-queued, so that it does not run twice"
-        ) from cause
+        return last
+
+    async def _remove_attempt(self, labels: dict[str, str], cause: BaseException) -> None:
+        """The attempt's containers removed (:meth:`_remove_unfollowed`); a ``CairnError``
+        naming ``cause`` when no try confirmed that none is left: the attempt may be running
+        unfollowed, so its run must not be re-queued."""
+        last = await asyncio.to_thread(self._remove_unfollowed, labels)
+        if last is not None:
+            raise CairnError(
+                f"the job's container may have started ({cause!r}) and could not be removed:"
+                f" {last!r}; the run is not re-queued, so that it does not run twice"
+            ) from cause
 
     def _remove_labelled(self, wanted: list[str]) -> None:
         """Remove the containers labelled with all of ``wanted``; raises unless the engine
