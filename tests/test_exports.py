@@ -30,6 +30,7 @@ PINNED = {
         "permission_denied",
         "provision",
         "read_ordered",
+        "replayed",
         "stored_time",
         "stream_position",
         "stream_seq",
